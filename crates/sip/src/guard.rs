@@ -1,0 +1,737 @@
+//! The ingress guard: every byte from the network passes here first.
+//!
+//! It frames messages (one per datagram, Content-Length on streams), enforces
+//! the size caps before any allocation proportional to the input, checks the
+//! grammar strictly where RFC 4475 asks for it, and extracts the fields the
+//! transaction and dialog layers match on. Refused requests come back with a
+//! ready error response that echoes only the mandatory headers.
+//!
+//! Line ends: CRLF is the wire form; bare LF is accepted and normalised
+//! (robustness for hand-written tools), documented in README.
+
+use crate::error::ParseError;
+use crate::message::{Header, Message, Method, StartLine, Via, canonical_name};
+use crate::uri::{self, Scheme};
+
+/// Size caps of the guard. Each is checked before the work it bounds.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest message (header section + body), bytes.
+    pub max_message_bytes: usize,
+    /// Most header fields in one message.
+    pub max_headers: usize,
+    /// Longest header line after unfolding, bytes.
+    pub max_header_line_bytes: usize,
+    /// Largest body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 65_535,
+            max_headers: 128,
+            max_header_line_bytes: 8_192,
+            max_body_bytes: 32_768,
+        }
+    }
+}
+
+/// A message the guard refused, with the response to send when one is due.
+#[derive(Debug)]
+pub struct Rejection {
+    /// Why.
+    pub error: ParseError,
+    /// The error response for a refused request (none for responses, ACKs or
+    /// input too broken to answer).
+    pub reply: Option<Message>,
+}
+
+impl From<ParseError> for Rejection {
+    fn from(error: ParseError) -> Self {
+        Self { error, reply: None }
+    }
+}
+
+/// What a framer produced.
+#[derive(Debug)]
+pub enum Framed {
+    /// A complete, valid message.
+    Message(Box<Message>),
+    /// A CRLF keepalive (RFC 5626 §4.4.1): nothing to do.
+    Keepalive,
+}
+
+/// Parses one UDP datagram. Trailing bytes beyond Content-Length are ignored
+/// (RFC 3261 §18.3); a Content-Length larger than the datagram is refused.
+pub fn parse_datagram(data: &[u8], limits: &Limits) -> Result<Framed, Rejection> {
+    if data.len() > limits.max_message_bytes {
+        return Err(ParseError::TooLarge.into());
+    }
+    if data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) {
+        return Ok(Framed::Keepalive);
+    }
+    parse_message(data, limits, true).map(|m| Framed::Message(Box::new(m)))
+}
+
+struct Lines<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.pos >= self.data.len() {
+            return None;
+        }
+        let rest = &self.data[self.pos..];
+        let (line, adv) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        self.pos += adv;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    }
+}
+
+/// Finds the end of the header section: returns (header bytes, body offset).
+fn split_head(data: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(off) = data[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        let next = nl + 1;
+        if data.get(next) == Some(&b'\n') {
+            return Some((nl, next + 1));
+        }
+        if data.get(next) == Some(&b'\r') && data.get(next + 1) == Some(&b'\n') {
+            return Some((nl, next + 2));
+        }
+        i = next;
+    }
+    None
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+                )
+        })
+}
+
+/// Parses a complete message. `datagram` selects UDP framing rules for the body.
+pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Message, Rejection> {
+    if data.len() > limits.max_message_bytes {
+        return Err(ParseError::TooLarge.into());
+    }
+    let start = data
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(data.len());
+    let data = &data[start..];
+    let (head_end, body_start) = split_head(data).ok_or(ParseError::Incomplete)?;
+    let head = std::str::from_utf8(&data[..head_end]).map_err(|_| ParseError::BadEncoding)?;
+
+    let mut lines = Lines {
+        data: head.as_bytes(),
+        pos: 0,
+    };
+    // The head is valid UTF-8 and lines split on ASCII bytes, so every line is too.
+    let start_line = std::str::from_utf8(lines.next().unwrap_or_default())
+        .map_err(|_| ParseError::BadEncoding)?;
+
+    let mut headers: Vec<Header> = Vec::with_capacity(16);
+    for raw in lines {
+        let line = std::str::from_utf8(raw).map_err(|_| ParseError::BadEncoding)?;
+        if line.starts_with([' ', '\t']) {
+            let last = headers.last_mut().ok_or(ParseError::BadHeaderLine)?;
+            if last.value.len() + line.len() > limits.max_header_line_bytes {
+                return Err(ParseError::HeaderLineTooLong.into());
+            }
+            if !last.value.is_empty() {
+                last.value.push(' ');
+            }
+            last.value.push_str(line.trim());
+            continue;
+        }
+        if line.len() > limits.max_header_line_bytes {
+            return Err(ParseError::HeaderLineTooLong.into());
+        }
+        if headers.len() >= limits.max_headers {
+            return Err(ParseError::TooManyHeaders.into());
+        }
+        let (name, value) = line.split_once(':').ok_or(ParseError::BadHeaderLine)?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if !is_token(name) {
+            return Err(ParseError::BadHeaderLine.into());
+        }
+        headers.push(Header {
+            name: canonical_name(name),
+            value: value.trim().to_owned(),
+        });
+    }
+
+    let is_request = !start_line.starts_with("SIP/");
+    let req_method = if is_request {
+        start_line.split(' ').next().map(Method::from_token)
+    } else {
+        None
+    };
+    let fail = |error: ParseError, headers: &[Header]| -> Rejection {
+        let reply = match &req_method {
+            Some(m) if *m != Method::Ack => {
+                let status = match (error, m) {
+                    (ParseError::CSeqMismatch, Method::Other(_)) => 501,
+                    _ => error.sip_status(),
+                };
+                Some(error_reply(headers, status))
+            }
+            _ => None,
+        };
+        Rejection { error, reply }
+    };
+
+    let start = if is_request {
+        parse_request_line(start_line).map_err(|e| fail(e, &headers))?
+    } else {
+        parse_status_line(start_line)?
+    };
+
+    let mut content_length: Option<usize> = None;
+    for h in headers.iter().filter(|h| h.name == "Content-Length") {
+        let v = &h.value;
+        if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(fail(ParseError::BadContentLength, &headers));
+        }
+        let n: usize = v
+            .parse()
+            .map_err(|_| fail(ParseError::BadContentLength, &headers))?;
+        if content_length.is_some_and(|c| c != n) {
+            return Err(fail(ParseError::BadContentLength, &headers));
+        }
+        content_length = Some(n);
+    }
+    let available = data.len() - body_start;
+    let body_len = match content_length {
+        Some(n) if n > available => return Err(fail(ParseError::BadContentLength, &headers)),
+        Some(n) => n,
+        None if datagram => available,
+        None => 0,
+    };
+    if body_len > limits.max_body_bytes {
+        return Err(fail(ParseError::BodyTooLarge, &headers));
+    }
+    let body = data[body_start..body_start + body_len].to_vec();
+
+    let ess = essentials(&start, &headers).map_err(|e| fail(e, &headers))?;
+    headers.retain(|h| h.name != "Content-Length");
+    Ok(Message {
+        start,
+        headers,
+        body,
+        call_id: ess.call_id,
+        cseq: ess.cseq,
+        cseq_method: ess.cseq_method,
+        from_tag: ess.from_tag,
+        to_tag: ess.to_tag,
+        via: ess.via,
+        max_forwards: ess.max_forwards,
+    })
+}
+
+fn parse_request_line(line: &str) -> Result<StartLine, ParseError> {
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseError::BadStartLine);
+    };
+    if !is_token(method) {
+        return Err(ParseError::BadStartLine);
+    }
+    check_version(version)?;
+    let scheme = uri::classify(uri).ok_or(ParseError::BadRequestUri)?;
+    if matches!(scheme, Scheme::Sip | Scheme::Sips) && uri::has_headers(uri) {
+        return Err(ParseError::BadRequestUri);
+    }
+    Ok(StartLine::Request {
+        method: Method::from_token(method),
+        uri: uri.to_owned(),
+    })
+}
+
+fn check_version(version: &str) -> Result<(), ParseError> {
+    if version.eq_ignore_ascii_case("SIP/2.0") {
+        Ok(())
+    } else if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+        Err(ParseError::BadVersion)
+    } else {
+        Err(ParseError::BadStartLine)
+    }
+}
+
+fn parse_status_line(line: &str) -> Result<StartLine, ParseError> {
+    let (version, rest) = line.split_once(' ').ok_or(ParseError::BadStartLine)?;
+    check_version(version)?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::BadStatusCode);
+    }
+    let code: u16 = code.parse().map_err(|_| ParseError::BadStatusCode)?;
+    if !(100..=699).contains(&code) {
+        return Err(ParseError::BadStatusCode);
+    }
+    Ok(StartLine::Response {
+        code,
+        reason: reason.to_owned(),
+    })
+}
+
+struct Essentials {
+    call_id: String,
+    cseq: u32,
+    cseq_method: Method,
+    from_tag: Option<String>,
+    to_tag: Option<String>,
+    via: Via,
+    max_forwards: Option<u8>,
+}
+
+fn single<'a>(headers: &'a [Header], name: &str) -> Result<&'a str, ParseError> {
+    let mut it = headers.iter().filter(|h| h.name == name);
+    let first = it.next().ok_or(ParseError::MissingHeader)?;
+    if it.next().is_some() || uri::split_list(&first.value).len() > 1 && name != "Call-ID" {
+        return Err(ParseError::RepeatedHeader);
+    }
+    Ok(&first.value)
+}
+
+fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, ParseError> {
+    let call_id = single(headers, "Call-ID")?;
+    if call_id.is_empty() || call_id.contains([' ', '\t', ',']) {
+        return Err(ParseError::MissingHeader);
+    }
+    let from = uri::parse_name_addr(single(headers, "From")?).ok_or(ParseError::BadAddress)?;
+    let to = uri::parse_name_addr(single(headers, "To")?).ok_or(ParseError::BadAddress)?;
+    let tag = |n: &uri::NameAddr<'_>| -> Result<Option<String>, ParseError> {
+        match n.param("tag") {
+            None => Ok(None),
+            Some(Some(t)) if is_token(t) => Ok(Some(t.to_owned())),
+            Some(_) => Err(ParseError::BadAddress),
+        }
+    };
+    let from_tag = tag(&from)?;
+    let to_tag = tag(&to)?;
+
+    let cseq = single(headers, "CSeq")?;
+    let (num, method) = cseq
+        .split_once([' ', '\t'])
+        .ok_or(ParseError::BadCSeq)?;
+    let method = method.trim();
+    if num.is_empty() || num.len() > 10 || !num.bytes().all(|b| b.is_ascii_digit()) || !is_token(method)
+    {
+        return Err(ParseError::BadCSeq);
+    }
+    let cseq: u32 = num.parse().map_err(|_| ParseError::BadCSeq)?;
+    let cseq_method = Method::from_token(method);
+    if let StartLine::Request { method, .. } = start {
+        if *method != cseq_method {
+            return Err(ParseError::CSeqMismatch);
+        }
+    }
+
+    let max_forwards = match headers.iter().filter(|h| h.name == "Max-Forwards").count() {
+        0 => None,
+        1 => {
+            let v = single(headers, "Max-Forwards")?;
+            if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ParseError::BadMaxForwards);
+            }
+            Some(u8::try_from(v.parse::<u16>().map_err(|_| ParseError::BadMaxForwards)?)
+                .map_err(|_| ParseError::BadMaxForwards)?)
+        }
+        _ => return Err(ParseError::RepeatedHeader),
+    };
+
+    let first_via = headers
+        .iter()
+        .find(|h| h.name == "Via")
+        .ok_or(ParseError::MissingHeader)?;
+    let top = uri::split_list(&first_via.value)[0];
+    let via = parse_via(top).ok_or(ParseError::BadVia)?;
+
+    if matches!(start, StartLine::Request { .. }) {
+        for h in headers.iter().filter(|h| h.name == "Contact") {
+            for c in uri::split_list(&h.value) {
+                if c != "*" && uri::parse_name_addr(c).is_none() {
+                    return Err(ParseError::BadAddress);
+                }
+            }
+        }
+    }
+
+    Ok(Essentials {
+        call_id: call_id.to_owned(),
+        cseq,
+        cseq_method,
+        from_tag,
+        to_tag,
+        via,
+        max_forwards,
+    })
+}
+
+/// Parses one Via value: `SIP/2.0/TRANSPORT sent-by *(;param)` with an RFC 3261
+/// branch (magic cookie plus at least one character).
+fn parse_via(v: &str) -> Option<Via> {
+    let mut proto = v.splitn(3, '/');
+    let name = proto.next()?.trim();
+    let version = proto.next()?.trim();
+    let rest = proto.next()?.trim_start();
+    if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
+        return None;
+    }
+    let ws = rest.find([' ', '\t'])?;
+    let transport = &rest[..ws];
+    if !is_token(transport) {
+        return None;
+    }
+    let rest = rest[ws..].trim_start();
+    let semi = rest.find(';').unwrap_or(rest.len());
+    let sent_by = rest[..semi].trim();
+    if !valid_host_port(sent_by) {
+        return None;
+    }
+    let params = uri::parse_params(&rest[semi..])?;
+    let branch = params
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("branch"))
+        .and_then(|(_, v)| *v)?;
+    if !branch.starts_with("z9hG4bK") || branch.len() <= 7 || !is_token(branch) {
+        return None;
+    }
+    Some(Via {
+        transport: transport.to_ascii_uppercase(),
+        sent_by: sent_by.to_owned(),
+        branch: branch.to_owned(),
+    })
+}
+
+/// `host [":" port]` where host is a name, IPv4 address or `[IPv6]` reference.
+pub(crate) fn valid_host_port(s: &str) -> bool {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        if rest[..end].parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        let after = &rest[end + 1..];
+        match after.strip_prefix(':') {
+            Some(p) => (None, Some(p)),
+            None if after.is_empty() => (None, None),
+            None => return false,
+        }
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(s), None),
+        }
+    };
+    if let Some(h) = host {
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        {
+            return false;
+        }
+    }
+    port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok())
+}
+
+/// An error response built from whatever mandatory headers the request had.
+fn error_reply(headers: &[Header], status: u16) -> Message {
+    let reason = reason_phrase(status);
+    let mut out: Vec<Header> = headers
+        .iter()
+        .filter(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq"))
+        .cloned()
+        .collect();
+    for h in out.iter_mut().filter(|h| h.name == "To") {
+        if !h.value.contains("tag=") {
+            h.value.push_str(";tag=guard");
+        }
+    }
+    Message {
+        start: StartLine::Response {
+            code: status,
+            reason: reason.to_owned(),
+        },
+        headers: out,
+        body: Vec::new(),
+        call_id: String::new(),
+        cseq: 0,
+        cseq_method: Method::Other("".into()),
+        from_tag: None,
+        to_tag: None,
+        via: Via::default(),
+        max_forwards: None,
+    }
+}
+
+/// The standard reason phrase of the status codes Centralino sends.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        603 => "Decline",
+        _ => "Error",
+    }
+}
+
+/// Frames messages on a byte stream (TCP) by Content-Length.
+///
+/// Holds at most `max_message_bytes` of unframed input: a peer that sends a
+/// longer header section, or declares a larger body, is refused before the
+/// data arrives, and the connection must then be closed.
+#[derive(Debug, Default)]
+pub struct StreamFramer {
+    buf: Vec<u8>,
+}
+
+impl StreamFramer {
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes buffered and not yet framed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete message, `Ok(None)` when more data is needed.
+    /// An `Err` whose error [`breaks_framing`](ParseError::breaks_framing)
+    /// leaves the stream unusable.
+    pub fn next_message(&mut self, limits: &Limits) -> Result<Option<Framed>, Rejection> {
+        let lead = self
+            .buf
+            .iter()
+            .position(|b| !matches!(b, b'\r' | b'\n'))
+            .unwrap_or(self.buf.len());
+        if lead > 0 {
+            // RFC 5626 keepalives are CRLFCRLF; any run of CRLF between
+            // messages is dropped.
+            self.buf.drain(..lead);
+            if lead >= 4 && self.buf.is_empty() {
+                return Ok(Some(Framed::Keepalive));
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let Some((head_end, body_start)) = split_head(&self.buf) else {
+            if self.buf.len() > limits.max_message_bytes {
+                return Err(ParseError::TooLarge.into());
+            }
+            return Ok(None);
+        };
+        let cl = content_length_of(&self.buf[..head_end]);
+        let cl = match cl {
+            Ok(n) => n,
+            Err(e) => {
+                // Parse the head for a reply, then report the framing error.
+                let mut r = parse_message(&self.buf[..body_start], limits, false)
+                    .err()
+                    .unwrap_or_else(|| e.into());
+                r.error = e;
+                return Err(r);
+            }
+        };
+        if body_start + cl > limits.max_message_bytes {
+            let mut r = parse_message(&self.buf[..body_start], limits, false)
+                .err()
+                .unwrap_or_else(|| ParseError::TooLarge.into());
+            if r.reply.is_none() {
+                r.reply = None;
+            }
+            r.error = ParseError::TooLarge;
+            return Err(r);
+        }
+        if self.buf.len() < body_start + cl {
+            return Ok(None);
+        }
+        let frame: Vec<u8> = self.buf.drain(..body_start + cl).collect();
+        parse_message(&frame, limits, false).map(|m| Some(Framed::Message(Box::new(m))))
+    }
+}
+
+/// Content-Length from a raw header section, for stream framing. Missing
+/// means 0; repeated values must agree.
+fn content_length_of(head: &[u8]) -> Result<usize, ParseError> {
+    let mut found: Option<usize> = None;
+    for line in (Lines { data: head, pos: 0 }) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&line[..colon]);
+        let name = name.trim();
+        if !(name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l")) {
+            continue;
+        }
+        let v = String::from_utf8_lossy(&line[colon + 1..]);
+        let v = v.trim();
+        if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::BadContentLength);
+        }
+        let n: usize = v.parse().map_err(|_| ParseError::BadContentLength)?;
+        if found.is_some_and(|f| f != n) {
+            return Err(ParseError::BadContentLength);
+        }
+        found = Some(n);
+    }
+    Ok(found.unwrap_or(0))
+}
+
+#[cfg(test)]
+pub(crate) fn name_of(h: &Header) -> &str {
+    &h.name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:100@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP [2001:db8::10]:5070;branch=z9hG4bK776asdhds\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:100@127.0.0.1>\r\n\
+From: \"Mario\" <sip:+393331234567@192.0.2.1>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33\r\n\
+CSeq: 314159 INVITE\r\n\
+Contact: <sip:+393331234567@[2001:db8::10]:5070>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\r\nv=0\r\n";
+
+    #[test]
+    fn parses_essentials_and_ipv6() {
+        let Framed::Message(m) = parse_datagram(INVITE.as_bytes(), &Limits::default()).unwrap()
+        else {
+            panic!("keepalive")
+        };
+        assert_eq!(m.via.sent_by, "[2001:db8::10]:5070");
+        assert_eq!(m.via.branch, "z9hG4bK776asdhds");
+        assert_eq!(m.cseq, 314159);
+        assert_eq!(m.from_tag.as_deref(), Some("1928301774"));
+        assert_eq!(m.body, b"v=0\r");
+        assert_eq!(name_of(&m.headers[0]), "Via");
+        let again = parse_message(&m.to_bytes(), &Limits::default(), true).unwrap();
+        assert_eq!(again.via, m.via);
+        assert_eq!(again.body, m.body);
+    }
+
+    #[test]
+    fn stream_framing_at_every_split() {
+        let two = format!("{INVITE}{INVITE}");
+        let bytes = two.as_bytes();
+        for split in 0..bytes.len() {
+            let mut f = StreamFramer::default();
+            let mut got = Vec::new();
+            f.push(&bytes[..split]);
+            while let Some(Framed::Message(m)) = f.next_message(&Limits::default()).unwrap() {
+                got.push(m);
+            }
+            f.push(&bytes[split..]);
+            while let Some(Framed::Message(m)) = f.next_message(&Limits::default()).unwrap() {
+                got.push(m);
+            }
+            assert_eq!(got.len(), 2, "split at {split}");
+            assert_eq!(got[0], got[1]);
+            assert_eq!(f.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn oversize_is_refused_before_the_body_arrives() {
+        let head = "INVITE sip:100@h SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 10485760\r\n\r\n";
+        let mut f = StreamFramer::default();
+        f.push(head.as_bytes());
+        let err = f.next_message(&Limits::default()).unwrap_err();
+        assert_eq!(err.error, ParseError::TooLarge);
+        let mut f = StreamFramer::default();
+        f.push(&vec![b'a'; 70_000]);
+        assert_eq!(
+            f.next_message(&Limits::default()).unwrap_err().error,
+            ParseError::TooLarge
+        );
+    }
+
+    #[test]
+    fn header_count_and_line_caps() {
+        let mut many = String::from(
+            "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n",
+        );
+        for i in 0..1000 {
+            many.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        let big = Limits {
+            max_message_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_datagram(many.as_bytes(), &big).unwrap_err().error,
+            ParseError::TooManyHeaders
+        );
+        let long = format!(
+            "OPTIONS sip:a@h SIP/2.0\r\nSubject: {}\r\n\r\n",
+            "a".repeat(8193)
+        );
+        assert_eq!(
+            parse_datagram(long.as_bytes(), &big).unwrap_err().error,
+            ParseError::HeaderLineTooLong
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_mutations(pos in 0usize..600, byte in proptest::num::u8::ANY, cut in 0usize..700) {
+            let mut v = INVITE.as_bytes().to_vec();
+            if pos < v.len() { v[pos] = byte; }
+            v.truncate(cut.min(v.len()));
+            let _ = parse_datagram(&v, &Limits::default());
+            let mut f = StreamFramer::default();
+            f.push(&v);
+            let _ = f.next_message(&Limits::default());
+        }
+    }
+}

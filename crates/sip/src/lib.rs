@@ -1,0 +1,23 @@
+//! Sans-IO SIP for Centralino.
+//!
+//! Owns: the ingress guard (framing, size caps, strict lexical checks), the
+//! [`Message`] type and its escaping writer, the transaction layer (RFC 3261 §17
+//! with RFC 6026), digest authentication (RFC 8760) and the registrar.
+//! Never does: sockets, threads, files or reading the clock; time comes in as
+//! `now: Instant` and work goes out as returned values.
+//!
+//! The grammar is our own (see ARCHITECTURE.md "Dependencies" for why
+//! `rsipstack` is not used: it no longer builds without its tokio platform).
+#![warn(missing_docs)]
+
+pub mod auth;
+mod error;
+pub mod guard;
+mod message;
+pub mod registrar;
+pub mod txn;
+pub mod uri;
+
+pub use error::ParseError;
+pub use guard::{Framed, Limits, StreamFramer, parse_datagram, parse_message};
+pub use message::{Header, Message, Method, StartLine, Transport, Via, escape_header_value};

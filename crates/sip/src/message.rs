@@ -1,0 +1,483 @@
+use std::borrow::Cow;
+use std::fmt;
+
+/// The transport a message came in on or leaves by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Unreliable datagrams: retransmission timers run.
+    Udp,
+    /// A reliable stream: timers A, E and G are off, D, I, J and K are zero.
+    Tcp,
+}
+
+impl Transport {
+    /// Whether the transport is reliable (RFC 3261 §17: no retransmissions).
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Self::Tcp)
+    }
+
+    /// The Via transport token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+}
+
+/// A SIP method. Unknown methods are kept (answered 501 by the element).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// INVITE
+    Invite,
+    /// ACK
+    Ack,
+    /// BYE
+    Bye,
+    /// CANCEL
+    Cancel,
+    /// REGISTER
+    Register,
+    /// OPTIONS
+    Options,
+    /// INFO
+    Info,
+    /// UPDATE
+    Update,
+    /// PRACK
+    Prack,
+    /// SUBSCRIBE
+    Subscribe,
+    /// NOTIFY
+    Notify,
+    /// REFER
+    Refer,
+    /// MESSAGE
+    Message,
+    /// PUBLISH
+    Publish,
+    /// Any other token.
+    Other(Box<str>),
+}
+
+impl Method {
+    /// Parses a method token (case-sensitive, RFC 3261 §7.1).
+    pub fn from_token(s: &str) -> Self {
+        match s {
+            "INVITE" => Self::Invite,
+            "ACK" => Self::Ack,
+            "BYE" => Self::Bye,
+            "CANCEL" => Self::Cancel,
+            "REGISTER" => Self::Register,
+            "OPTIONS" => Self::Options,
+            "INFO" => Self::Info,
+            "UPDATE" => Self::Update,
+            "PRACK" => Self::Prack,
+            "SUBSCRIBE" => Self::Subscribe,
+            "NOTIFY" => Self::Notify,
+            "REFER" => Self::Refer,
+            "MESSAGE" => Self::Message,
+            "PUBLISH" => Self::Publish,
+            other => Self::Other(other.into()),
+        }
+    }
+
+    /// The wire token.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Invite => "INVITE",
+            Self::Ack => "ACK",
+            Self::Bye => "BYE",
+            Self::Cancel => "CANCEL",
+            Self::Register => "REGISTER",
+            Self::Options => "OPTIONS",
+            Self::Info => "INFO",
+            Self::Update => "UPDATE",
+            Self::Prack => "PRACK",
+            Self::Subscribe => "SUBSCRIBE",
+            Self::Notify => "NOTIFY",
+            Self::Refer => "REFER",
+            Self::Message => "MESSAGE",
+            Self::Publish => "PUBLISH",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// A bounded label for metrics: unknown methods collapse to `other`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Invite => "INVITE",
+            Self::Ack => "ACK",
+            Self::Bye => "BYE",
+            Self::Cancel => "CANCEL",
+            Self::Register => "REGISTER",
+            Self::Options => "OPTIONS",
+            Self::Info => "INFO",
+            Self::Update => "UPDATE",
+            Self::Prack => "PRACK",
+            Self::Subscribe => "SUBSCRIBE",
+            Self::Notify => "NOTIFY",
+            Self::Refer => "REFER",
+            Self::Message => "MESSAGE",
+            Self::Publish => "PUBLISH",
+            Self::Other(_) => "other",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first line of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartLine {
+    /// `Method SP Request-URI SP SIP/2.0`
+    Request {
+        /// The method.
+        method: Method,
+        /// The Request-URI as received (validated).
+        uri: String,
+    },
+    /// `SIP/2.0 SP Status-Code SP Reason-Phrase`
+    Response {
+        /// 100..=699
+        code: u16,
+        /// May be empty.
+        reason: String,
+    },
+}
+
+/// One header field, unfolded; compact names are expanded to their long form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Canonical name for known headers, the received name otherwise.
+    pub name: Cow<'static, str>,
+    /// The value with surrounding whitespace trimmed.
+    pub value: String,
+}
+
+/// The parts of the top Via that transactions and responses need.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Via {
+    /// The transport token as received (`UDP`, `TCP`, `TLS`, ...).
+    pub transport: String,
+    /// `host[:port]`, IPv6 references in brackets.
+    pub sent_by: String,
+    /// The branch parameter, always starting with the RFC 3261 magic cookie.
+    pub branch: String,
+}
+
+/// A parsed SIP message with its essential fields extracted and validated.
+///
+/// `headers` keeps every field in order, for responses that must echo them
+/// and for relaying; the fields below are what the transaction and dialog
+/// layers match on. Serialising with [`Message::to_bytes`] always recomputes
+/// Content-Length from the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Request-Line or Status-Line.
+    pub start: StartLine,
+    /// All header fields except Content-Length, in order.
+    pub headers: Vec<Header>,
+    /// The body, exactly Content-Length bytes.
+    pub body: Vec<u8>,
+    /// Call-ID.
+    pub call_id: String,
+    /// CSeq number.
+    pub cseq: u32,
+    /// CSeq method.
+    pub cseq_method: Method,
+    /// The tag of From (absent only in RFC 2543 peers).
+    pub from_tag: Option<String>,
+    /// The tag of To (absent outside dialogs).
+    pub to_tag: Option<String>,
+    /// The topmost Via.
+    pub via: Via,
+    /// Max-Forwards, when present.
+    pub max_forwards: Option<u8>,
+}
+
+/// Canonical long form of a header name, expanding RFC 3261 compact forms.
+pub(crate) fn canonical_name(name: &str) -> Cow<'static, str> {
+    const KNOWN: &[(&str, &str)] = &[
+        ("i", "Call-ID"),
+        ("m", "Contact"),
+        ("e", "Content-Encoding"),
+        ("l", "Content-Length"),
+        ("c", "Content-Type"),
+        ("f", "From"),
+        ("s", "Subject"),
+        ("k", "Supported"),
+        ("t", "To"),
+        ("v", "Via"),
+        ("o", "Event"),
+        ("r", "Refer-To"),
+        ("x", "Session-Expires"),
+        ("call-id", "Call-ID"),
+        ("contact", "Contact"),
+        ("content-length", "Content-Length"),
+        ("content-type", "Content-Type"),
+        ("from", "From"),
+        ("to", "To"),
+        ("via", "Via"),
+        ("cseq", "CSeq"),
+        ("max-forwards", "Max-Forwards"),
+        ("require", "Require"),
+        ("proxy-require", "Proxy-Require"),
+        ("accept", "Accept"),
+        ("authorization", "Authorization"),
+        ("expires", "Expires"),
+        ("record-route", "Record-Route"),
+        ("route", "Route"),
+        ("user-agent", "User-Agent"),
+        ("supported", "Supported"),
+        ("allow", "Allow"),
+    ];
+    for (k, v) in KNOWN {
+        if name.eq_ignore_ascii_case(k) {
+            return Cow::Borrowed(v);
+        }
+    }
+    Cow::Owned(name.to_owned())
+}
+
+/// Makes a value safe to place in a header: CR, LF, NUL and other control
+/// characters are replaced by a space, so no value can end the header line or
+/// start a new one (header injection, TEST-MATRIX A10).
+pub fn escape_header_value(value: &str) -> Cow<'_, str> {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        Cow::Owned(
+            value
+                .chars()
+                .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+impl Message {
+    /// The method of a request, or the CSeq method of a response.
+    pub fn method(&self) -> &Method {
+        match &self.start {
+            StartLine::Request { method, .. } => method,
+            StartLine::Response { .. } => &self.cseq_method,
+        }
+    }
+
+    /// Whether this is a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The status code of a response, 0 for a request.
+    pub fn code(&self) -> u16 {
+        match self.start {
+            StartLine::Response { code, .. } => code,
+            StartLine::Request { .. } => 0,
+        }
+    }
+
+    /// The Request-URI of a request.
+    pub fn request_uri(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The first value of a header, by case-insensitive long name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// All values of a header, by case-insensitive long name.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// Appends a header; the value is escaped so it cannot inject lines.
+    pub fn push(&mut self, name: &'static str, value: &str) {
+        self.headers.push(Header {
+            name: Cow::Borrowed(name),
+            value: escape_header_value(value).into_owned(),
+        });
+    }
+
+    /// Removes every header with this name.
+    pub fn remove(&mut self, name: &str) {
+        self.headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
+    }
+
+    /// A new request with its essential headers in the RFC 3261 §8.1.1 order.
+    #[allow(clippy::too_many_arguments)] // Mirrors the mandatory header set of §8.1.1.
+    pub fn new_request(
+        method: Method,
+        uri: &str,
+        via: Via,
+        from: &str,
+        from_tag: &str,
+        to: &str,
+        to_tag: Option<&str>,
+        call_id: &str,
+        cseq: u32,
+    ) -> Self {
+        let mut m = Self {
+            start: StartLine::Request {
+                method: method.clone(),
+                uri: escape_header_value(uri).into_owned(),
+            },
+            headers: Vec::with_capacity(10),
+            body: Vec::new(),
+            call_id: call_id.to_owned(),
+            cseq,
+            cseq_method: if method == Method::Ack {
+                Method::Invite
+            } else {
+                method.clone()
+            },
+            from_tag: Some(from_tag.to_owned()),
+            to_tag: to_tag.map(str::to_owned),
+            via: via.clone(),
+            max_forwards: Some(70),
+        };
+        m.push(
+            "Via",
+            &format!("SIP/2.0/{} {};branch={}", via.transport, via.sent_by, via.branch),
+        );
+        m.push("Max-Forwards", "70");
+        m.push("From", &format!("{from};tag={from_tag}"));
+        match to_tag {
+            Some(t) => m.push("To", &format!("{to};tag={t}")),
+            None => m.push("To", to),
+        }
+        m.push("Call-ID", call_id);
+        let cseq_method = m.cseq_method.clone();
+        m.push("CSeq", &format!("{cseq} {cseq_method}"));
+        m
+    }
+
+    /// A response to this request (RFC 3261 §8.2.6): Via, From, To, Call-ID and
+    /// CSeq copied; `to_tag` added to To when it has none.
+    pub fn response(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Self {
+        let mut headers = Vec::with_capacity(8);
+        let mut new_to_tag = self.to_tag.clone();
+        for h in &self.headers {
+            match &*h.name {
+                "Via" | "From" | "Call-ID" | "CSeq" => headers.push(h.clone()),
+                "To" => {
+                    let mut h = h.clone();
+                    if self.to_tag.is_none() {
+                        if let Some(tag) = to_tag {
+                            h.value.push_str(";tag=");
+                            h.value.push_str(&escape_header_value(tag));
+                            new_to_tag = Some(tag.to_owned());
+                        }
+                    }
+                    headers.push(h);
+                }
+                _ => {}
+            }
+        }
+        Self {
+            start: StartLine::Response {
+                code,
+                reason: escape_header_value(reason).into_owned(),
+            },
+            headers,
+            body: Vec::new(),
+            call_id: self.call_id.clone(),
+            cseq: self.cseq,
+            cseq_method: self.cseq_method.clone(),
+            from_tag: self.from_tag.clone(),
+            to_tag: new_to_tag,
+            via: self.via.clone(),
+            max_forwards: None,
+        }
+    }
+
+    /// Sets the body and its Content-Type.
+    pub fn set_body(&mut self, content_type: Option<&str>, body: Vec<u8>) {
+        self.remove("Content-Type");
+        if let Some(ct) = content_type {
+            self.push("Content-Type", ct);
+        }
+        self.body = body;
+    }
+
+    /// Serialises the message; Content-Length is always written from the body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512 + self.body.len());
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Serialises into `out` (appending).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = match &self.start {
+            StartLine::Request { method, uri } => write!(out, "{method} {uri} SIP/2.0\r\n"),
+            StartLine::Response { code, reason } => write!(out, "SIP/2.0 {code} {reason}\r\n"),
+        };
+        for h in &self.headers {
+            if h.name.eq_ignore_ascii_case("Content-Length") {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(out, "Content-Length: {}\r\n\r\n", self.body.len());
+        out.extend_from_slice(&self.body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_removes_line_breaks() {
+        assert_eq!(escape_header_value("a\r\nVia: x"), "a  Via: x");
+        assert_eq!(escape_header_value("plain"), "plain");
+        assert_eq!(escape_header_value("nul\0"), "nul ");
+    }
+
+    #[test]
+    fn injected_values_never_start_a_header_line() {
+        let via = Via {
+            transport: "UDP".into(),
+            sent_by: "127.0.0.1:5060".into(),
+            branch: "z9hG4bK1".into(),
+        };
+        let mut m = Message::new_request(
+            Method::Invite,
+            "sip:100@127.0.0.1\r\nX: y",
+            via,
+            "\"evil\r\nRoute: <sip:x>\" <sip:1@a>",
+            "t1",
+            "<sip:100@b>",
+            None,
+            "cid\r\n",
+            1,
+        );
+        m.push("Subject", "hi\r\n\r\nINVITE sip:x SIP/2.0");
+        let text = String::from_utf8(m.to_bytes()).unwrap();
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert!(lines.iter().all(|l| !l.starts_with("Route") && !l.starts_with("X:")));
+        assert_eq!(lines.iter().filter(|l| l.starts_with("INVITE ")).count(), 1);
+        assert_eq!(text.matches("\r\n\r\n").count(), 1);
+    }
+}

@@ -1,0 +1,314 @@
+//! URI and address helpers: name-addr parsing with strict display-name rules,
+//! parameters, and SIP/SIPS URI validation (RFC 3261 §25.1, RFC 5118 hosts).
+
+/// The scheme class of a URI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `sip:`
+    Sip,
+    /// `sips:`
+    Sips,
+    /// `tel:`
+    Tel,
+    /// Syntactically an absolute URI, but a scheme we never route (answered 416).
+    Other,
+}
+
+/// Classifies and validates a URI. `None` when it is not a URI at all.
+pub fn classify(uri: &str) -> Option<Scheme> {
+    let (scheme, rest) = uri.split_once(':')?;
+    if scheme.is_empty()
+        || !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        || rest.is_empty()
+        || uri.bytes().any(|b| b <= b' ' || matches!(b, b'<' | b'>' | b'"'))
+    {
+        return None;
+    }
+    let s = if scheme.eq_ignore_ascii_case("sip") {
+        Scheme::Sip
+    } else if scheme.eq_ignore_ascii_case("sips") {
+        Scheme::Sips
+    } else if scheme.eq_ignore_ascii_case("tel") {
+        Scheme::Tel
+    } else {
+        return Some(Scheme::Other);
+    };
+    if matches!(s, Scheme::Sip | Scheme::Sips) && !valid_sip_uri(rest) {
+        return None;
+    }
+    Some(s)
+}
+
+/// `[userinfo "@"] hostport uri-parameters [headers]`, after the scheme.
+fn valid_sip_uri(rest: &str) -> bool {
+    // The user part may hold ';', '?' and ',' (RFC 4475 semiuri, intmeth), so
+    // split at the last '@' first.
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (host_params, headers) = after.split_once('?').unwrap_or((after, ""));
+    if let Some(u) = userinfo {
+        if u.is_empty() || !u.bytes().all(|b| is_uric(b) || b == b':') || !valid_escapes(u) {
+            return false;
+        }
+    }
+    let (hostport, params) = host_params.split_once(';').unwrap_or((host_params, ""));
+    if !crate::guard::valid_host_port(hostport) {
+        return false;
+    }
+    let params_ok = params.is_empty()
+        || params.split(';').all(|p| {
+            let name = p.split_once('=').map_or(p, |(n, _)| n);
+            !name.is_empty() && p.bytes().all(|b| is_uric(b) && b != b';') && valid_escapes(p)
+        });
+    params_ok && headers.bytes().all(is_uric) && valid_escapes(headers)
+}
+
+/// Characters allowed in SIP URI components once the delimiters are known.
+fn is_uric(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%' | b'&' | b'='
+                | b'+' | b'$' | b',' | b';' | b'?' | b'/' | b'[' | b']' | b':'
+        )
+}
+
+/// Every `%` starts a two-hex-digit escape.
+fn valid_escapes(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+/// The user part of a SIP URI, if any (`sip:user;x=y@host` gives `user;x=y`).
+pub fn user(uri: &str) -> Option<&str> {
+    let rest = uri.split_once(':')?.1;
+    let at = rest.rfind('@')?;
+    let user = &rest[..at];
+    let user = user.split_once(':').map_or(user, |(u, _password)| u);
+    (!user.is_empty()).then_some(user)
+}
+
+/// `host[:port]` of a SIP URI, without parameters or headers.
+pub fn host_port(uri: &str) -> Option<&str> {
+    let rest = uri.split_once(':')?.1;
+    let rest = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let end = rest.find([';', '?']).unwrap_or(rest.len());
+    let hp = &rest[..end];
+    (!hp.is_empty()).then_some(hp)
+}
+
+/// Whether the URI carries `?headers` (escaped headers in a Request-URI).
+pub fn has_headers(uri: &str) -> bool {
+    uri.contains('?')
+}
+
+/// A parsed `name-addr` or `addr-spec` header value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    /// The display name, quotes kept, if any.
+    pub display: Option<&'a str>,
+    /// The URI, without angle brackets.
+    pub uri: &'a str,
+    /// Header parameters after the address (`;tag=...;expires=...`).
+    pub params: Vec<(&'a str, Option<&'a str>)>,
+}
+
+impl<'a> NameAddr<'a> {
+    /// The value of a header parameter, case-insensitive name.
+    pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~'
+        )
+}
+
+/// Parses one `name-addr` / `addr-spec` with params (RFC 3261 §20.10 rules):
+/// display names are tokens or a terminated quoted string, nothing but the URI
+/// inside `<>`, and an addr-spec without brackets holds no `?`, `,` or spaces.
+pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
+    let v = value.trim();
+    let (display, uri, rest) = if let Some(after) = v.strip_prefix('"') {
+        let close = closing_quote(after)?;
+        let display = &v[..close + 2];
+        let rest = after[close + 1..].trim_start();
+        let inner = rest.strip_prefix('<')?;
+        let end = inner.find('>')?;
+        (Some(display), &inner[..end], &inner[end + 1..])
+    } else if let Some(lt) = v.find('<') {
+        let display = v[..lt].trim();
+        if !display
+            .chars()
+            .all(|c| is_token_char(c) || c == ' ' || c == '\t')
+        {
+            return None;
+        }
+        let inner = &v[lt + 1..];
+        let end = inner.find('>')?;
+        let display = (!display.is_empty()).then_some(display);
+        (display, &inner[..end], &inner[end + 1..])
+    } else {
+        let end = v.find(';').unwrap_or(v.len());
+        let uri = v[..end].trim_end();
+        if uri.contains(['?', ',']) {
+            return None;
+        }
+        (None, uri, &v[end..])
+    };
+    if uri.is_empty() || uri.trim() != uri {
+        return None;
+    }
+    if uri != "*" {
+        classify(uri)?;
+    }
+    let params = parse_params(rest)?;
+    Some(NameAddr {
+        display,
+        uri,
+        params,
+    })
+}
+
+/// Position of the closing quote in a quoted string body (after the opening one).
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Parses `*( SEMI name [EQUAL value] )`, LWS allowed around `;` and `=`.
+/// Empty names (`;;`) are refused.
+pub fn parse_params(s: &str) -> Option<Vec<(&str, Option<&str>)>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    let s = s.strip_prefix(';')?;
+    let mut out = Vec::new();
+    for p in s.split(';') {
+        let (name, value) = match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (p.trim(), None),
+        };
+        if name.is_empty() || !name.chars().all(is_token_char) {
+            return None;
+        }
+        if let Some(v) = value {
+            let quoted = v.starts_with('"') && v.ends_with('"') && v.len() >= 2;
+            if v.is_empty() || (!quoted && v.contains([' ', ',', '"'])) {
+                return None;
+            }
+        }
+        out.push((name, value));
+    }
+    Some(out)
+}
+
+/// Splits a header value at top-level commas (outside quotes and `<>`).
+pub fn split_list(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_addr_forms() {
+        let n = parse_name_addr("\"A \\\"b\\\"\" <sip:1001@[2001:db8::1]:5070>;tag=x").unwrap();
+        assert_eq!(n.uri, "sip:1001@[2001:db8::1]:5070");
+        assert_eq!(n.param("tag"), Some(Some("x")));
+        assert_eq!(host_port(n.uri), Some("[2001:db8::1]:5070"));
+        assert_eq!(user(n.uri), Some("1001"));
+        let n = parse_name_addr(" sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        assert_eq!(n.param("tag"), Some(Some("1918181833n")));
+        let n = parse_name_addr("caller<sip:caller@example.com>;tag=323").unwrap();
+        assert_eq!(n.display, Some("caller"));
+    }
+
+    #[test]
+    fn bad_name_addrs() {
+        for bad in [
+            "\"Mr. J. User <sip:j.user@example.com>",
+            "Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+            "\"Watson, Thomas\" < sip:t.watson@example.org >",
+            "sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            "\"Joe\" <sip:joe@example.org>;;;;",
+            "<sip:>",
+        ] {
+            assert!(parse_name_addr(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(classify("sip:a@b"), Some(Scheme::Sip));
+        assert_eq!(classify("tel:+390612345"), Some(Scheme::Tel));
+        assert_eq!(classify("soap.beep://192.0.2.103:3002"), Some(Scheme::Other));
+        assert_eq!(classify("<sip:a@b>"), None);
+        assert_eq!(classify("sip:a@b c"), None);
+    }
+
+    #[test]
+    fn lists() {
+        assert_eq!(
+            split_list("\"a,b\" <sip:x>, <sip:y;p=1,2>, sip:z"),
+            vec!["\"a,b\" <sip:x>", "<sip:y;p=1,2>", "sip:z"]
+        );
+    }
+}
