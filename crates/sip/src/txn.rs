@@ -1,1 +1,859 @@
-//! placeholder
+//! The transaction layer (RFC 3261 §17 with the RFC 6026 Accepted states).
+//!
+//! Sans-IO: feed it with [`Transactions::handle_request`],
+//! [`Transactions::handle_response`] and [`Transactions::handle_timeout`];
+//! send through [`Transactions::send_request`] and [`Transactions::respond`];
+//! then drain [`Transactions::poll_output`] until `None` and arm a timer for
+//! [`Transactions::poll_timeout`].
+//!
+//! ```text
+//! server INVITE                         client INVITE
+//!   Proceeding --2xx--> Accepted (L)      Calling (A,B) --1xx--> Proceeding
+//!       |                  | ACK: stop G     |   \--2xx--> Accepted (M)
+//!    300-699               v                 300-699: ACK --> Completed (D)
+//!       v             Terminated             Timer B --> Terminated + Timeout
+//!   Completed (G,H) --ACK--> Confirmed (I) --> Terminated
+//!
+//! server non-INVITE                     client non-INVITE
+//!   Trying -1xx-> Proceeding -final-> Completed (J) -> Terminated
+//!                                       Trying (E,F) -1xx-> Proceeding -final-> Completed (K)
+//! ```
+//!
+//! Retransmissions run on unreliable transports only; on reliable ones timers
+//! D, I, J and K are zero (RFC 3261 §17.1.2.2, §17.2.2). In the server's
+//! Accepted state this layer also retransmits the 2xx until the ACK arrives
+//! (the TU duty of §13.3.1.4), and reports [`TxOutput::NoAck`] when it never
+//! does, so the dialog can be torn down with BYE.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::message::{Message, Method, StartLine, Transport};
+
+/// Where a message came from or goes to: the transport, the peer and, on
+/// streams, the connection it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The connection id on streams (0 for datagrams).
+    pub conn: u64,
+}
+
+/// RFC 3261 timer values.
+#[derive(Clone, Copy, Debug)]
+pub struct TimerConfig {
+    /// RTT estimate (500 ms).
+    pub t1: Duration,
+    /// Maximum retransmit interval for non-INVITE requests and INVITE responses (4 s).
+    pub t2: Duration,
+    /// Maximum time a message stays in the network (5 s).
+    pub t4: Duration,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        Self {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Identifies a transaction: the branch and the method it matches on (an ACK
+/// matches its INVITE; a CANCEL is a transaction of its own).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TxKey {
+    /// Via branch.
+    pub branch: String,
+    /// INVITE, CANCEL, or the non-INVITE method.
+    pub method: Method,
+}
+
+impl TxKey {
+    /// The key of a message, as a server or client would match it.
+    pub fn of(msg: &Message) -> Self {
+        let method = match msg.method() {
+            Method::Ack => Method::Invite,
+            m => m.clone(),
+        };
+        Self {
+            branch: msg.via.branch.clone(),
+            method,
+        }
+    }
+}
+
+/// What the transaction layer asks its user to do or tells it.
+#[derive(Debug)]
+pub enum TxOutput {
+    /// Send these bytes.
+    Transmit {
+        /// Destination.
+        flow: Flow,
+        /// The serialised message.
+        bytes: Vec<u8>,
+    },
+    /// A new request for the TU (a new server transaction, or an ACK for a 2xx).
+    Request {
+        /// Where it came from.
+        flow: Flow,
+        /// The request.
+        msg: Box<Message>,
+    },
+    /// A response for a client transaction (2xx retransmissions included).
+    Response {
+        /// The client transaction.
+        key: TxKey,
+        /// The response.
+        msg: Box<Message>,
+    },
+    /// Timer B or F fired: the request got no final response.
+    Timeout {
+        /// The client transaction.
+        key: TxKey,
+    },
+    /// A 2xx to an INVITE was never acknowledged (Timer L, 64·T1).
+    NoAck {
+        /// The server transaction.
+        key: TxKey,
+        /// Its Call-ID, for the dialog layer.
+        call_id: String,
+    },
+}
+
+/// Counters the driver exports as metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxStats {
+    /// Retransmissions sent.
+    pub retransmissions: u64,
+    /// Retransmitted requests absorbed by a server transaction.
+    pub absorbed: u64,
+    /// Responses that matched no client transaction.
+    pub stray_responses: u64,
+    /// Merged requests refused with 482.
+    pub merged: u64,
+    /// Client transactions that timed out.
+    pub timeouts: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SState {
+    Trying,
+    Proceeding,
+    Completed,
+    Confirmed,
+    Accepted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CState {
+    Calling,
+    Proceeding,
+    Completed,
+    Accepted,
+}
+
+struct ServerTx {
+    state: SState,
+    flow: Flow,
+    request: Box<Message>,
+    last_response: Option<Vec<u8>>,
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    timeout_at: Option<Instant>,
+    merge_key: Option<(String, String, u32)>,
+}
+
+struct ClientTx {
+    state: CState,
+    flow: Flow,
+    request: Box<Message>,
+    bytes: Vec<u8>,
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    timeout_at: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// All transactions of one SIP endpoint.
+pub struct Transactions {
+    cfg: TimerConfig,
+    server: HashMap<TxKey, ServerTx>,
+    client: HashMap<TxKey, ClientTx>,
+    /// (Call-ID, From tag, CSeq) of server transactions without To tag, for
+    /// merged-request detection (§8.2.2.2).
+    merge: HashMap<(String, String, u32), TxKey>,
+    /// (Call-ID, CSeq) of INVITEs in Accepted whose 2xx still retransmits.
+    awaiting_ack: HashMap<(String, u32), TxKey>,
+    timers: BinaryHeap<Reverse<(Instant, Side, u64)>>,
+    timer_keys: HashMap<u64, TxKey>,
+    next_timer: u64,
+    out: VecDeque<TxOutput>,
+    stats: TxStats,
+}
+
+impl Transactions {
+    /// A layer with these timer values.
+    pub fn new(cfg: TimerConfig) -> Self {
+        Self {
+            cfg,
+            server: HashMap::new(),
+            client: HashMap::new(),
+            merge: HashMap::new(),
+            awaiting_ack: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_keys: HashMap::new(),
+            next_timer: 0,
+            out: VecDeque::new(),
+            stats: TxStats::default(),
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> TxStats {
+        self.stats
+    }
+
+    /// Live server and client transactions.
+    pub fn len(&self) -> (usize, usize) {
+        (self.server.len(), self.client.len())
+    }
+
+    /// Whether no transaction is live.
+    pub fn is_empty(&self) -> bool {
+        self.server.is_empty() && self.client.is_empty()
+    }
+
+    /// The next output, until `None`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<TxOutput> {
+        self.out.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn arm(&mut self, at: Instant, side: Side, key: &TxKey) {
+        let id = self.next_timer;
+        self.next_timer += 1;
+        self.timers.push(Reverse((at, side, id)));
+        self.timer_keys.insert(id, key.clone());
+    }
+
+    /// A request from the network, already through the guard.
+    pub fn handle_request(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+        let key = TxKey::of(&msg);
+        if *msg.method() == Method::Ack {
+            self.handle_ack(now, flow, key, msg);
+            return;
+        }
+        if let Some(tx) = self.server.get_mut(&key) {
+            self.stats.absorbed += 1;
+            if let Some(bytes) = &tx.last_response {
+                if !matches!(tx.state, SState::Accepted) || !flow.transport.is_reliable() {
+                    self.out.push_back(TxOutput::Transmit {
+                        flow: tx.flow,
+                        bytes: bytes.clone(),
+                    });
+                }
+            }
+            return;
+        }
+        let merge_key = match (&msg.to_tag, &msg.from_tag) {
+            (None, Some(ft)) => Some((msg.call_id.clone(), ft.clone(), msg.cseq)),
+            _ => None,
+        };
+        if let Some(mk) = &merge_key {
+            if let Some(other) = self.merge.get(mk) {
+                if other.method == key.method && *other != key {
+                    self.stats.merged += 1;
+                    let r = msg.response(482, "Loop Detected", Some("merged"));
+                    self.out.push_back(TxOutput::Transmit {
+                        flow,
+                        bytes: r.to_bytes(),
+                    });
+                    return;
+                }
+            }
+            self.merge.insert(mk.clone(), key.clone());
+        }
+        let state = if key.method == Method::Invite {
+            SState::Proceeding
+        } else {
+            SState::Trying
+        };
+        self.server.insert(
+            key,
+            ServerTx {
+                state,
+                flow,
+                request: msg.clone(),
+                last_response: None,
+                retransmit_at: None,
+                interval: self.cfg.t1,
+                timeout_at: None,
+                merge_key,
+            },
+        );
+        self.out.push_back(TxOutput::Request { flow, msg });
+    }
+
+    fn handle_ack(&mut self, now: Instant, flow: Flow, key: TxKey, msg: Box<Message>) {
+        if let Some(tx) = self.server.get_mut(&key) {
+            if tx.state == SState::Completed {
+                tx.state = SState::Confirmed;
+                tx.retransmit_at = None;
+                let wait = if tx.flow.transport.is_reliable() {
+                    Duration::ZERO
+                } else {
+                    self.cfg.t4
+                };
+                tx.timeout_at = Some(now + wait);
+                self.arm(now + wait, Side::Server, &key);
+                return;
+            }
+            if tx.state == SState::Confirmed {
+                self.stats.absorbed += 1;
+                return;
+            }
+        }
+        // An ACK for a 2xx: a request of its own, in the dialog.
+        if let Some(k) = self.awaiting_ack.remove(&(msg.call_id.clone(), msg.cseq)) {
+            if let Some(tx) = self.server.get_mut(&k) {
+                tx.retransmit_at = None;
+            }
+        }
+        self.out.push_back(TxOutput::Request { flow, msg });
+    }
+
+    /// Sends a response within the server transaction `key` (the request's
+    /// [`TxKey::of`]). Responses to unknown transactions are dropped.
+    pub fn respond(&mut self, now: Instant, key: &TxKey, resp: &Message) {
+        let code = resp.code();
+        let Some(tx) = self.server.get_mut(key) else {
+            return;
+        };
+        if matches!(
+            tx.state,
+            SState::Completed | SState::Confirmed | SState::Accepted
+        ) {
+            return;
+        }
+        let bytes = resp.to_bytes();
+        self.out.push_back(TxOutput::Transmit {
+            flow: tx.flow,
+            bytes: bytes.clone(),
+        });
+        tx.last_response = Some(bytes);
+        let reliable = tx.flow.transport.is_reliable();
+        let t1 = self.cfg.t1;
+        if code < 200 {
+            if tx.state == SState::Trying {
+                tx.state = SState::Proceeding;
+            }
+            return;
+        }
+        if key.method == Method::Invite {
+            let timeout = now + 64 * t1;
+            tx.timeout_at = Some(timeout);
+            tx.interval = t1;
+            if (200..300).contains(&code) {
+                tx.state = SState::Accepted;
+                self.awaiting_ack
+                    .insert((tx.request.call_id.clone(), tx.request.cseq), key.clone());
+            } else {
+                tx.state = SState::Completed;
+            }
+            if !reliable {
+                tx.retransmit_at = Some(now + t1);
+                self.arm(now + t1, Side::Server, key);
+            }
+            self.arm(timeout, Side::Server, key);
+        } else {
+            tx.state = SState::Completed;
+            let wait = if reliable { Duration::ZERO } else { 64 * t1 };
+            tx.timeout_at = Some(now + wait);
+            self.arm(now + wait, Side::Server, key);
+        }
+    }
+
+    /// The original request of a server transaction (to build CANCEL answers).
+    pub fn server_request(&self, key: &TxKey) -> Option<&Message> {
+        self.server.get(key).map(|t| &*t.request)
+    }
+
+    /// Whether the server transaction has sent a final response.
+    pub fn server_is_final(&self, key: &TxKey) -> bool {
+        self.server
+            .get(key)
+            .is_none_or(|t| !matches!(t.state, SState::Trying | SState::Proceeding))
+    }
+
+    /// Starts a client transaction. The request's top Via carries a fresh branch.
+    pub fn send_request(&mut self, now: Instant, flow: Flow, req: Message) -> TxKey {
+        let key = TxKey::of(&req);
+        let bytes = req.to_bytes();
+        self.out.push_back(TxOutput::Transmit {
+            flow,
+            bytes: bytes.clone(),
+        });
+        let t1 = self.cfg.t1;
+        let reliable = flow.transport.is_reliable();
+        let timeout = now + 64 * t1;
+        let retransmit_at = (!reliable).then_some(now + t1);
+        let state = if key.method == Method::Invite {
+            CState::Calling
+        } else {
+            CState::Proceeding
+        };
+        // Non-INVITE starts in Trying; the state only matters for E's cap,
+        // tracked by `interval`, so Calling/Proceeding suffice here.
+        let state = if key.method == Method::Invite {
+            state
+        } else {
+            CState::Calling
+        };
+        self.client.insert(
+            key.clone(),
+            ClientTx {
+                state,
+                flow,
+                request: Box::new(req),
+                bytes,
+                retransmit_at,
+                interval: t1,
+                timeout_at: Some(timeout),
+            },
+        );
+        if let Some(at) = retransmit_at {
+            self.arm(at, Side::Client, &key);
+        }
+        self.arm(timeout, Side::Client, &key);
+        key
+    }
+
+    /// The request of a client transaction (to build its CANCEL).
+    pub fn client_request(&self, key: &TxKey) -> Option<&Message> {
+        self.client.get(key).map(|t| &*t.request)
+    }
+
+    /// A response from the network.
+    pub fn handle_response(&mut self, now: Instant, msg: Box<Message>) {
+        let key = TxKey::of(&msg);
+        let code = msg.code();
+        let Some(tx) = self.client.get_mut(&key) else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        let reliable = tx.flow.transport.is_reliable();
+        if key.method == Method::Invite {
+            match (tx.state, code) {
+                (CState::Calling | CState::Proceeding, 100..=199) => {
+                    tx.state = CState::Proceeding;
+                    tx.retransmit_at = None;
+                    self.out.push_back(TxOutput::Response { key, msg });
+                }
+                (CState::Calling | CState::Proceeding, 200..=299) => {
+                    tx.state = CState::Accepted;
+                    tx.retransmit_at = None;
+                    let at = now + 64 * self.cfg.t1;
+                    tx.timeout_at = Some(at);
+                    self.arm(at, Side::Client, &key);
+                    self.out.push_back(TxOutput::Response { key, msg });
+                }
+                (CState::Accepted, 200..=299) => {
+                    self.out.push_back(TxOutput::Response { key, msg });
+                }
+                (CState::Calling | CState::Proceeding, _) => {
+                    let ack = ack_for(&tx.request, &msg);
+                    self.out.push_back(TxOutput::Transmit {
+                        flow: tx.flow,
+                        bytes: ack.clone(),
+                    });
+                    tx.bytes = ack;
+                    tx.state = CState::Completed;
+                    tx.retransmit_at = None;
+                    let wait = if reliable {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(32)
+                    };
+                    tx.timeout_at = Some(now + wait);
+                    self.arm(now + wait, Side::Client, &key);
+                    self.out.push_back(TxOutput::Response { key, msg });
+                }
+                (CState::Completed, 300..=699) => {
+                    self.stats.retransmissions += 1;
+                    self.out.push_back(TxOutput::Transmit {
+                        flow: tx.flow,
+                        bytes: tx.bytes.clone(),
+                    });
+                }
+                _ => {}
+            }
+        } else {
+            match (tx.state, code) {
+                (CState::Calling | CState::Proceeding, 100..=199) => {
+                    tx.state = CState::Proceeding;
+                    self.out.push_back(TxOutput::Response { key, msg });
+                }
+                (CState::Calling | CState::Proceeding, _) => {
+                    tx.state = CState::Completed;
+                    tx.retransmit_at = None;
+                    let wait = if reliable { Duration::ZERO } else { self.cfg.t4 };
+                    tx.timeout_at = Some(now + wait);
+                    self.arm(now + wait, Side::Client, &key);
+                    self.out.push_back(TxOutput::Response { key, msg });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, side, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(key) = self.timer_keys.remove(&id) else {
+                continue;
+            };
+            match side {
+                Side::Server => self.server_timer(now, at, key),
+                Side::Client => self.client_timer(now, at, key),
+            }
+        }
+    }
+
+    fn server_timer(&mut self, now: Instant, at: Instant, key: TxKey) {
+        let t2 = self.cfg.t2;
+        let Some(tx) = self.server.get_mut(&key) else {
+            return;
+        };
+        if tx.retransmit_at == Some(at) {
+            if let Some(bytes) = &tx.last_response {
+                self.stats.retransmissions += 1;
+                self.out.push_back(TxOutput::Transmit {
+                    flow: tx.flow,
+                    bytes: bytes.clone(),
+                });
+            }
+            tx.interval = (tx.interval * 2).min(t2);
+            let next = now + tx.interval;
+            tx.retransmit_at = Some(next);
+            self.arm(next, Side::Server, &key);
+        } else if tx.timeout_at == Some(at) {
+            let tx = self.remove_server(&key);
+            if let Some(tx) = tx {
+                if tx.state == SState::Accepted && tx.retransmit_at.is_some() {
+                    self.out.push_back(TxOutput::NoAck {
+                        key,
+                        call_id: tx.request.call_id.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn remove_server(&mut self, key: &TxKey) -> Option<ServerTx> {
+        let tx = self.server.remove(key)?;
+        if let Some(mk) = &tx.merge_key {
+            if self.merge.get(mk) == Some(key) {
+                self.merge.remove(mk);
+            }
+        }
+        let ak = (tx.request.call_id.clone(), tx.request.cseq);
+        if self.awaiting_ack.get(&ak) == Some(key) {
+            self.awaiting_ack.remove(&ak);
+        }
+        Some(tx)
+    }
+
+    fn client_timer(&mut self, now: Instant, at: Instant, key: TxKey) {
+        let (t2, invite) = (self.cfg.t2, key.method == Method::Invite);
+        let Some(tx) = self.client.get_mut(&key) else {
+            return;
+        };
+        if tx.retransmit_at == Some(at) {
+            self.stats.retransmissions += 1;
+            self.out.push_back(TxOutput::Transmit {
+                flow: tx.flow,
+                bytes: tx.bytes.clone(),
+            });
+            // Timer A doubles without bound; Timer E is capped at T2, and
+            // stays at T2 once a provisional response arrived.
+            tx.interval = if invite {
+                tx.interval * 2
+            } else if tx.state == CState::Proceeding {
+                t2
+            } else {
+                (tx.interval * 2).min(t2)
+            };
+            let next = now + tx.interval;
+            tx.retransmit_at = Some(next);
+            self.arm(next, Side::Client, &key);
+        } else if tx.timeout_at == Some(at) {
+            let timed_out = matches!(tx.state, CState::Calling | CState::Proceeding);
+            self.client.remove(&key);
+            if timed_out {
+                self.stats.timeouts += 1;
+                self.out.push_back(TxOutput::Timeout { key });
+            }
+        }
+    }
+}
+
+/// The ACK for a non-2xx final response (§17.1.1.3): same branch, Request-URI,
+/// Call-ID, From and CSeq number as the INVITE, To from the response.
+fn ack_for(invite: &Message, resp: &Message) -> Vec<u8> {
+    let uri = invite.request_uri().unwrap_or_default().to_owned();
+    let mut ack = Message {
+        start: StartLine::Request {
+            method: Method::Ack,
+            uri,
+        },
+        headers: Vec::with_capacity(6),
+        body: Vec::new(),
+        call_id: invite.call_id.clone(),
+        cseq: invite.cseq,
+        cseq_method: Method::Ack,
+        from_tag: invite.from_tag.clone(),
+        to_tag: resp.to_tag.clone(),
+        via: invite.via.clone(),
+        max_forwards: Some(70),
+    };
+    for h in &invite.headers {
+        match &*h.name {
+            "Via" | "From" | "Call-ID" | "Route" | "Max-Forwards" => ack.headers.push(h.clone()),
+            _ => {}
+        }
+    }
+    if let Some(to) = resp.headers.iter().find(|h| h.name == "To") {
+        ack.headers.push(to.clone());
+    }
+    ack.push("CSeq", &format!("{} ACK", invite.cseq));
+    ack.to_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::{Framed, Limits, parse_datagram};
+
+    fn parse(s: &str) -> Box<Message> {
+        match parse_datagram(s.as_bytes(), &Limits::default()).unwrap() {
+            Framed::Message(m) => m,
+            Framed::Keepalive => panic!("keepalive"),
+        }
+    }
+
+    fn flow(transport: Transport) -> Flow {
+        Flow {
+            transport,
+            remote: "127.0.0.1:5070".parse().unwrap(),
+            conn: 0,
+        }
+    }
+
+    fn invite(branch: &str) -> Box<Message> {
+        parse(&format!(
+            "INVITE sip:100@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5070;branch={branch}\r\n\
+From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\r\n"
+        ))
+    }
+
+    fn transmits(tx: &mut Transactions) -> usize {
+        let mut n = 0;
+        while let Some(o) = tx.poll_output() {
+            if matches!(o, TxOutput::Transmit { .. }) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Drives the layer through virtual time, recording when it transmitted.
+    fn run_until(tx: &mut Transactions, start: Instant, end: Instant) -> (Vec<Duration>, bool) {
+        let mut sent = Vec::new();
+        let mut timed_out = false;
+        while let Some(t) = tx.poll_timeout() {
+            if t > end {
+                break;
+            }
+            tx.handle_timeout(t);
+            while let Some(o) = tx.poll_output() {
+                match o {
+                    TxOutput::Transmit { .. } => sent.push(t - start),
+                    TxOutput::Timeout { .. } => timed_out = true,
+                    _ => {}
+                }
+            }
+        }
+        (sent, timed_out)
+    }
+
+    #[test]
+    fn timer_a_doubles_until_timer_b_at_64_t1() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        let req = *invite("z9hG4bKa");
+        tx.send_request(t0, flow(Transport::Udp), req);
+        assert_eq!(transmits(&mut tx), 1);
+        let (sent, timed_out) = run_until(&mut tx, t0, t0 + Duration::from_secs(40));
+        let secs: Vec<f64> = sent.iter().map(Duration::as_secs_f64).collect();
+        assert_eq!(secs, vec![0.5, 1.5, 3.5, 7.5, 15.5, 31.5]);
+        assert!(timed_out);
+        assert!(tx.is_empty());
+    }
+
+    #[test]
+    fn timer_e_caps_at_t2_and_f_fires_at_32s() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        let mut req = *invite("z9hG4bKe");
+        req.start = StartLine::Request {
+            method: Method::Options,
+            uri: "sip:h".into(),
+        };
+        req.cseq_method = Method::Options;
+        tx.send_request(t0, flow(Transport::Udp), req);
+        let _ = transmits(&mut tx);
+        let (sent, timed_out) = run_until(&mut tx, t0, t0 + Duration::from_secs(40));
+        let gaps: Vec<f64> = sent
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        assert_eq!(sent[0], Duration::from_millis(500));
+        assert!(gaps.iter().all(|g| *g <= 4.0));
+        assert!(gaps.ends_with(&[4.0, 4.0]));
+        assert!(timed_out);
+    }
+
+    #[test]
+    fn no_retransmissions_on_tcp() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        tx.send_request(t0, flow(Transport::Tcp), *invite("z9hG4bKt"));
+        let _ = transmits(&mut tx);
+        let (sent, timed_out) = run_until(&mut tx, t0, t0 + Duration::from_secs(40));
+        assert!(sent.is_empty());
+        assert!(timed_out);
+    }
+
+    #[test]
+    fn server_absorbs_retransmission_and_resends_last_response() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        let inv = invite("z9hG4bKs");
+        tx.handle_request(t0, flow(Transport::Udp), inv.clone());
+        assert!(matches!(tx.poll_output(), Some(TxOutput::Request { .. })));
+        let key = TxKey::of(&inv);
+        tx.respond(t0, &key, &inv.response(180, "Ringing", Some("tt")));
+        assert_eq!(transmits(&mut tx), 1);
+        tx.handle_request(t0, flow(Transport::Udp), inv.clone());
+        assert_eq!(transmits(&mut tx), 1);
+        assert_eq!(tx.stats().absorbed, 1);
+    }
+
+    #[test]
+    fn non_2xx_final_retransmits_with_g_until_ack() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        let inv = invite("z9hG4bKg");
+        tx.handle_request(t0, flow(Transport::Udp), inv.clone());
+        let _ = tx.poll_output();
+        let key = TxKey::of(&inv);
+        tx.respond(t0, &key, &inv.response(486, "Busy Here", Some("tt")));
+        let _ = transmits(&mut tx);
+        let (sent, _) = run_until(&mut tx, t0, t0 + Duration::from_millis(3600));
+        let secs: Vec<f64> = sent.iter().map(Duration::as_secs_f64).collect();
+        assert_eq!(secs, vec![0.5, 1.5, 3.5]);
+        let ack = parse(
+            "ACK sip:100@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5070;branch=z9hG4bKg\r\n\
+From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\n\r\n",
+        );
+        tx.handle_request(t0 + Duration::from_millis(3600), flow(Transport::Udp), ack);
+        assert!(tx.poll_output().is_none(), "ACK for non-2xx is absorbed");
+        let (sent, _) = run_until(&mut tx, t0, t0 + Duration::from_secs(60));
+        assert!(sent.is_empty());
+        assert!(tx.is_empty());
+    }
+
+    #[test]
+    fn unacknowledged_2xx_reports_no_ack_after_64_t1() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        let inv = invite("z9hG4bKh");
+        tx.handle_request(t0, flow(Transport::Udp), inv.clone());
+        let _ = tx.poll_output();
+        tx.respond(t0, &TxKey::of(&inv), &inv.response(200, "OK", Some("tt")));
+        let mut no_ack_at = None;
+        while let Some(t) = tx.poll_timeout() {
+            tx.handle_timeout(t);
+            while let Some(o) = tx.poll_output() {
+                if let TxOutput::NoAck { .. } = o {
+                    no_ack_at = Some(t - t0);
+                }
+            }
+        }
+        assert_eq!(no_ack_at, Some(Duration::from_secs(32)));
+    }
+
+    #[test]
+    fn merged_request_gets_482() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        tx.handle_request(t0, flow(Transport::Udp), invite("z9hG4bK1"));
+        let _ = tx.poll_output();
+        tx.handle_request(t0, flow(Transport::Udp), invite("z9hG4bK2"));
+        match tx.poll_output() {
+            Some(TxOutput::Transmit { bytes, .. }) => assert!(bytes.starts_with(b"SIP/2.0 482")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_acks_non_2xx_and_delivers_once() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        let inv = invite("z9hG4bKc");
+        let key = tx.send_request(t0, flow(Transport::Udp), *inv.clone());
+        let _ = transmits(&mut tx);
+        let resp = inv.response(486, "Busy Here", Some("bb"));
+        tx.handle_response(t0, Box::new(resp.clone()));
+        let mut acks = 0;
+        let mut delivered = 0;
+        while let Some(o) = tx.poll_output() {
+            match o {
+                TxOutput::Transmit { bytes, .. } => {
+                    assert!(bytes.starts_with(b"ACK sip:100@h SIP/2.0"));
+                    acks += 1;
+                }
+                TxOutput::Response { key: k, .. } => {
+                    assert_eq!(k, key);
+                    delivered += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!((acks, delivered), (1, 1));
+        tx.handle_response(t0, Box::new(resp));
+        assert_eq!(transmits(&mut tx), 1, "retransmitted final is re-ACKed, not delivered");
+    }
+}
