@@ -1,1 +1,257 @@
-//! placeholder
+//! The registrar for operators' phones (RFC 3261 §10.3), sans-IO.
+//!
+//! It answers REGISTER (after digest authentication), keeps each operator's
+//! bindings with their expiry and the flow they came from, and reports when an
+//! operator gains a first binding (login) or loses the last one (logout).
+
+use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use crate::auth::{Credentials, DigestAuth, Verdict};
+use crate::message::Message;
+use crate::txn::Flow;
+use crate::uri::{self, Scheme};
+
+/// Registrar settings.
+#[derive(Clone, Debug)]
+pub struct RegistrarConfig {
+    /// Shortest accepted expiry (423 below it).
+    pub min_expires: Duration,
+    /// Longest granted expiry (longer requests are cut to it).
+    pub max_expires: Duration,
+    /// Expiry when the request names none.
+    pub default_expires: Duration,
+    /// Most bindings per operator.
+    pub max_contacts: usize,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        Self {
+            min_expires: Duration::from_secs(60),
+            max_expires: Duration::from_secs(3600),
+            default_expires: Duration::from_secs(3600),
+            max_contacts: 10,
+        }
+    }
+}
+
+/// One contact of an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The contact URI as registered (URI parameters kept).
+    pub contact: String,
+    /// Where the REGISTER came from: calls go back along this flow.
+    pub flow: Flow,
+    /// When it lapses.
+    pub expires_at: Instant,
+    /// Registered at, for "most recent first".
+    pub registered_at: Instant,
+}
+
+/// A change of an operator's registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegEvent {
+    /// First binding: the operator is reachable.
+    Login(String),
+    /// Last binding gone (unregister or expiry).
+    Logout(String),
+}
+
+/// The outcome of a REGISTER, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegOutcome {
+    /// 200 OK.
+    Ok,
+    /// 401 challenge.
+    Challenged,
+    /// 403 wrong credentials or AOR.
+    Refused,
+    /// 400/423 bad request.
+    Invalid,
+}
+
+/// Registrar state.
+pub struct Registrar {
+    cfg: RegistrarConfig,
+    auth: DigestAuth,
+    users: HashMap<String, Credentials>,
+    bindings: HashMap<String, Vec<Binding>>,
+    expiries: BinaryHeap<Reverse<(Instant, String)>>,
+    events: Vec<RegEvent>,
+}
+
+impl Registrar {
+    /// A registrar for these users (username → credentials).
+    pub fn new(cfg: RegistrarConfig, auth: DigestAuth, users: HashMap<String, Credentials>) -> Self {
+        Self {
+            cfg,
+            auth,
+            users,
+            bindings: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The live bindings of an operator, most recent first.
+    pub fn bindings(&self, user: &str) -> &[Binding] {
+        self.bindings.get(user).map_or(&[], Vec::as_slice)
+    }
+
+    /// Number of operators with at least one binding.
+    pub fn registered(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Drains login/logout events.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, RegEvent> {
+        self.events.drain(..)
+    }
+
+    /// The digest authenticator (also used for other requests that need auth).
+    pub fn auth_mut(&mut self) -> &mut DigestAuth {
+        &mut self.auth
+    }
+
+    /// Checks a request's credentials against the operator table.
+    pub fn verify(&mut self, now: Instant, req: &Message) -> Verdict {
+        let users = &self.users;
+        let method = req.method().as_str().to_owned();
+        self.auth.verify(
+            now,
+            &method,
+            req.request_uri().unwrap_or_default(),
+            req.headers_named("Authorization"),
+            |u| users.get(u).cloned(),
+        )
+    }
+
+    /// Answers a REGISTER that came in on `flow`.
+    pub fn handle_register(&mut self, now: Instant, flow: Flow, req: &Message) -> (Message, RegOutcome) {
+        let to = req.header("To").and_then(uri::parse_name_addr);
+        let Some(to) = to.filter(|t| matches!(uri::classify(t.uri), Some(Scheme::Sip | Scheme::Sips)))
+        else {
+            return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid);
+        };
+        let aor_user = uri::user(to.uri).unwrap_or_default().to_owned();
+        let user = match self.verify(now, req) {
+            Verdict::Ok(u) => u,
+            v @ (Verdict::Challenge | Verdict::Stale) => {
+                let stale = v == Verdict::Stale;
+                return (self.challenge(now, req, stale), RegOutcome::Challenged);
+            }
+            Verdict::Refuse => return (req.response(403, "Forbidden", Some("reg")), RegOutcome::Refused),
+            Verdict::Malformed => return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid),
+        };
+        if user != aor_user {
+            return (req.response(403, "Forbidden", Some("reg")), RegOutcome::Refused);
+        }
+
+        let header_expires = req
+            .header("Expires")
+            .map(|e| parse_expires(e).unwrap_or(self.cfg.max_expires));
+        let contacts: Vec<&str> = req
+            .headers_named("Contact")
+            .flat_map(uri::split_list)
+            .collect();
+        let was_registered = self.bindings.contains_key(&user);
+
+        if contacts.iter().any(|c| *c == "*") {
+            if contacts.len() != 1 || header_expires != Some(Duration::ZERO) {
+                return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid);
+            }
+            self.bindings.remove(&user);
+        } else {
+            for c in &contacts {
+                let Some(na) = uri::parse_name_addr(c) else {
+                    return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid);
+                };
+                let expires = match na.param("expires") {
+                    Some(Some(v)) => parse_expires(v).unwrap_or(self.cfg.max_expires),
+                    _ => header_expires.unwrap_or(self.cfg.default_expires),
+                };
+                if !expires.is_zero() && expires < self.cfg.min_expires {
+                    let mut r = req.response(423, "Interval Too Brief", Some("reg"));
+                    r.push("Min-Expires", &self.cfg.min_expires.as_secs().to_string());
+                    return (r, RegOutcome::Invalid);
+                }
+                let expires = expires.min(self.cfg.max_expires);
+                let list = self.bindings.entry(user.clone()).or_default();
+                list.retain(|b| b.contact != na.uri);
+                if !expires.is_zero() {
+                    if list.len() >= self.cfg.max_contacts {
+                        list.pop();
+                    }
+                    list.insert(
+                        0,
+                        Binding {
+                            contact: na.uri.to_owned(),
+                            flow,
+                            expires_at: now + expires,
+                            registered_at: now,
+                        },
+                    );
+                    self.expiries.push(Reverse((now + expires, user.clone())));
+                }
+                if list.is_empty() {
+                    self.bindings.remove(&user);
+                }
+            }
+        }
+        let is_registered = self.bindings.contains_key(&user);
+        match (was_registered, is_registered) {
+            (false, true) => self.events.push(RegEvent::Login(user.clone())),
+            (true, false) => self.events.push(RegEvent::Logout(user.clone())),
+            _ => {}
+        }
+        let mut resp = req.response(200, "OK", Some("reg"));
+        for b in self.bindings(&user) {
+            let left = b.expires_at.saturating_duration_since(now).as_secs();
+            resp.push("Contact", &format!("<{}>;expires={left}", b.contact));
+        }
+        (resp, RegOutcome::Ok)
+    }
+
+    /// A 401 with a fresh challenge per configured algorithm.
+    pub fn challenge(&mut self, now: Instant, req: &Message, stale: bool) -> Message {
+        let mut r = req.response(401, "Unauthorized", Some("reg"));
+        for c in self.auth.challenge(now, stale) {
+            r.push("WWW-Authenticate", &c);
+        }
+        r
+    }
+
+    /// When bindings next lapse.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiries.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Removes lapsed bindings; emits `Logout` for operators left with none.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, user))) = self.expiries.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop();
+            if let Some(list) = self.bindings.get_mut(&user) {
+                list.retain(|b| b.expires_at > now);
+                if list.is_empty() {
+                    self.bindings.remove(&user);
+                    self.events.push(RegEvent::Logout(user));
+                }
+            }
+        }
+    }
+}
+
+/// `delta-seconds`; absurdly large values (RFC 4475 scalar02) saturate.
+fn parse_expires(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX / 4)))
+}
