@@ -1,1 +1,711 @@
-//! stub
+//! Configuration: the raw TOML shape (unknown keys are errors), its
+//! validation into typed settings, and the embedded default
+//! (`config/centralino.toml`, compiled in).
+//!
+//! Parse, don't validate: runtime code only sees [`Config`], built by
+//! [`Config::from_toml`], which reports *every* problem with its key path.
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use centralino_routing::{QueueSettings, Strategy};
+use centralino_sip::Limits;
+use centralino_sip::auth::{Algorithm, Credentials};
+use centralino_sip::registrar::RegistrarConfig;
+use centralino_sip::txn::TimerConfig;
+use serde::Deserialize;
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/centralino.toml");
+
+/// One problem in a configuration, with the key path it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// e.g. `queues[0].ring_timeout_seconds`
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Not TOML, or a key or type the schema does not know.
+    #[error("{0}")]
+    Syntax(String),
+    /// Valid TOML with invalid values: every problem found.
+    #[error("{} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    sip: RawSip,
+    http: RawHttp,
+    logging: RawLogging,
+    registrar: RawRegistrar,
+    tenants: Vec<RawTenant>,
+    trunks: Vec<RawTrunk>,
+    queues: Vec<RawQueue>,
+    agents: Vec<RawAgent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSip {
+    listen: Vec<String>,
+    transports: Vec<String>,
+    realm: String,
+    digest_algorithms: Vec<String>,
+    t1_milliseconds: u64,
+    t2_milliseconds: u64,
+    t4_milliseconds: u64,
+    max_message_bytes: usize,
+    max_headers: usize,
+    max_header_line_bytes: usize,
+    max_body_bytes: usize,
+    max_calls: usize,
+    max_tcp_connections: usize,
+    tcp_idle_timeout_seconds: u64,
+    user_agent: String,
+}
+
+impl Default for RawSip {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            listen: vec!["127.0.0.1:5060".into()],
+            transports: vec!["udp".into(), "tcp".into()],
+            realm: "centralino".into(),
+            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
+            t1_milliseconds: 500,
+            t2_milliseconds: 4000,
+            t4_milliseconds: 5000,
+            max_message_bytes: l.max_message_bytes,
+            max_headers: l.max_headers,
+            max_header_line_bytes: l.max_header_line_bytes,
+            max_body_bytes: l.max_body_bytes,
+            max_calls: 10_000,
+            max_tcp_connections: 4096,
+            tcp_idle_timeout_seconds: 10,
+            user_agent: "Centralino".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogging {
+    unmask_numbers: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRegistrar {
+    min_expires_seconds: u64,
+    max_expires_seconds: u64,
+    default_expires_seconds: u64,
+    max_contacts: usize,
+    nonce_lifetime_seconds: u64,
+    state_after_login: String,
+}
+
+impl Default for RawRegistrar {
+    fn default() -> Self {
+        Self {
+            min_expires_seconds: 60,
+            max_expires_seconds: 3600,
+            default_expires_seconds: 3600,
+            max_contacts: 10,
+            nonce_lifetime_seconds: 300,
+            state_after_login: "available".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    name: String,
+    tenant: String,
+    peers: Vec<String>,
+    #[serde(default)]
+    dids: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    name: String,
+    tenant: String,
+    #[serde(default = "default_strategy")]
+    strategy: String,
+    #[serde(default = "default_ring")]
+    ring_timeout_seconds: u64,
+    #[serde(default = "default_no_answer")]
+    max_no_answer: u32,
+    #[serde(default = "default_max_wait")]
+    max_wait_seconds: u64,
+    #[serde(default)]
+    wrap_up_seconds: u64,
+    #[serde(default = "default_max_waiting")]
+    max_waiting: usize,
+    #[serde(default = "default_exit")]
+    exit_status: u16,
+}
+
+fn default_strategy() -> String {
+    "longest_idle".into()
+}
+fn default_ring() -> u64 {
+    15
+}
+fn default_no_answer() -> u32 {
+    3
+}
+fn default_max_wait() -> u64 {
+    300
+}
+fn default_max_waiting() -> usize {
+    1000
+}
+fn default_exit() -> u16 {
+    480
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    username: String,
+    tenant: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    ha1_md5: Option<String>,
+    #[serde(default)]
+    ha1_sha256: Option<String>,
+    queues: Vec<String>,
+}
+
+/// Transport of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenTransport {
+    /// UDP
+    Udp,
+    /// TCP
+    Tcp,
+}
+
+/// SIP settings.
+#[derive(Clone, Debug)]
+pub struct SipConfig {
+    /// Addresses served, each on every transport of `transports`.
+    pub listen: Vec<SocketAddr>,
+    /// Transports served.
+    pub transports: Vec<ListenTransport>,
+    /// Digest realm.
+    pub realm: String,
+    /// Digest algorithms offered, preferred first.
+    pub digest_algorithms: Vec<Algorithm>,
+    /// Transaction timers.
+    pub timers: TimerConfig,
+    /// Ingress guard caps.
+    pub limits: Limits,
+    /// Most concurrent calls; above it new INVITEs get 503.
+    pub max_calls: usize,
+    /// Most TCP connections.
+    pub max_tcp_connections: usize,
+    /// A TCP connection idle (or stuck in a partial message) this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Server / User-Agent header value.
+    pub user_agent: String,
+}
+
+/// A carrier trunk.
+#[derive(Clone, Debug)]
+pub struct Trunk {
+    /// Name (a metric label).
+    pub name: String,
+    /// Tenant index.
+    pub tenant: usize,
+    /// Addresses INVITEs are accepted from.
+    pub peers: Vec<IpAddr>,
+    /// DID → queue index.
+    pub dids: HashMap<String, usize>,
+}
+
+/// A queue: routing settings plus what the B2BUA needs.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    /// Tenant index.
+    pub tenant: usize,
+    /// Routing settings.
+    pub routing: QueueSettings,
+    /// Final response when `max_wait` passes or the queue is full.
+    pub exit_status: u16,
+}
+
+/// An operator account.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    /// SIP username.
+    pub username: String,
+    /// Tenant index.
+    pub tenant: usize,
+    /// Digest secrets.
+    pub credentials: Credentials,
+    /// Queue indices served.
+    pub queues: Vec<usize>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// SIP.
+    pub sip: SipConfig,
+    /// HTTP listen address (metrics, health).
+    pub http_listen: SocketAddr,
+    /// Show full numbers in logs (off by default).
+    pub unmask_numbers: bool,
+    /// Registrar.
+    pub registrar: RegistrarConfig,
+    /// Nonce lifetime.
+    pub nonce_lifetime: Duration,
+    /// Operators start paused after login.
+    pub login_paused: bool,
+    /// Tenant names.
+    pub tenants: Vec<String>,
+    /// Trunks.
+    pub trunks: Vec<Trunk>,
+    /// Queues.
+    pub queues: Vec<Queue>,
+    /// Operators.
+    pub agents: Vec<Agent>,
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn nonzero(p: &mut Problems, path: &str, v: u64) {
+    if v == 0 {
+        p.add(path, "must be greater than 0");
+    }
+}
+
+fn hex_of_len(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Config {
+    /// The embedded default.
+    pub fn embedded() -> Result<Self, ConfigError> {
+        Self::from_toml(DEFAULT_TOML)
+    }
+
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let mut p = Problems(Vec::new());
+        let mut listen = Vec::new();
+        if raw.sip.listen.is_empty() {
+            p.add("sip.listen", "needs at least one address");
+        }
+        for (i, a) in raw.sip.listen.iter().enumerate() {
+            match a.parse::<SocketAddr>() {
+                Ok(a) => listen.push(a),
+                Err(_) => p.add(format!("sip.listen[{i}]"), format!("not an ADDR:PORT: {a:?}")),
+            }
+        }
+        let mut transports = Vec::new();
+        for (i, t) in raw.sip.transports.iter().enumerate() {
+            match t.as_str() {
+                "udp" => transports.push(ListenTransport::Udp),
+                "tcp" => transports.push(ListenTransport::Tcp),
+                other => p.add(
+                    format!("sip.transports[{i}]"),
+                    format!("unknown transport {other:?} (udp, tcp)"),
+                ),
+            }
+        }
+        if transports.is_empty() {
+            p.add("sip.transports", "needs at least one of udp, tcp");
+        }
+        if raw.sip.realm.is_empty() || raw.sip.realm.contains(['"', '\\', '\r', '\n']) {
+            p.add("sip.realm", "must be non-empty, without quotes or line breaks");
+        }
+        let mut algs = Vec::new();
+        for (i, a) in raw.sip.digest_algorithms.iter().enumerate() {
+            match a.as_str() {
+                "SHA-256" => algs.push(Algorithm::Sha256),
+                "MD5" => algs.push(Algorithm::Md5),
+                other => p.add(
+                    format!("sip.digest_algorithms[{i}]"),
+                    format!("unknown algorithm {other:?} (SHA-256, MD5)"),
+                ),
+            }
+        }
+        if algs.is_empty() {
+            p.add("sip.digest_algorithms", "needs at least one algorithm");
+        }
+        nonzero(&mut p, "sip.t1_milliseconds", raw.sip.t1_milliseconds);
+        if raw.sip.t2_milliseconds < raw.sip.t1_milliseconds {
+            p.add("sip.t2_milliseconds", "must be at least t1_milliseconds");
+        }
+        nonzero(&mut p, "sip.t4_milliseconds", raw.sip.t4_milliseconds);
+        if !(1024..=65_535).contains(&raw.sip.max_message_bytes) {
+            p.add("sip.max_message_bytes", "must be in 1024..=65535");
+        }
+        if !(16..=1024).contains(&raw.sip.max_headers) {
+            p.add("sip.max_headers", "must be in 16..=1024");
+        }
+        if !(256..=65_535).contains(&raw.sip.max_header_line_bytes) {
+            p.add("sip.max_header_line_bytes", "must be in 256..=65535");
+        }
+        if raw.sip.max_body_bytes > raw.sip.max_message_bytes {
+            p.add("sip.max_body_bytes", "must not exceed max_message_bytes");
+        }
+        nonzero(&mut p, "sip.max_calls", raw.sip.max_calls as u64);
+        nonzero(&mut p, "sip.max_tcp_connections", raw.sip.max_tcp_connections as u64);
+        nonzero(&mut p, "sip.tcp_idle_timeout_seconds", raw.sip.tcp_idle_timeout_seconds);
+        if raw.sip.user_agent.chars().any(char::is_control) {
+            p.add("sip.user_agent", "must not contain control characters");
+        }
+        let http_listen = raw.http.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            p.add("http.listen", format!("not an ADDR:PORT: {:?}", raw.http.listen));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+
+        let r = &raw.registrar;
+        nonzero(&mut p, "registrar.min_expires_seconds", r.min_expires_seconds);
+        if r.max_expires_seconds < r.min_expires_seconds {
+            p.add("registrar.max_expires_seconds", "must be at least min_expires_seconds");
+        }
+        if !(r.min_expires_seconds..=r.max_expires_seconds).contains(&r.default_expires_seconds) {
+            p.add(
+                "registrar.default_expires_seconds",
+                "must be between min_expires_seconds and max_expires_seconds",
+            );
+        }
+        nonzero(&mut p, "registrar.max_contacts", r.max_contacts as u64);
+        nonzero(&mut p, "registrar.nonce_lifetime_seconds", r.nonce_lifetime_seconds);
+        let login_paused = match r.state_after_login.as_str() {
+            "available" => false,
+            "paused" => true,
+            other => {
+                p.add(
+                    "registrar.state_after_login",
+                    format!("unknown state {other:?} (available, paused)"),
+                );
+                false
+            }
+        };
+
+        let mut tenants = Vec::new();
+        for (i, t) in raw.tenants.iter().enumerate() {
+            if !valid_name(&t.name) {
+                p.add(format!("tenants[{i}].name"), "must be 1-64 of [A-Za-z0-9_-]");
+            }
+            if tenants.contains(&t.name) {
+                p.add(format!("tenants[{i}].name"), format!("duplicate tenant {:?}", t.name));
+            }
+            tenants.push(t.name.clone());
+        }
+        let tenant_of = |p: &mut Problems, path: String, name: &str| -> usize {
+            tenants.iter().position(|t| t == name).unwrap_or_else(|| {
+                p.add(path, format!("unknown tenant {name:?}"));
+                0
+            })
+        };
+
+        let mut queues = Vec::new();
+        let mut queue_names: Vec<String> = Vec::new();
+        for (i, q) in raw.queues.iter().enumerate() {
+            let path = format!("queues[{i}]");
+            if !valid_name(&q.name) {
+                p.add(format!("{path}.name"), "must be 1-64 of [A-Za-z0-9_-]");
+            }
+            if queue_names.contains(&q.name) {
+                p.add(format!("{path}.name"), format!("duplicate queue {:?}", q.name));
+            }
+            queue_names.push(q.name.clone());
+            let tenant = tenant_of(&mut p, format!("{path}.tenant"), &q.tenant);
+            let strategy = match q.strategy.as_str() {
+                "longest_idle" => Strategy::LongestIdle,
+                other => {
+                    p.add(
+                        format!("{path}.strategy"),
+                        format!("unknown strategy {other:?} (longest_idle)"),
+                    );
+                    Strategy::LongestIdle
+                }
+            };
+            nonzero(&mut p, &format!("{path}.ring_timeout_seconds"), q.ring_timeout_seconds);
+            nonzero(&mut p, &format!("{path}.max_no_answer"), u64::from(q.max_no_answer));
+            nonzero(&mut p, &format!("{path}.max_wait_seconds"), q.max_wait_seconds);
+            nonzero(&mut p, &format!("{path}.max_waiting"), q.max_waiting as u64);
+            if !(400..=699).contains(&q.exit_status) {
+                p.add(format!("{path}.exit_status"), "must be a final error status in 400..=699");
+            }
+            queues.push(Queue {
+                tenant,
+                exit_status: q.exit_status,
+                routing: QueueSettings {
+                    name: q.name.clone(),
+                    strategy,
+                    ring_timeout: Duration::from_secs(q.ring_timeout_seconds),
+                    max_no_answer: q.max_no_answer,
+                    max_wait: Duration::from_secs(q.max_wait_seconds),
+                    wrap_up: Duration::from_secs(q.wrap_up_seconds),
+                    max_waiting: q.max_waiting,
+                },
+            });
+        }
+
+        let mut trunks = Vec::new();
+        for (i, t) in raw.trunks.iter().enumerate() {
+            let path = format!("trunks[{i}]");
+            if !valid_name(&t.name) {
+                p.add(format!("{path}.name"), "must be 1-64 of [A-Za-z0-9_-]");
+            }
+            let tenant = tenant_of(&mut p, format!("{path}.tenant"), &t.tenant);
+            let mut peers = Vec::new();
+            for (j, a) in t.peers.iter().enumerate() {
+                match a.parse::<IpAddr>() {
+                    Ok(ip) => peers.push(ip),
+                    Err(_) => p.add(format!("{path}.peers[{j}]"), format!("not an IP address: {a:?}")),
+                }
+            }
+            if peers.is_empty() {
+                p.add(format!("{path}.peers"), "needs at least one address");
+            }
+            let mut dids = HashMap::new();
+            for (did, queue) in &t.dids {
+                if did.is_empty() || !did.bytes().all(|b| b.is_ascii_digit() || b == b'+') {
+                    p.add(format!("{path}.dids.{did:?}"), "a DID is digits, optionally with a leading +");
+                }
+                match queue_names.iter().position(|q| q == queue) {
+                    Some(qi) if queues[qi].tenant == tenant => {
+                        dids.insert(did.clone(), qi);
+                    }
+                    Some(_) => p.add(
+                        format!("{path}.dids.{did:?}"),
+                        format!("queue {queue:?} belongs to another tenant"),
+                    ),
+                    None => p.add(format!("{path}.dids.{did:?}"), format!("unknown queue {queue:?}")),
+                }
+            }
+            trunks.push(Trunk {
+                name: t.name.clone(),
+                tenant,
+                peers,
+                dids,
+            });
+        }
+
+        let mut agents = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, a) in raw.agents.iter().enumerate() {
+            let path = format!("agents[{i}]");
+            if a.username.is_empty()
+                || a.username.len() > 64
+                || !a.username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                p.add(format!("{path}.username"), "must be 1-64 of [A-Za-z0-9._-]");
+            }
+            if !seen.insert(a.username.clone()) {
+                p.add(format!("{path}.username"), format!("duplicate operator {:?}", a.username));
+            }
+            let tenant = tenant_of(&mut p, format!("{path}.tenant"), &a.tenant);
+            let credentials = match (&a.password, &a.ha1_md5, &a.ha1_sha256) {
+                (Some(pw), None, None) if !pw.is_empty() => {
+                    Credentials::from_password(&a.username, &raw.sip.realm, pw)
+                }
+                (None, md5, sha) if md5.is_some() || sha.is_some() => {
+                    if md5.as_deref().is_some_and(|h| !hex_of_len(h, 32)) {
+                        p.add(format!("{path}.ha1_md5"), "must be 32 hex digits");
+                    }
+                    if sha.as_deref().is_some_and(|h| !hex_of_len(h, 64)) {
+                        p.add(format!("{path}.ha1_sha256"), "must be 64 hex digits");
+                    }
+                    Credentials {
+                        ha1_md5: md5.as_ref().map(|h| h.to_ascii_lowercase()),
+                        ha1_sha256: sha.as_ref().map(|h| h.to_ascii_lowercase()),
+                    }
+                }
+                _ => {
+                    p.add(
+                        path.clone(),
+                        "needs either a non-empty password or ha1_md5/ha1_sha256, not both",
+                    );
+                    Credentials::default()
+                }
+            };
+            let mut qs = Vec::new();
+            for (j, q) in a.queues.iter().enumerate() {
+                match queue_names.iter().position(|n| n == q) {
+                    Some(qi) if queues[qi].tenant == tenant => qs.push(qi),
+                    Some(_) => p.add(
+                        format!("{path}.queues[{j}]"),
+                        format!("queue {q:?} belongs to another tenant"),
+                    ),
+                    None => p.add(format!("{path}.queues[{j}]"), format!("unknown queue {q:?}")),
+                }
+            }
+            agents.push(Agent {
+                username: a.username.clone(),
+                tenant,
+                credentials,
+                queues: qs,
+            });
+        }
+
+        if !p.0.is_empty() {
+            return Err(ConfigError::Invalid(p.0));
+        }
+        Ok(Self {
+            sip: SipConfig {
+                listen,
+                transports,
+                realm: raw.sip.realm,
+                digest_algorithms: algs,
+                timers: TimerConfig {
+                    t1: Duration::from_millis(raw.sip.t1_milliseconds),
+                    t2: Duration::from_millis(raw.sip.t2_milliseconds),
+                    t4: Duration::from_millis(raw.sip.t4_milliseconds),
+                },
+                limits: Limits {
+                    max_message_bytes: raw.sip.max_message_bytes,
+                    max_headers: raw.sip.max_headers,
+                    max_header_line_bytes: raw.sip.max_header_line_bytes,
+                    max_body_bytes: raw.sip.max_body_bytes,
+                },
+                max_calls: raw.sip.max_calls,
+                max_tcp_connections: raw.sip.max_tcp_connections,
+                tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),
+                user_agent: raw.sip.user_agent,
+            },
+            http_listen,
+            unmask_numbers: raw.logging.unmask_numbers,
+            registrar: RegistrarConfig {
+                min_expires: Duration::from_secs(r.min_expires_seconds),
+                max_expires: Duration::from_secs(r.max_expires_seconds),
+                default_expires: Duration::from_secs(r.default_expires_seconds),
+                max_contacts: r.max_contacts,
+            },
+            nonce_lifetime: Duration::from_secs(r.nonce_lifetime_seconds),
+            login_paused,
+            tenants,
+            trunks,
+            queues,
+            agents,
+        })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.agents.len(), 20);
+        assert_eq!(c.agents[0].username, "1001");
+        assert!(c.sip.listen.iter().all(|a| a.ip().is_loopback()));
+        assert_eq!(c.trunks[0].dids.get("100"), Some(&0));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml("[sip]\nlisten_here = 1\n").unwrap_err();
+        assert!(e.to_string().contains("listen_here"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+[sip]
+listen = ["nope"]
+t1_milliseconds = 0
+[[tenants]]
+name = "demo"
+[[queues]]
+name = "info"
+tenant = "other"
+ring_timeout_seconds = 0
+[[trunks]]
+name = "t"
+tenant = "demo"
+peers = ["x"]
+dids = { "100" = "missing" }
+[[agents]]
+username = "1001"
+tenant = "demo"
+queues = ["info"]
+"#;
+        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "sip.listen[0]",
+            "sip.t1_milliseconds",
+            "queues[0].tenant",
+            "queues[0].ring_timeout_seconds",
+            "trunks[0].peers[0]",
+            "trunks[0].dids.\"100\"",
+            "agents[0]",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+}
