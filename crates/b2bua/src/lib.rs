@@ -1,1 +1,12 @@
-//! stub
+//! The call engine: a back-to-back user agent that takes calls from trunks,
+//! queues them, offers them to operators and bridges the two legs.
+//!
+//! Owns: the composition of the sans-IO cores (guard, transactions,
+//! registrar, router) and the call state. Never does: sockets, threads,
+//! clocks. Entry type: [`Engine`]; see its docs for the drive loop.
+
+mod engine;
+pub mod metrics;
+
+pub use engine::{Engine, Output};
+pub use metrics::Metrics;

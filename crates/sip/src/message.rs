@@ -320,34 +320,25 @@ impl Message {
     }
 
     /// A new request with its essential headers in the RFC 3261 §8.1.1 order.
-    #[allow(clippy::too_many_arguments)] // Mirrors the mandatory header set of §8.1.1.
-    pub fn new_request(
-        method: Method,
-        uri: &str,
-        via: Via,
-        from: &str,
-        from_tag: &str,
-        to: &str,
-        to_tag: Option<&str>,
-        call_id: &str,
-        cseq: u32,
-    ) -> Self {
+    /// `from` and `to` are complete header values, tags included.
+    pub fn new_request(method: Method, uri: &str, via: Via, from: &str, to: &str, call_id: &str, cseq: u32) -> Self {
+        let cseq_method = if method == Method::Ack {
+            Method::Ack
+        } else {
+            method.clone()
+        };
         let mut m = Self {
             start: StartLine::Request {
-                method: method.clone(),
+                method,
                 uri: escape_header_value(uri).into_owned(),
             },
             headers: Vec::with_capacity(10),
             body: Vec::new(),
             call_id: call_id.to_owned(),
             cseq,
-            cseq_method: if method == Method::Ack {
-                Method::Invite
-            } else {
-                method.clone()
-            },
-            from_tag: Some(from_tag.to_owned()),
-            to_tag: to_tag.map(str::to_owned),
+            cseq_method,
+            from_tag: None,
+            to_tag: None,
             via: via.clone(),
             max_forwards: Some(70),
         };
@@ -356,11 +347,8 @@ impl Message {
             &format!("SIP/2.0/{} {};branch={}", via.transport, via.sent_by, via.branch),
         );
         m.push("Max-Forwards", "70");
-        m.push("From", &format!("{from};tag={from_tag}"));
-        match to_tag {
-            Some(t) => m.push("To", &format!("{to};tag={t}")),
-            None => m.push("To", to),
-        }
+        m.push("From", from);
+        m.push("To", to);
         m.push("Call-ID", call_id);
         let cseq_method = m.cseq_method.clone();
         m.push("CSeq", &format!("{cseq} {cseq_method}"));
@@ -466,10 +454,8 @@ mod tests {
             Method::Invite,
             "sip:100@127.0.0.1\r\nX: y",
             via,
-            "\"evil\r\nRoute: <sip:x>\" <sip:1@a>",
-            "t1",
+            "\"evil\r\nRoute: <sip:x>\" <sip:1@a>;tag=t1",
             "<sip:100@b>",
-            None,
             "cid\r\n",
             1,
         );

@@ -40,6 +40,8 @@ pub struct Flow {
     pub transport: Transport,
     /// The peer's address.
     pub remote: SocketAddr,
+    /// Our socket's address (the listener it came in on or leaves from).
+    pub local: SocketAddr,
     /// The connection id on streams (0 for datagrams).
     pub conn: u64,
 }
@@ -667,6 +669,7 @@ mod tests {
         Flow {
             transport,
             remote: "127.0.0.1:5070".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
             conn: 0,
         }
     }

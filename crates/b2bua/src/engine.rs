@@ -1,0 +1,1064 @@
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use centralino_config::Config;
+use centralino_routing::{OfferOutcome, Router, Transition};
+use centralino_sip::auth::DigestAuth;
+use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
+use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
+use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
+use centralino_sip::uri::{self, Scheme};
+use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
+use centralino_types::{AgentId, CallId, Masked, QueueId};
+use prometheus::IntGauge;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+
+/// What the engine asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send these bytes along `flow`.
+    Transmit {
+        /// Destination and socket.
+        flow: Flow,
+        /// The serialised message.
+        bytes: Vec<u8>,
+    },
+}
+
+/// One side of a dialog, as needed to send requests in it.
+#[derive(Clone, Debug)]
+struct Leg {
+    call_id: String,
+    /// Our From value for requests we send (our tag included).
+    local: String,
+    /// The peer's value for To (their tag included).
+    remote: String,
+    remote_target: String,
+    route_set: Vec<String>,
+    cseq: u32,
+    flow: Flow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BState {
+    Calling,
+    Ringing,
+    Answered,
+}
+
+#[derive(Debug)]
+struct BLeg {
+    agent: AgentId,
+    invite_key: TxKey,
+    call_id: String,
+    local: String,
+    flow: Flow,
+    state: BState,
+    dialog: Option<Leg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Queued,
+    Offering,
+    Connected,
+}
+
+struct Call {
+    phase: Phase,
+    queue: QueueId,
+    enqueued: Instant,
+    started: Instant,
+    a_key: TxKey,
+    a_invite: Box<Message>,
+    a_tag: String,
+    a_leg: Leg,
+    caller: String,
+    b: Option<BLeg>,
+    attempt: u32,
+}
+
+/// What a client transaction belongs to.
+enum ClientRef {
+    /// The INVITE of a call's current B-leg.
+    BInvite(CallId),
+    /// The INVITE of a B-leg we gave up on: a late 2xx gets ACK and BYE.
+    Orphan { local: String, flow: Flow },
+    /// BYE, CANCEL: the answer changes nothing.
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum CallTimer {
+    Ring(u32),
+    MaxWait,
+}
+
+/// The B2BUA with its registrar and router: one owner, no locks.
+///
+/// Drive loop: feed network input with [`Engine::handle_datagram`] or
+/// [`Engine::handle_framed`], call [`Engine::handle_timeout`] when
+/// [`Engine::poll_timeout`] is due, and after each call drain
+/// [`Engine::poll_output`] until `None`.
+pub struct Engine {
+    limits: Limits,
+    txn: Transactions,
+    registrar: Registrar,
+    router: Router,
+    metrics: Metrics,
+    rng: StdRng,
+    trunks: Vec<(Vec<IpAddr>, HashMap<String, QueueId>)>,
+    queue_exit: Vec<u16>,
+    queue_gauges: Vec<(IntGauge, IntGauge)>,
+    agent_ids: HashMap<String, AgentId>,
+    agent_tenant: Vec<String>,
+    login_paused: bool,
+    max_calls: usize,
+    user_agent: String,
+    calls: HashMap<CallId, Call>,
+    by_a: HashMap<String, CallId>,
+    by_b: HashMap<String, CallId>,
+    client: HashMap<TxKey, ClientRef>,
+    timers: BinaryHeap<Reverse<(Instant, CallId, CallTimer)>>,
+    next_call: u64,
+    out: VecDeque<Output>,
+    retrans_seen: u64,
+    timeouts_seen: u64,
+    stray_seen: u64,
+}
+
+impl Engine {
+    /// An engine for this configuration. `seed` must come from the OS's
+    /// CSPRNG: it keys nonces, tags, branches and Call-IDs.
+    pub fn new(config: &Config, metrics: Metrics, seed: [u8; 32], now: Instant) -> Self {
+        let mut rng = StdRng::from_seed(seed);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let auth = DigestAuth::new(
+            &config.sip.realm,
+            config.sip.digest_algorithms.clone(),
+            secret,
+            config.nonce_lifetime,
+        );
+        let users = config
+            .agents
+            .iter()
+            .map(|a| (a.username.clone(), a.credentials.clone()))
+            .collect();
+        let registrar = Registrar::new(config.registrar.clone(), auth, users);
+        let mut router = Router::new(config.queues.iter().map(|q| q.routing.clone()).collect());
+        let mut agent_ids = HashMap::new();
+        let mut agent_tenant = Vec::new();
+        for a in &config.agents {
+            let id = router.add_agent(now, &a.username, a.queues.iter().map(|&q| QueueId(q as u32)).collect());
+            agent_ids.insert(a.username.clone(), id);
+            agent_tenant.push(config.tenants[a.tenant].clone());
+        }
+        for a in &config.agents {
+            metrics
+                .agents
+                .with_label_values(&[&config.tenants[a.tenant], "logged_out"])
+                .inc();
+        }
+        let queue_gauges = config
+            .queues
+            .iter()
+            .map(|q| {
+                let name = q.routing.name.as_str();
+                (
+                    metrics.queue_calls.with_label_values(&[name]),
+                    metrics.queue_oldest_wait.with_label_values(&[name]),
+                )
+            })
+            .collect();
+        Self {
+            limits: config.sip.limits.clone(),
+            txn: Transactions::new(config.sip.timers),
+            registrar,
+            router,
+            metrics,
+            rng,
+            trunks: config
+                .trunks
+                .iter()
+                .map(|t| {
+                    (
+                        t.peers.clone(),
+                        t.dids.iter().map(|(d, &q)| (d.clone(), QueueId(q as u32))).collect(),
+                    )
+                })
+                .collect(),
+            queue_exit: config.queues.iter().map(|q| q.exit_status).collect(),
+            queue_gauges,
+            agent_ids,
+            agent_tenant,
+            login_paused: config.login_paused,
+            max_calls: config.sip.max_calls,
+            user_agent: config.sip.user_agent.clone(),
+            calls: HashMap::new(),
+            by_a: HashMap::new(),
+            by_b: HashMap::new(),
+            client: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_call: 1,
+            out: VecDeque::new(),
+            retrans_seen: 0,
+            timeouts_seen: 0,
+            stray_seen: 0,
+        }
+    }
+
+    /// The guard's limits (the driver frames TCP with them).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The next output, until `None`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next run.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.txn.poll_timeout(),
+            self.registrar.poll_timeout(),
+            self.router.poll_timeout(),
+            self.timers.peek().map(|Reverse((t, _, _))| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// One UDP datagram.
+    pub fn handle_datagram(&mut self, now: Instant, flow: Flow, data: &[u8]) {
+        let r = guard::parse_datagram(data, &self.limits);
+        self.handle_framed(now, flow, r);
+    }
+
+    /// One framed message (or refusal) from a stream or a datagram.
+    pub fn handle_framed(&mut self, now: Instant, flow: Flow, framed: Result<Framed, Rejection>) {
+        match framed {
+            Ok(Framed::Keepalive) => {}
+            Ok(Framed::Message(msg)) => self.handle_message(now, flow, msg),
+            Err(rej) => {
+                self.metrics
+                    .sip_parse_errors
+                    .with_label_values(&[rej.error.code()])
+                    .inc();
+                debug!(error_code = rej.error.code(), peer = %flow.remote, "message refused by the guard");
+                if let Some(reply) = rej.reply {
+                    self.send_stateless(flow, &reply);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Fires timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.txn.handle_timeout(now);
+        self.registrar.handle_timeout(now);
+        self.router.handle_timeout(now);
+        while let Some(Reverse((at, call, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.call_timer(now, call, timer);
+            self.drain_txn(now);
+        }
+        self.pump(now);
+    }
+
+    fn token(&mut self) -> String {
+        format!("{:016x}", self.rng.next_u64())
+    }
+
+    fn count_out(&self, msg: &Message) {
+        match &msg.start {
+            StartLine::Request { method, .. } => self
+                .metrics
+                .sip_requests
+                .with_label_values(&[method.label(), "out"])
+                .inc(),
+            StartLine::Response { code, .. } => self
+                .metrics
+                .sip_responses
+                .with_label_values(&[code_label(*code), "out"])
+                .inc(),
+        }
+    }
+
+    fn send_stateless(&mut self, flow: Flow, msg: &Message) {
+        self.count_out(msg);
+        self.out.push_back(Output::Transmit {
+            flow,
+            bytes: msg.to_bytes(),
+        });
+    }
+
+    fn reject(&mut self, flow: Flow, req: &Message, code: u16, reason: &'static str, extra: &[(&'static str, &str)]) {
+        self.metrics.sip_rejected.with_label_values(&[reason]).inc();
+        let tag = self.token();
+        let mut r = req.response(code, reason_phrase(code), Some(&tag));
+        for (n, v) in extra {
+            r.push(n, v);
+        }
+        self.send_stateless(flow, &r);
+    }
+
+    fn respond(&mut self, now: Instant, key: &TxKey, resp: &Message) {
+        self.count_out(resp);
+        self.txn.respond(now, key, resp);
+    }
+
+    fn send_request(&mut self, now: Instant, flow: Flow, req: Message, what: ClientRef) -> TxKey {
+        self.count_out(&req);
+        let key = self.txn.send_request(now, flow, req);
+        self.client.insert(key.clone(), what);
+        key
+    }
+
+    fn via(&mut self, flow: Flow) -> Via {
+        Via {
+            transport: flow.transport.as_str().to_owned(),
+            sent_by: flow.local.to_string(),
+            branch: format!("z9hG4bK{}", self.token()),
+        }
+    }
+
+    fn contact(flow: Flow) -> String {
+        match flow.transport {
+            Transport::Udp => format!("<sip:centralino@{}>", flow.local),
+            Transport::Tcp => format!("<sip:centralino@{};transport=tcp>", flow.local),
+        }
+    }
+
+    fn handle_message(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+        match &msg.start {
+            StartLine::Response { code, .. } => {
+                self.metrics
+                    .sip_responses
+                    .with_label_values(&[code_label(*code), "in"])
+                    .inc();
+                self.txn.handle_response(now, msg);
+            }
+            StartLine::Request { method, .. } => {
+                self.metrics
+                    .sip_requests
+                    .with_label_values(&[method.label(), "in"])
+                    .inc();
+                if *method != Method::Ack && !self.precheck(flow, &msg) {
+                    return;
+                }
+                self.txn.handle_request(now, flow, msg);
+            }
+        }
+    }
+
+    /// Stateless checks before any transaction exists: anything refused here
+    /// leaves no state behind (scanners, untrusted sources, bad requests).
+    fn precheck(&mut self, flow: Flow, msg: &Message) -> bool {
+        let method = msg.method().clone();
+        let ruri = msg.request_uri().unwrap_or_default();
+        if matches!(method, Method::Other(_)) {
+            self.reject(flow, msg, 501, "unknown_method", &[("Allow", ALLOW)]);
+            return false;
+        }
+        if uri::classify(ruri) == Some(Scheme::Other) {
+            self.reject(flow, msg, 416, "unsupported_uri_scheme", &[]);
+            return false;
+        }
+        let required: Vec<String> = msg
+            .headers_named("Require")
+            .flat_map(uri::split_list)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !required.is_empty() && method != Method::Cancel {
+            let list = required.join(", ");
+            self.reject(flow, msg, 420, "bad_extension", &[("Unsupported", &list)]);
+            return false;
+        }
+        if msg.to_tag.is_some() {
+            // In-dialog: the dialog must exist.
+            let known = self.by_a.contains_key(&msg.call_id) || self.by_b.contains_key(&msg.call_id);
+            if !known && method != Method::Cancel {
+                self.reject(flow, msg, 481, "no_dialog", &[]);
+                return false;
+            }
+            return true;
+        }
+        match method {
+            Method::Invite => self.precheck_invite(flow, msg),
+            Method::Register | Method::Options | Method::Cancel => true,
+            Method::Bye => {
+                self.reject(flow, msg, 481, "no_dialog", &[]);
+                false
+            }
+            _ => {
+                self.reject(flow, msg, 405, "method_not_allowed", &[("Allow", ALLOW)]);
+                false
+            }
+        }
+    }
+
+    fn precheck_invite(&mut self, flow: Flow, msg: &Message) -> bool {
+        let Some(trunk) = self.trunks.iter().position(|(peers, _)| peers.contains(&flow.remote.ip())) else {
+            // No toll fraud and no state for strangers: only trunk peers may
+            // start calls, and only towards local DIDs.
+            warn!(peer = %flow.remote.ip(), "INVITE from an untrusted address refused");
+            self.reject(flow, msg, 403, "untrusted_source", &[]);
+            return false;
+        };
+        if msg.max_forwards == Some(0) {
+            self.reject(flow, msg, 483, "too_many_hops", &[]);
+            return false;
+        }
+        if let Some(ct) = msg.header("Content-Type") {
+            let mime = ct.split(';').next().unwrap_or_default().trim();
+            if !mime.eq_ignore_ascii_case("application/sdp") {
+                self.reject(flow, msg, 415, "unsupported_media_type", &[("Accept", "application/sdp")]);
+                return false;
+            }
+        }
+        let accepts: Vec<&str> = msg.headers_named("Accept").flat_map(uri::split_list).collect();
+        if !accepts.is_empty()
+            && !accepts.iter().any(|a| {
+                let m = a.split(';').next().unwrap_or_default().trim();
+                ["application/sdp", "application/*", "*/*"]
+                    .iter()
+                    .any(|ok| m.eq_ignore_ascii_case(ok))
+            })
+        {
+            self.reject(flow, msg, 406, "not_acceptable", &[("Accept", "application/sdp")]);
+            return false;
+        }
+        if self.did_queue(trunk, msg).is_none() {
+            self.reject(flow, msg, 404, "unknown_did", &[]);
+            return false;
+        }
+        if self.calls.len() >= self.max_calls {
+            self.reject(flow, msg, 503, "overload", &[("Retry-After", "5")]);
+            return false;
+        }
+        true
+    }
+
+    fn did_queue(&self, trunk: usize, msg: &Message) -> Option<QueueId> {
+        let ruri = msg.request_uri()?;
+        let did = match uri::classify(ruri)? {
+            Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
+            _ => uri::user(ruri)?.split(';').next()?,
+        };
+        self.trunks[trunk].1.get(did).copied()
+    }
+
+    /// Dispatches transaction outputs and routing decisions until quiet.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            self.drain_txn(now);
+            let events: Vec<RegEvent> = self.registrar.drain_events().collect();
+            for e in &events {
+                match e {
+                    RegEvent::Login(user) => {
+                        if let Some(&id) = self.agent_ids.get(user) {
+                            info!(agent = %user, "operator logged in");
+                            self.router.login(now, id, self.login_paused);
+                        }
+                    }
+                    RegEvent::Logout(user) => {
+                        if let Some(&id) = self.agent_ids.get(user) {
+                            info!(agent = %user, "operator logged out");
+                            self.router.logout(id);
+                        }
+                    }
+                }
+            }
+            let mut progressed = !events.is_empty();
+            while let Some(d) = self.router.poll_decision(now) {
+                progressed = true;
+                self.offer(now, d.call, d.agent);
+            }
+            self.account_transitions();
+            if !progressed {
+                break;
+            }
+        }
+        self.update_gauges(now);
+    }
+
+    fn drain_txn(&mut self, now: Instant) {
+        while let Some(o) = self.txn.poll_output() {
+            match o {
+                TxOutput::Transmit { flow, bytes } => self.out.push_back(Output::Transmit { flow, bytes }),
+                TxOutput::Request { flow, msg } => self.on_request(now, flow, msg),
+                TxOutput::Response { key, msg } => self.on_response(now, key, msg),
+                TxOutput::Timeout { key } => self.on_client_timeout(now, key),
+                TxOutput::NoAck { call_id, .. } => self.on_no_ack(now, &call_id),
+            }
+        }
+    }
+
+    fn account_transitions(&mut self) {
+        let transitions: Vec<Transition> = self.router.drain_transitions().collect();
+        for t in transitions {
+            let tenant = &self.agent_tenant[t.agent.0 as usize];
+            self.metrics.agents.with_label_values(&[tenant, t.from.label()]).dec();
+            self.metrics.agents.with_label_values(&[tenant, t.to.label()]).inc();
+        }
+    }
+
+    fn update_gauges(&mut self, now: Instant) {
+        for (i, (calls, oldest)) in self.queue_gauges.iter().enumerate() {
+            let (n, first) = self.router.waiting(QueueId(i as u32));
+            calls.set(n as i64);
+            oldest.set(first.map_or(0, |t| now.saturating_duration_since(t).as_secs() as i64));
+        }
+        let stats = self.txn.stats();
+        self.metrics
+            .sip_retransmissions
+            .inc_by(stats.retransmissions - self.retrans_seen);
+        self.metrics
+            .sip_transaction_timeouts
+            .inc_by(stats.timeouts - self.timeouts_seen);
+        self.metrics
+            .sip_stray_responses
+            .inc_by(stats.stray_responses - self.stray_seen);
+        self.retrans_seen = stats.retransmissions;
+        self.timeouts_seen = stats.timeouts;
+        self.stray_seen = stats.stray_responses;
+        let (s, c) = self.txn.len();
+        self.metrics.sip_transactions.with_label_values(&["server"]).set(s as i64);
+        self.metrics.sip_transactions.with_label_values(&["client"]).set(c as i64);
+        self.metrics.calls_active.set(self.calls.len() as i64);
+        self.metrics.registered_agents.set(self.registrar.registered() as i64);
+    }
+
+    fn on_request(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+        let key = TxKey::of(&msg);
+        match msg.method() {
+            Method::Register => {
+                let (resp, outcome) = self.registrar.handle_register(now, flow, &msg);
+                let label = match outcome {
+                    RegOutcome::Ok => "ok",
+                    RegOutcome::Challenged => "challenged",
+                    RegOutcome::Refused => "refused",
+                    RegOutcome::Invalid => "invalid",
+                };
+                self.metrics.registrations.with_label_values(&[label]).inc();
+                if outcome == RegOutcome::Refused {
+                    warn!(peer = %flow.remote.ip(), "REGISTER refused");
+                }
+                self.respond(now, &key, &resp);
+            }
+            Method::Options => {
+                let tag = self.token();
+                let mut r = msg.response(200, "OK", Some(&tag));
+                r.push("Allow", ALLOW);
+                r.push("Accept", "application/sdp");
+                self.respond(now, &key, &r);
+            }
+            Method::Invite if msg.to_tag.is_none() => self.new_call(now, flow, msg),
+            Method::Invite | Method::Update => {
+                // Session changes are not relayed yet (media anchoring comes
+                // with the media plane): refusing keeps the current session.
+                let r = msg.response(488, reason_phrase(488), None);
+                self.respond(now, &key, &r);
+            }
+            Method::Cancel => self.on_cancel(now, &key, &msg),
+            Method::Bye => self.on_bye(now, &key, &msg),
+            Method::Ack => {}
+            _ => {
+                let r = msg.response(200, "OK", None);
+                self.respond(now, &key, &r);
+            }
+        }
+    }
+
+    fn new_call(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+        let key = TxKey::of(&msg);
+        let trunk = self
+            .trunks
+            .iter()
+            .position(|(peers, _)| peers.contains(&flow.remote.ip()));
+        let Some(queue) = trunk.and_then(|t| self.did_queue(t, &msg)) else {
+            // precheck guarantees both; answer rather than leave the caller hanging.
+            let r = msg.response(404, reason_phrase(404), Some("x"));
+            self.respond(now, &key, &r);
+            return;
+        };
+        let trying = msg.response(100, "Trying", None);
+        self.respond(now, &key, &trying);
+
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let a_tag = self.token();
+        let from = msg.header("From").unwrap_or_default().to_owned();
+        let to = msg.header("To").unwrap_or_default().to_owned();
+        let caller = uri::parse_name_addr(&from)
+            .and_then(|n| uri::user(n.uri).map(str::to_owned))
+            .unwrap_or_else(|| "anonymous".to_owned());
+        let remote_target = msg
+            .header("Contact")
+            .and_then(uri::parse_name_addr)
+            .map(|n| n.uri.to_owned())
+            .unwrap_or_default();
+        let a_leg = Leg {
+            call_id: msg.call_id.clone(),
+            local: format!("{to};tag={a_tag}"),
+            remote: from,
+            remote_target,
+            route_set: msg.headers_named("Record-Route").flat_map(uri::split_list).map(str::to_owned).collect(),
+            cseq: 1,
+            flow,
+        };
+        let qname = self.router.queue(queue).name.clone();
+        if self.router.enqueue(now, queue, id).is_err() {
+            let status = self.queue_exit[queue.0 as usize];
+            warn!(call = %id, queue = %qname, "queue full, call refused");
+            self.metrics.calls.with_label_values(&["queue_full"]).inc();
+            let r = msg.response(status, reason_phrase(status), Some(&a_tag));
+            self.respond(now, &key, &r);
+            return;
+        }
+        self.metrics.queue_enqueued.with_label_values(&[&qname]).inc();
+        info!(call = %id, caller = %Masked(&caller), queue = %qname, "call queued");
+        let mut ringing = msg.response(180, "Ringing", Some(&a_tag));
+        ringing.push("Contact", &Self::contact(flow));
+        self.respond(now, &key, &ringing);
+        let max_wait = self.router.queue(queue).max_wait;
+        self.timers.push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
+        self.by_a.insert(msg.call_id.clone(), id);
+        self.calls.insert(
+            id,
+            Call {
+                phase: Phase::Queued,
+                queue,
+                enqueued: now,
+                started: now,
+                a_key: key,
+                a_invite: msg,
+                a_tag,
+                a_leg,
+                caller,
+                b: None,
+                attempt: 0,
+            },
+        );
+    }
+
+    fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let name = self.router.agent(agent).name.clone();
+        let Some(binding) = self.registrar.bindings(&name).first().cloned() else {
+            // Registered state and bindings disagree: log the operator out
+            // and put the call back.
+            if let Some(c) = self.calls.get(&call_id) {
+                let (q, e) = (c.queue, c.enqueued);
+                self.router.offer_failed(now, q, call_id, e, agent, OfferOutcome::Rejected);
+            }
+            self.router.logout(agent);
+            return;
+        };
+        let flow = binding.flow;
+        let via = self.via(flow);
+        let b_call_id = format!("{}@centralino", self.token());
+        let b_tag = self.token();
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let local_host = flow.local.to_string();
+        let local = format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller);
+        let to = format!("<{}>", binding.contact);
+        let mut inv = Message::new_request(Method::Invite, &binding.contact, via, &local, &to, &b_call_id, 1);
+        inv.push("Contact", &Self::contact(flow));
+        inv.push("User-Agent", &self.user_agent);
+        let ct = call.a_invite.header("Content-Type").map(str::to_owned);
+        inv.set_body(ct.as_deref(), call.a_invite.body.clone());
+        let queue = call.queue;
+        let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
+        self.by_b.insert(b_call_id.clone(), call_id);
+        let ring = self.router.queue(queue).ring_timeout;
+        let call = self.calls.get_mut(&call_id).expect("checked above");
+        call.phase = Phase::Offering;
+        call.attempt += 1;
+        call.b = Some(BLeg {
+            agent,
+            invite_key: key,
+            call_id: b_call_id,
+            local,
+            flow,
+            state: BState::Calling,
+            dialog: None,
+        });
+        debug!(call = %call_id, agent = %name, "offering call");
+        self.timers.push(Reverse((now + ring, call_id, CallTimer::Ring(call.attempt))));
+    }
+
+    fn on_response(&mut self, now: Instant, key: TxKey, msg: Box<Message>) {
+        let code = msg.code();
+        match self.client.get(&key) {
+            Some(ClientRef::BInvite(call)) => {
+                let call = *call;
+                self.on_b_invite_response(now, key, call, msg);
+            }
+            Some(ClientRef::Orphan { local, flow }) => {
+                if (200..300).contains(&code) {
+                    // The operator answered after we gave up: ACK and hang up.
+                    let (local, flow) = (local.clone(), *flow);
+                    let mut leg = leg_from_response(&local, flow, &msg);
+                    self.send_ack(&leg, &msg);
+                    self.send_bye(now, &mut leg);
+                }
+                if code >= 200 {
+                    self.client.remove(&key);
+                }
+            }
+            Some(ClientRef::Other) | None => {
+                if code >= 200 {
+                    self.client.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn on_b_invite_response(&mut self, now: Instant, key: TxKey, call_id: CallId, msg: Box<Message>) {
+        let code = msg.code();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            self.client.remove(&key);
+            return;
+        };
+        let Some(b) = call.b.as_mut().filter(|b| b.invite_key == key) else {
+            return;
+        };
+        match code {
+            100 => {}
+            101..=199 => {
+                b.state = BState::Ringing;
+                if !msg.body.is_empty() && code == 183 {
+                    let mut r = call.a_invite.response(183, "Session Progress", Some(&call.a_tag));
+                    r.push("Contact", &Self::contact(call.a_leg.flow));
+                    r.set_body(msg.header("Content-Type"), msg.body.clone());
+                    let a_key = call.a_key.clone();
+                    self.respond(now, &a_key, &r);
+                }
+            }
+            200..=299 => {
+                if b.state == BState::Answered {
+                    // A retransmitted 2xx: our ACK was lost.
+                    if let Some(leg) = b.dialog.clone() {
+                        self.send_ack(&leg, &msg);
+                    }
+                    return;
+                }
+                let leg = leg_from_response(&b.local, b.flow, &msg);
+                b.state = BState::Answered;
+                b.dialog = Some(leg.clone());
+                let agent = b.agent;
+                call.phase = Phase::Connected;
+                let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
+                ok.push("Contact", &Self::contact(call.a_leg.flow));
+                ok.set_body(msg.header("Content-Type"), msg.body.clone());
+                let (a_key, queue, enqueued, started) = (call.a_key.clone(), call.queue, call.enqueued, call.started);
+                self.send_ack(&leg, &msg);
+                self.router.answered(agent, call_id);
+                self.respond(now, &a_key, &ok);
+                let qname = self.router.queue(queue).name.clone();
+                self.metrics.call_setup.observe((now - started).as_secs_f64());
+                self.metrics.queue_wait.with_label_values(&[&qname]).observe((now - enqueued).as_secs_f64());
+                self.metrics.queue_dequeued.with_label_values(&[&qname, "answered"]).inc();
+                self.metrics.agent_offers.with_label_values(&["answered"]).inc();
+                info!(call = %call_id, agent = %self.router.agent(agent).name, queue = %qname, "call answered");
+            }
+            _ => {
+                let b = call.b.take().expect("matched above");
+                self.client.remove(&key);
+                self.by_b.remove(&b.call_id);
+                call.phase = Phase::Queued;
+                let outcome = if matches!(code, 486 | 600 | 603) {
+                    OfferOutcome::Rejected
+                } else {
+                    OfferOutcome::NoAnswer
+                };
+                let (q, e) = (call.queue, call.enqueued);
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&[if outcome == OfferOutcome::Rejected { "rejected" } else { "failed" }])
+                    .inc();
+                debug!(call = %call_id, code, "operator refused the call");
+                self.router.offer_failed(now, q, call_id, e, b.agent, outcome);
+            }
+        }
+    }
+
+    fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
+        match self.client.remove(&key) {
+            Some(ClientRef::BInvite(call_id)) => {
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
+                if call.b.as_ref().is_some_and(|b| b.invite_key == key && b.state != BState::Answered) {
+                    let b = call.b.take().expect("checked");
+                    self.by_b.remove(&b.call_id);
+                    call.phase = Phase::Queued;
+                    let (q, e) = (call.queue, call.enqueued);
+                    self.metrics.agent_offers.with_label_values(&["no_answer"]).inc();
+                    self.router.offer_failed(now, q, call_id, e, b.agent, OfferOutcome::NoAnswer);
+                }
+            }
+            Some(_) | None => {}
+        }
+    }
+
+    fn call_timer(&mut self, now: Instant, call_id: CallId, timer: CallTimer) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        match timer {
+            CallTimer::Ring(attempt) => {
+                if call.phase != Phase::Offering || call.attempt != attempt {
+                    return;
+                }
+                let Some(b) = call.b.take() else {
+                    return;
+                };
+                call.phase = Phase::Queued;
+                let (q, e) = (call.queue, call.enqueued);
+                info!(call = %call_id, agent = %self.router.agent(b.agent).name, "operator did not answer in time");
+                self.metrics.agent_offers.with_label_values(&["no_answer"]).inc();
+                let agent = b.agent;
+                self.cancel_b(now, b);
+                self.router.offer_failed(now, q, call_id, e, agent, OfferOutcome::NoAnswer);
+            }
+            CallTimer::MaxWait => {
+                if call.phase == Phase::Connected {
+                    return;
+                }
+                let status = self.queue_exit[call.queue.0 as usize];
+                info!(call = %call_id, "maximum wait reached, queue exit");
+                self.end_unanswered(now, call_id, status, "max_wait");
+            }
+        }
+    }
+
+    fn cancel_b(&mut self, now: Instant, b: BLeg) {
+        self.by_b.remove(&b.call_id);
+        if let Some(inv) = self.txn.client_request(&b.invite_key) {
+            let mut cancel = Message::new_request(
+                Method::Cancel,
+                inv.request_uri().unwrap_or_default(),
+                inv.via.clone(),
+                inv.header("From").unwrap_or_default(),
+                inv.header("To").unwrap_or_default(),
+                &inv.call_id,
+                inv.cseq,
+            );
+            for r in inv.headers_named("Route") {
+                cancel.push("Route", r);
+            }
+            self.send_request(now, b.flow, cancel, ClientRef::Other);
+        }
+        self.client.insert(
+            b.invite_key,
+            ClientRef::Orphan {
+                local: b.local,
+                flow: b.flow,
+            },
+        );
+    }
+
+    /// Ends a call that never connected: the caller gets `status`.
+    fn end_unanswered(&mut self, now: Instant, call_id: CallId, status: u16, outcome: &'static str) {
+        let Some(mut call) = self.calls.remove(&call_id) else {
+            return;
+        };
+        self.by_a.remove(&call.a_leg.call_id);
+        match call.phase {
+            Phase::Queued => {
+                self.router.withdraw(now, call.queue, call_id);
+            }
+            Phase::Offering => {
+                if let Some(b) = call.b.take() {
+                    let agent = b.agent;
+                    self.cancel_b(now, b);
+                    self.router
+                        .offer_failed(now, call.queue, call_id, call.enqueued, agent, OfferOutcome::Withdrawn);
+                }
+            }
+            Phase::Connected => {}
+        }
+        let r = call.a_invite.response(status, reason_phrase(status), Some(&call.a_tag));
+        self.respond(now, &call.a_key, &r);
+        let qname = self.router.queue(call.queue).name.clone();
+        self.metrics.queue_wait.with_label_values(&[&qname]).observe((now - call.enqueued).as_secs_f64());
+        self.metrics.queue_dequeued.with_label_values(&[&qname, outcome]).inc();
+        self.metrics.calls.with_label_values(&[outcome]).inc();
+        info!(call = %call_id, caller = %Masked(&call.caller), outcome, "call ended before answer");
+    }
+
+    fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let invite_key = TxKey {
+            branch: msg.via.branch.clone(),
+            method: Method::Invite,
+        };
+        if self.txn.server_request(&invite_key).is_none() {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        }
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        if self.txn.server_is_final(&invite_key) {
+            return;
+        }
+        if let Some(&call_id) = self.by_a.get(&msg.call_id) {
+            self.end_unanswered(now, call_id, 487, "cancelled");
+        }
+    }
+
+    fn on_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let from_a = self.by_a.get(&msg.call_id).copied();
+        let from_b = self.by_b.get(&msg.call_id).copied();
+        let Some(call_id) = from_a.or(from_b) else {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        };
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        let outcome = if from_a.is_some() { "caller_hangup" } else { "agent_hangup" };
+        self.end_connected(now, call_id, from_a.is_none(), from_b.is_none(), outcome);
+    }
+
+    fn on_no_ack(&mut self, now: Instant, a_call_id: &str) {
+        if let Some(&call_id) = self.by_a.get(a_call_id) {
+            warn!(call = %call_id, "caller never acknowledged the answer, hanging up");
+            self.end_connected(now, call_id, true, true, "no_ack");
+        }
+    }
+
+    /// Ends a connected call, sending BYE to the legs asked for.
+    fn end_connected(&mut self, now: Instant, call_id: CallId, bye_a: bool, bye_b: bool, outcome: &'static str) {
+        let Some(mut call) = self.calls.remove(&call_id) else {
+            return;
+        };
+        self.by_a.remove(&call.a_leg.call_id);
+        if bye_a {
+            self.send_bye(now, &mut call.a_leg);
+        }
+        if let Some(b) = call.b.take() {
+            self.by_b.remove(&b.call_id);
+            if let Some(mut leg) = b.dialog {
+                if bye_b {
+                    self.send_bye(now, &mut leg);
+                }
+            }
+            let wrap_up = self.router.queue(call.queue).wrap_up;
+            self.router.call_ended(now, b.agent, call_id, wrap_up);
+        }
+        self.metrics.calls.with_label_values(&["answered"]).inc();
+        info!(call = %call_id, outcome, duration_seconds = (now - call.started).as_secs(), "call ended");
+    }
+
+    fn send_bye(&mut self, now: Instant, leg: &mut Leg) {
+        leg.cseq += 1;
+        let via = self.via(leg.flow);
+        let target = if leg.remote_target.is_empty() {
+            format!("sip:{}", leg.flow.remote)
+        } else {
+            leg.remote_target.clone()
+        };
+        let mut bye = Message::new_request(Method::Bye, &target, via, &leg.local, &leg.remote, &leg.call_id, leg.cseq);
+        for r in &leg.route_set {
+            bye.push("Route", r);
+        }
+        self.send_request(now, leg.flow, bye, ClientRef::Other);
+    }
+
+    /// The ACK for a 2xx (a request of its own, §13.2.2.4).
+    fn send_ack(&mut self, leg: &Leg, resp: &Message) {
+        let via = self.via(leg.flow);
+        let mut ack = Message::new_request(
+            Method::Ack,
+            &leg.remote_target,
+            via,
+            &leg.local,
+            &leg.remote,
+            &leg.call_id,
+            resp.cseq,
+        );
+        for r in &leg.route_set {
+            ack.push("Route", r);
+        }
+        self.send_stateless(leg.flow, &ack);
+    }
+}
+
+/// The dialog we hold as UAC after a 2xx (or late 2xx): remote target from
+/// Contact, route set from Record-Route in reverse (§12.1.2).
+fn leg_from_response(local: &str, flow: Flow, resp: &Message) -> Leg {
+    let remote_target = resp
+        .header("Contact")
+        .and_then(uri::parse_name_addr)
+        .map(|n| n.uri.to_owned())
+        .unwrap_or_else(|| format!("sip:{}", flow.remote));
+    let mut route_set: Vec<String> = resp
+        .headers_named("Record-Route")
+        .flat_map(uri::split_list)
+        .map(str::to_owned)
+        .collect();
+    route_set.reverse();
+    Leg {
+        call_id: resp.call_id.clone(),
+        local: local.to_owned(),
+        remote: resp.header("To").unwrap_or_default().to_owned(),
+        remote_target,
+        route_set,
+        cseq: resp.cseq,
+        flow,
+    }
+}
+
+fn code_label(code: u16) -> &'static str {
+    const CODES: [&str; 7] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+    match code {
+        100 => "100",
+        180 => "180",
+        183 => "183",
+        200 => "200",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        407 => "407",
+        408 => "408",
+        480 => "480",
+        481 => "481",
+        486 => "486",
+        487 => "487",
+        488 => "488",
+        500 => "500",
+        503 => "503",
+        603 => "603",
+        c => CODES.get(usize::from(c / 100)).copied().unwrap_or("0"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! Every metric Centralino exports, in one place.
+//!
+//! Labels are bounded: method, code, direction, reason, outcome, queue,
+//! tenant, state. Never a call id, a number or an operator id.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+
+/// The metric handles, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// `centralino_sip_requests_total{method,direction}`
+    pub sip_requests: IntCounterVec,
+    /// `centralino_sip_responses_total{code,direction}`
+    pub sip_responses: IntCounterVec,
+    /// `centralino_sip_parse_errors_total{reason}`
+    pub sip_parse_errors: IntCounterVec,
+    /// `centralino_sip_rejected_total{reason}`: requests refused by policy.
+    pub sip_rejected: IntCounterVec,
+    /// `centralino_sip_transactions{side}`
+    pub sip_transactions: IntGaugeVec,
+    /// `centralino_sip_retransmissions_total`
+    pub sip_retransmissions: IntCounter,
+    /// `centralino_sip_transaction_timeouts_total`
+    pub sip_transaction_timeouts: IntCounter,
+    /// `centralino_sip_stray_responses_total`
+    pub sip_stray_responses: IntCounter,
+    /// `centralino_sip_udp_receive_errors_total`
+    pub sip_udp_receive_errors: IntCounter,
+    /// `centralino_sip_tcp_connections`
+    pub sip_tcp_connections: IntGauge,
+    /// `centralino_sip_tcp_connections_refused_total`
+    pub sip_tcp_refused: IntCounter,
+    /// `centralino_registrations_total{outcome}`
+    pub registrations: IntCounterVec,
+    /// `centralino_registered_agents`
+    pub registered_agents: IntGauge,
+    /// `centralino_calls_total{outcome}`
+    pub calls: IntCounterVec,
+    /// `centralino_calls_active`
+    pub calls_active: IntGauge,
+    /// `centralino_call_setup_duration_seconds`: INVITE in to 200 OK out.
+    pub call_setup: Histogram,
+    /// `centralino_queue_calls{queue}`: calls waiting now.
+    pub queue_calls: IntGaugeVec,
+    /// `centralino_queue_oldest_wait_seconds{queue}`
+    pub queue_oldest_wait: IntGaugeVec,
+    /// `centralino_queue_enqueued_total{queue}`
+    pub queue_enqueued: IntCounterVec,
+    /// `centralino_queue_dequeued_total{queue,outcome}`
+    pub queue_dequeued: IntCounterVec,
+    /// `centralino_queue_wait_duration_seconds{queue}`
+    pub queue_wait: HistogramVec,
+    /// `centralino_agents{tenant,state}`
+    pub agents: IntGaugeVec,
+    /// `centralino_agent_offers_total{outcome}`
+    pub agent_offers: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                // Names are unique by construction; a clash is a programming error.
+                registry.register(Box::new(m.clone())).expect("unique metric name");
+                m
+            }};
+        }
+        let cv = |n: &str, h: &str, l: &[&str]| IntCounterVec::new(Opts::new(n, h), l).expect("valid metric");
+        let gv = |n: &str, h: &str, l: &[&str]| IntGaugeVec::new(Opts::new(n, h), l).expect("valid metric");
+        let c = |n: &str, h: &str| IntCounter::new(n, h).expect("valid metric");
+        let wait_buckets = vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+        Self {
+            sip_requests: reg!(cv("centralino_sip_requests_total", "SIP requests by method and direction", &["method", "direction"])),
+            sip_responses: reg!(cv("centralino_sip_responses_total", "SIP responses by status code and direction", &["code", "direction"])),
+            sip_parse_errors: reg!(cv("centralino_sip_parse_errors_total", "Messages refused by the ingress guard", &["reason"])),
+            sip_rejected: reg!(cv("centralino_sip_rejected_total", "Requests refused by policy before any state", &["reason"])),
+            sip_transactions: reg!(gv("centralino_sip_transactions", "Live SIP transactions", &["side"])),
+            sip_retransmissions: reg!(c("centralino_sip_retransmissions_total", "SIP retransmissions sent")),
+            sip_transaction_timeouts: reg!(c("centralino_sip_transaction_timeouts_total", "Client transactions that got no final response")),
+            sip_stray_responses: reg!(c("centralino_sip_stray_responses_total", "Responses matching no transaction")),
+            sip_udp_receive_errors: reg!(c("centralino_sip_udp_receive_errors_total", "UDP receive errors")),
+            sip_tcp_connections: reg!(IntGauge::new("centralino_sip_tcp_connections", "Open SIP TCP connections").expect("valid metric")),
+            sip_tcp_refused: reg!(c("centralino_sip_tcp_connections_refused_total", "TCP connections refused at the cap")),
+            registrations: reg!(cv("centralino_registrations_total", "REGISTER outcomes", &["outcome"])),
+            registered_agents: reg!(IntGauge::new("centralino_registered_agents", "Operators with a live binding").expect("valid metric")),
+            calls: reg!(cv("centralino_calls_total", "Finished calls by outcome", &["outcome"])),
+            calls_active: reg!(IntGauge::new("centralino_calls_active", "Calls in progress").expect("valid metric")),
+            call_setup: reg!(Histogram::with_opts(HistogramOpts::new("centralino_call_setup_duration_seconds", "From the caller's INVITE to the 200 OK sent to the caller").buckets(wait_buckets.clone())).expect("valid metric")),
+            queue_calls: reg!(gv("centralino_queue_calls", "Calls waiting in the queue", &["queue"])),
+            queue_oldest_wait: reg!(gv("centralino_queue_oldest_wait_seconds", "Wait of the oldest call in the queue", &["queue"])),
+            queue_enqueued: reg!(cv("centralino_queue_enqueued_total", "Calls that entered the queue", &["queue"])),
+            queue_dequeued: reg!(cv("centralino_queue_dequeued_total", "Calls that left the queue", &["queue", "outcome"])),
+            queue_wait: reg!(HistogramVec::new(HistogramOpts::new("centralino_queue_wait_duration_seconds", "Time from entering the queue to leaving it").buckets(wait_buckets), &["queue"]).expect("valid metric")),
+            agents: reg!(gv("centralino_agents", "Operators by tenant and state", &["tenant", "state"])),
+            agent_offers: reg!(cv("centralino_agent_offers_total", "Calls offered to operators by outcome", &["outcome"])),
+            registry,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        let m = Metrics::new();
+        m.sip_requests.with_label_values(&["INVITE", "in"]).inc();
+        m.calls.with_label_values(&["answered"]).inc();
+        for f in m.registry.gather() {
+            let name = f.name();
+            assert!(name.starts_with("centralino_"), "{name}");
+            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(counter, name.ends_with("_total"), "{name}");
+            for metric in f.get_metric() {
+                for l in metric.get_label() {
+                    assert!(
+                        ["method", "direction", "code", "reason", "outcome", "queue", "tenant", "state", "side"]
+                            .contains(&l.name()),
+                        "label {} on {name}",
+                        l.name()
+                    );
+                }
+            }
+        }
+    }
+}
