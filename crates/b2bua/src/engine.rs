@@ -677,7 +677,10 @@ impl Engine {
             self.router.logout(agent);
             return;
         };
-        let flow = binding.flow;
+        let flow = Flow {
+            remote: contact_destination(&binding.contact, binding.flow),
+            ..binding.flow
+        };
         let via = self.via(flow);
         let b_call_id = format!("{}@centralino", self.token());
         let b_tag = self.token();
@@ -1008,6 +1011,26 @@ impl Engine {
             ack.push("Route", r);
         }
         self.send_stateless(leg.flow, &ack);
+    }
+}
+
+/// Where to send a request for a registered contact: on UDP the Contact's
+/// address when it is an IP literal (phones on the same network), else the
+/// address the REGISTER came from (NAT); on TCP always the registering flow.
+fn contact_destination(contact: &str, flow: Flow) -> std::net::SocketAddr {
+    if flow.transport != Transport::Udp {
+        return flow.remote;
+    }
+    let Some(hp) = uri::host_port(contact) else {
+        return flow.remote;
+    };
+    if let Ok(a) = hp.parse::<std::net::SocketAddr>() {
+        return a;
+    }
+    let host = hp.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, 5060),
+        Err(_) => flow.remote,
     }
 }
 

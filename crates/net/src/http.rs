@@ -1,0 +1,51 @@
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tracing::info;
+
+use crate::sip::NetError;
+
+/// Serves `/metrics` (Prometheus text format) and `/healthz` until the future
+/// is dropped. Returns the bound address through `bound`.
+pub async fn serve_http(
+    listen: SocketAddr,
+    registry: Registry,
+    bound: tokio::sync::oneshot::Sender<SocketAddr>,
+) -> Result<(), NetError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| NetError::Bind { addr: listen, source })?;
+    let local = listener.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;
+    info!(addr = %local, "HTTP listening (/metrics, /healthz)");
+    let _ = bound.send(local);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { metrics(&registry) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
+    axum::serve(listener, app)
+        .await
+        .map_err(|source| NetError::Io { what: "http", source })
+}
+
+fn metrics(registry: &Registry) -> impl IntoResponse + use<> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let encoder = TextEncoder::new();
+    match encoder.encode(&registry.gather(), &mut buf) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], buf),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain".to_owned())],
+            b"metrics encoding failed\n".to_vec(),
+        ),
+    }
+}

@@ -1,0 +1,352 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use centralino_b2bua::{Engine, Metrics, Output};
+use centralino_config::{Config, ListenTransport};
+use centralino_sip::guard::{Framed, Rejection, StreamFramer};
+use centralino_sip::txn::Flow;
+use centralino_sip::{Limits, Transport};
+use rand::TryRngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Receive buffer asked for each UDP socket: bursts overflow the default
+/// (about 200 KiB) long before the CPU is busy. The kernel caps it at rmem_max.
+const UDP_RECV_BUFFER: usize = 4 << 20;
+/// Inputs queued between readers and the engine task.
+const INPUT_QUEUE: usize = 65_536;
+/// Idle time after which a TCP connection with no partial message is closed.
+const TCP_IDLE: Duration = Duration::from_secs(900);
+
+/// A driver failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The OS random source failed.
+    #[error("cannot read the OS random source")]
+    Random,
+    /// An I/O failure outside a connection.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which part.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+enum Input {
+    Datagram { flow: Flow, data: Vec<u8> },
+    Framed { flow: Flow, framed: Result<Framed, Rejection> },
+    ConnOpen { conn: u64, tx: mpsc::Sender<Vec<u8>> },
+    ConnClosed { conn: u64 },
+}
+
+/// The SIP side of a running node.
+pub struct SipServer {
+    /// The bound SIP addresses, per transport (ephemeral ports resolved).
+    pub bound: Vec<(ListenTransport, SocketAddr)>,
+    engine_task: tokio::task::JoinHandle<()>,
+}
+
+impl SipServer {
+    /// Binds every listener and starts the engine task.
+    pub async fn start(config: &Config, metrics: Metrics) -> Result<Self, NetError> {
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.try_fill_bytes(&mut seed).map_err(|_| NetError::Random)?;
+        let now = Instant::now().into_std();
+        let engine = Engine::new(config, metrics.clone(), seed, now);
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let mut udp = HashMap::new();
+        let mut bound = Vec::new();
+        let next_conn = Arc::new(AtomicU64::new(1));
+        let open = Arc::new(AtomicUsize::new(0));
+        for addr in &config.sip.listen {
+            // Bind UDP first so an ephemeral port (0) resolves to one number
+            // that TCP then takes too.
+            let mut addr = *addr;
+            if config.sip.transports.contains(&ListenTransport::Udp) {
+                let sock = bind_udp(addr)?;
+                addr = sock.local_addr().map_err(|source| NetError::Bind { addr, source })?;
+                info!(%addr, "SIP listening on UDP");
+                bound.push((ListenTransport::Udp, addr));
+                let sock = Arc::new(sock);
+                udp.insert(addr, sock.clone());
+                tokio::spawn(udp_reader(sock, addr, tx.clone(), metrics.clone()));
+            }
+            if config.sip.transports.contains(&ListenTransport::Tcp) {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NetError::Bind { addr, source })?;
+                let addr = listener.local_addr().map_err(|source| NetError::Bind { addr, source })?;
+                info!(%addr, "SIP listening on TCP");
+                bound.push((ListenTransport::Tcp, addr));
+                tokio::spawn(tcp_acceptor(
+                    listener,
+                    tx.clone(),
+                    engine.limits().clone(),
+                    metrics.clone(),
+                    next_conn.clone(),
+                    open.clone(),
+                    config.sip.max_tcp_connections,
+                    config.sip.tcp_idle_timeout,
+                ));
+            }
+        }
+        drop(tx);
+        let engine_task = tokio::spawn(run_engine(engine, rx, udp, metrics));
+        Ok(Self { bound, engine_task })
+    }
+
+    /// Waits for the engine task (it ends when every reader is gone).
+    pub async fn join(self) {
+        let _ = self.engine_task.await;
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| NetError::Bind { addr, source };
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(err)?;
+    }
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = sock.set_recv_buffer_size(UDP_RECV_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_RECV_BUFFER);
+    sock.set_nonblocking(true).map_err(err)?;
+    sock.bind(&addr.into()).map_err(err)?;
+    let got = sock.recv_buffer_size().unwrap_or(0);
+    if got < UDP_RECV_BUFFER {
+        debug!(%addr, bytes = got, "UDP receive buffer smaller than asked (raise net.core.rmem_max)");
+    }
+    UdpSocket::from_std(sock.into()).map_err(err)
+}
+
+async fn udp_reader(sock: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Input>, metrics: Metrics) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, remote)) => {
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    remote,
+                    local,
+                    conn: 0,
+                };
+                let input = Input::Datagram {
+                    flow,
+                    data: buf[..n].to_vec(),
+                };
+                if tx.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // ICMP errors surface here on some systems; they concern a
+                // peer, not the socket, so keep reading.
+                metrics.sip_udp_receive_errors.inc();
+                debug!(error = %e, "UDP receive error");
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // Plumbing of one listener's settings.
+async fn tcp_acceptor(
+    listener: TcpListener,
+    tx: mpsc::Sender<Input>,
+    limits: Limits,
+    metrics: Metrics,
+    next_conn: Arc<AtomicU64>,
+    open: Arc<AtomicUsize>,
+    max: usize,
+    partial_timeout: Duration,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= max {
+            metrics.sip_tcp_refused.inc();
+            drop(stream);
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        metrics.sip_tcp_connections.inc();
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let flow = Flow {
+            transport: Transport::Tcp,
+            remote,
+            local: local.unwrap_or(remote),
+            conn,
+        };
+        let (tx, limits, metrics, open) = (tx.clone(), limits.clone(), metrics.clone(), open.clone());
+        tokio::spawn(async move {
+            tcp_connection(stream, flow, tx.clone(), limits, partial_timeout).await;
+            let _ = tx.send(Input::ConnClosed { conn }).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+            metrics.sip_tcp_connections.dec();
+        });
+    }
+}
+
+async fn tcp_connection(
+    mut stream: TcpStream,
+    flow: Flow,
+    tx: mpsc::Sender<Input>,
+    limits: Limits,
+    partial_timeout: Duration,
+) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    if tx.send(Input::ConnOpen { conn: flow.conn, tx: out_tx }).await.is_err() {
+        return;
+    }
+    let (mut rd, mut wr) = stream.split();
+    let mut framer = StreamFramer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut fatal = false;
+    loop {
+        let wait = if framer.buffered() > 0 { partial_timeout } else { TCP_IDLE };
+        tokio::select! {
+            r = tokio::time::timeout(wait, rd.read(&mut buf)) => {
+                let n = match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                    Err(_) => {
+                        debug!(peer = %flow.remote, partial = framer.buffered() > 0, "TCP connection timed out");
+                        break;
+                    }
+                };
+                framer.push(&buf[..n]);
+                loop {
+                    match framer.next_message(&limits) {
+                        Ok(None) => break,
+                        Ok(Some(f)) => {
+                            if tx.send(Input::Framed { flow, framed: Ok(f) }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(rej) => {
+                            let breaks = rej.error.breaks_framing();
+                            let _ = tx.send(Input::Framed { flow, framed: Err(rej) }).await;
+                            if breaks {
+                                fatal = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if fatal {
+                    break;
+                }
+            }
+            Some(bytes) = out_rx.recv() => {
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if fatal {
+        // Let the error response out before closing: framing is lost.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            if let Some(bytes) = out_rx.recv().await {
+                let _ = wr.write_all(&bytes).await;
+            }
+        })
+        .await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn run_engine(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<Input>,
+    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    metrics: Metrics,
+) {
+    let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let _ = &metrics;
+    loop {
+        let deadline = engine.poll_timeout().map(Instant::from_std);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { return };
+                let now = Instant::now().into_std();
+                handle(&mut engine, &mut conns, now, input);
+                // Batch what is already queued: one wake-up, many messages.
+                for _ in 0..256 {
+                    match rx.try_recv() {
+                        Ok(input) => handle(&mut engine, &mut conns, now, input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = sleep => {
+                engine.handle_timeout(Instant::now().into_std());
+            }
+        }
+        while let Some(out) = engine.poll_output() {
+            match out {
+                Output::Transmit { flow, bytes } => match flow.transport {
+                    Transport::Udp => {
+                        if let Some(sock) = udp.get(&flow.local) {
+                            if let Err(e) = sock.try_send_to(&bytes, flow.remote) {
+                                debug!(error = %e, peer = %flow.remote, "UDP send failed");
+                            }
+                        }
+                    }
+                    Transport::Tcp => {
+                        if let Some(tx) = conns.get(&flow.conn) {
+                            if tx.try_send(bytes).is_err() {
+                                debug!(peer = %flow.remote, "TCP connection congested or closed, message dropped");
+                            }
+                        } else {
+                            debug!(peer = %flow.remote, "no TCP connection for the flow, message dropped");
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn handle(engine: &mut Engine, conns: &mut HashMap<u64, mpsc::Sender<Vec<u8>>>, now: std::time::Instant, input: Input) {
+    match input {
+        Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
+        Input::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
+        Input::ConnOpen { conn, tx } => {
+            conns.insert(conn, tx);
+        }
+        Input::ConnClosed { conn } => {
+            conns.remove(&conn);
+        }
+    }
+}
