@@ -1,0 +1,355 @@
+//! Shared harness for the end-to-end tests: starts the real `centralino`
+//! binary and real SIPp on 127.0.0.1 with ephemeral ports, and stops exactly
+//! the processes it started (by PID, on drop).
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port free on 127.0.0.1 for both UDP and TCP at the time of the call.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("centralino-{name}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Settings of a test node's configuration.
+pub struct NodeConfig {
+    pub trunk_peers: Vec<&'static str>,
+    pub agents: u32,
+    pub ring_timeout_seconds: u64,
+    pub wrap_up_seconds: u64,
+    pub max_wait_seconds: u64,
+    pub max_no_answer: u32,
+    pub digest: &'static str,
+    pub tcp_idle_timeout_seconds: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            trunk_peers: vec!["127.0.0.1"],
+            agents: 20,
+            ring_timeout_seconds: 5,
+            wrap_up_seconds: 0,
+            max_wait_seconds: 60,
+            max_no_answer: 3,
+            // SIPp 3.6 computes MD5 only and answers the first challenge.
+            digest: r#"["MD5"]"#,
+            tcp_idle_timeout_seconds: 2,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn toml(&self, sip_port: u16, http_port: u16) -> String {
+        let peers: Vec<String> = self.trunk_peers.iter().map(|p| format!("{p:?}")).collect();
+        let mut s = format!(
+            r#"[sip]
+listen = ["127.0.0.1:{sip_port}"]
+realm = "centralino"
+digest_algorithms = {digest}
+tcp_idle_timeout_seconds = {idle}
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[[tenants]]
+name = "demo"
+
+[[trunks]]
+name = "carrier"
+tenant = "demo"
+peers = [{peers}]
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "demo"
+ring_timeout_seconds = {ring}
+max_no_answer = {mna}
+max_wait_seconds = {max_wait}
+wrap_up_seconds = {wrap}
+"#,
+            digest = self.digest,
+            idle = self.tcp_idle_timeout_seconds,
+            peers = peers.join(", "),
+            ring = self.ring_timeout_seconds,
+            mna = self.max_no_answer,
+            max_wait = self.max_wait_seconds,
+            wrap = self.wrap_up_seconds,
+        );
+        for i in 0..self.agents {
+            let u = 1001 + i;
+            let _ = write!(
+                s,
+                "\n[[agents]]\nusername = \"{u}\"\npassword = \"demo{u}\"\ntenant = \"demo\"\nqueues = [\"info\"]\n"
+            );
+        }
+        s
+    }
+}
+
+/// A running `centralino serve`.
+pub struct Node {
+    child: Child,
+    pub sip_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl Node {
+    pub fn start(scratch: &Scratch, cfg: &NodeConfig) -> Self {
+        let sip_port = free_port();
+        let http_port = free_port();
+        let conf = scratch.path("centralino.toml");
+        std::fs::write(&conf, cfg.toml(sip_port, http_port)).expect("write config");
+        let log = scratch.path("centralino.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&conf)
+            .env("CENTRALINO_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn centralino");
+        let node = Self {
+            child,
+            sip_port,
+            http_port,
+            log,
+        };
+        node.wait_log("centralino ready", Duration::from_secs(20));
+        node
+    }
+
+    pub fn sip_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.sip_port)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle` (the node reports readiness there).
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.logs().contains(needle) {
+            assert!(start.elapsed() < limit, "no {needle:?} in the log:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET a path on the HTTP endpoint: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read http");
+        let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The value of one series (`name{labels}` exactly as exposed), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_in(&self.metrics(), series)
+    }
+
+    /// Polls a series until `pred` holds, bounded by `limit`.
+    pub fn wait_metric(&self, series: &str, limit: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let start = Instant::now();
+        loop {
+            let v = self.metric(series);
+            if pred(v) {
+                return v;
+            }
+            assert!(start.elapsed() < limit, "{series} stayed at {v}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A SIPp process.
+pub struct Sipp {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+pub fn scenario(name: &str) -> String {
+    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Sipp {
+    /// Starts SIPp with `args` (scenario, -m, -r ...) on an ephemeral port,
+    /// in its own working directory (SIPp writes its logs there).
+    pub fn spawn(scratch: &Scratch, label: &str, args: &[&str]) -> Self {
+        let port = free_port();
+        let dir = scratch.path(label);
+        std::fs::create_dir_all(&dir).expect("sipp dir");
+        let out = std::fs::File::create(dir.join("stdout.txt")).expect("sipp out");
+        let child = Command::new("sipp")
+            .current_dir(&dir)
+            .args(args)
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin", "-trace_err", "-trace_stat", "-fd", "1"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn sipp (install Debian's sip-tester)");
+        Self { child, port, dir }
+    }
+
+    /// Waits for SIPp to exit by itself (its -timeout bounds the run).
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait sipp") {
+                return st;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("SIPp ran over {limit:?}:\n{}", self.report());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts a clean exit (every call succeeded).
+    pub fn expect_success(&mut self, limit: Duration) {
+        let st = self.wait(limit);
+        assert!(st.success(), "SIPp failed ({st}):\n{}", self.report());
+    }
+
+    /// Everything SIPp wrote: its screen, errors and logs.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log" || x == "txt") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+                    let _ = writeln!(out, "== {}\n{tail}", p.display());
+                }
+            }
+        }
+        out
+    }
+
+    /// Lines of the `-trace_logs` file.
+    pub fn log_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with("_logs.log") {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    lines.extend(text.lines().map(str::to_owned));
+                }
+            }
+        }
+        lines
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registers operators `users` with digest auth, their Contact pointing at
+/// `contact_port` (the SIPp that plays their phones). Panics unless all succeed.
+pub fn register(scratch: &Scratch, node: &Node, users: &[u32], contact_port: u16, password: impl Fn(u32) -> String) {
+    let csv = scratch.path(&format!("users-{contact_port}.csv"));
+    let mut text = String::from("SEQUENTIAL\n");
+    for u in users {
+        let _ = writeln!(text, "{u};[authentication username={u} password={}];{contact_port}", password(*u));
+    }
+    std::fs::write(&csv, text).expect("csv");
+    let n = users.len().to_string();
+    let mut sipp = Sipp::spawn(
+        scratch,
+        &format!("register-{contact_port}"),
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("register.xml"),
+            "-inf",
+            csv.to_str().expect("utf-8 path"),
+            "-m",
+            &n,
+            "-r",
+            "50",
+            "-timeout",
+            "20s",
+        ],
+    );
+    sipp.expect_success(Duration::from_secs(30));
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

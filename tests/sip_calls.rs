@@ -1,0 +1,206 @@
+//! End to end: the real binary between SIPp as carrier trunk and SIPp as
+//! operators' phones, on 127.0.0.1 with ephemeral ports.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Node, NodeConfig, Scratch, Sipp, register, scenario};
+
+fn users(n: u32) -> Vec<u32> {
+    (1001..1001 + n).collect()
+}
+
+fn demo_password(u: u32) -> String {
+    format!("demo{u}")
+}
+
+/// 1,000 calls at 50 calls/s, all answered, spread over all 20 operators.
+#[test]
+fn thousand_calls_spread_over_twenty_operators() {
+    let scratch = Scratch::new("load");
+    let node = Node::start(&scratch, &NodeConfig::default());
+    let agents = Sipp::spawn(
+        &scratch,
+        "agents",
+        &["-sf", &scenario("agent_answer.xml"), "-trace_logs", "-timeout", "120s"],
+    );
+    register(&scratch, &node, &users(20), agents.port, demo_password);
+    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 20.0);
+
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_call.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1000",
+            "-r",
+            "50",
+            "-d",
+            "200",
+            "-timeout",
+            "90s",
+        ],
+    );
+    trunk.expect_success(Duration::from_secs(100));
+
+    let m = node.metrics();
+    assert_eq!(common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"), 1000.0, "{m}");
+    assert_eq!(
+        common::metric_in(&m, "centralino_queue_dequeued_total{outcome=\"answered\",queue=\"info\"}"),
+        1000.0
+    );
+    let mut per_agent: HashMap<String, u32> = HashMap::new();
+    for l in agents.log_lines() {
+        if let Some(rest) = l.strip_prefix("answered INVITE sip:") {
+            *per_agent.entry(rest.trim_end_matches('@').to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_agent.values().sum::<u32>(), 1000, "{per_agent:?}");
+    assert_eq!(per_agent.len(), 20, "every operator got calls: {per_agent:?}");
+    // Longest-idle with equal short calls keeps the spread tight.
+    assert!(per_agent.values().all(|&n| (25..=75).contains(&n)), "{per_agent:?}");
+    // Privacy: the callers' numbers never reach the log unmasked.
+    let logs = node.logs();
+    assert!(!logs.contains("+3933300"), "unmasked number in the log");
+}
+
+/// The caller cancels while the operator's phone rings: 487 to the caller,
+/// CANCEL to the operator, who is available again.
+#[test]
+fn caller_cancel_while_ringing_cancels_the_operator_leg() {
+    let scratch = Scratch::new("cancel");
+    let node = Node::start(&scratch, &NodeConfig { agents: 1, ring_timeout_seconds: 30, ..NodeConfig::default() });
+    let mut phone = Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_noanswer.xml"), "-m", "1", "-timeout", "30s"]);
+    register(&scratch, &node, &[1001], phone.port, demo_password);
+    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[&node.sip_addr(), "-sf", &scenario("trunk_cancel.xml"), "-s", "100", "-m", "1", "-d", "1000", "-timeout", "30s"],
+    );
+    trunk.expect_success(Duration::from_secs(40));
+    phone.expect_success(Duration::from_secs(10));
+    node.wait_metric("centralino_calls_total{outcome=\"cancelled\"}", Duration::from_secs(5), |v| v == 1.0);
+    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+}
+
+/// The first operator does not answer within the ring timeout: the call
+/// moves to the next one, who answers.
+#[test]
+fn no_answer_moves_the_call_to_the_next_operator() {
+    let scratch = Scratch::new("noanswer");
+    let node = Node::start(&scratch, &NodeConfig { agents: 2, ring_timeout_seconds: 1, ..NodeConfig::default() });
+    let mut silent = Sipp::spawn(&scratch, "silent", &["-sf", &scenario("agent_noanswer.xml"), "-m", "1", "-timeout", "30s"]);
+    let mut answering =
+        Sipp::spawn(&scratch, "answering", &["-sf", &scenario("agent_answer.xml"), "-m", "1", "-timeout", "30s"]);
+    // 1001 logs in first, so it is the longest idle and is offered the call first.
+    register(&scratch, &node, &[1001], silent.port, demo_password);
+    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    register(&scratch, &node, &[1002], answering.port, demo_password);
+    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 2.0);
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[&node.sip_addr(), "-sf", &scenario("trunk_call.xml"), "-s", "100", "-m", "1", "-d", "100", "-timeout", "30s"],
+    );
+    trunk.expect_success(Duration::from_secs(40));
+    silent.expect_success(Duration::from_secs(10));
+    answering.expect_success(Duration::from_secs(10));
+    let m = node.metrics();
+    assert_eq!(common::metric_in(&m, "centralino_agent_offers_total{outcome=\"no_answer\"}"), 1.0, "{m}");
+    assert_eq!(common::metric_in(&m, "centralino_agent_offers_total{outcome=\"answered\"}"), 1.0, "{m}");
+}
+
+/// The operator hangs up first: BYE reaches the caller.
+#[test]
+fn operator_bye_ends_the_caller_leg() {
+    let scratch = Scratch::new("agentbye");
+    let node = Node::start(&scratch, &NodeConfig { agents: 1, ..NodeConfig::default() });
+    let mut phone =
+        Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_hangup.xml"), "-m", "1", "-d", "300", "-timeout", "30s"]);
+    register(&scratch, &node, &[1001], phone.port, demo_password);
+    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[&node.sip_addr(), "-sf", &scenario("trunk_hangup_by_agent.xml"), "-s", "100", "-m", "1", "-timeout", "30s"],
+    );
+    trunk.expect_success(Duration::from_secs(40));
+    phone.expect_success(Duration::from_secs(10));
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| v == 0.0);
+}
+
+/// Two callers, one operator: the second waits in the queue (ringback) and
+/// is connected when the operator frees up.
+#[test]
+fn all_busy_caller_waits_then_connects() {
+    let scratch = Scratch::new("busy");
+    let node = Node::start(&scratch, &NodeConfig { agents: 1, ..NodeConfig::default() });
+    let mut phone = Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_answer.xml"), "-m", "2", "-timeout", "30s"]);
+    register(&scratch, &node, &[1001], phone.port, demo_password);
+    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[&node.sip_addr(), "-sf", &scenario("trunk_call.xml"), "-s", "100", "-m", "2", "-r", "10", "-d", "1500", "-timeout", "30s"],
+    );
+    trunk.expect_success(Duration::from_secs(40));
+    phone.expect_success(Duration::from_secs(10));
+    let m = node.metrics();
+    assert_eq!(common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"), 2.0, "{m}");
+    // The second caller waited for the first call (1.5 s) to end.
+    let waited = common::metric_in(&m, "centralino_queue_wait_duration_seconds_sum{queue=\"info\"}");
+    assert!(waited >= 1.0, "total queue wait {waited}");
+}
+
+/// An INVITE from an address that is no trunk peer: 403, and no operator
+/// is ever called (no toll fraud, no state).
+#[test]
+fn invite_from_unknown_address_is_refused_without_b_leg() {
+    let scratch = Scratch::new("untrusted");
+    let node = Node::start(&scratch, &NodeConfig { agents: 1, trunk_peers: vec!["192.0.2.10"], ..NodeConfig::default() });
+    let phone = Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_answer.xml"), "-timeout", "30s"]);
+    register(&scratch, &node, &[1001], phone.port, demo_password);
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[&node.sip_addr(), "-sf", &scenario("trunk_refused.xml"), "-s", "100", "-m", "3", "-timeout", "20s"],
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    let m = node.metrics();
+    assert_eq!(common::metric_in(&m, "centralino_sip_rejected_total{reason=\"untrusted_source\"}"), 3.0, "{m}");
+    assert_eq!(common::metric_in(&m, "centralino_sip_requests_total{direction=\"out\",method=\"INVITE\"}"), 0.0, "{m}");
+    assert_eq!(common::metric_in(&m, "centralino_queue_enqueued_total{queue=\"info\"}"), 0.0, "{m}");
+    assert_eq!(common::metric_in(&m, "centralino_calls_active"), 0.0, "{m}");
+    assert!(phone.log_lines().is_empty());
+}
+
+/// A wrong password gets 403 and never registers the operator.
+#[test]
+fn wrong_password_is_refused_and_never_registered() {
+    let scratch = Scratch::new("wrongpw");
+    let node = Node::start(&scratch, &NodeConfig { agents: 2, ..NodeConfig::default() });
+    let csv = scratch.path("wrong.csv");
+    std::fs::write(
+        &csv,
+        "SEQUENTIAL\n1001;[authentication username=1001 password=not-demo];5999\n1002;[authentication username=1002 password=demo1001];5999\n",
+    )
+    .unwrap();
+    let mut sipp = Sipp::spawn(
+        &scratch,
+        "wrong",
+        &[&node.sip_addr(), "-sf", &scenario("register_wrong.xml"), "-inf", common::path_str(&csv), "-m", "2", "-timeout", "20s"],
+    );
+    sipp.expect_success(Duration::from_secs(30));
+    let m = node.metrics();
+    assert_eq!(common::metric_in(&m, "centralino_registrations_total{outcome=\"refused\"}"), 2.0, "{m}");
+    assert_eq!(common::metric_in(&m, "centralino_registrations_total{outcome=\"ok\"}"), 0.0, "{m}");
+    assert_eq!(common::metric_in(&m, "centralino_registered_agents"), 0.0, "{m}");
+}
