@@ -918,8 +918,8 @@ impl Engine {
 
     fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {
         let invite_key = TxKey {
-            branch: msg.via.branch.clone(),
             method: Method::Invite,
+            ..TxKey::of(msg)
         };
         if self.txn.server_request(&invite_key).is_none() {
             let r = msg.response(481, reason_phrase(481), None);

@@ -264,6 +264,11 @@ impl DigestAuth {
     ) -> Verdict {
         let mut found = None;
         for a in authorizations {
+            let scheme = a.trim().split([' ', '\t']).next().unwrap_or_default();
+            if !scheme.eq_ignore_ascii_case("Digest") {
+                // Another scheme (RFC 4475 regaut01): challenge with ours.
+                continue;
+            }
             let Some(d) = parse_authorization(a) else {
                 return Verdict::Malformed;
             };

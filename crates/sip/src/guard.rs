@@ -133,7 +133,13 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
         .position(|b| !matches!(b, b'\r' | b'\n'))
         .unwrap_or(data.len());
     let data = &data[start..];
-    let (head_end, body_start) = split_head(data).ok_or(ParseError::Incomplete)?;
+    // A datagram is complete by definition: a missing empty line after the
+    // headers (RFC 4475 baddn) ends the header section at the datagram's end.
+    let (head_end, body_start) = match split_head(data) {
+        Some(x) => x,
+        None if datagram => (data.len(), data.len()),
+        None => return Err(ParseError::Incomplete.into()),
+    };
     let head = std::str::from_utf8(&data[..head_end]).map_err(|_| ParseError::BadEncoding)?;
 
     let mut lines = Lines {
@@ -304,7 +310,7 @@ struct Essentials {
 fn single<'a>(headers: &'a [Header], name: &str) -> Result<&'a str, ParseError> {
     let mut it = headers.iter().filter(|h| h.name == name);
     let first = it.next().ok_or(ParseError::MissingHeader)?;
-    if it.next().is_some() || uri::split_list(&first.value).len() > 1 && name != "Call-ID" {
+    if it.next().is_some() {
         return Err(ParseError::RepeatedHeader);
     }
     Ok(&first.value)
@@ -347,8 +353,11 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
     let max_forwards = match headers.iter().filter(|h| h.name == "Max-Forwards").count() {
         0 => None,
         1 => {
+            // Leading zeros are legal (RFC 4475 wsinv: 0068).
             let v = single(headers, "Max-Forwards")?;
-            if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            let v = v.trim_start_matches('0');
+            let v = if v.is_empty() { "0" } else { v };
+            if v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(ParseError::BadMaxForwards);
             }
             Some(u8::try_from(v.parse::<u16>().map_err(|_| ParseError::BadMaxForwards)?)
@@ -362,7 +371,18 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
         .find(|h| h.name == "Via")
         .ok_or(ParseError::MissingHeader)?;
     let top = uri::split_list(&first_via.value)[0];
-    let via = parse_via(top).ok_or(ParseError::BadVia)?;
+    let mut via = parse_via(top).ok_or(ParseError::BadVia)?;
+    if !via.branch.starts_with(MAGIC_COOKIE) {
+        // An RFC 2543 peer: match its transactions on the fields §17.2.3
+        // names instead (Call-ID, CSeq number, From tag, top Via).
+        via.branch = format!(
+            "rfc2543.{}.{}.{}.{}",
+            call_id,
+            cseq,
+            from_tag.as_deref().unwrap_or_default(),
+            via.sent_by
+        );
+    }
 
     if matches!(start, StartLine::Request { .. }) {
         for h in headers.iter().filter(|h| h.name == "Contact") {
@@ -384,6 +404,9 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
         max_forwards,
     })
 }
+
+/// RFC 3261 branch prefix: the branch alone identifies the transaction.
+const MAGIC_COOKIE: &str = "z9hG4bK";
 
 /// Parses one Via value: `SIP/2.0/TRANSPORT sent-by *(;param)` with an RFC 3261
 /// branch (magic cookie plus at least one character).
@@ -407,11 +430,13 @@ fn parse_via(v: &str) -> Option<Via> {
         return None;
     }
     let params = uri::parse_params(&rest[semi..])?;
-    let branch = params
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("branch"))
-        .and_then(|(_, v)| *v)?;
-    if !branch.starts_with("z9hG4bK") || branch.len() <= 7 || !is_token(branch) {
+    let branch = match params.iter().find(|(n, _)| n.eq_ignore_ascii_case("branch")) {
+        Some((_, Some(b))) => *b,
+        Some((_, None)) => return None,
+        None => "",
+    };
+    // The magic cookie alone carries no transaction id (RFC 4475 badbranch).
+    if branch == MAGIC_COOKIE || (!branch.is_empty() && !is_token(branch)) {
         return None;
     }
     Some(Via {
@@ -565,28 +590,13 @@ impl StreamFramer {
             }
             return Ok(None);
         };
-        let cl = content_length_of(&self.buf[..head_end]);
-        let cl = match cl {
+        let cl = match content_length_of(&self.buf[..head_end]) {
+            Ok(n) if body_start + n > limits.max_message_bytes => {
+                return Err(framing_error(&self.buf[..body_start], limits, ParseError::TooLarge));
+            }
             Ok(n) => n,
-            Err(e) => {
-                // Parse the head for a reply, then report the framing error.
-                let mut r = parse_message(&self.buf[..body_start], limits, false)
-                    .err()
-                    .unwrap_or_else(|| e.into());
-                r.error = e;
-                return Err(r);
-            }
+            Err(e) => return Err(framing_error(&self.buf[..body_start], limits, e)),
         };
-        if body_start + cl > limits.max_message_bytes {
-            let mut r = parse_message(&self.buf[..body_start], limits, false)
-                .err()
-                .unwrap_or_else(|| ParseError::TooLarge.into());
-            if r.reply.is_none() {
-                r.reply = None;
-            }
-            r.error = ParseError::TooLarge;
-            return Err(r);
-        }
         if self.buf.len() < body_start + cl {
             return Ok(None);
         }
@@ -595,8 +605,25 @@ impl StreamFramer {
     }
 }
 
-/// Content-Length from a raw header section, for stream framing. Missing
-/// means 0; repeated values must agree.
+/// A framing error on a stream, answered (when the head is a request) from
+/// the head's own mandatory headers.
+fn framing_error(head: &[u8], limits: &Limits, error: ParseError) -> Rejection {
+    match parse_message(head, limits, false) {
+        Ok(m) if m.is_request() && *m.method() != Method::Ack => Rejection {
+            error,
+            reply: Some(error_reply(&m.headers, error.sip_status())),
+        },
+        Ok(_) => error.into(),
+        Err(mut r) => {
+            r.error = error;
+            r
+        }
+    }
+}
+
+/// Content-Length from a raw header section, for stream framing. It is
+/// mandatory on streams (RFC 3261 §20.14): without it the end of the body is
+/// unknowable; repeated values must agree.
 fn content_length_of(head: &[u8]) -> Result<usize, ParseError> {
     let mut found: Option<usize> = None;
     for line in (Lines { data: head, pos: 0 }) {
@@ -619,7 +646,7 @@ fn content_length_of(head: &[u8]) -> Result<usize, ParseError> {
         }
         found = Some(n);
     }
-    Ok(found.unwrap_or(0))
+    found.ok_or(ParseError::BadContentLength)
 }
 
 #[cfg(test)]

@@ -67,12 +67,14 @@ impl Default for TimerConfig {
     }
 }
 
-/// Identifies a transaction: the branch and the method it matches on (an ACK
+/// Identifies a transaction: the branch, the sent-by and the method it matches on (an ACK
 /// matches its INVITE; a CANCEL is a transaction of its own).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TxKey {
     /// Via branch.
     pub branch: String,
+    /// Via sent-by (RFC 3261 §17.2.3 matches on it too).
+    pub sent_by: String,
     /// INVITE, CANCEL, or the non-INVITE method.
     pub method: Method,
 }
@@ -86,6 +88,7 @@ impl TxKey {
         };
         Self {
             branch: msg.via.branch.clone(),
+            sent_by: msg.via.sent_by.clone(),
             method,
         }
     }

@@ -117,7 +117,9 @@ pub fn host_port(uri: &str) -> Option<&str> {
 
 /// Whether the URI carries `?headers` (escaped headers in a Request-URI).
 pub fn has_headers(uri: &str) -> bool {
-    uri.contains('?')
+    // '?' may appear in the user part (RFC 4475 intmeth): look past the '@'.
+    let host_part = uri.rfind('@').map_or(uri, |at| &uri[at..]);
+    host_part.contains('?')
 }
 
 /// A parsed `name-addr` or `addr-spec` header value.

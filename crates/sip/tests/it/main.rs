@@ -1,0 +1,134 @@
+//! Integration tests of the SIP message layer: RFC 4475 torture messages
+//! through the ingress guard, on datagram and stream framing.
+
+use centralino_sip::guard::{Framed, Limits, StreamFramer, parse_datagram};
+
+fn vector(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// What the guard must do with each message: `Ok` = accepted by the parser
+/// (the element decides the answer), or the refusal and its reply status
+/// (0 = dropped without a reply).
+fn expected(name: &str) -> Result<(), (&'static str, u16)> {
+    match name {
+        "badaspec.dat" | "baddn.dat" | "quotbal.dat" | "regbadct.dat" => Err(("bad_address", 400)),
+        "badbranch.dat" | "badinv01.dat" => Err(("bad_via", 400)),
+        "badvers.dat" => Err(("bad_version", 505)),
+        "bigcode.dat" => Err(("bad_status_code", 0)),
+        "clerr.dat" | "ncl.dat" | "mcl01.dat" => Err(("bad_content_length", 400)),
+        "escruri.dat" | "ltgtruri.dat" => Err(("bad_request_uri", 400)),
+        "insuf.dat" => Err(("missing_header", 400)),
+        "lwsruri.dat" | "lwsstart.dat" | "trws.dat" => Err(("bad_start_line", 400)),
+        "mismatch01.dat" => Err(("cseq_mismatch", 400)),
+        "mismatch02.dat" => Err(("cseq_mismatch", 501)),
+        "multi01.dat" => Err(("repeated_header", 400)),
+        "scalar02.dat" => Err(("bad_cseq", 400)),
+        "scalarlg.dat" => Err(("bad_cseq", 0)),
+        _ => Ok(()),
+    }
+}
+
+fn all_vectors() -> Vec<String> {
+    let dir = format!("{}/tests/vectors", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".dat"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn vectors_match_their_checksums() {
+    let sums = String::from_utf8(vector("SHA256SUMS")).unwrap();
+    let mut checked = 0;
+    for line in sums.lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        let data = vector(name.trim());
+        use sha2::Digest as _;
+        let got: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, sum, "{name} is not byte-exact (line ends rewritten?)");
+        checked += 1;
+    }
+    assert_eq!(checked, 49);
+    assert_eq!(all_vectors().len(), 49);
+}
+
+#[test]
+fn rfc4475_verdicts_on_datagrams() {
+    let limits = Limits::default();
+    for name in all_vectors() {
+        let got = parse_datagram(&vector(&name), &limits);
+        match (expected(&name), got) {
+            (Ok(()), Ok(Framed::Message(_))) => {}
+            (Err((code, status)), Err(rej)) => {
+                assert_eq!(rej.error.code(), code, "{name}");
+                let reply = rej.reply.as_ref().map_or(0, |r| r.code());
+                assert_eq!(reply, status, "{name}");
+                if let Some(r) = rej.reply {
+                    // The reply echoes only the mandatory headers, never input text elsewhere.
+                    assert!(r.headers.iter().all(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq")));
+                }
+            }
+            (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn dblreq_trailing_invite_is_ignored() {
+    let Ok(Framed::Message(m)) = parse_datagram(&vector("dblreq.dat"), &Limits::default()) else {
+        panic!("dblreq refused");
+    };
+    assert_eq!(m.method().as_str(), "REGISTER");
+    assert!(m.body.is_empty());
+}
+
+#[test]
+fn mpart01_binary_body_is_framed_by_content_length() {
+    let Ok(Framed::Message(m)) = parse_datagram(&vector("mpart01.dat"), &Limits::default()) else {
+        panic!("mpart01 refused");
+    };
+    assert_eq!(m.body.len(), m.header("Content-Length").map_or(m.body.len(), |v| v.parse().unwrap()));
+    assert!(m.body.contains(&0));
+}
+
+#[test]
+fn rfc4475_on_a_stream_split_at_every_byte() {
+    let limits = Limits::default();
+    for name in ["wsinv.dat", "longreq.dat", "mpart01.dat", "intmeth.dat"] {
+        let data = vector(&name);
+        let whole = parse_datagram(&data, &limits).ok();
+        for split in [1, data.len() / 3, data.len() / 2, data.len() - 1] {
+            let mut f = StreamFramer::default();
+            f.push(&data[..split]);
+            assert!(f.next_message(&limits).unwrap().is_none(), "{name} dispatched incomplete at {split}");
+            f.push(&data[split..]);
+            let got = f.next_message(&limits).unwrap();
+            match (&whole, got) {
+                (Some(Framed::Message(a)), Some(Framed::Message(b))) => assert_eq!(a, &b, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn stream_framing_errors_close_the_connection() {
+    let limits = Limits::default();
+    for name in ["ncl.dat", "mcl01.dat"] {
+        let mut f = StreamFramer::default();
+        f.push(&vector(name));
+        let err = f.next_message(&limits).unwrap_err();
+        assert!(err.error.breaks_framing(), "{name}");
+        assert_eq!(err.reply.map(|r| r.code()), Some(400), "{name}");
+    }
+    // clerr: Content-Length larger than the data means "wait for more".
+    let mut f = StreamFramer::default();
+    f.push(&vector("clerr.dat"));
+    assert!(f.next_message(&limits).unwrap().is_none());
+}
