@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "centralino", version, about = "Automatic call distributor and telephony core")]
+#[command(
+    name = "centralino",
+    version,
+    about = "Automatic call distributor and telephony core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +32,11 @@ enum Command {
         config: Option<PathBuf>,
         /// SIP listen address, served on every configured transport; repeatable.
         /// Replaces `sip.listen`.
-        #[arg(long = "sip-listen", env = "CENTRALINO_SIP_LISTEN", value_delimiter = ',')]
+        #[arg(
+            long = "sip-listen",
+            env = "CENTRALINO_SIP_LISTEN",
+            value_delimiter = ','
+        )]
         sip_listen: Vec<SocketAddr>,
         /// HTTP listen address for /metrics and /healthz. Replaces `http.listen`.
         #[arg(long = "http-listen", env = "CENTRALINO_HTTP_LISTEN")]
@@ -97,13 +105,19 @@ fn load(path: Option<PathBuf>) -> Result<Config> {
     match path {
         None => Config::embedded().context("embedded configuration"),
         Some(p) => {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Config::from_toml(&text).with_context(|| format!("{} is not a valid configuration", p.display()))
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Config::from_toml(&text)
+                .with_context(|| format!("{} is not a valid configuration", p.display()))
         }
     }
 }
 
-fn serve(config: Option<PathBuf>, sip_listen: Vec<SocketAddr>, http_listen: Option<SocketAddr>) -> Result<()> {
+fn serve(
+    config: Option<PathBuf>,
+    sip_listen: Vec<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CENTRALINO_LOG")
@@ -126,11 +140,17 @@ fn serve(config: Option<PathBuf>, sip_listen: Vec<SocketAddr>, http_listen: Opti
         .context("starting the runtime")?;
     runtime.block_on(async move {
         if embedded {
-            info!("running on the embedded DEMO configuration (public demo passwords, 127.0.0.1 only)");
+            info!(
+                "running on the embedded DEMO configuration (public demo passwords, 127.0.0.1 only)"
+            );
         }
         let metrics = Metrics::new();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let http = tokio::spawn(serve_http(config.http_listen, metrics.registry.clone(), bound_tx));
+        let http = tokio::spawn(serve_http(
+            config.http_listen,
+            metrics.registry.clone(),
+            bound_tx,
+        ));
         let http_addr = match bound_rx.await {
             Ok(a) => a,
             Err(_) => {
@@ -140,7 +160,9 @@ fn serve(config: Option<PathBuf>, sip_listen: Vec<SocketAddr>, http_listen: Opti
                 };
             }
         };
-        let sip = SipServer::start(&config, metrics).await.context("SIP listeners")?;
+        let sip = SipServer::start(&config, metrics)
+            .await
+            .context("SIP listeners")?;
         for (t, a) in &sip.bound {
             info!(transport = ?t, addr = %a, "ready");
         }

@@ -24,10 +24,20 @@ fn thousand_calls_spread_over_twenty_operators() {
     let agents = Sipp::spawn(
         &scratch,
         "agents",
-        &["-sf", &scenario("agent_answer.xml"), "-trace_logs", "-timeout", "120s"],
+        &[
+            "-sf",
+            &scenario("agent_answer.xml"),
+            "-trace_logs",
+            "-timeout",
+            "120s",
+        ],
     );
     register(&scratch, &node, &users(20), agents.port, demo_password);
-    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 20.0);
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 20.0,
+    );
 
     let mut trunk = Sipp::spawn(
         &scratch,
@@ -51,21 +61,37 @@ fn thousand_calls_spread_over_twenty_operators() {
     trunk.expect_success(Duration::from_secs(100));
 
     let m = node.metrics();
-    assert_eq!(common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"), 1000.0, "{m}");
     assert_eq!(
-        common::metric_in(&m, "centralino_queue_dequeued_total{outcome=\"answered\",queue=\"info\"}"),
+        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        1000.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_in(
+            &m,
+            "centralino_queue_dequeued_total{outcome=\"answered\",queue=\"info\"}"
+        ),
         1000.0
     );
     let mut per_agent: HashMap<String, u32> = HashMap::new();
     for l in agents.log_lines() {
         if let Some(rest) = l.strip_prefix("answered INVITE sip:") {
-            *per_agent.entry(rest.trim_end_matches('@').to_owned()).or_default() += 1;
+            *per_agent
+                .entry(rest.trim_end_matches('@').to_owned())
+                .or_default() += 1;
         }
     }
     assert_eq!(per_agent.values().sum::<u32>(), 1000, "{per_agent:?}");
-    assert_eq!(per_agent.len(), 20, "every operator got calls: {per_agent:?}");
+    assert_eq!(
+        per_agent.len(),
+        20,
+        "every operator got calls: {per_agent:?}"
+    );
     // Longest-idle with equal short calls keeps the spread tight.
-    assert!(per_agent.values().all(|&n| (25..=75).contains(&n)), "{per_agent:?}");
+    assert!(
+        per_agent.values().all(|&n| (25..=75).contains(&n)),
+        "{per_agent:?}"
+    );
     // Privacy: the callers' numbers never reach the log unmasked.
     let logs = node.logs();
     assert!(!logs.contains("+3933300"), "unmasked number in the log");
@@ -76,19 +102,61 @@ fn thousand_calls_spread_over_twenty_operators() {
 #[test]
 fn caller_cancel_while_ringing_cancels_the_operator_leg() {
     let scratch = Scratch::new("cancel");
-    let node = Node::start(&scratch, &NodeConfig { agents: 1, ring_timeout_seconds: 30, ..NodeConfig::default() });
-    let mut phone = Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_noanswer.xml"), "-m", "1", "-timeout", "30s"]);
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ring_timeout_seconds: 30,
+            ..NodeConfig::default()
+        },
+    );
+    let mut phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_noanswer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+        ],
+    );
     register(&scratch, &node, &[1001], phone.port, demo_password);
-    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
     let mut trunk = Sipp::spawn(
         &scratch,
         "trunk",
-        &[&node.sip_addr(), "-sf", &scenario("trunk_cancel.xml"), "-s", "100", "-m", "1", "-d", "1000", "-timeout", "30s"],
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_cancel.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            "1000",
+            "-timeout",
+            "30s",
+        ],
     );
     trunk.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
-    node.wait_metric("centralino_calls_total{outcome=\"cancelled\"}", Duration::from_secs(5), |v| v == 1.0);
-    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    node.wait_metric(
+        "centralino_calls_total{outcome=\"cancelled\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
 }
 
 /// The first operator does not answer within the ring timeout: the call
@@ -96,45 +164,135 @@ fn caller_cancel_while_ringing_cancels_the_operator_leg() {
 #[test]
 fn no_answer_moves_the_call_to_the_next_operator() {
     let scratch = Scratch::new("noanswer");
-    let node = Node::start(&scratch, &NodeConfig { agents: 2, ring_timeout_seconds: 1, ..NodeConfig::default() });
-    let mut silent = Sipp::spawn(&scratch, "silent", &["-sf", &scenario("agent_noanswer.xml"), "-m", "1", "-timeout", "30s"]);
-    let mut answering =
-        Sipp::spawn(&scratch, "answering", &["-sf", &scenario("agent_answer.xml"), "-m", "1", "-timeout", "30s"]);
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 2,
+            ring_timeout_seconds: 1,
+            ..NodeConfig::default()
+        },
+    );
+    let mut silent = Sipp::spawn(
+        &scratch,
+        "silent",
+        &[
+            "-sf",
+            &scenario("agent_noanswer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+        ],
+    );
+    let mut answering = Sipp::spawn(
+        &scratch,
+        "answering",
+        &[
+            "-sf",
+            &scenario("agent_answer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+        ],
+    );
     // 1001 logs in first, so it is the longest idle and is offered the call first.
     register(&scratch, &node, &[1001], silent.port, demo_password);
-    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
     register(&scratch, &node, &[1002], answering.port, demo_password);
-    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 2.0);
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 2.0,
+    );
     let mut trunk = Sipp::spawn(
         &scratch,
         "trunk",
-        &[&node.sip_addr(), "-sf", &scenario("trunk_call.xml"), "-s", "100", "-m", "1", "-d", "100", "-timeout", "30s"],
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_call.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            "100",
+            "-timeout",
+            "30s",
+        ],
     );
     trunk.expect_success(Duration::from_secs(40));
     silent.expect_success(Duration::from_secs(10));
     answering.expect_success(Duration::from_secs(10));
     let m = node.metrics();
-    assert_eq!(common::metric_in(&m, "centralino_agent_offers_total{outcome=\"no_answer\"}"), 1.0, "{m}");
-    assert_eq!(common::metric_in(&m, "centralino_agent_offers_total{outcome=\"answered\"}"), 1.0, "{m}");
+    assert_eq!(
+        common::metric_in(&m, "centralino_agent_offers_total{outcome=\"no_answer\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_in(&m, "centralino_agent_offers_total{outcome=\"answered\"}"),
+        1.0,
+        "{m}"
+    );
 }
 
 /// The operator hangs up first: BYE reaches the caller.
 #[test]
 fn operator_bye_ends_the_caller_leg() {
     let scratch = Scratch::new("agentbye");
-    let node = Node::start(&scratch, &NodeConfig { agents: 1, ..NodeConfig::default() });
-    let mut phone =
-        Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_hangup.xml"), "-m", "1", "-d", "300", "-timeout", "30s"]);
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    let mut phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-m",
+            "1",
+            "-d",
+            "300",
+            "-timeout",
+            "30s",
+        ],
+    );
     register(&scratch, &node, &[1001], phone.port, demo_password);
-    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
     let mut trunk = Sipp::spawn(
         &scratch,
         "trunk",
-        &[&node.sip_addr(), "-sf", &scenario("trunk_hangup_by_agent.xml"), "-s", "100", "-m", "1", "-timeout", "30s"],
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_hangup_by_agent.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+        ],
     );
     trunk.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
-    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| v == 0.0);
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
 }
 
 /// Two callers, one operator: the second waits in the queue (ringback) and
@@ -142,21 +300,63 @@ fn operator_bye_ends_the_caller_leg() {
 #[test]
 fn all_busy_caller_waits_then_connects() {
     let scratch = Scratch::new("busy");
-    let node = Node::start(&scratch, &NodeConfig { agents: 1, ..NodeConfig::default() });
-    let mut phone = Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_answer.xml"), "-m", "2", "-timeout", "30s"]);
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    let mut phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_answer.xml"),
+            "-m",
+            "2",
+            "-timeout",
+            "30s",
+        ],
+    );
     register(&scratch, &node, &[1001], phone.port, demo_password);
-    node.wait_metric("centralino_agents{state=\"available\",tenant=\"demo\"}", Duration::from_secs(5), |v| v == 1.0);
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
     let mut trunk = Sipp::spawn(
         &scratch,
         "trunk",
-        &[&node.sip_addr(), "-sf", &scenario("trunk_call.xml"), "-s", "100", "-m", "2", "-r", "10", "-d", "1500", "-timeout", "30s"],
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_call.xml"),
+            "-s",
+            "100",
+            "-m",
+            "2",
+            "-r",
+            "10",
+            "-d",
+            "1500",
+            "-timeout",
+            "30s",
+        ],
     );
     trunk.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
     let m = node.metrics();
-    assert_eq!(common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"), 2.0, "{m}");
+    assert_eq!(
+        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        2.0,
+        "{m}"
+    );
     // The second caller waited for the first call (1.5 s) to end.
-    let waited = common::metric_in(&m, "centralino_queue_wait_duration_seconds_sum{queue=\"info\"}");
+    let waited = common::metric_in(
+        &m,
+        "centralino_queue_wait_duration_seconds_sum{queue=\"info\"}",
+    );
     assert!(waited >= 1.0, "total queue wait {waited}");
 }
 
@@ -165,19 +365,58 @@ fn all_busy_caller_waits_then_connects() {
 #[test]
 fn invite_from_unknown_address_is_refused_without_b_leg() {
     let scratch = Scratch::new("untrusted");
-    let node = Node::start(&scratch, &NodeConfig { agents: 1, trunk_peers: vec!["192.0.2.10"], ..NodeConfig::default() });
-    let phone = Sipp::spawn(&scratch, "phone", &["-sf", &scenario("agent_answer.xml"), "-timeout", "30s"]);
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            trunk_peers: vec!["192.0.2.10"],
+            ..NodeConfig::default()
+        },
+    );
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "30s"],
+    );
     register(&scratch, &node, &[1001], phone.port, demo_password);
     let mut trunk = Sipp::spawn(
         &scratch,
         "trunk",
-        &[&node.sip_addr(), "-sf", &scenario("trunk_refused.xml"), "-s", "100", "-m", "3", "-timeout", "20s"],
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_refused.xml"),
+            "-s",
+            "100",
+            "-m",
+            "3",
+            "-timeout",
+            "20s",
+        ],
     );
     trunk.expect_success(Duration::from_secs(30));
     let m = node.metrics();
-    assert_eq!(common::metric_in(&m, "centralino_sip_rejected_total{reason=\"untrusted_source\"}"), 3.0, "{m}");
-    assert_eq!(common::metric_in(&m, "centralino_sip_requests_total{direction=\"out\",method=\"INVITE\"}"), 0.0, "{m}");
-    assert_eq!(common::metric_in(&m, "centralino_queue_enqueued_total{queue=\"info\"}"), 0.0, "{m}");
+    assert_eq!(
+        common::metric_in(
+            &m,
+            "centralino_sip_rejected_total{reason=\"untrusted_source\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_in(
+            &m,
+            "centralino_sip_requests_total{direction=\"out\",method=\"INVITE\"}"
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_in(&m, "centralino_queue_enqueued_total{queue=\"info\"}"),
+        0.0,
+        "{m}"
+    );
     assert_eq!(common::metric_in(&m, "centralino_calls_active"), 0.0, "{m}");
     assert!(phone.log_lines().is_empty());
 }
@@ -186,7 +425,13 @@ fn invite_from_unknown_address_is_refused_without_b_leg() {
 #[test]
 fn wrong_password_is_refused_and_never_registered() {
     let scratch = Scratch::new("wrongpw");
-    let node = Node::start(&scratch, &NodeConfig { agents: 2, ..NodeConfig::default() });
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 2,
+            ..NodeConfig::default()
+        },
+    );
     let csv = scratch.path("wrong.csv");
     std::fs::write(
         &csv,
@@ -196,11 +441,33 @@ fn wrong_password_is_refused_and_never_registered() {
     let mut sipp = Sipp::spawn(
         &scratch,
         "wrong",
-        &[&node.sip_addr(), "-sf", &scenario("register_wrong.xml"), "-inf", common::path_str(&csv), "-m", "2", "-timeout", "20s"],
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("register_wrong.xml"),
+            "-inf",
+            common::path_str(&csv),
+            "-m",
+            "2",
+            "-timeout",
+            "20s",
+        ],
     );
     sipp.expect_success(Duration::from_secs(30));
     let m = node.metrics();
-    assert_eq!(common::metric_in(&m, "centralino_registrations_total{outcome=\"refused\"}"), 2.0, "{m}");
-    assert_eq!(common::metric_in(&m, "centralino_registrations_total{outcome=\"ok\"}"), 0.0, "{m}");
-    assert_eq!(common::metric_in(&m, "centralino_registered_agents"), 0.0, "{m}");
+    assert_eq!(
+        common::metric_in(&m, "centralino_registrations_total{outcome=\"refused\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_in(&m, "centralino_registrations_total{outcome=\"ok\"}"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_in(&m, "centralino_registered_agents"),
+        0.0,
+        "{m}"
+    );
 }

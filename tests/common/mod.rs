@@ -26,7 +26,11 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("centralino-{name}-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "centralino-{name}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Self(dir)
     }
@@ -169,7 +173,11 @@ impl Node {
     pub fn wait_log(&self, needle: &str, limit: Duration) {
         let start = Instant::now();
         while !self.logs().contains(needle) {
-            assert!(start.elapsed() < limit, "no {needle:?} in the log:\n{}", self.logs());
+            assert!(
+                start.elapsed() < limit,
+                "no {needle:?} in the log:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -177,12 +185,20 @@ impl Node {
     /// GET a path on the HTTP endpoint: (status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("read http");
         let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -224,7 +240,10 @@ impl Drop for Node {
 
 pub fn metric_in(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -251,7 +270,17 @@ impl Sipp {
         let child = Command::new("sipp")
             .current_dir(&dir)
             .args(args)
-            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin", "-trace_err", "-trace_stat", "-fd", "1"])
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-nostdin",
+                "-trace_err",
+                "-trace_stat",
+                "-fd",
+                "1",
+            ])
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
@@ -289,7 +318,14 @@ impl Sipp {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "log" || x == "txt") {
                     let text = std::fs::read_to_string(&p).unwrap_or_default();
-                    let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+                    let tail: String = text
+                        .chars()
+                        .rev()
+                        .take(4000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
                     let _ = writeln!(out, "== {}\n{tail}", p.display());
                 }
             }
@@ -322,11 +358,21 @@ impl Drop for Sipp {
 
 /// Registers operators `users` with digest auth, their Contact pointing at
 /// `contact_port` (the SIPp that plays their phones). Panics unless all succeed.
-pub fn register(scratch: &Scratch, node: &Node, users: &[u32], contact_port: u16, password: impl Fn(u32) -> String) {
+pub fn register(
+    scratch: &Scratch,
+    node: &Node,
+    users: &[u32],
+    contact_port: u16,
+    password: impl Fn(u32) -> String,
+) {
     let csv = scratch.path(&format!("users-{contact_port}.csv"));
     let mut text = String::from("SEQUENTIAL\n");
     for u in users {
-        let _ = writeln!(text, "{u};[authentication username={u} password={}];{contact_port}", password(*u));
+        let _ = writeln!(
+            text,
+            "{u};[authentication username={u} password={}];{contact_port}",
+            password(*u)
+        );
     }
     std::fs::write(&csv, text).expect("csv");
     let n = users.len().to_string();

@@ -158,7 +158,11 @@ impl Engine {
         let mut agent_ids = HashMap::new();
         let mut agent_tenant = Vec::new();
         for a in &config.agents {
-            let id = router.add_agent(now, &a.username, a.queues.iter().map(|&q| QueueId(q as u32)).collect());
+            let id = router.add_agent(
+                now,
+                &a.username,
+                a.queues.iter().map(|&q| QueueId(q as u32)).collect(),
+            );
             agent_ids.insert(a.username.clone(), id);
             agent_tenant.push(config.tenants[a.tenant].clone());
         }
@@ -192,7 +196,10 @@ impl Engine {
                 .map(|t| {
                     (
                         t.peers.clone(),
-                        t.dids.iter().map(|(d, &q)| (d.clone(), QueueId(q as u32))).collect(),
+                        t.dids
+                            .iter()
+                            .map(|(d, &q)| (d.clone(), QueueId(q as u32)))
+                            .collect(),
                     )
                 })
                 .collect(),
@@ -314,7 +321,14 @@ impl Engine {
         });
     }
 
-    fn reject(&mut self, flow: Flow, req: &Message, code: u16, reason: &'static str, extra: &[(&'static str, &str)]) {
+    fn reject(
+        &mut self,
+        flow: Flow,
+        req: &Message,
+        code: u16,
+        reason: &'static str,
+        extra: &[(&'static str, &str)],
+    ) {
         self.metrics.sip_rejected.with_label_values(&[reason]).inc();
         let tag = self.token();
         let mut r = req.response(code, reason_phrase(code), Some(&tag));
@@ -399,7 +413,8 @@ impl Engine {
         }
         if msg.to_tag.is_some() {
             // In-dialog: the dialog must exist.
-            let known = self.by_a.contains_key(&msg.call_id) || self.by_b.contains_key(&msg.call_id);
+            let known =
+                self.by_a.contains_key(&msg.call_id) || self.by_b.contains_key(&msg.call_id);
             if !known && method != Method::Cancel {
                 self.reject(flow, msg, 481, "no_dialog", &[]);
                 return false;
@@ -421,7 +436,11 @@ impl Engine {
     }
 
     fn precheck_invite(&mut self, flow: Flow, msg: &Message) -> bool {
-        let Some(trunk) = self.trunks.iter().position(|(peers, _)| peers.contains(&flow.remote.ip())) else {
+        let Some(trunk) = self
+            .trunks
+            .iter()
+            .position(|(peers, _)| peers.contains(&flow.remote.ip()))
+        else {
             // No toll fraud and no state for strangers: only trunk peers may
             // start calls, and only towards local DIDs.
             warn!(peer = %flow.remote.ip(), "INVITE from an untrusted address refused");
@@ -435,11 +454,20 @@ impl Engine {
         if let Some(ct) = msg.header("Content-Type") {
             let mime = ct.split(';').next().unwrap_or_default().trim();
             if !mime.eq_ignore_ascii_case("application/sdp") {
-                self.reject(flow, msg, 415, "unsupported_media_type", &[("Accept", "application/sdp")]);
+                self.reject(
+                    flow,
+                    msg,
+                    415,
+                    "unsupported_media_type",
+                    &[("Accept", "application/sdp")],
+                );
                 return false;
             }
         }
-        let accepts: Vec<&str> = msg.headers_named("Accept").flat_map(uri::split_list).collect();
+        let accepts: Vec<&str> = msg
+            .headers_named("Accept")
+            .flat_map(uri::split_list)
+            .collect();
         if !accepts.is_empty()
             && !accepts.iter().any(|a| {
                 let m = a.split(';').next().unwrap_or_default().trim();
@@ -448,7 +476,13 @@ impl Engine {
                     .any(|ok| m.eq_ignore_ascii_case(ok))
             })
         {
-            self.reject(flow, msg, 406, "not_acceptable", &[("Accept", "application/sdp")]);
+            self.reject(
+                flow,
+                msg,
+                406,
+                "not_acceptable",
+                &[("Accept", "application/sdp")],
+            );
             return false;
         }
         if self.did_queue(trunk, msg).is_none() {
@@ -508,7 +542,9 @@ impl Engine {
     fn drain_txn(&mut self, now: Instant) {
         while let Some(o) = self.txn.poll_output() {
             match o {
-                TxOutput::Transmit { flow, bytes } => self.out.push_back(Output::Transmit { flow, bytes }),
+                TxOutput::Transmit { flow, bytes } => {
+                    self.out.push_back(Output::Transmit { flow, bytes })
+                }
                 TxOutput::Request { flow, msg } => self.on_request(now, flow, msg),
                 TxOutput::Response { key, msg } => self.on_response(now, key, msg),
                 TxOutput::Timeout { key } => self.on_client_timeout(now, key),
@@ -521,8 +557,14 @@ impl Engine {
         let transitions: Vec<Transition> = self.router.drain_transitions().collect();
         for t in transitions {
             let tenant = &self.agent_tenant[t.agent.0 as usize];
-            self.metrics.agents.with_label_values(&[tenant, t.from.label()]).dec();
-            self.metrics.agents.with_label_values(&[tenant, t.to.label()]).inc();
+            self.metrics
+                .agents
+                .with_label_values(&[tenant, t.from.label()])
+                .dec();
+            self.metrics
+                .agents
+                .with_label_values(&[tenant, t.to.label()])
+                .inc();
         }
     }
 
@@ -546,10 +588,18 @@ impl Engine {
         self.timeouts_seen = stats.timeouts;
         self.stray_seen = stats.stray_responses;
         let (s, c) = self.txn.len();
-        self.metrics.sip_transactions.with_label_values(&["server"]).set(s as i64);
-        self.metrics.sip_transactions.with_label_values(&["client"]).set(c as i64);
+        self.metrics
+            .sip_transactions
+            .with_label_values(&["server"])
+            .set(s as i64);
+        self.metrics
+            .sip_transactions
+            .with_label_values(&["client"])
+            .set(c as i64);
         self.metrics.calls_active.set(self.calls.len() as i64);
-        self.metrics.registered_agents.set(self.registrar.registered() as i64);
+        self.metrics
+            .registered_agents
+            .set(self.registrar.registered() as i64);
     }
 
     fn on_request(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
@@ -626,7 +676,11 @@ impl Engine {
             local: format!("{to};tag={a_tag}"),
             remote: from,
             remote_target,
-            route_set: msg.headers_named("Record-Route").flat_map(uri::split_list).map(str::to_owned).collect(),
+            route_set: msg
+                .headers_named("Record-Route")
+                .flat_map(uri::split_list)
+                .map(str::to_owned)
+                .collect(),
             cseq: 1,
             flow,
         };
@@ -639,13 +693,17 @@ impl Engine {
             self.respond(now, &key, &r);
             return;
         }
-        self.metrics.queue_enqueued.with_label_values(&[&qname]).inc();
+        self.metrics
+            .queue_enqueued
+            .with_label_values(&[&qname])
+            .inc();
         info!(call = %id, caller = %Masked(&caller), queue = %qname, "call queued");
         let mut ringing = msg.response(180, "Ringing", Some(&a_tag));
         ringing.push("Contact", &Self::contact(flow));
         self.respond(now, &key, &ringing);
         let max_wait = self.router.queue(queue).max_wait;
-        self.timers.push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
+        self.timers
+            .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
         self.by_a.insert(msg.call_id.clone(), id);
         self.calls.insert(
             id,
@@ -672,7 +730,8 @@ impl Engine {
             // and put the call back.
             if let Some(c) = self.calls.get(&call_id) {
                 let (q, e) = (c.queue, c.enqueued);
-                self.router.offer_failed(now, q, call_id, e, agent, OfferOutcome::Rejected);
+                self.router
+                    .offer_failed(now, q, call_id, e, agent, OfferOutcome::Rejected);
             }
             self.router.logout(agent);
             return;
@@ -690,7 +749,15 @@ impl Engine {
         let local_host = flow.local.to_string();
         let local = format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller);
         let to = format!("<{}>", binding.contact);
-        let mut inv = Message::new_request(Method::Invite, &binding.contact, via, &local, &to, &b_call_id, 1);
+        let mut inv = Message::new_request(
+            Method::Invite,
+            &binding.contact,
+            via,
+            &local,
+            &to,
+            &b_call_id,
+            1,
+        );
         inv.push("Contact", &Self::contact(flow));
         inv.push("User-Agent", &self.user_agent);
         let ct = call.a_invite.header("Content-Type").map(str::to_owned);
@@ -712,7 +779,11 @@ impl Engine {
             dialog: None,
         });
         debug!(call = %call_id, agent = %name, "offering call");
-        self.timers.push(Reverse((now + ring, call_id, CallTimer::Ring(call.attempt))));
+        self.timers.push(Reverse((
+            now + ring,
+            call_id,
+            CallTimer::Ring(call.attempt),
+        )));
     }
 
     fn on_response(&mut self, now: Instant, key: TxKey, msg: Box<Message>) {
@@ -742,7 +813,13 @@ impl Engine {
         }
     }
 
-    fn on_b_invite_response(&mut self, now: Instant, key: TxKey, call_id: CallId, msg: Box<Message>) {
+    fn on_b_invite_response(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        call_id: CallId,
+        msg: Box<Message>,
+    ) {
         let code = msg.code();
         let Some(call) = self.calls.get_mut(&call_id) else {
             self.client.remove(&key);
@@ -756,7 +833,9 @@ impl Engine {
             101..=199 => {
                 b.state = BState::Ringing;
                 if !msg.body.is_empty() && code == 183 {
-                    let mut r = call.a_invite.response(183, "Session Progress", Some(&call.a_tag));
+                    let mut r = call
+                        .a_invite
+                        .response(183, "Session Progress", Some(&call.a_tag));
                     r.push("Contact", &Self::contact(call.a_leg.flow));
                     r.set_body(msg.header("Content-Type"), msg.body.clone());
                     let a_key = call.a_key.clone();
@@ -779,15 +858,27 @@ impl Engine {
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
                 ok.push("Contact", &Self::contact(call.a_leg.flow));
                 ok.set_body(msg.header("Content-Type"), msg.body.clone());
-                let (a_key, queue, enqueued, started) = (call.a_key.clone(), call.queue, call.enqueued, call.started);
+                let (a_key, queue, enqueued, started) =
+                    (call.a_key.clone(), call.queue, call.enqueued, call.started);
                 self.send_ack(&leg, &msg);
                 self.router.answered(agent, call_id);
                 self.respond(now, &a_key, &ok);
                 let qname = self.router.queue(queue).name.clone();
-                self.metrics.call_setup.observe((now - started).as_secs_f64());
-                self.metrics.queue_wait.with_label_values(&[&qname]).observe((now - enqueued).as_secs_f64());
-                self.metrics.queue_dequeued.with_label_values(&[&qname, "answered"]).inc();
-                self.metrics.agent_offers.with_label_values(&["answered"]).inc();
+                self.metrics
+                    .call_setup
+                    .observe((now - started).as_secs_f64());
+                self.metrics
+                    .queue_wait
+                    .with_label_values(&[&qname])
+                    .observe((now - enqueued).as_secs_f64());
+                self.metrics
+                    .queue_dequeued
+                    .with_label_values(&[&qname, "answered"])
+                    .inc();
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&["answered"])
+                    .inc();
                 info!(call = %call_id, agent = %self.router.agent(agent).name, queue = %qname, "call answered");
             }
             _ => {
@@ -803,10 +894,15 @@ impl Engine {
                 let (q, e) = (call.queue, call.enqueued);
                 self.metrics
                     .agent_offers
-                    .with_label_values(&[if outcome == OfferOutcome::Rejected { "rejected" } else { "failed" }])
+                    .with_label_values(&[if outcome == OfferOutcome::Rejected {
+                        "rejected"
+                    } else {
+                        "failed"
+                    }])
                     .inc();
                 debug!(call = %call_id, code, "operator refused the call");
-                self.router.offer_failed(now, q, call_id, e, b.agent, outcome);
+                self.router
+                    .offer_failed(now, q, call_id, e, b.agent, outcome);
             }
         }
     }
@@ -817,13 +913,21 @@ impl Engine {
                 let Some(call) = self.calls.get_mut(&call_id) else {
                     return;
                 };
-                if call.b.as_ref().is_some_and(|b| b.invite_key == key && b.state != BState::Answered) {
+                if call
+                    .b
+                    .as_ref()
+                    .is_some_and(|b| b.invite_key == key && b.state != BState::Answered)
+                {
                     let b = call.b.take().expect("checked");
                     self.by_b.remove(&b.call_id);
                     call.phase = Phase::Queued;
                     let (q, e) = (call.queue, call.enqueued);
-                    self.metrics.agent_offers.with_label_values(&["no_answer"]).inc();
-                    self.router.offer_failed(now, q, call_id, e, b.agent, OfferOutcome::NoAnswer);
+                    self.metrics
+                        .agent_offers
+                        .with_label_values(&["no_answer"])
+                        .inc();
+                    self.router
+                        .offer_failed(now, q, call_id, e, b.agent, OfferOutcome::NoAnswer);
                 }
             }
             Some(_) | None => {}
@@ -845,10 +949,14 @@ impl Engine {
                 call.phase = Phase::Queued;
                 let (q, e) = (call.queue, call.enqueued);
                 info!(call = %call_id, agent = %self.router.agent(b.agent).name, "operator did not answer in time");
-                self.metrics.agent_offers.with_label_values(&["no_answer"]).inc();
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&["no_answer"])
+                    .inc();
                 let agent = b.agent;
                 self.cancel_b(now, b);
-                self.router.offer_failed(now, q, call_id, e, agent, OfferOutcome::NoAnswer);
+                self.router
+                    .offer_failed(now, q, call_id, e, agent, OfferOutcome::NoAnswer);
             }
             CallTimer::MaxWait => {
                 if call.phase == Phase::Connected {
@@ -888,7 +996,13 @@ impl Engine {
     }
 
     /// Ends a call that never connected: the caller gets `status`.
-    fn end_unanswered(&mut self, now: Instant, call_id: CallId, status: u16, outcome: &'static str) {
+    fn end_unanswered(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        status: u16,
+        outcome: &'static str,
+    ) {
         let Some(mut call) = self.calls.remove(&call_id) else {
             return;
         };
@@ -901,17 +1015,31 @@ impl Engine {
                 if let Some(b) = call.b.take() {
                     let agent = b.agent;
                     self.cancel_b(now, b);
-                    self.router
-                        .offer_failed(now, call.queue, call_id, call.enqueued, agent, OfferOutcome::Withdrawn);
+                    self.router.offer_failed(
+                        now,
+                        call.queue,
+                        call_id,
+                        call.enqueued,
+                        agent,
+                        OfferOutcome::Withdrawn,
+                    );
                 }
             }
             Phase::Connected => {}
         }
-        let r = call.a_invite.response(status, reason_phrase(status), Some(&call.a_tag));
+        let r = call
+            .a_invite
+            .response(status, reason_phrase(status), Some(&call.a_tag));
         self.respond(now, &call.a_key, &r);
         let qname = self.router.queue(call.queue).name.clone();
-        self.metrics.queue_wait.with_label_values(&[&qname]).observe((now - call.enqueued).as_secs_f64());
-        self.metrics.queue_dequeued.with_label_values(&[&qname, outcome]).inc();
+        self.metrics
+            .queue_wait
+            .with_label_values(&[&qname])
+            .observe((now - call.enqueued).as_secs_f64());
+        self.metrics
+            .queue_dequeued
+            .with_label_values(&[&qname, outcome])
+            .inc();
         self.metrics.calls.with_label_values(&[outcome]).inc();
         info!(call = %call_id, caller = %Masked(&call.caller), outcome, "call ended before answer");
     }
@@ -946,7 +1074,11 @@ impl Engine {
         };
         let r = msg.response(200, "OK", None);
         self.respond(now, key, &r);
-        let outcome = if from_a.is_some() { "caller_hangup" } else { "agent_hangup" };
+        let outcome = if from_a.is_some() {
+            "caller_hangup"
+        } else {
+            "agent_hangup"
+        };
         self.end_connected(now, call_id, from_a.is_none(), from_b.is_none(), outcome);
     }
 
@@ -958,7 +1090,14 @@ impl Engine {
     }
 
     /// Ends a connected call, sending BYE to the legs asked for.
-    fn end_connected(&mut self, now: Instant, call_id: CallId, bye_a: bool, bye_b: bool, outcome: &'static str) {
+    fn end_connected(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        bye_a: bool,
+        bye_b: bool,
+        outcome: &'static str,
+    ) {
         let Some(mut call) = self.calls.remove(&call_id) else {
             return;
         };
@@ -988,7 +1127,15 @@ impl Engine {
         } else {
             leg.remote_target.clone()
         };
-        let mut bye = Message::new_request(Method::Bye, &target, via, &leg.local, &leg.remote, &leg.call_id, leg.cseq);
+        let mut bye = Message::new_request(
+            Method::Bye,
+            &target,
+            via,
+            &leg.local,
+            &leg.remote,
+            &leg.call_id,
+            leg.cseq,
+        );
         for r in &leg.route_set {
             bye.push("Route", r);
         }

@@ -4,8 +4,8 @@
 //! tenant, state. Never a call id, a number or an operator id.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The metric handles, registered in their own registry.
@@ -69,38 +69,144 @@ impl Metrics {
             ($m:expr) => {{
                 let m = $m;
                 // Names are unique by construction; a clash is a programming error.
-                registry.register(Box::new(m.clone())).expect("unique metric name");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric name");
                 m
             }};
         }
-        let cv = |n: &str, h: &str, l: &[&str]| IntCounterVec::new(Opts::new(n, h), l).expect("valid metric");
-        let gv = |n: &str, h: &str, l: &[&str]| IntGaugeVec::new(Opts::new(n, h), l).expect("valid metric");
+        let cv = |n: &str, h: &str, l: &[&str]| {
+            IntCounterVec::new(Opts::new(n, h), l).expect("valid metric")
+        };
+        let gv = |n: &str, h: &str, l: &[&str]| {
+            IntGaugeVec::new(Opts::new(n, h), l).expect("valid metric")
+        };
         let c = |n: &str, h: &str| IntCounter::new(n, h).expect("valid metric");
-        let wait_buckets = vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+        let wait_buckets = vec![
+            0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ];
         Self {
-            sip_requests: reg!(cv("centralino_sip_requests_total", "SIP requests by method and direction", &["method", "direction"])),
-            sip_responses: reg!(cv("centralino_sip_responses_total", "SIP responses by status code and direction", &["code", "direction"])),
-            sip_parse_errors: reg!(cv("centralino_sip_parse_errors_total", "Messages refused by the ingress guard", &["reason"])),
-            sip_rejected: reg!(cv("centralino_sip_rejected_total", "Requests refused by policy before any state", &["reason"])),
-            sip_transactions: reg!(gv("centralino_sip_transactions", "Live SIP transactions", &["side"])),
-            sip_retransmissions: reg!(c("centralino_sip_retransmissions_total", "SIP retransmissions sent")),
-            sip_transaction_timeouts: reg!(c("centralino_sip_transaction_timeouts_total", "Client transactions that got no final response")),
-            sip_stray_responses: reg!(c("centralino_sip_stray_responses_total", "Responses matching no transaction")),
-            sip_udp_receive_errors: reg!(c("centralino_sip_udp_receive_errors_total", "UDP receive errors")),
-            sip_tcp_connections: reg!(IntGauge::new("centralino_sip_tcp_connections", "Open SIP TCP connections").expect("valid metric")),
-            sip_tcp_refused: reg!(c("centralino_sip_tcp_connections_refused_total", "TCP connections refused at the cap")),
-            registrations: reg!(cv("centralino_registrations_total", "REGISTER outcomes", &["outcome"])),
-            registered_agents: reg!(IntGauge::new("centralino_registered_agents", "Operators with a live binding").expect("valid metric")),
-            calls: reg!(cv("centralino_calls_total", "Finished calls by outcome", &["outcome"])),
-            calls_active: reg!(IntGauge::new("centralino_calls_active", "Calls in progress").expect("valid metric")),
-            call_setup: reg!(Histogram::with_opts(HistogramOpts::new("centralino_call_setup_duration_seconds", "From the caller's INVITE to the 200 OK sent to the caller").buckets(wait_buckets.clone())).expect("valid metric")),
-            queue_calls: reg!(gv("centralino_queue_calls", "Calls waiting in the queue", &["queue"])),
-            queue_oldest_wait: reg!(gv("centralino_queue_oldest_wait_seconds", "Wait of the oldest call in the queue", &["queue"])),
-            queue_enqueued: reg!(cv("centralino_queue_enqueued_total", "Calls that entered the queue", &["queue"])),
-            queue_dequeued: reg!(cv("centralino_queue_dequeued_total", "Calls that left the queue", &["queue", "outcome"])),
-            queue_wait: reg!(HistogramVec::new(HistogramOpts::new("centralino_queue_wait_duration_seconds", "Time from entering the queue to leaving it").buckets(wait_buckets), &["queue"]).expect("valid metric")),
-            agents: reg!(gv("centralino_agents", "Operators by tenant and state", &["tenant", "state"])),
-            agent_offers: reg!(cv("centralino_agent_offers_total", "Calls offered to operators by outcome", &["outcome"])),
+            sip_requests: reg!(cv(
+                "centralino_sip_requests_total",
+                "SIP requests by method and direction",
+                &["method", "direction"]
+            )),
+            sip_responses: reg!(cv(
+                "centralino_sip_responses_total",
+                "SIP responses by status code and direction",
+                &["code", "direction"]
+            )),
+            sip_parse_errors: reg!(cv(
+                "centralino_sip_parse_errors_total",
+                "Messages refused by the ingress guard",
+                &["reason"]
+            )),
+            sip_rejected: reg!(cv(
+                "centralino_sip_rejected_total",
+                "Requests refused by policy before any state",
+                &["reason"]
+            )),
+            sip_transactions: reg!(gv(
+                "centralino_sip_transactions",
+                "Live SIP transactions",
+                &["side"]
+            )),
+            sip_retransmissions: reg!(c(
+                "centralino_sip_retransmissions_total",
+                "SIP retransmissions sent"
+            )),
+            sip_transaction_timeouts: reg!(c(
+                "centralino_sip_transaction_timeouts_total",
+                "Client transactions that got no final response"
+            )),
+            sip_stray_responses: reg!(c(
+                "centralino_sip_stray_responses_total",
+                "Responses matching no transaction"
+            )),
+            sip_udp_receive_errors: reg!(c(
+                "centralino_sip_udp_receive_errors_total",
+                "UDP receive errors"
+            )),
+            sip_tcp_connections: reg!(
+                IntGauge::new("centralino_sip_tcp_connections", "Open SIP TCP connections")
+                    .expect("valid metric")
+            ),
+            sip_tcp_refused: reg!(c(
+                "centralino_sip_tcp_connections_refused_total",
+                "TCP connections refused at the cap"
+            )),
+            registrations: reg!(cv(
+                "centralino_registrations_total",
+                "REGISTER outcomes",
+                &["outcome"]
+            )),
+            registered_agents: reg!(
+                IntGauge::new(
+                    "centralino_registered_agents",
+                    "Operators with a live binding"
+                )
+                .expect("valid metric")
+            ),
+            calls: reg!(cv(
+                "centralino_calls_total",
+                "Finished calls by outcome",
+                &["outcome"]
+            )),
+            calls_active: reg!(
+                IntGauge::new("centralino_calls_active", "Calls in progress")
+                    .expect("valid metric")
+            ),
+            call_setup: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "centralino_call_setup_duration_seconds",
+                        "From the caller's INVITE to the 200 OK sent to the caller"
+                    )
+                    .buckets(wait_buckets.clone())
+                )
+                .expect("valid metric")
+            ),
+            queue_calls: reg!(gv(
+                "centralino_queue_calls",
+                "Calls waiting in the queue",
+                &["queue"]
+            )),
+            queue_oldest_wait: reg!(gv(
+                "centralino_queue_oldest_wait_seconds",
+                "Wait of the oldest call in the queue",
+                &["queue"]
+            )),
+            queue_enqueued: reg!(cv(
+                "centralino_queue_enqueued_total",
+                "Calls that entered the queue",
+                &["queue"]
+            )),
+            queue_dequeued: reg!(cv(
+                "centralino_queue_dequeued_total",
+                "Calls that left the queue",
+                &["queue", "outcome"]
+            )),
+            queue_wait: reg!(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "centralino_queue_wait_duration_seconds",
+                        "Time from entering the queue to leaving it"
+                    )
+                    .buckets(wait_buckets),
+                    &["queue"]
+                )
+                .expect("valid metric")
+            ),
+            agents: reg!(gv(
+                "centralino_agents",
+                "Operators by tenant and state",
+                &["tenant", "state"]
+            )),
+            agent_offers: reg!(cv(
+                "centralino_agent_offers_total",
+                "Calls offered to operators by outcome",
+                &["outcome"]
+            )),
             registry,
         }
     }
@@ -129,8 +235,18 @@ mod tests {
             for metric in f.get_metric() {
                 for l in metric.get_label() {
                     assert!(
-                        ["method", "direction", "code", "reason", "outcome", "queue", "tenant", "state", "side"]
-                            .contains(&l.name()),
+                        [
+                            "method",
+                            "direction",
+                            "code",
+                            "reason",
+                            "outcome",
+                            "queue",
+                            "tenant",
+                            "state",
+                            "side"
+                        ]
+                        .contains(&l.name()),
                         "label {} on {name}",
                         l.name()
                     );

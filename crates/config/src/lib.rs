@@ -343,7 +343,8 @@ impl Config {
 
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         Self::validate(raw)
     }
 
@@ -356,7 +357,10 @@ impl Config {
         for (i, a) in raw.sip.listen.iter().enumerate() {
             match a.parse::<SocketAddr>() {
                 Ok(a) => listen.push(a),
-                Err(_) => p.add(format!("sip.listen[{i}]"), format!("not an ADDR:PORT: {a:?}")),
+                Err(_) => p.add(
+                    format!("sip.listen[{i}]"),
+                    format!("not an ADDR:PORT: {a:?}"),
+                ),
             }
         }
         let mut transports = Vec::new();
@@ -374,7 +378,10 @@ impl Config {
             p.add("sip.transports", "needs at least one of udp, tcp");
         }
         if raw.sip.realm.is_empty() || raw.sip.realm.contains(['"', '\\', '\r', '\n']) {
-            p.add("sip.realm", "must be non-empty, without quotes or line breaks");
+            p.add(
+                "sip.realm",
+                "must be non-empty, without quotes or line breaks",
+            );
         }
         let mut algs = Vec::new();
         for (i, a) in raw.sip.digest_algorithms.iter().enumerate() {
@@ -408,20 +415,38 @@ impl Config {
             p.add("sip.max_body_bytes", "must not exceed max_message_bytes");
         }
         nonzero(&mut p, "sip.max_calls", raw.sip.max_calls as u64);
-        nonzero(&mut p, "sip.max_tcp_connections", raw.sip.max_tcp_connections as u64);
-        nonzero(&mut p, "sip.tcp_idle_timeout_seconds", raw.sip.tcp_idle_timeout_seconds);
+        nonzero(
+            &mut p,
+            "sip.max_tcp_connections",
+            raw.sip.max_tcp_connections as u64,
+        );
+        nonzero(
+            &mut p,
+            "sip.tcp_idle_timeout_seconds",
+            raw.sip.tcp_idle_timeout_seconds,
+        );
         if raw.sip.user_agent.chars().any(char::is_control) {
             p.add("sip.user_agent", "must not contain control characters");
         }
         let http_listen = raw.http.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
-            p.add("http.listen", format!("not an ADDR:PORT: {:?}", raw.http.listen));
+            p.add(
+                "http.listen",
+                format!("not an ADDR:PORT: {:?}", raw.http.listen),
+            );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
 
         let r = &raw.registrar;
-        nonzero(&mut p, "registrar.min_expires_seconds", r.min_expires_seconds);
+        nonzero(
+            &mut p,
+            "registrar.min_expires_seconds",
+            r.min_expires_seconds,
+        );
         if r.max_expires_seconds < r.min_expires_seconds {
-            p.add("registrar.max_expires_seconds", "must be at least min_expires_seconds");
+            p.add(
+                "registrar.max_expires_seconds",
+                "must be at least min_expires_seconds",
+            );
         }
         if !(r.min_expires_seconds..=r.max_expires_seconds).contains(&r.default_expires_seconds) {
             p.add(
@@ -430,7 +455,11 @@ impl Config {
             );
         }
         nonzero(&mut p, "registrar.max_contacts", r.max_contacts as u64);
-        nonzero(&mut p, "registrar.nonce_lifetime_seconds", r.nonce_lifetime_seconds);
+        nonzero(
+            &mut p,
+            "registrar.nonce_lifetime_seconds",
+            r.nonce_lifetime_seconds,
+        );
         let login_paused = match r.state_after_login.as_str() {
             "available" => false,
             "paused" => true,
@@ -446,10 +475,16 @@ impl Config {
         let mut tenants = Vec::new();
         for (i, t) in raw.tenants.iter().enumerate() {
             if !valid_name(&t.name) {
-                p.add(format!("tenants[{i}].name"), "must be 1-64 of [A-Za-z0-9_-]");
+                p.add(
+                    format!("tenants[{i}].name"),
+                    "must be 1-64 of [A-Za-z0-9_-]",
+                );
             }
             if tenants.contains(&t.name) {
-                p.add(format!("tenants[{i}].name"), format!("duplicate tenant {:?}", t.name));
+                p.add(
+                    format!("tenants[{i}].name"),
+                    format!("duplicate tenant {:?}", t.name),
+                );
             }
             tenants.push(t.name.clone());
         }
@@ -468,7 +503,10 @@ impl Config {
                 p.add(format!("{path}.name"), "must be 1-64 of [A-Za-z0-9_-]");
             }
             if queue_names.contains(&q.name) {
-                p.add(format!("{path}.name"), format!("duplicate queue {:?}", q.name));
+                p.add(
+                    format!("{path}.name"),
+                    format!("duplicate queue {:?}", q.name),
+                );
             }
             queue_names.push(q.name.clone());
             let tenant = tenant_of(&mut p, format!("{path}.tenant"), &q.tenant);
@@ -482,12 +520,27 @@ impl Config {
                     Strategy::LongestIdle
                 }
             };
-            nonzero(&mut p, &format!("{path}.ring_timeout_seconds"), q.ring_timeout_seconds);
-            nonzero(&mut p, &format!("{path}.max_no_answer"), u64::from(q.max_no_answer));
-            nonzero(&mut p, &format!("{path}.max_wait_seconds"), q.max_wait_seconds);
+            nonzero(
+                &mut p,
+                &format!("{path}.ring_timeout_seconds"),
+                q.ring_timeout_seconds,
+            );
+            nonzero(
+                &mut p,
+                &format!("{path}.max_no_answer"),
+                u64::from(q.max_no_answer),
+            );
+            nonzero(
+                &mut p,
+                &format!("{path}.max_wait_seconds"),
+                q.max_wait_seconds,
+            );
             nonzero(&mut p, &format!("{path}.max_waiting"), q.max_waiting as u64);
             if !(400..=699).contains(&q.exit_status) {
-                p.add(format!("{path}.exit_status"), "must be a final error status in 400..=699");
+                p.add(
+                    format!("{path}.exit_status"),
+                    "must be a final error status in 400..=699",
+                );
             }
             queues.push(Queue {
                 tenant,
@@ -515,7 +568,10 @@ impl Config {
             for (j, a) in t.peers.iter().enumerate() {
                 match a.parse::<IpAddr>() {
                     Ok(ip) => peers.push(ip),
-                    Err(_) => p.add(format!("{path}.peers[{j}]"), format!("not an IP address: {a:?}")),
+                    Err(_) => p.add(
+                        format!("{path}.peers[{j}]"),
+                        format!("not an IP address: {a:?}"),
+                    ),
                 }
             }
             if peers.is_empty() {
@@ -524,7 +580,10 @@ impl Config {
             let mut dids = HashMap::new();
             for (did, queue) in &t.dids {
                 if did.is_empty() || !did.bytes().all(|b| b.is_ascii_digit() || b == b'+') {
-                    p.add(format!("{path}.dids.{did:?}"), "a DID is digits, optionally with a leading +");
+                    p.add(
+                        format!("{path}.dids.{did:?}"),
+                        "a DID is digits, optionally with a leading +",
+                    );
                 }
                 match queue_names.iter().position(|q| q == queue) {
                     Some(qi) if queues[qi].tenant == tenant => {
@@ -534,7 +593,10 @@ impl Config {
                         format!("{path}.dids.{did:?}"),
                         format!("queue {queue:?} belongs to another tenant"),
                     ),
-                    None => p.add(format!("{path}.dids.{did:?}"), format!("unknown queue {queue:?}")),
+                    None => p.add(
+                        format!("{path}.dids.{did:?}"),
+                        format!("unknown queue {queue:?}"),
+                    ),
                 }
             }
             trunks.push(Trunk {
@@ -551,12 +613,18 @@ impl Config {
             let path = format!("agents[{i}]");
             if a.username.is_empty()
                 || a.username.len() > 64
-                || !a.username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                || !a
+                    .username
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
             {
                 p.add(format!("{path}.username"), "must be 1-64 of [A-Za-z0-9._-]");
             }
             if !seen.insert(a.username.clone()) {
-                p.add(format!("{path}.username"), format!("duplicate operator {:?}", a.username));
+                p.add(
+                    format!("{path}.username"),
+                    format!("duplicate operator {:?}", a.username),
+                );
             }
             let tenant = tenant_of(&mut p, format!("{path}.tenant"), &a.tenant);
             let credentials = match (&a.password, &a.ha1_md5, &a.ha1_sha256) {
@@ -591,7 +659,10 @@ impl Config {
                         format!("{path}.queues[{j}]"),
                         format!("queue {q:?} belongs to another tenant"),
                     ),
-                    None => p.add(format!("{path}.queues[{j}]"), format!("unknown queue {q:?}")),
+                    None => p.add(
+                        format!("{path}.queues[{j}]"),
+                        format!("unknown queue {q:?}"),
+                    ),
                 }
             }
             agents.push(Agent {
@@ -648,7 +719,8 @@ impl Config {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 #[cfg(test)]

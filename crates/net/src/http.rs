@@ -18,8 +18,14 @@ pub async fn serve_http(
 ) -> Result<(), NetError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| NetError::Bind { addr: listen, source })?;
-    let local = listener.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;
+        .map_err(|source| NetError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| NetError::Bind {
+        addr: listen,
+        source,
+    })?;
     info!(addr = %local, "HTTP listening (/metrics, /healthz)");
     let _ = bound.send(local);
     let app = Router::new()
@@ -34,14 +40,21 @@ pub async fn serve_http(
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     axum::serve(listener, app)
         .await
-        .map_err(|source| NetError::Io { what: "http", source })
+        .map_err(|source| NetError::Io {
+            what: "http",
+            source,
+        })
 }
 
 fn metrics(registry: &Registry) -> impl IntoResponse + use<> {
     let mut buf = Vec::with_capacity(16 * 1024);
     let encoder = TextEncoder::new();
     match encoder.encode(&registry.gather(), &mut buf) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], buf),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            buf,
+        ),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain".to_owned())],

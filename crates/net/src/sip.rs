@@ -50,10 +50,21 @@ pub enum NetError {
 }
 
 enum Input {
-    Datagram { flow: Flow, data: Vec<u8> },
-    Framed { flow: Flow, framed: Result<Framed, Rejection> },
-    ConnOpen { conn: u64, tx: mpsc::Sender<Vec<u8>> },
-    ConnClosed { conn: u64 },
+    Datagram {
+        flow: Flow,
+        data: Vec<u8>,
+    },
+    Framed {
+        flow: Flow,
+        framed: Result<Framed, Rejection>,
+    },
+    ConnOpen {
+        conn: u64,
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    ConnClosed {
+        conn: u64,
+    },
 }
 
 /// The SIP side of a running node.
@@ -67,7 +78,9 @@ impl SipServer {
     /// Binds every listener and starts the engine task.
     pub async fn start(config: &Config, metrics: Metrics) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
-        rand::rngs::OsRng.try_fill_bytes(&mut seed).map_err(|_| NetError::Random)?;
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut seed)
+            .map_err(|_| NetError::Random)?;
         let now = Instant::now().into_std();
         let engine = Engine::new(config, metrics.clone(), seed, now);
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
@@ -81,7 +94,9 @@ impl SipServer {
             let mut addr = *addr;
             if config.sip.transports.contains(&ListenTransport::Udp) {
                 let sock = bind_udp(addr)?;
-                addr = sock.local_addr().map_err(|source| NetError::Bind { addr, source })?;
+                addr = sock
+                    .local_addr()
+                    .map_err(|source| NetError::Bind { addr, source })?;
                 info!(%addr, "SIP listening on UDP");
                 bound.push((ListenTransport::Udp, addr));
                 let sock = Arc::new(sock);
@@ -92,7 +107,9 @@ impl SipServer {
                 let listener = TcpListener::bind(addr)
                     .await
                     .map_err(|source| NetError::Bind { addr, source })?;
-                let addr = listener.local_addr().map_err(|source| NetError::Bind { addr, source })?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| NetError::Bind { addr, source })?;
                 info!(%addr, "SIP listening on TCP");
                 bound.push((ListenTransport::Tcp, addr));
                 tokio::spawn(tcp_acceptor(
@@ -121,7 +138,8 @@ impl SipServer {
 fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source| NetError::Bind { addr, source };
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let sock =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if addr.is_ipv6() {
         sock.set_only_v6(true).map_err(err)?;
     }
@@ -137,7 +155,12 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
     UdpSocket::from_std(sock.into()).map_err(err)
 }
 
-async fn udp_reader(sock: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Input>, metrics: Metrics) {
+async fn udp_reader(
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    tx: mpsc::Sender<Input>,
+    metrics: Metrics,
+) {
     let mut buf = vec![0u8; 65_536];
     loop {
         match sock.recv_from(&mut buf).await {
@@ -201,7 +224,8 @@ async fn tcp_acceptor(
             local: local.unwrap_or(remote),
             conn,
         };
-        let (tx, limits, metrics, open) = (tx.clone(), limits.clone(), metrics.clone(), open.clone());
+        let (tx, limits, metrics, open) =
+            (tx.clone(), limits.clone(), metrics.clone(), open.clone());
         tokio::spawn(async move {
             tcp_connection(stream, flow, tx.clone(), limits, partial_timeout).await;
             let _ = tx.send(Input::ConnClosed { conn }).await;
@@ -219,7 +243,14 @@ async fn tcp_connection(
     partial_timeout: Duration,
 ) {
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-    if tx.send(Input::ConnOpen { conn: flow.conn, tx: out_tx }).await.is_err() {
+    if tx
+        .send(Input::ConnOpen {
+            conn: flow.conn,
+            tx: out_tx,
+        })
+        .await
+        .is_err()
+    {
         return;
     }
     let (mut rd, mut wr) = stream.split();
@@ -227,7 +258,11 @@ async fn tcp_connection(
     let mut buf = vec![0u8; 16 * 1024];
     let mut fatal = false;
     loop {
-        let wait = if framer.buffered() > 0 { partial_timeout } else { TCP_IDLE };
+        let wait = if framer.buffered() > 0 {
+            partial_timeout
+        } else {
+            TCP_IDLE
+        };
         tokio::select! {
             r = tokio::time::timeout(wait, rd.read(&mut buf)) => {
                 let n = match r {
@@ -338,7 +373,12 @@ async fn run_engine(
     }
 }
 
-fn handle(engine: &mut Engine, conns: &mut HashMap<u64, mpsc::Sender<Vec<u8>>>, now: std::time::Instant, input: Input) {
+fn handle(
+    engine: &mut Engine,
+    conns: &mut HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    now: std::time::Instant,
+    input: Input,
+) {
     match input {
         Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
         Input::Framed { flow, framed } => engine.handle_framed(now, flow, framed),

@@ -238,7 +238,11 @@ impl Router {
         let from = a.state;
         a.state = to;
         a.version += 1;
-        self.transitions.push(Transition { agent: id, from, to });
+        self.transitions.push(Transition {
+            agent: id,
+            from,
+            to,
+        });
     }
 
     /// Registration gained: the operator becomes available (or paused).
@@ -284,7 +288,12 @@ impl Router {
     }
 
     /// Queues a call. Decisions follow from [`Self::poll_decision`].
-    pub fn enqueue(&mut self, now: Instant, queue: QueueId, call: CallId) -> Result<(), EnqueueError> {
+    pub fn enqueue(
+        &mut self,
+        now: Instant,
+        queue: QueueId,
+        call: CallId,
+    ) -> Result<(), EnqueueError> {
         let q = &mut self.queues[queue.0 as usize];
         if q.waiting.len() >= q.settings.max_waiting {
             return Err(EnqueueError::QueueFull);
@@ -464,7 +473,8 @@ mod tests {
         r.login(t0 + Duration::from_secs(2), a, false);
         r.login(t0 + Duration::from_secs(1), b, false);
         r.enqueue(t0, QueueId(0), CallId(1)).unwrap();
-        r.enqueue(t0 + Duration::from_secs(1), QueueId(0), CallId(2)).unwrap();
+        r.enqueue(t0 + Duration::from_secs(1), QueueId(0), CallId(2))
+            .unwrap();
         let d1 = r.poll_decision(t0).unwrap();
         assert_eq!((d1.call, d1.agent), (CallId(1), b));
         let d2 = r.poll_decision(t0).unwrap();
@@ -508,6 +518,9 @@ mod tests {
         assert!(r.poll_decision(t0).is_none());
         assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(5)));
         r.handle_timeout(t0 + Duration::from_secs(5));
-        assert_eq!(r.poll_decision(t0 + Duration::from_secs(5)).unwrap().call, CallId(2));
+        assert_eq!(
+            r.poll_decision(t0 + Duration::from_secs(5)).unwrap().call,
+            CallId(2)
+        );
     }
 }

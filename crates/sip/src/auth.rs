@@ -199,7 +199,12 @@ pub struct DigestAuth {
 
 impl DigestAuth {
     /// `secret` must come from a CSPRNG (the driver reads the OS's).
-    pub fn new(realm: &str, algorithms: Vec<Algorithm>, secret: [u8; 32], lifetime: Duration) -> Self {
+    pub fn new(
+        realm: &str,
+        algorithms: Vec<Algorithm>,
+        secret: [u8; 32],
+        lifetime: Duration,
+    ) -> Self {
         Self {
             realm: realm.to_owned(),
             algorithms,
@@ -304,7 +309,10 @@ impl DigestAuth {
             (None, _, _) => alg.hex(&format!("{ha1}:{}:{ha2}", d.nonce)),
             _ => return Verdict::Malformed,
         };
-        let digest_ok = constant_time_eq(expected.as_bytes(), d.response.to_ascii_lowercase().as_bytes());
+        let digest_ok = constant_time_eq(
+            expected.as_bytes(),
+            d.response.to_ascii_lowercase().as_bytes(),
+        );
         if !digest_ok || !known || !uri_matches(&d.uri, request_uri) {
             return Verdict::Refuse;
         }
@@ -359,7 +367,13 @@ mod tests {
     }
 
     fn nonce_of(ch: &str) -> String {
-        ch.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_owned()
+        ch.split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
     }
 
     fn lookup(u: &str) -> Option<Credentials> {
@@ -369,25 +383,80 @@ mod tests {
     #[test]
     fn sha256_and_md5_replay_and_stale() {
         let t0 = Instant::now();
-        let mut a = DigestAuth::new("r", vec![Algorithm::Sha256, Algorithm::Md5], [7; 32], Duration::from_secs(300));
+        let mut a = DigestAuth::new(
+            "r",
+            vec![Algorithm::Sha256, Algorithm::Md5],
+            [7; 32],
+            Duration::from_secs(300),
+        );
         let ch = a.challenge(t0, false);
         assert!(ch[0].contains("algorithm=SHA-256"));
         let n = nonce_of(&ch[0]);
         for alg in [Algorithm::Sha256, Algorithm::Md5] {
-            let nc = if alg == Algorithm::Sha256 { "00000001" } else { "00000002" };
+            let nc = if alg == Algorithm::Sha256 {
+                "00000001"
+            } else {
+                "00000002"
+            };
             let h = answer(alg, &n, nc, "demo1001", "sip:r");
-            assert_eq!(a.verify(t0, "REGISTER", "sip:r", [h.as_str()].into_iter(), lookup), Verdict::Ok("1001".into()));
-            assert_eq!(a.verify(t0, "REGISTER", "sip:r", [h.as_str()].into_iter(), lookup), Verdict::Refuse, "replay");
+            assert_eq!(
+                a.verify(t0, "REGISTER", "sip:r", [h.as_str()].into_iter(), lookup),
+                Verdict::Ok("1001".into())
+            );
+            assert_eq!(
+                a.verify(t0, "REGISTER", "sip:r", [h.as_str()].into_iter(), lookup),
+                Verdict::Refuse,
+                "replay"
+            );
         }
         let wrong = answer(Algorithm::Sha256, &n, "00000009", "nope", "sip:r");
-        assert_eq!(a.verify(t0, "REGISTER", "sip:r", [wrong.as_str()].into_iter(), lookup), Verdict::Refuse);
+        assert_eq!(
+            a.verify(
+                t0,
+                "REGISTER",
+                "sip:r",
+                [wrong.as_str()].into_iter(),
+                lookup
+            ),
+            Verdict::Refuse
+        );
         let wrong_uri = answer(Algorithm::Sha256, &n, "0000000a", "demo1001", "sip:other");
-        assert_eq!(a.verify(t0, "REGISTER", "sip:r", [wrong_uri.as_str()].into_iter(), lookup), Verdict::Refuse);
+        assert_eq!(
+            a.verify(
+                t0,
+                "REGISTER",
+                "sip:r",
+                [wrong_uri.as_str()].into_iter(),
+                lookup
+            ),
+            Verdict::Refuse
+        );
         let late = answer(Algorithm::Sha256, &n, "0000000b", "demo1001", "sip:r");
         let later = t0 + Duration::from_secs(301);
-        assert_eq!(a.verify(later, "REGISTER", "sip:r", [late.as_str()].into_iter(), lookup), Verdict::Stale);
+        assert_eq!(
+            a.verify(
+                later,
+                "REGISTER",
+                "sip:r",
+                [late.as_str()].into_iter(),
+                lookup
+            ),
+            Verdict::Stale
+        );
         assert!(a.challenge(later, true)[0].ends_with("stale=true"));
-        assert_eq!(a.verify(t0, "REGISTER", "sip:r", ["Digest username=\"x".as_ref()].into_iter(), lookup), Verdict::Malformed);
-        assert_eq!(a.verify(t0, "REGISTER", "sip:r", [].into_iter(), lookup), Verdict::Challenge);
+        assert_eq!(
+            a.verify(
+                t0,
+                "REGISTER",
+                "sip:r",
+                ["Digest username=\"x".as_ref()].into_iter(),
+                lookup
+            ),
+            Verdict::Malformed
+        );
+        assert_eq!(
+            a.verify(t0, "REGISTER", "sip:r", [].into_iter(), lookup),
+            Verdict::Challenge
+        );
     }
 }

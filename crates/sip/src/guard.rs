@@ -68,7 +68,10 @@ pub fn parse_datagram(data: &[u8], limits: &Limits) -> Result<Framed, Rejection>
     if data.len() > limits.max_message_bytes {
         return Err(ParseError::TooLarge.into());
     }
-    if data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) {
+    if data
+        .iter()
+        .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
+    {
         return Ok(Framed::Keepalive);
     }
     parse_message(data, limits, true).map(|m| Framed::Message(Box::new(m)))
@@ -334,11 +337,12 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
     let to_tag = tag(&to)?;
 
     let cseq = single(headers, "CSeq")?;
-    let (num, method) = cseq
-        .split_once([' ', '\t'])
-        .ok_or(ParseError::BadCSeq)?;
+    let (num, method) = cseq.split_once([' ', '\t']).ok_or(ParseError::BadCSeq)?;
     let method = method.trim();
-    if num.is_empty() || num.len() > 10 || !num.bytes().all(|b| b.is_ascii_digit()) || !is_token(method)
+    if num.is_empty()
+        || num.len() > 10
+        || !num.bytes().all(|b| b.is_ascii_digit())
+        || !is_token(method)
     {
         return Err(ParseError::BadCSeq);
     }
@@ -360,8 +364,10 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
             if v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(ParseError::BadMaxForwards);
             }
-            Some(u8::try_from(v.parse::<u16>().map_err(|_| ParseError::BadMaxForwards)?)
-                .map_err(|_| ParseError::BadMaxForwards)?)
+            Some(
+                u8::try_from(v.parse::<u16>().map_err(|_| ParseError::BadMaxForwards)?)
+                    .map_err(|_| ParseError::BadMaxForwards)?,
+            )
         }
         _ => return Err(ParseError::RepeatedHeader),
     };
@@ -430,7 +436,10 @@ fn parse_via(v: &str) -> Option<Via> {
         return None;
     }
     let params = uri::parse_params(&rest[semi..])?;
-    let branch = match params.iter().find(|(n, _)| n.eq_ignore_ascii_case("branch")) {
+    let branch = match params
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("branch"))
+    {
         Some((_, Some(b))) => *b,
         Some((_, None)) => return None,
         None => "",
@@ -592,7 +601,11 @@ impl StreamFramer {
         };
         let cl = match content_length_of(&self.buf[..head_end]) {
             Ok(n) if body_start + n > limits.max_message_bytes => {
-                return Err(framing_error(&self.buf[..body_start], limits, ParseError::TooLarge));
+                return Err(framing_error(
+                    &self.buf[..body_start],
+                    limits,
+                    ParseError::TooLarge,
+                ));
             }
             Ok(n) => n,
             Err(e) => return Err(framing_error(&self.buf[..body_start], limits, e)),
@@ -724,9 +737,8 @@ Content-Length: 4\r\n\r\nv=0\r\n";
 
     #[test]
     fn header_count_and_line_caps() {
-        let mut many = String::from(
-            "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n",
-        );
+        let mut many =
+            String::from("OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n");
         for i in 0..1000 {
             many.push_str(&format!("X-H{i}: v\r\n"));
         }

@@ -321,7 +321,15 @@ impl Message {
 
     /// A new request with its essential headers in the RFC 3261 §8.1.1 order.
     /// `from` and `to` are complete header values, tags included.
-    pub fn new_request(method: Method, uri: &str, via: Via, from: &str, to: &str, call_id: &str, cseq: u32) -> Self {
+    pub fn new_request(
+        method: Method,
+        uri: &str,
+        via: Via,
+        from: &str,
+        to: &str,
+        call_id: &str,
+        cseq: u32,
+    ) -> Self {
         let cseq_method = if method == Method::Ack {
             Method::Ack
         } else {
@@ -344,7 +352,10 @@ impl Message {
         };
         m.push(
             "Via",
-            &format!("SIP/2.0/{} {};branch={}", via.transport, via.sent_by, via.branch),
+            &format!(
+                "SIP/2.0/{} {};branch={}",
+                via.transport, via.sent_by, via.branch
+            ),
         );
         m.push("Max-Forwards", "70");
         m.push("From", from);
@@ -462,7 +473,11 @@ mod tests {
         m.push("Subject", "hi\r\n\r\nINVITE sip:x SIP/2.0");
         let text = String::from_utf8(m.to_bytes()).unwrap();
         let lines: Vec<&str> = text.split("\r\n").collect();
-        assert!(lines.iter().all(|l| !l.starts_with("Route") && !l.starts_with("X:")));
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.starts_with("Route") && !l.starts_with("X:"))
+        );
         assert_eq!(lines.iter().filter(|l| l.starts_with("INVITE ")).count(), 1);
         assert_eq!(text.matches("\r\n\r\n").count(), 1);
     }

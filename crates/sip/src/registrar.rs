@@ -4,8 +4,8 @@
 //! bindings with their expiry and the flow they came from, and reports when an
 //! operator gains a first binding (login) or loses the last one (logout).
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Credentials, DigestAuth, Verdict};
@@ -84,7 +84,11 @@ pub struct Registrar {
 
 impl Registrar {
     /// A registrar for these users (username → credentials).
-    pub fn new(cfg: RegistrarConfig, auth: DigestAuth, users: HashMap<String, Credentials>) -> Self {
+    pub fn new(
+        cfg: RegistrarConfig,
+        auth: DigestAuth,
+        users: HashMap<String, Credentials>,
+    ) -> Self {
         Self {
             cfg,
             auth,
@@ -129,11 +133,20 @@ impl Registrar {
     }
 
     /// Answers a REGISTER that came in on `flow`.
-    pub fn handle_register(&mut self, now: Instant, flow: Flow, req: &Message) -> (Message, RegOutcome) {
+    pub fn handle_register(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        req: &Message,
+    ) -> (Message, RegOutcome) {
         let to = req.header("To").and_then(uri::parse_name_addr);
-        let Some(to) = to.filter(|t| matches!(uri::classify(t.uri), Some(Scheme::Sip | Scheme::Sips)))
+        let Some(to) =
+            to.filter(|t| matches!(uri::classify(t.uri), Some(Scheme::Sip | Scheme::Sips)))
         else {
-            return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid);
+            return (
+                req.response(400, "Bad Request", Some("reg")),
+                RegOutcome::Invalid,
+            );
         };
         let aor_user = uri::user(to.uri).unwrap_or_default().to_owned();
         let user = match self.verify(now, req) {
@@ -142,11 +155,24 @@ impl Registrar {
                 let stale = v == Verdict::Stale;
                 return (self.challenge(now, req, stale), RegOutcome::Challenged);
             }
-            Verdict::Refuse => return (req.response(403, "Forbidden", Some("reg")), RegOutcome::Refused),
-            Verdict::Malformed => return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid),
+            Verdict::Refuse => {
+                return (
+                    req.response(403, "Forbidden", Some("reg")),
+                    RegOutcome::Refused,
+                );
+            }
+            Verdict::Malformed => {
+                return (
+                    req.response(400, "Bad Request", Some("reg")),
+                    RegOutcome::Invalid,
+                );
+            }
         };
         if user != aor_user {
-            return (req.response(403, "Forbidden", Some("reg")), RegOutcome::Refused);
+            return (
+                req.response(403, "Forbidden", Some("reg")),
+                RegOutcome::Refused,
+            );
         }
 
         let header_expires = req
@@ -160,13 +186,19 @@ impl Registrar {
 
         if contacts.iter().any(|c| *c == "*") {
             if contacts.len() != 1 || header_expires != Some(Duration::ZERO) {
-                return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid);
+                return (
+                    req.response(400, "Bad Request", Some("reg")),
+                    RegOutcome::Invalid,
+                );
             }
             self.bindings.remove(&user);
         } else {
             for c in &contacts {
                 let Some(na) = uri::parse_name_addr(c) else {
-                    return (req.response(400, "Bad Request", Some("reg")), RegOutcome::Invalid);
+                    return (
+                        req.response(400, "Bad Request", Some("reg")),
+                        RegOutcome::Invalid,
+                    );
                 };
                 let expires = match na.param("expires") {
                     Some(Some(v)) => parse_expires(v).unwrap_or(self.cfg.max_expires),
@@ -253,5 +285,7 @@ fn parse_expires(v: &str) -> Option<Duration> {
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX / 4)))
+    Some(Duration::from_secs(
+        v.parse::<u64>().unwrap_or(u64::MAX / 4),
+    ))
 }

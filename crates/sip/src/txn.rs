@@ -519,7 +519,11 @@ impl Transactions {
                 (CState::Calling | CState::Proceeding, _) => {
                     tx.state = CState::Completed;
                     tx.retransmit_at = None;
-                    let wait = if reliable { Duration::ZERO } else { self.cfg.t4 };
+                    let wait = if reliable {
+                        Duration::ZERO
+                    } else {
+                        self.cfg.t4
+                    };
                     tx.timeout_at = Some(now + wait);
                     self.arm(now + wait, Side::Client, &key);
                     self.out.push_back(TxOutput::Response { key, msg });
@@ -860,6 +864,10 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
         }
         assert_eq!((acks, delivered), (1, 1));
         tx.handle_response(t0, Box::new(resp));
-        assert_eq!(transmits(&mut tx), 1, "retransmitted final is re-ACKed, not delivered");
+        assert_eq!(
+            transmits(&mut tx),
+            1,
+            "retransmitted final is re-ACKed, not delivered"
+        );
     }
 }

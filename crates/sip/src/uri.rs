@@ -23,7 +23,9 @@ pub fn classify(uri: &str) -> Option<Scheme> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         || rest.is_empty()
-        || uri.bytes().any(|b| b <= b' ' || matches!(b, b'<' | b'>' | b'"'))
+        || uri
+            .bytes()
+            .any(|b| b <= b' ' || matches!(b, b'<' | b'>' | b'"'))
     {
         return None;
     }
@@ -73,8 +75,26 @@ fn is_uric(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%' | b'&' | b'='
-                | b'+' | b'$' | b',' | b';' | b'?' | b'/' | b'[' | b']' | b':'
+            b'-' | b'_'
+                | b'.'
+                | b'!'
+                | b'~'
+                | b'*'
+                | b'\''
+                | b'('
+                | b')'
+                | b'%'
+                | b'&'
+                | b'='
+                | b'+'
+                | b'$'
+                | b','
+                | b';'
+                | b'?'
+                | b'/'
+                | b'['
+                | b']'
+                | b':'
         )
 }
 
@@ -277,7 +297,8 @@ mod tests {
         assert_eq!(n.param("tag"), Some(Some("x")));
         assert_eq!(host_port(n.uri), Some("[2001:db8::1]:5070"));
         assert_eq!(user(n.uri), Some("1001"));
-        let n = parse_name_addr(" sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        let n =
+            parse_name_addr(" sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
         assert_eq!(n.param("tag"), Some(Some("1918181833n")));
         let n = parse_name_addr("caller<sip:caller@example.com>;tag=323").unwrap();
         assert_eq!(n.display, Some("caller"));
@@ -301,7 +322,10 @@ mod tests {
     fn schemes() {
         assert_eq!(classify("sip:a@b"), Some(Scheme::Sip));
         assert_eq!(classify("tel:+390612345"), Some(Scheme::Tel));
-        assert_eq!(classify("soap.beep://192.0.2.103:3002"), Some(Scheme::Other));
+        assert_eq!(
+            classify("soap.beep://192.0.2.103:3002"),
+            Some(Scheme::Other)
+        );
         assert_eq!(classify("<sip:a@b>"), None);
         assert_eq!(classify("sip:a@b c"), None);
     }

@@ -50,7 +50,10 @@ fn vectors_match_their_checksums() {
         let (sum, name) = line.split_once("  ").unwrap();
         let data = vector(name.trim());
         use sha2::Digest as _;
-        let got: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        let got: String = sha2::Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(got, sum, "{name} is not byte-exact (line ends rewritten?)");
         checked += 1;
     }
@@ -71,7 +74,12 @@ fn rfc4475_verdicts_on_datagrams() {
                 assert_eq!(reply, status, "{name}");
                 if let Some(r) = rej.reply {
                     // The reply echoes only the mandatory headers, never input text elsewhere.
-                    assert!(r.headers.iter().all(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq")));
+                    assert!(
+                        r.headers.iter().all(|h| matches!(
+                            &*h.name,
+                            "Via" | "From" | "To" | "Call-ID" | "CSeq"
+                        ))
+                    );
                 }
             }
             (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
@@ -93,7 +101,11 @@ fn mpart01_binary_body_is_framed_by_content_length() {
     let Ok(Framed::Message(m)) = parse_datagram(&vector("mpart01.dat"), &Limits::default()) else {
         panic!("mpart01 refused");
     };
-    assert_eq!(m.body.len(), m.header("Content-Length").map_or(m.body.len(), |v| v.parse().unwrap()));
+    assert_eq!(
+        m.body.len(),
+        m.header("Content-Length")
+            .map_or(m.body.len(), |v| v.parse().unwrap())
+    );
     assert!(m.body.contains(&0));
 }
 
@@ -106,7 +118,10 @@ fn rfc4475_on_a_stream_split_at_every_byte() {
         for split in [1, data.len() / 3, data.len() / 2, data.len() - 1] {
             let mut f = StreamFramer::default();
             f.push(&data[..split]);
-            assert!(f.next_message(&limits).unwrap().is_none(), "{name} dispatched incomplete at {split}");
+            assert!(
+                f.next_message(&limits).unwrap().is_none(),
+                "{name} dispatched incomplete at {split}"
+            );
             f.push(&data[split..]);
             let got = f.next_message(&limits).unwrap();
             match (&whole, got) {
