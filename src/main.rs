@@ -124,6 +124,7 @@ fn serve(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let embedded = config.is_none();
     let mut config = load(config)?;
@@ -151,14 +152,11 @@ fn serve(
             metrics.registry.clone(),
             bound_tx,
         ));
-        let http_addr = match bound_rx.await {
-            Ok(a) => a,
-            Err(_) => {
-                return match http.await {
-                    Ok(Err(e)) => Err(e).context("HTTP endpoint"),
-                    _ => Err(anyhow::anyhow!("HTTP endpoint failed to start")),
-                };
-            }
+        let Ok(http_addr) = bound_rx.await else {
+            return match http.await {
+                Ok(Err(e)) => Err(e).context("HTTP endpoint"),
+                _ => Err(anyhow::anyhow!("HTTP endpoint failed to start")),
+            };
         };
         let sip = SipServer::start(&config, metrics)
             .await

@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A port free on 127.0.0.1 for both UDP and TCP at the time of the call.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
@@ -22,10 +22,10 @@ pub fn free_port() -> u16 {
 }
 
 /// A scratch directory removed on drop.
-pub struct Scratch(pub PathBuf);
+pub(crate) struct Scratch(pub PathBuf);
 
 impl Scratch {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "centralino-{name}-{}-{}",
             std::process::id(),
@@ -34,7 +34,7 @@ impl Scratch {
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Self(dir)
     }
-    pub fn path(&self, f: &str) -> PathBuf {
+    pub(crate) fn path(&self, f: &str) -> PathBuf {
         self.0.join(f)
     }
 }
@@ -48,7 +48,7 @@ impl Drop for Scratch {
 }
 
 /// Settings of a test node's configuration.
-pub struct NodeConfig {
+pub(crate) struct NodeConfig {
     pub trunk_peers: Vec<&'static str>,
     pub agents: u32,
     pub ring_timeout_seconds: u64,
@@ -76,7 +76,7 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    pub fn toml(&self, sip_port: u16, http_port: u16) -> String {
+    pub(crate) fn toml(&self, sip_port: u16, http_port: u16) -> String {
         let peers: Vec<String> = self.trunk_peers.iter().map(|p| format!("{p:?}")).collect();
         let mut s = format!(
             r#"[sip]
@@ -125,7 +125,7 @@ wrap_up_seconds = {wrap}
 }
 
 /// A running `centralino serve`.
-pub struct Node {
+pub(crate) struct Node {
     child: Child,
     pub sip_port: u16,
     pub http_port: u16,
@@ -133,7 +133,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn start(scratch: &Scratch, cfg: &NodeConfig) -> Self {
+    pub(crate) fn start(scratch: &Scratch, cfg: &NodeConfig) -> Self {
         let sip_port = free_port();
         let http_port = free_port();
         let conf = scratch.path("centralino.toml");
@@ -161,16 +161,16 @@ impl Node {
         node
     }
 
-    pub fn sip_addr(&self) -> String {
+    pub(crate) fn sip_addr(&self) -> String {
         format!("127.0.0.1:{}", self.sip_port)
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the log holds `needle` (the node reports readiness there).
-    pub fn wait_log(&self, needle: &str, limit: Duration) {
+    pub(crate) fn wait_log(&self, needle: &str, limit: Duration) {
         let start = Instant::now();
         while !self.logs().contains(needle) {
             assert!(
@@ -183,7 +183,7 @@ impl Node {
     }
 
     /// GET a path on the HTTP endpoint: (status, body).
-    pub fn http_get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn http_get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
@@ -202,19 +202,19 @@ impl Node {
         (status, body)
     }
 
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let (status, body) = self.http_get("/metrics");
         assert_eq!(status, 200);
         body
     }
 
     /// The value of one series (`name{labels}` exactly as exposed), 0 if absent.
-    pub fn metric(&self, series: &str) -> f64 {
+    pub(crate) fn metric(&self, series: &str) -> f64 {
         metric_in(&self.metrics(), series)
     }
 
     /// Polls a series until `pred` holds, bounded by `limit`.
-    pub fn wait_metric(&self, series: &str, limit: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+    pub(crate) fn wait_metric(&self, series: &str, limit: Duration, pred: impl Fn(f64) -> bool) -> f64 {
         let start = Instant::now();
         loop {
             let v = self.metric(series);
@@ -226,7 +226,7 @@ impl Node {
         }
     }
 
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
@@ -238,7 +238,7 @@ impl Drop for Node {
     }
 }
 
-pub fn metric_in(text: &str, series: &str) -> f64 {
+pub(crate) fn metric_in(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -249,20 +249,20 @@ pub fn metric_in(text: &str, series: &str) -> f64 {
 }
 
 /// A SIPp process.
-pub struct Sipp {
+pub(crate) struct Sipp {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
 }
 
-pub fn scenario(name: &str) -> String {
+pub(crate) fn scenario(name: &str) -> String {
     format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 impl Sipp {
     /// Starts SIPp with `args` (scenario, -m, -r ...) on an ephemeral port,
     /// in its own working directory (SIPp writes its logs there).
-    pub fn spawn(scratch: &Scratch, label: &str, args: &[&str]) -> Self {
+    pub(crate) fn spawn(scratch: &Scratch, label: &str, args: &[&str]) -> Self {
         let port = free_port();
         let dir = scratch.path(label);
         std::fs::create_dir_all(&dir).expect("sipp dir");
@@ -290,7 +290,7 @@ impl Sipp {
     }
 
     /// Waits for SIPp to exit by itself (its -timeout bounds the run).
-    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().expect("wait sipp") {
@@ -305,13 +305,13 @@ impl Sipp {
     }
 
     /// Asserts a clean exit (every call succeeded).
-    pub fn expect_success(&mut self, limit: Duration) {
+    pub(crate) fn expect_success(&mut self, limit: Duration) {
         let st = self.wait(limit);
         assert!(st.success(), "SIPp failed ({st}):\n{}", self.report());
     }
 
     /// Everything SIPp wrote: its screen, errors and logs.
-    pub fn report(&self) -> String {
+    pub(crate) fn report(&self) -> String {
         let mut out = String::new();
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
@@ -334,7 +334,7 @@ impl Sipp {
     }
 
     /// Lines of the `-trace_logs` file.
-    pub fn log_lines(&self) -> Vec<String> {
+    pub(crate) fn log_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
@@ -358,7 +358,7 @@ impl Drop for Sipp {
 
 /// Registers operators `users` with digest auth, their Contact pointing at
 /// `contact_port` (the SIPp that plays their phones). Panics unless all succeed.
-pub fn register(
+pub(crate) fn register(
     scratch: &Scratch,
     node: &Node,
     users: &[u32],
@@ -396,6 +396,6 @@ pub fn register(
     sipp.expect_success(Duration::from_secs(30));
 }
 
-pub fn path_str(p: &Path) -> &str {
+pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }

@@ -908,29 +908,26 @@ impl Engine {
     }
 
     fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
-        match self.client.remove(&key) {
-            Some(ClientRef::BInvite(call_id)) => {
-                let Some(call) = self.calls.get_mut(&call_id) else {
-                    return;
-                };
-                if call
-                    .b
-                    .as_ref()
-                    .is_some_and(|b| b.invite_key == key && b.state != BState::Answered)
-                {
-                    let b = call.b.take().expect("checked");
-                    self.by_b.remove(&b.call_id);
-                    call.phase = Phase::Queued;
-                    let (q, e) = (call.queue, call.enqueued);
-                    self.metrics
-                        .agent_offers
-                        .with_label_values(&["no_answer"])
-                        .inc();
-                    self.router
-                        .offer_failed(now, q, call_id, e, b.agent, OfferOutcome::NoAnswer);
-                }
+        if let Some(ClientRef::BInvite(call_id)) = self.client.remove(&key) {
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                return;
+            };
+            if call
+                .b
+                .as_ref()
+                .is_some_and(|b| b.invite_key == key && b.state != BState::Answered)
+            {
+                let b = call.b.take().expect("checked");
+                self.by_b.remove(&b.call_id);
+                call.phase = Phase::Queued;
+                let (q, e) = (call.queue, call.enqueued);
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&["no_answer"])
+                    .inc();
+                self.router
+                    .offer_failed(now, q, call_id, e, b.agent, OfferOutcome::NoAnswer);
             }
-            Some(_) | None => {}
         }
     }
 
@@ -1107,11 +1104,10 @@ impl Engine {
         }
         if let Some(b) = call.b.take() {
             self.by_b.remove(&b.call_id);
-            if let Some(mut leg) = b.dialog {
-                if bye_b {
+            if let Some(mut leg) = b.dialog
+                && bye_b {
                     self.send_bye(now, &mut leg);
                 }
-            }
             let wrap_up = self.router.queue(call.queue).wrap_up;
             self.router.call_ended(now, b.agent, call_id, wrap_up);
         }

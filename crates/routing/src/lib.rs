@@ -398,11 +398,10 @@ impl Router {
     /// Ends wrap-ups due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         for i in 0..self.agents.len() {
-            if let AgentState::WrapUp(t) = self.agents[i].state {
-                if t <= now {
+            if let AgentState::WrapUp(t) = self.agents[i].state
+                && t <= now {
                     self.set(AgentId(i as u32), AgentState::Available);
                 }
-            }
         }
     }
 

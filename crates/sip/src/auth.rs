@@ -230,11 +230,10 @@ impl DigestAuth {
         h.update(self.secret);
         h.update(self.counter.to_be_bytes());
         let nonce = hex(&h.finalize()[..16]);
-        if self.order.len() >= self.max_nonces {
-            if let Some(old) = self.order.pop_front() {
+        if self.order.len() >= self.max_nonces
+            && let Some(old) = self.order.pop_front() {
                 self.nonces.remove(&old);
             }
-        }
         self.order.push_back(nonce.clone());
         self.nonces.insert(
             nonce.clone(),
@@ -449,7 +448,7 @@ mod tests {
                 t0,
                 "REGISTER",
                 "sip:r",
-                ["Digest username=\"x".as_ref()].into_iter(),
+                ["Digest username=\"x"].into_iter(),
                 lookup
             ),
             Verdict::Malformed

@@ -43,8 +43,8 @@ pub struct Rejection {
     /// Why.
     pub error: ParseError,
     /// The error response for a refused request (none for responses, ACKs or
-    /// input too broken to answer).
-    pub reply: Option<Message>,
+    /// input too broken to answer). Boxed: refusals are the rare path.
+    pub reply: Option<Box<Message>>,
 }
 
 impl From<ParseError> for Rejection {
@@ -197,7 +197,7 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
                     (ParseError::CSeqMismatch, Method::Other(_)) => 501,
                     _ => error.sip_status(),
                 };
-                Some(error_reply(headers, status))
+                Some(Box::new(error_reply(headers, status)))
             }
             _ => None,
         };
@@ -348,11 +348,10 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
     }
     let cseq: u32 = num.parse().map_err(|_| ParseError::BadCSeq)?;
     let cseq_method = Method::from_token(method);
-    if let StartLine::Request { method, .. } = start {
-        if *method != cseq_method {
+    if let StartLine::Request { method, .. } = start
+        && *method != cseq_method {
             return Err(ParseError::CSeqMismatch);
         }
-    }
 
     let max_forwards = match headers.iter().filter(|h| h.name == "Max-Forwards").count() {
         0 => None,
@@ -476,15 +475,14 @@ pub(crate) fn valid_host_port(s: &str) -> bool {
             None => (Some(s), None),
         }
     };
-    if let Some(h) = host {
-        if h.is_empty()
+    if let Some(h) = host
+        && (h.is_empty()
             || !h
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')))
         {
             return false;
         }
-    }
     port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok())
 }
 
@@ -624,7 +622,7 @@ fn framing_error(head: &[u8], limits: &Limits, error: ParseError) -> Rejection {
     match parse_message(head, limits, false) {
         Ok(m) if m.is_request() && *m.method() != Method::Ack => Rejection {
             error,
-            reply: Some(error_reply(&m.headers, error.sip_status())),
+            reply: Some(Box::new(error_reply(&m.headers, error.sip_status()))),
         },
         Ok(_) => error.into(),
         Err(mut r) => {

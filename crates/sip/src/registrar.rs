@@ -184,7 +184,7 @@ impl Registrar {
             .collect();
         let was_registered = self.bindings.contains_key(&user);
 
-        if contacts.iter().any(|c| *c == "*") {
+        if contacts.contains(&"*") {
             if contacts.len() != 1 || header_expires != Some(Duration::ZERO) {
                 return (
                     req.response(400, "Bad Request", Some("reg")),

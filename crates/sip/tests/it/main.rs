@@ -113,7 +113,7 @@ fn mpart01_binary_body_is_framed_by_content_length() {
 fn rfc4475_on_a_stream_split_at_every_byte() {
     let limits = Limits::default();
     for name in ["wsinv.dat", "longreq.dat", "mpart01.dat", "intmeth.dat"] {
-        let data = vector(&name);
+        let data = vector(name);
         let whole = parse_datagram(&data, &limits).ok();
         for split in [1, data.len() / 3, data.len() / 2, data.len() - 1] {
             let mut f = StreamFramer::default();
