@@ -214,7 +214,12 @@ impl Node {
     }
 
     /// Polls a series until `pred` holds, bounded by `limit`.
-    pub(crate) fn wait_metric(&self, series: &str, limit: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+    pub(crate) fn wait_metric(
+        &self,
+        series: &str,
+        limit: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
         let start = Instant::now();
         loop {
             let v = self.metric(series);

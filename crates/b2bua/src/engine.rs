@@ -1105,9 +1105,10 @@ impl Engine {
         if let Some(b) = call.b.take() {
             self.by_b.remove(&b.call_id);
             if let Some(mut leg) = b.dialog
-                && bye_b {
-                    self.send_bye(now, &mut leg);
-                }
+                && bye_b
+            {
+                self.send_bye(now, &mut leg);
+            }
             let wrap_up = self.router.queue(call.queue).wrap_up;
             self.router.call_ended(now, b.agent, call_id, wrap_up);
         }

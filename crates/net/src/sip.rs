@@ -353,9 +353,10 @@ async fn run_engine(
                 Output::Transmit { flow, bytes } => match flow.transport {
                     Transport::Udp => {
                         if let Some(sock) = udp.get(&flow.local)
-                            && let Err(e) = sock.try_send_to(&bytes, flow.remote) {
-                                debug!(error = %e, peer = %flow.remote, "UDP send failed");
-                            }
+                            && let Err(e) = sock.try_send_to(&bytes, flow.remote)
+                        {
+                            debug!(error = %e, peer = %flow.remote, "UDP send failed");
+                        }
                     }
                     Transport::Tcp => {
                         if let Some(tx) = conns.get(&flow.conn) {

@@ -399,9 +399,10 @@ impl Router {
     pub fn handle_timeout(&mut self, now: Instant) {
         for i in 0..self.agents.len() {
             if let AgentState::WrapUp(t) = self.agents[i].state
-                && t <= now {
-                    self.set(AgentId(i as u32), AgentState::Available);
-                }
+                && t <= now
+            {
+                self.set(AgentId(i as u32), AgentState::Available);
+            }
         }
     }
 

@@ -231,9 +231,10 @@ impl DigestAuth {
         h.update(self.counter.to_be_bytes());
         let nonce = hex(&h.finalize()[..16]);
         if self.order.len() >= self.max_nonces
-            && let Some(old) = self.order.pop_front() {
-                self.nonces.remove(&old);
-            }
+            && let Some(old) = self.order.pop_front()
+        {
+            self.nonces.remove(&old);
+        }
         self.order.push_back(nonce.clone());
         self.nonces.insert(
             nonce.clone(),

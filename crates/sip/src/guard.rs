@@ -349,9 +349,10 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
     let cseq: u32 = num.parse().map_err(|_| ParseError::BadCSeq)?;
     let cseq_method = Method::from_token(method);
     if let StartLine::Request { method, .. } = start
-        && *method != cseq_method {
-            return Err(ParseError::CSeqMismatch);
-        }
+        && *method != cseq_method
+    {
+        return Err(ParseError::CSeqMismatch);
+    }
 
     let max_forwards = match headers.iter().filter(|h| h.name == "Max-Forwards").count() {
         0 => None,
@@ -480,9 +481,9 @@ pub(crate) fn valid_host_port(s: &str) -> bool {
             || !h
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')))
-        {
-            return false;
-        }
+    {
+        return false;
+    }
     port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok())
 }
 

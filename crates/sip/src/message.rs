@@ -377,11 +377,12 @@ impl Message {
                 "To" => {
                     let mut h = h.clone();
                     if self.to_tag.is_none()
-                        && let Some(tag) = to_tag {
-                            h.value.push_str(";tag=");
-                            h.value.push_str(&escape_header_value(tag));
-                            new_to_tag = Some(tag.to_owned());
-                        }
+                        && let Some(tag) = to_tag
+                    {
+                        h.value.push_str(";tag=");
+                        h.value.push_str(&escape_header_value(tag));
+                        new_to_tag = Some(tag.to_owned());
+                    }
                     headers.push(h);
                 }
                 _ => {}

@@ -269,12 +269,13 @@ impl Transactions {
         if let Some(tx) = self.server.get_mut(&key) {
             self.stats.absorbed += 1;
             if let Some(bytes) = &tx.last_response
-                && (!matches!(tx.state, SState::Accepted) || !flow.transport.is_reliable()) {
-                    self.out.push_back(TxOutput::Transmit {
-                        flow: tx.flow,
-                        bytes: bytes.clone(),
-                    });
-                }
+                && (!matches!(tx.state, SState::Accepted) || !flow.transport.is_reliable())
+            {
+                self.out.push_back(TxOutput::Transmit {
+                    flow: tx.flow,
+                    bytes: bytes.clone(),
+                });
+            }
             return;
         }
         let merge_key = match (&msg.to_tag, &msg.from_tag) {
@@ -283,15 +284,17 @@ impl Transactions {
         };
         if let Some(mk) = &merge_key {
             if let Some(other) = self.merge.get(mk)
-                && other.method == key.method && *other != key {
-                    self.stats.merged += 1;
-                    let r = msg.response(482, "Loop Detected", Some("merged"));
-                    self.out.push_back(TxOutput::Transmit {
-                        flow,
-                        bytes: r.to_bytes(),
-                    });
-                    return;
-                }
+                && other.method == key.method
+                && *other != key
+            {
+                self.stats.merged += 1;
+                let r = msg.response(482, "Loop Detected", Some("merged"));
+                self.out.push_back(TxOutput::Transmit {
+                    flow,
+                    bytes: r.to_bytes(),
+                });
+                return;
+            }
             self.merge.insert(mk.clone(), key.clone());
         }
         let state = if key.method == Method::Invite {
@@ -336,9 +339,10 @@ impl Transactions {
         }
         // An ACK for a 2xx: a request of its own, in the dialog.
         if let Some(k) = self.awaiting_ack.remove(&(msg.call_id.clone(), msg.cseq))
-            && let Some(tx) = self.server.get_mut(&k) {
-                tx.retransmit_at = None;
-            }
+            && let Some(tx) = self.server.get_mut(&k)
+        {
+            tx.retransmit_at = None;
+        }
         self.out.push_back(TxOutput::Request { flow, msg });
     }
 
@@ -567,21 +571,24 @@ impl Transactions {
         } else if tx.timeout_at == Some(at) {
             let tx = self.remove_server(&key);
             if let Some(tx) = tx
-                && tx.state == SState::Accepted && tx.retransmit_at.is_some() {
-                    self.out.push_back(TxOutput::NoAck {
-                        key,
-                        call_id: tx.request.call_id.clone(),
-                    });
-                }
+                && tx.state == SState::Accepted
+                && tx.retransmit_at.is_some()
+            {
+                self.out.push_back(TxOutput::NoAck {
+                    key,
+                    call_id: tx.request.call_id.clone(),
+                });
+            }
         }
     }
 
     fn remove_server(&mut self, key: &TxKey) -> Option<ServerTx> {
         let tx = self.server.remove(key)?;
         if let Some(mk) = &tx.merge_key
-            && self.merge.get(mk) == Some(key) {
-                self.merge.remove(mk);
-            }
+            && self.merge.get(mk) == Some(key)
+        {
+            self.merge.remove(mk);
+        }
         let ak = (tx.request.call_id.clone(), tx.request.cseq);
         if self.awaiting_ack.get(&ak) == Some(key) {
             self.awaiting_ack.remove(&ak);

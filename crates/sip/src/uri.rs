@@ -54,9 +54,10 @@ fn valid_sip_uri(rest: &str) -> bool {
     };
     let (host_params, headers) = after.split_once('?').unwrap_or((after, ""));
     if let Some(u) = userinfo
-        && (u.is_empty() || !u.bytes().all(|b| is_uric(b) || b == b':') || !valid_escapes(u)) {
-            return false;
-        }
+        && (u.is_empty() || !u.bytes().all(|b| is_uric(b) || b == b':') || !valid_escapes(u))
+    {
+        return false;
+    }
     let (hostport, params) = host_params.split_once(';').unwrap_or((host_params, ""));
     if !crate::guard::valid_host_port(hostport) {
         return false;
