@@ -1,1 +1,409 @@
+//! The engine driven in virtual time with hand-written peers: every message
+//! it sends is parsed back and checked.
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use centralino_config::Config;
+use centralino_sip::auth::Algorithm;
+use centralino_sip::guard::{Framed, Limits, parse_datagram};
+use centralino_sip::txn::Flow;
+use centralino_sip::{Message, Transport};
+
+use super::{Engine, Output};
+use crate::Metrics;
+
+const CONFIG: &str = r#"
+[sip]
+listen = ["192.0.2.1:5060"]
+realm = "centralino"
+digest_algorithms = ["SHA-256", "MD5"]
+
+[[tenants]]
+name = "demo"
+
+[[trunks]]
+name = "carrier"
+tenant = "demo"
+peers = ["192.0.2.10"]
+dids = { "100" = "info" }
+
+[[queues]]
+name = "info"
+tenant = "demo"
+ring_timeout_seconds = 2
+max_no_answer = 1
+max_wait_seconds = 10
+wrap_up_seconds = 3
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "demo"
+queues = ["info"]
+
+[[agents]]
+username = "1002"
+password = "demo1002"
+tenant = "demo"
+queues = ["info"]
+"#;
+
+struct Harness {
+    engine: Engine,
+    metrics: Metrics,
+    now: Instant,
+    local: SocketAddr,
+}
+
+fn flow(remote: &str) -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        remote: remote.parse().unwrap(),
+        local: "192.0.2.1:5060".parse().unwrap(),
+        conn: 0,
+    }
+}
+
+const TRUNK: &str = "192.0.2.10:5060";
+const PHONE1: &str = "192.0.2.21:5062";
+const PHONE2: &str = "192.0.2.22:5062";
+
+fn parse(bytes: &[u8]) -> Message {
+    match parse_datagram(bytes, &Limits::default()) {
+        Ok(Framed::Message(m)) => *m,
+        other => panic!(
+            "engine sent an unparsable message: {other:?}\n{}",
+            String::from_utf8_lossy(bytes)
+        ),
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let config = Config::from_toml(CONFIG).unwrap();
+        let metrics = Metrics::new();
+        let now = Instant::now();
+        let engine = Engine::new(&config, metrics.clone(), [9; 32], now);
+        Self {
+            engine,
+            metrics,
+            now,
+            local: "192.0.2.1:5060".parse().unwrap(),
+        }
+    }
+
+    fn send(&mut self, from: &str, text: &str) -> Vec<(SocketAddr, Message)> {
+        let wire = if text.contains('\r') {
+            text.to_owned()
+        } else {
+            text.replace('\n', "\r\n")
+        };
+        self.engine
+            .handle_datagram(self.now, flow(from), wire.as_bytes());
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
+        let mut out = Vec::new();
+        while let Some(Output::Transmit { flow, bytes }) = self.engine.poll_output() {
+            assert_eq!(flow.local, self.local);
+            out.push((flow.remote, parse(&bytes)));
+        }
+        out
+    }
+
+    /// Advances virtual time, firing every timer on the way.
+    fn advance(&mut self, d: Duration) -> Vec<(SocketAddr, Message)> {
+        let end = self.now + d;
+        let mut out = Vec::new();
+        while let Some(t) = self.engine.poll_timeout() {
+            if t > end {
+                break;
+            }
+            self.now = t.max(self.now);
+            self.engine.handle_timeout(self.now);
+            out.extend(self.drain());
+        }
+        self.now = end;
+        out
+    }
+
+    fn gauge(&self, series: &str) -> i64 {
+        let families = self.metrics.registry.gather();
+        for f in families {
+            for m in f.get_metric() {
+                let labels: Vec<String> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}={}", l.name(), l.value()))
+                    .collect();
+                let name = if labels.is_empty() {
+                    f.name().to_owned()
+                } else {
+                    format!("{}{{{}}}", f.name(), labels.join(","))
+                };
+                if name == series {
+                    return m.get_gauge().get_value() as i64 + m.get_counter().get_value() as i64;
+                }
+            }
+        }
+        0
+    }
+
+    fn register(&mut self, user: &str, phone: &str, alg: Algorithm) {
+        let req = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}\nCSeq: {cseq} REGISTER\nContact: <sip:{user}@{phone}>\n{auth}Content-Length: 0\n\n"
+            )
+        };
+        let out = self.send(phone, &req(1, ""));
+        assert_eq!(out[0].1.code(), 401);
+        let challenge = out[0]
+            .1
+            .headers_named("WWW-Authenticate")
+            .find(|c| c.contains(&format!("algorithm={}", alg.token())))
+            .unwrap()
+            .to_owned();
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let ha1 = alg.hex(&format!("{user}:centralino:demo{user}"));
+        let ha2 = alg.hex("REGISTER:sip:192.0.2.1");
+        let resp = alg.hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+        let auth = format!(
+            "Authorization: Digest username=\"{user}\", realm=\"centralino\", nonce=\"{nonce}\", uri=\"sip:192.0.2.1\", response=\"{resp}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc=00000001\n",
+            alg.token()
+        );
+        let out = self.send(phone, &req(2, &auth));
+        assert_eq!(out[0].1.code(), 200, "{:?}", out[0].1);
+    }
+
+    fn invite(&mut self, call: &str) -> Vec<(SocketAddr, Message)> {
+        self.send(
+            TRUNK,
+            &format!(
+                "INVITE sip:100@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{call}\nFrom: <sip:+390612345678@192.0.2.10>;tag=a{call}\nTo: <sip:100@192.0.2.1>\nCall-ID: {call}\nCSeq: 1 INVITE\nContact: <sip:trunk@{TRUNK}>\nContent-Type: application/sdp\nContent-Length: 4\n\nv=0\n"
+            ),
+        )
+    }
+}
+
+fn response_to(req: &Message, code: u16, to_tag: &str) -> String {
+    let mut r = req.response(code, "X", Some(to_tag));
+    r.push("Contact", "<sip:phone@192.0.2.21:5062>");
+    String::from_utf8(r.to_bytes()).unwrap()
+}
+
+fn codes(out: &[(SocketAddr, Message)], to: &str) -> Vec<u16> {
+    out.iter()
+        .filter(|(a, _)| a.to_string() == to)
+        .map(|(_, m)| m.code())
+        .collect()
+}
+
+fn requests<'a>(out: &'a [(SocketAddr, Message)], to: &str, method: &str) -> Vec<&'a Message> {
+    out.iter()
+        .filter(|(a, m)| a.to_string() == to && m.is_request() && m.method().as_str() == method)
+        .map(|(_, m)| m)
+        .collect()
+}
+
+#[test]
+fn answered_call_bridges_and_caller_bye_ends_both_legs() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Sha256);
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+    let out = h.invite("c1");
+    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert_eq!(inv.request_uri(), Some("sip:1001@192.0.2.21:5062"));
+    assert_eq!(inv.body, b"v=0\r");
+    assert!(
+        inv.header("From").unwrap().contains("+390612345678"),
+        "caller id reaches the operator"
+    );
+
+    let out = h.send(PHONE1, &response_to(&inv, 180, "b1"));
+    assert!(out.is_empty(), "ringback already sent");
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+
+    // A retransmitted 200 from the phone is re-ACKed, nothing else.
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
+
+    let ack = format!(
+        "ACK sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKack1\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac1\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c1\nCSeq: 1 ACK\nContent-Length: 0\n\n"
+    );
+    assert!(h.send(TRUNK, &ack).is_empty());
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKbye1\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac1\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c1\nCSeq: 2 BYE\nContent-Length: 0\n\n"
+    );
+    let out = h.send(TRUNK, &bye);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    let bye_b = requests(&out, PHONE1, "BYE");
+    assert_eq!(bye_b.len(), 1);
+    assert_eq!(bye_b[0].to_tag.as_deref(), Some("b1"));
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(h.gauge("centralino_agents{state=wrap_up,tenant=demo}"), 1);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+}
+
+#[test]
+fn retransmitted_invite_creates_one_call() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let first = h.invite("c2");
+    assert_eq!(requests(&first, PHONE1, "INVITE").len(), 1);
+    let again = h.invite("c2");
+    assert_eq!(
+        codes(&again, TRUNK),
+        vec![180],
+        "retransmission answered with the last response"
+    );
+    assert!(requests(&again, PHONE1, "INVITE").is_empty());
+    assert_eq!(h.engine.active_calls(), 1);
+}
+
+#[test]
+fn no_answer_moves_to_next_operator_and_pauses_the_first() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Sha256);
+    h.advance(Duration::from_millis(10));
+    h.register("1002", PHONE2, Algorithm::Sha256);
+    let out = h.invite("c3");
+    let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv1, 180, "p1"));
+    let out = h.advance(Duration::from_secs(2));
+    assert_eq!(requests(&out, PHONE1, "CANCEL").len(), 1);
+    assert_eq!(requests(&out, PHONE2, "INVITE").len(), 1);
+    // max_no_answer = 1: the first operator is paused.
+    assert_eq!(h.gauge("centralino_agents{state=paused,tenant=demo}"), 1);
+    // The first phone answers late: the engine ACKs and hangs up that leg.
+    let out = h.send(PHONE1, &response_to(&inv1, 200, "p1"));
+    assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    assert!(codes(&out, TRUNK).is_empty());
+}
+
+#[test]
+fn busy_operator_moves_the_call_on() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.advance(Duration::from_millis(10));
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let out = h.invite("c4");
+    let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv1, 486, "p1"));
+    assert_eq!(
+        requests(&out, PHONE1, "ACK").len(),
+        1,
+        "non-2xx ACKed by the transaction"
+    );
+    assert_eq!(requests(&out, PHONE2, "INVITE").len(), 1);
+}
+
+#[test]
+fn caller_cancel_while_ringing() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("c5");
+    let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv1, 180, "p1"));
+    let cancel = format!(
+        "CANCEL sip:100@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKc5\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac5\nTo: <sip:100@192.0.2.1>\nCall-ID: c5\nCSeq: 1 CANCEL\nContent-Length: 0\n\n"
+    );
+    let out = h.send(TRUNK, &cancel);
+    assert_eq!(codes(&out, TRUNK), vec![200, 487]);
+    assert_eq!(requests(&out, PHONE1, "CANCEL").len(), 1);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.gauge("centralino_agents{state=available,tenant=demo}"),
+        1,
+        "not the operator's fault"
+    );
+}
+
+#[test]
+fn max_wait_sends_the_queue_exit() {
+    let mut h = Harness::new();
+    let out = h.invite("c6");
+    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+    assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 1);
+    let out = h.advance(Duration::from_secs(10));
+    assert_eq!(codes(&out, TRUNK), vec![480]);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 0);
+}
+
+#[test]
+fn unacknowledged_answer_is_torn_down_after_64_t1() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("c7");
+    let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv1, 200, "p1"));
+    let out = h.advance(Duration::from_secs(33));
+    let oks = codes(&out, TRUNK).into_iter().filter(|c| *c == 200).count();
+    assert!(oks >= 5, "2xx retransmitted until Timer L ({oks})");
+    // One BYE per leg (UDP retransmissions of it share its branch).
+    for peer in [TRUNK, PHONE1] {
+        let byes = requests(&out, peer, "BYE");
+        assert!(!byes.is_empty(), "no BYE to {peer}");
+        assert!(
+            byes.iter().all(|b| b.via.branch == byes[0].via.branch),
+            "more than one BYE to {peer}"
+        );
+    }
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn untrusted_invite_leaves_no_state() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let server_txns = h.gauge("centralino_sip_transactions{side=server}");
+    let out = h.send(
+        "198.51.100.7:5060",
+        "INVITE sip:+88234123456@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKx\nFrom: <sip:a@198.51.100.7>;tag=x\nTo: <sip:+88234123456@192.0.2.1>\nCall-ID: fraud\nCSeq: 1 INVITE\nContent-Length: 0\n\n",
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.code(), 403);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.gauge("centralino_sip_transactions{side=server}"),
+        server_txns
+    );
+    // A trunk peer calling a number that is no DID gets 404, not a trunk leg.
+    let out = h.send(
+        TRUNK,
+        &format!("INVITE sip:+88234123456@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKy\nFrom: <sip:a@192.0.2.10>;tag=y\nTo: <sip:+88234123456@192.0.2.1>\nCall-ID: relay\nCSeq: 1 INVITE\nContent-Length: 0\n\n"),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![404]);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn unregister_logs_the_operator_out() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    assert_eq!(h.gauge("centralino_registered_agents"), 1);
+    // Bindings lapse after max expiry (3600 s): the operator is logged out.
+    h.advance(Duration::from_secs(3601));
+    assert_eq!(h.gauge("centralino_registered_agents"), 0);
+    assert_eq!(
+        h.gauge("centralino_agents{state=logged_out,tenant=demo}"),
+        2
+    );
+}
