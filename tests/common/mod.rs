@@ -57,6 +57,8 @@ pub(crate) struct NodeConfig {
     pub max_no_answer: u32,
     pub digest: &'static str,
     pub tcp_idle_timeout_seconds: u64,
+    /// Also listen on [::1] (same port number when free).
+    pub ipv6: bool,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +73,7 @@ impl Default for NodeConfig {
             // SIPp 3.6 computes MD5 only and answers the first challenge.
             digest: r#"["MD5"]"#,
             tcp_idle_timeout_seconds: 2,
+            ipv6: false,
         }
     }
 }
@@ -78,9 +81,10 @@ impl Default for NodeConfig {
 impl NodeConfig {
     pub(crate) fn toml(&self, sip_port: u16, http_port: u16) -> String {
         let peers: Vec<String> = self.trunk_peers.iter().map(|p| format!("{p:?}")).collect();
+        let v6 = if self.ipv6 { format!(", \"[::1]:{sip_port}\"") } else { String::new() };
         let mut s = format!(
             r#"[sip]
-listen = ["127.0.0.1:{sip_port}"]
+listen = ["127.0.0.1:{sip_port}"{v6}]
 realm = "centralino"
 digest_algorithms = {digest}
 tcp_idle_timeout_seconds = {idle}

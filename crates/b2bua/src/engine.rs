@@ -411,8 +411,9 @@ impl Engine {
             self.reject(flow, msg, 420, "bad_extension", &[("Unsupported", &list)]);
             return false;
         }
-        if msg.to_tag.is_some() {
-            // In-dialog: the dialog must exist.
+        if msg.to_tag.is_some() && !matches!(method, Method::Register | Method::Options) {
+            // In-dialog: the dialog must exist. (Some phones put a To tag on
+            // REGISTER refreshes and OPTIONS keepalives: those never need one.)
             let known =
                 self.by_a.contains_key(&msg.call_id) || self.by_b.contains_key(&msg.call_id);
             if !known && method != Method::Cancel {

@@ -1,0 +1,74 @@
+//! `centralino check-config FILE`: every problem with its key path.
+
+mod common;
+
+use std::process::Command;
+
+use common::Scratch;
+
+fn check(path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino")).arg("check-config").arg(path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_shipped_default_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/centralino.toml");
+    let (code, stdout, _) = check(&path);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("20 operator(s)"), "{stdout}");
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key_path() {
+    let scratch = Scratch::new("checkconfig");
+    let path = scratch.path("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[sip]
+listen = ["127.0.0.1:99999"]
+digest_algorithms = ["SHA-1"]
+[[tenants]]
+name = "demo"
+[[queues]]
+name = "info"
+tenant = "demo"
+max_wait_seconds = 0
+exit_status = 200
+[[agents]]
+username = "1001"
+tenant = "nobody"
+password = "x"
+queues = ["sales"]
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = check(&path);
+    assert_eq!(code, 1, "{stderr}");
+    for path in [
+        "sip.listen[0]",
+        "sip.digest_algorithms[0]",
+        "queues[0].max_wait_seconds",
+        "queues[0].exit_status",
+        "agents[0].tenant",
+        "agents[0].queues[0]",
+    ] {
+        assert!(stderr.contains(path), "{path} missing:\n{stderr}");
+    }
+    assert!(stderr.contains("7 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let scratch = Scratch::new("checkconfig-unknown");
+    let path = scratch.path("typo.toml");
+    std::fs::write(&path, "[sip]\nlisten = [\"127.0.0.1:5060\"]\nring_timeout = 5\n").unwrap();
+    let (code, _, stderr) = check(&path);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("ring_timeout"), "{stderr}");
+}
