@@ -7,7 +7,11 @@ use std::process::Command;
 use common::Scratch;
 
 fn check(path: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_centralino")).arg("check-config").arg(path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -67,7 +71,11 @@ queues = ["sales"]
 fn unknown_keys_are_refused() {
     let scratch = Scratch::new("checkconfig-unknown");
     let path = scratch.path("typo.toml");
-    std::fs::write(&path, "[sip]\nlisten = [\"127.0.0.1:5060\"]\nring_timeout = 5\n").unwrap();
+    std::fs::write(
+        &path,
+        "[sip]\nlisten = [\"127.0.0.1:5060\"]\nring_timeout = 5\n",
+    )
+    .unwrap();
     let (code, _, stderr) = check(&path);
     assert_eq!(code, 1);
     assert!(stderr.contains("ring_timeout"), "{stderr}");

@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{Node, NodeConfig, Scratch};
 
 fn exchange(sock: &UdpSocket, to: &str, msg: &str) -> String {
-    sock.send_to(msg.replace('\n', "\r\n").as_bytes(), to).unwrap();
+    sock.send_to(msg.replace('\n', "\r\n").as_bytes(), to)
+        .unwrap();
     let mut buf = vec![0u8; 65_536];
     let Ok((n, _)) = sock.recv_from(&mut buf) else {
         panic!("no answer over IPv6 from {to}");
@@ -24,7 +25,15 @@ fn answers_over_ipv6_with_bracketed_via() {
         panic!("IPv6 loopback unavailable on this machine; the IPv6 test cannot run");
     }
     let scratch = Scratch::new("ipv6");
-    let node = Node::start(&scratch, &NodeConfig { ipv6: true, trunk_peers: vec!["::1"], agents: 1, ..NodeConfig::default() });
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            ipv6: true,
+            trunk_peers: vec!["::1"],
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
     let sock = UdpSocket::bind("[::1]:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let me = sock.local_addr().unwrap();
@@ -39,7 +48,10 @@ fn answers_over_ipv6_with_bracketed_via() {
         ),
     );
     assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
-    assert!(resp.contains(&format!("Via: SIP/2.0/UDP {me};branch=z9hG4bKv6")), "{resp}");
+    assert!(
+        resp.contains(&format!("Via: SIP/2.0/UDP {me};branch=z9hG4bKv6")),
+        "{resp}"
+    );
     assert!(resp.contains("<sip:probe@[2001:db8::10]:5070>"), "{resp}");
 
     // An INVITE from the IPv6 trunk peer enters the queue (100, then 180).
@@ -53,6 +65,16 @@ fn answers_over_ipv6_with_bracketed_via() {
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     let ringing = String::from_utf8_lossy(&buf[..n]);
     assert!(ringing.starts_with("SIP/2.0 180"), "{ringing}");
-    assert!(ringing.contains(&format!("Contact: <sip:centralino@[::1]:{}>", node.sip_port)), "{ringing}");
-    node.wait_metric("centralino_queue_calls{queue=\"info\"}", Duration::from_secs(5), |v| v == 1.0);
+    assert!(
+        ringing.contains(&format!(
+            "Contact: <sip:centralino@[::1]:{}>",
+            node.sip_port
+        )),
+        "{ringing}"
+    );
+    node.wait_metric(
+        "centralino_queue_calls{queue=\"info\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
 }

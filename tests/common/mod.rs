@@ -81,7 +81,11 @@ impl Default for NodeConfig {
 impl NodeConfig {
     pub(crate) fn toml(&self, sip_port: u16, http_port: u16) -> String {
         let peers: Vec<String> = self.trunk_peers.iter().map(|p| format!("{p:?}")).collect();
-        let v6 = if self.ipv6 { format!(", \"[::1]:{sip_port}\"") } else { String::new() };
+        let v6 = if self.ipv6 {
+            format!(", \"[::1]:{sip_port}\"")
+        } else {
+            String::new()
+        };
         let mut s = format!(
             r#"[sip]
 listen = ["127.0.0.1:{sip_port}"{v6}]

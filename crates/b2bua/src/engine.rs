@@ -73,6 +73,8 @@ enum Phase {
 }
 
 struct Call {
+    /// `call{call=…}`: every log line about the call carries it.
+    span: tracing::Span,
     phase: Phase,
     queue: QueueId,
     enqueued: Instant,
@@ -686,6 +688,8 @@ impl Engine {
             flow,
         };
         let qname = self.router.queue(queue).name.clone();
+        let span = tracing::info_span!("call", call = %id);
+        let _entered = span.clone().entered();
         if self.router.enqueue(now, queue, id).is_err() {
             let status = self.queue_exit[queue.0 as usize];
             warn!(call = %id, queue = %qname, "queue full, call refused");
@@ -709,6 +713,7 @@ impl Engine {
         self.calls.insert(
             id,
             Call {
+                span,
                 phase: Phase::Queued,
                 queue,
                 enqueued: now,
@@ -724,7 +729,14 @@ impl Engine {
         );
     }
 
+    fn call_span(&self, id: CallId) -> tracing::Span {
+        self.calls
+            .get(&id)
+            .map_or_else(tracing::Span::none, |c| c.span.clone())
+    }
+
     fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let _span = self.call_span(call_id).entered();
         let name = self.router.agent(agent).name.clone();
         let Some(binding) = self.registrar.bindings(&name).first().cloned() else {
             // Registered state and bindings disagree: log the operator out
@@ -821,6 +833,7 @@ impl Engine {
         call_id: CallId,
         msg: Box<Message>,
     ) {
+        let _span = self.call_span(call_id).entered();
         let code = msg.code();
         let Some(call) = self.calls.get_mut(&call_id) else {
             self.client.remove(&key);
@@ -933,6 +946,7 @@ impl Engine {
     }
 
     fn call_timer(&mut self, now: Instant, call_id: CallId, timer: CallTimer) {
+        let _span = self.call_span(call_id).entered();
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -1001,6 +1015,7 @@ impl Engine {
         status: u16,
         outcome: &'static str,
     ) {
+        let _span = self.call_span(call_id).entered();
         let Some(mut call) = self.calls.remove(&call_id) else {
             return;
         };
@@ -1096,6 +1111,7 @@ impl Engine {
         bye_b: bool,
         outcome: &'static str,
     ) {
+        let _span = self.call_span(call_id).entered();
         let Some(mut call) = self.calls.remove(&call_id) else {
             return;
         };
