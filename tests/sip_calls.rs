@@ -97,66 +97,78 @@ fn thousand_calls_spread_over_twenty_operators() {
     assert!(!logs.contains("+3933300"), "unmasked number in the log");
 }
 
+/// A node with operator 1001 whose phone is SIPp running `phone` (with
+/// `phone_args`), logged in and available.
+fn one_operator(
+    scratch: &Scratch,
+    cfg: NodeConfig,
+    phone: &str,
+    phone_args: &[&str],
+) -> (Node, Sipp) {
+    let node = Node::start(scratch, &NodeConfig { agents: 1, ..cfg });
+    let mut args = vec![
+        "-sf".to_owned(),
+        scenario(phone),
+        "-timeout".to_owned(),
+        "30s".to_owned(),
+    ];
+    args.extend(phone_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sipp = Sipp::spawn(scratch, "phone", &args);
+    register(scratch, &node, &[1001], sipp.port, demo_password);
+    wait_available(&node, 1.0);
+    (node, sipp)
+}
+
+fn wait_available(node: &Node, n: f64) {
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == n,
+    );
+}
+
+/// The carrier trunk: SIPp running `trunk` towards DID 100.
+fn trunk(scratch: &Scratch, node: &Node, trunk: &str, args: &[&str]) -> Sipp {
+    let addr = node.sip_addr();
+    let sf = scenario(trunk);
+    let mut all = vec![
+        addr.as_str(),
+        "-sf",
+        sf.as_str(),
+        "-s",
+        "100",
+        "-timeout",
+        "30s",
+    ];
+    all.extend_from_slice(args);
+    Sipp::spawn(scratch, "trunk", &all)
+}
+
 /// The caller cancels while the operator's phone rings: 487 to the caller,
 /// CANCEL to the operator, who is available again.
 #[test]
 fn caller_cancel_while_ringing_cancels_the_operator_leg() {
     let scratch = Scratch::new("cancel");
-    let node = Node::start(
+    let cfg = NodeConfig {
+        ring_timeout_seconds: 30,
+        ..NodeConfig::default()
+    };
+    let (node, mut phone) = one_operator(&scratch, cfg, "agent_noanswer.xml", &["-m", "1"]);
+    let mut caller = trunk(
         &scratch,
-        &NodeConfig {
-            agents: 1,
-            ring_timeout_seconds: 30,
-            ..NodeConfig::default()
-        },
+        &node,
+        "trunk_cancel.xml",
+        &["-m", "1", "-d", "1000"],
     );
-    let mut phone = Sipp::spawn(
-        &scratch,
-        "phone",
-        &[
-            "-sf",
-            &scenario("agent_noanswer.xml"),
-            "-m",
-            "1",
-            "-timeout",
-            "30s",
-        ],
-    );
-    register(&scratch, &node, &[1001], phone.port, demo_password);
-    node.wait_metric(
-        "centralino_agents{state=\"available\",tenant=\"demo\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
-    let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_cancel.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-d",
-            "1000",
-            "-timeout",
-            "30s",
-        ],
-    );
-    trunk.expect_success(Duration::from_secs(40));
+    caller.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
     node.wait_metric(
         "centralino_calls_total{outcome=\"cancelled\"}",
         Duration::from_secs(5),
         |v| v == 1.0,
     );
-    node.wait_metric(
-        "centralino_agents{state=\"available\",tenant=\"demo\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    wait_available(&node, 1.0);
 }
 
 /// The first operator does not answer within the ring timeout: the call
@@ -198,35 +210,11 @@ fn no_answer_moves_the_call_to_the_next_operator() {
     );
     // 1001 logs in first, so it is the longest idle and is offered the call first.
     register(&scratch, &node, &[1001], silent.port, demo_password);
-    node.wait_metric(
-        "centralino_agents{state=\"available\",tenant=\"demo\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    wait_available(&node, 1.0);
     register(&scratch, &node, &[1002], answering.port, demo_password);
-    node.wait_metric(
-        "centralino_agents{state=\"available\",tenant=\"demo\"}",
-        Duration::from_secs(5),
-        |v| v == 2.0,
-    );
-    let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_call.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-d",
-            "100",
-            "-timeout",
-            "30s",
-        ],
-    );
-    trunk.expect_success(Duration::from_secs(40));
+    wait_available(&node, 2.0);
+    let mut caller = trunk(&scratch, &node, "trunk_call.xml", &["-m", "1", "-d", "100"]);
+    caller.expect_success(Duration::from_secs(40));
     silent.expect_success(Duration::from_secs(10));
     answering.expect_success(Duration::from_secs(10));
     let m = node.metrics();
@@ -246,53 +234,19 @@ fn no_answer_moves_the_call_to_the_next_operator() {
 #[test]
 fn operator_bye_ends_the_caller_leg() {
     let scratch = Scratch::new("agentbye");
-    let node = Node::start(
+    let (node, mut phone) = one_operator(
         &scratch,
-        &NodeConfig {
-            agents: 1,
-            ..NodeConfig::default()
-        },
+        NodeConfig::default(),
+        "agent_hangup.xml",
+        &["-m", "1", "-d", "300"],
     );
-    let mut phone = Sipp::spawn(
-        &scratch,
-        "phone",
-        &[
-            "-sf",
-            &scenario("agent_hangup.xml"),
-            "-m",
-            "1",
-            "-d",
-            "300",
-            "-timeout",
-            "30s",
-        ],
-    );
-    register(&scratch, &node, &[1001], phone.port, demo_password);
-    node.wait_metric(
-        "centralino_agents{state=\"available\",tenant=\"demo\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
-    let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_hangup_by_agent.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-timeout",
-            "30s",
-        ],
-    );
-    trunk.expect_success(Duration::from_secs(40));
+    let mut caller = trunk(&scratch, &node, "trunk_hangup_by_agent.xml", &["-m", "1"]);
+    caller.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
     node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
         v == 0.0
     });
+    wait_available(&node, 1.0);
 }
 
 /// Two callers, one operator: the second waits in the queue (ringback) and
@@ -300,51 +254,19 @@ fn operator_bye_ends_the_caller_leg() {
 #[test]
 fn all_busy_caller_waits_then_connects() {
     let scratch = Scratch::new("busy");
-    let node = Node::start(
+    let (node, mut phone) = one_operator(
         &scratch,
-        &NodeConfig {
-            agents: 1,
-            ..NodeConfig::default()
-        },
+        NodeConfig::default(),
+        "agent_answer.xml",
+        &["-m", "2"],
     );
-    let mut phone = Sipp::spawn(
+    let mut caller = trunk(
         &scratch,
-        "phone",
-        &[
-            "-sf",
-            &scenario("agent_answer.xml"),
-            "-m",
-            "2",
-            "-timeout",
-            "30s",
-        ],
+        &node,
+        "trunk_call.xml",
+        &["-m", "2", "-r", "10", "-d", "1500"],
     );
-    register(&scratch, &node, &[1001], phone.port, demo_password);
-    node.wait_metric(
-        "centralino_agents{state=\"available\",tenant=\"demo\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
-    let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_call.xml"),
-            "-s",
-            "100",
-            "-m",
-            "2",
-            "-r",
-            "10",
-            "-d",
-            "1500",
-            "-timeout",
-            "30s",
-        ],
-    );
-    trunk.expect_success(Duration::from_secs(40));
+    caller.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
     let m = node.metrics();
     assert_eq!(
@@ -365,36 +287,13 @@ fn all_busy_caller_waits_then_connects() {
 #[test]
 fn invite_from_unknown_address_is_refused_without_b_leg() {
     let scratch = Scratch::new("untrusted");
-    let node = Node::start(
-        &scratch,
-        &NodeConfig {
-            agents: 1,
-            trunk_peers: vec!["192.0.2.10"],
-            ..NodeConfig::default()
-        },
-    );
-    let phone = Sipp::spawn(
-        &scratch,
-        "phone",
-        &["-sf", &scenario("agent_answer.xml"), "-timeout", "30s"],
-    );
-    register(&scratch, &node, &[1001], phone.port, demo_password);
-    let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_refused.xml"),
-            "-s",
-            "100",
-            "-m",
-            "3",
-            "-timeout",
-            "20s",
-        ],
-    );
-    trunk.expect_success(Duration::from_secs(30));
+    let cfg = NodeConfig {
+        trunk_peers: vec!["192.0.2.10"],
+        ..NodeConfig::default()
+    };
+    let (node, phone) = one_operator(&scratch, cfg, "agent_answer.xml", &[]);
+    let mut caller = trunk(&scratch, &node, "trunk_refused.xml", &["-m", "3"]);
+    caller.expect_success(Duration::from_secs(30));
     let m = node.metrics();
     assert_eq!(
         common::metric_in(
