@@ -692,7 +692,7 @@ impl Engine {
         let _entered = span.clone().entered();
         if self.router.enqueue(now, queue, id).is_err() {
             let status = self.queue_exit[queue.0 as usize];
-            warn!(call = %id, queue = %qname, "queue full, call refused");
+            warn!(queue = %qname, "queue full, call refused");
             self.metrics.calls.with_label_values(&["queue_full"]).inc();
             let r = msg.response(status, reason_phrase(status), Some(&a_tag));
             self.respond(now, &key, &r);
@@ -702,7 +702,7 @@ impl Engine {
             .queue_enqueued
             .with_label_values(&[&qname])
             .inc();
-        info!(call = %id, caller = %Masked(&caller), queue = %qname, "call queued");
+        info!(caller = %Masked(&caller), queue = %qname, "call queued");
         let mut ringing = msg.response(180, "Ringing", Some(&a_tag));
         ringing.push("Contact", &Self::contact(flow));
         self.respond(now, &key, &ringing);
@@ -791,7 +791,7 @@ impl Engine {
             state: BState::Calling,
             dialog: None,
         });
-        debug!(call = %call_id, agent = %name, "offering call");
+        debug!(agent = %name, "offering call");
         self.timers.push(Reverse((
             now + ring,
             call_id,
@@ -893,7 +893,7 @@ impl Engine {
                     .agent_offers
                     .with_label_values(&["answered"])
                     .inc();
-                info!(call = %call_id, agent = %self.router.agent(agent).name, queue = %qname, "call answered");
+                info!(agent = %self.router.agent(agent).name, queue = %qname, "call answered");
             }
             _ => {
                 let b = call.b.take().expect("matched above");
@@ -914,7 +914,7 @@ impl Engine {
                         "failed"
                     }])
                     .inc();
-                debug!(call = %call_id, code, "operator refused the call");
+                debug!(code, "operator refused the call");
                 self.router
                     .offer_failed(now, q, call_id, e, b.agent, outcome);
             }
@@ -960,7 +960,7 @@ impl Engine {
                 };
                 call.phase = Phase::Queued;
                 let (q, e) = (call.queue, call.enqueued);
-                info!(call = %call_id, agent = %self.router.agent(b.agent).name, "operator did not answer in time");
+                info!(agent = %self.router.agent(b.agent).name, "operator did not answer in time");
                 self.metrics
                     .agent_offers
                     .with_label_values(&["no_answer"])
@@ -975,7 +975,7 @@ impl Engine {
                     return;
                 }
                 let status = self.queue_exit[call.queue.0 as usize];
-                info!(call = %call_id, "maximum wait reached, queue exit");
+                info!("maximum wait reached, queue exit");
                 self.end_unanswered(now, call_id, status, "max_wait");
             }
         }
@@ -1054,7 +1054,7 @@ impl Engine {
             .with_label_values(&[&qname, outcome])
             .inc();
         self.metrics.calls.with_label_values(&[outcome]).inc();
-        info!(call = %call_id, caller = %Masked(&call.caller), outcome, "call ended before answer");
+        info!(caller = %Masked(&call.caller), outcome, "call ended before answer");
     }
 
     fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {
@@ -1097,7 +1097,7 @@ impl Engine {
 
     fn on_no_ack(&mut self, now: Instant, a_call_id: &str) {
         if let Some(&call_id) = self.by_a.get(a_call_id) {
-            warn!(call = %call_id, "caller never acknowledged the answer, hanging up");
+            warn!("caller never acknowledged the answer, hanging up");
             self.end_connected(now, call_id, true, true, "no_ack");
         }
     }
@@ -1130,7 +1130,7 @@ impl Engine {
             self.router.call_ended(now, b.agent, call_id, wrap_up);
         }
         self.metrics.calls.with_label_values(&["answered"]).inc();
-        info!(call = %call_id, outcome, duration_seconds = (now - call.started).as_secs(), "call ended");
+        info!(outcome, duration_seconds = (now - call.started).as_secs(), "call ended");
     }
 
     fn send_bye(&mut self, now: Instant, leg: &mut Leg) {
