@@ -235,6 +235,20 @@ impl Engine {
         self.calls.len()
     }
 
+    /// Entries in every per-call table (calls, dialog indexes, client
+    /// transactions, live transactions): all zero on an idle engine once
+    /// the transaction timers have run, which tests use to prove no leak.
+    pub fn table_sizes(&self) -> [usize; 5] {
+        let (server, client) = self.txn.len();
+        [
+            self.calls.len(),
+            self.by_a.len() + self.by_b.len(),
+            self.client.len(),
+            server,
+            client,
+        ]
+    }
+
     /// The next output, until `None`.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -1121,6 +1135,9 @@ impl Engine {
         }
         if let Some(b) = call.b.take() {
             self.by_b.remove(&b.call_id);
+            // The INVITE's client transaction outlives the call (Timer M);
+            // a 2xx retransmitted after this is simply ignored.
+            self.client.remove(&b.invite_key);
             if let Some(mut leg) = b.dialog
                 && bye_b
             {
@@ -1130,7 +1147,11 @@ impl Engine {
             self.router.call_ended(now, b.agent, call_id, wrap_up);
         }
         self.metrics.calls.with_label_values(&["answered"]).inc();
-        info!(outcome, duration_seconds = (now - call.started).as_secs(), "call ended");
+        info!(
+            outcome,
+            duration_seconds = (now - call.started).as_secs(),
+            "call ended"
+        );
     }
 
     fn send_bye(&mut self, now: Instant, leg: &mut Leg) {

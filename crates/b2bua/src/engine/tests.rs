@@ -254,10 +254,18 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
     let bye_b = requests(&out, PHONE1, "BYE");
     assert_eq!(bye_b.len(), 1);
     assert_eq!(bye_b[0].to_tag.as_deref(), Some("b1"));
+    let bye_b_msg = bye_b[0].clone();
     assert_eq!(h.engine.active_calls(), 0);
     assert_eq!(h.gauge("centralino_agents{state=wrap_up,tenant=demo}"), 1);
     h.advance(Duration::from_secs(3));
     assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+    // The BYE to the phone is answered; after the timers, nothing is left.
+    h.send(
+        PHONE1,
+        &String::from_utf8(bye_b_msg.response(200, "OK", None).to_bytes()).unwrap(),
+    );
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.engine.table_sizes(), [0; 5]);
 }
 
 #[test]
@@ -333,6 +341,15 @@ fn caller_cancel_while_ringing() {
         1,
         "not the operator's fault"
     );
+    // The phone confirms the CANCEL and ends its INVITE with 487.
+    let cancel_b = requests(&out, PHONE1, "CANCEL")[0].clone();
+    h.send(
+        PHONE1,
+        &String::from_utf8(cancel_b.response(200, "OK", None).to_bytes()).unwrap(),
+    );
+    h.send(PHONE1, &response_to(&inv1, 487, "p1"));
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.engine.table_sizes(), [0; 5]);
 }
 
 #[test]
@@ -345,6 +362,8 @@ fn max_wait_sends_the_queue_exit() {
     assert_eq!(codes(&out, TRUNK), vec![480]);
     assert_eq!(h.engine.active_calls(), 0);
     assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 0);
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.engine.table_sizes(), [0; 5]);
 }
 
 #[test]
