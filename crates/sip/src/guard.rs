@@ -153,37 +153,6 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
     let start_line = std::str::from_utf8(lines.next().unwrap_or_default())
         .map_err(|_| ParseError::BadEncoding)?;
 
-    let mut headers: Vec<Header> = Vec::with_capacity(16);
-    for raw in lines {
-        let line = std::str::from_utf8(raw).map_err(|_| ParseError::BadEncoding)?;
-        if line.starts_with([' ', '\t']) {
-            let last = headers.last_mut().ok_or(ParseError::BadHeaderLine)?;
-            if last.value.len() + line.len() > limits.max_header_line_bytes {
-                return Err(ParseError::HeaderLineTooLong.into());
-            }
-            if !last.value.is_empty() {
-                last.value.push(' ');
-            }
-            last.value.push_str(line.trim());
-            continue;
-        }
-        if line.len() > limits.max_header_line_bytes {
-            return Err(ParseError::HeaderLineTooLong.into());
-        }
-        if headers.len() >= limits.max_headers {
-            return Err(ParseError::TooManyHeaders.into());
-        }
-        let (name, value) = line.split_once(':').ok_or(ParseError::BadHeaderLine)?;
-        let name = name.trim_end_matches([' ', '\t']);
-        if !is_token(name) {
-            return Err(ParseError::BadHeaderLine.into());
-        }
-        headers.push(Header {
-            name: canonical_name(name),
-            value: value.trim().to_owned(),
-        });
-    }
-
     let is_request = !start_line.starts_with("SIP/");
     let req_method = if is_request {
         start_line.split(' ').next().map(Method::from_token)
@@ -203,6 +172,38 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
         };
         Rejection { error, reply }
     };
+
+    let mut headers: Vec<Header> = Vec::with_capacity(16);
+    for raw in lines {
+        let line = std::str::from_utf8(raw).map_err(|_| ParseError::BadEncoding)?;
+        if line.starts_with([' ', '\t']) {
+            let last = headers.last_mut().ok_or(ParseError::BadHeaderLine)?;
+            if last.value.len() + line.len() > limits.max_header_line_bytes {
+                return Err(fail(ParseError::HeaderLineTooLong, &headers));
+            }
+            if !last.value.is_empty() {
+                last.value.push(' ');
+            }
+            last.value.push_str(line.trim());
+            continue;
+        }
+        // Refusals at a cap still answer from the headers read so far.
+        if line.len() > limits.max_header_line_bytes {
+            return Err(fail(ParseError::HeaderLineTooLong, &headers));
+        }
+        if headers.len() >= limits.max_headers {
+            return Err(fail(ParseError::TooManyHeaders, &headers));
+        }
+        let (name, value) = line.split_once(':').ok_or(ParseError::BadHeaderLine)?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if !is_token(name) {
+            return Err(ParseError::BadHeaderLine.into());
+        }
+        headers.push(Header {
+            name: canonical_name(name),
+            value: value.trim().to_owned(),
+        });
+    }
 
     let start = if is_request {
         parse_request_line(start_line).map_err(|e| fail(e, &headers))?
@@ -627,7 +628,16 @@ fn framing_error(head: &[u8], limits: &Limits, error: ParseError) -> Rejection {
         },
         Ok(_) => error.into(),
         Err(mut r) => {
+            // The head's own verdict (e.g. Content-Length beyond the data)
+            // is secondary to the framing error: answer with the latter.
             r.error = error;
+            if let Some(reply) = r.reply.as_mut() {
+                let code = error.sip_status();
+                reply.start = StartLine::Response {
+                    code,
+                    reason: reason_phrase(code).to_owned(),
+                };
+            }
             r
         }
     }

@@ -463,7 +463,9 @@ fn mutated_input_never_panics_or_leaks() {
             _ => {
                 // Unique branches and Call-IDs so mutants become new calls.
                 let text = String::from_utf8_lossy(&m).replace("z9hG4bK", &format!("z9hG4bK{i}x"));
-                m = text.replace("Call-ID: ", &format!("Call-ID: {i}")).into_bytes();
+                m = text
+                    .replace("Call-ID: ", &format!("Call-ID: {i}"))
+                    .into_bytes();
             }
         }
         let from = peers[(next() % 3) as usize];
@@ -475,5 +477,9 @@ fn mutated_input_never_panics_or_leaks() {
     }
     // Calls still waiting hit max_wait; everything else times out.
     h.advance(Duration::from_secs(400));
-    assert_eq!(h.engine.table_sizes(), [0; 5], "calls, indexes, client refs, transactions");
+    assert_eq!(
+        h.engine.table_sizes(),
+        [0; 5],
+        "calls, indexes, client refs, transactions"
+    );
 }

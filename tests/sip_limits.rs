@@ -1,0 +1,177 @@
+//! Framing and size limits on the wire (TEST-MATRIX A5, A6): pipelined
+//! messages on one TCP write, an oversize declared body, an oversize
+//! datagram. The node refuses before buffering and keeps serving.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::{Node, NodeConfig, Scratch};
+
+fn options(i: usize, port: u16, transport: &str, extra: &str) -> String {
+    format!(
+        "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/{transport} 127.0.0.1:9;branch=z9hG4bKpipe{i}\r\n\
+From: <sip:probe@127.0.0.1>;tag=p{i}\r\nTo: <sip:127.0.0.1>\r\nCall-ID: pipe-{i}\r\nCSeq: 1 OPTIONS\r\n{extra}"
+    )
+}
+
+fn udp_alive(node: &Node) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let msg = options(9999, node.sip_port, "UDP", "Content-Length: 0\r\n\r\n");
+    sock.send_to(msg.as_bytes(), node.sip_addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("node still answers");
+    assert!(buf[..n].starts_with(b"SIP/2.0 200"));
+}
+
+#[test]
+fn fifty_pipelined_messages_are_answered_in_order() {
+    let scratch = Scratch::new("pipeline");
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    let mut s = TcpStream::connect(node.sip_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let all: String = (0..50)
+        .map(|i| options(i, node.sip_port, "TCP", "Content-Length: 0\r\n\r\n"))
+        .collect();
+    s.write_all(all.as_bytes()).unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 16384];
+    while got.matches("SIP/2.0 200").count() < 50 {
+        let n = s.read(&mut buf).expect("answers");
+        assert!(
+            n > 0,
+            "closed after {} answers",
+            got.matches("SIP/2.0 200").count()
+        );
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let order: Vec<usize> = got
+        .lines()
+        .filter_map(|l| l.strip_prefix("Call-ID: pipe-"))
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    assert_eq!(order, (0..50).collect::<Vec<_>>());
+}
+
+#[test]
+fn oversize_declared_body_closes_the_connection_before_the_data() {
+    let scratch = Scratch::new("oversize");
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    for declared in [65_537usize, 10 << 20, 1 << 30] {
+        let mut s = TcpStream::connect(node.sip_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = options(
+            declared,
+            node.sip_port,
+            "TCP",
+            &format!("Content-Length: {declared}\r\n\r\n"),
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("connection not closed for Content-Length {declared}: {e}"),
+            }
+        }
+        assert!(
+            got.starts_with(b"SIP/2.0 413"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // A header section that never ends is cut at the cap.
+    let mut s = TcpStream::connect(node.sip_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut junk = options(1, node.sip_port, "TCP", "");
+    while junk.len() < 70_000 {
+        junk.push_str("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    let _ = s.write_all(junk.as_bytes());
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        closed,
+        "an endless header section must close the connection"
+    );
+    udp_alive(&node);
+    assert!(node.metric("centralino_sip_parse_errors_total{reason=\"too_large\"}") >= 4.0);
+}
+
+#[test]
+fn maximum_size_datagram_is_refused_and_counted() {
+    let scratch = Scratch::new("bigudp");
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The largest UDP payload over IPv4: a body beyond max_body_bytes.
+    let head = options(
+        1,
+        node.sip_port,
+        "UDP",
+        "Content-Type: application/sdp\r\nContent-Length: ",
+    );
+    let body_len = 65_507 - head.len() - "65000\r\n\r\n".len();
+    let mut bytes = format!("{head}{body_len}\r\n\r\n").into_bytes();
+    bytes.resize(65_507, b'a');
+    sock.send_to(&bytes, node.sip_addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("a refusal");
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 413"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(
+        node.metric("centralino_sip_parse_errors_total{reason=\"body_too_large\"}"),
+        1.0
+    );
+    // 1,000 headers: refused at the header cap.
+    let mut many = options(2, node.sip_port, "UDP", "");
+    for i in 0..1000 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("Content-Length: 0\r\n\r\n");
+    sock.send_to(many.as_bytes(), node.sip_addr()).unwrap();
+    let (n, _) = sock.recv_from(&mut buf).expect("a refusal");
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 400"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(
+        node.metric("centralino_sip_parse_errors_total{reason=\"too_many_headers\"}"),
+        1.0
+    );
+    udp_alive(&node);
+}
