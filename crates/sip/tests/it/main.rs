@@ -189,10 +189,10 @@ fn mutation_fuzz_never_panics() {
                 _ => m[pos] = (next() & 0xff) as u8,
             }
         }
-        if let Err(r) = parse_datagram(&m, &limits) {
-            if let Some(reply) = r.reply {
-                assert!(reply.to_bytes().len() <= m.len() + 512);
-            }
+        if let Err(r) = parse_datagram(&m, &limits)
+            && let Some(reply) = r.reply
+        {
+            assert!(reply.to_bytes().len() <= m.len() + 512);
         }
         let mut f = StreamFramer::default();
         f.push(&m);
