@@ -524,3 +524,143 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use std::collections::HashMap;
+
+    use proptest::prelude::{Just, any, prop_assert, prop_assert_eq, prop_oneof, proptest};
+    use proptest::strategy::Strategy as PropStrategy;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Login(u32),
+        Logout(u32),
+        Pause(u32, bool),
+        Enqueue(u32),
+        Withdraw(u64),
+        Decide,
+        Fail(u64, u8),
+        Answer(u64),
+        End(u64),
+        Tick(u16),
+    }
+
+    fn op() -> impl PropStrategy<Value = Op> {
+        prop_oneof![
+            (0u32..5).prop_map(Op::Login),
+            (0u32..5).prop_map(Op::Logout),
+            (0u32..5, any::<bool>()).prop_map(|(a, p)| Op::Pause(a, p)),
+            (0u32..2).prop_map(Op::Enqueue),
+            (0u64..30).prop_map(Op::Withdraw),
+            Just(Op::Decide),
+            Just(Op::Decide),
+            (0u64..30, 0u8..3).prop_map(|(c, o)| Op::Fail(c, o)),
+            (0u64..30).prop_map(Op::Answer),
+            (0u64..30).prop_map(Op::End),
+            (0u16..5000).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        /// Random event sequences: a call is offered only to an available
+        /// operator of its queue, no operator ever holds two calls, a call
+        /// is never both waiting and offered, and FIFO holds within a queue.
+        #[test]
+        fn routing_invariants(ops in proptest::collection::vec(op(), 1..200)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let q = |name: &str| QueueSettings {
+                name: name.into(),
+                strategy: Strategy::LongestIdle,
+                ring_timeout: Duration::from_secs(5),
+                max_no_answer: 2,
+                max_wait: Duration::from_secs(60),
+                wrap_up: Duration::from_secs(1),
+                max_waiting: 10,
+            };
+            let mut r = Router::new(vec![q("a"), q("b")]);
+            for i in 0..5u32 {
+                let queues = match i % 3 { 0 => vec![QueueId(0)], 1 => vec![QueueId(1)], _ => vec![QueueId(0), QueueId(1)] };
+                r.add_agent(t0, &format!("{i}"), queues);
+            }
+            let mut next_call = 0u64;
+            let mut queue_of: HashMap<u64, (QueueId, Instant)> = HashMap::new();
+            let mut offered: HashMap<u64, AgentId> = HashMap::new();
+            let mut connected: HashMap<u64, AgentId> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Login(a) => r.login(now, AgentId(a), false),
+                    Op::Logout(a) => r.logout(AgentId(a)),
+                    Op::Pause(a, p) => r.set_paused(now, AgentId(a), p),
+                    Op::Enqueue(qi) => {
+                        if r.enqueue(now, QueueId(qi), CallId(next_call)).is_ok() {
+                            queue_of.insert(next_call, (QueueId(qi), now));
+                        }
+                        next_call += 1;
+                    }
+                    Op::Withdraw(c) => {
+                        if let Some((qid, _)) = queue_of.get(&c) {
+                            if r.withdraw(now, *qid, CallId(c)).is_some() {
+                                queue_of.remove(&c);
+                            }
+                        }
+                    }
+                    Op::Decide => {
+                        let before: Vec<AgentState> = r.agents().iter().map(|a| a.state).collect();
+                        if let Some(d) = r.poll_decision(now) {
+                            let (qid, enq) = queue_of[&d.call.0];
+                            prop_assert_eq!(qid, d.queue);
+                            prop_assert_eq!(before[d.agent.0 as usize], AgentState::Available);
+                            prop_assert!(r.agent(d.agent).queues.contains(&d.queue));
+                            prop_assert!(!offered.contains_key(&d.call.0));
+                            // FIFO: nothing older waits in the same queue.
+                            let (_, oldest) = r.waiting(d.queue);
+                            prop_assert!(oldest.is_none_or(|o| o >= enq));
+                            offered.insert(d.call.0, d.agent);
+                        }
+                    }
+                    Op::Fail(c, o) => {
+                        if let Some(agent) = offered.remove(&c) {
+                            let outcome = [OfferOutcome::NoAnswer, OfferOutcome::Rejected, OfferOutcome::Withdrawn][o as usize];
+                            let (qid, enq) = queue_of[&c];
+                            r.offer_failed(now, qid, CallId(c), enq, agent, outcome);
+                            if outcome == OfferOutcome::Withdrawn {
+                                queue_of.remove(&c);
+                            }
+                        }
+                    }
+                    Op::Answer(c) => {
+                        if let Some(agent) = offered.remove(&c) {
+                            r.answered(agent, CallId(c));
+                            connected.insert(c, agent);
+                        }
+                    }
+                    Op::End(c) => {
+                        if let Some(agent) = connected.remove(&c) {
+                            r.call_ended(now, agent, CallId(c), Duration::from_secs(1));
+                            queue_of.remove(&c);
+                        }
+                    }
+                    Op::Tick(ms) => {
+                        now += Duration::from_millis(u64::from(ms));
+                        r.handle_timeout(now);
+                    }
+                }
+                // No operator holds two calls; states match the offers.
+                let mut held: HashMap<CallId, AgentId> = HashMap::new();
+                for (i, a) in r.agents().iter().enumerate() {
+                    if let AgentState::Ringing(c) | AgentState::OnCall(c) = a.state {
+                        prop_assert!(held.insert(c, AgentId(i as u32)).is_none(), "call {c} held twice");
+                    }
+                }
+                for (c, a) in offered.iter().chain(connected.iter()) {
+                    prop_assert_eq!(held.get(&CallId(*c)), Some(a));
+                }
+                prop_assert_eq!(held.len(), offered.len() + connected.len());
+            }
+        }
+    }
+}

@@ -289,3 +289,154 @@ fn parse_expires(v: &str) -> Option<Duration> {
         v.parse::<u64>().unwrap_or(u64::MAX / 4),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Algorithm;
+    use crate::guard::{Framed, Limits, parse_datagram};
+    use crate::message::Transport;
+
+    const REALM: &str = "r";
+
+    fn registrar() -> Registrar {
+        let mut users = HashMap::new();
+        users.insert(
+            "1001".to_owned(),
+            Credentials::from_password("1001", REALM, "pw"),
+        );
+        let auth = DigestAuth::new(
+            REALM,
+            vec![Algorithm::Md5],
+            [1; 32],
+            Duration::from_secs(300),
+        );
+        Registrar::new(RegistrarConfig::default(), auth, users)
+    }
+
+    fn flow() -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            remote: "192.0.2.21:5060".parse().unwrap(),
+            local: "192.0.2.1:5060".parse().unwrap(),
+            conn: 0,
+        }
+    }
+
+    /// Sends REGISTER with `contacts` and `expires`, answering the challenge.
+    fn register(
+        r: &mut Registrar,
+        now: Instant,
+        n: u32,
+        contacts: &str,
+        expires: Option<u32>,
+    ) -> Message {
+        let build = |auth: &str| {
+            let expires = expires
+                .map(|e| format!("Expires: {e}\r\n"))
+                .unwrap_or_default();
+            let text = format!(
+                "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}{}\r\nFrom: <sip:1001@r>;tag=t\r\nTo: <sip:1001@r>\r\nCall-ID: reg\r\nCSeq: {n} REGISTER\r\nContact: {contacts}\r\n{expires}{auth}Content-Length: 0\r\n\r\n",
+                auth.len()
+            );
+            match parse_datagram(text.as_bytes(), &Limits::default()) {
+                Ok(Framed::Message(m)) => m,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (challenge, _) = r.handle_register(now, flow(), &build(""));
+        assert_eq!(challenge.code(), 401);
+        let www = challenge.header("WWW-Authenticate").unwrap();
+        let nonce = www
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let ha1 = Algorithm::Md5.hex(&format!("1001:{REALM}:pw"));
+        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
+        let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:00000001:cn:auth:{ha2}"));
+        let auth = format!(
+            "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc=00000001\r\n"
+        );
+        r.handle_register(now, flow(), &build(&auth)).0
+    }
+
+    #[test]
+    fn several_contacts_refresh_and_unregister() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let ok = register(
+            &mut r,
+            t0,
+            1,
+            "<sip:1001@192.0.2.21:5060>, <sip:1001@192.0.2.22:5060>;expires=120",
+            None,
+        );
+        assert_eq!(ok.code(), 200);
+        assert_eq!(r.bindings("1001").len(), 2);
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            vec![RegEvent::Login("1001".into())]
+        );
+        assert_eq!(ok.headers_named("Contact").count(), 2);
+
+        // Refresh one: no second login, expiry moves.
+        let t1 = t0 + Duration::from_secs(100);
+        register(&mut r, t1, 2, "<sip:1001@192.0.2.22:5060>", Some(600));
+        assert_eq!(r.drain_events().count(), 0);
+        let b = r
+            .bindings("1001")
+            .iter()
+            .find(|b| b.contact.ends_with("22:5060"))
+            .unwrap();
+        assert_eq!(b.expires_at, t1 + Duration::from_secs(600));
+
+        // Remove one contact with expires=0: still logged in.
+        register(&mut r, t1, 3, "<sip:1001@192.0.2.21:5060>;expires=0", None);
+        assert_eq!(r.bindings("1001").len(), 1);
+        assert_eq!(r.drain_events().count(), 0);
+
+        // "*" with Expires: 0 removes everything: logout.
+        let ok = register(&mut r, t1, 4, "*", Some(0));
+        assert_eq!(ok.code(), 200);
+        assert!(r.bindings("1001").is_empty());
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            vec![RegEvent::Logout("1001".into())]
+        );
+    }
+
+    #[test]
+    fn interval_too_brief_and_expiry() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let resp = register(&mut r, t0, 1, "<sip:1001@192.0.2.21:5060>", Some(10));
+        assert_eq!(resp.code(), 423);
+        assert_eq!(resp.header("Min-Expires"), Some("60"));
+        let resp = register(&mut r, t0, 2, "<sip:1001@192.0.2.21:5060>", Some(99_999));
+        assert_eq!(resp.code(), 200);
+        assert!(
+            resp.header("Contact").unwrap().ends_with("expires=3600"),
+            "capped at max"
+        );
+        let _ = r.drain_events().count();
+        r.handle_timeout(t0 + Duration::from_secs(3599));
+        assert_eq!(r.bindings("1001").len(), 1);
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(3600)));
+        r.handle_timeout(t0 + Duration::from_secs(3600));
+        assert!(r.bindings("1001").is_empty());
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            vec![RegEvent::Logout("1001".into())]
+        );
+    }
+
+    #[test]
+    fn star_without_zero_expires_is_refused() {
+        let mut r = registrar();
+        let resp = register(&mut r, Instant::now(), 1, "*", None);
+        assert_eq!(resp.code(), 400);
+    }
+}

@@ -872,4 +872,50 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
             "retransmitted final is re-ACKed, not delivered"
         );
     }
+
+    proptest::proptest! {
+        /// Any interleaving of retransmitted requests and timer firings
+        /// within a transaction's lifetime (under 32 s here: later copies
+        /// are new requests) delivers each request to the TU exactly once,
+        /// and every transaction is gone once its timers have run.
+        #[test]
+        fn each_request_reaches_the_tu_once(
+            sends in proptest::collection::vec((0u8..6, 0u32..500), 1..60)
+        ) {
+            let mut tx = Transactions::new(TimerConfig::default());
+            let t0 = Instant::now();
+            let mut delivered = std::collections::HashMap::new();
+            let mut now = t0;
+            for (which, dt) in sends {
+                now += Duration::from_millis(u64::from(dt));
+                tx.handle_timeout(now);
+                let req = if which % 2 == 0 {
+                    invite(&format!("z9hG4bKp{which}"))
+                } else {
+                    let mut m = invite(&format!("z9hG4bKp{which}"));
+                    m.start = StartLine::Request { method: Method::Options, uri: "sip:h".into() };
+                    m.cseq_method = Method::Options;
+                    m.call_id = format!("o{which}");
+                    m
+                };
+                let key = TxKey::of(&req);
+                tx.handle_request(now, flow(Transport::Udp), req.clone());
+                while let Some(o) = tx.poll_output() {
+                    if let TxOutput::Request { msg, .. } = o {
+                        *delivered.entry(TxKey::of(&msg)).or_insert(0) += 1;
+                        let resp = msg.response(if which % 2 == 0 { 486 } else { 200 }, "X", Some("t"));
+                        tx.respond(now, &key, &resp);
+                    }
+                }
+            }
+            proptest::prop_assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+            let end = now + Duration::from_secs(64);
+            while let Some(t) = tx.poll_timeout() {
+                if t > end { break; }
+                tx.handle_timeout(t);
+                while tx.poll_output().is_some() {}
+            }
+            proptest::prop_assert!(tx.is_empty());
+        }
+    }
 }
