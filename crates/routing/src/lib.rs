@@ -602,10 +602,10 @@ mod props {
                         next_call += 1;
                     }
                     Op::Withdraw(c) => {
-                        if let Some((qid, _)) = queue_of.get(&c) {
-                            if r.withdraw(now, *qid, CallId(c)).is_some() {
-                                queue_of.remove(&c);
-                            }
+                        if let Some((qid, _)) = queue_of.get(&c)
+                            && r.withdraw(now, *qid, CallId(c)).is_some()
+                        {
+                            queue_of.remove(&c);
                         }
                     }
                     Op::Decide => {
