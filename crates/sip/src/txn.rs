@@ -884,7 +884,7 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
         ) {
             let mut tx = Transactions::new(TimerConfig::default());
             let t0 = Instant::now();
-            let mut delivered = std::collections::HashMap::new();
+            let mut delivered = HashMap::new();
             let mut now = t0;
             for (which, dt) in sends {
                 now += Duration::from_millis(u64::from(dt));
