@@ -969,20 +969,14 @@ impl Engine {
                 if call.phase != Phase::Offering || call.attempt != attempt {
                     return;
                 }
-                let Some(b) = call.b.take() else {
-                    return;
-                };
-                call.phase = Phase::Queued;
-                let (q, e) = (call.queue, call.enqueued);
-                info!(agent = %self.router.agent(b.agent).name, "operator did not answer in time");
+                if let Some(b) = &call.b {
+                    info!(agent = %self.router.agent(b.agent).name, "operator did not answer in time");
+                }
                 self.metrics
                     .agent_offers
                     .with_label_values(&["no_answer"])
                     .inc();
-                let agent = b.agent;
-                self.cancel_b(now, b);
-                self.router
-                    .offer_failed(now, q, call_id, e, agent, OfferOutcome::NoAnswer);
+                self.b_leg_failed(now, call_id, OfferOutcome::NoAnswer);
             }
             CallTimer::MaxWait => {
                 if call.phase == Phase::Connected {
@@ -1101,12 +1095,37 @@ impl Engine {
         };
         let r = msg.response(200, "OK", None);
         self.respond(now, key, &r);
-        let outcome = if from_a.is_some() {
-            "caller_hangup"
-        } else {
-            "agent_hangup"
+        let phase = self.calls.get(&call_id).map(|c| c.phase);
+        match (phase, from_a.is_some()) {
+            (Some(Phase::Connected), true) => {
+                self.end_connected(now, call_id, false, true, "caller_hangup");
+            }
+            (Some(Phase::Connected), false) => {
+                self.end_connected(now, call_id, true, false, "agent_hangup");
+            }
+            // BYE in an early dialog: the caller gave up (as with CANCEL).
+            (Some(_), true) => self.end_unanswered(now, call_id, 487, "cancelled"),
+            // The operator's phone ended its early dialog: offer failed.
+            (Some(_), false) => self.b_leg_failed(now, call_id, OfferOutcome::Rejected),
+            (None, _) => {}
+        }
+    }
+
+    /// The current B-leg is gone without an answer: the call returns to
+    /// its place in the queue and the operator is released.
+    fn b_leg_failed(&mut self, now: Instant, call_id: CallId, outcome: OfferOutcome) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
         };
-        self.end_connected(now, call_id, from_a.is_none(), from_b.is_none(), outcome);
+        let Some(b) = call.b.take() else {
+            return;
+        };
+        call.phase = Phase::Queued;
+        let (q, e) = (call.queue, call.enqueued);
+        self.by_b.remove(&b.call_id);
+        let agent = b.agent;
+        self.cancel_b(now, b);
+        self.router.offer_failed(now, q, call_id, e, agent, outcome);
     }
 
     fn on_no_ack(&mut self, now: Instant, a_call_id: &str) {

@@ -483,3 +483,22 @@ fn mutated_input_never_panics_or_leaks() {
         "calls, indexes, client refs, transactions"
     );
 }
+
+#[test]
+fn caller_bye_in_early_dialog_releases_the_ringing_operator() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("c8");
+    let ringing = out.iter().find(|(_, m)| m.code() == 180).unwrap().1.clone();
+    let a_tag = ringing.to_tag.clone().unwrap();
+    let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv1, 180, "p1"));
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKebye\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac8\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c8\nCSeq: 2 BYE\nContent-Length: 0\n\n"
+    );
+    let out = h.send(TRUNK, &bye);
+    assert_eq!(codes(&out, TRUNK), vec![200, 487]);
+    assert_eq!(requests(&out, PHONE1, "CANCEL").len(), 1);
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+    assert_eq!(h.engine.active_calls(), 0);
+}
