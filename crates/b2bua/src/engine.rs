@@ -131,6 +131,9 @@ pub struct Engine {
     client: HashMap<TxKey, ClientRef>,
     timers: BinaryHeap<Reverse<(Instant, CallId, CallTimer)>>,
     next_call: u64,
+    /// Set by the driver when its input backlog is deep: new calls are
+    /// refused with 503 so the calls in progress keep their latency.
+    overloaded: bool,
     out: VecDeque<Output>,
     retrans_seen: u64,
     timeouts_seen: u64,
@@ -218,6 +221,7 @@ impl Engine {
             client: HashMap::new(),
             timers: BinaryHeap::new(),
             next_call: 1,
+            overloaded: false,
             out: VecDeque::new(),
             retrans_seen: 0,
             timeouts_seen: 0,
@@ -228,6 +232,20 @@ impl Engine {
     /// The guard's limits (the driver frames TCP with them).
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Load shedding: while `true`, new INVITEs get 503 with Retry-After
+    /// (stateless, cheap); REGISTER, in-dialog requests and responses are
+    /// still handled, so calls in progress complete.
+    pub fn set_overloaded(&mut self, overloaded: bool) {
+        if overloaded != self.overloaded {
+            if overloaded {
+                warn!("overloaded: refusing new calls with 503");
+            } else {
+                info!("load back to normal: accepting new calls");
+            }
+        }
+        self.overloaded = overloaded;
     }
 
     /// Calls in progress.
@@ -506,7 +524,7 @@ impl Engine {
             self.reject(flow, msg, 404, "unknown_did", &[]);
             return false;
         }
-        if self.calls.len() >= self.max_calls {
+        if self.overloaded || self.calls.len() >= self.max_calls {
             self.reject(flow, msg, 503, "overload", &[("Retry-After", "5")]);
             return false;
         }

@@ -21,6 +21,10 @@ use tracing::{debug, info, warn};
 const UDP_RECV_BUFFER: usize = 4 << 20;
 /// Inputs queued between readers and the engine task.
 const INPUT_QUEUE: usize = 65_536;
+/// Inputs waiting for the engine beyond which new calls are refused (503):
+/// a deep backlog means every message already waits long enough for peers
+/// to retransmit, and accepting more work would only feed that spiral.
+const OVERLOAD_BACKLOG: usize = 2048;
 /// Idle time after which a TCP connection with no partial message is closed.
 const TCP_IDLE: Duration = Duration::from_secs(900);
 
@@ -335,6 +339,7 @@ async fn run_engine(
             input = rx.recv() => {
                 let Some(input) = input else { return };
                 let now = Instant::now().into_std();
+                engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
                 handle(&mut engine, &mut conns, now, input);
                 // Batch what is already queued: one wake-up, many messages.
                 for _ in 0..256 {

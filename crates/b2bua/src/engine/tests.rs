@@ -502,3 +502,16 @@ fn caller_bye_in_early_dialog_releases_the_ringing_operator() {
     assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
     assert_eq!(h.engine.active_calls(), 0);
 }
+
+#[test]
+fn overload_refuses_new_calls_but_keeps_registrations() {
+    let mut h = Harness::new();
+    h.engine.set_overloaded(true);
+    let out = h.invite("c9");
+    assert_eq!(codes(&out, TRUNK), vec![503]);
+    assert_eq!(out[0].1.header("Retry-After"), Some("5"));
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.engine.set_overloaded(false);
+    let out = h.invite("c10");
+    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+}
