@@ -11,7 +11,8 @@
 //! engine for 40,000 operators replaces the internals behind this interface.
 #![warn(missing_docs)]
 
-use std::collections::{HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use centralino_types::{AgentId, CallId, QueueId};
@@ -167,6 +168,9 @@ pub struct Router {
     agents: Vec<Agent>,
     queues: Vec<Queue>,
     transitions: Vec<Transition>,
+    /// Wrap-up ends, earliest first; stale entries (the operator left
+    /// wrap-up otherwise) are skipped when popped.
+    wrap_ups: BinaryHeap<Reverse<(Instant, AgentId)>>,
 }
 
 impl Router {
@@ -182,6 +186,7 @@ impl Router {
                 })
                 .collect(),
             transitions: Vec::new(),
+            wrap_ups: BinaryHeap::new(),
         }
     }
 
@@ -222,7 +227,9 @@ impl Router {
     /// Calls waiting in a queue, and the oldest enqueue time.
     pub fn waiting(&self, id: QueueId) -> (usize, Option<Instant>) {
         let q = &self.queues[id.0 as usize];
-        (q.waiting.len(), q.waiting.iter().map(|w| w.enqueued).min())
+        // Waiting calls stay ordered by enqueue time (offer_failed puts a
+        // call back at its place), so the oldest is the front.
+        (q.waiting.len(), q.waiting.front().map(|w| w.enqueued))
     }
 
     /// Drains state transitions since the last call.
@@ -380,28 +387,26 @@ impl Router {
             self.set(agent, AgentState::Available);
         } else {
             self.set(agent, AgentState::WrapUp(now + wrap_up));
+            self.wrap_ups.push(Reverse((now + wrap_up, agent)));
         }
     }
 
-    /// The earliest wrap-up end.
+    /// The earliest wrap-up end (stale entries may make it early: a call to
+    /// [`Self::handle_timeout`] then just drops them).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.agents
-            .iter()
-            .filter_map(|a| match a.state {
-                AgentState::WrapUp(t) => Some(t),
-                _ => None,
-            })
-            .min()
+        self.wrap_ups.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Ends wrap-ups due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.agents.len() {
-            if let AgentState::WrapUp(t) = self.agents[i].state
-                && t <= now
-            {
-                self.set(AgentId(i as u32), AgentState::Available);
+        while let Some(&Reverse((t, agent))) = self.wrap_ups.peek() {
+            if t > now {
+                break;
+            }
+            self.wrap_ups.pop();
+            if self.agent(agent).state == AgentState::WrapUp(t) {
+                self.set(agent, AgentState::Available);
             }
         }
     }
