@@ -135,7 +135,10 @@ fn serve(
         config.http_listen = h;
     }
     centralino_types::set_unmask_numbers(config.unmask_numbers);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread pumps sockets and the engine: the engine is single-owner
+    // anyway, and cross-thread wake-ups per datagram cost more than they
+    // bring (scripts/load: 2,500 clean calls/s multi-threaded, 3,000 here).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
