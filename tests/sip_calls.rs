@@ -370,3 +370,35 @@ fn wrong_password_is_refused_and_never_registered() {
         "{m}"
     );
 }
+
+/// The carrier trunk over TCP (one connection, Content-Length framing):
+/// calls are answered and torn down as over UDP.
+#[test]
+fn calls_from_a_tcp_trunk() {
+    let scratch = Scratch::new("tcptrunk");
+    let (node, mut phone) = one_operator(
+        &scratch,
+        NodeConfig::default(),
+        "agent_answer.xml",
+        &["-m", "20"],
+    );
+    let mut caller = trunk(
+        &scratch,
+        &node,
+        "trunk_call.xml",
+        &["-t", "t1", "-m", "20", "-r", "10", "-d", "50"],
+    );
+    caller.expect_success(Duration::from_secs(40));
+    phone.expect_success(Duration::from_secs(10));
+    let m = node.metrics();
+    assert_eq!(
+        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        20.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_in(&m, "centralino_sip_retransmissions_total"),
+        0.0,
+        "{m}"
+    );
+}
