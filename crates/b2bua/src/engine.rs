@@ -124,6 +124,8 @@ pub struct Engine {
     agent_tenant: Vec<String>,
     login_paused: bool,
     max_calls: usize,
+    /// Admission token bucket: (tokens, last refill) when a rate is set.
+    admission: Option<(f64, f64, Instant)>,
     user_agent: String,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
@@ -214,6 +216,10 @@ impl Engine {
             agent_tenant,
             login_paused: config.login_paused,
             max_calls: config.sip.max_calls,
+            admission: config
+                .sip
+                .max_calls_per_second
+                .map(|r| (f64::from(r.get()), f64::from(r.get()), now)),
             user_agent: config.sip.user_agent.clone(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
@@ -413,7 +419,7 @@ impl Engine {
                     .sip_requests
                     .with_label_values(&[method.label(), "in"])
                     .inc();
-                if *method != Method::Ack && !self.precheck(flow, &msg) {
+                if *method != Method::Ack && !self.precheck(now, flow, &msg) {
                     return;
                 }
                 self.txn.handle_request(now, flow, msg);
@@ -423,7 +429,7 @@ impl Engine {
 
     /// Stateless checks before any transaction exists: anything refused here
     /// leaves no state behind (scanners, untrusted sources, bad requests).
-    fn precheck(&mut self, flow: Flow, msg: &Message) -> bool {
+    fn precheck(&mut self, now: Instant, flow: Flow, msg: &Message) -> bool {
         let method = msg.method().clone();
         let ruri = msg.request_uri().unwrap_or_default();
         if matches!(method, Method::Other(_)) {
@@ -457,7 +463,7 @@ impl Engine {
             return true;
         }
         match method {
-            Method::Invite => self.precheck_invite(flow, msg),
+            Method::Invite => self.precheck_invite(now, flow, msg),
             Method::Register | Method::Options | Method::Cancel => true,
             Method::Bye => {
                 self.reject(flow, msg, 481, "no_dialog", &[]);
@@ -470,7 +476,7 @@ impl Engine {
         }
     }
 
-    fn precheck_invite(&mut self, flow: Flow, msg: &Message) -> bool {
+    fn precheck_invite(&mut self, now: Instant, flow: Flow, msg: &Message) -> bool {
         let Some(trunk) = self
             .trunks
             .iter()
@@ -524,11 +530,28 @@ impl Engine {
             self.reject(flow, msg, 404, "unknown_did", &[]);
             return false;
         }
-        if self.overloaded || self.calls.len() >= self.max_calls {
+        if self.overloaded || self.calls.len() >= self.max_calls || !self.admit(now) {
             self.reject(flow, msg, 503, "overload", &[("Retry-After", "5")]);
             return false;
         }
         true
+    }
+
+    /// Takes one token from the admission bucket (`sip.max_calls_per_second`):
+    /// a steady rate with one second of burst.
+    fn admit(&mut self, now: Instant) -> bool {
+        let Some((tokens, rate, last)) = self.admission.as_mut() else {
+            return true;
+        };
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * *rate).min(*rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn did_queue(&self, trunk: usize, msg: &Message) -> Option<QueueId> {

@@ -76,6 +76,7 @@ struct RawSip {
     max_header_line_bytes: usize,
     max_body_bytes: usize,
     max_calls: usize,
+    max_calls_per_second: u32,
     max_tcp_connections: usize,
     tcp_idle_timeout_seconds: u64,
     user_agent: String,
@@ -97,6 +98,7 @@ impl Default for RawSip {
             max_header_line_bytes: l.max_header_line_bytes,
             max_body_bytes: l.max_body_bytes,
             max_calls: 10_000,
+            max_calls_per_second: 0,
             max_tcp_connections: 4096,
             tcp_idle_timeout_seconds: 10,
             user_agent: "Centralino".into(),
@@ -244,6 +246,9 @@ pub struct SipConfig {
     pub limits: Limits,
     /// Most concurrent calls; above it new INVITEs get 503.
     pub max_calls: usize,
+    /// Most new calls per second (token bucket, one second of burst);
+    /// `None` = no limit. Above it new INVITEs get 503.
+    pub max_calls_per_second: Option<std::num::NonZeroU32>,
     /// Most TCP connections.
     pub max_tcp_connections: usize,
     /// A TCP connection idle (or stuck in a partial message) this long is closed.
@@ -694,6 +699,7 @@ impl Config {
                     max_body_bytes: raw.sip.max_body_bytes,
                 },
                 max_calls: raw.sip.max_calls,
+                max_calls_per_second: std::num::NonZeroU32::new(raw.sip.max_calls_per_second),
                 max_tcp_connections: raw.sip.max_tcp_connections,
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),
                 user_agent: raw.sip.user_agent,

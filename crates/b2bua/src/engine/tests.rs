@@ -515,3 +515,24 @@ fn overload_refuses_new_calls_but_keeps_registrations() {
     let out = h.invite("c10");
     assert_eq!(codes(&out, TRUNK), vec![100, 180]);
 }
+
+#[test]
+fn admission_rate_limits_new_calls() {
+    let text = CONFIG.replace(
+        "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+        "digest_algorithms = [\"MD5\"]\nmax_calls_per_second = 2",
+    );
+    let config = Config::from_toml(&text).unwrap();
+    let mut h = Harness::new();
+    h.engine = Engine::new(&config, h.metrics.clone(), [3; 32], h.now);
+    let admitted = |h: &mut Harness, id: &str| codes(&h.invite(id), TRUNK).first() == Some(&100);
+    assert!(admitted(&mut h, "r1"));
+    assert!(admitted(&mut h, "r2"));
+    assert!(
+        !admitted(&mut h, "r3"),
+        "third call in the same second refused"
+    );
+    h.advance(Duration::from_millis(500));
+    assert!(admitted(&mut h, "r4"), "half a second refills one token");
+    assert!(!admitted(&mut h, "r5"));
+}
