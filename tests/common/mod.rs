@@ -289,6 +289,10 @@ impl Sipp {
                 "-p",
                 &port.to_string(),
                 "-nostdin",
+                // SIPp's default socket buffers drop datagrams in bursts;
+                // the failures would look like the node's.
+                "-buff_size",
+                "1048576",
                 "-trace_err",
                 "-trace_stat",
                 "-fd",
