@@ -145,13 +145,9 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
     };
     let head = std::str::from_utf8(&data[..head_end]).map_err(|_| ParseError::BadEncoding)?;
 
-    let mut lines = Lines {
-        data: head.as_bytes(),
-        pos: 0,
-    };
-    // The head is valid UTF-8 and lines split on ASCII bytes, so every line is too.
-    let start_line = std::str::from_utf8(lines.next().unwrap_or_default())
-        .map_err(|_| ParseError::BadEncoding)?;
+    // Validated once as a whole; lines split on ASCII bytes stay valid.
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let start_line = lines.next().unwrap_or_default();
 
     let is_request = !start_line.starts_with("SIP/");
     let req_method = if is_request {
@@ -174,8 +170,11 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
     };
 
     let mut headers: Vec<Header> = Vec::with_capacity(16);
-    for raw in lines {
-        let line = std::str::from_utf8(raw).map_err(|_| ParseError::BadEncoding)?;
+    for line in lines {
+        if line.is_empty() {
+            // Only the datagram-without-blank-line case ends in one.
+            continue;
+        }
         if line.starts_with([' ', '\t']) {
             let last = headers.last_mut().ok_or(ParseError::BadHeaderLine)?;
             if last.value.len() + line.len() > limits.max_header_line_bytes {
@@ -377,7 +376,7 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
         .iter()
         .find(|h| h.name == "Via")
         .ok_or(ParseError::MissingHeader)?;
-    let top = uri::split_list(&first_via.value)[0];
+    let top = uri::first_of_list(&first_via.value);
     let mut via = parse_via(top).ok_or(ParseError::BadVia)?;
     if !via.branch.starts_with(MAGIC_COOKIE) {
         // An RFC 2543 peer: match its transactions on the fields §17.2.3

@@ -202,43 +202,44 @@ pub struct Message {
 
 /// Canonical long form of a header name, expanding RFC 3261 compact forms.
 pub(crate) fn canonical_name(name: &str) -> Cow<'static, str> {
-    const KNOWN: &[(&str, &str)] = &[
-        ("i", "Call-ID"),
-        ("m", "Contact"),
-        ("e", "Content-Encoding"),
-        ("l", "Content-Length"),
-        ("c", "Content-Type"),
-        ("f", "From"),
-        ("s", "Subject"),
-        ("k", "Supported"),
-        ("t", "To"),
-        ("v", "Via"),
-        ("o", "Event"),
-        ("r", "Refer-To"),
-        ("x", "Session-Expires"),
-        ("call-id", "Call-ID"),
-        ("contact", "Contact"),
-        ("content-length", "Content-Length"),
-        ("content-type", "Content-Type"),
-        ("from", "From"),
-        ("to", "To"),
-        ("via", "Via"),
-        ("cseq", "CSeq"),
-        ("max-forwards", "Max-Forwards"),
-        ("require", "Require"),
-        ("proxy-require", "Proxy-Require"),
-        ("accept", "Accept"),
-        ("authorization", "Authorization"),
-        ("expires", "Expires"),
-        ("record-route", "Record-Route"),
-        ("route", "Route"),
-        ("user-agent", "User-Agent"),
-        ("supported", "Supported"),
-        ("allow", "Allow"),
-    ];
-    for (k, v) in KNOWN {
-        if name.eq_ignore_ascii_case(k) {
-            return Cow::Borrowed(v);
+    // Dispatch on length first: one or two case-insensitive compares per
+    // header instead of a scan of the whole table.
+    let candidates: &[&'static str] = match name.len() {
+        1 => {
+            let long = match name.as_bytes()[0].to_ascii_lowercase() {
+                b'i' => "Call-ID",
+                b'm' => "Contact",
+                b'e' => "Content-Encoding",
+                b'l' => "Content-Length",
+                b'c' => "Content-Type",
+                b'f' => "From",
+                b's' => "Subject",
+                b'k' => "Supported",
+                b't' => "To",
+                b'v' => "Via",
+                b'o' => "Event",
+                b'r' => "Refer-To",
+                b'x' => "Session-Expires",
+                _ => return Cow::Owned(name.to_owned()),
+            };
+            return Cow::Borrowed(long);
+        }
+        2 => &["To"],
+        3 => &["Via"],
+        4 => &["From", "CSeq"],
+        5 => &["Route", "Allow"],
+        6 => &["Accept"],
+        7 => &["Call-ID", "Contact", "Require", "Expires"],
+        9 => &["Supported"],
+        10 => &["User-Agent"],
+        12 => &["Content-Type", "Max-Forwards", "Record-Route"],
+        13 => &["Authorization", "Proxy-Require"],
+        14 => &["Content-Length"],
+        _ => &[],
+    };
+    for c in candidates {
+        if name.eq_ignore_ascii_case(c) {
+            return Cow::Borrowed(c);
         }
     }
     Cow::Owned(name.to_owned())

@@ -260,6 +260,34 @@ pub fn parse_params(s: &str) -> Option<Vec<(&str, Option<&str>)>> {
     Some(out)
 }
 
+/// The first element of a comma-separated header value, without allocating.
+pub fn first_of_list(value: &str) -> &str {
+    list_commas(value)
+        .next()
+        .map_or(value, |i| &value[..i])
+        .trim()
+}
+
+/// Byte positions of the top-level commas (outside quotes and `<>`).
+fn list_commas(value: &str) -> impl Iterator<Item = usize> + '_ {
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    value.char_indices().filter_map(move |(i, c)| {
+        if escaped {
+            escaped = false;
+            return None;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => return Some(i),
+            _ => {}
+        }
+        None
+    })
+}
+
 /// Splits a header value at top-level commas (outside quotes and `<>`).
 pub fn split_list(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
