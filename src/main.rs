@@ -47,12 +47,67 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Run the routing core against synthetic traffic in virtual time
+    /// (Poisson arrivals, exponential handle and patience times): every
+    /// configured operator logged in, arrivals split evenly over the queues.
+    Simulate {
+        /// Configuration file (queues and operators). Default: the embedded one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Calls to generate.
+        #[arg(long, default_value_t = 10_000)]
+        calls: u64,
+        /// Arrivals per second, over all queues.
+        #[arg(long, default_value_t = 0.1)]
+        rate: f64,
+        /// Mean handle time, seconds.
+        #[arg(long, default_value_t = 180.0)]
+        aht: f64,
+        /// Mean patience before abandoning, seconds (default: never abandons).
+        #[arg(long)]
+        patience: Option<f64>,
+        /// Seed of the traffic generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Service level threshold, seconds.
+        #[arg(long = "service-level-seconds", default_value_t = 20.0)]
+        service_level_seconds: f64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Simulate {
+            config,
+            calls,
+            rate,
+            aht,
+            patience,
+            seed,
+            service_level_seconds,
+            json,
+        } => {
+            let traffic = centralino_routing::sim::Traffic {
+                calls,
+                rate,
+                aht_seconds: aht,
+                patience_seconds: patience,
+                service_level_seconds,
+                seed,
+            };
+            match simulate(config, &traffic, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("centralino: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve {
             config,
             sip_listen,
@@ -99,6 +154,85 @@ fn check_config(file: &PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn simulate(
+    path: Option<PathBuf>,
+    traffic: &centralino_routing::sim::Traffic,
+    json: bool,
+) -> Result<()> {
+    use centralino_types::QueueId;
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    anyhow::ensure!(
+        traffic.calls > 0 && traffic.calls <= 100_000_000,
+        "--calls must be in 1..=100000000"
+    );
+    anyhow::ensure!(
+        positive(traffic.rate),
+        "--rate must be a positive number of calls per second"
+    );
+    anyhow::ensure!(
+        positive(traffic.aht_seconds),
+        "--aht must be a positive number of seconds"
+    );
+    anyhow::ensure!(
+        traffic.patience_seconds.is_none_or(positive),
+        "--patience must be a positive number of seconds"
+    );
+    anyhow::ensure!(
+        traffic.service_level_seconds.is_finite() && traffic.service_level_seconds >= 0.0,
+        "--service-level-seconds must be zero or more"
+    );
+    let config = load(path)?;
+    anyhow::ensure!(!config.queues.is_empty(), "the configuration has no queue");
+    let queues: Vec<_> = config.queues.iter().map(|q| q.routing.clone()).collect();
+    let agents: Vec<(String, Vec<QueueId>)> = config
+        .agents
+        .iter()
+        .map(|a| {
+            (
+                a.username.clone(),
+                a.queues.iter().map(|&q| QueueId(q as u32)).collect(),
+            )
+        })
+        .collect();
+    let reports = centralino_routing::sim::simulate(&queues, &agents, traffic);
+    if json {
+        let body: Vec<String> = queues
+            .iter()
+            .zip(&reports)
+            .map(|(q, r)| {
+                format!(
+                    "\"{}\": {{\"offered\": {}, \"answered\": {}, \"abandoned\": {}, \"service_level\": {:.6}, \"asa_seconds\": {:.6}, \"abandon_rate\": {:.6}, \"occupancy\": {:.6}}}",
+                    q.name, r.offered, r.answered, r.abandoned, r.service_level, r.asa_seconds, r.abandon_rate, r.occupancy
+                )
+            })
+            .collect();
+        println!("{{\"queues\": {{{}}}}}", body.join(", "));
+    } else {
+        println!(
+            "{:<20} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9}",
+            "queue", "offered", "answered", "abandoned", "SL", "ASA s", "aband.", "occupancy"
+        );
+        for (q, r) in queues.iter().zip(&reports) {
+            println!(
+                "{:<20} {:>9} {:>9} {:>9} {:>7.1}% {:>9.1} {:>7.1}% {:>8.1}%",
+                q.name,
+                r.offered,
+                r.answered,
+                r.abandoned,
+                r.service_level * 100.0,
+                r.asa_seconds,
+                r.abandon_rate * 100.0,
+                r.occupancy * 100.0
+            );
+        }
+        println!(
+            "service level = answered within {} s / (answered + abandoned)",
+            traffic.service_level_seconds
+        );
+    }
+    Ok(())
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config> {

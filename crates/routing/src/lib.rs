@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use centralino_types::{AgentId, CallId, QueueId};
 
+pub mod sim;
+
 /// How a queue chooses among available operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
