@@ -1,59 +1,405 @@
-//! Baseline of the first router (linear scan per decision), the figure the
-//! skill engine of the routing-core issue must beat.
-//! `cargo bench --bench routing`.
+//! The routing core at national scale: 40,000 operators in 50 tenants,
+//! 500 skills (each operator 3–10 of its firm's skills, levels 1–10), 500
+//! queues with mixed strategies, 10,000 waiting calls.
+//!
+//! `cargo bench --bench routing` runs the criterion groups, then prints
+//! latency percentiles, a two-thread run and memory per operator.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use centralino_routing::{QueueSettings, Router, Strategy};
-use centralino_types::{CallId, QueueId};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use centralino_routing::{
+    Attributes, CallSpec, Catalog, Output, QueueSettings, Requirement, Router, SplitMix64, Strategy,
+};
+use centralino_types::{AgentId, CallId, QueueId};
+use criterion::{Criterion, criterion_group};
 
-fn router(agents: u32, queues: u32) -> Router {
-    let t0 = Instant::now();
-    let settings = (0..queues)
-        .map(|q| QueueSettings {
-            name: format!("q{q}"),
-            strategy: Strategy::LongestIdle,
-            ring_timeout: Duration::from_secs(15),
-            max_no_answer: 3,
-            max_wait: Duration::from_secs(600),
-            wrap_up: Duration::ZERO,
-            max_waiting: usize::MAX,
+/// Counts live heap bytes and allocation calls (memory per operator, and
+/// proof that a decision does not allocate).
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same layout contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: `p` came from `alloc` with `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as `GlobalAlloc::realloc`.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const TENANTS: u32 = 50;
+const SKILLS: u32 = 500;
+const STRATEGIES: [Strategy; 9] = [
+    Strategy::LongestIdle,
+    Strategy::MostProficient,
+    Strategy::LeastTalkTime,
+    Strategy::FewestCalls,
+    Strategy::RoundRobin,
+    Strategy::Linear,
+    Strategy::Random,
+    Strategy::WeightedRandom,
+    Strategy::RingAll(3),
+];
+
+/// Queue k needs skill k at level ≥ 3 and belongs to tenant k / 10; each
+/// tenant's operators hold 3–10 of its 10 skills. `ring_all` false keeps
+/// one offer per decision.
+fn world(agents: u32, ring_all: bool) -> Router {
+    let mut cat = Catalog::default();
+    for t in 0..TENANTS {
+        cat.tenant(&format!("t{t}")).unwrap();
+    }
+    for s in 0..SKILLS {
+        cat.skill(&format!("s{s}")).unwrap();
+    }
+    cat.language("it").unwrap();
+    let queues = (0..SKILLS)
+        .map(|k| {
+            let mut q = QueueSettings::new(&format!("q{k}"), QueueId(k), (k / 10) as u16);
+            q.requirement = Requirement::parse(&format!("s{k} >= 3"), &cat).unwrap();
+            let s = STRATEGIES[(k % 9) as usize];
+            q.strategy = if !ring_all && matches!(s, Strategy::RingAll(_)) {
+                Strategy::LongestIdle
+            } else {
+                s
+            };
+            q.max_waiting = 1_000_000;
+            q.ring_timeout = Duration::from_secs(15);
+            q
         })
         .collect();
-    let mut r = Router::new(settings);
-    for a in 0..agents {
-        let qs = (0..3).map(|k| QueueId((a * 7 + k * 13) % queues)).collect();
-        let id = r.add_agent(t0, &format!("{a}"), qs);
-        r.login(t0 + Duration::from_nanos(u64::from(a)), id, false);
-    }
-    r
+    let mut rng = SplitMix64(42);
+    let ops = (0..agents)
+        .map(|a| {
+            let tenant = a % TENANTS;
+            let n = 3 + rng.below(8);
+            let mut skills: Vec<(u16, u8)> = Vec::new();
+            while skills.len() < n as usize {
+                let s = (tenant * 10 + rng.below(10)) as u16;
+                if !skills.iter().any(|x| x.0 == s) {
+                    skills.push((s, 1 + rng.below(10) as u8));
+                }
+            }
+            (
+                format!("op{a}"),
+                Attributes {
+                    tenant: tenant as u16,
+                    site: 0,
+                    skills,
+                    languages: 1,
+                    queues: vec![],
+                },
+            )
+        })
+        .collect();
+    Router::new(Instant::now(), queues, TENANTS as usize, ops)
 }
 
-/// One decision on call arrival with every operator available, then the
-/// operator freed again (answer + end), so each iteration starts alike.
-fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("route_on_arrival");
-    group.sample_size(20);
-    for agents in [1_000u32, 10_000, 40_000] {
-        let mut r = router(agents, 500);
-        let now = Instant::now() + Duration::from_secs(1);
-        let mut call = 0u64;
-        group.bench_with_input(BenchmarkId::from_parameter(agents), &agents, |b, _| {
-            b.iter(|| {
+fn login_all(r: &mut Router, now: Instant) {
+    for a in 0..r.agents().len() as u32 {
+        r.login(now, AgentId(a), false);
+    }
+}
+
+fn offers(r: &mut Router) -> usize {
+    let mut n = 0;
+    while let Some(o) = r.poll_output() {
+        if let Output::Offer(d) = o {
+            black_box(d);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Busy world: every operator on a call, `waiting` calls queued.
+fn busy_world(agents: u32, waiting: usize, seed: u64) -> Busy {
+    let mut r = world(agents, false);
+    let now = Instant::now();
+    login_all(&mut r, now);
+    let mut rng = SplitMix64(7);
+    let mut on_call = Vec::new();
+    let mut call = 0u64;
+    let spec = CallSpec::default();
+    let mut queued = 0usize;
+    // Enqueue until `waiting` calls find nobody (everyone eligible busy).
+    while queued < waiting {
+        call += 1;
+        r.enqueue(now, QueueId(rng.below(SKILLS)), CallId(call), &spec)
+            .unwrap();
+        let mut got = false;
+        while let Some(o) = r.poll_output() {
+            if let Output::Offer(d) = o {
+                r.answered(now, d.agent, d.call);
+                on_call.push((d.agent, d.call));
+                got = true;
+            }
+        }
+        if !got {
+            queued += 1;
+        }
+    }
+    Busy {
+        r,
+        on_call,
+        now,
+        call,
+        rng: SplitMix64(seed),
+    }
+}
+
+/// One step of the busy world: a random operator ends its call (timed:
+/// the decision on operator-available), answers what it is offered, and a
+/// new call arrives so about `waiting` calls stay queued.
+fn busy_step(b: &mut Busy) -> (Duration, bool) {
+    let spec = CallSpec::default();
+    let i = b.rng.below(b.on_call.len() as u32) as usize;
+    let (agent, c) = b.on_call.swap_remove(i);
+    let t = Instant::now();
+    b.r.call_ended(b.now, agent, c);
+    let d = b.r.poll_output();
+    let took = t.elapsed();
+    let decided = matches!(d, Some(Output::Offer(_)));
+    if let Some(Output::Offer(d)) = d {
+        b.r.answered(b.now, d.agent, d.call);
+        b.on_call.push((d.agent, d.call));
+    }
+    b.call += 1;
+    b.r.enqueue(b.now, QueueId(b.rng.below(SKILLS)), CallId(b.call), &spec)
+        .unwrap();
+    while let Some(o) = b.r.poll_output() {
+        if let Output::Offer(d) = o {
+            b.r.answered(b.now, d.agent, d.call);
+            b.on_call.push((d.agent, d.call));
+        }
+    }
+    (took, decided)
+}
+
+struct Busy {
+    r: Router,
+    on_call: Vec<(AgentId, CallId)>,
+    now: Instant,
+    call: u64,
+    rng: SplitMix64,
+}
+
+fn benches(c: &mut Criterion) {
+    let spec = CallSpec::default();
+    let mut g = c.benchmark_group("routing");
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(4));
+
+    // Call arrival, every operator available: enqueue → offer. The
+    // operator is freed again untimed.
+    let mut r = world(40_000, false);
+    let now = Instant::now();
+    login_all(&mut r, now);
+    let mut rng = SplitMix64(1);
+    let mut call = 0u64;
+    g.bench_function("decision_on_arrival_40k", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
                 call += 1;
-                let q = QueueId((call % 500) as u32);
-                r.enqueue(now, q, CallId(call)).expect("unbounded queue");
-                let d = r.poll_decision(now).expect("an operator is available");
-                r.answered(d.agent, d.call);
-                r.call_ended(now, d.agent, d.call, Duration::ZERO);
-                black_box(d);
-            })
-        });
-    }
-    group.finish();
+                let q = QueueId(rng.below(SKILLS));
+                let t = Instant::now();
+                r.enqueue(now, q, CallId(call), &spec).unwrap();
+                let d = match r.poll_output() {
+                    Some(Output::Offer(d)) => d,
+                    other => panic!("expected an offer, got {other:?}"),
+                };
+                total += t.elapsed();
+                r.answered(now, d.agent, d.call);
+                r.call_ended(now, d.agent, d.call);
+            }
+            total
+        })
+    });
+
+    // Operator available, 10,000 calls waiting: call end → best call.
+    let mut busy = busy_world(40_000, 10_000, 3);
+    g.bench_function("decision_on_available_40k_10k_waiting", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| busy_step(&mut busy).0).sum())
+    });
+
+    // Operator state change: pause then resume (no call waiting for it).
+    let mut r = world(40_000, false);
+    login_all(&mut r, now);
+    let mut a = 0u32;
+    g.bench_function("state_change_pause_resume_40k", |b| {
+        b.iter(|| {
+            a = (a + 1) % 40_000;
+            r.set_paused(now, AgentId(a), true);
+            r.set_paused(now, AgentId(a), false);
+        })
+    });
+    g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+/// A call arrives and is offered, answered and ended at once: one
+/// decision and three state changes. Returns the offers made.
+fn arrive(r: &mut Router, now: Instant, q: QueueId, id: CallId) -> u64 {
+    r.enqueue(now, q, id, &CallSpec::default()).unwrap();
+    let mut n = 0;
+    while let Some(o) = r.poll_output() {
+        if let Output::Offer(d) = o {
+            n += 1;
+            r.answered(now, d.agent, d.call);
+            r.call_ended(now, d.agent, d.call);
+        }
+    }
+    n
+}
+
+fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
+    v.sort_unstable();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (p(0.50), p(0.99), p(0.999))
+}
+
+fn report() {
+    let spec = CallSpec::default();
+    // Latency per decision on arrival (mixed strategies incl. ring-all).
+    let mut r = world(40_000, true);
+    let now = Instant::now();
+    login_all(&mut r, now);
+    let mut rng = SplitMix64(11);
+    let n = 200_000;
+    let mut lat = Vec::with_capacity(n);
+    let allocs_before = ALLOCS.load(Ordering::Relaxed);
+    let mut warm = 0;
+    for i in 0..n as u64 {
+        if i == 20_000 {
+            warm = ALLOCS.load(Ordering::Relaxed);
+        }
+        let t = Instant::now();
+        r.enqueue(now, QueueId(rng.below(SKILLS)), CallId(i), &spec)
+            .unwrap();
+        let mut first = None;
+        while let Some(o) = r.poll_output() {
+            if let Output::Offer(d) = o
+                && first.is_none()
+            {
+                first = Some(d);
+            }
+        }
+        lat.push(t.elapsed().as_nanos() as u64);
+        let d = first.expect("an operator is free");
+        r.answered(now, d.agent, d.call);
+        r.call_ended(now, d.agent, d.call);
+    }
+    let _ = allocs_before;
+    let steady_allocs = ALLOCS.load(Ordering::Relaxed) - warm;
+    let (p50, p99, p999) = percentiles(lat);
+    println!(
+        "arrival decision, 40k operators, mixed strategies: p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns; \
+         allocations after warm-up over {} cycles (enqueue, offer, answer, end): {steady_allocs}",
+        n - 20_000
+    );
+
+    // Latency on operator available with 10k waiting.
+    let mut busy = busy_world(40_000, 10_000, 5);
+    let mut lat = Vec::with_capacity(n);
+    let mut decided = 0u64;
+    for _ in 0..n {
+        let (took, d) = busy_step(&mut busy);
+        lat.push(took.as_nanos() as u64);
+        decided += u64::from(d);
+    }
+    let (p50, p99, p999) = percentiles(lat);
+    println!(
+        "available decision, 40k operators, ~10k waiting: p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns \
+         ({decided} of {n} ends found a waiting call)"
+    );
+
+    // One core: the same arrival workload, throughput.
+    let mut r = world(40_000, false);
+    login_all(&mut r, now);
+    let mut rng = SplitMix64(13);
+    let m = 1_000_000u64;
+    let t = Instant::now();
+    let mut decisions = 0;
+    for i in 0..m {
+        decisions += arrive(&mut r, now, QueueId(rng.below(SKILLS)), CallId(i));
+    }
+    let one = decisions as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "one thread: {one:.0} arrival decisions/s (each with answer and end: 3 state changes)"
+    );
+
+    // Two threads: SIP-side producers hand events to the router thread over
+    // a lock-free channel (std mpsc); the router thread is the single
+    // writer of its indexes.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, u64)>(65_536);
+    let t = Instant::now();
+    let router_thread = std::thread::spawn(move || {
+        let mut r = world(40_000, false);
+        let now = Instant::now();
+        login_all(&mut r, now);
+        let ready = Instant::now();
+        let mut decisions = 0u64;
+        while let Ok((q, id)) = rx.recv() {
+            decisions += arrive(&mut r, now, QueueId(q), CallId(id));
+        }
+        (decisions, ready.elapsed())
+    });
+    let mut rng = SplitMix64(13);
+    for i in 0..m {
+        tx.send((rng.below(SKILLS), i)).unwrap();
+    }
+    drop(tx);
+    let (decisions, busy) = router_thread.join().unwrap();
+    let _ = t;
+    println!(
+        "two threads (producer → channel → router): {:.0} decisions/s",
+        decisions as f64 / busy.as_secs_f64()
+    );
+
+    // Memory per operator, all logged in, no call.
+    for agents in [40_000u32, 120_000] {
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut r = world(agents, true);
+        login_all(&mut r, Instant::now());
+        let bytes = LIVE.load(Ordering::Relaxed) - before;
+        println!(
+            "memory: {agents} operators, 500 queues: {:.1} MiB, {:.0} bytes per operator",
+            bytes as f64 / 1048576.0,
+            bytes as f64 / f64::from(agents)
+        );
+        black_box(&r);
+    }
+    black_box(offers);
+}
+
+criterion_group!(group, benches);
+
+fn main() {
+    group();
+    Criterion::default().configure_from_args().final_summary();
+    // For profiling one criterion group alone.
+    if std::env::var_os("ROUTING_BENCH_NO_REPORT").is_none() {
+        report();
+    }
+}

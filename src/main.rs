@@ -48,12 +48,18 @@ enum Command {
         file: PathBuf,
     },
     /// Run the routing core against synthetic traffic in virtual time
-    /// (Poisson arrivals, exponential handle and patience times): every
-    /// configured operator logged in, arrivals split evenly over the queues.
+    /// (Poisson arrivals, exponential handle and patience times) or against
+    /// a replayed queue-event log: every configured operator logged in,
+    /// synthetic arrivals split evenly over the queues.
     Simulate {
         /// Configuration file (queues and operators). Default: the embedded one.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Replay this queue-event log (CSV `seconds,call,queue,event`,
+        /// events enter/connect/complete/abandon) instead of generating
+        /// traffic; `--aht` is the handle time of calls never completed.
+        #[arg(long)]
+        replay: Option<PathBuf>,
         /// Calls to generate.
         #[arg(long, default_value_t = 10_000)]
         calls: u64,
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Simulate {
             config,
+            replay,
             calls,
             rate,
             aht,
@@ -100,7 +107,7 @@ fn main() -> ExitCode {
                 service_level_seconds,
                 seed,
             };
-            match simulate(config, &traffic, json) {
+            match simulate(config, replay, &traffic, json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("centralino: {e:#}");
@@ -158,10 +165,11 @@ fn check_config(file: &PathBuf) -> ExitCode {
 
 fn simulate(
     path: Option<PathBuf>,
+    replay: Option<PathBuf>,
     traffic: &centralino_routing::sim::Traffic,
     json: bool,
 ) -> Result<()> {
-    use centralino_types::QueueId;
+    use centralino_routing::sim;
     let positive = |v: f64| v.is_finite() && v > 0.0;
     anyhow::ensure!(
         traffic.calls > 0 && traffic.calls <= 100_000_000,
@@ -185,18 +193,34 @@ fn simulate(
     );
     let config = load(path)?;
     anyhow::ensure!(!config.queues.is_empty(), "the configuration has no queue");
-    let queues: Vec<_> = config.queues.iter().map(|q| q.routing.clone()).collect();
-    let agents: Vec<(String, Vec<QueueId>)> = config
-        .agents
-        .iter()
-        .map(|a| {
-            (
-                a.username.clone(),
-                a.queues.iter().map(|&q| QueueId(q as u32)).collect(),
+    let queues = config.routing_queues();
+    let agents = config.routing_agents();
+    let tenants = config.tenants.len();
+    let reports = match replay {
+        Some(file) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let arrivals = sim::parse_queue_log(
+                &text,
+                |name| queues.iter().position(|q| q.name == name).map(|i| i as u32),
+                traffic.aht_seconds,
             )
-        })
-        .collect();
-    let reports = centralino_routing::sim::simulate(&queues, &agents, traffic);
+            .with_context(|| format!("{}", file.display()))?;
+            anyhow::ensure!(
+                !arrivals.is_empty(),
+                "{}: no call to replay",
+                file.display()
+            );
+            sim::replay(
+                &queues,
+                tenants,
+                &agents,
+                &arrivals,
+                traffic.service_level_seconds,
+            )
+        }
+        None => sim::simulate(&queues, tenants, &agents, traffic),
+    };
     if json {
         let body: Vec<String> = queues
             .iter()

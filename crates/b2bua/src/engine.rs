@@ -4,7 +4,11 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use centralino_config::Config;
-use centralino_routing::{OfferOutcome, Router, Transition};
+use std::sync::Arc;
+
+use centralino_routing::{
+    CallSpec, Code, OfferOutcome, Output as RouteOutput, QueueAgents, Router,
+};
 use centralino_sip::auth::DigestAuth;
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
 use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
@@ -33,6 +37,9 @@ pub enum Output {
     },
 }
 
+/// A trunk's DIDs: where each one's calls queue, with what requirements.
+type DidTable = HashMap<String, (QueueId, Arc<CallSpec>)>;
+
 /// One side of a dialog, as needed to send requests in it.
 #[derive(Clone, Debug)]
 struct Leg {
@@ -57,6 +64,8 @@ enum BState {
 #[derive(Debug)]
 struct BLeg {
     agent: AgentId,
+    /// Offer number within the call (keys its ring timer).
+    attempt: u32,
     invite_key: TxKey,
     call_id: String,
     local: String,
@@ -84,6 +93,9 @@ struct Call {
     a_tag: String,
     a_leg: Leg,
     caller: String,
+    /// B-legs ringing (one, or several with ring-all).
+    forks: Vec<BLeg>,
+    /// The B-leg that answered.
     b: Option<BLeg>,
     attempt: u32,
 }
@@ -117,11 +129,13 @@ pub struct Engine {
     router: Router,
     metrics: Metrics,
     rng: StdRng,
-    trunks: Vec<(Vec<IpAddr>, HashMap<String, QueueId>)>,
+    trunks: Vec<(Vec<IpAddr>, DidTable)>,
     queue_exit: Vec<u16>,
-    queue_gauges: Vec<(IntGauge, IntGauge)>,
+    /// Per queue: waiting calls, oldest wait, operators by state.
+    queue_gauges: Vec<(IntGauge, IntGauge, Vec<IntGauge>)>,
+    /// Per tenant: operators by state.
+    tenant_gauges: Vec<Vec<IntGauge>>,
     agent_ids: HashMap<String, AgentId>,
-    agent_tenant: Vec<String>,
     login_paused: bool,
     max_calls: usize,
     /// Admission token bucket: (tokens, last refill) when a rate is set.
@@ -161,24 +175,31 @@ impl Engine {
             .map(|a| (a.username.clone(), a.credentials.clone()))
             .collect();
         let registrar = Registrar::new(config.registrar.clone(), auth, users);
-        let mut router = Router::new(config.queues.iter().map(|q| q.routing.clone()).collect());
-        let mut agent_ids = HashMap::new();
-        let mut agent_tenant = Vec::new();
-        for a in &config.agents {
-            let id = router.add_agent(
-                now,
-                &a.username,
-                a.queues.iter().map(|&q| QueueId(q as u32)).collect(),
-            );
-            agent_ids.insert(a.username.clone(), id);
-            agent_tenant.push(config.tenants[a.tenant].clone());
-        }
-        for a in &config.agents {
-            metrics
-                .agents
-                .with_label_values(&[&config.tenants[a.tenant], "logged_out"])
-                .inc();
-        }
+        let router = Router::new(
+            now,
+            config.routing_queues(),
+            config.tenants.len(),
+            config.routing_agents(),
+        );
+        let agent_ids = config
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.username.clone(), AgentId(i as u32)))
+            .collect();
+        let states = |vec: &prometheus::IntGaugeVec, label: &str| -> Vec<IntGauge> {
+            Code::ALL
+                .iter()
+                .map(|c| vec.with_label_values(&[label, c.label()]))
+                .collect()
+        };
+        let queue_states = |name: &str| -> Vec<IntGauge> {
+            QueueAgents::default()
+                .labelled()
+                .iter()
+                .map(|(l, _)| metrics.queue_agents.with_label_values(&[name, l]))
+                .collect()
+        };
         let queue_gauges = config
             .queues
             .iter()
@@ -187,8 +208,14 @@ impl Engine {
                 (
                     metrics.queue_calls.with_label_values(&[name]),
                     metrics.queue_oldest_wait.with_label_values(&[name]),
+                    queue_states(name),
                 )
             })
+            .collect();
+        let tenant_gauges = config
+            .tenants
+            .iter()
+            .map(|t| states(&metrics.agents, t))
             .collect();
         Self {
             limits: config.sip.limits.clone(),
@@ -205,15 +232,20 @@ impl Engine {
                         t.peers.clone(),
                         t.dids
                             .iter()
-                            .map(|(d, &q)| (d.clone(), QueueId(q as u32)))
+                            .map(|(d, did)| {
+                                (
+                                    d.clone(),
+                                    (QueueId(did.queue as u32), Arc::new(did.spec.clone())),
+                                )
+                            })
                             .collect(),
                     )
                 })
                 .collect(),
             queue_exit: config.queues.iter().map(|q| q.exit_status).collect(),
             queue_gauges,
+            tenant_gauges,
             agent_ids,
-            agent_tenant,
             login_paused: config.login_paused,
             max_calls: config.sip.max_calls,
             admission: config
@@ -554,13 +586,13 @@ impl Engine {
         }
     }
 
-    fn did_queue(&self, trunk: usize, msg: &Message) -> Option<QueueId> {
+    fn did_queue(&self, trunk: usize, msg: &Message) -> Option<(QueueId, Arc<CallSpec>)> {
         let ruri = msg.request_uri()?;
         let did = match uri::classify(ruri)? {
             Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
             _ => uri::user(ruri)?.split(';').next()?,
         };
-        self.trunks[trunk].1.get(did).copied()
+        self.trunks[trunk].1.get(did).cloned()
     }
 
     /// Dispatches transaction outputs and routing decisions until quiet.
@@ -585,11 +617,13 @@ impl Engine {
                 }
             }
             let mut progressed = !events.is_empty();
-            while let Some(d) = self.router.poll_decision(now) {
+            while let Some(o) = self.router.poll_output() {
                 progressed = true;
-                self.offer(now, d.call, d.agent);
+                match o {
+                    RouteOutput::Offer(d) => self.offer(now, d.call, d.agent),
+                    RouteOutput::Reclaimed { call, agent } => self.reclaimed(now, call, agent),
+                }
             }
-            self.account_transitions();
             if !progressed {
                 break;
             }
@@ -611,27 +645,25 @@ impl Engine {
         }
     }
 
-    fn account_transitions(&mut self) {
-        let transitions: Vec<Transition> = self.router.drain_transitions().collect();
-        for t in transitions {
-            let tenant = &self.agent_tenant[t.agent.0 as usize];
-            self.metrics
-                .agents
-                .with_label_values(&[tenant, t.from.label()])
-                .dec();
-            self.metrics
-                .agents
-                .with_label_values(&[tenant, t.to.label()])
-                .inc();
-        }
-    }
-
     fn update_gauges(&mut self, now: Instant) {
-        for (i, (calls, oldest)) in self.queue_gauges.iter().enumerate() {
+        for (i, (calls, oldest, agents)) in self.queue_gauges.iter().enumerate() {
             let (n, first) = self.router.waiting(QueueId(i as u32));
             calls.set(n as i64);
             oldest.set(first.map_or(0, |t| now.saturating_duration_since(t).as_secs() as i64));
+            let counts = self.router.queue_agents(QueueId(i as u32)).labelled();
+            for (g, (_, c)) in agents.iter().zip(counts) {
+                g.set(i64::from(c));
+            }
         }
+        for (t, agents) in self.tenant_gauges.iter().enumerate() {
+            let counts = self.router.tenant_states(t);
+            for (g, c) in agents.iter().zip(counts) {
+                g.set(i64::from(c));
+            }
+        }
+        self.metrics
+            .routing_groups
+            .set(self.router.group_count() as i64);
         let stats = self.txn.stats();
         self.metrics
             .sip_retransmissions
@@ -707,7 +739,7 @@ impl Engine {
             .trunks
             .iter()
             .position(|(peers, _)| peers.contains(&flow.remote.ip()));
-        let Some(queue) = trunk.and_then(|t| self.did_queue(t, &msg)) else {
+        let Some((queue, spec)) = trunk.and_then(|t| self.did_queue(t, &msg)) else {
             // precheck guarantees both; answer rather than leave the caller hanging.
             let r = msg.response(404, reason_phrase(404), Some("x"));
             self.respond(now, &key, &r);
@@ -745,9 +777,9 @@ impl Engine {
         let qname = self.router.queue(queue).name.clone();
         let span = tracing::info_span!("call", call = %id);
         let _entered = span.clone().entered();
-        if self.router.enqueue(now, queue, id).is_err() {
+        if let Err(e) = self.router.enqueue(now, queue, id, &spec) {
             let status = self.queue_exit[queue.0 as usize];
-            warn!(queue = %qname, "queue full, call refused");
+            warn!(queue = %qname, error = %e, "call refused by the router");
             self.metrics.calls.with_label_values(&["queue_full"]).inc();
             let r = msg.response(status, reason_phrase(status), Some(&a_tag));
             self.respond(now, &key, &r);
@@ -778,6 +810,7 @@ impl Engine {
                 a_tag,
                 a_leg,
                 caller,
+                forks: Vec::new(),
                 b: None,
                 attempt: 0,
             },
@@ -796,12 +829,9 @@ impl Engine {
         let Some(binding) = self.registrar.bindings(&name).first().cloned() else {
             // Registered state and bindings disagree: log the operator out
             // and put the call back.
-            if let Some(c) = self.calls.get(&call_id) {
-                let (q, e) = (c.queue, c.enqueued);
-                self.router
-                    .offer_failed(now, q, call_id, e, agent, OfferOutcome::Rejected);
-            }
             self.router.logout(agent);
+            self.router
+                .offer_failed(now, call_id, agent, OfferOutcome::Rejected);
             return;
         };
         let flow = Flow {
@@ -837,8 +867,9 @@ impl Engine {
         let call = self.calls.get_mut(&call_id).expect("checked above");
         call.phase = Phase::Offering;
         call.attempt += 1;
-        call.b = Some(BLeg {
+        call.forks.push(BLeg {
             agent,
+            attempt: call.attempt,
             invite_key: key,
             call_id: b_call_id,
             local,
@@ -894,14 +925,30 @@ impl Engine {
             self.client.remove(&key);
             return;
         };
-        let Some(b) = call.b.as_mut().filter(|b| b.invite_key == key) else {
+        if let Some(b) = call.b.as_ref().filter(|b| b.invite_key == key) {
+            // A retransmitted 2xx of the answered leg: our ACK was lost.
+            if (200..300).contains(&code)
+                && let Some(leg) = b.dialog.clone()
+            {
+                self.send_ack(&leg, &msg);
+            }
+            return;
+        }
+        let Some(i) = call.forks.iter().position(|b| b.invite_key == key) else {
             return;
         };
+        let single = call.forks.len() == 1;
+        let b = &mut call.forks[i];
         match code {
             100 => {}
             101..=199 => {
-                b.state = BState::Ringing;
-                if !msg.body.is_empty() && code == 183 {
+                if b.state == BState::Calling {
+                    b.state = BState::Ringing;
+                    self.router.ringing(b.agent, call_id);
+                }
+                // Early media from one phone only: with ring-all, several
+                // phones' media would fight over the caller's ear.
+                if !msg.body.is_empty() && code == 183 && single {
                     let mut r = call
                         .a_invite
                         .response(183, "Session Progress", Some(&call.a_tag));
@@ -912,17 +959,13 @@ impl Engine {
                 }
             }
             200..=299 => {
-                if b.state == BState::Answered {
-                    // A retransmitted 2xx: our ACK was lost.
-                    if let Some(leg) = b.dialog.clone() {
-                        self.send_ack(&leg, &msg);
-                    }
-                    return;
-                }
+                let mut b = call.forks.swap_remove(i);
+                let losers: Vec<BLeg> = call.forks.drain(..).collect();
                 let leg = leg_from_response(&b.local, b.flow, &msg);
                 b.state = BState::Answered;
                 b.dialog = Some(leg.clone());
                 let agent = b.agent;
+                call.b = Some(b);
                 call.phase = Phase::Connected;
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
                 ok.push("Contact", &Self::contact(call.a_leg.flow));
@@ -930,7 +973,11 @@ impl Engine {
                 let (a_key, queue, enqueued, started) =
                     (call.a_key.clone(), call.queue, call.enqueued, call.started);
                 self.send_ack(&leg, &msg);
-                self.router.answered(agent, call_id);
+                // The router releases the other ring-all operators itself.
+                self.router.answered(now, agent, call_id);
+                for l in losers {
+                    self.cancel_b(now, l);
+                }
                 self.respond(now, &a_key, &ok);
                 let qname = self.router.queue(queue).name.clone();
                 self.metrics
@@ -951,16 +998,17 @@ impl Engine {
                 info!(agent = %self.router.agent(agent).name, queue = %qname, "call answered");
             }
             _ => {
-                let b = call.b.take().expect("matched above");
+                let b = call.forks.swap_remove(i);
                 self.client.remove(&key);
                 self.by_b.remove(&b.call_id);
-                call.phase = Phase::Queued;
+                if call.forks.is_empty() {
+                    call.phase = Phase::Queued;
+                }
                 let outcome = if matches!(code, 486 | 600 | 603) {
                     OfferOutcome::Rejected
                 } else {
                     OfferOutcome::NoAnswer
                 };
-                let (q, e) = (call.queue, call.enqueued);
                 self.metrics
                     .agent_offers
                     .with_label_values(&[if outcome == OfferOutcome::Rejected {
@@ -970,8 +1018,7 @@ impl Engine {
                     }])
                     .inc();
                 debug!(code, "operator refused the call");
-                self.router
-                    .offer_failed(now, q, call_id, e, b.agent, outcome);
+                self.router.offer_failed(now, call_id, b.agent, outcome);
             }
         }
     }
@@ -981,21 +1028,18 @@ impl Engine {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return;
             };
-            if call
-                .b
-                .as_ref()
-                .is_some_and(|b| b.invite_key == key && b.state != BState::Answered)
-            {
-                let b = call.b.take().expect("checked");
+            if let Some(i) = call.forks.iter().position(|b| b.invite_key == key) {
+                let b = call.forks.swap_remove(i);
                 self.by_b.remove(&b.call_id);
-                call.phase = Phase::Queued;
-                let (q, e) = (call.queue, call.enqueued);
+                if call.forks.is_empty() {
+                    call.phase = Phase::Queued;
+                }
                 self.metrics
                     .agent_offers
                     .with_label_values(&["no_answer"])
                     .inc();
                 self.router
-                    .offer_failed(now, q, call_id, e, b.agent, OfferOutcome::NoAnswer);
+                    .offer_failed(now, call_id, b.agent, OfferOutcome::NoAnswer);
             }
         }
     }
@@ -1007,17 +1051,20 @@ impl Engine {
         };
         match timer {
             CallTimer::Ring(attempt) => {
-                if call.phase != Phase::Offering || call.attempt != attempt {
+                let Some(b) = call.forks.iter().find(|b| b.attempt == attempt) else {
                     return;
-                }
-                if let Some(b) = &call.b {
-                    info!(agent = %self.router.agent(b.agent).name, "operator did not answer in time");
-                }
+                };
+                info!(agent = %self.router.agent(b.agent).name, "operator did not answer in time");
                 self.metrics
                     .agent_offers
                     .with_label_values(&["no_answer"])
                     .inc();
-                self.b_leg_failed(now, call_id, OfferOutcome::NoAnswer);
+                self.b_leg_failed(
+                    now,
+                    call_id,
+                    |b| b.attempt == attempt,
+                    OfferOutcome::NoAnswer,
+                );
             }
             CallTimer::MaxWait => {
                 if call.phase == Phase::Connected {
@@ -1069,25 +1116,12 @@ impl Engine {
             return;
         };
         self.by_a.remove(&call.a_leg.call_id);
-        match call.phase {
-            Phase::Queued => {
-                self.router.withdraw(now, call.queue, call_id);
+        if call.phase != Phase::Connected {
+            // Releases every operator still ringing for it, too.
+            self.router.withdraw(now, call_id);
+            for b in call.forks.drain(..) {
+                self.cancel_b(now, b);
             }
-            Phase::Offering => {
-                if let Some(b) = call.b.take() {
-                    let agent = b.agent;
-                    self.cancel_b(now, b);
-                    self.router.offer_failed(
-                        now,
-                        call.queue,
-                        call_id,
-                        call.enqueued,
-                        agent,
-                        OfferOutcome::Withdrawn,
-                    );
-                }
-            }
-            Phase::Connected => {}
         }
         let r = call
             .a_invite
@@ -1147,26 +1181,59 @@ impl Engine {
             // BYE in an early dialog: the caller gave up (as with CANCEL).
             (Some(_), true) => self.end_unanswered(now, call_id, 487, "cancelled"),
             // The operator's phone ended its early dialog: offer failed.
-            (Some(_), false) => self.b_leg_failed(now, call_id, OfferOutcome::Rejected),
+            (Some(_), false) => {
+                let b_call_id = msg.call_id.clone();
+                self.b_leg_failed(
+                    now,
+                    call_id,
+                    |b| b.call_id == b_call_id,
+                    OfferOutcome::Rejected,
+                );
+            }
             (None, _) => {}
         }
     }
 
-    /// The current B-leg is gone without an answer: the call returns to
-    /// its place in the queue and the operator is released.
-    fn b_leg_failed(&mut self, now: Instant, call_id: CallId, outcome: OfferOutcome) {
+    /// A ringing B-leg is gone without an answer: it is cancelled, the
+    /// operator released and, when no other leg rings, the call returns to
+    /// its place in the queue.
+    fn b_leg_failed(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        which: impl Fn(&BLeg) -> bool,
+        outcome: OfferOutcome,
+    ) {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let Some(b) = call.b.take() else {
+        let Some(i) = call.forks.iter().position(which) else {
             return;
         };
-        call.phase = Phase::Queued;
-        let (q, e) = (call.queue, call.enqueued);
-        self.by_b.remove(&b.call_id);
+        let b = call.forks.swap_remove(i);
+        if call.forks.is_empty() {
+            call.phase = Phase::Queued;
+        }
         let agent = b.agent;
         self.cancel_b(now, b);
-        self.router.offer_failed(now, q, call_id, e, agent, outcome);
+        self.router.offer_failed(now, call_id, agent, outcome);
+    }
+
+    /// The router took a reservation back (its lease ran out before we
+    /// reported anything): stop ringing that operator.
+    fn reclaimed(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let _span = self.call_span(call_id).entered();
+        warn!(agent = %self.router.agent(agent).name, "reservation lapsed, offer withdrawn");
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if let Some(i) = call.forks.iter().position(|b| b.agent == agent) {
+            let b = call.forks.swap_remove(i);
+            if call.forks.is_empty() {
+                call.phase = Phase::Queued;
+            }
+            self.cancel_b(now, b);
+        }
     }
 
     fn on_no_ack(&mut self, now: Instant, a_call_id: &str) {
@@ -1203,8 +1270,7 @@ impl Engine {
             {
                 self.send_bye(now, &mut leg);
             }
-            let wrap_up = self.router.queue(call.queue).wrap_up;
-            self.router.call_ended(now, b.agent, call_id, wrap_up);
+            self.router.call_ended(now, b.agent, call_id);
         }
         self.metrics.calls.with_label_values(&["answered"]).inc();
         info!(

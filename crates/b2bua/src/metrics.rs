@@ -57,6 +57,12 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     /// `centralino_agents{tenant,state}`
     pub agents: IntGaugeVec,
+    /// `centralino_queue_agents{queue,state}`: operators a queue reaches in
+    /// its first ring, by state available/busy/paused/logged_out (an
+    /// operator counts in each of its queues).
+    pub queue_agents: IntGaugeVec,
+    /// `centralino_routing_groups`: distinct (queue, requirement) sets.
+    pub routing_groups: IntGauge,
     /// `centralino_agent_offers_total{outcome}`
     pub agent_offers: IntCounterVec,
 }
@@ -202,6 +208,18 @@ impl Metrics {
                 "Operators by tenant and state",
                 &["tenant", "state"]
             )),
+            queue_agents: reg!(gv(
+                "centralino_queue_agents",
+                "Operators a queue reaches in its first ring, by state",
+                &["queue", "state"]
+            )),
+            routing_groups: reg!(
+                IntGauge::new(
+                    "centralino_routing_groups",
+                    "Distinct (queue, call requirement) groups in the router"
+                )
+                .expect("valid metric")
+            ),
             agent_offers: reg!(cv(
                 "centralino_agent_offers_total",
                 "Calls offered to operators by outcome",

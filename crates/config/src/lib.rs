@@ -11,7 +11,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use centralino_routing::{QueueSettings, Strategy};
+use centralino_routing::{
+    Attributes, CallSpec, Catalog, QueueSettings, Requirement, Ring, Strategy,
+};
 use centralino_sip::Limits;
 use centralino_sip::auth::{Algorithm, Credentials};
 use centralino_sip::registrar::RegistrarConfig;
@@ -163,7 +165,36 @@ struct RawTrunk {
     tenant: String,
     peers: Vec<String>,
     #[serde(default)]
-    dids: BTreeMap<String, String>,
+    dids: BTreeMap<String, RawDid>,
+}
+
+/// A DID maps to a queue name, or to a queue with what its callers need.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDid {
+    Queue(String),
+    Full(RawDidFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDidFull {
+    queue: String,
+    #[serde(default)]
+    requirements: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    fragile: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRing {
+    after_seconds: u64,
+    requirements: String,
+    #[serde(default)]
+    tenants: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +216,28 @@ struct RawQueue {
     max_waiting: usize,
     #[serde(default = "default_exit")]
     exit_status: u16,
+    #[serde(default)]
+    requirements: Option<String>,
+    #[serde(default = "default_ring_all_width")]
+    ring_all_width: u8,
+    #[serde(default = "default_weight")]
+    weight: f64,
+    #[serde(default = "default_priority_step")]
+    priority_step_seconds: u64,
+    #[serde(default)]
+    fragile_max_wait_seconds: Option<u64>,
+    #[serde(default)]
+    overflow: Vec<RawRing>,
+}
+
+fn default_ring_all_width() -> u8 {
+    3
+}
+fn default_weight() -> f64 {
+    1.0
+}
+fn default_priority_step() -> u64 {
+    60
 }
 
 fn default_strategy() -> String {
@@ -217,7 +270,18 @@ struct RawAgent {
     ha1_md5: Option<String>,
     #[serde(default)]
     ha1_sha256: Option<String>,
+    #[serde(default)]
     queues: Vec<String>,
+    #[serde(default = "default_site")]
+    site: String,
+    #[serde(default)]
+    skills: BTreeMap<String, u8>,
+    #[serde(default)]
+    languages: Vec<String>,
+}
+
+fn default_site() -> String {
+    "default".into()
 }
 
 /// Transport of a listener.
@@ -266,8 +330,17 @@ pub struct Trunk {
     pub tenant: usize,
     /// Addresses INVITEs are accepted from.
     pub peers: Vec<IpAddr>,
-    /// DID → queue index.
-    pub dids: HashMap<String, usize>,
+    /// DID → where its calls go.
+    pub dids: HashMap<String, Did>,
+}
+
+/// Where a DID's calls go and what they need.
+#[derive(Clone, Debug)]
+pub struct Did {
+    /// Queue index.
+    pub queue: usize,
+    /// Requirements, priority, fragile flag of its calls.
+    pub spec: CallSpec,
 }
 
 /// A queue: routing settings plus what the B2BUA needs.
@@ -292,6 +365,8 @@ pub struct Agent {
     pub credentials: Credentials,
     /// Queue indices served.
     pub queues: Vec<usize>,
+    /// Skills, languages, site: what requirements are matched against.
+    pub attributes: Attributes,
 }
 
 /// The validated configuration.
@@ -317,6 +392,24 @@ pub struct Config {
     pub queues: Vec<Queue>,
     /// Operators.
     pub agents: Vec<Agent>,
+    /// Skill, language, site, tenant and queue names (for expressions
+    /// given at run time, e.g. by the API).
+    pub catalog: Catalog,
+}
+
+impl Config {
+    /// The operators as the router takes them.
+    pub fn routing_agents(&self) -> Vec<(String, Attributes)> {
+        self.agents
+            .iter()
+            .map(|a| (a.username.clone(), a.attributes.clone()))
+            .collect()
+    }
+
+    /// The queues as the router takes them.
+    pub fn routing_queues(&self) -> Vec<QueueSettings> {
+        self.queues.iter().map(|q| q.routing.clone()).collect()
+    }
 }
 
 struct Problems(Vec<Problem>);
@@ -500,31 +593,82 @@ impl Config {
             })
         };
 
+        // Names first: requirement expressions are resolved against every
+        // skill, language and site some operator has, so a typo is an error
+        // here rather than a queue that waits for nobody.
+        let mut catalog = Catalog::default();
+        for t in &tenants {
+            let _ = catalog.tenant(t);
+        }
+        let queue_names: Vec<String> = raw.queues.iter().map(|q| q.name.clone()).collect();
+        for q in &queue_names {
+            let _ = catalog.queue(q);
+        }
+        for (i, a) in raw.agents.iter().enumerate() {
+            let path = format!("agents[{i}]");
+            if !valid_name(&a.site) {
+                p.add(format!("{path}.site"), "must be 1-64 of [A-Za-z0-9_-]");
+            } else if catalog.site(&a.site).is_err() {
+                p.add(format!("{path}.site"), "too many sites");
+            }
+            for (skill, level) in &a.skills {
+                if !valid_name(skill) || is_keyword(skill) {
+                    p.add(
+                        format!("{path}.skills.{skill}"),
+                        "a skill name is 1-64 of [A-Za-z0-9_-] and not lang, site, tenant, queue or true",
+                    );
+                } else if catalog.skill(skill).is_err() {
+                    p.add(format!("{path}.skills.{skill}"), "too many skills");
+                }
+                if !(1..=10).contains(level) {
+                    p.add(format!("{path}.skills.{skill}"), "level must be in 1..=10");
+                }
+            }
+            for (j, l) in a.languages.iter().enumerate() {
+                if !valid_name(l) {
+                    p.add(
+                        format!("{path}.languages[{j}]"),
+                        "must be 1-64 of [A-Za-z0-9_-]",
+                    );
+                } else if let Err(e) = catalog.language(l) {
+                    p.add(format!("{path}.languages[{j}]"), e.to_string());
+                }
+            }
+        }
+        let parse_req = |p: &mut Problems, path: String, text: &str| -> Option<Requirement> {
+            match Requirement::parse(text, &catalog) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    p.add(path, e.to_string());
+                    None
+                }
+            }
+        };
+
         let mut queues = Vec::new();
-        let mut queue_names: Vec<String> = Vec::new();
         for (i, q) in raw.queues.iter().enumerate() {
             let path = format!("queues[{i}]");
             if !valid_name(&q.name) {
                 p.add(format!("{path}.name"), "must be 1-64 of [A-Za-z0-9_-]");
             }
-            if queue_names.contains(&q.name) {
+            if queue_names[..i].contains(&q.name) {
                 p.add(
                     format!("{path}.name"),
                     format!("duplicate queue {:?}", q.name),
                 );
             }
-            queue_names.push(q.name.clone());
             let tenant = tenant_of(&mut p, format!("{path}.tenant"), &q.tenant);
-            let strategy = match q.strategy.as_str() {
-                "longest_idle" => Strategy::LongestIdle,
-                other => {
+            if q.strategy == "ring_all" && !(1..=16).contains(&q.ring_all_width) {
+                p.add(format!("{path}.ring_all_width"), "must be in 1..=16");
+            }
+            let strategy =
+                Strategy::from_name(&q.strategy, q.ring_all_width).unwrap_or_else(|| {
                     p.add(
                         format!("{path}.strategy"),
-                        format!("unknown strategy {other:?} (longest_idle)"),
+                        format!("unknown strategy {:?} ({})", q.strategy, Strategy::NAMES),
                     );
                     Strategy::LongestIdle
-                }
-            };
+                });
             nonzero(
                 &mut p,
                 &format!("{path}.ring_timeout_seconds"),
@@ -547,17 +691,71 @@ impl Config {
                     "must be a final error status in 400..=699",
                 );
             }
+            if !(q.weight.is_finite() && (0.01..=100.0).contains(&q.weight)) {
+                p.add(format!("{path}.weight"), "must be in 0.01..=100");
+            }
+            if q.priority_step_seconds > 86_400 {
+                p.add(
+                    format!("{path}.priority_step_seconds"),
+                    "must be at most 86400",
+                );
+            }
+            if let Some(f) = q.fragile_max_wait_seconds
+                && f <= q.ring_timeout_seconds
+            {
+                p.add(
+                    format!("{path}.fragile_max_wait_seconds"),
+                    "must exceed ring_timeout_seconds (fragile calls escalate one ring timeout before it)",
+                );
+            }
+            let requirement = match &q.requirements {
+                Some(text) => parse_req(&mut p, format!("{path}.requirements"), text)
+                    .unwrap_or_else(Requirement::any),
+                None => Requirement::member_of(i as u32, &q.name),
+            };
+            let mut rings = Vec::new();
+            let mut last_after = 0;
+            for (j, r) in q.overflow.iter().enumerate() {
+                let rp = format!("{path}.overflow[{j}]");
+                if r.after_seconds <= last_after {
+                    p.add(
+                        format!("{rp}.after_seconds"),
+                        "must be greater than 0 and than the previous ring's",
+                    );
+                }
+                last_after = r.after_seconds;
+                let requirement = parse_req(&mut p, format!("{rp}.requirements"), &r.requirements)
+                    .unwrap_or_else(Requirement::any);
+                let mut ring_tenants = Vec::new();
+                for (k, t) in r.tenants.iter().enumerate() {
+                    ring_tenants.push(tenant_of(&mut p, format!("{rp}.tenants[{k}]"), t) as u16);
+                }
+                rings.push(Ring {
+                    after: Duration::from_secs(r.after_seconds),
+                    requirement,
+                    tenants: ring_tenants,
+                });
+            }
+            if q.overflow.len() > 8 {
+                p.add(format!("{path}.overflow"), "at most 8 rings");
+            }
             queues.push(Queue {
                 tenant,
                 exit_status: q.exit_status,
                 routing: QueueSettings {
                     name: q.name.clone(),
+                    tenant: tenant as u16,
                     strategy,
+                    requirement,
+                    rings,
                     ring_timeout: Duration::from_secs(q.ring_timeout_seconds),
                     max_no_answer: q.max_no_answer,
                     max_wait: Duration::from_secs(q.max_wait_seconds),
                     wrap_up: Duration::from_secs(q.wrap_up_seconds),
                     max_waiting: q.max_waiting,
+                    weight: q.weight,
+                    priority_step: Duration::from_secs(q.priority_step_seconds),
+                    fragile_max_wait: q.fragile_max_wait_seconds.map(Duration::from_secs),
                 },
             });
         }
@@ -583,25 +781,37 @@ impl Config {
                 p.add(format!("{path}.peers"), "needs at least one address");
             }
             let mut dids = HashMap::new();
-            for (did, queue) in &t.dids {
+            for (did, target) in &t.dids {
+                let dp = format!("{path}.dids.{did:?}");
                 if did.is_empty() || !did.bytes().all(|b| b.is_ascii_digit() || b == b'+') {
-                    p.add(
-                        format!("{path}.dids.{did:?}"),
-                        "a DID is digits, optionally with a leading +",
-                    );
+                    p.add(dp.clone(), "a DID is digits, optionally with a leading +");
                 }
+                let (queue, spec) = match target {
+                    RawDid::Queue(q) => (q, CallSpec::default()),
+                    RawDid::Full(f) => {
+                        if !(-100..=100).contains(&f.priority) {
+                            p.add(format!("{dp}.priority"), "must be in -100..=100");
+                        }
+                        let requirement = f
+                            .requirements
+                            .as_ref()
+                            .and_then(|r| parse_req(&mut p, format!("{dp}.requirements"), r));
+                        (
+                            &f.queue,
+                            CallSpec {
+                                priority: f.priority,
+                                requirement,
+                                fragile: f.fragile,
+                            },
+                        )
+                    }
+                };
                 match queue_names.iter().position(|q| q == queue) {
                     Some(qi) if queues[qi].tenant == tenant => {
-                        dids.insert(did.clone(), qi);
+                        dids.insert(did.clone(), Did { queue: qi, spec });
                     }
-                    Some(_) => p.add(
-                        format!("{path}.dids.{did:?}"),
-                        format!("queue {queue:?} belongs to another tenant"),
-                    ),
-                    None => p.add(
-                        format!("{path}.dids.{did:?}"),
-                        format!("unknown queue {queue:?}"),
-                    ),
+                    Some(_) => p.add(dp, format!("queue {queue:?} belongs to another tenant")),
+                    None => p.add(dp, format!("unknown queue {queue:?}")),
                 }
             }
             trunks.push(Trunk {
@@ -670,11 +880,27 @@ impl Config {
                     ),
                 }
             }
+            let attributes = Attributes {
+                tenant: tenant as u16,
+                site: catalog.site_id(&a.site).unwrap_or(0),
+                skills: a
+                    .skills
+                    .iter()
+                    .filter_map(|(s, &l)| Some((catalog.skill_id(s)?, l.clamp(1, 10))))
+                    .collect(),
+                languages: a
+                    .languages
+                    .iter()
+                    .filter_map(|l| catalog.language_id(l))
+                    .fold(0u64, |m, l| m | (1 << l)),
+                queues: qs.iter().map(|&q| q as u32).collect(),
+            };
             agents.push(Agent {
                 username: a.username.clone(),
                 tenant,
                 credentials,
                 queues: qs,
+                attributes,
             });
         }
 
@@ -718,8 +944,13 @@ impl Config {
             trunks,
             queues,
             agents,
+            catalog,
         })
     }
+}
+
+fn is_keyword(s: &str) -> bool {
+    matches!(s, "lang" | "site" | "tenant" | "queue" | "true")
 }
 
 fn valid_name(s: &str) -> bool {
@@ -739,7 +970,7 @@ mod tests {
         assert_eq!(c.agents.len(), 20);
         assert_eq!(c.agents[0].username, "1001");
         assert!(c.sip.listen.iter().all(|a| a.ip().is_loopback()));
-        assert_eq!(c.trunks[0].dids.get("100"), Some(&0));
+        assert_eq!(c.trunks[0].dids.get("100").map(|d| d.queue), Some(0));
     }
 
     #[test]

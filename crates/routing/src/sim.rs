@@ -1,6 +1,7 @@
 //! Routing as code: the real [`Router`] against synthetic traffic in virtual
-//! time (Poisson arrivals, exponential handle and patience times), and the
-//! Erlang C formulas it is checked against.
+//! time (Poisson arrivals, exponential handle and patience times) or a
+//! replayed queue-event log, and the Erlang C formulas it is checked
+//! against.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use centralino_types::{AgentId, CallId, QueueId};
 
-use crate::{QueueSettings, Router};
+use crate::{Attributes, CallSpec, Output, QueueSettings, Router, SplitMix64};
 
 /// Traffic to simulate.
 #[derive(Clone, Debug)]
@@ -46,129 +47,279 @@ pub struct QueueReport {
     pub occupancy: f64,
 }
 
-/// SplitMix64: small, deterministic, good enough for traffic generation.
-struct Rng(u64);
+/// One call to play: when it arrives, where, how long it talks once
+/// answered, how long it is willing to wait.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arrival {
+    /// Seconds from the start.
+    pub at: f64,
+    /// Queue index.
+    pub queue: u32,
+    /// Handle time once answered, seconds.
+    pub handle: f64,
+    /// Patience, seconds; `None` = waits forever.
+    pub patience: Option<f64>,
+}
 
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // 53 random bits in (0, 1].
-        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+/// Poisson arrivals spread evenly over `queues`, exponential handle and
+/// patience times.
+pub fn poisson(queues: u32, traffic: &Traffic) -> Vec<Arrival> {
+    let mut rng = SplitMix64(traffic.seed);
+    let nq = queues.max(1);
+    let per_queue = traffic.rate / f64::from(nq);
+    let mut next: Vec<f64> = (0..nq).map(|_| rng.exp(1.0 / per_queue)).collect();
+    let mut out = Vec::with_capacity(traffic.calls.min(10_000_000) as usize);
+    for _ in 0..traffic.calls {
+        let (q, &at) = next
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .expect("at least one queue");
+        next[q] = at + rng.exp(1.0 / per_queue);
+        out.push(Arrival {
+            at,
+            queue: q as u32,
+            handle: rng.exp(traffic.aht_seconds),
+            patience: traffic.patience_seconds.map(|p| rng.exp(p)),
+        });
     }
+    out
+}
 
-    fn exp(&mut self, mean: f64) -> f64 {
-        -mean * self.next_f64().ln()
+/// A line of a queue-event log that cannot be replayed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct LogError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Most lines read from a queue-event log.
+pub const MAX_LOG_LINES: usize = 10_000_000;
+
+/// Reads a queue-event log: CSV lines `seconds,call,queue,event` with
+/// `event` one of `enter`, `connect`, `complete`, `abandon` (a header line
+/// starting with `seconds` and `#` comments are skipped). Each call's
+/// arrival is its `enter`; its handle time is `complete - connect` (or
+/// `default_handle` when not completed); an `abandon` gives its patience.
+/// The replay asks: with *these* operators, what would the same callers
+/// have lived?
+pub fn parse_queue_log(
+    text: &str,
+    queue_index: impl Fn(&str) -> Option<u32>,
+    default_handle: f64,
+) -> Result<Vec<Arrival>, LogError> {
+    #[derive(Default)]
+    struct Seen {
+        enter: Option<(f64, u32)>,
+        connect: Option<f64>,
+        complete: Option<f64>,
+        abandon: Option<f64>,
     }
+    let mut calls: HashMap<&str, Seen> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if line > MAX_LOG_LINES {
+            return Err(LogError {
+                line,
+                message: format!("more than {MAX_LOG_LINES} lines"),
+            });
+        }
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') || (line == 1 && l.starts_with("seconds")) {
+            continue;
+        }
+        let err = |message: String| LogError { line, message };
+        let f: Vec<&str> = l.split(',').map(str::trim).collect();
+        let [t, call, queue, event] = f[..] else {
+            return Err(err(format!(
+                "expected 4 fields seconds,call,queue,event, found {}",
+                f.len()
+            )));
+        };
+        let t: f64 = t
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| err(format!("bad time {t:?}")))?;
+        if call.is_empty() || call.len() > 128 {
+            return Err(err("call id must be 1-128 characters".into()));
+        }
+        let seen = calls.entry(call).or_insert_with(|| {
+            order.push(call);
+            Seen::default()
+        });
+        match event {
+            "enter" => {
+                let q =
+                    queue_index(queue).ok_or_else(|| err(format!("unknown queue {queue:?}")))?;
+                seen.enter = Some((t, q));
+            }
+            "connect" => seen.connect = Some(t),
+            "complete" => seen.complete = Some(t),
+            "abandon" => seen.abandon = Some(t),
+            other => {
+                return Err(err(format!(
+                    "unknown event {other:?} (enter, connect, complete, abandon)"
+                )));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for call in order {
+        let s = &calls[call];
+        let Some((at, queue)) = s.enter else {
+            continue;
+        };
+        let handle = match (s.connect, s.complete) {
+            (Some(c), Some(e)) if e >= c => e - c,
+            _ => default_handle,
+        };
+        out.push(Arrival {
+            at,
+            queue,
+            handle,
+            patience: s.abandon.map(|a| (a - at).max(0.0)),
+        });
+    }
+    out.sort_by(|a, b| a.at.total_cmp(&b.at));
+    Ok(out)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
-    Arrival(u32),
+    Arrival(u64),
     Done(u64),
     GiveUp(u64),
-    /// A wrap-up ended: waiting calls may move.
-    Wake,
 }
 
-/// Runs the simulation: every operator (name, queues) logged in at start.
+/// Runs synthetic traffic: every operator logged in at start.
 pub fn simulate(
     queues: &[QueueSettings],
-    agents: &[(String, Vec<QueueId>)],
+    tenants: usize,
+    agents: &[(String, Attributes)],
     traffic: &Traffic,
+) -> Vec<QueueReport> {
+    let arrivals = poisson(queues.len() as u32, traffic);
+    replay(
+        queues,
+        tenants,
+        agents,
+        &arrivals,
+        traffic.service_level_seconds,
+    )
+}
+
+/// Plays these arrivals through the real router in virtual time; every
+/// operator logged in at start and answering at once when offered.
+pub fn replay(
+    queues: &[QueueSettings],
+    tenants: usize,
+    agents: &[(String, Attributes)],
+    arrivals: &[Arrival],
+    service_level_seconds: f64,
 ) -> Vec<QueueReport> {
     let t0 = Instant::now();
     let at = |s: f64| t0 + Duration::from_secs_f64(s.max(0.0));
-    let mut router = Router::new(queues.to_vec());
-    for (name, qs) in agents {
-        let id = router.add_agent(t0, name, qs.clone());
-        router.login(t0, id, false);
+    let mut router = Router::new(t0, queues.to_vec(), tenants, agents.to_vec());
+    for i in 0..agents.len() {
+        router.login(t0, AgentId(i as u32), false);
     }
-    let mut rng = Rng(traffic.seed);
     let nq = queues.len().max(1);
-    let per_queue_rate = traffic.rate / nq as f64;
     let mut events: BinaryHeap<Reverse<(u64, Event)>> = BinaryHeap::new();
     // Virtual time in nanoseconds keeps the heap ordering exact.
     let ns = |s: f64| (s * 1e9) as u64;
-    for q in 0..nq as u32 {
-        events.push(Reverse((
-            ns(rng.exp(1.0 / per_queue_rate)),
-            Event::Arrival(q),
-        )));
+    for (i, a) in arrivals.iter().enumerate() {
+        events.push(Reverse((ns(a.at), Event::Arrival(i as u64))));
     }
-    let mut generated = 0u64;
-    let mut waiting: HashMap<u64, (QueueId, f64)> = HashMap::new();
     let mut reports = vec![QueueReport::default(); nq];
     let mut within = vec![0u64; nq];
     let mut wait_sum = vec![0.0f64; nq];
-    let mut busy = vec![0.0f64; agents.len()];
-    let mut serving: HashMap<u64, (AgentId, f64, QueueId)> = HashMap::new();
+    let mut busy = vec![0.0f64; nq];
+    let mut serving: HashMap<u64, (AgentId, f64)> = HashMap::new();
     let mut end = 0.0f64;
-    while let Some(Reverse((t_ns, ev))) = events.pop() {
+    let spec = CallSpec::default();
+    loop {
+        let next_event = events.peek().map(|Reverse((t, _))| *t);
+        let next_timer = router
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(t0).as_nanos() as u64);
+        let t_ns = match (next_event, next_timer) {
+            (None, None) => break,
+            (Some(e), Some(t)) if t < e => t,
+            (Some(e), _) => e,
+            (None, Some(t)) => {
+                // Only timers left and nobody waiting: done.
+                if serving.is_empty()
+                    && reports
+                        .iter()
+                        .all(|r| r.offered == r.answered + r.abandoned)
+                {
+                    break;
+                }
+                t
+            }
+        };
         let now_s = t_ns as f64 / 1e9;
-        end = now_s;
+        end = end.max(now_s);
         let now = at(now_s);
         router.handle_timeout(now);
-        match ev {
-            Event::Arrival(q) => {
-                if generated >= traffic.calls {
-                    continue;
-                }
-                let id = generated;
-                generated += 1;
-                let qid = QueueId(q);
-                reports[q as usize].offered += 1;
-                if router.enqueue(now, qid, CallId(id)).is_ok() {
-                    waiting.insert(id, (qid, now_s));
-                    if let Some(p) = traffic.patience_seconds {
-                        events.push(Reverse((ns(now_s + rng.exp(p)), Event::GiveUp(id))));
-                    }
-                } else {
-                    reports[q as usize].abandoned += 1;
-                }
-                events.push(Reverse((
-                    ns(now_s + rng.exp(1.0 / per_queue_rate)),
-                    Event::Arrival(q),
-                )));
-            }
-            Event::Done(id) => {
-                if let Some((a, started, qid)) = serving.remove(&id) {
-                    busy[a.0 as usize] += now_s - started;
-                    let wrap = router.queue(qid).wrap_up;
-                    router.call_ended(now, a, CallId(id), wrap);
-                    if !wrap.is_zero() {
-                        events.push(Reverse((ns(now_s + wrap.as_secs_f64()), Event::Wake)));
+        if next_event == Some(t_ns) {
+            let Some(Reverse((_, ev))) = events.pop() else {
+                break;
+            };
+            match ev {
+                Event::Arrival(i) => {
+                    let a = &arrivals[i as usize];
+                    let q = (a.queue as usize).min(nq - 1);
+                    reports[q].offered += 1;
+                    if router
+                        .enqueue(now, QueueId(q as u32), CallId(i), &spec)
+                        .is_ok()
+                    {
+                        if let Some(p) = a.patience {
+                            events.push(Reverse((ns(now_s + p), Event::GiveUp(i))));
+                        }
+                    } else {
+                        reports[q].abandoned += 1;
                     }
                 }
-            }
-            Event::Wake => {}
-            Event::GiveUp(id) => {
-                if let Some((qid, _)) = waiting.get(&id).copied()
-                    && router.withdraw(now, qid, CallId(id)).is_some()
-                {
-                    waiting.remove(&id);
-                    reports[qid.0 as usize].abandoned += 1;
+                Event::Done(i) => {
+                    if let Some((agent, started)) = serving.remove(&i) {
+                        let q = (arrivals[i as usize].queue as usize).min(nq - 1);
+                        busy[q] += now_s - started;
+                        router.call_ended(now, agent, CallId(i));
+                    }
+                }
+                Event::GiveUp(i) => {
+                    if !serving.contains_key(&i) && router.withdraw(now, CallId(i)).is_some() {
+                        let q = (arrivals[i as usize].queue as usize).min(nq - 1);
+                        reports[q].abandoned += 1;
+                    }
                 }
             }
         }
-        while let Some(d) = router.poll_decision(now) {
-            let Some((qid, arrived)) = waiting.remove(&d.call.0) else {
+        while let Some(o) = router.poll_output() {
+            let Output::Offer(d) = o else { continue };
+            if serving.contains_key(&d.call.0) {
+                // Ring-all: another operator already answered.
                 continue;
-            };
-            router.answered(d.agent, d.call);
-            let q = qid.0 as usize;
-            let wait = now_s - arrived;
+            }
+            router.answered(now, d.agent, d.call);
+            let i = d.call.0;
+            let q = d.queue.0 as usize;
+            let wait = d.waited.as_secs_f64();
             reports[q].answered += 1;
             wait_sum[q] += wait;
-            if wait <= traffic.service_level_seconds {
+            if wait <= service_level_seconds {
                 within[q] += 1;
             }
-            serving.insert(d.call.0, (d.agent, now_s, qid));
-            let done = now_s + rng.exp(traffic.aht_seconds);
-            events.push(Reverse((ns(done), Event::Done(d.call.0))));
+            serving.insert(i, (d.agent, now_s));
+            let done = now_s + arrivals[i as usize].handle;
+            events.push(Reverse((ns(done), Event::Done(i))));
         }
     }
     for (q, r) in reports.iter_mut().enumerate() {
@@ -188,15 +339,12 @@ pub fn simulate(
         } else {
             r.abandoned as f64 / r.offered as f64
         };
-        let members: Vec<usize> = agents
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, qs))| qs.contains(&QueueId(q as u32)))
-            .map(|(i, _)| i)
-            .collect();
-        let capacity = members.len() as f64 * end;
+        // Operators a queue reaches in its first ring (multi-queue
+        // operators count in each of their queues).
+        let members = router.queue_agents(QueueId(q as u32)).members;
+        let capacity = f64::from(members) * end;
         r.occupancy = if capacity > 0.0 {
-            members.iter().map(|&i| busy[i]).sum::<f64>() / capacity
+            (busy[q] / capacity).min(1.0)
         } else {
             0.0
         };
@@ -229,18 +377,26 @@ pub fn erlang_c_asa(n: u32, a: f64, aht: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Strategy;
 
     fn queue() -> QueueSettings {
-        QueueSettings {
-            name: "q".into(),
-            strategy: Strategy::LongestIdle,
-            ring_timeout: Duration::from_secs(15),
-            max_no_answer: 3,
-            max_wait: Duration::from_secs(3600),
-            wrap_up: Duration::ZERO,
-            max_waiting: usize::MAX,
-        }
+        let mut q = QueueSettings::new("q", QueueId(0), 0);
+        q.max_wait = Duration::from_secs(3600);
+        q.max_waiting = usize::MAX;
+        q
+    }
+
+    fn members(n: u32) -> Vec<(String, Attributes)> {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("{i}"),
+                    Attributes {
+                        queues: vec![0],
+                        ..Attributes::default()
+                    },
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -267,9 +423,7 @@ mod tests {
                 service_level_seconds: 20.0,
                 seed: 7 + u64::from(n),
             };
-            let agents: Vec<(String, Vec<QueueId>)> =
-                (0..n).map(|i| (format!("{i}"), vec![QueueId(0)])).collect();
-            let r = &simulate(&[queue()], &agents, &traffic)[0];
+            let r = &simulate(&[queue()], 1, &members(n), &traffic)[0];
             let sl = erlang_c_service_level(n, a, aht, 20.0);
             let asa = erlang_c_asa(n, a, aht);
             assert_eq!(r.offered, calls);
@@ -305,12 +459,37 @@ mod tests {
             seed: 1,
         };
         // 2 calls/s × 60 s = 120 erlangs on 50 operators: heavy abandonment.
-        let agents: Vec<(String, Vec<QueueId>)> = (0..50)
-            .map(|i| (format!("{i}"), vec![QueueId(0)]))
-            .collect();
-        let r = &simulate(&[queue()], &agents, &traffic)[0];
+        let r = &simulate(&[queue()], 1, &members(50), &traffic)[0];
         assert_eq!(r.answered + r.abandoned, r.offered);
         assert!(r.abandon_rate > 0.3, "{r:?}");
         assert!(r.occupancy > 0.9, "{r:?}");
+    }
+
+    #[test]
+    fn replays_a_queue_log_with_fewer_operators() {
+        let log = "seconds,call,queue,event\n\
+                   0,a,q,enter\n1,a,q,connect\n61,a,q,complete\n\
+                   0.5,b,q,enter\n2,b,q,connect\n62,b,q,complete\n\
+                   # a comment\n\
+                   1,c,q,enter\n31,c,q,abandon\n";
+        let arrivals = parse_queue_log(log, |q| (q == "q").then_some(0), 120.0).unwrap();
+        assert_eq!(arrivals.len(), 3);
+        assert_eq!(arrivals[0].handle, 60.0);
+        assert_eq!(arrivals[2].patience, Some(30.0));
+        // One operator: a is answered at once, b waits 60 s (SL 20 s
+        // missed), c gives up after 30 s.
+        let r = &replay(&[queue()], 1, &members(1), &arrivals, 20.0)[0];
+        assert_eq!((r.offered, r.answered, r.abandoned), (3, 2, 1));
+        assert!((r.asa_seconds - 29.75).abs() < 1e-6, "{r:?}");
+        for (bad, want) in [
+            ("0,a,q\n", "expected 4 fields"),
+            ("x,a,q,enter\n", "bad time"),
+            ("0,a,nope,enter\n", "unknown queue"),
+            ("0,a,q,dance\n", "unknown event"),
+        ] {
+            let e = parse_queue_log(bad, |q| (q == "q").then_some(0), 1.0).unwrap_err();
+            assert!(e.to_string().contains(want), "{bad}: {e}");
+            assert_eq!(e.line, 1);
+        }
     }
 }
