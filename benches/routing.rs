@@ -50,17 +50,6 @@ static GLOBAL: Counting = Counting;
 
 const TENANTS: u32 = 50;
 const SKILLS: u32 = 500;
-const STRATEGIES: [Strategy; 9] = [
-    Strategy::LongestIdle,
-    Strategy::MostProficient,
-    Strategy::LeastTalkTime,
-    Strategy::FewestCalls,
-    Strategy::RoundRobin,
-    Strategy::Linear,
-    Strategy::Random,
-    Strategy::WeightedRandom,
-    Strategy::RingAll(3),
-];
 
 /// Queue k needs skill k at level ≥ 3 and belongs to tenant k / 10; each
 /// tenant's operators hold 3–10 of its 10 skills. `ring_all` false keeps
@@ -78,7 +67,7 @@ fn world(agents: u32, ring_all: bool) -> Router {
         .map(|k| {
             let mut q = QueueSettings::new(&format!("q{k}"), QueueId(k), (k / 10) as u16);
             q.requirement = Requirement::parse(&format!("s{k} >= 3"), &cat).unwrap();
-            let s = STRATEGIES[(k % 9) as usize];
+            let s = Strategy::EACH[(k % 9) as usize];
             q.strategy = if !ring_all && matches!(s, Strategy::RingAll(_)) {
                 Strategy::LongestIdle
             } else {

@@ -228,6 +228,12 @@ struct RawQueue {
     fragile_max_wait_seconds: Option<u64>,
     #[serde(default)]
     overflow: Vec<RawRing>,
+    #[serde(default = "default_retry")]
+    retry_seconds: u64,
+}
+
+fn default_retry() -> u64 {
+    5
 }
 
 fn default_ring_all_width() -> u8 {
@@ -694,6 +700,9 @@ impl Config {
             if !(q.weight.is_finite() && (0.01..=100.0).contains(&q.weight)) {
                 p.add(format!("{path}.weight"), "must be in 0.01..=100");
             }
+            if !(1..=3600).contains(&q.retry_seconds) {
+                p.add(format!("{path}.retry_seconds"), "must be in 1..=3600");
+            }
             if q.priority_step_seconds > 86_400 {
                 p.add(
                     format!("{path}.priority_step_seconds"),
@@ -756,6 +765,7 @@ impl Config {
                     weight: q.weight,
                     priority_step: Duration::from_secs(q.priority_step_seconds),
                     fragile_max_wait: q.fragile_max_wait_seconds.map(Duration::from_secs),
+                    retry: Duration::from_secs(q.retry_seconds),
                 },
             });
         }
@@ -1015,6 +1025,117 @@ queues = ["info"]
             "agents[0]",
         ] {
             assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+
+    const SKILLED: &str = r#"
+[[tenants]]
+name = "asl1"
+[[tenants]]
+name = "asl2"
+[[queues]]
+name = "vaccini"
+tenant = "asl1"
+strategy = "most_proficient"
+requirements = "vaccini >= 5 && lang == \"it\""
+fragile_max_wait_seconds = 120
+[[queues.overflow]]
+after_seconds = 30
+requirements = "vaccini >= 2"
+[[queues.overflow]]
+after_seconds = 90
+requirements = "vaccini"
+tenants = ["asl2"]
+[[queues]]
+name = "triage"
+tenant = "asl1"
+strategy = "ring_all"
+ring_all_width = 2
+requirements = "triage"
+weight = 2.0
+[[trunks]]
+name = "t"
+tenant = "asl1"
+peers = ["127.0.0.1"]
+dids = { "100" = "vaccini", "101" = { queue = "vaccini", requirements = "lang == \"en\"", priority = 3, fragile = true } }
+[[agents]]
+username = "1001"
+password = "x"
+tenant = "asl1"
+site = "roma"
+skills = { vaccini = 7, triage = 3 }
+languages = ["it", "en"]
+[[agents]]
+username = "2001"
+password = "x"
+tenant = "asl2"
+skills = { vaccini = 9 }
+languages = ["it"]
+"#;
+
+    #[test]
+    fn skills_queues_rings_and_dids_load() {
+        let c = Config::from_toml(SKILLED).unwrap();
+        let q = &c.queues[0].routing;
+        assert_eq!(q.strategy, Strategy::MostProficient);
+        assert_eq!(q.rings.len(), 2);
+        assert_eq!(q.rings[1].tenants, vec![1]);
+        assert_eq!(q.fragile_max_wait, Some(Duration::from_secs(120)));
+        assert_eq!(c.queues[1].routing.strategy, Strategy::RingAll(2));
+        let did = &c.trunks[0].dids["101"];
+        assert_eq!(
+            (did.queue, did.spec.priority, did.spec.fragile),
+            (0, 3, true)
+        );
+        assert!(did.spec.requirement.is_some());
+        let a = &c.agents[0].attributes;
+        assert!(q.requirement.matches(a));
+        // The expression alone admits 2001 too; the router restricts ring 0
+        // to the queue's tenant and ring 2 admits asl2 by agreement.
+        assert!(q.requirement.matches(&c.agents[1].attributes));
+        assert_eq!(c.agents[1].tenant, 1);
+    }
+
+    #[test]
+    fn routing_errors_name_their_key() {
+        let bad = SKILLED
+            .replace("vaccini >= 5 &&", "vacini >= 5 &&")
+            .replace("strategy = \"most_proficient\"", "strategy = \"fastest\"")
+            .replace("after_seconds = 90", "after_seconds = 20")
+            .replace("tenants = [\"asl2\"]", "tenants = [\"asl9\"]")
+            .replace("ring_all_width = 2", "ring_all_width = 40")
+            .replace("weight = 2.0", "weight = 0.0")
+            .replace("priority = 3", "priority = 300")
+            .replace(
+                "skills = { vaccini = 9 }",
+                "skills = { vaccini = 11, lang = 2 }",
+            )
+            .replace(
+                "fragile_max_wait_seconds = 120",
+                "fragile_max_wait_seconds = 10",
+            )
+            .replace("languages = [\"it\"]\n", "languages = [\"i t\"]\n");
+        let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "queues[0].requirements: at byte 0: unknown skill \"vacini\"",
+            "queues[0].strategy: unknown strategy \"fastest\"",
+            "queues[0].overflow[1].after_seconds",
+            "queues[0].overflow[1].tenants[0]: unknown tenant \"asl9\"",
+            "queues[0].fragile_max_wait_seconds",
+            "queues[1].ring_all_width",
+            "queues[1].weight",
+            "trunks[0].dids.\"101\".priority",
+            "agents[1].skills.vaccini: level must be in 1..=10",
+            "agents[1].skills.lang",
+            "agents[1].languages[0]",
+        ] {
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want} missing from {text:#?}"
+            );
         }
     }
 }

@@ -56,6 +56,19 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// One of each (ring-all 3 wide), for tests and benches.
+    pub const EACH: [Self; 9] = [
+        Self::LongestIdle,
+        Self::MostProficient,
+        Self::LeastTalkTime,
+        Self::FewestCalls,
+        Self::RoundRobin,
+        Self::Linear,
+        Self::Random,
+        Self::WeightedRandom,
+        Self::RingAll(3),
+    ];
+
     /// Config names, for errors.
     pub const NAMES: &'static str = "longest_idle, most_proficient, least_talk_time, fewest_calls, round_robin, linear, random, weighted_random, ring_all";
 
@@ -118,6 +131,9 @@ pub struct QueueSettings {
     pub priority_step: Duration,
     /// A fragile caller's guaranteed maximum wait; `None` = no guarantee.
     pub fragile_max_wait: Option<Duration>,
+    /// When every free operator has tried a call, how long before they are
+    /// offered it again.
+    pub retry: Duration,
 }
 
 impl QueueSettings {
@@ -137,6 +153,7 @@ impl QueueSettings {
             weight: 1.0,
             priority_step: Duration::from_secs(60),
             fragile_max_wait: None,
+            retry: Duration::from_secs(5),
         }
     }
 }
@@ -368,6 +385,7 @@ struct CallSlot {
     fragile: bool,
     tried: Vec<u32>,
     offers: Vec<u32>,
+    retries: u32,
 }
 
 /// A heap entry: (class, key, seq, slot, ticket); min first.
@@ -487,6 +505,7 @@ enum Timer {
     Fragile(u32, u64),
     WrapUp(u32, u32),
     Lease(u32, u32),
+    Retry(u32, u64, u32),
 }
 
 /// The router. One owner drives it (`&mut self`); other threads read the
@@ -514,6 +533,8 @@ pub struct Router {
     out: VecDeque<Output>,
     by_tenant: Vec<[u32; 7]>,
     scratch: Vec<WaitEntry>,
+    skip_heap: Vec<Reverse<(u64, u64, u32, u32)>>,
+    skip_pos: Vec<(u32, u32)>,
     rng: SplitMix64,
 }
 
@@ -596,6 +617,8 @@ impl Router {
             out: VecDeque::new(),
             by_tenant: vec![[0; 7]; tenants.max(1)],
             scratch: Vec::with_capacity(SCAN),
+            skip_heap: Vec::with_capacity(SCAN + 1),
+            skip_pos: Vec::with_capacity(SCAN + 1),
             rng: SplitMix64(0x5EED_0FCE_474A_1100),
         };
         for (name, mut attributes) in agents {
@@ -1107,6 +1130,7 @@ impl Router {
             fragile: false,
             tried: Vec::new(),
             offers: Vec::new(),
+            retries: 0,
         });
         (self.calls.len() - 1) as u32
     }
@@ -1190,7 +1214,7 @@ impl Router {
         if fragile && let Some(delay) = fragile_in {
             self.timers.arm(t, delay, Timer::Fragile(s, seq));
         }
-        if !self.match_call(t, s, false) {
+        if !self.match_call(t, s) {
             self.place(s);
         }
         Ok(())
@@ -1226,13 +1250,16 @@ impl Router {
     }
 
     /// Picks an available operator from a pool for call slot `s`, skipping
-    /// those the call already tried unless `allow_tried`. The operator is
+    /// those the call already tried. The operator is
     /// taken on the board (CAS); stale entries met on the way are dropped.
-    fn pick(&mut self, pool: u32, s: u32, allow_tried: bool) -> Option<u32> {
+    fn pick(&mut self, pool: u32, s: u32) -> Option<u32> {
         let board: &Board = &self.board;
         let rng = &mut self.rng;
+        // Reused scratch for operators set aside (tried): no allocation.
+        let skip_heap = &mut self.skip_heap;
+        let skip_pos = &mut self.skip_pos;
         let tried = &self.calls[s as usize].tried;
-        let ok = |a: u32| allow_tried || !tried.contains(&a);
+        let ok = |a: u32| !tried.contains(&a);
         let valid = |a: u32, v: u32| {
             let b = board.load(a as usize);
             b.code == Code::Available && b.version == v
@@ -1250,7 +1277,7 @@ impl Router {
                 .find_map(|q| Self::pick_fifo(q, &valid, &ok)),
             Index::Heap(h) => {
                 let mut chosen = None;
-                let mut skipped = Vec::new();
+                let skipped = &mut *skip_heap;
                 while let Some(&Reverse(e)) = h.peek() {
                     let (_, _, a, v) = e;
                     if !valid(a, v) {
@@ -1268,12 +1295,12 @@ impl Router {
                     h.pop();
                     skipped.push(Reverse(e));
                 }
-                h.extend(skipped);
+                h.extend(skipped.drain(..));
                 chosen
             }
             Index::Fenwick(f) => {
                 let mut chosen = None;
-                let mut skipped: Vec<(u32, u32)> = Vec::new();
+                let skipped = &mut *skip_pos;
                 loop {
                     let pos = match strategy {
                         Strategy::Linear => f.first_from(0),
@@ -1305,7 +1332,7 @@ impl Router {
                     chosen = Some((a, v));
                     break;
                 }
-                for (pos, w) in skipped {
+                for (pos, w) in skipped.drain(..) {
                     f.set(pos, w);
                 }
                 chosen
@@ -1317,7 +1344,7 @@ impl Router {
             Err(_) => {
                 // Taken by another thread in between: learn it, try again.
                 self.sync_agent(AgentId(a));
-                self.pick(pool, s, allow_tried)
+                self.pick(pool, s)
             }
         }
     }
@@ -1351,9 +1378,9 @@ impl Router {
         None
     }
 
-    /// Looks for operators for a waiting call; offers if found. Returns
-    /// whether an offer was made.
-    fn match_call(&mut self, t: i64, s: u32, fallback: bool) -> bool {
+    /// Looks for operators for a waiting call among those it has not tried;
+    /// offers if found. Returns whether an offer was made.
+    fn match_call(&mut self, t: i64, s: u32) -> bool {
         let c = &self.calls[s as usize];
         let group = c.group as usize;
         let step = c.step as usize;
@@ -1364,20 +1391,15 @@ impl Router {
         // A fixed array: a decision allocates nothing.
         let mut got = [0u32; MAX_RING_ALL];
         let mut n = 0;
-        for allow_tried in [false, true] {
-            if allow_tried && (!fallback || n > 0) {
-                break;
-            }
-            for r in 0..=step {
-                let pool = self.groups[group].pools[r];
-                while n < want {
-                    match self.pick(pool, s, allow_tried) {
-                        Some(a) => {
-                            got[n] = a;
-                            n += 1;
-                        }
-                        None => break,
+        for r in 0..=step {
+            let pool = self.groups[group].pools[r];
+            while n < want {
+                match self.pick(pool, s) {
+                    Some(a) => {
+                        got[n] = a;
+                        n += 1;
                     }
+                    None => break,
                 }
             }
         }
@@ -1503,12 +1525,23 @@ impl Router {
         let &s = self.slot_of.get(&call)?;
         let waited = t - self.calls[s as usize].enqueued;
         self.unplace(s);
-        let offers = std::mem::take(&mut self.calls[s as usize].offers);
-        self.free_slot(s);
-        for a in offers {
-            self.release(t, a, call, OfferOutcome::Withdrawn);
-        }
+        self.free_offers(t, s, call, None);
         Some(Duration::from_nanos(waited.max(0) as u64))
+    }
+
+    /// Frees a call's slot and releases the operators still reserved for
+    /// it (all but `keep`). The offers list goes back to the free slot so
+    /// its capacity is reused: no allocation per call.
+    fn free_offers(&mut self, t: i64, s: u32, call: CallId, keep: Option<u32>) {
+        let mut offers = std::mem::take(&mut self.calls[s as usize].offers);
+        self.free_slot(s);
+        for &o in &offers {
+            if Some(o) != keep {
+                self.release(t, o, call, OfferOutcome::Withdrawn);
+            }
+        }
+        offers.clear();
+        self.calls[s as usize].offers = offers;
     }
 
     /// The operator's phone rings (180 from its leg).
@@ -1580,8 +1613,16 @@ impl Router {
             && self.calls[s as usize].id == call
         {
             self.unplace(s);
-            if !self.match_call(t, s, true) {
+            if !self.match_call(t, s) {
                 self.place(s);
+                // Everyone free has tried it: retry them after the queue's
+                // delay, not at once (an operator refusing with 486 would
+                // otherwise be re-rung in a tight loop).
+                let c = &mut self.calls[s as usize];
+                c.retries = c.retries.wrapping_add(1);
+                let (seq, n) = (c.seq, c.retries);
+                let delay = ns(self.queues[c.queue as usize].settings.retry);
+                self.timers.arm(t, delay, Timer::Retry(s, seq, n));
             }
         }
     }
@@ -1601,17 +1642,7 @@ impl Router {
         agent_data.answered_at = t;
         self.set(a, AgentState::OnCall(call));
         if let Some(&s) = self.slot_of.get(&call) {
-            let others: Vec<u32> = self.calls[s as usize]
-                .offers
-                .iter()
-                .copied()
-                .filter(|&x| x != a)
-                .collect();
-            self.calls[s as usize].offers.clear();
-            self.free_slot(s);
-            for o in others {
-                self.release(t, o, call, OfferOutcome::Withdrawn);
-            }
+            self.free_offers(t, s, call, Some(a));
         }
     }
 
@@ -1675,6 +1706,16 @@ impl Router {
                     }
                 }
                 Timer::Step(s, seq) => self.advance(t, s, seq, false),
+                Timer::Retry(s, seq, n) => {
+                    let c = &mut self.calls[s as usize];
+                    if c.status == CallStatus::Waiting && c.seq == seq && c.retries == n {
+                        c.tried.clear();
+                        self.unplace(s);
+                        if !self.match_call(t, s) {
+                            self.place(s);
+                        }
+                    }
+                }
                 Timer::Fragile(s, seq) => self.advance(t, s, seq, true),
             }
         }
@@ -1710,7 +1751,7 @@ impl Router {
         if !urgent && let Some(delay) = next_timer {
             self.timers.arm(t, delay, Timer::Step(s, seq));
         }
-        if waiting && !self.match_call(t, s, false) {
+        if waiting && !self.match_call(t, s) {
             self.place(s);
         }
     }

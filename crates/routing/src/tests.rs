@@ -141,18 +141,25 @@ fn no_answer_moves_on_and_pauses_after_max() {
     r.offer_failed(t0 + S, CallId(1), a, OfferOutcome::NoAnswer);
     assert_eq!(one(&mut r).agent, b, "the call moves to the next operator");
     r.offer_failed(t0 + 2 * S, CallId(1), b, OfferOutcome::NoAnswer);
+    assert!(offers(&mut r).is_empty(), "everyone free tried it: wait");
+    r.handle_timeout(t0 + 6 * S);
+    assert!(offers(&mut r).is_empty());
+    r.handle_timeout(t0 + 7 * S);
     assert_eq!(
         one(&mut r).agent,
         a,
-        "everyone tried: retry the longest idle"
+        "after the retry delay: the longest idle"
     );
-    r.offer_failed(t0 + 3 * S, CallId(1), a, OfferOutcome::NoAnswer);
+    r.offer_failed(t0 + 8 * S, CallId(1), a, OfferOutcome::NoAnswer);
     assert_eq!(r.agent(a).state, AgentState::Paused(PauseReason::NoAnswer));
     assert_eq!(one(&mut r).agent, b);
-    r.offer_failed(t0 + 4 * S, CallId(1), b, OfferOutcome::Rejected);
-    // b rejected (not a miss): the call goes back to b, the only one left.
+    // Busy (486) is not a miss, and is not re-rung at once either.
+    r.offer_failed(t0 + 9 * S, CallId(1), b, OfferOutcome::Rejected);
+    assert!(offers(&mut r).is_empty());
+    assert_eq!(r.agent(b).missed, 1, "its miss at 2 s; 486 adds none");
+    r.handle_timeout(t0 + 14 * S);
     assert_eq!(one(&mut r).agent, b);
-    r.offer_failed(t0 + 5 * S, CallId(1), b, OfferOutcome::Withdrawn);
+    r.offer_failed(t0 + 15 * S, CallId(1), b, OfferOutcome::Withdrawn);
     assert_eq!(r.agent(b).state, AgentState::Available);
     assert_eq!(r.waiting(QueueId(0)).0, 0);
 }
@@ -532,11 +539,13 @@ fn a_lapsed_reservation_returns_the_call_to_its_place() {
             agent: AgentId(0)
         })
     );
-    // Operator 0 missed it and is available again; call 1 is tried by 0
-    // but 0 is the only one free: offered again.
+    // Operator 0 missed it and is available again; call 1 has tried 0 and
+    // nobody else is free: offered again after the retry delay.
+    assert!(r.poll_output().is_none());
+    assert_eq!(r.agent(AgentId(0)).missed, 1);
+    r.handle_timeout(t0 + 25 * S);
     let d = one(&mut r);
     assert_eq!((d.call, d.agent), (CallId(1), AgentId(0)));
-    assert_eq!(r.agent(AgentId(0)).missed, 1);
 }
 
 /// An operator in two queues takes the call with the best aged wait,
