@@ -142,10 +142,15 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn start(scratch: &Scratch, cfg: &NodeConfig) -> Self {
+        Self::start_toml(scratch, |sip, http| cfg.toml(sip, http))
+    }
+
+    /// A node on a configuration written by `toml(sip_port, http_port)`.
+    pub(crate) fn start_toml(scratch: &Scratch, toml: impl FnOnce(u16, u16) -> String) -> Self {
         let sip_port = free_port();
         let http_port = free_port();
         let conf = scratch.path("centralino.toml");
-        std::fs::write(&conf, cfg.toml(sip_port, http_port)).expect("write config");
+        std::fs::write(&conf, toml(sip_port, http_port)).expect("write config");
         let log = scratch.path("centralino.log");
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_centralino"))
