@@ -81,7 +81,11 @@ fn parse(bytes: &[u8]) -> Message {
 
 impl Harness {
     fn new() -> Self {
-        let config = Config::from_toml(CONFIG).unwrap();
+        Self::with(CONFIG)
+    }
+
+    fn with(config: &str) -> Self {
+        let config = Config::from_toml(config).unwrap();
         let metrics = Metrics::new();
         let now = Instant::now();
         let engine = Engine::new(&config, metrics.clone(), [9; 32], now);
@@ -535,4 +539,63 @@ fn admission_rate_limits_new_calls() {
     h.advance(Duration::from_millis(500));
     assert!(admitted(&mut h, "r4"), "half a second refills one token");
     assert!(!admitted(&mut h, "r5"));
+}
+
+/// Ring-all: both phones ring, the first 200 wins, the other phone gets a
+/// CANCEL and its operator is free again at once; everything drains.
+#[test]
+fn ring_all_forks_and_the_first_answer_wins() {
+    let config = CONFIG.replace(
+        "ring_timeout_seconds = 2",
+        "ring_timeout_seconds = 2\nstrategy = \"ring_all\"\nring_all_width = 2",
+    );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let out = h.invite("c9");
+    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+    let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
+    let inv2 = requests(&out, PHONE2, "INVITE")[0].clone();
+    assert_ne!(inv1.call_id, inv2.call_id, "one B-leg per phone");
+    h.send(PHONE1, &response_to(&inv1, 180, "p1"));
+    h.send(PHONE2, &response_to(&inv2, 180, "p2"));
+    let out = h.send(PHONE2, &response_to(&inv2, 200, "p2"));
+    assert_eq!(requests(&out, PHONE2, "ACK").len(), 1);
+    assert_eq!(requests(&out, PHONE1, "CANCEL").len(), 1);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    let answered = out.clone();
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+    assert_eq!(
+        h.gauge("centralino_agents{state=paused,tenant=demo}"),
+        0,
+        "the losing operator did not miss a call"
+    );
+    // The cancelled phone answers the CANCEL and ends its INVITE with 487.
+    let cancel = requests(&out, PHONE1, "CANCEL")[0].clone();
+    h.send(
+        PHONE1,
+        &String::from_utf8(cancel.response(200, "OK", None).to_bytes()).unwrap(),
+    );
+    let out = h.send(PHONE1, &response_to(&inv1, 487, "p1"));
+    assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
+    // Caller hangs up: the winner's leg gets the BYE.
+    let a_tag = answered
+        .iter()
+        .find(|(to, m)| to.to_string() == TRUNK && m.code() == 200)
+        .and_then(|(_, m)| m.to_tag.clone())
+        .unwrap();
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKbye9\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac9\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c9\nCSeq: 2 BYE\nContent-Length: 0\n\n"
+    );
+    let out = h.send(TRUNK, &bye);
+    let bye_b = requests(&out, PHONE2, "BYE");
+    assert_eq!(bye_b.len(), 1);
+    let bye_b = bye_b[0].clone();
+    h.send(
+        PHONE2,
+        &String::from_utf8(bye_b.response(200, "OK", None).to_bytes()).unwrap(),
+    );
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.engine.table_sizes(), [0; 5]);
 }
