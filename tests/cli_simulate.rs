@@ -91,3 +91,40 @@ fn bad_traffic_parameters_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
 }
+
+#[test]
+fn replays_a_queue_event_log() {
+    let scratch = Scratch::new("replay");
+    let log = scratch.path("queue.csv");
+    std::fs::write(
+        &log,
+        "seconds,call,queue,event\n0,a,info,enter\n1,a,info,connect\n91,a,info,complete\n\
+         2,b,info,enter\n40,b,info,abandon\n3,c,info,enter\n",
+    )
+    .unwrap();
+    let run = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .args(["simulate", "--replay", common::path_str(path), "--json"])
+            .output()
+            .unwrap()
+    };
+    // The embedded demo: 20 operators, so every caller is answered at once.
+    let out = run(&log);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        json.contains("\"offered\": 3, \"answered\": 3, \"abandoned\": 0"),
+        "{json}"
+    );
+    assert!(json.contains("\"asa_seconds\": 0.000000"), "{json}");
+
+    std::fs::write(&log, "seconds,call,queue,event\n0,a,nope,enter\n").unwrap();
+    let out = run(&log);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2: unknown queue \"nope\""), "{err}");
+}
