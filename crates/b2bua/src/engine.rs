@@ -131,8 +131,8 @@ pub struct Engine {
     rng: StdRng,
     trunks: Vec<(Vec<IpAddr>, DidTable)>,
     queue_exit: Vec<u16>,
-    /// Per queue: waiting calls, oldest wait, operators by state.
-    queue_gauges: Vec<(IntGauge, IntGauge, Vec<IntGauge>)>,
+    /// Per queue: waiting calls, oldest wait, operators by state, EWT.
+    queue_gauges: Vec<(IntGauge, IntGauge, Vec<IntGauge>, IntGauge)>,
     /// Per tenant: operators by state.
     tenant_gauges: Vec<Vec<IntGauge>>,
     agent_ids: HashMap<String, AgentId>,
@@ -209,6 +209,7 @@ impl Engine {
                     metrics.queue_calls.with_label_values(&[name]),
                     metrics.queue_oldest_wait.with_label_values(&[name]),
                     queue_states(name),
+                    metrics.queue_ewt.with_label_values(&[name]),
                 )
             })
             .collect();
@@ -646,7 +647,12 @@ impl Engine {
     }
 
     fn update_gauges(&mut self, now: Instant) {
-        for (i, (calls, oldest, agents)) in self.queue_gauges.iter().enumerate() {
+        for (i, (calls, oldest, agents, ewt)) in self.queue_gauges.iter().enumerate() {
+            ewt.set(
+                self.router
+                    .queue_estimate(QueueId(i as u32))
+                    .map_or(0, |d| d.as_secs() as i64),
+            );
             let (n, first) = self.router.waiting(QueueId(i as u32));
             calls.set(n as i64);
             oldest.set(first.map_or(0, |t| now.saturating_duration_since(t).as_secs() as i64));

@@ -61,6 +61,9 @@ pub struct Metrics {
     /// its first ring, by state available/busy/paused/logged_out (an
     /// operator counts in each of its queues).
     pub queue_agents: IntGaugeVec,
+    /// `centralino_queue_expected_wait_seconds{queue}`: for a call arriving
+    /// now (0 until a handle time is known).
+    pub queue_ewt: IntGaugeVec,
     /// `centralino_routing_groups`: distinct (queue, requirement) sets.
     pub routing_groups: IntGauge,
     /// `centralino_agent_offers_total{outcome}`
@@ -212,6 +215,11 @@ impl Metrics {
                 "centralino_queue_agents",
                 "Operators a queue reaches in its first ring, by state",
                 &["queue", "state"]
+            )),
+            queue_ewt: reg!(gv(
+                "centralino_queue_expected_wait_seconds",
+                "Expected wait of a call arriving now: (calls + 1) x recent handle time / staffed operators",
+                &["queue"]
             )),
             routing_groups: reg!(
                 IntGauge::new(

@@ -1787,6 +1787,19 @@ impl Router {
         })
     }
 
+    /// Expected wait of a call arriving now in a queue without extra
+    /// requirements: (calls in the queue + 1) × recent handle time / staffed
+    /// operators of its first ring. O(1), for a gauge and announcements;
+    /// `None` before any handle time is known or while nobody is staffed.
+    pub fn queue_estimate(&self, id: QueueId) -> Option<Duration> {
+        let q = &self.queues[id.0 as usize];
+        let a = self.queue_agents(id);
+        let staffed = a.available + a.busy;
+        (q.aht > 0.0 && staffed > 0).then(|| {
+            Duration::from_nanos((f64::from(q.count + 1) * q.aht / f64::from(staffed)) as u64)
+        })
+    }
+
     /// Number of distinct (queue, requirement) groups.
     pub fn group_count(&self) -> usize {
         self.groups.len()

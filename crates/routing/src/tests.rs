@@ -596,6 +596,8 @@ fn estimates_position_and_wait() {
     assert_eq!(e.position, 2);
     assert_eq!(e.wait, Some(100 * S));
     assert!(r.estimate(CallId(99)).is_none());
+    // A new arrival: 4 calls in the queue (one ringing) + itself, 2 staffed.
+    assert_eq!(r.queue_estimate(QueueId(0)), Some(250 * S));
 }
 
 /// Another thread pauses an available operator through the board while
