@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use centralino_types::{AgentId, CallId, QueueId};
 
+use smallvec::SmallVec;
+
 use crate::SplitMix64;
 use crate::board::{Board, Code, Slot};
 use crate::expr::{Attributes, Requirement};
@@ -248,7 +250,7 @@ pub struct Agent {
     /// Bumped per offer, so a stale lease or wrap-up timer is recognised.
     epoch: u32,
     queue_of_call: u32,
-    memberships: Vec<Membership>,
+    memberships: SmallVec<[Membership; 8]>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -637,7 +639,7 @@ impl Router {
                 logout_pending: false,
                 epoch: 0,
                 queue_of_call: 0,
-                memberships: Vec::new(),
+                memberships: SmallVec::new(),
             });
         }
         // The plain group of every queue exists from the start, so the
