@@ -133,7 +133,8 @@ impl Harness {
         out
     }
 
-    fn gauge(&self, series: &str) -> i64 {
+    fn gauge(&mut self, series: &str) -> i64 {
+        self.engine.refresh_gauges(self.now);
         let families = self.metrics.registry.gather();
         for f in families {
             for m in f.get_metric() {
