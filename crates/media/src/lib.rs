@@ -8,4 +8,6 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod prompt;
 pub mod rtp;
+pub mod stream;
