@@ -8,6 +8,8 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod leg;
 pub mod prompt;
 pub mod rtp;
+pub mod sdp;
 pub mod stream;

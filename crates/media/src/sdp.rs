@@ -1,0 +1,305 @@
+//! The audio part of an SDP body (RFC 4566/3264), as much as an anchoring
+//! B2BUA needs: where the peer wants RTP, which codecs it offers, its
+//! direction (hold); and the rewrite that puts Centralino's address and
+//! port in their place and keeps only the chosen codecs.
+//!
+//! In-house rather than a general SDP crate: the rewrite must keep every
+//! other line byte for byte, and the audio subset is small. Bounded: the
+//! body is already capped by the SIP guard; lines and formats are capped
+//! here.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::g711::Law;
+
+/// Most lines read.
+pub const MAX_LINES: usize = 256;
+/// Most payload formats read from the audio m= line.
+pub const MAX_FORMATS: usize = 32;
+
+/// Media direction (RFC 3264 §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Both ways.
+    SendRecv,
+    /// The peer only sends (it puts us on hold).
+    SendOnly,
+    /// The peer only receives.
+    RecvOnly,
+    /// Neither.
+    Inactive,
+}
+
+/// The first audio stream of a body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audio {
+    /// Connection address (media-level c= over session-level).
+    pub addr: IpAddr,
+    /// RTP port (0 = stream rejected).
+    pub port: u16,
+    /// Payload types in the peer's order of preference.
+    pub formats: Vec<u8>,
+    /// The telephone-event payload type, if offered.
+    pub telephone_event: Option<u8>,
+    /// Direction.
+    pub direction: Direction,
+}
+
+impl Audio {
+    /// The peer holds the call (sendonly, inactive, or the RFC 2543 c=0.0.0.0).
+    pub fn on_hold(&self) -> bool {
+        matches!(self.direction, Direction::SendOnly | Direction::Inactive)
+            || self.addr.is_unspecified()
+    }
+
+    /// The first offered law Centralino can use, in the peer's order.
+    pub fn choose(&self, supported: &[Law]) -> Option<Law> {
+        self.formats
+            .iter()
+            .find_map(|&pt| supported.iter().copied().find(|l| l.payload_type() == pt))
+    }
+}
+
+/// Why a body cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    /// Not UTF-8, or more than `MAX_LINES` lines.
+    #[error("malformed SDP")]
+    Malformed,
+    /// No audio m= line.
+    #[error("no audio stream")]
+    NoAudio,
+    /// No usable c= address for the audio stream.
+    #[error("no connection address")]
+    NoAddress,
+}
+
+/// Reads the first audio stream.
+pub fn parse(body: &[u8]) -> Result<Audio, SdpError> {
+    let text = std::str::from_utf8(body).map_err(|_| SdpError::Malformed)?;
+    let mut session_addr = None;
+    let mut audio: Option<Audio> = None;
+    let mut media_addr = None;
+    let mut in_audio = false;
+    let mut session_dir = Direction::SendRecv;
+    let mut media_dir = None;
+    for (i, line) in text.lines().enumerate() {
+        if i >= MAX_LINES {
+            return Err(SdpError::Malformed);
+        }
+        let line = line.trim_end_matches('\r');
+        if let Some(m) = line.strip_prefix("m=") {
+            if audio.is_some() {
+                // Only the first audio stream; stop at the next m= line.
+                if in_audio {
+                    in_audio = false;
+                }
+                continue;
+            }
+            let mut it = m.split(' ');
+            if it.next() == Some("audio") {
+                let port = it.next().and_then(|p| p.split('/').next()?.parse().ok());
+                let _proto = it.next();
+                let formats: Vec<u8> = it
+                    .take(MAX_FORMATS)
+                    .filter_map(|f| f.parse().ok())
+                    .filter(|&pt: &u8| pt < 128)
+                    .collect();
+                audio = Some(Audio {
+                    addr: IpAddr::from([0, 0, 0, 0]),
+                    port: port.ok_or(SdpError::Malformed)?,
+                    formats,
+                    telephone_event: None,
+                    direction: Direction::SendRecv,
+                });
+                in_audio = true;
+            } else {
+                in_audio = false;
+            }
+        } else if let Some(c) = line.strip_prefix("c=") {
+            let addr = c
+                .split(' ')
+                .nth(2)
+                .and_then(|a| a.split('/').next()?.parse().ok());
+            if in_audio {
+                media_addr = addr;
+            } else if audio.is_none() {
+                session_addr = addr;
+            }
+        } else if let Some(a) = line.strip_prefix("a=") {
+            let dir = match a {
+                "sendrecv" => Some(Direction::SendRecv),
+                "sendonly" => Some(Direction::SendOnly),
+                "recvonly" => Some(Direction::RecvOnly),
+                "inactive" => Some(Direction::Inactive),
+                _ => None,
+            };
+            if let Some(d) = dir {
+                if in_audio {
+                    media_dir = Some(d);
+                } else if audio.is_none() {
+                    session_dir = d;
+                }
+            }
+            if in_audio
+                && let Some(map) = a.strip_prefix("rtpmap:")
+                && let Some((pt, enc)) = map.split_once(' ')
+                && enc.to_ascii_lowercase().starts_with("telephone-event/")
+                && let (Ok(pt), Some(au)) = (pt.parse(), audio.as_mut())
+            {
+                au.telephone_event = Some(pt);
+            }
+        }
+    }
+    let mut audio = audio.ok_or(SdpError::NoAudio)?;
+    audio.addr = media_addr.or(session_addr).ok_or(SdpError::NoAddress)?;
+    audio.direction = media_dir.unwrap_or(session_dir);
+    Ok(audio)
+}
+
+/// Rewrites a body for the other leg: every c= line and the audio port
+/// become Centralino's `addr`/`port`, the audio formats become `formats`
+/// (with their rtpmap/fmtp lines kept, the others dropped). Other lines are
+/// kept as they are; line ends become CRLF.
+pub fn rewrite(body: &[u8], addr: IpAddr, port: u16, formats: &[u8]) -> Result<Vec<u8>, SdpError> {
+    let text = std::str::from_utf8(body).map_err(|_| SdpError::Malformed)?;
+    let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut in_audio = false;
+    let mut done_audio = false;
+    let keep = |pt: &str| pt.parse::<u8>().is_ok_and(|p| formats.contains(&p));
+    for (i, line) in text.lines().enumerate() {
+        if i >= MAX_LINES {
+            return Err(SdpError::Malformed);
+        }
+        let line = line.trim_end_matches('\r');
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = !done_audio && m.starts_with("audio ");
+            if in_audio {
+                done_audio = true;
+                let proto = m.split(' ').nth(2).unwrap_or("RTP/AVP");
+                let _ = write!(out, "m=audio {port} {proto}");
+                for f in formats {
+                    let _ = write!(out, " {f}");
+                }
+                out.push_str("\r\n");
+                continue;
+            }
+        } else if line.starts_with("c=") {
+            let _ = write!(out, "c=IN {family} {addr}\r\n");
+            continue;
+        } else if in_audio
+            && let Some(a) = line.strip_prefix("a=")
+            && let Some(rest) = a
+                .strip_prefix("rtpmap:")
+                .or_else(|| a.strip_prefix("fmtp:"))
+            && !keep(rest.split(' ').next().unwrap_or(""))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    Ok(out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=audio 40000 RTP/AVP 18 8 0 101\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\nm=video 0 RTP/AVP 96\r\nc=IN IP4 198.51.100.1\r\n";
+
+    #[test]
+    fn reads_the_audio_stream() {
+        let a = parse(OFFER.as_bytes()).unwrap();
+        assert_eq!(a.addr, "192.0.2.5".parse::<IpAddr>().unwrap());
+        assert_eq!(a.port, 40000);
+        assert_eq!(a.formats, [18, 8, 0, 101]);
+        assert_eq!(a.telephone_event, Some(101));
+        assert_eq!(a.direction, Direction::SendRecv);
+        assert_eq!(
+            a.choose(&[Law::Ulaw, Law::Alaw]),
+            Some(Law::Alaw),
+            "peer's order"
+        );
+        assert!(!a.on_hold());
+        let hold = OFFER.replace("a=ptime:20", "a=sendonly");
+        assert!(parse(hold.as_bytes()).unwrap().on_hold());
+        let old_hold = OFFER.replace("c=IN IP4 192.0.2.5", "c=IN IP4 0.0.0.0");
+        assert!(parse(old_hold.as_bytes()).unwrap().on_hold());
+        let g729 = OFFER.replace("RTP/AVP 18 8 0 101", "RTP/AVP 18 101");
+        assert_eq!(
+            parse(g729.as_bytes())
+                .unwrap()
+                .choose(&[Law::Ulaw, Law::Alaw]),
+            None
+        );
+    }
+
+    #[test]
+    fn rewrites_address_port_and_codecs_keeping_the_rest() {
+        let out = rewrite(
+            OFFER.as_bytes(),
+            "203.0.113.9".parse().unwrap(),
+            30000,
+            &[8, 101],
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("c=IN IP4 203.0.113.9\r\n"));
+        assert!(!text.contains("192.0.2.5\r\nt="), "{text}");
+        assert!(text.contains("m=audio 30000 RTP/AVP 8 101\r\n"));
+        assert!(!text.contains("G729") && !text.contains("annexb"));
+        assert!(text.contains("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"));
+        assert!(
+            text.contains("m=video 0 RTP/AVP 96\r\n"),
+            "other streams kept"
+        );
+        assert!(
+            text.starts_with("v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\n"),
+            "o= untouched"
+        );
+        let back = parse(text.as_bytes()).unwrap();
+        assert_eq!((back.port, back.formats.clone()), (30000, vec![8, 101]));
+        let v6 = rewrite(
+            OFFER.as_bytes(),
+            "2001:db8::1".parse().unwrap(),
+            30000,
+            &[0],
+        )
+        .unwrap();
+        assert!(
+            String::from_utf8(v6)
+                .unwrap()
+                .contains("c=IN IP6 2001:db8::1\r\n")
+        );
+    }
+
+    #[test]
+    fn bad_bodies() {
+        assert_eq!(
+            parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\n"),
+            Err(SdpError::NoAudio)
+        );
+        assert_eq!(
+            parse(b"v=0\r\nm=audio 1 RTP/AVP 0\r\n"),
+            Err(SdpError::NoAddress)
+        );
+        assert_eq!(
+            parse(b"v=0\r\nm=audio x RTP/AVP 0\r\n"),
+            Err(SdpError::Malformed)
+        );
+        assert_eq!(parse(&[0xFF, 0xFE]), Err(SdpError::Malformed));
+        let many = "a=x\r\n".repeat(300);
+        assert_eq!(parse(many.as_bytes()), Err(SdpError::Malformed));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(s in "(v=0|m=audio [0-9]{1,6} RTP/AVP [0-9 ]{0,12}|c=IN IP[46] [0-9a-f.:]{0,20}|a=[a-z:0-9 /-]{0,20}|\\r\\n){0,12}") {
+            let _ = parse(s.as_bytes());
+            let _ = rewrite(s.as_bytes(), "127.0.0.1".parse().unwrap(), 1, &[0]);
+        }
+    }
+}
