@@ -38,31 +38,34 @@ pub const fn alaw_to_linear(a: u8) -> i16 {
 }
 
 /// Encodes linear PCM to µ-law.
-pub fn linear_to_ulaw(pcm: i16) -> u8 {
-    let mut v = i32::from(pcm);
+pub const fn linear_to_ulaw(pcm: i16) -> u8 {
+    let mut v = pcm as i32;
     let mask = if v < 0 {
         v = -v;
         0x7F
     } else {
         0xFF
     };
-    v = v.min(MU_CLIP) + MU_BIAS;
+    v = if v > MU_CLIP { MU_CLIP } else { v } + MU_BIAS;
     // Segment = position of the highest set bit above bit 7.
-    let seg = (31 - (v as u32).leading_zeros()).saturating_sub(7).min(7);
+    let mut seg = (31 - (v as u32).leading_zeros()).saturating_sub(7);
+    if seg > 7 {
+        seg = 7;
+    }
     let uval = ((seg << 4) | ((v as u32 >> (seg + 3)) & 0x0F)) as u8;
     uval ^ mask
 }
 
 /// Encodes linear PCM to A-law.
-pub fn linear_to_alaw(pcm: i16) -> u8 {
-    let mut v = i32::from(pcm);
+pub const fn linear_to_alaw(pcm: i16) -> u8 {
+    let mut v = pcm as i32;
     let mask = if v >= 0 {
         0xD5
     } else {
         v = -v - 1;
         0x55
     };
-    let v = v.min(0x7FFF) as u32;
+    let v = (if v > 0x7FFF { 0x7FFF } else { v }) as u32;
     // Segment end points 0xFF, 0x1FF, ..., 0x7FFF.
     let seg = (32 - (v | 0xFF).leading_zeros()).saturating_sub(8);
     if seg >= 8 {
@@ -91,6 +94,25 @@ const fn build(law: u8) -> [i16; 256] {
 pub static ULAW: [i16; 256] = build(0);
 /// A-law byte → linear.
 pub static ALAW: [i16; 256] = build(1);
+
+const fn build_cross(a_to_u: bool) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if a_to_u {
+            linear_to_ulaw(alaw_to_linear(i as u8))
+        } else {
+            linear_to_alaw(ulaw_to_linear(i as u8))
+        };
+        i += 1;
+    }
+    t
+}
+
+/// A-law byte → µ-law byte (decode then encode, computed at compile time).
+pub static ALAW_TO_ULAW: [u8; 256] = build_cross(true);
+/// µ-law byte → A-law byte.
+pub static ULAW_TO_ALAW: [u8; 256] = build_cross(false);
 
 /// A G.711 law.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,11 +153,13 @@ impl Law {
 /// encode: the error is that of one extra quantisation, as G.711's own
 /// conversion tables).
 pub fn transcode(from: Law, to: Law, payload: &mut [u8]) {
-    if from == to {
-        return;
-    }
+    let table = match (from, to) {
+        (Law::Alaw, Law::Ulaw) => &ALAW_TO_ULAW,
+        (Law::Ulaw, Law::Alaw) => &ULAW_TO_ALAW,
+        _ => return,
+    };
     for b in payload {
-        *b = to.encode(from.decode(*b));
+        *b = table[usize::from(*b)];
     }
 }
 
@@ -201,6 +225,20 @@ mod tests {
                 };
                 assert!((d - i32::from(s)).abs() <= step, "{law:?} {s} → {d}");
             }
+        }
+    }
+
+    #[test]
+    fn cross_tables_equal_decode_then_encode() {
+        for c in 0..=255u8 {
+            assert_eq!(
+                ALAW_TO_ULAW[usize::from(c)],
+                linear_to_ulaw(alaw_to_linear(c))
+            );
+            assert_eq!(
+                ULAW_TO_ALAW[usize::from(c)],
+                linear_to_alaw(ulaw_to_linear(c))
+            );
         }
     }
 

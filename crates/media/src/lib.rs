@@ -10,6 +10,7 @@ pub mod dtmf;
 pub mod g711;
 pub mod leg;
 pub mod prompt;
+pub mod relay;
 pub mod rtp;
 pub mod sdp;
 pub mod stream;

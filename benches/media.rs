@@ -1,0 +1,56 @@
+//! The media relay's per-packet cost, sans-IO: one 20 ms G.711 packet
+//! received on a leg, checked, rewritten and written for the other leg
+//! (same law, and transcoded A-law → µ-law). `cargo bench --bench media`.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use centralino_media::g711::Law;
+use centralino_media::leg::{Latch, Leg};
+use centralino_media::relay::{Action, Bridge, Side};
+use centralino_media::rtp::{self, Header};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+fn bridge(b_law: Law) -> (Bridge, SocketAddr) {
+    let a: SocketAddr = "192.0.2.5:40000".parse().unwrap();
+    let b: SocketAddr = "192.0.2.21:30000".parse().unwrap();
+    (
+        Bridge::new(
+            (Leg::new(Latch::SdpAddress, a, Some(101)), Law::Alaw),
+            (Leg::new(Latch::SdpAddress, b, None), b_law),
+            [(1, 0, 0), (2, 0, 0)],
+        ),
+        a,
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("relay");
+    g.throughput(Throughput::Elements(1));
+    for (name, law) in [("same_law", Law::Alaw), ("transcode_a_to_u", Law::Ulaw)] {
+        let (mut br, from) = bridge(law);
+        let mut pkt = [0u8; 172];
+        let mut out = [0u8; 1500];
+        let mut seq = 0u16;
+        g.bench_function(name, |bch| {
+            bch.iter(|| {
+                seq = seq.wrapping_add(1);
+                let h = Header {
+                    marker: false,
+                    payload_type: 8,
+                    seq,
+                    timestamp: u32::from(seq) * 160,
+                    ssrc: 9,
+                };
+                rtp::write(&h, &[0xD5; 160], &mut pkt);
+                let a = br.receive(Side::A, from, &pkt, &mut out);
+                assert!(matches!(a, Action::Send { .. }));
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
