@@ -223,7 +223,7 @@ impl Engine {
             .iter()
             .map(|t| states(&metrics.agents, t))
             .collect();
-        Self {
+        let mut engine = Self {
             limits: config.sip.limits.clone(),
             txn: Transactions::new(config.sip.timers),
             registrar,
@@ -271,7 +271,11 @@ impl Engine {
             retrans_seen: 0,
             timeouts_seen: 0,
             stray_seen: 0,
-        }
+        };
+        // Every gauge has its value from the start (20 operators logged
+        // out, not an empty series until the first message).
+        engine.refresh_gauges(now);
+        engine
     }
 
     /// The guard's limits (the driver frames TCP with them).

@@ -274,6 +274,23 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
 }
 
 #[test]
+fn gauges_are_set_from_the_start() {
+    let h = Harness::new();
+    // Read without refreshing: what a scrape sees before any message.
+    let families = h.metrics.registry.gather();
+    let logged_out = families
+        .iter()
+        .find(|f| f.name() == "centralino_queue_agents")
+        .and_then(|f| {
+            f.get_metric()
+                .iter()
+                .find(|m| m.get_label().iter().any(|l| l.value() == "logged_out"))
+        })
+        .map(|m| m.get_gauge().get_value());
+    assert_eq!(logged_out, Some(2.0));
+}
+
+#[test]
 fn retransmitted_invite_creates_one_call() {
     let mut h = Harness::new();
     h.register("1001", PHONE1, Algorithm::Md5);
