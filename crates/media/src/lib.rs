@@ -9,6 +9,7 @@
 pub mod dtmf;
 pub mod g711;
 pub mod leg;
+pub mod ports;
 pub mod prompt;
 pub mod relay;
 pub mod rtp;
