@@ -97,7 +97,10 @@ mod tests {
         );
         assert_eq!(p.take(t0 + hold), Ok(b));
         assert_eq!(Ports::new(5, 5, hold).unwrap_err(), PortError::EmptyRange);
-        assert_eq!(Ports::new(65535, 65535, hold).unwrap_err(), PortError::EmptyRange);
+        assert_eq!(
+            Ports::new(65535, 65535, hold).unwrap_err(),
+            PortError::EmptyRange
+        );
         assert_eq!(Ports::new(9, 2, hold).unwrap_err(), PortError::EmptyRange);
         assert_eq!(Ports::new(65534, 65535, hold).unwrap().take(t0), Ok(65534));
     }
