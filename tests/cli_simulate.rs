@@ -24,19 +24,15 @@ fn json_report_per_queue() {
         ));
     }
     std::fs::write(&conf, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
-        .args([
-            "simulate",
-            "--config",
-            common::path_str(&conf),
-            "--calls",
-            "4000",
-            "--rate",
-            "0.05",
-        ])
-        .args(["--aht", "180", "--patience", "120", "--seed", "3", "--json"])
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .args(["simulate", "--config", common::path_str(&conf)])
+            .args(["--calls", "4000", "--rate", "0.05", "--aht", "180"])
+            .args(["--patience", "120", "--seed", "3", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = run();
     assert!(
         out.status.success(),
         "{}",
@@ -66,19 +62,7 @@ fn json_report_per_queue() {
         .sum();
     assert_eq!(offered, 4000);
     // Same seed, same result: the simulation is deterministic.
-    let again = Command::new(env!("CARGO_BIN_EXE_centralino"))
-        .args([
-            "simulate",
-            "--config",
-            common::path_str(&conf),
-            "--calls",
-            "4000",
-            "--rate",
-            "0.05",
-        ])
-        .args(["--aht", "180", "--patience", "120", "--seed", "3", "--json"])
-        .output()
-        .unwrap();
+    let again = run();
     assert_eq!(String::from_utf8(again.stdout).unwrap(), json);
 }
 

@@ -125,38 +125,32 @@ fn skills_choose_the_operators_and_a_shared_operator_serves_both_queues() {
     let mut t102 = trunk(&scratch, &node, "102", "5");
     t102.expect_success(Duration::from_secs(70));
 
-    let logs = node.logs();
-    let mut served: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut answered = 0;
-    for line in logs.lines().filter(|l| l.contains("call answered")) {
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_owned)
-                .unwrap_or_default()
-        };
-        served
-            .entry(field("queue="))
-            .or_default()
-            .insert(field("agent="));
-        answered += 1;
+    // (queue, agent) of every answered call, in order.
+    let answered: Vec<(String, String)> = node
+        .logs()
+        .lines()
+        .filter(|l| l.contains("call answered"))
+        .map(|l| {
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("queue="), field("agent="))
+        })
+        .collect();
+    assert_eq!(answered.len(), 45, "{answered:?}");
+    let mut served: HashMap<&str, HashSet<String>> = HashMap::new();
+    for (q, a) in &answered[..40] {
+        served.entry(q).or_default().insert(a.clone());
     }
-    assert_eq!(answered, 45, "{served:?}");
     let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<HashSet<_>>();
     assert_eq!(served["vaccini"], set(&["1001", "1003"]), "{served:?}");
     assert_eq!(served["triage"], set(&["1002", "1003"]), "{served:?}");
-    // The English callers (DID 102): 1003 is the only qualified English
-    // speaker; 1004 speaks English but has vaccini 3 < 5.
-    let english: HashSet<String> = logs
-        .lines()
-        .filter(|l| l.contains("call answered"))
-        .skip(40)
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("agent="))
-                .map(str::to_owned)
-        })
-        .collect();
+    // The English callers (DID 102, the last 5): 1003 is the only qualified
+    // English speaker; 1004 speaks English but has vaccini 3 < 5.
+    let english: HashSet<String> = answered[40..].iter().map(|(_, a)| a.clone()).collect();
     assert_eq!(english, set(&["1003"]));
     let m = node.metrics();
     assert_eq!(

@@ -501,6 +501,20 @@ impl Timers {
     }
 }
 
+impl Queue {
+    /// Drops departed calls from the front of the arrival list (amortised
+    /// O(1)): the front is then the oldest call still in the queue.
+    fn trim_arrivals(&mut self, calls: &[CallSlot]) {
+        while let Some(&(_, slot, seq)) = self.arrivals.front() {
+            let c = &calls[slot as usize];
+            if c.status != CallStatus::Free && c.seq == seq {
+                break;
+            }
+            self.arrivals.pop_front();
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Step(u32, u64),
@@ -692,13 +706,7 @@ impl Router {
     /// time among them.
     pub fn waiting(&mut self, id: QueueId) -> (usize, Option<Instant>) {
         let q = &mut self.queues[id.0 as usize];
-        while let Some(&(_, slot, seq)) = q.arrivals.front() {
-            let c = &self.calls[slot as usize];
-            if c.status != CallStatus::Free && c.seq == seq {
-                break;
-            }
-            q.arrivals.pop_front();
-        }
+        q.trim_arrivals(&self.calls);
         let oldest = q.arrivals.front().map(|&(t, ..)| t);
         (q.count as usize, oldest.map(|t| self.instant(t)))
     }
@@ -932,8 +940,9 @@ impl Router {
         let now_slot = match self.board.transition(a as usize, seen, to.code(), aux) {
             Ok(s) => s,
             // The router owns every transition except taking an available
-            // operator; a failure here means a racing taker between our load
-            // and our store, which `seen` already reflects: retry once.
+            // operator; a failure here means another thread took it between
+            // our load and our store. The router's decision stands: apply it
+            // over what is there now (`cur`).
             Err(cur) => self
                 .board
                 .transition(a as usize, cur, to.code(), aux)
@@ -1201,15 +1210,9 @@ impl Router {
         let qd = &mut self.queues[qi as usize];
         qd.count += 1;
         qd.arrivals.push_back((t, s, seq));
-        // Drop departed calls from the front (amortised O(1)), so the
-        // arrival list stays as long as the queue even if nobody reads it.
-        while let Some(&(_, slot, sq)) = qd.arrivals.front() {
-            let c = &self.calls[slot as usize];
-            if c.status != CallStatus::Free && c.seq == sq {
-                break;
-            }
-            qd.arrivals.pop_front();
-        }
+        // Trimmed on every arrival too, so the list stays as long as the
+        // queue even if nobody reads the oldest wait.
+        qd.trim_arrivals(&self.calls);
         if let Some(after) = first_ring {
             self.timers.arm(t, ns(after), Timer::Step(s, seq));
         }
