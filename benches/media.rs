@@ -4,24 +4,25 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use centralino_media::g711::Law;
 use centralino_media::leg::{Latch, Leg};
-use centralino_media::relay::{Action, Bridge, Side};
+use centralino_media::relay::{Action, CallMedia, Side};
 use centralino_media::rtp::{self, Header};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-fn bridge(b_law: Law) -> (Bridge, SocketAddr) {
+fn bridge(b_law: Law) -> (CallMedia, SocketAddr) {
     let a: SocketAddr = "192.0.2.5:40000".parse().unwrap();
     let b: SocketAddr = "192.0.2.21:30000".parse().unwrap();
-    (
-        Bridge::new(
-            (Leg::new(Latch::SdpAddress, a, Some(101)), Law::Alaw),
-            (Leg::new(Latch::SdpAddress, b, None), b_law),
-            [(1, 0, 0), (2, 0, 0)],
-        ),
-        a,
-    )
+    let mut m = CallMedia::new(
+        Instant::now(),
+        Leg::new(Latch::SdpAddress, a, Some(101)),
+        Law::Alaw,
+        [(1, 0, 0), (2, 0, 0)],
+    );
+    m.bridge(Leg::new(Latch::SdpAddress, b, None), b_law);
+    (m, a)
 }
 
 fn bench(c: &mut Criterion) {
@@ -32,6 +33,7 @@ fn bench(c: &mut Criterion) {
         let mut pkt = [0u8; 172];
         let mut out = [0u8; 1500];
         let mut seq = 0u16;
+        let now = Instant::now();
         g.bench_function(name, |bch| {
             bch.iter(|| {
                 seq = seq.wrapping_add(1);
@@ -43,7 +45,7 @@ fn bench(c: &mut Criterion) {
                     ssrc: 9,
                 };
                 rtp::write(&h, &[0xD5; 160], &mut pkt);
-                let a = br.receive(Side::A, from, &pkt, &mut out);
+                let a = br.receive(now, Side::A, from, &pkt, &mut out);
                 assert!(matches!(a, Action::Send { .. }));
                 black_box(&out);
             })

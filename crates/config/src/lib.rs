@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use centralino_routing::{
@@ -57,6 +58,7 @@ struct RawConfig {
     http: RawHttp,
     logging: RawLogging,
     registrar: RawRegistrar,
+    media: RawMedia,
     tenants: Vec<RawTenant>,
     trunks: Vec<RawTrunk>,
     queues: Vec<RawQueue>,
@@ -107,6 +109,39 @@ impl Default for RawSip {
         }
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMedia {
+    port_min: u16,
+    port_max: u16,
+    advertise_address: Option<String>,
+    codecs: Vec<String>,
+    latch: String,
+    inactivity_timeout_seconds: u64,
+    threads: usize,
+    music_on_hold: Option<String>,
+    sounds_dir: Option<String>,
+}
+
+impl Default for RawMedia {
+    fn default() -> Self {
+        Self {
+            port_min: 20_000,
+            port_max: 29_999,
+            advertise_address: None,
+            codecs: vec!["PCMA".into(), "PCMU".into()],
+            latch: "sdp_address".into(),
+            inactivity_timeout_seconds: 60,
+            threads: 0,
+            music_on_hold: None,
+            sounds_dir: Some(DEFAULT_SOUNDS.into()),
+        }
+    }
+}
+
+/// Where Debian's `asterisk-core-sounds-it-wav` puts the Italian prompts.
+pub const DEFAULT_SOUNDS: &str = "/usr/share/asterisk/sounds/it";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -230,6 +265,10 @@ struct RawQueue {
     overflow: Vec<RawRing>,
     #[serde(default = "default_retry")]
     retry_seconds: u64,
+    #[serde(default)]
+    announce_seconds: u64,
+    #[serde(default)]
+    music_on_hold: Option<String>,
 }
 
 fn default_retry() -> u64 {
@@ -358,6 +397,42 @@ pub struct Queue {
     pub routing: QueueSettings,
     /// Final response when `max_wait` passes or the queue is full.
     pub exit_status: u16,
+    /// Position and expected wait are announced this often to waiting
+    /// callers (`None` = never).
+    pub announce_every: Option<Duration>,
+    /// This queue's music on hold (a WAV path), else the node's.
+    pub music_on_hold: Option<PathBuf>,
+}
+
+/// How a leg learns its peer's real RTP address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatchMode {
+    /// Only from the SDP's IP address (any port: NAT rewrites ports).
+    SdpAddress,
+    /// From the first packet, wherever it comes from (peers behind NAT
+    /// that put a private address in their SDP).
+    FirstPacket,
+}
+
+/// The media plane.
+#[derive(Clone, Debug)]
+pub struct MediaConfig {
+    /// RTP port range (even ports for RTP, RTCP on the next one).
+    pub ports: (u16, u16),
+    /// Address written into SDP instead of the local one (NAT).
+    pub advertise_address: Option<IpAddr>,
+    /// Codecs by preference, as payload types (0 = PCMU, 8 = PCMA).
+    pub codecs: Vec<u8>,
+    /// Latching.
+    pub latch: LatchMode,
+    /// A bridged leg silent this long ends the call (`None` = never).
+    pub inactivity_timeout: Option<Duration>,
+    /// Media threads (one per core when 0).
+    pub threads: usize,
+    /// Music on hold (a WAV file); built-in music when `None`.
+    pub music_on_hold: Option<PathBuf>,
+    /// Directory of the Italian prompts (digits/, queue-*.wav).
+    pub sounds_dir: Option<PathBuf>,
 }
 
 /// An operator account.
@@ -390,6 +465,8 @@ pub struct Config {
     pub nonce_lifetime: Duration,
     /// Operators start paused after login.
     pub login_paused: bool,
+    /// Media plane.
+    pub media: MediaConfig,
     /// Tenant names.
     pub tenants: Vec<String>,
     /// Trunks.
@@ -748,9 +825,18 @@ impl Config {
             if q.overflow.len() > 8 {
                 p.add(format!("{path}.overflow"), "at most 8 rings");
             }
+            if q.announce_seconds > 0 && q.announce_seconds < 10 {
+                p.add(
+                    format!("{path}.announce_seconds"),
+                    "must be 0 (off) or at least 10",
+                );
+            }
             queues.push(Queue {
                 tenant,
                 exit_status: q.exit_status,
+                announce_every: (q.announce_seconds > 0)
+                    .then(|| Duration::from_secs(q.announce_seconds)),
+                music_on_hold: q.music_on_hold.as_ref().map(PathBuf::from),
                 routing: QueueSettings {
                     name: q.name.clone(),
                     tenant: tenant as u16,
@@ -917,6 +1003,7 @@ impl Config {
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid(p.0));
         }
+        let media = validate_media(&mut p, &raw.media);
         Ok(Self {
             sip: SipConfig {
                 listen,
@@ -950,12 +1037,76 @@ impl Config {
             },
             nonce_lifetime: Duration::from_secs(r.nonce_lifetime_seconds),
             login_paused,
+            media,
             tenants,
             trunks,
             queues,
             agents,
             catalog,
         })
+    }
+}
+
+fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
+    if m.port_min < 1024 || m.port_max < m.port_min || m.port_max - m.port_min < 3 {
+        p.add(
+            "media.port_min",
+            "port_min..=port_max must lie above 1023 and hold at least two even/odd pairs",
+        );
+    }
+    let advertise_address = m.advertise_address.as_ref().and_then(|a| match a.parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            p.add(
+                "media.advertise_address",
+                format!("not an IP address: {a:?}"),
+            );
+            None
+        }
+    });
+    let mut codecs = Vec::new();
+    for (i, c) in m.codecs.iter().enumerate() {
+        match c.to_ascii_uppercase().as_str() {
+            "PCMU" if !codecs.contains(&0) => codecs.push(0),
+            "PCMA" if !codecs.contains(&8) => codecs.push(8),
+            "PCMU" | "PCMA" => p.add(format!("media.codecs[{i}]"), "listed twice"),
+            _ => p.add(
+                format!("media.codecs[{i}]"),
+                format!("unsupported codec {c:?} (PCMU, PCMA)"),
+            ),
+        }
+    }
+    if m.codecs.is_empty() {
+        p.add("media.codecs", "needs at least one of PCMU, PCMA");
+    }
+    let latch = match m.latch.as_str() {
+        "sdp_address" => LatchMode::SdpAddress,
+        "first_packet" => LatchMode::FirstPacket,
+        other => {
+            p.add(
+                "media.latch",
+                format!("unknown latch mode {other:?} (sdp_address, first_packet)"),
+            );
+            LatchMode::SdpAddress
+        }
+    };
+    if m.threads > 256 {
+        p.add("media.threads", "at most 256 (0 = one per core)");
+    }
+    MediaConfig {
+        ports: (m.port_min, m.port_max),
+        advertise_address,
+        codecs,
+        latch,
+        inactivity_timeout: (m.inactivity_timeout_seconds > 0)
+            .then(|| Duration::from_secs(m.inactivity_timeout_seconds)),
+        threads: m.threads,
+        music_on_hold: m.music_on_hold.as_ref().map(PathBuf::from),
+        sounds_dir: m
+            .sounds_dir
+            .as_ref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
     }
 }
 

@@ -42,9 +42,9 @@ pub struct Stats {
 pub enum Received<'a> {
     /// Relay this packet to the other leg.
     Media(Packet<'a>),
-    /// A telephone-event packet; `Some` when it starts a key press (do not
-    /// relay it as audio).
-    Dtmf(Option<char>),
+    /// A telephone-event packet (relayed as an event, never as audio), with
+    /// the digit when this packet starts a key press.
+    Dtmf(Packet<'a>, Option<char>),
     /// Dropped and counted.
     Dropped,
 }
@@ -75,6 +75,11 @@ impl Leg {
             detector: Detector::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// The negotiated telephone-event payload type.
+    pub fn telephone_event(&self) -> Option<u8> {
+        self.telephone_event
     }
 
     /// Counters so far.
@@ -140,7 +145,8 @@ impl Leg {
         self.stats.packets += 1;
         self.stats.bytes += p.payload.len() as u64;
         if Some(p.header.payload_type) == self.telephone_event {
-            return Received::Dtmf(self.detector.push(p.header.timestamp, p.payload));
+            let digit = self.detector.push(p.header.timestamp, p.payload);
+            return Received::Dtmf(p, digit);
         }
         Received::Media(p)
     }
@@ -209,16 +215,16 @@ mod tests {
         );
         // A key press: reported once.
         let ev = [9u8, 10, 0, 0];
-        assert_eq!(
+        assert!(matches!(
             leg.receive(addr("192.0.2.5:41000"), &pkt(6, 101, &ev)),
-            Received::Dtmf(Some('9'))
-        );
+            Received::Dtmf(_, Some('9'))
+        ));
         let mut same = pkt(7, 101, &ev);
         same[4..8].copy_from_slice(&(6u32 * 160).to_be_bytes());
-        assert_eq!(
+        assert!(matches!(
             leg.receive(addr("192.0.2.5:41000"), &same),
-            Received::Dtmf(None)
-        );
+            Received::Dtmf(_, None)
+        ));
         let s = leg.stats();
         assert_eq!(
             (s.packets, s.lost, s.late, s.bad, s.foreign),

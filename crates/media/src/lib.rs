@@ -6,6 +6,7 @@
 //! timestamps or `now`).
 #![warn(missing_docs)]
 
+pub mod announce;
 pub mod dtmf;
 pub mod g711;
 pub mod leg;

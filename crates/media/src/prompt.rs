@@ -209,6 +209,17 @@ impl Playout {
         !self.looped && self.sent as usize >= self.prompt.frames.len()
     }
 
+    /// The law of the frames.
+    pub fn law(&self) -> Law {
+        self.prompt.law
+    }
+
+    /// When the frame after the last one sent is due (the end, once a
+    /// non-looped prompt has ended).
+    pub fn end(&self) -> Instant {
+        self.due(self.sent)
+    }
+
     /// When the next frame is due; `None` once a non-looped prompt ended.
     pub fn poll_timeout(&self) -> Option<Instant> {
         (!self.finished() && !self.prompt.frames.is_empty()).then(|| self.due(self.sent))

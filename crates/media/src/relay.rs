@@ -1,18 +1,24 @@
-//! One anchored call's media: two legs, each with its receive state and
-//! its outgoing stream; packets from one leg are relayed to the other with
-//! the header rewritten (one SSRC per direction, continuous numbering) and
-//! the payload transcoded when the legs negotiated different laws. Writes
-//! into the caller's buffer: no allocation per packet.
+//! One anchored call's media, sans-IO: the caller's leg from the start,
+//! the operator's leg once bridged. Before the bridge the caller hears
+//! prompts and music on hold (paced playout); after it, packets from one
+//! leg are relayed to the other with the header rewritten (one SSRC per
+//! direction, continuous numbering across every source) and the payload
+//! transcoded when the legs negotiated different laws. Telephone events
+//! are reported once per key press and relayed as events when the other
+//! leg negotiated them. Writes into the caller's buffer: no allocation per
+//! packet.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use crate::g711::{self, Law};
 use crate::leg::{Leg, Received, Stats};
-use crate::rtp::{self, HEADER_LEN};
+use crate::prompt::{FRAME, Playout, Prompt};
+use crate::rtp::{self, HEADER_LEN, Header};
 use crate::stream::Outgoing;
 
 /// Which side of the call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The caller (trunk).
     A,
@@ -21,17 +27,27 @@ pub enum Side {
 }
 
 impl Side {
-    fn other(self) -> Self {
+    /// The other side.
+    pub fn other(self) -> Self {
         match self {
             Self::A => Self::B,
             Self::B => Self::A,
         }
     }
 
-    fn index(self) -> usize {
+    /// 0 for A, 1 for B.
+    pub fn index(self) -> usize {
         match self {
             Self::A => 0,
             Self::B => 1,
+        }
+    }
+
+    /// `"caller"` or `"operator"`, for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::A => "caller",
+            Self::B => "operator",
         }
     }
 }
@@ -47,32 +63,118 @@ pub enum Action {
         /// Bytes written.
         len: usize,
     },
-    /// A key press on this side.
-    Dtmf(char),
+    /// A key press on this side (the event may also have been relayed:
+    /// then `relay` holds what to send, as for `Send`).
+    Dtmf {
+        /// The key.
+        digit: char,
+        /// The event packet to send to the other side, if any.
+        relay: Option<(SocketAddr, usize)>,
+    },
     /// Nothing to send.
     None,
 }
 
-/// A bridged call's media.
+/// Source ids for the outgoing streams (any distinct numbers: a change of
+/// source sets the marker bit and restarts the timestamp mapping).
+const FROM_PEER: u32 = 0;
+
+/// What the caller hears before the bridge.
 #[derive(Debug)]
-pub struct Bridge {
-    legs: [Leg; 2],
-    laws: [Law; 2],
-    out: [Outgoing; 2],
-    /// While on hold (either side), media is not relayed.
-    held: bool,
+struct Playback {
+    /// Prompts still to play after the current one.
+    queue: Vec<Prompt>,
+    next: usize,
+    /// Looped once the prompts are done.
+    music: Option<Prompt>,
+    current: Option<Playout>,
 }
 
-impl Bridge {
-    /// Two legs with their negotiated laws; `ssrc`/`seq`/`ts` seed the
-    /// outgoing stream of each side (random in production).
-    pub fn new(a: (Leg, Law), b: (Leg, Law), seeds: [(u32, u16, u32); 2]) -> Self {
+/// One call's media.
+#[derive(Debug)]
+pub struct CallMedia {
+    legs: [Option<Leg>; 2],
+    laws: [Law; 2],
+    out: [Outgoing; 2],
+    /// Last packet accepted per side (liveness).
+    last_rx: [Instant; 2],
+    /// Relaying between the legs (else playback to the caller).
+    bridged: bool,
+    /// Either side put the call on hold: nothing relayed.
+    held: bool,
+    playback: Playback,
+    /// Distinct source id per playout.
+    sources: u32,
+}
+
+impl CallMedia {
+    /// The caller's leg with its negotiated law; `seeds` (ssrc, seq, ts)
+    /// start the outgoing stream of each side (random in production,
+    /// RFC 3550 §5.1).
+    pub fn new(now: Instant, a: Leg, a_law: Law, seeds: [(u32, u16, u32); 2]) -> Self {
         Self {
-            legs: [a.0, b.0],
-            laws: [a.1, b.1],
+            legs: [Some(a), None],
+            laws: [a_law, a_law],
             out: seeds.map(|(s, q, t)| Outgoing::new(s, q, t)),
+            last_rx: [now; 2],
+            bridged: false,
             held: false,
+            playback: Playback {
+                queue: Vec::new(),
+                next: 0,
+                music: None,
+                current: None,
+            },
+            sources: FROM_PEER,
         }
+    }
+
+    /// Plays `prompts` to the caller from `now`, then `music` in a loop
+    /// (nothing when `None`). Replaces what was playing. Ignored once
+    /// bridged.
+    pub fn play(&mut self, now: Instant, prompts: Vec<Prompt>, music: Option<Prompt>) {
+        if self.bridged {
+            return;
+        }
+        self.playback = Playback {
+            queue: prompts,
+            next: 0,
+            music,
+            current: None,
+        };
+        self.advance(now);
+    }
+
+    /// Starts the next prompt (or the music) at `start`.
+    fn advance(&mut self, start: Instant) {
+        let pb = &mut self.playback;
+        while pb.queue.get(pb.next).is_some_and(|p| p.frames.is_empty()) {
+            pb.next += 1;
+        }
+        let (prompt, looped) = if let Some(p) = pb.queue.get(pb.next) {
+            pb.next += 1;
+            (p.clone(), false)
+        } else if let Some(m) = pb.music.as_ref().filter(|m| !m.frames.is_empty()) {
+            (m.clone(), true)
+        } else {
+            pb.current = None;
+            return;
+        };
+        self.sources = self.sources.wrapping_add(1).max(1);
+        pb.current = Some(Playout::new(prompt, looped, start, self.sources, 0, 0));
+    }
+
+    /// Connects the operator's leg: playback stops, media is relayed.
+    pub fn bridge(&mut self, b: Leg, b_law: Law) {
+        self.legs[1] = Some(b);
+        self.laws[1] = b_law;
+        self.bridged = true;
+        self.playback.current = None;
+    }
+
+    /// Whether the legs are bridged.
+    pub fn bridged(&self) -> bool {
+        self.bridged
     }
 
     /// Hold (re-INVITE with sendonly/inactive) or resume.
@@ -80,38 +182,143 @@ impl Bridge {
         self.held = held;
     }
 
-    /// Counters of what a side sent us.
-    pub fn stats(&self, side: Side) -> Stats {
-        self.legs[side.index()].stats()
+    /// A side's peer sent a new SDP (re-INVITE): new address, new event
+    /// type, latch again.
+    pub fn update(&mut self, side: Side, expected: SocketAddr, telephone_event: Option<u8>) {
+        if let Some(leg) = self.legs[side.index()].as_mut() {
+            leg.update(expected, telephone_event);
+        }
     }
 
-    /// A datagram from `from` on `side`'s socket. A relayed packet is
-    /// written into `buf` (at least 12 + payload bytes; 1,500 is enough for
-    /// anything accepted).
-    pub fn receive(&mut self, side: Side, from: SocketAddr, data: &[u8], buf: &mut [u8]) -> Action {
-        let (from_law, to_law) = (self.laws[side.index()], self.laws[side.other().index()]);
-        let to = self.legs[side.other().index()].destination();
-        let p = match self.legs[side.index()].receive(from, data) {
-            Received::Media(p) => p,
-            Received::Dtmf(Some(c)) => return Action::Dtmf(c),
-            Received::Dtmf(None) | Received::Dropped => return Action::None,
-        };
-        if self.held || p.header.payload_type != from_law.payload_type() {
-            // Comfort noise and unknown payloads are not relayed.
-            return Action::None;
+    /// Counters of what a side sent us (zero for a side not yet there).
+    pub fn stats(&self, side: Side) -> Stats {
+        self.legs[side.index()]
+            .as_ref()
+            .map(Leg::stats)
+            .unwrap_or_default()
+    }
+
+    /// The side that has sent nothing for `timeout` (the caller only once
+    /// bridged: many trunks send no RTP during early media). On hold the
+    /// holding side may legitimately stay silent: nothing is reported.
+    pub fn idle_side(&self, now: Instant, timeout: Duration) -> Option<Side> {
+        if self.held || !self.bridged {
+            return None;
         }
-        let samples = p.payload.len() as u32;
-        let Some(mut h) =
-            self.out[side.other().index()].rewrite(side.index() as u32, &p.header, samples)
-        else {
+        [Side::A, Side::B]
+            .into_iter()
+            .find(|s| now.saturating_duration_since(self.last_rx[s.index()]) >= timeout)
+    }
+
+    /// When the next playout frame is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.bridged {
+            return None;
+        }
+        self.playback.current.as_ref()?.poll_timeout()
+    }
+
+    /// The next playout packet due at `now`, written into `buf` (at least
+    /// 172 bytes): where to send it from the caller's socket, and its
+    /// length. Call until `None`.
+    pub fn poll_packet(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        if self.bridged {
+            return None;
+        }
+        let to = self.legs[0].as_ref()?.destination();
+        // Bounded: each turn starts the next prompt (skipped ones included).
+        for _ in 0..=self.playback.queue.len() + 1 {
+            let current = self.playback.current.as_mut()?;
+            let law = current.law();
+            let Some((h, frame)) = current.poll_packet(now) else {
+                if current.poll_timeout().is_some() {
+                    return None;
+                }
+                // Ended while the driver was late: go on from now.
+                self.advance(now);
+                continue;
+            };
+            let out = self.out[0].rewrite(h.ssrc, &h, FRAME as u32);
+            let pt = self.laws[0].payload_type();
+            let written = out.and_then(|out| {
+                let out = Header {
+                    payload_type: pt,
+                    ..out
+                };
+                rtp::write(&out, frame, buf)
+            });
+            if current.poll_timeout().is_none() {
+                // The next prompt starts right after this one's last frame.
+                let end = current.end();
+                self.advance(end);
+            }
+            let len = written?;
+            g711::transcode(law, self.laws[0], &mut buf[HEADER_LEN..len]);
+            return Some((to, len));
+        }
+        None
+    }
+
+    /// A datagram from `from` on `side`'s socket, at `now`. A relayed
+    /// packet is written into `buf` (1,500 bytes is enough for anything
+    /// accepted).
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        side: Side,
+        from: SocketAddr,
+        data: &[u8],
+        buf: &mut [u8],
+    ) -> Action {
+        let (i, o) = (side.index(), side.other().index());
+        let Some(leg) = self.legs[i].as_mut() else {
             return Action::None;
         };
-        h.payload_type = to_law.payload_type();
-        let Some(len) = rtp::write(&h, p.payload, buf) else {
-            return Action::None;
-        };
-        g711::transcode(from_law, to_law, &mut buf[HEADER_LEN..len]);
-        Action::Send { to, len }
+        let received = leg.receive(from, data);
+        if !matches!(received, Received::Dropped) {
+            self.last_rx[i] = now;
+        }
+        let relaying = self.bridged && !self.held;
+        match received {
+            Received::Dropped => Action::None,
+            Received::Dtmf(p, digit) => {
+                let relay = match (relaying, self.legs[o].as_ref()) {
+                    (true, Some(other)) => other.telephone_event().and_then(|pt| {
+                        let to = other.destination();
+                        let mut h = self.out[o].rewrite(FROM_PEER, &p.header, 0)?;
+                        h.payload_type = pt;
+                        rtp::write(&h, p.payload, buf).map(|len| (to, len))
+                    }),
+                    _ => None,
+                };
+                match (digit, relay) {
+                    (Some(digit), relay) => Action::Dtmf { digit, relay },
+                    (None, Some((to, len))) => Action::Send { to, len },
+                    (None, None) => Action::None,
+                }
+            }
+            Received::Media(p) => {
+                let Some(other) = self.legs[o].as_ref() else {
+                    return Action::None;
+                };
+                let (from_law, to_law) = (self.laws[i], self.laws[o]);
+                if !relaying || p.header.payload_type != from_law.payload_type() {
+                    // Comfort noise and unknown payloads are not relayed.
+                    return Action::None;
+                }
+                let to = other.destination();
+                let samples = p.payload.len() as u32;
+                let Some(mut h) = self.out[o].rewrite(FROM_PEER, &p.header, samples) else {
+                    return Action::None;
+                };
+                h.payload_type = to_law.payload_type();
+                let Some(len) = rtp::write(&h, p.payload, buf) else {
+                    return Action::None;
+                };
+                g711::transcode(from_law, to_law, &mut buf[HEADER_LEN..len]);
+                Action::Send { to, len }
+            }
+        }
     }
 }
 
@@ -119,7 +326,6 @@ impl Bridge {
 mod tests {
     use super::*;
     use crate::leg::Latch;
-    use crate::rtp::Header;
 
     fn pkt(seq: u16, pt: u8, payload: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 12 + payload.len()];
@@ -134,18 +340,28 @@ mod tests {
         b
     }
 
+    fn prompt(byte: u8, frames: usize, law: Law) -> Prompt {
+        Prompt {
+            law,
+            frames: vec![[byte; FRAME]; frames].into(),
+        }
+    }
+
     #[test]
     fn relays_with_rewrite_and_transcoding() {
+        let t0 = Instant::now();
         let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
         let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
-        let mut br = Bridge::new(
-            (Leg::new(Latch::SdpAddress, a_addr, Some(101)), Law::Alaw),
-            (Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw),
+        let mut m = CallMedia::new(
+            t0,
+            Leg::new(Latch::SdpAddress, a_addr, Some(101)),
+            Law::Alaw,
             [(1, 0, 0), (2, 500, 8000)],
         );
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
         let mut buf = [0u8; 1500];
         let alaw: Vec<u8> = (0..160).map(|i| Law::Alaw.encode(i * 100)).collect();
-        let act = br.receive(Side::A, a_addr, &pkt(10, 8, &alaw), &mut buf);
+        let act = m.receive(t0, Side::A, a_addr, &pkt(10, 8, &alaw), &mut buf);
         let Action::Send { to, len } = act else {
             panic!("{act:?}");
         };
@@ -161,27 +377,31 @@ mod tests {
             let want = i32::from(Law::Alaw.decode(alaw[i]));
             assert!((i32::from(Law::Ulaw.decode(b)) - want).abs() <= 1024);
         }
-        // The caller's key press is an event, not relayed.
+        // The caller's key press is an event, reported once; the operator
+        // negotiated no telephone-event, so nothing is relayed.
         assert_eq!(
-            br.receive(Side::A, a_addr, &pkt(11, 101, &[4, 10, 0, 0]), &mut buf),
-            Action::Dtmf('4')
+            m.receive(t0, Side::A, a_addr, &pkt(11, 101, &[4, 10, 0, 0]), &mut buf),
+            Action::Dtmf {
+                digit: '4',
+                relay: None
+            }
         );
         // On hold nothing goes through; a stranger never does.
-        br.set_held(true);
+        m.set_held(true);
         assert_eq!(
-            br.receive(Side::A, a_addr, &pkt(12, 8, &alaw), &mut buf),
+            m.receive(t0, Side::A, a_addr, &pkt(12, 8, &alaw), &mut buf),
             Action::None
         );
-        br.set_held(false);
+        m.set_held(false);
         let stranger: SocketAddr = "203.0.113.1:1".parse().unwrap();
         assert_eq!(
-            br.receive(Side::A, stranger, &pkt(13, 8, &alaw), &mut buf),
+            m.receive(t0, Side::A, stranger, &pkt(13, 8, &alaw), &mut buf),
             Action::None
         );
-        assert_eq!(br.stats(Side::A).foreign, 1);
+        assert_eq!(m.stats(Side::A).foreign, 1);
         // The operator's audio flows back, A-law towards the caller.
         let ulaw = [0xFFu8; 160];
-        let Action::Send { to, len } = br.receive(Side::B, b_addr, &pkt(7, 0, &ulaw), &mut buf)
+        let Action::Send { to, len } = m.receive(t0, Side::B, b_addr, &pkt(7, 0, &ulaw), &mut buf)
         else {
             panic!()
         };
@@ -189,5 +409,129 @@ mod tests {
         let back = rtp::parse(&buf[..len]).unwrap();
         assert_eq!((back.header.payload_type, back.header.ssrc), (8, 1));
         assert!(back.payload.iter().all(|&b| b == Law::Alaw.encode(0)));
+    }
+
+    #[test]
+    fn prompts_then_music_then_operator_in_one_stream() {
+        let t0 = Instant::now();
+        let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
+        let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
+        let mut m = CallMedia::new(
+            t0,
+            Leg::new(Latch::SdpAddress, a_addr, Some(101)),
+            Law::Ulaw,
+            [(7, 65534, 1000), (8, 0, 0)],
+        );
+        // Two announcement prompts (one in A-law: transcoded), then music.
+        m.play(
+            t0,
+            vec![prompt(0x11, 2, Law::Ulaw), prompt(0xD5, 1, Law::Alaw)],
+            Some(prompt(0x33, 2, Law::Ulaw)),
+        );
+        let mut buf = [0u8; 1500];
+        let mut got = Vec::new();
+        let mut now = t0;
+        for _ in 0..7 {
+            assert_eq!(m.poll_timeout(), Some(now), "one frame every 20 ms");
+            let (to, len) = m.poll_packet(now, &mut buf).unwrap();
+            assert_eq!(to, a_addr);
+            assert!(m.poll_packet(now, &mut buf).is_none(), "paced");
+            let p = rtp::parse(&buf[..len]).unwrap();
+            got.push((p.header, p.payload[0]));
+            now += Duration::from_millis(20);
+        }
+        let bytes: Vec<u8> = got.iter().map(|(_, b)| *b).collect();
+        assert_eq!(
+            bytes,
+            [
+                0x11,
+                0x11,
+                Law::Ulaw.encode(Law::Alaw.decode(0xD5)),
+                0x33,
+                0x33,
+                0x33,
+                0x33
+            ],
+            "prompts in order (A-law silence became µ-law silence), then music looped"
+        );
+        let seqs: Vec<u16> = got.iter().map(|(h, _)| h.seq).collect();
+        assert_eq!(seqs, [65534, 65535, 0, 1, 2, 3, 4]);
+        let ts: Vec<u32> = got.iter().map(|(h, _)| h.timestamp).collect();
+        assert_eq!(ts, [1000, 1160, 1320, 1480, 1640, 1800, 1960]);
+        let markers: Vec<bool> = got.iter().map(|(h, _)| h.marker).collect();
+        assert_eq!(
+            markers,
+            [true, false, true, true, false, false, false],
+            "marker where the source changes"
+        );
+        assert!(got.iter().all(|(h, _)| h.ssrc == 7 && h.payload_type == 0));
+        // An announcement interrupts the music, and music resumes.
+        m.play(
+            now,
+            vec![prompt(0x44, 1, Law::Ulaw)],
+            Some(prompt(0x33, 2, Law::Ulaw)),
+        );
+        let (_, len) = m.poll_packet(now, &mut buf).unwrap();
+        assert_eq!(rtp::parse(&buf[..len]).unwrap().payload[0], 0x44);
+        now += Duration::from_millis(20);
+        // The operator answers: playback stops, their audio continues the
+        // same stream towards the caller.
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, Some(96)), Law::Ulaw);
+        assert!(m.poll_timeout().is_none() && m.poll_packet(now, &mut buf).is_none());
+        let Action::Send { len, .. } =
+            m.receive(now, Side::B, b_addr, &pkt(4000, 0, &[0x55; 160]), &mut buf)
+        else {
+            panic!()
+        };
+        let h = rtp::parse(&buf[..len]).unwrap().header;
+        assert_eq!((h.ssrc, h.seq, h.timestamp, h.marker), (7, 6, 2280, true));
+        // The caller's key press reaches the operator as an event with the
+        // operator's payload type.
+        let act = m.receive(now, Side::A, a_addr, &pkt(1, 101, &[1, 10, 0, 0]), &mut buf);
+        let Action::Dtmf {
+            digit: '1',
+            relay: Some((to, len)),
+        } = act
+        else {
+            panic!("{act:?}")
+        };
+        assert_eq!(to, b_addr);
+        let ev = rtp::parse(&buf[..len]).unwrap();
+        assert_eq!((ev.header.payload_type, ev.header.ssrc), (96, 8));
+        assert_eq!(ev.payload, [1, 10, 0, 0]);
+    }
+
+    #[test]
+    fn silence_is_reported_per_side_once_bridged() {
+        let t0 = Instant::now();
+        let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
+        let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
+        let mut m = CallMedia::new(
+            t0,
+            Leg::new(Latch::SdpAddress, a_addr, None),
+            Law::Ulaw,
+            [(1, 0, 0), (2, 0, 0)],
+        );
+        let timeout = Duration::from_secs(30);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(m.idle_side(later, timeout), None, "early media: no check");
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
+        let mut buf = [0u8; 1500];
+        m.receive(later, Side::A, a_addr, &pkt(1, 0, &[0; 160]), &mut buf);
+        assert_eq!(m.idle_side(later, timeout), Some(Side::B));
+        m.receive(later, Side::B, b_addr, &pkt(1, 0, &[0; 160]), &mut buf);
+        assert_eq!(m.idle_side(later, timeout), None);
+        // Packets from a stranger do not keep a dead leg alive.
+        let t = later + timeout;
+        m.receive(
+            t,
+            Side::B,
+            "203.0.113.1:9".parse().unwrap(),
+            &pkt(2, 0, &[0; 160]),
+            &mut buf,
+        );
+        assert_eq!(m.idle_side(t, timeout), Some(Side::A));
+        m.set_held(true);
+        assert_eq!(m.idle_side(t, timeout), None, "on hold");
     }
 }

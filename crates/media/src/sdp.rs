@@ -158,6 +158,74 @@ pub fn parse(body: &[u8]) -> Result<Audio, SdpError> {
     Ok(audio)
 }
 
+/// What Centralino says in its own SDP (an offer to an operator, or an
+/// answer to a caller): one audio stream on its anchored address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local<'a> {
+    /// Address written in c= and o=.
+    pub addr: IpAddr,
+    /// RTP port.
+    pub port: u16,
+    /// G.711 payload types, preferred first.
+    pub formats: &'a [u8],
+    /// Telephone-event payload type, if any.
+    pub telephone_event: Option<u8>,
+    /// Direction.
+    pub direction: Direction,
+    /// o= session id (stable for the session).
+    pub session: u64,
+    /// o= version (incremented on every change).
+    pub version: u64,
+}
+
+impl Local<'_> {
+    /// The body, CRLF line ends.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let family = if self.addr.is_ipv4() { "IP4" } else { "IP6" };
+        let mut out = String::with_capacity(256);
+        let _ = write!(
+            out,
+            "v=0\r\no=centralino {} {} IN {family} {}\r\ns=centralino\r\nc=IN {family} {}\r\nt=0 0\r\nm=audio {} RTP/AVP",
+            self.session, self.version, self.addr, self.addr, self.port
+        );
+        for pt in self.formats.iter().chain(self.telephone_event.as_ref()) {
+            let _ = write!(out, " {pt}");
+        }
+        out.push_str("\r\n");
+        for &pt in self.formats {
+            let name = if pt == 8 { "PCMA" } else { "PCMU" };
+            let _ = write!(out, "a=rtpmap:{pt} {name}/8000\r\n");
+        }
+        if let Some(pt) = self.telephone_event {
+            let _ = write!(
+                out,
+                "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"
+            );
+        }
+        out.push_str("a=ptime:20\r\n");
+        out.push_str(match self.direction {
+            Direction::SendRecv => "a=sendrecv\r\n",
+            Direction::SendOnly => "a=sendonly\r\n",
+            Direction::RecvOnly => "a=recvonly\r\n",
+            Direction::Inactive => "a=inactive\r\n",
+        });
+        out.into_bytes()
+    }
+}
+
+impl Direction {
+    /// The direction that answers this one (RFC 3264 §6.1): a peer that
+    /// only sends gets recvonly, and so on.
+    pub fn answer(self) -> Self {
+        match self {
+            Self::SendRecv => Self::SendRecv,
+            Self::SendOnly => Self::RecvOnly,
+            Self::RecvOnly => Self::SendOnly,
+            Self::Inactive => Self::Inactive,
+        }
+    }
+}
+
 /// Rewrites a body for the other leg: every c= line and the audio port
 /// become Centralino's `addr`/`port`, the audio formats become `formats`
 /// (with their rtpmap/fmtp lines kept, the others dropped). Other lines are
@@ -301,5 +369,33 @@ mod tests {
             let _ = parse(s.as_bytes());
             let _ = rewrite(s.as_bytes(), "127.0.0.1".parse().unwrap(), 1, &[0]);
         }
+    }
+
+    #[test]
+    fn local_description_parses_back() {
+        let l = Local {
+            addr: "192.0.2.1".parse().unwrap(),
+            port: 20002,
+            formats: &[8, 0],
+            telephone_event: Some(101),
+            direction: Direction::RecvOnly,
+            session: 42,
+            version: 2,
+        };
+        let a = parse(&l.to_bytes()).unwrap();
+        assert_eq!(a.addr, l.addr);
+        assert_eq!(a.port, 20002);
+        assert_eq!(a.formats, [8, 0, 101]);
+        assert_eq!(a.telephone_event, Some(101));
+        assert_eq!(a.direction, Direction::RecvOnly);
+        assert_eq!(a.choose(&[Law::Ulaw, Law::Alaw]), Some(Law::Alaw));
+        let v6 = Local {
+            addr: "::1".parse().unwrap(),
+            telephone_event: None,
+            ..l
+        };
+        let text = String::from_utf8(v6.to_bytes()).unwrap();
+        assert!(text.contains("c=IN IP6 ::1\r\n") && !text.contains("telephone"));
+        assert_eq!(Direction::SendOnly.answer(), Direction::RecvOnly);
     }
 }
