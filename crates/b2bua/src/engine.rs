@@ -1,9 +1,15 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::IpAddr;
-use std::time::Instant;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use centralino_config::Config;
+use centralino_media::announce::{self, Library};
+use centralino_media::g711::Law;
+use centralino_media::ports::Ports;
+use centralino_media::prompt::Prompt;
+use centralino_media::relay::Side;
+use centralino_media::sdp::{self, Direction, Local};
 use std::sync::Arc;
 
 use centralino_routing::{
@@ -21,12 +27,24 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tracing::{debug, info, warn};
 
+use crate::media::{MediaCommand, MediaEvent, MediaPorts, PORT_QUARANTINE, Peer, PoolPorts};
 use crate::metrics::Metrics;
 
 /// Gauges lag activity by at most this much.
-const GAUGE_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+const GAUGE_PERIOD: Duration = Duration::from_millis(100);
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+
+/// A non-100 provisional response is repeated this often while a call
+/// waits, so proxies on the path never time the INVITE out (RFC 3261
+/// §13.3.1.1: at least every minute).
+const PROGRESS_REFRESH: Duration = Duration::from_secs(60);
+
+/// The telephone-event payload type Centralino offers to operators.
+const TELEPHONE_EVENT: u8 = 101;
+
+/// Digits kept per call for its flow (issue: IVR); older ones are dropped.
+const MAX_DIGITS: usize = 64;
 
 /// What the engine asks its driver to do.
 #[derive(Debug)]
@@ -38,6 +56,28 @@ pub enum Output {
         /// The serialised message.
         bytes: Vec<u8>,
     },
+    /// Instruct the media plane.
+    Media(MediaCommand),
+}
+
+/// A call's anchored media as the signalling side knows it.
+#[derive(Debug)]
+struct CallMedia {
+    /// Local address the ports are bound on.
+    ip: IpAddr,
+    /// Address written into SDP.
+    sdp_ip: IpAddr,
+    a_port: u16,
+    b_port: u16,
+    a: Peer,
+    a_direction: Direction,
+    b: Option<Peer>,
+    b_direction: Direction,
+    /// o= session id towards the caller (the operator gets id + 1).
+    session: u64,
+    version: u64,
+    /// Key presses so far (for the call's flow).
+    digits: String,
 }
 
 /// A trunk's DIDs: where each one's calls queue, with what requirements.
@@ -101,6 +141,7 @@ struct Call {
     /// The B-leg that answered.
     b: Option<BLeg>,
     attempt: u32,
+    media: CallMedia,
 }
 
 /// What a client transaction belongs to.
@@ -117,6 +158,10 @@ enum ClientRef {
 enum CallTimer {
     Ring(u32),
     MaxWait,
+    /// Position and expected wait, spoken to a waiting caller.
+    Announce,
+    /// The 183 repeated while waiting.
+    Progress,
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -144,6 +189,13 @@ pub struct Engine {
     /// Admission token bucket: (tokens, last refill) when a rate is set.
     admission: Option<(f64, f64, Instant)>,
     user_agent: String,
+    ports: Box<dyn MediaPorts>,
+    prompts: Arc<Library>,
+    /// Music on hold per queue (the queue's own, else the node's).
+    music: Vec<Option<Prompt>>,
+    codecs: Vec<Law>,
+    advertise: Option<IpAddr>,
+    announce_every: Vec<Option<Duration>>,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -259,6 +311,22 @@ impl Engine {
                 .max_calls_per_second
                 .map(|r| (f64::from(r.get()), f64::from(r.get()), now)),
             user_agent: config.sip.user_agent.clone(),
+            ports: Box::new(PoolPorts(
+                Ports::new(config.media.ports.0, config.media.ports.1, PORT_QUARANTINE)
+                    .unwrap_or_else(|_| {
+                        Ports::new(20_000, 29_999, PORT_QUARANTINE).expect("non-empty range")
+                    }),
+            )),
+            prompts: Arc::new(Library::new()),
+            music: vec![None; config.queues.len()],
+            codecs: config
+                .media
+                .codecs
+                .iter()
+                .map(|&pt| if pt == 8 { Law::Alaw } else { Law::Ulaw })
+                .collect(),
+            advertise: config.media.advertise_address,
+            announce_every: config.queues.iter().map(|q| q.announce_every).collect(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
@@ -276,6 +344,19 @@ impl Engine {
         // out, not an empty series until the first message).
         engine.refresh_gauges(now);
         engine
+    }
+
+    /// Where RTP ports come from (the driver's allocator binds them).
+    pub fn set_ports(&mut self, ports: Box<dyn MediaPorts>) {
+        self.ports = ports;
+    }
+
+    /// The prompts (announcements) and the music on hold of each queue,
+    /// loaded by the driver at start-up.
+    pub fn set_prompts(&mut self, prompts: Arc<Library>, music: Vec<Option<Prompt>>) {
+        self.prompts = prompts;
+        self.music = music;
+        self.music.resize(self.announce_every.len(), None);
     }
 
     /// The guard's limits (the driver frames TCP with them).
@@ -745,12 +826,8 @@ impl Engine {
                 self.respond(now, &key, &r);
             }
             Method::Invite if msg.to_tag.is_none() => self.new_call(now, flow, msg),
-            Method::Invite | Method::Update => {
-                // Session changes are not relayed yet (media anchoring comes
-                // with the media plane): refusing keeps the current session.
-                let r = msg.response(488, reason_phrase(488), None);
-                self.respond(now, &key, &r);
-            }
+            Method::Invite | Method::Update => self.on_reinvite(now, &key, &msg),
+            Method::Info => self.on_info(now, &key, &msg),
             Method::Cancel => self.on_cancel(now, &key, &msg),
             Method::Bye => self.on_bye(now, &key, &msg),
             Method::Ack => {}
@@ -805,10 +882,28 @@ impl Engine {
         let qname = self.router.queue(queue).name.clone();
         let span = tracing::info_span!("call", call = %id);
         let _entered = span.clone().entered();
+        let media = match self.anchor(now, flow, &msg) {
+            Ok(m) => m,
+            Err((code, reason)) => {
+                self.metrics.sdp_rejected.with_label_values(&[reason]).inc();
+                self.metrics.calls.with_label_values(&[reason]).inc();
+                warn!(reason, code, "call refused: media");
+                let mut r = msg.response(code, reason_phrase(code), Some(&a_tag));
+                if code == 488 {
+                    r.push("Warning", "305 centralino \"Incompatible media format\"");
+                } else {
+                    r.push("Retry-After", "5");
+                }
+                self.respond(now, &key, &r);
+                return;
+            }
+        };
         if let Err(e) = self.router.enqueue(now, queue, id, &spec) {
             let status = self.queue_exit[queue.0 as usize];
             warn!(queue = %qname, error = %e, "call refused by the router");
             self.metrics.calls.with_label_values(&["queue_full"]).inc();
+            self.ports.release(now, media.a_port);
+            self.ports.release(now, media.b_port);
             let r = msg.response(status, reason_phrase(status), Some(&a_tag));
             self.respond(now, &key, &r);
             return;
@@ -818,12 +913,34 @@ impl Engine {
             .with_label_values(&[&qname])
             .inc();
         info!(caller = %Masked(&caller), queue = %qname, "call queued");
-        let mut ringing = msg.response(180, "Ringing", Some(&a_tag));
-        ringing.push("Contact", &Self::contact(flow));
-        self.respond(now, &key, &ringing);
+        // The caller hears our media while waiting (early media: the call
+        // stays unanswered, so CANCEL and the queue's exit status still
+        // work as a carrier expects).
+        self.out.push_back(Output::Media(MediaCommand::Open {
+            call: id,
+            ip: media.ip,
+            a_port: media.a_port,
+            b_port: media.b_port,
+            a: media.a,
+        }));
+        self.out.push_back(Output::Media(MediaCommand::Play {
+            call: id,
+            prompts: Vec::new(),
+            music: self.music[queue.0 as usize].clone(),
+        }));
+        let mut progress = msg.response(183, "Session Progress", Some(&a_tag));
+        progress.push("Contact", &Self::contact(flow));
+        progress.set_body(Some("application/sdp"), a_sdp(&media));
+        self.respond(now, &key, &progress);
         let max_wait = self.router.queue(queue).max_wait;
         self.timers
             .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
+        self.timers
+            .push(Reverse((now + PROGRESS_REFRESH, id, CallTimer::Progress)));
+        if let Some(every) = self.announce_every[queue.0 as usize] {
+            self.timers
+                .push(Reverse((now + every, id, CallTimer::Announce)));
+        }
         self.by_a.insert(msg.call_id.clone(), id);
         self.calls.insert(
             id,
@@ -841,8 +958,52 @@ impl Engine {
                 forks: Vec::new(),
                 b: None,
                 attempt: 0,
+                media,
             },
         );
+    }
+
+    /// Checks the caller's offer and takes two port pairs: the caller's
+    /// media parameters, or the status and metric reason of a refusal.
+    fn anchor(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        msg: &Message,
+    ) -> Result<CallMedia, (u16, &'static str)> {
+        if msg.body.is_empty() {
+            // A late offer (INVITE without SDP) would need our offer in the
+            // 200 OK and the answer in the ACK: not supported yet.
+            return Err((488, "no_offer"));
+        }
+        let audio = sdp::parse(&msg.body).map_err(|_| (488, "malformed_sdp"))?;
+        if audio.port == 0 {
+            return Err((488, "no_audio"));
+        }
+        let law = audio.choose(&self.codecs).ok_or((488, "no_common_codec"))?;
+        let ip = flow.local.ip();
+        let a_port = self.ports.take(now, ip).map_err(|_| (503, "no_rtp_port"))?;
+        let Ok(b_port) = self.ports.take(now, ip) else {
+            self.ports.release(now, a_port);
+            return Err((503, "no_rtp_port"));
+        };
+        Ok(CallMedia {
+            ip,
+            sdp_ip: self.advertise.unwrap_or(ip),
+            a_port,
+            b_port,
+            a: Peer {
+                addr: SocketAddr::new(audio.addr, audio.port),
+                law,
+                telephone_event: audio.telephone_event,
+            },
+            a_direction: audio.direction.answer(),
+            b: None,
+            b_direction: Direction::SendRecv,
+            session: self.rng.next_u64() >> 2,
+            version: 1,
+            digits: String::new(),
+        })
     }
 
     fn call_span(&self, id: CallId) -> tracing::Span {
@@ -886,8 +1047,7 @@ impl Engine {
         );
         inv.push("Contact", &Self::contact(flow));
         inv.push("User-Agent", &self.user_agent);
-        let ct = call.a_invite.header("Content-Type").map(str::to_owned);
-        inv.set_body(ct.as_deref(), call.a_invite.body.clone());
+        inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
         let queue = call.queue;
         let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
         self.by_b.insert(b_call_id.clone(), call_id);
@@ -965,7 +1125,6 @@ impl Engine {
         let Some(i) = call.forks.iter().position(|b| b.invite_key == key) else {
             return;
         };
-        let single = call.forks.len() == 1;
         let b = &mut call.forks[i];
         match code {
             100 => {}
@@ -974,17 +1133,28 @@ impl Engine {
                     b.state = BState::Ringing;
                     self.router.ringing(b.agent, call_id);
                 }
-                // Early media from one phone only: with ring-all, several
-                // phones' media would fight over the caller's ear.
-                if !msg.body.is_empty() && code == 183 && single {
-                    let mut r = call
-                        .a_invite
-                        .response(183, "Session Progress", Some(&call.a_tag));
-                    r.push("Contact", &Self::contact(call.a_leg.flow));
-                    r.set_body(msg.header("Content-Type"), msg.body.clone());
-                    let a_key = call.a_key.clone();
-                    self.respond(now, &a_key, &r);
+                // The operator's early media is not relayed: the caller
+                // keeps hearing the queue's music until the answer.
+            }
+            200..=299 if b_answer(&msg, &self.codecs).is_none() => {
+                // An answer we cannot use (no common codec, no audio):
+                // acknowledge, hang up on that phone, try someone else.
+                let b = call.forks.swap_remove(i);
+                if call.forks.is_empty() {
+                    call.phase = Phase::Queued;
                 }
+                let mut leg = leg_from_response(&b.local, b.flow, &msg);
+                self.client.remove(&key);
+                self.by_b.remove(&b.call_id);
+                self.send_ack(&leg, &msg);
+                self.send_bye(now, &mut leg);
+                self.metrics
+                    .sdp_rejected
+                    .with_label_values(&["operator_answer"])
+                    .inc();
+                warn!(agent = %self.router.agent(b.agent).name, "operator's SDP answer unusable, trying another operator");
+                self.router
+                    .offer_failed(now, call_id, b.agent, OfferOutcome::Rejected);
             }
             200..=299 => {
                 let mut b = call.forks.swap_remove(i);
@@ -995,9 +1165,17 @@ impl Engine {
                 let agent = b.agent;
                 call.b = Some(b);
                 call.phase = Phase::Connected;
+                let (b_peer, b_direction) =
+                    b_answer(&msg, &self.codecs).expect("checked by the guard arm");
+                call.media.b = Some(b_peer);
+                call.media.b_direction = b_direction;
+                self.out.push_back(Output::Media(MediaCommand::Bridge {
+                    call: call_id,
+                    b: b_peer,
+                }));
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
                 ok.push("Contact", &Self::contact(call.a_leg.flow));
-                ok.set_body(msg.header("Content-Type"), msg.body.clone());
+                ok.set_body(Some("application/sdp"), a_sdp(&call.media));
                 let (a_key, queue, enqueued, started) =
                     (call.a_key.clone(), call.queue, call.enqueued, call.started);
                 self.send_ack(&leg, &msg);
@@ -1102,7 +1280,125 @@ impl Engine {
                 info!("maximum wait reached, queue exit");
                 self.end_unanswered(now, call_id, status, "max_wait");
             }
+            CallTimer::Progress => {
+                if call.phase == Phase::Connected {
+                    return;
+                }
+                let mut r = call
+                    .a_invite
+                    .response(183, "Session Progress", Some(&call.a_tag));
+                r.push("Contact", &Self::contact(call.a_leg.flow));
+                r.set_body(Some("application/sdp"), a_sdp(&call.media));
+                let a_key = call.a_key.clone();
+                self.timers.push(Reverse((
+                    now + PROGRESS_REFRESH,
+                    call_id,
+                    CallTimer::Progress,
+                )));
+                self.respond(now, &a_key, &r);
+            }
+            CallTimer::Announce => {
+                if call.phase == Phase::Connected {
+                    return;
+                }
+                let queue = call.queue;
+                if let Some(every) = self.announce_every[queue.0 as usize] {
+                    self.timers
+                        .push(Reverse((now + every, call_id, CallTimer::Announce)));
+                }
+                self.announce(call_id, queue);
+            }
         }
+    }
+
+    /// Tells a waiting caller their position and expected wait, then the
+    /// music resumes.
+    fn announce(&mut self, call_id: CallId, queue: QueueId) {
+        let Some(est) = self.router.estimate(call_id) else {
+            return;
+        };
+        let position = est.position;
+        let minutes = est
+            .wait
+            .map(|d| u32::try_from(d.as_secs().div_ceil(60)).unwrap_or(u32::MAX));
+        let names = announce::position_and_wait(position, minutes);
+        let Some(prompts) = self.prompts.sequence(&names) else {
+            self.metrics
+                .announcements
+                .with_label_values(&["skipped"])
+                .inc();
+            debug!("announcement skipped: prompts not loaded");
+            return;
+        };
+        self.metrics
+            .announcements
+            .with_label_values(&["played"])
+            .inc();
+        debug!(position, ?minutes, "announcing position and wait");
+        self.out.push_back(Output::Media(MediaCommand::Play {
+            call: call_id,
+            prompts,
+            music: self.music[queue.0 as usize].clone(),
+        }));
+    }
+
+    /// The call's media is over: sockets closed, ports back to the pool.
+    fn close_media(&mut self, now: Instant, call_id: CallId, media: &CallMedia) {
+        self.out
+            .push_back(Output::Media(MediaCommand::Close { call: call_id }));
+        self.ports.release(now, media.a_port);
+        self.ports.release(now, media.b_port);
+    }
+
+    /// A report from the media plane.
+    pub fn handle_media(&mut self, now: Instant, event: MediaEvent) {
+        match event {
+            MediaEvent::Dtmf { call, side, digit } => {
+                self.on_digit(call, side, digit, "rfc4733");
+            }
+            MediaEvent::Idle { call, side } => {
+                let _span = self.call_span(call).entered();
+                if self.calls.get(&call).map(|c| c.phase) == Some(Phase::Connected) {
+                    warn!(
+                        side = side.label(),
+                        "no RTP from a bridged leg, ending the call"
+                    );
+                    self.metrics
+                        .media_timeouts
+                        .with_label_values(&[side.label()])
+                        .inc();
+                    self.end_connected(now, call, true, true, "media_timeout");
+                }
+            }
+            MediaEvent::Failed { call } => {
+                let _span = self.call_span(call).entered();
+                warn!("media could not be set up, ending the call");
+                match self.calls.get(&call).map(|c| c.phase) {
+                    Some(Phase::Connected) => {
+                        self.end_connected(now, call, true, true, "media_failed");
+                    }
+                    Some(_) => self.end_unanswered(now, call, 503, "media_failed"),
+                    None => {}
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// One key press, from RTP or SIP INFO: kept for the call's flow.
+    fn on_digit(&mut self, call_id: CallId, side: Side, digit: char, source: &'static str) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        self.metrics.dtmf_digits.with_label_values(&[source]).inc();
+        if call.media.digits.len() >= MAX_DIGITS {
+            call.media.digits.remove(0);
+        }
+        call.media.digits.push(digit);
+        // The digit itself only at debug: callers key in codes and dates.
+        debug!(side = side.label(), source, %digit, "key press");
+        info!(side = side.label(), source, "key press received");
     }
 
     fn cancel_b(&mut self, now: Instant, b: BLeg) {
@@ -1144,6 +1440,7 @@ impl Engine {
             return;
         };
         self.by_a.remove(&call.a_leg.call_id);
+        self.close_media(now, call_id, &call.media);
         if call.phase != Phase::Connected {
             // Releases every operator still ringing for it, too.
             self.router.withdraw(now, call_id);
@@ -1166,6 +1463,121 @@ impl Engine {
             .inc();
         self.metrics.calls.with_label_values(&[outcome]).inc();
         info!(caller = %Masked(&call.caller), outcome, "call ended before answer");
+    }
+
+    /// The call and side an in-dialog request belongs to.
+    fn dialog_side(&self, msg: &Message) -> Option<(CallId, Side)> {
+        if let Some(&c) = self.by_a.get(&msg.call_id) {
+            return Some((c, Side::A));
+        }
+        let c = *self.by_b.get(&msg.call_id)?;
+        // Only the answered operator's dialog carries media changes.
+        let answered = self.calls.get(&c)?.b.as_ref()?.call_id == msg.call_id;
+        answered.then_some((c, Side::B))
+    }
+
+    /// A re-INVITE or UPDATE: hold, resume, a new address or codec. Each
+    /// side negotiates with Centralino alone (the media is anchored), so
+    /// the other side never needs a re-INVITE.
+    fn on_reinvite(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let Some((call_id, side)) = self.dialog_side(msg) else {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        };
+        let codecs = self.codecs.clone();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        if !msg.body.is_empty() {
+            let current = match side {
+                Side::A => Some(call.media.a.law),
+                Side::B => call.media.b.map(|b| b.law),
+            };
+            // Keep the law in use when the peer still offers it.
+            let prefer: Vec<Law> = current.into_iter().chain(codecs.iter().copied()).collect();
+            let parsed = sdp::parse(&msg.body).ok().and_then(|a| {
+                let law = if a.formats.contains(&current?.payload_type()) {
+                    current?
+                } else {
+                    a.choose(&prefer)?
+                };
+                (a.port != 0).then_some((a, law))
+            });
+            let Some((audio, law)) = parsed else {
+                self.metrics
+                    .sdp_rejected
+                    .with_label_values(&["reinvite"])
+                    .inc();
+                let r = msg.response(488, reason_phrase(488), None);
+                self.respond(now, key, &r);
+                return;
+            };
+            let held = audio.on_hold();
+            let peer = Peer {
+                addr: SocketAddr::new(audio.addr, audio.port),
+                law,
+                telephone_event: audio.telephone_event,
+            };
+            match side {
+                Side::A => {
+                    call.media.a = peer;
+                    call.media.a_direction = audio.direction.answer();
+                }
+                Side::B => {
+                    call.media.b = Some(peer);
+                    call.media.b_direction = audio.direction.answer();
+                }
+            }
+            call.media.version += 1;
+            info!(side = side.label(), held, "session changed by re-INVITE");
+            self.out.push_back(Output::Media(MediaCommand::Update {
+                call: call_id,
+                side,
+                peer,
+                held,
+            }));
+        }
+        let body = match side {
+            Side::A => a_sdp(&call.media),
+            Side::B => b_sdp(&call.media),
+        };
+        let mut r = msg.response(200, "OK", None);
+        r.push("Contact", &Self::contact(call.a_leg.flow));
+        r.set_body(Some("application/sdp"), body);
+        self.respond(now, key, &r);
+    }
+
+    /// SIP INFO: key presses from phones and trunks that do not send
+    /// RFC 4733 events (application/dtmf-relay, application/dtmf).
+    fn on_info(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        let Some((call_id, side)) = self.dialog_side(msg) else {
+            return;
+        };
+        let ct = msg
+            .header("Content-Type")
+            .and_then(|c| c.split(';').next())
+            .map(|c| c.trim().to_ascii_lowercase());
+        let body = std::str::from_utf8(&msg.body).unwrap_or_default();
+        let signal = match ct.as_deref() {
+            Some("application/dtmf-relay") => body.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
+            }),
+            Some("application/dtmf") => Some(body.trim()),
+            _ => None,
+        };
+        let digit = signal.and_then(|s| {
+            let mut c = s.chars();
+            let d = c.next()?.to_ascii_uppercase();
+            (c.next().is_none() && matches!(d, '0'..='9' | '*' | '#' | 'A'..='D')).then_some(d)
+        });
+        if let Some(d) = digit {
+            self.on_digit(call_id, side, d, "info");
+        }
     }
 
     fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {
@@ -1285,6 +1697,7 @@ impl Engine {
             return;
         };
         self.by_a.remove(&call.a_leg.call_id);
+        self.close_media(now, call_id, &call.media);
         if bye_a {
             self.send_bye(now, &mut call.a_leg);
         }
@@ -1350,22 +1763,92 @@ impl Engine {
     }
 }
 
+/// Centralino's SDP towards the caller.
+fn a_sdp(m: &CallMedia) -> Vec<u8> {
+    Local {
+        addr: m.sdp_ip,
+        port: m.a_port,
+        formats: &[m.a.law.payload_type()],
+        telephone_event: m.a.telephone_event,
+        direction: m.a_direction,
+        session: m.session,
+        version: m.version,
+    }
+    .to_bytes()
+}
+
+/// Centralino's SDP towards the answered operator (re-INVITE answers).
+fn b_sdp(m: &CallMedia) -> Vec<u8> {
+    let Some(b) = m.b else {
+        return Vec::new();
+    };
+    Local {
+        addr: m.sdp_ip,
+        port: m.b_port,
+        formats: &[b.law.payload_type()],
+        telephone_event: b.telephone_event,
+        direction: m.b_direction,
+        session: m.session + 1,
+        version: m.version,
+    }
+    .to_bytes()
+}
+
+/// The offer to an operator: the caller's law first (no transcoding when
+/// the phone takes it), then the others configured, and telephone-event.
+fn b_offer(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
+    let mut formats = vec![m.a.law.payload_type()];
+    formats.extend(
+        codecs
+            .iter()
+            .map(|l| l.payload_type())
+            .filter(|pt| *pt != m.a.law.payload_type()),
+    );
+    Local {
+        addr: m.sdp_ip,
+        port: m.b_port,
+        formats: &formats,
+        telephone_event: Some(TELEPHONE_EVENT),
+        direction: Direction::SendRecv,
+        session: m.session + 1,
+        version: 1,
+    }
+    .to_bytes()
+}
+
+/// An operator's answer: its media and the direction we answer with.
+fn b_answer(msg: &Message, codecs: &[Law]) -> Option<(Peer, Direction)> {
+    let a = sdp::parse(&msg.body).ok()?;
+    if a.port == 0 {
+        return None;
+    }
+    let law = a.choose(codecs)?;
+    Some((
+        Peer {
+            addr: SocketAddr::new(a.addr, a.port),
+            law,
+            telephone_event: a.telephone_event,
+        },
+        a.direction.answer(),
+    ))
+}
+
 /// Where to send a request for a registered contact: on UDP the Contact's
 /// address when it is an IP literal (phones on the same network), else the
 /// address the REGISTER came from (NAT); on TCP always the registering flow.
-fn contact_destination(contact: &str, flow: Flow) -> std::net::SocketAddr {
+fn contact_destination(contact: &str, flow: Flow) -> SocketAddr {
     if flow.transport != Transport::Udp {
         return flow.remote;
     }
     let Some(hp) = uri::host_port(contact) else {
         return flow.remote;
     };
-    if let Ok(a) = hp.parse::<std::net::SocketAddr>() {
+    if let Ok(a) = hp.parse::<SocketAddr>() {
         return a;
     }
     let host = hp.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<IpAddr>() {
-        Ok(ip) => std::net::SocketAddr::new(ip, 5060),
+        Ok(ip) => SocketAddr::new(ip, 5060),
         Err(_) => flow.remote,
     }
 }

@@ -6,6 +6,7 @@
 //! clocks. Entry type: [`Engine`]; see its docs for the drive loop.
 
 mod engine;
+pub mod media;
 pub mod metrics;
 
 pub use engine::{Engine, Output};

@@ -68,6 +68,28 @@ pub struct Metrics {
     pub routing_groups: IntGauge,
     /// `centralino_agent_offers_total{outcome}`
     pub agent_offers: IntCounterVec,
+    /// `centralino_sdp_rejected_total{reason}`: offers/answers refused
+    /// (488 to a caller, an operator's answer we cannot use).
+    pub sdp_rejected: IntCounterVec,
+    /// `centralino_dtmf_digits_total{source}`: key presses (rfc4733, info).
+    pub dtmf_digits: IntCounterVec,
+    /// `centralino_media_timeouts_total{side}`: calls ended by RTP silence.
+    pub media_timeouts: IntCounterVec,
+    /// `centralino_announcements_total{outcome}`: played / skipped (prompts missing).
+    pub announcements: IntCounterVec,
+    /// `centralino_rtp_ports{state}`: in use / free (driver).
+    pub rtp_ports: IntGaugeVec,
+    /// `centralino_media_sessions`: calls with anchored media (driver).
+    pub media_sessions: IntGauge,
+    /// `centralino_rtp_packets_total{side,direction}` (driver).
+    pub rtp_packets: IntCounterVec,
+    /// `centralino_rtp_bytes_total{side,direction}` (driver).
+    pub rtp_bytes: IntCounterVec,
+    /// `centralino_rtp_dropped_total{reason}`: bad, foreign, late, unbound
+    /// port (driver).
+    pub rtp_dropped: IntCounterVec,
+    /// `centralino_rtp_lost_total{side}`: sequence gaps seen (driver).
+    pub rtp_lost: IntCounterVec,
 }
 
 impl Metrics {
@@ -233,6 +255,55 @@ impl Metrics {
                 "Calls offered to operators by outcome",
                 &["outcome"]
             )),
+            sdp_rejected: reg!(cv(
+                "centralino_sdp_rejected_total",
+                "SDP offers or answers refused",
+                &["reason"]
+            )),
+            dtmf_digits: reg!(cv(
+                "centralino_dtmf_digits_total",
+                "Key presses received",
+                &["source"]
+            )),
+            media_timeouts: reg!(cv(
+                "centralino_media_timeouts_total",
+                "Calls ended because a bridged leg sent no RTP",
+                &["side"]
+            )),
+            announcements: reg!(cv(
+                "centralino_announcements_total",
+                "Queue announcements by outcome",
+                &["outcome"]
+            )),
+            rtp_ports: reg!(gv(
+                "centralino_rtp_ports",
+                "RTP port pairs by state",
+                &["state"]
+            )),
+            media_sessions: reg!(
+                IntGauge::new("centralino_media_sessions", "Calls with anchored media")
+                    .expect("valid metric")
+            ),
+            rtp_packets: reg!(cv(
+                "centralino_rtp_packets_total",
+                "RTP packets by call side and direction",
+                &["side", "direction"]
+            )),
+            rtp_bytes: reg!(cv(
+                "centralino_rtp_bytes_total",
+                "RTP payload bytes by call side and direction",
+                &["side", "direction"]
+            )),
+            rtp_dropped: reg!(cv(
+                "centralino_rtp_dropped_total",
+                "Media datagrams dropped, by reason",
+                &["reason"]
+            )),
+            rtp_lost: reg!(cv(
+                "centralino_rtp_lost_total",
+                "RTP sequence numbers never received, by call side",
+                &["side"]
+            )),
             registry,
         }
     }
@@ -270,7 +341,8 @@ mod tests {
                             "queue",
                             "tenant",
                             "state",
-                            "side"
+                            "side",
+                            "source"
                         ]
                         .contains(&l.name()),
                         "label {} on {name}",

@@ -10,8 +10,18 @@ use centralino_sip::guard::{Framed, Limits, parse_datagram};
 use centralino_sip::txn::Flow;
 use centralino_sip::{Message, Transport};
 
+use centralino_media::g711::Law;
+use centralino_media::sdp;
+
+use std::sync::Arc;
+
+use centralino_media::announce::{self, Library};
+use centralino_media::prompt::Prompt;
+use centralino_media::relay::Side;
+
 use super::{Engine, Output};
 use crate::Metrics;
+use crate::media::{MediaCommand, MediaEvent};
 
 const CONFIG: &str = r#"
 [sip]
@@ -51,6 +61,8 @@ queues = ["info"]
 
 struct Harness {
     engine: Engine,
+    /// Media instructions, in order.
+    media: Vec<MediaCommand>,
     metrics: Metrics,
     now: Instant,
     local: SocketAddr,
@@ -91,6 +103,7 @@ impl Harness {
         let engine = Engine::new(&config, metrics.clone(), [9; 32], now);
         Self {
             engine,
+            media: Vec::new(),
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
@@ -110,9 +123,14 @@ impl Harness {
 
     fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
         let mut out = Vec::new();
-        while let Some(Output::Transmit { flow, bytes }) = self.engine.poll_output() {
-            assert_eq!(flow.local, self.local);
-            out.push((flow.remote, parse(&bytes)));
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Transmit { flow, bytes } => {
+                    assert_eq!(flow.local, self.local);
+                    out.push((flow.remote, parse(&bytes)));
+                }
+                Output::Media(m) => self.media.push(m),
+            }
         }
         out
     }
@@ -189,18 +207,31 @@ impl Harness {
     }
 
     fn invite(&mut self, call: &str) -> Vec<(SocketAddr, Message)> {
+        self.invite_sdp(call, TRUNK_SDP)
+    }
+
+    fn invite_sdp(&mut self, call: &str, sdp: &str) -> Vec<(SocketAddr, Message)> {
         self.send(
             TRUNK,
             &format!(
-                "INVITE sip:100@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{call}\nFrom: <sip:+390612345678@192.0.2.10>;tag=a{call}\nTo: <sip:100@192.0.2.1>\nCall-ID: {call}\nCSeq: 1 INVITE\nContact: <sip:trunk@{TRUNK}>\nContent-Type: application/sdp\nContent-Length: 4\n\nv=0\n"
+                "INVITE sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{call}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=a{call}\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
             ),
         )
     }
 }
 
+/// The carrier's offer: A-law preferred, µ-law, telephone-event.
+const TRUNK_SDP: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+/// A phone's answer: µ-law only.
+const PHONE_SDP: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.21\r\ns=-\r\nc=IN IP4 192.0.2.21\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n";
+
 fn response_to(req: &Message, code: u16, to_tag: &str) -> String {
     let mut r = req.response(code, "X", Some(to_tag));
     r.push("Contact", "<sip:phone@192.0.2.21:5062>");
+    if code == 200 && req.is_request() && *req.method() == centralino_sip::Method::Invite {
+        r.set_body(Some("application/sdp"), PHONE_SDP.as_bytes().to_vec());
+    }
     String::from_utf8(r.to_bytes()).unwrap()
 }
 
@@ -224,10 +255,38 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
     h.register("1001", PHONE1, Algorithm::Sha256);
     assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
     let out = h.invite("c1");
-    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
+    // Early media: our anchored answer, A-law as the carrier prefers.
+    let progress = out.iter().find(|(_, m)| m.code() == 183).unwrap().1.clone();
+    let ours = sdp::parse(&progress.body).unwrap();
+    assert_eq!(
+        (ours.addr.to_string(), ours.formats.clone()),
+        ("192.0.2.1".to_owned(), vec![8, 101])
+    );
+    let Some(MediaCommand::Open {
+        a_port, b_port, a, ..
+    }) = h.media.first()
+    else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!(ours.port, *a_port);
+    assert_eq!(
+        (a.addr.to_string(), a.law),
+        ("192.0.2.10:40000".to_owned(), Law::Alaw)
+    );
+    let b_port = *b_port;
+    assert!(
+        matches!(h.media[1], MediaCommand::Play { .. }),
+        "music on hold"
+    );
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
     assert_eq!(inv.request_uri(), Some("sip:1001@192.0.2.21:5062"));
-    assert_eq!(inv.body, b"v=0\r");
+    // The operator is offered the caller's law first, from the B port.
+    let offer = sdp::parse(&inv.body).unwrap();
+    assert_eq!(
+        (offer.port, offer.formats.clone()),
+        (b_port, vec![8, 0, 101])
+    );
     assert!(
         inv.header("From").unwrap().contains("+390612345678"),
         "caller id reaches the operator"
@@ -239,6 +298,18 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
     assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
     assert_eq!(codes(&out, TRUNK), vec![200]);
     let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    assert_eq!(
+        ok.body, progress.body,
+        "the same session as the early media"
+    );
+    let Some(MediaCommand::Bridge { b, .. }) = h.media.last() else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!(
+        (b.addr.to_string(), b.law),
+        ("192.0.2.21:30000".to_owned(), Law::Ulaw),
+        "transcoded"
+    );
     let a_tag = ok.to_tag.clone().unwrap();
     assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
 
@@ -299,7 +370,7 @@ fn retransmitted_invite_creates_one_call() {
     let again = h.invite("c2");
     assert_eq!(
         codes(&again, TRUNK),
-        vec![180],
+        vec![183],
         "retransmission answered with the last response"
     );
     assert!(requests(&again, PHONE1, "INVITE").is_empty());
@@ -378,7 +449,7 @@ fn caller_cancel_while_ringing() {
 fn max_wait_sends_the_queue_exit() {
     let mut h = Harness::new();
     let out = h.invite("c6");
-    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
     assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 1);
     let out = h.advance(Duration::from_secs(10));
     assert_eq!(codes(&out, TRUNK), vec![480]);
@@ -511,7 +582,7 @@ fn caller_bye_in_early_dialog_releases_the_ringing_operator() {
     let mut h = Harness::new();
     h.register("1001", PHONE1, Algorithm::Md5);
     let out = h.invite("c8");
-    let ringing = out.iter().find(|(_, m)| m.code() == 180).unwrap().1.clone();
+    let ringing = out.iter().find(|(_, m)| m.code() == 183).unwrap().1.clone();
     let a_tag = ringing.to_tag.clone().unwrap();
     let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
     h.send(PHONE1, &response_to(&inv1, 180, "p1"));
@@ -535,7 +606,7 @@ fn overload_refuses_new_calls_but_keeps_registrations() {
     h.register("1001", PHONE1, Algorithm::Md5);
     h.engine.set_overloaded(false);
     let out = h.invite("c10");
-    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
 }
 
 #[test]
@@ -571,7 +642,7 @@ fn ring_all_forks_and_the_first_answer_wins() {
     h.register("1001", PHONE1, Algorithm::Md5);
     h.register("1002", PHONE2, Algorithm::Md5);
     let out = h.invite("c9");
-    assert_eq!(codes(&out, TRUNK), vec![100, 180]);
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
     let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
     let inv2 = requests(&out, PHONE2, "INVITE")[0].clone();
     assert_ne!(inv1.call_id, inv2.call_id, "one B-leg per phone");
@@ -616,4 +687,172 @@ fn ring_all_forks_and_the_first_answer_wins() {
     );
     h.advance(Duration::from_secs(40));
     assert_eq!(h.engine.table_sizes(), [0; 5]);
+}
+
+#[test]
+fn offers_without_a_common_codec_get_488_and_leave_nothing() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let g729 = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 40000 RTP/AVP 18\r\n";
+    let out = h.invite_sdp("n1", g729);
+    assert_eq!(codes(&out, TRUNK), vec![100, 488]);
+    let refusal = &out.iter().find(|(_, m)| m.code() == 488).unwrap().1;
+    assert!(refusal.header("Warning").unwrap().starts_with("305 "));
+    for (call, body) in [
+        ("n2", "garbage"),
+        (
+            "n3",
+            "v=0\r\nc=IN IP4 192.0.2.10\r\nm=audio 0 RTP/AVP 0\r\n",
+        ),
+    ] {
+        let out = h.invite_sdp(call, body);
+        assert_eq!(codes(&out, TRUNK), vec![100, 488], "{body}");
+    }
+    assert!(
+        requests(&out, PHONE1, "INVITE").is_empty(),
+        "no operator rung"
+    );
+    assert!(h.media.is_empty(), "no port taken, no media");
+    assert_eq!(
+        h.gauge("centralino_sdp_rejected_total{reason=no_common_codec}"),
+        1
+    );
+    assert_eq!(
+        h.gauge("centralino_sdp_rejected_total{reason=malformed_sdp}"),
+        1
+    );
+    assert_eq!(h.gauge("centralino_sdp_rejected_total{reason=no_audio}"), 1);
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+/// A connected call: (harness, the caller's 200 OK, the phone's INVITE).
+fn connected() -> (Harness, Message, Message) {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    (h, ok, inv)
+}
+
+#[test]
+fn reinvite_hold_and_resume_are_answered_without_touching_the_other_leg() {
+    let (mut h, ok, _) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let reinvite = |cseq: u32, dir: &str| {
+        let sdp = format!(
+            "v=0\r\no=- 1 {cseq} IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 40002 RTP/AVP 8\r\na={dir}\r\n"
+        );
+        format!(
+            "INVITE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre{cseq}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: m1\r\nCSeq: {cseq} INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    let out = h.send(TRUNK, &reinvite(2, "sendonly"));
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert!(
+        requests(&out, PHONE1, "INVITE").is_empty(),
+        "the operator's leg is untouched"
+    );
+    let answer = sdp::parse(&out[0].1.body).unwrap();
+    assert_eq!(answer.direction, sdp::Direction::RecvOnly);
+    let Some(MediaCommand::Update {
+        side, peer, held, ..
+    }) = h.media.last()
+    else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!((*side, peer.addr.port(), *held), (Side::A, 40002, true));
+    let out = h.send(TRUNK, &reinvite(3, "sendrecv"));
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert!(matches!(
+        h.media.last(),
+        Some(MediaCommand::Update { held: false, .. })
+    ));
+}
+
+#[test]
+fn info_digits_and_rtp_digits_reach_the_call_and_silence_ends_it() {
+    let (mut h, ok, inv) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let info = format!(
+        "INFO sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinfo\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: m1\r\nCSeq: 5 INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n"
+    );
+    assert_eq!(codes(&h.send(TRUNK, &info), TRUNK), vec![200]);
+    let call = centralino_types::CallId(1);
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Dtmf {
+            call,
+            side: Side::A,
+            digit: '7',
+        },
+    );
+    assert_eq!(h.engine.calls[&call].media.digits, "57");
+    assert_eq!(h.gauge("centralino_dtmf_digits_total{source=info}"), 1);
+    assert_eq!(h.gauge("centralino_dtmf_digits_total{source=rfc4733}"), 1);
+    // The operator's phone died: no RTP. Both legs get BYE, media closed,
+    // the operator is freed (wrap-up).
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Idle {
+            call,
+            side: Side::B,
+        },
+    );
+    let out = h.drain();
+    assert_eq!(requests(&out, TRUNK, "BYE").len(), 1);
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    assert!(matches!(h.media.last(), Some(MediaCommand::Close { .. })));
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(h.gauge("centralino_media_timeouts_total{side=operator}"), 1);
+    assert_eq!(h.gauge("centralino_agents{state=wrap_up,tenant=demo}"), 1);
+    let _ = inv;
+}
+
+#[test]
+fn waiting_callers_hear_position_and_wait_in_italian_then_music() {
+    let config = CONFIG.replace(
+        "wrap_up_seconds = 3",
+        "wrap_up_seconds = 3\nannounce_seconds = 20\nmax_wait_seconds = 100",
+    );
+    let config = config.replace("max_wait_seconds = 10\n", "");
+    let mut h = Harness::with(&config);
+    let mut lib = Library::new();
+    for name in announce::prompt_names() {
+        lib.insert(name, Prompt::from_samples(&[100; 160], Law::Alaw));
+    }
+    let music = announce::builtin_music(Law::Alaw);
+    h.engine.set_prompts(Arc::new(lib), vec![Some(music)]);
+    h.invite("w1");
+    h.invite("w2");
+    h.media.clear();
+    let out = h.advance(Duration::from_secs(20));
+    assert!(out.is_empty(), "{out:?}");
+    let plays: Vec<usize> = h
+        .media
+        .iter()
+        .map(|m| match m {
+            MediaCommand::Play { prompts, music, .. } => {
+                assert!(music.is_some(), "music resumes");
+                prompts.len()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // "Lei è il prossimo … grazie" (2) and "ci sono 2 chiamate … grazie" (4):
+    // nobody staffed, so no wait is said.
+    assert_eq!(plays, [2, 4]);
+    assert_eq!(h.gauge("centralino_announcements_total{outcome=played}"), 2);
+    // Without the Italian prompts the announcement is skipped, counted.
+    let mut h = Harness::with(&config);
+    h.invite("w3");
+    h.media.clear();
+    h.advance(Duration::from_secs(20));
+    assert!(h.media.is_empty());
+    assert_eq!(
+        h.gauge("centralino_announcements_total{outcome=skipped}"),
+        1
+    );
 }

@@ -1,0 +1,130 @@
+//! What the engine asks of the media plane, and what it hears back. The
+//! engine decides (which ports, which codecs, what the caller hears); the
+//! driver's media threads move the packets.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use centralino_media::g711::Law;
+use centralino_media::ports::{PortError, Ports};
+use centralino_media::prompt::Prompt;
+use centralino_media::relay::Side;
+use centralino_types::CallId;
+
+/// A leg's negotiated media: where the peer wants RTP, in which law, with
+/// which telephone-event payload type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's SDP address.
+    pub addr: SocketAddr,
+    /// Negotiated law.
+    pub law: Law,
+    /// Negotiated telephone-event payload type.
+    pub telephone_event: Option<u8>,
+}
+
+/// A media instruction for one call.
+#[derive(Debug)]
+pub enum MediaCommand {
+    /// Anchor a new call: RTP on `a_port` (caller) and `b_port` (operator,
+    /// used once bridged), both on `ip`.
+    Open {
+        /// The call.
+        call: CallId,
+        /// Local address the ports are on.
+        ip: IpAddr,
+        /// The caller's port (even; RTCP on +1).
+        a_port: u16,
+        /// The operator's port.
+        b_port: u16,
+        /// The caller's media.
+        a: Peer,
+    },
+    /// Play these prompts to the caller, then `music` in a loop.
+    Play {
+        /// The call.
+        call: CallId,
+        /// Prompts in order.
+        prompts: Vec<Prompt>,
+        /// Music afterwards.
+        music: Option<Prompt>,
+    },
+    /// The operator answered: relay between the legs.
+    Bridge {
+        /// The call.
+        call: CallId,
+        /// The operator's media.
+        b: Peer,
+    },
+    /// A side sent a new SDP (re-INVITE).
+    Update {
+        /// The call.
+        call: CallId,
+        /// Which side.
+        side: Side,
+        /// Its new media.
+        peer: Peer,
+        /// It holds the call (sendonly, inactive, 0.0.0.0).
+        held: bool,
+    },
+    /// The call is over: close its sockets.
+    Close {
+        /// The call.
+        call: CallId,
+    },
+}
+
+/// What the media plane reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A key press (RFC 4733), once per press.
+    Dtmf {
+        /// The call.
+        call: CallId,
+        /// Which side pressed.
+        side: Side,
+        /// The key.
+        digit: char,
+    },
+    /// A bridged side sent nothing for the inactivity timeout.
+    Idle {
+        /// The call.
+        call: CallId,
+        /// The silent side.
+        side: Side,
+    },
+    /// The call's media could not be set up (its ports vanished).
+    Failed {
+        /// The call.
+        call: CallId,
+    },
+}
+
+/// Where the engine gets RTP ports. The driver's implementation binds the
+/// sockets as it hands a port out (so a port another process holds is
+/// skipped, not promised); the default one only counts.
+pub trait MediaPorts: Send {
+    /// An even port on `ip` (RTCP on the next one).
+    fn take(&mut self, now: Instant, ip: IpAddr) -> Result<u16, PortError>;
+    /// Gives a port back (quarantined before reuse).
+    fn release(&mut self, now: Instant, port: u16);
+}
+
+/// How long a released port rests before reuse: late packets of the old
+/// call must not reach the next one.
+pub const PORT_QUARANTINE: Duration = Duration::from_secs(10);
+
+/// The pool alone, binding nothing: for tests and for a driver that binds
+/// later.
+#[derive(Debug)]
+pub struct PoolPorts(pub Ports);
+
+impl MediaPorts for PoolPorts {
+    fn take(&mut self, now: Instant, _ip: IpAddr) -> Result<u16, PortError> {
+        self.0.take(now)
+    }
+
+    fn release(&mut self, now: Instant, port: u16) {
+        self.0.release(now, port);
+    }
+}
