@@ -182,12 +182,25 @@ impl CallMedia {
         self.held = held;
     }
 
-    /// A side's peer sent a new SDP (re-INVITE): new address, new event
-    /// type, latch again.
-    pub fn update(&mut self, side: Side, expected: SocketAddr, telephone_event: Option<u8>) {
+    /// A side's peer sent a new SDP (re-INVITE): new address, event type
+    /// and law; latch again.
+    pub fn update(
+        &mut self,
+        side: Side,
+        expected: SocketAddr,
+        telephone_event: Option<u8>,
+        law: Law,
+    ) {
         if let Some(leg) = self.legs[side.index()].as_mut() {
             leg.update(expected, telephone_event);
+            self.laws[side.index()] = law;
         }
+    }
+
+    /// Restarts the liveness clock of both sides (at the answer, after a
+    /// re-INVITE): silence is measured from there.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_rx = [now; 2];
     }
 
     /// Counters of what a side sent us (zero for a side not yet there).

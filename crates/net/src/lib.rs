@@ -10,7 +10,10 @@
 //! bytes to the connection's writer.
 
 mod http;
+mod media;
+mod prompts;
 mod sip;
 
 pub use http::serve_http;
+pub use media::{BoundPorts, MediaPlane};
 pub use sip::{NetError, SipServer};

@@ -4,6 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use centralino_b2bua::media::MediaEvent;
+
+use crate::media::MediaPlane;
 use centralino_b2bua::{Engine, Metrics, Output};
 use centralino_config::{Config, ListenTransport};
 use centralino_sip::guard::{Framed, Rejection, StreamFramer};
@@ -86,7 +89,16 @@ impl SipServer {
             .try_fill_bytes(&mut seed)
             .map_err(|_| NetError::Random)?;
         let now = Instant::now().into_std();
-        let engine = Engine::new(config, metrics.clone(), seed, now);
+        let mut engine = Engine::new(config, metrics.clone(), seed, now);
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let (plane, ports) = MediaPlane::start(&config.media, metrics.clone(), media_tx)
+            .map_err(|source| NetError::Io {
+                what: "cannot start the media plane",
+                source,
+            })?;
+        engine.set_ports(Box::new(ports));
+        let (library, music) = crate::prompts::load(config);
+        engine.set_prompts(library, music);
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let mut udp = HashMap::new();
         let mut bound = Vec::new();
@@ -129,7 +141,7 @@ impl SipServer {
             }
         }
         drop(tx);
-        let engine_task = tokio::spawn(run_engine(engine, rx, udp, metrics));
+        let engine_task = tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, metrics));
         Ok(Self { bound, engine_task })
     }
 
@@ -322,10 +334,13 @@ async fn tcp_connection(
 async fn run_engine(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Input>,
+    mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
+    plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     metrics: Metrics,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut media_events: Vec<MediaEvent> = Vec::new();
     let _ = &metrics;
     loop {
         let deadline = engine.poll_timeout().map(Instant::from_std);
@@ -352,9 +367,25 @@ async fn run_engine(
             () = sleep => {
                 engine.handle_timeout(Instant::now().into_std());
             }
+            Some(event) = media_rx.recv() => {
+                engine.handle_media(Instant::now().into_std(), event);
+            }
         }
-        while let Some(out) = engine.poll_output() {
+        loop {
+            let Some(out) = engine.poll_output() else {
+                // Refusals from the plane itself (a port vanished) go back
+                // to the engine, whose answer is output again.
+                if media_events.is_empty() {
+                    break;
+                }
+                let now = Instant::now().into_std();
+                for e in media_events.drain(..) {
+                    engine.handle_media(now, e);
+                }
+                continue;
+            };
             match out {
+                Output::Media(cmd) => media_events.extend(plane.command(cmd)),
                 Output::Transmit { flow, bytes } => match flow.transport {
                     Transport::Udp => {
                         if let Some(sock) = udp.get(&flow.local)

@@ -1,0 +1,605 @@
+//! The media driver: one thread per core, each an epoll loop (mio) over
+//! the RTP sockets of the calls it owns, driving their sans-IO
+//! [`CallMedia`]. Not a task per call: a call is a few slab entries in one
+//! thread, and a packet costs one `recvfrom`, the relay logic and one
+//! `sendto`, with no allocation and no lock.
+//!
+//! Ports are bound when the engine takes them ([`BoundPorts`]), so a port
+//! held by another process is skipped, never promised in an SDP.
+//!
+//! Batching: every call has its own sockets, which carry one packet per
+//! 20 ms each way; `recvmmsg`/`sendmmsg` batch per socket and would find
+//! one datagram per call. The batching that pays is epoll's: one wait
+//! returns up to `EVENTS` ready sockets.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use centralino_b2bua::Metrics;
+use centralino_b2bua::media::{MediaCommand, MediaEvent, MediaPorts, PORT_QUARANTINE, Peer};
+use centralino_config::{LatchMode, MediaConfig};
+use centralino_media::leg::{Latch, Leg, Stats};
+use centralino_media::ports::{PortError, Ports};
+use centralino_media::relay::{Action, CallMedia, Side};
+use centralino_types::CallId;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use prometheus::IntCounter;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, info, warn};
+
+/// Ready sockets taken per epoll wait.
+const EVENTS: usize = 1024;
+/// Playout granularity: frames due within a tick go out together.
+const TICK: Duration = Duration::from_millis(5);
+/// Liveness checks and metric flushes.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+const WAKER: Token = Token(usize::MAX);
+/// Largest datagram read; anything longer is truncated and fails parsing.
+const RECV_BUF: usize = 2048;
+
+/// A pair of bound sockets: RTP and RTCP.
+struct Pair {
+    rtp: std::net::UdpSocket,
+    rtcp: std::net::UdpSocket,
+}
+
+/// Sockets bound by [`BoundPorts`] and not yet handed to a media thread.
+type Staged = Arc<Mutex<HashMap<u16, Pair>>>;
+
+/// The engine's port source in production: takes a port from the pool and
+/// binds RTP and RTCP on it at once; a port another process holds is
+/// skipped (and left out of the pool until its quarantine ends again).
+pub struct BoundPorts {
+    pool: Ports,
+    staged: Staged,
+    metrics: Metrics,
+}
+
+impl BoundPorts {
+    fn gauges(&self) {
+        let free = self.pool.available() as i64;
+        self.metrics
+            .rtp_ports
+            .with_label_values(&["free"])
+            .set(free);
+        self.metrics
+            .rtp_ports
+            .with_label_values(&["in_use"])
+            .set(self.pool.capacity() as i64 - free);
+    }
+}
+
+impl MediaPorts for BoundPorts {
+    fn take(&mut self, now: Instant, ip: IpAddr) -> Result<u16, PortError> {
+        // Bounded: at most the whole pool is tried once.
+        for _ in 0..self.pool.capacity() {
+            let port = self.pool.take(now)?;
+            match bind_pair(ip, port) {
+                Ok(pair) => {
+                    self.staged
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(port, pair);
+                    self.gauges();
+                    return Ok(port);
+                }
+                Err(e) => {
+                    debug!(port, error = %e, "RTP port busy, skipped");
+                    self.metrics
+                        .rtp_dropped
+                        .with_label_values(&["port_busy"])
+                        .inc();
+                    self.pool.release(now, port);
+                }
+            }
+        }
+        Err(PortError::Exhausted)
+    }
+
+    fn release(&mut self, now: Instant, port: u16) {
+        // Never handed over (the call was refused after anchoring): close.
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&port);
+        self.pool.release(now, port);
+        self.gauges();
+    }
+}
+
+fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<Pair> {
+    let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+    let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
+    rtp.set_nonblocking(true)?;
+    rtcp.set_nonblocking(true)?;
+    Ok(Pair { rtp, rtcp })
+}
+
+/// A command for a media thread, with the sockets it needs.
+enum Cmd {
+    Open {
+        call: CallId,
+        a: Peer,
+        socks: [Pair; 2],
+    },
+    Other(MediaCommand),
+}
+
+/// The media threads.
+pub struct MediaPlane {
+    workers: Vec<(Sender<Cmd>, Arc<Waker>)>,
+    staged: Staged,
+    metrics: Metrics,
+}
+
+impl MediaPlane {
+    /// Starts the threads; returns the plane and the engine's port source.
+    pub fn start(
+        config: &MediaConfig,
+        metrics: Metrics,
+        events: UnboundedSender<MediaEvent>,
+    ) -> std::io::Result<(Self, BoundPorts)> {
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.threads
+        };
+        let staged: Staged = Arc::default();
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = channel();
+            let worker = Worker::new(poll, rx, events.clone(), config, &metrics);
+            std::thread::Builder::new()
+                .name(format!("media-{i}"))
+                .spawn(move || worker.run())?;
+            workers.push((tx, waker));
+        }
+        info!(threads, ports = ?config.ports, "media plane started");
+        let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE)
+            .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+        let ports = BoundPorts {
+            pool,
+            staged: staged.clone(),
+            metrics: metrics.clone(),
+        };
+        ports.gauges();
+        Ok((
+            Self {
+                workers,
+                staged,
+                metrics,
+            },
+            ports,
+        ))
+    }
+
+    /// Hands an engine command to the thread that owns the call.
+    pub fn command(&self, cmd: MediaCommand) -> Option<MediaEvent> {
+        let call = match &cmd {
+            MediaCommand::Open { call, .. }
+            | MediaCommand::Play { call, .. }
+            | MediaCommand::Bridge { call, .. }
+            | MediaCommand::Update { call, .. }
+            | MediaCommand::Close { call } => *call,
+        };
+        let cmd = match cmd {
+            MediaCommand::Open {
+                call,
+                a_port,
+                b_port,
+                a,
+                ..
+            } => {
+                let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+                match (staged.remove(&a_port), staged.remove(&b_port)) {
+                    (Some(pa), Some(pb)) => Cmd::Open {
+                        call,
+                        a,
+                        socks: [pa, pb],
+                    },
+                    _ => return Some(MediaEvent::Failed { call }),
+                }
+            }
+            other => Cmd::Other(other),
+        };
+        let (tx, waker) = &self.workers[call.0 as usize % self.workers.len()];
+        if tx.send(cmd).is_err() || waker.wake().is_err() {
+            self.metrics
+                .rtp_dropped
+                .with_label_values(&["media_thread_gone"])
+                .inc();
+            return Some(MediaEvent::Failed { call });
+        }
+        None
+    }
+}
+
+/// One call in a media thread.
+struct Session {
+    call: CallId,
+    media: CallMedia,
+    /// A-RTP, A-RTCP, B-RTP, B-RTCP.
+    socks: [UdpSocket; 4],
+    /// Stats already added to the counters.
+    flushed: [Stats; 2],
+    idle_reported: bool,
+}
+
+/// Counters kept per thread and added to Prometheus once a second: an
+/// atomic add per packet on shared counters would bounce cache lines
+/// between the media threads.
+#[derive(Default)]
+struct Local {
+    sent: [u64; 2],
+    sent_bytes: [u64; 2],
+    send_errors: u64,
+    rtcp: u64,
+}
+
+struct Counters {
+    received: [IntCounter; 2],
+    received_bytes: [IntCounter; 2],
+    sent: [IntCounter; 2],
+    sent_bytes: [IntCounter; 2],
+    lost: [IntCounter; 2],
+    bad: IntCounter,
+    foreign: IntCounter,
+    late: IntCounter,
+    send_errors: IntCounter,
+    rtcp: IntCounter,
+}
+
+impl Counters {
+    fn new(m: &Metrics) -> Self {
+        let per_side = |vec: &prometheus::IntCounterVec, dir: &str| {
+            [Side::A, Side::B].map(|s| vec.with_label_values(&[s.label(), dir]))
+        };
+        let drop = |r: &str| m.rtp_dropped.with_label_values(&[r]);
+        Self {
+            received: per_side(&m.rtp_packets, "in"),
+            received_bytes: per_side(&m.rtp_bytes, "in"),
+            sent: per_side(&m.rtp_packets, "out"),
+            sent_bytes: per_side(&m.rtp_bytes, "out"),
+            lost: [Side::A, Side::B].map(|s| m.rtp_lost.with_label_values(&[s.label()])),
+            bad: drop("bad_packet"),
+            foreign: drop("foreign_source"),
+            late: drop("late_or_duplicate"),
+            send_errors: drop("send_error"),
+            rtcp: drop("rtcp_ignored"),
+        }
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    rx: Receiver<Cmd>,
+    events: UnboundedSender<MediaEvent>,
+    latch: Latch,
+    inactivity: Option<Duration>,
+    sessions: Vec<Option<Session>>,
+    free: Vec<usize>,
+    by_call: HashMap<CallId, usize>,
+    counters: Counters,
+    local: Local,
+    sessions_gauge: prometheus::IntGauge,
+    seed: u64,
+}
+
+impl Worker {
+    fn new(
+        poll: Poll,
+        rx: Receiver<Cmd>,
+        events: UnboundedSender<MediaEvent>,
+        config: &MediaConfig,
+        metrics: &Metrics,
+    ) -> Self {
+        let mut seed = [0u8; 8];
+        // SSRCs and initial sequence numbers must not be guessable
+        // (RFC 3550 §5.1); a failing OS RNG falls back to the clock.
+        if getrandom(&mut seed).is_err() {
+            seed = (Instant::now().elapsed().as_nanos() as u64).to_le_bytes();
+        }
+        Self {
+            poll,
+            rx,
+            events,
+            latch: match config.latch {
+                LatchMode::SdpAddress => Latch::SdpAddress,
+                LatchMode::FirstPacket => Latch::FirstPacket,
+            },
+            inactivity: config.inactivity_timeout,
+            sessions: Vec::new(),
+            free: Vec::new(),
+            by_call: HashMap::new(),
+            counters: Counters::new(metrics),
+            local: Local::default(),
+            sessions_gauge: metrics.media_sessions.clone(),
+            seed: u64::from_le_bytes(seed),
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // SplitMix64 over the seed: fast, and good enough once seeded.
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS);
+        let mut inbuf = [0u8; RECV_BUF];
+        let mut outbuf = [0u8; 1500];
+        let mut next_tick = Instant::now();
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        loop {
+            let now = Instant::now();
+            let timeout = next_tick.min(next_housekeeping).saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    warn!(error = %e, "media poll failed");
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for ev in &events {
+                if ev.token() == WAKER {
+                    if !self.commands(now) {
+                        return;
+                    }
+                    continue;
+                }
+                self.readable(now, ev.token().0, &mut inbuf, &mut outbuf);
+            }
+            if now >= next_tick {
+                self.playout(now, &mut outbuf);
+                next_tick = now + TICK;
+            }
+            if now >= next_housekeeping {
+                self.housekeeping(now);
+                next_housekeeping = now + HOUSEKEEPING;
+            }
+        }
+    }
+
+    /// Applies queued commands; `false` once the plane is gone.
+    fn commands(&mut self, now: Instant) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.command(now, cmd),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn command(&mut self, now: Instant, cmd: Cmd) {
+        match cmd {
+            Cmd::Open { call, a, socks } => self.open(now, call, a, socks),
+            Cmd::Other(MediaCommand::Play {
+                call,
+                prompts,
+                music,
+            }) => {
+                if let Some(s) = self.session(call) {
+                    s.media.play(now, prompts, music);
+                }
+            }
+            Cmd::Other(MediaCommand::Bridge { call, b }) => {
+                let latch = self.latch;
+                if let Some(s) = self.session(call) {
+                    s.media
+                        .bridge(Leg::new(latch, b.addr, b.telephone_event), b.law);
+                    // The liveness clock starts at the answer.
+                    s.media.touch(now);
+                }
+            }
+            Cmd::Other(MediaCommand::Update {
+                call,
+                side,
+                peer,
+                held,
+            }) => {
+                if let Some(s) = self.session(call) {
+                    s.media
+                        .update(side, peer.addr, peer.telephone_event, peer.law);
+                    s.media.set_held(held);
+                    s.media.touch(now);
+                }
+            }
+            Cmd::Other(MediaCommand::Close { call }) => self.close(call),
+            Cmd::Other(MediaCommand::Open { call, .. }) => {
+                let _ = self.events.send(MediaEvent::Failed { call });
+            }
+        }
+    }
+
+    fn session(&mut self, call: CallId) -> Option<&mut Session> {
+        let slot = *self.by_call.get(&call)?;
+        self.sessions[slot].as_mut()
+    }
+
+    fn open(&mut self, now: Instant, call: CallId, a: Peer, socks: [Pair; 2]) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            self.sessions.len() - 1
+        });
+        let [pa, pb] = socks;
+        let mut socks = [pa.rtp, pa.rtcp, pb.rtp, pb.rtcp].map(UdpSocket::from_std);
+        for (k, s) in socks.iter_mut().enumerate() {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(s, Token(slot * 4 + k), Interest::READABLE)
+            {
+                warn!(%call, error = %e, "cannot watch an RTP socket");
+                self.free.push(slot);
+                let _ = self.events.send(MediaEvent::Failed { call });
+                return;
+            }
+        }
+        let seeds = [0, 1].map(|_| {
+            let r = self.random();
+            (r as u32, (r >> 32) as u16, (r >> 48) as u32 * 65_536)
+        });
+        let leg = Leg::new(self.latch, a.addr, a.telephone_event);
+        self.sessions[slot] = Some(Session {
+            call,
+            media: CallMedia::new(now, leg, a.law, seeds),
+            socks,
+            flushed: [Stats::default(); 2],
+            idle_reported: false,
+        });
+        self.by_call.insert(call, slot);
+        self.sessions_gauge.inc();
+    }
+
+    fn close(&mut self, call: CallId) {
+        let Some(slot) = self.by_call.remove(&call) else {
+            return;
+        };
+        let Some(mut s) = self.sessions[slot].take() else {
+            return;
+        };
+        for sock in &mut s.socks {
+            let _ = self.poll.registry().deregister(sock);
+        }
+        self.flush(&mut s);
+        let (a, b) = (s.media.stats(Side::A), s.media.stats(Side::B));
+        info!(
+            %call,
+            caller_packets = a.packets,
+            caller_lost = a.lost,
+            caller_late = a.late,
+            caller_bad = a.bad,
+            caller_foreign = a.foreign,
+            operator_packets = b.packets,
+            operator_lost = b.lost,
+            operator_late = b.late,
+            operator_bad = b.bad,
+            operator_foreign = b.foreign,
+            "media closed"
+        );
+        self.free.push(slot);
+        self.sessions_gauge.dec();
+    }
+
+    /// Drains one ready socket.
+    fn readable(&mut self, now: Instant, token: usize, inbuf: &mut [u8], outbuf: &mut [u8]) {
+        let (slot, k) = (token / 4, token % 4);
+        let Some(Some(s)) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let side = if k < 2 { Side::A } else { Side::B };
+        loop {
+            let (n, from) = match s.socks[k].recv_from(inbuf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // ICMP errors from a peer surface here; the socket is fine.
+                Err(_) => continue,
+            };
+            if k % 2 == 1 {
+                // RTCP: read so the peer gets no ICMP; not relayed (each
+                // leg's reports describe its own hop).
+                self.local.rtcp += 1;
+                continue;
+            }
+            let (to, len) = match s.media.receive(now, side, from, &inbuf[..n], outbuf) {
+                Action::Send { to, len } => (to, len),
+                Action::Dtmf { digit, relay } => {
+                    let _ = self.events.send(MediaEvent::Dtmf {
+                        call: s.call,
+                        side,
+                        digit,
+                    });
+                    match relay {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                }
+                Action::None => continue,
+            };
+            let out = &s.socks[if k < 2 { 2 } else { 0 }];
+            let o = side.other().index();
+            match out.send_to(&outbuf[..len], to) {
+                Ok(_) => {
+                    self.local.sent[o] += 1;
+                    self.local.sent_bytes[o] += len as u64;
+                }
+                Err(_) => self.local.send_errors += 1,
+            }
+        }
+    }
+
+    /// Sends the prompt and music frames that are due.
+    fn playout(&mut self, now: Instant, outbuf: &mut [u8]) {
+        for s in self.sessions.iter_mut().flatten() {
+            if s.media.poll_timeout().is_none_or(|t| t > now) {
+                continue;
+            }
+            while let Some((to, len)) = s.media.poll_packet(now, outbuf) {
+                match s.socks[0].send_to(&outbuf[..len], to) {
+                    Ok(_) => {
+                        self.local.sent[0] += 1;
+                        self.local.sent_bytes[0] += len as u64;
+                    }
+                    Err(_) => self.local.send_errors += 1,
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let timeout = self.inactivity;
+        let mut sessions = std::mem::take(&mut self.sessions);
+        for s in sessions.iter_mut().flatten() {
+            self.flush(s);
+            if let Some(t) = timeout
+                && !s.idle_reported
+                && let Some(side) = s.media.idle_side(now, t)
+            {
+                s.idle_reported = true;
+                let _ = self.events.send(MediaEvent::Idle { call: s.call, side });
+            }
+        }
+        self.sessions = sessions;
+        let l = std::mem::take(&mut self.local);
+        let c = &self.counters;
+        for i in 0..2 {
+            c.sent[i].inc_by(l.sent[i]);
+            c.sent_bytes[i].inc_by(l.sent_bytes[i]);
+        }
+        c.send_errors.inc_by(l.send_errors);
+        c.rtcp.inc_by(l.rtcp);
+    }
+
+    /// Adds a session's new receive stats to the counters.
+    fn flush(&self, s: &mut Session) {
+        let c = &self.counters;
+        for side in [Side::A, Side::B] {
+            let i = side.index();
+            let now = s.media.stats(side);
+            let was = s.flushed[i];
+            c.received[i].inc_by(now.packets - was.packets);
+            c.received_bytes[i].inc_by(now.bytes - was.bytes);
+            c.lost[i].inc_by(now.lost.saturating_sub(was.lost));
+            c.bad.inc_by(now.bad - was.bad);
+            c.foreign.inc_by(now.foreign - was.foreign);
+            c.late.inc_by(now.late - was.late);
+            s.flushed[i] = now;
+        }
+    }
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<(), ()> {
+    use rand::TryRngCore;
+    rand::rngs::OsRng.try_fill_bytes(buf).map_err(|_| ())
+}
