@@ -147,6 +147,15 @@ impl Node {
 
     /// A node on a configuration written by `toml(sip_port, http_port)`.
     pub(crate) fn start_toml(scratch: &Scratch, toml: impl FnOnce(u16, u16) -> String) -> Self {
+        Self::start_toml_log(scratch, "info", toml)
+    }
+
+    /// The same with a log filter (`CENTRALINO_LOG`).
+    pub(crate) fn start_toml_log(
+        scratch: &Scratch,
+        filter: &str,
+        toml: impl FnOnce(u16, u16) -> String,
+    ) -> Self {
         let sip_port = free_port();
         let http_port = free_port();
         let conf = scratch.path("centralino.toml");
@@ -157,7 +166,7 @@ impl Node {
             .arg("serve")
             .arg("--config")
             .arg(&conf)
-            .env("CENTRALINO_LOG", "info")
+            .env("CENTRALINO_LOG", filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
@@ -326,6 +335,11 @@ impl Sipp {
         }
     }
 
+    /// The exit status, if SIPp has exited.
+    pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait sipp")
+    }
+
     /// Asserts a clean exit (every call succeeded).
     pub(crate) fn expect_success(&mut self, limit: Duration) {
         let st = self.wait(limit);
@@ -420,4 +434,21 @@ pub(crate) fn register(
 
 pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// The RTP packets of a pcap file (Ethernet/IPv4/UDP, as SIPp ships them).
+pub(crate) fn pcap_rtp(path: &str) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (install Debian's sip-tester; scripts/test does)"));
+    let mut out = Vec::new();
+    let mut i = 24;
+    while i + 16 <= data.len() {
+        let incl = u32::from_le_bytes(data[i + 8..i + 12].try_into().expect("4 bytes")) as usize;
+        let pkt = &data[i + 16..(i + 16 + incl).min(data.len())];
+        if pkt.len() > 42 {
+            out.push(pkt[42..].to_vec());
+        }
+        i += 16 + incl;
+    }
+    out
 }

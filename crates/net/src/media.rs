@@ -342,7 +342,9 @@ impl Worker {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
             let now = Instant::now();
-            let timeout = next_tick.min(next_housekeeping).saturating_duration_since(now);
+            let timeout = next_tick
+                .min(next_housekeeping)
+                .saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     warn!(error = %e, "media poll failed");
@@ -435,10 +437,10 @@ impl Worker {
         let [pa, pb] = socks;
         let mut socks = [pa.rtp, pa.rtcp, pb.rtp, pb.rtcp].map(UdpSocket::from_std);
         for (k, s) in socks.iter_mut().enumerate() {
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(s, Token(slot * 4 + k), Interest::READABLE)
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(s, Token(slot * 4 + k), Interest::READABLE)
             {
                 warn!(%call, error = %e, "cannot watch an RTP socket");
                 self.free.push(slot);

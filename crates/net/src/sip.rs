@@ -91,10 +91,12 @@ impl SipServer {
         let now = Instant::now().into_std();
         let mut engine = Engine::new(config, metrics.clone(), seed, now);
         let (media_tx, media_rx) = mpsc::unbounded_channel();
-        let (plane, ports) = MediaPlane::start(&config.media, metrics.clone(), media_tx)
-            .map_err(|source| NetError::Io {
-                what: "cannot start the media plane",
-                source,
+        let (plane, ports) =
+            MediaPlane::start(&config.media, metrics.clone(), media_tx).map_err(|source| {
+                NetError::Io {
+                    what: "cannot start the media plane",
+                    source,
+                }
             })?;
         engine.set_ports(Box::new(ports));
         let (library, music) = crate::prompts::load(config);

@@ -1,0 +1,365 @@
+//! End to end media: SIPp is the carrier trunk (signalling) and the
+//! operator's phone (`-rtp_echo`: it sends back whatever it hears); this
+//! test is the caller's phone at the RTP level, so it can check what the
+//! caller hears. It plays SIPp's own captures: `g711a.pcap` as speech and
+//! `dtmf_2833_*.pcap` as key presses.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use centralino_media::g711::Law;
+use centralino_media::prompt::Prompt;
+use centralino_media::rtp::{self, Header};
+use common::{Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario};
+
+const SIPP_SHARE: &str = "/usr/share/sip-tester";
+
+fn wav(samples: &[i16]) -> Vec<u8> {
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    w.extend_from_slice(&1u16.to_le_bytes()); // mono
+    w.extend_from_slice(&8000u32.to_le_bytes());
+    w.extend_from_slice(&16000u32.to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    w.extend_from_slice(&data);
+    w
+}
+
+/// A-law → µ-law → A-law, as the bytes come back from a µ-law phone that
+/// echoes them (the node transcodes both ways).
+fn round_trip(b: u8) -> u8 {
+    Law::Alaw.encode(Law::Ulaw.decode(Law::Ulaw.encode(Law::Alaw.decode(b))))
+}
+
+/// What the caller received.
+#[derive(Debug, PartialEq)]
+enum Heard {
+    Music(usize),
+    Echo(usize),
+    Other,
+}
+
+#[test]
+fn caller_hears_music_then_the_operator_and_each_key_is_reported_once() {
+    let scratch = Scratch::new("media");
+    // The music: a one-second sweep, so every 20 ms frame is distinct.
+    let samples: Vec<i16> = (0..8000)
+        .map(|i| {
+            let t = f64::from(i) / 8000.0;
+            ((2.0 * std::f64::consts::PI * (300.0 * t + 600.0 * t * t)).sin() * 8000.0) as i16
+        })
+        .collect();
+    let music_path = scratch.path("music.wav");
+    std::fs::write(&music_path, wav(&samples)).expect("write music");
+    // What the node must send, byte for byte (it stores prompts in A-law
+    // and the caller speaks A-law).
+    let music = Prompt::from_samples(&samples, Law::Alaw);
+    let music_index: HashMap<&[u8], usize> = music
+        .frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (&f[..], i))
+        .collect();
+    assert_eq!(music_index.len(), music.frames.len(), "distinct frames");
+
+    let node = Node::start_toml_log(&scratch, "info,centralino_b2bua=debug", |sip, http| {
+        format!(
+            r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[media]
+music_on_hold = "{music}"
+
+[[tenants]]
+name = "demo"
+
+[[trunks]]
+name = "carrier"
+tenant = "demo"
+peers = ["127.0.0.1"]
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "demo"
+ring_timeout_seconds = 15
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "demo"
+queues = ["info"]
+"#,
+            music = music_path.display()
+        )
+    });
+    let media_port = free_port().to_string();
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_media.xml"),
+            // Rings this long: the caller hears the music meanwhile.
+            "-d",
+            "3000",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-rtp_echo",
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let caller_port = caller.local_addr().expect("addr").port().to_string();
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_media.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            "3000",
+            "-key",
+            "caller_rtp",
+            &caller_port,
+            "-timeout",
+            "60s",
+        ],
+    );
+
+    // The caller's phone: speech from g711a.pcap every 20 ms (our own
+    // seq/ts/ssrc), the four key presses from SIPp's DTMF captures while
+    // waiting, some garbage, and a third party trying to butt in.
+    let speech: Vec<Vec<u8>> = pcap_rtp(&format!("{SIPP_SHARE}/g711a.pcap"))
+        .iter()
+        .map(|p| rtp::parse(p).expect("rtp").payload.to_vec())
+        .collect();
+    let keys = [('1', "1"), ('5', "5"), ('9', "9"), ('#', "pound")];
+    let key_packets: Vec<Vec<Vec<u8>>> = keys
+        .iter()
+        .map(|(_, f)| pcap_rtp(&format!("{SIPP_SHARE}/dtmf_2833_{f}.pcap")))
+        .collect();
+    let stranger = UdpSocket::bind("127.0.0.1:0").expect("stranger");
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .expect("timeout");
+
+    let mut node_rtp: Option<SocketAddr> = None;
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    let mut heard: Vec<(Header, Heard)> = Vec::new();
+    let (mut seq, mut ts) = (1000u16, 50_000u32);
+    let mut next_send = Instant::now();
+    let mut started: Option<Instant> = None;
+    let mut keys_sent = 0;
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let send = |sock: &UdpSocket, to: SocketAddr, h: Header, payload: &[u8]| {
+        let mut out = vec![0u8; 12 + payload.len()];
+        rtp::write(&h, payload, &mut out).expect("fits");
+        sock.send_to(&out, to).expect("send rtp");
+    };
+    let echo_expected: Vec<Vec<u8>> = speech
+        .iter()
+        .map(|p| p.iter().map(|&b| round_trip(b)).collect())
+        .collect();
+    loop {
+        assert!(Instant::now() < deadline, "the call never ended");
+        if let Some(st) = trunk.try_wait() {
+            assert!(st.success(), "trunk SIPp failed:\n{}", trunk.report());
+            break;
+        }
+        if let Ok((n, from)) = caller.recv_from(&mut buf) {
+            let p = rtp::parse(&buf[..n]).expect("the node sends valid RTP");
+            node_rtp.get_or_insert(from);
+            assert_eq!(Some(from), node_rtp, "one source: the anchored port");
+            let what = if let Some(&i) = music_index.get(p.payload) {
+                Heard::Music(i)
+            } else if let Some(i) = echo_expected.iter().position(|e| e[..] == *p.payload) {
+                Heard::Echo(i)
+            } else {
+                Heard::Other
+            };
+            heard.push((p.header, what));
+        }
+        let Some(to) = node_rtp else { continue };
+        let now = Instant::now();
+        let t0 = *started.get_or_insert(now);
+        if now < next_send {
+            continue;
+        }
+        next_send += Duration::from_millis(30);
+        // Key presses while waiting (0.3 s apart), from the captures: their
+        // payloads and markers, our seq and timestamps.
+        if keys_sent < keys.len() && now - t0 >= Duration::from_millis(300 * (keys_sent as u64 + 1))
+        {
+            for pkt in &key_packets[keys_sent] {
+                let p = rtp::parse(pkt).expect("dtmf rtp");
+                let h = Header {
+                    marker: p.header.marker,
+                    payload_type: 101,
+                    seq,
+                    timestamp: ts,
+                    ssrc: 0xCA11E4,
+                };
+                seq = seq.wrapping_add(1);
+                send(&caller, to, h, p.payload);
+            }
+            keys_sent += 1;
+            // Garbage from the caller: wrong version, truncated, CSRC count
+            // past the end. A stranger's valid packet must not latch.
+            for bad in [
+                &[0x40u8; 20][..],
+                &[0x80, 8, 0],
+                &[0x8F, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+            ] {
+                caller.send_to(bad, to).expect("send");
+            }
+            let h = Header {
+                marker: false,
+                payload_type: 8,
+                seq: 1,
+                timestamp: 1,
+                ssrc: 666,
+            };
+            send(&stranger, to, h, &[0x55; 160]);
+            continue;
+        }
+        let i = sent.len() % speech.len();
+        let h = Header {
+            marker: sent.is_empty(),
+            payload_type: 8,
+            seq,
+            timestamp: ts,
+            ssrc: 0xCA11E4,
+        };
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(speech[i].len() as u32);
+        send(&caller, to, h, &speech[i]);
+        sent.push(speech[i].clone());
+    }
+    let mut phone = phone;
+    phone.expect_success(Duration::from_secs(20));
+
+    // 1. While waiting: the music, frame after frame, as one stream.
+    let first_echo = heard
+        .iter()
+        .position(|(_, w)| matches!(w, Heard::Echo(_)))
+        .unwrap_or_else(|| panic!("the operator never reached the caller: {heard:?}"));
+    let waiting = &heard[..first_echo];
+    assert!(waiting.len() >= 100, "{} music packets", waiting.len());
+    let n = music.frames.len();
+    let Heard::Music(k0) = waiting[0].1 else {
+        panic!("first packet is not music: {:?}", waiting[0])
+    };
+    for (j, (h, w)) in waiting.iter().enumerate() {
+        assert_eq!(*w, Heard::Music((k0 + j) % n), "frame {j}");
+        assert_eq!(h.ssrc, waiting[0].0.ssrc);
+        assert_eq!(h.seq, waiting[0].0.seq.wrapping_add(j as u16), "seq {j}");
+        assert_eq!(
+            h.timestamp,
+            waiting[0].0.timestamp.wrapping_add(160 * j as u32)
+        );
+        assert_eq!(h.marker, j == 0, "marker only at the start");
+        assert_eq!(h.payload_type, 8);
+    }
+    // 2. Then the operator's side: our speech, through µ-law and back, in
+    // the same stream (same SSRC, next sequence number, marker).
+    let (h, _) = &heard[first_echo];
+    assert_eq!(h.ssrc, waiting[0].0.ssrc, "one SSRC across sources");
+    assert_eq!(h.seq, waiting[waiting.len() - 1].0.seq.wrapping_add(1));
+    assert!(h.marker, "marker where the source changed");
+    let echoes: Vec<usize> = heard[first_echo..]
+        .iter()
+        .filter_map(|(_, w)| match w {
+            Heard::Echo(i) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    assert!(echoes.len() >= 50, "{} echoed packets", echoes.len());
+    assert!(
+        echoes.windows(2).all(|w| w[1] == (w[0] + 1) % speech.len()),
+        "the echo comes back in order: {echoes:?}"
+    );
+    assert!(
+        heard[first_echo..]
+            .iter()
+            .all(|(_, w)| !matches!(w, Heard::Music(_))),
+        "no music after the answer"
+    );
+
+    // 3. Each key once, in order (the digits are only logged at debug).
+    let logs = node.logs();
+    let digits: String = logs
+        .lines()
+        .filter(|l| l.contains("key press") && l.contains("caller"))
+        .filter_map(|l| l.split("digit=").nth(1)?.chars().next())
+        .collect();
+    assert_eq!(digits, "159#", "{logs}");
+    let m = node.wait_metric(
+        "centralino_rtp_dropped_total{reason=\"bad_packet\"}",
+        Duration::from_secs(5),
+        |v| v >= 12.0,
+    );
+    assert_eq!(m, 12.0, "three bad packets after each of four keys");
+    let text = node.metrics();
+    assert_eq!(
+        metric_in(&text, "centralino_dtmf_digits_total{source=\"rfc4733\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric_in(
+            &text,
+            "centralino_rtp_dropped_total{reason=\"foreign_source\"}"
+        ),
+        4.0,
+        "{text}"
+    );
+    let mut b = [0u8; 64];
+    assert!(
+        stranger.recv_from(&mut b).is_err(),
+        "the stranger got nothing"
+    );
+    // Everything released.
+    node.wait_metric("centralino_media_sessions", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+    assert!(
+        !logs.contains("+393330"),
+        "caller number unmasked in the log"
+    );
+}
