@@ -78,6 +78,11 @@ struct CallMedia {
     version: u64,
     /// Key presses so far (for the call's flow).
     digits: String,
+    /// The caller's INVITE had no SDP: our offer goes in the 200 OK and
+    /// their answer comes in the ACK; the media opens then.
+    late_offer: bool,
+    /// The media plane has the call (`Open` sent).
+    opened: bool,
 }
 
 /// A trunk's DIDs: where each one's calls queue, with what requirements.
@@ -830,7 +835,7 @@ impl Engine {
             Method::Info => self.on_info(now, &key, &msg),
             Method::Cancel => self.on_cancel(now, &key, &msg),
             Method::Bye => self.on_bye(now, &key, &msg),
-            Method::Ack => {}
+            Method::Ack => self.on_ack(now, &msg),
             _ => {
                 let r = msg.response(200, "OK", None);
                 self.respond(now, &key, &r);
@@ -913,24 +918,28 @@ impl Engine {
             .with_label_values(&[&qname])
             .inc();
         info!(caller = %Masked(&caller), queue = %qname, "call queued");
-        // The caller hears our media while waiting (early media: the call
-        // stays unanswered, so CANCEL and the queue's exit status still
-        // work as a carrier expects).
-        self.out.push_back(Output::Media(MediaCommand::Open {
-            call: id,
-            ip: media.ip,
-            a_port: media.a_port,
-            b_port: media.b_port,
-            a: media.a,
-        }));
-        self.out.push_back(Output::Media(MediaCommand::Play {
-            call: id,
-            prompts: Vec::new(),
-            music: self.music[queue.0 as usize].clone(),
-        }));
-        let mut progress = msg.response(183, "Session Progress", Some(&a_tag));
-        progress.push("Contact", &Self::contact(flow));
-        progress.set_body(Some("application/sdp"), a_sdp(&media));
+        let mut media = media;
+        let progress = if media.late_offer {
+            // No offer yet: no early media, the caller hears its own
+            // ringback until the answer.
+            let mut r = msg.response(180, "Ringing", Some(&a_tag));
+            r.push("Contact", &Self::contact(flow));
+            r
+        } else {
+            // The caller hears our media while waiting (early media: the
+            // call stays unanswered, so CANCEL and the queue's exit status
+            // still work as a carrier expects).
+            self.open_media(id, &mut media);
+            self.out.push_back(Output::Media(MediaCommand::Play {
+                call: id,
+                prompts: Vec::new(),
+                music: self.music[queue.0 as usize].clone(),
+            }));
+            let mut r = msg.response(183, "Session Progress", Some(&a_tag));
+            r.push("Contact", &Self::contact(flow));
+            r.set_body(Some("application/sdp"), a_sdp(&media, &self.codecs));
+            r
+        };
         self.respond(now, &key, &progress);
         let max_wait = self.router.queue(queue).max_wait;
         self.timers
@@ -963,6 +972,17 @@ impl Engine {
         );
     }
 
+    fn open_media(&mut self, call: CallId, media: &mut CallMedia) {
+        media.opened = true;
+        self.out.push_back(Output::Media(MediaCommand::Open {
+            call,
+            ip: media.ip,
+            a_port: media.a_port,
+            b_port: media.b_port,
+            a: media.a,
+        }));
+    }
+
     /// Checks the caller's offer and takes two port pairs: the caller's
     /// media parameters, or the status and metric reason of a refusal.
     fn anchor(
@@ -971,16 +991,29 @@ impl Engine {
         flow: Flow,
         msg: &Message,
     ) -> Result<CallMedia, (u16, &'static str)> {
-        if msg.body.is_empty() {
-            // A late offer (INVITE without SDP) would need our offer in the
-            // 200 OK and the answer in the ACK: not supported yet.
-            return Err((488, "no_offer"));
-        }
-        let audio = sdp::parse(&msg.body).map_err(|_| (488, "malformed_sdp"))?;
-        if audio.port == 0 {
-            return Err((488, "no_audio"));
-        }
-        let law = audio.choose(&self.codecs).ok_or((488, "no_common_codec"))?;
+        let late_offer = msg.body.is_empty();
+        let (addr, law, telephone_event, direction) = if late_offer {
+            // Placeholders until the ACK brings the caller's answer.
+            let law = self.codecs.first().copied().unwrap_or(Law::Alaw);
+            (
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                law,
+                None,
+                Direction::SendRecv,
+            )
+        } else {
+            let audio = sdp::parse(&msg.body).map_err(|_| (488, "malformed_sdp"))?;
+            if audio.port == 0 {
+                return Err((488, "no_audio"));
+            }
+            let law = audio.choose(&self.codecs).ok_or((488, "no_common_codec"))?;
+            (
+                SocketAddr::new(audio.addr, audio.port),
+                law,
+                audio.telephone_event,
+                audio.direction.answer(),
+            )
+        };
         let ip = flow.local.ip();
         let a_port = self.ports.take(now, ip).map_err(|_| (503, "no_rtp_port"))?;
         let Ok(b_port) = self.ports.take(now, ip) else {
@@ -993,16 +1026,18 @@ impl Engine {
             a_port,
             b_port,
             a: Peer {
-                addr: SocketAddr::new(audio.addr, audio.port),
+                addr,
                 law,
-                telephone_event: audio.telephone_event,
+                telephone_event,
             },
-            a_direction: audio.direction.answer(),
+            a_direction: direction,
             b: None,
             b_direction: Direction::SendRecv,
             session: self.rng.next_u64() >> 2,
             version: 1,
             digits: String::new(),
+            late_offer,
+            opened: false,
         })
     }
 
@@ -1169,13 +1204,15 @@ impl Engine {
                     b_answer(&msg, &self.codecs).expect("checked by the guard arm");
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
-                self.out.push_back(Output::Media(MediaCommand::Bridge {
-                    call: call_id,
-                    b: b_peer,
-                }));
+                if call.media.opened {
+                    self.out.push_back(Output::Media(MediaCommand::Bridge {
+                        call: call_id,
+                        b: b_peer,
+                    }));
+                }
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
                 ok.push("Contact", &Self::contact(call.a_leg.flow));
-                ok.set_body(Some("application/sdp"), a_sdp(&call.media));
+                ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
                 let (a_key, queue, enqueued, started) =
                     (call.a_key.clone(), call.queue, call.enqueued, call.started);
                 self.send_ack(&leg, &msg);
@@ -1284,11 +1321,16 @@ impl Engine {
                 if call.phase == Phase::Connected {
                     return;
                 }
-                let mut r = call
-                    .a_invite
-                    .response(183, "Session Progress", Some(&call.a_tag));
+                let mut r = if call.media.late_offer {
+                    call.a_invite.response(180, "Ringing", Some(&call.a_tag))
+                } else {
+                    let mut r = call
+                        .a_invite
+                        .response(183, "Session Progress", Some(&call.a_tag));
+                    r.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+                    r
+                };
                 r.push("Contact", &Self::contact(call.a_leg.flow));
-                r.set_body(Some("application/sdp"), a_sdp(&call.media));
                 let a_key = call.a_key.clone();
                 self.timers.push(Reverse((
                     now + PROGRESS_REFRESH,
@@ -1314,6 +1356,10 @@ impl Engine {
     /// Tells a waiting caller their position and expected wait, then the
     /// music resumes.
     fn announce(&mut self, call_id: CallId, queue: QueueId) {
+        if !self.calls.get(&call_id).is_some_and(|c| c.media.opened) {
+            // A late offer: no media towards the caller before the answer.
+            return;
+        }
         let Some(est) = self.router.estimate(call_id) else {
             return;
         };
@@ -1465,6 +1511,54 @@ impl Engine {
         info!(caller = %Masked(&call.caller), outcome, "call ended before answer");
     }
 
+    /// The ACK of the caller's 2xx: after a late offer it carries the
+    /// caller's answer, and the media opens.
+    fn on_ack(&mut self, now: Instant, msg: &Message) {
+        let Some(&call_id) = self.by_a.get(&msg.call_id) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if !call.media.late_offer || call.media.opened || call.phase != Phase::Connected {
+            return;
+        }
+        let _span = call.span.clone().entered();
+        let answer = sdp::parse(&msg.body)
+            .ok()
+            .filter(|a| a.port != 0)
+            .and_then(|a| Some((a.choose(&self.codecs)?, a)));
+        let Some((law, audio)) = answer else {
+            warn!("caller's ACK carries no usable SDP answer, hanging up");
+            self.metrics
+                .sdp_rejected
+                .with_label_values(&["ack_answer"])
+                .inc();
+            self.end_connected(now, call_id, true, true, "bad_answer");
+            return;
+        };
+        call.media.a = Peer {
+            addr: SocketAddr::new(audio.addr, audio.port),
+            law,
+            telephone_event: audio.telephone_event,
+        };
+        call.media.a_direction = audio.direction.answer();
+        call.media.version += 1;
+        call.media.opened = true;
+        let m = &call.media;
+        self.out.push_back(Output::Media(MediaCommand::Open {
+            call: call_id,
+            ip: m.ip,
+            a_port: m.a_port,
+            b_port: m.b_port,
+            a: m.a,
+        }));
+        if let Some(b) = m.b {
+            self.out
+                .push_back(Output::Media(MediaCommand::Bridge { call: call_id, b }));
+        }
+    }
+
     /// The call and side an in-dialog request belongs to.
     fn dialog_side(&self, msg: &Message) -> Option<(CallId, Side)> {
         if let Some(&c) = self.by_a.get(&msg.call_id) {
@@ -1540,7 +1634,7 @@ impl Engine {
             }));
         }
         let body = match side {
-            Side::A => a_sdp(&call.media),
+            Side::A => a_sdp(&call.media, &codecs),
             Side::B => b_sdp(&call.media),
         };
         let mut r = msg.response(200, "OK", None);
@@ -1763,8 +1857,12 @@ impl Engine {
     }
 }
 
-/// Centralino's SDP towards the caller.
-fn a_sdp(m: &CallMedia) -> Vec<u8> {
+/// Centralino's SDP towards the caller: our offer in the 200 OK after a
+/// late offer, else the answer to theirs.
+fn a_sdp(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
+    if m.late_offer && !m.opened {
+        return offer(m, codecs, m.a_port, m.session);
+    }
     Local {
         addr: m.sdp_ip,
         port: m.a_port,
@@ -1797,6 +1895,11 @@ fn b_sdp(m: &CallMedia) -> Vec<u8> {
 /// The offer to an operator: the caller's law first (no transcoding when
 /// the phone takes it), then the others configured, and telephone-event.
 fn b_offer(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
+    offer(m, codecs, m.b_port, m.session + 1)
+}
+
+/// Our offer from `port`: the caller's law (or the first configured) first.
+fn offer(m: &CallMedia, codecs: &[Law], port: u16, session: u64) -> Vec<u8> {
     let mut formats = vec![m.a.law.payload_type()];
     formats.extend(
         codecs
@@ -1806,11 +1909,11 @@ fn b_offer(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
     );
     Local {
         addr: m.sdp_ip,
-        port: m.b_port,
+        port,
         formats: &formats,
         telephone_event: Some(TELEPHONE_EVENT),
         direction: Direction::SendRecv,
-        session: m.session + 1,
+        session,
         version: 1,
     }
     .to_bytes()

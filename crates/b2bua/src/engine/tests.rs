@@ -856,3 +856,37 @@ fn waiting_callers_hear_position_and_wait_in_italian_then_music() {
         1
     );
 }
+
+#[test]
+fn late_offer_gets_our_offer_in_the_200_and_media_opens_at_the_ack() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite_sdp("lo", "");
+    assert_eq!(
+        codes(&out, TRUNK),
+        vec![100, 180],
+        "no offer: no early media"
+    );
+    assert!(h.media.is_empty());
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let ours = sdp::parse(&ok.body).unwrap();
+    assert_eq!(ours.formats, [8, 0, 101], "our offer: both laws and events");
+    assert!(
+        h.media.is_empty(),
+        "nothing opens before the caller's answer"
+    );
+    let a_tag = ok.to_tag.clone().unwrap();
+    let answer = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n";
+    let ack = format!(
+        "ACK sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKlo\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=alo\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: lo\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+    assert!(h.send(TRUNK, &ack).is_empty());
+    let Some(MediaCommand::Open { a, .. }) = h.media.first() else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!((a.addr.port(), a.law), (41000, Law::Ulaw));
+    assert!(matches!(h.media.get(1), Some(MediaCommand::Bridge { .. })));
+}
