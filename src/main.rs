@@ -10,7 +10,7 @@ use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
 use centralino_net::{SipServer, serve_http};
 use clap::{Parser, Subcommand};
-use tracing::info;
+use tracing::{debug, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -305,6 +305,18 @@ fn serve(
             info!(
                 "running on the embedded DEMO configuration (public demo passwords, 127.0.0.1 only)"
             );
+        }
+        // Every anchored call holds four sockets (RTP and RTCP per leg):
+        // the usual soft limit of 1,024 descriptors would cap a node at
+        // ~250 calls. Raise it to the hard limit.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) if n < 4 * config.sip.max_calls as u64 => warn!(
+                limit = n,
+                max_calls = config.sip.max_calls,
+                "open-file limit too low for sip.max_calls anchored calls (4 sockets each)"
+            ),
+            Ok(n) => debug!(limit = n, "open-file limit"),
+            Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
         }
         let metrics = Metrics::new();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();

@@ -127,8 +127,9 @@ struct RawMedia {
 impl Default for RawMedia {
     fn default() -> Self {
         Self {
+            // 20,000 pairs: two per call, for sip.max_calls = 10,000.
             port_min: 20_000,
-            port_max: 29_999,
+            port_max: 59_999,
             advertise_address: None,
             codecs: vec!["PCMA".into(), "PCMU".into()],
             latch: "sdp_address".into(),
