@@ -140,6 +140,7 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
             MediaCommand::Bridge {
                 call,
                 b: peer(gen_b[i % GEN_SOCKETS]),
+                record: false,
             },
         ] {
             assert!(plane.command(cmd).is_none(), "command refused");

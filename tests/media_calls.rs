@@ -8,10 +8,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use centralino_media::g711::Law;
-use centralino_media::prompt::Prompt;
+use centralino_media::prompt::{Prompt, wav_to_8k};
 use centralino_media::rtp::{self, Header};
 use common::{Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario};
 
@@ -40,6 +41,59 @@ fn wav(samples: &[i16]) -> Vec<u8> {
 /// echoes them (the node transcodes both ways).
 fn round_trip(b: u8) -> u8 {
     Law::Alaw.encode(Law::Ulaw.decode(Law::Ulaw.encode(Law::Alaw.decode(b))))
+}
+
+fn config(sip: u16, http: u16, music: &Path, recordings: &Path) -> String {
+    format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[media]
+music_on_hold = "{music}"
+recordings_dir = "{recordings}"
+
+[[tenants]]
+name = "demo"
+
+[[trunks]]
+name = "carrier"
+tenant = "demo"
+peers = ["127.0.0.1"]
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "demo"
+ring_timeout_seconds = 15
+record = true
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "demo"
+queues = ["info"]
+"#,
+        music = music.display(),
+        recordings = recordings.display()
+    )
+}
+
+/// The recordings in `dir` whose names end with `suffix`.
+fn recordings_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(suffix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// What the caller received.
@@ -73,40 +127,9 @@ fn caller_hears_music_then_the_operator_and_each_key_is_reported_once() {
         .collect();
     assert_eq!(music_index.len(), music.frames.len(), "distinct frames");
 
+    let recordings = scratch.path("recordings");
     let node = Node::start_toml_log(&scratch, "info,centralino_b2bua=debug", |sip, http| {
-        format!(
-            r#"[sip]
-listen = ["127.0.0.1:{sip}"]
-digest_algorithms = ["MD5"]
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[media]
-music_on_hold = "{music}"
-
-[[tenants]]
-name = "demo"
-
-[[trunks]]
-name = "carrier"
-tenant = "demo"
-peers = ["127.0.0.1"]
-dids = {{ "100" = "info" }}
-
-[[queues]]
-name = "info"
-tenant = "demo"
-ring_timeout_seconds = 15
-
-[[agents]]
-username = "1001"
-password = "demo1001"
-tenant = "demo"
-queues = ["info"]
-"#,
-            music = music_path.display()
-        )
+        config(sip, http, &music_path, &recordings)
     });
     let media_port = free_port().to_string();
     let phone = Sipp::spawn(
@@ -361,5 +384,119 @@ queues = ["info"]
     assert!(
         !logs.contains("+393330"),
         "caller number unmasked in the log"
+    );
+
+    // 4. The conversation was recorded: one WAV, as long as the bridged
+    // part of the call, holding the caller's speech (and its echo).
+    node.wait_log("recording complete", Duration::from_secs(5));
+    let files = recordings_in(&recordings, ".wav");
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("call-") && !name.contains("3933300"),
+        "{name}"
+    );
+    let audio = wav_to_8k(&std::fs::read(&files[0]).unwrap()).unwrap();
+    let seconds = audio.len() as f64 / 8000.0;
+    assert!((2.0..6.0).contains(&seconds), "{seconds} s recorded");
+    let loud = audio.iter().filter(|s| s.unsigned_abs() > 500).count();
+    assert!(
+        loud > audio.len() / 10,
+        "speech in the recording: {loud} loud samples"
+    );
+    assert!(recordings_in(&recordings, ".partial").is_empty());
+}
+
+#[test]
+fn a_recording_interrupted_by_kill_9_is_kept_as_partial_on_restart() {
+    let scratch = Scratch::new("media-kill");
+    let music_path = scratch.path("music.wav");
+    std::fs::write(&music_path, wav(&[100; 8000])).expect("write music");
+    let recordings = scratch.path("recordings");
+    let mut node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, &music_path, &recordings)
+    });
+    let media_port = free_port().to_string();
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_media.xml"),
+            "-d",
+            "100",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-rtp_echo",
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let _trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_media.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            "60000",
+            "-key",
+            "caller_rtp",
+            &caller.local_addr().unwrap().port().to_string(),
+            "-timeout",
+            "60s",
+        ],
+    );
+    // Wait until more than a second of audio is on disk, then crash.
+    let start = Instant::now();
+    loop {
+        let partial = recordings_in(&recordings, ".wav.partial");
+        if partial
+            .first()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.len() > 44 + 16_000)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no recording in progress:\n{}",
+            node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.kill_hard();
+    assert_eq!(recordings_in(&recordings, ".wav.partial").len(), 1);
+
+    // A new process on the same directory repairs and renames it.
+    let scratch2 = Scratch::new("media-kill-restart");
+    let node2 = Node::start_toml(&scratch2, |sip, http| {
+        config(sip, http, &music_path, &recordings)
+    });
+    node2.wait_log("kept as partial", Duration::from_secs(5));
+    assert!(recordings_in(&recordings, ".wav.partial").is_empty());
+    let kept = recordings_in(&recordings, ".partial.wav");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let audio = wav_to_8k(&std::fs::read(&kept[0]).unwrap()).expect("a valid WAV");
+    assert!(audio.len() >= 8000, "{} samples kept", audio.len());
+    assert_eq!(
+        node2.metric("centralino_recordings_total{outcome=\"recovered_partial\"}"),
+        1.0
     );
 }

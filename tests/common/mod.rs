@@ -253,6 +253,12 @@ impl Node {
         }
     }
 
+    /// `kill -9`: no chance to clean up, as in a crash.
+    pub(crate) fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -201,6 +201,8 @@ pub struct Engine {
     codecs: Vec<Law>,
     advertise: Option<IpAddr>,
     announce_every: Vec<Option<Duration>>,
+    /// Per queue: answered calls are recorded.
+    record: Vec<bool>,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -332,6 +334,7 @@ impl Engine {
                 .collect(),
             advertise: config.media.advertise_address,
             announce_every: config.queues.iter().map(|q| q.announce_every).collect(),
+            record: config.queues.iter().map(|q| q.record).collect(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
@@ -1208,6 +1211,7 @@ impl Engine {
                     self.out.push_back(Output::Media(MediaCommand::Bridge {
                         call: call_id,
                         b: b_peer,
+                        record: self.record[call.queue.0 as usize],
                     }));
                 }
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
@@ -1554,8 +1558,12 @@ impl Engine {
             a: m.a,
         }));
         if let Some(b) = m.b {
-            self.out
-                .push_back(Output::Media(MediaCommand::Bridge { call: call_id, b }));
+            let record = self.record[call.queue.0 as usize];
+            self.out.push_back(Output::Media(MediaCommand::Bridge {
+                call: call_id,
+                b,
+                record,
+            }));
         }
     }
 

@@ -55,6 +55,8 @@ pub enum MediaCommand {
         call: CallId,
         /// The operator's media.
         b: Peer,
+        /// Record the conversation (both legs mixed).
+        record: bool,
     },
     /// A side sent a new SDP (re-INVITE).
     Update {

@@ -90,6 +90,9 @@ pub struct Metrics {
     pub rtp_dropped: IntCounterVec,
     /// `centralino_rtp_lost_total{side}`: sequence gaps seen (driver).
     pub rtp_lost: IntCounterVec,
+    /// `centralino_recordings_total{outcome}`: completed, recovered_partial,
+    /// failed, dropped_audio (driver).
+    pub recordings: IntCounterVec,
 }
 
 impl Metrics {
@@ -303,6 +306,11 @@ impl Metrics {
                 "centralino_rtp_lost_total",
                 "RTP sequence numbers never received, by call side",
                 &["side"]
+            )),
+            recordings: reg!(cv(
+                "centralino_recordings_total",
+                "Call recordings by outcome",
+                &["outcome"]
             )),
             registry,
         }

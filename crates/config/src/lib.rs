@@ -122,6 +122,7 @@ struct RawMedia {
     threads: usize,
     music_on_hold: Option<String>,
     sounds_dir: Option<String>,
+    recordings_dir: Option<String>,
 }
 
 impl Default for RawMedia {
@@ -137,6 +138,7 @@ impl Default for RawMedia {
             threads: 0,
             music_on_hold: None,
             sounds_dir: Some(DEFAULT_SOUNDS.into()),
+            recordings_dir: None,
         }
     }
 }
@@ -270,6 +272,8 @@ struct RawQueue {
     announce_seconds: u64,
     #[serde(default)]
     music_on_hold: Option<String>,
+    #[serde(default)]
+    record: bool,
 }
 
 fn default_retry() -> u64 {
@@ -403,6 +407,9 @@ pub struct Queue {
     pub announce_every: Option<Duration>,
     /// This queue's music on hold (a WAV path), else the node's.
     pub music_on_hold: Option<PathBuf>,
+    /// Answered calls are recorded (both legs mixed) under
+    /// `media.recordings_dir`.
+    pub record: bool,
 }
 
 /// How a leg learns its peer's real RTP address.
@@ -434,6 +441,8 @@ pub struct MediaConfig {
     pub music_on_hold: Option<PathBuf>,
     /// Directory of the Italian prompts (digits/, queue-*.wav).
     pub sounds_dir: Option<PathBuf>,
+    /// Where recordings are written (required by queues with `record`).
+    pub recordings_dir: Option<PathBuf>,
 }
 
 /// An operator account.
@@ -838,6 +847,7 @@ impl Config {
                 announce_every: (q.announce_seconds > 0)
                     .then(|| Duration::from_secs(q.announce_seconds)),
                 music_on_hold: q.music_on_hold.as_ref().map(PathBuf::from),
+                record: q.record,
                 routing: QueueSettings {
                     name: q.name.clone(),
                     tenant: tenant as u16,
@@ -1005,6 +1015,16 @@ impl Config {
             return Err(ConfigError::Invalid(p.0));
         }
         let media = validate_media(&mut p, &raw.media);
+        if media.recordings_dir.is_none() {
+            for (i, q) in raw.queues.iter().enumerate() {
+                if q.record {
+                    p.add(
+                        format!("queues[{i}].record"),
+                        "needs media.recordings_dir (where the recordings go)",
+                    );
+                }
+            }
+        }
         Ok(Self {
             sip: SipConfig {
                 listen,
@@ -1105,6 +1125,11 @@ fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
         music_on_hold: m.music_on_hold.as_ref().map(PathBuf::from),
         sounds_dir: m
             .sounds_dir
+            .as_ref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        recordings_dir: m
+            .recordings_dir
             .as_ref()
             .filter(|d| !d.is_empty())
             .map(PathBuf::from),

@@ -12,6 +12,7 @@ pub mod g711;
 pub mod leg;
 pub mod ports;
 pub mod prompt;
+pub mod record;
 pub mod relay;
 pub mod rtp;
 pub mod sdp;

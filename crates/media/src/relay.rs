@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::g711::{self, Law};
 use crate::leg::{Leg, Received, Stats};
 use crate::prompt::{FRAME, Playout, Prompt};
+use crate::record::{Mixer, RATE};
 use crate::rtp::{self, HEADER_LEN, Header};
 use crate::stream::Outgoing;
 
@@ -105,6 +106,8 @@ pub struct CallMedia {
     playback: Playback,
     /// Distinct source id per playout.
     sources: u32,
+    /// Recording: the mix and when it started.
+    recording: Option<(Mixer, Instant)>,
 }
 
 impl CallMedia {
@@ -126,6 +129,33 @@ impl CallMedia {
                 current: None,
             },
             sources: FROM_PEER,
+            recording: None,
+        }
+    }
+
+    /// Starts recording both legs (mixed) from `now`.
+    pub fn record(&mut self, now: Instant) {
+        self.recording = Some((Mixer::new(), now));
+    }
+
+    /// Whether the call is being recorded.
+    pub fn recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    /// The recorded mix up to `slack` before `now` (late packets still
+    /// find their place within it), appended to `out`.
+    pub fn take_recording(&mut self, now: Instant, slack: Duration, out: &mut Vec<i16>) {
+        if let Some((m, start)) = self.recording.as_mut() {
+            let upto = samples_since(*start, now.checked_sub(slack).unwrap_or(*start));
+            m.take(upto, out);
+        }
+    }
+
+    /// Everything recorded so far (at the end of the call).
+    pub fn finish_recording(&mut self, now: Instant, out: &mut Vec<i16>) {
+        if let Some((mut m, start)) = self.recording.take() {
+            m.take(samples_since(start, now), out);
         }
     }
 
@@ -319,6 +349,15 @@ impl CallMedia {
                     // Comfort noise and unknown payloads are not relayed.
                     return Action::None;
                 }
+                if let Some((m, start)) = self.recording.as_mut() {
+                    m.push(
+                        i,
+                        samples_since(*start, now),
+                        p.header.timestamp,
+                        from_law,
+                        p.payload,
+                    );
+                }
                 let to = other.destination();
                 let samples = p.payload.len() as u32;
                 let Some(mut h) = self.out[o].rewrite(FROM_PEER, &p.header, samples) else {
@@ -333,6 +372,10 @@ impl CallMedia {
             }
         }
     }
+}
+
+fn samples_since(start: Instant, now: Instant) -> u64 {
+    (now.saturating_duration_since(start).as_micros() as u64) * u64::from(RATE) / 1_000_000
 }
 
 #[cfg(test)]
@@ -512,6 +555,53 @@ mod tests {
         let ev = rtp::parse(&buf[..len]).unwrap();
         assert_eq!((ev.header.payload_type, ev.header.ssrc), (96, 8));
         assert_eq!(ev.payload, [1, 10, 0, 0]);
+    }
+
+    #[test]
+    fn a_recorded_call_mixes_what_both_sides_said() {
+        let t0 = Instant::now();
+        let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
+        let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
+        let mut m = CallMedia::new(
+            t0,
+            Leg::new(Latch::SdpAddress, a_addr, None),
+            Law::Alaw,
+            [(1, 0, 0), (2, 0, 0)],
+        );
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
+        m.record(t0);
+        assert!(m.recording());
+        let mut buf = [0u8; 1500];
+        for k in 0..50u16 {
+            let now = t0 + Duration::from_millis(20 * u64::from(k));
+            m.receive(
+                now,
+                Side::A,
+                a_addr,
+                &pkt(k, 8, &[Law::Alaw.encode(1000); 160]),
+                &mut buf,
+            );
+            m.receive(
+                now,
+                Side::B,
+                b_addr,
+                &pkt(k, 0, &[Law::Ulaw.encode(-300); 160]),
+                &mut buf,
+            );
+        }
+        let mut out = Vec::new();
+        let end = t0 + Duration::from_secs(1);
+        m.take_recording(end, Duration::from_millis(500), &mut out);
+        assert_eq!(out.len(), 4000, "half a second behind");
+        m.finish_recording(end, &mut out);
+        assert_eq!(out.len(), 8000);
+        assert!(!m.recording());
+        let want = i32::from(Law::Alaw.decode(Law::Alaw.encode(1000)))
+            + i32::from(Law::Ulaw.decode(Law::Ulaw.encode(-300)));
+        assert!(
+            out.iter().all(|&s| i32::from(s) == want),
+            "both legs in every sample"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod http;
 mod media;
 mod prompts;
+mod recorder;
 mod sip;
 
 pub use http::serve_http;

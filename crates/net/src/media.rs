@@ -32,6 +32,8 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
+use crate::recorder::{RecMsg, Recorder};
+
 /// Ready sockets taken per epoll wait.
 const EVENTS: usize = 1024;
 /// Playout granularity: frames due within a tick go out together.
@@ -41,6 +43,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const WAKER: Token = Token(usize::MAX);
 /// Largest datagram read; anything longer is truncated and fails parsing.
 const RECV_BUF: usize = 2048;
+/// Recorded audio is handed to the writer this far behind real time, so
+/// late packets still find their place in the mix.
+const RECORD_SLACK: Duration = Duration::from_millis(500);
 
 /// A pair of bound sockets: RTP and RTCP.
 struct Pair {
@@ -150,12 +155,17 @@ impl MediaPlane {
             config.threads
         };
         let staged: Staged = Arc::default();
+        let recorder = match &config.recordings_dir {
+            Some(dir) => Some(Recorder::start(dir.clone(), metrics.clone())?),
+            None => None,
+        };
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = channel();
-            let worker = Worker::new(poll, rx, events.clone(), config, &metrics);
+            let mut worker = Worker::new(poll, rx, events.clone(), config, &metrics);
+            worker.recorder = recorder.clone();
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
                 .spawn(move || worker.run())?;
@@ -232,6 +242,14 @@ struct Session {
     idle_reported: bool,
 }
 
+/// Names a recording: wall-clock milliseconds and the call number.
+fn recording_name(call: CallId) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("call-{ms}-{}", call.0)
+}
+
 /// Counters kept per thread and added to Prometheus once a second: an
 /// atomic add per packet on shared counters would bounce cache lines
 /// between the media threads.
@@ -290,6 +308,7 @@ struct Worker {
     local: Local,
     sessions_gauge: prometheus::IntGauge,
     seed: u64,
+    recorder: Option<Recorder>,
 }
 
 impl Worker {
@@ -322,6 +341,7 @@ impl Worker {
             local: Local::default(),
             sessions_gauge: metrics.media_sessions.clone(),
             seed: u64::from_le_bytes(seed),
+            recorder: None,
         }
     }
 
@@ -395,13 +415,23 @@ impl Worker {
                     s.media.play(now, prompts, music);
                 }
             }
-            Cmd::Other(MediaCommand::Bridge { call, b }) => {
+            Cmd::Other(MediaCommand::Bridge { call, b, record }) => {
                 let latch = self.latch;
+                let recorder = self.recorder.clone();
                 if let Some(s) = self.session(call) {
                     s.media
                         .bridge(Leg::new(latch, b.addr, b.telephone_event), b.law);
                     // The liveness clock starts at the answer.
                     s.media.touch(now);
+                    if record
+                        && let Some(r) = recorder
+                        && r.send(RecMsg::Open {
+                            id: call.0,
+                            name: recording_name(call),
+                        })
+                    {
+                        s.media.record(now);
+                    }
                 }
             }
             Cmd::Other(MediaCommand::Update {
@@ -475,6 +505,17 @@ impl Worker {
             let _ = self.poll.registry().deregister(sock);
         }
         self.flush(&mut s);
+        if s.media.recording()
+            && let Some(r) = &self.recorder
+        {
+            let mut samples = Vec::new();
+            s.media.finish_recording(Instant::now(), &mut samples);
+            r.send(RecMsg::Data {
+                id: call.0,
+                samples,
+            });
+            r.send(RecMsg::Close { id: call.0 });
+        }
         let (a, b) = (s.media.stats(Side::A), s.media.stats(Side::B));
         info!(
             %call,
@@ -564,6 +605,18 @@ impl Worker {
         let mut sessions = std::mem::take(&mut self.sessions);
         for s in sessions.iter_mut().flatten() {
             self.flush(s);
+            if s.media.recording()
+                && let Some(r) = &self.recorder
+            {
+                let mut samples = Vec::new();
+                s.media.take_recording(now, RECORD_SLACK, &mut samples);
+                if !samples.is_empty() {
+                    r.send(RecMsg::Data {
+                        id: s.call.0,
+                        samples,
+                    });
+                }
+            }
             if let Some(t) = timeout
                 && !s.idle_reported
                 && let Some(side) = s.media.idle_side(now, t)

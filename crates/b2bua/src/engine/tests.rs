@@ -302,7 +302,7 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
         ok.body, progress.body,
         "the same session as the early media"
     );
-    let Some(MediaCommand::Bridge { b, .. }) = h.media.last() else {
+    let Some(MediaCommand::Bridge { b, record, .. }) = h.media.last() else {
         panic!("{:?}", h.media)
     };
     assert_eq!(
@@ -310,6 +310,7 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
         ("192.0.2.21:30000".to_owned(), Law::Ulaw),
         "transcoded"
     );
+    assert!(!record, "the queue does not record");
     let a_tag = ok.to_tag.clone().unwrap();
     assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
 
