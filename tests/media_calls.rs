@@ -500,3 +500,144 @@ fn a_recording_interrupted_by_kill_9_is_kept_as_partial_on_restart() {
         1.0
     );
 }
+
+/// Frames of the Italian prompts `names` (Debian's asterisk-core-sounds-it-wav),
+/// as the node stores and sends them to an A-law caller.
+fn italian(names: &[&str]) -> Vec<[u8; 160]> {
+    let dir = centralino_config::DEFAULT_SOUNDS;
+    names
+        .iter()
+        .flat_map(|n| {
+            let path = format!("{dir}/{n}.wav");
+            let data = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{path}: {e} (install asterisk-core-sounds-it-wav; scripts/test does)")
+            });
+            Prompt::from_wav(&data, Law::Alaw)
+                .expect("a usable prompt")
+                .frames
+                .to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn waiting_callers_hear_their_position_in_italian_between_the_music() {
+    let scratch = Scratch::new("media-announce");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        format!(
+            r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[tenants]]
+name = "demo"
+
+[[trunks]]
+name = "carrier"
+tenant = "demo"
+peers = ["127.0.0.1"]
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "demo"
+announce_seconds = 10
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "demo"
+queues = ["info"]
+"#
+        )
+    });
+    // Two callers, nobody to answer: the first is next, the second has
+    // one call before it.
+    let sockets: Vec<UdpSocket> = (0..2)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+            s.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    let mut trunks = Vec::new();
+    for (i, s) in sockets.iter().enumerate() {
+        trunks.push(Sipp::spawn(
+            &scratch,
+            &format!("trunk{i}"),
+            &[
+                &node.sip_addr(),
+                "-sf",
+                &scenario("trunk_media_cancel.xml"),
+                "-s",
+                "100",
+                "-m",
+                "1",
+                "-d",
+                "18000",
+                "-key",
+                "caller_rtp",
+                &s.local_addr().unwrap().port().to_string(),
+                "-timeout",
+                "40s",
+            ],
+        ));
+        node.wait_metric(
+            "centralino_queue_calls{queue=\"info\"}",
+            Duration::from_secs(5),
+            |v| v == i as f64 + 1.0,
+        );
+    }
+    let mut heard: Vec<Vec<[u8; 160]>> = vec![Vec::new(); 2];
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while trunks.iter_mut().any(|t| t.try_wait().is_none()) {
+        assert!(Instant::now() < deadline, "callers never gave up");
+        for (i, s) in sockets.iter().enumerate() {
+            while let Ok(n) = s.recv(&mut buf) {
+                let p = rtp::parse(&buf[..n]).expect("valid RTP");
+                if let Ok(f) = <[u8; 160]>::try_from(p.payload) {
+                    heard[i].push(f);
+                }
+            }
+        }
+    }
+    for t in &mut trunks {
+        t.expect_success(Duration::from_secs(5));
+    }
+    let contains =
+        |hay: &[[u8; 160]], needle: &[[u8; 160]]| hay.windows(needle.len()).any(|w| w == needle);
+    // "Lei è il prossimo … grazie per l'attesa"; nobody is staffed, so no
+    // wait is said.
+    let first = italian(&["queue-youarenext", "queue-thankyou"]);
+    assert!(heard[0].len() > 500, "{} frames", heard[0].len());
+    let pos = |hay: &[[u8; 160]], f: &[u8; 160]| hay.iter().position(|h| h == f);
+    assert!(
+        contains(&heard[0], &first),
+        "the first caller's announcement: first frame at {:?}, last at {:?}, of {}; played {}",
+        pos(&heard[0], &first[0]),
+        pos(&heard[0], &first[first.len() - 1]),
+        heard[0].len(),
+        node.metric("centralino_announcements_total{outcome=\"played\"}")
+    );
+    // "Ci sono 2 chiamate in attesa prima di lei … grazie".
+    let second = italian(&[
+        "queue-thereare",
+        "digits/2",
+        "queue-callswaiting",
+        "queue-thankyou",
+    ]);
+    assert!(
+        contains(&heard[1], &second),
+        "the second caller's announcement"
+    );
+    assert!(!contains(&heard[1], &first));
+    assert_eq!(
+        node.metric("centralino_announcements_total{outcome=\"played\"}"),
+        2.0
+    );
+}

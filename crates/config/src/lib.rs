@@ -1011,9 +1011,6 @@ impl Config {
             });
         }
 
-        if !p.0.is_empty() {
-            return Err(ConfigError::Invalid(p.0));
-        }
         let media = validate_media(&mut p, &raw.media);
         if media.recordings_dir.is_none() {
             for (i, q) in raw.queues.iter().enumerate() {
@@ -1024,6 +1021,9 @@ impl Config {
                     );
                 }
             }
+        }
+        if !p.0.is_empty() {
+            return Err(ConfigError::Invalid(p.0));
         }
         Ok(Self {
             sip: SipConfig {
@@ -1314,5 +1314,53 @@ languages = ["it"]
                 "{want} missing from {text:#?}"
             );
         }
+    }
+
+    #[test]
+    fn media_errors_name_their_key() {
+        let text = r#"
+[media]
+port_min = 100
+port_max = 50
+advertise_address = "public"
+codecs = ["PCMU", "G729", "PCMU"]
+latch = "sometimes"
+threads = 1000
+[[tenants]]
+name = "demo"
+[[queues]]
+name = "info"
+tenant = "demo"
+announce_seconds = 3
+record = true
+"#;
+        let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "media.port_min",
+            "media.advertise_address: not an IP address",
+            "media.codecs[1]: unsupported codec \"G729\"",
+            "media.codecs[2]: listed twice",
+            "media.latch: unknown latch mode",
+            "media.threads",
+            "queues[0].announce_seconds",
+            "queues[0].record: needs media.recordings_dir",
+        ] {
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want} missing from {text:#?}"
+            );
+        }
+        let ok = Config::from_toml(
+            "[media]\nrecordings_dir = \"/tmp/r\"\ncodecs = [\"pcmu\"]\nlatch = \"first_packet\"\ninactivity_timeout_seconds = 0\n[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\nrecord = true\nannounce_seconds = 45\n",
+        )
+        .unwrap();
+        assert_eq!(ok.media.codecs, [0]);
+        assert_eq!(ok.media.latch, LatchMode::FirstPacket);
+        assert_eq!(ok.media.inactivity_timeout, None);
+        assert!(ok.queues[0].record);
+        assert_eq!(ok.queues[0].announce_every, Some(Duration::from_secs(45)));
     }
 }
