@@ -641,3 +641,96 @@ queues = ["info"]
         2.0
     );
 }
+
+#[test]
+fn a_silent_operator_phone_ends_the_call_and_frees_the_operator() {
+    let scratch = Scratch::new("media-silent");
+    let music_path = scratch.path("music.wav");
+    std::fs::write(&music_path, wav(&[100; 8000])).expect("write music");
+    let recordings = scratch.path("recordings");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, &music_path, &recordings)
+            .replace("[media]\n", "[media]\ninactivity_timeout_seconds = 2\n")
+    });
+    // The phone answers but never sends RTP (no -rtp_echo): dead media.
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_media.xml"),
+            "-d",
+            "100",
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_media_bye.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-key",
+            "caller_rtp",
+            &caller.local_addr().unwrap().port().to_string(),
+            "-timeout",
+            "30s",
+        ],
+    );
+    // The caller keeps talking: only the operator's side is silent.
+    let mut node_rtp = None;
+    let mut buf = [0u8; 2048];
+    let mut seq = 0u16;
+    let start = Instant::now();
+    while trunk.try_wait().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never hung up");
+        if let Ok((_, from)) = caller.recv_from(&mut buf) {
+            node_rtp = Some(from);
+        }
+        if let Some(to) = node_rtp {
+            let h = Header {
+                marker: false,
+                payload_type: 8,
+                seq,
+                timestamp: u32::from(seq) * 160,
+                ssrc: 77,
+            };
+            seq = seq.wrapping_add(1);
+            let mut out = [0u8; 172];
+            rtp::write(&h, &[0xD5; 160], &mut out).expect("fits");
+            caller.send_to(&out, to).expect("send");
+        }
+    }
+    trunk.expect_success(Duration::from_secs(5));
+    let mut phone = phone;
+    phone.expect_success(Duration::from_secs(10));
+    assert_eq!(
+        node.metric("centralino_media_timeouts_total{side=\"operator\"}"),
+        1.0
+    );
+    // The operator is free again (after wrap-up: none configured).
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    assert_eq!(node.metric("centralino_calls_active"), 0.0);
+}
