@@ -1,8 +1,13 @@
-//! The media driver: one thread per core, each an epoll loop (mio) over
-//! the RTP sockets of the calls it owns, driving their sans-IO
+//! The media driver: one thread per core, each a level-triggered epoll
+//! loop over the RTP sockets of the calls it owns, driving their sans-IO
 //! [`CallMedia`]. Not a task per call: a call is a few slab entries in one
 //! thread, and a packet costs one `recvfrom`, the relay logic and one
 //! `sendto`, with no allocation and no lock.
+//!
+//! Level-triggered on purpose: each ready socket is read once per wait.
+//! Edge-triggered readiness (mio, tokio) obliges a reader to drain until
+//! `EAGAIN`, a third system call per packet when, as here, each socket
+//! holds one datagram at a time (measured: see ARCHITECTURE "Decisions").
 //!
 //! Ports are bound when the engine takes them ([`BoundPorts`]), so a port
 //! held by another process is skipped, never promised in an SDP.
@@ -14,7 +19,8 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,9 +32,9 @@ use centralino_media::leg::{Latch, Leg, Stats};
 use centralino_media::ports::{PortError, Ports};
 use centralino_media::relay::{Action, CallMedia, Side};
 use centralino_types::CallId;
-use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus::IntCounter;
+use rustix::buffer::spare_capacity;
+use rustix::event::{EventfdFlags, Timespec, epoll, eventfd};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
@@ -40,7 +46,18 @@ const EVENTS: usize = 1024;
 const TICK: Duration = Duration::from_millis(5);
 /// Liveness checks and metric flushes.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-const WAKER: Token = Token(usize::MAX);
+const WAKER: u64 = u64::MAX;
+
+/// Wakes a media thread when a command is queued (an eventfd in its epoll
+/// set).
+struct Waker(OwnedFd);
+
+impl Waker {
+    fn wake(&self) -> std::io::Result<()> {
+        rustix::io::write(&self.0, &1u64.to_ne_bytes())?;
+        Ok(())
+    }
+}
 /// Largest datagram read; anything longer is truncated and fails parsing.
 const RECV_BUF: usize = 2048;
 /// Recorded audio is handed to the writer this far behind real time, so
@@ -49,8 +66,8 @@ const RECORD_SLACK: Duration = Duration::from_millis(500);
 
 /// A pair of bound sockets: RTP and RTCP.
 struct Pair {
-    rtp: std::net::UdpSocket,
-    rtcp: std::net::UdpSocket,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
 }
 
 /// Sockets bound by [`BoundPorts`] and not yet handed to a media thread.
@@ -118,8 +135,8 @@ impl MediaPorts for BoundPorts {
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<Pair> {
-    let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-    let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
+    let rtp = UdpSocket::bind(SocketAddr::new(ip, port))?;
+    let rtcp = UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
     rtp.set_nonblocking(true)?;
     rtcp.set_nonblocking(true)?;
     Ok(Pair { rtp, rtcp })
@@ -161,10 +178,17 @@ impl MediaPlane {
         };
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let poll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+            let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+            epoll::add(
+                &poll,
+                &efd,
+                epoll::EventData::new_u64(WAKER),
+                epoll::EventFlags::IN,
+            )?;
+            let waker = Arc::new(Waker(efd.try_clone()?));
             let (tx, rx) = channel();
-            let mut worker = Worker::new(poll, rx, events.clone(), config, &metrics);
+            let mut worker = Worker::new(poll, efd, rx, events.clone(), config, &metrics);
             worker.recorder = recorder.clone();
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
@@ -296,7 +320,9 @@ impl Counters {
 }
 
 struct Worker {
-    poll: Poll,
+    poll: OwnedFd,
+    /// The waker's eventfd (read to reset it).
+    wake_fd: OwnedFd,
     rx: Receiver<Cmd>,
     events: UnboundedSender<MediaEvent>,
     latch: Latch,
@@ -313,7 +339,8 @@ struct Worker {
 
 impl Worker {
     fn new(
-        poll: Poll,
+        poll: OwnedFd,
+        wake_fd: OwnedFd,
         rx: Receiver<Cmd>,
         events: UnboundedSender<MediaEvent>,
         config: &MediaConfig,
@@ -327,6 +354,7 @@ impl Worker {
         }
         Self {
             poll,
+            wake_fd,
             rx,
             events,
             latch: match config.latch {
@@ -355,31 +383,39 @@ impl Worker {
     }
 
     fn run(mut self) {
-        let mut events = Events::with_capacity(EVENTS);
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
         let mut inbuf = [0u8; RECV_BUF];
         let mut outbuf = [0u8; 1500];
         let mut next_tick = Instant::now();
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
             let now = Instant::now();
-            let timeout = next_tick
+            let wait = next_tick
                 .min(next_housekeeping)
                 .saturating_duration_since(now);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != ErrorKind::Interrupted {
+            let timeout = Timespec {
+                tv_sec: wait.as_secs() as i64,
+                tv_nsec: i64::from(wait.subsec_nanos()),
+            };
+            events.clear();
+            if let Err(e) = epoll::wait(&self.poll, spare_capacity(&mut events), Some(&timeout)) {
+                if e != rustix::io::Errno::INTR {
                     warn!(error = %e, "media poll failed");
                 }
                 continue;
             }
             let now = Instant::now();
             for ev in &events {
-                if ev.token() == WAKER {
+                let token = ev.data.u64();
+                if token == WAKER {
+                    let mut b = [0u8; 8];
+                    let _ = rustix::io::read(&self.wake_fd, &mut b);
                     if !self.commands(now) {
                         return;
                     }
                     continue;
                 }
-                self.readable(now, ev.token().0, &mut inbuf, &mut outbuf);
+                self.readable(now, token as usize, &mut inbuf, &mut outbuf);
             }
             if now >= next_tick {
                 self.playout(now, &mut outbuf);
@@ -465,13 +501,14 @@ impl Worker {
             self.sessions.len() - 1
         });
         let [pa, pb] = socks;
-        let mut socks = [pa.rtp, pa.rtcp, pb.rtp, pb.rtcp].map(UdpSocket::from_std);
-        for (k, s) in socks.iter_mut().enumerate() {
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(s, Token(slot * 4 + k), Interest::READABLE)
-            {
+        let socks = [pa.rtp, pa.rtcp, pb.rtp, pb.rtcp];
+        for (k, s) in socks.iter().enumerate() {
+            if let Err(e) = epoll::add(
+                &self.poll,
+                s,
+                epoll::EventData::new_u64((slot * 4 + k) as u64),
+                epoll::EventFlags::IN,
+            ) {
                 warn!(%call, error = %e, "cannot watch an RTP socket");
                 self.free.push(slot);
                 let _ = self.events.send(MediaEvent::Failed { call });
@@ -501,8 +538,8 @@ impl Worker {
         let Some(mut s) = self.sessions[slot].take() else {
             return;
         };
-        for sock in &mut s.socks {
-            let _ = self.poll.registry().deregister(sock);
+        for sock in &s.socks {
+            let _ = epoll::delete(&self.poll, sock);
         }
         self.flush(&mut s);
         if s.media.recording()
@@ -535,50 +572,48 @@ impl Worker {
         self.sessions_gauge.dec();
     }
 
-    /// Drains one ready socket.
+    /// Reads one datagram from a ready socket (level-triggered: if more
+    /// are queued, the next wait reports the socket again).
     fn readable(&mut self, now: Instant, token: usize, inbuf: &mut [u8], outbuf: &mut [u8]) {
         let (slot, k) = (token / 4, token % 4);
         let Some(Some(s)) = self.sessions.get_mut(slot) else {
             return;
         };
         let side = if k < 2 { Side::A } else { Side::B };
-        loop {
-            let (n, from) = match s.socks[k].recv_from(inbuf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                // ICMP errors from a peer surface here; the socket is fine.
-                Err(_) => continue,
-            };
-            if k % 2 == 1 {
-                // RTCP: read so the peer gets no ICMP; not relayed (each
-                // leg's reports describe its own hop).
-                self.local.rtcp += 1;
-                continue;
-            }
-            let (to, len) = match s.media.receive(now, side, from, &inbuf[..n], outbuf) {
-                Action::Send { to, len } => (to, len),
-                Action::Dtmf { digit, relay } => {
-                    let _ = self.events.send(MediaEvent::Dtmf {
-                        call: s.call,
-                        side,
-                        digit,
-                    });
-                    match relay {
-                        Some(r) => r,
-                        None => continue,
-                    }
+        // Errors (ICMP from a peer, a spurious wake-up) concern a peer,
+        // not the socket: nothing to do.
+        let Ok((n, from)) = s.socks[k].recv_from(inbuf) else {
+            return;
+        };
+        if k % 2 == 1 {
+            // RTCP: read so the peer gets no ICMP; not relayed (each leg's
+            // reports describe its own hop).
+            self.local.rtcp += 1;
+            return;
+        }
+        let (to, len) = match s.media.receive(now, side, from, &inbuf[..n], outbuf) {
+            Action::Send { to, len } => (to, len),
+            Action::Dtmf { digit, relay } => {
+                let _ = self.events.send(MediaEvent::Dtmf {
+                    call: s.call,
+                    side,
+                    digit,
+                });
+                match relay {
+                    Some(r) => r,
+                    None => return,
                 }
-                Action::None => continue,
-            };
-            let out = &s.socks[if k < 2 { 2 } else { 0 }];
-            let o = side.other().index();
-            match out.send_to(&outbuf[..len], to) {
-                Ok(_) => {
-                    self.local.sent[o] += 1;
-                    self.local.sent_bytes[o] += len as u64;
-                }
-                Err(_) => self.local.send_errors += 1,
             }
+            Action::None => return,
+        };
+        let out = &s.socks[if k < 2 { 2 } else { 0 }];
+        let o = side.other().index();
+        match out.send_to(&outbuf[..len], to) {
+            Ok(_) => {
+                self.local.sent[o] += 1;
+                self.local.sent_bytes[o] += len as u64;
+            }
+            Err(_) => self.local.send_errors += 1,
         }
     }
 
