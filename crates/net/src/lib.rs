@@ -1,13 +1,17 @@
-//! Tokio drivers: they own the sockets and the clock and pump the sans-IO
-//! [`centralino_b2bua::Engine`].
+//! Drivers: they own the sockets, threads and the clock and pump the
+//! sans-IO [`centralino_b2bua::Engine`] and media sessions.
 //!
-//! Owns: UDP and TCP SIP listeners, the engine task, the HTTP endpoint
+//! Owns: UDP and TCP SIP listeners, the engine task, the media threads and
+//! RTP sockets, prompt loading, the recording writer, the HTTP endpoint
 //! (`/metrics`, `/healthz`). Never does: protocol decisions.
 //!
-//! Shape: one engine task owns all call state (no locks on the call path);
-//! one reader task per UDP socket and one task per TCP connection feed it
-//! through a bounded channel; the engine task sends UDP itself and hands TCP
-//! bytes to the connection's writer.
+//! Shape: one engine task (tokio, one thread) owns all call state (no locks
+//! on the call path); one reader task per UDP socket and one task per TCP
+//! connection feed it through a bounded channel; the engine task sends UDP
+//! itself and hands TCP bytes to the connection's writer. Media commands go
+//! from the engine to one media thread per core (a channel and an eventfd);
+//! media events come back on an unbounded channel (they are few: key
+//! presses, silence, failures).
 
 mod http;
 mod media;
