@@ -5,46 +5,18 @@
 //! `cargo bench --bench routing` runs the criterion groups, then prints
 //! latency percentiles, a two-thread run and memory per operator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use centralino_routing::{
     Attributes, CallSpec, Catalog, Output, QueueSettings, Requirement, Router, SplitMix64, Strategy,
 };
+use centralino_types::alloc_count::Counting;
 use centralino_types::{AgentId, CallId, QueueId};
 use criterion::{Criterion, criterion_group};
 
 /// Counts live heap bytes and allocation calls (memory per operator, and
 /// proof that a decision does not allocate).
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only counts.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same layout contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: `p` came from `alloc` with `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as `GlobalAlloc::realloc`.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
@@ -286,11 +258,11 @@ fn report() {
     let mut rng = SplitMix64(11);
     let n = 200_000;
     let mut lat = Vec::with_capacity(n);
-    let allocs_before = ALLOCS.load(Ordering::Relaxed);
+    let allocs_before = Counting::allocations();
     let mut warm = 0;
     for i in 0..n as u64 {
         if i == 20_000 {
-            warm = ALLOCS.load(Ordering::Relaxed);
+            warm = Counting::allocations();
         }
         let t = Instant::now();
         r.enqueue(now, QueueId(rng.below(SKILLS)), CallId(i), &spec)
@@ -309,7 +281,7 @@ fn report() {
         r.call_ended(now, d.agent, d.call);
     }
     let _ = allocs_before;
-    let steady_allocs = ALLOCS.load(Ordering::Relaxed) - warm;
+    let steady_allocs = Counting::allocations() - warm;
     let (p50, p99, p999) = percentiles(lat);
     println!(
         "arrival decision, 40k operators, mixed strategies: p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns; \
@@ -377,10 +349,10 @@ fn report() {
 
     // Memory per operator, all logged in, no call.
     for agents in [40_000u32, 120_000] {
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = Counting::live_bytes();
         let mut r = world(agents, true);
         login_all(&mut r, Instant::now());
-        let bytes = LIVE.load(Ordering::Relaxed) - before;
+        let bytes = Counting::live_bytes() - before;
         println!(
             "memory: {agents} operators, 500 queues: {:.1} MiB, {:.0} bytes per operator",
             bytes as f64 / 1048576.0,

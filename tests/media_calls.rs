@@ -96,6 +96,70 @@ fn recordings_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     v
 }
 
+/// The operator's phone (SIPp, `agent_media.xml`), ringing `ring_ms`
+/// before it answers, echoing RTP when `echo`; registered as 1001 and
+/// available when this returns.
+fn operator_phone(scratch: &Scratch, node: &Node, ring_ms: &str, echo: bool) -> Sipp {
+    let media_port = free_port().to_string();
+    let mut args = vec![
+        "-sf".to_owned(),
+        scenario("agent_media.xml"),
+        "-d".to_owned(),
+        ring_ms.to_owned(),
+        "-m".to_owned(),
+        "1".to_owned(),
+        "-timeout".to_owned(),
+        "60s".to_owned(),
+    ];
+    if echo {
+        for a in ["-mi", "127.0.0.1", "-mp", &media_port, "-rtp_echo"] {
+            args.push(a.to_owned());
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let phone = Sipp::spawn(scratch, "phone", &args);
+    register(scratch, node, &[1001], phone.port, |u| format!("demo{u}"));
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    phone
+}
+
+/// A carrier call to DID 100 (SIPp `scenario`) whose caller's RTP
+/// endpoint is `caller`; `pause_ms` is the scenario's -d.
+fn trunk_call(
+    scratch: &Scratch,
+    node: &Node,
+    label: &str,
+    scenario_name: &str,
+    caller: &UdpSocket,
+    pause_ms: &str,
+) -> Sipp {
+    let port = caller.local_addr().expect("addr").port().to_string();
+    Sipp::spawn(
+        scratch,
+        label,
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario(scenario_name),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            pause_ms,
+            "-key",
+            "caller_rtp",
+            &port,
+            "-timeout",
+            "60s",
+        ],
+    )
+}
+
 /// What the caller received.
 #[derive(Debug, PartialEq)]
 enum Heard {
@@ -131,59 +195,13 @@ fn caller_hears_music_then_the_operator_and_each_key_is_reported_once() {
     let node = Node::start_toml_log(&scratch, "info,centralino_b2bua=debug", |sip, http| {
         config(sip, http, &music_path, &recordings)
     });
-    let media_port = free_port().to_string();
-    let phone = Sipp::spawn(
-        &scratch,
-        "phone",
-        &[
-            "-sf",
-            &scenario("agent_media.xml"),
-            // Rings this long: the caller hears the music meanwhile.
-            "-d",
-            "3000",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port,
-            "-rtp_echo",
-            "-m",
-            "1",
-            "-timeout",
-            "60s",
-        ],
-    );
-    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
-    node.wait_metric(
-        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    let phone = operator_phone(&scratch, &node, "3000", true);
 
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     caller
         .set_read_timeout(Some(Duration::from_millis(5)))
         .expect("timeout");
-    let caller_port = caller.local_addr().expect("addr").port().to_string();
-    let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_media.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-d",
-            "3000",
-            "-key",
-            "caller_rtp",
-            &caller_port,
-            "-timeout",
-            "60s",
-        ],
-    );
+    let mut trunk = trunk_call(&scratch, &node, "trunk", "trunk_media.xml", &caller, "3000");
 
     // The caller's phone: speech from g711a.pcap every 20 ms (our own
     // seq/ts/ssrc), the four key presses from SIPp's DTMF captures while
@@ -416,52 +434,15 @@ fn a_recording_interrupted_by_kill_9_is_kept_as_partial_on_restart() {
     let mut node = Node::start_toml(&scratch, |sip, http| {
         config(sip, http, &music_path, &recordings)
     });
-    let media_port = free_port().to_string();
-    let phone = Sipp::spawn(
-        &scratch,
-        "phone",
-        &[
-            "-sf",
-            &scenario("agent_media.xml"),
-            "-d",
-            "100",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port,
-            "-rtp_echo",
-            "-m",
-            "1",
-            "-timeout",
-            "60s",
-        ],
-    );
-    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
-    node.wait_metric(
-        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    let _phone = operator_phone(&scratch, &node, "100", true);
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    let _trunk = Sipp::spawn(
+    let _trunk = trunk_call(
         &scratch,
+        &node,
         "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_media.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-d",
-            "60000",
-            "-key",
-            "caller_rtp",
-            &caller.local_addr().unwrap().port().to_string(),
-            "-timeout",
-            "60s",
-        ],
+        "trunk_media.xml",
+        &caller,
+        "60000",
     );
     // Wait until more than a second of audio is on disk, then crash.
     let start = Instant::now();
@@ -523,36 +504,12 @@ fn italian(names: &[&str]) -> Vec<[u8; 160]> {
 #[test]
 fn waiting_callers_hear_their_position_in_italian_between_the_music() {
     let scratch = Scratch::new("media-announce");
+    let music_path = scratch.path("music.wav");
+    std::fs::write(&music_path, wav(&[100; 8000])).expect("write music");
+    let recordings = scratch.path("recordings");
     let node = Node::start_toml(&scratch, |sip, http| {
-        format!(
-            r#"[sip]
-listen = ["127.0.0.1:{sip}"]
-digest_algorithms = ["MD5"]
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[tenants]]
-name = "demo"
-
-[[trunks]]
-name = "carrier"
-tenant = "demo"
-peers = ["127.0.0.1"]
-dids = {{ "100" = "info" }}
-
-[[queues]]
-name = "info"
-tenant = "demo"
-announce_seconds = 10
-
-[[agents]]
-username = "1001"
-password = "demo1001"
-tenant = "demo"
-queues = ["info"]
-"#
-        )
+        config(sip, http, &music_path, &recordings)
+            .replace("record = true", "announce_seconds = 10")
     });
     // Two callers, nobody to answer: the first is next, the second has
     // one call before it.
@@ -566,25 +523,13 @@ queues = ["info"]
         .collect();
     let mut trunks = Vec::new();
     for (i, s) in sockets.iter().enumerate() {
-        trunks.push(Sipp::spawn(
+        trunks.push(trunk_call(
             &scratch,
+            &node,
             &format!("trunk{i}"),
-            &[
-                &node.sip_addr(),
-                "-sf",
-                &scenario("trunk_media_cancel.xml"),
-                "-s",
-                "100",
-                "-m",
-                "1",
-                "-d",
-                "18000",
-                "-key",
-                "caller_rtp",
-                &s.local_addr().unwrap().port().to_string(),
-                "-timeout",
-                "40s",
-            ],
+            "trunk_media_cancel.xml",
+            s,
+            "18000",
         ));
         node.wait_metric(
             "centralino_queue_calls{queue=\"info\"}",
@@ -653,47 +598,18 @@ fn a_silent_operator_phone_ends_the_call_and_frees_the_operator() {
             .replace("[media]\n", "[media]\ninactivity_timeout_seconds = 2\n")
     });
     // The phone answers but never sends RTP (no -rtp_echo): dead media.
-    let phone = Sipp::spawn(
-        &scratch,
-        "phone",
-        &[
-            "-sf",
-            &scenario("agent_media.xml"),
-            "-d",
-            "100",
-            "-m",
-            "1",
-            "-timeout",
-            "60s",
-        ],
-    );
-    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
-    node.wait_metric(
-        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    let phone = operator_phone(&scratch, &node, "100", false);
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     caller
         .set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
-    let mut trunk = Sipp::spawn(
+    let mut trunk = trunk_call(
         &scratch,
+        &node,
         "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_media_bye.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-key",
-            "caller_rtp",
-            &caller.local_addr().unwrap().port().to_string(),
-            "-timeout",
-            "30s",
-        ],
+        "trunk_media_bye.xml",
+        &caller,
+        "0",
     );
     // The caller keeps talking: only the operator's side is silent.
     let mut node_rtp = None;

@@ -403,17 +403,31 @@ mod tests {
         }
     }
 
+    const A: &str = "192.0.2.5:40000";
+    const B: &str = "192.0.2.21:30000";
+
+    /// A call from `A` (caller law `a_law`, telephone-event `a_event`,
+    /// first seeds `seed_a`): (media, caller address, operator address).
+    fn call(
+        a_law: Law,
+        a_event: Option<u8>,
+        seed_a: (u32, u16, u32),
+    ) -> (CallMedia, SocketAddr, SocketAddr) {
+        let (a, b) = (A.parse().unwrap(), B.parse().unwrap());
+        let seeds = [seed_a, (seed_a.0 + 1, 500, 8000)];
+        let m = CallMedia::new(
+            Instant::now(),
+            Leg::new(Latch::SdpAddress, a, a_event),
+            a_law,
+            seeds,
+        );
+        (m, a, b)
+    }
+
     #[test]
     fn relays_with_rewrite_and_transcoding() {
         let t0 = Instant::now();
-        let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
-        let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
-        let mut m = CallMedia::new(
-            t0,
-            Leg::new(Latch::SdpAddress, a_addr, Some(101)),
-            Law::Alaw,
-            [(1, 0, 0), (2, 500, 8000)],
-        );
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, Some(101), (1, 0, 0));
         m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
         let mut buf = [0u8; 1500];
         let alaw: Vec<u8> = (0..160).map(|i| Law::Alaw.encode(i * 100)).collect();
@@ -470,14 +484,7 @@ mod tests {
     #[test]
     fn prompts_then_music_then_operator_in_one_stream() {
         let t0 = Instant::now();
-        let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
-        let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
-        let mut m = CallMedia::new(
-            t0,
-            Leg::new(Latch::SdpAddress, a_addr, Some(101)),
-            Law::Ulaw,
-            [(7, 65534, 1000), (8, 0, 0)],
-        );
+        let (mut m, a_addr, b_addr) = call(Law::Ulaw, Some(101), (7, 65534, 1000));
         // Two announcement prompts (one in A-law: transcoded), then music.
         m.play(
             t0,
@@ -560,14 +567,7 @@ mod tests {
     #[test]
     fn a_recorded_call_mixes_what_both_sides_said() {
         let t0 = Instant::now();
-        let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
-        let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
-        let mut m = CallMedia::new(
-            t0,
-            Leg::new(Latch::SdpAddress, a_addr, None),
-            Law::Alaw,
-            [(1, 0, 0), (2, 0, 0)],
-        );
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, None, (1, 0, 0));
         m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
         m.record(t0);
         assert!(m.recording());
@@ -607,14 +607,7 @@ mod tests {
     #[test]
     fn silence_is_reported_per_side_once_bridged() {
         let t0 = Instant::now();
-        let a_addr: SocketAddr = "192.0.2.5:40000".parse().unwrap();
-        let b_addr: SocketAddr = "192.0.2.21:30000".parse().unwrap();
-        let mut m = CallMedia::new(
-            t0,
-            Leg::new(Latch::SdpAddress, a_addr, None),
-            Law::Ulaw,
-            [(1, 0, 0), (2, 0, 0)],
-        );
+        let (mut m, a_addr, b_addr) = call(Law::Ulaw, None, (1, 0, 0));
         let timeout = Duration::from_secs(30);
         let later = t0 + Duration::from_secs(60);
         assert_eq!(m.idle_side(later, timeout), None, "early media: no check");

@@ -1,10 +1,7 @@
 //! The decision path does not allocate once warmed up: calls arrive, are
 //! offered (every strategy, ring-all included), answered, ended, withdrawn
 //! and time passes, with a counting allocator armed on this thread.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -12,37 +9,8 @@ use centralino_routing::{
     Attributes, CallSpec, Catalog, OfferOutcome, Output, QueueSettings, Requirement, Router,
     SplitMix64, Strategy,
 };
+use centralino_types::alloc_count::Counting;
 use centralino_types::{AgentId, CallId, QueueId};
-
-thread_local! {
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-// SAFETY: forwards every call to the system allocator; it only counts
-// allocations made on a thread that armed the counter.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if ARMED.with(Cell::get) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: the caller's layout contract is passed on unchanged.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` was allocated by `System` with `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        if ARMED.with(Cell::get) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: as for `GlobalAlloc::realloc`.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -94,7 +62,7 @@ fn steady_state_routing_does_not_allocate() {
     let mut decisions = 0u64;
     for i in 0..60_000u64 {
         if i == 20_000 {
-            ARMED.with(|a| a.set(true));
+            Counting::arm();
         }
         now += Duration::from_millis(5);
         r.handle_timeout(now);
@@ -127,10 +95,10 @@ fn steady_state_routing_does_not_allocate() {
             r.call_ended(now, a, c);
         }
         if i == 59_999 {
-            counted = COUNT.with(Cell::get);
+            counted = Counting::thread_count();
         }
     }
-    ARMED.with(|a| a.set(false));
+    Counting::disarm();
     assert!(decisions > 25_000, "the workload routes: {decisions}");
     // An allocation per decision would count tens of thousands here; what
     // remains are capacity high-water marks (a queue or a timer list

@@ -4,6 +4,9 @@
 //! protocol messages, or anything with a clock.
 #![warn(missing_docs)]
 
+#[cfg(feature = "count-alloc")]
+pub mod alloc_count;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
