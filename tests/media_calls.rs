@@ -650,3 +650,78 @@ fn a_silent_operator_phone_ends_the_call_and_frees_the_operator() {
     );
     assert_eq!(node.metric("centralino_calls_active"), 0.0);
 }
+
+#[test]
+fn floods_to_the_media_ports_never_disturb_a_call() {
+    let scratch = Scratch::new("media-flood");
+    let music_path = scratch.path("music.wav");
+    // One distinct value per frame, so a skipped or repeated frame shows.
+    let samples: Vec<i16> = (0..8000).map(|i| ((i / 160) * 300 - 7000) as i16).collect();
+    std::fs::write(&music_path, wav(&samples)).expect("write music");
+    let recordings = scratch.path("recordings");
+    // A range of its own: the flood must not reach other tests' nodes.
+    let (first, last) = (61_000u16, 61_199u16);
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, &music_path, &recordings).replace(
+            "[media]\n",
+            &format!("[media]\nport_min = {first}\nport_max = {last}\n"),
+        )
+    });
+    let flood = UdpSocket::bind("127.0.0.1:0").expect("flood socket");
+    let garbage = [0x80u8, 8, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xD5, 0xD5];
+    let flood_all = |except: Option<u16>| {
+        for _ in 0..10 {
+            for port in first..=last {
+                if Some(port) != except {
+                    let _ = flood.send_to(&garbage, ("127.0.0.1", port));
+                }
+            }
+        }
+    };
+    // Before any call nothing is bound: the kernel drops it all.
+    flood_all(None);
+    assert_eq!(node.http_get("/healthz").0, 200);
+
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let mut trunk = trunk_call(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_media_cancel.xml",
+        &caller,
+        "3000",
+    );
+    let mut buf = [0u8; 2048];
+    let mut heard: Vec<Header> = Vec::new();
+    let mut flooded = false;
+    while trunk.try_wait().is_none() {
+        if let Ok((n, from)) = caller.recv_from(&mut buf) {
+            heard.push(rtp::parse(&buf[..n]).expect("valid RTP").header);
+            // Mid-call, every other port of the range: the operator's
+            // port (bound, nobody answered yet), the RTCP ports, the rest.
+            if heard.len() == 50 && !flooded {
+                flood_all(Some(from.port()));
+                flooded = true;
+            }
+        }
+    }
+    trunk.expect_success(Duration::from_secs(5));
+    assert!(heard.len() > 100, "{} packets", heard.len());
+    assert!(
+        heard
+            .windows(2)
+            .all(|w| w[1].seq == w[0].seq.wrapping_add(1) && w[1].ssrc == w[0].ssrc),
+        "the music went on, one stream, nothing lost"
+    );
+    // What reached the call's own sockets was dropped and counted.
+    node.wait_metric(
+        "centralino_rtp_dropped_total{reason=\"before_bridge\"}",
+        Duration::from_secs(5),
+        |v| v >= 10.0,
+    );
+    assert!(node.metric("centralino_rtp_dropped_total{reason=\"rtcp_ignored\"}") >= 10.0);
+    assert_eq!(node.http_get("/healthz").0, 200);
+}

@@ -108,6 +108,8 @@ pub struct CallMedia {
     sources: u32,
     /// Recording: the mix and when it started.
     recording: Option<(Mixer, Instant)>,
+    /// Datagrams on the operator's port before the bridge.
+    unexpected: u64,
 }
 
 impl CallMedia {
@@ -130,7 +132,14 @@ impl CallMedia {
             },
             sources: FROM_PEER,
             recording: None,
+            unexpected: 0,
         }
+    }
+
+    /// Datagrams that reached the operator's port before the bridge
+    /// (dropped).
+    pub fn unexpected(&self) -> u64 {
+        self.unexpected
     }
 
     /// Starts recording both legs (mixed) from `now`.
@@ -315,6 +324,8 @@ impl CallMedia {
     ) -> Action {
         let (i, o) = (side.index(), side.other().index());
         let Some(leg) = self.legs[i].as_mut() else {
+            // The operator's port before anyone answered: nobody may send.
+            self.unexpected += 1;
             return Action::None;
         };
         let received = leg.receive(from, data);

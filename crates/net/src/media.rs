@@ -263,6 +263,7 @@ struct Session {
     socks: [UdpSocket; 4],
     /// Stats already added to the counters.
     flushed: [Stats; 2],
+    flushed_unexpected: u64,
     idle_reported: bool,
 }
 
@@ -296,6 +297,7 @@ struct Counters {
     late: IntCounter,
     send_errors: IntCounter,
     rtcp: IntCounter,
+    unexpected: IntCounter,
 }
 
 impl Counters {
@@ -315,6 +317,7 @@ impl Counters {
             late: drop("late_or_duplicate"),
             send_errors: drop("send_error"),
             rtcp: drop("rtcp_ignored"),
+            unexpected: drop("before_bridge"),
         }
     }
 }
@@ -525,6 +528,7 @@ impl Worker {
             media: CallMedia::new(now, leg, a.law, seeds),
             socks,
             flushed: [Stats::default(); 2],
+            flushed_unexpected: 0,
             idle_reported: false,
         });
         self.by_call.insert(call, slot);
@@ -686,6 +690,9 @@ impl Worker {
             c.late.inc_by(now.late - was.late);
             s.flushed[i] = now;
         }
+        let u = s.media.unexpected();
+        c.unexpected.inc_by(u - s.flushed_unexpected);
+        s.flushed_unexpected = u;
     }
 }
 
