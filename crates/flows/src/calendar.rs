@@ -1,0 +1,227 @@
+//! Opening hours in Europe/Rome: weekdays, time ranges and holidays,
+//! evaluated on a Unix time. The Italian offset is computed from the EU
+//! rule (CET, CEST from the last Sunday of March 01:00 UTC to the last
+//! Sunday of October 01:00 UTC), so no time-zone database is needed.
+
+/// Seconds since the Unix epoch (UTC).
+pub type UnixSeconds = i64;
+
+/// Days since 1970-01-01 → (year, month 1–12, day 1–31) (H. Hinnant's
+/// civil-from-days).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// (year, month, day) → days since 1970-01-01.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// 0 = Monday … 6 = Sunday.
+fn weekday(days: i64) -> u32 {
+    // 1970-01-01 was a Thursday.
+    (days + 3).rem_euclid(7) as u32
+}
+
+/// The last Sunday of `month` in `year`, as days since the epoch.
+fn last_sunday(year: i64, month: u32) -> i64 {
+    let last = days_from_civil(year, month + 1, 1) - 1;
+    last - i64::from(weekday(last) + 1) % 7
+}
+
+/// Europe/Rome's offset from UTC at `t`, in seconds.
+pub fn rome_offset(t: UnixSeconds) -> i64 {
+    let (y, _, _) = civil_from_days(t.div_euclid(86_400));
+    let start = last_sunday(y, 3) * 86_400 + 3600;
+    let end = last_sunday(y, 10) * 86_400 + 3600;
+    if (start..end).contains(&t) {
+        7200
+    } else {
+        3600
+    }
+}
+
+/// Local time in Rome: (year, month, day, weekday 0 = Monday, minute of day).
+pub fn rome_local(t: UnixSeconds) -> (i64, u32, u32, u32, u32) {
+    let local = t + rome_offset(t);
+    let days = local.div_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    (
+        y,
+        m,
+        d,
+        weekday(days),
+        (local.rem_euclid(86_400) / 60) as u32,
+    )
+}
+
+/// A closed day: every year (`MM-DD`) or once (`YYYY-MM-DD`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holiday {
+    /// Every year on this month and day.
+    Yearly(u32, u32),
+    /// This date only.
+    Once(i64, u32, u32),
+}
+
+impl Holiday {
+    /// Parses `MM-DD` or `YYYY-MM-DD`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let parts: Vec<&str> = s.split('-').collect();
+        let num = |p: &str| {
+            p.parse::<u32>()
+                .ok()
+                .filter(|_| p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let valid = |m: u32, d: u32| (1..=12).contains(&m) && (1..=31).contains(&d);
+        match parts.as_slice() {
+            [m, d] => {
+                let (m, d) = (num(m)?, num(d)?);
+                valid(m, d).then_some(Self::Yearly(m, d))
+            }
+            [y, m, d] if y.len() == 4 => {
+                let (y, m, d) = (i64::from(num(y)?), num(m)?, num(d)?);
+                (valid(m, d) && civil_from_days(days_from_civil(y, m, d)) == (y, m, d))
+                    .then_some(Self::Once(y, m, d))
+            }
+            _ => None,
+        }
+    }
+
+    fn matches(self, y: i64, m: u32, d: u32) -> bool {
+        match self {
+            Self::Yearly(hm, hd) => (hm, hd) == (m, d),
+            Self::Once(hy, hm, hd) => (hy, hm, hd) == (y, m, d),
+        }
+    }
+}
+
+/// Opening hours.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Calendar {
+    /// Bit 0 = Monday … bit 6 = Sunday.
+    pub days: u8,
+    /// Minute-of-day ranges, start inclusive, end exclusive.
+    pub hours: Vec<(u32, u32)>,
+    /// Closed days.
+    pub holidays: Vec<Holiday>,
+}
+
+impl Calendar {
+    /// Whether the service is open at `t`.
+    pub fn open(&self, t: UnixSeconds) -> bool {
+        let (y, m, d, wd, minute) = rome_local(t);
+        self.days & (1 << wd) != 0
+            && self.hours.iter().any(|&(a, b)| (a..b).contains(&minute))
+            && !self.holidays.iter().any(|h| h.matches(y, m, d))
+    }
+}
+
+/// Parses a weekday name (Italian or English, 3 letters suffice).
+pub fn parse_day(s: &str) -> Option<u32> {
+    let s = s.to_ascii_lowercase();
+    let names = [
+        ["mon", "lun"],
+        ["tue", "mar"],
+        ["wed", "mer"],
+        ["thu", "gio"],
+        ["fri", "ven"],
+        ["sat", "sab"],
+        ["sun", "dom"],
+    ];
+    names
+        .iter()
+        .position(|n| n.iter().any(|p| s.starts_with(p)))
+        .map(|i| i as u32)
+}
+
+/// Parses `HH:MM-HH:MM` into minute-of-day bounds (end may be 24:00).
+pub fn parse_hours(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('-')?;
+    let hm = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+    };
+    let (a, b) = (hm(a)?, hm(b)?);
+    (a < b).then_some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix(y: i64, m: u32, d: u32, hh: i64, mm: i64) -> i64 {
+        days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for days in -800_000..800_000i64 {
+            if days % 997 == 0 {
+                let (y, m, d) = civil_from_days(days);
+                assert_eq!(days_from_civil(y, m, d), days);
+            }
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(weekday(days_from_civil(2026, 11, 30)), 0, "a Monday");
+    }
+
+    #[test]
+    fn rome_switches_to_summer_time_on_the_eu_dates() {
+        // 2026: 29 March and 25 October, at 01:00 UTC.
+        assert_eq!(rome_offset(unix(2026, 3, 29, 0, 59)), 3600);
+        assert_eq!(rome_offset(unix(2026, 3, 29, 1, 0)), 7200);
+        assert_eq!(rome_offset(unix(2026, 10, 25, 0, 59)), 7200);
+        assert_eq!(rome_offset(unix(2026, 10, 25, 1, 0)), 3600);
+        // 07:30 UTC in July is 09:30 in Rome.
+        let (_, _, _, _, minute) = rome_local(unix(2026, 7, 15, 7, 30));
+        assert_eq!(minute, 9 * 60 + 30);
+    }
+
+    #[test]
+    fn weekday_hours_and_holidays() {
+        let cal = Calendar {
+            days: 0b001_1111,
+            hours: vec![parse_hours("08:00-18:00").unwrap()],
+            holidays: vec![
+                Holiday::parse("12-25").unwrap(),
+                Holiday::parse("2026-12-07").unwrap(),
+            ],
+        };
+        // Monday 30 Nov 2026, 08:00 Rome = 07:00 UTC (winter).
+        assert!(!cal.open(unix(2026, 11, 30, 6, 59)));
+        assert!(cal.open(unix(2026, 11, 30, 7, 0)));
+        assert!(cal.open(unix(2026, 11, 30, 16, 59)));
+        assert!(
+            !cal.open(unix(2026, 11, 30, 17, 0)),
+            "18:00 in Rome: closed"
+        );
+        // Saturday 5 Dec, a holiday Monday 7 Dec, and Christmas (a Friday).
+        assert!(!cal.open(unix(2026, 12, 5, 10, 0)));
+        assert!(!cal.open(unix(2026, 12, 7, 10, 0)));
+        assert!(cal.open(unix(2026, 12, 8, 10, 0)));
+        assert!(!cal.open(unix(2026, 12, 25, 10, 0)));
+        assert_eq!(parse_day("Gio"), Some(3));
+        assert_eq!(parse_day("sunday"), Some(6));
+        assert_eq!(parse_hours("18:00-08:00"), None);
+        assert_eq!(parse_hours("00:00-24:00"), Some((0, 1440)));
+        assert_eq!(Holiday::parse("2026-02-30"), None);
+        assert_eq!(Holiday::parse("13-01"), None);
+    }
+}
