@@ -139,12 +139,29 @@ fn check_config(file: &PathBuf) -> ExitCode {
     };
     match Config::from_toml(&text) {
         Ok(c) => {
+            // Prompt files are on this machine's disk: checked here, not in
+            // the (I/O-free) configuration crate.
+            let missing: Vec<(String, String)> = c
+                .flow_prompts()
+                .into_iter()
+                .filter(|(_, name)| c.find_prompt(name).is_none())
+                .collect();
+            for (path, name) in &missing {
+                eprintln!(
+                    "{}: {path}: prompt {name:?} not found in media.prompts_dir or media.sounds_dir",
+                    file.display()
+                );
+            }
+            if !missing.is_empty() {
+                return ExitCode::from(1);
+            }
             println!(
-                "{}: ok ({} tenant(s), {} trunk(s), {} queue(s), {} operator(s))",
+                "{}: ok ({} tenant(s), {} trunk(s), {} queue(s), {} flow(s), {} operator(s))",
                 file.display(),
                 c.tenants.len(),
                 c.trunks.len(),
                 c.queues.len(),
+                c.flows.len(),
                 c.agents.len()
             );
             ExitCode::SUCCESS

@@ -3,7 +3,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use centralino_config::Config;
+use centralino_config::{Config, DidTarget};
+use centralino_flows::{Action as FlowAction, Facts, Flow as IvrFlow, Run};
 use centralino_media::announce::{self, Library};
 use centralino_media::g711::Law;
 use centralino_media::ports::Ports;
@@ -13,7 +14,7 @@ use centralino_media::sdp::{self, Direction, Local};
 use std::sync::Arc;
 
 use centralino_routing::{
-    CallSpec, Code, OfferOutcome, Output as RouteOutput, QueueAgents, Router,
+    CallSpec, Catalog, Code, OfferOutcome, Output as RouteOutput, QueueAgents, Requirement, Router,
 };
 use centralino_sip::auth::DigestAuth;
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
@@ -85,8 +86,18 @@ struct CallMedia {
     opened: bool,
 }
 
-/// A trunk's DIDs: where each one's calls queue, with what requirements.
-type DidTable = HashMap<String, (QueueId, Arc<CallSpec>)>;
+/// Where a DID's calls go first, with what they need.
+#[derive(Clone, Debug)]
+enum Target {
+    /// Straight into a queue.
+    Queue(QueueId, Arc<CallSpec>),
+    /// Through an IVR flow (answered first); the spec is ANDed with what
+    /// the flow adds.
+    Flow(Arc<IvrFlow>, Arc<CallSpec>),
+}
+
+/// A trunk's DIDs.
+type DidTable = HashMap<String, Target>;
 
 /// One side of a dialog, as needed to send requests in it.
 #[derive(Clone, Debug)]
@@ -124,6 +135,8 @@ struct BLeg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Answered, walking an IVR flow.
+    Ivr,
     Queued,
     Offering,
     Connected,
@@ -147,6 +160,55 @@ struct Call {
     b: Option<BLeg>,
     attempt: u32,
     media: CallMedia,
+    /// The caller's leg got its 200 OK (IVR calls are answered first).
+    answered: bool,
+    /// Entered a queue (queue metrics apply).
+    in_queue: bool,
+    /// What the DID asks of every call.
+    spec: Arc<CallSpec>,
+    /// The IVR walk, while it lasts.
+    run: Option<Run>,
+    /// A flow waiting for the media (late offer: it opens at the ACK).
+    pending_flow: Option<Arc<IvrFlow>>,
+}
+
+/// What the IVR interpreter sees of the engine.
+struct EngineFacts<'a> {
+    router: &'a Router,
+    prompts: &'a Library,
+    queues: &'a HashMap<String, QueueId>,
+    unix: i64,
+}
+
+impl Facts for EngineFacts<'_> {
+    fn unix_now(&self) -> i64 {
+        self.unix
+    }
+
+    fn duration(&self, prompts: &[String]) -> Duration {
+        prompts
+            .iter()
+            .filter_map(|p| self.prompts.get(p))
+            .map(Prompt::duration)
+            .sum()
+    }
+
+    fn staffed(&self, queue: &str) -> u32 {
+        self.queues.get(queue).map_or(0, |&q| {
+            let a = self.router.queue_agents(q);
+            a.available + a.busy
+        })
+    }
+
+    fn expected_wait(&self, queue: &str) -> Option<Duration> {
+        self.router.queue_estimate(*self.queues.get(queue)?)
+    }
+
+    fn waiting(&self, queue: &str) -> u32 {
+        self.queues
+            .get(queue)
+            .map_or(0, |&q| self.router.waiting_count(q) as u32)
+    }
 }
 
 /// What a client transaction belongs to.
@@ -167,6 +229,8 @@ enum CallTimer {
     Announce,
     /// The 183 repeated while waiting.
     Progress,
+    /// The IVR flow's next deadline (prompt end, key timeout).
+    Flow,
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -203,6 +267,11 @@ pub struct Engine {
     announce_every: Vec<Option<Duration>>,
     /// Per queue: answered calls are recorded.
     record: Vec<bool>,
+    /// Queue ids by name (flows name their queues).
+    queue_ids: HashMap<String, QueueId>,
+    catalog: Catalog,
+    /// Wall clock: Unix seconds at an instant (the driver sets it).
+    wall: (Instant, i64),
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -298,10 +367,14 @@ impl Engine {
                         t.dids
                             .iter()
                             .map(|(d, did)| {
-                                (
-                                    d.clone(),
-                                    (QueueId(did.queue as u32), Arc::new(did.spec.clone())),
-                                )
+                                let spec = Arc::new(did.spec.clone());
+                                let target = match did.target {
+                                    DidTarget::Queue(q) => Target::Queue(QueueId(q as u32), spec),
+                                    DidTarget::Flow(f) => {
+                                        Target::Flow(config.flows[f].clone(), spec)
+                                    }
+                                };
+                                (d.clone(), target)
                             })
                             .collect(),
                     )
@@ -335,6 +408,14 @@ impl Engine {
             advertise: config.media.advertise_address,
             announce_every: config.queues.iter().map(|q| q.announce_every).collect(),
             record: config.queues.iter().map(|q| q.record).collect(),
+            queue_ids: config
+                .queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (q.routing.name.clone(), QueueId(i as u32)))
+                .collect(),
+            catalog: config.catalog.clone(),
+            wall: (now, 0),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
@@ -352,6 +433,15 @@ impl Engine {
         // out, not an empty series until the first message).
         engine.refresh_gauges(now);
         engine
+    }
+
+    /// The wall clock: Unix seconds at `now` (opening hours in flows).
+    pub fn set_wall_clock(&mut self, now: Instant, unix: i64) {
+        self.wall = (now, unix);
+    }
+
+    fn unix_at(&self, now: Instant) -> i64 {
+        self.wall.1 + now.saturating_duration_since(self.wall.0).as_secs() as i64
     }
 
     /// Where RTP ports come from (the driver's allocator binds them).
@@ -662,7 +752,7 @@ impl Engine {
             );
             return false;
         }
-        if self.did_queue(trunk, msg).is_none() {
+        if self.did_target(trunk, msg).is_none() {
             self.reject(flow, msg, 404, "unknown_did", &[]);
             return false;
         }
@@ -690,7 +780,7 @@ impl Engine {
         }
     }
 
-    fn did_queue(&self, trunk: usize, msg: &Message) -> Option<(QueueId, Arc<CallSpec>)> {
+    fn did_target(&self, trunk: usize, msg: &Message) -> Option<Target> {
         let ruri = msg.request_uri()?;
         let did = match uri::classify(ruri)? {
             Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
@@ -852,7 +942,7 @@ impl Engine {
             .trunks
             .iter()
             .position(|(peers, _)| peers.contains(&flow.remote.ip()));
-        let Some((queue, spec)) = trunk.and_then(|t| self.did_queue(t, &msg)) else {
+        let Some(target) = trunk.and_then(|t| self.did_target(t, &msg)) else {
             // precheck guarantees both; answer rather than leave the caller hanging.
             let r = msg.response(404, reason_phrase(404), Some("x"));
             self.respond(now, &key, &r);
@@ -887,7 +977,6 @@ impl Engine {
             cseq: 1,
             flow,
         };
-        let qname = self.router.queue(queue).name.clone();
         let span = tracing::info_span!("call", call = %id);
         let _entered = span.clone().entered();
         let media = match self.anchor(now, flow, &msg) {
@@ -906,60 +995,17 @@ impl Engine {
                 return;
             }
         };
-        if let Err(e) = self.router.enqueue(now, queue, id, &spec) {
-            let status = self.queue_exit[queue.0 as usize];
-            warn!(queue = %qname, error = %e, "call refused by the router");
-            self.metrics.calls.with_label_values(&["queue_full"]).inc();
-            self.ports.release(now, media.a_port);
-            self.ports.release(now, media.b_port);
-            let r = msg.response(status, reason_phrase(status), Some(&a_tag));
-            self.respond(now, &key, &r);
-            return;
-        }
-        self.metrics
-            .queue_enqueued
-            .with_label_values(&[&qname])
-            .inc();
-        info!(caller = %Masked(&caller), queue = %qname, "call queued");
-        let mut media = media;
-        let progress = if media.late_offer {
-            // No offer yet: no early media, the caller hears its own
-            // ringback until the answer.
-            let mut r = msg.response(180, "Ringing", Some(&a_tag));
-            r.push("Contact", &Self::contact(flow));
-            r
-        } else {
-            // The caller hears our media while waiting (early media: the
-            // call stays unanswered, so CANCEL and the queue's exit status
-            // still work as a carrier expects).
-            self.open_media(id, &mut media);
-            self.out.push_back(Output::Media(MediaCommand::Play {
-                call: id,
-                prompts: Vec::new(),
-                music: self.music[queue.0 as usize].clone(),
-            }));
-            let mut r = msg.response(183, "Session Progress", Some(&a_tag));
-            r.push("Contact", &Self::contact(flow));
-            r.set_body(Some("application/sdp"), a_sdp(&media, &self.codecs));
-            r
+        let (phase, spec) = match &target {
+            Target::Queue(_, spec) => (Phase::Queued, spec.clone()),
+            Target::Flow(_, spec) => (Phase::Ivr, spec.clone()),
         };
-        self.respond(now, &key, &progress);
-        let max_wait = self.router.queue(queue).max_wait;
-        self.timers
-            .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
-        self.timers
-            .push(Reverse((now + PROGRESS_REFRESH, id, CallTimer::Progress)));
-        if let Some(every) = self.announce_every[queue.0 as usize] {
-            self.timers
-                .push(Reverse((now + every, id, CallTimer::Announce)));
-        }
         self.by_a.insert(msg.call_id.clone(), id);
         self.calls.insert(
             id,
             Call {
                 span,
-                phase: Phase::Queued,
-                queue,
+                phase,
+                queue: QueueId(0),
                 enqueued: now,
                 started: now,
                 a_key: key,
@@ -971,19 +1017,220 @@ impl Engine {
                 b: None,
                 attempt: 0,
                 media,
+                answered: false,
+                in_queue: false,
+                spec: spec.clone(),
+                run: None,
+                pending_flow: None,
             },
         );
+        match target {
+            Target::Queue(queue, _) => self.enter_queue(now, id, queue, &spec),
+            Target::Flow(flow, _) => self.start_flow(now, id, flow),
+        }
     }
 
-    fn open_media(&mut self, call: CallId, media: &mut CallMedia) {
-        media.opened = true;
-        self.out.push_back(Output::Media(MediaCommand::Open {
-            call,
-            ip: media.ip,
-            a_port: media.a_port,
-            b_port: media.b_port,
-            a: media.a,
-        }));
+    /// Puts a call in `queue` with `spec`: early media (music) for a call
+    /// not answered yet, music on the open media for an answered one. A
+    /// full queue ends the call with the queue's exit status (or a BYE).
+    fn enter_queue(&mut self, now: Instant, id: CallId, queue: QueueId, spec: &CallSpec) {
+        let qname = self.router.queue(queue).name.clone();
+        if let Err(e) = self.router.enqueue(now, queue, id, spec) {
+            let status = self.queue_exit[queue.0 as usize];
+            warn!(queue = %qname, error = %e, "call refused by the router");
+            self.end_unanswered(now, id, status, "queue_full", false);
+            return;
+        }
+        let music = self.music[queue.0 as usize].clone();
+        let announce = self.announce_every[queue.0 as usize];
+        let max_wait = self.router.queue(queue).max_wait;
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.queue = queue;
+        call.in_queue = true;
+        call.enqueued = now;
+        call.phase = Phase::Queued;
+        self.metrics
+            .queue_enqueued
+            .with_label_values(&[&qname])
+            .inc();
+        info!(caller = %Masked(&call.caller), queue = %qname, "call queued");
+        let flow = call.a_leg.flow;
+        if call.answered {
+            // The caller is already connected to us (IVR): music now.
+            if call.media.opened {
+                self.out.push_back(Output::Media(MediaCommand::Play {
+                    call: id,
+                    prompts: Vec::new(),
+                    music,
+                }));
+            }
+        } else {
+            let media = &mut call.media;
+            let progress = if media.late_offer {
+                // No offer yet: no early media, the caller hears its own
+                // ringback until the answer.
+                let mut r = call.a_invite.response(180, "Ringing", Some(&call.a_tag));
+                r.push("Contact", &Self::contact(flow));
+                r
+            } else {
+                let mut r = call
+                    .a_invite
+                    .response(183, "Session Progress", Some(&call.a_tag));
+                r.push("Contact", &Self::contact(flow));
+                r.set_body(Some("application/sdp"), a_sdp(media, &self.codecs));
+                r
+            };
+            if !media.late_offer {
+                // The caller hears our media while waiting (early media:
+                // the call stays unanswered, so CANCEL and the queue's
+                // exit status still work as a carrier expects).
+                self.out.push_back(Output::Media(open_command(id, media)));
+                self.out.push_back(Output::Media(MediaCommand::Play {
+                    call: id,
+                    prompts: Vec::new(),
+                    music,
+                }));
+            }
+            let a_key = call.a_key.clone();
+            self.respond(now, &a_key, &progress);
+            self.timers
+                .push(Reverse((now + PROGRESS_REFRESH, id, CallTimer::Progress)));
+        }
+        self.timers
+            .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
+        if let Some(every) = announce {
+            self.timers
+                .push(Reverse((now + every, id, CallTimer::Announce)));
+        }
+    }
+
+    /// Answers a call for its IVR flow and starts the walk (at the ACK
+    /// after a late offer, when the media exists).
+    fn start_flow(&mut self, now: Instant, id: CallId, flow: Arc<IvrFlow>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        // Answered first: many trunks send the caller's keys only once
+        // the call is answered.
+        let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
+        ok.push("Contact", &Self::contact(call.a_leg.flow));
+        ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+        call.answered = true;
+        let a_key = call.a_key.clone();
+        let late = call.media.late_offer;
+        if late {
+            call.pending_flow = Some(flow.clone());
+        } else {
+            self.out
+                .push_back(Output::Media(open_command(id, &mut call.media)));
+        }
+        self.respond(now, &a_key, &ok);
+        self.metrics
+            .flow_calls
+            .with_label_values(&[&flow.name, "started"])
+            .inc();
+        if !late {
+            self.run_flow(now, id, flow);
+        }
+    }
+
+    fn run_flow(&mut self, now: Instant, id: CallId, flow: Arc<IvrFlow>) {
+        let facts = EngineFacts {
+            router: &self.router,
+            prompts: &self.prompts,
+            queues: &self.queue_ids,
+            unix: self.unix_at(now),
+        };
+        let (run, actions) = Run::start(flow, now, &facts);
+        if let Some(call) = self.calls.get_mut(&id) {
+            info!(flow = run.flow(), "IVR flow started");
+            call.run = Some(run);
+        }
+        self.flow_actions(now, id, actions);
+    }
+
+    /// Carries out what the flow asked, then arms its next deadline.
+    fn flow_actions(&mut self, now: Instant, id: CallId, actions: Vec<FlowAction>) {
+        for a in actions {
+            match a {
+                FlowAction::Play(names) => {
+                    let mut prompts = Vec::with_capacity(names.len());
+                    for n in &names {
+                        match self.prompts.get(n) {
+                            Some(p) => prompts.push(p.clone()),
+                            None => debug!(prompt = %n, "prompt not loaded, skipped"),
+                        }
+                    }
+                    self.out.push_back(Output::Media(MediaCommand::Play {
+                        call: id,
+                        prompts,
+                        music: None,
+                    }));
+                }
+                FlowAction::Enqueue {
+                    queue,
+                    requirements,
+                    priority,
+                    fragile,
+                } => {
+                    let Some(call) = self.calls.get_mut(&id) else {
+                        return;
+                    };
+                    let flow_name = call.run.as_ref().map(|r| r.flow().to_owned());
+                    let mut spec = (*call.spec).clone();
+                    for r in &requirements {
+                        // Checked when the configuration loaded.
+                        match Requirement::parse(r, &self.catalog) {
+                            Ok(req) => {
+                                spec.requirement = Some(match &spec.requirement {
+                                    Some(have) => have.and(&req),
+                                    None => req,
+                                });
+                            }
+                            Err(e) => {
+                                warn!(requirement = %r, error = %e, "flow requirement ignored")
+                            }
+                        }
+                    }
+                    spec.priority = i32::from(priority).max(spec.priority);
+                    spec.fragile |= fragile;
+                    if let Some(f) = flow_name {
+                        self.metrics
+                            .flow_calls
+                            .with_label_values(&[&f, "queued"])
+                            .inc();
+                    }
+                    match self.queue_ids.get(&queue).copied() {
+                        Some(q) => self.enter_queue(now, id, q, &spec),
+                        None => self.end_unanswered(now, id, 480, "ivr_no_queue", false),
+                    }
+                }
+                FlowAction::Hangup => {
+                    if let Some(f) = self
+                        .calls
+                        .get(&id)
+                        .and_then(|c| c.run.as_ref())
+                        .map(|r| r.flow().to_owned())
+                    {
+                        self.metrics
+                            .flow_calls
+                            .with_label_values(&[&f, "hung_up"])
+                            .inc();
+                    }
+                    self.end_unanswered(now, id, 480, "ivr_hangup", false);
+                }
+            }
+        }
+        if let Some(t) = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.run.as_ref())
+            .and_then(Run::poll_timeout)
+        {
+            self.timers.push(Reverse((t, id, CallTimer::Flow)));
+        }
     }
 
     /// Checks the caller's offer and takes two port pairs: the caller's
@@ -1214,6 +1461,7 @@ impl Engine {
                         record: self.record[call.queue.0 as usize],
                     }));
                 }
+                let already_answered = std::mem::replace(&mut call.answered, true);
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
                 ok.push("Contact", &Self::contact(call.a_leg.flow));
                 ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
@@ -1225,7 +1473,9 @@ impl Engine {
                 for l in losers {
                     self.cancel_b(now, l);
                 }
-                self.respond(now, &a_key, &ok);
+                if !already_answered {
+                    self.respond(now, &a_key, &ok);
+                }
                 let qname = self.router.queue(queue).name.clone();
                 self.metrics
                     .call_setup
@@ -1319,10 +1569,10 @@ impl Engine {
                 }
                 let status = self.queue_exit[call.queue.0 as usize];
                 info!("maximum wait reached, queue exit");
-                self.end_unanswered(now, call_id, status, "max_wait");
+                self.end_unanswered(now, call_id, status, "max_wait", false);
             }
             CallTimer::Progress => {
-                if call.phase == Phase::Connected {
+                if call.phase == Phase::Connected || call.answered {
                     return;
                 }
                 let mut r = if call.media.late_offer {
@@ -1342,6 +1592,20 @@ impl Engine {
                     CallTimer::Progress,
                 )));
                 self.respond(now, &a_key, &r);
+            }
+            CallTimer::Flow => {
+                let Some(mut run) = call.run.take() else {
+                    return;
+                };
+                let facts = EngineFacts {
+                    router: &self.router,
+                    prompts: &self.prompts,
+                    queues: &self.queue_ids,
+                    unix: self.wall.1 + now.saturating_duration_since(self.wall.0).as_secs() as i64,
+                };
+                let actions = run.handle_timeout(now, &facts);
+                call.run = Some(run);
+                self.flow_actions(now, call_id, actions);
             }
             CallTimer::Announce => {
                 if call.phase == Phase::Connected {
@@ -1404,7 +1668,7 @@ impl Engine {
     pub fn handle_media(&mut self, now: Instant, event: MediaEvent) {
         match event {
             MediaEvent::Dtmf { call, side, digit } => {
-                self.on_digit(call, side, digit, "rfc4733");
+                self.on_digit(now, call, side, digit, "rfc4733");
             }
             MediaEvent::Idle { call, side } => {
                 let _span = self.call_span(call).entered();
@@ -1427,7 +1691,7 @@ impl Engine {
                     Some(Phase::Connected) => {
                         self.end_connected(now, call, true, true, "media_failed");
                     }
-                    Some(_) => self.end_unanswered(now, call, 503, "media_failed"),
+                    Some(_) => self.end_unanswered(now, call, 503, "media_failed", false),
                     None => {}
                 }
             }
@@ -1436,7 +1700,14 @@ impl Engine {
     }
 
     /// One key press, from RTP or SIP INFO: kept for the call's flow.
-    fn on_digit(&mut self, call_id: CallId, side: Side, digit: char, source: &'static str) {
+    fn on_digit(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        side: Side,
+        digit: char,
+        source: &'static str,
+    ) {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -1449,6 +1720,19 @@ impl Engine {
         // The digit itself only at debug: callers key in codes and dates.
         debug!(side = side.label(), source, %digit, "key press");
         info!(side = side.label(), source, "key press received");
+        if side == Side::A
+            && let Some(mut run) = call.run.take()
+        {
+            let facts = EngineFacts {
+                router: &self.router,
+                prompts: &self.prompts,
+                queues: &self.queue_ids,
+                unix: self.wall.1 + now.saturating_duration_since(self.wall.0).as_secs() as i64,
+            };
+            let actions = run.handle_digit(now, digit, &facts);
+            call.run = Some(run);
+            self.flow_actions(now, call_id, actions);
+        }
     }
 
     fn cancel_b(&mut self, now: Instant, b: BLeg) {
@@ -1478,12 +1762,15 @@ impl Engine {
     }
 
     /// Ends a call that never connected: the caller gets `status`.
+    /// Ends a call no operator answered: the caller gets `status` (or,
+    /// answered by an IVR flow, a BYE unless `caller_gone`).
     fn end_unanswered(
         &mut self,
         now: Instant,
         call_id: CallId,
         status: u16,
         outcome: &'static str,
+        caller_gone: bool,
     ) {
         let _span = self.call_span(call_id).entered();
         let Some(mut call) = self.calls.remove(&call_id) else {
@@ -1498,19 +1785,25 @@ impl Engine {
                 self.cancel_b(now, b);
             }
         }
-        let r = call
-            .a_invite
-            .response(status, reason_phrase(status), Some(&call.a_tag));
-        self.respond(now, &call.a_key, &r);
-        let qname = self.router.queue(call.queue).name.clone();
-        self.metrics
-            .queue_wait
-            .with_label_values(&[&qname])
-            .observe((now - call.enqueued).as_secs_f64());
-        self.metrics
-            .queue_dequeued
-            .with_label_values(&[&qname, outcome])
-            .inc();
+        if !call.answered {
+            let r = call
+                .a_invite
+                .response(status, reason_phrase(status), Some(&call.a_tag));
+            self.respond(now, &call.a_key, &r);
+        } else if !caller_gone {
+            self.send_bye(now, &mut call.a_leg);
+        }
+        if call.in_queue {
+            let qname = self.router.queue(call.queue).name.clone();
+            self.metrics
+                .queue_wait
+                .with_label_values(&[&qname])
+                .observe((now - call.enqueued).as_secs_f64());
+            self.metrics
+                .queue_dequeued
+                .with_label_values(&[&qname, outcome])
+                .inc();
+        }
         self.metrics.calls.with_label_values(&[outcome]).inc();
         info!(caller = %Masked(&call.caller), outcome, "call ended before answer");
     }
@@ -1524,7 +1817,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        if !call.media.late_offer || call.media.opened || call.phase != Phase::Connected {
+        if !call.media.late_offer || call.media.opened || !call.answered {
             return;
         }
         let _span = call.span.clone().entered();
@@ -1564,6 +1857,9 @@ impl Engine {
                 b,
                 record,
             }));
+        }
+        if let Some(flow) = call.pending_flow.take() {
+            self.run_flow(now, call_id, flow);
         }
     }
 
@@ -1678,7 +1974,7 @@ impl Engine {
             (c.next().is_none() && matches!(d, '0'..='9' | '*' | '#' | 'A'..='D')).then_some(d)
         });
         if let Some(d) = digit {
-            self.on_digit(call_id, side, d, "info");
+            self.on_digit(now, call_id, side, d, "info");
         }
     }
 
@@ -1698,7 +1994,7 @@ impl Engine {
             return;
         }
         if let Some(&call_id) = self.by_a.get(&msg.call_id) {
-            self.end_unanswered(now, call_id, 487, "cancelled");
+            self.end_unanswered(now, call_id, 487, "cancelled", true);
         }
     }
 
@@ -1721,7 +2017,11 @@ impl Engine {
                 self.end_connected(now, call_id, true, false, "agent_hangup");
             }
             // BYE in an early dialog: the caller gave up (as with CANCEL).
-            (Some(_), true) => self.end_unanswered(now, call_id, 487, "cancelled"),
+            (Some(_), true) => {
+                let answered = self.calls.get(&call_id).is_some_and(|c| c.answered);
+                let outcome = if answered { "abandoned" } else { "cancelled" };
+                self.end_unanswered(now, call_id, 487, outcome, true);
+            }
             // The operator's phone ended its early dialog: offer failed.
             (Some(_), false) => {
                 let b_call_id = msg.call_id.clone();
@@ -1781,7 +2081,11 @@ impl Engine {
     fn on_no_ack(&mut self, now: Instant, a_call_id: &str) {
         if let Some(&call_id) = self.by_a.get(a_call_id) {
             warn!("caller never acknowledged the answer, hanging up");
-            self.end_connected(now, call_id, true, true, "no_ack");
+            if self.calls.get(&call_id).map(|c| c.phase) == Some(Phase::Connected) {
+                self.end_connected(now, call_id, true, true, "no_ack");
+            } else {
+                self.end_unanswered(now, call_id, 408, "no_ack", false);
+            }
         }
     }
 
@@ -1862,6 +2166,18 @@ impl Engine {
             ack.push("Route", r);
         }
         self.send_stateless(leg.flow, &ack);
+    }
+}
+
+/// Opens a call's media (marks it opened).
+fn open_command(call: CallId, media: &mut CallMedia) -> MediaCommand {
+    media.opened = true;
+    MediaCommand::Open {
+        call,
+        ip: media.ip,
+        a_port: media.a_port,
+        b_port: media.b_port,
+        a: media.a,
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Metrics {
     /// `centralino_recordings_total{outcome}`: completed, recovered_partial,
     /// failed, dropped_audio (driver).
     pub recordings: IntCounterVec,
+    /// `centralino_flow_calls_total{flow,outcome}`: started, queued, hung_up.
+    pub flow_calls: IntCounterVec,
 }
 
 impl Metrics {
@@ -312,6 +314,11 @@ impl Metrics {
                 "Call recordings by outcome",
                 &["outcome"]
             )),
+            flow_calls: reg!(cv(
+                "centralino_flow_calls_total",
+                "Calls through IVR flows by outcome",
+                &["flow", "outcome"]
+            )),
             registry,
         }
     }
@@ -350,7 +357,8 @@ mod tests {
                             "tenant",
                             "state",
                             "side",
-                            "source"
+                            "source",
+                            "flow"
                         ]
                         .contains(&l.name()),
                         "label {} on {name}",

@@ -59,6 +59,7 @@ struct RawConfig {
     logging: RawLogging,
     registrar: RawRegistrar,
     media: RawMedia,
+    flows: Vec<centralino_flows::RawFlow>,
     tenants: Vec<RawTenant>,
     trunks: Vec<RawTrunk>,
     queues: Vec<RawQueue>,
@@ -122,6 +123,7 @@ struct RawMedia {
     threads: usize,
     music_on_hold: Option<String>,
     sounds_dir: Option<String>,
+    prompts_dir: Option<String>,
     recordings_dir: Option<String>,
 }
 
@@ -138,6 +140,7 @@ impl Default for RawMedia {
             threads: 0,
             music_on_hold: None,
             sounds_dir: Some(DEFAULT_SOUNDS.into()),
+            prompts_dir: None,
             recordings_dir: None,
         }
     }
@@ -217,7 +220,10 @@ enum RawDid {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDidFull {
-    queue: String,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    flow: Option<String>,
     #[serde(default)]
     requirements: Option<String>,
     #[serde(default)]
@@ -384,11 +390,20 @@ pub struct Trunk {
     pub dids: HashMap<String, Did>,
 }
 
+/// Where a DID's calls go first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DidTarget {
+    /// Straight into this queue (index).
+    Queue(usize),
+    /// Through this IVR flow (index into [`Config::flows`]).
+    Flow(usize),
+}
+
 /// Where a DID's calls go and what they need.
 #[derive(Clone, Debug)]
 pub struct Did {
-    /// Queue index.
-    pub queue: usize,
+    /// Queue or flow.
+    pub target: DidTarget,
     /// Requirements, priority, fragile flag of its calls.
     pub spec: CallSpec,
 }
@@ -441,6 +456,8 @@ pub struct MediaConfig {
     pub music_on_hold: Option<PathBuf>,
     /// Directory of the Italian prompts (digits/, queue-*.wav).
     pub sounds_dir: Option<PathBuf>,
+    /// The site's own prompts (IVR flows), looked up before `sounds_dir`.
+    pub prompts_dir: Option<PathBuf>,
     /// Where recordings are written (required by queues with `record`).
     pub recordings_dir: Option<PathBuf>,
 }
@@ -477,6 +494,8 @@ pub struct Config {
     pub login_paused: bool,
     /// Media plane.
     pub media: MediaConfig,
+    /// IVR flows, checked.
+    pub flows: Vec<std::sync::Arc<centralino_flows::Flow>>,
     /// Tenant names.
     pub tenants: Vec<String>,
     /// Trunks.
@@ -491,6 +510,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where the prompt `name` is found: `media.prompts_dir` first, then
+    /// `media.sounds_dir` (`None` when neither has `name.wav`).
+    pub fn find_prompt(&self, name: &str) -> Option<PathBuf> {
+        [&self.media.prompts_dir, &self.media.sounds_dir]
+            .into_iter()
+            .flatten()
+            .map(|d| d.join(format!("{name}.wav")))
+            .find(|p| p.is_file())
+    }
+
+    /// Every prompt the IVR flows play, with the key path of its node.
+    pub fn flow_prompts(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, f) in self.flows.iter().enumerate() {
+            for (k, node) in f.nodes.iter().enumerate() {
+                for p in node.prompts() {
+                    out.push((format!("flows[{i}].nodes.{}", f.names[k]), p.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// The operators as the router takes them.
     pub fn routing_agents(&self) -> Vec<(String, Attributes)> {
         self.agents
@@ -868,6 +910,33 @@ impl Config {
         }
 
         let mut trunks = Vec::new();
+        let mut flows = Vec::new();
+        let mut flow_names: Vec<String> = Vec::new();
+        for (i, f) in raw.flows.iter().enumerate() {
+            let path = format!("flows[{i}]");
+            if !valid_name(&f.name) {
+                p.add(format!("{path}.name"), "letters, digits, - and _ (1 to 64)");
+            }
+            if flow_names.contains(&f.name) {
+                p.add(
+                    format!("{path}.name"),
+                    format!("duplicate flow {:?}", f.name),
+                );
+            }
+            flow_names.push(f.name.clone());
+            let ctx = centralino_flows::Context {
+                catalog: &catalog,
+                queues: &queue_names,
+            };
+            match centralino_flows::compile(&path, f, &ctx) {
+                Ok(flow) => flows.push(std::sync::Arc::new(flow)),
+                Err(problems) => {
+                    for (k, m) in problems {
+                        p.add(k, m);
+                    }
+                }
+            }
+        }
         for (i, t) in raw.trunks.iter().enumerate() {
             let path = format!("trunks[{i}]");
             if !valid_name(&t.name) {
@@ -894,7 +963,7 @@ impl Config {
                     p.add(dp.clone(), "a DID is digits, optionally with a leading +");
                 }
                 let (queue, spec) = match target {
-                    RawDid::Queue(q) => (q, CallSpec::default()),
+                    RawDid::Queue(q) => (Some(q), CallSpec::default()),
                     RawDid::Full(f) => {
                         if !(-100..=100).contains(&f.priority) {
                             p.add(format!("{dp}.priority"), "must be in -100..=100");
@@ -903,8 +972,36 @@ impl Config {
                             .requirements
                             .as_ref()
                             .and_then(|r| parse_req(&mut p, format!("{dp}.requirements"), r));
+                        match (&f.queue, &f.flow) {
+                            (Some(_), Some(_)) | (None, None) => {
+                                p.add(dp.clone(), "needs exactly one of queue, flow");
+                            }
+                            (None, Some(name)) => {
+                                match flow_names.iter().position(|n| n == name) {
+                                    Some(fi) => {
+                                        dids.insert(
+                                            did.clone(),
+                                            Did {
+                                                target: DidTarget::Flow(fi),
+                                                spec: CallSpec {
+                                                    priority: f.priority,
+                                                    requirement: requirement.clone(),
+                                                    fragile: f.fragile,
+                                                },
+                                            },
+                                        );
+                                    }
+                                    None => p.add(
+                                        format!("{dp}.flow"),
+                                        format!("unknown flow {name:?}"),
+                                    ),
+                                }
+                                continue;
+                            }
+                            (Some(_), None) => {}
+                        }
                         (
-                            &f.queue,
+                            f.queue.as_ref(),
                             CallSpec {
                                 priority: f.priority,
                                 requirement,
@@ -913,9 +1010,16 @@ impl Config {
                         )
                     }
                 };
+                let Some(queue) = queue else { continue };
                 match queue_names.iter().position(|q| q == queue) {
                     Some(qi) if queues[qi].tenant == tenant => {
-                        dids.insert(did.clone(), Did { queue: qi, spec });
+                        dids.insert(
+                            did.clone(),
+                            Did {
+                                target: DidTarget::Queue(qi),
+                                spec,
+                            },
+                        );
                     }
                     Some(_) => p.add(dp, format!("queue {queue:?} belongs to another tenant")),
                     None => p.add(dp, format!("unknown queue {queue:?}")),
@@ -1059,6 +1163,7 @@ impl Config {
             nonce_lifetime: Duration::from_secs(r.nonce_lifetime_seconds),
             login_paused,
             media,
+            flows,
             tenants,
             trunks,
             queues,
@@ -1128,6 +1233,11 @@ fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
             .as_ref()
             .filter(|d| !d.is_empty())
             .map(PathBuf::from),
+        prompts_dir: m
+            .prompts_dir
+            .as_ref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
         recordings_dir: m
             .recordings_dir
             .as_ref()
@@ -1157,7 +1267,10 @@ mod tests {
         assert_eq!(c.agents.len(), 20);
         assert_eq!(c.agents[0].username, "1001");
         assert!(c.sip.listen.iter().all(|a| a.ip().is_loopback()));
-        assert_eq!(c.trunks[0].dids.get("100").map(|d| d.queue), Some(0));
+        assert_eq!(
+            c.trunks[0].dids.get("100").map(|d| d.target),
+            Some(DidTarget::Queue(0))
+        );
     }
 
     #[test]
@@ -1261,8 +1374,8 @@ languages = ["it"]
         assert_eq!(c.queues[1].routing.strategy, Strategy::RingAll(2));
         let did = &c.trunks[0].dids["101"];
         assert_eq!(
-            (did.queue, did.spec.priority, did.spec.fragile),
-            (0, 3, true)
+            (did.target, did.spec.priority, did.spec.fragile),
+            (DidTarget::Queue(0), 3, true)
         );
         assert!(did.spec.requirement.is_some());
         let a = &c.agents[0].attributes;

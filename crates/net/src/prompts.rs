@@ -59,6 +59,30 @@ pub(crate) fn load(config: &Config) -> (Arc<Library>, Vec<Option<Prompt>>) {
             );
         }
     }
+    // The IVR flows' prompts: the site's own first, then the sound set.
+    let mut missing = 0;
+    for (path, name) in config.flow_prompts() {
+        if lib.get(&name).is_some() {
+            continue;
+        }
+        match config.find_prompt(&name) {
+            Some(file) => {
+                if let Some(p) = load_wav(&file) {
+                    lib.insert(name, p);
+                }
+            }
+            None => {
+                missing += 1;
+                warn!(key = %path, prompt = %name, "IVR prompt not found (media.prompts_dir, media.sounds_dir): silence instead");
+            }
+        }
+    }
+    if missing > 0 {
+        warn!(
+            missing,
+            "IVR prompts missing; `centralino check-config` lists them"
+        );
+    }
     let node_music = config
         .media
         .music_on_hold

@@ -101,6 +101,10 @@ impl SipServer {
         engine.set_ports(Box::new(ports));
         let (library, music) = crate::prompts::load(config);
         engine.set_prompts(library, music);
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        engine.set_wall_clock(now, unix);
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let mut udp = HashMap::new();
         let mut bound = Vec::new();

@@ -702,6 +702,11 @@ impl Router {
         self.queues.len()
     }
 
+    /// Calls in a queue, waiting or being offered (read-only).
+    pub fn waiting_count(&self, id: QueueId) -> usize {
+        self.queues[id.0 as usize].count as usize
+    }
+
     /// Calls in a queue (waiting or being offered) and the oldest enqueue
     /// time among them.
     pub fn waiting(&mut self, id: QueueId) -> (usize, Option<Instant>) {

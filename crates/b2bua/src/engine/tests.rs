@@ -891,3 +891,208 @@ fn late_offer_gets_our_offer_in_the_200_and_media_opens_at_the_ack() {
     assert_eq!((a.addr.port(), a.law), (41000, Law::Ulaw));
     assert!(matches!(h.media.get(1), Some(MediaCommand::Bridge { .. })));
 }
+
+const IVR: &str = r#"
+[sip]
+listen = ["192.0.2.1:5060"]
+realm = "centralino"
+digest_algorithms = ["MD5"]
+
+[[tenants]]
+name = "demo"
+
+[[trunks]]
+name = "carrier"
+tenant = "demo"
+peers = ["192.0.2.10"]
+dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" } }
+
+[[queues]]
+name = "info"
+tenant = "demo"
+ring_timeout_seconds = 2
+max_wait_seconds = 30
+
+[[queues]]
+name = "triage"
+tenant = "demo"
+requirements = "triage"
+ring_timeout_seconds = 2
+
+[[flows]]
+name = "vaccini"
+start = "menu"
+[flows.nodes.menu]
+type = "menu"
+prompts = ["menu"]
+options = { "1" = "info", "2" = "triage" }
+on_fail = "info"
+[flows.nodes.info]
+type = "enqueue"
+queue = "info"
+[flows.nodes.triage]
+type = "enqueue"
+queue = "triage"
+priority = 3
+
+[[flows]]
+name = "chiuso"
+start = "orari"
+[flows.nodes.orari]
+type = "condition"
+calendar = { days = ["lun"], hours = ["08:00-09:00"] }
+then = "info"
+else = "bye"
+[flows.nodes.info]
+type = "enqueue"
+queue = "info"
+[flows.nodes.bye]
+type = "hangup"
+prompts = ["chiuso"]
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "demo"
+queues = ["info"]
+
+[[agents]]
+username = "1002"
+password = "demo1002"
+tenant = "demo"
+skills = { triage = 5 }
+"#;
+
+fn ivr_harness() -> Harness {
+    let mut h = Harness::with(IVR);
+    let mut lib = Library::new();
+    for name in ["menu", "chiuso"] {
+        lib.insert(name, Prompt::from_samples(&[100; 1600], Law::Alaw));
+    }
+    h.engine.set_prompts(Arc::new(lib), vec![None, None]);
+    h
+}
+
+fn invite_did(h: &mut Harness, did: &str, call: &str) -> Vec<(SocketAddr, Message)> {
+    h.send(
+        TRUNK,
+        &format!(
+            "INVITE sip:{did}@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{call}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=a{call}\r\nTo: <sip:{did}@192.0.2.1>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{TRUNK_SDP}",
+            TRUNK_SDP.len()
+        ),
+    )
+}
+
+#[test]
+fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
+    let mut h = ivr_harness();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let out = invite_did(&mut h, "800", "i1");
+    // Answered at once, media open, the menu plays; nobody is rung yet.
+    assert_eq!(codes(&out, TRUNK), vec![100, 200]);
+    assert!(
+        requests(&out, PHONE1, "INVITE").is_empty() && requests(&out, PHONE2, "INVITE").is_empty()
+    );
+    assert!(matches!(h.media[0], MediaCommand::Open { .. }));
+    let Some(MediaCommand::Play { prompts, music, .. }) = h.media.get(1) else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!((prompts.len(), music.is_none()), (1, true));
+    assert_eq!(
+        h.gauge("centralino_flow_calls_total{flow=vaccini,outcome=started}"),
+        1
+    );
+    // The caller presses 2: triage, which only 1002 may take.
+    let call = centralino_types::CallId(1);
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Dtmf {
+            call,
+            side: Side::A,
+            digit: '2',
+        },
+    );
+    let out = h.drain();
+    assert_eq!(
+        requests(&out, PHONE2, "INVITE").len(),
+        1,
+        "the triage operator is rung"
+    );
+    assert!(requests(&out, PHONE1, "INVITE").is_empty());
+    assert!(codes(&out, TRUNK).is_empty(), "no second final response");
+    assert!(matches!(
+        h.media.last(),
+        Some(MediaCommand::Play { music: None, .. }) | Some(MediaCommand::Play { .. })
+    ));
+    let inv = requests(&out, PHONE2, "INVITE")[0].clone();
+    let out = h.send(PHONE2, &response_to(&inv, 200, "b2"));
+    assert_eq!(requests(&out, PHONE2, "ACK").len(), 1);
+    assert!(
+        codes(&out, TRUNK).is_empty(),
+        "the caller was answered by the IVR already"
+    );
+    assert!(matches!(h.media.last(), Some(MediaCommand::Bridge { .. })));
+    assert_eq!(
+        h.gauge("centralino_flow_calls_total{flow=vaccini,outcome=queued}"),
+        1
+    );
+}
+
+#[test]
+fn outside_hours_the_flow_plays_closed_and_hangs_up() {
+    let mut h = ivr_harness();
+    // Wall clock: a Tuesday (1 December 2026, 10:00 UTC): closed.
+    h.engine.set_wall_clock(h.now, 1_796_119_200);
+    let out = invite_did(&mut h, "801", "c1");
+    assert_eq!(codes(&out, TRUNK), vec![100, 200]);
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let ack = format!(
+        "ACK sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKackc1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac1\r\nTo: <sip:801@192.0.2.1>;tag={a_tag}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.send(TRUNK, &ack);
+    // The closed prompt lasts 200 ms; then BYE.
+    let out = h.advance(Duration::from_millis(250));
+    let bye = requests(&out, TRUNK, "BYE");
+    assert_eq!(bye.len(), 1, "{out:?}");
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.gauge("centralino_flow_calls_total{flow=chiuso,outcome=hung_up}"),
+        1
+    );
+    assert_eq!(h.gauge("centralino_queue_enqueued_total{queue=info}"), 0);
+}
+
+#[test]
+fn a_caller_who_hangs_up_after_the_ivr_leaves_the_queue() {
+    let mut h = ivr_harness();
+    let out = invite_did(&mut h, "800", "q1");
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let call = centralino_types::CallId(1);
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Dtmf {
+            call,
+            side: Side::A,
+            digit: '1',
+        },
+    );
+    h.drain();
+    assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 1);
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKbyeq1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=aq1\r\nTo: <sip:800@192.0.2.1>;tag={a_tag}\r\nCall-ID: q1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = h.send(TRUNK, &bye);
+    assert_eq!(
+        codes(&out, TRUNK),
+        vec![200],
+        "only the BYE's answer, no 487"
+    );
+    assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 0);
+    assert_eq!(h.gauge("centralino_calls_total{outcome=abandoned}"), 1);
+    assert!(matches!(h.media.last(), Some(MediaCommand::Close { .. })));
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.engine.table_sizes(), [0; 5]);
+}
