@@ -1,0 +1,282 @@
+//! IVR flows end to end: SIPp is the carrier trunk and keys in RFC 4733
+//! digits from its own captures (`/usr/share/sip-tester/dtmf_2833_*.pcap`,
+//! played with `play_pcap_audio`); SIPp phones are the operators. The
+//! node's log and metrics say where each call went.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Node, Scratch, Sipp, free_port, register, scenario};
+
+/// A 0.3 s tone, so prompts end quickly.
+fn beep(path: &Path) {
+    let samples: Vec<u8> = (0..2400)
+        .flat_map(|i| {
+            let v = ((f64::from(i) * 0.3).sin() * 4000.0) as i16;
+            v.to_le_bytes()
+        })
+        .collect();
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32] {
+        w.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u16, 1] {
+        w.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [8000u32, 16000] {
+        w.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [2u16, 16] {
+        w.extend_from_slice(&v.to_le_bytes());
+    }
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    w.extend_from_slice(&samples);
+    std::fs::write(path, w).expect("write prompt");
+}
+
+fn config(sip: u16, http: u16, prompts: &Path) -> String {
+    format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[media]
+prompts_dir = "{prompts}"
+
+[[tenants]]
+name = "asl"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+dids = {{ "800" = {{ flow = "vaccini" }}, "801" = {{ flow = "notte" }} }}
+
+[[queues]]
+name = "info"
+tenant = "asl"
+requirements = "info"
+
+[[queues]]
+name = "prenotazioni"
+tenant = "asl"
+requirements = "vaccini >= 5"
+ring_timeout_seconds = 10
+
+# Level 1: 1 = vaccines, 2 = information. Level 2 (vaccines): 1 = Italian,
+# 2 = English. Level 3: 3 = a fragile caller (booking for a disabled
+# person), priority 5.
+[[flows]]
+name = "vaccini"
+start = "l1"
+[flows.nodes.l1]
+type = "menu"
+prompts = ["menu1"]
+options = {{ "1" = "l2", "2" = "q-info" }}
+timeout_seconds = 10
+on_fail = "q-info"
+[flows.nodes.l2]
+type = "menu"
+prompts = ["menu2"]
+options = {{ "1" = "it", "2" = "en" }}
+timeout_seconds = 10
+on_fail = "q-info"
+[flows.nodes.it]
+type = "set"
+language = "it"
+next = "l3"
+[flows.nodes.en]
+type = "set"
+language = "en"
+next = "l3"
+[flows.nodes.l3]
+type = "menu"
+prompts = ["menu3"]
+options = {{ "3" = "fragile", "4" = "q-book" }}
+timeout_seconds = 10
+on_fail = "q-book"
+[flows.nodes.fragile]
+type = "set"
+fragile = true
+priority = 5
+variables = {{ motivo = "disabile" }}
+next = "q-book"
+[flows.nodes.q-book]
+type = "enqueue"
+queue = "prenotazioni"
+[flows.nodes.q-info]
+type = "enqueue"
+queue = "info"
+
+# Nights and weekends: never open in this test.
+[[flows]]
+name = "notte"
+start = "orari"
+[flows.nodes.orari]
+type = "condition"
+calendar = {{ days = [], hours = ["08:00-18:00"] }}
+then = "q-info"
+else = "chiuso"
+[flows.nodes.chiuso]
+type = "hangup"
+prompts = ["chiuso"]
+[flows.nodes.q-info]
+type = "enqueue"
+queue = "info"
+
+# Vaccines but Italian only: must not get the English caller.
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "asl"
+skills = {{ vaccini = 9 }}
+languages = ["it"]
+
+# Vaccines in English, too little skill: must not get it either.
+[[agents]]
+username = "1002"
+password = "demo1002"
+tenant = "asl"
+skills = {{ vaccini = 3 }}
+languages = ["en"]
+
+# The one who qualifies.
+[[agents]]
+username = "1003"
+password = "demo1003"
+tenant = "asl"
+skills = {{ vaccini = 6, info = 1 }}
+languages = ["it", "en"]
+"#,
+        prompts = prompts.display()
+    )
+}
+
+fn node(scratch: &Scratch) -> Node {
+    let prompts = scratch.path("prompts");
+    std::fs::create_dir_all(&prompts).expect("prompts dir");
+    for p in ["menu1", "menu2", "menu3", "chiuso"] {
+        beep(&prompts.join(format!("{p}.wav")));
+    }
+    Node::start_toml(scratch, |sip, http| config(sip, http, &prompts))
+}
+
+#[test]
+fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
+    let scratch = Scratch::new("ivr");
+    let node = node(&scratch);
+    let phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&scratch, &node, &[1001, 1002, 1003], phones.port, |u| {
+        format!("demo{u}")
+    });
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"prenotazioni\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 2.0,
+    );
+    let media_port = free_port().to_string();
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_ivr.xml"),
+            "-s",
+            "800",
+            "-m",
+            "1",
+            "-d",
+            "2000",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-timeout",
+            "40s",
+        ],
+    );
+    trunk.expect_success(Duration::from_secs(45));
+    // 1 (vaccines), 2 (English), 3 (fragile): "prenotazioni", English
+    // speakers with vaccini >= 5 only: 1003.
+    let logs = node.logs();
+    let answered: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("call answered"))
+        .collect();
+    assert_eq!(answered.len(), 1, "{logs}");
+    assert!(
+        answered[0].contains("agent=1003") && answered[0].contains("queue=prenotazioni"),
+        "{}",
+        answered[0]
+    );
+    let keys = logs
+        .lines()
+        .filter(|l| l.contains("key press received"))
+        .count();
+    assert_eq!(keys, 3, "each key once:\n{logs}");
+    let m = node.metrics();
+    assert_eq!(
+        common::metric_in(
+            &m,
+            "centralino_flow_calls_total{flow=\"vaccini\",outcome=\"queued\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        common::metric_in(&m, "centralino_dtmf_digits_total{source=\"rfc4733\"}"),
+        3.0
+    );
+    assert!(!logs.contains("3933300"), "caller number unmasked");
+}
+
+#[test]
+fn outside_opening_hours_the_caller_hears_closed_and_is_hung_up_on() {
+    let scratch = Scratch::new("ivr-closed");
+    let node = node(&scratch);
+    let media_port = free_port().to_string();
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_ivr_closed.xml"),
+            "-s",
+            "801",
+            "-m",
+            "1",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-timeout",
+            "20s",
+        ],
+    );
+    trunk.expect_success(Duration::from_secs(25));
+    assert_eq!(
+        node.metric("centralino_flow_calls_total{flow=\"notte\",outcome=\"hung_up\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric("centralino_queue_enqueued_total{queue=\"info\"}"),
+        0.0
+    );
+    node.wait_metric("centralino_media_sessions", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+}
