@@ -8,36 +8,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Node, Scratch, Sipp, free_port, register, scenario};
+use common::{Node, Scratch, Sipp, free_port, register, scenario, wav};
 
 /// A 0.3 s tone, so prompts end quickly.
 fn beep(path: &Path) {
-    let samples: Vec<u8> = (0..2400)
-        .flat_map(|i| {
-            let v = ((f64::from(i) * 0.3).sin() * 4000.0) as i16;
-            v.to_le_bytes()
-        })
+    let samples: Vec<i16> = (0..2400)
+        .map(|i| ((f64::from(i) * 0.3).sin() * 4000.0) as i16)
         .collect();
-    let mut w = Vec::new();
-    w.extend_from_slice(b"RIFF");
-    w.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
-    w.extend_from_slice(b"WAVEfmt ");
-    for v in [16u32] {
-        w.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [1u16, 1] {
-        w.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [8000u32, 16000] {
-        w.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [2u16, 16] {
-        w.extend_from_slice(&v.to_le_bytes());
-    }
-    w.extend_from_slice(b"data");
-    w.extend_from_slice(&(samples.len() as u32).to_le_bytes());
-    w.extend_from_slice(&samples);
-    std::fs::write(path, w).expect("write prompt");
+    std::fs::write(path, wav(&samples)).expect("write prompt");
 }
 
 fn config(sip: u16, http: u16, prompts: &Path) -> String {

@@ -14,28 +14,9 @@ use std::time::{Duration, Instant};
 use centralino_media::g711::Law;
 use centralino_media::prompt::{Prompt, wav_to_8k};
 use centralino_media::rtp::{self, Header};
-use common::{Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario};
+use common::{Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario, wav};
 
 const SIPP_SHARE: &str = "/usr/share/sip-tester";
-
-fn wav(samples: &[i16]) -> Vec<u8> {
-    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let mut w = Vec::new();
-    w.extend_from_slice(b"RIFF");
-    w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    w.extend_from_slice(b"WAVEfmt ");
-    w.extend_from_slice(&16u32.to_le_bytes());
-    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    w.extend_from_slice(&1u16.to_le_bytes()); // mono
-    w.extend_from_slice(&8000u32.to_le_bytes());
-    w.extend_from_slice(&16000u32.to_le_bytes());
-    w.extend_from_slice(&2u16.to_le_bytes());
-    w.extend_from_slice(&16u16.to_le_bytes());
-    w.extend_from_slice(b"data");
-    w.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    w.extend_from_slice(&data);
-    w
-}
 
 /// A-law → µ-law → A-law, as the bytes come back from a µ-law phone that
 /// echoes them (the node transcodes both ways).
