@@ -44,8 +44,11 @@ const PROGRESS_REFRESH: Duration = Duration::from_secs(60);
 /// The telephone-event payload type Centralino offers to operators.
 const TELEPHONE_EVENT: u8 = 101;
 
-/// Digits kept per call for its flow (issue: IVR); older ones are dropped.
+/// Digits kept per call for its flow; older ones are dropped.
 const MAX_DIGITS: usize = 64;
+
+/// IVR answers copied into the operator's INVITE, at most.
+const MAX_VARIABLE_HEADERS: usize = 16;
 
 /// What the engine asks its driver to do.
 #[derive(Debug)]
@@ -1332,6 +1335,14 @@ impl Engine {
         );
         inv.push("Contact", &Self::contact(flow));
         inv.push("User-Agent", &self.user_agent);
+        // What the caller chose and answered in the IVR travels with the
+        // offer, for the operator's phone or desktop to show.
+        if let Some(run) = &call.run {
+            inv.push("X-Centralino-Flow", run.flow());
+            for (name, value) in run.variables.iter().take(MAX_VARIABLE_HEADERS) {
+                inv.push("X-Centralino-Var", &format!("{name}={value}"));
+            }
+        }
         inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
         let queue = call.queue;
         let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));

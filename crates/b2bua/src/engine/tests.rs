@@ -925,8 +925,12 @@ start = "menu"
 [flows.nodes.menu]
 type = "menu"
 prompts = ["menu"]
-options = { "1" = "info", "2" = "triage" }
+options = { "1" = "info", "2" = "why" }
 on_fail = "info"
+[flows.nodes.why]
+type = "set"
+variables = { motivo = "triage", urgenza = "alta" }
+next = "triage"
 [flows.nodes.info]
 type = "enqueue"
 queue = "info"
@@ -1026,6 +1030,9 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
         Some(MediaCommand::Play { music: None, .. }) | Some(MediaCommand::Play { .. })
     ));
     let inv = requests(&out, PHONE2, "INVITE")[0].clone();
+    assert_eq!(inv.header("X-Centralino-Flow"), Some("vaccini"));
+    let vars: Vec<&str> = inv.headers_named("X-Centralino-Var").collect();
+    assert_eq!(vars, ["motivo=triage", "urgenza=alta"], "the IVR answers reach the operator");
     let out = h.send(PHONE2, &response_to(&inv, 200, "b2"));
     assert_eq!(requests(&out, PHONE2, "ACK").len(), 1);
     assert!(
