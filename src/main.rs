@@ -10,7 +10,7 @@ use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
 use centralino_net::{SipServer, serve_http};
 use clap::{Parser, Subcommand};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -302,6 +302,7 @@ fn serve(
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let embedded = config.is_none();
+    let config_path = config.clone();
     let mut config = load(config)?;
     if !sip_listen.is_empty() {
         config.sip.listen = sip_listen;
@@ -354,6 +355,7 @@ fn serve(
         for (t, a) in &sip.bound {
             info!(transport = ?t, addr = %a, "ready");
         }
+        tokio::spawn(reload_on_sighup(config_path, sip.reloader.clone()));
         info!(http = %http_addr, "centralino ready");
         tokio::select! {
             () = sip.join() => Ok(()),
@@ -364,6 +366,24 @@ fn serve(
             r = shutdown_signal() => { info!("shutting down"); r }
         }
     })
+}
+
+/// SIGHUP re-reads the configuration file: trunks, DIDs and IVR flows
+/// change live (calls in progress keep their flow); an invalid file is
+/// reported and the running configuration stays.
+async fn reload_on_sighup(path: Option<PathBuf>, reloader: centralino_net::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler: no live reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading the configuration");
+        match load(path.clone()) {
+            Ok(config) => reloader.reload(config).await,
+            Err(e) => error!("configuration not reloaded: {e:#}"),
+        }
+    }
 }
 
 async fn shutdown_signal() -> Result<()> {

@@ -43,6 +43,7 @@ dids = {{ "800" = {{ flow = "vaccini" }}, "801" = {{ flow = "notte" }} }}
 name = "info"
 tenant = "asl"
 requirements = "info"
+max_wait_seconds = 1
 
 [[queues]]
 name = "prenotazioni"
@@ -225,10 +226,25 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
 fn outside_opening_hours_the_caller_hears_closed_and_is_hung_up_on() {
     let scratch = Scratch::new("ivr-closed");
     let node = node(&scratch);
+    closed_call(&scratch, &node, "trunk");
+    assert_eq!(
+        node.metric("centralino_flow_calls_total{flow=\"notte\",outcome=\"hung_up\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric("centralino_queue_enqueued_total{queue=\"info\"}"),
+        0.0
+    );
+    node.wait_metric("centralino_media_sessions", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+}
+
+fn closed_call(scratch: &Scratch, node: &Node, label: &str) {
     let media_port = free_port().to_string();
     let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
+        scratch,
+        label,
         &[
             &node.sip_addr(),
             "-sf",
@@ -246,15 +262,48 @@ fn outside_opening_hours_the_caller_hears_closed_and_is_hung_up_on() {
         ],
     );
     trunk.expect_success(Duration::from_secs(25));
+}
+
+#[test]
+fn sighup_reloads_the_flows_for_new_calls() {
+    let scratch = Scratch::new("ivr-reload");
+    let node = node(&scratch);
+    closed_call(&scratch, &node, "before");
     assert_eq!(
         node.metric("centralino_flow_calls_total{flow=\"notte\",outcome=\"hung_up\"}"),
         1.0
     );
-    assert_eq!(
-        node.metric("centralino_queue_enqueued_total{queue=\"info\"}"),
-        0.0
+    // Open every day, all day: the same DID now queues its callers (and
+    // the queue's 1 s maximum wait ends the call with a BYE).
+    let file = scratch.path("centralino.toml");
+    let text = std::fs::read_to_string(&file).expect("config");
+    let open = text.replace(
+        "calendar = { days = [], hours = [\"08:00-18:00\"] }",
+        "calendar = { days = [\"lun\", \"mar\", \"mer\", \"gio\", \"ven\", \"sab\", \"dom\"], hours = [\"00:00-24:00\"] }",
     );
-    node.wait_metric("centralino_media_sessions", Duration::from_secs(5), |v| {
-        v == 0.0
-    });
+    assert_ne!(open, text);
+    // First an invalid file: refused, the running configuration stays.
+    std::fs::write(
+        &file,
+        open.replace("start = \"orari\"", "start = \"nowhere\""),
+    )
+    .expect("write");
+    node.hangup_signal();
+    node.wait_log("configuration not reloaded", Duration::from_secs(5));
+    assert!(
+        node.logs().contains("unknown node \"nowhere\""),
+        "the problem is named"
+    );
+    std::fs::write(&file, open).expect("write");
+    node.hangup_signal();
+    node.wait_log("configuration reloaded", Duration::from_secs(5));
+    closed_call(&scratch, &node, "after");
+    assert_eq!(
+        node.metric("centralino_flow_calls_total{flow=\"notte\",outcome=\"queued\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric("centralino_config_reloads_total{outcome=\"applied\"}"),
+        1.0
+    );
 }

@@ -253,6 +253,16 @@ impl Node {
         }
     }
 
+    /// Sends SIGHUP (reload the configuration) to this node's process.
+    pub(crate) fn hangup_signal(&self) {
+        let st = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -HUP failed");
+    }
+
     /// `kill -9`: no chance to clean up, as in a crash.
     pub(crate) fn kill_hard(&mut self) {
         let _ = self.child.kill();

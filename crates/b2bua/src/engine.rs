@@ -361,28 +361,7 @@ impl Engine {
             router,
             metrics,
             rng,
-            trunks: config
-                .trunks
-                .iter()
-                .map(|t| {
-                    (
-                        t.peers.clone(),
-                        t.dids
-                            .iter()
-                            .map(|(d, did)| {
-                                let spec = Arc::new(did.spec.clone());
-                                let target = match did.target {
-                                    DidTarget::Queue(q) => Target::Queue(QueueId(q as u32), spec),
-                                    DidTarget::Flow(f) => {
-                                        Target::Flow(config.flows[f].clone(), spec)
-                                    }
-                                };
-                                (d.clone(), target)
-                            })
-                            .collect(),
-                    )
-                })
-                .collect(),
+            trunks: trunk_tables(config),
             queue_exit: config.queues.iter().map(|q| q.exit_status).collect(),
             queue_gauges,
             tenant_gauges,
@@ -438,6 +417,40 @@ impl Engine {
         engine
     }
 
+    /// Takes a new configuration's trunks, DIDs and IVR flows (SIGHUP).
+    /// Calls in progress finish on the flow version they started with.
+    /// Queues, operators and tenants are indexed by the router: a change
+    /// there needs a restart, and the reload is refused with a reason.
+    pub fn reload(&mut self, config: &Config) -> Result<(), String> {
+        let ours: Vec<String> = (0..self.router.queue_count())
+            .map(|i| self.router.queue(QueueId(i as u32)).name.clone())
+            .collect();
+        let theirs: Vec<String> = config
+            .queues
+            .iter()
+            .map(|q| q.routing.name.clone())
+            .collect();
+        if ours != theirs {
+            return Err("queues changed: restart the node to apply".into());
+        }
+        if config.agents.len() != self.agent_ids.len()
+            || config
+                .agents
+                .iter()
+                .any(|a| !self.agent_ids.contains_key(&a.username))
+        {
+            return Err("operators changed: restart the node to apply".into());
+        }
+        self.trunks = trunk_tables(config);
+        self.catalog = config.catalog.clone();
+        info!(
+            flows = config.flows.len(),
+            trunks = config.trunks.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
     /// The wall clock: Unix seconds at `now` (opening hours in flows).
     pub fn set_wall_clock(&mut self, now: Instant, unix: i64) {
         self.wall = (now, unix);
@@ -458,6 +471,11 @@ impl Engine {
         self.prompts = prompts;
         self.music = music;
         self.music.resize(self.announce_every.len(), None);
+    }
+
+    /// The metrics (the driver counts its own events there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The guard's limits (the driver frames TCP with them).
@@ -2178,6 +2196,29 @@ impl Engine {
         }
         self.send_stateless(leg.flow, &ack);
     }
+}
+
+/// Each trunk's peers and DID table.
+fn trunk_tables(config: &Config) -> Vec<(Vec<IpAddr>, DidTable)> {
+    config
+        .trunks
+        .iter()
+        .map(|t| {
+            let dids = t
+                .dids
+                .iter()
+                .map(|(d, did)| {
+                    let spec = Arc::new(did.spec.clone());
+                    let target = match did.target {
+                        DidTarget::Queue(q) => Target::Queue(QueueId(q as u32), spec),
+                        DidTarget::Flow(f) => Target::Flow(config.flows[f].clone(), spec),
+                    };
+                    (d.clone(), target)
+                })
+                .collect();
+            (t.peers.clone(), dids)
+        })
+        .collect()
 }
 
 /// Opens a call's media (marks it opened).

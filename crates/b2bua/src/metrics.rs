@@ -95,6 +95,8 @@ pub struct Metrics {
     pub recordings: IntCounterVec,
     /// `centralino_flow_calls_total{flow,outcome}`: started, queued, hung_up.
     pub flow_calls: IntCounterVec,
+    /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -312,6 +314,11 @@ impl Metrics {
             recordings: reg!(cv(
                 "centralino_recordings_total",
                 "Call recordings by outcome",
+                &["outcome"]
+            )),
+            config_reloads: reg!(cv(
+                "centralino_config_reloads_total",
+                "Configuration reloads (SIGHUP) by outcome",
                 &["outcome"]
             )),
             flow_calls: reg!(cv(

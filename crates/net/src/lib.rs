@@ -21,4 +21,4 @@ mod sip;
 
 pub use http::serve_http;
 pub use media::{BoundPorts, MediaPlane};
-pub use sip::{NetError, SipServer};
+pub use sip::{NetError, Reloader, SipServer};

@@ -72,12 +72,50 @@ enum Input {
     ConnClosed {
         conn: u64,
     },
+    Reload(Box<Reload>),
+}
+
+/// A new configuration for the engine, with its prompts already loaded.
+struct Reload {
+    config: Config,
+    prompts: Arc<centralino_media::announce::Library>,
+    music: Vec<Option<centralino_media::prompt::Prompt>>,
+}
+
+/// Hands new configurations to a running node (SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
+    tx: mpsc::Sender<Input>,
+}
+
+impl Reloader {
+    /// Loads the prompts the configuration names (off the engine task)
+    /// and hands it over; the engine applies what can change live.
+    pub async fn reload(&self, config: Config) {
+        let loaded = tokio::task::spawn_blocking(move || {
+            let (prompts, music) = crate::prompts::load(&config);
+            (config, prompts, music)
+        })
+        .await;
+        if let Ok((config, prompts, music)) = loaded {
+            let _ = self
+                .tx
+                .send(Input::Reload(Box::new(Reload {
+                    config,
+                    prompts,
+                    music,
+                })))
+                .await;
+        }
+    }
 }
 
 /// The SIP side of a running node.
 pub struct SipServer {
     /// The bound SIP addresses, per transport (ephemeral ports resolved).
     pub bound: Vec<(ListenTransport, SocketAddr)>,
+    /// Reloads the configuration into the running engine.
+    pub reloader: Reloader,
     engine_task: tokio::task::JoinHandle<()>,
 }
 
@@ -146,9 +184,14 @@ impl SipServer {
                 ));
             }
         }
+        let reloader = Reloader { tx: tx.clone() };
         drop(tx);
         let engine_task = tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, metrics));
-        Ok(Self { bound, engine_task })
+        Ok(Self {
+            bound,
+            reloader,
+            engine_task,
+        })
     }
 
     /// Waits for the engine task (it ends when every reader is gone).
@@ -429,6 +472,31 @@ fn handle(
         }
         Input::ConnClosed { conn } => {
             conns.remove(&conn);
+        }
+        Input::Reload(r) => {
+            let Reload {
+                config,
+                prompts,
+                music,
+            } = *r;
+            match engine.reload(&config) {
+                Ok(()) => {
+                    engine.set_prompts(prompts, music);
+                    engine
+                        .metrics()
+                        .config_reloads
+                        .with_label_values(&["applied"])
+                        .inc();
+                }
+                Err(why) => {
+                    warn!(reason = %why, "configuration reload refused, the running one stays");
+                    engine
+                        .metrics()
+                        .config_reloads
+                        .with_label_values(&["refused"])
+                        .inc();
+                }
+            }
         }
     }
 }

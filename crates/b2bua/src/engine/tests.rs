@@ -1032,7 +1032,11 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
     let inv = requests(&out, PHONE2, "INVITE")[0].clone();
     assert_eq!(inv.header("X-Centralino-Flow"), Some("vaccini"));
     let vars: Vec<&str> = inv.headers_named("X-Centralino-Var").collect();
-    assert_eq!(vars, ["motivo=triage", "urgenza=alta"], "the IVR answers reach the operator");
+    assert_eq!(
+        vars,
+        ["motivo=triage", "urgenza=alta"],
+        "the IVR answers reach the operator"
+    );
     let out = h.send(PHONE2, &response_to(&inv, 200, "b2"));
     assert_eq!(requests(&out, PHONE2, "ACK").len(), 1);
     assert!(
@@ -1102,4 +1106,53 @@ fn a_caller_who_hangs_up_after_the_ivr_leaves_the_queue() {
     assert!(matches!(h.media.last(), Some(MediaCommand::Close { .. })));
     h.advance(Duration::from_secs(40));
     assert_eq!(h.engine.table_sizes(), [0; 5]);
+}
+
+#[test]
+fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
+    let mut h = ivr_harness();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    // Call 1 starts on the old flow (2 = triage).
+    invite_did(&mut h, "800", "r1");
+    // The new flow sends 2 to the info queue instead.
+    let new = Config::from_toml(&IVR.replace(
+        r#"options = { "1" = "info", "2" = "why" }"#,
+        r#"options = { "1" = "why", "2" = "info" }"#,
+    ))
+    .unwrap();
+    h.engine.reload(&new).unwrap();
+    invite_did(&mut h, "800", "r2");
+    let (c1, c2) = (centralino_types::CallId(1), centralino_types::CallId(2));
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Dtmf {
+            call: c1,
+            side: Side::A,
+            digit: '2',
+        },
+    );
+    let out = h.drain();
+    assert_eq!(
+        requests(&out, PHONE2, "INVITE").len(),
+        1,
+        "old flow: triage"
+    );
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Dtmf {
+            call: c2,
+            side: Side::A,
+            digit: '2',
+        },
+    );
+    let out = h.drain();
+    assert_eq!(requests(&out, PHONE1, "INVITE").len(), 1, "new flow: info");
+    // Queues cannot change live.
+    let renamed = Config::from_toml(
+        &IVR.replace(r#"name = "triage""#, r#"name = "triagex""#)
+            .replace("queue = \"triage\"", "queue = \"triagex\""),
+    )
+    .unwrap();
+    assert!(h.engine.reload(&renamed).unwrap_err().contains("restart"));
 }
