@@ -1,0 +1,505 @@
+//! The durable store: one SQLite file in WAL mode, `synchronous = FULL`, so
+//! a write that returned is on disk and survives `kill -9` and power loss.
+//! A callback request is acknowledged only after its insert committed.
+//!
+//! Owns: the schema and its versioned migrations, callbacks (create with
+//! de-duplication, read, list, edit, cancel, state changes). Never does:
+//! networking or scheduling; one thread owns a [`Store`] (SQLite
+//! serialises writers anyway) and others talk to it through a channel.
+#![warn(missing_docs)]
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+/// Schema migrations, applied in order; the index + 1 is the version.
+const MIGRATIONS: &[&str] = &[
+    // 1: callbacks.
+    "CREATE TABLE callbacks (
+        id TEXT PRIMARY KEY,
+        queue TEXT NOT NULL,
+        number TEXT NOT NULL,
+        not_before INTEGER,
+        requirements TEXT,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT,
+        source TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX callbacks_status ON callbacks (status, created_at);
+    CREATE UNIQUE INDEX callbacks_one_pending ON callbacks (queue, number)
+        WHERE status IN ('pending', 'in_progress');",
+];
+
+/// Most callbacks one list returns.
+pub const MAX_LIST: usize = 1000;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite refused (disk full, corrupt file, locked by another process).
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file was written by a newer Centralino.
+    #[error("database schema version {found} is newer than this program's {known}")]
+    TooNew {
+        /// In the file.
+        found: u32,
+        /// Known here.
+        known: u32,
+    },
+}
+
+/// Where a callback stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Waiting for its time and an operator.
+    Pending,
+    /// Being dialled.
+    InProgress,
+    /// The citizen was reached.
+    Done,
+    /// Every attempt failed.
+    Failed,
+    /// Cancelled by the citizen or an operator.
+    Cancelled,
+}
+
+impl Status {
+    /// The API and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// From the API and database name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "in_progress" => Self::InProgress,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A callback request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callback {
+    /// Opaque id.
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// The number to call.
+    pub number: String,
+    /// Not before this Unix time.
+    pub not_before: Option<i64>,
+    /// Extra requirements (an expression).
+    pub requirements: Option<String>,
+    /// Priority.
+    pub priority: i32,
+    /// Status.
+    pub status: Status,
+    /// Dial attempts so far.
+    pub attempts: u32,
+    /// Last outcome (answered, busy, no_answer, failed, cancelled).
+    pub outcome: Option<String>,
+    /// Where it came from (api, ivr).
+    pub source: String,
+    /// Unix time of the request.
+    pub created_at: i64,
+    /// Unix time of the last change.
+    pub updated_at: i64,
+}
+
+/// A new request (already validated by the caller).
+#[derive(Clone, Debug)]
+pub struct NewCallback {
+    /// Opaque id (random, chosen by the caller).
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// Number to call.
+    pub number: String,
+    /// Not before.
+    pub not_before: Option<i64>,
+    /// Requirements.
+    pub requirements: Option<String>,
+    /// Priority.
+    pub priority: i32,
+    /// Where it came from.
+    pub source: String,
+}
+
+/// What a create did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Stored.
+    New(Callback),
+    /// A request for the same number and queue is already pending: that one.
+    Existing(Callback),
+}
+
+/// Changes to a pending callback.
+#[derive(Clone, Debug, Default)]
+pub struct Patch {
+    /// New earliest time (`Some(None)` clears it).
+    pub not_before: Option<Option<i64>>,
+    /// New priority.
+    pub priority: Option<i32>,
+    /// New requirements (`Some(None)` clears them).
+    pub requirements: Option<Option<String>>,
+}
+
+/// What an edit or cancel found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// Changed.
+    Done(Callback),
+    /// No such callback.
+    NotFound,
+    /// Not pending any more: it cannot change.
+    NotPending(Callback),
+}
+
+/// The store.
+pub struct Store {
+    conn: Connection,
+}
+
+const COLUMNS: &str = "id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at";
+
+fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
+    let status: String = row.get(6)?;
+    Ok(Callback {
+        id: row.get(0)?,
+        queue: row.get(1)?,
+        number: row.get(2)?,
+        not_before: row.get(3)?,
+        requirements: row.get(4)?,
+        priority: row.get(5)?,
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        attempts: row.get(7)?,
+        outcome: row.get(8)?,
+        source: row.get(9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database file and brings its schema up to
+    /// date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        // busy_timeout first: switching to WAL can meet a lock.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version in the file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        let known = MIGRATIONS.len() as u32;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(m)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Stores a request, or returns the pending one for the same number
+    /// and queue. Returns once the insert is on disk.
+    pub fn create_callback(&mut self, new: &NewCallback, now: i64) -> Result<Created, StoreError> {
+        let tx = self.conn.transaction()?;
+        let existing = tx
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM callbacks WHERE queue = ?1 AND number = ?2 AND status IN ('pending', 'in_progress')"
+                ),
+                params![new.queue, new.number],
+                callback,
+            )
+            .optional()?;
+        if let Some(cb) = existing {
+            return Ok(Created::Existing(cb));
+        }
+        tx.execute(
+            "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, source, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?8)",
+            params![
+                new.id,
+                new.queue,
+                new.number,
+                new.not_before,
+                new.requirements,
+                new.priority,
+                new.source,
+                now
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Created::New(Callback {
+            id: new.id.clone(),
+            queue: new.queue.clone(),
+            number: new.number.clone(),
+            not_before: new.not_before,
+            requirements: new.requirements.clone(),
+            priority: new.priority,
+            status: Status::Pending,
+            attempts: 0,
+            outcome: None,
+            source: new.source.clone(),
+            created_at: now,
+            updated_at: now,
+        }))
+    }
+
+    /// One callback.
+    pub fn get_callback(&self, id: &str) -> Result<Option<Callback>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM callbacks WHERE id = ?1"),
+                params![id],
+                callback,
+            )
+            .optional()?)
+    }
+
+    /// Callbacks, oldest first, optionally of one status (at most
+    /// `limit`, capped at [`MAX_LIST`]).
+    pub fn list_callbacks(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Callback>, StoreError> {
+        let limit = limit.min(MAX_LIST) as i64;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM callbacks WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at, id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![status.map(Status::as_str), limit], callback)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Edits a pending callback.
+    pub fn update_callback(
+        &mut self,
+        id: &str,
+        patch: &Patch,
+        now: i64,
+    ) -> Result<Edit, StoreError> {
+        let tx = self.conn.transaction()?;
+        let Some(mut cb) = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM callbacks WHERE id = ?1"),
+                params![id],
+                callback,
+            )
+            .optional()?
+        else {
+            return Ok(Edit::NotFound);
+        };
+        if cb.status != Status::Pending {
+            return Ok(Edit::NotPending(cb));
+        }
+        if let Some(nb) = patch.not_before {
+            cb.not_before = nb;
+        }
+        if let Some(p) = patch.priority {
+            cb.priority = p;
+        }
+        if let Some(r) = &patch.requirements {
+            cb.requirements.clone_from(r);
+        }
+        cb.updated_at = now;
+        tx.execute(
+            "UPDATE callbacks SET not_before = ?2, priority = ?3, requirements = ?4, updated_at = ?5 WHERE id = ?1",
+            params![id, cb.not_before, cb.priority, cb.requirements, now],
+        )?;
+        tx.commit()?;
+        Ok(Edit::Done(cb))
+    }
+
+    /// Sets a callback's status (and outcome); a pending callback only
+    /// moves on, a finished one never changes again.
+    pub fn set_status(
+        &mut self,
+        id: &str,
+        status: Status,
+        outcome: Option<&str>,
+        now: i64,
+    ) -> Result<Edit, StoreError> {
+        let tx = self.conn.transaction()?;
+        let Some(mut cb) = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM callbacks WHERE id = ?1"),
+                params![id],
+                callback,
+            )
+            .optional()?
+        else {
+            return Ok(Edit::NotFound);
+        };
+        if !matches!(cb.status, Status::Pending | Status::InProgress) {
+            return Ok(Edit::NotPending(cb));
+        }
+        let attempts = cb.attempts + u32::from(status == Status::InProgress);
+        tx.execute(
+            "UPDATE callbacks SET status = ?2, outcome = COALESCE(?3, outcome), attempts = ?4, updated_at = ?5 WHERE id = ?1",
+            params![id, status.as_str(), outcome, attempts, now],
+        )?;
+        tx.commit()?;
+        cb.status = status;
+        cb.attempts = attempts;
+        if let Some(o) = outcome {
+            cb.outcome = Some(o.to_owned());
+        }
+        cb.updated_at = now;
+        Ok(Edit::Done(cb))
+    }
+
+    /// Callbacks per status.
+    pub fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM callbacks GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (s, n) = r?;
+            if let Some(s) = Status::parse(&s) {
+                out.push((s, n.max(0) as u64));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("centralino-store-{name}-{}.db", std::process::id()));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
+        p
+    }
+
+    fn new(id: &str, number: &str) -> NewCallback {
+        NewCallback {
+            id: id.into(),
+            queue: "vaccini".into(),
+            number: number.into(),
+            not_before: None,
+            requirements: None,
+            priority: 0,
+            source: "api".into(),
+        }
+    }
+
+    #[test]
+    fn callbacks_are_stored_deduplicated_edited_and_survive_reopening() {
+        let path = temp("cb");
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        let Created::New(a) = s.create_callback(&new("a", "+393331234567"), 100).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.status, Status::Pending);
+        // Same number and queue while pending: the same request.
+        let again = s.create_callback(&new("b", "+393331234567"), 101).unwrap();
+        assert_eq!(again, Created::Existing(a.clone()));
+        // Another queue is another request.
+        let mut other = new("c", "+393331234567");
+        other.queue = "triage".into();
+        assert!(matches!(
+            s.create_callback(&other, 102).unwrap(),
+            Created::New(_)
+        ));
+        // Edit, then cancel; a cancelled one cannot change.
+        let patch = Patch {
+            not_before: Some(Some(5000)),
+            priority: Some(3),
+            requirements: Some(Some("lang == \"it\"".into())),
+        };
+        let Edit::Done(e) = s.update_callback("a", &patch, 200).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (e.not_before, e.priority, e.updated_at),
+            (Some(5000), 3, 200)
+        );
+        assert!(matches!(
+            s.set_status("a", Status::Cancelled, Some("cancelled"), 300)
+                .unwrap(),
+            Edit::Done(_)
+        ));
+        assert!(matches!(
+            s.update_callback("a", &patch, 301).unwrap(),
+            Edit::NotPending(_)
+        ));
+        assert_eq!(
+            s.update_callback("zz", &patch, 301).unwrap(),
+            Edit::NotFound
+        );
+        // Once cancelled, the number may ask again.
+        assert!(matches!(
+            s.create_callback(&new("d", "+393331234567"), 400).unwrap(),
+            Created::New(_)
+        ));
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        let pending = s.list_callbacks(Some(Status::Pending), 100).unwrap();
+        let ids: Vec<&str> = pending.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["c", "d"]);
+        assert_eq!(
+            s.get_callback("a").unwrap().unwrap().status,
+            Status::Cancelled
+        );
+        assert_eq!(s.list_callbacks(None, 100).unwrap().len(), 3);
+        let counts = s.counts().unwrap();
+        assert!(counts.contains(&(Status::Pending, 2)) && counts.contains(&(Status::Cancelled, 1)));
+    }
+
+    #[test]
+    fn a_file_from_a_newer_version_is_refused() {
+        let path = temp("newer");
+        let s = Store::open(&path).unwrap();
+        s.conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(s);
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+}
