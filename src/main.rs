@@ -41,6 +41,14 @@ enum Command {
         /// HTTP listen address for /metrics and /healthz. Replaces `http.listen`.
         #[arg(long = "http-listen", env = "CENTRALINO_HTTP_LISTEN")]
         http_listen: Option<SocketAddr>,
+        /// Where the durable store lives (callbacks): DIR/centralino.db,
+        /// created when missing.
+        #[arg(
+            long = "data-dir",
+            env = "CENTRALINO_DATA_DIR",
+            default_value = "centralino-data"
+        )]
+        data_dir: PathBuf,
     },
     /// Validate a configuration file and list every problem with its key path.
     CheckConfig {
@@ -119,7 +127,8 @@ fn main() -> ExitCode {
             config,
             sip_listen,
             http_listen,
-        } => match serve(config, sip_listen, http_listen) {
+            data_dir,
+        } => match serve(config, sip_listen, http_listen, &data_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("centralino: {e:#}");
@@ -292,6 +301,7 @@ fn serve(
     config: Option<PathBuf>,
     sip_listen: Vec<SocketAddr>,
     http_listen: Option<SocketAddr>,
+    data_dir: &std::path::Path,
 ) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -318,6 +328,7 @@ fn serve(
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let data_dir = data_dir.to_path_buf();
     runtime.block_on(async move {
         if embedded {
             info!(
@@ -337,10 +348,13 @@ fn serve(
             Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
         }
         let metrics = Metrics::new();
+        let api = centralino_net::Api::start(&config, &data_dir, metrics.clone())
+            .context("the durable store")?;
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let http = tokio::spawn(serve_http(
             config.http_listen,
             metrics.registry.clone(),
+            Some(api),
             bound_tx,
         ));
         let Ok(http_addr) = bound_rx.await else {

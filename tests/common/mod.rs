@@ -166,6 +166,8 @@ impl Node {
             .arg("serve")
             .arg("--config")
             .arg(&conf)
+            .arg("--data-dir")
+            .arg(scratch.path("data"))
             .env("CENTRALINO_LOG", filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -206,14 +208,37 @@ impl Node {
 
     /// GET a path on the HTTP endpoint: (status, body).
     pub(crate) fn http_get(&self, path: &str) -> (u16, String) {
+        self.http("GET", path, None, None)
+    }
+
+    /// An HTTP request with an optional bearer token and JSON body:
+    /// (status, body).
+    pub(crate) fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
+        s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            let _ = write!(req, "Authorization: Bearer {t}\r\n");
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() {
+            let _ = write!(
+                req,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).expect("write");
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("read http");
         let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);

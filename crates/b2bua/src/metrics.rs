@@ -95,6 +95,11 @@ pub struct Metrics {
     pub recordings: IntCounterVec,
     /// `centralino_flow_calls_total{flow,outcome}`: started, queued, hung_up.
     pub flow_calls: IntCounterVec,
+    /// `centralino_api_requests_total{route,code}`: HTTP API requests.
+    pub api_requests: IntCounterVec,
+    /// `centralino_callbacks_total{outcome}`: created, deduplicated,
+    /// rejected, updated, cancelled.
+    pub callbacks: IntCounterVec,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
     pub config_reloads: IntCounterVec,
 }
@@ -316,6 +321,16 @@ impl Metrics {
                 "Call recordings by outcome",
                 &["outcome"]
             )),
+            api_requests: reg!(cv(
+                "centralino_api_requests_total",
+                "HTTP API requests by route and status code",
+                &["route", "code"]
+            )),
+            callbacks: reg!(cv(
+                "centralino_callbacks_total",
+                "Callback requests by outcome",
+                &["outcome"]
+            )),
             config_reloads: reg!(cv(
                 "centralino_config_reloads_total",
                 "Configuration reloads (SIGHUP) by outcome",
@@ -365,7 +380,8 @@ mod tests {
                             "state",
                             "side",
                             "source",
-                            "flow"
+                            "flow",
+                            "route"
                         ]
                         .contains(&l.name()),
                         "label {} on {name}",

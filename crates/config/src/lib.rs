@@ -59,6 +59,7 @@ struct RawConfig {
     logging: RawLogging,
     registrar: RawRegistrar,
     media: RawMedia,
+    api: RawApi,
     flows: Vec<centralino_flows::RawFlow>,
     tenants: Vec<RawTenant>,
     trunks: Vec<RawTrunk>,
@@ -109,6 +110,20 @@ impl Default for RawSip {
             user_agent: "Centralino".into(),
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    tokens: Vec<RawToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    token: String,
+    role: String,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +442,26 @@ pub struct Queue {
     pub record: bool,
 }
 
+/// What an API token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Create and read callbacks (a web form's backend).
+    Callbacks,
+}
+
+/// A bearer token of the HTTP API.
+#[derive(Clone, Debug)]
+pub struct ApiToken {
+    /// Who holds it (logs, never the token).
+    pub name: String,
+    /// The secret.
+    pub token: String,
+    /// What it may do.
+    pub role: Role,
+}
+
 /// How a leg learns its peer's real RTP address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LatchMode {
@@ -496,6 +531,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// IVR flows, checked.
     pub flows: Vec<std::sync::Arc<centralino_flows::Flow>>,
+    /// HTTP API bearer tokens.
+    pub api_tokens: Vec<ApiToken>,
     /// Tenant names.
     pub tenants: Vec<String>,
     /// Trunks.
@@ -1116,6 +1153,41 @@ impl Config {
         }
 
         let media = validate_media(&mut p, &raw.media);
+        let mut api_tokens = Vec::new();
+        for (i, t) in raw.api.tokens.iter().enumerate() {
+            let path = format!("api.tokens[{i}]");
+            if !valid_name(&t.name) {
+                p.add(format!("{path}.name"), "letters, digits, - and _ (1 to 64)");
+            }
+            if t.token.len() < 16
+                || t.token.len() > 256
+                || !t.token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                p.add(
+                    format!("{path}.token"),
+                    "16 to 256 printable characters without spaces",
+                );
+            }
+            if raw.api.tokens[..i].iter().any(|o| o.token == t.token) {
+                p.add(format!("{path}.token"), "used twice");
+            }
+            let role = match t.role.as_str() {
+                "admin" => Role::Admin,
+                "callbacks" => Role::Callbacks,
+                other => {
+                    p.add(
+                        format!("{path}.role"),
+                        format!("unknown role {other:?} (admin, callbacks)"),
+                    );
+                    Role::Admin
+                }
+            };
+            api_tokens.push(ApiToken {
+                name: t.name.clone(),
+                token: t.token.clone(),
+                role,
+            });
+        }
         if media.recordings_dir.is_none() {
             for (i, q) in raw.queues.iter().enumerate() {
                 if q.record {
@@ -1164,6 +1236,7 @@ impl Config {
             login_paused,
             media,
             flows,
+            api_tokens,
             tenants,
             trunks,
             queues,

@@ -14,6 +14,7 @@ use crate::sip::NetError;
 pub async fn serve_http(
     listen: SocketAddr,
     registry: Registry,
+    api: Option<crate::api::Api>,
     bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> Result<(), NetError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -28,7 +29,7 @@ pub async fn serve_http(
     })?;
     info!(addr = %local, "HTTP listening (/metrics, /healthz)");
     let _ = bound.send(local);
-    let app = Router::new()
+    let mut app = Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -38,6 +39,11 @@ pub async fn serve_http(
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
+    if let Some(api) = api {
+        app = app.merge(api.router());
+    }
+    // Bodies larger than the API accepts are refused before they are read.
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY));
     axum::serve(listener, app)
         .await
         .map_err(|source| NetError::Io {

@@ -13,12 +13,14 @@
 //! media events come back on an unbounded channel (they are few: key
 //! presses, silence, failures).
 
+mod api;
 mod http;
 mod media;
 mod prompts;
 mod recorder;
 mod sip;
 
+pub use api::{Api, ApiError};
 pub use http::serve_http;
 pub use media::{BoundPorts, MediaPlane};
 pub use sip::{NetError, Reloader, SipServer};

@@ -1,0 +1,666 @@
+//! The HTTP API: `/api/v1/callbacks` ("Ti chiamiamo noi" requests from a
+//! web form or an operator desk). Bearer tokens from the configuration;
+//! every input checked with a message that says what is wrong; a `201` is
+//! sent only once the request is on disk (the store commits with
+//! `synchronous = FULL` before it answers).
+//!
+//! One thread owns the SQLite store; handlers talk to it over a channel, so
+//! a slow disk never blocks the engine's thread.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use centralino_b2bua::Metrics;
+use centralino_config::{ApiToken, Config};
+use centralino_flows::calendar::{civil_from_days, days_from_civil};
+use centralino_routing::{Catalog, Requirement};
+use centralino_store::{Callback, Created, Edit, NewCallback, Patch, Status, Store, StoreError};
+use centralino_types::Masked;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+/// Largest request body accepted.
+pub(crate) const MAX_BODY: usize = 16 * 1024;
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+enum StoreReq {
+    Create(NewCallback, i64, Reply<Created>),
+    Get(String, Reply<Option<Callback>>),
+    List(Option<Status>, usize, Reply<Vec<Callback>>),
+    Update(String, Patch, i64, Reply<Edit>),
+    Cancel(String, i64, Reply<Edit>),
+}
+
+/// The store's thread.
+#[derive(Clone)]
+struct StoreHandle(Sender<StoreReq>);
+
+impl StoreHandle {
+    fn start(path: &Path) -> Result<Self, ApiError> {
+        // Opened here so a bad file stops the start with its reason.
+        let mut store = Store::open(path).map_err(ApiError::Store)?;
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                let err = |e: StoreError| e.to_string();
+                while let Ok(req) = rx.recv() {
+                    match req {
+                        StoreReq::Create(n, now, r) => {
+                            let _ = r.send(store.create_callback(&n, now).map_err(err));
+                        }
+                        StoreReq::Get(id, r) => {
+                            let _ = r.send(store.get_callback(&id).map_err(err));
+                        }
+                        StoreReq::List(s, limit, r) => {
+                            let _ = r.send(store.list_callbacks(s, limit).map_err(err));
+                        }
+                        StoreReq::Update(id, p, now, r) => {
+                            let _ = r.send(store.update_callback(&id, &p, now).map_err(err));
+                        }
+                        StoreReq::Cancel(id, now, r) => {
+                            let _ = r.send(
+                                store
+                                    .set_status(&id, Status::Cancelled, Some("cancelled"), now)
+                                    .map_err(err),
+                            );
+                        }
+                    }
+                }
+            })
+            .map_err(ApiError::Thread)?;
+        Ok(Self(tx))
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> StoreReq) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(make(tx))
+            .map_err(|_| "the store is not running".to_owned())?;
+        rx.await
+            .map_err(|_| "the store stopped".to_owned())
+            .and_then(|r| r)
+    }
+}
+
+/// Why the API cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The data directory cannot be created.
+    #[error("data directory {0}: {1}")]
+    Dir(std::path::PathBuf, std::io::Error),
+    /// The database cannot be opened.
+    #[error("store: {0}")]
+    Store(StoreError),
+    /// The store's thread cannot start.
+    #[error("store thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the API needs.
+#[derive(Clone)]
+pub struct Api {
+    store: StoreHandle,
+    tokens: Arc<Vec<ApiToken>>,
+    queues: Arc<HashSet<String>>,
+    catalog: Arc<Catalog>,
+    metrics: Metrics,
+}
+
+impl Api {
+    /// Opens (or creates) `DIR/centralino.db`.
+    pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
+        let path = data_dir.join("centralino.db");
+        let store = StoreHandle::start(&path)?;
+        info!(path = %path.display(), "store open");
+        Ok(Self {
+            store,
+            tokens: Arc::new(config.api_tokens.clone()),
+            queues: Arc::new(
+                config
+                    .queues
+                    .iter()
+                    .map(|q| q.routing.name.clone())
+                    .collect(),
+            ),
+            catalog: Arc::new(config.catalog.clone()),
+            metrics,
+        })
+    }
+
+    /// The API's routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route(
+                "/api/v1/callbacks",
+                get(list_callbacks).post(create_callback),
+            )
+            .route(
+                "/api/v1/callbacks/{id}",
+                get(get_callback)
+                    .patch(patch_callback)
+                    .delete(delete_callback),
+            )
+            .with_state(self)
+    }
+
+    fn count(&self, route: &str, code: StatusCode) {
+        self.metrics
+            .api_requests
+            .with_label_values(&[route, code.as_str()])
+            .inc();
+    }
+}
+
+fn error(code: StatusCode, message: &str) -> Response {
+    let mut r = (code, json_body(&json!({ "error": message }))).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn json_body(v: &Value) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{v}\n"),
+    )
+}
+
+fn ok(code: StatusCode, v: &Value) -> Response {
+    (code, json_body(v)).into_response()
+}
+
+/// Constant-time comparison: a wrong token takes as long as a right one.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <token>",
+        )));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim();
+    let mut found = false;
+    for t in api.tokens.iter() {
+        found |= same(t.token.as_bytes(), token.as_bytes());
+    }
+    if found {
+        Ok(())
+    } else {
+        warn!("API request with an unknown token refused");
+        Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")))
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `2026-12-01T09:00:00Z`.
+fn rfc3339(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` with `Z` or `±HH:MM` (fractions ignored).
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if b[13] != b':' || b[16] != b':' || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let oh: i64 = rest[1..3].parse().ok()?;
+            let om: i64 = rest[4..6].parse().ok()?;
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    let (mo, d) = (u32::try_from(mo).ok()?, u32::try_from(d).ok()?);
+    if !(1..=12).contains(&mo) || civil_from_days(days_from_civil(y, mo, d)) != (y, mo, d) {
+        return None;
+    }
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
+
+fn view(cb: &Callback) -> Value {
+    json!({
+        "id": cb.id,
+        "queue": cb.queue,
+        "number": cb.number,
+        "status": cb.status.as_str(),
+        "not_before": cb.not_before.map(rfc3339),
+        "requirements": cb.requirements,
+        "priority": cb.priority,
+        "attempts": cb.attempts,
+        "outcome": cb.outcome,
+        "source": cb.source,
+        "created_at": rfc3339(cb.created_at),
+        "updated_at": rfc3339(cb.updated_at),
+    })
+}
+
+/// A time: RFC 3339 text or Unix seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum When {
+    Unix(i64),
+    Text(String),
+}
+
+fn when(w: &When) -> Result<i64, String> {
+    match w {
+        When::Unix(t) if (0..=253_402_300_799).contains(t) => Ok(*t),
+        When::Unix(_) => Err("not_before: out of range".into()),
+        When::Text(s) => parse_rfc3339(s).ok_or_else(|| {
+            format!(
+                "not_before: not an RFC 3339 time (2026-12-01T09:00:00+01:00): {:?}",
+                truncate(s)
+            )
+        }),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    queue: String,
+    number: String,
+    not_before: Option<When>,
+    requirements: Option<String>,
+    priority: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default, deserialize_with = "present")]
+    not_before: Option<Option<When>>,
+    priority: Option<i32>,
+    #[serde(default, deserialize_with = "present")]
+    requirements: Option<Option<String>>,
+}
+
+/// Tells a present `null` (clear) from an absent field (keep).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// E.164-like: an optional `+`, 6 to 15 digits.
+fn valid_number(n: &str) -> bool {
+    let digits = n.strip_prefix('+').unwrap_or(n);
+    (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn check_requirements(api: &Api, r: &str) -> Result<(), String> {
+    Requirement::parse(r, &api.catalog)
+        .map(|_| ())
+        .map_err(|e| format!("requirements: {e}"))
+}
+
+fn check_priority(p: i32) -> Result<(), String> {
+    if (-100..=100).contains(&p) {
+        Ok(())
+    } else {
+        Err("priority: must be in -100..=100".into())
+    }
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Box<Response>> {
+    if body.len() > MAX_BODY {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 16 KiB",
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's message names the field and the position.
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid JSON body: {e}"),
+        ))
+    })
+}
+
+fn random_id() -> String {
+    use rand::TryRngCore;
+    let mut b = [0u8; 16];
+    let _ = rand::rngs::OsRng.try_fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn create_callback(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let r = create(&api, &headers, &body).await;
+    api.count("callbacks_create", r.status());
+    r
+}
+
+async fn create(api: &Api, headers: &HeaderMap, body: &Bytes) -> Response {
+    if let Err(r) = authorize(api, headers) {
+        return *r;
+    }
+    let b: CreateBody = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let mut problems = Vec::new();
+    if !api.queues.contains(&b.queue) {
+        problems.push(format!("queue: unknown queue {:?}", truncate(&b.queue)));
+    }
+    if !valid_number(&b.number) {
+        problems.push("number: an optional + and 6 to 15 digits".to_owned());
+    }
+    let not_before = match b.not_before.as_ref().map(when).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    if let Some(r) = &b.requirements
+        && let Err(e) = check_requirements(api, r)
+    {
+        problems.push(e);
+    }
+    if let Err(e) = check_priority(b.priority.unwrap_or(0)) {
+        problems.push(e);
+    }
+    if !problems.is_empty() {
+        api.metrics.callbacks.with_label_values(&["rejected"]).inc();
+        return ok(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": problems.join("; "), "problems": problems }),
+        );
+    }
+    let new = NewCallback {
+        id: random_id(),
+        queue: b.queue,
+        number: b.number,
+        not_before,
+        requirements: b.requirements,
+        priority: b.priority.unwrap_or(0),
+        source: "api".into(),
+    };
+    let now = unix_now();
+    match api.store.ask(|r| StoreReq::Create(new, now, r)).await {
+        Ok(Created::New(cb)) => {
+            info!(id = %cb.id, queue = %cb.queue, number = %Masked(&cb.number), "callback requested");
+            api.metrics.callbacks.with_label_values(&["created"]).inc();
+            ok(StatusCode::CREATED, &view(&cb))
+        }
+        Ok(Created::Existing(cb)) => {
+            api.metrics
+                .callbacks
+                .with_label_values(&["deduplicated"])
+                .inc();
+            let mut v = view(&cb);
+            v["deduplicated"] = json!(true);
+            ok(StatusCode::OK, &v)
+        }
+        Err(e) => {
+            warn!(error = %e, "callback not stored");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store cannot take the request now; retry",
+            )
+        }
+    }
+}
+
+async fn get_callback(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let r = match authorize(&api, &headers) {
+        Err(r) => *r,
+        Ok(()) => match api.store.ask(|r| StoreReq::Get(id, r)).await {
+            Ok(Some(cb)) => ok(StatusCode::OK, &view(&cb)),
+            Ok(None) => error(StatusCode::NOT_FOUND, "no such callback"),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+        },
+    };
+    api.count("callbacks_get", r.status());
+    r
+}
+
+async fn list_callbacks(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let r = list(&api, &headers, query.as_deref()).await;
+    api.count("callbacks_list", r.status());
+    r
+}
+
+async fn list(api: &Api, headers: &HeaderMap, query: Option<&str>) -> Response {
+    if let Err(r) = authorize(api, headers) {
+        return *r;
+    }
+    let mut status = None;
+    let mut limit = 100;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("status", s)) => match Status::parse(s) {
+                Some(s) => status = Some(s),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "status: one of pending, in_progress, done, failed, cancelled",
+                    );
+                }
+            },
+            Some(("limit", l)) => match l.parse::<usize>() {
+                Ok(l) if (1..=centralino_store::MAX_LIST).contains(&l) => limit = l,
+                _ => return error(StatusCode::BAD_REQUEST, "limit: 1 to 1000"),
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "unknown query parameter (status, limit)",
+                );
+            }
+        }
+    }
+    match api.store.ask(|r| StoreReq::List(status, limit, r)).await {
+        Ok(list) => {
+            let items: Vec<Value> = list.iter().map(view).collect();
+            ok(StatusCode::OK, &json!({ "callbacks": items }))
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+    }
+}
+
+fn edited(api: &Api, e: Result<Edit, String>) -> Response {
+    match e {
+        Ok(Edit::Done(cb)) => ok(StatusCode::OK, &view(&cb)),
+        Ok(Edit::NotFound) => error(StatusCode::NOT_FOUND, "no such callback"),
+        Ok(Edit::NotPending(cb)) => {
+            let mut v = json!({ "error": format!("the callback is {}: it can no longer change", cb.status.as_str()) });
+            v["callback"] = view(&cb);
+            ok(StatusCode::CONFLICT, &v)
+        }
+        Err(_) => {
+            let _ = api;
+            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
+        }
+    }
+}
+
+async fn patch_callback(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let r = patch(&api, &headers, id, &body).await;
+    api.count("callbacks_patch", r.status());
+    r
+}
+
+async fn patch(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
+    if let Err(r) = authorize(api, headers) {
+        return *r;
+    }
+    let b: PatchBody = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let not_before = match &b.not_before {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(w)) => match when(w) {
+            Ok(t) => Some(Some(t)),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        },
+    };
+    if let Some(Some(r)) = &b.requirements
+        && let Err(e) = check_requirements(api, r)
+    {
+        return error(StatusCode::BAD_REQUEST, &e);
+    }
+    if let Some(p) = b.priority
+        && let Err(e) = check_priority(p)
+    {
+        return error(StatusCode::BAD_REQUEST, &e);
+    }
+    let p = Patch {
+        not_before,
+        priority: b.priority,
+        requirements: b.requirements,
+    };
+    let now = unix_now();
+    let e = api.store.ask(|r| StoreReq::Update(id, p, now, r)).await;
+    if matches!(e, Ok(Edit::Done(_))) {
+        api.metrics.callbacks.with_label_values(&["updated"]).inc();
+    }
+    edited(api, e)
+}
+
+async fn delete_callback(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let r = match authorize(&api, &headers) {
+        Err(r) => *r,
+        Ok(()) => {
+            let now = unix_now();
+            let e = api.store.ask(|r| StoreReq::Cancel(id, now, r)).await;
+            if matches!(e, Ok(Edit::Done(_))) {
+                api.metrics
+                    .callbacks
+                    .with_label_values(&["cancelled"])
+                    .inc();
+            }
+            edited(&api, e)
+        }
+    };
+    api.count("callbacks_delete", r.status());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_rfc3339("2026-12-01T09:00:00+01:00"),
+            Some(1_796_112_000)
+        );
+        assert_eq!(parse_rfc3339("2026-12-01T08:00:00Z"), Some(1_796_112_000));
+        assert_eq!(
+            parse_rfc3339("2026-12-01T08:00:00.250Z"),
+            Some(1_796_112_000)
+        );
+        assert_eq!(rfc3339(1_796_112_000), "2026-12-01T08:00:00Z");
+        for bad in [
+            "2026-02-30T08:00:00Z",
+            "2026-12-01 8:00",
+            "2026-12-01T25:00:00Z",
+            "2026-12-01T08:00:00+1",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert!(valid_number("+393331234567") && valid_number("0612345678"));
+        assert!(
+            !valid_number("+39 333")
+                && !valid_number("12345")
+                && !valid_number("+3933312345678901")
+        );
+        assert!(same(b"demo-admin-token", b"demo-admin-token"));
+        assert!(!same(b"demo-admin-token", b"demo-admin-tokeN") && !same(b"a", b"ab"));
+    }
+}
