@@ -350,6 +350,7 @@ fn serve(
         let metrics = Metrics::new();
         let api = centralino_net::Api::start(&config, &data_dir, metrics.clone())
             .context("the durable store")?;
+        let records = api.records();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let http = tokio::spawn(serve_http(
             config.http_listen,
@@ -363,7 +364,7 @@ fn serve(
                 _ => Err(anyhow::anyhow!("HTTP endpoint failed to start")),
             };
         };
-        let sip = SipServer::start(&config, metrics)
+        let sip = SipServer::start(&config, metrics, Some(records))
             .await
             .context("SIP listeners")?;
         for (t, a) in &sip.bound {

@@ -140,6 +140,12 @@ languages = ["it", "en"]
     )
 }
 
+/// A second process on the same scratch (same data directory, same prompts).
+fn node_again(scratch: &Scratch) -> Node {
+    let prompts = scratch.path("prompts");
+    Node::start_toml(scratch, |sip, http| config(sip, http, &prompts))
+}
+
 fn node(scratch: &Scratch) -> Node {
     let prompts = scratch.path("prompts");
     std::fs::create_dir_all(&prompts).expect("prompts dir");
@@ -220,6 +226,99 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         3.0
     );
     assert!(!logs.contains("3933300"), "caller number unmasked");
+
+    // The call record and the queue log in the store (SQLite, read here
+    // as an operator's report would).
+    let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
+        .expect("the node's store");
+    let start = std::time::Instant::now();
+    let cdr = loop {
+        let cdrs = store.recent_cdrs(10).expect("cdrs");
+        if let Some(c) = cdrs.first().filter(|c| c.ended_at.is_some()) {
+            break c.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no closed call record: {cdrs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(cdr.outcome.as_deref(), Some("caller_hangup"));
+    assert_eq!(cdr.queue.as_deref(), Some("prenotazioni"));
+    assert_eq!(cdr.agent.as_deref(), Some("1003"));
+    assert!(
+        cdr.caller.starts_with("+3933300"),
+        "the store keeps the number until retention"
+    );
+    let events: Vec<String> = store
+        .queue_events(&cdr.id)
+        .expect("events")
+        .into_iter()
+        .map(|(e, q, a)| format!("{e} {q} {}", a.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "enter prenotazioni ",
+            "offer prenotazioni 1003",
+            "connect prenotazioni 1003"
+        ]
+    );
+}
+
+#[test]
+fn calls_in_progress_at_kill_9_are_closed_as_interrupted_on_restart() {
+    let scratch = Scratch::new("ivr-kill");
+    let mut node = node(&scratch);
+    let media_port = free_port().to_string();
+    // Keys 1, 2, 3 into "prenotazioni" where nobody is logged in: waits.
+    let _trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_ivr.xml"),
+            "-s",
+            "800",
+            "-m",
+            "1",
+            "-d",
+            "60000",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-timeout",
+            "60s",
+        ],
+    );
+    node.wait_metric(
+        "centralino_queue_calls{queue=\"prenotazioni\"}",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    // Wait until the call's record is on disk (batches leave every 200 ms).
+    let db = scratch.path("data").join("centralino.db");
+    let store = centralino_store::Store::open(&db).expect("the node's store");
+    let start = std::time::Instant::now();
+    while store.recent_cdrs(10).expect("cdrs").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no call record written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(store);
+    node.kill_hard();
+    let node = node_again(&scratch);
+    node.wait_log("closed as interrupted", Duration::from_secs(5));
+    let store = centralino_store::Store::open(&db).expect("the node's store");
+    let cdrs = store.recent_cdrs(10).expect("cdrs");
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0].outcome.as_deref(), Some("interrupted"));
+    assert!(cdrs[0].ended_at.is_some());
+    drop(node);
 }
 
 #[test]

@@ -22,6 +22,7 @@ use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
 use centralino_sip::uri::{self, Scheme};
 use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
+use centralino_types::record::Record;
 use centralino_types::{AgentId, CallId, Masked, QueueId};
 use prometheus::IntGauge;
 use rand::rngs::StdRng;
@@ -62,6 +63,8 @@ pub enum Output {
     },
     /// Instruct the media plane.
     Media(MediaCommand),
+    /// A call record or queue log event, for the store (batched there).
+    Record(Record),
 }
 
 /// A call's anchored media as the signalling side knows it.
@@ -173,6 +176,10 @@ struct Call {
     run: Option<Run>,
     /// A flow waiting for the media (late offer: it opens at the ACK).
     pending_flow: Option<Arc<IvrFlow>>,
+    /// Call record id (unique across restarts).
+    record_id: String,
+    /// When an operator answered, and who.
+    connected: Option<(Instant, String)>,
 }
 
 /// What the IVR interpreter sees of the engine.
@@ -454,6 +461,34 @@ impl Engine {
     /// The wall clock: Unix seconds at `now` (opening hours in flows).
     pub fn set_wall_clock(&mut self, now: Instant, unix: i64) {
         self.wall = (now, unix);
+    }
+
+    fn unix_ms_at(&self, now: Instant) -> i64 {
+        self.wall.1 * 1000 + now.saturating_duration_since(self.wall.0).as_millis() as i64
+    }
+
+    /// A queue log event for a call.
+    fn queue_event(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        event: &'static str,
+        agent: Option<String>,
+    ) {
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let position = self.router.estimate(call_id).map(|e| e.position);
+        let record = Record::Queue {
+            call: call.record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            queue: self.router.queue(call.queue).name.clone(),
+            event,
+            agent,
+            position,
+            wait_ms: Some(now.saturating_duration_since(call.enqueued).as_millis() as i64),
+        };
+        self.out.push_back(Output::Record(record));
     }
 
     fn unix_at(&self, now: Instant) -> i64 {
@@ -1020,6 +1055,23 @@ impl Engine {
             Target::Queue(_, spec) => (Phase::Queued, spec.clone()),
             Target::Flow(_, spec) => (Phase::Ivr, spec.clone()),
         };
+        let record_id = format!("{}{}", self.token(), self.token());
+        let did = msg
+            .request_uri()
+            .and_then(|r| match uri::classify(r)? {
+                Scheme::Tel => r
+                    .split_once(':')
+                    .map(|(_, d)| d.split(';').next().unwrap_or(d)),
+                _ => uri::user(r),
+            })
+            .unwrap_or_default()
+            .to_owned();
+        self.out.push_back(Output::Record(Record::CallStarted {
+            id: record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            caller: caller.clone(),
+            did,
+        }));
         self.by_a.insert(msg.call_id.clone(), id);
         self.calls.insert(
             id,
@@ -1043,6 +1095,8 @@ impl Engine {
                 spec: spec.clone(),
                 run: None,
                 pending_flow: None,
+                record_id,
+                connected: None,
             },
         );
         match target {
@@ -1125,6 +1179,7 @@ impl Engine {
             self.timers
                 .push(Reverse((now + every, id, CallTimer::Announce)));
         }
+        self.queue_event(now, id, "enter", None);
     }
 
     /// Answers a call for its IVR flow and starts the walk (at the ACK
@@ -1385,6 +1440,7 @@ impl Engine {
             call_id,
             CallTimer::Ring(call.attempt),
         )));
+        self.queue_event(now, call_id, "offer", Some(name));
     }
 
     fn on_response(&mut self, now: Instant, key: TxKey, msg: Box<Message>) {
@@ -1521,7 +1577,12 @@ impl Engine {
                     .agent_offers
                     .with_label_values(&["answered"])
                     .inc();
-                info!(agent = %self.router.agent(agent).name, queue = %qname, "call answered");
+                let name = self.router.agent(agent).name.clone();
+                info!(agent = %name, queue = %qname, "call answered");
+                if let Some(c) = self.calls.get_mut(&call_id) {
+                    c.connected = Some((now, name.clone()));
+                }
+                self.queue_event(now, call_id, "connect", Some(name));
             }
             _ => {
                 let b = call.forks.swap_remove(i);
@@ -1835,6 +1896,39 @@ impl Engine {
         }
         self.metrics.calls.with_label_values(&[outcome]).inc();
         info!(caller = %Masked(&call.caller), outcome, "call ended before answer");
+        let at_ms = self.unix_ms_at(now);
+        let wait_ms = call
+            .in_queue
+            .then(|| now.saturating_duration_since(call.enqueued).as_millis() as i64);
+        let queue = call
+            .in_queue
+            .then(|| self.router.queue(call.queue).name.clone());
+        if let Some(q) = &queue {
+            let event = match outcome {
+                "cancelled" | "abandoned" => "abandon",
+                "max_wait" => "timeout",
+                _ => "exit",
+            };
+            self.out.push_back(Output::Record(Record::Queue {
+                call: call.record_id.clone(),
+                at_ms,
+                queue: q.clone(),
+                event,
+                agent: None,
+                position: None,
+                wait_ms,
+            }));
+        }
+        self.out.push_back(Output::Record(Record::CallEnded {
+            id: call.record_id.clone(),
+            at_ms,
+            outcome: outcome.to_owned(),
+            queue,
+            agent: None,
+            wait_ms,
+            talk_ms: None,
+            variables: variables_of(&call),
+        }));
     }
 
     /// The ACK of the caller's 2xx: after a late offer it carries the
@@ -2154,6 +2248,27 @@ impl Engine {
             duration_seconds = (now - call.started).as_secs(),
             "call ended"
         );
+        let (talk_ms, agent) = match &call.connected {
+            Some((t, a)) => (
+                Some(now.saturating_duration_since(*t).as_millis() as i64),
+                Some(a.clone()),
+            ),
+            None => (None, None),
+        };
+        let wait_ms = call
+            .connected
+            .as_ref()
+            .map(|(t, _)| t.saturating_duration_since(call.enqueued).as_millis() as i64);
+        self.out.push_back(Output::Record(Record::CallEnded {
+            id: call.record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            outcome: outcome.to_owned(),
+            queue: Some(self.router.queue(call.queue).name.clone()),
+            agent,
+            wait_ms,
+            talk_ms,
+            variables: variables_of(&call),
+        }));
     }
 
     fn send_bye(&mut self, now: Instant, leg: &mut Leg) {
@@ -2196,6 +2311,18 @@ impl Engine {
         }
         self.send_stateless(leg.flow, &ack);
     }
+}
+
+/// The IVR's answers as `name=value` lines, for the call record.
+fn variables_of(call: &Call) -> Option<String> {
+    let run = call.run.as_ref()?;
+    (!run.variables.is_empty()).then(|| {
+        run.variables
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 /// Each trunk's peers and DID table.

@@ -100,6 +100,8 @@ pub struct Metrics {
     /// `centralino_callbacks_total{outcome}`: created, deduplicated,
     /// rejected, updated, cancelled.
     pub callbacks: IntCounterVec,
+    /// `centralino_store_errors_total`: batches of call records not written.
+    pub store_errors: IntCounter,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
     pub config_reloads: IntCounterVec,
 }
@@ -330,6 +332,10 @@ impl Metrics {
                 "centralino_callbacks_total",
                 "Callback requests by outcome",
                 &["outcome"]
+            )),
+            store_errors: reg!(c(
+                "centralino_store_errors_total",
+                "Batches of call records the store could not write"
             )),
             config_reloads: reg!(cv(
                 "centralino_config_reloads_total",

@@ -60,6 +60,7 @@ struct RawConfig {
     registrar: RawRegistrar,
     media: RawMedia,
     api: RawApi,
+    store: RawStore,
     flows: Vec<centralino_flows::RawFlow>,
     tenants: Vec<RawTenant>,
     trunks: Vec<RawTrunk>,
@@ -109,6 +110,18 @@ impl Default for RawSip {
             tcp_idle_timeout_seconds: 10,
             user_agent: "Centralino".into(),
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    retention_days: u32,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self { retention_days: 90 }
     }
 }
 
@@ -533,6 +546,9 @@ pub struct Config {
     pub flows: Vec<std::sync::Arc<centralino_flows::Flow>>,
     /// HTTP API bearer tokens.
     pub api_tokens: Vec<ApiToken>,
+    /// Numbers in call records and finished callbacks are masked after
+    /// this many days.
+    pub retention_days: u32,
     /// Tenant names.
     pub tenants: Vec<String>,
     /// Trunks.
@@ -1153,6 +1169,9 @@ impl Config {
         }
 
         let media = validate_media(&mut p, &raw.media);
+        if !(1..=3650).contains(&raw.store.retention_days) {
+            p.add("store.retention_days", "must be in 1..=3650");
+        }
         let mut api_tokens = Vec::new();
         for (i, t) in raw.api.tokens.iter().enumerate() {
             let path = format!("api.tokens[{i}]");
@@ -1237,6 +1256,7 @@ impl Config {
             media,
             flows,
             api_tokens,
+            retention_days: raw.store.retention_days,
             tenants,
             trunks,
             queues,

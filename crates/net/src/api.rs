@@ -35,6 +35,7 @@ pub(crate) const MAX_BODY: usize = 16 * 1024;
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum StoreReq {
+    Records(Vec<centralino_store::Record>),
     Create(NewCallback, i64, Reply<Created>),
     Get(String, Reply<Option<Callback>>),
     List(Option<Status>, usize, Reply<Vec<Callback>>),
@@ -47,16 +48,48 @@ enum StoreReq {
 struct StoreHandle(Sender<StoreReq>);
 
 impl StoreHandle {
-    fn start(path: &Path) -> Result<Self, ApiError> {
+    fn start(path: &Path, retention_days: u32, metrics: Metrics) -> Result<Self, ApiError> {
         // Opened here so a bad file stops the start with its reason.
         let mut store = Store::open(path).map_err(ApiError::Store)?;
+        // Calls in progress when the last process died: closed as such.
+        match store.close_interrupted(unix_now() * 1000) {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                calls = n,
+                "call records left open by a previous process closed as interrupted"
+            ),
+            Err(e) => warn!(error = %e, "cannot close interrupted call records"),
+        }
+        let retention = i64::from(retention_days) * 86_400_000;
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
                 let err = |e: StoreError| e.to_string();
-                while let Ok(req) = rx.recv() {
+                let mut next_retention = std::time::Instant::now();
+                loop {
+                    if std::time::Instant::now() >= next_retention {
+                        // Hourly: numbers older than the retention period
+                        // are masked.
+                        match store.anonymise_before(unix_now() * 1000 - retention) {
+                            Ok(0) => {}
+                            Ok(n) => info!(records = n, "numbers anonymised (retention)"),
+                            Err(e) => warn!(error = %e, "anonymisation failed"),
+                        }
+                        next_retention += std::time::Duration::from_secs(3600);
+                    }
+                    let req = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                        Ok(r) => r,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     match req {
+                        StoreReq::Records(batch) => {
+                            if let Err(e) = store.write_records(&batch) {
+                                metrics.store_errors.inc();
+                                warn!(error = %e, records = batch.len(), "call records not written");
+                            }
+                        }
                         StoreReq::Create(n, now, r) => {
                             let _ = r.send(store.create_callback(&n, now).map_err(err));
                         }
@@ -109,6 +142,18 @@ pub enum ApiError {
     Thread(std::io::Error),
 }
 
+/// Hands call records and queue events to the store's thread (never
+/// waits: the channel is unbounded and the writer batches).
+#[derive(Clone)]
+pub struct RecordSink(Sender<StoreReq>);
+
+impl RecordSink {
+    /// Queues a batch.
+    pub fn send(&self, batch: Vec<centralino_store::Record>) {
+        let _ = self.0.send(StoreReq::Records(batch));
+    }
+}
+
 /// What the API needs.
 #[derive(Clone)]
 pub struct Api {
@@ -124,7 +169,7 @@ impl Api {
     pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
         std::fs::create_dir_all(data_dir).map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
         let path = data_dir.join("centralino.db");
-        let store = StoreHandle::start(&path)?;
+        let store = StoreHandle::start(&path, config.retention_days, metrics.clone())?;
         info!(path = %path.display(), "store open");
         Ok(Self {
             store,
@@ -139,6 +184,11 @@ impl Api {
             catalog: Arc::new(config.catalog.clone()),
             metrics,
         })
+    }
+
+    /// Where the engine's call records go.
+    pub fn records(&self) -> RecordSink {
+        RecordSink(self.store.0.clone())
     }
 
     /// The API's routes.

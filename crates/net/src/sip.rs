@@ -28,6 +28,10 @@ const INPUT_QUEUE: usize = 65_536;
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
 const OVERLOAD_BACKLOG: usize = 2048;
+/// Call records queued before a batch is handed to the store.
+const RECORD_BATCH: usize = 512;
+/// Longest a call record waits for its batch.
+const RECORD_FLUSH: Duration = Duration::from_millis(200);
 /// Idle time after which a TCP connection with no partial message is closed.
 const TCP_IDLE: Duration = Duration::from_secs(900);
 
@@ -121,7 +125,11 @@ pub struct SipServer {
 
 impl SipServer {
     /// Binds every listener and starts the engine task.
-    pub async fn start(config: &Config, metrics: Metrics) -> Result<Self, NetError> {
+    pub async fn start(
+        config: &Config,
+        metrics: Metrics,
+        records: Option<crate::api::RecordSink>,
+    ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng
             .try_fill_bytes(&mut seed)
@@ -186,7 +194,9 @@ impl SipServer {
         }
         let reloader = Reloader { tx: tx.clone() };
         drop(tx);
-        let engine_task = tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, metrics));
+        let engine_task = tokio::spawn(run_engine(
+            engine, rx, media_rx, plane, udp, metrics, records,
+        ));
         Ok(Self {
             bound,
             reloader,
@@ -387,12 +397,20 @@ async fn run_engine(
     plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     metrics: Metrics,
+    records: Option<crate::api::RecordSink>,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut media_events: Vec<MediaEvent> = Vec::new();
+    // Call records leave in batches: one store transaction (one fsync)
+    // per RECORD_BATCH events or RECORD_FLUSH of time, never per event.
+    let mut batch: Vec<centralino_types::record::Record> = Vec::new();
+    let mut flush_at: Option<Instant> = None;
     let _ = &metrics;
     loop {
-        let deadline = engine.poll_timeout().map(Instant::from_std);
+        let deadline = [engine.poll_timeout().map(Instant::from_std), flush_at]
+            .into_iter()
+            .flatten()
+            .min();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -434,6 +452,12 @@ async fn run_engine(
                 continue;
             };
             match out {
+                Output::Record(r) => {
+                    if records.is_some() {
+                        batch.push(r);
+                        flush_at.get_or_insert_with(|| Instant::now() + RECORD_FLUSH);
+                    }
+                }
                 Output::Media(cmd) => media_events.extend(plane.command(cmd)),
                 Output::Transmit { flow, bytes } => match flow.transport {
                     Transport::Udp => {
@@ -454,6 +478,12 @@ async fn run_engine(
                     }
                 },
             }
+        }
+        if let Some(sink) = &records
+            && (batch.len() >= RECORD_BATCH || flush_at.is_some_and(|t| t <= Instant::now()))
+        {
+            sink.send(std::mem::take(&mut batch));
+            flush_at = None;
         }
     }
 }

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+pub use centralino_types::record::Record;
+
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[
     // 1: callbacks.
@@ -32,7 +34,54 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX callbacks_status ON callbacks (status, created_at);
     CREATE UNIQUE INDEX callbacks_one_pending ON callbacks (queue, number)
         WHERE status IN ('pending', 'in_progress');",
+    // 2: call records and the queue event log.
+    "CREATE TABLE cdr (
+        id TEXT PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        caller TEXT NOT NULL,
+        did TEXT NOT NULL,
+        queue TEXT,
+        agent TEXT,
+        outcome TEXT,
+        wait_ms INTEGER,
+        talk_ms INTEGER,
+        variables TEXT,
+        anonymised INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX cdr_open ON cdr (ended_at) WHERE ended_at IS NULL;
+    CREATE INDEX cdr_started ON cdr (started_at);
+    CREATE TABLE queue_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        call TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        event TEXT NOT NULL,
+        agent TEXT,
+        position INTEGER,
+        wait_ms INTEGER
+    );
+    CREATE INDEX queue_log_at ON queue_log (at);",
 ];
+
+/// A call record as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cdr {
+    /// Id.
+    pub id: String,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// Unix milliseconds; `None` while the call lasts.
+    pub ended_at: Option<i64>,
+    /// Caller (masked once anonymised).
+    pub caller: String,
+    /// Outcome.
+    pub outcome: Option<String>,
+    /// Queue.
+    pub queue: Option<String>,
+    /// Operator.
+    pub agent: Option<String>,
+}
 
 /// Most callbacks one list returns.
 pub const MAX_LIST: usize = 1000;
@@ -385,6 +434,115 @@ impl Store {
         Ok(Edit::Done(cb))
     }
 
+    /// Writes a batch of records in one transaction (one fsync for many
+    /// events: the call path never waits for the disk).
+    pub fn write_records(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for r in records {
+            match r {
+                Record::CallStarted {
+                    id,
+                    at_ms,
+                    caller,
+                    did,
+                } => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO cdr (id, started_at, caller, did) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, at_ms, caller, did],
+                    )?;
+                }
+                Record::Queue {
+                    call,
+                    at_ms,
+                    queue,
+                    event,
+                    agent,
+                    position,
+                    wait_ms,
+                } => {
+                    tx.execute(
+                        "INSERT INTO queue_log (at, call, queue, event, agent, position, wait_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![at_ms, call, queue, event, agent, position, wait_ms],
+                    )?;
+                }
+                Record::CallEnded {
+                    id,
+                    at_ms,
+                    outcome,
+                    queue,
+                    agent,
+                    wait_ms,
+                    talk_ms,
+                    variables,
+                } => {
+                    tx.execute(
+                        "UPDATE cdr SET ended_at = ?2, outcome = ?3, queue = COALESCE(?4, queue), agent = COALESCE(?5, agent), wait_ms = ?6, talk_ms = ?7, variables = ?8 WHERE id = ?1",
+                        params![id, at_ms, outcome, queue, agent, wait_ms, talk_ms, variables],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes the records of calls that were in progress when a previous
+    /// process died: outcome `interrupted`, ended at `now_ms`.
+    pub fn close_interrupted(&mut self, now_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE cdr SET ended_at = ?1, outcome = 'interrupted' WHERE ended_at IS NULL",
+            params![now_ms],
+        )?)
+    }
+
+    /// Masks the numbers of records and finished callbacks older than
+    /// `cutoff_ms` (all but the last three digits): the retention period.
+    pub fn anonymise_before(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mask = "'***' || substr(caller, -3)";
+        let n = tx.execute(
+            &format!("UPDATE cdr SET caller = {mask}, variables = NULL, anonymised = 1 WHERE anonymised = 0 AND started_at < ?1"),
+            params![cutoff_ms],
+        )?;
+        let m = tx.execute(
+            "UPDATE callbacks SET number = '***' || substr(number, -3) WHERE status IN ('done', 'failed', 'cancelled') AND updated_at * 1000 < ?1 AND number NOT LIKE '***%'",
+            params![cutoff_ms],
+        )?;
+        tx.commit()?;
+        Ok(n + m)
+    }
+
+    /// Call records, newest first (at most `limit`).
+    pub fn recent_cdrs(&self, limit: usize) -> Result<Vec<Cdr>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, started_at, ended_at, caller, outcome, queue, agent FROM cdr ORDER BY started_at DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit.min(MAX_LIST) as i64], |r| {
+            Ok(Cdr {
+                id: r.get(0)?,
+                started_at: r.get(1)?,
+                ended_at: r.get(2)?,
+                caller: r.get(3)?,
+                outcome: r.get(4)?,
+                queue: r.get(5)?,
+                agent: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queue log events of a call, in order: (event, queue, agent).
+    pub fn queue_events(
+        &self,
+        call: &str,
+    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT event, queue, agent FROM queue_log WHERE call = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Callbacks per status.
     pub fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         let mut stmt = self
@@ -501,5 +659,76 @@ mod tests {
             Store::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn records_are_batched_interrupted_calls_closed_and_old_numbers_masked() {
+        let path = temp("cdr");
+        let mut s = Store::open(&path).unwrap();
+        let start = |id: &str, at| Record::CallStarted {
+            id: id.into(),
+            at_ms: at,
+            caller: "+393331234567".into(),
+            did: "800".into(),
+        };
+        s.write_records(&[
+            start("a", 1_000),
+            Record::Queue {
+                call: "a".into(),
+                at_ms: 1_100,
+                queue: "vaccini".into(),
+                event: "enter",
+                agent: None,
+                position: Some(1),
+                wait_ms: None,
+            },
+            Record::Queue {
+                call: "a".into(),
+                at_ms: 5_000,
+                queue: "vaccini".into(),
+                event: "connect",
+                agent: Some("1001".into()),
+                position: None,
+                wait_ms: Some(3_900),
+            },
+            Record::CallEnded {
+                id: "a".into(),
+                at_ms: 65_000,
+                outcome: "answered".into(),
+                queue: Some("vaccini".into()),
+                agent: Some("1001".into()),
+                wait_ms: Some(3_900),
+                talk_ms: Some(60_000),
+                variables: Some("motivo=prenotazione".into()),
+            },
+            start("b", 2_000_000),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.queue_events("a").unwrap(),
+            [
+                ("enter".into(), "vaccini".into(), None),
+                ("connect".into(), "vaccini".into(), Some("1001".into()))
+            ]
+        );
+        drop(s);
+        // The process died with call b in progress.
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.close_interrupted(3_000_000).unwrap(), 1);
+        let cdrs = s.recent_cdrs(10).unwrap();
+        assert_eq!(cdrs[0].id, "b");
+        assert_eq!(
+            (cdrs[0].outcome.as_deref(), cdrs[0].ended_at),
+            (Some("interrupted"), Some(3_000_000))
+        );
+        assert_eq!(cdrs[1].outcome.as_deref(), Some("answered"));
+        // Retention: a's number is masked, b's (younger) is kept.
+        assert_eq!(s.anonymise_before(1_500_000).unwrap(), 1);
+        let cdrs = s.recent_cdrs(10).unwrap();
+        assert_eq!(
+            (cdrs[1].caller.as_str(), cdrs[0].caller.as_str()),
+            ("***567", "+393331234567")
+        );
+        assert_eq!(s.anonymise_before(1_500_000).unwrap(), 0, "once");
     }
 }

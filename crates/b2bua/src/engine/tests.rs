@@ -63,6 +63,8 @@ struct Harness {
     engine: Engine,
     /// Media instructions, in order.
     media: Vec<MediaCommand>,
+    /// Call records and queue events, in order.
+    records: Vec<centralino_types::record::Record>,
     metrics: Metrics,
     now: Instant,
     local: SocketAddr,
@@ -104,6 +106,7 @@ impl Harness {
         Self {
             engine,
             media: Vec::new(),
+            records: Vec::new(),
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
@@ -130,6 +133,7 @@ impl Harness {
                     out.push((flow.remote, parse(&bytes)));
                 }
                 Output::Media(m) => self.media.push(m),
+                Output::Record(r) => self.records.push(r),
             }
         }
         out
@@ -1047,6 +1051,31 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
     assert_eq!(
         h.gauge("centralino_flow_calls_total{flow=vaccini,outcome=queued}"),
         1
+    );
+    // The call record and the queue log, in order.
+    use centralino_types::record::Record;
+    let kinds: Vec<String> = h
+        .records
+        .iter()
+        .map(|r| match r {
+            Record::CallStarted { did, caller, .. } => format!("start {did} {caller}"),
+            Record::Queue {
+                event,
+                queue,
+                agent,
+                ..
+            } => format!("{event} {queue} {}", agent.as_deref().unwrap_or("-")),
+            Record::CallEnded { outcome, .. } => format!("end {outcome}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "start 800 +390612345678",
+            "enter triage -",
+            "offer triage 1002",
+            "connect triage 1002"
+        ]
     );
 }
 

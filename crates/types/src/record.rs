@@ -1,0 +1,54 @@
+//! Events for the call records (CDR) and the queue event log: emitted by
+//! the engine, written in batches by the store.
+
+/// One event for the call records or the queue log, written in batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A call arrived.
+    CallStarted {
+        /// Unique across restarts.
+        id: String,
+        /// Unix milliseconds.
+        at_ms: i64,
+        /// The caller's number (anonymised after the retention period).
+        caller: String,
+        /// The number dialled.
+        did: String,
+    },
+    /// A queue event: enter, offer, connect, abandon, timeout, exit.
+    Queue {
+        /// The call's record id.
+        call: String,
+        /// Unix milliseconds.
+        at_ms: i64,
+        /// Queue name.
+        queue: String,
+        /// What happened.
+        event: &'static str,
+        /// The operator concerned.
+        agent: Option<String>,
+        /// Position in the queue when it happened.
+        position: Option<u32>,
+        /// Time waited so far.
+        wait_ms: Option<i64>,
+    },
+    /// A call ended.
+    CallEnded {
+        /// The call's record id.
+        id: String,
+        /// Unix milliseconds.
+        at_ms: i64,
+        /// answered, abandoned, max_wait, ivr_hangup, ...
+        outcome: String,
+        /// Queue, if it entered one.
+        queue: Option<String>,
+        /// The operator who talked, if any.
+        agent: Option<String>,
+        /// Time in queue.
+        wait_ms: Option<i64>,
+        /// Time talking.
+        talk_ms: Option<i64>,
+        /// IVR answers, `name=value` lines.
+        variables: Option<String>,
+    },
+}
