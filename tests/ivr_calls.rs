@@ -140,6 +140,33 @@ languages = ["it", "en"]
     )
 }
 
+/// A caller to DID 800 keying 1, 2, 3 (`trunk_ivr.xml`), on the line for
+/// `talk_ms` after the keys.
+fn ivr_trunk(scratch: &Scratch, node: &Node, talk_ms: &str) -> Sipp {
+    let media_port = free_port().to_string();
+    Sipp::spawn(
+        scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_ivr.xml"),
+            "-s",
+            "800",
+            "-m",
+            "1",
+            "-d",
+            talk_ms,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-timeout",
+            "60s",
+        ],
+    )
+}
+
 /// A second process on the same scratch (same data directory, same prompts).
 fn node_again(scratch: &Scratch) -> Node {
     let prompts = scratch.path("prompts");
@@ -172,28 +199,7 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         Duration::from_secs(5),
         |v| v == 2.0,
     );
-    let media_port = free_port().to_string();
-    let mut trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_ivr.xml"),
-            "-s",
-            "800",
-            "-m",
-            "1",
-            "-d",
-            "2000",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port,
-            "-timeout",
-            "40s",
-        ],
-    );
+    let mut trunk = ivr_trunk(&scratch, &node, "2000");
     trunk.expect_success(Duration::from_secs(45));
     // 1 (vaccines), 2 (English), 3 (fragile): "prenotazioni", English
     // speakers with vaccini >= 5 only: 1003.
@@ -270,29 +276,8 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
 fn calls_in_progress_at_kill_9_are_closed_as_interrupted_on_restart() {
     let scratch = Scratch::new("ivr-kill");
     let mut node = node(&scratch);
-    let media_port = free_port().to_string();
     // Keys 1, 2, 3 into "prenotazioni" where nobody is logged in: waits.
-    let _trunk = Sipp::spawn(
-        &scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_ivr.xml"),
-            "-s",
-            "800",
-            "-m",
-            "1",
-            "-d",
-            "60000",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port,
-            "-timeout",
-            "60s",
-        ],
-    );
+    let _trunk = ivr_trunk(&scratch, &node, "60000");
     node.wait_metric(
         "centralino_queue_calls{queue=\"prenotazioni\"}",
         Duration::from_secs(15),
