@@ -308,17 +308,36 @@ fn caller_hears_music_then_the_operator_and_each_key_is_reported_once() {
     let Heard::Music(k0) = waiting[0].1 else {
         panic!("first packet is not music: {:?}", waiting[0])
     };
-    for (j, (h, w)) in waiting.iter().enumerate() {
-        assert_eq!(*w, Heard::Music((k0 + j) % n), "frame {j}");
-        assert_eq!(h.ssrc, waiting[0].0.ssrc);
-        assert_eq!(h.seq, waiting[0].0.seq.wrapping_add(j as u16), "seq {j}");
+    // Frame after frame, as one stream. A media thread running late skips
+    // frames rather than bursting (at most 3 caught up): then the
+    // timestamp jumps by exactly the frames skipped, the sequence number
+    // does not.
+    let mut skipped = 0;
+    for (j, pair) in waiting.windows(2).enumerate() {
+        let ((h0, w0), (h1, w1)) = (&pair[0], &pair[1]);
+        let (Heard::Music(k0), Heard::Music(k1)) = (w0, w1) else {
+            panic!("not music at {j}: {w1:?}")
+        };
+        assert_eq!(h1.ssrc, h0.ssrc);
+        assert_eq!(h1.seq, h0.seq.wrapping_add(1), "seq {j}");
+        let frames = h1.timestamp.wrapping_sub(h0.timestamp) / 160;
+        assert!(frames >= 1 && h1.timestamp.wrapping_sub(h0.timestamp) % 160 == 0);
         assert_eq!(
-            h.timestamp,
-            waiting[0].0.timestamp.wrapping_add(160 * j as u32)
+            (k0 + frames as usize) % n,
+            *k1,
+            "frame {j}: the audio follows the clock"
         );
-        assert_eq!(h.marker, j == 0, "marker only at the start");
-        assert_eq!(h.payload_type, 8);
+        skipped += frames as usize - 1;
+        assert!(!h1.marker, "marker only at the start");
+        assert_eq!(h1.payload_type, 8);
     }
+    assert!(waiting[0].0.marker);
+    assert!(
+        skipped * 20 < waiting.len(),
+        "{skipped} frames skipped of {}",
+        waiting.len()
+    );
+    let _ = k0;
     // 2. Then the operator's side: our speech, through µ-law and back, in
     // the same stream (same SSRC, next sequence number, marker).
     let (h, _) = &heard[first_echo];
@@ -535,8 +554,27 @@ fn waiting_callers_hear_their_position_in_italian_between_the_music() {
     for t in &mut trunks {
         t.expect_success(Duration::from_secs(5));
     }
-    let contains =
-        |hay: &[[u8; 160]], needle: &[[u8; 160]]| hay.windows(needle.len()).any(|w| w == needle);
+    // The prompt's frames in order; a media thread running late may skip
+    // a few (it never bursts), so up to 10 % may be missing.
+    let contains = |hay: &[[u8; 160]], needle: &[[u8; 160]]| {
+        let Some(start) = hay.iter().position(|f| *f == needle[0]) else {
+            return false;
+        };
+        let (mut j, mut found) = (0, 0);
+        for f in &hay[start..] {
+            if j >= needle.len() {
+                break;
+            }
+            if let Some(k) = needle[j..needle.len().min(j + 5)]
+                .iter()
+                .position(|e| e == f)
+            {
+                j += k + 1;
+                found += 1;
+            }
+        }
+        j >= needle.len() - 1 && found * 10 >= needle.len() * 9
+    };
     // "Lei è il prossimo … grazie per l'attesa"; nobody is staffed, so no
     // wait is said.
     let first = italian(&["queue-youarenext", "queue-thankyou"]);
