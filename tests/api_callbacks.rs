@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, Scratch};
+use common::{Node, Scratch, media_trunk, wav};
 use serde_json::Value;
 
 const TOKEN: &str = "demo-admin-token";
@@ -226,4 +226,43 @@ fn acknowledged_callbacks_survive_kill_9() {
     node.wait_metric("centralino_calls_active", Duration::from_secs(1), |v| {
         v == 0.0
     });
+}
+
+#[test]
+fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
+    let scratch = Scratch::new("api-vhold");
+    let prompts = scratch.path("prompts");
+    std::fs::create_dir_all(&prompts).expect("prompts dir");
+    std::fs::write(prompts.join("richiamata.wav"), wav(&[300; 2400])).expect("prompt");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http)
+            .replace(
+                "[[api.tokens]]",
+                &format!("[media]\nprompts_dir = \"{}\"\n\n[[api.tokens]]", prompts.display()),
+            )
+            .replace(
+                "name = \"vaccini\"\ntenant = \"asl\"\n",
+                "name = \"vaccini\"\ntenant = \"asl\"\ncallback_key = \"1\"\ncallback_confirm_prompts = [\"richiamata\"]\n",
+            )
+    });
+    let mut trunk = media_trunk(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_virtual_hold.xml",
+        "100",
+        "0",
+    );
+    trunk.expect_success(Duration::from_secs(25));
+    let (code, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(TOKEN), None);
+    assert_eq!(code, 200);
+    let list = json(&body)["callbacks"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["number"], "+39333001");
+    assert_eq!(list[0]["source"], "ivr");
+    assert_eq!(list[0]["queue"], "vaccini");
+    assert_eq!(
+        node.metric("centralino_queue_calls{queue=\"vaccini\"}"),
+        0.0
+    );
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Node, Scratch, Sipp, free_port, register, scenario, wav};
+use common::{Node, Scratch, Sipp, media_trunk, register, scenario, wav};
 
 /// A 0.3 s tone, so prompts end quickly.
 fn beep(path: &Path) {
@@ -143,28 +143,7 @@ languages = ["it", "en"]
 /// A caller to DID 800 keying 1, 2, 3 (`trunk_ivr.xml`), on the line for
 /// `talk_ms` after the keys.
 fn ivr_trunk(scratch: &Scratch, node: &Node, talk_ms: &str) -> Sipp {
-    let media_port = free_port().to_string();
-    Sipp::spawn(
-        scratch,
-        "trunk",
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_ivr.xml"),
-            "-s",
-            "800",
-            "-m",
-            "1",
-            "-d",
-            talk_ms,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port,
-            "-timeout",
-            "60s",
-        ],
-    )
+    media_trunk(scratch, node, "trunk", "trunk_ivr.xml", "800", talk_ms)
 }
 
 /// A second process on the same scratch (same data directory, same prompts).
@@ -325,26 +304,7 @@ fn outside_opening_hours_the_caller_hears_closed_and_is_hung_up_on() {
 }
 
 fn closed_call(scratch: &Scratch, node: &Node, label: &str) {
-    let media_port = free_port().to_string();
-    let mut trunk = Sipp::spawn(
-        scratch,
-        label,
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario("trunk_ivr_closed.xml"),
-            "-s",
-            "801",
-            "-m",
-            "1",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port,
-            "-timeout",
-            "20s",
-        ],
-    );
+    let mut trunk = media_trunk(scratch, node, label, "trunk_ivr_closed.xml", "801", "0");
     trunk.expect_success(Duration::from_secs(25));
 }
 

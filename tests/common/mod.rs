@@ -513,3 +513,37 @@ pub(crate) fn wav(samples: &[i16]) -> Vec<u8> {
     w.extend_from_slice(&data);
     w
 }
+
+/// A SIPp trunk placing one call to `did` with `scenario_file`, its RTP on a
+/// free port of 127.0.0.1 (for `play_pcap_audio`), `-d pause_ms`.
+pub(crate) fn media_trunk(
+    scratch: &Scratch,
+    node: &Node,
+    label: &str,
+    scenario_file: &str,
+    did: &str,
+    pause_ms: &str,
+) -> Sipp {
+    let media_port = free_port().to_string();
+    Sipp::spawn(
+        scratch,
+        label,
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario(scenario_file),
+            "-s",
+            did,
+            "-m",
+            "1",
+            "-d",
+            pause_ms,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-timeout",
+            "60s",
+        ],
+    )
+}

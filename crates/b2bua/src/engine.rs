@@ -65,6 +65,19 @@ pub enum Output {
     Media(MediaCommand),
     /// A call record or queue log event, for the store (batched there).
     Record(Record),
+    /// Store a callback request (virtual hold); answer with
+    /// [`Engine::callback_stored`] once it is durable, or not.
+    StoreCallback {
+        /// The call asking.
+        call: CallId,
+        /// Its queue.
+        queue: String,
+        /// The number to call back (the caller's).
+        number: String,
+        /// When the call entered the queue (Unix seconds): the request
+        /// keeps its place.
+        enqueued_unix: i64,
+    },
 }
 
 /// A call's anchored media as the signalling side knows it.
@@ -180,6 +193,8 @@ struct Call {
     record_id: String,
     /// When an operator answered, and who.
     connected: Option<(Instant, String)>,
+    /// The caller asked to be called back; the store has not answered yet.
+    callback_asked: bool,
 }
 
 /// What the IVR interpreter sees of the engine.
@@ -241,6 +256,8 @@ enum CallTimer {
     Progress,
     /// The IVR flow's next deadline (prompt end, key timeout).
     Flow,
+    /// The callback confirmation has played: end the call.
+    CallbackDone,
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -277,6 +294,8 @@ pub struct Engine {
     announce_every: Vec<Option<Duration>>,
     /// Per queue: answered calls are recorded.
     record: Vec<bool>,
+    /// Per queue: virtual hold key, offer prompts, confirmation prompts.
+    virtual_hold: Vec<(Option<char>, Vec<String>, Vec<String>)>,
     /// Queue ids by name (flows name their queues).
     queue_ids: HashMap<String, QueueId>,
     catalog: Catalog,
@@ -397,6 +416,17 @@ impl Engine {
             advertise: config.media.advertise_address,
             announce_every: config.queues.iter().map(|q| q.announce_every).collect(),
             record: config.queues.iter().map(|q| q.record).collect(),
+            virtual_hold: config
+                .queues
+                .iter()
+                .map(|q| {
+                    (
+                        q.callback_key,
+                        q.callback_offer_prompts.clone(),
+                        q.callback_confirm_prompts.clone(),
+                    )
+                })
+                .collect(),
             queue_ids: config
                 .queues
                 .iter()
@@ -1097,6 +1127,7 @@ impl Engine {
                 pending_flow: None,
                 record_id,
                 connected: None,
+                callback_asked: false,
             },
         );
         match target {
@@ -1683,6 +1714,9 @@ impl Engine {
                 )));
                 self.respond(now, &a_key, &r);
             }
+            CallTimer::CallbackDone => {
+                self.end_unanswered(now, call_id, 480, "callback_requested", false);
+            }
             CallTimer::Flow => {
                 let Some(mut run) = call.run.take() else {
                     return;
@@ -1725,7 +1759,8 @@ impl Engine {
         let minutes = est
             .wait
             .map(|d| u32::try_from(d.as_secs().div_ceil(60)).unwrap_or(u32::MAX));
-        let names = announce::position_and_wait(position, minutes);
+        let mut names = announce::position_and_wait(position, minutes);
+        names.extend(self.virtual_hold[queue.0 as usize].1.iter().cloned());
         let Some(prompts) = self.prompts.sequence(&names) else {
             self.metrics
                 .announcements
@@ -1789,6 +1824,50 @@ impl Engine {
         self.pump(now);
     }
 
+    /// The store's answer to [`Output::StoreCallback`]: when durable, the
+    /// call leaves the queue, hears the confirmation and ends; if not, it
+    /// keeps its place.
+    pub fn callback_stored(&mut self, now: Instant, call_id: CallId, stored: bool) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        if !stored || call.phase == Phase::Connected {
+            call.callback_asked = false;
+            warn!("callback not stored: the caller keeps waiting");
+            self.metrics
+                .callbacks
+                .with_label_values(&["ivr_failed"])
+                .inc();
+            return;
+        }
+        self.metrics
+            .callbacks
+            .with_label_values(&["ivr_created"])
+            .inc();
+        let confirm = self.virtual_hold[call.queue.0 as usize].2.clone();
+        // Out of the queue now: no operator may be offered it any more.
+        self.router.withdraw(now, call_id);
+        let forks: Vec<BLeg> = call.forks.drain(..).collect();
+        call.phase = Phase::Ivr;
+        for b in forks {
+            self.cancel_b(now, b);
+        }
+        let prompts: Vec<Prompt> = confirm
+            .iter()
+            .filter_map(|n| self.prompts.get(n).cloned())
+            .collect();
+        let duration: Duration = prompts.iter().map(Prompt::duration).sum();
+        self.out.push_back(Output::Media(MediaCommand::Play {
+            call: call_id,
+            prompts,
+            music: None,
+        }));
+        self.timers
+            .push(Reverse((now + duration, call_id, CallTimer::CallbackDone)));
+        self.pump(now);
+    }
+
     /// One key press, from RTP or SIP INFO: kept for the call's flow.
     fn on_digit(
         &mut self,
@@ -1810,6 +1889,45 @@ impl Engine {
         // The digit itself only at debug: callers key in codes and dates.
         debug!(side = side.label(), source, %digit, "key press");
         info!(side = side.label(), source, "key press received");
+        if side == Side::A
+            && matches!(call.phase, Phase::Queued | Phase::Offering)
+            && call.in_queue
+            && !call.callback_asked
+            && self.virtual_hold[call.queue.0 as usize].0 == Some(digit)
+        {
+            let number = call.caller.clone();
+            let valid = {
+                let d = number.strip_prefix('+').unwrap_or(&number);
+                (6..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
+            };
+            if valid {
+                call.callback_asked = true;
+                info!(number = %Masked(&number), "caller asks to be called back");
+                let enqueued_unix = self.wall.1
+                    + call
+                        .enqueued
+                        .saturating_duration_since(self.wall.0)
+                        .as_secs() as i64
+                    - self
+                        .wall
+                        .0
+                        .saturating_duration_since(call.enqueued)
+                        .as_secs() as i64;
+                self.out.push_back(Output::StoreCallback {
+                    call: call_id,
+                    queue: self.router.queue(call.queue).name.clone(),
+                    number,
+                    enqueued_unix,
+                });
+            } else {
+                info!("callback asked without a usable caller number: the call stays queued");
+                self.metrics
+                    .callbacks
+                    .with_label_values(&["no_number"])
+                    .inc();
+            }
+            return;
+        }
         if side == Side::A
             && let Some(mut run) = call.run.take()
         {
@@ -1907,6 +2025,7 @@ impl Engine {
             let event = match outcome {
                 "cancelled" | "abandoned" => "abandon",
                 "max_wait" => "timeout",
+                "callback_requested" => "callback",
                 _ => "exit",
             };
             self.out.push_back(Output::Record(Record::Queue {

@@ -308,6 +308,12 @@ struct RawQueue {
     music_on_hold: Option<String>,
     #[serde(default)]
     record: bool,
+    #[serde(default)]
+    callback_key: Option<String>,
+    #[serde(default)]
+    callback_offer_prompts: Vec<String>,
+    #[serde(default)]
+    callback_confirm_prompts: Vec<String>,
 }
 
 fn default_retry() -> u64 {
@@ -453,6 +459,14 @@ pub struct Queue {
     /// Answered calls are recorded (both legs mixed) under
     /// `media.recordings_dir`.
     pub record: bool,
+    /// Virtual hold: this key while waiting asks to be called back (the
+    /// request keeps the original enqueue time).
+    pub callback_key: Option<char>,
+    /// Played after each announcement when `callback_key` is set ("press
+    /// 1 to be called back").
+    pub callback_offer_prompts: Vec<String>,
+    /// Played once the callback is stored, before the call ends.
+    pub callback_confirm_prompts: Vec<String>,
 }
 
 /// What an API token may do.
@@ -573,9 +587,19 @@ impl Config {
             .find(|p| p.is_file())
     }
 
-    /// Every prompt the IVR flows play, with the key path of its node.
+    /// Every prompt the IVR flows and the queues' virtual hold play, with
+    /// the key path that names it.
     pub fn flow_prompts(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            for p in q
+                .callback_offer_prompts
+                .iter()
+                .chain(&q.callback_confirm_prompts)
+            {
+                out.push((format!("queues[{i}]"), p.clone()));
+            }
+        }
         for (i, f) in self.flows.iter().enumerate() {
             for (k, node) in f.nodes.iter().enumerate() {
                 for p in node.prompts() {
@@ -943,6 +967,21 @@ impl Config {
                     .then(|| Duration::from_secs(q.announce_seconds)),
                 music_on_hold: q.music_on_hold.as_ref().map(PathBuf::from),
                 record: q.record,
+                callback_key: match q.callback_key.as_deref() {
+                    None => None,
+                    Some(k) => {
+                        let mut c = k.chars();
+                        match (c.next(), c.next()) {
+                            (Some(d @ ('0'..='9' | '*' | '#')), None) => Some(d),
+                            _ => {
+                                p.add(format!("{path}.callback_key"), "one of 0-9, *, #");
+                                None
+                            }
+                        }
+                    }
+                },
+                callback_offer_prompts: q.callback_offer_prompts.clone(),
+                callback_confirm_prompts: q.callback_confirm_prompts.clone(),
                 routing: QueueSettings {
                     name: q.name.clone(),
                     tenant: tenant as u16,

@@ -152,6 +152,30 @@ impl RecordSink {
     pub fn send(&self, batch: Vec<centralino_store::Record>) {
         let _ = self.0.send(StoreReq::Records(batch));
     }
+
+    /// Stores a callback asked for during a call (virtual hold); returns
+    /// once it is durable.
+    pub async fn create_callback(
+        &self,
+        queue: String,
+        number: String,
+        enqueued_unix: i64,
+    ) -> Result<Created, String> {
+        let new = NewCallback {
+            id: random_id(),
+            queue,
+            number,
+            not_before: None,
+            requirements: None,
+            priority: 0,
+            source: "ivr".into(),
+            created_at: Some(enqueued_unix),
+        };
+        let now = unix_now();
+        StoreHandle(self.0.clone())
+            .ask(|r| StoreReq::Create(new, now, r))
+            .await
+    }
 }
 
 /// What the API needs.
@@ -494,6 +518,7 @@ async fn create(api: &Api, headers: &HeaderMap, body: &Bytes) -> Response {
         requirements: b.requirements,
         priority: b.priority.unwrap_or(0),
         source: "api".into(),
+        created_at: None,
     };
     let now = unix_now();
     match api.store.ask(|r| StoreReq::Create(new, now, r)).await {

@@ -404,6 +404,8 @@ async fn run_engine(
     // Call records leave in batches: one store transaction (one fsync)
     // per RECORD_BATCH events or RECORD_FLUSH of time, never per event.
     let mut batch: Vec<centralino_types::record::Record> = Vec::new();
+    // Virtual-hold requests come back from the store here.
+    let (cb_tx, mut cb_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
     let mut flush_at: Option<Instant> = None;
     let _ = &metrics;
     loop {
@@ -437,6 +439,9 @@ async fn run_engine(
             Some(event) = media_rx.recv() => {
                 engine.handle_media(Instant::now().into_std(), event);
             }
+            Some((call, stored)) = cb_rx.recv() => {
+                engine.callback_stored(Instant::now().into_std(), call, stored);
+            }
         }
         loop {
             let Some(out) = engine.poll_output() else {
@@ -459,6 +464,26 @@ async fn run_engine(
                     }
                 }
                 Output::Media(cmd) => media_events.extend(plane.command(cmd)),
+                Output::StoreCallback {
+                    call,
+                    queue,
+                    number,
+                    enqueued_unix,
+                } => match &records {
+                    Some(sink) => {
+                        let (sink, tx) = (sink.clone(), cb_tx.clone());
+                        tokio::spawn(async move {
+                            let stored = sink
+                                .create_callback(queue, number, enqueued_unix)
+                                .await
+                                .is_ok();
+                            let _ = tx.send((call, stored));
+                        });
+                    }
+                    None => {
+                        let _ = cb_tx.send((call, false));
+                    }
+                },
                 Output::Transmit { flow, bytes } => match flow.transport {
                     Transport::Udp => {
                         if let Some(sock) = udp.get(&flow.local)

@@ -189,6 +189,9 @@ pub struct NewCallback {
     pub priority: i32,
     /// Where it came from.
     pub source: String,
+    /// When it was asked for, if not now: a caller who chose a callback
+    /// while waiting keeps the time they entered the queue.
+    pub created_at: Option<i64>,
 }
 
 /// What a create did.
@@ -299,9 +302,10 @@ impl Store {
         if let Some(cb) = existing {
             return Ok(Created::Existing(cb));
         }
+        let created = new.created_at.unwrap_or(now);
         tx.execute(
             "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, source, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?9)",
             params![
                 new.id,
                 new.queue,
@@ -310,6 +314,7 @@ impl Store {
                 new.requirements,
                 new.priority,
                 new.source,
+                created,
                 now
             ],
         )?;
@@ -325,7 +330,7 @@ impl Store {
             attempts: 0,
             outcome: None,
             source: new.source.clone(),
-            created_at: now,
+            created_at: created,
             updated_at: now,
         }))
     }
@@ -582,6 +587,7 @@ mod tests {
             requirements: None,
             priority: 0,
             source: "api".into(),
+            created_at: None,
         }
     }
 

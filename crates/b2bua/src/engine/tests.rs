@@ -134,6 +134,7 @@ impl Harness {
                 }
                 Output::Media(m) => self.media.push(m),
                 Output::Record(r) => self.records.push(r),
+                Output::StoreCallback { .. } => panic!("a callback request nobody expected"),
             }
         }
         out
@@ -1184,4 +1185,86 @@ fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
     )
     .unwrap();
     assert!(h.engine.reload(&renamed).unwrap_err().contains("restart"));
+}
+
+#[test]
+fn virtual_hold_stores_a_callback_then_frees_the_caller_and_keeps_the_place_on_failure() {
+    let config = CONFIG.replace(
+        "wrap_up_seconds = 3",
+        "wrap_up_seconds = 3\ncallback_key = \"1\"\ncallback_confirm_prompts = [\"grazie\"]",
+    );
+    let mut h = Harness::with(&config);
+    let mut lib = Library::new();
+    lib.insert("grazie", Prompt::from_samples(&[100; 800], Law::Alaw));
+    h.engine.set_prompts(Arc::new(lib), vec![None]);
+    h.engine.set_wall_clock(h.now, 1_796_119_200);
+    h.invite("v1");
+    h.drain();
+    let call = centralino_types::CallId(1);
+    assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 1);
+    // The store fails: the caller keeps the place.
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Dtmf {
+            call,
+            side: Side::A,
+            digit: '1',
+        },
+    );
+    let stored = |h: &mut Harness| {
+        let mut asked = Vec::new();
+        while let Some(o) = h.engine.poll_output() {
+            if let Output::StoreCallback {
+                number,
+                enqueued_unix,
+                queue,
+                ..
+            } = o
+            {
+                asked.push((number, enqueued_unix, queue));
+            }
+        }
+        asked
+    };
+    assert_eq!(
+        stored(&mut h),
+        [("+390612345678".to_owned(), 1_796_119_200, "info".to_owned())]
+    );
+    h.engine.callback_stored(h.now, call, false);
+    assert_eq!(
+        h.gauge("centralino_queue_calls{queue=info}"),
+        1,
+        "still waiting"
+    );
+    // Again, and this time it is durable: out of the queue, the
+    // confirmation plays, then the call ends.
+    h.now += Duration::from_secs(30);
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Dtmf {
+            call,
+            side: Side::A,
+            digit: '1',
+        },
+    );
+    let asked = stored(&mut h);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].1, 1_796_119_200, "the original enqueue time");
+    h.engine.callback_stored(h.now, call, true);
+    h.drain();
+    assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 0);
+    assert!(
+        matches!(h.media.last(), Some(MediaCommand::Play { prompts, .. }) if prompts.len() == 1)
+    );
+    let out = h.advance(Duration::from_millis(150));
+    assert_eq!(
+        codes(&out, TRUNK),
+        vec![480],
+        "the call ends after the confirmation"
+    );
+    assert_eq!(
+        h.gauge("centralino_callbacks_total{outcome=ivr_created}"),
+        1
+    );
+    assert_eq!(h.engine.active_calls(), 0);
 }
