@@ -146,7 +146,14 @@ fn check_config(file: &PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Config::from_toml(&text) {
+    let flows = match read_flows_dir(file, &text) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{}: {e:#}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    match Config::from_toml_with_flows(&text, &flows) {
         Ok(c) => {
             // Prompt files are on this machine's disk: checked here, not in
             // the (I/O-free) configuration crate.
@@ -285,13 +292,40 @@ fn simulate(
     Ok(())
 }
 
+/// The `*.toml` files of the configuration's `flows_dir` (relative to the
+/// configuration file), one flow each, in name order.
+fn read_flows_dir(config: &std::path::Path, text: &str) -> Result<Vec<(String, String)>> {
+    let Some(dir) = Config::flows_dir(text) else {
+        return Ok(Vec::new());
+    };
+    let dir = config
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("flows_dir {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let body =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            Ok((f.display().to_string(), body))
+        })
+        .collect()
+}
+
 fn load(path: Option<PathBuf>) -> Result<Config> {
     match path {
         None => Config::embedded().context("embedded configuration"),
         Some(p) => {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Config::from_toml(&text)
+            let flows = read_flows_dir(&p, &text)?;
+            Config::from_toml_with_flows(&text, &flows)
                 .with_context(|| format!("{} is not a valid configuration", p.display()))
         }
     }

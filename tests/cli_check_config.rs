@@ -80,3 +80,47 @@ fn unknown_keys_are_refused() {
     assert_eq!(code, 1);
     assert!(stderr.contains("ring_timeout"), "{stderr}");
 }
+
+#[test]
+fn flows_may_live_one_per_file_and_their_problems_name_the_file() {
+    let scratch = Scratch::new("checkflows");
+    let dir = scratch.path("flows");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = scratch.path("prompts");
+    std::fs::create_dir_all(&prompts).unwrap();
+    std::fs::write(prompts.join("benvenuto.wav"), common::wav(&[0; 800])).unwrap();
+    let main = scratch.path("centralino.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "flows_dir = \"flows\"\n[media]\nprompts_dir = \"{}\"\n[[tenants]]\nname = \"asl\"\n[[queues]]\nname = \"info\"\ntenant = \"asl\"\n[[trunks]]\nname = \"t\"\ntenant = \"asl\"\npeers = [\"127.0.0.1\"]\ndids = {{ \"800\" = {{ flow = \"benvenuto\" }} }}\n",
+            prompts.display()
+        ),
+    )
+    .unwrap();
+    let good = "name = \"benvenuto\"\nstart = \"ciao\"\n[nodes.ciao]\ntype = \"play\"\nprompts = [\"benvenuto\"]\nnext = \"coda\"\n[nodes.coda]\ntype = \"enqueue\"\nqueue = \"info\"\n";
+    std::fs::write(dir.join("benvenuto.toml"), good).unwrap();
+    let (code, stdout, stderr) = check(&main);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 flow(s)"), "{stdout}");
+    // A broken file: the problem names it; a missing prompt is found too.
+    std::fs::write(
+        dir.join("benvenuto.toml"),
+        good.replace("next = \"coda\"", "next = \"nowhere\""),
+    )
+    .unwrap();
+    let (code, _, stderr) = check(&main);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("benvenuto.toml.nodes.ciao.next: unknown node \"nowhere\""),
+        "{stderr}"
+    );
+    std::fs::write(
+        dir.join("benvenuto.toml"),
+        good.replace("[\"benvenuto\"]", "[\"assente\"]"),
+    )
+    .unwrap();
+    let (code, _, stderr) = check(&main);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("prompt \"assente\" not found"), "{stderr}");
+}

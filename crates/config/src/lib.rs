@@ -61,7 +61,11 @@ struct RawConfig {
     media: RawMedia,
     api: RawApi,
     store: RawStore,
+    flows_dir: Option<String>,
     flows: Vec<centralino_flows::RawFlow>,
+    /// Names of the files the last flows came from (not in the TOML).
+    #[serde(skip)]
+    flow_files: Vec<String>,
     tenants: Vec<RawTenant>,
     trunks: Vec<RawTrunk>,
     queues: Vec<RawQueue>,
@@ -653,8 +657,41 @@ impl Config {
 
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
+        Self::from_toml_with_flows(text, &[])
+    }
+
+    /// The `flows_dir` a configuration names (relative to its own file),
+    /// for the caller to read: the configuration crate does no I/O.
+    pub fn flows_dir(text: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Only {
+            flows_dir: Option<String>,
+        }
+        let t: toml::Table = toml::from_str(text).ok()?;
+        let only: Only = toml::Table::try_into(
+            t.into_iter()
+                .filter(|(k, _)| k == "flows_dir")
+                .collect::<toml::Table>(),
+        )
+        .ok()?;
+        only.flows_dir
+    }
+
+    /// Parses a configuration plus flows kept one per file (`(name,
+    /// text)` pairs, e.g. `config/flows/*.toml`); a file's problems carry
+    /// its name in their key path.
+    pub fn from_toml_with_flows(
+        text: &str,
+        flow_files: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        for (name, body) in flow_files {
+            let flow: centralino_flows::RawFlow =
+                toml::from_str(body).map_err(|e| ConfigError::Syntax(format!("{name}: {e}")))?;
+            raw.flows.push(flow);
+            raw.flow_files.push(name.clone());
+        }
         Self::validate(raw)
     }
 
@@ -1004,8 +1041,12 @@ impl Config {
         let mut trunks = Vec::new();
         let mut flows = Vec::new();
         let mut flow_names: Vec<String> = Vec::new();
+        let inline = raw.flows.len() - raw.flow_files.len();
         for (i, f) in raw.flows.iter().enumerate() {
-            let path = format!("flows[{i}]");
+            let path = match i.checked_sub(inline) {
+                Some(k) => raw.flow_files[k].clone(),
+                None => format!("flows[{i}]"),
+            };
             if !valid_name(&f.name) {
                 p.add(format!("{path}.name"), "letters, digits, - and _ (1 to 64)");
             }
