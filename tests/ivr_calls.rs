@@ -50,6 +50,22 @@ name = "prenotazioni"
 tenant = "asl"
 requirements = "vaccini >= 5"
 ring_timeout_seconds = 10
+script = "prenotazione"
+
+[[scripts]]
+name = "prenotazione"
+start = "dose"
+[scripts.questions.dose]
+text = "Ha già ricevuto la prima dose?"
+answers = {{ "si" = "data", "no" = "end" }}
+[scripts.questions.data]
+text = "In che data?"
+kind = "date"
+
+[[api.tokens]]
+name = "desk"
+token = "desk-token-0123456789"
+role = "admin"
 
 # Level 1: 1 = vaccines, 2 = information. Level 2 (vaccines): 1 = Italian,
 # 2 = English. Level 3: 3 = a fragile caller (booking for a disabled
@@ -249,6 +265,37 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
             "connect prenotazioni 1003"
         ]
     );
+
+    // The operator's desktop reads the queue's script and stores the
+    // answers with the call record.
+    let token = Some("desk-token-0123456789");
+    let (code, body) = node.http("GET", "/api/v1/scripts/prenotazione", token, None);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"start\":\"dose\"") && body.contains("prima dose"),
+        "{body}"
+    );
+    let (code, body) = node.http(
+        "POST",
+        &format!("/api/v1/calls/{}/answers", cdr.id),
+        token,
+        Some(r#"{"agent": "1003", "answers": {"dose": "si", "data": "12052021"}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(
+        store.answers(&cdr.id).expect("answers"),
+        [
+            ("data".into(), "12052021".into()),
+            ("dose".into(), "si".into())
+        ]
+    );
+    let (code, _) = node.http(
+        "POST",
+        "/api/v1/calls/unknown/answers",
+        token,
+        Some(r#"{"answers": {"dose": "no"}}"#),
+    );
+    assert_eq!(code, 404);
 }
 
 #[test]

@@ -294,6 +294,8 @@ pub struct Engine {
     announce_every: Vec<Option<Duration>>,
     /// Per queue: answered calls are recorded.
     record: Vec<bool>,
+    /// Per queue: the operator script's name.
+    scripts: Vec<Option<String>>,
     /// Per queue: virtual hold key, offer prompts, confirmation prompts.
     virtual_hold: Vec<(Option<char>, Vec<String>, Vec<String>)>,
     /// Queue ids by name (flows name their queues).
@@ -416,6 +418,11 @@ impl Engine {
             advertise: config.media.advertise_address,
             announce_every: config.queues.iter().map(|q| q.announce_every).collect(),
             record: config.queues.iter().map(|q| q.record).collect(),
+            scripts: config
+                .queues
+                .iter()
+                .map(|q| q.script.map(|i| config.scripts[i].name.clone()))
+                .collect(),
             virtual_hold: config
                 .queues
                 .iter()
@@ -1439,6 +1446,12 @@ impl Engine {
         );
         inv.push("Contact", &Self::contact(flow));
         inv.push("User-Agent", &self.user_agent);
+        // The call record id (operator answers are stored against it) and
+        // the queue's operator script, for the operator's desktop.
+        inv.push("X-Centralino-Call", &call.record_id);
+        if let Some(script) = &self.scripts[call.queue.0 as usize] {
+            inv.push("X-Centralino-Script", script);
+        }
         // What the caller chose and answered in the IVR travels with the
         // offer, for the operator's phone or desktop to show.
         if let Some(run) = &call.run {

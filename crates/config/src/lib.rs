@@ -66,6 +66,7 @@ struct RawConfig {
     /// Names of the files the last flows came from (not in the TOML).
     #[serde(skip)]
     flow_files: Vec<String>,
+    scripts: Vec<RawScript>,
     tenants: Vec<RawTenant>,
     trunks: Vec<RawTrunk>,
     queues: Vec<RawQueue>,
@@ -115,6 +116,26 @@ impl Default for RawSip {
             user_agent: "Centralino".into(),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScript {
+    name: String,
+    start: String,
+    questions: BTreeMap<String, RawQuestion>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuestion {
+    text: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    answers: BTreeMap<String, String>,
+    #[serde(default)]
+    next: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +334,8 @@ struct RawQueue {
     #[serde(default)]
     record: bool,
     #[serde(default)]
+    script: Option<String>,
+    #[serde(default)]
     callback_key: Option<String>,
     #[serde(default)]
     callback_offer_prompts: Vec<String>,
@@ -463,6 +486,9 @@ pub struct Queue {
     /// Answered calls are recorded (both legs mixed) under
     /// `media.recordings_dir`.
     pub record: bool,
+    /// The operator script shown with this queue's calls (index into
+    /// [`Config::scripts`]).
+    pub script: Option<usize>,
     /// Virtual hold: this key while waiting asks to be called back (the
     /// request keeps the original enqueue time).
     pub callback_key: Option<char>,
@@ -471,6 +497,52 @@ pub struct Queue {
     pub callback_offer_prompts: Vec<String>,
     /// Played once the callback is stored, before the call ends.
     pub callback_confirm_prompts: Vec<String>,
+}
+
+/// A guided conversation for operators: questions with branches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script {
+    /// Name (queues refer to it).
+    pub name: String,
+    /// First question id.
+    pub start: String,
+    /// Questions by id.
+    pub questions: BTreeMap<String, Question>,
+}
+
+/// One question of a script.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    /// What the operator asks.
+    pub text: String,
+    /// `choice` (answers → next), `text` or `date` (then `next`).
+    pub kind: QuestionKind,
+    /// For `choice`: answer → next question id, or `end`.
+    pub answers: BTreeMap<String, String>,
+    /// For `text` and `date`: the next question id, or `end`.
+    pub next: String,
+}
+
+/// How a question is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuestionKind {
+    /// One of the listed answers.
+    Choice,
+    /// Free text.
+    Text,
+    /// A date.
+    Date,
+}
+
+impl QuestionKind {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Choice => "choice",
+            Self::Text => "text",
+            Self::Date => "date",
+        }
+    }
 }
 
 /// What an API token may do.
@@ -562,6 +634,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// IVR flows, checked.
     pub flows: Vec<std::sync::Arc<centralino_flows::Flow>>,
+    /// Operator scripts, checked.
+    pub scripts: Vec<Script>,
     /// HTTP API bearer tokens.
     pub api_tokens: Vec<ApiToken>,
     /// Numbers in call records and finished callbacks are masked after
@@ -895,6 +969,119 @@ impl Config {
         };
 
         let mut queues = Vec::new();
+        let mut scripts: Vec<Script> = Vec::new();
+        for (i, sc) in raw.scripts.iter().enumerate() {
+            let path = format!("scripts[{i}]");
+            if !valid_name(&sc.name) {
+                p.add(format!("{path}.name"), "letters, digits, - and _ (1 to 64)");
+            }
+            if scripts.iter().any(|o| o.name == sc.name) {
+                p.add(
+                    format!("{path}.name"),
+                    format!("duplicate script {:?}", sc.name),
+                );
+            }
+            if sc.questions.len() > 200 {
+                p.add(format!("{path}.questions"), "at most 200 questions");
+            }
+            if !sc.questions.contains_key(&sc.start) {
+                p.add(
+                    format!("{path}.start"),
+                    format!("unknown question {:?}", sc.start),
+                );
+            }
+            let mut questions = BTreeMap::new();
+            for (id, q) in &sc.questions {
+                let qp = format!("{path}.questions.{id}");
+                if id == "end" || !valid_name(id) {
+                    p.add(qp.clone(), "a question id is a name other than \"end\"");
+                }
+                if q.text.trim().is_empty() || q.text.len() > 500 {
+                    p.add(format!("{qp}.text"), "1 to 500 characters");
+                }
+                let target_ok = |t: &str| t == "end" || sc.questions.contains_key(t);
+                let kind = match q.kind.as_deref() {
+                    None if !q.answers.is_empty() => QuestionKind::Choice,
+                    Some("choice") => QuestionKind::Choice,
+                    None | Some("text") => QuestionKind::Text,
+                    Some("date") => QuestionKind::Date,
+                    Some(k) => {
+                        p.add(
+                            format!("{qp}.kind"),
+                            format!("unknown kind {k:?} (choice, text, date)"),
+                        );
+                        QuestionKind::Text
+                    }
+                };
+                if kind == QuestionKind::Choice {
+                    if q.answers.is_empty() {
+                        p.add(
+                            format!("{qp}.answers"),
+                            "a choice needs at least one answer",
+                        );
+                    }
+                    for (a, t) in &q.answers {
+                        if !target_ok(t) {
+                            p.add(
+                                format!("{qp}.answers.{a:?}"),
+                                format!("unknown question {t:?}"),
+                            );
+                        }
+                    }
+                } else if let Some(t) = &q.next
+                    && !target_ok(t)
+                {
+                    p.add(format!("{qp}.next"), format!("unknown question {t:?}"));
+                }
+                questions.insert(
+                    id.clone(),
+                    Question {
+                        text: q.text.clone(),
+                        kind,
+                        answers: q.answers.clone(),
+                        next: q.next.clone().unwrap_or_else(|| "end".into()),
+                    },
+                );
+            }
+            // A script must end: no question may lead back to itself.
+            let nexts = |q: &Question| -> Vec<String> {
+                if q.kind == QuestionKind::Choice {
+                    q.answers.values().cloned().collect()
+                } else {
+                    vec![q.next.clone()]
+                }
+            };
+            for start in questions.keys() {
+                let mut seen = HashSet::new();
+                let mut stack = vec![start.clone()];
+                let mut looped = false;
+                while let Some(id) = stack.pop() {
+                    let Some(q) = questions.get(&id) else {
+                        continue;
+                    };
+                    for n in nexts(q) {
+                        if &n == start {
+                            looped = true;
+                        }
+                        if seen.insert(n.clone()) {
+                            stack.push(n);
+                        }
+                    }
+                }
+                if looped {
+                    p.add(
+                        format!("{path}.questions.{start}"),
+                        "the script loops back to this question",
+                    );
+                    break;
+                }
+            }
+            scripts.push(Script {
+                name: sc.name.clone(),
+                start: sc.start.clone(),
+                questions,
+            });
+        }
         for (i, q) in raw.queues.iter().enumerate() {
             let path = format!("queues[{i}]");
             if !valid_name(&q.name) {
@@ -1004,6 +1191,13 @@ impl Config {
                     .then(|| Duration::from_secs(q.announce_seconds)),
                 music_on_hold: q.music_on_hold.as_ref().map(PathBuf::from),
                 record: q.record,
+                script: q.script.as_ref().and_then(|name| {
+                    let found = scripts.iter().position(|s| &s.name == name);
+                    if found.is_none() {
+                        p.add(format!("{path}.script"), format!("unknown script {name:?}"));
+                    }
+                    found
+                }),
                 callback_key: match q.callback_key.as_deref() {
                     None => None,
                     Some(k) => {
@@ -1335,6 +1529,7 @@ impl Config {
             login_paused,
             media,
             flows,
+            scripts,
             api_tokens,
             retention_days: raw.store.retention_days,
             tenants,
@@ -1648,5 +1843,37 @@ record = true
         assert_eq!(ok.media.inactivity_timeout, None);
         assert!(ok.queues[0].record);
         assert_eq!(ok.queues[0].announce_every, Some(Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn operator_scripts_are_checked() {
+        let base =
+            "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\nscript = \"S\"\n";
+        let good = format!(
+            "{base}[[scripts]]\nname = \"S\"\nstart = \"a\"\n[scripts.questions.a]\ntext = \"Prima dose?\"\nanswers = {{ \"si\" = \"b\", \"no\" = \"end\" }}\n[scripts.questions.b]\ntext = \"Data?\"\nkind = \"date\"\n"
+        );
+        let c = Config::from_toml(&good).unwrap();
+        assert_eq!(c.queues[0].script, Some(0));
+        assert_eq!(c.scripts[0].questions["a"].kind, QuestionKind::Choice);
+        assert_eq!(c.scripts[0].questions["b"].next, "end");
+        let bad = good
+            .replace("\"no\" = \"end\"", "\"no\" = \"zz\"")
+            .replace("kind = \"date\"", "kind = \"audio\"\nnext = \"a\"")
+            .replace("script = \"S\"", "script = \"T\"");
+        let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+            panic!()
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "scripts[0].questions.a.answers.\"no\": unknown question \"zz\"",
+            "scripts[0].questions.b.kind: unknown kind \"audio\"",
+            "scripts[0].questions.a: the script loops back",
+            "queues[0].script: unknown script \"T\"",
+        ] {
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want} missing from {text:#?}"
+            );
+        }
     }
 }

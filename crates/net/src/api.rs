@@ -36,6 +36,13 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum StoreReq {
     Records(Vec<centralino_store::Record>),
+    Answers(
+        String,
+        Option<String>,
+        Vec<(String, String)>,
+        i64,
+        Reply<bool>,
+    ),
     Create(NewCallback, i64, Reply<Created>),
     Get(String, Reply<Option<Callback>>),
     List(Option<Status>, usize, Reply<Vec<Callback>>),
@@ -84,6 +91,13 @@ impl StoreHandle {
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     };
                     match req {
+                        StoreReq::Answers(call, agent, answers, now, r) => {
+                            let _ = r.send(
+                                store
+                                    .save_answers(&call, agent.as_deref(), &answers, now)
+                                    .map_err(err),
+                            );
+                        }
                         StoreReq::Records(batch) => {
                             if let Err(e) = store.write_records(&batch) {
                                 metrics.store_errors.inc();
@@ -185,6 +199,7 @@ pub struct Api {
     tokens: Arc<Vec<ApiToken>>,
     queues: Arc<HashSet<String>>,
     catalog: Arc<Catalog>,
+    scripts: Arc<Vec<centralino_config::Script>>,
     metrics: Metrics,
 }
 
@@ -206,6 +221,7 @@ impl Api {
                     .collect(),
             ),
             catalog: Arc::new(config.catalog.clone()),
+            scripts: Arc::new(config.scripts.clone()),
             metrics,
         })
     }
@@ -227,6 +243,11 @@ impl Api {
                 get(get_callback)
                     .patch(patch_callback)
                     .delete(delete_callback),
+            )
+            .route("/api/v1/scripts/{name}", get(get_script))
+            .route(
+                "/api/v1/calls/{id}/answers",
+                axum::routing::post(post_answers),
             )
             .with_state(self)
     }
@@ -702,6 +723,104 @@ async fn delete_callback(
     };
     api.count("callbacks_delete", r.status());
     r
+}
+
+async fn get_script(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let r = match authorize(&api, &headers) {
+        Err(r) => *r,
+        Ok(()) => match api.scripts.iter().find(|s| s.name == name) {
+            None => error(StatusCode::NOT_FOUND, "no such script"),
+            Some(s) => {
+                let questions: serde_json::Map<String, Value> = s
+                    .questions
+                    .iter()
+                    .map(|(id, q)| {
+                        let mut v = json!({ "text": q.text, "kind": q.kind.as_str() });
+                        if q.kind == centralino_config::QuestionKind::Choice {
+                            v["answers"] = json!(q.answers);
+                        } else {
+                            v["next"] = json!(q.next);
+                        }
+                        (id.clone(), v)
+                    })
+                    .collect();
+                ok(
+                    StatusCode::OK,
+                    &json!({ "name": s.name, "start": s.start, "questions": questions }),
+                )
+            }
+        },
+    };
+    api.count("scripts_get", r.status());
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswersBody {
+    agent: Option<String>,
+    answers: std::collections::BTreeMap<String, String>,
+}
+
+async fn post_answers(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let r = answers(&api, &headers, id, &body).await;
+    api.count("calls_answers", r.status());
+    r
+}
+
+async fn answers(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
+    if let Err(r) = authorize(api, headers) {
+        return *r;
+    }
+    let b: AnswersBody = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if b.answers.is_empty() || b.answers.len() > 200 {
+        return error(StatusCode::BAD_REQUEST, "answers: 1 to 200 question ids");
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    if let Some(q) = b.answers.keys().find(|q| !name_ok(q)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("answers: {:?} is not a question id", truncate(q)),
+        );
+    }
+    if b.answers.values().any(|a| a.len() > 1000) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "answers: at most 1000 characters each",
+        );
+    }
+    if b.agent.as_deref().is_some_and(|a| !name_ok(a)) {
+        return error(StatusCode::BAD_REQUEST, "agent: not an operator name");
+    }
+    let list: Vec<(String, String)> = b.answers.into_iter().collect();
+    let n = list.len();
+    let now = unix_now() * 1000;
+    match api
+        .store
+        .ask(|r| StoreReq::Answers(id.clone(), b.agent, list, now, r))
+        .await
+    {
+        Ok(true) => ok(StatusCode::CREATED, &json!({ "call": id, "saved": n })),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such call"),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+    }
 }
 
 #[cfg(test)]

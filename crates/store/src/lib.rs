@@ -62,6 +62,15 @@ const MIGRATIONS: &[&str] = &[
         wait_ms INTEGER
     );
     CREATE INDEX queue_log_at ON queue_log (at);",
+    // 3: operators' answers to the queue's script, per call.
+    "CREATE TABLE call_answers (
+        call TEXT NOT NULL,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        agent TEXT,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (call, question)
+    );",
 ];
 
 /// A call record as stored.
@@ -509,6 +518,8 @@ impl Store {
             &format!("UPDATE cdr SET caller = {mask}, variables = NULL, anonymised = 1 WHERE anonymised = 0 AND started_at < ?1"),
             params![cutoff_ms],
         )?;
+        // Operators' answers may hold health data: gone after retention.
+        tx.execute("DELETE FROM call_answers WHERE at < ?1", params![cutoff_ms])?;
         let m = tx.execute(
             "UPDATE callbacks SET number = '***' || substr(number, -3) WHERE status IN ('done', 'failed', 'cancelled') AND updated_at * 1000 < ?1 AND number NOT LIKE '***%'",
             params![cutoff_ms],
@@ -545,6 +556,44 @@ impl Store {
             .conn
             .prepare("SELECT event, queue, agent FROM queue_log WHERE call = ?1 ORDER BY seq")?;
         let rows = stmt.query_map(params![call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores an operator's answers to the script for a call (an answer
+    /// given again replaces the previous one). `false` when the call
+    /// record does not exist.
+    pub fn save_answers(
+        &mut self,
+        call: &str,
+        agent: Option<&str>,
+        answers: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let known: Option<String> = tx
+            .query_row("SELECT id FROM cdr WHERE id = ?1", params![call], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        for (q, a) in answers {
+            tx.execute(
+                "INSERT OR REPLACE INTO call_answers (call, question, answer, agent, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![call, q, a, agent, now_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// A call's script answers, by question id.
+    pub fn answers(&self, call: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT question, answer FROM call_answers WHERE call = ?1 ORDER BY question",
+        )?;
+        let rows = stmt.query_map(params![call], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

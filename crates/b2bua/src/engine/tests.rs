@@ -923,6 +923,14 @@ name = "triage"
 tenant = "demo"
 requirements = "triage"
 ring_timeout_seconds = 2
+script = "domande-triage"
+
+[[scripts]]
+name = "domande-triage"
+start = "febbre"
+[scripts.questions.febbre]
+text = "Ha febbre?"
+answers = { "si" = "end", "no" = "end" }
 
 [[flows]]
 name = "vaccini"
@@ -1036,6 +1044,11 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
     ));
     let inv = requests(&out, PHONE2, "INVITE")[0].clone();
     assert_eq!(inv.header("X-Centralino-Flow"), Some("vaccini"));
+    assert_eq!(inv.header("X-Centralino-Script"), Some("domande-triage"));
+    let Some(Record::CallStarted { id, .. }) = h.records.first() else {
+        panic!("{:?}", h.records)
+    };
+    assert_eq!(inv.header("X-Centralino-Call"), Some(id.as_str()));
     let vars: Vec<&str> = inv.headers_named("X-Centralino-Var").collect();
     assert_eq!(
         vars,
