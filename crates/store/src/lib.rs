@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         PRIMARY KEY (call, question)
     );",
+    // 4: a callback whose citizen has been dialled is never dialled again
+    // after a crash (it needs a person to look at it instead).
+    "ALTER TABLE callbacks ADD COLUMN dialed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A call record as stored.
@@ -559,6 +562,76 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Claims up to `limit` pending callbacks due at `now` (Unix seconds),
+    /// oldest request first: they become `in_progress` with one more
+    /// attempt, and are not dialled yet.
+    pub fn claim_due(&mut self, now: i64, limit: usize) -> Result<Vec<Callback>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let due: Vec<Callback> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {COLUMNS} FROM callbacks WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?1) ORDER BY created_at, id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![now, limit.min(MAX_LIST) as i64], callback)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(due.len());
+        for mut cb in due {
+            tx.execute(
+                "UPDATE callbacks SET status = 'in_progress', attempts = attempts + 1, dialed = 0, updated_at = ?2 WHERE id = ?1",
+                params![cb.id, now],
+            )?;
+            cb.status = Status::InProgress;
+            cb.attempts += 1;
+            cb.updated_at = now;
+            out.push(cb);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Marks an in-progress callback as dialled (durable before the
+    /// INVITE leaves): after a crash it is not dialled again.
+    pub fn mark_dialed(&mut self, id: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE callbacks SET dialed = 1, updated_at = ?2 WHERE id = ?1 AND status = 'in_progress'",
+            params![id, now],
+        )? == 1)
+    }
+
+    /// Puts an in-progress callback back to pending for another attempt
+    /// at `not_before`.
+    pub fn reschedule(
+        &mut self,
+        id: &str,
+        not_before: i64,
+        outcome: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE callbacks SET status = 'pending', not_before = ?2, outcome = ?3, dialed = 0, updated_at = ?4 WHERE id = ?1 AND status = 'in_progress'",
+            params![id, not_before, outcome, now],
+        )?;
+        Ok(())
+    }
+
+    /// After a crash: in-progress callbacks never dialled go back to
+    /// pending; dialled ones become `failed` with outcome `interrupted`
+    /// (the citizen may have been reached: a person decides). Returns
+    /// (back to pending, interrupted).
+    pub fn recover_in_progress(&mut self, now: i64) -> Result<(usize, usize), StoreError> {
+        let tx = self.conn.transaction()?;
+        let back = tx.execute(
+            "UPDATE callbacks SET status = 'pending', updated_at = ?1 WHERE status = 'in_progress' AND dialed = 0",
+            params![now],
+        )?;
+        let cut = tx.execute(
+            "UPDATE callbacks SET status = 'failed', outcome = 'interrupted', updated_at = ?1 WHERE status = 'in_progress' AND dialed = 1",
+            params![now],
+        )?;
+        tx.commit()?;
+        Ok((back, cut))
+    }
+
     /// Stores an operator's answers to the script for a call (an answer
     /// given again replaces the previous one). `false` when the call
     /// record does not exist.
@@ -785,5 +858,53 @@ mod tests {
             ("***567", "+393331234567")
         );
         assert_eq!(s.anonymise_before(1_500_000).unwrap(), 0, "once");
+    }
+
+    #[test]
+    fn due_callbacks_are_claimed_once_and_a_crash_never_dials_twice() {
+        let path = temp("claim");
+        let mut s = Store::open(&path).unwrap();
+        for (id, nb) in [("a", None), ("b", Some(500)), ("c", None)] {
+            let mut n = new(
+                id,
+                &format!("+39333000000{}", id.len() + id.as_bytes()[0] as usize),
+            );
+            n.not_before = nb;
+            s.create_callback(&n, 100).unwrap();
+        }
+        let first = s.claim_due(200, 10).unwrap();
+        let ids: Vec<&str> = first.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"], "b is not due yet");
+        assert!(
+            first
+                .iter()
+                .all(|c| c.status == Status::InProgress && c.attempts == 1)
+        );
+        assert!(s.claim_due(200, 10).unwrap().is_empty(), "claimed once");
+        assert!(s.mark_dialed("a", 201).unwrap());
+        s.reschedule("c", 900, "busy", 202).unwrap();
+        assert_eq!(
+            s.claim_due(600, 10).unwrap().len(),
+            1,
+            "b only: c waits until 900"
+        );
+        drop(s);
+        // Crash: a was dialled (failed, interrupted), b was not (pending).
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.recover_in_progress(700).unwrap(), (1, 1));
+        let a = s.get_callback("a").unwrap().unwrap();
+        assert_eq!(
+            (a.status, a.outcome.as_deref()),
+            (Status::Failed, Some("interrupted"))
+        );
+        assert_eq!(
+            s.get_callback("b").unwrap().unwrap().status,
+            Status::Pending
+        );
+        let c = s.get_callback("c").unwrap().unwrap();
+        assert_eq!(
+            (c.status, c.not_before, c.outcome.as_deref()),
+            (Status::Pending, Some(900), Some("busy"))
+        );
     }
 }
