@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, Scratch, media_trunk, wav};
+use common::{Node, Scratch, json, media_trunk, wav};
 use serde_json::Value;
 
 const TOKEN: &str = "demo-admin-token";
@@ -45,10 +45,6 @@ queues = ["vaccini"]
 languages = ["it"]
 "#
     )
-}
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 #[test]

@@ -547,3 +547,8 @@ pub(crate) fn media_trunk(
         ],
     )
 }
+
+/// A JSON body, or a panic that shows it.
+pub(crate) fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}

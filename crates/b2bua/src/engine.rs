@@ -78,6 +78,69 @@ pub enum Output {
         /// keeps its place.
         enqueued_unix: i64,
     },
+    /// A callback moved on: record it in the store.
+    CallbackState {
+        /// The callback's id in the store.
+        id: String,
+        /// What happened.
+        state: CallbackState,
+    },
+}
+
+/// A callback the driver claimed from the store, to execute now.
+#[derive(Clone, Debug)]
+pub struct DueCallback {
+    /// Id in the store.
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// The citizen's number.
+    pub number: String,
+    /// Extra requirements (an expression).
+    pub requirements: Option<String>,
+    /// Priority.
+    pub priority: i32,
+    /// When it was asked for (Unix seconds): it keeps that place.
+    pub created_unix: i64,
+    /// This attempt's number (1 for the first).
+    pub attempt: u32,
+}
+
+/// A callback's progress, for the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallbackState {
+    /// An operator answered: the citizen is about to be dialled. The
+    /// driver makes this durable and answers with
+    /// [`Engine::callback_dialing`] before the INVITE leaves.
+    Dialing {
+        /// The call executing it.
+        call: CallId,
+    },
+    /// The citizen answered.
+    Done,
+    /// Try again after `after` (busy, no answer, no operator, failure).
+    Retry {
+        /// Why this attempt failed.
+        outcome: &'static str,
+        /// When to try again.
+        after: Duration,
+    },
+    /// No attempt left, or it cannot be executed.
+    Failed {
+        /// Why.
+        outcome: &'static str,
+    },
+}
+
+/// A call that is a callback being executed.
+#[derive(Debug)]
+struct Outbound {
+    id: String,
+    attempt: u32,
+    /// The citizen's INVITE, while it rings.
+    invite: Option<TxKey>,
+    /// The citizen answered.
+    answered: bool,
 }
 
 /// A call's anchored media as the signalling side knows it.
@@ -195,6 +258,8 @@ struct Call {
     connected: Option<(Instant, String)>,
     /// The caller asked to be called back; the store has not answered yet.
     callback_asked: bool,
+    /// Set when the call is a callback being executed (agent first).
+    outbound: Option<Outbound>,
 }
 
 /// What the IVR interpreter sees of the engine.
@@ -242,6 +307,8 @@ enum ClientRef {
     BInvite(CallId),
     /// The INVITE of a B-leg we gave up on: a late 2xx gets ACK and BYE.
     Orphan { local: String, flow: Flow },
+    /// The INVITE to the citizen of a callback.
+    Citizen(CallId),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -303,6 +370,12 @@ pub struct Engine {
     catalog: Catalog,
     /// Wall clock: Unix seconds at an instant (the driver sets it).
     wall: (Instant, i64),
+    /// Our UDP SIP address, for calls we place (the driver sets it).
+    outbound_local: Option<SocketAddr>,
+    /// Per trunk: outbound address and caller id.
+    trunk_out: Vec<(Option<SocketAddr>, String, usize)>,
+    /// Per queue: tenant, max attempts, retry delay.
+    callback_policy: Vec<(usize, u32, Duration)>,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -442,6 +515,17 @@ impl Engine {
                 .collect(),
             catalog: config.catalog.clone(),
             wall: (now, 0),
+            outbound_local: None,
+            trunk_out: config
+                .trunks
+                .iter()
+                .map(|t| (t.outbound, t.caller_id.clone(), t.tenant))
+                .collect(),
+            callback_policy: config
+                .queues
+                .iter()
+                .map(|q| (q.tenant, q.callback_max_attempts, q.callback_retry))
+                .collect(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
@@ -493,6 +577,325 @@ impl Engine {
             "configuration reloaded"
         );
         Ok(())
+    }
+
+    /// The UDP address calls are placed from (callbacks).
+    pub fn set_outbound_local(&mut self, addr: SocketAddr) {
+        self.outbound_local = Some(addr);
+    }
+
+    /// Starts executing a callback (agent first): it waits in its queue
+    /// like a call that has waited since the request was made; when an
+    /// operator answers, the citizen is dialled through the queue's
+    /// tenant's outbound trunk.
+    pub fn start_callback(&mut self, now: Instant, cb: DueCallback) {
+        let Some(&queue) = self.queue_ids.get(&cb.queue) else {
+            self.callback_state(
+                &cb.id,
+                CallbackState::Failed {
+                    outcome: "unknown_queue",
+                },
+            );
+            return;
+        };
+        let tenant = self.callback_policy[queue.0 as usize].0;
+        let trunk = self
+            .trunk_out
+            .iter()
+            .position(|(out, _, t)| out.is_some() && *t == tenant);
+        let (Some(trunk), Some(local)) = (trunk, self.outbound_local) else {
+            warn!(queue = %cb.queue, "no outbound trunk for callbacks");
+            self.callback_state(
+                &cb.id,
+                CallbackState::Failed {
+                    outcome: "no_outbound_trunk",
+                },
+            );
+            return;
+        };
+        let Some(remote) = self.trunk_out[trunk].0 else {
+            return;
+        };
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote,
+            local,
+            conn: 0,
+        };
+        // The call's SIP side towards the citizen is filled in when we
+        // dial; its media is anchored like any call's.
+        let number = cb.number.clone();
+        let target = format!("sip:{number}@{remote}");
+        let tag = self.token();
+        let call_id = format!("{}@centralino", self.token());
+        let caller_id = self.trunk_out[trunk].1.clone();
+        let local_uri = format!("<sip:{caller_id}@{local}>;tag={tag}");
+        let via = self.via(flow);
+        let invite = Message::new_request(
+            Method::Invite,
+            &target,
+            via,
+            &local_uri,
+            &format!("<{target}>"),
+            &call_id,
+            1,
+        );
+        let ip = local.ip();
+        let Ok(a_port) = self.ports.take(now, ip) else {
+            self.callback_retry(&cb, "no_rtp_port", queue);
+            return;
+        };
+        let Ok(b_port) = self.ports.take(now, ip) else {
+            self.ports.release(now, a_port);
+            self.callback_retry(&cb, "no_rtp_port", queue);
+            return;
+        };
+        let law = self.codecs.first().copied().unwrap_or(Law::Alaw);
+        let media = CallMedia {
+            ip,
+            sdp_ip: self.advertise.unwrap_or(ip),
+            a_port,
+            b_port,
+            a: Peer {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                law,
+                telephone_event: None,
+            },
+            a_direction: Direction::SendRecv,
+            b: None,
+            b_direction: Direction::SendRecv,
+            session: self.rng.next_u64() >> 2,
+            version: 1,
+            digits: String::new(),
+            late_offer: false,
+            opened: false,
+        };
+        let mut spec = CallSpec {
+            priority: cb.priority,
+            requirement: None,
+            fragile: false,
+            waited: Duration::from_secs(
+                u64::try_from(self.unix_at(now) - cb.created_unix).unwrap_or(0),
+            ),
+        };
+        if let Some(r) = &cb.requirements
+            && let Ok(req) = Requirement::parse(r, &self.catalog)
+        {
+            spec.requirement = Some(req);
+        }
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let span = tracing::info_span!("call", call = %id);
+        let _entered = span.clone().entered();
+        info!(number = %Masked(&number), queue = %cb.queue, attempt = cb.attempt, "callback: waiting for an operator");
+        let record_id = format!("{}{}", self.token(), self.token());
+        self.out.push_back(Output::Record(Record::CallStarted {
+            id: record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            caller: number.clone(),
+            did: format!("callback:{}", cb.id),
+        }));
+        let a_key = TxKey::of(&invite);
+        self.calls.insert(
+            id,
+            Call {
+                span,
+                phase: Phase::Queued,
+                queue,
+                enqueued: now,
+                started: now,
+                a_key,
+                a_leg: Leg {
+                    call_id: call_id.clone(),
+                    local: local_uri,
+                    remote: format!("<{target}>"),
+                    remote_target: target,
+                    route_set: Vec::new(),
+                    cseq: 1,
+                    flow,
+                },
+                a_invite: Box::new(invite),
+                a_tag: tag,
+                caller: number,
+                forks: Vec::new(),
+                b: None,
+                attempt: 0,
+                media,
+                // No response is owed to anyone: the call is ours.
+                answered: true,
+                in_queue: false,
+                spec: Arc::new(spec.clone()),
+                run: None,
+                pending_flow: None,
+                record_id,
+                connected: None,
+                callback_asked: false,
+                outbound: Some(Outbound {
+                    id: cb.id.clone(),
+                    attempt: cb.attempt,
+                    invite: None,
+                    answered: false,
+                }),
+            },
+        );
+        self.enter_queue(now, id, queue, &spec);
+        self.pump(now);
+    }
+
+    fn callback_state(&mut self, id: &str, state: CallbackState) {
+        self.out.push_back(Output::CallbackState {
+            id: id.to_owned(),
+            state,
+        });
+    }
+
+    /// A callback's attempt ended without reaching the citizen.
+    fn outbound_failed(&mut self, o: &Outbound, queue: QueueId, outcome: &'static str) {
+        self.metrics.callbacks.with_label_values(&[outcome]).inc();
+        let (_, max, after) = self.callback_policy[queue.0 as usize];
+        let state = if o.attempt >= max {
+            CallbackState::Failed { outcome }
+        } else {
+            CallbackState::Retry { outcome, after }
+        };
+        self.callback_state(&o.id, state);
+    }
+
+    /// CANCEL for one of our INVITEs still ringing.
+    fn cancel_client_invite(&mut self, now: Instant, key: &TxKey, flow: Flow) {
+        if let Some(inv) = self.txn.client_request(key) {
+            let mut cancel = Message::new_request(
+                Method::Cancel,
+                inv.request_uri().unwrap_or_default(),
+                inv.via.clone(),
+                inv.header("From").unwrap_or_default(),
+                inv.header("To").unwrap_or_default(),
+                &inv.call_id,
+                inv.cseq,
+            );
+            for r in inv.headers_named("Route") {
+                cancel.push("Route", r);
+            }
+            self.send_request(now, flow, cancel, ClientRef::Other);
+        }
+    }
+
+    /// This attempt failed: another later, or the callback fails.
+    fn callback_retry(&mut self, cb: &DueCallback, outcome: &'static str, queue: QueueId) {
+        let (_, max, after) = self.callback_policy[queue.0 as usize];
+        let state = if cb.attempt >= max {
+            CallbackState::Failed { outcome }
+        } else {
+            CallbackState::Retry { outcome, after }
+        };
+        self.callback_state(&cb.id, state);
+    }
+
+    /// The store's answer to [`CallbackState::Dialing`]: dial the citizen
+    /// (or, if it could not record it, give the operator back).
+    pub fn callback_dialing(&mut self, now: Instant, call_id: CallId, recorded: bool) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        if !recorded {
+            warn!("callback could not be marked as dialled: not dialling");
+            self.end_connected(now, call_id, false, true, "store_failed");
+            self.pump(now);
+            return;
+        }
+        let offer_body = offer(
+            &call.media,
+            &self.codecs,
+            call.media.a_port,
+            call.media.session,
+        );
+        let mut inv = (*call.a_invite).clone();
+        inv.push("Contact", &Self::contact(call.a_leg.flow));
+        inv.push("User-Agent", &self.user_agent);
+        inv.set_body(Some("application/sdp"), offer_body);
+        let flow = call.a_leg.flow;
+        let a_call_id = call.a_leg.call_id.clone();
+        info!("callback: dialling the citizen");
+        let key = self.send_request(now, flow, inv, ClientRef::Citizen(call_id));
+        self.by_a.insert(a_call_id, call_id);
+        if let Some(o) = self
+            .calls
+            .get_mut(&call_id)
+            .and_then(|c| c.outbound.as_mut())
+        {
+            o.invite = Some(key);
+        }
+        self.pump(now);
+    }
+
+    /// A response from the citizen's side.
+    fn on_citizen_response(&mut self, now: Instant, key: TxKey, call_id: CallId, msg: &Message) {
+        let code = msg.code();
+        let _span = self.call_span(call_id).entered();
+        if code < 200 {
+            return;
+        }
+        self.client.remove(&key);
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(out) = call.outbound.as_mut() else {
+            return;
+        };
+        out.invite = None;
+        if (200..300).contains(&code) {
+            let leg = leg_from_response(&call.a_leg.local, call.a_leg.flow, msg);
+            let answer = sdp::parse(&msg.body)
+                .ok()
+                .filter(|a| a.port != 0)
+                .and_then(|a| Some((a.choose(&self.codecs)?, a)));
+            call.a_leg = leg.clone();
+            self.send_ack(&leg, msg);
+            let Some((law, audio)) = answer else {
+                warn!("the citizen's answer has no usable SDP");
+                self.end_connected(now, call_id, true, true, "bad_answer");
+                return;
+            };
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                return;
+            };
+            call.media.a = Peer {
+                addr: SocketAddr::new(audio.addr, audio.port),
+                law,
+                telephone_event: audio.telephone_event,
+            };
+            let cmd = open_command(call_id, &mut call.media);
+            self.out.push_back(Output::Media(cmd));
+            if let Some(b) = call.media.b {
+                let record = self.record[call.queue.0 as usize];
+                self.out.push_back(Output::Media(MediaCommand::Bridge {
+                    call: call_id,
+                    b,
+                    record,
+                }));
+            }
+            let id = call.outbound.as_mut().map(|o| {
+                o.answered = true;
+                o.id.clone()
+            });
+            info!("callback: the citizen answered");
+            self.metrics
+                .callbacks
+                .with_label_values(&["answered"])
+                .inc();
+            if let Some(id) = id {
+                self.callback_state(&id, CallbackState::Done);
+            }
+            return;
+        }
+        let outcome = match code {
+            486 | 600 | 603 => "busy",
+            408 | 480 | 487 => "no_answer",
+            _ => "failed",
+        };
+        info!(code, outcome, "callback: the citizen was not reached");
+        self.end_connected(now, call_id, false, true, outcome);
     }
 
     /// The wall clock: Unix seconds at `now` (opening hours in flows).
@@ -1135,6 +1538,7 @@ impl Engine {
                 record_id,
                 connected: None,
                 callback_asked: false,
+                outbound: None,
             },
         );
         match target {
@@ -1506,6 +1910,10 @@ impl Engine {
                     self.client.remove(&key);
                 }
             }
+            Some(ClientRef::Citizen(call)) => {
+                let call = *call;
+                self.on_citizen_response(now, key, call, &msg);
+            }
             Some(ClientRef::Other) | None => {
                 if code >= 200 {
                     self.client.remove(&key);
@@ -1605,6 +2013,16 @@ impl Engine {
                 if !already_answered {
                     self.respond(now, &a_key, &ok);
                 }
+                if let Some(id) = self
+                    .calls
+                    .get(&call_id)
+                    .and_then(|c| c.outbound.as_ref())
+                    .map(|o| o.id.clone())
+                {
+                    // Agent first: the operator is there; the citizen is
+                    // dialled once the store knows (never twice).
+                    self.callback_state(&id, CallbackState::Dialing { call: call_id });
+                }
                 let qname = self.router.queue(queue).name.clone();
                 self.metrics
                     .call_setup
@@ -1655,6 +2073,19 @@ impl Engine {
     }
 
     fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
+        if let Some(ClientRef::Citizen(call_id)) = self.client.get(&key) {
+            let call_id = *call_id;
+            self.client.remove(&key);
+            if let Some(o) = self
+                .calls
+                .get_mut(&call_id)
+                .and_then(|c| c.outbound.as_mut())
+            {
+                o.invite = None;
+            }
+            self.end_connected(now, call_id, false, true, "no_answer");
+            return;
+        }
         if let Some(ClientRef::BInvite(call_id)) = self.client.remove(&key) {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return;
@@ -1958,21 +2389,7 @@ impl Engine {
 
     fn cancel_b(&mut self, now: Instant, b: BLeg) {
         self.by_b.remove(&b.call_id);
-        if let Some(inv) = self.txn.client_request(&b.invite_key) {
-            let mut cancel = Message::new_request(
-                Method::Cancel,
-                inv.request_uri().unwrap_or_default(),
-                inv.via.clone(),
-                inv.header("From").unwrap_or_default(),
-                inv.header("To").unwrap_or_default(),
-                &inv.call_id,
-                inv.cseq,
-            );
-            for r in inv.headers_named("Route") {
-                cancel.push("Route", r);
-            }
-            self.send_request(now, b.flow, cancel, ClientRef::Other);
-        }
+        self.cancel_client_invite(now, &b.invite_key, b.flow);
         self.client.insert(
             b.invite_key,
             ClientRef::Orphan {
@@ -2006,7 +2423,15 @@ impl Engine {
                 self.cancel_b(now, b);
             }
         }
-        if !call.answered {
+        if let Some(o) = &call.outbound {
+            // A callback nobody took: nobody to hang up on; try later.
+            let outcome = if outcome == "max_wait" {
+                "no_operator"
+            } else {
+                outcome
+            };
+            self.outbound_failed(o, call.queue, outcome);
+        } else if !call.answered {
             let r = call
                 .a_invite
                 .response(status, reason_phrase(status), Some(&call.a_tag));
@@ -2359,8 +2784,18 @@ impl Engine {
         };
         self.by_a.remove(&call.a_leg.call_id);
         self.close_media(now, call_id, &call.media);
-        if bye_a {
+        let citizen_reached = call.outbound.as_ref().is_none_or(|o| o.answered);
+        if let Some(key) = call.outbound.as_mut().and_then(|o| o.invite.take()) {
+            // The citizen's phone still rings: CANCEL it.
+            self.cancel_client_invite(now, &key, call.a_leg.flow);
+        }
+        if bye_a && citizen_reached {
             self.send_bye(now, &mut call.a_leg);
+        }
+        if let Some(o) = &call.outbound
+            && !o.answered
+        {
+            self.outbound_failed(o, call.queue, outcome);
         }
         if let Some(b) = call.b.take() {
             self.by_b.remove(&b.call_id);

@@ -259,6 +259,10 @@ struct RawTrunk {
     tenant: String,
     peers: Vec<String>,
     #[serde(default)]
+    outbound: Option<String>,
+    #[serde(default)]
+    caller_id: Option<String>,
+    #[serde(default)]
     dids: BTreeMap<String, RawDid>,
 }
 
@@ -341,6 +345,17 @@ struct RawQueue {
     callback_offer_prompts: Vec<String>,
     #[serde(default)]
     callback_confirm_prompts: Vec<String>,
+    #[serde(default = "default_callback_attempts")]
+    callback_max_attempts: u32,
+    #[serde(default = "default_callback_retry")]
+    callback_retry_seconds: u64,
+}
+
+fn default_callback_attempts() -> u32 {
+    3
+}
+fn default_callback_retry() -> u64 {
+    300
 }
 
 fn default_retry() -> u64 {
@@ -449,6 +464,10 @@ pub struct Trunk {
     pub peers: Vec<IpAddr>,
     /// DID → where its calls go.
     pub dids: HashMap<String, Did>,
+    /// Where outbound calls (callbacks) are sent, if this trunk takes them.
+    pub outbound: Option<SocketAddr>,
+    /// The number callbacks show (the service's toll-free number).
+    pub caller_id: String,
 }
 
 /// Where a DID's calls go first.
@@ -497,6 +516,10 @@ pub struct Queue {
     pub callback_offer_prompts: Vec<String>,
     /// Played once the callback is stored, before the call ends.
     pub callback_confirm_prompts: Vec<String>,
+    /// Dial attempts per callback before it fails.
+    pub callback_max_attempts: u32,
+    /// Wait between attempts (busy, no answer, failure).
+    pub callback_retry: Duration,
 }
 
 /// A guided conversation for operators: questions with branches.
@@ -1178,6 +1201,15 @@ impl Config {
             if q.overflow.len() > 8 {
                 p.add(format!("{path}.overflow"), "at most 8 rings");
             }
+            if !(1..=20).contains(&q.callback_max_attempts) {
+                p.add(format!("{path}.callback_max_attempts"), "must be in 1..=20");
+            }
+            if !(10..=86_400).contains(&q.callback_retry_seconds) {
+                p.add(
+                    format!("{path}.callback_retry_seconds"),
+                    "must be in 10..=86400",
+                );
+            }
             if q.announce_seconds > 0 && q.announce_seconds < 10 {
                 p.add(
                     format!("{path}.announce_seconds"),
@@ -1213,6 +1245,8 @@ impl Config {
                 },
                 callback_offer_prompts: q.callback_offer_prompts.clone(),
                 callback_confirm_prompts: q.callback_confirm_prompts.clone(),
+                callback_max_attempts: q.callback_max_attempts,
+                callback_retry: Duration::from_secs(q.callback_retry_seconds),
                 routing: QueueSettings {
                     name: q.name.clone(),
                     tenant: tenant as u16,
@@ -1314,6 +1348,7 @@ impl Config {
                                                     priority: f.priority,
                                                     requirement: requirement.clone(),
                                                     fragile: f.fragile,
+                                                    waited: Duration::ZERO,
                                                 },
                                             },
                                         );
@@ -1333,6 +1368,7 @@ impl Config {
                                 priority: f.priority,
                                 requirement,
                                 fragile: f.fragile,
+                                waited: Duration::ZERO,
                             },
                         )
                     }
@@ -1352,11 +1388,32 @@ impl Config {
                     None => p.add(dp, format!("unknown queue {queue:?}")),
                 }
             }
+            let outbound = t.outbound.as_ref().and_then(|o| match o.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    p.add(
+                        format!("{path}.outbound"),
+                        format!("not an ADDR:PORT: {o:?}"),
+                    );
+                    None
+                }
+            });
+            let caller_id = t.caller_id.clone().unwrap_or_else(|| "centralino".into());
+            if caller_id.is_empty()
+                || caller_id.len() > 32
+                || !caller_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+            {
+                p.add(format!("{path}.caller_id"), "digits (and +), at most 32");
+            }
             trunks.push(Trunk {
                 name: t.name.clone(),
                 tenant,
                 peers,
                 dids,
+                outbound,
+                caller_id,
             });
         }
 

@@ -36,6 +36,10 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum StoreReq {
     Records(Vec<centralino_store::Record>),
+    Claim(i64, usize, Reply<Vec<Callback>>),
+    MarkDialed(String, i64, Reply<bool>),
+    Finish(String, Status, &'static str, i64),
+    Reschedule(String, i64, &'static str, i64),
     Answers(
         String,
         Option<String>,
@@ -67,6 +71,15 @@ impl StoreHandle {
             ),
             Err(e) => warn!(error = %e, "cannot close interrupted call records"),
         }
+        match store.recover_in_progress(unix_now()) {
+            Ok((0, 0)) => {}
+            Ok((back, cut)) => warn!(
+                back_to_pending = back,
+                interrupted = cut,
+                "callbacks in progress at the last stop recovered (dialled ones are not dialled again)"
+            ),
+            Err(e) => warn!(error = %e, "cannot recover callbacks in progress"),
+        }
         let retention = i64::from(retention_days) * 86_400_000;
         let (tx, rx) = channel();
         std::thread::Builder::new()
@@ -97,6 +110,22 @@ impl StoreHandle {
                                     .save_answers(&call, agent.as_deref(), &answers, now)
                                     .map_err(err),
                             );
+                        }
+                        StoreReq::Claim(now, limit, r) => {
+                            let _ = r.send(store.claim_due(now, limit).map_err(err));
+                        }
+                        StoreReq::MarkDialed(id, now, r) => {
+                            let _ = r.send(store.mark_dialed(&id, now).map_err(err));
+                        }
+                        StoreReq::Finish(id, status, outcome, now) => {
+                            if let Err(e) = store.set_status(&id, status, Some(outcome), now) {
+                                warn!(error = %e, "callback outcome not recorded");
+                            }
+                        }
+                        StoreReq::Reschedule(id, at, outcome, now) => {
+                            if let Err(e) = store.reschedule(&id, at, outcome, now) {
+                                warn!(error = %e, "callback not rescheduled");
+                            }
                         }
                         StoreReq::Records(batch) => {
                             if let Err(e) = store.write_records(&batch) {
@@ -165,6 +194,36 @@ impl RecordSink {
     /// Queues a batch.
     pub fn send(&self, batch: Vec<centralino_store::Record>) {
         let _ = self.0.send(StoreReq::Records(batch));
+    }
+
+    /// Claims callbacks due now (at most `limit`).
+    pub async fn claim_due(&self, limit: usize) -> Result<Vec<Callback>, String> {
+        let now = unix_now();
+        StoreHandle(self.0.clone())
+            .ask(|r| StoreReq::Claim(now, limit, r))
+            .await
+    }
+
+    /// Makes "the citizen is being dialled" durable.
+    pub async fn mark_dialed(&self, id: String) -> Result<bool, String> {
+        let now = unix_now();
+        StoreHandle(self.0.clone())
+            .ask(|r| StoreReq::MarkDialed(id, now, r))
+            .await
+    }
+
+    /// Records a callback's end (done or failed).
+    pub fn finish(&self, id: String, status: Status, outcome: &'static str) {
+        let _ = self
+            .0
+            .send(StoreReq::Finish(id, status, outcome, unix_now()));
+    }
+
+    /// Puts a callback back for another attempt `after` from now.
+    pub fn reschedule(&self, id: String, after: std::time::Duration, outcome: &'static str) {
+        let now = unix_now();
+        let at = now + after.as_secs() as i64;
+        let _ = self.0.send(StoreReq::Reschedule(id, at, outcome, now));
     }
 
     /// Stores a callback asked for during a call (virtual hold); returns

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use centralino_b2bua::media::MediaEvent;
+use centralino_b2bua::{CallbackState, DueCallback};
 
 use crate::media::MediaPlane;
 use centralino_b2bua::{Engine, Metrics, Output};
@@ -28,6 +29,44 @@ const INPUT_QUEUE: usize = 65_536;
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
 const OVERLOAD_BACKLOG: usize = 2048;
+/// How often due callbacks are claimed from the store.
+const CALLBACK_POLL: Duration = Duration::from_secs(1);
+/// Most callbacks claimed at once.
+const CALLBACK_BATCH: usize = 50;
+
+/// Claims due callbacks and hands them to the engine, once a second.
+async fn callback_scheduler(sink: crate::api::RecordSink, tx: mpsc::Sender<Input>) {
+    let mut tick = tokio::time::interval(CALLBACK_POLL);
+    loop {
+        tick.tick().await;
+        let due = match sink.claim_due(CALLBACK_BATCH).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "cannot read due callbacks");
+                continue;
+            }
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let due = due
+            .into_iter()
+            .map(|c| DueCallback {
+                id: c.id,
+                queue: c.queue,
+                number: c.number,
+                requirements: c.requirements,
+                priority: c.priority,
+                created_unix: c.created_at,
+                attempt: c.attempts,
+            })
+            .collect();
+        if tx.send(Input::Callbacks(due)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Call records queued before a batch is handed to the store.
 const RECORD_BATCH: usize = 512;
 /// Longest a call record waits for its batch.
@@ -77,6 +116,7 @@ enum Input {
         conn: u64,
     },
     Reload(Box<Reload>),
+    Callbacks(Vec<DueCallback>),
 }
 
 /// A new configuration for the engine, with its prompts already loaded.
@@ -193,6 +233,17 @@ impl SipServer {
             }
         }
         let reloader = Reloader { tx: tx.clone() };
+        if let Some(&(_, udp_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Udp) {
+            engine.set_outbound_local(udp_addr);
+        }
+        // Callbacks are executed only by a node that can place calls;
+        // elsewhere they wait, pending, for one that can.
+        if let Some(sink) = &records
+            && config.trunks.iter().any(|t| t.outbound.is_some())
+        {
+            info!("executing callbacks (agent first)");
+            tokio::spawn(callback_scheduler(sink.clone(), tx.clone()));
+        }
         drop(tx);
         let engine_task = tokio::spawn(run_engine(
             engine, rx, media_rx, plane, udp, metrics, records,
@@ -406,6 +457,8 @@ async fn run_engine(
     let mut batch: Vec<centralino_types::record::Record> = Vec::new();
     // Virtual-hold requests come back from the store here.
     let (cb_tx, mut cb_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
+    // "Dialling" marks of callbacks come back here.
+    let (dial_tx, mut dial_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
     let mut flush_at: Option<Instant> = None;
     let _ = &metrics;
     loop {
@@ -442,6 +495,9 @@ async fn run_engine(
             Some((call, stored)) = cb_rx.recv() => {
                 engine.callback_stored(Instant::now().into_std(), call, stored);
             }
+            Some((call, recorded)) = dial_rx.recv() => {
+                engine.callback_dialing(Instant::now().into_std(), call, recorded);
+            }
         }
         loop {
             let Some(out) = engine.poll_output() else {
@@ -464,6 +520,28 @@ async fn run_engine(
                     }
                 }
                 Output::Media(cmd) => media_events.extend(plane.command(cmd)),
+                Output::CallbackState { id, state } => match (&records, state) {
+                    (Some(sink), CallbackState::Dialing { call }) => {
+                        let (sink, tx) = (sink.clone(), dial_tx.clone());
+                        tokio::spawn(async move {
+                            let ok = sink.mark_dialed(id).await.unwrap_or(false);
+                            let _ = tx.send((call, ok));
+                        });
+                    }
+                    (Some(sink), CallbackState::Done) => {
+                        sink.finish(id, centralino_store::Status::Done, "answered");
+                    }
+                    (Some(sink), CallbackState::Failed { outcome }) => {
+                        sink.finish(id, centralino_store::Status::Failed, outcome);
+                    }
+                    (Some(sink), CallbackState::Retry { outcome, after }) => {
+                        sink.reschedule(id, after, outcome);
+                    }
+                    (None, CallbackState::Dialing { call }) => {
+                        let _ = dial_tx.send((call, false));
+                    }
+                    (None, _) => {}
+                },
                 Output::StoreCallback {
                     call,
                     queue,
@@ -527,6 +605,11 @@ fn handle(
         }
         Input::ConnClosed { conn } => {
             conns.remove(&conn);
+        }
+        Input::Callbacks(due) => {
+            for cb in due {
+                engine.start_callback(now, cb);
+            }
         }
         Input::Reload(r) => {
             let Reload {

@@ -170,6 +170,9 @@ pub struct CallSpec {
     pub requirement: Option<Requirement>,
     /// A fragile caller: the queue's `fragile_max_wait` applies.
     pub fragile: bool,
+    /// Time already waited elsewhere (a callback keeps the time its
+    /// request was made): it counts in the queue order like any wait.
+    pub waited: Duration,
 }
 
 /// Why an operator is paused.
@@ -1190,7 +1193,9 @@ impl Router {
         };
         let settings = &self.queues[qi as usize].settings;
         let priority = i64::from(spec.priority.clamp(-100, 100));
-        let key = t.saturating_sub(priority.saturating_mul(ns(settings.priority_step)));
+        let key = t
+            .saturating_sub(priority.saturating_mul(ns(settings.priority_step)))
+            .saturating_sub(ns(spec.waited));
         let fragile = spec.fragile && settings.fragile_max_wait.is_some();
         let ring_timeout = settings.ring_timeout;
         let first_ring = settings.rings.first().map(|r| r.after);

@@ -809,7 +809,7 @@ mod props {
                         }
                     }
                     Op::Enqueue(q, p, e, f) => {
-                        let s = CallSpec { priority: i32::from(p), requirement: e.then(|| en.clone()), fragile: f };
+                        let s = CallSpec { priority: i32::from(p), requirement: e.then(|| en.clone()), fragile: f, waited: Duration::ZERO };
                         if r.enqueue(now, QueueId(q), CallId(next), &s).is_ok() {
                             let step = queues[q as usize].priority_step.as_secs_f64();
                             calls.insert(next, RefCall {

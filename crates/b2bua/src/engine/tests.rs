@@ -19,7 +19,7 @@ use centralino_media::announce::{self, Library};
 use centralino_media::prompt::Prompt;
 use centralino_media::relay::Side;
 
-use super::{Engine, Output};
+use super::{CallbackState, DueCallback, Engine, Output};
 use crate::Metrics;
 use crate::media::{MediaCommand, MediaEvent};
 
@@ -65,6 +65,8 @@ struct Harness {
     media: Vec<MediaCommand>,
     /// Call records and queue events, in order.
     records: Vec<centralino_types::record::Record>,
+    /// Callback progress reports, in order.
+    callbacks: Vec<(String, CallbackState)>,
     metrics: Metrics,
     now: Instant,
     local: SocketAddr,
@@ -107,6 +109,7 @@ impl Harness {
             engine,
             media: Vec::new(),
             records: Vec::new(),
+            callbacks: Vec::new(),
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
@@ -135,6 +138,7 @@ impl Harness {
                 Output::Media(m) => self.media.push(m),
                 Output::Record(r) => self.records.push(r),
                 Output::StoreCallback { .. } => panic!("a callback request nobody expected"),
+                Output::CallbackState { id, state } => self.callbacks.push((id, state)),
             }
         }
         out
@@ -1280,4 +1284,110 @@ fn virtual_hold_stores_a_callback_then_frees_the_caller_and_keeps_the_place_on_f
         1
     );
     assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy() {
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.engine.set_wall_clock(h.now, 1_796_119_200);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let due = |id: &str, attempt| DueCallback {
+        id: id.into(),
+        queue: "info".into(),
+        number: "+393331112223".into(),
+        requirements: None,
+        priority: 0,
+        created_unix: 1_796_119_200 - 600,
+        attempt,
+    };
+    h.engine.start_callback(h.now, due("cb1", 1));
+    let out = h.drain();
+    // Agent first: the operator is called; the citizen not yet.
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
+    assert!(
+        requests(&out, TRUNK, "INVITE").is_empty(),
+        "not before the store knows"
+    );
+    let Some((id, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    assert_eq!(id, "cb1");
+    h.engine.callback_dialing(h.now, call, true);
+    let out = h.drain();
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    assert_eq!(
+        dial.request_uri(),
+        Some("sip:+393331112223@192.0.2.10:5060")
+    );
+    assert!(dial.header("From").unwrap().contains("+39800111222"));
+    let offer = sdp::parse(&dial.body).unwrap();
+    assert_eq!(
+        offer.formats,
+        [8, 0, 101],
+        "our offer from the caller-side port"
+    );
+    // The citizen answers: media opens and bridges, the callback is done.
+    let mut ok = dial.response(200, "OK", Some("cit"));
+    ok.push("Contact", "<sip:cittadino@192.0.2.10:5060>");
+    ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+    let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1);
+    assert!(matches!(h.media.last(), Some(MediaCommand::Bridge { .. })));
+    assert_eq!(
+        h.callbacks.last().unwrap(),
+        &("cb1".to_owned(), CallbackState::Done)
+    );
+    // The citizen hangs up: the operator gets BYE.
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKcbye\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        ok.header("To").unwrap(),
+        dial.header("From").unwrap(),
+        dial.call_id
+    );
+    let out = h.send(TRUNK, &bye);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    assert_eq!(h.engine.active_calls(), 0);
+
+    // Busy, attempt 1 of 3: retry later; on the last attempt: failed.
+    h.advance(Duration::from_secs(10));
+    for (attempt, want) in [
+        (
+            1,
+            CallbackState::Retry {
+                outcome: "busy",
+                after: Duration::from_secs(300),
+            },
+        ),
+        (3, CallbackState::Failed { outcome: "busy" }),
+    ] {
+        h.engine.start_callback(h.now, due("cb2", attempt));
+        let out = h.drain();
+        let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+        h.send(PHONE1, &response_to(&inv, 200, &format!("b{attempt}")));
+        let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+            panic!()
+        };
+        h.engine.callback_dialing(h.now, call, true);
+        let out = h.drain();
+        let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+        let busy = dial.response(486, "Busy Here", Some("x"));
+        let out = h.send(TRUNK, &String::from_utf8(busy.to_bytes()).unwrap());
+        assert_eq!(
+            requests(&out, PHONE1, "BYE").len(),
+            1,
+            "the operator is let go"
+        );
+        assert_eq!(h.callbacks.last().unwrap(), &("cb2".to_owned(), want));
+        h.advance(Duration::from_secs(10));
+    }
 }

@@ -1,0 +1,144 @@
+//! Callbacks executed agent first against real SIPp peers: operators'
+//! phones and a "citizen" behind the carrier. 100 requests acknowledged,
+//! `kill -9` before any ran, restart: each number is called exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Node, Scratch, Sipp, json, register, scenario};
+
+const TOKEN: &str = "desk-token-0123456789";
+
+fn config(sip: u16, http: u16, citizen_port: u16) -> String {
+    let mut s = format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[api.tokens]]
+name = "desk"
+token = "{TOKEN}"
+role = "admin"
+
+[[tenants]]
+name = "asl"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+outbound = "127.0.0.1:{citizen_port}"
+caller_id = "+39800123456"
+dids = {{ "100" = "richiamate" }}
+
+[[queues]]
+name = "richiamate"
+tenant = "asl"
+ring_timeout_seconds = 10
+max_wait_seconds = 600
+"#
+    );
+    for u in 1001..=1020 {
+        s.push_str(&format!(
+            "\n[[agents]]\nusername = \"{u}\"\npassword = \"demo{u}\"\ntenant = \"asl\"\nqueues = [\"richiamate\"]\n"
+        ));
+    }
+    s
+}
+
+#[test]
+fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
+    let scratch = Scratch::new("cb-exec");
+    let mut citizen = Sipp::spawn(
+        &scratch,
+        "citizen",
+        &[
+            "-sf",
+            &scenario("citizen_answer.xml"),
+            "-m",
+            "100",
+            "-trace_logs",
+            "-timeout",
+            "120s",
+        ],
+    );
+    let citizen_port = citizen.port;
+    let mut node = Node::start_toml(&scratch, |sip, http| config(sip, http, citizen_port));
+    // 100 requests while no operator is logged in: claimed, waiting.
+    for i in 0..100 {
+        let (code, body) = node.http(
+            "POST",
+            "/api/v1/callbacks",
+            Some(TOKEN),
+            Some(&format!(
+                r#"{{"queue": "richiamate", "number": "+39347{i:07}"}}"#
+            )),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+    node.wait_metric(
+        "centralino_queue_calls{queue=\"richiamate\"}",
+        Duration::from_secs(10),
+        |v| v == 100.0,
+    );
+    node.kill_hard();
+
+    // A new process on the same store: nothing was dialled, so all 100
+    // go back to pending and run once operators log in.
+    let node = Node::start_toml(&scratch, |sip, http| config(sip, http, citizen_port));
+    let phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-d",
+            "200",
+            "-timeout",
+            "120s",
+        ],
+    );
+    let users: Vec<u32> = (1001..=1020).collect();
+    register(&scratch, &node, &users, phones.port, |u| format!("demo{u}"));
+    citizen.expect_success(Duration::from_secs(120));
+
+    let mut called: HashMap<String, u32> = HashMap::new();
+    for line in citizen.log_lines() {
+        // "called INVITE sip:+393470000001@"
+        if let Some(n) = line
+            .split("called INVITE sip:")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+        {
+            *called.entry(n.trim().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(called.len(), 100, "every number called: {}", called.len());
+    assert!(called.values().all(|&n| n == 1), "each exactly once");
+
+    let done = |node: &Node| {
+        let (_, body) = node.http(
+            "GET",
+            "/api/v1/callbacks?status=done&limit=1000",
+            Some(TOKEN),
+            None,
+        );
+        json(&body)["callbacks"].as_array().map_or(0, Vec::len)
+    };
+    let start = std::time::Instant::now();
+    while done(&node) < 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} done",
+            done(&node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(TOKEN), None);
+    assert_eq!(json(&body)["callbacks"].as_array().unwrap().len(), 0);
+}
