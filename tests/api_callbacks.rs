@@ -262,3 +262,114 @@ fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
         0.0
     );
 }
+
+/// A local stand-in for the firm's SMS gateway: answers the first request
+/// 500, the others 204; returns the bodies received.
+fn gateway() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("gateway");
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut c) = conn else { return };
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head and the declared body.
+            loop {
+                let n = c.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        let status = if i == 0 {
+                            "500 Internal Server Error"
+                        } else {
+                            "204 No Content"
+                        };
+                        let _ = write!(c, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                        if tx.send(body.to_owned()).is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// A node whose SMS hook posts to `port` (retry after 1 s, `attempts`),
+/// with one callback booked for `number`: (node, the booking's answer).
+fn node_with_hook(scratch: &Scratch, port: u16, attempts: u32, number: &str) -> (Node, String) {
+    let node = Node::start_toml(scratch, |sip, http| {
+        format!(
+            "{}\n[notifications]\nurl = \"http://127.0.0.1:{port}/sms\"\ntoken = \"gw-secret\"\nretry_seconds = 1\nmax_attempts = {attempts}\n",
+            config(sip, http)
+        )
+    });
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(TOKEN),
+        Some(&format!(r#"{{"queue": "vaccini", "number": "{number}"}}"#)),
+    );
+    assert_eq!(code, 201, "{body}");
+    (node, body)
+}
+
+#[test]
+fn the_sms_hook_is_told_of_each_booking_retried_and_never_lost() {
+    let scratch = Scratch::new("api-sms");
+    let (port, bodies) = gateway();
+    let (node, body) = node_with_hook(&scratch, port, 3, "+393331234567");
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    // Refused once (500), delivered on the retry.
+    for attempt in 0..2 {
+        let got = bodies
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("attempt {attempt} never reached the gateway"));
+        let v = json(&got);
+        assert_eq!(
+            (v["event"].as_str(), v["callback"].as_str()),
+            (Some("booked"), Some(id.as_str()))
+        );
+        assert_eq!(v["number"], "+393331234567");
+    }
+    node.wait_metric(
+        "centralino_notifications_total{event=\"booked\",outcome=\"sent\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    assert_eq!(
+        node.metric("centralino_notifications_total{event=\"booked\",outcome=\"retry\"}"),
+        1.0
+    );
+    // A gateway that never answers: the notification becomes a dead
+    // letter after the last attempt, kept in the store.
+    drop(bodies);
+    let dead_port = common::free_port();
+    let scratch2 = Scratch::new("api-sms-dead");
+    let (node2, _) = node_with_hook(&scratch2, dead_port, 2, "+393337654321");
+    node2.wait_metric(
+        "centralino_notifications_total{event=\"booked\",outcome=\"dead_letter\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let store =
+        centralino_store::Store::open(&scratch2.path("data").join("centralino.db")).unwrap();
+    assert_eq!(
+        store.notifications().unwrap(),
+        [("booked".to_owned(), "dead".to_owned())]
+    );
+}

@@ -100,6 +100,9 @@ pub struct Metrics {
     /// `centralino_callbacks_total{outcome}`: created, deduplicated,
     /// rejected, updated, cancelled.
     pub callbacks: IntCounterVec,
+    /// `centralino_notifications_total{event,outcome}`: SMS hook deliveries
+    /// (sent, retry, dead_letter).
+    pub notifications: IntCounterVec,
     /// `centralino_store_errors_total`: batches of call records not written.
     pub store_errors: IntCounter,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
@@ -333,6 +336,11 @@ impl Metrics {
                 "Callback requests by outcome",
                 &["outcome"]
             )),
+            notifications: reg!(cv(
+                "centralino_notifications_total",
+                "SMS hook notifications by event and outcome",
+                &["event", "outcome"]
+            )),
             store_errors: reg!(c(
                 "centralino_store_errors_total",
                 "Batches of call records the store could not write"
@@ -387,7 +395,8 @@ mod tests {
                             "side",
                             "source",
                             "flow",
-                            "route"
+                            "route",
+                            "event"
                         ]
                         .contains(&l.name()),
                         "label {} on {name}",

@@ -61,6 +61,7 @@ struct RawConfig {
     media: RawMedia,
     api: RawApi,
     store: RawStore,
+    notifications: RawNotifications,
     flows_dir: Option<String>,
     flows: Vec<centralino_flows::RawFlow>,
     /// Names of the files the last flows came from (not in the TOML).
@@ -136,6 +137,44 @@ struct RawQuestion {
     answers: BTreeMap<String, String>,
     #[serde(default)]
     next: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNotifications {
+    url: Option<String>,
+    token: Option<String>,
+    max_attempts: u32,
+    retry_seconds: u64,
+}
+
+impl Default for RawNotifications {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            max_attempts: 5,
+            retry_seconds: 30,
+        }
+    }
+}
+
+/// The SMS hook: an HTTP POST per callback event to the firm's gateway.
+#[derive(Clone, Debug)]
+pub struct Notifications {
+    /// `http://host:port/path` (plain HTTP to a gateway or relay on the
+    /// firm's network).
+    pub url: String,
+    /// Host and port to connect to.
+    pub addr: String,
+    /// Path of the request.
+    pub path: String,
+    /// Sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Attempts before a notification becomes a dead letter.
+    pub max_attempts: u32,
+    /// Wait between attempts.
+    pub retry: Duration,
 }
 
 #[derive(Deserialize)]
@@ -664,6 +703,8 @@ pub struct Config {
     /// Numbers in call records and finished callbacks are masked after
     /// this many days.
     pub retention_days: u32,
+    /// The SMS hook, if configured.
+    pub notifications: Option<Notifications>,
     /// Tenant names.
     pub tenants: Vec<String>,
     /// Trunks.
@@ -1500,6 +1541,39 @@ impl Config {
         }
 
         let media = validate_media(&mut p, &raw.media);
+        let notifications = raw.notifications.url.as_ref().and_then(|url| {
+            let n = &raw.notifications;
+            if !(1..=50).contains(&n.max_attempts) {
+                p.add("notifications.max_attempts", "must be in 1..=50");
+            }
+            if !(1..=86_400).contains(&n.retry_seconds) {
+                p.add("notifications.retry_seconds", "must be in 1..=86400");
+            }
+            let Some(rest) = url.strip_prefix("http://") else {
+                p.add(
+                    "notifications.url",
+                    "http://HOST:PORT/PATH (a gateway or relay on the firm's network)",
+                );
+                return None;
+            };
+            let (addr, path) = match rest.split_once('/') {
+                Some((a, p)) => (a.to_owned(), format!("/{p}")),
+                None => (rest.to_owned(), "/".to_owned()),
+            };
+            if addr.is_empty() || !addr.contains(':') || !url.bytes().all(|b| b.is_ascii_graphic())
+            {
+                p.add("notifications.url", "http://HOST:PORT/PATH, with the port");
+                return None;
+            }
+            Some(Notifications {
+                url: url.clone(),
+                addr,
+                path,
+                token: n.token.clone(),
+                max_attempts: n.max_attempts,
+                retry: Duration::from_secs(n.retry_seconds),
+            })
+        });
         if !(1..=3650).contains(&raw.store.retention_days) {
             p.add("store.retention_days", "must be in 1..=3650");
         }
@@ -1589,6 +1663,7 @@ impl Config {
             scripts,
             api_tokens,
             retention_days: raw.store.retention_days,
+            notifications,
             tenants,
             trunks,
             queues,

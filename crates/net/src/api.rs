@@ -40,6 +40,8 @@ enum StoreReq {
     MarkDialed(String, i64, Reply<bool>),
     Finish(String, Status, &'static str, i64),
     Reschedule(String, i64, &'static str, i64),
+    DueNotifications(i64, Reply<Vec<centralino_store::Notification>>),
+    NotificationAttempt(i64, bool, Option<String>, Option<i64>),
     Answers(
         String,
         Option<String>,
@@ -59,7 +61,12 @@ enum StoreReq {
 struct StoreHandle(Sender<StoreReq>);
 
 impl StoreHandle {
-    fn start(path: &Path, retention_days: u32, metrics: Metrics) -> Result<Self, ApiError> {
+    fn start(
+        path: &Path,
+        retention_days: u32,
+        notify: bool,
+        metrics: Metrics,
+    ) -> Result<Self, ApiError> {
         // Opened here so a bad file stops the start with its reason.
         let mut store = Store::open(path).map_err(ApiError::Store)?;
         // Calls in progress when the last process died: closed as such.
@@ -86,6 +93,29 @@ impl StoreHandle {
             .name("store".into())
             .spawn(move || {
                 let err = |e: StoreError| e.to_string();
+                // The SMS hook's outbox: written next to the change it
+                // reports, sent by the notifier.
+                let outbox = |store: &mut Store, id: &str, event: &str| {
+                    if !notify {
+                        return;
+                    }
+                    if let Ok(Some(cb)) = store.get_callback(id) {
+                        let payload = json!({
+                            "event": event,
+                            "callback": cb.id,
+                            "number": cb.number,
+                            "queue": cb.queue,
+                            "not_before": cb.not_before.map(rfc3339),
+                            "attempts": cb.attempts,
+                            "outcome": cb.outcome,
+                            "at": rfc3339(unix_now()),
+                        })
+                        .to_string();
+                        if let Err(e) = store.notify(id, event, &payload, unix_now()) {
+                            warn!(error = %e, "notification not queued");
+                        }
+                    }
+                };
                 let mut next_retention = std::time::Instant::now();
                 loop {
                     if std::time::Instant::now() >= next_retention {
@@ -115,11 +145,19 @@ impl StoreHandle {
                             let _ = r.send(store.claim_due(now, limit).map_err(err));
                         }
                         StoreReq::MarkDialed(id, now, r) => {
-                            let _ = r.send(store.mark_dialed(&id, now).map_err(err));
+                            let marked = store.mark_dialed(&id, now).map_err(err);
+                            if matches!(marked, Ok(true)) {
+                                outbox(&mut store, &id, "about_to_call");
+                            }
+                            let _ = r.send(marked);
                         }
                         StoreReq::Finish(id, status, outcome, now) => {
-                            if let Err(e) = store.set_status(&id, status, Some(outcome), now) {
-                                warn!(error = %e, "callback outcome not recorded");
+                            match store.set_status(&id, status, Some(outcome), now) {
+                                Ok(_) if status == Status::Failed => {
+                                    outbox(&mut store, &id, "failed");
+                                }
+                                Ok(_) => {}
+                                Err(e) => warn!(error = %e, "callback outcome not recorded"),
                             }
                         }
                         StoreReq::Reschedule(id, at, outcome, now) => {
@@ -134,7 +172,21 @@ impl StoreHandle {
                             }
                         }
                         StoreReq::Create(n, now, r) => {
-                            let _ = r.send(store.create_callback(&n, now).map_err(err));
+                            let created = store.create_callback(&n, now).map_err(err);
+                            if let Ok(Created::New(cb)) = &created {
+                                outbox(&mut store, &cb.id, "booked");
+                            }
+                            let _ = r.send(created);
+                        }
+                        StoreReq::DueNotifications(now, r) => {
+                            let _ = r.send(store.due_notifications(now, 50).map_err(err));
+                        }
+                        StoreReq::NotificationAttempt(seq, sent, error, retry_at) => {
+                            if let Err(e) =
+                                store.notification_attempt(seq, sent, error.as_deref(), retry_at)
+                            {
+                                warn!(error = %e, "notification attempt not recorded");
+                            }
                         }
                         StoreReq::Get(id, r) => {
                             let _ = r.send(store.get_callback(&id).map_err(err));
@@ -168,6 +220,89 @@ impl StoreHandle {
             .map_err(|_| "the store stopped".to_owned())
             .and_then(|r| r)
     }
+}
+
+/// Sends the outbox to the SMS gateway: one POST per notification, retried
+/// with a delay, a dead letter after the last attempt. Never on the call
+/// path: a slow or dead gateway only delays SMS.
+async fn notifier(store: StoreHandle, cfg: centralino_config::Notifications, metrics: Metrics) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = unix_now();
+        let Ok(due) = store.ask(|r| StoreReq::DueNotifications(now, r)).await else {
+            continue;
+        };
+        for n in due {
+            let result = post_json(&cfg, &n.payload).await;
+            let (sent, error) = match result {
+                Ok(()) => (true, None),
+                Err(e) => (false, Some(e)),
+            };
+            let retry_at = (!sent && n.attempts + 1 < cfg.max_attempts)
+                .then(|| unix_now() + cfg.retry.as_secs() as i64);
+            let outcome = match (sent, retry_at) {
+                (true, _) => "sent",
+                (false, Some(_)) => "retry",
+                (false, None) => "dead_letter",
+            };
+            if outcome != "sent" {
+                warn!(event = %n.event, error = ?error, outcome, "notification not delivered");
+            }
+            metrics
+                .notifications
+                .with_label_values(&[&n.event, outcome])
+                .inc();
+            let _ = store
+                .0
+                .send(StoreReq::NotificationAttempt(n.seq, sent, error, retry_at));
+        }
+    }
+}
+
+/// One HTTP/1.1 POST; `Ok` on a 2xx answer.
+async fn post_json(cfg: &centralino_config::Notifications, body: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(&cfg.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let auth = cfg
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+            cfg.path,
+            cfg.addr,
+            body.len()
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut head = [0u8; 32];
+        let mut n = 0;
+        while n < 12 {
+            let k = s
+                .read(&mut head[n..])
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        let line = String::from_utf8_lossy(&head[..n]);
+        match line.get(9..12).and_then(|c| c.parse::<u16>().ok()) {
+            Some(c) if (200..300).contains(&c) => Ok(()),
+            Some(c) => Err(format!("gateway answered {c}")),
+            None => Err("no HTTP answer".into()),
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| "timeout".to_owned())?
 }
 
 /// Why the API cannot start.
@@ -267,7 +402,15 @@ impl Api {
     pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
         std::fs::create_dir_all(data_dir).map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
         let path = data_dir.join("centralino.db");
-        let store = StoreHandle::start(&path, config.retention_days, metrics.clone())?;
+        let store = StoreHandle::start(
+            &path,
+            config.retention_days,
+            config.notifications.is_some(),
+            metrics.clone(),
+        )?;
+        if let Some(n) = &config.notifications {
+            tokio::spawn(notifier(store.clone(), n.clone(), metrics.clone()));
+        }
         info!(path = %path.display(), "store open");
         Ok(Self {
             store,

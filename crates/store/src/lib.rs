@@ -74,7 +74,33 @@ const MIGRATIONS: &[&str] = &[
     // 4: a callback whose citizen has been dialled is never dialled again
     // after a crash (it needs a person to look at it instead).
     "ALTER TABLE callbacks ADD COLUMN dialed INTEGER NOT NULL DEFAULT 0;",
+    // 5: notifications to the SMS gateway (outbox, retries, dead letters).
+    "CREATE TABLE notifications (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        callback TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX notifications_due ON notifications (status, next_at);",
 ];
+
+/// A notification waiting to be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// Outbox position.
+    pub seq: i64,
+    /// Event name (booked, about_to_call, failed).
+    pub event: String,
+    /// JSON body.
+    pub payload: String,
+    /// Attempts so far.
+    pub attempts: u32,
+}
 
 /// A call record as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -630,6 +656,72 @@ impl Store {
         )?;
         tx.commit()?;
         Ok((back, cut))
+    }
+
+    /// Queues a notification (sent by the notifier, never on the call
+    /// path).
+    pub fn notify(
+        &mut self,
+        callback: &str,
+        event: &str,
+        payload: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO notifications (callback, event, payload, status, attempts, next_at, created_at) VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)",
+            params![callback, event, payload, now],
+        )?;
+        Ok(())
+    }
+
+    /// Notifications due at `now`, oldest first.
+    pub fn due_notifications(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, event, payload, attempts FROM notifications WHERE status = 'pending' AND next_at <= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now, limit.min(MAX_LIST) as i64], |r| {
+            Ok(Notification {
+                seq: r.get(0)?,
+                event: r.get(1)?,
+                payload: r.get(2)?,
+                attempts: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records an attempt: sent, retried at `retry_at`, or (no attempt
+    /// left) a dead letter kept with its last error.
+    pub fn notification_attempt(
+        &mut self,
+        seq: i64,
+        sent: bool,
+        error: Option<&str>,
+        retry_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let status = match (sent, retry_at) {
+            (true, _) => "sent",
+            (false, Some(_)) => "pending",
+            (false, None) => "dead",
+        };
+        self.conn.execute(
+            "UPDATE notifications SET status = ?2, attempts = attempts + 1, last_error = ?3, next_at = COALESCE(?4, next_at) WHERE seq = ?1",
+            params![seq, status, error, retry_at],
+        )?;
+        Ok(())
+    }
+
+    /// Notifications by status (pending, sent, dead): (event, status).
+    pub fn notifications(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT event, status FROM notifications ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Stores an operator's answers to the script for a call (an answer
