@@ -1853,6 +1853,11 @@ impl Engine {
         // The call record id (operator answers are stored against it) and
         // the queue's operator script, for the operator's desktop.
         inv.push("X-Centralino-Call", &call.record_id);
+        if let Some(o) = &call.outbound {
+            // A callback: the operator's phone shows it before answering
+            // (the citizen is dialled after the answer).
+            inv.push("X-Centralino-Callback", &o.id);
+        }
         if let Some(script) = &self.scripts[call.queue.0 as usize] {
             inv.push("X-Centralino-Script", script);
         }

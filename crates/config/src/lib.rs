@@ -384,6 +384,8 @@ struct RawQueue {
     callback_offer_prompts: Vec<String>,
     #[serde(default)]
     callback_confirm_prompts: Vec<String>,
+    #[serde(default)]
+    callback_hours: Option<centralino_flows::def::RawCalendar>,
     #[serde(default = "default_callback_attempts")]
     callback_max_attempts: u32,
     #[serde(default = "default_callback_retry")]
@@ -555,6 +557,9 @@ pub struct Queue {
     pub callback_offer_prompts: Vec<String>,
     /// Played once the callback is stored, before the call ends.
     pub callback_confirm_prompts: Vec<String>,
+    /// When callbacks of this queue may be placed (Europe/Rome); any time
+    /// when `None`.
+    pub callback_hours: Option<centralino_flows::calendar::Calendar>,
     /// Dial attempts per callback before it fails.
     pub callback_max_attempts: u32,
     /// Wait between attempts (busy, no answer, failure).
@@ -1286,6 +1291,14 @@ impl Config {
                 },
                 callback_offer_prompts: q.callback_offer_prompts.clone(),
                 callback_confirm_prompts: q.callback_confirm_prompts.clone(),
+                callback_hours: q.callback_hours.as_ref().map(|c| {
+                    let mut problems = Vec::new();
+                    let cal = centralino_flows::def::calendar(&path, c, &mut problems);
+                    for (k, m) in problems {
+                        p.add(k.replace(".calendar.", ".callback_hours."), m);
+                    }
+                    cal
+                }),
                 callback_max_attempts: q.callback_max_attempts,
                 callback_retry: Duration::from_secs(q.callback_retry_seconds),
                 routing: QueueSettings {
@@ -2007,5 +2020,27 @@ record = true
                 "{want} missing from {text:#?}"
             );
         }
+    }
+
+    #[test]
+    fn callback_hours_are_checked() {
+        let base = "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\n";
+        let good = format!(
+            "{base}callback_hours = {{ days = [\"lun\", \"ven\"], hours = [\"08:00-18:00\"] }}\n"
+        );
+        let c = Config::from_toml(&good).unwrap();
+        assert!(c.queues[0].callback_hours.is_some());
+        let bad = good
+            .replace("\"ven\"", "\"venerdi santo\"")
+            .replace("08:00-18:00", "18:00-08:00");
+        let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+            panic!()
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("queues[0].callback_hours.hours[0]")),
+            "{text:?}"
+        );
     }
 }

@@ -517,7 +517,8 @@ fn compile_node(
     }
 }
 
-fn calendar(np: &str, c: &RawCalendar, p: &mut Vec<Problem>) -> Calendar {
+/// Checks a calendar as written (`np` is its key path's prefix).
+pub fn calendar(np: &str, c: &RawCalendar, p: &mut Vec<Problem>) -> Calendar {
     let mut cal = Calendar::default();
     for (i, d) in c.days.iter().enumerate() {
         match parse_day(d) {

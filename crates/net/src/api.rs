@@ -36,7 +36,7 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum StoreReq {
     Records(Vec<centralino_store::Record>),
-    Claim(i64, usize, Reply<Vec<Callback>>),
+    Claim(i64, usize, Vec<String>, Reply<Vec<Callback>>),
     MarkDialed(String, i64, Reply<bool>),
     Finish(String, Status, &'static str, i64),
     Reschedule(String, i64, &'static str, i64),
@@ -141,8 +141,9 @@ impl StoreHandle {
                                     .map_err(err),
                             );
                         }
-                        StoreReq::Claim(now, limit, r) => {
-                            let _ = r.send(store.claim_due(now, limit).map_err(err));
+                        StoreReq::Claim(now, limit, open, r) => {
+                            let open = |q: &str| open.iter().any(|o| o == q);
+                            let _ = r.send(store.claim_due(now, limit, &open).map_err(err));
                         }
                         StoreReq::MarkDialed(id, now, r) => {
                             let marked = store.mark_dialed(&id, now).map_err(err);
@@ -331,11 +332,15 @@ impl RecordSink {
         let _ = self.0.send(StoreReq::Records(batch));
     }
 
-    /// Claims callbacks due now (at most `limit`).
-    pub async fn claim_due(&self, limit: usize) -> Result<Vec<Callback>, String> {
+    /// Claims callbacks due now (at most `limit`) of the queues in `open`.
+    pub async fn claim_due(
+        &self,
+        limit: usize,
+        open: Vec<String>,
+    ) -> Result<Vec<Callback>, String> {
         let now = unix_now();
         StoreHandle(self.0.clone())
-            .ask(|r| StoreReq::Claim(now, limit, r))
+            .ask(|r| StoreReq::Claim(now, limit, open, r))
             .await
     }
 

@@ -35,11 +35,28 @@ const CALLBACK_POLL: Duration = Duration::from_secs(1);
 const CALLBACK_BATCH: usize = 50;
 
 /// Claims due callbacks and hands them to the engine, once a second.
-async fn callback_scheduler(sink: crate::api::RecordSink, tx: mpsc::Sender<Input>) {
+async fn callback_scheduler(
+    sink: crate::api::RecordSink,
+    tx: mpsc::Sender<Input>,
+    hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
+) {
     let mut tick = tokio::time::interval(CALLBACK_POLL);
     loop {
         tick.tick().await;
-        let due = match sink.claim_due(CALLBACK_BATCH).await {
+        // Citizens are called only within their queue's callback hours
+        // (e.g. fragile people Mon-Fri 08:00-18:00, Europe/Rome).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let open: Vec<String> = hours
+            .iter()
+            .filter(|(_, cal)| cal.as_ref().is_none_or(|c| c.open(now)))
+            .map(|(q, _)| q.clone())
+            .collect();
+        if open.is_empty() {
+            continue;
+        }
+        let due = match sink.claim_due(CALLBACK_BATCH, open).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "cannot read due callbacks");
@@ -242,7 +259,12 @@ impl SipServer {
             && config.trunks.iter().any(|t| t.outbound.is_some())
         {
             info!("executing callbacks (agent first)");
-            tokio::spawn(callback_scheduler(sink.clone(), tx.clone()));
+            let hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)> = config
+                .queues
+                .iter()
+                .map(|q| (q.routing.name.clone(), q.callback_hours.clone()))
+                .collect();
+            tokio::spawn(callback_scheduler(sink.clone(), tx.clone(), hours));
         }
         drop(tx);
         let engine_task = tokio::spawn(run_engine(

@@ -591,14 +591,30 @@ impl Store {
     /// Claims up to `limit` pending callbacks due at `now` (Unix seconds),
     /// oldest request first: they become `in_progress` with one more
     /// attempt, and are not dialled yet.
-    pub fn claim_due(&mut self, now: i64, limit: usize) -> Result<Vec<Callback>, StoreError> {
+    pub fn claim_due(
+        &mut self,
+        now: i64,
+        limit: usize,
+        open: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Callback>, StoreError> {
         let tx = self.conn.transaction()?;
         let due: Vec<Callback> = {
             let mut stmt = tx.prepare(&format!(
-                "SELECT {COLUMNS} FROM callbacks WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?1) ORDER BY created_at, id LIMIT ?2"
+                "SELECT {COLUMNS} FROM callbacks WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?1) ORDER BY created_at, id"
             ))?;
-            let rows = stmt.query_map(params![now, limit.min(MAX_LIST) as i64], callback)?;
-            rows.collect::<Result<_, _>>()?
+            let rows = stmt.query_map(params![now], callback)?;
+            // Only queues whose callback hours are open now.
+            let mut due = Vec::new();
+            for r in rows {
+                let cb = r?;
+                if open(&cb.queue) {
+                    due.push(cb);
+                    if due.len() >= limit.min(MAX_LIST) {
+                        break;
+                    }
+                }
+            }
+            due
         };
         let mut out = Vec::with_capacity(due.len());
         for mut cb in due {
@@ -964,7 +980,7 @@ mod tests {
             n.not_before = nb;
             s.create_callback(&n, 100).unwrap();
         }
-        let first = s.claim_due(200, 10).unwrap();
+        let first = s.claim_due(200, 10, &|_| true).unwrap();
         let ids: Vec<&str> = first.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"], "b is not due yet");
         assert!(
@@ -972,11 +988,18 @@ mod tests {
                 .iter()
                 .all(|c| c.status == Status::InProgress && c.attempts == 1)
         );
-        assert!(s.claim_due(200, 10).unwrap().is_empty(), "claimed once");
+        assert!(
+            s.claim_due(200, 10, &|_| true).unwrap().is_empty(),
+            "claimed once"
+        );
         assert!(s.mark_dialed("a", 201).unwrap());
         s.reschedule("c", 900, "busy", 202).unwrap();
+        assert!(
+            s.claim_due(600, 10, &|_| false).unwrap().is_empty(),
+            "queues outside their callback hours wait"
+        );
         assert_eq!(
-            s.claim_due(600, 10).unwrap().len(),
+            s.claim_due(600, 10, &|_| true).unwrap().len(),
             1,
             "b only: c waits until 900"
         );

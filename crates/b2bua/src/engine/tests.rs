@@ -1311,6 +1311,7 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
     // Agent first: the operator is called; the citizen not yet.
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
     assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    assert_eq!(inv.header("X-Centralino-Callback"), Some("cb1"));
     let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
     assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
     assert!(
