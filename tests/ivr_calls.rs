@@ -120,7 +120,14 @@ start = "orari"
 type = "condition"
 calendar = {{ days = [], hours = ["08:00-18:00"] }}
 then = "q-info"
-else = "chiuso"
+else = "offerta"
+[flows.nodes.offerta]
+type = "callback"
+prompts = ["menu1"]
+queue = "info"
+timeout_seconds = 2
+confirm_prompts = ["menu2"]
+on_fail = "chiuso"
 [flows.nodes.chiuso]
 type = "hangup"
 prompts = ["chiuso"]
@@ -395,6 +402,39 @@ fn sighup_reloads_the_flows_for_new_calls() {
     );
     assert_eq!(
         node.metric("centralino_config_reloads_total{outcome=\"applied\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn outside_opening_hours_a_caller_accepts_a_callback_and_is_never_a_dead_end() {
+    let scratch = Scratch::new("ivr-offer");
+    let node = node(&scratch);
+    let mut trunk = media_trunk(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_ivr_callback.xml",
+        "801",
+        "0",
+    );
+    trunk.expect_success(Duration::from_secs(25));
+    let (code, body) = node.http(
+        "GET",
+        "/api/v1/callbacks?status=pending",
+        Some("desk-token-0123456789"),
+        None,
+    );
+    assert_eq!(code, 200);
+    let list = common::json(&body)["callbacks"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(
+        (list[0]["queue"].as_str(), list[0]["source"].as_str()),
+        (Some("info"), Some("ivr"))
+    );
+    assert_eq!(list[0]["number"], "+39333001");
+    assert_eq!(
+        node.metric("centralino_callbacks_total{outcome=\"ivr_created\"}"),
         1.0
     );
 }

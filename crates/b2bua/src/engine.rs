@@ -262,6 +262,19 @@ struct Call {
     outbound: Option<Outbound>,
 }
 
+/// The interpreter's view of the engine, from disjoint fields (usable
+/// while a call is borrowed from the call table).
+macro_rules! facts {
+    ($e:ident, $now:expr) => {
+        EngineFacts {
+            router: &$e.router,
+            prompts: &$e.prompts,
+            queues: &$e.queue_ids,
+            unix: $e.wall.1 + $now.saturating_duration_since($e.wall.0).as_secs() as i64,
+        }
+    };
+}
+
 /// What the IVR interpreter sees of the engine.
 struct EngineFacts<'a> {
     router: &'a Router,
@@ -1655,12 +1668,7 @@ impl Engine {
     }
 
     fn run_flow(&mut self, now: Instant, id: CallId, flow: Arc<IvrFlow>) {
-        let facts = EngineFacts {
-            router: &self.router,
-            prompts: &self.prompts,
-            queues: &self.queue_ids,
-            unix: self.unix_at(now),
-        };
+        let facts = facts!(self, now);
         let (run, actions) = Run::start(flow, now, &facts);
         if let Some(call) = self.calls.get_mut(&id) {
             info!(flow = run.flow(), "IVR flow started");
@@ -1723,6 +1731,37 @@ impl Engine {
                     match self.queue_ids.get(&queue).copied() {
                         Some(q) => self.enter_queue(now, id, q, &spec),
                         None => self.end_unanswered(now, id, 480, "ivr_no_queue", false),
+                    }
+                }
+                FlowAction::Callback { queue } => {
+                    let Some(call) = self.calls.get_mut(&id) else {
+                        return;
+                    };
+                    let number = call.caller.clone();
+                    let digits = number.strip_prefix('+').unwrap_or(&number);
+                    if (6..=15).contains(&digits.len())
+                        && digits.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        call.callback_asked = true;
+                        info!(number = %Masked(&number), queue = %queue, "caller accepts a callback (IVR)");
+                        let enqueued_unix = self.unix_at(now);
+                        self.out.push_back(Output::StoreCallback {
+                            call: id,
+                            queue,
+                            number,
+                            enqueued_unix,
+                        });
+                    } else if let Some(mut run) = call.run.take() {
+                        // No number to call back: the flow's fallback.
+                        self.metrics
+                            .callbacks
+                            .with_label_values(&["no_number"])
+                            .inc();
+                        let facts = facts!(self, now);
+                        let more = run.callback_result(now, false, &facts);
+                        call.run = Some(run);
+                        self.flow_actions(now, id, more);
+                        return;
                     }
                 }
                 FlowAction::Hangup => {
@@ -2170,12 +2209,7 @@ impl Engine {
                 let Some(mut run) = call.run.take() else {
                     return;
                 };
-                let facts = EngineFacts {
-                    router: &self.router,
-                    prompts: &self.prompts,
-                    queues: &self.queue_ids,
-                    unix: self.wall.1 + now.saturating_duration_since(self.wall.0).as_secs() as i64,
-                };
+                let facts = facts!(self, now);
                 let actions = run.handle_timeout(now, &facts);
                 call.run = Some(run);
                 self.flow_actions(now, call_id, actions);
@@ -2281,6 +2315,20 @@ impl Engine {
             return;
         };
         let _span = call.span.clone().entered();
+        if call.phase == Phase::Ivr
+            && let Some(mut run) = call.run.take()
+        {
+            // Offered by the IVR flow: the flow confirms or falls back.
+            call.callback_asked = false;
+            let outcome = if stored { "ivr_created" } else { "ivr_failed" };
+            self.metrics.callbacks.with_label_values(&[outcome]).inc();
+            let facts = facts!(self, now);
+            let actions = run.callback_result(now, stored, &facts);
+            call.run = Some(run);
+            self.flow_actions(now, call_id, actions);
+            self.pump(now);
+            return;
+        }
         if !stored || call.phase == Phase::Connected {
             call.callback_asked = false;
             warn!("callback not stored: the caller keeps waiting");
@@ -2380,12 +2428,7 @@ impl Engine {
         if side == Side::A
             && let Some(mut run) = call.run.take()
         {
-            let facts = EngineFacts {
-                router: &self.router,
-                prompts: &self.prompts,
-                queues: &self.queue_ids,
-                unix: self.wall.1 + now.saturating_duration_since(self.wall.0).as_secs() as i64,
-            };
+            let facts = facts!(self, now);
             let actions = run.handle_digit(now, digit, &facts);
             call.run = Some(run);
             self.flow_actions(now, call_id, actions);

@@ -66,6 +66,10 @@ pub struct RawNode {
     priority: Option<i8>,
     fragile: Option<bool>,
     language: Option<String>,
+    // callback
+    key: Option<String>,
+    #[serde(default)]
+    confirm_prompts: Vec<String>,
 }
 
 /// Opening hours as written.
@@ -190,12 +194,32 @@ pub enum Node {
         /// Prompts.
         prompts: Vec<String>,
     },
+    /// Offer a callback: `key` stores it for `queue` (the caller's
+    /// number), plays the confirmation and hangs up; anything else, or a
+    /// store that cannot take it, goes to `on_fail`.
+    Callback {
+        /// The offer.
+        prompts: Vec<String>,
+        /// The key that accepts.
+        key: char,
+        /// The queue whose operators will call back.
+        queue: String,
+        /// Wait for the key after the offer.
+        timeout: Duration,
+        /// Played once stored, before hanging up.
+        confirm: Vec<String>,
+        /// When refused, silent, or not stored.
+        on_fail: usize,
+    },
 }
 
 impl Node {
     /// Whether the node waits for the caller's keys.
     fn takes_input(&self) -> bool {
-        matches!(self, Self::Menu { .. } | Self::Collect { .. })
+        matches!(
+            self,
+            Self::Menu { .. } | Self::Collect { .. } | Self::Callback { .. }
+        )
     }
 
     fn targets(&self) -> Vec<usize> {
@@ -208,6 +232,7 @@ impl Node {
             Self::Condition {
                 then, otherwise, ..
             } => vec![*then, *otherwise],
+            Self::Callback { on_fail, .. } => vec![*on_fail],
             Self::Enqueue { .. } | Self::Hangup { .. } => Vec::new(),
         }
     }
@@ -216,6 +241,9 @@ impl Node {
     pub fn prompts(&self) -> impl Iterator<Item = &String> {
         let (a, b): (&[String], &[String]) = match self {
             Self::Play { prompts, .. } | Self::Hangup { prompts } => (prompts, &[]),
+            Self::Callback {
+                prompts, confirm, ..
+            } => (prompts, confirm),
             Self::Menu {
                 prompts, invalid, ..
             }
@@ -503,11 +531,38 @@ fn compile_node(
         "hangup" => Node::Hangup {
             prompts: n.prompts.clone(),
         },
+        "callback" => {
+            let key = match n.key.as_deref().unwrap_or("1") {
+                k if k.len() == 1 && matches!(k.as_bytes()[0], b'0'..=b'9' | b'*' | b'#') => {
+                    char::from(k.as_bytes()[0])
+                }
+                _ => {
+                    p.push((format!("{np}.key"), "one of 0-9, *, #".into()));
+                    '1'
+                }
+            };
+            for (i, pr) in n.confirm_prompts.iter().enumerate() {
+                if pr.is_empty() || pr.starts_with('/') || pr.contains("..") {
+                    p.push((
+                        format!("{np}.confirm_prompts[{i}]"),
+                        "not a prompt name".into(),
+                    ));
+                }
+            }
+            Node::Callback {
+                prompts: n.prompts.clone(),
+                key,
+                queue: known_queue(p, &n.queue),
+                timeout: timeout(p, 5),
+                confirm: n.confirm_prompts.clone(),
+                on_fail: next(p, "on_fail", &n.on_fail),
+            }
+        }
         other => {
             p.push((
                 format!("{np}.type"),
                 format!(
-                    "unknown node type {other:?} (play, menu, collect, condition, set, enqueue, hangup)"
+                    "unknown node type {other:?} (play, menu, collect, condition, set, enqueue, hangup, callback)"
                 ),
             ));
             Node::Hangup {
@@ -616,7 +671,12 @@ fn check_graph(path: &str, flow: &Flow, p: &mut Vec<Problem>) {
     let mut exits: Vec<bool> = flow
         .nodes
         .iter()
-        .map(|x| matches!(x, Node::Enqueue { .. } | Node::Hangup { .. }))
+        .map(|x| {
+            matches!(
+                x,
+                Node::Enqueue { .. } | Node::Hangup { .. } | Node::Callback { .. }
+            )
+        })
         .collect();
     loop {
         let mut changed = false;

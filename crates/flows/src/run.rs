@@ -45,6 +45,12 @@ pub enum Action {
     },
     /// Hang up; the flow is over.
     Hangup,
+    /// Store a callback for `queue` with the caller's number; answer with
+    /// [`Run::callback_result`].
+    Callback {
+        /// The queue.
+        queue: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +61,8 @@ enum Wait {
     Prompts(Instant, After),
     /// A key is awaited until then.
     Key(Instant),
+    /// The callback is being stored.
+    Store,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,10 +130,43 @@ impl Run {
         self.wait == Wait::Done
     }
 
+    /// The store's answer to [`Action::Callback`]: stored (confirmation,
+    /// then hang up) or not (`on_fail`).
+    pub fn callback_result(
+        &mut self,
+        now: Instant,
+        stored: bool,
+        facts: &dyn Facts,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.wait != Wait::Store {
+            return out;
+        }
+        let flow = self.flow.clone();
+        let Node::Callback {
+            confirm, on_fail, ..
+        } = &flow.nodes[self.at]
+        else {
+            return out;
+        };
+        if stored {
+            if confirm.is_empty() {
+                self.wait = Wait::Done;
+                out.push(Action::Hangup);
+            } else {
+                out.push(Action::Play(confirm.clone()));
+                self.wait = Wait::Prompts(now + facts.duration(confirm), After::Hangup);
+            }
+        } else {
+            self.enter(now, *on_fail, facts, &mut out);
+        }
+        out
+    }
+
     /// When [`Self::handle_timeout`] must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.wait {
-            Wait::Done => None,
+            Wait::Done | Wait::Store => None,
             Wait::Prompts(t, _) | Wait::Key(t) => Some(t),
         }
     }
@@ -176,6 +217,22 @@ impl Run {
                     self.invalid(now, facts, &mut out);
                 }
             }
+            Node::Callback {
+                key,
+                queue,
+                on_fail,
+                ..
+            } => {
+                if digit == *key {
+                    // Waits for the store: nothing else happens meanwhile.
+                    self.wait = Wait::Store;
+                    out.push(Action::Callback {
+                        queue: queue.clone(),
+                    });
+                } else {
+                    self.enter(now, *on_fail, facts, &mut out);
+                }
+            }
             Node::Collect {
                 variable,
                 min,
@@ -210,7 +267,9 @@ impl Run {
 
     fn listen(&mut self, now: Instant) {
         let timeout = match &self.flow.nodes[self.at] {
-            Node::Menu { timeout, .. } | Node::Collect { timeout, .. } => *timeout,
+            Node::Menu { timeout, .. }
+            | Node::Collect { timeout, .. }
+            | Node::Callback { timeout, .. } => *timeout,
             _ => Duration::from_secs(5),
         };
         self.wait = Wait::Key(now + timeout);
@@ -219,6 +278,11 @@ impl Run {
     /// The caller said nothing (or stopped mid-input).
     fn no_key(&mut self, now: Instant, facts: &dyn Facts, out: &mut Vec<Action>) {
         let flow = self.flow.clone();
+        if let Node::Callback { on_fail, .. } = &flow.nodes[self.at] {
+            // No answer to the offer.
+            self.enter(now, *on_fail, facts, out);
+            return;
+        }
         if let Node::Collect {
             variable,
             min,
@@ -284,7 +348,10 @@ impl Run {
     /// Plays a menu's or collect's prompts, then listens.
     fn play_node(&mut self, now: Instant, at: usize, facts: &dyn Facts, out: &mut Vec<Action>) {
         let flow = self.flow.clone();
-        let (Node::Menu { prompts, .. } | Node::Collect { prompts, .. }) = &flow.nodes[at] else {
+        let (Node::Menu { prompts, .. }
+        | Node::Collect { prompts, .. }
+        | Node::Callback { prompts, .. }) = &flow.nodes[at]
+        else {
             return;
         };
         if prompts.is_empty() {
@@ -320,7 +387,7 @@ impl Run {
                     self.wait = Wait::Prompts(now + facts.duration(prompts), After::Next);
                     return;
                 }
-                Node::Menu { .. } | Node::Collect { .. } => {
+                Node::Menu { .. } | Node::Collect { .. } | Node::Callback { .. } => {
                     self.play_node(now, i, facts, out);
                     return;
                 }

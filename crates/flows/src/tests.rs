@@ -419,3 +419,50 @@ type = "hangup"
         );
     }
 }
+
+#[test]
+fn a_callback_offer_stores_on_the_key_and_falls_back_otherwise() {
+    let text = r#"
+name = "notte"
+start = "offerta"
+[nodes.offerta]
+type = "callback"
+prompts = ["premi-1"]
+queue = "info"
+confirm_prompts = ["ti-richiameremo"]
+on_fail = "ciao"
+[nodes.ciao]
+type = "hangup"
+prompts = ["arrivederci"]
+"#;
+    let flow = Arc::new(compiled(text).unwrap());
+    let w = open_hours();
+    let mut now = Instant::now();
+    let (mut run, out) = Run::start(flow.clone(), now, &w);
+    assert_eq!(out, [play(&["premi-1"])]);
+    // The key: store it, nothing else until the store answers.
+    let out = run.handle_digit(now, '1', &w);
+    assert_eq!(
+        out,
+        [Action::Callback {
+            queue: "info".into()
+        }]
+    );
+    assert_eq!(run.poll_timeout(), None);
+    let out = run.callback_result(now, true, &w);
+    assert_eq!(out, [play(&["ti-richiameremo"])]);
+    let out = advance(&mut run, &mut now, Duration::from_secs(2), &w);
+    assert_eq!(out, [Action::Hangup]);
+    // A store failure, another key, silence: the fallback.
+    let (mut run, _) = Run::start(flow.clone(), now, &w);
+    run.handle_digit(now, '1', &w);
+    assert_eq!(
+        run.callback_result(now, false, &w),
+        [play(&["arrivederci"])]
+    );
+    let (mut run, _) = Run::start(flow.clone(), now, &w);
+    assert_eq!(run.handle_digit(now, '7', &w), [play(&["arrivederci"])]);
+    let (mut run, _) = Run::start(flow, now, &w);
+    let out = advance(&mut run, &mut now, Duration::from_secs(8), &w);
+    assert_eq!(out, [play(&["arrivederci"])]);
+}
