@@ -385,6 +385,7 @@ fn serve(
         let api = centralino_net::Api::start(&config, &data_dir, metrics.clone())
             .context("the durable store")?;
         let records = api.records();
+        let api_reload = api.reload_slot();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let http = tokio::spawn(serve_http(
             config.http_listen,
@@ -404,7 +405,13 @@ fn serve(
         for (t, a) in &sip.bound {
             info!(transport = ?t, addr = %a, "ready");
         }
-        tokio::spawn(reload_on_sighup(config_path, sip.reloader.clone()));
+        tokio::spawn(reload_on_sighup(config_path.clone(), sip.reloader.clone()));
+        // The same reload through the API (admin tokens).
+        let loader_path = config_path.clone();
+        api_reload.enable(
+            std::sync::Arc::new(move || load(loader_path.clone()).map_err(|e| format!("{e:#}"))),
+            sip.reloader.clone(),
+        );
         info!(http = %http_addr, "centralino ready");
         tokio::select! {
             () = sip.join() => Ok(()),
@@ -429,7 +436,11 @@ async fn reload_on_sighup(path: Option<PathBuf>, reloader: centralino_net::Reloa
     while hup.recv().await.is_some() {
         info!("SIGHUP: reloading the configuration");
         match load(path.clone()) {
-            Ok(config) => reloader.reload(config).await,
+            Ok(config) => {
+                if let Err(why) = reloader.reload(config).await {
+                    warn!(reason = %why, "configuration not reloaded");
+                }
+            }
             Err(e) => error!("configuration not reloaded: {e:#}"),
         }
     }

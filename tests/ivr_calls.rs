@@ -404,6 +404,33 @@ fn sighup_reloads_the_flows_for_new_calls() {
         node.metric("centralino_config_reloads_total{outcome=\"applied\"}"),
         1.0
     );
+
+    // The same through the API: applied, invalid (400, the problem named),
+    // refused (409: queues need a restart).
+    let token = Some("desk-token-0123456789");
+    let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(common::json(&body)["applied"], true);
+    let text = std::fs::read_to_string(&file).expect("config");
+    std::fs::write(
+        &file,
+        text.replace("start = \"orari\"", "start = \"nowhere\""),
+    )
+    .expect("write");
+    let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("unknown node"), "{body}");
+    let renamed = text
+        .replace("name = \"info\"\n", "name = \"info2\"\n")
+        .replace("queue = \"info\"", "queue = \"info2\"");
+    std::fs::write(&file, renamed).expect("write");
+    let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("restart"), "{body}");
+    assert_eq!(
+        node.http("POST", "/api/v1/config/reload", None, None).0,
+        401
+    );
 }
 
 #[test]

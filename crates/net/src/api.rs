@@ -399,7 +399,32 @@ pub struct Api {
     queues: Arc<HashSet<String>>,
     catalog: Arc<Catalog>,
     scripts: Arc<Vec<centralino_config::Script>>,
+    reload: ReloadSlot,
     metrics: Metrics,
+}
+
+/// Reads the configuration again (the binary knows where from).
+pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// Where the API finds the reload once the SIP side runs.
+#[derive(Clone, Default)]
+pub struct ReloadSlot(Arc<std::sync::Mutex<Option<(Loader, crate::sip::Reloader)>>>);
+
+impl ReloadSlot {
+    /// Enables `POST /api/v1/config/reload`.
+    pub fn enable(&self, loader: Loader, reloader: crate::sip::Reloader) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((loader, reloader));
+    }
+
+    fn get(&self) -> Option<(Loader, crate::sip::Reloader)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Api {
@@ -429,8 +454,14 @@ impl Api {
             ),
             catalog: Arc::new(config.catalog.clone()),
             scripts: Arc::new(config.scripts.clone()),
+            reload: ReloadSlot::default(),
             metrics,
         })
+    }
+
+    /// The slot the binary fills to enable the reload endpoint.
+    pub fn reload_slot(&self) -> ReloadSlot {
+        self.reload.clone()
     }
 
     /// Where the engine's call records go.
@@ -452,6 +483,7 @@ impl Api {
                     .delete(delete_callback),
             )
             .route("/api/v1/scripts/{name}", get(get_script))
+            .route("/api/v1/config/reload", axum::routing::post(reload_config))
             .route(
                 "/api/v1/calls/{id}/answers",
                 axum::routing::post(post_answers),
@@ -930,6 +962,48 @@ async fn delete_callback(
     };
     api.count("callbacks_delete", r.status());
     r
+}
+
+async fn reload_config(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let r = reload(&api, &headers).await;
+    api.count("config_reload", r.status());
+    r
+}
+
+async fn reload(api: &Api, headers: &HeaderMap) -> Response {
+    if let Err(r) = authorize(api, headers) {
+        return *r;
+    }
+    if !is_admin(api, headers) {
+        return error(StatusCode::FORBIDDEN, "needs an admin token");
+    }
+    let Some((loader, reloader)) = api.reload.get() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
+    };
+    let config = match tokio::task::spawn_blocking(move || loader()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(problems)) => {
+            return error(StatusCode::BAD_REQUEST, &problems);
+        }
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+    };
+    match reloader.reload(config).await {
+        Ok(()) => ok(StatusCode::OK, &json!({ "applied": true })),
+        Err(why) => error(StatusCode::CONFLICT, &why),
+    }
+}
+
+/// Whether the request's token has the admin role.
+fn is_admin(api: &Api, headers: &HeaderMap) -> bool {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim();
+    api.tokens.iter().any(|t| {
+        t.role == centralino_config::Role::Admin && same(t.token.as_bytes(), token.as_bytes())
+    })
 }
 
 async fn get_script(

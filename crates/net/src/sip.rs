@@ -138,6 +138,8 @@ enum Input {
 
 /// A new configuration for the engine, with its prompts already loaded.
 struct Reload {
+    /// Told whether the engine applied it.
+    reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     config: Config,
     prompts: Arc<centralino_media::announce::Library>,
     music: Vec<Option<centralino_media::prompt::Prompt>>,
@@ -152,22 +154,27 @@ pub struct Reloader {
 impl Reloader {
     /// Loads the prompts the configuration names (off the engine task)
     /// and hands it over; the engine applies what can change live.
-    pub async fn reload(&self, config: Config) {
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
         let loaded = tokio::task::spawn_blocking(move || {
             let (prompts, music) = crate::prompts::load(&config);
             (config, prompts, music)
         })
-        .await;
-        if let Ok((config, prompts, music)) = loaded {
-            let _ = self
-                .tx
-                .send(Input::Reload(Box::new(Reload {
-                    config,
-                    prompts,
-                    music,
-                })))
-                .await;
-        }
+        .await
+        .map_err(|_| "prompt loading failed".to_owned())?;
+        let (config, prompts, music) = loaded;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Input::Reload(Box::new(Reload {
+                reply: Some(reply),
+                config,
+                prompts,
+                music,
+            })))
+            .await
+            .map_err(|_| "the engine is not running".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the engine did not answer".to_owned())?
     }
 }
 
@@ -635,11 +642,16 @@ fn handle(
         }
         Input::Reload(r) => {
             let Reload {
+                reply,
                 config,
                 prompts,
                 music,
             } = *r;
-            match engine.reload(&config) {
+            let result = engine.reload(&config);
+            if let Some(reply) = reply {
+                let _ = reply.send(result.clone());
+            }
+            match result {
                 Ok(()) => {
                     engine.set_prompts(prompts, music);
                     engine
