@@ -389,6 +389,8 @@ pub struct Engine {
     trunk_out: Vec<(Option<SocketAddr>, String, usize)>,
     /// Per queue: tenant, max attempts, retry delay.
     callback_policy: Vec<(usize, u32, Duration)>,
+    /// Per queue: per-outcome attempts and delay.
+    callback_retries: Vec<Vec<(String, u32, Duration)>>,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -538,6 +540,11 @@ impl Engine {
                 .queues
                 .iter()
                 .map(|q| (q.tenant, q.callback_max_attempts, q.callback_retry))
+                .collect(),
+            callback_retries: config
+                .queues
+                .iter()
+                .map(|q| q.callback_retries.clone())
                 .collect(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
@@ -765,13 +772,24 @@ impl Engine {
     /// A callback's attempt ended without reaching the citizen.
     fn outbound_failed(&mut self, o: &Outbound, queue: QueueId, outcome: &'static str) {
         self.metrics.callbacks.with_label_values(&[outcome]).inc();
+        let id = o.id.clone();
+        self.retry_or_fail(&id, o.attempt, queue, outcome);
+    }
+
+    /// Another attempt later, or failed when the outcome's (or the
+    /// queue's) attempts are used up.
+    fn retry_or_fail(&mut self, id: &str, attempt: u32, queue: QueueId, outcome: &'static str) {
         let (_, max, after) = self.callback_policy[queue.0 as usize];
-        let state = if o.attempt >= max {
+        let (max, after) = self.callback_retries[queue.0 as usize]
+            .iter()
+            .find(|(o, _, _)| o == outcome)
+            .map_or((max, after), |(_, m, a)| (*m, *a));
+        let state = if attempt >= max {
             CallbackState::Failed { outcome }
         } else {
             CallbackState::Retry { outcome, after }
         };
-        self.callback_state(&o.id, state);
+        self.callback_state(id, state);
     }
 
     /// CANCEL for one of our INVITEs still ringing.
@@ -795,13 +813,7 @@ impl Engine {
 
     /// This attempt failed: another later, or the callback fails.
     fn callback_retry(&mut self, cb: &DueCallback, outcome: &'static str, queue: QueueId) {
-        let (_, max, after) = self.callback_policy[queue.0 as usize];
-        let state = if cb.attempt >= max {
-            CallbackState::Failed { outcome }
-        } else {
-            CallbackState::Retry { outcome, after }
-        };
-        self.callback_state(&cb.id, state);
+        self.retry_or_fail(&cb.id, cb.attempt, queue, outcome);
     }
 
     /// The store's answer to [`CallbackState::Dialing`]: dial the citizen

@@ -390,11 +390,20 @@ struct RawQueue {
     callback_max_attempts: u32,
     #[serde(default = "default_callback_retry")]
     callback_retry_seconds: u64,
+    #[serde(default)]
+    callback_retries: BTreeMap<String, RawRetry>,
 }
 
 fn default_callback_attempts() -> u32 {
     3
 }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: u32,
+    delay_seconds: u64,
+}
+
 fn default_callback_retry() -> u64 {
     300
 }
@@ -564,6 +573,9 @@ pub struct Queue {
     pub callback_max_attempts: u32,
     /// Wait between attempts (busy, no answer, failure).
     pub callback_retry: Duration,
+    /// Per outcome (`busy`, `no_answer`, `failed`, `no_operator`): the
+    /// attempts after which it fails and the wait before the next.
+    pub callback_retries: Vec<(String, u32, Duration)>,
 }
 
 /// A guided conversation for operators: questions with branches.
@@ -1301,6 +1313,30 @@ impl Config {
                 }),
                 callback_max_attempts: q.callback_max_attempts,
                 callback_retry: Duration::from_secs(q.callback_retry_seconds),
+                callback_retries: q
+                    .callback_retries
+                    .iter()
+                    .filter_map(|(outcome, r)| {
+                        let rp = format!("{path}.callback_retries.{outcome}");
+                        if !["busy", "no_answer", "failed", "no_operator"]
+                            .contains(&outcome.as_str())
+                        {
+                            p.add(rp, "one of busy, no_answer, failed, no_operator");
+                            return None;
+                        }
+                        if !(1..=20).contains(&r.attempts)
+                            || !(10..=86_400).contains(&r.delay_seconds)
+                        {
+                            p.add(rp, "attempts in 1..=20, delay_seconds in 10..=86400");
+                            return None;
+                        }
+                        Some((
+                            outcome.clone(),
+                            r.attempts,
+                            Duration::from_secs(r.delay_seconds),
+                        ))
+                    })
+                    .collect(),
                 routing: QueueSettings {
                     name: q.name.clone(),
                     tenant: tenant as u16,

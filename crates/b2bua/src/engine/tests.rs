@@ -1291,6 +1291,10 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
     let config = CONFIG.replace(
         "dids = { \"100\" = \"info\" }",
         "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
+    )
+    .replace(
+        "wrap_up_seconds = 3",
+        "wrap_up_seconds = 3\ncallback_retries = { busy = { attempts = 2, delay_seconds = 60 } }",
     );
     let mut h = Harness::with(&config);
     h.engine
@@ -1359,17 +1363,17 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
     assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
     assert_eq!(h.engine.active_calls(), 0);
 
-    // Busy, attempt 1 of 3: retry later; on the last attempt: failed.
+    // Busy (its own policy: 2 attempts, 60 s apart): retry, then failed.
     h.advance(Duration::from_secs(10));
     for (attempt, want) in [
         (
             1,
             CallbackState::Retry {
                 outcome: "busy",
-                after: Duration::from_secs(300),
+                after: Duration::from_secs(60),
             },
         ),
-        (3, CallbackState::Failed { outcome: "busy" }),
+        (2, CallbackState::Failed { outcome: "busy" }),
     ] {
         h.engine.start_callback(h.now, due("cb2", attempt));
         let out = h.drain();
