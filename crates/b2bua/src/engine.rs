@@ -137,6 +137,8 @@ pub enum CallbackState {
 struct Outbound {
     id: String,
     attempt: u32,
+    /// Dial the citizen first, then queue them.
+    customer_first: bool,
     /// The citizen's INVITE, while it rings.
     invite: Option<TxKey>,
     /// The citizen answered.
@@ -391,6 +393,8 @@ pub struct Engine {
     callback_policy: Vec<(usize, u32, Duration)>,
     /// Per queue: per-outcome attempts and delay.
     callback_retries: Vec<Vec<(String, u32, Duration)>>,
+    /// Per queue: callbacks dial the citizen first.
+    customer_first: Vec<bool>,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -545,6 +549,11 @@ impl Engine {
                 .queues
                 .iter()
                 .map(|q| q.callback_retries.clone())
+                .collect(),
+            customer_first: config
+                .queues
+                .iter()
+                .map(|q| q.callback_customer_first)
                 .collect(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
@@ -753,12 +762,19 @@ impl Engine {
                 outbound: Some(Outbound {
                     id: cb.id.clone(),
                     attempt: cb.attempt,
+                    customer_first: self.customer_first[queue.0 as usize],
                     invite: None,
                     answered: false,
                 }),
             },
         );
-        self.enter_queue(now, id, queue, &spec);
+        if self.customer_first[queue.0 as usize] {
+            // Customer first: the citizen is dialled now (once the store
+            // knows) and queued when they answer.
+            self.callback_state(&cb.id, CallbackState::Dialing { call: id });
+        } else {
+            self.enter_queue(now, id, queue, &spec);
+        }
         self.pump(now);
     }
 
@@ -900,10 +916,17 @@ impl Engine {
                     record,
                 }));
             }
+            let customer_first = call.outbound.as_ref().is_some_and(|o| o.customer_first);
             let id = call.outbound.as_mut().map(|o| {
                 o.answered = true;
                 o.id.clone()
             });
+            if customer_first {
+                // Reached: now they wait for an operator like any caller,
+                // with the time of their request.
+                let (queue, spec) = (call.queue, (*call.spec).clone());
+                self.enter_queue(now, call_id, queue, &spec);
+            }
             info!("callback: the citizen answered");
             self.metrics
                 .callbacks
@@ -2073,6 +2096,7 @@ impl Engine {
                     .calls
                     .get(&call_id)
                     .and_then(|c| c.outbound.as_ref())
+                    .filter(|o| !o.customer_first)
                     .map(|o| o.id.clone())
                 {
                     // Agent first: the operator is there; the citizen is
@@ -2483,7 +2507,13 @@ impl Engine {
                 self.cancel_b(now, b);
             }
         }
-        if let Some(o) = &call.outbound {
+        if call.outbound.as_ref().is_some_and(|o| o.answered) {
+            // Customer first, reached and then lost while queued: the
+            // callback is done (reached); the call ends like any other.
+            if !caller_gone {
+                self.send_bye(now, &mut call.a_leg);
+            }
+        } else if let Some(o) = &call.outbound {
             // A callback nobody took: nobody to hang up on; try later.
             let outcome = if outcome == "max_wait" {
                 "no_operator"

@@ -392,6 +392,8 @@ struct RawQueue {
     callback_retry_seconds: u64,
     #[serde(default)]
     callback_retries: BTreeMap<String, RawRetry>,
+    #[serde(default)]
+    callback_mode: Option<String>,
 }
 
 fn default_callback_attempts() -> u32 {
@@ -573,6 +575,9 @@ pub struct Queue {
     pub callback_max_attempts: u32,
     /// Wait between attempts (busy, no answer, failure).
     pub callback_retry: Duration,
+    /// Customer first: dial the citizen, then queue them (else agent
+    /// first: reserve an operator, then dial).
+    pub callback_customer_first: bool,
     /// Per outcome (`busy`, `no_answer`, `failed`, `no_operator`): the
     /// attempts after which it fails and the wait before the next.
     pub callback_retries: Vec<(String, u32, Duration)>,
@@ -1313,6 +1318,17 @@ impl Config {
                 }),
                 callback_max_attempts: q.callback_max_attempts,
                 callback_retry: Duration::from_secs(q.callback_retry_seconds),
+                callback_customer_first: match q.callback_mode.as_deref() {
+                    None | Some("agent_first") => false,
+                    Some("customer_first") => true,
+                    Some(other) => {
+                        p.add(
+                            format!("{path}.callback_mode"),
+                            format!("unknown mode {other:?} (agent_first, customer_first)"),
+                        );
+                        false
+                    }
+                },
                 callback_retries: q
                     .callback_retries
                     .iter()

@@ -1396,3 +1396,72 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         h.advance(Duration::from_secs(10));
     }
 }
+
+#[test]
+fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
+    let config = CONFIG
+        .replace(
+            "dids = { \"100\" = \"info\" }",
+            "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"",
+        )
+        .replace(
+            "wrap_up_seconds = 3",
+            "wrap_up_seconds = 3\ncallback_mode = \"customer_first\"",
+        );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.engine.start_callback(
+        h.now,
+        DueCallback {
+            id: "cf1".into(),
+            queue: "info".into(),
+            number: "+393331112224".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+        },
+    );
+    let out = h.drain();
+    assert!(
+        requests(&out, PHONE1, "INVITE").is_empty(),
+        "no operator first"
+    );
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    h.engine.callback_dialing(h.now, call, true);
+    let out = h.drain();
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    let mut ok = dial.response(200, "OK", Some("cit"));
+    ok.push("Contact", "<sip:cittadino@192.0.2.10:5060>");
+    ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+    let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1);
+    assert_eq!(
+        h.callbacks.last().unwrap(),
+        &("cf1".to_owned(), CallbackState::Done)
+    );
+    // Reached: queued with music, then offered to the operator.
+    assert!(
+        h.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Open { .. }))
+            && matches!(h.media.last(), Some(MediaCommand::Play { .. })),
+        "{:?}",
+        h.media
+    );
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let dialing_before = h.callbacks.len();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
+    assert!(matches!(h.media.last(), Some(MediaCommand::Bridge { .. })));
+    assert_eq!(
+        h.callbacks.len(),
+        dialing_before,
+        "dialled once, not again at the answer"
+    );
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+}
