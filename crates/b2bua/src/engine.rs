@@ -262,6 +262,17 @@ struct Call {
     callback_asked: bool,
     /// Set when the call is a callback being executed (agent first).
     outbound: Option<Outbound>,
+    /// An IVR transfer to an external number: its INVITE while it rings,
+    /// its dialog once answered.
+    transfer: Option<TransferLeg>,
+}
+
+/// The far end of an IVR transfer.
+#[derive(Debug)]
+struct TransferLeg {
+    call_id: String,
+    invite: Option<TxKey>,
+    dialog: Option<Leg>,
 }
 
 /// The interpreter's view of the engine, from disjoint fields (usable
@@ -324,6 +335,8 @@ enum ClientRef {
     Orphan { local: String, flow: Flow },
     /// The INVITE to the citizen of a callback.
     Citizen(CallId),
+    /// The INVITE of an IVR transfer to an external number.
+    Transfer(CallId),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -766,6 +779,7 @@ impl Engine {
                     invite: None,
                     answered: false,
                 }),
+                transfer: None,
             },
         );
         if self.customer_first[queue.0 as usize] {
@@ -868,6 +882,157 @@ impl Engine {
             o.invite = Some(key);
         }
         self.pump(now);
+    }
+
+    /// Places the INVITE of an IVR transfer through the caller's tenant's
+    /// outbound trunk (from the operator-side port). `false` when there is
+    /// no trunk to leave through.
+    fn start_transfer(&mut self, now: Instant, id: CallId, number: &str) -> bool {
+        let Some(local) = self.outbound_local else {
+            return false;
+        };
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let inbound = self
+            .trunks
+            .iter()
+            .position(|(peers, _)| peers.contains(&call.a_leg.flow.remote.ip()));
+        let tenant = inbound.and_then(|t| self.trunk_out.get(t)).map(|t| t.2);
+        let Some((remote, caller_id)) = self
+            .trunk_out
+            .iter()
+            .find(|(out, _, t)| out.is_some() && Some(*t) == tenant)
+            .and_then(|(out, cid, _)| Some((*out.as_ref()?, cid.clone())))
+        else {
+            warn!("IVR transfer: no outbound trunk for this tenant");
+            return false;
+        };
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote,
+            local,
+            conn: 0,
+        };
+        let target = format!("sip:{number}@{remote}");
+        let tag = self.token();
+        let call_id = format!("{}@centralino", self.token());
+        let via = self.via(flow);
+        let from = format!("<sip:{caller_id}@{local}>;tag={tag}");
+        let mut inv = Message::new_request(
+            Method::Invite,
+            &target,
+            via,
+            &from,
+            &format!("<{target}>"),
+            &call_id,
+            1,
+        );
+        inv.push("Contact", &Self::contact(flow));
+        inv.push("User-Agent", &self.user_agent);
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let body = offer(
+            &call.media,
+            &self.codecs,
+            call.media.b_port,
+            call.media.session + 1,
+        );
+        inv.set_body(Some("application/sdp"), body);
+        info!(number = %Masked(number), "IVR transfer: dialling");
+        let key = self.send_request(now, flow, inv, ClientRef::Transfer(id));
+        self.by_b.insert(call_id.clone(), id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            // Our side of the dialog-to-be (local tag, flow); the far end's
+            // part arrives with its answer.
+            call.transfer = Some(TransferLeg {
+                call_id: call_id.clone(),
+                invite: Some(key),
+                dialog: Some(Leg {
+                    call_id,
+                    local: from,
+                    remote: String::new(),
+                    remote_target: String::new(),
+                    route_set: Vec::new(),
+                    cseq: 1,
+                    flow,
+                }),
+            });
+        }
+        true
+    }
+
+    /// The transfer's far end did not answer: the flow's fallback.
+    fn transfer_failed(&mut self, now: Instant, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(t) = call.transfer.take() {
+            self.by_b.remove(&t.call_id);
+        }
+        let Some(mut run) = call.run.take() else {
+            return;
+        };
+        let actions = run.transfer_result(now, &facts!(self, now));
+        call.run = Some(run);
+        self.flow_actions(now, id, actions);
+    }
+
+    /// A response to an IVR transfer's INVITE.
+    fn on_transfer_response(&mut self, now: Instant, key: TxKey, id: CallId, msg: &Message) {
+        let code = msg.code();
+        if code < 200 {
+            return;
+        }
+        self.client.remove(&key);
+        let _span = self.call_span(id).entered();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = call.transfer.as_mut() else {
+            return;
+        };
+        t.invite = None;
+        if !(200..300).contains(&code) {
+            info!(code, "IVR transfer not answered");
+            self.transfer_failed(now, id);
+            return;
+        }
+        let local = t
+            .dialog
+            .as_ref()
+            .map(|l| l.local.clone())
+            .unwrap_or_default();
+        let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+        let leg = leg_from_response(&local, flow, msg);
+        t.dialog = Some(leg.clone());
+        let peer = b_answer(msg, &self.codecs);
+        self.send_ack(&leg, msg);
+        let Some((peer, direction)) = peer else {
+            warn!("IVR transfer: the far end's SDP is unusable");
+            self.end_connected(now, id, true, true, "bad_answer");
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.media.b = Some(peer);
+        call.media.b_direction = direction;
+        call.phase = Phase::Connected;
+        call.connected = Some((now, "transfer".to_owned()));
+        self.out.push_back(Output::Media(MediaCommand::Bridge {
+            call: id,
+            b: peer,
+            record: false,
+        }));
+        if let Some(flow) = call.run.as_ref().map(|r| r.flow().to_owned()) {
+            self.metrics
+                .flow_calls
+                .with_label_values(&[&flow, "transferred"])
+                .inc();
+        }
+        info!("IVR transfer answered");
     }
 
     /// A response from the citizen's side.
@@ -1587,6 +1752,7 @@ impl Engine {
                 connected: None,
                 callback_asked: false,
                 outbound: None,
+                transfer: None,
             },
         );
         match target {
@@ -1766,6 +1932,12 @@ impl Engine {
                     match self.queue_ids.get(&queue).copied() {
                         Some(q) => self.enter_queue(now, id, q, &spec),
                         None => self.end_unanswered(now, id, 480, "ivr_no_queue", false),
+                    }
+                }
+                FlowAction::Transfer { number } => {
+                    if !self.start_transfer(now, id, &number) {
+                        self.transfer_failed(now, id);
+                        return;
                     }
                 }
                 FlowAction::Callback { queue } => {
@@ -1993,6 +2165,10 @@ impl Engine {
                 let call = *call;
                 self.on_citizen_response(now, key, call, &msg);
             }
+            Some(ClientRef::Transfer(call)) => {
+                let call = *call;
+                self.on_transfer_response(now, key, call, &msg);
+            }
             Some(ClientRef::Other) | None => {
                 if code >= 200 {
                     self.client.remove(&key);
@@ -2153,6 +2329,12 @@ impl Engine {
     }
 
     fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
+        if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {
+            let call_id = *call_id;
+            self.client.remove(&key);
+            self.transfer_failed(now, call_id);
+            return;
+        }
         if let Some(ClientRef::Citizen(call_id)) = self.client.get(&key) {
             let call_id = *call_id;
             self.client.remove(&key);
@@ -2500,6 +2682,14 @@ impl Engine {
         };
         self.by_a.remove(&call.a_leg.call_id);
         self.close_media(now, call_id, &call.media);
+        if let Some(mut t) = call.transfer.take() {
+            // The caller left while the transfer rang.
+            self.by_b.remove(&t.call_id);
+            if let Some(key) = t.invite.take() {
+                let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+                self.cancel_client_invite(now, &key, flow);
+            }
+        }
         if call.phase != Phase::Connected {
             // Releases every operator still ringing for it, too.
             self.router.withdraw(now, call_id);
@@ -2874,6 +3064,17 @@ impl Engine {
         };
         self.by_a.remove(&call.a_leg.call_id);
         self.close_media(now, call_id, &call.media);
+        if let Some(mut t) = call.transfer.take() {
+            self.by_b.remove(&t.call_id);
+            if let Some(key) = t.invite.take() {
+                let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+                self.cancel_client_invite(now, &key, flow);
+            } else if let Some(mut leg) = t.dialog.take()
+                && bye_b
+            {
+                self.send_bye(now, &mut leg);
+            }
+        }
         let citizen_reached = call.outbound.as_ref().is_none_or(|o| o.answered);
         if let Some(key) = call.outbound.as_mut().and_then(|o| o.invite.take()) {
             // The citizen's phone still rings: CANCEL it.

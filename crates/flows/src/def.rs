@@ -66,6 +66,8 @@ pub struct RawNode {
     priority: Option<i8>,
     fragile: Option<bool>,
     language: Option<String>,
+    // transfer
+    number: Option<String>,
     // callback
     key: Option<String>,
     #[serde(default)]
@@ -194,6 +196,14 @@ pub enum Node {
         /// Prompts.
         prompts: Vec<String>,
     },
+    /// Connect the caller to an external number through a trunk; the flow
+    /// ends when it answers, goes to `on_fail` when it does not.
+    Transfer {
+        /// The number.
+        number: String,
+        /// When the far end does not answer or refuses.
+        on_fail: usize,
+    },
     /// Offer a callback: `key` stores it for `queue` (the caller's
     /// number), plays the confirmation and hangs up; anything else, or a
     /// store that cannot take it, goes to `on_fail`.
@@ -232,7 +242,7 @@ impl Node {
             Self::Condition {
                 then, otherwise, ..
             } => vec![*then, *otherwise],
-            Self::Callback { on_fail, .. } => vec![*on_fail],
+            Self::Callback { on_fail, .. } | Self::Transfer { on_fail, .. } => vec![*on_fail],
             Self::Enqueue { .. } | Self::Hangup { .. } => Vec::new(),
         }
     }
@@ -531,6 +541,20 @@ fn compile_node(
         "hangup" => Node::Hangup {
             prompts: n.prompts.clone(),
         },
+        "transfer" => {
+            let number = n.number.clone().unwrap_or_default();
+            let digits = number.strip_prefix('+').unwrap_or(&number);
+            if !(3..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                p.push((
+                    format!("{np}.number"),
+                    "an optional + and 3 to 15 digits".into(),
+                ));
+            }
+            Node::Transfer {
+                number,
+                on_fail: next(p, "on_fail", &n.on_fail),
+            }
+        }
         "callback" => {
             let key = match n.key.as_deref().unwrap_or("1") {
                 k if k.len() == 1 && matches!(k.as_bytes()[0], b'0'..=b'9' | b'*' | b'#') => {
@@ -562,7 +586,7 @@ fn compile_node(
             p.push((
                 format!("{np}.type"),
                 format!(
-                    "unknown node type {other:?} (play, menu, collect, condition, set, enqueue, hangup, callback)"
+                    "unknown node type {other:?} (play, menu, collect, condition, set, enqueue, hangup, callback, transfer)"
                 ),
             ));
             Node::Hangup {
@@ -674,7 +698,10 @@ fn check_graph(path: &str, flow: &Flow, p: &mut Vec<Problem>) {
         .map(|x| {
             matches!(
                 x,
-                Node::Enqueue { .. } | Node::Hangup { .. } | Node::Callback { .. }
+                Node::Enqueue { .. }
+                    | Node::Hangup { .. }
+                    | Node::Callback { .. }
+                    | Node::Transfer { .. }
             )
         })
         .collect();

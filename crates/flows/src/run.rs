@@ -45,6 +45,12 @@ pub enum Action {
     },
     /// Hang up; the flow is over.
     Hangup,
+    /// Connect the caller to `number` through a trunk; answer with
+    /// [`Run::transfer_result`] when it fails.
+    Transfer {
+        /// The number.
+        number: String,
+    },
     /// Store a callback for `queue` with the caller's number; answer with
     /// [`Run::callback_result`].
     Callback {
@@ -128,6 +134,18 @@ impl Run {
     /// Whether the run is over (queued or hung up).
     pub fn done(&self) -> bool {
         self.wait == Wait::Done
+    }
+
+    /// The far end of a [`Action::Transfer`] did not answer: `on_fail`.
+    pub fn transfer_result(&mut self, now: Instant, facts: &dyn Facts) -> Vec<Action> {
+        let mut out = Vec::new();
+        let flow = self.flow.clone();
+        if self.wait == Wait::Store
+            && let Node::Transfer { on_fail, .. } = &flow.nodes[self.at]
+        {
+            self.enter(now, *on_fail, facts, &mut out);
+        }
+        out
     }
 
     /// The store's answer to [`Action::Callback`]: stored (confirmation,
@@ -437,6 +455,14 @@ impl Run {
                         fragile: self.fragile,
                     });
                     self.wait = Wait::Done;
+                    return;
+                }
+                Node::Transfer { number, .. } => {
+                    // Waits for the far end; the engine reports a failure.
+                    self.wait = Wait::Store;
+                    out.push(Action::Transfer {
+                        number: number.clone(),
+                    });
                     return;
                 }
                 Node::Hangup { prompts } => {

@@ -1465,3 +1465,72 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
     );
     assert!(requests(&out, TRUNK, "INVITE").is_empty());
 }
+
+#[test]
+fn an_ivr_transfer_connects_the_caller_to_an_external_number_or_falls_back() {
+    let config = IVR
+        .replace(
+            r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" } }"#,
+            r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" }, "802" = { flow = "esterno" } }
+outbound = "192.0.2.10:5070""#,
+        )
+        .replacen(
+            "[[agents]]",
+            r#"[[flows]]
+name = "esterno"
+start = "passa"
+[flows.nodes.passa]
+type = "transfer"
+number = "+390612345000"
+on_fail = "scusa"
+[flows.nodes.scusa]
+type = "hangup"
+prompts = ["chiuso"]
+
+[[agents]]"#,
+            1,
+        );
+    for answer in [200u16, 486] {
+        let mut h = Harness::with(&config);
+        let mut lib = Library::new();
+        lib.insert("chiuso", Prompt::from_samples(&[100; 800], Law::Alaw));
+        h.engine.set_prompts(Arc::new(lib), vec![None, None]);
+        h.engine
+            .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+        let out = invite_did(&mut h, "802", &format!("t{answer}"));
+        let dial = requests(&out, "192.0.2.10:5070", "INVITE")[0].clone();
+        assert_eq!(
+            dial.request_uri(),
+            Some("sip:+390612345000@192.0.2.10:5070")
+        );
+        let mut r = dial.response(answer, "X", Some("far"));
+        r.push("Contact", "<sip:far@192.0.2.10:5070>");
+        if answer == 200 {
+            r.set_body(Some("application/sdp"), PHONE_SDP.as_bytes().to_vec());
+        }
+        let out = h.send("192.0.2.10:5070", &String::from_utf8(r.to_bytes()).unwrap());
+        if answer == 200 {
+            assert_eq!(requests(&out, "192.0.2.10:5070", "ACK").len(), 1);
+            assert!(matches!(h.media.last(), Some(MediaCommand::Bridge { .. })));
+            assert_eq!(
+                h.gauge("centralino_flow_calls_total{flow=esterno,outcome=transferred}"),
+                1
+            );
+            // The far end hangs up: the caller gets BYE.
+            let bye = format!(
+                "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKfarbye\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+                r.header("To").unwrap(),
+                dial.header("From").unwrap(),
+                dial.call_id
+            );
+            let out = h.send("192.0.2.10:5070", &bye);
+            assert_eq!(requests(&out, TRUNK, "BYE").len(), 1);
+            assert_eq!(h.engine.active_calls(), 0);
+        } else {
+            // Busy: the flow's fallback plays, then the caller gets BYE.
+            assert!(matches!(h.media.last(), Some(MediaCommand::Play { .. })));
+            let out = h.advance(Duration::from_millis(150));
+            assert_eq!(requests(&out, TRUNK, "BYE").len(), 1, "{out:?}");
+        }
+    }
+}
