@@ -263,52 +263,6 @@ fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
     );
 }
 
-/// A local stand-in for the firm's SMS gateway: answers the first request
-/// 500, the others 204; returns the bodies received.
-fn gateway() -> (u16, std::sync::mpsc::Receiver<String>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("gateway");
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for (i, conn) in listener.incoming().enumerate() {
-            let Ok(mut c) = conn else { return };
-            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Read the head and the declared body.
-            loop {
-                let n = c.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        let status = if i == 0 {
-                            "500 Internal Server Error"
-                        } else {
-                            "204 No Content"
-                        };
-                        let _ = write!(c, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-                        if tx.send(body.to_owned()).is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    (port, rx)
-}
-
 /// A node whose SMS hook posts to `port` (retry after 1 s, `attempts`),
 /// with one callback booked for `number`: (node, the booking's answer).
 fn node_with_hook(scratch: &Scratch, port: u16, attempts: u32, number: &str) -> (Node, String) {
@@ -331,7 +285,7 @@ fn node_with_hook(scratch: &Scratch, port: u16, attempts: u32, number: &str) -> 
 #[test]
 fn the_sms_hook_is_told_of_each_booking_retried_and_never_lost() {
     let scratch = Scratch::new("api-sms");
-    let (port, bodies) = gateway();
+    let (port, bodies) = common::gateway(true);
     let (node, body) = node_with_hook(&scratch, port, 3, "+393331234567");
     let id = json(&body)["id"].as_str().unwrap().to_owned();
     // Refused once (500), delivered on the retry.

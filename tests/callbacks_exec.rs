@@ -11,9 +11,13 @@ use common::{Node, Scratch, Sipp, json, register, scenario};
 
 const TOKEN: &str = "desk-token-0123456789";
 
-fn config(sip: u16, http: u16, citizen_port: u16) -> String {
+fn config(sip: u16, http: u16, citizen_port: u16, sms_port: u16) -> String {
     let mut s = format!(
-        r#"[sip]
+        r#"[notifications]
+url = "http://127.0.0.1:{sms_port}/sms"
+retry_seconds = 1
+
+[sip]
 listen = ["127.0.0.1:{sip}"]
 digest_algorithms = ["MD5"]
 
@@ -68,7 +72,10 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
         ],
     );
     let citizen_port = citizen.port;
-    let mut node = Node::start_toml(&scratch, |sip, http| config(sip, http, citizen_port));
+    let (sms_port, sms) = common::gateway(false);
+    let mut node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, citizen_port, sms_port)
+    });
     // 100 requests while no operator is logged in: claimed, waiting.
     for i in 0..100 {
         let (code, body) = node.http(
@@ -90,7 +97,9 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
 
     // A new process on the same store: nothing was dialled, so all 100
     // go back to pending and run once operators log in.
-    let node = Node::start_toml(&scratch, |sip, http| config(sip, http, citizen_port));
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, citizen_port, sms_port)
+    });
     let phones = Sipp::spawn(
         &scratch,
         "phones",
@@ -141,4 +150,27 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     }
     let (_, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(TOKEN), None);
     assert_eq!(json(&body)["callbacks"].as_array().unwrap().len(), 0);
+
+    // The SMS gateway heard of every booking and every call about to be
+    // placed, across the crash (the outbox is in the store). Delivery is at
+    // least once: a repeat carries the same key.
+    let mut keys: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    let count = |k: &HashMap<String, std::collections::HashSet<String>>, e: &str| {
+        k.get(e).map_or(0, std::collections::HashSet::len)
+    };
+    let start = std::time::Instant::now();
+    while count(&keys, "booked") < 100 || count(&keys, "about_to_call") < 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "booked {}, about to call {}",
+            count(&keys, "booked"),
+            count(&keys, "about_to_call")
+        );
+        if let Ok(body) = sms.recv_timeout(Duration::from_millis(200)) {
+            let v = json(&body);
+            let event = v["event"].as_str().unwrap_or_default().to_owned();
+            let key = v["key"].as_str().unwrap_or_default().to_owned();
+            keys.entry(event).or_default().insert(key);
+        }
+    }
 }

@@ -100,7 +100,11 @@ impl StoreHandle {
                         return;
                     }
                     if let Ok(Some(cb)) = store.get_callback(id) {
+                        // Delivery is at least once (a crash between the
+                        // gateway's answer and our mark sends it again):
+                        // the key lets the gateway drop a repeat.
                         let payload = json!({
+                            "key": format!("{}:{event}:{}", cb.id, cb.attempts),
                             "event": event,
                             "callback": cb.id,
                             "number": cb.number,

@@ -93,6 +93,20 @@ fn spec() -> CallSpec {
     CallSpec::default()
 }
 
+/// One operator serves `n` calls one second apart from `from`: the call
+/// ids in the order served.
+fn serve(r: &mut Router, a: AgentId, from: Instant, n: u64) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let d = one(r);
+            let t = from + S * i as u32;
+            r.answered(t, a, d.call);
+            r.call_ended(t, a, d.call);
+            d.call.0
+        })
+        .collect()
+}
+
 #[test]
 fn longest_idle_first_and_fifo() {
     let t0 = Instant::now();
@@ -463,18 +477,39 @@ fn priority_ages_with_a_bound() {
     r.enqueue(t0 + 150 * S, QueueId(0), CallId(3), &high)
         .unwrap();
     r.login(t0 + 200 * S, a, false);
-    let order: Vec<u64> = (0..3)
-        .map(|i| {
-            let d = one(&mut r);
-            let t = t0 + (201 + i) * S;
-            r.answered(t, a, d.call);
-            r.call_ended(t, a, d.call);
-            d.call.0
-        })
-        .collect();
+    let order = serve(&mut r, a, t0 + 201 * S, 3);
     // Call 3's virtual enqueue is 150 - 120 = 30 s: after call 1 (0 s),
     // before call 2 (100 s).
     assert_eq!(order, [1, 3, 2]);
+}
+
+/// A callback competes with live calls by the time its request was made:
+/// not ahead of calls that waited longer, not behind calls that came later.
+#[test]
+fn callbacks_keep_the_time_of_their_request() {
+    let t0 = Instant::now();
+    let mut r = Router::new(t0, vec![info()], 2, plain(1));
+    let a = AgentId(0);
+    let asked_at = |secs| CallSpec {
+        waited: Duration::from_secs(secs),
+        ..CallSpec::default()
+    };
+    // Live calls arrive at 0 s and 100 s; at 150 s a callback asked for at
+    // 50 s (waited 100 s) and one asked for at 140 s (waited 10 s) queue.
+    r.enqueue(t0, QueueId(0), CallId(1), &spec()).unwrap();
+    r.enqueue(t0 + 100 * S, QueueId(0), CallId(2), &spec())
+        .unwrap();
+    r.enqueue(t0 + 150 * S, QueueId(0), CallId(3), &asked_at(100))
+        .unwrap();
+    r.enqueue(t0 + 150 * S, QueueId(0), CallId(4), &asked_at(10))
+        .unwrap();
+    r.login(t0 + 200 * S, a, false);
+    let order = serve(&mut r, a, t0 + 201 * S, 4);
+    assert_eq!(
+        order,
+        [1, 3, 2, 4],
+        "served in the order of asking: 0, 50, 100, 140 s"
+    );
 }
 
 /// A fragile caller escalates before its guaranteed wait: ahead of every
