@@ -386,6 +386,7 @@ fn serve(
             .context("the durable store")?;
         let records = api.records();
         let api_reload = api.reload_slot();
+        let desks = api.desks();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let http = tokio::spawn(serve_http(
             config.http_listen,
@@ -399,7 +400,7 @@ fn serve(
                 _ => Err(anyhow::anyhow!("HTTP endpoint failed to start")),
             };
         };
-        let sip = SipServer::start(&config, metrics, Some(records))
+        let sip = SipServer::start(&config, metrics, Some(records), Some(desks))
             .await
             .context("SIP listeners")?;
         for (t, a) in &sip.bound {

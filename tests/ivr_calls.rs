@@ -202,7 +202,36 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         |v| v == 2.0,
     );
     let mut trunk = ivr_trunk(&scratch, &node, "2000");
+    // While the operator talks, their desktop can read the call: the IVR's
+    // answers and the queue's script.
+    let mut desk = None;
+    while trunk.try_wait().is_none() {
+        let (code, body) = node.http(
+            "GET",
+            "/api/v1/agents/1003/call",
+            Some("desk-token-0123456789"),
+            None,
+        );
+        if code == 200 {
+            desk = Some(common::json(&body));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let desk = desk.expect("the operator's desktop saw the call");
+    assert_eq!(desk["queue"], "prenotazioni");
+    assert_eq!(desk["flow"], "vaccini");
+    assert_eq!(desk["script"], "prenotazione");
+    assert_eq!(desk["variables"]["motivo"], "disabile");
     trunk.expect_success(Duration::from_secs(45));
+    // Over: nothing on the desktop any more.
+    let (code, _) = node.http(
+        "GET",
+        "/api/v1/agents/1003/call",
+        Some("desk-token-0123456789"),
+        None,
+    );
+    assert_eq!(code, 404);
     // 1 (vaccines), 2 (English), 3 (fragile): "prenotazioni", English
     // speakers with vaccini >= 5 only: 1003.
     let logs = node.logs();

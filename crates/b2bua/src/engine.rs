@@ -78,6 +78,15 @@ pub enum Output {
         /// keeps its place.
         enqueued_unix: i64,
     },
+    /// What an operator's desktop shows: the call offered to them (with
+    /// the IVR's answers and the queue's script), or `None` once it is
+    /// over for them.
+    AgentCall {
+        /// The operator.
+        agent: String,
+        /// The call, while offered or connected.
+        info: Option<AgentCall>,
+    },
     /// A callback moved on: record it in the store.
     CallbackState {
         /// The callback's id in the store.
@@ -85,6 +94,23 @@ pub enum Output {
         /// What happened.
         state: CallbackState,
     },
+}
+
+/// The call an operator is offered or talking to, for their desktop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCall {
+    /// Call record id (answers are stored against it).
+    pub call: String,
+    /// Queue name.
+    pub queue: String,
+    /// The IVR flow the caller walked, if any.
+    pub flow: Option<String>,
+    /// What the caller chose and answered there.
+    pub variables: Vec<(String, String)>,
+    /// The queue's operator script.
+    pub script: Option<String>,
+    /// The callback being executed, if it is one.
+    pub callback: Option<String>,
 }
 
 /// A callback the driver claimed from the store, to execute now.
@@ -2116,6 +2142,22 @@ impl Engine {
             }
         }
         inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
+        let desk = AgentCall {
+            call: call.record_id.clone(),
+            queue: self.router.queue(call.queue).name.clone(),
+            flow: call.run.as_ref().map(|r| r.flow().to_owned()),
+            variables: call
+                .run
+                .as_ref()
+                .map(|r| r.variables.clone())
+                .unwrap_or_default(),
+            script: self.scripts[call.queue.0 as usize].clone(),
+            callback: call.outbound.as_ref().map(|o| o.id.clone()),
+        };
+        self.out.push_back(Output::AgentCall {
+            agent: name.clone(),
+            info: Some(desk),
+        });
         let queue = call.queue;
         let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
         self.by_b.insert(b_call_id.clone(), call_id);
@@ -2323,6 +2365,7 @@ impl Engine {
                     }])
                     .inc();
                 debug!(code, "operator refused the call");
+                self.agent_released(b.agent);
                 self.router.offer_failed(now, call_id, b.agent, outcome);
             }
         }
@@ -2364,6 +2407,7 @@ impl Engine {
                     .inc();
                 self.router
                     .offer_failed(now, call_id, b.agent, OfferOutcome::NoAnswer);
+                self.agent_released(b.agent);
             }
         }
     }
@@ -2653,7 +2697,17 @@ impl Engine {
         }
     }
 
+    /// The operator's desktop no longer shows the call.
+    fn agent_released(&mut self, agent: AgentId) {
+        let name = self.router.agent(agent).name.clone();
+        self.out.push_back(Output::AgentCall {
+            agent: name,
+            info: None,
+        });
+    }
+
     fn cancel_b(&mut self, now: Instant, b: BLeg) {
+        self.agent_released(b.agent);
         self.by_b.remove(&b.call_id);
         self.cancel_client_invite(now, &b.invite_key, b.flow);
         self.client.insert(
@@ -3099,6 +3153,7 @@ impl Engine {
                 self.send_bye(now, &mut leg);
             }
             self.router.call_ended(now, b.agent, call_id);
+            self.agent_released(b.agent);
         }
         self.metrics.calls.with_label_values(&["answered"]).inc();
         info!(

@@ -404,8 +404,13 @@ pub struct Api {
     catalog: Arc<Catalog>,
     scripts: Arc<Vec<centralino_config::Script>>,
     reload: ReloadSlot,
+    desks: Desks,
     metrics: Metrics,
 }
+
+/// The call each operator's desktop shows, kept by the engine task.
+pub type Desks =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, centralino_b2bua::AgentCall>>>;
 
 /// Reads the configuration again (the binary knows where from).
 pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -459,8 +464,14 @@ impl Api {
             catalog: Arc::new(config.catalog.clone()),
             scripts: Arc::new(config.scripts.clone()),
             reload: ReloadSlot::default(),
+            desks: Desks::default(),
             metrics,
         })
+    }
+
+    /// The operators' current calls (the engine task fills it).
+    pub fn desks(&self) -> Desks {
+        self.desks.clone()
     }
 
     /// The slot the binary fills to enable the reload endpoint.
@@ -487,6 +498,7 @@ impl Api {
                     .delete(delete_callback),
             )
             .route("/api/v1/scripts/{name}", get(get_script))
+            .route("/api/v1/agents/{name}/call", get(get_agent_call))
             .route("/api/v1/config/reload", axum::routing::post(reload_config))
             .route(
                 "/api/v1/calls/{id}/answers",
@@ -965,6 +977,47 @@ async fn delete_callback(
         }
     };
     api.count("callbacks_delete", r.status());
+    r
+}
+
+async fn get_agent_call(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let r = match authorize(&api, &headers) {
+        Err(r) => *r,
+        Ok(()) => {
+            let desk = api
+                .desks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&name)
+                .cloned();
+            match desk {
+                None => error(StatusCode::NOT_FOUND, "no call for this operator now"),
+                Some(d) => {
+                    let variables: serde_json::Map<String, Value> = d
+                        .variables
+                        .iter()
+                        .map(|(k, v)| (k.clone(), json!(v)))
+                        .collect();
+                    ok(
+                        StatusCode::OK,
+                        &json!({
+                            "call": d.call,
+                            "queue": d.queue,
+                            "flow": d.flow,
+                            "variables": variables,
+                            "script": d.script,
+                            "callback": d.callback,
+                        }),
+                    )
+                }
+            }
+        }
+    };
+    api.count("agent_call", r.status());
     r
 }
 

@@ -20,7 +20,7 @@ mod prompts;
 mod recorder;
 mod sip;
 
-pub use api::{Api, ApiError, Loader, RecordSink, ReloadSlot};
+pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadSlot};
 pub use http::serve_http;
 pub use media::{BoundPorts, MediaPlane};
 pub use sip::{NetError, Reloader, SipServer};

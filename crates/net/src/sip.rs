@@ -193,6 +193,7 @@ impl SipServer {
         config: &Config,
         metrics: Metrics,
         records: Option<crate::api::RecordSink>,
+        desks: Option<crate::api::Desks>,
     ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng
@@ -274,9 +275,8 @@ impl SipServer {
             tokio::spawn(callback_scheduler(sink.clone(), tx.clone(), hours));
         }
         drop(tx);
-        let engine_task = tokio::spawn(run_engine(
-            engine, rx, media_rx, plane, udp, metrics, records,
-        ));
+        let engine_task =
+            tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, records, desks));
         Ok(Self {
             bound,
             reloader,
@@ -476,8 +476,8 @@ async fn run_engine(
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
-    metrics: Metrics,
     records: Option<crate::api::RecordSink>,
+    desks: Option<crate::api::Desks>,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut media_events: Vec<MediaEvent> = Vec::new();
@@ -489,7 +489,6 @@ async fn run_engine(
     // "Dialling" marks of callbacks come back here.
     let (dial_tx, mut dial_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
     let mut flush_at: Option<Instant> = None;
-    let _ = &metrics;
     loop {
         let deadline = [engine.poll_timeout().map(Instant::from_std), flush_at]
             .into_iter()
@@ -549,6 +548,19 @@ async fn run_engine(
                     }
                 }
                 Output::Media(cmd) => media_events.extend(plane.command(cmd)),
+                Output::AgentCall { agent, info } => {
+                    if let Some(d) = &desks {
+                        let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        match info {
+                            Some(i) => {
+                                d.insert(agent, i);
+                            }
+                            None => {
+                                d.remove(&agent);
+                            }
+                        }
+                    }
+                }
                 Output::CallbackState { id, state } => match (&records, state) {
                     (Some(sink), CallbackState::Dialing { call }) => {
                         let (sink, tx) = (sink.clone(), dial_tx.clone());

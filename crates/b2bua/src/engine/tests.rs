@@ -67,6 +67,8 @@ struct Harness {
     records: Vec<centralino_types::record::Record>,
     /// Callback progress reports, in order.
     callbacks: Vec<(String, CallbackState)>,
+    /// What the operators' desktops were told, in order.
+    desks: Vec<(String, Option<crate::AgentCall>)>,
     metrics: Metrics,
     now: Instant,
     local: SocketAddr,
@@ -110,6 +112,7 @@ impl Harness {
             media: Vec::new(),
             records: Vec::new(),
             callbacks: Vec::new(),
+            desks: Vec::new(),
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
@@ -139,6 +142,7 @@ impl Harness {
                 Output::Record(r) => self.records.push(r),
                 Output::StoreCallback { .. } => panic!("a callback request nobody expected"),
                 Output::CallbackState { id, state } => self.callbacks.push((id, state)),
+                Output::AgentCall { agent, info } => self.desks.push((agent, info)),
             }
         }
         out
@@ -1049,6 +1053,19 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
     let inv = requests(&out, PHONE2, "INVITE")[0].clone();
     assert_eq!(inv.header("X-Centralino-Flow"), Some("vaccini"));
     assert_eq!(inv.header("X-Centralino-Script"), Some("domande-triage"));
+    let (agent, Some(desk)) = h.desks.last().cloned().unwrap() else {
+        panic!("{:?}", h.desks)
+    };
+    assert_eq!(agent, "1002");
+    assert_eq!(
+        (
+            desk.queue.as_str(),
+            desk.flow.as_deref(),
+            desk.script.as_deref()
+        ),
+        ("triage", Some("vaccini"), Some("domande-triage"))
+    );
+    assert_eq!(desk.variables.len(), 2);
     let Some(Record::CallStarted { id, .. }) = h.records.first() else {
         panic!("{:?}", h.records)
     };
