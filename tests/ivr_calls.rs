@@ -176,12 +176,17 @@ fn node_again(scratch: &Scratch) -> Node {
 }
 
 fn node(scratch: &Scratch) -> Node {
+    node_with(scratch, |c| c)
+}
+
+/// A node on the test configuration, changed by `edit`.
+fn node_with(scratch: &Scratch, edit: impl FnOnce(String) -> String) -> Node {
     let prompts = scratch.path("prompts");
     std::fs::create_dir_all(&prompts).expect("prompts dir");
     for p in ["menu1", "menu2", "menu3", "chiuso"] {
         beep(&prompts.join(format!("{p}.wav")));
     }
-    Node::start_toml(scratch, |sip, http| config(sip, http, &prompts))
+    Node::start_toml(scratch, |sip, http| edit(config(sip, http, &prompts)))
 }
 
 #[test]
@@ -491,6 +496,67 @@ fn outside_opening_hours_a_caller_accepts_a_callback_and_is_never_a_dead_end() {
     assert_eq!(list[0]["number"], "+39333001");
     assert_eq!(
         node.metric("centralino_callbacks_total{outcome=\"ivr_created\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn an_ivr_transfer_reaches_an_external_number_through_the_trunk() {
+    let scratch = Scratch::new("ivr-transfer");
+    // The external number's phone, behind the carrier.
+    let mut far = Sipp::spawn(
+        &scratch,
+        "far",
+        &[
+            "-sf",
+            &scenario("citizen_answer.xml"),
+            "-m",
+            "1",
+            "-trace_logs",
+            "-timeout",
+            "30s",
+        ],
+    );
+    let far_port = far.port;
+    let node = node_with(&scratch, |c| {
+        c.replacen(
+            "peers = [\"127.0.0.1\"]",
+            &format!("peers = [\"127.0.0.1\"]\noutbound = \"127.0.0.1:{far_port}\""),
+            1,
+        )
+        .replacen(
+            "\"801\" = { flow = \"notte\" }",
+            "\"801\" = { flow = \"notte\" }, \"802\" = { flow = \"esterno\" }",
+            1,
+        ) + "\n[[flows]]\nname = \"esterno\"\nstart = \"passa\"\n[flows.nodes.passa]\ntype = \"transfer\"\nnumber = \"+390612345000\"\non_fail = \"fine\"\n[flows.nodes.fine]\ntype = \"hangup\"\n"
+    });
+    let mut caller = Sipp::spawn(
+        &scratch,
+        "caller",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_call.xml"),
+            "-s",
+            "802",
+            "-m",
+            "1",
+            "-d",
+            "1000",
+            "-timeout",
+            "30s",
+        ],
+    );
+    caller.expect_success(Duration::from_secs(30));
+    far.expect_success(Duration::from_secs(10));
+    assert!(
+        far.log_lines()
+            .iter()
+            .any(|l| l.contains("INVITE sip:+390612345000@")),
+        "the external number was dialled"
+    );
+    assert_eq!(
+        node.metric("centralino_flow_calls_total{flow=\"esterno\",outcome=\"transferred\"}"),
         1.0
     );
 }
