@@ -736,6 +736,16 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Box<Respo
     })
 }
 
+/// A request's token checked, then its JSON body read.
+fn authorized_body<T: for<'de> Deserialize<'de>>(
+    api: &Api,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Box<Response>> {
+    authorize(api, headers)?;
+    parse_body(body)
+}
+
 fn random_id() -> String {
     use rand::TryRngCore;
     let mut b = [0u8; 16];
@@ -750,10 +760,7 @@ async fn create_callback(State(api): State<Api>, headers: HeaderMap, body: Bytes
 }
 
 async fn create(api: &Api, headers: &HeaderMap, body: &Bytes) -> Response {
-    if let Err(r) = authorize(api, headers) {
-        return *r;
-    }
-    let b: CreateBody = match parse_body(body) {
+    let b: CreateBody = match authorized_body(api, headers, body) {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -919,10 +926,7 @@ async fn patch_callback(
 }
 
 async fn patch(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
-    if let Err(r) = authorize(api, headers) {
-        return *r;
-    }
-    let b: PatchBody = match parse_body(body) {
+    let b: PatchBody = match authorized_body(api, headers, body) {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -1116,10 +1120,7 @@ async fn post_answers(
 }
 
 async fn answers(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
-    if let Err(r) = authorize(api, headers) {
-        return *r;
-    }
-    let b: AnswersBody = match parse_body(body) {
+    let b: AnswersBody = match authorized_body(api, headers, body) {
         Ok(b) => b,
         Err(r) => return *r,
     };

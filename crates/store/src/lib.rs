@@ -270,6 +270,16 @@ pub struct Store {
 
 const COLUMNS: &str = "id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at";
 
+/// One callback by id (inside a transaction or not).
+fn find(conn: &Connection, id: &str) -> rusqlite::Result<Option<Callback>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM callbacks WHERE id = ?1"),
+        params![id],
+        callback,
+    )
+    .optional()
+}
+
 fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
     let status: String = row.get(6)?;
     Ok(Callback {
@@ -375,14 +385,7 @@ impl Store {
 
     /// One callback.
     pub fn get_callback(&self, id: &str) -> Result<Option<Callback>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM callbacks WHERE id = ?1"),
-                params![id],
-                callback,
-            )
-            .optional()?)
+        Ok(find(&self.conn, id)?)
     }
 
     /// Callbacks, oldest first, optionally of one status (at most
@@ -408,14 +411,7 @@ impl Store {
         now: i64,
     ) -> Result<Edit, StoreError> {
         let tx = self.conn.transaction()?;
-        let Some(mut cb) = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM callbacks WHERE id = ?1"),
-                params![id],
-                callback,
-            )
-            .optional()?
-        else {
+        let Some(mut cb) = find(&tx, id)? else {
             return Ok(Edit::NotFound);
         };
         if cb.status != Status::Pending {
@@ -449,14 +445,7 @@ impl Store {
         now: i64,
     ) -> Result<Edit, StoreError> {
         let tx = self.conn.transaction()?;
-        let Some(mut cb) = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM callbacks WHERE id = ?1"),
-                params![id],
-                callback,
-            )
-            .optional()?
-        else {
+        let Some(mut cb) = find(&tx, id)? else {
             return Ok(Edit::NotFound);
         };
         if !matches!(cb.status, Status::Pending | Status::InProgress) {
