@@ -180,7 +180,7 @@ fn node(scratch: &Scratch) -> Node {
 }
 
 /// A node on the test configuration, changed by `edit`.
-fn node_with(scratch: &Scratch, edit: impl FnOnce(String) -> String) -> Node {
+fn node_with(scratch: &Scratch, edit: impl Fn(String) -> String) -> Node {
     let prompts = scratch.path("prompts");
     std::fs::create_dir_all(&prompts).expect("prompts dir");
     for p in ["menu1", "menu2", "menu3", "chiuso"] {

@@ -146,7 +146,7 @@ impl Node {
     }
 
     /// A node on a configuration written by `toml(sip_port, http_port)`.
-    pub(crate) fn start_toml(scratch: &Scratch, toml: impl FnOnce(u16, u16) -> String) -> Self {
+    pub(crate) fn start_toml(scratch: &Scratch, toml: impl Fn(u16, u16) -> String) -> Self {
         Self::start_toml_log(scratch, "info", toml)
     }
 
@@ -154,8 +154,27 @@ impl Node {
     pub(crate) fn start_toml_log(
         scratch: &Scratch,
         filter: &str,
-        toml: impl FnOnce(u16, u16) -> String,
+        toml: impl Fn(u16, u16) -> String,
     ) -> Self {
+        // A free port can be taken by a parallel test between the probe
+        // and the node's bind: a node that exits before it is ready is
+        // started again on other ports.
+        for _ in 0..3 {
+            if let Some(node) = Self::try_start(scratch, filter, &toml) {
+                return node;
+            }
+        }
+        panic!(
+            "centralino did not start:\n{}",
+            std::fs::read_to_string(scratch.path("centralino.log")).unwrap_or_default()
+        );
+    }
+
+    fn try_start(
+        scratch: &Scratch,
+        filter: &str,
+        toml: &impl Fn(u16, u16) -> String,
+    ) -> Option<Self> {
         let sip_port = free_port();
         let http_port = free_port();
         let conf = scratch.path("centralino.toml");
@@ -175,14 +194,25 @@ impl Node {
             .stderr(out)
             .spawn()
             .expect("spawn centralino");
-        let node = Self {
+        let mut node = Self {
             child,
             sip_port,
             http_port,
             log,
         };
-        node.wait_log("centralino ready", Duration::from_secs(20));
-        node
+        let start = Instant::now();
+        while !node.logs().contains("centralino ready") {
+            if !node.is_running() {
+                return None;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "centralino not ready:\n{}",
+                node.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(node)
     }
 
     pub(crate) fn sip_addr(&self) -> String {
