@@ -150,6 +150,12 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     }
     let (_, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(TOKEN), None);
     assert_eq!(json(&body)["callbacks"].as_array().unwrap().len(), 0);
+    // Each operator heard the callback signal (the queue records no
+    // whisper: the built-in tone) on their phone's media port.
+    assert_eq!(
+        node.metric("centralino_whispers_total{kind=\"callback\"}"),
+        100.0
+    );
 
     // The SMS gateway heard of every booking and every call about to be
     // placed, across the crash (the outbox is in the store). Delivery is at

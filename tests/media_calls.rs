@@ -81,7 +81,19 @@ fn recordings_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 /// before it answers, echoing RTP when `echo`; registered as 1001 and
 /// available when this returns.
 fn operator_phone(scratch: &Scratch, node: &Node, ring_ms: &str, echo: bool) -> Sipp {
-    let media_port = free_port().to_string();
+    operator_phone_at(scratch, node, ring_ms, echo, free_port())
+}
+
+/// As [`operator_phone`], the phone's SDP naming `media_port` (SIPp's own
+/// when `echo`, else any socket, such as the test's).
+fn operator_phone_at(
+    scratch: &Scratch,
+    node: &Node,
+    ring_ms: &str,
+    echo: bool,
+    media_port: u16,
+) -> Sipp {
+    let media_port = media_port.to_string();
     let mut args = vec![
         "-sf".to_owned(),
         scenario("agent_media.xml"),
@@ -91,6 +103,9 @@ fn operator_phone(scratch: &Scratch, node: &Node, ring_ms: &str, echo: bool) -> 
         "1".to_owned(),
         "-timeout".to_owned(),
         "60s".to_owned(),
+        "-key".to_owned(),
+        "operator_rtp".to_owned(),
+        media_port.clone(),
     ];
     if echo {
         for a in ["-mi", "127.0.0.1", "-mp", &media_port, "-rtp_echo"] {
@@ -139,6 +154,22 @@ fn trunk_call(
             "60s",
         ],
     )
+}
+
+/// One A-law frame of `byte` from the caller's socket (then the next
+/// sequence number).
+fn speak(caller: &UdpSocket, to: SocketAddr, seq: &mut u16, ssrc: u32, byte: u8) {
+    let h = Header {
+        marker: false,
+        payload_type: 8,
+        seq: *seq,
+        timestamp: u32::from(*seq) * 160,
+        ssrc,
+    };
+    *seq = seq.wrapping_add(1);
+    let mut out = [0u8; 172];
+    rtp::write(&h, &[byte; 160], &mut out).expect("fits");
+    caller.send_to(&out, to).expect("send");
 }
 
 /// What the caller received.
@@ -641,17 +672,7 @@ fn a_silent_operator_phone_ends_the_call_and_frees_the_operator() {
             node_rtp = Some(from);
         }
         if let Some(to) = node_rtp {
-            let h = Header {
-                marker: false,
-                payload_type: 8,
-                seq,
-                timestamp: u32::from(seq) * 160,
-                ssrc: 77,
-            };
-            seq = seq.wrapping_add(1);
-            let mut out = [0u8; 172];
-            rtp::write(&h, &[0xD5; 160], &mut out).expect("fits");
-            caller.send_to(&out, to).expect("send");
+            speak(&caller, to, &mut seq, 77, 0xD5);
         }
     }
     trunk.expect_success(Duration::from_secs(5));
@@ -743,4 +764,111 @@ fn floods_to_the_media_ports_never_disturb_a_call() {
     );
     assert!(node.metric("centralino_rtp_dropped_total{reason=\"rtcp_ignored\"}") >= 10.0);
     assert_eq!(node.http_get("/healthz").0, 200);
+}
+
+/// The queue's whisper: once the operator answers they hear the line's
+/// context on their own stream (the test is the phone's RTP endpoint)
+/// while the caller keeps hearing the music; only then are they bridged,
+/// and the caller's voice follows on the same stream.
+#[test]
+fn the_operator_hears_the_whisper_then_the_caller() {
+    let scratch = Scratch::new("media-whisper");
+    let music_path = scratch.path("music.wav");
+    std::fs::write(&music_path, wav(&[100; 8000])).expect("write music");
+    let prompts = scratch.path("prompts");
+    std::fs::create_dir_all(&prompts).expect("prompts dir");
+    // 0.5 s of a steady level: 25 frames, all the same byte.
+    let whisper_wav = wav(&[3000; 4000]);
+    std::fs::write(prompts.join("contesto.wav"), &whisper_wav).expect("write prompt");
+    let expected: Vec<u8> = Prompt::from_wav(&whisper_wav, Law::Alaw)
+        .expect("prompt")
+        .frames
+        .iter()
+        .map(|f| Law::Ulaw.encode(Law::Alaw.decode(f[0])))
+        .collect();
+    let recordings = scratch.path("recordings");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, &music_path, &recordings)
+            .replace("record = true", "whisper = [\"contesto\"]")
+            .replace(
+                "[media]\n",
+                &format!("[media]\nprompts_dir = \"{}\"\n", prompts.display()),
+            )
+    });
+    let op = UdpSocket::bind("127.0.0.1:0").expect("operator rtp");
+    op.set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut phone = operator_phone_at(
+        &scratch,
+        &node,
+        "300",
+        false,
+        op.local_addr().expect("addr").port(),
+    );
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut trunk = trunk_call(&scratch, &node, "trunk", "trunk_media.xml", &caller, "3000");
+    const SPEECH: u8 = 0x2A;
+    let speech_ulaw = Law::Ulaw.encode(Law::Alaw.decode(SPEECH));
+    let (mut node_a, mut seq) = (None, 0u16);
+    let mut heard = Vec::new(); // what the operator got: (seq, ssrc, first byte)
+    let mut caller_music_after_answer = 0;
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    let mut next_send = Instant::now();
+    while trunk.try_wait().is_none() && start.elapsed() < Duration::from_secs(20) {
+        if let Ok((n, from)) = caller.recv_from(&mut buf) {
+            node_a = Some(from);
+            let p = rtp::parse(&buf[..n]).expect("rtp to the caller");
+            if !heard.is_empty() && p.payload[0] != SPEECH {
+                caller_music_after_answer += 1;
+            }
+        }
+        if let Ok((n, _)) = op.recv_from(&mut buf) {
+            let p = rtp::parse(&buf[..n]).expect("rtp to the operator");
+            heard.push((p.header.seq, p.header.ssrc, p.payload[0]));
+        }
+        // The caller speaks all along, every 20 ms.
+        if let Some(to) = node_a
+            && Instant::now() >= next_send
+        {
+            next_send += Duration::from_millis(20);
+            speak(&caller, to, &mut seq, 4242, SPEECH);
+        }
+    }
+    trunk.expect_success(Duration::from_secs(10));
+    phone.expect_success(Duration::from_secs(10));
+    let bytes: Vec<u8> = heard.iter().map(|h| h.2).collect();
+    let first_speech = bytes
+        .iter()
+        .position(|&b| b == speech_ulaw)
+        .expect("the caller was heard after the whisper");
+    let whisper = &bytes[..first_speech];
+    // The playout may skip a late frame under load; the order holds.
+    assert!(
+        whisper.len() * 10 >= expected.len() * 9 && whisper.iter().all(|&b| b == expected[0]),
+        "the whisper first, whole: {whisper:?} (expected {} × {:#x})",
+        expected.len(),
+        expected[0]
+    );
+    assert!(
+        bytes[first_speech..].iter().all(|&b| b == speech_ulaw),
+        "then only the caller"
+    );
+    let ssrcs: std::collections::HashSet<u32> = heard.iter().map(|h| h.1).collect();
+    assert_eq!(ssrcs.len(), 1, "one stream for the operator");
+    for w in heard.windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0.wrapping_add(1),
+            "consecutive sequence numbers"
+        );
+    }
+    assert!(
+        caller_music_after_answer > 0,
+        "the caller kept hearing the music during the whisper"
+    );
+    assert_eq!(node.metric("centralino_whispers_total{kind=\"call\"}"), 1.0);
 }

@@ -434,6 +434,11 @@ pub struct Engine {
     callback_retries: Vec<Vec<(String, u32, Duration)>>,
     /// Per queue: callbacks dial the citizen first.
     customer_first: Vec<bool>,
+    /// Per queue: what the operator hears on answering, for calls and for
+    /// callbacks (`None`: the built-in tone).
+    whispers: Vec<(Vec<String>, Option<Vec<String>>)>,
+    /// The built-in signal of a callback to the operator.
+    callback_tone: Prompt,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -594,6 +599,12 @@ impl Engine {
                 .iter()
                 .map(|q| q.callback_customer_first)
                 .collect(),
+            whispers: config
+                .queues
+                .iter()
+                .map(|q| (q.whisper.clone(), q.callback_whisper.clone()))
+                .collect(),
+            callback_tone: announce::callback_tone(Law::Alaw),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
@@ -1097,7 +1108,18 @@ impl Engine {
                 law,
                 telephone_event: audio.telephone_event,
             };
-            let cmd = open_command(call_id, &mut call.media);
+            let cmd = if call.media.opened {
+                // Opened for the operator's whisper: the citizen's side
+                // learns its address now.
+                MediaCommand::Update {
+                    call: call_id,
+                    side: Side::A,
+                    peer: call.media.a,
+                    held: false,
+                }
+            } else {
+                open_command(call_id, &mut call.media)
+            };
             self.out.push_back(Output::Media(cmd));
             if let Some(b) = call.media.b {
                 let record = self.record[call.queue.0 as usize];
@@ -2288,11 +2310,47 @@ impl Engine {
                     b_answer(&msg, &self.codecs).expect("checked by the guard arm");
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
+                let whisper = whisper_prompts(
+                    &self.whispers[call.queue.0 as usize],
+                    call.outbound.is_some(),
+                    &self.prompts,
+                    &self.callback_tone,
+                );
+                if !whisper.is_empty() {
+                    self.metrics
+                        .whispers
+                        .with_label_values(&[if call.outbound.is_some() {
+                            "callback"
+                        } else {
+                            "call"
+                        }])
+                        .inc();
+                }
                 if call.media.opened {
+                    if !whisper.is_empty() {
+                        self.out.push_back(Output::Media(MediaCommand::Whisper {
+                            call: call_id,
+                            b: b_peer,
+                            prompts: whisper,
+                        }));
+                    }
                     self.out.push_back(Output::Media(MediaCommand::Bridge {
                         call: call_id,
                         b: b_peer,
                         record: self.record[call.queue.0 as usize],
+                    }));
+                } else if call.outbound.as_ref().is_some_and(|o| !o.customer_first)
+                    && !whisper.is_empty()
+                {
+                    // Agent first: the citizen is not dialled yet. The
+                    // operator's side opens now for the whisper; the
+                    // citizen's address comes with their answer.
+                    let cmd = open_command(call_id, &mut call.media);
+                    self.out.push_back(Output::Media(cmd));
+                    self.out.push_back(Output::Media(MediaCommand::Whisper {
+                        call: call_id,
+                        b: b_peer,
+                        prompts: whisper,
                     }));
                 }
                 let already_answered = std::mem::replace(&mut call.answered, true);
@@ -3262,6 +3320,26 @@ fn trunk_tables(config: &Config) -> Vec<(Vec<IpAddr>, DidTable)> {
 }
 
 /// Opens a call's media (marks it opened).
+/// What the operator hears on answering: the queue's whisper for calls,
+/// its callback whisper (or the built-in tone) for callbacks; prompts not
+/// loaded are left out.
+fn whisper_prompts(
+    (call, callback): &(Vec<String>, Option<Vec<String>>),
+    is_callback: bool,
+    lib: &Library,
+    tone: &Prompt,
+) -> Vec<Prompt> {
+    match (is_callback, callback) {
+        (true, None) => vec![tone.clone()],
+        (true, Some(names)) => names_to_prompts(names, lib),
+        (false, _) => names_to_prompts(call, lib),
+    }
+}
+
+fn names_to_prompts(names: &[String], lib: &Library) -> Vec<Prompt> {
+    names.iter().filter_map(|n| lib.get(n).cloned()).collect()
+}
+
 fn open_command(call: CallId, media: &mut CallMedia) -> MediaCommand {
     media.opened = true;
     MediaCommand::Open {

@@ -49,6 +49,16 @@ pub enum MediaCommand {
         /// Music afterwards.
         music: Option<Prompt>,
     },
+    /// The operator answered: they hear `prompts` (the call's context)
+    /// before a bridge asked for meanwhile happens.
+    Whisper {
+        /// The call.
+        call: CallId,
+        /// The operator's media.
+        b: Peer,
+        /// Prompts in order.
+        prompts: Vec<Prompt>,
+    },
     /// The operator answered: relay between the legs.
     Bridge {
         /// The call.

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub media_timeouts: IntCounterVec,
     /// `centralino_announcements_total{outcome}`: played / skipped (prompts missing).
     pub announcements: IntCounterVec,
+    /// `centralino_whispers_total{kind}`: context played to an operator on
+    /// answering (call, callback).
+    pub whispers: IntCounterVec,
     /// `centralino_rtp_ports{state}`: in use / free (driver).
     pub rtp_ports: IntGaugeVec,
     /// `centralino_media_sessions`: calls with anchored media (driver).
@@ -291,6 +294,11 @@ impl Metrics {
                 "centralino_announcements_total",
                 "Queue announcements by outcome",
                 &["outcome"]
+            )),
+            whispers: reg!(cv(
+                "centralino_whispers_total",
+                "Whispers played to operators on answering, by kind of call",
+                &["kind"]
             )),
             rtp_ports: reg!(gv(
                 "centralino_rtp_ports",

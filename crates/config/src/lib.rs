@@ -385,6 +385,10 @@ struct RawQueue {
     #[serde(default)]
     callback_confirm_prompts: Vec<String>,
     #[serde(default)]
+    whisper: Vec<String>,
+    #[serde(default)]
+    callback_whisper: Option<Vec<String>>,
+    #[serde(default)]
     callback_hours: Option<centralino_flows::def::RawCalendar>,
     #[serde(default = "default_callback_attempts")]
     callback_max_attempts: u32,
@@ -568,6 +572,12 @@ pub struct Queue {
     pub callback_offer_prompts: Vec<String>,
     /// Played once the callback is stored, before the call ends.
     pub callback_confirm_prompts: Vec<String>,
+    /// Played to the operator when they answer, before the bridge (the
+    /// caller hears the music meanwhile): the line's context.
+    pub whisper: Vec<String>,
+    /// Played to the operator who answers a callback, while the citizen is
+    /// dialled; `None`: a built-in two-tone signal.
+    pub callback_whisper: Option<Vec<String>>,
     /// When callbacks of this queue may be placed (Europe/Rome); any time
     /// when `None`.
     pub callback_hours: Option<centralino_flows::calendar::Calendar>,
@@ -760,6 +770,8 @@ impl Config {
                 .callback_offer_prompts
                 .iter()
                 .chain(&q.callback_confirm_prompts)
+                .chain(&q.whisper)
+                .chain(q.callback_whisper.iter().flatten())
             {
                 out.push((format!("queues[{i}]"), p.clone()));
             }
@@ -1273,6 +1285,29 @@ impl Config {
                     "must be in 10..=86400",
                 );
             }
+            for (key, list) in [
+                ("callback_offer_prompts", &q.callback_offer_prompts),
+                ("callback_confirm_prompts", &q.callback_confirm_prompts),
+                ("whisper", &q.whisper),
+                (
+                    "callback_whisper",
+                    q.callback_whisper.as_ref().unwrap_or(&Vec::new()),
+                ),
+            ] {
+                if list.len() > 32 {
+                    p.add(format!("{path}.{key}"), "at most 32 prompts");
+                }
+                for (i, name) in list.iter().enumerate() {
+                    if !centralino_flows::def::prompt_name_ok(name) {
+                        p.add(
+                            format!("{path}.{key}[{i}]"),
+                            format!(
+                                "not a prompt name: {name:?} (letters, digits, - _ . /, relative)"
+                            ),
+                        );
+                    }
+                }
+            }
             if q.announce_seconds > 0 && q.announce_seconds < 10 {
                 p.add(
                     format!("{path}.announce_seconds"),
@@ -1308,6 +1343,8 @@ impl Config {
                 },
                 callback_offer_prompts: q.callback_offer_prompts.clone(),
                 callback_confirm_prompts: q.callback_confirm_prompts.clone(),
+                whisper: q.whisper.clone(),
+                callback_whisper: q.callback_whisper.clone(),
                 callback_hours: q.callback_hours.as_ref().map(|c| {
                     let mut problems = Vec::new();
                     let cal = centralino_flows::def::calendar(&path, c, &mut problems);
@@ -2094,5 +2131,44 @@ record = true
                 .any(|t| t.starts_with("queues[0].callback_hours.hours[0]")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn whispers_and_queue_prompts_are_checked() {
+        let base = "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\n";
+        let good = format!(
+            "{base}whisper = [\"linea-triage\"]\ncallback_whisper = [\"richiamata\", \"it/linea-triage\"]\n"
+        );
+        let c = Config::from_toml(&good).unwrap();
+        assert_eq!(c.queues[0].whisper, ["linea-triage"]);
+        assert_eq!(
+            c.queues[0].callback_whisper.as_deref(),
+            Some(&["richiamata".to_owned(), "it/linea-triage".to_owned()][..])
+        );
+        let prompts: Vec<String> = c.flow_prompts().into_iter().map(|(_, n)| n).collect();
+        assert!(prompts.contains(&"richiamata".to_owned()), "{prompts:?}");
+        assert_eq!(
+            Config::from_toml(base).unwrap().queues[0].callback_whisper,
+            None
+        );
+        let bad = good
+            .replace(
+                "\"linea-triage\"]\ncallback",
+                "\"../../etc/passwd\"]\ncallback",
+            )
+            .replace("\"richiamata\"", "\"\"");
+        let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+            panic!()
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "queues[0].whisper[0]: not a prompt name",
+            "queues[0].callback_whisper[0]",
+        ] {
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want}: {text:#?}"
+            );
+        }
     }
 }

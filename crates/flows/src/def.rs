@@ -353,14 +353,7 @@ fn compile_node(
         ));
     }
     for (i, pr) in n.prompts.iter().chain(&n.invalid_prompts).enumerate() {
-        if pr.is_empty()
-            || pr.len() > 128
-            || pr.starts_with('/')
-            || pr.split('/').any(|c| c == ".." || c.is_empty())
-            || !pr
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_/.".contains(&b))
-        {
+        if !prompt_name_ok(pr) {
             p.push((
                 format!("{np}.prompts[{i}]"),
                 format!("not a prompt name: {pr:?} (letters, digits, - _ . /, relative)"),
@@ -725,4 +718,17 @@ fn check_graph(path: &str, flow: &Flow, p: &mut Vec<Problem>) {
             ));
         }
     }
+}
+
+/// A prompt name is a relative path under the prompt directories: letters,
+/// digits, `-`, `_`, `.`, `/`, no empty or `..` component (it cannot leave
+/// them).
+pub fn prompt_name_ok(pr: &str) -> bool {
+    !(pr.is_empty()
+        || pr.len() > 128
+        || pr.starts_with('/')
+        || pr.split('/').any(|c| c == ".." || c.is_empty())
+        || !pr
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_/.".contains(&b)))
 }

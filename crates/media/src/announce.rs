@@ -195,6 +195,22 @@ pub fn builtin_music(law: Law) -> Prompt {
     Prompt::from_samples(&samples, law)
 }
 
+/// Built-in signal to an operator that the call is a callback (two rising
+/// tones, 0.6 s): played when the queue has no recorded callback whisper.
+pub fn callback_tone(law: Law) -> Prompt {
+    const RATE: f64 = 8000.0;
+    let mut samples = Vec::with_capacity(4800);
+    for (f, len) in [(660.0, 1200), (0.0, 800), (880.0, 1200), (0.0, 1600)] {
+        for i in 0..len {
+            let t = f64::from(i) / RATE;
+            // 10 ms ramps: no clicks.
+            let env = (t * 100.0).min(1.0) * ((f64::from(len - i) / RATE) * 100.0).min(1.0);
+            samples.push(((2.0 * PI * f * t).sin() * env * 8000.0) as i16);
+        }
+    }
+    Prompt::from_samples(&samples, law)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,11 @@
 //! are reported once per key press and relayed as events when the other
 //! leg negotiated them. Writes into the caller's buffer: no allocation per
 //! packet.
+//!
+//! A whisper (the context of the call, played to the operator once they
+//! answer) comes between the two: the operator hears it on their own
+//! stream while the caller still hears the music; the bridge waits for its
+//! end, so neither hears the other before the operator knows who calls.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -80,8 +85,9 @@ pub enum Action {
 /// source sets the marker bit and restarts the timestamp mapping).
 const FROM_PEER: u32 = 0;
 
-/// What the caller hears before the bridge.
-#[derive(Debug)]
+/// What a side hears before the bridge: the caller's prompts and music,
+/// the operator's whisper.
+#[derive(Debug, Default)]
 struct Playback {
     /// Prompts still to play after the current one.
     queue: Vec<Prompt>,
@@ -101,9 +107,14 @@ pub struct CallMedia {
     last_rx: [Instant; 2],
     /// Relaying between the legs (else playback to the caller).
     bridged: bool,
+    /// The operator hears the whisper (`playback[1]`); nothing relayed.
+    whispering: bool,
+    /// The bridge was asked for during the whisper: done at its end.
+    bridge_pending: bool,
     /// Either side put the call on hold: nothing relayed.
     held: bool,
-    playback: Playback,
+    /// Per side: the caller's prompts and music, the operator's whisper.
+    playback: [Playback; 2],
     /// Distinct source id per playout.
     sources: u32,
     /// Recording: the mix and when it started.
@@ -123,13 +134,10 @@ impl CallMedia {
             out: seeds.map(|(s, q, t)| Outgoing::new(s, q, t)),
             last_rx: [now; 2],
             bridged: false,
+            whispering: false,
+            bridge_pending: false,
             held: false,
-            playback: Playback {
-                queue: Vec::new(),
-                next: 0,
-                music: None,
-                current: None,
-            },
+            playback: [Playback::default(), Playback::default()],
             sources: FROM_PEER,
             recording: None,
             unexpected: 0,
@@ -175,18 +183,43 @@ impl CallMedia {
         if self.bridged {
             return;
         }
-        self.playback = Playback {
+        self.playback[0] = Playback {
             queue: prompts,
             next: 0,
             music,
             current: None,
         };
-        self.advance(now);
+        self.advance(Side::A, now);
     }
 
-    /// Starts the next prompt (or the music) at `start`.
-    fn advance(&mut self, start: Instant) {
-        let pb = &mut self.playback;
+    /// The operator answered: they hear `prompts` (the call's context) on
+    /// their leg from `now` while the caller keeps hearing the music. A
+    /// [`bridge`](Self::bridge) asked for meanwhile waits for the end.
+    pub fn whisper(&mut self, now: Instant, b: Leg, b_law: Law, prompts: Vec<Prompt>) {
+        if self.bridged {
+            return;
+        }
+        self.legs[1] = Some(b);
+        self.laws[1] = b_law;
+        self.playback[1] = Playback {
+            queue: prompts,
+            next: 0,
+            music: None,
+            current: None,
+        };
+        self.whispering = true;
+        self.advance(Side::B, now);
+    }
+
+    /// Whether the operator is hearing a whisper.
+    pub fn whispering(&self) -> bool {
+        self.whispering
+    }
+
+    /// Starts the next prompt (or the music) of `side` at `start`; the end
+    /// of the operator's whisper lets a pending bridge happen.
+    fn advance(&mut self, side: Side, start: Instant) {
+        let pb = &mut self.playback[side.index()];
         while pb.queue.get(pb.next).is_some_and(|p| p.frames.is_empty()) {
             pb.next += 1;
         }
@@ -197,18 +230,33 @@ impl CallMedia {
             (m.clone(), true)
         } else {
             pb.current = None;
+            if side == Side::B && std::mem::take(&mut self.whispering) && self.bridge_pending {
+                self.connect();
+            }
             return;
         };
         self.sources = self.sources.wrapping_add(1).max(1);
         pb.current = Some(Playout::new(prompt, looped, start, self.sources, 0, 0));
     }
 
-    /// Connects the operator's leg: playback stops, media is relayed.
+    /// Connects the operator's leg: playback stops, media is relayed. During
+    /// a whisper the leg it latched is kept and the bridge waits for the
+    /// whisper's end.
     pub fn bridge(&mut self, b: Leg, b_law: Law) {
+        if self.whispering {
+            self.bridge_pending = true;
+            return;
+        }
         self.legs[1] = Some(b);
         self.laws[1] = b_law;
+        self.connect();
+    }
+
+    fn connect(&mut self) {
         self.bridged = true;
-        self.playback.current = None;
+        self.bridge_pending = false;
+        self.playback[0].current = None;
+        self.playback[1].current = None;
     }
 
     /// Whether the legs are bridged.
@@ -267,31 +315,54 @@ impl CallMedia {
         if self.bridged {
             return None;
         }
-        self.playback.current.as_ref()?.poll_timeout()
+        let due = |pb: &Playback| pb.current.as_ref().and_then(Playout::poll_timeout);
+        match (due(&self.playback[0]), due(&self.playback[1])) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next playout packet due at `now`, written into `buf` (at least
     /// 172 bytes): where to send it from the caller's socket, and its
     /// length. Call until `None`.
     pub fn poll_packet(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        self.poll_side(Side::A, now, buf)
+    }
+
+    /// The next whisper packet due at `now` for the operator, to send from
+    /// the operator's socket. Call until `None`.
+    pub fn poll_whisper(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        if !self.whispering {
+            return None;
+        }
+        self.poll_side(Side::B, now, buf)
+    }
+
+    fn poll_side(
+        &mut self,
+        side: Side,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
         if self.bridged {
             return None;
         }
-        let to = self.legs[0].as_ref()?.destination();
+        let i = side.index();
+        let to = self.legs[i].as_ref()?.destination();
         // Bounded: each turn starts the next prompt (skipped ones included).
-        for _ in 0..=self.playback.queue.len() + 1 {
-            let current = self.playback.current.as_mut()?;
+        for _ in 0..=self.playback[i].queue.len() + 1 {
+            let current = self.playback[i].current.as_mut()?;
             let law = current.law();
             let Some((h, frame)) = current.poll_packet(now) else {
                 if current.poll_timeout().is_some() {
                     return None;
                 }
                 // Ended while the driver was late: go on from now.
-                self.advance(now);
+                self.advance(side, now);
                 continue;
             };
-            let out = self.out[0].rewrite(h.ssrc, &h, FRAME as u32);
-            let pt = self.laws[0].payload_type();
+            let out = self.out[i].rewrite(h.ssrc, &h, FRAME as u32);
+            let pt = self.laws[i].payload_type();
             let written = out.and_then(|out| {
                 let out = Header {
                     payload_type: pt,
@@ -302,10 +373,10 @@ impl CallMedia {
             if current.poll_timeout().is_none() {
                 // The next prompt starts right after this one's last frame.
                 let end = current.end();
-                self.advance(end);
+                self.advance(side, end);
             }
             let len = written?;
-            g711::transcode(law, self.laws[0], &mut buf[HEADER_LEN..len]);
+            g711::transcode(law, self.laws[i], &mut buf[HEADER_LEN..len]);
             return Some((to, len));
         }
         None
@@ -573,6 +644,83 @@ mod tests {
         let ev = rtp::parse(&buf[..len]).unwrap();
         assert_eq!((ev.header.payload_type, ev.header.ssrc), (96, 8));
         assert_eq!(ev.payload, [1, 10, 0, 0]);
+    }
+
+    #[test]
+    fn the_operator_hears_the_whisper_before_the_bridge() {
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, Some(101), (7, 100, 1000));
+        m.play(t0, Vec::new(), Some(prompt(0x33, 2, Law::Alaw)));
+        // The operator (µ-law) answers: two whisper frames for them, the
+        // music goes on for the caller, nobody is relayed yet.
+        m.whisper(
+            t0,
+            Leg::new(Latch::SdpAddress, b_addr, Some(96)),
+            Law::Ulaw,
+            vec![prompt(0xD5, 2, Law::Alaw)],
+        );
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, Some(96)), Law::Ulaw);
+        assert!(m.whispering() && !m.bridged(), "the bridge waits");
+        let mut buf = [0u8; 1500];
+        let mut now = t0;
+        let mut whisper = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(m.poll_timeout(), Some(now));
+            let (to, len) = m.poll_packet(now, &mut buf).unwrap();
+            assert_eq!(to, a_addr, "the caller keeps the music");
+            assert_eq!(rtp::parse(&buf[..len]).unwrap().payload[0], 0x33);
+            let act = m.receive(now, Side::A, a_addr, &pkt(1, 8, &[0x11; 160]), &mut buf);
+            assert_eq!(act, Action::None, "the caller is not heard yet");
+            let act = m.receive(now, Side::B, b_addr, &pkt(1, 0, &[0x22; 160]), &mut buf);
+            assert_eq!(act, Action::None, "nor the operator");
+            let (to, len) = m.poll_whisper(now, &mut buf).unwrap();
+            assert_eq!(to, b_addr);
+            let p = rtp::parse(&buf[..len]).unwrap();
+            whisper.push((
+                p.header.ssrc,
+                p.header.seq,
+                p.header.payload_type,
+                p.payload[0],
+            ));
+            now += Duration::from_millis(20);
+        }
+        let silence = Law::Ulaw.encode(Law::Alaw.decode(0xD5));
+        assert_eq!(
+            whisper,
+            [(8, 500, 0, silence), (8, 501, 0, silence)],
+            "the operator's stream, transcoded to their law"
+        );
+        // The whisper is over: bridged, the caller's speech reaches the
+        // operator on the same stream.
+        assert!(m.bridged() && !m.whispering());
+        assert!(m.poll_packet(now, &mut buf).is_none() && m.poll_whisper(now, &mut buf).is_none());
+        let Action::Send { to, len } =
+            m.receive(now, Side::A, a_addr, &pkt(2, 8, &[0xD5; 160]), &mut buf)
+        else {
+            panic!()
+        };
+        assert_eq!(to, b_addr);
+        let h = rtp::parse(&buf[..len]).unwrap().header;
+        assert_eq!((h.ssrc, h.seq, h.marker), (8, 502, true));
+    }
+
+    #[test]
+    fn a_whisper_with_no_bridge_asked_leaves_the_operator_waiting() {
+        let t0 = Instant::now();
+        let (mut m, _, b_addr) = call(Law::Alaw, None, (7, 100, 1000));
+        let b = || Leg::new(Latch::SdpAddress, b_addr, None);
+        m.whisper(t0, b(), Law::Alaw, vec![prompt(0x44, 1, Law::Alaw)]);
+        let mut buf = [0u8; 1500];
+        assert!(m.poll_whisper(t0, &mut buf).is_some());
+        assert!(!m.whispering() && !m.bridged(), "over, and no bridge yet");
+        // The callback's citizen answers later: bridged at once.
+        m.bridge(b(), Law::Alaw);
+        assert!(m.bridged());
+        // An empty whisper is no whisper.
+        let (mut m, _, _) = call(Law::Alaw, None, (7, 100, 1000));
+        m.whisper(t0, b(), Law::Alaw, Vec::new());
+        m.bridge(b(), Law::Alaw);
+        assert!(m.bridged());
     }
 
     #[test]

@@ -219,6 +219,7 @@ impl MediaPlane {
         let call = match &cmd {
             MediaCommand::Open { call, .. }
             | MediaCommand::Play { call, .. }
+            | MediaCommand::Whisper { call, .. }
             | MediaCommand::Bridge { call, .. }
             | MediaCommand::Update { call, .. }
             | MediaCommand::Close { call } => *call,
@@ -284,6 +285,19 @@ struct Local {
     sent_bytes: [u64; 2],
     send_errors: u64,
     rtcp: u64,
+}
+
+impl Local {
+    /// Sends a playout packet to side `i` and counts it.
+    fn sent_from(&mut self, i: usize, sock: &UdpSocket, packet: &[u8], to: SocketAddr) {
+        match sock.send_to(packet, to) {
+            Ok(_) => {
+                self.sent[i] += 1;
+                self.sent_bytes[i] += packet.len() as u64;
+            }
+            Err(_) => self.send_errors += 1,
+        }
+    }
 }
 
 struct Counters {
@@ -452,6 +466,17 @@ impl Worker {
             }) => {
                 if let Some(s) = self.session(call) {
                     s.media.play(now, prompts, music);
+                }
+            }
+            Cmd::Other(MediaCommand::Whisper { call, b, prompts }) => {
+                let latch = self.latch;
+                if let Some(s) = self.session(call) {
+                    s.media.whisper(
+                        now,
+                        Leg::new(latch, b.addr, b.telephone_event),
+                        b.law,
+                        prompts,
+                    );
                 }
             }
             Cmd::Other(MediaCommand::Bridge { call, b, record }) => {
@@ -628,13 +653,11 @@ impl Worker {
                 continue;
             }
             while let Some((to, len)) = s.media.poll_packet(now, outbuf) {
-                match s.socks[0].send_to(&outbuf[..len], to) {
-                    Ok(_) => {
-                        self.local.sent[0] += 1;
-                        self.local.sent_bytes[0] += len as u64;
-                    }
-                    Err(_) => self.local.send_errors += 1,
-                }
+                self.local.sent_from(0, &s.socks[0], &outbuf[..len], to);
+            }
+            // The operator's whisper, from the operator's socket.
+            while let Some((to, len)) = s.media.poll_whisper(now, outbuf) {
+                self.local.sent_from(1, &s.socks[2], &outbuf[..len], to);
             }
         }
     }

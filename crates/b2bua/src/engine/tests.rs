@@ -1339,6 +1339,20 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         requests(&out, TRUNK, "INVITE").is_empty(),
         "not before the store knows"
     );
+    // The operator hears the callback signal while the citizen is dialled
+    // (no recorded whisper: the built-in tone); no bridge yet.
+    let n = h.media.len();
+    let [
+        MediaCommand::Open { .. },
+        MediaCommand::Whisper { b, prompts, .. },
+    ] = &h.media[n - 2..]
+    else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!(b.addr.to_string(), "192.0.2.21:30000");
+    assert_eq!(prompts.len(), 1);
+    assert!(prompts[0].duration() >= Duration::from_millis(500));
+    assert_eq!(h.gauge("centralino_whispers_total{kind=callback}"), 1);
     let Some((id, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
         panic!("{:?}", h.callbacks)
     };
@@ -1363,7 +1377,23 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
     ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
     let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
     assert_eq!(requests(&out, TRUNK, "ACK").len(), 1);
-    assert!(matches!(h.media.last(), Some(MediaCommand::Bridge { .. })));
+    let n = h.media.len();
+    let [
+        MediaCommand::Update {
+            side: Side::A,
+            peer,
+            held: false,
+            ..
+        },
+        MediaCommand::Bridge { .. },
+    ] = &h.media[n - 2..]
+    else {
+        panic!(
+            "the citizen's side learns its address, then the bridge: {:?}",
+            h.media
+        )
+    };
+    assert_eq!(peer.addr.to_string(), "192.0.2.10:40000");
     assert_eq!(
         h.callbacks.last().unwrap(),
         &("cb1".to_owned(), CallbackState::Done)
@@ -1550,4 +1580,30 @@ prompts = ["chiuso"]
             assert_eq!(requests(&out, TRUNK, "BYE").len(), 1, "{out:?}");
         }
     }
+}
+
+#[test]
+fn the_operator_hears_the_queue_whisper_before_the_bridge() {
+    let config = CONFIG.replace(
+        "wrap_up_seconds = 3",
+        "wrap_up_seconds = 3\nwhisper = [\"linea-info\", \"missing\"]",
+    );
+    let mut h = Harness::with(&config);
+    let mut lib = Library::new();
+    lib.insert("linea-info", announce::builtin_music(Law::Alaw));
+    h.engine.set_prompts(Arc::new(lib), vec![None]);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("w1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let n = h.media.len();
+    let [
+        MediaCommand::Whisper { prompts, .. },
+        MediaCommand::Bridge { .. },
+    ] = &h.media[n - 2..]
+    else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!(prompts.len(), 1, "a prompt that is not loaded is left out");
+    assert_eq!(h.gauge("centralino_whispers_total{kind=call}"), 1);
 }
