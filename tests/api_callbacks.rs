@@ -24,6 +24,17 @@ name = "web"
 token = "{TOKEN}"
 role = "admin"
 
+[[api.tokens]]
+name = "form"
+token = "web-form-token-0123456789"
+role = "callbacks"
+
+[[api.tokens]]
+name = "desk-1001"
+token = "desk-1001-token-0123456789"
+role = "agent"
+agent = "1001"
+
 [[tenants]]
 name = "asl"
 
@@ -176,6 +187,51 @@ fn callbacks_are_created_validated_deduplicated_edited_and_cancelled() {
     );
     let logs = node.logs();
     assert!(!logs.contains("3331234567"), "numbers masked in the log");
+}
+
+/// Each role reaches what it is for: the web form's token the callbacks
+/// only, an operator's token their own desk, scripts and calls; the desk's
+/// WebSocket refuses what is not a WebSocket, an unknown operator, another
+/// operator's token.
+#[test]
+fn tokens_reach_only_what_their_role_is_for() {
+    let scratch = Scratch::new("api-roles");
+    let node = Node::start_toml(&scratch, config);
+    let form = Some("web-form-token-0123456789");
+    let desk = Some("desk-1001-token-0123456789");
+    for (method, path, token, want) in [
+        ("GET", "/api/v1/callbacks", form, 200),
+        ("GET", "/api/v1/agents/1001/call", form, 403),
+        ("POST", "/api/v1/config/reload", form, 403),
+        ("GET", "/api/v1/callbacks", desk, 403),
+        ("GET", "/api/v1/agents/1001/call", desk, 404),
+        ("GET", "/api/v1/agents/1002/call", desk, 403),
+        ("GET", "/api/v1/scripts/nessuno", desk, 404),
+        ("POST", "/api/v1/config/reload", desk, 403),
+        ("GET", "/api/v1/agents/1001/call", Some(TOKEN), 404),
+        // Not a WebSocket upgrade, another operator, nobody, no token.
+        ("GET", "/api/v1/agents/1001/events", desk, 426),
+        ("GET", "/api/v1/agents/1002/events", desk, 403),
+        ("GET", "/api/v1/agents/9999/events", Some(TOKEN), 404),
+        ("GET", "/api/v1/agents/1001/events", None, 401),
+    ] {
+        let (code, body) = node.http(method, path, token, None);
+        assert_eq!(code, want, "{method} {path} {token:?}: {body}");
+        if code >= 400 {
+            assert!(json(&body)["error"].is_string(), "{body}");
+        }
+    }
+    // A browser's WebSocket: the token in the query; the current state
+    // comes at once.
+    let events = common::desk_events(&node, "1001", "desk-1001-token-0123456789");
+    let first = events.recv_timeout(Duration::from_secs(5)).expect("event");
+    assert_eq!(first["event"], "idle");
+    node.wait_metric("centralino_desk_connections", Duration::from_secs(5), |v| {
+        v == 1.0
+    });
+    assert!(
+        node.metric("centralino_api_requests_total{code=\"403\",route=\"agent_events\"}") >= 1.0
+    );
 }
 
 #[test]

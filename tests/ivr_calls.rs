@@ -18,6 +18,9 @@ fn beep(path: &Path) {
     std::fs::write(path, wav(&samples)).expect("write prompt");
 }
 
+/// Operator 1003's own API token (role `agent`).
+const DESK_1003: &str = "desk-1003-token-0123456789";
+
 fn config(sip: u16, http: u16, prompts: &Path) -> String {
     format!(
         r#"[sip]
@@ -63,9 +66,15 @@ text = "In che data?"
 kind = "date"
 
 [[api.tokens]]
-name = "desk"
+name = "ops"
 token = "desk-token-0123456789"
 role = "admin"
+
+[[api.tokens]]
+name = "desk-1003"
+token = "desk-1003-token-0123456789"
+role = "agent"
+agent = "1003"
 
 # Level 1: 1 = vaccines, 2 = information. Level 2 (vaccines): 1 = Italian,
 # 2 = English. Level 3: 3 = a fragile caller (booking for a disabled
@@ -206,17 +215,27 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         Duration::from_secs(5),
         |v| v == 2.0,
     );
+    // Operator 1003's desktop follows their desk (its own token); it may
+    // not read another operator's desk nor the callbacks.
+    let mine = Some(DESK_1003);
+    let events = common::desk_events(&node, "1003", DESK_1003);
+    assert_eq!(
+        events
+            .recv_timeout(Duration::from_secs(5))
+            .expect("first event"),
+        serde_json::json!({ "event": "idle", "seq": 1 })
+    );
+    assert_eq!(
+        node.http("GET", "/api/v1/agents/1001/call", mine, None).0,
+        403
+    );
+    assert_eq!(node.http("GET", "/api/v1/callbacks", mine, None).0, 403);
     let mut trunk = ivr_trunk(&scratch, &node, "2000");
     // While the operator talks, their desktop can read the call: the IVR's
     // answers and the queue's script.
     let mut desk = None;
     while trunk.try_wait().is_none() {
-        let (code, body) = node.http(
-            "GET",
-            "/api/v1/agents/1003/call",
-            Some("desk-token-0123456789"),
-            None,
-        );
+        let (code, body) = node.http("GET", "/api/v1/agents/1003/call", mine, None);
         if code == 200 {
             desk = Some(common::json(&body));
             break;
@@ -230,13 +249,35 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     assert_eq!(desk["variables"]["motivo"], "disabile");
     trunk.expect_success(Duration::from_secs(45));
     // Over: nothing on the desktop any more.
-    let (code, _) = node.http(
-        "GET",
-        "/api/v1/agents/1003/call",
-        Some("desk-token-0123456789"),
-        None,
-    );
+    let (code, _) = node.http("GET", "/api/v1/agents/1003/call", mine, None);
     assert_eq!(code, 404);
+    // The WebSocket pushed it all: offered (with the IVR's answers and
+    // the script), connected, idle, in order.
+    let pushed: Vec<serde_json::Value> = (0..3)
+        .map(|_| {
+            events
+                .recv_timeout(Duration::from_secs(5))
+                .expect("an event")
+        })
+        .collect();
+    let seen: Vec<(&str, u64)> = pushed
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or(""),
+                e["seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("offered", 2), ("connected", 3), ("idle", 4)]);
+    for e in &pushed[..2] {
+        assert_eq!(e["queue"], "prenotazioni");
+        assert_eq!(e["flow"], "vaccini");
+        assert_eq!(e["script"], "prenotazione");
+        assert_eq!(e["variables"]["motivo"], "disabile");
+        assert_eq!(e["call"], desk["call"]);
+    }
+    assert_eq!(node.metric("centralino_desk_connections"), 1.0);
     // 1 (vaccines), 2 (English), 3 (fragile): "prenotazioni", English
     // speakers with vaccini >= 5 only: 1003.
     let logs = node.logs();
@@ -308,8 +349,8 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     );
 
     // The operator's desktop reads the queue's script and stores the
-    // answers with the call record.
-    let token = Some("desk-token-0123456789");
+    // answers with the call record (their own call: the last one).
+    let token = mine;
     let (code, body) = node.http("GET", "/api/v1/scripts/prenotazione", token, None);
     assert_eq!(code, 200, "{body}");
     assert!(
@@ -332,8 +373,22 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     );
     let (code, _) = node.http(
         "POST",
+        &format!("/api/v1/calls/{}/answers", cdr.id),
+        token,
+        Some(r#"{"agent": "1001", "answers": {"dose": "no"}}"#),
+    );
+    assert_eq!(code, 403, "not under another operator's name");
+    let (code, _) = node.http(
+        "POST",
         "/api/v1/calls/unknown/answers",
         token,
+        Some(r#"{"answers": {"dose": "no"}}"#),
+    );
+    assert_eq!(code, 403, "not another operator's call");
+    let (code, _) = node.http(
+        "POST",
+        "/api/v1/calls/unknown/answers",
+        Some("desk-token-0123456789"),
         Some(r#"{"answers": {"dose": "no"}}"#),
     );
     assert_eq!(code, 404);

@@ -628,3 +628,29 @@ pub(crate) fn gateway(fail_first: bool) -> (u16, std::sync::mpsc::Receiver<Strin
     });
     (port, rx)
 }
+
+/// Follows an operator's desk over its WebSocket
+/// (`/api/v1/agents/{agent}/events?access_token=`): each event, as JSON,
+/// arrives on the receiver; the thread ends when the node closes.
+pub(crate) fn desk_events(
+    node: &Node,
+    agent: &str,
+    token: &str,
+) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let url = format!(
+        "ws://127.0.0.1:{}/api/v1/agents/{agent}/events?access_token={token}",
+        node.http_port
+    );
+    let (mut ws, _) = tungstenite::connect(url).expect("the desk's WebSocket");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(msg) = ws.read() {
+            if let tungstenite::Message::Text(t) = msg
+                && tx.send(json(t.as_str())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}

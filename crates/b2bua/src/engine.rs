@@ -96,9 +96,30 @@ pub enum Output {
     },
 }
 
+/// Where the operator is with the call on their desktop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeskState {
+    /// Their phone rings.
+    Offered,
+    /// They answered.
+    Connected,
+}
+
+impl DeskState {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offered => "offered",
+            Self::Connected => "connected",
+        }
+    }
+}
+
 /// The call an operator is offered or talking to, for their desktop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentCall {
+    /// Ringing or answered.
+    pub state: DeskState,
     /// Call record id (answers are stored against it).
     pub call: String,
     /// Queue name.
@@ -2164,18 +2185,7 @@ impl Engine {
             }
         }
         inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
-        let desk = AgentCall {
-            call: call.record_id.clone(),
-            queue: self.router.queue(call.queue).name.clone(),
-            flow: call.run.as_ref().map(|r| r.flow().to_owned()),
-            variables: call
-                .run
-                .as_ref()
-                .map(|r| r.variables.clone())
-                .unwrap_or_default(),
-            script: self.scripts[call.queue.0 as usize].clone(),
-            callback: call.outbound.as_ref().map(|o| o.id.clone()),
-        };
+        let desk = self.desk(call, DeskState::Offered);
         self.out.push_back(Output::AgentCall {
             agent: name.clone(),
             info: Some(desk),
@@ -2399,6 +2409,13 @@ impl Engine {
                 info!(agent = %name, queue = %qname, "call answered");
                 if let Some(c) = self.calls.get_mut(&call_id) {
                     c.connected = Some((now, name.clone()));
+                }
+                if let Some(c) = self.calls.get(&call_id) {
+                    let desk = self.desk(c, DeskState::Connected);
+                    self.out.push_back(Output::AgentCall {
+                        agent: name.clone(),
+                        info: Some(desk),
+                    });
                 }
                 self.queue_event(now, call_id, "connect", Some(name));
             }
@@ -2752,6 +2769,23 @@ impl Engine {
             let actions = run.handle_digit(now, digit, &facts);
             call.run = Some(run);
             self.flow_actions(now, call_id, actions);
+        }
+    }
+
+    /// What the operator's desktop shows of `call`.
+    fn desk(&self, call: &Call, state: DeskState) -> AgentCall {
+        AgentCall {
+            state,
+            call: call.record_id.clone(),
+            queue: self.router.queue(call.queue).name.clone(),
+            flow: call.run.as_ref().map(|r| r.flow().to_owned()),
+            variables: call
+                .run
+                .as_ref()
+                .map(|r| r.variables.clone())
+                .unwrap_or_default(),
+            script: self.scripts[call.queue.0 as usize].clone(),
+            callback: call.outbound.as_ref().map(|o| o.id.clone()),
         }
     }
 

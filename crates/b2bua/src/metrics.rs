@@ -80,6 +80,9 @@ pub struct Metrics {
     /// `centralino_whispers_total{kind}`: context played to an operator on
     /// answering (call, callback).
     pub whispers: IntCounterVec,
+    /// `centralino_desk_connections`: operator desktops following their
+    /// desk over a WebSocket.
+    pub desk_connections: IntGauge,
     /// `centralino_rtp_ports{state}`: in use / free (driver).
     pub rtp_ports: IntGaugeVec,
     /// `centralino_media_sessions`: calls with anchored media (driver).
@@ -300,6 +303,13 @@ impl Metrics {
                 "Whispers played to operators on answering, by kind of call",
                 &["kind"]
             )),
+            desk_connections: reg!(
+                IntGauge::new(
+                    "centralino_desk_connections",
+                    "Operator desktops connected to their desk's WebSocket"
+                )
+                .expect("valid metric")
+            ),
             rtp_ports: reg!(gv(
                 "centralino_rtp_ports",
                 "RTP port pairs by state",

@@ -201,6 +201,8 @@ struct RawToken {
     name: String,
     token: String,
     role: String,
+    #[serde(default)]
+    agent: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -646,6 +648,9 @@ pub enum Role {
     Admin,
     /// Create and read callbacks (a web form's backend).
     Callbacks,
+    /// One operator's desktop: their own call and events, scripts, the
+    /// answers of their own calls.
+    Agent,
 }
 
 /// A bearer token of the HTTP API.
@@ -657,6 +662,8 @@ pub struct ApiToken {
     pub token: String,
     /// What it may do.
     pub role: Role,
+    /// The operator an `agent` token belongs to.
+    pub agent: Option<String>,
 }
 
 /// How a leg learns its peer's real RTP address.
@@ -1700,18 +1707,32 @@ impl Config {
             let role = match t.role.as_str() {
                 "admin" => Role::Admin,
                 "callbacks" => Role::Callbacks,
+                "agent" => Role::Agent,
                 other => {
                     p.add(
                         format!("{path}.role"),
-                        format!("unknown role {other:?} (admin, callbacks)"),
+                        format!("unknown role {other:?} (admin, callbacks, agent)"),
                     );
                     Role::Admin
                 }
             };
+            match (role, &t.agent) {
+                (Role::Agent, None) => {
+                    p.add(format!("{path}.agent"), "an agent token names its operator");
+                }
+                (Role::Agent, Some(a)) if !raw.agents.iter().any(|r| &r.username == a) => {
+                    p.add(format!("{path}.agent"), format!("unknown operator {a:?}"));
+                }
+                (Role::Admin | Role::Callbacks, Some(_)) => {
+                    p.add(format!("{path}.agent"), "only for role \"agent\"");
+                }
+                _ => {}
+            }
             api_tokens.push(ApiToken {
                 name: t.name.clone(),
                 token: t.token.clone(),
                 role,
+                agent: t.agent.clone(),
             });
         }
         if media.recordings_dir.is_none() {
@@ -2165,6 +2186,46 @@ record = true
             "queues[0].whisper[0]: not a prompt name",
             "queues[0].callback_whisper[0]",
         ] {
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want}: {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_tokens_name_a_known_operator() {
+        let base = "[[tenants]]\nname = \"d\"\n[[agents]]\nusername = \"1001\"\npassword = \"demo1001\"\ntenant = \"d\"\n";
+        let token = |role: &str, agent: &str| {
+            format!(
+                "{base}[[api.tokens]]\nname = \"t\"\ntoken = \"token-0123456789abcdef\"\nrole = \"{role}\"\n{agent}"
+            )
+        };
+        let c = Config::from_toml(&token("agent", "agent = \"1001\"\n")).unwrap();
+        assert_eq!(c.api_tokens[0].role, Role::Agent);
+        assert_eq!(c.api_tokens[0].agent.as_deref(), Some("1001"));
+        for (toml, want) in [
+            (
+                token("agent", ""),
+                "api.tokens[0].agent: an agent token names its operator",
+            ),
+            (
+                token("agent", "agent = \"2002\"\n"),
+                "api.tokens[0].agent: unknown operator \"2002\"",
+            ),
+            (
+                token("callbacks", "agent = \"1001\"\n"),
+                "api.tokens[0].agent: only for role \"agent\"",
+            ),
+            (
+                token("boss", ""),
+                "api.tokens[0].role: unknown role \"boss\"",
+            ),
+        ] {
+            let ConfigError::Invalid(problems) = Config::from_toml(&toml).unwrap_err() else {
+                panic!()
+            };
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             assert!(
                 text.iter().any(|t| t.starts_with(want)),
                 "{want}: {text:#?}"

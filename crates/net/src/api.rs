@@ -18,7 +18,7 @@ use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use centralino_b2bua::Metrics;
+use centralino_b2bua::{AgentCall, Metrics};
 use centralino_config::{ApiToken, Config};
 use centralino_flows::calendar::{civil_from_days, days_from_civil};
 use centralino_routing::{Catalog, Requirement};
@@ -405,12 +405,72 @@ pub struct Api {
     scripts: Arc<Vec<centralino_config::Script>>,
     reload: ReloadSlot,
     desks: Desks,
+    /// Configured operators (desks exist only for them).
+    agents: Arc<HashSet<String>>,
     metrics: Metrics,
 }
 
-/// The call each operator's desktop shows, kept by the engine task.
-pub type Desks =
-    Arc<std::sync::Mutex<std::collections::HashMap<String, centralino_b2bua::AgentCall>>>;
+/// What each operator's desktop shows, kept by the engine task. Desktops
+/// follow it over a WebSocket; each operator's desk is a `watch` channel:
+/// the latest state wins, so a slow desktop sees the current call, never a
+/// backlog of stale ones, and the engine task never waits for a browser.
+#[derive(Clone, Default)]
+pub struct Desks(Arc<std::sync::Mutex<std::collections::HashMap<String, Desk>>>);
+
+struct Desk {
+    now: tokio::sync::watch::Sender<Option<AgentCall>>,
+    /// The last call shown (an operator finishes the script after it).
+    last_call: Option<String>,
+}
+
+impl Desk {
+    fn new() -> Self {
+        Self {
+            now: tokio::sync::watch::Sender::new(None),
+            last_call: None,
+        }
+    }
+}
+
+impl Desks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Desk>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The engine's news for `agent`'s desk: a call offered or connected,
+    /// or `None` once it is over for them.
+    pub fn set(&self, agent: String, info: Option<AgentCall>) {
+        let mut desks = self.lock();
+        let desk = desks.entry(agent).or_insert_with(Desk::new);
+        if let Some(i) = &info {
+            desk.last_call = Some(i.call.clone());
+        }
+        desk.now.send_replace(info);
+    }
+
+    fn current(&self, agent: &str) -> Option<AgentCall> {
+        self.lock().get(agent).and_then(|d| d.now.borrow().clone())
+    }
+
+    /// Follows `agent`'s desk (a configured operator: the caller checks).
+    fn watch(&self, agent: &str) -> tokio::sync::watch::Receiver<Option<AgentCall>> {
+        self.lock()
+            .entry(agent.to_owned())
+            .or_insert_with(Desk::new)
+            .now
+            .subscribe()
+    }
+
+    /// Whether `call` is `agent`'s current or last call.
+    fn had_call(&self, agent: &str, call: &str) -> bool {
+        self.lock().get(agent).is_some_and(|d| {
+            d.last_call.as_deref() == Some(call)
+                || d.now.borrow().as_ref().is_some_and(|c| c.call == call)
+        })
+    }
+}
 
 /// Reads the configuration again (the binary knows where from).
 pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -465,6 +525,7 @@ impl Api {
             scripts: Arc::new(config.scripts.clone()),
             reload: ReloadSlot::default(),
             desks: Desks::default(),
+            agents: Arc::new(config.agents.iter().map(|a| a.username.clone()).collect()),
             metrics,
         })
     }
@@ -499,6 +560,7 @@ impl Api {
             )
             .route("/api/v1/scripts/{name}", get(get_script))
             .route("/api/v1/agents/{name}/call", get(get_agent_call))
+            .route("/api/v1/agents/{name}/events", get(agent_events))
             .route("/api/v1/config/reload", axum::routing::post(reload_config))
             .route(
                 "/api/v1/calls/{id}/answers",
@@ -544,28 +606,82 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+/// What a request needs of its token.
+#[derive(Clone, Copy, Debug)]
+enum Need<'a> {
+    /// Callbacks: admin and callbacks tokens.
+    Callbacks,
+    /// One operator's desk: admin, or that operator's own token.
+    Desk(&'a str),
+    /// Operator work (scripts, answers): admin and operator tokens.
+    Operator,
+    /// Configuration: admin only.
+    Admin,
+}
+
+/// The bearer token of `Authorization`, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .trim()
+    })
+}
+
+fn authorize<'a>(
+    api: &'a Api,
+    headers: &HeaderMap,
+    need: Need<'_>,
+) -> Result<&'a ApiToken, Box<Response>> {
+    authorize_token(api, bearer(headers), need)
+}
+
+/// 401 without a known token, 403 when its role may not do this.
+fn authorize_token<'a>(
+    api: &'a Api,
+    token: Option<&str>,
+    need: Need<'_>,
+) -> Result<&'a ApiToken, Box<Response>> {
+    use centralino_config::Role;
+    let Some(token) = token else {
         return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "missing Authorization: Bearer <token>",
         )));
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default()
-        .trim();
-    let mut found = false;
+    // Every token is compared (constant time): which one matched leaks
+    // nothing through timing.
+    let mut found = None;
     for t in api.tokens.iter() {
-        found |= same(t.token.as_bytes(), token.as_bytes());
+        if same(t.token.as_bytes(), token.as_bytes()) {
+            found = Some(t);
+        }
     }
-    if found {
-        Ok(())
-    } else {
+    let Some(t) = found else {
         warn!("API request with an unknown token refused");
-        Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")))
+        return Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")));
+    };
+    let allowed = match (t.role, need) {
+        (Role::Admin, _) | (Role::Callbacks, Need::Callbacks) | (Role::Agent, Need::Operator) => {
+            true
+        }
+        (Role::Agent, Need::Desk(name)) => t.agent.as_deref() == Some(name),
+        _ => false,
+    };
+    if allowed {
+        Ok(t)
+    } else {
+        warn!(token = %t.name, ?need, "API request beyond the token's role refused");
+        Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            match need {
+                Need::Admin => "needs an admin token",
+                Need::Desk(_) => "an operator's token reads that operator's desk only",
+                _ => "this token's role may not do this",
+            },
+        )))
     }
 }
 
@@ -737,13 +853,14 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Box<Respo
 }
 
 /// A request's token checked, then its JSON body read.
-fn authorized_body<T: for<'de> Deserialize<'de>>(
-    api: &Api,
+fn authorized_body<'a, T: for<'de> Deserialize<'de>>(
+    api: &'a Api,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<T, Box<Response>> {
-    authorize(api, headers)?;
-    parse_body(body)
+    need: Need<'_>,
+) -> Result<(&'a ApiToken, T), Box<Response>> {
+    let token = authorize(api, headers, need)?;
+    Ok((token, parse_body(body)?))
 }
 
 fn random_id() -> String {
@@ -760,8 +877,8 @@ async fn create_callback(State(api): State<Api>, headers: HeaderMap, body: Bytes
 }
 
 async fn create(api: &Api, headers: &HeaderMap, body: &Bytes) -> Response {
-    let b: CreateBody = match authorized_body(api, headers, body) {
-        Ok(b) => b,
+    let b: CreateBody = match authorized_body(api, headers, body, Need::Callbacks) {
+        Ok((_, b)) => b,
         Err(r) => return *r,
     };
     let mut problems = Vec::new();
@@ -834,9 +951,9 @@ async fn get_callback(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let r = match authorize(&api, &headers) {
+    let r = match authorize(&api, &headers, Need::Callbacks) {
         Err(r) => *r,
-        Ok(()) => match api.store.ask(|r| StoreReq::Get(id, r)).await {
+        Ok(_) => match api.store.ask(|r| StoreReq::Get(id, r)).await {
             Ok(Some(cb)) => ok(StatusCode::OK, &view(&cb)),
             Ok(None) => error(StatusCode::NOT_FOUND, "no such callback"),
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
@@ -857,7 +974,7 @@ async fn list_callbacks(
 }
 
 async fn list(api: &Api, headers: &HeaderMap, query: Option<&str>) -> Response {
-    if let Err(r) = authorize(api, headers) {
+    if let Err(r) = authorize(api, headers, Need::Callbacks) {
         return *r;
     }
     let mut status = None;
@@ -926,8 +1043,8 @@ async fn patch_callback(
 }
 
 async fn patch(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
-    let b: PatchBody = match authorized_body(api, headers, body) {
-        Ok(b) => b,
+    let b: PatchBody = match authorized_body(api, headers, body, Need::Callbacks) {
+        Ok((_, b)) => b,
         Err(r) => return *r,
     };
     let not_before = match &b.not_before {
@@ -966,9 +1083,9 @@ async fn delete_callback(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let r = match authorize(&api, &headers) {
+    let r = match authorize(&api, &headers, Need::Callbacks) {
         Err(r) => *r,
-        Ok(()) => {
+        Ok(_) => {
             let now = unix_now();
             let e = api.store.ask(|r| StoreReq::Cancel(id, now, r)).await;
             if matches!(e, Ok(Edit::Done(_))) {
@@ -984,45 +1101,145 @@ async fn delete_callback(
     r
 }
 
+/// What a desktop shows: the call with the IVR's answers, the script, the
+/// callback.
+fn desk_json(d: &AgentCall) -> Value {
+    let variables: serde_json::Map<String, Value> = d
+        .variables
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    json!({
+        "state": d.state.as_str(),
+        "call": d.call,
+        "queue": d.queue,
+        "flow": d.flow,
+        "variables": variables,
+        "script": d.script,
+        "callback": d.callback,
+    })
+}
+
 async fn get_agent_call(
     State(api): State<Api>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    let r = match authorize(&api, &headers) {
+    let r = match authorize(&api, &headers, Need::Desk(&name)) {
         Err(r) => *r,
-        Ok(()) => {
-            let desk = api
-                .desks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&name)
-                .cloned();
-            match desk {
-                None => error(StatusCode::NOT_FOUND, "no call for this operator now"),
-                Some(d) => {
-                    let variables: serde_json::Map<String, Value> = d
-                        .variables
-                        .iter()
-                        .map(|(k, v)| (k.clone(), json!(v)))
-                        .collect();
-                    ok(
-                        StatusCode::OK,
-                        &json!({
-                            "call": d.call,
-                            "queue": d.queue,
-                            "flow": d.flow,
-                            "variables": variables,
-                            "script": d.script,
-                            "callback": d.callback,
-                        }),
-                    )
-                }
-            }
-        }
+        Ok(_) => match api.desks.current(&name) {
+            None => error(StatusCode::NOT_FOUND, "no call for this operator now"),
+            Some(d) => ok(StatusCode::OK, &desk_json(&d)),
+        },
     };
     api.count("agent_call", r.status());
     r
+}
+
+/// Longest a desktop may take to accept one event before it is dropped.
+const DESK_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Keep-alive towards desktops (and the proxies between).
+const DESK_PING: std::time::Duration = std::time::Duration::from_secs(30);
+/// Desktops only send control frames; anything larger is refused.
+const DESK_MAX_MESSAGE: usize = 4096;
+
+/// `GET /api/v1/agents/{name}/events`: a WebSocket that pushes the
+/// operator's desk: the current state at once, then every change
+/// (`offered`, `connected`, `idle`), each with a sequence number. Browsers
+/// cannot set headers on a WebSocket: the token may come as
+/// `?access_token=` (RFC 6750 §2.3).
+async fn agent_events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    let from_query = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|p| p.strip_prefix("access_token="))
+            .map(str::to_owned)
+    });
+    let token = bearer(&headers).or(from_query.as_deref());
+    let r = match authorize_token(&api, token, Need::Desk(&name)) {
+        Err(r) => *r,
+        Ok(_) if !api.agents.contains(&name) => error(StatusCode::NOT_FOUND, "no such operator"),
+        Ok(_) => match upgrade {
+            Err(e) => error(
+                StatusCode::UPGRADE_REQUIRED,
+                &format!("a WebSocket upgrade is needed here ({e})"),
+            ),
+            Ok(ws) => {
+                let rx = api.desks.watch(&name);
+                let gauge = api.metrics.desk_connections.clone();
+                ws.max_message_size(DESK_MAX_MESSAGE)
+                    .max_frame_size(DESK_MAX_MESSAGE)
+                    .on_upgrade(move |socket| async move {
+                        gauge.inc();
+                        desk_socket(socket, rx).await;
+                        gauge.dec();
+                    })
+            }
+        },
+    };
+    api.count("agent_events", r.status());
+    r
+}
+
+async fn desk_socket(
+    mut socket: axum::extract::ws::WebSocket,
+    mut rx: tokio::sync::watch::Receiver<Option<AgentCall>>,
+) {
+    use axum::extract::ws::Message;
+    let mut seq = 0u64;
+    let mut ping = tokio::time::interval(DESK_PING);
+    ping.tick().await;
+    let mut state = rx.borrow_and_update().clone();
+    loop {
+        seq += 1;
+        let mut event = state.as_ref().map_or_else(
+            || json!({ "event": "idle" }),
+            |d| {
+                let mut v = desk_json(d);
+                v["event"] = json!(d.state.as_str());
+                v
+            },
+        );
+        event["seq"] = json!(seq);
+        let send = socket.send(Message::Text(event.to_string().into()));
+        if !matches!(
+            tokio::time::timeout(DESK_SEND_TIMEOUT, send).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    state = rx.borrow_and_update().clone();
+                    break;
+                }
+                msg = socket.recv() => match msg {
+                    // Pings are answered by the WebSocket layer; text from
+                    // a desktop means nothing here.
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+                _ = ping.tick() => {
+                    let send = socket.send(Message::Ping(Bytes::new()));
+                    if !matches!(tokio::time::timeout(DESK_SEND_TIMEOUT, send).await, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn reload_config(State(api): State<Api>, headers: HeaderMap) -> Response {
@@ -1032,11 +1249,8 @@ async fn reload_config(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn reload(api: &Api, headers: &HeaderMap) -> Response {
-    if let Err(r) = authorize(api, headers) {
+    if let Err(r) = authorize(api, headers, Need::Admin) {
         return *r;
-    }
-    if !is_admin(api, headers) {
-        return error(StatusCode::FORBIDDEN, "needs an admin token");
     }
     let Some((loader, reloader)) = api.reload.get() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
@@ -1054,27 +1268,14 @@ async fn reload(api: &Api, headers: &HeaderMap) -> Response {
     }
 }
 
-/// Whether the request's token has the admin role.
-fn is_admin(api: &Api, headers: &HeaderMap) -> bool {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default()
-        .trim();
-    api.tokens.iter().any(|t| {
-        t.role == centralino_config::Role::Admin && same(t.token.as_bytes(), token.as_bytes())
-    })
-}
-
 async fn get_script(
     State(api): State<Api>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    let r = match authorize(&api, &headers) {
+    let r = match authorize(&api, &headers, Need::Operator) {
         Err(r) => *r,
-        Ok(()) => match api.scripts.iter().find(|s| s.name == name) {
+        Ok(_) => match api.scripts.iter().find(|s| s.name == name) {
             None => error(StatusCode::NOT_FOUND, "no such script"),
             Some(s) => {
                 let questions: serde_json::Map<String, Value> = s
@@ -1120,10 +1321,25 @@ async fn post_answers(
 }
 
 async fn answers(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
-    let b: AnswersBody = match authorized_body(api, headers, body) {
-        Ok(b) => b,
+    let (token, mut b): (_, AnswersBody) = match authorized_body(api, headers, body, Need::Operator)
+    {
+        Ok(tb) => tb,
         Err(r) => return *r,
     };
+    if token.role == centralino_config::Role::Agent {
+        // An operator answers for their own calls only, under their name.
+        let me = token.agent.clone().unwrap_or_default();
+        if b.agent.as_ref().is_some_and(|a| *a != me) {
+            return error(StatusCode::FORBIDDEN, "agent: not this token's operator");
+        }
+        if !api.desks.had_call(&me, &id) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "not a call of this token's operator (the current or the last one)",
+            );
+        }
+        b.agent = Some(me);
+    }
     if b.answers.is_empty() || b.answers.len() > 200 {
         return error(StatusCode::BAD_REQUEST, "answers: 1 to 200 question ids");
     }

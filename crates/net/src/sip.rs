@@ -550,15 +550,7 @@ async fn run_engine(
                 Output::Media(cmd) => media_events.extend(plane.command(cmd)),
                 Output::AgentCall { agent, info } => {
                     if let Some(d) = &desks {
-                        let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        match info {
-                            Some(i) => {
-                                d.insert(agent, i);
-                            }
-                            None => {
-                                d.remove(&agent);
-                            }
-                        }
+                        d.set(agent, info);
                     }
                 }
                 Output::CallbackState { id, state } => match (&records, state) {
