@@ -221,6 +221,23 @@ fn tokens_reach_only_what_their_role_is_for() {
             assert!(json(&body)["error"].is_string(), "{body}");
         }
     }
+    // The operator's break: checked, and refused while logged out.
+    for (body, token, want) in [
+        (r#"{"state": "paused"}"#, desk, 409),
+        (r#"{"state": "asleep"}"#, desk, 400),
+        (r#"{"state": "paused", "reason": "no spaces"}"#, desk, 400),
+        (r#"{"state": "paused"}"#, form, 403),
+    ] {
+        let (code, text) = node.http("POST", "/api/v1/agents/1001/state", token, Some(body));
+        assert_eq!(code, want, "{body}: {text}");
+    }
+    let (code, _) = node.http(
+        "POST",
+        "/api/v1/agents/9999/state",
+        Some(TOKEN),
+        Some(r#"{"state": "paused"}"#),
+    );
+    assert_eq!(code, 404);
     // A browser's WebSocket: the token in the query; the current state
     // comes at once.
     let events = common::desk_events(&node, "1001", "desk-1001-token-0123456789");
@@ -288,9 +305,10 @@ fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
     std::fs::write(prompts.join("richiamata.wav"), wav(&[300; 2400])).expect("prompt");
     let node = Node::start_toml(&scratch, |sip, http| {
         config(sip, http)
-            .replace(
+            .replacen(
                 "[[api.tokens]]",
                 &format!("[media]\nprompts_dir = \"{}\"\n\n[[api.tokens]]", prompts.display()),
+                1,
             )
             .replace(
                 "name = \"vaccini\"\ntenant = \"asl\"\n",

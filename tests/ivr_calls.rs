@@ -230,6 +230,31 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         403
     );
     assert_eq!(node.http("GET", "/api/v1/callbacks", mine, None).0, 403);
+    // A short break from the desktop, back before the call: both in the
+    // queue log.
+    let state = |body: &str| node.http("POST", "/api/v1/agents/1003/state", mine, Some(body));
+    let (code, body) = state(r#"{"state": "paused", "reason": "pausa_caffe"}"#);
+    assert_eq!(
+        (code, common::json(&body)["state"].clone()),
+        (200, "paused".into()),
+        "{body}"
+    );
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"prenotazioni\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    let (code, body) = state(r#"{"state": "available"}"#);
+    assert_eq!(
+        (code, common::json(&body)["state"].clone()),
+        (200, "available".into()),
+        "{body}"
+    );
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"prenotazioni\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 2.0,
+    );
     let mut trunk = ivr_trunk(&scratch, &node, "2000");
     // While the operator talks, their desktop can read the call: the IVR's
     // answers and the queue's script.
@@ -345,6 +370,15 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
             "enter prenotazioni ",
             "offer prenotazioni 1003",
             "connect prenotazioni 1003"
+        ]
+    );
+    let mut breaks = store.agent_events("1003").expect("agent events");
+    breaks.retain(|(e, _)| e != "login");
+    assert_eq!(
+        breaks,
+        [
+            ("pause".to_owned(), Some("pausa_caffe".to_owned())),
+            ("unpause".to_owned(), None)
         ]
     );
 

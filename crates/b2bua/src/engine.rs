@@ -14,7 +14,8 @@ use centralino_media::sdp::{self, Direction, Local};
 use std::sync::Arc;
 
 use centralino_routing::{
-    CallSpec, Catalog, Code, OfferOutcome, Output as RouteOutput, QueueAgents, Requirement, Router,
+    AgentState, CallSpec, Catalog, Code, OfferOutcome, Output as RouteOutput, PauseReason,
+    QueueAgents, Requirement, Router,
 };
 use centralino_sip::auth::DigestAuth;
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
@@ -113,6 +114,21 @@ impl DeskState {
             Self::Connected => "connected",
         }
     }
+}
+
+/// Why an operator's state cannot change as asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentStateError {
+    /// No such operator.
+    #[error("no such operator")]
+    Unknown,
+    /// Not registered: a phone must log in first.
+    #[error("the operator is logged out (their phone must register first)")]
+    LoggedOut,
+    /// Ringing or talking: pause after the call (wrap-up may be paused).
+    #[error("the operator is on a call: pause during wrap-up or after it")]
+    Busy,
 }
 
 /// The call an operator is offered or talking to, for their desktop.
@@ -1079,6 +1095,21 @@ impl Engine {
         call.media.b_direction = direction;
         call.phase = Phase::Connected;
         call.connected = Some((now, "transfer".to_owned()));
+        // The queue log keeps the transfer (an IVR transfer never entered a
+        // queue: the queue is empty).
+        let record = Record::Queue {
+            call: call.record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            queue: String::new(),
+            event: "transfer",
+            agent: None,
+            position: None,
+            wait_ms: None,
+        };
+        self.out.push_back(Output::Record(record));
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         self.out.push_back(Output::Media(MediaCommand::Bridge {
             call: id,
             b: peer,
@@ -1578,12 +1609,17 @@ impl Engine {
                         if let Some(&id) = self.agent_ids.get(user) {
                             info!(agent = %user, "operator logged in");
                             self.router.login(now, id, self.login_paused);
+                            self.agent_event(now, id, "login", None);
+                            if self.login_paused {
+                                self.agent_event(now, id, "pause", Some("login".to_owned()));
+                            }
                         }
                     }
                     RegEvent::Logout(user) => {
                         if let Some(&id) = self.agent_ids.get(user) {
                             info!(agent = %user, "operator logged out");
                             self.router.logout(id);
+                            self.agent_event(now, id, "logout", None);
                         }
                     }
                 }
@@ -2137,8 +2173,7 @@ impl Engine {
             // Registered state and bindings disagree: log the operator out
             // and put the call back.
             self.router.logout(agent);
-            self.router
-                .offer_failed(now, call_id, agent, OfferOutcome::Rejected);
+            self.offer_failed(now, call_id, agent, OfferOutcome::Rejected);
             return;
         };
         let flow = Flow {
@@ -2304,8 +2339,7 @@ impl Engine {
                     .with_label_values(&["operator_answer"])
                     .inc();
                 warn!(agent = %self.router.agent(b.agent).name, "operator's SDP answer unusable, trying another operator");
-                self.router
-                    .offer_failed(now, call_id, b.agent, OfferOutcome::Rejected);
+                self.offer_failed(now, call_id, b.agent, OfferOutcome::Rejected);
             }
             200..=299 => {
                 let mut b = call.forks.swap_remove(i);
@@ -2441,7 +2475,7 @@ impl Engine {
                     .inc();
                 debug!(code, "operator refused the call");
                 self.agent_released(b.agent);
-                self.router.offer_failed(now, call_id, b.agent, outcome);
+                self.offer_failed(now, call_id, b.agent, outcome);
             }
         }
     }
@@ -2480,8 +2514,7 @@ impl Engine {
                     .agent_offers
                     .with_label_values(&["no_answer"])
                     .inc();
-                self.router
-                    .offer_failed(now, call_id, b.agent, OfferOutcome::NoAnswer);
+                self.offer_failed(now, call_id, b.agent, OfferOutcome::NoAnswer);
                 self.agent_released(b.agent);
             }
         }
@@ -2769,6 +2802,61 @@ impl Engine {
             let actions = run.handle_digit(now, digit, &facts);
             call.run = Some(run);
             self.flow_actions(now, call_id, actions);
+        }
+    }
+
+    /// The router's `offer_failed`, plus the queue log's pause when the
+    /// miss made it pause the operator (`max_no_answer`).
+    fn offer_failed(&mut self, now: Instant, call: CallId, agent: AgentId, outcome: OfferOutcome) {
+        self.router.offer_failed(now, call, agent, outcome);
+        if self.router.agent(agent).state == AgentState::Paused(PauseReason::NoAnswer) {
+            self.agent_event(now, agent, "pause", Some("no_answer".to_owned()));
+        }
+    }
+
+    /// An operator event for the queue log and the metrics.
+    fn agent_event(
+        &mut self,
+        now: Instant,
+        agent: AgentId,
+        event: &'static str,
+        reason: Option<String>,
+    ) {
+        self.metrics.agent_events.with_label_values(&[event]).inc();
+        self.out.push_back(Output::Record(Record::Agent {
+            at_ms: self.unix_ms_at(now),
+            agent: self.router.agent(agent).name.clone(),
+            event,
+            reason,
+        }));
+    }
+
+    /// An operator pauses (`paused`, with an optional reason) or resumes,
+    /// from their desktop. Idempotent; refused while they are logged out or
+    /// busy with a call (ringing, talking).
+    pub fn set_agent_paused(
+        &mut self,
+        now: Instant,
+        name: &str,
+        paused: bool,
+        reason: Option<String>,
+    ) -> Result<&'static str, AgentStateError> {
+        let &id = self.agent_ids.get(name).ok_or(AgentStateError::Unknown)?;
+        if self.router.set_paused(now, id, paused) {
+            info!(agent = %name, paused, "operator state changed from the desktop");
+            let event = if paused { "pause" } else { "unpause" };
+            self.agent_event(now, id, event, reason.filter(|_| paused));
+            self.pump(now);
+        }
+        match (paused, self.router.agent(id).state) {
+            (_, AgentState::LoggedOut) => Err(AgentStateError::LoggedOut),
+            (_, AgentState::Paused(_)) => Ok("paused"),
+            (true, _) => Err(AgentStateError::Busy),
+            (false, AgentState::Available) => Ok("available"),
+            (false, AgentState::WrapUp) => Ok("wrap_up"),
+            // Resumed and at once offered a waiting call, or not paused.
+            (false, AgentState::Reserved(_) | AgentState::Ringing(_)) => Ok("ringing"),
+            (false, AgentState::OnCall(_)) => Ok("on_call"),
         }
     }
 
@@ -3164,7 +3252,7 @@ impl Engine {
         }
         let agent = b.agent;
         self.cancel_b(now, b);
-        self.router.offer_failed(now, call_id, agent, outcome);
+        self.offer_failed(now, call_id, agent, outcome);
     }
 
     /// The router took a reservation back (its lease ran out before we

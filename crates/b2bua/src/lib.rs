@@ -9,5 +9,7 @@ mod engine;
 pub mod media;
 pub mod metrics;
 
-pub use engine::{AgentCall, CallbackState, DeskState, DueCallback, Engine, Output};
+pub use engine::{
+    AgentCall, AgentStateError, CallbackState, DeskState, DueCallback, Engine, Output,
+};
 pub use metrics::Metrics;

@@ -83,6 +83,9 @@ pub struct Metrics {
     /// `centralino_desk_connections`: operator desktops following their
     /// desk over a WebSocket.
     pub desk_connections: IntGauge,
+    /// `centralino_agent_events_total{event}`: login, logout, pause,
+    /// unpause.
+    pub agent_events: IntCounterVec,
     /// `centralino_rtp_ports{state}`: in use / free (driver).
     pub rtp_ports: IntGaugeVec,
     /// `centralino_media_sessions`: calls with anchored media (driver).
@@ -302,6 +305,11 @@ impl Metrics {
                 "centralino_whispers_total",
                 "Whispers played to operators on answering, by kind of call",
                 &["kind"]
+            )),
+            agent_events: reg!(cv(
+                "centralino_agent_events_total",
+                "Operator events: login, logout, pause, unpause",
+                &["event"]
             )),
             desk_connections: reg!(
                 IntGauge::new(

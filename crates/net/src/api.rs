@@ -561,6 +561,10 @@ impl Api {
             .route("/api/v1/scripts/{name}", get(get_script))
             .route("/api/v1/agents/{name}/call", get(get_agent_call))
             .route("/api/v1/agents/{name}/events", get(agent_events))
+            .route(
+                "/api/v1/agents/{name}/state",
+                axum::routing::post(agent_state),
+            )
             .route("/api/v1/config/reload", axum::routing::post(reload_config))
             .route(
                 "/api/v1/calls/{id}/answers",
@@ -1239,6 +1243,68 @@ async fn desk_socket(
                 }
             }
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: String,
+    reason: Option<String>,
+}
+
+async fn agent_state(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let r = set_state(&api, &headers, name, &body).await;
+    api.count("agent_state", r.status());
+    r
+}
+
+/// `POST /api/v1/agents/{name}/state` `{"state": "paused" | "available",
+/// "reason"?}`: the operator's break from their desktop.
+async fn set_state(api: &Api, headers: &HeaderMap, name: String, body: &Bytes) -> Response {
+    use centralino_b2bua::AgentStateError;
+    let b: StateBody = match authorized_body(api, headers, body, Need::Desk(&name)) {
+        Ok((_, b)) => b,
+        Err(r) => return *r,
+    };
+    let paused = match b.state.as_str() {
+        "paused" => true,
+        "available" => false,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "state: {:?} is neither \"paused\" nor \"available\"",
+                    truncate(other)
+                ),
+            );
+        }
+    };
+    if let Some(r) = &b.reason
+        && (r.is_empty()
+            || r.len() > 64
+            || !r
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "reason: 1 to 64 letters, digits, - and _ (e.g. \"pausa_pranzo\")",
+        );
+    }
+    let Some((_, engine)) = api.reload.get() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
+    };
+    match engine.set_paused(name.clone(), paused, b.reason).await {
+        Ok(state) => ok(StatusCode::OK, &json!({ "agent": name, "state": state })),
+        Err(Some(AgentStateError::Unknown)) => error(StatusCode::NOT_FOUND, "no such operator"),
+        Err(Some(e)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(None) => error(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running"),
     }
 }
 

@@ -134,6 +134,14 @@ enum Input {
     },
     Reload(Box<Reload>),
     Callbacks(Vec<DueCallback>),
+    /// An operator pauses or resumes from their desktop.
+    Pause {
+        agent: String,
+        paused: bool,
+        reason: Option<String>,
+        reply:
+            tokio::sync::oneshot::Sender<Result<&'static str, centralino_b2bua::AgentStateError>>,
+    },
 }
 
 /// A new configuration for the engine, with its prompts already loaded.
@@ -175,6 +183,27 @@ impl Reloader {
         answer
             .await
             .map_err(|_| "the engine did not answer".to_owned())?
+    }
+
+    /// Pauses (with an optional reason) or resumes an operator: the state
+    /// they are in after it, or why not. `Err(None)`: the engine is gone.
+    pub async fn set_paused(
+        &self,
+        agent: String,
+        paused: bool,
+        reason: Option<String>,
+    ) -> Result<&'static str, Option<centralino_b2bua::AgentStateError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Input::Pause {
+                agent,
+                paused,
+                reason,
+                reply,
+            })
+            .await
+            .map_err(|_| None)?;
+        answer.await.map_err(|_| None)?.map_err(Some)
     }
 }
 
@@ -643,6 +672,14 @@ fn handle(
             for cb in due {
                 engine.start_callback(now, cb);
             }
+        }
+        Input::Pause {
+            agent,
+            paused,
+            reason,
+            reply,
+        } => {
+            let _ = reply.send(engine.set_agent_paused(now, &agent, paused, reason));
         }
         Input::Reload(r) => {
             let Reload {

@@ -87,6 +87,10 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX notifications_due ON notifications (status, next_at);",
+    // 6: operator events (login, logout, pause with its reason, unpause)
+    // share the queue log, with an empty call and queue.
+    "ALTER TABLE queue_log ADD COLUMN reason TEXT;
+    CREATE INDEX queue_log_agent ON queue_log (agent, seq) WHERE call = '';",
 ];
 
 /// A notification waiting to be sent.
@@ -497,6 +501,17 @@ impl Store {
                         params![at_ms, call, queue, event, agent, position, wait_ms],
                     )?;
                 }
+                Record::Agent {
+                    at_ms,
+                    agent,
+                    event,
+                    reason,
+                } => {
+                    tx.execute(
+                        "INSERT INTO queue_log (at, call, queue, event, agent, reason) VALUES (?1, '', '', ?2, ?3, ?4)",
+                        params![at_ms, event, agent, reason],
+                    )?;
+                }
                 Record::CallEnded {
                     id,
                     at_ms,
@@ -574,6 +589,15 @@ impl Store {
             .conn
             .prepare("SELECT event, queue, agent FROM queue_log WHERE call = ?1 ORDER BY seq")?;
         let rows = stmt.query_map(params![call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// An operator's own events, in order: (event, reason).
+    pub fn agent_events(&self, agent: &str) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT event, reason FROM queue_log WHERE call = '' AND agent = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![agent], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -884,6 +908,37 @@ mod tests {
             Store::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn operator_events_share_the_queue_log_apart_from_calls() {
+        let path = temp("agent");
+        let mut s = Store::open(&path).unwrap();
+        let ev = |agent: &str, event, reason: Option<&str>| Record::Agent {
+            at_ms: 1_000,
+            agent: agent.into(),
+            event,
+            reason: reason.map(Into::into),
+        };
+        s.write_records(&[
+            ev("1001", "login", None),
+            ev("1001", "pause", Some("no_answer")),
+            ev("1002", "login", None),
+            ev("1001", "unpause", None),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.agent_events("1001").unwrap(),
+            [
+                ("login".into(), None),
+                ("pause".into(), Some("no_answer".into())),
+                ("unpause".into(), None)
+            ]
+        );
+        assert!(
+            s.queue_events("").unwrap().len() == 4,
+            "one log, empty call"
+        );
     }
 
     #[test]

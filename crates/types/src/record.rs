@@ -32,6 +32,17 @@ pub enum Record {
         /// Time waited so far.
         wait_ms: Option<i64>,
     },
+    /// An operator event for the queue log: login, logout, pause, unpause.
+    Agent {
+        /// Unix milliseconds.
+        at_ms: i64,
+        /// The operator.
+        agent: String,
+        /// What happened.
+        event: &'static str,
+        /// Why (a pause's reason: `no_answer`, or the desktop's).
+        reason: Option<String>,
+    },
     /// A call ended.
     CallEnded {
         /// The call's record id.

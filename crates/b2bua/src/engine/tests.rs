@@ -19,9 +19,10 @@ use centralino_media::announce::{self, Library};
 use centralino_media::prompt::Prompt;
 use centralino_media::relay::Side;
 
-use super::{CallbackState, DueCallback, Engine, Output};
+use super::{AgentStateError, CallbackState, DueCallback, Engine, Output};
 use crate::Metrics;
 use crate::media::{MediaCommand, MediaEvent};
+use centralino_types::record::Record;
 
 const CONFIG: &str = r#"
 [sip]
@@ -64,7 +65,7 @@ struct Harness {
     /// Media instructions, in order.
     media: Vec<MediaCommand>,
     /// Call records and queue events, in order.
-    records: Vec<centralino_types::record::Record>,
+    records: Vec<Record>,
     /// Callback progress reports, in order.
     callbacks: Vec<(String, CallbackState)>,
     /// What the operators' desktops were told, in order.
@@ -410,6 +411,76 @@ fn no_answer_moves_to_next_operator_and_pauses_the_first() {
     assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
     assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
     assert!(codes(&out, TRUNK).is_empty());
+    assert_eq!(
+        agent_events(&h, "1001"),
+        [("login", None), ("pause", Some("no_answer"))],
+        "the queue log says why"
+    );
+}
+
+/// The operator's own events in the queue log: (event, reason).
+fn agent_events<'a>(h: &'a Harness, name: &str) -> Vec<(&'static str, Option<&'a str>)> {
+    h.records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Agent {
+                agent,
+                event,
+                reason,
+                ..
+            } if agent == name => Some((*event, reason.as_deref())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_operator_pauses_and_resumes_from_the_desktop_and_the_queue_log_says_so() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "1001", true, None),
+        Err(AgentStateError::LoggedOut)
+    );
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "9999", true, None),
+        Err(AgentStateError::Unknown)
+    );
+    h.register("1001", PHONE1, Algorithm::Md5);
+    assert_eq!(
+        h.engine
+            .set_agent_paused(h.now, "1001", true, Some("pausa_pranzo".into())),
+        Ok("paused")
+    );
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "1001", true, None),
+        Ok("paused"),
+        "idempotent"
+    );
+    // A call arrives: nobody takes it while the only operator is paused.
+    let out = h.invite("p1");
+    assert!(requests(&out, PHONE1, "INVITE").is_empty());
+    // Back from the break: the waiting call is offered at once.
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "1001", false, None),
+        Ok("ringing")
+    );
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "1001", true, None),
+        Err(AgentStateError::Busy),
+        "not while the phone rings"
+    );
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(
+        agent_events(&h, "1001"),
+        [
+            ("login", None),
+            ("pause", Some("pausa_pranzo")),
+            ("unpause", None)
+        ]
+    );
+    assert_eq!(h.gauge("centralino_agent_events_total{event=pause}"), 1);
 }
 
 #[test]
@@ -1066,7 +1137,11 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
         ("triage", Some("vaccini"), Some("domande-triage"))
     );
     assert_eq!(desk.variables.len(), 2);
-    let Some(Record::CallStarted { id, .. }) = h.records.first() else {
+    let Some(Record::CallStarted { id, .. }) = h
+        .records
+        .iter()
+        .find(|r| matches!(r, Record::CallStarted { .. }))
+    else {
         panic!("{:?}", h.records)
     };
     assert_eq!(inv.header("X-Centralino-Call"), Some(id.as_str()));
@@ -1088,19 +1163,22 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
         1
     );
     // The call record and the queue log, in order.
-    use centralino_types::record::Record;
     let kinds: Vec<String> = h
         .records
         .iter()
-        .map(|r| match r {
-            Record::CallStarted { did, caller, .. } => format!("start {did} {caller}"),
+        .filter_map(|r| match r {
+            Record::CallStarted { did, caller, .. } => Some(format!("start {did} {caller}")),
             Record::Queue {
                 event,
                 queue,
                 agent,
                 ..
-            } => format!("{event} {queue} {}", agent.as_deref().unwrap_or("-")),
-            Record::CallEnded { outcome, .. } => format!("end {outcome}"),
+            } => Some(format!(
+                "{event} {queue} {}",
+                agent.as_deref().unwrap_or("-")
+            )),
+            Record::CallEnded { outcome, .. } => Some(format!("end {outcome}")),
+            Record::Agent { .. } => None,
         })
         .collect();
     assert_eq!(
@@ -1562,6 +1640,13 @@ prompts = ["chiuso"]
             assert_eq!(
                 h.gauge("centralino_flow_calls_total{flow=esterno,outcome=transferred}"),
                 1
+            );
+            assert!(
+                h.records.iter().any(|r| matches!(
+                    r,
+                    Record::Queue { event: "transfer", queue, .. } if queue.is_empty()
+                )),
+                "the queue log keeps the transfer"
             );
             // The far end hangs up: the caller gets BYE.
             let bye = format!(
