@@ -297,13 +297,15 @@ fn acknowledged_callbacks_survive_kill_9() {
     });
 }
 
-#[test]
-fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
-    let scratch = Scratch::new("api-vhold");
+/// A node whose queue "vaccini" offers virtual hold on key 1, with
+/// `extra` queue settings; its prompts are short tones.
+fn vhold_node(scratch: &Scratch, extra: &str) -> Node {
     let prompts = scratch.path("prompts");
     std::fs::create_dir_all(&prompts).expect("prompts dir");
-    std::fs::write(prompts.join("richiamata.wav"), wav(&[300; 2400])).expect("prompt");
-    let node = Node::start_toml(&scratch, |sip, http| {
+    for name in ["richiamata", "il-numero", "conferma", "inserisca"] {
+        std::fs::write(prompts.join(format!("{name}.wav")), wav(&[300; 2400])).expect("prompt");
+    }
+    Node::start_toml(scratch, |sip, http| {
         config(sip, http)
             .replacen(
                 "[[api.tokens]]",
@@ -312,9 +314,30 @@ fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
             )
             .replace(
                 "name = \"vaccini\"\ntenant = \"asl\"\n",
-                "name = \"vaccini\"\ntenant = \"asl\"\ncallback_key = \"1\"\ncallback_confirm_prompts = [\"richiamata\"]\n",
+                &format!("name = \"vaccini\"\ntenant = \"asl\"\ncallback_key = \"1\"\ncallback_confirm_prompts = [\"richiamata\"]\n{extra}"),
             )
-    });
+    })
+}
+
+/// The pending callbacks' (number, source, queue).
+fn pending(node: &Node) -> Vec<(String, String, String)> {
+    let (code, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(TOKEN), None);
+    assert_eq!(code, 200);
+    json(&body)["callbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let f = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (f("number"), f("source"), f("queue"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
+    let scratch = Scratch::new("api-vhold");
+    let node = vhold_node(&scratch, "");
     let mut trunk = media_trunk(
         &scratch,
         &node,
@@ -324,16 +347,75 @@ fn a_waiting_caller_who_presses_1_is_called_back_and_keeps_the_place() {
         "0",
     );
     trunk.expect_success(Duration::from_secs(25));
-    let (code, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(TOKEN), None);
-    assert_eq!(code, 200);
-    let list = json(&body)["callbacks"].as_array().unwrap().clone();
-    assert_eq!(list.len(), 1, "{body}");
-    assert_eq!(list[0]["number"], "+39333001");
-    assert_eq!(list[0]["source"], "ivr");
-    assert_eq!(list[0]["queue"], "vaccini");
+    assert_eq!(
+        pending(&node),
+        [("+39333001".into(), "ivr".into(), "vaccini".into())]
+    );
     assert_eq!(
         node.metric("centralino_queue_calls{queue=\"vaccini\"}"),
         0.0
+    );
+}
+
+/// With `callback_number`, the caller hears their number read back and
+/// may key in another (the caller id is a landline; they want the mobile).
+/// The test is the caller's phone at the RTP level and keys: 1 (call me
+/// back), 2 (another number), 3471234567#, 1 (confirmed).
+#[test]
+fn a_waiting_caller_keys_in_another_number_for_the_callback() {
+    let scratch = Scratch::new("api-vhold-number");
+    let node = vhold_node(
+        &scratch,
+        "[queues.callback_number]\nread_prompts = [\"il-numero\"]\nconfirm_prompts = [\"conferma\"]\nenter_prompts = [\"inserisca\"]\n",
+    );
+    let phone = std::net::UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    phone
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let port = phone.local_addr().expect("addr").port().to_string();
+    let mut trunk = common::Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &common::scenario("trunk_virtual_hold_keys.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-key",
+            "caller_rtp",
+            &port,
+            "-timeout",
+            "30s",
+        ],
+    );
+    // The node's RTP address: where the music comes from.
+    let mut buf = [0u8; 2048];
+    let start = std::time::Instant::now();
+    let node_rtp = loop {
+        assert!(start.elapsed() < Duration::from_secs(10), "no music");
+        if let Ok((_, from)) = phone.recv_from(&mut buf) {
+            break from;
+        }
+    };
+    let mut keypad = common::Keypad::new();
+    for (keys, pause_ms) in [("1", 300), ("2", 1500), ("3471234567#", 300), ("1", 1000)] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        for k in keys.chars() {
+            keypad.press(&phone, node_rtp, k);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    trunk.expect_success(Duration::from_secs(20));
+    assert_eq!(
+        pending(&node),
+        [("3471234567".into(), "ivr".into(), "vaccini".into())]
+    );
+    assert_eq!(
+        node.metric("centralino_callbacks_total{outcome=\"number_confirmed\"}"),
+        1.0
     );
 }
 

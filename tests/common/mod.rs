@@ -654,3 +654,44 @@ pub(crate) fn desk_events(
     });
     rx
 }
+
+/// A caller's keypad at the RTP level: each key is SIPp's own RFC 4733
+/// capture (`dtmf_2833_*.pcap`: payloads and markers) sent with this
+/// phone's sequence numbers, timestamps and SSRC, so presses in any order
+/// and repeated keys are new events (SIPp replaying its captures is not).
+pub(crate) struct Keypad {
+    seq: u16,
+    ts: u32,
+}
+
+impl Keypad {
+    pub(crate) fn new() -> Self {
+        Self { seq: 100, ts: 8000 }
+    }
+
+    /// Presses `key` (0-9, *, #) towards `to` from `sock`.
+    pub(crate) fn press(&mut self, sock: &UdpSocket, to: std::net::SocketAddr, key: char) {
+        use centralino_media::rtp;
+        let name = match key {
+            '#' => "pound".to_owned(),
+            '*' => "star".to_owned(),
+            d => d.to_string(),
+        };
+        for pkt in pcap_rtp(&format!("/usr/share/sip-tester/dtmf_2833_{name}.pcap")) {
+            let p = rtp::parse(&pkt).expect("dtmf rtp");
+            let h = rtp::Header {
+                marker: p.header.marker,
+                payload_type: 101,
+                seq: self.seq,
+                timestamp: self.ts,
+                ssrc: 0x00C0_FFEE,
+            };
+            self.seq = self.seq.wrapping_add(1);
+            let mut out = vec![0u8; 12 + p.payload.len()];
+            rtp::write(&h, p.payload, &mut out).expect("fits");
+            sock.send_to(&out, to).expect("send rtp");
+        }
+        // The next event starts later (RFC 4733: a new timestamp).
+        self.ts = self.ts.wrapping_add(4000);
+    }
+}

@@ -323,11 +323,33 @@ struct Call {
     connected: Option<(Instant, String)>,
     /// The caller asked to be called back; the store has not answered yet.
     callback_asked: bool,
+    /// Virtual hold's number dialogue in progress, and its step (stale
+    /// timers carry an older step).
+    vhold: Option<Vhold>,
+    vhold_step: u32,
     /// Set when the call is a callback being executed (agent first).
     outbound: Option<Outbound>,
     /// An IVR transfer to an external number: its INVITE while it rings,
     /// its dialog once answered.
     transfer: Option<TransferLeg>,
+}
+
+/// Virtual hold's number dialogue (queue `callback_number`).
+#[derive(Debug)]
+enum Vhold {
+    /// The number read back: 1 confirms it, 2 keys in another.
+    Confirm(String),
+    /// Keying in another number (`#` ends it); attempts so far.
+    Enter(String, u8),
+}
+
+/// Attempts at keying in a number before the caller keeps their place.
+const VHOLD_TRIES: u8 = 3;
+
+/// A number a callback can dial: an optional `+` and 6 to 15 digits.
+fn callable(number: &str) -> bool {
+    let d = number.strip_prefix('+').unwrap_or(number);
+    (6..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The far end of an IVR transfer.
@@ -416,6 +438,9 @@ enum CallTimer {
     Flow,
     /// The callback confirmation has played: end the call.
     CallbackDone,
+    /// Virtual hold's number dialogue waited long enough for a key (the
+    /// step it was armed for).
+    Vhold(u32),
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -476,6 +501,8 @@ pub struct Engine {
     whispers: Vec<(Vec<String>, Option<Vec<String>>)>,
     /// The built-in signal of a callback to the operator.
     callback_tone: Prompt,
+    /// Per queue: virtual hold confirms the number first.
+    callback_number: Vec<Option<centralino_config::CallbackNumber>>,
     calls: HashMap<CallId, Call>,
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
@@ -642,6 +669,11 @@ impl Engine {
                 .map(|q| (q.whisper.clone(), q.callback_whisper.clone()))
                 .collect(),
             callback_tone: announce::callback_tone(Law::Alaw),
+            callback_number: config
+                .queues
+                .iter()
+                .map(|q| q.callback_number.clone())
+                .collect(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
@@ -846,6 +878,8 @@ impl Engine {
                 record_id,
                 connected: None,
                 callback_asked: false,
+                vhold: None,
+                vhold_step: 0,
                 outbound: Some(Outbound {
                     id: cb.id.clone(),
                     attempt: cb.attempt,
@@ -1856,6 +1890,8 @@ impl Engine {
                 record_id,
                 connected: None,
                 callback_asked: false,
+                vhold: None,
+                vhold_step: 0,
                 outbound: None,
                 transfer: None,
             },
@@ -2593,7 +2629,16 @@ impl Engine {
                     self.timers
                         .push(Reverse((now + every, call_id, CallTimer::Announce)));
                 }
-                self.announce(call_id, queue);
+                // Not over the number dialogue.
+                if call.vhold.is_none() {
+                    self.announce(call_id, queue);
+                }
+            }
+            CallTimer::Vhold(step) => {
+                if step == call.vhold_step && matches!(call.phase, Phase::Queued | Phase::Offering)
+                {
+                    self.vhold_timeout(now, call_id);
+                }
             }
         }
     }
@@ -2760,40 +2805,31 @@ impl Engine {
             && matches!(call.phase, Phase::Queued | Phase::Offering)
             && call.in_queue
             && !call.callback_asked
-            && self.virtual_hold[call.queue.0 as usize].0 == Some(digit)
         {
-            let number = call.caller.clone();
-            let valid = {
-                let d = number.strip_prefix('+').unwrap_or(&number);
-                (6..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
-            };
-            if valid {
-                call.callback_asked = true;
-                info!(number = %Masked(&number), "caller asks to be called back");
-                let enqueued_unix = self.wall.1
-                    + call
-                        .enqueued
-                        .saturating_duration_since(self.wall.0)
-                        .as_secs() as i64
-                    - self
-                        .wall
-                        .0
-                        .saturating_duration_since(call.enqueued)
-                        .as_secs() as i64;
-                self.out.push_back(Output::StoreCallback {
-                    call: call_id,
-                    queue: self.router.queue(call.queue).name.clone(),
-                    number,
-                    enqueued_unix,
-                });
-            } else {
-                info!("callback asked without a usable caller number: the call stays queued");
-                self.metrics
-                    .callbacks
-                    .with_label_values(&["no_number"])
-                    .inc();
+            if call.vhold.is_some() {
+                self.vhold_digit(now, call_id, digit);
+                return;
             }
-            return;
+            if self.virtual_hold[call.queue.0 as usize].0 == Some(digit) {
+                let number = call.caller.clone();
+                if self.callback_number[call.queue.0 as usize].is_some() {
+                    info!("caller asks to be called back: confirming the number");
+                    if callable(&number) {
+                        self.vhold_ask(now, call_id, Vhold::Confirm(number));
+                    } else {
+                        self.vhold_ask(now, call_id, Vhold::Enter(String::new(), 0));
+                    }
+                } else if callable(&number) {
+                    self.vhold_store(call_id, number);
+                } else {
+                    info!("callback asked without a usable caller number: the call stays queued");
+                    self.metrics
+                        .callbacks
+                        .with_label_values(&["no_number"])
+                        .inc();
+                }
+                return;
+            }
         }
         if side == Side::A
             && let Some(mut run) = call.run.take()
@@ -2802,6 +2838,170 @@ impl Engine {
             let actions = run.handle_digit(now, digit, &facts);
             call.run = Some(run);
             self.flow_actions(now, call_id, actions);
+        }
+    }
+
+    /// Stores the callback a waiting caller asked for (the answer comes
+    /// back as [`Engine::callback_stored`]).
+    fn vhold_store(&mut self, call_id: CallId, number: String) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        call.callback_asked = true;
+        call.vhold = None;
+        info!(number = %Masked(&number), "caller asks to be called back");
+        // The time the call entered the queue, on the wall clock.
+        let enqueued_unix = self.wall.1
+            + call
+                .enqueued
+                .saturating_duration_since(self.wall.0)
+                .as_secs() as i64
+            - self
+                .wall
+                .0
+                .saturating_duration_since(call.enqueued)
+                .as_secs() as i64;
+        self.out.push_back(Output::StoreCallback {
+            call: call_id,
+            queue: self.router.queue(call.queue).name.clone(),
+            number,
+            enqueued_unix,
+        });
+    }
+
+    /// The next step of the number dialogue: its prompts (the number read
+    /// back digit by digit, or the request for another), then the music;
+    /// a key is awaited for the queue's timeout after them.
+    fn vhold_ask(&mut self, now: Instant, call_id: CallId, step: Vhold) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let q = call.queue.0 as usize;
+        let Some(cfg) = self.callback_number[q].as_ref() else {
+            return;
+        };
+        let names: Vec<String> = match &step {
+            Vhold::Confirm(number) => cfg
+                .read_prompts
+                .iter()
+                .cloned()
+                .chain(
+                    number
+                        .chars()
+                        .filter(char::is_ascii_digit)
+                        .map(|d| format!("digits/{d}")),
+                )
+                .chain(cfg.confirm_prompts.iter().cloned())
+                .collect(),
+            Vhold::Enter(..) => cfg.enter_prompts.clone(),
+        };
+        let timeout = cfg.timeout;
+        let prompts = names_to_prompts(&names, &self.prompts);
+        let duration: Duration = prompts.iter().map(Prompt::duration).sum();
+        call.vhold = Some(step);
+        call.vhold_step += 1;
+        let step = call.vhold_step;
+        if call.media.opened {
+            self.out.push_back(Output::Media(MediaCommand::Play {
+                call: call_id,
+                prompts,
+                music: self.music[q].clone(),
+            }));
+        }
+        self.timers.push(Reverse((
+            now + duration + timeout,
+            call_id,
+            CallTimer::Vhold(step),
+        )));
+    }
+
+    /// A key during the number dialogue.
+    fn vhold_digit(&mut self, now: Instant, call_id: CallId, digit: char) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        match (call.vhold.take(), digit) {
+            (Some(Vhold::Confirm(number)), '1') => {
+                self.metrics
+                    .callbacks
+                    .with_label_values(&["number_confirmed"])
+                    .inc();
+                self.vhold_store(call_id, number);
+            }
+            (Some(Vhold::Confirm(_)), '2') => {
+                self.vhold_ask(now, call_id, Vhold::Enter(String::new(), 0));
+            }
+            (Some(Vhold::Enter(digits, tries)), '#') => {
+                self.vhold_entered(now, call_id, digits, tries);
+            }
+            (Some(Vhold::Enter(_, tries)), '*') => {
+                // Start again.
+                self.vhold_ask(now, call_id, Vhold::Enter(String::new(), tries));
+            }
+            (Some(Vhold::Enter(mut digits, tries)), d) if d.is_ascii_digit() => {
+                if digits.len() < 15 {
+                    digits.push(d);
+                }
+                call.vhold = Some(Vhold::Enter(digits, tries));
+                // The inter-digit wait starts again.
+                call.vhold_step += 1;
+                let step = call.vhold_step;
+                if let Some(cfg) = &self.callback_number[call.queue.0 as usize] {
+                    self.timers.push(Reverse((
+                        now + cfg.timeout,
+                        call_id,
+                        CallTimer::Vhold(step),
+                    )));
+                }
+            }
+            (other, _) => call.vhold = other,
+        }
+    }
+
+    /// The caller ended a number (`#` or silence): read it back, or ask
+    /// again, or give up after [`VHOLD_TRIES`].
+    fn vhold_entered(&mut self, now: Instant, call_id: CallId, digits: String, tries: u8) {
+        if callable(&digits) {
+            self.vhold_ask(now, call_id, Vhold::Confirm(digits));
+        } else if tries + 1 < VHOLD_TRIES {
+            info!("callback number not usable: asking again");
+            self.vhold_ask(now, call_id, Vhold::Enter(String::new(), tries + 1));
+        } else {
+            self.vhold_give_up(call_id);
+        }
+    }
+
+    /// No key when one was awaited.
+    fn vhold_timeout(&mut self, now: Instant, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        match call.vhold.take() {
+            Some(Vhold::Enter(digits, tries)) => self.vhold_entered(now, call_id, digits, tries),
+            // Silence instead of a confirmation: no callback.
+            Some(Vhold::Confirm(_)) => self.vhold_give_up(call_id),
+            None => {}
+        }
+    }
+
+    /// The dialogue ended without a number: the caller keeps their place
+    /// and the music.
+    fn vhold_give_up(&mut self, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        call.vhold = None;
+        info!("no callback number confirmed: the caller keeps waiting");
+        self.metrics
+            .callbacks
+            .with_label_values(&["no_number"])
+            .inc();
+        if call.media.opened {
+            self.out.push_back(Output::Media(MediaCommand::Play {
+                call: call_id,
+                prompts: Vec::new(),
+                music: self.music[call.queue.0 as usize].clone(),
+            }));
         }
     }
 

@@ -391,6 +391,8 @@ struct RawQueue {
     #[serde(default)]
     callback_whisper: Option<Vec<String>>,
     #[serde(default)]
+    callback_number: Option<RawCallbackNumber>,
+    #[serde(default)]
     callback_hours: Option<centralino_flows::def::RawCalendar>,
     #[serde(default = "default_callback_attempts")]
     callback_max_attempts: u32,
@@ -400,6 +402,37 @@ struct RawQueue {
     callback_retries: BTreeMap<String, RawRetry>,
     #[serde(default)]
     callback_mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallbackNumber {
+    #[serde(default)]
+    read_prompts: Vec<String>,
+    #[serde(default)]
+    confirm_prompts: Vec<String>,
+    #[serde(default)]
+    enter_prompts: Vec<String>,
+    #[serde(default = "default_number_timeout")]
+    timeout_seconds: u64,
+}
+
+fn default_number_timeout() -> u64 {
+    10
+}
+
+/// Virtual hold asks the caller to confirm the number to call back, or to
+/// key in another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackNumber {
+    /// Played before the number is read back digit by digit.
+    pub read_prompts: Vec<String>,
+    /// Played after it: 1 confirms, 2 keys in another number.
+    pub confirm_prompts: Vec<String>,
+    /// Asks for another number, ended by `#`.
+    pub enter_prompts: Vec<String>,
+    /// Wait for a key after the prompts (and between digits).
+    pub timeout: Duration,
 }
 
 fn default_callback_attempts() -> u32 {
@@ -580,6 +613,9 @@ pub struct Queue {
     /// Played to the operator who answers a callback, while the citizen is
     /// dialled; `None`: a built-in two-tone signal.
     pub callback_whisper: Option<Vec<String>>,
+    /// Virtual hold confirms the number (or takes another) before storing
+    /// the callback; `None`: the caller id is used as it is.
+    pub callback_number: Option<CallbackNumber>,
     /// When callbacks of this queue may be placed (Europe/Rome); any time
     /// when `None`.
     pub callback_hours: Option<centralino_flows::calendar::Calendar>,
@@ -779,6 +815,12 @@ impl Config {
                 .chain(&q.callback_confirm_prompts)
                 .chain(&q.whisper)
                 .chain(q.callback_whisper.iter().flatten())
+                .chain(q.callback_number.iter().flat_map(|n| {
+                    n.read_prompts
+                        .iter()
+                        .chain(&n.confirm_prompts)
+                        .chain(&n.enter_prompts)
+                }))
             {
                 out.push((format!("queues[{i}]"), p.clone()));
             }
@@ -1292,13 +1334,41 @@ impl Config {
                     "must be in 10..=86400",
                 );
             }
+            let none = Vec::new();
+            let number = q.callback_number.as_ref();
+            if let Some(n) = number {
+                if !(1..=60).contains(&n.timeout_seconds) {
+                    p.add(
+                        format!("{path}.callback_number.timeout_seconds"),
+                        "must be in 1..=60",
+                    );
+                }
+                if q.callback_key.is_none() {
+                    p.add(
+                        format!("{path}.callback_number"),
+                        "needs callback_key (the key that asks for a callback)",
+                    );
+                }
+            }
             for (key, list) in [
                 ("callback_offer_prompts", &q.callback_offer_prompts),
                 ("callback_confirm_prompts", &q.callback_confirm_prompts),
                 ("whisper", &q.whisper),
                 (
                     "callback_whisper",
-                    q.callback_whisper.as_ref().unwrap_or(&Vec::new()),
+                    q.callback_whisper.as_ref().unwrap_or(&none),
+                ),
+                (
+                    "callback_number.read_prompts",
+                    number.map_or(&none, |n| &n.read_prompts),
+                ),
+                (
+                    "callback_number.confirm_prompts",
+                    number.map_or(&none, |n| &n.confirm_prompts),
+                ),
+                (
+                    "callback_number.enter_prompts",
+                    number.map_or(&none, |n| &n.enter_prompts),
                 ),
             ] {
                 if list.len() > 32 {
@@ -1352,6 +1422,12 @@ impl Config {
                 callback_confirm_prompts: q.callback_confirm_prompts.clone(),
                 whisper: q.whisper.clone(),
                 callback_whisper: q.callback_whisper.clone(),
+                callback_number: q.callback_number.as_ref().map(|n| CallbackNumber {
+                    read_prompts: n.read_prompts.clone(),
+                    confirm_prompts: n.confirm_prompts.clone(),
+                    enter_prompts: n.enter_prompts.clone(),
+                    timeout: Duration::from_secs(n.timeout_seconds),
+                }),
                 callback_hours: q.callback_hours.as_ref().map(|c| {
                     let mut problems = Vec::new();
                     let cal = centralino_flows::def::calendar(&path, c, &mut problems);

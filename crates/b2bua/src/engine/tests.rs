@@ -1692,3 +1692,97 @@ fn the_operator_hears_the_queue_whisper_before_the_bridge() {
     assert_eq!(prompts.len(), 1, "a prompt that is not loaded is left out");
     assert_eq!(h.gauge("centralino_whispers_total{kind=call}"), 1);
 }
+
+#[test]
+fn virtual_hold_reads_the_number_back_and_takes_another_one() {
+    let config = CONFIG.replace(
+        "wrap_up_seconds = 3",
+        "wrap_up_seconds = 3\ncallback_key = \"1\"\n[queues.callback_number]\nread_prompts = [\"il-numero\"]\nconfirm_prompts = [\"conferma\"]\nenter_prompts = [\"inserisca\"]\ntimeout_seconds = 5",
+    );
+    let mut h = Harness::with(&config);
+    let mut lib = Library::new();
+    for (name, n) in [("il-numero", 800), ("conferma", 800), ("inserisca", 1600)] {
+        lib.insert(name, Prompt::from_samples(&vec![100; n], Law::Alaw));
+    }
+    for d in 0..=9 {
+        lib.insert(
+            format!("digits/{d}"),
+            Prompt::from_samples(&[d * 10; 800], Law::Alaw),
+        );
+    }
+    h.engine.set_prompts(
+        Arc::new(lib),
+        vec![Some(announce::builtin_music(Law::Alaw))],
+    );
+    h.invite("n1");
+    h.drain();
+    let call = centralino_types::CallId(1);
+    // A key: the numbers asked to be stored (media commands kept).
+    let key = |h: &mut Harness, call, digit| {
+        h.engine.handle_media(
+            h.now,
+            MediaEvent::Dtmf {
+                call,
+                side: Side::A,
+                digit,
+            },
+        );
+        let mut numbers = Vec::new();
+        while let Some(o) = h.engine.poll_output() {
+            match o {
+                Output::StoreCallback { number, .. } => numbers.push(number),
+                Output::Media(m) => h.media.push(m),
+                _ => {}
+            }
+        }
+        numbers
+    };
+    let played = |h: &Harness| match h.media.last() {
+        Some(MediaCommand::Play { prompts, music, .. }) => (prompts.len(), music.is_some()),
+        other => panic!("{other:?}"),
+    };
+    // 1: the caller id is read back (prompt, 12 digits, confirmation).
+    assert!(
+        key(&mut h, call, '1').is_empty(),
+        "nothing stored before the answer"
+    );
+    assert_eq!(played(&h), (1 + 12 + 1, true), "then the music again");
+    // 2: another number. Keys 3 4 7, silence (too short: asked again),
+    // then 3 4 7 1 2 3 4 5 6 7 #.
+    key(&mut h, call, '2');
+    assert_eq!(played(&h), (1, true));
+    for d in ['3', '4', '7'] {
+        key(&mut h, call, d);
+    }
+    h.advance(Duration::from_secs(6));
+    assert_eq!(played(&h), (1, true), "asked again after the pause");
+    for d in "3471234567#".chars() {
+        assert!(key(&mut h, call, d).is_empty());
+    }
+    assert_eq!(played(&h), (1 + 10 + 1, true), "the new number read back");
+    // 9 is not an answer; 1 confirms.
+    assert!(key(&mut h, call, '9').is_empty());
+    assert_eq!(key(&mut h, call, '1'), ["3471234567"]);
+    assert_eq!(
+        h.gauge("centralino_callbacks_total{outcome=number_confirmed}"),
+        1
+    );
+    h.engine.callback_stored(h.now, call, true);
+    h.drain();
+    assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 0);
+
+    // A second caller stays silent at the confirmation: no callback, the
+    // place is kept, the music resumes.
+    h.invite("n2");
+    h.drain();
+    assert!(key(&mut h, centralino_types::CallId(2), '1').is_empty());
+    // The read-back lasts 1.4 s, then 5 s for the answer.
+    h.advance(Duration::from_secs(7));
+    assert_eq!(played(&h), (0, true));
+    assert_eq!(h.gauge("centralino_callbacks_total{outcome=no_number}"), 1);
+    assert_eq!(
+        h.gauge("centralino_queue_calls{queue=info}"),
+        1,
+        "still waiting"
+    );
+}
