@@ -2308,4 +2308,33 @@ record = true
             );
         }
     }
+
+    #[test]
+    fn the_callback_number_dialogue_is_checked() {
+        let base = "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\n";
+        let good = format!(
+            "{base}callback_key = \"1\"\n[queues.callback_number]\nread_prompts = [\"il-numero\"]\nenter_prompts = [\"inserisca\"]\n"
+        );
+        let c = Config::from_toml(&good).unwrap();
+        let n = c.queues[0].callback_number.as_ref().unwrap();
+        assert_eq!(n.timeout, Duration::from_secs(10));
+        assert_eq!(n.enter_prompts, ["inserisca"]);
+        let bad = good
+            .replace("callback_key = \"1\"\n", "")
+            .replace("[\"inserisca\"]", "[\"../x\"]\ntimeout_seconds = 0");
+        let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+            panic!()
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "queues[0].callback_number: needs callback_key",
+            "queues[0].callback_number.timeout_seconds: must be in 1..=60",
+            "queues[0].callback_number.enter_prompts[0]: not a prompt name",
+        ] {
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want}: {text:#?}"
+            );
+        }
+    }
 }
