@@ -422,9 +422,18 @@ fn a_waiting_caller_keys_in_another_number_for_the_callback() {
 /// A node whose SMS hook posts to `port` (retry after 1 s, `attempts`),
 /// with one callback booked for `number`: (node, the booking's answer).
 fn node_with_hook(scratch: &Scratch, port: u16, attempts: u32, number: &str) -> (Node, String) {
+    node_with_hook_at(
+        scratch,
+        &format!("url = \"http://127.0.0.1:{port}/sms\"\nmax_attempts = {attempts}"),
+        number,
+    )
+}
+
+/// The same with `hook` as the `[notifications]` table's own lines.
+fn node_with_hook_at(scratch: &Scratch, hook: &str, number: &str) -> (Node, String) {
     let node = Node::start_toml(scratch, |sip, http| {
         format!(
-            "{}\n[notifications]\nurl = \"http://127.0.0.1:{port}/sms\"\ntoken = \"gw-secret\"\nretry_seconds = 1\nmax_attempts = {attempts}\n",
+            "{}\n[notifications]\n{hook}\ntoken = \"gw-secret\"\nretry_seconds = 1\n",
             config(sip, http)
         )
     });
@@ -482,4 +491,52 @@ fn the_sms_hook_is_told_of_each_booking_retried_and_never_lost() {
         store.notifications().unwrap(),
         [("booked".to_owned(), "dead".to_owned())]
     );
+}
+
+/// The SMS hook over HTTPS to a gateway whose certificate comes from the
+/// firm's own CA (`ca_file`); without that CA the certificate is not
+/// trusted and nothing is sent (retried, then a dead letter).
+#[test]
+fn the_sms_hook_speaks_https_and_trusts_only_known_certificates() {
+    let scratch = Scratch::new("api-sms-https");
+    let gw = common::https_gateway(&scratch);
+    let (port, ca, posts) = (gw.port, &gw.ca, &gw.posts);
+    let (node, body) = node_with_hook_at(
+        &scratch,
+        &format!(
+            "url = \"https://127.0.0.1:{port}/sms\"\nca_file = \"{}\"",
+            ca.display()
+        ),
+        "+393331234567",
+    );
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    let line = posts
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the booking reached the HTTPS gateway");
+    let (auth, payload) = line.split_once('\t').expect("auth and body");
+    assert_eq!(auth, "Bearer gw-secret");
+    let v = json(payload);
+    assert_eq!(
+        (v["event"].as_str(), v["callback"].as_str()),
+        (Some("booked"), Some(id.as_str()))
+    );
+    drop(node);
+
+    // The system's CAs only: the gateway's certificate is refused.
+    let scratch2 = Scratch::new("api-sms-https-untrusted");
+    let (node2, _) = node_with_hook_at(
+        &scratch2,
+        &format!("url = \"https://127.0.0.1:{port}/sms\"\nmax_attempts = 2"),
+        "+393337654321",
+    );
+    node2.wait_metric(
+        "centralino_notifications_total{event=\"booked\",outcome=\"dead_letter\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    assert!(
+        posts.try_recv().is_err(),
+        "nothing reached a gateway we do not trust"
+    );
+    assert!(node2.logs().contains("tls"), "the log says why");
 }

@@ -695,3 +695,126 @@ impl Keypad {
         self.ts = self.ts.wrapping_add(4000);
     }
 }
+
+/// An HTTPS gateway (tests/fixtures/https_gateway.py: Python's TLS) with a
+/// certificate for 127.0.0.1 from a test CA made by the `openssl` command.
+/// Stopped when dropped.
+pub(crate) struct HttpsGateway {
+    child: Child,
+    pub port: u16,
+    /// The CA that signed its certificate (PEM).
+    pub ca: PathBuf,
+    /// Each POST as "authorization\tbody".
+    pub posts: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for HttpsGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn https_gateway(scratch: &Scratch) -> HttpsGateway {
+    use std::io::BufRead;
+    let dir = scratch.path("gateway-tls");
+    std::fs::create_dir_all(&dir).expect("tls dir");
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for args in [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &path("ca.pem"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=centralino-test-ca",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &path("gw.key"),
+                "-out",
+                &path("gw.csr"),
+                "-subj",
+                "/CN=gateway",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &path("gw.csr"),
+            "-CA",
+            &path("ca.pem"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &path("gw.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &path("ext.cnf"),
+        ],
+    ] {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl (Debian's openssl package)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/https_gateway.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([path("gw.pem"), path("gw.key")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let port = lines
+        .next()
+        .and_then(Result::ok)
+        .and_then(|l| l.strip_prefix("ready ")?.trim().parse().ok())
+        .expect("the gateway says ready PORT");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    HttpsGateway {
+        child,
+        port,
+        ca: dir.join("ca.pem"),
+        posts: rx,
+    }
+}

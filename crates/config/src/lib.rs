@@ -144,6 +144,7 @@ struct RawQuestion {
 struct RawNotifications {
     url: Option<String>,
     token: Option<String>,
+    ca_file: Option<String>,
     max_attempts: u32,
     retry_seconds: u64,
 }
@@ -153,6 +154,7 @@ impl Default for RawNotifications {
         Self {
             url: None,
             token: None,
+            ca_file: None,
             max_attempts: 5,
             retry_seconds: 30,
         }
@@ -162,9 +164,12 @@ impl Default for RawNotifications {
 /// The SMS hook: an HTTP POST per callback event to the firm's gateway.
 #[derive(Clone, Debug)]
 pub struct Notifications {
-    /// `http://host:port/path` (plain HTTP to a gateway or relay on the
-    /// firm's network).
+    /// `https://host[:port]/path` (or `http://` to a gateway or relay on
+    /// the firm's network).
     pub url: String,
+    /// HTTPS: the name the gateway's certificate must carry (host name or
+    /// IP address) and an extra CA file to trust (PEM) beside the system's.
+    pub tls: Option<NotifyTls>,
     /// Host and port to connect to.
     pub addr: String,
     /// Path of the request.
@@ -175,6 +180,15 @@ pub struct Notifications {
     pub max_attempts: u32,
     /// Wait between attempts.
     pub retry: Duration,
+}
+
+/// How the SMS hook checks the gateway's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyTls {
+    /// Name checked against the certificate (and sent as SNI).
+    pub host: String,
+    /// PEM certificates trusted in addition to the system's store.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -1734,24 +1748,58 @@ impl Config {
             if !(1..=86_400).contains(&n.retry_seconds) {
                 p.add("notifications.retry_seconds", "must be in 1..=86400");
             }
-            let Some(rest) = url.strip_prefix("http://") else {
+            let (rest, https) = if let Some(r) = url.strip_prefix("https://") {
+                (r, true)
+            } else if let Some(r) = url.strip_prefix("http://") {
+                (r, false)
+            } else {
                 p.add(
                     "notifications.url",
-                    "http://HOST:PORT/PATH (a gateway or relay on the firm's network)",
+                    "https://HOST[:PORT]/PATH (or http:// to a relay on the firm's network)",
                 );
                 return None;
             };
-            let (addr, path) = match rest.split_once('/') {
+            let (authority, path) = match rest.split_once('/') {
                 Some((a, p)) => (a.to_owned(), format!("/{p}")),
                 None => (rest.to_owned(), "/".to_owned()),
             };
-            if addr.is_empty() || !addr.contains(':') || !url.bytes().all(|b| b.is_ascii_graphic())
+            // The host without the port (IPv6 literals in brackets).
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, port)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+                    (h.to_owned(), Some(port))
+                }
+                _ => (authority.clone(), None),
+            };
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+            if host.is_empty()
+                || !port_ok
+                || !url.bytes().all(|b| b.is_ascii_graphic())
+                || authority.contains('@')
             {
-                p.add("notifications.url", "http://HOST:PORT/PATH, with the port");
+                p.add(
+                    "notifications.url",
+                    "https://HOST[:PORT]/PATH: a host, an optional port, no credentials",
+                );
                 return None;
             }
+            let addr = match port {
+                Some(_) => authority.clone(),
+                None if https => format!("{authority}:443"),
+                None => format!("{authority}:80"),
+            };
+            if n.ca_file.is_some() && !https {
+                p.add("notifications.ca_file", "only with an https:// url");
+            }
+            let tls = https.then(|| NotifyTls {
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                ca_file: n.ca_file.as_ref().map(PathBuf::from),
+            });
             Some(Notifications {
                 url: url.clone(),
+                tls,
                 addr,
                 path,
                 token: n.token.clone(),
@@ -2331,6 +2379,53 @@ record = true
             "queues[0].callback_number.timeout_seconds: must be in 1..=60",
             "queues[0].callback_number.enter_prompts[0]: not a prompt name",
         ] {
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want}: {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sms_hook_url_is_checked() {
+        let hook = |lines: &str| format!("[notifications]\n{lines}\n");
+        let c = Config::from_toml(&hook("url = \"https://sms.example.it/v1/send\"")).unwrap();
+        let n = c.notifications.unwrap();
+        assert_eq!(
+            (n.addr.as_str(), n.path.as_str()),
+            ("sms.example.it:443", "/v1/send")
+        );
+        assert_eq!(n.tls.unwrap().host, "sms.example.it");
+        let c = Config::from_toml(&hook(
+            "url = \"https://[::1]:8443/sms\"\nca_file = \"/etc/centralino/ca.pem\"",
+        ))
+        .unwrap();
+        let n = c.notifications.unwrap();
+        let tls = n.tls.unwrap();
+        assert_eq!((n.addr.as_str(), tls.host.as_str()), ("[::1]:8443", "::1"));
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/centralino/ca.pem")));
+        let c = Config::from_toml(&hook("url = \"http://10.0.0.5:8080/sms\"")).unwrap();
+        assert!(c.notifications.unwrap().tls.is_none());
+        for (lines, want) in [
+            (
+                "url = \"ftp://x/y\"",
+                "notifications.url: https://HOST[:PORT]/PATH",
+            ),
+            (
+                "url = \"https://u:p@x/y\"",
+                "notifications.url: https://HOST[:PORT]/PATH",
+            ),
+            ("url = \"https://x:99999/y\"", "notifications.url"),
+            (
+                "url = \"http://x:80/y\"\nca_file = \"ca.pem\"",
+                "notifications.ca_file: only with an https:// url",
+            ),
+        ] {
+            let ConfigError::Invalid(problems) = Config::from_toml(&hook(lines)).unwrap_err()
+            else {
+                panic!("{lines}")
+            };
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             assert!(
                 text.iter().any(|t| t.starts_with(want)),
                 "{want}: {text:#?}"
