@@ -388,10 +388,12 @@ fn serve(
         let api_reload = api.reload_slot();
         let desks = api.desks();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let http = tokio::spawn(serve_http(
             config.http_listen,
             metrics.registry.clone(),
             Some(api),
+            draining.clone(),
             bound_tx,
         ));
         let Ok(http_addr) = bound_rx.await else {
@@ -414,15 +416,47 @@ fn serve(
             sip.reloader.clone(),
         );
         info!(http = %http_addr, "centralino ready");
+        let control = sip.reloader.clone();
         tokio::select! {
             () = sip.join() => Ok(()),
             r = http => match r {
                 Ok(Err(e)) => Err(e).context("HTTP endpoint"),
                 _ => Ok(()),
             },
-            r = shutdown_signal() => { info!("shutting down"); r }
+            r = shutdown_signal() => {
+                r?;
+                drain(&control, &draining, config.sip.drain).await
+            }
         }
     })
+}
+
+/// Graceful shutdown (SIGTERM or Ctrl-C): new calls get 503 and
+/// `/healthz` says draining, calls in progress go on for up to `limit`
+/// (a second signal cuts it short), then the rest are ended and the call
+/// records written before the process exits.
+async fn drain(
+    control: &centralino_net::Reloader,
+    draining: &std::sync::atomic::AtomicBool,
+    limit: std::time::Duration,
+) -> Result<()> {
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(
+        limit_seconds = limit.as_secs(),
+        "draining: waiting for the calls in progress"
+    );
+    let idle = control.drain().await;
+    tokio::select! {
+        _ = idle => info!("drained: no call left"),
+        () = tokio::time::sleep(limit) => warn!("drain limit reached"),
+        r = shutdown_signal() => {
+            r?;
+            warn!("second signal: not waiting any longer");
+        }
+    }
+    control.shutdown().await;
+    info!("shut down");
+    Ok(())
 }
 
 /// SIGHUP re-reads the configuration file: trunks, DIDs and IVR flows

@@ -130,19 +130,7 @@ fn wait_available(node: &Node, n: f64) {
 
 /// The carrier trunk: SIPp running `trunk` towards DID 100.
 fn trunk(scratch: &Scratch, node: &Node, trunk: &str, args: &[&str]) -> Sipp {
-    let addr = node.sip_addr();
-    let sf = scenario(trunk);
-    let mut all = vec![
-        addr.as_str(),
-        "-sf",
-        sf.as_str(),
-        "-s",
-        "100",
-        "-timeout",
-        "30s",
-    ];
-    all.extend_from_slice(args);
-    Sipp::spawn(scratch, "trunk", &all)
+    common::trunk_to(scratch, node, "trunk", trunk, args)
 }
 
 /// The caller cancels while the operator's phone rings: 487 to the caller,

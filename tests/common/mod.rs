@@ -318,6 +318,31 @@ impl Node {
         assert!(st.success(), "kill -HUP failed");
     }
 
+    /// Sends SIGTERM (graceful shutdown: drain) to this node's process.
+    pub(crate) fn terminate(&self) {
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit by itself (at most `limit`).
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the node did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kill -9`: no chance to clean up, as in a crash.
     pub(crate) fn kill_hard(&mut self) {
         let _ = self.child.kill();
@@ -817,4 +842,28 @@ pub(crate) fn https_gateway(scratch: &Scratch) -> HttpsGateway {
         ca: dir.join("ca.pem"),
         posts: rx,
     }
+}
+
+/// The carrier trunk: SIPp running `scenario_file` towards DID 100 of
+/// `node`, with `args` added (`-m`, `-d`, ...).
+pub(crate) fn trunk_to(
+    scratch: &Scratch,
+    node: &Node,
+    label: &str,
+    scenario_file: &str,
+    args: &[&str],
+) -> Sipp {
+    let addr = node.sip_addr();
+    let sf = scenario(scenario_file);
+    let mut all = vec![
+        addr.as_str(),
+        "-sf",
+        sf.as_str(),
+        "-s",
+        "100",
+        "-timeout",
+        "60s",
+    ];
+    all.extend_from_slice(args);
+    Sipp::spawn(scratch, label, &all)
 }

@@ -512,6 +512,11 @@ pub struct Engine {
     /// Set by the driver when its input backlog is deep: new calls are
     /// refused with 503 so the calls in progress keep their latency.
     overloaded: bool,
+    /// Draining for a shutdown: new calls get 503.
+    draining: bool,
+    /// Ending every call for the shutdown: callbacks are left for the next
+    /// start (never retried or failed for it).
+    shutting_down: bool,
     /// When the gauges are next sampled (after activity).
     gauges_due: Option<Instant>,
     out: VecDeque<Output>,
@@ -681,6 +686,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             next_call: 1,
             overloaded: false,
+            draining: false,
+            shutting_down: false,
             gauges_due: None,
             out: VecDeque::new(),
             retrans_seen: 0,
@@ -909,6 +916,9 @@ impl Engine {
 
     /// A callback's attempt ended without reaching the citizen.
     fn outbound_failed(&mut self, o: &Outbound, queue: QueueId, outcome: &'static str) {
+        if self.shutting_down {
+            return;
+        }
         self.metrics.callbacks.with_label_values(&[outcome]).inc();
         let id = o.id.clone();
         self.retry_or_fail(&id, o.attempt, queue, outcome);
@@ -1320,6 +1330,44 @@ impl Engine {
     }
 
     /// Calls in progress.
+    /// Graceful shutdown, first step: new calls get 503 with Retry-After
+    /// (the carrier routes them to another node); calls in progress,
+    /// queued ones included, go on; registrations keep working.
+    pub fn set_draining(&mut self) {
+        if !self.draining {
+            warn!(
+                calls = self.calls.len(),
+                "draining: new calls refused with 503"
+            );
+        }
+        self.draining = true;
+    }
+
+    /// Graceful shutdown, last step (the drain's deadline): every call still
+    /// here ends (BYE to answered legs, 503 to callers never answered),
+    /// outcome `shutdown`. Callbacks are not retried or failed for it: the
+    /// next start finds them in progress and recovers them.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.draining = true;
+        self.shutting_down = true;
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        if !ids.is_empty() {
+            warn!(
+                calls = ids.len(),
+                "drain deadline: ending the calls still in progress"
+            );
+        }
+        for id in ids {
+            match self.calls.get(&id).map(|c| c.phase) {
+                Some(Phase::Connected) => self.end_connected(now, id, true, true, "shutdown"),
+                Some(_) => self.end_unanswered(now, id, 503, "shutdown", false),
+                None => {}
+            }
+        }
+        // The BYEs and responses leave through the transactions.
+        self.pump(now);
+    }
+
     pub fn active_calls(&self) -> usize {
         self.calls.len()
     }
@@ -1597,6 +1645,11 @@ impl Engine {
         }
         if self.did_target(trunk, msg).is_none() {
             self.reject(flow, msg, 404, "unknown_did", &[]);
+            return false;
+        }
+        if self.draining {
+            // Another node (the carrier's next route) takes it.
+            self.reject(flow, msg, 503, "draining", &[("Retry-After", "30")]);
             return false;
         }
         if self.overloaded || self.calls.len() >= self.max_calls || !self.admit(now) {

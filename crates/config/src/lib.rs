@@ -93,6 +93,7 @@ struct RawSip {
     max_tcp_connections: usize,
     tcp_idle_timeout_seconds: u64,
     user_agent: String,
+    drain_seconds: u64,
 }
 
 impl Default for RawSip {
@@ -115,6 +116,7 @@ impl Default for RawSip {
             max_tcp_connections: 4096,
             tcp_idle_timeout_seconds: 10,
             user_agent: "Centralino".into(),
+            drain_seconds: 60,
         }
     }
 }
@@ -556,6 +558,9 @@ pub struct SipConfig {
     pub tcp_idle_timeout: Duration,
     /// Server / User-Agent header value.
     pub user_agent: String,
+    /// On SIGTERM, how long calls in progress may go on (new ones get 503)
+    /// before the rest are ended and the node exits.
+    pub drain: Duration,
 }
 
 /// A carrier trunk.
@@ -1007,6 +1012,9 @@ impl Config {
             "sip.tcp_idle_timeout_seconds",
             raw.sip.tcp_idle_timeout_seconds,
         );
+        if raw.sip.drain_seconds > 3600 {
+            p.add("sip.drain_seconds", "must be in 0..=3600");
+        }
         if raw.sip.user_agent.chars().any(char::is_control) {
             p.add("sip.user_agent", "must not contain control characters");
         }
@@ -1894,6 +1902,7 @@ impl Config {
                 max_tcp_connections: raw.sip.max_tcp_connections,
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),
                 user_agent: raw.sip.user_agent,
+                drain: Duration::from_secs(raw.sip.drain_seconds),
             },
             http_listen,
             unmask_numbers: raw.logging.unmask_numbers,
@@ -2431,5 +2440,19 @@ record = true
                 "{want}: {text:#?}"
             );
         }
+    }
+
+    #[test]
+    fn the_drain_limit_is_bounded() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.sip.drain, Duration::from_secs(60));
+        let c = Config::from_toml("[sip]\ndrain_seconds = 0\n").unwrap();
+        assert_eq!(c.sip.drain, Duration::ZERO);
+        let ConfigError::Invalid(problems) =
+            Config::from_toml("[sip]\ndrain_seconds = 7200\n").unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(problems[0].to_string().starts_with("sip.drain_seconds"));
     }
 }

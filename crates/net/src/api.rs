@@ -36,6 +36,8 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum StoreReq {
     Records(Vec<centralino_store::Record>),
+    /// Answered once everything sent before it is written.
+    Flush(oneshot::Sender<()>),
     Claim(i64, usize, Vec<String>, Reply<Vec<Callback>>),
     MarkDialed(String, i64, Reply<bool>),
     Finish(String, Status, &'static str, i64),
@@ -169,6 +171,9 @@ impl StoreHandle {
                             if let Err(e) = store.reschedule(&id, at, outcome, now) {
                                 warn!(error = %e, "callback not rescheduled");
                             }
+                        }
+                        StoreReq::Flush(done) => {
+                            let _ = done.send(());
                         }
                         StoreReq::Records(batch) => {
                             if let Err(e) = store.write_records(&batch) {
@@ -408,6 +413,15 @@ impl RecordSink {
     /// Queues a batch.
     pub fn send(&self, batch: Vec<centralino_store::Record>) {
         let _ = self.0.send(StoreReq::Records(batch));
+    }
+
+    /// Returns once every batch sent before is written (the store thread
+    /// takes its requests in order).
+    pub async fn flush(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.0.send(StoreReq::Flush(done)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Claims callbacks due now (at most `limit`) of the queues in `open`.

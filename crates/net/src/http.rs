@@ -10,11 +10,13 @@ use tracing::info;
 use crate::sip::NetError;
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz` until the future
-/// is dropped. Returns the bound address through `bound`.
+/// is dropped. Returns the bound address through `bound`. `/healthz`
+/// answers 503 once `draining` is set, so load balancers stop sending.
 pub async fn serve_http(
     listen: SocketAddr,
     registry: Registry,
     api: Option<crate::api::Api>,
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
     bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> Result<(), NetError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -37,7 +39,19 @@ pub async fn serve_http(
                 async move { metrics(&registry) }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let draining = draining.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if draining {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    } else {
+                        (StatusCode::OK, "ok\n")
+                    }
+                }
+            }),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     if let Some(api) = api {
         app = app.merge(api.router());

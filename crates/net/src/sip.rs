@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use centralino_b2bua::media::MediaEvent;
@@ -39,10 +39,16 @@ async fn callback_scheduler(
     sink: crate::api::RecordSink,
     tx: mpsc::Sender<Input>,
     hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
+    draining: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(CALLBACK_POLL);
     loop {
         tick.tick().await;
+        // A node shutting down starts no callback: the next one (or this
+        // one after its restart) takes them.
+        if draining.load(Ordering::Relaxed) {
+            continue;
+        }
         // Citizens are called only within their queue's callback hours
         // (e.g. fragile people Mon-Fri 08:00-18:00, Europe/Rome).
         let now = std::time::SystemTime::now()
@@ -134,6 +140,10 @@ enum Input {
     },
     Reload(Box<Reload>),
     Callbacks(Vec<DueCallback>),
+    /// Graceful shutdown: refuse new calls; say when none is left.
+    Drain(tokio::sync::oneshot::Sender<()>),
+    /// End every call, flush the records, stop.
+    Shutdown(tokio::sync::oneshot::Sender<()>),
     /// An operator pauses or resumes from their desktop.
     Pause {
         agent: String,
@@ -157,6 +167,8 @@ struct Reload {
 #[derive(Clone)]
 pub struct Reloader {
     tx: mpsc::Sender<Input>,
+    /// Set once a drain starts (the callback scheduler stops claiming).
+    draining: Arc<AtomicBool>,
 }
 
 impl Reloader {
@@ -183,6 +195,25 @@ impl Reloader {
         answer
             .await
             .map_err(|_| "the engine did not answer".to_owned())?
+    }
+
+    /// Starts draining (new calls get 503, no callback is started); the
+    /// answer comes once no call is left.
+    pub async fn drain(&self) -> tokio::sync::oneshot::Receiver<()> {
+        self.draining.store(true, Ordering::Relaxed);
+        let (idle, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(Input::Drain(idle)).await;
+        rx
+    }
+
+    /// Ends every call left, writes the call records out and stops the
+    /// engine; returns once the store has them.
+    pub async fn shutdown(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Input::Shutdown(done)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Pauses (with an optional reason) or resumes an operator: the state
@@ -286,7 +317,11 @@ impl SipServer {
                 ));
             }
         }
-        let reloader = Reloader { tx: tx.clone() };
+        let draining = Arc::new(AtomicBool::new(false));
+        let reloader = Reloader {
+            tx: tx.clone(),
+            draining: draining.clone(),
+        };
         if let Some(&(_, udp_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Udp) {
             engine.set_outbound_local(udp_addr);
         }
@@ -301,7 +336,12 @@ impl SipServer {
                 .iter()
                 .map(|q| (q.routing.name.clone(), q.callback_hours.clone()))
                 .collect();
-            tokio::spawn(callback_scheduler(sink.clone(), tx.clone(), hours));
+            tokio::spawn(callback_scheduler(
+                sink.clone(),
+                tx.clone(),
+                hours,
+                draining.clone(),
+            ));
         }
         drop(tx);
         let engine_task =
@@ -518,6 +558,7 @@ async fn run_engine(
     // "Dialling" marks of callbacks come back here.
     let (dial_tx, mut dial_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
     let mut flush_at: Option<Instant> = None;
+    let mut life = Lifecycle::default();
     loop {
         let deadline = [engine.poll_timeout().map(Instant::from_std), flush_at]
             .into_iter()
@@ -534,11 +575,11 @@ async fn run_engine(
                 let Some(input) = input else { return };
                 let now = Instant::now().into_std();
                 engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
-                handle(&mut engine, &mut conns, now, input);
+                handle(&mut engine, &mut conns, &mut life, now, input);
                 // Batch what is already queued: one wake-up, many messages.
                 for _ in 0..256 {
                     match rx.try_recv() {
-                        Ok(input) => handle(&mut engine, &mut conns, now, input),
+                        Ok(input) => handle(&mut engine, &mut conns, &mut life, now, input),
                         Err(_) => break,
                     }
                 }
@@ -650,16 +691,49 @@ async fn run_engine(
             sink.send(std::mem::take(&mut batch));
             flush_at = None;
         }
+        if engine.active_calls() == 0
+            && let Some(idle) = life.idle.take()
+        {
+            let _ = idle.send(());
+        }
+        if let Some(done) = life.stopped.take() {
+            // The BYEs and 503s are out; the last records go to the store
+            // and are committed before the process may exit.
+            if let Some(sink) = &records {
+                sink.send(std::mem::take(&mut batch));
+                sink.flush().await;
+            }
+            let _ = done.send(());
+            return;
+        }
     }
+}
+
+/// Who waits on the engine's shutdown steps.
+#[derive(Default)]
+struct Lifecycle {
+    /// Told when no call is left (draining).
+    idle: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told once the records of the ended calls are stored.
+    stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 fn handle(
     engine: &mut Engine,
     conns: &mut HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    life: &mut Lifecycle,
     now: std::time::Instant,
     input: Input,
 ) {
     match input {
+        Input::Drain(idle) => {
+            engine.set_draining();
+            life.idle = Some(idle);
+        }
+        Input::Shutdown(done) => {
+            engine.shutdown(now);
+            life.stopped = Some(done);
+        }
         Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
         Input::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
         Input::ConnOpen { conn, tx } => {

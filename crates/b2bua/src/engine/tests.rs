@@ -1786,3 +1786,57 @@ fn virtual_hold_reads_the_number_back_and_takes_another_one() {
         "still waiting"
     );
 }
+
+#[test]
+fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbacks() {
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("d1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    // A callback waits in the queue (nobody free).
+    h.engine.start_callback(
+        h.now,
+        DueCallback {
+            id: "cb".into(),
+            queue: "info".into(),
+            number: "+393331112223".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+        },
+    );
+    h.drain();
+    h.engine.set_draining();
+    let out = h.invite("d2");
+    assert_eq!(codes(&out, TRUNK), vec![503]);
+    let refused = out.iter().find(|(_, m)| m.code() == 503).unwrap();
+    assert_eq!(refused.1.header("Retry-After"), Some("30"));
+    assert_eq!(
+        h.engine.active_calls(),
+        2,
+        "the call and the callback go on"
+    );
+    h.callbacks.clear();
+    h.engine.shutdown(h.now);
+    let out = h.drain();
+    assert_eq!(requests(&out, TRUNK, "BYE").len(), 1);
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert!(
+        h.callbacks.is_empty(),
+        "the callback is left for the next start: {:?}",
+        h.callbacks
+    );
+    assert!(h.records.iter().any(|r| matches!(
+        r,
+        Record::CallEnded { outcome, .. } if outcome == "shutdown"
+    )));
+}
