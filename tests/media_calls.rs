@@ -81,18 +81,22 @@ fn recordings_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 /// before it answers, echoing RTP when `echo`; registered as 1001 and
 /// available when this returns.
 fn operator_phone(scratch: &Scratch, node: &Node, ring_ms: &str, echo: bool) -> Sipp {
-    operator_phone_at(scratch, node, ring_ms, echo, free_port())
+    operator_phone_at(scratch, node, ring_ms, echo, free_port(), 1001)
 }
 
-/// As [`operator_phone`], the phone's SDP naming `media_port` (SIPp's own
-/// when `echo`, else any socket, such as the test's).
+/// As [`operator_phone`] for operator `user`, the phone's SDP naming
+/// `media_port` (SIPp's own when `echo`, else any socket, such as the
+/// test's); returns once one more operator of "info" is available.
 fn operator_phone_at(
     scratch: &Scratch,
     node: &Node,
     ring_ms: &str,
     echo: bool,
     media_port: u16,
+    user: u32,
 ) -> Sipp {
+    let series = "centralino_queue_agents{queue=\"info\",state=\"available\"}";
+    let available = node.metric(series) + 1.0;
     let media_port = media_port.to_string();
     let mut args = vec![
         "-sf".to_owned(),
@@ -113,13 +117,9 @@ fn operator_phone_at(
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let phone = Sipp::spawn(scratch, "phone", &args);
-    register(scratch, node, &[1001], phone.port, |u| format!("demo{u}"));
-    node.wait_metric(
-        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    let phone = Sipp::spawn(scratch, &format!("phone{user}"), &args);
+    register(scratch, node, &[user], phone.port, |u| format!("demo{u}"));
+    node.wait_metric(series, Duration::from_secs(5), |v| v == available);
     phone
 }
 
@@ -637,8 +637,12 @@ fn waiting_callers_hear_their_position_in_italian_between_the_music() {
     );
 }
 
+/// An operator's phone that dies mid-call (answers, then sends no RTP)
+/// does not leave the caller in dead air: after the inactivity timeout the
+/// phone gets BYE, its operator is paused, the caller hears the music
+/// again and is the next call answered, by another operator.
 #[test]
-fn a_silent_operator_phone_ends_the_call_and_frees_the_operator() {
+fn a_silent_operator_phone_sends_the_caller_back_to_the_queue_for_the_next_operator() {
     let scratch = Scratch::new("media-silent");
     let music_path = scratch.path("music.wav");
     std::fs::write(&music_path, wav(&[100; 8000])).expect("write music");
@@ -646,9 +650,12 @@ fn a_silent_operator_phone_ends_the_call_and_frees_the_operator() {
     let node = Node::start_toml(&scratch, |sip, http| {
         config(sip, http, &music_path, &recordings)
             .replace("[media]\n", "[media]\ninactivity_timeout_seconds = 2\n")
+            + "\n[[agents]]\nusername = \"1002\"\npassword = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]\n"
     });
-    // The phone answers but never sends RTP (no -rtp_echo): dead media.
-    let phone = operator_phone(&scratch, &node, "100", false);
+    // 1001's phone answers but never sends RTP (no -rtp_echo): dead media.
+    // It logs in first, so it is the longest idle and is offered the call.
+    let mut dead = operator_phone_at(&scratch, &node, "100", false, free_port(), 1001);
+    let mut alive = operator_phone_at(&scratch, &node, "100", true, free_port(), 1002);
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     caller
         .set_read_timeout(Some(Duration::from_millis(20)))
@@ -657,38 +664,55 @@ fn a_silent_operator_phone_ends_the_call_and_frees_the_operator() {
         &scratch,
         &node,
         "trunk",
-        "trunk_media_bye.xml",
+        "trunk_media.xml",
         &caller,
-        "0",
+        "10000",
     );
-    // The caller keeps talking: only the operator's side is silent.
+    const SPEECH: u8 = 0x2A;
+    let echo = round_trip(SPEECH);
+    // The caller keeps talking; what comes back: music, then (nothing
+    // from the dead phone), music again, then their own voice from 1002.
     let mut node_rtp = None;
     let mut buf = [0u8; 2048];
     let mut seq = 0u16;
+    let (mut music_after_loss, mut echoed) = (0, 0);
     let start = Instant::now();
     while trunk.try_wait().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20), "never hung up");
-        if let Ok((_, from)) = caller.recv_from(&mut buf) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never hung up");
+        if let Ok((n, from)) = caller.recv_from(&mut buf) {
             node_rtp = Some(from);
+            let p = rtp::parse(&buf[..n]).expect("rtp to the caller");
+            let requeued =
+                node.metric("centralino_calls_requeued_total{reason=\"operator_media_lost\"}");
+            if p.payload[0] == echo {
+                echoed += 1;
+            } else if requeued > 0.0 && echoed == 0 {
+                music_after_loss += 1;
+            }
         }
         if let Some(to) = node_rtp {
-            speak(&caller, to, &mut seq, 77, 0xD5);
+            speak(&caller, to, &mut seq, 77, SPEECH);
         }
     }
     trunk.expect_success(Duration::from_secs(5));
-    let mut phone = phone;
-    phone.expect_success(Duration::from_secs(10));
+    dead.expect_success(Duration::from_secs(10));
+    alive.expect_success(Duration::from_secs(10));
+    assert!(music_after_loss > 0, "the music came back after the loss");
+    assert!(echoed > 50, "then the next operator's audio: {echoed}");
     assert_eq!(
         node.metric("centralino_media_timeouts_total{side=\"operator\"}"),
         1.0
     );
-    // The operator is free again (after wrap-up: none configured).
-    node.wait_metric(
-        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
+    let logs = node.logs();
+    assert!(logs.contains("call answered agent=1002"), "{logs}");
+    // The operator with the dead phone stays paused until they resume.
+    assert_eq!(
+        node.metric("centralino_queue_agents{queue=\"info\",state=\"paused\"}"),
+        1.0
     );
-    assert_eq!(node.metric("centralino_calls_active"), 0.0);
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
 }
 
 #[test]
@@ -804,6 +828,7 @@ fn the_operator_hears_the_whisper_then_the_caller() {
         "300",
         false,
         op.local_addr().expect("addr").port(),
+        1001,
     );
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     caller

@@ -2632,7 +2632,11 @@ impl Engine {
                 );
             }
             CallTimer::MaxWait => {
-                if call.phase == Phase::Connected {
+                // Connected, or re-queued since (a new wait started then).
+                if call.phase == Phase::Connected
+                    || now.saturating_duration_since(call.enqueued)
+                        < self.router.queue(call.queue).max_wait
+                {
                     return;
                 }
                 let status = self.queue_exit[call.queue.0 as usize];
@@ -2749,14 +2753,17 @@ impl Engine {
             MediaEvent::Idle { call, side } => {
                 let _span = self.call_span(call).entered();
                 if self.calls.get(&call).map(|c| c.phase) == Some(Phase::Connected) {
-                    warn!(
-                        side = side.label(),
-                        "no RTP from a bridged leg, ending the call"
-                    );
                     self.metrics
                         .media_timeouts
                         .with_label_values(&[side.label()])
                         .inc();
+                    if side == Side::B && self.requeue_after_operator_loss(now, call) {
+                        return self.pump(now);
+                    }
+                    warn!(
+                        side = side.label(),
+                        "no RTP from a bridged leg, ending the call"
+                    );
                     self.end_connected(now, call, true, true, "media_timeout");
                 }
             }
@@ -3056,6 +3063,54 @@ impl Engine {
                 music: self.music[call.queue.0 as usize].clone(),
             }));
         }
+    }
+
+    /// The operator's phone went silent mid-call (it died, lost its network):
+    /// the caller is not left in dead air. The operator's leg gets BYE and
+    /// they are paused (`media_lost`) until they resume; the caller hears
+    /// the music again and goes back to the queue as if waiting since they
+    /// first entered it (ahead of later callers), for the next operator.
+    /// `false` when the call cannot go back (an IVR transfer).
+    fn requeue_after_operator_loss(&mut self, now: Instant, call_id: CallId) -> bool {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return false;
+        };
+        if call.transfer.is_some() || call.b.is_none() || !call.media.opened {
+            return false;
+        }
+        let Some(mut b) = call.b.take() else {
+            return false;
+        };
+        let _span = call.span.clone().entered();
+        let lost = call.connected.take().map(|(_, name)| name);
+        // Waited so far, on top of what the call brought (a callback's time
+        // since the request): it keeps its place.
+        let mut spec = (*call.spec).clone();
+        spec.waited += now.saturating_duration_since(call.enqueued);
+        let queue = call.queue;
+        call.media.b = None;
+        call.media.b_direction = Direction::SendRecv;
+        call.phase = Phase::Queued;
+        self.by_b.remove(&b.call_id);
+        self.client.remove(&b.invite_key);
+        if let Some(mut leg) = b.dialog.take() {
+            self.send_bye(now, &mut leg);
+        }
+        self.out
+            .push_back(Output::Media(MediaCommand::Unbridge { call: call_id }));
+        self.router.call_lost(now, b.agent, call_id);
+        self.agent_released(b.agent);
+        if matches!(self.router.agent(b.agent).state, AgentState::Paused(_)) {
+            self.agent_event(now, b.agent, "pause", Some("media_lost".to_owned()));
+        }
+        warn!(agent = ?lost, "the operator's phone went silent: the caller goes back to the queue");
+        self.metrics
+            .calls_requeued
+            .with_label_values(&["operator_media_lost"])
+            .inc();
+        self.queue_event(now, call_id, "requeue", lost);
+        self.enter_queue(now, call_id, queue, &spec);
+        true
     }
 
     /// The router's `offer_failed`, plus the queue log's pause when the

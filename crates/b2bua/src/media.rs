@@ -68,6 +68,12 @@ pub enum MediaCommand {
         /// Record the conversation (both legs mixed).
         record: bool,
     },
+    /// The operator's leg is gone: back to playback for the caller (a
+    /// `Play` follows), ready for the next operator's `Bridge`.
+    Unbridge {
+        /// The call.
+        call: CallId,
+    },
     /// A side sent a new SDP (re-INVITE).
     Update {
         /// The call.

@@ -86,6 +86,9 @@ pub struct Metrics {
     /// `centralino_agent_events_total{event}`: login, logout, pause,
     /// unpause.
     pub agent_events: IntCounterVec,
+    /// `centralino_calls_requeued_total{reason}`: callers put back in the
+    /// queue after losing their operator.
+    pub calls_requeued: IntCounterVec,
     /// `centralino_rtp_ports{state}`: in use / free (driver).
     pub rtp_ports: IntGaugeVec,
     /// `centralino_media_sessions`: calls with anchored media (driver).
@@ -305,6 +308,11 @@ impl Metrics {
                 "centralino_whispers_total",
                 "Whispers played to operators on answering, by kind of call",
                 &["kind"]
+            )),
+            calls_requeued: reg!(cv(
+                "centralino_calls_requeued_total",
+                "Callers put back in the queue after losing their operator, by reason",
+                &["reason"]
             )),
             agent_events: reg!(cv(
                 "centralino_agent_events_total",

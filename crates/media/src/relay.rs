@@ -252,6 +252,18 @@ impl CallMedia {
         self.connect();
     }
 
+    /// The operator's leg is gone (their phone went silent): back to
+    /// playback for the caller, whose stream goes on (same SSRC, marker at
+    /// the change); the next operator's bridge continues it again.
+    pub fn unbridge(&mut self) {
+        self.legs[1] = None;
+        self.bridged = false;
+        self.whispering = false;
+        self.bridge_pending = false;
+        self.held = false;
+        self.playback[1] = Playback::default();
+    }
+
     fn connect(&mut self) {
         self.bridged = true;
         self.bridge_pending = false;
@@ -702,6 +714,45 @@ mod tests {
         assert_eq!(to, b_addr);
         let h = rtp::parse(&buf[..len]).unwrap().header;
         assert_eq!((h.ssrc, h.seq, h.marker), (8, 502, true));
+    }
+
+    #[test]
+    fn unbridged_the_caller_hears_music_again_then_the_next_operator() {
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, None, (7, 100, 1000));
+        let b = |addr| Leg::new(Latch::SdpAddress, addr, None);
+        m.bridge(b(b_addr), Law::Alaw);
+        let mut buf = [0u8; 1500];
+        let Action::Send { len, .. } =
+            m.receive(t0, Side::B, b_addr, &pkt(1, 8, &[0x55; 160]), &mut buf)
+        else {
+            panic!()
+        };
+        let first = rtp::parse(&buf[..len]).unwrap().header;
+        // The operator's phone died: music again, on the same stream.
+        m.unbridge();
+        assert!(!m.bridged());
+        m.play(t0, Vec::new(), Some(prompt(0x33, 2, Law::Alaw)));
+        let (to, len) = m.poll_packet(t0, &mut buf).unwrap();
+        let music = rtp::parse(&buf[..len]).unwrap();
+        assert_eq!(to, a_addr);
+        assert_eq!(music.payload[0], 0x33);
+        assert_eq!(
+            (music.header.ssrc, music.header.seq, music.header.marker),
+            (first.ssrc, first.seq.wrapping_add(1), true)
+        );
+        // The dead phone's packets reach nobody now.
+        let act = m.receive(t0, Side::B, b_addr, &pkt(2, 8, &[0x55; 160]), &mut buf);
+        assert_eq!(act, Action::None);
+        // The next operator, from another address.
+        let next: SocketAddr = "192.0.2.22:30000".parse().unwrap();
+        m.bridge(b(next), Law::Alaw);
+        let Action::Send { to, .. } =
+            m.receive(t0, Side::A, a_addr, &pkt(3, 8, &[0x11; 160]), &mut buf)
+        else {
+            panic!()
+        };
+        assert_eq!(to, next);
     }
 
     #[test]

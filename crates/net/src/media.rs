@@ -220,6 +220,7 @@ impl MediaPlane {
             MediaCommand::Open { call, .. }
             | MediaCommand::Play { call, .. }
             | MediaCommand::Whisper { call, .. }
+            | MediaCommand::Unbridge { call }
             | MediaCommand::Bridge { call, .. }
             | MediaCommand::Update { call, .. }
             | MediaCommand::Close { call } => *call,
@@ -477,6 +478,13 @@ impl Worker {
                         b.law,
                         prompts,
                     );
+                }
+            }
+            Cmd::Other(MediaCommand::Unbridge { call }) => {
+                if let Some(s) = self.session(call) {
+                    s.media.unbridge();
+                    // The next operator's silence must be noticed too.
+                    s.idle_reported = false;
                 }
             }
             Cmd::Other(MediaCommand::Bridge { call, b, record }) => {

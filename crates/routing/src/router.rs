@@ -1663,6 +1663,17 @@ impl Router {
 
     /// The call ended: wrap-up (the queue's), then available.
     pub fn call_ended(&mut self, now: Instant, agent: AgentId, call: CallId) {
+        self.end_call(now, agent, call, false);
+    }
+
+    /// The call was lost with the operator's phone (no media): the
+    /// operator is paused, never offered another call on a dead phone; they
+    /// resume themselves.
+    pub fn call_lost(&mut self, now: Instant, agent: AgentId, call: CallId) {
+        self.end_call(now, agent, call, true);
+    }
+
+    fn end_call(&mut self, now: Instant, agent: AgentId, call: CallId, pause: bool) {
         let t = self.at(now);
         let a = agent.0;
         if self.agents[a as usize].state != AgentState::OnCall(call) {
@@ -1680,8 +1691,10 @@ impl Router {
             0.9 * q.aht + 0.1 * handle
         };
         let wrap = q.settings.wrap_up;
-        if wrap.is_zero() || ag.logout_pending {
+        if ag.logout_pending || (wrap.is_zero() && !pause) {
             self.make_available(t, a);
+        } else if pause {
+            self.set(a, AgentState::Paused(PauseReason::Manual));
         } else {
             let epoch = ag.epoch;
             self.set(a, AgentState::WrapUp);

@@ -877,8 +877,12 @@ fn info_digits_and_rtp_digits_reach_the_call_and_silence_ends_it() {
     assert_eq!(h.engine.calls[&call].media.digits, "57");
     assert_eq!(h.gauge("centralino_dtmf_digits_total{source=info}"), 1);
     assert_eq!(h.gauge("centralino_dtmf_digits_total{source=rfc4733}"), 1);
-    // The operator's phone died: no RTP. Both legs get BYE, media closed,
-    // the operator is freed (wrap-up).
+    // A second operator logs in (nothing waits for them yet).
+    h.register("1002", PHONE2, Algorithm::Md5);
+    // The operator's phone died: no RTP. The caller is not left in dead
+    // air: the phone gets BYE, its operator is paused, the caller hears
+    // the music again, back in the queue; the caller's silence (side A)
+    // would end the call.
     h.engine.handle_media(
         h.now,
         MediaEvent::Idle {
@@ -887,12 +891,51 @@ fn info_digits_and_rtp_digits_reach_the_call_and_silence_ends_it() {
         },
     );
     let out = h.drain();
-    assert_eq!(requests(&out, TRUNK, "BYE").len(), 1);
+    assert!(requests(&out, TRUNK, "BYE").is_empty());
     assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
-    assert!(matches!(h.media.last(), Some(MediaCommand::Close { .. })));
-    assert_eq!(h.engine.active_calls(), 0);
+    // Ahead of anyone else: the next operator is offered it at once.
+    let inv2 = requests(&out, PHONE2, "INVITE")[0].clone();
+    let n = h.media.len();
+    assert!(
+        matches!(
+            &h.media[n - 2..n],
+            [MediaCommand::Unbridge { .. }, MediaCommand::Play { .. }]
+        ),
+        "{:?}",
+        &h.media
+    );
+    assert_eq!(h.engine.active_calls(), 1);
     assert_eq!(h.gauge("centralino_media_timeouts_total{side=operator}"), 1);
-    assert_eq!(h.gauge("centralino_agents{state=wrap_up,tenant=demo}"), 1);
+    assert_eq!(
+        h.gauge("centralino_calls_requeued_total{reason=operator_media_lost}"),
+        1
+    );
+    assert_eq!(h.gauge("centralino_agents{state=paused,tenant=demo}"), 1);
+    assert!(h.records.iter().any(|r| matches!(
+        r,
+        Record::Queue { event: "requeue", agent: Some(a), .. } if a == "1001"
+    )));
+    assert!(h.records.iter().any(|r| matches!(
+        r,
+        Record::Agent { event: "pause", reason: Some(why), .. } if why == "media_lost"
+    )));
+    // The next operator takes the caller, already answered: no second 200.
+    let out = h.send(PHONE2, &response_to(&inv2, 200, "b2"));
+    assert!(codes(&out, TRUNK).is_empty());
+    assert!(matches!(h.media.last(), Some(MediaCommand::Bridge { .. })));
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+    // Now the caller goes silent: that ends the call.
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Idle {
+            call,
+            side: Side::A,
+        },
+    );
+    let out = h.drain();
+    assert_eq!(requests(&out, TRUNK, "BYE").len(), 1);
+    assert_eq!(requests(&out, PHONE2, "BYE").len(), 1);
+    assert_eq!(h.engine.active_calls(), 0);
     let _ = inv;
 }
 
