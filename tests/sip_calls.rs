@@ -359,6 +359,87 @@ fn wrong_password_is_refused_and_never_registered() {
     );
 }
 
+/// D4: password guessing against operator 1001 from another address
+/// (127.0.0.2) bans that address for 1001 after 5 failures: even the right
+/// password fails from there during the ban, while the operator's own phone
+/// (127.0.0.1) registers normally.
+#[test]
+fn password_guessing_bans_the_guesser_not_the_operator() {
+    let scratch = Scratch::new("bruteforce");
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    let guess = |label: &str, lines: &str, n: &str| {
+        let csv = scratch.path(&format!("{label}.csv"));
+        std::fs::write(&csv, format!("SEQUENTIAL\n{lines}")).unwrap();
+        let mut sipp = Sipp::spawn_from(
+            &scratch,
+            label,
+            "127.0.0.2",
+            &[
+                &node.sip_addr(),
+                "-sf",
+                &scenario("register_wrong.xml"),
+                "-inf",
+                common::path_str(&csv),
+                "-m",
+                n,
+                "-r",
+                "20",
+                "-timeout",
+                "20s",
+            ],
+        );
+        // Refused calls are failures for SIPp once banned (403 before any
+        // challenge): only the node's counters matter here.
+        let _ = sipp.wait(Duration::from_secs(30));
+    };
+    let wrong: String = (0..30)
+        .map(|i| format!("1001;[authentication username=1001 password=guess{i}];5999\n"))
+        .collect();
+    guess("guesser", &wrong, "30");
+    let registrations = |outcome: &str| {
+        node.metric(&format!(
+            "centralino_registrations_total{{outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(
+        (registrations("refused"), registrations("banned")),
+        (5.0, 25.0)
+    );
+    assert_eq!(
+        node.metric("centralino_auth_bans_total{scope=\"user\"}"),
+        1.0
+    );
+    // The right password from the banned address still fails.
+    guess(
+        "guesser-right",
+        "1001;[authentication username=1001 password=demo1001];5999\n",
+        "1",
+    );
+    assert_eq!((registrations("banned"), registrations("ok")), (26.0, 0.0));
+    // The operator's own phone is not locked out.
+    register(&scratch, &node, &[1001], 5998, demo_password);
+    node.wait_metric(
+        "centralino_registered_agents",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    node.wait_metric(
+        "centralino_auth_banned{scope=\"user\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    assert!(
+        node.logs()
+            .contains("too many authentication failures: banned")
+    );
+}
+
 /// The carrier trunk over TCP (one connection, Content-Length framing):
 /// calls are answered and torn down as over UDP.
 #[test]

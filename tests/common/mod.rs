@@ -386,6 +386,12 @@ impl Sipp {
     /// Starts SIPp with `args` (scenario, -m, -r ...) on an ephemeral port,
     /// in its own working directory (SIPp writes its logs there).
     pub(crate) fn spawn(scratch: &Scratch, label: &str, args: &[&str]) -> Self {
+        Self::spawn_from(scratch, label, "127.0.0.1", args)
+    }
+
+    /// As [`Sipp::spawn`], from another loopback address (127.0.0.0/8 is
+    /// all loopback on Linux: a second "host" without a namespace).
+    pub(crate) fn spawn_from(scratch: &Scratch, label: &str, ip: &str, args: &[&str]) -> Self {
         let port = free_port();
         let dir = scratch.path(label);
         std::fs::create_dir_all(&dir).expect("sipp dir");
@@ -395,7 +401,7 @@ impl Sipp {
             .args(args)
             .args([
                 "-i",
-                "127.0.0.1",
+                ip,
                 "-p",
                 &port.to_string(),
                 "-nostdin",

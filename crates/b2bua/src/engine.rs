@@ -343,6 +343,9 @@ enum Vhold {
     Enter(String, u8),
 }
 
+/// How often idle authentication-failure counters are dropped.
+const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
+
 /// Attempts at keying in a number before the caller keeps their place.
 const VHOLD_TRIES: u8 = 3;
 
@@ -514,6 +517,8 @@ pub struct Engine {
     overloaded: bool,
     /// Draining for a shutdown: new calls get 503.
     draining: bool,
+    /// When idle authentication-failure counters were last dropped.
+    throttle_swept: Instant,
     /// Ending every call for the shutdown: callbacks are left for the next
     /// start (never retried or failed for it).
     shutting_down: bool,
@@ -687,6 +692,7 @@ impl Engine {
             next_call: 1,
             overloaded: false,
             draining: false,
+            throttle_swept: now,
             shutting_down: false,
             gauges_due: None,
             out: VecDeque::new(),
@@ -1798,6 +1804,19 @@ impl Engine {
         self.metrics
             .registered_agents
             .set(self.registrar.registered() as i64);
+        let (users, addresses) = self.registrar.banned_counts(now);
+        self.metrics
+            .auth_banned
+            .with_label_values(&["user"])
+            .set(users as i64);
+        self.metrics
+            .auth_banned
+            .with_label_values(&["address"])
+            .set(addresses as i64);
+        if now.saturating_duration_since(self.throttle_swept) >= THROTTLE_SWEEP {
+            self.throttle_swept = now;
+            self.registrar.sweep_throttle(now);
+        }
     }
 
     fn on_request(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
@@ -1810,10 +1829,25 @@ impl Engine {
                     RegOutcome::Challenged => "challenged",
                     RegOutcome::Refused => "refused",
                     RegOutcome::Invalid => "invalid",
+                    RegOutcome::Banned => "banned",
                 };
                 self.metrics.registrations.with_label_values(&[label]).inc();
                 if outcome == RegOutcome::Refused {
                     warn!(peer = %flow.remote.ip(), "REGISTER refused");
+                }
+                let bans: Vec<_> = self.registrar.drain_bans().collect();
+                for b in bans {
+                    warn!(
+                        peer = %b.address,
+                        user = %b.user,
+                        scope = b.scope.label(),
+                        seconds = b.length.as_secs(),
+                        "too many authentication failures: banned"
+                    );
+                    self.metrics
+                        .auth_bans
+                        .with_label_values(&[b.scope.label()])
+                        .inc();
                 }
                 self.respond(now, &key, &resp);
             }

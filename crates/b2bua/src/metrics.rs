@@ -39,6 +39,11 @@ pub struct Metrics {
     pub registrations: IntCounterVec,
     /// `centralino_registered_agents`
     pub registered_agents: IntGauge,
+    /// `centralino_auth_bans_total{scope}`: bans started after repeated
+    /// authentication failures (user from an address, or the address).
+    pub auth_bans: IntCounterVec,
+    /// `centralino_auth_banned{scope}`: bans in force.
+    pub auth_banned: IntGaugeVec,
     /// `centralino_calls_total{outcome}`
     pub calls: IntCounterVec,
     /// `centralino_calls_active`
@@ -199,6 +204,16 @@ impl Metrics {
                 "centralino_registrations_total",
                 "REGISTER outcomes",
                 &["outcome"]
+            )),
+            auth_bans: reg!(cv(
+                "centralino_auth_bans_total",
+                "Bans started after repeated authentication failures, by scope",
+                &["scope"]
+            )),
+            auth_banned: reg!(gv(
+                "centralino_auth_banned",
+                "Authentication bans in force, by scope",
+                &["scope"]
             )),
             registered_agents: reg!(
                 IntGauge::new(

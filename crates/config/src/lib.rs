@@ -288,6 +288,9 @@ struct RawRegistrar {
     max_contacts: usize,
     nonce_lifetime_seconds: u64,
     state_after_login: String,
+    ban_after_user_failures: u32,
+    ban_after_address_failures: u32,
+    ban_seconds: u64,
 }
 
 impl Default for RawRegistrar {
@@ -299,6 +302,9 @@ impl Default for RawRegistrar {
             max_contacts: 10,
             nonce_lifetime_seconds: 300,
             state_after_login: "available".into(),
+            ban_after_user_failures: 5,
+            ban_after_address_failures: 20,
+            ban_seconds: 300,
         }
     }
 }
@@ -1032,6 +1038,9 @@ impl Config {
             "registrar.min_expires_seconds",
             r.min_expires_seconds,
         );
+        if !(1..=86_400).contains(&r.ban_seconds) {
+            p.add("registrar.ban_seconds", "must be in 1..=86400");
+        }
         if r.max_expires_seconds < r.min_expires_seconds {
             p.add(
                 "registrar.max_expires_seconds",
@@ -1911,6 +1920,11 @@ impl Config {
                 max_expires: Duration::from_secs(r.max_expires_seconds),
                 default_expires: Duration::from_secs(r.default_expires_seconds),
                 max_contacts: r.max_contacts,
+                throttle: centralino_sip::throttle::ThrottleConfig {
+                    per_user: r.ban_after_user_failures,
+                    per_address: r.ban_after_address_failures,
+                    ban: Duration::from_secs(r.ban_seconds),
+                },
             },
             nonce_lifetime: Duration::from_secs(r.nonce_lifetime_seconds),
             login_paused,
@@ -2454,5 +2468,20 @@ record = true
             panic!()
         };
         assert!(problems[0].to_string().starts_with("sip.drain_seconds"));
+    }
+
+    #[test]
+    fn brute_force_limits_are_read_and_checked() {
+        let c = Config::from_toml("[registrar]\nban_after_user_failures = 3\nban_seconds = 600\n")
+            .unwrap();
+        assert_eq!(c.registrar.throttle.per_user, 3);
+        assert_eq!(c.registrar.throttle.per_address, 20);
+        assert_eq!(c.registrar.throttle.ban, Duration::from_secs(600));
+        let ConfigError::Invalid(problems) =
+            Config::from_toml("[registrar]\nban_seconds = 0\n").unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(problems[0].to_string().starts_with("registrar.ban_seconds"));
     }
 }

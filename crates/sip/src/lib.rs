@@ -15,6 +15,7 @@ mod error;
 pub mod guard;
 mod message;
 pub mod registrar;
+pub mod throttle;
 pub mod txn;
 pub mod uri;
 

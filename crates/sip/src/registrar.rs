@@ -4,6 +4,7 @@
 //! bindings with their expiry and the flow they came from, and reports when an
 //! operator gains a first binding (login) or loses the last one (logout).
 
+use crate::throttle::{BanScope, Throttle, ThrottleConfig};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ pub struct RegistrarConfig {
     pub default_expires: Duration,
     /// Most bindings per operator.
     pub max_contacts: usize,
+    /// Brute-force protection of the digest check.
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for RegistrarConfig {
@@ -33,6 +36,7 @@ impl Default for RegistrarConfig {
             max_expires: Duration::from_secs(3600),
             default_expires: Duration::from_secs(3600),
             max_contacts: 10,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -70,6 +74,21 @@ pub enum RegOutcome {
     Refused,
     /// 400/423 bad request.
     Invalid,
+    /// 403 unheard: the source is banned after too many failures.
+    Banned,
+}
+
+/// A ban the registrar just started (for the log and the metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanStarted {
+    /// One user from the address, or the whole address.
+    pub scope: BanScope,
+    /// The source address.
+    pub address: std::net::IpAddr,
+    /// The user the failing request named.
+    pub user: String,
+    /// How long.
+    pub length: Duration,
 }
 
 /// Registrar state.
@@ -80,6 +99,8 @@ pub struct Registrar {
     bindings: HashMap<String, Vec<Binding>>,
     expiries: BinaryHeap<Reverse<(Instant, String)>>,
     events: Vec<RegEvent>,
+    throttle: Throttle,
+    bans: Vec<BanStarted>,
 }
 
 impl Registrar {
@@ -90,12 +111,14 @@ impl Registrar {
         users: HashMap<String, Credentials>,
     ) -> Self {
         Self {
+            throttle: Throttle::new(cfg.throttle),
             cfg,
             auth,
             users,
             bindings: HashMap::new(),
             expiries: BinaryHeap::new(),
             events: Vec::new(),
+            bans: Vec::new(),
         }
     }
 
@@ -107,6 +130,34 @@ impl Registrar {
     /// Number of operators with at least one binding.
     pub fn registered(&self) -> usize {
         self.bindings.len()
+    }
+
+    /// Drains the bans started since the last call.
+    pub fn drain_bans(&mut self) -> std::vec::Drain<'_, BanStarted> {
+        self.bans.drain(..)
+    }
+
+    /// Bans in force: (user-from-address, whole address).
+    pub fn banned_counts(&self, now: Instant) -> (usize, usize) {
+        self.throttle.banned_counts(now)
+    }
+
+    /// Forgets idle failure counters (now and then).
+    pub fn sweep_throttle(&mut self, now: Instant) {
+        self.throttle.sweep(now);
+    }
+
+    /// Counts a failed authentication; records the bans it starts.
+    fn failed(&mut self, now: Instant, flow: Flow, user: &str) {
+        let address = flow.remote.ip();
+        for (scope, length) in self.throttle.failure(now, address, user) {
+            self.bans.push(BanStarted {
+                scope,
+                address,
+                user: user.to_owned(),
+                length,
+            });
+        }
     }
 
     /// Drains login/logout events.
@@ -149,6 +200,14 @@ impl Registrar {
             );
         };
         let aor_user = uri::user(to.uri).unwrap_or_default().to_owned();
+        if self.throttle.banned(now, flow.remote.ip(), &aor_user) {
+            // Refused unheard: the same 403 as a wrong password, so a ban
+            // tells a guesser nothing, and a right password fails too.
+            return (
+                req.response(403, "Forbidden", Some("reg")),
+                RegOutcome::Banned,
+            );
+        }
         let user = match self.verify(now, req) {
             Verdict::Ok(u) => u,
             v @ (Verdict::Challenge | Verdict::Stale) => {
@@ -156,6 +215,7 @@ impl Registrar {
                 return (self.challenge(now, req, stale), RegOutcome::Challenged);
             }
             Verdict::Refuse => {
+                self.failed(now, flow, &aor_user);
                 return (
                     req.response(403, "Forbidden", Some("reg")),
                     RegOutcome::Refused,
@@ -169,11 +229,13 @@ impl Registrar {
             }
         };
         if user != aor_user {
+            self.failed(now, flow, &aor_user);
             return (
                 req.response(403, "Forbidden", Some("reg")),
                 RegOutcome::Refused,
             );
         }
+        self.throttle.success(flow.remote.ip(), &user);
 
         let header_expires = req
             .header("Expires")
