@@ -18,6 +18,35 @@ fn beep(path: &Path) {
     std::fs::write(path, wav(&samples)).expect("write prompt");
 }
 
+/// What a desk's WebSocket pushed after its first event, checked in
+/// order (each sequence number the previous one's successor).
+#[derive(Default)]
+struct DeskLog {
+    events: Vec<serde_json::Value>,
+}
+
+impl DeskLog {
+    /// Reads events until one matches `done` (10 s at most).
+    fn until(
+        &mut self,
+        rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        loop {
+            let e = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("events so far: {:?}", self.events));
+            let seq = e["seq"].as_u64().expect("seq");
+            assert_eq!(seq, self.events.len() as u64 + 2, "{e}");
+            let stop = done(&e);
+            self.events.push(e);
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
 /// Operator 1003's own API token (role `agent`).
 const DESK_1003: &str = "desk-1003-token-0123456789";
 
@@ -239,11 +268,9 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         (200, "paused".into()),
         "{body}"
     );
-    node.wait_metric(
-        "centralino_queue_agents{queue=\"prenotazioni\",state=\"available\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    // The desktop sees it: its own state comes from the board.
+    let mut desk_log = DeskLog::default();
+    desk_log.until(&events, |e| e["event"] == "agent" && e["state"] == "paused");
     let (code, body) = state(r#"{"state": "available"}"#);
     assert_eq!(
         (code, common::json(&body)["state"].clone()),
@@ -276,32 +303,39 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     // Over: nothing on the desktop any more.
     let (code, _) = node.http("GET", "/api/v1/agents/1003/call", mine, None);
     assert_eq!(code, 404);
-    // The WebSocket pushed it all: offered (with the IVR's answers and
-    // the script), connected, idle, in order.
-    let pushed: Vec<serde_json::Value> = (0..3)
-        .map(|_| {
-            events
-                .recv_timeout(Duration::from_secs(5))
-                .expect("an event")
-        })
-        .collect();
-    let seen: Vec<(&str, u64)> = pushed
+    // The WebSocket pushed it all, in order (sequence numbers rising):
+    // the call offered (with the IVR's answers and the script), connected,
+    // idle; and, between them, the operator's own state from the board:
+    // available, paused for the break (reason manual), then on the call.
+    desk_log.until(&events, |e| e["event"] == "idle");
+    let calls: Vec<&serde_json::Value> = desk_log
+        .events
         .iter()
-        .map(|e| {
-            (
-                e["event"].as_str().unwrap_or(""),
-                e["seq"].as_u64().unwrap_or(0),
-            )
-        })
+        .filter(|e| e["event"] != "agent")
         .collect();
-    assert_eq!(seen, [("offered", 2), ("connected", 3), ("idle", 4)]);
-    for e in &pushed[..2] {
+    let seen: Vec<&str> = calls
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(seen, ["offered", "connected", "idle"]);
+    for e in &calls[..2] {
         assert_eq!(e["queue"], "prenotazioni");
         assert_eq!(e["flow"], "vaccini");
         assert_eq!(e["script"], "prenotazione");
         assert_eq!(e["variables"]["motivo"], "disabile");
         assert_eq!(e["call"], desk["call"]);
     }
+    let states: Vec<(&str, Option<&str>)> = desk_log
+        .events
+        .iter()
+        .filter(|e| e["event"] == "agent")
+        .map(|e| (e["state"].as_str().unwrap_or(""), e["reason"].as_str()))
+        .collect();
+    assert_eq!(
+        states[..2],
+        [("available", None), ("paused", Some("manual"))]
+    );
+    assert!(states.contains(&("on_call", None)), "{states:?}");
     assert_eq!(node.metric("centralino_desk_connections"), 1.0);
     // 1 (vaccines), 2 (English), 3 (fragile): "prenotazioni", English
     // speakers with vaccini >= 5 only: 1003.

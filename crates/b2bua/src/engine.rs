@@ -1374,6 +1374,22 @@ impl Engine {
         self.pump(now);
     }
 
+    /// The operators' shared state words and each operator's slot on it,
+    /// for readers on other threads (desktops).
+    pub fn board(
+        &self,
+    ) -> (
+        Arc<centralino_routing::board::Board>,
+        HashMap<String, usize>,
+    ) {
+        let slots = self
+            .agent_ids
+            .iter()
+            .map(|(name, id)| (name.clone(), id.0 as usize))
+            .collect();
+        (self.router.board(), slots)
+    }
+
     pub fn active_calls(&self) -> usize {
         self.calls.len()
     }

@@ -503,7 +503,17 @@ pub struct Api {
 /// the latest state wins, so a slow desktop sees the current call, never a
 /// backlog of stale ones, and the engine task never waits for a browser.
 #[derive(Clone, Default)]
-pub struct Desks(Arc<std::sync::Mutex<std::collections::HashMap<String, Desk>>>);
+pub struct Desks {
+    desks: Arc<std::sync::Mutex<std::collections::HashMap<String, Desk>>>,
+    /// The operators' state words (read lock-free) and each one's slot.
+    board: Arc<std::sync::OnceLock<BoardView>>,
+}
+
+/// The routing board and each operator's slot on it.
+type BoardView = (
+    Arc<centralino_routing::board::Board>,
+    std::collections::HashMap<String, usize>,
+);
 
 struct Desk {
     now: tokio::sync::watch::Sender<Option<AgentCall>>,
@@ -521,8 +531,29 @@ impl Desk {
 }
 
 impl Desks {
+    /// Where desktops read their operator's state (available, paused...).
+    pub fn set_board(
+        &self,
+        board: Arc<centralino_routing::board::Board>,
+        slots: std::collections::HashMap<String, usize>,
+    ) {
+        let _ = self.board.set((board, slots));
+    }
+
+    /// The operator's state now: its label and, paused, why.
+    fn agent_state(&self, agent: &str) -> Option<(&'static str, Option<&'static str>)> {
+        let (board, slots) = self.board.get()?;
+        let slot = board.load(*slots.get(agent)?);
+        let why = (slot.code == centralino_routing::Code::Paused).then_some(if slot.aux == 1 {
+            "no_answer"
+        } else {
+            "manual"
+        });
+        Some((slot.code.label(), why))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Desk>> {
-        self.0
+        self.desks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -1231,6 +1262,8 @@ async fn get_agent_call(
 
 /// Longest a desktop may take to accept one event before it is dropped.
 const DESK_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a desktop's operator state is read from the board.
+const DESK_STATE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Keep-alive towards desktops (and the proxies between).
 const DESK_PING: std::time::Duration = std::time::Duration::from_secs(30);
 /// Desktops only send control frames; anything larger is refused.
@@ -1268,11 +1301,12 @@ async fn agent_events(
             Ok(ws) => {
                 let rx = api.desks.watch(&name);
                 let gauge = api.metrics.desk_connections.clone();
+                let desks = api.desks.clone();
                 ws.max_message_size(DESK_MAX_MESSAGE)
                     .max_frame_size(DESK_MAX_MESSAGE)
                     .on_upgrade(move |socket| async move {
                         gauge.inc();
-                        desk_socket(socket, rx).await;
+                        desk_socket(socket, rx, desks, name).await;
                         gauge.dec();
                     })
             }
@@ -1285,54 +1319,72 @@ async fn agent_events(
 async fn desk_socket(
     mut socket: axum::extract::ws::WebSocket,
     mut rx: tokio::sync::watch::Receiver<Option<AgentCall>>,
+    desks: Desks,
+    agent: String,
 ) {
     use axum::extract::ws::Message;
     let mut seq = 0u64;
     let mut ping = tokio::time::interval(DESK_PING);
     ping.tick().await;
-    let mut state = rx.borrow_and_update().clone();
+    // The operator's own state is read from the board (lock-free) a few
+    // times a second and pushed when it changes.
+    let mut poll = tokio::time::interval(DESK_STATE_POLL);
+    let mut pending = vec![call_event(rx.borrow_and_update().as_ref())];
+    let mut shown_state = None;
     loop {
-        seq += 1;
-        let mut event = state.as_ref().map_or_else(
-            || json!({ "event": "idle" }),
-            |d| {
-                let mut v = desk_json(d);
-                v["event"] = json!(d.state.as_str());
-                v
-            },
-        );
-        event["seq"] = json!(seq);
-        let send = socket.send(Message::Text(event.to_string().into()));
-        if !matches!(
-            tokio::time::timeout(DESK_SEND_TIMEOUT, send).await,
-            Ok(Ok(()))
-        ) {
-            return;
+        for mut event in pending.drain(..) {
+            seq += 1;
+            event["seq"] = json!(seq);
+            let send = socket.send(Message::Text(event.to_string().into()));
+            if !matches!(
+                tokio::time::timeout(DESK_SEND_TIMEOUT, send).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
         }
-        loop {
-            tokio::select! {
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    state = rx.borrow_and_update().clone();
-                    break;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                msg = socket.recv() => match msg {
-                    // Pings are answered by the WebSocket layer; text from
-                    // a desktop means nothing here.
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                    Some(Ok(_)) => {}
-                },
-                _ = ping.tick() => {
-                    let send = socket.send(Message::Ping(Bytes::new()));
-                    if !matches!(tokio::time::timeout(DESK_SEND_TIMEOUT, send).await, Ok(Ok(()))) {
-                        return;
+                pending.push(call_event(rx.borrow_and_update().as_ref()));
+            }
+            _ = poll.tick() => {
+                let now = desks.agent_state(&agent);
+                if now.is_some() && now != shown_state {
+                    shown_state = now;
+                    if let Some((state, why)) = now {
+                        pending.push(json!({ "event": "agent", "state": state, "reason": why }));
                     }
+                }
+            }
+            msg = socket.recv() => match msg {
+                // Pings are answered by the WebSocket layer; text from a
+                // desktop means nothing here.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                let send = socket.send(Message::Ping(Bytes::new()));
+                if !matches!(tokio::time::timeout(DESK_SEND_TIMEOUT, send).await, Ok(Ok(()))) {
+                    return;
                 }
             }
         }
     }
+}
+
+/// A desk's call event: `offered`/`connected` with the call, or `idle`.
+fn call_event(d: Option<&AgentCall>) -> Value {
+    d.map_or_else(
+        || json!({ "event": "idle" }),
+        |d| {
+            let mut v = desk_json(d);
+            v["event"] = json!(d.state.as_str());
+            v
+        },
+    )
 }
 
 #[derive(Deserialize)]

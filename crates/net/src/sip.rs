@@ -344,6 +344,10 @@ impl SipServer {
             ));
         }
         drop(tx);
+        if let Some(d) = &desks {
+            let (board, slots) = engine.board();
+            d.set_board(board, slots);
+        }
         let engine_task =
             tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, records, desks));
         Ok(Self {
