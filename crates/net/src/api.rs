@@ -544,11 +544,8 @@ impl Desks {
     fn agent_state(&self, agent: &str) -> Option<(&'static str, Option<&'static str>)> {
         let (board, slots) = self.board.get()?;
         let slot = board.load(*slots.get(agent)?);
-        let why = (slot.code == centralino_routing::Code::Paused).then_some(if slot.aux == 1 {
-            "no_answer"
-        } else {
-            "manual"
-        });
+        let why = (slot.code == centralino_routing::Code::Paused)
+            .then(|| centralino_routing::PauseReason::from_aux(slot.aux).label());
         Some((slot.code.label(), why))
     }
 

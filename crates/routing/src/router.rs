@@ -182,6 +182,8 @@ pub enum PauseReason {
     NoAnswer,
     /// Logged in paused by configuration or by the operator.
     Manual,
+    /// Their phone went silent during a call (dead, off the network).
+    MediaLost,
 }
 
 impl PauseReason {
@@ -189,6 +191,25 @@ impl PauseReason {
         match self {
             Self::NoAnswer => 1,
             Self::Manual => 2,
+            Self::MediaLost => 3,
+        }
+    }
+
+    /// The reason stored in a board slot's aux byte.
+    pub fn from_aux(aux: u8) -> Self {
+        match aux {
+            1 => Self::NoAnswer,
+            3 => Self::MediaLost,
+            _ => Self::Manual,
+        }
+    }
+
+    /// A bounded label (desktops, logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoAnswer => "no_answer",
+            Self::Manual => "manual",
+            Self::MediaLost => "media_lost",
         }
     }
 }
@@ -1023,11 +1044,7 @@ impl Router {
         let to = match s.code {
             Code::LoggedOut => AgentState::LoggedOut,
             Code::Available => AgentState::Available,
-            Code::Paused => AgentState::Paused(if s.aux == 1 {
-                PauseReason::NoAnswer
-            } else {
-                PauseReason::Manual
-            }),
+            Code::Paused => AgentState::Paused(PauseReason::from_aux(s.aux)),
             // Only `Available → LoggedOut | Paused` is allowed from outside;
             // anything else is left to the router's own transitions.
             _ => return,
@@ -1694,7 +1711,7 @@ impl Router {
         if ag.logout_pending || (wrap.is_zero() && !pause) {
             self.make_available(t, a);
         } else if pause {
-            self.set(a, AgentState::Paused(PauseReason::Manual));
+            self.set(a, AgentState::Paused(PauseReason::MediaLost));
         } else {
             let epoch = ag.epoch;
             self.set(a, AgentState::WrapUp);
