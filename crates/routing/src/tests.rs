@@ -139,6 +139,30 @@ fn longest_idle_first_and_fifo() {
     assert_eq!(one(&mut r).call, CallId(3));
 }
 
+/// A call lost with the operator's phone: the operator is paused (reason
+/// on the board), not offered the next waiting call; resuming offers it.
+#[test]
+fn a_lost_call_pauses_its_operator_until_they_resume() {
+    let t0 = Instant::now();
+    let mut r = Router::new(t0, vec![info()], 1, plain(1));
+    let a = AgentId(0);
+    r.login(t0, a, false);
+    r.enqueue(t0, QueueId(0), CallId(1), &spec()).unwrap();
+    assert_eq!(one(&mut r).agent, a);
+    r.ringing(a, CallId(1));
+    r.answered(t0 + S, a, CallId(1));
+    r.enqueue(t0 + S, QueueId(0), CallId(2), &spec()).unwrap();
+    r.call_lost(t0 + 2 * S, a, CallId(1));
+    assert_eq!(r.agent(a).state, AgentState::Paused(PauseReason::MediaLost));
+    assert_eq!(
+        PauseReason::from_aux(r.board().load(0).aux),
+        PauseReason::MediaLost
+    );
+    assert!(offers(&mut r).is_empty(), "no call for a dead phone");
+    assert!(r.set_paused(t0 + 3 * S, a, false));
+    assert_eq!(one(&mut r).call, CallId(2));
+}
+
 #[test]
 fn no_answer_moves_on_and_pauses_after_max() {
     let t0 = Instant::now();
