@@ -50,6 +50,21 @@ enum Command {
         )]
         data_dir: PathBuf,
     },
+    /// Check the audit log of a store (who read or changed personal data):
+    /// every entry chained to the one before, none edited or removed. Exit
+    /// status 1 names the first broken entry.
+    Audit {
+        /// The store's directory (as given to `serve --data-dir`).
+        #[arg(
+            long = "data-dir",
+            env = "CENTRALINO_DATA_DIR",
+            default_value = "centralino-data"
+        )]
+        data_dir: PathBuf,
+        /// Also print the last N entries, newest first.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
     /// Validate a configuration file and list every problem with its key path.
     CheckConfig {
         /// The file to check.
@@ -92,10 +107,57 @@ enum Command {
     },
 }
 
+/// `centralino audit`: 0 intact, 1 broken, 2 cannot read.
+fn audit(data_dir: &std::path::Path, tail: Option<usize>) -> ExitCode {
+    let path = data_dir.join("centralino.db");
+    if !path.is_file() {
+        eprintln!("centralino: no store at {}", path.display());
+        return ExitCode::from(2);
+    }
+    let store = match centralino_store::Store::open(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("centralino: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(n) = tail {
+        match store.audit_tail(n) {
+            Ok(entries) => {
+                for e in entries {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        e.at, e.actor, e.action, e.target, e.status
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("centralino: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match store.verify_audit() {
+        Ok(Ok(n)) => {
+            println!("audit log intact: {n} entries");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(seq)) => {
+            println!("audit log BROKEN at entry {seq}: edited, removed or forged from there on");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("centralino: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Audit { data_dir, tail } => audit(&data_dir, tail),
         Command::Simulate {
             config,
             replay,

@@ -249,6 +249,40 @@ fn tokens_reach_only_what_their_role_is_for() {
     assert!(
         node.metric("centralino_api_requests_total{code=\"403\",route=\"agent_events\"}") >= 1.0
     );
+    // The audit log names who did what, by token name (never the token),
+    // refusals included; anonymous requests are not in it. `centralino
+    // audit` checks the chain while the node runs.
+    let audit = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .args(["audit", "--tail", "100", "--data-dir"])
+            .arg(scratch.path("data"))
+            .output()
+            .expect("centralino audit");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let start = std::time::Instant::now();
+    let (code, text) = loop {
+        let (code, text) = audit();
+        if text.contains("desk-1001\tagent_events\t1001\t101") {
+            break (code, text);
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "{text}");
+    for want in [
+        "form\tcallbacks_list\t\t200",
+        "form\tagent_call\t",
+        "desk-1001\tagent_state\t1001\t409",
+        "web\tagent_state\t9999\t404",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+    assert!(text.contains("audit log intact"), "{text}");
+    assert!(!text.contains(TOKEN) && !text.contains("token-0123456789"));
 }
 
 #[test]

@@ -460,6 +460,39 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         Some(r#"{"answers": {"dose": "no"}}"#),
     );
     assert_eq!(code, 404);
+    // The audit log: operator 1003's desktop read this call's data once
+    // by polling and once over the WebSocket (however often it polled),
+    // and saved the answers.
+    let start = std::time::Instant::now();
+    loop {
+        let log: Vec<(String, String, String, u16)> = store
+            .audit_tail(100)
+            .expect("audit")
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.target, e.status))
+            .collect();
+        let count = |action: &str, status: u16| {
+            log.iter()
+                .filter(|(who, what, target, st)| {
+                    who == "desk-1003" && what == action && *target == cdr.id && *st == status
+                })
+                .count()
+        };
+        if count("calls_answers", 403) == 1 {
+            assert_eq!(count("agent_call", 200), 1, "{log:?}");
+            assert_eq!(count("agent_events_call", 200), 1, "{log:?}");
+            assert_eq!(count("calls_answers", 201), 1, "{log:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{log:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(store.verify_audit().expect("verify"), Ok(log_len(&store)));
+}
+
+/// Entries in the node's audit log.
+fn log_len(store: &centralino_store::Store) -> u64 {
+    store.audit_tail(1000).expect("audit").len() as u64
 }
 
 #[test]

@@ -38,6 +38,8 @@ enum StoreReq {
     Records(Vec<centralino_store::Record>),
     /// Answered once everything sent before it is written.
     Flush(oneshot::Sender<()>),
+    /// Who read or changed personal data (batched, chained).
+    Audit(centralino_store::AuditEntry),
     Claim(i64, usize, Vec<String>, Reply<Vec<Callback>>),
     MarkDialed(String, i64, Reply<bool>),
     Finish(String, Status, &'static str, i64),
@@ -61,6 +63,24 @@ enum StoreReq {
 /// The store's thread.
 #[derive(Clone)]
 struct StoreHandle(Sender<StoreReq>);
+
+/// Most audit entries written in one transaction.
+const AUDIT_BATCH: usize = 256;
+
+fn write_audit(
+    store: &mut Store,
+    audit: &mut Vec<centralino_store::AuditEntry>,
+    metrics: &Metrics,
+) {
+    if audit.is_empty() {
+        return;
+    }
+    if let Err(e) = store.audit(audit) {
+        metrics.store_errors.inc();
+        warn!(error = %e, entries = audit.len(), "audit entries not written");
+    }
+    audit.clear();
+}
 
 impl StoreHandle {
     fn start(
@@ -123,6 +143,7 @@ impl StoreHandle {
                     }
                 };
                 let mut next_retention = std::time::Instant::now();
+                let mut audit: Vec<centralino_store::AuditEntry> = Vec::new();
                 loop {
                     if std::time::Instant::now() >= next_retention {
                         // Hourly: numbers older than the retention period
@@ -134,12 +155,33 @@ impl StoreHandle {
                         }
                         next_retention += std::time::Duration::from_secs(3600);
                     }
-                    let req = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-                        Ok(r) => r,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    // Audit entries are written in batches (one fsync for
+                    // many) as soon as no request is waiting.
+                    let req = if audit.is_empty() {
+                        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                            Ok(r) => r,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.try_recv() {
+                            Ok(r) => r,
+                            Err(e) => {
+                                write_audit(&mut store, &mut audit, &metrics);
+                                if e == std::sync::mpsc::TryRecvError::Disconnected {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
                     };
                     match req {
+                        StoreReq::Audit(e) => {
+                            audit.push(e);
+                            if audit.len() >= AUDIT_BATCH {
+                                write_audit(&mut store, &mut audit, &metrics);
+                            }
+                        }
                         StoreReq::Answers(call, agent, answers, now, r) => {
                             let _ = r.send(
                                 store
@@ -173,6 +215,7 @@ impl StoreHandle {
                             }
                         }
                         StoreReq::Flush(done) => {
+                            write_audit(&mut store, &mut audit, &metrics);
                             let _ = done.send(());
                         }
                         StoreReq::Records(batch) => {
@@ -505,6 +548,8 @@ pub struct Api {
 #[derive(Clone, Default)]
 pub struct Desks {
     desks: Arc<std::sync::Mutex<std::collections::HashMap<String, Desk>>>,
+    /// (reader, call) pairs already in the audit log (bounded).
+    read: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
     /// The operators' state words (read lock-free) and each one's slot.
     board: Arc<std::sync::OnceLock<BoardView>>,
 }
@@ -577,6 +622,19 @@ impl Desks {
             .or_insert_with(Desk::new)
             .now
             .subscribe()
+    }
+
+    /// Whether `reader` reads `call` for the first time (recently: the set
+    /// is forgotten past 10,000 pairs, at worst auditing a read twice).
+    fn first_read(&self, reader: &str, call: &str) -> bool {
+        let mut read = self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if read.len() >= 10_000 {
+            read.clear();
+        }
+        read.insert((reader.to_owned(), call.to_owned()))
     }
 
     /// Whether `call` is `agent`'s current or last call.
@@ -696,6 +754,42 @@ impl Api {
             .with_label_values(&[route, code.as_str()])
             .inc();
     }
+
+    /// Counts the request and writes who did it to the audit log (only
+    /// requests with a known token: anonymous ones are only counted, so a
+    /// flood cannot fill the disk). `target` is the record's id, never a
+    /// phone number.
+    fn done(&self, route: &str, token: Option<&str>, target: &str, code: StatusCode) {
+        self.count(route, code);
+        if let Some(actor) = token.and_then(|t| self.token_name(t)) {
+            self.audit_as(&actor, route, target, code);
+        }
+    }
+
+    /// An audit entry for a known actor (a token's name).
+    fn audit_as(&self, actor: &str, action: &str, target: &str, code: StatusCode) {
+        let _ = self
+            .store
+            .0
+            .send(StoreReq::Audit(centralino_store::AuditEntry {
+                at: unix_now_ms(),
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                target: truncate(target),
+                status: code.as_u16(),
+            }));
+    }
+
+    /// The name of the token presented (compared in constant time).
+    fn token_name(&self, token: &str) -> Option<String> {
+        let mut found = None;
+        for t in self.tokens.iter() {
+            if same(t.token.as_bytes(), token.as_bytes()) {
+                found = Some(t.name.clone());
+            }
+        }
+        found
+    }
 }
 
 fn error(code: StatusCode, message: &str) -> Response {
@@ -804,6 +898,12 @@ fn authorize_token<'a>(
             },
         )))
     }
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn unix_now() -> i64 {
@@ -993,7 +1093,7 @@ fn random_id() -> String {
 
 async fn create_callback(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
     let r = create(&api, &headers, &body).await;
-    api.count("callbacks_create", r.status());
+    api.done("callbacks_create", bearer(&headers), "", r.status());
     r
 }
 
@@ -1072,6 +1172,7 @@ async fn get_callback(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
+    let target = id.clone();
     let r = match authorize(&api, &headers, Need::Callbacks) {
         Err(r) => *r,
         Ok(_) => match api.store.ask(|r| StoreReq::Get(id, r)).await {
@@ -1080,7 +1181,7 @@ async fn get_callback(
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
         },
     };
-    api.count("callbacks_get", r.status());
+    api.done("callbacks_get", bearer(&headers), &target, r.status());
     r
 }
 
@@ -1090,7 +1191,7 @@ async fn list_callbacks(
     RawQuery(query): RawQuery,
 ) -> Response {
     let r = list(&api, &headers, query.as_deref()).await;
-    api.count("callbacks_list", r.status());
+    api.done("callbacks_list", bearer(&headers), "", r.status());
     r
 }
 
@@ -1158,8 +1259,8 @@ async fn patch_callback(
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    let r = patch(&api, &headers, id, &body).await;
-    api.count("callbacks_patch", r.status());
+    let r = patch(&api, &headers, id.clone(), &body).await;
+    api.done("callbacks_patch", bearer(&headers), &id, r.status());
     r
 }
 
@@ -1204,6 +1305,7 @@ async fn delete_callback(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
+    let target = id.clone();
     let r = match authorize(&api, &headers, Need::Callbacks) {
         Err(r) => *r,
         Ok(_) => {
@@ -1218,7 +1320,7 @@ async fn delete_callback(
             edited(&api, e)
         }
     };
-    api.count("callbacks_delete", r.status());
+    api.done("callbacks_delete", bearer(&headers), &target, r.status());
     r
 }
 
@@ -1248,11 +1350,22 @@ async fn get_agent_call(
 ) -> Response {
     let r = match authorize(&api, &headers, Need::Desk(&name)) {
         Err(r) => *r,
-        Ok(_) => match api.desks.current(&name) {
+        Ok(t) => match api.desks.current(&name) {
             None => error(StatusCode::NOT_FOUND, "no call for this operator now"),
-            Some(d) => ok(StatusCode::OK, &desk_json(&d)),
+            Some(d) => {
+                // Desktops poll: each (reader, call) is audited once.
+                if api.desks.first_read(&t.name, &d.call) {
+                    api.audit_as(&t.name, "agent_call", &d.call, StatusCode::OK);
+                }
+                ok(StatusCode::OK, &desk_json(&d))
+            }
         },
     };
+    if r.status() == StatusCode::FORBIDDEN {
+        // Someone tried another operator's desk: that is in the log.
+        api.done("agent_call", bearer(&headers), &name, r.status());
+        return r;
+    }
     api.count("agent_call", r.status());
     r
 }
@@ -1287,10 +1400,11 @@ async fn agent_events(
             .map(str::to_owned)
     });
     let token = bearer(&headers).or(from_query.as_deref());
+    let target = name.clone();
     let r = match authorize_token(&api, token, Need::Desk(&name)) {
         Err(r) => *r,
         Ok(_) if !api.agents.contains(&name) => error(StatusCode::NOT_FOUND, "no such operator"),
-        Ok(_) => match upgrade {
+        Ok(t) => match upgrade {
             Err(e) => error(
                 StatusCode::UPGRADE_REQUIRED,
                 &format!("a WebSocket upgrade is needed here ({e})"),
@@ -1298,27 +1412,39 @@ async fn agent_events(
             Ok(ws) => {
                 let rx = api.desks.watch(&name);
                 let gauge = api.metrics.desk_connections.clone();
-                let desks = api.desks.clone();
+                let (api2, actor) = (api.clone(), t.name.clone());
                 ws.max_message_size(DESK_MAX_MESSAGE)
                     .max_frame_size(DESK_MAX_MESSAGE)
                     .on_upgrade(move |socket| async move {
                         gauge.inc();
-                        desk_socket(socket, rx, desks, name).await;
+                        desk_socket(socket, rx, api2, name, actor).await;
                         gauge.dec();
                     })
             }
         },
     };
-    api.count("agent_events", r.status());
+    api.done("agent_events", token, &target, r.status());
     r
 }
 
 async fn desk_socket(
     mut socket: axum::extract::ws::WebSocket,
     mut rx: tokio::sync::watch::Receiver<Option<AgentCall>>,
-    desks: Desks,
+    api: Api,
     agent: String,
+    actor: String,
 ) {
+    let desks = api.desks.clone();
+    // Each call whose data this desktop receives is in the audit log once.
+    let mut audited: Option<String> = None;
+    let mut audit = |d: Option<&AgentCall>| {
+        if let Some(d) = d
+            && audited.as_deref() != Some(d.call.as_str())
+        {
+            audited = Some(d.call.clone());
+            api.audit_as(&actor, "agent_events_call", &d.call, StatusCode::OK);
+        }
+    };
     use axum::extract::ws::Message;
     let mut seq = 0u64;
     let mut ping = tokio::time::interval(DESK_PING);
@@ -1326,7 +1452,9 @@ async fn desk_socket(
     // The operator's own state is read from the board (lock-free) a few
     // times a second and pushed when it changes.
     let mut poll = tokio::time::interval(DESK_STATE_POLL);
-    let mut pending = vec![call_event(rx.borrow_and_update().as_ref())];
+    let first = rx.borrow_and_update().clone();
+    audit(first.as_ref());
+    let mut pending = vec![call_event(first.as_ref())];
     let mut shown_state = None;
     loop {
         for mut event in pending.drain(..) {
@@ -1345,7 +1473,9 @@ async fn desk_socket(
                 if changed.is_err() {
                     return;
                 }
-                pending.push(call_event(rx.borrow_and_update().as_ref()));
+                let now = rx.borrow_and_update().clone();
+                audit(now.as_ref());
+                pending.push(call_event(now.as_ref()));
             }
             _ = poll.tick() => {
                 let now = desks.agent_state(&agent);
@@ -1397,8 +1527,8 @@ async fn agent_state(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    let r = set_state(&api, &headers, name, &body).await;
-    api.count("agent_state", r.status());
+    let r = set_state(&api, &headers, name.clone(), &body).await;
+    api.done("agent_state", bearer(&headers), &name, r.status());
     r
 }
 
@@ -1448,7 +1578,7 @@ async fn set_state(api: &Api, headers: &HeaderMap, name: String, body: &Bytes) -
 
 async fn reload_config(State(api): State<Api>, headers: HeaderMap) -> Response {
     let r = reload(&api, &headers).await;
-    api.count("config_reload", r.status());
+    api.done("config_reload", bearer(&headers), "", r.status());
     r
 }
 
@@ -1519,8 +1649,8 @@ async fn post_answers(
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    let r = answers(&api, &headers, id, &body).await;
-    api.count("calls_answers", r.status());
+    let r = answers(&api, &headers, id.clone(), &body).await;
+    api.done("calls_answers", bearer(&headers), &id, r.status());
     r
 }
 

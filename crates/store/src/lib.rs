@@ -91,7 +91,61 @@ const MIGRATIONS: &[&str] = &[
     // share the queue log, with an empty call and queue.
     "ALTER TABLE queue_log ADD COLUMN reason TEXT;
     CREATE INDEX queue_log_agent ON queue_log (agent, seq) WHERE call = '';",
+    // 7: who read or changed what (health data: the Garante's access log).
+    // Append-only by triggers, and each row chained to the previous one by
+    // a SHA-256 hash, so an edit made by going around the triggers shows.
+    "CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
 ];
+
+/// One access to personal data, for the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Unix milliseconds.
+    pub at: i64,
+    /// Who: the API token's name (never the token).
+    pub actor: String,
+    /// What: the API route (e.g. `callbacks_get`).
+    pub action: String,
+    /// Which record: a callback, call or operator id (never a number).
+    pub target: String,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+/// The hash chaining an audit row to the one before it.
+fn audit_hash(prev: &str, seq: i64, e: &AuditEntry) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    // Lengths first: no two different rows can hash the same text.
+    for field in [
+        prev,
+        &seq.to_string(),
+        &e.at.to_string(),
+        &e.actor,
+        &e.action,
+        &e.target,
+        &e.status.to_string(),
+    ] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The chain's start.
+const AUDIT_GENESIS: &str = "centralino-audit-v1";
 
 /// A notification waiting to be sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -592,6 +646,75 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Appends entries to the audit log, each chained to the last.
+    pub fn audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let (mut seq, mut prev): (i64, String) = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, AUDIT_GENESIS.to_owned()));
+        for e in entries {
+            seq += 1;
+            let hash = audit_hash(&prev, seq, e);
+            tx.execute(
+                "INSERT INTO audit (seq, at, actor, action, target, status, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![seq, e.at, e.actor, e.action, e.target, e.status, hash],
+            )?;
+            prev = hash;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Checks the whole audit chain: the number of rows, or the first row
+    /// whose hash (or sequence) does not follow from the one before.
+    pub fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, at, actor, action, target, status, hash FROM audit ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        let (mut prev, mut expect, mut n) = (AUDIT_GENESIS.to_owned(), 1i64, 0u64);
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            let e = AuditEntry {
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                status: r.get(5)?,
+            };
+            let hash: String = r.get(6)?;
+            if seq != expect || audit_hash(&prev, seq, &e) != hash {
+                return Ok(Err(seq));
+            }
+            prev = hash;
+            expect += 1;
+            n += 1;
+        }
+        Ok(Ok(n))
+    }
+
+    /// The audit log's last `limit` entries, newest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at, actor, action, target, status FROM audit ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit.min(MAX_LIST) as i64], |r| {
+            Ok(AuditEntry {
+                at: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                status: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// An operator's own events, in order: (event, reason).
     pub fn agent_events(&self, agent: &str) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -908,6 +1031,56 @@ mod tests {
             Store::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn the_audit_log_is_append_only_and_a_forged_row_breaks_the_chain() {
+        let path = temp("audit");
+        let mut s = Store::open(&path).unwrap();
+        let e = |actor: &str, action: &str, target: &str| AuditEntry {
+            at: 1_000,
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            status: 200,
+        };
+        s.audit(&[
+            e("web", "callbacks_create", "cb1"),
+            e("desk-1003", "agent_call", "1003"),
+        ])
+        .unwrap();
+        s.audit(&[e("ops", "callbacks_list", "")]).unwrap();
+        assert_eq!(s.verify_audit().unwrap(), Ok(3));
+        assert_eq!(s.audit_tail(1).unwrap(), [e("ops", "callbacks_list", "")]);
+        // The triggers refuse edits and deletions.
+        assert!(
+            s.conn
+                .execute("UPDATE audit SET actor = 'x' WHERE seq = 2", [])
+                .is_err()
+        );
+        assert!(
+            s.conn
+                .execute("DELETE FROM audit WHERE seq = 3", [])
+                .is_err()
+        );
+        // Someone with the file drops the trigger and rewrites a row: the
+        // chain says where.
+        s.conn
+            .execute_batch(
+                "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'nobody' WHERE seq = 2;",
+            )
+            .unwrap();
+        assert_eq!(s.verify_audit().unwrap(), Err(2));
+        drop(s);
+        // A deleted row shows too.
+        let path = temp("audit-gap");
+        let mut s = Store::open(&path).unwrap();
+        s.audit(&[e("a", "x", "1"), e("a", "x", "2"), e("a", "x", "3")])
+            .unwrap();
+        s.conn
+            .execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 2;")
+            .unwrap();
+        assert_eq!(s.verify_audit().unwrap(), Err(3));
     }
 
     #[test]
