@@ -88,6 +88,9 @@ pub enum Output {
         /// The call, while offered or connected.
         info: Option<AgentCall>,
     },
+    /// The queues as a supervisor sees them (at most once a second, after
+    /// activity).
+    Queues(Vec<QueueView>),
     /// A callback moved on: record it in the store.
     CallbackState {
         /// The callback's id in the store.
@@ -95,6 +98,25 @@ pub enum Output {
         /// What happened.
         state: CallbackState,
     },
+}
+
+/// One queue for the supervisor's view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueView {
+    /// Queue name.
+    pub name: String,
+    /// The tenant (firm) it belongs to.
+    pub tenant: String,
+    /// Calls not yet answered (waiting or ringing an operator).
+    pub waiting: u32,
+    /// Wall clock (Unix ms) the oldest of them entered, if any: readers
+    /// compute its wait at read time.
+    pub oldest_since_ms: Option<i64>,
+    /// Expected wait of a call arriving now, seconds.
+    pub expected_wait_seconds: u64,
+    /// Operators reached by its first ring: available, busy, paused,
+    /// logged out.
+    pub agents: [(&'static str, u32); 4],
 }
 
 /// Where the operator is with the call on their desktop.
@@ -343,6 +365,9 @@ enum Vhold {
     Enter(String, u8),
 }
 
+/// Supervisor views are published at most this often.
+const VIEWS_PERIOD: Duration = Duration::from_secs(1);
+
 /// How often idle authentication-failure counters are dropped.
 const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
 
@@ -504,6 +529,10 @@ pub struct Engine {
     whispers: Vec<(Vec<String>, Option<Vec<String>>)>,
     /// The built-in signal of a callback to the operator.
     callback_tone: Prompt,
+    /// Per queue: its tenant's name (supervisor views).
+    queue_tenants: Vec<String>,
+    /// When the supervisor views were last published.
+    views_at: Option<Instant>,
     /// Per queue: virtual hold confirms the number first.
     callback_number: Vec<Option<centralino_config::CallbackNumber>>,
     calls: HashMap<CallId, Call>,
@@ -679,6 +708,12 @@ impl Engine {
                 .map(|q| (q.whisper.clone(), q.callback_whisper.clone()))
                 .collect(),
             callback_tone: announce::callback_tone(Law::Alaw),
+            queue_tenants: config
+                .queues
+                .iter()
+                .map(|q| config.tenants.get(q.tenant).cloned().unwrap_or_default())
+                .collect(),
+            views_at: None,
             callback_number: config
                 .queues
                 .iter()
@@ -1374,6 +1409,26 @@ impl Engine {
         self.pump(now);
     }
 
+    /// Every queue as a supervisor sees it now.
+    pub fn queue_views(&mut self, now: Instant) -> Vec<QueueView> {
+        let wall_now = self.unix_ms_at(now);
+        let mut views = Vec::with_capacity(self.queue_gauges.len());
+        for i in 0..self.queue_gauges.len() {
+            let q = QueueId(i as u32);
+            let (waiting, first) = self.router.waiting(q);
+            views.push(QueueView {
+                name: self.router.queue(q).name.clone(),
+                tenant: self.queue_tenants.get(i).cloned().unwrap_or_default(),
+                waiting: waiting as u32,
+                oldest_since_ms: first
+                    .map(|t| wall_now - now.saturating_duration_since(t).as_millis() as i64),
+                expected_wait_seconds: self.router.queue_estimate(q).map_or(0, |d| d.as_secs()),
+                agents: self.router.queue_agents(q).labelled(),
+            });
+        }
+        views
+    }
+
     /// The operators' shared state words and each operator's slot on it,
     /// for readers on other threads (desktops).
     pub fn board(
@@ -1748,9 +1803,8 @@ impl Engine {
         // Gauges are sampled, not updated per message: with hundreds of
         // queues and tenants a refresh is thousands of atomic stores, which
         // would cost more than the call itself at thousands of calls/s.
-        if self.gauges_due.is_none() {
-            self.gauges_due = Some(now + GAUGE_PERIOD);
-        }
+        let soon = now + GAUGE_PERIOD;
+        self.gauges_due = Some(self.gauges_due.map_or(soon, |d| d.min(soon)));
     }
 
     fn drain_txn(&mut self, now: Instant) {
@@ -1771,6 +1825,18 @@ impl Engine {
     /// every `GAUGE_PERIOD` after activity; tests call it directly).
     pub fn refresh_gauges(&mut self, now: Instant) {
         self.gauges_due = None;
+        match self.views_at {
+            Some(t) if now.saturating_duration_since(t) < VIEWS_PERIOD => {
+                // Published less than a second ago: once more when the
+                // second is over, so the last change is never left out.
+                self.gauges_due = Some(t + VIEWS_PERIOD);
+            }
+            _ => {
+                self.views_at = Some(now);
+                let views = self.queue_views(now);
+                self.out.push_back(Output::Queues(views));
+            }
+        }
         for (i, (calls, oldest, agents, ewt)) in self.queue_gauges.iter().enumerate() {
             ewt.set(
                 self.router

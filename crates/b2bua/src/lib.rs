@@ -10,6 +10,6 @@ pub mod media;
 pub mod metrics;
 
 pub use engine::{
-    AgentCall, AgentStateError, CallbackState, DeskState, DueCallback, Engine, Output,
+    AgentCall, AgentStateError, CallbackState, DeskState, DueCallback, Engine, Output, QueueView,
 };
 pub use metrics::Metrics;

@@ -219,6 +219,8 @@ struct RawToken {
     role: String,
     #[serde(default)]
     agent: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -712,6 +714,9 @@ pub enum Role {
     /// One operator's desktop: their own call and events, scripts, the
     /// answers of their own calls.
     Agent,
+    /// A supervisor's view: queues and operators' states (of one tenant
+    /// when `tenant` is set).
+    Supervisor,
 }
 
 /// A bearer token of the HTTP API.
@@ -725,6 +730,8 @@ pub struct ApiToken {
     pub role: Role,
     /// The operator an `agent` token belongs to.
     pub agent: Option<String>,
+    /// The tenant a `supervisor` token sees (all when `None`).
+    pub tenant: Option<String>,
 }
 
 /// How a leg learns its peer's real RTP address.
@@ -1849,10 +1856,11 @@ impl Config {
                 "admin" => Role::Admin,
                 "callbacks" => Role::Callbacks,
                 "agent" => Role::Agent,
+                "supervisor" => Role::Supervisor,
                 other => {
                     p.add(
                         format!("{path}.role"),
-                        format!("unknown role {other:?} (admin, callbacks, agent)"),
+                        format!("unknown role {other:?} (admin, callbacks, agent, supervisor)"),
                     );
                     Role::Admin
                 }
@@ -1864,16 +1872,26 @@ impl Config {
                 (Role::Agent, Some(a)) if !raw.agents.iter().any(|r| &r.username == a) => {
                     p.add(format!("{path}.agent"), format!("unknown operator {a:?}"));
                 }
-                (Role::Admin | Role::Callbacks, Some(_)) => {
+                (Role::Admin | Role::Callbacks | Role::Supervisor, Some(_)) => {
                     p.add(format!("{path}.agent"), "only for role \"agent\"");
                 }
                 _ => {}
+            }
+            match (role, &t.tenant) {
+                (Role::Supervisor, Some(tn)) if !raw.tenants.iter().any(|r| &r.name == tn) => {
+                    p.add(format!("{path}.tenant"), format!("unknown tenant {tn:?}"));
+                }
+                (Role::Supervisor, _) | (_, None) => {}
+                (_, Some(_)) => {
+                    p.add(format!("{path}.tenant"), "only for role \"supervisor\"");
+                }
             }
             api_tokens.push(ApiToken {
                 name: t.name.clone(),
                 token: t.token.clone(),
                 role,
                 agent: t.agent.clone(),
+                tenant: t.tenant.clone(),
             });
         }
         if media.recordings_dir.is_none() {
@@ -2348,6 +2366,11 @@ record = true
                 "{base}[[api.tokens]]\nname = \"t\"\ntoken = \"token-0123456789abcdef\"\nrole = \"{role}\"\n{agent}"
             )
         };
+        let c = Config::from_toml(&token("supervisor", "tenant = \"d\"\n")).unwrap();
+        assert_eq!(
+            (c.api_tokens[0].role, c.api_tokens[0].tenant.as_deref()),
+            (Role::Supervisor, Some("d"))
+        );
         let c = Config::from_toml(&token("agent", "agent = \"1001\"\n")).unwrap();
         assert_eq!(c.api_tokens[0].role, Role::Agent);
         assert_eq!(c.api_tokens[0].agent.as_deref(), Some("1001"));
@@ -2367,6 +2390,14 @@ record = true
             (
                 token("boss", ""),
                 "api.tokens[0].role: unknown role \"boss\"",
+            ),
+            (
+                token("supervisor", "tenant = \"nessuno\"\n"),
+                "api.tokens[0].tenant: unknown tenant \"nessuno\"",
+            ),
+            (
+                token("agent", "agent = \"1001\"\ntenant = \"d\"\n"),
+                "api.tokens[0].tenant: only for role \"supervisor\"",
             ),
         ] {
             let ConfigError::Invalid(problems) = Config::from_toml(&toml).unwrap_err() else {

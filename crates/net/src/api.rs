@@ -18,7 +18,7 @@ use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use centralino_b2bua::{AgentCall, Metrics};
+use centralino_b2bua::{AgentCall, Metrics, QueueView};
 use centralino_config::{ApiToken, Config};
 use centralino_flows::calendar::{civil_from_days, days_from_civil};
 use centralino_routing::{Catalog, Requirement};
@@ -538,6 +538,8 @@ pub struct Api {
     desks: Desks,
     /// Configured operators (desks exist only for them).
     agents: Arc<HashSet<String>>,
+    /// Each operator's tenant (supervisor views are per tenant).
+    agent_tenants: Arc<Vec<(String, String)>>,
     metrics: Metrics,
 }
 
@@ -550,6 +552,8 @@ pub struct Desks {
     desks: Arc<std::sync::Mutex<std::collections::HashMap<String, Desk>>>,
     /// (reader, call) pairs already in the audit log (bounded).
     read: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+    /// The queues as supervisors see them, published by the engine task.
+    queues: Arc<tokio::sync::watch::Sender<Arc<Vec<QueueView>>>>,
     /// The operators' state words (read lock-free) and each one's slot.
     board: Arc<std::sync::OnceLock<BoardView>>,
 }
@@ -576,6 +580,11 @@ impl Desk {
 }
 
 impl Desks {
+    /// The engine's latest queue views.
+    pub fn set_queues(&self, views: Vec<QueueView>) {
+        self.queues.send_replace(Arc::new(views));
+    }
+
     /// Where desktops read their operator's state (available, paused...).
     pub fn set_board(
         &self,
@@ -701,6 +710,16 @@ impl Api {
             reload: ReloadSlot::default(),
             desks: Desks::default(),
             agents: Arc::new(config.agents.iter().map(|a| a.username.clone()).collect()),
+            agent_tenants: Arc::new(
+                config
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        let tenant = config.tenants.get(a.tenant).cloned().unwrap_or_default();
+                        (a.username.clone(), tenant)
+                    })
+                    .collect(),
+            ),
             metrics,
         })
     }
@@ -740,6 +759,9 @@ impl Api {
                 "/api/v1/agents/{name}/state",
                 axum::routing::post(agent_state),
             )
+            .route("/api/v1/queues", get(get_queues))
+            .route("/api/v1/queues/events", get(queue_events))
+            .route("/api/v1/agents", get(get_agents))
             .route("/api/v1/config/reload", axum::routing::post(reload_config))
             .route(
                 "/api/v1/calls/{id}/answers",
@@ -830,6 +852,8 @@ enum Need<'a> {
     Desk(&'a str),
     /// Operator work (scripts, answers): admin and operator tokens.
     Operator,
+    /// Queue and operator views: admin and supervisor tokens.
+    Supervisor,
     /// Configuration: admin only.
     Admin,
 }
@@ -879,9 +903,10 @@ fn authorize_token<'a>(
         return Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")));
     };
     let allowed = match (t.role, need) {
-        (Role::Admin, _) | (Role::Callbacks, Need::Callbacks) | (Role::Agent, Need::Operator) => {
-            true
-        }
+        (Role::Admin, _)
+        | (Role::Callbacks, Need::Callbacks)
+        | (Role::Agent, Need::Operator)
+        | (Role::Supervisor, Need::Supervisor) => true,
         (Role::Agent, Need::Desk(name)) => t.agent.as_deref() == Some(name),
         _ => false,
     };
@@ -1389,26 +1414,16 @@ async fn agent_events(
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
     RawQuery(query): RawQuery,
-    upgrade: Result<
-        axum::extract::ws::WebSocketUpgrade,
-        axum::extract::ws::rejection::WebSocketUpgradeRejection,
-    >,
+    upgrade: Upgrade,
 ) -> Response {
-    let from_query = query.as_deref().and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("access_token="))
-            .map(str::to_owned)
-    });
+    let from_query = query_token(query.as_deref());
     let token = bearer(&headers).or(from_query.as_deref());
     let target = name.clone();
     let r = match authorize_token(&api, token, Need::Desk(&name)) {
         Err(r) => *r,
         Ok(_) if !api.agents.contains(&name) => error(StatusCode::NOT_FOUND, "no such operator"),
         Ok(t) => match upgrade {
-            Err(e) => error(
-                StatusCode::UPGRADE_REQUIRED,
-                &format!("a WebSocket upgrade is needed here ({e})"),
-            ),
+            Err(e) => upgrade_required(&e),
             Ok(ws) => {
                 let rx = api.desks.watch(&name);
                 let gauge = api.metrics.desk_connections.clone();
@@ -1457,14 +1472,8 @@ async fn desk_socket(
     let mut pending = vec![call_event(first.as_ref())];
     let mut shown_state = None;
     loop {
-        for mut event in pending.drain(..) {
-            seq += 1;
-            event["seq"] = json!(seq);
-            let send = socket.send(Message::Text(event.to_string().into()));
-            if !matches!(
-                tokio::time::timeout(DESK_SEND_TIMEOUT, send).await,
-                Ok(Ok(()))
-            ) {
+        for event in pending.drain(..) {
+            if !send_seq(&mut socket, &mut seq, event).await {
                 return;
             }
         }
@@ -1493,8 +1502,7 @@ async fn desk_socket(
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
-                let send = socket.send(Message::Ping(Bytes::new()));
-                if !matches!(tokio::time::timeout(DESK_SEND_TIMEOUT, send).await, Ok(Ok(()))) {
+                if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
                     return;
                 }
             }
@@ -1512,6 +1520,185 @@ fn call_event(d: Option<&AgentCall>) -> Value {
             v
         },
     )
+}
+
+/// What a supervisor sees of the queues: their tenant's only when the
+/// token names one.
+fn queues_json(views: &[QueueView], tenant: Option<&str>) -> Value {
+    let now = unix_now_ms();
+    let queues: Vec<Value> = views
+        .iter()
+        .filter(|q| tenant.is_none_or(|t| q.tenant == t))
+        .map(|q| {
+            let agents: serde_json::Map<String, Value> = q
+                .agents
+                .iter()
+                .map(|(label, n)| ((*label).to_owned(), json!(n)))
+                .collect();
+            json!({
+                "name": q.name,
+                "tenant": q.tenant,
+                "waiting": q.waiting,
+                "oldest_wait_seconds": q.oldest_since_ms.map_or(0, |t| (now - t).max(0) / 1000),
+                "expected_wait_seconds": q.expected_wait_seconds,
+                "agents": agents,
+            })
+        })
+        .collect();
+    json!({ "queues": queues })
+}
+
+/// `GET /api/v1/queues`: each queue's waiting calls, oldest wait, expected
+/// wait and operators by state (supervisor and admin tokens; a supervisor
+/// token with a tenant sees that tenant's queues only).
+async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let r = match authorize(&api, &headers, Need::Supervisor) {
+        Err(r) => *r,
+        Ok(t) => {
+            let views = api.desks.queues.borrow().clone();
+            ok(StatusCode::OK, &queues_json(&views, t.tenant.as_deref()))
+        }
+    };
+    api.done("queues_get", bearer(&headers), "", r.status());
+    r
+}
+
+/// `GET /api/v1/agents`: every operator's state now (read from the routing
+/// board), per tenant as for the queues.
+async fn get_agents(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let r = match authorize(&api, &headers, Need::Supervisor) {
+        Err(r) => *r,
+        Ok(t) => {
+            let tenant = t.tenant.as_deref();
+            let agents: Vec<Value> = api
+                .agent_tenants
+                .iter()
+                .filter(|(_, at)| tenant.is_none_or(|t| at == t))
+                .map(|(name, at)| {
+                    let (state, reason) = api.desks.agent_state(name).unwrap_or(("unknown", None));
+                    json!({ "agent": name, "tenant": at, "state": state, "reason": reason })
+                })
+                .collect();
+            ok(StatusCode::OK, &json!({ "agents": agents }))
+        }
+    };
+    api.done("agents_get", bearer(&headers), "", r.status());
+    r
+}
+
+/// `GET /api/v1/queues/events`: a WebSocket pushing the queues view (as
+/// `GET /api/v1/queues`, with a `seq`) at once and whenever it changes, at
+/// most once a second. Token in the header or `?access_token=`.
+async fn queue_events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Upgrade,
+) -> Response {
+    let from_query = query_token(query.as_deref());
+    let token = bearer(&headers).or(from_query.as_deref());
+    let r = match authorize_token(&api, token, Need::Supervisor) {
+        Err(r) => *r,
+        Ok(t) => match upgrade {
+            Err(e) => upgrade_required(&e),
+            Ok(ws) => {
+                let rx = api.desks.queues.subscribe();
+                let tenant = t.tenant.clone();
+                ws.max_message_size(DESK_MAX_MESSAGE)
+                    .max_frame_size(DESK_MAX_MESSAGE)
+                    .on_upgrade(move |socket| supervisor_socket(socket, rx, tenant))
+            }
+        },
+    };
+    api.done("queue_events", token, "", r.status());
+    r
+}
+
+async fn supervisor_socket(
+    mut socket: axum::extract::ws::WebSocket,
+    mut rx: tokio::sync::watch::Receiver<Arc<Vec<QueueView>>>,
+    tenant: Option<String>,
+) {
+    use axum::extract::ws::Message;
+    let mut seq = 0u64;
+    let mut ping = tokio::time::interval(DESK_PING);
+    ping.tick().await;
+    let mut views = rx.borrow_and_update().clone();
+    loop {
+        let event = queues_json(&views, tenant.as_deref());
+        if !send_seq(&mut socket, &mut seq, event).await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    views = rx.borrow_and_update().clone();
+                    break;
+                }
+                msg = socket.recv() => match msg {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+                _ = ping.tick() => {
+                    if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A WebSocket upgrade, or why the request is not one.
+type Upgrade = Result<
+    axum::extract::ws::WebSocketUpgrade,
+    axum::extract::ws::rejection::WebSocketUpgradeRejection,
+>;
+
+fn upgrade_required(e: &axum::extract::ws::rejection::WebSocketUpgradeRejection) -> Response {
+    error(
+        StatusCode::UPGRADE_REQUIRED,
+        &format!("a WebSocket upgrade is needed here ({e})"),
+    )
+}
+
+/// Sends one message; `false` when the peer is gone or took longer than
+/// [`DESK_SEND_TIMEOUT`] (the connection is then dropped).
+async fn send_ws(
+    socket: &mut axum::extract::ws::WebSocket,
+    msg: axum::extract::ws::Message,
+) -> bool {
+    matches!(
+        tokio::time::timeout(DESK_SEND_TIMEOUT, socket.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Sends `event` as a text frame with the next sequence number.
+async fn send_seq(
+    socket: &mut axum::extract::ws::WebSocket,
+    seq: &mut u64,
+    mut event: Value,
+) -> bool {
+    *seq += 1;
+    event["seq"] = json!(*seq);
+    send_ws(
+        socket,
+        axum::extract::ws::Message::Text(event.to_string().into()),
+    )
+    .await
+}
+
+/// The `access_token` query parameter (browsers' WebSockets).
+fn query_token(query: Option<&str>) -> Option<String> {
+    query.and_then(|q| {
+        q.split('&')
+            .find_map(|p| p.strip_prefix("access_token="))
+            .map(str::to_owned)
+    })
 }
 
 #[derive(Deserialize)]

@@ -347,6 +347,7 @@ impl SipServer {
         if let Some(d) = &desks {
             let (board, slots) = engine.board();
             d.set_board(board, slots);
+            d.set_queues(engine.queue_views(Instant::now().into_std()));
         }
         let engine_task =
             tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, records, desks));
@@ -625,6 +626,11 @@ async fn run_engine(
                 Output::AgentCall { agent, info } => {
                     if let Some(d) = &desks {
                         d.set(agent, info);
+                    }
+                }
+                Output::Queues(views) => {
+                    if let Some(d) = &desks {
+                        d.set_queues(views);
                     }
                 }
                 Output::CallbackState { id, state } => match (&records, state) {

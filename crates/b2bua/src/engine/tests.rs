@@ -70,6 +70,8 @@ struct Harness {
     callbacks: Vec<(String, CallbackState)>,
     /// What the operators' desktops were told, in order.
     desks: Vec<(String, Option<crate::AgentCall>)>,
+    /// The last supervisor view published.
+    views: Option<Vec<crate::QueueView>>,
     metrics: Metrics,
     now: Instant,
     local: SocketAddr,
@@ -114,6 +116,7 @@ impl Harness {
             records: Vec::new(),
             callbacks: Vec::new(),
             desks: Vec::new(),
+            views: None,
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
@@ -144,6 +147,7 @@ impl Harness {
                 Output::StoreCallback { .. } => panic!("a callback request nobody expected"),
                 Output::CallbackState { id, state } => self.callbacks.push((id, state)),
                 Output::AgentCall { agent, info } => self.desks.push((agent, info)),
+                Output::Queues(v) => self.views = Some(v),
             }
         }
         out
@@ -1882,4 +1886,34 @@ fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbac
         r,
         Record::CallEnded { outcome, .. } if outcome == "shutdown"
     )));
+}
+
+#[test]
+fn supervisors_see_each_queue_waiting_calls_oldest_wait_and_operators() {
+    let mut h = Harness::new();
+    h.engine.set_wall_clock(h.now, 1_796_119_200);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("s1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    h.invite("s2");
+    h.now += Duration::from_secs(5);
+    let views = h.engine.queue_views(h.now);
+    assert_eq!(views.len(), 1);
+    let q = &views[0];
+    assert_eq!((q.name.as_str(), q.tenant.as_str()), ("info", "demo"));
+    assert_eq!(q.waiting, 1, "the second call waits");
+    assert_eq!(q.oldest_since_ms, Some(1_796_119_200_000));
+    assert_eq!(
+        q.agents,
+        [
+            ("available", 0),
+            ("busy", 1),
+            ("paused", 0),
+            ("logged_out", 1)
+        ]
+    );
+    // Published with the gauges, at most once a second.
+    h.advance(Duration::from_millis(200));
+    assert!(h.views.is_some());
 }
