@@ -18,7 +18,7 @@ use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use centralino_b2bua::{AgentCall, Metrics, QueueView};
+use centralino_b2bua::{AgentCall, DeskState, Metrics, QueueView};
 use centralino_config::{ApiToken, Config};
 use centralino_flows::calendar::{civil_from_days, days_from_civil};
 use centralino_routing::{Catalog, Requirement};
@@ -614,7 +614,9 @@ impl Desks {
     pub fn set(&self, agent: String, info: Option<AgentCall>) {
         let mut desks = self.lock();
         let desk = desks.entry(agent).or_insert_with(Desk::new);
-        if let Some(i) = &info {
+        // Only a call they answered: a ringing phone gives no right to
+        // the call's record.
+        if let Some(i) = info.as_ref().filter(|i| i.state == DeskState::Connected) {
             desk.last_call = Some(i.call.clone());
         }
         desk.now.send_replace(info);
@@ -646,12 +648,11 @@ impl Desks {
         read.insert((reader.to_owned(), call.to_owned()))
     }
 
-    /// Whether `call` is `agent`'s current or last call.
+    /// Whether `call` is the call `agent` talks on or last talked on.
     fn had_call(&self, agent: &str, call: &str) -> bool {
-        self.lock().get(agent).is_some_and(|d| {
-            d.last_call.as_deref() == Some(call)
-                || d.now.borrow().as_ref().is_some_and(|c| c.call == call)
-        })
+        self.lock()
+            .get(agent)
+            .is_some_and(|d| d.last_call.as_deref() == Some(call))
     }
 }
 
