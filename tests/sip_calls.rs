@@ -471,3 +471,21 @@ fn calls_from_a_tcp_trunk() {
         "{m}"
     );
 }
+
+/// The log check every node runs at the end of its test (A12) finds a
+/// full number and lets masked ones, ports and times through.
+#[test]
+fn the_log_check_finds_full_numbers_only() {
+    assert!(common::unmasked_number(
+        "call queued caller=+393331234567 queue=info"
+    ));
+    assert!(common::unmasked_number("number=+39061234 x"));
+    for clean in [
+        "call queued caller=******567 queue=info",
+        "2026-11-30T12:59:40.535241Z INFO addr=127.0.0.1:54014",
+        "+39 and nothing else",
+        "+39123",
+    ] {
+        assert!(!common::unmasked_number(clean), "{clean}");
+    }
+}
