@@ -368,6 +368,26 @@ enum Vhold {
 /// Supervisor views are published at most this often.
 const VIEWS_PERIOD: Duration = Duration::from_secs(1);
 
+/// User-Agents of SIP scanners and toll-fraud tools (case-insensitive
+/// substrings).
+const SCANNERS: [&str; 9] = [
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "vaxsipuseragent",
+    "pplsip",
+    "sundayddr",
+    "iwar",
+    "sip-scan",
+    "smap",
+];
+
+/// Whether a User-Agent is a known scanner's.
+fn is_scanner(user_agent: &str) -> bool {
+    let ua = user_agent.to_ascii_lowercase();
+    SCANNERS.iter().any(|s| ua.contains(s))
+}
+
 /// How often idle authentication-failure counters are dropped.
 const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
 
@@ -1624,6 +1644,16 @@ impl Engine {
     /// Stateless checks before any transaction exists: anything refused here
     /// leaves no state behind (scanners, untrusted sources, bad requests).
     fn precheck(&mut self, now: Instant, flow: Flow, msg: &Message) -> bool {
+        if msg.header("User-Agent").is_some_and(is_scanner) {
+            // Dropped without a word: a scanner learns nothing is here, and
+            // answering a flood would only amplify it.
+            self.metrics
+                .sip_rejected
+                .with_label_values(&["scanner"])
+                .inc();
+            debug!(peer = %flow.remote.ip(), "scanner dropped");
+            return false;
+        }
         let method = msg.method().clone();
         let ruri = msg.request_uri().unwrap_or_default();
         if matches!(method, Method::Other(_)) {

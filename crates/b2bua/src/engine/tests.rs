@@ -1917,3 +1917,30 @@ fn supervisors_see_each_queue_waiting_calls_oldest_wait_and_operators() {
     h.advance(Duration::from_millis(200));
     assert!(h.views.is_some());
 }
+
+#[test]
+fn scanners_are_dropped_without_an_answer_or_state() {
+    let mut h = Harness::new();
+    for ua in [
+        "friendly-scanner",
+        "sipvicious 0.3.4",
+        "VaxSIPUserAgent/3.1",
+        "pplsip",
+    ] {
+        for method in ["OPTIONS", "REGISTER", "INVITE"] {
+            let req = format!(
+                "{method} sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bKscan{method}\r\nFrom: <sip:100@203.0.113.9>;tag=s\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: scan-{method}\r\nCSeq: 1 {method}\r\nUser-Agent: {ua}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let out = h.send("203.0.113.9:5060", &req);
+            assert!(out.is_empty(), "{ua} {method}: {out:?}");
+        }
+    }
+    assert_eq!(h.gauge("centralino_sip_rejected_total{reason=scanner}"), 12);
+    assert_eq!(h.engine.active_calls(), 0);
+    // A real phone with an ordinary User-Agent is answered.
+    let out = h.send(
+        "203.0.113.9:5060",
+        "OPTIONS sip:192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bKok\r\nFrom: <sip:x@203.0.113.9>;tag=s\r\nTo: <sip:192.0.2.1>\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\nUser-Agent: Yealink SIP-T46U\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(out.len(), 1);
+}
