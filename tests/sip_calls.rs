@@ -424,16 +424,8 @@ fn password_guessing_bans_the_guesser_not_the_operator() {
     assert_eq!((registrations("banned"), registrations("ok")), (26.0, 0.0));
     // The operator's own phone is not locked out.
     register(&scratch, &node, &[1001], 5998, demo_password);
-    node.wait_metric(
-        "centralino_registered_agents",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
-    node.wait_metric(
-        "centralino_auth_banned{scope=\"user\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    reaches(&node, "centralino_registered_agents", 1.0, 5);
+    reaches(&node, "centralino_auth_banned{scope=\"user\"}", 1.0, 5);
     assert!(
         node.logs()
             .contains("too many authentication failures: banned")
@@ -488,4 +480,33 @@ fn the_log_check_finds_full_numbers_only() {
     ] {
         assert!(!common::unmasked_number(clean), "{clean}");
     }
+}
+
+/// A phone that goes away without unregistering (SIPp exits, nothing
+/// listens at its Contact) is found by OPTIONS (`registrar.qualify_seconds`)
+/// and logged out, so calls stop ringing a dead phone.
+#[test]
+fn a_phone_gone_without_unregistering_is_logged_out_by_options() {
+    let scratch = Scratch::new("qualify");
+    let cfg = NodeConfig {
+        agents: 1,
+        ..NodeConfig::default()
+    };
+    let node = Node::start_toml(&scratch, |sip, http| {
+        // T1 100 ms: an unanswered OPTIONS gives up after 6.4 s.
+        cfg.toml(sip, http)
+            .replacen("[sip]\n", "[sip]\nt1_milliseconds = 100\n", 1)
+            + "\n[registrar]\nqualify_seconds = 5\n"
+    });
+    // register.xml registers 1001 and exits: its Contact is then dead.
+    register(&scratch, &node, &[1001], common::free_port(), demo_password);
+    reaches(&node, "centralino_registered_agents", 1.0, 5);
+    reaches(&node, "centralino_agents_unreachable_total", 1.0, 20);
+    reaches(&node, "centralino_registered_agents", 0.0, 5);
+    assert!(node.logs().contains("does not answer OPTIONS: logged out"));
+}
+
+/// Waits (at most `secs`) until `series` reads `want`.
+fn reaches(node: &Node, series: &str, want: f64, secs: u64) {
+    node.wait_metric(series, Duration::from_secs(secs), |v| v == want);
 }

@@ -470,6 +470,8 @@ enum ClientRef {
     Citizen(CallId),
     /// The INVITE of an IVR transfer to an external number.
     Transfer(CallId),
+    /// OPTIONS to an idle operator's phone: no answer logs them out.
+    Qualify(AgentId),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -512,6 +514,12 @@ pub struct Engine {
     tenant_gauges: Vec<Vec<IntGauge>>,
     agent_ids: HashMap<String, AgentId>,
     login_paused: bool,
+    /// OPTIONS to idle operators' phones this often (`None`: off).
+    qualify: Option<Duration>,
+    /// When each logged-in operator's phone is next asked.
+    qualify_due: BinaryHeap<Reverse<(Instant, AgentId)>>,
+    /// Operators with an entry in `qualify_due` (one chain each).
+    qualify_scheduled: std::collections::HashSet<AgentId>,
     max_calls: usize,
     /// Admission token bucket: (tokens, last refill) when a rate is set.
     admission: Option<(f64, f64, Instant)>,
@@ -654,6 +662,9 @@ impl Engine {
             tenant_gauges,
             agent_ids,
             login_paused: config.login_paused,
+            qualify: config.qualify,
+            qualify_due: BinaryHeap::new(),
+            qualify_scheduled: std::collections::HashSet::new(),
             max_calls: config.sip.max_calls,
             admission: config
                 .sip
@@ -1497,6 +1508,7 @@ impl Engine {
             self.registrar.poll_timeout(),
             self.router.poll_timeout(),
             self.timers.peek().map(|Reverse((t, _, _))| *t),
+            self.qualify_due.peek().map(|Reverse((t, _))| *t),
             self.gauges_due,
         ]
         .into_iter()
@@ -1545,7 +1557,57 @@ impl Engine {
             self.call_timer(now, call, timer);
             self.drain_txn(now);
         }
+        while let Some(Reverse((at, agent))) = self.qualify_due.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.qualify_due.pop();
+            self.qualify_agent(now, agent);
+        }
         self.pump(now);
+    }
+
+    /// Asks an operator's phone whether it is there (OPTIONS), unless it is
+    /// busy with a call (the call's media says that) or logged out (then
+    /// no more asking until the next login).
+    fn qualify_agent(&mut self, now: Instant, agent: AgentId) {
+        let Some(every) = self.qualify else {
+            return;
+        };
+        let state = self.router.agent(agent).state;
+        if state == AgentState::LoggedOut {
+            self.qualify_scheduled.remove(&agent);
+            return;
+        }
+        self.qualify_due.push(Reverse((now + every, agent)));
+        if matches!(
+            state,
+            AgentState::Reserved(_) | AgentState::Ringing(_) | AgentState::OnCall(_)
+        ) {
+            return;
+        }
+        let name = self.router.agent(agent).name.clone();
+        let Some(binding) = self.registrar.bindings(&name).first().cloned() else {
+            return;
+        };
+        let flow = Flow {
+            remote: contact_destination(&binding.contact, binding.flow),
+            ..binding.flow
+        };
+        let via = self.via(flow);
+        let tag = self.token();
+        let call_id = format!("{}@centralino", self.token());
+        let mut options = Message::new_request(
+            Method::Options,
+            &binding.contact,
+            via,
+            &format!("<sip:centralino@{}>;tag={tag}", flow.local),
+            &format!("<{}>", binding.contact),
+            &call_id,
+            1,
+        );
+        options.push("User-Agent", &self.user_agent);
+        self.send_request(now, flow, options, ClientRef::Qualify(agent));
     }
 
     fn token(&mut self) -> String {
@@ -1804,6 +1866,11 @@ impl Engine {
                             info!(agent = %user, "operator logged in");
                             self.router.login(now, id, self.login_paused);
                             self.agent_event(now, id, "login", None);
+                            if let Some(every) = self.qualify
+                                && self.qualify_scheduled.insert(id)
+                            {
+                                self.qualify_due.push(Reverse((now + every, id)));
+                            }
                             if self.login_paused {
                                 self.agent_event(now, id, "pause", Some("login".to_owned()));
                             }
@@ -2513,7 +2580,8 @@ impl Engine {
                 let call = *call;
                 self.on_transfer_response(now, key, call, &msg);
             }
-            Some(ClientRef::Other) | None => {
+            // Any answer, even 405 or 404, says the phone is there.
+            Some(ClientRef::Other | ClientRef::Qualify(_)) | None => {
                 if code >= 200 {
                     self.client.remove(&key);
                 }
@@ -2716,6 +2784,15 @@ impl Engine {
     }
 
     fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
+        if let Some(ClientRef::Qualify(agent)) = self.client.get(&key) {
+            let agent = *agent;
+            self.client.remove(&key);
+            let name = self.router.agent(agent).name.clone();
+            warn!(agent = %name, "the operator's phone does not answer OPTIONS: logged out");
+            self.metrics.agents_unreachable.inc();
+            self.registrar.drop_bindings(&name);
+            return;
+        }
         if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {
             let call_id = *call_id;
             self.client.remove(&key);

@@ -94,6 +94,9 @@ pub struct Metrics {
     /// `centralino_calls_requeued_total{reason}`: callers put back in the
     /// queue after losing their operator.
     pub calls_requeued: IntCounterVec,
+    /// `centralino_agents_unreachable_total`: operators logged out because
+    /// their phone stopped answering OPTIONS.
+    pub agents_unreachable: IntCounter,
     /// `centralino_rtp_ports{state}`: in use / free (driver).
     pub rtp_ports: IntGaugeVec,
     /// `centralino_media_sessions`: calls with anchored media (driver).
@@ -324,6 +327,13 @@ impl Metrics {
                 "Whispers played to operators on answering, by kind of call",
                 &["kind"]
             )),
+            agents_unreachable: reg!(
+                IntCounter::new(
+                    "centralino_agents_unreachable_total",
+                    "Operators logged out because their phone stopped answering OPTIONS"
+                )
+                .expect("valid metric")
+            ),
             calls_requeued: reg!(cv(
                 "centralino_calls_requeued_total",
                 "Callers put back in the queue after losing their operator, by reason",

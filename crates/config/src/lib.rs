@@ -293,6 +293,7 @@ struct RawRegistrar {
     ban_after_user_failures: u32,
     ban_after_address_failures: u32,
     ban_seconds: u64,
+    qualify_seconds: u64,
 }
 
 impl Default for RawRegistrar {
@@ -307,6 +308,7 @@ impl Default for RawRegistrar {
             ban_after_user_failures: 5,
             ban_after_address_failures: 20,
             ban_seconds: 300,
+            qualify_seconds: 0,
         }
     }
 }
@@ -799,6 +801,9 @@ pub struct Config {
     pub nonce_lifetime: Duration,
     /// Operators start paused after login.
     pub login_paused: bool,
+    /// OPTIONS to each idle operator's phone this often; one that does not
+    /// answer is logged out (`None`: off).
+    pub qualify: Option<Duration>,
     /// Media plane.
     pub media: MediaConfig,
     /// IVR flows, checked.
@@ -1045,6 +1050,12 @@ impl Config {
             "registrar.min_expires_seconds",
             r.min_expires_seconds,
         );
+        if r.qualify_seconds != 0 && !(5..=3600).contains(&r.qualify_seconds) {
+            p.add(
+                "registrar.qualify_seconds",
+                "must be 0 (off) or in 5..=3600",
+            );
+        }
         if !(1..=86_400).contains(&r.ban_seconds) {
             p.add("registrar.ban_seconds", "must be in 1..=86400");
         }
@@ -1946,6 +1957,7 @@ impl Config {
             },
             nonce_lifetime: Duration::from_secs(r.nonce_lifetime_seconds),
             login_paused,
+            qualify: (r.qualify_seconds > 0).then(|| Duration::from_secs(r.qualify_seconds)),
             media,
             flows,
             scripts,
@@ -2514,5 +2526,18 @@ record = true
             panic!()
         };
         assert!(problems[0].to_string().starts_with("registrar.ban_seconds"));
+        assert_eq!(Config::from_toml("").unwrap().qualify, None);
+        let c = Config::from_toml("[registrar]\nqualify_seconds = 30\n").unwrap();
+        assert_eq!(c.qualify, Some(Duration::from_secs(30)));
+        let ConfigError::Invalid(problems) =
+            Config::from_toml("[registrar]\nqualify_seconds = 2\n").unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("registrar.qualify_seconds")
+        );
     }
 }

@@ -132,6 +132,14 @@ impl Registrar {
         self.bindings.len()
     }
 
+    /// Removes every binding of `user` (their phone stopped answering):
+    /// the operator is logged out.
+    pub fn drop_bindings(&mut self, user: &str) {
+        if self.bindings.remove(user).is_some() {
+            self.events.push(RegEvent::Logout(user.to_owned()));
+        }
+    }
+
     /// Drains the bans started since the last call.
     pub fn drain_bans(&mut self) -> std::vec::Drain<'_, BanStarted> {
         self.bans.drain(..)

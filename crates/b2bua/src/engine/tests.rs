@@ -1944,3 +1944,42 @@ fn scanners_are_dropped_without_an_answer_or_state() {
     );
     assert_eq!(out.len(), 1);
 }
+
+#[test]
+fn a_phone_that_stops_answering_options_is_logged_out() {
+    let config = format!("{CONFIG}\n[registrar]\nqualify_seconds = 10\n");
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.advance(Duration::from_secs(10));
+    let options = requests(&out, PHONE1, "OPTIONS");
+    assert_eq!(options.len(), 1, "asked after 10 s");
+    h.send(PHONE1, &response_to(options[0], 200, "q1"));
+    // While the operator talks, the phone is not asked (media says it).
+    let out = h.invite("q");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let out = h.advance(Duration::from_secs(10));
+    assert!(requests(&out, PHONE1, "OPTIONS").is_empty());
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKqbye\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=aq\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: q\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(codes(&h.send(TRUNK, &bye), TRUNK), vec![200]);
+    // Idle again (after wrap-up): asked, and this time silent.
+    let mut asked = 0;
+    for _ in 0..50 {
+        let out = h.advance(Duration::from_secs(1));
+        asked += requests(&out, PHONE1, "OPTIONS").len();
+    }
+    assert!(asked >= 1, "asked again once idle");
+    assert_eq!(h.gauge("centralino_agents_unreachable_total"), 1);
+    assert_eq!(
+        h.gauge("centralino_agents{state=logged_out,tenant=demo}"),
+        2
+    );
+    assert!(h.records.iter().any(|r| matches!(
+        r,
+        Record::Agent { event: "logout", agent, .. } if agent == "1001"
+    )));
+}
