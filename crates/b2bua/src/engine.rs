@@ -382,10 +382,14 @@ const SCANNERS: [&str; 9] = [
     "smap",
 ];
 
-/// Whether a User-Agent is a known scanner's.
+/// Whether a User-Agent is a known scanner's (no allocation: it runs on
+/// every request).
 fn is_scanner(user_agent: &str) -> bool {
-    let ua = user_agent.to_ascii_lowercase();
-    SCANNERS.iter().any(|s| ua.contains(s))
+    let ua = user_agent.as_bytes();
+    SCANNERS.iter().any(|s| {
+        ua.windows(s.len())
+            .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+    })
 }
 
 /// How often idle authentication-failure counters are dropped.

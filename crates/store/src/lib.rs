@@ -144,6 +144,18 @@ fn audit_hash(prev: &str, seq: i64, e: &AuditEntry) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An audit entry from a row whose first columns are `at, actor, action,
+/// target, status`.
+fn audit_entry(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        at: r.get(0)?,
+        actor: r.get(1)?,
+        action: r.get(2)?,
+        target: r.get(3)?,
+        status: r.get(4)?,
+    })
+}
+
 /// The chain's start.
 const AUDIT_GENESIS: &str = "centralino-audit-v1";
 
@@ -674,19 +686,13 @@ impl Store {
     /// whose hash (or sequence) does not follow from the one before.
     pub fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT seq, at, actor, action, target, status, hash FROM audit ORDER BY seq",
+            "SELECT at, actor, action, target, status, seq, hash FROM audit ORDER BY seq",
         )?;
         let mut rows = stmt.query([])?;
         let (mut prev, mut expect, mut n) = (AUDIT_GENESIS.to_owned(), 1i64, 0u64);
         while let Some(r) = rows.next()? {
-            let seq: i64 = r.get(0)?;
-            let e = AuditEntry {
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                status: r.get(5)?,
-            };
+            let e = audit_entry(r)?;
+            let seq: i64 = r.get(5)?;
             let hash: String = r.get(6)?;
             if seq != expect || audit_hash(&prev, seq, &e) != hash {
                 return Ok(Err(seq));
@@ -703,15 +709,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT at, actor, action, target, status FROM audit ORDER BY seq DESC LIMIT ?1",
         )?;
-        let rows = stmt.query_map(params![limit.min(MAX_LIST) as i64], |r| {
-            Ok(AuditEntry {
-                at: r.get(0)?,
-                actor: r.get(1)?,
-                action: r.get(2)?,
-                target: r.get(3)?,
-                status: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![limit.min(MAX_LIST) as i64], audit_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
