@@ -1,6 +1,7 @@
 //! Callbacks executed agent first against real SIPp peers: operators'
 //! phones and a "citizen" behind the carrier. 100 requests acknowledged,
-//! `kill -9` before any ran, restart: each number is called exactly once.
+//! `kill -9` before any ran, restart on a slow disk: each number is
+//! called exactly once.
 
 mod common;
 
@@ -96,18 +97,28 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     node.kill_hard();
 
     // A new process on the same store: nothing was dialled, so all 100
-    // go back to pending and run once operators log in.
-    let node = Node::start_toml(&scratch, |sip, http| {
-        config(sip, http, citizen_port, sms_port)
-    });
+    // go back to pending and run once operators log in. Its disk is slow
+    // (40 ms per fsync, a congested network volume): twenty operators
+    // answer together and each citizen must still be dialled while their
+    // operator waits, exactly once (the store commits in groups).
+    let node = Node::start_toml_env(
+        &scratch,
+        "info",
+        &common::slow_disk(&scratch, 40_000),
+        |sip, http| config(sip, http, citizen_port, sms_port),
+    );
     let phones = Sipp::spawn(
         &scratch,
         "phones",
         &[
             "-sf",
             &scenario("agent_hangup.xml"),
+            // Past the callback signal (0.6 s), so each operator talks to
+            // the citizen: one who hangs up before the citizen is dialled
+            // gives the callback back (engine tests), and on a slow disk
+            // that would make this test measure fsync latency.
             "-d",
-            "200",
+            "1000",
             "-timeout",
             "120s",
         ],
@@ -150,6 +161,10 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     }
     let (_, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(TOKEN), None);
     assert_eq!(json(&body)["callbacks"].as_array().unwrap().len(), 0);
+    // The disk was slow indeed: some transactions took 40 ms or more.
+    let commits = node.metric("centralino_store_commit_seconds_count");
+    let fast = node.metric("centralino_store_commit_seconds_bucket{le=\"0.02\"}");
+    assert!(commits > fast, "{commits} commits, {fast} under 20 ms");
     // Each operator heard the callback signal (the queue records no
     // whisper: the built-in tone) on their phone's media port.
     assert_eq!(

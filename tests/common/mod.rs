@@ -156,11 +156,21 @@ impl Node {
         filter: &str,
         toml: impl Fn(u16, u16) -> String,
     ) -> Self {
+        Self::start_toml_env(scratch, filter, &[], toml)
+    }
+
+    /// The same with extra environment variables (`LD_PRELOAD`...).
+    pub(crate) fn start_toml_env(
+        scratch: &Scratch,
+        filter: &str,
+        env: &[(&str, String)],
+        toml: impl Fn(u16, u16) -> String,
+    ) -> Self {
         // A free port can be taken by a parallel test between the probe
         // and the node's bind: a node that exits before it is ready is
         // started again on other ports.
         for _ in 0..3 {
-            if let Some(node) = Self::try_start(scratch, filter, &toml) {
+            if let Some(node) = Self::try_start(scratch, filter, env, &toml) {
                 return node;
             }
         }
@@ -173,6 +183,7 @@ impl Node {
     fn try_start(
         scratch: &Scratch,
         filter: &str,
+        env: &[(&str, String)],
         toml: &impl Fn(u16, u16) -> String,
     ) -> Option<Self> {
         let sip_port = free_port();
@@ -189,6 +200,7 @@ impl Node {
             .arg(scratch.path("data"))
             .env("CENTRALINO_LOG", filter)
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
@@ -390,6 +402,29 @@ pub(crate) struct Sipp {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+}
+
+/// The environment that gives a node a slow disk: `tests/fixtures/
+/// slow_fsync.c` built with the system C compiler (the one Rust links
+/// with) and preloaded, so every fsync waits `micros` first.
+#[allow(dead_code)]
+pub(crate) fn slow_disk(scratch: &Scratch, micros: u32) -> Vec<(&'static str, String)> {
+    let lib = scratch.path("slow_fsync.so");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(format!(
+            "{}/tests/fixtures/slow_fsync.c",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("-ldl")
+        .status()
+        .expect("cc (the C compiler Rust links with)");
+    assert!(st.success(), "cc failed to build the slow-disk shim");
+    vec![
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("SLOW_FSYNC_US", micros.to_string()),
+    ]
 }
 
 pub(crate) fn scenario(name: &str) -> String {

@@ -215,6 +215,13 @@ pub enum CallbackState {
         /// Why.
         outcome: &'static str,
     },
+    /// The operator left before the citizen was dialled: back to pending
+    /// at once, this attempt not counted (the citizen saw nothing of it),
+    /// keeping the request's place.
+    Requeue {
+        /// Why the operator left (`agent_hangup`, `media_timeout`...).
+        outcome: &'static str,
+    },
 }
 
 /// A call that is a callback being executed.
@@ -226,6 +233,8 @@ struct Outbound {
     customer_first: bool,
     /// The citizen's INVITE, while it rings.
     invite: Option<TxKey>,
+    /// The citizen's INVITE has left: their phone may have rung.
+    dialled: bool,
     /// The citizen answered.
     answered: bool,
 }
@@ -968,6 +977,7 @@ impl Engine {
                     attempt: cb.attempt,
                     customer_first: self.customer_first[queue.0 as usize],
                     invite: None,
+                    dialled: false,
                     answered: false,
                 }),
                 transfer: None,
@@ -1074,6 +1084,7 @@ impl Engine {
             .and_then(|c| c.outbound.as_mut())
         {
             o.invite = Some(key);
+            o.dialled = true;
         }
         self.pump(now);
     }
@@ -3855,7 +3866,24 @@ impl Engine {
         if let Some(o) = &call.outbound
             && !o.answered
         {
-            self.outbound_failed(o, call.queue, outcome);
+            if o.dialled || outcome == "store_failed" {
+                self.outbound_failed(o, call.queue, outcome);
+            } else {
+                // The operator hung up (or their phone died) during the
+                // whisper, before the INVITE left: not the citizen's
+                // attempt. Retrying only after `callback_retry_seconds`
+                // would push them behind everyone who asked later.
+                info!(
+                    outcome,
+                    "callback: the operator left before the citizen was dialled; back to pending"
+                );
+                self.metrics
+                    .callbacks
+                    .with_label_values(&["operator_left"])
+                    .inc();
+                let id = o.id.clone();
+                self.callback_state(&id, CallbackState::Requeue { outcome });
+            }
         }
         if let Some(b) = call.b.take() {
             self.by_b.remove(&b.call_id);

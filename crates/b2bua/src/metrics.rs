@@ -125,6 +125,12 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// `centralino_store_errors_total`: batches of call records not written.
     pub store_errors: IntCounter,
+    /// `centralino_store_group_requests`: requests applied per store
+    /// transaction (group commit: a slow disk makes groups larger).
+    pub store_group: Histogram,
+    /// `centralino_store_commit_seconds`: time of one store transaction,
+    /// fsync included; what a slow disk costs every callback and record.
+    pub store_commit: Histogram,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
     pub config_reloads: IntCounterVec,
 }
@@ -402,8 +408,32 @@ impl Metrics {
             )),
             store_errors: reg!(c(
                 "centralino_store_errors_total",
-                "Batches of call records the store could not write"
+                "Store writes that failed (records, callback state, audit)"
             )),
+            store_group: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "centralino_store_group_requests",
+                        "Requests applied in one store transaction"
+                    )
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0
+                    ])
+                )
+                .expect("valid metric")
+            ),
+            store_commit: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "centralino_store_commit_seconds",
+                        "Duration of one store transaction, fsync included"
+                    )
+                    .buckets(vec![
+                        0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0
+                    ])
+                )
+                .expect("valid metric")
+            ),
             config_reloads: reg!(cv(
                 "centralino_config_reloads_total",
                 "Configuration reloads (SIGHUP) by outcome",

@@ -44,6 +44,7 @@ enum StoreReq {
     MarkDialed(String, i64, Reply<bool>),
     Finish(String, Status, &'static str, i64),
     Reschedule(String, i64, &'static str, i64),
+    Requeue(String, &'static str, i64),
     DueNotifications(i64, Reply<Vec<centralino_store::Notification>>),
     NotificationAttempt(i64, bool, Option<String>, Option<i64>),
     Answers(
@@ -64,22 +65,148 @@ enum StoreReq {
 #[derive(Clone)]
 struct StoreHandle(Sender<StoreReq>);
 
-/// Most audit entries written in one transaction.
-const AUDIT_BATCH: usize = 256;
+/// Most requests applied in one transaction.
+const GROUP_MAX: usize = 512;
 
-fn write_audit(
-    store: &mut Store,
-    audit: &mut Vec<centralino_store::AuditEntry>,
-    metrics: &Metrics,
-) {
-    if audit.is_empty() {
-        return;
+/// An answer sent once the group's transaction committed (or failed).
+type Deferred = Box<dyn FnOnce(Result<(), &str>)>;
+
+/// The requests of one transaction and what is owed for them.
+struct Group {
+    /// The SMS hook is configured: changes it reports go to the outbox.
+    notify: bool,
+    replies: Vec<Deferred>,
+    /// Written last, in one chained batch.
+    audit: Vec<centralino_store::AuditEntry>,
+}
+
+impl Group {
+    /// Answers `r` with `v` after the commit, or with the commit's error.
+    fn reply<T: 'static>(&mut self, r: Reply<T>, v: Result<T, StoreError>) {
+        let v = v.map_err(|e| e.to_string());
+        self.replies
+            .push(Box::new(move |committed: Result<(), &str>| {
+                let _ = r.send(committed.map_err(str::to_owned).and(v));
+            }));
     }
-    if let Err(e) = store.audit(audit) {
-        metrics.store_errors.inc();
-        warn!(error = %e, entries = audit.len(), "audit entries not written");
+
+    /// The SMS hook's outbox: written next to the change it reports (same
+    /// transaction), sent by the notifier.
+    fn outbox(&self, store: &mut Store, id: &str, event: &str) {
+        if !self.notify {
+            return;
+        }
+        if let Ok(Some(cb)) = store.get_callback(id) {
+            // Delivery is at least once (a crash between the gateway's
+            // answer and our mark sends it again): the key lets the
+            // gateway drop a repeat.
+            let payload = json!({
+                "key": format!("{}:{event}:{}", cb.id, cb.attempts),
+                "event": event,
+                "callback": cb.id,
+                "number": cb.number,
+                "queue": cb.queue,
+                "not_before": cb.not_before.map(rfc3339),
+                "attempts": cb.attempts,
+                "outcome": cb.outcome,
+                "at": rfc3339(unix_now()),
+            })
+            .to_string();
+            if let Err(e) = store.notify(id, event, &payload, unix_now()) {
+                warn!(error = %e, "notification not queued");
+            }
+        }
     }
-    audit.clear();
+
+    /// Applies one request inside the group's transaction. Each store
+    /// method is all-or-nothing on its own (savepoints), so one failing
+    /// request does not undo the others.
+    fn apply(&mut self, store: &mut Store, req: StoreReq, metrics: &Metrics) {
+        match req {
+            StoreReq::Audit(e) => self.audit.push(e),
+            StoreReq::Answers(call, agent, answers, now, r) => {
+                let v = store.save_answers(&call, agent.as_deref(), &answers, now);
+                self.reply(r, v);
+            }
+            StoreReq::Claim(now, limit, open, r) => {
+                let open = |q: &str| open.iter().any(|o| o == q);
+                let v = store.claim_due(now, limit, &open);
+                self.reply(r, v);
+            }
+            StoreReq::MarkDialed(id, now, r) => {
+                let v = store.mark_dialed(&id, now);
+                if matches!(v, Ok(true)) {
+                    self.outbox(store, &id, "about_to_call");
+                }
+                self.reply(r, v);
+            }
+            StoreReq::Requeue(id, outcome, now) => {
+                if let Err(e) = store.requeue(&id, outcome, now) {
+                    metrics.store_errors.inc();
+                    warn!(error = %e, "callback not put back to pending");
+                }
+            }
+            StoreReq::Finish(id, status, outcome, now) => {
+                match store.set_status(&id, status, Some(outcome), now) {
+                    Ok(_) if status == Status::Failed => self.outbox(store, &id, "failed"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        metrics.store_errors.inc();
+                        warn!(error = %e, "callback outcome not recorded");
+                    }
+                }
+            }
+            StoreReq::Reschedule(id, at, outcome, now) => {
+                if let Err(e) = store.reschedule(&id, at, outcome, now) {
+                    metrics.store_errors.inc();
+                    warn!(error = %e, "callback not rescheduled");
+                }
+            }
+            StoreReq::Flush(done) => {
+                self.replies.push(Box::new(move |_| {
+                    let _ = done.send(());
+                }));
+            }
+            StoreReq::Records(batch) => {
+                if let Err(e) = store.write_records(&batch) {
+                    metrics.store_errors.inc();
+                    warn!(error = %e, records = batch.len(), "call records not written");
+                }
+            }
+            StoreReq::Create(n, now, r) => {
+                let v = store.create_callback(&n, now);
+                if let Ok(Created::New(cb)) = &v {
+                    self.outbox(store, &cb.id, "booked");
+                }
+                self.reply(r, v);
+            }
+            StoreReq::DueNotifications(now, r) => {
+                let v = store.due_notifications(now, 50);
+                self.reply(r, v);
+            }
+            StoreReq::NotificationAttempt(seq, sent, error, retry_at) => {
+                if let Err(e) = store.notification_attempt(seq, sent, error.as_deref(), retry_at) {
+                    warn!(error = %e, "notification attempt not recorded");
+                }
+            }
+            StoreReq::Get(id, r) => {
+                let v = store.get_callback(&id);
+                self.reply(r, v);
+            }
+            StoreReq::List(s, limit, r) => {
+                let v = store.list_callbacks(s, limit);
+                self.reply(r, v);
+            }
+            StoreReq::Update(id, p, now, r) => {
+                let v = store.update_callback(&id, &p, now);
+                self.reply(r, v);
+            }
+            StoreReq::Cancel(id, now, r) => {
+                let v = store.set_status(&id, Status::Cancelled, Some("cancelled"), now);
+                self.reply(r, v);
+            }
+        }
+    }
 }
 
 impl StoreHandle {
@@ -114,36 +241,7 @@ impl StoreHandle {
         std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
-                let err = |e: StoreError| e.to_string();
-                // The SMS hook's outbox: written next to the change it
-                // reports, sent by the notifier.
-                let outbox = |store: &mut Store, id: &str, event: &str| {
-                    if !notify {
-                        return;
-                    }
-                    if let Ok(Some(cb)) = store.get_callback(id) {
-                        // Delivery is at least once (a crash between the
-                        // gateway's answer and our mark sends it again):
-                        // the key lets the gateway drop a repeat.
-                        let payload = json!({
-                            "key": format!("{}:{event}:{}", cb.id, cb.attempts),
-                            "event": event,
-                            "callback": cb.id,
-                            "number": cb.number,
-                            "queue": cb.queue,
-                            "not_before": cb.not_before.map(rfc3339),
-                            "attempts": cb.attempts,
-                            "outcome": cb.outcome,
-                            "at": rfc3339(unix_now()),
-                        })
-                        .to_string();
-                        if let Err(e) = store.notify(id, event, &payload, unix_now()) {
-                            warn!(error = %e, "notification not queued");
-                        }
-                    }
-                };
                 let mut next_retention = std::time::Instant::now();
-                let mut audit: Vec<centralino_store::AuditEntry> = Vec::new();
                 loop {
                     if std::time::Instant::now() >= next_retention {
                         // Hourly: numbers older than the retention period
@@ -155,108 +253,51 @@ impl StoreHandle {
                         }
                         next_retention += std::time::Duration::from_secs(3600);
                     }
-                    // Audit entries are written in batches (one fsync for
-                    // many) as soon as no request is waiting.
-                    let req = if audit.is_empty() {
-                        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-                            Ok(r) => r,
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                        }
-                    } else {
-                        match rx.try_recv() {
-                            Ok(r) => r,
-                            Err(e) => {
-                                write_audit(&mut store, &mut audit, &metrics);
-                                if e == std::sync::mpsc::TryRecvError::Disconnected {
-                                    break;
-                                }
-                                continue;
-                            }
-                        }
+                    let first = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                        Ok(r) => r,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     };
-                    match req {
-                        StoreReq::Audit(e) => {
-                            audit.push(e);
-                            if audit.len() >= AUDIT_BATCH {
-                                write_audit(&mut store, &mut audit, &metrics);
-                            }
+                    // Group commit: every request already waiting is
+                    // applied in one transaction, one fsync for all. With
+                    // a slow disk a burst (operators answering callbacks
+                    // together, a web form's rush) costs one sync, not one
+                    // each while the rest wait behind it. Nobody hears
+                    // "done" before the commit.
+                    let mut group = Group {
+                        notify,
+                        replies: Vec::new(),
+                        audit: Vec::new(),
+                    };
+                    let mut reqs = vec![first];
+                    while reqs.len() < GROUP_MAX {
+                        match rx.try_recv() {
+                            Ok(r) => reqs.push(r),
+                            Err(_) => break,
                         }
-                        StoreReq::Answers(call, agent, answers, now, r) => {
-                            let _ = r.send(
-                                store
-                                    .save_answers(&call, agent.as_deref(), &answers, now)
-                                    .map_err(err),
-                            );
+                    }
+                    metrics.store_group.observe(reqs.len() as f64);
+                    let began = std::time::Instant::now();
+                    let committed = store.atomically(|store| {
+                        for req in reqs {
+                            group.apply(store, req, &metrics);
                         }
-                        StoreReq::Claim(now, limit, open, r) => {
-                            let open = |q: &str| open.iter().any(|o| o == q);
-                            let _ = r.send(store.claim_due(now, limit, &open).map_err(err));
+                        if !group.audit.is_empty()
+                            && let Err(e) = store.audit(&group.audit)
+                        {
+                            metrics.store_errors.inc();
+                            warn!(error = %e, entries = group.audit.len(), "audit entries not written");
                         }
-                        StoreReq::MarkDialed(id, now, r) => {
-                            let marked = store.mark_dialed(&id, now).map_err(err);
-                            if matches!(marked, Ok(true)) {
-                                outbox(&mut store, &id, "about_to_call");
-                            }
-                            let _ = r.send(marked);
-                        }
-                        StoreReq::Finish(id, status, outcome, now) => {
-                            match store.set_status(&id, status, Some(outcome), now) {
-                                Ok(_) if status == Status::Failed => {
-                                    outbox(&mut store, &id, "failed");
-                                }
-                                Ok(_) => {}
-                                Err(e) => warn!(error = %e, "callback outcome not recorded"),
-                            }
-                        }
-                        StoreReq::Reschedule(id, at, outcome, now) => {
-                            if let Err(e) = store.reschedule(&id, at, outcome, now) {
-                                warn!(error = %e, "callback not rescheduled");
-                            }
-                        }
-                        StoreReq::Flush(done) => {
-                            write_audit(&mut store, &mut audit, &metrics);
-                            let _ = done.send(());
-                        }
-                        StoreReq::Records(batch) => {
-                            if let Err(e) = store.write_records(&batch) {
-                                metrics.store_errors.inc();
-                                warn!(error = %e, records = batch.len(), "call records not written");
-                            }
-                        }
-                        StoreReq::Create(n, now, r) => {
-                            let created = store.create_callback(&n, now).map_err(err);
-                            if let Ok(Created::New(cb)) = &created {
-                                outbox(&mut store, &cb.id, "booked");
-                            }
-                            let _ = r.send(created);
-                        }
-                        StoreReq::DueNotifications(now, r) => {
-                            let _ = r.send(store.due_notifications(now, 50).map_err(err));
-                        }
-                        StoreReq::NotificationAttempt(seq, sent, error, retry_at) => {
-                            if let Err(e) =
-                                store.notification_attempt(seq, sent, error.as_deref(), retry_at)
-                            {
-                                warn!(error = %e, "notification attempt not recorded");
-                            }
-                        }
-                        StoreReq::Get(id, r) => {
-                            let _ = r.send(store.get_callback(&id).map_err(err));
-                        }
-                        StoreReq::List(s, limit, r) => {
-                            let _ = r.send(store.list_callbacks(s, limit).map_err(err));
-                        }
-                        StoreReq::Update(id, p, now, r) => {
-                            let _ = r.send(store.update_callback(&id, &p, now).map_err(err));
-                        }
-                        StoreReq::Cancel(id, now, r) => {
-                            let _ = r.send(
-                                store
-                                    .set_status(&id, Status::Cancelled, Some("cancelled"), now)
-                                    .map_err(err),
-                            );
-                        }
+                        Ok(())
+                    });
+                    metrics.store_commit.observe(began.elapsed().as_secs_f64());
+                    let committed = committed.map_err(|e| {
+                        metrics.store_errors.inc();
+                        warn!(error = %e, "store transaction not committed");
+                        e.to_string()
+                    });
+                    for reply in group.replies {
+                        reply(committed.as_ref().map(|_| ()).map_err(String::as_str));
                     }
                 }
             })
@@ -479,12 +520,27 @@ impl RecordSink {
             .await
     }
 
-    /// Makes "the citizen is being dialled" durable.
-    pub async fn mark_dialed(&self, id: String) -> Result<bool, String> {
-        let now = unix_now();
-        StoreHandle(self.0.clone())
-            .ask(|r| StoreReq::MarkDialed(id, now, r))
-            .await
+    /// Makes "the citizen is being dialled" durable. The request is
+    /// queued before this returns, so whatever the engine says of the same
+    /// callback afterwards (a requeue) is applied after it.
+    pub fn mark_dialed(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<bool, String>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.0.send(StoreReq::MarkDialed(id, unix_now(), tx));
+        async move {
+            sent.map_err(|_| "the store is not running".to_owned())?;
+            rx.await
+                .map_err(|_| "the store stopped".to_owned())
+                .and_then(|r| r)
+        }
+    }
+
+    /// Puts a callback whose operator left before the citizen was dialled
+    /// back to pending at once, without counting the attempt.
+    pub fn requeue(&self, id: String, outcome: &'static str) {
+        let _ = self.0.send(StoreReq::Requeue(id, outcome, unix_now()));
     }
 
     /// Records a callback's end (done or failed).

@@ -635,11 +635,16 @@ async fn run_engine(
                 }
                 Output::CallbackState { id, state } => match (&records, state) {
                     (Some(sink), CallbackState::Dialing { call }) => {
-                        let (sink, tx) = (sink.clone(), dial_tx.clone());
+                        // Queued now, in order with what follows.
+                        let marked = sink.mark_dialed(id);
+                        let tx = dial_tx.clone();
                         tokio::spawn(async move {
-                            let ok = sink.mark_dialed(id).await.unwrap_or(false);
+                            let ok = marked.await.unwrap_or(false);
                             let _ = tx.send((call, ok));
                         });
+                    }
+                    (Some(sink), CallbackState::Requeue { outcome }) => {
+                        sink.requeue(id, outcome);
                     }
                     (Some(sink), CallbackState::Done) => {
                         sink.finish(id, centralino_store::Status::Done, "answered");

@@ -407,7 +407,7 @@ impl Store {
     /// Stores a request, or returns the pending one for the same number
     /// and queue. Returns once the insert is on disk.
     pub fn create_callback(&mut self, new: &NewCallback, now: i64) -> Result<Created, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let existing = tx
             .query_row(
                 &format!(
@@ -480,7 +480,7 @@ impl Store {
         patch: &Patch,
         now: i64,
     ) -> Result<Edit, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let Some(mut cb) = find(&tx, id)? else {
             return Ok(Edit::NotFound);
         };
@@ -514,7 +514,7 @@ impl Store {
         outcome: Option<&str>,
         now: i64,
     ) -> Result<Edit, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let Some(mut cb) = find(&tx, id)? else {
             return Ok(Edit::NotFound);
         };
@@ -539,7 +539,7 @@ impl Store {
     /// Writes a batch of records in one transaction (one fsync for many
     /// events: the call path never waits for the disk).
     pub fn write_records(&mut self, records: &[Record]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         for r in records {
             match r {
                 Record::CallStarted {
@@ -611,7 +611,7 @@ impl Store {
     /// Masks the numbers of records and finished callbacks older than
     /// `cutoff_ms` (all but the last three digits): the retention period.
     pub fn anonymise_before(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let mask = "'***' || substr(caller, -3)";
         let n = tx.execute(
             &format!("UPDATE cdr SET caller = {mask}, variables = NULL, anonymised = 1 WHERE anonymised = 0 AND started_at < ?1"),
@@ -660,7 +660,7 @@ impl Store {
 
     /// Appends entries to the audit log, each chained to the last.
     pub fn audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let (mut seq, mut prev): (i64, String) = tx
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -731,7 +731,7 @@ impl Store {
         limit: usize,
         open: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Callback>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let due: Vec<Callback> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT {COLUMNS} FROM callbacks WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?1) ORDER BY created_at, id"
@@ -774,6 +774,40 @@ impl Store {
         )? == 1)
     }
 
+    /// Runs `f` in one transaction: one fsync for all it writes, and all
+    /// or nothing (group commit). The methods that write several rows
+    /// keep their own all-or-nothing inside it: they use savepoints.
+    pub fn atomically<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(e.into());
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts an in-progress callback that was never dialled back to
+    /// pending at once, giving back the attempt `claim_due` counted: its
+    /// operator left before the citizen's phone rang. The request keeps
+    /// its place (`created_at`) and its `not_before`.
+    pub fn requeue(&mut self, id: &str, outcome: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE callbacks SET status = 'pending', attempts = MAX(attempts - 1, 0), outcome = ?2, dialed = 0, updated_at = ?3 WHERE id = ?1 AND status = 'in_progress'",
+            params![id, outcome, now],
+        )? == 1)
+    }
+
     /// Puts an in-progress callback back to pending for another attempt
     /// at `not_before`.
     pub fn reschedule(
@@ -795,7 +829,7 @@ impl Store {
     /// (the citizen may have been reached: a person decides). Returns
     /// (back to pending, interrupted).
     pub fn recover_in_progress(&mut self, now: i64) -> Result<(usize, usize), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let back = tx.execute(
             "UPDATE callbacks SET status = 'pending', updated_at = ?1 WHERE status = 'in_progress' AND dialed = 0",
             params![now],
@@ -884,7 +918,7 @@ impl Store {
         answers: &[(String, String)],
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let known: Option<String> = tx
             .query_row("SELECT id FROM cdr WHERE id = ?1", params![call], |r| {
                 r.get(0)
@@ -1235,6 +1269,60 @@ mod tests {
         assert_eq!(
             (c.status, c.not_before, c.outcome.as_deref()),
             (Status::Pending, Some(900), Some("busy"))
+        );
+    }
+
+    #[test]
+    fn a_callback_whose_operator_left_before_dialling_keeps_its_place_and_attempts() {
+        let path = temp("requeue");
+        let mut s = Store::open(&path).unwrap();
+        s.create_callback(&new("a", "+393330000001"), 100).unwrap();
+        s.create_callback(&new("b", "+393330000002"), 110).unwrap();
+        assert_eq!(s.claim_due(200, 10, &|_| true).unwrap().len(), 2);
+        // The dial marks of a burst of operators, in one transaction; the
+        // operator of "a" hangs up before its INVITE leaves.
+        let marked = s
+            .atomically(|s| Ok([s.mark_dialed("a", 201)?, s.mark_dialed("b", 201)?]))
+            .unwrap();
+        assert_eq!(marked, [true, true]);
+        assert!(s.requeue("a", "agent_hangup", 202).unwrap());
+        assert!(!s.requeue("a", "agent_hangup", 203).unwrap(), "once");
+        let a = s.get_callback("a").unwrap().unwrap();
+        assert_eq!(
+            (a.status, a.attempts, a.outcome.as_deref()),
+            (Status::Pending, 0, Some("agent_hangup"))
+        );
+        // Claimed again at once, still first (oldest request), and a crash
+        // now would not take it for dialled.
+        let again = s.claim_due(203, 10, &|_| true).unwrap();
+        assert_eq!(
+            again
+                .iter()
+                .map(|c| (c.id.as_str(), c.attempts))
+                .collect::<Vec<_>>(),
+            [("a", 1)]
+        );
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.recover_in_progress(300).unwrap(),
+            (1, 1),
+            "a back, b interrupted"
+        );
+        // A failing step rolls the whole transaction back.
+        let r = s.atomically(|s| {
+            s.requeue("a", "x", 301)?;
+            Err::<(), _>(StoreError::from(rusqlite::Error::InvalidQuery))
+        });
+        assert!(r.is_err());
+        let a = s.get_callback("a").unwrap().unwrap();
+        assert_eq!(
+            (a.status, a.outcome.as_deref()),
+            (Status::Pending, Some("agent_hangup"))
+        );
+        assert!(
+            s.requeue("a", "x", 302).is_ok(),
+            "usable after the rollback"
         );
     }
 }

@@ -1570,6 +1570,83 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
 }
 
 #[test]
+fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncounted() {
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let due = |id: &str| DueCallback {
+        id: id.into(),
+        queue: "info".into(),
+        number: "+393331112225".into(),
+        requirements: None,
+        priority: 0,
+        created_unix: 0,
+        attempt: 1,
+    };
+    let bye_from_phone = |inv: &Message, tag: &str, branch: &str| {
+        format!(
+            "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch={branch}\r\nFrom: {};tag={tag}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            inv.header("To").unwrap(),
+            inv.header("From").unwrap(),
+            inv.call_id
+        )
+    };
+    // The operator hangs up during the callback signal, while the store
+    // is still making "being dialled" durable (a slow disk).
+    h.engine.start_callback(h.now, due("cb1"));
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    let out = h.send(PHONE1, &bye_from_phone(&inv, "b1", "z9hG4bKop1"));
+    assert_eq!(codes(&out, PHONE1), vec![200]);
+    assert_eq!(
+        h.callbacks.last().unwrap(),
+        &(
+            "cb1".to_owned(),
+            CallbackState::Requeue {
+                outcome: "agent_hangup"
+            }
+        ),
+        "back to pending at once, the attempt not counted"
+    );
+    assert_eq!(
+        h.gauge("centralino_callbacks_total{outcome=operator_left}"),
+        1
+    );
+    // The store's late answer dials nobody: no operator is there.
+    h.engine.callback_dialing(h.now, call, true);
+    assert!(requests(&h.drain(), TRUNK, "INVITE").is_empty());
+    assert_eq!(h.engine.active_calls(), 0);
+
+    // Once the citizen's phone rings it was an attempt: CANCEL, and the
+    // queue's retry policy.
+    h.advance(Duration::from_secs(10));
+    h.engine.start_callback(h.now, due("cb2"));
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b2"));
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!()
+    };
+    h.engine.callback_dialing(h.now, call, true);
+    assert_eq!(requests(&h.drain(), TRUNK, "INVITE").len(), 1);
+    let out = h.send(PHONE1, &bye_from_phone(&inv, "b2", "z9hG4bKop2"));
+    assert_eq!(requests(&out, TRUNK, "CANCEL").len(), 1);
+    assert!(matches!(
+        h.callbacks.last().unwrap(),
+        (id, CallbackState::Retry { outcome: "agent_hangup", .. }) if id == "cb2"
+    ));
+}
+
+#[test]
 fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
     let config = CONFIG
         .replace(
