@@ -192,6 +192,14 @@ impl Node {
         std::fs::write(&conf, toml(sip_port, http_port)).expect("write config");
         let log = scratch.path("centralino.log");
         let out = std::fs::File::create(&log).expect("log file");
+        // `CENTRALINO_TEST_SLOW_FSYNC_US=40000 cargo test` runs every node
+        // on a slow disk: the suite must pass that way too.
+        let slow = std::env::var("CENTRALINO_TEST_SLOW_FSYNC_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|_| !env.iter().any(|(k, _)| *k == "LD_PRELOAD"))
+            .map(|us| slow_disk(scratch, us))
+            .unwrap_or_default();
         let child = Command::new(env!("CARGO_BIN_EXE_centralino"))
             .arg("serve")
             .arg("--config")
@@ -200,7 +208,7 @@ impl Node {
             .arg(scratch.path("data"))
             .env("CENTRALINO_LOG", filter)
             .env("NO_COLOR", "1")
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().chain(&slow).map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
@@ -407,7 +415,6 @@ pub(crate) struct Sipp {
 /// The environment that gives a node a slow disk: `tests/fixtures/
 /// slow_fsync.c` built with the system C compiler (the one Rust links
 /// with) and preloaded, so every fsync waits `micros` first.
-#[allow(dead_code)]
 pub(crate) fn slow_disk(scratch: &Scratch, micros: u32) -> Vec<(&'static str, String)> {
     let lib = scratch.path("slow_fsync.so");
     let st = Command::new("cc")
