@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, NodeConfig, Scratch, Sipp, register, scenario};
+use common::{Node, NodeConfig, Scratch, Sipp};
 
 /// A node with `drain_seconds`, one operator whose SIPp phone answers at
 /// once, and a call from the trunk (`trunk_scenario`, -d `talk_ms`) that
@@ -29,24 +29,7 @@ fn node_with_a_call(
             1,
         )
     });
-    let phone = Sipp::spawn(
-        scratch,
-        "phone",
-        &[
-            "-sf",
-            &scenario("agent_answer.xml"),
-            "-m",
-            "1",
-            "-timeout",
-            "60s",
-        ],
-    );
-    register(scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
-    node.wait_metric(
-        "centralino_agents{state=\"available\",tenant=\"demo\"}",
-        Duration::from_secs(5),
-        |v| v == 1.0,
-    );
+    let phone = common::one_answering_phone(scratch, &node);
     let trunk = common::trunk_to(
         scratch,
         &node,

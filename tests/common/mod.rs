@@ -908,6 +908,30 @@ pub(crate) fn https_gateway(scratch: &Scratch) -> HttpsGateway {
 
 /// The carrier trunk: SIPp running `scenario_file` towards DID 100 of
 /// `node`, with `args` added (`-m`, `-d`, ...).
+/// Operator 1001's SIPp phone, answering one call at once, registered
+/// and available (tenant `demo` of [`NodeConfig`]) when this returns.
+pub(crate) fn one_answering_phone(scratch: &Scratch, node: &Node) -> Sipp {
+    let phone = Sipp::spawn(
+        scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_answer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(scratch, node, &[1001], phone.port, |u| format!("demo{u}"));
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    phone
+}
+
 pub(crate) fn trunk_to(
     scratch: &Scratch,
     node: &Node,

@@ -128,6 +128,13 @@ pub struct Metrics {
     /// `centralino_store_group_requests`: requests applied per store
     /// transaction (group commit: a slow disk makes groups larger).
     pub store_group: Histogram,
+    /// `centralino_store_backlog`: writes nobody waits for (records,
+    /// callback state, audit) kept in memory because the disk refused
+    /// them; written again each second.
+    pub store_backlog: IntGauge,
+    /// `centralino_store_dropped_total`: kept writes given up (backlog
+    /// full, or one that kept failing alone).
+    pub store_dropped: IntCounter,
     /// `centralino_store_commit_seconds`: time of one store transaction,
     /// fsync included; what a slow disk costs every callback and record.
     pub store_commit: Histogram,
@@ -409,6 +416,17 @@ impl Metrics {
             store_errors: reg!(c(
                 "centralino_store_errors_total",
                 "Store writes that failed (records, callback state, audit)"
+            )),
+            store_backlog: reg!(
+                IntGauge::new(
+                    "centralino_store_backlog",
+                    "Store writes kept in memory until the disk takes them"
+                )
+                .expect("valid metric")
+            ),
+            store_dropped: reg!(c(
+                "centralino_store_dropped_total",
+                "Kept store writes given up (backlog full or failing alone)"
             )),
             store_group: reg!(
                 Histogram::with_opts(

@@ -67,20 +67,55 @@ struct StoreHandle(Sender<StoreReq>);
 
 /// Most requests applied in one transaction.
 const GROUP_MAX: usize = 512;
+/// Most writes kept in memory while the disk refuses them (disk full, I/O
+/// errors): about an hour of a busy node's call records. Past it the
+/// oldest are dropped, counted and logged.
+const BACKLOG_MAX: usize = 200_000;
+/// A write that failed on its own this many times (while the rest of its
+/// group was committed) is not a disk problem: dropped, counted, logged.
+const OWN_FAILURES_MAX: u32 = 5;
+/// How soon a backlog is tried again when nothing else comes.
+const BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An answer sent once the group's transaction committed (or failed).
 type Deferred = Box<dyn FnOnce(Result<(), &str>)>;
+
+/// A write nobody waits for (call records, callback state changes,
+/// notification attempts, audit entries): kept until it is on disk, so a
+/// full or failing disk delays it instead of losing it.
+struct Kept {
+    req: StoreReq,
+    /// Times it failed by itself (its group committed without it).
+    own_failures: u32,
+    /// It failed in this group.
+    failed: bool,
+}
 
 /// The requests of one transaction and what is owed for them.
 struct Group {
     /// The SMS hook is configured: changes it reports go to the outbox.
     notify: bool,
     replies: Vec<Deferred>,
-    /// Written last, in one chained batch.
-    audit: Vec<centralino_store::AuditEntry>,
+    /// Writes nobody waits for, with how they went.
+    kept: Vec<Kept>,
+    /// Audit entries (and their own failures), written last in one
+    /// chained batch.
+    audit: Vec<(centralino_store::AuditEntry, u32)>,
+    /// That batch failed in this group.
+    audit_failed: bool,
 }
 
 impl Group {
+    fn new(notify: bool) -> Self {
+        Self {
+            notify,
+            replies: Vec::new(),
+            kept: Vec::new(),
+            audit: Vec::new(),
+            audit_failed: false,
+        }
+    }
+
     /// Answers `r` with `v` after the commit, or with the commit's error.
     fn reply<T: 'static>(&mut self, r: Reply<T>, v: Result<T, StoreError>) {
         let v = v.map_err(|e| e.to_string());
@@ -92,11 +127,11 @@ impl Group {
 
     /// The SMS hook's outbox: written next to the change it reports (same
     /// transaction), sent by the notifier.
-    fn outbox(&self, store: &mut Store, id: &str, event: &str) {
+    fn outbox(&self, store: &mut Store, id: &str, event: &str) -> Result<(), StoreError> {
         if !self.notify {
-            return;
+            return Ok(());
         }
-        if let Ok(Some(cb)) = store.get_callback(id) {
+        if let Some(cb) = store.get_callback(id)? {
             // Delivery is at least once (a crash between the gateway's
             // answer and our mark sends it again): the key lets the
             // gateway drop a repeat.
@@ -112,18 +147,54 @@ impl Group {
                 "at": rfc3339(unix_now()),
             })
             .to_string();
-            if let Err(e) = store.notify(id, event, &payload, unix_now()) {
-                warn!(error = %e, "notification not queued");
+            store.notify(id, event, &payload, unix_now())?;
+        }
+        Ok(())
+    }
+
+    /// Writes one request nobody waits for. Each store method is
+    /// all-or-nothing on its own (savepoints), so a failure here undoes
+    /// nothing else of the group.
+    fn write(&self, store: &mut Store, req: &StoreReq) -> Result<(), StoreError> {
+        match req {
+            StoreReq::Requeue(id, outcome, now) => store.requeue(id, outcome, *now).map(drop),
+            StoreReq::Finish(id, status, outcome, now) => store.atomically(|store| {
+                store.set_status(id, *status, Some(outcome), *now)?;
+                if *status == Status::Failed {
+                    self.outbox(store, id, "failed")?;
+                }
+                Ok(())
+            }),
+            StoreReq::Reschedule(id, at, outcome, now) => store.reschedule(id, *at, outcome, *now),
+            StoreReq::Records(batch) => store.write_records(batch),
+            StoreReq::NotificationAttempt(seq, sent, error, retry_at) => {
+                store.notification_attempt(*seq, *sent, error.as_deref(), *retry_at)
             }
+            _ => Ok(()),
         }
     }
 
-    /// Applies one request inside the group's transaction. Each store
-    /// method is all-or-nothing on its own (savepoints), so one failing
-    /// request does not undo the others.
-    fn apply(&mut self, store: &mut Store, req: StoreReq, metrics: &Metrics) {
+    /// Applies a write nobody waits for and keeps it until the commit says
+    /// whether it is on disk.
+    fn keep(&mut self, store: &mut Store, req: StoreReq, own_failures: u32) {
+        let failed = match self.write(store, &req) {
+            Ok(()) => false,
+            Err(e) => {
+                warn!(error = %e, write = req.kind(), "store write failed: kept to try again");
+                true
+            }
+        };
+        self.kept.push(Kept {
+            req,
+            own_failures,
+            failed,
+        });
+    }
+
+    /// Applies one request inside the group's transaction.
+    fn apply(&mut self, store: &mut Store, req: StoreReq) {
         match req {
-            StoreReq::Audit(e) => self.audit.push(e),
+            StoreReq::Audit(e) => self.audit.push((e, 0)),
             StoreReq::Answers(call, agent, answers, now, r) => {
                 let v = store.save_answers(&call, agent.as_deref(), &answers, now);
                 self.reply(r, v);
@@ -134,60 +205,36 @@ impl Group {
                 self.reply(r, v);
             }
             StoreReq::MarkDialed(id, now, r) => {
-                let v = store.mark_dialed(&id, now);
-                if matches!(v, Ok(true)) {
-                    self.outbox(store, &id, "about_to_call");
-                }
-                self.reply(r, v);
-            }
-            StoreReq::Requeue(id, outcome, now) => {
-                if let Err(e) = store.requeue(&id, outcome, now) {
-                    metrics.store_errors.inc();
-                    warn!(error = %e, "callback not put back to pending");
-                }
-            }
-            StoreReq::Finish(id, status, outcome, now) => {
-                match store.set_status(&id, status, Some(outcome), now) {
-                    Ok(_) if status == Status::Failed => self.outbox(store, &id, "failed"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        metrics.store_errors.inc();
-                        warn!(error = %e, "callback outcome not recorded");
+                // The mark and its SMS "about to call" stand or fall
+                // together: the engine dials only if both are durable.
+                let v = store.atomically(|store| {
+                    let m = store.mark_dialed(&id, now)?;
+                    if m {
+                        self.outbox(store, &id, "about_to_call")?;
                     }
-                }
-            }
-            StoreReq::Reschedule(id, at, outcome, now) => {
-                if let Err(e) = store.reschedule(&id, at, outcome, now) {
-                    metrics.store_errors.inc();
-                    warn!(error = %e, "callback not rescheduled");
-                }
+                    Ok(m)
+                });
+                self.reply(r, v);
             }
             StoreReq::Flush(done) => {
                 self.replies.push(Box::new(move |_| {
                     let _ = done.send(());
                 }));
             }
-            StoreReq::Records(batch) => {
-                if let Err(e) = store.write_records(&batch) {
-                    metrics.store_errors.inc();
-                    warn!(error = %e, records = batch.len(), "call records not written");
-                }
-            }
             StoreReq::Create(n, now, r) => {
-                let v = store.create_callback(&n, now);
-                if let Ok(Created::New(cb)) = &v {
-                    self.outbox(store, &cb.id, "booked");
-                }
+                // The request and its SMS "booked" stand or fall together.
+                let v = store.atomically(|store| {
+                    let c = store.create_callback(&n, now)?;
+                    if let Created::New(cb) = &c {
+                        self.outbox(store, &cb.id, "booked")?;
+                    }
+                    Ok(c)
+                });
                 self.reply(r, v);
             }
             StoreReq::DueNotifications(now, r) => {
                 let v = store.due_notifications(now, 50);
                 self.reply(r, v);
-            }
-            StoreReq::NotificationAttempt(seq, sent, error, retry_at) => {
-                if let Err(e) = store.notification_attempt(seq, sent, error.as_deref(), retry_at) {
-                    warn!(error = %e, "notification attempt not recorded");
-                }
             }
             StoreReq::Get(id, r) => {
                 let v = store.get_callback(&id);
@@ -205,6 +252,105 @@ impl Group {
                 let v = store.set_status(&id, Status::Cancelled, Some("cancelled"), now);
                 self.reply(r, v);
             }
+            other @ (StoreReq::Requeue(..)
+            | StoreReq::Finish(..)
+            | StoreReq::Reschedule(..)
+            | StoreReq::Records(_)
+            | StoreReq::NotificationAttempt(..)) => self.keep(store, other, 0),
+        }
+    }
+
+    /// The audit entries, last in the transaction (one chained batch).
+    fn write_audit(&mut self, store: &mut Store) {
+        if self.audit.is_empty() {
+            return;
+        }
+        let entries: Vec<_> = self.audit.iter().map(|(e, _)| e.clone()).collect();
+        if let Err(e) = store.audit(&entries) {
+            warn!(error = %e, entries = entries.len(), "audit entries not written: kept to try again");
+            self.audit_failed = true;
+        }
+    }
+
+    /// After the transaction: what must be written again. A failed commit
+    /// keeps every write of the group (none is on disk); a commit keeps
+    /// only those that failed by themselves, and drops one that keeps
+    /// failing alone (not a disk problem: a bug to look at in the log).
+    fn settle(
+        self,
+        committed: bool,
+        backlog: &mut std::collections::VecDeque<Kept>,
+        metrics: &Metrics,
+    ) {
+        for mut k in self.kept {
+            if committed && !k.failed {
+                continue;
+            }
+            if committed {
+                k.own_failures += 1;
+            }
+            if k.own_failures >= OWN_FAILURES_MAX {
+                metrics.store_dropped.inc();
+                tracing::error!(
+                    write = k.req.kind(),
+                    "store write failed {OWN_FAILURES_MAX} times alone: dropped"
+                );
+                continue;
+            }
+            k.failed = false;
+            backlog.push_back(k);
+        }
+        for (e, mut own) in self.audit {
+            if committed && !self.audit_failed {
+                continue;
+            }
+            if committed {
+                own += 1;
+            }
+            if own >= OWN_FAILURES_MAX {
+                metrics.store_dropped.inc();
+                tracing::error!("audit entry failed {OWN_FAILURES_MAX} times alone: dropped");
+                continue;
+            }
+            backlog.push_back(Kept {
+                req: StoreReq::Audit(e),
+                own_failures: own,
+                failed: false,
+            });
+        }
+        while backlog.len() > BACKLOG_MAX {
+            if let Some(k) = backlog.pop_front() {
+                metrics.store_dropped.inc();
+                tracing::error!(
+                    write = k.req.kind(),
+                    "store backlog full: oldest write dropped"
+                );
+            }
+        }
+        metrics.store_backlog.set(backlog.len() as i64);
+    }
+}
+
+impl StoreReq {
+    /// What a request is, for the log.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Records(_) => "records",
+            Self::Flush(_) => "flush",
+            Self::Audit(_) => "audit",
+            Self::Claim(..) => "claim",
+            Self::MarkDialed(..) => "mark_dialed",
+            Self::Finish(..) => "finish",
+            Self::Reschedule(..) => "reschedule",
+            Self::Requeue(..) => "requeue",
+            Self::DueNotifications(..) => "due_notifications",
+            Self::NotificationAttempt(..) => "notification_attempt",
+            Self::Answers(..) => "answers",
+            Self::Create(..) => "create",
+            Self::Get(..) => "get",
+            Self::List(..) => "list",
+            Self::Update(..) => "update",
+            Self::Cancel(..) => "cancel",
         }
     }
 }
@@ -242,6 +388,8 @@ impl StoreHandle {
             .name("store".into())
             .spawn(move || {
                 let mut next_retention = std::time::Instant::now();
+                let mut backlog: std::collections::VecDeque<Kept> =
+                    std::collections::VecDeque::new();
                 loop {
                     if std::time::Instant::now() >= next_retention {
                         // Hourly: numbers older than the retention period
@@ -253,41 +401,58 @@ impl StoreHandle {
                         }
                         next_retention += std::time::Duration::from_secs(3600);
                     }
-                    let first = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-                        Ok(r) => r,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    let wait = if backlog.is_empty() {
+                        std::time::Duration::from_secs(60)
+                    } else {
+                        BACKLOG_RETRY
                     };
+                    let mut reqs = Vec::new();
+                    match rx.recv_timeout(wait) {
+                        Ok(r) => reqs.push(r),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) if backlog.is_empty() => {
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            if !backlog.is_empty() {
+                                tracing::error!(
+                                    writes = backlog.len(),
+                                    "store writes still refused by the disk at exit: lost"
+                                );
+                            }
+                            break;
+                        }
+                    }
                     // Group commit: every request already waiting is
                     // applied in one transaction, one fsync for all. With
                     // a slow disk a burst (operators answering callbacks
                     // together, a web form's rush) costs one sync, not one
                     // each while the rest wait behind it. Nobody hears
                     // "done" before the commit.
-                    let mut group = Group {
-                        notify,
-                        replies: Vec::new(),
-                        audit: Vec::new(),
-                    };
-                    let mut reqs = vec![first];
                     while reqs.len() < GROUP_MAX {
                         match rx.try_recv() {
                             Ok(r) => reqs.push(r),
                             Err(_) => break,
                         }
                     }
-                    metrics.store_group.observe(reqs.len() as f64);
+                    metrics
+                        .store_group
+                        .observe((reqs.len() + backlog.len()) as f64);
+                    let mut group = Group::new(notify);
                     let began = std::time::Instant::now();
                     let committed = store.atomically(|store| {
+                        // Writes kept from earlier groups first, in their
+                        // order: a call's start before its end.
+                        for k in backlog.drain(..) {
+                            match k.req {
+                                StoreReq::Audit(e) => group.audit.push((e, k.own_failures)),
+                                req => group.keep(store, req, k.own_failures),
+                            }
+                        }
                         for req in reqs {
-                            group.apply(store, req, &metrics);
+                            group.apply(store, req);
                         }
-                        if !group.audit.is_empty()
-                            && let Err(e) = store.audit(&group.audit)
-                        {
-                            metrics.store_errors.inc();
-                            warn!(error = %e, entries = group.audit.len(), "audit entries not written");
-                        }
+                        group.write_audit(store);
                         Ok(())
                     });
                     metrics.store_commit.observe(began.elapsed().as_secs_f64());
@@ -296,7 +461,9 @@ impl StoreHandle {
                         warn!(error = %e, "store transaction not committed");
                         e.to_string()
                     });
-                    for reply in group.replies {
+                    let replies = std::mem::take(&mut group.replies);
+                    group.settle(committed.is_ok(), &mut backlog, &metrics);
+                    for reply in replies {
                         reply(committed.as_ref().map(|_| ()).map_err(String::as_str));
                     }
                 }

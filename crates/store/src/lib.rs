@@ -774,24 +774,34 @@ impl Store {
         )? == 1)
     }
 
-    /// Runs `f` in one transaction: one fsync for all it writes, and all
-    /// or nothing (group commit). The methods that write several rows
-    /// keep their own all-or-nothing inside it: they use savepoints.
+    /// Runs `f` all or nothing: in one transaction (one fsync for all it
+    /// writes: group commit), or, called inside one, in a savepoint. The
+    /// methods that write several rows keep their own all-or-nothing the
+    /// same way.
     pub fn atomically<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let (begin, commit, rollback) = if self.conn.is_autocommit() {
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT atomically",
+                "RELEASE atomically",
+                "ROLLBACK TO atomically; RELEASE atomically",
+            )
+        };
+        self.conn.execute_batch(begin)?;
         match f(self) {
             Ok(v) => {
-                if let Err(e) = self.conn.execute_batch("COMMIT") {
-                    let _ = self.conn.execute_batch("ROLLBACK");
+                if let Err(e) = self.conn.execute_batch(commit) {
+                    let _ = self.conn.execute_batch(rollback);
                     return Err(e.into());
                 }
                 Ok(v)
             }
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.conn.execute_batch(rollback);
                 Err(e)
             }
         }
@@ -1324,5 +1334,18 @@ mod tests {
             s.requeue("a", "x", 302).is_ok(),
             "usable after the rollback"
         );
+        // Nested: the inner part undone alone, the outer one committed.
+        s.atomically(|s| {
+            s.create_callback(&new("c", "+393330000003"), 400)?;
+            let inner = s.atomically(|s| {
+                s.create_callback(&new("d", "+393330000004"), 400)?;
+                Err::<(), _>(StoreError::from(rusqlite::Error::InvalidQuery))
+            });
+            assert!(inner.is_err());
+            Ok(())
+        })
+        .unwrap();
+        assert!(s.get_callback("c").unwrap().is_some());
+        assert!(s.get_callback("d").unwrap().is_none());
     }
 }
