@@ -213,6 +213,105 @@ fn callbacks_are_created_validated_deduplicated_edited_and_cancelled() {
 /// WebSocket refuses what is not a WebSocket, an unknown operator, another
 /// operator's token.
 #[test]
+fn an_operator_logs_in_with_their_sip_password_and_reaches_their_own_desk_only() {
+    let scratch = Scratch::new("api-login");
+    let node = Node::start_toml(&scratch, config);
+    let login = |user: &str, password: &str| {
+        node.http(
+            "POST",
+            "/api/v1/login",
+            None,
+            Some(&format!(
+                r#"{{"username": "{user}", "password": "{password}"}}"#
+            )),
+        )
+    };
+    let (code, body) = login("1001", "demo1001");
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let token = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(v["agent"], "1001");
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+    // Their own desk: authorised (no call now); anything else: 403.
+    let (code, body) = node.http("GET", "/api/v1/agents/1001/call", Some(&token), None);
+    assert_eq!(code, 404, "{body}");
+    for path in [
+        "/api/v1/agents/1002/call",
+        "/api/v1/callbacks",
+        "/api/v1/queues",
+    ] {
+        let (code, body) = node.http("GET", path, Some(&token), None);
+        assert_eq!(code, 403, "{path}: {body}");
+    }
+    let (code, _) = node.http(
+        "POST",
+        "/api/v1/agents/1001/state",
+        Some(&token),
+        Some(r#"{"state": "paused"}"#),
+    );
+    assert_eq!(
+        code, 409,
+        "logged out of SIP: no break to take, but authorised"
+    );
+    // A token edited by hand is refused.
+    let forged = token.replacen("1001", "1002", 1);
+    let (code, body) = node.http("GET", "/api/v1/agents/1002/call", Some(&forged), None);
+    assert_eq!((code, body.contains("log in again")), (401, true), "{body}");
+
+    // A wrong password and an unknown operator get the same answer.
+    let wrong = login("1001", "guess");
+    let unknown = login("9999", "demo1001");
+    assert_eq!(wrong.0, 401);
+    assert_eq!(wrong, unknown);
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/login",
+        None,
+        Some(r#"{"username": "1001"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    // Guessing: after the registrar's 5 failures (one was above) the
+    // address is banned, and even the right password is refused.
+    for _ in 0..4 {
+        assert_eq!(login("1001", "guess").0, 401);
+    }
+    let (code, body) = login("1001", "demo1001");
+    assert_eq!(code, 429, "{body}");
+    // The session given before the guessing still works.
+    let (code, _) = node.http("GET", "/api/v1/agents/1001/call", Some(&token), None);
+    assert_eq!(code, 404);
+    assert_eq!(
+        node.metric("centralino_api_requests_total{code=\"401\",route=\"login\"}"),
+        6.0
+    );
+
+    // Who logged in, and what their session read, is in the audit log.
+    drop(node);
+    let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
+        .expect("the node's store");
+    let audit: Vec<(String, String, u16)> = store
+        .audit_tail(100)
+        .expect("audit")
+        .into_iter()
+        .map(|e| (e.actor, e.action, e.status))
+        .collect();
+    for want in [
+        ("desk:1001", "login", 200),
+        ("desk:1001", "agent_call", 403),
+        ("desk:1001", "agent_state", 409),
+        ("desk:1001", "login", 401),
+        ("desk:1001", "login", 429),
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|(a, r, c)| (a.as_str(), r.as_str(), *c) == want),
+            "{want:?} in {audit:?}"
+        );
+    }
+}
+
+#[test]
 fn tokens_reach_only_what_their_role_is_for() {
     let scratch = Scratch::new("api-roles");
     let node = Node::start_toml(&scratch, config);

@@ -205,10 +205,22 @@ impl Default for RawStore {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawApi {
     tokens: Vec<RawToken>,
+    session_hours: u32,
+    session_key_file: Option<String>,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            session_hours: 12,
+            session_key_file: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -736,6 +748,18 @@ pub struct ApiToken {
     pub tenant: Option<String>,
 }
 
+/// Desk sessions: an operator logs in with their SIP username and password
+/// and gets a signed token for their own desk, valid `hours`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiSessions {
+    /// How long a session token is valid; `0` turns logins off.
+    pub hours: u32,
+    /// A file of at least 32 secret bytes that signs the tokens: nodes
+    /// sharing it accept each other's sessions, and sessions survive a
+    /// restart. Without it each process draws its own key.
+    pub key_file: Option<PathBuf>,
+}
+
 /// How a leg learns its peer's real RTP address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LatchMode {
@@ -812,6 +836,8 @@ pub struct Config {
     pub scripts: Vec<Script>,
     /// HTTP API bearer tokens.
     pub api_tokens: Vec<ApiToken>,
+    /// Operators' desk logins (`POST /api/v1/login`).
+    pub api_sessions: ApiSessions,
     /// Numbers in call records and finished callbacks are masked after
     /// this many days.
     pub retention_days: u32,
@@ -1845,6 +1871,20 @@ impl Config {
         if !(1..=3650).contains(&raw.store.retention_days) {
             p.add("store.retention_days", "must be in 1..=3650");
         }
+        if raw.api.session_hours > 24 {
+            p.add(
+                "api.session_hours",
+                "must be in 0..=24 (0 turns operator logins off)",
+            );
+        }
+        if raw
+            .api
+            .session_key_file
+            .as_ref()
+            .is_some_and(|f| f.is_empty())
+        {
+            p.add("api.session_key_file", "must not be empty");
+        }
         let mut api_tokens = Vec::new();
         for (i, t) in raw.api.tokens.iter().enumerate() {
             let path = format!("api.tokens[{i}]");
@@ -1962,6 +2002,10 @@ impl Config {
             flows,
             scripts,
             api_tokens,
+            api_sessions: ApiSessions {
+                hours: raw.api.session_hours,
+                key_file: raw.api.session_key_file.map(PathBuf::from),
+            },
             retention_days: raw.store.retention_days,
             notifications,
             tenants,
@@ -2413,6 +2457,42 @@ record = true
             ),
         ] {
             let ConfigError::Invalid(problems) = Config::from_toml(&toml).unwrap_err() else {
+                panic!()
+            };
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want}: {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn desk_sessions_are_bounded() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            c.api_sessions,
+            ApiSessions {
+                hours: 12,
+                key_file: None
+            }
+        );
+        let c = Config::from_toml(
+            "[api]\nsession_hours = 0\nsession_key_file = \"/etc/centralino/session.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.api_sessions.hours, 0);
+        for (toml, want) in [
+            (
+                "[api]\nsession_hours = 25\n",
+                "api.session_hours: must be in 0..=24",
+            ),
+            (
+                "[api]\nsession_key_file = \"\"\n",
+                "api.session_key_file: must not be empty",
+            ),
+        ] {
+            let ConfigError::Invalid(problems) = Config::from_toml(toml).unwrap_err() else {
                 panic!()
             };
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();

@@ -7,14 +7,16 @@
 //! One thread owns the SQLite store; handlers talk to it over a channel, so
 //! a slow disk never blocks the engine's thread.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,6 +30,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
+
+use crate::session::{SessionError, Sessions};
 
 /// Largest request body accepted.
 pub(crate) const MAX_BODY: usize = 16 * 1024;
@@ -653,6 +657,9 @@ pub enum ApiError {
     /// The SMS hook's TLS client cannot be set up (CA file).
     #[error("notifications TLS: {0}")]
     Tls(String),
+    /// Desk sessions cannot be signed (key file).
+    #[error("{0}")]
+    Session(#[from] SessionError),
 }
 
 /// Hands call records and queue events to the store's thread (never
@@ -763,7 +770,18 @@ pub struct Api {
     agents: Arc<HashSet<String>>,
     /// Each operator's tenant (supervisor views are per tenant).
     agent_tenants: Arc<Vec<(String, String)>>,
+    /// Desk logins: the operators' SIP secrets, their realm, the signer
+    /// and the brute-force throttle (shared with nothing else).
+    logins: Arc<Logins>,
+    sessions: Arc<Sessions>,
     metrics: Metrics,
+}
+
+/// What `POST /api/v1/login` checks against.
+struct Logins {
+    credentials: HashMap<String, centralino_sip::auth::Credentials>,
+    realm: String,
+    throttle: std::sync::Mutex<centralino_sip::throttle::Throttle>,
 }
 
 /// What each operator's desktop shows, kept by the engine task. Desktops
@@ -772,7 +790,7 @@ pub struct Api {
 /// backlog of stale ones, and the engine task never waits for a browser.
 #[derive(Clone, Default)]
 pub struct Desks {
-    desks: Arc<std::sync::Mutex<std::collections::HashMap<String, Desk>>>,
+    desks: Arc<std::sync::Mutex<HashMap<String, Desk>>>,
     /// (reader, call) pairs already in the audit log (bounded).
     read: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
     /// The queues as supervisors see them, published by the engine task.
@@ -784,7 +802,7 @@ pub struct Desks {
 /// The routing board and each operator's slot on it.
 type BoardView = (
     Arc<centralino_routing::board::Board>,
-    std::collections::HashMap<String, usize>,
+    HashMap<String, usize>,
 );
 
 struct Desk {
@@ -812,7 +830,7 @@ impl Desks {
     pub fn set_board(
         &self,
         board: Arc<centralino_routing::board::Board>,
-        slots: std::collections::HashMap<String, usize>,
+        slots: HashMap<String, usize>,
     ) {
         let _ = self.board.set((board, slots));
     }
@@ -826,7 +844,7 @@ impl Desks {
         Some((slot.code.label(), why))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Desk>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Desk>> {
         self.desks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -919,6 +937,7 @@ impl Api {
             tokio::spawn(notifier(store.clone(), n.clone(), tls, metrics.clone()));
         }
         info!(path = %path.display(), "store open");
+        let sessions = Sessions::new(&config.api_sessions)?;
         Ok(Self {
             store,
             tokens: Arc::new(config.api_tokens.clone()),
@@ -944,6 +963,18 @@ impl Api {
                     })
                     .collect(),
             ),
+            logins: Arc::new(Logins {
+                credentials: config
+                    .agents
+                    .iter()
+                    .map(|a| (a.username.clone(), a.credentials.clone()))
+                    .collect(),
+                realm: config.sip.realm.clone(),
+                throttle: std::sync::Mutex::new(centralino_sip::throttle::Throttle::new(
+                    config.registrar.throttle,
+                )),
+            }),
+            sessions: Arc::new(sessions),
             metrics,
         })
     }
@@ -987,6 +1018,7 @@ impl Api {
             .route("/api/v1/queues/events", get(queue_events))
             .route("/api/v1/agents", get(get_agents))
             .route("/api/v1/config/reload", axum::routing::post(reload_config))
+            .route("/api/v1/login", axum::routing::post(login))
             .route(
                 "/api/v1/calls/{id}/answers",
                 axum::routing::post(post_answers),
@@ -1028,6 +1060,12 @@ impl Api {
 
     /// The name of the token presented (compared in constant time).
     fn token_name(&self, token: &str) -> Option<String> {
+        if Sessions::is_session(token) {
+            return self
+                .sessions
+                .verify(token, unix_now())
+                .map(|a| session_token(a).name);
+        }
         let mut found = None;
         for t in self.tokens.iter() {
             if same(t.token.as_bytes(), token.as_bytes()) {
@@ -1097,8 +1135,20 @@ fn authorize<'a>(
     api: &'a Api,
     headers: &HeaderMap,
     need: Need<'_>,
-) -> Result<&'a ApiToken, Box<Response>> {
+) -> Result<Cow<'a, ApiToken>, Box<Response>> {
     authorize_token(api, bearer(headers), need)
+}
+
+/// What a desk session may do: an `agent` token of that operator, named
+/// `desk:USER` in logs and the audit.
+fn session_token(agent: String) -> ApiToken {
+    ApiToken {
+        name: format!("desk:{agent}"),
+        token: String::new(),
+        role: centralino_config::Role::Agent,
+        agent: Some(agent),
+        tenant: None,
+    }
 }
 
 /// 401 without a known token, 403 when its role may not do this.
@@ -1106,7 +1156,7 @@ fn authorize_token<'a>(
     api: &'a Api,
     token: Option<&str>,
     need: Need<'_>,
-) -> Result<&'a ApiToken, Box<Response>> {
+) -> Result<Cow<'a, ApiToken>, Box<Response>> {
     use centralino_config::Role;
     let Some(token) = token else {
         return Err(Box::new(error(
@@ -1114,17 +1164,29 @@ fn authorize_token<'a>(
             "missing Authorization: Bearer <token>",
         )));
     };
-    // Every token is compared (constant time): which one matched leaks
-    // nothing through timing.
-    let mut found = None;
-    for t in api.tokens.iter() {
-        if same(t.token.as_bytes(), token.as_bytes()) {
-            found = Some(t);
+    let t = if Sessions::is_session(token) {
+        // An operator's desk session: signed, never stored.
+        let Some(agent) = api.sessions.verify(token, unix_now()) else {
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "session expired or not valid: log in again",
+            )));
+        };
+        Cow::Owned(session_token(agent))
+    } else {
+        // Every token is compared (constant time): which one matched
+        // leaks nothing through timing.
+        let mut found = None;
+        for t in api.tokens.iter() {
+            if same(t.token.as_bytes(), token.as_bytes()) {
+                found = Some(t);
+            }
         }
-    }
-    let Some(t) = found else {
-        warn!("API request with an unknown token refused");
-        return Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")));
+        let Some(t) = found else {
+            warn!("API request with an unknown token refused");
+            return Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")));
+        };
+        Cow::Borrowed(t)
     };
     let allowed = match (t.role, need) {
         (Role::Admin, _)
@@ -1328,7 +1390,7 @@ fn authorized_body<'a, T: for<'de> Deserialize<'de>>(
     headers: &HeaderMap,
     body: &Bytes,
     need: Need<'_>,
-) -> Result<(&'a ApiToken, T), Box<Response>> {
+) -> Result<(Cow<'a, ApiToken>, T), Box<Response>> {
     let token = authorize(api, headers, need)?;
     Ok((token, parse_body(body)?))
 }
@@ -1930,6 +1992,113 @@ fn query_token(query: Option<&str>) -> Option<String> {
 struct StateBody {
     state: String,
     reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/v1/login` `{"username", "password"}` with an operator's SIP
+/// credentials: `200 {"token", "agent", "expires_at"}`, a desk session for
+/// that operator only (their desk, its WebSocket, scripts, answers, breaks).
+/// Wrong credentials, or an unknown operator, get the same `401`; too many
+/// failures from one address get `429` for the registrar's ban time, even
+/// with the right password.
+async fn login(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let (r, user) = check_login(&api, peer, &body);
+    if let Some(user) = user.filter(|u| api.logins.credentials.contains_key(u)) {
+        // Who logged in, or tried to as whom: in the audit log.
+        api.audit_as(
+            &format!("desk:{user}"),
+            "login",
+            &peer.ip().to_string(),
+            r.status(),
+        );
+    }
+    api.count("login", r.status());
+    r
+}
+
+fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Response, Option<String>) {
+    if !api.sessions.enabled() {
+        return (
+            error(
+                StatusCode::NOT_FOUND,
+                "operator logins are off (api.session_hours = 0)",
+            ),
+            None,
+        );
+    }
+    let b: LoginBody = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return (*r, None),
+    };
+    if b.username.is_empty() || b.username.len() > 64 || b.password.len() > 256 {
+        return (
+            error(
+                StatusCode::BAD_REQUEST,
+                "username: 1 to 64 characters; password: at most 256",
+            ),
+            None,
+        );
+    }
+    let now = std::time::Instant::now();
+    let ip = peer.ip();
+    let logins = &api.logins;
+    let mut throttle = logins
+        .throttle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if throttle.banned(now, ip, &b.username) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins from this address: try again later",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+        return (r, Some(b.username));
+    }
+    // An unknown operator costs the same hash as a known one.
+    let unknown = centralino_sip::auth::Credentials::default();
+    let creds = logins.credentials.get(&b.username);
+    let right = creds
+        .unwrap_or(&unknown)
+        .matches_password(&b.username, &logins.realm, &b.password)
+        && creds.is_some();
+    if !right {
+        let bans = throttle.failure(now, ip, &b.username);
+        drop(throttle);
+        for (scope, time) in bans {
+            warn!(%ip, scope = scope.label(), seconds = time.as_secs(), "desk login guessing: address banned");
+        }
+        warn!(%ip, "desk login refused: wrong username or password");
+        return (
+            error(StatusCode::UNAUTHORIZED, "wrong username or password"),
+            Some(b.username),
+        );
+    }
+    throttle.success(ip, &b.username);
+    drop(throttle);
+    let (token, expires) = api.sessions.issue(&b.username, unix_now());
+    info!(agent = %b.username, "desk login");
+    (
+        ok(
+            StatusCode::OK,
+            &json!({
+                "token": token,
+                "agent": b.username,
+                "expires_at": rfc3339(expires),
+            }),
+        ),
+        Some(b.username),
+    )
 }
 
 async fn agent_state(

@@ -58,12 +58,17 @@ pub async fn serve_http(
     }
     // Bodies larger than the API accepts are refused before they are read.
     let app = app.layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY));
-    axum::serve(listener, app)
-        .await
-        .map_err(|source| NetError::Io {
-            what: "http",
-            source,
-        })
+    // The peer's address reaches handlers (desk logins are throttled per
+    // address).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .map_err(|source| NetError::Io {
+        what: "http",
+        source,
+    })
 }
 
 fn metrics(registry: &Registry) -> impl IntoResponse + use<> {

@@ -18,6 +18,7 @@ mod http;
 mod media;
 mod prompts;
 mod recorder;
+mod session;
 mod sip;
 
 pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadSlot};

@@ -80,6 +80,20 @@ impl Credentials {
         }
     }
 
+    /// Whether `password` is this user's: its HA1 compared (in constant
+    /// time) with the stored one, SHA-256 when stored, else MD5. Lets
+    /// other logins (an operator's desk) use the SIP secret without a
+    /// second password store.
+    pub fn matches_password(&self, username: &str, realm: &str, password: &str) -> bool {
+        let a1 = format!("{username}:{realm}:{password}");
+        [Algorithm::Sha256, Algorithm::Md5]
+            .into_iter()
+            .find_map(|alg| Some((alg, self.ha1(alg)?)))
+            .is_some_and(|(alg, stored)| {
+                constant_time_eq(alg.hex(&a1).as_bytes(), stored.as_bytes())
+            })
+    }
+
     fn ha1(&self, alg: Algorithm) -> Option<&str> {
         match alg {
             Algorithm::Md5 => self.ha1_md5.as_deref(),
@@ -354,6 +368,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_password_matches_the_stored_ha1_of_either_algorithm() {
+        let c = Credentials::from_password("1001", "centralino", "demo1001");
+        assert!(c.matches_password("1001", "centralino", "demo1001"));
+        assert!(!c.matches_password("1001", "centralino", "demo1002"));
+        assert!(!c.matches_password("1002", "centralino", "demo1001"));
+        let md5_only = Credentials {
+            ha1_md5: c.ha1_md5.clone(),
+            ha1_sha256: None,
+        };
+        assert!(md5_only.matches_password("1001", "centralino", "demo1001"));
+        assert!(!Credentials::default().matches_password("1001", "centralino", ""));
+    }
+
     use super::*;
 
     fn answer(alg: Algorithm, nonce: &str, nc: &str, password: &str, uri: &str) -> String {

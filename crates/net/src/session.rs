@@ -1,0 +1,176 @@
+//! Operators' desk sessions: after a login with their SIP credentials an
+//! operator holds a signed token for their own desk, `cs1.USER.EXPIRES.MAC`
+//! (MAC = HMAC-SHA256 over the rest, hex). Nothing is stored: any node with
+//! the same key checks it, and 40,000 operators need no token in the
+//! configuration. Time is passed in, so the rules are tested without a
+//! clock.
+
+use aws_lc_rs::hmac;
+
+/// Prefix and version of the format.
+const PREFIX: &str = "cs1";
+/// Shortest key accepted from a file.
+pub(crate) const MIN_KEY: usize = 32;
+
+/// Why a session key cannot be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The key file cannot be read.
+    #[error("session key file {0}: {1}")]
+    Read(std::path::PathBuf, std::io::Error),
+    /// The key file holds too few bytes.
+    #[error("session key file {0}: at least {MIN_KEY} bytes of secret needed, found {1}")]
+    Short(std::path::PathBuf, usize),
+    /// The system's random source failed.
+    #[error("no random key: {0}")]
+    Random(String),
+}
+
+/// Issues and checks session tokens.
+pub(crate) struct Sessions {
+    key: hmac::Key,
+    /// Validity of a new token, in seconds; 0 = logins off.
+    ttl: i64,
+}
+
+impl Sessions {
+    /// From the configuration: the key file's bytes (trailing white space
+    /// ignored), or a random key of this process.
+    pub(crate) fn new(cfg: &centralino_config::ApiSessions) -> Result<Self, SessionError> {
+        let key = match &cfg.key_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| SessionError::Read(path.clone(), e))?;
+                let secret = bytes.trim_ascii_end();
+                if secret.len() < MIN_KEY {
+                    return Err(SessionError::Short(path.clone(), secret.len()));
+                }
+                hmac::Key::new(hmac::HMAC_SHA256, secret)
+            }
+            None => hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())
+                .map_err(|e| SessionError::Random(e.to_string()))?,
+        };
+        Ok(Self {
+            key,
+            ttl: i64::from(cfg.hours) * 3600,
+        })
+    }
+
+    /// Logins are on.
+    pub(crate) fn enabled(&self) -> bool {
+        self.ttl > 0
+    }
+
+    /// A token for `agent`, issued at `now` (Unix seconds), and when it
+    /// expires.
+    pub(crate) fn issue(&self, agent: &str, now: i64) -> (String, i64) {
+        let expires = now + self.ttl;
+        let body = format!("{PREFIX}.{agent}.{expires}");
+        let mac = hmac::sign(&self.key, body.as_bytes());
+        (format!("{body}.{}", hex(mac.as_ref())), expires)
+    }
+
+    /// Whether `token` looks like a session token (not a configured one).
+    pub(crate) fn is_session(token: &str) -> bool {
+        token.starts_with("cs1.")
+    }
+
+    /// The operator a valid, unexpired token at `now` belongs to.
+    pub(crate) fn verify(&self, token: &str, now: i64) -> Option<String> {
+        if !self.enabled() || token.len() > 256 {
+            return None;
+        }
+        let (body, mac) = token.rsplit_once('.')?;
+        let mac = unhex(mac)?;
+        // Constant time, by aws-lc.
+        hmac::verify(&self.key, body.as_bytes(), &mac).ok()?;
+        let rest = body.strip_prefix(PREFIX)?.strip_prefix('.')?;
+        let (agent, expires) = rest.rsplit_once('.')?;
+        let expires: i64 = expires.parse().ok()?;
+        (now < expires && !agent.is_empty()).then(|| agent.to_owned())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(hours: u32, key_file: Option<std::path::PathBuf>) -> Sessions {
+        Sessions::new(&centralino_config::ApiSessions { hours, key_file }).unwrap()
+    }
+
+    #[test]
+    fn a_token_names_its_operator_until_it_expires() {
+        let s = sessions(12, None);
+        let (t, exp) = s.issue("1001", 1_000);
+        assert_eq!(exp, 1_000 + 12 * 3600);
+        assert!(Sessions::is_session(&t));
+        assert_eq!(s.verify(&t, 1_001).as_deref(), Some("1001"));
+        assert_eq!(s.verify(&t, exp), None, "expired");
+        // Another operator's name, another expiry, another byte of MAC.
+        let forged = t.replacen("1001", "1002", 1);
+        assert_eq!(s.verify(&forged, 1_001), None);
+        let later = t.replacen(&exp.to_string(), &(exp + 3600).to_string(), 1);
+        assert_eq!(s.verify(&later, 1_001), None);
+        let mut flipped = t.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        assert_eq!(s.verify(&String::from_utf8(flipped).unwrap(), 1_001), None);
+        // Another process's key (no shared file) does not accept it.
+        assert_eq!(sessions(12, None).verify(&t, 1_001), None);
+        for junk in [
+            "",
+            "cs1",
+            "cs1..",
+            "cs1.1001.x.00",
+            "cs1.1001.99999999999.zz",
+            "Bearer",
+        ] {
+            assert_eq!(s.verify(junk, 1_001), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn nodes_sharing_a_key_file_accept_each_others_sessions() {
+        let dir = std::env::temp_dir().join(format!("centralino-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let (a, b) = (
+            sessions(1, Some(key.clone())),
+            sessions(1, Some(key.clone())),
+        );
+        let (t, _) = a.issue("1001", 0);
+        assert_eq!(b.verify(&t, 10).as_deref(), Some("1001"));
+        std::fs::write(&key, "short").unwrap();
+        let e = Sessions::new(&centralino_config::ApiSessions {
+            hours: 1,
+            key_file: Some(key.clone()),
+        });
+        assert!(matches!(e, Err(SessionError::Short(_, 5))));
+        let off = sessions(0, None);
+        assert!(!off.enabled());
+        assert_eq!(off.verify(&off.issue("1001", 0).0, 0), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
