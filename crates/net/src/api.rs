@@ -806,18 +806,42 @@ type BoardView = (
 );
 
 struct Desk {
-    now: tokio::sync::watch::Sender<Option<AgentCall>>,
+    /// The latest changes, oldest first, each with its number on this
+    /// desk: a desktop a little behind still gets every transition
+    /// (offered, connected, idle) in order. Bounded: one further behind
+    /// gets the current state and how many it missed.
+    events: std::collections::VecDeque<(u64, Option<AgentCall>)>,
+    /// The newest event's number, for desktops to wait on.
+    seq: tokio::sync::watch::Sender<u64>,
     /// The last call shown (an operator finishes the script after it).
     last_call: Option<String>,
 }
 
+/// Changes kept per desk for desktops that fall behind.
+const DESK_EVENTS: usize = 64;
+
 impl Desk {
     fn new() -> Self {
         Self {
-            now: tokio::sync::watch::Sender::new(None),
+            events: std::collections::VecDeque::from([(0, None)]),
+            seq: tokio::sync::watch::Sender::new(0),
             last_call: None,
         }
     }
+
+    fn newest(&self) -> (u64, Option<AgentCall>) {
+        self.events.back().cloned().unwrap_or((0, None))
+    }
+}
+
+/// What a desktop that has seen a desk up to some number gets next.
+#[derive(Debug, PartialEq)]
+enum Since {
+    /// Every change after it, in order, and the newest number.
+    Events(Vec<Option<AgentCall>>, u64),
+    /// Too far behind: the current state, how many changes before it were
+    /// not delivered one by one, and the newest number.
+    Gap(Option<AgentCall>, u64, u64),
 }
 
 impl Desks {
@@ -860,20 +884,51 @@ impl Desks {
         if let Some(i) = info.as_ref().filter(|i| i.state == DeskState::Connected) {
             desk.last_call = Some(i.call.clone());
         }
-        desk.now.send_replace(info);
+        let seq = desk.newest().0 + 1;
+        desk.events.push_back((seq, info));
+        while desk.events.len() > DESK_EVENTS {
+            desk.events.pop_front();
+        }
+        desk.seq.send_replace(seq);
     }
 
     fn current(&self, agent: &str) -> Option<AgentCall> {
-        self.lock().get(agent).and_then(|d| d.now.borrow().clone())
+        self.lock().get(agent).and_then(|d| d.newest().1)
     }
 
-    /// Follows `agent`'s desk (a configured operator: the caller checks).
-    fn watch(&self, agent: &str) -> tokio::sync::watch::Receiver<Option<AgentCall>> {
+    /// Follows `agent`'s desk (a configured operator: the caller checks):
+    /// the newest change's number moves on each change.
+    fn watch(&self, agent: &str) -> tokio::sync::watch::Receiver<u64> {
         self.lock()
             .entry(agent.to_owned())
             .or_insert_with(Desk::new)
-            .now
+            .seq
             .subscribe()
+    }
+
+    /// The newest change's number and the state it left, together.
+    fn snapshot(&self, agent: &str) -> (u64, Option<AgentCall>) {
+        self.lock().get(agent).map_or((0, None), Desk::newest)
+    }
+
+    /// What follows change number `seen` on `agent`'s desk.
+    fn since(&self, agent: &str, seen: u64) -> Since {
+        let desks = self.lock();
+        let Some(desk) = desks.get(agent) else {
+            return Since::Events(Vec::new(), seen);
+        };
+        let newest = desk.newest();
+        let oldest = desk.events.front().map_or(0, |e| e.0);
+        if seen + 1 < oldest {
+            return Since::Gap(newest.1, newest.0 - seen - 1, newest.0);
+        }
+        let events = desk
+            .events
+            .iter()
+            .filter(|(n, _)| *n > seen)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Since::Events(events, newest.0.max(seen))
     }
 
     /// Whether `reader` reads `call` for the first time (recently: the set
@@ -1730,7 +1785,7 @@ async fn agent_events(
 
 async fn desk_socket(
     mut socket: axum::extract::ws::WebSocket,
-    mut rx: tokio::sync::watch::Receiver<Option<AgentCall>>,
+    mut rx: tokio::sync::watch::Receiver<u64>,
     api: Api,
     agent: String,
     actor: String,
@@ -1753,7 +1808,9 @@ async fn desk_socket(
     // The operator's own state is read from the board (lock-free) a few
     // times a second and pushed when it changes.
     let mut poll = tokio::time::interval(DESK_STATE_POLL);
-    let first = rx.borrow_and_update().clone();
+    // The current state first, then every change after it.
+    rx.borrow_and_update();
+    let (mut seen, first) = desks.snapshot(&agent);
     audit(first.as_ref());
     let mut pending = vec![call_event(first.as_ref())];
     let mut shown_state = None;
@@ -1768,9 +1825,23 @@ async fn desk_socket(
                 if changed.is_err() {
                     return;
                 }
-                let now = rx.borrow_and_update().clone();
-                audit(now.as_ref());
-                pending.push(call_event(now.as_ref()));
+                rx.borrow_and_update();
+                match desks.since(&agent, seen) {
+                    Since::Events(events, newest) => {
+                        for e in &events {
+                            audit(e.as_ref());
+                            pending.push(call_event(e.as_ref()));
+                        }
+                        seen = newest;
+                    }
+                    Since::Gap(now, missed, newest) => {
+                        audit(now.as_ref());
+                        let mut e = call_event(now.as_ref());
+                        e["missed"] = json!(missed);
+                        pending.push(e);
+                        seen = newest;
+                    }
+                }
             }
             _ = poll.tick() => {
                 let now = desks.agent_state(&agent);
@@ -2325,5 +2396,53 @@ mod tests {
         );
         assert!(same(b"demo-admin-token", b"demo-admin-token"));
         assert!(!same(b"demo-admin-token", b"demo-admin-tokeN") && !same(b"a", b"ab"));
+    }
+
+    #[test]
+    fn a_desktop_behind_gets_every_transition_or_knows_what_it_missed() {
+        let call = |state| AgentCall {
+            state,
+            call: "c1".into(),
+            queue: "info".into(),
+            flow: None,
+            variables: Vec::new(),
+            script: None,
+            callback: None,
+        };
+        let desks = Desks::default();
+        let mut rx = desks.watch("1001");
+        assert_eq!(desks.snapshot("1001"), (0, None));
+        // Offered, answered and over before the desktop's task runs: the
+        // three arrive, in order.
+        desks.set("1001".into(), Some(call(DeskState::Offered)));
+        desks.set("1001".into(), Some(call(DeskState::Connected)));
+        desks.set("1001".into(), None);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 3);
+        assert_eq!(
+            desks.since("1001", 0),
+            Since::Events(
+                vec![
+                    Some(call(DeskState::Offered)),
+                    Some(call(DeskState::Connected)),
+                    None
+                ],
+                3
+            )
+        );
+        assert_eq!(desks.since("1001", 3), Since::Events(Vec::new(), 3));
+        // Far behind (a frozen browser): the current state and the count.
+        for _ in 0..DESK_EVENTS {
+            desks.set("1001".into(), Some(call(DeskState::Offered)));
+        }
+        assert_eq!(
+            desks.since("1001", 2),
+            Since::Gap(
+                Some(call(DeskState::Offered)),
+                DESK_EVENTS as u64,
+                3 + DESK_EVENTS as u64
+            )
+        );
+        assert_eq!(desks.snapshot("1001").0, 3 + DESK_EVENTS as u64);
     }
 }
