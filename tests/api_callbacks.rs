@@ -768,3 +768,77 @@ fn supervisors_see_their_own_tenant_only() {
             .is_some()
     );
 }
+
+/// TEST-MATRIX D11: every route of the API (the router is built from
+/// `centralino_net::routes()`, so a new route is in this test by
+/// construction) refuses a request with no token, an unknown token, a
+/// desk session that expired and one signed with another key, with `401`.
+/// Only the login takes none.
+#[test]
+fn every_route_refuses_missing_unknown_expired_and_forged_tokens() {
+    use aws_lc_rs::hmac;
+    let scratch = Scratch::new("api-d11");
+    let key = b"0123456789abcdef0123456789abcdef";
+    std::fs::write(scratch.path("session.key"), key).unwrap();
+    let key_file = scratch.path("session.key");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http).replacen(
+            "[[api.tokens]]",
+            &format!(
+                "[api]\nsession_key_file = \"{}\"\n\n[[api.tokens]]",
+                key_file.display()
+            ),
+            1,
+        )
+    });
+    let sign = |key: &[u8], agent: &str, expires: i64| {
+        let body = format!("cs1.{agent}.{expires}");
+        let mac = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), body.as_bytes());
+        let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{body}.{hex}")
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // The key file is honoured: a session signed with it, still valid,
+    // reaches the operator's desk.
+    let valid = sign(key, "1001", now + 600);
+    let (code, _) = node.http("GET", "/api/v1/agents/1001/call", Some(&valid), None);
+    assert_eq!(code, 404, "authorised, no call now");
+    let expired = sign(key, "1001", now - 1);
+    let forged = sign(b"another-key-another-key-another-", "1001", now + 600);
+    let routes = centralino_net::routes();
+    assert!(routes.len() >= 12, "{routes:?}");
+    let mut calls = 0;
+    for (path, methods) in routes {
+        let path = path.replace("{name}", "1001").replace("{id}", "x");
+        for method in methods {
+            let body = (*method != "GET" && *method != "DELETE").then_some("{}");
+            if path == "/api/v1/login" {
+                // Public; an empty body is a bad request, not a session.
+                assert_eq!(node.http(method, &path, None, body).0, 400);
+                continue;
+            }
+            for token in [
+                None,
+                Some("no-such-token-0123456789"),
+                Some(&expired[..]),
+                Some(&forged[..]),
+            ] {
+                let (code, resp) = node.http(method, &path, token, body);
+                assert_eq!(code, 401, "{method} {path} with {token:?}: {resp}");
+                calls += 1;
+            }
+        }
+    }
+    assert!(calls >= 4 * 14, "{calls} refusals");
+    let m = node.metrics();
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("centralino_api_requests_total{code=\"401\""))
+            .count()
+            >= 12,
+        "every route counted its refusals"
+    );
+}

@@ -19,7 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use centralino_b2bua::{AgentCall, DeskState, Metrics, QueueView};
 use centralino_config::{ApiToken, Config};
 use centralino_flows::calendar::{civil_from_days, days_from_civil};
@@ -777,6 +777,45 @@ pub struct Api {
     metrics: Metrics,
 }
 
+/// Every API route: its path, its methods, and the handlers. The router is
+/// built from this table only, and `routes()` lists the same table for the
+/// test that calls each route with no token, a wrong one and an expired
+/// session (TEST-MATRIX D11): a route cannot be added without that test
+/// calling it.
+fn table() -> Vec<(&'static str, &'static [&'static str], MethodRouter<Api>)> {
+    use axum::routing::post;
+    vec![
+        (
+            "/api/v1/callbacks",
+            &["GET", "POST"],
+            get(list_callbacks).post(create_callback),
+        ),
+        (
+            "/api/v1/callbacks/{id}",
+            &["GET", "PATCH", "DELETE"],
+            get(get_callback)
+                .patch(patch_callback)
+                .delete(delete_callback),
+        ),
+        ("/api/v1/scripts/{name}", &["GET"], get(get_script)),
+        ("/api/v1/agents/{name}/call", &["GET"], get(get_agent_call)),
+        ("/api/v1/agents/{name}/events", &["GET"], get(agent_events)),
+        ("/api/v1/agents/{name}/state", &["POST"], post(agent_state)),
+        ("/api/v1/queues", &["GET"], get(get_queues)),
+        ("/api/v1/queues/events", &["GET"], get(queue_events)),
+        ("/api/v1/agents", &["GET"], get(get_agents)),
+        ("/api/v1/config/reload", &["POST"], post(reload_config)),
+        ("/api/v1/login", &["POST"], post(login)),
+        ("/api/v1/calls/{id}/answers", &["POST"], post(post_answers)),
+    ]
+}
+
+/// The API's routes as (path, methods), for tests and documentation.
+/// `POST /api/v1/login` is the only one that takes no token.
+pub fn routes() -> Vec<(&'static str, &'static [&'static str])> {
+    table().into_iter().map(|(p, m, _)| (p, m)).collect()
+}
+
 /// What `POST /api/v1/login` checks against.
 struct Logins {
     credentials: HashMap<String, centralino_sip::auth::Credentials>,
@@ -1051,33 +1090,11 @@ impl Api {
 
     /// The API's routes.
     pub fn router(self) -> Router {
-        Router::new()
-            .route(
-                "/api/v1/callbacks",
-                get(list_callbacks).post(create_callback),
-            )
-            .route(
-                "/api/v1/callbacks/{id}",
-                get(get_callback)
-                    .patch(patch_callback)
-                    .delete(delete_callback),
-            )
-            .route("/api/v1/scripts/{name}", get(get_script))
-            .route("/api/v1/agents/{name}/call", get(get_agent_call))
-            .route("/api/v1/agents/{name}/events", get(agent_events))
-            .route(
-                "/api/v1/agents/{name}/state",
-                axum::routing::post(agent_state),
-            )
-            .route("/api/v1/queues", get(get_queues))
-            .route("/api/v1/queues/events", get(queue_events))
-            .route("/api/v1/agents", get(get_agents))
-            .route("/api/v1/config/reload", axum::routing::post(reload_config))
-            .route("/api/v1/login", axum::routing::post(login))
-            .route(
-                "/api/v1/calls/{id}/answers",
-                axum::routing::post(post_answers),
-            )
+        table()
+            .into_iter()
+            .fold(Router::new(), |r, (path, _, methods)| {
+                r.route(path, methods)
+            })
             .with_state(self)
     }
 
