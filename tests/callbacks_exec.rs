@@ -59,19 +59,7 @@ max_wait_seconds = 600
 #[test]
 fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     let scratch = Scratch::new("cb-exec");
-    let mut citizen = Sipp::spawn(
-        &scratch,
-        "citizen",
-        &[
-            "-sf",
-            &scenario("citizen_answer.xml"),
-            "-m",
-            "100",
-            "-trace_logs",
-            "-timeout",
-            "120s",
-        ],
-    );
+    let mut citizen = common::far_end(&scratch, "citizen", "citizen_answer.xml", 100, "120s");
     let citizen_port = citizen.port;
     let (sms_port, sms) = common::gateway(false);
     let mut node = Node::start_toml(&scratch, |sip, http| {
@@ -193,5 +181,75 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
             let key = v["key"].as_str().unwrap_or_default().to_owned();
             keys.entry(event).or_default().insert(key);
         }
+    }
+}
+
+/// TEST-MATRIX C6 for callbacks: the tenant's first outbound trunk answers
+/// 503 (a SIPp carrier that is down); the same attempt goes out through the
+/// next trunk at once and the citizen is reached, while the operator waits.
+#[test]
+fn a_carrier_down_hands_the_callback_to_the_next_trunk() {
+    let scratch = Scratch::new("cb-failover");
+    let mut down = common::far_end(&scratch, "down", "trunk_down.xml", 1, "60s");
+    let mut citizen = common::far_end(&scratch, "citizen", "citizen_answer.xml", 1, "60s");
+    let (sms_port, _sms) = common::gateway(false);
+    let down_port = down.port;
+    let node = Node::start_toml(&scratch, |sip, http| {
+        // The carrier that is down comes first: it is the primary.
+        config(sip, http, citizen.port, sms_port).replacen(
+            "[[trunks]]",
+            &format!(
+                "[[trunks]]\nname = \"primario\"\ntenant = \"asl\"\npeers = [\"127.0.0.3\"]\noutbound = \"127.0.0.1:{down_port}\"\n\n[[trunks]]"
+            ),
+            1,
+        )
+    });
+    let phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-m",
+            "1",
+            "-d",
+            "1000",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phones.port, |u| {
+        format!("demo{u}")
+    });
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(TOKEN),
+        Some(r#"{"queue": "richiamate", "number": "+393471234567"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    down.expect_success(Duration::from_secs(30));
+    citizen.expect_success(Duration::from_secs(30));
+    let tried = |s: &Sipp, word: &str| {
+        s.log_lines()
+            .iter()
+            .filter(|l| l.contains(&format!("{word} INVITE sip:+393471234567@")))
+            .count()
+    };
+    assert_eq!((tried(&down, "refused"), tried(&citizen, "called")), (1, 1));
+    node.wait_metric(
+        "centralino_trunk_failovers_total{reason=\"5xx\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, b) = node.http("GET", &format!("/api/v1/callbacks/{id}"), Some(TOKEN), None);
+        if json(&b)["status"] == "done" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{b}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

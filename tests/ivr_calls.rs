@@ -660,19 +660,7 @@ fn outside_opening_hours_a_caller_accepts_a_callback_and_is_never_a_dead_end() {
 fn an_ivr_transfer_reaches_an_external_number_through_the_trunk() {
     let scratch = Scratch::new("ivr-transfer");
     // The external number's phone, behind the carrier.
-    let mut far = Sipp::spawn(
-        &scratch,
-        "far",
-        &[
-            "-sf",
-            &scenario("citizen_answer.xml"),
-            "-m",
-            "1",
-            "-trace_logs",
-            "-timeout",
-            "30s",
-        ],
-    );
+    let mut far = common::far_end(&scratch, "far", "citizen_answer.xml", 1, "30s");
     let far_port = far.port;
     let node = node_with(&scratch, |c| {
         c.replacen(

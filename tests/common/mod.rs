@@ -908,6 +908,31 @@ pub(crate) fn https_gateway(scratch: &Scratch) -> HttpsGateway {
 
 /// The carrier trunk: SIPp running `scenario_file` towards DID 100 of
 /// `node`, with `args` added (`-m`, `-d`, ...).
+/// A SIPp UAS behind the carrier running `scenario_file` for `calls`
+/// calls, logging what it logs (`-trace_logs`): a citizen's phone, a
+/// carrier that is down.
+pub(crate) fn far_end(
+    scratch: &Scratch,
+    label: &str,
+    scenario_file: &str,
+    calls: u32,
+    timeout: &str,
+) -> Sipp {
+    Sipp::spawn(
+        scratch,
+        label,
+        &[
+            "-sf",
+            &scenario(scenario_file),
+            "-m",
+            &calls.to_string(),
+            "-trace_logs",
+            "-timeout",
+            timeout,
+        ],
+    )
+}
+
 /// Operator 1001's SIPp phone, answering one call at once, registered
 /// and available (tenant `demo` of [`NodeConfig`]) when this returns.
 pub(crate) fn one_answering_phone(scratch: &Scratch, node: &Node) -> Sipp {

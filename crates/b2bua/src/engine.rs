@@ -237,6 +237,8 @@ struct Outbound {
     dialled: bool,
     /// The citizen answered.
     answered: bool,
+    /// The outbound trunk dialled through (index in `trunk_out`).
+    trunk: usize,
 }
 
 /// A call's anchored media as the signalling side knows it.
@@ -853,33 +855,12 @@ impl Engine {
             );
             return;
         };
-        let Some(remote) = self.trunk_out[trunk].0 else {
-            return;
-        };
-        let flow = Flow {
-            transport: Transport::Udp,
-            remote,
-            local,
-            conn: 0,
-        };
         // The call's SIP side towards the citizen is filled in when we
         // dial; its media is anchored like any call's.
         let number = cb.number.clone();
-        let target = format!("sip:{number}@{remote}");
-        let tag = self.token();
-        let call_id = format!("{}@centralino", self.token());
-        let caller_id = self.trunk_out[trunk].1.clone();
-        let local_uri = format!("<sip:{caller_id}@{local}>;tag={tag}");
-        let via = self.via(flow);
-        let invite = Message::new_request(
-            Method::Invite,
-            &target,
-            via,
-            &local_uri,
-            &format!("<{target}>"),
-            &call_id,
-            1,
-        );
+        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, local, &number) else {
+            return;
+        };
         let ip = local.ip();
         let Ok(a_port) = self.ports.take(now, ip) else {
             self.callback_retry(&cb, "no_rtp_port", queue);
@@ -945,15 +926,7 @@ impl Engine {
                 enqueued: now,
                 started: now,
                 a_key,
-                a_leg: Leg {
-                    call_id: call_id.clone(),
-                    local: local_uri,
-                    remote: format!("<{target}>"),
-                    remote_target: target,
-                    route_set: Vec::new(),
-                    cseq: 1,
-                    flow,
-                },
+                a_leg,
                 a_invite: Box::new(invite),
                 a_tag: tag,
                 caller: number,
@@ -979,6 +952,7 @@ impl Engine {
                     invite: None,
                     dialled: false,
                     answered: false,
+                    trunk,
                 }),
                 transfer: None,
             },
@@ -991,6 +965,99 @@ impl Engine {
             self.enter_queue(now, id, queue, &spec);
         }
         self.pump(now);
+    }
+
+    /// The leg towards a number through outbound trunk `trunk` (a citizen
+    /// called back, an IVR transfer), its INVITE (no body yet) and our tag.
+    fn citizen_leg(
+        &mut self,
+        trunk: usize,
+        local: SocketAddr,
+        number: &str,
+    ) -> Option<(Leg, Message, String)> {
+        let (remote, caller_id, _) = self.trunk_out.get(trunk)?.clone();
+        let remote = remote?;
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote,
+            local,
+            conn: 0,
+        };
+        let target = format!("sip:{number}@{remote}");
+        let tag = self.token();
+        let call_id = format!("{}@centralino", self.token());
+        let local_uri = format!("<sip:{caller_id}@{local}>;tag={tag}");
+        let via = self.via(flow);
+        let invite = Message::new_request(
+            Method::Invite,
+            &target,
+            via,
+            &local_uri,
+            &format!("<{target}>"),
+            &call_id,
+            1,
+        );
+        let leg = Leg {
+            call_id,
+            local: local_uri,
+            remote: format!("<{target}>"),
+            remote_target: target,
+            route_set: Vec::new(),
+            cseq: 1,
+            flow,
+        };
+        Some((leg, invite, tag))
+    }
+
+    /// The trunk failed the citizen's INVITE (a 5xx, or no answer at all):
+    /// the same attempt goes on through the tenant's next outbound trunk
+    /// (configuration order), so a carrier down costs a citizen nothing
+    /// while another is up. `false` when none is left.
+    fn next_trunk(&mut self, now: Instant, call_id: CallId, reason: &'static str) -> bool {
+        let Some(local) = self.outbound_local else {
+            return false;
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return false;
+        };
+        let Some(o) = call.outbound.as_ref().filter(|o| !o.answered) else {
+            return false;
+        };
+        let (from, tenant) = (o.trunk, self.trunk_out[o.trunk].2);
+        let Some(next) = (from + 1..self.trunk_out.len())
+            .find(|&j| self.trunk_out[j].0.is_some() && self.trunk_out[j].2 == tenant)
+        else {
+            return false;
+        };
+        let number = call.caller.clone();
+        let Some((leg, invite, tag)) = self.citizen_leg(next, local, &number) else {
+            return false;
+        };
+        let old = std::mem::replace(
+            &mut self.calls.get_mut(&call_id).expect("looked up").a_leg,
+            leg,
+        );
+        self.by_a.remove(&old.call_id);
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.a_key = TxKey::of(&invite);
+            *call.a_invite = invite;
+            call.a_tag = tag;
+            if let Some(o) = call.outbound.as_mut() {
+                o.trunk = next;
+            }
+        }
+        warn!(
+            reason,
+            from = from,
+            to = next,
+            "outbound trunk failed: the callback goes on through the next one"
+        );
+        self.metrics
+            .trunk_failovers
+            .with_label_values(&[reason])
+            .inc();
+        self.callback_dialing(now, call_id, true);
+        true
     }
 
     fn callback_state(&mut self, id: &str, state: CallbackState) {
@@ -1104,35 +1171,16 @@ impl Engine {
             .iter()
             .position(|(peers, _)| peers.contains(&call.a_leg.flow.remote.ip()));
         let tenant = inbound.and_then(|t| self.trunk_out.get(t)).map(|t| t.2);
-        let Some((remote, caller_id)) = self
+        let trunk = self
             .trunk_out
             .iter()
-            .find(|(out, _, t)| out.is_some() && Some(*t) == tenant)
-            .and_then(|(out, cid, _)| Some((*out.as_ref()?, cid.clone())))
+            .position(|(out, _, t)| out.is_some() && Some(*t) == tenant);
+        let Some((mut leg, mut inv, _)) = trunk.and_then(|t| self.citizen_leg(t, local, number))
         else {
             warn!("IVR transfer: no outbound trunk for this tenant");
             return false;
         };
-        let flow = Flow {
-            transport: Transport::Udp,
-            remote,
-            local,
-            conn: 0,
-        };
-        let target = format!("sip:{number}@{remote}");
-        let tag = self.token();
-        let call_id = format!("{}@centralino", self.token());
-        let via = self.via(flow);
-        let from = format!("<sip:{caller_id}@{local}>;tag={tag}");
-        let mut inv = Message::new_request(
-            Method::Invite,
-            &target,
-            via,
-            &from,
-            &format!("<{target}>"),
-            &call_id,
-            1,
-        );
+        let (flow, call_id) = (leg.flow, leg.call_id.clone());
         inv.push("Contact", &Self::contact(flow));
         inv.push("User-Agent", &self.user_agent);
         let Some(call) = self.calls.get(&id) else {
@@ -1151,18 +1199,12 @@ impl Engine {
         if let Some(call) = self.calls.get_mut(&id) {
             // Our side of the dialog-to-be (local tag, flow); the far end's
             // part arrives with its answer.
+            leg.remote.clear();
+            leg.remote_target.clear();
             call.transfer = Some(TransferLeg {
-                call_id: call_id.clone(),
+                call_id,
                 invite: Some(key),
-                dialog: Some(Leg {
-                    call_id,
-                    local: from,
-                    remote: String::new(),
-                    remote_target: String::new(),
-                    route_set: Vec::new(),
-                    cseq: 1,
-                    flow,
-                }),
+                dialog: Some(leg),
             });
         }
         true
@@ -1331,6 +1373,9 @@ impl Engine {
             if let Some(id) = id {
                 self.callback_state(&id, CallbackState::Done);
             }
+            return;
+        }
+        if matches!(code, 500 | 502 | 503 | 504) && self.next_trunk(now, call_id, "5xx") {
             return;
         }
         let outcome = match code {
@@ -2823,6 +2868,10 @@ impl Engine {
                 .and_then(|c| c.outbound.as_mut())
             {
                 o.invite = None;
+            }
+            // Not even a provisional answer: the trunk, not the citizen.
+            if self.next_trunk(now, call_id, "timeout") {
+                return;
             }
             self.end_connected(now, call_id, false, true, "no_answer");
             return;

@@ -128,6 +128,9 @@ pub struct Metrics {
     /// `centralino_store_group_requests`: requests applied per store
     /// transaction (group commit: a slow disk makes groups larger).
     pub store_group: Histogram,
+    /// `centralino_trunk_failovers_total{reason}`: citizens' INVITEs sent
+    /// again through the next outbound trunk (5xx, timeout).
+    pub trunk_failovers: IntCounterVec,
     /// `centralino_store_backlog`: writes nobody waits for (records,
     /// callback state, audit) kept in memory because the disk refused
     /// them; written again each second.
@@ -416,6 +419,11 @@ impl Metrics {
             store_errors: reg!(c(
                 "centralino_store_errors_total",
                 "Store writes that failed (records, callback state, audit)"
+            )),
+            trunk_failovers: reg!(cv(
+                "centralino_trunk_failovers_total",
+                "Callbacks' INVITEs sent again through the next outbound trunk, by reason",
+                &["reason"]
             )),
             store_backlog: reg!(
                 IntGauge::new(

@@ -1647,6 +1647,84 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
 }
 
 #[test]
+fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
+    const BACKUP: &str = "192.0.2.11:5060";
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\n\n[[trunks]]\nname = \"backup\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"192.0.2.11:5060\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    // Each callback: the operator answers, the store marks it dialled, the
+    // primary carrier answers 503; returns the INVITE sent to the backup.
+    let dial = |h: &mut Harness, id: &str, tag: &str| {
+        h.engine.start_callback(
+            h.now,
+            DueCallback {
+                id: id.into(),
+                queue: "info".into(),
+                number: "+393331112226".into(),
+                requirements: None,
+                priority: 0,
+                created_unix: 0,
+                attempt: 1,
+            },
+        );
+        let out = h.drain();
+        let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+        h.send(PHONE1, &response_to(&inv, 200, tag));
+        let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+            panic!("{:?}", h.callbacks)
+        };
+        h.engine.callback_dialing(h.now, call, true);
+        let first = requests(&h.drain(), TRUNK, "INVITE")[0].clone();
+        let down = first.response(503, "Service Unavailable", Some("x"));
+        let out = h.send(TRUNK, &String::from_utf8(down.to_bytes()).unwrap());
+        assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "the 503 is ACKed");
+        assert!(
+            requests(&out, PHONE1, "BYE").is_empty(),
+            "the operator waits on"
+        );
+        let second = requests(&out, BACKUP, "INVITE")[0].clone();
+        assert_eq!(
+            second.request_uri(),
+            Some("sip:+393331112226@192.0.2.11:5060")
+        );
+        assert_ne!(second.call_id, first.call_id, "a new dialog");
+        assert!(sdp::parse(&second.body).is_ok(), "with our offer");
+        second
+    };
+    // The backup is down too: no trunk left, the attempt failed.
+    let second = dial(&mut h, "cb1", "b1");
+    let down = second.response(503, "Service Unavailable", Some("y"));
+    let out = h.send(BACKUP, &String::from_utf8(down.to_bytes()).unwrap());
+    assert_eq!(
+        requests(&out, PHONE1, "BYE").len(),
+        1,
+        "the operator is let go"
+    );
+    assert!(matches!(
+        h.callbacks.last().unwrap(),
+        (id, CallbackState::Retry { outcome: "failed", .. }) if id == "cb1"
+    ));
+    // The backup answers: the citizen is reached in the same attempt.
+    h.advance(Duration::from_secs(10));
+    let second = dial(&mut h, "cb2", "b2");
+    let mut ok = second.response(200, "OK", Some("cit"));
+    ok.push("Contact", "<sip:cittadino@192.0.2.11:5060>");
+    ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+    let out = h.send(BACKUP, &String::from_utf8(ok.to_bytes()).unwrap());
+    assert_eq!(requests(&out, BACKUP, "ACK").len(), 1);
+    assert_eq!(
+        h.callbacks.last().unwrap(),
+        &("cb2".to_owned(), CallbackState::Done)
+    );
+    assert_eq!(h.gauge("centralino_trunk_failovers_total{reason=5xx}"), 2);
+}
+
+#[test]
 fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
     let config = CONFIG
         .replace(
