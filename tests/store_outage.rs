@@ -85,4 +85,48 @@ fn a_failing_disk_delays_call_records_and_refuses_callbacks_but_loses_nothing() 
     assert_eq!(node.metric("centralino_store_dropped_total"), 0.0);
     let (code, body) = book();
     assert_eq!(code, 201, "{body}");
+
+    // Another process holds the database's write lock for 12 s, past the
+    // busy timeout (5 s) twice: the node's transactions cannot even begin.
+    // The request is refused (at 5 s); the audit entry of that refusal (a
+    // write nobody waits for, whose own transaction fails to begin at
+    // 10 s) is kept and written once the lock is gone.
+    let (held, locked) = std::sync::mpsc::channel();
+    let holder = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let mut other = centralino_store::Store::open(&db).expect("a second opener");
+            other
+                .atomically(|_| {
+                    held.send(()).unwrap();
+                    std::thread::sleep(Duration::from_secs(12));
+                    Ok(())
+                })
+                .expect("the lock held and released");
+        })
+    };
+    locked.recv().unwrap();
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(TOKEN),
+        Some(r#"{"queue": "info", "number": "+393331230002"}"#),
+    );
+    assert_eq!(code, 503, "{body}");
+    holder.join().unwrap();
+    let refusals = || {
+        centralino_store::Store::open(&db)
+            .and_then(|s| s.audit_tail(100))
+            .expect("audit")
+            .into_iter()
+            .filter(|e| e.actor == "ops" && e.action == "callbacks_create" && e.status == 503)
+            .count()
+    };
+    let start = std::time::Instant::now();
+    // Both refusals, the failing disk's and the lock's, are in the log.
+    while refusals() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", refusals());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.metric("centralino_store_dropped_total"), 0.0);
 }

@@ -336,6 +336,19 @@ impl Group {
 }
 
 impl StoreReq {
+    /// A write nobody waits for, kept until the disk takes it.
+    fn kept_when_unwritten(&self) -> bool {
+        matches!(
+            self,
+            Self::Records(_)
+                | Self::Audit(_)
+                | Self::Finish(..)
+                | Self::Reschedule(..)
+                | Self::Requeue(..)
+                | Self::NotificationAttempt(..)
+        )
+    }
+
     /// What a request is, for the log.
     fn kind(&self) -> &'static str {
         match self {
@@ -453,12 +466,25 @@ impl StoreHandle {
                                 req => group.keep(store, req, k.own_failures),
                             }
                         }
-                        for req in reqs {
+                        for req in reqs.drain(..) {
                             group.apply(store, req);
                         }
                         group.write_audit(store);
                         Ok(())
                     });
+                    // The transaction could not even begin (the database
+                    // locked by another process past the busy timeout):
+                    // the writes nobody waits for are kept; whoever waits
+                    // for an answer gets the error (their reply dropped).
+                    for req in reqs.drain(..) {
+                        if req.kept_when_unwritten() {
+                            backlog.push_back(Kept {
+                                req,
+                                own_failures: 0,
+                                failed: false,
+                            });
+                        }
+                    }
                     metrics.store_commit.observe(began.elapsed().as_secs_f64());
                     let committed = committed.map_err(|e| {
                         metrics.store_errors.inc();
