@@ -487,6 +487,8 @@ enum ClientRef {
     Transfer(CallId),
     /// OPTIONS to an idle operator's phone: no answer logs them out.
     Qualify(AgentId),
+    /// OPTIONS to an outbound trunk: no answer marks it down.
+    TrunkPing(usize),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -535,6 +537,13 @@ pub struct Engine {
     qualify_due: BinaryHeap<Reverse<(Instant, AgentId)>>,
     /// Operators with an entry in `qualify_due` (one chain each).
     qualify_scheduled: std::collections::HashSet<AgentId>,
+    /// Outbound trunks found dead by OPTIONS (index in `trunk_out`):
+    /// callbacks skip them, so a silent carrier does not cost each
+    /// callback a Timer B wait before the next trunk.
+    trunk_down: Vec<bool>,
+    /// Each trunk's OPTIONS interval, and its name (metric label).
+    trunk_ping: Vec<(Option<Duration>, String)>,
+    trunk_due: BinaryHeap<Reverse<(Instant, usize)>>,
     max_calls: usize,
     /// Admission token bucket: (tokens, last refill) when a rate is set.
     admission: Option<(f64, f64, Instant)>,
@@ -680,6 +689,19 @@ impl Engine {
             qualify: config.qualify,
             qualify_due: BinaryHeap::new(),
             qualify_scheduled: std::collections::HashSet::new(),
+            trunk_down: vec![false; config.trunks.len()],
+            trunk_ping: config
+                .trunks
+                .iter()
+                .map(|t| (t.options, t.name.clone()))
+                .collect(),
+            trunk_due: config
+                .trunks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.options.is_some())
+                .map(|(i, _)| Reverse((now, i)))
+                .collect(),
             max_calls: config.sip.max_calls,
             admission: config
                 .sip
@@ -783,6 +805,11 @@ impl Engine {
         };
         // Every gauge has its value from the start (20 operators logged
         // out, not an empty series until the first message).
+        for (t, (_, name)) in config.trunks.iter().zip(&engine.trunk_ping) {
+            if t.outbound.is_some() {
+                engine.metrics.trunk_up.with_label_values(&[name]).set(1);
+            }
+        }
         engine.refresh_gauges(now);
         engine
     }
@@ -841,10 +868,13 @@ impl Engine {
             return;
         };
         let tenant = self.callback_policy[queue.0 as usize].0;
-        let trunk = self
-            .trunk_out
-            .iter()
-            .position(|(out, _, t)| out.is_some() && *t == tenant);
+        // The tenant's first outbound trunk that is not down (all down:
+        // the first, in case the pings are wrong).
+        let outbound = |j: &usize| self.trunk_out[*j].0.is_some() && self.trunk_out[*j].2 == tenant;
+        let trunk = (0..self.trunk_out.len())
+            .filter(outbound)
+            .find(|&j| !self.trunk_down[j])
+            .or_else(|| (0..self.trunk_out.len()).find(outbound));
         let (Some(trunk), Some(local)) = (trunk, self.outbound_local) else {
             warn!(queue = %cb.queue, "no outbound trunk for callbacks");
             self.callback_state(
@@ -1024,9 +1054,9 @@ impl Engine {
             return false;
         };
         let (from, tenant) = (o.trunk, self.trunk_out[o.trunk].2);
-        let Some(next) = (from + 1..self.trunk_out.len())
-            .find(|&j| self.trunk_out[j].0.is_some() && self.trunk_out[j].2 == tenant)
-        else {
+        let Some(next) = (from + 1..self.trunk_out.len()).find(|&j| {
+            self.trunk_out[j].0.is_some() && self.trunk_out[j].2 == tenant && !self.trunk_down[j]
+        }) else {
             return false;
         };
         let number = call.caller.clone();
@@ -1569,6 +1599,7 @@ impl Engine {
             self.router.poll_timeout(),
             self.timers.peek().map(|Reverse((t, _, _))| *t),
             self.qualify_due.peek().map(|Reverse((t, _))| *t),
+            self.trunk_due.peek().map(|Reverse((t, _))| *t),
             self.gauges_due,
         ]
         .into_iter()
@@ -1624,7 +1655,67 @@ impl Engine {
             self.qualify_due.pop();
             self.qualify_agent(now, agent);
         }
+        while let Some(Reverse((at, trunk))) = self.trunk_due.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.trunk_due.pop();
+            self.ping_trunk(now, trunk);
+        }
         self.pump(now);
+    }
+
+    /// Asks an outbound trunk whether it is there (OPTIONS to its outbound
+    /// address); any answer, even 404 or 405, counts.
+    fn ping_trunk(&mut self, now: Instant, trunk: usize) {
+        let Some(every) = self.trunk_ping.get(trunk).and_then(|p| p.0) else {
+            return;
+        };
+        self.trunk_due.push(Reverse((now + every, trunk)));
+        let (Some(local), Some(remote)) = (self.outbound_local, self.trunk_out[trunk].0) else {
+            return;
+        };
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote,
+            local,
+            conn: 0,
+        };
+        let via = self.via(flow);
+        let tag = self.token();
+        let call_id = format!("{}@centralino", self.token());
+        let target = format!("sip:{remote}");
+        let mut options = Message::new_request(
+            Method::Options,
+            &target,
+            via,
+            &format!("<sip:centralino@{local}>;tag={tag}"),
+            &format!("<{target}>"),
+            &call_id,
+            1,
+        );
+        options.push("User-Agent", &self.user_agent);
+        self.send_request(now, flow, options, ClientRef::TrunkPing(trunk));
+    }
+
+    /// A trunk answered OPTIONS, or did not: marks it up or down.
+    fn trunk_seen(&mut self, trunk: usize, up: bool) {
+        let Some(down) = self.trunk_down.get_mut(trunk) else {
+            return;
+        };
+        if *down == up {
+            *down = !up;
+            let name = &self.trunk_ping[trunk].1;
+            if up {
+                info!(trunk = %name, "outbound trunk answers OPTIONS again: up");
+            } else {
+                warn!(trunk = %name, "outbound trunk does not answer OPTIONS: down, callbacks skip it");
+            }
+            self.metrics
+                .trunk_up
+                .with_label_values(&[name])
+                .set(i64::from(up));
+        }
     }
 
     /// Asks an operator's phone whether it is there (OPTIONS), unless it is
@@ -2640,6 +2731,13 @@ impl Engine {
                 let call = *call;
                 self.on_transfer_response(now, key, call, &msg);
             }
+            Some(ClientRef::TrunkPing(trunk)) => {
+                let trunk = *trunk;
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.trunk_seen(trunk, true);
+                }
+            }
             // Any answer, even 405 or 404, says the phone is there.
             Some(ClientRef::Other | ClientRef::Qualify(_)) | None => {
                 if code >= 200 {
@@ -2851,6 +2949,12 @@ impl Engine {
             warn!(agent = %name, "the operator's phone does not answer OPTIONS: logged out");
             self.metrics.agents_unreachable.inc();
             self.registrar.drop_bindings(&name);
+            return;
+        }
+        if let Some(ClientRef::TrunkPing(trunk)) = self.client.get(&key) {
+            let trunk = *trunk;
+            self.client.remove(&key);
+            self.trunk_seen(trunk, false);
             return;
         }
         if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {

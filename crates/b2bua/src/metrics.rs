@@ -128,6 +128,9 @@ pub struct Metrics {
     /// `centralino_store_group_requests`: requests applied per store
     /// transaction (group commit: a slow disk makes groups larger).
     pub store_group: Histogram,
+    /// `centralino_trunk_up{trunk}`: 1 while an outbound trunk answers
+    /// OPTIONS (or is not asked), 0 while it is down.
+    pub trunk_up: IntGaugeVec,
     /// `centralino_trunk_failovers_total{reason}`: citizens' INVITEs sent
     /// again through the next outbound trunk (5xx, timeout).
     pub trunk_failovers: IntCounterVec,
@@ -419,6 +422,11 @@ impl Metrics {
             store_errors: reg!(c(
                 "centralino_store_errors_total",
                 "Store writes that failed (records, callback state, audit)"
+            )),
+            trunk_up: reg!(gv(
+                "centralino_trunk_up",
+                "Outbound trunks answering OPTIONS (1) or down (0)",
+                &["trunk"]
             )),
             trunk_failovers: reg!(cv(
                 "centralino_trunk_failovers_total",

@@ -342,6 +342,8 @@ struct RawTrunk {
     #[serde(default)]
     caller_id: Option<String>,
     #[serde(default)]
+    options_seconds: u64,
+    #[serde(default)]
     dids: BTreeMap<String, RawDid>,
 }
 
@@ -600,6 +602,9 @@ pub struct Trunk {
     pub outbound: Option<SocketAddr>,
     /// The number callbacks show (the service's toll-free number).
     pub caller_id: String,
+    /// How often the outbound side is asked OPTIONS (down when it
+    /// answers nothing; skipped while down); `None`: never.
+    pub options: Option<Duration>,
 }
 
 /// Where a DID's calls go first.
@@ -1708,6 +1713,19 @@ impl Config {
             {
                 p.add(format!("{path}.caller_id"), "digits (and +), at most 32");
             }
+            if t.options_seconds != 0 {
+                if !(5..=3600).contains(&t.options_seconds) {
+                    p.add(
+                        format!("{path}.options_seconds"),
+                        "must be 0 (off) or in 5..=3600",
+                    );
+                } else if t.outbound.is_none() {
+                    p.add(
+                        format!("{path}.options_seconds"),
+                        "only for a trunk with outbound",
+                    );
+                }
+            }
             trunks.push(Trunk {
                 name: t.name.clone(),
                 tenant,
@@ -1715,6 +1733,7 @@ impl Config {
                 dids,
                 outbound,
                 caller_id,
+                options: (t.options_seconds > 0).then(|| Duration::from_secs(t.options_seconds)),
             });
         }
 
@@ -2457,6 +2476,37 @@ record = true
             ),
         ] {
             let ConfigError::Invalid(problems) = Config::from_toml(&toml).unwrap_err() else {
+                panic!()
+            };
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert!(
+                text.iter().any(|t| t.starts_with(want)),
+                "{want}: {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trunk_options_need_an_outbound_side_and_a_sane_interval() {
+        let base = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+        let c = Config::from_toml(&format!(
+            "{base}outbound = \"192.0.2.10:5060\"\noptions_seconds = 30\n"
+        ))
+        .unwrap();
+        assert_eq!(c.trunks[0].options, Some(Duration::from_secs(30)));
+        for (extra, want) in [
+            (
+                "outbound = \"192.0.2.10:5060\"\noptions_seconds = 2\n",
+                "trunks[0].options_seconds: must be 0 (off) or in 5..=3600",
+            ),
+            (
+                "options_seconds = 30\n",
+                "trunks[0].options_seconds: only for a trunk with outbound",
+            ),
+        ] {
+            let ConfigError::Invalid(problems) =
+                Config::from_toml(&format!("{base}{extra}")).unwrap_err()
+            else {
                 panic!()
             };
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();

@@ -1646,6 +1646,36 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
     ));
 }
 
+/// Callback `id` for `number` (agent first): operator 1001 answers with
+/// `tag`, the store marks it dialled; what the engine sent then.
+fn callback_dialled(
+    h: &mut Harness,
+    id: &str,
+    number: &str,
+    tag: &str,
+) -> Vec<(SocketAddr, Message)> {
+    h.engine.start_callback(
+        h.now,
+        DueCallback {
+            id: id.into(),
+            queue: "info".into(),
+            number: number.into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+        },
+    );
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, tag));
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    h.engine.callback_dialing(h.now, call, true);
+    h.drain()
+}
+
 #[test]
 fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
     const BACKUP: &str = "192.0.2.11:5060";
@@ -1660,26 +1690,8 @@ fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
     // Each callback: the operator answers, the store marks it dialled, the
     // primary carrier answers 503; returns the INVITE sent to the backup.
     let dial = |h: &mut Harness, id: &str, tag: &str| {
-        h.engine.start_callback(
-            h.now,
-            DueCallback {
-                id: id.into(),
-                queue: "info".into(),
-                number: "+393331112226".into(),
-                requirements: None,
-                priority: 0,
-                created_unix: 0,
-                attempt: 1,
-            },
-        );
-        let out = h.drain();
-        let inv = requests(&out, PHONE1, "INVITE")[0].clone();
-        h.send(PHONE1, &response_to(&inv, 200, tag));
-        let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
-            panic!("{:?}", h.callbacks)
-        };
-        h.engine.callback_dialing(h.now, call, true);
-        let first = requests(&h.drain(), TRUNK, "INVITE")[0].clone();
+        let out = callback_dialled(h, id, "+393331112226", tag);
+        let first = requests(&out, TRUNK, "INVITE")[0].clone();
         let down = first.response(503, "Service Unavailable", Some("x"));
         let out = h.send(TRUNK, &String::from_utf8(down.to_bytes()).unwrap());
         assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "the 503 is ACKed");
@@ -1722,6 +1734,44 @@ fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
         &("cb2".to_owned(), CallbackState::Done)
     );
     assert_eq!(h.gauge("centralino_trunk_failovers_total{reason=5xx}"), 2);
+}
+
+#[test]
+fn a_trunk_silent_to_options_is_skipped_until_it_answers_again() {
+    const BACKUP: &str = "192.0.2.11:5060";
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\noptions_seconds = 5\n\n[[trunks]]\nname = \"backup\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"192.0.2.11:5060\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    assert_eq!(h.gauge("centralino_trunk_up{trunk=carrier}"), 1);
+    // The primary carrier answers no OPTIONS: down after Timer B.
+    let out = h.advance(Duration::from_secs(40));
+    let pings = requests(&out, TRUNK, "OPTIONS");
+    assert!(pings.len() >= 7, "every 5 s: {}", pings.len());
+    assert_eq!(pings[0].request_uri(), Some("sip:192.0.2.10:5060"));
+    assert!(requests(&out, BACKUP, "OPTIONS").is_empty(), "not asked");
+    assert_eq!(h.gauge("centralino_trunk_up{trunk=carrier}"), 0);
+    let callback =
+        |h: &mut Harness, id: &str, tag: &str| callback_dialled(h, id, "+393331112228", tag);
+    // A callback now goes straight to the backup: no Timer B wait first.
+    let out = callback(&mut h, "cb1", "b1");
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    let inv = requests(&out, BACKUP, "INVITE")[0].clone();
+    let busy = inv.response(486, "Busy Here", Some("x"));
+    h.send(BACKUP, &String::from_utf8(busy.to_bytes()).unwrap());
+    // The carrier answers a ping again (even 405): up, used first again.
+    let out = h.advance(Duration::from_secs(5));
+    let ping = requests(&out, TRUNK, "OPTIONS")[0].clone();
+    let answer = ping.response(405, "Method Not Allowed", Some("p"));
+    h.send(TRUNK, &String::from_utf8(answer.to_bytes()).unwrap());
+    assert_eq!(h.gauge("centralino_trunk_up{trunk=carrier}"), 1);
+    let out = callback(&mut h, "cb2", "b2");
+    assert_eq!(requests(&out, TRUNK, "INVITE").len(), 1);
+    assert!(requests(&out, BACKUP, "INVITE").is_empty());
 }
 
 #[test]
