@@ -285,7 +285,11 @@ fn an_operator_logs_in_with_their_sip_password_and_reaches_their_own_desk_only()
         6.0
     );
 
-    // Who logged in, and what their session read, is in the audit log.
+    // Who logged in, and what their session read, is in the audit log
+    // (a clean stop writes what is still on its way to the disk).
+    let mut node = node;
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
     drop(node);
     let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
         .expect("the node's store");
