@@ -487,7 +487,26 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         assert!(start.elapsed() < Duration::from_secs(5), "{log:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(store.verify_audit().expect("verify"), Ok(log_len(&store)));
+    // The hash chain holds over every entry. The node may still be adding
+    // entries (desktop reads) between two reads here: retried until two
+    // consecutive reads agree, but a broken chain fails at once.
+    let start = std::time::Instant::now();
+    loop {
+        let before = log_len(&store);
+        let verified = store.verify_audit().expect("verify");
+        assert!(
+            verified.is_ok(),
+            "the audit chain is broken at {verified:?}"
+        );
+        if verified == Ok(before) && log_len(&store) == before {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{verified:?} vs {before}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Entries in the node's audit log.
