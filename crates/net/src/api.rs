@@ -2179,8 +2179,13 @@ fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Response, Option<S
             .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
         return (r, Some(b.username));
     }
-    // An unknown operator costs the same hash as a known one.
-    let unknown = centralino_sip::auth::Credentials::default();
+    // An unknown operator costs the same SHA-256 HA1 and comparison as a
+    // known one (a stored HA1 no password gives), so timing does not tell
+    // which usernames exist.
+    let unknown = centralino_sip::auth::Credentials {
+        ha1_md5: None,
+        ha1_sha256: Some("-".repeat(64)),
+    };
     let creds = logins.credentials.get(&b.username);
     let right = creds
         .unwrap_or(&unknown)

@@ -380,6 +380,13 @@ mod tests {
         };
         assert!(md5_only.matches_password("1001", "centralino", "demo1001"));
         assert!(!Credentials::default().matches_password("1001", "centralino", ""));
+        // The stand-in for an unknown user: hashed like a real one, never
+        // matched (no hex digest is all dashes).
+        let nobody = Credentials {
+            ha1_md5: None,
+            ha1_sha256: Some("-".repeat(64)),
+        };
+        assert!(!nobody.matches_password("9999", "centralino", "demo1001"));
     }
 
     use super::*;
