@@ -2124,6 +2124,18 @@ fn valid_name(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// `toml` is refused with a problem starting with `want`.
+    fn refused(toml: &str, want: &str) {
+        let ConfigError::Invalid(problems) = Config::from_toml(toml).unwrap_err() else {
+            panic!("{want}: not an invalid configuration")
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want}: {text:#?}"
+        );
+    }
+
     #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded().unwrap();
@@ -2475,14 +2487,7 @@ record = true
                 "api.tokens[0].tenant: only for role \"supervisor\"",
             ),
         ] {
-            let ConfigError::Invalid(problems) = Config::from_toml(&toml).unwrap_err() else {
-                panic!()
-            };
-            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            assert!(
-                text.iter().any(|t| t.starts_with(want)),
-                "{want}: {text:#?}"
-            );
+            refused(&toml, want);
         }
     }
 
@@ -2504,16 +2509,7 @@ record = true
                 "trunks[0].options_seconds: only for a trunk with outbound",
             ),
         ] {
-            let ConfigError::Invalid(problems) =
-                Config::from_toml(&format!("{base}{extra}")).unwrap_err()
-            else {
-                panic!()
-            };
-            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            assert!(
-                text.iter().any(|t| t.starts_with(want)),
-                "{want}: {text:#?}"
-            );
+            refused(&format!("{base}{extra}"), want);
         }
     }
 
@@ -2542,14 +2538,7 @@ record = true
                 "api.session_key_file: must not be empty",
             ),
         ] {
-            let ConfigError::Invalid(problems) = Config::from_toml(toml).unwrap_err() else {
-                panic!()
-            };
-            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            assert!(
-                text.iter().any(|t| t.starts_with(want)),
-                "{want}: {text:#?}"
-            );
+            refused(toml, want);
         }
     }
 
