@@ -1741,10 +1741,10 @@ impl Engine {
         let Some(binding) = self.registrar.bindings(&name).first().cloned() else {
             return;
         };
-        let flow = Flow {
-            remote: contact_destination(&binding.contact, binding.flow),
-            ..binding.flow
-        };
+        // Along the flow the REGISTER came from (RFC 5626's idea), never
+        // to a host the Contact names: a Contact is the phone's own word,
+        // and `sip:00900123456@CARRIER` would make us dial for it.
+        let flow = binding.flow;
         let via = self.via(flow);
         let tag = self.token();
         let call_id = format!("{}@centralino", self.token());
@@ -1888,19 +1888,54 @@ impl Engine {
             self.reject(flow, msg, 420, "bad_extension", &[("Unsupported", &list)]);
             return false;
         }
+        if method == Method::Cancel
+            && self
+                .by_a
+                .get(&msg.call_id)
+                .and_then(|c| self.calls.get(c))
+                .is_some_and(|c| !self.same_peer(c.a_leg.flow.remote.ip(), flow.remote.ip()))
+        {
+            // A CANCEL must come from where its INVITE came from (§9.2 also
+            // wants the same branch; a stranger who learnt it is still a
+            // stranger). Refused before any transaction: one kept would
+            // make the caller's own CANCEL look like a merged request.
+            warn!(peer = %flow.remote.ip(), "CANCEL from a stranger refused");
+            self.reject(flow, msg, 481, "foreign_dialog", &[]);
+            return false;
+        }
         if msg.to_tag.is_some() && !matches!(method, Method::Register | Method::Options) {
-            // In-dialog: the dialog must exist. (Some phones put a To tag on
-            // REGISTER refreshes and OPTIONS keepalives: those never need one.)
-            let known =
-                self.by_a.contains_key(&msg.call_id) || self.by_b.contains_key(&msg.call_id);
-            if !known && method != Method::Cancel {
-                self.reject(flow, msg, 481, "no_dialog", &[]);
+            // In-dialog: the dialog must be ours, named by Call-ID and both
+            // tags, and the request must come from that dialog's peer (the
+            // trunk, or the operator's registered flow). A Call-ID alone is
+            // no secret: it travels in every message and logs. (Some phones
+            // put a To tag on REGISTER refreshes and OPTIONS keepalives:
+            // those never need a dialog.)
+            if method == Method::Cancel {
+                return true;
+            }
+            if let Err(reason) = self.match_dialog(flow.remote.ip(), msg) {
+                if reason == "foreign_dialog" {
+                    warn!(peer = %flow.remote.ip(), method = method.as_str(), "in-dialog request refused: not from the dialog's peer or wrong tags");
+                }
+                self.reject(flow, msg, 481, reason, &[]);
                 return false;
             }
             return true;
         }
         match method {
             Method::Invite => self.precheck_invite(now, flow, msg),
+            Method::Register
+                if self
+                    .trunk_out
+                    .iter()
+                    .any(|(out, _, _)| *out == Some(flow.remote)) =>
+            {
+                // A carrier's own address never registers an operator: its
+                // bindings would be rung through the carrier.
+                warn!(peer = %flow.remote.ip(), "REGISTER from a trunk's outbound address refused");
+                self.reject(flow, msg, 403, "trunk_register", &[]);
+                false
+            }
             Method::Register | Method::Options | Method::Cancel => true,
             Method::Bye => {
                 self.reject(flow, msg, 481, "no_dialog", &[]);
@@ -2193,7 +2228,7 @@ impl Engine {
             Method::Info => self.on_info(now, &key, &msg),
             Method::Cancel => self.on_cancel(now, &key, &msg),
             Method::Bye => self.on_bye(now, &key, &msg),
-            Method::Ack => self.on_ack(now, &msg),
+            Method::Ack => self.on_ack(now, flow.remote.ip(), &msg),
             _ => {
                 let r = msg.response(200, "OK", None);
                 self.respond(now, &key, &r);
@@ -2629,10 +2664,10 @@ impl Engine {
             self.offer_failed(now, call_id, agent, OfferOutcome::Rejected);
             return;
         };
-        let flow = Flow {
-            remote: contact_destination(&binding.contact, binding.flow),
-            ..binding.flow
-        };
+        // Along the flow the REGISTER came from (RFC 5626's idea), never
+        // to a host the Contact names: a Contact is the phone's own word,
+        // and `sip:00900123456@CARRIER` would make us dial for it.
+        let flow = binding.flow;
         let via = self.via(flow);
         let b_call_id = format!("{}@centralino", self.token());
         let b_tag = self.token();
@@ -3703,10 +3738,19 @@ impl Engine {
 
     /// The ACK of the caller's 2xx: after a late offer it carries the
     /// caller's answer, and the media opens.
-    fn on_ack(&mut self, now: Instant, msg: &Message) {
+    fn on_ack(&mut self, now: Instant, source: IpAddr, msg: &Message) {
+        // An ACK gets no answer, so one that is not the caller's own is
+        // dropped (counted): it could carry an SDP answer that moves media.
         let Some(&call_id) = self.by_a.get(&msg.call_id) else {
             return;
         };
+        if self.match_dialog(source, msg).is_err() {
+            self.metrics
+                .sip_rejected
+                .with_label_values(&["foreign_dialog"])
+                .inc();
+            return;
+        }
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -3754,6 +3798,67 @@ impl Engine {
         if let Some(flow) = call.pending_flow.take() {
             self.run_flow(now, call_id, flow);
         }
+    }
+
+    /// Whether an in-dialog request belongs to a dialog of ours: Call-ID,
+    /// our tag in To, the peer's tag in From (once we know it), and a source
+    /// that is the dialog's peer. `Err` names the refusal (metric label):
+    /// `no_dialog` when the Call-ID is unknown, `foreign_dialog` otherwise.
+    fn match_dialog(&self, source: IpAddr, msg: &Message) -> Result<CallId, &'static str> {
+        let (call_id, on_a) = match (self.by_a.get(&msg.call_id), self.by_b.get(&msg.call_id)) {
+            (Some(&c), _) => (c, true),
+            (None, Some(&c)) => (c, false),
+            (None, None) => return Err("no_dialog"),
+        };
+        let call = self.calls.get(&call_id).ok_or("no_dialog")?;
+        let ok = |local: &str, remote: Option<&str>, peer: Flow| {
+            tag_of(local).is_some_and(|t| msg.to_tag.as_deref() == Some(t))
+                && remote
+                    .and_then(tag_of)
+                    .is_none_or(|t| msg.from_tag.as_deref() == Some(t))
+                && self.same_peer(peer.remote.ip(), source)
+        };
+        let matched = if on_a {
+            ok(
+                &call.a_leg.local,
+                Some(call.a_leg.remote.as_str()),
+                call.a_leg.flow,
+            )
+        } else {
+            let b_legs = call
+                .forks
+                .iter()
+                .chain(&call.b)
+                .filter(|b| b.call_id == msg.call_id);
+            let transfer = call
+                .transfer
+                .as_ref()
+                .filter(|t| t.call_id == msg.call_id)
+                .and_then(|t| t.dialog.as_ref());
+            b_legs.into_iter().any(|b| {
+                let remote = b.dialog.as_ref().map(|d| d.remote.as_str());
+                ok(&b.local, remote, b.flow)
+            }) || transfer.is_some_and(|d| {
+                let remote = (!d.remote.is_empty()).then_some(d.remote.as_str());
+                ok(&d.local, remote, d.flow)
+            })
+        };
+        if matched {
+            Ok(call_id)
+        } else {
+            Err("foreign_dialog")
+        }
+    }
+
+    /// Whether `source` may speak for a dialog established with `peer`:
+    /// the same address, or another address of the same trunk (carriers
+    /// answer from several SBCs).
+    fn same_peer(&self, peer: IpAddr, source: IpAddr) -> bool {
+        peer == source
+            || self
+                .trunks
+                .iter()
+                .any(|(peers, _)| peers.contains(&peer) && peers.contains(&source))
     }
 
     /// The call and side an in-dialog request belongs to.
@@ -4268,24 +4373,9 @@ fn b_answer(msg: &Message, codecs: &[Law]) -> Option<(Peer, Direction)> {
     ))
 }
 
-/// Where to send a request for a registered contact: on UDP the Contact's
-/// address when it is an IP literal (phones on the same network), else the
-/// address the REGISTER came from (NAT); on TCP always the registering flow.
-fn contact_destination(contact: &str, flow: Flow) -> SocketAddr {
-    if flow.transport != Transport::Udp {
-        return flow.remote;
-    }
-    let Some(hp) = uri::host_port(contact) else {
-        return flow.remote;
-    };
-    if let Ok(a) = hp.parse::<SocketAddr>() {
-        return a;
-    }
-    let host = hp.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, 5060),
-        Err(_) => flow.remote,
-    }
+/// The `tag` parameter of a From/To value.
+fn tag_of(header: &str) -> Option<&str> {
+    uri::parse_name_addr(header)?.param("tag").flatten()
 }
 
 /// The dialog we hold as UAC after a 2xx (or late 2xx): remote target from

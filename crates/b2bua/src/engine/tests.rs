@@ -193,9 +193,14 @@ impl Harness {
     }
 
     fn register(&mut self, user: &str, phone: &str, alg: Algorithm) {
+        self.register_contact(user, phone, &format!("sip:{user}@{phone}"), alg);
+    }
+
+    /// Registers from `phone` with a Contact of the phone's choosing.
+    fn register_contact(&mut self, user: &str, phone: &str, contact: &str, alg: Algorithm) {
         let req = |cseq: u32, auth: &str| {
             format!(
-                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}\nCSeq: {cseq} REGISTER\nContact: <sip:{user}@{phone}>\n{auth}Content-Length: 0\n\n"
+                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}\nCSeq: {cseq} REGISTER\nContact: <{contact}>\n{auth}Content-Length: 0\n\n"
             )
         };
         let out = self.send(phone, &req(1, ""));
@@ -2187,4 +2192,144 @@ fn a_phone_that_stops_answering_options_is_logged_out() {
         r,
         Record::Agent { event: "logout", agent, .. } if agent == "1001"
     )));
+}
+
+/// A stranger on the network (not a trunk peer, not a registered phone).
+const STRANGER: &str = "192.0.2.66:5060";
+
+/// An in-dialog request of the connected call `m1` (see [`connected`]):
+/// `method` with the caller's tags unless given others.
+fn in_dialog(
+    method: &str,
+    from: &str,
+    from_tag: &str,
+    to_tag: &str,
+    cseq: u32,
+    body: &str,
+) -> String {
+    let ct = if body.is_empty() {
+        String::new()
+    } else if method == "INFO" {
+        "Content-Type: application/dtmf-relay\r\n".to_owned()
+    } else {
+        "Content-Type: application/sdp\r\n".to_owned()
+    };
+    format!(
+        "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKd{method}{cseq}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag={from_tag}\r\nTo: <sip:100@192.0.2.1>;tag={to_tag}\r\nCall-ID: m1\r\nCSeq: {cseq} {method}\r\nContact: <sip:x@{from}>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn in_dialog_requests_from_a_stranger_or_with_wrong_tags_get_481_and_change_nothing() {
+    // TEST-MATRIX D16: a live call's Call-ID is no secret.
+    let (mut h, ok, inv) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let media_before = h.media.len();
+    let hijack = "v=0\r\no=- 1 2 IN IP4 192.0.2.66\r\ns=-\r\nc=IN IP4 192.0.2.66\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8\r\n";
+    let tries = [
+        // From a stranger, with the right tags (learnt by sniffing).
+        (STRANGER, "INVITE", "am1", a_tag.as_str(), hijack),
+        (STRANGER, "UPDATE", "am1", a_tag.as_str(), hijack),
+        (
+            STRANGER,
+            "INFO",
+            "am1",
+            a_tag.as_str(),
+            "Signal=5\r\nDuration=160\r\n",
+        ),
+        (STRANGER, "BYE", "am1", a_tag.as_str(), ""),
+        // From the trunk's own address with invented tags.
+        (TRUNK, "INVITE", "am1", "invented", hijack),
+        (TRUNK, "INVITE", "other", a_tag.as_str(), hijack),
+        (TRUNK, "BYE", "am1", "invented", ""),
+    ];
+    for (i, (from, method, from_tag, to_tag, body)) in tries.into_iter().enumerate() {
+        let out = h.send(
+            from,
+            &in_dialog(method, from, from_tag, to_tag, 10 + i as u32, body),
+        );
+        assert_eq!(codes(&out, from), vec![481], "{method} from {from}");
+        assert_eq!(out.len(), 1, "nothing else is sent: {out:?}");
+    }
+    // An ACK carrying an SDP answer from a stranger is dropped unanswered.
+    let out = h.send(
+        STRANGER,
+        &in_dialog("ACK", STRANGER, "am1", &a_tag, 1, hijack),
+    );
+    assert!(out.is_empty());
+    assert_eq!(
+        h.media.len(),
+        media_before,
+        "no media moved: {:?}",
+        &h.media[media_before..]
+    );
+    assert_eq!(h.engine.active_calls(), 1, "the call goes on");
+    assert_eq!(
+        h.gauge("centralino_sip_rejected_total{reason=foreign_dialog}"),
+        8
+    );
+    // The operator's dialog is guarded the same way: a BYE with the B-leg's
+    // Call-ID and tags from a stranger ends nothing.
+    let b_bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {STRANGER};branch=z9hG4bKbb\r\nFrom: <sip:phone@192.0.2.21>;tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+        inv.header("From").unwrap(),
+        inv.call_id
+    );
+    let out = h.send(STRANGER, &b_bye);
+    assert_eq!(codes(&out, STRANGER), vec![481]);
+    assert_eq!(h.engine.active_calls(), 1);
+    // The real peers still can: the caller's re-INVITE is answered, and the
+    // operator's BYE ends the call.
+    let out = h.send(
+        TRUNK,
+        &in_dialog("INVITE", TRUNK, "am1", &a_tag, 30, TRUNK_SDP),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    let out = h.send(PHONE1, &b_bye.replace(STRANGER, PHONE1));
+    assert_eq!(codes(&out, PHONE1), vec![200]);
+    assert_eq!(requests(&out, TRUNK, "BYE").len(), 1);
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_cancel_from_a_stranger_leaves_the_call_ringing() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.invite("k1");
+    let cancel = |from: &str| {
+        format!(
+            "CANCEL sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKk1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=ak1\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: k1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let out = h.send(STRANGER, &cancel(STRANGER));
+    assert_eq!(codes(&out, STRANGER), vec![481]);
+    assert_eq!(h.engine.active_calls(), 1);
+    let out = h.send(TRUNK, &cancel(TRUNK));
+    assert_eq!(codes(&out, TRUNK), vec![200, 487]);
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_contact_naming_another_host_is_rung_only_through_the_registering_flow() {
+    // TEST-MATRIX D17: the Contact names the carrier and a premium number.
+    let mut h = Harness::new();
+    h.register_contact(
+        "1001",
+        PHONE1,
+        "sip:00900123456@192.0.2.10:5060",
+        Algorithm::Md5,
+    );
+    let out = h.invite("h1");
+    let to_phone = requests(&out, PHONE1, "INVITE");
+    assert_eq!(
+        to_phone.len(),
+        1,
+        "the offer goes to the phone's flow: {out:?}"
+    );
+    assert!(
+        out.iter()
+            .all(|(a, m)| a.to_string() != TRUNK || !m.is_request()),
+        "no request reaches the carrier: {out:?}"
+    );
 }
