@@ -23,6 +23,7 @@ use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
 use centralino_sip::uri::{self, Scheme};
 use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
+use centralino_types::dialplan::DialPlan;
 use centralino_types::record::Record;
 use centralino_types::{AgentId, CallId, Masked, QueueId};
 use prometheus::IntGauge;
@@ -409,12 +410,6 @@ const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
 /// Attempts at keying in a number before the caller keeps their place.
 const VHOLD_TRIES: u8 = 3;
 
-/// A number a callback can dial: an optional `+` and 6 to 15 digits.
-fn callable(number: &str) -> bool {
-    let d = number.strip_prefix('+').unwrap_or(number);
-    (6..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
-}
-
 /// The far end of an IVR transfer.
 #[derive(Debug)]
 struct TransferLeg {
@@ -570,6 +565,8 @@ pub struct Engine {
     outbound_local: Option<SocketAddr>,
     /// Per trunk: outbound address and caller id.
     trunk_out: Vec<(Option<SocketAddr>, String, usize)>,
+    /// Per tenant: what its trunks may dial.
+    dial_plans: Vec<DialPlan>,
     /// Per queue: tenant, max attempts, retry delay.
     callback_policy: Vec<(usize, u32, Duration)>,
     /// Per queue: per-outcome attempts and delay.
@@ -755,6 +752,7 @@ impl Engine {
                 .iter()
                 .map(|t| (t.outbound, t.caller_id.clone(), t.tenant))
                 .collect(),
+            dial_plans: config.dial_plans.clone(),
             callback_policy: config
                 .queues
                 .iter()
@@ -840,6 +838,7 @@ impl Engine {
         }
         self.trunks = trunk_tables(config);
         self.catalog = config.catalog.clone();
+        self.dial_plans = config.dial_plans.clone();
         info!(
             flows = config.flows.len(),
             trunks = config.trunks.len(),
@@ -851,6 +850,32 @@ impl Engine {
     /// The UDP address calls are placed from (callbacks).
     pub fn set_outbound_local(&mut self, addr: SocketAddr) {
         self.outbound_local = Some(addr);
+    }
+
+    /// Whether `number` passes the dial plan of `tenant`: refusals are
+    /// logged (masked) and counted with where the number came from.
+    fn dialable(&self, tenant: usize, number: &str, via: &'static str) -> bool {
+        let plan = self.dial_plans.get(tenant);
+        match plan.map(|p| p.check(number)) {
+            Some(Ok(_)) => true,
+            refused => {
+                let reason = match refused {
+                    Some(Err(r)) => r.label(),
+                    _ => "not_allowed",
+                };
+                info!(number = %Masked(number), via, reason, "number refused by the dial plan");
+                self.metrics
+                    .dial_plan_refused
+                    .with_label_values(&[via, reason])
+                    .inc();
+                false
+            }
+        }
+    }
+
+    /// The tenant of a queue.
+    fn queue_tenant(&self, queue: QueueId) -> usize {
+        self.callback_policy[queue.0 as usize].0
     }
 
     /// Starts executing a callback (agent first): it waits in its queue
@@ -867,7 +892,18 @@ impl Engine {
             );
             return;
         };
-        let tenant = self.callback_policy[queue.0 as usize].0;
+        let tenant = self.queue_tenant(queue);
+        if !self.dialable(tenant, &cb.number, "callback") {
+            // Stored before the plan said no (an older version, a reload):
+            // never dialled, and no retry would change that.
+            self.callback_state(
+                &cb.id,
+                CallbackState::Failed {
+                    outcome: "dial_plan",
+                },
+            );
+            return;
+        }
         // The tenant's first outbound trunk that is not down (all down:
         // the first, in case the pings are wrong).
         let outbound = |j: &usize| self.trunk_out[*j].0.is_some() && self.trunk_out[*j].2 == tenant;
@@ -888,7 +924,13 @@ impl Engine {
         // The call's SIP side towards the citizen is filled in when we
         // dial; its media is anchored like any call's.
         let number = cb.number.clone();
-        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, local, &number) else {
+        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, local, &number, "callback") else {
+            self.callback_state(
+                &cb.id,
+                CallbackState::Failed {
+                    outcome: "dial_plan",
+                },
+            );
             return;
         };
         let ip = local.ip();
@@ -999,14 +1041,21 @@ impl Engine {
 
     /// The leg towards a number through outbound trunk `trunk` (a citizen
     /// called back, an IVR transfer), its INVITE (no body yet) and our tag.
+    /// `None` when the trunk takes no calls, or its tenant's dial plan
+    /// refuses the number: every INVITE to a trunk is built here, so this
+    /// is the one gate no new call source can go around.
     fn citizen_leg(
         &mut self,
         trunk: usize,
         local: SocketAddr,
         number: &str,
+        via: &'static str,
     ) -> Option<(Leg, Message, String)> {
-        let (remote, caller_id, _) = self.trunk_out.get(trunk)?.clone();
+        let (remote, caller_id, tenant) = self.trunk_out.get(trunk)?.clone();
         let remote = remote?;
+        if !self.dialable(tenant, number, via) {
+            return None;
+        }
         let flow = Flow {
             transport: Transport::Udp,
             remote,
@@ -1060,7 +1109,7 @@ impl Engine {
             return false;
         };
         let number = call.caller.clone();
-        let Some((leg, invite, tag)) = self.citizen_leg(next, local, &number) else {
+        let Some((leg, invite, tag)) = self.citizen_leg(next, local, &number, "callback") else {
             return false;
         };
         let old = std::mem::replace(
@@ -1205,7 +1254,8 @@ impl Engine {
             .trunk_out
             .iter()
             .position(|(out, _, t)| out.is_some() && Some(*t) == tenant);
-        let Some((mut leg, mut inv, _)) = trunk.and_then(|t| self.citizen_leg(t, local, number))
+        let Some((mut leg, mut inv, _)) =
+            trunk.and_then(|t| self.citizen_leg(t, local, number, "transfer"))
         else {
             warn!("IVR transfer: no outbound trunk for this tenant");
             return false;
@@ -2534,14 +2584,16 @@ impl Engine {
                     }
                 }
                 FlowAction::Callback { queue } => {
-                    let Some(call) = self.calls.get_mut(&id) else {
+                    let tenant = self.queue_ids.get(&queue).map(|&q| self.queue_tenant(q));
+                    let Some(call) = self.calls.get(&id) else {
                         return;
                     };
                     let number = call.caller.clone();
-                    let digits = number.strip_prefix('+').unwrap_or(&number);
-                    if (6..=15).contains(&digits.len())
-                        && digits.bytes().all(|b| b.is_ascii_digit())
-                    {
+                    let usable = tenant.is_some_and(|t| self.dialable(t, &number, "ivr"));
+                    let Some(call) = self.calls.get_mut(&id) else {
+                        return;
+                    };
+                    if usable {
                         call.callback_asked = true;
                         info!(number = %Masked(&number), queue = %queue, "caller accepts a callback (IVR)");
                         let enqueued_unix = self.unix_at(now);
@@ -3298,14 +3350,16 @@ impl Engine {
             }
             if self.virtual_hold[call.queue.0 as usize].0 == Some(digit) {
                 let number = call.caller.clone();
-                if self.callback_number[call.queue.0 as usize].is_some() {
+                let queue = call.queue;
+                let usable = self.dialable(self.queue_tenant(queue), &number, "virtual_hold");
+                if self.callback_number[queue.0 as usize].is_some() {
                     info!("caller asks to be called back: confirming the number");
-                    if callable(&number) {
+                    if usable {
                         self.vhold_ask(now, call_id, Vhold::Confirm(number));
                     } else {
                         self.vhold_ask(now, call_id, Vhold::Enter(String::new(), 0));
                     }
-                } else if callable(&number) {
+                } else if usable {
                     self.vhold_store(call_id, number);
                 } else {
                     info!("callback asked without a usable caller number: the call stays queued");
@@ -3447,7 +3501,13 @@ impl Engine {
     /// The caller ended a number (`#` or silence): read it back, or ask
     /// again, or give up after [`VHOLD_TRIES`].
     fn vhold_entered(&mut self, now: Instant, call_id: CallId, digits: String, tries: u8) {
-        if callable(&digits) {
+        let Some(queue) = self.calls.get(&call_id).map(|c| c.queue) else {
+            return;
+        };
+        // A premium or foreign number keyed in is asked again like a
+        // mistyped one: the dial plan, not the caller, decides what a
+        // trunk dials.
+        if self.dialable(self.queue_tenant(queue), &digits, "virtual_hold") {
             self.vhold_ask(now, call_id, Vhold::Confirm(digits));
         } else if tries + 1 < VHOLD_TRIES {
             info!("callback number not usable: asking again");

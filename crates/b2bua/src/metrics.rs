@@ -120,6 +120,10 @@ pub struct Metrics {
     /// `centralino_callbacks_total{outcome}`: created, deduplicated,
     /// rejected, updated, cancelled.
     pub callbacks: IntCounterVec,
+    /// `centralino_dial_plan_refused_total{via,reason}`: numbers a tenant's
+    /// dial plan kept from a trunk (via: api, virtual_hold, ivr, callback,
+    /// transfer; reason: malformed, blocked, not_allowed).
+    pub dial_plan_refused: IntCounterVec,
     /// `centralino_notifications_total{event,outcome}`: SMS hook deliveries
     /// (sent, retry, dead_letter).
     pub notifications: IntCounterVec,
@@ -413,6 +417,11 @@ impl Metrics {
                 "centralino_callbacks_total",
                 "Callback requests by outcome",
                 &["outcome"]
+            )),
+            dial_plan_refused: reg!(cv(
+                "centralino_dial_plan_refused_total",
+                "Numbers refused by the tenant's dial plan before any trunk saw them",
+                &["via", "reason"]
             )),
             notifications: reg!(cv(
                 "centralino_notifications_total",

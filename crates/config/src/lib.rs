@@ -12,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod reload;
+
 use centralino_routing::{
     Attributes, CallSpec, Catalog, QueueSettings, Requirement, Ring, Strategy,
 };
@@ -19,6 +21,7 @@ use centralino_sip::Limits;
 use centralino_sip::auth::{Algorithm, Credentials};
 use centralino_sip::registrar::RegistrarConfig;
 use centralino_sip::txn::TimerConfig;
+use centralino_types::dialplan::{self, DialPlan};
 use serde::Deserialize;
 
 /// The embedded default configuration.
@@ -211,6 +214,8 @@ struct RawApi {
     tokens: Vec<RawToken>,
     session_hours: u32,
     session_key_file: Option<String>,
+    callbacks_per_source_per_minute: u32,
+    callbacks_per_number_per_day: u32,
 }
 
 impl Default for RawApi {
@@ -219,6 +224,8 @@ impl Default for RawApi {
             tokens: Vec::new(),
             session_hours: 12,
             session_key_file: None,
+            callbacks_per_source_per_minute: 120,
+            callbacks_per_number_per_day: 5,
         }
     }
 }
@@ -329,6 +336,21 @@ impl Default for RawRegistrar {
 #[serde(deny_unknown_fields)]
 struct RawTenant {
     name: String,
+    #[serde(default)]
+    dial_plan: Option<RawDialPlan>,
+}
+
+/// `[tenants.dial_plan]`: what this tenant's trunks may dial. Every key
+/// defaults to the Italian plan's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDialPlan {
+    #[serde(default)]
+    country_code: Option<String>,
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    block: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -749,7 +771,8 @@ pub struct ApiToken {
     pub role: Role,
     /// The operator an `agent` token belongs to.
     pub agent: Option<String>,
-    /// The tenant a `supervisor` token sees (all when `None`).
+    /// The tenant a `supervisor` or `callbacks` token sees and acts on
+    /// (all when `None`).
     pub tenant: Option<String>,
 }
 
@@ -763,6 +786,17 @@ pub struct ApiSessions {
     /// sharing it accept each other's sessions, and sessions survive a
     /// restart. Without it each process draws its own key.
     pub key_file: Option<PathBuf>,
+}
+
+/// Bounds on `POST /api/v1/callbacks` (0 turns one off): a web form is
+/// a door to a paid trunk, so neither one client nor one number may use
+/// it without limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallbackLimits {
+    /// Requests per client address per minute.
+    pub per_source_per_minute: u32,
+    /// Requests per number (E.164) per day.
+    pub per_number_per_day: u32,
 }
 
 /// How a leg learns its peer's real RTP address.
@@ -843,6 +877,8 @@ pub struct Config {
     pub api_tokens: Vec<ApiToken>,
     /// Operators' desk logins (`POST /api/v1/login`).
     pub api_sessions: ApiSessions,
+    /// Rate limits on callback requests through the API.
+    pub callback_limits: CallbackLimits,
     /// Numbers in call records and finished callbacks are masked after
     /// this many days.
     pub retention_days: u32,
@@ -850,6 +886,9 @@ pub struct Config {
     pub notifications: Option<Notifications>,
     /// Tenant names.
     pub tenants: Vec<String>,
+    /// Each tenant's outbound dial plan (by tenant index): every number
+    /// that leaves through one of its trunks passes it.
+    pub dial_plans: Vec<DialPlan>,
     /// Trunks.
     pub trunks: Vec<Trunk>,
     /// Queues.
@@ -859,6 +898,9 @@ pub struct Config {
     /// Skill, language, site, tenant and queue names (for expressions
     /// given at run time, e.g. by the API).
     pub catalog: Catalog,
+    /// The document it was read from (flow files under `flow_files`):
+    /// [`reload::changed_keys`] compares two of them.
+    pub source: toml::Table,
 }
 
 impl Config {
@@ -975,13 +1017,25 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        // The document as written, for a reload to tell what changed.
+        let mut source: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut files = toml::Table::new();
         for (name, body) in flow_files {
             let flow: centralino_flows::RawFlow =
                 toml::from_str(body).map_err(|e| ConfigError::Syntax(format!("{name}: {e}")))?;
             raw.flows.push(flow);
             raw.flow_files.push(name.clone());
+            if let Ok(t) = toml::from_str::<toml::Table>(body) {
+                files.insert(name.clone(), toml::Value::Table(t));
+            }
         }
-        Self::validate(raw)
+        if !files.is_empty() {
+            source.insert("flow_files".into(), toml::Value::Table(files));
+        }
+        let mut config = Self::validate(raw)?;
+        config.source = source;
+        Ok(config)
     }
 
     fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
@@ -1121,6 +1175,7 @@ impl Config {
         };
 
         let mut tenants = Vec::new();
+        let mut dial_plans = Vec::new();
         for (i, t) in raw.tenants.iter().enumerate() {
             if !valid_name(&t.name) {
                 p.add(
@@ -1135,6 +1190,11 @@ impl Config {
                 );
             }
             tenants.push(t.name.clone());
+            dial_plans.push(validate_dial_plan(
+                &mut p,
+                &format!("tenants[{i}].dial_plan"),
+                t.dial_plan.as_ref(),
+            ));
         }
         let tenant_of = |p: &mut Problems, path: String, name: &str| -> usize {
             tenants.iter().position(|t| t == name).unwrap_or_else(|| {
@@ -1736,6 +1796,57 @@ impl Config {
                 options: (t.options_seconds > 0).then(|| Duration::from_secs(t.options_seconds)),
             });
         }
+        // A call is told to its trunk by (source address, DID): two trunks
+        // behind one carrier SBC (one per tenant) are fine, as long as no
+        // DID could belong to both.
+        for (i, t) in trunks.iter().enumerate() {
+            for (j, other) in trunks.iter().enumerate().skip(i + 1) {
+                let shared = t.peers.iter().any(|a| other.peers.contains(a));
+                let mut both: Vec<&String> = t
+                    .dids
+                    .keys()
+                    .filter(|d| other.dids.contains_key(*d))
+                    .collect();
+                both.sort();
+                if let (true, Some(did)) = (shared, both.first()) {
+                    p.add(
+                        format!("trunks[{j}].dids.{did:?}"),
+                        format!(
+                            "trunks {:?} and {:?} share a peer address and this DID: its calls could belong to either",
+                            t.name, other.name
+                        ),
+                    );
+                }
+            }
+        }
+        // An IVR transfer leaves through the trunk's tenant's outbound
+        // trunk: its number must pass that tenant's dial plan.
+        for t in &trunks {
+            let Some(plan) = dial_plans.get(t.tenant) else {
+                continue;
+            };
+            for did in t.dids.values() {
+                let DidTarget::Flow(fi) = did.target else {
+                    continue;
+                };
+                let Some(flow) = flows.get(fi) else {
+                    continue;
+                };
+                for (k, node) in flow.nodes.iter().enumerate() {
+                    if let centralino_flows::Node::Transfer { number, .. } = node
+                        && let Err(why) = plan.check(number)
+                    {
+                        p.add(
+                            format!("flows.{}.nodes.{}.number", flow.name, flow.names[k]),
+                            format!(
+                                "tenant {:?}'s dial plan refuses it: {why}",
+                                tenants[t.tenant]
+                            ),
+                        );
+                    }
+                }
+            }
+        }
 
         let mut agents = Vec::new();
         let mut seen = HashSet::new();
@@ -1948,12 +2059,17 @@ impl Config {
                 _ => {}
             }
             match (role, &t.tenant) {
-                (Role::Supervisor, Some(tn)) if !raw.tenants.iter().any(|r| &r.name == tn) => {
+                (Role::Supervisor | Role::Callbacks, Some(tn))
+                    if !raw.tenants.iter().any(|r| &r.name == tn) =>
+                {
                     p.add(format!("{path}.tenant"), format!("unknown tenant {tn:?}"));
                 }
-                (Role::Supervisor, _) | (_, None) => {}
+                (Role::Supervisor | Role::Callbacks, _) | (_, None) => {}
                 (_, Some(_)) => {
-                    p.add(format!("{path}.tenant"), "only for role \"supervisor\"");
+                    p.add(
+                        format!("{path}.tenant"),
+                        "only for roles \"supervisor\" and \"callbacks\"",
+                    );
                 }
             }
             api_tokens.push(ApiToken {
@@ -2025,15 +2141,66 @@ impl Config {
                 hours: raw.api.session_hours,
                 key_file: raw.api.session_key_file.map(PathBuf::from),
             },
+            callback_limits: CallbackLimits {
+                per_source_per_minute: raw.api.callbacks_per_source_per_minute,
+                per_number_per_day: raw.api.callbacks_per_number_per_day,
+            },
             retention_days: raw.store.retention_days,
             notifications,
             tenants,
+            dial_plans,
             trunks,
             queues,
             agents,
             catalog,
+            source: toml::Table::new(),
         })
     }
+}
+
+/// A tenant's dial plan: the Italian one, with what the tenant changed.
+fn validate_dial_plan(p: &mut Problems, path: &str, raw: Option<&RawDialPlan>) -> DialPlan {
+    let mut plan = DialPlan::italy();
+    let Some(raw) = raw else {
+        return plan;
+    };
+    if let Some(cc) = &raw.country_code {
+        if (1..=3).contains(&cc.len())
+            && cc.bytes().all(|b| b.is_ascii_digit())
+            && !cc.starts_with('0')
+        {
+            plan.country_code = cc.clone();
+        } else {
+            p.add(
+                format!("{path}.country_code"),
+                "1 to 3 digits, not starting with 0 (Italy: \"39\")",
+            );
+        }
+    }
+    for (key, list, target) in [
+        ("allow", &raw.allow, &mut plan.allow),
+        ("block", &raw.block, &mut plan.block),
+    ] {
+        let Some(list) = list else {
+            continue;
+        };
+        for (i, prefix) in list.iter().enumerate() {
+            if !dialplan::valid_prefix(prefix) {
+                p.add(
+                    format!("{path}.{key}[{i}]"),
+                    "an E.164 prefix: + and 1 to 15 digits (e.g. \"+393\")",
+                );
+            }
+        }
+        target.clone_from(list);
+    }
+    if plan.allow.is_empty() {
+        p.add(
+            format!("{path}.allow"),
+            "allows nothing: callbacks and transfers could never be dialled",
+        );
+    }
+    plan
 }
 
 fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
@@ -2146,6 +2313,93 @@ mod tests {
             c.trunks[0].dids.get("100").map(|d| d.target),
             Some(DidTarget::Queue(0))
         );
+    }
+
+    const TWO_TENANTS: &str = r#"
+[[tenants]]
+name = "asl"
+[tenants.dial_plan]
+allow = ["+39", "+41"]
+block = ["+3989"]
+
+[[tenants]]
+name = "regione"
+
+[[trunks]]
+name = "sbc-asl"
+tenant = "asl"
+peers = ["192.0.2.10"]
+dids = { "100" = "q1" }
+
+[[trunks]]
+name = "sbc-regione"
+tenant = "regione"
+peers = ["192.0.2.10"]
+dids = { "200" = "q2" }
+
+[[queues]]
+name = "q1"
+tenant = "asl"
+
+[[queues]]
+name = "q2"
+tenant = "regione"
+"#;
+
+    #[test]
+    fn each_tenant_has_a_dial_plan_the_italian_one_by_default() {
+        let c = Config::from_toml(TWO_TENANTS).unwrap();
+        assert_eq!(c.dial_plans.len(), 2);
+        assert_eq!(c.dial_plans[0].allow, ["+39", "+41"]);
+        assert_eq!(c.dial_plans[0].block, ["+3989"]);
+        assert_eq!(c.dial_plans[1], DialPlan::italy());
+        assert!(Config::embedded().unwrap().dial_plans[0] == DialPlan::italy());
+        refused(
+            &TWO_TENANTS.replace(r#"allow = ["+39", "+41"]"#, r#"allow = ["39"]"#),
+            "tenants[0].dial_plan.allow[0]: an E.164 prefix",
+        );
+        refused(
+            &TWO_TENANTS.replace(r#"allow = ["+39", "+41"]"#, "allow = []"),
+            "tenants[0].dial_plan.allow: allows nothing",
+        );
+        refused(
+            &TWO_TENANTS.replace(r#"block = ["+3989"]"#, r#"country_code = "039""#),
+            "tenants[0].dial_plan.country_code",
+        );
+    }
+
+    #[test]
+    fn two_trunks_behind_one_address_must_not_share_a_did() {
+        // Two tenants behind one carrier SBC: told apart by DID.
+        assert!(Config::from_toml(TWO_TENANTS).is_ok());
+        refused(
+            &TWO_TENANTS.replace(r#""200" = "q2""#, r#""100" = "q2""#),
+            "trunks[1].dids.\"100\": trunks \"sbc-asl\" and \"sbc-regione\" share a peer address",
+        );
+    }
+
+    #[test]
+    fn an_ivr_transfer_to_a_number_the_dial_plan_refuses_is_an_error() {
+        let toml = format!(
+            "{}\n{}",
+            TWO_TENANTS.replace(r#""200" = "q2""#, r#""200" = { flow = "menu" }"#),
+            r#"
+[[flows]]
+name = "menu"
+start = "out"
+[flows.nodes.out]
+type = "transfer"
+number = "+39899123456"
+on_fail = "bye"
+[flows.nodes.bye]
+type = "hangup"
+"#
+        );
+        refused(
+            &toml,
+            "flows.menu.nodes.out.number: tenant \"regione\"'s dial plan refuses it",
+        );
+        assert!(Config::from_toml(&toml.replace("+39899123456", "+390612345678")).is_ok());
     }
 
     #[test]
@@ -2484,7 +2738,11 @@ record = true
             ),
             (
                 token("agent", "agent = \"1001\"\ntenant = \"d\"\n"),
-                "api.tokens[0].tenant: only for role \"supervisor\"",
+                "api.tokens[0].tenant: only for roles \"supervisor\" and \"callbacks\"",
+            ),
+            (
+                token("callbacks", "tenant = \"nessuno\"\n"),
+                "api.tokens[0].tenant: unknown tenant \"nessuno\"",
             ),
         ] {
             refused(&toml, want);

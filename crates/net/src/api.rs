@@ -26,6 +26,7 @@ use centralino_flows::calendar::{civil_from_days, days_from_civil};
 use centralino_routing::{Catalog, Requirement};
 use centralino_store::{Callback, Created, Edit, NewCallback, Patch, Status, Store, StoreError};
 use centralino_types::Masked;
+use centralino_types::dialplan::DialPlan;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -60,7 +61,13 @@ enum StoreReq {
     ),
     Create(NewCallback, i64, Reply<Created>),
     Get(String, Reply<Option<Callback>>),
-    List(Option<Status>, usize, Reply<Vec<Callback>>),
+    /// Status, the queues to keep (all when `None`), limit.
+    List(
+        Option<Status>,
+        Option<Vec<String>>,
+        usize,
+        Reply<Vec<Callback>>,
+    ),
     Update(String, Patch, i64, Reply<Edit>),
     Cancel(String, i64, Reply<Edit>),
 }
@@ -244,8 +251,8 @@ impl Group {
                 let v = store.get_callback(&id);
                 self.reply(r, v);
             }
-            StoreReq::List(s, limit, r) => {
-                let v = store.list_callbacks(s, limit);
+            StoreReq::List(s, queues, limit, r) => {
+                let v = store.list_callbacks(s, queues.as_deref(), limit);
                 self.reply(r, v);
             }
             StoreReq::Update(id, p, now, r) => {
@@ -782,14 +789,62 @@ impl RecordSink {
     }
 }
 
+/// What the API serves from the configuration: swapped whole by a
+/// reload, so a request sees one version from its first check to its
+/// answer, and a removed token or an old password stops working at once.
+struct Live {
+    tokens: Vec<ApiToken>,
+    /// Queue name → its tenant's name and dial plan.
+    queues: HashMap<String, (String, DialPlan)>,
+    catalog: Catalog,
+    scripts: Vec<centralino_config::Script>,
+    /// The operators' SIP secrets (desk logins check them).
+    credentials: HashMap<String, centralino_sip::auth::Credentials>,
+    realm: String,
+}
+
+impl Live {
+    fn of(config: &Config) -> Self {
+        Self {
+            tokens: config.api_tokens.clone(),
+            queues: config
+                .queues
+                .iter()
+                .map(|q| {
+                    let tenant = config.tenants.get(q.tenant).cloned().unwrap_or_default();
+                    let plan = config.dial_plans.get(q.tenant).cloned().unwrap_or_default();
+                    (q.routing.name.clone(), (tenant, plan))
+                })
+                .collect(),
+            catalog: config.catalog.clone(),
+            scripts: config.scripts.clone(),
+            credentials: config
+                .agents
+                .iter()
+                .map(|a| (a.username.clone(), a.credentials.clone()))
+                .collect(),
+            realm: config.sip.realm.clone(),
+        }
+    }
+
+    /// Whether a token limited to `tenant` may see a callback of `queue`.
+    fn sees(&self, tenant: Option<&str>, queue: &str) -> bool {
+        tenant.is_none_or(|t| self.queues.get(queue).is_some_and(|(qt, _)| qt == t))
+    }
+}
+
+/// Per-client and per-number bounds on callback requests.
+struct CallbackLimiter {
+    per_source: crate::limits::WindowLimiter<std::net::IpAddr>,
+    per_number: crate::limits::WindowLimiter<String>,
+}
+
 /// What the API needs.
 #[derive(Clone)]
 pub struct Api {
     store: StoreHandle,
-    tokens: Arc<Vec<ApiToken>>,
-    queues: Arc<HashSet<String>>,
-    catalog: Arc<Catalog>,
-    scripts: Arc<Vec<centralino_config::Script>>,
+    live: Arc<std::sync::RwLock<Arc<Live>>>,
+    limiter: Arc<std::sync::Mutex<CallbackLimiter>>,
     reload: ReloadSlot,
     desks: Desks,
     /// Configured operators (desks exist only for them).
@@ -844,8 +899,6 @@ pub fn routes() -> Vec<(&'static str, &'static [&'static str])> {
 
 /// What `POST /api/v1/login` checks against.
 struct Logins {
-    credentials: HashMap<String, centralino_sip::auth::Credentials>,
-    realm: String,
     throttle: std::sync::Mutex<centralino_sip::throttle::Throttle>,
 }
 
@@ -1058,18 +1111,22 @@ impl Api {
         }
         info!(path = %path.display(), "store open");
         let sessions = Sessions::new(&config.api_sessions)?;
+        let limits = config.callback_limits;
         Ok(Self {
             store,
-            tokens: Arc::new(config.api_tokens.clone()),
-            queues: Arc::new(
-                config
-                    .queues
-                    .iter()
-                    .map(|q| q.routing.name.clone())
-                    .collect(),
-            ),
-            catalog: Arc::new(config.catalog.clone()),
-            scripts: Arc::new(config.scripts.clone()),
+            live: Arc::new(std::sync::RwLock::new(Arc::new(Live::of(config)))),
+            limiter: Arc::new(std::sync::Mutex::new(CallbackLimiter {
+                per_source: crate::limits::WindowLimiter::new(
+                    limits.per_source_per_minute,
+                    std::time::Duration::from_secs(60),
+                    100_000,
+                ),
+                per_number: crate::limits::WindowLimiter::new(
+                    limits.per_number_per_day,
+                    std::time::Duration::from_secs(86_400),
+                    1_000_000,
+                ),
+            })),
             reload: ReloadSlot::default(),
             desks: Desks::default(),
             agents: Arc::new(config.agents.iter().map(|a| a.username.clone()).collect()),
@@ -1084,12 +1141,6 @@ impl Api {
                     .collect(),
             ),
             logins: Arc::new(Logins {
-                credentials: config
-                    .agents
-                    .iter()
-                    .map(|a| (a.username.clone(), a.credentials.clone()))
-                    .collect(),
-                realm: config.sip.realm.clone(),
                 throttle: std::sync::Mutex::new(centralino_sip::throttle::Throttle::new(
                     config.registrar.throttle,
                 )),
@@ -1097,6 +1148,51 @@ impl Api {
             sessions: Arc::new(sessions),
             metrics,
         })
+    }
+
+    /// Counts a callback request from `peer` for `number` against the
+    /// limits: `Some(wait)` when either is used up. The number is counted
+    /// in E.164, so `0039…` and `+39…` share one allowance.
+    fn limited(&self, peer: SocketAddr, number: &str) -> Option<std::time::Duration> {
+        use crate::limits::Verdict;
+        let now = std::time::Instant::now();
+        let key = centralino_types::dialplan::normalize(number, "39")
+            .unwrap_or_else(|| number.to_owned());
+        let mut l = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let source = l.per_source.check(now, peer.ip());
+        let number = match source {
+            Verdict::Allowed => l.per_number.check(now, key),
+            limited => limited,
+        };
+        match (source, number) {
+            (Verdict::Limited(w), _) | (_, Verdict::Limited(w)) => {
+                warn!(peer = %peer.ip(), "callback request over the rate limit");
+                Some(w)
+            }
+            _ => None,
+        }
+    }
+
+    /// The configuration the API serves now.
+    fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `config` from the next request on (a reload the engine
+    /// accepted): tokens, desk passwords, queues' tenants and dial plans,
+    /// scripts.
+    pub fn apply(&self, config: &Config) {
+        let live = Arc::new(Live::of(config));
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = live;
     }
 
     /// The operators' current calls (the engine task fills it).
@@ -1165,7 +1261,7 @@ impl Api {
                 .map(|a| session_token(a).name);
         }
         let mut found = None;
-        for t in self.tokens.iter() {
+        for t in &self.live().tokens {
             if same(t.token.as_bytes(), token.as_bytes()) {
                 found = Some(t.name.clone());
             }
@@ -1270,12 +1366,13 @@ fn authorize_token<'a>(
                 "session expired or not valid: log in again",
             )));
         };
-        Cow::Owned(session_token(agent))
+        session_token(agent)
     } else {
         // Every token is compared (constant time): which one matched
         // leaks nothing through timing.
+        let live = api.live();
         let mut found = None;
-        for t in api.tokens.iter() {
+        for t in &live.tokens {
             if same(t.token.as_bytes(), token.as_bytes()) {
                 found = Some(t);
             }
@@ -1284,7 +1381,7 @@ fn authorize_token<'a>(
             warn!("API request with an unknown token refused");
             return Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")));
         };
-        Cow::Borrowed(t)
+        t.clone()
     };
     let allowed = match (t.role, need) {
         (Role::Admin, _)
@@ -1295,7 +1392,7 @@ fn authorize_token<'a>(
         _ => false,
     };
     if allowed {
-        Ok(t)
+        Ok(Cow::Owned(t))
     } else {
         warn!(token = %t.name, ?need, "API request beyond the token's role refused");
         Err(Box::new(error(
@@ -1453,7 +1550,7 @@ fn valid_number(n: &str) -> bool {
 }
 
 fn check_requirements(api: &Api, r: &str) -> Result<(), String> {
-    Requirement::parse(r, &api.catalog)
+    Requirement::parse(r, &api.live().catalog)
         .map(|_| ())
         .map_err(|e| format!("requirements: {e}"))
 }
@@ -1500,23 +1597,52 @@ fn random_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn create_callback(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
-    let r = create(&api, &headers, &body).await;
+async fn create_callback(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = create(&api, peer, &headers, &body).await;
     api.done("callbacks_create", bearer(&headers), "", r.status());
     r
 }
 
-async fn create(api: &Api, headers: &HeaderMap, body: &Bytes) -> Response {
-    let b: CreateBody = match authorized_body(api, headers, body, Need::Callbacks) {
-        Ok((_, b)) => b,
+async fn create(api: &Api, peer: SocketAddr, headers: &HeaderMap, body: &Bytes) -> Response {
+    let (token, b): (_, CreateBody) = match authorized_body(api, headers, body, Need::Callbacks) {
+        Ok(tb) => tb,
         Err(r) => return *r,
     };
+    let live = api.live();
     let mut problems = Vec::new();
-    if !api.queues.contains(&b.queue) {
+    // A token of one tenant knows no other tenant's queues.
+    let queue = live
+        .queues
+        .get(&b.queue)
+        .filter(|_| live.sees(token.tenant.as_deref(), &b.queue));
+    if queue.is_none() {
         problems.push(format!("queue: unknown queue {:?}", truncate(&b.queue)));
     }
     if !valid_number(&b.number) {
         problems.push("number: an optional + and 6 to 15 digits".to_owned());
+    } else if let Some((tenant, plan)) = queue
+        && let Err(why) = plan.check(&b.number)
+    {
+        // TEST-MATRIX D18: refused before anything is stored or dialled.
+        info!(number = %Masked(&b.number), tenant = %tenant, reason = why.label(), "callback refused by the dial plan");
+        api.metrics
+            .dial_plan_refused
+            .with_label_values(&["api", why.label()])
+            .inc();
+        api.metrics
+            .callbacks
+            .with_label_values(&["dial_plan"])
+            .inc();
+        let problem = format!("number: refused by the dial plan: {why}");
+        return ok(
+            StatusCode::FORBIDDEN,
+            &json!({ "error": problem, "problems": [problem] }),
+        );
     }
     let not_before = match b.not_before.as_ref().map(when).transpose() {
         Ok(t) => t,
@@ -1539,6 +1665,20 @@ async fn create(api: &Api, headers: &HeaderMap, body: &Bytes) -> Response {
             StatusCode::BAD_REQUEST,
             &json!({ "error": problems.join("; "), "problems": problems }),
         );
+    }
+    if let Some(wait) = api.limited(peer, &b.number) {
+        api.metrics
+            .callbacks
+            .with_label_values(&["rate_limited"])
+            .inc();
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many callback requests from this client or for this number: try again later",
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
     }
     let new = NewCallback {
         id: random_id(),
@@ -1584,9 +1724,12 @@ async fn get_callback(
     let target = id.clone();
     let r = match authorize(&api, &headers, Need::Callbacks) {
         Err(r) => *r,
-        Ok(_) => match api.store.ask(|r| StoreReq::Get(id, r)).await {
-            Ok(Some(cb)) => ok(StatusCode::OK, &view(&cb)),
-            Ok(None) => error(StatusCode::NOT_FOUND, "no such callback"),
+        Ok(token) => match api.store.ask(|r| StoreReq::Get(id, r)).await {
+            Ok(Some(cb)) if api.live().sees(token.tenant.as_deref(), &cb.queue) => {
+                ok(StatusCode::OK, &view(&cb))
+            }
+            // Another tenant's callback is as absent as one that never was.
+            Ok(_) => error(StatusCode::NOT_FOUND, "no such callback"),
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
         },
     };
@@ -1605,9 +1748,19 @@ async fn list_callbacks(
 }
 
 async fn list(api: &Api, headers: &HeaderMap, query: Option<&str>) -> Response {
-    if let Err(r) = authorize(api, headers, Need::Callbacks) {
-        return *r;
-    }
+    let token = match authorize(api, headers, Need::Callbacks) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    // A tenant's token lists its tenant's queues only.
+    let queues: Option<Vec<String>> = token.tenant.as_deref().map(|t| {
+        api.live()
+            .queues
+            .iter()
+            .filter(|(_, (qt, _))| qt == t)
+            .map(|(q, _)| q.clone())
+            .collect()
+    });
     let mut status = None;
     let mut limit = 100;
     for pair in query
@@ -1637,7 +1790,11 @@ async fn list(api: &Api, headers: &HeaderMap, query: Option<&str>) -> Response {
             }
         }
     }
-    match api.store.ask(|r| StoreReq::List(status, limit, r)).await {
+    match api
+        .store
+        .ask(|r| StoreReq::List(status, queues, limit, r))
+        .await
+    {
         Ok(list) => {
             let items: Vec<Value> = list.iter().map(view).collect();
             ok(StatusCode::OK, &json!({ "callbacks": items }))
@@ -1673,9 +1830,30 @@ async fn patch_callback(
     r
 }
 
+/// `Err(404)` unless the callback exists and the token's tenant (if it
+/// has one) owns its queue: ids of other tenants' callbacks act on nothing
+/// and reveal nothing (TEST-MATRIX D12).
+async fn own_callback(api: &Api, token: &ApiToken, id: &str) -> Result<(), Response> {
+    let Some(tenant) = token.tenant.as_deref() else {
+        return Ok(());
+    };
+    let id = id.to_owned();
+    match api.store.ask(|r| StoreReq::Get(id, r)).await {
+        Ok(Some(cb)) if api.live().sees(Some(tenant), &cb.queue) => Ok(()),
+        Ok(_) => Err(error(StatusCode::NOT_FOUND, "no such callback")),
+        Err(_) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is unavailable",
+        )),
+    }
+}
+
 async fn patch(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
     let b: PatchBody = match authorized_body(api, headers, body, Need::Callbacks) {
-        Ok((_, b)) => b,
+        Ok((token, b)) => match own_callback(api, &token, &id).await {
+            Ok(()) => b,
+            Err(r) => return r,
+        },
         Err(r) => return *r,
     };
     let not_before = match &b.not_before {
@@ -1715,8 +1893,12 @@ async fn delete_callback(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let target = id.clone();
-    let r = match authorize(&api, &headers, Need::Callbacks) {
-        Err(r) => *r,
+    let token = match authorize(&api, &headers, Need::Callbacks) {
+        Ok(t) => own_callback(&api, &t, &id).await.map(|()| t),
+        Err(r) => Err(*r),
+    };
+    let r = match token {
+        Err(r) => r,
         Ok(_) => {
             let now = unix_now();
             let e = api.store.ask(|r| StoreReq::Cancel(id, now, r)).await;
@@ -2127,7 +2309,7 @@ async fn login(
     body: Bytes,
 ) -> Response {
     let (r, user) = check_login(&api, peer, &body);
-    if let Some(user) = user.filter(|u| api.logins.credentials.contains_key(u)) {
+    if let Some(user) = user.filter(|u| api.live().credentials.contains_key(u)) {
         // Who logged in, or tried to as whom: in the audit log.
         api.audit_as(
             &format!("desk:{user}"),
@@ -2186,10 +2368,11 @@ fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Response, Option<S
         ha1_md5: None,
         ha1_sha256: Some("-".repeat(64)),
     };
-    let creds = logins.credentials.get(&b.username);
+    let live = api.live();
+    let creds = live.credentials.get(&b.username);
     let right = creds
         .unwrap_or(&unknown)
-        .matches_password(&b.username, &logins.realm, &b.password)
+        .matches_password(&b.username, &live.realm, &b.password)
         && creds.is_some();
     if !right {
         let bans = throttle.failure(now, ip, &b.username);
@@ -2308,7 +2491,7 @@ async fn get_script(
 ) -> Response {
     let r = match authorize(&api, &headers, Need::Operator) {
         Err(r) => *r,
-        Ok(_) => match api.scripts.iter().find(|s| s.name == name) {
+        Ok(_) => match api.live().scripts.iter().find(|s| s.name == name) {
             None => error(StatusCode::NOT_FOUND, "no such script"),
             Some(s) => {
                 let questions: serde_json::Map<String, Value> = s

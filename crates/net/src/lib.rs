@@ -15,6 +15,7 @@
 
 mod api;
 mod http;
+mod limits;
 mod media;
 mod prompts;
 mod recorder;

@@ -460,16 +460,28 @@ impl Store {
 
     /// Callbacks, oldest first, optionally of one status (at most
     /// `limit`, capped at [`MAX_LIST`]).
+    /// `queues`, when given, keeps the list to those queues (a token of
+    /// one tenant sees its own callbacks only).
     pub fn list_callbacks(
         &self,
         status: Option<Status>,
+        queues: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<Callback>, StoreError> {
         let limit = limit.min(MAX_LIST) as i64;
+        // The queue names travel as one JSON array (SQLite's json_each),
+        // so the statement stays the same whatever their number.
+        let queues = queues.map(|q| {
+            let quoted: Vec<String> = q
+                .iter()
+                .map(|n| format!("\"{}\"", n.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            format!("[{}]", quoted.join(","))
+        });
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM callbacks WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at, id LIMIT ?2"
+            "SELECT {COLUMNS} FROM callbacks WHERE (?1 IS NULL OR status = ?1) AND (?3 IS NULL OR queue IN (SELECT value FROM json_each(?3))) ORDER BY created_at, id LIMIT ?2"
         ))?;
-        let rows = stmt.query_map(params![status.map(Status::as_str), limit], callback)?;
+        let rows = stmt.query_map(params![status.map(Status::as_str), limit, queues], callback)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1051,14 +1063,31 @@ mod tests {
         ));
         drop(s);
         let s = Store::open(&path).unwrap();
-        let pending = s.list_callbacks(Some(Status::Pending), 100).unwrap();
+        let pending = s.list_callbacks(Some(Status::Pending), None, 100).unwrap();
         let ids: Vec<&str> = pending.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["c", "d"]);
         assert_eq!(
             s.get_callback("a").unwrap().unwrap().status,
             Status::Cancelled
         );
-        assert_eq!(s.list_callbacks(None, 100).unwrap().len(), 3);
+        assert_eq!(s.list_callbacks(None, None, 100).unwrap().len(), 3);
+        // One tenant's token lists its queues' callbacks only.
+        let mut other = new("e", "+393331234568");
+        other.queue = "psicologi".into();
+        let mut s = s;
+        s.create_callback(&other, 500).unwrap();
+        let only = |q: &[&str]| -> Vec<String> {
+            let q: Vec<String> = q.iter().map(|n| (*n).to_owned()).collect();
+            s.list_callbacks(None, Some(&q), 100)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(only(&["psicologi"]), ["e"]);
+        assert_eq!(only(&["vaccini"]).len(), 3);
+        assert!(only(&[]).is_empty());
+        assert_eq!(only(&["vaccini", "psicologi"]).len(), 4);
         let counts = s.counts().unwrap();
         assert!(counts.contains(&(Status::Pending, 2)) && counts.contains(&(Status::Cancelled, 1)));
     }

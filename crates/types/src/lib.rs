@@ -6,6 +6,7 @@
 
 #[cfg(feature = "count-alloc")]
 pub mod alloc_count;
+pub mod dialplan;
 pub mod record;
 
 use std::fmt;

@@ -2013,6 +2013,20 @@ fn virtual_hold_reads_the_number_back_and_takes_another_one() {
     }
     h.advance(Duration::from_secs(6));
     assert_eq!(played(&h), (1, true), "asked again after the pause");
+    // A premium number keyed in (TEST-MATRIX D18) is asked again like a
+    // mistyped one: never read back, never stored.
+    for d in "899123456#".chars() {
+        assert!(key(&mut h, call, d).is_empty());
+    }
+    assert_eq!(
+        played(&h),
+        (1, true),
+        "asked again: the dial plan refuses it"
+    );
+    assert_eq!(
+        h.gauge("centralino_dial_plan_refused_total{reason=blocked,via=virtual_hold}"),
+        1
+    );
     for d in "3471234567#".chars() {
         assert!(key(&mut h, call, d).is_empty());
     }
@@ -2331,5 +2345,52 @@ fn a_contact_naming_another_host_is_rung_only_through_the_registering_flow() {
         out.iter()
             .all(|(a, m)| a.to_string() != TRUNK || !m.is_request()),
         "no request reaches the carrier: {out:?}"
+    );
+}
+
+#[test]
+fn a_callback_to_a_number_the_dial_plan_refuses_fails_without_any_invite() {
+    // TEST-MATRIX D18: stored before the plan said no (older version,
+    // reload), or put in the store by hand: still never dialled.
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    for (i, number) in ["+39899123456", "00900123456", "+88234123456", "144123456"]
+        .into_iter()
+        .enumerate()
+    {
+        h.engine.start_callback(
+            h.now,
+            DueCallback {
+                id: format!("fraud{i}"),
+                queue: "info".into(),
+                number: number.into(),
+                requirements: None,
+                priority: 0,
+                created_unix: 0,
+                attempt: 1,
+            },
+        );
+        let out = h.drain();
+        assert!(out.is_empty(), "{number}: nothing sent: {out:?}");
+        assert!(
+            matches!(
+                h.callbacks.last(),
+                Some((id, CallbackState::Failed { outcome: "dial_plan" })) if *id == format!("fraud{i}")
+            ),
+            "{number}: {:?}",
+            h.callbacks
+        );
+    }
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.gauge("centralino_dial_plan_refused_total{reason=blocked,via=callback}")
+            + h.gauge("centralino_dial_plan_refused_total{reason=not_allowed,via=callback}"),
+        4
     );
 }

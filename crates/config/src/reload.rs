@@ -1,0 +1,267 @@
+//! What a reload changes, key by key, and which keys a running node can
+//! apply. A reload that answers "applied" must have applied everything
+//! that differs: the node compares the new file with the running one and
+//! refuses the reload, naming each key, when any of them needs a restart.
+
+use toml::Value;
+
+use crate::Config;
+
+/// Keys a running node applies, as `section.key` with `[]` for the element
+/// of a list (`queues[].ring_timeout_seconds`); a key also covers every
+/// key under it. Everything else needs a restart.
+const LIVE: &[&str] = &[
+    // API bearer tokens (a removed one is refused from the next request).
+    "api.tokens",
+    "api.callbacks_per_source_per_minute",
+    "api.callbacks_per_number_per_day",
+    // Operators' secrets (SIP digest and desk logins) and what they serve.
+    "agents[].password",
+    "agents[].ha1_md5",
+    "agents[].ha1_sha256",
+    "agents[].queues",
+    "agents[].skills",
+    "agents[].languages",
+    "agents[].site",
+    // Trunks by name: peers, DIDs, outbound address, caller id, OPTIONS;
+    // added and removed ones too.
+    "trunks",
+    "tenants[].dial_plan",
+    "flows",
+    "flows_dir",
+    "flow_files",
+    "scripts",
+    // Queue settings read at each decision (calls in progress keep the
+    // timers already armed).
+    "queues[].ring_timeout_seconds",
+    "queues[].max_no_answer",
+    "queues[].max_wait_seconds",
+    "queues[].wrap_up_seconds",
+    "queues[].max_waiting",
+    "queues[].exit_status",
+    "queues[].weight",
+    "queues[].priority_step_seconds",
+    "queues[].fragile_max_wait_seconds",
+    "queues[].retry_seconds",
+    "queues[].announce_seconds",
+    "queues[].music_on_hold",
+    "queues[].record",
+    "queues[].script",
+    "queues[].callback_key",
+    "queues[].callback_offer_prompts",
+    "queues[].callback_confirm_prompts",
+    "queues[].whisper",
+    "queues[].callback_whisper",
+    "queues[].callback_number",
+    "queues[].callback_max_attempts",
+    "queues[].callback_retry_seconds",
+    "queues[].callback_retries",
+    "queues[].callback_mode",
+    "logging.unmask_numbers",
+];
+
+/// Every key whose value differs between the running configuration and a
+/// new one, sorted by section (then removed keys). List
+/// elements with a `name` (or `username`) are matched by it, so a trunk
+/// added in the middle changes that trunk only: `trunks[carrier-b]`.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_table("", &old.source, &new.source, &mut out);
+    out
+}
+
+/// Whether a running node applies a change of `key` (a path from
+/// [`changed_keys`]).
+pub fn applies_live(key: &str) -> bool {
+    let pattern = without_selectors(key);
+    LIVE.iter().any(|live| {
+        pattern == *live
+            || pattern
+                .strip_prefix(live)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    })
+}
+
+/// The keys of `changed` a running node cannot apply.
+pub fn needs_restart(changed: &[String]) -> Vec<String> {
+    changed
+        .iter()
+        .filter(|k| !applies_live(k))
+        .cloned()
+        .collect()
+}
+
+/// `queues[info].record` → `queues[].record`.
+fn without_selectors(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut depth = 0u32;
+    for c in key.chars() {
+        match c {
+            '[' => {
+                if depth == 0 {
+                    out.push('[');
+                }
+                depth += 1;
+            }
+            ']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    out.push(']');
+                }
+            }
+            _ if depth > 0 => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn diff_table(path: &str, old: &toml::Table, new: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in new {
+        diff_value(&join(path, k), old.get(k), Some(v), out);
+    }
+    for (k, v) in old {
+        if !new.contains_key(k) {
+            diff_value(&join(path, k), Some(v), None, out);
+        }
+    }
+}
+
+/// A list element's identity: its `name` or `username`.
+fn ident(v: &Value) -> Option<&str> {
+    let t = v.as_table()?;
+    t.get("name")
+        .or_else(|| t.get("username"))
+        .and_then(Value::as_str)
+}
+
+fn diff_value(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+    match (old, new) {
+        (Some(Value::Table(a)), Some(Value::Table(b))) => diff_table(path, a, b, out),
+        (Some(Value::Array(a)), Some(Value::Array(b)))
+            if a.iter().chain(b).all(|v| ident(v).is_some()) =>
+        {
+            for v in b {
+                let id = ident(v).unwrap_or_default();
+                let before = a.iter().find(|o| ident(o) == Some(id));
+                diff_value(&format!("{path}[{id}]"), before, Some(v), out);
+            }
+            for v in a {
+                let id = ident(v).unwrap_or_default();
+                if !b.iter().any(|n| ident(n) == Some(id)) {
+                    out.push(format!("{path}[{id}]"));
+                }
+            }
+        }
+        (a, b) if a != b => out.push(path.to_owned()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[sip]
+listen = ["127.0.0.1:5060"]
+[logging]
+unmask_numbers = false
+[[api.tokens]]
+name = "admin"
+token = "a-long-admin-token"
+role = "admin"
+[[tenants]]
+name = "demo"
+[[trunks]]
+name = "carrier"
+tenant = "demo"
+peers = ["192.0.2.10"]
+dids = { "100" = "info" }
+[[queues]]
+name = "info"
+tenant = "demo"
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "demo"
+queues = ["info"]
+"#;
+
+    fn diff(new: &str) -> Vec<String> {
+        let old = Config::from_toml(BASE).unwrap();
+        let new = Config::from_toml(new).unwrap();
+        changed_keys(&old, &new)
+    }
+
+    #[test]
+    fn the_same_file_changes_nothing() {
+        assert!(diff(BASE).is_empty());
+    }
+
+    #[test]
+    fn each_change_is_named_by_its_key_and_list_elements_by_name() {
+        let new = BASE
+            .replace("demo1001", "nuova-password")
+            .replace("[[queues]]\nname = \"info\"\ntenant = \"demo\"", "[[queues]]\nname = \"info\"\ntenant = \"demo\"\nring_timeout_seconds = 20\nstrategy = \"round_robin\"")
+            .replace("listen = [\"127.0.0.1:5060\"]", "listen = [\"127.0.0.1:5070\"]")
+            + "\n[[trunks]]\nname = \"second\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\n";
+        let keys = diff(&new);
+        assert_eq!(
+            keys,
+            [
+                "agents[1001].password",
+                "queues[info].ring_timeout_seconds",
+                "queues[info].strategy",
+                "sip.listen",
+                "trunks[second]",
+            ]
+        );
+        assert_eq!(
+            needs_restart(&keys),
+            ["queues[info].strategy", "sip.listen"]
+        );
+    }
+
+    #[test]
+    fn tokens_passwords_trunks_and_queue_timers_apply_live_listeners_and_strategy_do_not() {
+        for live in [
+            "api.tokens[admin]",
+            "api.tokens[admin].token",
+            "agents[1001].password",
+            "trunks[carrier].peers",
+            "trunks[new]",
+            "tenants[demo].dial_plan.allow",
+            "queues[info].wrap_up_seconds",
+            "queues[info].callback_retries.busy.attempts",
+            "flows[menu].nodes.start.prompts",
+            "logging.unmask_numbers",
+        ] {
+            assert!(applies_live(live), "{live}");
+        }
+        for restart in [
+            "sip.listen",
+            "http.listen",
+            "media.port_min",
+            "queues[info].strategy",
+            "queues[new]",
+            "agents[2001]",
+            "agents[1001].tenant",
+            "tenants[other]",
+            "api.session_key_file",
+            "api.tokensx",
+            "store.retention_days",
+            "queues[info].callback_hours",
+        ] {
+            assert!(!applies_live(restart), "{restart}");
+        }
+    }
+}
