@@ -10,7 +10,7 @@ use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
 use centralino_net::{SipServer, serve_http};
 use clap::{Parser, Subcommand};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -451,6 +451,7 @@ fn serve(
         let desks = api.desks();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reload_api = api.clone();
         let http = tokio::spawn(serve_http(
             config.http_listen,
             metrics.registry.clone(),
@@ -470,13 +471,19 @@ fn serve(
         for (t, a) in &sip.bound {
             info!(transport = ?t, addr = %a, "ready");
         }
-        tokio::spawn(reload_on_sighup(config_path.clone(), sip.reloader.clone()));
-        // The same reload through the API (admin tokens).
+        // SIGHUP and the API (admin tokens) reload the same way: the
+        // file is compared with the running configuration key by key.
         let loader_path = config_path.clone();
-        api_reload.enable(
-            std::sync::Arc::new(move || load(loader_path.clone()).map_err(|e| format!("{e:#}"))),
-            sip.reloader.clone(),
-        );
+        api_reload
+            .enable(
+                std::sync::Arc::new(move || {
+                    load(loader_path.clone()).map_err(|e| format!("{e:#}"))
+                }),
+                sip.reloader.clone(),
+                config.clone(),
+            )
+            .await;
+        tokio::spawn(reload_on_sighup(api_reload.clone(), reload_api));
         info!(http = %http_addr, "centralino ready");
         let control = sip.reloader.clone();
         tokio::select! {
@@ -521,10 +528,11 @@ async fn drain(
     Ok(())
 }
 
-/// SIGHUP re-reads the configuration file: trunks, DIDs and IVR flows
-/// change live (calls in progress keep their flow); an invalid file is
-/// reported and the running configuration stays.
-async fn reload_on_sighup(path: Option<PathBuf>, reloader: centralino_net::Reloader) {
+/// SIGHUP re-reads the configuration file: every key that changed is
+/// applied live, or, when one needs a restart, none is (each such key is
+/// logged); an invalid file is reported and the running configuration
+/// stays.
+async fn reload_on_sighup(slot: centralino_net::ReloadSlot, api: centralino_net::Api) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot install the SIGHUP handler: no live reload");
@@ -532,13 +540,8 @@ async fn reload_on_sighup(path: Option<PathBuf>, reloader: centralino_net::Reloa
     };
     while hup.recv().await.is_some() {
         info!("SIGHUP: reloading the configuration");
-        match load(path.clone()) {
-            Ok(config) => {
-                if let Err(why) = reloader.reload(config).await {
-                    warn!(reason = %why, "configuration not reloaded");
-                }
-            }
-            Err(e) => error!("configuration not reloaded: {e:#}"),
+        if let Err(e) = slot.reload(&api).await {
+            warn!(reason = %e, "configuration not reloaded");
         }
     }
 }

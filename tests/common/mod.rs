@@ -305,8 +305,22 @@ impl Node {
         body
     }
 
-    /// The value of one series (`name{labels}` exactly as exposed), 0 if absent.
+    /// The value of one series (`name{labels}` exactly as exposed, labels
+    /// in name order). A series that is not exposed fails the test (a
+    /// misspelt name or label must not pass as 0): use
+    /// [`Node::metric_or_zero`] where absence is an answer.
     pub(crate) fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics();
+        series_in(&text, series).unwrap_or_else(|| {
+            let name = series.split('{').next().unwrap_or(series);
+            let similar: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+            panic!("no series {series} in /metrics; {name} has: {similar:#?}")
+        })
+    }
+
+    /// The value of one series, 0 when it is not exposed (yet): a counter
+    /// whose labels have not been used, a gauge not set.
+    pub(crate) fn metric_or_zero(&self, series: &str) -> f64 {
         metric_in(&self.metrics(), series)
     }
 
@@ -319,7 +333,7 @@ impl Node {
     ) -> f64 {
         let start = Instant::now();
         loop {
-            let v = self.metric(series);
+            let v = self.metric_or_zero(series);
             if pred(v) {
                 return v;
             }
@@ -395,14 +409,19 @@ pub(crate) fn unmasked_number(line: &str) -> bool {
         .any(|(i, _)| line[i + 3..].bytes().take_while(u8::is_ascii_digit).count() >= 6)
 }
 
+/// A series' value in a Prometheus text exposition, 0 if absent.
 pub(crate) fn metric_in(text: &str, series: &str) -> f64 {
+    series_in(text, series).unwrap_or(0.0)
+}
+
+/// A series' value in a Prometheus text exposition, if exposed.
+pub(crate) fn series_in(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))
         })
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A SIPp process.

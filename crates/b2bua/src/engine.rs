@@ -366,6 +366,9 @@ struct Call {
     /// An IVR transfer to an external number: its INVITE while it rings,
     /// its dialog once answered.
     transfer: Option<TransferLeg>,
+    /// Whose call it is: the tenant of the trunk it came in on, or of the
+    /// queue that calls back (its dial plan and outbound trunks apply).
+    tenant: usize,
 }
 
 /// Virtual hold's number dialogue (queue `callback_number`).
@@ -677,8 +680,8 @@ impl Engine {
             router,
             metrics,
             rng,
-            trunks: trunk_tables(config),
-            queue_exit: config.queues.iter().map(|q| q.exit_status).collect(),
+            trunks: Vec::new(),
+            queue_exit: Vec::new(),
             queue_gauges,
             tenant_gauges,
             agent_ids,
@@ -686,19 +689,9 @@ impl Engine {
             qualify: config.qualify,
             qualify_due: BinaryHeap::new(),
             qualify_scheduled: std::collections::HashSet::new(),
-            trunk_down: vec![false; config.trunks.len()],
-            trunk_ping: config
-                .trunks
-                .iter()
-                .map(|t| (t.options, t.name.clone()))
-                .collect(),
-            trunk_due: config
-                .trunks
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.options.is_some())
-                .map(|(i, _)| Reverse((now, i)))
-                .collect(),
+            trunk_down: Vec::new(),
+            trunk_ping: Vec::new(),
+            trunk_due: BinaryHeap::new(),
             max_calls: config.sip.max_calls,
             admission: config
                 .sip
@@ -720,24 +713,10 @@ impl Engine {
                 .map(|&pt| if pt == 8 { Law::Alaw } else { Law::Ulaw })
                 .collect(),
             advertise: config.media.advertise_address,
-            announce_every: config.queues.iter().map(|q| q.announce_every).collect(),
-            record: config.queues.iter().map(|q| q.record).collect(),
-            scripts: config
-                .queues
-                .iter()
-                .map(|q| q.script.map(|i| config.scripts[i].name.clone()))
-                .collect(),
-            virtual_hold: config
-                .queues
-                .iter()
-                .map(|q| {
-                    (
-                        q.callback_key,
-                        q.callback_offer_prompts.clone(),
-                        q.callback_confirm_prompts.clone(),
-                    )
-                })
-                .collect(),
+            announce_every: Vec::new(),
+            record: Vec::new(),
+            scripts: Vec::new(),
+            virtual_hold: Vec::new(),
             queue_ids: config
                 .queues
                 .iter()
@@ -747,32 +726,12 @@ impl Engine {
             catalog: config.catalog.clone(),
             wall: (now, 0),
             outbound_local: None,
-            trunk_out: config
-                .trunks
-                .iter()
-                .map(|t| (t.outbound, t.caller_id.clone(), t.tenant))
-                .collect(),
-            dial_plans: config.dial_plans.clone(),
-            callback_policy: config
-                .queues
-                .iter()
-                .map(|q| (q.tenant, q.callback_max_attempts, q.callback_retry))
-                .collect(),
-            callback_retries: config
-                .queues
-                .iter()
-                .map(|q| q.callback_retries.clone())
-                .collect(),
-            customer_first: config
-                .queues
-                .iter()
-                .map(|q| q.callback_customer_first)
-                .collect(),
-            whispers: config
-                .queues
-                .iter()
-                .map(|q| (q.whisper.clone(), q.callback_whisper.clone()))
-                .collect(),
+            trunk_out: Vec::new(),
+            dial_plans: Vec::new(),
+            callback_policy: Vec::new(),
+            callback_retries: Vec::new(),
+            customer_first: Vec::new(),
+            whispers: Vec::new(),
             callback_tone: announce::callback_tone(Law::Alaw),
             queue_tenants: config
                 .queues
@@ -780,11 +739,7 @@ impl Engine {
                 .map(|q| config.tenants.get(q.tenant).cloned().unwrap_or_default())
                 .collect(),
             views_at: None,
-            callback_number: config
-                .queues
-                .iter()
-                .map(|q| q.callback_number.clone())
-                .collect(),
+            callback_number: Vec::new(),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
@@ -801,22 +756,23 @@ impl Engine {
             timeouts_seen: 0,
             stray_seen: 0,
         };
+        engine.apply_policies(now, config);
         // Every gauge has its value from the start (20 operators logged
         // out, not an empty series until the first message).
-        for (t, (_, name)) in config.trunks.iter().zip(&engine.trunk_ping) {
-            if t.outbound.is_some() {
-                engine.metrics.trunk_up.with_label_values(&[name]).set(1);
-            }
-        }
         engine.refresh_gauges(now);
         engine
     }
 
-    /// Takes a new configuration's trunks, DIDs and IVR flows (SIGHUP).
-    /// Calls in progress finish on the flow version they started with.
-    /// Queues, operators and tenants are indexed by the router: a change
-    /// there needs a restart, and the reload is refused with a reason.
-    pub fn reload(&mut self, config: &Config) -> Result<(), String> {
+    /// Takes a new configuration (SIGHUP, the reload API): trunks by name,
+    /// DIDs, IVR flows, dial plans, operators' secrets and queues, queue
+    /// settings, scripts, whispers and callback policies apply from the
+    /// next event; calls in progress finish on the flow version and timers
+    /// they started with. Queues, operators and tenants index the router's
+    /// tables and a queue's strategy, requirements and rings shape its
+    /// pools: a change there is refused (before anything is applied), and
+    /// the node keeps its configuration. The caller checks first, with
+    /// `centralino_config::reload`, that nothing else changed.
+    pub fn reload(&mut self, now: Instant, config: &Config) -> Result<(), String> {
         let ours: Vec<String> = (0..self.router.queue_count())
             .map(|i| self.router.queue(QueueId(i as u32)).name.clone())
             .collect();
@@ -832,19 +788,148 @@ impl Engine {
             || config
                 .agents
                 .iter()
-                .any(|a| !self.agent_ids.contains_key(&a.username))
+                .enumerate()
+                .any(|(i, a)| self.agent_ids.get(&a.username) != Some(&AgentId(i as u32)))
         {
             return Err("operators changed: restart the node to apply".into());
         }
-        self.trunks = trunk_tables(config);
+        if config.tenants.len() != self.tenant_gauges.len() {
+            return Err("tenants changed: restart the node to apply".into());
+        }
+        // All or nothing: every queue's new settings are checked before
+        // the first is taken.
+        for (i, q) in config.queues.iter().enumerate() {
+            let old = self.router.queue(QueueId(i as u32));
+            let r = &q.routing;
+            let field = if old.strategy != r.strategy {
+                Some("strategy")
+            } else if old.requirement != r.requirement {
+                Some("requirements")
+            } else if old.rings.len() != r.rings.len()
+                || old.rings.iter().zip(&r.rings).any(|(a, b)| {
+                    a.after != b.after || a.requirement != b.requirement || a.tenants != b.tenants
+                })
+            {
+                Some("overflow")
+            } else {
+                None
+            };
+            if let Some(field) = field {
+                return Err(format!(
+                    "queues[{}].{field} changed: restart the node to apply",
+                    r.name
+                ));
+            }
+        }
+        for (i, q) in config.queues.iter().enumerate() {
+            // Checked above: only what decisions read differs.
+            let _ = self
+                .router
+                .update_queue(QueueId(i as u32), q.routing.clone());
+        }
+        for (i, (_, attributes)) in config.routing_agents().into_iter().enumerate() {
+            if self.router.agent(AgentId(i as u32)).attributes != attributes {
+                self.router
+                    .set_attributes(now, AgentId(i as u32), attributes);
+            }
+        }
+        self.registrar.set_users(
+            config
+                .agents
+                .iter()
+                .map(|a| (a.username.clone(), a.credentials.clone()))
+                .collect(),
+        );
+        self.apply_policies(now, config);
         self.catalog = config.catalog.clone();
-        self.dial_plans = config.dial_plans.clone();
+        self.pump(now);
         info!(
             flows = config.flows.len(),
             trunks = config.trunks.len(),
             "configuration reloaded"
         );
         Ok(())
+    }
+
+    /// Builds the per-trunk, per-tenant and per-queue tables from
+    /// `config` (at start and at each reload). Trunks are matched by name
+    /// across a reload: one found down stays down until it answers.
+    fn apply_policies(&mut self, now: Instant, config: &Config) {
+        let was_down: HashMap<String, bool> = self
+            .trunk_ping
+            .iter()
+            .zip(&self.trunk_down)
+            .map(|((_, name), down)| (name.clone(), *down))
+            .collect();
+        self.trunks = trunk_tables(config);
+        self.trunk_out = config
+            .trunks
+            .iter()
+            .map(|t| (t.outbound, t.caller_id.clone(), t.tenant))
+            .collect();
+        self.trunk_ping = config
+            .trunks
+            .iter()
+            .map(|t| (t.options, t.name.clone()))
+            .collect();
+        self.trunk_down = config
+            .trunks
+            .iter()
+            .map(|t| was_down.get(&t.name).copied().unwrap_or(false))
+            .collect();
+        // Pings in flight name trunks by position: their answers are
+        // dropped, and every trunk is asked again now.
+        self.client
+            .retain(|_, c| !matches!(c, ClientRef::TrunkPing(_)));
+        self.trunk_due = config
+            .trunks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.options.is_some())
+            .map(|(i, _)| Reverse((now, i)))
+            .collect();
+        for (t, down) in config.trunks.iter().zip(&self.trunk_down) {
+            if t.outbound.is_some() {
+                self.metrics
+                    .trunk_up
+                    .with_label_values(&[&t.name])
+                    .set(i64::from(!*down));
+            }
+        }
+        self.dial_plans = config.dial_plans.clone();
+        let queues = &config.queues;
+        self.queue_exit = queues.iter().map(|q| q.exit_status).collect();
+        self.announce_every = queues.iter().map(|q| q.announce_every).collect();
+        self.record = queues.iter().map(|q| q.record).collect();
+        self.scripts = queues
+            .iter()
+            .map(|q| {
+                q.script
+                    .and_then(|i| config.scripts.get(i))
+                    .map(|s| s.name.clone())
+            })
+            .collect();
+        self.virtual_hold = queues
+            .iter()
+            .map(|q| {
+                (
+                    q.callback_key,
+                    q.callback_offer_prompts.clone(),
+                    q.callback_confirm_prompts.clone(),
+                )
+            })
+            .collect();
+        self.callback_policy = queues
+            .iter()
+            .map(|q| (q.tenant, q.callback_max_attempts, q.callback_retry))
+            .collect();
+        self.callback_retries = queues.iter().map(|q| q.callback_retries.clone()).collect();
+        self.customer_first = queues.iter().map(|q| q.callback_customer_first).collect();
+        self.whispers = queues
+            .iter()
+            .map(|q| (q.whisper.clone(), q.callback_whisper.clone()))
+            .collect();
+        self.callback_number = queues.iter().map(|q| q.callback_number.clone()).collect();
     }
 
     /// The UDP address calls are placed from (callbacks).
@@ -1027,6 +1112,7 @@ impl Engine {
                     trunk,
                 }),
                 transfer: None,
+                tenant,
             },
         );
         if self.customer_first[queue.0 as usize] {
@@ -1245,15 +1331,11 @@ impl Engine {
         let Some(call) = self.calls.get(&id) else {
             return false;
         };
-        let inbound = self
-            .trunks
-            .iter()
-            .position(|(peers, _)| peers.contains(&call.a_leg.flow.remote.ip()));
-        let tenant = inbound.and_then(|t| self.trunk_out.get(t)).map(|t| t.2);
+        let tenant = call.tenant;
         let trunk = self
             .trunk_out
             .iter()
-            .position(|(out, _, t)| out.is_some() && Some(*t) == tenant);
+            .position(|(out, _, t)| out.is_some() && *t == tenant);
         let Some((mut leg, mut inv, _)) =
             trunk.and_then(|t| self.citizen_leg(t, local, number, "transfer"))
         else {
@@ -1791,10 +1873,7 @@ impl Engine {
         let Some(binding) = self.registrar.bindings(&name).first().cloned() else {
             return;
         };
-        // Along the flow the REGISTER came from (RFC 5626's idea), never
-        // to a host the Contact names: a Contact is the phone's own word,
-        // and `sip:00900123456@CARRIER` would make us dial for it.
-        let flow = binding.flow;
+        let flow = self.binding_flow(&binding);
         let via = self.via(flow);
         let tag = self.token();
         let call_id = format!("{}@centralino", self.token());
@@ -1809,6 +1888,43 @@ impl Engine {
         );
         options.push("User-Agent", &self.user_agent);
         self.send_request(now, flow, options, ClientRef::Qualify(agent));
+    }
+
+    /// Where a registered phone is reached: the host the REGISTER came
+    /// from, never a host its Contact names (a Contact is the phone's own
+    /// word, and `sip:00900123456@CARRIER` would make us dial for it).
+    /// On UDP, a Contact naming that same host keeps its port (a phone
+    /// that registers from one socket and listens on another); behind NAT
+    /// (another host in the Contact), and on streams, the registering flow
+    /// itself, as RFC 5626 has it. A destination that is a trunk's
+    /// outbound address is never used: the registering flow is.
+    fn binding_flow(&self, binding: &centralino_sip::registrar::Binding) -> Flow {
+        let flow = binding.flow;
+        if flow.transport != Transport::Udp {
+            return flow;
+        }
+        let Some(contact) = uri::host_port(&binding.contact).and_then(|hp| {
+            hp.parse::<SocketAddr>().ok().or_else(|| {
+                let host = hp.trim_start_matches('[').trim_end_matches(']');
+                host.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 5060))
+            })
+        }) else {
+            return flow;
+        };
+        let to_trunk = self
+            .trunk_out
+            .iter()
+            .any(|(out, _, _)| *out == Some(contact));
+        if contact.ip() == flow.remote.ip() && !to_trunk {
+            Flow {
+                remote: contact,
+                ..flow
+            }
+        } else {
+            flow
+        }
     }
 
     fn token(&mut self) -> String {
@@ -1999,11 +2115,11 @@ impl Engine {
     }
 
     fn precheck_invite(&mut self, now: Instant, flow: Flow, msg: &Message) -> bool {
-        let Some(trunk) = self
+        if !self
             .trunks
             .iter()
-            .position(|(peers, _)| peers.contains(&flow.remote.ip()))
-        else {
+            .any(|(peers, _)| peers.contains(&flow.remote.ip()))
+        {
             // No toll fraud and no state for strangers: only trunk peers may
             // start calls, and only towards local DIDs.
             warn!(peer = %flow.remote.ip(), "INVITE from an untrusted address refused");
@@ -2048,7 +2164,7 @@ impl Engine {
             );
             return false;
         }
-        if self.did_target(trunk, msg).is_none() {
+        if self.inbound(flow.remote.ip(), msg).is_none() {
             self.reject(flow, msg, 404, "unknown_did", &[]);
             return false;
         }
@@ -2081,13 +2197,21 @@ impl Engine {
         }
     }
 
-    fn did_target(&self, trunk: usize, msg: &Message) -> Option<Target> {
+    /// The trunk an INVITE from `source` came in on, and where its DID
+    /// goes: a trunk is known by (source address, DID), so two trunks
+    /// behind one carrier SBC (one per tenant) each get their own DIDs'
+    /// calls (`check-config` refuses a DID two of them could claim).
+    fn inbound(&self, source: IpAddr, msg: &Message) -> Option<(usize, Target)> {
         let ruri = msg.request_uri()?;
         let did = match uri::classify(ruri)? {
             Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
             _ => uri::user(ruri)?.split(';').next()?,
         };
-        self.trunks[trunk].1.get(did).cloned()
+        self.trunks
+            .iter()
+            .enumerate()
+            .filter(|(_, (peers, _))| peers.contains(&source))
+            .find_map(|(i, (_, dids))| Some((i, dids.get(did)?.clone())))
     }
 
     /// Dispatches transaction outputs and routing decisions until quiet.
@@ -2288,11 +2412,7 @@ impl Engine {
 
     fn new_call(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
         let key = TxKey::of(&msg);
-        let trunk = self
-            .trunks
-            .iter()
-            .position(|(peers, _)| peers.contains(&flow.remote.ip()));
-        let Some(target) = trunk.and_then(|t| self.did_target(t, &msg)) else {
+        let Some((trunk, target)) = self.inbound(flow.remote.ip(), &msg) else {
             // precheck guarantees both; answer rather than leave the caller hanging.
             let r = msg.response(404, reason_phrase(404), Some("x"));
             self.respond(now, &key, &r);
@@ -2396,6 +2516,7 @@ impl Engine {
                 vhold_step: 0,
                 outbound: None,
                 transfer: None,
+                tenant: self.trunk_out.get(trunk).map_or(0, |t| t.2),
             },
         );
         match target {
@@ -2716,10 +2837,7 @@ impl Engine {
             self.offer_failed(now, call_id, agent, OfferOutcome::Rejected);
             return;
         };
-        // Along the flow the REGISTER came from (RFC 5626's idea), never
-        // to a host the Contact names: a Contact is the phone's own word,
-        // and `sip:00900123456@CARRIER` would make us dial for it.
-        let flow = binding.flow;
+        let flow = self.binding_flow(&binding);
         let via = self.via(flow);
         let b_call_id = format!("{}@centralino", self.token());
         let b_tag = self.token();

@@ -19,10 +19,9 @@ const LIVE: &[&str] = &[
     "agents[].password",
     "agents[].ha1_md5",
     "agents[].ha1_sha256",
+    // Which queues an operator serves (their skills, languages and site
+    // name catalog entries the router's groups were built with: restart).
     "agents[].queues",
-    "agents[].skills",
-    "agents[].languages",
-    "agents[].site",
     // Trunks by name: peers, DIDs, outbound address, caller id, OPTIONS;
     // added and removed ones too.
     "trunks",
@@ -146,6 +145,9 @@ fn ident(v: &Value) -> Option<&str> {
 fn diff_value(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
     match (old, new) {
         (Some(Value::Table(a)), Some(Value::Table(b))) => diff_table(path, a, b, out),
+        // A section added or removed whole: its keys, each by name.
+        (None, Some(Value::Table(b))) => diff_table(path, &toml::Table::new(), b, out),
+        (Some(Value::Table(a)), None) => diff_table(path, a, &toml::Table::new(), out),
         (Some(Value::Array(a)), Some(Value::Array(b)))
             if a.iter().chain(b).all(|v| ident(v).is_some()) =>
         {
@@ -255,6 +257,7 @@ queues = ["info"]
             "queues[new]",
             "agents[2001]",
             "agents[1001].tenant",
+            "agents[1001].skills",
             "tenants[other]",
             "api.session_key_file",
             "api.tokensx",

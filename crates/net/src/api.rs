@@ -1073,24 +1073,96 @@ impl Desks {
 /// Reads the configuration again (the binary knows where from).
 pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
-/// Where the API finds the reload once the SIP side runs.
+/// Where the API and SIGHUP find the reload once the SIP side runs, with
+/// the configuration running now (what a reload is compared with).
 #[derive(Clone, Default)]
-pub struct ReloadSlot(Arc<std::sync::Mutex<Option<(Loader, crate::sip::Reloader)>>>);
+pub struct ReloadSlot {
+    control: Arc<tokio::sync::Mutex<Option<Control>>>,
+    /// The engine's handle, also for pauses (never waits for a reload).
+    engine: Arc<std::sync::Mutex<Option<crate::sip::Reloader>>>,
+}
+
+struct Control {
+    loader: Loader,
+    reloader: crate::sip::Reloader,
+    current: Config,
+}
+
+/// Why a reload was not applied (nothing of it was).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The node is still starting.
+    #[error("the node is not ready")]
+    NotReady,
+    /// The new file is not a valid configuration.
+    #[error("{0}")]
+    Invalid(String),
+    /// Keys a running node cannot apply changed.
+    #[error("these keys need a restart: {}", .0.join(", "))]
+    Restart(Vec<String>),
+    /// The engine refused it.
+    #[error("{0}")]
+    Refused(String),
+}
 
 impl ReloadSlot {
-    /// Enables `POST /api/v1/config/reload`.
-    pub fn enable(&self, loader: Loader, reloader: crate::sip::Reloader) {
+    /// Enables reloads (`POST /api/v1/config/reload`, SIGHUP) of a node
+    /// running `current`.
+    pub async fn enable(&self, loader: Loader, reloader: crate::sip::Reloader, current: Config) {
         *self
-            .0
+            .engine
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((loader, reloader));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reloader.clone());
+        *self.control.lock().await = Some(Control {
+            loader,
+            reloader,
+            current,
+        });
     }
 
-    fn get(&self) -> Option<(Loader, crate::sip::Reloader)> {
-        self.0
+    fn engine(&self) -> Option<crate::sip::Reloader> {
+        self.engine
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Reads the configuration again and applies every key that changed,
+    /// or nothing: a key the node cannot apply live refuses the whole
+    /// reload, named. `Ok` lists the keys applied. One reload at a time.
+    pub async fn reload(&self, api: &Api) -> Result<Vec<String>, ReloadError> {
+        let mut guard = self.control.lock().await;
+        let control = guard.as_mut().ok_or(ReloadError::NotReady)?;
+        let loader = control.loader.clone();
+        let config = tokio::task::spawn_blocking(move || loader())
+            .await
+            .map_err(|_| ReloadError::Invalid("reading the configuration failed".into()))?
+            .map_err(ReloadError::Invalid)?;
+        let changed = centralino_config::reload::changed_keys(&control.current, &config);
+        let mut restart = centralino_config::reload::needs_restart(&changed);
+        let dials = |c: &Config| c.trunks.iter().any(|t| t.outbound.is_some());
+        if dials(&config) && !dials(&control.current) {
+            // The callback scheduler starts with a node that can dial.
+            restart.push("trunks[].outbound (the first outbound trunk)".into());
+        }
+        if !restart.is_empty() {
+            warn!(keys = %restart.join(", "), "reload refused: keys need a restart");
+            api.metrics
+                .config_reloads
+                .with_label_values(&["refused"])
+                .inc();
+            return Err(ReloadError::Restart(restart));
+        }
+        control
+            .reloader
+            .reload(config.clone())
+            .await
+            .map_err(ReloadError::Refused)?;
+        api.apply(&config);
+        centralino_types::set_unmask_numbers(config.unmask_numbers);
+        info!(keys = %changed.join(", "), "reload applied");
+        control.current = config;
+        Ok(changed)
     }
 }
 
@@ -2447,7 +2519,7 @@ async fn set_state(api: &Api, headers: &HeaderMap, name: String, body: &Bytes) -
             "reason: 1 to 64 letters, digits, - and _ (e.g. \"pausa_pranzo\")",
         );
     }
-    let Some((_, engine)) = api.reload.get() else {
+    let Some(engine) = api.reload.engine() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
     };
     match engine.set_paused(name.clone(), paused, b.reason).await {
@@ -2468,19 +2540,24 @@ async fn reload(api: &Api, headers: &HeaderMap) -> Response {
     if let Err(r) = authorize(api, headers, Need::Admin) {
         return *r;
     }
-    let Some((loader, reloader)) = api.reload.get() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
-    };
-    let config = match tokio::task::spawn_blocking(move || loader()).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(problems)) => {
-            return error(StatusCode::BAD_REQUEST, &problems);
+    match api.reload.reload(api).await {
+        Ok(changed) => ok(
+            StatusCode::OK,
+            &json!({ "applied": true, "changed": changed }),
+        ),
+        Err(ReloadError::NotReady) => error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+        Err(ReloadError::Invalid(problems)) => error(StatusCode::BAD_REQUEST, &problems),
+        Err(ReloadError::Restart(keys)) => {
+            let message = ReloadError::Restart(keys.clone()).to_string();
+            ok(
+                StatusCode::CONFLICT,
+                &json!({ "applied": false, "error": message, "keys": keys }),
+            )
         }
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
-    };
-    match reloader.reload(config).await {
-        Ok(()) => ok(StatusCode::OK, &json!({ "applied": true })),
-        Err(why) => error(StatusCode::CONFLICT, &why),
+        Err(e @ ReloadError::Refused(_)) => ok(
+            StatusCode::CONFLICT,
+            &json!({ "applied": false, "error": e.to_string(), "keys": [] }),
+        ),
     }
 }
 

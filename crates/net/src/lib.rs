@@ -22,7 +22,7 @@ mod recorder;
 mod session;
 mod sip;
 
-pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadSlot, routes};
+pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot, routes};
 pub use http::serve_http;
 pub use media::{BoundPorts, MediaPlane};
 pub use sip::{NetError, Reloader, SipServer};

@@ -777,7 +777,7 @@ fn handle(
                 prompts,
                 music,
             } = *r;
-            let result = engine.reload(&config);
+            let result = engine.reload(Instant::now().into_std(), &config);
             if let Some(reply) = reply {
                 let _ = reply.send(result.clone());
             }

@@ -721,6 +721,39 @@ impl Router {
         &self.queues[id.0 as usize].settings
     }
 
+    /// Takes new settings for a queue (a reload): what each decision and
+    /// each new timer reads (ring timeout, wrap-up, waits, limits, weight,
+    /// priority step, fragile guarantee, retry) applies from the next
+    /// event; timers already armed keep their deadline. The name, tenant,
+    /// strategy, requirement and rings shape the queue's groups and pools:
+    /// a change there is refused, naming the first that differs.
+    pub fn update_queue(&mut self, id: QueueId, new: QueueSettings) -> Result<(), &'static str> {
+        let q = self.queues.get_mut(id.0 as usize).ok_or("no such queue")?;
+        let old = &q.settings;
+        let same_rings = old.rings.len() == new.rings.len()
+            && old.rings.iter().zip(&new.rings).all(|(a, b)| {
+                a.after == b.after && a.requirement == b.requirement && a.tenants == b.tenants
+            });
+        let shape = if old.name != new.name {
+            Some("name")
+        } else if old.tenant != new.tenant {
+            Some("tenant")
+        } else if old.strategy != new.strategy {
+            Some("strategy")
+        } else if old.requirement != new.requirement {
+            Some("requirements")
+        } else if !same_rings {
+            Some("overflow")
+        } else {
+            None
+        };
+        if let Some(field) = shape {
+            return Err(field);
+        }
+        q.settings = new;
+        Ok(())
+    }
+
     /// Number of queues.
     pub fn queue_count(&self) -> usize {
         self.queues.len()

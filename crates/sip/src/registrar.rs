@@ -127,6 +127,13 @@ impl Registrar {
         self.bindings.get(user).map_or(&[], Vec::as_slice)
     }
 
+    /// Takes a new table of users' secrets (a reload): the next REGISTER
+    /// is checked against it, so an old password stops working at once;
+    /// bindings made with it lapse at their expiry.
+    pub fn set_users(&mut self, users: HashMap<String, Credentials>) {
+        self.users = users;
+    }
+
     /// Number of operators with at least one binding.
     pub fn registered(&self) -> usize {
         self.bindings.len()

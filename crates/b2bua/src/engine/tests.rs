@@ -1315,7 +1315,7 @@ fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
         r#"options = { "1" = "why", "2" = "info" }"#,
     ))
     .unwrap();
-    h.engine.reload(&new).unwrap();
+    h.engine.reload(h.now, &new).unwrap();
     invite_did(&mut h, "800", "r2");
     let (c1, c2) = (centralino_types::CallId(1), centralino_types::CallId(2));
     h.engine.handle_media(
@@ -1348,7 +1348,12 @@ fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
             .replace("queue = \"triage\"", "queue = \"triagex\""),
     )
     .unwrap();
-    assert!(h.engine.reload(&renamed).unwrap_err().contains("restart"));
+    assert!(
+        h.engine
+            .reload(h.now, &renamed)
+            .unwrap_err()
+            .contains("restart")
+    );
 }
 
 #[test]
