@@ -682,8 +682,8 @@ fn a_silent_operator_phone_sends_the_caller_back_to_the_queue_for_the_next_opera
         if let Ok((n, from)) = caller.recv_from(&mut buf) {
             node_rtp = Some(from);
             let p = rtp::parse(&buf[..n]).expect("rtp to the caller");
-            let requeued =
-                node.metric("centralino_calls_requeued_total{reason=\"operator_media_lost\"}");
+            let requeued = node
+                .metric_or_zero("centralino_calls_requeued_total{reason=\"operator_media_lost\"}");
             if p.payload[0] == echo {
                 echoed += 1;
             } else if requeued > 0.0 && echoed == 0 {

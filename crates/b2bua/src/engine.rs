@@ -118,6 +118,11 @@ pub struct QueueView {
     /// Operators reached by its first ring: available, busy, paused,
     /// logged out.
     pub agents: [(&'static str, u32); 4],
+    /// Callbacks the queue can take now: operators available in its first
+    /// ring less the callbacks already waiting for one. The scheduler
+    /// claims no more than this, so a booking rush does not hold RTP ports
+    /// and spend attempts on callbacks nobody is free to take.
+    pub callback_room: u32,
 }
 
 /// Where the operator is with the call on their desktop.
@@ -1532,7 +1537,9 @@ impl Engine {
                 .callbacks
                 .with_label_values(&["answered"])
                 .inc();
-            if let Some(id) = id {
+            // Customer first: done only once an operator talks to them
+            // (a citizen who gives up waiting is called again).
+            if let Some(id) = id.filter(|_| !customer_first) {
                 self.callback_state(&id, CallbackState::Done);
             }
             return;
@@ -1666,17 +1673,29 @@ impl Engine {
     pub fn queue_views(&mut self, now: Instant) -> Vec<QueueView> {
         let wall_now = self.unix_ms_at(now);
         let mut views = Vec::with_capacity(self.queue_gauges.len());
-        for i in 0..self.queue_gauges.len() {
+        let mut callbacks_waiting = vec![0u32; self.queue_gauges.len()];
+        for c in self.calls.values() {
+            // Offered ones already hold their operator (not available).
+            if c.outbound.is_some()
+                && c.phase == Phase::Queued
+                && let Some(n) = callbacks_waiting.get_mut(c.queue.0 as usize)
+            {
+                *n += 1;
+            }
+        }
+        for (i, callbacks) in callbacks_waiting.into_iter().enumerate() {
             let q = QueueId(i as u32);
             let (waiting, first) = self.router.waiting(q);
+            let agents = self.router.queue_agents(q);
             views.push(QueueView {
+                callback_room: agents.available.saturating_sub(callbacks),
                 name: self.router.queue(q).name.clone(),
                 tenant: self.queue_tenants.get(i).cloned().unwrap_or_default(),
                 waiting: waiting as u32,
                 oldest_since_ms: first
                     .map(|t| wall_now - now.saturating_duration_since(t).as_millis() as i64),
                 expected_wait_seconds: self.router.queue_estimate(q).map_or(0, |d| d.as_secs()),
-                agents: self.router.queue_agents(q).labelled(),
+                agents: agents.labelled(),
             });
         }
         views
@@ -3078,16 +3097,17 @@ impl Engine {
                 if !already_answered {
                     self.respond(now, &a_key, &ok);
                 }
-                if let Some(id) = self
-                    .calls
-                    .get(&call_id)
-                    .and_then(|c| c.outbound.as_ref())
-                    .filter(|o| !o.customer_first)
-                    .map(|o| o.id.clone())
-                {
-                    // Agent first: the operator is there; the citizen is
-                    // dialled once the store knows (never twice).
-                    self.callback_state(&id, CallbackState::Dialing { call: call_id });
+                if let Some(o) = self.calls.get(&call_id).and_then(|c| c.outbound.as_ref()) {
+                    let (id, customer_first) = (o.id.clone(), o.customer_first);
+                    if customer_first {
+                        // Customer first: the citizen, reached, now talks
+                        // to an operator.
+                        self.callback_state(&id, CallbackState::Done);
+                    } else {
+                        // Agent first: the operator is there; the citizen
+                        // is dialled once the store knows (never twice).
+                        self.callback_state(&id, CallbackState::Dialing { call: call_id });
+                    }
                 }
                 let qname = self.router.queue(queue).name.clone();
                 self.metrics
@@ -3843,9 +3863,15 @@ impl Engine {
                 self.cancel_b(now, b);
             }
         }
-        if call.outbound.as_ref().is_some_and(|o| o.answered) {
-            // Customer first, reached and then lost while queued: the
-            // callback is done (reached); the call ends like any other.
+        if let Some(o) = call.outbound.as_ref().filter(|o| o.answered) {
+            // Customer first, reached and then lost while queued (they hung
+            // up, or nobody took them in time): nobody spoke to them, so
+            // the request is not done; it is tried again by the policy.
+            let outcome = match outcome {
+                "max_wait" | "queue_full" => "no_operator",
+                _ => "abandoned",
+            };
+            self.outbound_failed(o, call.queue, outcome);
             if !caller_gone {
                 self.send_bye(now, &mut call.a_leg);
             }

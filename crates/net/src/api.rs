@@ -968,6 +968,12 @@ impl Desks {
         self.queues.send_replace(Arc::new(views));
     }
 
+    /// The latest queue views (one `Arc` per publication: the same one
+    /// until the engine publishes again).
+    pub fn queues(&self) -> Arc<Vec<QueueView>> {
+        self.queues.borrow().clone()
+    }
+
     /// Where desktops read their operator's state (available, paused...).
     pub fn set_board(
         &self,

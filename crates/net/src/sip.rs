@@ -40,8 +40,13 @@ async fn callback_scheduler(
     tx: mpsc::Sender<Input>,
     hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
     draining: Arc<AtomicBool>,
+    desks: Option<crate::api::Desks>,
 ) {
     let mut tick = tokio::time::interval(CALLBACK_POLL);
+    // The queue views the last claim was made against: until the engine
+    // publishes newer ones (it does once it has started what was
+    // claimed), the same room is not claimed twice.
+    let mut claimed_on: Option<Arc<Vec<centralino_b2bua::QueueView>>> = None;
     loop {
         tick.tick().await;
         // A node shutting down starts no callback: the next one (or this
@@ -54,15 +59,32 @@ async fn callback_scheduler(
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let open: Vec<String> = hours
+        let mut open: Vec<String> = hours
             .iter()
             .filter(|(_, cal)| cal.as_ref().is_none_or(|c| c.open(now)))
             .map(|(q, _)| q.clone())
             .collect();
-        if open.is_empty() {
+        // Only as many as free operators can take, from queues that have
+        // one: a callback claimed holds two RTP port pairs and spends an
+        // attempt, so claiming for nobody starves live calls of ports.
+        let mut limit = CALLBACK_BATCH;
+        let views = desks.as_ref().map(crate::api::Desks::queues);
+        if let Some(views) = &views {
+            if claimed_on.as_ref().is_some_and(|c| Arc::ptr_eq(c, views)) {
+                continue;
+            }
+            let room: HashMap<&str, u32> = views
+                .iter()
+                .map(|v| (v.name.as_str(), v.callback_room))
+                .collect();
+            open.retain(|q| room.get(q.as_str()).is_some_and(|&r| r > 0));
+            let total: u32 = open.iter().filter_map(|q| room.get(q.as_str())).sum();
+            limit = limit.min(total as usize);
+        }
+        if open.is_empty() || limit == 0 {
             continue;
         }
-        let due = match sink.claim_due(CALLBACK_BATCH, open).await {
+        let due = match sink.claim_due(limit, open).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "cannot read due callbacks");
@@ -72,6 +94,7 @@ async fn callback_scheduler(
         if due.is_empty() {
             continue;
         }
+        claimed_on = views;
         let due = due
             .into_iter()
             .map(|c| DueCallback {
@@ -341,6 +364,7 @@ impl SipServer {
                 tx.clone(),
                 hours,
                 draining.clone(),
+                desks.clone(),
             ));
         }
         drop(tx);

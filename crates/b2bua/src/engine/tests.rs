@@ -1827,9 +1827,9 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
     ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
     let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
     assert_eq!(requests(&out, TRUNK, "ACK").len(), 1);
-    assert_eq!(
-        h.callbacks.last().unwrap(),
-        &("cf1".to_owned(), CallbackState::Done)
+    assert!(
+        !h.callbacks.iter().any(|(_, s)| *s == CallbackState::Done),
+        "reached is not done: nobody has spoken to them yet"
     );
     // Reached: queued with music, then offered to the operator.
     assert!(
@@ -1846,11 +1846,52 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
     assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
     assert!(matches!(h.media.last(), Some(MediaCommand::Bridge { .. })));
     assert_eq!(
-        h.callbacks.len(),
-        dialing_before,
-        "dialled once, not again at the answer"
+        &h.callbacks[dialing_before..],
+        &[("cf1".to_owned(), CallbackState::Done)],
+        "done once an operator talks to them, and not dialled again"
     );
     assert!(requests(&out, TRUNK, "INVITE").is_empty());
+
+    // A second citizen, reached, hangs up while waiting for an operator
+    // (1001 is busy): the request is tried again, not marked done.
+    h.engine.start_callback(
+        h.now,
+        DueCallback {
+            id: "cf2".into(),
+            queue: "info".into(),
+            number: "+393331112229".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+        },
+    );
+    h.drain();
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    h.engine.callback_dialing(h.now, call, true);
+    let out = h.drain();
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    let mut ok = dial.response(200, "OK", Some("cit2"));
+    ok.push("Contact", "<sip:cittadino@192.0.2.10:5060>");
+    ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+    h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKcf2bye\r\nFrom: <sip:+393331112229@192.0.2.10>;tag=cit2\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 7 BYE\r\nContent-Length: 0\r\n\r\n",
+        dial.header("From").unwrap(),
+        dial.call_id
+    );
+    let out = h.send(TRUNK, &bye);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert!(
+        matches!(
+            h.callbacks.last(),
+            Some((id, CallbackState::Retry { outcome: "abandoned", .. })) if id == "cf2"
+        ),
+        "{:?}",
+        h.callbacks
+    );
 }
 
 #[test]
@@ -2398,4 +2439,36 @@ fn a_callback_to_a_number_the_dial_plan_refuses_fails_without_any_invite() {
             + h.gauge("centralino_dial_plan_refused_total{reason=not_allowed,via=callback}"),
         4
     );
+}
+
+#[test]
+fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    let room = |h: &mut Harness| h.engine.queue_views(h.now)[0].callback_room;
+    assert_eq!(room(&mut h), 0, "nobody logged in: nothing to claim");
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    assert_eq!(room(&mut h), 2);
+    let due = |id: &str| DueCallback {
+        id: id.into(),
+        queue: "info".into(),
+        number: "+393331112223".into(),
+        requirements: None,
+        priority: 0,
+        created_unix: 0,
+        attempt: 1,
+    };
+    // One callback rings 1001: one operator left, one room.
+    h.engine.start_callback(h.now, due("r1"));
+    h.drain();
+    assert_eq!(room(&mut h), 1);
+    // A live caller takes 1002: no room, although nothing waits.
+    h.invite("live");
+    assert_eq!(room(&mut h), 0);
 }
