@@ -1042,9 +1042,10 @@ impl ReloadSlot {
 }
 
 impl Api {
-    /// Opens (or creates) `DIR/centralino.db`.
+    /// Opens (or creates) `DIR/centralino.db`, the directory owner-only.
     pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
+        centralino_store::owner_only::create_dir(data_dir)
+            .map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
         let path = data_dir.join("centralino.db");
         let store = StoreHandle::start(
             &path,

@@ -3,12 +3,16 @@
 //! A callback request is acknowledged only after its insert committed.
 //!
 //! Owns: the schema and its versioned migrations, callbacks (create with
-//! de-duplication, read, list, edit, cancel, state changes). Never does:
-//! networking or scheduling; one thread owns a [`Store`] (SQLite
-//! serialises writers anyway) and others talk to it through a channel.
+//! de-duplication, read, list, edit, cancel, state changes), the files'
+//! owner-only modes ([`owner_only`]). Never does: networking or
+//! scheduling; one thread owns a [`Store`] (SQLite serialises writers
+//! anyway) and others talk to it through a channel.
 #![warn(missing_docs)]
 
-use std::path::Path;
+pub mod owner_only;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -209,6 +213,9 @@ pub enum StoreError {
         /// Known here.
         known: u32,
     },
+    /// The database file cannot be created owner-only.
+    #[error("database file {0}: {1}")]
+    File(PathBuf, std::io::Error),
 }
 
 /// Where a callback stands.
@@ -338,6 +345,28 @@ pub struct Store {
     conn: Connection,
 }
 
+/// The database is created owner-only before SQLite opens it: SQLite gives
+/// the `-wal` and `-shm` files it creates the database file's mode. Files
+/// found looser (an older version made them 0644) are tightened.
+fn owner_only_files(path: &Path) -> Result<(), StoreError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(owner_only::FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(StoreError::File(path.to_path_buf(), e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        owner_only::tighten_or_warn(Path::new(&file), owner_only::FILE_MODE);
+    }
+    Ok(())
+}
+
 const COLUMNS: &str = "id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at";
 
 /// One callback by id (inside a transaction or not).
@@ -372,6 +401,7 @@ impl Store {
     /// Opens (or creates) the database file and brings its schema up to
     /// date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        owner_only_files(path)?;
         let conn = Connection::open(path)?;
         // busy_timeout first: switching to WAL can meet a lock.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -977,7 +1007,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> std::path::PathBuf {
+    fn temp(name: &str) -> PathBuf {
         let p =
             std::env::temp_dir().join(format!("centralino-store-{name}-{}.db", std::process::id()));
         for ext in ["", "-wal", "-shm"] {
@@ -1225,6 +1255,35 @@ mod tests {
             ("***567", "+393331234567")
         );
         assert_eq!(s.anonymise_before(1_500_000).unwrap(), 0, "once");
+    }
+
+    #[test]
+    fn the_database_and_its_wal_and_shm_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir =
+            std::env::temp_dir().join(format!("centralino-store-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        owner_only::create_dir(&dir).unwrap();
+        let path = dir.join("centralino.db");
+        let mut s = Store::open(&path).unwrap();
+        s.create_callback(&new("a", "+393331234567"), 100).unwrap();
+        let db = path.display().to_string();
+        let files = [db.clone(), format!("{db}-wal"), format!("{db}-shm")];
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{f}");
+        }
+        // Left world-readable (an older version, a restored backup): the
+        // next open tightens all three.
+        for f in &files {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let again = Store::open(&path).unwrap();
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{f}");
+        }
+        drop((s, again));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
