@@ -416,6 +416,15 @@ impl StoreHandle {
                             Ok(n) => info!(records = n, "numbers anonymised (retention)"),
                             Err(e) => warn!(error = %e, "anonymisation failed"),
                         }
+                        // The WAL still holds the pages as they were before
+                        // masking: copied in and emptied.
+                        match store.checkpoint() {
+                            Ok(true) => {}
+                            Ok(false) => warn!(
+                                "WAL checkpoint after retention kept busy by a reader: next hour"
+                            ),
+                            Err(e) => warn!(error = %e, "WAL checkpoint after retention failed"),
+                        }
                         next_retention += std::time::Duration::from_secs(3600);
                     }
                     let wait = if backlog.is_empty() {

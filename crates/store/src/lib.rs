@@ -406,10 +406,23 @@ impl Store {
         // busy_timeout first: switching to WAL can meet a lock.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // secure_delete: a masked or deleted number is overwritten with
+        // zeros in its page, not left in free space for anyone who reads
+        // the file (per connection: this one is the node's writer).
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
+        )?;
         let mut store = Self { conn };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Whether deleted content is overwritten (`PRAGMA secure_delete`).
+    pub fn secure_delete(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA secure_delete", [], |r| r.get::<_, i64>(0))?
+            == 1)
     }
 
     /// The schema version in the file.
@@ -640,6 +653,7 @@ impl Store {
 
     /// Masks the numbers of records and finished callbacks older than
     /// `cutoff_ms` (all but the last three digits): the retention period.
+    /// [`Store::checkpoint`] then takes the old versions out of the WAL.
     pub fn anonymise_before(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let tx = self.conn.savepoint()?;
         let mask = "'***' || substr(caller, -3)";
@@ -655,6 +669,17 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(n + m)
+    }
+
+    /// Copies the WAL into the database file and empties it
+    /// (`wal_checkpoint(TRUNCATE)`): until then, the WAL keeps older
+    /// versions of the pages retention just masked. `false` when a reader
+    /// kept it from finishing (the next one will).
+    pub fn checkpoint(&mut self) -> Result<bool, StoreError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 
     /// Call records, newest first (at most `limit`).
@@ -1283,6 +1308,73 @@ mod tests {
             assert_eq!(mode(f), 0o600, "{f}");
         }
         drop((s, again));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn masked_numbers_leave_no_trace_in_the_database_files() {
+        let dir =
+            std::env::temp_dir().join(format!("centralino-store-erase-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        owner_only::create_dir(&dir).unwrap();
+        let path = dir.join("centralino.db");
+        let mut s = Store::open(&path).unwrap();
+        assert!(s.secure_delete().unwrap());
+        // A finished callback and a call record, each with its
+        // own number; a pending callback whose number stays. A masked row
+        // is rewritten over its old cell, which hides most of it anyway; a
+        // deleted row (the answers) stays whole in free space without
+        // secure_delete, and old page versions stay in the WAL without the
+        // truncating checkpoint.
+        s.create_callback(&new("a", "+393471234567"), 100).unwrap();
+        s.set_status("a", Status::Done, Some("answered"), 100)
+            .unwrap();
+        s.create_callback(&new("b", "+393470000042"), 100).unwrap();
+        s.write_records(&[
+            Record::CallStarted {
+                id: "c".into(),
+                at_ms: 1_000,
+                caller: "+393479876543".into(),
+                did: "800".into(),
+            },
+            Record::CallEnded {
+                id: "c".into(),
+                at_ms: 2_000,
+                outcome: "answered".into(),
+                queue: None,
+                agent: None,
+                wait_ms: None,
+                talk_ms: None,
+                variables: Some("motivo=vaccino".into()),
+            },
+        ])
+        .unwrap();
+        // An operator's answer (health data): deleted, not masked.
+        s.save_answers(
+            "c",
+            Some("1001"),
+            &[("sintomi".into(), "febbre alta da tre giorni".into())],
+            2_000,
+        )
+        .unwrap();
+        assert_eq!(s.anonymise_before(10_000_000).unwrap(), 2);
+        assert!(s.checkpoint().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend(std::fs::read(format!("{}-wal", path.display())).unwrap_or_default());
+        let found = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(
+            found("+393470000042"),
+            "the pending callback's number is kept"
+        );
+        for gone in [
+            "+393471234567",
+            "+393479876543",
+            "motivo=vaccino",
+            "febbre alta",
+        ] {
+            assert!(!found(gone), "{gone} is still in the file");
+        }
+        drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
