@@ -651,9 +651,10 @@ impl Store {
         )?)
     }
 
-    /// Masks the numbers of records and finished callbacks older than
-    /// `cutoff_ms` (all but the last three digits): the retention period.
-    /// [`Store::checkpoint`] then takes the old versions out of the WAL.
+    /// Masks the numbers of records, finished callbacks and finished SMS
+    /// notifications older than `cutoff_ms` (all but the last three
+    /// digits): the retention period. [`Store::checkpoint`] then takes the
+    /// old versions out of the WAL.
     pub fn anonymise_before(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let tx = self.conn.savepoint()?;
         let mask = "'***' || substr(caller, -3)";
@@ -667,8 +668,19 @@ impl Store {
             "UPDATE callbacks SET number = '***' || substr(number, -3) WHERE status IN ('done', 'failed', 'cancelled') AND updated_at * 1000 < ?1 AND number NOT LIKE '***%'",
             params![cutoff_ms],
         )?;
+        // The SMS outbox holds the number in each payload. Masked like the
+        // callback it reports, not deleted: what was sent (or dead-lettered)
+        // and when stays countable, the number goes. Pending rows are still
+        // to be sent: never touched. Only the outbox writes payloads, always
+        // JSON; a row that is not is left alone rather than failing the pass.
+        let o = tx.execute(
+            "UPDATE notifications SET payload = json_set(payload, '$.number', '***' || substr(json_extract(payload, '$.number'), -3))
+             WHERE status IN ('sent', 'dead') AND created_at * 1000 < ?1
+             AND CASE WHEN json_valid(payload) THEN json_type(payload, '$.number') = 'text' AND json_extract(payload, '$.number') NOT LIKE '***%' ELSE 0 END",
+            params![cutoff_ms],
+        )?;
         tx.commit()?;
-        Ok(n + m)
+        Ok(n + m + o)
     }
 
     /// Copies the WAL into the database file and empties it
@@ -1320,7 +1332,7 @@ mod tests {
         let path = dir.join("centralino.db");
         let mut s = Store::open(&path).unwrap();
         assert!(s.secure_delete().unwrap());
-        // A finished callback and a call record, each with its
+        // A finished callback, a call record and a sent SMS, each with its
         // own number; a pending callback whose number stays. A masked row
         // is rewritten over its old cell, which hides most of it anyway; a
         // deleted row (the answers) stays whole in free space without
@@ -1357,7 +1369,10 @@ mod tests {
             2_000,
         )
         .unwrap();
-        assert_eq!(s.anonymise_before(10_000_000).unwrap(), 2);
+        s.notify("a", "booked", r#"{"number":"+393475550001"}"#, 100)
+            .unwrap();
+        s.notification_attempt(1, true, None, None).unwrap();
+        assert_eq!(s.anonymise_before(10_000_000).unwrap(), 3);
         assert!(s.checkpoint().unwrap());
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend(std::fs::read(format!("{}-wal", path.display())).unwrap_or_default());
@@ -1369,6 +1384,7 @@ mod tests {
         for gone in [
             "+393471234567",
             "+393479876543",
+            "+393475550001",
             "motivo=vaccino",
             "febbre alta",
         ] {
@@ -1376,6 +1392,71 @@ mod tests {
         }
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_masks_finished_sms_notifications_and_never_pending_ones() {
+        let path = temp("outbox");
+        let mut s = Store::open(&path).unwrap();
+        let payload = |n: &str| {
+            format!(r#"{{"key":"cb:booked:1","event":"booked","number":"{n}","queue":"vaccini"}}"#)
+        };
+        // Sent, dead-lettered, still pending (old), sent but young.
+        s.notify("a", "booked", &payload("+393331112223"), 100)
+            .unwrap();
+        s.notify("b", "failed", &payload("+393334445556"), 100)
+            .unwrap();
+        s.notify("c", "booked", &payload("+393337778889"), 100)
+            .unwrap();
+        s.notify("d", "booked", &payload("+393330001112"), 5_000)
+            .unwrap();
+        s.notification_attempt(1, true, None, None).unwrap();
+        s.notification_attempt(2, false, Some("gateway answered 500"), None)
+            .unwrap();
+        s.notification_attempt(3, false, Some("no HTTP answer"), Some(200))
+            .unwrap();
+        s.notification_attempt(4, true, None, None).unwrap();
+        let numbers = |s: &Store| -> Vec<(String, String)> {
+            let mut stmt = s
+                .conn
+                .prepare("SELECT status, json_extract(payload, '$.number') FROM notifications ORDER BY seq")
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(s.anonymise_before(1_000_000).unwrap(), 2);
+        let want = |a: &str, b: &str, c: &str, d: &str| {
+            vec![
+                ("sent".to_owned(), a.to_owned()),
+                ("dead".to_owned(), b.to_owned()),
+                ("pending".to_owned(), c.to_owned()),
+                ("sent".to_owned(), d.to_owned()),
+            ]
+        };
+        assert_eq!(
+            numbers(&s),
+            want("***223", "***556", "+393337778889", "+393330001112")
+        );
+        // The rest of the payload stays as it was.
+        let kept: String = s
+            .conn
+            .query_row("SELECT payload FROM notifications WHERE seq = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            kept,
+            r#"{"key":"cb:booked:1","event":"booked","number":"***223","queue":"vaccini"}"#
+        );
+        assert_eq!(s.anonymise_before(1_000_000).unwrap(), 0, "once");
+        // Later, the young one's turn; the pending one is still waiting.
+        assert_eq!(s.anonymise_before(10_000_000).unwrap(), 1);
+        assert_eq!(
+            numbers(&s),
+            want("***223", "***556", "+393337778889", "***112")
+        );
     }
 
     #[test]
