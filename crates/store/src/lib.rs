@@ -9,6 +9,7 @@
 //! anyway) and others talk to it through a channel.
 #![warn(missing_docs)]
 
+mod audit;
 pub mod owner_only;
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +17,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+pub use audit::{
+    AUDIT_KEY_FILE, AuditBroken, AuditChain, AuditEntry, AuditHead, AuditKey, HeadCheck,
+    MIN_AUDIT_KEY,
+};
 pub use centralino_types::record::Record;
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -111,57 +116,19 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // 8: the chain is keyed (HMAC-SHA256, audit.rs) from entry `from_seq`
+    // on; the entries before keep their SHA-256 chain. `seal` is the key's
+    // MAC of that boundary, written with it (`audit::seal_boundary`), so it
+    // cannot be moved without the key. Written once.
+    "CREATE TABLE audit_keyed (
+        from_seq INTEGER NOT NULL,
+        seal TEXT
+    );
+    CREATE TRIGGER audit_keyed_no_update BEFORE UPDATE ON audit_keyed
+        BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;
+    CREATE TRIGGER audit_keyed_no_delete BEFORE DELETE ON audit_keyed
+        BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;",
 ];
-
-/// One access to personal data, for the audit log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// Unix milliseconds.
-    pub at: i64,
-    /// Who: the API token's name (never the token).
-    pub actor: String,
-    /// What: the API route (e.g. `callbacks_get`).
-    pub action: String,
-    /// Which record: a callback, call or operator id (never a number).
-    pub target: String,
-    /// The HTTP status answered.
-    pub status: u16,
-}
-
-/// The hash chaining an audit row to the one before it.
-fn audit_hash(prev: &str, seq: i64, e: &AuditEntry) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    // Lengths first: no two different rows can hash the same text.
-    for field in [
-        prev,
-        &seq.to_string(),
-        &e.at.to_string(),
-        &e.actor,
-        &e.action,
-        &e.target,
-        &e.status.to_string(),
-    ] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An audit entry from a row whose first columns are `at, actor, action,
-/// target, status`.
-fn audit_entry(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
-    Ok(AuditEntry {
-        at: r.get(0)?,
-        actor: r.get(1)?,
-        action: r.get(2)?,
-        target: r.get(3)?,
-        status: r.get(4)?,
-    })
-}
-
-/// The chain's start.
-const AUDIT_GENESIS: &str = "centralino-audit-v1";
 
 /// A notification waiting to be sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +183,22 @@ pub enum StoreError {
     /// The database file cannot be created owner-only.
     #[error("database file {0}: {1}")]
     File(PathBuf, std::io::Error),
+    /// The audit key file cannot be read or created.
+    #[error("audit key file {0}: {1}")]
+    AuditKey(PathBuf, std::io::Error),
+    /// The audit key file holds too few bytes.
+    #[error("audit key file {0}: at least {MIN_AUDIT_KEY} bytes of secret needed, found {1}")]
+    AuditKeyShort(PathBuf, usize),
+    /// The system's random source failed.
+    #[error("no random audit key: {0}")]
+    AuditKeyRandom(String),
+    /// The audit log predates keyed audit and has entries: only a store
+    /// opened with the key can seal them into the keyed chain.
+    #[error("the audit log predates keyed audit: the node seals it with its key at its next start")]
+    AuditKeyNeeded,
+    /// The store was opened without the audit key and cannot sign entries.
+    #[error("the store was opened without the audit key: it cannot write the audit log")]
+    NoAuditKey,
 }
 
 /// Where a callback stands.
@@ -343,6 +326,8 @@ pub enum Edit {
 /// The store.
 pub struct Store {
     conn: Connection,
+    /// Signs audit entries; `None` for a store that only reads them.
+    audit_key: Option<AuditKey>,
 }
 
 /// The database is created owner-only before SQLite opens it: SQLite gives
@@ -399,8 +384,21 @@ fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
 
 impl Store {
     /// Opens (or creates) the database file and brings its schema up to
-    /// date.
+    /// date, without the audit key: it reads the audit log but cannot add
+    /// to it, nor upgrade a log of unkeyed entries
+    /// ([`StoreError::AuditKeyNeeded`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens (or creates) the database file as the node's writer: `key`
+    /// signs audit entries and seals a log of unkeyed entries at the
+    /// upgrade.
+    pub fn open_keyed(path: &Path, key: AuditKey) -> Result<Self, StoreError> {
+        Self::open_with(path, Some(key))
+    }
+
+    fn open_with(path: &Path, audit_key: Option<AuditKey>) -> Result<Self, StoreError> {
         owner_only_files(path)?;
         let conn = Connection::open(path)?;
         // busy_timeout first: switching to WAL can meet a lock.
@@ -412,7 +410,7 @@ impl Store {
         conn.execute_batch(
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
         )?;
-        let mut store = Self { conn };
+        let mut store = Self { conn, audit_key };
         store.migrate()?;
         Ok(store)
     }
@@ -441,6 +439,9 @@ impl Store {
         for (i, m) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let tx = self.conn.transaction()?;
             tx.execute_batch(m)?;
+            if i as u32 + 1 == audit::KEYED_SCHEMA {
+                audit::seal_boundary(&tx, self.audit_key.as_ref())?;
+            }
             tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
             tx.commit()?;
         }
@@ -722,61 +723,6 @@ impl Store {
             .conn
             .prepare("SELECT event, queue, agent FROM queue_log WHERE call = ?1 ORDER BY seq")?;
         let rows = stmt.query_map(params![call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Appends entries to the audit log, each chained to the last.
-    pub fn audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        let tx = self.conn.savepoint()?;
-        let (mut seq, mut prev): (i64, String) = tx
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
-            .unwrap_or((0, AUDIT_GENESIS.to_owned()));
-        for e in entries {
-            seq += 1;
-            let hash = audit_hash(&prev, seq, e);
-            tx.execute(
-                "INSERT INTO audit (seq, at, actor, action, target, status, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![seq, e.at, e.actor, e.action, e.target, e.status, hash],
-            )?;
-            prev = hash;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Checks the whole audit chain: the number of rows, or the first row
-    /// whose hash (or sequence) does not follow from the one before.
-    pub fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at, actor, action, target, status, seq, hash FROM audit ORDER BY seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        let (mut prev, mut expect, mut n) = (AUDIT_GENESIS.to_owned(), 1i64, 0u64);
-        while let Some(r) = rows.next()? {
-            let e = audit_entry(r)?;
-            let seq: i64 = r.get(5)?;
-            let hash: String = r.get(6)?;
-            if seq != expect || audit_hash(&prev, seq, &e) != hash {
-                return Ok(Err(seq));
-            }
-            prev = hash;
-            expect += 1;
-            n += 1;
-        }
-        Ok(Ok(n))
-    }
-
-    /// The audit log's last `limit` entries, newest first.
-    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at, actor, action, target, status FROM audit ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map(params![limit.min(MAX_LIST) as i64], audit_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1140,56 +1086,6 @@ mod tests {
             Store::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
-    }
-
-    #[test]
-    fn the_audit_log_is_append_only_and_a_forged_row_breaks_the_chain() {
-        let path = temp("audit");
-        let mut s = Store::open(&path).unwrap();
-        let e = |actor: &str, action: &str, target: &str| AuditEntry {
-            at: 1_000,
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            status: 200,
-        };
-        s.audit(&[
-            e("web", "callbacks_create", "cb1"),
-            e("desk-1003", "agent_call", "1003"),
-        ])
-        .unwrap();
-        s.audit(&[e("ops", "callbacks_list", "")]).unwrap();
-        assert_eq!(s.verify_audit().unwrap(), Ok(3));
-        assert_eq!(s.audit_tail(1).unwrap(), [e("ops", "callbacks_list", "")]);
-        // The triggers refuse edits and deletions.
-        assert!(
-            s.conn
-                .execute("UPDATE audit SET actor = 'x' WHERE seq = 2", [])
-                .is_err()
-        );
-        assert!(
-            s.conn
-                .execute("DELETE FROM audit WHERE seq = 3", [])
-                .is_err()
-        );
-        // Someone with the file drops the trigger and rewrites a row: the
-        // chain says where.
-        s.conn
-            .execute_batch(
-                "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'nobody' WHERE seq = 2;",
-            )
-            .unwrap();
-        assert_eq!(s.verify_audit().unwrap(), Err(2));
-        drop(s);
-        // A deleted row shows too.
-        let path = temp("audit-gap");
-        let mut s = Store::open(&path).unwrap();
-        s.audit(&[e("a", "x", "1"), e("a", "x", "2"), e("a", "x", "3")])
-            .unwrap();
-        s.conn
-            .execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 2;")
-            .unwrap();
-        assert_eq!(s.verify_audit().unwrap(), Err(3));
     }
 
     #[test]
