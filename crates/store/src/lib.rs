@@ -3,8 +3,10 @@
 //! A callback request is acknowledged only after its insert committed.
 //!
 //! Owns: the schema and its versioned migrations, callbacks (create with
-//! de-duplication, read, list, edit, cancel, state changes), the files'
-//! owner-only modes ([`owner_only`]). Never does: networking or
+//! de-duplication, read, list, edit, cancel, state changes), call records,
+//! the queue log, the SMS outbox, retention (masking with `secure_delete`,
+//! then a truncating checkpoint), the keyed audit chain (`audit.rs`), the
+//! files' owner-only modes ([`owner_only`]). Never does: networking or
 //! scheduling; one thread owns a [`Store`] (SQLite serialises writers
 //! anyway) and others talk to it through a channel.
 #![warn(missing_docs)]

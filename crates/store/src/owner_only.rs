@@ -1,7 +1,8 @@
 //! Owner-only modes for everything that holds personal data at rest: the
 //! data directory, the database with its `-wal` and `-shm` files, the audit
-//! key, the recordings. Directories are 0700 and files 0600 whatever the
-//! umask, so another account on the machine reads no citizen's number.
+//! key, the recordings. Directories are 0700 and files 0600 (never looser,
+//! whatever the umask), so another account on the machine reads no
+//! citizen's number.
 //! Something found looser (made by an older version, restored from a
 //! backup, created by hand) is tightened, with a warning.
 
