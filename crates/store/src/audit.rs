@@ -84,6 +84,10 @@ impl AuditKey {
     /// [`AuditKey::from_file`]. `true` when it was created now.
     pub fn load_or_create(dir: &Path) -> Result<(Self, bool), StoreError> {
         let path = dir.join(AUDIT_KEY_FILE);
+        // Drawn first: a failing random source leaves no empty file behind.
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret)
+            .map_err(|e| StoreError::AuditKeyRandom(e.to_string()))?;
         let created = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -97,9 +101,6 @@ impl AuditKey {
             }
             Err(e) => return Err(StoreError::AuditKey(path, e)),
         };
-        let mut secret = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut secret)
-            .map_err(|e| StoreError::AuditKeyRandom(e.to_string()))?;
         let text = hex(&secret);
         // On disk before any entry is signed with it (the directory entry
         // too): a key lost to a power cut leaves the log unverifiable.
