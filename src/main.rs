@@ -51,8 +51,9 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Check the audit log of a store (who read or changed personal data):
-    /// every entry chained to the one before, none edited or removed. Exit
-    /// status 1 names the first broken entry.
+    /// every entry chained to the one before by the audit key's MAC, none
+    /// edited or removed, and every head given still there (none cut off).
+    /// Exit status 1 names the first broken entry or the missing head.
     Audit {
         /// The store's directory (as given to `serve --data-dir`).
         #[arg(
@@ -64,6 +65,18 @@ enum Command {
         /// Also print the last N entries, newest first.
         #[arg(long)]
         tail: Option<usize>,
+        /// The audit key file. Default: the configuration's
+        /// `store.audit_key_file`, else DIR/audit.key (the node's own).
+        #[arg(long = "key-file")]
+        key_file: Option<PathBuf>,
+        /// The node's configuration file, for `store.audit_key_file`.
+        #[arg(long, env = "CENTRALINO_CONFIG")]
+        config: Option<PathBuf>,
+        /// A head the node logged (`audit head seq=N mac=HEX`), as N:HEX:
+        /// fails when the log no longer holds it (its tail was cut).
+        /// Repeatable.
+        #[arg(long = "expect-head")]
+        expect_head: Vec<centralino_store::AuditHead>,
     },
     /// Validate a configuration file and list every problem with its key path.
     CheckConfig {
@@ -107,13 +120,48 @@ enum Command {
     },
 }
 
-/// `centralino audit`: 0 intact, 1 broken, 2 cannot read.
-fn audit(data_dir: &std::path::Path, tail: Option<usize>) -> ExitCode {
-    let path = data_dir.join("centralino.db");
+/// `centralino audit`'s options.
+struct AuditArgs {
+    data_dir: PathBuf,
+    tail: Option<usize>,
+    key_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+    expect_head: Vec<centralino_store::AuditHead>,
+}
+
+/// `centralino audit`: 0 intact, 1 broken (or a head missing), 2 cannot
+/// read.
+fn audit(args: AuditArgs) -> ExitCode {
+    use centralino_store::{AuditBroken, HeadCheck};
+    let path = args.data_dir.join("centralino.db");
     if !path.is_file() {
         eprintln!("centralino: no store at {}", path.display());
         return ExitCode::from(2);
     }
+    // The key the node signs with: --key-file, else the configuration's,
+    // else the one the node created beside the database.
+    let key_file = match (args.key_file, args.config) {
+        (Some(file), _) => file,
+        (None, Some(config)) => match load(Some(config)) {
+            Ok(c) => c
+                .audit_key_file
+                .unwrap_or_else(|| args.data_dir.join(centralino_store::AUDIT_KEY_FILE)),
+            Err(e) => {
+                eprintln!("centralino: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => args.data_dir.join(centralino_store::AUDIT_KEY_FILE),
+    };
+    let key = match centralino_store::AuditKey::from_file(&key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("centralino: {e} (give the node's key with --key-file or --config)");
+            return ExitCode::from(2);
+        }
+    };
+    // Without the key: this check never changes the file (a wrong key
+    // given here must not seal anything).
     let store = match centralino_store::Store::open(&path) {
         Ok(s) => s,
         Err(e) => {
@@ -121,7 +169,7 @@ fn audit(data_dir: &std::path::Path, tail: Option<usize>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(n) = tail {
+    if let Some(n) = args.tail {
         match store.audit_tail(n) {
             Ok(entries) => {
                 for e in entries {
@@ -137,27 +185,82 @@ fn audit(data_dir: &std::path::Path, tail: Option<usize>) -> ExitCode {
             }
         }
     }
-    match store.verify_audit() {
-        Ok(Ok(n)) => {
-            println!("audit log intact: {n} entries");
-            ExitCode::SUCCESS
+    let chain = match store.verify_audit(&key) {
+        Ok(Ok(chain)) => chain,
+        Ok(Err(AuditBroken::Entry(seq))) => {
+            println!(
+                "audit log BROKEN at entry {seq}: edited, removed or forged from there on (or signed with another key)"
+            );
+            return ExitCode::FAILURE;
         }
-        Ok(Err(seq)) => {
-            println!("audit log BROKEN at entry {seq}: edited, removed or forged from there on");
-            ExitCode::FAILURE
+        Ok(Err(AuditBroken::Boundary)) => {
+            println!(
+                "audit log BROKEN: where keyed entries begin does not verify with this key (the wrong key, or the log was rewritten)"
+            );
+            return ExitCode::FAILURE;
         }
         Err(e) => {
             eprintln!("centralino: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    for head in &args.expect_head {
+        match store.check_head(head) {
+            Ok(HeadCheck::Found) => {}
+            Ok(HeadCheck::Cut { last }) => {
+                println!(
+                    "audit log CUT: the node logged entry {} and the log ends at entry {last}: entries removed from the end",
+                    head.seq
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(HeadCheck::Replaced) => {
+                println!(
+                    "audit log CUT: entry {} is not the one the node logged: entries removed from the end, then written on",
+                    head.seq
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("centralino: {e}");
+                return ExitCode::from(2);
+            }
         }
     }
+    let mut line = format!("audit log intact: {} entries", chain.entries);
+    if let Some(head) = &chain.head {
+        line += &format!(", head {head}");
+    }
+    if chain.unkeyed > 0 {
+        line += &format!(
+            " ({} written before keyed audit: SHA-256, sealed with the key at the upgrade)",
+            chain.unkeyed
+        );
+    }
+    if !args.expect_head.is_empty() {
+        line += &format!("; {} logged head(s) found", args.expect_head.len());
+    }
+    println!("{line}");
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Audit { data_dir, tail } => audit(&data_dir, tail),
+        Command::Audit {
+            data_dir,
+            tail,
+            key_file,
+            config,
+            expect_head,
+        } => audit(AuditArgs {
+            data_dir,
+            tail,
+            key_file,
+            config,
+            expect_head,
+        }),
         Command::Simulate {
             config,
             replay,

@@ -407,6 +407,127 @@ fn tokens_reach_only_what_their_role_is_for() {
     assert!(!text.contains(TOKEN) && !text.contains("token-0123456789"));
 }
 
+/// The `seq:mac` of the head the node logged after entry `seq`.
+fn logged_head(node: &Node, seq: u64) -> String {
+    let needle = format!("audit head seq={seq} mac=");
+    node.wait_log(&needle, Duration::from_secs(5));
+    let logs = node.logs();
+    let at = logs.find(&needle).expect("logged") + needle.len();
+    format!("{seq}:{}", &logs[at..at + 64])
+}
+
+#[test]
+fn the_audit_log_is_keyed_its_files_owner_only_and_a_cut_tail_caught_by_the_logged_head() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("api-audit-head");
+    let data = scratch.path("data");
+    let audit = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .arg("audit")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env_remove("CENTRALINO_CONFIG")
+            .output()
+            .expect("centralino audit");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let list = |node: &Node| {
+        let (code, body) = node.http("GET", "/api/v1/callbacks", Some(TOKEN), None);
+        assert_eq!(code, 200, "{body}");
+    };
+    let mut node = Node::start_toml(&scratch, config);
+    assert!(
+        node.logs()
+            .contains("audit key created beside the database"),
+        "{}",
+        node.logs()
+    );
+    for _ in 0..3 {
+        list(&node);
+    }
+    let third = logged_head(&node, 3);
+    // Owner-only: the directory, the database with its WAL and SHM (the
+    // node is running), the key.
+    let mode = |f: &str| {
+        std::fs::metadata(data.join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700);
+    for f in [
+        "centralino.db",
+        "centralino.db-wal",
+        "centralino.db-shm",
+        "audit.key",
+    ] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+    let key = std::fs::read_to_string(data.join("audit.key")).expect("key");
+    assert!(!node.logs().contains(key.trim()), "the key is never logged");
+    let (code, text) = audit(&["--expect-head", &third]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("audit log intact: 3 entries"), "{text}");
+
+    // Across a restart: the same key, the chain goes on.
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    drop(node);
+    let mut node = Node::start_toml(&scratch, config);
+    assert!(
+        !node.logs().contains("audit key created"),
+        "{}",
+        node.logs()
+    );
+    list(&node);
+    let fourth = logged_head(&node, 4);
+    let conf = scratch.path("centralino.toml");
+    let (code, text) = audit(&[
+        "--config",
+        conf.to_str().expect("utf-8"),
+        "--expect-head",
+        &third,
+        "--expect-head",
+        &fourth,
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("audit log intact: 4 entries"), "{text}");
+    // Another key: broken.
+    let other = scratch.path("other.key");
+    std::fs::write(&other, "0123456789abcdef0123456789abcdef\n").expect("key");
+    let (code, text) = audit(&["--key-file", other.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("BROKEN"), "{text}");
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    drop(node);
+
+    // Someone with the file removes the last entry: the rest is a valid
+    // chain, and only the head from the log shows what is missing.
+    let db = rusqlite::Connection::open(data.join("centralino.db")).expect("db");
+    db.execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 4;")
+        .expect("cut");
+    drop(db);
+    let (code, text) = audit(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = audit(&["--expect-head", &fourth]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("audit log CUT: the node logged entry 4 and the log ends at entry 3"),
+        "{text}"
+    );
+    // Not a head: refused with what is expected.
+    let (code, text) = audit(&["--expect-head", "4"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("expected N:HEX"), "{text}");
+}
+
 #[test]
 fn acknowledged_callbacks_survive_kill_9() {
     let scratch = Scratch::new("api-kill");

@@ -487,13 +487,21 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         assert!(start.elapsed() < Duration::from_secs(5), "{log:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The hash chain holds over every entry. The node may still be adding
-    // entries (desktop reads) between two reads here: retried until two
+    // The chain holds over every entry, keyed with the audit key the node
+    // created beside its database. The node may still be adding entries
+    // (desktop reads) between two reads here: retried until two
     // consecutive reads agree, but a broken chain fails at once.
+    let key = centralino_store::AuditKey::from_file(
+        &scratch.path("data").join(centralino_store::AUDIT_KEY_FILE),
+    )
+    .expect("the node's audit key");
     let start = std::time::Instant::now();
     loop {
         let before = log_len(&store);
-        let verified = store.verify_audit().expect("verify");
+        let verified = store
+            .verify_audit(&key)
+            .expect("verify")
+            .map(|chain| chain.entries);
         assert!(
             verified.is_ok(),
             "the audit chain is broken at {verified:?}"

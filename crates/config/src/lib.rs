@@ -200,11 +200,15 @@ pub struct NotifyTls {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     retention_days: u32,
+    audit_key_file: Option<String>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        Self { retention_days: 90 }
+        Self {
+            retention_days: 90,
+            audit_key_file: None,
+        }
     }
 }
 
@@ -882,6 +886,9 @@ pub struct Config {
     /// Numbers in call records and finished callbacks are masked after
     /// this many days.
     pub retention_days: u32,
+    /// The key of the audit chain (at least 32 secret bytes); `None`: the
+    /// node's own `audit.key` in its data directory, created at first start.
+    pub audit_key_file: Option<PathBuf>,
     /// The SMS hook, if configured.
     pub notifications: Option<Notifications>,
     /// Tenant names.
@@ -2001,6 +2008,14 @@ impl Config {
         if !(1..=3650).contains(&raw.store.retention_days) {
             p.add("store.retention_days", "must be in 1..=3650");
         }
+        if raw
+            .store
+            .audit_key_file
+            .as_ref()
+            .is_some_and(|f| f.is_empty())
+        {
+            p.add("store.audit_key_file", "must not be empty");
+        }
         if raw.api.session_hours > 24 {
             p.add(
                 "api.session_hours",
@@ -2146,6 +2161,7 @@ impl Config {
                 per_number_per_day: raw.api.callbacks_per_number_per_day,
             },
             retention_days: raw.store.retention_days,
+            audit_key_file: raw.store.audit_key_file.map(PathBuf::from),
             notifications,
             tenants,
             dial_plans,
@@ -2798,6 +2814,21 @@ record = true
         ] {
             refused(toml, want);
         }
+    }
+
+    #[test]
+    fn the_audit_key_file_is_a_path_or_the_node_s_own() {
+        assert_eq!(Config::from_toml("").unwrap().audit_key_file, None);
+        let c =
+            Config::from_toml("[store]\naudit_key_file = \"/etc/centralino/audit.key\"\n").unwrap();
+        assert_eq!(
+            c.audit_key_file,
+            Some(PathBuf::from("/etc/centralino/audit.key"))
+        );
+        refused(
+            "[store]\naudit_key_file = \"\"\n",
+            "store.audit_key_file: must not be empty",
+        );
     }
 
     #[test]

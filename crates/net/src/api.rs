@@ -114,6 +114,8 @@ struct Group {
     audit: Vec<(centralino_store::AuditEntry, u32)>,
     /// That batch failed in this group.
     audit_failed: bool,
+    /// The chain's head after that batch, logged once committed.
+    audit_head: Option<centralino_store::AuditHead>,
 }
 
 impl Group {
@@ -124,6 +126,7 @@ impl Group {
             kept: Vec::new(),
             audit: Vec::new(),
             audit_failed: false,
+            audit_head: None,
         }
     }
 
@@ -277,9 +280,12 @@ impl Group {
             return;
         }
         let entries: Vec<_> = self.audit.iter().map(|(e, _)| e.clone()).collect();
-        if let Err(e) = store.audit(&entries) {
-            warn!(error = %e, entries = entries.len(), "audit entries not written: kept to try again");
-            self.audit_failed = true;
+        match store.audit(&entries) {
+            Ok(head) => self.audit_head = head,
+            Err(e) => {
+                warn!(error = %e, entries = entries.len(), "audit entries not written: kept to try again");
+                self.audit_failed = true;
+            }
         }
     }
 
@@ -382,12 +388,20 @@ impl StoreReq {
 impl StoreHandle {
     fn start(
         path: &Path,
+        audit_key: centralino_store::AuditKey,
         retention_days: u32,
         notify: bool,
         metrics: Metrics,
     ) -> Result<Self, ApiError> {
         // Opened here so a bad file stops the start with its reason.
-        let mut store = Store::open(path).map_err(ApiError::Store)?;
+        let mut store = Store::open_keyed(path, audit_key).map_err(ApiError::Store)?;
+        match store.audit_key_fits() {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                "the audit key does not fit the audit log (another key file, or the log was changed): `centralino audit` will report it broken"
+            ),
+            Err(e) => warn!(error = %e, "cannot check the audit key against the audit log"),
+        }
         // Calls in progress when the last process died: closed as such.
         match store.close_interrupted(unix_now() * 1000) {
             Ok(0) => {}
@@ -422,6 +436,15 @@ impl StoreHandle {
                             Ok(0) => {}
                             Ok(n) => info!(records = n, "numbers anonymised (retention)"),
                             Err(e) => warn!(error = %e, "anonymisation failed"),
+                        }
+                        // The WAL still holds the pages as they were before
+                        // masking: copied in and emptied.
+                        match store.checkpoint() {
+                            Ok(true) => {}
+                            Ok(false) => warn!(
+                                "WAL checkpoint after retention kept busy by a reader: next hour"
+                            ),
+                            Err(e) => warn!(error = %e, "WAL checkpoint after retention failed"),
                         }
                         next_retention += std::time::Duration::from_secs(3600);
                     }
@@ -499,6 +522,11 @@ impl StoreHandle {
                         e.to_string()
                     });
                     let replies = std::mem::take(&mut group.replies);
+                    // On disk: the head goes to the log, so a tail cut from
+                    // the file later shows (`centralino audit --expect-head`).
+                    if let (Ok(()), Some(head)) = (&committed, group.audit_head.take()) {
+                        info!(seq = head.seq, mac = %head.mac, "audit head");
+                    }
                     group.settle(committed.is_ok(), &mut backlog, &metrics);
                     for reply in replies {
                         reply(committed.as_ref().map(|_| ()).map_err(String::as_str));
@@ -1173,12 +1201,28 @@ impl ReloadSlot {
 }
 
 impl Api {
-    /// Opens (or creates) `DIR/centralino.db`.
+    /// Opens (or creates) `DIR/centralino.db`, the directory owner-only.
     pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
+        centralino_store::owner_only::create_dir(data_dir)
+            .map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
         let path = data_dir.join("centralino.db");
+        let audit_key = match &config.audit_key_file {
+            Some(file) => centralino_store::AuditKey::from_file(file).map_err(ApiError::Store)?,
+            None => {
+                let (key, created) = centralino_store::AuditKey::load_or_create(data_dir)
+                    .map_err(ApiError::Store)?;
+                if created {
+                    warn!(
+                        file = %data_dir.join(centralino_store::AUDIT_KEY_FILE).display(),
+                        "audit key created beside the database: in production keep it elsewhere (store.audit_key_file), out of reach of whoever can change the database"
+                    );
+                }
+                key
+            }
+        };
         let store = StoreHandle::start(
             &path,
+            audit_key,
             config.retention_days,
             config.notifications.is_some(),
             metrics.clone(),

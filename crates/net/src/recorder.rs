@@ -7,6 +7,8 @@
 //! length and it becomes `NAME.partial.wav`.
 //!
 //! Names carry the time and the node's call number, never a phone number.
+//! The directory is 0700 and the files 0600 (`owner_only`): they are the
+//! citizens' voices.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -16,6 +18,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use centralino_b2bua::Metrics;
 use centralino_media::record::{repaired_header, wav_header};
+use centralino_store::owner_only;
 use tracing::{info, warn};
 
 /// Messages queued to the writer: at one per second per recorded call, a
@@ -39,7 +42,7 @@ pub(crate) struct Recorder {
 impl Recorder {
     /// Repairs what a previous process left, then starts the writer.
     pub(crate) fn start(dir: PathBuf, metrics: Metrics) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        owner_only::create_dir(&dir)?;
         recover(&dir, &metrics);
         let (tx, rx) = sync_channel(QUEUE);
         let m = metrics.clone();
@@ -64,13 +67,24 @@ impl Recorder {
     }
 }
 
-/// Fixes and renames every `.wav.partial` of `dir`.
+/// Fixes and renames every `.wav.partial` of `dir`, and makes every
+/// recording owner-only (an older version wrote them world-readable).
 pub(crate) fn recover(dir: &Path, metrics: &Metrics) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let mut tightened = 0u64;
     for e in entries.flatten() {
         let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            match owner_only::tighten(&path, owner_only::FILE_MODE) {
+                Ok(None) => {}
+                Ok(Some(_)) => tightened += 1,
+                Err(err) => {
+                    warn!(file = %path.display(), error = %err, "cannot make a recording owner-only");
+                }
+            }
+        }
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
@@ -103,6 +117,14 @@ pub(crate) fn recover(dir: &Path, metrics: &Metrics) {
             }
         }
     }
+    if tightened > 0 {
+        // One line, not one per file: thousands of recordings may be found.
+        warn!(
+            dir = %dir.display(),
+            files = tightened,
+            "recordings were readable by others: permissions tightened to owner-only"
+        );
+    }
 }
 
 struct Open {
@@ -121,7 +143,7 @@ fn writer(dir: &Path, rx: &Receiver<RecMsg>, metrics: &Metrics) {
         match msg {
             RecMsg::Open { id, name } => {
                 let path = dir.join(format!("{name}.wav.partial"));
-                let created = File::create(&path).and_then(|f| {
+                let created = owner_only::create_file(&path).and_then(|f| {
                     let mut w = BufWriter::new(f);
                     w.write_all(&wav_header(0))?;
                     // The header reaches the disk at once, so a crash
@@ -194,10 +216,16 @@ mod tests {
 
     #[test]
     fn a_closed_recording_is_a_wav_and_a_dead_one_is_recovered() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let dir = std::env::temp_dir().join(format!("centralino-rec-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        // Left world-readable by an older version: tightened at start.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let metrics = Metrics::new();
         let rec = Recorder::start(dir.clone(), metrics.clone()).unwrap();
+        assert_eq!(mode(&dir), 0o700);
         assert!(rec.send(RecMsg::Open {
             id: 1,
             name: "t-1".into()
@@ -213,6 +241,7 @@ mod tests {
             assert!(start.elapsed().as_secs() < 5, "never closed");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        assert_eq!(mode(&done), 0o600, "a citizen's voice, the owner's only");
         let data = std::fs::read(&done).unwrap();
         let samples = centralino_media::prompt::wav_to_8k(&data).unwrap();
         assert_eq!(samples.len(), 8000);
@@ -221,7 +250,13 @@ mod tests {
         partial.extend(std::iter::repeat_n([0x10, 0x00], 4000).flatten());
         partial.push(1);
         std::fs::write(dir.join("t-2.wav.partial"), &partial).unwrap();
+        std::fs::set_permissions(
+            dir.join("t-2.wav.partial"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         recover(&dir, &metrics);
+        assert_eq!(mode(&dir.join("t-2.partial.wav")), 0o600);
         let kept = std::fs::read(dir.join("t-2.partial.wav")).unwrap();
         assert_eq!(
             centralino_media::prompt::wav_to_8k(&kept).unwrap(),

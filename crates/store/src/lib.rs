@@ -3,15 +3,26 @@
 //! A callback request is acknowledged only after its insert committed.
 //!
 //! Owns: the schema and its versioned migrations, callbacks (create with
-//! de-duplication, read, list, edit, cancel, state changes). Never does:
-//! networking or scheduling; one thread owns a [`Store`] (SQLite
-//! serialises writers anyway) and others talk to it through a channel.
+//! de-duplication, read, list, edit, cancel, state changes), call records,
+//! the queue log, the SMS outbox, retention (masking with `secure_delete`,
+//! then a truncating checkpoint), the keyed audit chain (`audit.rs`), the
+//! files' owner-only modes ([`owner_only`]). Never does: networking or
+//! scheduling; one thread owns a [`Store`] (SQLite serialises writers
+//! anyway) and others talk to it through a channel.
 #![warn(missing_docs)]
 
-use std::path::Path;
+mod audit;
+pub mod owner_only;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+pub use audit::{
+    AUDIT_KEY_FILE, AuditBroken, AuditChain, AuditEntry, AuditHead, AuditKey, HeadCheck,
+    MIN_AUDIT_KEY,
+};
 pub use centralino_types::record::Record;
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -107,57 +118,19 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // 8: the chain is keyed (HMAC-SHA256, audit.rs) from entry `from_seq`
+    // on; the entries before keep their SHA-256 chain. `seal` is the key's
+    // MAC of that boundary, written with it (`audit::seal_boundary`), so it
+    // cannot be moved without the key. Written once.
+    "CREATE TABLE audit_keyed (
+        from_seq INTEGER NOT NULL,
+        seal TEXT
+    );
+    CREATE TRIGGER audit_keyed_no_update BEFORE UPDATE ON audit_keyed
+        BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;
+    CREATE TRIGGER audit_keyed_no_delete BEFORE DELETE ON audit_keyed
+        BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;",
 ];
-
-/// One access to personal data, for the audit log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// Unix milliseconds.
-    pub at: i64,
-    /// Who: the API token's name (never the token).
-    pub actor: String,
-    /// What: the API route (e.g. `callbacks_get`).
-    pub action: String,
-    /// Which record: a callback, call or operator id (never a number).
-    pub target: String,
-    /// The HTTP status answered.
-    pub status: u16,
-}
-
-/// The hash chaining an audit row to the one before it.
-fn audit_hash(prev: &str, seq: i64, e: &AuditEntry) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    // Lengths first: no two different rows can hash the same text.
-    for field in [
-        prev,
-        &seq.to_string(),
-        &e.at.to_string(),
-        &e.actor,
-        &e.action,
-        &e.target,
-        &e.status.to_string(),
-    ] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An audit entry from a row whose first columns are `at, actor, action,
-/// target, status`.
-fn audit_entry(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
-    Ok(AuditEntry {
-        at: r.get(0)?,
-        actor: r.get(1)?,
-        action: r.get(2)?,
-        target: r.get(3)?,
-        status: r.get(4)?,
-    })
-}
-
-/// The chain's start.
-const AUDIT_GENESIS: &str = "centralino-audit-v1";
 
 /// A notification waiting to be sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +182,25 @@ pub enum StoreError {
         /// Known here.
         known: u32,
     },
+    /// The database file cannot be created owner-only.
+    #[error("database file {0}: {1}")]
+    File(PathBuf, std::io::Error),
+    /// The audit key file cannot be read or created.
+    #[error("audit key file {0}: {1}")]
+    AuditKey(PathBuf, std::io::Error),
+    /// The audit key file holds too few bytes.
+    #[error("audit key file {0}: at least {MIN_AUDIT_KEY} bytes of secret needed, found {1}")]
+    AuditKeyShort(PathBuf, usize),
+    /// The system's random source failed.
+    #[error("no random audit key: {0}")]
+    AuditKeyRandom(String),
+    /// The audit log predates keyed audit and has entries: only a store
+    /// opened with the key can seal them into the keyed chain.
+    #[error("the audit log predates keyed audit: the node seals it with its key at its next start")]
+    AuditKeyNeeded,
+    /// The store was opened without the audit key and cannot sign entries.
+    #[error("the store was opened without the audit key: it cannot write the audit log")]
+    NoAuditKey,
 }
 
 /// Where a callback stands.
@@ -336,6 +328,30 @@ pub enum Edit {
 /// The store.
 pub struct Store {
     conn: Connection,
+    /// Signs audit entries; `None` for a store that only reads them.
+    audit_key: Option<AuditKey>,
+}
+
+/// The database is created owner-only before SQLite opens it: SQLite gives
+/// the `-wal` and `-shm` files it creates the database file's mode. Files
+/// found looser (an older version made them 0644) are tightened.
+fn owner_only_files(path: &Path) -> Result<(), StoreError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(owner_only::FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(StoreError::File(path.to_path_buf(), e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        owner_only::tighten_or_warn(Path::new(&file), owner_only::FILE_MODE);
+    }
+    Ok(())
 }
 
 const COLUMNS: &str = "id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at";
@@ -370,16 +386,43 @@ fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
 
 impl Store {
     /// Opens (or creates) the database file and brings its schema up to
-    /// date.
+    /// date, without the audit key: it reads the audit log but cannot add
+    /// to it, nor upgrade a log of unkeyed entries
+    /// ([`StoreError::AuditKeyNeeded`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens (or creates) the database file as the node's writer: `key`
+    /// signs audit entries and seals a log of unkeyed entries at the
+    /// upgrade.
+    pub fn open_keyed(path: &Path, key: AuditKey) -> Result<Self, StoreError> {
+        Self::open_with(path, Some(key))
+    }
+
+    fn open_with(path: &Path, audit_key: Option<AuditKey>) -> Result<Self, StoreError> {
+        owner_only_files(path)?;
         let conn = Connection::open(path)?;
         // busy_timeout first: switching to WAL can meet a lock.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        let mut store = Self { conn };
+        // secure_delete: a masked or deleted number is overwritten with
+        // zeros in its page, not left in free space for anyone who reads
+        // the file (per connection: this one is the node's writer).
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
+        )?;
+        let mut store = Self { conn, audit_key };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Whether deleted content is overwritten (`PRAGMA secure_delete`).
+    pub fn secure_delete(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA secure_delete", [], |r| r.get::<_, i64>(0))?
+            == 1)
     }
 
     /// The schema version in the file.
@@ -398,6 +441,9 @@ impl Store {
         for (i, m) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let tx = self.conn.transaction()?;
             tx.execute_batch(m)?;
+            if i as u32 + 1 == audit::KEYED_SCHEMA {
+                audit::seal_boundary(&tx, self.audit_key.as_ref())?;
+            }
             tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
             tx.commit()?;
         }
@@ -620,8 +666,10 @@ impl Store {
         )?)
     }
 
-    /// Masks the numbers of records and finished callbacks older than
-    /// `cutoff_ms` (all but the last three digits): the retention period.
+    /// Masks the numbers of records, finished callbacks and finished SMS
+    /// notifications older than `cutoff_ms` (all but the last three
+    /// digits): the retention period. [`Store::checkpoint`] then takes the
+    /// old versions out of the WAL.
     pub fn anonymise_before(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let tx = self.conn.savepoint()?;
         let mask = "'***' || substr(caller, -3)";
@@ -635,8 +683,30 @@ impl Store {
             "UPDATE callbacks SET number = '***' || substr(number, -3) WHERE status IN ('done', 'failed', 'cancelled') AND updated_at * 1000 < ?1 AND number NOT LIKE '***%'",
             params![cutoff_ms],
         )?;
+        // The SMS outbox holds the number in each payload. Masked like the
+        // callback it reports, not deleted: what was sent (or dead-lettered)
+        // and when stays countable, the number goes. Pending rows are still
+        // to be sent: never touched. Only the outbox writes payloads, always
+        // JSON; a row that is not is left alone rather than failing the pass.
+        let o = tx.execute(
+            "UPDATE notifications SET payload = json_set(payload, '$.number', '***' || substr(json_extract(payload, '$.number'), -3))
+             WHERE status IN ('sent', 'dead') AND created_at * 1000 < ?1
+             AND CASE WHEN json_valid(payload) THEN json_type(payload, '$.number') = 'text' AND json_extract(payload, '$.number') NOT LIKE '***%' ELSE 0 END",
+            params![cutoff_ms],
+        )?;
         tx.commit()?;
-        Ok(n + m)
+        Ok(n + m + o)
+    }
+
+    /// Copies the WAL into the database file and empties it
+    /// (`wal_checkpoint(TRUNCATE)`): until then, the WAL keeps older
+    /// versions of the pages retention just masked. `false` when a reader
+    /// kept it from finishing (the next one will).
+    pub fn checkpoint(&mut self) -> Result<bool, StoreError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 
     /// Call records, newest first (at most `limit`).
@@ -667,61 +737,6 @@ impl Store {
             .conn
             .prepare("SELECT event, queue, agent FROM queue_log WHERE call = ?1 ORDER BY seq")?;
         let rows = stmt.query_map(params![call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Appends entries to the audit log, each chained to the last.
-    pub fn audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        let tx = self.conn.savepoint()?;
-        let (mut seq, mut prev): (i64, String) = tx
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
-            .unwrap_or((0, AUDIT_GENESIS.to_owned()));
-        for e in entries {
-            seq += 1;
-            let hash = audit_hash(&prev, seq, e);
-            tx.execute(
-                "INSERT INTO audit (seq, at, actor, action, target, status, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![seq, e.at, e.actor, e.action, e.target, e.status, hash],
-            )?;
-            prev = hash;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Checks the whole audit chain: the number of rows, or the first row
-    /// whose hash (or sequence) does not follow from the one before.
-    pub fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at, actor, action, target, status, seq, hash FROM audit ORDER BY seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        let (mut prev, mut expect, mut n) = (AUDIT_GENESIS.to_owned(), 1i64, 0u64);
-        while let Some(r) = rows.next()? {
-            let e = audit_entry(r)?;
-            let seq: i64 = r.get(5)?;
-            let hash: String = r.get(6)?;
-            if seq != expect || audit_hash(&prev, seq, &e) != hash {
-                return Ok(Err(seq));
-            }
-            prev = hash;
-            expect += 1;
-            n += 1;
-        }
-        Ok(Ok(n))
-    }
-
-    /// The audit log's last `limit` entries, newest first.
-    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at, actor, action, target, status FROM audit ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map(params![limit.min(MAX_LIST) as i64], audit_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -989,7 +1004,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> std::path::PathBuf {
+    fn temp(name: &str) -> PathBuf {
         let p =
             std::env::temp_dir().join(format!("centralino-store-{name}-{}.db", std::process::id()));
         for ext in ["", "-wal", "-shm"] {
@@ -1105,56 +1120,6 @@ mod tests {
     }
 
     #[test]
-    fn the_audit_log_is_append_only_and_a_forged_row_breaks_the_chain() {
-        let path = temp("audit");
-        let mut s = Store::open(&path).unwrap();
-        let e = |actor: &str, action: &str, target: &str| AuditEntry {
-            at: 1_000,
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            status: 200,
-        };
-        s.audit(&[
-            e("web", "callbacks_create", "cb1"),
-            e("desk-1003", "agent_call", "1003"),
-        ])
-        .unwrap();
-        s.audit(&[e("ops", "callbacks_list", "")]).unwrap();
-        assert_eq!(s.verify_audit().unwrap(), Ok(3));
-        assert_eq!(s.audit_tail(1).unwrap(), [e("ops", "callbacks_list", "")]);
-        // The triggers refuse edits and deletions.
-        assert!(
-            s.conn
-                .execute("UPDATE audit SET actor = 'x' WHERE seq = 2", [])
-                .is_err()
-        );
-        assert!(
-            s.conn
-                .execute("DELETE FROM audit WHERE seq = 3", [])
-                .is_err()
-        );
-        // Someone with the file drops the trigger and rewrites a row: the
-        // chain says where.
-        s.conn
-            .execute_batch(
-                "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'nobody' WHERE seq = 2;",
-            )
-            .unwrap();
-        assert_eq!(s.verify_audit().unwrap(), Err(2));
-        drop(s);
-        // A deleted row shows too.
-        let path = temp("audit-gap");
-        let mut s = Store::open(&path).unwrap();
-        s.audit(&[e("a", "x", "1"), e("a", "x", "2"), e("a", "x", "3")])
-            .unwrap();
-        s.conn
-            .execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 2;")
-            .unwrap();
-        assert_eq!(s.verify_audit().unwrap(), Err(3));
-    }
-
-    #[test]
     fn operator_events_share_the_queue_log_apart_from_calls() {
         let path = temp("agent");
         let mut s = Store::open(&path).unwrap();
@@ -1254,6 +1219,171 @@ mod tests {
             ("***567", "+393331234567")
         );
         assert_eq!(s.anonymise_before(1_500_000).unwrap(), 0, "once");
+    }
+
+    #[test]
+    fn the_database_and_its_wal_and_shm_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir =
+            std::env::temp_dir().join(format!("centralino-store-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        owner_only::create_dir(&dir).unwrap();
+        let path = dir.join("centralino.db");
+        let mut s = Store::open(&path).unwrap();
+        s.create_callback(&new("a", "+393331234567"), 100).unwrap();
+        let db = path.display().to_string();
+        let files = [db.clone(), format!("{db}-wal"), format!("{db}-shm")];
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{f}");
+        }
+        // Left world-readable (an older version, a restored backup): the
+        // next open tightens all three.
+        for f in &files {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let again = Store::open(&path).unwrap();
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{f}");
+        }
+        drop((s, again));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn masked_numbers_leave_no_trace_in_the_database_files() {
+        let dir =
+            std::env::temp_dir().join(format!("centralino-store-erase-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        owner_only::create_dir(&dir).unwrap();
+        let path = dir.join("centralino.db");
+        let mut s = Store::open(&path).unwrap();
+        assert!(s.secure_delete().unwrap());
+        // A finished callback, a call record and a sent SMS, each with its
+        // own number; a pending callback whose number stays. A masked row
+        // is rewritten over its old cell, which hides most of it anyway; a
+        // deleted row (the answers) stays whole in free space without
+        // secure_delete, and old page versions stay in the WAL without the
+        // truncating checkpoint.
+        s.create_callback(&new("a", "+393471234567"), 100).unwrap();
+        s.set_status("a", Status::Done, Some("answered"), 100)
+            .unwrap();
+        s.create_callback(&new("b", "+393470000042"), 100).unwrap();
+        s.write_records(&[
+            Record::CallStarted {
+                id: "c".into(),
+                at_ms: 1_000,
+                caller: "+393479876543".into(),
+                did: "800".into(),
+            },
+            Record::CallEnded {
+                id: "c".into(),
+                at_ms: 2_000,
+                outcome: "answered".into(),
+                queue: None,
+                agent: None,
+                wait_ms: None,
+                talk_ms: None,
+                variables: Some("motivo=vaccino".into()),
+            },
+        ])
+        .unwrap();
+        // An operator's answer (health data): deleted, not masked.
+        s.save_answers(
+            "c",
+            Some("1001"),
+            &[("sintomi".into(), "febbre alta da tre giorni".into())],
+            2_000,
+        )
+        .unwrap();
+        s.notify("a", "booked", r#"{"number":"+393475550001"}"#, 100)
+            .unwrap();
+        s.notification_attempt(1, true, None, None).unwrap();
+        assert_eq!(s.anonymise_before(10_000_000).unwrap(), 3);
+        assert!(s.checkpoint().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend(std::fs::read(format!("{}-wal", path.display())).unwrap_or_default());
+        let found = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(
+            found("+393470000042"),
+            "the pending callback's number is kept"
+        );
+        for gone in [
+            "+393471234567",
+            "+393479876543",
+            "+393475550001",
+            "motivo=vaccino",
+            "febbre alta",
+        ] {
+            assert!(!found(gone), "{gone} is still in the file");
+        }
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_masks_finished_sms_notifications_and_never_pending_ones() {
+        let path = temp("outbox");
+        let mut s = Store::open(&path).unwrap();
+        let payload = |n: &str| {
+            format!(r#"{{"key":"cb:booked:1","event":"booked","number":"{n}","queue":"vaccini"}}"#)
+        };
+        // Sent, dead-lettered, still pending (old), sent but young.
+        s.notify("a", "booked", &payload("+393331112223"), 100)
+            .unwrap();
+        s.notify("b", "failed", &payload("+393334445556"), 100)
+            .unwrap();
+        s.notify("c", "booked", &payload("+393337778889"), 100)
+            .unwrap();
+        s.notify("d", "booked", &payload("+393330001112"), 5_000)
+            .unwrap();
+        s.notification_attempt(1, true, None, None).unwrap();
+        s.notification_attempt(2, false, Some("gateway answered 500"), None)
+            .unwrap();
+        s.notification_attempt(3, false, Some("no HTTP answer"), Some(200))
+            .unwrap();
+        s.notification_attempt(4, true, None, None).unwrap();
+        let numbers = |s: &Store| -> Vec<(String, String)> {
+            let mut stmt = s
+                .conn
+                .prepare("SELECT status, json_extract(payload, '$.number') FROM notifications ORDER BY seq")
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(s.anonymise_before(1_000_000).unwrap(), 2);
+        let want = |a: &str, b: &str, c: &str, d: &str| {
+            vec![
+                ("sent".to_owned(), a.to_owned()),
+                ("dead".to_owned(), b.to_owned()),
+                ("pending".to_owned(), c.to_owned()),
+                ("sent".to_owned(), d.to_owned()),
+            ]
+        };
+        assert_eq!(
+            numbers(&s),
+            want("***223", "***556", "+393337778889", "+393330001112")
+        );
+        // The rest of the payload stays as it was.
+        let kept: String = s
+            .conn
+            .query_row("SELECT payload FROM notifications WHERE seq = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            kept,
+            r#"{"key":"cb:booked:1","event":"booked","number":"***223","queue":"vaccini"}"#
+        );
+        assert_eq!(s.anonymise_before(1_000_000).unwrap(), 0, "once");
+        // Later, the young one's turn; the pending one is still waiting.
+        assert_eq!(s.anonymise_before(10_000_000).unwrap(), 1);
+        assert_eq!(
+            numbers(&s),
+            want("***223", "***556", "+393337778889", "***112")
+        );
     }
 
     #[test]
