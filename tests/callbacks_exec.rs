@@ -65,7 +65,8 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     let mut node = Node::start_toml(&scratch, |sip, http| {
         config(sip, http, citizen_port, sms_port)
     });
-    // 100 requests while no operator is logged in: claimed, waiting.
+    // 100 requests while no operator is logged in: nothing is claimed
+    // (nobody could take them; a claimed callback holds RTP ports).
     for i in 0..100 {
         let (code, body) = node.http(
             "POST",
@@ -77,12 +78,35 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
         );
         assert_eq!(code, 201, "{body}");
     }
+    // Twenty operators log in whose phones ring and never answer: twenty
+    // callbacks are claimed (one per free operator, not all 100) and ring,
+    // none dialled, when the node dies.
+    let ringing = Sipp::spawn(
+        &scratch,
+        "ringing",
+        &["-sf", &scenario("agent_noanswer.xml"), "-timeout", "60s"],
+    );
+    let users: Vec<u32> = (1001..=1020).collect();
+    register(&scratch, &node, &users, ringing.port, |u| {
+        format!("demo{u}")
+    });
     node.wait_metric(
         "centralino_queue_calls{queue=\"richiamate\"}",
         Duration::from_secs(10),
-        |v| v == 100.0,
+        |v| v == 20.0,
     );
+    let in_progress = |node: &Node| {
+        let (_, body) = node.http(
+            "GET",
+            "/api/v1/callbacks?status=in_progress&limit=1000",
+            Some(TOKEN),
+            None,
+        );
+        json(&body)["callbacks"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(in_progress(&node), 20, "claimed for free operators only");
     node.kill_hard();
+    drop(ringing);
 
     // A new process on the same store: nothing was dialled, so all 100
     // go back to pending and run once operators log in. Its disk is slow
@@ -111,7 +135,6 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
             "120s",
         ],
     );
-    let users: Vec<u32> = (1001..=1020).collect();
     register(&scratch, &node, &users, phones.port, |u| format!("demo{u}"));
     citizen.expect_success(Duration::from_secs(120));
 

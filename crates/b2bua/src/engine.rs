@@ -123,6 +123,10 @@ pub struct QueueView {
     /// claims no more than this, so a booking rush does not hold RTP ports
     /// and spend attempts on callbacks nobody is free to take.
     pub callback_room: u32,
+    /// Callbacks of this queue the engine has been handed since it
+    /// started: the scheduler subtracts those it claimed that this view
+    /// has not seen yet.
+    pub callbacks_started: u64,
 }
 
 /// Where the operator is with the call on their desktop.
@@ -575,6 +579,8 @@ pub struct Engine {
     trunk_out: Vec<(Option<SocketAddr>, String, usize)>,
     /// Per tenant: what its trunks may dial.
     dial_plans: Vec<DialPlan>,
+    /// Per queue: callbacks handed to the engine so far (views carry it).
+    callbacks_started: Vec<u64>,
     /// Per queue: tenant, max attempts, retry delay.
     callback_policy: Vec<(usize, u32, Duration)>,
     /// Per queue: per-outcome attempts and delay.
@@ -733,6 +739,7 @@ impl Engine {
             outbound_local: None,
             trunk_out: Vec::new(),
             dial_plans: Vec::new(),
+            callbacks_started: vec![0; config.queues.len()],
             callback_policy: Vec::new(),
             callback_retries: Vec::new(),
             customer_first: Vec::new(),
@@ -973,6 +980,13 @@ impl Engine {
     /// operator answers, the citizen is dialled through the queue's
     /// tenant's outbound trunk.
     pub fn start_callback(&mut self, now: Instant, cb: DueCallback) {
+        if let Some(n) = self
+            .queue_ids
+            .get(&cb.queue)
+            .and_then(|q| self.callbacks_started.get_mut(q.0 as usize))
+        {
+            *n += 1;
+        }
         let Some(&queue) = self.queue_ids.get(&cb.queue) else {
             self.callback_state(
                 &cb.id,
@@ -1689,6 +1703,7 @@ impl Engine {
             let agents = self.router.queue_agents(q);
             views.push(QueueView {
                 callback_room: agents.available.saturating_sub(callbacks),
+                callbacks_started: self.callbacks_started.get(i).copied().unwrap_or(0),
                 name: self.router.queue(q).name.clone(),
                 tenant: self.queue_tenants.get(i).cloned().unwrap_or_default(),
                 waiting: waiting as u32,

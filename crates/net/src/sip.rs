@@ -43,10 +43,10 @@ async fn callback_scheduler(
     desks: Option<crate::api::Desks>,
 ) {
     let mut tick = tokio::time::interval(CALLBACK_POLL);
-    // The queue views the last claim was made against: until the engine
-    // publishes newer ones (it does once it has started what was
-    // claimed), the same room is not claimed twice.
-    let mut claimed_on: Option<Arc<Vec<centralino_b2bua::QueueView>>> = None;
+    // Per queue: callbacks claimed here so far. A view that has seen fewer
+    // started (`callbacks_started`) was built before some claims reached
+    // the engine: those are still on their way and take room.
+    let mut claimed: HashMap<String, u64> = HashMap::new();
     loop {
         tick.tick().await;
         // A node shutting down starts no callback: the next one (or this
@@ -70,12 +70,15 @@ async fn callback_scheduler(
         let mut limit = CALLBACK_BATCH;
         let views = desks.as_ref().map(crate::api::Desks::queues);
         if let Some(views) = &views {
-            if claimed_on.as_ref().is_some_and(|c| Arc::ptr_eq(c, views)) {
-                continue;
-            }
             let room: HashMap<&str, u32> = views
                 .iter()
-                .map(|v| (v.name.as_str(), v.callback_room))
+                .map(|v| {
+                    let on_the_way = claimed
+                        .get(&v.name)
+                        .map_or(0, |&c| c.saturating_sub(v.callbacks_started));
+                    let on_the_way = u32::try_from(on_the_way).unwrap_or(u32::MAX);
+                    (v.name.as_str(), v.callback_room.saturating_sub(on_the_way))
+                })
                 .collect();
             open.retain(|q| room.get(q.as_str()).is_some_and(|&r| r > 0));
             let total: u32 = open.iter().filter_map(|q| room.get(q.as_str())).sum();
@@ -94,7 +97,9 @@ async fn callback_scheduler(
         if due.is_empty() {
             continue;
         }
-        claimed_on = views;
+        for c in &due {
+            *claimed.entry(c.queue.clone()).or_default() += 1;
+        }
         let due = due
             .into_iter()
             .map(|c| DueCallback {
