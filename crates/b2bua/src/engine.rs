@@ -2861,86 +2861,109 @@ impl Engine {
             .map_or_else(tracing::Span::none, |c| c.span.clone())
     }
 
+    /// Offers a call to an operator: every phone they registered (a desk
+    /// phone and a softphone) rings at once, one B-leg each; the first to
+    /// answer takes it, the others get CANCEL. The offer fails only when
+    /// every phone has failed, or at the ring timeout.
     fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
         let _span = self.call_span(call_id).entered();
         let name = self.router.agent(agent).name.clone();
-        let Some(binding) = self.registrar.bindings(&name).first().cloned() else {
+        let bindings = self.registrar.bindings(&name).to_vec();
+        if bindings.is_empty() {
             // Registered state and bindings disagree: log the operator out
             // and put the call back.
             self.router.logout(agent);
             self.offer_failed(now, call_id, agent, OfferOutcome::Rejected);
             return;
-        };
-        let flow = self.binding_flow(&binding);
-        let via = self.via(flow);
-        let b_call_id = format!("{}@centralino", self.token());
-        let b_tag = self.token();
+        }
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let local_host = flow.local.to_string();
-        let local = format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller);
-        let to = format!("<{}>", binding.contact);
-        let mut inv = Message::new_request(
-            Method::Invite,
-            &binding.contact,
-            via,
-            &local,
-            &to,
-            &b_call_id,
-            1,
-        );
-        inv.push("Contact", &Self::contact(flow));
-        inv.push("User-Agent", &self.user_agent);
-        // The call record id (operator answers are stored against it) and
-        // the queue's operator script, for the operator's desktop.
-        inv.push("X-Centralino-Call", &call.record_id);
-        if let Some(o) = &call.outbound {
-            // A callback: the operator's phone shows it before answering
-            // (the citizen is dialled after the answer).
-            inv.push("X-Centralino-Callback", &o.id);
-        }
-        if let Some(script) = &self.scripts[call.queue.0 as usize] {
-            inv.push("X-Centralino-Script", script);
-        }
-        // What the caller chose and answered in the IVR travels with the
-        // offer, for the operator's phone or desktop to show.
-        if let Some(run) = &call.run {
-            inv.push("X-Centralino-Flow", run.flow());
-            for (name, value) in run.variables.iter().take(MAX_VARIABLE_HEADERS) {
-                inv.push("X-Centralino-Var", &format!("{name}={value}"));
-            }
-        }
-        inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
         let desk = self.desk(call, DeskState::Offered);
+        let queue = call.queue;
         self.out.push_back(Output::AgentCall {
             agent: name.clone(),
             info: Some(desk),
         });
-        let queue = call.queue;
-        let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
-        self.by_b.insert(b_call_id.clone(), call_id);
+        let attempt = call.attempt + 1;
+        for binding in &bindings {
+            let flow = self.binding_flow(binding);
+            let via = self.via(flow);
+            let b_call_id = format!("{}@centralino", self.token());
+            let b_tag = self.token();
+            let Some(call) = self.calls.get(&call_id) else {
+                return;
+            };
+            let local_host = flow.local.to_string();
+            let local = format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller);
+            let to = format!("<{}>", binding.contact);
+            let mut inv = Message::new_request(
+                Method::Invite,
+                &binding.contact,
+                via,
+                &local,
+                &to,
+                &b_call_id,
+                1,
+            );
+            inv.push("Contact", &Self::contact(flow));
+            inv.push("User-Agent", &self.user_agent);
+            // The call record id (operator answers are stored against it)
+            // and the queue's operator script, for the operator's desktop.
+            inv.push("X-Centralino-Call", &call.record_id);
+            if let Some(o) = &call.outbound {
+                // A callback: the operator's phone shows it before
+                // answering (the citizen is dialled after the answer).
+                inv.push("X-Centralino-Callback", &o.id);
+            }
+            if let Some(script) = &self.scripts[call.queue.0 as usize] {
+                inv.push("X-Centralino-Script", script);
+            }
+            // What the caller chose and answered in the IVR travels with
+            // the offer, for the operator's phone or desktop to show.
+            if let Some(run) = &call.run {
+                inv.push("X-Centralino-Flow", run.flow());
+                for (name, value) in run.variables.iter().take(MAX_VARIABLE_HEADERS) {
+                    inv.push("X-Centralino-Var", &format!("{name}={value}"));
+                }
+            }
+            inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
+            let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
+            self.by_b.insert(b_call_id.clone(), call_id);
+            let call = self.calls.get_mut(&call_id).expect("checked above");
+            call.forks.push(BLeg {
+                agent,
+                attempt,
+                invite_key: key,
+                call_id: b_call_id,
+                local,
+                flow,
+                state: BState::Calling,
+                dialog: None,
+            });
+        }
         let ring = self.router.queue(queue).ring_timeout;
         let call = self.calls.get_mut(&call_id).expect("checked above");
         call.phase = Phase::Offering;
-        call.attempt += 1;
-        call.forks.push(BLeg {
-            agent,
-            attempt: call.attempt,
-            invite_key: key,
-            call_id: b_call_id,
-            local,
-            flow,
-            state: BState::Calling,
-            dialog: None,
-        });
-        debug!(agent = %name, "offering call");
-        self.timers.push(Reverse((
-            now + ring,
-            call_id,
-            CallTimer::Ring(call.attempt),
-        )));
+        call.attempt = attempt;
+        debug!(agent = %name, phones = bindings.len(), "offering call");
+        self.timers
+            .push(Reverse((now + ring, call_id, CallTimer::Ring(attempt))));
         self.queue_event(now, call_id, "offer", Some(name));
+    }
+
+    /// A phone of `agent` is out of the offer (it refused, failed, timed
+    /// out): the offer fails only once none of their phones rings.
+    fn fork_gone(&mut self, now: Instant, call_id: CallId, agent: AgentId, outcome: OfferOutcome) {
+        let still_ringing = self
+            .calls
+            .get(&call_id)
+            .is_some_and(|c| c.forks.iter().any(|b| b.agent == agent));
+        if still_ringing {
+            return;
+        }
+        self.agent_released(agent);
+        self.offer_failed(now, call_id, agent, outcome);
     }
 
     fn on_response(&mut self, now: Instant, key: TxKey, msg: Box<Message>) {
@@ -3017,6 +3040,8 @@ impl Engine {
             101..=199 => {
                 if b.state == BState::Calling {
                     b.state = BState::Ringing;
+                    // Idempotent: a second phone of the same operator
+                    // ringing changes nothing.
                     self.router.ringing(b.agent, call_id);
                 }
                 // The operator's early media is not relayed: the caller
@@ -3039,7 +3064,7 @@ impl Engine {
                     .with_label_values(&["operator_answer"])
                     .inc();
                 warn!(agent = %self.router.agent(b.agent).name, "operator's SDP answer unusable, trying another operator");
-                self.offer_failed(now, call_id, b.agent, OfferOutcome::Rejected);
+                self.fork_gone(now, call_id, b.agent, OfferOutcome::Rejected);
             }
             200..=299 => {
                 let mut b = call.forks.swap_remove(i);
@@ -3107,7 +3132,10 @@ impl Engine {
                 // The router releases the other ring-all operators itself.
                 self.router.answered(now, agent, call_id);
                 for l in losers {
-                    self.cancel_b(now, l);
+                    // The winner's other phones stop ringing; their desk
+                    // stays on the call.
+                    let release = l.agent != agent;
+                    self.cancel_fork(now, l, release);
                 }
                 if !already_answered {
                     self.respond(now, &a_key, &ok);
@@ -3174,9 +3202,8 @@ impl Engine {
                         "failed"
                     }])
                     .inc();
-                debug!(code, "operator refused the call");
-                self.agent_released(b.agent);
-                self.offer_failed(now, call_id, b.agent, outcome);
+                debug!(code, "operator's phone refused the call");
+                self.fork_gone(now, call_id, b.agent, outcome);
             }
         }
     }
@@ -3234,8 +3261,7 @@ impl Engine {
                     .agent_offers
                     .with_label_values(&["no_answer"])
                     .inc();
-                self.offer_failed(now, call_id, b.agent, OfferOutcome::NoAnswer);
-                self.agent_released(b.agent);
+                self.fork_gone(now, call_id, b.agent, OfferOutcome::NoAnswer);
             }
         }
     }
@@ -3834,7 +3860,15 @@ impl Engine {
     }
 
     fn cancel_b(&mut self, now: Instant, b: BLeg) {
-        self.agent_released(b.agent);
+        self.cancel_fork(now, b, true);
+    }
+
+    /// CANCELs a ringing B-leg (a late 2xx gets ACK and BYE); `release`
+    /// clears the operator's desk.
+    fn cancel_fork(&mut self, now: Instant, b: BLeg, release: bool) {
+        if release {
+            self.agent_released(b.agent);
+        }
         self.by_b.remove(&b.call_id);
         self.cancel_client_invite(now, &b.invite_key, b.flow);
         self.client.insert(
@@ -4266,16 +4300,19 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let Some(i) = call.forks.iter().position(which) else {
-            return;
-        };
-        let b = call.forks.swap_remove(i);
-        if call.forks.is_empty() {
+        let (gone, kept): (Vec<BLeg>, Vec<BLeg>) = call.forks.drain(..).partition(|b| which(b));
+        call.forks = kept;
+        if call.forks.is_empty() && !gone.is_empty() {
             call.phase = Phase::Queued;
         }
-        let agent = b.agent;
-        self.cancel_b(now, b);
-        self.offer_failed(now, call_id, agent, outcome);
+        let mut agents: Vec<AgentId> = gone.iter().map(|b| b.agent).collect();
+        agents.dedup();
+        for b in gone {
+            self.cancel_fork(now, b, false);
+        }
+        for agent in agents {
+            self.fork_gone(now, call_id, agent, outcome);
+        }
     }
 
     /// The router took a reservation back (its lease ran out before we
@@ -4286,12 +4323,18 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        if let Some(i) = call.forks.iter().position(|b| b.agent == agent) {
-            let b = call.forks.swap_remove(i);
-            if call.forks.is_empty() {
-                call.phase = Phase::Queued;
-            }
-            self.cancel_b(now, b);
+        let (gone, kept): (Vec<BLeg>, Vec<BLeg>) =
+            call.forks.drain(..).partition(|b| b.agent == agent);
+        call.forks = kept;
+        if call.forks.is_empty() {
+            call.phase = Phase::Queued;
+        }
+        let release = !gone.is_empty();
+        for b in gone {
+            self.cancel_fork(now, b, false);
+        }
+        if release {
+            self.agent_released(agent);
         }
     }
 

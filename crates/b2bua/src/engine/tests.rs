@@ -200,7 +200,7 @@ impl Harness {
     fn register_contact(&mut self, user: &str, phone: &str, contact: &str, alg: Algorithm) {
         let req = |cseq: u32, auth: &str| {
             format!(
-                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}\nCSeq: {cseq} REGISTER\nContact: <{contact}>\n{auth}Content-Length: 0\n\n"
+                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}-{phone}\nCSeq: {cseq} REGISTER\nContact: <{contact}>\n{auth}Content-Length: 0\n\n"
             )
         };
         let out = self.send(phone, &req(1, ""));
@@ -2471,4 +2471,86 @@ fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
     // A live caller takes 1002: no room, although nothing waits.
     h.invite("live");
     assert_eq!(room(&mut h), 0);
+}
+
+#[test]
+fn every_phone_of_an_operator_rings_and_the_first_to_answer_takes_the_call() {
+    let mut h = Harness::new();
+    // A desk phone and a softphone for 1001 (1002 logged out).
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1001", PHONE2, Algorithm::Md5);
+    let out = h.invite("p1");
+    let desk = requests(&out, PHONE1, "INVITE")[0].clone();
+    let soft = requests(&out, PHONE2, "INVITE")[0].clone();
+    assert_eq!(h.desks.len(), 1, "one offer on the desktop: {:?}", h.desks);
+    // The desk phone refuses: the softphone still rings, the offer stands.
+    h.send(PHONE2, &response_to(&soft, 180, "s1"));
+    let out = h.send(PHONE1, &response_to(&desk, 486, "d1"));
+    assert!(requests(&out, PHONE2, "CANCEL").is_empty(), "{out:?}");
+    assert_eq!(h.gauge("centralino_agents{state=ringing,tenant=demo}"), 1);
+    // The softphone answers: connected.
+    let out = h.send(PHONE2, &response_to(&soft, 200, "s1"));
+    assert_eq!(requests(&out, PHONE2, "ACK").len(), 1);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    let a_tag = out[0..]
+        .iter()
+        .find(|(_, m)| m.code() == 200)
+        .and_then(|(_, m)| m.to_tag.clone())
+        .unwrap();
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+    assert!(
+        matches!(h.desks.last(), Some((a, Some(d))) if a == "1001" && d.state == crate::DeskState::Connected),
+        "{:?}",
+        h.desks
+    );
+
+    // The caller hangs up; after the wrap-up, the next call: both ring,
+    // the desk phone answers, the softphone gets CANCEL and the desktop
+    // never shows the call gone.
+    let out = h.send(TRUNK, &in_dialog_of("p1", "BYE", &a_tag));
+    assert_eq!(
+        requests(&out, PHONE2, "BYE").len(),
+        1,
+        "the phone that answered"
+    );
+    h.advance(Duration::from_secs(5));
+    let out = h.invite("p2");
+    let desk = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert_eq!(requests(&out, PHONE2, "INVITE").len(), 1);
+    let desks_before = h.desks.len();
+    let out = h.send(PHONE1, &response_to(&desk, 200, "d2"));
+    assert_eq!(requests(&out, PHONE2, "CANCEL").len(), 1);
+    assert!(
+        h.desks[desks_before..].iter().all(|(_, d)| d.is_some()),
+        "{:?}",
+        &h.desks[desks_before..]
+    );
+    let a_tag = out
+        .iter()
+        .find(|(_, m)| m.code() == 200)
+        .and_then(|(_, m)| m.to_tag.clone())
+        .unwrap();
+    h.send(TRUNK, &in_dialog_of("p2", "BYE", &a_tag));
+
+    // Nobody answers: at the ring timeout both phones get CANCEL, one
+    // missed offer is counted, and the call goes back to its place.
+    h.advance(Duration::from_secs(5));
+    let out = h.invite("p3");
+    assert_eq!(requests(&out, PHONE1, "INVITE").len(), 1);
+    assert_eq!(requests(&out, PHONE2, "INVITE").len(), 1);
+    let missed = h.gauge("centralino_agent_offers_total{outcome=no_answer}");
+    let out = h.advance(Duration::from_secs(2));
+    assert_eq!(requests(&out, PHONE1, "CANCEL").len(), 1);
+    assert_eq!(requests(&out, PHONE2, "CANCEL").len(), 1);
+    assert_eq!(
+        h.gauge("centralino_agent_offers_total{outcome=no_answer}"),
+        missed + 1
+    );
+}
+
+/// A request of the caller in call `call` (from [`Harness::invite`]).
+fn in_dialog_of(call: &str, method: &str, a_tag: &str) -> String {
+    format!(
+        "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{call}{method}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=a{call}\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: {call}\r\nCSeq: 9 {method}\r\nContent-Length: 0\r\n\r\n"
+    )
 }
