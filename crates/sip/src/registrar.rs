@@ -393,6 +393,53 @@ mod tests {
         }
     }
 
+    /// A REGISTER for 1001 with `contacts`, `expires` and an optional
+    /// `Authorization` line (with its CRLF).
+    fn request(n: u32, contacts: &str, expires: Option<u32>, auth: &str) -> Box<Message> {
+        let expires = expires
+            .map(|e| format!("Expires: {e}\r\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}{}\r\nFrom: <sip:1001@r>;tag=t\r\nTo: <sip:1001@r>\r\nCall-ID: reg\r\nCSeq: {n} REGISTER\r\nContact: {contacts}\r\n{expires}{auth}Content-Length: 0\r\n\r\n",
+            auth.len()
+        );
+        match parse_datagram(text.as_bytes(), &Limits::default()) {
+            Ok(Framed::Message(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The nonce of a 401's first challenge.
+    fn nonce_of(challenge: &Message) -> String {
+        assert_eq!(challenge.code(), 401);
+        let www = challenge.header("WWW-Authenticate").unwrap();
+        www.split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// An MD5 `Authorization` line for 1001 with `password`; `qop` false
+    /// gives the RFC 2069 form (no qop, cnonce or nc).
+    fn authorization(nonce: &str, nc: u32, password: &str, qop: bool) -> String {
+        let ha1 = Algorithm::Md5.hex(&format!("1001:{REALM}:{password}"));
+        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
+        if qop {
+            let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:{nc:08x}:cn:auth:{ha2}"));
+            format!(
+                "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={nc:08x}\r\n"
+            )
+        } else {
+            let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:{ha2}"));
+            format!(
+                "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5\r\n"
+            )
+        }
+    }
+
     /// Sends REGISTER with `contacts` and `expires`, answering the challenge.
     fn register(
         r: &mut Registrar,
@@ -401,36 +448,10 @@ mod tests {
         contacts: &str,
         expires: Option<u32>,
     ) -> Message {
-        let build = |auth: &str| {
-            let expires = expires
-                .map(|e| format!("Expires: {e}\r\n"))
-                .unwrap_or_default();
-            let text = format!(
-                "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}{}\r\nFrom: <sip:1001@r>;tag=t\r\nTo: <sip:1001@r>\r\nCall-ID: reg\r\nCSeq: {n} REGISTER\r\nContact: {contacts}\r\n{expires}{auth}Content-Length: 0\r\n\r\n",
-                auth.len()
-            );
-            match parse_datagram(text.as_bytes(), &Limits::default()) {
-                Ok(Framed::Message(m)) => m,
-                other => panic!("{other:?}"),
-            }
-        };
-        let (challenge, _) = r.handle_register(now, flow(), &build(""));
-        assert_eq!(challenge.code(), 401);
-        let www = challenge.header("WWW-Authenticate").unwrap();
-        let nonce = www
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let ha1 = Algorithm::Md5.hex(&format!("1001:{REALM}:pw"));
-        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
-        let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:00000001:cn:auth:{ha2}"));
-        let auth = format!(
-            "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc=00000001\r\n"
-        );
-        r.handle_register(now, flow(), &build(&auth)).0
+        let (challenge, _) = r.handle_register(now, flow(), &request(n, contacts, expires, ""));
+        let auth = authorization(&nonce_of(&challenge), 1, "pw", true);
+        r.handle_register(now, flow(), &request(n, contacts, expires, &auth))
+            .0
     }
 
     #[test]
