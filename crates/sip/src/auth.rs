@@ -4,7 +4,8 @@
 //! Nonces are a keyed hash of a process secret and a counter, so they cannot
 //! be predicted; each is remembered with its issue time and the highest
 //! nonce-count seen, which refuses replays and expires old nonces with
-//! `stale=true`. The table is bounded: the oldest nonces are forgotten first.
+//! `stale=true`. `qop=auth` is required, so every response carries a
+//! nonce-count. The table is bounded: the oldest nonces are forgotten first.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -119,7 +120,7 @@ pub struct DigestResponse {
     pub algorithm: Option<String>,
     /// cnonce
     pub cnonce: Option<String>,
-    /// qop
+    /// qop (only `auth` is accepted)
     pub qop: Option<String>,
     /// nc
     pub nc: Option<String>,
@@ -301,6 +302,22 @@ impl DigestAuth {
         let Some(d) = found else {
             return Verdict::Challenge;
         };
+        // qop=auth is required. Without it (RFC 2069 style) the response
+        // carries no nonce-count, so nothing tells a replay of a captured
+        // header from a new request: the same Authorization would register
+        // any Contact again. A phone that answered so (or with auth-int,
+        // which we do not offer) is simply challenged again: it is not a
+        // wrong password, so it is not counted towards a ban.
+        let Some(qop) = d.qop.as_deref().filter(|q| q.eq_ignore_ascii_case("auth")) else {
+            return Verdict::Challenge;
+        };
+        // With qop, cnonce and nc are mandatory (RFC 7616 §3.4).
+        let (Some(cnonce), Some(nc_text)) = (d.cnonce.as_deref(), d.nc.as_deref()) else {
+            return Verdict::Malformed;
+        };
+        let Some(nc) = parse_nc(nc_text) else {
+            return Verdict::Malformed;
+        };
         let alg = match d.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(t) => match Algorithm::from_token(t) {
@@ -316,13 +333,7 @@ impl DigestAuth {
             return Verdict::Refuse;
         };
         let ha2 = alg.hex(&format!("{method}:{}", d.uri));
-        let expected = match (&d.qop, &d.cnonce, &d.nc) {
-            (Some(q), Some(cn), Some(nc)) if q.eq_ignore_ascii_case("auth") => {
-                alg.hex(&format!("{ha1}:{}:{nc}:{cn}:{q}:{ha2}", d.nonce))
-            }
-            (None, _, _) => alg.hex(&format!("{ha1}:{}:{ha2}", d.nonce)),
-            _ => return Verdict::Malformed,
-        };
+        let expected = alg.hex(&format!("{ha1}:{}:{nc_text}:{cnonce}:{qop}:{ha2}", d.nonce));
         let digest_ok = constant_time_eq(
             expected.as_bytes(),
             d.response.to_ascii_lowercase().as_bytes(),
@@ -336,20 +347,23 @@ impl DigestAuth {
         if now.duration_since(state.issued) > self.lifetime {
             return Verdict::Stale;
         }
-        let nc = match &d.nc {
-            Some(nc) => match u32::from_str_radix(nc, 16) {
-                Ok(n) => n,
-                Err(_) => return Verdict::Malformed,
-            },
-            // Without qop there is no nonce-count: a nonce is single-use.
-            None => state.last_nc + 1,
-        };
+        // Strictly increasing per nonce: a replayed header is never
+        // accepted twice.
         if nc <= state.last_nc {
             return Verdict::Refuse;
         }
         state.last_nc = nc;
         Verdict::Ok(d.username)
     }
+}
+
+/// `nc-value = 8LHEX` (RFC 7616 §3.4): exactly eight hex digits, so one
+/// count has one spelling (`u32::from_str_radix` alone would take `+1`).
+fn parse_nc(text: &str) -> Option<u32> {
+    if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(text, 16).ok()
 }
 
 /// The digest `uri` must name the Request-URI (RFC 7616 §3.4.6). Compared
@@ -492,6 +506,55 @@ mod tests {
         assert_eq!(
             a.verify(t0, "REGISTER", "sip:r", [].into_iter(), lookup),
             Verdict::Challenge
+        );
+    }
+
+    #[test]
+    fn only_qop_auth_is_accepted() {
+        let t0 = Instant::now();
+        let mut a = DigestAuth::new("r", vec![Algorithm::Md5], [7; 32], Duration::from_secs(300));
+        let n = nonce_of(&a.challenge(t0, false)[0]);
+        let ha1 = Algorithm::Md5.hex("1001:r:demo1001");
+        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
+        // RFC 2069 (no qop): right password, yet never accepted, however often.
+        let rfc2069 = format!(
+            "Digest username=\"1001\", realm=\"r\", nonce=\"{n}\", uri=\"sip:r\", response=\"{}\"",
+            Algorithm::Md5.hex(&format!("{ha1}:{n}:{ha2}"))
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                a.verify(
+                    t0,
+                    "REGISTER",
+                    "sip:r",
+                    [rfc2069.as_str()].into_iter(),
+                    lookup
+                ),
+                Verdict::Challenge
+            );
+        }
+        // auth-int (not offered): challenged too.
+        let int = answer(Algorithm::Md5, &n, "00000001", "demo1001", "sip:r")
+            .replace("qop=auth", "qop=auth-int");
+        assert_eq!(
+            a.verify(t0, "REGISTER", "sip:r", [int.as_str()].into_iter(), lookup),
+            Verdict::Challenge
+        );
+        // qop=auth without nc, or an nc that is not 8LHEX: malformed.
+        let ok = answer(Algorithm::Md5, &n, "00000001", "demo1001", "sip:r");
+        for bad in [
+            ok.replace(", nc=00000001", ""),
+            ok.replace("nc=00000001", "nc=+0000001"),
+        ] {
+            assert_eq!(
+                a.verify(t0, "REGISTER", "sip:r", [bad.as_str()].into_iter(), lookup),
+                Verdict::Malformed
+            );
+        }
+        // The nonce was not used up by any of them.
+        assert_eq!(
+            a.verify(t0, "REGISTER", "sip:r", [ok.as_str()].into_iter(), lookup),
+            Verdict::Ok("1001".into())
         );
     }
 }

@@ -530,4 +530,66 @@ mod tests {
         let resp = register(&mut r, Instant::now(), 1, "*", None);
         assert_eq!(resp.code(), 400);
     }
+
+    #[test]
+    fn a_replayed_authorization_registers_nothing_new() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let (challenge, _) =
+            r.handle_register(t0, flow(), &request(1, "<sip:a@192.0.2.21>", None, ""));
+        let nonce = nonce_of(&challenge);
+        // The attack: one header without qop, sent again with other Contacts.
+        let no_qop = authorization(&nonce, 1, "pw", false);
+        for (n, contact) in [(2, "<sip:b@192.0.2.66>"), (3, "<sip:c@192.0.2.66>")] {
+            let (resp, outcome) =
+                r.handle_register(t0, flow(), &request(n, contact, None, &no_qop));
+            assert_eq!(resp.code(), 401, "no qop: challenged, never accepted");
+            assert_eq!(outcome, RegOutcome::Challenged);
+        }
+        assert!(r.bindings("1001").is_empty());
+        // With qop the first use counts, the same header again does not.
+        let with_qop = authorization(&nonce, 1, "pw", true);
+        let (resp, _) = r.handle_register(
+            t0,
+            flow(),
+            &request(4, "<sip:a@192.0.2.21>", None, &with_qop),
+        );
+        assert_eq!(resp.code(), 200);
+        let (resp, _) = r.handle_register(
+            t0,
+            flow(),
+            &request(5, "<sip:b@192.0.2.66>", None, &with_qop),
+        );
+        assert_ne!(resp.code(), 200, "replay refused");
+        let contacts: Vec<_> = r
+            .bindings("1001")
+            .iter()
+            .map(|b| b.contact.as_str())
+            .collect();
+        assert_eq!(contacts, ["sip:a@192.0.2.21"]);
+        // A higher nonce-count on the same nonce is a new request.
+        let next = authorization(&nonce, 2, "pw", true);
+        let (resp, _) =
+            r.handle_register(t0, flow(), &request(6, "<sip:a@192.0.2.21>", None, &next));
+        assert_eq!(resp.code(), 200);
+    }
+
+    #[test]
+    fn answers_without_qop_are_not_counted_as_failures() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        for n in 0..25 {
+            let (challenge, _) =
+                r.handle_register(t0, flow(), &request(n, "<sip:a@192.0.2.21>", None, ""));
+            let wrong = authorization(&nonce_of(&challenge), 1, "guess", false);
+            let (resp, _) =
+                r.handle_register(t0, flow(), &request(n, "<sip:a@192.0.2.21>", None, &wrong));
+            assert_eq!(resp.code(), 401);
+        }
+        assert_eq!(r.drain_bans().count(), 0);
+        assert_eq!(
+            register(&mut r, t0, 99, "<sip:a@192.0.2.21>", None).code(),
+            200
+        );
+    }
 }
