@@ -116,7 +116,7 @@ pub struct DigestResponse {
     pub uri: String,
     /// response
     pub response: String,
-    /// algorithm (MD5 when absent)
+    /// algorithm (MD5 when absent, accepted only where MD5 is configured)
     pub algorithm: Option<String>,
     /// cnonce
     pub cnonce: Option<String>,
@@ -318,13 +318,20 @@ impl DigestAuth {
         let Some(nc) = parse_nc(nc_text) else {
             return Verdict::Malformed;
         };
+        // An absent algorithm means MD5 (RFC 7616 §3.4), and MD5 is only
+        // good when configured: a site that allows SHA-256 alone must not
+        // take an MD5 answer because the phone left the token out. Any
+        // algorithm we did not offer gets a fresh challenge listing ours.
         let alg = match d.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(t) => match Algorithm::from_token(t) {
-                Some(a) if self.algorithms.contains(&a) => a,
-                _ => return Verdict::Challenge,
+                Some(a) => a,
+                None => return Verdict::Challenge,
             },
         };
+        if !self.algorithms.contains(&alg) {
+            return Verdict::Challenge;
+        }
         let creds = lookup(&d.username);
         let dummy = Credentials::from_password("\u{0}", &self.realm, "\u{0}");
         let known = creds.is_some();
@@ -554,6 +561,54 @@ mod tests {
         // The nonce was not used up by any of them.
         assert_eq!(
             a.verify(t0, "REGISTER", "sip:r", [ok.as_str()].into_iter(), lookup),
+            Verdict::Ok("1001".into())
+        );
+    }
+
+    #[test]
+    fn an_absent_algorithm_is_md5_and_only_where_md5_is_configured() {
+        let t0 = Instant::now();
+        // The MD5 answer with its `algorithm=MD5` token left out.
+        let bare = |n: &str, nc: &str| {
+            answer(Algorithm::Md5, n, nc, "demo1001", "sip:r").replace(", algorithm=MD5", "")
+        };
+        let verify = |a: &mut DigestAuth, h: &str| {
+            a.verify(t0, "REGISTER", "sip:r", [h].into_iter(), lookup)
+        };
+        // SHA-256 only: neither the bare nor the explicit MD5 answer passes.
+        let mut sha = DigestAuth::new(
+            "r",
+            vec![Algorithm::Sha256],
+            [7; 32],
+            Duration::from_secs(300),
+        );
+        let n = nonce_of(&sha.challenge(t0, false)[0]);
+        assert_eq!(
+            verify(&mut sha, &bare(&n, "00000001")),
+            Verdict::Challenge,
+            "downgrade"
+        );
+        let md5 = answer(Algorithm::Md5, &n, "00000002", "demo1001", "sip:r");
+        assert_eq!(verify(&mut sha, &md5), Verdict::Challenge, "not configured");
+        let unknown = answer(Algorithm::Sha256, &n, "00000003", "demo1001", "sip:r")
+            .replace("algorithm=SHA-256", "algorithm=SHA-512-256");
+        assert_eq!(
+            verify(&mut sha, &unknown),
+            Verdict::Challenge,
+            "not offered"
+        );
+        let right = answer(Algorithm::Sha256, &n, "00000004", "demo1001", "sip:r");
+        assert_eq!(verify(&mut sha, &right), Verdict::Ok("1001".into()));
+        // With MD5 configured the bare answer is MD5 and passes.
+        let mut both = DigestAuth::new(
+            "r",
+            vec![Algorithm::Sha256, Algorithm::Md5],
+            [7; 32],
+            Duration::from_secs(300),
+        );
+        let n = nonce_of(&both.challenge(t0, false)[0]);
+        assert_eq!(
+            verify(&mut both, &bare(&n, "00000001")),
             Verdict::Ok("1001".into())
         );
     }
