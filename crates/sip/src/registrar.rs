@@ -4,13 +4,14 @@
 //! bindings with their expiry and the flow they came from, and reports when an
 //! operator gains a first binding (login) or loses the last one (logout).
 
-use crate::throttle::{BanScope, Throttle, ThrottleConfig};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::auth::{Credentials, DigestAuth, Verdict};
 use crate::message::Message;
+use crate::throttle::{BanScope, Throttle, ThrottleConfig};
 use crate::txn::Flow;
 use crate::uri::{self, Scheme};
 
@@ -84,7 +85,7 @@ pub struct BanStarted {
     /// One user from the address, or the whole address.
     pub scope: BanScope,
     /// The source address.
-    pub address: std::net::IpAddr,
+    pub address: IpAddr,
     /// The user the failing request named.
     pub user: String,
     /// How long.
@@ -178,12 +179,14 @@ impl Registrar {
         &mut self.auth
     }
 
-    /// Checks a request's credentials against the operator table.
-    pub fn verify(&mut self, now: Instant, req: &Message) -> Verdict {
+    /// Checks the credentials of a request from `source` against the
+    /// operator table (only nonces challenged to `source` can pass).
+    pub fn verify(&mut self, now: Instant, source: IpAddr, req: &Message) -> Verdict {
         let users = &self.users;
         let method = req.method().as_str().to_owned();
         self.auth.verify(
             now,
+            source,
             &method,
             req.request_uri().unwrap_or_default(),
             req.headers_named("Authorization"),
@@ -216,12 +219,20 @@ impl Registrar {
                 RegOutcome::Banned,
             );
         }
-        let user = match self.verify(now, req) {
+        let user = match self.verify(now, flow.remote.ip(), req) {
             Verdict::Ok(u) => u,
+            // Neither says the password was wrong (a foreign, invented or
+            // expired nonce, a replay, no qop): a fresh challenge, never
+            // counted, so a blind sender cannot ban anybody.
             v @ (Verdict::Challenge | Verdict::Stale) => {
                 let stale = v == Verdict::Stale;
-                return (self.challenge(now, req, stale), RegOutcome::Challenged);
+                return (
+                    self.challenge(now, flow.remote.ip(), req, stale),
+                    RegOutcome::Challenged,
+                );
             }
+            // A wrong digest on a fresh nonce we sent to this address: the
+            // one failure the throttle counts.
             Verdict::Refuse => {
                 self.failed(now, flow, &aor_user);
                 return (
@@ -316,10 +327,11 @@ impl Registrar {
         (resp, RegOutcome::Ok)
     }
 
-    /// A 401 with a fresh challenge per configured algorithm.
-    pub fn challenge(&mut self, now: Instant, req: &Message, stale: bool) -> Message {
+    /// A 401 with a fresh challenge per configured algorithm, for a
+    /// request from `to` (only `to` may answer it).
+    pub fn challenge(&mut self, now: Instant, to: IpAddr, req: &Message, stale: bool) -> Message {
         let mut r = req.response(401, "Unauthorized", Some("reg"));
-        for c in self.auth.challenge(now, stale) {
+        for c in self.auth.challenge(now, to, stale) {
             r.push("WWW-Authenticate", &c);
         }
         r
@@ -366,6 +378,7 @@ mod tests {
     use crate::auth::Algorithm;
     use crate::guard::{Framed, Limits, parse_datagram};
     use crate::message::Transport;
+    use std::net::SocketAddr;
 
     const REALM: &str = "r";
 
@@ -384,10 +397,19 @@ mod tests {
         Registrar::new(RegistrarConfig::default(), auth, users)
     }
 
+    /// The address the operators' phones register from (a call centre's
+    /// NAT), and an attacker's.
+    const NAT: &str = "192.0.2.21";
+    const ATTACKER: &str = "198.51.100.66";
+
     fn flow() -> Flow {
+        flow_from(NAT)
+    }
+
+    fn flow_from(ip: &str) -> Flow {
         Flow {
             transport: Transport::Udp,
-            remote: "192.0.2.21:5060".parse().unwrap(),
+            remote: SocketAddr::new(ip.parse().unwrap(), 5060),
             local: "192.0.2.1:5060".parse().unwrap(),
             conn: 0,
         }
@@ -396,11 +418,21 @@ mod tests {
     /// A REGISTER for 1001 with `contacts`, `expires` and an optional
     /// `Authorization` line (with its CRLF).
     fn request(n: u32, contacts: &str, expires: Option<u32>, auth: &str) -> Box<Message> {
+        request_as("1001", n, contacts, expires, auth)
+    }
+
+    fn request_as(
+        user: &str,
+        n: u32,
+        contacts: &str,
+        expires: Option<u32>,
+        auth: &str,
+    ) -> Box<Message> {
         let expires = expires
             .map(|e| format!("Expires: {e}\r\n"))
             .unwrap_or_default();
         let text = format!(
-            "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}{}\r\nFrom: <sip:1001@r>;tag=t\r\nTo: <sip:1001@r>\r\nCall-ID: reg\r\nCSeq: {n} REGISTER\r\nContact: {contacts}\r\n{expires}{auth}Content-Length: 0\r\n\r\n",
+            "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}{}\r\nFrom: <sip:{user}@r>;tag=t\r\nTo: <sip:{user}@r>\r\nCall-ID: reg\r\nCSeq: {n} REGISTER\r\nContact: {contacts}\r\n{expires}{auth}Content-Length: 0\r\n\r\n",
             auth.len()
         );
         match parse_datagram(text.as_bytes(), &Limits::default()) {
@@ -425,17 +457,21 @@ mod tests {
     /// An MD5 `Authorization` line for 1001 with `password`; `qop` false
     /// gives the RFC 2069 form (no qop, cnonce or nc).
     fn authorization(nonce: &str, nc: u32, password: &str, qop: bool) -> String {
-        let ha1 = Algorithm::Md5.hex(&format!("1001:{REALM}:{password}"));
+        authorization_as("1001", nonce, nc, password, qop)
+    }
+
+    fn authorization_as(user: &str, nonce: &str, nc: u32, password: &str, qop: bool) -> String {
+        let ha1 = Algorithm::Md5.hex(&format!("{user}:{REALM}:{password}"));
         let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
         if qop {
             let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:{nc:08x}:cn:auth:{ha2}"));
             format!(
-                "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={nc:08x}\r\n"
+                "Authorization: Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={nc:08x}\r\n"
             )
         } else {
             let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:{ha2}"));
             format!(
-                "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5\r\n"
+                "Authorization: Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5\r\n"
             )
         }
     }
@@ -591,5 +627,126 @@ mod tests {
             register(&mut r, t0, 99, "<sip:a@192.0.2.21>", None).code(),
             200
         );
+    }
+
+    const CONTACT: &str = "<sip:1001@192.0.2.21:5062>";
+
+    /// TEST-MATRIX D20: blind guesses with invented nonces, from the NAT
+    /// address, for the operator and for many users, past both limits.
+    #[test]
+    fn blind_failures_with_invented_nonces_ban_nobody() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        for n in 0..40 {
+            let invented = format!("{:032x}", n + 1);
+            let (user, password) = if n % 2 == 0 {
+                ("1001".to_owned(), "guess")
+            } else {
+                (format!("{}", 2000 + n), "guess")
+            };
+            let auth = authorization_as(&user, &invented, 1, password, true);
+            let (resp, outcome) =
+                r.handle_register(t0, flow(), &request_as(&user, n, CONTACT, None, &auth));
+            assert_eq!((resp.code(), outcome), (401, RegOutcome::Challenged), "{n}");
+            assert!(
+                resp.header("WWW-Authenticate")
+                    .unwrap()
+                    .ends_with("stale=true")
+            );
+        }
+        assert_eq!(r.drain_bans().count(), 0);
+        assert_eq!(r.banned_counts(t0), (0, 0));
+        assert_eq!(register(&mut r, t0, 99, CONTACT, None).code(), 200);
+    }
+
+    /// TEST-MATRIX D20: the attacker fetches real nonces at its own address
+    /// and forges the NAT address as the source of its guesses.
+    #[test]
+    fn failures_on_nonces_issued_to_another_address_ban_nobody() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        for n in 0..25 {
+            let (challenge, _) =
+                r.handle_register(t0, flow_from(ATTACKER), &request(n, CONTACT, None, ""));
+            let wrong = authorization(&nonce_of(&challenge), 1, "guess", true);
+            let (resp, outcome) = r.handle_register(t0, flow(), &request(n, CONTACT, None, &wrong));
+            assert_eq!((resp.code(), outcome), (401, RegOutcome::Challenged), "{n}");
+        }
+        assert_eq!(r.drain_bans().count(), 0);
+        assert_eq!(register(&mut r, t0, 99, CONTACT, None).code(), 200);
+    }
+
+    #[test]
+    fn a_nonce_answered_from_another_address_is_stale() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let (challenge, _) = r.handle_register(t0, flow(), &request(1, CONTACT, None, ""));
+        let right = authorization(&nonce_of(&challenge), 1, "pw", true);
+        let (resp, _) =
+            r.handle_register(t0, flow_from(ATTACKER), &request(2, CONTACT, None, &right));
+        assert_eq!(resp.code(), 401);
+        assert!(
+            resp.header("WWW-Authenticate")
+                .unwrap()
+                .ends_with("stale=true")
+        );
+        assert!(r.bindings("1001").is_empty());
+        let (resp, _) = r.handle_register(t0, flow(), &request(3, CONTACT, None, &right));
+        assert_eq!(resp.code(), 200);
+    }
+
+    /// TEST-MATRIX D4: wrong passwords on nonces the guesser was sent
+    /// still ban it, per user (5) and per address (20); the operator's
+    /// own phone elsewhere is not affected.
+    #[test]
+    fn wrong_passwords_on_our_nonces_still_ban() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let mut bans = Vec::new();
+        let mut last_nonce = String::new();
+        for n in 0..5 {
+            let (challenge, _) =
+                r.handle_register(t0, flow_from(ATTACKER), &request(n, CONTACT, None, ""));
+            last_nonce = nonce_of(&challenge);
+            let wrong = authorization(&last_nonce, 1, "guess", true);
+            let (resp, outcome) =
+                r.handle_register(t0, flow_from(ATTACKER), &request(n, CONTACT, None, &wrong));
+            assert_eq!((resp.code(), outcome), (403, RegOutcome::Refused));
+            bans.extend(r.drain_bans());
+        }
+        assert_eq!(
+            bans,
+            [BanStarted {
+                scope: BanScope::User,
+                address: ATTACKER.parse().unwrap(),
+                user: "1001".into(),
+                length: Duration::from_secs(300),
+            }]
+        );
+        // The right password during the ban still fails.
+        let right = authorization(&last_nonce, 2, "pw", true);
+        let (resp, outcome) =
+            r.handle_register(t0, flow_from(ATTACKER), &request(9, CONTACT, None, &right));
+        assert_eq!((resp.code(), outcome), (403, RegOutcome::Banned));
+        assert_eq!(register(&mut r, t0, 10, CONTACT, None).code(), 200);
+        // Twenty users guessed from one address: the address is banned.
+        let other = "198.51.100.67";
+        for n in 0..20 {
+            let user = format!("{}", 2000 + n);
+            let (challenge, _) = r.handle_register(
+                t0,
+                flow_from(other),
+                &request_as(&user, n, CONTACT, None, ""),
+            );
+            let wrong = authorization_as(&user, &nonce_of(&challenge), 1, "guess", true);
+            let (resp, _) = r.handle_register(
+                t0,
+                flow_from(other),
+                &request_as(&user, n, CONTACT, None, &wrong),
+            );
+            assert_eq!(resp.code(), 403);
+        }
+        let bans: Vec<_> = r.drain_bans().map(|b| b.scope).collect();
+        assert_eq!(bans, [BanScope::Address]);
     }
 }
