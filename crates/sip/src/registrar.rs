@@ -274,6 +274,11 @@ impl Registrar {
             }
             self.bindings.remove(&user);
         } else {
+            // Every contact is checked before any binding changes, so a
+            // REGISTER is applied whole or not at all: a 400 or 423 on a
+            // later contact used to leave the earlier ones bound (and
+            // without a Login event).
+            let mut changes = Vec::with_capacity(contacts.len());
             for c in &contacts {
                 let Some(na) = uri::parse_name_addr(c) else {
                     return (
@@ -290,9 +295,11 @@ impl Registrar {
                     r.push("Min-Expires", &self.cfg.min_expires.as_secs().to_string());
                     return (r, RegOutcome::Invalid);
                 }
-                let expires = expires.min(self.cfg.max_expires);
-                let list = self.bindings.entry(user.clone()).or_default();
-                list.retain(|b| b.contact != na.uri);
+                changes.push((na.uri, expires.min(self.cfg.max_expires)));
+            }
+            let list = self.bindings.entry(user.clone()).or_default();
+            for (contact, expires) in changes {
+                list.retain(|b| b.contact != contact);
                 if !expires.is_zero() {
                     if list.len() >= self.cfg.max_contacts {
                         list.pop();
@@ -300,7 +307,7 @@ impl Registrar {
                     list.insert(
                         0,
                         Binding {
-                            contact: na.uri.to_owned(),
+                            contact: contact.to_owned(),
                             flow,
                             expires_at: now + expires,
                             registered_at: now,
@@ -308,9 +315,9 @@ impl Registrar {
                     );
                     self.expiries.push(Reverse((now + expires, user.clone())));
                 }
-                if list.is_empty() {
-                    self.bindings.remove(&user);
-                }
+            }
+            if list.is_empty() {
+                self.bindings.remove(&user);
             }
         }
         let is_registered = self.bindings.contains_key(&user);
@@ -748,5 +755,22 @@ mod tests {
         }
         let bans: Vec<_> = r.drain_bans().map(|b| b.scope).collect();
         assert_eq!(bans, [BanScope::Address]);
+    }
+
+    #[test]
+    fn a_register_with_one_bad_contact_changes_nothing() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let resp = register(
+            &mut r,
+            t0,
+            1,
+            "<sip:1001@192.0.2.21:5062>, <sip:1001@192.0.2.21:5064>;expires=10",
+            None,
+        );
+        assert_eq!(resp.code(), 423);
+        assert!(r.bindings("1001").is_empty());
+        assert_eq!(r.poll_timeout(), None);
+        assert_eq!(r.drain_events().count(), 0);
     }
 }
