@@ -4,8 +4,7 @@
 //! bindings with their expiry and the flow they came from, and reports when an
 //! operator gains a first binding (login) or loses the last one (logout).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -98,7 +97,16 @@ pub struct Registrar {
     auth: DigestAuth,
     users: HashMap<String, Credentials>,
     bindings: HashMap<String, Vec<Binding>>,
-    expiries: BinaryHeap<Reverse<(Instant, String)>>,
+    /// When each operator's earliest binding lapses: exactly one entry per
+    /// operator with bindings, kept in step by [`Self::rearm`] whenever
+    /// those change. A heap with one push per REGISTER grew without bound
+    /// under frequent refreshes (a pushed entry stays until its time comes,
+    /// and a heap cannot drop one a refresh made obsolete); an ordered set
+    /// can, so its size is [`Self::registered`] and `poll_timeout` never
+    /// wakes the driver for a binding already refreshed.
+    expiries: BTreeSet<(Instant, String)>,
+    /// The entry each operator has in `expiries`, to find it again.
+    armed: HashMap<String, Instant>,
     events: Vec<RegEvent>,
     throttle: Throttle,
     bans: Vec<BanStarted>,
@@ -117,7 +125,8 @@ impl Registrar {
             auth,
             users,
             bindings: HashMap::new(),
-            expiries: BinaryHeap::new(),
+            expiries: BTreeSet::new(),
+            armed: HashMap::new(),
             events: Vec::new(),
             bans: Vec::new(),
         }
@@ -138,6 +147,24 @@ impl Registrar {
     pub fn drop_bindings(&mut self, user: &str) {
         if self.bindings.remove(user).is_some() {
             self.events.push(RegEvent::Logout(user.to_owned()));
+        }
+        self.rearm(user);
+    }
+
+    /// Puts `user`'s entry in `expiries` at their earliest binding's
+    /// expiry, or removes it when they have none. Called after every
+    /// change to `user`'s bindings.
+    fn rearm(&mut self, user: &str) {
+        if let Some(at) = self.armed.remove(user) {
+            self.expiries.remove(&(at, user.to_owned()));
+        }
+        let next = self
+            .bindings
+            .get(user)
+            .and_then(|list| list.iter().map(|b| b.expires_at).min());
+        if let Some(at) = next {
+            self.expiries.insert((at, user.to_owned()));
+            self.armed.insert(user.to_owned(), at);
         }
     }
 
@@ -313,13 +340,13 @@ impl Registrar {
                             registered_at: now,
                         },
                     );
-                    self.expiries.push(Reverse((now + expires, user.clone())));
                 }
             }
             if list.is_empty() {
                 self.bindings.remove(&user);
             }
         }
+        self.rearm(&user);
         let is_registered = self.bindings.contains_key(&user);
         match (was_registered, is_registered) {
             (false, true) => self.events.push(RegEvent::Login(user.clone())),
@@ -347,23 +374,25 @@ impl Registrar {
     /// When bindings next lapse.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiries.peek().map(|Reverse((t, _))| *t)
+        self.expiries.first().map(|(t, _)| *t)
     }
 
     /// Removes lapsed bindings; emits `Logout` for operators left with none.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, user))) = self.expiries.peek().cloned() {
+        while let Some((at, user)) = self.expiries.first().cloned() {
             if at > now {
                 break;
             }
-            self.expiries.pop();
             if let Some(list) = self.bindings.get_mut(&user) {
                 list.retain(|b| b.expires_at > now);
                 if list.is_empty() {
                     self.bindings.remove(&user);
-                    self.events.push(RegEvent::Logout(user));
+                    self.events.push(RegEvent::Logout(user.clone()));
                 }
             }
+            // Re-armed after `now` (what is left lapses later) or removed:
+            // the loop ends.
+            self.rearm(&user);
         }
     }
 }
@@ -772,5 +801,71 @@ mod tests {
         assert!(r.bindings("1001").is_empty());
         assert_eq!(r.poll_timeout(), None);
         assert_eq!(r.drain_events().count(), 0);
+    }
+
+    #[test]
+    fn ten_thousand_refreshes_keep_one_expiry_entry_and_expire_on_time() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let mut now = t0;
+        for n in 0..10_000 {
+            // As the engine drives it: timers first, then the REGISTER.
+            r.handle_timeout(now);
+            let resp = register(&mut r, now, n, CONTACT, Some(3600));
+            assert_eq!(resp.code(), 200);
+            assert!(
+                r.expiries.len() <= 1,
+                "{} entries after {n}",
+                r.expiries.len()
+            );
+            now += Duration::from_millis(100);
+        }
+        let last = now - Duration::from_millis(100);
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            [RegEvent::Login("1001".into())]
+        );
+        assert_eq!(r.poll_timeout(), Some(last + Duration::from_secs(3600)));
+        r.handle_timeout(last + Duration::from_secs(3599));
+        assert_eq!(r.bindings("1001").len(), 1);
+        assert_eq!(r.drain_events().count(), 0);
+        r.handle_timeout(last + Duration::from_secs(3600));
+        assert!(r.bindings("1001").is_empty());
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            [RegEvent::Logout("1001".into())]
+        );
+        assert_eq!((r.expiries.len(), r.poll_timeout()), (0, None));
+    }
+
+    #[test]
+    fn each_binding_of_an_operator_lapses_at_its_own_time() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let two = "<sip:1001@192.0.2.21:5062>;expires=120, <sip:1001@192.0.2.21:5064>;expires=600";
+        assert_eq!(register(&mut r, t0, 1, two, None).code(), 200);
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(120)));
+        r.handle_timeout(t0 + Duration::from_secs(120));
+        let left: Vec<_> = r
+            .bindings("1001")
+            .iter()
+            .map(|b| b.contact.as_str())
+            .collect();
+        assert_eq!(left, ["sip:1001@192.0.2.21:5064"]);
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+        // Dropped by the engine (the phone stopped answering): nothing left to fire.
+        r.drop_bindings("1001");
+        assert_eq!(
+            (r.expiries.len(), r.armed.len(), r.poll_timeout()),
+            (0, 0, None)
+        );
+        let _ = r.drain_events().count();
+        // Unregistered with "*": likewise.
+        assert_eq!(register(&mut r, t0, 2, CONTACT, None).code(), 200);
+        assert_eq!(register(&mut r, t0, 3, "*", Some(0)).code(), 200);
+        assert_eq!(
+            (r.expiries.len(), r.armed.len(), r.poll_timeout()),
+            (0, 0, None)
+        );
     }
 }
