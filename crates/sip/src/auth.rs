@@ -3,10 +3,21 @@
 //!
 //! Nonces are a keyed hash of a process secret and a counter, so they cannot
 //! be predicted; each is remembered with its issue time and the highest
-//! nonce-count seen, which refuses replays and expires old nonces with
-//! `stale=true`. The table is bounded: the oldest nonces are forgotten first.
+//! nonce-count seen, so a replay is never accepted, and old nonces expire
+//! with `stale=true`. `qop=auth` is required, so every response carries a
+//! nonce-count. The table is bounded: the oldest nonces are forgotten first.
+//!
+//! Each nonce is bound to the address it was sent to. Only a response on a
+//! nonce that is ours, fresh and issued to the address it comes from can be
+//! a [`Verdict::Refuse`] (the failure the throttle counts towards a ban):
+//! the challenge went to that address, so a blind or spoofed sender never
+//! saw the nonce, and its guesses end as [`Verdict::Stale`] before any hash
+//! is computed. Otherwise anyone could send twenty wrong digests with
+//! invented nonces and a forged source to ban every operator behind a call
+//! centre's NAT.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use md5::Md5;
@@ -115,11 +126,11 @@ pub struct DigestResponse {
     pub uri: String,
     /// response
     pub response: String,
-    /// algorithm (MD5 when absent)
+    /// algorithm (MD5 when absent, accepted only where MD5 is configured)
     pub algorithm: Option<String>,
     /// cnonce
     pub cnonce: Option<String>,
-    /// qop
+    /// qop (only `auth` is accepted)
     pub qop: Option<String>,
     /// nc
     pub nc: Option<String>,
@@ -178,24 +189,32 @@ pub fn parse_authorization(value: &str) -> Option<DigestResponse> {
     (seen == 31).then_some(d)
 }
 
-/// The verdict on a request's credentials.
+/// The verdict on a request's credentials. Only [`Self::Refuse`] says the
+/// password was wrong; the others say nothing about it and must not count
+/// towards a ban.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Valid: the authenticated username.
     Ok(String),
-    /// No usable credentials: challenge (401).
+    /// No usable credentials (none for our realm, no `qop=auth`, an
+    /// algorithm we do not offer): challenge (401).
     Challenge,
-    /// The digest was right but the nonce expired or is unknown: challenge
-    /// again with `stale=true`.
+    /// The nonce is not one we issued to this address, or it expired, or
+    /// its nonce-count was already used (a replay): challenge again with
+    /// `stale=true`. Decided before the digest is checked.
     Stale,
-    /// Wrong digest, replayed nonce-count, wrong realm or uri: refuse (403).
+    /// A wrong digest, or an unknown user, on a fresh nonce we issued to
+    /// this address: refuse (403).
     Refuse,
-    /// The Authorization header is malformed (400).
+    /// The Authorization header is malformed, or its `uri` is not the
+    /// Request-URI (400, RFC 7616 §3.4.6).
     Malformed,
 }
 
 struct NonceState {
     issued: Instant,
+    /// The address the challenge was sent to (canonical form).
+    client: IpAddr,
     last_nc: u32,
 }
 
@@ -209,6 +228,10 @@ pub struct DigestAuth {
     nonces: HashMap<String, NonceState>,
     order: VecDeque<String>,
     max_nonces: usize,
+    /// HA1s no password gives, hashed for an unknown user (or one without
+    /// a secret for the algorithm) so the work and the verdict match a
+    /// wrong password's: no user enumeration. Computed once.
+    dummy: Credentials,
 }
 
 impl DigestAuth {
@@ -228,6 +251,7 @@ impl DigestAuth {
             nonces: HashMap::new(),
             order: VecDeque::new(),
             max_nonces: 65_536,
+            dummy: Credentials::from_password("\u{0}", realm, "\u{0}"),
         }
     }
 
@@ -236,9 +260,13 @@ impl DigestAuth {
         &self.realm
     }
 
-    /// A fresh challenge: one `WWW-Authenticate` value per algorithm, most
-    /// preferred first (RFC 8760 §2.4).
-    pub fn challenge(&mut self, now: Instant, stale: bool) -> Vec<String> {
+    /// A fresh challenge for a request from `client` (the address the 401
+    /// goes to, which alone may answer it): one `WWW-Authenticate` value per
+    /// algorithm, most preferred first (RFC 8760 §2.4).
+    ///
+    /// Bound to the IP, not the port or transport: NATs rebind ports and
+    /// some phones answer a UDP challenge over TCP.
+    pub fn challenge(&mut self, now: Instant, client: IpAddr, stale: bool) -> Vec<String> {
         self.counter += 1;
         let mut h = Sha256::new();
         h.update(self.secret);
@@ -254,6 +282,7 @@ impl DigestAuth {
             nonce.clone(),
             NonceState {
                 issued: now,
+                client: client.to_canonical(),
                 last_nc: 0,
             },
         );
@@ -270,12 +299,19 @@ impl DigestAuth {
             .collect()
     }
 
-    /// Checks the `Authorization` values of a request. `lookup` returns the
-    /// user's credentials; unknown users are checked against a dummy so the
-    /// answer and the work done look the same (no user enumeration).
+    /// Checks the `Authorization` values of a request from `source`.
+    /// `lookup` returns the user's credentials; unknown users are checked
+    /// against a dummy so the answer and the work done look the same (no
+    /// user enumeration).
+    ///
+    /// Order matters: everything that needs no secret (syntax, qop,
+    /// algorithm, uri, then the nonce: ours, fresh, issued to `source`)
+    /// comes first and never yields [`Verdict::Refuse`]; only then is the
+    /// digest computed and compared in constant time.
     pub fn verify<'a>(
         &mut self,
         now: Instant,
+        source: IpAddr,
         method: &str,
         request_uri: &str,
         authorizations: impl Iterator<Item = &'a str>,
@@ -301,55 +337,92 @@ impl DigestAuth {
         let Some(d) = found else {
             return Verdict::Challenge;
         };
+        // qop=auth is required. Without it (RFC 2069 style) the response
+        // carries no nonce-count, so nothing tells a replay of a captured
+        // header from a new request: the same Authorization would register
+        // any Contact again. A phone that answered so (or with auth-int,
+        // which we do not offer) is simply challenged again: it is not a
+        // wrong password, so it is not counted towards a ban.
+        let Some(qop) = d.qop.as_deref().filter(|q| q.eq_ignore_ascii_case("auth")) else {
+            return Verdict::Challenge;
+        };
+        // With qop, cnonce and nc are mandatory (RFC 7616 §3.4).
+        let (Some(cnonce), Some(nc_text)) = (d.cnonce.as_deref(), d.nc.as_deref()) else {
+            return Verdict::Malformed;
+        };
+        let Some(nc) = parse_nc(nc_text) else {
+            return Verdict::Malformed;
+        };
+        // An absent algorithm means MD5 (RFC 7616 §3.4), and MD5 is only
+        // good when configured: a site that allows SHA-256 alone must not
+        // take an MD5 answer because the phone left the token out. Any
+        // algorithm we did not offer gets a fresh challenge listing ours.
         let alg = match d.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(t) => match Algorithm::from_token(t) {
-                Some(a) if self.algorithms.contains(&a) => a,
-                _ => return Verdict::Challenge,
+                Some(a) => a,
+                None => return Verdict::Challenge,
             },
         };
+        if !self.algorithms.contains(&alg) {
+            return Verdict::Challenge;
+        }
+        // A digest for another Request-URI is a bad request (RFC 7616
+        // §3.4.6), not a wrong password: a captured header replayed in
+        // another request must not count towards a ban.
+        if !uri_matches(&d.uri, request_uri) {
+            return Verdict::Malformed;
+        }
+        // The nonce must be ours, fresh and issued to this address before
+        // the digest means anything (module doc: blind lock-out).
+        let Some(state) = self.nonces.get(&d.nonce) else {
+            return Verdict::Stale;
+        };
+        if now.saturating_duration_since(state.issued) > self.lifetime
+            || state.client != source.to_canonical()
+        {
+            return Verdict::Stale;
+        }
+        let last_nc = state.last_nc;
         let creds = lookup(&d.username);
-        let dummy = Credentials::from_password("\u{0}", &self.realm, "\u{0}");
-        let known = creds.is_some();
-        let creds = creds.unwrap_or(dummy);
-        let Some(ha1) = creds.ha1(alg) else {
-            return Verdict::Refuse;
+        let stored = creds.as_ref().and_then(|c| c.ha1(alg));
+        let known = stored.is_some();
+        let ha1 = match stored {
+            Some(h) => h,
+            // `from_password` sets both HA1s, so the default never happens.
+            None => self.dummy.ha1(alg).unwrap_or_default(),
         };
         let ha2 = alg.hex(&format!("{method}:{}", d.uri));
-        let expected = match (&d.qop, &d.cnonce, &d.nc) {
-            (Some(q), Some(cn), Some(nc)) if q.eq_ignore_ascii_case("auth") => {
-                alg.hex(&format!("{ha1}:{}:{nc}:{cn}:{q}:{ha2}", d.nonce))
-            }
-            (None, _, _) => alg.hex(&format!("{ha1}:{}:{ha2}", d.nonce)),
-            _ => return Verdict::Malformed,
-        };
+        let expected = alg.hex(&format!("{ha1}:{}:{nc_text}:{cnonce}:{qop}:{ha2}", d.nonce));
         let digest_ok = constant_time_eq(
             expected.as_bytes(),
             d.response.to_ascii_lowercase().as_bytes(),
         );
-        if !digest_ok || !known || !uri_matches(&d.uri, request_uri) {
+        if !digest_ok || !known {
             return Verdict::Refuse;
         }
-        let Some(state) = self.nonces.get_mut(&d.nonce) else {
-            return Verdict::Stale;
-        };
-        if now.duration_since(state.issued) > self.lifetime {
+        // Strictly increasing per nonce: a replayed header is never
+        // accepted twice. Stale, not Refuse: the digest is right, so the
+        // sender is the phone resending or someone replaying a captured
+        // request (possibly with a forged source), neither of which may
+        // ban the operator; a fresh nonce is useless without the password.
+        if nc <= last_nc {
             return Verdict::Stale;
         }
-        let nc = match &d.nc {
-            Some(nc) => match u32::from_str_radix(nc, 16) {
-                Ok(n) => n,
-                Err(_) => return Verdict::Malformed,
-            },
-            // Without qop there is no nonce-count: a nonce is single-use.
-            None => state.last_nc + 1,
-        };
-        if nc <= state.last_nc {
-            return Verdict::Refuse;
+        if let Some(state) = self.nonces.get_mut(&d.nonce) {
+            state.last_nc = nc;
         }
-        state.last_nc = nc;
         Verdict::Ok(d.username)
     }
+}
+
+/// `nc-value = 8LHEX` (RFC 7616 §3.4): exactly eight hex digits, so one
+/// count has one spelling (`u32::from_str_radix` alone would take `+1`).
+fn parse_nc(text: &str) -> Option<u32> {
+    if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(text, 16).ok()
 }
 
 /// The digest `uri` must name the Request-URI (RFC 7616 §3.4.6). Compared
@@ -391,12 +464,35 @@ mod tests {
 
     use super::*;
 
+    /// The phone the challenges go to, and another address.
+    const PHONE: &str = "192.0.2.21";
+    const OTHER: &str = "198.51.100.7";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn auth(algorithms: Vec<Algorithm>) -> DigestAuth {
+        DigestAuth::new("r", algorithms, [7; 32], Duration::from_secs(300))
+    }
+
     fn answer(alg: Algorithm, nonce: &str, nc: &str, password: &str, uri: &str) -> String {
-        let ha1 = alg.hex(&format!("1001:r:{password}"));
+        answer_as("1001", alg, nonce, nc, password, uri)
+    }
+
+    fn answer_as(
+        user: &str,
+        alg: Algorithm,
+        nonce: &str,
+        nc: &str,
+        password: &str,
+        uri: &str,
+    ) -> String {
+        let ha1 = alg.hex(&format!("{user}:r:{password}"));
         let ha2 = alg.hex(&format!("REGISTER:{uri}"));
         let resp = alg.hex(&format!("{ha1}:{nonce}:{nc}:abc:auth:{ha2}"));
         format!(
-            "Digest username=\"1001\", realm=\"r\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={}, cnonce=\"abc\", qop=auth, nc={nc}",
+            "Digest username=\"{user}\", realm=\"r\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={}, cnonce=\"abc\", qop=auth, nc={nc}",
             alg.token()
         )
     }
@@ -415,83 +511,166 @@ mod tests {
         (u == "1001").then(|| Credentials::from_password("1001", "r", "demo1001"))
     }
 
+    /// The verdict on a REGISTER to `sip:r` from `from` carrying `header`.
+    fn check(a: &mut DigestAuth, now: Instant, from: &str, header: &str) -> Verdict {
+        a.verify(
+            now,
+            ip(from),
+            "REGISTER",
+            "sip:r",
+            [header].into_iter(),
+            lookup,
+        )
+    }
+
     #[test]
     fn sha256_and_md5_replay_and_stale() {
         let t0 = Instant::now();
-        let mut a = DigestAuth::new(
-            "r",
-            vec![Algorithm::Sha256, Algorithm::Md5],
-            [7; 32],
-            Duration::from_secs(300),
-        );
-        let ch = a.challenge(t0, false);
+        let mut a = auth(vec![Algorithm::Sha256, Algorithm::Md5]);
+        let ch = a.challenge(t0, ip(PHONE), false);
         assert!(ch[0].contains("algorithm=SHA-256"));
         let n = nonce_of(&ch[0]);
-        for alg in [Algorithm::Sha256, Algorithm::Md5] {
-            let nc = if alg == Algorithm::Sha256 {
-                "00000001"
-            } else {
-                "00000002"
-            };
+        for (alg, nc) in [
+            (Algorithm::Sha256, "00000001"),
+            (Algorithm::Md5, "00000002"),
+        ] {
             let h = answer(alg, &n, nc, "demo1001", "sip:r");
-            assert_eq!(
-                a.verify(t0, "REGISTER", "sip:r", [h.as_str()].into_iter(), lookup),
-                Verdict::Ok("1001".into())
-            );
-            assert_eq!(
-                a.verify(t0, "REGISTER", "sip:r", [h.as_str()].into_iter(), lookup),
-                Verdict::Refuse,
-                "replay"
-            );
+            assert_eq!(check(&mut a, t0, PHONE, &h), Verdict::Ok("1001".into()));
+            // A replay: fresh challenge, never accepted, never a failure.
+            assert_eq!(check(&mut a, t0, PHONE, &h), Verdict::Stale, "replay");
         }
         let wrong = answer(Algorithm::Sha256, &n, "00000009", "nope", "sip:r");
-        assert_eq!(
-            a.verify(
-                t0,
-                "REGISTER",
-                "sip:r",
-                [wrong.as_str()].into_iter(),
-                lookup
-            ),
-            Verdict::Refuse
-        );
+        assert_eq!(check(&mut a, t0, PHONE, &wrong), Verdict::Refuse);
         let wrong_uri = answer(Algorithm::Sha256, &n, "0000000a", "demo1001", "sip:other");
-        assert_eq!(
-            a.verify(
-                t0,
-                "REGISTER",
-                "sip:r",
-                [wrong_uri.as_str()].into_iter(),
-                lookup
-            ),
-            Verdict::Refuse
-        );
+        assert_eq!(check(&mut a, t0, PHONE, &wrong_uri), Verdict::Malformed);
         let late = answer(Algorithm::Sha256, &n, "0000000b", "demo1001", "sip:r");
         let later = t0 + Duration::from_secs(301);
+        assert_eq!(check(&mut a, later, PHONE, &late), Verdict::Stale);
+        assert!(a.challenge(later, ip(PHONE), true)[0].ends_with("stale=true"));
         assert_eq!(
-            a.verify(
-                later,
-                "REGISTER",
-                "sip:r",
-                [late.as_str()].into_iter(),
-                lookup
-            ),
-            Verdict::Stale
-        );
-        assert!(a.challenge(later, true)[0].ends_with("stale=true"));
-        assert_eq!(
-            a.verify(
-                t0,
-                "REGISTER",
-                "sip:r",
-                ["Digest username=\"x"].into_iter(),
-                lookup
-            ),
+            check(&mut a, t0, PHONE, "Digest username=\"x"),
             Verdict::Malformed
         );
         assert_eq!(
-            a.verify(t0, "REGISTER", "sip:r", [].into_iter(), lookup),
+            a.verify(t0, ip(PHONE), "REGISTER", "sip:r", [].into_iter(), lookup),
             Verdict::Challenge
+        );
+    }
+
+    #[test]
+    fn only_a_fresh_nonce_issued_to_the_sender_can_end_in_refuse() {
+        let t0 = Instant::now();
+        let mut a = auth(vec![Algorithm::Md5]);
+        let n = nonce_of(&a.challenge(t0, ip(PHONE), false)[0]);
+        let right = |nc| answer(Algorithm::Md5, &n, nc, "demo1001", "sip:r");
+        let wrong = |nc| answer(Algorithm::Md5, &n, nc, "guess", "sip:r");
+        // Issued to PHONE, answered from OTHER: stale, right or wrong.
+        assert_eq!(check(&mut a, t0, OTHER, &right("00000001")), Verdict::Stale);
+        assert_eq!(check(&mut a, t0, OTHER, &wrong("00000002")), Verdict::Stale);
+        // A nonce we never issued, and one past its lifetime: stale.
+        let invented = answer(
+            Algorithm::Md5,
+            "0123456789abcdef0123456789abcdef",
+            "00000001",
+            "guess",
+            "sip:r",
+        );
+        assert_eq!(check(&mut a, t0, PHONE, &invented), Verdict::Stale);
+        let late = t0 + Duration::from_secs(301);
+        assert_eq!(
+            check(&mut a, late, PHONE, &wrong("00000003")),
+            Verdict::Stale
+        );
+        // From PHONE, in time: a wrong password is a refusal, and an
+        // unknown user gets exactly the same verdict.
+        assert_eq!(
+            check(&mut a, t0, PHONE, &wrong("00000004")),
+            Verdict::Refuse
+        );
+        let nobody = answer_as("9999", Algorithm::Md5, &n, "00000005", "demo1001", "sip:r");
+        assert_eq!(check(&mut a, t0, PHONE, &nobody), Verdict::Refuse);
+        // None of that used the nonce up for its phone.
+        assert_eq!(
+            check(&mut a, t0, PHONE, &right("00000006")),
+            Verdict::Ok("1001".into())
+        );
+        // The binding is to the IP: an IPv4-mapped IPv6 source is the same.
+        assert_eq!(
+            check(&mut a, t0, "::ffff:192.0.2.21", &right("00000007")),
+            Verdict::Ok("1001".into())
+        );
+    }
+
+    #[test]
+    fn only_qop_auth_is_accepted() {
+        let t0 = Instant::now();
+        let mut a = auth(vec![Algorithm::Md5]);
+        let n = nonce_of(&a.challenge(t0, ip(PHONE), false)[0]);
+        let ha1 = Algorithm::Md5.hex("1001:r:demo1001");
+        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
+        // RFC 2069 (no qop): right password, yet never accepted, however often.
+        let rfc2069 = format!(
+            "Digest username=\"1001\", realm=\"r\", nonce=\"{n}\", uri=\"sip:r\", response=\"{}\"",
+            Algorithm::Md5.hex(&format!("{ha1}:{n}:{ha2}"))
+        );
+        for _ in 0..3 {
+            assert_eq!(check(&mut a, t0, PHONE, &rfc2069), Verdict::Challenge);
+        }
+        // auth-int (not offered): challenged too.
+        let int = answer(Algorithm::Md5, &n, "00000001", "demo1001", "sip:r")
+            .replace("qop=auth", "qop=auth-int");
+        assert_eq!(check(&mut a, t0, PHONE, &int), Verdict::Challenge);
+        // qop=auth without nc, or an nc that is not 8LHEX: malformed.
+        let ok = answer(Algorithm::Md5, &n, "00000001", "demo1001", "sip:r");
+        for bad in [
+            ok.replace(", nc=00000001", ""),
+            ok.replace("nc=00000001", "nc=+0000001"),
+        ] {
+            assert_eq!(check(&mut a, t0, PHONE, &bad), Verdict::Malformed);
+        }
+        // The nonce was not used up by any of them.
+        assert_eq!(check(&mut a, t0, PHONE, &ok), Verdict::Ok("1001".into()));
+    }
+
+    #[test]
+    fn an_absent_algorithm_is_md5_and_only_where_md5_is_configured() {
+        let t0 = Instant::now();
+        // The MD5 answer with its `algorithm=MD5` token left out.
+        let bare = |n: &str, nc: &str| {
+            answer(Algorithm::Md5, n, nc, "demo1001", "sip:r").replace(", algorithm=MD5", "")
+        };
+        // SHA-256 only: neither the bare nor the explicit MD5 answer passes.
+        let mut sha = auth(vec![Algorithm::Sha256]);
+        let n = nonce_of(&sha.challenge(t0, ip(PHONE), false)[0]);
+        assert_eq!(
+            check(&mut sha, t0, PHONE, &bare(&n, "00000001")),
+            Verdict::Challenge,
+            "downgrade"
+        );
+        let md5 = answer(Algorithm::Md5, &n, "00000002", "demo1001", "sip:r");
+        assert_eq!(
+            check(&mut sha, t0, PHONE, &md5),
+            Verdict::Challenge,
+            "not configured"
+        );
+        let unknown = answer(Algorithm::Sha256, &n, "00000003", "demo1001", "sip:r")
+            .replace("algorithm=SHA-256", "algorithm=SHA-512-256");
+        assert_eq!(
+            check(&mut sha, t0, PHONE, &unknown),
+            Verdict::Challenge,
+            "not offered"
+        );
+        let right = answer(Algorithm::Sha256, &n, "00000004", "demo1001", "sip:r");
+        assert_eq!(
+            check(&mut sha, t0, PHONE, &right),
+            Verdict::Ok("1001".into())
+        );
+        // With MD5 configured the bare answer is MD5 and passes.
+        let mut both = auth(vec![Algorithm::Sha256, Algorithm::Md5]);
+        let n = nonce_of(&both.challenge(t0, ip(PHONE), false)[0]);
+        assert_eq!(
+            check(&mut both, t0, PHONE, &bare(&n, "00000001")),
+            Verdict::Ok("1001".into())
         );
     }
 }

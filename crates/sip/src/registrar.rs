@@ -4,13 +4,13 @@
 //! bindings with their expiry and the flow they came from, and reports when an
 //! operator gains a first binding (login) or loses the last one (logout).
 
-use crate::throttle::{BanScope, Throttle, ThrottleConfig};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::auth::{Credentials, DigestAuth, Verdict};
 use crate::message::Message;
+use crate::throttle::{BanScope, Throttle, ThrottleConfig};
 use crate::txn::Flow;
 use crate::uri::{self, Scheme};
 
@@ -84,7 +84,7 @@ pub struct BanStarted {
     /// One user from the address, or the whole address.
     pub scope: BanScope,
     /// The source address.
-    pub address: std::net::IpAddr,
+    pub address: IpAddr,
     /// The user the failing request named.
     pub user: String,
     /// How long.
@@ -97,7 +97,16 @@ pub struct Registrar {
     auth: DigestAuth,
     users: HashMap<String, Credentials>,
     bindings: HashMap<String, Vec<Binding>>,
-    expiries: BinaryHeap<Reverse<(Instant, String)>>,
+    /// When each operator's earliest binding lapses: exactly one entry per
+    /// operator with bindings, kept in step by [`Self::rearm`] whenever
+    /// those change. A heap with one push per REGISTER grew without bound
+    /// under frequent refreshes (a pushed entry stays until its time comes,
+    /// and a heap cannot drop one a refresh made obsolete); an ordered set
+    /// can, so its size is [`Self::registered`] and `poll_timeout` never
+    /// wakes the driver for a binding already refreshed.
+    expiries: BTreeSet<(Instant, String)>,
+    /// The entry each operator has in `expiries`, to find it again.
+    armed: HashMap<String, Instant>,
     events: Vec<RegEvent>,
     throttle: Throttle,
     bans: Vec<BanStarted>,
@@ -116,7 +125,8 @@ impl Registrar {
             auth,
             users,
             bindings: HashMap::new(),
-            expiries: BinaryHeap::new(),
+            expiries: BTreeSet::new(),
+            armed: HashMap::new(),
             events: Vec::new(),
             bans: Vec::new(),
         }
@@ -144,6 +154,24 @@ impl Registrar {
     pub fn drop_bindings(&mut self, user: &str) {
         if self.bindings.remove(user).is_some() {
             self.events.push(RegEvent::Logout(user.to_owned()));
+        }
+        self.rearm(user);
+    }
+
+    /// Puts `user`'s entry in `expiries` at their earliest binding's
+    /// expiry, or removes it when they have none. Called after every
+    /// change to `user`'s bindings.
+    fn rearm(&mut self, user: &str) {
+        if let Some(at) = self.armed.remove(user) {
+            self.expiries.remove(&(at, user.to_owned()));
+        }
+        let next = self
+            .bindings
+            .get(user)
+            .and_then(|list| list.iter().map(|b| b.expires_at).min());
+        if let Some(at) = next {
+            self.expiries.insert((at, user.to_owned()));
+            self.armed.insert(user.to_owned(), at);
         }
     }
 
@@ -185,12 +213,14 @@ impl Registrar {
         &mut self.auth
     }
 
-    /// Checks a request's credentials against the operator table.
-    pub fn verify(&mut self, now: Instant, req: &Message) -> Verdict {
+    /// Checks the credentials of a request from `source` against the
+    /// operator table (only nonces challenged to `source` can pass).
+    pub fn verify(&mut self, now: Instant, source: IpAddr, req: &Message) -> Verdict {
         let users = &self.users;
         let method = req.method().as_str().to_owned();
         self.auth.verify(
             now,
+            source,
             &method,
             req.request_uri().unwrap_or_default(),
             req.headers_named("Authorization"),
@@ -223,12 +253,20 @@ impl Registrar {
                 RegOutcome::Banned,
             );
         }
-        let user = match self.verify(now, req) {
+        let user = match self.verify(now, flow.remote.ip(), req) {
             Verdict::Ok(u) => u,
+            // Neither says the password was wrong (a foreign, invented or
+            // expired nonce, a replay, no qop): a fresh challenge, never
+            // counted, so a blind sender cannot ban anybody.
             v @ (Verdict::Challenge | Verdict::Stale) => {
                 let stale = v == Verdict::Stale;
-                return (self.challenge(now, req, stale), RegOutcome::Challenged);
+                return (
+                    self.challenge(now, flow.remote.ip(), req, stale),
+                    RegOutcome::Challenged,
+                );
             }
+            // A wrong digest on a fresh nonce we sent to this address: the
+            // one failure the throttle counts.
             Verdict::Refuse => {
                 self.failed(now, flow, &aor_user);
                 return (
@@ -270,6 +308,11 @@ impl Registrar {
             }
             self.bindings.remove(&user);
         } else {
+            // Every contact is checked before any binding changes, so a
+            // REGISTER is applied whole or not at all: a 400 or 423 on a
+            // later contact used to leave the earlier ones bound (and
+            // without a Login event).
+            let mut changes = Vec::with_capacity(contacts.len());
             for c in &contacts {
                 let Some(na) = uri::parse_name_addr(c) else {
                     return (
@@ -286,9 +329,11 @@ impl Registrar {
                     r.push("Min-Expires", &self.cfg.min_expires.as_secs().to_string());
                     return (r, RegOutcome::Invalid);
                 }
-                let expires = expires.min(self.cfg.max_expires);
-                let list = self.bindings.entry(user.clone()).or_default();
-                list.retain(|b| b.contact != na.uri);
+                changes.push((na.uri, expires.min(self.cfg.max_expires)));
+            }
+            let list = self.bindings.entry(user.clone()).or_default();
+            for (contact, expires) in changes {
+                list.retain(|b| b.contact != contact);
                 if !expires.is_zero() {
                     if list.len() >= self.cfg.max_contacts {
                         list.pop();
@@ -296,19 +341,19 @@ impl Registrar {
                     list.insert(
                         0,
                         Binding {
-                            contact: na.uri.to_owned(),
+                            contact: contact.to_owned(),
                             flow,
                             expires_at: now + expires,
                             registered_at: now,
                         },
                     );
-                    self.expiries.push(Reverse((now + expires, user.clone())));
-                }
-                if list.is_empty() {
-                    self.bindings.remove(&user);
                 }
             }
+            if list.is_empty() {
+                self.bindings.remove(&user);
+            }
         }
+        self.rearm(&user);
         let is_registered = self.bindings.contains_key(&user);
         match (was_registered, is_registered) {
             (false, true) => self.events.push(RegEvent::Login(user.clone())),
@@ -323,10 +368,11 @@ impl Registrar {
         (resp, RegOutcome::Ok)
     }
 
-    /// A 401 with a fresh challenge per configured algorithm.
-    pub fn challenge(&mut self, now: Instant, req: &Message, stale: bool) -> Message {
+    /// A 401 with a fresh challenge per configured algorithm, for a
+    /// request from `to` (only `to` may answer it).
+    pub fn challenge(&mut self, now: Instant, to: IpAddr, req: &Message, stale: bool) -> Message {
         let mut r = req.response(401, "Unauthorized", Some("reg"));
-        for c in self.auth.challenge(now, stale) {
+        for c in self.auth.challenge(now, to, stale) {
             r.push("WWW-Authenticate", &c);
         }
         r
@@ -335,23 +381,25 @@ impl Registrar {
     /// When bindings next lapse.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiries.peek().map(|Reverse((t, _))| *t)
+        self.expiries.first().map(|(t, _)| *t)
     }
 
     /// Removes lapsed bindings; emits `Logout` for operators left with none.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, user))) = self.expiries.peek().cloned() {
+        while let Some((at, user)) = self.expiries.first().cloned() {
             if at > now {
                 break;
             }
-            self.expiries.pop();
             if let Some(list) = self.bindings.get_mut(&user) {
                 list.retain(|b| b.expires_at > now);
                 if list.is_empty() {
                     self.bindings.remove(&user);
-                    self.events.push(RegEvent::Logout(user));
+                    self.events.push(RegEvent::Logout(user.clone()));
                 }
             }
+            // Re-armed after `now` (what is left lapses later) or removed:
+            // the loop ends.
+            self.rearm(&user);
         }
     }
 }
@@ -373,6 +421,7 @@ mod tests {
     use crate::auth::Algorithm;
     use crate::guard::{Framed, Limits, parse_datagram};
     use crate::message::Transport;
+    use std::net::SocketAddr;
 
     const REALM: &str = "r";
 
@@ -391,12 +440,82 @@ mod tests {
         Registrar::new(RegistrarConfig::default(), auth, users)
     }
 
+    /// The address the operators' phones register from (a call centre's
+    /// NAT), and an attacker's.
+    const NAT: &str = "192.0.2.21";
+    const ATTACKER: &str = "198.51.100.66";
+
     fn flow() -> Flow {
+        flow_from(NAT)
+    }
+
+    fn flow_from(ip: &str) -> Flow {
         Flow {
             transport: Transport::Udp,
-            remote: "192.0.2.21:5060".parse().unwrap(),
+            remote: SocketAddr::new(ip.parse().unwrap(), 5060),
             local: "192.0.2.1:5060".parse().unwrap(),
             conn: 0,
+        }
+    }
+
+    /// A REGISTER for 1001 with `contacts`, `expires` and an optional
+    /// `Authorization` line (with its CRLF).
+    fn request(n: u32, contacts: &str, expires: Option<u32>, auth: &str) -> Box<Message> {
+        request_as("1001", n, contacts, expires, auth)
+    }
+
+    fn request_as(
+        user: &str,
+        n: u32,
+        contacts: &str,
+        expires: Option<u32>,
+        auth: &str,
+    ) -> Box<Message> {
+        let expires = expires
+            .map(|e| format!("Expires: {e}\r\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}{}\r\nFrom: <sip:{user}@r>;tag=t\r\nTo: <sip:{user}@r>\r\nCall-ID: reg\r\nCSeq: {n} REGISTER\r\nContact: {contacts}\r\n{expires}{auth}Content-Length: 0\r\n\r\n",
+            auth.len()
+        );
+        match parse_datagram(text.as_bytes(), &Limits::default()) {
+            Ok(Framed::Message(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The nonce of a 401's first challenge.
+    fn nonce_of(challenge: &Message) -> String {
+        assert_eq!(challenge.code(), 401);
+        let www = challenge.header("WWW-Authenticate").unwrap();
+        www.split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// An MD5 `Authorization` line for 1001 with `password`; `qop` false
+    /// gives the RFC 2069 form (no qop, cnonce or nc).
+    fn authorization(nonce: &str, nc: u32, password: &str, qop: bool) -> String {
+        authorization_as("1001", nonce, nc, password, qop)
+    }
+
+    fn authorization_as(user: &str, nonce: &str, nc: u32, password: &str, qop: bool) -> String {
+        let ha1 = Algorithm::Md5.hex(&format!("{user}:{REALM}:{password}"));
+        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
+        if qop {
+            let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:{nc:08x}:cn:auth:{ha2}"));
+            format!(
+                "Authorization: Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={nc:08x}\r\n"
+            )
+        } else {
+            let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:{ha2}"));
+            format!(
+                "Authorization: Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5\r\n"
+            )
         }
     }
 
@@ -408,36 +527,10 @@ mod tests {
         contacts: &str,
         expires: Option<u32>,
     ) -> Message {
-        let build = |auth: &str| {
-            let expires = expires
-                .map(|e| format!("Expires: {e}\r\n"))
-                .unwrap_or_default();
-            let text = format!(
-                "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}{}\r\nFrom: <sip:1001@r>;tag=t\r\nTo: <sip:1001@r>\r\nCall-ID: reg\r\nCSeq: {n} REGISTER\r\nContact: {contacts}\r\n{expires}{auth}Content-Length: 0\r\n\r\n",
-                auth.len()
-            );
-            match parse_datagram(text.as_bytes(), &Limits::default()) {
-                Ok(Framed::Message(m)) => m,
-                other => panic!("{other:?}"),
-            }
-        };
-        let (challenge, _) = r.handle_register(now, flow(), &build(""));
-        assert_eq!(challenge.code(), 401);
-        let www = challenge.header("WWW-Authenticate").unwrap();
-        let nonce = www
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let ha1 = Algorithm::Md5.hex(&format!("1001:{REALM}:pw"));
-        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
-        let resp = Algorithm::Md5.hex(&format!("{ha1}:{nonce}:00000001:cn:auth:{ha2}"));
-        let auth = format!(
-            "Authorization: Digest username=\"1001\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc=00000001\r\n"
-        );
-        r.handle_register(now, flow(), &build(&auth)).0
+        let (challenge, _) = r.handle_register(now, flow(), &request(n, contacts, expires, ""));
+        let auth = authorization(&nonce_of(&challenge), 1, "pw", true);
+        r.handle_register(now, flow(), &request(n, contacts, expires, &auth))
+            .0
     }
 
     #[test]
@@ -515,5 +608,271 @@ mod tests {
         let mut r = registrar();
         let resp = register(&mut r, Instant::now(), 1, "*", None);
         assert_eq!(resp.code(), 400);
+    }
+
+    #[test]
+    fn a_replayed_authorization_registers_nothing_new() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let (challenge, _) =
+            r.handle_register(t0, flow(), &request(1, "<sip:a@192.0.2.21>", None, ""));
+        let nonce = nonce_of(&challenge);
+        // The attack: one header without qop, sent again with other Contacts.
+        let no_qop = authorization(&nonce, 1, "pw", false);
+        for (n, contact) in [(2, "<sip:b@192.0.2.66>"), (3, "<sip:c@192.0.2.66>")] {
+            let (resp, outcome) =
+                r.handle_register(t0, flow(), &request(n, contact, None, &no_qop));
+            assert_eq!(resp.code(), 401, "no qop: challenged, never accepted");
+            assert_eq!(outcome, RegOutcome::Challenged);
+        }
+        assert!(r.bindings("1001").is_empty());
+        // With qop the first use counts, the same header again does not.
+        let with_qop = authorization(&nonce, 1, "pw", true);
+        let (resp, _) = r.handle_register(
+            t0,
+            flow(),
+            &request(4, "<sip:a@192.0.2.21>", None, &with_qop),
+        );
+        assert_eq!(resp.code(), 200);
+        let (resp, _) = r.handle_register(
+            t0,
+            flow(),
+            &request(5, "<sip:b@192.0.2.66>", None, &with_qop),
+        );
+        assert_ne!(resp.code(), 200, "replay refused");
+        let contacts: Vec<_> = r
+            .bindings("1001")
+            .iter()
+            .map(|b| b.contact.as_str())
+            .collect();
+        assert_eq!(contacts, ["sip:a@192.0.2.21"]);
+        // A higher nonce-count on the same nonce is a new request.
+        let next = authorization(&nonce, 2, "pw", true);
+        let (resp, _) =
+            r.handle_register(t0, flow(), &request(6, "<sip:a@192.0.2.21>", None, &next));
+        assert_eq!(resp.code(), 200);
+    }
+
+    #[test]
+    fn answers_without_qop_are_not_counted_as_failures() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        for n in 0..25 {
+            let (challenge, _) =
+                r.handle_register(t0, flow(), &request(n, "<sip:a@192.0.2.21>", None, ""));
+            let wrong = authorization(&nonce_of(&challenge), 1, "guess", false);
+            let (resp, _) =
+                r.handle_register(t0, flow(), &request(n, "<sip:a@192.0.2.21>", None, &wrong));
+            assert_eq!(resp.code(), 401);
+        }
+        assert_eq!(r.drain_bans().count(), 0);
+        assert_eq!(
+            register(&mut r, t0, 99, "<sip:a@192.0.2.21>", None).code(),
+            200
+        );
+    }
+
+    const CONTACT: &str = "<sip:1001@192.0.2.21:5062>";
+
+    /// TEST-MATRIX D20: blind guesses with invented nonces, from the NAT
+    /// address, for the operator and for many users, past both limits.
+    #[test]
+    fn blind_failures_with_invented_nonces_ban_nobody() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        for n in 0..40 {
+            let invented = format!("{:032x}", n + 1);
+            let (user, password) = if n % 2 == 0 {
+                ("1001".to_owned(), "guess")
+            } else {
+                (format!("{}", 2000 + n), "guess")
+            };
+            let auth = authorization_as(&user, &invented, 1, password, true);
+            let (resp, outcome) =
+                r.handle_register(t0, flow(), &request_as(&user, n, CONTACT, None, &auth));
+            assert_eq!((resp.code(), outcome), (401, RegOutcome::Challenged), "{n}");
+            assert!(
+                resp.header("WWW-Authenticate")
+                    .unwrap()
+                    .ends_with("stale=true")
+            );
+        }
+        assert_eq!(r.drain_bans().count(), 0);
+        assert_eq!(r.banned_counts(t0), (0, 0));
+        assert_eq!(register(&mut r, t0, 99, CONTACT, None).code(), 200);
+    }
+
+    /// TEST-MATRIX D20: the attacker fetches real nonces at its own address
+    /// and forges the NAT address as the source of its guesses.
+    #[test]
+    fn failures_on_nonces_issued_to_another_address_ban_nobody() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        for n in 0..25 {
+            let (challenge, _) =
+                r.handle_register(t0, flow_from(ATTACKER), &request(n, CONTACT, None, ""));
+            let wrong = authorization(&nonce_of(&challenge), 1, "guess", true);
+            let (resp, outcome) = r.handle_register(t0, flow(), &request(n, CONTACT, None, &wrong));
+            assert_eq!((resp.code(), outcome), (401, RegOutcome::Challenged), "{n}");
+        }
+        assert_eq!(r.drain_bans().count(), 0);
+        assert_eq!(register(&mut r, t0, 99, CONTACT, None).code(), 200);
+    }
+
+    #[test]
+    fn a_nonce_answered_from_another_address_is_stale() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let (challenge, _) = r.handle_register(t0, flow(), &request(1, CONTACT, None, ""));
+        let right = authorization(&nonce_of(&challenge), 1, "pw", true);
+        let (resp, _) =
+            r.handle_register(t0, flow_from(ATTACKER), &request(2, CONTACT, None, &right));
+        assert_eq!(resp.code(), 401);
+        assert!(
+            resp.header("WWW-Authenticate")
+                .unwrap()
+                .ends_with("stale=true")
+        );
+        assert!(r.bindings("1001").is_empty());
+        let (resp, _) = r.handle_register(t0, flow(), &request(3, CONTACT, None, &right));
+        assert_eq!(resp.code(), 200);
+    }
+
+    /// TEST-MATRIX D4: wrong passwords on nonces the guesser was sent
+    /// still ban it, per user (5) and per address (20); the operator's
+    /// own phone elsewhere is not affected.
+    #[test]
+    fn wrong_passwords_on_our_nonces_still_ban() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let mut bans = Vec::new();
+        let mut last_nonce = String::new();
+        for n in 0..5 {
+            let (challenge, _) =
+                r.handle_register(t0, flow_from(ATTACKER), &request(n, CONTACT, None, ""));
+            last_nonce = nonce_of(&challenge);
+            let wrong = authorization(&last_nonce, 1, "guess", true);
+            let (resp, outcome) =
+                r.handle_register(t0, flow_from(ATTACKER), &request(n, CONTACT, None, &wrong));
+            assert_eq!((resp.code(), outcome), (403, RegOutcome::Refused));
+            bans.extend(r.drain_bans());
+        }
+        assert_eq!(
+            bans,
+            [BanStarted {
+                scope: BanScope::User,
+                address: ATTACKER.parse().unwrap(),
+                user: "1001".into(),
+                length: Duration::from_secs(300),
+            }]
+        );
+        // The right password during the ban still fails.
+        let right = authorization(&last_nonce, 2, "pw", true);
+        let (resp, outcome) =
+            r.handle_register(t0, flow_from(ATTACKER), &request(9, CONTACT, None, &right));
+        assert_eq!((resp.code(), outcome), (403, RegOutcome::Banned));
+        assert_eq!(register(&mut r, t0, 10, CONTACT, None).code(), 200);
+        // Twenty users guessed from one address: the address is banned.
+        let other = "198.51.100.67";
+        for n in 0..20 {
+            let user = format!("{}", 2000 + n);
+            let (challenge, _) = r.handle_register(
+                t0,
+                flow_from(other),
+                &request_as(&user, n, CONTACT, None, ""),
+            );
+            let wrong = authorization_as(&user, &nonce_of(&challenge), 1, "guess", true);
+            let (resp, _) = r.handle_register(
+                t0,
+                flow_from(other),
+                &request_as(&user, n, CONTACT, None, &wrong),
+            );
+            assert_eq!(resp.code(), 403);
+        }
+        let bans: Vec<_> = r.drain_bans().map(|b| b.scope).collect();
+        assert_eq!(bans, [BanScope::Address]);
+    }
+
+    #[test]
+    fn a_register_with_one_bad_contact_changes_nothing() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let resp = register(
+            &mut r,
+            t0,
+            1,
+            "<sip:1001@192.0.2.21:5062>, <sip:1001@192.0.2.21:5064>;expires=10",
+            None,
+        );
+        assert_eq!(resp.code(), 423);
+        assert!(r.bindings("1001").is_empty());
+        assert_eq!(r.poll_timeout(), None);
+        assert_eq!(r.drain_events().count(), 0);
+    }
+
+    #[test]
+    fn ten_thousand_refreshes_keep_one_expiry_entry_and_expire_on_time() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let mut now = t0;
+        for n in 0..10_000 {
+            // As the engine drives it: timers first, then the REGISTER.
+            r.handle_timeout(now);
+            let resp = register(&mut r, now, n, CONTACT, Some(3600));
+            assert_eq!(resp.code(), 200);
+            assert!(
+                r.expiries.len() <= 1,
+                "{} entries after {n}",
+                r.expiries.len()
+            );
+            now += Duration::from_millis(100);
+        }
+        let last = now - Duration::from_millis(100);
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            [RegEvent::Login("1001".into())]
+        );
+        assert_eq!(r.poll_timeout(), Some(last + Duration::from_secs(3600)));
+        r.handle_timeout(last + Duration::from_secs(3599));
+        assert_eq!(r.bindings("1001").len(), 1);
+        assert_eq!(r.drain_events().count(), 0);
+        r.handle_timeout(last + Duration::from_secs(3600));
+        assert!(r.bindings("1001").is_empty());
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            [RegEvent::Logout("1001".into())]
+        );
+        assert_eq!((r.expiries.len(), r.poll_timeout()), (0, None));
+    }
+
+    #[test]
+    fn each_binding_of_an_operator_lapses_at_its_own_time() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let two = "<sip:1001@192.0.2.21:5062>;expires=120, <sip:1001@192.0.2.21:5064>;expires=600";
+        assert_eq!(register(&mut r, t0, 1, two, None).code(), 200);
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(120)));
+        r.handle_timeout(t0 + Duration::from_secs(120));
+        let left: Vec<_> = r
+            .bindings("1001")
+            .iter()
+            .map(|b| b.contact.as_str())
+            .collect();
+        assert_eq!(left, ["sip:1001@192.0.2.21:5064"]);
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+        // Dropped by the engine (the phone stopped answering): nothing left to fire.
+        r.drop_bindings("1001");
+        assert_eq!(
+            (r.expiries.len(), r.armed.len(), r.poll_timeout()),
+            (0, 0, None)
+        );
+        let _ = r.drain_events().count();
+        // Unregistered with "*": likewise.
+        assert_eq!(register(&mut r, t0, 2, CONTACT, None).code(), 200);
+        assert_eq!(register(&mut r, t0, 3, "*", Some(0)).code(), 200);
+        assert_eq!(
+            (r.expiries.len(), r.armed.len(), r.poll_timeout()),
+            (0, 0, None)
+        );
     }
 }

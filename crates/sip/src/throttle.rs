@@ -5,6 +5,9 @@
 //! its credentials are checked, so a right password during the ban still
 //! fails. Keys are per address: an attacker guessing operator 1001's
 //! password from one address never locks 1001 out of their own phone.
+//! Only proven failures are counted: a wrong digest on a fresh nonce that
+//! was sent to the failing address (see [`crate::auth`]), so a blind or
+//! spoofed sender cannot start a ban.
 //!
 //! Sans-IO: time comes in as `now`. Memory is bounded: at most
 //! [`MAX_TRACKED`] keys; expired ones are swept first, and past the bound

@@ -27,7 +27,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::message::{Message, Method, StartLine, Transport};
@@ -195,6 +195,13 @@ enum Side {
 pub struct Transactions {
     cfg: TimerConfig,
     server: HashMap<TxKey, ServerTx>,
+    /// Live server transactions per source IP (canonical form), kept in
+    /// step with `server` on insert and in [`Self::remove_server`], the one
+    /// removal path; an address leaves the map when its count reaches zero,
+    /// so the map is never larger than `server`. Lets the driver refuse a
+    /// source that holds too many (each non-INVITE one lives ~32 s after
+    /// its final response on UDP) before it creates more, in O(1).
+    per_source: HashMap<IpAddr, usize>,
     client: HashMap<TxKey, ClientTx>,
     /// (Call-ID, From tag, CSeq) of server transactions without To tag, for
     /// merged-request detection (§8.2.2.2).
@@ -214,6 +221,7 @@ impl Transactions {
         Self {
             cfg,
             server: HashMap::new(),
+            per_source: HashMap::new(),
             client: HashMap::new(),
             merge: HashMap::new(),
             awaiting_ack: HashMap::new(),
@@ -233,6 +241,17 @@ impl Transactions {
     /// Live server and client transactions.
     pub fn len(&self) -> (usize, usize) {
         (self.server.len(), self.client.len())
+    }
+
+    /// Live server transactions created by requests from `ip` (any port
+    /// or transport; an IPv4-mapped IPv6 address counts as the IPv4 one).
+    /// The driver checks it before passing a new request from `ip` to
+    /// [`Self::handle_request`], which would create one more.
+    pub fn server_transactions_from(&self, ip: IpAddr) -> usize {
+        self.per_source
+            .get(&ip.to_canonical())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether no transaction is live.
@@ -302,7 +321,7 @@ impl Transactions {
         } else {
             SState::Trying
         };
-        self.server.insert(
+        let replaced = self.server.insert(
             key,
             ServerTx {
                 state,
@@ -315,6 +334,15 @@ impl Transactions {
                 merge_key,
             },
         );
+        // Never `Some` (a live key was absorbed above); counted anyway so
+        // the per-source count stays exact whatever happens here.
+        if let Some(old) = replaced {
+            self.uncount_source(old.flow);
+        }
+        *self
+            .per_source
+            .entry(flow.remote.ip().to_canonical())
+            .or_insert(0) += 1;
         self.out.push_back(TxOutput::Request { flow, msg });
     }
 
@@ -582,8 +610,11 @@ impl Transactions {
         }
     }
 
+    /// Takes a server transaction out of every table. The only way one
+    /// leaves `server`, so `per_source` is decremented here alone.
     fn remove_server(&mut self, key: &TxKey) -> Option<ServerTx> {
         let tx = self.server.remove(key)?;
+        self.uncount_source(tx.flow);
         if let Some(mk) = &tx.merge_key
             && self.merge.get(mk) == Some(key)
         {
@@ -594,6 +625,21 @@ impl Transactions {
             self.awaiting_ack.remove(&ak);
         }
         Some(tx)
+    }
+
+    /// One server transaction from `flow`'s address fewer; the address is
+    /// forgotten at zero, so the map stays as small as the live set.
+    fn uncount_source(&mut self, flow: Flow) {
+        let ip = flow.remote.ip().to_canonical();
+        match self.per_source.get_mut(&ip) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.per_source.remove(&ip);
+            }
+            // Every transaction was counted when inserted: unreachable.
+            // Saturating at "absent" rather than panicking in release.
+            None => debug_assert!(false, "server transaction was never counted"),
+        }
     }
 
     fn client_timer(&mut self, now: Instant, at: Instant, key: TxKey) {
@@ -916,6 +962,141 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
                 while tx.poll_output().is_some() {}
             }
             proptest::prop_assert!(tx.is_empty());
+        }
+    }
+
+    fn flow_from(ip: &str) -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            remote: SocketAddr::new(ip.parse().unwrap(), 5070),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            conn: 0,
+        }
+    }
+
+    fn options(branch: &str) -> Box<Message> {
+        let mut m = invite(branch);
+        m.start = StartLine::Request {
+            method: Method::Options,
+            uri: "sip:h".into(),
+        };
+        m.cseq_method = Method::Options;
+        m.call_id = format!("o-{branch}");
+        m
+    }
+
+    /// The per-source counts agree with the live server transactions, and
+    /// no address is kept at zero.
+    fn assert_counts_exact(tx: &Transactions) {
+        let mut live: HashMap<IpAddr, usize> = HashMap::new();
+        for t in tx.server.values() {
+            *live.entry(t.flow.remote.ip().to_canonical()).or_insert(0) += 1;
+        }
+        assert_eq!(tx.per_source, live);
+    }
+
+    #[test]
+    fn server_transactions_are_counted_per_source_until_their_timers_end() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let t0 = Instant::now();
+        let (a, b) = ("192.0.2.21", "198.51.100.66");
+        for i in 0..3 {
+            let req = options(&format!("z9hG4bKa{i}"));
+            tx.handle_request(t0, flow_from(a), req.clone());
+            tx.respond(t0, &TxKey::of(&req), &req.response(200, "OK", Some("t")));
+            // A retransmission is absorbed: no new state, no new count.
+            tx.handle_request(t0, flow_from(a), req);
+        }
+        let inv = invite("z9hG4bKb");
+        tx.handle_request(t0, flow_from(b), inv.clone());
+        while tx.poll_output().is_some() {}
+        assert_eq!(tx.server_transactions_from(a.parse().unwrap()), 3);
+        assert_eq!(
+            tx.server_transactions_from("::ffff:192.0.2.21".parse().unwrap()),
+            3
+        );
+        assert_eq!(tx.server_transactions_from(b.parse().unwrap()), 1);
+        assert_counts_exact(&tx);
+        // Timer J (64·T1 on UDP) ends the OPTIONS; the INVITE ends after
+        // its 486, ACK and Timer I.
+        tx.respond(
+            t0,
+            &TxKey::of(&inv),
+            &inv.response(486, "Busy Here", Some("t")),
+        );
+        let ack = parse(
+            "ACK sip:100@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5070;branch=z9hG4bKb\r\n\
+From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=t\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\n\r\n",
+        );
+        tx.handle_request(t0, flow_from(b), ack);
+        let _ = run_until(&mut tx, t0, t0 + Duration::from_secs(31));
+        assert_eq!(tx.server_transactions_from(a.parse().unwrap()), 3);
+        assert_eq!(tx.server_transactions_from(b.parse().unwrap()), 0);
+        let _ = run_until(&mut tx, t0, t0 + Duration::from_secs(33));
+        assert_eq!(tx.server_transactions_from(a.parse().unwrap()), 0);
+        assert!(tx.per_source.is_empty() && tx.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever requests (new, retransmitted, merged), responses, ACKs
+        /// and timer firings come in, from whichever addresses, the
+        /// per-source counts equal the live server transactions after every
+        /// step (no leak, no underflow), and are all gone once every
+        /// transaction has been answered and its timers have run.
+        #[test]
+        fn per_source_counts_follow_the_live_server_transactions(
+            steps in proptest::collection::vec((0u8..5, 0usize..3, 0u8..8, 0u32..40_000), 1..80)
+        ) {
+            const IPS: [&str; 3] = ["192.0.2.21", "198.51.100.66", "::ffff:192.0.2.21"];
+            let mut tx = Transactions::new(TimerConfig::default());
+            let t0 = Instant::now();
+            let mut now = t0;
+            for (op, ip, branch, arg) in steps {
+                let flow = flow_from(IPS[ip]);
+                match op {
+                    0 => tx.handle_request(now, flow, options(&format!("z9hG4bKo{branch}"))),
+                    // Same Call-ID, From tag and CSeq: other branches merge (482).
+                    1 => tx.handle_request(now, flow, invite(&format!("z9hG4bKi{branch}"))),
+                    2 => {
+                        let mut keys: Vec<TxKey> = tx.server.keys().cloned().collect();
+                        keys.sort_by_key(|k| (k.branch.clone(), k.method.as_str().to_owned()));
+                        if !keys.is_empty() {
+                            let key = &keys[arg as usize % keys.len()];
+                            let req = tx.server_request(key).unwrap().clone();
+                            let code = [100, 180, 200, 486][(arg / 7) as usize % 4];
+                            tx.respond(now, key, &req.response(code, "X", Some("t")));
+                        }
+                    }
+                    3 => {
+                        let mut ack = invite(&format!("z9hG4bKi{branch}"));
+                        ack.start = StartLine::Request { method: Method::Ack, uri: "sip:100@h".into() };
+                        ack.cseq_method = Method::Ack;
+                        ack.to_tag = Some("t".into());
+                        tx.handle_request(now, flow, ack);
+                    }
+                    _ => {
+                        now += Duration::from_millis(u64::from(arg));
+                        tx.handle_timeout(now);
+                    }
+                }
+                while tx.poll_output().is_some() {}
+                assert_counts_exact(&tx);
+            }
+            // Answer what is still open, then let every timer run.
+            let open: Vec<TxKey> = tx.server.keys().cloned().collect();
+            for key in open {
+                let req = tx.server_request(&key).unwrap().clone();
+                tx.respond(now, &key, &req.response(486, "X", Some("t")));
+            }
+            while let Some(t) = tx.poll_timeout() {
+                tx.handle_timeout(t);
+                while tx.poll_output().is_some() {}
+                assert_counts_exact(&tx);
+            }
+            proptest::prop_assert!(tx.per_source.is_empty());
+            for ip in IPS {
+                proptest::prop_assert_eq!(tx.server_transactions_from(ip.parse().unwrap()), 0);
+            }
         }
     }
 }
