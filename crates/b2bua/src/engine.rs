@@ -552,6 +552,8 @@ pub struct Engine {
     trunk_ping: Vec<(Option<Duration>, String)>,
     trunk_due: BinaryHeap<Reverse<(Instant, usize)>>,
     max_calls: usize,
+    /// Live server transactions allowed per non-trunk address.
+    max_per_source: usize,
     /// Admission token bucket: (tokens, last refill) when a rate is set.
     admission: Option<(f64, f64, Instant)>,
     user_agent: String,
@@ -704,6 +706,7 @@ impl Engine {
             trunk_ping: Vec::new(),
             trunk_due: BinaryHeap::new(),
             max_calls: config.sip.max_calls,
+            max_per_source: config.sip.max_transactions_per_source,
             admission: config
                 .sip
                 .max_calls_per_second
@@ -2049,9 +2052,30 @@ impl Engine {
                 if *method != Method::Ack && !self.precheck(now, flow, &msg) {
                     return;
                 }
+                if *method != Method::Ack && !self.within_source_bound(flow, &msg) {
+                    return;
+                }
                 self.txn.handle_request(now, flow, msg);
             }
         }
+    }
+
+    /// Each server transaction lingers after its answer (Timer J, 64·T1 on
+    /// UDP), so one address could fill memory with cheap requests: past
+    /// `sip.max_transactions_per_source` live ones, a new request from an
+    /// address that is not a trunk peer gets 503 with no state kept
+    /// (retransmissions of live ones still reach their transaction).
+    fn within_source_bound(&mut self, flow: Flow, msg: &Message) -> bool {
+        let ip = flow.remote.ip();
+        if self.txn.server_transactions_from(ip) < self.max_per_source
+            || self.txn.server_request(&TxKey::of(msg)).is_some()
+            || self.trunks.iter().any(|(peers, _)| peers.contains(&ip))
+        {
+            return true;
+        }
+        warn!(peer = %ip, "too many transactions from one address: 503");
+        self.reject(flow, msg, 503, "source_busy", &[("Retry-After", "30")]);
+        false
     }
 
     /// Stateless checks before any transaction exists: anything refused here

@@ -97,6 +97,7 @@ struct RawSip {
     tcp_idle_timeout_seconds: u64,
     user_agent: String,
     drain_seconds: u64,
+    max_transactions_per_source: usize,
 }
 
 impl Default for RawSip {
@@ -120,6 +121,7 @@ impl Default for RawSip {
             tcp_idle_timeout_seconds: 10,
             user_agent: "Centralino".into(),
             drain_seconds: 60,
+            max_transactions_per_source: 1024,
         }
     }
 }
@@ -604,6 +606,9 @@ pub struct SipConfig {
     pub max_calls_per_second: Option<std::num::NonZeroU32>,
     /// Most TCP connections.
     pub max_tcp_connections: usize,
+    /// Most live server transactions from one address that is not a trunk
+    /// peer (each lingers ~32 s after its answer on UDP); beyond, 503.
+    pub max_transactions_per_source: usize,
     /// A TCP connection idle (or stuck in a partial message) this long is closed.
     pub tcp_idle_timeout: Duration,
     /// Server / User-Agent header value.
@@ -1116,6 +1121,11 @@ impl Config {
             &mut p,
             "sip.max_tcp_connections",
             raw.sip.max_tcp_connections as u64,
+        );
+        nonzero(
+            &mut p,
+            "sip.max_transactions_per_source",
+            raw.sip.max_transactions_per_source as u64,
         );
         nonzero(
             &mut p,
@@ -2128,6 +2138,7 @@ impl Config {
                 max_calls: raw.sip.max_calls,
                 max_calls_per_second: std::num::NonZeroU32::new(raw.sip.max_calls_per_second),
                 max_tcp_connections: raw.sip.max_tcp_connections,
+                max_transactions_per_source: raw.sip.max_transactions_per_source,
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),
                 user_agent: raw.sip.user_agent,
                 drain: Duration::from_secs(raw.sip.drain_seconds),

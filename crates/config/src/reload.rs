@@ -153,8 +153,12 @@ fn diff_value(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Ve
         {
             for v in b {
                 let id = ident(v).unwrap_or_default();
-                let before = a.iter().find(|o| ident(o) == Some(id));
-                diff_value(&format!("{path}[{id}]"), before, Some(v), out);
+                let key = format!("{path}[{id}]");
+                match a.iter().find(|o| ident(o) == Some(id)) {
+                    Some(before) => diff_value(&key, Some(before), Some(v), out),
+                    // A new element is one change, named by its name.
+                    None => out.push(key),
+                }
             }
             for v in a {
                 let id = ident(v).unwrap_or_default();

@@ -2554,3 +2554,56 @@ fn in_dialog_of(call: &str, method: &str, a_tag: &str) -> String {
         "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{call}{method}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=a{call}\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: {call}\r\nCSeq: 9 {method}\r\nContent-Length: 0\r\n\r\n"
     )
 }
+
+#[test]
+fn one_address_keeps_a_bounded_number_of_server_transactions() {
+    let config = CONFIG.replace(
+        "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+        "digest_algorithms = [\"SHA-256\", \"MD5\"]\nmax_transactions_per_source = 3",
+    );
+    let mut h = Harness::with(&config);
+    let options = |from: &str, n: u32| {
+        format!(
+            "OPTIONS sip:192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKopt{n}\r\nFrom: <sip:x@{from}>;tag=o{n}\r\nTo: <sip:192.0.2.1>\r\nCall-ID: opt{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    for n in 0..3 {
+        assert_eq!(
+            codes(&h.send(STRANGER, &options(STRANGER, n)), STRANGER),
+            vec![200]
+        );
+    }
+    let server = h.gauge("centralino_sip_transactions{side=server}");
+    assert_eq!(
+        codes(&h.send(STRANGER, &options(STRANGER, 3)), STRANGER),
+        vec![503]
+    );
+    assert_eq!(
+        h.gauge("centralino_sip_transactions{side=server}"),
+        server,
+        "refused without state"
+    );
+    assert_eq!(
+        h.gauge("centralino_sip_rejected_total{reason=source_busy}"),
+        1
+    );
+    // A retransmission of a live one is answered again, from its
+    // transaction; the trunk is not bounded by it; others are unaffected.
+    assert_eq!(
+        codes(&h.send(STRANGER, &options(STRANGER, 0)), STRANGER),
+        vec![200]
+    );
+    for n in 10..15 {
+        assert_eq!(codes(&h.send(TRUNK, &options(TRUNK, n)), TRUNK), vec![200]);
+    }
+    assert_eq!(
+        codes(&h.send(PHONE1, &options(PHONE1, 20)), PHONE1),
+        vec![200]
+    );
+    // Once the transactions end (Timer J), the address may ask again.
+    h.advance(Duration::from_secs(40));
+    assert_eq!(
+        codes(&h.send(STRANGER, &options(STRANGER, 4)), STRANGER),
+        vec![200]
+    );
+}
