@@ -555,3 +555,91 @@ fn a_reload_revokes_tokens_and_passwords_at_once_or_refuses_naming_the_key() {
     );
     assert_eq!(carrier.count(), 0);
 }
+
+/// D12: a web form's token of one firm neither sees nor touches another
+/// firm's callbacks (their ids act as if they did not exist).
+#[test]
+fn a_tenant_s_callbacks_token_sees_and_touches_its_own_callbacks_only() {
+    let scratch = Scratch::new("attack-tenant");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        format!(
+            r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+[http]
+listen = "127.0.0.1:{http}"
+[[api.tokens]]
+name = "admin"
+token = "admin-token-0123456789"
+role = "admin"
+[[api.tokens]]
+name = "asl-form"
+token = "asl-form-token-0123456789"
+role = "callbacks"
+tenant = "asl"
+[[tenants]]
+name = "asl"
+[[tenants]]
+name = "regione"
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+dids = {{ "100" = "vaccini" }}
+[[queues]]
+name = "vaccini"
+tenant = "asl"
+[[queues]]
+name = "psicologi"
+tenant = "regione"
+"#
+        )
+    });
+    let asl = Some("asl-form-token-0123456789");
+    let create = |token, queue: &str, number: &str| {
+        node.http(
+            "POST",
+            "/api/v1/callbacks",
+            token,
+            Some(&format!(r#"{{"queue": "{queue}", "number": "{number}"}}"#)),
+        )
+    };
+    let (code, body) = create(ADMIN, "psicologi", "+393331234567");
+    assert_eq!(code, 201, "{body}");
+    let theirs = json(&body)["id"].as_str().expect("id").to_owned();
+    let (code, body) = create(asl, "vaccini", "+393331234568");
+    assert_eq!(code, 201, "{body}");
+    let ours = json(&body)["id"].as_str().expect("id").to_owned();
+    // Another firm's queue is unknown to this token.
+    let (code, body) = create(asl, "psicologi", "+393331234569");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("unknown queue"), "{body}");
+    // The list holds this firm's callbacks only.
+    let (_, body) = node.http("GET", "/api/v1/callbacks", asl, None);
+    let ids: Vec<String> = json(&body)["callbacks"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, std::slice::from_ref(&ours));
+    // Another firm's id: 404 to read, edit and cancel; nothing changes.
+    let path = format!("/api/v1/callbacks/{theirs}");
+    assert_eq!(node.http("GET", &path, asl, None).0, 404);
+    assert_eq!(
+        node.http("PATCH", &path, asl, Some(r#"{"priority": 50}"#))
+            .0,
+        404
+    );
+    assert_eq!(node.http("DELETE", &path, asl, None).0, 404);
+    let (code, body) = node.http("GET", &path, ADMIN, None);
+    assert_eq!(code, 200);
+    let v = json(&body);
+    assert_eq!(
+        (v["status"].as_str(), v["priority"].as_i64()),
+        (Some("pending"), Some(0))
+    );
+    // Its own: all of it works.
+    let own = format!("/api/v1/callbacks/{ours}");
+    assert_eq!(node.http("GET", &own, asl, None).0, 200);
+    assert_eq!(node.http("DELETE", &own, asl, None).0, 200);
+}
