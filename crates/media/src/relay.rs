@@ -293,6 +293,8 @@ impl CallMedia {
         if let Some(leg) = self.legs[side.index()].as_mut() {
             leg.update(expected, telephone_event);
             self.laws[side.index()] = law;
+            // What this side sends next may restart its numbering.
+            self.out[side.other().index()].restart_source();
         }
     }
 
@@ -573,6 +575,27 @@ mod tests {
         let back = rtp::parse(&buf[..len]).unwrap();
         assert_eq!((back.header.payload_type, back.header.ssrc), (8, 1));
         assert!(back.payload.iter().all(|&b| b == Law::Alaw.encode(0)));
+    }
+
+    #[test]
+    fn a_phone_that_restarts_its_numbering_after_a_reinvite_is_heard_at_once() {
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Ulaw, None, (1, 0, 0));
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
+        let mut buf = [0u8; 1500];
+        let voice = [0x55u8; 160];
+        for seq in 40_000..40_010 {
+            let act = m.receive(t0, Side::B, b_addr, &pkt(seq, 0, &voice), &mut buf);
+            assert!(matches!(act, Action::Send { .. }), "{act:?}");
+        }
+        // Hold and resume by re-INVITE: the phone starts again from 1.
+        m.update(Side::B, b_addr, None, Law::Ulaw);
+        let act = m.receive(t0, Side::B, b_addr, &pkt(1, 0, &voice), &mut buf);
+        let Action::Send { to, len } = act else {
+            panic!("muted after the re-INVITE: {act:?}")
+        };
+        assert_eq!(to, a_addr);
+        assert!(rtp::parse(&buf[..len]).unwrap().header.marker);
     }
 
     #[test]
