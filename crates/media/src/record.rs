@@ -18,6 +18,10 @@ pub const HEADER_LEN: usize = 44;
 /// (a new stream after a re-INVITE, a wild timestamp) the side re-anchors
 /// on arrival time.
 const MAX_GAP: u32 = RATE * 2;
+/// Most samples a side may hold ahead of what was taken: the writer takes
+/// every second, 500 ms behind; this leaves room for jitter and gaps but
+/// not for a peer whose timestamps run ahead of the clock.
+const MAX_PENDING: usize = RATE as usize * 10;
 
 #[derive(Debug, Default)]
 struct Track {
@@ -62,6 +66,16 @@ impl Mixer {
             }
             None => arrival,
         };
+        // A side is never placed more than a gap ahead of its arrival:
+        // timestamps that leap forward packet after packet (each leap
+        // under MAX_GAP) would otherwise run ahead of real time without
+        // bound. Re-anchored on arrival, as for a new stream.
+        let at = if at > arrival.saturating_add(u64::from(MAX_GAP)) {
+            t.next = None;
+            arrival
+        } else {
+            at
+        };
         let end = at + payload.len() as u64;
         if t.next.is_none_or(|(pos, _)| end > pos) {
             t.next = Some((end, ts.wrapping_add(payload.len() as u32)));
@@ -73,6 +87,11 @@ impl Mixer {
         let skip = flushed.saturating_sub(at) as usize;
         let start = (at.max(flushed) - flushed) as usize;
         let need = start + payload.len() - skip;
+        if need > MAX_PENDING {
+            // Far ahead of what the writer took (it stalled): dropped
+            // rather than held; the recording gets silence there.
+            return;
+        }
         if t.pending.len() < need {
             t.pending.resize(need, 0);
         }
@@ -141,6 +160,34 @@ mod tests {
 
     fn tone(level: i16) -> Vec<u8> {
         vec![Law::Ulaw.encode(level); 160]
+    }
+
+    #[test]
+    fn timestamps_that_leap_ahead_hold_no_more_than_a_bounded_buffer() {
+        let mut m = Mixer::new();
+        let mut out = Vec::new();
+        // A hostile peer: each packet's timestamp leaps almost two seconds
+        // (under the gap taken as loss) while packets arrive every 20 ms.
+        for k in 0..5_000u32 {
+            m.push(
+                0,
+                u64::from(k) * 160,
+                k.wrapping_mul(15_999),
+                Law::Ulaw,
+                &tone(1000),
+            );
+            let held = m.tracks[0].pending.len();
+            assert!(held <= MAX_PENDING, "{held} samples held at packet {k}");
+            if k % 50 == 49 {
+                // The writer takes once a second, 500 ms behind.
+                m.take((u64::from(k) * 160).saturating_sub(4000), &mut out);
+            }
+        }
+        // The mix goes on: the other side is still recorded.
+        m.push(1, 5_000 * 160, 7, Law::Ulaw, &tone(500));
+        m.take(5_001 * 160, &mut out);
+        assert_eq!(out.len(), 5_001 * 160);
+        assert!(out[5_000 * 160..].iter().any(|&s| s != 0));
     }
 
     #[test]

@@ -196,7 +196,12 @@ impl MediaPlane {
             workers.push((tx, waker));
         }
         info!(threads, ports = ?config.ports, "media plane started");
-        let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE)
+        // Drawn at random (a guessable next port lets a stranger send to
+        // it first), keyed from the OS.
+        let mut seed = [0u8; 32];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut seed)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE, seed)
             .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
         let ports = BoundPorts {
             pool,
