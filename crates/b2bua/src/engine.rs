@@ -563,6 +563,8 @@ pub struct Engine {
     music: Vec<Option<Prompt>>,
     codecs: Vec<Law>,
     advertise: Option<IpAddr>,
+    /// The RTP port range (a peer naming our own address in it loops).
+    media_range: (u16, u16),
     announce_every: Vec<Option<Duration>>,
     /// Per queue: answered calls are recorded.
     record: Vec<bool>,
@@ -735,6 +737,7 @@ impl Engine {
                 .map(|&pt| if pt == 8 { Law::Alaw } else { Law::Ulaw })
                 .collect(),
             advertise: config.media.advertise_address,
+            media_range: config.media.ports,
             announce_every: Vec::new(),
             record: Vec::new(),
             scripts: Vec::new(),
@@ -1446,7 +1449,10 @@ impl Engine {
         let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
         let leg = leg_from_response(&local, flow, msg);
         t.dialog = Some(leg.clone());
-        let peer = b_answer(msg, &self.codecs);
+        let peer = b_answer(msg, &self.codecs).filter(|(p, _)| {
+            self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
+                .is_none()
+        });
         self.send_ack(&leg, msg);
         let Some((peer, direction)) = peer else {
             warn!("IVR transfer: the far end's SDP is unusable");
@@ -1506,10 +1512,22 @@ impl Engine {
         out.invite = None;
         if (200..300).contains(&code) {
             let leg = leg_from_response(&call.a_leg.local, call.a_leg.flow, msg);
+            let flow = call.a_leg.flow;
             let answer = sdp::parse(&msg.body)
                 .ok()
                 .filter(|a| a.port != 0)
                 .and_then(|a| Some((a.choose(&self.codecs)?, a)));
+            let answer = answer.filter(|(_, a)| {
+                self.refused_media(
+                    SocketAddr::new(a.addr, a.port),
+                    flow.remote.ip(),
+                    flow.local.ip(),
+                )
+                .is_none()
+            });
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                return;
+            };
             call.a_leg = leg.clone();
             self.send_ack(&leg, msg);
             let Some((law, audio)) = answer else {
@@ -2853,12 +2871,14 @@ impl Engine {
                 return Err((488, "no_audio"));
             }
             let law = audio.choose(&self.codecs).ok_or((488, "no_common_codec"))?;
-            (
-                SocketAddr::new(audio.addr, audio.port),
-                law,
-                audio.telephone_event,
-                audio.direction.answer(),
-            )
+            let addr = SocketAddr::new(audio.addr, audio.port);
+            if self
+                .media_refusal(addr, flow.remote.ip(), flow.local.ip())
+                .is_some()
+            {
+                return Err((488, "bad_address"));
+            }
+            (addr, law, audio.telephone_event, audio.direction.answer())
         };
         let ip = flow.local.ip();
         let a_port = self.ports.take(now, ip).map_err(|_| (503, "no_rtp_port"))?;
@@ -3050,6 +3070,20 @@ impl Engine {
     ) {
         let _span = self.call_span(call_id).entered();
         let code = msg.code();
+        // An answer we can use: a common codec, audio, and an address we
+        // may send to.
+        let fork_flow = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| c.forks.iter().find(|b| b.invite_key == key))
+            .map(|b| b.flow);
+        let usable_answer = (200..300).contains(&code)
+            && b_answer(&msg, &self.codecs).is_some_and(|(p, _)| {
+                fork_flow.is_some_and(|f| {
+                    self.refused_media(p.addr, f.remote.ip(), f.local.ip())
+                        .is_none()
+                })
+            });
         let Some(call) = self.calls.get_mut(&call_id) else {
             self.client.remove(&key);
             return;
@@ -3079,7 +3113,7 @@ impl Engine {
                 // The operator's early media is not relayed: the caller
                 // keeps hearing the queue's music until the answer.
             }
-            200..=299 if b_answer(&msg, &self.codecs).is_none() => {
+            200..=299 if !usable_answer => {
                 // An answer we cannot use (no common codec, no audio):
                 // acknowledge, hang up on that phone, try someone else.
                 let b = call.forks.swap_remove(i);
@@ -4043,10 +4077,22 @@ impl Engine {
             return;
         }
         let _span = call.span.clone().entered();
+        let flow = call.a_leg.flow;
         let answer = sdp::parse(&msg.body)
             .ok()
             .filter(|a| a.port != 0)
-            .and_then(|a| Some((a.choose(&self.codecs)?, a)));
+            .and_then(|a| Some((a.choose(&self.codecs)?, a)))
+            .filter(|(_, a)| {
+                self.refused_media(
+                    SocketAddr::new(a.addr, a.port),
+                    flow.remote.ip(),
+                    flow.local.ip(),
+                )
+                .is_none()
+            });
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
         let Some((law, audio)) = answer else {
             warn!("caller's ACK carries no usable SDP answer, hanging up");
             self.metrics
@@ -4135,6 +4181,42 @@ impl Engine {
         }
     }
 
+    /// Why a peer's SDP address (from signalling that came from `source`,
+    /// answered on our `local` address) is not one we send media to:
+    /// groups, reserved ranges, loopback from afar (`sdp::refused_address`),
+    /// or our own media ports (a loop through the node). Counted and
+    /// logged; the offer gets 488, an answer is unusable.
+    fn refused_media(
+        &self,
+        addr: SocketAddr,
+        source: IpAddr,
+        local: IpAddr,
+    ) -> Option<&'static str> {
+        let why = self.media_refusal(addr, source, local)?;
+        self.metrics
+            .sdp_rejected
+            .with_label_values(&["bad_address"])
+            .inc();
+        Some(why)
+    }
+
+    /// [`Self::refused_media`] without counting (the caller counts).
+    fn media_refusal(
+        &self,
+        addr: SocketAddr,
+        source: IpAddr,
+        local: IpAddr,
+    ) -> Option<&'static str> {
+        let why = sdp::refused_address(addr.ip(), source).or_else(|| {
+            let ours = addr.ip() == local || Some(addr.ip()) == self.advertise;
+            let in_range = (self.media_range.0..=self.media_range.1).contains(&addr.port());
+            // A peer on this host legitimately shares our address.
+            (ours && in_range && !source.is_loopback()).then_some("own_address")
+        })?;
+        warn!(peer = %source, reason = why, "SDP names an address media is never sent to");
+        Some(why)
+    }
+
     /// Whether `source` may speak for a dialog established with `peer`:
     /// the same address, or another address of the same trunk (carriers
     /// answer from several SBCs).
@@ -4167,6 +4249,23 @@ impl Engine {
             return;
         };
         let codecs = self.codecs.clone();
+        // The address of a new offer must be one we may send to (the
+        // request's source is the dialog's peer: checked before).
+        let leg_flow = self.calls.get(&call_id).and_then(|c| match side {
+            Side::A => Some(c.a_leg.flow),
+            Side::B => c.b.as_ref().map(|b| b.flow),
+        });
+        let bad_address = sdp::parse(&msg.body).ok().is_some_and(|a| {
+            leg_flow.is_some_and(|f| {
+                self.refused_media(SocketAddr::new(a.addr, a.port), f.remote.ip(), f.local.ip())
+                    .is_some()
+            })
+        });
+        if bad_address {
+            let r = msg.response(488, reason_phrase(488), None);
+            self.respond(now, key, &r);
+            return;
+        }
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };

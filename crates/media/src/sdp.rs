@@ -46,6 +46,41 @@ pub struct Audio {
     pub direction: Direction,
 }
 
+/// Why a peer's SDP connection address is not one we send media to, or
+/// `None` when it is. Media goes where the peer's SDP says, so an address
+/// there is a request to send a stream: never to a multicast or broadcast
+/// group, a reserved or "this network" range, nor to loopback unless the
+/// signalling itself came from this host (RTP reflection, amplification).
+/// The unspecified address is allowed: it is the RFC 2543 hold marker
+/// (nothing is sent to it).
+pub fn refused_address(addr: IpAddr, signalling_source: IpAddr) -> Option<&'static str> {
+    let addr = addr.to_canonical();
+    let source = signalling_source.to_canonical();
+    if addr.is_unspecified() {
+        return None;
+    }
+    if addr.is_multicast() {
+        return Some("multicast");
+    }
+    if addr.is_loopback() && !source.is_loopback() {
+        return Some("loopback");
+    }
+    match addr {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_broadcast() {
+                Some("broadcast")
+            } else if o[0] == 0 || o[0] >= 240 {
+                // 0.0.0.0/8 "this network", 240.0.0.0/4 reserved.
+                Some("reserved")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
 impl Audio {
     /// The peer holds the call (sendonly, inactive, or the RFC 2543 c=0.0.0.0).
     pub fn on_hold(&self) -> bool {
@@ -397,5 +432,35 @@ mod tests {
         let text = String::from_utf8(v6.to_bytes()).unwrap();
         assert!(text.contains("c=IN IP6 ::1\r\n") && !text.contains("telephone"));
         assert_eq!(Direction::SendOnly.answer(), Direction::RecvOnly);
+    }
+
+    #[test]
+    fn media_is_never_sent_to_groups_reserved_ranges_or_loopback_from_afar() {
+        let far: IpAddr = "198.51.100.7".parse().unwrap();
+        let here: IpAddr = "127.0.0.1".parse().unwrap();
+        for (addr, why) in [
+            ("224.0.0.1", Some("multicast")),
+            ("239.1.2.3", Some("multicast")),
+            ("ff02::1", Some("multicast")),
+            ("255.255.255.255", Some("broadcast")),
+            ("0.1.2.3", Some("reserved")),
+            ("240.0.0.1", Some("reserved")),
+            ("127.0.0.1", Some("loopback")),
+            ("::1", Some("loopback")),
+            ("::ffff:127.0.0.1", Some("loopback")),
+            ("::ffff:224.0.0.1", Some("multicast")),
+            ("0.0.0.0", None),
+            ("192.0.2.21", None),
+            ("10.0.0.5", None),
+            ("2001:db8::5", None),
+        ] {
+            assert_eq!(refused_address(addr.parse().unwrap(), far), why, "{addr}");
+        }
+        // A peer on this host (tests, a local SBC) may name loopback.
+        assert_eq!(refused_address(here, here), None);
+        assert_eq!(
+            refused_address("::1".parse().unwrap(), "::1".parse().unwrap()),
+            None
+        );
     }
 }

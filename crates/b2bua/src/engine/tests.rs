@@ -2607,3 +2607,53 @@ fn one_address_keeps_a_bounded_number_of_server_transactions() {
         vec![200]
     );
 }
+
+#[test]
+fn media_is_never_sent_to_groups_loopback_from_afar_or_the_node_itself() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let sdp_at = |ip: &str, port: u16| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8 0\r\n"
+        )
+    };
+    for (i, (ip, port)) in [
+        ("224.0.0.1", 40000),
+        ("255.255.255.255", 40000),
+        ("127.0.0.1", 40000),
+        ("0.1.2.3", 40000),
+        // The node's own address, in its RTP range: a loop.
+        ("192.0.2.1", 30000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = h.invite_sdp(&format!("bad{i}"), &sdp_at(ip, port));
+        assert_eq!(codes(&out, TRUNK), vec![100, 488], "{ip}:{port}");
+        assert!(requests(&out, PHONE1, "INVITE").is_empty());
+    }
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.gauge("centralino_sdp_rejected_total{reason=bad_address}"),
+        5
+    );
+
+    // A re-INVITE moving a live call's media to a broadcast address: 488,
+    // the media stays where it is.
+    let (mut h, ok, _) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let media = h.media.len();
+    let out = h.send(
+        TRUNK,
+        &in_dialog(
+            "INVITE",
+            TRUNK,
+            "am1",
+            &a_tag,
+            5,
+            &sdp_at("255.255.255.255", 40002),
+        ),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![488]);
+    assert_eq!(h.media.len(), media, "{:?}", &h.media[media..]);
+}
