@@ -240,6 +240,8 @@ pub fn replay(
     let mut wait_sum = vec![0.0f64; nq];
     let mut busy = vec![0.0f64; nq];
     let mut serving: HashMap<u64, (AgentId, f64)> = HashMap::new();
+    // Calls an operator took (their give-up timers are moot).
+    let mut serving_or_done: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let mut end = 0.0f64;
     let spec = CallSpec::default();
     loop {
@@ -263,6 +265,16 @@ pub fn replay(
                 t
             }
         };
+        // The give-up timer of a call answered long ago is no event: the
+        // period measured (occupancy's denominator) ends with the last
+        // real one, not with the patience of the last caller.
+        if next_event == Some(t_ns)
+            && let Some(Reverse((_, Event::GiveUp(i)))) = events.peek()
+            && serving_or_done.contains(i)
+        {
+            events.pop();
+            continue;
+        }
         let now_s = t_ns as f64 / 1e9;
         end = end.max(now_s);
         let now = at(now_s);
@@ -318,6 +330,7 @@ pub fn replay(
                 within[q] += 1;
             }
             serving.insert(i, (d.agent, now_s));
+            serving_or_done.insert(i);
             let done = now_s + arrivals[i as usize].handle;
             events.push(Reverse((ns(done), Event::Done(i))));
         }
@@ -463,6 +476,28 @@ mod tests {
         assert_eq!(r.answered + r.abandoned, r.offered);
         assert!(r.abandon_rate > 0.3, "{r:?}");
         assert!(r.occupancy > 0.9, "{r:?}");
+    }
+
+    #[test]
+    fn long_patience_does_not_dilute_occupancy() {
+        // One operator, a call every 10 s for 1,000 s, 5 s each: busy half
+        // the time. Callers would wait an hour before giving up: those
+        // timers must not stretch the period measured.
+        let arrivals: Vec<Arrival> = (0..100)
+            .map(|k| Arrival {
+                at: f64::from(k) * 10.0,
+                queue: 0,
+                handle: 5.0,
+                patience: Some(3600.0),
+            })
+            .collect();
+        let r = &replay(&[queue()], 1, &members(1), &arrivals, 20.0)[0];
+        assert_eq!((r.answered, r.abandoned), (100, 0));
+        assert!(
+            (r.occupancy - 0.5).abs() < 0.01,
+            "occupancy {:.3}",
+            r.occupancy
+        );
     }
 
     #[test]
