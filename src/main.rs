@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
-use centralino_net::{SipServer, serve_http};
+use centralino_net::{Health, Heartbeat, SipServer, serve_http};
 use clap::{Parser, Subcommand};
 use tracing::{debug, info, warn};
 
@@ -451,12 +451,14 @@ fn serve(
         let desks = api.desks();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let heartbeat = Heartbeat::new();
+        let health = Health::new(draining.clone(), heartbeat.clone(), Some(api.store_probe()));
         let reload_api = api.clone();
         let http = tokio::spawn(serve_http(
             config.http_listen,
             metrics.registry.clone(),
             Some(api),
-            draining.clone(),
+            health,
             bound_tx,
         ));
         let Ok(http_addr) = bound_rx.await else {
@@ -465,7 +467,7 @@ fn serve(
                 _ => Err(anyhow::anyhow!("HTTP endpoint failed to start")),
             };
         };
-        let sip = SipServer::start(&config, metrics, Some(records), Some(desks))
+        let sip = SipServer::start(&config, metrics, Some(records), Some(desks), heartbeat)
             .await
             .context("SIP listeners")?;
         for (t, a) in &sip.bound {

@@ -385,6 +385,7 @@ impl StoreHandle {
         retention_days: u32,
         notify: bool,
         metrics: Metrics,
+        probe: crate::health::StoreProbe,
     ) -> Result<Self, ApiError> {
         // Opened here so a bad file stops the start with its reason.
         let mut store = Store::open(path).map_err(ApiError::Store)?;
@@ -411,6 +412,9 @@ impl StoreHandle {
         std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
+                // `/healthz` sees this thread end, and each transaction
+                // and backlog that lasts.
+                let _running = probe.running();
                 let mut next_retention = std::time::Instant::now();
                 let mut backlog: std::collections::VecDeque<Kept> =
                     std::collections::VecDeque::new();
@@ -464,6 +468,7 @@ impl StoreHandle {
                         .observe((reqs.len() + backlog.len()) as f64);
                     let mut group = Group::new(notify);
                     let began = std::time::Instant::now();
+                    probe.begin(began);
                     let committed = store.atomically(|store| {
                         // Writes kept from earlier groups first, in their
                         // order: a call's start before its end.
@@ -500,6 +505,7 @@ impl StoreHandle {
                     });
                     let replies = std::mem::take(&mut group.replies);
                     group.settle(committed.is_ok(), &mut backlog, &metrics);
+                    probe.end(std::time::Instant::now(), backlog.len());
                     for reply in replies {
                         reply(committed.as_ref().map(|_| ()).map_err(String::as_str));
                     }
@@ -856,6 +862,8 @@ pub struct Api {
     logins: Arc<Logins>,
     sessions: Arc<Sessions>,
     metrics: Metrics,
+    /// How the store's thread is doing (for `/healthz`).
+    store_probe: crate::health::StoreProbe,
 }
 
 /// Every API route: its path, its methods, and the handlers. The router is
@@ -1171,11 +1179,13 @@ impl Api {
     pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
         std::fs::create_dir_all(data_dir).map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
         let path = data_dir.join("centralino.db");
+        let store_probe = crate::health::StoreProbe::new();
         let store = StoreHandle::start(
             &path,
             config.retention_days,
             config.notifications.is_some(),
             metrics.clone(),
+            store_probe.clone(),
         )?;
         if let Some(n) = &config.notifications {
             let tls = n.tls.as_ref().map(tls_connector).transpose()?;
@@ -1219,7 +1229,13 @@ impl Api {
             }),
             sessions: Arc::new(sessions),
             metrics,
+            store_probe,
         })
+    }
+
+    /// How the store's thread is doing, for `/healthz`.
+    pub fn store_probe(&self) -> crate::health::StoreProbe {
+        self.store_probe.clone()
     }
 
     /// Counts a callback request from `peer` for `number` against the

@@ -7,16 +7,20 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tracing::info;
 
+use crate::health::{Health, Verdict};
 use crate::sip::NetError;
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz` until the future
-/// is dropped. Returns the bound address through `bound`. `/healthz`
-/// answers 503 once `draining` is set, so load balancers stop sending.
+/// is dropped. Returns the bound address through `bound`.
+///
+/// `/healthz` answers `200 ok` while the node is healthy, else 503 with
+/// the reason (`draining`, `starting`, `engine stalled`, `store down`,
+/// `store stalled`): one line of plain text either way.
 pub async fn serve_http(
     listen: SocketAddr,
     registry: Registry,
     api: Option<crate::api::Api>,
-    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    health: Health,
     bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> Result<(), NetError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -42,14 +46,8 @@ pub async fn serve_http(
         .route(
             "/healthz",
             get(move || {
-                let draining = draining.load(std::sync::atomic::Ordering::Relaxed);
-                async move {
-                    if draining {
-                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                    } else {
-                        (StatusCode::OK, "ok\n")
-                    }
-                }
+                let verdict = health.check(tokio::time::Instant::now().into_std());
+                async move { healthz(verdict) }
             }),
         )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
@@ -69,6 +67,15 @@ pub async fn serve_http(
         what: "http",
         source,
     })
+}
+
+fn healthz(verdict: Verdict) -> impl IntoResponse + use<> {
+    let code = if verdict == Verdict::Ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, format!("{}\n", verdict.as_str()))
 }
 
 fn metrics(registry: &Registry) -> impl IntoResponse + use<> {
