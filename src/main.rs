@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
-use centralino_net::{Health, Heartbeat, SipServer, serve_http};
+use centralino_net::{Health, Heartbeat, SipServer, bind_http, serve_http};
 use clap::{Parser, Subcommand};
 use tracing::{debug, info, warn};
 
@@ -449,24 +449,21 @@ fn serve(
         let records = api.records();
         let api_reload = api.reload_slot();
         let desks = api.desks();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let heartbeat = Heartbeat::new();
         let health = Health::new(draining.clone(), heartbeat.clone(), Some(api.store_probe()));
         let reload_api = api.clone();
-        let http = tokio::spawn(serve_http(
-            config.http_listen,
-            metrics.registry.clone(),
+        let listener = bind_http(config.http_listen).context("HTTP endpoint")?;
+        let http_addr = listener.local_addr().context("HTTP endpoint")?;
+        let (stop_http, stop) = tokio::sync::watch::channel(false);
+        let mut http = tokio::spawn(serve_http(
+            listener,
+            config.http_limits,
+            metrics.clone(),
             Some(api),
             health,
-            bound_tx,
+            stop,
         ));
-        let Ok(http_addr) = bound_rx.await else {
-            return match http.await {
-                Ok(Err(e)) => Err(e).context("HTTP endpoint"),
-                _ => Err(anyhow::anyhow!("HTTP endpoint failed to start")),
-            };
-        };
         let sip = SipServer::start(&config, metrics, Some(records), Some(desks), heartbeat)
             .await
             .context("SIP listeners")?;
@@ -488,17 +485,21 @@ fn serve(
         tokio::spawn(reload_on_sighup(api_reload.clone(), reload_api));
         info!(http = %http_addr, "centralino ready");
         let control = sip.reloader.clone();
-        tokio::select! {
+        let result = tokio::select! {
             () = sip.join() => Ok(()),
-            r = http => match r {
+            r = &mut http => return match r {
                 Ok(Err(e)) => Err(e).context("HTTP endpoint"),
                 _ => Ok(()),
             },
-            r = shutdown_signal() => {
-                r?;
-                drain(&control, &draining, config.sip.drain).await
-            }
-        }
+            r = shutdown_signal() => match r {
+                Ok(()) => drain(&control, &draining, config.sip.drain).await,
+                Err(e) => Err(e),
+            },
+        };
+        // Requests in progress get a moment (bounded in serve_http).
+        let _ = stop_http.send(true);
+        let _ = http.await;
+        result
     })
 }
 

@@ -26,6 +26,6 @@ mod sip;
 
 pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot, routes};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};
-pub use http::serve_http;
+pub use http::{bind_http, serve_http};
 pub use media::{BoundPorts, MediaPlane};
 pub use sip::{NetError, Reloader, SipServer};
