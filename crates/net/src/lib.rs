@@ -3,8 +3,9 @@
 //!
 //! Owns: UDP and TCP SIP listeners, the engine task, the media threads and
 //! RTP sockets, prompt loading, the recording writer, the HTTP endpoint
-//! (`/metrics`, `/healthz`, the API) and what `/healthz` reads
-//! (`health`). Never does: protocol decisions.
+//! (`/metrics`, `/healthz`, the API; on a thread and runtime of its own,
+//! started by the binary) and what `/healthz` reads (`health`). Never
+//! does: protocol decisions.
 //!
 //! Shape: one engine task (tokio, one thread) owns all call state (no locks
 //! on the call path); one reader task per UDP socket and one task per TCP
