@@ -37,7 +37,7 @@ use hyper_util::service::TowerToHyperService;
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -260,6 +260,9 @@ async fn connection(
                     return;
                 }
             }
+            // A request was handled: the idle time counts from its last
+            // byte, not from the next full period.
+            () = activity.handled.notified() => {}
             () = stopped(&mut stop), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
@@ -311,6 +314,8 @@ struct Activity {
     /// Milliseconds from `opened` to the last read or write of a byte.
     last_io: AtomicU64,
     handling: AtomicUsize,
+    /// Told each time a request's handling ends.
+    handled: Notify,
 }
 
 impl Activity {
@@ -319,6 +324,7 @@ impl Activity {
             opened: Instant::now(),
             last_io: AtomicU64::new(0),
             handling: AtomicUsize::new(0),
+            handled: Notify::new(),
         }
     }
 
@@ -362,6 +368,7 @@ impl Handling {
 impl Drop for Handling {
     fn drop(&mut self) {
         self.0.handling.fetch_sub(1, Ordering::Relaxed);
+        self.0.handled.notify_one();
     }
 }
 
@@ -530,5 +537,34 @@ fn metrics(registry: &Registry) -> impl IntoResponse + use<> {
             [(header::CONTENT_TYPE, "text/plain".to_owned())],
             b"metrics encoding failed\n".to_vec(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_connection_is_idle_only_when_silent_and_no_request_is_handled() {
+        let idle = 10 * S;
+        let a = Arc::new(Activity::new());
+        let t0 = a.opened;
+        // Silent since it opened.
+        assert_eq!(a.idle_wait(t0 + 3 * S, idle), 7 * S);
+        assert!(!a.is_idle(t0 + 9 * S, idle));
+        assert!(a.is_idle(t0 + idle, idle));
+        // A request in progress: the node's wait, never the client's.
+        let handling = Handling::enter(a.clone());
+        assert!(!a.is_idle(t0 + 60 * S, idle));
+        assert_eq!(a.idle_wait(t0 + 60 * S, idle), idle);
+        drop(handling);
+        assert!(a.is_idle(t0 + 60 * S, idle));
+        // A byte moved: the silence starts again.
+        a.touch();
+        let moved = Instant::now();
+        assert!(!a.is_idle(moved + 9 * S, idle));
+        assert!(a.is_idle(moved + idle, idle));
     }
 }
