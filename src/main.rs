@@ -4,11 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
-use centralino_net::{SipServer, serve_http};
+use centralino_net::{Health, Heartbeat, SipServer, bind_http, serve_http};
 use clap::{Parser, Subcommand};
 use tracing::{debug, info, warn};
 
@@ -520,6 +523,21 @@ fn serve(
         config.http_listen = h;
     }
     centralino_types::set_unmask_numbers(config.unmask_numbers);
+    if embedded {
+        info!("running on the embedded DEMO configuration (public demo passwords, 127.0.0.1 only)");
+    }
+    // Every anchored call holds four sockets (RTP and RTCP per leg):
+    // the usual soft limit of 1,024 descriptors would cap a node at
+    // ~250 calls. Raise it to the hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 4 * config.sip.max_calls as u64 => warn!(
+            limit = n,
+            max_calls = config.sip.max_calls,
+            "open-file limit too low for sip.max_calls anchored calls (4 sockets each)"
+        ),
+        Ok(n) => debug!(limit = n, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
     // One thread pumps sockets and the engine: the engine is single-owner
     // anyway, and cross-thread wake-ups per datagram cost more than they
     // bring (scripts/load: 2,500 clean calls/s multi-threaded, 3,000 here).
@@ -527,50 +545,46 @@ fn serve(
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let data_dir = data_dir.to_path_buf();
+    // The HTTP endpoint has a thread and runtime of its own: a flood of
+    // requests, or a slow handler, never delays the engine's loop, and
+    // `/healthz` still answers (engine stalled) when that loop stops.
+    let http_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    let metrics = Metrics::new();
+    // The API's own tasks (the SMS notifier) run on the HTTP runtime.
+    let api = {
+        let _http = http_runtime.enter();
+        centralino_net::Api::start(&config, data_dir, metrics.clone())
+            .context("the durable store")?
+    };
+    let records = api.records();
+    let api_reload = api.reload_slot();
+    let desks = api.desks();
+    let reload_api = api.clone();
+    let draining = Arc::new(AtomicBool::new(false));
+    let heartbeat = Heartbeat::new();
+    let health = Health::new(draining.clone(), heartbeat.clone(), Some(api.store_probe()));
+    let listener = bind_http(config.http_listen).context("HTTP endpoint")?;
+    let http_addr = listener.local_addr().context("HTTP endpoint")?;
+    let mut http = HttpThread::start(
+        http_runtime,
+        listener,
+        config.http_limits,
+        metrics.clone(),
+        api,
+        health,
+    )?;
     runtime.block_on(async move {
-        if embedded {
-            info!(
-                "running on the embedded DEMO configuration (public demo passwords, 127.0.0.1 only)"
-            );
-        }
-        // Every anchored call holds four sockets (RTP and RTCP per leg):
-        // the usual soft limit of 1,024 descriptors would cap a node at
-        // ~250 calls. Raise it to the hard limit.
-        match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(n) if n < 4 * config.sip.max_calls as u64 => warn!(
-                limit = n,
-                max_calls = config.sip.max_calls,
-                "open-file limit too low for sip.max_calls anchored calls (4 sockets each)"
-            ),
-            Ok(n) => debug!(limit = n, "open-file limit"),
-            Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
-        }
-        let metrics = Metrics::new();
-        let api = centralino_net::Api::start(&config, &data_dir, metrics.clone())
-            .context("the durable store")?;
-        let records = api.records();
-        let api_reload = api.reload_slot();
-        let desks = api.desks();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reload_api = api.clone();
-        let http = tokio::spawn(serve_http(
-            config.http_listen,
-            metrics.registry.clone(),
-            Some(api),
-            draining.clone(),
-            bound_tx,
-        ));
-        let Ok(http_addr) = bound_rx.await else {
-            return match http.await {
-                Ok(Err(e)) => Err(e).context("HTTP endpoint"),
-                _ => Err(anyhow::anyhow!("HTTP endpoint failed to start")),
+        let sip =
+            match SipServer::start(&config, metrics, Some(records), Some(desks), heartbeat).await {
+                Ok(sip) => sip,
+                Err(e) => {
+                    http.stop().await;
+                    return Err(e).context("SIP listeners");
+                }
             };
-        };
-        let sip = SipServer::start(&config, metrics, Some(records), Some(desks))
-            .await
-            .context("SIP listeners")?;
         for (t, a) in &sip.bound {
             info!(transport = ?t, addr = %a, "ready");
         }
@@ -579,9 +593,7 @@ fn serve(
         let loader_path = config_path.clone();
         api_reload
             .enable(
-                std::sync::Arc::new(move || {
-                    load(loader_path.clone()).map_err(|e| format!("{e:#}"))
-                }),
+                Arc::new(move || load(loader_path.clone()).map_err(|e| format!("{e:#}"))),
                 sip.reloader.clone(),
                 config.clone(),
             )
@@ -589,18 +601,83 @@ fn serve(
         tokio::spawn(reload_on_sighup(api_reload.clone(), reload_api));
         info!(http = %http_addr, "centralino ready");
         let control = sip.reloader.clone();
-        tokio::select! {
+        let result = tokio::select! {
             () = sip.join() => Ok(()),
-            r = http => match r {
-                Ok(Err(e)) => Err(e).context("HTTP endpoint"),
-                _ => Ok(()),
-            },
-            r = shutdown_signal() => {
-                r?;
-                drain(&control, &draining, config.sip.drain).await
+            ended = &mut http.done => {
+                // Nothing to stop: the HTTP thread is over.
+                return match ended {
+                    Ok(Err(e)) => Err(e).context("HTTP endpoint"),
+                    Ok(Ok(())) => Ok(()),
+                    Err(_) => Err(anyhow::anyhow!("the HTTP endpoint's thread ended")),
+                };
             }
-        }
+            r = shutdown_signal() => match r {
+                Ok(()) => drain(&control, &draining, config.sip.drain).await,
+                Err(e) => Err(e),
+            },
+        };
+        http.stop().await;
+        result
     })
+}
+
+/// The HTTP endpoint's thread, running `serve_http` on its own
+/// current-thread runtime.
+struct HttpThread {
+    stop: tokio::sync::watch::Sender<bool>,
+    /// What `serve_http` returned; dropped unsent if the thread panicked.
+    done: tokio::sync::oneshot::Receiver<Result<(), centralino_net::NetError>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl HttpThread {
+    /// Longest wait for the thread once told to stop: the grace its
+    /// requests get, then the runtime's own shutdown, with room to spare.
+    const STOP_WAIT: Duration = Duration::from_secs(5);
+
+    fn start(
+        runtime: tokio::runtime::Runtime,
+        listener: std::net::TcpListener,
+        limits: centralino_config::HttpLimits,
+        metrics: Metrics,
+        api: centralino_net::Api,
+        health: Health,
+    ) -> Result<Self> {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                let served = runtime.block_on(serve_http(
+                    listener,
+                    limits,
+                    metrics,
+                    Some(api),
+                    health,
+                    stop_rx,
+                ));
+                // What is left (upgraded WebSockets, the SMS notifier) is
+                // dropped; a blocking task (a reload reading its file)
+                // gets a moment.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                let _ = done_tx.send(served);
+            })
+            .context("starting the HTTP thread")?;
+        Ok(Self { stop, done, thread })
+    }
+
+    /// Stops the endpoint (`/healthz` answered `draining` until now) and
+    /// waits for its thread, a bounded time: the process is leaving.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(Self::STOP_WAIT, self.done).await {
+            Ok(_) => {
+                // It has sent its last word: the join is immediate.
+                let _ = self.thread.join();
+            }
+            Err(_) => warn!("the HTTP endpoint did not stop in time"),
+        }
+    }
 }
 
 /// Graceful shutdown (SIGTERM or Ctrl-C): new calls get 503 and
@@ -609,8 +686,8 @@ fn serve(
 /// records written before the process exits.
 async fn drain(
     control: &centralino_net::Reloader,
-    draining: &std::sync::atomic::AtomicBool,
-    limit: std::time::Duration,
+    draining: &AtomicBool,
+    limit: Duration,
 ) -> Result<()> {
     draining.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(

@@ -150,6 +150,16 @@ pub struct Metrics {
     pub store_commit: Histogram,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
     pub config_reloads: IntCounterVec,
+    /// `centralino_http_connections`: open HTTP connections, WebSockets
+    /// included.
+    pub http_connections: IntGauge,
+    /// `centralino_http_connections_refused_total`: connections closed at
+    /// once because `http.max_connections` were open.
+    pub http_refused: IntCounter,
+    /// `centralino_http_timeouts_total{reason}`: connections closed (or
+    /// request bodies failed) because the client was too slow: header,
+    /// idle, body.
+    pub http_timeouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -486,6 +496,22 @@ impl Metrics {
                 "centralino_flow_calls_total",
                 "Calls through IVR flows by outcome",
                 &["flow", "outcome"]
+            )),
+            http_connections: reg!(
+                IntGauge::new(
+                    "centralino_http_connections",
+                    "Open HTTP connections, WebSockets included"
+                )
+                .expect("valid metric")
+            ),
+            http_refused: reg!(c(
+                "centralino_http_connections_refused_total",
+                "HTTP connections closed at once at the cap"
+            )),
+            http_timeouts: reg!(cv(
+                "centralino_http_timeouts_total",
+                "HTTP connections closed or request bodies failed for a slow client, by reason",
+                &["reason"]
             )),
             registry,
         }

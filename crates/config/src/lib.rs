@@ -290,12 +290,18 @@ pub const DEFAULT_SOUNDS: &str = "/usr/share/asterisk/sounds/it";
 #[serde(deny_unknown_fields, default)]
 struct RawHttp {
     listen: String,
+    header_timeout_seconds: u64,
+    idle_timeout_seconds: u64,
+    max_connections: usize,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            header_timeout_seconds: 10,
+            idle_timeout_seconds: 10,
+            max_connections: 1024,
         }
     }
 }
@@ -808,6 +814,23 @@ pub struct CallbackLimits {
     pub per_number_per_day: u32,
 }
 
+/// Bounds on the HTTP endpoint's connections (`[http]`), against clients
+/// that are slow on purpose or open connections without end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's head (request line and headers) must arrive within
+    /// this, counted from when the connection opens or its previous
+    /// response was sent.
+    pub header_timeout: Duration,
+    /// A connection on which the client sends nothing and reads nothing
+    /// this long, while no request is being handled, is closed (an idle
+    /// keep-alive, a stalled head); a request body that stalls this long
+    /// fails.
+    pub idle_timeout: Duration,
+    /// Open connections (WebSockets included); more are closed at once.
+    pub max_connections: usize,
+}
+
 /// How a leg learns its peer's real RTP address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LatchMode {
@@ -865,6 +888,8 @@ pub struct Config {
     pub sip: SipConfig,
     /// HTTP listen address (metrics, health).
     pub http_listen: SocketAddr,
+    /// HTTP connection timeouts and cap.
+    pub http_limits: HttpLimits,
     /// Show full numbers in logs (off by default).
     pub unmask_numbers: bool,
     /// Registrar.
@@ -1145,6 +1170,15 @@ impl Config {
             );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
+        if !(1..=300).contains(&raw.http.header_timeout_seconds) {
+            p.add("http.header_timeout_seconds", "must be in 1..=300");
+        }
+        if !(1..=3600).contains(&raw.http.idle_timeout_seconds) {
+            p.add("http.idle_timeout_seconds", "must be in 1..=3600");
+        }
+        if !(1..=100_000).contains(&raw.http.max_connections) {
+            p.add("http.max_connections", "must be in 1..=100000");
+        }
 
         let r = &raw.registrar;
         nonzero(
@@ -2144,6 +2178,11 @@ impl Config {
                 drain: Duration::from_secs(raw.sip.drain_seconds),
             },
             http_listen,
+            http_limits: HttpLimits {
+                header_timeout: Duration::from_secs(raw.http.header_timeout_seconds),
+                idle_timeout: Duration::from_secs(raw.http.idle_timeout_seconds),
+                max_connections: raw.http.max_connections,
+            },
             unmask_numbers: raw.logging.unmask_numbers,
             registrar: RegistrarConfig {
                 min_expires: Duration::from_secs(r.min_expires_seconds),
@@ -2795,6 +2834,50 @@ record = true
             ),
         ] {
             refused(&format!("{base}{extra}"), want);
+        }
+    }
+
+    #[test]
+    fn http_limits_are_bounded() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            c.http_limits,
+            HttpLimits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(10),
+                max_connections: 1024,
+            }
+        );
+        let c = Config::from_toml(
+            "[http]\nheader_timeout_seconds = 300\nidle_timeout_seconds = 1\nmax_connections = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.http_limits.header_timeout, Duration::from_secs(300));
+        assert_eq!(c.http_limits.idle_timeout, Duration::from_secs(1));
+        assert_eq!(c.http_limits.max_connections, 1);
+        for (toml, want) in [
+            (
+                "[http]\nheader_timeout_seconds = 0\n",
+                "http.header_timeout_seconds: must be in 1..=300",
+            ),
+            (
+                "[http]\nheader_timeout_seconds = 301\n",
+                "http.header_timeout_seconds: must be in 1..=300",
+            ),
+            (
+                "[http]\nidle_timeout_seconds = 0\n",
+                "http.idle_timeout_seconds: must be in 1..=3600",
+            ),
+            (
+                "[http]\nmax_connections = 0\n",
+                "http.max_connections: must be in 1..=100000",
+            ),
+            (
+                "[http]\nmax_connections = 100001\n",
+                "http.max_connections: must be in 1..=100000",
+            ),
+        ] {
+            refused(toml, want);
         }
     }
 

@@ -392,6 +392,7 @@ impl StoreHandle {
         retention_days: u32,
         notify: bool,
         metrics: Metrics,
+        probe: crate::health::StoreProbe,
     ) -> Result<Self, ApiError> {
         // Opened here so a bad file stops the start with its reason.
         let mut store = Store::open_keyed(path, audit_key).map_err(ApiError::Store)?;
@@ -425,6 +426,9 @@ impl StoreHandle {
         std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
+                // `/healthz` sees this thread end, and each transaction
+                // and backlog that lasts.
+                let _running = probe.running();
                 let mut next_retention = std::time::Instant::now();
                 let mut backlog: std::collections::VecDeque<Kept> =
                     std::collections::VecDeque::new();
@@ -487,6 +491,7 @@ impl StoreHandle {
                         .observe((reqs.len() + backlog.len()) as f64);
                     let mut group = Group::new(notify);
                     let began = std::time::Instant::now();
+                    probe.begin(began);
                     let committed = store.atomically(|store| {
                         // Writes kept from earlier groups first, in their
                         // order: a call's start before its end.
@@ -528,6 +533,7 @@ impl StoreHandle {
                         info!(seq = head.seq, mac = %head.mac, "audit head");
                     }
                     group.settle(committed.is_ok(), &mut backlog, &metrics);
+                    probe.end(std::time::Instant::now(), backlog.len());
                     for reply in replies {
                         reply(committed.as_ref().map(|_| ()).map_err(String::as_str));
                     }
@@ -884,6 +890,8 @@ pub struct Api {
     logins: Arc<Logins>,
     sessions: Arc<Sessions>,
     metrics: Metrics,
+    /// How the store's thread is doing (for `/healthz`).
+    store_probe: crate::health::StoreProbe,
 }
 
 /// Every API route: its path, its methods, and the handlers. The router is
@@ -1220,12 +1228,14 @@ impl Api {
                 key
             }
         };
+        let store_probe = crate::health::StoreProbe::new();
         let store = StoreHandle::start(
             &path,
             audit_key,
             config.retention_days,
             config.notifications.is_some(),
             metrics.clone(),
+            store_probe.clone(),
         )?;
         if let Some(n) = &config.notifications {
             let tls = n.tls.as_ref().map(tls_connector).transpose()?;
@@ -1269,7 +1279,13 @@ impl Api {
             }),
             sessions: Arc::new(sessions),
             metrics,
+            store_probe,
         })
+    }
+
+    /// How the store's thread is doing, for `/healthz`.
+    pub fn store_probe(&self) -> crate::health::StoreProbe {
+        self.store_probe.clone()
     }
 
     /// Counts a callback request from `peer` for `number` against the
@@ -1308,13 +1324,23 @@ impl Api {
 
     /// Serves `config` from the next request on (a reload the engine
     /// accepted): tokens, desk passwords, queues' tenants and dial plans,
-    /// scripts.
+    /// scripts, the callback limits.
     pub fn apply(&self, config: &Config) {
         let live = Arc::new(Live::of(config));
         *self
             .live
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = live;
+        let mut limiter = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        limiter
+            .per_source
+            .set_limit(config.callback_limits.per_source_per_minute);
+        limiter
+            .per_number
+            .set_limit(config.callback_limits.per_number_per_day);
     }
 
     /// The operators' current calls (the engine task fills it).

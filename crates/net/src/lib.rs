@@ -3,7 +3,9 @@
 //!
 //! Owns: UDP and TCP SIP listeners, the engine task, the media threads and
 //! RTP sockets, prompt loading, the recording writer, the HTTP endpoint
-//! (`/metrics`, `/healthz`). Never does: protocol decisions.
+//! (`/metrics`, `/healthz`, the API; on a thread and runtime of its own,
+//! started by the binary) and what `/healthz` reads (`health`). Never
+//! does: protocol decisions.
 //!
 //! Shape: one engine task (tokio, one thread) owns all call state (no locks
 //! on the call path); one reader task per UDP socket and one task per TCP
@@ -14,6 +16,7 @@
 //! presses, silence, failures).
 
 mod api;
+mod health;
 mod http;
 mod limits;
 mod media;
@@ -23,6 +26,7 @@ mod session;
 mod sip;
 
 pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot, routes};
-pub use http::serve_http;
+pub use health::{Health, Heartbeat, StoreProbe, Verdict};
+pub use http::{bind_http, serve_http};
 pub use media::{BoundPorts, MediaPlane};
 pub use sip::{NetError, Reloader, SipServer};

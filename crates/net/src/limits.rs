@@ -37,6 +37,11 @@ impl<K: Hash + Eq> WindowLimiter<K> {
         }
     }
 
+    /// A new limit (a reload): the counts so far stay.
+    pub(crate) fn set_limit(&mut self, limit: u32) {
+        self.limit = limit;
+    }
+
     /// Counts one event for `key` at `now`.
     pub(crate) fn check(&mut self, now: Instant, key: K) -> Verdict {
         if self.limit == 0 {

@@ -29,6 +29,9 @@ const INPUT_QUEUE: usize = 65_536;
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
 const OVERLOAD_BACKLOG: usize = 2048;
+/// How often the engine task beats its heartbeat (`/healthz` calls it
+/// stalled after `health::STALE` without one).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often due callbacks are claimed from the store.
 const CALLBACK_POLL: Duration = Duration::from_secs(1);
 /// Most callbacks claimed at once.
@@ -276,12 +279,14 @@ pub struct SipServer {
 }
 
 impl SipServer {
-    /// Binds every listener and starts the engine task.
+    /// Binds every listener and starts the engine task, which beats
+    /// `heartbeat` while its loop turns.
     pub async fn start(
         config: &Config,
         metrics: Metrics,
         records: Option<crate::api::RecordSink>,
         desks: Option<crate::api::Desks>,
+        heartbeat: crate::health::Heartbeat,
     ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng
@@ -378,8 +383,11 @@ impl SipServer {
             d.set_board(board, slots);
             d.set_queues(engine.queue_views(Instant::now().into_std()));
         }
-        let engine_task =
-            tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, records, desks));
+        // Alive from here: the task beats again on its first turn.
+        heartbeat.beat(Instant::now().into_std());
+        let engine_task = tokio::spawn(run_engine(
+            engine, rx, media_rx, plane, udp, records, desks, heartbeat,
+        ));
         Ok(Self {
             bound,
             reloader,
@@ -573,6 +581,7 @@ async fn tcp_connection(
     let _ = wr.shutdown().await;
 }
 
+#[allow(clippy::too_many_arguments)] // The engine task's inputs and outputs, each once.
 async fn run_engine(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Input>,
@@ -581,6 +590,7 @@ async fn run_engine(
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     records: Option<crate::api::RecordSink>,
     desks: Option<crate::api::Desks>,
+    heartbeat: crate::health::Heartbeat,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut media_events: Vec<MediaEvent> = Vec::new();
@@ -593,6 +603,10 @@ async fn run_engine(
     let (dial_tx, mut dial_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
     let mut flush_at: Option<Instant> = None;
     let mut life = Lifecycle::default();
+    // A tick of its own, so an idle engine beats too; a loop stuck in one
+    // turn (or starved among ready inputs) misses it and shows stalled.
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = [engine.poll_timeout().map(Instant::from_std), flush_at]
             .into_iter()
@@ -630,6 +644,7 @@ async fn run_engine(
             Some((call, recorded)) = dial_rx.recv() => {
                 engine.callback_dialing(Instant::now().into_std(), call, recorded);
             }
+            _ = beat.tick() => heartbeat.beat(Instant::now().into_std()),
         }
         loop {
             let Some(out) = engine.poll_output() else {
