@@ -2029,6 +2029,9 @@ impl Engine {
         match flow.transport {
             Transport::Udp => format!("<sip:centralino@{}>", flow.local),
             Transport::Tcp => format!("<sip:centralino@{};transport=tcp>", flow.local),
+            // RFC 3261 §26.2.2: `sip:` with transport=tls (not `sips:`,
+            // which promises TLS on every hop beyond the carrier too).
+            Transport::Tls => format!("<sip:centralino@{};transport=tls>", flow.local),
         }
     }
 

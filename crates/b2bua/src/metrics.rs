@@ -35,6 +35,11 @@ pub struct Metrics {
     pub sip_tcp_connections: IntGauge,
     /// `centralino_sip_tcp_connections_refused_total`
     pub sip_tcp_refused: IntCounter,
+    /// `centralino_sip_tls_handshake_failures_total{direction,reason}`:
+    /// TLS handshakes that did not complete; `direction` is `in` (our
+    /// listener) or `out` (towards a carrier), `reason` one of `timeout`,
+    /// `certificate`, `incompatible` (version or ciphers), `protocol`, `io`.
+    pub sip_tls_handshake_failures: IntCounterVec,
     /// `centralino_registrations_total{outcome}`
     pub registrations: IntCounterVec,
     /// `centralino_registered_agents`
@@ -225,6 +230,11 @@ impl Metrics {
             sip_tcp_refused: reg!(c(
                 "centralino_sip_tcp_connections_refused_total",
                 "TCP connections refused at the cap"
+            )),
+            sip_tls_handshake_failures: reg!(cv(
+                "centralino_sip_tls_handshake_failures_total",
+                "SIP TLS handshakes that failed, by direction and reason",
+                &["direction", "reason"]
             )),
             registrations: reg!(cv(
                 "centralino_registrations_total",

@@ -97,6 +97,9 @@ struct RawSip {
     tcp_idle_timeout_seconds: u64,
     user_agent: String,
     drain_seconds: u64,
+    tls_listen: Vec<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
 }
 
 impl Default for RawSip {
@@ -120,6 +123,9 @@ impl Default for RawSip {
             tcp_idle_timeout_seconds: 10,
             user_agent: "Centralino".into(),
             drain_seconds: 60,
+            tls_listen: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -580,6 +586,19 @@ pub enum ListenTransport {
     Udp,
     /// TCP
     Tcp,
+    /// TLS over TCP (RFC 3261 §26), on `sip.tls_listen`.
+    Tls,
+}
+
+/// The TLS listener: where, and the node's certificate.
+#[derive(Clone, Debug)]
+pub struct SipTls {
+    /// Addresses served over TLS (5061 by convention).
+    pub listen: Vec<SocketAddr>,
+    /// The node's certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
 }
 
 /// SIP settings.
@@ -611,6 +630,8 @@ pub struct SipConfig {
     /// On SIGTERM, how long calls in progress may go on (new ones get 503)
     /// before the rest are ended and the node exits.
     pub drain: Duration,
+    /// The TLS listener, when `transports` has `tls`.
+    pub tls: Option<SipTls>,
 }
 
 /// A carrier trunk.
@@ -977,6 +998,67 @@ impl Problems {
     }
 }
 
+/// The TLS listener's settings: all of them with `tls` in `transports`,
+/// none without. The files must be readable now, so a typo fails
+/// `check-config` and the start, not the first carrier's handshake.
+fn sip_tls(p: &mut Problems, raw: &RawSip, wanted: bool) -> Option<SipTls> {
+    if !wanted {
+        for (key, set) in [
+            ("sip.tls_listen", !raw.tls_listen.is_empty()),
+            ("sip.tls_cert_file", raw.tls_cert_file.is_some()),
+            ("sip.tls_key_file", raw.tls_key_file.is_some()),
+        ] {
+            if set {
+                p.add(key, "only with \"tls\" in sip.transports");
+            }
+        }
+        return None;
+    }
+    let mut listen = Vec::new();
+    if raw.tls_listen.is_empty() {
+        p.add("sip.tls_listen", "needs at least one address for tls");
+    }
+    for (i, a) in raw.tls_listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => p.add(
+                format!("sip.tls_listen[{i}]"),
+                format!("not an ADDR:PORT: {a:?}"),
+            ),
+        }
+    }
+    let cert = readable_file(p, "sip.tls_cert_file", raw.tls_cert_file.as_deref(), true);
+    let key = readable_file(p, "sip.tls_key_file", raw.tls_key_file.as_deref(), true);
+    Some(SipTls {
+        listen,
+        cert_file: cert?,
+        key_file: key?,
+    })
+}
+
+/// A file named at `path` (required or not) that can be opened for
+/// reading; a problem otherwise. Only the name is reported, never content.
+fn readable_file(
+    p: &mut Problems,
+    path: &str,
+    file: Option<&str>,
+    required: bool,
+) -> Option<PathBuf> {
+    let Some(file) = file else {
+        if required {
+            p.add(path, "required");
+        }
+        return None;
+    };
+    match std::fs::File::open(file) {
+        Ok(_) => Some(PathBuf::from(file)),
+        Err(e) => {
+            p.add(path, format!("cannot read {file:?}: {e}"));
+            None
+        }
+    }
+}
+
 fn nonzero(p: &mut Problems, path: &str, v: u64) {
     if v == 0 {
         p.add(path, "must be greater than 0");
@@ -1065,15 +1147,17 @@ impl Config {
             match t.as_str() {
                 "udp" => transports.push(ListenTransport::Udp),
                 "tcp" => transports.push(ListenTransport::Tcp),
+                "tls" => transports.push(ListenTransport::Tls),
                 other => p.add(
                     format!("sip.transports[{i}]"),
-                    format!("unknown transport {other:?} (udp, tcp)"),
+                    format!("unknown transport {other:?} (udp, tcp, tls)"),
                 ),
             }
         }
         if transports.is_empty() {
-            p.add("sip.transports", "needs at least one of udp, tcp");
+            p.add("sip.transports", "needs at least one of udp, tcp, tls");
         }
+        let sip_tls = sip_tls(&mut p, &raw.sip, transports.contains(&ListenTransport::Tls));
         if raw.sip.realm.is_empty() || raw.sip.realm.contains(['"', '\\', '\r', '\n']) {
             p.add(
                 "sip.realm",
@@ -2131,6 +2215,7 @@ impl Config {
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),
                 user_agent: raw.sip.user_agent,
                 drain: Duration::from_secs(raw.sip.drain_seconds),
+                tls: sip_tls,
             },
             http_listen,
             unmask_numbers: raw.logging.unmask_numbers,

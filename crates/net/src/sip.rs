@@ -15,7 +15,7 @@ use centralino_sip::txn::Flow;
 use centralino_sip::{Limits, Transport};
 use rand::TryRngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -148,6 +148,23 @@ pub enum NetError {
         /// Why.
         source: std::io::Error,
     },
+    /// A TLS certificate, key or setting the node cannot use.
+    #[error("TLS: {file}: {reason}")]
+    Tls {
+        /// The file concerned.
+        file: std::path::PathBuf,
+        /// Why (rustls' or the PEM parser's words; never key material).
+        reason: String,
+    },
+}
+
+impl NetError {
+    pub(crate) fn tls(file: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        Self::Tls {
+            file: file.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 enum Input {
@@ -335,6 +352,34 @@ impl SipServer {
                 bound.push((ListenTransport::Tcp, addr));
                 tokio::spawn(tcp_acceptor(
                     listener,
+                    None,
+                    tx.clone(),
+                    engine.limits().clone(),
+                    metrics.clone(),
+                    next_conn.clone(),
+                    open.clone(),
+                    config.sip.max_tcp_connections,
+                    config.sip.tcp_idle_timeout,
+                ));
+            }
+        }
+        if let Some(tls) = &config.sip.tls {
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(Arc::new(crate::tls::server_config(tls)?));
+            for &addr in &tls.listen {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NetError::Bind { addr, source })?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| NetError::Bind { addr, source })?;
+                info!(%addr, "SIP listening on TLS");
+                bound.push((ListenTransport::Tls, addr));
+                // TLS shares the TCP path: one connection cap, one framer,
+                // one idle timer, one gauge.
+                tokio::spawn(tcp_acceptor(
+                    listener,
+                    Some(acceptor.clone()),
                     tx.clone(),
                     engine.limits().clone(),
                     metrics.clone(),
@@ -450,6 +495,7 @@ async fn udp_reader(
 #[allow(clippy::too_many_arguments)] // Plumbing of one listener's settings.
 async fn tcp_acceptor(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tx: mpsc::Sender<Input>,
     limits: Limits,
     metrics: Metrics,
@@ -477,29 +523,81 @@ async fn tcp_acceptor(
         metrics.sip_tcp_connections.inc();
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let flow = Flow {
-            transport: Transport::Tcp,
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
             remote,
             local: local.unwrap_or(remote),
             conn,
         };
-        let (tx, limits, metrics, open) =
-            (tx.clone(), limits.clone(), metrics.clone(), open.clone());
+        let (tx, limits, metrics, open, tls) = (
+            tx.clone(),
+            limits.clone(),
+            metrics.clone(),
+            open.clone(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            tcp_connection(stream, flow, tx.clone(), limits, partial_timeout).await;
-            let _ = tx.send(Input::ConnClosed { conn }).await;
+            match tls {
+                None => {
+                    stream_connection(stream, flow, tx.clone(), limits, partial_timeout).await;
+                    let _ = tx.send(Input::ConnClosed { conn }).await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        crate::tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            stream_connection(stream, flow, tx.clone(), limits, partial_timeout)
+                                .await;
+                            let _ = tx.send(Input::ConnClosed { conn }).await;
+                        }
+                        Ok(Err(e)) => handshake_failed(&metrics, "in", remote, &e),
+                        Err(_) => handshake_timed_out(&metrics, "in", remote),
+                    }
+                }
+            }
             open.fetch_sub(1, Ordering::Relaxed);
             metrics.sip_tcp_connections.dec();
         });
     }
 }
 
-async fn tcp_connection(
-    mut stream: TcpStream,
+/// Counts (and logs at DEBUG: a scanner's probe is no news) a handshake
+/// that failed.
+fn handshake_failed(metrics: &Metrics, direction: &str, peer: SocketAddr, e: &std::io::Error) {
+    let reason = crate::tls::failure_reason(e);
+    debug!(%peer, direction, reason, error = %e, "TLS handshake failed");
+    metrics
+        .sip_tls_handshake_failures
+        .with_label_values(&[direction, reason])
+        .inc();
+}
+
+fn handshake_timed_out(metrics: &Metrics, direction: &str, peer: SocketAddr) {
+    debug!(%peer, direction, "TLS handshake timed out");
+    metrics
+        .sip_tls_handshake_failures
+        .with_label_values(&[direction, "timeout"])
+        .inc();
+}
+
+/// One SIP stream (TCP, or TLS once its handshake is done): framed
+/// messages in, the engine's bytes out, until either side ends it.
+async fn stream_connection<S>(
+    stream: S,
     flow: Flow,
     tx: mpsc::Sender<Input>,
     limits: Limits,
     partial_timeout: Duration,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     if tx
         .send(Input::ConnOpen {
@@ -511,7 +609,7 @@ async fn tcp_connection(
     {
         return;
     }
-    let (mut rd, mut wr) = stream.split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut fatal = false;
@@ -717,7 +815,7 @@ async fn run_engine(
                             debug!(error = %e, peer = %flow.remote, "UDP send failed");
                         }
                     }
-                    Transport::Tcp => {
+                    Transport::Tcp | Transport::Tls => {
                         if let Some(tx) = conns.get(&flow.conn) {
                             if tx.try_send(bytes).is_err() {
                                 debug!(peer = %flow.remote, "TCP connection congested or closed, message dropped");
