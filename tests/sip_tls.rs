@@ -274,24 +274,31 @@ fn connect(
     })
 }
 
-/// A call from the TLS carrier to DID 100: INVITE, the node's final
-/// answer returned (ACKed when 200).
-fn invite_over_tls<S: Read + Write>(sip: &mut TlsSip<S>, node_tls: u16, tag: &str) -> String {
+/// A carrier's INVITE to DID 100 of the node at `port`, sent over
+/// `transport` (`UDP`, `TLS`).
+fn invite_text(transport: &str, port: u16, tag: &str) -> String {
     let sdp = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 40000 RTP/AVP 8 0\na=rtpmap:8 PCMA/8000\n";
     let sdp = sdp.replace('\n', "\r\n");
-    sip.send(&format!(
-        "INVITE sip:100@127.0.0.1:{node_tls};transport=tls SIP/2.0\n\
-         Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK-{tag}\n\
+    let lower = transport.to_ascii_lowercase();
+    format!(
+        "INVITE sip:100@127.0.0.1:{port};transport={lower} SIP/2.0\n\
+         Via: SIP/2.0/{transport} 127.0.0.1:5061;branch=z9hG4bK-{tag}\n\
          Max-Forwards: 70\n\
          From: <sip:+39333000111@carrier.example>;tag=c{tag}\n\
          To: <sip:100@127.0.0.1>\n\
          Call-ID: {tag}@carrier\n\
          CSeq: 1 INVITE\n\
-         Contact: <sip:+39333000111@127.0.0.1:5061;transport=tls>\n\
+         Contact: <sip:+39333000111@127.0.0.1:5061;transport={lower}>\n\
          Content-Type: application/sdp\n\
          Content-Length: {}\n\n{sdp}",
         sdp.len()
-    ));
+    )
+}
+
+/// A call from the TLS carrier to DID 100: INVITE, the node's final
+/// answer returned (ACKed when 200).
+fn invite_over_tls<S: Read + Write>(sip: &mut TlsSip<S>, node_tls: u16, tag: &str) -> String {
+    sip.send(&invite_text("TLS", node_tls, tag));
     let answer = sip.final_response(Duration::from_secs(20));
     if answer.starts_with("SIP/2.0 200") {
         let to = header(&answer, "To").expect("To");
@@ -493,4 +500,103 @@ fn tls_needs_readable_certificate_and_key() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("sip.tls_cert_file: cannot read"), "{text}");
     assert!(text.contains("sip.tls_key_file: required"), "{text}");
+}
+
+/// D1 over TLS: a trunk known by its client certificate takes INVITEs only
+/// over TLS with that certificate. From its own address over UDP, over TLS
+/// without a certificate, or with a certificate for another name: 403 and
+/// no operator rung. A certificate from another CA fails the handshake.
+/// With its certificate, the call connects.
+#[test]
+fn mtls_trunk_needs_its_certificate() {
+    let scratch = Scratch::new("tls-mtls");
+    let pki = node_pki(&scratch);
+    pki.leaf("other", "ca", "DNS:other.example");
+    pki.ca("rogue");
+    pki.leaf("stranger", "rogue", &format!("DNS:{CARRIER_NAME}"));
+    let tls_port = free_port();
+    let trunk = format!(
+        "tls_client_ca_file = \"{}\"\ntls_peer_names = [\"{CARRIER_NAME}\"]\n",
+        pki.s("ca.pem")
+    );
+    let node = tls_node(&scratch, &pki, tls_port, &trunk, "");
+    node.wait_log("SIP listening on TLS", Duration::from_secs(5));
+    let mut phone = one_answering_phone(&scratch, &node);
+    let refused = "centralino_sip_rejected_total{reason=\"trunk_not_authenticated\"}";
+
+    // UDP, from the trunk's own address.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let wire = invite_text("UDP", node.sip_port, "u1")
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    udp.send_to(wire.as_bytes(), node.sip_addr()).expect("send");
+    let mut buf = [0u8; 4096];
+    let n = udp.recv(&mut buf).expect("an answer over UDP");
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("SIP/2.0 403"), "{answer}");
+
+    // TLS without a client certificate.
+    let mut anon = connect(tls_port, &pki.path("ca.pem"), None).expect("handshake");
+    invite_expecting(&mut anon, tls_port, "a1", "403");
+
+    // TLS with a certificate of the right CA for another name.
+    let mut other = connect(
+        tls_port,
+        &pki.path("ca.pem"),
+        Some((&pki.path("other.pem"), &pki.path("other.key"))),
+    )
+    .expect("handshake");
+    invite_expecting(&mut other, tls_port, "o1", "403");
+    assert_eq!(node.metric(refused), 3.0);
+
+    // A certificate from another CA: no connection at all.
+    if let Ok(mut s) = connect(
+        tls_port,
+        &pki.path("ca.pem"),
+        Some((&pki.path("stranger.pem"), &pki.path("stranger.key"))),
+    ) {
+        // TLS 1.3: the client is done before the server's verdict, which
+        // arrives as an alert on the first read.
+        s.send(&invite_text("TLS", tls_port, "s1"));
+        assert!(
+            s.recv(Duration::from_secs(5)).is_none(),
+            "the stranger was answered"
+        );
+    }
+    node.wait_metric(
+        "centralino_sip_tls_handshake_failures_total{direction=\"in\",reason=\"certificate\"}",
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        node.metric("centralino_calls_active"),
+        0.0,
+        "a refused INVITE left a call"
+    );
+
+    // Its own certificate: the call reaches the operator.
+    let mut carrier = connect(
+        tls_port,
+        &pki.path("ca.pem"),
+        Some((&pki.path("carrier.pem"), &pki.path("carrier.key"))),
+    )
+    .expect("handshake");
+    let answer = invite_over_tls(&mut carrier, tls_port, "c1");
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    let bye = bye_over_tls(&mut carrier, &answer, "c1");
+    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    phone.expect_success(Duration::from_secs(30));
+    assert_eq!(node.metric(refused), 3.0);
+}
+
+/// Sends an INVITE over `sip` and asserts the final answer's code.
+fn invite_expecting<S: Read + Write>(sip: &mut TlsSip<S>, port: u16, tag: &str, code: &str) {
+    sip.send(&invite_text("TLS", port, tag));
+    let answer = sip.final_response(Duration::from_secs(10));
+    assert!(
+        answer.starts_with(&format!("SIP/2.0 {code}")),
+        "{tag}: {answer}"
+    );
 }

@@ -234,6 +234,16 @@ pub enum CallbackState {
     },
 }
 
+/// What a trunk's peers must show besides their address.
+#[derive(Clone, Debug)]
+struct TrunkSecurity {
+    /// The trunk's name (TLS verdicts name trunks).
+    name: String,
+    /// INVITEs only over a TLS connection that presented this trunk's
+    /// client certificate (`tls_peer_names`).
+    mtls: bool,
+}
+
 /// A call that is a callback being executed.
 #[derive(Debug)]
 struct Outbound {
@@ -577,6 +587,16 @@ pub struct Engine {
     outbound_local: Option<SocketAddr>,
     /// Per trunk: outbound address and caller id.
     trunk_out: Vec<(Option<SocketAddr>, String, usize)>,
+    /// Per trunk: how its peers prove who they are.
+    trunk_sec: Vec<TrunkSecurity>,
+    /// TLS connections whose client certificate a trunk's CA and names
+    /// accepted, with those trunks' names. The driver says so once per
+    /// connection, before its first message (`connection_opened`), rather
+    /// than in every `Flow`: `Flow` stays a small `Copy` key, a verdict by
+    /// name survives a reload that reorders trunks, and a connection's
+    /// identity cannot differ between two of its messages. At most one
+    /// entry per open connection (the driver's `max_tcp_connections`).
+    conn_trunks: HashMap<u64, Box<[String]>>,
     /// Per tenant: what its trunks may dial.
     dial_plans: Vec<DialPlan>,
     /// Per queue: callbacks handed to the engine so far (views carry it).
@@ -738,6 +758,8 @@ impl Engine {
             wall: (now, 0),
             outbound_local: None,
             trunk_out: Vec::new(),
+            trunk_sec: Vec::new(),
+            conn_trunks: HashMap::new(),
             dial_plans: Vec::new(),
             callbacks_started: vec![0; config.queues.len()],
             callback_policy: Vec::new(),
@@ -884,6 +906,14 @@ impl Engine {
             .iter()
             .map(|t| (t.options, t.name.clone()))
             .collect();
+        self.trunk_sec = config
+            .trunks
+            .iter()
+            .map(|t| TrunkSecurity {
+                name: t.name.clone(),
+                mtls: t.client_cert.is_some(),
+            })
+            .collect();
         self.trunk_down = config
             .trunks
             .iter()
@@ -942,6 +972,19 @@ impl Engine {
             .map(|q| (q.whisper.clone(), q.callback_whisper.clone()))
             .collect();
         self.callback_number = queues.iter().map(|q| q.callback_number.clone()).collect();
+    }
+
+    /// A stream connection opened; `trunks` names the trunks whose TLS
+    /// client certificate it presented (empty: none, or not TLS).
+    pub fn connection_opened(&mut self, conn: u64, trunks: Vec<String>) {
+        if !trunks.is_empty() {
+            self.conn_trunks.insert(conn, trunks.into());
+        }
+    }
+
+    /// A stream connection closed: whatever it proved is forgotten.
+    pub fn connection_closed(&mut self, conn: u64) {
+        self.conn_trunks.remove(&conn);
     }
 
     /// The UDP address calls are placed from (callbacks).
@@ -2201,7 +2244,15 @@ impl Engine {
             );
             return false;
         }
-        if self.inbound(flow.remote.ip(), msg).is_none() {
+        if self.inbound(flow, msg).is_none() {
+            if self.inbound_by_address(flow.remote.ip(), msg).is_some() {
+                // Its address and DID name a trunk known by its client
+                // certificate, and this connection did not present it: an
+                // address alone proves nothing to such a trunk (D1).
+                warn!(peer = %flow.remote.ip(), transport = flow.transport.as_str(), "INVITE for a certificate-authenticated trunk without its certificate refused");
+                self.reject(flow, msg, 403, "trunk_not_authenticated", &[]);
+                return false;
+            }
             self.reject(flow, msg, 404, "unknown_did", &[]);
             return false;
         }
@@ -2238,7 +2289,29 @@ impl Engine {
     /// goes: a trunk is known by (source address, DID), so two trunks
     /// behind one carrier SBC (one per tenant) each get their own DIDs'
     /// calls (`check-config` refuses a DID two of them could claim).
-    fn inbound(&self, source: IpAddr, msg: &Message) -> Option<(usize, Target)> {
+    /// A trunk with `tls_peer_names` counts only over a TLS connection
+    /// whose client certificate it accepted.
+    fn inbound(&self, flow: Flow, msg: &Message) -> Option<(usize, Target)> {
+        let proven = (flow.transport == Transport::Tls)
+            .then(|| self.conn_trunks.get(&flow.conn))
+            .flatten();
+        self.inbound_where(flow.remote.ip(), msg, |i| {
+            let sec = &self.trunk_sec[i];
+            !sec.mtls || proven.is_some_and(|names| names.contains(&sec.name))
+        })
+    }
+
+    /// The trunk an INVITE would belong to by its address and DID alone.
+    fn inbound_by_address(&self, source: IpAddr, msg: &Message) -> Option<(usize, Target)> {
+        self.inbound_where(source, msg, |_| true)
+    }
+
+    fn inbound_where(
+        &self,
+        source: IpAddr,
+        msg: &Message,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<(usize, Target)> {
         let ruri = msg.request_uri()?;
         let did = match uri::classify(ruri)? {
             Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
@@ -2247,7 +2320,7 @@ impl Engine {
         self.trunks
             .iter()
             .enumerate()
-            .filter(|(_, (peers, _))| peers.contains(&source))
+            .filter(|(i, (peers, _))| peers.contains(&source) && allowed(*i))
             .find_map(|(i, (_, dids))| Some((i, dids.get(did)?.clone())))
     }
 
@@ -2449,7 +2522,7 @@ impl Engine {
 
     fn new_call(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
         let key = TxKey::of(&msg);
-        let Some((trunk, target)) = self.inbound(flow.remote.ip(), &msg) else {
+        let Some((trunk, target)) = self.inbound(flow, &msg) else {
             // precheck guarantees both; answer rather than leave the caller hanging.
             let r = msg.response(404, reason_phrase(404), Some("x"));
             self.respond(now, &key, &r);

@@ -377,6 +377,10 @@ struct RawTrunk {
     options_seconds: u64,
     #[serde(default)]
     dids: BTreeMap<String, RawDid>,
+    #[serde(default)]
+    tls_client_ca_file: Option<String>,
+    #[serde(default)]
+    tls_peer_names: Vec<String>,
 }
 
 /// A DID maps to a queue name, or to a queue with what its callers need.
@@ -652,6 +656,18 @@ pub struct Trunk {
     /// How often the outbound side is asked OPTIONS (down when it
     /// answers nothing; skipped while down); `None`: never.
     pub options: Option<Duration>,
+    /// Set: the trunk is known by its TLS client certificate, and its
+    /// INVITEs are taken only over a TLS connection that presented one.
+    pub client_cert: Option<TrunkClientCert>,
+}
+
+/// How a trunk's TLS client certificate is recognised (mTLS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkClientCert {
+    /// The CA (PEM, one or more certificates) the certificate must chain to.
+    pub ca_file: PathBuf,
+    /// DNS names, one of which the certificate's subjectAltName must hold.
+    pub peer_names: Vec<String>,
 }
 
 /// Where a DID's calls go first.
@@ -1033,6 +1049,57 @@ fn sip_tls(p: &mut Problems, raw: &RawSip, wanted: bool) -> Option<SipTls> {
         listen,
         cert_file: cert?,
         key_file: key?,
+    })
+}
+
+/// A trunk's mTLS identity: a CA and the names its certificate may carry,
+/// both or neither, and only where a TLS listener can receive it.
+fn trunk_client_cert(
+    p: &mut Problems,
+    path: &str,
+    t: &RawTrunk,
+    listener: bool,
+) -> Option<TrunkClientCert> {
+    if t.tls_client_ca_file.is_none() && t.tls_peer_names.is_empty() {
+        return None;
+    }
+    if !listener {
+        p.add(
+            format!("{path}.tls_peer_names"),
+            "needs the TLS listener (\"tls\" in sip.transports)",
+        );
+    }
+    if t.tls_peer_names.is_empty() {
+        p.add(
+            format!("{path}.tls_peer_names"),
+            "needs at least one name with tls_client_ca_file",
+        );
+    }
+    for (i, n) in t.tls_peer_names.iter().enumerate() {
+        let valid = !n.is_empty()
+            && n.len() <= 253
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !valid {
+            p.add(
+                format!("{path}.tls_peer_names[{i}]"),
+                format!("not a DNS name: {n:?}"),
+            );
+        }
+    }
+    let ca = readable_file(
+        p,
+        &format!("{path}.tls_client_ca_file"),
+        t.tls_client_ca_file.as_deref(),
+        true,
+    )?;
+    Some(TrunkClientCert {
+        ca_file: ca,
+        peer_names: t
+            .tls_peer_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
     })
 }
 
@@ -1877,6 +1944,7 @@ impl Config {
                     );
                 }
             }
+            let client_cert = trunk_client_cert(&mut p, &path, t, sip_tls.is_some());
             trunks.push(Trunk {
                 name: t.name.clone(),
                 tenant,
@@ -1885,6 +1953,7 @@ impl Config {
                 outbound,
                 caller_id,
                 options: (t.options_seconds > 0).then(|| Duration::from_secs(t.options_seconds)),
+                client_cert,
             });
         }
         // A call is told to its trunk by (source address, DID): two trunks
@@ -2869,6 +2938,59 @@ record = true
             ),
         ] {
             refused(&format!("{base}{extra}"), want);
+        }
+    }
+
+    #[test]
+    fn tls_settings_come_together_and_name_readable_files() {
+        // Any readable file will do for the check (contents are the
+        // driver's business, at start).
+        let file = env!("CARGO_MANIFEST_PATH");
+        let sip = format!(
+            "[sip]\ntransports = [\"udp\", \"tls\"]\ntls_listen = [\"127.0.0.1:5061\"]\ntls_cert_file = {file:?}\ntls_key_file = {file:?}\n"
+        );
+        let trunk = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+        let c = Config::from_toml(&format!(
+            "{sip}{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"SBC.carrier.example\"]\n"
+        ))
+        .unwrap();
+        let tls = c.sip.tls.expect("tls");
+        assert_eq!(tls.listen, vec!["127.0.0.1:5061".parse().unwrap()]);
+        let cc = c.trunks[0].client_cert.clone().expect("mtls");
+        assert_eq!(cc.peer_names, vec!["sbc.carrier.example".to_owned()]);
+        for (toml, want) in [
+            (
+                "[sip]\ntransports = [\"tls\"]\n".to_owned(),
+                "sip.tls_listen: needs at least one address",
+            ),
+            (
+                "[sip]\ntransports = [\"tls\"]\n".to_owned(),
+                "sip.tls_cert_file: required",
+            ),
+            (
+                "[sip]\ntls_listen = [\"127.0.0.1:5061\"]\n".to_owned(),
+                "sip.tls_listen: only with \"tls\"",
+            ),
+            (
+                format!(
+                    "{sip}{trunk}tls_client_ca_file = \"/nonexistent.pem\"\ntls_peer_names = [\"a.example\"]\n"
+                ),
+                "trunks[0].tls_client_ca_file: cannot read",
+            ),
+            (
+                format!("{sip}{trunk}tls_client_ca_file = {file:?}\n"),
+                "trunks[0].tls_peer_names: needs at least one name",
+            ),
+            (
+                format!("{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"a.example\"]\n"),
+                "trunks[0].tls_peer_names: needs the TLS listener",
+            ),
+            (
+                format!("{sip}{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"a b\"]\n"),
+                "trunks[0].tls_peer_names[0]: not a DNS name",
+            ),
+        ] {
+            refused(&toml, want);
         }
     }
 

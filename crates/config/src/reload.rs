@@ -69,10 +69,17 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// Keys under a [`LIVE`] key that still need a restart: the TLS driver
+/// builds its certificate checks once, at start.
+const RESTART: &[&str] = &["trunks[].tls_client_ca_file", "trunks[].tls_peer_names"];
+
 /// Whether a running node applies a change of `key` (a path from
 /// [`changed_keys`]).
 pub fn applies_live(key: &str) -> bool {
     let pattern = without_selectors(key);
+    if RESTART.contains(&pattern.as_str()) {
+        return false;
+    }
     LIVE.iter().any(|live| {
         pattern == *live
             || pattern
@@ -202,6 +209,13 @@ queues = ["info"]
         let old = Config::from_toml(BASE).unwrap();
         let new = Config::from_toml(new).unwrap();
         changed_keys(&old, &new)
+    }
+
+    #[test]
+    fn trunk_tls_keys_need_a_restart_while_other_trunk_keys_apply_live() {
+        assert!(applies_live("trunks[carrier].outbound"));
+        assert!(!applies_live("trunks[carrier].tls_peer_names"));
+        assert!(!applies_live("trunks[carrier].tls_client_ca_file"));
     }
 
     #[test]

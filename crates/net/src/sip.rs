@@ -179,6 +179,10 @@ enum Input {
     ConnOpen {
         conn: u64,
         tx: mpsc::Sender<Vec<u8>>,
+        /// Trunks (by name) whose client certificate the connection
+        /// presented: sent before its first message, on the same channel,
+        /// so the engine knows who speaks before it reads a word.
+        trunks: Vec<String>,
     },
     ConnClosed {
         conn: u64,
@@ -364,8 +368,8 @@ impl SipServer {
             }
         }
         if let Some(tls) = &config.sip.tls {
-            let acceptor =
-                tokio_rustls::TlsAcceptor::from(Arc::new(crate::tls::server_config(tls)?));
+            let (server, checks) = crate::tls::server_config(tls, &config.trunks)?;
+            let acceptor = (tokio_rustls::TlsAcceptor::from(Arc::new(server)), checks);
             for &addr in &tls.listen {
                 let listener = TcpListener::bind(addr)
                     .await
@@ -495,7 +499,7 @@ async fn udp_reader(
 #[allow(clippy::too_many_arguments)] // Plumbing of one listener's settings.
 async fn tcp_acceptor(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<(tokio_rustls::TlsAcceptor, crate::tls::PeerChecks)>,
     tx: mpsc::Sender<Input>,
     limits: Limits,
     metrics: Metrics,
@@ -542,10 +546,18 @@ async fn tcp_acceptor(
         tokio::spawn(async move {
             match tls {
                 None => {
-                    stream_connection(stream, flow, tx.clone(), limits, partial_timeout).await;
+                    stream_connection(
+                        stream,
+                        flow,
+                        Vec::new(),
+                        tx.clone(),
+                        limits,
+                        partial_timeout,
+                    )
+                    .await;
                     let _ = tx.send(Input::ConnClosed { conn }).await;
                 }
-                Some(acceptor) => {
+                Some((acceptor, checks)) => {
                     let handshake = tokio::time::timeout(
                         crate::tls::HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),
@@ -553,8 +565,19 @@ async fn tcp_acceptor(
                     .await;
                     match handshake {
                         Ok(Ok(stream)) => {
-                            stream_connection(stream, flow, tx.clone(), limits, partial_timeout)
-                                .await;
+                            let trunks = checks.trunks_of(stream.get_ref().1.peer_certificates());
+                            if !trunks.is_empty() {
+                                debug!(peer = %remote, trunks = ?trunks, "TLS client certificate of a trunk");
+                            }
+                            stream_connection(
+                                stream,
+                                flow,
+                                trunks,
+                                tx.clone(),
+                                limits,
+                                partial_timeout,
+                            )
+                            .await;
                             let _ = tx.send(Input::ConnClosed { conn }).await;
                         }
                         Ok(Err(e)) => handshake_failed(&metrics, "in", remote, &e),
@@ -592,6 +615,7 @@ fn handshake_timed_out(metrics: &Metrics, direction: &str, peer: SocketAddr) {
 async fn stream_connection<S>(
     stream: S,
     flow: Flow,
+    trunks: Vec<String>,
     tx: mpsc::Sender<Input>,
     limits: Limits,
     partial_timeout: Duration,
@@ -603,6 +627,7 @@ async fn stream_connection<S>(
         .send(Input::ConnOpen {
             conn: flow.conn,
             tx: out_tx,
+            trunks,
         })
         .await
         .is_err()
@@ -878,11 +903,13 @@ fn handle(
         }
         Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
         Input::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
-        Input::ConnOpen { conn, tx } => {
+        Input::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);
+            engine.connection_opened(conn, trunks);
         }
         Input::ConnClosed { conn } => {
             conns.remove(&conn);
+            engine.connection_closed(conn);
         }
         Input::Callbacks(due) => {
             for cb in due {

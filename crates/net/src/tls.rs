@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::sip::NetError;
 
@@ -48,19 +48,123 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, NetError> 
     PrivateKeyDer::from_pem_file(path).map_err(|e| NetError::tls(path, e))
 }
 
-/// The listener's configuration: the node's certificate, and no client
-/// certificate asked for.
+/// The listener's configuration: the node's certificate; a client
+/// certificate is asked for (never required: operators' phones and trunks
+/// known by address connect without one) when a trunk is known by one.
+/// A certificate that is presented must chain to one of those trunks'
+/// CAs, or the handshake fails.
 pub(crate) fn server_config(
     tls: &centralino_config::SipTls,
-) -> Result<rustls::ServerConfig, NetError> {
+    trunks: &[centralino_config::Trunk],
+) -> Result<(rustls::ServerConfig, PeerChecks), NetError> {
     let certs = load_certs(&tls.cert_file)?;
     let key = load_key(&tls.key_file)?;
-    rustls::ServerConfig::builder_with_provider(provider())
+    let checks = PeerChecks::new(trunks)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| NetError::tls(&tls.cert_file, e))?
-        .with_no_client_auth()
+        .map_err(|e| NetError::tls(&tls.cert_file, e))?;
+    let builder = match &checks.any {
+        Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(certs, key)
-        .map_err(|e| NetError::tls(&tls.key_file, e))
+        .map_err(|e| NetError::tls(&tls.key_file, e))?;
+    Ok((config, checks))
+}
+
+type ClientVerifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
+/// Which trunks a TLS client's certificate speaks for.
+#[derive(Clone)]
+pub(crate) struct PeerChecks {
+    /// The handshake's check: any of the trunks' CAs, or no certificate.
+    any: Option<ClientVerifier>,
+    /// Per trunk with `tls_peer_names`: its name, its CA's check, and the
+    /// names its certificate may carry.
+    trunks: Arc<[PeerCheck]>,
+}
+
+struct PeerCheck {
+    trunk: String,
+    verifier: ClientVerifier,
+    names: Vec<ServerName<'static>>,
+}
+
+impl PeerChecks {
+    fn new(trunks: &[centralino_config::Trunk]) -> Result<Self, NetError> {
+        let mut all = rustls::RootCertStore::empty();
+        let mut checks = Vec::new();
+        let mut last = None;
+        for t in trunks {
+            let Some(cc) = &t.client_cert else { continue };
+            let mut roots = rustls::RootCertStore::empty();
+            for c in load_certs(&cc.ca_file)? {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| NetError::tls(&cc.ca_file, e))?;
+                all.add(c).map_err(|e| NetError::tls(&cc.ca_file, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| NetError::tls(&cc.ca_file, e))?;
+            let names = cc
+                .peer_names
+                .iter()
+                .filter_map(|n| ServerName::try_from(n.clone()).ok())
+                .collect();
+            checks.push(PeerCheck {
+                trunk: t.name.clone(),
+                verifier,
+                names,
+            });
+            last = Some(cc.ca_file.clone());
+        }
+        let Some(last) = last else {
+            return Ok(Self {
+                any: None,
+                trunks: Arc::new([]),
+            });
+        };
+        let any =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(all), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| NetError::tls(&last, e))?;
+        Ok(Self {
+            any: Some(any),
+            trunks: checks.into(),
+        })
+    }
+
+    /// The trunks (by name) whose CA the client's chain verifies against
+    /// and whose `tls_peer_names` its subjectAltName holds; empty for a
+    /// client without a certificate. Done once per connection, after the
+    /// handshake, so the engine gets a verdict and never a certificate.
+    pub(crate) fn trunks_of(&self, chain: Option<&[CertificateDer<'_>]>) -> Vec<String> {
+        let Some((leaf, intermediates)) = chain.and_then(<[_]>::split_first) else {
+            return Vec::new();
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+            return Vec::new();
+        };
+        let now = UnixTime::now();
+        self.trunks
+            .iter()
+            .filter(|c| {
+                c.verifier
+                    .verify_client_cert(leaf, intermediates, now)
+                    .is_ok()
+                    && c.names
+                        .iter()
+                        .any(|n| cert.verify_is_valid_for_subject_name(n).is_ok())
+            })
+            .map(|c| c.trunk.clone())
+            .collect()
+    }
 }
 
 /// Why a handshake failed, as a bounded metric label.
