@@ -600,3 +600,234 @@ fn invite_expecting<S: Read + Write>(sip: &mut TlsSip<S>, port: u16, tag: &str, 
         "{tag}: {answer}"
     );
 }
+
+/// A carrier's SBC over TLS, played by rustls: it requires our client
+/// certificate (chaining to the test CA), keeps every request it gets,
+/// answers OPTIONS 200, answers an INVITE 200 and, once ACKed, hangs up
+/// with a BYE on the same connection (the citizen ends the call).
+struct TlsCarrier {
+    port: u16,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TlsCarrier {
+    fn start(pki: &Pki) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&pki.path("ca.pem")) {
+            roots.add(c).expect("root");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                certs(&pki.path("carrier.pem")),
+                key(&pki.path("carrier.key")),
+            )
+            .expect("server config");
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind carrier");
+        let port = listener.local_addr().expect("addr").port();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = Arc::downgrade(&got);
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let Some(got) = keep.upgrade() else { return };
+                let config = config.clone();
+                std::thread::spawn(move || carrier_connection(tcp, config, port, &got));
+            }
+        });
+        Self { port, got }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn carrier_connection(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    port: u16,
+    got: &std::sync::Mutex<Vec<String>>,
+) {
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut sip = TlsSip {
+        stream: rustls::StreamOwned::new(conn, tcp),
+        buf: Vec::new(),
+    };
+    let mut invite: Option<String> = None;
+    while let Some(msg) = sip.recv(Duration::from_secs(30)) {
+        if msg.starts_with("SIP/2.0") {
+            got.lock().unwrap().push(msg);
+            continue;
+        }
+        got.lock().unwrap().push(msg.clone());
+        let method = msg.split(' ').next().unwrap_or_default().to_owned();
+        let reply = |code: &str, extra: &str, body: &str| {
+            let mut r = format!("SIP/2.0 {code}\n");
+            for h in ["Via", "From", "Call-ID", "CSeq"] {
+                if let Some(v) = header(&msg, h) {
+                    r.push_str(&format!("{h}: {v}\n"));
+                }
+            }
+            let to = header(&msg, "To").unwrap_or_default();
+            let to = if to.contains("tag=") {
+                to.to_owned()
+            } else {
+                format!("{to};tag=carrier1")
+            };
+            r.push_str(&format!(
+                "To: {to}\n{extra}Content-Length: {}\n\n{body}",
+                body.len()
+            ));
+            r
+        };
+        match method.as_str() {
+            "OPTIONS" | "BYE" => sip.send(&reply("200 OK", "", "")),
+            "INVITE" => {
+                let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+                let extra = format!(
+                    "Contact: <sip:citizen@127.0.0.1:{port};transport=tls>\nContent-Type: application/sdp\n"
+                );
+                sip.send(&reply("200 OK", &extra, sdp));
+                invite = Some(msg.clone());
+            }
+            "ACK" => {
+                let Some(inv) = invite.take() else { continue };
+                // The citizen hangs up: a BYE towards the node's Contact,
+                // on this same connection.
+                let contact = header(&inv, "Contact").unwrap_or_default();
+                let target = contact
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or_default();
+                let from = header(&inv, "From").unwrap_or_default();
+                let to = header(&inv, "To").unwrap_or_default();
+                let call_id = header(&inv, "Call-ID").unwrap_or_default();
+                sip.send(&format!(
+                    "BYE {target} SIP/2.0\n\
+                     Via: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-cbye\n\
+                     Max-Forwards: 70\n\
+                     From: {to};tag=carrier1\n\
+                     To: {from}\n\
+                     Call-ID: {call_id}\n\
+                     CSeq: 1 BYE\n\
+                     Content-Length: 0\n\n"
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Callbacks leave over TLS: the first trunk's carrier is reached under a
+/// name its certificate does not carry, so the handshake fails (counted)
+/// and the attempt fails over, like to a dead carrier, to the next trunk;
+/// that one's carrier (which demands our client certificate) gets OPTIONS
+/// pings and the INVITE over TLS, answers, and hangs up with a BYE on the
+/// same connection; the operator's call ends with it.
+#[test]
+fn callback_over_tls_with_name_check_and_failover() {
+    let scratch = Scratch::new("tls-callback");
+    let pki = node_pki(&scratch);
+    let good = TlsCarrier::start(&pki);
+    let bad = TlsCarrier::start(&pki);
+    let tls_port = free_port();
+    let (ca, cert, key) = (pki.s("ca.pem"), pki.s("node.pem"), pki.s("node.key"));
+    let trunks = format!(
+        r#"
+[[trunks]]
+name = "wrongname"
+tenant = "demo"
+peers = ["127.0.0.9"]
+outbound = "127.0.0.1:{bad}"
+outbound_transport = "tls"
+outbound_tls_name = "wrong.example"
+outbound_tls_ca_file = "{ca}"
+caller_id = "+39800123456"
+
+[[trunks]]
+name = "tlscarrier"
+tenant = "demo"
+peers = ["127.0.0.9"]
+outbound = "127.0.0.1:{good}"
+outbound_transport = "tls"
+outbound_tls_name = "{CARRIER_NAME}"
+outbound_tls_ca_file = "{ca}"
+outbound_tls_cert_file = "{cert}"
+outbound_tls_key_file = "{key}"
+options_seconds = 5
+caller_id = "+39800123456"
+
+[[api.tokens]]
+name = "desk"
+token = "desk-token-0123456789"
+role = "admin"
+"#,
+        bad = bad.port,
+        good = good.port,
+    );
+    let node = tls_node(&scratch, &pki, tls_port, &trunks, "");
+    let mut phone = one_answering_phone(&scratch, &node);
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some("desk-token-0123456789"),
+        Some(r#"{"queue": "info", "number": "+393471234567"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    phone.expect_success(Duration::from_secs(60));
+    node.wait_metric(
+        "centralino_callbacks_total{outcome=\"answered\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    assert!(bad.requests().is_empty(), "{:?}", bad.requests());
+    assert!(
+        node.metric(
+            "centralino_sip_tls_handshake_failures_total{direction=\"out\",reason=\"certificate\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        node.metric("centralino_trunk_failovers_total{reason=\"timeout\"}"),
+        1.0
+    );
+    let got = good.requests();
+    assert!(got.iter().any(|m| m.starts_with("OPTIONS ")), "{got:?}");
+    let invite = got
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("no INVITE: {got:?}"));
+    assert!(
+        invite.starts_with("INVITE sip:+393471234567@")
+            && invite.lines().next().unwrap().contains("transport=tls"),
+        "{invite}"
+    );
+    assert!(
+        header(invite, "Via").is_some_and(|v| v.starts_with("SIP/2.0/TLS")),
+        "{invite}"
+    );
+    assert!(
+        header(invite, "Contact").is_some_and(|v| v.contains("transport=tls")),
+        "{invite}"
+    );
+    assert!(got.iter().any(|m| m.starts_with("ACK ")), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|m| m.starts_with("SIP/2.0 200") && header(m, "CSeq") == Some("1 BYE")),
+        "the node did not answer the carrier's BYE: {got:?}"
+    );
+}

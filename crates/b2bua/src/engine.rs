@@ -242,6 +242,8 @@ struct TrunkSecurity {
     /// INVITEs only over a TLS connection that presented this trunk's
     /// client certificate (`tls_peer_names`).
     mtls: bool,
+    /// How its outbound side is reached (UDP or TLS).
+    outbound: Transport,
 }
 
 /// A call that is a callback being executed.
@@ -585,6 +587,9 @@ pub struct Engine {
     wall: (Instant, i64),
     /// Our UDP SIP address, for calls we place (the driver sets it).
     outbound_local: Option<SocketAddr>,
+    /// Our TLS listener's address: Via and Contact of what we send to a
+    /// trunk over TLS (the driver opens the connection itself).
+    outbound_tls_local: Option<SocketAddr>,
     /// Per trunk: outbound address and caller id.
     trunk_out: Vec<(Option<SocketAddr>, String, usize)>,
     /// Per trunk: how its peers prove who they are.
@@ -757,6 +762,7 @@ impl Engine {
             catalog: config.catalog.clone(),
             wall: (now, 0),
             outbound_local: None,
+            outbound_tls_local: None,
             trunk_out: Vec::new(),
             trunk_sec: Vec::new(),
             conn_trunks: HashMap::new(),
@@ -912,6 +918,11 @@ impl Engine {
             .map(|t| TrunkSecurity {
                 name: t.name.clone(),
                 mtls: t.client_cert.is_some(),
+                outbound: if t.outbound_tls.is_some() {
+                    Transport::Tls
+                } else {
+                    Transport::Udp
+                },
             })
             .collect();
         self.trunk_down = config
@@ -992,6 +1003,34 @@ impl Engine {
         self.outbound_local = Some(addr);
     }
 
+    /// The TLS listener's address, named in what goes to TLS trunks.
+    pub fn set_outbound_tls_local(&mut self, addr: SocketAddr) {
+        self.outbound_tls_local = Some(addr);
+    }
+
+    /// Where requests to trunk `trunk`'s outbound side go: its address,
+    /// over its transport, from our listener of that transport. Over TLS
+    /// the connection is the driver's to open, reuse and reopen (`conn`
+    /// 0: "the trunk's connection, whichever it is now"). `None`: the
+    /// trunk takes no calls, or we have no listener for its transport.
+    fn outbound_flow(&self, trunk: usize) -> Option<Flow> {
+        let remote = self.trunk_out.get(trunk)?.0?;
+        let transport = self
+            .trunk_sec
+            .get(trunk)
+            .map_or(Transport::Udp, |s| s.outbound);
+        let local = match transport {
+            Transport::Tls => self.outbound_tls_local?,
+            _ => self.outbound_local?,
+        };
+        Some(Flow {
+            transport,
+            remote,
+            local,
+            conn: 0,
+        })
+    }
+
     /// Whether `number` passes the dial plan of `tenant`: refusals are
     /// logged (masked) and counted with where the number came from.
     fn dialable(&self, tenant: usize, number: &str, via: &'static str) -> bool {
@@ -1058,7 +1097,7 @@ impl Engine {
             .filter(outbound)
             .find(|&j| !self.trunk_down[j])
             .or_else(|| (0..self.trunk_out.len()).find(outbound));
-        let (Some(trunk), Some(local)) = (trunk, self.outbound_local) else {
+        let Some(trunk) = trunk.filter(|&t| self.outbound_flow(t).is_some()) else {
             warn!(queue = %cb.queue, "no outbound trunk for callbacks");
             self.callback_state(
                 &cb.id,
@@ -1071,7 +1110,7 @@ impl Engine {
         // The call's SIP side towards the citizen is filled in when we
         // dial; its media is anchored like any call's.
         let number = cb.number.clone();
-        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, local, &number, "callback") else {
+        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, &number, "callback") else {
             self.callback_state(
                 &cb.id,
                 CallbackState::Failed {
@@ -1080,7 +1119,7 @@ impl Engine {
             );
             return;
         };
-        let ip = local.ip();
+        let ip = a_leg.flow.local.ip();
         let Ok(a_port) = self.ports.take(now, ip) else {
             self.callback_retry(&cb, "no_rtp_port", queue);
             return;
@@ -1195,22 +1234,19 @@ impl Engine {
     fn citizen_leg(
         &mut self,
         trunk: usize,
-        local: SocketAddr,
         number: &str,
         via: &'static str,
     ) -> Option<(Leg, Message, String)> {
-        let (remote, caller_id, tenant) = self.trunk_out.get(trunk)?.clone();
-        let remote = remote?;
+        let (_, caller_id, tenant) = self.trunk_out.get(trunk)?.clone();
+        let flow = self.outbound_flow(trunk)?;
         if !self.dialable(tenant, number, via) {
             return None;
         }
-        let flow = Flow {
-            transport: Transport::Udp,
-            remote,
-            local,
-            conn: 0,
+        let (remote, local) = (flow.remote, flow.local);
+        let target = match flow.transport {
+            Transport::Tls => format!("sip:{number}@{remote};transport=tls"),
+            _ => format!("sip:{number}@{remote}"),
         };
-        let target = format!("sip:{number}@{remote}");
         let tag = self.token();
         let call_id = format!("{}@centralino", self.token());
         let local_uri = format!("<sip:{caller_id}@{local}>;tag={tag}");
@@ -1241,9 +1277,6 @@ impl Engine {
     /// (configuration order), so a carrier down costs a citizen nothing
     /// while another is up. `false` when none is left.
     fn next_trunk(&mut self, now: Instant, call_id: CallId, reason: &'static str) -> bool {
-        let Some(local) = self.outbound_local else {
-            return false;
-        };
         let Some(call) = self.calls.get(&call_id) else {
             return false;
         };
@@ -1257,7 +1290,7 @@ impl Engine {
             return false;
         };
         let number = call.caller.clone();
-        let Some((leg, invite, tag)) = self.citizen_leg(next, local, &number, "callback") else {
+        let Some((leg, invite, tag)) = self.citizen_leg(next, &number, "callback") else {
             return false;
         };
         let old = std::mem::replace(
@@ -1387,9 +1420,6 @@ impl Engine {
     /// outbound trunk (from the operator-side port). `false` when there is
     /// no trunk to leave through.
     fn start_transfer(&mut self, now: Instant, id: CallId, number: &str) -> bool {
-        let Some(local) = self.outbound_local else {
-            return false;
-        };
         let Some(call) = self.calls.get(&id) else {
             return false;
         };
@@ -1399,7 +1429,7 @@ impl Engine {
             .iter()
             .position(|(out, _, t)| out.is_some() && *t == tenant);
         let Some((mut leg, mut inv, _)) =
-            trunk.and_then(|t| self.citizen_leg(t, local, number, "transfer"))
+            trunk.and_then(|t| self.citizen_leg(t, number, "transfer"))
         else {
             warn!("IVR transfer: no outbound trunk for this tenant");
             return false;
@@ -1881,15 +1911,10 @@ impl Engine {
             return;
         };
         self.trunk_due.push(Reverse((now + every, trunk)));
-        let (Some(local), Some(remote)) = (self.outbound_local, self.trunk_out[trunk].0) else {
+        let Some(flow) = self.outbound_flow(trunk) else {
             return;
         };
-        let flow = Flow {
-            transport: Transport::Udp,
-            remote,
-            local,
-            conn: 0,
-        };
+        let (remote, local) = (flow.remote, flow.local);
         let via = self.via(flow);
         let tag = self.token();
         let call_id = format!("{}@centralino", self.token());

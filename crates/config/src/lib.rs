@@ -381,6 +381,16 @@ struct RawTrunk {
     tls_client_ca_file: Option<String>,
     #[serde(default)]
     tls_peer_names: Vec<String>,
+    #[serde(default)]
+    outbound_transport: Option<String>,
+    #[serde(default)]
+    outbound_tls_name: Option<String>,
+    #[serde(default)]
+    outbound_tls_ca_file: Option<String>,
+    #[serde(default)]
+    outbound_tls_cert_file: Option<String>,
+    #[serde(default)]
+    outbound_tls_key_file: Option<String>,
 }
 
 /// A DID maps to a queue name, or to a queue with what its callers need.
@@ -659,6 +669,19 @@ pub struct Trunk {
     /// Set: the trunk is known by its TLS client certificate, and its
     /// INVITEs are taken only over a TLS connection that presented one.
     pub client_cert: Option<TrunkClientCert>,
+    /// Set: calls and OPTIONS to `outbound` go over TLS, not UDP.
+    pub outbound_tls: Option<OutboundTls>,
+}
+
+/// How the node reaches a trunk's outbound side over TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundTls {
+    /// The name the carrier's certificate must carry (DNS name or IP).
+    pub name: String,
+    /// The CAs (PEM) its certificate must chain to; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Our client certificate chain and key (PEM), for carriers that ask.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// How a trunk's TLS client certificate is recognised (mTLS).
@@ -1100,6 +1123,104 @@ fn trunk_client_cert(
             .iter()
             .map(|n| n.to_ascii_lowercase())
             .collect(),
+    })
+}
+
+/// How a trunk's outbound side is reached: UDP (the default) or TLS with
+/// the name its certificate must carry. TLS needs our TLS listener: its
+/// address is our Via and Contact, where the carrier reaches us back.
+fn trunk_outbound_tls(
+    p: &mut Problems,
+    path: &str,
+    t: &RawTrunk,
+    listener: bool,
+) -> Option<OutboundTls> {
+    let tls = match t.outbound_transport.as_deref() {
+        None | Some("udp") => false,
+        Some("tls") => true,
+        Some(other) => {
+            p.add(
+                format!("{path}.outbound_transport"),
+                format!("unknown transport {other:?} (udp, tls)"),
+            );
+            return None;
+        }
+    };
+    if !tls {
+        for (key, set) in [
+            ("outbound_tls_name", t.outbound_tls_name.is_some()),
+            ("outbound_tls_ca_file", t.outbound_tls_ca_file.is_some()),
+            ("outbound_tls_cert_file", t.outbound_tls_cert_file.is_some()),
+            ("outbound_tls_key_file", t.outbound_tls_key_file.is_some()),
+        ] {
+            if set {
+                p.add(
+                    format!("{path}.{key}"),
+                    "only with outbound_transport = \"tls\"",
+                );
+            }
+        }
+        return None;
+    }
+    if t.outbound.is_none() {
+        p.add(
+            format!("{path}.outbound_transport"),
+            "only for a trunk with outbound",
+        );
+    }
+    if !listener {
+        p.add(
+            format!("{path}.outbound_transport"),
+            "needs the TLS listener (\"tls\" in sip.transports): the carrier answers there",
+        );
+    }
+    let name = match t.outbound_tls_name.as_deref() {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) =>
+        {
+            Some(n.to_ascii_lowercase())
+        }
+        Some(n) => {
+            p.add(
+                format!("{path}.outbound_tls_name"),
+                format!("not a DNS name or IP address: {n:?}"),
+            );
+            None
+        }
+        None => {
+            p.add(
+                format!("{path}.outbound_tls_name"),
+                "required with outbound_transport = \"tls\" (the name its certificate carries)",
+            );
+            None
+        }
+    };
+    let ca = readable_file(
+        p,
+        &format!("{path}.outbound_tls_ca_file"),
+        t.outbound_tls_ca_file.as_deref(),
+        false,
+    );
+    let both = t.outbound_tls_cert_file.is_some() || t.outbound_tls_key_file.is_some();
+    let cert = readable_file(
+        p,
+        &format!("{path}.outbound_tls_cert_file"),
+        t.outbound_tls_cert_file.as_deref(),
+        both,
+    );
+    let key = readable_file(
+        p,
+        &format!("{path}.outbound_tls_key_file"),
+        t.outbound_tls_key_file.as_deref(),
+        both,
+    );
+    Some(OutboundTls {
+        name: name?,
+        ca_file: ca,
+        client_cert: cert.zip(key),
     })
 }
 
@@ -1945,6 +2066,7 @@ impl Config {
                 }
             }
             let client_cert = trunk_client_cert(&mut p, &path, t, sip_tls.is_some());
+            let outbound_tls = trunk_outbound_tls(&mut p, &path, t, sip_tls.is_some());
             trunks.push(Trunk {
                 name: t.name.clone(),
                 tenant,
@@ -1954,6 +2076,7 @@ impl Config {
                 caller_id,
                 options: (t.options_seconds > 0).then(|| Duration::from_secs(t.options_seconds)),
                 client_cert,
+                outbound_tls,
             });
         }
         // A call is told to its trunk by (source address, DID): two trunks
@@ -2958,6 +3081,46 @@ record = true
         assert_eq!(tls.listen, vec!["127.0.0.1:5061".parse().unwrap()]);
         let cc = c.trunks[0].client_cert.clone().expect("mtls");
         assert_eq!(cc.peer_names, vec!["sbc.carrier.example".to_owned()]);
+        let c = Config::from_toml(&format!(
+            "{sip}{trunk}outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"SBC.carrier.example\"\noutbound_tls_cert_file = {file:?}\noutbound_tls_key_file = {file:?}\n"
+        ))
+        .unwrap();
+        let out = c.trunks[0].outbound_tls.clone().expect("outbound tls");
+        assert_eq!(out.name, "sbc.carrier.example");
+        assert_eq!(out.ca_file, None);
+        assert!(out.client_cert.is_some());
+        for (extra, want) in [
+            (
+                "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\n".to_owned(),
+                "trunks[0].outbound_tls_name: required",
+            ),
+            (
+                "outbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\n".to_owned(),
+                "trunks[0].outbound_transport: only for a trunk with outbound",
+            ),
+            (
+                "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"sctp\"\n".to_owned(),
+                "trunks[0].outbound_transport: unknown transport",
+            ),
+            (
+                "outbound = \"192.0.2.10:5061\"\noutbound_tls_name = \"a.example\"\n".to_owned(),
+                "trunks[0].outbound_tls_name: only with outbound_transport",
+            ),
+            (
+                format!(
+                    "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\noutbound_tls_cert_file = {file:?}\n"
+                ),
+                "trunks[0].outbound_tls_key_file: required",
+            ),
+        ] {
+            refused(&format!("{sip}{trunk}{extra}"), want);
+        }
+        refused(
+            &format!(
+                "{trunk}outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\n"
+            ),
+            "trunks[0].outbound_transport: needs the TLS listener",
+        );
         for (toml, want) in [
             (
                 "[sip]\ntransports = [\"tls\"]\n".to_owned(),

@@ -71,7 +71,15 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
 
 /// Keys under a [`LIVE`] key that still need a restart: the TLS driver
 /// builds its certificate checks once, at start.
-const RESTART: &[&str] = &["trunks[].tls_client_ca_file", "trunks[].tls_peer_names"];
+const RESTART: &[&str] = &[
+    "trunks[].tls_client_ca_file",
+    "trunks[].tls_peer_names",
+    "trunks[].outbound_transport",
+    "trunks[].outbound_tls_name",
+    "trunks[].outbound_tls_ca_file",
+    "trunks[].outbound_tls_cert_file",
+    "trunks[].outbound_tls_key_file",
+];
 
 /// Whether a running node applies a change of `key` (a path from
 /// [`changed_keys`]).

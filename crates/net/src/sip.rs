@@ -421,14 +421,36 @@ impl SipServer {
                 desks.clone(),
             ));
         }
+        if let Some(&(_, tls_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Tls) {
+            engine.set_outbound_tls_local(tls_addr);
+        }
+        let mut carriers = HashMap::new();
+        for t in &config.trunks {
+            if let (Some(remote), Some(tls)) = (t.outbound, &t.outbound_tls) {
+                let carrier = crate::tls::carrier(&t.name, tls)?;
+                if carriers.insert(remote, (carrier, None)).is_some() {
+                    warn!(trunk = %t.name, %remote, "two TLS trunks share an outbound address: the last one's TLS settings apply");
+                }
+            }
+        }
+        let clients = Clients {
+            carriers,
+            // Weak: the engine task must not keep its own input open.
+            tx: tx.downgrade(),
+            next_conn: next_conn.clone(),
+            limits: engine.limits().clone(),
+            idle: config.sip.tcp_idle_timeout,
+            metrics: metrics.clone(),
+        };
         drop(tx);
         if let Some(d) = &desks {
             let (board, slots) = engine.board();
             d.set_board(board, slots);
             d.set_queues(engine.queue_views(Instant::now().into_std()));
         }
-        let engine_task =
-            tokio::spawn(run_engine(engine, rx, media_rx, plane, udp, records, desks));
+        let engine_task = tokio::spawn(run_engine(
+            engine, rx, media_rx, plane, udp, clients, records, desks,
+        ));
         Ok(Self {
             bound,
             reloader,
@@ -622,7 +644,7 @@ async fn stream_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
     if tx
         .send(Input::ConnOpen {
             conn: flow.conn,
@@ -634,6 +656,24 @@ async fn stream_connection<S>(
     {
         return;
     }
+    pump_stream(stream, flow, tx, out_rx, limits, partial_timeout).await;
+}
+
+/// Messages queued for one stream connection's writer.
+const STREAM_QUEUE: usize = 256;
+
+/// Reads framed messages to the engine and writes its bytes, until the
+/// peer, the idle timer or a framing error ends the connection.
+async fn pump_stream<S>(
+    stream: S,
+    flow: Flow,
+    tx: mpsc::Sender<Input>,
+    mut out_rx: mpsc::Receiver<Vec<u8>>,
+    limits: Limits,
+    partial_timeout: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
@@ -696,12 +736,14 @@ async fn stream_connection<S>(
     let _ = wr.shutdown().await;
 }
 
+#[allow(clippy::too_many_arguments)] // The engine task's whole world.
 async fn run_engine(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Input>,
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    mut clients: Clients,
     records: Option<crate::api::RecordSink>,
     desks: Option<crate::api::Desks>,
 ) {
@@ -845,6 +887,10 @@ async fn run_engine(
                             if tx.try_send(bytes).is_err() {
                                 debug!(peer = %flow.remote, "TCP connection congested or closed, message dropped");
                             }
+                        } else if flow.transport == Transport::Tls
+                            && clients.carriers.contains_key(&flow.remote)
+                        {
+                            clients.send(&mut conns, flow.remote, bytes);
                         } else {
                             debug!(peer = %flow.remote, "no TCP connection for the flow, message dropped");
                         }
@@ -874,6 +920,105 @@ async fn run_engine(
             return;
         }
     }
+}
+
+/// Our TLS connections to carriers, one per trunk outbound address:
+/// opened on the first message, reused while open, opened again on the
+/// next message once closed (by either side, the idle timer, or a failed
+/// handshake). Lives in the engine task, like the connection table.
+struct Clients {
+    /// Per outbound address: how to reach it, and the connection now.
+    carriers: HashMap<SocketAddr, (crate::tls::Carrier, Option<u64>)>,
+    tx: mpsc::WeakSender<Input>,
+    next_conn: Arc<AtomicU64>,
+    limits: Limits,
+    idle: Duration,
+    metrics: Metrics,
+}
+
+impl Clients {
+    /// Sends `bytes` to the carrier at `remote`, opening the connection
+    /// when there is none. Messages wait in the connection's queue while
+    /// it opens; if it cannot, they are lost like datagrams to a dead
+    /// host, and the transactions' timers fail over.
+    fn send(
+        &mut self,
+        conns: &mut HashMap<u64, mpsc::Sender<Vec<u8>>>,
+        remote: SocketAddr,
+        bytes: Vec<u8>,
+    ) {
+        let Some((carrier, current)) = self.carriers.get_mut(&remote) else {
+            return;
+        };
+        if let Some(out) = current.and_then(|c| conns.get(&c)) {
+            if out.try_send(bytes).is_err() {
+                debug!(peer = %remote, "TLS connection to the carrier congested, message dropped");
+            }
+            return;
+        }
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_QUEUE);
+        let _ = out_tx.try_send(bytes);
+        conns.insert(conn, out_tx);
+        *current = Some(conn);
+        tokio::spawn(tls_client(
+            conn,
+            remote,
+            carrier.clone(),
+            out_rx,
+            tx,
+            self.limits.clone(),
+            self.idle,
+            self.metrics.clone(),
+        ));
+    }
+}
+
+/// One TLS connection to a carrier: connect, handshake (bounded), then
+/// the same stream pump as accepted connections; what arrives on it
+/// (responses, the carrier's in-dialog requests) reaches the engine on
+/// its flow, and the engine's answers go back on it.
+#[allow(clippy::too_many_arguments)] // One connection's plumbing.
+async fn tls_client(
+    conn: u64,
+    remote: SocketAddr,
+    carrier: crate::tls::Carrier,
+    out_rx: mpsc::Receiver<Vec<u8>>,
+    tx: mpsc::Sender<Input>,
+    limits: Limits,
+    partial_timeout: Duration,
+    metrics: Metrics,
+) {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(remote).await?;
+        let local = tcp.local_addr()?;
+        let stream = carrier.connector.connect(carrier.name.clone(), tcp).await?;
+        Ok::<_, std::io::Error>((stream, local))
+    };
+    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(Ok((stream, local))) => {
+            info!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier open");
+            let flow = Flow {
+                transport: Transport::Tls,
+                remote,
+                local,
+                conn,
+            };
+            pump_stream(stream, flow, tx.clone(), out_rx, limits, partial_timeout).await;
+        }
+        Ok(Err(e)) => {
+            warn!(trunk = %carrier.trunk, peer = %remote, error = %e, "TLS connection to the carrier failed");
+            handshake_failed(&metrics, "out", remote, &e);
+        }
+        Err(_) => {
+            warn!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier timed out");
+            handshake_timed_out(&metrics, "out", remote);
+        }
+    }
+    let _ = tx.send(Input::ConnClosed { conn }).await;
 }
 
 /// Who waits on the engine's shutdown steps.

@@ -167,6 +167,60 @@ impl PeerChecks {
     }
 }
 
+/// The client side towards one carrier: the verified name and our
+/// connector (its roots, and our certificate when the trunk has one).
+#[derive(Clone)]
+pub(crate) struct Carrier {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) name: ServerName<'static>,
+    /// The trunk's name (logs).
+    pub(crate) trunk: String,
+}
+
+/// The client configuration of a trunk reached over TLS: its server
+/// certificate must chain to `outbound_tls_ca_file` (else the system's
+/// CAs) and carry `outbound_tls_name`.
+pub(crate) fn carrier(
+    trunk: &str,
+    tls: &centralino_config::OutboundTls,
+) -> Result<Carrier, NetError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            for c in load_certs(path)? {
+                roots.add(c).map_err(|e| NetError::tls(path, e))?;
+            }
+        }
+        None => {
+            let system = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(system.certs);
+            if added == 0 {
+                return Err(NetError::tls(
+                    Path::new("outbound_tls_ca_file"),
+                    format!("trunk {trunk:?}: no system CA found; set outbound_tls_ca_file"),
+                ));
+            }
+        }
+    }
+    let name = ServerName::try_from(tls.name.clone())
+        .map_err(|e| NetError::tls(Path::new("outbound_tls_name"), format!("{trunk:?}: {e}")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| NetError::tls(Path::new("outbound_tls_name"), e))?
+        .with_root_certificates(roots);
+    let config = match &tls.client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| NetError::tls(key, e))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Carrier {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        name,
+        trunk: trunk.to_owned(),
+    })
+}
+
 /// Why a handshake failed, as a bounded metric label.
 pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
     let Some(tls) = e
