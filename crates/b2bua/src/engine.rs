@@ -17,7 +17,7 @@ use centralino_routing::{
     AgentState, CallSpec, Catalog, Code, OfferOutcome, Output as RouteOutput, PauseReason,
     QueueAgents, Requirement, Router,
 };
-use centralino_sip::auth::DigestAuth;
+use centralino_sip::auth::{self, DigestAuth};
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
 use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
@@ -244,6 +244,8 @@ struct TrunkSecurity {
     mtls: bool,
     /// How its outbound side is reached (UDP or TLS).
     outbound: Transport,
+    /// What we answer its digest challenges with.
+    auth: Option<centralino_config::TrunkAuth>,
 }
 
 /// A call that is a callback being executed.
@@ -923,6 +925,7 @@ impl Engine {
                 } else {
                     Transport::Udp
                 },
+                auth: t.auth.clone(),
             })
             .collect();
         self.trunk_down = config
@@ -1495,6 +1498,23 @@ impl Engine {
             return;
         };
         t.invite = None;
+        if matches!(code, 401 | 407) {
+            let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+            if let Some(retry) =
+                self.authenticated_retry(now, &key, flow, msg, ClientRef::Transfer(id))
+            {
+                if let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) {
+                    t.invite = Some(retry);
+                }
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = call.transfer.as_mut() else {
+            return;
+        };
         if !(200..300).contains(&code) {
             info!(code, "IVR transfer not answered");
             self.transfer_failed(now, id);
@@ -1566,6 +1586,23 @@ impl Engine {
             return;
         };
         out.invite = None;
+        if matches!(code, 401 | 407) {
+            let flow = call.a_leg.flow;
+            if let Some(retry) =
+                self.authenticated_retry(now, &key, flow, msg, ClientRef::Citizen(call_id))
+            {
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.a_key = retry.clone();
+                    if let Some(o) = call.outbound.as_mut() {
+                        o.invite = Some(retry);
+                    }
+                }
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
         if (200..300).contains(&code) {
             let leg = leg_from_response(&call.a_leg.local, call.a_leg.flow, msg);
             let answer = sdp::parse(&msg.body)
@@ -1641,6 +1678,101 @@ impl Engine {
         };
         info!(code, outcome, "callback: the citizen was not reached");
         self.end_connected(now, call_id, false, true, outcome);
+    }
+
+    /// A carrier challenged our INVITE (`resp` is its 401 or 407): when the
+    /// trunk at `flow.remote` has credentials and this INVITE carried none,
+    /// the same INVITE again (same Call-ID, tags and body; CSeq + 1, a new
+    /// branch) with the answer (RFC 3261 §22.2), its key returned. `None`:
+    /// no credentials, a second challenge, or one we cannot answer; the
+    /// caller then treats the response as the failure it is.
+    fn authenticated_retry(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        flow: Flow,
+        resp: &Message,
+        what: ClientRef,
+    ) -> Option<TxKey> {
+        let trunk = self
+            .trunk_out
+            .iter()
+            .position(|(out, _, _)| *out == Some(flow.remote))?;
+        let auth = self.trunk_sec.get(trunk)?.auth.clone()?;
+        let (asks, answers) = if resp.code() == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let orig = self.txn.client_request(key)?.clone();
+        if orig.header("Authorization").is_some() || orig.header("Proxy-Authorization").is_some() {
+            warn!(trunk = %self.trunk_sec[trunk].name, "the carrier refused our credentials");
+            self.metrics
+                .trunk_auth
+                .with_label_values(&["refused"])
+                .inc();
+            return None;
+        }
+        // SHA-256 when the carrier offers it beside MD5 (RFC 8760 §2.4).
+        let challenges: Vec<auth::Challenge> = resp
+            .headers_named(asks)
+            .filter_map(auth::parse_challenge)
+            .collect();
+        let Some(challenge) = challenges
+            .iter()
+            .find(|c| c.algorithm == auth::Algorithm::Sha256)
+            .or_else(|| challenges.first())
+        else {
+            warn!(trunk = %self.trunk_sec[trunk].name, "the carrier's challenge cannot be answered");
+            self.metrics
+                .trunk_auth
+                .with_label_values(&["unanswerable"])
+                .inc();
+            return None;
+        };
+        let uri = orig.request_uri().unwrap_or_default().to_owned();
+        let cnonce = self.token();
+        let answer = auth::answer_challenge(
+            challenge,
+            &auth.username,
+            &auth.password,
+            orig.method().as_str(),
+            &uri,
+            &cnonce,
+            1,
+        );
+        let via = self.via(flow);
+        let mut req = Message::new_request(
+            orig.method().clone(),
+            &uri,
+            via,
+            orig.header("From").unwrap_or_default(),
+            orig.header("To").unwrap_or_default(),
+            &orig.call_id,
+            orig.cseq + 1,
+        );
+        const REBUILT: [&str; 7] = [
+            "Via",
+            "Max-Forwards",
+            "From",
+            "To",
+            "Call-ID",
+            "CSeq",
+            "Content-Length",
+        ];
+        for h in &orig.headers {
+            if !REBUILT.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+                req.headers.push(h.clone());
+            }
+        }
+        req.body = orig.body.clone();
+        req.push(answers, &answer);
+        info!(trunk = %self.trunk_sec[trunk].name, algorithm = challenge.algorithm.token(), "the carrier asked for credentials: INVITE sent again with them");
+        self.metrics
+            .trunk_auth
+            .with_label_values(&["answered"])
+            .inc();
+        Some(self.send_request(now, flow, req, what))
     }
 
     /// The wall clock: Unix seconds at `now` (opening hours in flows).

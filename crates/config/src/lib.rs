@@ -391,6 +391,10 @@ struct RawTrunk {
     outbound_tls_cert_file: Option<String>,
     #[serde(default)]
     outbound_tls_key_file: Option<String>,
+    #[serde(default)]
+    auth_username: Option<String>,
+    #[serde(default)]
+    auth_password: Option<String>,
 }
 
 /// A DID maps to a queue name, or to a queue with what its callers need.
@@ -671,6 +675,27 @@ pub struct Trunk {
     pub client_cert: Option<TrunkClientCert>,
     /// Set: calls and OPTIONS to `outbound` go over TLS, not UDP.
     pub outbound_tls: Option<OutboundTls>,
+    /// Set: a 401/407 from the carrier to our INVITE is answered once
+    /// with these (RFC 3261 §22.2).
+    pub auth: Option<TrunkAuth>,
+}
+
+/// What we answer a carrier's digest challenge with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkAuth {
+    /// The username the carrier gave us.
+    pub username: String,
+    /// The password (never in `Debug`, logs or the API).
+    pub password: String,
+}
+
+impl fmt::Debug for TrunkAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrunkAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// How the node reaches a trunk's outbound side over TLS.
@@ -2067,6 +2092,53 @@ impl Config {
             }
             let client_cert = trunk_client_cert(&mut p, &path, t, sip_tls.is_some());
             let outbound_tls = trunk_outbound_tls(&mut p, &path, t, sip_tls.is_some());
+            let auth = match (&t.auth_username, &t.auth_password) {
+                (None, None) => None,
+                (Some(u), Some(pw)) => {
+                    // Both travel inside a quoted string of a header line.
+                    let clean = |v: &str| {
+                        !v.is_empty()
+                            && v.len() <= 256
+                            && !v.chars().any(|c| c.is_control() || c == '"' || c == '\\')
+                    };
+                    if !clean(u) {
+                        p.add(
+                            format!("{path}.auth_username"),
+                            "1-256 characters, no quotes, backslashes or control characters",
+                        );
+                    }
+                    if !clean(pw) {
+                        p.add(
+                            format!("{path}.auth_password"),
+                            "1-256 characters, no quotes, backslashes or control characters",
+                        );
+                    }
+                    if t.outbound.is_none() {
+                        p.add(
+                            format!("{path}.auth_username"),
+                            "only for a trunk with outbound",
+                        );
+                    }
+                    Some(TrunkAuth {
+                        username: u.clone(),
+                        password: pw.clone(),
+                    })
+                }
+                (Some(_), None) => {
+                    p.add(
+                        format!("{path}.auth_password"),
+                        "required with auth_username",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    p.add(
+                        format!("{path}.auth_username"),
+                        "required with auth_password",
+                    );
+                    None
+                }
+            };
             trunks.push(Trunk {
                 name: t.name.clone(),
                 tenant,
@@ -2077,6 +2149,7 @@ impl Config {
                 options: (t.options_seconds > 0).then(|| Duration::from_secs(t.options_seconds)),
                 client_cert,
                 outbound_tls,
+                auth,
             });
         }
         // A call is told to its trunk by (source address, DID): two trunks
@@ -3154,6 +3227,34 @@ record = true
             ),
         ] {
             refused(&toml, want);
+        }
+    }
+
+    #[test]
+    fn trunk_credentials_come_together_and_stay_out_of_debug() {
+        let trunk = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+        let c = Config::from_toml(&format!(
+            "{trunk}outbound = \"192.0.2.10:5060\"\nauth_username = \"u\"\nauth_password = \"sekrit\"\n"
+        ))
+        .unwrap();
+        let auth = c.trunks[0].auth.clone().expect("auth");
+        assert_eq!(auth.username, "u");
+        assert!(!format!("{:?}", c.trunks[0]).contains("sekrit"));
+        for (extra, want) in [
+            (
+                "outbound = \"192.0.2.10:5060\"\nauth_username = \"u\"\n",
+                "trunks[0].auth_password: required with auth_username",
+            ),
+            (
+                "auth_username = \"u\"\nauth_password = \"p\"\n",
+                "trunks[0].auth_username: only for a trunk with outbound",
+            ),
+            (
+                "outbound = \"192.0.2.10:5060\"\nauth_username = \"u\\\"\"\nauth_password = \"p\"\n",
+                "trunks[0].auth_username: 1-256 characters",
+            ),
+        ] {
+            refused(&format!("{trunk}{extra}"), want);
         }
     }
 
