@@ -277,11 +277,21 @@ fn connect(
 /// A carrier's INVITE to DID 100 of the node at `port`, sent over
 /// `transport` (`UDP`, `TLS`).
 fn invite_text(transport: &str, port: u16, tag: &str) -> String {
+    let lower = transport.to_ascii_lowercase();
+    invite_to(
+        transport,
+        &format!("sip:100@127.0.0.1:{port};transport={lower}"),
+        tag,
+    )
+}
+
+/// The same INVITE to Request-URI `ruri`.
+fn invite_to(transport: &str, ruri: &str, tag: &str) -> String {
     let sdp = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 40000 RTP/AVP 8 0\na=rtpmap:8 PCMA/8000\n";
     let sdp = sdp.replace('\n', "\r\n");
     let lower = transport.to_ascii_lowercase();
     format!(
-        "INVITE sip:100@127.0.0.1:{port};transport={lower} SIP/2.0\n\
+        "INVITE {ruri} SIP/2.0\n\
          Via: SIP/2.0/{transport} 127.0.0.1:5061;branch=z9hG4bK-{tag}\n\
          Max-Forwards: 70\n\
          From: <sip:+39333000111@carrier.example>;tag=c{tag}\n\
@@ -830,4 +840,54 @@ role = "admin"
             .any(|m| m.starts_with("SIP/2.0 200") && header(m, "CSeq") == Some("1 BYE")),
         "the node did not answer the carrier's BYE: {got:?}"
     );
+}
+
+/// RFC 5630: a `sips:` Request-URI over UDP is refused (416: taking it
+/// would break its promise of TLS on every hop); over TLS it is taken, and
+/// our Contact towards that caller is `sips:` too.
+#[test]
+fn sips_request_uri_needs_tls_and_gets_a_sips_contact() {
+    let scratch = Scratch::new("tls-sips");
+    let pki = node_pki(&scratch);
+    let tls_port = free_port();
+    let node = tls_node(&scratch, &pki, tls_port, "", "");
+    node.wait_log("SIP listening on TLS", Duration::from_secs(5));
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let wire = invite_to(
+        "UDP",
+        &format!("sips:100@127.0.0.1:{}", node.sip_port),
+        "s1",
+    )
+    .replace("\r\n", "\n")
+    .replace('\n', "\r\n");
+    udp.send_to(wire.as_bytes(), node.sip_addr()).expect("send");
+    let mut buf = [0u8; 4096];
+    let n = udp.recv(&mut buf).expect("an answer over UDP");
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("SIP/2.0 416"), "{answer}");
+    assert_eq!(
+        node.metric("centralino_sip_rejected_total{reason=\"sips_not_over_tls\"}"),
+        1.0
+    );
+
+    // Over TLS: no operator is there, so the caller waits in the queue
+    // and hears the progress answer, whose Contact is what we look at.
+    let mut sip = connect(tls_port, &pki.path("ca.pem"), None).expect("handshake");
+    sip.send(&invite_to(
+        "TLS",
+        &format!("sips:100@127.0.0.1:{tls_port}"),
+        "s2",
+    ));
+    let contact = loop {
+        let msg = sip
+            .recv(Duration::from_secs(10))
+            .expect("a progress answer over TLS");
+        assert!(msg.starts_with("SIP/2.0 1"), "{msg}");
+        if let Some(c) = header(&msg, "Contact") {
+            break c.to_owned();
+        }
+    };
+    assert!(contact.starts_with("<sips:centralino@"), "{contact}");
 }

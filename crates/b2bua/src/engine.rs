@@ -2235,6 +2235,23 @@ impl Engine {
         }
     }
 
+    /// Our Contact towards a caller: `sips:` when their INVITE asked for a
+    /// `sips:` Request-URI (over TLS, precheck made sure), as RFC 5630 §4.3
+    /// wants, so the dialog stays secure end to end; the flow's otherwise.
+    fn caller_contact(call: &Call) -> String {
+        let sips = call.a_leg.flow.transport == Transport::Tls
+            && call
+                .a_invite
+                .request_uri()
+                .and_then(uri::classify)
+                .is_some_and(|s| s == Scheme::Sips);
+        if sips {
+            format!("<sips:centralino@{}>", call.a_leg.flow.local)
+        } else {
+            Self::contact(call.a_leg.flow)
+        }
+    }
+
     fn handle_message(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
         match &msg.start {
             StartLine::Response { code, .. } => {
@@ -2278,6 +2295,13 @@ impl Engine {
         }
         if uri::classify(ruri) == Some(Scheme::Other) {
             self.reject(flow, msg, 416, "unsupported_uri_scheme", &[]);
+            return false;
+        }
+        if uri::classify(ruri) == Some(Scheme::Sips) && flow.transport != Transport::Tls {
+            // A sips: Request-URI promises TLS on every hop (RFC 3261
+            // §26.2.2, RFC 5630 §3.1.3): taking it over UDP or TCP would
+            // quietly break that promise.
+            self.reject(flow, msg, 416, "sips_not_over_tls", &[]);
             return false;
         }
         let required: Vec<String> = msg
@@ -2818,7 +2842,6 @@ impl Engine {
             .with_label_values(&[&qname])
             .inc();
         info!(caller = %Masked(&call.caller), queue = %qname, "call queued");
-        let flow = call.a_leg.flow;
         if call.answered {
             // The caller is already connected to us (IVR): music now.
             if call.media.opened {
@@ -2829,18 +2852,19 @@ impl Engine {
                 }));
             }
         } else {
+            let contact = Self::caller_contact(call);
             let media = &mut call.media;
             let progress = if media.late_offer {
                 // No offer yet: no early media, the caller hears its own
                 // ringback until the answer.
                 let mut r = call.a_invite.response(180, "Ringing", Some(&call.a_tag));
-                r.push("Contact", &Self::contact(flow));
+                r.push("Contact", &contact);
                 r
             } else {
                 let mut r = call
                     .a_invite
                     .response(183, "Session Progress", Some(&call.a_tag));
-                r.push("Contact", &Self::contact(flow));
+                r.push("Contact", &contact);
                 r.set_body(Some("application/sdp"), a_sdp(media, &self.codecs));
                 r
             };
@@ -2878,7 +2902,7 @@ impl Engine {
         // Answered first: many trunks send the caller's keys only once
         // the call is answered.
         let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
-        ok.push("Contact", &Self::contact(call.a_leg.flow));
+        ok.push("Contact", &Self::caller_contact(call));
         ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
         call.answered = true;
         let a_key = call.a_key.clone();
@@ -3332,7 +3356,7 @@ impl Engine {
                 }
                 let already_answered = std::mem::replace(&mut call.answered, true);
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
-                ok.push("Contact", &Self::contact(call.a_leg.flow));
+                ok.push("Contact", &Self::caller_contact(call));
                 ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
                 let (a_key, queue, enqueued, started) =
                     (call.a_key.clone(), call.queue, call.enqueued, call.started);
@@ -3520,7 +3544,7 @@ impl Engine {
                     r.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
                     r
                 };
-                r.push("Contact", &Self::contact(call.a_leg.flow));
+                r.push("Contact", &Self::caller_contact(call));
                 let a_key = call.a_key.clone();
                 self.timers.push(Reverse((
                     now + PROGRESS_REFRESH,
