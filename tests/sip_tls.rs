@@ -369,7 +369,6 @@ tls_listen = ["127.0.0.1:{tls_port}"]
 tls_cert_file = "{cert}"
 tls_key_file = "{key}"
 digest_algorithms = ["MD5"]
-t1_milliseconds = 100
 {extra}
 [http]
 listen = "127.0.0.1:{http}"
@@ -745,7 +744,8 @@ fn carrier_connection(
 
 /// Callbacks leave over TLS: the first trunk's carrier is reached under a
 /// name its certificate does not carry, so the handshake fails (counted)
-/// and the attempt fails over, like to a dead carrier, to the next trunk;
+/// and the attempt fails over at once (no wait for Timer B), as from a
+/// dead carrier, to the next trunk;
 /// that one's carrier (which demands our client certificate) gets OPTIONS
 /// pings and the INVITE over TLS, answers, and hangs up with a BYE on the
 /// same connection; the operator's call ends with it.
@@ -814,6 +814,12 @@ role = "admin"
     assert_eq!(
         node.metric("centralino_trunk_failovers_total{reason=\"timeout\"}"),
         1.0
+    );
+    // The failed handshake failed the attempt at once, not Timer B (32 s
+    // at the default T1): no transaction has timed out yet.
+    assert_eq!(
+        node.metric("centralino_sip_transaction_timeouts_total"),
+        0.0
     );
     let got = good.requests();
     assert!(got.iter().any(|m| m.starts_with("OPTIONS ")), "{got:?}");

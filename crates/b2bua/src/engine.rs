@@ -1001,6 +1001,37 @@ impl Engine {
         self.conn_trunks.remove(&conn);
     }
 
+    /// The driver could not reach the carrier at `remote` over TLS
+    /// (connect or handshake failed, e.g. a certificate without the
+    /// trunk's `outbound_tls_name`): what waited for that connection never
+    /// left. A transport error is a timeout for the TU (RFC 3261
+    /// §8.1.3.1), so each request pending towards it fails now, as Timer B
+    /// would fail it later: the callback goes on through the next trunk,
+    /// the transfer to its fallback, the trunk is marked down. Their
+    /// transactions still end at Timer B, with nothing left to tell.
+    pub fn connection_failed(&mut self, now: Instant, remote: SocketAddr) {
+        let over_tls = |f: Flow| f.transport == Transport::Tls && f.remote == remote;
+        let keys: Vec<TxKey> = self
+            .client
+            .iter()
+            .filter(|(_, what)| match what {
+                ClientRef::Citizen(c) => self.calls.get(c).is_some_and(|c| over_tls(c.a_leg.flow)),
+                ClientRef::Transfer(c) => self
+                    .calls
+                    .get(c)
+                    .and_then(|c| c.transfer.as_ref()?.dialog.as_ref())
+                    .is_some_and(|l| over_tls(l.flow)),
+                ClientRef::TrunkPing(t) => self.outbound_flow(*t).is_some_and(over_tls),
+                _ => false,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.on_client_timeout(now, key);
+        }
+        self.pump(now);
+    }
+
     /// The UDP address calls are placed from (callbacks).
     pub fn set_outbound_local(&mut self, addr: SocketAddr) {
         self.outbound_local = Some(addr);

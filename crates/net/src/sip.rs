@@ -187,6 +187,11 @@ enum Input {
     ConnClosed {
         conn: u64,
     },
+    /// Our TLS connection to a carrier could not be opened: what was
+    /// queued on it is lost.
+    ConnFailed {
+        remote: SocketAddr,
+    },
     Reload(Box<Reload>),
     Callbacks(Vec<DueCallback>),
     /// Graceful shutdown: refuse new calls; say when none is left.
@@ -1012,10 +1017,12 @@ async fn tls_client(
         Ok(Err(e)) => {
             warn!(trunk = %carrier.trunk, peer = %remote, error = %e, "TLS connection to the carrier failed");
             handshake_failed(&metrics, "out", remote, &e);
+            let _ = tx.send(Input::ConnFailed { remote }).await;
         }
         Err(_) => {
             warn!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier timed out");
             handshake_timed_out(&metrics, "out", remote);
+            let _ = tx.send(Input::ConnFailed { remote }).await;
         }
     }
     let _ = tx.send(Input::ConnClosed { conn }).await;
@@ -1056,6 +1063,7 @@ fn handle(
             conns.remove(&conn);
             engine.connection_closed(conn);
         }
+        Input::ConnFailed { remote } => engine.connection_failed(now, remote),
         Input::Callbacks(due) => {
             for cb in due {
                 engine.start_callback(now, cb);
