@@ -621,6 +621,11 @@ struct TlsCarrier {
 
 impl TlsCarrier {
     fn start(pki: &Pki) -> Self {
+        Self::start_with(pki, true)
+    }
+
+    /// `hangs_up`: the far end sends BYE once ACKed; else it waits for ours.
+    fn start_with(pki: &Pki, hangs_up: bool) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for c in certs(&pki.path("ca.pem")) {
             roots.add(c).expect("root");
@@ -650,7 +655,7 @@ impl TlsCarrier {
                 let Ok(tcp) = tcp else { continue };
                 let Some(got) = keep.upgrade() else { return };
                 let config = config.clone();
-                std::thread::spawn(move || carrier_connection(tcp, config, port, &got));
+                std::thread::spawn(move || carrier_connection(tcp, config, port, hangs_up, &got));
             }
         });
         Self { port, got }
@@ -665,6 +670,7 @@ fn carrier_connection(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     port: u16,
+    hangs_up: bool,
     got: &std::sync::Mutex<Vec<String>>,
 ) {
     tcp.set_read_timeout(Some(Duration::from_millis(100)))
@@ -714,7 +720,9 @@ fn carrier_connection(
                 invite = Some(msg.clone());
             }
             "ACK" => {
-                let Some(inv) = invite.take() else { continue };
+                let Some(inv) = invite.take().filter(|_| hangs_up) else {
+                    continue;
+                };
                 // The citizen hangs up: a BYE towards the node's Contact,
                 // on this same connection.
                 let contact = header(&inv, "Contact").unwrap_or_default();
@@ -896,4 +904,88 @@ fn sips_request_uri_needs_tls_and_gets_a_sips_contact() {
         }
     };
     assert!(contact.starts_with("<sips:centralino@"), "{contact}");
+}
+
+/// An IVR transfer leaves over TLS: the caller (SIPp over UDP) reaches a
+/// flow that transfers to an external number through a trunk reached
+/// over TLS; the carrier gets the INVITE on a verified connection, the
+/// call is bridged, and the caller's BYE reaches the carrier as our BYE
+/// on that connection.
+#[test]
+fn ivr_transfer_over_tls() {
+    let scratch = Scratch::new("tls-transfer");
+    let pki = node_pki(&scratch);
+    let carrier = TlsCarrier::start_with(&pki, false);
+    let tls_port = free_port();
+    let ca = pki.s("ca.pem");
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "ivr"
+tenant = "demo"
+peers = ["127.0.0.1"]
+dids = {{ "802" = {{ flow = "esterno" }} }}
+outbound = "127.0.0.1:{port}"
+outbound_transport = "tls"
+outbound_tls_name = "{CARRIER_NAME}"
+outbound_tls_ca_file = "{ca}"
+outbound_tls_cert_file = "{cert}"
+outbound_tls_key_file = "{key}"
+
+[[flows]]
+name = "esterno"
+start = "passa"
+[flows.nodes.passa]
+type = "transfer"
+number = "+390612345000"
+on_fail = "fine"
+[flows.nodes.fine]
+type = "hangup"
+"#,
+        port = carrier.port,
+        cert = pki.s("node.pem"),
+        key = pki.s("node.key"),
+    );
+    let node = tls_node(&scratch, &pki, tls_port, &extra, "");
+    let mut caller = common::Sipp::spawn(
+        &scratch,
+        "caller",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &common::scenario("trunk_call.xml"),
+            "-s",
+            "802",
+            "-m",
+            "1",
+            "-d",
+            "1000",
+            "-timeout",
+            "30s",
+        ],
+    );
+    caller.expect_success(Duration::from_secs(30));
+    assert_eq!(
+        node.metric("centralino_flow_calls_total{flow=\"esterno\",outcome=\"transferred\"}"),
+        1.0
+    );
+    let start = Instant::now();
+    while !carrier.requests().iter().any(|m| m.starts_with("BYE ")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no BYE at the carrier: {:?}",
+            carrier.requests()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = carrier.requests();
+    let invite = got
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("no INVITE: {got:?}"));
+    assert!(invite.starts_with("INVITE sip:+390612345000@"), "{invite}");
+    assert!(
+        header(invite, "Via").is_some_and(|v| v.starts_with("SIP/2.0/TLS")),
+        "{invite}"
+    );
 }

@@ -2081,7 +2081,10 @@ impl Engine {
         let via = self.via(flow);
         let tag = self.token();
         let call_id = format!("{}@centralino", self.token());
-        let target = format!("sip:{remote}");
+        let target = match flow.transport {
+            Transport::Tls => format!("sip:{remote};transport=tls"),
+            _ => format!("sip:{remote}"),
+        };
         let mut options = Message::new_request(
             Method::Options,
             &target,
