@@ -17,7 +17,7 @@ use centralino_routing::{
     AgentState, CallSpec, Catalog, Code, OfferOutcome, Output as RouteOutput, PauseReason,
     QueueAgents, Requirement, Router,
 };
-use centralino_sip::auth::DigestAuth;
+use centralino_sip::auth::{self, DigestAuth};
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
 use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
@@ -232,6 +232,20 @@ pub enum CallbackState {
         /// Why the operator left (`agent_hangup`, `media_timeout`...).
         outcome: &'static str,
     },
+}
+
+/// What a trunk's peers must show besides their address.
+#[derive(Clone, Debug)]
+struct TrunkSecurity {
+    /// The trunk's name (TLS verdicts name trunks).
+    name: String,
+    /// INVITEs only over a TLS connection that presented this trunk's
+    /// client certificate (`tls_peer_names`).
+    mtls: bool,
+    /// How its outbound side is reached (UDP or TLS).
+    outbound: Transport,
+    /// What we answer its digest challenges with.
+    auth: Option<centralino_config::TrunkAuth>,
 }
 
 /// A call that is a callback being executed.
@@ -579,8 +593,21 @@ pub struct Engine {
     wall: (Instant, i64),
     /// Our UDP SIP address, for calls we place (the driver sets it).
     outbound_local: Option<SocketAddr>,
+    /// Our TLS listener's address: Via and Contact of what we send to a
+    /// trunk over TLS (the driver opens the connection itself).
+    outbound_tls_local: Option<SocketAddr>,
     /// Per trunk: outbound address and caller id.
     trunk_out: Vec<(Option<SocketAddr>, String, usize)>,
+    /// Per trunk: how its peers prove who they are.
+    trunk_sec: Vec<TrunkSecurity>,
+    /// TLS connections whose client certificate a trunk's CA and names
+    /// accepted, with those trunks' names. The driver says so once per
+    /// connection, before its first message (`connection_opened`), rather
+    /// than in every `Flow`: `Flow` stays a small `Copy` key, a verdict by
+    /// name survives a reload that reorders trunks, and a connection's
+    /// identity cannot differ between two of its messages. At most one
+    /// entry per open connection (the driver's `max_tcp_connections`).
+    conn_trunks: HashMap<u64, Box<[String]>>,
     /// Per tenant: what its trunks may dial.
     dial_plans: Vec<DialPlan>,
     /// Per queue: callbacks handed to the engine so far (views carry it).
@@ -751,7 +778,10 @@ impl Engine {
             catalog: config.catalog.clone(),
             wall: (now, 0),
             outbound_local: None,
+            outbound_tls_local: None,
             trunk_out: Vec::new(),
+            trunk_sec: Vec::new(),
+            conn_trunks: HashMap::new(),
             dial_plans: Vec::new(),
             callbacks_started: vec![0; config.queues.len()],
             callback_policy: Vec::new(),
@@ -898,6 +928,20 @@ impl Engine {
             .iter()
             .map(|t| (t.options, t.name.clone()))
             .collect();
+        self.trunk_sec = config
+            .trunks
+            .iter()
+            .map(|t| TrunkSecurity {
+                name: t.name.clone(),
+                mtls: t.client_cert.is_some(),
+                outbound: if t.outbound_tls.is_some() {
+                    Transport::Tls
+                } else {
+                    Transport::Udp
+                },
+                auth: t.auth.clone(),
+            })
+            .collect();
         self.trunk_down = config
             .trunks
             .iter()
@@ -958,9 +1002,81 @@ impl Engine {
         self.callback_number = queues.iter().map(|q| q.callback_number.clone()).collect();
     }
 
+    /// A stream connection opened; `trunks` names the trunks whose TLS
+    /// client certificate it presented (empty: none, or not TLS).
+    pub fn connection_opened(&mut self, conn: u64, trunks: Vec<String>) {
+        if !trunks.is_empty() {
+            self.conn_trunks.insert(conn, trunks.into());
+        }
+    }
+
+    /// A stream connection closed: whatever it proved is forgotten.
+    pub fn connection_closed(&mut self, conn: u64) {
+        self.conn_trunks.remove(&conn);
+    }
+
+    /// The driver could not reach the carrier at `remote` over TLS
+    /// (connect or handshake failed, e.g. a certificate without the
+    /// trunk's `outbound_tls_name`): what waited for that connection never
+    /// left. A transport error is a timeout for the TU (RFC 3261
+    /// §8.1.3.1), so each request pending towards it fails now, as Timer B
+    /// would fail it later: the callback goes on through the next trunk,
+    /// the transfer to its fallback, the trunk is marked down. Their
+    /// transactions still end at Timer B, with nothing left to tell.
+    pub fn connection_failed(&mut self, now: Instant, remote: SocketAddr) {
+        let over_tls = |f: Flow| f.transport == Transport::Tls && f.remote == remote;
+        let keys: Vec<TxKey> = self
+            .client
+            .iter()
+            .filter(|(_, what)| match what {
+                ClientRef::Citizen(c) => self.calls.get(c).is_some_and(|c| over_tls(c.a_leg.flow)),
+                ClientRef::Transfer(c) => self
+                    .calls
+                    .get(c)
+                    .and_then(|c| c.transfer.as_ref()?.dialog.as_ref())
+                    .is_some_and(|l| over_tls(l.flow)),
+                ClientRef::TrunkPing(t) => self.outbound_flow(*t).is_some_and(over_tls),
+                _ => false,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.on_client_timeout(now, key);
+        }
+        self.pump(now);
+    }
+
     /// The UDP address calls are placed from (callbacks).
     pub fn set_outbound_local(&mut self, addr: SocketAddr) {
         self.outbound_local = Some(addr);
+    }
+
+    /// The TLS listener's address, named in what goes to TLS trunks.
+    pub fn set_outbound_tls_local(&mut self, addr: SocketAddr) {
+        self.outbound_tls_local = Some(addr);
+    }
+
+    /// Where requests to trunk `trunk`'s outbound side go: its address,
+    /// over its transport, from our listener of that transport. Over TLS
+    /// the connection is the driver's to open, reuse and reopen (`conn`
+    /// 0: "the trunk's connection, whichever it is now"). `None`: the
+    /// trunk takes no calls, or we have no listener for its transport.
+    fn outbound_flow(&self, trunk: usize) -> Option<Flow> {
+        let remote = self.trunk_out.get(trunk)?.0?;
+        let transport = self
+            .trunk_sec
+            .get(trunk)
+            .map_or(Transport::Udp, |s| s.outbound);
+        let local = match transport {
+            Transport::Tls => self.outbound_tls_local?,
+            _ => self.outbound_local?,
+        };
+        Some(Flow {
+            transport,
+            remote,
+            local,
+            conn: 0,
+        })
     }
 
     /// Whether `number` passes the dial plan of `tenant`: refusals are
@@ -1029,7 +1145,7 @@ impl Engine {
             .filter(outbound)
             .find(|&j| !self.trunk_down[j])
             .or_else(|| (0..self.trunk_out.len()).find(outbound));
-        let (Some(trunk), Some(local)) = (trunk, self.outbound_local) else {
+        let Some(trunk) = trunk.filter(|&t| self.outbound_flow(t).is_some()) else {
             warn!(queue = %cb.queue, "no outbound trunk for callbacks");
             self.callback_state(
                 &cb.id,
@@ -1042,7 +1158,7 @@ impl Engine {
         // The call's SIP side towards the citizen is filled in when we
         // dial; its media is anchored like any call's.
         let number = cb.number.clone();
-        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, local, &number, "callback") else {
+        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, &number, "callback") else {
             self.callback_state(
                 &cb.id,
                 CallbackState::Failed {
@@ -1051,7 +1167,7 @@ impl Engine {
             );
             return;
         };
-        let ip = local.ip();
+        let ip = a_leg.flow.local.ip();
         let Ok(a_port) = self.ports.take(now, ip) else {
             self.callback_retry(&cb, "no_rtp_port", queue);
             return;
@@ -1166,22 +1282,19 @@ impl Engine {
     fn citizen_leg(
         &mut self,
         trunk: usize,
-        local: SocketAddr,
         number: &str,
         via: &'static str,
     ) -> Option<(Leg, Message, String)> {
-        let (remote, caller_id, tenant) = self.trunk_out.get(trunk)?.clone();
-        let remote = remote?;
+        let (_, caller_id, tenant) = self.trunk_out.get(trunk)?.clone();
+        let flow = self.outbound_flow(trunk)?;
         if !self.dialable(tenant, number, via) {
             return None;
         }
-        let flow = Flow {
-            transport: Transport::Udp,
-            remote,
-            local,
-            conn: 0,
+        let (remote, local) = (flow.remote, flow.local);
+        let target = match flow.transport {
+            Transport::Tls => format!("sip:{number}@{remote};transport=tls"),
+            _ => format!("sip:{number}@{remote}"),
         };
-        let target = format!("sip:{number}@{remote}");
         let tag = self.token();
         let call_id = format!("{}@centralino", self.token());
         let local_uri = format!("<sip:{caller_id}@{local}>;tag={tag}");
@@ -1212,9 +1325,6 @@ impl Engine {
     /// (configuration order), so a carrier down costs a citizen nothing
     /// while another is up. `false` when none is left.
     fn next_trunk(&mut self, now: Instant, call_id: CallId, reason: &'static str) -> bool {
-        let Some(local) = self.outbound_local else {
-            return false;
-        };
         let Some(call) = self.calls.get(&call_id) else {
             return false;
         };
@@ -1228,7 +1338,7 @@ impl Engine {
             return false;
         };
         let number = call.caller.clone();
-        let Some((leg, invite, tag)) = self.citizen_leg(next, local, &number, "callback") else {
+        let Some((leg, invite, tag)) = self.citizen_leg(next, &number, "callback") else {
             return false;
         };
         let old = std::mem::replace(
@@ -1358,9 +1468,6 @@ impl Engine {
     /// outbound trunk (from the operator-side port). `false` when there is
     /// no trunk to leave through.
     fn start_transfer(&mut self, now: Instant, id: CallId, number: &str) -> bool {
-        let Some(local) = self.outbound_local else {
-            return false;
-        };
         let Some(call) = self.calls.get(&id) else {
             return false;
         };
@@ -1370,7 +1477,7 @@ impl Engine {
             .iter()
             .position(|(out, _, t)| out.is_some() && *t == tenant);
         let Some((mut leg, mut inv, _)) =
-            trunk.and_then(|t| self.citizen_leg(t, local, number, "transfer"))
+            trunk.and_then(|t| self.citizen_leg(t, number, "transfer"))
         else {
             warn!("IVR transfer: no outbound trunk for this tenant");
             return false;
@@ -1436,6 +1543,23 @@ impl Engine {
             return;
         };
         t.invite = None;
+        if matches!(code, 401 | 407) {
+            let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+            if let Some(retry) =
+                self.authenticated_retry(now, &key, flow, msg, ClientRef::Transfer(id))
+            {
+                if let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) {
+                    t.invite = Some(retry);
+                }
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = call.transfer.as_mut() else {
+            return;
+        };
         if !(200..300).contains(&code) {
             info!(code, "IVR transfer not answered");
             self.transfer_failed(now, id);
@@ -1510,6 +1634,23 @@ impl Engine {
             return;
         };
         out.invite = None;
+        if matches!(code, 401 | 407) {
+            let flow = call.a_leg.flow;
+            if let Some(retry) =
+                self.authenticated_retry(now, &key, flow, msg, ClientRef::Citizen(call_id))
+            {
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.a_key = retry.clone();
+                    if let Some(o) = call.outbound.as_mut() {
+                        o.invite = Some(retry);
+                    }
+                }
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
         if (200..300).contains(&code) {
             let leg = leg_from_response(&call.a_leg.local, call.a_leg.flow, msg);
             let flow = call.a_leg.flow;
@@ -1597,6 +1738,101 @@ impl Engine {
         };
         info!(code, outcome, "callback: the citizen was not reached");
         self.end_connected(now, call_id, false, true, outcome);
+    }
+
+    /// A carrier challenged our INVITE (`resp` is its 401 or 407): when the
+    /// trunk at `flow.remote` has credentials and this INVITE carried none,
+    /// the same INVITE again (same Call-ID, tags and body; CSeq + 1, a new
+    /// branch) with the answer (RFC 3261 §22.2), its key returned. `None`:
+    /// no credentials, a second challenge, or one we cannot answer; the
+    /// caller then treats the response as the failure it is.
+    fn authenticated_retry(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        flow: Flow,
+        resp: &Message,
+        what: ClientRef,
+    ) -> Option<TxKey> {
+        let trunk = self
+            .trunk_out
+            .iter()
+            .position(|(out, _, _)| *out == Some(flow.remote))?;
+        let auth = self.trunk_sec.get(trunk)?.auth.clone()?;
+        let (asks, answers) = if resp.code() == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let orig = self.txn.client_request(key)?.clone();
+        if orig.header("Authorization").is_some() || orig.header("Proxy-Authorization").is_some() {
+            warn!(trunk = %self.trunk_sec[trunk].name, "the carrier refused our credentials");
+            self.metrics
+                .trunk_auth
+                .with_label_values(&["refused"])
+                .inc();
+            return None;
+        }
+        // SHA-256 when the carrier offers it beside MD5 (RFC 8760 §2.4).
+        let challenges: Vec<auth::Challenge> = resp
+            .headers_named(asks)
+            .filter_map(auth::parse_challenge)
+            .collect();
+        let Some(challenge) = challenges
+            .iter()
+            .find(|c| c.algorithm == auth::Algorithm::Sha256)
+            .or_else(|| challenges.first())
+        else {
+            warn!(trunk = %self.trunk_sec[trunk].name, "the carrier's challenge cannot be answered");
+            self.metrics
+                .trunk_auth
+                .with_label_values(&["unanswerable"])
+                .inc();
+            return None;
+        };
+        let uri = orig.request_uri().unwrap_or_default().to_owned();
+        let cnonce = self.token();
+        let answer = auth::answer_challenge(
+            challenge,
+            &auth.username,
+            &auth.password,
+            orig.method().as_str(),
+            &uri,
+            &cnonce,
+            1,
+        );
+        let via = self.via(flow);
+        let mut req = Message::new_request(
+            orig.method().clone(),
+            &uri,
+            via,
+            orig.header("From").unwrap_or_default(),
+            orig.header("To").unwrap_or_default(),
+            &orig.call_id,
+            orig.cseq + 1,
+        );
+        const REBUILT: [&str; 7] = [
+            "Via",
+            "Max-Forwards",
+            "From",
+            "To",
+            "Call-ID",
+            "CSeq",
+            "Content-Length",
+        ];
+        for h in &orig.headers {
+            if !REBUILT.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+                req.headers.push(h.clone());
+            }
+        }
+        req.body = orig.body.clone();
+        req.push(answers, &answer);
+        info!(trunk = %self.trunk_sec[trunk].name, algorithm = challenge.algorithm.token(), "the carrier asked for credentials: INVITE sent again with them");
+        self.metrics
+            .trunk_auth
+            .with_label_values(&["answered"])
+            .inc();
+        Some(self.send_request(now, flow, req, what))
     }
 
     /// The wall clock: Unix seconds at `now` (opening hours in flows).
@@ -1867,19 +2103,17 @@ impl Engine {
             return;
         };
         self.trunk_due.push(Reverse((now + every, trunk)));
-        let (Some(local), Some(remote)) = (self.outbound_local, self.trunk_out[trunk].0) else {
+        let Some(flow) = self.outbound_flow(trunk) else {
             return;
         };
-        let flow = Flow {
-            transport: Transport::Udp,
-            remote,
-            local,
-            conn: 0,
-        };
+        let (remote, local) = (flow.remote, flow.local);
         let via = self.via(flow);
         let tag = self.token();
         let call_id = format!("{}@centralino", self.token());
-        let target = format!("sip:{remote}");
+        let target = match flow.transport {
+            Transport::Tls => format!("sip:{remote};transport=tls"),
+            _ => format!("sip:{remote}"),
+        };
         let mut options = Message::new_request(
             Method::Options,
             &target,
@@ -2058,6 +2292,26 @@ impl Engine {
         match flow.transport {
             Transport::Udp => format!("<sip:centralino@{}>", flow.local),
             Transport::Tcp => format!("<sip:centralino@{};transport=tcp>", flow.local),
+            // RFC 3261 §26.2.2: `sip:` with transport=tls (not `sips:`,
+            // which promises TLS on every hop beyond the carrier too).
+            Transport::Tls => format!("<sip:centralino@{};transport=tls>", flow.local),
+        }
+    }
+
+    /// Our Contact towards a caller: `sips:` when their INVITE asked for a
+    /// `sips:` Request-URI (over TLS, precheck made sure), as RFC 5630 §4.3
+    /// wants, so the dialog stays secure end to end; the flow's otherwise.
+    fn caller_contact(call: &Call) -> String {
+        let sips = call.a_leg.flow.transport == Transport::Tls
+            && call
+                .a_invite
+                .request_uri()
+                .and_then(uri::classify)
+                .is_some_and(|s| s == Scheme::Sips);
+        if sips {
+            format!("<sips:centralino@{}>", call.a_leg.flow.local)
+        } else {
+            Self::contact(call.a_leg.flow)
         }
     }
 
@@ -2125,6 +2379,13 @@ impl Engine {
         }
         if uri::classify(ruri) == Some(Scheme::Other) {
             self.reject(flow, msg, 416, "unsupported_uri_scheme", &[]);
+            return false;
+        }
+        if uri::classify(ruri) == Some(Scheme::Sips) && flow.transport != Transport::Tls {
+            // A sips: Request-URI promises TLS on every hop (RFC 3261
+            // §26.2.2, RFC 5630 §3.1.3): taking it over UDP or TCP would
+            // quietly break that promise.
+            self.reject(flow, msg, 416, "sips_not_over_tls", &[]);
             return false;
         }
         let required: Vec<String> = msg
@@ -2248,7 +2509,15 @@ impl Engine {
             );
             return false;
         }
-        if self.inbound(flow.remote.ip(), msg).is_none() {
+        if self.inbound(flow, msg).is_none() {
+            if self.inbound_by_address(flow.remote.ip(), msg).is_some() {
+                // Its address and DID name a trunk known by its client
+                // certificate, and this connection did not present it: an
+                // address alone proves nothing to such a trunk (D1).
+                warn!(peer = %flow.remote.ip(), transport = flow.transport.as_str(), "INVITE for a certificate-authenticated trunk without its certificate refused");
+                self.reject(flow, msg, 403, "trunk_not_authenticated", &[]);
+                return false;
+            }
             self.reject(flow, msg, 404, "unknown_did", &[]);
             return false;
         }
@@ -2285,7 +2554,29 @@ impl Engine {
     /// goes: a trunk is known by (source address, DID), so two trunks
     /// behind one carrier SBC (one per tenant) each get their own DIDs'
     /// calls (`check-config` refuses a DID two of them could claim).
-    fn inbound(&self, source: IpAddr, msg: &Message) -> Option<(usize, Target)> {
+    /// A trunk with `tls_peer_names` counts only over a TLS connection
+    /// whose client certificate it accepted.
+    fn inbound(&self, flow: Flow, msg: &Message) -> Option<(usize, Target)> {
+        let proven = (flow.transport == Transport::Tls)
+            .then(|| self.conn_trunks.get(&flow.conn))
+            .flatten();
+        self.inbound_where(flow.remote.ip(), msg, |i| {
+            let sec = &self.trunk_sec[i];
+            !sec.mtls || proven.is_some_and(|names| names.contains(&sec.name))
+        })
+    }
+
+    /// The trunk an INVITE would belong to by its address and DID alone.
+    fn inbound_by_address(&self, source: IpAddr, msg: &Message) -> Option<(usize, Target)> {
+        self.inbound_where(source, msg, |_| true)
+    }
+
+    fn inbound_where(
+        &self,
+        source: IpAddr,
+        msg: &Message,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<(usize, Target)> {
         let ruri = msg.request_uri()?;
         let did = match uri::classify(ruri)? {
             Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
@@ -2294,7 +2585,7 @@ impl Engine {
         self.trunks
             .iter()
             .enumerate()
-            .filter(|(_, (peers, _))| peers.contains(&source))
+            .filter(|(i, (peers, _))| peers.contains(&source) && allowed(*i))
             .find_map(|(i, (_, dids))| Some((i, dids.get(did)?.clone())))
     }
 
@@ -2496,7 +2787,7 @@ impl Engine {
 
     fn new_call(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
         let key = TxKey::of(&msg);
-        let Some((trunk, target)) = self.inbound(flow.remote.ip(), &msg) else {
+        let Some((trunk, target)) = self.inbound(flow, &msg) else {
             // precheck guarantees both; answer rather than leave the caller hanging.
             let r = msg.response(404, reason_phrase(404), Some("x"));
             self.respond(now, &key, &r);
@@ -2635,7 +2926,6 @@ impl Engine {
             .with_label_values(&[&qname])
             .inc();
         info!(caller = %Masked(&call.caller), queue = %qname, "call queued");
-        let flow = call.a_leg.flow;
         if call.answered {
             // The caller is already connected to us (IVR): music now.
             if call.media.opened {
@@ -2646,18 +2936,19 @@ impl Engine {
                 }));
             }
         } else {
+            let contact = Self::caller_contact(call);
             let media = &mut call.media;
             let progress = if media.late_offer {
                 // No offer yet: no early media, the caller hears its own
                 // ringback until the answer.
                 let mut r = call.a_invite.response(180, "Ringing", Some(&call.a_tag));
-                r.push("Contact", &Self::contact(flow));
+                r.push("Contact", &contact);
                 r
             } else {
                 let mut r = call
                     .a_invite
                     .response(183, "Session Progress", Some(&call.a_tag));
-                r.push("Contact", &Self::contact(flow));
+                r.push("Contact", &contact);
                 r.set_body(Some("application/sdp"), a_sdp(media, &self.codecs));
                 r
             };
@@ -2695,7 +2986,7 @@ impl Engine {
         // Answered first: many trunks send the caller's keys only once
         // the call is answered.
         let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
-        ok.push("Contact", &Self::contact(call.a_leg.flow));
+        ok.push("Contact", &Self::caller_contact(call));
         ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
         call.answered = true;
         let a_key = call.a_key.clone();
@@ -3190,7 +3481,7 @@ impl Engine {
                 }
                 let already_answered = std::mem::replace(&mut call.answered, true);
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
-                ok.push("Contact", &Self::contact(call.a_leg.flow));
+                ok.push("Contact", &Self::caller_contact(call));
                 ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
                 let (a_key, queue, enqueued, started) =
                     (call.a_key.clone(), call.queue, call.enqueued, call.started);
@@ -3379,7 +3670,7 @@ impl Engine {
                     r.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
                     r
                 };
-                r.push("Contact", &Self::contact(call.a_leg.flow));
+                r.push("Contact", &Self::caller_contact(call));
                 let a_key = call.a_key.clone();
                 self.timers.push(Reverse((
                     now + PROGRESS_REFRESH,

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub sip_tcp_connections: IntGauge,
     /// `centralino_sip_tcp_connections_refused_total`
     pub sip_tcp_refused: IntCounter,
+    /// `centralino_trunk_auth_total{outcome}`: carriers' digest challenges
+    /// to our INVITEs: `answered` (sent again with credentials), `refused`
+    /// (challenged again after that), `unanswerable` (no challenge we can
+    /// answer).
+    pub trunk_auth: IntCounterVec,
+    /// `centralino_sip_tls_handshake_failures_total{direction,reason}`:
+    /// TLS handshakes that did not complete; `direction` is `in` (our
+    /// listener) or `out` (towards a carrier), `reason` one of `timeout`,
+    /// `certificate`, `incompatible` (version or ciphers), `protocol`, `io`.
+    pub sip_tls_handshake_failures: IntCounterVec,
     /// `centralino_registrations_total{outcome}`
     pub registrations: IntCounterVec,
     /// `centralino_registered_agents`
@@ -235,6 +245,16 @@ impl Metrics {
             sip_tcp_refused: reg!(c(
                 "centralino_sip_tcp_connections_refused_total",
                 "TCP connections refused at the cap"
+            )),
+            trunk_auth: reg!(cv(
+                "centralino_trunk_auth_total",
+                "Carriers' digest challenges to our INVITEs, by outcome",
+                &["outcome"]
+            )),
+            sip_tls_handshake_failures: reg!(cv(
+                "centralino_sip_tls_handshake_failures_total",
+                "SIP TLS handshakes that failed, by direction and reason",
+                &["direction", "reason"]
             )),
             registrations: reg!(cv(
                 "centralino_registrations_total",

@@ -98,6 +98,9 @@ struct RawSip {
     user_agent: String,
     drain_seconds: u64,
     max_transactions_per_source: usize,
+    tls_listen: Vec<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
 }
 
 impl Default for RawSip {
@@ -122,6 +125,9 @@ impl Default for RawSip {
             user_agent: "Centralino".into(),
             drain_seconds: 60,
             max_transactions_per_source: 1024,
+            tls_listen: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -379,6 +385,24 @@ struct RawTrunk {
     options_seconds: u64,
     #[serde(default)]
     dids: BTreeMap<String, RawDid>,
+    #[serde(default)]
+    tls_client_ca_file: Option<String>,
+    #[serde(default)]
+    tls_peer_names: Vec<String>,
+    #[serde(default)]
+    outbound_transport: Option<String>,
+    #[serde(default)]
+    outbound_tls_name: Option<String>,
+    #[serde(default)]
+    outbound_tls_ca_file: Option<String>,
+    #[serde(default)]
+    outbound_tls_cert_file: Option<String>,
+    #[serde(default)]
+    outbound_tls_key_file: Option<String>,
+    #[serde(default)]
+    auth_username: Option<String>,
+    #[serde(default)]
+    auth_password: Option<String>,
 }
 
 /// A DID maps to a queue name, or to a queue with what its callers need.
@@ -588,6 +612,19 @@ pub enum ListenTransport {
     Udp,
     /// TCP
     Tcp,
+    /// TLS over TCP (RFC 3261 §26), on `sip.tls_listen`.
+    Tls,
+}
+
+/// The TLS listener: where, and the node's certificate.
+#[derive(Clone, Debug)]
+pub struct SipTls {
+    /// Addresses served over TLS (5061 by convention).
+    pub listen: Vec<SocketAddr>,
+    /// The node's certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
 }
 
 /// SIP settings.
@@ -622,6 +659,8 @@ pub struct SipConfig {
     /// On SIGTERM, how long calls in progress may go on (new ones get 503)
     /// before the rest are ended and the node exits.
     pub drain: Duration,
+    /// The TLS listener, when `transports` has `tls`.
+    pub tls: Option<SipTls>,
 }
 
 /// A carrier trunk.
@@ -642,6 +681,52 @@ pub struct Trunk {
     /// How often the outbound side is asked OPTIONS (down when it
     /// answers nothing; skipped while down); `None`: never.
     pub options: Option<Duration>,
+    /// Set: the trunk is known by its TLS client certificate, and its
+    /// INVITEs are taken only over a TLS connection that presented one.
+    pub client_cert: Option<TrunkClientCert>,
+    /// Set: calls and OPTIONS to `outbound` go over TLS, not UDP.
+    pub outbound_tls: Option<OutboundTls>,
+    /// Set: a 401/407 from the carrier to our INVITE is answered once
+    /// with these (RFC 3261 §22.2).
+    pub auth: Option<TrunkAuth>,
+}
+
+/// What we answer a carrier's digest challenge with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkAuth {
+    /// The username the carrier gave us.
+    pub username: String,
+    /// The password (never in `Debug`, logs or the API).
+    pub password: String,
+}
+
+impl fmt::Debug for TrunkAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrunkAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How the node reaches a trunk's outbound side over TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundTls {
+    /// The name the carrier's certificate must carry (DNS name or IP).
+    pub name: String,
+    /// The CAs (PEM) its certificate must chain to; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Our client certificate chain and key (PEM), for carriers that ask.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// How a trunk's TLS client certificate is recognised (mTLS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkClientCert {
+    /// The CA (PEM, one or more certificates) the certificate must chain to.
+    pub ca_file: PathBuf,
+    /// DNS names, one of which the certificate's subjectAltName must hold.
+    pub peer_names: Vec<String>,
 }
 
 /// Where a DID's calls go first.
@@ -1007,6 +1092,216 @@ impl Problems {
     }
 }
 
+/// The TLS listener's settings: all of them with `tls` in `transports`,
+/// none without. The files must be readable now, so a typo fails
+/// `check-config` and the start, not the first carrier's handshake.
+fn sip_tls(p: &mut Problems, raw: &RawSip, wanted: bool) -> Option<SipTls> {
+    if !wanted {
+        for (key, set) in [
+            ("sip.tls_listen", !raw.tls_listen.is_empty()),
+            ("sip.tls_cert_file", raw.tls_cert_file.is_some()),
+            ("sip.tls_key_file", raw.tls_key_file.is_some()),
+        ] {
+            if set {
+                p.add(key, "only with \"tls\" in sip.transports");
+            }
+        }
+        return None;
+    }
+    let mut listen = Vec::new();
+    if raw.tls_listen.is_empty() {
+        p.add("sip.tls_listen", "needs at least one address for tls");
+    }
+    for (i, a) in raw.tls_listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => p.add(
+                format!("sip.tls_listen[{i}]"),
+                format!("not an ADDR:PORT: {a:?}"),
+            ),
+        }
+    }
+    let cert = readable_file(p, "sip.tls_cert_file", raw.tls_cert_file.as_deref(), true);
+    let key = readable_file(p, "sip.tls_key_file", raw.tls_key_file.as_deref(), true);
+    Some(SipTls {
+        listen,
+        cert_file: cert?,
+        key_file: key?,
+    })
+}
+
+/// A trunk's mTLS identity: a CA and the names its certificate may carry,
+/// both or neither, and only where a TLS listener can receive it.
+fn trunk_client_cert(
+    p: &mut Problems,
+    path: &str,
+    t: &RawTrunk,
+    listener: bool,
+) -> Option<TrunkClientCert> {
+    if t.tls_client_ca_file.is_none() && t.tls_peer_names.is_empty() {
+        return None;
+    }
+    if !listener {
+        p.add(
+            format!("{path}.tls_peer_names"),
+            "needs the TLS listener (\"tls\" in sip.transports)",
+        );
+    }
+    if t.tls_peer_names.is_empty() {
+        p.add(
+            format!("{path}.tls_peer_names"),
+            "needs at least one name with tls_client_ca_file",
+        );
+    }
+    for (i, n) in t.tls_peer_names.iter().enumerate() {
+        let valid = !n.is_empty()
+            && n.len() <= 253
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !valid {
+            p.add(
+                format!("{path}.tls_peer_names[{i}]"),
+                format!("not a DNS name: {n:?}"),
+            );
+        }
+    }
+    let ca = readable_file(
+        p,
+        &format!("{path}.tls_client_ca_file"),
+        t.tls_client_ca_file.as_deref(),
+        true,
+    )?;
+    Some(TrunkClientCert {
+        ca_file: ca,
+        peer_names: t
+            .tls_peer_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+/// How a trunk's outbound side is reached: UDP (the default) or TLS with
+/// the name its certificate must carry. TLS needs our TLS listener: its
+/// address is our Via and Contact, where the carrier reaches us back.
+fn trunk_outbound_tls(
+    p: &mut Problems,
+    path: &str,
+    t: &RawTrunk,
+    listener: bool,
+) -> Option<OutboundTls> {
+    let tls = match t.outbound_transport.as_deref() {
+        None | Some("udp") => false,
+        Some("tls") => true,
+        Some(other) => {
+            p.add(
+                format!("{path}.outbound_transport"),
+                format!("unknown transport {other:?} (udp, tls)"),
+            );
+            return None;
+        }
+    };
+    if !tls {
+        for (key, set) in [
+            ("outbound_tls_name", t.outbound_tls_name.is_some()),
+            ("outbound_tls_ca_file", t.outbound_tls_ca_file.is_some()),
+            ("outbound_tls_cert_file", t.outbound_tls_cert_file.is_some()),
+            ("outbound_tls_key_file", t.outbound_tls_key_file.is_some()),
+        ] {
+            if set {
+                p.add(
+                    format!("{path}.{key}"),
+                    "only with outbound_transport = \"tls\"",
+                );
+            }
+        }
+        return None;
+    }
+    if t.outbound.is_none() {
+        p.add(
+            format!("{path}.outbound_transport"),
+            "only for a trunk with outbound",
+        );
+    }
+    if !listener {
+        p.add(
+            format!("{path}.outbound_transport"),
+            "needs the TLS listener (\"tls\" in sip.transports): the carrier answers there",
+        );
+    }
+    let name = match t.outbound_tls_name.as_deref() {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) =>
+        {
+            Some(n.to_ascii_lowercase())
+        }
+        Some(n) => {
+            p.add(
+                format!("{path}.outbound_tls_name"),
+                format!("not a DNS name or IP address: {n:?}"),
+            );
+            None
+        }
+        None => {
+            p.add(
+                format!("{path}.outbound_tls_name"),
+                "required with outbound_transport = \"tls\" (the name its certificate carries)",
+            );
+            None
+        }
+    };
+    let ca = readable_file(
+        p,
+        &format!("{path}.outbound_tls_ca_file"),
+        t.outbound_tls_ca_file.as_deref(),
+        false,
+    );
+    let both = t.outbound_tls_cert_file.is_some() || t.outbound_tls_key_file.is_some();
+    let cert = readable_file(
+        p,
+        &format!("{path}.outbound_tls_cert_file"),
+        t.outbound_tls_cert_file.as_deref(),
+        both,
+    );
+    let key = readable_file(
+        p,
+        &format!("{path}.outbound_tls_key_file"),
+        t.outbound_tls_key_file.as_deref(),
+        both,
+    );
+    Some(OutboundTls {
+        name: name?,
+        ca_file: ca,
+        client_cert: cert.zip(key),
+    })
+}
+
+/// A file named at `path` (required or not) that can be opened for
+/// reading; a problem otherwise. Only the name is reported, never content.
+fn readable_file(
+    p: &mut Problems,
+    path: &str,
+    file: Option<&str>,
+    required: bool,
+) -> Option<PathBuf> {
+    let Some(file) = file else {
+        if required {
+            p.add(path, "required");
+        }
+        return None;
+    };
+    match std::fs::File::open(file) {
+        Ok(_) => Some(PathBuf::from(file)),
+        Err(e) => {
+            p.add(path, format!("cannot read {file:?}: {e}"));
+            None
+        }
+    }
+}
+
 fn nonzero(p: &mut Problems, path: &str, v: u64) {
     if v == 0 {
         p.add(path, "must be greater than 0");
@@ -1095,15 +1390,17 @@ impl Config {
             match t.as_str() {
                 "udp" => transports.push(ListenTransport::Udp),
                 "tcp" => transports.push(ListenTransport::Tcp),
+                "tls" => transports.push(ListenTransport::Tls),
                 other => p.add(
                     format!("sip.transports[{i}]"),
-                    format!("unknown transport {other:?} (udp, tcp)"),
+                    format!("unknown transport {other:?} (udp, tcp, tls)"),
                 ),
             }
         }
         if transports.is_empty() {
-            p.add("sip.transports", "needs at least one of udp, tcp");
+            p.add("sip.transports", "needs at least one of udp, tcp, tls");
         }
+        let sip_tls = sip_tls(&mut p, &raw.sip, transports.contains(&ListenTransport::Tls));
         if raw.sip.realm.is_empty() || raw.sip.realm.contains(['"', '\\', '\r', '\n']) {
             p.add(
                 "sip.realm",
@@ -1837,6 +2134,55 @@ impl Config {
                     );
                 }
             }
+            let client_cert = trunk_client_cert(&mut p, &path, t, sip_tls.is_some());
+            let outbound_tls = trunk_outbound_tls(&mut p, &path, t, sip_tls.is_some());
+            let auth = match (&t.auth_username, &t.auth_password) {
+                (None, None) => None,
+                (Some(u), Some(pw)) => {
+                    // Both travel inside a quoted string of a header line.
+                    let clean = |v: &str| {
+                        !v.is_empty()
+                            && v.len() <= 256
+                            && !v.chars().any(|c| c.is_control() || c == '"' || c == '\\')
+                    };
+                    if !clean(u) {
+                        p.add(
+                            format!("{path}.auth_username"),
+                            "1-256 characters, no quotes, backslashes or control characters",
+                        );
+                    }
+                    if !clean(pw) {
+                        p.add(
+                            format!("{path}.auth_password"),
+                            "1-256 characters, no quotes, backslashes or control characters",
+                        );
+                    }
+                    if t.outbound.is_none() {
+                        p.add(
+                            format!("{path}.auth_username"),
+                            "only for a trunk with outbound",
+                        );
+                    }
+                    Some(TrunkAuth {
+                        username: u.clone(),
+                        password: pw.clone(),
+                    })
+                }
+                (Some(_), None) => {
+                    p.add(
+                        format!("{path}.auth_password"),
+                        "required with auth_username",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    p.add(
+                        format!("{path}.auth_username"),
+                        "required with auth_password",
+                    );
+                    None
+                }
+            };
             trunks.push(Trunk {
                 name: t.name.clone(),
                 tenant,
@@ -1845,6 +2191,9 @@ impl Config {
                 outbound,
                 caller_id,
                 options: (t.options_seconds > 0).then(|| Duration::from_secs(t.options_seconds)),
+                client_cert,
+                outbound_tls,
+                auth,
             });
         }
         // A call is told to its trunk by (source address, DID): two trunks
@@ -2176,6 +2525,7 @@ impl Config {
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),
                 user_agent: raw.sip.user_agent,
                 drain: Duration::from_secs(raw.sip.drain_seconds),
+                tls: sip_tls,
             },
             http_listen,
             http_limits: HttpLimits {
@@ -2878,6 +3228,127 @@ record = true
             ),
         ] {
             refused(toml, want);
+        }
+    }
+
+    #[test]
+    fn tls_settings_come_together_and_name_readable_files() {
+        // Any readable file will do for the check (contents are the
+        // driver's business, at start).
+        let file = env!("CARGO_MANIFEST_PATH");
+        let sip = format!(
+            "[sip]\ntransports = [\"udp\", \"tls\"]\ntls_listen = [\"127.0.0.1:5061\"]\ntls_cert_file = {file:?}\ntls_key_file = {file:?}\n"
+        );
+        let trunk = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+        let c = Config::from_toml(&format!(
+            "{sip}{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"SBC.carrier.example\"]\n"
+        ))
+        .unwrap();
+        let tls = c.sip.tls.expect("tls");
+        assert_eq!(tls.listen, vec!["127.0.0.1:5061".parse().unwrap()]);
+        let cc = c.trunks[0].client_cert.clone().expect("mtls");
+        assert_eq!(cc.peer_names, vec!["sbc.carrier.example".to_owned()]);
+        let c = Config::from_toml(&format!(
+            "{sip}{trunk}outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"SBC.carrier.example\"\noutbound_tls_cert_file = {file:?}\noutbound_tls_key_file = {file:?}\n"
+        ))
+        .unwrap();
+        let out = c.trunks[0].outbound_tls.clone().expect("outbound tls");
+        assert_eq!(out.name, "sbc.carrier.example");
+        assert_eq!(out.ca_file, None);
+        assert!(out.client_cert.is_some());
+        for (extra, want) in [
+            (
+                "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\n".to_owned(),
+                "trunks[0].outbound_tls_name: required",
+            ),
+            (
+                "outbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\n".to_owned(),
+                "trunks[0].outbound_transport: only for a trunk with outbound",
+            ),
+            (
+                "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"sctp\"\n".to_owned(),
+                "trunks[0].outbound_transport: unknown transport",
+            ),
+            (
+                "outbound = \"192.0.2.10:5061\"\noutbound_tls_name = \"a.example\"\n".to_owned(),
+                "trunks[0].outbound_tls_name: only with outbound_transport",
+            ),
+            (
+                format!(
+                    "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\noutbound_tls_cert_file = {file:?}\n"
+                ),
+                "trunks[0].outbound_tls_key_file: required",
+            ),
+        ] {
+            refused(&format!("{sip}{trunk}{extra}"), want);
+        }
+        refused(
+            &format!(
+                "{trunk}outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\n"
+            ),
+            "trunks[0].outbound_transport: needs the TLS listener",
+        );
+        for (toml, want) in [
+            (
+                "[sip]\ntransports = [\"tls\"]\n".to_owned(),
+                "sip.tls_listen: needs at least one address",
+            ),
+            (
+                "[sip]\ntransports = [\"tls\"]\n".to_owned(),
+                "sip.tls_cert_file: required",
+            ),
+            (
+                "[sip]\ntls_listen = [\"127.0.0.1:5061\"]\n".to_owned(),
+                "sip.tls_listen: only with \"tls\"",
+            ),
+            (
+                format!(
+                    "{sip}{trunk}tls_client_ca_file = \"/nonexistent.pem\"\ntls_peer_names = [\"a.example\"]\n"
+                ),
+                "trunks[0].tls_client_ca_file: cannot read",
+            ),
+            (
+                format!("{sip}{trunk}tls_client_ca_file = {file:?}\n"),
+                "trunks[0].tls_peer_names: needs at least one name",
+            ),
+            (
+                format!("{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"a.example\"]\n"),
+                "trunks[0].tls_peer_names: needs the TLS listener",
+            ),
+            (
+                format!("{sip}{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"a b\"]\n"),
+                "trunks[0].tls_peer_names[0]: not a DNS name",
+            ),
+        ] {
+            refused(&toml, want);
+        }
+    }
+
+    #[test]
+    fn trunk_credentials_come_together_and_stay_out_of_debug() {
+        let trunk = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+        let c = Config::from_toml(&format!(
+            "{trunk}outbound = \"192.0.2.10:5060\"\nauth_username = \"u\"\nauth_password = \"sekrit\"\n"
+        ))
+        .unwrap();
+        let auth = c.trunks[0].auth.clone().expect("auth");
+        assert_eq!(auth.username, "u");
+        assert!(!format!("{:?}", c.trunks[0]).contains("sekrit"));
+        for (extra, want) in [
+            (
+                "outbound = \"192.0.2.10:5060\"\nauth_username = \"u\"\n",
+                "trunks[0].auth_password: required with auth_username",
+            ),
+            (
+                "auth_username = \"u\"\nauth_password = \"p\"\n",
+                "trunks[0].auth_username: only for a trunk with outbound",
+            ),
+            (
+                "outbound = \"192.0.2.10:5060\"\nauth_username = \"u\\\"\"\nauth_password = \"p\"\n",
+                "trunks[0].auth_username: 1-256 characters",
+            ),
+        ] {
+            refused(&format!("{trunk}{extra}"), want);
         }
     }
 

@@ -69,10 +69,25 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// Keys under a [`LIVE`] key that still need a restart: the TLS driver
+/// builds its certificate checks once, at start.
+const RESTART: &[&str] = &[
+    "trunks[].tls_client_ca_file",
+    "trunks[].tls_peer_names",
+    "trunks[].outbound_transport",
+    "trunks[].outbound_tls_name",
+    "trunks[].outbound_tls_ca_file",
+    "trunks[].outbound_tls_cert_file",
+    "trunks[].outbound_tls_key_file",
+];
+
 /// Whether a running node applies a change of `key` (a path from
 /// [`changed_keys`]).
 pub fn applies_live(key: &str) -> bool {
     let pattern = without_selectors(key);
+    if RESTART.contains(&pattern.as_str()) {
+        return false;
+    }
     LIVE.iter().any(|live| {
         pattern == *live
             || pattern
@@ -88,6 +103,20 @@ pub fn needs_restart(changed: &[String]) -> Vec<String> {
         .filter(|k| !applies_live(k))
         .cloned()
         .collect()
+}
+
+/// A list element added or removed whole: its key, then each of its keys
+/// that needs a restart.
+fn element(key: &str, v: &Value, out: &mut Vec<String>) {
+    out.push(key.to_owned());
+    if let Some(t) = v.as_table() {
+        for k in t.keys() {
+            let sub = format!("{key}.{k}");
+            if RESTART.contains(&without_selectors(&sub).as_str()) {
+                out.push(sub);
+            }
+        }
+    }
 }
 
 /// `queues[info].record` → `queues[].record`.
@@ -156,14 +185,16 @@ fn diff_value(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Ve
                 let key = format!("{path}[{id}]");
                 match a.iter().find(|o| ident(o) == Some(id)) {
                     Some(before) => diff_value(&key, Some(before), Some(v), out),
-                    // A new element is one change, named by its name.
-                    None => out.push(key),
+                    // A new element is one change, named by its name, with
+                    // any key of it a running node cannot take (a trunk
+                    // added with TLS settings needs a restart).
+                    None => element(&key, v, out),
                 }
             }
             for v in a {
                 let id = ident(v).unwrap_or_default();
                 if !b.iter().any(|n| ident(n) == Some(id)) {
-                    out.push(format!("{path}[{id}]"));
+                    element(&format!("{path}[{id}]"), v, out);
                 }
             }
         }
@@ -206,6 +237,36 @@ queues = ["info"]
         let old = Config::from_toml(BASE).unwrap();
         let new = Config::from_toml(new).unwrap();
         changed_keys(&old, &new)
+    }
+
+    #[test]
+    fn trunk_tls_keys_need_a_restart_while_other_trunk_keys_apply_live() {
+        assert!(applies_live("trunks[carrier].outbound"));
+        assert!(!applies_live("trunks[carrier].tls_peer_names"));
+        assert!(!applies_live("trunks[carrier].tls_client_ca_file"));
+    }
+
+    #[test]
+    fn a_trunk_added_with_tls_settings_needs_a_restart_one_without_does_not() {
+        let plain = format!(
+            "{BASE}\n[[trunks]]\nname = \"second\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\n"
+        );
+        assert!(needs_restart(&diff(&plain)).is_empty());
+        let old = Config::from_toml(BASE).unwrap();
+        let mut new = Config::from_toml(&plain).unwrap();
+        // As a file with TLS keys would read (their validation needs files).
+        if let Some(toml::Value::Array(trunks)) = new.source.get_mut("trunks")
+            && let Some(toml::Value::Table(t)) = trunks.last_mut()
+        {
+            t.insert(
+                "outbound_transport".into(),
+                toml::Value::String("tls".into()),
+            );
+        }
+        assert_eq!(
+            needs_restart(&changed_keys(&old, &new)),
+            ["trunks[second].outbound_transport"]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Drivers: they own the sockets, threads and the clock and pump the
 //! sans-IO [`centralino_b2bua::Engine`] and media sessions.
 //!
-//! Owns: UDP and TCP SIP listeners, the engine task, the media threads and
+//! Owns: UDP, TCP and TLS SIP listeners (and TLS connections to carriers), the engine task, the media threads and
 //! RTP sockets, prompt loading, the recording writer, the HTTP endpoint
 //! (`/metrics`, `/healthz`, the API; on a thread and runtime of its own,
 //! started by the binary) and what `/healthz` reads (`health`). Never
@@ -24,6 +24,7 @@ mod prompts;
 mod recorder;
 mod session;
 mod sip;
+mod tls;
 
 pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot, routes};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};

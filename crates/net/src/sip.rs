@@ -15,7 +15,7 @@ use centralino_sip::txn::Flow;
 use centralino_sip::{Limits, Transport};
 use rand::TryRngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -151,6 +151,23 @@ pub enum NetError {
         /// Why.
         source: std::io::Error,
     },
+    /// A TLS certificate, key or setting the node cannot use.
+    #[error("TLS: {file}: {reason}")]
+    Tls {
+        /// The file concerned.
+        file: std::path::PathBuf,
+        /// Why (rustls' or the PEM parser's words; never key material).
+        reason: String,
+    },
+}
+
+impl NetError {
+    pub(crate) fn tls(file: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        Self::Tls {
+            file: file.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 enum Input {
@@ -165,9 +182,18 @@ enum Input {
     ConnOpen {
         conn: u64,
         tx: mpsc::Sender<Vec<u8>>,
+        /// Trunks (by name) whose client certificate the connection
+        /// presented: sent before its first message, on the same channel,
+        /// so the engine knows who speaks before it reads a word.
+        trunks: Vec<String>,
     },
     ConnClosed {
         conn: u64,
+    },
+    /// Our TLS connection to a carrier could not be opened: what was
+    /// queued on it is lost.
+    ConnFailed {
+        remote: SocketAddr,
     },
     Reload(Box<Reload>),
     Callbacks(Vec<DueCallback>),
@@ -340,6 +366,34 @@ impl SipServer {
                 bound.push((ListenTransport::Tcp, addr));
                 tokio::spawn(tcp_acceptor(
                     listener,
+                    None,
+                    tx.clone(),
+                    engine.limits().clone(),
+                    metrics.clone(),
+                    next_conn.clone(),
+                    open.clone(),
+                    config.sip.max_tcp_connections,
+                    config.sip.tcp_idle_timeout,
+                ));
+            }
+        }
+        if let Some(tls) = &config.sip.tls {
+            let (server, checks) = crate::tls::server_config(tls, &config.trunks)?;
+            let acceptor = (tokio_rustls::TlsAcceptor::from(Arc::new(server)), checks);
+            for &addr in &tls.listen {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NetError::Bind { addr, source })?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| NetError::Bind { addr, source })?;
+                info!(%addr, "SIP listening on TLS");
+                bound.push((ListenTransport::Tls, addr));
+                // TLS shares the TCP path: one connection cap, one framer,
+                // one idle timer, one gauge.
+                tokio::spawn(tcp_acceptor(
+                    listener,
+                    Some(acceptor.clone()),
                     tx.clone(),
                     engine.limits().clone(),
                     metrics.clone(),
@@ -377,6 +431,27 @@ impl SipServer {
                 desks.clone(),
             ));
         }
+        if let Some(&(_, tls_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Tls) {
+            engine.set_outbound_tls_local(tls_addr);
+        }
+        let mut carriers = HashMap::new();
+        for t in &config.trunks {
+            if let (Some(remote), Some(tls)) = (t.outbound, &t.outbound_tls) {
+                let carrier = crate::tls::carrier(&t.name, tls)?;
+                if carriers.insert(remote, (carrier, None)).is_some() {
+                    warn!(trunk = %t.name, %remote, "two TLS trunks share an outbound address: the last one's TLS settings apply");
+                }
+            }
+        }
+        let clients = Clients {
+            carriers,
+            // Weak: the engine task must not keep its own input open.
+            tx: tx.downgrade(),
+            next_conn: next_conn.clone(),
+            limits: engine.limits().clone(),
+            idle: config.sip.tcp_idle_timeout,
+            metrics: metrics.clone(),
+        };
         drop(tx);
         if let Some(d) = &desks {
             let (board, slots) = engine.board();
@@ -386,7 +461,7 @@ impl SipServer {
         // Alive from here: the task beats again on its first turn.
         heartbeat.beat(Instant::now().into_std());
         let engine_task = tokio::spawn(run_engine(
-            engine, rx, media_rx, plane, udp, records, desks, heartbeat,
+            engine, rx, media_rx, plane, udp, clients, records, desks, heartbeat,
         ));
         Ok(Self {
             bound,
@@ -458,6 +533,7 @@ async fn udp_reader(
 #[allow(clippy::too_many_arguments)] // Plumbing of one listener's settings.
 async fn tcp_acceptor(
     listener: TcpListener,
+    tls: Option<(tokio_rustls::TlsAcceptor, crate::tls::PeerChecks)>,
     tx: mpsc::Sender<Input>,
     limits: Limits,
     metrics: Metrics,
@@ -485,41 +561,132 @@ async fn tcp_acceptor(
         metrics.sip_tcp_connections.inc();
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let flow = Flow {
-            transport: Transport::Tcp,
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
             remote,
             local: local.unwrap_or(remote),
             conn,
         };
-        let (tx, limits, metrics, open) =
-            (tx.clone(), limits.clone(), metrics.clone(), open.clone());
+        let (tx, limits, metrics, open, tls) = (
+            tx.clone(),
+            limits.clone(),
+            metrics.clone(),
+            open.clone(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            tcp_connection(stream, flow, tx.clone(), limits, partial_timeout).await;
-            let _ = tx.send(Input::ConnClosed { conn }).await;
+            match tls {
+                None => {
+                    stream_connection(
+                        stream,
+                        flow,
+                        Vec::new(),
+                        tx.clone(),
+                        limits,
+                        partial_timeout,
+                    )
+                    .await;
+                    let _ = tx.send(Input::ConnClosed { conn }).await;
+                }
+                Some((acceptor, checks)) => {
+                    let handshake = tokio::time::timeout(
+                        crate::tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let trunks = checks.trunks_of(stream.get_ref().1.peer_certificates());
+                            if !trunks.is_empty() {
+                                debug!(peer = %remote, trunks = ?trunks, "TLS client certificate of a trunk");
+                            }
+                            stream_connection(
+                                stream,
+                                flow,
+                                trunks,
+                                tx.clone(),
+                                limits,
+                                partial_timeout,
+                            )
+                            .await;
+                            let _ = tx.send(Input::ConnClosed { conn }).await;
+                        }
+                        Ok(Err(e)) => handshake_failed(&metrics, "in", remote, &e),
+                        Err(_) => handshake_timed_out(&metrics, "in", remote),
+                    }
+                }
+            }
             open.fetch_sub(1, Ordering::Relaxed);
             metrics.sip_tcp_connections.dec();
         });
     }
 }
 
-async fn tcp_connection(
-    mut stream: TcpStream,
+/// Counts (and logs at DEBUG: a scanner's probe is no news) a handshake
+/// that failed.
+fn handshake_failed(metrics: &Metrics, direction: &str, peer: SocketAddr, e: &std::io::Error) {
+    let reason = crate::tls::failure_reason(e);
+    debug!(%peer, direction, reason, error = %e, "TLS handshake failed");
+    metrics
+        .sip_tls_handshake_failures
+        .with_label_values(&[direction, reason])
+        .inc();
+}
+
+fn handshake_timed_out(metrics: &Metrics, direction: &str, peer: SocketAddr) {
+    debug!(%peer, direction, "TLS handshake timed out");
+    metrics
+        .sip_tls_handshake_failures
+        .with_label_values(&[direction, "timeout"])
+        .inc();
+}
+
+/// One SIP stream (TCP, or TLS once its handshake is done): framed
+/// messages in, the engine's bytes out, until either side ends it.
+async fn stream_connection<S>(
+    stream: S,
     flow: Flow,
+    trunks: Vec<String>,
     tx: mpsc::Sender<Input>,
     limits: Limits,
     partial_timeout: Duration,
-) {
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
     if tx
         .send(Input::ConnOpen {
             conn: flow.conn,
             tx: out_tx,
+            trunks,
         })
         .await
         .is_err()
     {
         return;
     }
-    let (mut rd, mut wr) = stream.split();
+    pump_stream(stream, flow, tx, out_rx, limits, partial_timeout).await;
+}
+
+/// Messages queued for one stream connection's writer.
+const STREAM_QUEUE: usize = 256;
+
+/// Reads framed messages to the engine and writes its bytes, until the
+/// peer, the idle timer or a framing error ends the connection.
+async fn pump_stream<S>(
+    stream: S,
+    flow: Flow,
+    tx: mpsc::Sender<Input>,
+    mut out_rx: mpsc::Receiver<Vec<u8>>,
+    limits: Limits,
+    partial_timeout: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut fatal = false;
@@ -588,6 +755,7 @@ async fn run_engine(
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    mut clients: Clients,
     records: Option<crate::api::RecordSink>,
     desks: Option<crate::api::Desks>,
     heartbeat: crate::health::Heartbeat,
@@ -732,11 +900,15 @@ async fn run_engine(
                             debug!(error = %e, peer = %flow.remote, "UDP send failed");
                         }
                     }
-                    Transport::Tcp => {
+                    Transport::Tcp | Transport::Tls => {
                         if let Some(tx) = conns.get(&flow.conn) {
                             if tx.try_send(bytes).is_err() {
                                 debug!(peer = %flow.remote, "TCP connection congested or closed, message dropped");
                             }
+                        } else if flow.transport == Transport::Tls
+                            && clients.carriers.contains_key(&flow.remote)
+                        {
+                            clients.send(&mut conns, flow.remote, bytes);
                         } else {
                             debug!(peer = %flow.remote, "no TCP connection for the flow, message dropped");
                         }
@@ -768,6 +940,107 @@ async fn run_engine(
     }
 }
 
+/// Our TLS connections to carriers, one per trunk outbound address:
+/// opened on the first message, reused while open, opened again on the
+/// next message once closed (by either side, the idle timer, or a failed
+/// handshake). Lives in the engine task, like the connection table.
+struct Clients {
+    /// Per outbound address: how to reach it, and the connection now.
+    carriers: HashMap<SocketAddr, (crate::tls::Carrier, Option<u64>)>,
+    tx: mpsc::WeakSender<Input>,
+    next_conn: Arc<AtomicU64>,
+    limits: Limits,
+    idle: Duration,
+    metrics: Metrics,
+}
+
+impl Clients {
+    /// Sends `bytes` to the carrier at `remote`, opening the connection
+    /// when there is none. Messages wait in the connection's queue while
+    /// it opens; if it cannot, they are lost like datagrams to a dead
+    /// host, and the transactions' timers fail over.
+    fn send(
+        &mut self,
+        conns: &mut HashMap<u64, mpsc::Sender<Vec<u8>>>,
+        remote: SocketAddr,
+        bytes: Vec<u8>,
+    ) {
+        let Some((carrier, current)) = self.carriers.get_mut(&remote) else {
+            return;
+        };
+        if let Some(out) = current.and_then(|c| conns.get(&c)) {
+            if out.try_send(bytes).is_err() {
+                debug!(peer = %remote, "TLS connection to the carrier congested, message dropped");
+            }
+            return;
+        }
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_QUEUE);
+        let _ = out_tx.try_send(bytes);
+        conns.insert(conn, out_tx);
+        *current = Some(conn);
+        tokio::spawn(tls_client(
+            conn,
+            remote,
+            carrier.clone(),
+            out_rx,
+            tx,
+            self.limits.clone(),
+            self.idle,
+            self.metrics.clone(),
+        ));
+    }
+}
+
+/// One TLS connection to a carrier: connect, handshake (bounded), then
+/// the same stream pump as accepted connections; what arrives on it
+/// (responses, the carrier's in-dialog requests) reaches the engine on
+/// its flow, and the engine's answers go back on it.
+#[allow(clippy::too_many_arguments)] // One connection's plumbing.
+async fn tls_client(
+    conn: u64,
+    remote: SocketAddr,
+    carrier: crate::tls::Carrier,
+    out_rx: mpsc::Receiver<Vec<u8>>,
+    tx: mpsc::Sender<Input>,
+    limits: Limits,
+    partial_timeout: Duration,
+    metrics: Metrics,
+) {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(remote).await?;
+        let local = tcp.local_addr()?;
+        let stream = carrier.connector.connect(carrier.name.clone(), tcp).await?;
+        Ok::<_, std::io::Error>((stream, local))
+    };
+    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(Ok((stream, local))) => {
+            info!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier open");
+            let flow = Flow {
+                transport: Transport::Tls,
+                remote,
+                local,
+                conn,
+            };
+            pump_stream(stream, flow, tx.clone(), out_rx, limits, partial_timeout).await;
+        }
+        Ok(Err(e)) => {
+            warn!(trunk = %carrier.trunk, peer = %remote, error = %e, "TLS connection to the carrier failed");
+            handshake_failed(&metrics, "out", remote, &e);
+            let _ = tx.send(Input::ConnFailed { remote }).await;
+        }
+        Err(_) => {
+            warn!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier timed out");
+            handshake_timed_out(&metrics, "out", remote);
+            let _ = tx.send(Input::ConnFailed { remote }).await;
+        }
+    }
+    let _ = tx.send(Input::ConnClosed { conn }).await;
+}
+
 /// Who waits on the engine's shutdown steps.
 #[derive(Default)]
 struct Lifecycle {
@@ -795,12 +1068,15 @@ fn handle(
         }
         Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
         Input::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
-        Input::ConnOpen { conn, tx } => {
+        Input::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);
+            engine.connection_opened(conn, trunks);
         }
         Input::ConnClosed { conn } => {
             conns.remove(&conn);
+            engine.connection_closed(conn);
         }
+        Input::ConnFailed { remote } => engine.connection_failed(now, remote),
         Input::Callbacks(due) => {
             for cb in due {
                 engine.start_callback(now, cb);

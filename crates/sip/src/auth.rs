@@ -189,6 +189,112 @@ pub fn parse_authorization(value: &str) -> Option<DigestResponse> {
     (seen == 31).then_some(d)
 }
 
+/// A server's challenge (`WWW-Authenticate` or `Proxy-Authenticate`), as
+/// a client answers it (RFC 3261 §22.2, RFC 8760): a carrier asking us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// realm
+    pub realm: String,
+    /// nonce
+    pub nonce: String,
+    /// opaque, returned as is
+    pub opaque: Option<String>,
+    /// The algorithm asked for (MD5 when absent).
+    pub algorithm: Algorithm,
+    /// The server offered `qop=auth` (then cnonce and nc are sent).
+    pub qop_auth: bool,
+}
+
+/// Parses a Digest challenge. `None` when malformed, not Digest, or not
+/// answerable by us (an algorithm we lack, or only `qop=auth-int`).
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
+    let v = value.trim();
+    let (scheme, rest) = v.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return None;
+    }
+    let (mut realm, mut nonce, mut opaque, mut algorithm, mut qop) = (None, None, None, None, None);
+    for item in split_list(rest) {
+        let (name, value) = item.split_once('=')?;
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(inner) => inner.strip_suffix('"')?,
+            None => value,
+        };
+        // Echoed into our Authorization: bounded, and never able to
+        // close the quoted string or the header line.
+        if value.len() > 1024 || value.contains(['"', '\\', '\r', '\n']) {
+            return None;
+        }
+        match name.trim().to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value.to_owned()),
+            "nonce" => nonce = Some(value.to_owned()),
+            "opaque" => opaque = Some(value.to_owned()),
+            "algorithm" => algorithm = Some(Algorithm::from_token(value)?),
+            "qop" => qop = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    let qop_auth = match qop {
+        None => false,
+        Some(q) => {
+            if !q.split(',').any(|o| o.trim().eq_ignore_ascii_case("auth")) {
+                return None;
+            }
+            true
+        }
+    };
+    Some(Challenge {
+        realm: realm?,
+        nonce: nonce?,
+        opaque,
+        algorithm: algorithm.unwrap_or(Algorithm::Md5),
+        qop_auth,
+    })
+}
+
+/// The credentials value (for `Authorization` or `Proxy-Authorization`)
+/// answering `challenge` for a `method` request to `uri`: the response
+/// is H(HA1:nonce:nc:cnonce:auth:HA2) with qop, H(HA1:nonce:HA2) without,
+/// in the challenge's algorithm. `nc` is the count of requests made with
+/// this nonce (1 for the first).
+pub fn answer_challenge(
+    challenge: &Challenge,
+    username: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    cnonce: &str,
+    nc: u32,
+) -> String {
+    let alg = challenge.algorithm;
+    let ha1 = alg.hex(&format!("{username}:{}:{password}", challenge.realm));
+    let ha2 = alg.hex(&format!("{method}:{uri}"));
+    let nonce = &challenge.nonce;
+    let mut out = format!(
+        "Digest username=\"{username}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"{uri}\"",
+        challenge.realm
+    );
+    if challenge.qop_auth {
+        let nc = format!("{nc:08x}");
+        let response = alg.hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+        out.push_str(&format!(
+            ", response=\"{response}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"",
+            alg.token()
+        ));
+    } else {
+        let response = alg.hex(&format!("{ha1}:{nonce}:{ha2}"));
+        out.push_str(&format!(
+            ", response=\"{response}\", algorithm={}",
+            alg.token()
+        ));
+    }
+    if let Some(opaque) = &challenge.opaque {
+        out.push_str(&format!(", opaque=\"{opaque}\""));
+    }
+    out
+}
+
 /// The verdict on a request's credentials. Only [`Self::Refuse`] says the
 /// password was wrong; the others say nothing about it and must not count
 /// towards a ban.
@@ -441,6 +547,90 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// RFC 2617 §3.5's worked example (MD5, qop=auth).
+    #[test]
+    fn answer_matches_rfc2617_example() {
+        let ch = parse_challenge(
+            r#"Digest realm="testrealm@host.com", qop="auth,auth-int", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41""#,
+        )
+        .expect("challenge");
+        assert_eq!(ch.algorithm, Algorithm::Md5);
+        assert!(ch.qop_auth);
+        let v = answer_challenge(
+            &ch,
+            "Mufasa",
+            "Circle Of Life",
+            "GET",
+            "/dir/index.html",
+            "0a4f113b",
+            1,
+        );
+        assert!(
+            v.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{v}"
+        );
+        assert!(v.contains("nc=00000001"), "{v}");
+        assert!(v.contains(r#"cnonce="0a4f113b""#), "{v}");
+        assert!(
+            v.contains(r#"opaque="5ccc069c403ebaf9f0171e9517f40e41""#),
+            "{v}"
+        );
+    }
+
+    /// RFC 7616 §3.9.1's worked example (SHA-256, qop=auth).
+    #[test]
+    fn answer_matches_rfc7616_sha256_example() {
+        let ch = parse_challenge(
+            r#"Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=SHA-256, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#,
+        )
+        .expect("challenge");
+        assert_eq!(ch.algorithm, Algorithm::Sha256);
+        let v = answer_challenge(
+            &ch,
+            "Mufasa",
+            "Circle of Life",
+            "GET",
+            "/dir/index.html",
+            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+            1,
+        );
+        assert!(
+            v.contains(
+                r#"response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1""#
+            ),
+            "{v}"
+        );
+        assert!(v.contains("algorithm=SHA-256"), "{v}");
+    }
+
+    /// Without qop: the RFC 2069 form, and our own verifier accepts it.
+    #[test]
+    fn answer_without_qop_passes_our_verifier_form() {
+        let ch = parse_challenge(r#"Digest realm="r", nonce="n""#).expect("challenge");
+        assert!(!ch.qop_auth);
+        let v = answer_challenge(&ch, "u", "p", "INVITE", "sip:1@h", "c", 1);
+        let d = parse_authorization(&v).expect("parses back");
+        let ha1 = Algorithm::Md5.hex("u:r:p");
+        let ha2 = Algorithm::Md5.hex("INVITE:sip:1@h");
+        assert_eq!(d.response, Algorithm::Md5.hex(&format!("{ha1}:n:{ha2}")));
+        assert_eq!(d.qop, None);
+        assert!(!v.contains("cnonce"), "{v}");
+    }
+
+    /// Challenges we cannot or must not answer.
+    #[test]
+    fn unanswerable_challenges_are_refused() {
+        for bad in [
+            r#"Basic realm="r""#,
+            r#"Digest realm="r", nonce="n", algorithm=SHA-512-256"#,
+            r#"Digest realm="r", nonce="n", qop="auth-int""#,
+            r#"Digest nonce="n""#,
+            "Digest realm=\"r\", nonce=\"a\\\"b\"",
+        ] {
+            assert_eq!(parse_challenge(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn a_password_matches_the_stored_ha1_of_either_algorithm() {
         let c = Credentials::from_password("1001", "centralino", "demo1001");

@@ -8,12 +8,15 @@ pub enum Transport {
     Udp,
     /// A reliable stream: timers A, E and G are off, D, I, J and K are zero.
     Tcp,
+    /// TCP under TLS (RFC 3261 §26.2): reliable like TCP; the driver owns
+    /// the handshake, the engine only sees the connection it came on.
+    Tls,
 }
 
 impl Transport {
     /// Whether the transport is reliable (RFC 3261 §17: no retransmissions).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Self::Tcp)
+        matches!(self, Self::Tcp | Self::Tls)
     }
 
     /// The Via transport token.
@@ -21,6 +24,7 @@ impl Transport {
         match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::message::{Message, Method, StartLine, Transport};
 /// streams, the connection it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
-    /// UDP or TCP.
+    /// UDP, TCP or TLS.
     pub transport: Transport,
     /// The peer's address.
     pub remote: SocketAddr,

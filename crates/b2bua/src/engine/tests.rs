@@ -600,6 +600,71 @@ fn untrusted_invite_leaves_no_state() {
     assert_eq!(out.len(), 1);
 }
 
+/// A trunk known by its TLS client certificate: its INVITE counts only on
+/// a TLS connection the driver said proved that trunk, and only while that
+/// connection is open; elsewhere 403 with no state.
+#[test]
+fn certificate_trunk_invites_need_a_proven_connection() {
+    // The engine never reads these files; validation needs readable ones.
+    let file = env!("CARGO_MANIFEST_PATH");
+    let config = CONFIG
+        .replacen(
+            "[sip]\n",
+            &format!("[sip]\ntransports = [\"udp\", \"tls\"]\ntls_listen = [\"192.0.2.1:5061\"]\ntls_cert_file = {file:?}\ntls_key_file = {file:?}\n"),
+            1,
+        )
+        .replacen(
+            "dids = { \"100\" = \"info\" }\n",
+            &format!("dids = {{ \"100\" = \"info\" }}\ntls_client_ca_file = {file:?}\ntls_peer_names = [\"sbc.carrier.example\"]\n"),
+            1,
+        );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let tls = |conn: u64| Flow {
+        transport: Transport::Tls,
+        remote: TRUNK.parse().unwrap(),
+        // The harness checks every message leaves from one address; the
+        // engine does not care which listener a flow names.
+        local: "192.0.2.1:5060".parse().unwrap(),
+        conn,
+    };
+    let invite = |call: &str| {
+        format!(
+            "INVITE sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/TLS {TRUNK};branch=z9hG4bK{call}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=a{call}\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK};transport=tls>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{TRUNK_SDP}",
+            TRUNK_SDP.len()
+        )
+    };
+    let send = |h: &mut Harness, flow: Flow, call: &str| {
+        let framed = parse_datagram(invite(call).as_bytes(), &Limits::default());
+        h.engine.handle_framed(h.now, flow, framed);
+        h.drain()
+    };
+    // From its address over UDP, and over TLS without its certificate.
+    let out = h.send(TRUNK, &invite("udp"));
+    assert_eq!(codes(&out, TRUNK), vec![403]);
+    let out = send(&mut h, tls(7), "anon");
+    assert_eq!(codes(&out, TRUNK), vec![403]);
+    // Another trunk's certificate proves nothing for this one.
+    h.engine.connection_opened(8, vec!["other".to_owned()]);
+    let out = send(&mut h, tls(8), "other");
+    assert_eq!(codes(&out, TRUNK), vec![403]);
+    assert_eq!(h.engine.active_calls(), 0);
+    // Its own: the call is taken.
+    h.engine.connection_opened(9, vec!["carrier".to_owned()]);
+    let out = send(&mut h, tls(9), "proven");
+    assert!(
+        codes(&out, TRUNK).contains(&100),
+        "{:?}",
+        codes(&out, TRUNK)
+    );
+    assert_eq!(h.engine.active_calls(), 1);
+    // Once that connection is gone, its id proves nothing any more.
+    h.engine.connection_closed(9);
+    let out = send(&mut h, tls(9), "stale");
+    assert_eq!(codes(&out, TRUNK), vec![403]);
+    assert_eq!(h.engine.active_calls(), 1);
+}
+
 #[test]
 fn unregister_logs_the_operator_out() {
     let mut h = Harness::new();
