@@ -255,13 +255,10 @@ queues = ["info"]
         let old = Config::from_toml(BASE).unwrap();
         let mut new = Config::from_toml(&plain).unwrap();
         // As a file with TLS keys would read (their validation needs files).
-        if let Some(toml::Value::Array(trunks)) = new.source.get_mut("trunks")
-            && let Some(toml::Value::Table(t)) = trunks.last_mut()
+        if let Some(Value::Array(trunks)) = new.source.get_mut("trunks")
+            && let Some(Value::Table(t)) = trunks.last_mut()
         {
-            t.insert(
-                "outbound_transport".into(),
-                toml::Value::String("tls".into()),
-            );
+            t.insert("outbound_transport".into(), Value::String("tls".into()));
         }
         assert_eq!(
             needs_restart(&changed_keys(&old, &new)),

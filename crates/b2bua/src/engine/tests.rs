@@ -2722,3 +2722,119 @@ fn media_is_never_sent_to_groups_loopback_from_afar_or_the_node_itself() {
     assert_eq!(codes(&out, TRUNK), vec![488]);
     assert_eq!(h.media.len(), media, "{:?}", &h.media[media..]);
 }
+
+/// D21, key by key at the engine: what a reload says it applied is what
+/// the next call meets.
+#[test]
+fn a_reload_applies_queue_timers_exit_status_dial_plans_trunks_and_passwords() {
+    let base = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
+    );
+    let mut h = Harness::with(&base);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let due = |id: &str, number: &str| DueCallback {
+        id: id.into(),
+        queue: "info".into(),
+        number: number.into(),
+        requirements: None,
+        priority: 0,
+        created_unix: 0,
+        attempt: 1,
+    };
+    // Before: Swiss numbers are outside the Italian plan.
+    h.engine.start_callback(h.now, due("ch1", "+41441234567"));
+    h.drain();
+    assert!(matches!(
+        h.callbacks.last(),
+        Some((
+            _,
+            CallbackState::Failed {
+                outcome: "dial_plan"
+            }
+        ))
+    ));
+    let changed = base
+        // Queue: a longer ring and another exit status.
+        .replace(
+            "ring_timeout_seconds = 2",
+            "ring_timeout_seconds = 6\nexit_status = 486",
+        )
+        .replace("max_wait_seconds = 10", "max_wait_seconds = 1")
+        // The tenant now also dials Switzerland.
+        .replace(
+            "[[tenants]]\nname = \"demo\"",
+            "[[tenants]]\nname = \"demo\"\n[tenants.dial_plan]\nallow = [\"+39\", \"+41\"]",
+        )
+        // The trunk dials out through another address.
+        .replace(
+            "outbound = \"192.0.2.10:5060\"",
+            "outbound = \"192.0.2.11:5060\"",
+        )
+        // 1002's password changes.
+        .replace("password = \"demo1002\"", "password = \"nuova1002\"");
+    h.engine
+        .reload(h.now, &Config::from_toml(&changed).unwrap())
+        .unwrap();
+    // The dial plan and the trunk's new address: the Swiss callback rings
+    // 1001, then leaves for 192.0.2.11.
+    h.engine.start_callback(h.now, due("ch2", "+41441234567"));
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    h.engine.callback_dialing(h.now, call, true);
+    let out = h.drain();
+    assert_eq!(
+        requests(&out, "192.0.2.11:5060", "INVITE").len(),
+        1,
+        "{out:?}"
+    );
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    // The queue's new maximum wait and exit status: a caller who waits
+    // (1001 is busy) gets 486 after a second.
+    let out = h.invite("x1");
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
+    let out = h.advance(Duration::from_secs(2));
+    let exit = codes(&out, TRUNK);
+    assert!(
+        !exit.is_empty() && exit.iter().all(|&c| c == 486),
+        "the new exit status (retransmitted until the ACK): {exit:?}"
+    );
+    // The old password of 1002 is refused, the new one accepted.
+    let register = |h: &mut Harness, password: &str, n: u32| {
+        let req = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bKpw{n}{cseq}\nFrom: <sip:1002@192.0.2.1>;tag=pw{n}\nTo: <sip:1002@192.0.2.1>\nCall-ID: pw{n}\nCSeq: {cseq} REGISTER\nContact: <sip:1002@{PHONE2}>\n{auth}Content-Length: 0\n\n"
+            )
+        };
+        let out = h.send(PHONE2, &req(1, ""));
+        let challenge = out[0]
+            .1
+            .headers_named("WWW-Authenticate")
+            .find(|c| c.contains("algorithm=MD5"))
+            .unwrap()
+            .to_owned();
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let alg = Algorithm::Md5;
+        let ha1 = alg.hex(&format!("1002:centralino:{password}"));
+        let ha2 = alg.hex("REGISTER:sip:192.0.2.1");
+        let resp = alg.hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+        let auth = format!(
+            "Authorization: Digest username=\"1002\", realm=\"centralino\", nonce=\"{nonce}\", uri=\"sip:192.0.2.1\", response=\"{resp}\", algorithm=MD5, cnonce=\"c0ffee\", qop=auth, nc=00000001\n"
+        );
+        h.send(PHONE2, &req(2, &auth))[0].1.code()
+    };
+    assert_eq!(register(&mut h, "demo1002", 1), 403);
+    assert_eq!(register(&mut h, "nuova1002", 2), 200);
+}
