@@ -342,7 +342,10 @@ impl DigestAuth {
                 Err(_) => return Verdict::Malformed,
             },
             // Without qop there is no nonce-count: a nonce is single-use.
-            None => state.last_nc + 1,
+            // Its second use (a replay, or a phone that keeps the nonce) is
+            // challenged afresh, like an expired nonce.
+            None if state.last_nc == 0 => 1,
+            None => return Verdict::Stale,
         };
         if nc <= state.last_nc {
             return Verdict::Refuse;
@@ -493,5 +496,27 @@ mod tests {
             a.verify(t0, "REGISTER", "sip:r", [].into_iter(), lookup),
             Verdict::Challenge
         );
+    }
+
+    /// Found by the fuzz target `sip_auth`: an answer without qop (RFC
+    /// 2069 style, no nonce-count) was accepted again and again while its
+    /// nonce lived, so a captured REGISTER could be replayed for minutes.
+    #[test]
+    fn an_answer_without_qop_is_single_use() {
+        let t0 = Instant::now();
+        let mut a = DigestAuth::new("r", vec![Algorithm::Md5], [7; 32], Duration::from_secs(300));
+        let n = nonce_of(&a.challenge(t0, false)[0]);
+        let ha1 = Algorithm::Md5.hex("1001:r:demo1001");
+        let ha2 = Algorithm::Md5.hex("REGISTER:sip:r");
+        let resp = Algorithm::Md5.hex(&format!("{ha1}:{n}:{ha2}"));
+        let h = format!(
+            "Digest username=\"1001\", realm=\"r\", nonce=\"{n}\", uri=\"sip:r\", response=\"{resp}\", algorithm=MD5"
+        );
+        let verify = |a: &mut DigestAuth| {
+            a.verify(t0, "REGISTER", "sip:r", [h.as_str()].into_iter(), lookup)
+        };
+        assert_eq!(verify(&mut a), Verdict::Ok("1001".into()));
+        assert_eq!(verify(&mut a), Verdict::Stale, "replay");
+        assert_eq!(verify(&mut a), Verdict::Stale, "replay");
     }
 }
