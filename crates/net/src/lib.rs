@@ -21,6 +21,8 @@ mod recorder;
 mod session;
 mod sip;
 
+#[doc(hidden)]
+pub use api::fuzz_api_body;
 pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadSlot, routes};
 pub use http::serve_http;
 pub use media::{BoundPorts, MediaPlane};
