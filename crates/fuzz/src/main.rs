@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! fuzz TARGET|all [--seconds N] [--runs N] [--seed N] [--crash-dir DIR]
-//!                 [--slow-ms N] [--save-current FILE]
+//!                 [--slow-ms N] [--save-current FILE] [--keep-going]
+//!                 [--backtrace]
 //! fuzz --replay TARGET FILE...     run saved inputs (a panic shows its message)
 //! fuzz --minimize TARGET FILE      shrink a crashing input (written to FILE.min)
 //! fuzz --write-seeds DIR           every target's seeds as DIR/TARGET/N
@@ -22,7 +23,7 @@ use centralino_fuzz::{TARGETS, Target, target};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: fuzz TARGET|all [--seconds N] [--runs N] [--seed N] [--crash-dir DIR] [--slow-ms N] [--save-current FILE]\n       fuzz --replay TARGET FILE...\n       fuzz --minimize TARGET FILE\n       fuzz --write-seeds DIR\n       fuzz --list\ntargets: {}",
+        "usage: fuzz TARGET|all [--seconds N] [--runs N] [--seed N] [--crash-dir DIR] [--slow-ms N] [--save-current FILE] [--keep-going] [--backtrace]\n       fuzz --replay TARGET FILE...\n       fuzz --minimize TARGET FILE\n       fuzz --write-seeds DIR\n       fuzz --list\ntargets: {}",
         TARGETS
             .iter()
             .map(|t| t.name)
@@ -46,9 +47,9 @@ fn replay(t: &Target, files: &[String]) -> ExitCode {
         };
         match runner::execute(t, &data) {
             Ok(_) => println!("{f}: ok"),
-            Err(m) => {
+            Err(p) => {
                 failed = true;
-                println!("{f}: PANIC\n{m}");
+                println!("{f}: PANIC\n{}\n{}", p.message, p.backtrace);
             }
         }
     }
@@ -81,8 +82,8 @@ fn minimize(t: &Target, file: &str) -> ExitCode {
         String::from_utf8_lossy(&small),
         runner::hex(&small)
     );
-    if let Err(m) = runner::execute(t, &small) {
-        println!("{m}");
+    if let Err(p) = runner::execute(t, &small) {
+        println!("{}", p.message);
     }
     ExitCode::SUCCESS
 }
@@ -148,8 +149,20 @@ fn main() -> ExitCode {
         ..Options::default()
     };
     let mut seconds_given = false;
+    let mut backtrace = false;
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--keep-going" => {
+                opts.keep_going = true;
+                continue;
+            }
+            "--backtrace" => {
+                backtrace = true;
+                continue;
+            }
+            _ => {}
+        }
         let Some(value) = it.next() else {
             return usage();
         };
@@ -184,17 +197,27 @@ fn main() -> ExitCode {
             r.corpus,
             r.outcomes,
             r.slowest,
-            usize::from(r.crash.is_some()),
+            r.crash_count,
         );
-        if let Some(c) = &r.crash {
+        if let Some(dir) = &opts.crash_dir
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            // For a look at what costs most (not a failure).
+            let _ = std::fs::write(
+                dir.join(format!("{}-slowest.bin", r.target)),
+                &r.slowest_input,
+            );
+        }
+        for c in &r.crashes {
             crashed = true;
             println!(
-                "CRASH ({:?}) in {} at execution {} (seed {}): {}\n{}\nreproduce: fuzz {} --seed {} --runs {}{}",
+                "CRASH ({:?}) in {} at execution {} (seed {}): {}{}\n{}\nreproduce: fuzz {} --seed {} --runs {}{}",
                 c.kind,
                 r.target,
                 c.run,
                 r.seed,
                 c.message,
+                if backtrace { &c.backtrace } else { "" },
                 runner::show(&c.input),
                 r.target,
                 r.seed,

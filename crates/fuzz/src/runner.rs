@@ -38,6 +38,9 @@ pub struct Options {
     /// overflow, out of memory) that `catch_unwind` cannot catch still
     /// leaves the input behind. Slow: for hunting aborts only.
     pub save_current: Option<PathBuf>,
+    /// Goes on after a failure (long runs): failures are counted and the
+    /// first input of each distinct panic site is kept.
+    pub keep_going: bool,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             slow: Duration::from_secs(2),
             crash_dir: None,
             save_current: None,
+            keep_going: false,
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct Crash {
     pub input: Vec<u8>,
     /// The panic message with its location (or the time taken).
     pub message: String,
+    /// The backtrace, when `RUST_BACKTRACE` asks for one.
+    pub backtrace: String,
     /// Which execution (1-based) of the run it was: with the same seed,
     /// `--runs` this number reproduces it.
     pub run: u64,
@@ -95,8 +101,13 @@ pub struct Report {
     pub outcomes: usize,
     /// Slowest single execution.
     pub slowest: Duration,
-    /// The first failure, which ended the run.
-    pub crash: Option<Crash>,
+    /// The input of the slowest execution.
+    pub slowest_input: Vec<u8>,
+    /// Failures: the first of each panic site (the first one ends the
+    /// run unless [`Options::keep_going`]).
+    pub crashes: Vec<Crash>,
+    /// Failing executions in all.
+    pub crash_count: u64,
 }
 
 impl Report {
@@ -110,7 +121,7 @@ thread_local! {
     /// Set while this thread runs a target: its panics are recorded here,
     /// not printed.
     static QUIET: Cell<bool> = const { Cell::new(false) };
-    static CAUGHT: RefCell<Option<String>> = const { RefCell::new(None) };
+    static CAUGHT: RefCell<Option<Panic>> = const { RefCell::new(None) };
 }
 
 /// Installs (once per process) a panic hook that records the message of
@@ -123,8 +134,9 @@ fn install_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if QUIET.with(Cell::get) {
-                let bt = std::backtrace::Backtrace::capture();
-                CAUGHT.with(|c| *c.borrow_mut() = Some(format!("{info}\n{bt}")));
+                let backtrace = std::backtrace::Backtrace::capture().to_string();
+                let message = info.to_string();
+                CAUGHT.with(|c| *c.borrow_mut() = Some(Panic { message, backtrace }));
             } else {
                 previous(info);
             }
@@ -132,20 +144,32 @@ fn install_hook() {
     });
 }
 
-/// Runs `target` on `data` once: the panic message, if it panicked.
-pub fn execute(target: &Target, data: &[u8]) -> Result<u64, String> {
+/// A caught panic.
+#[derive(Clone, Debug)]
+pub struct Panic {
+    /// `panicked at FILE:LINE:COL:` and the message.
+    pub message: String,
+    /// The backtrace, when `RUST_BACKTRACE` asks for one.
+    pub backtrace: String,
+}
+
+/// Runs `target` on `data` once: the panic, if it panicked.
+pub fn execute(target: &Target, data: &[u8]) -> Result<u64, Panic> {
     install_hook();
     QUIET.with(|q| q.set(true));
     let r = catch_unwind(AssertUnwindSafe(|| (target.run)(data)));
     QUIET.with(|q| q.set(false));
     r.map_err(|payload| {
-        CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_else(|| {
-            payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic with a non-string payload".to_owned())
-        })
+        CAUGHT
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_else(|| Panic {
+                message: payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic with a non-string payload".to_owned()),
+                backtrace: String::new(),
+            })
     })
 }
 
@@ -188,8 +212,11 @@ pub fn fuzz(target: &Target, opts: &Options) -> Report {
         corpus: 0,
         outcomes: 0,
         slowest: Duration::ZERO,
-        crash: None,
+        slowest_input: Vec::new(),
+        crashes: Vec::new(),
+        crash_count: 0,
     };
+    let mut sites: HashSet<String> = HashSet::new();
     let mut pending = seeds(target).into_iter();
     loop {
         if opts.runs.is_some_and(|n| report.execs >= n) {
@@ -218,12 +245,18 @@ pub fn fuzz(target: &Target, opts: &Options) -> Report {
         let t = Instant::now();
         let result = execute(target, &input);
         let took = t.elapsed();
-        report.slowest = report.slowest.max(took);
-        let (kind, message) = match result {
-            Err(message) => (CrashKind::Panic, message),
+        if took > report.slowest {
+            report.slowest = took;
+            report.slowest_input.clone_from(&input);
+        }
+        let (kind, panic) = match result {
+            Err(p) => (CrashKind::Panic, p),
             Ok(_) if took > opts.slow => (
                 CrashKind::Slow,
-                format!("one execution took {took:?} (limit {:?})", opts.slow),
+                Panic {
+                    message: format!("one execution took {took:?} (limit {:?})", opts.slow),
+                    backtrace: String::new(),
+                },
             ),
             Ok(outcome) => {
                 if seen.insert(outcome) {
@@ -237,18 +270,28 @@ pub fn fuzz(target: &Target, opts: &Options) -> Report {
                 continue;
             }
         };
-        let path = opts
-            .crash_dir
-            .as_deref()
-            .and_then(|d| write_crash(d, target.name, &input));
-        report.crash = Some(Crash {
-            kind,
-            input,
-            message,
-            run: report.execs,
-            path,
-        });
-        break;
+        report.crash_count += 1;
+        let site = match kind {
+            CrashKind::Panic => panic_site(&panic.message).to_owned(),
+            CrashKind::Slow => "slow".to_owned(),
+        };
+        if sites.insert(site) && report.crashes.len() < 32 {
+            let path = opts
+                .crash_dir
+                .as_deref()
+                .and_then(|d| write_crash(d, target.name, &input));
+            report.crashes.push(Crash {
+                kind,
+                input,
+                message: panic.message,
+                backtrace: panic.backtrace,
+                run: report.execs,
+                path,
+            });
+        }
+        if !opts.keep_going {
+            break;
+        }
     }
     report.elapsed = start.elapsed();
     report.corpus = corpus.len();
@@ -283,8 +326,8 @@ pub fn minimize(target: &Target, input: &[u8]) -> Vec<u8> {
     let Err(first) = execute(target, input) else {
         return input.to_vec();
     };
-    let site = panic_site(&first).to_owned();
-    let still = |v: &[u8]| matches!(execute(target, v), Err(m) if panic_site(&m) == site);
+    let site = panic_site(&first.message).to_owned();
+    let still = |v: &[u8]| matches!(execute(target, v), Err(p) if panic_site(&p.message) == site);
     let mut best = input.to_vec();
     let mut chunk = best.len().next_power_of_two();
     while chunk >= 1 {

@@ -51,15 +51,15 @@ fn fuzz(name: &str) {
             r.outcomes
         );
         assert!(r.execs > 0, "{name}: nothing ran");
-        if let Some(c) = r.crash {
+        if let Some(c) = r.crashes.first() {
             panic!(
-                "{name}: {:?} at execution {} with seed {seed} (CENTRALINO_FUZZ_SEED={seed}, or `fuzz {name} --seed {seed} --runs {}`)\n{}\ninput {:?}\nhex {}\nwritten to {:?}",
+                "{name}: {:?} at execution {} with seed {seed} (CENTRALINO_FUZZ_SEED={seed}, or `fuzz {name} --seed {seed} --runs {}`)\n{}\n{}\n{}\nwritten to {:?}",
                 c.kind,
                 c.run,
                 c.run,
                 c.message,
-                String::from_utf8_lossy(&c.input),
-                runner::hex(&c.input),
+                c.backtrace,
+                runner::show(&c.input),
                 c.path
             );
         }
@@ -139,8 +139,13 @@ fn every_target_is_tested_and_its_seeds_pass() {
         let seeds = runner::seeds(t);
         assert!(!seeds.is_empty(), "{}: no seeds", t.name);
         for s in &seeds {
-            if let Err(m) = runner::execute(t, s) {
-                panic!("{}: a seed panics: {m}\n{}", t.name, runner::show(s));
+            if let Err(p) = runner::execute(t, s) {
+                panic!(
+                    "{}: a seed panics: {}\n{}",
+                    t.name,
+                    p.message,
+                    runner::show(s)
+                );
             }
         }
     }
