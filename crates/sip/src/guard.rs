@@ -284,7 +284,7 @@ fn parse_request_line(line: &str) -> Result<StartLine, ParseError> {
 fn check_version(version: &str) -> Result<(), ParseError> {
     if version.eq_ignore_ascii_case("SIP/2.0") {
         Ok(())
-    } else if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+    } else if version.len() > 4 && version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/") {
         Err(ParseError::BadVersion)
     } else {
         Err(ParseError::BadStartLine)
@@ -795,6 +795,28 @@ Content-Length: 4\r\n\r\nv=0\r\n";
             "{:?}",
             t.elapsed()
         );
+    }
+
+    /// Found by the fuzz target `sip`: a request line whose version has a
+    /// multi-byte character across its fourth byte (8 bytes suffice:
+    /// `a  aaaé`) panicked slicing the string; one datagram stopped the
+    /// task that parses.
+    #[test]
+    fn a_version_cut_inside_a_character_is_refused() {
+        for bad in [
+            "a  aaa\u{e9}",
+            "INVITE sip:a@h SIP\u{e9}.0\r\n\r\n",
+            "INVITE sip:a@h SI\u{20ac}\r\n\r\n",
+            "BYE sip:b@h SIP\u{1F600}\r\nCall-ID: x\r\n\r\n",
+        ] {
+            let e = parse_datagram(bad.as_bytes(), &Limits::default()).unwrap_err();
+            assert_eq!(e.error, ParseError::BadStartLine, "{bad:?}");
+            let mut f = StreamFramer::default();
+            f.push(bad.as_bytes());
+            let _ = f.next_message(&Limits::default());
+        }
+        let e = parse_datagram(b"INVITE sip:a@h sip/3.0\r\n\r\n", &Limits::default());
+        assert_eq!(e.unwrap_err().error, ParseError::BadVersion);
     }
 
     /// Found by the fuzz target `sip` (an accepted message must parse
