@@ -572,8 +572,8 @@ pub fn flows(data: &[u8]) -> u64 {
     };
     let h = fp(data);
     let world = World {
-        // Monday 30 November 2026 in Rome, at a time of the week the
-        // input picks (open or closed hours).
+        // A time in the last week of November 2026 that the input picks
+        // (opening hours or not).
         unix: 1_796_000_000 + (h % (7 * 86_400)) as i64,
         staffed: (h >> 32) as u32 % 3,
     };
