@@ -275,6 +275,8 @@ pub fn sip_uri(data: &[u8]) -> u64 {
             break;
         }
     }
+    out.sort_unstable();
+    out.dedup();
     let first = uri::first_of_list(&text);
     assert!(text.contains(first), "first_of_list invented text");
     let _ = (
@@ -408,8 +410,12 @@ pub fn rtp(data: &[u8]) -> u64 {
         }
     }
     call.finish_recording(now, &mut recorded);
+    // Which actions happened, not their order (the order alone would
+    // make nearly every stream look new).
+    let datagrams = outcome.len();
+    outcome.sort_unstable();
     outcome.dedup();
-    fp((single, outcome))
+    fp((single, outcome, bucket(datagrams)))
 }
 
 /// RFC 4733 events: [`dtmf::parse`] on the input, then the detector fed
@@ -441,9 +447,10 @@ pub fn wav(data: &[u8]) -> u64 {
                 p.frames.len() <= prompt::MAX_SECONDS * 50 + 1,
                 "a prompt longer than MAX_SECONDS"
             );
-            fp(("ok", p.frames.is_empty()))
+            fp(("ok", bucket(p.frames.len())))
         }
-        Err(e) => fp(("err", std::mem::discriminant(&e))),
+        // The message says which check refused (chunk, fmt, encoding).
+        Err(e) => fp(("err", message_shape(&e.to_string()))),
     }
 }
 
@@ -561,13 +568,14 @@ pub fn flows(data: &[u8]) -> u64 {
     let flow = match centralino_flows::compile("flows[0]", &raw, &ctx) {
         Ok(f) => Arc::new(f),
         Err(problems) => {
-            let mut keys: Vec<&str> = problems
+            // What is wrong, without the names (which are the input's).
+            let mut kinds: Vec<u64> = problems
                 .iter()
-                .map(|(k, _)| k.rsplit('.').next().unwrap_or_default())
+                .map(|(_, m)| message_shape(m.split('"').next().unwrap_or_default()))
                 .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            return fp(("invalid", keys));
+            kinds.sort_unstable();
+            kinds.dedup();
+            return fp(("invalid", kinds));
         }
     };
     let h = fp(data);
@@ -621,7 +629,11 @@ pub fn requirement(data: &[u8]) -> u64 {
                 e.at,
                 text.len()
             );
-            fp(("err", message_shape(&e.message)))
+            // Without the quoted names, which are the input's.
+            fp((
+                "err",
+                message_shape(e.message.split('"').next().unwrap_or_default()),
+            ))
         }
     }
 }
@@ -632,5 +644,57 @@ pub fn requirement(data: &[u8]) -> u64 {
 /// (`centralino_net::fuzz_api_body`: no store, token or engine).
 pub fn api(data: &[u8]) -> u64 {
     let (&kind, body) = data.split_first().unwrap_or((&0, &[]));
-    fp((kind % 5, centralino_net::fuzz_api_body(kind, body)))
+    let accepted = centralino_net::fuzz_api_body(kind, body);
+    fp((kind % 5, accepted, json_shape(body)))
+}
+
+/// The shape of a JSON body (the handlers' verdict alone has two values,
+/// too few to tell the runner which inputs got further): the syntax
+/// error's kind, or the known fields present and the type of each value.
+fn json_shape(body: &[u8]) -> u64 {
+    use serde_json::Value;
+    const KNOWN: &[&str] = &[
+        "queue",
+        "number",
+        "not_before",
+        "requirements",
+        "priority",
+        "username",
+        "password",
+        "state",
+        "reason",
+        "agent",
+        "answers",
+    ];
+    let kind = |v: &Value| match v {
+        Value::Null => 0u8,
+        Value::Bool(_) => 1,
+        Value::Number(n) if n.is_i64() => 2,
+        Value::Number(_) => 3,
+        Value::String(_) => 4,
+        Value::Array(_) => 5,
+        Value::Object(_) => 6,
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Err(e) => fp((
+            "json error",
+            e.classify() as u8,
+            message_shape(&e.to_string()),
+        )),
+        Ok(Value::Object(m)) => {
+            let mut fields: Vec<(&str, u8)> = m
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        KNOWN.iter().find(|n| *n == k).copied().unwrap_or("?"),
+                        kind(v),
+                    )
+                })
+                .collect();
+            fields.sort_unstable();
+            fields.dedup();
+            fp(fields)
+        }
+        Ok(v) => fp(("json", kind(&v))),
+    }
 }
