@@ -454,15 +454,17 @@ pub fn wav(data: &[u8]) -> u64 {
     }
 }
 
-/// A stable feature of an error text: its last line without digits
-/// (positions would make every input new).
+/// A stable feature of an error text: its last line up to the first
+/// quoted part, without digits (positions and the input's own names
+/// would make every input new).
 fn message_shape(text: &str) -> u64 {
     let last = text
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
-    fp(last
+    let head = last.split(['"', '`', '\'']).next().unwrap_or_default();
+    fp(head
         .chars()
         .filter(|c| !c.is_ascii_digit())
         .take(80)
@@ -569,10 +571,7 @@ pub fn flows(data: &[u8]) -> u64 {
         Ok(f) => Arc::new(f),
         Err(problems) => {
             // What is wrong, without the names (which are the input's).
-            let mut kinds: Vec<u64> = problems
-                .iter()
-                .map(|(_, m)| message_shape(m.split('"').next().unwrap_or_default()))
-                .collect();
+            let mut kinds: Vec<u64> = problems.iter().map(|(_, m)| message_shape(m)).collect();
             kinds.sort_unstable();
             kinds.dedup();
             return fp(("invalid", kinds));
@@ -630,10 +629,7 @@ pub fn requirement(data: &[u8]) -> u64 {
                 text.len()
             );
             // Without the quoted names, which are the input's.
-            fp((
-                "err",
-                message_shape(e.message.split('"').next().unwrap_or_default()),
-            ))
+            fp(("err", message_shape(&e.message)))
         }
     }
 }
