@@ -1330,6 +1330,7 @@ impl Config {
         struct Only {
             flows_dir: Option<String>,
         }
+        nesting_within(text, "").ok()?;
         let t: toml::Table = toml::from_str(text).ok()?;
         let only: Only = toml::Table::try_into(
             t.into_iter()
@@ -1347,6 +1348,10 @@ impl Config {
         text: &str,
         flow_files: &[(String, String)],
     ) -> Result<Self, ConfigError> {
+        nesting_within(text, "")?;
+        for (name, body) in flow_files {
+            nesting_within(body, name)?;
+        }
         let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         // The document as written, for a reload to tell what changed.
@@ -2692,6 +2697,59 @@ fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
     }
 }
 
+/// Arrays and inline tables nested deeper than this are refused before
+/// parsing: the TOML parser recurses once per level, and a file of a few
+/// kilobytes of `[[[[…` would overflow the stack (found by the fuzz
+/// target `config`); no configuration nests more than a handful.
+const MAX_NESTING: usize = 32;
+
+/// `Err` when `text` nests arrays or inline tables deeper than
+/// [`MAX_NESTING`] (brackets inside strings and comments do not count).
+fn nesting_within(text: &str, name: &str) -> Result<(), ConfigError> {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    for &b in text.as_bytes() {
+        if comment {
+            comment = b != b'\n';
+            continue;
+        }
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' && q == b'"' {
+                    escaped = true;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' => comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    if max > MAX_NESTING {
+        let at = if name.is_empty() {
+            String::new()
+        } else {
+            format!("{name}: ")
+        };
+        return Err(ConfigError::Syntax(format!(
+            "{at}arrays or tables nested more than {MAX_NESTING} deep"
+        )));
+    }
+    Ok(())
+}
+
 fn is_keyword(s: &str) -> bool {
     matches!(s, "lang" | "site" | "tenant" | "queue" | "true")
 }
@@ -2816,6 +2874,20 @@ type = "hangup"
             "flows.menu.nodes.out.number: tenant \"regione\"'s dial plan refuses it",
         );
         assert!(Config::from_toml(&toml.replace("+39899123456", "+390612345678")).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_parser_recurses() {
+        let deep = format!("x = {}1{}\n", "[".repeat(5000), "]".repeat(5000));
+        let e = Config::from_toml(&deep).unwrap_err();
+        assert!(e.to_string().contains("nested more than 32 deep"), "{e}");
+        // Brackets in strings and comments are text.
+        let text = format!(
+            "# {}\n[sip]\nuser_agent = \"{}\"\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(Config::from_toml(&text).is_ok());
     }
 
     #[test]

@@ -156,7 +156,9 @@ pub fn parse_hours(s: &str) -> Option<(u32, u32)> {
     let hm = |t: &str| -> Option<u32> {
         let (h, m) = t.trim().split_once(':')?;
         let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+        // `then`, not `then_some`: the minute count of an out-of-range
+        // hour must not be computed (it overflows).
+        (h <= 24 && m < 60 && h * 60 + m <= 1440).then(|| h * 60 + m)
     };
     let (a, b) = (hm(a)?, hm(b)?);
     (a < b).then_some((a, b))
@@ -223,5 +225,16 @@ mod tests {
         assert_eq!(parse_hours("00:00-24:00"), Some((0, 1440)));
         assert_eq!(Holiday::parse("2026-02-30"), None);
         assert_eq!(Holiday::parse("13-01"), None);
+    }
+
+    /// Found by the fuzz target `config` (a queue's `callback_hours`):
+    /// an hour near `u32::MAX` overflowed computing minutes that the range
+    /// check then refused (a panic with overflow checks on).
+    #[test]
+    fn huge_hours_are_refused_without_overflow() {
+        assert_eq!(parse_hours("4294967295:00-18:00"), None);
+        assert_eq!(parse_hours("08:00-94967295:0"), None);
+        assert_eq!(parse_hours("08:00-24:4294967295"), None);
+        assert_eq!(parse_hours("24:00-24:00"), None);
     }
 }

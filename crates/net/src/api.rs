@@ -2830,3 +2830,43 @@ mod tests {
         assert_eq!(desks.snapshot("1001").0, 3 + DESK_EVENTS as u64);
     }
 }
+
+/// Fuzzing entry point (`crates/fuzz`): a request body through its
+/// handler's parsing and checks, without a store, token or engine.
+/// `kind % 5`: 0 create a callback, 1 patch one, 2 desk login, 3 operator
+/// state, 4 script answers. True when the body would reach the store.
+#[doc(hidden)]
+#[allow(clippy::items_after_test_module)]
+pub fn fuzz_api_body(kind: u8, data: &[u8]) -> bool {
+    static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+    let catalog = CATALOG.get_or_init(|| {
+        let mut c = Catalog::default();
+        let _ = (c.skill("vaccini"), c.language("it"), c.tenant("demo"));
+        let _ = c.queue("info");
+        c
+    });
+    let body = Bytes::copy_from_slice(data);
+    let req_ok = |r: &str| Requirement::parse(r, catalog).is_ok();
+    let time_ok = |w: &When| when(w).map(rfc3339).is_ok();
+    match kind % 5 {
+        0 => parse_body::<CreateBody>(&body).is_ok_and(|b| {
+            let _ = truncate(&b.queue);
+            valid_number(&b.number)
+                & b.not_before.as_ref().is_none_or(time_ok)
+                & b.requirements.as_deref().is_none_or(req_ok)
+                & check_priority(b.priority.unwrap_or(0)).is_ok()
+        }),
+        1 => parse_body::<PatchBody>(&body).is_ok_and(|b| {
+            b.not_before
+                .as_ref()
+                .is_none_or(|w| w.as_ref().is_none_or(time_ok))
+                & b.requirements
+                    .as_ref()
+                    .is_none_or(|r| r.as_deref().is_none_or(req_ok))
+                & b.priority.is_none_or(|p| check_priority(p).is_ok())
+        }),
+        2 => parse_body::<LoginBody>(&body).is_ok(),
+        3 => parse_body::<StateBody>(&body).is_ok(),
+        _ => parse_body::<AnswersBody>(&body).is_ok(),
+    }
+}

@@ -26,6 +26,8 @@ mod session;
 mod sip;
 mod tls;
 
+#[doc(hidden)]
+pub use api::fuzz_api_body;
 pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot, routes};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};
 pub use http::{bind_http, serve_http};

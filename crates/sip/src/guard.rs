@@ -100,7 +100,13 @@ impl<'a> Iterator for Lines<'a> {
 
 /// Finds the end of the header section: returns (header bytes, body offset).
 fn split_head(data: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
+    split_head_from(data, 0)
+}
+
+/// [`split_head`] for data whose first `from` bytes are known to hold no
+/// line feed that starts the end of the header section.
+fn split_head_from(data: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from.min(data.len());
     while let Some(off) = data[i..].iter().position(|&b| b == b'\n') {
         let nl = i + off;
         let next = nl + 1;
@@ -180,10 +186,12 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
             if last.value.len() + line.len() > limits.max_header_line_bytes {
                 return Err(fail(ParseError::HeaderLineTooLong, &headers));
             }
-            if !last.value.is_empty() {
+            // Folding is one space; a blank continuation adds nothing.
+            let more = line.trim();
+            if !last.value.is_empty() && !more.is_empty() {
                 last.value.push(' ');
             }
-            last.value.push_str(line.trim());
+            last.value.push_str(more);
             continue;
         }
         // Refusals at a cap still answer from the headers read so far.
@@ -276,7 +284,7 @@ fn parse_request_line(line: &str) -> Result<StartLine, ParseError> {
 fn check_version(version: &str) -> Result<(), ParseError> {
     if version.eq_ignore_ascii_case("SIP/2.0") {
         Ok(())
-    } else if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+    } else if version.len() > 4 && version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/") {
         Err(ParseError::BadVersion)
     } else {
         Err(ParseError::BadStartLine)
@@ -559,6 +567,12 @@ pub fn reason_phrase(code: u16) -> &'static str {
 #[derive(Debug, Default)]
 pub struct StreamFramer {
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for the end of the header section,
+    /// and the current frame's length once its head is complete: each
+    /// byte is examined once however finely a peer splits its data (a
+    /// peer trickling one byte per segment must not cost quadratic time).
+    scanned: usize,
+    frame_len: Option<usize>,
 }
 
 impl StreamFramer {
@@ -585,6 +599,7 @@ impl StreamFramer {
             // RFC 5626 keepalives are CRLFCRLF; any run of CRLF between
             // messages is dropped.
             self.buf.drain(..lead);
+            self.scanned = self.scanned.saturating_sub(lead);
             if lead >= 4 && self.buf.is_empty() {
                 return Ok(Some(Framed::Keepalive));
             }
@@ -592,27 +607,41 @@ impl StreamFramer {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let Some((head_end, body_start)) = split_head(&self.buf) else {
-            if self.buf.len() > limits.max_message_bytes {
-                return Err(ParseError::TooLarge.into());
+        let frame_len = match self.frame_len {
+            Some(n) => n,
+            None => {
+                // A line feed that starts the end of the head ("\n\n" or
+                // "\n\r\n") lies at most two bytes before the data not yet
+                // searched.
+                let from = self.scanned.saturating_sub(2);
+                let Some((head_end, body_start)) = split_head_from(&self.buf, from) else {
+                    self.scanned = self.buf.len();
+                    if self.buf.len() > limits.max_message_bytes {
+                        return Err(ParseError::TooLarge.into());
+                    }
+                    return Ok(None);
+                };
+                let cl = match content_length_of(&self.buf[..head_end]) {
+                    Ok(n) if body_start + n > limits.max_message_bytes => {
+                        return Err(framing_error(
+                            &self.buf[..body_start],
+                            limits,
+                            ParseError::TooLarge,
+                        ));
+                    }
+                    Ok(n) => n,
+                    Err(e) => return Err(framing_error(&self.buf[..body_start], limits, e)),
+                };
+                self.frame_len = Some(body_start + cl);
+                body_start + cl
             }
-            return Ok(None);
         };
-        let cl = match content_length_of(&self.buf[..head_end]) {
-            Ok(n) if body_start + n > limits.max_message_bytes => {
-                return Err(framing_error(
-                    &self.buf[..body_start],
-                    limits,
-                    ParseError::TooLarge,
-                ));
-            }
-            Ok(n) => n,
-            Err(e) => return Err(framing_error(&self.buf[..body_start], limits, e)),
-        };
-        if self.buf.len() < body_start + cl {
+        if self.buf.len() < frame_len {
             return Ok(None);
         }
-        let frame: Vec<u8> = self.buf.drain(..body_start + cl).collect();
+        let frame: Vec<u8> = self.buf.drain(..frame_len).collect();
+        self.scanned = 0;
+        self.frame_len = None;
         parse_message(&frame, limits, false).map(|m| Some(Framed::Message(Box::new(m))))
     }
 }
@@ -725,6 +754,116 @@ Content-Length: 4\r\n\r\nv=0\r\n";
             assert_eq!(got.len(), 2, "split at {split}");
             assert_eq!(got[0], got[1]);
             assert_eq!(f.buffered(), 0);
+        }
+    }
+
+    /// Found by the fuzz target `sip_stream`: every call searched the
+    /// whole buffer for the end of the head (and re-read Content-Length
+    /// while the body arrived), so a peer sending one byte per segment
+    /// cost quadratic time: about 2·10⁹ byte visits for one 64 KiB head.
+    #[test]
+    fn a_trickled_message_costs_linear_time() {
+        let limits = Limits::default();
+        let head = format!(
+            "OPTIONS sip:a@h SIP/2.0\r\nSubject: {}\r\n",
+            "x".repeat(8000)
+        )
+        .repeat(7);
+        let t = std::time::Instant::now();
+        let mut f = StreamFramer::default();
+        for b in head.bytes() {
+            f.push(&[b]);
+            assert!(f.next_message(&limits).unwrap().is_none());
+        }
+        let body = "b".repeat(8000);
+        let msg = INVITE.replace(
+            "Content-Length: 4\r\n\r\nv=0\r\n",
+            &format!("Content-Length: {}\r\n\r\n{body}", body.len()),
+        );
+        let mut f = StreamFramer::default();
+        let mut got = None;
+        for b in msg.bytes() {
+            f.push(&[b]);
+            if let Some(m) = f.next_message(&limits).unwrap() {
+                got = Some(m);
+            }
+        }
+        assert!(matches!(got, Some(Framed::Message(m)) if m.body.len() == 8000));
+        // Quadratic took tens of seconds here in a debug build.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    /// Found by the fuzz target `sip`: a request line whose version has a
+    /// multi-byte character across its fourth byte (8 bytes suffice:
+    /// `a  aaaé`) panicked slicing the string; one datagram stopped the
+    /// task that parses.
+    #[test]
+    fn a_version_cut_inside_a_character_is_refused() {
+        for bad in [
+            "a  aaa\u{e9}",
+            "INVITE sip:a@h SIP\u{e9}.0\r\n\r\n",
+            "INVITE sip:a@h SI\u{20ac}\r\n\r\n",
+            "BYE sip:b@h SIP\u{1F600}\r\nCall-ID: x\r\n\r\n",
+        ] {
+            let e = parse_datagram(bad.as_bytes(), &Limits::default()).unwrap_err();
+            assert_eq!(e.error, ParseError::BadStartLine, "{bad:?}");
+            let mut f = StreamFramer::default();
+            f.push(bad.as_bytes());
+            let _ = f.next_message(&Limits::default());
+        }
+        let e = parse_datagram(b"INVITE sip:a@h sip/3.0\r\n\r\n", &Limits::default());
+        assert_eq!(e.unwrap_err().error, ParseError::BadVersion);
+    }
+
+    /// Found by the fuzz target `sip` (an accepted message must parse
+    /// alike once serialised): a continuation line of blanks left a
+    /// trailing space in the value, which the next parse trimmed away.
+    #[test]
+    fn a_blank_continuation_line_adds_nothing() {
+        let folded = INVITE.replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nSubject: a\r\n \r\n\t\r\nX-Empty:\r\n  \r\n",
+        );
+        let Framed::Message(m) = parse_datagram(folded.as_bytes(), &Limits::default()).unwrap()
+        else {
+            panic!("keepalive")
+        };
+        assert_eq!(m.header("Subject"), Some("a"));
+        assert_eq!(m.header("X-Empty"), Some(""));
+        let again = parse_message(&m.to_bytes(), &Limits::default(), true).unwrap();
+        assert_eq!(again.headers, m.headers);
+    }
+
+    #[test]
+    fn bare_lf_heads_split_anywhere_frame_alike() {
+        for end in ["\n\n", "\n\r\n", "\r\n\r\n"] {
+            let msg = INVITE
+                .replace("\r\n", "\n")
+                .replace("\n\nv=0\n", &format!("{end}v=0\n"));
+            let whole = {
+                let mut f = StreamFramer::default();
+                f.push(msg.as_bytes());
+                f.next_message(&Limits::default()).unwrap()
+            };
+            let Some(Framed::Message(whole)) = whole else {
+                panic!("{end:?}: no message")
+            };
+            for piece in 1..=4 {
+                let mut f = StreamFramer::default();
+                let mut got = Vec::new();
+                for chunk in msg.as_bytes().chunks(piece) {
+                    f.push(chunk);
+                    while let Some(Framed::Message(m)) = f.next_message(&Limits::default()).unwrap()
+                    {
+                        got.push(m);
+                    }
+                }
+                assert_eq!(got, vec![whole.clone()], "{end:?} in pieces of {piece}");
+            }
         }
     }
 
