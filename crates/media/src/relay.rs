@@ -363,6 +363,11 @@ impl CallMedia {
         }
         let i = side.index();
         let to = self.legs[i].as_ref()?.destination();
+        if nowhere(to) {
+            // The playout keeps its time and skips ahead once the peer
+            // gives an address.
+            return None;
+        }
         // Bounded: each turn starts the next prompt (skipped ones included).
         for _ in 0..=self.playback[i].queue.len() + 1 {
             let current = self.playback[i].current.as_mut()?;
@@ -424,6 +429,9 @@ impl CallMedia {
                 let relay = match (relaying, self.legs[o].as_ref()) {
                     (true, Some(other)) => other.telephone_event().and_then(|pt| {
                         let to = other.destination();
+                        if nowhere(to) {
+                            return None;
+                        }
                         let mut h = self.out[o].rewrite(FROM_PEER, &p.header, 0)?;
                         h.payload_type = pt;
                         rtp::write(&h, p.payload, buf).map(|len| (to, len))
@@ -455,6 +463,9 @@ impl CallMedia {
                     );
                 }
                 let to = other.destination();
+                if nowhere(to) {
+                    return Action::None;
+                }
                 let samples = p.payload.len() as u32;
                 let Some(mut h) = self.out[o].rewrite(FROM_PEER, &p.header, samples) else {
                     return Action::None;
@@ -468,6 +479,13 @@ impl CallMedia {
             }
         }
     }
+}
+
+/// The hold marker (c=0.0.0.0, RFC 2543) or the placeholder of an offer
+/// still to come: "send nothing", never a destination (to Linux, 0.0.0.0
+/// is this host).
+fn nowhere(to: SocketAddr) -> bool {
+    to.ip().to_canonical().is_unspecified() || to.port() == 0
 }
 
 fn samples_since(start: Instant, now: Instant) -> u64 {
@@ -835,6 +853,58 @@ mod tests {
             out.iter().all(|&s| i32::from(s) == want),
             "both legs in every sample"
         );
+    }
+
+    /// What the other side gets for one packet numbered `seq` from
+    /// `from`: (seq, timestamp, marker) as relayed, `None` if dropped.
+    fn relayed(
+        m: &mut CallMedia,
+        from: SocketAddr,
+        side: Side,
+        seq: u16,
+    ) -> Option<(u16, u32, bool)> {
+        let mut buf = [0u8; 1500];
+        match m.receive(
+            Instant::now(),
+            side,
+            from,
+            &pkt(seq, 0, &[0xFF; 160]),
+            &mut buf,
+        ) {
+            Action::Send { len, .. } => {
+                let h = rtp::parse(&buf[..len]).unwrap().header;
+                Some((h.seq, h.timestamp, h.marker))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn nothing_is_sent_to_the_hold_marker() {
+        let t0 = Instant::now();
+        let hold: SocketAddr = "0.0.0.0:40000".parse().unwrap();
+        let (b_addr, mut buf) = (B.parse().unwrap(), [0u8; 1500]);
+        // A caller on hold from the start hears no music: none is sent.
+        let mut m = CallMedia::new(
+            t0,
+            Leg::new(Latch::SdpAddress, hold, None),
+            Law::Ulaw,
+            [(1, 0, 0), (2, 0, 0)],
+        );
+        m.play(t0, Vec::new(), Some(prompt(0x33, 2, Law::Ulaw)));
+        assert_eq!(m.poll_packet(t0, &mut buf), None);
+        // Bridged, the operator resumes with c=0.0.0.0 while the caller
+        // still talks: nothing goes to 0.0.0.0 (this host, to Linux).
+        let (mut m, a_addr, _) = call(Law::Ulaw, None, (1, 0, 0));
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
+        m.update(Side::B, hold, None, Law::Ulaw);
+        assert_eq!(relayed(&mut m, a_addr, Side::A, 1), None);
+        let mapped: SocketAddr = "[::ffff:0.0.0.0]:40000".parse().unwrap();
+        m.update(Side::B, mapped, None, Law::Ulaw);
+        assert_eq!(relayed(&mut m, a_addr, Side::A, 2), None);
+        // A real address again: heard.
+        m.update(Side::B, b_addr, None, Law::Ulaw);
+        assert!(relayed(&mut m, a_addr, Side::A, 3).is_some());
     }
 
     #[test]
