@@ -51,30 +51,31 @@ impl Mixer {
     pub fn push(&mut self, side: usize, arrival: u64, ts: u32, law: Law, payload: &[u8]) {
         let flushed = self.flushed;
         let t = &mut self.tracks[side & 1];
-        let at = match t.next {
-            Some((pos, expected)) => {
-                let d = ts.wrapping_sub(expected);
-                if d < MAX_GAP {
-                    pos + u64::from(d)
-                } else if d > u32::MAX - MAX_GAP {
-                    // Late packet: its place is behind the cursor.
-                    let back = u64::from(expected.wrapping_sub(ts));
-                    pos.saturating_sub(back)
-                } else {
-                    arrival
-                }
+        // A packet is placed by its timestamp only while that keeps it
+        // within a gap of its arrival: timestamps that leap or creep ahead
+        // would carry the cursor (and the buffer) away from real time, and
+        // a clock paused during hold would put every packet after it in
+        // the past, written already. Either way the side re-anchors on
+        // arrival, as for a new stream.
+        let placed = t.next.and_then(|(pos, expected)| {
+            let d = ts.wrapping_sub(expected);
+            if d < MAX_GAP {
+                let at = pos + u64::from(d);
+                (at.abs_diff(arrival) <= u64::from(MAX_GAP)).then_some(at)
+            } else if d > u32::MAX - MAX_GAP {
+                // Late packet: its place is behind the cursor.
+                let back = u64::from(expected.wrapping_sub(ts));
+                Some(pos.saturating_sub(back))
+            } else {
+                None
             }
-            None => arrival,
-        };
-        // A side is never placed more than a gap ahead of its arrival:
-        // timestamps that leap forward packet after packet (each leap
-        // under MAX_GAP) would otherwise run ahead of real time without
-        // bound. Re-anchored on arrival, as for a new stream.
-        let at = if at > arrival.saturating_add(u64::from(MAX_GAP)) {
-            t.next = None;
-            arrival
-        } else {
-            at
+        });
+        let at = match placed {
+            Some(at) => at,
+            None => {
+                t.next = None;
+                arrival
+            }
         };
         let end = at + payload.len() as u64;
         if t.next.is_none_or(|(pos, _)| end > pos) {
@@ -188,6 +189,31 @@ mod tests {
         m.take(5_001 * 160, &mut out);
         assert_eq!(out.len(), 5_001 * 160);
         assert!(out[5_000 * 160..].iter().any(|&s| s != 0));
+    }
+
+    #[test]
+    fn a_clock_paused_during_hold_is_heard_on_resume() {
+        let mut m = Mixer::new();
+        let mut out = Vec::new();
+        // One second of speech, then a 10 s hold during which the phone's
+        // clock stopped: it resumes with the next timestamp.
+        for k in 0..50u32 {
+            m.push(0, u64::from(k) * 160, k * 160, Law::Ulaw, &tone(1000));
+        }
+        // The writer goes on taking every second, half a second behind.
+        for second in 1..=10u64 {
+            m.take(second * 8_000 + 4_000, &mut out);
+        }
+        for k in 0..50u32 {
+            let arrival = 88_000 + u64::from(k) * 160;
+            m.push(0, arrival, (50 + k) * 160, Law::Ulaw, &tone(1000));
+        }
+        m.take(96_000, &mut out);
+        let after_hold = &out[88_000..96_000];
+        assert!(
+            after_hold.iter().filter(|&&s| s != 0).count() > 7_000,
+            "the speech after the hold is recorded"
+        );
     }
 
     #[test]
