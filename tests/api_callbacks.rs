@@ -106,6 +106,16 @@ fn callbacks_are_created_validated_deduplicated_edited_and_cancelled() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["id"], id.as_str());
     assert_eq!(json(&body)["deduplicated"], true);
+    // Stored as the dial plan reads it (E.164, what the trunk will dial):
+    // the national and `00` spellings are the same request.
+    for spelling in ["3331234567", "00393331234567"] {
+        let (code, body) = post(&format!(
+            r#"{{"queue": "vaccini", "number": "{spelling}"}}"#
+        ));
+        assert_eq!(code, 200, "{spelling}: {body}");
+        assert_eq!(json(&body)["id"], id.as_str());
+        assert_eq!(json(&body)["number"], "+393331234567");
+    }
 
     // Every invalid field named, no state.
     for (bad, says) in [
@@ -689,7 +699,8 @@ fn a_waiting_caller_keys_in_another_number_for_the_callback() {
     trunk.expect_success(Duration::from_secs(20));
     assert_eq!(
         pending(&node),
-        [("3471234567".into(), "ivr".into(), "vaccini".into())]
+        // Stored as the dial plan reads the keyed number (national).
+        [("+393471234567".into(), "ivr".into(), "vaccini".into())]
     );
     assert_eq!(
         node.metric("centralino_callbacks_total{outcome=\"number_confirmed\"}"),

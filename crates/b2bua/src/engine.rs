@@ -1079,12 +1079,14 @@ impl Engine {
         })
     }
 
-    /// Whether `number` passes the dial plan of `tenant`: refusals are
-    /// logged (masked) and counted with where the number came from.
-    fn dialable(&self, tenant: usize, number: &str, via: &'static str) -> bool {
+    /// `number` in E.164 when it passes the dial plan of `tenant`, the
+    /// only spelling a trunk is ever given (the plan reads a bare number
+    /// as national, a carrier might not). Refusals are logged (masked)
+    /// and counted with where the number came from.
+    fn dialable(&self, tenant: usize, number: &str, via: &'static str) -> Option<String> {
         let plan = self.dial_plans.get(tenant);
         match plan.map(|p| p.check(number)) {
-            Some(Ok(_)) => true,
+            Some(Ok(e164)) => Some(e164),
             refused => {
                 let reason = match refused {
                     Some(Err(r)) => r.label(),
@@ -1095,7 +1097,7 @@ impl Engine {
                     .dial_plan_refused
                     .with_label_values(&[via, reason])
                     .inc();
-                false
+                None
             }
         }
     }
@@ -1127,7 +1129,7 @@ impl Engine {
             return;
         };
         let tenant = self.queue_tenant(queue);
-        if !self.dialable(tenant, &cb.number, "callback") {
+        if self.dialable(tenant, &cb.number, "callback").is_none() {
             // Stored before the plan said no (an older version, a reload):
             // never dialled, and no retry would change that.
             self.callback_state(
@@ -1287,9 +1289,7 @@ impl Engine {
     ) -> Option<(Leg, Message, String)> {
         let (_, caller_id, tenant) = self.trunk_out.get(trunk)?.clone();
         let flow = self.outbound_flow(trunk)?;
-        if !self.dialable(tenant, number, via) {
-            return None;
-        }
+        let number = self.dialable(tenant, number, via)?;
         let (remote, local) = (flow.remote, flow.local);
         let target = match flow.transport {
             Transport::Tls => format!("sip:{number}@{remote};transport=tls"),
@@ -3084,12 +3084,14 @@ impl Engine {
                     let Some(call) = self.calls.get(&id) else {
                         return;
                     };
-                    let number = call.caller.clone();
-                    let usable = tenant.is_some_and(|t| self.dialable(t, &number, "ivr"));
+                    let caller = call.caller.clone();
+                    // Stored in E.164 like the API's requests, so one
+                    // citizen is one pending callback however spelled.
+                    let e164 = tenant.and_then(|t| self.dialable(t, &caller, "ivr"));
                     let Some(call) = self.calls.get_mut(&id) else {
                         return;
                     };
-                    if usable {
+                    if let Some(number) = e164 {
                         call.callback_asked = true;
                         info!(number = %Masked(&number), queue = %queue, "caller accepts a callback (IVR)");
                         let enqueued_unix = self.unix_at(now);
@@ -3887,7 +3889,9 @@ impl Engine {
             if self.virtual_hold[call.queue.0 as usize].0 == Some(digit) {
                 let number = call.caller.clone();
                 let queue = call.queue;
-                let usable = self.dialable(self.queue_tenant(queue), &number, "virtual_hold");
+                let usable = self
+                    .dialable(self.queue_tenant(queue), &number, "virtual_hold")
+                    .is_some();
                 if self.callback_number[queue.0 as usize].is_some() {
                     info!("caller asks to be called back: confirming the number");
                     if usable {
@@ -3920,6 +3924,13 @@ impl Engine {
     /// Stores the callback a waiting caller asked for (the answer comes
     /// back as [`Engine::callback_stored`]).
     fn vhold_store(&mut self, call_id: CallId, number: String) {
+        let Some(queue) = self.calls.get(&call_id).map(|c| c.queue) else {
+            return;
+        };
+        // Checked before it was read back; stored as the plan reads it.
+        let number = self
+            .dialable(self.queue_tenant(queue), &number, "virtual_hold")
+            .unwrap_or(number);
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -4043,7 +4054,10 @@ impl Engine {
         // A premium or foreign number keyed in is asked again like a
         // mistyped one: the dial plan, not the caller, decides what a
         // trunk dials.
-        if self.dialable(self.queue_tenant(queue), &digits, "virtual_hold") {
+        if self
+            .dialable(self.queue_tenant(queue), &digits, "virtual_hold")
+            .is_some()
+        {
             self.vhold_ask(now, call_id, Vhold::Confirm(digits));
         } else if tries + 1 < VHOLD_TRIES {
             info!("callback number not usable: asking again");

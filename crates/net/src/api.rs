@@ -1771,26 +1771,37 @@ async fn create(api: &Api, peer: SocketAddr, headers: &HeaderMap, body: &Bytes) 
     if queue.is_none() {
         problems.push(format!("queue: unknown queue {:?}", truncate(&b.queue)));
     }
+    // The number is stored as the dial plan reads it (E.164), so what
+    // was checked is what a trunk dials, and `0039…`, `+39…` and a
+    // national spelling are one request for deduplication and limits.
+    let mut e164 = None;
     if !valid_number(&b.number) {
         problems.push("number: an optional + and 6 to 15 digits".to_owned());
-    } else if let Some((tenant, plan)) = queue
-        && let Err(why) = plan.check(&b.number)
-    {
-        // TEST-MATRIX D18: refused before anything is stored or dialled.
-        info!(number = %Masked(&b.number), tenant = %tenant, reason = why.label(), "callback refused by the dial plan");
-        api.metrics
-            .dial_plan_refused
-            .with_label_values(&["api", why.label()])
-            .inc();
-        api.metrics
-            .callbacks
-            .with_label_values(&["dial_plan"])
-            .inc();
-        let problem = format!("number: refused by the dial plan: {why}");
-        return ok(
-            StatusCode::FORBIDDEN,
-            &json!({ "error": problem, "problems": [problem] }),
-        );
+    } else if let Some((tenant, plan)) = queue {
+        let why = match plan.check(&b.number) {
+            Ok(n) => {
+                e164 = Some(n);
+                None
+            }
+            Err(why) => Some(why),
+        };
+        if let Some(why) = why {
+            // TEST-MATRIX D18: refused before anything is stored or dialled.
+            info!(number = %Masked(&b.number), tenant = %tenant, reason = why.label(), "callback refused by the dial plan");
+            api.metrics
+                .dial_plan_refused
+                .with_label_values(&["api", why.label()])
+                .inc();
+            api.metrics
+                .callbacks
+                .with_label_values(&["dial_plan"])
+                .inc();
+            let problem = format!("number: refused by the dial plan: {why}");
+            return ok(
+                StatusCode::FORBIDDEN,
+                &json!({ "error": problem, "problems": [problem] }),
+            );
+        }
     }
     let not_before = match b.not_before.as_ref().map(when).transpose() {
         Ok(t) => t,
@@ -1814,7 +1825,8 @@ async fn create(api: &Api, peer: SocketAddr, headers: &HeaderMap, body: &Bytes) 
             &json!({ "error": problems.join("; "), "problems": problems }),
         );
     }
-    if let Some(wait) = api.limited(peer, &b.number) {
+    let number = e164.unwrap_or(b.number);
+    if let Some(wait) = api.limited(peer, &number) {
         api.metrics
             .callbacks
             .with_label_values(&["rate_limited"])
@@ -1831,7 +1843,7 @@ async fn create(api: &Api, peer: SocketAddr, headers: &HeaderMap, body: &Bytes) 
     let new = NewCallback {
         id: random_id(),
         queue: b.queue,
-        number: b.number,
+        number,
         not_before,
         requirements: b.requirements,
         priority: b.priority.unwrap_or(0),

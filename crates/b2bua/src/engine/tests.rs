@@ -123,6 +123,19 @@ impl Harness {
         }
     }
 
+    /// The default configuration with an outbound trunk (the carrier at
+    /// `TRUNK`, caller ID `+39800111222`), reached from 192.0.2.1.
+    fn with_outbound_trunk() -> Self {
+        let config = CONFIG.replace(
+            "dids = { \"100\" = \"info\" }",
+            "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
+        );
+        let mut h = Harness::with(&config);
+        h.engine
+            .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+        h
+    }
+
     fn send(&mut self, from: &str, text: &str) -> Vec<(SocketAddr, Message)> {
         let wire = if text.contains('\r') {
             text.to_owned()
@@ -2144,7 +2157,8 @@ fn virtual_hold_reads_the_number_back_and_takes_another_one() {
     assert_eq!(played(&h), (1 + 10 + 1, true), "the new number read back");
     // 9 is not an answer; 1 confirms.
     assert!(key(&mut h, call, '9').is_empty());
-    assert_eq!(key(&mut h, call, '1'), ["3471234567"]);
+    // Read back as keyed, stored as the dial plan reads it.
+    assert_eq!(key(&mut h, call, '1'), ["+393471234567"]);
     assert_eq!(
         h.gauge("centralino_callbacks_total{outcome=number_confirmed}"),
         1
@@ -2171,13 +2185,7 @@ fn virtual_hold_reads_the_number_back_and_takes_another_one() {
 
 #[test]
 fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbacks() {
-    let config = CONFIG.replace(
-        "dids = { \"100\" = \"info\" }",
-        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
-    );
-    let mut h = Harness::with(&config);
-    h.engine
-        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    let mut h = Harness::with_outbound_trunk();
     h.register("1001", PHONE1, Algorithm::Md5);
     let out = h.invite("d1");
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
@@ -2463,13 +2471,7 @@ fn a_contact_naming_another_host_is_rung_only_through_the_registering_flow() {
 fn a_callback_to_a_number_the_dial_plan_refuses_fails_without_any_invite() {
     // TEST-MATRIX D18: stored before the plan said no (older version,
     // reload), or put in the store by hand: still never dialled.
-    let config = CONFIG.replace(
-        "dids = { \"100\" = \"info\" }",
-        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
-    );
-    let mut h = Harness::with(&config);
-    h.engine
-        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    let mut h = Harness::with_outbound_trunk();
     h.register("1001", PHONE1, Algorithm::Md5);
     for (i, number) in ["+39899123456", "00900123456", "+88234123456", "144123456"]
         .into_iter()
@@ -2507,14 +2509,29 @@ fn a_callback_to_a_number_the_dial_plan_refuses_fails_without_any_invite() {
 }
 
 #[test]
+fn a_trunk_is_given_the_number_the_dial_plan_read_in_e164() {
+    // A bare number is read as national: the carrier gets `+39` and the
+    // digits, never the raw string it might read as another country
+    // (`39899…` as +39 899, premium; `33…` as France).
+    for (number, dialled) in [
+        ("3331112223", "+393331112223"),
+        ("00393331112223", "+393331112223"),
+        ("39899123456", "+3939899123456"),
+        ("0612345678", "+390612345678"),
+    ] {
+        let mut h = Harness::with_outbound_trunk();
+        h.register("1001", PHONE1, Algorithm::Md5);
+        let out = callback_dialled(&mut h, "n1", number, "b1");
+        let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+        let uri = format!("sip:{dialled}@192.0.2.10:5060");
+        assert_eq!(dial.request_uri(), Some(uri.as_str()), "{number}");
+        assert_eq!(dial.header("To"), Some(format!("<{uri}>").as_str()));
+    }
+}
+
+#[test]
 fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
-    let config = CONFIG.replace(
-        "dids = { \"100\" = \"info\" }",
-        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
-    );
-    let mut h = Harness::with(&config);
-    h.engine
-        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    let mut h = Harness::with_outbound_trunk();
     let room = |h: &mut Harness| h.engine.queue_views(h.now)[0].callback_room;
     assert_eq!(room(&mut h), 0, "nobody logged in: nothing to claim");
     h.register("1001", PHONE1, Algorithm::Md5);
