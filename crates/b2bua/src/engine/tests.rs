@@ -130,7 +130,7 @@ impl Harness {
             "dids = { \"100\" = \"info\" }",
             "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
         );
-        let mut h = Harness::with(&config);
+        let mut h = Self::with(&config);
         h.engine
             .set_outbound_local("192.0.2.1:5060".parse().unwrap());
         h
