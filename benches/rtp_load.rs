@@ -127,6 +127,7 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
             addr,
             law: Law::Ulaw,
             telephone_event: None,
+            signalling: None,
         };
         let a = peer(gen_a[i % GEN_SOCKETS]);
         for cmd in [

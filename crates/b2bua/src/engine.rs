@@ -1189,6 +1189,7 @@ impl Engine {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 law,
                 telephone_event: None,
+                signalling: None,
             },
             a_direction: Direction::SendRecv,
             b: None,
@@ -1573,7 +1574,7 @@ impl Engine {
         let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
         let leg = leg_from_response(&local, flow, msg);
         t.dialog = Some(leg.clone());
-        let peer = b_answer(msg, &self.codecs).filter(|(p, _)| {
+        let peer = b_answer(msg, &self.codecs, flow.remote.ip()).filter(|(p, _)| {
             self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
                 .is_none()
         });
@@ -1683,6 +1684,7 @@ impl Engine {
                 addr: SocketAddr::new(audio.addr, audio.port),
                 law,
                 telephone_event: audio.telephone_event,
+                signalling: Some(call.a_leg.flow.remote.ip()),
             };
             let cmd = if call.media.opened {
                 // Opened for the operator's whisper: the citizen's side
@@ -3188,6 +3190,7 @@ impl Engine {
                 addr,
                 law,
                 telephone_event,
+                signalling: Some(flow.remote.ip()),
             },
             a_direction: direction,
             b: None,
@@ -3371,8 +3374,8 @@ impl Engine {
             .and_then(|c| c.forks.iter().find(|b| b.invite_key == key))
             .map(|b| b.flow);
         let usable_answer = (200..300).contains(&code)
-            && b_answer(&msg, &self.codecs).is_some_and(|(p, _)| {
-                fork_flow.is_some_and(|f| {
+            && fork_flow.is_some_and(|f| {
+                b_answer(&msg, &self.codecs, f.remote.ip()).is_some_and(|(p, _)| {
                     self.refused_media(p.addr, f.remote.ip(), f.local.ip())
                         .is_none()
                 })
@@ -3432,10 +3435,11 @@ impl Engine {
                 b.state = BState::Answered;
                 b.dialog = Some(leg.clone());
                 let agent = b.agent;
+                let b_from = b.flow.remote.ip();
                 call.b = Some(b);
                 call.phase = Phase::Connected;
                 let (b_peer, b_direction) =
-                    b_answer(&msg, &self.codecs).expect("checked by the guard arm");
+                    b_answer(&msg, &self.codecs, b_from).expect("checked by the guard arm");
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
                 let whisper = whisper_prompts(
@@ -4411,6 +4415,7 @@ impl Engine {
             addr: SocketAddr::new(audio.addr, audio.port),
             law,
             telephone_event: audio.telephone_event,
+            signalling: Some(call.a_leg.flow.remote.ip()),
         };
         call.media.a_direction = audio.direction.answer();
         call.media.version += 1;
@@ -4604,6 +4609,7 @@ impl Engine {
                 addr: SocketAddr::new(audio.addr, audio.port),
                 law,
                 telephone_event: audio.telephone_event,
+                signalling: leg_flow.map(|f| f.remote.ip()),
             };
             match side {
                 Side::A => {
@@ -5054,8 +5060,9 @@ fn offer(m: &CallMedia, codecs: &[Law], port: u16, session: u64) -> Vec<u8> {
     .to_bytes()
 }
 
-/// An operator's answer: its media and the direction we answer with.
-fn b_answer(msg: &Message, codecs: &[Law]) -> Option<(Peer, Direction)> {
+/// An operator's answer (signalled from `from`): its media and the
+/// direction we answer with.
+fn b_answer(msg: &Message, codecs: &[Law], from: IpAddr) -> Option<(Peer, Direction)> {
     let a = sdp::parse(&msg.body).ok()?;
     if a.port == 0 {
         return None;
@@ -5066,6 +5073,7 @@ fn b_answer(msg: &Message, codecs: &[Law]) -> Option<(Peer, Direction)> {
             addr: SocketAddr::new(a.addr, a.port),
             law,
             telephone_event: a.telephone_event,
+            signalling: Some(from),
         },
         a.direction.answer(),
     ))

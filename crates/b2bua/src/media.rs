@@ -21,6 +21,10 @@ pub struct Peer {
     pub law: Law,
     /// Negotiated telephone-event payload type.
     pub telephone_event: Option<u8>,
+    /// Where the leg's signalling comes from (the registered phone's
+    /// address, the carrier's SBC): behind NAT or on a multi-homed host
+    /// its RTP comes from there, not from the SDP's address.
+    pub signalling: Option<IpAddr>,
 }
 
 /// A media instruction for one call.

@@ -84,6 +84,7 @@ struct RawSip {
     transports: Vec<String>,
     realm: String,
     digest_algorithms: Vec<String>,
+    digest_md5_user_agents: Vec<String>,
     t1_milliseconds: u64,
     t2_milliseconds: u64,
     t4_milliseconds: u64,
@@ -111,6 +112,9 @@ impl Default for RawSip {
             transports: vec!["udp".into(), "tcp".into()],
             realm: "centralino".into(),
             digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
+            // baresip 1.0 (Debian 12) fails on a SHA-256 challenge even
+            // with an MD5 one beside it (issue 18).
+            digest_md5_user_agents: vec!["baresip".into()],
             t1_milliseconds: 500,
             t2_milliseconds: 4000,
             t4_milliseconds: 5000,
@@ -278,7 +282,7 @@ impl Default for RawMedia {
             port_max: 59_999,
             advertise_address: None,
             codecs: vec!["PCMA".into(), "PCMU".into()],
-            latch: "sdp_address".into(),
+            latch: "symmetric".into(),
             inactivity_timeout_seconds: 60,
             threads: 0,
             music_on_hold: None,
@@ -356,6 +360,10 @@ struct RawTenant {
     name: String,
     #[serde(default)]
     dial_plan: Option<RawDialPlan>,
+    /// The digest algorithms this tenant's operators may use (a subset of
+    /// `sip.digest_algorithms`; all of them when left out).
+    #[serde(default)]
+    digest_algorithms: Option<Vec<String>>,
 }
 
 /// `[tenants.dial_plan]`: what this tenant's trunks may dial. Every key
@@ -919,6 +927,10 @@ pub struct HttpLimits {
 /// How a leg learns its peer's real RTP address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LatchMode {
+    /// From the SDP's IP address or the IP the leg signals from (the
+    /// registered phone's, the carrier's SBC), any port: symmetric RTP,
+    /// for phones behind NAT and multi-homed PCs. The default.
+    Symmetric,
     /// Only from the SDP's IP address (any port: NAT rewrites ports).
     SdpAddress,
     /// From the first packet, wherever it comes from (peers behind NAT
@@ -1302,6 +1314,30 @@ fn readable_file(
     }
 }
 
+/// A list of digest algorithm tokens, each known one once.
+fn digest_algorithms(p: &mut Problems, path: &str, list: &[String]) -> Vec<Algorithm> {
+    let mut algs = Vec::new();
+    for (i, a) in list.iter().enumerate() {
+        let alg = match a.as_str() {
+            "SHA-256" => Algorithm::Sha256,
+            "MD5" => Algorithm::Md5,
+            other => {
+                p.add(
+                    format!("{path}[{i}]"),
+                    format!("unknown algorithm {other:?} (SHA-256, MD5)"),
+                );
+                continue;
+            }
+        };
+        if algs.contains(&alg) {
+            p.add(format!("{path}[{i}]"), format!("{a} listed twice"));
+        } else {
+            algs.push(alg);
+        }
+    }
+    algs
+}
+
 fn nonzero(p: &mut Problems, path: &str, v: u64) {
     if v == 0 {
         p.add(path, "must be greater than 0");
@@ -1412,19 +1448,20 @@ impl Config {
                 "must be non-empty, without quotes or line breaks",
             );
         }
-        let mut algs = Vec::new();
-        for (i, a) in raw.sip.digest_algorithms.iter().enumerate() {
-            match a.as_str() {
-                "SHA-256" => algs.push(Algorithm::Sha256),
-                "MD5" => algs.push(Algorithm::Md5),
-                other => p.add(
-                    format!("sip.digest_algorithms[{i}]"),
-                    format!("unknown algorithm {other:?} (SHA-256, MD5)"),
-                ),
-            }
-        }
+        let algs = digest_algorithms(&mut p, "sip.digest_algorithms", &raw.sip.digest_algorithms);
         if algs.is_empty() {
             p.add("sip.digest_algorithms", "needs at least one algorithm");
+        }
+        for (i, ua) in raw.sip.digest_md5_user_agents.iter().enumerate() {
+            if ua.is_empty()
+                || ua.len() > 64
+                || !ua.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            {
+                p.add(
+                    format!("sip.digest_md5_user_agents[{i}]"),
+                    "must be 1-64 printable ASCII characters (a User-Agent prefix)",
+                );
+            }
         }
         nonzero(&mut p, "sip.t1_milliseconds", raw.sip.t1_milliseconds);
         if raw.sip.t2_milliseconds < raw.sip.t1_milliseconds {
@@ -1529,7 +1566,21 @@ impl Config {
 
         let mut tenants = Vec::new();
         let mut dial_plans = Vec::new();
+        let mut tenant_algs = Vec::new();
         for (i, t) in raw.tenants.iter().enumerate() {
+            tenant_algs.push(match &t.digest_algorithms {
+                None => algs.clone(),
+                Some(list) => {
+                    let path = format!("tenants[{i}].digest_algorithms");
+                    let mine = digest_algorithms(&mut p, &path, list);
+                    let usable: Vec<Algorithm> =
+                        algs.iter().copied().filter(|a| mine.contains(a)).collect();
+                    if usable.is_empty() {
+                        p.add(path, "none of them is in sip.digest_algorithms");
+                    }
+                    usable
+                }
+            });
             if !valid_name(&t.name) {
                 p.add(
                     format!("tenants[{i}].name"),
@@ -2297,6 +2348,23 @@ impl Config {
                     Credentials::default()
                 }
             };
+            // A tenant that refuses an algorithm keeps no secret for it:
+            // its operators are neither offered nor accepted with it.
+            let mut credentials = credentials;
+            let had_secret = credentials.ha1_md5.is_some() || credentials.ha1_sha256.is_some();
+            let allowed = tenant_algs.get(tenant).map_or(&algs, |a| a);
+            if !allowed.contains(&Algorithm::Md5) {
+                credentials.ha1_md5 = None;
+            }
+            if !allowed.contains(&Algorithm::Sha256) {
+                credentials.ha1_sha256 = None;
+            }
+            if had_secret && credentials.ha1_md5.is_none() && credentials.ha1_sha256.is_none() {
+                p.add(
+                    path.clone(),
+                    "has no secret for an algorithm its tenant's digest_algorithms allows",
+                );
+            }
             let mut qs = Vec::new();
             for (j, q) in a.queues.iter().enumerate() {
                 match queue_names.iter().position(|n| n == q) {
@@ -2544,6 +2612,7 @@ impl Config {
                 max_expires: Duration::from_secs(r.max_expires_seconds),
                 default_expires: Duration::from_secs(r.default_expires_seconds),
                 max_contacts: r.max_contacts,
+                md5_user_agents: raw.sip.digest_md5_user_agents.clone(),
                 throttle: centralino_sip::throttle::ThrottleConfig {
                     per_user: r.ban_after_user_failures,
                     per_address: r.ban_after_address_failures,
@@ -2657,14 +2726,15 @@ fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
         p.add("media.codecs", "needs at least one of PCMU, PCMA");
     }
     let latch = match m.latch.as_str() {
+        "symmetric" => LatchMode::Symmetric,
         "sdp_address" => LatchMode::SdpAddress,
         "first_packet" => LatchMode::FirstPacket,
         other => {
             p.add(
                 "media.latch",
-                format!("unknown latch mode {other:?} (sdp_address, first_packet)"),
+                format!("unknown latch mode {other:?} (symmetric, sdp_address, first_packet)"),
             );
-            LatchMode::SdpAddress
+            LatchMode::Symmetric
         }
     };
     if m.threads > 256 {
@@ -2839,6 +2909,60 @@ tenant = "regione"
         refused(
             &TWO_TENANTS.replace(r#"block = ["+3989"]"#, r#"country_code = "039""#),
             "tenants[0].dial_plan.country_code",
+        );
+    }
+
+    #[test]
+    fn a_tenant_that_refuses_md5_keeps_no_md5_secret_for_its_operators() {
+        let toml = r#"
+[[tenants]]
+name = "asl"
+digest_algorithms = ["SHA-256"]
+
+[[tenants]]
+name = "firm"
+
+[[queues]]
+name = "q1"
+tenant = "asl"
+
+[[agents]]
+username = "1001"
+tenant = "asl"
+password = "secret-1001"
+queues = ["q1"]
+
+[[agents]]
+username = "2001"
+tenant = "firm"
+password = "secret-2001"
+"#;
+        let c = Config::from_toml(toml).unwrap();
+        assert!(c.agents[0].credentials.ha1_md5.is_none());
+        assert!(c.agents[0].credentials.ha1_sha256.is_some());
+        assert!(
+            c.agents[1].credentials.ha1_md5.is_some(),
+            "other tenants keep it"
+        );
+        assert_eq!(c.registrar.md5_user_agents, ["baresip"]);
+        refused(
+            &toml.replace(
+                r#"password = "secret-1001""#,
+                r#"ha1_md5 = "0123456789abcdef0123456789abcdef""#,
+            ),
+            "agents[0]: has no secret for an algorithm its tenant's digest_algorithms allows",
+        );
+        refused(
+            &toml.replace(r#"["SHA-256"]"#, r#"["SHA-256", "SHA-256"]"#),
+            "tenants[0].digest_algorithms[1]: SHA-256 listed twice",
+        );
+        refused(
+            &format!("[sip]\ndigest_algorithms = [\"MD5\"]\n{toml}"),
+            "tenants[0].digest_algorithms: none of them is in sip.digest_algorithms",
+        );
+        refused(
+            &format!("[sip]\ndigest_md5_user_agents = [\"\"]\n{toml}"),
+            "sip.digest_md5_user_agents[0]",
         );
     }
 

@@ -26,6 +26,8 @@ const LIVE: &[&str] = &[
     // added and removed ones too.
     "trunks",
     "tenants[].dial_plan",
+    // Applied with the operators' secrets (a refused algorithm's are dropped).
+    "tenants[].digest_algorithms",
     "flows",
     "flows_dir",
     "flow_files",

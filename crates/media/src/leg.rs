@@ -2,7 +2,8 @@
 //! allowed to feed it (symmetric RTP with latching), and what happened to
 //! every packet (counted, never a panic, never a hijack).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use crate::dtmf::Detector;
 use crate::rtp::{self, Packet};
@@ -10,6 +11,14 @@ use crate::rtp::{self, Packet};
 /// How a leg learns its peer's real address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Latch {
+    /// Symmetric RTP: packets from the SDP's IP address or from the IP the
+    /// leg's signalling comes from (the registered phone's flow, the
+    /// carrier's SBC), any port, are accepted; the first one fixes the
+    /// address. Phones behind NAT or on a multi-homed host put an address
+    /// in their SDP that is not the one their RTP comes from; the
+    /// signalling's source is, and only the peer that authenticated (or
+    /// the trunk) signals from there.
+    Symmetric,
     /// Only packets from the SDP's IP address (any port, for NAT) are
     /// accepted; the first one fixes the port.
     SdpAddress,
@@ -18,6 +27,12 @@ pub enum Latch {
     /// packets from elsewhere are dropped.
     FirstPacket,
 }
+
+/// Packets in a row from another allowed address that move the latch.
+const RELATCH_AFTER: u8 = 3;
+/// How long the latched address must have been silent before another
+/// allowed one can take its place.
+const RELATCH_SILENCE: Duration = Duration::from_secs(1);
 
 /// Per-direction counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +71,17 @@ pub struct Leg {
     /// The SDP's address for the leg.
     expected: SocketAddr,
     latched: Option<SocketAddr>,
+    /// The IP the leg's signalling comes from ([`Latch::Symmetric`]).
+    signalling: Option<IpAddr>,
+    /// When the latched address was last heard.
+    heard: Option<Instant>,
+    /// Another allowed address sending while the latched one is silent:
+    /// after [`RELATCH_AFTER`] packets in a row from it, with the latched
+    /// address silent for [`RELATCH_SILENCE`], the latch moves there (a
+    /// NAT that rebound the phone's port, a phone that reopened its
+    /// socket). Never while the peer still sends: a colleague behind the
+    /// same NAT cannot take over a live stream.
+    candidate: Option<(SocketAddr, u8)>,
     telephone_event: Option<u8>,
     highest: Option<u16>,
     detector: Detector,
@@ -70,10 +96,33 @@ impl Leg {
             latch,
             expected,
             latched: None,
+            signalling: None,
+            heard: None,
+            candidate: None,
             telephone_event,
             highest: None,
             detector: Detector::new(),
             stats: Stats::default(),
+        }
+    }
+
+    /// The IP the leg's signalling comes from: with
+    /// [`Latch::Symmetric`], RTP from it is the peer's too.
+    #[must_use]
+    pub fn signalled_from(mut self, ip: Option<IpAddr>) -> Self {
+        self.signalling = ip;
+        self
+    }
+
+    /// Whether RTP from `from` may be this leg's peer (before or instead
+    /// of the latched address).
+    fn allowed(&self, from: SocketAddr) -> bool {
+        match self.latch {
+            Latch::Symmetric => {
+                from.ip() == self.expected.ip() || Some(from.ip()) == self.signalling
+            }
+            Latch::SdpAddress => from.ip() == self.expected.ip(),
+            Latch::FirstPacket => true,
         }
     }
 
@@ -95,31 +144,56 @@ impl Leg {
 
     /// The peer sent a new SDP (re-INVITE): new expected address, and the
     /// latch starts over.
-    pub fn update(&mut self, expected: SocketAddr, telephone_event: Option<u8>) {
+    pub fn update(
+        &mut self,
+        expected: SocketAddr,
+        signalling: Option<IpAddr>,
+        telephone_event: Option<u8>,
+    ) {
         self.expected = expected;
+        if signalling.is_some() {
+            self.signalling = signalling;
+        }
         self.telephone_event = telephone_event;
         self.latched = None;
+        self.heard = None;
+        self.candidate = None;
         self.highest = None;
     }
 
-    /// One datagram from `from`.
-    pub fn receive<'a>(&mut self, from: SocketAddr, data: &'a [u8]) -> Received<'a> {
+    /// One datagram from `from`, received at `now`.
+    pub fn receive<'a>(&mut self, now: Instant, from: SocketAddr, data: &'a [u8]) -> Received<'a> {
         let Ok(p) = rtp::parse(data) else {
             self.stats.bad += 1;
             return Received::Dropped;
         };
         match self.latched {
             Some(a) if a != from => {
-                self.stats.foreign += 1;
-                return Received::Dropped;
-            }
-            Some(_) => {}
-            None => {
-                let allowed = match self.latch {
-                    Latch::SdpAddress => from.ip() == self.expected.ip(),
-                    Latch::FirstPacket => true,
+                // Never from anywhere with `FirstPacket`: its first packet
+                // could have come from anybody, so nobody else may move it.
+                let silent = self
+                    .heard
+                    .is_none_or(|t| now.saturating_duration_since(t) >= RELATCH_SILENCE);
+                let moves = self.latch != Latch::FirstPacket && silent && self.allowed(from) && {
+                    let n = match self.candidate {
+                        Some((c, n)) if c == from => n + 1,
+                        _ => 1,
+                    };
+                    self.candidate = Some((from, n));
+                    n >= RELATCH_AFTER
                 };
-                if !allowed {
+                if !moves {
+                    self.stats.foreign += 1;
+                    return Received::Dropped;
+                }
+                self.latched = Some(from);
+                self.candidate = None;
+            }
+            Some(_) => {
+                self.candidate = None;
+            }
+            None => {
+                if !self.allowed(from) {
                     self.stats.foreign += 1;
                     return Received::Dropped;
                 }
@@ -142,6 +216,7 @@ impl Leg {
                 }
             }
         }
+        self.heard = Some(now);
         self.stats.packets += 1;
         self.stats.bytes += p.payload.len() as u64;
         if Some(p.header.payload_type) == self.telephone_event {
@@ -179,50 +254,51 @@ mod tests {
 
     #[test]
     fn latches_on_the_sdp_address_and_refuses_a_third_party() {
+        let t0 = Instant::now();
         let mut leg = Leg::new(Latch::SdpAddress, addr("192.0.2.5:40000"), Some(101));
         // A third party floods first: dropped, nothing latched.
         assert_eq!(
-            leg.receive(addr("203.0.113.66:5000"), &pkt(1, 0, &[0; 160])),
+            leg.receive(t0, addr("203.0.113.66:5000"), &pkt(1, 0, &[0; 160])),
             Received::Dropped
         );
         // The real peer, from another port (NAT): latched.
         assert!(matches!(
-            leg.receive(addr("192.0.2.5:41000"), &pkt(2, 0, &[0; 160])),
+            leg.receive(t0, addr("192.0.2.5:41000"), &pkt(2, 0, &[0; 160])),
             Received::Media(_)
         ));
         assert_eq!(leg.destination(), addr("192.0.2.5:41000"));
         // The third party again, even from the peer's IP: cannot hijack.
         assert_eq!(
-            leg.receive(addr("192.0.2.5:40000"), &pkt(3, 0, &[0; 160])),
+            leg.receive(t0, addr("192.0.2.5:40000"), &pkt(3, 0, &[0; 160])),
             Received::Dropped
         );
         // Loss, lateness, bad packets.
         assert!(matches!(
-            leg.receive(addr("192.0.2.5:41000"), &pkt(5, 0, &[0; 160])),
+            leg.receive(t0, addr("192.0.2.5:41000"), &pkt(5, 0, &[0; 160])),
             Received::Media(_)
         ));
         assert!(matches!(
-            leg.receive(addr("192.0.2.5:41000"), &pkt(4, 0, &[0; 160])),
+            leg.receive(t0, addr("192.0.2.5:41000"), &pkt(4, 0, &[0; 160])),
             Received::Media(_)
         ));
         assert_eq!(
-            leg.receive(addr("192.0.2.5:41000"), &[0x80, 0, 1]),
+            leg.receive(t0, addr("192.0.2.5:41000"), &[0x80, 0, 1]),
             Received::Dropped
         );
         assert_eq!(
-            leg.receive(addr("192.0.2.5:41000"), &[0x40; 20]),
+            leg.receive(t0, addr("192.0.2.5:41000"), &[0x40; 20]),
             Received::Dropped
         );
         // A key press: reported once.
         let ev = [9u8, 10, 0, 0];
         assert!(matches!(
-            leg.receive(addr("192.0.2.5:41000"), &pkt(6, 101, &ev)),
+            leg.receive(t0, addr("192.0.2.5:41000"), &pkt(6, 101, &ev)),
             Received::Dtmf(_, Some('9'))
         ));
         let mut same = pkt(7, 101, &ev);
         same[4..8].copy_from_slice(&(6u32 * 160).to_be_bytes());
         assert!(matches!(
-            leg.receive(addr("192.0.2.5:41000"), &same),
+            leg.receive(t0, addr("192.0.2.5:41000"), &same),
             Received::Dtmf(_, None)
         ));
         let s = leg.stats();
@@ -233,36 +309,105 @@ mod tests {
         );
         assert_eq!(s.bytes, 3 * 160 + 8);
         // Re-INVITE: new address, latch again.
-        leg.update(addr("198.51.100.7:50000"), None);
+        leg.update(addr("198.51.100.7:50000"), None, None);
         assert_eq!(
-            leg.receive(addr("192.0.2.5:41000"), &pkt(8, 0, &[0; 160])),
+            leg.receive(t0, addr("192.0.2.5:41000"), &pkt(8, 0, &[0; 160])),
             Received::Dropped
         );
         assert!(matches!(
-            leg.receive(addr("198.51.100.7:50000"), &pkt(100, 0, &[0; 160])),
+            leg.receive(t0, addr("198.51.100.7:50000"), &pkt(100, 0, &[0; 160])),
             Received::Media(_)
         ));
     }
 
     #[test]
     fn first_packet_latching_for_peers_behind_nat() {
+        let t0 = Instant::now();
         let mut leg = Leg::new(Latch::FirstPacket, addr("10.0.0.5:4000"), None);
         assert!(matches!(
-            leg.receive(addr("203.0.113.9:6000"), &pkt(1, 8, &[0; 160])),
+            leg.receive(t0, addr("203.0.113.9:6000"), &pkt(1, 8, &[0; 160])),
             Received::Media(_)
         ));
         assert_eq!(leg.destination(), addr("203.0.113.9:6000"));
         assert_eq!(
-            leg.receive(addr("203.0.113.10:6000"), &pkt(2, 8, &[0; 160])),
+            leg.receive(t0, addr("203.0.113.10:6000"), &pkt(2, 8, &[0; 160])),
             Received::Dropped
         );
+    }
+
+    #[test]
+    fn symmetric_latching_takes_the_signalling_source_and_no_stranger() {
+        // A phone whose SDP names its other interface, sending from the
+        // address it registered from (NAT, a multi-homed PC).
+        let t0 = Instant::now();
+        let mut leg = Leg::new(Latch::Symmetric, addr("10.1.2.3:4000"), None)
+            .signalled_from(Some("192.0.2.21".parse().unwrap()));
+        let media = |leg: &mut Leg, t, from: &str, seq| {
+            matches!(
+                leg.receive(t, addr(from), &pkt(seq, 0, &[0; 160])),
+                Received::Media(_)
+            )
+        };
+        assert!(
+            !media(&mut leg, t0, "203.0.113.66:5000", 1),
+            "a stranger first"
+        );
+        assert!(media(&mut leg, t0, "192.0.2.21:7078", 2));
+        assert_eq!(leg.destination(), addr("192.0.2.21:7078"));
+        // Another port of the same NAT while the phone talks: never, in
+        // any number (a colleague behind the same NAT).
+        let t = t0 + Duration::from_millis(20);
+        for seq in 3..10 {
+            assert!(!media(&mut leg, t, "192.0.2.21:9999", seq));
+            assert!(media(&mut leg, t, "192.0.2.21:7078", seq));
+        }
+        // The phone falls silent (its NAT mapping changed) and the same
+        // address sends from a new port: after a second of silence and
+        // three packets in a row, the latch moves there.
+        let t = t0 + Duration::from_secs(2);
+        assert!(!media(&mut leg, t, "192.0.2.21:7100", 20));
+        assert!(!media(&mut leg, t, "192.0.2.21:7100", 21));
+        assert!(media(&mut leg, t, "192.0.2.21:7100", 22));
+        assert_eq!(leg.destination(), addr("192.0.2.21:7100"));
+        // A stranger never, silent peer or not.
+        let t = t0 + Duration::from_secs(10);
+        for seq in 30..40 {
+            assert!(!media(&mut leg, t, "203.0.113.66:5000", seq));
+        }
+        assert_eq!(leg.destination(), addr("192.0.2.21:7100"));
+        // The SDP's own address is the peer's too.
+        let mut leg = Leg::new(Latch::Symmetric, addr("10.1.2.3:4000"), None)
+            .signalled_from(Some("192.0.2.21".parse().unwrap()));
+        assert!(media(&mut leg, t0, "10.1.2.3:4002", 1));
+        // Without a signalling address it is `SdpAddress`.
+        let mut leg = Leg::new(Latch::Symmetric, addr("10.1.2.3:4000"), None);
+        assert!(!media(&mut leg, t0, "192.0.2.21:7078", 1));
+    }
+
+    #[test]
+    fn first_packet_latching_never_moves() {
+        let t0 = Instant::now();
+        let mut leg = Leg::new(Latch::FirstPacket, addr("10.0.0.5:4000"), None);
+        assert!(matches!(
+            leg.receive(t0, addr("203.0.113.9:6000"), &pkt(1, 8, &[0; 160])),
+            Received::Media(_)
+        ));
+        let later = t0 + Duration::from_secs(5);
+        for seq in 2..10 {
+            assert_eq!(
+                leg.receive(later, addr("203.0.113.10:6000"), &pkt(seq, 8, &[0; 160])),
+                Received::Dropped
+            );
+        }
+        assert_eq!(leg.destination(), addr("203.0.113.9:6000"));
     }
 
     proptest::proptest! {
         #[test]
         fn any_datagram_is_handled(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), port in 1u16..3) {
+            let t0 = Instant::now();
             let mut leg = Leg::new(Latch::SdpAddress, addr("127.0.0.1:1"), Some(101));
-            let _ = leg.receive(SocketAddr::from(([127, 0, 0, 1], port)), &data);
+            let _ = leg.receive(t0, SocketAddr::from(([127, 0, 0, 1], port)), &data);
             let s = leg.stats();
             proptest::prop_assert_eq!(s.packets + s.bad + s.foreign, 1);
         }

@@ -13,7 +13,7 @@
 //! stream while the caller still hears the music; the bridge waits for its
 //! end, so neither hears the other before the operator knows who calls.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::g711::{self, Law};
@@ -287,11 +287,12 @@ impl CallMedia {
         &mut self,
         side: Side,
         expected: SocketAddr,
+        signalling: Option<IpAddr>,
         telephone_event: Option<u8>,
         law: Law,
     ) {
         if let Some(leg) = self.legs[side.index()].as_mut() {
-            leg.update(expected, telephone_event);
+            leg.update(expected, signalling, telephone_event);
             self.laws[side.index()] = law;
             // What this side sends next may restart its numbering.
             self.out[side.other().index()].restart_source();
@@ -418,7 +419,7 @@ impl CallMedia {
             self.unexpected += 1;
             return Action::None;
         };
-        let received = leg.receive(from, data);
+        let received = leg.receive(now, from, data);
         if !matches!(received, Received::Dropped) {
             self.last_rx[i] = now;
         }
@@ -607,7 +608,7 @@ mod tests {
             assert!(matches!(act, Action::Send { .. }), "{act:?}");
         }
         // Hold and resume by re-INVITE: the phone starts again from 1.
-        m.update(Side::B, b_addr, None, Law::Ulaw);
+        m.update(Side::B, b_addr, None, None, Law::Ulaw);
         let act = m.receive(t0, Side::B, b_addr, &pkt(1, 0, &voice), &mut buf);
         let Action::Send { to, len } = act else {
             panic!("muted after the re-INVITE: {act:?}")
@@ -897,13 +898,13 @@ mod tests {
         // still talks: nothing goes to 0.0.0.0 (this host, to Linux).
         let (mut m, a_addr, _) = call(Law::Ulaw, None, (1, 0, 0));
         m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
-        m.update(Side::B, hold, None, Law::Ulaw);
+        m.update(Side::B, hold, None, None, Law::Ulaw);
         assert_eq!(relayed(&mut m, a_addr, Side::A, 1), None);
         let mapped: SocketAddr = "[::ffff:0.0.0.0]:40000".parse().unwrap();
-        m.update(Side::B, mapped, None, Law::Ulaw);
+        m.update(Side::B, mapped, None, None, Law::Ulaw);
         assert_eq!(relayed(&mut m, a_addr, Side::A, 2), None);
         // A real address again: heard.
-        m.update(Side::B, b_addr, None, Law::Ulaw);
+        m.update(Side::B, b_addr, None, None, Law::Ulaw);
         assert!(relayed(&mut m, a_addr, Side::A, 3).is_some());
     }
 

@@ -381,6 +381,7 @@ impl Worker {
             rx,
             events,
             latch: match config.latch {
+                LatchMode::Symmetric => Latch::Symmetric,
                 LatchMode::SdpAddress => Latch::SdpAddress,
                 LatchMode::FirstPacket => Latch::FirstPacket,
             },
@@ -479,7 +480,7 @@ impl Worker {
                 if let Some(s) = self.session(call) {
                     s.media.whisper(
                         now,
-                        Leg::new(latch, b.addr, b.telephone_event),
+                        Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling),
                         b.law,
                         prompts,
                     );
@@ -496,8 +497,10 @@ impl Worker {
                 let latch = self.latch;
                 let recorder = self.recorder.clone();
                 if let Some(s) = self.session(call) {
-                    s.media
-                        .bridge(Leg::new(latch, b.addr, b.telephone_event), b.law);
+                    s.media.bridge(
+                        Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling),
+                        b.law,
+                    );
                     // The liveness clock starts at the answer.
                     s.media.touch(now);
                     if record
@@ -518,8 +521,13 @@ impl Worker {
                 held,
             }) => {
                 if let Some(s) = self.session(call) {
-                    s.media
-                        .update(side, peer.addr, peer.telephone_event, peer.law);
+                    s.media.update(
+                        side,
+                        peer.addr,
+                        peer.signalling,
+                        peer.telephone_event,
+                        peer.law,
+                    );
                     s.media.set_held(held);
                     s.media.touch(now);
                 }
@@ -560,7 +568,7 @@ impl Worker {
             let r = self.random();
             (r as u32, (r >> 32) as u16, (r >> 48) as u32 * 65_536)
         });
-        let leg = Leg::new(self.latch, a.addr, a.telephone_event);
+        let leg = Leg::new(self.latch, a.addr, a.telephone_event).signalled_from(a.signalling);
         self.sessions[slot] = Some(Session {
             call,
             media: CallMedia::new(now, leg, a.law, seeds),

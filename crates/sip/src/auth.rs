@@ -105,7 +105,8 @@ impl Credentials {
             })
     }
 
-    fn ha1(&self, alg: Algorithm) -> Option<&str> {
+    /// The stored HA1 for `alg`, if this user has one.
+    pub fn ha1(&self, alg: Algorithm) -> Option<&str> {
         match alg {
             Algorithm::Md5 => self.ha1_md5.as_deref(),
             Algorithm::Sha256 => self.ha1_sha256.as_deref(),
@@ -300,8 +301,9 @@ pub fn answer_challenge(
 /// towards a ban.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Valid: the authenticated username.
-    Ok(String),
+    /// Valid: the authenticated username, and the algorithm it answered
+    /// with (what the registrar remembers of the phone).
+    Ok(String, Algorithm),
     /// No usable credentials (none for our realm, no `qop=auth`, an
     /// algorithm we do not offer): challenge (401).
     Challenge,
@@ -322,6 +324,9 @@ struct NonceState {
     /// The address the challenge was sent to (canonical form).
     client: IpAddr,
     last_nc: u32,
+    /// The algorithms the challenge offered: only these may answer it, so
+    /// a nonce sent with SHA-256 alone never takes an MD5 response.
+    offered: Vec<Algorithm>,
 }
 
 /// Issues challenges and checks credentials for one realm.
@@ -366,13 +371,47 @@ impl DigestAuth {
         &self.realm
     }
 
+    /// How long a nonce can be answered.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// The configured algorithms, most preferred first.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// A fresh challenge offering every configured algorithm: see
+    /// [`Self::challenge_with`].
+    pub fn challenge(&mut self, now: Instant, client: IpAddr, stale: bool) -> Vec<String> {
+        let all = self.algorithms.clone();
+        self.challenge_with(now, client, stale, &all)
+    }
+
     /// A fresh challenge for a request from `client` (the address the 401
     /// goes to, which alone may answer it): one `WWW-Authenticate` value per
-    /// algorithm, most preferred first (RFC 8760 §2.4).
+    /// algorithm of `offer` that is configured, in the configured order
+    /// (most preferred first, RFC 8760 §2.4). An `offer` with none of them
+    /// offers them all. Only the offered algorithms may answer the nonce.
     ///
     /// Bound to the IP, not the port or transport: NATs rebind ports and
     /// some phones answer a UDP challenge over TCP.
-    pub fn challenge(&mut self, now: Instant, client: IpAddr, stale: bool) -> Vec<String> {
+    pub fn challenge_with(
+        &mut self,
+        now: Instant,
+        client: IpAddr,
+        stale: bool,
+        offer: &[Algorithm],
+    ) -> Vec<String> {
+        let mut offered: Vec<Algorithm> = self
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| offer.contains(a))
+            .collect();
+        if offered.is_empty() {
+            offered.clone_from(&self.algorithms);
+        }
         self.counter += 1;
         let mut h = Sha256::new();
         h.update(self.secret);
@@ -390,9 +429,10 @@ impl DigestAuth {
                 issued: now,
                 client: client.to_canonical(),
                 last_nc: 0,
+                offered: offered.clone(),
             },
         );
-        self.algorithms
+        offered
             .iter()
             .map(|a| {
                 format!(
@@ -489,6 +529,11 @@ impl DigestAuth {
         {
             return Verdict::Stale;
         }
+        // Not offered with this nonce (a phone pinned to SHA-256, a tenant
+        // without MD5): a new challenge, never a wrong password.
+        if !state.offered.contains(&alg) {
+            return Verdict::Challenge;
+        }
         let last_nc = state.last_nc;
         let creds = lookup(&d.username);
         let stored = creds.as_ref().and_then(|c| c.ha1(alg));
@@ -518,7 +563,7 @@ impl DigestAuth {
         if let Some(state) = self.nonces.get_mut(&d.nonce) {
             state.last_nc = nc;
         }
-        Verdict::Ok(d.username)
+        Verdict::Ok(d.username, alg)
     }
 }
 
@@ -725,7 +770,10 @@ mod tests {
             (Algorithm::Md5, "00000002"),
         ] {
             let h = answer(alg, &n, nc, "demo1001", "sip:r");
-            assert_eq!(check(&mut a, t0, PHONE, &h), Verdict::Ok("1001".into()));
+            assert_eq!(
+                check(&mut a, t0, PHONE, &h),
+                Verdict::Ok("1001".into(), alg)
+            );
             // A replay: fresh challenge, never accepted, never a failure.
             assert_eq!(check(&mut a, t0, PHONE, &h), Verdict::Stale, "replay");
         }
@@ -782,12 +830,12 @@ mod tests {
         // None of that used the nonce up for its phone.
         assert_eq!(
             check(&mut a, t0, PHONE, &right("00000006")),
-            Verdict::Ok("1001".into())
+            Verdict::Ok("1001".into(), Algorithm::Md5)
         );
         // The binding is to the IP: an IPv4-mapped IPv6 source is the same.
         assert_eq!(
             check(&mut a, t0, "::ffff:192.0.2.21", &right("00000007")),
-            Verdict::Ok("1001".into())
+            Verdict::Ok("1001".into(), Algorithm::Md5)
         );
     }
 
@@ -819,7 +867,10 @@ mod tests {
             assert_eq!(check(&mut a, t0, PHONE, &bad), Verdict::Malformed);
         }
         // The nonce was not used up by any of them.
-        assert_eq!(check(&mut a, t0, PHONE, &ok), Verdict::Ok("1001".into()));
+        assert_eq!(
+            check(&mut a, t0, PHONE, &ok),
+            Verdict::Ok("1001".into(), Algorithm::Md5)
+        );
     }
 
     #[test]
@@ -853,14 +904,14 @@ mod tests {
         let right = answer(Algorithm::Sha256, &n, "00000004", "demo1001", "sip:r");
         assert_eq!(
             check(&mut sha, t0, PHONE, &right),
-            Verdict::Ok("1001".into())
+            Verdict::Ok("1001".into(), Algorithm::Sha256)
         );
         // With MD5 configured the bare answer is MD5 and passes.
         let mut both = auth(vec![Algorithm::Sha256, Algorithm::Md5]);
         let n = nonce_of(&both.challenge(t0, ip(PHONE), false)[0]);
         assert_eq!(
             check(&mut both, t0, PHONE, &bare(&n, "00000001")),
-            Verdict::Ok("1001".into())
+            Verdict::Ok("1001".into(), Algorithm::Md5)
         );
     }
 }

@@ -4,11 +4,11 @@
 //! bindings with their expiry and the flow they came from, and reports when an
 //! operator gains a first binding (login) or loses the last one (logout).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::auth::{Credentials, DigestAuth, Verdict};
+use crate::auth::{Algorithm, Credentials, DigestAuth, Verdict};
 use crate::message::Message;
 use crate::throttle::{BanScope, Throttle, ThrottleConfig};
 use crate::txn::Flow;
@@ -27,6 +27,10 @@ pub struct RegistrarConfig {
     pub max_contacts: usize,
     /// Brute-force protection of the digest check.
     pub throttle: ThrottleConfig,
+    /// `User-Agent` prefixes (case-insensitive) of phones that fail on a
+    /// SHA-256 challenge instead of picking the MD5 one beside it: they
+    /// are offered MD5 alone (where the operator may use it).
+    pub md5_user_agents: Vec<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -37,6 +41,7 @@ impl Default for RegistrarConfig {
             default_expires: Duration::from_secs(3600),
             max_contacts: 10,
             throttle: ThrottleConfig::default(),
+            md5_user_agents: vec!["baresip".into()],
         }
     }
 }
@@ -110,7 +115,24 @@ pub struct Registrar {
     events: Vec<RegEvent>,
     throttle: Throttle,
     bans: Vec<BanStarted>,
+    /// What each operator's phones answered with, by `User-Agent` (at most
+    /// [`LEARNED_PER_USER`] per operator): a phone that did SHA-256 is
+    /// offered SHA-256 alone from then on (nobody can talk it down to
+    /// MD5), one that did MD5 gets MD5 at once.
+    learned: HashMap<String, VecDeque<(String, Algorithm)>>,
+    /// REGISTER dialogs (Call-ID) just offered several algorithms, to see
+    /// a phone that comes back without an answer: it could not handle one
+    /// of them, and is offered the last (MD5) alone. Bounded, oldest first.
+    offered_several: HashMap<String, (Instant, u32)>,
+    offered_order: VecDeque<String>,
 }
+
+/// Phones remembered per operator (a desk phone, a softphone, a spare).
+const LEARNED_PER_USER: usize = 4;
+/// REGISTER dialogs remembered for the fallback challenge.
+const MAX_OFFERED: usize = 65_536;
+/// The longest `User-Agent` remembered.
+const MAX_USER_AGENT: usize = 128;
 
 impl Registrar {
     /// A registrar for these users (username → credentials).
@@ -129,7 +151,81 @@ impl Registrar {
             armed: HashMap::new(),
             events: Vec::new(),
             bans: Vec::new(),
+            learned: HashMap::new(),
+            offered_several: HashMap::new(),
+            offered_order: VecDeque::new(),
         }
+    }
+
+    /// The algorithms to challenge `user`'s REGISTER with, most preferred
+    /// first. The policy, in order:
+    /// 1. only those the operator has a secret for (a tenant that refuses
+    ///    MD5 has no MD5 secret): an unknown user gets them all, like a
+    ///    known one, so the challenge tells a scanner nothing;
+    /// 2. what this operator's phone (`User-Agent`) answered with before;
+    /// 3. MD5 alone for a `User-Agent` known to fail on SHA-256;
+    /// 4. MD5 alone when this REGISTER dialog was just offered several
+    ///    and came back unanswered (a phone we did not know of);
+    /// 5. all of them, SHA-256 first (RFC 8760 §2.4).
+    ///
+    /// No step lets anyone but the phone itself lower what the phone is
+    /// offered, and a nonce only takes the algorithms it was offered with.
+    fn offer(&self, now: Instant, user: &str, req: &Message) -> Vec<Algorithm> {
+        let configured = self.auth.algorithms();
+        let mut base: Vec<Algorithm> = match self.users.get(user) {
+            Some(c) => configured
+                .iter()
+                .copied()
+                .filter(|&a| c.ha1(a).is_some())
+                .collect(),
+            None => configured.to_vec(),
+        };
+        if base.is_empty() {
+            base = configured.to_vec();
+        }
+        if base.len() < 2 {
+            return base;
+        }
+        let ua = user_agent(req);
+        if let Some(alg) = self
+            .learned
+            .get(user)
+            .and_then(|l| l.iter().find(|(u, _)| *u == ua))
+            .map(|(_, a)| *a)
+            .filter(|a| base.contains(a))
+        {
+            return vec![alg];
+        }
+        let lower = ua.to_ascii_lowercase();
+        let hinted = self
+            .cfg
+            .md5_user_agents
+            .iter()
+            .any(|p| !p.is_empty() && lower.starts_with(&p.to_ascii_lowercase()));
+        let unanswered = self
+            .offered_several
+            .get(&req.call_id)
+            .is_some_and(|&(at, cseq)| {
+                // A new request (a retransmission is not the phone giving
+                // up), while the challenge could still have been answered.
+                req.cseq > cseq && now.saturating_duration_since(at) <= self.auth.lifetime()
+            });
+        if (hinted || unanswered) && base.contains(&Algorithm::Md5) {
+            return vec![Algorithm::Md5];
+        }
+        base
+    }
+
+    /// Remembers what `user`'s phone answered with.
+    fn learn(&mut self, user: &str, req: &Message, alg: Algorithm) {
+        let ua = user_agent(req);
+        let list = self.learned.entry(user.to_owned()).or_default();
+        list.retain(|(u, _)| *u != ua);
+        if list.len() >= LEARNED_PER_USER {
+            list.pop_front();
+        }
+        list.push_back((ua, alg));
+        self.offered_several.remove(&req.call_id);
     }
 
     /// The live bindings of an operator, most recent first.
@@ -141,6 +237,12 @@ impl Registrar {
     /// is checked against it, so an old password stops working at once;
     /// bindings made with it lapse at their expiry.
     pub fn set_users(&mut self, users: HashMap<String, Credentials>) {
+        // What a phone answered with is forgotten when its secrets change
+        // (a tenant that now refuses MD5, a new password).
+        self.learned.retain(|u, _| {
+            users.get(u).map(|c| (&c.ha1_md5, &c.ha1_sha256))
+                == self.users.get(u).map(|c| (&c.ha1_md5, &c.ha1_sha256))
+        });
         self.users = users;
     }
 
@@ -254,7 +356,12 @@ impl Registrar {
             );
         }
         let user = match self.verify(now, flow.remote.ip(), req) {
-            Verdict::Ok(u) => u,
+            Verdict::Ok(u, alg) => {
+                if u == aor_user {
+                    self.learn(&u, req, alg);
+                }
+                u
+            }
             // Neither says the password was wrong (a foreign, invented or
             // expired nonce, a replay, no qop): a fresh challenge, never
             // counted, so a blind sender cannot ban anybody.
@@ -368,11 +475,30 @@ impl Registrar {
         (resp, RegOutcome::Ok)
     }
 
-    /// A 401 with a fresh challenge per configured algorithm, for a
-    /// request from `to` (only `to` may answer it).
+    /// A 401 with a fresh challenge per algorithm [`Self::offer`] picks,
+    /// for a request from `to` (only `to` may answer it).
     pub fn challenge(&mut self, now: Instant, to: IpAddr, req: &Message, stale: bool) -> Message {
+        let user = req
+            .header("To")
+            .and_then(uri::parse_name_addr)
+            .and_then(|t| uri::user(t.uri).map(str::to_owned))
+            .unwrap_or_default();
+        let offer = self.offer(now, &user, req);
         let mut r = req.response(401, "Unauthorized", Some("reg"));
-        for c in self.auth.challenge(now, to, stale) {
+        let challenges = self.auth.challenge_with(now, to, stale, &offer);
+        if challenges.len() > 1 {
+            if !self.offered_several.contains_key(&req.call_id) {
+                if self.offered_order.len() >= MAX_OFFERED
+                    && let Some(old) = self.offered_order.pop_front()
+                {
+                    self.offered_several.remove(&old);
+                }
+                self.offered_order.push_back(req.call_id.clone());
+            }
+            self.offered_several
+                .insert(req.call_id.clone(), (now, req.cseq));
+        }
+        for c in challenges {
             r.push("WWW-Authenticate", &c);
         }
         r
@@ -402,6 +528,17 @@ impl Registrar {
             self.rearm(&user);
         }
     }
+}
+
+/// The request's `User-Agent`, cut to [`MAX_USER_AGENT`] bytes (on a
+/// character boundary).
+fn user_agent(req: &Message) -> String {
+    let ua = req.header("User-Agent").unwrap_or_default().trim();
+    let mut end = ua.len().min(MAX_USER_AGENT);
+    while !ua.is_char_boundary(end) {
+        end -= 1;
+    }
+    ua[..end].to_owned()
 }
 
 /// `delta-seconds`; absurdly large values (RFC 4475 scalar02) saturate.
@@ -874,5 +1011,140 @@ mod tests {
             (r.expiries.len(), r.armed.len(), r.poll_timeout()),
             (0, 0, None)
         );
+    }
+
+    /// A registrar offering SHA-256 and MD5 (the default configuration),
+    /// with 1001 (both secrets) and 2001 (SHA-256 only: a tenant that
+    /// refuses MD5).
+    fn registrar_both() -> Registrar {
+        let mut users = HashMap::new();
+        users.insert(
+            "1001".to_owned(),
+            Credentials::from_password("1001", REALM, "pw"),
+        );
+        let mut sha_only = Credentials::from_password("2001", REALM, "pw");
+        sha_only.ha1_md5 = None;
+        users.insert("2001".to_owned(), sha_only);
+        let auth = DigestAuth::new(
+            REALM,
+            vec![Algorithm::Sha256, Algorithm::Md5],
+            [1; 32],
+            Duration::from_secs(300),
+        );
+        Registrar::new(RegistrarConfig::default(), auth, users)
+    }
+
+    /// A REGISTER as `user` from a phone calling itself `ua`.
+    fn from_phone(user: &str, n: u32, ua: &str, auth: &str) -> Box<Message> {
+        let text = format!(
+            "REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.21;branch=z9hG4bK{n}\r\nFrom: <sip:{user}@r>;tag=t\r\nTo: <sip:{user}@r>\r\nCall-ID: reg-{}\r\nCSeq: {n} REGISTER\r\nUser-Agent: {ua}\r\nContact: <sip:{user}@192.0.2.21>\r\n{auth}Content-Length: 0\r\n\r\n",
+            ua.len()
+        );
+        match parse_datagram(text.as_bytes(), &Limits::default()) {
+            Ok(Framed::Message(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The algorithms a 401 offers, in order.
+    fn offered(resp: &Message) -> Vec<String> {
+        assert_eq!(resp.code(), 401);
+        resp.headers_named("WWW-Authenticate")
+            .map(|w| {
+                w.split("algorithm=")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// `alg`'s answer for `user` (password `pw`) to the first challenge.
+    fn answer(user: &str, resp: &Message, alg: Algorithm, nc: u32) -> String {
+        let nonce = nonce_of(resp);
+        let ha1 = alg.hex(&format!("{user}:{REALM}:pw"));
+        let ha2 = alg.hex("REGISTER:sip:r");
+        let r = alg.hex(&format!("{ha1}:{nonce}:{nc:08x}:cn:auth:{ha2}"));
+        format!(
+            "Authorization: Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:r\", response=\"{r}\", algorithm={}, cnonce=\"cn\", qop=auth, nc={nc:08x}\r\n",
+            alg.token()
+        )
+    }
+
+    #[test]
+    fn a_phone_is_offered_what_it_can_answer_and_never_talked_down() {
+        let t0 = Instant::now();
+        let mut r = registrar_both();
+        // An unknown phone: both, SHA-256 first. It answers SHA-256.
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("1001", 1, "Deskphone/2", ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+        let ok = answer("1001", &c, Algorithm::Sha256, 1);
+        let (resp, _) = r.handle_register(t0, flow(), &from_phone("1001", 2, "Deskphone/2", &ok));
+        assert_eq!(resp.code(), 200);
+        // From then on SHA-256 alone; an MD5 answer to it is challenged
+        // again (not a wrong password, not a registration).
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("1001", 3, "Deskphone/2", ""));
+        assert_eq!(offered(&c), ["SHA-256"]);
+        let md5 = answer("1001", &c, Algorithm::Md5, 1);
+        let (resp, outcome) =
+            r.handle_register(t0, flow(), &from_phone("1001", 4, "Deskphone/2", &md5));
+        assert_eq!((resp.code(), outcome), (401, RegOutcome::Challenged));
+        assert_eq!(offered(&resp), ["SHA-256"]);
+
+        // A User-Agent known to fail on SHA-256 (baresip): MD5 alone.
+        let ua = "baresip v1.0.0 (x86_64/linux)";
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("1001", 1, ua, ""));
+        assert_eq!(offered(&c), ["MD5"]);
+        let ok = answer("1001", &c, Algorithm::Md5, 1);
+        let (resp, _) = r.handle_register(t0, flow(), &from_phone("1001", 2, ua, &ok));
+        assert_eq!(resp.code(), 200);
+
+        // An operator without an MD5 secret (the tenant refuses MD5) is
+        // offered SHA-256 alone, whatever the phone says it is.
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("2001", 1, ua, ""));
+        assert_eq!(offered(&c), ["SHA-256"]);
+        let md5 = answer("2001", &c, Algorithm::Md5, 1);
+        let (resp, _) = r.handle_register(t0, flow(), &from_phone("2001", 2, ua, &md5));
+        assert_eq!(offered(&resp), ["SHA-256"], "never MD5");
+        assert!(r.bindings("2001").is_empty());
+        // An unknown user is offered what a known one with both secrets
+        // is: the challenge tells a scanner nothing.
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("9999", 1, "Scan/1", ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+    }
+
+    #[test]
+    fn a_phone_that_comes_back_without_an_answer_is_offered_md5_alone() {
+        let t0 = Instant::now();
+        let mut r = registrar_both();
+        let ua = "Quirky/1";
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("1001", 1, ua, ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+        // The same request again (a retransmission) changes nothing.
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("1001", 1, ua, ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+        // A new request in the same dialog without an answer: the phone
+        // gave up on the pair. MD5 alone, and it registers.
+        let later = t0 + Duration::from_secs(50);
+        let (c, _) = r.handle_register(later, flow(), &from_phone("1001", 2, ua, ""));
+        assert_eq!(offered(&c), ["MD5"]);
+        let ok = answer("1001", &c, Algorithm::Md5, 1);
+        let (resp, _) = r.handle_register(later, flow(), &from_phone("1001", 3, ua, &ok));
+        assert_eq!(resp.code(), 200);
+        // Remembered: its next registration is MD5 at once.
+        let (c, _) = r.handle_register(later, flow(), &from_phone("1001", 4, ua, ""));
+        assert_eq!(offered(&c), ["MD5"]);
+        // New secrets (a reload) forget what was learned.
+        let mut users = HashMap::new();
+        users.insert(
+            "1001".to_owned(),
+            Credentials::from_password("1001", REALM, "new"),
+        );
+        r.set_users(users);
+        let (c, _) = r.handle_register(later, flow(), &from_phone("1001", 9, "Other/1", ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
     }
 }

@@ -1563,6 +1563,11 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         panic!("{:?}", h.media)
     };
     assert_eq!(b.addr.to_string(), "192.0.2.21:30000");
+    // Its RTP may also come from where it registered from (symmetric).
+    assert_eq!(
+        b.signalling,
+        Some(PHONE1.parse::<SocketAddr>().unwrap().ip())
+    );
     assert_eq!(prompts.len(), 1);
     assert!(prompts[0].duration() >= Duration::from_millis(500));
     assert_eq!(h.gauge("centralino_whispers_total{kind=callback}"), 1);
