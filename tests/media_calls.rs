@@ -95,6 +95,19 @@ fn operator_phone_at(
     media_port: u16,
     user: u32,
 ) -> Sipp {
+    operator_phone_sdp(scratch, node, ring_ms, echo, "127.0.0.1", media_port, user)
+}
+
+/// As [`operator_phone_at`], the phone's SDP naming `sdp_ip`.
+fn operator_phone_sdp(
+    scratch: &Scratch,
+    node: &Node,
+    ring_ms: &str,
+    echo: bool,
+    sdp_ip: &str,
+    media_port: u16,
+    user: u32,
+) -> Sipp {
     let series = "centralino_queue_agents{queue=\"info\",state=\"available\"}";
     let available = node.metric(series) + 1.0;
     let media_port = media_port.to_string();
@@ -110,6 +123,9 @@ fn operator_phone_at(
         "-key".to_owned(),
         "operator_rtp".to_owned(),
         media_port.clone(),
+        "-key".to_owned(),
+        "operator_ip".to_owned(),
+        sdp_ip.to_owned(),
     ];
     if echo {
         for a in ["-mi", "127.0.0.1", "-mp", &media_port, "-rtp_echo"] {
@@ -896,4 +912,127 @@ fn the_operator_hears_the_whisper_then_the_caller() {
         "the caller kept hearing the music during the whisper"
     );
     assert_eq!(node.metric("centralino_whispers_total{kind=\"call\"}"), 1.0);
+}
+
+/// A phone behind NAT (or on a multi-homed PC): its SDP names 127.0.0.5,
+/// its RTP comes from 127.0.0.1 (where it registered from) on another
+/// port. With the default `latch = "symmetric"` both directions flow, to
+/// the address it sends from; a stranger on 127.0.0.9 is never heard and
+/// never sent anything (issue 18, TEST-MATRIX D1). With `sdp_address` the
+/// operator hears nothing (checked by hand: this test then fails).
+#[test]
+fn a_phone_behind_nat_is_heard_and_hears_at_the_address_it_sends_from() {
+    let scratch = Scratch::new("media-nat");
+    let music_path = scratch.path("music.wav");
+    std::fs::write(&music_path, wav(&[100; 8000])).expect("write music");
+    let recordings = scratch.path("recordings");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, &music_path, &recordings).replace("record = true", "record = false")
+    });
+    // Where the SDP says the phone is: only to learn the node's port.
+    let advertised = UdpSocket::bind("127.0.0.5:0").expect("the SDP's address");
+    advertised
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    // Where the phone's RTP really comes from.
+    let op = UdpSocket::bind("127.0.0.1:0").expect("operator rtp");
+    op.set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let stranger = UdpSocket::bind("127.0.0.9:0").expect("stranger");
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .expect("timeout");
+    let mut phone = operator_phone_sdp(
+        &scratch,
+        &node,
+        "100",
+        false,
+        "127.0.0.5",
+        advertised.local_addr().expect("addr").port(),
+        1001,
+    );
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut trunk = trunk_call(&scratch, &node, "trunk", "trunk_media.xml", &caller, "3000");
+    const CALLER: u8 = 0x2A;
+    const OPERATOR: u8 = 0x5D;
+    const STRANGER: u8 = 0x11;
+    let caller_ulaw = Law::Ulaw.encode(Law::Alaw.decode(CALLER));
+    let operator_alaw = Law::Alaw.encode(Law::Ulaw.decode(OPERATOR));
+    let stranger_alaw = Law::Alaw.encode(Law::Ulaw.decode(STRANGER));
+    let (mut node_a, mut node_b) = (None, None);
+    let (mut seq_a, mut seq_b, mut seq_s) = (0u16, 0u16, 0u16);
+    let (mut op_heard, mut caller_heard, mut caller_heard_stranger, mut stranger_got) =
+        (0, 0, 0, 0);
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    let mut next_send = Instant::now();
+    while trunk.try_wait().is_none() && start.elapsed() < Duration::from_secs(20) {
+        if let Ok((n, from)) = caller.recv_from(&mut buf) {
+            node_a = Some(from);
+            let p = rtp::parse(&buf[..n]).expect("rtp to the caller");
+            if p.payload[0] == operator_alaw {
+                caller_heard += 1;
+            } else if p.payload[0] == stranger_alaw {
+                caller_heard_stranger += 1;
+            }
+        }
+        if let Ok((_, from)) = advertised.recv_from(&mut buf) {
+            node_b = Some(from);
+        }
+        if let Ok((n, _)) = op.recv_from(&mut buf) {
+            let p = rtp::parse(&buf[..n]).expect("rtp to the operator");
+            if p.payload[0] == caller_ulaw {
+                op_heard += 1;
+            }
+        }
+        if stranger.recv_from(&mut buf).is_ok() {
+            stranger_got += 1;
+        }
+        if Instant::now() >= next_send {
+            next_send += Duration::from_millis(20);
+            if let Some(to) = node_a {
+                speak(&caller, to, &mut seq_a, 4242, CALLER);
+            }
+            if let Some(to) = node_b {
+                // µ-law (the phone's answer) from the real address; the
+                // stranger sends to the same port all along.
+                let mut out = [0u8; 172];
+                for (sock, seq, byte, ssrc) in [
+                    (&op, &mut seq_b, OPERATOR, 77),
+                    (&stranger, &mut seq_s, STRANGER, 66),
+                ] {
+                    let h = Header {
+                        marker: false,
+                        payload_type: 0,
+                        seq: *seq,
+                        timestamp: u32::from(*seq) * 160,
+                        ssrc,
+                    };
+                    *seq = seq.wrapping_add(1);
+                    rtp::write(&h, &[byte; 160], &mut out).expect("fits");
+                    sock.send_to(&out, to).expect("send");
+                }
+            }
+        }
+    }
+    trunk.expect_success(Duration::from_secs(10));
+    phone.expect_success(Duration::from_secs(10));
+    assert!(node_b.is_some(), "the node sent to the SDP's address first");
+    assert!(
+        op_heard > 20,
+        "the operator heard the caller at the address it sends from: {op_heard}"
+    );
+    assert!(
+        caller_heard > 20,
+        "the caller heard the operator's RTP from its real address: {caller_heard}"
+    );
+    assert_eq!(caller_heard_stranger, 0, "and never the stranger");
+    assert_eq!(stranger_got, 0, "nothing was ever sent to the stranger");
+    assert!(
+        node.metric("centralino_rtp_dropped_total{reason=\"foreign_source\"}") > 20.0,
+        "the stranger's packets were dropped"
+    );
 }
