@@ -1,0 +1,238 @@
+//! Real phones (issue 18): the SIP stacks Debian ships, as operators on
+//! the unchanged default configuration (only its listening ports moved to
+//! free ones). `scripts/test` installs them.
+//!
+//! baresip 1.0 fails on a SHA-256 challenge even with an MD5 one beside
+//! it; the default `sip.digest_md5_user_agents` offers it MD5 alone. Its
+//! RTP is measured on both legs by the node's counters, and by the phone
+//! itself: it dumps what it decodes (`sndfile` filter) and speaks a tone
+//! (`aufile` source).
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use centralino_media::g711::Law;
+use centralino_media::rtp::{self, Header};
+use common::{Node, Scratch, Sipp, free_port, scenario};
+
+/// The embedded default configuration on free ports.
+fn default_config(sip: u16, http: u16) -> String {
+    centralino_config::DEFAULT_TOML
+        .replace("127.0.0.1:5060", &format!("127.0.0.1:{sip}"))
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
+}
+
+/// A 16-bit mono 8 kHz WAV of a 440 Hz tone, `seconds` long.
+fn tone_wav(seconds: u32) -> Vec<u8> {
+    let samples: Vec<i16> = (0..8000 * seconds)
+        .map(|i| {
+            let t = f64::from(i) / 8000.0;
+            ((2.0 * std::f64::consts::PI * 440.0 * t).sin() * 8000.0) as i16
+        })
+        .collect();
+    common::wav(&samples)
+}
+
+/// baresip as operator `user` of the demo tenant: answers at once,
+/// speaks `source` (a WAV), dumps what it hears into its directory.
+struct Baresip {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Baresip {
+    fn start(scratch: &Scratch, node: &Node, user: u32, source: &Path) -> Self {
+        let dir = scratch.path(&format!("baresip-{user}"));
+        std::fs::create_dir_all(&dir).expect("baresip dir");
+        std::fs::write(
+            dir.join("accounts"),
+            format!(
+                "<sip:{user}@{}>;auth_pass=demo{user};answermode=auto;regint=600\n",
+                node.sip_addr()
+            ),
+        )
+        .expect("accounts");
+        // Loopback only: no traffic leaves the machine, and baresip's
+        // SDP names 127.0.0.1 (the NAT case is media_calls.rs's).
+        std::fs::write(
+            dir.join("config"),
+            format!(
+                "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule_app account.so\nsnd_path {}\naudio_player aubridge,heard\naudio_source aufile,{}\n",
+                free_port(),
+                dir.display(),
+                source.display()
+            ),
+        )
+        .expect("config");
+        let log = std::fs::File::create(dir.join("baresip.log")).expect("log");
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn baresip (install Debian's baresip)");
+        Self { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("baresip.log")).unwrap_or_default()
+    }
+
+    /// Ends baresip with SIGTERM (it closes its recording) and waits.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The samples baresip decoded from what it received (its `sndfile`
+    /// filter's `dump-*-dec.wav`, after the 44-byte WAV header).
+    fn heard(&self) -> Vec<i16> {
+        let dump = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
+        let bytes = dump.and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+        bytes
+            .get(44..)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect()
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn baresip_registers_on_the_default_configuration_and_talks_both_ways() {
+    let scratch = Scratch::new("phone-baresip");
+    let node = Node::start_toml(&scratch, default_config);
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(10)).expect("tone");
+    let mut phone = Baresip::start(&scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    let start = Instant::now();
+    while node.metric(available) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "baresip never registered:\n{}",
+            phone.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A citizen calls the demo line (DID 100) and talks for 4 s; the test
+    // is the citizen's RTP.
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let port = caller.local_addr().expect("addr").port().to_string();
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_media.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            "4000",
+            "-key",
+            "caller_rtp",
+            &port,
+            "-timeout",
+            "60s",
+        ],
+    );
+    const SPEECH: u8 = 0x2A;
+    let (mut node_a, mut seq) = (None, 0u16);
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    let mut next_send = Instant::now();
+    while trunk.try_wait().is_none() && start.elapsed() < Duration::from_secs(30) {
+        if let Ok((n, from)) = caller.recv_from(&mut buf) {
+            node_a = Some(from);
+            rtp::parse(&buf[..n]).expect("rtp to the caller");
+        }
+        if let Some(to) = node_a
+            && Instant::now() >= next_send
+        {
+            next_send += Duration::from_millis(20);
+            let h = Header {
+                marker: false,
+                payload_type: 8,
+                seq,
+                timestamp: u32::from(seq) * 160,
+                ssrc: 4242,
+            };
+            seq = seq.wrapping_add(1);
+            let mut out = [0u8; 172];
+            rtp::write(&h, &[SPEECH; 160], &mut out).expect("fits");
+            caller.send_to(&out, to).expect("send");
+        }
+    }
+    trunk.expect_success(Duration::from_secs(10));
+    assert!(
+        phone.log().contains("Call established"),
+        "baresip answered:\n{}",
+        phone.log()
+    );
+    phone.stop();
+    // Both legs carried audio both ways (the node's own counters: 4 s of
+    // 20 ms packets is 200 each way).
+    for series in [
+        "centralino_rtp_packets_total{direction=\"in\",side=\"operator\"}",
+        "centralino_rtp_packets_total{direction=\"out\",side=\"operator\"}",
+        "centralino_rtp_packets_total{direction=\"in\",side=\"caller\"}",
+        "centralino_rtp_packets_total{direction=\"out\",side=\"caller\"}",
+    ] {
+        let n = node.metric(series);
+        assert!(n > 100.0, "{series} = {n}");
+    }
+    assert_eq!(
+        node.metric("centralino_rtp_dropped_total{reason=\"foreign_source\"}"),
+        0.0
+    );
+    // The phone's own account: it heard the caller's speech (A-law 0x2A
+    // decodes to one sample value: a run of at least a second of it).
+    let speech = Law::Alaw.decode(SPEECH);
+    let heard = phone.heard();
+    let longest = heard
+        .split(|&s| s != speech)
+        .map(<[i16]>::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest >= 8000,
+        "baresip heard the caller: longest run of their speech {longest} samples of {}",
+        heard.len()
+    );
+}
