@@ -2352,7 +2352,12 @@ impl Config {
             // its operators are neither offered nor accepted with it.
             let mut credentials = credentials;
             let had_secret = credentials.ha1_md5.is_some() || credentials.ha1_sha256.is_some();
-            let allowed = tenant_algs.get(tenant).map_or(&algs, |a| a);
+            // An empty list is already an error (sip.digest_algorithms, or
+            // the tenant's): nothing to strip by it.
+            let allowed = tenant_algs
+                .get(tenant)
+                .filter(|a| !a.is_empty())
+                .map_or(&[Algorithm::Sha256, Algorithm::Md5][..], Vec::as_slice);
             if !allowed.contains(&Algorithm::Md5) {
                 credentials.ha1_md5 = None;
             }
