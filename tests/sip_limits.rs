@@ -1,6 +1,8 @@
 //! Framing and size limits on the wire (TEST-MATRIX A5, A6): pipelined
 //! messages on one TCP write, an oversize declared body, an oversize
-//! datagram. The node refuses before buffering and keeps serving.
+//! datagram. The node refuses before buffering and keeps serving. Also
+//! what NAT'd phones rely on: CRLF keep-alives answered on connections
+//! (RFC 5626 §4.4.1), `received`/`rport` in responses (RFC 3581).
 
 mod common;
 
@@ -173,5 +175,54 @@ fn maximum_size_datagram_is_refused_and_counted() {
         node.metric("centralino_sip_parse_errors_total{reason=\"too_many_headers\"}"),
         1.0
     );
+    udp_alive(&node);
+}
+
+#[test]
+fn keepalives_are_answered_on_connections_and_responses_say_where_the_request_came_from() {
+    let scratch = Scratch::new("keepalive");
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    // A double CRLF "ping" gets a CRLF "pong"; the connection then still
+    // takes requests.
+    let mut s = TcpStream::connect(node.sip_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let local = s.local_addr().unwrap();
+    for _ in 0..3 {
+        s.write_all(b"\r\n\r\n").unwrap();
+        let mut pong = [0u8; 2];
+        s.read_exact(&mut pong).expect("pong");
+        assert_eq!(&pong, b"\r\n");
+    }
+    // A client behind NAT asking for rport: the response names the
+    // address and port the node saw.
+    let msg = options(1, node.sip_port, "TCP", "Content-Length: 0\r\n\r\n")
+        .replace("branch=z9hG4bKpipe1", "branch=z9hG4bKpipe1;rport");
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains("\r\n\r\n") {
+        let n = s.read(&mut buf).expect("answer");
+        assert!(n > 0, "closed");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.starts_with("SIP/2.0 200"), "{got}");
+    let via = format!(
+        "Via: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKpipe1;received=127.0.0.1;rport={}\r\n",
+        local.port()
+    );
+    assert!(got.contains(&via), "{via} in:\n{got}");
+    // On UDP a keep-alive is not answered (STUN would be); the node serves on.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    sock.send_to(b"\r\n\r\n", node.sip_addr()).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(sock.recv_from(&mut buf).is_err(), "no answer on UDP");
     udp_alive(&node);
 }

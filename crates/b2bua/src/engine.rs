@@ -2049,7 +2049,17 @@ impl Engine {
     /// One framed message (or refusal) from a stream or a datagram.
     pub fn handle_framed(&mut self, now: Instant, flow: Flow, framed: Result<Framed, Rejection>) {
         match framed {
-            Ok(Framed::Keepalive) => {}
+            // RFC 5626 §4.4.1: a CRLFCRLF "ping" on a connection gets a
+            // CRLF "pong", which is how a phone behind NAT knows its flow
+            // (and the mapping) still works. On UDP nothing answers it.
+            Ok(Framed::Keepalive) => {
+                if flow.transport.is_reliable() {
+                    self.out.push_back(Output::Transmit {
+                        flow,
+                        bytes: b"\r\n".to_vec(),
+                    });
+                }
+            }
             Ok(Framed::Message(msg)) => self.handle_message(now, flow, msg),
             Err(rej) => {
                 self.metrics
@@ -2317,7 +2327,12 @@ impl Engine {
         }
     }
 
-    fn handle_message(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+    fn handle_message(&mut self, now: Instant, flow: Flow, mut msg: Box<Message>) {
+        if msg.is_request() {
+            // Every response we build for it then tells the client where
+            // it was seen from (NAT: received/rport).
+            msg.stamp_via(flow.remote);
+        }
         match &msg.start {
             StartLine::Response { code, .. } => {
                 self.metrics

@@ -1,5 +1,6 @@
 use std::borrow::Cow;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 /// The transport a message came in on or leaves by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -303,6 +304,69 @@ impl Message {
             .map(|h| h.value.as_str())
     }
 
+    /// Records where a request really came from in its top Via (RFC 3261
+    /// §18.2.1, RFC 3581): `received` when the sent-by host is not the
+    /// source's address, and `rport` filled with the source port when the
+    /// client asked for it (an empty `rport`), with `received` then always.
+    /// Responses copy the Via, so a phone behind NAT learns its public
+    /// address and port from them (and keeps its mapping alive with
+    /// REGISTER refreshes towards it).
+    pub fn stamp_via(&mut self, source: SocketAddr) {
+        let Some(h) = self.headers.iter_mut().find(|h| h.name == "Via") else {
+            return;
+        };
+        // The top Via is the first value of the first Via header.
+        let (top, rest) = match h.value.find(',') {
+            Some(i) => h.value.split_at(i),
+            None => (h.value.as_str(), ""),
+        };
+        let mut parts = top.split(';').map(str::trim);
+        let Some(sent) = parts.next() else {
+            return;
+        };
+        let params: Vec<&str> = parts.collect();
+        let name = |p: &str| {
+            p.split('=')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        };
+        let asks_rport = params.iter().any(|p| p.eq_ignore_ascii_case("rport"));
+        let host = sent
+            .split_whitespace()
+            .last()
+            .map(|hp| match hp.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => hp.split(':').next().unwrap_or_default(),
+            })
+            .unwrap_or_default();
+        let ip = source.ip().to_canonical();
+        let differs = host
+            .parse::<IpAddr>()
+            .map_or(true, |h| h.to_canonical() != ip);
+        if !asks_rport && !differs {
+            return;
+        }
+        let mut out = String::with_capacity(h.value.len() + 40);
+        out.push_str(sent);
+        for p in &params {
+            let n = name(p);
+            // Ours replace any the client sent.
+            if n == "received" || (asks_rport && n == "rport") {
+                continue;
+            }
+            out.push(';');
+            out.push_str(p);
+        }
+        out.push_str(&format!(";received={ip}"));
+        if asks_rport {
+            out.push_str(&format!(";rport={}", source.port()));
+        }
+        out.push_str(rest);
+        h.value = out;
+    }
+
     /// All values of a header, by case-insensitive long name.
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
@@ -450,6 +514,65 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_top_via_learns_where_the_request_came_from() {
+        let stamp = |via: &str, from: &str| {
+            let text = format!(
+                "REGISTER sip:r SIP/2.0\r\nVia: {via}\r\nFrom: <sip:1@r>;tag=a\r\nTo: <sip:1@r>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+            );
+            let Ok(crate::guard::Framed::Message(mut m)) =
+                crate::guard::parse_datagram(text.as_bytes(), &crate::guard::Limits::default())
+            else {
+                panic!("{via}")
+            };
+            m.stamp_via(from.parse().unwrap());
+            m.response(200, "OK", Some("t"))
+                .header("Via")
+                .unwrap()
+                .to_owned()
+        };
+        // Behind NAT, asking for rport (RFC 3581 §4).
+        assert_eq!(
+            stamp(
+                "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKa;rport",
+                "203.0.113.7:40123"
+            ),
+            "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKa;received=203.0.113.7;rport=40123"
+        );
+        // The same host, rport asked: both all the same.
+        assert_eq!(
+            stamp(
+                "SIP/2.0/UDP 127.0.0.1:5070;rport;branch=z9hG4bKb",
+                "127.0.0.1:5070"
+            ),
+            "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKb;received=127.0.0.1;rport=5070"
+        );
+        // Another host without rport: received only (RFC 3261 §18.2.1);
+        // a received the client made up is replaced.
+        assert_eq!(
+            stamp(
+                "SIP/2.0/TCP phone.example;branch=z9hG4bKc;received=1.2.3.4",
+                "192.0.2.9:3333"
+            ),
+            "SIP/2.0/TCP phone.example;branch=z9hG4bKc;received=192.0.2.9"
+        );
+        // The same host, no rport: untouched; only the top Via changes.
+        assert_eq!(
+            stamp(
+                "SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKd",
+                "192.0.2.9:5060"
+            ),
+            "SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKd"
+        );
+        assert_eq!(
+            stamp(
+                "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKe;rport, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKf;rport",
+                "[2001:db8::2]:7000"
+            ),
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKe;received=2001:db8::2;rport=7000, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKf;rport"
+        );
+    }
     use super::*;
 
     #[test]
