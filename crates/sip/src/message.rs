@@ -436,13 +436,18 @@ impl Message {
     }
 
     /// A response to this request (RFC 3261 §8.2.6): Via, From, To, Call-ID and
-    /// CSeq copied; `to_tag` added to To when it has none.
+    /// CSeq copied; `to_tag` added to To when it has none. A response that
+    /// creates or confirms a dialog (101–299 to an INVITE) also copies the
+    /// Record-Route values (§12.1.1), so the caller's requests in the call
+    /// follow the proxies (a carrier's SBC) that asked to stay in the path.
     pub fn response(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Self {
         let mut headers = Vec::with_capacity(8);
         let mut new_to_tag = self.to_tag.clone();
+        let dialog = (101..300).contains(&code) && *self.method() == Method::Invite;
         for h in &self.headers {
             match &*h.name {
                 "Via" | "From" | "Call-ID" | "CSeq" => headers.push(h.clone()),
+                "Record-Route" if dialog => headers.push(h.clone()),
                 "To" => {
                     let mut h = h.clone();
                     if self.to_tag.is_none()
@@ -514,6 +519,25 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dialog_responses_to_an_invite_carry_its_record_route() {
+        let text = "INVITE sip:100@node SIP/2.0\r\nVia: SIP/2.0/TCP sbc;branch=z9hG4bKa\r\nRecord-Route: <sip:sbc;transport=tcp;lr>\r\nRecord-Route: <sip:sbc-out;lr>\r\nFrom: <sip:c@x>;tag=a\r\nTo: <sip:100@node>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let Ok(crate::guard::Framed::Message(m)) =
+            crate::guard::parse_datagram(text.as_bytes(), &crate::guard::Limits::default())
+        else {
+            panic!()
+        };
+        let rr = |code| {
+            m.response(code, "x", Some("t"))
+                .headers_named("Record-Route")
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rr(200), ["<sip:sbc;transport=tcp;lr>", "<sip:sbc-out;lr>"]);
+        assert_eq!(rr(183).len(), 2);
+        assert!(rr(100).is_empty() && rr(486).is_empty());
+    }
 
     #[test]
     fn the_top_via_learns_where_the_request_came_from() {
