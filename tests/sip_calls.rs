@@ -465,6 +465,25 @@ fn calls_from_a_tcp_trunk() {
     );
 }
 
+/// A carrier using session timers (RFC 4028) talks to a real SIP stack's
+/// parser: SIPp checks the 200 to its INVITE and to its refreshing UPDATE
+/// carry `Session-Expires: 90;refresher=uac` (and `Require: timer`). What
+/// happens when refreshes stop is the engine's test (virtual time).
+#[test]
+fn a_carrier_with_session_timers_gets_them_and_refreshes_by_update() {
+    let scratch = Scratch::new("session-timer");
+    let (node, mut phone) = one_operator(
+        &scratch,
+        NodeConfig::default(),
+        "agent_answer.xml",
+        &["-m", "1"],
+    );
+    let mut caller = trunk(&scratch, &node, "trunk_session_timer.xml", &["-m", "1"]);
+    caller.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(10));
+    assert_eq!(node.metric("centralino_session_timer_expired_total"), 0.0);
+}
+
 /// The log check every node runs at the end of its test (A12) finds a
 /// full number and lets masked ones, ports and times through.
 #[test]

@@ -20,6 +20,7 @@ use centralino_routing::{
 use centralino_sip::auth::{self, DigestAuth};
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
 use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
+use centralino_sip::session_timer;
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
 use centralino_sip::uri::{self, Scheme};
 use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
@@ -392,6 +393,12 @@ struct Call {
     /// Whose call it is: the tenant of the trunk it came in on, or of the
     /// queue that calls back (its dial plan and outbound trunks apply).
     tenant: usize,
+    /// The caller's session timer (RFC 4028), when its INVITE asked for
+    /// one and supports the extension: the interval (seconds); the caller
+    /// refreshes, and a call whose refreshes stop is ended. The step
+    /// tells a stale expiry timer from the current one.
+    session_timer: Option<u32>,
+    session_step: u32,
 }
 
 /// Virtual hold's number dialogue (queue `callback_number`).
@@ -529,6 +536,9 @@ enum CallTimer {
     /// Virtual hold's number dialogue waited long enough for a key (the
     /// step it was armed for).
     Vhold(u32),
+    /// The caller's session was not refreshed in time (the step it was
+    /// armed for).
+    SessionExpired(u32),
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -1265,6 +1275,8 @@ impl Engine {
                 }),
                 transfer: None,
                 tenant,
+                session_timer: None,
+                session_step: 0,
             },
         );
         if self.customer_first[queue.0 as usize] {
@@ -2405,10 +2417,11 @@ impl Engine {
             self.reject(flow, msg, 416, "sips_not_over_tls", &[]);
             return false;
         }
+        // Extensions we implement: session timers (RFC 4028).
         let required: Vec<String> = msg
             .headers_named("Require")
             .flat_map(uri::split_list)
-            .filter(|o| !o.is_empty())
+            .filter(|o| !o.is_empty() && !o.eq_ignore_ascii_case("timer"))
             .map(str::to_owned)
             .collect();
         if !required.is_empty() && method != Method::Cancel {
@@ -2810,6 +2823,28 @@ impl Engine {
             self.respond(now, &key, &r);
             return;
         };
+        // RFC 4028: an interval below ours is refused with our minimum
+        // (the caller retries with it); one we take is refreshed by the
+        // caller, and only a caller that supports the extension is held
+        // to it (else its Session-Expires, maybe a proxy's, is ignored).
+        let session_timer = match session_timer::session_expires(&msg) {
+            Some(se) if se.interval < session_timer::MIN_SE => {
+                self.metrics
+                    .sip_rejected
+                    .with_label_values(&["session_interval_too_small"])
+                    .inc();
+                let mut r = msg.response(422, reason_phrase(422), Some("x"));
+                r.push("Min-SE", &session_timer::MIN_SE.to_string());
+                self.respond(now, &key, &r);
+                return;
+            }
+            Some(se) if session_timer::supports(&msg, "timer") => Some(
+                se.interval
+                    .max(session_timer::min_se(&msg).unwrap_or(0))
+                    .max(session_timer::MIN_SE),
+            ),
+            _ => None,
+        };
         let trying = msg.response(100, "Trying", None);
         self.respond(now, &key, &trying);
 
@@ -2909,6 +2944,8 @@ impl Engine {
                 outbound: None,
                 transfer: None,
                 tenant: self.trunk_out.get(trunk).map_or(0, |t| t.2),
+                session_timer,
+                session_step: 0,
             },
         );
         match target {
@@ -3007,6 +3044,10 @@ impl Engine {
         ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
         call.answered = true;
         let a_key = call.a_key.clone();
+        self.session_refreshed(now, id, &mut ok);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         let late = call.media.late_offer;
         if late {
             call.pending_flow = Some(flow.clone());
@@ -3504,6 +3545,12 @@ impl Engine {
                 let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
                 ok.push("Contact", &Self::caller_contact(call));
                 ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+                if !already_answered {
+                    self.session_refreshed(now, call_id, &mut ok);
+                }
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
                 let (a_key, queue, enqueued, started) =
                     (call.a_key.clone(), call.queue, call.enqueued, call.started);
                 self.send_ack(&leg, &msg);
@@ -3702,6 +3749,20 @@ impl Engine {
             }
             CallTimer::CallbackDone => {
                 self.end_unanswered(now, call_id, 480, "callback_requested", false);
+            }
+            CallTimer::SessionExpired(step) => {
+                if call.session_step != step || call.session_timer.is_none() {
+                    return;
+                }
+                // RFC 4028 §10: the refresher went quiet (a carrier that
+                // lost the call without a BYE); both sides are let go.
+                warn!("session timer expired: the caller's side stopped refreshing");
+                self.metrics.session_timer_expired.inc();
+                if call.phase == Phase::Connected {
+                    self.end_connected(now, call_id, true, true, "session_expired");
+                } else {
+                    self.end_unanswered(now, call_id, 408, "session_expired", false);
+                }
             }
             CallTimer::Flow => {
                 let Some(mut run) = call.run.take() else {
@@ -4586,6 +4647,15 @@ impl Engine {
                     .is_some()
             })
         });
+        if side == Side::A
+            && session_timer::session_expires(msg)
+                .is_some_and(|se| se.interval < session_timer::MIN_SE)
+        {
+            let mut r = msg.response(422, reason_phrase(422), None);
+            r.push("Min-SE", &session_timer::MIN_SE.to_string());
+            self.respond(now, key, &r);
+            return;
+        }
         if bad_address {
             let r = msg.response(488, reason_phrase(488), None);
             self.respond(now, key, &r);
@@ -4652,6 +4722,16 @@ impl Engine {
         let mut r = msg.response(200, "OK", None);
         r.push("Contact", &Self::contact(call.a_leg.flow));
         r.set_body(Some("application/sdp"), body);
+        if side == Side::A {
+            // A re-INVITE or UPDATE from the caller refreshes its session
+            // (with or without a new interval, RFC 4028 §9).
+            if let Some(se) = session_timer::session_expires(msg)
+                && (call.session_timer.is_some() || session_timer::supports(msg, "timer"))
+            {
+                call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
+            }
+            self.session_refreshed(now, call_id, &mut r);
+        }
         self.respond(now, key, &r);
     }
 
@@ -4807,6 +4887,26 @@ impl Engine {
     }
 
     /// Ends a connected call, sending BYE to the legs asked for.
+    /// The caller's session was established or refreshed now: `r` (the
+    /// 2xx) says so (RFC 4028 §9: the caller refreshes) and its expiry is
+    /// armed anew, the older timer left to lapse as stale.
+    fn session_refreshed(&mut self, now: Instant, call_id: CallId, r: &mut Message) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(interval) = call.session_timer else {
+            return;
+        };
+        call.session_step += 1;
+        r.push("Session-Expires", &format!("{interval};refresher=uac"));
+        r.push("Require", "timer");
+        self.timers.push(Reverse((
+            now + session_timer::expiry(interval),
+            call_id,
+            CallTimer::SessionExpired(call.session_step),
+        )));
+    }
+
     fn end_connected(
         &mut self,
         now: Instant,

@@ -40,6 +40,9 @@ pub struct Metrics {
     /// (challenged again after that), `unanswerable` (no challenge we can
     /// answer).
     pub trunk_auth: IntCounterVec,
+    /// `centralino_session_timer_expired_total`: calls ended because the
+    /// caller's side stopped refreshing its session (RFC 4028).
+    pub session_timer_expired: IntCounter,
     /// `centralino_sip_tls_handshake_failures_total{direction,reason}`:
     /// TLS handshakes that did not complete; `direction` is `in` (our
     /// listener) or `out` (towards a carrier), `reason` one of `timeout`,
@@ -250,6 +253,10 @@ impl Metrics {
                 "centralino_trunk_auth_total",
                 "Carriers' digest challenges to our INVITEs, by outcome",
                 &["outcome"]
+            )),
+            session_timer_expired: reg!(c(
+                "centralino_session_timer_expired_total",
+                "Calls ended because the caller's session timer expired"
             )),
             sip_tls_handshake_failures: reg!(cv(
                 "centralino_sip_tls_handshake_failures_total",

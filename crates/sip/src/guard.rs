@@ -543,6 +543,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
         415 => "Unsupported Media Type",
         416 => "Unsupported URI Scheme",
         420 => "Bad Extension",
+        422 => "Session Interval Too Small",
         423 => "Interval Too Brief",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",

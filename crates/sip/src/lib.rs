@@ -2,7 +2,8 @@
 //!
 //! Owns: the ingress guard (framing, size caps, strict lexical checks), the
 //! [`Message`] type and its escaping writer, the transaction layer (RFC 3261 §17
-//! with RFC 6026), digest authentication (RFC 8760) and the registrar.
+//! with RFC 6026), digest authentication (RFC 8760), the registrar and
+//! session timers (RFC 4028).
 //! Never does: sockets, threads, files or reading the clock; time comes in as
 //! `now: Instant` and work goes out as returned values.
 //!
@@ -15,6 +16,7 @@ mod error;
 pub mod guard;
 mod message;
 pub mod registrar;
+pub mod session_timer;
 pub mod throttle;
 pub mod txn;
 pub mod uri;

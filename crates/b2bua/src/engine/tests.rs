@@ -2860,3 +2860,99 @@ fn a_reload_applies_queue_timers_exit_status_dial_plans_trunks_and_passwords() {
     assert_eq!(register(&mut h, "demo1002", 1), 403);
     assert_eq!(register(&mut h, "nuova1002", 2), 200);
 }
+
+/// The carrier's INVITE for call `m1` with `extra` header lines.
+fn invite_with(extra: &str) -> String {
+    format!(
+        "INVITE sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKm1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: m1\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{TRUNK_SDP}",
+        TRUNK_SDP.len()
+    )
+}
+
+/// A carrier call with `extra` headers answered by operator 1001: the
+/// harness and the carrier's 200.
+fn connected_with(extra: &str) -> (Harness, Message) {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(TRUNK, &invite_with(extra));
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let ok = out
+        .iter()
+        .find(|(a, m)| a.to_string() == TRUNK && m.code() == 200)
+        .expect("the carrier's 200")
+        .1
+        .clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    h.send(TRUNK, &in_dialog("ACK", TRUNK, "am1", &a_tag, 1, ""));
+    (h, ok)
+}
+
+#[test]
+fn a_session_timer_is_kept_by_the_callers_refreshes_and_ends_the_call_without_them() {
+    // RFC 4028: the carrier asks for 120 s and refreshes (refresher=uac).
+    let (mut h, ok) = connected_with("Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n");
+    assert_eq!(ok.header("Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(ok.header("Require"), Some("timer"));
+    let a_tag = ok.to_tag.clone().unwrap();
+    // A refresh by UPDATE (no body) at 60 s, answered with the interval.
+    let out = h.advance(Duration::from_secs(60));
+    assert!(requests(&out, TRUNK, "BYE").is_empty());
+    let refresh = in_dialog("UPDATE", TRUNK, "am1", &a_tag, 2, "")
+        .replace("Contact:", "Session-Expires: 120\r\nContact:");
+    let out = h.send(TRUNK, &refresh);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    let r = &out[0].1;
+    assert_eq!(r.header("Session-Expires"), Some("120;refresher=uac"));
+    // 88 s after the first answer (120 − 32) nothing happens: refreshed.
+    let out = h.advance(Duration::from_secs(60));
+    assert!(requests(&out, TRUNK, "BYE").is_empty(), "{out:?}");
+    assert_eq!(h.engine.active_calls(), 1);
+    // 88 s after the refresh with no other one: both sides are let go.
+    let out = h.advance(Duration::from_secs(30));
+    // One BYE each (retransmitted: nobody answers them here).
+    let byes = |to| {
+        requests(&out, to, "BYE")
+            .iter()
+            .map(|m| m.via.branch.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    assert_eq!((byes(TRUNK), byes(PHONE1)), (1, 1), "{out:?}");
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(h.gauge("centralino_session_timer_expired_total"), 1);
+}
+
+#[test]
+fn a_session_interval_below_ninety_seconds_is_refused_with_our_minimum() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(
+        TRUNK,
+        &invite_with("Supported: timer\r\nSession-Expires: 60\r\n"),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![422]);
+    assert_eq!(out[0].1.header("Min-SE"), Some("90"));
+    assert!(requests(&out, PHONE1, "INVITE").is_empty());
+    assert_eq!(h.engine.active_calls(), 0);
+    // `Require: timer` is an extension we implement: no 420.
+    let out = h.send(
+        TRUNK,
+        &invite_with("Require: timer\r\nSession-Expires: 1800\r\n")
+            .replace("z9hG4bKm1", "z9hG4bKm2")
+            .replace("Call-ID: m1", "Call-ID: m2"),
+    );
+    assert_eq!(requests(&out, PHONE1, "INVITE").len(), 1, "{out:?}");
+}
+
+#[test]
+fn a_session_expires_from_a_caller_without_timer_support_binds_nobody() {
+    // A proxy's Session-Expires on the INVITE of a caller that does not
+    // support the extension: ignored, never a reason to end the call.
+    let (mut h, ok) = connected_with("Session-Expires: 120\r\n");
+    assert_eq!(ok.header("Session-Expires"), None);
+    assert_eq!(ok.header("Require"), None);
+    let out = h.advance(Duration::from_secs(300));
+    assert!(requests(&out, TRUNK, "BYE").is_empty());
+    assert_eq!(h.engine.active_calls(), 1);
+}
