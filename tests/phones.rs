@@ -10,9 +10,10 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use centralino_media::g711::Law;
@@ -101,7 +102,7 @@ impl Baresip {
     }
 
     /// The samples baresip decoded from what it received (its `sndfile`
-    /// filter's `dump-*-dec.wav`, after the 44-byte WAV header).
+    /// filter's `dump-*-dec.wav`).
     fn heard(&self) -> Vec<i16> {
         let dump = std::fs::read_dir(&self.dir)
             .into_iter()
@@ -109,13 +110,7 @@ impl Baresip {
             .flatten()
             .map(|e| e.path())
             .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
-        let bytes = dump.and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
-        bytes
-            .get(44..)
-            .unwrap_or_default()
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]))
-            .collect()
+        dump.map(|p| wav_samples(&p)).unwrap_or_default()
     }
 }
 
@@ -128,32 +123,55 @@ impl Drop for Baresip {
     }
 }
 
-#[test]
-fn baresip_registers_on_the_default_configuration_and_talks_both_ways() {
-    let scratch = Scratch::new("phone-baresip");
-    let node = Node::start_toml(&scratch, default_config);
-    let tone = scratch.path("tone.wav");
-    std::fs::write(&tone, tone_wav(10)).expect("tone");
-    let mut phone = Baresip::start(&scratch, &node, 1001, &tone);
-    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
-    let start = Instant::now();
-    while node.metric(available) < 1.0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "baresip never registered:\n{}",
-            phone.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+/// The 16-bit samples of a WAV file's `data` chunk (none when it is not
+/// one).
+fn wav_samples(path: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
+            as usize;
+        let body = &bytes[at + 8..];
+        if &bytes[at..at + 4] == b"data" {
+            // A recorder killed before it closed leaves the length unset.
+            let n = if len == 0 {
+                body.len()
+            } else {
+                len.min(body.len())
+            };
+            return body[..n]
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
+        }
+        at += 8 + len + (len & 1);
     }
-    // A citizen calls the demo line (DID 100) and talks for 4 s; the test
-    // is the citizen's RTP.
-    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    Vec::new()
+}
+
+/// The longest run of the caller's speech in what a phone heard (A-law
+/// `SPEECH` decodes to one sample value).
+fn longest_speech(heard: &[i16]) -> usize {
+    let speech = Law::Alaw.decode(SPEECH);
+    heard
+        .split(|&s| s != speech)
+        .map(<[i16]>::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The caller's A-law byte: one sample value once decoded.
+const SPEECH: u8 = 0x2A;
+
+/// A citizen calls the demo line (DID 100, SIPp as the carrier) and talks
+/// for 4 s from `caller` (the test is the citizen's RTP), then hangs up.
+fn talk(scratch: &Scratch, node: &Node, caller: &UdpSocket) {
     caller
         .set_read_timeout(Some(Duration::from_millis(5)))
         .expect("timeout");
     let port = caller.local_addr().expect("addr").port().to_string();
     let mut trunk = Sipp::spawn(
-        &scratch,
+        scratch,
         "trunk",
         &[
             &node.sip_addr(),
@@ -172,7 +190,6 @@ fn baresip_registers_on_the_default_configuration_and_talks_both_ways() {
             "60s",
         ],
     );
-    const SPEECH: u8 = 0x2A;
     let (mut node_a, mut seq) = (None, 0u16);
     let mut buf = [0u8; 2048];
     let start = Instant::now();
@@ -200,6 +217,27 @@ fn baresip_registers_on_the_default_configuration_and_talks_both_ways() {
         }
     }
     trunk.expect_success(Duration::from_secs(10));
+}
+
+#[test]
+fn baresip_registers_on_the_default_configuration_and_talks_both_ways() {
+    let scratch = Scratch::new("phone-baresip");
+    let node = Node::start_toml(&scratch, default_config);
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(10)).expect("tone");
+    let mut phone = Baresip::start(&scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    let start = Instant::now();
+    while node.metric(available) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "baresip never registered:\n{}",
+            phone.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    talk(&scratch, &node, &caller);
     assert!(
         phone.log().contains("Call established"),
         "baresip answered:\n{}",
@@ -223,16 +261,139 @@ fn baresip_registers_on_the_default_configuration_and_talks_both_ways() {
     );
     // The phone's own account: it heard the caller's speech (A-law 0x2A
     // decodes to one sample value: a run of at least a second of it).
-    let speech = Law::Alaw.decode(SPEECH);
     let heard = phone.heard();
-    let longest = heard
-        .split(|&s| s != speech)
-        .map(<[i16]>::len)
-        .max()
-        .unwrap_or(0);
+    let longest = longest_speech(&heard);
     assert!(
         longest >= 8000,
         "baresip heard the caller: longest run of their speech {longest} samples of {}",
+        heard.len()
+    );
+}
+
+/// linphonec (Linphone 5.1, Debian 12) as operator `user`: driven on its
+/// standard input like a person at its prompt: files instead of a sound
+/// card (it speaks `source`, records what it hears), auto-answer.
+struct Linphone {
+    child: Child,
+    stdin: ChildStdin,
+    dir: PathBuf,
+}
+
+impl Linphone {
+    fn start(scratch: &Scratch, node: &Node, user: u32, source: &Path) -> Self {
+        let dir = scratch.path(&format!("linphone-{user}"));
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join(".local/share/linphone")).expect("linphone home");
+        std::fs::write(
+            dir.join("linphonerc"),
+            format!(
+                "[sip]\nregister_only_when_network_is_up=0\nauto_net_state_mon=0\n[rtp]\naudio_rtp_port={}\n",
+                free_port()
+            ),
+        )
+        .expect("linphonerc");
+        let log = std::fs::File::create(dir.join("linphonec.out")).expect("log");
+        let mut child = Command::new("linphonec")
+            .arg("-c")
+            .arg(dir.join("linphonerc"))
+            .args(["-d", "4", "-l"])
+            .arg(dir.join("linphone.log"))
+            .env("HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn linphonec (install Debian's linphone-cli)");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut phone = Self { child, stdin, dir };
+        // Without a network monitor it opens no SIP port until told one.
+        for cmd in [
+            format!("ports sip {}", free_port()),
+            "soundcard use files".to_owned(),
+            format!("play {}", source.display()),
+            format!("record {}", phone.dir.join("heard.wav").display()),
+            "autoanswer enable".to_owned(),
+            format!(
+                "register sip:{user}@127.0.0.1 sip:{} demo{user}",
+                node.sip_addr()
+            ),
+        ] {
+            writeln!(phone.stdin, "{cmd}").expect("linphonec command");
+        }
+        phone
+    }
+
+    fn log(&self) -> String {
+        let mut s = std::fs::read_to_string(self.dir.join("linphonec.out")).unwrap_or_default();
+        s.push_str(&std::fs::read_to_string(self.dir.join("linphone.log")).unwrap_or_default());
+        s
+    }
+
+    fn stop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Linphone {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn linphone_registers_on_the_default_configuration_and_talks_both_ways() {
+    let scratch = Scratch::new("phone-linphone");
+    let node = Node::start_toml(&scratch, default_config);
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(10)).expect("tone");
+    let mut phone = Linphone::start(&scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    let start = Instant::now();
+    while node.metric(available) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "linphone never registered:\n{}",
+            phone.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A phone that can do SHA-256 is given it (and keeps it).
+    assert!(
+        phone
+            .log()
+            .lines()
+            .any(|l| l.starts_with("Authorization:") && l.contains("algorithm=SHA-256")),
+        "linphone answered the SHA-256 challenge:\n{}",
+        phone.log()
+    );
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    talk(&scratch, &node, &caller);
+    phone.stop();
+    for series in [
+        "centralino_rtp_packets_total{direction=\"in\",side=\"operator\"}",
+        "centralino_rtp_packets_total{direction=\"out\",side=\"operator\"}",
+    ] {
+        let n = node.metric(series);
+        assert!(n > 100.0, "{series} = {n}\n{}", phone.log());
+    }
+    // Its own recording of the call holds the caller's speech.
+    let heard = wav_samples(&phone.dir.join("heard.wav"));
+    let longest = longest_speech(&heard);
+    assert!(
+        longest >= 8000,
+        "linphone heard the caller: longest run {longest} of {} samples",
         heard.len()
     );
 }
