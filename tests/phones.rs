@@ -397,3 +397,119 @@ fn linphone_registers_on_the_default_configuration_and_talks_both_ways() {
         heard.len()
     );
 }
+
+/// twinkle-console (Twinkle 1.10, Debian 12) as operator `user`: its
+/// profile and system settings in a home of its own, ALSA's `null` device
+/// for sound (no sound card here: it hears into nothing and sends
+/// silence), commands on its standard input.
+struct Twinkle {
+    child: Child,
+    stdin: ChildStdin,
+    home: PathBuf,
+}
+
+impl Twinkle {
+    fn start(scratch: &Scratch, node: &Node, user: u32) -> Self {
+        let home = scratch.path(&format!("twinkle-{user}"));
+        let conf = home.join(".twinkle");
+        std::fs::create_dir_all(&conf).expect("twinkle dir");
+        let sip = node.sip_addr();
+        std::fs::write(
+            conf.join("op.cfg"),
+            format!(
+                "user_name={user}\nuser_domain=127.0.0.1\nauth_realm=centralino\nauth_name={user}\nauth_pass=demo{user}\noutbound_proxy=sip:{sip}\nuse_outbound_proxy=yes\nall_requests_to_proxy=yes\nregistrar={sip}\nregister_at_startup=yes\nregistration_time=600\ncodecs=g711a,g711u\n"
+            ),
+        )
+        .expect("profile");
+        std::fs::write(
+            conf.join("twinkle.sys"),
+            format!(
+                "dev_ringtone=alsa:null\ndev_speaker=alsa:null\ndev_mic=alsa:null\nsip_port={}\nrtp_port={}\n",
+                free_port(),
+                free_port()
+            ),
+        )
+        .expect("system settings");
+        let log = std::fs::File::create(home.join("twinkle.out")).expect("log");
+        let mut child = Command::new("twinkle-console")
+            .arg("op.cfg")
+            .env("HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn twinkle-console (install Debian's twinkle-console)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "auto_answer -a on").expect("twinkle command");
+        Self { child, stdin, home }
+    }
+
+    fn log(&self) -> String {
+        let mut s = std::fs::read_to_string(self.home.join("twinkle.out")).unwrap_or_default();
+        s.push_str(
+            &std::fs::read_to_string(self.home.join(".twinkle/twinkle.log")).unwrap_or_default(),
+        );
+        s
+    }
+
+    /// Quits as a person would (it unregisters first), bounded.
+    fn stop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Twinkle {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn twinkle_registers_on_the_default_configuration_answers_and_unregisters_on_quit() {
+    let scratch = Scratch::new("phone-twinkle");
+    let node = Node::start_toml(&scratch, default_config);
+    let mut phone = Twinkle::start(&scratch, &node, 1001);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    let start = Instant::now();
+    while node.metric(available) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "twinkle never registered:\n{}",
+            phone.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // An MD5-only phone that picks MD5 from the pair it is offered.
+    assert!(
+        phone
+            .log()
+            .lines()
+            .any(|l| l.starts_with("Authorization:") && l.contains("algorithm=MD5")),
+        "twinkle answered the MD5 challenge:\n{}",
+        phone.log()
+    );
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    talk(&scratch, &node, &caller);
+    assert!(phone.log().contains("call established"), "{}", phone.log());
+    // The caller's audio reached the phone. (With ALSA's null device for
+    // a microphone Twinkle sends no RTP here, so its direction is
+    // measured with baresip and Linphone.)
+    let n = node.metric("centralino_rtp_packets_total{direction=\"out\",side=\"operator\"}");
+    assert!(n > 100.0, "operator out = {n}\n{}", phone.log());
+    // Quitting unregisters: the operator is logged out at once, not when
+    // the binding would have lapsed.
+    phone.stop();
+    node.wait_metric(available, Duration::from_secs(5), |v| v == 0.0);
+}
