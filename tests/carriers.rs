@@ -29,18 +29,20 @@ fn modules_dir() -> PathBuf {
         .expect("Kamailio's modules (install Debian's kamailio)")
 }
 
-/// Kamailio as a record-routing stateful proxy: everything new goes to the
-/// node over TCP; in-dialog requests follow their Route headers.
-struct Sbc {
+/// Debian's Kamailio on `ip`, UDP and TCP, running `route` (the body of
+/// its `request_route`; `$PORT` is its own port). Each request it takes
+/// is logged as `sbc: METHOD from IP/PROTO`.
+struct Kamailio {
     child: Child,
     log: PathBuf,
+    ip: &'static str,
     port: u16,
 }
 
-impl Sbc {
-    fn start(scratch: &Scratch, node: &Node) -> Self {
+impl Kamailio {
+    fn start(scratch: &Scratch, name: &str, ip: &'static str, route: &str) -> Self {
         let port = free_port();
-        let cfg = scratch.path("kamailio.cfg");
+        let cfg = scratch.path(&format!("{name}.cfg"));
         std::fs::write(
             &cfg,
             format!(
@@ -49,8 +51,8 @@ debug=2
 log_stderror=yes
 children=2
 tcp_children=2
-listen=udp:{SBC_IP}:{port}
-listen=tcp:{SBC_IP}:{port}
+listen=udp:{ip}:{port}
+listen=tcp:{ip}:{port}
 mpath="{modules}/"
 loadmodule "tm.so"
 loadmodule "sl.so"
@@ -61,29 +63,20 @@ loadmodule "siputils.so"
 loadmodule "textops.so"
 loadmodule "textopsx.so"
 loadmodule "xlog.so"
+loadmodule "path.so"
 modparam("rr", "enable_full_lr", 1)
 request_route {{
   xlog("L_NOTICE", "sbc: $rm from $si/$pr\n");
   if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-  if (has_totag()) {{
-    if (loose_route()) {{ t_relay(); exit; }}
-    if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
-    sl_send_reply("404", "Not here"); exit;
-  }}
-  if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
-  t_check_trans();
-  record_route();
-  $du = "sip:127.0.0.1:{node};transport=tcp";
-  force_send_socket(tcp:{SBC_IP}:{port});
-  t_relay();
+{route}
 }}
 "#,
-                node = node.sip_port,
-                modules = modules_dir().display()
+                modules = modules_dir().display(),
+                route = route.replace("$PORT", &port.to_string())
             ),
         )
         .expect("kamailio.cfg");
-        let log = scratch.path("kamailio.log");
+        let log = scratch.path(&format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("kamailio log");
         let child = Command::new("kamailio")
             .arg("-f")
@@ -95,9 +88,14 @@ request_route {{
             .stderr(out)
             .spawn()
             .expect("spawn kamailio (install Debian's kamailio)");
-        let mut sbc = Self { child, log, port };
+        let mut sbc = Self {
+            child,
+            log,
+            ip,
+            port,
+        };
         let start = Instant::now();
-        while TcpStream::connect((SBC_IP, port)).is_err() {
+        while TcpStream::connect((ip, port)).is_err() {
             assert!(
                 sbc.child.try_wait().ok().flatten().is_none()
                     && start.elapsed() < Duration::from_secs(15),
@@ -110,7 +108,7 @@ request_route {{
     }
 
     fn addr(&self) -> String {
-        format!("{SBC_IP}:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     fn log(&self) -> String {
@@ -131,7 +129,7 @@ request_route {{
     }
 }
 
-impl Drop for Sbc {
+impl Drop for Kamailio {
     fn drop(&mut self) {
         // SIGTERM: the main process takes its children down with it.
         let _ = Command::new("kill")
@@ -160,7 +158,27 @@ fn calls_through_a_record_routing_sbc_over_tcp_end_from_either_side() {
             ..NodeConfig::default()
         },
     );
-    let sbc = Sbc::start(&scratch, &node);
+    // A record-routing SBC: everything new goes to the node over TCP;
+    // in-dialog requests follow their Route headers.
+    let sbc = Kamailio::start(
+        &scratch,
+        "sbc",
+        SBC_IP,
+        &format!(
+            r#"  if (has_totag()) {{
+    if (loose_route()) {{ t_relay(); exit; }}
+    if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    sl_send_reply("404", "Not here"); exit;
+  }}
+  if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+  t_check_trans();
+  record_route();
+  $du = "sip:127.0.0.1:{node};transport=tcp";
+  force_send_socket(tcp:{SBC_IP}:$PORT);
+  t_relay();"#,
+            node = node.sip_port
+        ),
+    );
     // The operator hangs up the first call; the carrier the second.
     let mut phone = Sipp::spawn(
         &scratch,
@@ -253,4 +271,124 @@ fn calls_through_a_record_routing_sbc_over_tcp_end_from_either_side() {
     node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
         v == 0.0
     });
+}
+
+const EDGE_IP: &str = "127.0.0.5";
+
+/// Operators behind an edge proxy (RFC 3327): the REGISTER comes through
+/// it with a `Path`, and the node's INVITE must go back through it (a
+/// `Route` from the Path), not to the Contact the phone named.
+#[test]
+fn an_operator_registered_through_an_edge_proxy_is_rung_through_it() {
+    let scratch = Scratch::new("edge-path");
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    );
+    // The edge: REGISTERs to the node with our Path; requests carrying
+    // our Route (the Path, then the route set) go on by Request-URI.
+    let edge = Kamailio::start(
+        &scratch,
+        "edge",
+        EDGE_IP,
+        &format!(
+            r#"  xlog("L_NOTICE", "edge: $rm ru=$ru route=$hdr(Route) path=$hdr(Path)\n");
+  if (is_method("REGISTER")) {{
+    add_path();
+    $du = "sip:127.0.0.1:{node}";
+    force_send_socket(udp:{EDGE_IP}:$PORT);
+    t_relay(); exit;
+  }}
+  if (is_present_hf("Route")) {{
+    # Ours (the Path, then the route set): consumed, then on by
+    # Request-URI; loose_route() is false when nothing is left.
+    loose_route();
+    if (!has_totag()) {{ record_route(); }}
+    t_relay(); exit;
+  }}
+  if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+  if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+  sl_send_reply("403", "Not through this edge"); exit;"#,
+            node = node.sip_port
+        ),
+    );
+    let mut phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_answer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ],
+    );
+    // The phone registers through the edge (its REGISTER goes there).
+    register_via(&scratch, &edge.addr(), 1001, phone.port);
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let mut carrier = Sipp::spawn(
+        &scratch,
+        "carrier",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_call.xml"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            "300",
+            "-timeout",
+            "30s",
+        ],
+    );
+    carrier.expect_success(Duration::from_secs(40));
+    phone.expect_success(Duration::from_secs(10));
+    let relayed = edge.relayed();
+    for method in ["REGISTER", "INVITE", "ACK", "BYE"] {
+        assert!(
+            relayed.iter().any(|r| r.0 == method),
+            "{method} went through the edge: {relayed:?}"
+        );
+    }
+    assert!(
+        relayed.contains(&("INVITE".into(), "127.0.0.1".into(), "udp".into())),
+        "the node's INVITE reached the edge: {relayed:?}"
+    );
+}
+
+/// Registers `user` (password `demo{user}`, Contact port `contact_port`
+/// on 127.0.0.1) by sending the REGISTER to `via` instead of the node.
+fn register_via(scratch: &Scratch, via: &str, user: u32, contact_port: u16) {
+    let csv = scratch.path(&format!("users-{contact_port}.csv"));
+    std::fs::write(
+        &csv,
+        format!("SEQUENTIAL\n{user};[authentication username={user} password=demo{user}];{contact_port}\n"),
+    )
+    .expect("csv");
+    let mut sipp = Sipp::spawn(
+        scratch,
+        &format!("register-{contact_port}"),
+        &[
+            via,
+            "-sf",
+            &scenario("register.xml"),
+            "-inf",
+            csv.to_str().expect("utf-8 path"),
+            "-m",
+            "1",
+            "-timeout",
+            "20s",
+        ],
+    );
+    sipp.expect_success(Duration::from_secs(30));
 }

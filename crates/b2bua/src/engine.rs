@@ -2207,6 +2207,9 @@ impl Engine {
             &call_id,
             1,
         );
+        for r in &binding.path {
+            options.push("Route", r);
+        }
         options.push("User-Agent", &self.user_agent);
         self.send_request(now, flow, options, ClientRef::Qualify(agent));
     }
@@ -2838,7 +2841,7 @@ impl Engine {
                 self.respond(now, &key, &r);
                 return;
             }
-            Some(se) if session_timer::supports(&msg, "timer") => Some(
+            Some(se) if msg.supports("timer") => Some(
                 se.interval
                     .max(session_timer::min_se(&msg).unwrap_or(0))
                     .max(session_timer::MIN_SE),
@@ -3310,6 +3313,12 @@ impl Engine {
                 &b_call_id,
                 1,
             );
+            // Through the edge proxies it registered through (RFC 3327);
+            // the flow is still the one the REGISTER came on (the first
+            // of them), so a Path names nobody we would not send to.
+            for r in &binding.path {
+                inv.push("Route", r);
+            }
             inv.push("Contact", &Self::contact(flow));
             inv.push("User-Agent", &self.user_agent);
             // The call record id (operator answers are stored against it)
@@ -4726,7 +4735,7 @@ impl Engine {
             // A re-INVITE or UPDATE from the caller refreshes its session
             // (with or without a new interval, RFC 4028 §9).
             if let Some(se) = session_timer::session_expires(msg)
-                && (call.session_timer.is_some() || session_timer::supports(msg, "timer"))
+                && (call.session_timer.is_some() || msg.supports("timer"))
             {
                 call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
             }

@@ -367,6 +367,16 @@ impl Message {
         h.value = out;
     }
 
+    /// Whether the message lists the extension `option` in `Supported`
+    /// (or compact `k`, named so when parsed) or `Require`.
+    pub fn supports(&self, option: &str) -> bool {
+        ["Supported", "Require"].iter().any(|h| {
+            self.headers_named(h)
+                .flat_map(crate::uri::split_list)
+                .any(|o| o.trim().eq_ignore_ascii_case(option))
+        })
+    }
+
     /// All values of a header, by case-insensitive long name.
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers

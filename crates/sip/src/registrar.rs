@@ -57,7 +57,15 @@ pub struct Binding {
     pub expires_at: Instant,
     /// Registered at, for "most recent first".
     pub registered_at: Instant,
+    /// The `Path` the REGISTER came through (RFC 3327): the edge proxies
+    /// requests to this contact must visit, as `Route` values in order.
+    pub path: Vec<String>,
 }
+
+/// Most `Path` entries kept per binding (edge proxies in a row).
+const MAX_PATH: usize = 8;
+/// The longest `Path` entry kept.
+const MAX_PATH_ENTRY: usize = 512;
 
 /// A change of an operator's registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -405,6 +413,24 @@ impl Registrar {
             .flat_map(uri::split_list)
             .collect();
         let was_registered = self.bindings.contains_key(&user);
+        // The edge proxies it came through (RFC 3327). Each must be a
+        // name-addr; more, or longer, than we keep is a bad request
+        // rather than a path cut short.
+        let path: Vec<String> = req
+            .headers_named("Path")
+            .flat_map(uri::split_list)
+            .map(str::to_owned)
+            .collect();
+        if path.len() > MAX_PATH
+            || path
+                .iter()
+                .any(|p| p.len() > MAX_PATH_ENTRY || uri::parse_name_addr(p).is_none())
+        {
+            return (
+                req.response(400, "Bad Request", Some("reg")),
+                RegOutcome::Invalid,
+            );
+        }
 
         if contacts.contains(&"*") {
             if contacts.len() != 1 || header_expires != Some(Duration::ZERO) {
@@ -452,6 +478,7 @@ impl Registrar {
                             flow,
                             expires_at: now + expires,
                             registered_at: now,
+                            path: path.clone(),
                         },
                     );
                 }
@@ -471,6 +498,13 @@ impl Registrar {
         for b in self.bindings(&user) {
             let left = b.expires_at.saturating_duration_since(now).as_secs();
             resp.push("Contact", &format!("<{}>;expires={left}", b.contact));
+        }
+        // The path is echoed to a UA that said it knows the extension
+        // (RFC 3327 §5.3); it is used either way.
+        if !path.is_empty() && req.supports("path") {
+            for p in &path {
+                resp.push("Path", p);
+            }
         }
         (resp, RegOutcome::Ok)
     }
@@ -1146,5 +1180,59 @@ mod tests {
         r.set_users(users);
         let (c, _) = r.handle_register(later, flow(), &from_phone("1001", 9, "Other/1", ""));
         assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+    }
+
+    #[test]
+    fn a_register_through_edge_proxies_keeps_its_path_for_the_binding() {
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let path = "Path: <sip:edge1.example;lr>, <sip:edge2.example;lr>\r\n";
+        let contact = "<sip:1001@10.0.0.9:5060>";
+        let (challenge, _) = r.handle_register(t0, flow(), &request(1, contact, None, path));
+        let auth = authorization(&nonce_of(&challenge), 1, "pw", true);
+        let with = |extra: &str| format!("{path}{extra}{auth}");
+        // Without `Supported: path` it is used, not echoed (RFC 3327 §5.3).
+        let (ok, _) = r.handle_register(t0, flow(), &request(1, contact, None, &with("")));
+        assert_eq!(ok.code(), 200);
+        assert_eq!(ok.headers_named("Path").count(), 0);
+        assert_eq!(
+            r.bindings("1001")[0].path,
+            ["<sip:edge1.example;lr>", "<sip:edge2.example;lr>"]
+        );
+        let auth2 = authorization(&nonce_of(&challenge), 2, "pw", true);
+        let (ok, _) = r.handle_register(
+            t0,
+            flow(),
+            &request(
+                2,
+                contact,
+                None,
+                &format!("{path}Supported: path\r\n{auth2}"),
+            ),
+        );
+        assert_eq!(ok.headers_named("Path").count(), 2);
+        // A path that is not a list of addresses, or too long, is refused
+        // whole.
+        let auth3 = authorization(&nonce_of(&challenge), 3, "pw", true);
+        let (bad, _) = r.handle_register(
+            t0,
+            flow(),
+            &request(
+                3,
+                contact,
+                None,
+                &format!("Path: not an address\r\n{auth3}"),
+            ),
+        );
+        assert_eq!(bad.code(), 400);
+        let many = format!("Path: {}\r\n", vec!["<sip:e;lr>"; 9].join(", "));
+        let auth4 = authorization(&nonce_of(&challenge), 4, "pw", true);
+        let (bad, _) = r.handle_register(
+            t0,
+            flow(),
+            &request(4, contact, None, &format!("{many}{auth4}")),
+        );
+        assert_eq!(bad.code(), 400);
+        assert_eq!(r.bindings("1001")[0].path.len(), 2, "unchanged");
     }
 }

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use crate::message::Message;
-use crate::uri::split_list;
 
 /// The smallest session interval we accept (RFC 4028 §4: at least 90 s;
 /// its recommended default).
@@ -73,16 +72,6 @@ pub fn min_se(msg: &Message) -> Option<u32> {
 pub fn session_expires(msg: &Message) -> Option<SessionExpires> {
     msg.header("Session-Expires")
         .and_then(parse_session_expires)
-}
-
-/// Whether `msg` lists `option` in `Supported` (or compact `k`) or
-/// `Require`.
-pub fn supports(msg: &Message, option: &str) -> bool {
-    ["Supported", "Require"].iter().any(|h| {
-        msg.headers_named(h)
-            .flat_map(split_list)
-            .any(|o| o.trim().eq_ignore_ascii_case(option))
-    })
 }
 
 /// When the side that does not refresh gives up on a session of
