@@ -1225,7 +1225,7 @@ mod tests {
             ),
         );
         assert_eq!(bad.code(), 400);
-        let many = format!("Path: {}\r\n", vec!["<sip:e;lr>"; 9].join(", "));
+        let many = format!("Path: {}\r\n", ["<sip:e;lr>"; 9].join(", "));
         let auth4 = authorization(&nonce_of(&challenge), 4, "pw", true);
         let (bad, _) = r.handle_register(
             t0,
