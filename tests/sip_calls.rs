@@ -484,6 +484,29 @@ fn a_carrier_with_session_timers_gets_them_and_refreshes_by_update() {
     assert_eq!(node.metric("centralino_session_timer_expired_total"), 0.0);
 }
 
+/// A carrier that requires `100rel` (RFC 3262), played by SIPp: the 183
+/// is reliable (`Require: 100rel`, an `RSeq` SIPp reads back into its
+/// PRACK's `RAck`), the PRACK is answered, and the call then completes.
+#[test]
+fn a_carrier_requiring_100rel_gets_a_reliable_183_and_completes_after_its_prack() {
+    let scratch = Scratch::new("100rel");
+    let (node, mut phone) = one_operator(
+        &scratch,
+        NodeConfig::default(),
+        "agent_answer.xml",
+        &["-m", "1"],
+    );
+    let mut caller = trunk(&scratch, &node, "trunk_100rel.xml", &["-m", "1"]);
+    caller.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(10));
+    let m = node.metrics();
+    assert_eq!(
+        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
 /// The log check every node runs at the end of its test (A12) finds a
 /// full number and lets masked ones, ports and times through.
 #[test]

@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 /// Gauges lag activity by at most this much.
 const GAUGE_PERIOD: Duration = Duration::from_millis(100);
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK";
 
 /// A non-100 provisional response is repeated this often while a call
 /// waits, so proxies on the path never time the INVITE out (RFC 3261
@@ -399,6 +399,22 @@ struct Call {
     /// tells a stale expiry timer from the current one.
     session_timer: Option<u32>,
     session_step: u32,
+    /// The caller required reliable provisional responses (RFC 3262).
+    reliable: Option<Reliable>,
+}
+
+/// Reliable provisional responses towards a caller that requires them
+/// (`Require: 100rel`, RFC 3262).
+#[derive(Debug)]
+struct Reliable {
+    /// The next RSeq.
+    next_rseq: u32,
+    /// The one not yet acknowledged by a PRACK (only one at a time): its
+    /// RSeq, the response, when it was first sent, the next interval.
+    unacked: Option<(u32, Box<Message>, Instant, Duration)>,
+    /// A 2xx that waits for the PRACK of a provisional that carried our
+    /// SDP answer (§3: it may not overtake it).
+    held_final: Option<Box<Message>>,
 }
 
 /// Virtual hold's number dialogue (queue `callback_number`).
@@ -539,6 +555,8 @@ enum CallTimer {
     /// The caller's session was not refreshed in time (the step it was
     /// armed for).
     SessionExpired(u32),
+    /// A reliable provisional response (its RSeq) is due again.
+    Reliable(u32),
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -659,6 +677,9 @@ pub struct Engine {
     gauges_due: Option<Instant>,
     out: VecDeque<Output>,
     retrans_seen: u64,
+    /// RFC 3261's T1: reliable provisional responses are retransmitted
+    /// from it (RFC 3262 §3).
+    t1: Duration,
     timeouts_seen: u64,
     stray_seen: u64,
 }
@@ -819,6 +840,7 @@ impl Engine {
             gauges_due: None,
             out: VecDeque::new(),
             retrans_seen: 0,
+            t1: config.sip.timers.t1,
             timeouts_seen: 0,
             stray_seen: 0,
         };
@@ -1277,6 +1299,7 @@ impl Engine {
                 tenant,
                 session_timer: None,
                 session_step: 0,
+                reliable: None,
             },
         );
         if self.customer_first[queue.0 as usize] {
@@ -2420,11 +2443,16 @@ impl Engine {
             self.reject(flow, msg, 416, "sips_not_over_tls", &[]);
             return false;
         }
-        // Extensions we implement: session timers (RFC 4028).
+        // Extensions we implement: session timers (RFC 4028) and reliable
+        // provisional responses (RFC 3262).
         let required: Vec<String> = msg
             .headers_named("Require")
             .flat_map(uri::split_list)
-            .filter(|o| !o.is_empty() && !o.eq_ignore_ascii_case("timer"))
+            .filter(|o| {
+                !o.is_empty()
+                    && !o.eq_ignore_ascii_case("timer")
+                    && !o.eq_ignore_ascii_case("100rel")
+            })
             .map(str::to_owned)
             .collect();
         if !required.is_empty() && method != Method::Cancel {
@@ -2808,6 +2836,7 @@ impl Engine {
             Method::Invite if msg.to_tag.is_none() => self.new_call(now, flow, msg),
             Method::Invite | Method::Update => self.on_reinvite(now, &key, &msg),
             Method::Info => self.on_info(now, &key, &msg),
+            Method::Prack => self.on_prack(now, &key, &msg),
             Method::Cancel => self.on_cancel(now, &key, &msg),
             Method::Bye => self.on_bye(now, &key, &msg),
             Method::Ack => self.on_ack(now, flow.remote.ip(), &msg),
@@ -2848,6 +2877,19 @@ impl Engine {
             ),
             _ => None,
         };
+        // RFC 3262: a caller that requires it gets every provisional
+        // response reliably (RSeq, retransmitted until its PRACK); one that
+        // merely supports it gets them as usual.
+        let reliable = msg
+            .headers_named("Require")
+            .flat_map(uri::split_list)
+            .any(|o| o.trim().eq_ignore_ascii_case("100rel"))
+            .then(|| Reliable {
+                // Random below 2**31 (§7.1), so a count never wraps.
+                next_rseq: (self.rng.next_u32() >> 1).max(1),
+                unacked: None,
+                held_final: None,
+            });
         let trying = msg.response(100, "Trying", None);
         self.respond(now, &key, &trying);
 
@@ -2949,6 +2991,7 @@ impl Engine {
                 tenant: self.trunk_out.get(trunk).map_or(0, |t| t.2),
                 session_timer,
                 session_step: 0,
+                reliable,
             },
         );
         match target {
@@ -3020,8 +3063,7 @@ impl Engine {
                     music,
                 }));
             }
-            let a_key = call.a_key.clone();
-            self.respond(now, &a_key, &progress);
+            self.provisional(now, id, progress);
             self.timers
                 .push(Reverse((now + PROGRESS_REFRESH, id, CallTimer::Progress)));
         }
@@ -3046,7 +3088,6 @@ impl Engine {
         ok.push("Contact", &Self::caller_contact(call));
         ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
         call.answered = true;
-        let a_key = call.a_key.clone();
         self.session_refreshed(now, id, &mut ok);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -3058,7 +3099,7 @@ impl Engine {
             self.out
                 .push_back(Output::Media(open_command(id, &mut call.media)));
         }
-        self.respond(now, &a_key, &ok);
+        self.final_ok(now, id, ok);
         self.metrics
             .flow_calls
             .with_label_values(&[&flow.name, "started"])
@@ -3560,8 +3601,7 @@ impl Engine {
                 let Some(call) = self.calls.get_mut(&call_id) else {
                     return;
                 };
-                let (a_key, queue, enqueued, started) =
-                    (call.a_key.clone(), call.queue, call.enqueued, call.started);
+                let (queue, enqueued, started) = (call.queue, call.enqueued, call.started);
                 self.send_ack(&leg, &msg);
                 // The router releases the other ring-all operators itself.
                 self.router.answered(now, agent, call_id);
@@ -3572,7 +3612,7 @@ impl Engine {
                     self.cancel_fork(now, l, release);
                 }
                 if !already_answered {
-                    self.respond(now, &a_key, &ok);
+                    self.final_ok(now, call_id, ok);
                 }
                 if let Some(o) = self.calls.get(&call_id).and_then(|c| c.outbound.as_ref()) {
                     let (id, customer_first) = (o.id.clone(), o.customer_first);
@@ -3748,12 +3788,46 @@ impl Engine {
                     r
                 };
                 r.push("Contact", &Self::caller_contact(call));
-                let a_key = call.a_key.clone();
                 self.timers.push(Reverse((
                     now + PROGRESS_REFRESH,
                     call_id,
                     CallTimer::Progress,
                 )));
+                self.provisional(now, call_id, r);
+            }
+            CallTimer::Reliable(rseq) => {
+                let t1 = self.t1;
+                let Some(rel) = call.reliable.as_mut() else {
+                    return;
+                };
+                let Some((sent, r, first, interval)) = rel.unacked.as_mut() else {
+                    return;
+                };
+                if *sent != rseq {
+                    return;
+                }
+                if now.saturating_duration_since(*first) >= 64 * t1 {
+                    // §3: no PRACK for 64·T1: the INVITE is refused.
+                    warn!("no PRACK for a reliable provisional response: call refused");
+                    if rel.held_final.is_some() {
+                        // An operator already answered: released by BYE.
+                        let r = call
+                            .a_invite
+                            .response(500, reason_phrase(500), Some(&call.a_tag));
+                        let a_key = call.a_key.clone();
+                        self.respond(now, &a_key, &r);
+                        self.end_connected(now, call_id, false, true, "no_prack");
+                    } else {
+                        self.end_unanswered(now, call_id, 500, "no_prack", false);
+                    }
+                    return;
+                }
+                *interval *= 2;
+                // The last wait ends at 64·T1 exactly, when it is refused.
+                let (r, next) = (r.clone(), (now + *interval).min(*first + 64 * t1));
+                let a_key = call.a_key.clone();
+                self.timers
+                    .push(Reverse((next, call_id, CallTimer::Reliable(rseq))));
                 self.respond(now, &a_key, &r);
             }
             CallTimer::CallbackDone => {
@@ -4895,7 +4969,89 @@ impl Engine {
         }
     }
 
-    /// Ends a connected call, sending BYE to the legs asked for.
+    /// Sends a provisional response to the caller's INVITE: reliably
+    /// (RSeq, `Require: 100rel`, retransmitted from T1 until its PRACK)
+    /// when the caller requires it. A new one waits for the last one's
+    /// PRACK (§3): a repeated 183 is simply not sent meanwhile.
+    fn provisional(&mut self, now: Instant, call_id: CallId, mut r: Message) {
+        let t1 = self.t1;
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let a_key = call.a_key.clone();
+        if let Some(rel) = call.reliable.as_mut() {
+            // One at a time; and without the caller's offer, a reliable
+            // provisional would have to carry ours (§5), which this B2BUA
+            // makes in the 2xx: the caller gets only the 100.
+            if rel.unacked.is_some() || call.media.late_offer {
+                return;
+            }
+            let rseq = rel.next_rseq;
+            rel.next_rseq = rseq.wrapping_add(1).max(1);
+            r.push("Require", "100rel");
+            r.push("RSeq", &rseq.to_string());
+            rel.unacked = Some((rseq, Box::new(r.clone()), now, t1));
+            self.timers
+                .push(Reverse((now + t1, call_id, CallTimer::Reliable(rseq))));
+        }
+        self.respond(now, &a_key, &r);
+    }
+
+    /// Sends the caller's 2xx, unless a reliable provisional response that
+    /// carried our SDP is still unacknowledged: then it waits for that
+    /// PRACK (RFC 3262 §3).
+    fn final_ok(&mut self, now: Instant, call_id: CallId, ok: Message) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let a_key = call.a_key.clone();
+        if let Some(rel) = call.reliable.as_mut()
+            && rel
+                .unacked
+                .as_ref()
+                .is_some_and(|(_, r, _, _)| !r.body.is_empty())
+        {
+            rel.held_final = Some(Box::new(ok));
+            return;
+        }
+        if let Some(rel) = call.reliable.as_mut() {
+            // The 2xx ends the provisional's retransmissions.
+            rel.unacked = None;
+        }
+        self.respond(now, &a_key, &ok);
+    }
+
+    /// A PRACK (RFC 3262 §3): the `RAck` must name the unacknowledged
+    /// reliable provisional response of this INVITE; anything else is
+    /// `481`. A 2xx held for it goes out now.
+    fn on_prack(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let matched = self.dialog_side(msg).and_then(|(call_id, side)| {
+            let call = self.calls.get_mut(&call_id)?;
+            let rel = call.reliable.as_mut()?;
+            let (rseq, _, _, _) = rel.unacked.as_ref()?;
+            let mut rack = msg.header("RAck")?.split_whitespace();
+            let ok = side == Side::A
+                && rack.next()?.parse::<u32>().ok()? == *rseq
+                && rack.next()?.parse::<u32>().ok()? == call.a_invite.cseq
+                && rack.next()?.eq_ignore_ascii_case("INVITE");
+            if !ok {
+                return None;
+            }
+            rel.unacked = None;
+            Some((call.a_key.clone(), rel.held_final.take()))
+        });
+        let Some((a_key, held)) = matched else {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        };
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        if let Some(ok) = held {
+            self.respond(now, &a_key, &ok);
+        }
+    }
+
     /// The caller's session was established or refreshed now: `r` (the
     /// 2xx) says so (RFC 4028 §9: the caller refreshes) and its expiry is
     /// armed anew, the older timer left to lapse as stale.
@@ -4916,6 +5072,7 @@ impl Engine {
         )));
     }
 
+    /// Ends a connected call, sending BYE to the legs asked for.
     fn end_connected(
         &mut self,
         now: Instant,

@@ -2956,3 +2956,116 @@ fn a_session_expires_from_a_caller_without_timer_support_binds_nobody() {
     assert!(requests(&out, TRUNK, "BYE").is_empty());
     assert_eq!(h.engine.active_calls(), 1);
 }
+
+/// A PRACK from the carrier for call `m1` naming `rack`.
+fn prack(a_tag: &str, cseq: u32, rack: &str) -> String {
+    in_dialog("PRACK", TRUNK, "am1", a_tag, cseq, "")
+        .replace("Contact:", &format!("RAck: {rack}\r\nContact:"))
+        .replace(
+            "z9hG4bKdPRACK",
+            &format!("z9hG4bKp{}", rack.replace(' ', "")),
+        )
+}
+
+#[test]
+fn a_carrier_requiring_100rel_gets_reliable_progress_and_the_answer_after_its_prack() {
+    // RFC 3262: early media in a reliable 183, retransmitted until the
+    // PRACK; the 2xx may not overtake the 183 that carried our SDP.
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(
+        TRUNK,
+        &invite_with("Supported: 100rel\r\nRequire: 100rel\r\n"),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![100, 183], "no 420: {out:?}");
+    let progress = out.iter().find(|(_, m)| m.code() == 183).unwrap().1.clone();
+    assert_eq!(progress.header("Require"), Some("100rel"));
+    let rseq: u32 = progress.header("RSeq").unwrap().parse().unwrap();
+    assert!((1..1 << 31).contains(&rseq));
+    let a_tag = progress.to_tag.clone().unwrap();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+
+    // Not acknowledged: the same 183 again after T1, then 2·T1.
+    let out = h.advance(Duration::from_millis(1600));
+    let again: Vec<_> = out
+        .iter()
+        .filter(|(a, m)| a.to_string() == TRUNK && m.code() == 183)
+        .map(|(_, m)| m.header("RSeq").unwrap().to_owned())
+        .collect();
+    assert_eq!(again, vec![rseq.to_string(), rseq.to_string()]);
+
+    // The operator answers: the 2xx waits for the PRACK.
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
+    assert!(
+        codes(&out, TRUNK).is_empty(),
+        "2xx overtook the 183: {out:?}"
+    );
+
+    // A PRACK for another RSeq or another INVITE matches nothing.
+    for rack in [format!("{} 1 INVITE", rseq + 1), format!("{rseq} 7 INVITE")] {
+        let out = h.send(TRUNK, &prack(&a_tag, 2, &rack));
+        assert_eq!(codes(&out, TRUNK), vec![481], "{rack}");
+    }
+    // The right one: 200 to the PRACK, then the held 2xx.
+    let out = h.send(TRUNK, &prack(&a_tag, 3, &format!("{rseq} 1 INVITE")));
+    assert_eq!(codes(&out, TRUNK), vec![200, 200]);
+    let ok = out.last().unwrap().1.clone();
+    assert_eq!(ok.cseq, 1, "the INVITE's 2xx");
+    assert_eq!(ok.body, progress.body, "the session of the early media");
+    // Its retransmission is answered by the transaction, as before.
+    let out = h.send(TRUNK, &prack(&a_tag, 3, &format!("{rseq} 1 INVITE")));
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    h.send(TRUNK, &in_dialog("ACK", TRUNK, "am1", &a_tag, 1, ""));
+    // Acknowledged: no more 183.
+    let out = h.advance(Duration::from_secs(5));
+    assert!(codes(&out, TRUNK).iter().all(|c| *c != 183), "{out:?}");
+    assert_eq!(h.engine.active_calls(), 1);
+}
+
+#[test]
+fn a_reliable_183_never_acknowledged_refuses_the_call_after_64_t1() {
+    // A queue that lets callers wait longer than 64·T1.
+    let mut h = Harness::with(&CONFIG.replace("max_wait_seconds = 10", "max_wait_seconds = 100"));
+    let out = h.send(TRUNK, &invite_with("Require: 100rel\r\n"));
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
+    let out = h.advance(Duration::from_secs(9));
+    let sent = codes(&out, TRUNK);
+    assert!(sent.iter().all(|c| *c == 183), "{sent:?}");
+    // T1 = 500 ms: 0.5, 1.5, 3.5, 7.5 s.
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    let out = h.advance(Duration::from_secs(24));
+    assert_eq!(codes(&out, TRUNK).last(), Some(&500), "{out:?}");
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_held_answer_without_prack_releases_the_operator() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(TRUNK, &invite_with("Require: 100rel\r\n"));
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let out = h.advance(Duration::from_secs(33));
+    assert_eq!(codes(&out, TRUNK).last(), Some(&500), "{out:?}");
+    // One BYE (its UDP retransmissions share its branch).
+    let byes = requests(&out, PHONE1, "BYE");
+    assert!(!byes.is_empty(), "{out:?}");
+    assert!(byes.iter().all(|b| b.via.branch == byes[0].via.branch));
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+#[test]
+fn a_late_offer_requiring_100rel_gets_no_provisional_without_an_offer() {
+    // §5: a reliable provisional to an INVITE without an offer must carry
+    // one; ours is in the 2xx, so only the 100 goes out before it.
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let invite = invite_with("Require: 100rel\r\n");
+    let head = invite.split("Content-Type").next().unwrap();
+    let out = h.send(TRUNK, &format!("{head}Content-Length: 0\r\n\r\n"));
+    assert_eq!(codes(&out, TRUNK), vec![100], "{out:?}");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(codes(&out, TRUNK), vec![200], "{out:?}");
+}
