@@ -226,3 +226,70 @@ fn keepalives_are_answered_on_connections_and_responses_say_where_the_request_ca
     assert!(sock.recv_from(&mut buf).is_err(), "no answer on UDP");
     udp_alive(&node);
 }
+
+/// A site's network comes back: 1,200 operators' phones behind one NAT
+/// address (127.0.0.7, not a trunk) re-register within about two seconds,
+/// 2,400 REGISTER transactions where `sip.max_transactions_per_source`
+/// keeps 1,024. Every one of them gets in (no 503), nothing is banned, and
+/// the node's transaction table stays within the bound: past it, REGISTERs
+/// are answered without a transaction.
+#[test]
+fn a_site_of_1200_phones_behind_one_address_re_registers_at_once() {
+    let scratch = Scratch::new("storm");
+    let operators = 1200u32;
+    let node = Node::start(
+        &scratch,
+        &NodeConfig {
+            agents: operators,
+            ..NodeConfig::default()
+        },
+    );
+    let csv = scratch.path("site.csv");
+    let mut text = String::from("SEQUENTIAL\n");
+    for u in 1001..1001 + operators {
+        text.push_str(&format!(
+            "{u};[authentication username={u} password=demo{u}];5999\n"
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let mut site = common::Sipp::spawn_from(
+        &scratch,
+        "site",
+        "127.0.0.7",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &common::scenario("register.xml"),
+            "-inf",
+            common::path_str(&csv),
+            "-m",
+            &operators.to_string(),
+            "-r",
+            "600",
+            "-timeout",
+            "60s",
+        ],
+    );
+    site.expect_success(Duration::from_secs(90));
+    // Gauges follow activity within 100 ms.
+    node.wait_metric(
+        "centralino_registered_agents",
+        Duration::from_secs(5),
+        |v| v == f64::from(operators),
+    );
+    let m = node.metrics();
+    assert!(
+        common::metric_in(&m, "centralino_registrations_stateless_total") > 0.0,
+        "the storm went past the bound: {m}"
+    );
+    for absent in [
+        "centralino_sip_rejected_total{reason=\"source_busy\"}",
+        "centralino_registrations_total{outcome=\"refused\"}",
+    ] {
+        assert_eq!(common::series_in(&m, absent), None, "{absent}: {m}");
+    }
+    assert!(
+        common::metric_in(&m, "centralino_sip_transactions{side=\"server\"}") <= 1024.0,
+        "{m}"
+    );
+}

@@ -2387,6 +2387,21 @@ impl Engine {
                 if *method != Method::Ack && !self.precheck(now, flow, &msg) {
                     return;
                 }
+                if *method == Method::Register
+                    && self.txn.server_transactions_from(flow.remote.ip()) >= self.max_per_source
+                    && self.txn.server_request(&TxKey::of(&msg)).is_none()
+                {
+                    // A site's phones re-registering at once after its
+                    // network returns (one NAT address, hundreds of
+                    // operators) are answered without a transaction: the
+                    // registrar's nonces make that safe (a retransmission
+                    // whose 200 was lost is a replay: a fresh challenge,
+                    // never a failure), and nothing is kept per request.
+                    self.metrics.registrations_stateless.inc();
+                    let resp = self.register(now, flow, &msg);
+                    self.send_stateless(flow, &resp);
+                    return;
+                }
                 if *method != Method::Ack && !self.within_source_bound(flow, &msg) {
                     return;
                 }
@@ -2794,36 +2809,42 @@ impl Engine {
         }
     }
 
+    /// A REGISTER through the registrar: its response, counted and logged.
+    fn register(&mut self, now: Instant, flow: Flow, msg: &Message) -> Message {
+        let (resp, outcome) = self.registrar.handle_register(now, flow, msg);
+        let label = match outcome {
+            RegOutcome::Ok => "ok",
+            RegOutcome::Challenged => "challenged",
+            RegOutcome::Refused => "refused",
+            RegOutcome::Invalid => "invalid",
+            RegOutcome::Banned => "banned",
+        };
+        self.metrics.registrations.with_label_values(&[label]).inc();
+        if outcome == RegOutcome::Refused {
+            warn!(peer = %flow.remote.ip(), "REGISTER refused");
+        }
+        let bans: Vec<_> = self.registrar.drain_bans().collect();
+        for b in bans {
+            warn!(
+                peer = %b.address,
+                user = %b.user,
+                scope = b.scope.label(),
+                seconds = b.length.as_secs(),
+                "too many authentication failures: banned"
+            );
+            self.metrics
+                .auth_bans
+                .with_label_values(&[b.scope.label()])
+                .inc();
+        }
+        resp
+    }
+
     fn on_request(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
         let key = TxKey::of(&msg);
         match msg.method() {
             Method::Register => {
-                let (resp, outcome) = self.registrar.handle_register(now, flow, &msg);
-                let label = match outcome {
-                    RegOutcome::Ok => "ok",
-                    RegOutcome::Challenged => "challenged",
-                    RegOutcome::Refused => "refused",
-                    RegOutcome::Invalid => "invalid",
-                    RegOutcome::Banned => "banned",
-                };
-                self.metrics.registrations.with_label_values(&[label]).inc();
-                if outcome == RegOutcome::Refused {
-                    warn!(peer = %flow.remote.ip(), "REGISTER refused");
-                }
-                let bans: Vec<_> = self.registrar.drain_bans().collect();
-                for b in bans {
-                    warn!(
-                        peer = %b.address,
-                        user = %b.user,
-                        scope = b.scope.label(),
-                        seconds = b.length.as_secs(),
-                        "too many authentication failures: banned"
-                    );
-                    self.metrics
-                        .auth_bans
-                        .with_label_values(&[b.scope.label()])
-                        .inc();
-                }
+                let resp = self.register(now, flow, &msg);
                 self.respond(now, &key, &resp);
             }
             Method::Options => {

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub sip_tls_handshake_failures: IntCounterVec,
     /// `centralino_registrations_total{outcome}`
     pub registrations: IntCounterVec,
+    /// `centralino_registrations_stateless_total`: REGISTERs answered
+    /// without a transaction because their address already had
+    /// `sip.max_transactions_per_source` (a site re-registering at once).
+    pub registrations_stateless: IntCounter,
     /// `centralino_registered_agents`
     pub registered_agents: IntGauge,
     /// `centralino_auth_bans_total{scope}`: bans started after repeated
@@ -267,6 +271,10 @@ impl Metrics {
                 "centralino_registrations_total",
                 "REGISTER outcomes",
                 &["outcome"]
+            )),
+            registrations_stateless: reg!(c(
+                "centralino_registrations_stateless_total",
+                "REGISTERs answered without a transaction: their address had too many"
             )),
             auth_bans: reg!(cv(
                 "centralino_auth_bans_total",

@@ -209,8 +209,15 @@ impl Harness {
         self.register_contact(user, phone, &format!("sip:{user}@{phone}"), alg);
     }
 
-    /// Registers from `phone` with a Contact of the phone's choosing.
-    fn register_contact(&mut self, user: &str, phone: &str, contact: &str, alg: Algorithm) {
+    /// Registers from `phone` with a Contact of the phone's choosing; the
+    /// authenticated REGISTER that succeeded.
+    fn register_contact(
+        &mut self,
+        user: &str,
+        phone: &str,
+        contact: &str,
+        alg: Algorithm,
+    ) -> String {
         let req = |cseq: u32, auth: &str| {
             format!(
                 "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}-{phone}\nCSeq: {cseq} REGISTER\nContact: <{contact}>\n{auth}Content-Length: 0\n\n"
@@ -238,8 +245,10 @@ impl Harness {
             "Authorization: Digest username=\"{user}\", realm=\"centralino\", nonce=\"{nonce}\", uri=\"sip:192.0.2.1\", response=\"{resp}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc=00000001\n",
             alg.token()
         );
-        let out = self.send(phone, &req(2, &auth));
+        let authenticated = req(2, &auth);
+        let out = self.send(phone, &authenticated);
         assert_eq!(out[0].1.code(), 200, "{:?}", out[0].1);
+        authenticated
     }
 
     fn invite(&mut self, call: &str) -> Vec<(SocketAddr, Message)> {
@@ -2693,6 +2702,58 @@ fn one_address_keeps_a_bounded_number_of_server_transactions() {
         codes(&h.send(STRANGER, &options(STRANGER, 4)), STRANGER),
         vec![200]
     );
+}
+
+#[test]
+fn a_site_re_registering_past_the_source_bound_is_answered_without_state() {
+    // A call centre's NAT: hundreds of phones behind one address come
+    // back at once. The bound keeps refusing other requests from it, but
+    // REGISTERs are answered statelessly, so every operator gets back in.
+    let config = CONFIG.replace(
+        "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+        "digest_algorithms = [\"SHA-256\", \"MD5\"]\nmax_transactions_per_source = 3",
+    );
+    let mut h = Harness::with(&config);
+    let options = |n: u32| {
+        format!(
+            "OPTIONS sip:192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKopt{n}\r\nFrom: <sip:x@{PHONE1}>;tag=o{n}\r\nTo: <sip:192.0.2.1>\r\nCall-ID: opt{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    for n in 0..3 {
+        assert_eq!(codes(&h.send(PHONE1, &options(n)), PHONE1), vec![200]);
+    }
+    let server = h.gauge("centralino_sip_transactions{side=server}");
+    let authenticated = h.register_contact(
+        "1001",
+        PHONE1,
+        &format!("sip:1001@{PHONE1}"),
+        Algorithm::Sha256,
+    );
+    h.register("1002", PHONE1, Algorithm::Md5);
+    assert_eq!(h.gauge("centralino_registered_agents"), 2);
+    assert_eq!(h.gauge("centralino_registrations_stateless_total"), 4);
+    assert_eq!(
+        h.gauge("centralino_sip_transactions{side=server}"),
+        server,
+        "no state kept"
+    );
+    // The authenticated REGISTER again (its 200 lost): a replay, so a
+    // fresh challenge, never a failure nor a second binding.
+    let out = h.send(PHONE1, &authenticated);
+    assert_eq!(codes(&out, PHONE1), vec![401]);
+    assert!(
+        out[0]
+            .1
+            .headers_named("WWW-Authenticate")
+            .all(|c| c.contains("stale=true"))
+    );
+    assert_eq!(
+        h.gauge("centralino_registrations_total{outcome=refused}"),
+        0
+    );
+    assert_eq!(h.engine.registrar.bindings("1001").len(), 1);
+    // Other requests from the address are still bounded.
+    assert_eq!(codes(&h.send(PHONE1, &options(9)), PHONE1), vec![503]);
 }
 
 #[test]
