@@ -507,6 +507,24 @@ fn a_carrier_requiring_100rel_gets_a_reliable_183_and_completes_after_its_prack(
     );
 }
 
+/// A caller who withheld the number, delivered the way carriers do (RFC
+/// 3325: anonymous From, the number in `P-Asserted-Identity`, `Privacy:
+/// id`): the operator's phone (SIPp, checking its INVITE's From) is
+/// offered the call from "Anonymous", and the call completes.
+#[test]
+fn a_withheld_number_reaches_the_operator_as_anonymous() {
+    let scratch = Scratch::new("privacy");
+    let (node, mut phone) = one_operator(
+        &scratch,
+        NodeConfig::default(),
+        "agent_answer_anonymous.xml",
+        &["-m", "1"],
+    );
+    let mut caller = trunk(&scratch, &node, "trunk_private.xml", &["-m", "1"]);
+    caller.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(10));
+}
+
 /// The log check every node runs at the end of its test (A12) finds a
 /// full number and lets masked ones, ports and times through.
 #[test]

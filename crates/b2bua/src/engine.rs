@@ -247,6 +247,9 @@ struct TrunkSecurity {
     outbound: Transport,
     /// What we answer its digest challenges with.
     auth: Option<centralino_config::TrunkAuth>,
+    /// In our trust domain (RFC 3325): `P-Asserted-Identity` read from
+    /// its INVITEs and sent on ours.
+    asserted_identity: bool,
 }
 
 /// A call that is a callback being executed.
@@ -359,6 +362,10 @@ struct Call {
     a_tag: String,
     a_leg: Leg,
     caller: String,
+    /// The caller asked not to be identified (RFC 3323/3325 `Privacy`):
+    /// operators are offered the call from "anonymous"; the record keeps
+    /// the number.
+    private: bool,
     /// B-legs ringing (one, or several with ring-all).
     forks: Vec<BLeg>,
     /// The B-leg that answered.
@@ -972,6 +979,7 @@ impl Engine {
                     Transport::Udp
                 },
                 auth: t.auth.clone(),
+                asserted_identity: t.asserted_identity,
             })
             .collect();
         self.trunk_down = config
@@ -1300,6 +1308,7 @@ impl Engine {
                 session_timer: None,
                 session_step: 0,
                 reliable: None,
+                private: false,
             },
         );
         if self.customer_first[queue.0 as usize] {
@@ -1344,6 +1353,16 @@ impl Engine {
             &call_id,
             1,
         );
+        let mut invite = invite;
+        if self
+            .trunk_sec
+            .get(trunk)
+            .is_some_and(|t| t.asserted_identity)
+        {
+            // The carrier presents the service's number (RFC 3325), whatever
+            // it makes of our From.
+            invite.push("P-Asserted-Identity", &format!("<sip:{caller_id}@{local}>"));
+        }
         let leg = Leg {
             call_id,
             local: local_uri,
@@ -2919,8 +2938,26 @@ impl Engine {
         let a_tag = self.token();
         let from = msg.header("From").unwrap_or_default().to_owned();
         let to = msg.header("To").unwrap_or_default().to_owned();
-        let caller = uri::parse_name_addr(&from)
-            .and_then(|n| uri::user(n.uri).map(str::to_owned))
+        let asserted = self
+            .trunk_sec
+            .get(trunk)
+            .is_some_and(|t| t.asserted_identity)
+            .then(|| asserted_caller(&msg))
+            .flatten();
+        // RFC 3323: `id` hides the asserted identity, `user` and `header`
+        // the caller's own; any of them keeps the number from operators.
+        let private = msg
+            .headers_named("Privacy")
+            .flat_map(|v| v.split(';'))
+            .any(|p| {
+                ["id", "user", "header"]
+                    .iter()
+                    .any(|w| p.trim().eq_ignore_ascii_case(w))
+            });
+        let caller = asserted
+            .or_else(|| {
+                uri::parse_name_addr(&from).and_then(|n| uri::user(n.uri).map(str::to_owned))
+            })
             .unwrap_or_else(|| "anonymous".to_owned());
         let remote_target = msg
             .header("Contact")
@@ -3013,6 +3050,7 @@ impl Engine {
                 session_timer,
                 session_step: 0,
                 reliable,
+                private,
             },
         );
         match target {
@@ -3364,7 +3402,11 @@ impl Engine {
                 return;
             };
             let local_host = flow.local.to_string();
-            let local = format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller);
+            let local = if call.private {
+                format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={b_tag}")
+            } else {
+                format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller)
+            };
             let to = format!("<{}>", binding.contact);
             let mut inv = Message::new_request(
                 Method::Invite,
@@ -5339,6 +5381,24 @@ fn b_sdp(m: &CallMedia) -> Vec<u8> {
 /// the phone takes it), then the others configured, and telephone-event.
 fn b_offer(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
     offer(m, codecs, m.b_port, m.session + 1)
+}
+
+/// The caller a trusted carrier asserts (RFC 3325 `P-Asserted-Identity`,
+/// one `sip:` and/or one `tel:` value): its telephone number, `tel:` first.
+fn asserted_caller(msg: &Message) -> Option<String> {
+    let uris: Vec<&str> = msg
+        .headers_named("P-Asserted-Identity")
+        .flat_map(uri::split_list)
+        .take(2)
+        .filter_map(|v| uri::parse_name_addr(v).map(|n| n.uri))
+        .collect();
+    let tel = uris
+        .iter()
+        .find(|u| u.len() > 4 && u[..4].eq_ignore_ascii_case("tel:"));
+    tel.into_iter()
+        .chain(uris.iter())
+        .find_map(|u| uri::telephone_number(u))
+        .map(str::to_owned)
 }
 
 /// Our offer from `port`: the caller's law (or the first configured) first.

@@ -411,6 +411,14 @@ struct RawTrunk {
     auth_username: Option<String>,
     #[serde(default)]
     auth_password: Option<String>,
+    #[serde(default = "default_asserted_identity")]
+    asserted_identity: bool,
+}
+
+/// Carriers are in the node's trust domain by default (RFC 3325): they
+/// are known by address or certificate already.
+fn default_asserted_identity() -> bool {
+    true
 }
 
 /// A DID maps to a queue name, or to a queue with what its callers need.
@@ -697,6 +705,10 @@ pub struct Trunk {
     /// Set: a 401/407 from the carrier to our INVITE is answered once
     /// with these (RFC 3261 §22.2).
     pub auth: Option<TrunkAuth>,
+    /// The carrier is in our trust domain (RFC 3325): the caller is the
+    /// `P-Asserted-Identity` of its INVITEs (with its `Privacy`), and ours
+    /// assert `caller_id` to it.
+    pub asserted_identity: bool,
 }
 
 /// What we answer a carrier's digest challenge with.
@@ -2250,6 +2262,7 @@ impl Config {
                 client_cert,
                 outbound_tls,
                 auth,
+                asserted_identity: t.asserted_identity,
             });
         }
         // A call is told to its trunk by (source address, DID): two trunks

@@ -126,6 +126,25 @@ pub fn user(uri: &str) -> Option<&str> {
     (!user.is_empty()).then_some(user)
 }
 
+/// The telephone number a `sip:`, `sips:` or `tel:` URI names (RFC 3966
+/// global or local digits, an optional leading `+`, parameters dropped),
+/// when it is one: 3 to 20 digits and nothing else, since it goes on into
+/// call records, callbacks and logs.
+pub fn telephone_number(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once(':')?;
+    let number = if scheme.eq_ignore_ascii_case("tel") {
+        rest
+    } else if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+        user(uri)?
+    } else {
+        return None;
+    };
+    let number = number.split(';').next()?;
+    let digits = number.strip_prefix('+').unwrap_or(number);
+    ((3..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(number)
+}
+
 /// `host[:port]` of a SIP URI, without parameters or headers.
 pub fn host_port(uri: &str) -> Option<&str> {
     let rest = uri.split_once(':')?.1;
@@ -316,6 +335,34 @@ pub fn split_list(value: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn telephone_numbers_from_sip_and_tel_uris() {
+        for (uri, number) in [
+            ("tel:+390612345678", Some("+390612345678")),
+            ("tel:+390612345678;cpc=ordinary", Some("+390612345678")),
+            ("TEL:0612345678", Some("0612345678")),
+            (
+                "sip:+390612345678@carrier.example;user=phone",
+                Some("+390612345678"),
+            ),
+            (
+                "sip:+390612345678;cpc=ordinary@carrier.example",
+                Some("+390612345678"),
+            ),
+            ("sips:3331234567@10.0.0.1", Some("3331234567")),
+            ("sip:anonymous@anonymous.invalid", None),
+            ("sip:carrier.example", None),
+            ("tel:+39-06-1234", None),
+            ("tel:+", None),
+            ("tel:12", None),
+            ("tel:123456789012345678901", None),
+            ("mailto:a@b", None),
+        ] {
+            assert_eq!(telephone_number(uri), number, "{uri}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -3130,3 +3130,89 @@ fn a_late_offer_requiring_100rel_gets_no_provisional_without_an_offer() {
     let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
     assert_eq!(codes(&out, TRUNK), vec![200], "{out:?}");
 }
+
+/// The caller the operator's INVITE and the call record show for an
+/// INVITE from the carrier with `extra` headers (From: +390612345678).
+fn presented(config: &str, extra: &str) -> (String, String) {
+    let mut h = Harness::with(config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(TRUNK, &invite_with(extra));
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let recorded = h
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::CallStarted { caller, .. } => Some(caller.clone()),
+            _ => None,
+        })
+        .unwrap();
+    (inv.header("From").unwrap().to_owned(), recorded)
+}
+
+#[test]
+fn a_trusted_carriers_asserted_identity_is_the_caller_and_privacy_hides_it_from_operators() {
+    // RFC 3325: the number the network vouches for, `tel:` preferred.
+    let (from, recorded) = presented(
+        CONFIG,
+        "P-Asserted-Identity: <sip:+393331234567@192.0.2.10;user=phone>, <tel:+393331234567>\r\n",
+    );
+    assert!(from.starts_with("<sip:+393331234567@"), "{from}");
+    assert_eq!(recorded, "+393331234567");
+    // Privacy: id: the operator is offered an anonymous call; the record
+    // (masked in logs) keeps who called.
+    let (from, recorded) = presented(
+        CONFIG,
+        "P-Asserted-Identity: <tel:+393331234567>\r\nPrivacy: id\r\n",
+    );
+    assert!(
+        from.starts_with("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag="),
+        "{from}"
+    );
+    assert!(!from.contains("3331234567") && !from.contains("0612345678"));
+    assert_eq!(recorded, "+393331234567");
+    // What is not a telephone number is not taken: the From stays.
+    for junk in [
+        "<sip:operator@192.0.2.10>",
+        "<tel:+39-333-1234567>",
+        "<sip:1@x>",
+        "garbage",
+    ] {
+        let (from, recorded) = presented(CONFIG, &format!("P-Asserted-Identity: {junk}\r\n"));
+        assert!(from.starts_with("<sip:+390612345678@"), "{junk}: {from}");
+        assert_eq!(recorded, "+390612345678", "{junk}");
+    }
+}
+
+#[test]
+fn an_untrusted_carriers_asserted_identity_is_ignored() {
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\nasserted_identity = false",
+    );
+    let (from, recorded) = presented(&config, "P-Asserted-Identity: <tel:+393331234567>\r\n");
+    assert!(from.starts_with("<sip:+390612345678@"), "{from}");
+    assert_eq!(recorded, "+390612345678");
+}
+
+#[test]
+fn a_callback_asserts_the_services_number_to_a_trusted_carrier_only() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = callback_dialled(&mut h, "p1", "3331112223", "b1");
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    assert_eq!(
+        dial.header("P-Asserted-Identity"),
+        Some("<sip:+39800111222@192.0.2.1:5060>")
+    );
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"\nasserted_identity = false",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = callback_dialled(&mut h, "p2", "3331112223", "b2");
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    assert_eq!(dial.header("P-Asserted-Identity"), None);
+}
