@@ -406,6 +406,12 @@ struct Call {
     /// tells a stale expiry timer from the current one.
     session_timer: Option<u32>,
     session_step: u32,
+    /// Centralino refreshes the session (RFC 4028: the caller asked for
+    /// `refresher=uas`, a proxy set a timer the caller does not support,
+    /// or a carrier answering our INVITE left it to us), by UPDATE when
+    /// the peer allows it (`peer_update`), else by re-INVITE.
+    we_refresh: bool,
+    peer_update: bool,
     /// The caller required reliable provisional responses (RFC 3262).
     reliable: Option<Reliable>,
 }
@@ -540,6 +546,8 @@ enum ClientRef {
     Qualify(AgentId),
     /// OPTIONS to an outbound trunk: no answer marks it down.
     TrunkPing(usize),
+    /// Our session refresh (UPDATE or re-INVITE) on a call's caller leg.
+    Refresh(CallId),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -564,6 +572,8 @@ enum CallTimer {
     SessionExpired(u32),
     /// A reliable provisional response (its RSeq) is due again.
     Reliable(u32),
+    /// Our refresh of the session is due (the step it was armed for).
+    SessionRefresh(u32),
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -1307,6 +1317,8 @@ impl Engine {
                 tenant,
                 session_timer: None,
                 session_step: 0,
+                we_refresh: false,
+                peer_update: false,
                 reliable: None,
                 private: false,
             },
@@ -1354,6 +1366,13 @@ impl Engine {
             1,
         );
         let mut invite = invite;
+        // RFC 4028: a call whose far end vanished without a BYE is found
+        // by its session timer, whichever side the carrier makes refresh.
+        invite.push("Supported", "timer");
+        invite.push(
+            "Session-Expires",
+            &session_timer::DEFAULT_INTERVAL.to_string(),
+        );
         if self
             .trunk_sec
             .get(trunk)
@@ -1725,7 +1744,15 @@ impl Engine {
                 return;
             };
             call.a_leg = leg.clone();
+            call.peer_update = allows_update(msg);
+            if let Some(se) = session_timer::session_expires(msg) {
+                // We offered a session timer: in the carrier's answer
+                // `uac` is us.
+                call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
+                call.we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
+            }
             self.send_ack(&leg, msg);
+            self.session_armed(now, call_id);
             let Some((law, audio)) = answer else {
                 warn!("the citizen's answer has no usable SDP");
                 self.end_connected(now, call_id, true, true, "bad_answer");
@@ -2899,8 +2926,9 @@ impl Engine {
         // (the caller retries with it); one we take is refreshed by the
         // caller, and only a caller that supports the extension is held
         // to it (else its Session-Expires, maybe a proxy's, is ignored).
-        let session_timer = match session_timer::session_expires(&msg) {
-            Some(se) if se.interval < session_timer::MIN_SE => {
+        let supports_timer = msg.supports("timer");
+        let session = match session_timer::session_expires(&msg) {
+            Some(se) if se.interval < session_timer::MIN_SE && supports_timer => {
                 self.metrics
                     .sip_rejected
                     .with_label_values(&["session_interval_too_small"])
@@ -2910,13 +2938,18 @@ impl Engine {
                 self.respond(now, &key, &r);
                 return;
             }
-            Some(se) if msg.supports("timer") => Some(
+            // §9, table 2: the caller refreshes unless it asks us to, or
+            // cannot (a proxy's timer on a caller without the extension).
+            Some(se) => Some((
                 se.interval
                     .max(session_timer::min_se(&msg).unwrap_or(0))
                     .max(session_timer::MIN_SE),
-            ),
-            _ => None,
+                !supports_timer || se.refresher == Some(session_timer::Refresher::Uas),
+            )),
+            None => None,
         };
+        let (session_timer, we_refresh) = (session.map(|s| s.0), session.is_some_and(|s| s.1));
+        let peer_update = allows_update(&msg);
         // RFC 3262: a caller that requires it gets every provisional
         // response reliably (RSeq, retransmitted until its PRACK); one that
         // merely supports it gets them as usual.
@@ -3049,6 +3082,8 @@ impl Engine {
                 tenant: self.trunk_out.get(trunk).map_or(0, |t| t.2),
                 session_timer,
                 session_step: 0,
+                we_refresh,
+                peer_update,
                 reliable,
                 private,
             },
@@ -3517,6 +3552,13 @@ impl Engine {
                     self.trunk_seen(trunk, true);
                 }
             }
+            Some(ClientRef::Refresh(call)) => {
+                let call = *call;
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.on_refresh_response(now, call, &msg);
+                }
+            }
             // Any answer, even 405 or 404, says the phone is there.
             Some(ClientRef::Other | ClientRef::Qualify(_)) | None => {
                 if code >= 200 {
@@ -3761,6 +3803,19 @@ impl Engine {
             self.trunk_seen(trunk, false);
             return;
         }
+        if let Some(ClientRef::Refresh(call_id)) = self.client.get(&key) {
+            // No answer to our refresh: as a 408 (RFC 4028 §10).
+            let call_id = *call_id;
+            self.client.remove(&key);
+            warn!("session refresh unanswered: the session is gone");
+            self.metrics.session_timer_expired.inc();
+            self.metrics
+                .session_refreshes
+                .with_label_values(&["gone"])
+                .inc();
+            self.end_connected(now, call_id, true, true, "session_expired");
+            return;
+        }
         if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {
             let call_id = *call_id;
             self.client.remove(&key);
@@ -3895,6 +3950,12 @@ impl Engine {
             }
             CallTimer::CallbackDone => {
                 self.end_unanswered(now, call_id, 480, "callback_requested", false);
+            }
+            CallTimer::SessionRefresh(step) => {
+                if call.session_step != step || call.session_timer.is_none() || !call.we_refresh {
+                    return;
+                }
+                self.send_refresh(now, call_id);
             }
             CallTimer::SessionExpired(step) => {
                 if call.session_step != step || call.session_timer.is_none() {
@@ -4875,6 +4936,11 @@ impl Engine {
                 && (call.session_timer.is_some() || msg.supports("timer"))
             {
                 call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
+                // Roles change only when the request names one: a
+                // refresher refreshing keeps the job.
+                if let Some(r) = se.refresher {
+                    call.we_refresh = r == session_timer::Refresher::Uas;
+                }
             }
             self.session_refreshed(now, call_id, &mut r);
         }
@@ -5125,14 +5191,162 @@ impl Engine {
         let Some(interval) = call.session_timer else {
             return;
         };
+        // In the answer to the caller's request, `uac` is the caller and
+        // `uas` is us.
+        if call.we_refresh {
+            r.push("Session-Expires", &format!("{interval};refresher=uas"));
+        } else {
+            r.push("Session-Expires", &format!("{interval};refresher=uac"));
+            r.push("Require", "timer");
+        }
+        self.session_armed(now, call_id);
+    }
+
+    /// The session was just established or refreshed: its expiry is armed
+    /// anew (older timers lapse as stale), and our next refresh at half
+    /// the interval when it is ours to make (RFC 4028 §10).
+    fn session_armed(&mut self, now: Instant, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(interval) = call.session_timer else {
+            return;
+        };
         call.session_step += 1;
-        r.push("Session-Expires", &format!("{interval};refresher=uac"));
-        r.push("Require", "timer");
+        let step = call.session_step;
+        // §10: the refresher's session lasts the interval; the other side
+        // gives up a little before it.
+        let lasts = if call.we_refresh {
+            Duration::from_secs(u64::from(interval))
+        } else {
+            session_timer::expiry(interval)
+        };
         self.timers.push(Reverse((
-            now + session_timer::expiry(interval),
+            now + lasts,
             call_id,
-            CallTimer::SessionExpired(call.session_step),
+            CallTimer::SessionExpired(step),
         )));
+        if call.we_refresh {
+            self.timers.push(Reverse((
+                now + Duration::from_secs(u64::from(interval / 2)),
+                call_id,
+                CallTimer::SessionRefresh(step),
+            )));
+        }
+    }
+
+    /// Refreshes the caller leg's session: UPDATE without a body when the
+    /// peer allows it, else a re-INVITE offering the same session (our
+    /// SDP unchanged, so nothing is renegotiated).
+    fn send_refresh(&mut self, now: Instant, call_id: CallId) {
+        let codecs = self.codecs.clone();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(interval) = call.session_timer else {
+            return;
+        };
+        let method = if call.peer_update {
+            Method::Update
+        } else {
+            Method::Invite
+        };
+        call.a_leg.cseq += 1;
+        let leg = call.a_leg.clone();
+        let contact = Self::caller_contact(call);
+        let body = (method == Method::Invite).then(|| a_sdp(&call.media, &codecs));
+        let via = self.via(leg.flow);
+        let target = if leg.remote_target.is_empty() {
+            format!("sip:{}", leg.flow.remote)
+        } else {
+            leg.remote_target.clone()
+        };
+        let mut req = Message::new_request(
+            method,
+            &target,
+            via,
+            &leg.local,
+            &leg.remote,
+            &leg.call_id,
+            leg.cseq,
+        );
+        for r in &leg.route_set {
+            req.push("Route", r);
+        }
+        req.push("Contact", &contact);
+        req.push("Supported", "timer");
+        // We make this request: `uac` is us.
+        req.push("Session-Expires", &format!("{interval};refresher=uac"));
+        if let Some(body) = body {
+            req.set_body(Some("application/sdp"), body);
+        }
+        self.send_request(now, leg.flow, req, ClientRef::Refresh(call_id));
+    }
+
+    /// The answer to our session refresh (RFC 4028 §10): a 2xx renews the
+    /// session (its `Session-Expires` may hand the refreshing over); 422
+    /// asks for a longer interval; an UPDATE refused as unknown falls back
+    /// to re-INVITE; 408 and 481 mean the session is gone; anything else
+    /// is tried again shortly, the expiry still armed.
+    fn on_refresh_response(&mut self, now: Instant, call_id: CallId, msg: &Message) {
+        let code = msg.code();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let outcome = match code {
+            200..=299 => {
+                if msg.cseq_method == Method::Invite {
+                    let leg = call.a_leg.clone();
+                    self.send_ack(&leg, msg);
+                }
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
+                if let Some(se) = session_timer::session_expires(msg) {
+                    call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
+                    // In its answer `uas` is the peer: it refreshes now.
+                    call.we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
+                }
+                self.session_armed(now, call_id);
+                "refreshed"
+            }
+            422 => {
+                let min = msg
+                    .header("Min-SE")
+                    .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
+                    .unwrap_or(session_timer::MIN_SE);
+                let interval = call.session_timer.unwrap_or(session_timer::MIN_SE);
+                call.session_timer = Some(interval.max(min).min(86_400));
+                self.send_refresh(now, call_id);
+                "too_small"
+            }
+            405 | 501 if call.peer_update => {
+                call.peer_update = false;
+                self.send_refresh(now, call_id);
+                "update_refused"
+            }
+            408 | 481 => {
+                warn!(code, "session refresh answered: the session is gone");
+                self.metrics.session_timer_expired.inc();
+                self.end_connected(now, call_id, code == 408, true, "session_expired");
+                "gone"
+            }
+            _ => {
+                // 491 (glare) or a transient refusal: again in 2 s; the
+                // expiry ends the call if none succeeds.
+                let step = call.session_step;
+                self.timers.push(Reverse((
+                    now + Duration::from_secs(2),
+                    call_id,
+                    CallTimer::SessionRefresh(step),
+                )));
+                "retry"
+            }
+        };
+        self.metrics
+            .session_refreshes
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     /// Ends a connected call, sending BYE to the legs asked for.
@@ -5381,6 +5595,13 @@ fn b_sdp(m: &CallMedia) -> Vec<u8> {
 /// the phone takes it), then the others configured, and telephone-event.
 fn b_offer(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
     offer(m, codecs, m.b_port, m.session + 1)
+}
+
+/// Whether a peer's request or answer lists UPDATE in its `Allow`.
+fn allows_update(msg: &Message) -> bool {
+    msg.headers_named("Allow")
+        .flat_map(uri::split_list)
+        .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
 }
 
 /// The caller a trusted carrier asserts (RFC 3325 `P-Asserted-Identity`,

@@ -43,6 +43,11 @@ pub struct Metrics {
     /// `centralino_session_timer_expired_total`: calls ended because the
     /// caller's side stopped refreshing its session (RFC 4028).
     pub session_timer_expired: IntCounter,
+    /// `centralino_session_refreshes_total{outcome}`: the session refreshes
+    /// Centralino made (RFC 4028) by how they were answered: `refreshed`,
+    /// `too_small` (422), `update_refused` (then re-INVITE), `retry`,
+    /// `gone` (408, 481 or no answer: the call was ended).
+    pub session_refreshes: IntCounterVec,
     /// `centralino_sip_tls_handshake_failures_total{direction,reason}`:
     /// TLS handshakes that did not complete; `direction` is `in` (our
     /// listener) or `out` (towards a carrier), `reason` one of `timeout`,
@@ -256,6 +261,11 @@ impl Metrics {
             trunk_auth: reg!(cv(
                 "centralino_trunk_auth_total",
                 "Carriers' digest challenges to our INVITEs, by outcome",
+                &["outcome"]
+            )),
+            session_refreshes: reg!(cv(
+                "centralino_session_refreshes_total",
+                "Session refreshes made by Centralino, by how they were answered",
                 &["outcome"]
             )),
             session_timer_expired: reg!(c(

@@ -12,6 +12,10 @@ use crate::message::Message;
 /// its recommended default).
 pub const MIN_SE: u32 = 90;
 
+/// The interval we ask for on the calls we place (RFC 4028 §4
+/// recommends 1800 s).
+pub const DEFAULT_INTERVAL: u32 = 1800;
+
 /// Which side refreshes the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refresher {

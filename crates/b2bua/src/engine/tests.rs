@@ -3007,14 +3007,143 @@ fn a_session_interval_below_ninety_seconds_is_refused_with_our_minimum() {
 }
 
 #[test]
-fn a_session_expires_from_a_caller_without_timer_support_binds_nobody() {
-    // A proxy's Session-Expires on the INVITE of a caller that does not
-    // support the extension: ignored, never a reason to end the call.
+fn a_proxys_session_timer_on_a_caller_without_support_is_refreshed_by_us() {
+    // RFC 4028 §9 table 2: a Session-Expires (a proxy's) on the INVITE of
+    // a caller that does not support the extension makes us the
+    // refresher. The caller allows no UPDATE: we re-INVITE with the same
+    // session at half the interval; a 481 to it means the caller's side
+    // is gone, and the operator is released.
     let (mut h, ok) = connected_with("Session-Expires: 120\r\n");
-    assert_eq!(ok.header("Session-Expires"), None);
+    assert_eq!(ok.header("Session-Expires"), Some("120;refresher=uas"));
     assert_eq!(ok.header("Require"), None);
+    let out = h.advance(Duration::from_secs(60));
+    let refresh = requests(&out, TRUNK, "INVITE");
+    assert_eq!(refresh.len(), 1, "{out:?}");
+    let refresh = refresh[0].clone();
+    assert_eq!(refresh.header("Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(
+        refresh.body, ok.body,
+        "the same session, nothing renegotiated"
+    );
+    assert_eq!(
+        refresh.to_tag,
+        Some("am1".to_owned()),
+        "in the caller's dialog"
+    );
+    let out = h.send(TRUNK, &response_to(&refresh, 200, "am1"));
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
+    // The next one, 60 s later, finds the caller's dialog gone.
+    let out = h.advance(Duration::from_secs(60));
+    let again = requests(&out, TRUNK, "INVITE");
+    assert_eq!(again.len(), 1, "{out:?}");
+    assert!(again[0].cseq > refresh.cseq);
+    let out = h.send(TRUNK, &response_to(again[0], 481, "am1"));
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1, "{out:?}");
+    assert!(requests(&out, TRUNK, "BYE").is_empty(), "no dialog to end");
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.gauge("centralino_session_refreshes_total{outcome=refreshed}"),
+        1
+    );
+    assert_eq!(
+        h.gauge("centralino_session_refreshes_total{outcome=gone}"),
+        1
+    );
+}
+
+#[test]
+fn a_caller_asking_us_to_refresh_gets_updates_falls_back_to_reinvite_and_a_silent_one_is_let_go() {
+    let (mut h, ok) = connected_with(
+        "Supported: timer\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\nSession-Expires: 90;refresher=uas\r\n",
+    );
+    assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uas"));
+    // At 45 s: an UPDATE without a body.
+    let out = h.advance(Duration::from_secs(45));
+    let update = requests(&out, TRUNK, "UPDATE");
+    assert_eq!(update.len(), 1, "{out:?}");
+    assert!(update[0].body.is_empty());
+    assert_eq!(
+        update[0].header("Session-Expires"),
+        Some("90;refresher=uac")
+    );
+    // Refused as unknown after all: a re-INVITE at once.
+    let out = h.send(TRUNK, &response_to(update[0], 501, "am1"));
+    let reinvite = requests(&out, TRUNK, "INVITE");
+    assert_eq!(reinvite.len(), 1, "{out:?}");
+    // It asks for a longer interval (422): again, with its Min-SE.
+    let mut too_small = reinvite[0].response(422, "Session Interval Too Small", Some("am1"));
+    too_small.push("Min-SE", "300");
+    let out = h.send(TRUNK, &String::from_utf8(too_small.to_bytes()).unwrap());
+    let reinvite = requests(&out, TRUNK, "INVITE");
+    assert_eq!(reinvite.len(), 1, "{out:?}");
+    assert_eq!(
+        reinvite[0].header("Session-Expires"),
+        Some("300;refresher=uac")
+    );
+    // Then the caller goes silent: the refresh is never answered, and the
+    // call ends on both sides.
+    let out = h.advance(Duration::from_secs(60));
+    // One BYE each (retransmitted: nobody answers them here).
+    let byes = |to| {
+        requests(&out, to, "BYE")
+            .iter()
+            .map(|m| m.via.branch.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    assert_eq!((byes(TRUNK), byes(PHONE1)), (1, 1), "{out:?}");
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.gauge("centralino_session_refreshes_total{outcome=gone}"),
+        1
+    );
+}
+
+#[test]
+fn a_callback_offers_a_session_timer_and_refreshes_when_the_carrier_leaves_it_to_us() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.engine.start_callback(
+        h.now,
+        DueCallback {
+            id: "st".into(),
+            queue: "info".into(),
+            number: "3331112223".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+        },
+    );
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    h.engine.callback_dialing(h.now, call, true);
+    let out = h.drain();
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    assert_eq!(dial.header("Supported"), Some("timer"));
+    assert_eq!(dial.header("Session-Expires"), Some("1800"));
+    // The carrier answers: refresher=uac (us), UPDATE allowed.
+    let mut ok = dial.response(200, "OK", Some("c1"));
+    ok.push("Contact", &format!("<sip:citizen@{TRUNK}>"));
+    ok.push("Allow", "INVITE, ACK, BYE, UPDATE");
+    ok.push("Session-Expires", "600;refresher=uac");
+    ok.push("Require", "timer");
+    ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+    let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
     let out = h.advance(Duration::from_secs(300));
-    assert!(requests(&out, TRUNK, "BYE").is_empty());
+    let update = requests(&out, TRUNK, "UPDATE");
+    assert_eq!(update.len(), 1, "{out:?}");
+    assert_eq!(update[0].to_tag.as_deref(), Some("c1"));
+    let mut done = update[0].response(200, "OK", Some("c1"));
+    done.push("Session-Expires", "600;refresher=uac");
+    h.send(TRUNK, &String::from_utf8(done.to_bytes()).unwrap());
+    let out = h.advance(Duration::from_secs(300));
+    assert_eq!(requests(&out, TRUNK, "UPDATE").len(), 1, "{out:?}");
     assert_eq!(h.engine.active_calls(), 1);
 }
 
