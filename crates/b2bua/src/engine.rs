@@ -5255,24 +5255,7 @@ impl Engine {
         let leg = call.a_leg.clone();
         let contact = Self::caller_contact(call);
         let body = (method == Method::Invite).then(|| a_sdp(&call.media, &codecs));
-        let via = self.via(leg.flow);
-        let target = if leg.remote_target.is_empty() {
-            format!("sip:{}", leg.flow.remote)
-        } else {
-            leg.remote_target.clone()
-        };
-        let mut req = Message::new_request(
-            method,
-            &target,
-            via,
-            &leg.local,
-            &leg.remote,
-            &leg.call_id,
-            leg.cseq,
-        );
-        for r in &leg.route_set {
-            req.push("Route", r);
-        }
+        let mut req = self.in_dialog(&leg, method);
         req.push("Contact", &contact);
         req.push("Supported", "timer");
         // We make this request: `uac` is us.
@@ -5449,14 +5432,22 @@ impl Engine {
 
     fn send_bye(&mut self, now: Instant, leg: &mut Leg) {
         leg.cseq += 1;
+        let bye = self.in_dialog(leg, Method::Bye);
+        self.send_request(now, leg.flow, bye, ClientRef::Other);
+    }
+
+    /// A request inside `leg`'s dialog with its current CSeq: to its
+    /// remote target (its flow's address when it gave none), along its
+    /// route set.
+    fn in_dialog(&mut self, leg: &Leg, method: Method) -> Message {
         let via = self.via(leg.flow);
         let target = if leg.remote_target.is_empty() {
             format!("sip:{}", leg.flow.remote)
         } else {
             leg.remote_target.clone()
         };
-        let mut bye = Message::new_request(
-            Method::Bye,
+        let mut req = Message::new_request(
+            method,
             &target,
             via,
             &leg.local,
@@ -5465,9 +5456,9 @@ impl Engine {
             leg.cseq,
         );
         for r in &leg.route_set {
-            bye.push("Route", r);
+            req.push("Route", r);
         }
-        self.send_request(now, leg.flow, bye, ClientRef::Other);
+        req
     }
 
     /// The ACK for a 2xx (a request of its own, §13.2.2.4).
