@@ -165,6 +165,26 @@ const SPEECH: u8 = 0x2A;
 
 /// A citizen calls the demo line (DID 100, SIPp as the carrier) and talks
 /// for 4 s from `caller` (the test is the citizen's RTP), then hangs up.
+/// The audio address in the SDP of a response SIPp received (its
+/// `-trace_msg` log in `dir`), once there is one.
+fn node_media_address(dir: &Path) -> Option<std::net::SocketAddr> {
+    let log = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("_messages.log"))?;
+    let text = std::fs::read_to_string(log.path()).ok()?;
+    text.split("message received").skip(1).find_map(|m| {
+        let m = m.split("message sent").next()?;
+        let ip = m.lines().find_map(|l| l.trim().strip_prefix("c=IN IP4 "))?;
+        let port = m
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("m=audio "))?
+            .split(' ')
+            .next()?;
+        format!("{}:{port}", ip.trim()).parse().ok()
+    })
+}
+
 fn talk(scratch: &Scratch, node: &Node, caller: &UdpSocket) {
     caller
         .set_read_timeout(Some(Duration::from_millis(5)))
@@ -188,6 +208,7 @@ fn talk(scratch: &Scratch, node: &Node, caller: &UdpSocket) {
             &port,
             "-timeout",
             "60s",
+            "-trace_msg",
         ],
     );
     let (mut node_a, mut seq) = (None, 0u16);
@@ -198,6 +219,12 @@ fn talk(scratch: &Scratch, node: &Node, caller: &UdpSocket) {
         if let Ok((n, from)) = caller.recv_from(&mut buf) {
             node_a = Some(from);
             rtp::parse(&buf[..n]).expect("rtp to the caller");
+        }
+        if node_a.is_none() {
+            // A phone that sends nothing (Twinkle on ALSA's null device)
+            // leaves the caller nothing to answer: it speaks first, to the
+            // address the node's SDP gave.
+            node_a = node_media_address(&trunk.dir);
         }
         if let Some(to) = node_a
             && Instant::now() >= next_send

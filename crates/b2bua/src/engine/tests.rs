@@ -3348,3 +3348,92 @@ fn a_callback_asserts_the_services_number_to_a_trusted_carrier_only() {
     let dial = requests(&out, TRUNK, "INVITE")[0].clone();
     assert_eq!(dial.header("P-Asserted-Identity"), None);
 }
+
+/// A message from `tests/captures`, its `{{placeholders}}` filled in.
+fn capture(name: &str, fill: &[(&str, &str)]) -> String {
+    let path = format!("{}/../../tests/captures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for (key, value) in fill {
+        text = text.replace(&format!("{{{{{key}}}}}"), value);
+    }
+    assert!(!text.contains("{{"), "{name}: a placeholder left");
+    text
+}
+
+#[test]
+fn captured_sbc_invite_with_record_route_100rel_timer_and_asserted_identity() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(TRUNK, &capture("sbc_invite_100rel_record_route.sip", &[]));
+    assert_eq!(codes(&out, TRUNK), vec![100, 183], "{out:?}");
+    let progress = out.iter().find(|(_, m)| m.code() == 183).unwrap().1.clone();
+    let route = "<sip:192.0.2.10;lr;ftag=as3f2a91c8;did=c41.a2b1>";
+    assert_eq!(progress.header("Record-Route"), Some(route));
+    assert_eq!(progress.header("Require"), Some("100rel"));
+    let rseq = progress.header("RSeq").unwrap().to_owned();
+    // The SBC's G.729 and A-law offer: A-law, its preference we speak.
+    let ours = sdp::parse(&progress.body).unwrap();
+    assert_eq!(ours.formats, vec![8, 101]);
+    // The operator sees the asserted number.
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert!(
+        inv.header("From").unwrap().contains("+390612345678"),
+        "{inv:?}"
+    );
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert!(codes(&out, TRUNK).is_empty(), "held for the PRACK");
+    let a_tag = progress.to_tag.clone().unwrap();
+    let prack = format!(
+        "PRACK sip:centralino@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKprack1\r\nRoute: {route}\r\nFrom: <sip:+390612345678@ims.carrier.example;user=phone>;tag=as3f2a91c8\r\nTo: <sip:+39800123456@ims.carrier.example;user=phone>;tag={a_tag}\r\nCall-ID: 2b9c1e7a-41f0-4d2c-9e51-0c7d8a3f6b12@10.20.30.40\r\nCSeq: 103 PRACK\r\nRAck: {rseq} 102 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = h.send(TRUNK, &prack);
+    assert_eq!(codes(&out, TRUNK), vec![200, 200], "{out:?}");
+    let ok = out.last().unwrap().1.clone();
+    assert_eq!(ok.header("Record-Route"), Some(route));
+    assert_eq!(ok.header("Session-Expires"), Some("1800;refresher=uac"));
+    assert_eq!(ok.header("Require"), Some("timer"));
+    // Its gateway refreshes by UPDATE through the route: answered, kept.
+    let out = h.send(
+        TRUNK,
+        &capture(
+            "carrier_update_session_refresh.sip",
+            &[("route", route), ("to_tag", &a_tag)],
+        ),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![200], "{out:?}");
+    assert_eq!(
+        out[0].1.header("Session-Expires"),
+        Some("1800;refresher=uac")
+    );
+    assert_eq!(h.engine.active_calls(), 1);
+}
+
+#[test]
+fn captured_phone_reinvite_moving_its_media_with_a_new_sdp_version() {
+    let (mut h, _, inv) = connected();
+    let reinvite = capture(
+        "phone_reinvite_new_address.sip",
+        &[
+            ("target", "sip:centralino@192.0.2.1:5060"),
+            ("from_tag", "b1"),
+            ("to_tag", inv.from_tag.as_deref().unwrap()),
+            ("call_id", &inv.call_id),
+        ],
+    );
+    let out = h.send(PHONE1, &reinvite);
+    assert_eq!(codes(&out, PHONE1), vec![200], "{out:?}");
+    assert!(
+        requests(&out, TRUNK, "INVITE").is_empty(),
+        "the caller's leg is untouched"
+    );
+    let Some(MediaCommand::Update {
+        side, peer, held, ..
+    }) = h.media.last()
+    else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!(
+        (*side, peer.addr.to_string(), peer.law, *held),
+        (Side::B, "192.0.2.22:11800".to_owned(), Law::Ulaw, false)
+    );
+}
