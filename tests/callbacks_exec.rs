@@ -276,3 +276,42 @@ fn a_carrier_down_hands_the_callback_to_the_next_trunk() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A callback whose citizen's network plays early media (183 + SDP and
+/// 3 s of audio) before the line turns out busy: the waiting operator
+/// hears it (what reaches the operator is more than the 0.6 s callback
+/// signal), and the attempt ends as busy, to be tried again.
+#[test]
+fn a_waiting_operator_hears_the_networks_early_media() {
+    let scratch = Scratch::new("cb-early");
+    let mut citizen = common::far_end(&scratch, "citizen", "citizen_early_media.xml", 1, "60s");
+    let (sms_port, _sms) = common::gateway(false);
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, citizen.port, sms_port)
+    });
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(TOKEN),
+        Some(r#"{"queue": "richiamate", "number": "+393470000001"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    citizen.expect_success(Duration::from_secs(30));
+    node.wait_metric(
+        "centralino_callbacks_total{outcome=\"busy\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let heard = node.metric("centralino_rtp_packets_total{direction=\"in\",side=\"caller\"}");
+    let relayed = node.metric("centralino_rtp_packets_total{direction=\"out\",side=\"operator\"}");
+    // 3 s of early media is 150 packets; the callback signal alone is 30.
+    assert!(heard > 100.0, "from the network: {heard}");
+    assert!(relayed > 100.0, "to the operator: {relayed}");
+    assert_eq!(node.metric("centralino_callback_early_media_total"), 1.0);
+}

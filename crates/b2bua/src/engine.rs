@@ -267,6 +267,9 @@ struct Outbound {
     answered: bool,
     /// The outbound trunk dialled through (index in `trunk_out`).
     trunk: usize,
+    /// Where the network's early media comes from (its 18x SDP), once the
+    /// waiting operator was bridged to it.
+    early_media: Option<SocketAddr>,
 }
 
 /// A call's anchored media as the signalling side knows it.
@@ -1312,6 +1315,7 @@ impl Engine {
                     dialled: false,
                     answered: false,
                     trunk,
+                    early_media: None,
                 }),
                 transfer: None,
                 tenant,
@@ -1693,11 +1697,74 @@ impl Engine {
         info!("IVR transfer answered");
     }
 
+    /// A carrier's 18x with SDP while an operator waits for the citizen
+    /// (agent first): the operator hears what the network plays (ringback,
+    /// "the number is not reachable"), as on any phone, instead of
+    /// silence. Customer first, nobody waits: nothing to bridge. The
+    /// caller side's liveness is not judged before the answer (a 183 may
+    /// bring no RTP at all).
+    fn citizen_early_media(&mut self, call_id: CallId, msg: &Message) {
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let (Some(b), Some(out)) = (call.media.b, call.outbound.as_ref()) else {
+            return;
+        };
+        if out.answered || out.customer_first {
+            return;
+        }
+        let flow = call.a_leg.flow;
+        let Some((law, audio)) = sdp::parse(&msg.body)
+            .ok()
+            .filter(|a| a.port != 0)
+            .and_then(|a| Some((a.choose(&self.codecs)?, a)))
+        else {
+            return;
+        };
+        let addr = SocketAddr::new(audio.addr, audio.port);
+        if out.early_media == Some(addr)
+            || self
+                .refused_media(addr, flow.remote.ip(), flow.local.ip())
+                .is_some()
+        {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let first = call
+            .outbound
+            .as_mut()
+            .is_some_and(|o| o.early_media.replace(addr).is_none());
+        let peer = Peer {
+            addr,
+            law,
+            telephone_event: audio.telephone_event,
+            signalling: Some(flow.remote.ip()),
+        };
+        let cmd = citizen_peer(call_id, &mut call.media, peer);
+        self.out.push_back(Output::Media(cmd));
+        if first {
+            // Not recorded: the conversation starts at the answer, whose
+            // bridge turns recording on where the queue asks for it.
+            self.out.push_back(Output::Media(MediaCommand::Bridge {
+                call: call_id,
+                b,
+                record: false,
+            }));
+            info!("callback: the network's early media reaches the operator");
+            self.metrics.callback_early_media.inc();
+        }
+    }
+
     /// A response from the citizen's side.
     fn on_citizen_response(&mut self, now: Instant, key: TxKey, call_id: CallId, msg: &Message) {
         let code = msg.code();
         let _span = self.call_span(call_id).entered();
         if code < 200 {
+            if code > 100 && !msg.body.is_empty() {
+                self.citizen_early_media(call_id, msg);
+            }
             return;
         }
         self.client.remove(&key);
@@ -1761,24 +1828,13 @@ impl Engine {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return;
             };
-            call.media.a = Peer {
+            let peer = Peer {
                 addr: SocketAddr::new(audio.addr, audio.port),
                 law,
                 telephone_event: audio.telephone_event,
                 signalling: Some(call.a_leg.flow.remote.ip()),
             };
-            let cmd = if call.media.opened {
-                // Opened for the operator's whisper: the citizen's side
-                // learns its address now.
-                MediaCommand::Update {
-                    call: call_id,
-                    side: Side::A,
-                    peer: call.media.a,
-                    held: false,
-                }
-            } else {
-                open_command(call_id, &mut call.media)
-            };
+            let cmd = citizen_peer(call_id, &mut call.media, peer);
             self.out.push_back(Output::Media(cmd));
             if let Some(b) = call.media.b {
                 let record = self.record[call.queue.0 as usize];
@@ -4055,6 +4111,14 @@ impl Engine {
             }
             MediaEvent::Idle { call, side } => {
                 let _span = self.call_span(call).entered();
+                let early = self.calls.get(&call).is_some_and(|c| {
+                    c.outbound.as_ref().is_some_and(|o| !o.answered) && side == Side::A
+                });
+                if early {
+                    // Early media may fall silent while the phone rings;
+                    // the answer's bridge starts the liveness clock anew.
+                    return;
+                }
                 if self.calls.get(&call).map(|c| c.phase) == Some(Phase::Connected) {
                     self.metrics
                         .media_timeouts
@@ -5586,6 +5650,23 @@ fn b_sdp(m: &CallMedia) -> Vec<u8> {
 /// the phone takes it), then the others configured, and telephone-event.
 fn b_offer(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
     offer(m, codecs, m.b_port, m.session + 1)
+}
+
+/// The citizen's side of a placed call learns its peer (early media or the
+/// answer): opened now, or, already opened for the operator's whisper,
+/// told its address.
+fn citizen_peer(call_id: CallId, media: &mut CallMedia, peer: Peer) -> MediaCommand {
+    media.a = peer;
+    if media.opened {
+        MediaCommand::Update {
+            call: call_id,
+            side: Side::A,
+            peer,
+            held: false,
+        }
+    } else {
+        open_command(call_id, media)
+    }
 }
 
 /// Whether a peer's request or answer lists UPDATE in its `Allow`.

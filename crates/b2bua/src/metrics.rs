@@ -48,6 +48,10 @@ pub struct Metrics {
     /// `too_small` (422), `update_refused` (then re-INVITE), `retry`,
     /// `gone` (408, 481 or no answer: the call was ended).
     pub session_refreshes: IntCounterVec,
+    /// `centralino_callback_early_media_total`: callbacks whose waiting
+    /// operator was bridged to the network's early media (a carrier's 18x
+    /// with SDP) before the citizen answered.
+    pub callback_early_media: IntCounter,
     /// `centralino_sip_tls_handshake_failures_total{direction,reason}`:
     /// TLS handshakes that did not complete; `direction` is `in` (our
     /// listener) or `out` (towards a carrier), `reason` one of `timeout`,
@@ -262,6 +266,10 @@ impl Metrics {
                 "centralino_trunk_auth_total",
                 "Carriers' digest challenges to our INVITEs, by outcome",
                 &["outcome"]
+            )),
+            callback_early_media: reg!(c(
+                "centralino_callback_early_media_total",
+                "Callbacks whose waiting operator heard the network's early media"
             )),
             session_refreshes: reg!(cv(
                 "centralino_session_refreshes_total",

@@ -501,8 +501,10 @@ impl Worker {
                         Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling),
                         b.law,
                     );
-                    // The liveness clock starts at the answer.
+                    // The liveness clock starts at the answer (again at
+                    // a callback's answer after its early media).
                     s.media.touch(now);
+                    s.idle_reported = false;
                     if record
                         && let Some(r) = recorder
                         && r.send(RecMsg::Open {

@@ -3437,3 +3437,59 @@ fn captured_phone_reinvite_moving_its_media_with_a_new_sdp_version() {
         (Side::B, "192.0.2.22:11800".to_owned(), Law::Ulaw, false)
     );
 }
+
+#[test]
+fn a_waiting_operator_hears_the_networks_early_media_until_the_citizen_answers_or_not() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = callback_dialled(&mut h, "em", "3331112223", "b1");
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    let before = h.media.len();
+    // The network rings the citizen and plays its ringback (183 + SDP).
+    let mut progress = dial.response(183, "Session Progress", Some("c1"));
+    progress.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+    let progress = String::from_utf8(progress.to_bytes()).unwrap();
+    h.send(TRUNK, &progress);
+    let early = &h.media[before..];
+    assert!(
+        early.iter().any(|c| matches!(c,
+            MediaCommand::Update { side: Side::A, peer, .. } if peer.addr.to_string() == "192.0.2.10:40000")),
+        "{early:?}"
+    );
+    assert!(
+        early
+            .iter()
+            .any(|c| matches!(c, MediaCommand::Bridge { record: false, .. })),
+        "{early:?}"
+    );
+    assert_eq!(h.gauge("centralino_callback_early_media_total"), 1);
+    // The same 183 again changes nothing.
+    let seen = h.media.len();
+    h.send(TRUNK, &progress);
+    assert_eq!(h.media.len(), seen);
+    // Silent early media is no reason to end the call before the answer.
+    let call = h.engine.calls.keys().next().copied().unwrap();
+    h.engine.handle_media(
+        h.now,
+        crate::media::MediaEvent::Idle {
+            call,
+            side: Side::A,
+        },
+    );
+    assert_eq!(h.engine.active_calls(), 1);
+    // Then the citizen is busy: the attempt ends as any busy one.
+    let busy = dial.response(486, "Busy Here", Some("c1"));
+    h.send(TRUNK, &String::from_utf8(busy.to_bytes()).unwrap());
+    assert_eq!(h.engine.active_calls(), 0);
+    assert!(
+        matches!(
+            h.callbacks.last(),
+            Some((
+                _,
+                CallbackState::Failed { .. } | CallbackState::Retry { .. }
+            ))
+        ),
+        "{:?}",
+        h.callbacks
+    );
+}
