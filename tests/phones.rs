@@ -186,6 +186,11 @@ fn node_media_address(dir: &Path) -> Option<std::net::SocketAddr> {
 }
 
 fn talk(scratch: &Scratch, node: &Node, caller: &UdpSocket) {
+    talk_for(scratch, node, caller, 4000);
+}
+
+/// As [`talk`], the caller staying `ms` milliseconds.
+fn talk_for(scratch: &Scratch, node: &Node, caller: &UdpSocket, ms: u32) {
     caller
         .set_read_timeout(Some(Duration::from_millis(5)))
         .expect("timeout");
@@ -202,7 +207,7 @@ fn talk(scratch: &Scratch, node: &Node, caller: &UdpSocket) {
             "-m",
             "1",
             "-d",
-            "4000",
+            &ms.to_string(),
             "-key",
             "caller_rtp",
             &port,
@@ -350,6 +355,11 @@ impl Linphone {
         phone
     }
 
+    /// A linphonec command, as typed at its prompt.
+    fn command(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("linphonec command");
+    }
+
     fn log(&self) -> String {
         let mut s = std::fs::read_to_string(self.dir.join("linphonec.out")).unwrap_or_default();
         s.push_str(&std::fs::read_to_string(self.dir.join("linphone.log")).unwrap_or_default());
@@ -423,6 +433,42 @@ fn linphone_registers_on_the_default_configuration_and_talks_both_ways() {
         "linphone heard the caller: longest run {longest} of {} samples",
         heard.len()
     );
+}
+
+/// The operator puts the caller on hold from Linphone and takes them back
+/// (re-INVITEs with `sendonly`, then `sendrecv`), then keys a digit
+/// (RFC 4733 or INFO, whichever Linphone picks): the node sees each.
+#[test]
+fn linphone_holds_resumes_and_keys_a_digit_during_a_call() {
+    let scratch = Scratch::new("phone-linphone-hold");
+    let node = Node::start_toml(&scratch, default_config);
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(20)).expect("tone");
+    let mut phone = Linphone::start(&scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    std::thread::scope(|s| {
+        s.spawn(|| talk_for(&scratch, &node, &caller, 8_000));
+        let on_call = "centralino_agents{state=\"on_call\",tenant=\"demo\"}";
+        node.wait_metric(on_call, Duration::from_secs(15), |v| v >= 1.0);
+        phone.command("pause");
+        node.wait_log(
+            "session changed by re-INVITE side=\"operator\" held=true",
+            Duration::from_secs(5),
+        );
+        phone.command("resume");
+        node.wait_log(
+            "session changed by re-INVITE side=\"operator\" held=false",
+            Duration::from_secs(5),
+        );
+        phone.command("5");
+        node.wait_log(
+            "key press received side=\"operator\"",
+            Duration::from_secs(5),
+        );
+    });
+    phone.stop();
 }
 
 /// twinkle-console (Twinkle 1.10, Debian 12) as operator `user`: its

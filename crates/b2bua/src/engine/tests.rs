@@ -3471,7 +3471,7 @@ fn a_waiting_operator_hears_the_networks_early_media_until_the_citizen_answers_o
     let call = h.engine.calls.keys().next().copied().unwrap();
     h.engine.handle_media(
         h.now,
-        crate::media::MediaEvent::Idle {
+        MediaEvent::Idle {
             call,
             side: Side::A,
         },
