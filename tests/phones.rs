@@ -43,6 +43,8 @@ fn tone_wav(seconds: u32) -> Vec<u8> {
 struct Baresip {
     child: Child,
     dir: PathBuf,
+    /// Its `ctrl_tcp` control port (commands of its `menu` module).
+    ctrl: u16,
 }
 
 impl Baresip {
@@ -59,10 +61,11 @@ impl Baresip {
         .expect("accounts");
         // Loopback only: no traffic leaves the machine, and baresip's
         // SDP names 127.0.0.1 (the NAT case is media_calls.rs's).
+        let ctrl = free_port();
         std::fs::write(
             dir.join("config"),
             format!(
-                "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule_app account.so\nsnd_path {}\naudio_player aubridge,heard\naudio_source aufile,{}\n",
+                "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\nsnd_path {}\naudio_player aubridge,heard\naudio_source aufile,{}\n",
                 free_port(),
                 dir.display(),
                 source.display()
@@ -78,7 +81,22 @@ impl Baresip {
             .stderr(log)
             .spawn()
             .expect("spawn baresip (install Debian's baresip)");
-        Self { child, dir }
+        Self { child, dir, ctrl }
+    }
+
+    /// A command of baresip's `menu` module through `ctrl_tcp` (a
+    /// netstring of JSON); its answer.
+    fn command(&self, command: &str, params: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.ctrl)).expect("ctrl_tcp");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let json = format!(r#"{{"command":"{command}","params":"{params}","token":"t"}}"#);
+        s.write_all(format!("{}:{json},", json.len()).as_bytes())
+            .expect("command");
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
     fn log(&self) -> String {
@@ -435,6 +453,62 @@ fn linphone_registers_on_the_default_configuration_and_talks_both_ways() {
     );
 }
 
+/// What an operator does from the phone during a call.
+#[derive(Debug)]
+enum Step {
+    Hold,
+    Resume,
+    Key,
+}
+
+/// A caller talks to the operator (registered and available on `node`)
+/// while the operator's phone, through `act`, holds the call, takes it
+/// back and keys a digit; the node sees each in turn.
+fn hold_resume_and_key(scratch: &Scratch, node: &Node, mut act: impl FnMut(Step)) {
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    std::thread::scope(|s| {
+        s.spawn(|| talk_for(scratch, node, &caller, 8_000));
+        let on_call = "centralino_agents{state=\"on_call\",tenant=\"demo\"}";
+        node.wait_metric(on_call, Duration::from_secs(15), |v| v >= 1.0);
+        for (step, seen) in [
+            (
+                Step::Hold,
+                "session changed by re-INVITE side=\"operator\" held=true",
+            ),
+            (
+                Step::Resume,
+                "session changed by re-INVITE side=\"operator\" held=false",
+            ),
+            (Step::Key, "key press received side=\"operator\""),
+        ] {
+            act(step);
+            node.wait_log(seen, Duration::from_secs(5));
+        }
+    });
+}
+
+/// The same from baresip, driven through its control port: `hold`,
+/// `resume`, `sndcode`.
+#[test]
+fn baresip_holds_resumes_and_sends_a_digit_during_a_call() {
+    let scratch = Scratch::new("phone-baresip-hold");
+    let node = Node::start_toml(&scratch, default_config);
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(20)).expect("tone");
+    let mut phone = Baresip::start(&scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+    hold_resume_and_key(&scratch, &node, |step| {
+        let answer = match step {
+            Step::Hold => phone.command("hold", ""),
+            Step::Resume => phone.command("resume", ""),
+            Step::Key => phone.command("sndcode", "5"),
+        };
+        assert!(!answer.is_empty(), "baresip answered {step:?}");
+    });
+    phone.stop();
+}
+
 /// The operator puts the caller on hold from Linphone and takes them back
 /// (re-INVITEs with `sendonly`, then `sendrecv`), then keys a digit
 /// (RFC 4733 or INFO, whichever Linphone picks): the node sees each.
@@ -447,26 +521,12 @@ fn linphone_holds_resumes_and_keys_a_digit_during_a_call() {
     let mut phone = Linphone::start(&scratch, &node, 1001, &tone);
     let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
     node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
-    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    std::thread::scope(|s| {
-        s.spawn(|| talk_for(&scratch, &node, &caller, 8_000));
-        let on_call = "centralino_agents{state=\"on_call\",tenant=\"demo\"}";
-        node.wait_metric(on_call, Duration::from_secs(15), |v| v >= 1.0);
-        phone.command("pause");
-        node.wait_log(
-            "session changed by re-INVITE side=\"operator\" held=true",
-            Duration::from_secs(5),
-        );
-        phone.command("resume");
-        node.wait_log(
-            "session changed by re-INVITE side=\"operator\" held=false",
-            Duration::from_secs(5),
-        );
-        phone.command("5");
-        node.wait_log(
-            "key press received side=\"operator\"",
-            Duration::from_secs(5),
-        );
+    hold_resume_and_key(&scratch, &node, |step| {
+        phone.command(match step {
+            Step::Hold => "pause",
+            Step::Resume => "resume",
+            Step::Key => "5",
+        });
     });
     phone.stop();
 }
