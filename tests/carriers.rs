@@ -147,21 +147,40 @@ impl Drop for Kamailio {
     }
 }
 
-#[test]
-fn calls_through_a_record_routing_sbc_over_tcp_end_from_either_side() {
-    let scratch = Scratch::new("carrier-sbc");
+/// The carrier (SIPp on [`CARRIER_IP`]) placing one call to DID 100
+/// through the SBC with `scenario_file`.
+fn call_through_sbc(
+    scratch: &Scratch,
+    label: &str,
+    sbc: &Kamailio,
+    scenario_file: &str,
+    extra: &[&str],
+) -> Sipp {
+    let (addr, sf) = (sbc.addr(), scenario(scenario_file));
+    let mut args = vec![addr.as_str(), "-sf", sf.as_str(), "-s", "100", "-m", "1"];
+    args.extend_from_slice(extra);
+    Sipp::spawn_from(scratch, label, CARRIER_IP, &args)
+}
+
+/// A node whose one trunk is the SBC, with operator 1001, and the SBC.
+fn node_behind_sbc(scratch: &Scratch) -> (Node, Kamailio) {
     let node = Node::start(
-        &scratch,
+        scratch,
         &NodeConfig {
             trunk_peers: vec![SBC_IP],
             agents: 1,
             ..NodeConfig::default()
         },
     );
-    // A record-routing SBC: everything new goes to the node over TCP;
-    // in-dialog requests follow their Route headers.
-    let sbc = Kamailio::start(
-        &scratch,
+    let sbc = record_routing_sbc(scratch, &node);
+    (node, sbc)
+}
+
+/// A record-routing SBC on [`SBC_IP`]: everything new goes to `node`
+/// over TCP; in-dialog requests follow their Route headers.
+fn record_routing_sbc(scratch: &Scratch, node: &Node) -> Kamailio {
+    Kamailio::start(
+        scratch,
         "sbc",
         SBC_IP,
         &format!(
@@ -178,7 +197,42 @@ fn calls_through_a_record_routing_sbc_over_tcp_end_from_either_side() {
   t_relay();"#,
             node = node.sip_port
         ),
+    )
+}
+
+/// A carrier behind the SBC asks the node to refresh its session (RFC
+/// 4028, `refresher=uas`, 90 s): the node's UPDATE at 45 s follows the
+/// route set through the SBC over TCP to the carrier (SIPp, which checks
+/// it and answers), and the call goes on (45 s of real time).
+#[test]
+fn a_session_the_node_refreshes_is_refreshed_through_the_sbc() {
+    let scratch = Scratch::new("carrier-sbc-refresh");
+    let (node, sbc) = node_behind_sbc(&scratch);
+    let mut phone = common::one_answering_phone(&scratch, &node);
+    let mut carrier = call_through_sbc(
+        &scratch,
+        "carrier",
+        &sbc,
+        "trunk_session_refreshed_by_node.xml",
+        &["-timeout", "120s"],
     );
+    carrier.expect_success(Duration::from_secs(120));
+    phone.expect_success(Duration::from_secs(10));
+    let relayed = sbc.relayed();
+    assert!(
+        relayed.contains(&("UPDATE".into(), "127.0.0.1".into(), "tcp".into())),
+        "the node's UPDATE went through the SBC: {relayed:?}"
+    );
+    assert_eq!(
+        node.metric("centralino_session_refreshes_total{outcome=\"refreshed\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn calls_through_a_record_routing_sbc_over_tcp_end_from_either_side() {
+    let scratch = Scratch::new("carrier-sbc");
+    let (node, sbc) = node_behind_sbc(&scratch);
     // The operator hangs up the first call; the carrier the second.
     let mut phone = Sipp::spawn(
         &scratch,
@@ -195,21 +249,12 @@ fn calls_through_a_record_routing_sbc_over_tcp_end_from_either_side() {
         ],
     );
     register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
-    let mut carrier = Sipp::spawn_from(
+    let mut carrier = call_through_sbc(
         &scratch,
         "carrier",
-        CARRIER_IP,
-        &[
-            &sbc.addr(),
-            "-sf",
-            &scenario("trunk_hangup_by_agent.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-timeout",
-            "30s",
-        ],
+        &sbc,
+        "trunk_hangup_by_agent.xml",
+        &["-timeout", "30s"],
     );
     carrier.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
@@ -241,23 +286,12 @@ fn calls_through_a_record_routing_sbc_over_tcp_end_from_either_side() {
         Duration::from_secs(10),
         |v| v == 1.0,
     );
-    let mut carrier = Sipp::spawn_from(
+    let mut carrier = call_through_sbc(
         &scratch,
         "carrier2",
-        CARRIER_IP,
-        &[
-            &sbc.addr(),
-            "-sf",
-            &scenario("trunk_call.xml"),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-d",
-            "500",
-            "-timeout",
-            "30s",
-        ],
+        &sbc,
+        "trunk_call.xml",
+        &["-d", "500", "-timeout", "30s"],
     );
     carrier.expect_success(Duration::from_secs(40));
     phone.expect_success(Duration::from_secs(10));
