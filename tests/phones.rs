@@ -487,6 +487,59 @@ fn hold_resume_and_key(scratch: &Scratch, node: &Node, mut act: impl FnMut(Step)
     });
 }
 
+/// One operator with a softphone (baresip, answering) and a second phone
+/// (Linphone, ringing only), registered together: a call rings both; when
+/// baresip answers, Linphone's ringing is cancelled, and the call is
+/// baresip's.
+#[test]
+fn two_phones_of_one_operator_ring_together_and_the_loser_stops_ringing() {
+    let scratch = Scratch::new("phone-two");
+    let node = Node::start_toml(&scratch, default_config);
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(10)).expect("tone");
+    let mut second = Linphone::start(&scratch, &node, 1001, &tone);
+    second.command("autoanswer disable");
+    let start = Instant::now();
+    while !second.log().contains("[LinphoneRegistrationOk]") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "linphone never registered:\n{}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut first = Baresip::start(&scratch, &node, 1001, &tone);
+    let start = Instant::now();
+    while !first.log().contains("200 OK") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "baresip never registered:\n{}",
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    talk(&scratch, &node, &caller);
+    first.stop();
+    second.stop();
+    let log = second.log();
+    assert!(
+        log.contains("Receiving new incoming call"),
+        "linphone rang:\n{log}"
+    );
+    // It was cancelled as answered elsewhere (RFC 3326), not left to
+    // time out.
+    assert!(
+        log.contains("Reason: SIP;cause=200;text=\"Call completed elsewhere\""),
+        "linphone was told:\n{log}"
+    );
+    // Linphone then ends it without error, not as a call it missed
+    // (without the Reason it says "Not answered").
+    assert!(log.contains("ended (No error)"), "{log}");
+    let n = node.metric("centralino_rtp_packets_total{direction=\"in\",side=\"operator\"}");
+    assert!(n > 100.0, "baresip talked: {n}");
+}
+
 /// The same from baresip, driven through its control port: `hold`,
 /// `resume`, `sndcode`.
 #[test]

@@ -38,6 +38,10 @@ use crate::metrics::Metrics;
 /// Gauges lag activity by at most this much.
 const GAUGE_PERIOD: Duration = Duration::from_millis(100);
 
+/// RFC 3326 on the CANCEL to phones that lost a parallel ring: phones
+/// then show no missed call (another phone or operator took it).
+const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
+
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK";
 
 /// A non-100 provisional response is repeated this often while a call
@@ -1481,6 +1485,10 @@ impl Engine {
 
     /// CANCEL for one of our INVITEs still ringing.
     fn cancel_client_invite(&mut self, now: Instant, key: &TxKey, flow: Flow) {
+        self.cancel_with_reason(now, key, flow, None);
+    }
+
+    fn cancel_with_reason(&mut self, now: Instant, key: &TxKey, flow: Flow, reason: Option<&str>) {
         if let Some(inv) = self.txn.client_request(key) {
             let mut cancel = Message::new_request(
                 Method::Cancel,
@@ -1493,6 +1501,9 @@ impl Engine {
             );
             for r in inv.headers_named("Route") {
                 cancel.push("Route", r);
+            }
+            if let Some(reason) = reason {
+                cancel.push("Reason", reason);
             }
             self.send_request(now, flow, cancel, ClientRef::Other);
         }
@@ -3770,7 +3781,7 @@ impl Engine {
                     // The winner's other phones stop ringing; their desk
                     // stays on the call.
                     let release = l.agent != agent;
-                    self.cancel_fork(now, l, release);
+                    self.cancel_fork(now, l, release, Some(COMPLETED_ELSEWHERE));
                 }
                 if !already_answered {
                     self.final_ok(now, call_id, ok);
@@ -4582,17 +4593,18 @@ impl Engine {
     }
 
     fn cancel_b(&mut self, now: Instant, b: BLeg) {
-        self.cancel_fork(now, b, true);
+        self.cancel_fork(now, b, true, None);
     }
 
     /// CANCELs a ringing B-leg (a late 2xx gets ACK and BYE); `release`
-    /// clears the operator's desk.
-    fn cancel_fork(&mut self, now: Instant, b: BLeg, release: bool) {
+    /// clears the operator's desk; `reason` goes in a `Reason` header
+    /// (RFC 3326).
+    fn cancel_fork(&mut self, now: Instant, b: BLeg, release: bool, reason: Option<&str>) {
         if release {
             self.agent_released(b.agent);
         }
         self.by_b.remove(&b.call_id);
-        self.cancel_client_invite(now, &b.invite_key, b.flow);
+        self.cancel_with_reason(now, &b.invite_key, b.flow, reason);
         self.client.insert(
             b.invite_key,
             ClientRef::Orphan {
@@ -5121,7 +5133,7 @@ impl Engine {
         let mut agents: Vec<AgentId> = gone.iter().map(|b| b.agent).collect();
         agents.dedup();
         for b in gone {
-            self.cancel_fork(now, b, false);
+            self.cancel_fork(now, b, false, None);
         }
         for agent in agents {
             self.fork_gone(now, call_id, agent, outcome);
@@ -5144,7 +5156,7 @@ impl Engine {
         }
         let release = !gone.is_empty();
         for b in gone {
-            self.cancel_fork(now, b, false);
+            self.cancel_fork(now, b, false, None);
         }
         if release {
             self.agent_released(agent);

@@ -841,6 +841,11 @@ fn ring_all_forks_and_the_first_answer_wins() {
     let out = h.send(PHONE2, &response_to(&inv2, 200, "p2"));
     assert_eq!(requests(&out, PHONE2, "ACK").len(), 1);
     assert_eq!(requests(&out, PHONE1, "CANCEL").len(), 1);
+    // RFC 3326: the losing phone shows no missed call.
+    assert_eq!(
+        requests(&out, PHONE1, "CANCEL")[0].header("Reason"),
+        Some("SIP;cause=200;text=\"Call completed elsewhere\"")
+    );
     assert_eq!(codes(&out, TRUNK), vec![200]);
     let answered = out.clone();
     assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
