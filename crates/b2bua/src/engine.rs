@@ -18,6 +18,7 @@ use centralino_routing::{
     QueueAgents, Requirement, Router,
 };
 use centralino_sip::auth::{self, DigestAuth};
+use centralino_sip::dialog::{self, Leg};
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
 use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
 use centralino_sip::session_timer;
@@ -313,20 +314,6 @@ enum Target {
 
 /// A trunk's DIDs.
 type DidTable = HashMap<String, Target>;
-
-/// One side of a dialog, as needed to send requests in it.
-#[derive(Clone, Debug)]
-struct Leg {
-    call_id: String,
-    /// Our From value for requests we send (our tag included).
-    local: String,
-    /// The peer's value for To (their tag included).
-    remote: String,
-    remote_target: String,
-    route_set: Vec<String>,
-    cseq: u32,
-    flow: Flow,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BState {
@@ -1490,21 +1477,7 @@ impl Engine {
 
     fn cancel_with_reason(&mut self, now: Instant, key: &TxKey, flow: Flow, reason: Option<&str>) {
         if let Some(inv) = self.txn.client_request(key) {
-            let mut cancel = Message::new_request(
-                Method::Cancel,
-                inv.request_uri().unwrap_or_default(),
-                inv.via.clone(),
-                inv.header("From").unwrap_or_default(),
-                inv.header("To").unwrap_or_default(),
-                &inv.call_id,
-                inv.cseq,
-            );
-            for r in inv.headers_named("Route") {
-                cancel.push("Route", r);
-            }
-            if let Some(reason) = reason {
-                cancel.push("Reason", reason);
-            }
+            let cancel = dialog::cancel(inv, reason);
             self.send_request(now, flow, cancel, ClientRef::Other);
         }
     }
@@ -1534,7 +1507,7 @@ impl Engine {
             call.media.session,
         );
         let mut inv = (*call.a_invite).clone();
-        inv.push("Contact", &Self::contact(call.a_leg.flow));
+        inv.push("Contact", &dialog::contact(call.a_leg.flow));
         inv.push("User-Agent", &self.user_agent);
         inv.set_body(Some("application/sdp"), offer_body);
         let flow = call.a_leg.flow;
@@ -1572,7 +1545,7 @@ impl Engine {
             return false;
         };
         let (flow, call_id) = (leg.flow, leg.call_id.clone());
-        inv.push("Contact", &Self::contact(flow));
+        inv.push("Contact", &dialog::contact(flow));
         inv.push("User-Agent", &self.user_agent);
         let Some(call) = self.calls.get(&id) else {
             return false;
@@ -1660,7 +1633,7 @@ impl Engine {
             .map(|l| l.local.clone())
             .unwrap_or_default();
         let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
-        let leg = leg_from_response(&local, flow, msg);
+        let leg = Leg::from_response(&local, flow, msg);
         t.dialog = Some(leg.clone());
         let peer = b_answer(msg, &self.codecs, flow.remote.ip()).filter(|(p, _)| {
             self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
@@ -1804,7 +1777,7 @@ impl Engine {
             return;
         };
         if (200..300).contains(&code) {
-            let leg = leg_from_response(&call.a_leg.local, call.a_leg.flow, msg);
+            let leg = Leg::from_response(&call.a_leg.local, call.a_leg.flow, msg);
             let flow = call.a_leg.flow;
             let answer = sdp::parse(&msg.body)
                 .ok()
@@ -2451,16 +2424,6 @@ impl Engine {
         }
     }
 
-    fn contact(flow: Flow) -> String {
-        match flow.transport {
-            Transport::Udp => format!("<sip:centralino@{}>", flow.local),
-            Transport::Tcp => format!("<sip:centralino@{};transport=tcp>", flow.local),
-            // RFC 3261 §26.2.2: `sip:` with transport=tls (not `sips:`,
-            // which promises TLS on every hop beyond the carrier too).
-            Transport::Tls => format!("<sip:centralino@{};transport=tls>", flow.local),
-        }
-    }
-
     /// Our Contact towards a caller: `sips:` when their INVITE asked for a
     /// `sips:` Request-URI (over TLS, precheck made sure), as RFC 5630 §4.3
     /// wants, so the dialog stays secure end to end; the flow's otherwise.
@@ -2474,7 +2437,7 @@ impl Engine {
         if sips {
             format!("<sips:centralino@{}>", call.a_leg.flow.local)
         } else {
-            Self::contact(call.a_leg.flow)
+            dialog::contact(call.a_leg.flow)
         }
     }
 
@@ -3525,7 +3488,7 @@ impl Engine {
             for r in &binding.path {
                 inv.push("Route", r);
             }
-            inv.push("Contact", &Self::contact(flow));
+            inv.push("Contact", &dialog::contact(flow));
             inv.push("User-Agent", &self.user_agent);
             // The call record id (operator answers are stored against it)
             // and the queue's operator script, for the operator's desktop.
@@ -3596,7 +3559,7 @@ impl Engine {
                 if (200..300).contains(&code) {
                     // The operator answered after we gave up: ACK and hang up.
                     let (local, flow) = (local.clone(), *flow);
-                    let mut leg = leg_from_response(&local, flow, &msg);
+                    let mut leg = Leg::from_response(&local, flow, &msg);
                     self.send_ack(&leg, &msg);
                     self.send_bye(now, &mut leg);
                 }
@@ -3694,7 +3657,7 @@ impl Engine {
                 if call.forks.is_empty() {
                     call.phase = Phase::Queued;
                 }
-                let mut leg = leg_from_response(&b.local, b.flow, &msg);
+                let mut leg = Leg::from_response(&b.local, b.flow, &msg);
                 self.client.remove(&key);
                 self.by_b.remove(&b.call_id);
                 self.send_ack(&leg, &msg);
@@ -3709,7 +3672,7 @@ impl Engine {
             200..=299 => {
                 let mut b = call.forks.swap_remove(i);
                 let losers: Vec<BLeg> = call.forks.drain(..).collect();
-                let leg = leg_from_response(&b.local, b.flow, &msg);
+                let leg = Leg::from_response(&b.local, b.flow, &msg);
                 b.state = BState::Answered;
                 b.dialog = Some(leg.clone());
                 let agent = b.agent;
@@ -5003,7 +4966,7 @@ impl Engine {
             Side::B => b_sdp(&call.media),
         };
         let mut r = msg.response(200, "OK", None);
-        r.push("Contact", &Self::contact(call.a_leg.flow));
+        r.push("Contact", &dialog::contact(call.a_leg.flow));
         r.set_body(Some("application/sdp"), body);
         if side == Side::A {
             // A re-INVITE or UPDATE from the caller refreshes its session
@@ -5517,41 +5480,13 @@ impl Engine {
     /// route set.
     fn in_dialog(&mut self, leg: &Leg, method: Method) -> Message {
         let via = self.via(leg.flow);
-        let target = if leg.remote_target.is_empty() {
-            format!("sip:{}", leg.flow.remote)
-        } else {
-            leg.remote_target.clone()
-        };
-        let mut req = Message::new_request(
-            method,
-            &target,
-            via,
-            &leg.local,
-            &leg.remote,
-            &leg.call_id,
-            leg.cseq,
-        );
-        for r in &leg.route_set {
-            req.push("Route", r);
-        }
-        req
+        leg.request(method, via)
     }
 
     /// The ACK for a 2xx (a request of its own, §13.2.2.4).
     fn send_ack(&mut self, leg: &Leg, resp: &Message) {
         let via = self.via(leg.flow);
-        let mut ack = Message::new_request(
-            Method::Ack,
-            &leg.remote_target,
-            via,
-            &leg.local,
-            &leg.remote,
-            &leg.call_id,
-            resp.cseq,
-        );
-        for r in &leg.route_set {
-            ack.push("Route", r);
-        }
+        let ack = leg.ack(via, resp);
         self.send_stateless(leg.flow, &ack);
     }
 }
@@ -5749,31 +5684,6 @@ fn b_answer(msg: &Message, codecs: &[Law], from: IpAddr) -> Option<(Peer, Direct
 /// The `tag` parameter of a From/To value.
 fn tag_of(header: &str) -> Option<&str> {
     uri::parse_name_addr(header)?.param("tag").flatten()
-}
-
-/// The dialog we hold as UAC after a 2xx (or late 2xx): remote target from
-/// Contact, route set from Record-Route in reverse (§12.1.2).
-fn leg_from_response(local: &str, flow: Flow, resp: &Message) -> Leg {
-    let remote_target = resp
-        .header("Contact")
-        .and_then(uri::parse_name_addr)
-        .map(|n| n.uri.to_owned())
-        .unwrap_or_else(|| format!("sip:{}", flow.remote));
-    let mut route_set: Vec<String> = resp
-        .headers_named("Record-Route")
-        .flat_map(uri::split_list)
-        .map(str::to_owned)
-        .collect();
-    route_set.reverse();
-    Leg {
-        call_id: resp.call_id.clone(),
-        local: local.to_owned(),
-        remote: resp.header("To").unwrap_or_default().to_owned(),
-        remote_target,
-        route_set,
-        cseq: resp.cseq,
-        flow,
-    }
 }
 
 fn code_label(code: u16) -> &'static str {

@@ -2,8 +2,8 @@
 //!
 //! Owns: the ingress guard (framing, size caps, strict lexical checks), the
 //! [`Message`] type and its escaping writer, the transaction layer (RFC 3261 §17
-//! with RFC 6026), digest authentication (RFC 8760), the registrar and
-//! session timers (RFC 4028).
+//! with RFC 6026), digest authentication (RFC 8760), the registrar,
+//! session timers (RFC 4028) and dialogs' request builders (`dialog`).
 //! Never does: sockets, threads, files or reading the clock; time comes in as
 //! `now: Instant` and work goes out as returned values.
 //!
@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod dialog;
 mod error;
 pub mod guard;
 mod message;
