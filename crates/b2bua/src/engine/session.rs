@@ -1,0 +1,251 @@
+//! Keeping the caller's session: reliable provisional responses (RFC
+//! 3262: RSeq, retransmission until the PRACK, the 2xx held behind it) and
+//! session timers (RFC 4028: who refreshes, our refreshes, expiry).
+
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use centralino_sip::guard::reason_phrase;
+use centralino_sip::session_timer;
+use centralino_sip::txn::TxKey;
+use centralino_sip::{Message, Method};
+use centralino_types::CallId;
+use tracing::warn;
+
+use super::{CallTimer, ClientRef, Engine, Side, a_sdp};
+
+impl Engine {
+    /// Sends a provisional response to the caller's INVITE: reliably
+    /// (RSeq, `Require: 100rel`, retransmitted from T1 until its PRACK)
+    /// when the caller requires it. A new one waits for the last one's
+    /// PRACK (§3): a repeated 183 is simply not sent meanwhile.
+    pub(super) fn provisional(&mut self, now: Instant, call_id: CallId, mut r: Message) {
+        let t1 = self.t1;
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let a_key = call.a_key.clone();
+        if let Some(rel) = call.reliable.as_mut() {
+            // One at a time; and without the caller's offer, a reliable
+            // provisional would have to carry ours (§5), which this B2BUA
+            // makes in the 2xx: the caller gets only the 100.
+            if rel.unacked.is_some() || call.media.late_offer {
+                return;
+            }
+            let rseq = rel.next_rseq;
+            rel.next_rseq = rseq.wrapping_add(1).max(1);
+            r.push("Require", "100rel");
+            r.push("RSeq", &rseq.to_string());
+            rel.unacked = Some((rseq, Box::new(r.clone()), now, t1));
+            self.timers
+                .push(Reverse((now + t1, call_id, CallTimer::Reliable(rseq))));
+        }
+        self.respond(now, &a_key, &r);
+    }
+
+    /// Sends the caller's 2xx, unless a reliable provisional response that
+    /// carried our SDP is still unacknowledged: then it waits for that
+    /// PRACK (RFC 3262 §3).
+    pub(super) fn final_ok(&mut self, now: Instant, call_id: CallId, ok: Message) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let a_key = call.a_key.clone();
+        if let Some(rel) = call.reliable.as_mut()
+            && rel
+                .unacked
+                .as_ref()
+                .is_some_and(|(_, r, _, _)| !r.body.is_empty())
+        {
+            rel.held_final = Some(Box::new(ok));
+            return;
+        }
+        if let Some(rel) = call.reliable.as_mut() {
+            // The 2xx ends the provisional's retransmissions.
+            rel.unacked = None;
+        }
+        self.respond(now, &a_key, &ok);
+    }
+
+    /// A PRACK (RFC 3262 §3): the `RAck` must name the unacknowledged
+    /// reliable provisional response of this INVITE; anything else is
+    /// `481`. A 2xx held for it goes out now.
+    pub(super) fn on_prack(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let matched = self.dialog_side(msg).and_then(|(call_id, side)| {
+            let call = self.calls.get_mut(&call_id)?;
+            let rel = call.reliable.as_mut()?;
+            let (rseq, _, _, _) = rel.unacked.as_ref()?;
+            let mut rack = msg.header("RAck")?.split_whitespace();
+            let ok = side == Side::A
+                && rack.next()?.parse::<u32>().ok()? == *rseq
+                && rack.next()?.parse::<u32>().ok()? == call.a_invite.cseq
+                && rack.next()?.eq_ignore_ascii_case("INVITE");
+            if !ok {
+                return None;
+            }
+            rel.unacked = None;
+            Some((call.a_key.clone(), rel.held_final.take()))
+        });
+        let Some((a_key, held)) = matched else {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        };
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        if let Some(ok) = held {
+            self.respond(now, &a_key, &ok);
+        }
+    }
+
+    /// The caller's session was established or refreshed now: `r` (the
+    /// 2xx) says so (RFC 4028 §9: the caller refreshes) and its expiry is
+    /// armed anew, the older timer left to lapse as stale.
+    pub(super) fn session_refreshed(&mut self, now: Instant, call_id: CallId, r: &mut Message) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(interval) = call.session_timer else {
+            return;
+        };
+        // In the answer to the caller's request, `uac` is the caller and
+        // `uas` is us.
+        if call.we_refresh {
+            r.push("Session-Expires", &format!("{interval};refresher=uas"));
+        } else {
+            r.push("Session-Expires", &format!("{interval};refresher=uac"));
+            r.push("Require", "timer");
+        }
+        self.session_armed(now, call_id);
+    }
+
+    /// The session was just established or refreshed: its expiry is armed
+    /// anew (older timers lapse as stale), and our next refresh at half
+    /// the interval when it is ours to make (RFC 4028 §10).
+    pub(super) fn session_armed(&mut self, now: Instant, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(interval) = call.session_timer else {
+            return;
+        };
+        call.session_step += 1;
+        let step = call.session_step;
+        // §10: the refresher's session lasts the interval; the other side
+        // gives up a little before it.
+        let lasts = if call.we_refresh {
+            Duration::from_secs(u64::from(interval))
+        } else {
+            session_timer::expiry(interval)
+        };
+        self.timers.push(Reverse((
+            now + lasts,
+            call_id,
+            CallTimer::SessionExpired(step),
+        )));
+        if call.we_refresh {
+            self.timers.push(Reverse((
+                now + Duration::from_secs(u64::from(interval / 2)),
+                call_id,
+                CallTimer::SessionRefresh(step),
+            )));
+        }
+    }
+
+    /// Refreshes the caller leg's session: UPDATE without a body when the
+    /// peer allows it, else a re-INVITE offering the same session (our
+    /// SDP unchanged, so nothing is renegotiated).
+    pub(super) fn send_refresh(&mut self, now: Instant, call_id: CallId) {
+        let codecs = self.codecs.clone();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(interval) = call.session_timer else {
+            return;
+        };
+        let method = if call.peer_update {
+            Method::Update
+        } else {
+            Method::Invite
+        };
+        call.a_leg.cseq += 1;
+        let leg = call.a_leg.clone();
+        let contact = Self::caller_contact(call);
+        let body = (method == Method::Invite).then(|| a_sdp(&call.media, &codecs));
+        let mut req = self.in_dialog(&leg, method);
+        req.push("Contact", &contact);
+        req.push("Supported", "timer");
+        // We make this request: `uac` is us.
+        req.push("Session-Expires", &format!("{interval};refresher=uac"));
+        if let Some(body) = body {
+            req.set_body(Some("application/sdp"), body);
+        }
+        self.send_request(now, leg.flow, req, ClientRef::Refresh(call_id));
+    }
+
+    /// The answer to our session refresh (RFC 4028 §10): a 2xx renews the
+    /// session (its `Session-Expires` may hand the refreshing over); 422
+    /// asks for a longer interval; an UPDATE refused as unknown falls back
+    /// to re-INVITE; 408 and 481 mean the session is gone; anything else
+    /// is tried again shortly, the expiry still armed.
+    pub(super) fn on_refresh_response(&mut self, now: Instant, call_id: CallId, msg: &Message) {
+        let code = msg.code();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let outcome = match code {
+            200..=299 => {
+                if msg.cseq_method == Method::Invite {
+                    let leg = call.a_leg.clone();
+                    self.send_ack(&leg, msg);
+                }
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
+                if let Some(se) = session_timer::session_expires(msg) {
+                    call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
+                    // In its answer `uas` is the peer: it refreshes now.
+                    call.we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
+                }
+                self.session_armed(now, call_id);
+                "refreshed"
+            }
+            422 => {
+                let min = msg
+                    .header("Min-SE")
+                    .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
+                    .unwrap_or(session_timer::MIN_SE);
+                let interval = call.session_timer.unwrap_or(session_timer::MIN_SE);
+                call.session_timer = Some(interval.max(min).min(86_400));
+                self.send_refresh(now, call_id);
+                "too_small"
+            }
+            405 | 501 if call.peer_update => {
+                call.peer_update = false;
+                self.send_refresh(now, call_id);
+                "update_refused"
+            }
+            408 | 481 => {
+                warn!(code, "session refresh answered: the session is gone");
+                self.metrics.session_timer_expired.inc();
+                self.end_connected(now, call_id, code == 408, true, "session_expired");
+                "gone"
+            }
+            _ => {
+                // 491 (glare) or a transient refusal: again in 2 s; the
+                // expiry ends the call if none succeeds.
+                let step = call.session_step;
+                self.timers.push(Reverse((
+                    now + Duration::from_secs(2),
+                    call_id,
+                    CallTimer::SessionRefresh(step),
+                )));
+                "retry"
+            }
+        };
+        self.metrics
+            .session_refreshes
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
