@@ -1,0 +1,167 @@
+//! IVR transfers to an external number through the tenant's outbound
+//! trunk (dial plan applied), falling back to the flow when they fail.
+
+use super::*;
+
+impl Engine {
+    /// Places the INVITE of an IVR transfer through the caller's tenant's
+    /// outbound trunk (from the operator-side port). `false` when there is
+    /// no trunk to leave through.
+    pub(super) fn start_transfer(&mut self, now: Instant, id: CallId, number: &str) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let tenant = call.tenant;
+        let trunk = self
+            .trunk_out
+            .iter()
+            .position(|(out, _, t)| out.is_some() && *t == tenant);
+        let Some((mut leg, mut inv, _)) =
+            trunk.and_then(|t| self.citizen_leg(t, number, "transfer"))
+        else {
+            warn!("IVR transfer: no outbound trunk for this tenant");
+            return false;
+        };
+        let (flow, call_id) = (leg.flow, leg.call_id.clone());
+        inv.push("Contact", &dialog::contact(flow));
+        inv.push("User-Agent", &self.user_agent);
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let body = offer(
+            &call.media,
+            &self.codecs,
+            call.media.b_port,
+            call.media.session + 1,
+        );
+        inv.set_body(Some("application/sdp"), body);
+        info!(number = %Masked(number), "IVR transfer: dialling");
+        let key = self.send_request(now, flow, inv, ClientRef::Transfer(id));
+        self.by_b.insert(call_id.clone(), id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            // Our side of the dialog-to-be (local tag, flow); the far end's
+            // part arrives with its answer.
+            leg.remote.clear();
+            leg.remote_target.clear();
+            call.transfer = Some(TransferLeg {
+                call_id,
+                invite: Some(key),
+                dialog: Some(leg),
+            });
+        }
+        true
+    }
+
+    /// The transfer's far end did not answer: the flow's fallback.
+    pub(super) fn transfer_failed(&mut self, now: Instant, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(t) = call.transfer.take() {
+            self.by_b.remove(&t.call_id);
+        }
+        let Some(mut run) = call.run.take() else {
+            return;
+        };
+        let actions = run.transfer_result(now, &facts!(self, now));
+        call.run = Some(run);
+        self.flow_actions(now, id, actions);
+    }
+
+    /// A response to an IVR transfer's INVITE.
+    pub(super) fn on_transfer_response(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        id: CallId,
+        msg: &Message,
+    ) {
+        let code = msg.code();
+        if code < 200 {
+            return;
+        }
+        self.client.remove(&key);
+        let _span = self.call_span(id).entered();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = call.transfer.as_mut() else {
+            return;
+        };
+        t.invite = None;
+        if matches!(code, 401 | 407) {
+            let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+            if let Some(retry) =
+                self.authenticated_retry(now, &key, flow, msg, ClientRef::Transfer(id))
+            {
+                if let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) {
+                    t.invite = Some(retry);
+                }
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = call.transfer.as_mut() else {
+            return;
+        };
+        if !(200..300).contains(&code) {
+            info!(code, "IVR transfer not answered");
+            self.transfer_failed(now, id);
+            return;
+        }
+        let local = t
+            .dialog
+            .as_ref()
+            .map(|l| l.local.clone())
+            .unwrap_or_default();
+        let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+        let leg = Leg::from_response(&local, flow, msg);
+        t.dialog = Some(leg.clone());
+        let peer = b_answer(msg, &self.codecs, flow.remote.ip()).filter(|(p, _)| {
+            self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
+                .is_none()
+        });
+        self.send_ack(&leg, msg);
+        let Some((peer, direction)) = peer else {
+            warn!("IVR transfer: the far end's SDP is unusable");
+            self.end_connected(now, id, true, true, "bad_answer");
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.media.b = Some(peer);
+        call.media.b_direction = direction;
+        call.phase = Phase::Connected;
+        call.connected = Some((now, "transfer".to_owned()));
+        // The queue log keeps the transfer (an IVR transfer never entered a
+        // queue: the queue is empty).
+        let record = Record::Queue {
+            call: call.record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            queue: String::new(),
+            event: "transfer",
+            agent: None,
+            position: None,
+            wait_ms: None,
+        };
+        self.out.push_back(Output::Record(record));
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        self.out.push_back(Output::Media(MediaCommand::Bridge {
+            call: id,
+            b: peer,
+            record: false,
+        }));
+        if let Some(flow) = call.run.as_ref().map(|r| r.flow().to_owned()) {
+            self.metrics
+                .flow_calls
+                .with_label_values(&[&flow, "transferred"])
+                .inc();
+        }
+        info!("IVR transfer answered");
+    }
+}
