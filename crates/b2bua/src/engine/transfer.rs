@@ -12,10 +12,7 @@ impl Engine {
             return false;
         };
         let tenant = call.tenant;
-        let trunk = self
-            .trunk_out
-            .iter()
-            .position(|(out, _, t)| out.is_some() && *t == tenant);
+        let trunk = self.trunks.iter().position(|t| t.dials_for(tenant));
         let Some((mut leg, mut inv, _)) =
             trunk.and_then(|t| self.citizen_leg(t, number, "transfer"))
         else {

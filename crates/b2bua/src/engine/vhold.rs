@@ -48,7 +48,7 @@ impl Engine {
             return;
         };
         let q = call.queue.0 as usize;
-        let Some(cfg) = self.callback_number[q].as_ref() else {
+        let Some(cfg) = self.queues[q].callback_number.as_ref() else {
             return;
         };
         let names: Vec<String> = match &step {
@@ -76,7 +76,7 @@ impl Engine {
             self.out.push_back(Output::Media(MediaCommand::Play {
                 call: call_id,
                 prompts,
-                music: self.music[q].clone(),
+                music: self.queues[q].music.clone(),
             }));
         }
         self.timers.push(Reverse((
@@ -117,7 +117,7 @@ impl Engine {
                 // The inter-digit wait starts again.
                 call.vhold_step += 1;
                 let step = call.vhold_step;
-                if let Some(cfg) = &self.callback_number[call.queue.0 as usize] {
+                if let Some(cfg) = &self.queues[call.queue.0 as usize].callback_number {
                     self.timers.push(Reverse((
                         now + cfg.timeout,
                         call_id,
@@ -186,7 +186,7 @@ impl Engine {
             self.out.push_back(Output::Media(MediaCommand::Play {
                 call: call_id,
                 prompts: Vec::new(),
-                music: self.music[call.queue.0 as usize].clone(),
+                music: self.queues[call.queue.0 as usize].music.clone(),
             }));
         }
     }

@@ -1,0 +1,340 @@
+//! The configuration as the engine holds it: construction and live
+//! reload (every changed key applied, or the reload refused naming it).
+
+use super::*;
+
+impl Engine {
+    /// An engine for this configuration. `seed` must come from the OS's
+    /// CSPRNG: it keys nonces, tags, branches and Call-IDs.
+    pub fn new(config: &Config, metrics: Metrics, seed: [u8; 32], now: Instant) -> Self {
+        let mut rng = StdRng::from_seed(seed);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let mut ports_seed = [0u8; 32];
+        rng.fill_bytes(&mut ports_seed);
+        let auth = DigestAuth::new(
+            &config.sip.realm,
+            config.sip.digest_algorithms.clone(),
+            secret,
+            config.nonce_lifetime,
+        );
+        let users = config
+            .agents
+            .iter()
+            .map(|a| (a.username.clone(), a.credentials.clone()))
+            .collect();
+        let registrar = Registrar::new(config.registrar.clone(), auth, users);
+        let router = Router::new(
+            now,
+            config.routing_queues(),
+            config.tenants.len(),
+            config.routing_agents(),
+        );
+        let agent_ids = config
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.username.clone(), AgentId(i as u32)))
+            .collect();
+        let states = |vec: &prometheus::IntGaugeVec, label: &str| -> Vec<IntGauge> {
+            Code::ALL
+                .iter()
+                .map(|c| vec.with_label_values(&[label, c.label()]))
+                .collect()
+        };
+        let queue_states = |name: &str| -> Vec<IntGauge> {
+            QueueAgents::default()
+                .labelled()
+                .iter()
+                .map(|(l, _)| metrics.queue_agents.with_label_values(&[name, l]))
+                .collect()
+        };
+        let queue_stats = config
+            .queues
+            .iter()
+            .map(|q| {
+                let name = q.routing.name.as_str();
+                QueueStats {
+                    waiting: metrics.queue_calls.with_label_values(&[name]),
+                    oldest_wait: metrics.queue_oldest_wait.with_label_values(&[name]),
+                    agents: queue_states(name),
+                    expected_wait: metrics.queue_ewt.with_label_values(&[name]),
+                    callbacks_started: 0,
+                }
+            })
+            .collect();
+        let tenant_gauges = config
+            .tenants
+            .iter()
+            .map(|t| states(&metrics.agents, t))
+            .collect();
+        let mut engine = Self {
+            limits: config.sip.limits.clone(),
+            txn: Transactions::new(config.sip.timers),
+            registrar,
+            router,
+            metrics,
+            rng,
+            trunks: Vec::new(),
+            queues: Vec::new(),
+            queue_stats,
+            tenant_gauges,
+            agent_ids,
+            login_paused: config.login_paused,
+            qualify: config.qualify,
+            qualify_due: BinaryHeap::new(),
+            qualify_scheduled: std::collections::HashSet::new(),
+            trunk_due: BinaryHeap::new(),
+            max_calls: config.sip.max_calls,
+            max_per_source: config.sip.max_transactions_per_source,
+            admission: config
+                .sip
+                .max_calls_per_second
+                .map(|r| (f64::from(r.get()), f64::from(r.get()), now)),
+            user_agent: config.sip.user_agent.clone(),
+            ports: Box::new(PoolPorts(
+                Ports::new(
+                    config.media.ports.0,
+                    config.media.ports.1,
+                    PORT_QUARANTINE,
+                    ports_seed,
+                )
+                .unwrap_or_else(|_| {
+                    Ports::new(20_000, 29_999, PORT_QUARANTINE, ports_seed)
+                        .expect("non-empty range")
+                }),
+            )),
+            prompts: Arc::new(Library::new()),
+            codecs: config
+                .media
+                .codecs
+                .iter()
+                .map(|&pt| if pt == 8 { Law::Alaw } else { Law::Ulaw })
+                .collect(),
+            advertise: config.media.advertise_address,
+            media_range: config.media.ports,
+            queue_ids: config
+                .queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (q.routing.name.clone(), QueueId(i as u32)))
+                .collect(),
+            catalog: config.catalog.clone(),
+            wall: (now, 0),
+            outbound_local: None,
+            outbound_tls_local: None,
+            conn_trunks: HashMap::new(),
+            dial_plans: Vec::new(),
+            callback_tone: announce::callback_tone(Law::Alaw),
+            views_at: None,
+            calls: HashMap::new(),
+            by_a: HashMap::new(),
+            by_b: HashMap::new(),
+            client: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_call: 1,
+            overloaded: false,
+            draining: false,
+            throttle_swept: now,
+            shutting_down: false,
+            gauges_due: None,
+            out: VecDeque::new(),
+            retrans_seen: 0,
+            t1: config.sip.timers.t1,
+            timeouts_seen: 0,
+            stray_seen: 0,
+        };
+        engine.apply_policies(now, config);
+        // Every gauge has its value from the start (20 operators logged
+        // out, not an empty series until the first message).
+        engine.refresh_gauges(now);
+        engine
+    }
+
+    /// Takes a new configuration (SIGHUP, the reload API): trunks by name,
+    /// DIDs, IVR flows, dial plans, operators' secrets and queues, queue
+    /// settings, scripts, whispers and callback policies apply from the
+    /// next event; calls in progress finish on the flow version and timers
+    /// they started with. Queues, operators and tenants index the router's
+    /// tables and a queue's strategy, requirements and rings shape its
+    /// pools: a change there is refused (before anything is applied), and
+    /// the node keeps its configuration. The caller checks first, with
+    /// `centralino_config::reload`, that nothing else changed.
+    pub fn reload(&mut self, now: Instant, config: &Config) -> Result<(), String> {
+        let ours: Vec<String> = (0..self.router.queue_count())
+            .map(|i| self.router.queue(QueueId(i as u32)).name.clone())
+            .collect();
+        let theirs: Vec<String> = config
+            .queues
+            .iter()
+            .map(|q| q.routing.name.clone())
+            .collect();
+        if ours != theirs {
+            return Err("queues changed: restart the node to apply".into());
+        }
+        if config.agents.len() != self.agent_ids.len()
+            || config
+                .agents
+                .iter()
+                .enumerate()
+                .any(|(i, a)| self.agent_ids.get(&a.username) != Some(&AgentId(i as u32)))
+        {
+            return Err("operators changed: restart the node to apply".into());
+        }
+        if config.tenants.len() != self.tenant_gauges.len() {
+            return Err("tenants changed: restart the node to apply".into());
+        }
+        // All or nothing: every queue's new settings are checked before
+        // the first is taken.
+        for (i, q) in config.queues.iter().enumerate() {
+            let old = self.router.queue(QueueId(i as u32));
+            let r = &q.routing;
+            let field = if old.strategy != r.strategy {
+                Some("strategy")
+            } else if old.requirement != r.requirement {
+                Some("requirements")
+            } else if old.rings.len() != r.rings.len()
+                || old.rings.iter().zip(&r.rings).any(|(a, b)| {
+                    a.after != b.after || a.requirement != b.requirement || a.tenants != b.tenants
+                })
+            {
+                Some("overflow")
+            } else {
+                None
+            };
+            if let Some(field) = field {
+                return Err(format!(
+                    "queues[{}].{field} changed: restart the node to apply",
+                    r.name
+                ));
+            }
+        }
+        for (i, q) in config.queues.iter().enumerate() {
+            // Checked above: only what decisions read differs.
+            let _ = self
+                .router
+                .update_queue(QueueId(i as u32), q.routing.clone());
+        }
+        for (i, (_, attributes)) in config.routing_agents().into_iter().enumerate() {
+            if self.router.agent(AgentId(i as u32)).attributes != attributes {
+                self.router
+                    .set_attributes(now, AgentId(i as u32), attributes);
+            }
+        }
+        self.registrar.set_users(
+            config
+                .agents
+                .iter()
+                .map(|a| (a.username.clone(), a.credentials.clone()))
+                .collect(),
+        );
+        self.apply_policies(now, config);
+        self.catalog = config.catalog.clone();
+        self.pump(now);
+        info!(
+            flows = config.flows.len(),
+            trunks = config.trunks.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// Builds the per-trunk, per-tenant and per-queue tables from
+    /// `config` (at start and at each reload). Trunks are matched by name
+    /// across a reload: one found down stays down until it answers.
+    pub(super) fn apply_policies(&mut self, now: Instant, config: &Config) {
+        let was_down: HashMap<&str, bool> = self
+            .trunks
+            .iter()
+            .map(|t| (t.name.as_str(), t.down))
+            .collect();
+        let trunks: Vec<TrunkPolicy> = config
+            .trunks
+            .iter()
+            .map(|t| TrunkPolicy {
+                name: t.name.clone(),
+                tenant: t.tenant,
+                peers: t.peers.clone(),
+                dids: did_table(config, t),
+                outbound: t.outbound,
+                transport: if t.outbound_tls.is_some() {
+                    Transport::Tls
+                } else {
+                    Transport::Udp
+                },
+                caller_id: t.caller_id.clone(),
+                options: t.options,
+                mtls: t.client_cert.is_some(),
+                auth: t.auth.clone(),
+                asserted_identity: t.asserted_identity,
+                down: was_down.get(t.name.as_str()).copied().unwrap_or(false),
+            })
+            .collect();
+        self.trunks = trunks;
+        // Pings in flight name trunks by position: their answers are
+        // dropped, and every trunk is asked again now.
+        self.client
+            .retain(|_, c| !matches!(c, ClientRef::TrunkPing(_)));
+        self.trunk_due = self
+            .trunks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.options.is_some())
+            .map(|(i, _)| Reverse((now, i)))
+            .collect();
+        for t in &self.trunks {
+            if t.outbound.is_some() {
+                self.metrics
+                    .trunk_up
+                    .with_label_values(&[&t.name])
+                    .set(i64::from(!t.down));
+            }
+        }
+        self.dial_plans = config.dial_plans.clone();
+        let queues = config
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| QueuePolicy {
+                tenant: q.tenant,
+                tenant_name: config.tenants.get(q.tenant).cloned().unwrap_or_default(),
+                exit_status: q.exit_status,
+                announce_every: q.announce_every,
+                // Prompts are loaded by the driver, not named here.
+                music: self.queues.get(i).and_then(|p| p.music.clone()),
+                record: q.record,
+                script: q
+                    .script
+                    .and_then(|i| config.scripts.get(i))
+                    .map(|s| s.name.clone()),
+                callback_key: q.callback_key,
+                callback_offer: q.callback_offer_prompts.clone(),
+                callback_confirm: q.callback_confirm_prompts.clone(),
+                callback_number: q.callback_number.clone(),
+                callback_max_attempts: q.callback_max_attempts,
+                callback_retry: q.callback_retry,
+                callback_retries: q.callback_retries.clone(),
+                customer_first: q.callback_customer_first,
+                whisper: q.whisper.clone(),
+                callback_whisper: q.callback_whisper.clone(),
+            })
+            .collect();
+        self.queues = queues;
+    }
+}
+
+/// A trunk's DIDs and where each goes.
+fn did_table(config: &Config, trunk: &centralino_config::Trunk) -> DidTable {
+    trunk
+        .dids
+        .iter()
+        .map(|(d, did)| {
+            let spec = Arc::new(did.spec.clone());
+            let target = match did.target {
+                DidTarget::Queue(q) => Target::Queue(QueueId(q as u32), spec),
+                DidTarget::Flow(f) => Target::Flow(config.flows[f].clone(), spec),
+            };
+            (d.clone(), target)
+        })
+        .collect()
+}

@@ -1,0 +1,444 @@
+//! Requests inside a call's dialogs (ACK, re-INVITE, INFO, CANCEL, BYE):
+//! matched by Call-ID, both tags and the dialog's peer, never by Call-ID
+//! alone.
+
+use super::*;
+
+impl Engine {
+    /// The ACK of the caller's 2xx: after a late offer it carries the
+    /// caller's answer, and the media opens.
+    pub(super) fn on_ack(&mut self, now: Instant, source: IpAddr, msg: &Message) {
+        // An ACK gets no answer, so one that is not the caller's own is
+        // dropped (counted): it could carry an SDP answer that moves media.
+        let Some(&call_id) = self.by_a.get(&msg.call_id) else {
+            return;
+        };
+        if self.match_dialog(source, msg).is_err() {
+            self.metrics
+                .sip_rejected
+                .with_label_values(&["foreign_dialog"])
+                .inc();
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if !call.media.late_offer || call.media.opened || !call.answered {
+            return;
+        }
+        let _span = call.span.clone().entered();
+        let flow = call.a_leg.flow;
+        let answer = self.usable_answer(&msg.body, flow);
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some((law, audio)) = answer else {
+            warn!("caller's ACK carries no usable SDP answer, hanging up");
+            self.metrics
+                .sdp_rejected
+                .with_label_values(&["ack_answer"])
+                .inc();
+            self.end_connected(now, call_id, true, true, "bad_answer");
+            return;
+        };
+        call.media.a = Peer {
+            addr: SocketAddr::new(audio.addr, audio.port),
+            law,
+            telephone_event: audio.telephone_event,
+            signalling: Some(call.a_leg.flow.remote.ip()),
+        };
+        call.media.a_direction = audio.direction.answer();
+        call.media.version += 1;
+        call.media.opened = true;
+        let m = &call.media;
+        self.out.push_back(Output::Media(MediaCommand::Open {
+            call: call_id,
+            ip: m.ip,
+            a_port: m.a_port,
+            b_port: m.b_port,
+            a: m.a,
+        }));
+        if let Some(b) = m.b {
+            let record = self.queues[call.queue.0 as usize].record;
+            self.out.push_back(Output::Media(MediaCommand::Bridge {
+                call: call_id,
+                b,
+                record,
+            }));
+        }
+        if let Some(flow) = call.pending_flow.take() {
+            self.run_flow(now, call_id, flow);
+        }
+    }
+
+    /// Whether an in-dialog request belongs to a dialog of ours: Call-ID,
+    /// our tag in To, the peer's tag in From (once we know it), and a source
+    /// that is the dialog's peer. `Err` names the refusal (metric label):
+    /// `no_dialog` when the Call-ID is unknown, `foreign_dialog` otherwise.
+    pub(super) fn match_dialog(
+        &self,
+        source: IpAddr,
+        msg: &Message,
+    ) -> Result<CallId, &'static str> {
+        let (call_id, on_a) = match (self.by_a.get(&msg.call_id), self.by_b.get(&msg.call_id)) {
+            (Some(&c), _) => (c, true),
+            (None, Some(&c)) => (c, false),
+            (None, None) => return Err("no_dialog"),
+        };
+        let call = self.calls.get(&call_id).ok_or("no_dialog")?;
+        let ok = |local: &str, remote: Option<&str>, peer: Flow| {
+            tag_of(local).is_some_and(|t| msg.to_tag.as_deref() == Some(t))
+                && remote
+                    .and_then(tag_of)
+                    .is_none_or(|t| msg.from_tag.as_deref() == Some(t))
+                && self.same_peer(peer.remote.ip(), source)
+        };
+        let matched = if on_a {
+            ok(
+                &call.a_leg.local,
+                Some(call.a_leg.remote.as_str()),
+                call.a_leg.flow,
+            )
+        } else {
+            let b_legs = call
+                .forks
+                .iter()
+                .chain(&call.b)
+                .filter(|b| b.call_id == msg.call_id);
+            let transfer = call
+                .transfer
+                .as_ref()
+                .filter(|t| t.call_id == msg.call_id)
+                .and_then(|t| t.dialog.as_ref());
+            b_legs.into_iter().any(|b| {
+                let remote = b.dialog.as_ref().map(|d| d.remote.as_str());
+                ok(&b.local, remote, b.flow)
+            }) || transfer.is_some_and(|d| {
+                let remote = (!d.remote.is_empty()).then_some(d.remote.as_str());
+                ok(&d.local, remote, d.flow)
+            })
+        };
+        if matched {
+            Ok(call_id)
+        } else {
+            Err("foreign_dialog")
+        }
+    }
+
+    /// Why a peer's SDP address (from signalling that came from `source`,
+    /// answered on our `local` address) is not one we send media to:
+    /// groups, reserved ranges, loopback from afar (`sdp::refused_address`),
+    /// or our own media ports (a loop through the node). Counted and
+    /// logged; the offer gets 488, an answer is unusable.
+    pub(super) fn refused_media(
+        &self,
+        addr: SocketAddr,
+        source: IpAddr,
+        local: IpAddr,
+    ) -> Option<&'static str> {
+        let why = self.media_refusal(addr, source, local)?;
+        self.metrics
+            .sdp_rejected
+            .with_label_values(&["bad_address"])
+            .inc();
+        Some(why)
+    }
+
+    /// An SDP answer from a leg's peer on `flow`, when it has audio in a
+    /// codec of ours at an address media may go to (a refused address is
+    /// counted).
+    pub(super) fn usable_answer(&self, body: &[u8], flow: Flow) -> Option<(Law, sdp::Audio)> {
+        sdp::parse(body)
+            .ok()
+            .filter(|a| a.port != 0)
+            .and_then(|a| Some((a.choose(&self.codecs)?, a)))
+            .filter(|(_, a)| {
+                self.refused_media(
+                    SocketAddr::new(a.addr, a.port),
+                    flow.remote.ip(),
+                    flow.local.ip(),
+                )
+                .is_none()
+            })
+    }
+
+    /// [`Self::refused_media`] without counting (the caller counts).
+    pub(super) fn media_refusal(
+        &self,
+        addr: SocketAddr,
+        source: IpAddr,
+        local: IpAddr,
+    ) -> Option<&'static str> {
+        let why = sdp::refused_address(addr.ip(), source).or_else(|| {
+            let ours = addr.ip() == local || Some(addr.ip()) == self.advertise;
+            let in_range = (self.media_range.0..=self.media_range.1).contains(&addr.port());
+            // A peer on this host legitimately shares our address.
+            (ours && in_range && !source.is_loopback()).then_some("own_address")
+        })?;
+        warn!(peer = %source, reason = why, "SDP names an address media is never sent to");
+        Some(why)
+    }
+
+    /// Whether `source` may speak for a dialog established with `peer`:
+    /// the same address, or another address of the same trunk (carriers
+    /// answer from several SBCs).
+    pub(super) fn same_peer(&self, peer: IpAddr, source: IpAddr) -> bool {
+        peer == source
+            || self
+                .trunks
+                .iter()
+                .any(|t| t.peers.contains(&peer) && t.peers.contains(&source))
+    }
+
+    /// The call and side an in-dialog request belongs to.
+    pub(super) fn dialog_side(&self, msg: &Message) -> Option<(CallId, Side)> {
+        if let Some(&c) = self.by_a.get(&msg.call_id) {
+            return Some((c, Side::A));
+        }
+        let c = *self.by_b.get(&msg.call_id)?;
+        // Only the answered operator's dialog carries media changes.
+        let answered = self.calls.get(&c)?.b.as_ref()?.call_id == msg.call_id;
+        answered.then_some((c, Side::B))
+    }
+
+    /// A re-INVITE or UPDATE: hold, resume, a new address or codec. Each
+    /// side negotiates with Centralino alone (the media is anchored), so
+    /// the other side never needs a re-INVITE.
+    pub(super) fn on_reinvite(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let Some((call_id, side)) = self.dialog_side(msg) else {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        };
+        let codecs = self.codecs.clone();
+        // The address of a new offer must be one we may send to (the
+        // request's source is the dialog's peer: checked before).
+        let leg_flow = self.calls.get(&call_id).and_then(|c| match side {
+            Side::A => Some(c.a_leg.flow),
+            Side::B => c.b.as_ref().map(|b| b.flow),
+        });
+        let bad_address = sdp::parse(&msg.body).ok().is_some_and(|a| {
+            leg_flow.is_some_and(|f| {
+                self.refused_media(SocketAddr::new(a.addr, a.port), f.remote.ip(), f.local.ip())
+                    .is_some()
+            })
+        });
+        if side == Side::A
+            && session_timer::session_expires(msg)
+                .is_some_and(|se| se.interval < session_timer::MIN_SE)
+        {
+            let mut r = msg.response(422, reason_phrase(422), None);
+            r.push("Min-SE", &session_timer::MIN_SE.to_string());
+            self.respond(now, key, &r);
+            return;
+        }
+        if bad_address {
+            let r = msg.response(488, reason_phrase(488), None);
+            self.respond(now, key, &r);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        if !msg.body.is_empty() {
+            let current = match side {
+                Side::A => Some(call.media.a.law),
+                Side::B => call.media.b.map(|b| b.law),
+            };
+            // Keep the law in use when the peer still offers it.
+            let prefer: Vec<Law> = current.into_iter().chain(codecs.iter().copied()).collect();
+            let parsed = sdp::parse(&msg.body).ok().and_then(|a| {
+                let law = if a.formats.contains(&current?.payload_type()) {
+                    current?
+                } else {
+                    a.choose(&prefer)?
+                };
+                (a.port != 0).then_some((a, law))
+            });
+            let Some((audio, law)) = parsed else {
+                self.metrics
+                    .sdp_rejected
+                    .with_label_values(&["reinvite"])
+                    .inc();
+                let r = msg.response(488, reason_phrase(488), None);
+                self.respond(now, key, &r);
+                return;
+            };
+            let held = audio.on_hold();
+            let peer = Peer {
+                addr: SocketAddr::new(audio.addr, audio.port),
+                law,
+                telephone_event: audio.telephone_event,
+                signalling: leg_flow.map(|f| f.remote.ip()),
+            };
+            match side {
+                Side::A => {
+                    call.media.a = peer;
+                    call.media.a_direction = audio.direction.answer();
+                }
+                Side::B => {
+                    call.media.b = Some(peer);
+                    call.media.b_direction = audio.direction.answer();
+                }
+            }
+            call.media.version += 1;
+            info!(side = side.label(), held, "session changed by re-INVITE");
+            self.out.push_back(Output::Media(MediaCommand::Update {
+                call: call_id,
+                side,
+                peer,
+                held,
+            }));
+        }
+        let body = match side {
+            Side::A => a_sdp(&call.media, &codecs),
+            Side::B => b_sdp(&call.media),
+        };
+        let mut r = msg.response(200, "OK", None);
+        r.push("Contact", &dialog::contact(call.a_leg.flow));
+        r.set_body(Some("application/sdp"), body);
+        if side == Side::A {
+            // A re-INVITE or UPDATE from the caller refreshes its session
+            // (with or without a new interval, RFC 4028 §9).
+            if let Some(se) = session_timer::session_expires(msg)
+                && (call.session_timer.is_some() || msg.supports("timer"))
+            {
+                call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
+                // Roles change only when the request names one: a
+                // refresher refreshing keeps the job.
+                if let Some(r) = se.refresher {
+                    call.we_refresh = r == session_timer::Refresher::Uas;
+                }
+            }
+            self.session_refreshed(now, call_id, &mut r);
+        }
+        self.respond(now, key, &r);
+    }
+
+    /// SIP INFO: key presses from phones and trunks that do not send
+    /// RFC 4733 events (application/dtmf-relay, application/dtmf).
+    pub(super) fn on_info(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        let Some((call_id, side)) = self.dialog_side(msg) else {
+            return;
+        };
+        let ct = msg
+            .header("Content-Type")
+            .and_then(|c| c.split(';').next())
+            .map(|c| c.trim().to_ascii_lowercase());
+        let body = std::str::from_utf8(&msg.body).unwrap_or_default();
+        let signal = match ct.as_deref() {
+            Some("application/dtmf-relay") => body.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
+            }),
+            Some("application/dtmf") => Some(body.trim()),
+            _ => None,
+        };
+        let digit = signal.and_then(|s| {
+            let mut c = s.chars();
+            let d = c.next()?.to_ascii_uppercase();
+            (c.next().is_none() && matches!(d, '0'..='9' | '*' | '#' | 'A'..='D')).then_some(d)
+        });
+        if let Some(d) = digit {
+            self.on_digit(now, call_id, side, d, "info");
+        }
+    }
+
+    pub(super) fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let invite_key = TxKey {
+            method: Method::Invite,
+            ..TxKey::of(msg)
+        };
+        if self.txn.server_request(&invite_key).is_none() {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        }
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        if self.txn.server_is_final(&invite_key) {
+            return;
+        }
+        if let Some(&call_id) = self.by_a.get(&msg.call_id) {
+            self.end_unanswered(now, call_id, 487, "cancelled", true);
+        }
+    }
+
+    pub(super) fn on_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let from_a = self.by_a.get(&msg.call_id).copied();
+        let from_b = self.by_b.get(&msg.call_id).copied();
+        let Some(call_id) = from_a.or(from_b) else {
+            let r = msg.response(481, reason_phrase(481), None);
+            self.respond(now, key, &r);
+            return;
+        };
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        let phase = self.calls.get(&call_id).map(|c| c.phase);
+        match (phase, from_a.is_some()) {
+            (Some(Phase::Connected), true) => {
+                self.end_connected(now, call_id, false, true, "caller_hangup");
+            }
+            (Some(Phase::Connected), false) => {
+                self.end_connected(now, call_id, true, false, "agent_hangup");
+            }
+            // BYE in an early dialog: the caller gave up (as with CANCEL).
+            (Some(_), true) => {
+                let answered = self.calls.get(&call_id).is_some_and(|c| c.answered);
+                let outcome = if answered { "abandoned" } else { "cancelled" };
+                self.end_unanswered(now, call_id, 487, outcome, true);
+            }
+            // The operator's phone ended its early dialog: offer failed.
+            (Some(_), false) => {
+                let b_call_id = msg.call_id.clone();
+                self.b_leg_failed(
+                    now,
+                    call_id,
+                    |b| b.call_id == b_call_id,
+                    OfferOutcome::Rejected,
+                );
+            }
+            (None, _) => {}
+        }
+    }
+
+    pub(super) fn on_no_ack(&mut self, now: Instant, a_call_id: &str) {
+        if let Some(&call_id) = self.by_a.get(a_call_id) {
+            warn!("caller never acknowledged the answer, hanging up");
+            if self.calls.get(&call_id).map(|c| c.phase) == Some(Phase::Connected) {
+                self.end_connected(now, call_id, true, true, "no_ack");
+            } else {
+                self.end_unanswered(now, call_id, 408, "no_ack", false);
+            }
+        }
+    }
+
+    pub(super) fn send_bye(&mut self, now: Instant, leg: &mut Leg) {
+        leg.cseq += 1;
+        let bye = self.in_dialog(leg, Method::Bye);
+        self.send_request(now, leg.flow, bye, ClientRef::Other);
+    }
+
+    /// A request inside `leg`'s dialog with its current CSeq: to its
+    /// remote target (its flow's address when it gave none), along its
+    /// route set.
+    pub(super) fn in_dialog(&mut self, leg: &Leg, method: Method) -> Message {
+        let via = self.via(leg.flow);
+        leg.request(method, via)
+    }
+
+    /// The ACK for a 2xx (a request of its own, §13.2.2.4).
+    pub(super) fn send_ack(&mut self, leg: &Leg, resp: &Message) {
+        let via = self.via(leg.flow);
+        let ack = leg.ack(via, resp);
+        self.send_stateless(leg.flow, &ack);
+    }
+}
+
+/// The `tag` parameter of a From/To value.
+fn tag_of(header: &str) -> Option<&str> {
+    uri::parse_name_addr(header)?.param("tag").flatten()
+}

@@ -1,0 +1,355 @@
+//! Ingress policy: what a request must be before the engine acts on it
+//! (size and source bounds, scanners, trunk identity and TLS verdicts,
+//! admission under load and while draining).
+
+use super::*;
+
+impl Engine {
+    pub(super) fn handle_message(&mut self, now: Instant, flow: Flow, mut msg: Box<Message>) {
+        if msg.is_request() {
+            // Every response we build for it then tells the client where
+            // it was seen from (NAT: received/rport).
+            msg.stamp_via(flow.remote);
+        }
+        match &msg.start {
+            StartLine::Response { code, .. } => {
+                self.metrics
+                    .sip_responses
+                    .with_label_values(&[code_label(*code), "in"])
+                    .inc();
+                self.txn.handle_response(now, msg);
+            }
+            StartLine::Request { method, .. } => {
+                self.metrics
+                    .sip_requests
+                    .with_label_values(&[method.label(), "in"])
+                    .inc();
+                if *method != Method::Ack && !self.precheck(now, flow, &msg) {
+                    return;
+                }
+                if *method == Method::Register
+                    && self.txn.server_transactions_from(flow.remote.ip()) >= self.max_per_source
+                    && self.txn.server_request(&TxKey::of(&msg)).is_none()
+                {
+                    // A site's phones re-registering at once after its
+                    // network returns (one NAT address, hundreds of
+                    // operators) are answered without a transaction: the
+                    // registrar's nonces make that safe (a retransmission
+                    // whose 200 was lost is a replay: a fresh challenge,
+                    // never a failure), and nothing is kept per request.
+                    self.metrics.registrations_stateless.inc();
+                    let resp = self.register(now, flow, &msg);
+                    self.send_stateless(flow, &resp);
+                    return;
+                }
+                if *method != Method::Ack && !self.within_source_bound(flow, &msg) {
+                    return;
+                }
+                self.txn.handle_request(now, flow, msg);
+            }
+        }
+    }
+
+    /// Each server transaction lingers after its answer (Timer J, 64·T1 on
+    /// UDP), so one address could fill memory with cheap requests: past
+    /// `sip.max_transactions_per_source` live ones, a new request from an
+    /// address that is not a trunk peer gets 503 with no state kept
+    /// (retransmissions of live ones still reach their transaction).
+    pub(super) fn within_source_bound(&mut self, flow: Flow, msg: &Message) -> bool {
+        let ip = flow.remote.ip();
+        if self.txn.server_transactions_from(ip) < self.max_per_source
+            || self.txn.server_request(&TxKey::of(msg)).is_some()
+            || self.trunks.iter().any(|t| t.peers.contains(&ip))
+        {
+            return true;
+        }
+        warn!(peer = %ip, "too many transactions from one address: 503");
+        self.reject(flow, msg, 503, "source_busy", &[("Retry-After", "30")]);
+        false
+    }
+
+    /// Stateless checks before any transaction exists: anything refused here
+    /// leaves no state behind (scanners, untrusted sources, bad requests).
+    pub(super) fn precheck(&mut self, now: Instant, flow: Flow, msg: &Message) -> bool {
+        if msg.header("User-Agent").is_some_and(is_scanner) {
+            // Dropped without a word: a scanner learns nothing is here, and
+            // answering a flood would only amplify it.
+            self.metrics
+                .sip_rejected
+                .with_label_values(&["scanner"])
+                .inc();
+            debug!(peer = %flow.remote.ip(), "scanner dropped");
+            return false;
+        }
+        let method = msg.method().clone();
+        let ruri = msg.request_uri().unwrap_or_default();
+        if matches!(method, Method::Other(_)) {
+            self.reject(flow, msg, 501, "unknown_method", &[("Allow", ALLOW)]);
+            return false;
+        }
+        if uri::classify(ruri) == Some(Scheme::Other) {
+            self.reject(flow, msg, 416, "unsupported_uri_scheme", &[]);
+            return false;
+        }
+        if uri::classify(ruri) == Some(Scheme::Sips) && flow.transport != Transport::Tls {
+            // A sips: Request-URI promises TLS on every hop (RFC 3261
+            // §26.2.2, RFC 5630 §3.1.3): taking it over UDP or TCP would
+            // quietly break that promise.
+            self.reject(flow, msg, 416, "sips_not_over_tls", &[]);
+            return false;
+        }
+        // Extensions we implement: session timers (RFC 4028) and reliable
+        // provisional responses (RFC 3262).
+        let required: Vec<String> = msg
+            .headers_named("Require")
+            .flat_map(uri::split_list)
+            .filter(|o| {
+                !o.is_empty()
+                    && !o.eq_ignore_ascii_case("timer")
+                    && !o.eq_ignore_ascii_case("100rel")
+            })
+            .map(str::to_owned)
+            .collect();
+        if !required.is_empty() && method != Method::Cancel {
+            let list = required.join(", ");
+            self.reject(flow, msg, 420, "bad_extension", &[("Unsupported", &list)]);
+            return false;
+        }
+        if method == Method::Cancel
+            && self
+                .by_a
+                .get(&msg.call_id)
+                .and_then(|c| self.calls.get(c))
+                .is_some_and(|c| !self.same_peer(c.a_leg.flow.remote.ip(), flow.remote.ip()))
+        {
+            // A CANCEL must come from where its INVITE came from (§9.2 also
+            // wants the same branch; a stranger who learnt it is still a
+            // stranger). Refused before any transaction: one kept would
+            // make the caller's own CANCEL look like a merged request.
+            warn!(peer = %flow.remote.ip(), "CANCEL from a stranger refused");
+            self.reject(flow, msg, 481, "foreign_dialog", &[]);
+            return false;
+        }
+        if msg.to_tag.is_some() && !matches!(method, Method::Register | Method::Options) {
+            // In-dialog: the dialog must be ours, named by Call-ID and both
+            // tags, and the request must come from that dialog's peer (the
+            // trunk, or the operator's registered flow). A Call-ID alone is
+            // no secret: it travels in every message and logs. (Some phones
+            // put a To tag on REGISTER refreshes and OPTIONS keepalives:
+            // those never need a dialog.)
+            if method == Method::Cancel {
+                return true;
+            }
+            if let Err(reason) = self.match_dialog(flow.remote.ip(), msg) {
+                if reason == "foreign_dialog" {
+                    warn!(peer = %flow.remote.ip(), method = method.as_str(), "in-dialog request refused: not from the dialog's peer or wrong tags");
+                }
+                self.reject(flow, msg, 481, reason, &[]);
+                return false;
+            }
+            return true;
+        }
+        match method {
+            Method::Invite => self.precheck_invite(now, flow, msg),
+            Method::Register if self.trunks.iter().any(|t| t.outbound == Some(flow.remote)) => {
+                // A carrier's own address never registers an operator: its
+                // bindings would be rung through the carrier.
+                warn!(peer = %flow.remote.ip(), "REGISTER from a trunk's outbound address refused");
+                self.reject(flow, msg, 403, "trunk_register", &[]);
+                false
+            }
+            Method::Register | Method::Options | Method::Cancel => true,
+            Method::Bye => {
+                self.reject(flow, msg, 481, "no_dialog", &[]);
+                false
+            }
+            _ => {
+                self.reject(flow, msg, 405, "method_not_allowed", &[("Allow", ALLOW)]);
+                false
+            }
+        }
+    }
+
+    pub(super) fn precheck_invite(&mut self, now: Instant, flow: Flow, msg: &Message) -> bool {
+        if !self
+            .trunks
+            .iter()
+            .any(|t| t.peers.contains(&flow.remote.ip()))
+        {
+            // No toll fraud and no state for strangers: only trunk peers may
+            // start calls, and only towards local DIDs.
+            warn!(peer = %flow.remote.ip(), "INVITE from an untrusted address refused");
+            self.reject(flow, msg, 403, "untrusted_source", &[]);
+            return false;
+        };
+        if msg.max_forwards == Some(0) {
+            self.reject(flow, msg, 483, "too_many_hops", &[]);
+            return false;
+        }
+        if let Some(ct) = msg.header("Content-Type") {
+            let mime = ct.split(';').next().unwrap_or_default().trim();
+            if !mime.eq_ignore_ascii_case("application/sdp") {
+                self.reject(
+                    flow,
+                    msg,
+                    415,
+                    "unsupported_media_type",
+                    &[("Accept", "application/sdp")],
+                );
+                return false;
+            }
+        }
+        let accepts: Vec<&str> = msg
+            .headers_named("Accept")
+            .flat_map(uri::split_list)
+            .collect();
+        if !accepts.is_empty()
+            && !accepts.iter().any(|a| {
+                let m = a.split(';').next().unwrap_or_default().trim();
+                ["application/sdp", "application/*", "*/*"]
+                    .iter()
+                    .any(|ok| m.eq_ignore_ascii_case(ok))
+            })
+        {
+            self.reject(
+                flow,
+                msg,
+                406,
+                "not_acceptable",
+                &[("Accept", "application/sdp")],
+            );
+            return false;
+        }
+        if self.inbound(flow, msg).is_none() {
+            if self.inbound_by_address(flow.remote.ip(), msg).is_some() {
+                // Its address and DID name a trunk known by its client
+                // certificate, and this connection did not present it: an
+                // address alone proves nothing to such a trunk (D1).
+                warn!(peer = %flow.remote.ip(), transport = flow.transport.as_str(), "INVITE for a certificate-authenticated trunk without its certificate refused");
+                self.reject(flow, msg, 403, "trunk_not_authenticated", &[]);
+                return false;
+            }
+            self.reject(flow, msg, 404, "unknown_did", &[]);
+            return false;
+        }
+        if self.draining {
+            // Another node (the carrier's next route) takes it.
+            self.reject(flow, msg, 503, "draining", &[("Retry-After", "30")]);
+            return false;
+        }
+        if self.overloaded || self.calls.len() >= self.max_calls || !self.admit(now) {
+            self.reject(flow, msg, 503, "overload", &[("Retry-After", "5")]);
+            return false;
+        }
+        true
+    }
+
+    /// Takes one token from the admission bucket (`sip.max_calls_per_second`):
+    /// a steady rate with one second of burst.
+    pub(super) fn admit(&mut self, now: Instant) -> bool {
+        let Some((tokens, rate, last)) = self.admission.as_mut() else {
+            return true;
+        };
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * *rate).min(*rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The trunk an INVITE from `source` came in on, and where its DID
+    /// goes: a trunk is known by (source address, DID), so two trunks
+    /// behind one carrier SBC (one per tenant) each get their own DIDs'
+    /// calls (`check-config` refuses a DID two of them could claim).
+    /// A trunk with `tls_peer_names` counts only over a TLS connection
+    /// whose client certificate it accepted.
+    pub(super) fn inbound(&self, flow: Flow, msg: &Message) -> Option<(usize, Target)> {
+        let proven = (flow.transport == Transport::Tls)
+            .then(|| self.conn_trunks.get(&flow.conn))
+            .flatten();
+        self.inbound_where(flow.remote.ip(), msg, |i| {
+            let t = &self.trunks[i];
+            !t.mtls || proven.is_some_and(|names| names.contains(&t.name))
+        })
+    }
+
+    /// The trunk an INVITE would belong to by its address and DID alone.
+    pub(super) fn inbound_by_address(
+        &self,
+        source: IpAddr,
+        msg: &Message,
+    ) -> Option<(usize, Target)> {
+        self.inbound_where(source, msg, |_| true)
+    }
+
+    pub(super) fn inbound_where(
+        &self,
+        source: IpAddr,
+        msg: &Message,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<(usize, Target)> {
+        let ruri = msg.request_uri()?;
+        let did = match uri::classify(ruri)? {
+            Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
+            _ => uri::user(ruri)?.split(';').next()?,
+        };
+        self.trunks
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| t.peers.contains(&source) && allowed(*i))
+            .find_map(|(i, t)| Some((i, t.dids.get(did)?.clone())))
+    }
+}
+
+/// User-Agents of SIP scanners and toll-fraud tools (case-insensitive
+/// substrings).
+const SCANNERS: [&str; 9] = [
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "vaxsipuseragent",
+    "pplsip",
+    "sundayddr",
+    "iwar",
+    "sip-scan",
+    "smap",
+];
+
+/// Whether a User-Agent is a known scanner's (no allocation: it runs on
+/// every request).
+fn is_scanner(user_agent: &str) -> bool {
+    let ua = user_agent.as_bytes();
+    SCANNERS.iter().any(|s| {
+        ua.windows(s.len())
+            .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+    })
+}
+
+/// Whether a peer's request or answer lists UPDATE in its `Allow`.
+pub(super) fn allows_update(msg: &Message) -> bool {
+    msg.headers_named("Allow")
+        .flat_map(uri::split_list)
+        .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
+}
+
+/// The caller a trusted carrier asserts (RFC 3325 `P-Asserted-Identity`,
+/// one `sip:` and/or one `tel:` value): its telephone number, `tel:` first.
+pub(super) fn asserted_caller(msg: &Message) -> Option<String> {
+    let uris: Vec<&str> = msg
+        .headers_named("P-Asserted-Identity")
+        .flat_map(uri::split_list)
+        .take(2)
+        .filter_map(|v| uri::parse_name_addr(v).map(|n| n.uri))
+        .collect();
+    let tel = uris
+        .iter()
+        .find(|u| u.len() > 4 && u[..4].eq_ignore_ascii_case("tel:"));
+    tel.into_iter()
+        .chain(uris.iter())
+        .find_map(|u| uri::telephone_number(u))
+        .map(str::to_owned)
+}

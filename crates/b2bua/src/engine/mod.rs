@@ -1,0 +1,1178 @@
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use centralino_config::{Config, DidTarget};
+use centralino_flows::{Action as FlowAction, Facts, Flow as IvrFlow, Run};
+use centralino_media::announce::{self, Library};
+use centralino_media::g711::Law;
+use centralino_media::ports::Ports;
+use centralino_media::prompt::Prompt;
+use centralino_media::relay::Side;
+use centralino_media::sdp::{self, Direction, Local};
+use std::sync::Arc;
+
+use centralino_routing::{
+    AgentState, CallSpec, Catalog, Code, OfferOutcome, Output as RouteOutput, PauseReason,
+    QueueAgents, Requirement, Router,
+};
+use centralino_sip::auth::{self, DigestAuth};
+use centralino_sip::dialog::{self, Leg};
+use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
+use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
+use centralino_sip::session_timer;
+use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
+use centralino_sip::uri::{self, Scheme};
+use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
+use centralino_types::dialplan::DialPlan;
+use centralino_types::record::Record;
+use centralino_types::{AgentId, CallId, Masked, QueueId};
+use prometheus::IntGauge;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tracing::{debug, info, warn};
+
+use crate::media::{MediaCommand, MediaEvent, MediaPorts, PORT_QUARANTINE, Peer, PoolPorts};
+use crate::metrics::Metrics;
+
+/// Gauges lag activity by at most this much.
+const GAUGE_PERIOD: Duration = Duration::from_millis(100);
+
+/// RFC 3326 on the CANCEL to phones that lost a parallel ring: phones
+/// then show no missed call (another phone or operator took it).
+const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK";
+
+/// A non-100 provisional response is repeated this often while a call
+/// waits, so proxies on the path never time the INVITE out (RFC 3261
+/// §13.3.1.1: at least every minute).
+const PROGRESS_REFRESH: Duration = Duration::from_secs(60);
+
+/// The telephone-event payload type Centralino offers to operators.
+const TELEPHONE_EVENT: u8 = 101;
+
+/// Digits kept per call for its flow; older ones are dropped.
+const MAX_DIGITS: usize = 64;
+
+/// IVR answers copied into the operator's INVITE, at most.
+const MAX_VARIABLE_HEADERS: usize = 16;
+
+/// What the engine asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send these bytes along `flow`.
+    Transmit {
+        /// Destination and socket.
+        flow: Flow,
+        /// The serialised message.
+        bytes: Vec<u8>,
+    },
+    /// Instruct the media plane.
+    Media(MediaCommand),
+    /// A call record or queue log event, for the store (batched there).
+    Record(Record),
+    /// Store a callback request (virtual hold); answer with
+    /// [`Engine::callback_stored`] once it is durable, or not.
+    StoreCallback {
+        /// The call asking.
+        call: CallId,
+        /// Its queue.
+        queue: String,
+        /// The number to call back (the caller's).
+        number: String,
+        /// When the call entered the queue (Unix seconds): the request
+        /// keeps its place.
+        enqueued_unix: i64,
+    },
+    /// What an operator's desktop shows: the call offered to them (with
+    /// the IVR's answers and the queue's script), or `None` once it is
+    /// over for them.
+    AgentCall {
+        /// The operator.
+        agent: String,
+        /// The call, while offered or connected.
+        info: Option<AgentCall>,
+    },
+    /// The queues as a supervisor sees them (at most once a second, after
+    /// activity).
+    Queues(Vec<QueueView>),
+    /// A callback moved on: record it in the store.
+    CallbackState {
+        /// The callback's id in the store.
+        id: String,
+        /// What happened.
+        state: CallbackState,
+    },
+}
+
+/// One queue for the supervisor's view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueView {
+    /// Queue name.
+    pub name: String,
+    /// The tenant (firm) it belongs to.
+    pub tenant: String,
+    /// Calls not yet answered (waiting or ringing an operator).
+    pub waiting: u32,
+    /// Wall clock (Unix ms) the oldest of them entered, if any: readers
+    /// compute its wait at read time.
+    pub oldest_since_ms: Option<i64>,
+    /// Expected wait of a call arriving now, seconds.
+    pub expected_wait_seconds: u64,
+    /// Operators reached by its first ring: available, busy, paused,
+    /// logged out.
+    pub agents: [(&'static str, u32); 4],
+    /// Callbacks the queue can take now: operators available in its first
+    /// ring less the callbacks already waiting for one. The scheduler
+    /// claims no more than this, so a booking rush does not hold RTP ports
+    /// and spend attempts on callbacks nobody is free to take.
+    pub callback_room: u32,
+    /// Callbacks of this queue the engine has been handed since it
+    /// started: the scheduler subtracts those it claimed that this view
+    /// has not seen yet.
+    pub callbacks_started: u64,
+}
+
+/// Where the operator is with the call on their desktop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeskState {
+    /// Their phone rings.
+    Offered,
+    /// They answered.
+    Connected,
+}
+
+impl DeskState {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offered => "offered",
+            Self::Connected => "connected",
+        }
+    }
+}
+
+/// Why an operator's state cannot change as asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentStateError {
+    /// No such operator.
+    #[error("no such operator")]
+    Unknown,
+    /// Not registered: a phone must log in first.
+    #[error("the operator is logged out (their phone must register first)")]
+    LoggedOut,
+    /// Ringing or talking: pause after the call (wrap-up may be paused).
+    #[error("the operator is on a call: pause during wrap-up or after it")]
+    Busy,
+}
+
+/// The call an operator is offered or talking to, for their desktop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCall {
+    /// Ringing or answered.
+    pub state: DeskState,
+    /// Call record id (answers are stored against it).
+    pub call: String,
+    /// Queue name.
+    pub queue: String,
+    /// The IVR flow the caller walked, if any.
+    pub flow: Option<String>,
+    /// What the caller chose and answered there.
+    pub variables: Vec<(String, String)>,
+    /// The queue's operator script.
+    pub script: Option<String>,
+    /// The callback being executed, if it is one.
+    pub callback: Option<String>,
+}
+
+/// A callback the driver claimed from the store, to execute now.
+#[derive(Clone, Debug)]
+pub struct DueCallback {
+    /// Id in the store.
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// The citizen's number.
+    pub number: String,
+    /// Extra requirements (an expression).
+    pub requirements: Option<String>,
+    /// Priority.
+    pub priority: i32,
+    /// When it was asked for (Unix seconds): it keeps that place.
+    pub created_unix: i64,
+    /// This attempt's number (1 for the first).
+    pub attempt: u32,
+}
+
+/// A callback's progress, for the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallbackState {
+    /// An operator answered: the citizen is about to be dialled. The
+    /// driver makes this durable and answers with
+    /// [`Engine::callback_dialing`] before the INVITE leaves.
+    Dialing {
+        /// The call executing it.
+        call: CallId,
+    },
+    /// The citizen answered.
+    Done,
+    /// Try again after `after` (busy, no answer, no operator, failure).
+    Retry {
+        /// Why this attempt failed.
+        outcome: &'static str,
+        /// When to try again.
+        after: Duration,
+    },
+    /// No attempt left, or it cannot be executed.
+    Failed {
+        /// Why.
+        outcome: &'static str,
+    },
+    /// The operator left before the citizen was dialled: back to pending
+    /// at once, this attempt not counted (the citizen saw nothing of it),
+    /// keeping the request's place.
+    Requeue {
+        /// Why the operator left (`agent_hangup`, `media_timeout`...).
+        outcome: &'static str,
+    },
+}
+
+/// One trunk as the engine uses it, from its `[[trunks]]` entry (one
+/// table indexed by the trunk's position; rebuilt at each reload).
+#[derive(Debug)]
+struct TrunkPolicy {
+    /// Its name: metric label, TLS verdicts, and a trunk's identity across
+    /// a reload.
+    name: String,
+    /// Whose trunk it is (its dial plan applies to what it dials).
+    tenant: usize,
+    /// The addresses its INVITEs come from.
+    peers: Vec<IpAddr>,
+    /// Its DIDs and where each goes.
+    dids: DidTable,
+    /// Where calls we place through it go (`None`: inbound only).
+    outbound: Option<SocketAddr>,
+    /// How its outbound side is reached (UDP or TLS).
+    transport: Transport,
+    /// The caller id our calls through it show.
+    caller_id: String,
+    /// Its OPTIONS interval (`None`: not pinged).
+    options: Option<Duration>,
+    /// INVITEs only over a TLS connection that presented this trunk's
+    /// client certificate (`tls_peer_names`).
+    mtls: bool,
+    /// What we answer its digest challenges with.
+    auth: Option<centralino_config::TrunkAuth>,
+    /// In our trust domain (RFC 3325): `P-Asserted-Identity` read from
+    /// its INVITEs and sent on ours.
+    asserted_identity: bool,
+    /// Found dead by OPTIONS: callbacks skip it, so a silent carrier does
+    /// not cost each callback a Timer B wait before the next trunk. Kept
+    /// across a reload by name: one found down stays down until it answers.
+    down: bool,
+}
+
+impl TrunkPolicy {
+    /// Whether calls of `tenant` may leave through it.
+    fn dials_for(&self, tenant: usize) -> bool {
+        self.outbound.is_some() && self.tenant == tenant
+    }
+}
+
+/// What the engine does with one queue's calls, from its `[[queues]]`
+/// entry (one table indexed by `QueueId`; rebuilt at each reload).
+#[derive(Debug)]
+struct QueuePolicy {
+    /// Whose queue it is (its dial plan and trunks call back).
+    tenant: usize,
+    /// The tenant's name (supervisor views).
+    tenant_name: String,
+    /// The status a caller gets when the queue gives up on them.
+    exit_status: u16,
+    /// Position and expected wait are spoken this often.
+    announce_every: Option<Duration>,
+    /// Music on hold (the queue's own, else the node's; set with the
+    /// prompts, kept across reloads).
+    music: Option<Prompt>,
+    /// Answered calls are recorded.
+    record: bool,
+    /// The operator script's name.
+    script: Option<String>,
+    /// Virtual hold: the key that asks for a callback, the prompts that
+    /// offer it and those that confirm it.
+    callback_key: Option<char>,
+    callback_offer: Vec<String>,
+    callback_confirm: Vec<String>,
+    /// Virtual hold confirms the number first.
+    callback_number: Option<centralino_config::CallbackNumber>,
+    /// Callback attempts at most, and the delay between them, unless an
+    /// outcome has its own (`callback_retries`).
+    callback_max_attempts: u32,
+    callback_retry: Duration,
+    callback_retries: Vec<(String, u32, Duration)>,
+    /// Callbacks dial the citizen first.
+    customer_first: bool,
+    /// What the operator hears on answering, for calls and for callbacks
+    /// (`None`: the built-in tone).
+    whisper: Vec<String>,
+    callback_whisper: Option<Vec<String>>,
+}
+
+/// One queue's live gauges and counts.
+struct QueueStats {
+    waiting: IntGauge,
+    oldest_wait: IntGauge,
+    /// Operators by state.
+    agents: Vec<IntGauge>,
+    expected_wait: IntGauge,
+    /// Callbacks handed to the engine so far (views carry it).
+    callbacks_started: u64,
+}
+
+/// A call that is a callback being executed.
+#[derive(Debug)]
+struct Outbound {
+    id: String,
+    attempt: u32,
+    /// Dial the citizen first, then queue them.
+    customer_first: bool,
+    /// The citizen's INVITE, while it rings.
+    invite: Option<TxKey>,
+    /// The citizen's INVITE has left: their phone may have rung.
+    dialled: bool,
+    /// The citizen answered.
+    answered: bool,
+    /// The outbound trunk dialled through (index in `trunks`).
+    trunk: usize,
+    /// Where the network's early media comes from (its 18x SDP), once the
+    /// waiting operator was bridged to it.
+    early_media: Option<SocketAddr>,
+}
+
+/// A call's anchored media as the signalling side knows it.
+#[derive(Debug)]
+struct CallMedia {
+    /// Local address the ports are bound on.
+    ip: IpAddr,
+    /// Address written into SDP.
+    sdp_ip: IpAddr,
+    a_port: u16,
+    b_port: u16,
+    a: Peer,
+    a_direction: Direction,
+    b: Option<Peer>,
+    b_direction: Direction,
+    /// o= session id towards the caller (the operator gets id + 1).
+    session: u64,
+    version: u64,
+    /// Key presses so far (for the call's flow).
+    digits: String,
+    /// The caller's INVITE had no SDP: our offer goes in the 200 OK and
+    /// their answer comes in the ACK; the media opens then.
+    late_offer: bool,
+    /// The media plane has the call (`Open` sent).
+    opened: bool,
+}
+
+/// Where a DID's calls go first, with what they need.
+#[derive(Clone, Debug)]
+enum Target {
+    /// Straight into a queue.
+    Queue(QueueId, Arc<CallSpec>),
+    /// Through an IVR flow (answered first); the spec is ANDed with what
+    /// the flow adds.
+    Flow(Arc<IvrFlow>, Arc<CallSpec>),
+}
+
+/// A trunk's DIDs.
+type DidTable = HashMap<String, Target>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BState {
+    Calling,
+    Ringing,
+    Answered,
+}
+
+#[derive(Debug)]
+struct BLeg {
+    agent: AgentId,
+    /// Offer number within the call (keys its ring timer).
+    attempt: u32,
+    invite_key: TxKey,
+    call_id: String,
+    local: String,
+    flow: Flow,
+    state: BState,
+    dialog: Option<Leg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Answered, walking an IVR flow.
+    Ivr,
+    Queued,
+    Offering,
+    Connected,
+}
+
+struct Call {
+    /// `call{call=…}`: every log line about the call carries it.
+    span: tracing::Span,
+    phase: Phase,
+    queue: QueueId,
+    enqueued: Instant,
+    started: Instant,
+    a_key: TxKey,
+    a_invite: Box<Message>,
+    a_tag: String,
+    a_leg: Leg,
+    caller: String,
+    /// The caller asked not to be identified (RFC 3323/3325 `Privacy`):
+    /// operators are offered the call from "anonymous"; the record keeps
+    /// the number.
+    private: bool,
+    /// B-legs ringing (one, or several with ring-all).
+    forks: Vec<BLeg>,
+    /// The B-leg that answered.
+    b: Option<BLeg>,
+    attempt: u32,
+    media: CallMedia,
+    /// The caller's leg got its 200 OK (IVR calls are answered first).
+    answered: bool,
+    /// Entered a queue (queue metrics apply).
+    in_queue: bool,
+    /// What the DID asks of every call.
+    spec: Arc<CallSpec>,
+    /// The IVR walk, while it lasts.
+    run: Option<Run>,
+    /// A flow waiting for the media (late offer: it opens at the ACK).
+    pending_flow: Option<Arc<IvrFlow>>,
+    /// Call record id (unique across restarts).
+    record_id: String,
+    /// When an operator answered, and who.
+    connected: Option<(Instant, String)>,
+    /// The caller asked to be called back; the store has not answered yet.
+    callback_asked: bool,
+    /// Virtual hold's number dialogue in progress, and its step (stale
+    /// timers carry an older step).
+    vhold: Option<Vhold>,
+    vhold_step: u32,
+    /// Set when the call is a callback being executed (agent first).
+    outbound: Option<Outbound>,
+    /// An IVR transfer to an external number: its INVITE while it rings,
+    /// its dialog once answered.
+    transfer: Option<TransferLeg>,
+    /// Whose call it is: the tenant of the trunk it came in on, or of the
+    /// queue that calls back (its dial plan and outbound trunks apply).
+    tenant: usize,
+    /// The caller's session timer (RFC 4028), when its INVITE asked for
+    /// one and supports the extension: the interval (seconds); the caller
+    /// refreshes, and a call whose refreshes stop is ended. The step
+    /// tells a stale expiry timer from the current one.
+    session_timer: Option<u32>,
+    session_step: u32,
+    /// Centralino refreshes the session (RFC 4028: the caller asked for
+    /// `refresher=uas`, a proxy set a timer the caller does not support,
+    /// or a carrier answering our INVITE left it to us), by UPDATE when
+    /// the peer allows it (`peer_update`), else by re-INVITE.
+    we_refresh: bool,
+    peer_update: bool,
+    /// The caller required reliable provisional responses (RFC 3262).
+    reliable: Option<Reliable>,
+}
+
+/// Reliable provisional responses towards a caller that requires them
+/// (`Require: 100rel`, RFC 3262).
+#[derive(Debug)]
+struct Reliable {
+    /// The next RSeq.
+    next_rseq: u32,
+    /// The one not yet acknowledged by a PRACK (only one at a time): its
+    /// RSeq, the response, when it was first sent, the next interval.
+    unacked: Option<(u32, Box<Message>, Instant, Duration)>,
+    /// A 2xx that waits for the PRACK of a provisional that carried our
+    /// SDP answer (§3: it may not overtake it).
+    held_final: Option<Box<Message>>,
+}
+
+/// Virtual hold's number dialogue (queue `callback_number`).
+#[derive(Debug)]
+enum Vhold {
+    /// The number read back: 1 confirms it, 2 keys in another.
+    Confirm(String),
+    /// Keying in another number (`#` ends it); attempts so far.
+    Enter(String, u8),
+}
+
+/// Supervisor views are published at most this often.
+const VIEWS_PERIOD: Duration = Duration::from_secs(1);
+
+/// How often idle authentication-failure counters are dropped.
+const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
+
+/// Attempts at keying in a number before the caller keeps their place.
+const VHOLD_TRIES: u8 = 3;
+
+/// The far end of an IVR transfer.
+#[derive(Debug)]
+struct TransferLeg {
+    call_id: String,
+    invite: Option<TxKey>,
+    dialog: Option<Leg>,
+}
+
+/// The interpreter's view of the engine, from disjoint fields (usable
+/// while a call is borrowed from the call table).
+macro_rules! facts {
+    ($e:ident, $now:expr) => {
+        EngineFacts {
+            router: &$e.router,
+            prompts: &$e.prompts,
+            queues: &$e.queue_ids,
+            unix: $e.wall.1 + $now.saturating_duration_since($e.wall.0).as_secs() as i64,
+        }
+    };
+}
+
+/// What the IVR interpreter sees of the engine.
+struct EngineFacts<'a> {
+    router: &'a Router,
+    prompts: &'a Library,
+    queues: &'a HashMap<String, QueueId>,
+    unix: i64,
+}
+
+impl Facts for EngineFacts<'_> {
+    fn unix_now(&self) -> i64 {
+        self.unix
+    }
+
+    fn duration(&self, prompts: &[String]) -> Duration {
+        prompts
+            .iter()
+            .filter_map(|p| self.prompts.get(p))
+            .map(Prompt::duration)
+            .sum()
+    }
+
+    fn staffed(&self, queue: &str) -> u32 {
+        self.queues.get(queue).map_or(0, |&q| {
+            let a = self.router.queue_agents(q);
+            a.available + a.busy
+        })
+    }
+
+    fn expected_wait(&self, queue: &str) -> Option<Duration> {
+        self.router.queue_estimate(*self.queues.get(queue)?)
+    }
+
+    fn waiting(&self, queue: &str) -> u32 {
+        self.queues
+            .get(queue)
+            .map_or(0, |&q| self.router.waiting_count(q) as u32)
+    }
+}
+
+/// What a client transaction belongs to.
+enum ClientRef {
+    /// The INVITE of a call's current B-leg.
+    BInvite(CallId),
+    /// The INVITE of a B-leg we gave up on: a late 2xx gets ACK and BYE.
+    Orphan { local: String, flow: Flow },
+    /// The INVITE to the citizen of a callback.
+    Citizen(CallId),
+    /// The INVITE of an IVR transfer to an external number.
+    Transfer(CallId),
+    /// OPTIONS to an idle operator's phone: no answer logs them out.
+    Qualify(AgentId),
+    /// OPTIONS to an outbound trunk: no answer marks it down.
+    TrunkPing(usize),
+    /// Our session refresh (UPDATE or re-INVITE) on a call's caller leg.
+    Refresh(CallId),
+    /// BYE, CANCEL: the answer changes nothing.
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum CallTimer {
+    Ring(u32),
+    MaxWait,
+    /// Position and expected wait, spoken to a waiting caller.
+    Announce,
+    /// The 183 repeated while waiting.
+    Progress,
+    /// The IVR flow's next deadline (prompt end, key timeout).
+    Flow,
+    /// The callback confirmation has played: end the call.
+    CallbackDone,
+    /// Virtual hold's number dialogue waited long enough for a key (the
+    /// step it was armed for).
+    Vhold(u32),
+    /// The caller's session was not refreshed in time (the step it was
+    /// armed for).
+    SessionExpired(u32),
+    /// A reliable provisional response (its RSeq) is due again.
+    Reliable(u32),
+    /// Our refresh of the session is due (the step it was armed for).
+    SessionRefresh(u32),
+}
+
+/// The B2BUA with its registrar and router: one owner, no locks.
+///
+/// Drive loop: feed network input with [`Engine::handle_datagram`] or
+/// [`Engine::handle_framed`], call [`Engine::handle_timeout`] when
+/// [`Engine::poll_timeout`] is due, and after each call drain
+/// [`Engine::poll_output`] until `None`.
+pub struct Engine {
+    limits: Limits,
+    txn: Transactions,
+    registrar: Registrar,
+    router: Router,
+    metrics: Metrics,
+    rng: StdRng,
+    /// Per trunk (by position in the configuration).
+    trunks: Vec<TrunkPolicy>,
+    /// Per queue (by `QueueId`): what to do with its calls, and its gauges.
+    queues: Vec<QueuePolicy>,
+    queue_stats: Vec<QueueStats>,
+    /// Per tenant: operators by state.
+    tenant_gauges: Vec<Vec<IntGauge>>,
+    agent_ids: HashMap<String, AgentId>,
+    login_paused: bool,
+    /// OPTIONS to idle operators' phones this often (`None`: off).
+    qualify: Option<Duration>,
+    /// When each logged-in operator's phone is next asked.
+    qualify_due: BinaryHeap<Reverse<(Instant, AgentId)>>,
+    /// Operators with an entry in `qualify_due` (one chain each).
+    qualify_scheduled: std::collections::HashSet<AgentId>,
+    trunk_due: BinaryHeap<Reverse<(Instant, usize)>>,
+    max_calls: usize,
+    /// Live server transactions allowed per non-trunk address.
+    max_per_source: usize,
+    /// Admission token bucket: (tokens, last refill) when a rate is set.
+    admission: Option<(f64, f64, Instant)>,
+    user_agent: String,
+    ports: Box<dyn MediaPorts>,
+    prompts: Arc<Library>,
+    codecs: Vec<Law>,
+    advertise: Option<IpAddr>,
+    /// The RTP port range (a peer naming our own address in it loops).
+    media_range: (u16, u16),
+    /// Queue ids by name (flows name their queues).
+    queue_ids: HashMap<String, QueueId>,
+    catalog: Catalog,
+    /// Wall clock: Unix seconds at an instant (the driver sets it).
+    wall: (Instant, i64),
+    /// Our UDP SIP address, for calls we place (the driver sets it).
+    outbound_local: Option<SocketAddr>,
+    /// Our TLS listener's address: Via and Contact of what we send to a
+    /// trunk over TLS (the driver opens the connection itself).
+    outbound_tls_local: Option<SocketAddr>,
+    /// TLS connections whose client certificate a trunk's CA and names
+    /// accepted, with those trunks' names. The driver says so once per
+    /// connection, before its first message (`connection_opened`), rather
+    /// than in every `Flow`: `Flow` stays a small `Copy` key, a verdict by
+    /// name survives a reload that reorders trunks, and a connection's
+    /// identity cannot differ between two of its messages. At most one
+    /// entry per open connection (the driver's `max_tcp_connections`).
+    conn_trunks: HashMap<u64, Box<[String]>>,
+    /// Per tenant: what its trunks may dial.
+    dial_plans: Vec<DialPlan>,
+    /// The built-in signal of a callback to the operator.
+    callback_tone: Prompt,
+    /// When the supervisor views were last published.
+    views_at: Option<Instant>,
+    calls: HashMap<CallId, Call>,
+    by_a: HashMap<String, CallId>,
+    by_b: HashMap<String, CallId>,
+    client: HashMap<TxKey, ClientRef>,
+    timers: BinaryHeap<Reverse<(Instant, CallId, CallTimer)>>,
+    next_call: u64,
+    /// Set by the driver when its input backlog is deep: new calls are
+    /// refused with 503 so the calls in progress keep their latency.
+    overloaded: bool,
+    /// Draining for a shutdown: new calls get 503.
+    draining: bool,
+    /// When idle authentication-failure counters were last dropped.
+    throttle_swept: Instant,
+    /// Ending every call for the shutdown: callbacks are left for the next
+    /// start (never retried or failed for it).
+    shutting_down: bool,
+    /// When the gauges are next sampled (after activity).
+    gauges_due: Option<Instant>,
+    out: VecDeque<Output>,
+    retrans_seen: u64,
+    /// RFC 3261's T1: reliable provisional responses are retransmitted
+    /// from it (RFC 3262 §3).
+    t1: Duration,
+    timeouts_seen: u64,
+    stray_seen: u64,
+}
+
+impl Engine {
+    /// The wall clock: Unix seconds at `now` (opening hours in flows).
+    pub fn set_wall_clock(&mut self, now: Instant, unix: i64) {
+        self.wall = (now, unix);
+    }
+
+    fn unix_ms_at(&self, now: Instant) -> i64 {
+        self.wall.1 * 1000 + now.saturating_duration_since(self.wall.0).as_millis() as i64
+    }
+
+    fn unix_at(&self, now: Instant) -> i64 {
+        self.wall.1 + now.saturating_duration_since(self.wall.0).as_secs() as i64
+    }
+
+    /// Where RTP ports come from (the driver's allocator binds them).
+    pub fn set_ports(&mut self, ports: Box<dyn MediaPorts>) {
+        self.ports = ports;
+    }
+
+    /// The prompts (announcements) and the music on hold of each queue,
+    /// loaded by the driver at start-up.
+    pub fn set_prompts(&mut self, prompts: Arc<Library>, music: Vec<Option<Prompt>>) {
+        self.prompts = prompts;
+        let mut music = music.into_iter();
+        for q in &mut self.queues {
+            q.music = music.next().flatten();
+        }
+    }
+
+    /// The metrics (the driver counts its own events there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The guard's limits (the driver frames TCP with them).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Load shedding: while `true`, new INVITEs get 503 with Retry-After
+    /// (stateless, cheap); REGISTER, in-dialog requests and responses are
+    /// still handled, so calls in progress complete.
+    pub fn set_overloaded(&mut self, overloaded: bool) {
+        if overloaded != self.overloaded {
+            if overloaded {
+                warn!("overloaded: refusing new calls with 503");
+            } else {
+                info!("load back to normal: accepting new calls");
+            }
+        }
+        self.overloaded = overloaded;
+    }
+
+    /// Calls in progress.
+    /// Graceful shutdown, first step: new calls get 503 with Retry-After
+    /// (the carrier routes them to another node); calls in progress,
+    /// queued ones included, go on; registrations keep working.
+    pub fn set_draining(&mut self) {
+        if !self.draining {
+            warn!(
+                calls = self.calls.len(),
+                "draining: new calls refused with 503"
+            );
+        }
+        self.draining = true;
+    }
+
+    /// Graceful shutdown, last step (the drain's deadline): every call still
+    /// here ends (BYE to answered legs, 503 to callers never answered),
+    /// outcome `shutdown`. Callbacks are not retried or failed for it: the
+    /// next start finds them in progress and recovers them.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.draining = true;
+        self.shutting_down = true;
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        if !ids.is_empty() {
+            warn!(
+                calls = ids.len(),
+                "drain deadline: ending the calls still in progress"
+            );
+        }
+        for id in ids {
+            match self.calls.get(&id).map(|c| c.phase) {
+                Some(Phase::Connected) => self.end_connected(now, id, true, true, "shutdown"),
+                Some(_) => self.end_unanswered(now, id, 503, "shutdown", false),
+                None => {}
+            }
+        }
+        // The BYEs and responses leave through the transactions.
+        self.pump(now);
+    }
+
+    /// The next output, until `None`.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next run.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.txn.poll_timeout(),
+            self.registrar.poll_timeout(),
+            self.router.poll_timeout(),
+            self.timers.peek().map(|Reverse((t, _, _))| *t),
+            self.qualify_due.peek().map(|Reverse((t, _))| *t),
+            self.trunk_due.peek().map(|Reverse((t, _))| *t),
+            self.gauges_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// One UDP datagram.
+    pub fn handle_datagram(&mut self, now: Instant, flow: Flow, data: &[u8]) {
+        let r = guard::parse_datagram(data, &self.limits);
+        self.handle_framed(now, flow, r);
+    }
+
+    /// One framed message (or refusal) from a stream or a datagram.
+    pub fn handle_framed(&mut self, now: Instant, flow: Flow, framed: Result<Framed, Rejection>) {
+        match framed {
+            // RFC 5626 §4.4.1: a CRLFCRLF "ping" on a connection gets a
+            // CRLF "pong", which is how a phone behind NAT knows its flow
+            // (and the mapping) still works. On UDP nothing answers it.
+            Ok(Framed::Keepalive) => {
+                if flow.transport.is_reliable() {
+                    self.out.push_back(Output::Transmit {
+                        flow,
+                        bytes: b"\r\n".to_vec(),
+                    });
+                }
+            }
+            Ok(Framed::Message(msg)) => self.handle_message(now, flow, msg),
+            Err(rej) => {
+                self.metrics
+                    .sip_parse_errors
+                    .with_label_values(&[rej.error.code()])
+                    .inc();
+                debug!(error_code = rej.error.code(), peer = %flow.remote, "message refused by the guard");
+                if let Some(reply) = rej.reply {
+                    self.send_stateless(flow, &reply);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Fires timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.gauges_due.is_some_and(|t| t <= now) {
+            self.refresh_gauges(now);
+        }
+        self.txn.handle_timeout(now);
+        self.registrar.handle_timeout(now);
+        self.router.handle_timeout(now);
+        while let Some(Reverse((at, call, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.call_timer(now, call, timer);
+            self.drain_txn(now);
+        }
+        while let Some(Reverse((at, agent))) = self.qualify_due.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.qualify_due.pop();
+            self.qualify_agent(now, agent);
+        }
+        while let Some(Reverse((at, trunk))) = self.trunk_due.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.trunk_due.pop();
+            self.ping_trunk(now, trunk);
+        }
+        self.pump(now);
+    }
+
+    /// Dispatches transaction outputs and routing decisions until quiet.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            self.drain_txn(now);
+            let events: Vec<RegEvent> = self.registrar.drain_events().collect();
+            for e in &events {
+                match e {
+                    RegEvent::Login(user) => {
+                        if let Some(&id) = self.agent_ids.get(user) {
+                            info!(agent = %user, "operator logged in");
+                            self.router.login(now, id, self.login_paused);
+                            self.agent_event(now, id, "login", None);
+                            if let Some(every) = self.qualify
+                                && self.qualify_scheduled.insert(id)
+                            {
+                                self.qualify_due.push(Reverse((now + every, id)));
+                            }
+                            if self.login_paused {
+                                self.agent_event(now, id, "pause", Some("login".to_owned()));
+                            }
+                        }
+                    }
+                    RegEvent::Logout(user) => {
+                        if let Some(&id) = self.agent_ids.get(user) {
+                            info!(agent = %user, "operator logged out");
+                            self.router.logout(id);
+                            self.agent_event(now, id, "logout", None);
+                        }
+                    }
+                }
+            }
+            let mut progressed = !events.is_empty();
+            while let Some(o) = self.router.poll_output() {
+                progressed = true;
+                match o {
+                    RouteOutput::Offer(d) => self.offer(now, d.call, d.agent),
+                    RouteOutput::Reclaimed { call, agent } => self.reclaimed(now, call, agent),
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        // Gauges are sampled, not updated per message: with hundreds of
+        // queues and tenants a refresh is thousands of atomic stores, which
+        // would cost more than the call itself at thousands of calls/s.
+        let soon = now + GAUGE_PERIOD;
+        self.gauges_due = Some(self.gauges_due.map_or(soon, |d| d.min(soon)));
+    }
+
+    fn drain_txn(&mut self, now: Instant) {
+        while let Some(o) = self.txn.poll_output() {
+            match o {
+                TxOutput::Transmit { flow, bytes } => {
+                    self.out.push_back(Output::Transmit { flow, bytes })
+                }
+                TxOutput::Request { flow, msg } => self.on_request(now, flow, msg),
+                TxOutput::Response { key, msg } => self.on_response(now, key, msg),
+                TxOutput::Timeout { key } => self.on_client_timeout(now, key),
+                TxOutput::NoAck { call_id, .. } => self.on_no_ack(now, &call_id),
+            }
+        }
+    }
+
+    fn call_timer(&mut self, now: Instant, call_id: CallId, timer: CallTimer) {
+        let _span = self.call_span(call_id).entered();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        match timer {
+            CallTimer::Ring(attempt) => {
+                let Some(b) = call.forks.iter().find(|b| b.attempt == attempt) else {
+                    return;
+                };
+                info!(agent = %self.router.agent(b.agent).name, "operator did not answer in time");
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&["no_answer"])
+                    .inc();
+                self.b_leg_failed(
+                    now,
+                    call_id,
+                    |b| b.attempt == attempt,
+                    OfferOutcome::NoAnswer,
+                );
+            }
+            CallTimer::MaxWait => {
+                // Connected, or re-queued since (a new wait started then).
+                if call.phase == Phase::Connected
+                    || now.saturating_duration_since(call.enqueued)
+                        < self.router.queue(call.queue).max_wait
+                {
+                    return;
+                }
+                let status = self.queues[call.queue.0 as usize].exit_status;
+                info!("maximum wait reached, queue exit");
+                self.end_unanswered(now, call_id, status, "max_wait", false);
+            }
+            CallTimer::Progress => {
+                if call.phase == Phase::Connected || call.answered {
+                    return;
+                }
+                let mut r = if call.media.late_offer {
+                    call.a_invite.response(180, "Ringing", Some(&call.a_tag))
+                } else {
+                    let mut r = call
+                        .a_invite
+                        .response(183, "Session Progress", Some(&call.a_tag));
+                    r.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+                    r
+                };
+                r.push("Contact", &Self::caller_contact(call));
+                self.timers.push(Reverse((
+                    now + PROGRESS_REFRESH,
+                    call_id,
+                    CallTimer::Progress,
+                )));
+                self.provisional(now, call_id, r);
+            }
+            CallTimer::Reliable(rseq) => {
+                let t1 = self.t1;
+                let Some(rel) = call.reliable.as_mut() else {
+                    return;
+                };
+                let Some((sent, r, first, interval)) = rel.unacked.as_mut() else {
+                    return;
+                };
+                if *sent != rseq {
+                    return;
+                }
+                if now.saturating_duration_since(*first) >= 64 * t1 {
+                    // §3: no PRACK for 64·T1: the INVITE is refused.
+                    warn!("no PRACK for a reliable provisional response: call refused");
+                    if rel.held_final.is_some() {
+                        // An operator already answered: released by BYE.
+                        let r = call
+                            .a_invite
+                            .response(500, reason_phrase(500), Some(&call.a_tag));
+                        let a_key = call.a_key.clone();
+                        self.respond(now, &a_key, &r);
+                        self.end_connected(now, call_id, false, true, "no_prack");
+                    } else {
+                        self.end_unanswered(now, call_id, 500, "no_prack", false);
+                    }
+                    return;
+                }
+                *interval *= 2;
+                // The last wait ends at 64·T1 exactly, when it is refused.
+                let (r, next) = (r.clone(), (now + *interval).min(*first + 64 * t1));
+                let a_key = call.a_key.clone();
+                self.timers
+                    .push(Reverse((next, call_id, CallTimer::Reliable(rseq))));
+                self.respond(now, &a_key, &r);
+            }
+            CallTimer::CallbackDone => {
+                self.end_unanswered(now, call_id, 480, "callback_requested", false);
+            }
+            CallTimer::SessionRefresh(step) => {
+                if call.session_step != step || call.session_timer.is_none() || !call.we_refresh {
+                    return;
+                }
+                self.send_refresh(now, call_id);
+            }
+            CallTimer::SessionExpired(step) => {
+                if call.session_step != step || call.session_timer.is_none() {
+                    return;
+                }
+                // RFC 4028 §10: the refresher went quiet (a carrier that
+                // lost the call without a BYE); both sides are let go.
+                warn!("session timer expired: the caller's side stopped refreshing");
+                self.metrics.session_timer_expired.inc();
+                if call.phase == Phase::Connected {
+                    self.end_connected(now, call_id, true, true, "session_expired");
+                } else {
+                    self.end_unanswered(now, call_id, 408, "session_expired", false);
+                }
+            }
+            CallTimer::Flow => {
+                let Some(mut run) = call.run.take() else {
+                    return;
+                };
+                let facts = facts!(self, now);
+                let actions = run.handle_timeout(now, &facts);
+                call.run = Some(run);
+                self.flow_actions(now, call_id, actions);
+            }
+            CallTimer::Announce => {
+                if call.phase == Phase::Connected {
+                    return;
+                }
+                let queue = call.queue;
+                if let Some(every) = self.queues[queue.0 as usize].announce_every {
+                    self.timers
+                        .push(Reverse((now + every, call_id, CallTimer::Announce)));
+                }
+                // Not over the number dialogue.
+                if call.vhold.is_none() {
+                    self.announce(call_id, queue);
+                }
+            }
+            CallTimer::Vhold(step) => {
+                if step == call.vhold_step && matches!(call.phase, Phase::Queued | Phase::Offering)
+                {
+                    self.vhold_timeout(now, call_id);
+                }
+            }
+        }
+    }
+
+    /// A report from the media plane.
+    pub fn handle_media(&mut self, now: Instant, event: MediaEvent) {
+        match event {
+            MediaEvent::Dtmf { call, side, digit } => {
+                self.on_digit(now, call, side, digit, "rfc4733");
+            }
+            MediaEvent::Idle { call, side } => {
+                let _span = self.call_span(call).entered();
+                let early = self.calls.get(&call).is_some_and(|c| {
+                    c.outbound.as_ref().is_some_and(|o| !o.answered) && side == Side::A
+                });
+                if early {
+                    // Early media may fall silent while the phone rings;
+                    // the answer's bridge starts the liveness clock anew.
+                    return;
+                }
+                if self.calls.get(&call).map(|c| c.phase) == Some(Phase::Connected) {
+                    self.metrics
+                        .media_timeouts
+                        .with_label_values(&[side.label()])
+                        .inc();
+                    if side == Side::B && self.requeue_after_operator_loss(now, call) {
+                        return self.pump(now);
+                    }
+                    warn!(
+                        side = side.label(),
+                        "no RTP from a bridged leg, ending the call"
+                    );
+                    self.end_connected(now, call, true, true, "media_timeout");
+                }
+            }
+            MediaEvent::Failed { call } => {
+                let _span = self.call_span(call).entered();
+                warn!("media could not be set up, ending the call");
+                match self.calls.get(&call).map(|c| c.phase) {
+                    Some(Phase::Connected) => {
+                        self.end_connected(now, call, true, true, "media_failed");
+                    }
+                    Some(_) => self.end_unanswered(now, call, 503, "media_failed", false),
+                    None => {}
+                }
+            }
+        }
+        self.pump(now);
+    }
+}
+
+// One `impl Engine` per concern, in the layout of quinn-proto's
+// `connection/`; declared after `facts!`, which some of them use.
+mod answer;
+mod callbacks;
+mod config;
+mod dialogs;
+mod ingress;
+mod ivr;
+mod offering;
+mod presence;
+mod send;
+mod session;
+mod setup;
+mod teardown;
+mod telemetry;
+#[cfg(test)]
+mod tests;
+mod transfer;
+mod vhold;
+
+use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, offer, open_command};
+use ingress::{allows_update, asserted_caller};
+use ivr::{names_to_prompts, variables_of, whisper_prompts};
+use telemetry::code_label;

@@ -1,0 +1,629 @@
+//! Offering a waiting call to operators: the operator's INVITE (one, or
+//! several forks for ring-all and an operator's several phones), its
+//! answers, CANCELs, and a call that goes back to its queue when an offer
+//! fails.
+
+use super::*;
+
+impl Engine {
+    /// Offers a call to an operator: every phone they registered (a desk
+    /// phone and a softphone) rings at once, one B-leg each; the first to
+    /// answer takes it, the others get CANCEL. The offer fails only when
+    /// every phone has failed, or at the ring timeout.
+    pub(super) fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let _span = self.call_span(call_id).entered();
+        let name = self.router.agent(agent).name.clone();
+        let bindings = self.registrar.bindings(&name).to_vec();
+        if bindings.is_empty() {
+            // Registered state and bindings disagree: log the operator out
+            // and put the call back.
+            self.router.logout(agent);
+            self.offer_failed(now, call_id, agent, OfferOutcome::Rejected);
+            return;
+        }
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let desk = self.desk(call, DeskState::Offered);
+        let queue = call.queue;
+        self.out.push_back(Output::AgentCall {
+            agent: name.clone(),
+            info: Some(desk),
+        });
+        let attempt = call.attempt + 1;
+        for binding in &bindings {
+            let flow = self.binding_flow(binding);
+            let via = self.via(flow);
+            let b_call_id = format!("{}@centralino", self.token());
+            let b_tag = self.token();
+            let Some(call) = self.calls.get(&call_id) else {
+                return;
+            };
+            let local_host = flow.local.to_string();
+            let local = if call.private {
+                format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={b_tag}")
+            } else {
+                format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller)
+            };
+            let to = format!("<{}>", binding.contact);
+            let mut inv = Message::new_request(
+                Method::Invite,
+                &binding.contact,
+                via,
+                &local,
+                &to,
+                &b_call_id,
+                1,
+            );
+            // Through the edge proxies it registered through (RFC 3327);
+            // the flow is still the one the REGISTER came on (the first
+            // of them), so a Path names nobody we would not send to.
+            for r in &binding.path {
+                inv.push("Route", r);
+            }
+            inv.push("Contact", &dialog::contact(flow));
+            inv.push("User-Agent", &self.user_agent);
+            // The call record id (operator answers are stored against it)
+            // and the queue's operator script, for the operator's desktop.
+            inv.push("X-Centralino-Call", &call.record_id);
+            if let Some(o) = &call.outbound {
+                // A callback: the operator's phone shows it before
+                // answering (the citizen is dialled after the answer).
+                inv.push("X-Centralino-Callback", &o.id);
+            }
+            if let Some(script) = &self.queues[call.queue.0 as usize].script {
+                inv.push("X-Centralino-Script", script);
+            }
+            // What the caller chose and answered in the IVR travels with
+            // the offer, for the operator's phone or desktop to show.
+            if let Some(run) = &call.run {
+                inv.push("X-Centralino-Flow", run.flow());
+                for (name, value) in run.variables.iter().take(MAX_VARIABLE_HEADERS) {
+                    inv.push("X-Centralino-Var", &format!("{name}={value}"));
+                }
+            }
+            inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
+            let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
+            self.by_b.insert(b_call_id.clone(), call_id);
+            let call = self.calls.get_mut(&call_id).expect("checked above");
+            call.forks.push(BLeg {
+                agent,
+                attempt,
+                invite_key: key,
+                call_id: b_call_id,
+                local,
+                flow,
+                state: BState::Calling,
+                dialog: None,
+            });
+        }
+        let ring = self.router.queue(queue).ring_timeout;
+        let call = self.calls.get_mut(&call_id).expect("checked above");
+        call.phase = Phase::Offering;
+        call.attempt = attempt;
+        debug!(agent = %name, phones = bindings.len(), "offering call");
+        self.timers
+            .push(Reverse((now + ring, call_id, CallTimer::Ring(attempt))));
+        self.queue_event(now, call_id, "offer", Some(name));
+    }
+
+    /// A phone of `agent` is out of the offer (it refused, failed, timed
+    /// out): the offer fails only once none of their phones rings.
+    pub(super) fn fork_gone(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        agent: AgentId,
+        outcome: OfferOutcome,
+    ) {
+        let still_ringing = self
+            .calls
+            .get(&call_id)
+            .is_some_and(|c| c.forks.iter().any(|b| b.agent == agent));
+        if still_ringing {
+            return;
+        }
+        self.agent_released(agent);
+        self.offer_failed(now, call_id, agent, outcome);
+    }
+
+    pub(super) fn on_response(&mut self, now: Instant, key: TxKey, msg: Box<Message>) {
+        let code = msg.code();
+        match self.client.get(&key) {
+            Some(ClientRef::BInvite(call)) => {
+                let call = *call;
+                self.on_b_invite_response(now, key, call, msg);
+            }
+            Some(ClientRef::Orphan { local, flow }) => {
+                if (200..300).contains(&code) {
+                    // The operator answered after we gave up: ACK and hang up.
+                    let (local, flow) = (local.clone(), *flow);
+                    let mut leg = Leg::from_response(&local, flow, &msg);
+                    self.send_ack(&leg, &msg);
+                    self.send_bye(now, &mut leg);
+                }
+                if code >= 200 {
+                    self.client.remove(&key);
+                }
+            }
+            Some(ClientRef::Citizen(call)) => {
+                let call = *call;
+                self.on_citizen_response(now, key, call, &msg);
+            }
+            Some(ClientRef::Transfer(call)) => {
+                let call = *call;
+                self.on_transfer_response(now, key, call, &msg);
+            }
+            Some(ClientRef::TrunkPing(trunk)) => {
+                let trunk = *trunk;
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.trunk_seen(trunk, true);
+                }
+            }
+            Some(ClientRef::Refresh(call)) => {
+                let call = *call;
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.on_refresh_response(now, call, &msg);
+                }
+            }
+            // Any answer, even 405 or 404, says the phone is there.
+            Some(ClientRef::Other | ClientRef::Qualify(_)) | None => {
+                if code >= 200 {
+                    self.client.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_b_invite_response(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        call_id: CallId,
+        msg: Box<Message>,
+    ) {
+        let _span = self.call_span(call_id).entered();
+        let code = msg.code();
+        // An answer we can use: a common codec, audio, and an address we
+        // may send to.
+        let fork_flow = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| c.forks.iter().find(|b| b.invite_key == key))
+            .map(|b| b.flow);
+        let usable_answer = (200..300).contains(&code)
+            && fork_flow.is_some_and(|f| {
+                b_answer(&msg, &self.codecs, f.remote.ip()).is_some_and(|(p, _)| {
+                    self.refused_media(p.addr, f.remote.ip(), f.local.ip())
+                        .is_none()
+                })
+            });
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            self.client.remove(&key);
+            return;
+        };
+        if let Some(b) = call.b.as_ref().filter(|b| b.invite_key == key) {
+            // A retransmitted 2xx of the answered leg: our ACK was lost.
+            if (200..300).contains(&code)
+                && let Some(leg) = b.dialog.clone()
+            {
+                self.send_ack(&leg, &msg);
+            }
+            return;
+        }
+        let Some(i) = call.forks.iter().position(|b| b.invite_key == key) else {
+            return;
+        };
+        let b = &mut call.forks[i];
+        match code {
+            100 => {}
+            101..=199 => {
+                if b.state == BState::Calling {
+                    b.state = BState::Ringing;
+                    // Idempotent: a second phone of the same operator
+                    // ringing changes nothing.
+                    self.router.ringing(b.agent, call_id);
+                }
+                // The operator's early media is not relayed: the caller
+                // keeps hearing the queue's music until the answer.
+            }
+            200..=299 if !usable_answer => {
+                // An answer we cannot use (no common codec, no audio):
+                // acknowledge, hang up on that phone, try someone else.
+                let b = call.forks.swap_remove(i);
+                if call.forks.is_empty() {
+                    call.phase = Phase::Queued;
+                }
+                let mut leg = Leg::from_response(&b.local, b.flow, &msg);
+                self.client.remove(&key);
+                self.by_b.remove(&b.call_id);
+                self.send_ack(&leg, &msg);
+                self.send_bye(now, &mut leg);
+                self.metrics
+                    .sdp_rejected
+                    .with_label_values(&["operator_answer"])
+                    .inc();
+                warn!(agent = %self.router.agent(b.agent).name, "operator's SDP answer unusable, trying another operator");
+                self.fork_gone(now, call_id, b.agent, OfferOutcome::Rejected);
+            }
+            200..=299 => {
+                let mut b = call.forks.swap_remove(i);
+                let losers: Vec<BLeg> = call.forks.drain(..).collect();
+                let leg = Leg::from_response(&b.local, b.flow, &msg);
+                b.state = BState::Answered;
+                b.dialog = Some(leg.clone());
+                let agent = b.agent;
+                let b_from = b.flow.remote.ip();
+                call.b = Some(b);
+                call.phase = Phase::Connected;
+                let (b_peer, b_direction) =
+                    b_answer(&msg, &self.codecs, b_from).expect("checked by the guard arm");
+                call.media.b = Some(b_peer);
+                call.media.b_direction = b_direction;
+                let whisper = whisper_prompts(
+                    &self.queues[call.queue.0 as usize],
+                    call.outbound.is_some(),
+                    &self.prompts,
+                    &self.callback_tone,
+                );
+                if !whisper.is_empty() {
+                    self.metrics
+                        .whispers
+                        .with_label_values(&[if call.outbound.is_some() {
+                            "callback"
+                        } else {
+                            "call"
+                        }])
+                        .inc();
+                }
+                if call.media.opened {
+                    if !whisper.is_empty() {
+                        self.out.push_back(Output::Media(MediaCommand::Whisper {
+                            call: call_id,
+                            b: b_peer,
+                            prompts: whisper,
+                        }));
+                    }
+                    self.out.push_back(Output::Media(MediaCommand::Bridge {
+                        call: call_id,
+                        b: b_peer,
+                        record: self.queues[call.queue.0 as usize].record,
+                    }));
+                } else if call.outbound.as_ref().is_some_and(|o| !o.customer_first)
+                    && !whisper.is_empty()
+                {
+                    // Agent first: the citizen is not dialled yet. The
+                    // operator's side opens now for the whisper; the
+                    // citizen's address comes with their answer.
+                    let cmd = open_command(call_id, &mut call.media);
+                    self.out.push_back(Output::Media(cmd));
+                    self.out.push_back(Output::Media(MediaCommand::Whisper {
+                        call: call_id,
+                        b: b_peer,
+                        prompts: whisper,
+                    }));
+                }
+                let already_answered = std::mem::replace(&mut call.answered, true);
+                let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
+                ok.push("Contact", &Self::caller_contact(call));
+                ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+                if !already_answered {
+                    self.session_refreshed(now, call_id, &mut ok);
+                }
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
+                let (queue, enqueued, started) = (call.queue, call.enqueued, call.started);
+                self.send_ack(&leg, &msg);
+                // The router releases the other ring-all operators itself.
+                self.router.answered(now, agent, call_id);
+                for l in losers {
+                    // The winner's other phones stop ringing; their desk
+                    // stays on the call.
+                    let release = l.agent != agent;
+                    self.cancel_fork(now, l, release, Some(COMPLETED_ELSEWHERE));
+                }
+                if !already_answered {
+                    self.final_ok(now, call_id, ok);
+                }
+                if let Some(o) = self.calls.get(&call_id).and_then(|c| c.outbound.as_ref()) {
+                    let (id, customer_first) = (o.id.clone(), o.customer_first);
+                    if customer_first {
+                        // Customer first: the citizen, reached, now talks
+                        // to an operator.
+                        self.callback_state(&id, CallbackState::Done);
+                    } else {
+                        // Agent first: the operator is there; the citizen
+                        // is dialled once the store knows (never twice).
+                        self.callback_state(&id, CallbackState::Dialing { call: call_id });
+                    }
+                }
+                let qname = self.router.queue(queue).name.clone();
+                self.metrics
+                    .call_setup
+                    .observe((now - started).as_secs_f64());
+                self.metrics
+                    .queue_wait
+                    .with_label_values(&[&qname])
+                    .observe((now - enqueued).as_secs_f64());
+                self.metrics
+                    .queue_dequeued
+                    .with_label_values(&[&qname, "answered"])
+                    .inc();
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&["answered"])
+                    .inc();
+                let name = self.router.agent(agent).name.clone();
+                info!(agent = %name, queue = %qname, "call answered");
+                if let Some(c) = self.calls.get_mut(&call_id) {
+                    c.connected = Some((now, name.clone()));
+                }
+                if let Some(c) = self.calls.get(&call_id) {
+                    let desk = self.desk(c, DeskState::Connected);
+                    self.out.push_back(Output::AgentCall {
+                        agent: name.clone(),
+                        info: Some(desk),
+                    });
+                }
+                self.queue_event(now, call_id, "connect", Some(name));
+            }
+            _ => {
+                let b = call.forks.swap_remove(i);
+                self.client.remove(&key);
+                self.by_b.remove(&b.call_id);
+                if call.forks.is_empty() {
+                    call.phase = Phase::Queued;
+                }
+                let outcome = if matches!(code, 486 | 600 | 603) {
+                    OfferOutcome::Rejected
+                } else {
+                    OfferOutcome::NoAnswer
+                };
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&[if outcome == OfferOutcome::Rejected {
+                        "rejected"
+                    } else {
+                        "failed"
+                    }])
+                    .inc();
+                debug!(code, "operator's phone refused the call");
+                self.fork_gone(now, call_id, b.agent, outcome);
+            }
+        }
+    }
+
+    pub(super) fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
+        if let Some(ClientRef::Qualify(agent)) = self.client.get(&key) {
+            let agent = *agent;
+            self.client.remove(&key);
+            let name = self.router.agent(agent).name.clone();
+            warn!(agent = %name, "the operator's phone does not answer OPTIONS: logged out");
+            self.metrics.agents_unreachable.inc();
+            self.registrar.drop_bindings(&name);
+            return;
+        }
+        if let Some(ClientRef::TrunkPing(trunk)) = self.client.get(&key) {
+            let trunk = *trunk;
+            self.client.remove(&key);
+            self.trunk_seen(trunk, false);
+            return;
+        }
+        if let Some(ClientRef::Refresh(call_id)) = self.client.get(&key) {
+            // No answer to our refresh: as a 408 (RFC 4028 §10).
+            let call_id = *call_id;
+            self.client.remove(&key);
+            warn!("session refresh unanswered: the session is gone");
+            self.metrics.session_timer_expired.inc();
+            self.metrics
+                .session_refreshes
+                .with_label_values(&["gone"])
+                .inc();
+            self.end_connected(now, call_id, true, true, "session_expired");
+            return;
+        }
+        if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {
+            let call_id = *call_id;
+            self.client.remove(&key);
+            self.transfer_failed(now, call_id);
+            return;
+        }
+        if let Some(ClientRef::Citizen(call_id)) = self.client.get(&key) {
+            let call_id = *call_id;
+            self.client.remove(&key);
+            if let Some(o) = self
+                .calls
+                .get_mut(&call_id)
+                .and_then(|c| c.outbound.as_mut())
+            {
+                o.invite = None;
+            }
+            // Not even a provisional answer: the trunk, not the citizen.
+            if self.next_trunk(now, call_id, "timeout") {
+                return;
+            }
+            self.end_connected(now, call_id, false, true, "no_answer");
+            return;
+        }
+        if let Some(ClientRef::BInvite(call_id)) = self.client.remove(&key) {
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                return;
+            };
+            if let Some(i) = call.forks.iter().position(|b| b.invite_key == key) {
+                let b = call.forks.swap_remove(i);
+                self.by_b.remove(&b.call_id);
+                if call.forks.is_empty() {
+                    call.phase = Phase::Queued;
+                }
+                self.metrics
+                    .agent_offers
+                    .with_label_values(&["no_answer"])
+                    .inc();
+                self.fork_gone(now, call_id, b.agent, OfferOutcome::NoAnswer);
+            }
+        }
+    }
+
+    /// The operator's phone went silent mid-call (it died, lost its network):
+    /// the caller is not left in dead air. The operator's leg gets BYE and
+    /// they are paused (`media_lost`) until they resume; the caller hears
+    /// the music again and goes back to the queue as if waiting since they
+    /// first entered it (ahead of later callers), for the next operator.
+    /// `false` when the call cannot go back (an IVR transfer).
+    pub(super) fn requeue_after_operator_loss(&mut self, now: Instant, call_id: CallId) -> bool {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return false;
+        };
+        if call.transfer.is_some() || call.b.is_none() || !call.media.opened {
+            return false;
+        }
+        let Some(mut b) = call.b.take() else {
+            return false;
+        };
+        let _span = call.span.clone().entered();
+        let lost = call.connected.take().map(|(_, name)| name);
+        // Waited so far, on top of what the call brought (a callback's time
+        // since the request): it keeps its place.
+        let mut spec = (*call.spec).clone();
+        spec.waited += now.saturating_duration_since(call.enqueued);
+        let queue = call.queue;
+        call.media.b = None;
+        call.media.b_direction = Direction::SendRecv;
+        call.phase = Phase::Queued;
+        self.by_b.remove(&b.call_id);
+        self.client.remove(&b.invite_key);
+        if let Some(mut leg) = b.dialog.take() {
+            self.send_bye(now, &mut leg);
+        }
+        self.out
+            .push_back(Output::Media(MediaCommand::Unbridge { call: call_id }));
+        self.router.call_lost(now, b.agent, call_id);
+        self.agent_released(b.agent);
+        if matches!(self.router.agent(b.agent).state, AgentState::Paused(_)) {
+            self.agent_event(now, b.agent, "pause", Some("media_lost".to_owned()));
+        }
+        warn!(agent = ?lost, "the operator's phone went silent: the caller goes back to the queue");
+        self.metrics
+            .calls_requeued
+            .with_label_values(&["operator_media_lost"])
+            .inc();
+        self.queue_event(now, call_id, "requeue", lost);
+        self.enter_queue(now, call_id, queue, &spec);
+        true
+    }
+
+    /// The router's `offer_failed`, plus the queue log's pause when the
+    /// miss made it pause the operator (`max_no_answer`).
+    pub(super) fn offer_failed(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        agent: AgentId,
+        outcome: OfferOutcome,
+    ) {
+        self.router.offer_failed(now, call, agent, outcome);
+        if self.router.agent(agent).state == AgentState::Paused(PauseReason::NoAnswer) {
+            self.agent_event(now, agent, "pause", Some("no_answer".to_owned()));
+        }
+    }
+
+    /// CANCEL for one of our INVITEs still ringing.
+    pub(super) fn cancel_client_invite(&mut self, now: Instant, key: &TxKey, flow: Flow) {
+        self.cancel_with_reason(now, key, flow, None);
+    }
+
+    pub(super) fn cancel_with_reason(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        flow: Flow,
+        reason: Option<&str>,
+    ) {
+        if let Some(inv) = self.txn.client_request(key) {
+            let cancel = dialog::cancel(inv, reason);
+            self.send_request(now, flow, cancel, ClientRef::Other);
+        }
+    }
+
+    pub(super) fn cancel_b(&mut self, now: Instant, b: BLeg) {
+        self.cancel_fork(now, b, true, None);
+    }
+
+    /// CANCELs a ringing B-leg (a late 2xx gets ACK and BYE); `release`
+    /// clears the operator's desk; `reason` goes in a `Reason` header
+    /// (RFC 3326).
+    pub(super) fn cancel_fork(
+        &mut self,
+        now: Instant,
+        b: BLeg,
+        release: bool,
+        reason: Option<&str>,
+    ) {
+        if release {
+            self.agent_released(b.agent);
+        }
+        self.by_b.remove(&b.call_id);
+        self.cancel_with_reason(now, &b.invite_key, b.flow, reason);
+        self.client.insert(
+            b.invite_key,
+            ClientRef::Orphan {
+                local: b.local,
+                flow: b.flow,
+            },
+        );
+    }
+
+    /// A ringing B-leg is gone without an answer: it is cancelled, the
+    /// operator released and, when no other leg rings, the call returns to
+    /// its place in the queue.
+    pub(super) fn b_leg_failed(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        which: impl Fn(&BLeg) -> bool,
+        outcome: OfferOutcome,
+    ) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let (gone, kept): (Vec<BLeg>, Vec<BLeg>) = call.forks.drain(..).partition(|b| which(b));
+        call.forks = kept;
+        if call.forks.is_empty() && !gone.is_empty() {
+            call.phase = Phase::Queued;
+        }
+        let mut agents: Vec<AgentId> = gone.iter().map(|b| b.agent).collect();
+        agents.dedup();
+        for b in gone {
+            self.cancel_fork(now, b, false, None);
+        }
+        for agent in agents {
+            self.fork_gone(now, call_id, agent, outcome);
+        }
+    }
+
+    /// The router took a reservation back (its lease ran out before we
+    /// reported anything): stop ringing that operator.
+    pub(super) fn reclaimed(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let _span = self.call_span(call_id).entered();
+        warn!(agent = %self.router.agent(agent).name, "reservation lapsed, offer withdrawn");
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let (gone, kept): (Vec<BLeg>, Vec<BLeg>) =
+            call.forks.drain(..).partition(|b| b.agent == agent);
+        call.forks = kept;
+        if call.forks.is_empty() {
+            call.phase = Phase::Queued;
+        }
+        let release = !gone.is_empty();
+        for b in gone {
+            self.cancel_fork(now, b, false, None);
+        }
+        if release {
+            self.agent_released(agent);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Inbound setup: a trunk's INVITE becomes a call (DID, anchored media,
+//! tenant) and enters its IVR flow or its queue.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn on_request(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+        let key = TxKey::of(&msg);
+        match msg.method() {
+            Method::Register => {
+                let resp = self.register(now, flow, &msg);
+                self.respond(now, &key, &resp);
+            }
+            Method::Options => {
+                let tag = self.token();
+                let mut r = msg.response(200, "OK", Some(&tag));
+                r.push("Allow", ALLOW);
+                r.push("Accept", "application/sdp");
+                self.respond(now, &key, &r);
+            }
+            Method::Invite if msg.to_tag.is_none() => self.new_call(now, flow, msg),
+            Method::Invite | Method::Update => self.on_reinvite(now, &key, &msg),
+            Method::Info => self.on_info(now, &key, &msg),
+            Method::Prack => self.on_prack(now, &key, &msg),
+            Method::Cancel => self.on_cancel(now, &key, &msg),
+            Method::Bye => self.on_bye(now, &key, &msg),
+            Method::Ack => self.on_ack(now, flow.remote.ip(), &msg),
+            _ => {
+                let r = msg.response(200, "OK", None);
+                self.respond(now, &key, &r);
+            }
+        }
+    }
+
+    pub(super) fn new_call(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+        let key = TxKey::of(&msg);
+        let Some((trunk, target)) = self.inbound(flow, &msg) else {
+            // precheck guarantees both; answer rather than leave the caller hanging.
+            let r = msg.response(404, reason_phrase(404), Some("x"));
+            self.respond(now, &key, &r);
+            return;
+        };
+        // RFC 4028: an interval below ours is refused with our minimum
+        // (the caller retries with it); one we take is refreshed by the
+        // caller, and only a caller that supports the extension is held
+        // to it (else its Session-Expires, maybe a proxy's, is ignored).
+        let supports_timer = msg.supports("timer");
+        let session = match session_timer::session_expires(&msg) {
+            Some(se) if se.interval < session_timer::MIN_SE && supports_timer => {
+                self.metrics
+                    .sip_rejected
+                    .with_label_values(&["session_interval_too_small"])
+                    .inc();
+                let mut r = msg.response(422, reason_phrase(422), Some("x"));
+                r.push("Min-SE", &session_timer::MIN_SE.to_string());
+                self.respond(now, &key, &r);
+                return;
+            }
+            // §9, table 2: the caller refreshes unless it asks us to, or
+            // cannot (a proxy's timer on a caller without the extension).
+            Some(se) => Some((
+                se.interval
+                    .max(session_timer::min_se(&msg).unwrap_or(0))
+                    .max(session_timer::MIN_SE),
+                !supports_timer || se.refresher == Some(session_timer::Refresher::Uas),
+            )),
+            None => None,
+        };
+        let (session_timer, we_refresh) = (session.map(|s| s.0), session.is_some_and(|s| s.1));
+        let peer_update = allows_update(&msg);
+        // RFC 3262: a caller that requires it gets every provisional
+        // response reliably (RSeq, retransmitted until its PRACK); one that
+        // merely supports it gets them as usual.
+        let reliable = msg
+            .headers_named("Require")
+            .flat_map(uri::split_list)
+            .any(|o| o.trim().eq_ignore_ascii_case("100rel"))
+            .then(|| Reliable {
+                // Random below 2**31 (§7.1), so a count never wraps.
+                next_rseq: (self.rng.next_u32() >> 1).max(1),
+                unacked: None,
+                held_final: None,
+            });
+        let trying = msg.response(100, "Trying", None);
+        self.respond(now, &key, &trying);
+
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let a_tag = self.token();
+        let from = msg.header("From").unwrap_or_default().to_owned();
+        let to = msg.header("To").unwrap_or_default().to_owned();
+        let asserted = self
+            .trunks
+            .get(trunk)
+            .is_some_and(|t| t.asserted_identity)
+            .then(|| asserted_caller(&msg))
+            .flatten();
+        // RFC 3323: `id` hides the asserted identity, `user` and `header`
+        // the caller's own; any of them keeps the number from operators.
+        let private = msg
+            .headers_named("Privacy")
+            .flat_map(|v| v.split(';'))
+            .any(|p| {
+                ["id", "user", "header"]
+                    .iter()
+                    .any(|w| p.trim().eq_ignore_ascii_case(w))
+            });
+        let caller = asserted
+            .or_else(|| {
+                uri::parse_name_addr(&from).and_then(|n| uri::user(n.uri).map(str::to_owned))
+            })
+            .unwrap_or_else(|| "anonymous".to_owned());
+        let remote_target = msg
+            .header("Contact")
+            .and_then(uri::parse_name_addr)
+            .map(|n| n.uri.to_owned())
+            .unwrap_or_default();
+        let a_leg = Leg {
+            call_id: msg.call_id.clone(),
+            local: format!("{to};tag={a_tag}"),
+            remote: from,
+            remote_target,
+            route_set: msg
+                .headers_named("Record-Route")
+                .flat_map(uri::split_list)
+                .map(str::to_owned)
+                .collect(),
+            cseq: 1,
+            flow,
+        };
+        let span = tracing::info_span!("call", call = %id);
+        let _entered = span.clone().entered();
+        let media = match self.anchor(now, flow, &msg) {
+            Ok(m) => m,
+            Err((code, reason)) => {
+                self.metrics.sdp_rejected.with_label_values(&[reason]).inc();
+                self.metrics.calls.with_label_values(&[reason]).inc();
+                warn!(reason, code, "call refused: media");
+                let mut r = msg.response(code, reason_phrase(code), Some(&a_tag));
+                if code == 488 {
+                    r.push("Warning", "305 centralino \"Incompatible media format\"");
+                } else {
+                    r.push("Retry-After", "5");
+                }
+                self.respond(now, &key, &r);
+                return;
+            }
+        };
+        let (phase, spec) = match &target {
+            Target::Queue(_, spec) => (Phase::Queued, spec.clone()),
+            Target::Flow(_, spec) => (Phase::Ivr, spec.clone()),
+        };
+        let record_id = format!("{}{}", self.token(), self.token());
+        let did = msg
+            .request_uri()
+            .and_then(|r| match uri::classify(r)? {
+                Scheme::Tel => r
+                    .split_once(':')
+                    .map(|(_, d)| d.split(';').next().unwrap_or(d)),
+                _ => uri::user(r),
+            })
+            .unwrap_or_default()
+            .to_owned();
+        self.out.push_back(Output::Record(Record::CallStarted {
+            id: record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            caller: caller.clone(),
+            did,
+        }));
+        self.by_a.insert(msg.call_id.clone(), id);
+        self.calls.insert(
+            id,
+            Call {
+                span,
+                phase,
+                queue: QueueId(0),
+                enqueued: now,
+                started: now,
+                a_key: key,
+                a_invite: msg,
+                a_tag,
+                a_leg,
+                caller,
+                forks: Vec::new(),
+                b: None,
+                attempt: 0,
+                media,
+                answered: false,
+                in_queue: false,
+                spec: spec.clone(),
+                run: None,
+                pending_flow: None,
+                record_id,
+                connected: None,
+                callback_asked: false,
+                vhold: None,
+                vhold_step: 0,
+                outbound: None,
+                transfer: None,
+                tenant: self.trunks.get(trunk).map_or(0, |t| t.tenant),
+                session_timer,
+                session_step: 0,
+                we_refresh,
+                peer_update,
+                reliable,
+                private,
+            },
+        );
+        match target {
+            Target::Queue(queue, _) => self.enter_queue(now, id, queue, &spec),
+            Target::Flow(flow, _) => self.start_flow(now, id, flow),
+        }
+    }
+
+    /// Puts a call in `queue` with `spec`: early media (music) for a call
+    /// not answered yet, music on the open media for an answered one. A
+    /// full queue ends the call with the queue's exit status (or a BYE).
+    pub(super) fn enter_queue(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        queue: QueueId,
+        spec: &CallSpec,
+    ) {
+        let qname = self.router.queue(queue).name.clone();
+        if let Err(e) = self.router.enqueue(now, queue, id, spec) {
+            let status = self.queues[queue.0 as usize].exit_status;
+            warn!(queue = %qname, error = %e, "call refused by the router");
+            self.end_unanswered(now, id, status, "queue_full", false);
+            return;
+        }
+        let music = self.queues[queue.0 as usize].music.clone();
+        let announce = self.queues[queue.0 as usize].announce_every;
+        let max_wait = self.router.queue(queue).max_wait;
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.queue = queue;
+        call.in_queue = true;
+        call.enqueued = now;
+        call.phase = Phase::Queued;
+        self.metrics
+            .queue_enqueued
+            .with_label_values(&[&qname])
+            .inc();
+        info!(caller = %Masked(&call.caller), queue = %qname, "call queued");
+        if call.answered {
+            // The caller is already connected to us (IVR): music now.
+            if call.media.opened {
+                self.out.push_back(Output::Media(MediaCommand::Play {
+                    call: id,
+                    prompts: Vec::new(),
+                    music,
+                }));
+            }
+        } else {
+            let contact = Self::caller_contact(call);
+            let media = &mut call.media;
+            let progress = if media.late_offer {
+                // No offer yet: no early media, the caller hears its own
+                // ringback until the answer.
+                let mut r = call.a_invite.response(180, "Ringing", Some(&call.a_tag));
+                r.push("Contact", &contact);
+                r
+            } else {
+                let mut r = call
+                    .a_invite
+                    .response(183, "Session Progress", Some(&call.a_tag));
+                r.push("Contact", &contact);
+                r.set_body(Some("application/sdp"), a_sdp(media, &self.codecs));
+                r
+            };
+            if !media.late_offer {
+                // The caller hears our media while waiting (early media:
+                // the call stays unanswered, so CANCEL and the queue's
+                // exit status still work as a carrier expects).
+                self.out.push_back(Output::Media(open_command(id, media)));
+                self.out.push_back(Output::Media(MediaCommand::Play {
+                    call: id,
+                    prompts: Vec::new(),
+                    music,
+                }));
+            }
+            self.provisional(now, id, progress);
+            self.timers
+                .push(Reverse((now + PROGRESS_REFRESH, id, CallTimer::Progress)));
+        }
+        self.timers
+            .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
+        if let Some(every) = announce {
+            self.timers
+                .push(Reverse((now + every, id, CallTimer::Announce)));
+        }
+        self.queue_event(now, id, "enter", None);
+    }
+
+    /// Checks the caller's offer and takes two port pairs: the caller's
+    /// media parameters, or the status and metric reason of a refusal.
+    pub(super) fn anchor(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        msg: &Message,
+    ) -> Result<CallMedia, (u16, &'static str)> {
+        let late_offer = msg.body.is_empty();
+        let (addr, law, telephone_event, direction) = if late_offer {
+            // Placeholders until the ACK brings the caller's answer.
+            let law = self.codecs.first().copied().unwrap_or(Law::Alaw);
+            (
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                law,
+                None,
+                Direction::SendRecv,
+            )
+        } else {
+            let audio = sdp::parse(&msg.body).map_err(|_| (488, "malformed_sdp"))?;
+            if audio.port == 0 {
+                return Err((488, "no_audio"));
+            }
+            let law = audio.choose(&self.codecs).ok_or((488, "no_common_codec"))?;
+            let addr = SocketAddr::new(audio.addr, audio.port);
+            if self
+                .media_refusal(addr, flow.remote.ip(), flow.local.ip())
+                .is_some()
+            {
+                return Err((488, "bad_address"));
+            }
+            (addr, law, audio.telephone_event, audio.direction.answer())
+        };
+        let ip = flow.local.ip();
+        let a_port = self.ports.take(now, ip).map_err(|_| (503, "no_rtp_port"))?;
+        let Ok(b_port) = self.ports.take(now, ip) else {
+            self.ports.release(now, a_port);
+            return Err((503, "no_rtp_port"));
+        };
+        Ok(CallMedia {
+            ip,
+            sdp_ip: self.advertise.unwrap_or(ip),
+            a_port,
+            b_port,
+            a: Peer {
+                addr,
+                law,
+                telephone_event,
+                signalling: Some(flow.remote.ip()),
+            },
+            a_direction: direction,
+            b: None,
+            b_direction: Direction::SendRecv,
+            session: self.rng.next_u64() >> 2,
+            version: 1,
+            digits: String::new(),
+            late_offer,
+            opened: false,
+        })
+    }
+
+    pub(super) fn call_span(&self, id: CallId) -> tracing::Span {
+        self.calls
+            .get(&id)
+            .map_or_else(tracing::Span::none, |c| c.span.clone())
+    }
+}

@@ -1,0 +1,257 @@
+//! The end of a call, answered or not: records, queue events, media
+//! closed, operators released.
+
+use super::*;
+
+/// How a call ends.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// No operator answered: the caller gets `status` (or, answered by an
+    /// IVR flow, a BYE unless `caller_gone`).
+    Unanswered { status: u16, caller_gone: bool },
+    /// An operator answered: BYE to the legs asked for.
+    Connected { bye_a: bool, bye_b: bool },
+}
+
+impl Engine {
+    /// Ends a call no operator answered: the caller gets `status` (or,
+    /// answered by an IVR flow, a BYE unless `caller_gone`).
+    pub(super) fn end_unanswered(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        status: u16,
+        outcome: &'static str,
+        caller_gone: bool,
+    ) {
+        let ending = Ending::Unanswered {
+            status,
+            caller_gone,
+        };
+        self.end_call(now, call_id, ending, outcome);
+    }
+
+    /// Ends a connected call, sending BYE to the legs asked for.
+    pub(super) fn end_connected(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        bye_a: bool,
+        bye_b: bool,
+        outcome: &'static str,
+    ) {
+        self.end_call(now, call_id, Ending::Connected { bye_a, bye_b }, outcome);
+    }
+
+    /// The one way a call ends: its tables, media and transfer leg, then
+    /// its legs as `ending` says, its metrics and its record.
+    fn end_call(&mut self, now: Instant, call_id: CallId, ending: Ending, outcome: &'static str) {
+        let _span = self.call_span(call_id).entered();
+        let Some(mut call) = self.calls.remove(&call_id) else {
+            return;
+        };
+        self.by_a.remove(&call.a_leg.call_id);
+        self.close_media(now, call_id, &call.media);
+        if let Some(mut t) = call.transfer.take() {
+            // The caller left while the transfer rang, or after it connected.
+            self.by_b.remove(&t.call_id);
+            if let Some(key) = t.invite.take() {
+                let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+                self.cancel_client_invite(now, &key, flow);
+            } else if let Some(mut leg) = t.dialog.take()
+                && matches!(ending, Ending::Connected { bye_b: true, .. })
+            {
+                self.send_bye(now, &mut leg);
+            }
+        }
+        match ending {
+            Ending::Unanswered {
+                status,
+                caller_gone,
+            } => self.release_unanswered(now, call_id, &mut call, status, caller_gone, outcome),
+            Ending::Connected { bye_a, bye_b } => {
+                self.release_connected(now, call_id, &mut call, bye_a, bye_b, outcome)
+            }
+        }
+        let at_ms = self.unix_ms_at(now);
+        let queue_name = self.router.queue(call.queue).name.clone();
+        let (queue, agent, wait_ms, talk_ms) = match ending {
+            Ending::Unanswered { .. } => {
+                let wait_ms = call
+                    .in_queue
+                    .then(|| now.saturating_duration_since(call.enqueued).as_millis() as i64);
+                if call.in_queue {
+                    self.metrics
+                        .queue_wait
+                        .with_label_values(&[&queue_name])
+                        .observe((now - call.enqueued).as_secs_f64());
+                    self.metrics
+                        .queue_dequeued
+                        .with_label_values(&[&queue_name, outcome])
+                        .inc();
+                    let event = match outcome {
+                        "cancelled" | "abandoned" => "abandon",
+                        "max_wait" => "timeout",
+                        "callback_requested" => "callback",
+                        _ => "exit",
+                    };
+                    self.out.push_back(Output::Record(Record::Queue {
+                        call: call.record_id.clone(),
+                        at_ms,
+                        queue: queue_name.clone(),
+                        event,
+                        agent: None,
+                        position: None,
+                        wait_ms,
+                    }));
+                }
+                self.metrics.calls.with_label_values(&[outcome]).inc();
+                info!(caller = %Masked(&call.caller), outcome, "call ended before answer");
+                (call.in_queue.then_some(queue_name), None, wait_ms, None)
+            }
+            Ending::Connected { .. } => {
+                self.metrics.calls.with_label_values(&["answered"]).inc();
+                info!(
+                    outcome,
+                    duration_seconds = (now - call.started).as_secs(),
+                    "call ended"
+                );
+                let (talk_ms, agent) = match &call.connected {
+                    Some((t, a)) => (
+                        Some(now.saturating_duration_since(*t).as_millis() as i64),
+                        Some(a.clone()),
+                    ),
+                    None => (None, None),
+                };
+                let wait_ms = call
+                    .connected
+                    .as_ref()
+                    .map(|(t, _)| t.saturating_duration_since(call.enqueued).as_millis() as i64);
+                (Some(queue_name), agent, wait_ms, talk_ms)
+            }
+        };
+        self.out.push_back(Output::Record(Record::CallEnded {
+            id: call.record_id.clone(),
+            at_ms,
+            outcome: outcome.to_owned(),
+            queue,
+            agent,
+            wait_ms,
+            talk_ms,
+            variables: variables_of(&call),
+        }));
+    }
+
+    /// An unanswered call's legs: ringing operators released, the caller
+    /// (or the callback's citizen) answered or hung up on, and a callback
+    /// tried again by its policy.
+    fn release_unanswered(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        call: &mut Call,
+        status: u16,
+        caller_gone: bool,
+        outcome: &'static str,
+    ) {
+        if call.phase != Phase::Connected {
+            // Releases every operator still ringing for it, too.
+            self.router.withdraw(now, call_id);
+            for b in call.forks.drain(..) {
+                self.cancel_b(now, b);
+            }
+        }
+        if let Some(o) = call.outbound.as_ref().filter(|o| o.answered) {
+            // Customer first, reached and then lost while queued (they hung
+            // up, or nobody took them in time): nobody spoke to them, so
+            // the request is not done; it is tried again by the policy.
+            let outcome = match outcome {
+                "max_wait" | "queue_full" => "no_operator",
+                _ => "abandoned",
+            };
+            self.outbound_failed(o, call.queue, outcome);
+            if !caller_gone {
+                self.send_bye(now, &mut call.a_leg);
+            }
+        } else if let Some(o) = &call.outbound {
+            // A callback nobody took: nobody to hang up on; try later.
+            let outcome = if outcome == "max_wait" {
+                "no_operator"
+            } else {
+                outcome
+            };
+            self.outbound_failed(o, call.queue, outcome);
+        } else if !call.answered {
+            let r = call
+                .a_invite
+                .response(status, reason_phrase(status), Some(&call.a_tag));
+            self.respond(now, &call.a_key, &r);
+        } else if !caller_gone {
+            self.send_bye(now, &mut call.a_leg);
+        }
+    }
+
+    /// A connected call's legs: BYE where asked, a citizen still ringing
+    /// cancelled, the callback's outcome, the operator released.
+    fn release_connected(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        call: &mut Call,
+        bye_a: bool,
+        bye_b: bool,
+        outcome: &'static str,
+    ) {
+        let citizen_reached = call.outbound.as_ref().is_none_or(|o| o.answered);
+        if let Some(key) = call.outbound.as_mut().and_then(|o| o.invite.take()) {
+            // The citizen's phone still rings: CANCEL it.
+            self.cancel_client_invite(now, &key, call.a_leg.flow);
+        }
+        if bye_a && citizen_reached {
+            self.send_bye(now, &mut call.a_leg);
+        }
+        if let Some(o) = &call.outbound
+            && !o.answered
+        {
+            if o.dialled || outcome == "store_failed" {
+                self.outbound_failed(o, call.queue, outcome);
+            } else {
+                // The operator hung up (or their phone died) during the
+                // whisper, before the INVITE left: not the citizen's
+                // attempt. Retrying only after `callback_retry_seconds`
+                // would push them behind everyone who asked later.
+                info!(
+                    outcome,
+                    "callback: the operator left before the citizen was dialled; back to pending"
+                );
+                self.metrics
+                    .callbacks
+                    .with_label_values(&["operator_left"])
+                    .inc();
+                let id = o.id.clone();
+                self.callback_state(&id, CallbackState::Requeue { outcome });
+            }
+        }
+        if let Some(b) = call.b.take() {
+            self.by_b.remove(&b.call_id);
+            // The INVITE's client transaction outlives the call (Timer M);
+            // a 2xx retransmitted after this is simply ignored.
+            self.client.remove(&b.invite_key);
+            if let Some(mut leg) = b.dialog
+                && bye_b
+            {
+                self.send_bye(now, &mut leg);
+            }
+            self.router.call_ended(now, b.agent, call_id);
+            self.agent_released(b.agent);
+        }
+    }
+
+    /// The call's media is over: sockets closed, ports back to the pool.
+    pub(super) fn close_media(&mut self, now: Instant, call_id: CallId, media: &CallMedia) {
+        self.out
+            .push_back(Output::Media(MediaCommand::Close { call: call_id }));
+        self.ports.release(now, media.a_port);
+        self.ports.release(now, media.b_port);
+    }
+}

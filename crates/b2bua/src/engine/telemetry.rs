@@ -1,0 +1,221 @@
+//! What the engine tells ops and supervisors: gauges, queue views, the
+//! board, queue events and counts of what it sends.
+
+use super::*;
+
+impl Engine {
+    /// Sets every gauge from the current state (the engine does it at most
+    /// every `GAUGE_PERIOD` after activity; tests call it directly).
+    pub fn refresh_gauges(&mut self, now: Instant) {
+        self.gauges_due = None;
+        match self.views_at {
+            Some(t) if now.saturating_duration_since(t) < VIEWS_PERIOD => {
+                // Published less than a second ago: once more when the
+                // second is over, so the last change is never left out.
+                self.gauges_due = Some(t + VIEWS_PERIOD);
+            }
+            _ => {
+                self.views_at = Some(now);
+                let views = self.queue_views(now);
+                self.out.push_back(Output::Queues(views));
+            }
+        }
+        for (i, q) in self.queue_stats.iter().enumerate() {
+            q.expected_wait.set(
+                self.router
+                    .queue_estimate(QueueId(i as u32))
+                    .map_or(0, |d| d.as_secs() as i64),
+            );
+            let (n, first) = self.router.waiting(QueueId(i as u32));
+            q.waiting.set(n as i64);
+            q.oldest_wait
+                .set(first.map_or(0, |t| now.saturating_duration_since(t).as_secs() as i64));
+            let counts = self.router.queue_agents(QueueId(i as u32)).labelled();
+            for (g, (_, c)) in q.agents.iter().zip(counts) {
+                g.set(i64::from(c));
+            }
+        }
+        for (t, agents) in self.tenant_gauges.iter().enumerate() {
+            let counts = self.router.tenant_states(t);
+            for (g, c) in agents.iter().zip(counts) {
+                g.set(i64::from(c));
+            }
+        }
+        self.metrics
+            .routing_groups
+            .set(self.router.group_count() as i64);
+        let stats = self.txn.stats();
+        self.metrics
+            .sip_retransmissions
+            .inc_by(stats.retransmissions - self.retrans_seen);
+        self.metrics
+            .sip_transaction_timeouts
+            .inc_by(stats.timeouts - self.timeouts_seen);
+        self.metrics
+            .sip_stray_responses
+            .inc_by(stats.stray_responses - self.stray_seen);
+        self.retrans_seen = stats.retransmissions;
+        self.timeouts_seen = stats.timeouts;
+        self.stray_seen = stats.stray_responses;
+        let (s, c) = self.txn.len();
+        self.metrics
+            .sip_transactions
+            .with_label_values(&["server"])
+            .set(s as i64);
+        self.metrics
+            .sip_transactions
+            .with_label_values(&["client"])
+            .set(c as i64);
+        self.metrics.calls_active.set(self.calls.len() as i64);
+        self.metrics
+            .registered_agents
+            .set(self.registrar.registered() as i64);
+        let (users, addresses) = self.registrar.banned_counts(now);
+        self.metrics
+            .auth_banned
+            .with_label_values(&["user"])
+            .set(users as i64);
+        self.metrics
+            .auth_banned
+            .with_label_values(&["address"])
+            .set(addresses as i64);
+        if now.saturating_duration_since(self.throttle_swept) >= THROTTLE_SWEEP {
+            self.throttle_swept = now;
+            self.registrar.sweep_throttle(now);
+        }
+    }
+
+    /// Every queue as a supervisor sees it now.
+    pub fn queue_views(&mut self, now: Instant) -> Vec<QueueView> {
+        let wall_now = self.unix_ms_at(now);
+        let mut views = Vec::with_capacity(self.queues.len());
+        let mut callbacks_waiting = vec![0u32; self.queues.len()];
+        for c in self.calls.values() {
+            // Offered ones already hold their operator (not available).
+            if c.outbound.is_some()
+                && c.phase == Phase::Queued
+                && let Some(n) = callbacks_waiting.get_mut(c.queue.0 as usize)
+            {
+                *n += 1;
+            }
+        }
+        for (i, callbacks) in callbacks_waiting.into_iter().enumerate() {
+            let q = QueueId(i as u32);
+            let (waiting, first) = self.router.waiting(q);
+            let agents = self.router.queue_agents(q);
+            views.push(QueueView {
+                callback_room: agents.available.saturating_sub(callbacks),
+                callbacks_started: self.queue_stats.get(i).map_or(0, |q| q.callbacks_started),
+                name: self.router.queue(q).name.clone(),
+                tenant: self
+                    .queues
+                    .get(i)
+                    .map(|q| q.tenant_name.clone())
+                    .unwrap_or_default(),
+                waiting: waiting as u32,
+                oldest_since_ms: first
+                    .map(|t| wall_now - now.saturating_duration_since(t).as_millis() as i64),
+                expected_wait_seconds: self.router.queue_estimate(q).map_or(0, |d| d.as_secs()),
+                agents: agents.labelled(),
+            });
+        }
+        views
+    }
+
+    /// The operators' shared state words and each operator's slot on it,
+    /// for readers on other threads (desktops).
+    pub fn board(
+        &self,
+    ) -> (
+        Arc<centralino_routing::board::Board>,
+        HashMap<String, usize>,
+    ) {
+        let slots = self
+            .agent_ids
+            .iter()
+            .map(|(name, id)| (name.clone(), id.0 as usize))
+            .collect();
+        (self.router.board(), slots)
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Entries in every per-call table (calls, dialog indexes, client
+    /// transactions, live transactions): all zero on an idle engine once
+    /// the transaction timers have run, which tests use to prove no leak.
+    pub fn table_sizes(&self) -> [usize; 5] {
+        let (server, client) = self.txn.len();
+        [
+            self.calls.len(),
+            self.by_a.len() + self.by_b.len(),
+            self.client.len(),
+            server,
+            client,
+        ]
+    }
+
+    /// A queue log event for a call.
+    pub(super) fn queue_event(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        event: &'static str,
+        agent: Option<String>,
+    ) {
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let position = self.router.estimate(call_id).map(|e| e.position);
+        let record = Record::Queue {
+            call: call.record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            queue: self.router.queue(call.queue).name.clone(),
+            event,
+            agent,
+            position,
+            wait_ms: Some(now.saturating_duration_since(call.enqueued).as_millis() as i64),
+        };
+        self.out.push_back(Output::Record(record));
+    }
+
+    pub(super) fn count_out(&self, msg: &Message) {
+        match &msg.start {
+            StartLine::Request { method, .. } => self
+                .metrics
+                .sip_requests
+                .with_label_values(&[method.label(), "out"])
+                .inc(),
+            StartLine::Response { code, .. } => self
+                .metrics
+                .sip_responses
+                .with_label_values(&[code_label(*code), "out"])
+                .inc(),
+        }
+    }
+}
+
+pub(super) fn code_label(code: u16) -> &'static str {
+    const CODES: [&str; 7] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+    match code {
+        100 => "100",
+        180 => "180",
+        183 => "183",
+        200 => "200",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        407 => "407",
+        408 => "408",
+        480 => "480",
+        481 => "481",
+        486 => "486",
+        487 => "487",
+        488 => "488",
+        500 => "500",
+        503 => "503",
+        603 => "603",
+        c => CODES.get(usize::from(c / 100)).copied().unwrap_or("0"),
+    }
+}
