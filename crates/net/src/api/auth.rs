@@ -1,0 +1,199 @@
+//! Who may call what: bearer tokens (constant-time), desk sessions, roles
+//! and tenants.
+
+use super::*;
+
+/// One API route: its path, its methods with the name each is counted
+/// and audited under (`centralino_api_requests_total{route}`, the audit
+/// log's action), and how it is audited.
+pub(super) struct Route {
+    pub(super) path: &'static str,
+    pub(super) methods: &'static [&'static str],
+    pub(super) names: &'static [&'static str],
+    pub(super) audit: Audit,
+    pub(super) handler: MethodRouter<Api>,
+}
+
+/// Which answers of a route go to the audit log (all are counted). Only
+/// requests with a known token are audited: anonymous ones are only
+/// counted, so a flood cannot fill the disk.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Audit {
+    /// Every answer, under the name of the bearer token presented.
+    Bearer,
+    /// Every answer, under the bearer token or the `?token=` a browser's
+    /// WebSocket carries.
+    BearerOrQuery,
+    /// Refusals (403) only: someone tried another operator's desk. Reads
+    /// are audited by the handler, once per reader and call.
+    Refusals,
+    /// None: the handler audits what matters, if anything.
+    CountOnly,
+}
+
+/// What the counting and auditing layer of one route knows.
+#[derive(Clone)]
+pub(super) struct Audited {
+    pub(super) api: Api,
+    pub(super) methods: &'static [&'static str],
+    pub(super) names: &'static [&'static str],
+    pub(super) audit: Audit,
+}
+
+/// Counts every answer of a route by name and status, and audits it as
+/// the route says; the target is the route's path parameter (a record id
+/// or an operator's name, never a phone number).
+pub(super) async fn audited_route(
+    State(a): State<Audited>,
+    params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let name = a
+        .methods
+        .iter()
+        .position(|m| *m == req.method().as_str())
+        .and_then(|i| a.names.get(i).copied());
+    let Some(name) = name else {
+        // A method the route does not have: axum answers 405.
+        return next.run(req).await;
+    };
+    let target = params
+        .ok()
+        .and_then(|p| p.iter().next().map(|(_, v)| v.to_owned()))
+        .unwrap_or_default();
+    let token = match a.audit {
+        Audit::Bearer | Audit::Refusals => bearer(req.headers()).map(str::to_owned),
+        Audit::BearerOrQuery => bearer(req.headers())
+            .map(str::to_owned)
+            .or_else(|| query_token(req.uri().query())),
+        Audit::CountOnly => None,
+    };
+    let r = next.run(req).await;
+    match a.audit {
+        Audit::Bearer | Audit::BearerOrQuery => {
+            a.api.done(name, token.as_deref(), &target, r.status());
+        }
+        Audit::Refusals if r.status() == StatusCode::FORBIDDEN => {
+            a.api.done(name, token.as_deref(), &target, r.status());
+        }
+        Audit::Refusals | Audit::CountOnly => a.api.count(name, r.status()),
+    }
+    r
+}
+
+/// Constant-time comparison: a wrong token takes as long as a right one.
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// What a request needs of its token.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Need<'a> {
+    /// Callbacks: admin and callbacks tokens.
+    Callbacks,
+    /// One operator's desk: admin, or that operator's own token.
+    Desk(&'a str),
+    /// Operator work (scripts, answers): admin and operator tokens.
+    Operator,
+    /// Queue and operator views: admin and supervisor tokens.
+    Supervisor,
+    /// Configuration: admin only.
+    Admin,
+}
+
+/// The bearer token of `Authorization`, if any.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .trim()
+    })
+}
+
+pub(super) fn authorize<'a>(
+    api: &'a Api,
+    headers: &HeaderMap,
+    need: Need<'_>,
+) -> Result<Cow<'a, ApiToken>, Box<Response>> {
+    authorize_token(api, bearer(headers), need)
+}
+
+/// What a desk session may do: an `agent` token of that operator, named
+/// `desk:USER` in logs and the audit.
+pub(super) fn session_token(agent: String) -> ApiToken {
+    ApiToken {
+        name: format!("desk:{agent}"),
+        token: String::new(),
+        role: centralino_config::Role::Agent,
+        agent: Some(agent),
+        tenant: None,
+    }
+}
+
+/// 401 without a known token, 403 when its role may not do this.
+pub(super) fn authorize_token<'a>(
+    api: &'a Api,
+    token: Option<&str>,
+    need: Need<'_>,
+) -> Result<Cow<'a, ApiToken>, Box<Response>> {
+    use centralino_config::Role;
+    let Some(token) = token else {
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <token>",
+        )));
+    };
+    let t = if Sessions::is_session(token) {
+        // An operator's desk session: signed, never stored.
+        let Some(agent) = api.sessions.verify(token, unix_now()) else {
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "session expired or not valid: log in again",
+            )));
+        };
+        session_token(agent)
+    } else {
+        // Every token is compared (constant time): which one matched
+        // leaks nothing through timing.
+        let live = api.live();
+        let mut found = None;
+        for t in &live.tokens {
+            if same(t.token.as_bytes(), token.as_bytes()) {
+                found = Some(t);
+            }
+        }
+        let Some(t) = found else {
+            warn!("API request with an unknown token refused");
+            return Err(Box::new(error(StatusCode::UNAUTHORIZED, "unknown token")));
+        };
+        t.clone()
+    };
+    let allowed = match (t.role, need) {
+        (Role::Admin, _)
+        | (Role::Callbacks, Need::Callbacks)
+        | (Role::Agent, Need::Operator)
+        | (Role::Supervisor, Need::Supervisor) => true,
+        (Role::Agent, Need::Desk(name)) => t.agent.as_deref() == Some(name),
+        _ => false,
+    };
+    if allowed {
+        Ok(Cow::Owned(t))
+    } else {
+        warn!(token = %t.name, ?need, "API request beyond the token's role refused");
+        Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            match need {
+                Need::Admin => "needs an admin token",
+                Need::Desk(_) => "an operator's token reads that operator's desk only",
+                _ => "this token's role may not do this",
+            },
+        )))
+    }
+}

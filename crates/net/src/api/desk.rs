@@ -1,0 +1,251 @@
+//! An operator's desk: the offered call with the IVR's answers, its
+//! events over a WebSocket, and the operator's state.
+
+use super::*;
+
+/// What a desktop shows: the call with the IVR's answers, the script, the
+/// callback.
+pub(super) fn desk_json(d: &AgentCall) -> Value {
+    let variables: serde_json::Map<String, Value> = d
+        .variables
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    json!({
+        "state": d.state.as_str(),
+        "call": d.call,
+        "queue": d.queue,
+        "flow": d.flow,
+        "variables": variables,
+        "script": d.script,
+        "callback": d.callback,
+    })
+}
+
+pub(super) async fn get_agent_call(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match authorize(&api, &headers, Need::Desk(&name)) {
+        Err(r) => *r,
+        Ok(t) => match api.desks.current(&name) {
+            None => error(StatusCode::NOT_FOUND, "no call for this operator now"),
+            Some(d) => {
+                // Desktops poll: each (reader, call) is audited once.
+                if api.desks.first_read(&t.name, &d.call) {
+                    api.audit_as(&t.name, "agent_call", &d.call, StatusCode::OK);
+                }
+                ok(StatusCode::OK, &desk_json(&d))
+            }
+        },
+    }
+}
+
+/// Longest a desktop may take to accept one event before it is dropped.
+pub(super) const DESK_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a desktop's operator state is read from the board.
+pub(super) const DESK_STATE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keep-alive towards desktops (and the proxies between).
+pub(super) const DESK_PING: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Desktops only send control frames; anything larger is refused.
+pub(super) const DESK_MAX_MESSAGE: usize = 4096;
+
+/// `GET /api/v1/agents/{name}/events`: a WebSocket that pushes the
+/// operator's desk: the current state at once, then every change
+/// (`offered`, `connected`, `idle`), each with a sequence number. Browsers
+/// cannot set headers on a WebSocket: the token may come as
+/// `?access_token=` (RFC 6750 §2.3).
+pub(super) async fn agent_events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    upgrade: Upgrade,
+) -> Response {
+    let from_query = query_token(query.as_deref());
+    let token = bearer(&headers).or(from_query.as_deref());
+    match authorize_token(&api, token, Need::Desk(&name)) {
+        Err(r) => *r,
+        Ok(_) if !api.agents.contains(&name) => error(StatusCode::NOT_FOUND, "no such operator"),
+        Ok(t) => match upgrade {
+            Err(e) => upgrade_required(&e),
+            Ok(ws) => {
+                let rx = api.desks.watch(&name);
+                let gauge = api.metrics.desk_connections.clone();
+                let (api2, actor) = (api.clone(), t.name.clone());
+                ws.max_message_size(DESK_MAX_MESSAGE)
+                    .max_frame_size(DESK_MAX_MESSAGE)
+                    .on_upgrade(move |socket| async move {
+                        gauge.inc();
+                        desk_socket(socket, rx, api2, name, actor).await;
+                        gauge.dec();
+                    })
+            }
+        },
+    }
+}
+
+pub(super) async fn desk_socket(
+    mut socket: axum::extract::ws::WebSocket,
+    mut rx: tokio::sync::watch::Receiver<u64>,
+    api: Api,
+    agent: String,
+    actor: String,
+) {
+    let desks = api.desks.clone();
+    // Each call whose data this desktop receives is in the audit log once.
+    let mut audited: Option<String> = None;
+    let mut audit = |d: Option<&AgentCall>| {
+        if let Some(d) = d
+            && audited.as_deref() != Some(d.call.as_str())
+        {
+            audited = Some(d.call.clone());
+            api.audit_as(&actor, "agent_events_call", &d.call, StatusCode::OK);
+        }
+    };
+    use axum::extract::ws::Message;
+    let mut seq = 0u64;
+    let mut ping = tokio::time::interval(DESK_PING);
+    ping.tick().await;
+    // The operator's own state is read from the board (lock-free) a few
+    // times a second and pushed when it changes.
+    let mut poll = tokio::time::interval(DESK_STATE_POLL);
+    // The current state first, then every change after it.
+    rx.borrow_and_update();
+    let (mut seen, first) = desks.snapshot(&agent);
+    audit(first.as_ref());
+    let mut pending = vec![call_event(first.as_ref())];
+    let mut shown_state = None;
+    loop {
+        for event in pending.drain(..) {
+            if !send_seq(&mut socket, &mut seq, event).await {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                rx.borrow_and_update();
+                match desks.since(&agent, seen) {
+                    Since::Events(events, newest) => {
+                        for e in &events {
+                            audit(e.as_ref());
+                            pending.push(call_event(e.as_ref()));
+                        }
+                        seen = newest;
+                    }
+                    Since::Gap(now, missed, newest) => {
+                        audit(now.as_ref());
+                        let mut e = call_event(now.as_ref());
+                        e["missed"] = json!(missed);
+                        pending.push(e);
+                        seen = newest;
+                    }
+                }
+            }
+            _ = poll.tick() => {
+                let now = desks.agent_state(&agent);
+                if now.is_some() && now != shown_state {
+                    shown_state = now;
+                    if let Some((state, why)) = now {
+                        pending.push(json!({ "event": "agent", "state": state, "reason": why }));
+                    }
+                }
+            }
+            msg = socket.recv() => match msg {
+                // Pings are answered by the WebSocket layer; text from a
+                // desktop means nothing here.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A desk's call event: `offered`/`connected` with the call, or `idle`.
+pub(super) fn call_event(d: Option<&AgentCall>) -> Value {
+    d.map_or_else(
+        || json!({ "event": "idle" }),
+        |d| {
+            let mut v = desk_json(d);
+            v["event"] = json!(d.state.as_str());
+            v
+        },
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StateBody {
+    pub(super) state: String,
+    pub(super) reason: Option<String>,
+}
+
+pub(super) async fn agent_state(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    set_state(&api, &headers, name.clone(), &body).await
+}
+
+/// `POST /api/v1/agents/{name}/state` `{"state": "paused" | "available",
+/// "reason"?}`: the operator's break from their desktop.
+pub(super) async fn set_state(
+    api: &Api,
+    headers: &HeaderMap,
+    name: String,
+    body: &Bytes,
+) -> Response {
+    use centralino_b2bua::AgentStateError;
+    let b: StateBody = match authorized_body(api, headers, body, Need::Desk(&name)) {
+        Ok((_, b)) => b,
+        Err(r) => return *r,
+    };
+    let paused = match b.state.as_str() {
+        "paused" => true,
+        "available" => false,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "state: {:?} is neither \"paused\" nor \"available\"",
+                    truncate(other)
+                ),
+            );
+        }
+    };
+    if let Some(r) = &b.reason
+        && (r.is_empty()
+            || r.len() > 64
+            || !r
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "reason: 1 to 64 letters, digits, - and _ (e.g. \"pausa_pranzo\")",
+        );
+    }
+    let Some(engine) = api.reload.engine() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
+    };
+    match engine.set_paused(name.clone(), paused, b.reason).await {
+        Ok(state) => ok(StatusCode::OK, &json!({ "agent": name, "state": state })),
+        Err(Some(AgentStateError::Unknown)) => error(StatusCode::NOT_FOUND, "no such operator"),
+        Err(Some(e)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(None) => error(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running"),
+    }
+}

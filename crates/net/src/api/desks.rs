@@ -1,0 +1,178 @@
+//! Operator desks as the API keeps them: each operator's current call and
+//! events, the board and the supervisors' queue views, fed by the engine.
+
+use super::*;
+
+/// What each operator's desktop shows, kept by the engine task. Desktops
+/// follow it over a WebSocket; each operator's desk is a `watch` channel:
+/// the latest state wins, so a slow desktop sees the current call, never a
+/// backlog of stale ones, and the engine task never waits for a browser.
+#[derive(Clone, Default)]
+pub struct Desks {
+    pub(super) desks: Arc<std::sync::Mutex<HashMap<String, Desk>>>,
+    /// (reader, call) pairs already in the audit log (bounded).
+    pub(super) read: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+    /// The queues as supervisors see them, published by the engine task.
+    pub(super) queues: Arc<tokio::sync::watch::Sender<Arc<Vec<QueueView>>>>,
+    /// The operators' state words (read lock-free) and each one's slot.
+    pub(super) board: Arc<std::sync::OnceLock<BoardView>>,
+}
+
+/// The routing board and each operator's slot on it.
+pub(super) type BoardView = (
+    Arc<centralino_routing::board::Board>,
+    HashMap<String, usize>,
+);
+
+pub(super) struct Desk {
+    /// The latest changes, oldest first, each with its number on this
+    /// desk: a desktop a little behind still gets every transition
+    /// (offered, connected, idle) in order. Bounded: one further behind
+    /// gets the current state and how many it missed.
+    pub(super) events: std::collections::VecDeque<(u64, Option<AgentCall>)>,
+    /// The newest event's number, for desktops to wait on.
+    pub(super) seq: tokio::sync::watch::Sender<u64>,
+    /// The last call shown (an operator finishes the script after it).
+    pub(super) last_call: Option<String>,
+}
+
+/// Changes kept per desk for desktops that fall behind.
+pub(super) const DESK_EVENTS: usize = 64;
+
+impl Desk {
+    pub(super) fn new() -> Self {
+        Self {
+            events: std::collections::VecDeque::from([(0, None)]),
+            seq: tokio::sync::watch::Sender::new(0),
+            last_call: None,
+        }
+    }
+
+    pub(super) fn newest(&self) -> (u64, Option<AgentCall>) {
+        self.events.back().cloned().unwrap_or((0, None))
+    }
+}
+
+/// What a desktop that has seen a desk up to some number gets next.
+#[derive(Debug, PartialEq)]
+pub(super) enum Since {
+    /// Every change after it, in order, and the newest number.
+    Events(Vec<Option<AgentCall>>, u64),
+    /// Too far behind: the current state, how many changes before it were
+    /// not delivered one by one, and the newest number.
+    Gap(Option<AgentCall>, u64, u64),
+}
+
+impl Desks {
+    /// The engine's latest queue views.
+    pub fn set_queues(&self, views: Vec<QueueView>) {
+        self.queues.send_replace(Arc::new(views));
+    }
+
+    /// The latest queue views (one `Arc` per publication: the same one
+    /// until the engine publishes again).
+    pub fn queues(&self) -> Arc<Vec<QueueView>> {
+        self.queues.borrow().clone()
+    }
+
+    /// Where desktops read their operator's state (available, paused...).
+    pub fn set_board(
+        &self,
+        board: Arc<centralino_routing::board::Board>,
+        slots: HashMap<String, usize>,
+    ) {
+        let _ = self.board.set((board, slots));
+    }
+
+    /// The operator's state now: its label and, paused, why.
+    pub(super) fn agent_state(&self, agent: &str) -> Option<(&'static str, Option<&'static str>)> {
+        let (board, slots) = self.board.get()?;
+        let slot = board.load(*slots.get(agent)?);
+        let why = (slot.code == centralino_routing::Code::Paused)
+            .then(|| centralino_routing::PauseReason::from_aux(slot.aux).label());
+        Some((slot.code.label(), why))
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Desk>> {
+        self.desks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The engine's news for `agent`'s desk: a call offered or connected,
+    /// or `None` once it is over for them.
+    pub fn set(&self, agent: String, info: Option<AgentCall>) {
+        let mut desks = self.lock();
+        let desk = desks.entry(agent).or_insert_with(Desk::new);
+        // Only a call they answered: a ringing phone gives no right to
+        // the call's record.
+        if let Some(i) = info.as_ref().filter(|i| i.state == DeskState::Connected) {
+            desk.last_call = Some(i.call.clone());
+        }
+        let seq = desk.newest().0 + 1;
+        desk.events.push_back((seq, info));
+        while desk.events.len() > DESK_EVENTS {
+            desk.events.pop_front();
+        }
+        desk.seq.send_replace(seq);
+    }
+
+    pub(super) fn current(&self, agent: &str) -> Option<AgentCall> {
+        self.lock().get(agent).and_then(|d| d.newest().1)
+    }
+
+    /// Follows `agent`'s desk (a configured operator: the caller checks):
+    /// the newest change's number moves on each change.
+    pub(super) fn watch(&self, agent: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.lock()
+            .entry(agent.to_owned())
+            .or_insert_with(Desk::new)
+            .seq
+            .subscribe()
+    }
+
+    /// The newest change's number and the state it left, together.
+    pub(super) fn snapshot(&self, agent: &str) -> (u64, Option<AgentCall>) {
+        self.lock().get(agent).map_or((0, None), Desk::newest)
+    }
+
+    /// What follows change number `seen` on `agent`'s desk.
+    pub(super) fn since(&self, agent: &str, seen: u64) -> Since {
+        let desks = self.lock();
+        let Some(desk) = desks.get(agent) else {
+            return Since::Events(Vec::new(), seen);
+        };
+        let newest = desk.newest();
+        let oldest = desk.events.front().map_or(0, |e| e.0);
+        if seen + 1 < oldest {
+            return Since::Gap(newest.1, newest.0 - seen - 1, newest.0);
+        }
+        let events = desk
+            .events
+            .iter()
+            .filter(|(n, _)| *n > seen)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Since::Events(events, newest.0.max(seen))
+    }
+
+    /// Whether `reader` reads `call` for the first time (recently: the set
+    /// is forgotten past 10,000 pairs, at worst auditing a read twice).
+    pub(super) fn first_read(&self, reader: &str, call: &str) -> bool {
+        let mut read = self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if read.len() >= 10_000 {
+            read.clear();
+        }
+        read.insert((reader.to_owned(), call.to_owned()))
+    }
+
+    /// Whether `call` is the call `agent` talks on or last talked on.
+    pub(super) fn had_call(&self, agent: &str, call: &str) -> bool {
+        self.lock()
+            .get(agent)
+            .is_some_and(|d| d.last_call.as_deref() == Some(call))
+    }
+}

@@ -1,0 +1,116 @@
+//! `POST /api/v1/login`: an operator's SIP credentials become a desk
+//! session, with the same brute-force throttle as the registrar.
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LoginBody {
+    pub(super) username: String,
+    pub(super) password: String,
+}
+
+/// `POST /api/v1/login` `{"username", "password"}` with an operator's SIP
+/// credentials: `200 {"token", "agent", "expires_at"}`, a desk session for
+/// that operator only (their desk, its WebSocket, scripts, answers, breaks).
+/// Wrong credentials, or an unknown operator, get the same `401`; too many
+/// failures from one address get `429` for the registrar's ban time, even
+/// with the right password.
+pub(super) async fn login(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let (r, user) = check_login(&api, peer, &body);
+    if let Some(user) = user.filter(|u| api.live().credentials.contains_key(u)) {
+        // Who logged in, or tried to as whom: in the audit log.
+        api.audit_as(
+            &format!("desk:{user}"),
+            "login",
+            &peer.ip().to_string(),
+            r.status(),
+        );
+    }
+    r
+}
+
+pub(super) fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Response, Option<String>) {
+    if !api.sessions.enabled() {
+        return (
+            error(
+                StatusCode::NOT_FOUND,
+                "operator logins are off (api.session_hours = 0)",
+            ),
+            None,
+        );
+    }
+    let b: LoginBody = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return (*r, None),
+    };
+    if b.username.is_empty() || b.username.len() > 64 || b.password.len() > 256 {
+        return (
+            error(
+                StatusCode::BAD_REQUEST,
+                "username: 1 to 64 characters; password: at most 256",
+            ),
+            None,
+        );
+    }
+    let now = std::time::Instant::now();
+    let ip = peer.ip();
+    let logins = &api.logins;
+    let mut throttle = logins
+        .throttle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if throttle.banned(now, ip, &b.username) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins from this address: try again later",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+        return (r, Some(b.username));
+    }
+    // An unknown operator costs the same SHA-256 HA1 and comparison as a
+    // known one (a stored HA1 no password gives), so timing does not tell
+    // which usernames exist.
+    let unknown = centralino_sip::auth::Credentials {
+        ha1_md5: None,
+        ha1_sha256: Some("-".repeat(64)),
+    };
+    let live = api.live();
+    let creds = live.credentials.get(&b.username);
+    let right = creds
+        .unwrap_or(&unknown)
+        .matches_password(&b.username, &live.realm, &b.password)
+        && creds.is_some();
+    if !right {
+        let bans = throttle.failure(now, ip, &b.username);
+        drop(throttle);
+        for (scope, time) in bans {
+            warn!(%ip, scope = scope.label(), seconds = time.as_secs(), "desk login guessing: address banned");
+        }
+        warn!(%ip, "desk login refused: wrong username or password");
+        return (
+            error(StatusCode::UNAUTHORIZED, "wrong username or password"),
+            Some(b.username),
+        );
+    }
+    throttle.success(ip, &b.username);
+    drop(throttle);
+    let (token, expires) = api.sessions.issue(&b.username, unix_now());
+    info!(agent = %b.username, "desk login");
+    (
+        ok(
+            StatusCode::OK,
+            &json!({
+                "token": token,
+                "agent": b.username,
+                "expires_at": rfc3339(expires),
+            }),
+        ),
+        Some(b.username),
+    )
+}

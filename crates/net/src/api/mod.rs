@@ -1,0 +1,677 @@
+//! The HTTP API: `/api/v1/callbacks` ("Ti chiamiamo noi" requests from a
+//! web form or an operator desk). Bearer tokens from the configuration;
+//! every input checked with a message that says what is wrong; a `201` is
+//! sent only once the request is on disk (the store commits with
+//! `synchronous = FULL` before it answers).
+//!
+//! One thread owns the SQLite store; handlers talk to it over a channel, so
+//! a slow disk never blocks the engine's thread.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use centralino_b2bua::{AgentCall, DeskState, Metrics, QueueView};
+use centralino_config::{ApiToken, Config};
+use centralino_flows::calendar::{civil_from_days, days_from_civil};
+use centralino_routing::{Catalog, Requirement};
+use centralino_store::{Callback, Created, Edit, NewCallback, Patch, Status, Store, StoreError};
+use centralino_types::Masked;
+use centralino_types::dialplan::DialPlan;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::session::{SessionError, Sessions};
+
+// One file per concern; what they share is imported here and reaches
+// each of them through `use super::*`.
+mod admin;
+mod auth;
+mod callbacks;
+mod control;
+mod desk;
+mod desks;
+mod login;
+mod scripts;
+mod sms;
+mod store;
+mod supervisor;
+mod time;
+mod ws;
+
+pub use control::{Loader, ReloadError, ReloadSlot};
+pub use desks::Desks;
+pub use store::RecordSink;
+
+use admin::*;
+use auth::*;
+use callbacks::*;
+use desk::*;
+use desks::*;
+use login::*;
+use scripts::*;
+use sms::*;
+use store::*;
+use supervisor::*;
+use time::*;
+use ws::*;
+
+/// Largest request body accepted.
+pub(crate) const MAX_BODY: usize = 16 * 1024;
+
+/// Why the API cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The data directory cannot be created.
+    #[error("data directory {0}: {1}")]
+    Dir(std::path::PathBuf, std::io::Error),
+    /// The database cannot be opened.
+    #[error("store: {0}")]
+    Store(StoreError),
+    /// The store's thread cannot start.
+    #[error("store thread: {0}")]
+    Thread(std::io::Error),
+    /// The SMS hook's TLS client cannot be set up (CA file).
+    #[error("notifications TLS: {0}")]
+    Tls(String),
+    /// Desk sessions cannot be signed (key file).
+    #[error("{0}")]
+    Session(#[from] SessionError),
+}
+
+/// What the API serves from the configuration: swapped whole by a
+/// reload, so a request sees one version from its first check to its
+/// answer, and a removed token or an old password stops working at once.
+struct Live {
+    tokens: Vec<ApiToken>,
+    /// Queue name → its tenant's name and dial plan.
+    queues: HashMap<String, (String, DialPlan)>,
+    catalog: Catalog,
+    scripts: Vec<centralino_config::Script>,
+    /// The operators' SIP secrets (desk logins check them).
+    credentials: HashMap<String, centralino_sip::auth::Credentials>,
+    realm: String,
+}
+
+impl Live {
+    fn of(config: &Config) -> Self {
+        Self {
+            tokens: config.api_tokens.clone(),
+            queues: config
+                .queues
+                .iter()
+                .map(|q| {
+                    let tenant = config.tenants.get(q.tenant).cloned().unwrap_or_default();
+                    let plan = config.dial_plans.get(q.tenant).cloned().unwrap_or_default();
+                    (q.routing.name.clone(), (tenant, plan))
+                })
+                .collect(),
+            catalog: config.catalog.clone(),
+            scripts: config.scripts.clone(),
+            credentials: config
+                .agents
+                .iter()
+                .map(|a| (a.username.clone(), a.credentials.clone()))
+                .collect(),
+            realm: config.sip.realm.clone(),
+        }
+    }
+
+    /// Whether a token limited to `tenant` may see a callback of `queue`.
+    fn sees(&self, tenant: Option<&str>, queue: &str) -> bool {
+        tenant.is_none_or(|t| self.queues.get(queue).is_some_and(|(qt, _)| qt == t))
+    }
+}
+
+/// Per-client and per-number bounds on callback requests.
+struct CallbackLimiter {
+    per_source: crate::limits::WindowLimiter<std::net::IpAddr>,
+    per_number: crate::limits::WindowLimiter<String>,
+}
+
+/// What the API needs.
+#[derive(Clone)]
+pub struct Api {
+    store: StoreHandle,
+    live: Arc<std::sync::RwLock<Arc<Live>>>,
+    limiter: Arc<std::sync::Mutex<CallbackLimiter>>,
+    reload: ReloadSlot,
+    desks: Desks,
+    /// Configured operators (desks exist only for them).
+    agents: Arc<HashSet<String>>,
+    /// Each operator's tenant (supervisor views are per tenant).
+    agent_tenants: Arc<Vec<(String, String)>>,
+    /// Desk logins: the operators' SIP secrets, their realm, the signer
+    /// and the brute-force throttle (shared with nothing else).
+    logins: Arc<Logins>,
+    sessions: Arc<Sessions>,
+    metrics: Metrics,
+    /// How the store's thread is doing (for `/healthz`).
+    store_probe: crate::health::StoreProbe,
+}
+
+/// Every API route: its path, its methods, and the handlers. The router is
+/// built from this table only, and `routes()` lists the same table for the
+/// test that calls each route with no token, a wrong one and an expired
+/// session (TEST-MATRIX D11): a route cannot be added without that test
+/// calling it.
+fn table() -> Vec<Route> {
+    use axum::routing::post;
+    let route = |path, methods, names, audit, handler| Route {
+        path,
+        methods,
+        names,
+        audit,
+        handler,
+    };
+    vec![
+        route(
+            "/api/v1/callbacks",
+            &["GET", "POST"],
+            &["callbacks_list", "callbacks_create"],
+            Audit::Bearer,
+            get(list_callbacks).post(create_callback),
+        ),
+        route(
+            "/api/v1/callbacks/{id}",
+            &["GET", "PATCH", "DELETE"],
+            &["callbacks_get", "callbacks_patch", "callbacks_delete"],
+            Audit::Bearer,
+            get(get_callback)
+                .patch(patch_callback)
+                .delete(delete_callback),
+        ),
+        route(
+            "/api/v1/scripts/{name}",
+            &["GET"],
+            &["scripts_get"],
+            Audit::CountOnly,
+            get(get_script),
+        ),
+        route(
+            "/api/v1/agents/{name}/call",
+            &["GET"],
+            &["agent_call"],
+            Audit::Refusals,
+            get(get_agent_call),
+        ),
+        route(
+            "/api/v1/agents/{name}/events",
+            &["GET"],
+            &["agent_events"],
+            Audit::BearerOrQuery,
+            get(agent_events),
+        ),
+        route(
+            "/api/v1/agents/{name}/state",
+            &["POST"],
+            &["agent_state"],
+            Audit::Bearer,
+            post(agent_state),
+        ),
+        route(
+            "/api/v1/queues",
+            &["GET"],
+            &["queues_get"],
+            Audit::Bearer,
+            get(get_queues),
+        ),
+        route(
+            "/api/v1/queues/events",
+            &["GET"],
+            &["queue_events"],
+            Audit::BearerOrQuery,
+            get(queue_events),
+        ),
+        route(
+            "/api/v1/agents",
+            &["GET"],
+            &["agents_get"],
+            Audit::Bearer,
+            get(get_agents),
+        ),
+        route(
+            "/api/v1/config/reload",
+            &["POST"],
+            &["config_reload"],
+            Audit::Bearer,
+            post(reload_config),
+        ),
+        // Counted only: the handler audits the user name tried.
+        route(
+            "/api/v1/login",
+            &["POST"],
+            &["login"],
+            Audit::CountOnly,
+            post(login),
+        ),
+        route(
+            "/api/v1/calls/{id}/answers",
+            &["POST"],
+            &["calls_answers"],
+            Audit::Bearer,
+            post(post_answers),
+        ),
+    ]
+}
+
+/// The API's routes as (path, methods), for tests and documentation.
+/// `POST /api/v1/login` is the only one that takes no token.
+pub fn routes() -> Vec<(&'static str, &'static [&'static str])> {
+    table().into_iter().map(|r| (r.path, r.methods)).collect()
+}
+
+/// What `POST /api/v1/login` checks against.
+struct Logins {
+    throttle: std::sync::Mutex<centralino_sip::throttle::Throttle>,
+}
+
+impl Api {
+    /// Opens (or creates) `DIR/centralino.db`, the directory owner-only.
+    pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
+        centralino_store::owner_only::create_dir(data_dir)
+            .map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
+        let path = data_dir.join("centralino.db");
+        let audit_key = match &config.audit_key_file {
+            Some(file) => centralino_store::AuditKey::from_file(file).map_err(ApiError::Store)?,
+            None => {
+                let (key, created) = centralino_store::AuditKey::load_or_create(data_dir)
+                    .map_err(ApiError::Store)?;
+                if created {
+                    warn!(
+                        file = %data_dir.join(centralino_store::AUDIT_KEY_FILE).display(),
+                        "audit key created beside the database: in production keep it elsewhere (store.audit_key_file), out of reach of whoever can change the database"
+                    );
+                }
+                key
+            }
+        };
+        let store_probe = crate::health::StoreProbe::new();
+        let store = StoreHandle::start(
+            &path,
+            audit_key,
+            config.retention_days,
+            config.notifications.is_some(),
+            metrics.clone(),
+            store_probe.clone(),
+        )?;
+        if let Some(n) = &config.notifications {
+            let tls = n.tls.as_ref().map(tls_connector).transpose()?;
+            tokio::spawn(notifier(store.clone(), n.clone(), tls, metrics.clone()));
+        }
+        info!(path = %path.display(), "store open");
+        let sessions = Sessions::new(&config.api_sessions)?;
+        let limits = config.callback_limits;
+        Ok(Self {
+            store,
+            live: Arc::new(std::sync::RwLock::new(Arc::new(Live::of(config)))),
+            limiter: Arc::new(std::sync::Mutex::new(CallbackLimiter {
+                per_source: crate::limits::WindowLimiter::new(
+                    limits.per_source_per_minute,
+                    std::time::Duration::from_secs(60),
+                    100_000,
+                ),
+                per_number: crate::limits::WindowLimiter::new(
+                    limits.per_number_per_day,
+                    std::time::Duration::from_secs(86_400),
+                    1_000_000,
+                ),
+            })),
+            reload: ReloadSlot::default(),
+            desks: Desks::default(),
+            agents: Arc::new(config.agents.iter().map(|a| a.username.clone()).collect()),
+            agent_tenants: Arc::new(
+                config
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        let tenant = config.tenants.get(a.tenant).cloned().unwrap_or_default();
+                        (a.username.clone(), tenant)
+                    })
+                    .collect(),
+            ),
+            logins: Arc::new(Logins {
+                throttle: std::sync::Mutex::new(centralino_sip::throttle::Throttle::new(
+                    config.registrar.throttle,
+                )),
+            }),
+            sessions: Arc::new(sessions),
+            metrics,
+            store_probe,
+        })
+    }
+
+    /// How the store's thread is doing, for `/healthz`.
+    pub fn store_probe(&self) -> crate::health::StoreProbe {
+        self.store_probe.clone()
+    }
+
+    /// Counts a callback request from `peer` for `number` against the
+    /// limits: `Some(wait)` when either is used up. The number is counted
+    /// in E.164, so `0039…` and `+39…` share one allowance.
+    fn limited(&self, peer: SocketAddr, number: &str) -> Option<std::time::Duration> {
+        use crate::limits::Verdict;
+        let now = std::time::Instant::now();
+        let key = centralino_types::dialplan::normalize(number, "39")
+            .unwrap_or_else(|| number.to_owned());
+        let mut l = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let source = l.per_source.check(now, peer.ip());
+        let number = match source {
+            Verdict::Allowed => l.per_number.check(now, key),
+            limited => limited,
+        };
+        match (source, number) {
+            (Verdict::Limited(w), _) | (_, Verdict::Limited(w)) => {
+                warn!(peer = %peer.ip(), "callback request over the rate limit");
+                Some(w)
+            }
+            _ => None,
+        }
+    }
+
+    /// The configuration the API serves now.
+    fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `config` from the next request on (a reload the engine
+    /// accepted): tokens, desk passwords, queues' tenants and dial plans,
+    /// scripts, the callback limits.
+    pub fn apply(&self, config: &Config) {
+        let live = Arc::new(Live::of(config));
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = live;
+        let mut limiter = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        limiter
+            .per_source
+            .set_limit(config.callback_limits.per_source_per_minute);
+        limiter
+            .per_number
+            .set_limit(config.callback_limits.per_number_per_day);
+    }
+
+    /// The operators' current calls (the engine task fills it).
+    pub fn desks(&self) -> Desks {
+        self.desks.clone()
+    }
+
+    /// The slot the binary fills to enable the reload endpoint.
+    pub fn reload_slot(&self) -> ReloadSlot {
+        self.reload.clone()
+    }
+
+    /// Where the engine's call records go.
+    pub fn records(&self) -> RecordSink {
+        RecordSink(self.store.0.clone())
+    }
+
+    /// The API's routes.
+    pub fn router(self) -> Router {
+        let api = self.clone();
+        table()
+            .into_iter()
+            .fold(Router::new(), |router, r| {
+                // Counting and auditing wrap each route, so no handler can
+                // forget them.
+                let audited = Audited {
+                    api: api.clone(),
+                    methods: r.methods,
+                    names: r.names,
+                    audit: r.audit,
+                };
+                router.route(
+                    r.path,
+                    r.handler
+                        .layer(axum::middleware::from_fn_with_state(audited, audited_route)),
+                )
+            })
+            .with_state(self)
+    }
+
+    fn count(&self, route: &str, code: StatusCode) {
+        self.metrics
+            .api_requests
+            .with_label_values(&[route, code.as_str()])
+            .inc();
+    }
+
+    /// Counts the request and writes who did it to the audit log (only
+    /// requests with a known token: anonymous ones are only counted, so a
+    /// flood cannot fill the disk). `target` is the record's id, never a
+    /// phone number.
+    fn done(&self, route: &str, token: Option<&str>, target: &str, code: StatusCode) {
+        self.count(route, code);
+        if let Some(actor) = token.and_then(|t| self.token_name(t)) {
+            self.audit_as(&actor, route, target, code);
+        }
+    }
+
+    /// An audit entry for a known actor (a token's name).
+    fn audit_as(&self, actor: &str, action: &str, target: &str, code: StatusCode) {
+        let _ = self
+            .store
+            .0
+            .send(StoreReq::Audit(centralino_store::AuditEntry {
+                at: unix_now_ms(),
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                target: truncate(target),
+                status: code.as_u16(),
+            }));
+    }
+
+    /// The name of the token presented (compared in constant time).
+    fn token_name(&self, token: &str) -> Option<String> {
+        if Sessions::is_session(token) {
+            return self
+                .sessions
+                .verify(token, unix_now())
+                .map(|a| session_token(a).name);
+        }
+        let mut found = None;
+        for t in &self.live().tokens {
+            if same(t.token.as_bytes(), token.as_bytes()) {
+                found = Some(t.name.clone());
+            }
+        }
+        found
+    }
+}
+
+fn error(code: StatusCode, message: &str) -> Response {
+    let mut r = (code, json_body(&json!({ "error": message }))).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn json_body(v: &Value) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{v}\n"),
+    )
+}
+
+fn ok(code: StatusCode, v: &Value) -> Response {
+    (code, json_body(v)).into_response()
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Box<Response>> {
+    if body.len() > MAX_BODY {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 16 KiB",
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's message names the field and the position.
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid JSON body: {e}"),
+        ))
+    })
+}
+
+/// A request's token checked, then its JSON body read.
+fn authorized_body<'a, T: for<'de> Deserialize<'de>>(
+    api: &'a Api,
+    headers: &HeaderMap,
+    body: &Bytes,
+    need: Need<'_>,
+) -> Result<(Cow<'a, ApiToken>, T), Box<Response>> {
+    let token = authorize(api, headers, need)?;
+    Ok((token, parse_body(body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_rfc3339("2026-12-01T09:00:00+01:00"),
+            Some(1_796_112_000)
+        );
+        assert_eq!(parse_rfc3339("2026-12-01T08:00:00Z"), Some(1_796_112_000));
+        assert_eq!(
+            parse_rfc3339("2026-12-01T08:00:00.250Z"),
+            Some(1_796_112_000)
+        );
+        assert_eq!(rfc3339(1_796_112_000), "2026-12-01T08:00:00Z");
+        for bad in [
+            "2026-02-30T08:00:00Z",
+            "2026-12-01 8:00",
+            "2026-12-01T25:00:00Z",
+            "2026-12-01T08:00:00+1",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert!(valid_number("+393331234567") && valid_number("0612345678"));
+        assert!(
+            !valid_number("+39 333")
+                && !valid_number("12345")
+                && !valid_number("+3933312345678901")
+        );
+        assert!(same(b"demo-admin-token", b"demo-admin-token"));
+        assert!(!same(b"demo-admin-token", b"demo-admin-tokeN") && !same(b"a", b"ab"));
+    }
+
+    #[test]
+    fn a_desktop_behind_gets_every_transition_or_knows_what_it_missed() {
+        let call = |state| AgentCall {
+            state,
+            call: "c1".into(),
+            queue: "info".into(),
+            flow: None,
+            variables: Vec::new(),
+            script: None,
+            callback: None,
+        };
+        let desks = Desks::default();
+        let mut rx = desks.watch("1001");
+        assert_eq!(desks.snapshot("1001"), (0, None));
+        // Offered, answered and over before the desktop's task runs: the
+        // three arrive, in order.
+        desks.set("1001".into(), Some(call(DeskState::Offered)));
+        desks.set("1001".into(), Some(call(DeskState::Connected)));
+        desks.set("1001".into(), None);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 3);
+        assert_eq!(
+            desks.since("1001", 0),
+            Since::Events(
+                vec![
+                    Some(call(DeskState::Offered)),
+                    Some(call(DeskState::Connected)),
+                    None
+                ],
+                3
+            )
+        );
+        assert_eq!(desks.since("1001", 3), Since::Events(Vec::new(), 3));
+        // Far behind (a frozen browser): the current state and the count.
+        for _ in 0..DESK_EVENTS {
+            desks.set("1001".into(), Some(call(DeskState::Offered)));
+        }
+        assert_eq!(
+            desks.since("1001", 2),
+            Since::Gap(
+                Some(call(DeskState::Offered)),
+                DESK_EVENTS as u64,
+                3 + DESK_EVENTS as u64
+            )
+        );
+        assert_eq!(desks.snapshot("1001").0, 3 + DESK_EVENTS as u64);
+    }
+}
+
+/// Fuzzing entry point (`crates/fuzz`): a request body through its
+/// handler's parsing and checks, without a store, token or engine.
+/// `kind % 5`: 0 create a callback, 1 patch one, 2 desk login, 3 operator
+/// state, 4 script answers. True when the body would reach the store.
+#[doc(hidden)]
+#[allow(clippy::items_after_test_module)]
+pub fn fuzz_api_body(kind: u8, data: &[u8]) -> bool {
+    static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+    let catalog = CATALOG.get_or_init(|| {
+        let mut c = Catalog::default();
+        let _ = (c.skill("vaccini"), c.language("it"), c.tenant("demo"));
+        let _ = c.queue("info");
+        c
+    });
+    let body = Bytes::copy_from_slice(data);
+    let req_ok = |r: &str| Requirement::parse(r, catalog).is_ok();
+    let time_ok = |w: &When| when(w).map(rfc3339).is_ok();
+    match kind % 5 {
+        0 => parse_body::<CreateBody>(&body).is_ok_and(|b| {
+            let _ = truncate(&b.queue);
+            valid_number(&b.number)
+                & b.not_before.as_ref().is_none_or(time_ok)
+                & b.requirements.as_deref().is_none_or(req_ok)
+                & check_priority(b.priority.unwrap_or(0)).is_ok()
+        }),
+        1 => parse_body::<PatchBody>(&body).is_ok_and(|b| {
+            b.not_before
+                .as_ref()
+                .is_none_or(|w| w.as_ref().is_none_or(time_ok))
+                & b.requirements
+                    .as_ref()
+                    .is_none_or(|r| r.as_deref().is_none_or(req_ok))
+                & b.priority.is_none_or(|p| check_priority(p).is_ok())
+        }),
+        2 => parse_body::<LoginBody>(&body).is_ok(),
+        3 => parse_body::<StateBody>(&body).is_ok(),
+        _ => parse_body::<AnswersBody>(&body).is_ok(),
+    }
+}

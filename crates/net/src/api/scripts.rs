@@ -1,0 +1,109 @@
+//! Operator scripts and the answers a desk records against a call.
+
+use super::*;
+
+pub(super) async fn get_script(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match authorize(&api, &headers, Need::Operator) {
+        Err(r) => *r,
+        Ok(_) => match api.live().scripts.iter().find(|s| s.name == name) {
+            None => error(StatusCode::NOT_FOUND, "no such script"),
+            Some(s) => {
+                let questions: serde_json::Map<String, Value> = s
+                    .questions
+                    .iter()
+                    .map(|(id, q)| {
+                        let mut v = json!({ "text": q.text, "kind": q.kind.as_str() });
+                        if q.kind == centralino_config::QuestionKind::Choice {
+                            v["answers"] = json!(q.answers);
+                        } else {
+                            v["next"] = json!(q.next);
+                        }
+                        (id.clone(), v)
+                    })
+                    .collect();
+                ok(
+                    StatusCode::OK,
+                    &json!({ "name": s.name, "start": s.start, "questions": questions }),
+                )
+            }
+        },
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AnswersBody {
+    pub(super) agent: Option<String>,
+    pub(super) answers: std::collections::BTreeMap<String, String>,
+}
+
+pub(super) async fn post_answers(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    answers(&api, &headers, id.clone(), &body).await
+}
+
+pub(super) async fn answers(api: &Api, headers: &HeaderMap, id: String, body: &Bytes) -> Response {
+    let (token, mut b): (_, AnswersBody) = match authorized_body(api, headers, body, Need::Operator)
+    {
+        Ok(tb) => tb,
+        Err(r) => return *r,
+    };
+    if token.role == centralino_config::Role::Agent {
+        // An operator answers for their own calls only, under their name.
+        let me = token.agent.clone().unwrap_or_default();
+        if b.agent.as_ref().is_some_and(|a| *a != me) {
+            return error(StatusCode::FORBIDDEN, "agent: not this token's operator");
+        }
+        if !api.desks.had_call(&me, &id) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "not a call of this token's operator (the current or the last one)",
+            );
+        }
+        b.agent = Some(me);
+    }
+    if b.answers.is_empty() || b.answers.len() > 200 {
+        return error(StatusCode::BAD_REQUEST, "answers: 1 to 200 question ids");
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    if let Some(q) = b.answers.keys().find(|q| !name_ok(q)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("answers: {:?} is not a question id", truncate(q)),
+        );
+    }
+    if b.answers.values().any(|a| a.len() > 1000) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "answers: at most 1000 characters each",
+        );
+    }
+    if b.agent.as_deref().is_some_and(|a| !name_ok(a)) {
+        return error(StatusCode::BAD_REQUEST, "agent: not an operator name");
+    }
+    let list: Vec<(String, String)> = b.answers.into_iter().collect();
+    let n = list.len();
+    let now = unix_now() * 1000;
+    match api
+        .store
+        .ask(|r| StoreReq::Answers(id.clone(), b.agent, list, now, r))
+        .await
+    {
+        Ok(true) => ok(StatusCode::CREATED, &json!({ "call": id, "saved": n })),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such call"),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+    }
+}

@@ -1,0 +1,128 @@
+//! The supervisor's views: queues, operators, and queue events over a
+//! WebSocket, each limited to the token's tenant.
+
+use super::*;
+
+/// What a supervisor sees of the queues: their tenant's only when the
+/// token names one.
+pub(super) fn queues_json(views: &[QueueView], tenant: Option<&str>) -> Value {
+    let now = unix_now_ms();
+    let queues: Vec<Value> = views
+        .iter()
+        .filter(|q| tenant.is_none_or(|t| q.tenant == t))
+        .map(|q| {
+            let agents: serde_json::Map<String, Value> = q
+                .agents
+                .iter()
+                .map(|(label, n)| ((*label).to_owned(), json!(n)))
+                .collect();
+            json!({
+                "name": q.name,
+                "tenant": q.tenant,
+                "waiting": q.waiting,
+                "oldest_wait_seconds": q.oldest_since_ms.map_or(0, |t| (now - t).max(0) / 1000),
+                "expected_wait_seconds": q.expected_wait_seconds,
+                "agents": agents,
+            })
+        })
+        .collect();
+    json!({ "queues": queues })
+}
+
+/// `GET /api/v1/queues`: each queue's waiting calls, oldest wait, expected
+/// wait and operators by state (supervisor and admin tokens; a supervisor
+/// token with a tenant sees that tenant's queues only).
+pub(super) async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Response {
+    match authorize(&api, &headers, Need::Supervisor) {
+        Err(r) => *r,
+        Ok(t) => {
+            let views = api.desks.queues.borrow().clone();
+            ok(StatusCode::OK, &queues_json(&views, t.tenant.as_deref()))
+        }
+    }
+}
+
+/// `GET /api/v1/agents`: every operator's state now (read from the routing
+/// board), per tenant as for the queues.
+pub(super) async fn get_agents(State(api): State<Api>, headers: HeaderMap) -> Response {
+    match authorize(&api, &headers, Need::Supervisor) {
+        Err(r) => *r,
+        Ok(t) => {
+            let tenant = t.tenant.as_deref();
+            let agents: Vec<Value> = api
+                .agent_tenants
+                .iter()
+                .filter(|(_, at)| tenant.is_none_or(|t| at == t))
+                .map(|(name, at)| {
+                    let (state, reason) = api.desks.agent_state(name).unwrap_or(("unknown", None));
+                    json!({ "agent": name, "tenant": at, "state": state, "reason": reason })
+                })
+                .collect();
+            ok(StatusCode::OK, &json!({ "agents": agents }))
+        }
+    }
+}
+
+/// `GET /api/v1/queues/events`: a WebSocket pushing the queues view (as
+/// `GET /api/v1/queues`, with a `seq`) at once and whenever it changes, at
+/// most once a second. Token in the header or `?access_token=`.
+pub(super) async fn queue_events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Upgrade,
+) -> Response {
+    let from_query = query_token(query.as_deref());
+    let token = bearer(&headers).or(from_query.as_deref());
+    match authorize_token(&api, token, Need::Supervisor) {
+        Err(r) => *r,
+        Ok(t) => match upgrade {
+            Err(e) => upgrade_required(&e),
+            Ok(ws) => {
+                let rx = api.desks.queues.subscribe();
+                let tenant = t.tenant.clone();
+                ws.max_message_size(DESK_MAX_MESSAGE)
+                    .max_frame_size(DESK_MAX_MESSAGE)
+                    .on_upgrade(move |socket| supervisor_socket(socket, rx, tenant))
+            }
+        },
+    }
+}
+
+pub(super) async fn supervisor_socket(
+    mut socket: axum::extract::ws::WebSocket,
+    mut rx: tokio::sync::watch::Receiver<Arc<Vec<QueueView>>>,
+    tenant: Option<String>,
+) {
+    use axum::extract::ws::Message;
+    let mut seq = 0u64;
+    let mut ping = tokio::time::interval(DESK_PING);
+    ping.tick().await;
+    let mut views = rx.borrow_and_update().clone();
+    loop {
+        let event = queues_json(&views, tenant.as_deref());
+        if !send_seq(&mut socket, &mut seq, event).await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    views = rx.borrow_and_update().clone();
+                    break;
+                }
+                msg = socket.recv() => match msg {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+                _ = ping.tick() => {
+                    if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
