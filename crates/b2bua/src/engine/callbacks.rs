@@ -91,7 +91,7 @@ impl Engine {
         // The call's SIP side towards the citizen is filled in when we
         // dial; its media is anchored like any call's.
         let number = cb.number.clone();
-        let Some((a_leg, invite, tag)) = self.citizen_leg(trunk, &number, "callback") else {
+        let Some((a_leg, invite, _)) = self.citizen_leg(trunk, &number, "callback") else {
             self.callback_state(
                 &cb.id,
                 CallbackState::Failed {
@@ -156,55 +156,32 @@ impl Engine {
             caller: number.clone(),
             did: format!("callback:{}", cb.id),
         }));
-        let a_key = TxKey::of(&invite);
-        self.calls.insert(
-            id,
-            Call {
-                span,
-                phase: Phase::Queued,
-                queue,
-                enqueued: now,
-                started: now,
-                a_key,
-                a_leg,
-                a_invite: Box::new(invite),
-                a_tag: tag,
-                caller: number,
-                forks: Vec::new(),
-                b: None,
-                attempt: 0,
-                media,
-                // No response is owed to anyone: the call is ours.
-                answered: true,
-                in_queue: false,
-                spec: Arc::new(spec.clone()),
-                run: None,
-                pending_flow: None,
-                record_id,
-                connected: None,
-                callback_asked: false,
-                vhold: None,
-                vhold_step: 0,
-                outbound: Some(Outbound {
-                    id: cb.id.clone(),
-                    attempt: cb.attempt,
-                    customer_first: self.queues[queue.0 as usize].customer_first,
-                    invite: None,
-                    dialled: false,
-                    answered: false,
-                    trunk,
-                    early_media: None,
-                }),
-                transfer: None,
-                tenant,
-                session_timer: None,
-                session_step: 0,
-                we_refresh: false,
-                peer_update: false,
-                reliable: None,
-                private: false,
-            },
-        );
+        let outbound = Outbound {
+            id: cb.id.clone(),
+            attempt: cb.attempt,
+            request: Box::new(invite),
+            customer_first: self.queues[queue.0 as usize].customer_first,
+            invite: None,
+            dialled: false,
+            answered: false,
+            trunk,
+            early_media: None,
+        };
+        let call = Call::new(NewCall {
+            span,
+            phase: Phase::Queued,
+            queue,
+            now,
+            customer: Customer::Outbound(outbound),
+            a_leg,
+            caller: number,
+            private: false,
+            media,
+            spec: Arc::new(spec.clone()),
+            record_id,
+            tenant,
+        });
+        self.calls.insert(id, call);
         if self.queues[queue.0 as usize].customer_first {
             // Customer first: the citizen is dialled now (once the store
             // knows) and queued when they answer.
@@ -286,7 +263,7 @@ impl Engine {
         let Some(call) = self.calls.get(&call_id) else {
             return false;
         };
-        let Some(o) = call.outbound.as_ref().filter(|o| !o.answered) else {
+        let Some(o) = call.outbound().filter(|o| !o.answered) else {
             return false;
         };
         let (from, tenant) = (o.trunk, self.trunks[o.trunk].tenant);
@@ -296,7 +273,7 @@ impl Engine {
             return false;
         };
         let number = call.caller.clone();
-        let Some((leg, invite, tag)) = self.citizen_leg(next, &number, "callback") else {
+        let Some((leg, invite, _)) = self.citizen_leg(next, &number, "callback") else {
             return false;
         };
         let old = std::mem::replace(
@@ -304,13 +281,9 @@ impl Engine {
             leg,
         );
         self.by_a.remove(&old.call_id);
-        if let Some(call) = self.calls.get_mut(&call_id) {
-            call.a_key = TxKey::of(&invite);
-            *call.a_invite = invite;
-            call.a_tag = tag;
-            if let Some(o) = call.outbound.as_mut() {
-                o.trunk = next;
-            }
+        if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
+            *o.request = invite;
+            o.trunk = next;
         }
         warn!(
             reason,
@@ -396,7 +369,10 @@ impl Engine {
             call.media.a_port,
             call.media.session,
         );
-        let mut inv = (*call.a_invite).clone();
+        let Some(o) = call.outbound() else {
+            return;
+        };
+        let mut inv = (*o.request).clone();
         inv.push("Contact", &dialog::contact(call.a_leg.flow));
         inv.push("User-Agent", &self.user_agent);
         inv.set_body(Some("application/sdp"), offer_body);
@@ -405,11 +381,7 @@ impl Engine {
         info!("callback: dialling the citizen");
         let key = self.send_request(now, flow, inv, ClientRef::Citizen(call_id));
         self.by_a.insert(a_call_id, call_id);
-        if let Some(o) = self
-            .calls
-            .get_mut(&call_id)
-            .and_then(|c| c.outbound.as_mut())
-        {
+        if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
             o.invite = Some(key);
             o.dialled = true;
         }
@@ -426,7 +398,7 @@ impl Engine {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let (Some(b), Some(out)) = (call.media.b, call.outbound.as_ref()) else {
+        let (Some(b), Some(out)) = (call.media.b, call.outbound()) else {
             return;
         };
         if out.answered || out.customer_first {
@@ -452,8 +424,7 @@ impl Engine {
             return;
         };
         let first = call
-            .outbound
-            .as_mut()
+            .outbound_mut()
             .is_some_and(|o| o.early_media.replace(addr).is_none());
         let peer = Peer {
             addr,
@@ -496,7 +467,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let Some(out) = call.outbound.as_mut() else {
+        let Some(out) = call.outbound_mut() else {
             return;
         };
         out.invite = None;
@@ -505,11 +476,8 @@ impl Engine {
             if let Some(retry) =
                 self.authenticated_retry(now, &key, flow, msg, ClientRef::Citizen(call_id))
             {
-                if let Some(call) = self.calls.get_mut(&call_id) {
-                    call.a_key = retry.clone();
-                    if let Some(o) = call.outbound.as_mut() {
-                        o.invite = Some(retry);
-                    }
+                if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
+                    o.invite = Some(retry);
                 }
                 return;
             }
@@ -558,8 +526,8 @@ impl Engine {
                     record,
                 }));
             }
-            let customer_first = call.outbound.as_ref().is_some_and(|o| o.customer_first);
-            let id = call.outbound.as_mut().map(|o| {
+            let customer_first = call.outbound().is_some_and(|o| o.customer_first);
+            let id = call.outbound_mut().map(|o| {
                 o.answered = true;
                 o.id.clone()
             });

@@ -23,7 +23,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        if !call.media.late_offer || call.media.opened || !call.answered {
+        if !call.media.late_offer || call.media.opened || !call.answered() {
             return;
         }
         let _span = call.span.clone().entered();
@@ -387,7 +387,7 @@ impl Engine {
             }
             // BYE in an early dialog: the caller gave up (as with CANCEL).
             (Some(_), true) => {
-                let answered = self.calls.get(&call_id).is_some_and(|c| c.answered);
+                let answered = self.calls.get(&call_id).is_some_and(|c| c.answered());
                 let outcome = if answered { "abandoned" } else { "cancelled" };
                 self.end_unanswered(now, call_id, 487, outcome, true);
             }

@@ -13,10 +13,15 @@ impl Engine {
         };
         // Answered first: many trunks send the caller's keys only once
         // the call is answered.
-        let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
+        let Some(inbound) = call.inbound() else {
+            return;
+        };
+        let mut ok = inbound.response(200, "OK");
         ok.push("Contact", &Self::caller_contact(call));
         ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
-        call.answered = true;
+        if let Some(inbound) = call.inbound_mut() {
+            inbound.answered = true;
+        }
         self.session_refreshed(now, id, &mut ok);
         let Some(call) = self.calls.get_mut(&id) else {
             return;

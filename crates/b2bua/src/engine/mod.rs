@@ -332,51 +332,6 @@ struct QueueStats {
     callbacks_started: u64,
 }
 
-/// A call that is a callback being executed.
-#[derive(Debug)]
-struct Outbound {
-    id: String,
-    attempt: u32,
-    /// Dial the citizen first, then queue them.
-    customer_first: bool,
-    /// The citizen's INVITE, while it rings.
-    invite: Option<TxKey>,
-    /// The citizen's INVITE has left: their phone may have rung.
-    dialled: bool,
-    /// The citizen answered.
-    answered: bool,
-    /// The outbound trunk dialled through (index in `trunks`).
-    trunk: usize,
-    /// Where the network's early media comes from (its 18x SDP), once the
-    /// waiting operator was bridged to it.
-    early_media: Option<SocketAddr>,
-}
-
-/// A call's anchored media as the signalling side knows it.
-#[derive(Debug)]
-struct CallMedia {
-    /// Local address the ports are bound on.
-    ip: IpAddr,
-    /// Address written into SDP.
-    sdp_ip: IpAddr,
-    a_port: u16,
-    b_port: u16,
-    a: Peer,
-    a_direction: Direction,
-    b: Option<Peer>,
-    b_direction: Direction,
-    /// o= session id towards the caller (the operator gets id + 1).
-    session: u64,
-    version: u64,
-    /// Key presses so far (for the call's flow).
-    digits: String,
-    /// The caller's INVITE had no SDP: our offer goes in the 200 OK and
-    /// their answer comes in the ACK; the media opens then.
-    late_offer: bool,
-    /// The media plane has the call (`Open` sent).
-    opened: bool,
-}
-
 /// Where a DID's calls go first, with what they need.
 #[derive(Clone, Debug)]
 enum Target {
@@ -390,124 +345,6 @@ enum Target {
 /// A trunk's DIDs.
 type DidTable = HashMap<String, Target>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BState {
-    Calling,
-    Ringing,
-    Answered,
-}
-
-#[derive(Debug)]
-struct BLeg {
-    agent: AgentId,
-    /// Offer number within the call (keys its ring timer).
-    attempt: u32,
-    invite_key: TxKey,
-    call_id: String,
-    local: String,
-    flow: Flow,
-    state: BState,
-    dialog: Option<Leg>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Answered, walking an IVR flow.
-    Ivr,
-    Queued,
-    Offering,
-    Connected,
-}
-
-struct Call {
-    /// `call{call=…}`: every log line about the call carries it.
-    span: tracing::Span,
-    phase: Phase,
-    queue: QueueId,
-    enqueued: Instant,
-    started: Instant,
-    a_key: TxKey,
-    a_invite: Box<Message>,
-    a_tag: String,
-    a_leg: Leg,
-    caller: String,
-    /// The caller asked not to be identified (RFC 3323/3325 `Privacy`):
-    /// operators are offered the call from "anonymous"; the record keeps
-    /// the number.
-    private: bool,
-    /// B-legs ringing (one, or several with ring-all).
-    forks: Vec<BLeg>,
-    /// The B-leg that answered.
-    b: Option<BLeg>,
-    attempt: u32,
-    media: CallMedia,
-    /// The caller's leg got its 200 OK (IVR calls are answered first).
-    answered: bool,
-    /// Entered a queue (queue metrics apply).
-    in_queue: bool,
-    /// What the DID asks of every call.
-    spec: Arc<CallSpec>,
-    /// The IVR walk, while it lasts.
-    run: Option<Run>,
-    /// A flow waiting for the media (late offer: it opens at the ACK).
-    pending_flow: Option<Arc<IvrFlow>>,
-    /// Call record id (unique across restarts).
-    record_id: String,
-    /// When an operator answered, and who.
-    connected: Option<(Instant, String)>,
-    /// The caller asked to be called back; the store has not answered yet.
-    callback_asked: bool,
-    /// Virtual hold's number dialogue in progress, and its step (stale
-    /// timers carry an older step).
-    vhold: Option<Vhold>,
-    vhold_step: u32,
-    /// Set when the call is a callback being executed (agent first).
-    outbound: Option<Outbound>,
-    /// An IVR transfer to an external number: its INVITE while it rings,
-    /// its dialog once answered.
-    transfer: Option<TransferLeg>,
-    /// Whose call it is: the tenant of the trunk it came in on, or of the
-    /// queue that calls back (its dial plan and outbound trunks apply).
-    tenant: usize,
-    /// The caller's session timer (RFC 4028), when its INVITE asked for
-    /// one and supports the extension: the interval (seconds); the caller
-    /// refreshes, and a call whose refreshes stop is ended. The step
-    /// tells a stale expiry timer from the current one.
-    session_timer: Option<u32>,
-    session_step: u32,
-    /// Centralino refreshes the session (RFC 4028: the caller asked for
-    /// `refresher=uas`, a proxy set a timer the caller does not support,
-    /// or a carrier answering our INVITE left it to us), by UPDATE when
-    /// the peer allows it (`peer_update`), else by re-INVITE.
-    we_refresh: bool,
-    peer_update: bool,
-    /// The caller required reliable provisional responses (RFC 3262).
-    reliable: Option<Reliable>,
-}
-
-/// Reliable provisional responses towards a caller that requires them
-/// (`Require: 100rel`, RFC 3262).
-#[derive(Debug)]
-struct Reliable {
-    /// The next RSeq.
-    next_rseq: u32,
-    /// The one not yet acknowledged by a PRACK (only one at a time): its
-    /// RSeq, the response, when it was first sent, the next interval.
-    unacked: Option<(u32, Box<Message>, Instant, Duration)>,
-    /// A 2xx that waits for the PRACK of a provisional that carried our
-    /// SDP answer (§3: it may not overtake it).
-    held_final: Option<Box<Message>>,
-}
-
-/// Virtual hold's number dialogue (queue `callback_number`).
-#[derive(Debug)]
-enum Vhold {
-    /// The number read back: 1 confirms it, 2 keys in another.
-    Confirm(String),
-    /// Keying in another number (`#` ends it); attempts so far.
-    Enter(String, u8),
-}
-
 /// Supervisor views are published at most this often.
 const VIEWS_PERIOD: Duration = Duration::from_secs(1);
 
@@ -516,14 +353,6 @@ const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
 
 /// Attempts at keying in a number before the caller keeps their place.
 const VHOLD_TRIES: u8 = 3;
-
-/// The far end of an IVR transfer.
-#[derive(Debug)]
-struct TransferLeg {
-    call_id: String,
-    invite: Option<TxKey>,
-    dialog: Option<Leg>,
-}
 
 /// The interpreter's view of the engine, from disjoint fields (usable
 /// while a call is borrowed from the call table).
@@ -995,15 +824,16 @@ impl Engine {
                 self.end_unanswered(now, call_id, status, "max_wait", false);
             }
             CallTimer::Progress => {
-                if call.phase == Phase::Connected || call.answered {
+                let Some(inbound) = call.inbound().filter(|i| !i.answered) else {
+                    return;
+                };
+                if call.phase == Phase::Connected {
                     return;
                 }
                 let mut r = if call.media.late_offer {
-                    call.a_invite.response(180, "Ringing", Some(&call.a_tag))
+                    inbound.response(180, "Ringing")
                 } else {
-                    let mut r = call
-                        .a_invite
-                        .response(183, "Session Progress", Some(&call.a_tag));
+                    let mut r = inbound.response(183, "Session Progress");
                     r.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
                     r
                 };
@@ -1029,13 +859,11 @@ impl Engine {
                 if now.saturating_duration_since(*first) >= 64 * t1 {
                     // §3: no PRACK for 64·T1: the INVITE is refused.
                     warn!("no PRACK for a reliable provisional response: call refused");
-                    if rel.held_final.is_some() {
+                    let held = rel.held_final.is_some();
+                    if let Some(i) = call.inbound().filter(|_| held) {
                         // An operator already answered: released by BYE.
-                        let r = call
-                            .a_invite
-                            .response(500, reason_phrase(500), Some(&call.a_tag));
-                        let a_key = call.a_key.clone();
-                        self.respond(now, &a_key, &r);
+                        let (key, r) = (i.key.clone(), i.response(500, reason_phrase(500)));
+                        self.respond(now, &key, &r);
                         self.end_connected(now, call_id, false, true, "no_prack");
                     } else {
                         self.end_unanswered(now, call_id, 500, "no_prack", false);
@@ -1045,10 +873,12 @@ impl Engine {
                 *interval *= 2;
                 // The last wait ends at 64·T1 exactly, when it is refused.
                 let (r, next) = (r.clone(), (now + *interval).min(*first + 64 * t1));
-                let a_key = call.a_key.clone();
+                let Some(key) = call.inbound().map(|i| i.key.clone()) else {
+                    return;
+                };
                 self.timers
                     .push(Reverse((next, call_id, CallTimer::Reliable(rseq))));
-                self.respond(now, &a_key, &r);
+                self.respond(now, &key, &r);
             }
             CallTimer::CallbackDone => {
                 self.end_unanswered(now, call_id, 480, "callback_requested", false);
@@ -1113,9 +943,10 @@ impl Engine {
             }
             MediaEvent::Idle { call, side } => {
                 let _span = self.call_span(call).entered();
-                let early = self.calls.get(&call).is_some_and(|c| {
-                    c.outbound.as_ref().is_some_and(|o| !o.answered) && side == Side::A
-                });
+                let early = self
+                    .calls
+                    .get(&call)
+                    .is_some_and(|c| c.outbound().is_some_and(|o| !o.answered) && side == Side::A);
                 if early {
                     // Early media may fall silent while the phone rings;
                     // the answer's bridge starts the liveness clock anew.
@@ -1155,6 +986,7 @@ impl Engine {
 // One `impl Engine` per concern, in the layout of quinn-proto's
 // `connection/`; declared after `facts!`, which some of them use.
 mod answer;
+mod call;
 mod callbacks;
 mod config;
 mod dialogs;
@@ -1173,6 +1005,7 @@ mod transfer;
 mod vhold;
 
 use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, offer, open_command};
+use call::*;
 use ingress::{allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use telemetry::code_label;

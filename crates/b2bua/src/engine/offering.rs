@@ -66,7 +66,7 @@ impl Engine {
             // The call record id (operator answers are stored against it)
             // and the queue's operator script, for the operator's desktop.
             inv.push("X-Centralino-Call", &call.record_id);
-            if let Some(o) = &call.outbound {
+            if let Some(o) = call.outbound() {
                 // A callback: the operator's phone shows it before
                 // answering (the citizen is dialled after the answer).
                 inv.push("X-Centralino-Callback", &o.id);
@@ -264,14 +264,14 @@ impl Engine {
                 call.media.b_direction = b_direction;
                 let whisper = whisper_prompts(
                     &self.queues[call.queue.0 as usize],
-                    call.outbound.is_some(),
+                    call.outbound().is_some(),
                     &self.prompts,
                     &self.callback_tone,
                 );
                 if !whisper.is_empty() {
                     self.metrics
                         .whispers
-                        .with_label_values(&[if call.outbound.is_some() {
+                        .with_label_values(&[if call.outbound().is_some() {
                             "callback"
                         } else {
                             "call"
@@ -291,8 +291,7 @@ impl Engine {
                         b: b_peer,
                         record: self.queues[call.queue.0 as usize].record,
                     }));
-                } else if call.outbound.as_ref().is_some_and(|o| !o.customer_first)
-                    && !whisper.is_empty()
+                } else if call.outbound().is_some_and(|o| !o.customer_first) && !whisper.is_empty()
                 {
                     // Agent first: the citizen is not dialled yet. The
                     // operator's side opens now for the whisper; the
@@ -305,12 +304,21 @@ impl Engine {
                         prompts: whisper,
                     }));
                 }
-                let already_answered = std::mem::replace(&mut call.answered, true);
-                let mut ok = call.a_invite.response(200, "OK", Some(&call.a_tag));
-                ok.push("Contact", &Self::caller_contact(call));
-                ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
-                if !already_answered {
-                    self.session_refreshed(now, call_id, &mut ok);
+                // The caller's 200 OK, unless an IVR flow answered them
+                // already or Centralino placed the call (a callback).
+                let mut ok = call
+                    .inbound()
+                    .filter(|i| !i.answered)
+                    .map(|i| i.response(200, "OK"));
+                if let Some(ok) = ok.as_mut() {
+                    ok.push("Contact", &Self::caller_contact(call));
+                    ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+                }
+                if let Some(i) = call.inbound_mut() {
+                    i.answered = true;
+                }
+                if let Some(ok) = ok.as_mut() {
+                    self.session_refreshed(now, call_id, ok);
                 }
                 let Some(call) = self.calls.get_mut(&call_id) else {
                     return;
@@ -325,10 +333,10 @@ impl Engine {
                     let release = l.agent != agent;
                     self.cancel_fork(now, l, release, Some(COMPLETED_ELSEWHERE));
                 }
-                if !already_answered {
+                if let Some(ok) = ok {
                     self.final_ok(now, call_id, ok);
                 }
-                if let Some(o) = self.calls.get(&call_id).and_then(|c| c.outbound.as_ref()) {
+                if let Some(o) = self.calls.get(&call_id).and_then(|c| c.outbound()) {
                     let (id, customer_first) = (o.id.clone(), o.customer_first);
                     if customer_first {
                         // Customer first: the citizen, reached, now talks
@@ -434,11 +442,7 @@ impl Engine {
         if let Some(ClientRef::Citizen(call_id)) = self.client.get(&key) {
             let call_id = *call_id;
             self.client.remove(&key);
-            if let Some(o) = self
-                .calls
-                .get_mut(&call_id)
-                .and_then(|c| c.outbound.as_mut())
-            {
+            if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
                 o.invite = None;
             }
             // Not even a provisional answer: the trunk, not the citizen.

@@ -306,7 +306,7 @@ impl Engine {
                 .map(|r| r.variables.clone())
                 .unwrap_or_default(),
             script: self.queues[call.queue.0 as usize].script.clone(),
-            callback: call.outbound.as_ref().map(|o| o.id.clone()),
+            callback: call.outbound().map(|o| o.id.clone()),
         }
     }
 }

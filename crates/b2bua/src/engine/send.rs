@@ -65,8 +65,8 @@ impl Engine {
     pub(super) fn caller_contact(call: &Call) -> String {
         let sips = call.a_leg.flow.transport == Transport::Tls
             && call
-                .a_invite
-                .request_uri()
+                .inbound()
+                .and_then(|i| i.invite.request_uri())
                 .and_then(uri::classify)
                 .is_some_and(|s| s == Scheme::Sips);
         if sips {

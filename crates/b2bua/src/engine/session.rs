@@ -24,7 +24,10 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let a_key = call.a_key.clone();
+        // Only a caller's INVITE gets provisional responses.
+        let Some(a_key) = call.inbound().map(|i| i.key.clone()) else {
+            return;
+        };
         if let Some(rel) = call.reliable.as_mut() {
             // One at a time; and without the caller's offer, a reliable
             // provisional would have to carry ours (§5), which this B2BUA
@@ -50,7 +53,9 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let a_key = call.a_key.clone();
+        let Some(a_key) = call.inbound().map(|i| i.key.clone()) else {
+            return;
+        };
         if let Some(rel) = call.reliable.as_mut()
             && rel
                 .unacked
@@ -73,18 +78,19 @@ impl Engine {
     pub(super) fn on_prack(&mut self, now: Instant, key: &TxKey, msg: &Message) {
         let matched = self.dialog_side(msg).and_then(|(call_id, side)| {
             let call = self.calls.get_mut(&call_id)?;
+            let (a_key, cseq) = call.inbound().map(|i| (i.key.clone(), i.invite.cseq))?;
             let rel = call.reliable.as_mut()?;
             let (rseq, _, _, _) = rel.unacked.as_ref()?;
             let mut rack = msg.header("RAck")?.split_whitespace();
             let ok = side == Side::A
                 && rack.next()?.parse::<u32>().ok()? == *rseq
-                && rack.next()?.parse::<u32>().ok()? == call.a_invite.cseq
+                && rack.next()?.parse::<u32>().ok()? == cseq
                 && rack.next()?.eq_ignore_ascii_case("INVITE");
             if !ok {
                 return None;
             }
             rel.unacked = None;
-            Some((call.a_key.clone(), rel.held_final.take()))
+            Some((a_key, rel.held_final.take()))
         });
         let Some((a_key, held)) = matched else {
             let r = msg.response(481, reason_phrase(481), None);

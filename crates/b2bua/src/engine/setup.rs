@@ -168,44 +168,31 @@ impl Engine {
             did,
         }));
         self.by_a.insert(msg.call_id.clone(), id);
-        self.calls.insert(
-            id,
-            Call {
-                span,
-                phase,
-                queue: QueueId(0),
-                enqueued: now,
-                started: now,
-                a_key: key,
-                a_invite: msg,
-                a_tag,
-                a_leg,
-                caller,
-                forks: Vec::new(),
-                b: None,
-                attempt: 0,
-                media,
+        let mut call = Call::new(NewCall {
+            span,
+            phase,
+            queue: QueueId(0),
+            now,
+            customer: Customer::Inbound(Inbound {
+                key,
+                invite: msg,
+                tag: a_tag,
                 answered: false,
-                in_queue: false,
-                spec: spec.clone(),
-                run: None,
-                pending_flow: None,
-                record_id,
-                connected: None,
-                callback_asked: false,
-                vhold: None,
-                vhold_step: 0,
-                outbound: None,
-                transfer: None,
-                tenant: self.trunks.get(trunk).map_or(0, |t| t.tenant),
-                session_timer,
-                session_step: 0,
-                we_refresh,
-                peer_update,
-                reliable,
-                private,
-            },
-        );
+            }),
+            a_leg,
+            caller,
+            private,
+            media,
+            spec: spec.clone(),
+            record_id,
+            tenant: self.trunks.get(trunk).map_or(0, |t| t.tenant),
+        });
+        // What the caller's INVITE asked of the session (RFC 4028, 3262).
+        call.session_timer = session_timer;
+        call.we_refresh = we_refresh;
+        call.peer_update = peer_update;
+        call.reliable = reliable;
+        self.calls.insert(id, call);
         match target {
             Target::Queue(queue, _) => self.enter_queue(now, id, queue, &spec),
             Target::Flow(flow, _) => self.start_flow(now, id, flow),
@@ -244,7 +231,7 @@ impl Engine {
             .with_label_values(&[&qname])
             .inc();
         info!(caller = %Masked(&call.caller), queue = %qname, "call queued");
-        if call.answered {
+        if call.answered() {
             // The caller is already connected to us (IVR): music now.
             if call.media.opened {
                 self.out.push_back(Output::Media(MediaCommand::Play {
@@ -253,23 +240,20 @@ impl Engine {
                     music,
                 }));
             }
-        } else {
+        } else if let Some(inbound) = call.inbound() {
             let contact = Self::caller_contact(call);
-            let media = &mut call.media;
-            let progress = if media.late_offer {
+            let mut progress = if call.media.late_offer {
                 // No offer yet: no early media, the caller hears its own
                 // ringback until the answer.
-                let mut r = call.a_invite.response(180, "Ringing", Some(&call.a_tag));
-                r.push("Contact", &contact);
-                r
+                inbound.response(180, "Ringing")
             } else {
-                let mut r = call
-                    .a_invite
-                    .response(183, "Session Progress", Some(&call.a_tag));
-                r.push("Contact", &contact);
-                r.set_body(Some("application/sdp"), a_sdp(media, &self.codecs));
-                r
+                inbound.response(183, "Session Progress")
             };
+            progress.push("Contact", &contact);
+            let media = &mut call.media;
+            if !media.late_offer {
+                progress.set_body(Some("application/sdp"), a_sdp(media, &self.codecs));
+            }
             if !media.late_offer {
                 // The caller hears our media while waiting (early media:
                 // the call stays unanswered, so CANCEL and the queue's

@@ -161,7 +161,7 @@ impl Engine {
                 self.cancel_b(now, b);
             }
         }
-        if let Some(o) = call.outbound.as_ref().filter(|o| o.answered) {
+        if let Some(o) = call.outbound().filter(|o| o.answered) {
             // Customer first, reached and then lost while queued (they hung
             // up, or nobody took them in time): nobody spoke to them, so
             // the request is not done; it is tried again by the policy.
@@ -173,7 +173,7 @@ impl Engine {
             if !caller_gone {
                 self.send_bye(now, &mut call.a_leg);
             }
-        } else if let Some(o) = &call.outbound {
+        } else if let Some(o) = call.outbound() {
             // A callback nobody took: nobody to hang up on; try later.
             let outcome = if outcome == "max_wait" {
                 "no_operator"
@@ -181,11 +181,9 @@ impl Engine {
                 outcome
             };
             self.outbound_failed(o, call.queue, outcome);
-        } else if !call.answered {
-            let r = call
-                .a_invite
-                .response(status, reason_phrase(status), Some(&call.a_tag));
-            self.respond(now, &call.a_key, &r);
+        } else if let Some(i) = call.inbound().filter(|i| !i.answered) {
+            let r = i.response(status, reason_phrase(status));
+            self.respond(now, &i.key, &r);
         } else if !caller_gone {
             self.send_bye(now, &mut call.a_leg);
         }
@@ -202,15 +200,15 @@ impl Engine {
         bye_b: bool,
         outcome: &'static str,
     ) {
-        let citizen_reached = call.outbound.as_ref().is_none_or(|o| o.answered);
-        if let Some(key) = call.outbound.as_mut().and_then(|o| o.invite.take()) {
+        let citizen_reached = call.outbound().is_none_or(|o| o.answered);
+        if let Some(key) = call.outbound_mut().and_then(|o| o.invite.take()) {
             // The citizen's phone still rings: CANCEL it.
             self.cancel_client_invite(now, &key, call.a_leg.flow);
         }
         if bye_a && citizen_reached {
             self.send_bye(now, &mut call.a_leg);
         }
-        if let Some(o) = &call.outbound
+        if let Some(o) = call.outbound()
             && !o.answered
         {
             if o.dialled || outcome == "store_failed" {

@@ -92,7 +92,7 @@ impl Engine {
         let mut callbacks_waiting = vec![0u32; self.queues.len()];
         for c in self.calls.values() {
             // Offered ones already hold their operator (not available).
-            if c.outbound.is_some()
+            if c.outbound().is_some()
                 && c.phase == Phase::Queued
                 && let Some(n) = callbacks_waiting.get_mut(c.queue.0 as usize)
             {

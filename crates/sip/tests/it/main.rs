@@ -1,6 +1,9 @@
 //! Integration tests of the SIP message layer: RFC 4475 torture messages
 //! through the ingress guard, on datagram and stream framing.
 
+// Tests may read the clock and files: the crate itself stays sans-IO.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use centralino_sip::guard::{Framed, Limits, StreamFramer, parse_datagram};
 
 fn vector(name: &str) -> Vec<u8> {

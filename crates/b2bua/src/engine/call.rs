@@ -1,0 +1,297 @@
+//! A call and its legs: the customer leg, inbound (a caller's INVITE we
+//! answer) or outbound (a call Centralino places: callbacks now, a
+//! campaign's contacts next), the operator legs, the anchored media as
+//! signalling knows it, and what each leg still owes or waits for.
+
+use super::*;
+
+/// The citizen's side of a call: every call has one, set up one way or
+/// the other.
+#[derive(Debug)]
+pub(super) enum Customer {
+    /// Came in from a trunk: Centralino answers its INVITE.
+    Inbound(Inbound),
+    /// Placed by Centralino through an outbound trunk: a callback now,
+    /// a campaign's contact next.
+    Outbound(Outbound),
+}
+
+/// A caller's INVITE that Centralino answers.
+#[derive(Debug)]
+pub(super) struct Inbound {
+    /// Its server transaction.
+    pub(super) key: TxKey,
+    pub(super) invite: Box<Message>,
+    /// Our To tag.
+    pub(super) tag: String,
+    /// It got our 200 OK (IVR calls are answered first, queued calls when
+    /// an operator answers).
+    pub(super) answered: bool,
+}
+
+impl Inbound {
+    /// A response to the caller's INVITE, with our tag.
+    pub(super) fn response(&self, code: u16, reason: &str) -> Message {
+        self.invite.response(code, reason, Some(&self.tag))
+    }
+}
+
+/// A call Centralino places (a callback being executed).
+#[derive(Debug)]
+pub(super) struct Outbound {
+    pub(super) id: String,
+    pub(super) attempt: u32,
+    /// Our INVITE to the citizen, built with the trunk's identity when the
+    /// trunk is chosen; it leaves (with our offer) when it is dialled.
+    pub(super) request: Box<Message>,
+    /// Dial the citizen first, then queue them.
+    pub(super) customer_first: bool,
+    /// The citizen's INVITE, while it rings.
+    pub(super) invite: Option<TxKey>,
+    /// The citizen's INVITE has left: their phone may have rung.
+    pub(super) dialled: bool,
+    /// The citizen answered.
+    pub(super) answered: bool,
+    /// The outbound trunk dialled through (index in `trunks`).
+    pub(super) trunk: usize,
+    /// Where the network's early media comes from (its 18x SDP), once the
+    /// waiting operator was bridged to it.
+    pub(super) early_media: Option<SocketAddr>,
+}
+
+/// A call's anchored media as the signalling side knows it.
+#[derive(Debug)]
+pub(super) struct CallMedia {
+    /// Local address the ports are bound on.
+    pub(super) ip: IpAddr,
+    /// Address written into SDP.
+    pub(super) sdp_ip: IpAddr,
+    pub(super) a_port: u16,
+    pub(super) b_port: u16,
+    pub(super) a: Peer,
+    pub(super) a_direction: Direction,
+    pub(super) b: Option<Peer>,
+    pub(super) b_direction: Direction,
+    /// o= session id towards the caller (the operator gets id + 1).
+    pub(super) session: u64,
+    pub(super) version: u64,
+    /// Key presses so far (for the call's flow).
+    pub(super) digits: String,
+    /// The caller's INVITE had no SDP: our offer goes in the 200 OK and
+    /// their answer comes in the ACK; the media opens then.
+    pub(super) late_offer: bool,
+    /// The media plane has the call (`Open` sent).
+    pub(super) opened: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BState {
+    Calling,
+    Ringing,
+    Answered,
+}
+
+#[derive(Debug)]
+pub(super) struct BLeg {
+    pub(super) agent: AgentId,
+    /// Offer number within the call (keys its ring timer).
+    pub(super) attempt: u32,
+    pub(super) invite_key: TxKey,
+    pub(super) call_id: String,
+    pub(super) local: String,
+    pub(super) flow: Flow,
+    pub(super) state: BState,
+    pub(super) dialog: Option<Leg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Answered, walking an IVR flow.
+    Ivr,
+    Queued,
+    Offering,
+    Connected,
+}
+
+pub(super) struct Call {
+    /// `call{call=…}`: every log line about the call carries it.
+    pub(super) span: tracing::Span,
+    pub(super) phase: Phase,
+    pub(super) queue: QueueId,
+    pub(super) enqueued: Instant,
+    pub(super) started: Instant,
+    /// The citizen's side: who set it up and what is owed to it.
+    pub(super) customer: Customer,
+    /// The customer leg's dialog (early: our side and the flow).
+    pub(super) a_leg: Leg,
+    pub(super) caller: String,
+    /// The caller asked not to be identified (RFC 3323/3325 `Privacy`):
+    /// operators are offered the call from "anonymous"; the record keeps
+    /// the number.
+    pub(super) private: bool,
+    /// B-legs ringing (one, or several with ring-all).
+    pub(super) forks: Vec<BLeg>,
+    /// The B-leg that answered.
+    pub(super) b: Option<BLeg>,
+    pub(super) attempt: u32,
+    pub(super) media: CallMedia,
+    /// Entered a queue (queue metrics apply).
+    pub(super) in_queue: bool,
+    /// What the DID asks of every call.
+    pub(super) spec: Arc<CallSpec>,
+    /// The IVR walk, while it lasts.
+    pub(super) run: Option<Run>,
+    /// A flow waiting for the media (late offer: it opens at the ACK).
+    pub(super) pending_flow: Option<Arc<IvrFlow>>,
+    /// Call record id (unique across restarts).
+    pub(super) record_id: String,
+    /// When an operator answered, and who.
+    pub(super) connected: Option<(Instant, String)>,
+    /// The caller asked to be called back; the store has not answered yet.
+    pub(super) callback_asked: bool,
+    /// Virtual hold's number dialogue in progress, and its step (stale
+    /// timers carry an older step).
+    pub(super) vhold: Option<Vhold>,
+    pub(super) vhold_step: u32,
+    /// An IVR transfer to an external number: its INVITE while it rings,
+    /// its dialog once answered.
+    pub(super) transfer: Option<TransferLeg>,
+    /// Whose call it is: the tenant of the trunk it came in on, or of the
+    /// queue that calls back (its dial plan and outbound trunks apply).
+    pub(super) tenant: usize,
+    /// The caller's session timer (RFC 4028), when its INVITE asked for
+    /// one and supports the extension: the interval (seconds); the caller
+    /// refreshes, and a call whose refreshes stop is ended. The step
+    /// tells a stale expiry timer from the current one.
+    pub(super) session_timer: Option<u32>,
+    pub(super) session_step: u32,
+    /// Centralino refreshes the session (RFC 4028: the caller asked for
+    /// `refresher=uas`, a proxy set a timer the caller does not support,
+    /// or a carrier answering our INVITE left it to us), by UPDATE when
+    /// the peer allows it (`peer_update`), else by re-INVITE.
+    pub(super) we_refresh: bool,
+    pub(super) peer_update: bool,
+    /// The caller required reliable provisional responses (RFC 3262).
+    pub(super) reliable: Option<Reliable>,
+}
+
+/// What every call starts with, whichever way it was set up.
+pub(super) struct NewCall {
+    pub(super) span: tracing::Span,
+    pub(super) phase: Phase,
+    pub(super) queue: QueueId,
+    pub(super) now: Instant,
+    pub(super) customer: Customer,
+    pub(super) a_leg: Leg,
+    pub(super) caller: String,
+    pub(super) private: bool,
+    pub(super) media: CallMedia,
+    pub(super) spec: Arc<CallSpec>,
+    pub(super) record_id: String,
+    pub(super) tenant: usize,
+}
+
+impl Call {
+    /// The one way a call is made: an inbound one by `setup`, a callback
+    /// by `callbacks` (a campaign's contact next); the rest starts empty.
+    pub(super) fn new(c: NewCall) -> Self {
+        Self {
+            span: c.span,
+            phase: c.phase,
+            queue: c.queue,
+            enqueued: c.now,
+            started: c.now,
+            customer: c.customer,
+            a_leg: c.a_leg,
+            caller: c.caller,
+            private: c.private,
+            forks: Vec::new(),
+            b: None,
+            attempt: 0,
+            media: c.media,
+            in_queue: false,
+            spec: c.spec,
+            run: None,
+            pending_flow: None,
+            record_id: c.record_id,
+            connected: None,
+            callback_asked: false,
+            vhold: None,
+            vhold_step: 0,
+            transfer: None,
+            tenant: c.tenant,
+            session_timer: None,
+            session_step: 0,
+            we_refresh: false,
+            peer_update: false,
+            reliable: None,
+        }
+    }
+
+    /// The caller's INVITE we answer, when the call came in from a trunk.
+    pub(super) fn inbound(&self) -> Option<&Inbound> {
+        match &self.customer {
+            Customer::Inbound(i) => Some(i),
+            Customer::Outbound(_) => None,
+        }
+    }
+
+    pub(super) fn inbound_mut(&mut self) -> Option<&mut Inbound> {
+        match &mut self.customer {
+            Customer::Inbound(i) => Some(i),
+            Customer::Outbound(_) => None,
+        }
+    }
+
+    /// The callback being executed, when Centralino placed the call.
+    pub(super) fn outbound(&self) -> Option<&Outbound> {
+        match &self.customer {
+            Customer::Outbound(o) => Some(o),
+            Customer::Inbound(_) => None,
+        }
+    }
+
+    pub(super) fn outbound_mut(&mut self) -> Option<&mut Outbound> {
+        match &mut self.customer {
+            Customer::Outbound(o) => Some(o),
+            Customer::Inbound(_) => None,
+        }
+    }
+
+    /// No final response is owed on the customer leg: an inbound caller
+    /// got our 200 OK, or Centralino placed the call (it is the client).
+    pub(super) fn answered(&self) -> bool {
+        self.inbound().is_none_or(|i| i.answered)
+    }
+}
+
+/// Reliable provisional responses towards a caller that requires them
+/// (`Require: 100rel`, RFC 3262).
+#[derive(Debug)]
+pub(super) struct Reliable {
+    /// The next RSeq.
+    pub(super) next_rseq: u32,
+    /// The one not yet acknowledged by a PRACK (only one at a time): its
+    /// RSeq, the response, when it was first sent, the next interval.
+    pub(super) unacked: Option<(u32, Box<Message>, Instant, Duration)>,
+    /// A 2xx that waits for the PRACK of a provisional that carried our
+    /// SDP answer (§3: it may not overtake it).
+    pub(super) held_final: Option<Box<Message>>,
+}
+
+/// Virtual hold's number dialogue (queue `callback_number`).
+#[derive(Debug)]
+pub(super) enum Vhold {
+    /// The number read back: 1 confirms it, 2 keys in another.
+    Confirm(String),
+    /// Keying in another number (`#` ends it); attempts so far.
+    Enter(String, u8),
+}
+
+/// The far end of an IVR transfer.
+#[derive(Debug)]
+pub(super) struct TransferLeg {
+    pub(super) call_id: String,
+    pub(super) invite: Option<TxKey>,
+    pub(super) dialog: Option<Leg>,
+}
