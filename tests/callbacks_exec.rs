@@ -311,7 +311,9 @@ fn a_waiting_operator_hears_the_networks_early_media() {
     let heard = node.metric("centralino_rtp_packets_total{direction=\"in\",side=\"caller\"}");
     let relayed = node.metric("centralino_rtp_packets_total{direction=\"out\",side=\"operator\"}");
     // 3 s of early media is 150 packets; the callback signal alone is 30.
-    assert!(heard > 100.0, "from the network: {heard}");
-    assert!(relayed > 100.0, "to the operator: {relayed}");
+    // Twice the signal proves the network's audio got through, with room
+    // for a loaded machine opening the media a moment late.
+    assert!(heard > 60.0, "from the network: {heard}");
+    assert!(relayed > 60.0, "to the operator: {relayed}");
     assert_eq!(node.metric("centralino_callback_early_media_total"), 1.0);
 }

@@ -856,16 +856,16 @@ async fn run_engine(
                         });
                     }
                     (Some(sink), CallbackState::Requeue { outcome }) => {
-                        sink.requeue(id, outcome);
+                        sink.requeue(id, outcome.as_str());
                     }
                     (Some(sink), CallbackState::Done) => {
                         sink.finish(id, centralino_store::Status::Done, "answered");
                     }
                     (Some(sink), CallbackState::Failed { outcome }) => {
-                        sink.finish(id, centralino_store::Status::Failed, outcome);
+                        sink.finish(id, centralino_store::Status::Failed, outcome.as_str());
                     }
                     (Some(sink), CallbackState::Retry { outcome, after }) => {
-                        sink.reschedule(id, after, outcome);
+                        sink.reschedule(id, after, outcome.as_str());
                     }
                     (None, CallbackState::Dialing { call }) => {
                         let _ = dial_tx.send((call, false));

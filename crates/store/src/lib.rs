@@ -622,7 +622,7 @@ impl Store {
                 } => {
                     tx.execute(
                         "INSERT INTO queue_log (at, call, queue, event, agent, position, wait_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![at_ms, call, queue, event, agent, position, wait_ms],
+                        params![at_ms, call, queue, event.as_str(), agent, position, wait_ms],
                     )?;
                 }
                 Record::Agent {
@@ -648,7 +648,7 @@ impl Store {
                 } => {
                     tx.execute(
                         "UPDATE cdr SET ended_at = ?2, outcome = ?3, queue = COALESCE(?4, queue), agent = COALESCE(?5, agent), wait_ms = ?6, talk_ms = ?7, variables = ?8 WHERE id = ?1",
-                        params![id, at_ms, outcome, queue, agent, wait_ms, talk_ms, variables],
+                        params![id, at_ms, outcome.as_str(), queue, agent, wait_ms, talk_ms, variables],
                     )?;
                 }
             }
@@ -1166,7 +1166,7 @@ mod tests {
                 call: "a".into(),
                 at_ms: 1_100,
                 queue: "vaccini".into(),
-                event: "enter",
+                event: centralino_types::outcome::QueueEvent::Enter,
                 agent: None,
                 position: Some(1),
                 wait_ms: None,
@@ -1175,7 +1175,7 @@ mod tests {
                 call: "a".into(),
                 at_ms: 5_000,
                 queue: "vaccini".into(),
-                event: "connect",
+                event: centralino_types::outcome::QueueEvent::Connect,
                 agent: Some("1001".into()),
                 position: None,
                 wait_ms: Some(3_900),
@@ -1183,7 +1183,7 @@ mod tests {
             Record::CallEnded {
                 id: "a".into(),
                 at_ms: 65_000,
-                outcome: "answered".into(),
+                outcome: centralino_types::outcome::CallOutcome::CallerHangup,
                 queue: Some("vaccini".into()),
                 agent: Some("1001".into()),
                 wait_ms: Some(3_900),
@@ -1210,7 +1210,7 @@ mod tests {
             (cdrs[0].outcome.as_deref(), cdrs[0].ended_at),
             (Some("interrupted"), Some(3_000_000))
         );
-        assert_eq!(cdrs[1].outcome.as_deref(), Some("answered"));
+        assert_eq!(cdrs[1].outcome.as_deref(), Some("caller_hangup"));
         // Retention: a's number is masked, b's (younger) is kept.
         assert_eq!(s.anonymise_before(1_500_000).unwrap(), 1);
         let cdrs = s.recent_cdrs(10).unwrap();
@@ -1279,7 +1279,7 @@ mod tests {
             Record::CallEnded {
                 id: "c".into(),
                 at_ms: 2_000,
-                outcome: "answered".into(),
+                outcome: centralino_types::outcome::CallOutcome::CallerHangup,
                 queue: None,
                 agent: None,
                 wait_ms: None,

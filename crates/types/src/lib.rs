@@ -7,6 +7,7 @@
 #[cfg(feature = "count-alloc")]
 pub mod alloc_count;
 pub mod dialplan;
+pub mod outcome;
 pub mod record;
 
 use std::fmt;

@@ -24,7 +24,7 @@ pub enum Record {
         /// Queue name.
         queue: String,
         /// What happened.
-        event: &'static str,
+        event: crate::outcome::QueueEvent,
         /// The operator concerned.
         agent: Option<String>,
         /// Position in the queue when it happened.
@@ -49,8 +49,8 @@ pub enum Record {
         id: String,
         /// Unix milliseconds.
         at_ms: i64,
-        /// answered, abandoned, max_wait, ivr_hangup, ...
-        outcome: String,
+        /// How it ended.
+        outcome: crate::outcome::CallOutcome,
         /// Queue, if it entered one.
         queue: Option<String>,
         /// The operator who talked, if any.

@@ -55,7 +55,7 @@ impl Engine {
             self.callback_state(
                 &cb.id,
                 CallbackState::Failed {
-                    outcome: "unknown_queue",
+                    outcome: CallbackOutcome::UnknownQueue,
                 },
             );
             return;
@@ -67,7 +67,7 @@ impl Engine {
             self.callback_state(
                 &cb.id,
                 CallbackState::Failed {
-                    outcome: "dial_plan",
+                    outcome: CallbackOutcome::DialPlan,
                 },
             );
             return;
@@ -83,7 +83,7 @@ impl Engine {
             self.callback_state(
                 &cb.id,
                 CallbackState::Failed {
-                    outcome: "no_outbound_trunk",
+                    outcome: CallbackOutcome::NoOutboundTrunk,
                 },
             );
             return;
@@ -95,19 +95,19 @@ impl Engine {
             self.callback_state(
                 &cb.id,
                 CallbackState::Failed {
-                    outcome: "dial_plan",
+                    outcome: CallbackOutcome::DialPlan,
                 },
             );
             return;
         };
         let ip = a_leg.flow.local.ip();
         let Ok(a_port) = self.ports.take(now, ip) else {
-            self.callback_retry(&cb, "no_rtp_port", queue);
+            self.callback_retry(&cb, CallbackOutcome::NoRtpPort, queue);
             return;
         };
         let Ok(b_port) = self.ports.take(now, ip) else {
             self.ports.release(now, a_port);
-            self.callback_retry(&cb, "no_rtp_port", queue);
+            self.callback_retry(&cb, CallbackOutcome::NoRtpPort, queue);
             return;
         };
         let law = self.codecs.first().copied().unwrap_or(Law::Alaw);
@@ -307,11 +307,19 @@ impl Engine {
     }
 
     /// A callback's attempt ended without reaching the citizen.
-    pub(super) fn outbound_failed(&mut self, o: &Outbound, queue: QueueId, outcome: &'static str) {
+    pub(super) fn outbound_failed(
+        &mut self,
+        o: &Outbound,
+        queue: QueueId,
+        outcome: CallbackOutcome,
+    ) {
         if self.shutting_down {
             return;
         }
-        self.metrics.callbacks.with_label_values(&[outcome]).inc();
+        self.metrics
+            .callbacks
+            .with_label_values(&[outcome.as_str()])
+            .inc();
         let id = o.id.clone();
         self.retry_or_fail(&id, o.attempt, queue, outcome);
     }
@@ -323,14 +331,14 @@ impl Engine {
         id: &str,
         attempt: u32,
         queue: QueueId,
-        outcome: &'static str,
+        outcome: CallbackOutcome,
     ) {
         let policy = &self.queues[queue.0 as usize];
         let (max, after) = (policy.callback_max_attempts, policy.callback_retry);
         let (max, after) = policy
             .callback_retries
             .iter()
-            .find(|(o, _, _)| o == outcome)
+            .find(|(o, _, _)| o == outcome.as_str())
             .map_or((max, after), |(_, m, a)| (*m, *a));
         let state = if attempt >= max {
             CallbackState::Failed { outcome }
@@ -344,7 +352,7 @@ impl Engine {
     pub(super) fn callback_retry(
         &mut self,
         cb: &DueCallback,
-        outcome: &'static str,
+        outcome: CallbackOutcome,
         queue: QueueId,
     ) {
         self.retry_or_fail(&cb.id, cb.attempt, queue, outcome);
@@ -359,7 +367,7 @@ impl Engine {
         let _span = call.span.clone().entered();
         if !recorded {
             warn!("callback could not be marked as dialled: not dialling");
-            self.end_connected(now, call_id, false, true, "store_failed");
+            self.end_connected(now, call_id, false, true, CallOutcome::StoreFailed);
             self.pump(now);
             return;
         }
@@ -504,7 +512,7 @@ impl Engine {
             self.session_armed(now, call_id);
             let Some((law, audio)) = answer else {
                 warn!("the citizen's answer has no usable SDP");
-                self.end_connected(now, call_id, true, true, "bad_answer");
+                self.end_connected(now, call_id, true, true, CallOutcome::BadAnswer);
                 return;
             };
             let Some(call) = self.calls.get_mut(&call_id) else {
@@ -553,11 +561,11 @@ impl Engine {
             return;
         }
         let outcome = match code {
-            486 | 600 | 603 => "busy",
-            408 | 480 | 487 => "no_answer",
-            _ => "failed",
+            486 | 600 | 603 => CallOutcome::Busy,
+            408 | 480 | 487 => CallOutcome::NoAnswer,
+            _ => CallOutcome::Failed,
         };
-        info!(code, outcome, "callback: the citizen was not reached");
+        info!(code, %outcome, "callback: the citizen was not reached");
         self.end_connected(now, call_id, false, true, outcome);
     }
 
@@ -669,8 +677,8 @@ impl Engine {
         {
             // Offered by the IVR flow: the flow confirms or falls back.
             call.callback_asked = false;
-            let outcome = if stored { "ivr_created" } else { "ivr_failed" };
-            self.metrics.callbacks.with_label_values(&[outcome]).inc();
+            let event = if stored { "ivr_created" } else { "ivr_failed" };
+            self.metrics.callbacks.with_label_values(&[event]).inc();
             let facts = facts!(self, now);
             let actions = run.callback_result(now, stored, &facts);
             call.run = Some(run);

@@ -38,7 +38,7 @@ impl Engine {
                 .sdp_rejected
                 .with_label_values(&["ack_answer"])
                 .inc();
-            self.end_connected(now, call_id, true, true, "bad_answer");
+            self.end_connected(now, call_id, true, true, CallOutcome::BadAnswer);
             return;
         };
         call.media.a = Peer {
@@ -363,7 +363,7 @@ impl Engine {
             return;
         }
         if let Some(&call_id) = self.by_a.get(&msg.call_id) {
-            self.end_unanswered(now, call_id, 487, "cancelled", true);
+            self.end_unanswered(now, call_id, 487, CallOutcome::Cancelled, true);
         }
     }
 
@@ -380,15 +380,19 @@ impl Engine {
         let phase = self.calls.get(&call_id).map(|c| c.phase);
         match (phase, from_a.is_some()) {
             (Some(Phase::Connected), true) => {
-                self.end_connected(now, call_id, false, true, "caller_hangup");
+                self.end_connected(now, call_id, false, true, CallOutcome::CallerHangup);
             }
             (Some(Phase::Connected), false) => {
-                self.end_connected(now, call_id, true, false, "agent_hangup");
+                self.end_connected(now, call_id, true, false, CallOutcome::AgentHangup);
             }
             // BYE in an early dialog: the caller gave up (as with CANCEL).
             (Some(_), true) => {
                 let answered = self.calls.get(&call_id).is_some_and(|c| c.answered());
-                let outcome = if answered { "abandoned" } else { "cancelled" };
+                let outcome = if answered {
+                    CallOutcome::Abandoned
+                } else {
+                    CallOutcome::Cancelled
+                };
                 self.end_unanswered(now, call_id, 487, outcome, true);
             }
             // The operator's phone ended its early dialog: offer failed.
@@ -409,9 +413,9 @@ impl Engine {
         if let Some(&call_id) = self.by_a.get(a_call_id) {
             warn!("caller never acknowledged the answer, hanging up");
             if self.calls.get(&call_id).map(|c| c.phase) == Some(Phase::Connected) {
-                self.end_connected(now, call_id, true, true, "no_ack");
+                self.end_connected(now, call_id, true, true, CallOutcome::NoAck);
             } else {
-                self.end_unanswered(now, call_id, 408, "no_ack", false);
+                self.end_unanswered(now, call_id, 408, CallOutcome::NoAck, false);
             }
         }
     }

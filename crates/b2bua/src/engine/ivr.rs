@@ -106,7 +106,7 @@ impl Engine {
                     }
                     match self.queue_ids.get(&queue).copied() {
                         Some(q) => self.enter_queue(now, id, q, &spec),
-                        None => self.end_unanswered(now, id, 480, "ivr_no_queue", false),
+                        None => self.end_unanswered(now, id, 480, CallOutcome::IvrNoQueue, false),
                     }
                 }
                 FlowAction::Transfer { number } => {
@@ -162,7 +162,7 @@ impl Engine {
                             .with_label_values(&[&f, "hung_up"])
                             .inc();
                     }
-                    self.end_unanswered(now, id, 480, "ivr_hangup", false);
+                    self.end_unanswered(now, id, 480, CallOutcome::IvrHangup, false);
                 }
             }
         }

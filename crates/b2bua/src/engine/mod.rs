@@ -26,6 +26,7 @@ use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
 use centralino_sip::uri::{self, Scheme};
 use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
 use centralino_types::dialplan::DialPlan;
+use centralino_types::outcome::{CallOutcome, CallbackOutcome, QueueEvent};
 use centralino_types::record::Record;
 use centralino_types::{AgentId, CallId, Masked, QueueId};
 use prometheus::IntGauge;
@@ -222,21 +223,21 @@ pub enum CallbackState {
     /// Try again after `after` (busy, no answer, no operator, failure).
     Retry {
         /// Why this attempt failed.
-        outcome: &'static str,
+        outcome: CallbackOutcome,
         /// When to try again.
         after: Duration,
     },
     /// No attempt left, or it cannot be executed.
     Failed {
         /// Why.
-        outcome: &'static str,
+        outcome: CallbackOutcome,
     },
     /// The operator left before the citizen was dialled: back to pending
     /// at once, this attempt not counted (the citizen saw nothing of it),
     /// keeping the request's place.
     Requeue {
         /// Why the operator left (`agent_hangup`, `media_timeout`...).
-        outcome: &'static str,
+        outcome: CallbackOutcome,
     },
 }
 
@@ -625,8 +626,10 @@ impl Engine {
         }
         for id in ids {
             match self.calls.get(&id).map(|c| c.phase) {
-                Some(Phase::Connected) => self.end_connected(now, id, true, true, "shutdown"),
-                Some(_) => self.end_unanswered(now, id, 503, "shutdown", false),
+                Some(Phase::Connected) => {
+                    self.end_connected(now, id, true, true, CallOutcome::Shutdown)
+                }
+                Some(_) => self.end_unanswered(now, id, 503, CallOutcome::Shutdown, false),
                 None => {}
             }
         }
@@ -821,7 +824,7 @@ impl Engine {
                 }
                 let status = self.queues[call.queue.0 as usize].exit_status;
                 info!("maximum wait reached, queue exit");
-                self.end_unanswered(now, call_id, status, "max_wait", false);
+                self.end_unanswered(now, call_id, status, CallOutcome::MaxWait, false);
             }
             CallTimer::Progress => {
                 let Some(inbound) = call.inbound().filter(|i| !i.answered) else {
@@ -864,9 +867,9 @@ impl Engine {
                         // An operator already answered: released by BYE.
                         let (key, r) = (i.key.clone(), i.response(500, reason_phrase(500)));
                         self.respond(now, &key, &r);
-                        self.end_connected(now, call_id, false, true, "no_prack");
+                        self.end_connected(now, call_id, false, true, CallOutcome::NoPrack);
                     } else {
-                        self.end_unanswered(now, call_id, 500, "no_prack", false);
+                        self.end_unanswered(now, call_id, 500, CallOutcome::NoPrack, false);
                     }
                     return;
                 }
@@ -881,7 +884,7 @@ impl Engine {
                 self.respond(now, &key, &r);
             }
             CallTimer::CallbackDone => {
-                self.end_unanswered(now, call_id, 480, "callback_requested", false);
+                self.end_unanswered(now, call_id, 480, CallOutcome::CallbackRequested, false);
             }
             CallTimer::SessionRefresh(step) => {
                 if call.session_step != step || call.session_timer.is_none() || !call.we_refresh {
@@ -898,9 +901,9 @@ impl Engine {
                 warn!("session timer expired: the caller's side stopped refreshing");
                 self.metrics.session_timer_expired.inc();
                 if call.phase == Phase::Connected {
-                    self.end_connected(now, call_id, true, true, "session_expired");
+                    self.end_connected(now, call_id, true, true, CallOutcome::SessionExpired);
                 } else {
-                    self.end_unanswered(now, call_id, 408, "session_expired", false);
+                    self.end_unanswered(now, call_id, 408, CallOutcome::SessionExpired, false);
                 }
             }
             CallTimer::Flow => {
@@ -964,7 +967,7 @@ impl Engine {
                         side = side.label(),
                         "no RTP from a bridged leg, ending the call"
                     );
-                    self.end_connected(now, call, true, true, "media_timeout");
+                    self.end_connected(now, call, true, true, CallOutcome::MediaTimeout);
                 }
             }
             MediaEvent::Failed { call } => {
@@ -972,9 +975,9 @@ impl Engine {
                 warn!("media could not be set up, ending the call");
                 match self.calls.get(&call).map(|c| c.phase) {
                     Some(Phase::Connected) => {
-                        self.end_connected(now, call, true, true, "media_failed");
+                        self.end_connected(now, call, true, true, CallOutcome::MediaFailed);
                     }
-                    Some(_) => self.end_unanswered(now, call, 503, "media_failed", false),
+                    Some(_) => self.end_unanswered(now, call, 503, CallOutcome::MediaFailed, false),
                     None => {}
                 }
             }

@@ -104,7 +104,7 @@ impl Engine {
         debug!(agent = %name, phones = bindings.len(), "offering call");
         self.timers
             .push(Reverse((now + ring, call_id, CallTimer::Ring(attempt))));
-        self.queue_event(now, call_id, "offer", Some(name));
+        self.queue_event(now, call_id, QueueEvent::Offer, Some(name));
     }
 
     /// A phone of `agent` is out of the offer (it refused, failed, timed
@@ -376,7 +376,7 @@ impl Engine {
                         info: Some(desk),
                     });
                 }
-                self.queue_event(now, call_id, "connect", Some(name));
+                self.queue_event(now, call_id, QueueEvent::Connect, Some(name));
             }
             _ => {
                 let b = call.forks.swap_remove(i);
@@ -430,7 +430,7 @@ impl Engine {
                 .session_refreshes
                 .with_label_values(&["gone"])
                 .inc();
-            self.end_connected(now, call_id, true, true, "session_expired");
+            self.end_connected(now, call_id, true, true, CallOutcome::SessionExpired);
             return;
         }
         if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {
@@ -449,7 +449,7 @@ impl Engine {
             if self.next_trunk(now, call_id, "timeout") {
                 return;
             }
-            self.end_connected(now, call_id, false, true, "no_answer");
+            self.end_connected(now, call_id, false, true, CallOutcome::NoAnswer);
             return;
         }
         if let Some(ClientRef::BInvite(call_id)) = self.client.remove(&key) {
@@ -514,7 +514,7 @@ impl Engine {
             .calls_requeued
             .with_label_values(&["operator_media_lost"])
             .inc();
-        self.queue_event(now, call_id, "requeue", lost);
+        self.queue_event(now, call_id, QueueEvent::Requeue, lost);
         self.enter_queue(now, call_id, queue, &spec);
         true
     }

@@ -12,7 +12,7 @@ use centralino_sip::{Message, Method};
 use centralino_types::CallId;
 use tracing::warn;
 
-use super::{CallTimer, ClientRef, Engine, Side, a_sdp};
+use super::{CallOutcome, CallTimer, ClientRef, Engine, Side, a_sdp};
 
 impl Engine {
     /// Sends a provisional response to the caller's INVITE: reliably
@@ -234,7 +234,7 @@ impl Engine {
             408 | 481 => {
                 warn!(code, "session refresh answered: the session is gone");
                 self.metrics.session_timer_expired.inc();
-                self.end_connected(now, call_id, code == 408, true, "session_expired");
+                self.end_connected(now, call_id, code == 408, true, CallOutcome::SessionExpired);
                 "gone"
             }
             _ => {

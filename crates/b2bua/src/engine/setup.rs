@@ -213,7 +213,7 @@ impl Engine {
         if let Err(e) = self.router.enqueue(now, queue, id, spec) {
             let status = self.queues[queue.0 as usize].exit_status;
             warn!(queue = %qname, error = %e, "call refused by the router");
-            self.end_unanswered(now, id, status, "queue_full", false);
+            self.end_unanswered(now, id, status, CallOutcome::QueueFull, false);
             return;
         }
         let music = self.queues[queue.0 as usize].music.clone();
@@ -275,7 +275,7 @@ impl Engine {
             self.timers
                 .push(Reverse((now + every, id, CallTimer::Announce)));
         }
-        self.queue_event(now, id, "enter", None);
+        self.queue_event(now, id, QueueEvent::Enter, None);
     }
 
     /// Checks the caller's offer and takes two port pairs: the caller's

@@ -21,7 +21,7 @@ impl Engine {
         now: Instant,
         call_id: CallId,
         status: u16,
-        outcome: &'static str,
+        outcome: CallOutcome,
         caller_gone: bool,
     ) {
         let ending = Ending::Unanswered {
@@ -38,14 +38,14 @@ impl Engine {
         call_id: CallId,
         bye_a: bool,
         bye_b: bool,
-        outcome: &'static str,
+        outcome: CallOutcome,
     ) {
         self.end_call(now, call_id, Ending::Connected { bye_a, bye_b }, outcome);
     }
 
     /// The one way a call ends: its tables, media and transfer leg, then
     /// its legs as `ending` says, its metrics and its record.
-    fn end_call(&mut self, now: Instant, call_id: CallId, ending: Ending, outcome: &'static str) {
+    fn end_call(&mut self, now: Instant, call_id: CallId, ending: Ending, outcome: CallOutcome) {
         let _span = self.call_span(call_id).entered();
         let Some(mut call) = self.calls.remove(&call_id) else {
             return;
@@ -87,14 +87,9 @@ impl Engine {
                         .observe((now - call.enqueued).as_secs_f64());
                     self.metrics
                         .queue_dequeued
-                        .with_label_values(&[&queue_name, outcome])
+                        .with_label_values(&[&queue_name, outcome.as_str()])
                         .inc();
-                    let event = match outcome {
-                        "cancelled" | "abandoned" => "abandon",
-                        "max_wait" => "timeout",
-                        "callback_requested" => "callback",
-                        _ => "exit",
-                    };
+                    let event = QueueEvent::of_unanswered(outcome);
                     self.out.push_back(Output::Record(Record::Queue {
                         call: call.record_id.clone(),
                         at_ms,
@@ -105,14 +100,17 @@ impl Engine {
                         wait_ms,
                     }));
                 }
-                self.metrics.calls.with_label_values(&[outcome]).inc();
-                info!(caller = %Masked(&call.caller), outcome, "call ended before answer");
+                self.metrics
+                    .calls
+                    .with_label_values(&[outcome.as_str()])
+                    .inc();
+                info!(caller = %Masked(&call.caller), %outcome, "call ended before answer");
                 (call.in_queue.then_some(queue_name), None, wait_ms, None)
             }
             Ending::Connected { .. } => {
                 self.metrics.calls.with_label_values(&["answered"]).inc();
                 info!(
-                    outcome,
+                    %outcome,
                     duration_seconds = (now - call.started).as_secs(),
                     "call ended"
                 );
@@ -133,7 +131,7 @@ impl Engine {
         self.out.push_back(Output::Record(Record::CallEnded {
             id: call.record_id.clone(),
             at_ms,
-            outcome: outcome.to_owned(),
+            outcome,
             queue,
             agent,
             wait_ms,
@@ -152,7 +150,7 @@ impl Engine {
         call: &mut Call,
         status: u16,
         caller_gone: bool,
-        outcome: &'static str,
+        outcome: CallOutcome,
     ) {
         if call.phase != Phase::Connected {
             // Releases every operator still ringing for it, too.
@@ -166,8 +164,8 @@ impl Engine {
             // up, or nobody took them in time): nobody spoke to them, so
             // the request is not done; it is tried again by the policy.
             let outcome = match outcome {
-                "max_wait" | "queue_full" => "no_operator",
-                _ => "abandoned",
+                CallOutcome::MaxWait | CallOutcome::QueueFull => CallbackOutcome::NoOperator,
+                _ => CallbackOutcome::Abandoned,
             };
             self.outbound_failed(o, call.queue, outcome);
             if !caller_gone {
@@ -175,10 +173,10 @@ impl Engine {
             }
         } else if let Some(o) = call.outbound() {
             // A callback nobody took: nobody to hang up on; try later.
-            let outcome = if outcome == "max_wait" {
-                "no_operator"
+            let outcome = if outcome == CallOutcome::MaxWait {
+                CallbackOutcome::NoOperator
             } else {
-                outcome
+                outcome.into()
             };
             self.outbound_failed(o, call.queue, outcome);
         } else if let Some(i) = call.inbound().filter(|i| !i.answered) {
@@ -198,7 +196,7 @@ impl Engine {
         call: &mut Call,
         bye_a: bool,
         bye_b: bool,
-        outcome: &'static str,
+        outcome: CallOutcome,
     ) {
         let citizen_reached = call.outbound().is_none_or(|o| o.answered);
         if let Some(key) = call.outbound_mut().and_then(|o| o.invite.take()) {
@@ -211,15 +209,15 @@ impl Engine {
         if let Some(o) = call.outbound()
             && !o.answered
         {
-            if o.dialled || outcome == "store_failed" {
-                self.outbound_failed(o, call.queue, outcome);
+            if o.dialled || outcome == CallOutcome::StoreFailed {
+                self.outbound_failed(o, call.queue, outcome.into());
             } else {
                 // The operator hung up (or their phone died) during the
                 // whisper, before the INVITE left: not the citizen's
                 // attempt. Retrying only after `callback_retry_seconds`
                 // would push them behind everyone who asked later.
                 info!(
-                    outcome,
+                    %outcome,
                     "callback: the operator left before the citizen was dialled; back to pending"
                 );
                 self.metrics
@@ -227,7 +225,12 @@ impl Engine {
                     .with_label_values(&["operator_left"])
                     .inc();
                 let id = o.id.clone();
-                self.callback_state(&id, CallbackState::Requeue { outcome });
+                self.callback_state(
+                    &id,
+                    CallbackState::Requeue {
+                        outcome: outcome.into(),
+                    },
+                );
             }
         }
         if let Some(b) = call.b.take() {

@@ -161,7 +161,7 @@ impl Engine {
         &mut self,
         now: Instant,
         call_id: CallId,
-        event: &'static str,
+        event: QueueEvent,
         agent: Option<String>,
     ) {
         let Some(call) = self.calls.get(&call_id) else {

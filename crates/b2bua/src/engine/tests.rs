@@ -12,6 +12,7 @@ use centralino_sip::auth::Algorithm;
 use centralino_sip::guard::{Framed, Limits, parse_datagram};
 use centralino_sip::txn::Flow;
 use centralino_sip::{Message, Transport};
+use centralino_types::outcome::{CallOutcome, CallbackOutcome, QueueEvent};
 
 use centralino_media::g711::Law;
 use centralino_media::sdp;
@@ -1026,7 +1027,7 @@ fn info_digits_and_rtp_digits_reach_the_call_and_silence_ends_it() {
     assert_eq!(h.gauge("centralino_agents{state=paused,tenant=demo}"), 1);
     assert!(h.records.iter().any(|r| matches!(
         r,
-        Record::Queue { event: "requeue", agent: Some(a), .. } if a == "1001"
+        Record::Queue { event: QueueEvent::Requeue, agent: Some(a), .. } if a == "1001"
     )));
     assert!(h.records.iter().any(|r| matches!(
         r,
@@ -1660,11 +1661,16 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         (
             1,
             CallbackState::Retry {
-                outcome: "busy",
+                outcome: CallbackOutcome::Busy,
                 after: Duration::from_secs(60),
             },
         ),
-        (2, CallbackState::Failed { outcome: "busy" }),
+        (
+            2,
+            CallbackState::Failed {
+                outcome: CallbackOutcome::Busy,
+            },
+        ),
     ] {
         h.engine.start_callback(h.now, due("cb2", attempt));
         let out = h.drain();
@@ -1731,7 +1737,7 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
         &(
             "cb1".to_owned(),
             CallbackState::Requeue {
-                outcome: "agent_hangup"
+                outcome: CallbackOutcome::Ended(CallOutcome::AgentHangup)
             }
         ),
         "back to pending at once, the attempt not counted"
@@ -1761,7 +1767,7 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
     assert_eq!(requests(&out, TRUNK, "CANCEL").len(), 1);
     assert!(matches!(
         h.callbacks.last().unwrap(),
-        (id, CallbackState::Retry { outcome: "agent_hangup", .. }) if id == "cb2"
+        (id, CallbackState::Retry { outcome: CallbackOutcome::Ended(CallOutcome::AgentHangup), .. }) if id == "cb2"
     ));
 }
 
@@ -1838,7 +1844,7 @@ fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
     );
     assert!(matches!(
         h.callbacks.last().unwrap(),
-        (id, CallbackState::Retry { outcome: "failed", .. }) if id == "cb1"
+        (id, CallbackState::Retry { outcome: CallbackOutcome::Failed, .. }) if id == "cb1"
     ));
     // The backup answers: the citizen is reached in the same attempt.
     h.advance(Duration::from_secs(10));
@@ -1996,7 +2002,7 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
     assert!(
         matches!(
             h.callbacks.last(),
-            Some((id, CallbackState::Retry { outcome: "abandoned", .. })) if id == "cf2"
+            Some((id, CallbackState::Retry { outcome: CallbackOutcome::Abandoned, .. })) if id == "cf2"
         ),
         "{:?}",
         h.callbacks
@@ -2056,7 +2062,7 @@ prompts = ["chiuso"]
             assert!(
                 h.records.iter().any(|r| matches!(
                     r,
-                    Record::Queue { event: "transfer", queue, .. } if queue.is_empty()
+                    Record::Queue { event: QueueEvent::Transfer, queue, .. } if queue.is_empty()
                 )),
                 "the queue log keeps the transfer"
             );
@@ -2258,7 +2264,7 @@ fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbac
     );
     assert!(h.records.iter().any(|r| matches!(
         r,
-        Record::CallEnded { outcome, .. } if outcome == "shutdown"
+        Record::CallEnded { outcome, .. } if *outcome == CallOutcome::Shutdown
     )));
 }
 
@@ -2525,7 +2531,7 @@ fn a_callback_to_a_number_the_dial_plan_refuses_fails_without_any_invite() {
         assert!(
             matches!(
                 h.callbacks.last(),
-                Some((id, CallbackState::Failed { outcome: "dial_plan" })) if *id == format!("fraud{i}")
+                Some((id, CallbackState::Failed { outcome: CallbackOutcome::DialPlan })) if *id == format!("fraud{i}")
             ),
             "{number}: {:?}",
             h.callbacks
@@ -2852,7 +2858,7 @@ fn a_reload_applies_queue_timers_exit_status_dial_plans_trunks_and_passwords() {
         Some((
             _,
             CallbackState::Failed {
-                outcome: "dial_plan"
+                outcome: CallbackOutcome::DialPlan
             }
         ))
     ));

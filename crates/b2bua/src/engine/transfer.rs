@@ -123,7 +123,7 @@ impl Engine {
         self.send_ack(&leg, msg);
         let Some((peer, direction)) = peer else {
             warn!("IVR transfer: the far end's SDP is unusable");
-            self.end_connected(now, id, true, true, "bad_answer");
+            self.end_connected(now, id, true, true, CallOutcome::BadAnswer);
             return;
         };
         let Some(call) = self.calls.get_mut(&id) else {
@@ -139,7 +139,7 @@ impl Engine {
             call: call.record_id.clone(),
             at_ms: self.unix_ms_at(now),
             queue: String::new(),
-            event: "transfer",
+            event: QueueEvent::Transfer,
             agent: None,
             position: None,
             wait_ms: None,
