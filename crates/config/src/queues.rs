@@ -1,0 +1,264 @@
+//! `[[queues]]`: one queue's settings, its routing and its callback
+//! policy, validated against the names every section shares.
+
+use super::*;
+
+/// One `[[queues]]` entry (the `i`th), every problem added to `p`.
+pub(crate) fn queue(
+    names: &Names<'_>,
+    scripts: &[Script],
+    p: &mut Problems,
+    i: usize,
+    q: &RawQueue,
+) -> Queue {
+    let path = format!("queues[{i}]");
+    if !valid_name(&q.name) {
+        p.add(format!("{path}.name"), "must be 1-64 of [A-Za-z0-9_-]");
+    }
+    if names.queue_names[..i].contains(&q.name) {
+        p.add(
+            format!("{path}.name"),
+            format!("duplicate queue {:?}", q.name),
+        );
+    }
+    let tenant = names.tenant_of(p, format!("{path}.tenant"), &q.tenant);
+    if q.strategy == "ring_all" && !(1..=16).contains(&q.ring_all_width) {
+        p.add(format!("{path}.ring_all_width"), "must be in 1..=16");
+    }
+    let strategy = Strategy::from_name(&q.strategy, q.ring_all_width).unwrap_or_else(|| {
+        p.add(
+            format!("{path}.strategy"),
+            format!("unknown strategy {:?} ({})", q.strategy, Strategy::NAMES),
+        );
+        Strategy::LongestIdle
+    });
+    nonzero(
+        p,
+        &format!("{path}.ring_timeout_seconds"),
+        q.ring_timeout_seconds,
+    );
+    nonzero(
+        p,
+        &format!("{path}.max_no_answer"),
+        u64::from(q.max_no_answer),
+    );
+    nonzero(p, &format!("{path}.max_wait_seconds"), q.max_wait_seconds);
+    nonzero(p, &format!("{path}.max_waiting"), q.max_waiting as u64);
+    if !(400..=699).contains(&q.exit_status) {
+        p.add(
+            format!("{path}.exit_status"),
+            "must be a final error status in 400..=699",
+        );
+    }
+    if !(q.weight.is_finite() && (0.01..=100.0).contains(&q.weight)) {
+        p.add(format!("{path}.weight"), "must be in 0.01..=100");
+    }
+    if !(1..=3600).contains(&q.retry_seconds) {
+        p.add(format!("{path}.retry_seconds"), "must be in 1..=3600");
+    }
+    if q.priority_step_seconds > 86_400 {
+        p.add(
+            format!("{path}.priority_step_seconds"),
+            "must be at most 86400",
+        );
+    }
+    if let Some(f) = q.fragile_max_wait_seconds
+        && f <= q.ring_timeout_seconds
+    {
+        p.add(
+            format!("{path}.fragile_max_wait_seconds"),
+            "must exceed ring_timeout_seconds (fragile calls escalate one ring timeout before it)",
+        );
+    }
+    let requirement = match &q.requirements {
+        Some(text) => names
+            .requirement(p, format!("{path}.requirements"), text)
+            .unwrap_or_else(Requirement::any),
+        None => Requirement::member_of(i as u32, &q.name),
+    };
+    let mut rings = Vec::new();
+    let mut last_after = 0;
+    for (j, r) in q.overflow.iter().enumerate() {
+        let rp = format!("{path}.overflow[{j}]");
+        if r.after_seconds <= last_after {
+            p.add(
+                format!("{rp}.after_seconds"),
+                "must be greater than 0 and than the previous ring's",
+            );
+        }
+        last_after = r.after_seconds;
+        let requirement = names
+            .requirement(p, format!("{rp}.requirements"), &r.requirements)
+            .unwrap_or_else(Requirement::any);
+        let mut ring_tenants = Vec::new();
+        for (k, t) in r.tenants.iter().enumerate() {
+            ring_tenants.push(names.tenant_of(p, format!("{rp}.tenants[{k}]"), t) as u16);
+        }
+        rings.push(Ring {
+            after: Duration::from_secs(r.after_seconds),
+            requirement,
+            tenants: ring_tenants,
+        });
+    }
+    if q.overflow.len() > 8 {
+        p.add(format!("{path}.overflow"), "at most 8 rings");
+    }
+    if !(1..=20).contains(&q.callback_max_attempts) {
+        p.add(format!("{path}.callback_max_attempts"), "must be in 1..=20");
+    }
+    if !(10..=86_400).contains(&q.callback_retry_seconds) {
+        p.add(
+            format!("{path}.callback_retry_seconds"),
+            "must be in 10..=86400",
+        );
+    }
+    let none = Vec::new();
+    let number = q.callback_number.as_ref();
+    if let Some(n) = number {
+        if !(1..=60).contains(&n.timeout_seconds) {
+            p.add(
+                format!("{path}.callback_number.timeout_seconds"),
+                "must be in 1..=60",
+            );
+        }
+        if q.callback_key.is_none() {
+            p.add(
+                format!("{path}.callback_number"),
+                "needs callback_key (the key that asks for a callback)",
+            );
+        }
+    }
+    for (key, list) in [
+        ("callback_offer_prompts", &q.callback_offer_prompts),
+        ("callback_confirm_prompts", &q.callback_confirm_prompts),
+        ("whisper", &q.whisper),
+        (
+            "callback_whisper",
+            q.callback_whisper.as_ref().unwrap_or(&none),
+        ),
+        (
+            "callback_number.read_prompts",
+            number.map_or(&none, |n| &n.read_prompts),
+        ),
+        (
+            "callback_number.confirm_prompts",
+            number.map_or(&none, |n| &n.confirm_prompts),
+        ),
+        (
+            "callback_number.enter_prompts",
+            number.map_or(&none, |n| &n.enter_prompts),
+        ),
+    ] {
+        if list.len() > 32 {
+            p.add(format!("{path}.{key}"), "at most 32 prompts");
+        }
+        for (i, name) in list.iter().enumerate() {
+            if !centralino_flows::def::prompt_name_ok(name) {
+                p.add(
+                    format!("{path}.{key}[{i}]"),
+                    format!("not a prompt name: {name:?} (letters, digits, - _ . /, relative)"),
+                );
+            }
+        }
+    }
+    if q.announce_seconds > 0 && q.announce_seconds < 10 {
+        p.add(
+            format!("{path}.announce_seconds"),
+            "must be 0 (off) or at least 10",
+        );
+    }
+    Queue {
+        tenant,
+        exit_status: q.exit_status,
+        announce_every: (q.announce_seconds > 0).then(|| Duration::from_secs(q.announce_seconds)),
+        music_on_hold: q.music_on_hold.as_ref().map(PathBuf::from),
+        record: q.record,
+        script: q.script.as_ref().and_then(|name| {
+            let found = scripts.iter().position(|s| &s.name == name);
+            if found.is_none() {
+                p.add(format!("{path}.script"), format!("unknown script {name:?}"));
+            }
+            found
+        }),
+        callback_key: match q.callback_key.as_deref() {
+            None => None,
+            Some(k) => {
+                let mut c = k.chars();
+                match (c.next(), c.next()) {
+                    (Some(d @ ('0'..='9' | '*' | '#')), None) => Some(d),
+                    _ => {
+                        p.add(format!("{path}.callback_key"), "one of 0-9, *, #");
+                        None
+                    }
+                }
+            }
+        },
+        callback_offer_prompts: q.callback_offer_prompts.clone(),
+        callback_confirm_prompts: q.callback_confirm_prompts.clone(),
+        whisper: q.whisper.clone(),
+        callback_whisper: q.callback_whisper.clone(),
+        callback_number: q.callback_number.as_ref().map(|n| CallbackNumber {
+            read_prompts: n.read_prompts.clone(),
+            confirm_prompts: n.confirm_prompts.clone(),
+            enter_prompts: n.enter_prompts.clone(),
+            timeout: Duration::from_secs(n.timeout_seconds),
+        }),
+        callback_hours: q.callback_hours.as_ref().map(|c| {
+            let mut problems = Vec::new();
+            let cal = centralino_flows::def::calendar(&path, c, &mut problems);
+            for (k, m) in problems {
+                p.add(k.replace(".calendar.", ".callback_hours."), m);
+            }
+            cal
+        }),
+        callback_max_attempts: q.callback_max_attempts,
+        callback_retry: Duration::from_secs(q.callback_retry_seconds),
+        callback_customer_first: match q.callback_mode.as_deref() {
+            None | Some("agent_first") => false,
+            Some("customer_first") => true,
+            Some(other) => {
+                p.add(
+                    format!("{path}.callback_mode"),
+                    format!("unknown mode {other:?} (agent_first, customer_first)"),
+                );
+                false
+            }
+        },
+        callback_retries: q
+            .callback_retries
+            .iter()
+            .filter_map(|(outcome, r)| {
+                let rp = format!("{path}.callback_retries.{outcome}");
+                if !["busy", "no_answer", "failed", "no_operator"].contains(&outcome.as_str()) {
+                    p.add(rp, "one of busy, no_answer, failed, no_operator");
+                    return None;
+                }
+                if !(1..=20).contains(&r.attempts) || !(10..=86_400).contains(&r.delay_seconds) {
+                    p.add(rp, "attempts in 1..=20, delay_seconds in 10..=86400");
+                    return None;
+                }
+                Some((
+                    outcome.clone(),
+                    r.attempts,
+                    Duration::from_secs(r.delay_seconds),
+                ))
+            })
+            .collect(),
+        routing: QueueSettings {
+            name: q.name.clone(),
+            tenant: tenant as u16,
+            strategy,
+            requirement,
+            rings,
+            ring_timeout: Duration::from_secs(q.ring_timeout_seconds),
+            max_no_answer: q.max_no_answer,
+            max_wait: Duration::from_secs(q.max_wait_seconds),
+            wrap_up: Duration::from_secs(q.wrap_up_seconds),
+            max_waiting: q.max_waiting,
+            weight: q.weight,
+            priority_step: Duration::from_secs(q.priority_step_seconds),
+            fragile_max_wait: q.fragile_max_wait_seconds.map(Duration::from_secs),
+            retry: Duration::from_secs(q.retry_seconds),
+        },
+    }
+}

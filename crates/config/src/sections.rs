@@ -1,0 +1,338 @@
+//! Sections validated on their own: TLS (listener, trunks' client
+//! certificates and outbound TLS), digest algorithms, dial plans, media.
+
+use super::*;
+
+/// The TLS listener's settings: all of them with `tls` in `transports`,
+/// none without. The files must be readable now, so a typo fails
+/// `check-config` and the start, not the first carrier's handshake.
+pub(super) fn sip_tls(p: &mut Problems, raw: &RawSip, wanted: bool) -> Option<SipTls> {
+    if !wanted {
+        for (key, set) in [
+            ("sip.tls_listen", !raw.tls_listen.is_empty()),
+            ("sip.tls_cert_file", raw.tls_cert_file.is_some()),
+            ("sip.tls_key_file", raw.tls_key_file.is_some()),
+        ] {
+            if set {
+                p.add(key, "only with \"tls\" in sip.transports");
+            }
+        }
+        return None;
+    }
+    let mut listen = Vec::new();
+    if raw.tls_listen.is_empty() {
+        p.add("sip.tls_listen", "needs at least one address for tls");
+    }
+    for (i, a) in raw.tls_listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => p.add(
+                format!("sip.tls_listen[{i}]"),
+                format!("not an ADDR:PORT: {a:?}"),
+            ),
+        }
+    }
+    let cert = readable_file(p, "sip.tls_cert_file", raw.tls_cert_file.as_deref(), true);
+    let key = readable_file(p, "sip.tls_key_file", raw.tls_key_file.as_deref(), true);
+    Some(SipTls {
+        listen,
+        cert_file: cert?,
+        key_file: key?,
+    })
+}
+
+/// A trunk's mTLS identity: a CA and the names its certificate may carry,
+/// both or neither, and only where a TLS listener can receive it.
+pub(super) fn trunk_client_cert(
+    p: &mut Problems,
+    path: &str,
+    t: &RawTrunk,
+    listener: bool,
+) -> Option<TrunkClientCert> {
+    if t.tls_client_ca_file.is_none() && t.tls_peer_names.is_empty() {
+        return None;
+    }
+    if !listener {
+        p.add(
+            format!("{path}.tls_peer_names"),
+            "needs the TLS listener (\"tls\" in sip.transports)",
+        );
+    }
+    if t.tls_peer_names.is_empty() {
+        p.add(
+            format!("{path}.tls_peer_names"),
+            "needs at least one name with tls_client_ca_file",
+        );
+    }
+    for (i, n) in t.tls_peer_names.iter().enumerate() {
+        let valid = !n.is_empty()
+            && n.len() <= 253
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !valid {
+            p.add(
+                format!("{path}.tls_peer_names[{i}]"),
+                format!("not a DNS name: {n:?}"),
+            );
+        }
+    }
+    let ca = readable_file(
+        p,
+        &format!("{path}.tls_client_ca_file"),
+        t.tls_client_ca_file.as_deref(),
+        true,
+    )?;
+    Some(TrunkClientCert {
+        ca_file: ca,
+        peer_names: t
+            .tls_peer_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+/// How a trunk's outbound side is reached: UDP (the default) or TLS with
+/// the name its certificate must carry. TLS needs our TLS listener: its
+/// address is our Via and Contact, where the carrier reaches us back.
+pub(super) fn trunk_outbound_tls(
+    p: &mut Problems,
+    path: &str,
+    t: &RawTrunk,
+    listener: bool,
+) -> Option<OutboundTls> {
+    let tls = match t.outbound_transport.as_deref() {
+        None | Some("udp") => false,
+        Some("tls") => true,
+        Some(other) => {
+            p.add(
+                format!("{path}.outbound_transport"),
+                format!("unknown transport {other:?} (udp, tls)"),
+            );
+            return None;
+        }
+    };
+    if !tls {
+        for (key, set) in [
+            ("outbound_tls_name", t.outbound_tls_name.is_some()),
+            ("outbound_tls_ca_file", t.outbound_tls_ca_file.is_some()),
+            ("outbound_tls_cert_file", t.outbound_tls_cert_file.is_some()),
+            ("outbound_tls_key_file", t.outbound_tls_key_file.is_some()),
+        ] {
+            if set {
+                p.add(
+                    format!("{path}.{key}"),
+                    "only with outbound_transport = \"tls\"",
+                );
+            }
+        }
+        return None;
+    }
+    if t.outbound.is_none() {
+        p.add(
+            format!("{path}.outbound_transport"),
+            "only for a trunk with outbound",
+        );
+    }
+    if !listener {
+        p.add(
+            format!("{path}.outbound_transport"),
+            "needs the TLS listener (\"tls\" in sip.transports): the carrier answers there",
+        );
+    }
+    let name = match t.outbound_tls_name.as_deref() {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) =>
+        {
+            Some(n.to_ascii_lowercase())
+        }
+        Some(n) => {
+            p.add(
+                format!("{path}.outbound_tls_name"),
+                format!("not a DNS name or IP address: {n:?}"),
+            );
+            None
+        }
+        None => {
+            p.add(
+                format!("{path}.outbound_tls_name"),
+                "required with outbound_transport = \"tls\" (the name its certificate carries)",
+            );
+            None
+        }
+    };
+    let ca = readable_file(
+        p,
+        &format!("{path}.outbound_tls_ca_file"),
+        t.outbound_tls_ca_file.as_deref(),
+        false,
+    );
+    let both = t.outbound_tls_cert_file.is_some() || t.outbound_tls_key_file.is_some();
+    let cert = readable_file(
+        p,
+        &format!("{path}.outbound_tls_cert_file"),
+        t.outbound_tls_cert_file.as_deref(),
+        both,
+    );
+    let key = readable_file(
+        p,
+        &format!("{path}.outbound_tls_key_file"),
+        t.outbound_tls_key_file.as_deref(),
+        both,
+    );
+    Some(OutboundTls {
+        name: name?,
+        ca_file: ca,
+        client_cert: cert.zip(key),
+    })
+}
+
+/// A list of digest algorithm tokens, each known one once.
+pub(super) fn digest_algorithms(p: &mut Problems, path: &str, list: &[String]) -> Vec<Algorithm> {
+    let mut algs = Vec::new();
+    for (i, a) in list.iter().enumerate() {
+        let alg = match a.as_str() {
+            "SHA-256" => Algorithm::Sha256,
+            "MD5" => Algorithm::Md5,
+            other => {
+                p.add(
+                    format!("{path}[{i}]"),
+                    format!("unknown algorithm {other:?} (SHA-256, MD5)"),
+                );
+                continue;
+            }
+        };
+        if algs.contains(&alg) {
+            p.add(format!("{path}[{i}]"), format!("{a} listed twice"));
+        } else {
+            algs.push(alg);
+        }
+    }
+    algs
+}
+
+/// A tenant's dial plan: the Italian one, with what the tenant changed.
+pub(super) fn validate_dial_plan(
+    p: &mut Problems,
+    path: &str,
+    raw: Option<&RawDialPlan>,
+) -> DialPlan {
+    let mut plan = DialPlan::italy();
+    let Some(raw) = raw else {
+        return plan;
+    };
+    if let Some(cc) = &raw.country_code {
+        if (1..=3).contains(&cc.len())
+            && cc.bytes().all(|b| b.is_ascii_digit())
+            && !cc.starts_with('0')
+        {
+            plan.country_code = cc.clone();
+        } else {
+            p.add(
+                format!("{path}.country_code"),
+                "1 to 3 digits, not starting with 0 (Italy: \"39\")",
+            );
+        }
+    }
+    for (key, list, target) in [
+        ("allow", &raw.allow, &mut plan.allow),
+        ("block", &raw.block, &mut plan.block),
+    ] {
+        let Some(list) = list else {
+            continue;
+        };
+        for (i, prefix) in list.iter().enumerate() {
+            if !dialplan::valid_prefix(prefix) {
+                p.add(
+                    format!("{path}.{key}[{i}]"),
+                    "an E.164 prefix: + and 1 to 15 digits (e.g. \"+393\")",
+                );
+            }
+        }
+        target.clone_from(list);
+    }
+    if plan.allow.is_empty() {
+        p.add(
+            format!("{path}.allow"),
+            "allows nothing: callbacks and transfers could never be dialled",
+        );
+    }
+    plan
+}
+
+pub(super) fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
+    if m.port_min < 1024 || m.port_max < m.port_min || m.port_max - m.port_min < 3 {
+        p.add(
+            "media.port_min",
+            "port_min..=port_max must lie above 1023 and hold at least two even/odd pairs",
+        );
+    }
+    let advertise_address = m.advertise_address.as_ref().and_then(|a| match a.parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            p.add(
+                "media.advertise_address",
+                format!("not an IP address: {a:?}"),
+            );
+            None
+        }
+    });
+    let mut codecs = Vec::new();
+    for (i, c) in m.codecs.iter().enumerate() {
+        match c.to_ascii_uppercase().as_str() {
+            "PCMU" if !codecs.contains(&0) => codecs.push(0),
+            "PCMA" if !codecs.contains(&8) => codecs.push(8),
+            "PCMU" | "PCMA" => p.add(format!("media.codecs[{i}]"), "listed twice"),
+            _ => p.add(
+                format!("media.codecs[{i}]"),
+                format!("unsupported codec {c:?} (PCMU, PCMA)"),
+            ),
+        }
+    }
+    if m.codecs.is_empty() {
+        p.add("media.codecs", "needs at least one of PCMU, PCMA");
+    }
+    let latch = match m.latch.as_str() {
+        "symmetric" => LatchMode::Symmetric,
+        "sdp_address" => LatchMode::SdpAddress,
+        "first_packet" => LatchMode::FirstPacket,
+        other => {
+            p.add(
+                "media.latch",
+                format!("unknown latch mode {other:?} (symmetric, sdp_address, first_packet)"),
+            );
+            LatchMode::Symmetric
+        }
+    };
+    if m.threads > 256 {
+        p.add("media.threads", "at most 256 (0 = one per core)");
+    }
+    MediaConfig {
+        ports: (m.port_min, m.port_max),
+        advertise_address,
+        codecs,
+        latch,
+        inactivity_timeout: (m.inactivity_timeout_seconds > 0)
+            .then(|| Duration::from_secs(m.inactivity_timeout_seconds)),
+        threads: m.threads,
+        music_on_hold: m.music_on_hold.as_ref().map(PathBuf::from),
+        sounds_dir: m
+            .sounds_dir
+            .as_ref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        prompts_dir: m
+            .prompts_dir
+            .as_ref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        recordings_dir: m
+            .recordings_dir
+            .as_ref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+    }
+}

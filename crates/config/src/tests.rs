@@ -1,0 +1,877 @@
+//! Validation of configurations, good and bad: every problem reported
+//! with its key path.
+
+use super::*;
+
+/// `toml` is refused with a problem starting with `want`.
+fn refused(toml: &str, want: &str) {
+    let ConfigError::Invalid(problems) = Config::from_toml(toml).unwrap_err() else {
+        panic!("{want}: not an invalid configuration")
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter().any(|t| t.starts_with(want)),
+        "{want}: {text:#?}"
+    );
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::embedded().unwrap();
+    assert_eq!(c.agents.len(), 20);
+    assert_eq!(c.agents[0].username, "1001");
+    assert!(c.sip.listen.iter().all(|a| a.ip().is_loopback()));
+    assert_eq!(
+        c.trunks[0].dids.get("100").map(|d| d.target),
+        Some(DidTarget::Queue(0))
+    );
+}
+
+const TWO_TENANTS: &str = r#"
+[[tenants]]
+name = "asl"
+[tenants.dial_plan]
+allow = ["+39", "+41"]
+block = ["+3989"]
+
+[[tenants]]
+name = "regione"
+
+[[trunks]]
+name = "sbc-asl"
+tenant = "asl"
+peers = ["192.0.2.10"]
+dids = { "100" = "q1" }
+
+[[trunks]]
+name = "sbc-regione"
+tenant = "regione"
+peers = ["192.0.2.10"]
+dids = { "200" = "q2" }
+
+[[queues]]
+name = "q1"
+tenant = "asl"
+
+[[queues]]
+name = "q2"
+tenant = "regione"
+"#;
+
+#[test]
+fn each_tenant_has_a_dial_plan_the_italian_one_by_default() {
+    let c = Config::from_toml(TWO_TENANTS).unwrap();
+    assert_eq!(c.dial_plans.len(), 2);
+    assert_eq!(c.dial_plans[0].allow, ["+39", "+41"]);
+    assert_eq!(c.dial_plans[0].block, ["+3989"]);
+    assert_eq!(c.dial_plans[1], DialPlan::italy());
+    assert!(Config::embedded().unwrap().dial_plans[0] == DialPlan::italy());
+    refused(
+        &TWO_TENANTS.replace(r#"allow = ["+39", "+41"]"#, r#"allow = ["39"]"#),
+        "tenants[0].dial_plan.allow[0]: an E.164 prefix",
+    );
+    refused(
+        &TWO_TENANTS.replace(r#"allow = ["+39", "+41"]"#, "allow = []"),
+        "tenants[0].dial_plan.allow: allows nothing",
+    );
+    refused(
+        &TWO_TENANTS.replace(r#"block = ["+3989"]"#, r#"country_code = "039""#),
+        "tenants[0].dial_plan.country_code",
+    );
+}
+
+#[test]
+fn a_tenant_that_refuses_md5_keeps_no_md5_secret_for_its_operators() {
+    let toml = r#"
+[[tenants]]
+name = "asl"
+digest_algorithms = ["SHA-256"]
+
+[[tenants]]
+name = "firm"
+
+[[queues]]
+name = "q1"
+tenant = "asl"
+
+[[agents]]
+username = "1001"
+tenant = "asl"
+password = "secret-1001"
+queues = ["q1"]
+
+[[agents]]
+username = "2001"
+tenant = "firm"
+password = "secret-2001"
+"#;
+    let c = Config::from_toml(toml).unwrap();
+    assert!(c.agents[0].credentials.ha1_md5.is_none());
+    assert!(c.agents[0].credentials.ha1_sha256.is_some());
+    assert!(
+        c.agents[1].credentials.ha1_md5.is_some(),
+        "other tenants keep it"
+    );
+    assert_eq!(c.registrar.md5_user_agents, ["baresip"]);
+    refused(
+        &toml.replace(
+            r#"password = "secret-1001""#,
+            r#"ha1_md5 = "0123456789abcdef0123456789abcdef""#,
+        ),
+        "agents[0]: has no secret for an algorithm its tenant's digest_algorithms allows",
+    );
+    refused(
+        &toml.replace(r#"["SHA-256"]"#, r#"["SHA-256", "SHA-256"]"#),
+        "tenants[0].digest_algorithms[1]: SHA-256 listed twice",
+    );
+    refused(
+        &format!("[sip]\ndigest_algorithms = [\"MD5\"]\n{toml}"),
+        "tenants[0].digest_algorithms: none of them is in sip.digest_algorithms",
+    );
+    refused(
+        &format!("[sip]\ndigest_md5_user_agents = [\"\"]\n{toml}"),
+        "sip.digest_md5_user_agents[0]",
+    );
+}
+
+#[test]
+fn two_trunks_behind_one_address_must_not_share_a_did() {
+    // Two tenants behind one carrier SBC: told apart by DID.
+    assert!(Config::from_toml(TWO_TENANTS).is_ok());
+    refused(
+        &TWO_TENANTS.replace(r#""200" = "q2""#, r#""100" = "q2""#),
+        "trunks[1].dids.\"100\": trunks \"sbc-asl\" and \"sbc-regione\" share a peer address",
+    );
+}
+
+#[test]
+fn an_ivr_transfer_to_a_number_the_dial_plan_refuses_is_an_error() {
+    let toml = format!(
+        "{}\n{}",
+        TWO_TENANTS.replace(r#""200" = "q2""#, r#""200" = { flow = "menu" }"#),
+        r#"
+[[flows]]
+name = "menu"
+start = "out"
+[flows.nodes.out]
+type = "transfer"
+number = "+39899123456"
+on_fail = "bye"
+[flows.nodes.bye]
+type = "hangup"
+"#
+    );
+    refused(
+        &toml,
+        "flows.menu.nodes.out.number: tenant \"regione\"'s dial plan refuses it",
+    );
+    assert!(Config::from_toml(&toml.replace("+39899123456", "+390612345678")).is_ok());
+}
+
+#[test]
+fn deep_nesting_is_refused_before_the_parser_recurses() {
+    let deep = format!("x = {}1{}\n", "[".repeat(5000), "]".repeat(5000));
+    let e = Config::from_toml(&deep).unwrap_err();
+    assert!(e.to_string().contains("nested more than 32 deep"), "{e}");
+    // Brackets in strings and comments are text.
+    let text = format!(
+        "# {}\n[sip]\nuser_agent = \"{}\"\n",
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    assert!(Config::from_toml(&text).is_ok());
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let e = Config::from_toml("[sip]\nlisten_here = 1\n").unwrap_err();
+    assert!(e.to_string().contains("listen_here"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let text = r#"
+[sip]
+listen = ["nope"]
+t1_milliseconds = 0
+[[tenants]]
+name = "demo"
+[[queues]]
+name = "info"
+tenant = "other"
+ring_timeout_seconds = 0
+[[trunks]]
+name = "t"
+tenant = "demo"
+peers = ["x"]
+dids = { "100" = "missing" }
+[[agents]]
+username = "1001"
+tenant = "demo"
+queues = ["info"]
+"#;
+    let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "sip.listen[0]",
+        "sip.t1_milliseconds",
+        "queues[0].tenant",
+        "queues[0].ring_timeout_seconds",
+        "trunks[0].peers[0]",
+        "trunks[0].dids.\"100\"",
+        "agents[0]",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+}
+
+const SKILLED: &str = r#"
+[[tenants]]
+name = "asl1"
+[[tenants]]
+name = "asl2"
+[[queues]]
+name = "vaccini"
+tenant = "asl1"
+strategy = "most_proficient"
+requirements = "vaccini >= 5 && lang == \"it\""
+fragile_max_wait_seconds = 120
+[[queues.overflow]]
+after_seconds = 30
+requirements = "vaccini >= 2"
+[[queues.overflow]]
+after_seconds = 90
+requirements = "vaccini"
+tenants = ["asl2"]
+[[queues]]
+name = "triage"
+tenant = "asl1"
+strategy = "ring_all"
+ring_all_width = 2
+requirements = "triage"
+weight = 2.0
+[[trunks]]
+name = "t"
+tenant = "asl1"
+peers = ["127.0.0.1"]
+dids = { "100" = "vaccini", "101" = { queue = "vaccini", requirements = "lang == \"en\"", priority = 3, fragile = true } }
+[[agents]]
+username = "1001"
+password = "x"
+tenant = "asl1"
+site = "roma"
+skills = { vaccini = 7, triage = 3 }
+languages = ["it", "en"]
+[[agents]]
+username = "2001"
+password = "x"
+tenant = "asl2"
+skills = { vaccini = 9 }
+languages = ["it"]
+"#;
+
+#[test]
+fn skills_queues_rings_and_dids_load() {
+    let c = Config::from_toml(SKILLED).unwrap();
+    let q = &c.queues[0].routing;
+    assert_eq!(q.strategy, Strategy::MostProficient);
+    assert_eq!(q.rings.len(), 2);
+    assert_eq!(q.rings[1].tenants, vec![1]);
+    assert_eq!(q.fragile_max_wait, Some(Duration::from_secs(120)));
+    assert_eq!(c.queues[1].routing.strategy, Strategy::RingAll(2));
+    let did = &c.trunks[0].dids["101"];
+    assert_eq!(
+        (did.target, did.spec.priority, did.spec.fragile),
+        (DidTarget::Queue(0), 3, true)
+    );
+    assert!(did.spec.requirement.is_some());
+    let a = &c.agents[0].attributes;
+    assert!(q.requirement.matches(a));
+    // The expression alone admits 2001 too; the router restricts ring 0
+    // to the queue's tenant and ring 2 admits asl2 by agreement.
+    assert!(q.requirement.matches(&c.agents[1].attributes));
+    assert_eq!(c.agents[1].tenant, 1);
+}
+
+#[test]
+fn routing_errors_name_their_key() {
+    let bad = SKILLED
+        .replace("vaccini >= 5 &&", "vacini >= 5 &&")
+        .replace("strategy = \"most_proficient\"", "strategy = \"fastest\"")
+        .replace("after_seconds = 90", "after_seconds = 20")
+        .replace("tenants = [\"asl2\"]", "tenants = [\"asl9\"]")
+        .replace("ring_all_width = 2", "ring_all_width = 40")
+        .replace("weight = 2.0", "weight = 0.0")
+        .replace("priority = 3", "priority = 300")
+        .replace(
+            "skills = { vaccini = 9 }",
+            "skills = { vaccini = 11, lang = 2 }",
+        )
+        .replace(
+            "fragile_max_wait_seconds = 120",
+            "fragile_max_wait_seconds = 10",
+        )
+        .replace("languages = [\"it\"]\n", "languages = [\"i t\"]\n");
+    let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for want in [
+        "queues[0].requirements: at byte 0: unknown skill \"vacini\"",
+        "queues[0].strategy: unknown strategy \"fastest\"",
+        "queues[0].overflow[1].after_seconds",
+        "queues[0].overflow[1].tenants[0]: unknown tenant \"asl9\"",
+        "queues[0].fragile_max_wait_seconds",
+        "queues[1].ring_all_width",
+        "queues[1].weight",
+        "trunks[0].dids.\"101\".priority",
+        "agents[1].skills.vaccini: level must be in 1..=10",
+        "agents[1].skills.lang",
+        "agents[1].languages[0]",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want} missing from {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn media_errors_name_their_key() {
+    let text = r#"
+[media]
+port_min = 100
+port_max = 50
+advertise_address = "public"
+codecs = ["PCMU", "G729", "PCMU"]
+latch = "sometimes"
+threads = 1000
+[[tenants]]
+name = "demo"
+[[queues]]
+name = "info"
+tenant = "demo"
+announce_seconds = 3
+record = true
+"#;
+    let ConfigError::Invalid(problems) = Config::from_toml(text).unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for want in [
+        "media.port_min",
+        "media.advertise_address: not an IP address",
+        "media.codecs[1]: unsupported codec \"G729\"",
+        "media.codecs[2]: listed twice",
+        "media.latch: unknown latch mode",
+        "media.threads",
+        "queues[0].announce_seconds",
+        "queues[0].record: needs media.recordings_dir",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want} missing from {text:#?}"
+        );
+    }
+    let ok = Config::from_toml(
+            "[media]\nrecordings_dir = \"/tmp/r\"\ncodecs = [\"pcmu\"]\nlatch = \"first_packet\"\ninactivity_timeout_seconds = 0\n[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\nrecord = true\nannounce_seconds = 45\n",
+        )
+        .unwrap();
+    assert_eq!(ok.media.codecs, [0]);
+    assert_eq!(ok.media.latch, LatchMode::FirstPacket);
+    assert_eq!(ok.media.inactivity_timeout, None);
+    assert!(ok.queues[0].record);
+    assert_eq!(ok.queues[0].announce_every, Some(Duration::from_secs(45)));
+}
+
+#[test]
+fn operator_scripts_are_checked() {
+    let base =
+        "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\nscript = \"S\"\n";
+    let good = format!(
+        "{base}[[scripts]]\nname = \"S\"\nstart = \"a\"\n[scripts.questions.a]\ntext = \"Prima dose?\"\nanswers = {{ \"si\" = \"b\", \"no\" = \"end\" }}\n[scripts.questions.b]\ntext = \"Data?\"\nkind = \"date\"\n"
+    );
+    let c = Config::from_toml(&good).unwrap();
+    assert_eq!(c.queues[0].script, Some(0));
+    assert_eq!(c.scripts[0].questions["a"].kind, QuestionKind::Choice);
+    assert_eq!(c.scripts[0].questions["b"].next, "end");
+    let bad = good
+        .replace("\"no\" = \"end\"", "\"no\" = \"zz\"")
+        .replace("kind = \"date\"", "kind = \"audio\"\nnext = \"a\"")
+        .replace("script = \"S\"", "script = \"T\"");
+    let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+        panic!()
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for want in [
+        "scripts[0].questions.a.answers.\"no\": unknown question \"zz\"",
+        "scripts[0].questions.b.kind: unknown kind \"audio\"",
+        "scripts[0].questions.a: the script loops back",
+        "queues[0].script: unknown script \"T\"",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want} missing from {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn callback_hours_are_checked() {
+    let base = "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\n";
+    let good = format!(
+        "{base}callback_hours = {{ days = [\"lun\", \"ven\"], hours = [\"08:00-18:00\"] }}\n"
+    );
+    let c = Config::from_toml(&good).unwrap();
+    assert!(c.queues[0].callback_hours.is_some());
+    let bad = good
+        .replace("\"ven\"", "\"venerdi santo\"")
+        .replace("08:00-18:00", "18:00-08:00");
+    let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+        panic!()
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("queues[0].callback_hours.hours[0]")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn whispers_and_queue_prompts_are_checked() {
+    let base = "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\n";
+    let good = format!(
+        "{base}whisper = [\"linea-triage\"]\ncallback_whisper = [\"richiamata\", \"it/linea-triage\"]\n"
+    );
+    let c = Config::from_toml(&good).unwrap();
+    assert_eq!(c.queues[0].whisper, ["linea-triage"]);
+    assert_eq!(
+        c.queues[0].callback_whisper.as_deref(),
+        Some(&["richiamata".to_owned(), "it/linea-triage".to_owned()][..])
+    );
+    let prompts: Vec<String> = c.flow_prompts().into_iter().map(|(_, n)| n).collect();
+    assert!(prompts.contains(&"richiamata".to_owned()), "{prompts:?}");
+    assert_eq!(
+        Config::from_toml(base).unwrap().queues[0].callback_whisper,
+        None
+    );
+    let bad = good
+        .replace(
+            "\"linea-triage\"]\ncallback",
+            "\"../../etc/passwd\"]\ncallback",
+        )
+        .replace("\"richiamata\"", "\"\"");
+    let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+        panic!()
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for want in [
+        "queues[0].whisper[0]: not a prompt name",
+        "queues[0].callback_whisper[0]",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want}: {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn agent_tokens_name_a_known_operator() {
+    let base = "[[tenants]]\nname = \"d\"\n[[agents]]\nusername = \"1001\"\npassword = \"demo1001\"\ntenant = \"d\"\n";
+    let token = |role: &str, agent: &str| {
+        format!(
+            "{base}[[api.tokens]]\nname = \"t\"\ntoken = \"token-0123456789abcdef\"\nrole = \"{role}\"\n{agent}"
+        )
+    };
+    let c = Config::from_toml(&token("supervisor", "tenant = \"d\"\n")).unwrap();
+    assert_eq!(
+        (c.api_tokens[0].role, c.api_tokens[0].tenant.as_deref()),
+        (Role::Supervisor, Some("d"))
+    );
+    let c = Config::from_toml(&token("agent", "agent = \"1001\"\n")).unwrap();
+    assert_eq!(c.api_tokens[0].role, Role::Agent);
+    assert_eq!(c.api_tokens[0].agent.as_deref(), Some("1001"));
+    for (toml, want) in [
+        (
+            token("agent", ""),
+            "api.tokens[0].agent: an agent token names its operator",
+        ),
+        (
+            token("agent", "agent = \"2002\"\n"),
+            "api.tokens[0].agent: unknown operator \"2002\"",
+        ),
+        (
+            token("callbacks", "agent = \"1001\"\n"),
+            "api.tokens[0].agent: only for role \"agent\"",
+        ),
+        (
+            token("boss", ""),
+            "api.tokens[0].role: unknown role \"boss\"",
+        ),
+        (
+            token("supervisor", "tenant = \"nessuno\"\n"),
+            "api.tokens[0].tenant: unknown tenant \"nessuno\"",
+        ),
+        (
+            token("agent", "agent = \"1001\"\ntenant = \"d\"\n"),
+            "api.tokens[0].tenant: only for roles \"supervisor\" and \"callbacks\"",
+        ),
+        (
+            token("callbacks", "tenant = \"nessuno\"\n"),
+            "api.tokens[0].tenant: unknown tenant \"nessuno\"",
+        ),
+    ] {
+        refused(&toml, want);
+    }
+}
+
+#[test]
+fn trunk_options_need_an_outbound_side_and_a_sane_interval() {
+    let base = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+    let c = Config::from_toml(&format!(
+        "{base}outbound = \"192.0.2.10:5060\"\noptions_seconds = 30\n"
+    ))
+    .unwrap();
+    assert_eq!(c.trunks[0].options, Some(Duration::from_secs(30)));
+    for (extra, want) in [
+        (
+            "outbound = \"192.0.2.10:5060\"\noptions_seconds = 2\n",
+            "trunks[0].options_seconds: must be 0 (off) or in 5..=3600",
+        ),
+        (
+            "options_seconds = 30\n",
+            "trunks[0].options_seconds: only for a trunk with outbound",
+        ),
+    ] {
+        refused(&format!("{base}{extra}"), want);
+    }
+}
+
+#[test]
+fn http_limits_are_bounded() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(
+        c.http_limits,
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    );
+    let c = Config::from_toml(
+        "[http]\nheader_timeout_seconds = 300\nidle_timeout_seconds = 1\nmax_connections = 1\n",
+    )
+    .unwrap();
+    assert_eq!(c.http_limits.header_timeout, Duration::from_secs(300));
+    assert_eq!(c.http_limits.idle_timeout, Duration::from_secs(1));
+    assert_eq!(c.http_limits.max_connections, 1);
+    for (toml, want) in [
+        (
+            "[http]\nheader_timeout_seconds = 0\n",
+            "http.header_timeout_seconds: must be in 1..=300",
+        ),
+        (
+            "[http]\nheader_timeout_seconds = 301\n",
+            "http.header_timeout_seconds: must be in 1..=300",
+        ),
+        (
+            "[http]\nidle_timeout_seconds = 0\n",
+            "http.idle_timeout_seconds: must be in 1..=3600",
+        ),
+        (
+            "[http]\nmax_connections = 0\n",
+            "http.max_connections: must be in 1..=100000",
+        ),
+        (
+            "[http]\nmax_connections = 100001\n",
+            "http.max_connections: must be in 1..=100000",
+        ),
+    ] {
+        refused(toml, want);
+    }
+}
+
+#[test]
+fn tls_settings_come_together_and_name_readable_files() {
+    // Any readable file will do for the check (contents are the
+    // driver's business, at start).
+    let file = env!("CARGO_MANIFEST_PATH");
+    let sip = format!(
+        "[sip]\ntransports = [\"udp\", \"tls\"]\ntls_listen = [\"127.0.0.1:5061\"]\ntls_cert_file = {file:?}\ntls_key_file = {file:?}\n"
+    );
+    let trunk = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+    let c = Config::from_toml(&format!(
+        "{sip}{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"SBC.carrier.example\"]\n"
+    ))
+    .unwrap();
+    let tls = c.sip.tls.expect("tls");
+    assert_eq!(tls.listen, vec!["127.0.0.1:5061".parse().unwrap()]);
+    let cc = c.trunks[0].client_cert.clone().expect("mtls");
+    assert_eq!(cc.peer_names, vec!["sbc.carrier.example".to_owned()]);
+    let c = Config::from_toml(&format!(
+            "{sip}{trunk}outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"SBC.carrier.example\"\noutbound_tls_cert_file = {file:?}\noutbound_tls_key_file = {file:?}\n"
+        ))
+        .unwrap();
+    let out = c.trunks[0].outbound_tls.clone().expect("outbound tls");
+    assert_eq!(out.name, "sbc.carrier.example");
+    assert_eq!(out.ca_file, None);
+    assert!(out.client_cert.is_some());
+    for (extra, want) in [
+        (
+            "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\n".to_owned(),
+            "trunks[0].outbound_tls_name: required",
+        ),
+        (
+            "outbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\n".to_owned(),
+            "trunks[0].outbound_transport: only for a trunk with outbound",
+        ),
+        (
+            "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"sctp\"\n".to_owned(),
+            "trunks[0].outbound_transport: unknown transport",
+        ),
+        (
+            "outbound = \"192.0.2.10:5061\"\noutbound_tls_name = \"a.example\"\n".to_owned(),
+            "trunks[0].outbound_tls_name: only with outbound_transport",
+        ),
+        (
+            format!(
+                "outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\noutbound_tls_cert_file = {file:?}\n"
+            ),
+            "trunks[0].outbound_tls_key_file: required",
+        ),
+    ] {
+        refused(&format!("{sip}{trunk}{extra}"), want);
+    }
+    refused(
+        &format!(
+            "{trunk}outbound = \"192.0.2.10:5061\"\noutbound_transport = \"tls\"\noutbound_tls_name = \"a.example\"\n"
+        ),
+        "trunks[0].outbound_transport: needs the TLS listener",
+    );
+    for (toml, want) in [
+        (
+            "[sip]\ntransports = [\"tls\"]\n".to_owned(),
+            "sip.tls_listen: needs at least one address",
+        ),
+        (
+            "[sip]\ntransports = [\"tls\"]\n".to_owned(),
+            "sip.tls_cert_file: required",
+        ),
+        (
+            "[sip]\ntls_listen = [\"127.0.0.1:5061\"]\n".to_owned(),
+            "sip.tls_listen: only with \"tls\"",
+        ),
+        (
+            format!(
+                "{sip}{trunk}tls_client_ca_file = \"/nonexistent.pem\"\ntls_peer_names = [\"a.example\"]\n"
+            ),
+            "trunks[0].tls_client_ca_file: cannot read",
+        ),
+        (
+            format!("{sip}{trunk}tls_client_ca_file = {file:?}\n"),
+            "trunks[0].tls_peer_names: needs at least one name",
+        ),
+        (
+            format!("{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"a.example\"]\n"),
+            "trunks[0].tls_peer_names: needs the TLS listener",
+        ),
+        (
+            format!("{sip}{trunk}tls_client_ca_file = {file:?}\ntls_peer_names = [\"a b\"]\n"),
+            "trunks[0].tls_peer_names[0]: not a DNS name",
+        ),
+    ] {
+        refused(&toml, want);
+    }
+}
+
+#[test]
+fn trunk_credentials_come_together_and_stay_out_of_debug() {
+    let trunk = "[[tenants]]\nname = \"d\"\n[[trunks]]\nname = \"t\"\ntenant = \"d\"\npeers = [\"192.0.2.10\"]\n";
+    let c = Config::from_toml(&format!(
+        "{trunk}outbound = \"192.0.2.10:5060\"\nauth_username = \"u\"\nauth_password = \"sekrit\"\n"
+    ))
+    .unwrap();
+    let auth = c.trunks[0].auth.clone().expect("auth");
+    assert_eq!(auth.username, "u");
+    assert!(!format!("{:?}", c.trunks[0]).contains("sekrit"));
+    for (extra, want) in [
+        (
+            "outbound = \"192.0.2.10:5060\"\nauth_username = \"u\"\n",
+            "trunks[0].auth_password: required with auth_username",
+        ),
+        (
+            "auth_username = \"u\"\nauth_password = \"p\"\n",
+            "trunks[0].auth_username: only for a trunk with outbound",
+        ),
+        (
+            "outbound = \"192.0.2.10:5060\"\nauth_username = \"u\\\"\"\nauth_password = \"p\"\n",
+            "trunks[0].auth_username: 1-256 characters",
+        ),
+    ] {
+        refused(&format!("{trunk}{extra}"), want);
+    }
+}
+
+#[test]
+fn desk_sessions_are_bounded() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(
+        c.api_sessions,
+        ApiSessions {
+            hours: 12,
+            key_file: None
+        }
+    );
+    let c = Config::from_toml(
+        "[api]\nsession_hours = 0\nsession_key_file = \"/etc/centralino/session.key\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.api_sessions.hours, 0);
+    for (toml, want) in [
+        (
+            "[api]\nsession_hours = 25\n",
+            "api.session_hours: must be in 0..=24",
+        ),
+        (
+            "[api]\nsession_key_file = \"\"\n",
+            "api.session_key_file: must not be empty",
+        ),
+    ] {
+        refused(toml, want);
+    }
+}
+
+#[test]
+fn the_audit_key_file_is_a_path_or_the_node_s_own() {
+    assert_eq!(Config::from_toml("").unwrap().audit_key_file, None);
+    let c = Config::from_toml("[store]\naudit_key_file = \"/etc/centralino/audit.key\"\n").unwrap();
+    assert_eq!(
+        c.audit_key_file,
+        Some(PathBuf::from("/etc/centralino/audit.key"))
+    );
+    refused(
+        "[store]\naudit_key_file = \"\"\n",
+        "store.audit_key_file: must not be empty",
+    );
+}
+
+#[test]
+fn the_callback_number_dialogue_is_checked() {
+    let base = "[[tenants]]\nname = \"d\"\n[[queues]]\nname = \"q\"\ntenant = \"d\"\n";
+    let good = format!(
+        "{base}callback_key = \"1\"\n[queues.callback_number]\nread_prompts = [\"il-numero\"]\nenter_prompts = [\"inserisca\"]\n"
+    );
+    let c = Config::from_toml(&good).unwrap();
+    let n = c.queues[0].callback_number.as_ref().unwrap();
+    assert_eq!(n.timeout, Duration::from_secs(10));
+    assert_eq!(n.enter_prompts, ["inserisca"]);
+    let bad = good
+        .replace("callback_key = \"1\"\n", "")
+        .replace("[\"inserisca\"]", "[\"../x\"]\ntimeout_seconds = 0");
+    let ConfigError::Invalid(problems) = Config::from_toml(&bad).unwrap_err() else {
+        panic!()
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for want in [
+        "queues[0].callback_number: needs callback_key",
+        "queues[0].callback_number.timeout_seconds: must be in 1..=60",
+        "queues[0].callback_number.enter_prompts[0]: not a prompt name",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want}: {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_sms_hook_url_is_checked() {
+    let hook = |lines: &str| format!("[notifications]\n{lines}\n");
+    let c = Config::from_toml(&hook("url = \"https://sms.example.it/v1/send\"")).unwrap();
+    let n = c.notifications.unwrap();
+    assert_eq!(
+        (n.addr.as_str(), n.path.as_str()),
+        ("sms.example.it:443", "/v1/send")
+    );
+    assert_eq!(n.tls.unwrap().host, "sms.example.it");
+    let c = Config::from_toml(&hook(
+        "url = \"https://[::1]:8443/sms\"\nca_file = \"/etc/centralino/ca.pem\"",
+    ))
+    .unwrap();
+    let n = c.notifications.unwrap();
+    let tls = n.tls.unwrap();
+    assert_eq!((n.addr.as_str(), tls.host.as_str()), ("[::1]:8443", "::1"));
+    assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/centralino/ca.pem")));
+    let c = Config::from_toml(&hook("url = \"http://10.0.0.5:8080/sms\"")).unwrap();
+    assert!(c.notifications.unwrap().tls.is_none());
+    for (lines, want) in [
+        (
+            "url = \"ftp://x/y\"",
+            "notifications.url: https://HOST[:PORT]/PATH",
+        ),
+        (
+            "url = \"https://u:p@x/y\"",
+            "notifications.url: https://HOST[:PORT]/PATH",
+        ),
+        ("url = \"https://x:99999/y\"", "notifications.url"),
+        (
+            "url = \"http://x:80/y\"\nca_file = \"ca.pem\"",
+            "notifications.ca_file: only with an https:// url",
+        ),
+    ] {
+        let ConfigError::Invalid(problems) = Config::from_toml(&hook(lines)).unwrap_err() else {
+            panic!("{lines}")
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want}: {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_drain_limit_is_bounded() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.sip.drain, Duration::from_secs(60));
+    let c = Config::from_toml("[sip]\ndrain_seconds = 0\n").unwrap();
+    assert_eq!(c.sip.drain, Duration::ZERO);
+    let ConfigError::Invalid(problems) =
+        Config::from_toml("[sip]\ndrain_seconds = 7200\n").unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(problems[0].to_string().starts_with("sip.drain_seconds"));
+}
+
+#[test]
+fn brute_force_limits_are_read_and_checked() {
+    let c =
+        Config::from_toml("[registrar]\nban_after_user_failures = 3\nban_seconds = 600\n").unwrap();
+    assert_eq!(c.registrar.throttle.per_user, 3);
+    assert_eq!(c.registrar.throttle.per_address, 20);
+    assert_eq!(c.registrar.throttle.ban, Duration::from_secs(600));
+    let ConfigError::Invalid(problems) =
+        Config::from_toml("[registrar]\nban_seconds = 0\n").unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(problems[0].to_string().starts_with("registrar.ban_seconds"));
+    assert_eq!(Config::from_toml("").unwrap().qualify, None);
+    let c = Config::from_toml("[registrar]\nqualify_seconds = 30\n").unwrap();
+    assert_eq!(c.qualify, Some(Duration::from_secs(30)));
+    let ConfigError::Invalid(problems) =
+        Config::from_toml("[registrar]\nqualify_seconds = 2\n").unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(
+        problems[0]
+            .to_string()
+            .starts_with("registrar.qualify_seconds")
+    );
+}

@@ -1,0 +1,197 @@
+//! `[[trunks]]`: one trunk's peers, DIDs, outbound side and identity,
+//! validated against the names every section shares and the queues.
+
+use super::*;
+
+/// One `[[trunks]]` entry (the `i`th), every problem added to `p`. `tls`:
+/// the node listens for TLS.
+pub(crate) fn trunk(
+    names: &Names<'_>,
+    queues: &[Queue],
+    flow_names: &[String],
+    tls: bool,
+    p: &mut Problems,
+    i: usize,
+    t: &RawTrunk,
+) -> Trunk {
+    let path = format!("trunks[{i}]");
+    if !valid_name(&t.name) {
+        p.add(format!("{path}.name"), "must be 1-64 of [A-Za-z0-9_-]");
+    }
+    let tenant = names.tenant_of(p, format!("{path}.tenant"), &t.tenant);
+    let mut peers = Vec::new();
+    for (j, a) in t.peers.iter().enumerate() {
+        match a.parse::<IpAddr>() {
+            Ok(ip) => peers.push(ip),
+            Err(_) => p.add(
+                format!("{path}.peers[{j}]"),
+                format!("not an IP address: {a:?}"),
+            ),
+        }
+    }
+    if peers.is_empty() {
+        p.add(format!("{path}.peers"), "needs at least one address");
+    }
+    let mut dids = HashMap::new();
+    for (did, target) in &t.dids {
+        let dp = format!("{path}.dids.{did:?}");
+        if did.is_empty() || !did.bytes().all(|b| b.is_ascii_digit() || b == b'+') {
+            p.add(dp.clone(), "a DID is digits, optionally with a leading +");
+        }
+        let (queue, spec) = match target {
+            RawDid::Queue(q) => (Some(q), CallSpec::default()),
+            RawDid::Full(f) => {
+                if !(-100..=100).contains(&f.priority) {
+                    p.add(format!("{dp}.priority"), "must be in -100..=100");
+                }
+                let requirement = f
+                    .requirements
+                    .as_ref()
+                    .and_then(|r| names.requirement(p, format!("{dp}.requirements"), r));
+                match (&f.queue, &f.flow) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        p.add(dp.clone(), "needs exactly one of queue, flow");
+                    }
+                    (None, Some(name)) => {
+                        match flow_names.iter().position(|n| n == name) {
+                            Some(fi) => {
+                                dids.insert(
+                                    did.clone(),
+                                    Did {
+                                        target: DidTarget::Flow(fi),
+                                        spec: CallSpec {
+                                            priority: f.priority,
+                                            requirement: requirement.clone(),
+                                            fragile: f.fragile,
+                                            waited: Duration::ZERO,
+                                        },
+                                    },
+                                );
+                            }
+                            None => p.add(format!("{dp}.flow"), format!("unknown flow {name:?}")),
+                        }
+                        continue;
+                    }
+                    (Some(_), None) => {}
+                }
+                (
+                    f.queue.as_ref(),
+                    CallSpec {
+                        priority: f.priority,
+                        requirement,
+                        fragile: f.fragile,
+                        waited: Duration::ZERO,
+                    },
+                )
+            }
+        };
+        let Some(queue) = queue else { continue };
+        match names.queue_names.iter().position(|q| q == queue) {
+            Some(qi) if queues[qi].tenant == tenant => {
+                dids.insert(
+                    did.clone(),
+                    Did {
+                        target: DidTarget::Queue(qi),
+                        spec,
+                    },
+                );
+            }
+            Some(_) => p.add(dp, format!("queue {queue:?} belongs to another tenant")),
+            None => p.add(dp, format!("unknown queue {queue:?}")),
+        }
+    }
+    let outbound = t.outbound.as_ref().and_then(|o| match o.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(
+                format!("{path}.outbound"),
+                format!("not an ADDR:PORT: {o:?}"),
+            );
+            None
+        }
+    });
+    let caller_id = t.caller_id.clone().unwrap_or_else(|| "centralino".into());
+    if caller_id.is_empty()
+        || caller_id.len() > 32
+        || !caller_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+    {
+        p.add(format!("{path}.caller_id"), "digits (and +), at most 32");
+    }
+    if t.options_seconds != 0 {
+        if !(5..=3600).contains(&t.options_seconds) {
+            p.add(
+                format!("{path}.options_seconds"),
+                "must be 0 (off) or in 5..=3600",
+            );
+        } else if t.outbound.is_none() {
+            p.add(
+                format!("{path}.options_seconds"),
+                "only for a trunk with outbound",
+            );
+        }
+    }
+    let client_cert = trunk_client_cert(p, &path, t, tls);
+    let outbound_tls = trunk_outbound_tls(p, &path, t, tls);
+    let auth = match (&t.auth_username, &t.auth_password) {
+        (None, None) => None,
+        (Some(u), Some(pw)) => {
+            // Both travel inside a quoted string of a header line.
+            let clean = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 256
+                    && !v.chars().any(|c| c.is_control() || c == '"' || c == '\\')
+            };
+            if !clean(u) {
+                p.add(
+                    format!("{path}.auth_username"),
+                    "1-256 characters, no quotes, backslashes or control characters",
+                );
+            }
+            if !clean(pw) {
+                p.add(
+                    format!("{path}.auth_password"),
+                    "1-256 characters, no quotes, backslashes or control characters",
+                );
+            }
+            if t.outbound.is_none() {
+                p.add(
+                    format!("{path}.auth_username"),
+                    "only for a trunk with outbound",
+                );
+            }
+            Some(TrunkAuth {
+                username: u.clone(),
+                password: pw.clone(),
+            })
+        }
+        (Some(_), None) => {
+            p.add(
+                format!("{path}.auth_password"),
+                "required with auth_username",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            p.add(
+                format!("{path}.auth_username"),
+                "required with auth_password",
+            );
+            None
+        }
+    };
+    Trunk {
+        name: t.name.clone(),
+        tenant,
+        peers,
+        dids,
+        outbound,
+        caller_id,
+        options: (t.options_seconds > 0).then(|| Duration::from_secs(t.options_seconds)),
+        client_cert,
+        outbound_tls,
+        auth,
+        asserted_identity: t.asserted_identity,
+    }
+}

@@ -1,0 +1,199 @@
+//! Groups and pools: the operators who can take a queue's calls (with an
+//! extra requirement, per overflow ring), kept as indexes the matcher
+//! scans without allocating.
+
+use super::*;
+
+impl Router {
+    /// Interns a call requirement set (e.g. from an IVR or the API).
+    pub(super) fn extra_id(&mut self, r: &Requirement) -> u32 {
+        if let Some(&i) = self.extra_of.get(r.as_str()) {
+            return i;
+        }
+        let i = self.extras.len() as u32;
+        self.extras.push(r.clone());
+        self.extra_of.insert(r.as_str().to_owned(), i);
+        i
+    }
+
+    /// The group of (queue, extra), created on first use.
+    pub(super) fn group(&mut self, queue: u32, extra: Option<u32>) -> Result<u32, EnqueueError> {
+        if let Some(&g) = self.group_of.get(&(queue, extra)) {
+            return Ok(g);
+        }
+        if self.groups.len() >= MAX_GROUPS {
+            return Err(EnqueueError::TooManyGroups);
+        }
+        let settings = &self.queues[queue as usize].settings;
+        let rings = 1 + settings.rings.len();
+        let g = self.groups.len() as u32;
+        let primary = settings
+            .requirement
+            .primary_skill()
+            .or_else(|| extra.and_then(|e| self.extras[e as usize].primary_skill()));
+        let mut pools = Vec::with_capacity(rings);
+        for r in 0..rings {
+            pools.push(self.pools.len() as u32);
+            let index = match settings.strategy {
+                Strategy::LongestIdle | Strategy::RingAll(_) => Index::Fifo(VecDeque::new()),
+                Strategy::MostProficient => Index::Levels(Box::default()),
+                Strategy::LeastTalkTime | Strategy::FewestCalls => Index::Heap(BinaryHeap::new()),
+                Strategy::RoundRobin
+                | Strategy::Linear
+                | Strategy::Random
+                | Strategy::WeightedRandom => Index::Fenwick(Fenwick::default()),
+            };
+            self.pools.push(Pool {
+                group: g,
+                ring: r as u8,
+                strategy: settings.strategy,
+                weight: settings.weight,
+                primary,
+                index,
+                members: 0,
+                staffed: 0,
+                available: 0,
+                paused: 0,
+                cursor: 0,
+            });
+        }
+        let mut group = Group {
+            queue,
+            extra,
+            pools,
+            reqs: Vec::new(),
+            steps: (0..rings).map(|_| BinaryHeap::new()).collect(),
+            live: vec![0; rings],
+            primary,
+        };
+        group.reqs = (0..rings)
+            .map(|r| self.ring_requirement(&group, r))
+            .collect();
+        self.groups.push(group);
+        self.group_of.insert((queue, extra), g);
+        for a in 0..self.agents.len() as u32 {
+            self.join_group(g, a);
+        }
+        Ok(g)
+    }
+
+    /// The requirement of ring `r` of a group.
+    pub(super) fn ring_requirement(&self, g: &Group, r: usize) -> Requirement {
+        let s = &self.queues[g.queue as usize].settings;
+        let base = if r == 0 {
+            s.requirement.within_tenants(&[s.tenant])
+        } else {
+            let ring = &s.rings[r - 1];
+            let mut tenants = vec![s.tenant];
+            tenants.extend_from_slice(&ring.tenants);
+            ring.requirement.within_tenants(&tenants)
+        };
+        match g.extra {
+            Some(e) => base.and(&self.extras[e as usize]),
+            None => base,
+        }
+    }
+
+    pub(super) fn join_group(&mut self, g: u32, a: u32) {
+        let group = &self.groups[g as usize];
+        let rings = group.pools.len();
+        let attrs = &self.agents[a as usize].attributes;
+        let Some(r) = (0..rings).find(|&r| group.reqs[r].matches(attrs)) else {
+            return;
+        };
+        let pool = group.pools[r];
+        let level = group.primary.map_or(1, |s| attrs.level(s)).max(1);
+        let p = &mut self.pools[pool as usize];
+        let pos = match &mut p.index {
+            Index::Fenwick(f) => f.push(a),
+            Index::Levels(_) => u32::from(level),
+            _ => 0,
+        };
+        let agent = &mut self.agents[a as usize];
+        agent.memberships.push(Membership { pool, pos });
+        let code = agent.state.code();
+        let p = &mut self.pools[pool as usize];
+        p.members += 1;
+        if Self::is_staffed(code) {
+            p.staffed += 1;
+        }
+        if code == Code::Paused {
+            p.paused += 1;
+        }
+        if code == Code::Available {
+            let ver = self.board.load(a as usize).version;
+            self.index_push(a, Membership { pool, pos }, ver);
+        }
+    }
+
+    pub(super) fn is_staffed(code: Code) -> bool {
+        !matches!(code, Code::LoggedOut | Code::Paused)
+    }
+
+    pub(super) fn index_push(&mut self, a: u32, m: Membership, ver: u32) {
+        let agent = &self.agents[a as usize];
+        let idle = agent.idle_since as u64;
+        let p = &mut self.pools[m.pool as usize];
+        let (strategy, group_primary) = (p.strategy, p.primary);
+        let metric = match strategy {
+            Strategy::LeastTalkTime => agent.talk.as_millis() as u64,
+            _ => u64::from(agent.calls),
+        };
+        let weight = match strategy {
+            Strategy::WeightedRandom => u32::from(
+                group_primary
+                    .map_or(1, |s| agent.attributes.level(s))
+                    .max(1),
+            ),
+            _ => 1,
+        };
+        p.available += 1;
+        match &mut p.index {
+            Index::Fifo(q) => q.push_back((a, ver)),
+            Index::Levels(l) => l[m.pos as usize].push_back((a, ver)),
+            Index::Heap(h) => h.push(Reverse((metric, idle, a, ver))),
+            Index::Fenwick(f) => {
+                f.slots[m.pos as usize] = (a, ver);
+                f.set(m.pos, weight);
+            }
+        }
+        Self::compact(&self.board, p);
+    }
+
+    /// Drops stale entries once they outnumber live ones (amortised O(1)).
+    pub(super) fn compact(board: &Board, p: &mut Pool) {
+        let live = p.available as usize;
+        if p.index.len() <= 2 * live + 64 {
+            return;
+        }
+        let valid = |&(a, v): &(u32, u32)| {
+            let s = board.load(a as usize);
+            s.code == Code::Available && s.version == v
+        };
+        match &mut p.index {
+            Index::Fifo(q) => q.retain(valid),
+            Index::Levels(l) => l.iter_mut().for_each(|q| q.retain(valid)),
+            Index::Heap(h) => h.retain(|Reverse((_, _, a, v))| valid(&(*a, *v))),
+            Index::Fenwick(_) => {}
+        }
+    }
+
+    /// Bookkeeping when an operator enters `Available` (indexes, counts).
+    pub(super) fn enter_available(&mut self, a: u32, ver: u32) {
+        for i in 0..self.agents[a as usize].memberships.len() {
+            let m = self.agents[a as usize].memberships[i];
+            self.index_push(a, m, ver);
+        }
+    }
+
+    /// Bookkeeping when an operator leaves `Available`.
+    ///
+    /// Index entries are left in place: stale by version, they are dropped
+    /// (or, in a Fenwick pool, zeroed) when a pick meets them, so taking an
+    /// operator costs one counter per pool.
+    pub(super) fn leave_available(&mut self, a: u32) {
+        for m in &self.agents[a as usize].memberships {
+            self.pools[m.pool as usize].available -= 1;
+        }
+    }
+}
