@@ -11,5 +11,6 @@ pub mod metrics;
 
 pub use engine::{
     AgentCall, AgentStateError, CallbackState, DeskState, DueCallback, Engine, Output, QueueView,
+    ReloadRefused,
 };
 pub use metrics::Metrics;

@@ -32,4 +32,4 @@ pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot,
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};
 pub use http::{bind_http, serve_http};
 pub use media::{BoundPorts, MediaPlane};
-pub use sip::{NetError, Reloader, SipServer};
+pub use sip::{EngineReloadError, NetError, Reloader, SipServer};

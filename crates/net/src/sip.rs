@@ -214,10 +214,27 @@ enum Input {
 /// A new configuration for the engine, with its prompts already loaded.
 struct Reload {
     /// Told whether the engine applied it.
-    reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    reply: Option<tokio::sync::oneshot::Sender<Result<(), centralino_b2bua::ReloadRefused>>>,
     config: Config,
     prompts: Arc<centralino_media::announce::Library>,
     music: Vec<Option<centralino_media::prompt::Prompt>>,
+}
+
+/// Why a configuration handed to the engine was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineReloadError {
+    /// Loading the prompts it names failed (their task died).
+    #[error("prompt loading failed")]
+    Prompts,
+    /// The engine task is gone.
+    #[error("the engine is not running")]
+    NotRunning,
+    /// The engine dropped the request unanswered.
+    #[error("the engine did not answer")]
+    NoAnswer,
+    /// The engine refused it and keeps its configuration.
+    #[error(transparent)]
+    Refused(centralino_b2bua::ReloadRefused),
 }
 
 /// Hands new configurations to a running node (SIGHUP).
@@ -231,13 +248,13 @@ pub struct Reloader {
 impl Reloader {
     /// Loads the prompts the configuration names (off the engine task)
     /// and hands it over; the engine applies what can change live.
-    pub async fn reload(&self, config: Config) -> Result<(), String> {
+    pub async fn reload(&self, config: Config) -> Result<(), EngineReloadError> {
         let loaded = tokio::task::spawn_blocking(move || {
             let (prompts, music) = crate::prompts::load(&config);
             (config, prompts, music)
         })
         .await
-        .map_err(|_| "prompt loading failed".to_owned())?;
+        .map_err(|_| EngineReloadError::Prompts)?;
         let (config, prompts, music) = loaded;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
@@ -248,10 +265,11 @@ impl Reloader {
                 music,
             })))
             .await
-            .map_err(|_| "the engine is not running".to_owned())?;
+            .map_err(|_| EngineReloadError::NotRunning)?;
         answer
             .await
-            .map_err(|_| "the engine did not answer".to_owned())?
+            .map_err(|_| EngineReloadError::NoAnswer)?
+            .map_err(EngineReloadError::Refused)
     }
 
     /// Starts draining (new calls get 503, no callback is started); the

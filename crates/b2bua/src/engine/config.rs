@@ -3,6 +3,29 @@
 
 use super::*;
 
+/// Why the engine refused a new configuration (it keeps the one it has):
+/// these shape the router's tables, so only a restart applies them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadRefused {
+    /// Queues were added, removed or renamed.
+    #[error("queues changed: restart the node to apply")]
+    Queues,
+    /// Operators were added, removed or renamed.
+    #[error("operators changed: restart the node to apply")]
+    Operators,
+    /// Tenants were added or removed.
+    #[error("tenants changed: restart the node to apply")]
+    Tenants,
+    /// A queue's strategy, requirements or overflow rings changed.
+    #[error("queues[{queue}].{field} changed: restart the node to apply")]
+    QueueSetting {
+        /// The queue's name.
+        queue: String,
+        /// `strategy`, `requirements` or `overflow`.
+        field: &'static str,
+    },
+}
+
 impl Engine {
     /// An engine for this configuration. `seed` must come from the OS's
     /// CSPRNG: it keys nonces, tags, branches and Call-IDs.
@@ -160,7 +183,7 @@ impl Engine {
     /// pools: a change there is refused (before anything is applied), and
     /// the node keeps its configuration. The caller checks first, with
     /// `centralino_config::reload`, that nothing else changed.
-    pub fn reload(&mut self, now: Instant, config: &Config) -> Result<(), String> {
+    pub fn reload(&mut self, now: Instant, config: &Config) -> Result<(), ReloadRefused> {
         let ours: Vec<String> = (0..self.router.queue_count())
             .map(|i| self.router.queue(QueueId(i as u32)).name.clone())
             .collect();
@@ -170,7 +193,7 @@ impl Engine {
             .map(|q| q.routing.name.clone())
             .collect();
         if ours != theirs {
-            return Err("queues changed: restart the node to apply".into());
+            return Err(ReloadRefused::Queues);
         }
         if config.agents.len() != self.agent_ids.len()
             || config
@@ -179,10 +202,10 @@ impl Engine {
                 .enumerate()
                 .any(|(i, a)| self.agent_ids.get(&a.username) != Some(&AgentId(i as u32)))
         {
-            return Err("operators changed: restart the node to apply".into());
+            return Err(ReloadRefused::Operators);
         }
         if config.tenants.len() != self.tenant_gauges.len() {
-            return Err("tenants changed: restart the node to apply".into());
+            return Err(ReloadRefused::Tenants);
         }
         // All or nothing: every queue's new settings are checked before
         // the first is taken.
@@ -203,10 +226,10 @@ impl Engine {
                 None
             };
             if let Some(field) = field {
-                return Err(format!(
-                    "queues[{}].{field} changed: restart the node to apply",
-                    r.name
-                ));
+                return Err(ReloadRefused::QueueSetting {
+                    queue: r.name.clone(),
+                    field,
+                });
             }
         }
         for (i, q) in config.queues.iter().enumerate() {

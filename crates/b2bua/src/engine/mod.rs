@@ -992,6 +992,7 @@ mod answer;
 mod call;
 mod callbacks;
 mod config;
+pub use config::ReloadRefused;
 mod dialogs;
 mod ingress;
 mod ivr;

@@ -1457,6 +1457,7 @@ fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
         h.engine
             .reload(h.now, &renamed)
             .unwrap_err()
+            .to_string()
             .contains("restart")
     );
 }

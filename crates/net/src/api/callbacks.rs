@@ -313,7 +313,7 @@ pub(super) async fn list(api: &Api, headers: &HeaderMap, query: Option<&str>) ->
     }
 }
 
-pub(super) fn edited(api: &Api, e: Result<Edit, String>) -> Response {
+pub(super) fn edited(e: Result<Edit, ServiceError>) -> Response {
     match e {
         Ok(Edit::Done(cb)) => ok(StatusCode::OK, &view(&cb)),
         Ok(Edit::NotFound) => error(StatusCode::NOT_FOUND, "no such callback"),
@@ -322,10 +322,7 @@ pub(super) fn edited(api: &Api, e: Result<Edit, String>) -> Response {
             v["callback"] = view(&cb);
             ok(StatusCode::CONFLICT, &v)
         }
-        Err(_) => {
-            let _ = api;
-            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
-        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
     }
 }
 
@@ -392,7 +389,7 @@ pub(super) async fn patch(api: &Api, headers: &HeaderMap, id: String, body: &Byt
     if matches!(e, Ok(Edit::Done(_))) {
         api.metrics.callbacks.with_label_values(&["updated"]).inc();
     }
-    edited(api, e)
+    edited(e)
 }
 
 pub(super) async fn delete_callback(
@@ -415,7 +412,7 @@ pub(super) async fn delete_callback(
                     .with_label_values(&["cancelled"])
                     .inc();
             }
-            edited(&api, e)
+            edited(e)
         }
     }
 }

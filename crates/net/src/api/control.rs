@@ -33,9 +33,9 @@ pub enum ReloadError {
     /// Keys a running node cannot apply changed.
     #[error("these keys need a restart: {}", .0.join(", "))]
     Restart(Vec<String>),
-    /// The engine refused it.
-    #[error("{0}")]
-    Refused(String),
+    /// The engine refused it, or could not be reached.
+    #[error(transparent)]
+    Refused(crate::sip::EngineReloadError),
 }
 
 impl ReloadSlot {

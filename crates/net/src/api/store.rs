@@ -5,7 +5,22 @@
 
 use super::*;
 
-pub(super) type Reply<T> = oneshot::Sender<Result<T, String>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
+
+/// Why the store's service did not do what it was asked.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The store failed it: the request's own error, or the commit of the
+    /// group it was in (shared by every request of that group).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The store's thread is not running.
+    #[error("the store is not running")]
+    NotRunning,
+    /// The store's thread stopped before answering.
+    #[error("the store stopped")]
+    Stopped,
+}
 
 pub(super) enum StoreReq {
     Records(Vec<centralino_store::Record>),
@@ -60,7 +75,7 @@ pub(super) const OWN_FAILURES_MAX: u32 = 5;
 pub(super) const BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An answer sent once the group's transaction committed (or failed).
-pub(super) type Deferred = Box<dyn FnOnce(Result<(), &str>)>;
+pub(super) type Deferred = Box<dyn FnOnce(Result<(), &ServiceError>)>;
 
 /// A write nobody waits for (call records, callback state changes,
 /// notification attempts, audit entries): kept until it is on disk, so a
@@ -103,10 +118,10 @@ impl Group {
 
     /// Answers `r` with `v` after the commit, or with the commit's error.
     pub(super) fn reply<T: 'static>(&mut self, r: Reply<T>, v: Result<T, StoreError>) {
-        let v = v.map_err(|e| e.to_string());
+        let v = v.map_err(|e| ServiceError::Store(Arc::new(e)));
         self.replies
-            .push(Box::new(move |committed: Result<(), &str>| {
-                let _ = r.send(committed.map_err(str::to_owned).and(v));
+            .push(Box::new(move |committed: Result<(), &ServiceError>| {
+                let _ = r.send(committed.map_err(Clone::clone).and(v));
             }));
     }
 
@@ -500,7 +515,7 @@ impl StoreHandle {
                     let committed = committed.map_err(|e| {
                         metrics.store_errors.inc();
                         warn!(error = %e, "store transaction not committed");
-                        e.to_string()
+                        ServiceError::Store(Arc::new(e))
                     });
                     let replies = std::mem::take(&mut group.replies);
                     // On disk: the head goes to the log, so a tail cut from
@@ -511,7 +526,7 @@ impl StoreHandle {
                     group.settle(committed.is_ok(), &mut backlog, &metrics);
                     probe.end(std::time::Instant::now(), backlog.len());
                     for reply in replies {
-                        reply(committed.as_ref().map(|_| ()).map_err(String::as_str));
+                        reply(committed.as_ref().map(|_| ()));
                     }
                 }
             })
@@ -522,14 +537,12 @@ impl StoreHandle {
     pub(super) async fn ask<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> StoreReq,
-    ) -> Result<T, String> {
+    ) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
         self.0
             .send(make(tx))
-            .map_err(|_| "the store is not running".to_owned())?;
-        rx.await
-            .map_err(|_| "the store stopped".to_owned())
-            .and_then(|r| r)
+            .map_err(|_| ServiceError::NotRunning)?;
+        rx.await.map_err(|_| ServiceError::Stopped).and_then(|r| r)
     }
 }
 
@@ -558,7 +571,7 @@ impl RecordSink {
         &self,
         limit: usize,
         open: Vec<String>,
-    ) -> Result<Vec<Callback>, String> {
+    ) -> Result<Vec<Callback>, ServiceError> {
         let now = unix_now();
         StoreHandle(self.0.clone())
             .ask(|r| StoreReq::Claim(now, limit, open, r))
@@ -571,14 +584,12 @@ impl RecordSink {
     pub fn mark_dialed(
         &self,
         id: String,
-    ) -> impl Future<Output = Result<bool, String>> + Send + 'static {
+    ) -> impl Future<Output = Result<bool, ServiceError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let sent = self.0.send(StoreReq::MarkDialed(id, unix_now(), tx));
         async move {
-            sent.map_err(|_| "the store is not running".to_owned())?;
-            rx.await
-                .map_err(|_| "the store stopped".to_owned())
-                .and_then(|r| r)
+            sent.map_err(|_| ServiceError::NotRunning)?;
+            rx.await.map_err(|_| ServiceError::Stopped).and_then(|r| r)
         }
     }
 
@@ -609,7 +620,7 @@ impl RecordSink {
         queue: String,
         number: String,
         enqueued_unix: i64,
-    ) -> Result<Created, String> {
+    ) -> Result<Created, ServiceError> {
         let new = NewCallback {
             id: random_id(),
             queue,
