@@ -563,6 +563,9 @@ fn serve(
     let api_reload = api.reload_slot();
     let desks = api.desks();
     let reload_api = api.clone();
+    // The one draining flag: `/healthz` reads it, the callback scheduler
+    // stops claiming on it, and `Reloader::drain` sets it (the engine
+    // keeps its own state, told by the same drain).
     let draining = Arc::new(AtomicBool::new(false));
     let heartbeat = Heartbeat::new();
     let health = Health::new(draining.clone(), heartbeat.clone(), Some(api.store_probe()));
@@ -577,14 +580,22 @@ fn serve(
         health,
     )?;
     runtime.block_on(async move {
-        let sip =
-            match SipServer::start(&config, metrics, Some(records), Some(desks), heartbeat).await {
-                Ok(sip) => sip,
-                Err(e) => {
-                    http.stop().await;
-                    return Err(e).context("SIP listeners");
-                }
-            };
+        let sip = match SipServer::start(
+            &config,
+            metrics,
+            Some(records),
+            Some(desks),
+            heartbeat,
+            draining,
+        )
+        .await
+        {
+            Ok(sip) => sip,
+            Err(e) => {
+                http.stop().await;
+                return Err(e).context("SIP listeners");
+            }
+        };
         for (t, a) in &sip.bound {
             info!(transport = ?t, addr = %a, "ready");
         }
@@ -612,7 +623,7 @@ fn serve(
                 };
             }
             r = shutdown_signal() => match r {
-                Ok(()) => drain(&control, &draining, config.sip.drain).await,
+                Ok(()) => drain(&control, config.sip.drain).await,
                 Err(e) => Err(e),
             },
         };
@@ -684,12 +695,7 @@ impl HttpThread {
 /// `/healthz` says draining, calls in progress go on for up to `limit`
 /// (a second signal cuts it short), then the rest are ended and the call
 /// records written before the process exits.
-async fn drain(
-    control: &centralino_net::Reloader,
-    draining: &AtomicBool,
-    limit: Duration,
-) -> Result<()> {
-    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+async fn drain(control: &centralino_net::Reloader, limit: Duration) -> Result<()> {
     info!(
         limit_seconds = limit.as_secs(),
         "draining: waiting for the calls in progress"

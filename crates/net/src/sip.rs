@@ -331,6 +331,7 @@ impl SipServer {
         records: Option<crate::api::RecordSink>,
         desks: Option<crate::api::Desks>,
         heartbeat: crate::health::Heartbeat,
+        draining: Arc<AtomicBool>,
     ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng
@@ -422,7 +423,6 @@ impl SipServer {
                 ));
             }
         }
-        let draining = Arc::new(AtomicBool::new(false));
         let reloader = Reloader {
             tx: tx.clone(),
             draining: draining.clone(),
