@@ -42,8 +42,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::error::NetError;
 use crate::health::{Health, Verdict};
-use crate::sip::NetError;
 
 /// Largest request head (request line and headers) buffered; hyper
 /// answers a larger one 431. The API's heads are a few hundred bytes;

@@ -16,6 +16,8 @@
 //! presses, silence, failures).
 
 mod api;
+mod error;
+mod handle;
 mod health;
 mod http;
 mod limits;
@@ -29,7 +31,9 @@ mod tls;
 #[doc(hidden)]
 pub use api::fuzz_api_body;
 pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot, routes};
+pub use error::NetError;
+pub use handle::{EngineReloadError, Reloader};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};
 pub use http::{bind_http, serve_http};
 pub use media::{BoundPorts, MediaPlane};
-pub use sip::{EngineReloadError, NetError, Reloader, SipServer};
+pub use sip::SipServer;

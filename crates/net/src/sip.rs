@@ -7,10 +7,12 @@ use std::time::Duration;
 use centralino_b2bua::media::MediaEvent;
 use centralino_b2bua::{CallbackState, DueCallback};
 
+use crate::error::NetError;
+use crate::handle::{Input, Reload, Reloader};
 use crate::media::MediaPlane;
 use centralino_b2bua::{Engine, Metrics, Output};
 use centralino_config::{Config, ListenTransport};
-use centralino_sip::guard::{Framed, Rejection, StreamFramer};
+use centralino_sip::guard::StreamFramer;
 use centralino_sip::txn::Flow;
 use centralino_sip::{Limits, Transport};
 use rand::TryRngCore;
@@ -128,188 +130,12 @@ const RECORD_FLUSH: Duration = Duration::from_millis(200);
 /// Idle time after which a TCP connection with no partial message is closed.
 const TCP_IDLE: Duration = Duration::from_secs(900);
 
-/// A driver failure.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    /// A listener could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The OS random source failed.
-    #[error("cannot read the OS random source")]
-    Random,
-    /// An I/O failure outside a connection.
-    #[error("{what}: {source}")]
-    Io {
-        /// Which part.
-        what: &'static str,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A TLS certificate, key or setting the node cannot use.
-    #[error("TLS: {file}: {reason}")]
-    Tls {
-        /// The file concerned.
-        file: std::path::PathBuf,
-        /// Why (rustls' or the PEM parser's words; never key material).
-        reason: String,
-    },
-}
-
 impl NetError {
     pub(crate) fn tls(file: &std::path::Path, reason: impl std::fmt::Display) -> Self {
         Self::Tls {
             file: file.to_owned(),
             reason: reason.to_string(),
         }
-    }
-}
-
-enum Input {
-    Datagram {
-        flow: Flow,
-        data: Vec<u8>,
-    },
-    Framed {
-        flow: Flow,
-        framed: Result<Framed, Rejection>,
-    },
-    ConnOpen {
-        conn: u64,
-        tx: mpsc::Sender<Vec<u8>>,
-        /// Trunks (by name) whose client certificate the connection
-        /// presented: sent before its first message, on the same channel,
-        /// so the engine knows who speaks before it reads a word.
-        trunks: Vec<String>,
-    },
-    ConnClosed {
-        conn: u64,
-    },
-    /// Our TLS connection to a carrier could not be opened: what was
-    /// queued on it is lost.
-    ConnFailed {
-        remote: SocketAddr,
-    },
-    Reload(Box<Reload>),
-    Callbacks(Vec<DueCallback>),
-    /// Graceful shutdown: refuse new calls; say when none is left.
-    Drain(tokio::sync::oneshot::Sender<()>),
-    /// End every call, flush the records, stop.
-    Shutdown(tokio::sync::oneshot::Sender<()>),
-    /// An operator pauses or resumes from their desktop.
-    Pause {
-        agent: String,
-        paused: bool,
-        reason: Option<String>,
-        reply:
-            tokio::sync::oneshot::Sender<Result<&'static str, centralino_b2bua::AgentStateError>>,
-    },
-}
-
-/// A new configuration for the engine, with its prompts already loaded.
-struct Reload {
-    /// Told whether the engine applied it.
-    reply: Option<tokio::sync::oneshot::Sender<Result<(), centralino_b2bua::ReloadRefused>>>,
-    config: Config,
-    prompts: Arc<centralino_media::announce::Library>,
-    music: Vec<Option<centralino_media::prompt::Prompt>>,
-}
-
-/// Why a configuration handed to the engine was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineReloadError {
-    /// Loading the prompts it names failed (their task died).
-    #[error("prompt loading failed")]
-    Prompts,
-    /// The engine task is gone.
-    #[error("the engine is not running")]
-    NotRunning,
-    /// The engine dropped the request unanswered.
-    #[error("the engine did not answer")]
-    NoAnswer,
-    /// The engine refused it and keeps its configuration.
-    #[error(transparent)]
-    Refused(centralino_b2bua::ReloadRefused),
-}
-
-/// Hands new configurations to a running node (SIGHUP).
-#[derive(Clone)]
-pub struct Reloader {
-    tx: mpsc::Sender<Input>,
-    /// Set once a drain starts (the callback scheduler stops claiming).
-    draining: Arc<AtomicBool>,
-}
-
-impl Reloader {
-    /// Loads the prompts the configuration names (off the engine task)
-    /// and hands it over; the engine applies what can change live.
-    pub async fn reload(&self, config: Config) -> Result<(), EngineReloadError> {
-        let loaded = tokio::task::spawn_blocking(move || {
-            let (prompts, music) = crate::prompts::load(&config);
-            (config, prompts, music)
-        })
-        .await
-        .map_err(|_| EngineReloadError::Prompts)?;
-        let (config, prompts, music) = loaded;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Input::Reload(Box::new(Reload {
-                reply: Some(reply),
-                config,
-                prompts,
-                music,
-            })))
-            .await
-            .map_err(|_| EngineReloadError::NotRunning)?;
-        answer
-            .await
-            .map_err(|_| EngineReloadError::NoAnswer)?
-            .map_err(EngineReloadError::Refused)
-    }
-
-    /// Starts draining (new calls get 503, no callback is started); the
-    /// answer comes once no call is left.
-    pub async fn drain(&self) -> tokio::sync::oneshot::Receiver<()> {
-        self.draining.store(true, Ordering::Relaxed);
-        let (idle, rx) = tokio::sync::oneshot::channel();
-        let _ = self.tx.send(Input::Drain(idle)).await;
-        rx
-    }
-
-    /// Ends every call left, writes the call records out and stops the
-    /// engine; returns once the store has them.
-    pub async fn shutdown(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-        let (done, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Input::Shutdown(done)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    /// Pauses (with an optional reason) or resumes an operator: the state
-    /// they are in after it, or why not. `Err(None)`: the engine is gone.
-    pub async fn set_paused(
-        &self,
-        agent: String,
-        paused: bool,
-        reason: Option<String>,
-    ) -> Result<&'static str, Option<centralino_b2bua::AgentStateError>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Input::Pause {
-                agent,
-                paused,
-                reason,
-                reply,
-            })
-            .await
-            .map_err(|_| None)?;
-        answer.await.map_err(|_| None)?.map_err(Some)
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::sip::NetError;
+use crate::error::NetError;
 
 /// Longest a TLS handshake may take, in either direction: a peer that
 /// opens a connection and says nothing holds a connection slot only this

@@ -440,7 +440,7 @@ fn parse_via(v: &str) -> Option<Via> {
     let rest = rest[ws..].trim_start();
     let semi = rest.find(';').unwrap_or(rest.len());
     let sent_by = rest[..semi].trim();
-    if !valid_host_port(sent_by) {
+    if !uri::valid_host_port(sent_by) {
         return None;
     }
     let params = uri::parse_params(&rest[semi..])?;
@@ -461,38 +461,6 @@ fn parse_via(v: &str) -> Option<Via> {
         sent_by: sent_by.to_owned(),
         branch: branch.to_owned(),
     })
-}
-
-/// `host [":" port]` where host is a name, IPv4 address or `[IPv6]` reference.
-pub(crate) fn valid_host_port(s: &str) -> bool {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let Some(end) = rest.find(']') else {
-            return false;
-        };
-        if rest[..end].parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
-        }
-        let after = &rest[end + 1..];
-        match after.strip_prefix(':') {
-            Some(p) => (None, Some(p)),
-            None if after.is_empty() => (None, None),
-            None => return false,
-        }
-    } else {
-        match s.split_once(':') {
-            Some((h, p)) => (Some(h), Some(p)),
-            None => (Some(s), None),
-        }
-    };
-    if let Some(h) = host
-        && (h.is_empty()
-            || !h
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')))
-    {
-        return false;
-    }
-    port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok())
 }
 
 /// An error response built from whatever mandatory headers the request had.

@@ -59,7 +59,7 @@ fn valid_sip_uri(rest: &str) -> bool {
         return false;
     }
     let (hostport, params) = host_params.split_once(';').unwrap_or((host_params, ""));
-    if !crate::guard::valid_host_port(hostport) {
+    if !valid_host_port(hostport) {
         return false;
     }
     let params_ok = params.is_empty()
@@ -331,6 +331,38 @@ pub fn split_list(value: &str) -> Vec<&str> {
     }
     out.push(value[start..].trim());
     out
+}
+
+/// `host [":" port]` where host is a name, IPv4 address or `[IPv6]` reference.
+pub(crate) fn valid_host_port(s: &str) -> bool {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        if rest[..end].parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        let after = &rest[end + 1..];
+        match after.strip_prefix(':') {
+            Some(p) => (None, Some(p)),
+            None if after.is_empty() => (None, None),
+            None => return false,
+        }
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(s), None),
+        }
+    };
+    if let Some(h) = host
+        && (h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')))
+    {
+        return false;
+    }
+    port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]

@@ -12,12 +12,12 @@ pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 pub struct ReloadSlot {
     pub(super) control: Arc<tokio::sync::Mutex<Option<Control>>>,
     /// The engine's handle, also for pauses (never waits for a reload).
-    pub(super) engine: Arc<std::sync::Mutex<Option<crate::sip::Reloader>>>,
+    pub(super) engine: Arc<std::sync::Mutex<Option<crate::handle::Reloader>>>,
 }
 
 pub(super) struct Control {
     pub(super) loader: Loader,
-    pub(super) reloader: crate::sip::Reloader,
+    pub(super) reloader: crate::handle::Reloader,
     pub(super) current: Config,
 }
 
@@ -35,13 +35,13 @@ pub enum ReloadError {
     Restart(Vec<String>),
     /// The engine refused it, or could not be reached.
     #[error(transparent)]
-    Refused(crate::sip::EngineReloadError),
+    Refused(crate::handle::EngineReloadError),
 }
 
 impl ReloadSlot {
     /// Enables reloads (`POST /api/v1/config/reload`, SIGHUP) of a node
     /// running `current`.
-    pub async fn enable(&self, loader: Loader, reloader: crate::sip::Reloader, current: Config) {
+    pub async fn enable(&self, loader: Loader, reloader: crate::handle::Reloader, current: Config) {
         *self
             .engine
             .lock()
@@ -53,7 +53,7 @@ impl ReloadSlot {
         });
     }
 
-    pub(super) fn engine(&self) -> Option<crate::sip::Reloader> {
+    pub(super) fn engine(&self) -> Option<crate::handle::Reloader> {
         self.engine
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
