@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, NodeConfig, Scratch, Sipp, json, register, scenario};
+use common::{Node, NodeConfig, Scratch, Sipp, desk_events, json, register, scenario};
 
 /// A UDP listener on `ip` that keeps every datagram it receives.
 struct Listener {
@@ -479,6 +479,21 @@ fn a_reload_revokes_tokens_and_passwords_at_once_or_refuses_naming_the_key() {
     };
     assert_eq!(login("demo1002"), 200);
     assert_eq!(node.http("GET", "/api/v1/callbacks", WEB, None).0, 200);
+    // A desk session of 1002, and its desk's WebSocket open.
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/login",
+        None,
+        Some(r#"{"username": "1002", "password": "demo1002"}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let session = json(&body)["token"].as_str().expect("token").to_owned();
+    let desk = desk_events(&node, "1002", &session);
+    assert_eq!(
+        desk.recv_timeout(Duration::from_secs(5))
+            .expect("first event")["event"],
+        "idle"
+    );
 
     let file = scratch.path("centralino.toml");
     let text = std::fs::read_to_string(&file).expect("config");
@@ -518,6 +533,22 @@ fn a_reload_revokes_tokens_and_passwords_at_once_or_refuses_naming_the_key() {
     assert_eq!(node.http("GET", "/api/v1/callbacks", WEB, None).0, 401);
     assert_eq!(login("demo1002"), 401);
     assert_eq!(login("nuova-1002"), 200);
+    // Sessions issued with the old password end at once (an outside
+    // review found they lasted their 12 hours), and so does the desk
+    // WebSocket opened with one (it was checked only at the upgrade).
+    assert_eq!(
+        node.http("GET", "/api/v1/agents/1002/call", Some(&session), None)
+            .0,
+        401
+    );
+    let closed = loop {
+        match desk.recv_timeout(Duration::from_secs(5)) {
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break true,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break false,
+        }
+    };
+    assert!(closed, "the desk socket of a revoked session stays open");
     // The phone's REGISTER with the old password is refused, with the new
     // one accepted.
     let csv = scratch.path("old.csv");

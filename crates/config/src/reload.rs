@@ -107,6 +107,38 @@ pub fn needs_restart(changed: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The keys of a change from `old` to `new` that need a restart: those of
+/// [`needs_restart`], and the `outbound` of a trunk reached over TLS in
+/// either (its carrier connection, with its name and client certificate,
+/// is set up at start: moving its address live would send calls nowhere,
+/// or through another trunk's connection).
+pub fn restart_keys(old: &Config, new: &Config, changed: &[String]) -> Vec<String> {
+    let mut keys = needs_restart(changed);
+    for k in changed {
+        let Some(name) = k
+            .strip_prefix("trunks[")
+            .and_then(|r| r.strip_suffix("].outbound"))
+        else {
+            continue;
+        };
+        if tls_trunk(old, name) || tls_trunk(new, name) {
+            keys.push(k.clone());
+        }
+    }
+    keys
+}
+
+/// Whether trunk `name` reaches its carrier over TLS, as written.
+fn tls_trunk(c: &Config, name: &str) -> bool {
+    let Some(Value::Array(trunks)) = c.source.get("trunks") else {
+        return false;
+    };
+    trunks.iter().filter_map(Value::as_table).any(|t| {
+        t.get("name").and_then(Value::as_str) == Some(name)
+            && t.get("outbound_transport").and_then(Value::as_str) == Some("tls")
+    })
+}
+
 /// A list element added or removed whole: its key, then each of its keys
 /// that needs a restart.
 fn element(key: &str, v: &Value, out: &mut Vec<String>) {
@@ -265,6 +297,35 @@ queues = ["info"]
         assert_eq!(
             needs_restart(&changed_keys(&old, &new)),
             ["trunks[second].outbound_transport"]
+        );
+    }
+
+    #[test]
+    fn a_tls_trunks_outbound_address_needs_a_restart_a_plain_ones_does_not() {
+        // An outside review found it: the reload said applied while the
+        // driver's TLS connection stayed at the old address.
+        let trunk = |addr: &str| {
+            format!(
+                "{BASE}\n[[trunks]]\nname = \"second\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"{addr}\"\n"
+            )
+        };
+        let old = Config::from_toml(&trunk("192.0.2.11:5061")).unwrap();
+        let new = Config::from_toml(&trunk("192.0.2.12:5061")).unwrap();
+        let changed = changed_keys(&old, &new);
+        assert_eq!(changed, ["trunks[second].outbound"]);
+        assert!(restart_keys(&old, &new, &changed).is_empty(), "plain: live");
+        let (mut old, mut new) = (old, new);
+        // As files with TLS keys would read (their validation needs files).
+        for c in [&mut old, &mut new] {
+            if let Some(Value::Array(trunks)) = c.source.get_mut("trunks")
+                && let Some(Value::Table(t)) = trunks.last_mut()
+            {
+                t.insert("outbound_transport".into(), Value::String("tls".into()));
+            }
+        }
+        assert_eq!(
+            restart_keys(&old, &new, &changed),
+            ["trunks[second].outbound"]
         );
     }
 

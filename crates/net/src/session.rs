@@ -1,6 +1,8 @@
 //! Operators' desk sessions: after a login with their SIP credentials an
 //! operator holds a signed token for their own desk, `cs1.USER.EXPIRES.MAC`
-//! (MAC = HMAC-SHA256 over the rest, hex). Nothing is stored: any node with
+//! (MAC = HMAC-SHA256 over the rest and the operator's current SIP
+//! secret, hex: a new password ends every session issued with the old
+//! one, at once). Nothing is stored: any node with
 //! the same key checks it, and 40,000 operators need no token in the
 //! configuration. Time is passed in, so the rules are tested without a
 //! clock.
@@ -61,13 +63,23 @@ impl Sessions {
         self.ttl > 0
     }
 
-    /// A token for `agent`, issued at `now` (Unix seconds), and when it
-    /// expires.
-    pub(crate) fn issue(&self, agent: &str, now: i64) -> (String, i64) {
+    /// A token for `agent`, whose SIP secret is now `secret` (its HA1s),
+    /// issued at `now` (Unix seconds), and when it expires.
+    pub(crate) fn issue(&self, agent: &str, secret: &[u8], now: i64) -> (String, i64) {
         let expires = now + self.ttl;
         let body = format!("{PREFIX}.{agent}.{expires}");
-        let mac = hmac::sign(&self.key, body.as_bytes());
+        let mac = hmac::sign(&self.key, &Self::signed(&body, secret));
         (format!("{body}.{}", hex(mac.as_ref())), expires)
+    }
+
+    /// What the MAC covers: the token's text, then the operator's secret
+    /// (never in the token: a changed password changes every MAC).
+    fn signed(body: &str, secret: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(body.len() + 1 + secret.len());
+        m.extend_from_slice(body.as_bytes());
+        m.push(0);
+        m.extend_from_slice(secret);
+        m
     }
 
     /// Whether `token` looks like a session token (not a configured one).
@@ -75,17 +87,25 @@ impl Sessions {
         token.starts_with("cs1.")
     }
 
-    /// The operator a valid, unexpired token at `now` belongs to.
-    pub(crate) fn verify(&self, token: &str, now: i64) -> Option<String> {
+    /// The operator a valid, unexpired token at `now` belongs to;
+    /// `secret_of` gives an operator's current SIP secret (`None`: no
+    /// such operator).
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        secret_of: impl Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<String> {
         if !self.enabled() || token.len() > 256 {
             return None;
         }
         let (body, mac) = token.rsplit_once('.')?;
         let mac = unhex(mac)?;
-        // Constant time, by aws-lc.
-        hmac::verify(&self.key, body.as_bytes(), &mac).ok()?;
         let rest = body.strip_prefix(PREFIX)?.strip_prefix('.')?;
         let (agent, expires) = rest.rsplit_once('.')?;
+        let secret = secret_of(agent)?;
+        // Constant time, by aws-lc.
+        hmac::verify(&self.key, &Self::signed(body, &secret), &mac).ok()?;
         let expires: i64 = expires.parse().ok()?;
         (now < expires && !agent.is_empty()).then(|| agent.to_owned())
     }
@@ -115,6 +135,11 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// Every operator's secret, for these tests.
+    fn secret(_: &str) -> Option<Vec<u8>> {
+        Some(b"ha1".to_vec())
+    }
+
     fn sessions(hours: u32, key_file: Option<std::path::PathBuf>) -> Sessions {
         Sessions::new(&centralino_config::ApiSessions { hours, key_file }).unwrap()
     }
@@ -122,22 +147,29 @@ mod tests {
     #[test]
     fn a_token_names_its_operator_until_it_expires() {
         let s = sessions(12, None);
-        let (t, exp) = s.issue("1001", 1_000);
+        let (t, exp) = s.issue("1001", b"ha1", 1_000);
         assert_eq!(exp, 1_000 + 12 * 3600);
         assert!(Sessions::is_session(&t));
-        assert_eq!(s.verify(&t, 1_001).as_deref(), Some("1001"));
-        assert_eq!(s.verify(&t, exp), None, "expired");
+        assert_eq!(s.verify(&t, 1_001, secret).as_deref(), Some("1001"));
+        assert_eq!(s.verify(&t, exp, secret), None, "expired");
+        // A new password (another secret) ends it at once; so does the
+        // operator's removal.
+        assert_eq!(s.verify(&t, 1_001, |_| Some(b"new".to_vec())), None);
+        assert_eq!(s.verify(&t, 1_001, |_| None), None);
         // Another operator's name, another expiry, another byte of MAC.
         let forged = t.replacen("1001", "1002", 1);
-        assert_eq!(s.verify(&forged, 1_001), None);
+        assert_eq!(s.verify(&forged, 1_001, secret), None);
         let later = t.replacen(&exp.to_string(), &(exp + 3600).to_string(), 1);
-        assert_eq!(s.verify(&later, 1_001), None);
+        assert_eq!(s.verify(&later, 1_001, secret), None);
         let mut flipped = t.clone().into_bytes();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
-        assert_eq!(s.verify(&String::from_utf8(flipped).unwrap(), 1_001), None);
+        assert_eq!(
+            s.verify(&String::from_utf8(flipped).unwrap(), 1_001, secret),
+            None
+        );
         // Another process's key (no shared file) does not accept it.
-        assert_eq!(sessions(12, None).verify(&t, 1_001), None);
+        assert_eq!(sessions(12, None).verify(&t, 1_001, secret), None);
         for junk in [
             "",
             "cs1",
@@ -146,7 +178,7 @@ mod tests {
             "cs1.1001.99999999999.zz",
             "Bearer",
         ] {
-            assert_eq!(s.verify(junk, 1_001), None, "{junk:?}");
+            assert_eq!(s.verify(junk, 1_001, secret), None, "{junk:?}");
         }
     }
 
@@ -160,8 +192,8 @@ mod tests {
             sessions(1, Some(key.clone())),
             sessions(1, Some(key.clone())),
         );
-        let (t, _) = a.issue("1001", 0);
-        assert_eq!(b.verify(&t, 10).as_deref(), Some("1001"));
+        let (t, _) = a.issue("1001", b"ha1", 0);
+        assert_eq!(b.verify(&t, 10, secret).as_deref(), Some("1001"));
         std::fs::write(&key, "short").unwrap();
         let e = Sessions::new(&centralino_config::ApiSessions {
             hours: 1,
@@ -170,7 +202,7 @@ mod tests {
         assert!(matches!(e, Err(SessionError::Short(_, 5))));
         let off = sessions(0, None);
         assert!(!off.enabled());
-        assert_eq!(off.verify(&off.issue("1001", 0).0, 0), None);
+        assert_eq!(off.verify(&off.issue("1001", b"ha1", 0).0, 0, secret), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -242,16 +242,28 @@ impl Registrar {
     }
 
     /// Takes a new table of users' secrets (a reload): the next REGISTER
-    /// is checked against it, so an old password stops working at once;
-    /// bindings made with it lapse at their expiry.
+    /// is checked against it, so an old password stops working at once,
+    /// and the bindings made with it are dropped (the operator is logged
+    /// out until their phone registers with the new one): a password is
+    /// changed because it leaked, and a phone registered with a stolen one
+    /// must not keep being offered calls until its binding expires.
     pub fn set_users(&mut self, users: HashMap<String, Credentials>) {
+        let secrets = |c: &Credentials| (c.ha1_md5.clone(), c.ha1_sha256.clone());
+        let changed: Vec<String> = self
+            .users
+            .iter()
+            .filter(|(u, c)| users.get(*u).map(secrets) != Some(secrets(c)))
+            .map(|(u, _)| u.clone())
+            .collect();
         // What a phone answered with is forgotten when its secrets change
         // (a tenant that now refuses MD5, a new password).
-        self.learned.retain(|u, _| {
-            users.get(u).map(|c| (&c.ha1_md5, &c.ha1_sha256))
-                == self.users.get(u).map(|c| (&c.ha1_md5, &c.ha1_sha256))
-        });
+        for u in &changed {
+            self.learned.remove(u);
+        }
         self.users = users;
+        for u in &changed {
+            self.drop_bindings(u);
+        }
     }
 
     /// Number of operators with at least one binding.
@@ -749,6 +761,38 @@ mod tests {
             r.drain_events().collect::<Vec<_>>(),
             vec![RegEvent::Logout("1001".into())]
         );
+    }
+
+    #[test]
+    fn a_new_password_drops_the_bindings_made_with_the_old_one() {
+        // An outside review found it: a phone registered with a leaked
+        // password went on being offered calls until its binding expired.
+        let t0 = Instant::now();
+        let mut r = registrar();
+        let ok = register(&mut r, t0, 1, "<sip:1001@192.0.2.21:5060>", None);
+        assert_eq!(ok.code(), 200);
+        let _ = r.drain_events().count();
+        // The same secrets (a reload that changed something else): kept.
+        let mut users = HashMap::new();
+        users.insert(
+            "1001".to_owned(),
+            Credentials::from_password("1001", REALM, "pw"),
+        );
+        r.set_users(users.clone());
+        assert_eq!(r.bindings("1001").len(), 1);
+        assert_eq!(r.drain_events().count(), 0);
+        // A new password: logged out at once.
+        users.insert(
+            "1001".to_owned(),
+            Credentials::from_password("1001", REALM, "new"),
+        );
+        r.set_users(users);
+        assert!(r.bindings("1001").is_empty());
+        assert_eq!(
+            r.drain_events().collect::<Vec<_>>(),
+            vec![RegEvent::Logout("1001".into())]
+        );
+        assert_eq!(r.poll_timeout(), None, "no expiry left for it");
     }
 
     #[test]

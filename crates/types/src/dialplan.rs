@@ -12,10 +12,13 @@
 
 use std::fmt;
 
-/// Prefixes the default plan blocks (E.164): short and special codes
-/// (`1xx`: emergency, directory, old premium 144/166/178), operator
-/// services (`4xx`), internet dial-up (`70x`) and premium rate (`89x`).
-pub const ITALY_BLOCKED: [&str; 4] = ["+391", "+394", "+3970", "+3989"];
+/// Prefixes the default plan blocks (E.164): `+3900`, no Italian number
+/// (`00` is the international prefix: a carrier that turns `+39` back
+/// into a national number would dial abroad, e.g. `00 232…` Sierra
+/// Leone, a revenue-share favourite), short and special codes (`1xx`:
+/// emergency, directory, old premium 144/166/178), operator services
+/// (`4xx`), internet dial-up (`70x`) and premium rate (`89x`).
+pub const ITALY_BLOCKED: [&str; 5] = ["+3900", "+391", "+394", "+3970", "+3989"];
 
 /// Prefixes the default plan allows: Italian geographic and mobile numbers.
 pub const ITALY_ALLOWED: [&str; 2] = ["+390", "+393"];
@@ -158,6 +161,9 @@ mod tests {
             "+39412345678",
             "+39700123456",
             "112112112",
+            // Abroad behind `+39` (an outside review's finding).
+            "+390023276123456",
+            "003900232761234",
         ] {
             assert_eq!(plan.check(n), Err(Refusal::Blocked), "{n}");
         }

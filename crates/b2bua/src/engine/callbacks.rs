@@ -266,7 +266,9 @@ impl Engine {
         let Some(o) = call.outbound().filter(|o| !o.answered) else {
             return false;
         };
-        let (from, tenant) = (o.trunk, self.trunks[o.trunk].tenant);
+        // The call's own tenant: trunks are positions in a table a reload
+        // rebuilds, and may have moved or gone since this one was chosen.
+        let (from, tenant) = (o.trunk, call.tenant);
         let Some(next) = (from + 1..self.trunks.len())
             .find(|&j| self.trunks[j].dials_for(tenant) && !self.trunks[j].down)
         else {

@@ -1863,6 +1863,46 @@ fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
 }
 
 #[test]
+fn a_callback_whose_trunk_a_reload_removed_fails_over_without_a_crash() {
+    // An outside review found it: the failover read the tenant from the
+    // trunk's position, which a reload may have removed (a panic that
+    // ends the engine) or handed to another tenant's trunk.
+    const BACKUP: &str = "192.0.2.11:5060";
+    let primary = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"",
+    );
+    let config = primary.replace(
+        "outbound = \"192.0.2.10:5060\"",
+        "outbound = \"192.0.2.10:5060\"\n\n[[trunks]]\nname = \"backup\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"192.0.2.11:5060\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = callback_dialled(&mut h, "cb1", "+393331112226", "b1");
+    let first = requests(&out, TRUNK, "INVITE")[0].clone();
+    let down = first.response(503, "Service Unavailable", Some("x"));
+    let out = h.send(TRUNK, &String::from_utf8(down.to_bytes()).unwrap());
+    let second = requests(&out, BACKUP, "INVITE")[0].clone();
+    // The backup trunk leaves the configuration while it rings.
+    h.engine
+        .reload(h.now, &Config::from_toml(&primary).unwrap())
+        .unwrap();
+    let down = second.response(503, "Service Unavailable", Some("y"));
+    let out = h.send(BACKUP, &String::from_utf8(down.to_bytes()).unwrap());
+    assert_eq!(
+        requests(&out, PHONE1, "BYE").len(),
+        1,
+        "the operator is let go"
+    );
+    assert!(matches!(
+        h.callbacks.last().unwrap(),
+        (id, CallbackState::Retry { outcome: CallbackOutcome::Failed, .. }) if id == "cb1"
+    ));
+}
+
+#[test]
 fn a_trunk_silent_to_options_is_skipped_until_it_answers_again() {
     const BACKUP: &str = "192.0.2.11:5060";
     let config = CONFIG.replace(

@@ -152,7 +152,13 @@ pub(super) fn authorize_token<'a>(
     };
     let t = if Sessions::is_session(token) {
         // An operator's desk session: signed, never stored.
-        let Some(agent) = api.sessions.verify(token, unix_now()) else {
+        // Bound to the operator's current secret: a new password (a
+        // reload) ends the sessions of the old one at once.
+        let live = api.live();
+        let Some(agent) = api
+            .sessions
+            .verify(token, unix_now(), |a| live.session_secret(a))
+        else {
             return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "session expired or not valid: log in again",

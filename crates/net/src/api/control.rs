@@ -72,7 +72,8 @@ impl ReloadSlot {
             .map_err(|_| ReloadError::Invalid("reading the configuration failed".into()))?
             .map_err(ReloadError::Invalid)?;
         let changed = centralino_config::reload::changed_keys(&control.current, &config);
-        let mut restart = centralino_config::reload::needs_restart(&changed);
+        let mut restart =
+            centralino_config::reload::restart_keys(&control.current, &config, &changed);
         let dials = |c: &Config| c.trunks.iter().any(|t| t.outbound.is_some());
         if dials(&config) && !dials(&control.current) {
             // The callback scheduler starts with a node that can dial.

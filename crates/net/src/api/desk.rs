@@ -76,12 +76,18 @@ pub(super) async fn agent_events(
             Ok(ws) => {
                 let rx = api.desks.watch(&name);
                 let gauge = api.metrics.desk_connections.clone();
+                let recheck = Recheck::new(
+                    &api,
+                    token.unwrap_or_default(),
+                    Some(&name),
+                    t.tenant.clone(),
+                );
                 let (api2, actor) = (api.clone(), t.name.clone());
                 ws.max_message_size(DESK_MAX_MESSAGE)
                     .max_frame_size(DESK_MAX_MESSAGE)
                     .on_upgrade(move |socket| async move {
                         gauge.inc();
-                        desk_socket(socket, rx, api2, name, actor).await;
+                        desk_socket(socket, rx, api2, name, actor, recheck).await;
                         gauge.dec();
                     })
             }
@@ -95,6 +101,7 @@ pub(super) async fn desk_socket(
     api: Api,
     agent: String,
     actor: String,
+    mut recheck: Recheck,
 ) {
     let desks = api.desks.clone();
     // Each call whose data this desktop receives is in the audit log once.
@@ -150,6 +157,10 @@ pub(super) async fn desk_socket(
                 }
             }
             _ = poll.tick() => {
+                if !recheck.allowed(&api) {
+                    close_revoked(&mut socket).await;
+                    return;
+                }
                 let now = desks.agent_state(&agent);
                 if now.is_some() && now != shown_state {
                     shown_state = now;

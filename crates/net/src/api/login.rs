@@ -100,7 +100,8 @@ pub(super) fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Respons
     }
     throttle.success(ip, &b.username);
     drop(throttle);
-    let (token, expires) = api.sessions.issue(&b.username, unix_now());
+    let secret = api.live().session_secret(&b.username).unwrap_or_default();
+    let (token, expires) = api.sessions.issue(&b.username, &secret, unix_now());
     info!(agent = %b.username, "desk login");
     (
         ok(

@@ -129,6 +129,14 @@ impl Live {
         }
     }
 
+    /// What an operator's desk sessions are bound to: their SIP secret as
+    /// configured now (`None`: no such operator).
+    fn session_secret(&self, agent: &str) -> Option<Vec<u8>> {
+        let c = self.credentials.get(agent)?;
+        let (md5, sha) = (c.ha1_md5.as_deref(), c.ha1_sha256.as_deref());
+        Some(format!("{}:{}", md5.unwrap_or(""), sha.unwrap_or("")).into_bytes())
+    }
+
     /// Whether a token limited to `tenant` may see a callback of `queue`.
     fn sees(&self, tenant: Option<&str>, queue: &str) -> bool {
         tenant.is_none_or(|t| self.queues.get(queue).is_some_and(|(qt, _)| qt == t))
@@ -486,9 +494,10 @@ impl Api {
     /// The name of the token presented (compared in constant time).
     fn token_name(&self, token: &str) -> Option<String> {
         if Sessions::is_session(token) {
+            let live = self.live();
             return self
                 .sessions
-                .verify(token, unix_now())
+                .verify(token, unix_now(), |a| live.session_secret(a))
                 .map(|a| session_token(a).name);
         }
         let mut found = None;

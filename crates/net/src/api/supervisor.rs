@@ -81,9 +81,11 @@ pub(super) async fn queue_events(
             Ok(ws) => {
                 let rx = api.desks.queues.subscribe();
                 let tenant = t.tenant.clone();
+                let recheck = Recheck::new(&api, token.unwrap_or_default(), None, tenant.clone());
+                let api = api.clone();
                 ws.max_message_size(DESK_MAX_MESSAGE)
                     .max_frame_size(DESK_MAX_MESSAGE)
-                    .on_upgrade(move |socket| supervisor_socket(socket, rx, tenant))
+                    .on_upgrade(move |socket| supervisor_socket(socket, rx, tenant, api, recheck))
             }
         },
     }
@@ -93,11 +95,15 @@ pub(super) async fn supervisor_socket(
     mut socket: axum::extract::ws::WebSocket,
     mut rx: tokio::sync::watch::Receiver<Arc<Vec<QueueView>>>,
     tenant: Option<String>,
+    api: Api,
+    mut recheck: Recheck,
 ) {
     use axum::extract::ws::Message;
     let mut seq = 0u64;
     let mut ping = tokio::time::interval(DESK_PING);
     ping.tick().await;
+    // The token is checked again (cheaply) this often.
+    let mut poll = tokio::time::interval(DESK_STATE_POLL);
     let mut views = rx.borrow_and_update().clone();
     loop {
         let event = queues_json(&views, tenant.as_deref());
@@ -117,6 +123,12 @@ pub(super) async fn supervisor_socket(
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                     Some(Ok(_)) => {}
                 },
+                _ = poll.tick() => {
+                    if !recheck.allowed(&api) {
+                        close_revoked(&mut socket).await;
+                        return;
+                    }
+                }
                 _ = ping.tick() => {
                     if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
                         return;
