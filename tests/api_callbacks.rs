@@ -927,9 +927,20 @@ fn every_route_refuses_missing_unknown_expired_and_forged_tokens() {
             1,
         )
     });
+    // The MAC covers the token's text and the operator's current secret
+    // (their HA1s): a new password ends their sessions.
+    let secret = {
+        let c = centralino_sip::auth::Credentials::from_password("1001", "centralino", "demo1001");
+        format!(
+            "{}:{}",
+            c.ha1_md5.unwrap_or_default(),
+            c.ha1_sha256.unwrap_or_default()
+        )
+    };
     let sign = |key: &[u8], agent: &str, expires: i64| {
         let body = format!("cs1.{agent}.{expires}");
-        let mac = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), body.as_bytes());
+        let signed = [body.as_bytes(), b"\0", secret.as_bytes()].concat();
+        let mac = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), &signed);
         let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         format!("{body}.{hex}")
     };
