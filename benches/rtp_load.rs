@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use centralino_b2bua::Metrics;
 use centralino_b2bua::media::{MediaCommand, MediaPorts, Peer};
 use centralino_config::Config;
 use centralino_media::g711::Law;
 use centralino_media::rtp::{self, Header};
 use centralino_net::MediaPlane;
+use centralino_net::NetMetrics;
 use centralino_types::CallId;
 
 const PTIME: Duration = Duration::from_millis(20);
@@ -114,8 +114,12 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
     )
     .expect("config");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (plane, mut ports) =
-        MediaPlane::start(&config.media, Metrics::new(), tx).expect("media plane");
+    let (plane, mut ports) = MediaPlane::start(
+        &config.media,
+        NetMetrics::new(&centralino_b2bua::Metrics::new().registry),
+        tx,
+    )
+    .expect("media plane");
     let now = Instant::now();
     let ip = IpAddr::from([127, 0, 0, 1]);
     let mut routes = Vec::with_capacity(calls);

@@ -552,11 +552,13 @@ fn serve(
         .enable_all()
         .build()
         .context("starting the HTTP runtime")?;
+    // The engine's metrics and the drivers', in one registry.
     let metrics = Metrics::new();
+    let net_metrics = centralino_net::NetMetrics::new(&metrics.registry);
     // The API's own tasks (the SMS notifier) run on the HTTP runtime.
     let api = {
         let _http = http_runtime.enter();
-        centralino_net::Api::start(&config, data_dir, metrics.clone())
+        centralino_net::Api::start(&config, data_dir, metrics.clone(), net_metrics.clone())
             .context("the durable store")?
     };
     let records = api.records();
@@ -575,7 +577,7 @@ fn serve(
         http_runtime,
         listener,
         config.http_limits,
-        metrics.clone(),
+        net_metrics.clone(),
         api,
         health,
     )?;
@@ -587,6 +589,7 @@ fn serve(
             Some(desks),
             heartbeat,
             draining,
+            net_metrics,
         )
         .await
         {
@@ -650,7 +653,7 @@ impl HttpThread {
         runtime: tokio::runtime::Runtime,
         listener: std::net::TcpListener,
         limits: centralino_config::HttpLimits,
-        metrics: Metrics,
+        metrics: centralino_net::NetMetrics,
         api: centralino_net::Api,
         health: Health,
     ) -> Result<Self> {

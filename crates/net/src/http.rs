@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::metrics::NetMetrics;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use centralino_b2bua::Metrics;
 use centralino_config::HttpLimits;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -88,7 +88,7 @@ pub fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener, NetError> {
 pub async fn serve_http(
     listener: std::net::TcpListener,
     limits: HttpLimits,
-    metrics: Metrics,
+    metrics: NetMetrics,
     api: Option<crate::api::Api>,
     health: Health,
     mut stop: watch::Receiver<bool>,
@@ -223,7 +223,7 @@ async fn connection(
     http: Arc<http1::Builder>,
     app: Router,
     idle: Duration,
-    metrics: Metrics,
+    metrics: NetMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let activity = io.activity.clone();

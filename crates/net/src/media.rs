@@ -25,7 +25,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use centralino_b2bua::Metrics;
+use crate::metrics::NetMetrics;
 use centralino_b2bua::media::{MediaCommand, MediaEvent, MediaPorts, PORT_QUARANTINE, Peer};
 use centralino_config::{LatchMode, MediaConfig};
 use centralino_media::leg::{Latch, Leg, Stats};
@@ -79,7 +79,7 @@ type Staged = Arc<Mutex<HashMap<u16, Pair>>>;
 pub struct BoundPorts {
     pool: Ports,
     staged: Staged,
-    metrics: Metrics,
+    metrics: NetMetrics,
 }
 
 impl BoundPorts {
@@ -156,14 +156,14 @@ enum Cmd {
 pub struct MediaPlane {
     workers: Vec<(Sender<Cmd>, Arc<Waker>)>,
     staged: Staged,
-    metrics: Metrics,
+    metrics: NetMetrics,
 }
 
 impl MediaPlane {
     /// Starts the threads; returns the plane and the engine's port source.
     pub fn start(
         config: &MediaConfig,
-        metrics: Metrics,
+        metrics: NetMetrics,
         events: UnboundedSender<MediaEvent>,
     ) -> std::io::Result<(Self, BoundPorts)> {
         let threads = if config.threads == 0 {
@@ -321,7 +321,7 @@ struct Counters {
 }
 
 impl Counters {
-    fn new(m: &Metrics) -> Self {
+    fn new(m: &NetMetrics) -> Self {
         let per_side = |vec: &prometheus::IntCounterVec, dir: &str| {
             [Side::A, Side::B].map(|s| vec.with_label_values(&[s.label(), dir]))
         };
@@ -367,7 +367,7 @@ impl Worker {
         rx: Receiver<Cmd>,
         events: UnboundedSender<MediaEvent>,
         config: &MediaConfig,
-        metrics: &Metrics,
+        metrics: &NetMetrics,
     ) -> Self {
         let mut seed = [0u8; 8];
         // SSRCs and initial sequence numbers must not be guessable

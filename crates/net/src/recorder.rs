@@ -16,7 +16,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use centralino_b2bua::Metrics;
+use crate::metrics::NetMetrics;
 use centralino_media::record::{repaired_header, wav_header};
 use centralino_store::owner_only;
 use tracing::{info, warn};
@@ -36,12 +36,12 @@ pub(crate) enum RecMsg {
 #[derive(Clone)]
 pub(crate) struct Recorder {
     tx: SyncSender<RecMsg>,
-    metrics: Metrics,
+    metrics: NetMetrics,
 }
 
 impl Recorder {
     /// Repairs what a previous process left, then starts the writer.
-    pub(crate) fn start(dir: PathBuf, metrics: Metrics) -> std::io::Result<Self> {
+    pub(crate) fn start(dir: PathBuf, metrics: NetMetrics) -> std::io::Result<Self> {
         owner_only::create_dir(&dir)?;
         recover(&dir, &metrics);
         let (tx, rx) = sync_channel(QUEUE);
@@ -69,7 +69,7 @@ impl Recorder {
 
 /// Fixes and renames every `.wav.partial` of `dir`, and makes every
 /// recording owner-only (an older version wrote them world-readable).
-pub(crate) fn recover(dir: &Path, metrics: &Metrics) {
+pub(crate) fn recover(dir: &Path, metrics: &NetMetrics) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -133,7 +133,7 @@ struct Open {
     bytes: u64,
 }
 
-fn writer(dir: &Path, rx: &Receiver<RecMsg>, metrics: &Metrics) {
+fn writer(dir: &Path, rx: &Receiver<RecMsg>, metrics: &NetMetrics) {
     let mut open: HashMap<u64, Open> = HashMap::new();
     let fail = |what: &str, path: &Path, e: &std::io::Error| {
         warn!(file = %path.display(), error = %e, "{what}");
@@ -223,7 +223,7 @@ mod tests {
         // Left world-readable by an older version: tightened at start.
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let metrics = Metrics::new();
+        let metrics = NetMetrics::new(&prometheus::Registry::new());
         let rec = Recorder::start(dir.clone(), metrics.clone()).unwrap();
         assert_eq!(mode(&dir), 0o700);
         assert!(rec.send(RecMsg::Open {

@@ -10,6 +10,7 @@ use centralino_b2bua::{CallbackState, DueCallback};
 use crate::error::NetError;
 use crate::handle::{Input, Reload, Reloader};
 use crate::media::MediaPlane;
+use crate::metrics::NetMetrics;
 use centralino_b2bua::{Engine, Metrics, Output};
 use centralino_config::{Config, ListenTransport};
 use centralino_sip::guard::StreamFramer;
@@ -158,16 +159,17 @@ impl SipServer {
         desks: Option<crate::api::Desks>,
         heartbeat: crate::health::Heartbeat,
         draining: Arc<AtomicBool>,
+        net: NetMetrics,
     ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng
             .try_fill_bytes(&mut seed)
             .map_err(|_| NetError::Random)?;
         let now = Instant::now().into_std();
-        let mut engine = Engine::new(config, metrics.clone(), seed, now);
+        let mut engine = Engine::new(config, metrics, seed, now);
         let (media_tx, media_rx) = mpsc::unbounded_channel();
         let (plane, ports) =
-            MediaPlane::start(&config.media, metrics.clone(), media_tx).map_err(|source| {
+            MediaPlane::start(&config.media, net.clone(), media_tx).map_err(|source| {
                 NetError::Io {
                     what: "cannot start the media plane",
                     source,
@@ -198,7 +200,7 @@ impl SipServer {
                 bound.push((ListenTransport::Udp, addr));
                 let sock = Arc::new(sock);
                 udp.insert(addr, sock.clone());
-                tokio::spawn(udp_reader(sock, addr, tx.clone(), metrics.clone()));
+                tokio::spawn(udp_reader(sock, addr, tx.clone(), net.clone()));
             }
             if config.sip.transports.contains(&ListenTransport::Tcp) {
                 let listener = TcpListener::bind(addr)
@@ -214,7 +216,7 @@ impl SipServer {
                     None,
                     tx.clone(),
                     engine.limits().clone(),
-                    metrics.clone(),
+                    net.clone(),
                     next_conn.clone(),
                     open.clone(),
                     config.sip.max_tcp_connections,
@@ -241,7 +243,7 @@ impl SipServer {
                     Some(acceptor.clone()),
                     tx.clone(),
                     engine.limits().clone(),
-                    metrics.clone(),
+                    net.clone(),
                     next_conn.clone(),
                     open.clone(),
                     config.sip.max_tcp_connections,
@@ -294,7 +296,7 @@ impl SipServer {
             next_conn: next_conn.clone(),
             limits: engine.limits().clone(),
             idle: config.sip.tcp_idle_timeout,
-            metrics: metrics.clone(),
+            metrics: net.clone(),
         };
         drop(tx);
         if let Some(d) = &desks {
@@ -344,7 +346,7 @@ async fn udp_reader(
     sock: Arc<UdpSocket>,
     local: SocketAddr,
     tx: mpsc::Sender<Input>,
-    metrics: Metrics,
+    metrics: NetMetrics,
 ) {
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -380,7 +382,7 @@ async fn tcp_acceptor(
     tls: Option<(tokio_rustls::TlsAcceptor, crate::tls::PeerChecks)>,
     tx: mpsc::Sender<Input>,
     limits: Limits,
-    metrics: Metrics,
+    metrics: NetMetrics,
     next_conn: Arc<AtomicU64>,
     open: Arc<AtomicUsize>,
     max: usize,
@@ -471,7 +473,7 @@ async fn tcp_acceptor(
 
 /// Counts (and logs at DEBUG: a scanner's probe is no news) a handshake
 /// that failed.
-fn handshake_failed(metrics: &Metrics, direction: &str, peer: SocketAddr, e: &std::io::Error) {
+fn handshake_failed(metrics: &NetMetrics, direction: &str, peer: SocketAddr, e: &std::io::Error) {
     let reason = crate::tls::failure_reason(e);
     debug!(%peer, direction, reason, error = %e, "TLS handshake failed");
     metrics
@@ -480,7 +482,7 @@ fn handshake_failed(metrics: &Metrics, direction: &str, peer: SocketAddr, e: &st
         .inc();
 }
 
-fn handshake_timed_out(metrics: &Metrics, direction: &str, peer: SocketAddr) {
+fn handshake_timed_out(metrics: &NetMetrics, direction: &str, peer: SocketAddr) {
     debug!(%peer, direction, "TLS handshake timed out");
     metrics
         .sip_tls_handshake_failures
@@ -635,11 +637,11 @@ async fn run_engine(
                 let Some(input) = input else { return };
                 let now = Instant::now().into_std();
                 engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
-                handle(&mut engine, &mut conns, &mut life, now, input);
+                handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics);
                 // Batch what is already queued: one wake-up, many messages.
                 for _ in 0..256 {
                     match rx.try_recv() {
-                        Ok(input) => handle(&mut engine, &mut conns, &mut life, now, input),
+                        Ok(input) => handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics),
                         Err(_) => break,
                     }
                 }
@@ -795,7 +797,7 @@ struct Clients {
     next_conn: Arc<AtomicU64>,
     limits: Limits,
     idle: Duration,
-    metrics: Metrics,
+    metrics: NetMetrics,
 }
 
 impl Clients {
@@ -852,7 +854,7 @@ async fn tls_client(
     tx: mpsc::Sender<Input>,
     limits: Limits,
     partial_timeout: Duration,
-    metrics: Metrics,
+    metrics: NetMetrics,
 ) {
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(remote).await?;
@@ -900,6 +902,7 @@ fn handle(
     life: &mut Lifecycle,
     now: std::time::Instant,
     input: Input,
+    net: &NetMetrics,
 ) {
     match input {
         Input::Drain(idle) => {
@@ -948,19 +951,11 @@ fn handle(
             match result {
                 Ok(()) => {
                     engine.set_prompts(prompts, music);
-                    engine
-                        .metrics()
-                        .config_reloads
-                        .with_label_values(&["applied"])
-                        .inc();
+                    net.config_reloads.with_label_values(&["applied"]).inc();
                 }
                 Err(why) => {
                     warn!(reason = %why, "configuration reload refused, the running one stays");
-                    engine
-                        .metrics()
-                        .config_reloads
-                        .with_label_values(&["refused"])
-                        .inc();
+                    net.config_reloads.with_label_values(&["refused"]).inc();
                 }
             }
         }

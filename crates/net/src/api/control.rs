@@ -81,10 +81,7 @@ impl ReloadSlot {
         }
         if !restart.is_empty() {
             warn!(keys = %restart.join(", "), "reload refused: keys need a restart");
-            api.metrics
-                .config_reloads
-                .with_label_values(&["refused"])
-                .inc();
+            api.net.config_reloads.with_label_values(&["refused"]).inc();
             return Err(ReloadError::Restart(restart));
         }
         control

@@ -75,7 +75,7 @@ pub(super) async fn agent_events(
             Err(e) => upgrade_required(&e),
             Ok(ws) => {
                 let rx = api.desks.watch(&name);
-                let gauge = api.metrics.desk_connections.clone();
+                let gauge = api.net.desk_connections.clone();
                 let recheck = Recheck::new(
                     &api,
                     token.unwrap_or_default(),

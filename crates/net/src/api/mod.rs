@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::metrics::NetMetrics;
 use crate::session::{SessionError, Sessions};
 
 // One file per concern; what they share is imported here and reaches
@@ -165,7 +166,10 @@ pub struct Api {
     /// and the brute-force throttle (shared with nothing else).
     logins: Arc<Logins>,
     sessions: Arc<Sessions>,
+    /// The engine's metrics the API counts in (callbacks, dial plan).
     metrics: Metrics,
+    /// The API's, the store's and the desks' own.
+    net: NetMetrics,
     /// How the store's thread is doing (for `/healthz`).
     store_probe: crate::health::StoreProbe,
 }
@@ -288,7 +292,12 @@ struct Logins {
 
 impl Api {
     /// Opens (or creates) `DIR/centralino.db`, the directory owner-only.
-    pub fn start(config: &Config, data_dir: &Path, metrics: Metrics) -> Result<Self, ApiError> {
+    pub fn start(
+        config: &Config,
+        data_dir: &Path,
+        metrics: Metrics,
+        net: NetMetrics,
+    ) -> Result<Self, ApiError> {
         centralino_store::owner_only::create_dir(data_dir)
             .map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
         let path = data_dir.join("centralino.db");
@@ -312,12 +321,12 @@ impl Api {
             audit_key,
             config.retention_days,
             config.notifications.is_some(),
-            metrics.clone(),
+            net.clone(),
             store_probe.clone(),
         )?;
         if let Some(n) = &config.notifications {
             let tls = n.tls.as_ref().map(tls_connector).transpose()?;
-            tokio::spawn(notifier(store.clone(), n.clone(), tls, metrics.clone()));
+            tokio::spawn(notifier(store.clone(), n.clone(), tls, net.clone()));
         }
         info!(path = %path.display(), "store open");
         let sessions = Sessions::new(&config.api_sessions)?;
@@ -357,6 +366,7 @@ impl Api {
             }),
             sessions: Arc::new(sessions),
             metrics,
+            net,
             store_probe,
         })
     }
@@ -460,7 +470,7 @@ impl Api {
     }
 
     fn count(&self, route: &str, code: StatusCode) {
-        self.metrics
+        self.net
             .api_requests
             .with_label_values(&[route, code.as_str()])
             .inc();

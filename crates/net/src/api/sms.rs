@@ -10,7 +10,7 @@ pub(super) async fn notifier(
     store: StoreHandle,
     cfg: centralino_config::Notifications,
     tls: Option<tokio_rustls::TlsConnector>,
-    metrics: Metrics,
+    metrics: NetMetrics,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {

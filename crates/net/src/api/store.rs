@@ -288,7 +288,7 @@ impl Group {
         self,
         committed: bool,
         backlog: &mut std::collections::VecDeque<Kept>,
-        metrics: &Metrics,
+        metrics: &NetMetrics,
     ) {
         for mut k in self.kept {
             if committed && !k.failed {
@@ -382,7 +382,7 @@ impl StoreHandle {
         audit_key: centralino_store::AuditKey,
         retention_days: u32,
         notify: bool,
-        metrics: Metrics,
+        metrics: NetMetrics,
         probe: crate::health::StoreProbe,
     ) -> Result<Self, ApiError> {
         // Opened here so a bad file stops the start with its reason.

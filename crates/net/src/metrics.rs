@@ -1,0 +1,254 @@
+//! The metrics of the node's drivers: transports, the media plane and
+//! recordings, the HTTP endpoint, the API, desks and the store. The
+//! engine's own are in `centralino_b2bua::Metrics`; both live in one
+//! registry, the one `/metrics` encodes.
+//!
+//! Labels are bounded: never a call id, a number or an operator id.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
+
+/// The drivers' metric handles.
+#[derive(Clone)]
+pub struct NetMetrics {
+    /// The registry `/metrics` encodes (the engine's, shared).
+    pub registry: Registry,
+    /// `centralino_sip_udp_receive_errors_total`
+    pub sip_udp_receive_errors: IntCounter,
+    /// `centralino_sip_tcp_connections`
+    pub sip_tcp_connections: IntGauge,
+    /// `centralino_sip_tcp_connections_refused_total`
+    pub sip_tcp_refused: IntCounter,
+    /// `centralino_sip_tls_handshake_failures_total{direction,reason}`:
+    /// TLS handshakes that did not complete; `direction` is `in` (our
+    /// listener) or `out` (towards a carrier), `reason` one of `timeout`,
+    /// `certificate`, `incompatible` (version or ciphers), `protocol`, `io`.
+    pub sip_tls_handshake_failures: IntCounterVec,
+    /// `centralino_desk_connections`: operator desktops following their
+    /// desk over a WebSocket.
+    pub desk_connections: IntGauge,
+    /// `centralino_rtp_ports{state}`: in use / free (driver).
+    pub rtp_ports: IntGaugeVec,
+    /// `centralino_media_sessions`: calls with anchored media (driver).
+    pub media_sessions: IntGauge,
+    /// `centralino_rtp_packets_total{side,direction}` (driver).
+    pub rtp_packets: IntCounterVec,
+    /// `centralino_rtp_bytes_total{side,direction}` (driver).
+    pub rtp_bytes: IntCounterVec,
+    /// `centralino_rtp_dropped_total{reason}`: bad, foreign, late, unbound
+    /// port (driver).
+    pub rtp_dropped: IntCounterVec,
+    /// `centralino_rtp_lost_total{side}`: sequence gaps seen (driver).
+    pub rtp_lost: IntCounterVec,
+    /// `centralino_recordings_total{outcome}`: completed, recovered_partial,
+    /// failed, dropped_audio (driver).
+    pub recordings: IntCounterVec,
+    /// `centralino_api_requests_total{route,code}`: HTTP API requests.
+    pub api_requests: IntCounterVec,
+    /// `centralino_notifications_total{event,outcome}`: SMS hook deliveries
+    /// (sent, retry, dead_letter).
+    pub notifications: IntCounterVec,
+    /// `centralino_store_errors_total`: batches of call records not written.
+    pub store_errors: IntCounter,
+    /// `centralino_store_group_requests`: requests applied per store
+    /// transaction (group commit: a slow disk makes groups larger).
+    pub store_group: Histogram,
+    /// `centralino_store_backlog`: writes nobody waits for (records,
+    /// callback state, audit) kept in memory because the disk refused
+    /// them; written again each second.
+    pub store_backlog: IntGauge,
+    /// `centralino_store_dropped_total`: kept writes given up (backlog
+    /// full, or one that kept failing alone).
+    pub store_dropped: IntCounter,
+    /// `centralino_store_commit_seconds`: time of one store transaction,
+    /// fsync included; what a slow disk costs every callback and record.
+    pub store_commit: Histogram,
+    /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
+    pub config_reloads: IntCounterVec,
+    /// `centralino_http_connections`: open HTTP connections, WebSockets
+    /// included.
+    pub http_connections: IntGauge,
+    /// `centralino_http_connections_refused_total`: connections closed at
+    /// once because `http.max_connections` were open.
+    pub http_refused: IntCounter,
+    /// `centralino_http_timeouts_total{reason}`: connections closed (or
+    /// request bodies failed) because the client was too slow: header,
+    /// idle, body.
+    pub http_timeouts: IntCounterVec,
+}
+
+impl NetMetrics {
+    /// Creates the drivers' metrics and registers them in `registry`
+    /// (the engine's, so one scrape has both).
+    pub fn new(registry: &Registry) -> Self {
+        use centralino_b2bua::metrics::{counter, counter_vec, gauge_vec, register};
+        macro_rules! reg {
+            ($m:expr) => {
+                register(registry, $m)
+            };
+        }
+        let (cv, gv, c) = (counter_vec, gauge_vec, counter);
+        Self {
+            registry: registry.clone(),
+            sip_udp_receive_errors: reg!(c(
+                "centralino_sip_udp_receive_errors_total",
+                "UDP receive errors"
+            )),
+            sip_tcp_connections: reg!(
+                IntGauge::new("centralino_sip_tcp_connections", "Open SIP TCP connections")
+                    .expect("valid metric")
+            ),
+            sip_tcp_refused: reg!(c(
+                "centralino_sip_tcp_connections_refused_total",
+                "TCP connections refused at the cap"
+            )),
+            sip_tls_handshake_failures: reg!(cv(
+                "centralino_sip_tls_handshake_failures_total",
+                "SIP TLS handshakes that failed, by direction and reason",
+                &["direction", "reason"]
+            )),
+            desk_connections: reg!(
+                IntGauge::new(
+                    "centralino_desk_connections",
+                    "Operator desktops connected to their desk's WebSocket"
+                )
+                .expect("valid metric")
+            ),
+            rtp_ports: reg!(gv(
+                "centralino_rtp_ports",
+                "RTP port pairs by state",
+                &["state"]
+            )),
+            media_sessions: reg!(
+                IntGauge::new("centralino_media_sessions", "Calls with anchored media")
+                    .expect("valid metric")
+            ),
+            rtp_packets: reg!(cv(
+                "centralino_rtp_packets_total",
+                "RTP packets by call side and direction",
+                &["side", "direction"]
+            )),
+            rtp_bytes: reg!(cv(
+                "centralino_rtp_bytes_total",
+                "RTP payload bytes by call side and direction",
+                &["side", "direction"]
+            )),
+            rtp_dropped: reg!(cv(
+                "centralino_rtp_dropped_total",
+                "Media datagrams dropped, by reason",
+                &["reason"]
+            )),
+            rtp_lost: reg!(cv(
+                "centralino_rtp_lost_total",
+                "RTP sequence numbers never received, by call side",
+                &["side"]
+            )),
+            recordings: reg!(cv(
+                "centralino_recordings_total",
+                "Call recordings by outcome",
+                &["outcome"]
+            )),
+            api_requests: reg!(cv(
+                "centralino_api_requests_total",
+                "HTTP API requests by route and status code",
+                &["route", "code"]
+            )),
+            notifications: reg!(cv(
+                "centralino_notifications_total",
+                "SMS hook notifications by event and outcome",
+                &["event", "outcome"]
+            )),
+            store_errors: reg!(c(
+                "centralino_store_errors_total",
+                "Store writes that failed (records, callback state, audit)"
+            )),
+            store_group: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "centralino_store_group_requests",
+                        "Requests applied in one store transaction"
+                    )
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0
+                    ])
+                )
+                .expect("valid metric")
+            ),
+            store_backlog: reg!(
+                IntGauge::new(
+                    "centralino_store_backlog",
+                    "Store writes kept in memory until the disk takes them"
+                )
+                .expect("valid metric")
+            ),
+            store_dropped: reg!(c(
+                "centralino_store_dropped_total",
+                "Kept store writes given up (backlog full or failing alone)"
+            )),
+            store_commit: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "centralino_store_commit_seconds",
+                        "Duration of one store transaction, fsync included"
+                    )
+                    .buckets(vec![
+                        0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0
+                    ])
+                )
+                .expect("valid metric")
+            ),
+            config_reloads: reg!(cv(
+                "centralino_config_reloads_total",
+                "Configuration reloads (SIGHUP) by outcome",
+                &["outcome"]
+            )),
+            http_connections: reg!(
+                IntGauge::new(
+                    "centralino_http_connections",
+                    "Open HTTP connections, WebSockets included"
+                )
+                .expect("valid metric")
+            ),
+            http_refused: reg!(c(
+                "centralino_http_connections_refused_total",
+                "HTTP connections closed at once at the cap"
+            )),
+            http_timeouts: reg!(cv(
+                "centralino_http_timeouts_total",
+                "HTTP connections closed or request bodies failed for a slow client, by reason",
+                &["reason"]
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drivers_metrics_share_the_engines_registry_and_conventions() {
+        // Registering both in one registry panics on a name used twice.
+        let engine = centralino_b2bua::Metrics::new();
+        let m = NetMetrics::new(&engine.registry);
+        m.http_timeouts.with_label_values(&["header"]).inc();
+        m.rtp_packets.with_label_values(&["caller", "in"]).inc();
+        m.store_dropped.inc();
+        let families = engine.registry.gather();
+        assert!(
+            families
+                .iter()
+                .any(|f| f.name() == "centralino_http_timeouts_total")
+        );
+        assert!(
+            families
+                .iter()
+                .any(|f| f.name() == "centralino_calls_active")
+        );
+        assert_eq!(
+            centralino_b2bua::metrics::convention_problems(&engine.registry),
+            Vec::<String>::new()
+        );
+    }
+}
