@@ -370,6 +370,10 @@ fn tokens_reach_only_what_their_role_is_for() {
         Some(r#"{"state": "paused"}"#),
     );
     assert_eq!(code, 404);
+    // A HEAD is answered by the GET handler: counted and audited as the
+    // GET (an outside review found HEAD went unrecorded).
+    let (code, _) = node.http("HEAD", "/api/v1/agents/1003/call", desk, None);
+    assert_eq!(code, 403);
     // A browser's WebSocket: the token in the query; the current state
     // comes at once.
     let events = common::desk_events(&node, "1001", "desk-1001-token-0123456789");
@@ -410,6 +414,7 @@ fn tokens_reach_only_what_their_role_is_for() {
         "form\tagent_call\t",
         "desk-1001\tagent_state\t1001\t409",
         "web\tagent_state\t9999\t404",
+        "desk-1001\tagent_call\t1003\t403",
     ] {
         assert!(text.contains(want), "{want:?} missing:\n{text}");
     }

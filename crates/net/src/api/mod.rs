@@ -576,6 +576,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_method_a_route_answers_is_counted_under_its_name_head_as_get() {
+        for r in table() {
+            for (m, n) in r.methods.iter().zip(r.names) {
+                assert_eq!(route_name(r.methods, r.names, m), Some(*n), "{}", r.path);
+            }
+            assert_eq!(r.methods.len(), r.names.len(), "{}", r.path);
+            if r.methods.contains(&"GET") {
+                let get = route_name(r.methods, r.names, "GET");
+                assert_eq!(route_name(r.methods, r.names, "HEAD"), get, "{}", r.path);
+            }
+        }
+        assert_eq!(
+            route_name(&["GET", "POST"], &["list", "create"], "DELETE"),
+            None
+        );
+    }
+
+    #[test]
     fn times_round_trip_and_bad_ones_are_refused() {
         assert_eq!(
             parse_rfc3339("2026-12-01T09:00:00+01:00"),
