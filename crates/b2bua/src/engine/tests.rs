@@ -284,6 +284,22 @@ fn response_to(req: &Message, code: u16, to_tag: &str) -> String {
     String::from_utf8(r.to_bytes()).unwrap()
 }
 
+/// A bodiless request the trunk sends in call `call`'s dialog: the
+/// caller's From (tag `from_tag`), our To (DID `did`, tag `a_tag`).
+fn trunk_in_dialog(
+    method: &str,
+    call: &str,
+    from_tag: &str,
+    did: &str,
+    a_tag: &str,
+    cseq: u32,
+    branch: &str,
+) -> String {
+    format!(
+        "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{branch}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag={from_tag}\r\nTo: <sip:{did}@192.0.2.1>;tag={a_tag}\r\nCall-ID: {call}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
 fn codes(out: &[(SocketAddr, Message)], to: &str) -> Vec<u16> {
     out.iter()
         .filter(|(a, _)| a.to_string() == to)
@@ -377,13 +393,9 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
     assert_eq!(out.len(), 1);
     assert_eq!(requests(&out, PHONE1, "ACK").len(), 1);
 
-    let ack = format!(
-        "ACK sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKack1\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac1\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c1\nCSeq: 1 ACK\nContent-Length: 0\n\n"
-    );
+    let ack = trunk_in_dialog("ACK", "c1", "ac1", "100", &a_tag, 1, "ack1");
     assert!(h.send(TRUNK, &ack).is_empty());
-    let bye = format!(
-        "BYE sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKbye1\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac1\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c1\nCSeq: 2 BYE\nContent-Length: 0\n\n"
-    );
+    let bye = trunk_in_dialog("BYE", "c1", "ac1", "100", &a_tag, 2, "bye1");
     let out = h.send(TRUNK, &bye);
     assert_eq!(codes(&out, TRUNK), vec![200]);
     let bye_b = requests(&out, PHONE1, "BYE");
@@ -780,9 +792,7 @@ fn caller_bye_in_early_dialog_releases_the_ringing_operator() {
     let a_tag = ringing.to_tag.clone().unwrap();
     let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
     h.send(PHONE1, &response_to(&inv1, 180, "p1"));
-    let bye = format!(
-        "BYE sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKebye\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac8\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c8\nCSeq: 2 BYE\nContent-Length: 0\n\n"
-    );
+    let bye = trunk_in_dialog("BYE", "c8", "ac8", "100", &a_tag, 2, "ebye");
     let out = h.send(TRUNK, &bye);
     assert_eq!(codes(&out, TRUNK), vec![200, 487]);
     assert_eq!(requests(&out, PHONE1, "CANCEL").len(), 1);
@@ -873,9 +883,7 @@ fn ring_all_forks_and_the_first_answer_wins() {
         .find(|(to, m)| to.to_string() == TRUNK && m.code() == 200)
         .and_then(|(_, m)| m.to_tag.clone())
         .unwrap();
-    let bye = format!(
-        "BYE sip:centralino@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKbye9\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac9\nTo: <sip:100@192.0.2.1>;tag={a_tag}\nCall-ID: c9\nCSeq: 2 BYE\nContent-Length: 0\n\n"
-    );
+    let bye = trunk_in_dialog("BYE", "c9", "ac9", "100", &a_tag, 2, "bye9");
     let out = h.send(TRUNK, &bye);
     let bye_b = requests(&out, PHONE2, "BYE");
     assert_eq!(bye_b.len(), 1);
@@ -1358,9 +1366,7 @@ fn outside_hours_the_flow_plays_closed_and_hangs_up() {
     assert_eq!(codes(&out, TRUNK), vec![100, 200]);
     let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
     let a_tag = ok.to_tag.clone().unwrap();
-    let ack = format!(
-        "ACK sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKackc1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac1\r\nTo: <sip:801@192.0.2.1>;tag={a_tag}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
-    );
+    let ack = trunk_in_dialog("ACK", "c1", "ac1", "801", &a_tag, 1, "ackc1");
     h.send(TRUNK, &ack);
     // The closed prompt lasts 200 ms; then BYE.
     let out = h.advance(Duration::from_millis(250));
@@ -1391,9 +1397,7 @@ fn a_caller_who_hangs_up_after_the_ivr_leaves_the_queue() {
     );
     h.drain();
     assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 1);
-    let bye = format!(
-        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKbyeq1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=aq1\r\nTo: <sip:800@192.0.2.1>;tag={a_tag}\r\nCall-ID: q1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-    );
+    let bye = trunk_in_dialog("BYE", "q1", "aq1", "800", &a_tag, 2, "byeq1");
     let out = h.send(TRUNK, &bye);
     assert_eq!(
         codes(&out, TRUNK),
@@ -2383,9 +2387,7 @@ fn a_phone_that_stops_answering_options_is_logged_out() {
     let a_tag = ok.to_tag.clone().unwrap();
     let out = h.advance(Duration::from_secs(10));
     assert!(requests(&out, PHONE1, "OPTIONS").is_empty());
-    let bye = format!(
-        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKqbye\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=aq\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: q\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-    );
+    let bye = trunk_in_dialog("BYE", "q", "aq", "100", &a_tag, 2, "qbye");
     assert_eq!(codes(&h.send(TRUNK, &bye), TRUNK), vec![200]);
     // Idle again (after wrap-up): asked, and this time silent.
     let mut asked = 0;
