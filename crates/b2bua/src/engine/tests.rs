@@ -2091,6 +2091,9 @@ prompts = ["chiuso"]
             dial.request_uri(),
             Some("sip:+390612345000@192.0.2.10:5070")
         );
+        // Nothing a carrier could make us refresh (we would not).
+        assert_eq!(dial.header("Session-Expires"), None);
+        assert_eq!(dial.header("Supported"), None);
         let mut r = dial.response(answer, "X", Some("far"));
         r.push("Contact", "<sip:far@192.0.2.10:5070>");
         if answer == 200 {

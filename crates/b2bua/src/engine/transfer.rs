@@ -19,6 +19,12 @@ impl Engine {
             warn!("IVR transfer: no outbound trunk for this tenant");
             return false;
         };
+        // No session timer offered: the transfer's leg has no refresher
+        // yet, and a carrier answering `refresher=uac` to our offer would
+        // cut a long call when no refresh came. Without the extension
+        // (RFC 4028 §9) only the carrier itself may refresh.
+        inv.remove("Session-Expires");
+        inv.remove("Supported");
         let (flow, call_id) = (leg.flow, leg.call_id.clone());
         inv.push("Contact", &dialog::contact(flow));
         inv.push("User-Agent", &self.user_agent);
