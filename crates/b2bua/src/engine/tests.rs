@@ -130,11 +130,7 @@ impl Harness {
     /// The default configuration with an outbound trunk (the carrier at
     /// `TRUNK`, caller ID `+39800111222`), reached from 192.0.2.1.
     fn with_outbound_trunk() -> Self {
-        let config = CONFIG.replace(
-            "dids = { \"100\" = \"info\" }",
-            "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\ncaller_id = \"+39800111222\"",
-        );
-        let mut h = Self::with(&config);
+        let mut h = Self::with(&outbound_trunks("\ncaller_id = \"+39800111222\"", false));
         h.engine
             .set_outbound_local("192.0.2.1:5060".parse().unwrap());
         h
@@ -1806,14 +1802,38 @@ fn callback_dialled(
     h.drain()
 }
 
+/// The carrier of the backup outbound trunk.
+const BACKUP: &str = "192.0.2.11:5060";
+
+/// The test configuration with an outbound trunk to `TRUNK` (`extra`
+/// lines added to it), and with `backup` a second one of the same tenant
+/// to `BACKUP` after it.
+fn outbound_trunks(extra: &str, backup: bool) -> String {
+    let second = if backup {
+        "\n\n[[trunks]]\nname = \"backup\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"192.0.2.11:5060\""
+    } else {
+        ""
+    };
+    CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        &format!("dids = {{ \"100\" = \"info\" }}\noutbound = \"192.0.2.10:5060\"{extra}{second}"),
+    )
+}
+
+/// `from` answers `req` with 503 (a carrier that cannot take it).
+fn unavailable(
+    h: &mut Harness,
+    from: &str,
+    req: &Message,
+    tag: &str,
+) -> Vec<(SocketAddr, Message)> {
+    let down = req.response(503, "Service Unavailable", Some(tag));
+    h.send(from, &String::from_utf8(down.to_bytes()).unwrap())
+}
+
 #[test]
 fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
-    const BACKUP: &str = "192.0.2.11:5060";
-    let config = CONFIG.replace(
-        "dids = { \"100\" = \"info\" }",
-        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\n\n[[trunks]]\nname = \"backup\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"192.0.2.11:5060\"",
-    );
-    let mut h = Harness::with(&config);
+    let mut h = Harness::with(&outbound_trunks("", true));
     h.engine
         .set_outbound_local("192.0.2.1:5060".parse().unwrap());
     h.register("1001", PHONE1, Algorithm::Md5);
@@ -1822,8 +1842,7 @@ fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
     let dial = |h: &mut Harness, id: &str, tag: &str| {
         let out = callback_dialled(h, id, "+393331112226", tag);
         let first = requests(&out, TRUNK, "INVITE")[0].clone();
-        let down = first.response(503, "Service Unavailable", Some("x"));
-        let out = h.send(TRUNK, &String::from_utf8(down.to_bytes()).unwrap());
+        let out = unavailable(h, TRUNK, &first, "x");
         assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "the 503 is ACKed");
         assert!(
             requests(&out, PHONE1, "BYE").is_empty(),
@@ -1840,8 +1859,7 @@ fn a_failing_outbound_trunk_hands_the_callback_to_the_next_one() {
     };
     // The backup is down too: no trunk left, the attempt failed.
     let second = dial(&mut h, "cb1", "b1");
-    let down = second.response(503, "Service Unavailable", Some("y"));
-    let out = h.send(BACKUP, &String::from_utf8(down.to_bytes()).unwrap());
+    let out = unavailable(&mut h, BACKUP, &second, "y");
     assert_eq!(
         requests(&out, PHONE1, "BYE").len(),
         1,
@@ -1871,30 +1889,18 @@ fn a_callback_whose_trunk_a_reload_removed_fails_over_without_a_crash() {
     // An outside review found it: the failover read the tenant from the
     // trunk's position, which a reload may have removed (a panic that
     // ends the engine) or handed to another tenant's trunk.
-    const BACKUP: &str = "192.0.2.11:5060";
-    let primary = CONFIG.replace(
-        "dids = { \"100\" = \"info\" }",
-        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"",
-    );
-    let config = primary.replace(
-        "outbound = \"192.0.2.10:5060\"",
-        "outbound = \"192.0.2.10:5060\"\n\n[[trunks]]\nname = \"backup\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"192.0.2.11:5060\"",
-    );
-    let mut h = Harness::with(&config);
+    let mut h = Harness::with(&outbound_trunks("", true));
     h.engine
         .set_outbound_local("192.0.2.1:5060".parse().unwrap());
     h.register("1001", PHONE1, Algorithm::Md5);
     let out = callback_dialled(&mut h, "cb1", "+393331112226", "b1");
     let first = requests(&out, TRUNK, "INVITE")[0].clone();
-    let down = first.response(503, "Service Unavailable", Some("x"));
-    let out = h.send(TRUNK, &String::from_utf8(down.to_bytes()).unwrap());
+    let out = unavailable(&mut h, TRUNK, &first, "x");
     let second = requests(&out, BACKUP, "INVITE")[0].clone();
     // The backup trunk leaves the configuration while it rings.
-    h.engine
-        .reload(h.now, &Config::from_toml(&primary).unwrap())
-        .unwrap();
-    let down = second.response(503, "Service Unavailable", Some("y"));
-    let out = h.send(BACKUP, &String::from_utf8(down.to_bytes()).unwrap());
+    let primary = Config::from_toml(&outbound_trunks("", false)).unwrap();
+    h.engine.reload(h.now, &primary).unwrap();
+    let out = unavailable(&mut h, BACKUP, &second, "y");
     assert_eq!(
         requests(&out, PHONE1, "BYE").len(),
         1,
@@ -1908,12 +1914,7 @@ fn a_callback_whose_trunk_a_reload_removed_fails_over_without_a_crash() {
 
 #[test]
 fn a_trunk_silent_to_options_is_skipped_until_it_answers_again() {
-    const BACKUP: &str = "192.0.2.11:5060";
-    let config = CONFIG.replace(
-        "dids = { \"100\" = \"info\" }",
-        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"\noptions_seconds = 5\n\n[[trunks]]\nname = \"backup\"\ntenant = \"demo\"\npeers = [\"192.0.2.11\"]\noutbound = \"192.0.2.11:5060\"",
-    );
-    let mut h = Harness::with(&config);
+    let mut h = Harness::with(&outbound_trunks("\noptions_seconds = 5", true));
     h.engine
         .set_outbound_local("192.0.2.1:5060".parse().unwrap());
     h.register("1001", PHONE1, Algorithm::Md5);
