@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use centralino_b2bua::media::{MediaCommand, MediaPorts, Peer};
+use centralino_b2bua::media::{MediaCommand, MediaEvent, Peer};
 use centralino_config::Config;
 use centralino_media::g711::Law;
 use centralino_media::rtp::{self, Header};
@@ -114,19 +114,21 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
     )
     .expect("config");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (plane, mut ports) = MediaPlane::start(
+    let mut plane = MediaPlane::start(
         &config.media,
         NetMetrics::new(&centralino_b2bua::Metrics::new().registry),
         tx,
     )
     .expect("media plane");
-    let now = Instant::now();
     let ip = IpAddr::from([127, 0, 0, 1]);
     let mut routes = Vec::with_capacity(calls);
     for i in 0..calls {
-        let a_port = ports.take(now, ip).expect("port");
-        let b_port = ports.take(now, ip).expect("port");
         let call = CallId(i as u64 + 1);
+        let Some(MediaEvent::Reserved { a_port, b_port, .. }) =
+            plane.command(MediaCommand::Reserve { call, ip })
+        else {
+            panic!("no ports for call {i}")
+        };
         let peer = |addr| Peer {
             addr,
             law: Law::Ulaw,
@@ -157,7 +159,7 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
     Relay {
         routes,
         stat: media_thread_stat(),
-        _keep: Box::new((plane, ports, rx)),
+        _keep: Box::new((plane, rx)),
     }
 }
 

@@ -3,10 +3,8 @@
 //! driver's media threads move the packets.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
 
 use centralino_media::g711::Law;
-use centralino_media::ports::{PortError, Ports};
 use centralino_media::prompt::Prompt;
 use centralino_media::relay::Side;
 use centralino_types::CallId;
@@ -30,6 +28,17 @@ pub struct Peer {
 /// A media instruction for one call.
 #[derive(Debug)]
 pub enum MediaCommand {
+    /// Hold two port pairs on `ip` for a new call (the caller's and the
+    /// operator's), bound before any SDP names them; answered by
+    /// [`MediaEvent::Reserved`] or [`MediaEvent::Failed`]. The ports go
+    /// back to the pool at `Close`.
+    Reserve {
+        /// The call.
+        call: CallId,
+        /// Local address the ports are to be on (the call's signalling
+        /// address).
+        ip: IpAddr,
+    },
     /// Anchor a new call: RTP on `a_port` (caller) and `b_port` (operator,
     /// used once bridged), both on `ip`.
     Open {
@@ -115,42 +124,19 @@ pub enum MediaEvent {
         /// The silent side.
         side: Side,
     },
-    /// The call's media could not be set up (its ports vanished).
+    /// The plane holds the call's ports (answers `Reserve`).
+    Reserved {
+        /// The call.
+        call: CallId,
+        /// The caller's port (even; RTCP on +1).
+        a_port: u16,
+        /// The operator's port.
+        b_port: u16,
+    },
+    /// The call's media could not be set up: no port free for a
+    /// `Reserve`, or its ports vanished before `Open`.
     Failed {
         /// The call.
         call: CallId,
     },
-}
-
-/// Where the engine gets RTP ports. The driver's implementation binds the
-/// sockets as it hands a port out (so a port another process holds is
-/// skipped, not promised); the default one only counts.
-pub trait MediaPorts: Send {
-    /// An even port on `ip` (RTCP on the next one).
-    fn take(&mut self, now: Instant, ip: IpAddr) -> Result<u16, PortError>;
-    /// Gives a port back (quarantined before reuse).
-    fn release(&mut self, now: Instant, port: u16);
-}
-
-/// How long a released port rests at least before reuse, so late packets
-/// of the old call never reach the next one. Short on purpose: the pool
-/// hands ports out least recently used first, so in practice a port rests
-/// until the whole pool has turned over; a long hard quarantine would only
-/// exhaust the pool at high call rates (3,000 calls/s × 2 pairs × 10 s =
-/// 60,000 pairs, measured with `scripts/load`).
-pub const PORT_QUARANTINE: Duration = Duration::from_secs(1);
-
-/// The pool alone, binding nothing: for tests and for a driver that binds
-/// later.
-#[derive(Debug)]
-pub struct PoolPorts(pub Ports);
-
-impl MediaPorts for PoolPorts {
-    fn take(&mut self, now: Instant, _ip: IpAddr) -> Result<u16, PortError> {
-        self.0.take(now)
-    }
-
-    fn release(&mut self, now: Instant, port: u16) {
-        self.0.release(now, port);
-    }
 }

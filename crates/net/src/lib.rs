@@ -36,6 +36,6 @@ pub use error::NetError;
 pub use handle::{EngineReloadError, Reloader};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};
 pub use http::{bind_http, serve_http};
-pub use media::{BoundPorts, MediaPlane};
+pub use media::{MediaPlane, PORT_QUARANTINE};
 pub use metrics::NetMetrics;
 pub use sip::SipServer;

@@ -9,8 +9,9 @@
 //! `EAGAIN`, a third system call per packet when, as here, each socket
 //! holds one datagram at a time (measured: see ARCHITECTURE "Decisions").
 //!
-//! Ports are bound when the engine takes them ([`BoundPorts`]), so a port
-//! held by another process is skipped, never promised in an SDP.
+//! The plane owns the port pool: the engine asks for a call's ports
+//! (`Reserve`) and names them in an SDP only once they are bound here, so a
+//! port held by another process is skipped, never promised.
 //!
 //! Batching: every call has its own sockets, which carry one packet per
 //! 20 ms each way; `recvmmsg`/`sendmmsg` batch per socket and would find
@@ -21,15 +22,15 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::metrics::NetMetrics;
-use centralino_b2bua::media::{MediaCommand, MediaEvent, MediaPorts, PORT_QUARANTINE, Peer};
+use centralino_b2bua::media::{MediaCommand, MediaEvent, Peer};
 use centralino_config::{LatchMode, MediaConfig};
 use centralino_media::leg::{Latch, Leg, Stats};
-use centralino_media::ports::{PortError, Ports};
+use centralino_media::ports::Ports;
 use centralino_media::relay::{Action, CallMedia, Side};
 use centralino_types::CallId;
 use prometheus::IntCounter;
@@ -70,68 +71,19 @@ struct Pair {
     rtcp: UdpSocket,
 }
 
-/// Sockets bound by [`BoundPorts`] and not yet handed to a media thread.
-type Staged = Arc<Mutex<HashMap<u16, Pair>>>;
+/// How long a released port rests at least before reuse, so late packets
+/// of the old call never reach the next one. Short on purpose: the pool
+/// hands ports out least recently used first, so in practice a port rests
+/// until the whole pool has turned over; a long hard quarantine would only
+/// exhaust the pool at high call rates (3,000 calls/s × 2 pairs × 10 s =
+/// 60,000 pairs, measured with `scripts/load`).
+pub const PORT_QUARANTINE: Duration = Duration::from_secs(1);
 
-/// The engine's port source in production: takes a port from the pool and
-/// binds RTP and RTCP on it at once; a port another process holds is
-/// skipped (and left out of the pool until its quarantine ends again).
-pub struct BoundPorts {
-    pool: Ports,
-    staged: Staged,
-    metrics: NetMetrics,
-}
-
-impl BoundPorts {
-    fn gauges(&self) {
-        let free = self.pool.available() as i64;
-        self.metrics
-            .rtp_ports
-            .with_label_values(&["free"])
-            .set(free);
-        self.metrics
-            .rtp_ports
-            .with_label_values(&["in_use"])
-            .set(self.pool.capacity() as i64 - free);
-    }
-}
-
-impl MediaPorts for BoundPorts {
-    fn take(&mut self, now: Instant, ip: IpAddr) -> Result<u16, PortError> {
-        // Bounded: at most the whole pool is tried once.
-        for _ in 0..self.pool.capacity() {
-            let port = self.pool.take(now)?;
-            match bind_pair(ip, port) {
-                Ok(pair) => {
-                    self.staged
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(port, pair);
-                    self.gauges();
-                    return Ok(port);
-                }
-                Err(e) => {
-                    debug!(port, error = %e, "RTP port busy, skipped");
-                    self.metrics
-                        .rtp_dropped
-                        .with_label_values(&["port_busy"])
-                        .inc();
-                    self.pool.release(now, port);
-                }
-            }
-        }
-        Err(PortError::Exhausted)
-    }
-
-    fn release(&mut self, now: Instant, port: u16) {
-        // Never handed over (the call was refused after anchoring): close.
-        self.staged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&port);
-        self.pool.release(now, port);
-        self.gauges();
-    }
+/// A live call's ports, and their sockets until `Open` hands them to the
+/// call's media thread.
+struct Held {
+    ports: [u16; 2],
+    socks: Option<[Pair; 2]>,
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<Pair> {
@@ -155,23 +107,24 @@ enum Cmd {
 /// The media threads.
 pub struct MediaPlane {
     workers: Vec<(Sender<Cmd>, Arc<Waker>)>,
-    staged: Staged,
+    /// Free ports; a port is taken only once both its sockets are bound.
+    pool: Ports,
+    held: HashMap<CallId, Held>,
     metrics: NetMetrics,
 }
 
 impl MediaPlane {
-    /// Starts the threads; returns the plane and the engine's port source.
+    /// Starts the threads.
     pub fn start(
         config: &MediaConfig,
         metrics: NetMetrics,
         events: UnboundedSender<MediaEvent>,
-    ) -> std::io::Result<(Self, BoundPorts)> {
+    ) -> std::io::Result<Self> {
         let threads = if config.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             config.threads
         };
-        let staged: Staged = Arc::default();
         let recorder = match &config.recordings_dir {
             Some(dir) => Some(Recorder::start(dir.clone(), metrics.clone())?),
             None => None,
@@ -203,25 +156,85 @@ impl MediaPlane {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE, seed)
             .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
-        let ports = BoundPorts {
+        let plane = Self {
+            workers,
             pool,
-            staged: staged.clone(),
-            metrics: metrics.clone(),
+            held: HashMap::new(),
+            metrics,
         };
-        ports.gauges();
-        Ok((
-            Self {
-                workers,
-                staged,
-                metrics,
-            },
-            ports,
-        ))
+        plane.gauges();
+        Ok(plane)
     }
 
-    /// Hands an engine command to the thread that owns the call.
-    pub fn command(&self, cmd: MediaCommand) -> Option<MediaEvent> {
+    fn gauges(&self) {
+        let free = self.pool.available() as i64;
+        let ports = &self.metrics.rtp_ports;
+        ports.with_label_values(&["free"]).set(free);
+        ports
+            .with_label_values(&["in_use"])
+            .set(self.pool.capacity() as i64 - free);
+    }
+
+    /// A port from the pool with RTP and RTCP bound on `ip`; a port another
+    /// process holds is skipped (and rests in quarantine again).
+    fn bind_one(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
+        // Bounded: at most the whole pool is tried once.
+        for _ in 0..self.pool.capacity() {
+            let port = self.pool.take(now).ok()?;
+            match bind_pair(ip, port) {
+                Ok(pair) => return Some((port, pair)),
+                Err(e) => {
+                    debug!(port, error = %e, "RTP port busy, skipped");
+                    self.metrics
+                        .rtp_dropped
+                        .with_label_values(&["port_busy"])
+                        .inc();
+                    self.pool.release(now, port);
+                }
+            }
+        }
+        None
+    }
+
+    /// Two bound pairs for a new call, or `Failed` (nothing is held then).
+    fn reserve(&mut self, call: CallId, ip: IpAddr) -> MediaEvent {
+        let now = Instant::now();
+        let Some((a_port, a)) = self.bind_one(now, ip) else {
+            return MediaEvent::Failed { call };
+        };
+        let Some((b_port, b)) = self.bind_one(now, ip) else {
+            self.pool.release(now, a_port);
+            self.gauges();
+            return MediaEvent::Failed { call };
+        };
+        let ports = [a_port, b_port];
+        if let Some(old) = self.held.insert(
+            call,
+            Held {
+                ports,
+                socks: Some([a, b]),
+            },
+        ) {
+            // A call reserves once; should the engine ask again, the old
+            // ports are not leaked.
+            for p in old.ports {
+                self.pool.release(now, p);
+            }
+        }
+        self.gauges();
+        MediaEvent::Reserved {
+            call,
+            a_port,
+            b_port,
+        }
+    }
+
+    /// Hands an engine command to the thread that owns the call (answers a
+    /// `Reserve` here); an event for the engine when the command could not
+    /// be carried out.
+    pub fn command(&mut self, cmd: MediaCommand) -> Option<MediaEvent> {
         let call = match &cmd {
+            MediaCommand::Reserve { call, ip } => return Some(self.reserve(*call, *ip)),
             MediaCommand::Open { call, .. }
             | MediaCommand::Play { call, .. }
             | MediaCommand::Whisper { call, .. }
@@ -237,16 +250,24 @@ impl MediaPlane {
                 b_port,
                 a,
                 ..
-            } => {
-                let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
-                match (staged.remove(&a_port), staged.remove(&b_port)) {
-                    (Some(pa), Some(pb)) => Cmd::Open {
-                        call,
-                        a,
-                        socks: [pa, pb],
-                    },
-                    _ => return Some(MediaEvent::Failed { call }),
+            } => match self.held.get_mut(&call) {
+                Some(held) if held.ports == [a_port, b_port] && held.socks.is_some() => {
+                    let socks = held.socks.take().expect("checked");
+                    Cmd::Open { call, a, socks }
                 }
+                _ => return Some(MediaEvent::Failed { call }),
+            },
+            MediaCommand::Close { call } => {
+                // Sockets not handed over yet close here; the thread's
+                // close when it takes the command.
+                if let Some(held) = self.held.remove(&call) {
+                    let now = Instant::now();
+                    for p in held.ports {
+                        self.pool.release(now, p);
+                    }
+                    self.gauges();
+                }
+                Cmd::Other(cmd)
             }
             other => Cmd::Other(other),
         };
@@ -466,6 +487,8 @@ impl Worker {
     fn command(&mut self, now: Instant, cmd: Cmd) {
         match cmd {
             Cmd::Open { call, a, socks } => self.open(now, call, a, socks),
+            // Answered by the plane, never sent to a thread.
+            Cmd::Other(MediaCommand::Reserve { .. }) => {}
             Cmd::Other(MediaCommand::Play {
                 call,
                 prompts,
@@ -745,4 +768,64 @@ impl Worker {
 fn getrandom(buf: &mut [u8]) -> Result<(), ()> {
     use rand::TryRngCore;
     rand::rngs::OsRng.try_fill_bytes(buf).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use centralino_config::Config;
+
+    /// A port another process holds is never handed to the engine: the
+    /// plane skips it, and with nothing else free it says `Failed`.
+    #[test]
+    fn a_port_held_elsewhere_is_skipped_never_promised() {
+        // Three pairs where the first is held by "another process".
+        let (base, _held) = (21_000..30_000)
+            .step_by(8)
+            .find_map(|p: u16| {
+                let held = bind_pair(IpAddr::from([127, 0, 0, 1]), p).ok()?;
+                bind_pair(IpAddr::from([127, 0, 0, 1]), p + 2).ok()?;
+                bind_pair(IpAddr::from([127, 0, 0, 1]), p + 4).ok()?;
+                Some((p, held))
+            })
+            .expect("a free block of ports");
+        let config = Config::from_toml(&format!(
+            "[media]\nthreads = 1\nport_min = {base}\nport_max = {}\n",
+            base + 5
+        ))
+        .unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = NetMetrics::new(&registry);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut plane = MediaPlane::start(&config.media, metrics.clone(), tx).unwrap();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let Some(MediaEvent::Reserved { a_port, b_port, .. }) =
+            plane.command(MediaCommand::Reserve {
+                call: CallId(1),
+                ip,
+            })
+        else {
+            panic!("two pairs were free")
+        };
+        let mut got = [a_port, b_port];
+        got.sort_unstable();
+        assert_eq!(got, [base + 2, base + 4]);
+        assert_eq!(
+            plane.command(MediaCommand::Reserve {
+                call: CallId(2),
+                ip
+            }),
+            Some(MediaEvent::Failed { call: CallId(2) })
+        );
+        assert!(metrics.rtp_dropped.with_label_values(&["port_busy"]).get() >= 1);
+        assert_eq!(
+            metrics.rtp_ports.with_label_values(&["free"]).get(),
+            0,
+            "two held, one resting after the failed bind"
+        );
+        // Close gives the call's ports back to the pool (each rests in
+        // quarantine first).
+        assert_eq!(plane.command(MediaCommand::Close { call: CallId(1) }), None);
+        assert!(plane.held.is_empty());
+    }
 }

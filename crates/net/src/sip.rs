@@ -168,14 +168,12 @@ impl SipServer {
         let now = Instant::now().into_std();
         let mut engine = Engine::new(config, metrics, seed, now);
         let (media_tx, media_rx) = mpsc::unbounded_channel();
-        let (plane, ports) =
-            MediaPlane::start(&config.media, net.clone(), media_tx).map_err(|source| {
-                NetError::Io {
-                    what: "cannot start the media plane",
-                    source,
-                }
-            })?;
-        engine.set_ports(Box::new(ports));
+        let plane = MediaPlane::start(&config.media, net.clone(), media_tx).map_err(|source| {
+            NetError::Io {
+                what: "cannot start the media plane",
+                source,
+            }
+        })?;
         let (library, music) = crate::prompts::load(config);
         engine.set_prompts(library, music);
         let unix = std::time::SystemTime::now()
@@ -599,7 +597,7 @@ async fn run_engine(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Input>,
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
-    plane: MediaPlane,
+    mut plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     mut clients: Clients,
     records: Option<crate::api::RecordSink>,

@@ -173,6 +173,17 @@ pub(super) struct Call {
     pub(super) peer_update: bool,
     /// The caller required reliable provisional responses (RFC 3262).
     pub(super) reliable: Option<Reliable>,
+    /// Where setup stopped to wait for the media plane's ports; `None`
+    /// once they are held.
+    pub(super) opening: Option<Opening>,
+}
+
+/// What a call does once its ports are held.
+pub(super) enum Opening {
+    /// A trunk's call: its CDR starts, it enters its flow or queue.
+    Inbound { target: Target, did: String },
+    /// A callback: it waits for an operator (or dials, customer first).
+    Callback { did: String },
 }
 
 /// What every call starts with, whichever way it was set up.
@@ -225,6 +236,7 @@ impl Call {
             we_refresh: false,
             peer_update: false,
             reliable: None,
+            opening: None,
         }
     }
 

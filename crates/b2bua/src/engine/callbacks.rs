@@ -101,21 +101,13 @@ impl Engine {
             return;
         };
         let ip = a_leg.flow.local.ip();
-        let Ok(a_port) = self.ports.take(now, ip) else {
-            self.callback_retry(&cb, CallbackOutcome::NoRtpPort, queue);
-            return;
-        };
-        let Ok(b_port) = self.ports.take(now, ip) else {
-            self.ports.release(now, a_port);
-            self.callback_retry(&cb, CallbackOutcome::NoRtpPort, queue);
-            return;
-        };
         let law = self.codecs.first().copied().unwrap_or(Law::Alaw);
         let media = CallMedia {
             ip,
             sdp_ip: self.advertise.unwrap_or(ip),
-            a_port,
-            b_port,
+            // Filled in when the media plane holds them.
+            a_port: 0,
+            b_port: 0,
             a: Peer {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 law,
@@ -150,12 +142,7 @@ impl Engine {
         let _entered = span.clone().entered();
         info!(number = %Masked(&number), queue = %cb.queue, attempt = cb.attempt, "callback: waiting for an operator");
         let record_id = format!("{}{}", self.token(), self.token());
-        self.out.push_back(Output::Record(Record::CallStarted {
-            id: record_id.clone(),
-            at_ms: self.unix_ms_at(now),
-            caller: number.clone(),
-            did: format!("callback:{}", cb.id),
-        }));
+        let did = format!("callback:{}", cb.id);
         let outbound = Outbound {
             id: cb.id.clone(),
             attempt: cb.attempt,
@@ -167,7 +154,7 @@ impl Engine {
             trunk,
             early_media: None,
         };
-        let call = Call::new(NewCall {
+        let mut call = Call::new(NewCall {
             span,
             phase: Phase::Queued,
             queue,
@@ -181,11 +168,25 @@ impl Engine {
             record_id,
             tenant,
         });
+        call.opening = Some(Opening::Callback { did });
         self.calls.insert(id, call);
+        self.reserve_media(id, ip);
+    }
+
+    /// A callback's media is held: it waits for an operator, or (customer
+    /// first) its citizen is dialled once the store knows.
+    pub(super) fn callback_reserved(&mut self, now: Instant, id: CallId) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let (queue, spec) = (call.queue, call.spec.clone());
+        let Some(cb_id) = call.outbound().map(|o| o.id.clone()) else {
+            return;
+        };
         if self.queues[queue.0 as usize].customer_first {
             // Customer first: the citizen is dialled now (once the store
             // knows) and queued when they answer.
-            self.callback_state(&cb.id, CallbackState::Dialing { call: id });
+            self.callback_state(&cb_id, CallbackState::Dialing { call: id });
         } else {
             self.enter_queue(now, id, queue, &spec);
         }
@@ -348,16 +349,6 @@ impl Engine {
             CallbackState::Retry { outcome, after }
         };
         self.callback_state(id, state);
-    }
-
-    /// This attempt failed: another later, or the callback fails.
-    pub(super) fn callback_retry(
-        &mut self,
-        cb: &DueCallback,
-        outcome: CallbackOutcome,
-        queue: QueueId,
-    ) {
-        self.retry_or_fail(&cb.id, cb.attempt, queue, outcome);
     }
 
     /// The store's answer to [`CallbackState::Dialing`]: dial the citizen

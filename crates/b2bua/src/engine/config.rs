@@ -33,8 +33,6 @@ impl Engine {
         let mut rng = StdRng::from_seed(seed);
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
-        let mut ports_seed = [0u8; 32];
-        rng.fill_bytes(&mut ports_seed);
         let auth = DigestAuth::new(
             &config.sip.realm,
             config.sip.digest_algorithms.clone(),
@@ -115,18 +113,6 @@ impl Engine {
                 .max_calls_per_second
                 .map(|r| (f64::from(r.get()), f64::from(r.get()), now)),
             user_agent: config.sip.user_agent.clone(),
-            ports: Box::new(PoolPorts(
-                Ports::new(
-                    config.media.ports.0,
-                    config.media.ports.1,
-                    PORT_QUARANTINE,
-                    ports_seed,
-                )
-                .unwrap_or_else(|_| {
-                    Ports::new(20_000, 29_999, PORT_QUARANTINE, ports_seed)
-                        .expect("non-empty range")
-                }),
-            )),
             prompts: Arc::new(Library::new()),
             codecs: config
                 .media

@@ -7,7 +7,6 @@ use centralino_config::{Config, DidTarget};
 use centralino_flows::{Action as FlowAction, Facts, Flow as IvrFlow, Run};
 use centralino_media::announce::{self, Library};
 use centralino_media::g711::Law;
-use centralino_media::ports::Ports;
 use centralino_media::prompt::Prompt;
 use centralino_media::relay::Side;
 use centralino_media::sdp::{self, Direction, Local};
@@ -34,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tracing::{debug, info, warn};
 
-use crate::media::{MediaCommand, MediaEvent, MediaPorts, PORT_QUARANTINE, Peer, PoolPorts};
+use crate::media::{MediaCommand, MediaEvent, Peer};
 use crate::metrics::Metrics;
 
 /// Gauges lag activity by at most this much.
@@ -486,7 +485,6 @@ pub struct Engine {
     /// Admission token bucket: (tokens, last refill) when a rate is set.
     admission: Option<(f64, f64, Instant)>,
     user_agent: String,
-    ports: Box<dyn MediaPorts>,
     prompts: Arc<Library>,
     codecs: Vec<Law>,
     advertise: Option<IpAddr>,
@@ -555,11 +553,6 @@ impl Engine {
 
     fn unix_at(&self, now: Instant) -> i64 {
         self.wall.1 + now.saturating_duration_since(self.wall.0).as_secs() as i64
-    }
-
-    /// Where RTP ports come from (the driver's allocator binds them).
-    pub fn set_ports(&mut self, ports: Box<dyn MediaPorts>) {
-        self.ports = ports;
     }
 
     /// The prompts (announcements) and the music on hold of each queue,
@@ -969,6 +962,19 @@ impl Engine {
                     );
                     self.end_connected(now, call, true, true, CallOutcome::MediaTimeout);
                 }
+            }
+            MediaEvent::Reserved {
+                call,
+                a_port,
+                b_port,
+            } => {
+                let _span = self.call_span(call).entered();
+                self.media_reserved(now, call, a_port, b_port);
+            }
+            MediaEvent::Failed { call }
+                if self.calls.get(&call).is_some_and(|c| c.opening.is_some()) =>
+            {
+                self.media_unavailable(now, call);
             }
             MediaEvent::Failed { call } => {
                 let _span = self.call_span(call).entered();

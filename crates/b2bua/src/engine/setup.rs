@@ -130,18 +130,14 @@ impl Engine {
         };
         let span = tracing::info_span!("call", call = %id);
         let _entered = span.clone().entered();
-        let media = match self.anchor(now, flow, &msg) {
+        let media = match self.anchor(flow, &msg) {
             Ok(m) => m,
-            Err((code, reason)) => {
+            Err(reason) => {
                 self.metrics.sdp_rejected.with_label_values(&[reason]).inc();
                 self.metrics.calls.with_label_values(&[reason]).inc();
-                warn!(reason, code, "call refused: media");
-                let mut r = msg.response(code, reason_phrase(code), Some(&a_tag));
-                if code == 488 {
-                    r.push("Warning", "305 centralino \"Incompatible media format\"");
-                } else {
-                    r.push("Retry-After", "5");
-                }
+                warn!(reason, code = 488, "call refused: media");
+                let mut r = msg.response(488, reason_phrase(488), Some(&a_tag));
+                r.push("Warning", "305 centralino \"Incompatible media format\"");
                 self.respond(now, &key, &r);
                 return;
             }
@@ -161,13 +157,8 @@ impl Engine {
             })
             .unwrap_or_default()
             .to_owned();
-        self.out.push_back(Output::Record(Record::CallStarted {
-            id: record_id.clone(),
-            at_ms: self.unix_ms_at(now),
-            caller: caller.clone(),
-            did,
-        }));
         self.by_a.insert(msg.call_id.clone(), id);
+        let ip = flow.local.ip();
         let mut call = Call::new(NewCall {
             span,
             phase,
@@ -183,7 +174,7 @@ impl Engine {
             caller,
             private,
             media,
-            spec: spec.clone(),
+            spec,
             record_id,
             tenant: self.trunks.get(trunk).map_or(0, |t| t.tenant),
         });
@@ -192,10 +183,82 @@ impl Engine {
         call.we_refresh = we_refresh;
         call.peer_update = peer_update;
         call.reliable = reliable;
+        call.opening = Some(Opening::Inbound { target, did });
         self.calls.insert(id, call);
-        match target {
-            Target::Queue(queue, _) => self.enter_queue(now, id, queue, &spec),
-            Target::Flow(flow, _) => self.start_flow(now, id, flow),
+        self.reserve_media(id, ip);
+    }
+
+    /// Asks the media plane for the call's two port pairs; the call goes on
+    /// in [`Engine::media_reserved`] (or is refused in
+    /// [`Engine::media_unavailable`]). The engine never binds a socket: a
+    /// port is promised in an SDP only once the driver holds it.
+    pub(super) fn reserve_media(&mut self, id: CallId, ip: IpAddr) {
+        self.out
+            .push_back(Output::Media(MediaCommand::Reserve { call: id, ip }));
+    }
+
+    /// The driver holds the call's ports: the call goes on where its setup
+    /// stopped.
+    pub(super) fn media_reserved(&mut self, now: Instant, id: CallId, a_port: u16, b_port: u16) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(opening) = call.opening.take() else {
+            return;
+        };
+        call.media.a_port = a_port;
+        call.media.b_port = b_port;
+        let (record_id, caller) = (call.record_id.clone(), call.caller.clone());
+        match opening {
+            Opening::Inbound { target, did } => {
+                self.out.push_back(Output::Record(Record::CallStarted {
+                    id: record_id,
+                    at_ms: self.unix_ms_at(now),
+                    caller,
+                    did,
+                }));
+                match target {
+                    Target::Queue(queue, spec) => self.enter_queue(now, id, queue, &spec),
+                    Target::Flow(flow, _) => self.start_flow(now, id, flow),
+                }
+            }
+            Opening::Callback { did } => {
+                self.out.push_back(Output::Record(Record::CallStarted {
+                    id: record_id,
+                    at_ms: self.unix_ms_at(now),
+                    caller,
+                    did,
+                }));
+                self.callback_reserved(now, id);
+            }
+        }
+    }
+
+    /// The media plane had no ports for a call still being set up: it is
+    /// refused as if it had never started (no record), a caller with a
+    /// 503 and `Retry-After`, a callback retried by its policy.
+    pub(super) fn media_unavailable(&mut self, now: Instant, id: CallId) {
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        self.by_a.remove(&call.a_leg.call_id);
+        let queue = call.queue;
+        match call.customer {
+            Customer::Inbound(inbound) => {
+                let reason = "no_rtp_port";
+                self.metrics.sdp_rejected.with_label_values(&[reason]).inc();
+                self.metrics.calls.with_label_values(&[reason]).inc();
+                warn!(reason, code = 503, "call refused: media");
+                let mut r = inbound
+                    .invite
+                    .response(503, reason_phrase(503), Some(&inbound.tag));
+                r.push("Retry-After", "5");
+                self.respond(now, &inbound.key, &r);
+            }
+            Customer::Outbound(o) => {
+                self.retry_or_fail(&o.id, o.attempt, queue, CallbackOutcome::NoRtpPort);
+            }
         }
     }
 
@@ -278,14 +341,9 @@ impl Engine {
         self.queue_event(now, id, QueueEvent::Enter, None);
     }
 
-    /// Checks the caller's offer and takes two port pairs: the caller's
-    /// media parameters, or the status and metric reason of a refusal.
-    pub(super) fn anchor(
-        &mut self,
-        now: Instant,
-        flow: Flow,
-        msg: &Message,
-    ) -> Result<CallMedia, (u16, &'static str)> {
+    /// Checks the caller's offer: the caller's media parameters (ports
+    /// come from the media plane), or the metric reason of a 488.
+    pub(super) fn anchor(&mut self, flow: Flow, msg: &Message) -> Result<CallMedia, &'static str> {
         let late_offer = msg.body.is_empty();
         let (addr, law, telephone_event, direction) = if late_offer {
             // Placeholders until the ACK brings the caller's answer.
@@ -297,31 +355,27 @@ impl Engine {
                 Direction::SendRecv,
             )
         } else {
-            let audio = sdp::parse(&msg.body).map_err(|_| (488, "malformed_sdp"))?;
+            let audio = sdp::parse(&msg.body).map_err(|_| "malformed_sdp")?;
             if audio.port == 0 {
-                return Err((488, "no_audio"));
+                return Err("no_audio");
             }
-            let law = audio.choose(&self.codecs).ok_or((488, "no_common_codec"))?;
+            let law = audio.choose(&self.codecs).ok_or("no_common_codec")?;
             let addr = SocketAddr::new(audio.addr, audio.port);
             if self
                 .media_refusal(addr, flow.remote.ip(), flow.local.ip())
                 .is_some()
             {
-                return Err((488, "bad_address"));
+                return Err("bad_address");
             }
             (addr, law, audio.telephone_event, audio.direction.answer())
         };
         let ip = flow.local.ip();
-        let a_port = self.ports.take(now, ip).map_err(|_| (503, "no_rtp_port"))?;
-        let Ok(b_port) = self.ports.take(now, ip) else {
-            self.ports.release(now, a_port);
-            return Err((503, "no_rtp_port"));
-        };
         Ok(CallMedia {
             ip,
             sdp_ip: self.advertise.unwrap_or(ip),
-            a_port,
-            b_port,
+            // Filled in when the media plane holds them.
+            a_port: 0,
+            b_port: 0,
             a: Peer {
                 addr,
                 law,

@@ -51,7 +51,7 @@ impl Engine {
             return;
         };
         self.by_a.remove(&call.a_leg.call_id);
-        self.close_media(now, call_id, &call.media);
+        self.close_media(call_id);
         if let Some(mut t) = call.transfer.take() {
             // The caller left while the transfer rang, or after it connected.
             self.by_b.remove(&t.call_id);
@@ -248,11 +248,10 @@ impl Engine {
         }
     }
 
-    /// The call's media is over: sockets closed, ports back to the pool.
-    pub(super) fn close_media(&mut self, now: Instant, call_id: CallId, media: &CallMedia) {
+    /// The call's media is over: the plane closes its sockets and puts
+    /// its ports back in the pool.
+    pub(super) fn close_media(&mut self, call_id: CallId) {
         self.out
             .push_back(Output::Media(MediaCommand::Close { call: call_id }));
-        self.ports.release(now, media.a_port);
-        self.ports.release(now, media.b_port);
     }
 }

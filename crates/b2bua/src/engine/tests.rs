@@ -4,6 +4,7 @@
 // Tests may read the clock and files: the crate itself stays sans-IO.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,9 @@ use centralino_sip::{Message, Transport};
 use centralino_types::outcome::{CallOutcome, CallbackOutcome, QueueEvent};
 
 use centralino_media::g711::Law;
+use centralino_media::ports::Ports;
 use centralino_media::sdp;
+use centralino_types::CallId;
 
 use std::sync::Arc;
 
@@ -79,6 +82,12 @@ struct Harness {
     metrics: Metrics,
     now: Instant,
     local: SocketAddr,
+    /// The driver's part: the port pool that answers `Reserve`, and the
+    /// ports each call holds until its `Close`.
+    ports: Ports,
+    held: HashMap<CallId, [u16; 2]>,
+    /// The plane has no port to give (`Reserve` answered `Failed`).
+    no_ports: bool,
 }
 
 fn flow(remote: &str) -> Flow {
@@ -114,6 +123,7 @@ impl Harness {
         let metrics = Metrics::new();
         let now = Instant::now();
         let engine = Engine::new(&config, metrics.clone(), [9; 32], now);
+        let (lo, hi) = config.media.ports;
         Self {
             engine,
             media: Vec::new(),
@@ -124,6 +134,9 @@ impl Harness {
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
+            ports: Ports::new(lo, hi, Duration::from_secs(1), [5; 32]).unwrap(),
+            held: HashMap::new(),
+            no_ports: false,
         }
     }
 
@@ -155,7 +168,17 @@ impl Harness {
                     assert_eq!(flow.local, self.local);
                     out.push((flow.remote, parse(&bytes)));
                 }
-                Output::Media(m) => self.media.push(m),
+                Output::Media(MediaCommand::Reserve { call, .. }) => self.reserve(call),
+                Output::Media(m) => {
+                    if let MediaCommand::Close { call } = m
+                        && let Some(pair) = self.held.remove(&call)
+                    {
+                        for p in pair {
+                            self.ports.release(self.now, p);
+                        }
+                    }
+                    self.media.push(m);
+                }
                 Output::Record(r) => self.records.push(r),
                 Output::StoreCallback { .. } => panic!("a callback request nobody expected"),
                 Output::CallbackState { id, state } => self.callbacks.push((id, state)),
@@ -164,6 +187,28 @@ impl Harness {
             }
         }
         out
+    }
+
+    /// Answers a `Reserve` as the driver does: two pairs from the pool, or
+    /// `Failed` when it has none left.
+    fn reserve(&mut self, call: CallId) {
+        let event = match (self.ports.take(self.now), self.ports.take(self.now)) {
+            (Ok(a_port), Ok(b_port)) if !self.no_ports => {
+                self.held.insert(call, [a_port, b_port]);
+                MediaEvent::Reserved {
+                    call,
+                    a_port,
+                    b_port,
+                }
+            }
+            (a, b) => {
+                for p in [a, b].into_iter().flatten() {
+                    self.ports.release(self.now, p);
+                }
+                MediaEvent::Failed { call }
+            }
+        };
+        self.engine.handle_media(self.now, event);
     }
 
     /// Advances virtual time, firing every timer on the way.
@@ -317,6 +362,39 @@ fn requests<'a>(out: &'a [(SocketAddr, Message)], to: &str, method: &str) -> Vec
         .filter(|(a, m)| a.to_string() == to && m.is_request() && m.method().as_str() == method)
         .map(|(_, m)| m)
         .collect()
+}
+
+/// The engine binds nothing: it asks the plane for ports and names them
+/// in an SDP only once the plane holds them; a plane with none left
+/// refuses the call as before (503, `Retry-After`), with no record.
+#[test]
+fn a_call_names_ports_only_once_the_media_plane_holds_them() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Sha256);
+    h.no_ports = true;
+    let out = h.invite("c1");
+    assert_eq!(codes(&out, TRUNK), vec![100, 503]);
+    let refusal = &out.iter().find(|(_, m)| m.code() == 503).unwrap().1;
+    assert_eq!(refusal.header("Retry-After"), Some("5"));
+    let started = |h: &Harness| {
+        h.records
+            .iter()
+            .filter(|r| matches!(r, Record::CallStarted { .. }))
+            .count()
+    };
+    assert_eq!(started(&h), 0, "{:?}", h.records);
+    assert!(h.media.is_empty(), "{:?}", h.media);
+    assert!(requests(&out, PHONE1, "INVITE").is_empty());
+    assert_eq!(h.metrics.calls.with_label_values(&["no_rtp_port"]).get(), 1);
+    h.no_ports = false;
+    let out = h.invite("c2");
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
+    let progress = &out.iter().find(|(_, m)| m.code() == 183).unwrap().1;
+    let held = h.held.values().next().copied().unwrap();
+    assert_eq!(sdp::parse(&progress.body).unwrap().port, held[0]);
+    let inv = requests(&out, PHONE1, "INVITE")[0];
+    assert_eq!(sdp::parse(&inv.body).unwrap().port, held[1]);
+    assert_eq!(started(&h), 1);
 }
 
 #[test]
@@ -765,7 +843,11 @@ fn mutated_input_never_panics_or_leaks() {
         }
         let from = peers[(next() % 3) as usize];
         h.engine.handle_datagram(h.now, flow(from), &m);
-        while h.engine.poll_output().is_some() {}
+        while let Some(o) = h.engine.poll_output() {
+            if let Output::Media(MediaCommand::Reserve { call, .. }) = o {
+                h.reserve(call);
+            }
+        }
         if i % 100 == 0 {
             h.advance(Duration::from_millis(700));
         }
@@ -983,7 +1065,7 @@ fn info_digits_and_rtp_digits_reach_the_call_and_silence_ends_it() {
         "INFO sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinfo\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: m1\r\nCSeq: 5 INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n"
     );
     assert_eq!(codes(&h.send(TRUNK, &info), TRUNK), vec![200]);
-    let call = centralino_types::CallId(1);
+    let call = CallId(1);
     h.engine.handle_media(
         h.now,
         MediaEvent::Dtmf {
@@ -1261,7 +1343,7 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
         1
     );
     // The caller presses 2: triage, which only 1002 may take.
-    let call = centralino_types::CallId(1);
+    let call = CallId(1);
     h.engine.handle_media(
         h.now,
         MediaEvent::Dtmf {
@@ -1382,7 +1464,7 @@ fn a_caller_who_hangs_up_after_the_ivr_leaves_the_queue() {
     let out = invite_did(&mut h, "800", "q1");
     let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
     let a_tag = ok.to_tag.clone().unwrap();
-    let call = centralino_types::CallId(1);
+    let call = CallId(1);
     h.engine.handle_media(
         h.now,
         MediaEvent::Dtmf {
@@ -1422,7 +1504,7 @@ fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
     .unwrap();
     h.engine.reload(h.now, &new).unwrap();
     invite_did(&mut h, "800", "r2");
-    let (c1, c2) = (centralino_types::CallId(1), centralino_types::CallId(2));
+    let (c1, c2) = (CallId(1), CallId(2));
     h.engine.handle_media(
         h.now,
         MediaEvent::Dtmf {
@@ -1475,7 +1557,7 @@ fn virtual_hold_stores_a_callback_then_frees_the_caller_and_keeps_the_place_on_f
     h.engine.set_wall_clock(h.now, 1_796_119_200);
     h.invite("v1");
     h.drain();
-    let call = centralino_types::CallId(1);
+    let call = CallId(1);
     assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 1);
     // The store fails: the caller keeps the place.
     h.engine.handle_media(
@@ -1568,6 +1650,28 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         created_unix: 1_796_119_200 - 600,
         attempt,
     };
+    // No port for the first try: nobody is called, the attempt is
+    // retried by the queue's policy, nothing recorded.
+    h.no_ports = true;
+    h.engine.start_callback(h.now, due("cb0", 1));
+    let out = h.drain();
+    assert!(out.is_empty(), "{out:?}");
+    let started = |h: &Harness| {
+        h.records
+            .iter()
+            .filter(|r| matches!(r, Record::CallStarted { .. }))
+            .count()
+    };
+    assert_eq!(started(&h), 0, "{:?}", h.records);
+    assert!(
+        matches!(
+            h.callbacks.last(),
+            Some((id, CallbackState::Retry { outcome: CallbackOutcome::NoRtpPort, .. })) if id == "cb0"
+        ),
+        "{:?}",
+        h.callbacks
+    );
+    h.no_ports = false;
     h.engine.start_callback(h.now, due("cb1", 1));
     let out = h.drain();
     // Agent first: the operator is called; the citizen not yet.
@@ -2183,7 +2287,7 @@ fn virtual_hold_reads_the_number_back_and_takes_another_one() {
     );
     h.invite("n1");
     h.drain();
-    let call = centralino_types::CallId(1);
+    let call = CallId(1);
     // A key: the numbers asked to be stored (media commands kept).
     let key = |h: &mut Harness, call, digit| {
         h.engine.handle_media(
@@ -2257,7 +2361,7 @@ fn virtual_hold_reads_the_number_back_and_takes_another_one() {
     // place is kept, the music resumes.
     h.invite("n2");
     h.drain();
-    assert!(key(&mut h, centralino_types::CallId(2), '1').is_empty());
+    assert!(key(&mut h, CallId(2), '1').is_empty());
     // The read-back lasts 1.4 s, then 5 s for the answer.
     h.advance(Duration::from_secs(7));
     assert_eq!(played(&h), (0, true));
