@@ -189,6 +189,14 @@ impl Harness {
         out
     }
 
+    /// Call records begun (`CallStarted`).
+    fn calls_started(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|r| matches!(r, Record::CallStarted { .. }))
+            .count()
+    }
+
     /// Answers a `Reserve` as the driver does: two pairs from the pool, or
     /// `Failed` when it has none left.
     fn reserve(&mut self, call: CallId) {
@@ -376,13 +384,7 @@ fn a_call_names_ports_only_once_the_media_plane_holds_them() {
     assert_eq!(codes(&out, TRUNK), vec![100, 503]);
     let refusal = &out.iter().find(|(_, m)| m.code() == 503).unwrap().1;
     assert_eq!(refusal.header("Retry-After"), Some("5"));
-    let started = |h: &Harness| {
-        h.records
-            .iter()
-            .filter(|r| matches!(r, Record::CallStarted { .. }))
-            .count()
-    };
-    assert_eq!(started(&h), 0, "{:?}", h.records);
+    assert_eq!(h.calls_started(), 0, "{:?}", h.records);
     assert!(h.media.is_empty(), "{:?}", h.media);
     assert!(requests(&out, PHONE1, "INVITE").is_empty());
     assert_eq!(h.metrics.calls.with_label_values(&["no_rtp_port"]).get(), 1);
@@ -394,7 +396,7 @@ fn a_call_names_ports_only_once_the_media_plane_holds_them() {
     assert_eq!(sdp::parse(&progress.body).unwrap().port, held[0]);
     let inv = requests(&out, PHONE1, "INVITE")[0];
     assert_eq!(sdp::parse(&inv.body).unwrap().port, held[1]);
-    assert_eq!(started(&h), 1);
+    assert_eq!(h.calls_started(), 1);
 }
 
 #[test]
@@ -1656,13 +1658,7 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
     h.engine.start_callback(h.now, due("cb0", 1));
     let out = h.drain();
     assert!(out.is_empty(), "{out:?}");
-    let started = |h: &Harness| {
-        h.records
-            .iter()
-            .filter(|r| matches!(r, Record::CallStarted { .. }))
-            .count()
-    };
-    assert_eq!(started(&h), 0, "{:?}", h.records);
+    assert_eq!(h.calls_started(), 0, "{:?}", h.records);
     assert!(
         matches!(
             h.callbacks.last(),
