@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -555,22 +554,38 @@ fn serve(
     // The engine's metrics and the drivers', in one registry.
     let metrics = Metrics::new();
     let net_metrics = centralino_net::NetMetrics::new(&metrics.registry);
+    // The engine's queue exists from here; the API, SIGHUP and the drain
+    // speak to the engine through it, the SIP side runs the engine on it.
+    let (engine, inbox) = centralino_net::EngineHandle::new();
+    // SIGHUP and the API (admin tokens) reload the same way: the file is
+    // compared with the running configuration key by key.
+    let loader_path = config_path.clone();
+    let loader: centralino_net::Loader =
+        Arc::new(move || load(loader_path.clone()).map_err(|e| format!("{e:#}")));
     // The API's own tasks (the SMS notifier) run on the HTTP runtime.
     let api = {
         let _http = http_runtime.enter();
-        centralino_net::Api::start(&config, data_dir, metrics.clone(), net_metrics.clone())
-            .context("the durable store")?
+        centralino_net::Api::start(
+            &config,
+            data_dir,
+            metrics.clone(),
+            net_metrics.clone(),
+            engine.clone(),
+            loader,
+        )
+        .context("the durable store")?
     };
     let records = api.records();
-    let api_reload = api.reload_slot();
     let desks = api.desks();
     let reload_api = api.clone();
-    // The one draining flag: `/healthz` reads it, the callback scheduler
-    // stops claiming on it, and `Reloader::drain` sets it (the engine
-    // keeps its own state, told by the same drain).
-    let draining = Arc::new(AtomicBool::new(false));
     let heartbeat = Heartbeat::new();
-    let health = Health::new(draining.clone(), heartbeat.clone(), Some(api.store_probe()));
+    // The one draining flag: `/healthz` reads it, the callback scheduler
+    // stops claiming on it, `EngineHandle::drain` sets it.
+    let health = Health::new(
+        engine.draining(),
+        heartbeat.clone(),
+        Some(api.store_probe()),
+    );
     let listener = bind_http(config.http_listen).context("HTTP endpoint")?;
     let http_addr = listener.local_addr().context("HTTP endpoint")?;
     let mut http = HttpThread::start(
@@ -588,7 +603,7 @@ fn serve(
             Some(records),
             Some(desks),
             heartbeat,
-            draining,
+            inbox,
             net_metrics,
         )
         .await
@@ -602,19 +617,9 @@ fn serve(
         for (t, a) in &sip.bound {
             info!(transport = ?t, addr = %a, "ready");
         }
-        // SIGHUP and the API (admin tokens) reload the same way: the
-        // file is compared with the running configuration key by key.
-        let loader_path = config_path.clone();
-        api_reload
-            .enable(
-                Arc::new(move || load(loader_path.clone()).map_err(|e| format!("{e:#}"))),
-                sip.reloader.clone(),
-                config.clone(),
-            )
-            .await;
-        tokio::spawn(reload_on_sighup(api_reload.clone(), reload_api));
+        tokio::spawn(reload_on_sighup(reload_api));
         info!(http = %http_addr, "centralino ready");
-        let control = sip.reloader.clone();
+        let control = engine;
         let result = tokio::select! {
             () = sip.join() => Ok(()),
             ended = &mut http.done => {
@@ -698,7 +703,7 @@ impl HttpThread {
 /// `/healthz` says draining, calls in progress go on for up to `limit`
 /// (a second signal cuts it short), then the rest are ended and the call
 /// records written before the process exits.
-async fn drain(control: &centralino_net::Reloader, limit: Duration) -> Result<()> {
+async fn drain(control: &centralino_net::EngineHandle, limit: Duration) -> Result<()> {
     info!(
         limit_seconds = limit.as_secs(),
         "draining: waiting for the calls in progress"
@@ -721,7 +726,7 @@ async fn drain(control: &centralino_net::Reloader, limit: Duration) -> Result<()
 /// applied live, or, when one needs a restart, none is (each such key is
 /// logged); an invalid file is reported and the running configuration
 /// stays.
-async fn reload_on_sighup(slot: centralino_net::ReloadSlot, api: centralino_net::Api) {
+async fn reload_on_sighup(api: centralino_net::Api) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot install the SIGHUP handler: no live reload");
@@ -729,7 +734,7 @@ async fn reload_on_sighup(slot: centralino_net::ReloadSlot, api: centralino_net:
     };
     while hup.recv().await.is_some() {
         info!("SIGHUP: reloading the configuration");
-        if let Err(e) = slot.reload(&api).await {
+        if let Err(e) = api.reload().await {
             warn!(reason = %e, "configuration not reloaded");
         }
     }

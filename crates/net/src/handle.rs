@@ -11,51 +11,91 @@ use centralino_b2bua::DueCallback;
 use centralino_config::Config;
 use centralino_sip::guard::{Framed, Rejection};
 use centralino_sip::txn::Flow;
+use centralino_types::CallId;
 use tokio::sync::mpsc;
 
-pub(crate) enum Input {
+/// Inputs queued between their senders and the engine task.
+const INPUT_QUEUE: usize = 65_536;
+
+/// Everything the engine task reads, in one queue: network input from the
+/// listeners, answers from the store, and orders from the API and `main`
+/// (through [`EngineHandle`]). One queue keeps their order, and its length
+/// is the engine's backlog (overload protection).
+pub enum EngineInput {
+    /// A UDP datagram.
     Datagram {
+        /// Where it came from and arrived.
         flow: Flow,
+        /// Its bytes.
         data: Vec<u8>,
     },
+    /// A message framed off a TCP/TLS stream, or why it could not be.
     Framed {
+        /// The connection's flow.
         flow: Flow,
+        /// The message or its rejection.
         framed: Result<Framed, Rejection>,
     },
+    /// A connection opened: its writer.
     ConnOpen {
+        /// Connection number.
         conn: u64,
+        /// Its writer.
         tx: mpsc::Sender<Vec<u8>>,
         /// Trunks (by name) whose client certificate the connection
         /// presented: sent before its first message, on the same channel,
         /// so the engine knows who speaks before it reads a word.
         trunks: Vec<String>,
     },
+    /// A connection closed.
     ConnClosed {
+        /// Connection number.
         conn: u64,
     },
     /// Our TLS connection to a carrier could not be opened: what was
     /// queued on it is lost.
     ConnFailed {
+        /// The carrier.
         remote: SocketAddr,
     },
+    /// A new configuration (SIGHUP, the API).
     Reload(Box<Reload>),
+    /// Callbacks the scheduler claimed, to be started.
     Callbacks(Vec<DueCallback>),
+    /// The store's answer to a virtual-hold request.
+    CallbackStored {
+        /// The caller's call.
+        call: CallId,
+        /// The request is stored.
+        stored: bool,
+    },
+    /// The store's answer to a callback's "dialling" mark.
+    CallbackDialing {
+        /// The callback's call.
+        call: CallId,
+        /// The mark is stored: the citizen may be dialled.
+        recorded: bool,
+    },
     /// Graceful shutdown: refuse new calls; say when none is left.
     Drain(tokio::sync::oneshot::Sender<()>),
     /// End every call, flush the records, stop.
     Shutdown(tokio::sync::oneshot::Sender<()>),
     /// An operator pauses or resumes from their desktop.
     Pause {
+        /// The operator.
         agent: String,
+        /// Pause (or resume).
         paused: bool,
+        /// Why (`pausa_pranzo`).
         reason: Option<String>,
+        /// Their state after it, or why not.
         reply:
             tokio::sync::oneshot::Sender<Result<&'static str, centralino_b2bua::AgentStateError>>,
     },
 }
 
 /// A new configuration for the engine, with its prompts already loaded.
-pub(crate) struct Reload {
+pub struct Reload {
     /// Told whether the engine applied it.
     pub(crate) reply:
         Option<tokio::sync::oneshot::Sender<Result<(), centralino_b2bua::ReloadRefused>>>,
@@ -81,15 +121,42 @@ pub enum EngineReloadError {
     Refused(centralino_b2bua::ReloadRefused),
 }
 
-/// Hands new configurations to a running node (SIGHUP).
+/// The engine's side of its queue: what `SipServer::start` runs the
+/// engine on.
+pub struct EngineInbox {
+    pub(crate) rx: mpsc::Receiver<EngineInput>,
+    pub(crate) handle: EngineHandle,
+}
+
+/// How the rest of the node speaks to the engine (the API, signals,
+/// `main`); clones share one queue and one draining flag.
 #[derive(Clone)]
-pub struct Reloader {
-    pub(crate) tx: mpsc::Sender<Input>,
-    /// Set once a drain starts (the callback scheduler stops claiming).
+pub struct EngineHandle {
+    pub(crate) tx: mpsc::Sender<EngineInput>,
+    /// Set once a drain starts: `/healthz` says draining, the callback
+    /// scheduler stops claiming. The engine keeps its own state, told by
+    /// the same drain.
     pub(crate) draining: Arc<AtomicBool>,
 }
 
-impl Reloader {
+impl EngineHandle {
+    /// A handle and the inbox the engine will read; the queue exists
+    /// before the engine runs, so the API holds a handle from the start
+    /// (what it sends waits in the queue).
+    pub fn new() -> (Self, EngineInbox) {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let handle = Self {
+            tx,
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        (handle.clone(), EngineInbox { rx, handle })
+    }
+
+    /// The draining flag, for `/healthz`.
+    pub fn draining(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
     /// Loads the prompts the configuration names (off the engine task)
     /// and hands it over; the engine applies what can change live.
     pub async fn reload(&self, config: Config) -> Result<(), EngineReloadError> {
@@ -102,7 +169,7 @@ impl Reloader {
         let (config, prompts, music) = loaded;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Input::Reload(Box::new(Reload {
+            .send(EngineInput::Reload(Box::new(Reload {
                 reply: Some(reply),
                 config,
                 prompts,
@@ -121,7 +188,7 @@ impl Reloader {
     pub async fn drain(&self) -> tokio::sync::oneshot::Receiver<()> {
         self.draining.store(true, Ordering::Relaxed);
         let (idle, rx) = tokio::sync::oneshot::channel();
-        let _ = self.tx.send(Input::Drain(idle)).await;
+        let _ = self.tx.send(EngineInput::Drain(idle)).await;
         rx
     }
 
@@ -130,7 +197,7 @@ impl Reloader {
     pub async fn shutdown(&self) {
         self.draining.store(true, Ordering::Relaxed);
         let (done, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Input::Shutdown(done)).await.is_ok() {
+        if self.tx.send(EngineInput::Shutdown(done)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -145,7 +212,7 @@ impl Reloader {
     ) -> Result<&'static str, Option<centralino_b2bua::AgentStateError>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Input::Pause {
+            .send(EngineInput::Pause {
                 agent,
                 paused,
                 reason,

@@ -31,9 +31,9 @@ mod tls;
 
 #[doc(hidden)]
 pub use api::fuzz_api_body;
-pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, ReloadSlot, routes};
+pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, routes};
 pub use error::NetError;
-pub use handle::{EngineReloadError, Reloader};
+pub use handle::{EngineHandle, EngineInbox, EngineInput, EngineReloadError};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};
 pub use http::{bind_http, serve_http};
 pub use media::{MediaPlane, PORT_QUARANTINE};

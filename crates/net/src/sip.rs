@@ -8,7 +8,7 @@ use centralino_b2bua::media::MediaEvent;
 use centralino_b2bua::{CallbackState, DueCallback};
 
 use crate::error::NetError;
-use crate::handle::{Input, Reload, Reloader};
+use crate::handle::{EngineInbox, EngineInput, Reload};
 use crate::media::MediaPlane;
 use crate::metrics::NetMetrics;
 use centralino_b2bua::{Engine, Metrics, Output};
@@ -26,8 +26,6 @@ use tracing::{debug, info, warn};
 /// Receive buffer asked for each UDP socket: bursts overflow the default
 /// (about 200 KiB) long before the CPU is busy. The kernel caps it at rmem_max.
 const UDP_RECV_BUFFER: usize = 4 << 20;
-/// Inputs queued between readers and the engine task.
-const INPUT_QUEUE: usize = 65_536;
 /// Inputs waiting for the engine beyond which new calls are refused (503):
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
@@ -43,7 +41,7 @@ const CALLBACK_BATCH: usize = 50;
 /// Claims due callbacks and hands them to the engine, once a second.
 async fn callback_scheduler(
     sink: crate::api::RecordSink,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<EngineInput>,
     hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
     draining: Arc<AtomicBool>,
     desks: Option<crate::api::Desks>,
@@ -118,7 +116,7 @@ async fn callback_scheduler(
                 attempt: c.attempts,
             })
             .collect();
-        if tx.send(Input::Callbacks(due)).await.is_err() {
+        if tx.send(EngineInput::Callbacks(due)).await.is_err() {
             return;
         }
     }
@@ -144,8 +142,6 @@ impl NetError {
 pub struct SipServer {
     /// The bound SIP addresses, per transport (ephemeral ports resolved).
     pub bound: Vec<(ListenTransport, SocketAddr)>,
-    /// Reloads the configuration into the running engine.
-    pub reloader: Reloader,
     engine_task: tokio::task::JoinHandle<()>,
 }
 
@@ -158,7 +154,7 @@ impl SipServer {
         records: Option<crate::api::RecordSink>,
         desks: Option<crate::api::Desks>,
         heartbeat: crate::health::Heartbeat,
-        draining: Arc<AtomicBool>,
+        inbox: EngineInbox,
         net: NetMetrics,
     ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
@@ -180,7 +176,8 @@ impl SipServer {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         engine.set_wall_clock(now, unix);
-        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let EngineInbox { rx, handle } = inbox;
+        let (tx, draining) = (handle.tx.clone(), handle.draining.clone());
         let mut udp = HashMap::new();
         let mut bound = Vec::new();
         let next_conn = Arc::new(AtomicU64::new(1));
@@ -249,10 +246,6 @@ impl SipServer {
                 ));
             }
         }
-        let reloader = Reloader {
-            tx: tx.clone(),
-            draining: draining.clone(),
-        };
         if let Some(&(_, udp_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Udp) {
             engine.set_outbound_local(udp_addr);
         }
@@ -296,6 +289,8 @@ impl SipServer {
             idle: config.sip.tcp_idle_timeout,
             metrics: net.clone(),
         };
+        // The store's answers come back through the engine's own queue.
+        let answers = tx.downgrade();
         drop(tx);
         if let Some(d) = &desks {
             let (board, slots) = engine.board();
@@ -305,13 +300,9 @@ impl SipServer {
         // Alive from here: the task beats again on its first turn.
         heartbeat.beat(Instant::now().into_std());
         let engine_task = tokio::spawn(run_engine(
-            engine, rx, media_rx, plane, udp, clients, records, desks, heartbeat,
+            engine, rx, answers, media_rx, plane, udp, clients, records, desks, heartbeat,
         ));
-        Ok(Self {
-            bound,
-            reloader,
-            engine_task,
-        })
+        Ok(Self { bound, engine_task })
     }
 
     /// Waits for the engine task (it ends when every reader is gone).
@@ -343,7 +334,7 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
 async fn udp_reader(
     sock: Arc<UdpSocket>,
     local: SocketAddr,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<EngineInput>,
     metrics: NetMetrics,
 ) {
     let mut buf = vec![0u8; 65_536];
@@ -356,7 +347,7 @@ async fn udp_reader(
                     local,
                     conn: 0,
                 };
-                let input = Input::Datagram {
+                let input = EngineInput::Datagram {
                     flow,
                     data: buf[..n].to_vec(),
                 };
@@ -378,7 +369,7 @@ async fn udp_reader(
 async fn tcp_acceptor(
     listener: TcpListener,
     tls: Option<(tokio_rustls::TlsAcceptor, crate::tls::PeerChecks)>,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<EngineInput>,
     limits: Limits,
     metrics: NetMetrics,
     next_conn: Arc<AtomicU64>,
@@ -433,7 +424,7 @@ async fn tcp_acceptor(
                         partial_timeout,
                     )
                     .await;
-                    let _ = tx.send(Input::ConnClosed { conn }).await;
+                    let _ = tx.send(EngineInput::ConnClosed { conn }).await;
                 }
                 Some((acceptor, checks)) => {
                     let handshake = tokio::time::timeout(
@@ -456,7 +447,7 @@ async fn tcp_acceptor(
                                 partial_timeout,
                             )
                             .await;
-                            let _ = tx.send(Input::ConnClosed { conn }).await;
+                            let _ = tx.send(EngineInput::ConnClosed { conn }).await;
                         }
                         Ok(Err(e)) => handshake_failed(&metrics, "in", remote, &e),
                         Err(_) => handshake_timed_out(&metrics, "in", remote),
@@ -494,7 +485,7 @@ async fn stream_connection<S>(
     stream: S,
     flow: Flow,
     trunks: Vec<String>,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<EngineInput>,
     limits: Limits,
     partial_timeout: Duration,
 ) where
@@ -502,7 +493,7 @@ async fn stream_connection<S>(
 {
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
     if tx
-        .send(Input::ConnOpen {
+        .send(EngineInput::ConnOpen {
             conn: flow.conn,
             tx: out_tx,
             trunks,
@@ -523,7 +514,7 @@ const STREAM_QUEUE: usize = 256;
 async fn pump_stream<S>(
     stream: S,
     flow: Flow,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<EngineInput>,
     mut out_rx: mpsc::Receiver<Vec<u8>>,
     limits: Limits,
     partial_timeout: Duration,
@@ -555,13 +546,13 @@ async fn pump_stream<S>(
                     match framer.next_message(&limits) {
                         Ok(None) => break,
                         Ok(Some(f)) => {
-                            if tx.send(Input::Framed { flow, framed: Ok(f) }).await.is_err() {
+                            if tx.send(EngineInput::Framed { flow, framed: Ok(f) }).await.is_err() {
                                 return;
                             }
                         }
                         Err(rej) => {
                             let breaks = rej.error.breaks_framing();
-                            let _ = tx.send(Input::Framed { flow, framed: Err(rej) }).await;
+                            let _ = tx.send(EngineInput::Framed { flow, framed: Err(rej) }).await;
                             if breaks {
                                 fatal = true;
                                 break;
@@ -595,7 +586,8 @@ async fn pump_stream<S>(
 #[allow(clippy::too_many_arguments)] // The engine task's inputs and outputs, each once.
 async fn run_engine(
     mut engine: Engine,
-    mut rx: mpsc::Receiver<Input>,
+    mut rx: mpsc::Receiver<EngineInput>,
+    answers: mpsc::WeakSender<EngineInput>,
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     mut plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
@@ -609,10 +601,15 @@ async fn run_engine(
     // Call records leave in batches: one store transaction (one fsync)
     // per RECORD_BATCH events or RECORD_FLUSH of time, never per event.
     let mut batch: Vec<centralino_types::record::Record> = Vec::new();
-    // Virtual-hold requests come back from the store here.
-    let (cb_tx, mut cb_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
-    // "Dialling" marks of callbacks come back here.
-    let (dial_tx, mut dial_rx) = mpsc::unbounded_channel::<(centralino_types::CallId, bool)>();
+    // The store's answers (virtual-hold requests, "dialling" marks) come
+    // back as inputs, in order with the rest.
+    let answer = |input: EngineInput| {
+        if let Some(tx) = answers.upgrade() {
+            tokio::spawn(async move {
+                let _ = tx.send(input).await;
+            });
+        }
+    };
     let mut flush_at: Option<Instant> = None;
     let mut life = Lifecycle::default();
     // A tick of its own, so an idle engine beats too; a loop stuck in one
@@ -649,12 +646,6 @@ async fn run_engine(
             }
             Some(event) = media_rx.recv() => {
                 engine.handle_media(Instant::now().into_std(), event);
-            }
-            Some((call, stored)) = cb_rx.recv() => {
-                engine.callback_stored(Instant::now().into_std(), call, stored);
-            }
-            Some((call, recorded)) = dial_rx.recv() => {
-                engine.callback_dialing(Instant::now().into_std(), call, recorded);
             }
             _ = beat.tick() => heartbeat.beat(Instant::now().into_std()),
         }
@@ -693,11 +684,14 @@ async fn run_engine(
                     (Some(sink), CallbackState::Dialing { call }) => {
                         // Queued now, in order with what follows.
                         let marked = sink.mark_dialed(id);
-                        let tx = dial_tx.clone();
-                        tokio::spawn(async move {
-                            let ok = marked.await.unwrap_or(false);
-                            let _ = tx.send((call, ok));
-                        });
+                        if let Some(tx) = answers.upgrade() {
+                            tokio::spawn(async move {
+                                let recorded = marked.await.unwrap_or(false);
+                                let _ = tx
+                                    .send(EngineInput::CallbackDialing { call, recorded })
+                                    .await;
+                            });
+                        }
                     }
                     (Some(sink), CallbackState::Requeue { outcome }) => {
                         sink.requeue(id, outcome.as_str());
@@ -712,7 +706,10 @@ async fn run_engine(
                         sink.reschedule(id, after, outcome.as_str());
                     }
                     (None, CallbackState::Dialing { call }) => {
-                        let _ = dial_tx.send((call, false));
+                        answer(EngineInput::CallbackDialing {
+                            call,
+                            recorded: false,
+                        });
                     }
                     (None, _) => {}
                 },
@@ -723,18 +720,21 @@ async fn run_engine(
                     enqueued_unix,
                 } => match &records {
                     Some(sink) => {
-                        let (sink, tx) = (sink.clone(), cb_tx.clone());
-                        tokio::spawn(async move {
-                            let stored = sink
-                                .create_callback(queue, number, enqueued_unix)
-                                .await
-                                .is_ok();
-                            let _ = tx.send((call, stored));
-                        });
+                        if let Some(tx) = answers.upgrade() {
+                            let sink = sink.clone();
+                            tokio::spawn(async move {
+                                let stored = sink
+                                    .create_callback(queue, number, enqueued_unix)
+                                    .await
+                                    .is_ok();
+                                let _ = tx.send(EngineInput::CallbackStored { call, stored }).await;
+                            });
+                        }
                     }
-                    None => {
-                        let _ = cb_tx.send((call, false));
-                    }
+                    None => answer(EngineInput::CallbackStored {
+                        call,
+                        stored: false,
+                    }),
                 },
                 Output::Transmit { flow, bytes } => match flow.transport {
                     Transport::Udp => {
@@ -791,7 +791,7 @@ async fn run_engine(
 struct Clients {
     /// Per outbound address: how to reach it, and the connection now.
     carriers: HashMap<SocketAddr, (crate::tls::Carrier, Option<u64>)>,
-    tx: mpsc::WeakSender<Input>,
+    tx: mpsc::WeakSender<EngineInput>,
     next_conn: Arc<AtomicU64>,
     limits: Limits,
     idle: Duration,
@@ -849,7 +849,7 @@ async fn tls_client(
     remote: SocketAddr,
     carrier: crate::tls::Carrier,
     out_rx: mpsc::Receiver<Vec<u8>>,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<EngineInput>,
     limits: Limits,
     partial_timeout: Duration,
     metrics: NetMetrics,
@@ -874,15 +874,15 @@ async fn tls_client(
         Ok(Err(e)) => {
             warn!(trunk = %carrier.trunk, peer = %remote, error = %e, "TLS connection to the carrier failed");
             handshake_failed(&metrics, "out", remote, &e);
-            let _ = tx.send(Input::ConnFailed { remote }).await;
+            let _ = tx.send(EngineInput::ConnFailed { remote }).await;
         }
         Err(_) => {
             warn!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier timed out");
             handshake_timed_out(&metrics, "out", remote);
-            let _ = tx.send(Input::ConnFailed { remote }).await;
+            let _ = tx.send(EngineInput::ConnFailed { remote }).await;
         }
     }
-    let _ = tx.send(Input::ConnClosed { conn }).await;
+    let _ = tx.send(EngineInput::ConnClosed { conn }).await;
 }
 
 /// Who waits on the engine's shutdown steps.
@@ -899,35 +899,39 @@ fn handle(
     conns: &mut HashMap<u64, mpsc::Sender<Vec<u8>>>,
     life: &mut Lifecycle,
     now: std::time::Instant,
-    input: Input,
+    input: EngineInput,
     net: &NetMetrics,
 ) {
     match input {
-        Input::Drain(idle) => {
+        EngineInput::Drain(idle) => {
             engine.set_draining();
             life.idle = Some(idle);
         }
-        Input::Shutdown(done) => {
+        EngineInput::Shutdown(done) => {
             engine.shutdown(now);
             life.stopped = Some(done);
         }
-        Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
-        Input::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
-        Input::ConnOpen { conn, tx, trunks } => {
+        EngineInput::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
+        EngineInput::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
+        EngineInput::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);
             engine.connection_opened(conn, trunks);
         }
-        Input::ConnClosed { conn } => {
+        EngineInput::ConnClosed { conn } => {
             conns.remove(&conn);
             engine.connection_closed(conn);
         }
-        Input::ConnFailed { remote } => engine.connection_failed(now, remote),
-        Input::Callbacks(due) => {
+        EngineInput::ConnFailed { remote } => engine.connection_failed(now, remote),
+        EngineInput::Callbacks(due) => {
             for cb in due {
                 engine.start_callback(now, cb);
             }
         }
-        Input::Pause {
+        EngineInput::CallbackStored { call, stored } => engine.callback_stored(now, call, stored),
+        EngineInput::CallbackDialing { call, recorded } => {
+            engine.callback_dialing(now, call, recorded);
+        }
+        EngineInput::Pause {
             agent,
             paused,
             reason,
@@ -935,7 +939,7 @@ fn handle(
         } => {
             let _ = reply.send(engine.set_agent_paused(now, &agent, paused, reason));
         }
-        Input::Reload(r) => {
+        EngineInput::Reload(r) => {
             let Reload {
                 reply,
                 config,

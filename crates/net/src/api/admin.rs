@@ -10,12 +10,11 @@ pub(super) async fn reload(api: &Api, headers: &HeaderMap) -> Response {
     if let Err(r) = authorize(api, headers, Need::Admin) {
         return *r;
     }
-    match api.reload.reload(api).await {
+    match api.reload().await {
         Ok(changed) => ok(
             StatusCode::OK,
             &json!({ "applied": true, "changed": changed }),
         ),
-        Err(ReloadError::NotReady) => error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
         Err(ReloadError::Invalid(problems)) => error(StatusCode::BAD_REQUEST, &problems),
         Err(ReloadError::Restart(keys)) => {
             let message = ReloadError::Restart(keys.clone()).to_string();

@@ -1,32 +1,33 @@
-//! The reload slot: how a reload asked over HTTP or by SIGHUP reaches the
-//! engine, and what it answers.
+//! Reloads: how a reload asked over HTTP or by SIGHUP reaches the engine,
+//! and what it answers.
 
 use super::*;
 
 /// Reads the configuration again (the binary knows where from).
 pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
-/// Where the API and SIGHUP find the reload once the SIP side runs, with
-/// the configuration running now (what a reload is compared with).
-#[derive(Clone, Default)]
-pub struct ReloadSlot {
-    pub(super) control: Arc<tokio::sync::Mutex<Option<Control>>>,
-    /// The engine's handle, also for pauses (never waits for a reload).
-    pub(super) engine: Arc<std::sync::Mutex<Option<crate::handle::Reloader>>>,
-}
+/// The reload's state: where the configuration is read from, and the one
+/// running now (what a reload is compared with). One reload at a time.
+#[derive(Clone)]
+pub(super) struct Reloads(Arc<tokio::sync::Mutex<Control>>);
 
 pub(super) struct Control {
     pub(super) loader: Loader,
-    pub(super) reloader: crate::handle::Reloader,
     pub(super) current: Config,
+}
+
+impl Reloads {
+    pub(super) fn new(loader: Loader, current: Config) -> Self {
+        Self(Arc::new(tokio::sync::Mutex::new(Control {
+            loader,
+            current,
+        })))
+    }
 }
 
 /// Why a reload was not applied (nothing of it was).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// The node is still starting.
-    #[error("the node is not ready")]
-    NotReady,
     /// The new file is not a valid configuration.
     #[error("{0}")]
     Invalid(String),
@@ -38,34 +39,13 @@ pub enum ReloadError {
     Refused(crate::handle::EngineReloadError),
 }
 
-impl ReloadSlot {
-    /// Enables reloads (`POST /api/v1/config/reload`, SIGHUP) of a node
-    /// running `current`.
-    pub async fn enable(&self, loader: Loader, reloader: crate::handle::Reloader, current: Config) {
-        *self
-            .engine
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reloader.clone());
-        *self.control.lock().await = Some(Control {
-            loader,
-            reloader,
-            current,
-        });
-    }
-
-    pub(super) fn engine(&self) -> Option<crate::handle::Reloader> {
-        self.engine
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
+impl Api {
     /// Reads the configuration again and applies every key that changed,
     /// or nothing: a key the node cannot apply live refuses the whole
     /// reload, named. `Ok` lists the keys applied. One reload at a time.
-    pub async fn reload(&self, api: &Api) -> Result<Vec<String>, ReloadError> {
-        let mut guard = self.control.lock().await;
-        let control = guard.as_mut().ok_or(ReloadError::NotReady)?;
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let api = self;
+        let mut control = self.reload.0.lock().await;
         let loader = control.loader.clone();
         let config = tokio::task::spawn_blocking(move || loader())
             .await
@@ -84,8 +64,7 @@ impl ReloadSlot {
             api.net.config_reloads.with_label_values(&["refused"]).inc();
             return Err(ReloadError::Restart(restart));
         }
-        control
-            .reloader
+        api.engine
             .reload(config.clone())
             .await
             .map_err(ReloadError::Refused)?;

@@ -250,10 +250,7 @@ pub(super) async fn set_state(
             "reason: 1 to 64 letters, digits, - and _ (e.g. \"pausa_pranzo\")",
         );
     }
-    let Some(engine) = api.reload.engine() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
-    };
-    match engine.set_paused(name.clone(), paused, b.reason).await {
+    match api.engine.set_paused(name.clone(), paused, b.reason).await {
         Ok(state) => ok(StatusCode::OK, &json!({ "agent": name, "state": state })),
         Err(Some(AgentStateError::Unknown)) => error(StatusCode::NOT_FOUND, "no such operator"),
         Err(Some(e)) => error(StatusCode::CONFLICT, &e.to_string()),

@@ -51,7 +51,8 @@ mod supervisor;
 mod time;
 mod ws;
 
-pub use control::{Loader, ReloadError, ReloadSlot};
+use control::Reloads;
+pub use control::{Loader, ReloadError};
 pub use desks::Desks;
 pub use store::RecordSink;
 
@@ -156,7 +157,9 @@ pub struct Api {
     store: StoreHandle,
     live: Arc<std::sync::RwLock<Arc<Live>>>,
     limiter: Arc<std::sync::Mutex<CallbackLimiter>>,
-    reload: ReloadSlot,
+    reload: Reloads,
+    /// The engine's queue (pauses, reloads).
+    engine: crate::handle::EngineHandle,
     desks: Desks,
     /// Configured operators (desks exist only for them).
     agents: Arc<HashSet<String>>,
@@ -292,11 +295,15 @@ struct Logins {
 
 impl Api {
     /// Opens (or creates) `DIR/centralino.db`, the directory owner-only.
+    /// `engine` is the engine's queue (it may start later: what is sent
+    /// waits); `loader` reads the configuration again for a reload.
     pub fn start(
         config: &Config,
         data_dir: &Path,
         metrics: Metrics,
         net: NetMetrics,
+        engine: crate::handle::EngineHandle,
+        loader: Loader,
     ) -> Result<Self, ApiError> {
         centralino_store::owner_only::create_dir(data_dir)
             .map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
@@ -346,7 +353,8 @@ impl Api {
                     1_000_000,
                 ),
             })),
-            reload: ReloadSlot::default(),
+            reload: Reloads::new(loader, config.clone()),
+            engine,
             desks: Desks::default(),
             agents: Arc::new(config.agents.iter().map(|a| a.username.clone()).collect()),
             agent_tenants: Arc::new(
@@ -434,11 +442,6 @@ impl Api {
     /// The operators' current calls (the engine task fills it).
     pub fn desks(&self) -> Desks {
         self.desks.clone()
-    }
-
-    /// The slot the binary fills to enable the reload endpoint.
-    pub fn reload_slot(&self) -> ReloadSlot {
-        self.reload.clone()
     }
 
     /// Where the engine's call records go.
