@@ -113,16 +113,6 @@ struct StoreState {
     unwritten_since: AtomicU64,
 }
 
-/// Marks the store down when dropped: held by the store's thread, so its
-/// end (a panic unwinds through it too) shows.
-pub(crate) struct StoreRunning(StoreProbe);
-
-impl Drop for StoreRunning {
-    fn drop(&mut self) {
-        self.0.0.alive.store(false, Ordering::Relaxed);
-    }
-}
-
 impl StoreProbe {
     /// A store whose thread is about to start.
     pub(crate) fn new() -> Self {
@@ -132,31 +122,6 @@ impl StoreProbe {
             busy_since: AtomicU64::new(0),
             unwritten_since: AtomicU64::new(0),
         }))
-    }
-
-    /// For the store's thread to hold while it runs.
-    pub(crate) fn running(&self) -> StoreRunning {
-        StoreRunning(self.clone())
-    }
-
-    /// A transaction starts.
-    pub(crate) fn begin(&self, now: Instant) {
-        self.0
-            .busy_since
-            .store(stamp(self.0.epoch, now), Ordering::Relaxed);
-    }
-
-    /// The transaction is over; `backlog` writes the disk refused wait
-    /// for the next one.
-    pub(crate) fn end(&self, now: Instant, backlog: usize) {
-        let s = &self.0;
-        s.busy_since.store(0, Ordering::Relaxed);
-        if backlog == 0 {
-            s.unwritten_since.store(0, Ordering::Relaxed);
-        } else if s.unwritten_since.load(Ordering::Relaxed) == 0 {
-            s.unwritten_since
-                .store(stamp(s.epoch, now), Ordering::Relaxed);
-        }
     }
 
     fn verdict(&self, now: Instant) -> Verdict {
@@ -171,6 +136,31 @@ impl StoreProbe {
             return Verdict::StoreStalled;
         }
         Verdict::Ok
+    }
+}
+
+/// The store's thread reports here: its end, each transaction, and the
+/// writes the disk refused.
+impl centralino_store::service::Watch for StoreProbe {
+    fn stopped(&self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
+
+    fn begin(&self, now: Instant) {
+        self.0
+            .busy_since
+            .store(stamp(self.0.epoch, now), Ordering::Relaxed);
+    }
+
+    fn end(&self, now: Instant, backlog: usize) {
+        let s = &self.0;
+        s.busy_since.store(0, Ordering::Relaxed);
+        if backlog == 0 {
+            s.unwritten_since.store(0, Ordering::Relaxed);
+        } else if s.unwritten_since.load(Ordering::Relaxed) == 0 {
+            s.unwritten_since
+                .store(stamp(s.epoch, now), Ordering::Relaxed);
+        }
     }
 }
 
@@ -210,6 +200,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use centralino_store::service::Watch;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -236,9 +227,8 @@ mod tests {
     fn a_store_thread_that_ends_is_down() {
         let (h, _, beat, store, t0) = node();
         beat.beat(t0);
-        let running = store.running();
         assert_eq!(h.check(t0), Verdict::Ok);
-        drop(running);
+        store.stopped();
         assert_eq!(h.check(t0), Verdict::StoreDown);
         assert_eq!(Verdict::StoreDown.as_str(), "store down");
     }
@@ -246,7 +236,6 @@ mod tests {
     #[test]
     fn a_long_transaction_or_refused_writes_stall_the_store() {
         let (h, _, beat, store, t0) = node();
-        let _running = store.running();
         // One transaction that does not end (a hung disk).
         store.begin(t0);
         beat.beat(t0 + 4 * S);
@@ -273,7 +262,7 @@ mod tests {
     fn draining_comes_first() {
         let (h, draining, beat, store, t0) = node();
         beat.beat(t0);
-        drop(store.running());
+        store.stopped();
         draining.store(true, Ordering::Relaxed);
         assert_eq!(h.check(t0 + 60 * S), Verdict::Draining);
         assert_eq!(h.check(t0).as_str(), "draining");

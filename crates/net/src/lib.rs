@@ -31,7 +31,8 @@ mod tls;
 
 #[doc(hidden)]
 pub use api::fuzz_api_body;
-pub use api::{Api, ApiError, Desks, Loader, RecordSink, ReloadError, routes};
+pub use api::{Api, ApiError, Desks, Loader, ReloadError, routes};
+pub use centralino_store::service::RecordSink;
 pub use error::NetError;
 pub use handle::{EngineHandle, EngineInbox, EngineInput, EngineReloadError};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};

@@ -5,9 +5,7 @@
 //!
 //! Labels are bounded: never a call id, a number or an operator id.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 /// The drivers' metric handles.
 #[derive(Clone)]
@@ -49,21 +47,8 @@ pub struct NetMetrics {
     /// `centralino_notifications_total{event,outcome}`: SMS hook deliveries
     /// (sent, retry, dead_letter).
     pub notifications: IntCounterVec,
-    /// `centralino_store_errors_total`: batches of call records not written.
-    pub store_errors: IntCounter,
-    /// `centralino_store_group_requests`: requests applied per store
-    /// transaction (group commit: a slow disk makes groups larger).
-    pub store_group: Histogram,
-    /// `centralino_store_backlog`: writes nobody waits for (records,
-    /// callback state, audit) kept in memory because the disk refused
-    /// them; written again each second.
-    pub store_backlog: IntGauge,
-    /// `centralino_store_dropped_total`: kept writes given up (backlog
-    /// full, or one that kept failing alone).
-    pub store_dropped: IntCounter,
-    /// `centralino_store_commit_seconds`: time of one store transaction,
-    /// fsync included; what a slow disk costs every callback and record.
-    pub store_commit: Histogram,
+    /// The store service's (`centralino_store_*`), registered with these.
+    pub store: centralino_store::service::StoreMetrics,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
     pub config_reloads: IntCounterVec,
     /// `centralino_http_connections`: open HTTP connections, WebSockets
@@ -159,45 +144,7 @@ impl NetMetrics {
                 "SMS hook notifications by event and outcome",
                 &["event", "outcome"]
             )),
-            store_errors: reg!(c(
-                "centralino_store_errors_total",
-                "Store writes that failed (records, callback state, audit)"
-            )),
-            store_group: reg!(
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "centralino_store_group_requests",
-                        "Requests applied in one store transaction"
-                    )
-                    .buckets(vec![
-                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0
-                    ])
-                )
-                .expect("valid metric")
-            ),
-            store_backlog: reg!(
-                IntGauge::new(
-                    "centralino_store_backlog",
-                    "Store writes kept in memory until the disk takes them"
-                )
-                .expect("valid metric")
-            ),
-            store_dropped: reg!(c(
-                "centralino_store_dropped_total",
-                "Kept store writes given up (backlog full or failing alone)"
-            )),
-            store_commit: reg!(
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "centralino_store_commit_seconds",
-                        "Duration of one store transaction, fsync included"
-                    )
-                    .buckets(vec![
-                        0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0
-                    ])
-                )
-                .expect("valid metric")
-            ),
+            store: centralino_store::service::StoreMetrics::new(registry),
             config_reloads: reg!(cv(
                 "centralino_config_reloads_total",
                 "Configuration reloads (SIGHUP) by outcome",
@@ -234,7 +181,7 @@ mod tests {
         let m = NetMetrics::new(&engine.registry);
         m.http_timeouts.with_label_values(&["header"]).inc();
         m.rtp_packets.with_label_values(&["caller", "in"]).inc();
-        m.store_dropped.inc();
+        m.store.dropped.inc();
         let families = engine.registry.gather();
         assert!(
             families

@@ -40,7 +40,7 @@ const CALLBACK_BATCH: usize = 50;
 
 /// Claims due callbacks and hands them to the engine, once a second.
 async fn callback_scheduler(
-    sink: crate::api::RecordSink,
+    sink: centralino_store::service::RecordSink,
     tx: mpsc::Sender<EngineInput>,
     hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
     draining: Arc<AtomicBool>,
@@ -151,7 +151,7 @@ impl SipServer {
     pub async fn start(
         config: &Config,
         metrics: Metrics,
-        records: Option<crate::api::RecordSink>,
+        records: Option<centralino_store::service::RecordSink>,
         desks: Option<crate::api::Desks>,
         heartbeat: crate::health::Heartbeat,
         inbox: EngineInbox,
@@ -592,7 +592,7 @@ async fn run_engine(
     mut plane: MediaPlane,
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     mut clients: Clients,
-    records: Option<crate::api::RecordSink>,
+    records: Option<centralino_store::service::RecordSink>,
     desks: Option<crate::api::Desks>,
     heartbeat: crate::health::Heartbeat,
 ) {
@@ -724,7 +724,12 @@ async fn run_engine(
                             let sink = sink.clone();
                             tokio::spawn(async move {
                                 let stored = sink
-                                    .create_callback(queue, number, enqueued_unix)
+                                    .create_callback(
+                                        crate::api::random_id(),
+                                        queue,
+                                        number,
+                                        enqueued_unix,
+                                    )
                                     .await
                                     .is_ok();
                                 let _ = tx.send(EngineInput::CallbackStored { call, stored }).await;

@@ -13,6 +13,7 @@
 
 mod audit;
 pub mod owner_only;
+pub mod service;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -174,6 +175,9 @@ pub enum StoreError {
     /// SQLite refused (disk full, corrupt file, locked by another process).
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The service's thread could not be started.
+    #[error("cannot start the store's thread: {0}")]
+    Thread(std::io::Error),
     /// The file was written by a newer Centralino.
     #[error("database schema version {found} is newer than this program's {known}")]
     TooNew {

@@ -9,6 +9,7 @@ pub mod alloc_count;
 pub mod dialplan;
 pub mod outcome;
 pub mod record;
+pub mod time;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

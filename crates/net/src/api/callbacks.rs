@@ -90,7 +90,7 @@ pub(super) fn check_priority(p: i32) -> Result<(), String> {
     }
 }
 
-pub(super) fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     use rand::TryRngCore;
     let mut b = [0u8; 16];
     let _ = rand::rngs::OsRng.try_fill_bytes(&mut b);

@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{Sender, channel};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,14 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use centralino_b2bua::{AgentCall, DeskState, Metrics, QueueView};
 use centralino_config::{ApiToken, Config};
-use centralino_flows::calendar::{civil_from_days, days_from_civil};
 use centralino_routing::{Catalog, Requirement};
-use centralino_store::{Callback, Created, Edit, NewCallback, Patch, Status, Store, StoreError};
+use centralino_store::service::{RecordSink, ServiceError, StoreHandle, StoreReq};
+use centralino_store::{Callback, Created, Edit, NewCallback, Patch, Status, StoreError};
 use centralino_types::Masked;
 use centralino_types::dialplan::DialPlan;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::metrics::NetMetrics;
@@ -46,7 +44,6 @@ mod desks;
 mod login;
 mod scripts;
 mod sms;
-mod store;
 mod supervisor;
 mod time;
 mod ws;
@@ -54,17 +51,16 @@ mod ws;
 use control::Reloads;
 pub use control::{Loader, ReloadError};
 pub use desks::Desks;
-pub use store::RecordSink;
 
 use admin::*;
 use auth::*;
+pub(crate) use callbacks::random_id;
 use callbacks::*;
 use desk::*;
 use desks::*;
 use login::*;
 use scripts::*;
 use sms::*;
-use store::*;
 use supervisor::*;
 use time::*;
 use ws::*;
@@ -79,12 +75,9 @@ pub enum ApiError {
     /// The data directory cannot be created.
     #[error("data directory {0}: {1}")]
     Dir(std::path::PathBuf, std::io::Error),
-    /// The database cannot be opened.
+    /// The database cannot be opened, or its thread started.
     #[error("store: {0}")]
     Store(StoreError),
-    /// The store's thread cannot start.
-    #[error("store thread: {0}")]
-    Thread(std::io::Error),
     /// The SMS hook's TLS client cannot be set up (CA file).
     #[error("notifications TLS: {0}")]
     Tls(String),
@@ -328,9 +321,10 @@ impl Api {
             audit_key,
             config.retention_days,
             config.notifications.is_some(),
-            net.clone(),
+            net.store.clone(),
             store_probe.clone(),
-        )?;
+        )
+        .map_err(ApiError::Store)?;
         if let Some(n) = &config.notifications {
             let tls = n.tls.as_ref().map(tls_connector).transpose()?;
             tokio::spawn(notifier(store.clone(), n.clone(), tls, net.clone()));
@@ -446,7 +440,7 @@ impl Api {
 
     /// Where the engine's call records go.
     pub fn records(&self) -> RecordSink {
-        RecordSink(self.store.0.clone())
+        self.store.records()
     }
 
     /// The API's routes.
@@ -492,9 +486,7 @@ impl Api {
 
     /// An audit entry for a known actor (a token's name).
     fn audit_as(&self, actor: &str, action: &str, target: &str, code: StatusCode) {
-        let _ = self
-            .store
-            .0
+        self.store
             .send(StoreReq::Audit(centralino_store::AuditEntry {
                 at: unix_now_ms(),
                 actor: actor.to_owned(),

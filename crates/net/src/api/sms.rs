@@ -39,9 +39,7 @@ pub(super) async fn notifier(
                 .notifications
                 .with_label_values(&[&n.event, outcome])
                 .inc();
-            let _ = store
-                .0
-                .send(StoreReq::NotificationAttempt(n.seq, sent, error, retry_at));
+            store.send(StoreReq::NotificationAttempt(n.seq, sent, error, retry_at));
         }
     }
 }

@@ -1,11 +1,134 @@
-//! The store's thread seen from async handlers: requests over a channel,
-//! group commit (many requests, one transaction), a backlog of records
-//! that survives a slow or failing disk, and the sink the SIP side writes
-//! call records to.
+//! The store as a service: one thread owns the database; requests come
+//! over a channel and are applied by group commit (many requests, one
+//! transaction, one fsync); writes nobody waits for are kept in a backlog
+//! that survives a slow or failing disk. [`StoreHandle`] is how async
+//! code asks it; [`RecordSink`] is what the SIP side writes call records
+//! and callback progress to.
 
-use super::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::time::Instant;
 
-pub(super) type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::{AuditKey, Callback, Created, Edit, NewCallback, Patch, Status, Store, StoreError};
+use centralino_types::time::rfc3339;
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Where the service reports how it goes (`/healthz` watches it).
+pub trait Watch: Send + 'static {
+    /// The service's thread ended (a panic unwinds through this too).
+    fn stopped(&self);
+    /// A transaction starts.
+    fn begin(&self, now: Instant);
+    /// The transaction is over; `backlog` writes the disk refused wait for
+    /// the next one.
+    fn end(&self, now: Instant, backlog: usize);
+}
+
+/// Calls [`Watch::stopped`] when dropped: held by the service's thread.
+struct Running<W: Watch>(W);
+
+impl<W: Watch> Drop for Running<W> {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
+}
+
+/// The service's metrics (in the node's one registry).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// `centralino_store_errors_total`: transactions not committed.
+    pub errors: IntCounter,
+    /// `centralino_store_group_requests`: requests applied per
+    /// transaction (group commit: a slow disk makes groups larger).
+    pub group: Histogram,
+    /// `centralino_store_backlog`: writes nobody waits for (records,
+    /// callback state, audit) kept in memory because the disk refused
+    /// them; written again each second.
+    pub backlog: IntGauge,
+    /// `centralino_store_dropped_total`: kept writes given up (backlog
+    /// full, or failing alone).
+    pub dropped: IntCounter,
+    /// `centralino_store_commit_seconds`: time of one transaction, fsync
+    /// included.
+    pub commit: Histogram,
+}
+
+impl StoreMetrics {
+    /// Registers the service's metrics in `registry`.
+    ///
+    /// # Panics
+    /// When `registry` already has them (a programming error).
+    pub fn new(registry: &Registry) -> Self {
+        fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+            r.register(Box::new(m.clone()))
+                .expect("metric registered once");
+            m
+        }
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric")
+        };
+        Self {
+            errors: reg(
+                registry,
+                IntCounter::new(
+                    "centralino_store_errors_total",
+                    "Store writes that failed (records, callback state, audit)",
+                )
+                .expect("valid metric"),
+            ),
+            group: reg(
+                registry,
+                histogram(
+                    "centralino_store_group_requests",
+                    "Requests applied in one store transaction",
+                    vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                ),
+            ),
+            backlog: reg(
+                registry,
+                IntGauge::new(
+                    "centralino_store_backlog",
+                    "Store writes kept in memory until the disk takes them",
+                )
+                .expect("valid metric"),
+            ),
+            dropped: reg(
+                registry,
+                IntCounter::new(
+                    "centralino_store_dropped_total",
+                    "Kept store writes given up (backlog full or failing alone)",
+                )
+                .expect("valid metric"),
+            ),
+            commit: reg(
+                registry,
+                histogram(
+                    "centralino_store_commit_seconds",
+                    "Duration of one store transaction, fsync included",
+                    vec![
+                        0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+                    ],
+                ),
+            ),
+        }
+    }
+}
+
+/// Where a request's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
 
 /// Why the store's service did not do what it was asked.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -22,18 +145,20 @@ pub enum ServiceError {
     Stopped,
 }
 
-pub(super) enum StoreReq {
-    Records(Vec<centralino_store::Record>),
+/// What the service is asked.
+#[allow(missing_docs)] // Each variant is named by the store method it calls.
+pub enum StoreReq {
+    Records(Vec<crate::Record>),
     /// Answered once everything sent before it is written.
     Flush(oneshot::Sender<()>),
     /// Who read or changed personal data (batched, chained).
-    Audit(centralino_store::AuditEntry),
+    Audit(crate::AuditEntry),
     Claim(i64, usize, Vec<String>, Reply<Vec<Callback>>),
     MarkDialed(String, i64, Reply<bool>),
     Finish(String, Status, &'static str, i64),
     Reschedule(String, i64, &'static str, i64),
     Requeue(String, &'static str, i64),
-    DueNotifications(i64, Reply<Vec<centralino_store::Notification>>),
+    DueNotifications(i64, Reply<Vec<crate::Notification>>),
     NotificationAttempt(i64, bool, Option<String>, Option<i64>),
     Answers(
         String,
@@ -55,57 +180,57 @@ pub(super) enum StoreReq {
     Cancel(String, i64, Reply<Edit>),
 }
 
-/// The store's thread.
+/// The store's thread, asked from async code.
 #[derive(Clone)]
-pub(super) struct StoreHandle(pub(super) Sender<StoreReq>);
+pub struct StoreHandle(Sender<StoreReq>);
 
 /// Most requests applied in one transaction.
-pub(super) const GROUP_MAX: usize = 512;
+const GROUP_MAX: usize = 512;
 
 /// Most writes kept in memory while the disk refuses them (disk full, I/O
 /// errors): about an hour of a busy node's call records. Past it the
 /// oldest are dropped, counted and logged.
-pub(super) const BACKLOG_MAX: usize = 200_000;
+const BACKLOG_MAX: usize = 200_000;
 
 /// A write that failed on its own this many times (while the rest of its
 /// group was committed) is not a disk problem: dropped, counted, logged.
-pub(super) const OWN_FAILURES_MAX: u32 = 5;
+const OWN_FAILURES_MAX: u32 = 5;
 
 /// How soon a backlog is tried again when nothing else comes.
-pub(super) const BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An answer sent once the group's transaction committed (or failed).
-pub(super) type Deferred = Box<dyn FnOnce(Result<(), &ServiceError>)>;
+type Deferred = Box<dyn FnOnce(Result<(), &ServiceError>)>;
 
 /// A write nobody waits for (call records, callback state changes,
 /// notification attempts, audit entries): kept until it is on disk, so a
 /// full or failing disk delays it instead of losing it.
-pub(super) struct Kept {
-    pub(super) req: StoreReq,
+struct Kept {
+    req: StoreReq,
     /// Times it failed by itself (its group committed without it).
-    pub(super) own_failures: u32,
+    own_failures: u32,
     /// It failed in this group.
-    pub(super) failed: bool,
+    failed: bool,
 }
 
 /// The requests of one transaction and what is owed for them.
-pub(super) struct Group {
+struct Group {
     /// The SMS hook is configured: changes it reports go to the outbox.
-    pub(super) notify: bool,
-    pub(super) replies: Vec<Deferred>,
+    notify: bool,
+    replies: Vec<Deferred>,
     /// Writes nobody waits for, with how they went.
-    pub(super) kept: Vec<Kept>,
+    kept: Vec<Kept>,
     /// Audit entries (and their own failures), written last in one
     /// chained batch.
-    pub(super) audit: Vec<(centralino_store::AuditEntry, u32)>,
+    audit: Vec<(crate::AuditEntry, u32)>,
     /// That batch failed in this group.
-    pub(super) audit_failed: bool,
+    audit_failed: bool,
     /// The chain's head after that batch, logged once committed.
-    pub(super) audit_head: Option<centralino_store::AuditHead>,
+    audit_head: Option<crate::AuditHead>,
 }
 
 impl Group {
-    pub(super) fn new(notify: bool) -> Self {
+    fn new(notify: bool) -> Self {
         Self {
             notify,
             replies: Vec::new(),
@@ -117,7 +242,7 @@ impl Group {
     }
 
     /// Answers `r` with `v` after the commit, or with the commit's error.
-    pub(super) fn reply<T: 'static>(&mut self, r: Reply<T>, v: Result<T, StoreError>) {
+    fn reply<T: 'static>(&mut self, r: Reply<T>, v: Result<T, StoreError>) {
         let v = v.map_err(|e| ServiceError::Store(Arc::new(e)));
         self.replies
             .push(Box::new(move |committed: Result<(), &ServiceError>| {
@@ -127,12 +252,7 @@ impl Group {
 
     /// The SMS hook's outbox: written next to the change it reports (same
     /// transaction), sent by the notifier.
-    pub(super) fn outbox(
-        &self,
-        store: &mut Store,
-        id: &str,
-        event: &str,
-    ) -> Result<(), StoreError> {
+    fn outbox(&self, store: &mut Store, id: &str, event: &str) -> Result<(), StoreError> {
         if !self.notify {
             return Ok(());
         }
@@ -160,7 +280,7 @@ impl Group {
     /// Writes one request nobody waits for. Each store method is
     /// all-or-nothing on its own (savepoints), so a failure here undoes
     /// nothing else of the group.
-    pub(super) fn write(&self, store: &mut Store, req: &StoreReq) -> Result<(), StoreError> {
+    fn write(&self, store: &mut Store, req: &StoreReq) -> Result<(), StoreError> {
         match req {
             StoreReq::Requeue(id, outcome, now) => store.requeue(id, outcome, *now).map(drop),
             StoreReq::Finish(id, status, outcome, now) => store.atomically(|store| {
@@ -181,7 +301,7 @@ impl Group {
 
     /// Applies a write nobody waits for and keeps it until the commit says
     /// whether it is on disk.
-    pub(super) fn keep(&mut self, store: &mut Store, req: StoreReq, own_failures: u32) {
+    fn keep(&mut self, store: &mut Store, req: StoreReq, own_failures: u32) {
         let failed = match self.write(store, &req) {
             Ok(()) => false,
             Err(e) => {
@@ -197,7 +317,7 @@ impl Group {
     }
 
     /// Applies one request inside the group's transaction.
-    pub(super) fn apply(&mut self, store: &mut Store, req: StoreReq) {
+    fn apply(&mut self, store: &mut Store, req: StoreReq) {
         match req {
             StoreReq::Audit(e) => self.audit.push((e, 0)),
             StoreReq::Answers(call, agent, answers, now, r) => {
@@ -266,7 +386,7 @@ impl Group {
     }
 
     /// The audit entries, last in the transaction (one chained batch).
-    pub(super) fn write_audit(&mut self, store: &mut Store) {
+    fn write_audit(&mut self, store: &mut Store) {
         if self.audit.is_empty() {
             return;
         }
@@ -284,11 +404,11 @@ impl Group {
     /// keeps every write of the group (none is on disk); a commit keeps
     /// only those that failed by themselves, and drops one that keeps
     /// failing alone (not a disk problem: a bug to look at in the log).
-    pub(super) fn settle(
+    fn settle(
         self,
         committed: bool,
         backlog: &mut std::collections::VecDeque<Kept>,
-        metrics: &NetMetrics,
+        metrics: &StoreMetrics,
     ) {
         for mut k in self.kept {
             if committed && !k.failed {
@@ -298,7 +418,7 @@ impl Group {
                 k.own_failures += 1;
             }
             if k.own_failures >= OWN_FAILURES_MAX {
-                metrics.store_dropped.inc();
+                metrics.dropped.inc();
                 tracing::error!(
                     write = k.req.kind(),
                     "store write failed {OWN_FAILURES_MAX} times alone: dropped"
@@ -316,7 +436,7 @@ impl Group {
                 own += 1;
             }
             if own >= OWN_FAILURES_MAX {
-                metrics.store_dropped.inc();
+                metrics.dropped.inc();
                 tracing::error!("audit entry failed {OWN_FAILURES_MAX} times alone: dropped");
                 continue;
             }
@@ -328,20 +448,20 @@ impl Group {
         }
         while backlog.len() > BACKLOG_MAX {
             if let Some(k) = backlog.pop_front() {
-                metrics.store_dropped.inc();
+                metrics.dropped.inc();
                 tracing::error!(
                     write = k.req.kind(),
                     "store backlog full: oldest write dropped"
                 );
             }
         }
-        metrics.store_backlog.set(backlog.len() as i64);
+        metrics.backlog.set(backlog.len() as i64);
     }
 }
 
 impl StoreReq {
     /// A write nobody waits for, kept until the disk takes it.
-    pub(super) fn kept_when_unwritten(&self) -> bool {
+    fn kept_when_unwritten(&self) -> bool {
         matches!(
             self,
             Self::Records(_)
@@ -354,7 +474,7 @@ impl StoreReq {
     }
 
     /// What a request is, for the log.
-    pub(super) fn kind(&self) -> &'static str {
+    fn kind(&self) -> &'static str {
         match self {
             Self::Records(_) => "records",
             Self::Flush(_) => "flush",
@@ -377,16 +497,19 @@ impl StoreReq {
 }
 
 impl StoreHandle {
-    pub(super) fn start(
+    /// Opens the database at `path` (a bad file stops the start with its
+    /// reason), closes what the last process left in progress, and starts
+    /// the service's thread. `notify`: changes the SMS hook reports go to
+    /// its outbox.
+    pub fn start(
         path: &Path,
-        audit_key: centralino_store::AuditKey,
+        audit_key: AuditKey,
         retention_days: u32,
         notify: bool,
-        metrics: NetMetrics,
-        probe: crate::health::StoreProbe,
-    ) -> Result<Self, ApiError> {
-        // Opened here so a bad file stops the start with its reason.
-        let mut store = Store::open_keyed(path, audit_key).map_err(ApiError::Store)?;
+        metrics: StoreMetrics,
+        watch: impl Watch,
+    ) -> Result<Self, StoreError> {
+        let mut store = Store::open_keyed(path, audit_key)?;
         match store.audit_key_fits() {
             Ok(true) => {}
             Ok(false) => tracing::error!(
@@ -419,12 +542,12 @@ impl StoreHandle {
             .spawn(move || {
                 // `/healthz` sees this thread end, and each transaction
                 // and backlog that lasts.
-                let _running = probe.running();
-                let mut next_retention = std::time::Instant::now();
+                let watch = Running(watch);
+                let mut next_retention = Instant::now();
                 let mut backlog: std::collections::VecDeque<Kept> =
                     std::collections::VecDeque::new();
                 loop {
-                    if std::time::Instant::now() >= next_retention {
+                    if Instant::now() >= next_retention {
                         // Hourly: numbers older than the retention period
                         // are masked.
                         match store.anonymise_before(unix_now() * 1000 - retention) {
@@ -477,12 +600,10 @@ impl StoreHandle {
                             Err(_) => break,
                         }
                     }
-                    metrics
-                        .store_group
-                        .observe((reqs.len() + backlog.len()) as f64);
+                    metrics.group.observe((reqs.len() + backlog.len()) as f64);
                     let mut group = Group::new(notify);
-                    let began = std::time::Instant::now();
-                    probe.begin(began);
+                    let began = Instant::now();
+                    watch.0.begin(began);
                     let committed = store.atomically(|store| {
                         // Writes kept from earlier groups first, in their
                         // order: a call's start before its end.
@@ -511,9 +632,9 @@ impl StoreHandle {
                             });
                         }
                     }
-                    metrics.store_commit.observe(began.elapsed().as_secs_f64());
+                    metrics.commit.observe(began.elapsed().as_secs_f64());
                     let committed = committed.map_err(|e| {
-                        metrics.store_errors.inc();
+                        metrics.errors.inc();
                         warn!(error = %e, "store transaction not committed");
                         ServiceError::Store(Arc::new(e))
                     });
@@ -524,20 +645,28 @@ impl StoreHandle {
                         info!(seq = head.seq, mac = %head.mac, "audit head");
                     }
                     group.settle(committed.is_ok(), &mut backlog, &metrics);
-                    probe.end(std::time::Instant::now(), backlog.len());
+                    watch.0.end(Instant::now(), backlog.len());
                     for reply in replies {
                         reply(committed.as_ref().map(|_| ()));
                     }
                 }
             })
-            .map_err(ApiError::Thread)?;
+            .map_err(StoreError::Thread)?;
         Ok(Self(tx))
     }
 
-    pub(super) async fn ask<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> StoreReq,
-    ) -> Result<T, ServiceError> {
+    /// Sends a request nobody waits for.
+    pub fn send(&self, req: StoreReq) {
+        let _ = self.0.send(req);
+    }
+
+    /// The sink the SIP side writes to.
+    pub fn records(&self) -> RecordSink {
+        RecordSink(self.0.clone())
+    }
+
+    /// Asks and waits for the answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> StoreReq) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();
         self.0
             .send(make(tx))
@@ -549,11 +678,11 @@ impl StoreHandle {
 /// Hands call records and queue events to the store's thread (never
 /// waits: the channel is unbounded and the writer batches).
 #[derive(Clone)]
-pub struct RecordSink(pub(super) Sender<StoreReq>);
+pub struct RecordSink(Sender<StoreReq>);
 
 impl RecordSink {
     /// Queues a batch.
-    pub fn send(&self, batch: Vec<centralino_store::Record>) {
+    pub fn send(&self, batch: Vec<crate::Record>) {
         let _ = self.0.send(StoreReq::Records(batch));
     }
 
@@ -617,12 +746,13 @@ impl RecordSink {
     /// once it is durable.
     pub async fn create_callback(
         &self,
+        id: String,
         queue: String,
         number: String,
         enqueued_unix: i64,
     ) -> Result<Created, ServiceError> {
         let new = NewCallback {
-            id: random_id(),
+            id,
             queue,
             number,
             not_before: None,
