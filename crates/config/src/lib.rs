@@ -173,15 +173,79 @@ impl Config {
 
     /// The operators as the router takes them.
     pub fn routing_agents(&self) -> Vec<(String, Attributes)> {
-        self.agents
-            .iter()
-            .map(|a| (a.username.clone(), a.attributes.clone()))
-            .collect()
+        routing_agents(&self.agents)
     }
 
     /// The queues as the router takes them.
     pub fn routing_queues(&self) -> Vec<QueueSettings> {
-        self.queues.iter().map(|q| q.routing.clone()).collect()
+        routing_queues(&self.queues)
+    }
+
+    /// The call engine's part.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            sip: self.sip.clone(),
+            registrar: self.registrar.clone(),
+            nonce_lifetime: self.nonce_lifetime,
+            login_paused: self.login_paused,
+            qualify: self.qualify,
+            media: self.media.clone(),
+            flows: self.flows.clone(),
+            scripts: self.scripts.clone(),
+            tenants: self.tenants.clone(),
+            dial_plans: self.dial_plans.clone(),
+            trunks: self.trunks.clone(),
+            queues: self.queues.clone(),
+            agents: self.agents.clone(),
+            catalog: self.catalog.clone(),
+        }
+    }
+}
+
+fn routing_agents(agents: &[Agent]) -> Vec<(String, Attributes)> {
+    agents
+        .iter()
+        .map(|a| (a.username.clone(), a.attributes.clone()))
+        .collect()
+}
+
+fn routing_queues(queues: &[Queue]) -> Vec<QueueSettings> {
+    queues.iter().map(|q| q.routing.clone()).collect()
+}
+
+/// What the call engine (`centralino-b2bua`) is configured with: SIP,
+/// registrar, media, IVR, scripts, tenants and their dial plans, trunks,
+/// queues and operators. Not the HTTP endpoint, API tokens and sessions,
+/// the SMS hook, retention or the audit key: those belong to the drivers
+/// and the store. Field meanings as in [`Config`].
+#[derive(Clone, Debug)]
+#[allow(missing_docs)] // Each field is documented on `Config`.
+pub struct EngineConfig {
+    pub sip: SipConfig,
+    pub registrar: RegistrarConfig,
+    pub nonce_lifetime: Duration,
+    pub login_paused: bool,
+    pub qualify: Option<Duration>,
+    pub media: MediaConfig,
+    pub flows: Vec<std::sync::Arc<centralino_flows::Flow>>,
+    pub scripts: Vec<Script>,
+    pub tenants: Vec<String>,
+    pub dial_plans: Vec<DialPlan>,
+    pub trunks: Vec<Trunk>,
+    pub queues: Vec<Queue>,
+    pub agents: Vec<Agent>,
+    pub catalog: Catalog,
+}
+
+impl EngineConfig {
+    /// The operators as the router takes them.
+    pub fn routing_agents(&self) -> Vec<(String, Attributes)> {
+        routing_agents(&self.agents)
+    }
+
+    /// The queues as the router takes them.
+    pub fn routing_queues(&self) -> Vec<QueueSettings> {
+        routing_queues(&self.queues)
     }
 }
 

@@ -162,7 +162,7 @@ impl SipServer {
             .try_fill_bytes(&mut seed)
             .map_err(|_| NetError::Random)?;
         let now = Instant::now().into_std();
-        let mut engine = Engine::new(config, metrics, seed, now);
+        let mut engine = Engine::new(&config.engine(), metrics, seed, now);
         let (media_tx, media_rx) = mpsc::unbounded_channel();
         let plane = MediaPlane::start(&config.media, net.clone(), media_tx).map_err(|source| {
             NetError::Io {
@@ -951,7 +951,7 @@ fn handle(
                 prompts,
                 music,
             } = *r;
-            let result = engine.reload(Instant::now().into_std(), &config);
+            let result = engine.reload(Instant::now().into_std(), &config.engine());
             if let Some(reply) = reply {
                 let _ = reply.send(result.clone());
             }

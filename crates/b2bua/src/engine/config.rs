@@ -29,7 +29,7 @@ pub enum ReloadRefused {
 impl Engine {
     /// An engine for this configuration. `seed` must come from the OS's
     /// CSPRNG: it keys nonces, tags, branches and Call-IDs.
-    pub fn new(config: &Config, metrics: Metrics, seed: [u8; 32], now: Instant) -> Self {
+    pub fn new(config: &EngineConfig, metrics: Metrics, seed: [u8; 32], now: Instant) -> Self {
         let mut rng = StdRng::from_seed(seed);
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
@@ -169,7 +169,7 @@ impl Engine {
     /// pools: a change there is refused (before anything is applied), and
     /// the node keeps its configuration. The caller checks first, with
     /// `centralino_config::reload`, that nothing else changed.
-    pub fn reload(&mut self, now: Instant, config: &Config) -> Result<(), ReloadRefused> {
+    pub fn reload(&mut self, now: Instant, config: &EngineConfig) -> Result<(), ReloadRefused> {
         let ours: Vec<String> = (0..self.router.queue_count())
             .map(|i| self.router.queue(QueueId(i as u32)).name.clone())
             .collect();
@@ -251,7 +251,7 @@ impl Engine {
     /// Builds the per-trunk, per-tenant and per-queue tables from
     /// `config` (at start and at each reload). Trunks are matched by name
     /// across a reload: one found down stays down until it answers.
-    pub(super) fn apply_policies(&mut self, now: Instant, config: &Config) {
+    pub(super) fn apply_policies(&mut self, now: Instant, config: &EngineConfig) {
         let was_down: HashMap<&str, bool> = self
             .trunks
             .iter()
@@ -333,7 +333,7 @@ impl Engine {
 }
 
 /// A trunk's DIDs and where each goes.
-fn did_table(config: &Config, trunk: &centralino_config::Trunk) -> DidTable {
+fn did_table(config: &EngineConfig, trunk: &centralino_config::Trunk) -> DidTable {
     trunk
         .dids
         .iter()

@@ -3,7 +3,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use centralino_config::{Config, DidTarget};
+use centralino_config::{DidTarget, EngineConfig};
 use centralino_flows::{Action as FlowAction, Facts, Flow as IvrFlow, Run};
 use centralino_media::announce::{self, Library};
 use centralino_media::g711::Law;

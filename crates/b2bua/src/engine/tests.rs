@@ -122,7 +122,7 @@ impl Harness {
         let config = Config::from_toml(config).unwrap();
         let metrics = Metrics::new();
         let now = Instant::now();
-        let engine = Engine::new(&config, metrics.clone(), [9; 32], now);
+        let engine = Engine::new(&config.engine(), metrics.clone(), [9; 32], now);
         let (lo, hi) = config.media.ports;
         Self {
             engine,
@@ -901,7 +901,7 @@ fn admission_rate_limits_new_calls() {
     );
     let config = Config::from_toml(&text).unwrap();
     let mut h = Harness::new();
-    h.engine = Engine::new(&config, h.metrics.clone(), [3; 32], h.now);
+    h.engine = Engine::new(&config.engine(), h.metrics.clone(), [3; 32], h.now);
     let admitted = |h: &mut Harness, id: &str| codes(&h.invite(id), TRUNK).first() == Some(&100);
     assert!(admitted(&mut h, "r1"));
     assert!(admitted(&mut h, "r2"));
@@ -1504,7 +1504,7 @@ fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
         r#"options = { "1" = "why", "2" = "info" }"#,
     ))
     .unwrap();
-    h.engine.reload(h.now, &new).unwrap();
+    h.engine.reload(h.now, &new.engine()).unwrap();
     invite_did(&mut h, "800", "r2");
     let (c1, c2) = (CallId(1), CallId(2));
     h.engine.handle_media(
@@ -1539,7 +1539,7 @@ fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
     .unwrap();
     assert!(
         h.engine
-            .reload(h.now, &renamed)
+            .reload(h.now, &renamed.engine())
             .unwrap_err()
             .to_string()
             .contains("restart")
@@ -1999,7 +1999,7 @@ fn a_callback_whose_trunk_a_reload_removed_fails_over_without_a_crash() {
     let second = requests(&out, BACKUP, "INVITE")[0].clone();
     // The backup trunk leaves the configuration while it rings.
     let primary = Config::from_toml(&outbound_trunks("", false)).unwrap();
-    h.engine.reload(h.now, &primary).unwrap();
+    h.engine.reload(h.now, &primary.engine()).unwrap();
     let out = unavailable(&mut h, BACKUP, &second, "y");
     assert_eq!(
         requests(&out, PHONE1, "BYE").len(),
@@ -3029,7 +3029,7 @@ fn a_reload_applies_queue_timers_exit_status_dial_plans_trunks_and_passwords() {
         // 1002's password changes.
         .replace("password = \"demo1002\"", "password = \"nuova1002\"");
     h.engine
-        .reload(h.now, &Config::from_toml(&changed).unwrap())
+        .reload(h.now, &Config::from_toml(&changed).unwrap().engine())
         .unwrap();
     // The dial plan and the trunk's new address: the Swiss callback rings
     // 1001, then leaves for 192.0.2.11.
