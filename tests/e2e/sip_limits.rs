@@ -4,13 +4,11 @@
 //! what NAT'd phones rely on: CRLF keep-alives answered on connections
 //! (RFC 5626 §4.4.1), `received`/`rport` in responses (RFC 3581).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{Node, NodeConfig, Scratch};
+use crate::common::{Node, NodeConfig, Scratch};
 
 fn options(i: usize, port: u16, transport: &str, extra: &str) -> String {
     format!(
@@ -252,16 +250,16 @@ fn a_site_of_1200_phones_behind_one_address_re_registers_at_once() {
         ));
     }
     std::fs::write(&csv, text).unwrap();
-    let mut site = common::Sipp::spawn_from(
+    let mut site = crate::common::Sipp::spawn_from(
         &scratch,
         "site",
         "127.0.0.7",
         &[
             &node.sip_addr(),
             "-sf",
-            &common::scenario("register.xml"),
+            &crate::common::scenario("register.xml"),
             "-inf",
-            common::path_str(&csv),
+            crate::common::path_str(&csv),
             "-m",
             &operators.to_string(),
             "-r",
@@ -279,17 +277,17 @@ fn a_site_of_1200_phones_behind_one_address_re_registers_at_once() {
     );
     let m = node.metrics();
     assert!(
-        common::metric_in(&m, "centralino_registrations_stateless_total") > 0.0,
+        crate::common::metric_in(&m, "centralino_registrations_stateless_total") > 0.0,
         "the storm went past the bound: {m}"
     );
     for absent in [
         "centralino_sip_rejected_total{reason=\"source_busy\"}",
         "centralino_registrations_total{outcome=\"refused\"}",
     ] {
-        assert_eq!(common::series_in(&m, absent), None, "{absent}: {m}");
+        assert_eq!(crate::common::series_in(&m, absent), None, "{absent}: {m}");
     }
     assert!(
-        common::metric_in(&m, "centralino_sip_transactions{side=\"server\"}") <= 1024.0,
+        crate::common::metric_in(&m, "centralino_sip_transactions{side=\"server\"}") <= 1024.0,
         "{m}"
     );
 }

@@ -3,13 +3,11 @@
 //! element that is a registrar and a B2BUA towards local DIDs, and the node
 //! keeps serving.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{Node, NodeConfig, Scratch};
+use crate::common::{Node, NodeConfig, Scratch};
 
 /// Expected first-line status, or None when the message must be dropped.
 fn expected(name: &str) -> Option<u16> {

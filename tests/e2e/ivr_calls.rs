@@ -3,12 +3,10 @@
 //! played with `play_pcap_audio`); SIPp phones are the operators. The
 //! node's log and metrics say where each call went.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Node, Scratch, Sipp, media_trunk, register, scenario, wav};
+use crate::common::{Node, Scratch, Sipp, media_trunk, register, scenario, wav};
 
 /// A 0.3 s tone, so prompts end quickly.
 fn beep(path: &Path) {
@@ -247,7 +245,7 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     // Operator 1003's desktop follows their desk (its own token); it may
     // not read another operator's desk nor the callbacks.
     let mine = Some(DESK_1003);
-    let events = common::desk_events(&node, "1003", DESK_1003);
+    let events = crate::common::desk_events(&node, "1003", DESK_1003);
     assert_eq!(
         events
             .recv_timeout(Duration::from_secs(5))
@@ -264,7 +262,7 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     let state = |body: &str| node.http("POST", "/api/v1/agents/1003/state", mine, Some(body));
     let (code, body) = state(r#"{"state": "paused", "reason": "pausa_caffe"}"#);
     assert_eq!(
-        (code, common::json(&body)["state"].clone()),
+        (code, crate::common::json(&body)["state"].clone()),
         (200, "paused".into()),
         "{body}"
     );
@@ -273,7 +271,7 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     desk_log.until(&events, |e| e["event"] == "agent" && e["state"] == "paused");
     let (code, body) = state(r#"{"state": "available"}"#);
     assert_eq!(
-        (code, common::json(&body)["state"].clone()),
+        (code, crate::common::json(&body)["state"].clone()),
         (200, "available".into()),
         "{body}"
     );
@@ -289,7 +287,7 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     while trunk.try_wait().is_none() {
         let (code, body) = node.http("GET", "/api/v1/agents/1003/call", mine, None);
         if code == 200 {
-            desk = Some(common::json(&body));
+            desk = Some(crate::common::json(&body));
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -357,14 +355,14 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     assert_eq!(keys, 3, "each key once:\n{logs}");
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(
+        crate::common::metric_in(
             &m,
             "centralino_flow_calls_total{flow=\"vaccini\",outcome=\"queued\"}"
         ),
         1.0
     );
     assert_eq!(
-        common::metric_in(&m, "centralino_dtmf_digits_total{source=\"rfc4733\"}"),
+        crate::common::metric_in(&m, "centralino_dtmf_digits_total{source=\"rfc4733\"}"),
         3.0
     );
     assert!(!logs.contains("3933300"), "caller number unmasked");
@@ -627,7 +625,7 @@ fn sighup_reloads_the_flows_for_new_calls() {
     let token = Some("desk-token-0123456789");
     let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
     assert_eq!(code, 200, "{body}");
-    assert_eq!(common::json(&body)["applied"], true);
+    assert_eq!(crate::common::json(&body)["applied"], true);
     let text = std::fs::read_to_string(&file).expect("config");
     std::fs::write(
         &file,
@@ -670,7 +668,10 @@ fn outside_opening_hours_a_caller_accepts_a_callback_and_is_never_a_dead_end() {
         None,
     );
     assert_eq!(code, 200);
-    let list = common::json(&body)["callbacks"].as_array().unwrap().clone();
+    let list = crate::common::json(&body)["callbacks"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(list.len(), 1, "{body}");
     assert_eq!(
         (list[0]["queue"].as_str(), list[0]["source"].as_str()),
@@ -687,7 +688,7 @@ fn outside_opening_hours_a_caller_accepts_a_callback_and_is_never_a_dead_end() {
 fn an_ivr_transfer_reaches_an_external_number_through_the_trunk() {
     let scratch = Scratch::new("ivr-transfer");
     // The external number's phone, behind the carrier.
-    let mut far = common::far_end(&scratch, "far", "citizen_answer.xml", 1, "30s");
+    let mut far = crate::common::far_end(&scratch, "far", "citizen_answer.xml", 1, "30s");
     let far_port = far.port;
     let node = node_with(&scratch, |c| {
         c.replacen(

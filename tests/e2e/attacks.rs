@@ -5,15 +5,13 @@
 //! call or keep a revoked credential working. TEST-MATRIX D1, D2, D12,
 //! D16, D17, D18, D21.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, NodeConfig, Scratch, Sipp, desk_events, json, register, scenario};
+use crate::common::{Node, NodeConfig, Scratch, Sipp, desk_events, json, register, scenario};
 
 /// A UDP listener on `ip` that keeps every datagram it receives.
 struct Listener {
@@ -298,7 +296,7 @@ fn a_stranger_in_a_live_call_moves_no_media_and_ends_nothing() {
     let node = Node::start(&scratch, &NodeConfig::default());
     // The operator's phone echoes what it hears, so the caller hears their
     // own packets back through both anchored legs while the call lives.
-    let media_port = common::free_port().to_string();
+    let media_port = crate::common::free_port().to_string();
     let mut phone = Sipp::spawn(
         &scratch,
         "phone",

@@ -1,12 +1,10 @@
 //! IPv6: the node listens on [::1]; requests over IPv6 are answered with
 //! their IPv6 Via intact, and an IPv6 trunk peer's INVITE is routed.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use common::{Node, NodeConfig, Scratch};
+use crate::common::{Node, NodeConfig, Scratch};
 
 fn exchange(sock: &UdpSocket, to: &str, msg: &str) -> String {
     sock.send_to(msg.replace('\n', "\r\n").as_bytes(), to)

@@ -3,12 +3,10 @@
 //! carrier trunk and the operators' phones; the node's log says who
 //! answered which queue.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Node, Scratch, Sipp, register, scenario};
+use crate::common::{Node, Scratch, Sipp, register, scenario};
 
 fn config(sip: u16, http: u16) -> String {
     format!(
@@ -154,7 +152,7 @@ fn skills_choose_the_operators_and_a_shared_operator_serves_both_queues() {
     assert_eq!(english, set(&["1003"]));
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(&m, "centralino_routing_groups"),
+        crate::common::metric_in(&m, "centralino_routing_groups"),
         3.0,
         "two plain groups and the English one: {m}"
     );

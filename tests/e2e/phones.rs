@@ -8,17 +8,15 @@
 //! itself: it dumps what it decodes (`sndfile` filter) and speaks a tone
 //! (`aufile` source).
 
-mod common;
-
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{Node, Scratch, Sipp, free_port, scenario};
 use centralino_media::g711::Law;
 use centralino_media::rtp::{self, Header};
-use common::{Node, Scratch, Sipp, free_port, scenario};
 
 /// The embedded default configuration on free ports.
 fn default_config(sip: u16, http: u16) -> String {
@@ -35,7 +33,7 @@ fn tone_wav(seconds: u32) -> Vec<u8> {
             ((2.0 * std::f64::consts::PI * 440.0 * t).sin() * 8000.0) as i16
         })
         .collect();
-    common::wav(&samples)
+    crate::common::wav(&samples)
 }
 
 /// baresip as operator `user` of the demo tenant: answers at once,

@@ -3,14 +3,12 @@
 //! a new branch), and a second challenge ends the attempt. The carrier is
 //! a hand-written UDP peer that checks the answer itself.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{Node, Scratch, one_answering_phone};
 use centralino_sip::auth::{Algorithm, parse_authorization};
-use common::{Node, Scratch, one_answering_phone};
 
 const TOKEN: &str = "desk-token-0123456789";
 const USER: &str = "centralino-asl";

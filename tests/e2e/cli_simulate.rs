@@ -1,10 +1,8 @@
 //! `centralino simulate`: the routing core in virtual time, as a user runs it.
 
-mod common;
-
 use std::process::Command;
 
-use common::Scratch;
+use crate::common::Scratch;
 
 #[test]
 fn json_report_per_queue() {
@@ -26,7 +24,7 @@ fn json_report_per_queue() {
     std::fs::write(&conf, text).unwrap();
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_centralino"))
-            .args(["simulate", "--config", common::path_str(&conf)])
+            .args(["simulate", "--config", crate::common::path_str(&conf)])
             .args(["--calls", "4000", "--rate", "0.05", "--aht", "180"])
             .args(["--patience", "120", "--seed", "3", "--json"])
             .output()
@@ -88,7 +86,12 @@ fn replays_a_queue_event_log() {
     .unwrap();
     let run = |path: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_centralino"))
-            .args(["simulate", "--replay", common::path_str(path), "--json"])
+            .args([
+                "simulate",
+                "--replay",
+                crate::common::path_str(path),
+                "--json",
+            ])
             .output()
             .unwrap()
     };

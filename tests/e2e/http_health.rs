@@ -2,15 +2,13 @@
 //! store writes, `503` with the reason otherwise. Here the disk refuses
 //! every write for a while (`tests/fixtures/slow_fsync.c`'s
 //! FSYNC_FAIL_WHILE): the node says `store stalled`, then `ok` again once
-//! the disk is back. (Draining: `tests/drain.rs`; an engine that stops
+//! the disk is back. (Draining: `tests/e2e/drain.rs`; an engine that stops
 //! beating and a store thread that ends: the unit tests of
 //! `crates/net/src/health.rs`.)
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Node, NodeConfig, Scratch};
+use crate::common::{Node, NodeConfig, Scratch};
 
 const TOKEN: &str = "health-admin-token-0123";
 
@@ -34,7 +32,7 @@ fn wait_health(node: &Node, want: (u16, &str), limit: Duration) {
 fn healthz_reports_a_store_the_disk_refuses_and_its_recovery() {
     let scratch = Scratch::new("health-store");
     let flag = scratch.path("disk-fails");
-    let mut env = common::slow_disk(&scratch, 0);
+    let mut env = crate::common::slow_disk(&scratch, 0);
     env.push(("FSYNC_FAIL_WHILE", flag.display().to_string()));
     let cfg = NodeConfig {
         agents: 1,

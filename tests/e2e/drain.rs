@@ -3,11 +3,9 @@
 //! by itself once they are over, or ends them at `sip.drain_seconds`, and
 //! every call record is on disk before it exits. Real SIPp trunk and phone.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Node, NodeConfig, Scratch, Sipp};
+use crate::common::{Node, NodeConfig, Scratch, Sipp};
 
 /// A node with `drain_seconds`, one operator whose SIPp phone answers at
 /// once, and a call from the trunk (`trunk_scenario`, -d `talk_ms`) that
@@ -29,8 +27,8 @@ fn node_with_a_call(
             1,
         )
     });
-    let phone = common::one_answering_phone(scratch, &node);
-    let trunk = common::trunk_to(
+    let phone = crate::common::one_answering_phone(scratch, &node);
+    let trunk = crate::common::trunk_to(
         scratch,
         &node,
         "trunk",
@@ -74,7 +72,7 @@ fn sigterm_refuses_new_calls_and_waits_for_the_call_in_progress() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A new call is refused with 503 (the carrier's next route takes it).
-    let mut late = common::trunk_to(&scratch, &node, "late", "trunk_call.xml", &["-m", "1"]);
+    let mut late = crate::common::trunk_to(&scratch, &node, "late", "trunk_call.xml", &["-m", "1"]);
     late.expect_success(Duration::from_secs(20));
     assert_eq!(
         node.metric("centralino_sip_rejected_total{reason=\"draining\"}"),

@@ -3,11 +3,9 @@
 //! They announce themselves (`friendly-scanner`); the node drops them
 //! without a word, so each finds nothing, and counts them.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Node, NodeConfig, Scratch};
+use crate::common::{Node, NodeConfig, Scratch};
 
 /// Runs a SIPVicious tool against the node: what it printed.
 fn sipvicious(tool: &str, node: &Node, args: &[&str]) -> String {

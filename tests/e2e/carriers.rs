@@ -6,14 +6,12 @@
 //! through the SBC, and the node must send its own on the connection the
 //! SBC opened. `scripts/test` installs `kamailio`.
 
-mod common;
-
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Node, NodeConfig, Scratch, Sipp, free_port, register, scenario};
+use crate::common::{Node, NodeConfig, Scratch, Sipp, free_port, register, scenario};
 
 const SBC_IP: &str = "127.0.0.3";
 const CARRIER_IP: &str = "127.0.0.4";
@@ -208,7 +206,7 @@ fn record_routing_sbc(scratch: &Scratch, node: &Node) -> Kamailio {
 fn a_session_the_node_refreshes_is_refreshed_through_the_sbc() {
     let scratch = Scratch::new("carrier-sbc-refresh");
     let (node, sbc) = node_behind_sbc(&scratch);
-    let mut phone = common::one_answering_phone(&scratch, &node);
+    let mut phone = crate::common::one_answering_phone(&scratch, &node);
     let mut carrier = call_through_sbc(
         &scratch,
         "carrier",

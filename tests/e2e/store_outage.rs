@@ -4,11 +4,9 @@
 //! is refused with 503 (never acknowledged unless durable); the call's
 //! record is kept in memory and reaches the disk once it works again.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Node, NodeConfig, Scratch};
+use crate::common::{Node, NodeConfig, Scratch};
 
 const TOKEN: &str = "outage-admin-token-0123";
 
@@ -16,7 +14,7 @@ const TOKEN: &str = "outage-admin-token-0123";
 fn a_failing_disk_delays_call_records_and_refuses_callbacks_but_loses_nothing() {
     let scratch = Scratch::new("outage");
     let flag = scratch.path("disk-fails");
-    let mut env = common::slow_disk(&scratch, 0);
+    let mut env = crate::common::slow_disk(&scratch, 0);
     env.push(("FSYNC_FAIL_WHILE", flag.display().to_string()));
     let cfg = NodeConfig {
         agents: 1,
@@ -28,7 +26,7 @@ fn a_failing_disk_delays_call_records_and_refuses_callbacks_but_loses_nothing() 
             cfg.toml(sip, http)
         )
     });
-    let mut phone = common::one_answering_phone(&scratch, &node);
+    let mut phone = crate::common::one_answering_phone(&scratch, &node);
     let book = || {
         node.http(
             "POST",
@@ -44,7 +42,7 @@ fn a_failing_disk_delays_call_records_and_refuses_callbacks_but_loses_nothing() 
     assert_eq!(code, 503, "not acknowledged unless durable: {body}");
     assert!(body.contains("store"), "{body}");
     // A call all the same: the trunk's caller talks to operator 1001.
-    let mut trunk = common::trunk_to(
+    let mut trunk = crate::common::trunk_to(
         &scratch,
         &node,
         "trunk",

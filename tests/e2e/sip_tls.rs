@@ -4,8 +4,6 @@
 //! no TLS) and `openssl s_client`, operators' phones by SIPp over UDP.
 //! Certificates are made per test by the `openssl` command.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -13,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Node, Scratch, free_port, one_answering_phone};
+use crate::common::{Node, Scratch, free_port, one_answering_phone};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -947,13 +945,13 @@ type = "hangup"
         key = pki.s("node.key"),
     );
     let node = tls_node(&scratch, &pki, tls_port, &extra, "");
-    let mut caller = common::Sipp::spawn(
+    let mut caller = crate::common::Sipp::spawn(
         &scratch,
         "caller",
         &[
             &node.sip_addr(),
             "-sf",
-            &common::scenario("trunk_call.xml"),
+            &crate::common::scenario("trunk_call.xml"),
             "-s",
             "802",
             "-m",

@@ -3,12 +3,10 @@
 //! `kill -9` before any ran, restart on a slow disk: each number is
 //! called exactly once.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Node, Scratch, Sipp, json, register, scenario};
+use crate::common::{Node, Scratch, Sipp, json, register, scenario};
 
 const TOKEN: &str = "desk-token-0123456789";
 
@@ -59,9 +57,10 @@ max_wait_seconds = 600
 #[test]
 fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     let scratch = Scratch::new("cb-exec");
-    let mut citizen = common::far_end(&scratch, "citizen", "citizen_answer.xml", 100, "120s");
+    let mut citizen =
+        crate::common::far_end(&scratch, "citizen", "citizen_answer.xml", 100, "120s");
     let citizen_port = citizen.port;
-    let (sms_port, sms) = common::gateway(false);
+    let (sms_port, sms) = crate::common::gateway(false);
     let mut node = Node::start_toml(&scratch, |sip, http| {
         config(sip, http, citizen_port, sms_port)
     });
@@ -116,7 +115,7 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     let node = Node::start_toml_env(
         &scratch,
         "info",
-        &common::slow_disk(&scratch, 40_000),
+        &crate::common::slow_disk(&scratch, 40_000),
         |sip, http| config(sip, http, citizen_port, sms_port),
     );
     let phones = Sipp::spawn(
@@ -213,9 +212,9 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
 #[test]
 fn a_carrier_down_hands_the_callback_to_the_next_trunk() {
     let scratch = Scratch::new("cb-failover");
-    let mut down = common::far_end(&scratch, "down", "trunk_down.xml", 1, "60s");
-    let mut citizen = common::far_end(&scratch, "citizen", "citizen_answer.xml", 1, "60s");
-    let (sms_port, _sms) = common::gateway(false);
+    let mut down = crate::common::far_end(&scratch, "down", "trunk_down.xml", 1, "60s");
+    let mut citizen = crate::common::far_end(&scratch, "citizen", "citizen_answer.xml", 1, "60s");
+    let (sms_port, _sms) = crate::common::gateway(false);
     let down_port = down.port;
     let node = Node::start_toml(&scratch, |sip, http| {
         // The carrier that is down comes first: it is the primary.
@@ -284,8 +283,9 @@ fn a_carrier_down_hands_the_callback_to_the_next_trunk() {
 #[test]
 fn a_waiting_operator_hears_the_networks_early_media() {
     let scratch = Scratch::new("cb-early");
-    let mut citizen = common::far_end(&scratch, "citizen", "citizen_early_media.xml", 1, "60s");
-    let (sms_port, _sms) = common::gateway(false);
+    let mut citizen =
+        crate::common::far_end(&scratch, "citizen", "citizen_early_media.xml", 1, "60s");
+    let (sms_port, _sms) = crate::common::gateway(false);
     let node = Node::start_toml(&scratch, |sip, http| {
         config(sip, http, citizen.port, sms_port)
     });

@@ -1,10 +1,8 @@
 //! `centralino check-config FILE`: every problem with its key path.
 
-mod common;
-
 use std::process::Command;
 
-use common::Scratch;
+use crate::common::Scratch;
 
 fn check(path: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
@@ -88,7 +86,7 @@ fn flows_may_live_one_per_file_and_their_problems_name_the_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let prompts = scratch.path("prompts");
     std::fs::create_dir_all(&prompts).unwrap();
-    std::fs::write(prompts.join("benvenuto.wav"), common::wav(&[0; 800])).unwrap();
+    std::fs::write(prompts.join("benvenuto.wav"), crate::common::wav(&[0; 800])).unwrap();
     let main = scratch.path("centralino.toml");
     std::fs::write(
         &main,

@@ -4,17 +4,15 @@
 //! caller hears. It plays SIPp's own captures: `g711a.pcap` as speech and
 //! `dtmf_2833_*.pcap` as key presses.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common::{Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario, wav};
 use centralino_media::g711::Law;
 use centralino_media::prompt::{Prompt, wav_to_8k};
 use centralino_media::rtp::{self, Header};
-use common::{Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario, wav};
 
 const SIPP_SHARE: &str = "/usr/share/sip-tester";
 

@@ -1,12 +1,10 @@
 //! End to end: the real binary between SIPp as carrier trunk and SIPp as
 //! operators' phones, on 127.0.0.1 with ephemeral ports.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Node, NodeConfig, Scratch, Sipp, register, scenario};
+use crate::common::{Node, NodeConfig, Scratch, Sipp, register, scenario};
 
 fn users(n: u32) -> Vec<u32> {
     (1001..1001 + n).collect()
@@ -62,12 +60,12 @@ fn thousand_calls_spread_over_twenty_operators() {
 
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        crate::common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
         1000.0,
         "{m}"
     );
     assert_eq!(
-        common::metric_in(
+        crate::common::metric_in(
             &m,
             "centralino_queue_dequeued_total{outcome=\"answered\",queue=\"info\"}"
         ),
@@ -130,7 +128,7 @@ fn wait_available(node: &Node, n: f64) {
 
 /// The carrier trunk: SIPp running `trunk` towards DID 100.
 fn trunk(scratch: &Scratch, node: &Node, trunk: &str, args: &[&str]) -> Sipp {
-    common::trunk_to(scratch, node, "trunk", trunk, args)
+    crate::common::trunk_to(scratch, node, "trunk", trunk, args)
 }
 
 /// The caller cancels while the operator's phone rings: 487 to the caller,
@@ -207,12 +205,12 @@ fn no_answer_moves_the_call_to_the_next_operator() {
     answering.expect_success(Duration::from_secs(10));
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(&m, "centralino_agent_offers_total{outcome=\"no_answer\"}"),
+        crate::common::metric_in(&m, "centralino_agent_offers_total{outcome=\"no_answer\"}"),
         1.0,
         "{m}"
     );
     assert_eq!(
-        common::metric_in(&m, "centralino_agent_offers_total{outcome=\"answered\"}"),
+        crate::common::metric_in(&m, "centralino_agent_offers_total{outcome=\"answered\"}"),
         1.0,
         "{m}"
     );
@@ -258,12 +256,12 @@ fn all_busy_caller_waits_then_connects() {
     phone.expect_success(Duration::from_secs(10));
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        crate::common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
         2.0,
         "{m}"
     );
     // The second caller waited for the first call (1.5 s) to end.
-    let waited = common::metric_in(
+    let waited = crate::common::metric_in(
         &m,
         "centralino_queue_wait_duration_seconds_sum{queue=\"info\"}",
     );
@@ -284,7 +282,7 @@ fn invite_from_unknown_address_is_refused_without_b_leg() {
     caller.expect_success(Duration::from_secs(30));
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(
+        crate::common::metric_in(
             &m,
             "centralino_sip_rejected_total{reason=\"untrusted_source\"}"
         ),
@@ -292,7 +290,7 @@ fn invite_from_unknown_address_is_refused_without_b_leg() {
         "{m}"
     );
     assert_eq!(
-        common::metric_in(
+        crate::common::metric_in(
             &m,
             "centralino_sip_requests_total{direction=\"out\",method=\"INVITE\"}"
         ),
@@ -300,11 +298,15 @@ fn invite_from_unknown_address_is_refused_without_b_leg() {
         "{m}"
     );
     assert_eq!(
-        common::metric_in(&m, "centralino_queue_enqueued_total{queue=\"info\"}"),
+        crate::common::metric_in(&m, "centralino_queue_enqueued_total{queue=\"info\"}"),
         0.0,
         "{m}"
     );
-    assert_eq!(common::metric_in(&m, "centralino_calls_active"), 0.0, "{m}");
+    assert_eq!(
+        crate::common::metric_in(&m, "centralino_calls_active"),
+        0.0,
+        "{m}"
+    );
     assert!(phone.log_lines().is_empty());
 }
 
@@ -333,7 +335,7 @@ fn wrong_password_is_refused_and_never_registered() {
             "-sf",
             &scenario("register_wrong.xml"),
             "-inf",
-            common::path_str(&csv),
+            crate::common::path_str(&csv),
             "-m",
             "2",
             "-timeout",
@@ -343,17 +345,17 @@ fn wrong_password_is_refused_and_never_registered() {
     sipp.expect_success(Duration::from_secs(30));
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(&m, "centralino_registrations_total{outcome=\"refused\"}"),
+        crate::common::metric_in(&m, "centralino_registrations_total{outcome=\"refused\"}"),
         2.0,
         "{m}"
     );
     assert_eq!(
-        common::metric_in(&m, "centralino_registrations_total{outcome=\"ok\"}"),
+        crate::common::metric_in(&m, "centralino_registrations_total{outcome=\"ok\"}"),
         0.0,
         "{m}"
     );
     assert_eq!(
-        common::metric_in(&m, "centralino_registered_agents"),
+        crate::common::metric_in(&m, "centralino_registered_agents"),
         0.0,
         "{m}"
     );
@@ -385,7 +387,7 @@ fn password_guessing_bans_the_guesser_not_the_operator() {
                 "-sf",
                 &scenario("register_wrong.xml"),
                 "-inf",
-                common::path_str(&csv),
+                crate::common::path_str(&csv),
                 "-m",
                 n,
                 "-r",
@@ -454,12 +456,12 @@ fn calls_from_a_tcp_trunk() {
     phone.expect_success(Duration::from_secs(10));
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        crate::common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
         20.0,
         "{m}"
     );
     assert_eq!(
-        common::metric_in(&m, "centralino_sip_retransmissions_total"),
+        crate::common::metric_in(&m, "centralino_sip_retransmissions_total"),
         0.0,
         "{m}"
     );
@@ -501,7 +503,7 @@ fn a_carrier_requiring_100rel_gets_a_reliable_183_and_completes_after_its_prack(
     phone.expect_success(Duration::from_secs(10));
     let m = node.metrics();
     assert_eq!(
-        common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
+        crate::common::metric_in(&m, "centralino_calls_total{outcome=\"answered\"}"),
         1.0,
         "{m}"
     );
@@ -529,17 +531,17 @@ fn a_withheld_number_reaches_the_operator_as_anonymous() {
 /// full number and lets masked ones, ports and times through.
 #[test]
 fn the_log_check_finds_full_numbers_only() {
-    assert!(common::unmasked_number(
+    assert!(crate::common::unmasked_number(
         "call queued caller=+393331234567 queue=info"
     ));
-    assert!(common::unmasked_number("number=+39061234 x"));
+    assert!(crate::common::unmasked_number("number=+39061234 x"));
     for clean in [
         "call queued caller=******567 queue=info",
         "2026-11-30T12:59:40.535241Z INFO addr=127.0.0.1:54014",
         "+39 and nothing else",
         "+39123",
     ] {
-        assert!(!common::unmasked_number(clean), "{clean}");
+        assert!(!crate::common::unmasked_number(clean), "{clean}");
     }
 }
 
@@ -560,7 +562,13 @@ fn a_phone_gone_without_unregistering_is_logged_out_by_options() {
             + "\n[registrar]\nqualify_seconds = 5\n"
     });
     // register.xml registers 1001 and exits: its Contact is then dead.
-    register(&scratch, &node, &[1001], common::free_port(), demo_password);
+    register(
+        &scratch,
+        &node,
+        &[1001],
+        crate::common::free_port(),
+        demo_password,
+    );
     reaches(&node, "centralino_registered_agents", 1.0, 5);
     reaches(&node, "centralino_agents_unreachable_total", 1.0, 20);
     reaches(&node, "centralino_registered_agents", 0.0, 5);

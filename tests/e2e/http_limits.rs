@@ -6,13 +6,11 @@
 //! and the API answer during a slowloris below the cap. Raw TCP on
 //! 127.0.0.1 against the real binary.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Node, NodeConfig, Scratch};
+use crate::common::{Node, NodeConfig, Scratch};
 
 const TOKEN: &str = "http-limits-admin-token-0123";
 
@@ -103,7 +101,7 @@ fn response(s: &mut TcpStream) -> (u16, String) {
 }
 
 fn series(metrics: &str, name: &str) -> f64 {
-    common::series_in(metrics, name).unwrap_or_else(|| panic!("no {name} in /metrics"))
+    crate::common::series_in(metrics, name).unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 #[test]

@@ -2,11 +2,9 @@
 //! tokens, validation with clear messages, de-duplication, edits, and
 //! durability: 100 acknowledged requests survive `kill -9`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Node, Scratch, json, media_trunk, wav};
+use crate::common::{Node, Scratch, json, media_trunk, wav};
 use serde_json::Value;
 
 const TOKEN: &str = "demo-admin-token";
@@ -376,7 +374,7 @@ fn tokens_reach_only_what_their_role_is_for() {
     assert_eq!(code, 403);
     // A browser's WebSocket: the token in the query; the current state
     // comes at once.
-    let events = common::desk_events(&node, "1001", "desk-1001-token-0123456789");
+    let events = crate::common::desk_events(&node, "1001", "desk-1001-token-0123456789");
     let first = events.recv_timeout(Duration::from_secs(5)).expect("event");
     assert_eq!(first["event"], "idle");
     node.wait_metric("centralino_desk_connections", Duration::from_secs(5), |v| {
@@ -666,13 +664,13 @@ fn a_waiting_caller_keys_in_another_number_for_the_callback() {
         .set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
     let port = phone.local_addr().expect("addr").port().to_string();
-    let mut trunk = common::Sipp::spawn(
+    let mut trunk = crate::common::Sipp::spawn(
         &scratch,
         "trunk",
         &[
             &node.sip_addr(),
             "-sf",
-            &common::scenario("trunk_virtual_hold_keys.xml"),
+            &crate::common::scenario("trunk_virtual_hold_keys.xml"),
             "-s",
             "100",
             "-m",
@@ -693,7 +691,7 @@ fn a_waiting_caller_keys_in_another_number_for_the_callback() {
             break from;
         }
     };
-    let mut keypad = common::Keypad::new();
+    let mut keypad = crate::common::Keypad::new();
     for (keys, pause_ms) in [("1", 300), ("2", 1500), ("3471234567#", 300), ("1", 1000)] {
         std::thread::sleep(Duration::from_millis(pause_ms));
         for k in keys.chars() {
@@ -744,7 +742,7 @@ fn node_with_hook_at(scratch: &Scratch, hook: &str, number: &str) -> (Node, Stri
 #[test]
 fn the_sms_hook_is_told_of_each_booking_retried_and_never_lost() {
     let scratch = Scratch::new("api-sms");
-    let (port, bodies) = common::gateway(true);
+    let (port, bodies) = crate::common::gateway(true);
     let (node, body) = node_with_hook(&scratch, port, 3, "+393331234567");
     let id = json(&body)["id"].as_str().unwrap().to_owned();
     // Refused once (500), delivered on the retry.
@@ -771,7 +769,7 @@ fn the_sms_hook_is_told_of_each_booking_retried_and_never_lost() {
     // A gateway that never answers: the notification becomes a dead
     // letter after the last attempt, kept in the store.
     drop(bodies);
-    let dead_port = common::free_port();
+    let dead_port = crate::common::free_port();
     let scratch2 = Scratch::new("api-sms-dead");
     let (node2, _) = node_with_hook(&scratch2, dead_port, 2, "+393337654321");
     node2.wait_metric(
@@ -800,7 +798,7 @@ fn the_sms_hook_is_told_of_each_booking_retried_and_never_lost() {
 #[test]
 fn the_sms_hook_speaks_https_and_trusts_only_known_certificates() {
     let scratch = Scratch::new("api-sms-https");
-    let gw = common::https_gateway(&scratch);
+    let gw = crate::common::https_gateway(&scratch);
     let (port, ca, posts) = (gw.port, &gw.ca, &gw.posts);
     let (node, body) = node_with_hook_at(
         &scratch,
@@ -894,7 +892,7 @@ fn supervisors_see_their_own_tenant_only() {
     let first = next();
     assert_eq!(first["queues"][0]["waiting"], 0);
     assert_eq!(first["queues"].as_array().map(Vec::len), Some(1));
-    let _trunk = common::trunk_to(&scratch, &node, "trunk", "trunk_call.xml", &["-m", "1"]);
+    let _trunk = crate::common::trunk_to(&scratch, &node, "trunk", "trunk_call.xml", &["-m", "1"]);
     let waiting = loop {
         let e = next();
         if e["queues"][0]["waiting"] == 1 {

@@ -1,0 +1,29 @@
+//! The end-to-end tests: the real `centralino` binary between real peers
+//! (SIPp as carrier and phones, softphones, Kamailio, scanners, an HTTPS
+//! SMS gateway), on loopback with ephemeral ports. One test binary, one
+//! module per area, so the suite links once; tests run as many at a time
+//! as `cargo test` runs threads, each on a node of its own.
+
+mod common;
+
+mod api_callbacks;
+mod attacks;
+mod callbacks_exec;
+mod carriers;
+mod cli_check_config;
+mod cli_simulate;
+mod drain;
+mod http_health;
+mod http_limits;
+mod ivr_calls;
+mod media_calls;
+mod phones;
+mod scanners;
+mod sip_calls;
+mod sip_conformance;
+mod sip_ipv6;
+mod sip_limits;
+mod sip_skills;
+mod sip_tls;
+mod store_outage;
+mod trunk_digest;
