@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod audit;
+mod campaigns;
 pub mod owner_only;
 pub mod service;
 
@@ -23,6 +24,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 pub use audit::{
     AUDIT_KEY_FILE, AuditBroken, AuditChain, AuditEntry, AuditHead, AuditKey, HeadCheck,
     MIN_AUDIT_KEY,
+};
+pub use campaigns::{
+    Attempt, AttemptEnd, Campaign, CampaignStatus, Claim, Claimed, Contact, ContactStatus,
+    Imported, NewContact, Progress, StatusChange,
 };
 pub use centralino_types::record::Record;
 
@@ -131,6 +136,7 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;
     CREATE TRIGGER audit_keyed_no_delete BEFORE DELETE ON audit_keyed
         BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;",
+    campaigns::MIGRATION,
 ];
 
 /// A notification waiting to be sent.

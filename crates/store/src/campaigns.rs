@@ -1,0 +1,971 @@
+//! Outbound campaigns: their definitions and status, their contacts and
+//! each attempt, the do-not-call lists and the per-citizen daily count.
+//!
+//! An attempt is claimed before anyone is dialled: the contact goes
+//! `in_progress`, its attempt row is written and the citizen's count for
+//! the day goes up, in one transaction. A process that dies mid-attempt
+//! leaves that row open; the next start closes it as `interrupted` and puts
+//! the contact back (never dialled twice for the same attempt, never
+//! lost).
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use crate::{MAX_LIST, Store, StoreError};
+
+/// The schema (one migration).
+pub(crate) const MIGRATION: &str = "CREATE TABLE campaigns (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE campaign_contacts (
+        id INTEGER PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        number TEXT NOT NULL,
+        name TEXT,
+        priority INTEGER NOT NULL DEFAULT 0,
+        language TEXT,
+        data TEXT,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_outcome TEXT,
+        disposition TEXT,
+        note TEXT,
+        next_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (campaign, number)
+    );
+    CREATE INDEX campaign_contacts_due
+        ON campaign_contacts (campaign, status, priority DESC, next_at, id);
+    CREATE TABLE campaign_attempts (
+        contact INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        campaign TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        outcome TEXT,
+        PRIMARY KEY (contact, attempt)
+    );
+    CREATE INDEX campaign_attempts_open ON campaign_attempts (ended_at) WHERE ended_at IS NULL;
+    CREATE TABLE dnc (
+        number TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        added_at INTEGER NOT NULL,
+        PRIMARY KEY (number, tenant)
+    );
+    CREATE TABLE dial_counts (
+        number TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (number, day)
+    );";
+
+/// A campaign's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CampaignStatus {
+    /// Created, never started.
+    Draft,
+    /// Dialling (within its windows).
+    Running,
+    /// Stopped for now; contacts keep their state.
+    Paused,
+    /// Stopped for good.
+    Finished,
+}
+
+impl CampaignStatus {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Finished => "finished",
+        }
+    }
+
+    /// Parses [`CampaignStatus::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Draft, Self::Running, Self::Paused, Self::Finished]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// Where a contact stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContactStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// An attempt is under way.
+    InProgress,
+    /// Reached (or its disposition closed it).
+    Done,
+    /// Out of attempts, or its number is refused.
+    Failed,
+    /// On a do-not-call list when its turn came.
+    Dnc,
+}
+
+impl ContactStatus {
+    /// Every status, in the order the API lists counts.
+    pub const ALL: [Self; 5] = [
+        Self::Pending,
+        Self::InProgress,
+        Self::Done,
+        Self::Failed,
+        Self::Dnc,
+    ];
+
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Dnc => "dnc",
+        }
+    }
+
+    /// Parses [`ContactStatus::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// A campaign as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Campaign {
+    /// Id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// The definition as given (JSON; validated before it was stored).
+    pub spec: String,
+    /// `config` or `api`.
+    pub source: String,
+    /// Where it stands.
+    pub status: CampaignStatus,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A contact to import.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewContact {
+    /// E.164, already normalised.
+    pub number: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Higher first.
+    pub priority: i32,
+    /// Language the operator should speak.
+    pub language: Option<String>,
+    /// Not called before this Unix time.
+    pub not_before: Option<i64>,
+    /// Free data for the operator's desk (a JSON object).
+    pub data: Option<String>,
+}
+
+/// A contact as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contact {
+    /// Id.
+    pub id: i64,
+    /// Campaign id.
+    pub campaign: String,
+    /// E.164.
+    pub number: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Higher first.
+    pub priority: i32,
+    /// Language.
+    pub language: Option<String>,
+    /// Free data (JSON object).
+    pub data: Option<String>,
+    /// Where it stands.
+    pub status: ContactStatus,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// How the last attempt ended.
+    pub last_outcome: Option<String>,
+    /// The operator's disposition.
+    pub disposition: Option<String>,
+    /// The operator's note.
+    pub note: Option<String>,
+    /// Next attempt not before (Unix seconds).
+    pub next_at: i64,
+}
+
+/// An attempt as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first.
+    pub attempt: u32,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds; `None` while it lasts.
+    pub ended_at: Option<i64>,
+    /// How it ended.
+    pub outcome: Option<String>,
+}
+
+/// A campaign's progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Contacts by status, in [`ContactStatus::ALL`] order.
+    pub contacts: [u64; 5],
+    /// Attempts made.
+    pub attempts: u64,
+    /// Attempts answered by a citizen who talked to an operator.
+    pub answered: u64,
+    /// Attempts answered with no operator (the recorded message).
+    pub abandoned: u64,
+}
+
+/// What an import did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// New contacts.
+    pub added: u64,
+    /// Numbers the campaign already had: their details updated if still
+    /// pending, never a second contact.
+    pub merged: u64,
+}
+
+/// A change of status refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusChange {
+    /// Done; the campaign as it is now.
+    Done(Campaign),
+    /// No such campaign.
+    NotFound,
+    /// Not from its current status; the campaign as it is.
+    Refused(Campaign),
+}
+
+/// How a finished attempt leaves its contact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptEnd {
+    /// The contact.
+    pub contact: i64,
+    /// Its attempt number.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: String,
+    /// The contact's status after it.
+    pub status: ContactStatus,
+    /// Its next attempt not before (pending only).
+    pub next_at: Option<i64>,
+    /// The operator's disposition and note, when given.
+    pub disposition: Option<(String, Option<String>)>,
+}
+
+/// A claim's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    /// Campaign id.
+    pub campaign: &'a str,
+    /// Its tenant (whose do-not-call list applies, beside the national).
+    pub tenant: &'a str,
+    /// Contacts wanted.
+    pub limit: usize,
+    /// Now (Unix seconds).
+    pub now: i64,
+    /// Today's number (Europe/Rome day), for the daily cap.
+    pub day: i64,
+    /// Most attempts per citizen per day across every campaign.
+    pub max_per_day: u32,
+    /// When a capped contact is tried again (the next day's start).
+    pub tomorrow: i64,
+}
+
+/// What a claim found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// Contacts to dial now (each `in_progress`, its attempt row open).
+    pub contacts: Vec<Contact>,
+    /// Contacts found on a do-not-call list (now `dnc`).
+    pub dnc: u64,
+    /// Contacts put off to tomorrow by the daily cap.
+    pub capped: u64,
+}
+
+const CAMPAIGN: &str = "id, name, tenant, spec, source, status, created_at, updated_at";
+const CONTACT: &str = "id, campaign, number, name, priority, language, data, status, attempts, last_outcome, disposition, note, next_at";
+
+fn campaign(row: &Row<'_>) -> rusqlite::Result<Campaign> {
+    let status: String = row.get(5)?;
+    Ok(Campaign {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        tenant: row.get(2)?,
+        spec: row.get(3)?,
+        source: row.get(4)?,
+        status: CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Paused),
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+    })
+}
+
+fn contact(row: &Row<'_>) -> rusqlite::Result<Contact> {
+    let status: String = row.get(7)?;
+    Ok(Contact {
+        id: row.get(0)?,
+        campaign: row.get(1)?,
+        number: row.get(2)?,
+        name: row.get(3)?,
+        priority: row.get(4)?,
+        language: row.get(5)?,
+        data: row.get(6)?,
+        status: ContactStatus::parse(&status).unwrap_or(ContactStatus::Pending),
+        attempts: row.get(8)?,
+        last_outcome: row.get(9)?,
+        disposition: row.get(10)?,
+        note: row.get(11)?,
+        next_at: row.get(12)?,
+    })
+}
+
+impl Store {
+    /// Stores a new campaign (`draft`). `Ok(false)`: the name is taken.
+    pub fn create_campaign(&mut self, c: &Campaign) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO campaigns (id, name, tenant, spec, source, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (name) DO NOTHING",
+            params![
+                c.id,
+                c.name,
+                c.tenant,
+                c.spec,
+                c.source,
+                c.status.as_str(),
+                c.created_at
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Replaces the definition of a campaign from the configuration (its
+    /// status and contacts stay), or adds it; by name.
+    pub fn upsert_config_campaign(&mut self, c: &Campaign) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO campaigns (id, name, tenant, spec, source, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'config', 'draft', ?5, ?5)
+             ON CONFLICT (name) DO UPDATE SET tenant = ?3, spec = ?4, updated_at = ?5",
+            params![c.id, c.name, c.tenant, c.spec, c.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// One campaign.
+    pub fn campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {CAMPAIGN} FROM campaigns WHERE id = ?1"),
+                params![id],
+                campaign,
+            )
+            .optional()?)
+    }
+
+    /// Every campaign (of `tenant` when given), oldest first.
+    pub fn campaigns(&self, tenant: Option<&str>) -> Result<Vec<Campaign>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CAMPAIGN} FROM campaigns WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at, name LIMIT {MAX_LIST}"
+        ))?;
+        let rows = st.query_map(params![tenant], campaign)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves a campaign to `to` if it is in one of `from`.
+    pub fn set_campaign_status(
+        &mut self,
+        id: &str,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+        now: i64,
+    ) -> Result<StatusChange, StoreError> {
+        let Some(c) = self.campaign(id)? else {
+            return Ok(StatusChange::NotFound);
+        };
+        if !from.contains(&c.status) {
+            return Ok(StatusChange::Refused(c));
+        }
+        self.conn.execute(
+            "UPDATE campaigns SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, to.as_str(), now],
+        )?;
+        Ok(StatusChange::Done(Campaign {
+            status: to,
+            updated_at: now,
+            ..c
+        }))
+    }
+
+    /// Deletes a campaign that is not running, with its contacts and
+    /// attempts.
+    pub fn delete_campaign(&mut self, id: &str) -> Result<StatusChange, StoreError> {
+        let Some(c) = self.campaign(id)? else {
+            return Ok(StatusChange::NotFound);
+        };
+        if c.status == CampaignStatus::Running {
+            return Ok(StatusChange::Refused(c));
+        }
+        self.atomically(|s| {
+            s.conn.execute(
+                "DELETE FROM campaign_attempts WHERE campaign = ?1",
+                params![id],
+            )?;
+            s.conn.execute(
+                "DELETE FROM campaign_contacts WHERE campaign = ?1",
+                params![id],
+            )?;
+            s.conn
+                .execute("DELETE FROM campaigns WHERE id = ?1", params![id])?;
+            Ok(())
+        })?;
+        Ok(StatusChange::Done(c))
+    }
+
+    /// Adds contacts to a campaign, all or none (one transaction). A number
+    /// it already has is merged: details updated while still pending.
+    pub fn import_contacts(
+        &mut self,
+        campaign: &str,
+        contacts: &[NewContact],
+        now: i64,
+    ) -> Result<Imported, StoreError> {
+        self.atomically(|s| {
+            let mut done = Imported::default();
+            let mut insert = s.conn.prepare_cached(
+                "INSERT INTO campaign_contacts (campaign, number, name, priority, language, data, status, next_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8)
+                 ON CONFLICT (campaign, number) DO UPDATE SET
+                    name = coalesce(excluded.name, name),
+                    priority = excluded.priority,
+                    language = coalesce(excluded.language, language),
+                    data = coalesce(excluded.data, data),
+                    next_at = max(next_at, excluded.next_at),
+                    updated_at = excluded.updated_at
+                 WHERE status = 'pending'",
+            )?;
+            let mut exists = s.conn.prepare_cached(
+                "SELECT 1 FROM campaign_contacts WHERE campaign = ?1 AND number = ?2",
+            )?;
+            for c in contacts {
+                let had = exists.exists(params![campaign, c.number])?;
+                insert.execute(params![
+                        campaign,
+                        c.number,
+                        c.name,
+                        c.priority,
+                        c.language,
+                        c.data,
+                        c.not_before.unwrap_or(now).max(0),
+                        now
+                    ])?;
+                if had {
+                    done.merged += 1;
+                } else {
+                    done.added += 1;
+                }
+            }
+            Ok(done)
+        })
+    }
+
+    /// A campaign's contacts (with `status` when given), by id from
+    /// `after`, at most `limit` (capped at 1,000).
+    pub fn contacts(
+        &self,
+        campaign: &str,
+        status: Option<ContactStatus>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Contact>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CONTACT} FROM campaign_contacts
+             WHERE campaign = ?1 AND (?2 IS NULL OR status = ?2) AND id > ?3 ORDER BY id LIMIT ?4"
+        ))?;
+        let rows = st.query_map(
+            params![
+                campaign,
+                status.map(ContactStatus::as_str),
+                after,
+                limit.min(MAX_LIST) as i64
+            ],
+            contact,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One contact.
+    pub fn contact(&self, id: i64) -> Result<Option<Contact>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {CONTACT} FROM campaign_contacts WHERE id = ?1"),
+                params![id],
+                contact,
+            )
+            .optional()?)
+    }
+
+    /// A contact's attempts, first first.
+    pub fn attempts(&self, contact: i64) -> Result<Vec<Attempt>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT attempt, started_at, ended_at, outcome FROM campaign_attempts
+             WHERE contact = ?1 ORDER BY attempt LIMIT 100",
+        )?;
+        let rows = st.query_map(params![contact], |r| {
+            Ok(Attempt {
+                attempt: r.get(0)?,
+                started_at: r.get(1)?,
+                ended_at: r.get(2)?,
+                outcome: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A campaign's progress.
+    pub fn progress(&self, campaign: &str) -> Result<Progress, StoreError> {
+        let mut p = Progress::default();
+        let mut st = self.conn.prepare_cached(
+            "SELECT status, count(*) FROM campaign_contacts WHERE campaign = ?1 GROUP BY status",
+        )?;
+        let mut rows = st.query(params![campaign])?;
+        while let Some(r) = rows.next()? {
+            let status: String = r.get(0)?;
+            let n: i64 = r.get(1)?;
+            if let Some(i) = ContactStatus::ALL.iter().position(|s| s.as_str() == status) {
+                p.contacts[i] = n as u64;
+            }
+        }
+        let (attempts, answered, abandoned): (i64, i64, i64) = self.conn.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE outcome = 'answered'),
+                    count(*) FILTER (WHERE outcome = 'abandoned')
+             FROM campaign_attempts WHERE campaign = ?1",
+            params![campaign],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        p.attempts = attempts as u64;
+        p.answered = answered as u64;
+        p.abandoned = abandoned as u64;
+        Ok(p)
+    }
+
+    /// Claims the campaign's due contacts for dialling, best first: each
+    /// is `in_progress`, its attempt row open and the citizen's count for
+    /// the day raised before this returns, in one transaction. A contact
+    /// on the tenant's or the national do-not-call list becomes `dnc`; one
+    /// whose citizen reached the daily cap waits for `tomorrow`.
+    pub fn claim_contacts(&mut self, c: Claim<'_>) -> Result<Claimed, StoreError> {
+        self.atomically(|s| {
+            let mut out = Claimed::default();
+            // Looked at in batches a little larger than wanted: some may
+            // be refused by the lists or the cap.
+            let due: Vec<Contact> = {
+                let mut st = s.conn.prepare_cached(&format!(
+                    "SELECT {CONTACT} FROM campaign_contacts
+                     WHERE campaign = ?1 AND status = 'pending' AND next_at <= ?2
+                     ORDER BY priority DESC, next_at, id LIMIT ?3"
+                ))?;
+                let rows = st.query_map(
+                    params![c.campaign, c.now, (c.limit.min(MAX_LIST) * 2) as i64],
+                    contact,
+                )?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for mut k in due {
+                if out.contacts.len() >= c.limit {
+                    break;
+                }
+                let listed = s.conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM dnc WHERE number = ?1 AND tenant IN ('', ?2))",
+                    params![k.number, c.tenant],
+                    |r| r.get::<_, bool>(0),
+                )?;
+                if listed {
+                    s.conn.execute(
+                        "UPDATE campaign_contacts SET status = 'dnc', updated_at = ?2 WHERE id = ?1",
+                        params![k.id, c.now],
+                    )?;
+                    out.dnc += 1;
+                    continue;
+                }
+                let today: i64 = s
+                    .conn
+                    .query_row(
+                        "SELECT count FROM dial_counts WHERE number = ?1 AND day = ?2",
+                        params![k.number, c.day],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                if today >= i64::from(c.max_per_day) {
+                    s.conn.execute(
+                        "UPDATE campaign_contacts SET next_at = ?2, updated_at = ?3 WHERE id = ?1",
+                        params![k.id, c.tomorrow, c.now],
+                    )?;
+                    out.capped += 1;
+                    continue;
+                }
+                k.attempts += 1;
+                k.status = ContactStatus::InProgress;
+                s.conn.execute(
+                    "UPDATE campaign_contacts SET status = 'in_progress', attempts = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![k.id, k.attempts, c.now],
+                )?;
+                s.conn.execute(
+                    "INSERT INTO campaign_attempts (contact, attempt, campaign, started_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![k.id, k.attempts, c.campaign, c.now],
+                )?;
+                s.conn.execute(
+                    "INSERT INTO dial_counts (number, day, count) VALUES (?1, ?2, 1)
+                     ON CONFLICT (number, day) DO UPDATE SET count = count + 1",
+                    params![k.number, c.day],
+                )?;
+                out.contacts.push(k);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Closes an attempt and moves its contact on. `Ok(false)`: that
+    /// attempt was already closed (a repeat is harmless).
+    pub fn end_attempt(&mut self, e: &AttemptEnd, now: i64) -> Result<bool, StoreError> {
+        self.atomically(|s| {
+            let n = s.conn.execute(
+                "UPDATE campaign_attempts SET ended_at = ?3, outcome = ?4
+                 WHERE contact = ?1 AND attempt = ?2 AND ended_at IS NULL",
+                params![e.contact, e.attempt, now, e.outcome],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let (disposition, note) = match &e.disposition {
+                Some((d, n)) => (Some(d.as_str()), n.as_deref()),
+                None => (None, None),
+            };
+            s.conn.execute(
+                "UPDATE campaign_contacts SET status = ?2, last_outcome = ?3,
+                    next_at = coalesce(?4, next_at),
+                    disposition = coalesce(?5, disposition), note = coalesce(?6, note),
+                    updated_at = ?7
+                 WHERE id = ?1",
+                params![
+                    e.contact,
+                    e.status.as_str(),
+                    e.outcome,
+                    e.next_at,
+                    disposition,
+                    note,
+                    now
+                ],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// An operator's disposition on a contact whose attempt is over (or
+    /// still open: then it is recorded and applies when it ends).
+    pub fn set_disposition(
+        &mut self,
+        contact: i64,
+        code: &str,
+        note: Option<&str>,
+        status: Option<(ContactStatus, Option<i64>)>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (st, next_at) = match status {
+            Some((s, at)) => (Some(s.as_str()), at),
+            None => (None, None),
+        };
+        let n = self.conn.execute(
+            "UPDATE campaign_contacts SET disposition = ?2, note = coalesce(?3, note),
+                status = CASE WHEN status = 'in_progress' THEN status ELSE coalesce(?4, status) END,
+                next_at = coalesce(?5, next_at), updated_at = ?6
+             WHERE id = ?1",
+            params![contact, code, note, st, next_at, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// At start: attempts a dead process left open are closed as
+    /// `interrupted` and their contacts put back to pending, due now.
+    /// Returns how many.
+    pub fn recover_campaign_attempts(&mut self, now: i64) -> Result<u64, StoreError> {
+        self.atomically(|s| {
+            let n = s.conn.execute(
+                "UPDATE campaign_attempts SET ended_at = ?1, outcome = 'interrupted' WHERE ended_at IS NULL",
+                params![now],
+            )?;
+            s.conn.execute(
+                "UPDATE campaign_contacts SET status = 'pending', last_outcome = 'interrupted',
+                    next_at = ?1, updated_at = ?1 WHERE status = 'in_progress'",
+                params![now],
+            )?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Adds a number to a do-not-call list (`tenant` empty: the national
+    /// one). `Ok(false)`: it was there.
+    pub fn add_dnc(&mut self, number: &str, tenant: &str, now: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO dnc (number, tenant, added_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![number, tenant, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Adds many numbers to one list, all or none. Returns how many were new.
+    pub fn import_dnc(
+        &mut self,
+        numbers: &[String],
+        tenant: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        self.atomically(|s| {
+            let mut added = 0;
+            for n in numbers {
+                added += u64::from(s.add_dnc(n, tenant, now)?);
+            }
+            Ok(added)
+        })
+    }
+
+    /// Takes a number off a list. `Ok(false)`: it was not there.
+    pub fn remove_dnc(&mut self, number: &str, tenant: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM dnc WHERE number = ?1 AND tenant = ?2",
+            params![number, tenant],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Whether `number` is on the national list or `tenant`'s.
+    pub fn is_dnc(&self, number: &str, tenant: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM dnc WHERE number = ?1 AND tenant IN ('', ?2))",
+            params![number, tenant],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> Store {
+        let p = std::env::temp_dir().join(format!(
+            "centralino-campaigns-{name}-{}.db",
+            std::process::id()
+        ));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
+        Store::open(&p).unwrap()
+    }
+
+    fn campaign(name: &str) -> Campaign {
+        Campaign {
+            id: format!("id-{name}"),
+            name: name.into(),
+            tenant: "asl".into(),
+            spec: "{}".into(),
+            source: "api".into(),
+            status: CampaignStatus::Draft,
+            created_at: 1000,
+            updated_at: 1000,
+        }
+    }
+
+    fn contact(number: &str, priority: i32) -> NewContact {
+        NewContact {
+            number: number.into(),
+            name: Some("Maria".into()),
+            priority,
+            language: None,
+            not_before: None,
+            data: None,
+        }
+    }
+
+    fn claim(campaign: &str, limit: usize, now: i64) -> Claim<'_> {
+        Claim {
+            campaign,
+            tenant: "asl",
+            limit,
+            now,
+            day: 20_000,
+            max_per_day: 3,
+            tomorrow: 90_000,
+        }
+    }
+
+    #[test]
+    fn a_campaign_lives_draft_running_paused_finished_and_names_are_unique() {
+        let mut s = store("life");
+        assert!(s.create_campaign(&campaign("richiami")).unwrap());
+        assert!(
+            !s.create_campaign(&Campaign {
+                id: "other".into(),
+                ..campaign("richiami")
+            })
+            .unwrap()
+        );
+        use CampaignStatus::*;
+        let start =
+            |s: &mut Store| s.set_campaign_status("id-richiami", &[Draft, Paused], Running, 2000);
+        assert!(matches!(start(&mut s).unwrap(), StatusChange::Done(c) if c.status == Running));
+        assert!(matches!(start(&mut s).unwrap(), StatusChange::Refused(_)));
+        assert!(matches!(
+            s.delete_campaign("id-richiami").unwrap(),
+            StatusChange::Refused(_)
+        ));
+        s.set_campaign_status("id-richiami", &[Running], Paused, 2001)
+            .unwrap();
+        assert!(matches!(
+            s.delete_campaign("id-richiami").unwrap(),
+            StatusChange::Done(_)
+        ));
+        assert_eq!(s.campaign("id-richiami").unwrap(), None);
+        assert!(matches!(
+            s.set_campaign_status("nope", &[Draft], Running, 1).unwrap(),
+            StatusChange::NotFound
+        ));
+    }
+
+    #[test]
+    fn contacts_merge_by_number_and_each_attempt_is_claimed_once() {
+        let mut s = store("claim");
+        s.create_campaign(&campaign("c")).unwrap();
+        let imported = s
+            .import_contacts(
+                "id-c",
+                &[
+                    contact("+393330000001", 0),
+                    contact("+393330000002", 5),
+                    contact("+393330000001", 1),
+                ],
+                1000,
+            )
+            .unwrap();
+        assert_eq!(
+            imported,
+            Imported {
+                added: 2,
+                merged: 1
+            }
+        );
+        // Best first; claimed contacts are not claimed again.
+        let first = s.claim_contacts(claim("id-c", 1, 1000)).unwrap();
+        assert_eq!(first.contacts.len(), 1);
+        assert_eq!(first.contacts[0].number, "+393330000002");
+        assert_eq!(first.contacts[0].attempts, 1);
+        let second = s.claim_contacts(claim("id-c", 5, 1000)).unwrap();
+        assert_eq!(second.contacts.len(), 1);
+        assert_eq!(second.contacts[0].number, "+393330000001");
+        assert!(
+            s.claim_contacts(claim("id-c", 5, 1000))
+                .unwrap()
+                .contacts
+                .is_empty()
+        );
+        // Busy: back to pending for later; a repeat of the end is a no-op.
+        let k = &first.contacts[0];
+        let end = AttemptEnd {
+            contact: k.id,
+            attempt: 1,
+            outcome: "busy".into(),
+            status: ContactStatus::Pending,
+            next_at: Some(2800),
+            disposition: None,
+        };
+        assert!(s.end_attempt(&end, 1000).unwrap());
+        assert!(!s.end_attempt(&end, 1001).unwrap());
+        assert!(
+            s.claim_contacts(claim("id-c", 5, 2000))
+                .unwrap()
+                .contacts
+                .is_empty()
+        );
+        let again = s.claim_contacts(claim("id-c", 5, 2800)).unwrap();
+        assert_eq!(again.contacts[0].attempts, 2);
+        let p = s.progress("id-c").unwrap();
+        assert_eq!((p.attempts, p.contacts[1]), (3, 2));
+        assert_eq!(s.attempts(k.id).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn do_not_call_and_the_daily_cap_hold_across_campaigns() {
+        let mut s = store("dnc");
+        s.create_campaign(&campaign("a")).unwrap();
+        s.create_campaign(&campaign("b")).unwrap();
+        assert!(s.add_dnc("+393330000009", "", 1).unwrap());
+        assert!(!s.add_dnc("+393330000009", "", 1).unwrap());
+        assert!(s.is_dnc("+393330000009", "asl").unwrap());
+        s.import_contacts(
+            "id-a",
+            &[contact("+393330000009", 0), contact("+393330000007", 0)],
+            1,
+        )
+        .unwrap();
+        let c = s.claim_contacts(claim("id-a", 5, 10)).unwrap();
+        assert_eq!((c.contacts.len(), c.dnc), (1, 1));
+        // The same citizen in three more campaigns the same day: the cap
+        // (3 a day in all) puts the fourth attempt off to tomorrow.
+        for name in ["b", "c", "d"] {
+            s.create_campaign(&campaign(name)).unwrap();
+            s.import_contacts(&format!("id-{name}"), &[contact("+393330000007", 0)], 1)
+                .unwrap();
+        }
+        let got: Vec<usize> = ["b", "c", "d"]
+            .iter()
+            .map(|n| {
+                let id = format!("id-{n}");
+                s.claim_contacts(claim(&id, 5, 10)).unwrap().contacts.len()
+            })
+            .collect();
+        assert_eq!(got, [1, 1, 0]);
+        let d = s
+            .contacts("id-d", Some(ContactStatus::Pending), 0, 10)
+            .unwrap();
+        assert_eq!(d[0].next_at, 90_000);
+        assert!(s.remove_dnc("+393330000009", "").unwrap());
+        assert!(!s.is_dnc("+393330000009", "asl").unwrap());
+    }
+
+    #[test]
+    fn an_attempt_open_at_a_crash_is_closed_as_interrupted_and_retried() {
+        let mut s = store("crash");
+        s.create_campaign(&campaign("c")).unwrap();
+        s.import_contacts("id-c", &[contact("+393330000001", 0)], 1)
+            .unwrap();
+        let k = s.claim_contacts(claim("id-c", 1, 10)).unwrap().contacts[0].clone();
+        assert_eq!(s.recover_campaign_attempts(20).unwrap(), 1);
+        let a = s.attempts(k.id).unwrap();
+        assert_eq!(a[0].outcome.as_deref(), Some("interrupted"));
+        let again = s.claim_contacts(claim("id-c", 1, 20)).unwrap();
+        assert_eq!(
+            again.contacts[0].attempts, 2,
+            "a new attempt, never the same one twice"
+        );
+    }
+}
