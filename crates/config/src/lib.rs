@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod campaigns;
 mod problems;
 mod queues;
 mod raw;
@@ -124,6 +125,10 @@ pub struct Config {
     /// Skill, language, site, tenant and queue names (for expressions
     /// given at run time, e.g. by the API).
     pub catalog: Catalog,
+    /// Outbound campaigns defined in the file (more come through the API).
+    pub campaigns: Vec<centralino_campaigns::spec::Spec>,
+    /// Limits across every campaign.
+    pub outbound: campaigns::OutboundLimits,
     /// The document it was read from (flow files under `flow_files`):
     /// [`reload::changed_keys`] compares two of them.
     pub source: toml::Table,
@@ -1035,6 +1040,17 @@ impl Config {
                 }
             }
         }
+        let campaigns = campaigns::campaigns(
+            &raw.campaigns,
+            &campaigns::Names {
+                tenants: &tenants,
+                queues: &queues,
+                trunks: &trunks,
+                scripts: &scripts,
+            },
+            &mut p,
+        );
+        let outbound = campaigns::outbound(&raw.outbound, &mut p);
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid(p.0));
         }
@@ -1107,6 +1123,8 @@ impl Config {
             queues,
             agents,
             catalog,
+            campaigns,
+            outbound,
             source: toml::Table::new(),
         })
     }

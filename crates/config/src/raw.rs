@@ -25,6 +25,22 @@ pub(super) struct RawConfig {
     pub(super) trunks: Vec<RawTrunk>,
     pub(super) queues: Vec<RawQueue>,
     pub(super) agents: Vec<RawAgent>,
+    pub(super) campaigns: Vec<centralino_campaigns::spec::RawSpec>,
+    pub(super) outbound: RawOutbound,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawOutbound {
+    pub(super) max_attempts_per_citizen_per_day: u32,
+}
+
+impl Default for RawOutbound {
+    fn default() -> Self {
+        Self {
+            max_attempts_per_citizen_per_day: 3,
+        }
+    }
 }
 
 #[derive(Deserialize)]

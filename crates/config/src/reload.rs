@@ -59,6 +59,8 @@ const LIVE: &[&str] = &[
     "queues[].callback_retries",
     "queues[].callback_mode",
     "logging.unmask_numbers",
+    "campaigns",
+    "outbound",
 ];
 
 /// Every key whose value differs between the running configuration and a

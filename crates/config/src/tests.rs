@@ -875,3 +875,45 @@ fn brute_force_limits_are_read_and_checked() {
             .starts_with("registrar.qualify_seconds")
     );
 }
+
+#[test]
+fn campaigns_are_checked_like_the_api_checks_them() {
+    let base = TWO_TENANTS.replace(
+        "dids = { \"100\" = \"q1\" }",
+        "dids = { \"100\" = \"q1\" }\noutbound = \"192.0.2.10:5060\"",
+    );
+    let good = format!(
+        "{base}\n[outbound]\nmax_attempts_per_citizen_per_day = 2\n\n[[campaigns]]\nname = \"richiami-fragili\"\nqueue = \"q1\"\nmode = \"progressive\"\nfragile = true\ntrunk = \"sbc-asl\"\nwindows = {{ days = [\"lun\", \"ven\"], hours = [\"08:00-18:00\"] }}\n"
+    );
+    let c = Config::from_toml(&good).unwrap();
+    assert_eq!(c.campaigns[0].tenant, "asl");
+    assert_eq!(c.outbound.max_attempts_per_citizen_per_day, 2);
+    // A fragile campaign that could abandon, an unknown queue, a trunk of
+    // another tenant (or that cannot dial), a duplicate name.
+    refused(
+        &good.replace("mode = \"progressive\"", "mode = \"predictive\""),
+        "campaigns[0].mode",
+    );
+    refused(
+        &good.replace("queue = \"q1\"", "queue = \"q9\""),
+        "campaigns[0].queue",
+    );
+    refused(
+        &good.replace("trunk = \"sbc-asl\"", "trunk = \"sbc-regione\""),
+        "campaigns[0].trunk",
+    );
+    refused(
+        &format!(
+            "{good}\n[[campaigns]]\nname = \"richiami-fragili\"\nqueue = \"q1\"\nmode = \"preview\"\n"
+        ),
+        "campaigns[1].name",
+    );
+    refused(
+        &good.replace("\"lun\"", "\"funday\""),
+        "campaigns[0].windows.days[0]",
+    );
+    refused(
+        &good.replace("per_day = 2", "per_day = 0"),
+        "outbound.max_attempts_per_citizen_per_day",
+    );
+}

@@ -178,7 +178,15 @@ pub enum StoreReq {
     ),
     Update(String, Patch, i64, Reply<Edit>),
     Cancel(String, i64, Reply<Edit>),
+    /// Any work on the store, run inside the group's transaction; what it
+    /// returns is called once the commit is known (see
+    /// [`StoreHandle::with`]).
+    Job(Job),
 }
+
+/// Work on the store: runs in the group's transaction and returns the
+/// answer to give once the commit is known.
+pub type Job = Box<dyn FnOnce(&mut Store) -> Deferred + Send>;
 
 /// The store's thread, asked from async code.
 #[derive(Clone)]
@@ -200,7 +208,7 @@ const OWN_FAILURES_MAX: u32 = 5;
 const BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An answer sent once the group's transaction committed (or failed).
-type Deferred = Box<dyn FnOnce(Result<(), &ServiceError>)>;
+pub type Deferred = Box<dyn FnOnce(Result<(), &ServiceError>)>;
 
 /// A write nobody waits for (call records, callback state changes,
 /// notification attempts, audit entries): kept until it is on disk, so a
@@ -373,6 +381,10 @@ impl Group {
                 let v = store.update_callback(&id, &p, now);
                 self.reply(r, v);
             }
+            StoreReq::Job(job) => {
+                let answer = job(store);
+                self.replies.push(answer);
+            }
             StoreReq::Cancel(id, now, r) => {
                 let v = store.set_status(&id, Status::Cancelled, Some("cancelled"), now);
                 self.reply(r, v);
@@ -492,6 +504,7 @@ impl StoreReq {
             Self::List(..) => "list",
             Self::Update(..) => "update",
             Self::Cancel(..) => "cancel",
+            Self::Job(_) => "job",
         }
     }
 }
@@ -663,6 +676,24 @@ impl StoreHandle {
     /// The sink the SIP side writes to.
     pub fn records(&self) -> RecordSink {
         RecordSink(self.0.clone())
+    }
+
+    /// Runs `f` on the store (inside a group's transaction: a method that
+    /// must be all-or-nothing uses [`Store::atomically`]) and answers once
+    /// the group committed. New work needs no new request kind.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        self.ask(|r: Reply<T>| {
+            StoreReq::Job(Box::new(move |store: &mut Store| {
+                let v = f(store).map_err(|e| ServiceError::Store(Arc::new(e)));
+                Box::new(move |committed: Result<(), &ServiceError>| {
+                    let _ = r.send(committed.map_err(Clone::clone).and(v));
+                }) as Deferred
+            }))
+        })
+        .await
     }
 
     /// Asks and waits for the answer.
