@@ -270,6 +270,18 @@ impl Node {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
+        self.http_typed(method, path, token, "application/json", body)
+    }
+
+    /// The same with the body's `Content-Type`.
+    pub(crate) fn http_typed(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -282,7 +294,7 @@ impl Node {
         if !body.is_empty() {
             let _ = write!(
                 req,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
                 body.len()
             );
         }

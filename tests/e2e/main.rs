@@ -9,6 +9,7 @@ mod common;
 mod api_callbacks;
 mod attacks;
 mod callbacks_exec;
+mod campaigns;
 mod carriers;
 mod cli_check_config;
 mod cli_simulate;

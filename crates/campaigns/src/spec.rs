@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use centralino_flows::def::{RawCalendar, calendar};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Mode, Retry, RetryPolicy, Window};
 
@@ -22,7 +22,7 @@ pub const BUILTIN_CODES: [&str; 5] = [
 ];
 
 /// A campaign as written.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpec {
     name: String,
@@ -43,7 +43,7 @@ pub struct RawSpec {
     dispositions: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetries {
     busy: Option<RawRetry>,
@@ -52,7 +52,7 @@ struct RawRetries {
     call_later: Option<RawRetry>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
     attempts: u32,
@@ -99,6 +99,13 @@ pub struct Spec {
     pub script: Option<String>,
     /// Disposition codes beyond the five built in.
     pub extra_codes: Vec<String>,
+}
+
+impl RawSpec {
+    /// The name as written.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl Spec {

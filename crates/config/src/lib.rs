@@ -127,6 +127,8 @@ pub struct Config {
     pub catalog: Catalog,
     /// Outbound campaigns defined in the file (more come through the API).
     pub campaigns: Vec<centralino_campaigns::spec::Spec>,
+    /// The same campaigns as written (what the store keeps of each).
+    pub raw_campaigns: Vec<centralino_campaigns::spec::RawSpec>,
     /// Limits across every campaign.
     pub outbound: campaigns::OutboundLimits,
     /// The document it was read from (flow files under `flow_files`):
@@ -1124,6 +1126,7 @@ impl Config {
             agents,
             catalog,
             campaigns,
+            raw_campaigns: raw.campaigns,
             outbound,
             source: toml::Table::new(),
         })

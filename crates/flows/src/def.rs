@@ -75,7 +75,7 @@ pub struct RawNode {
 }
 
 /// Opening hours as written.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCalendar {
     days: Vec<String>,

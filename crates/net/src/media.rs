@@ -200,6 +200,8 @@ impl MediaPlane {
     fn reserve(&mut self, call: CallId, ip: IpAddr) -> MediaEvent {
         let now = Instant::now();
         let Some((a_port, a)) = self.bind_one(now, ip) else {
+            // A busy port skipped on the way rests in quarantine now.
+            self.gauges();
             return MediaEvent::Failed { call };
         };
         let Some((b_port, b)) = self.bind_one(now, ip) else {

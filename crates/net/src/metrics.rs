@@ -47,6 +47,12 @@ pub struct NetMetrics {
     /// `centralino_notifications_total{event,outcome}`: SMS hook deliveries
     /// (sent, retry, dead_letter).
     pub notifications: IntCounterVec,
+    /// `centralino_campaign_contacts_rejected_total`: contact lines refused
+    /// at import (their request stored nothing).
+    pub campaign_contacts_rejected: IntCounter,
+    /// `centralino_dnc_changes_total{change}`: numbers added to or removed
+    /// from a do-not-call list.
+    pub dnc_changes: IntCounterVec,
     /// The store service's (`centralino_store_*`), registered with these.
     pub store: centralino_store::service::StoreMetrics,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
@@ -143,6 +149,15 @@ impl NetMetrics {
                 "centralino_notifications_total",
                 "SMS hook notifications by event and outcome",
                 &["event", "outcome"]
+            )),
+            campaign_contacts_rejected: reg!(c(
+                "centralino_campaign_contacts_rejected_total",
+                "Contact lines refused at import (the request stored nothing)"
+            )),
+            dnc_changes: reg!(cv(
+                "centralino_dnc_changes_total",
+                "Numbers added to or removed from a do-not-call list",
+                &["change"]
             )),
             store: centralino_store::service::StoreMetrics::new(registry),
             config_reloads: reg!(cv(

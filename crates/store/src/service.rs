@@ -696,6 +696,25 @@ impl StoreHandle {
         .await
     }
 
+    /// Runs `f` on the store without waiting; a failure is logged with
+    /// `what`.
+    pub fn spawn_job(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Store) -> Result<(), StoreError> + Send + 'static,
+    ) {
+        self.send(StoreReq::Job(Box::new(move |store: &mut Store| {
+            let v = f(store);
+            Box::new(move |committed: Result<(), &ServiceError>| {
+                if let Err(e) = v {
+                    warn!(error = %e, what, "store job failed");
+                } else if let Err(e) = committed {
+                    warn!(error = %e, what, "store job not committed");
+                }
+            }) as Deferred
+        })));
+    }
+
     /// Asks and waits for the answer.
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> StoreReq) -> Result<T, ServiceError> {
         let (tx, rx) = oneshot::channel();

@@ -38,7 +38,9 @@ use crate::session::{SessionError, Sessions};
 mod admin;
 mod auth;
 mod callbacks;
+mod campaigns;
 mod control;
+mod csv;
 mod desk;
 mod desks;
 mod login;
@@ -56,6 +58,8 @@ use admin::*;
 use auth::*;
 pub(crate) use callbacks::random_id;
 use callbacks::*;
+use campaigns::*;
+use csv::*;
 use desk::*;
 use desks::*;
 use login::*;
@@ -95,6 +99,8 @@ struct Live {
     queues: HashMap<String, (String, DialPlan)>,
     catalog: Catalog,
     scripts: Vec<centralino_config::Script>,
+    /// Outbound trunks (name → tenant): what a campaign may dial through.
+    outbound_trunks: HashMap<String, String>,
     /// The operators' SIP secrets (desk logins check them).
     credentials: HashMap<String, centralino_sip::auth::Credentials>,
     realm: String,
@@ -115,6 +121,15 @@ impl Live {
                 .collect(),
             catalog: config.catalog.clone(),
             scripts: config.scripts.clone(),
+            outbound_trunks: config
+                .trunks
+                .iter()
+                .filter(|t| t.outbound.is_some())
+                .map(|t| {
+                    let tenant = config.tenants.get(t.tenant).cloned().unwrap_or_default();
+                    (t.name.clone(), tenant)
+                })
+                .collect(),
             credentials: config
                 .agents
                 .iter()
@@ -153,6 +168,8 @@ pub struct Api {
     reload: Reloads,
     /// The engine's queue (pauses, reloads).
     engine: crate::handle::EngineHandle,
+    /// Imports (contacts, do-not-call lists) run one at a time.
+    imports: Arc<tokio::sync::Semaphore>,
     desks: Desks,
     /// Configured operators (desks exist only for them).
     agents: Arc<HashSet<String>>,
@@ -266,6 +283,62 @@ fn table() -> Vec<Route> {
             post(login),
         ),
         route(
+            "/api/v1/campaigns",
+            &["GET", "POST"],
+            &["campaigns_list", "campaigns_create"],
+            Audit::Bearer,
+            get(campaigns_list).post(campaigns_create),
+        ),
+        route(
+            "/api/v1/campaigns/{id}",
+            &["GET", "DELETE"],
+            &["campaigns_get", "campaigns_delete"],
+            Audit::Bearer,
+            get(campaign_get).delete(campaign_delete),
+        ),
+        route(
+            "/api/v1/campaigns/{id}/start",
+            &["POST"],
+            &["campaigns_start"],
+            Audit::Bearer,
+            post(campaign_start),
+        ),
+        route(
+            "/api/v1/campaigns/{id}/pause",
+            &["POST"],
+            &["campaigns_pause"],
+            Audit::Bearer,
+            post(campaign_pause),
+        ),
+        route(
+            "/api/v1/campaigns/{id}/stop",
+            &["POST"],
+            &["campaigns_stop"],
+            Audit::Bearer,
+            post(campaign_stop),
+        ),
+        route(
+            "/api/v1/campaigns/{id}/contacts",
+            &["GET", "POST"],
+            &["campaign_contacts_list", "campaign_contacts_import"],
+            Audit::Bearer,
+            get(contacts_list).post(contacts_import),
+        ),
+        route(
+            "/api/v1/dnc",
+            &["POST"],
+            &["dnc_add"],
+            Audit::Bearer,
+            post(dnc_add),
+        ),
+        route(
+            "/api/v1/dnc/{number}",
+            &["DELETE"],
+            &["dnc_delete"],
+            Audit::Bearer,
+            axum::routing::delete(dnc_delete),
+        ),
+        route(
             "/api/v1/calls/{id}/answers",
             &["POST"],
             &["calls_answers"],
@@ -332,7 +405,7 @@ impl Api {
         info!(path = %path.display(), "store open");
         let sessions = Sessions::new(&config.api_sessions)?;
         let limits = config.callback_limits;
-        Ok(Self {
+        let api = Self {
             store,
             live: Arc::new(std::sync::RwLock::new(Arc::new(Live::of(config)))),
             limiter: Arc::new(std::sync::Mutex::new(CallbackLimiter {
@@ -349,6 +422,7 @@ impl Api {
             })),
             reload: Reloads::new(loader, config.clone()),
             engine,
+            imports: Arc::new(tokio::sync::Semaphore::new(1)),
             desks: Desks::default(),
             agents: Arc::new(config.agents.iter().map(|a| a.username.clone()).collect()),
             agent_tenants: Arc::new(
@@ -370,7 +444,9 @@ impl Api {
             metrics,
             net,
             store_probe,
-        })
+        };
+        api.store_config_campaigns(config);
+        Ok(api)
     }
 
     /// How the store's thread is doing, for `/healthz`.
@@ -416,6 +492,7 @@ impl Api {
     /// accepted): tokens, desk passwords, queues' tenants and dial plans,
     /// scripts, the callback limits.
     pub fn apply(&self, config: &Config) {
+        self.store_config_campaigns(config);
         let live = Arc::new(Live::of(config));
         *self
             .live
@@ -431,6 +508,33 @@ impl Api {
         limiter
             .per_number
             .set_limit(config.callback_limits.per_number_per_day);
+    }
+
+    /// The campaigns of the configuration, into the store (by name: a new
+    /// definition replaces the old, status and contacts stay).
+    fn store_config_campaigns(&self, config: &Config) {
+        let now = unix_now();
+        let list: Vec<centralino_store::Campaign> = config
+            .campaigns
+            .iter()
+            .zip(&config.raw_campaigns)
+            .map(|(spec, raw)| centralino_store::Campaign {
+                id: random_id(),
+                name: spec.name.clone(),
+                tenant: spec.tenant.clone(),
+                spec: serde_json::to_string(raw).unwrap_or_default(),
+                source: "config".into(),
+                status: centralino_store::CampaignStatus::Draft,
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        if list.is_empty() {
+            return;
+        }
+        self.store.spawn_job("config campaigns", move |s| {
+            s.atomically(|s| list.iter().try_for_each(|c| s.upsert_config_campaign(c)))
+        });
     }
 
     /// The operators' current calls (the engine task fills it).

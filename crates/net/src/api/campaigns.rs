@@ -1,0 +1,960 @@
+//! `/api/v1/campaigns`: outbound campaigns, their contacts, and the
+//! do-not-call lists (`/api/v1/dnc`). Admins see every tenant; a
+//! supervisor token of a tenant sees and steers that tenant's campaigns
+//! only (another tenant's is a 403).
+
+use super::*;
+use centralino_campaigns::spec::{Known, RawSpec, Spec, validate};
+use centralino_store::{
+    Campaign, CampaignStatus, ContactStatus, Imported, NewContact, StatusChange,
+};
+
+/// Most contacts one import carries.
+pub(super) const MAX_CONTACTS: usize = 100_000;
+/// Largest import body (100,000 contacts with their data).
+pub(super) const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024;
+/// Refusals listed in one answer (the total is given too).
+const MAX_LISTED: usize = 1000;
+/// Largest `data` of one contact, as JSON.
+const MAX_DATA: usize = 2048;
+
+impl Known for Live {
+    fn queue_tenant(&self, name: &str) -> Option<String> {
+        self.queues.get(name).map(|(t, _)| t.clone())
+    }
+
+    fn outbound_trunk_tenant(&self, name: &str) -> Option<String> {
+        self.outbound_trunks.get(name).cloned()
+    }
+
+    fn script(&self, name: &str) -> bool {
+        self.scripts.iter().any(|s| s.name == name)
+    }
+}
+
+/// The campaign `id` if the token may see it: 404 when there is none, 403
+/// when it is another tenant's.
+async fn visible(api: &Api, token: &ApiToken, id: String) -> Result<Campaign, Box<Response>> {
+    match api.store.with(move |s| s.campaign(&id)).await {
+        Ok(Some(c)) if token.tenant.as_ref().is_none_or(|t| *t == c.tenant) => Ok(c),
+        Ok(Some(_)) => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "this campaign belongs to another tenant",
+        ))),
+        Ok(None) => Err(Box::new(error(StatusCode::NOT_FOUND, "no such campaign"))),
+        Err(e) => Err(Box::new(unavailable(&e))),
+    }
+}
+
+fn unavailable(e: &ServiceError) -> Response {
+    warn!(error = %e, "campaign request failed in the store");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the store is not available",
+    )
+}
+
+/// A stored campaign's definition checked against the configuration
+/// running now (a reload may have removed its queue or trunk).
+fn current_spec(live: &Live, c: &Campaign) -> Result<Spec, Vec<(String, String)>> {
+    let raw: RawSpec = serde_json::from_str(&c.spec)
+        .map_err(|e| vec![("spec".to_owned(), format!("unreadable: {e}"))])?;
+    validate("", &raw, live)
+}
+
+fn problems_response(code: StatusCode, problems: &[(String, String)]) -> Response {
+    let list: Vec<Value> = problems
+        .iter()
+        .map(|(k, m)| json!({ "key": k, "message": m }))
+        .collect();
+    let first = problems
+        .first()
+        .map_or(String::new(), |(k, m)| format!("{k}: {m}"));
+    ok(code, &json!({ "error": first, "problems": list }))
+}
+
+async fn campaign_json(api: &Api, c: &Campaign) -> Result<Value, ServiceError> {
+    let id = c.id.clone();
+    let p = api.store.with(move |s| s.progress(&id)).await?;
+    let spec: Value = serde_json::from_str(&c.spec).unwrap_or(Value::Null);
+    let mut contacts = serde_json::Map::new();
+    contacts.insert("total".into(), json!(p.contacts.iter().sum::<u64>()));
+    for (status, n) in ContactStatus::ALL.iter().zip(p.contacts) {
+        contacts.insert(status.as_str().into(), json!(n));
+    }
+    let talked = p.answered + p.abandoned;
+    Ok(json!({
+        "id": c.id,
+        "name": c.name,
+        "tenant": c.tenant,
+        "queue": spec.get("queue"),
+        "mode": spec.get("mode"),
+        "fragile": spec.get("fragile").cloned().unwrap_or(Value::Bool(false)),
+        "source": c.source,
+        "status": c.status.as_str(),
+        "contacts": contacts,
+        "attempts": p.attempts,
+        "answered": p.answered,
+        "abandoned": p.abandoned,
+        "abandon_rate": if talked == 0 { 0.0 } else { p.abandoned as f64 / talked as f64 },
+        "created_at": rfc3339(c.created_at),
+    }))
+}
+
+/// `GET /api/v1/campaigns`.
+pub(super) async fn campaigns_list(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let tenant = token.tenant.clone();
+    let list = match api
+        .store
+        .with(move |s| s.campaigns(tenant.as_deref()))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return unavailable(&e),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for c in &list {
+        match campaign_json(&api, c).await {
+            Ok(v) => out.push(v),
+            Err(e) => return unavailable(&e),
+        }
+    }
+    ok(StatusCode::OK, &json!({ "campaigns": out }))
+}
+
+/// `POST /api/v1/campaigns`: a new campaign (`draft`), 201 `{"id"}`.
+pub(super) async fn campaigns_create(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (token, raw): (_, RawSpec) = match authorized_body(&api, &headers, &body, Need::Supervisor)
+    {
+        Ok(tb) => tb,
+        Err(r) => return *r,
+    };
+    let spec = match validate("", &raw, &*api.live()) {
+        Ok(s) => s,
+        Err(p) => return problems_response(StatusCode::UNPROCESSABLE_ENTITY, &p),
+    };
+    if token.tenant.as_ref().is_some_and(|t| *t != spec.tenant) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the campaign's queue belongs to another tenant",
+        );
+    }
+    let now = unix_now();
+    let c = Campaign {
+        id: random_id(),
+        name: spec.name.clone(),
+        tenant: spec.tenant.clone(),
+        spec: serde_json::to_string(&raw).unwrap_or_default(),
+        source: "api".into(),
+        status: CampaignStatus::Draft,
+        created_at: now,
+        updated_at: now,
+    };
+    let id = c.id.clone();
+    match api.store.with(move |s| s.create_campaign(&c)).await {
+        Ok(true) => {
+            info!(campaign = %spec.name, mode = spec.mode.as_str(), "campaign created");
+            ok(StatusCode::CREATED, &json!({ "id": id }))
+        }
+        Ok(false) => error(
+            StatusCode::CONFLICT,
+            &format!("a campaign named {:?} exists", truncate(&spec.name)),
+        ),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `GET /api/v1/campaigns/{id}`.
+pub(super) async fn campaign_get(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let c = match visible(&api, &token, id).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match campaign_json(&api, &c).await {
+        Ok(v) => ok(StatusCode::OK, &v),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `DELETE /api/v1/campaigns/{id}`: only when not running.
+pub(super) async fn campaign_delete(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let c = match visible(&api, &token, id).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match api.store.with(move |s| s.delete_campaign(&c.id)).await {
+        Ok(StatusChange::Done(c)) => {
+            info!(campaign = %c.name, "campaign deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(StatusChange::Refused(_)) => error(
+            StatusCode::CONFLICT,
+            "the campaign is running: pause or stop it first",
+        ),
+        Ok(StatusChange::NotFound) => error(StatusCode::NOT_FOUND, "no such campaign"),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `POST /api/v1/campaigns/{id}/start|pause|stop`.
+async fn change(api: &Api, headers: &HeaderMap, id: String, action: &'static str) -> Response {
+    use CampaignStatus::*;
+    let token = match authorize(api, headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let c = match visible(api, &token, id).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let (from, to): (&[CampaignStatus], _) = match action {
+        "start" => (&[Draft, Paused], Running),
+        "pause" => (&[Running], Paused),
+        _ => (&[Draft, Running, Paused], Finished),
+    };
+    if to == Running
+        && let Err(p) = current_spec(&api.live(), &c)
+    {
+        // Checked again at start: a reload may have removed its queue.
+        return problems_response(StatusCode::CONFLICT, &p);
+    }
+    let now = unix_now();
+    match api
+        .store
+        .with(move |s| s.set_campaign_status(&c.id, from, to, now))
+        .await
+    {
+        Ok(StatusChange::Done(c)) => {
+            info!(campaign = %c.name, status = c.status.as_str(), "campaign {action}");
+            match campaign_json(api, &c).await {
+                Ok(v) => ok(StatusCode::OK, &v),
+                Err(e) => unavailable(&e),
+            }
+        }
+        Ok(StatusChange::Refused(c)) => error(
+            StatusCode::CONFLICT,
+            &format!("cannot {action} a campaign that is {}", c.status.as_str()),
+        ),
+        Ok(StatusChange::NotFound) => error(StatusCode::NOT_FOUND, "no such campaign"),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `POST /api/v1/campaigns/{id}/start`.
+pub(super) async fn campaign_start(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    change(&api, &headers, id, "start").await
+}
+
+/// `POST /api/v1/campaigns/{id}/pause`.
+pub(super) async fn campaign_pause(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    change(&api, &headers, id, "pause").await
+}
+
+/// `POST /api/v1/campaigns/{id}/stop`.
+pub(super) async fn campaign_stop(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    change(&api, &headers, id, "stop").await
+}
+
+/// One contact as the API takes it (JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactIn {
+    number: String,
+    name: Option<String>,
+    priority: Option<i32>,
+    language: Option<String>,
+    not_before: Option<String>,
+    data: Option<serde_json::Map<String, Value>>,
+}
+
+/// Checks one contact; the number comes out in E.164 as the tenant's dial
+/// plan reads it.
+fn contact_in(c: ContactIn, plan: &DialPlan) -> Result<NewContact, String> {
+    let number = c.number.trim();
+    if !valid_number(number) {
+        return Err("number: an optional + and 6 to 15 digits".into());
+    }
+    let number = plan
+        .check(number)
+        .map_err(|r| format!("number: refused by the dial plan ({})", r.label()))?;
+    if let Some(n) = &c.name
+        && (n.chars().count() > 128 || n.chars().any(char::is_control))
+    {
+        return Err("name: at most 128 characters, no control characters".into());
+    }
+    let priority = c.priority.unwrap_or(0);
+    check_priority(priority)?;
+    if let Some(l) = &c.language
+        && (l.is_empty()
+            || l.len() > 16
+            || !l.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-'))
+    {
+        return Err("language: 1 to 16 letters or '-' (e.g. \"it\", \"de-CH\")".into());
+    }
+    let not_before = match &c.not_before {
+        Some(t) => Some(parse_rfc3339(t).ok_or("not_before: an RFC 3339 time")?),
+        None => None,
+    };
+    let data = match c.data {
+        Some(d) => {
+            let s = Value::Object(d).to_string();
+            if s.len() > MAX_DATA {
+                return Err(format!("data: at most {MAX_DATA} bytes of JSON"));
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    Ok(NewContact {
+        number,
+        name: c.name.filter(|n| !n.is_empty()),
+        priority,
+        language: c.language,
+        not_before,
+        data,
+    })
+}
+
+/// A contact line: its number and the contact, or why it is refused.
+type ContactLine = (usize, Result<ContactIn, String>);
+
+/// The contacts of a CSV body: a header line naming `number` (and any of
+/// `name`, `priority`, `language`, `not_before`); other columns go into the
+/// contact's `data`.
+fn csv_contacts(text: &str) -> Result<Vec<ContactLine>, CsvError> {
+    let records = csv_records(text)?;
+    let Some(((_, header), rows)) = records.split_first() else {
+        return Err((
+            1,
+            "empty: a header line naming the columns is needed".into(),
+        ));
+    };
+    let header: Vec<String> = header
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let col = |n: &str| header.iter().position(|h| h == n);
+    let Some(number) = col("number") else {
+        return Err((1, "the header names no \"number\" column".into()));
+    };
+    let known = ["number", "name", "priority", "language", "not_before"];
+    Ok(rows
+        .iter()
+        .map(|(line, f)| {
+            let get = |i: Option<usize>| {
+                i.and_then(|i| f.get(i))
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            };
+            if f.len() != header.len() {
+                return (
+                    *line,
+                    Err(format!(
+                        "{} fields, the header has {}",
+                        f.len(),
+                        header.len()
+                    )),
+                );
+            }
+            let priority = match get(col("priority")).map(|p| p.parse::<i32>()) {
+                Some(Err(_)) => return (*line, Err("priority: an integer".into())),
+                Some(Ok(p)) => Some(p),
+                None => None,
+            };
+            let data: serde_json::Map<String, Value> = header
+                .iter()
+                .zip(f)
+                .filter(|(h, v)| !known.contains(&h.as_str()) && !v.trim().is_empty())
+                .map(|(h, v)| (h.clone(), Value::String(v.trim().to_owned())))
+                .collect();
+            (
+                *line,
+                Ok(ContactIn {
+                    number: get(Some(number)).unwrap_or_default(),
+                    name: get(col("name")),
+                    priority,
+                    language: get(col("language")),
+                    not_before: get(col("not_before")),
+                    data: (!data.is_empty()).then_some(data),
+                }),
+            )
+        })
+        .collect())
+}
+
+/// `POST /api/v1/campaigns/{id}/contacts`: JSON (an array) or CSV
+/// (`text/csv`), up to 100,000 contacts. All or nothing: one refused line
+/// and nothing is stored (422 with every refusal, its line and reason).
+pub(super) async fn contacts_import(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Body,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let c = match visible(&api, &token, id).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    if c.status == CampaignStatus::Finished {
+        return error(StatusCode::CONFLICT, "the campaign is finished");
+    }
+    // One import at a time per node: each may hold 16 MiB.
+    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another import is running: try again when it is done",
+        );
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_IMPORT_BODY).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 16 MiB (or cut short)",
+        );
+    };
+    let csv = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/csv"));
+    let lines: Vec<ContactLine> = if csv {
+        let Ok(text) = std::str::from_utf8(&body) else {
+            return error(StatusCode::BAD_REQUEST, "the CSV is not UTF-8");
+        };
+        match csv_contacts(text) {
+            Ok(l) => l,
+            Err((line, why)) => {
+                return ok(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "error": format!("line {line}: {why}"), "accepted": 0,
+                             "rejected": [{ "line": line, "reason": why }] }),
+                );
+            }
+        }
+    } else {
+        let items: Vec<Value> = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid JSON body (an array of contacts): {e}"),
+                );
+            }
+        };
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, serde_json::from_value(v).map_err(|e| e.to_string())))
+            .collect()
+    };
+    if lines.len() > MAX_CONTACTS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "{} contacts: at most {MAX_CONTACTS} per request",
+                lines.len()
+            ),
+        );
+    }
+    let plan = api
+        .live()
+        .queues
+        .values()
+        .find(|(t, _)| *t == c.tenant)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_default();
+    let mut rejected = Vec::new();
+    let mut contacts: Vec<NewContact> = Vec::with_capacity(lines.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut merged_here = 0u64;
+    for (line, item) in lines {
+        match item.and_then(|c| contact_in(c, &plan)) {
+            Ok(k) => match seen.get(&k.number) {
+                // The same number twice in one import: one contact, the
+                // later line's details.
+                Some(&i) => {
+                    contacts[i] = k;
+                    merged_here += 1;
+                }
+                None => {
+                    seen.insert(k.number.clone(), contacts.len());
+                    contacts.push(k);
+                }
+            },
+            Err(reason) => rejected.push((line, reason)),
+        }
+    }
+    if !rejected.is_empty() {
+        api.net
+            .campaign_contacts_rejected
+            .inc_by(rejected.len() as u64);
+        let total = rejected.len();
+        let list: Vec<Value> = rejected
+            .iter()
+            .take(MAX_LISTED)
+            .map(|(line, reason)| json!({ "line": line, "reason": reason }))
+            .collect();
+        let (line, reason) = &rejected[0];
+        return ok(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "error": format!("line {line}: {reason} (nothing was stored)"),
+                "accepted": 0,
+                "rejected": list,
+                "rejected_total": total,
+            }),
+        );
+    }
+    let accepted = contacts.len() as u64 + merged_here;
+    let now = unix_now();
+    let campaign = c.id.clone();
+    match api
+        .store
+        .with(move |s| s.import_contacts(&campaign, &contacts, now))
+        .await
+    {
+        Ok(Imported { added, merged }) => {
+            info!(campaign = %c.name, added, merged = merged + merged_here, "contacts imported");
+            ok(
+                StatusCode::OK,
+                &json!({ "accepted": accepted, "added": added, "merged": merged + merged_here, "rejected": [] }),
+            )
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// The `key=value` pairs of a query, or a 400 naming the keys it takes.
+fn query_pairs<'a>(
+    query: Option<&'a str>,
+    keys: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, Box<Response>> {
+    let mut out = Vec::new();
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some((k, v)) if keys.contains(&k) => out.push((k, v)),
+            _ => {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown query parameter (takes {})", keys.join(", ")),
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /api/v1/campaigns/{id}/contacts?status=&after=&limit=`: numbers
+/// in full for admins, masked but for the last 3 digits for supervisors.
+pub(super) async fn contacts_list(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let pairs = match query_pairs(query.as_deref(), &["status", "after", "limit"]) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let (mut status, mut after, mut limit) = (None, 0, 100);
+    for (k, v) in pairs {
+        match k {
+            "status" => match ContactStatus::parse(v) {
+                Some(s) => status = Some(s),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "status: pending, in_progress, done, failed or dnc",
+                    );
+                }
+            },
+            "after" => match v.parse::<i64>() {
+                Ok(a) => after = a,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "after: a contact id"),
+            },
+            _ => match v.parse::<usize>() {
+                Ok(l) if (1..=1000).contains(&l) => limit = l,
+                _ => return error(StatusCode::BAD_REQUEST, "limit: 1 to 1000"),
+            },
+        }
+    }
+    let c = match visible(&api, &token, id).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let full = token.role == centralino_config::Role::Admin;
+    match api
+        .store
+        .with(move |s| s.contacts(&c.id, status, after, limit))
+        .await
+    {
+        Ok(list) => {
+            let contacts: Vec<Value> = list
+                .iter()
+                .map(|k| {
+                    let number = if full {
+                        k.number.clone()
+                    } else {
+                        Masked(&k.number).to_string()
+                    };
+                    json!({
+                        "id": k.id,
+                        "number": number,
+                        "name": k.name,
+                        "priority": k.priority,
+                        "language": k.language,
+                        "status": k.status.as_str(),
+                        "attempts": k.attempts,
+                        "last_outcome": k.last_outcome,
+                        "disposition": k.disposition,
+                        "next_at": rfc3339(k.next_at),
+                    })
+                })
+                .collect();
+            ok(StatusCode::OK, &json!({ "contacts": contacts }))
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DncIn {
+    number: String,
+    tenant: Option<String>,
+}
+
+/// The list a request names: a tenant's (its supervisor or an admin) or
+/// the national one (`""`, admins only); the number in E.164.
+fn dnc_target(
+    api: &Api,
+    token: &ApiToken,
+    number: &str,
+    tenant: Option<String>,
+) -> Result<(String, String), Box<Response>> {
+    let live = api.live();
+    let tenant = tenant.unwrap_or_default();
+    if tenant.is_empty() && token.role != centralino_config::Role::Admin {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "the national list needs an admin token; name your tenant",
+        )));
+    }
+    if token.tenant.as_ref().is_some_and(|t| *t != tenant) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "another tenant's list",
+        )));
+    }
+    let plan = if tenant.is_empty() {
+        DialPlan::default()
+    } else {
+        match live.queues.values().find(|(t, _)| *t == tenant) {
+            Some((_, p)) => p.clone(),
+            None => {
+                return Err(Box::new(error(
+                    StatusCode::NOT_FOUND,
+                    "no such tenant (with a queue)",
+                )));
+            }
+        }
+    };
+    let number = number.trim();
+    if !valid_number(number) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "number: an optional + and 6 to 15 digits",
+        )));
+    }
+    // Refused numbers still go on the list: the plan only spells them.
+    let e164 = plan.check(number).unwrap_or_else(|_| number.to_owned());
+    Ok((e164, tenant))
+}
+
+/// The `tenant` of a query.
+fn tenant_of(query: Option<&str>) -> Result<Option<String>, Box<Response>> {
+    Ok(query_pairs(query, &["tenant"])?
+        .into_iter()
+        .next()
+        .map(|(_, t)| t.to_owned()))
+}
+
+/// `POST /api/v1/dnc`: `{"number", "tenant"?}` (201 when new, 200 when it
+/// was listed), or `text/csv` with a `number` column and `?tenant=`.
+pub(super) async fn dnc_add(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: axum::body::Body,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let query_tenant = match tenant_of(query.as_deref()) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another import is running: try again when it is done",
+        );
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_IMPORT_BODY).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 MiB");
+    };
+    let csv = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/csv"));
+    let now = unix_now();
+    if !csv {
+        let b: DncIn = match parse_body(&body) {
+            Ok(b) => b,
+            Err(r) => return *r,
+        };
+        let (number, tenant) = match dnc_target(&api, &token, &b.number, b.tenant) {
+            Ok(t) => t,
+            Err(r) => return *r,
+        };
+        let t = tenant.clone();
+        return match api.store.with(move |s| s.add_dnc(&number, &t, now)).await {
+            Ok(added) => {
+                if added {
+                    api.net.dnc_changes.with_label_values(&["added"]).inc();
+                }
+                ok(
+                    if added {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    &json!({ "added": added, "tenant": tenant }),
+                )
+            }
+            Err(e) => unavailable(&e),
+        };
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the CSV is not UTF-8");
+    };
+    let records = match csv_records(text) {
+        Ok(r) => r,
+        Err((line, why)) => return error(StatusCode::BAD_REQUEST, &format!("line {line}: {why}")),
+    };
+    let Some(((_, header), rows)) = records.split_first() else {
+        return error(StatusCode::BAD_REQUEST, "empty: a header line is needed");
+    };
+    let Some(col) = header
+        .iter()
+        .position(|h| h.trim().eq_ignore_ascii_case("number"))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the header names no \"number\" column",
+        );
+    };
+    if rows.len() > MAX_CONTACTS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("at most {MAX_CONTACTS} numbers per request"),
+        );
+    }
+    let mut numbers = Vec::with_capacity(rows.len());
+    let mut rejected = Vec::new();
+    let mut tenant = String::new();
+    for (line, f) in rows {
+        let n = f.get(col).map_or("", |s| s.as_str());
+        match dnc_target(&api, &token, n, query_tenant.clone()) {
+            Ok((n, t)) => {
+                numbers.push(n);
+                tenant = t;
+            }
+            Err(_) if !valid_number(n.trim()) => {
+                rejected.push(
+                    json!({ "line": line, "reason": "number: an optional + and 6 to 15 digits" }),
+                );
+            }
+            Err(r) => return *r,
+        }
+    }
+    if !rejected.is_empty() {
+        let total = rejected.len();
+        rejected.truncate(MAX_LISTED);
+        return ok(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({ "error": "numbers refused (nothing was stored)", "accepted": 0,
+                     "rejected": rejected, "rejected_total": total }),
+        );
+    }
+    let count = numbers.len();
+    let t = tenant.clone();
+    match api
+        .store
+        .with(move |s| s.import_dnc(&numbers, &t, now))
+        .await
+    {
+        Ok(added) => {
+            api.net
+                .dnc_changes
+                .with_label_values(&["added"])
+                .inc_by(added);
+            ok(
+                StatusCode::OK,
+                &json!({ "accepted": count, "added": added, "tenant": tenant, "rejected": [] }),
+            )
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `DELETE /api/v1/dnc/{number}?tenant=`: 204, or 404 when not listed.
+pub(super) async fn dnc_delete(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(number): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let tenant = match tenant_of(query.as_deref()) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let (number, tenant) = match dnc_target(&api, &token, &number, tenant) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    match api
+        .store
+        .with(move |s| s.remove_dnc(&number, &tenant))
+        .await
+    {
+        Ok(true) => {
+            api.net.dnc_changes.with_label_values(&["removed"]).inc();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "not on that list"),
+        Err(e) => unavailable(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_is_read_with_quotes_semicolons_and_line_numbers() {
+        let text = "number;name;note\n+393331112223;\"Rossi; Maria\";\"ha detto \"\"sì\"\"\"\n\n0612345678;Bianchi;\"due\nrighe\"\n";
+        let r = csv_records(text).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r[1],
+            (
+                2,
+                vec![
+                    "+393331112223".into(),
+                    "Rossi; Maria".into(),
+                    "ha detto \"sì\"".into()
+                ]
+            )
+        );
+        assert_eq!(r[2].0, 4);
+        assert_eq!(r[2].1[2], "due\nrighe");
+        let c = csv_contacts(text).unwrap();
+        let first = c[0].1.as_ref().unwrap();
+        assert_eq!(first.name.as_deref(), Some("Rossi; Maria"));
+        assert_eq!(
+            first.data.as_ref().and_then(|d| d.get("note")),
+            Some(&Value::String("ha detto \"sì\"".into()))
+        );
+        assert_eq!(csv_records("a,b\n\"open").unwrap_err().0, 2);
+        assert!(csv_records("a,b\nx\"y,z").is_err());
+        assert_eq!(csv_contacts("name\nx").unwrap_err().0, 1);
+        let short = csv_contacts("number,name\n+393331112223").unwrap();
+        assert!(short[0].1.is_err());
+    }
+
+    #[test]
+    fn a_contact_is_normalised_by_the_dial_plan_or_refused_with_its_reason() {
+        let plan = DialPlan::default();
+        let c = |n: &str| ContactIn {
+            number: n.into(),
+            name: None,
+            priority: None,
+            language: None,
+            not_before: None,
+            data: None,
+        };
+        assert_eq!(
+            contact_in(c("0612345678"), &plan).unwrap().number,
+            "+39061234567".to_owned() + "8"
+        );
+        assert!(
+            contact_in(c("899123456"), &plan)
+                .unwrap_err()
+                .contains("dial plan")
+        );
+        assert!(
+            contact_in(c("pizza"), &plan)
+                .unwrap_err()
+                .starts_with("number")
+        );
+        let mut bad = c("+393331112223");
+        bad.not_before = Some("domani".into());
+        assert!(
+            contact_in(bad, &plan)
+                .unwrap_err()
+                .starts_with("not_before")
+        );
+    }
+}
