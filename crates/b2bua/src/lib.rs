@@ -10,7 +10,7 @@ pub mod media;
 pub mod metrics;
 
 pub use engine::{
-    AgentCall, AgentStateError, CallbackState, DeskState, DueCallback, Engine, Output, QueueView,
-    ReloadRefused,
+    AgentCall, AgentStateError, CallbackState, CampaignCall, CampaignRun, DeskState, DueCallback,
+    Engine, Output, QueueView, ReloadRefused,
 };
 pub use metrics::Metrics;

@@ -132,6 +132,17 @@ pub struct Metrics {
     /// `centralino_callbacks_total{outcome}`: created, deduplicated,
     /// rejected, updated, cancelled.
     pub callbacks: IntCounterVec,
+    /// `centralino_campaign_attempts_total{campaign,outcome}`: campaign
+    /// attempts by how they ended (campaign names come from configuration
+    /// or the API: bounded).
+    pub campaign_attempts: IntCounterVec,
+    /// `centralino_campaign_lines{campaign}`: citizens being dialled or
+    /// waiting for an operator, per campaign.
+    pub campaign_lines: IntGaugeVec,
+    /// `centralino_campaign_pacing_ratio{campaign}`: lines per free
+    /// operator at the last decision (1 progressive; above 1 predictive
+    /// dialling ahead).
+    pub campaign_pacing: prometheus::GaugeVec,
     /// `centralino_dial_plan_refused_total{via,reason}`: numbers a tenant's
     /// dial plan kept from a trunk (via: api, virtual_hold, ivr, callback,
     /// transfer; reason: malformed, blocked, not_allowed).
@@ -363,6 +374,26 @@ impl Metrics {
                 "Callback requests by outcome",
                 &["outcome"]
             )),
+            campaign_attempts: reg!(cv(
+                "centralino_campaign_attempts_total",
+                "Campaign attempts by campaign and outcome",
+                &["campaign", "outcome"]
+            )),
+            campaign_lines: reg!(gv(
+                "centralino_campaign_lines",
+                "Citizens being dialled or waiting for an operator, by campaign",
+                &["campaign"]
+            )),
+            campaign_pacing: reg!(
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "centralino_campaign_pacing_ratio",
+                        "Lines per free operator at the pacer's last decision, by campaign"
+                    ),
+                    &["campaign"]
+                )
+                .expect("valid metric")
+            ),
             dial_plan_refused: reg!(cv(
                 "centralino_dial_plan_refused_total",
                 "Numbers refused by the tenant's dial plan before any trunk saw them",

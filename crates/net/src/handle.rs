@@ -62,6 +62,21 @@ pub enum EngineInput {
     Reload(Box<Reload>),
     /// Callbacks the scheduler claimed, to be started.
     Callbacks(Vec<DueCallback>),
+    /// The campaigns running inside their windows now, with their
+    /// definitions (every second).
+    CampaignTick(
+        Vec<(
+            centralino_b2bua::CampaignRun,
+            Arc<centralino_campaigns::spec::Spec>,
+        )>,
+    ),
+    /// Contacts claimed for a campaign's pacer (maybe none).
+    CampaignContacts {
+        /// Campaign id.
+        campaign: String,
+        /// The attempts to start.
+        due: Vec<DueCallback>,
+    },
     /// The store's answer to a virtual-hold request.
     CallbackStored {
         /// The caller's call.

@@ -16,6 +16,7 @@
 //! presses, silence, failures).
 
 mod api;
+mod campaigns;
 mod error;
 mod handle;
 mod health;

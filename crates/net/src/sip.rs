@@ -114,6 +114,7 @@ async fn callback_scheduler(
                 priority: c.priority,
                 created_unix: c.created_at,
                 attempt: c.attempts,
+                campaign: None,
             })
             .collect();
         if tx.send(EngineInput::Callbacks(due)).await.is_err() {
@@ -267,6 +268,13 @@ impl SipServer {
                 draining.clone(),
                 desks.clone(),
             ));
+            // Campaigns dial through the same trunks.
+            tokio::spawn(crate::campaigns::scheduler(
+                sink.handle(),
+                tx.clone(),
+                draining.clone(),
+                Arc::new(config.clone()),
+            ));
         }
         if let Some(&(_, tls_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Tls) {
             engine.set_outbound_tls_local(tls_addr);
@@ -300,7 +308,17 @@ impl SipServer {
         // Alive from here: the task beats again on its first turn.
         heartbeat.beat(Instant::now().into_std());
         let engine_task = tokio::spawn(run_engine(
-            engine, rx, answers, media_rx, plane, udp, clients, records, desks, heartbeat,
+            engine,
+            rx,
+            answers,
+            media_rx,
+            plane,
+            udp,
+            clients,
+            records,
+            desks,
+            heartbeat,
+            config.outbound.max_attempts_per_citizen_per_day,
         ));
         Ok(Self { bound, engine_task })
     }
@@ -595,6 +613,7 @@ async fn run_engine(
     records: Option<centralino_store::service::RecordSink>,
     desks: Option<crate::api::Desks>,
     heartbeat: crate::health::Heartbeat,
+    max_per_day: u32,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut media_events: Vec<MediaEvent> = Vec::new();
@@ -611,7 +630,10 @@ async fn run_engine(
         }
     };
     let mut flush_at: Option<Instant> = None;
-    let mut life = Lifecycle::default();
+    let mut life = Lifecycle {
+        max_per_day,
+        ..Lifecycle::default()
+    };
     // A tick of its own, so an idle engine beats too; a loop stuck in one
     // turn (or starved among ready inputs) misses it and shows stalled.
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -713,6 +735,34 @@ async fn run_engine(
                     }
                     (None, _) => {}
                 },
+                Output::WantContacts { campaign, count } => match (&records, answers.upgrade()) {
+                    (Some(sink), Some(tx)) => {
+                        let spec = life.campaigns.get(&campaign).cloned();
+                        crate::campaigns::claim(
+                            sink.handle(),
+                            tx,
+                            campaign,
+                            spec,
+                            count,
+                            life.max_per_day,
+                        );
+                    }
+                    _ => answer(EngineInput::CampaignContacts {
+                        campaign,
+                        due: Vec::new(),
+                    }),
+                },
+                Output::ContactState { call, state } => {
+                    if let (Some(sink), Some(tx)) = (&records, answers.upgrade()) {
+                        crate::campaigns::contact_state(
+                            &sink.handle(),
+                            &tx,
+                            &life.campaigns,
+                            &call,
+                            state,
+                        );
+                    }
+                }
                 Output::StoreCallback {
                     call,
                     queue,
@@ -895,6 +945,10 @@ async fn tls_client(
 struct Lifecycle {
     /// Told when no call is left (draining).
     idle: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The campaigns running now (as last scheduled), by id.
+    campaigns: crate::campaigns::Running,
+    /// `outbound.max_attempts_per_citizen_per_day`.
+    max_per_day: u32,
     /// Told once the records of the ended calls are stored.
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -933,6 +987,15 @@ fn handle(
             }
         }
         EngineInput::CallbackStored { call, stored } => engine.callback_stored(now, call, stored),
+        EngineInput::CampaignTick(list) => {
+            let runs: Vec<centralino_b2bua::CampaignRun> =
+                list.iter().map(|(r, _)| r.clone()).collect();
+            life.campaigns = list.into_iter().map(|(r, s)| (r.id, s)).collect();
+            engine.campaign_tick(now, &runs);
+        }
+        EngineInput::CampaignContacts { campaign, due } => {
+            engine.campaign_contacts(now, &campaign, due);
+        }
         EngineInput::CallbackDialing { call, recorded } => {
             engine.callback_dialing(now, call, recorded);
         }

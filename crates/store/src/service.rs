@@ -548,6 +548,14 @@ impl StoreHandle {
             ),
             Err(e) => warn!(error = %e, "cannot recover callbacks in progress"),
         }
+        match store.recover_campaign_attempts(unix_now()) {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                attempts = n,
+                "campaign attempts in progress at the last stop closed as interrupted (retried as new attempts)"
+            ),
+            Err(e) => warn!(error = %e, "cannot recover campaign attempts"),
+        }
         let retention = i64::from(retention_days) * 86_400_000;
         let (tx, rx) = channel();
         std::thread::Builder::new()
@@ -731,6 +739,11 @@ impl StoreHandle {
 pub struct RecordSink(Sender<StoreReq>);
 
 impl RecordSink {
+    /// The service behind the sink, for any other work.
+    pub fn handle(&self) -> StoreHandle {
+        StoreHandle(self.0.clone())
+    }
+
     /// Queues a batch.
     pub fn send(&self, batch: Vec<crate::Record>) {
         let _ = self.0.send(StoreReq::Records(batch));

@@ -57,6 +57,8 @@ pub(super) struct Outbound {
     /// Where the network's early media comes from (its 18x SDP), once the
     /// waiting operator was bridged to it.
     pub(super) early_media: Option<SocketAddr>,
+    /// A campaign's attempt (a callback otherwise).
+    pub(super) campaign: Option<Box<CampaignCall>>,
 }
 
 /// A call's anchored media as the signalling side knows it.

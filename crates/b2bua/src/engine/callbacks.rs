@@ -48,56 +48,50 @@ impl Engine {
             .queue_ids
             .get(&cb.queue)
             .and_then(|q| self.queue_stats.get_mut(q.0 as usize))
+            .filter(|_| cb.campaign.is_none())
         {
             n.callbacks_started += 1;
         }
+        let via = if cb.campaign.is_some() {
+            "campaign"
+        } else {
+            "callback"
+        };
         let Some(&queue) = self.queue_ids.get(&cb.queue) else {
-            self.callback_state(
-                &cb.id,
-                CallbackState::Failed {
-                    outcome: CallbackOutcome::UnknownQueue,
-                },
-            );
+            self.start_failed(&cb, CallbackOutcome::UnknownQueue);
             return;
         };
         let tenant = self.queue_tenant(queue);
-        if self.dialable(tenant, &cb.number, "callback").is_none() {
+        if self.dialable(tenant, &cb.number, via).is_none() {
             // Stored before the plan said no (an older version, a reload):
             // never dialled, and no retry would change that.
-            self.callback_state(
-                &cb.id,
-                CallbackState::Failed {
-                    outcome: CallbackOutcome::DialPlan,
-                },
-            );
+            self.start_failed(&cb, CallbackOutcome::DialPlan);
             return;
         }
         // The tenant's first outbound trunk that is not down (all down:
         // the first, in case the pings are wrong).
         let ours = || (0..self.trunks.len()).filter(|&j| self.trunks[j].dials_for(tenant));
-        let trunk = ours()
-            .find(|&j| !self.trunks[j].down)
+        let preferred = cb
+            .campaign
+            .as_ref()
+            .and_then(|c| c.trunk.as_deref())
+            .and_then(|name| ours().find(|&j| self.trunks[j].name == name))
+            .filter(|&j| !self.trunks[j].down);
+        let trunk = preferred
+            .or_else(|| ours().find(|&j| !self.trunks[j].down))
             .or_else(|| ours().next());
         let Some(trunk) = trunk.filter(|&t| self.outbound_flow(t).is_some()) else {
             warn!(queue = %cb.queue, "no outbound trunk for callbacks");
-            self.callback_state(
-                &cb.id,
-                CallbackState::Failed {
-                    outcome: CallbackOutcome::NoOutboundTrunk,
-                },
-            );
+            self.start_failed(&cb, CallbackOutcome::NoOutboundTrunk);
             return;
         };
         // The call's SIP side towards the citizen is filled in when we
         // dial; its media is anchored like any call's.
         let number = cb.number.clone();
-        let Some((a_leg, invite, _)) = self.citizen_leg(trunk, &number, "callback") else {
-            self.callback_state(
-                &cb.id,
-                CallbackState::Failed {
-                    outcome: CallbackOutcome::DialPlan,
-                },
-            );
+        let caller_id = cb.campaign.as_ref().and_then(|c| c.caller_id.clone());
+        let Some((a_leg, invite, _)) = self.citizen_leg(trunk, &number, via, caller_id.as_deref())
+        else {
+            self.start_failed(&cb, CallbackOutcome::DialPlan);
             return;
         };
         let ip = a_leg.flow.local.ip();
@@ -142,17 +136,22 @@ impl Engine {
         let _entered = span.clone().entered();
         info!(number = %Masked(&number), queue = %cb.queue, attempt = cb.attempt, "callback: waiting for an operator");
         let record_id = format!("{}{}", self.token(), self.token());
-        let did = format!("callback:{}", cb.id);
+        let did = match &cb.campaign {
+            Some(c) => format!("campaign:{}", c.name),
+            None => format!("callback:{}", cb.id),
+        };
         let outbound = Outbound {
             id: cb.id.clone(),
             attempt: cb.attempt,
             request: Box::new(invite),
-            customer_first: self.queues[queue.0 as usize].customer_first,
+            customer_first: self.queues[queue.0 as usize].customer_first
+                || cb.campaign.as_ref().is_some_and(|c| c.customer_first),
             invite: None,
             dialled: false,
             answered: false,
             trunk,
             early_media: None,
+            campaign: cb.campaign.clone(),
         };
         let mut call = Call::new(NewCall {
             span,
@@ -180,13 +179,11 @@ impl Engine {
             return;
         };
         let (queue, spec) = (call.queue, call.spec.clone());
-        let Some(cb_id) = call.outbound().map(|o| o.id.clone()) else {
-            return;
-        };
-        if self.queues[queue.0 as usize].customer_first {
+        let customer_first = call.outbound().is_some_and(|o| o.customer_first);
+        if customer_first {
             // Customer first: the citizen is dialled now (once the store
             // knows) and queued when they answer.
-            self.callback_state(&cb_id, CallbackState::Dialing { call: id });
+            self.outbound_state(id, CallbackState::Dialing { call: id });
         } else {
             self.enter_queue(now, id, queue, &spec);
         }
@@ -203,9 +200,11 @@ impl Engine {
         trunk: usize,
         number: &str,
         via: &'static str,
+        caller_id: Option<&str>,
     ) -> Option<(Leg, Message, String)> {
         let t = self.trunks.get(trunk)?;
-        let (caller_id, tenant, asserted) = (t.caller_id.clone(), t.tenant, t.asserted_identity);
+        let caller_id = caller_id.map_or_else(|| t.caller_id.clone(), str::to_owned);
+        let (tenant, asserted) = (t.tenant, t.asserted_identity);
         let flow = self.outbound_flow(trunk)?;
         let number = self.dialable(tenant, number, via)?;
         let (remote, local) = (flow.remote, flow.local);
@@ -276,7 +275,10 @@ impl Engine {
             return false;
         };
         let number = call.caller.clone();
-        let Some((leg, invite, _)) = self.citizen_leg(next, &number, "callback") else {
+        let caller_id = o.campaign.as_ref().and_then(|c| c.caller_id.clone());
+        let Some((leg, invite, _)) =
+            self.citizen_leg(next, &number, "callback", caller_id.as_deref())
+        else {
             return false;
         };
         let old = std::mem::replace(
@@ -309,6 +311,38 @@ impl Engine {
         });
     }
 
+    /// A callback (or campaign contact) that cannot start: why.
+    fn start_failed(&mut self, cb: &DueCallback, outcome: CallbackOutcome) {
+        let state = CallbackState::Failed { outcome };
+        match &cb.campaign {
+            Some(c) => self.contact_state(c, state),
+            None => self.callback_state(&cb.id, state),
+        }
+    }
+
+    /// The outbound attempt of call `id` moved on.
+    pub(super) fn outbound_state(&mut self, id: CallId, state: CallbackState) {
+        let who = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.outbound())
+            .map(|o| (o.id.clone(), o.campaign.clone()));
+        match who {
+            Some((_, Some(c))) => self.contact_state(&c, state),
+            Some((cb, None)) => self.callback_state(&cb, state),
+            None => {}
+        }
+    }
+
+    /// An outbound attempt moved on: a callback's state for its record, a
+    /// campaign contact's for the campaign.
+    pub(super) fn attempt_state(&mut self, o: &Outbound, state: CallbackState) {
+        match &o.campaign {
+            Some(c) => self.contact_state(c, state),
+            None => self.callback_state(&o.id, state),
+        }
+    }
+
     /// A callback's attempt ended without reaching the citizen.
     pub(super) fn outbound_failed(
         &mut self,
@@ -323,8 +357,14 @@ impl Engine {
             .callbacks
             .with_label_values(&[outcome.as_str()])
             .inc();
-        let id = o.id.clone();
-        self.retry_or_fail(&id, o.attempt, queue, outcome);
+        match &o.campaign {
+            // The campaign's policy decides what follows, in the driver.
+            Some(c) => self.contact_state(c, CallbackState::Failed { outcome }),
+            None => {
+                let id = o.id.clone();
+                self.retry_or_fail(&id, o.attempt, queue, outcome);
+            }
+        }
     }
 
     /// Another attempt later, or failed when the outcome's (or the
@@ -528,10 +568,9 @@ impl Engine {
                 }));
             }
             let customer_first = call.outbound().is_some_and(|o| o.customer_first);
-            let id = call.outbound_mut().map(|o| {
+            if let Some(o) = call.outbound_mut() {
                 o.answered = true;
-                o.id.clone()
-            });
+            }
             if customer_first {
                 // Reached: now they wait for an operator like any caller,
                 // with the time of their request.
@@ -545,8 +584,8 @@ impl Engine {
                 .inc();
             // Customer first: done only once an operator talks to them
             // (a citizen who gives up waiting is called again).
-            if let Some(id) = id.filter(|_| !customer_first) {
-                self.callback_state(&id, CallbackState::Done);
+            if !customer_first {
+                self.outbound_state(call_id, CallbackState::Done);
             }
             return;
         }

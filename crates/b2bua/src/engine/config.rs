@@ -99,6 +99,8 @@ impl Engine {
             trunks: Vec::new(),
             queues: Vec::new(),
             queue_stats,
+            pacers: HashMap::new(),
+            paced: Vec::new(),
             tenant_gauges,
             agent_ids,
             login_paused: config.login_paused,

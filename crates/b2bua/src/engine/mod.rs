@@ -105,6 +105,26 @@ pub enum Output {
         /// What happened.
         state: CallbackState,
     },
+    /// A campaign's pacer wants this many more contacts: claim them (the
+    /// claim is the attempt's durable mark) and hand them over with
+    /// [`Engine::campaign_contacts`], even none.
+    WantContacts {
+        /// Campaign id.
+        campaign: String,
+        /// How many.
+        count: u32,
+    },
+    /// A campaign contact's attempt moved on. `Dialing`: answer with
+    /// [`Engine::callback_dialing`] (the claim already made the attempt
+    /// durable); `Failed`: the attempt ended so (the campaign's retry
+    /// policy decides what follows, never the engine); `Done`: reached;
+    /// `Requeue`: the operator left before anyone was dialled.
+    ContactState {
+        /// Whose attempt.
+        call: Box<CampaignCall>,
+        /// What happened.
+        state: CallbackState,
+    },
 }
 
 /// One queue for the supervisor's view.
@@ -205,6 +225,41 @@ pub struct DueCallback {
     pub created_unix: i64,
     /// This attempt's number (1 for the first).
     pub attempt: u32,
+    /// Set when a campaign places the call, not a citizen's request.
+    pub campaign: Option<Box<CampaignCall>>,
+}
+
+/// A campaign contact's attempt, as the engine places it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CampaignCall {
+    /// Campaign id.
+    pub campaign: String,
+    /// Campaign name (metric label).
+    pub name: String,
+    /// Contact id in the store.
+    pub contact: i64,
+    /// This attempt's number.
+    pub attempt: u32,
+    /// The number presented instead of the trunk's.
+    pub caller_id: Option<String>,
+    /// The outbound trunk tried first (by name).
+    pub trunk: Option<String>,
+    /// Predictive: the citizen is dialled first and waits for an operator.
+    pub customer_first: bool,
+}
+
+/// A running campaign inside its calling window, as the scheduler hands
+/// it to the engine each second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CampaignRun {
+    /// Campaign id.
+    pub id: String,
+    /// Name (metric label).
+    pub name: String,
+    /// The queue whose operators work it.
+    pub queue: String,
+    /// Its pacer's settings.
+    pub pacer: centralino_campaigns::pacer::PacerConfig,
 }
 
 /// A callback's progress, for the store.
@@ -468,6 +523,10 @@ pub struct Engine {
     /// Per queue (by `QueueId`): what to do with its calls, and its gauges.
     queues: Vec<QueuePolicy>,
     queue_stats: Vec<QueueStats>,
+    /// Each campaign's pacer, and whether a claim of its contacts is out.
+    pacers: HashMap<String, (centralino_campaigns::pacer::Pacer, bool)>,
+    /// Campaign attempts resolved since the last tick, for the pacers.
+    paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.
     tenant_gauges: Vec<Vec<IntGauge>>,
     agent_ids: HashMap<String, AgentId>,
@@ -997,6 +1056,7 @@ impl Engine {
 mod answer;
 mod call;
 mod callbacks;
+mod campaigns;
 mod config;
 pub use config::ReloadRefused;
 mod dialogs;

@@ -66,10 +66,13 @@ impl Engine {
             // The call record id (operator answers are stored against it)
             // and the queue's operator script, for the operator's desktop.
             inv.push("X-Centralino-Call", &call.record_id);
-            if let Some(o) = call.outbound() {
+            match call.outbound().map(|o| (&o.id, &o.campaign)) {
+                // A campaign's call: the operator's phone shows which.
+                Some((_, Some(c))) => inv.push("X-Centralino-Campaign", &c.name),
                 // A callback: the operator's phone shows it before
                 // answering (the citizen is dialled after the answer).
-                inv.push("X-Centralino-Callback", &o.id);
+                Some((id, None)) => inv.push("X-Centralino-Callback", id),
+                None => {}
             }
             if let Some(script) = &self.queues[call.queue.0 as usize].script {
                 inv.push("X-Centralino-Script", script);
@@ -337,15 +340,14 @@ impl Engine {
                     self.final_ok(now, call_id, ok);
                 }
                 if let Some(o) = self.calls.get(&call_id).and_then(|c| c.outbound()) {
-                    let (id, customer_first) = (o.id.clone(), o.customer_first);
-                    if customer_first {
+                    if o.customer_first {
                         // Customer first: the citizen, reached, now talks
                         // to an operator.
-                        self.callback_state(&id, CallbackState::Done);
+                        self.outbound_state(call_id, CallbackState::Done);
                     } else {
                         // Agent first: the operator is there; the citizen
                         // is dialled once the store knows (never twice).
-                        self.callback_state(&id, CallbackState::Dialing { call: call_id });
+                        self.outbound_state(call_id, CallbackState::Dialing { call: call_id });
                     }
                 }
                 let qname = self.router.queue(queue).name.clone();

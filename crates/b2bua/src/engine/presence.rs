@@ -306,7 +306,10 @@ impl Engine {
                 .map(|r| r.variables.clone())
                 .unwrap_or_default(),
             script: self.queues[call.queue.0 as usize].script.clone(),
-            callback: call.outbound().map(|o| o.id.clone()),
+            callback: call
+                .outbound()
+                .filter(|o| o.campaign.is_none())
+                .map(|o| o.id.clone()),
         }
     }
 }

@@ -256,9 +256,15 @@ impl Engine {
                 r.push("Retry-After", "5");
                 self.respond(now, &inbound.key, &r);
             }
-            Customer::Outbound(o) => {
-                self.retry_or_fail(&o.id, o.attempt, queue, CallbackOutcome::NoRtpPort);
-            }
+            Customer::Outbound(o) => match &o.campaign {
+                Some(c) => self.contact_state(
+                    c,
+                    CallbackState::Failed {
+                        outcome: CallbackOutcome::NoRtpPort,
+                    },
+                ),
+                None => self.retry_or_fail(&o.id, o.attempt, queue, CallbackOutcome::NoRtpPort),
+            },
         }
     }
 

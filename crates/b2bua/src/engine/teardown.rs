@@ -224,9 +224,8 @@ impl Engine {
                     .callbacks
                     .with_label_values(&["operator_left"])
                     .inc();
-                let id = o.id.clone();
-                self.callback_state(
-                    &id,
+                self.attempt_state(
+                    o,
                     CallbackState::Requeue {
                         outcome: outcome.into(),
                     },

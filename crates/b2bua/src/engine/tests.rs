@@ -26,7 +26,9 @@ use centralino_media::announce::{self, Library};
 use centralino_media::prompt::Prompt;
 use centralino_media::relay::Side;
 
-use super::{AgentStateError, CallbackState, DueCallback, Engine, Output};
+use super::{
+    AgentStateError, CallbackState, CampaignCall, CampaignRun, DueCallback, Engine, Output,
+};
 use crate::Metrics;
 use crate::media::{MediaCommand, MediaEvent};
 use centralino_types::record::Record;
@@ -75,6 +77,9 @@ struct Harness {
     records: Vec<Record>,
     /// Callback progress reports, in order.
     callbacks: Vec<(String, CallbackState)>,
+    /// Campaign attempts' progress, and the contacts pacers asked for.
+    contacts: Vec<(CampaignCall, CallbackState)>,
+    wants: Vec<(String, u32)>,
     /// What the operators' desktops were told, in order.
     desks: Vec<(String, Option<crate::AgentCall>)>,
     /// The last supervisor view published.
@@ -129,6 +134,8 @@ impl Harness {
             media: Vec::new(),
             records: Vec::new(),
             callbacks: Vec::new(),
+            contacts: Vec::new(),
+            wants: Vec::new(),
             desks: Vec::new(),
             views: None,
             metrics,
@@ -182,6 +189,8 @@ impl Harness {
                 Output::Record(r) => self.records.push(r),
                 Output::StoreCallback { .. } => panic!("a callback request nobody expected"),
                 Output::CallbackState { id, state } => self.callbacks.push((id, state)),
+                Output::ContactState { call, state } => self.contacts.push((*call, state)),
+                Output::WantContacts { campaign, count } => self.wants.push((campaign, count)),
                 Output::AgentCall { agent, info } => self.desks.push((agent, info)),
                 Output::Queues(v) => self.views = Some(v),
             }
@@ -1651,6 +1660,7 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         priority: 0,
         created_unix: 1_796_119_200 - 600,
         attempt,
+        campaign: None,
     };
     // No port for the first try: nobody is called, the attempt is
     // retried by the queue's policy, nothing recorded.
@@ -1813,6 +1823,7 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
         priority: 0,
         created_unix: 0,
         attempt: 1,
+        campaign: None,
     };
     let bye_from_phone = |inv: &Message, tag: &str, branch: &str| {
         format!(
@@ -1890,6 +1901,7 @@ fn callback_dialled(
             priority: 0,
             created_unix: 0,
             attempt: 1,
+            campaign: None,
         },
     );
     let out = h.drain();
@@ -2070,6 +2082,7 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
             priority: 0,
             created_unix: 0,
             attempt: 1,
+            campaign: None,
         },
     );
     let out = h.drain();
@@ -2125,6 +2138,7 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
             priority: 0,
             created_unix: 0,
             attempt: 1,
+            campaign: None,
         },
     );
     h.drain();
@@ -2387,6 +2401,7 @@ fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbac
             priority: 0,
             created_unix: 0,
             attempt: 1,
+            campaign: None,
         },
     );
     h.drain();
@@ -2671,6 +2686,7 @@ fn a_callback_to_a_number_the_dial_plan_refuses_fails_without_any_invite() {
                 priority: 0,
                 created_unix: 0,
                 attempt: 1,
+                campaign: None,
             },
         );
         let out = h.drain();
@@ -2729,6 +2745,7 @@ fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
         priority: 0,
         created_unix: 0,
         attempt: 1,
+        campaign: None,
     };
     // One callback rings 1001: one operator left, one room.
     h.engine.start_callback(h.now, due("r1"));
@@ -2996,6 +3013,7 @@ fn a_reload_applies_queue_timers_exit_status_dial_plans_trunks_and_passwords() {
         priority: 0,
         created_unix: 0,
         attempt: 1,
+        campaign: None,
     };
     // Before: Swiss numbers are outside the Italian plan.
     h.engine.start_callback(h.now, due("ch1", "+41441234567"));
@@ -3277,6 +3295,7 @@ fn a_callback_offers_a_session_timer_and_refreshes_when_the_carrier_leaves_it_to
             priority: 0,
             created_unix: 0,
             attempt: 1,
+            campaign: None,
         },
     );
     let out = h.drain();
@@ -3653,4 +3672,98 @@ fn a_waiting_operator_hears_the_networks_early_media_until_the_citizen_answers_o
         "{:?}",
         h.callbacks
     );
+}
+
+/// A progressive campaign: one contact per free operator, the operator
+/// reserved before the citizen is dialled with the campaign's caller ID;
+/// a busy citizen goes back to the campaign (its policy decides), and the
+/// pacer asks for no more while a claim is out.
+#[test]
+fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
+    let mut h = Harness::with_outbound_trunk();
+    h.engine.set_wall_clock(h.now, 1_796_119_200);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let run = CampaignRun {
+        id: "c1".into(),
+        name: "richiami".into(),
+        queue: "info".into(),
+        pacer: centralino_campaigns::pacer::PacerConfig::new(
+            centralino_campaigns::Mode::Progressive,
+        ),
+    };
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.drain();
+    assert_eq!(
+        h.wants,
+        [("c1".to_owned(), 1)],
+        "one free operator, one contact"
+    );
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.drain();
+    assert_eq!(h.wants.len(), 1, "no second claim while one is out");
+    let contact = CampaignCall {
+        campaign: "c1".into(),
+        name: "richiami".into(),
+        contact: 7,
+        attempt: 1,
+        caller_id: Some("+39800999000".into()),
+        trunk: None,
+        customer_first: false,
+    };
+    h.engine.campaign_contacts(
+        h.now,
+        "c1",
+        vec![DueCallback {
+            id: "contact:7".into(),
+            queue: "info".into(),
+            number: "+393331112223".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 1_796_119_200,
+            attempt: 1,
+            campaign: Some(Box::new(contact.clone())),
+        }],
+    );
+    let out = h.drain();
+    // The operator first, shown which campaign; nobody dialled yet.
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert_eq!(inv.header("X-Centralino-Campaign"), Some("richiami"));
+    assert_eq!(inv.header("X-Centralino-Callback"), None);
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let Some((c, CallbackState::Dialing { call })) = h.contacts.last().cloned() else {
+        panic!("{:?}", h.contacts)
+    };
+    assert_eq!(c, contact);
+    assert!(h.callbacks.is_empty(), "a campaign is not a callback");
+    h.engine.callback_dialing(h.now, call, true);
+    let out = h.drain();
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    assert!(
+        dial.header("From").unwrap().contains("+39800999000"),
+        "the campaign's caller ID"
+    );
+    // Busy: the attempt ends so; the campaign (not the queue) decides.
+    let busy = dial.response(486, "Busy Here", Some("cit"));
+    h.send(TRUNK, &String::from_utf8(busy.to_bytes()).unwrap());
+    assert_eq!(
+        h.contacts.last().map(|(_, s)| s.clone()),
+        Some(CallbackState::Failed {
+            outcome: CallbackOutcome::Busy
+        })
+    );
+    assert_eq!(
+        h.gauge("centralino_campaign_attempts_total{campaign=richiami,outcome=busy}"),
+        1
+    );
+    // The claim came back: the pacer may ask again (the operator is in
+    // wrap-up, so not yet).
+    h.advance(Duration::from_secs(10));
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.drain();
+    assert_eq!(h.wants.len(), 2, "{:?}", h.wants);
+    // A stopped campaign (no longer listed) asks for nothing.
+    h.engine.campaign_tick(h.now, &[]);
+    h.drain();
+    assert_eq!(h.wants.len(), 2);
 }

@@ -14,7 +14,7 @@ impl Engine {
         let tenant = call.tenant;
         let trunk = self.trunks.iter().position(|t| t.dials_for(tenant));
         let Some((mut leg, mut inv, _)) =
-            trunk.and_then(|t| self.citizen_leg(t, number, "transfer"))
+            trunk.and_then(|t| self.citizen_leg(t, number, "transfer", None))
         else {
             warn!("IVR transfer: no outbound trunk for this tenant");
             return false;

@@ -1,0 +1,134 @@
+//! Outbound campaigns: each second the scheduler hands the running
+//! campaigns inside their windows; each campaign's pacer decides how many
+//! citizens to dial from the queue's free operators and the campaign's
+//! lines; the driver claims that many contacts (the claim is the attempt's
+//! durable mark) and they start as outbound calls on the callback path —
+//! agent first (progressive: an operator reserved, then one citizen
+//! dialled) or customer first (predictive). How an attempt ends goes back
+//! as [`Output::ContactState`]; the campaign's retry policy, in the
+//! driver, decides what follows.
+
+use centralino_campaigns::Outcome;
+use centralino_campaigns::pacer::{Pacer, Snapshot};
+
+use super::*;
+
+/// How a callback-path outcome counts for a campaign.
+fn campaign_outcome(state: &CallbackState) -> Option<Outcome> {
+    match state {
+        CallbackState::Done => Some(Outcome::Answered),
+        CallbackState::Failed { outcome } | CallbackState::Retry { outcome, .. } => {
+            Some(match outcome {
+                CallbackOutcome::Busy => Outcome::Busy,
+                CallbackOutcome::NoAnswer => Outcome::NoAnswer,
+                CallbackOutcome::Abandoned | CallbackOutcome::NoOperator => Outcome::Abandoned,
+                _ => Outcome::Failed,
+            })
+        }
+        CallbackState::Dialing { .. } | CallbackState::Requeue { .. } => None,
+    }
+}
+
+impl Engine {
+    /// A campaign contact's attempt moved on: reported to the driver,
+    /// counted, and (once the network answered) told to the pacer.
+    pub(super) fn contact_state(&mut self, c: &CampaignCall, state: CallbackState) {
+        if let Some(outcome) = campaign_outcome(&state) {
+            self.metrics
+                .campaign_attempts
+                .with_label_values(&[&c.name, outcome.as_str()])
+                .inc();
+            self.paced.push((c.campaign.clone(), outcome));
+        }
+        self.out.push_back(Output::ContactState {
+            call: Box::new(c.clone()),
+            state,
+        });
+    }
+
+    /// The campaigns running now, inside their windows: each pacer asks
+    /// for its contacts (one claim at a time per campaign). Campaigns no
+    /// longer listed lose their pacer; their calls finish as they are.
+    pub fn campaign_tick(&mut self, now: Instant, runs: &[CampaignRun]) {
+        for (campaign, outcome) in std::mem::take(&mut self.paced) {
+            if let Some((pacer, _)) = self.pacers.get_mut(&campaign) {
+                pacer.resolved(now, outcome);
+            }
+        }
+        self.pacers.retain(|id, _| runs.iter().any(|r| &r.id == id));
+        if self.draining || self.shutting_down {
+            return;
+        }
+        for run in runs {
+            let Some(&queue) = self.queue_ids.get(&run.queue) else {
+                continue;
+            };
+            let free = self.router.queue_agents(queue).available;
+            // Its calls no operator has yet: ringing, waiting, or
+            // (agent first) queued for an operator before dialling.
+            let lines = self
+                .calls
+                .values()
+                .filter(|c| {
+                    c.connected.is_none()
+                        && c.outbound()
+                            .and_then(|o| o.campaign.as_ref())
+                            .is_some_and(|k| k.campaign == run.id)
+                })
+                .count() as u32;
+            self.metrics
+                .campaign_lines
+                .with_label_values(&[&run.name])
+                .set(i64::from(lines));
+            let (pacer, claiming) = self
+                .pacers
+                .entry(run.id.clone())
+                .or_insert_with(|| (Pacer::new(run.pacer), false));
+            if *claiming {
+                continue;
+            }
+            let d = pacer.decide(
+                now,
+                Snapshot {
+                    free,
+                    soon_free: 0,
+                    lines,
+                },
+            );
+            if d.dial == 0 {
+                continue;
+            }
+            self.metrics
+                .campaign_pacing
+                .with_label_values(&[&run.name])
+                .set(f64::from(lines + d.dial) / f64::from(free.max(1)));
+            *claiming = true;
+            self.out.push_back(Output::WantContacts {
+                campaign: run.id.clone(),
+                count: d.dial,
+            });
+        }
+    }
+
+    /// The contacts claimed for `campaign` (maybe none): each starts now.
+    pub fn campaign_contacts(&mut self, now: Instant, campaign: &str, due: Vec<DueCallback>) {
+        if let Some((_, claiming)) = self.pacers.get_mut(campaign) {
+            *claiming = false;
+        }
+        for cb in due {
+            if self.draining || self.shutting_down {
+                // Claimed but never dialled: back to the campaign.
+                if let Some(c) = &cb.campaign {
+                    self.out.push_back(Output::ContactState {
+                        call: c.clone(),
+                        state: CallbackState::Requeue {
+                            outcome: CallbackOutcome::Ended(CallOutcome::Shutdown),
+                        },
+                    });
+                }
+                continue;
+            }
+            self.start_callback(now, cb);
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The campaigns' driver: the scheduler that hands the engine the running
+//! campaigns inside their windows each second, the claims of contacts the
+//! engine's pacers ask for, and the end of each attempt written with the
+//! campaign's retry policy. The engine paces; the store keeps every
+//! attempt; this module moves between them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use centralino_b2bua::{CallbackState, CampaignCall, CampaignRun, DueCallback};
+use centralino_campaigns::pacer::PacerConfig;
+use centralino_campaigns::spec::{RawSpec, Spec, validate};
+use centralino_campaigns::{Next, Outcome};
+use centralino_config::Config;
+use centralino_flows::calendar::rome_offset;
+use centralino_store::service::{StoreHandle, unix_now};
+use centralino_store::{AttemptEnd, CampaignStatus, Claim, ContactStatus};
+use centralino_types::outcome::CallbackOutcome;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::handle::EngineInput;
+
+/// The campaigns running now, by id, as last handed to the engine.
+pub(crate) type Running = HashMap<String, Arc<Spec>>;
+
+/// Today's number and the next midnight (Unix), Europe/Rome.
+fn rome_day(now: i64) -> (i64, i64) {
+    let day = (now + rome_offset(now)).div_euclid(86_400);
+    let midnight = (day + 1) * 86_400;
+    (day, midnight - rome_offset(midnight - 3600))
+}
+
+/// Each second: the running campaigns whose definition still holds
+/// against this node's configuration and whose window is open, to the
+/// engine (an empty list too: pacers of stopped campaigns go).
+pub(crate) async fn scheduler(
+    store: StoreHandle,
+    tx: mpsc::Sender<EngineInput>,
+    draining: Arc<AtomicBool>,
+    config: Arc<Config>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Campaigns already reported unusable (logged once, not every second).
+    let mut broken: HashMap<String, String> = HashMap::new();
+    loop {
+        tick.tick().await;
+        if draining.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Ok(list) = store.with(|s| s.campaigns(None)).await else {
+            continue;
+        };
+        let names = centralino_config::campaigns::Names {
+            tenants: &config.tenants,
+            queues: &config.queues,
+            trunks: &config.trunks,
+            scripts: &config.scripts,
+        };
+        let now = unix_now();
+        let mut runs = Vec::new();
+        for c in list
+            .into_iter()
+            .filter(|c| c.status == CampaignStatus::Running)
+        {
+            let spec = serde_json::from_str::<RawSpec>(&c.spec)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| {
+                    validate("", &raw, &names).map_err(|p| {
+                        p.first()
+                            .map(|(k, m)| format!("{k}: {m}"))
+                            .unwrap_or_default()
+                    })
+                });
+            let spec = match spec {
+                Ok(s) => {
+                    broken.remove(&c.id);
+                    s
+                }
+                Err(why) => {
+                    if broken.insert(c.id.clone(), why.clone()).as_ref() != Some(&why) {
+                        warn!(campaign = %c.name, reason = %why, "running campaign cannot dial on this node");
+                    }
+                    continue;
+                }
+            };
+            if !spec.window.open(now) {
+                continue;
+            }
+            let mut pacer = PacerConfig::new(spec.mode);
+            pacer.abandon_cap = spec.abandon_cap;
+            runs.push((
+                CampaignRun {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    queue: spec.queue.clone(),
+                    pacer,
+                },
+                Arc::new(spec),
+            ));
+        }
+        if tx.send(EngineInput::CampaignTick(runs)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Claims `count` contacts of `campaign` for the engine; the claim makes
+/// each attempt durable before anyone is dialled. Always answers (with
+/// none on any failure), so the pacer asks again.
+pub(crate) fn claim(
+    store: StoreHandle,
+    tx: mpsc::Sender<EngineInput>,
+    campaign: String,
+    spec: Option<Arc<Spec>>,
+    count: u32,
+    max_per_day: u32,
+) {
+    tokio::spawn(async move {
+        let due = match &spec {
+            None => Vec::new(),
+            Some(spec) => {
+                let now = unix_now();
+                let (day, tomorrow) = rome_day(now);
+                let (id, tenant) = (campaign.clone(), spec.tenant.clone());
+                let claimed = store
+                    .with(move |s| {
+                        s.claim_contacts(Claim {
+                            campaign: &id,
+                            tenant: &tenant,
+                            limit: count as usize,
+                            now,
+                            day,
+                            max_per_day,
+                            tomorrow,
+                        })
+                    })
+                    .await;
+                match claimed {
+                    Ok(c) => {
+                        if c.dnc > 0 || c.capped > 0 {
+                            info!(campaign = %spec.name, dnc = c.dnc, capped = c.capped, "contacts held back by a do-not-call list or the daily cap");
+                        }
+                        c.contacts
+                            .into_iter()
+                            .map(|k| DueCallback {
+                                id: format!("contact:{}", k.id),
+                                queue: spec.queue.clone(),
+                                number: k.number,
+                                requirements: None,
+                                priority: spec.priority.saturating_add(k.priority),
+                                created_unix: now,
+                                attempt: k.attempts,
+                                campaign: Some(Box::new(CampaignCall {
+                                    campaign: campaign.clone(),
+                                    name: spec.name.clone(),
+                                    contact: k.id,
+                                    attempt: k.attempts,
+                                    caller_id: spec.caller_id.clone(),
+                                    trunk: spec.trunk.clone(),
+                                    customer_first: spec.mode
+                                        == centralino_campaigns::Mode::Predictive,
+                                })),
+                            })
+                            .collect()
+                    }
+                    Err(e) => {
+                        warn!(campaign = %spec.name, error = %e, "cannot claim campaign contacts");
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        let _ = tx
+            .send(EngineInput::CampaignContacts { campaign, due })
+            .await;
+    });
+}
+
+/// How a callback-path outcome is written for a campaign.
+fn outcome_of(outcome: CallbackOutcome) -> Outcome {
+    match outcome {
+        CallbackOutcome::Busy => Outcome::Busy,
+        CallbackOutcome::NoAnswer => Outcome::NoAnswer,
+        CallbackOutcome::Abandoned | CallbackOutcome::NoOperator => Outcome::Abandoned,
+        _ => Outcome::Failed,
+    }
+}
+
+/// An attempt moved on. `Dialing` is answered at once (the claim was the
+/// durable mark); the others are written with the campaign's policy.
+pub(crate) fn contact_state(
+    store: &StoreHandle,
+    tx: &mpsc::Sender<EngineInput>,
+    running: &Running,
+    call: &CampaignCall,
+    state: CallbackState,
+) {
+    let now = unix_now();
+    let end = match state {
+        CallbackState::Dialing { call } => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(EngineInput::CallbackDialing {
+                        call,
+                        recorded: true,
+                    })
+                    .await;
+            });
+            return;
+        }
+        CallbackState::Done => (Outcome::Answered.as_str(), ContactStatus::Done, None),
+        CallbackState::Requeue { .. } => ("operator_left", ContactStatus::Pending, Some(now)),
+        CallbackState::Failed { outcome } | CallbackState::Retry { outcome, .. } => {
+            let o = outcome_of(outcome);
+            // Without its definition (stopped meanwhile) the contact
+            // simply waits: a restart of the campaign takes it again.
+            let next = running
+                .get(&call.campaign)
+                .map_or(Next::Retry { at: now }, |spec| {
+                    spec.retries.next(o, call.attempt, now, None, &spec.window)
+                });
+            match next {
+                Next::Done => (o.as_str(), ContactStatus::Done, None),
+                Next::Retry { at } => (o.as_str(), ContactStatus::Pending, Some(at)),
+                Next::Exhausted => (o.as_str(), ContactStatus::Failed, None),
+            }
+        }
+    };
+    let (outcome, status, next_at) = end;
+    let e = AttemptEnd {
+        contact: call.contact,
+        attempt: call.attempt,
+        outcome: outcome.to_owned(),
+        status,
+        next_at,
+        disposition: None,
+    };
+    store.spawn_job("campaign attempt", move |s| {
+        s.end_attempt(&e, now).map(drop)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rome_day_turns_at_local_midnight() {
+        // 2026-12-04 22:59:59 UTC is 23:59:59 in Rome: still the 4th.
+        let t = centralino_types::time::parse_rfc3339("2026-12-04T22:59:59Z").unwrap();
+        let (day, tomorrow) = rome_day(t);
+        assert_eq!(rome_day(t + 1).0, day + 1);
+        assert_eq!(tomorrow, t + 1);
+    }
+}
