@@ -10,6 +10,7 @@ mod api_callbacks;
 mod attacks;
 mod callbacks_exec;
 mod campaigns;
+mod campaigns_dial;
 mod carriers;
 mod cli_check_config;
 mod cli_simulate;

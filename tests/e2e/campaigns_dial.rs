@@ -1,0 +1,221 @@
+//! Campaigns dialling through a real carrier (SIPp as the citizens) to
+//! real operators' phones (SIPp): progressive mode dials each contact
+//! once per attempt, one per free operator, never a number on the
+//! do-not-call list, never outside the window; nobody answers to silence.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::common::{Node, Scratch, Sipp, json, register, scenario};
+
+const ADMIN: &str = "demo-admin-token";
+
+fn config(sip: u16, http: u16, citizens: u16, closed_today: &str) -> String {
+    let mut s = format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[api.tokens]]
+name = "web"
+token = "{ADMIN}"
+role = "admin"
+
+[[tenants]]
+name = "asl"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+outbound = "127.0.0.1:{citizens}"
+caller_id = "+39800123456"
+dids = {{ "100" = "fragili" }}
+
+[[queues]]
+name = "fragili"
+tenant = "asl"
+ring_timeout_seconds = 10
+max_wait_seconds = 600
+
+[[campaigns]]
+name = "richiami-fragili"
+queue = "fragili"
+mode = "progressive"
+fragile = true
+caller_id = "+39800999000"
+
+[[campaigns]]
+name = "chiusa-oggi"
+queue = "fragili"
+mode = "progressive"
+windows = {{ days = ["lun", "mar", "mer", "gio", "ven", "sab", "dom"], hours = ["00:00-24:00"], holidays = ["{closed_today}"] }}
+"#
+    );
+    for u in 1001..=1005 {
+        s.push_str(&format!(
+            "\n[[agents]]\nusername = \"{u}\"\npassword = \"demo{u}\"\ntenant = \"asl\"\nqueues = [\"fragili\"]\n"
+        ));
+    }
+    s
+}
+
+fn campaign_id(node: &Node, name: &str) -> String {
+    let (_, body) = node.http("GET", "/api/v1/campaigns", Some(ADMIN), None);
+    json(&body)["campaigns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["id"].as_str())
+        .unwrap_or_else(|| panic!("no campaign {name}: {body}"))
+        .to_owned()
+}
+
+#[test]
+fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
+    let scratch = Scratch::new("campaign-dial");
+    let mut citizens =
+        crate::common::far_end(&scratch, "citizens", "citizens_mixed.xml", 20, "120s");
+    let port = citizens.port;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (y, m, d, _, _) = centralino_flows::calendar::rome_local(now);
+    let today = format!("{y:04}-{m:02}-{d:02}");
+    let node = Node::start_toml(&scratch, |sip, http| config(sip, http, port, &today));
+    let open = campaign_id(&node, "richiami-fragili");
+    let closed = campaign_id(&node, "chiusa-oggi");
+    // 21 contacts: 4 busy (ending in 9), one on the national do-not-call
+    // list; the closed campaign has two of its own.
+    let mut contacts: Vec<String> = (0..17).map(|i| format!("+3934700000{i:02}")).collect();
+    contacts.retain(|n| !n.ends_with('9'));
+    for i in 0..4 {
+        contacts.push(format!("+39347100000{i}9"));
+    }
+    contacts.push("+393479999990".into());
+    assert_eq!(
+        node.http(
+            "POST",
+            "/api/v1/dnc",
+            Some(ADMIN),
+            Some(r#"{"number": "+393479999990"}"#)
+        )
+        .0,
+        201
+    );
+    let body: Vec<String> = contacts
+        .iter()
+        .map(|n| format!(r#"{{"number": "{n}"}}"#))
+        .collect();
+    let (code, resp) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{open}/contacts"),
+        Some(ADMIN),
+        Some(&format!("[{}]", body.join(","))),
+    );
+    assert_eq!(code, 200, "{resp}");
+    let (code, _) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{closed}/contacts"),
+        Some(ADMIN),
+        Some(r#"[{"number": "+393472222220"}, {"number": "+393472222221"}]"#),
+    );
+    assert_eq!(code, 200);
+    for id in [&open, &closed] {
+        assert_eq!(
+            node.http(
+                "POST",
+                &format!("/api/v1/campaigns/{id}/start"),
+                Some(ADMIN),
+                Some("")
+            )
+            .0,
+            200
+        );
+    }
+    // Five operators answer and talk a second each.
+    let phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-d",
+            "1000",
+            "-timeout",
+            "120s",
+        ],
+    );
+    let users: Vec<u32> = (1001..=1005).collect();
+    register(&scratch, &node, &users, phones.port, |u| format!("demo{u}"));
+    let progress = |id: &str| {
+        json(
+            &node
+                .http("GET", &format!("/api/v1/campaigns/{id}"), Some(ADMIN), None)
+                .1,
+        )
+    };
+    let start = Instant::now();
+    loop {
+        let p = progress(&open);
+        if p["contacts"]["in_progress"] == 0 && p["attempts"] == 20 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "{p}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    citizens.expect_success(Duration::from_secs(30));
+    let p = progress(&open);
+    assert_eq!(p["contacts"]["done"], 16, "{p}");
+    assert_eq!(
+        p["contacts"]["pending"], 4,
+        "busy: retried later by policy {p}"
+    );
+    assert_eq!(p["contacts"]["dnc"], 1, "{p}");
+    assert_eq!(
+        (p["answered"].as_u64(), p["abandoned"].as_u64()),
+        (Some(16), Some(0)),
+        "{p}"
+    );
+    // Each number dialled once (this attempt), never the listed one,
+    // always with the campaign's caller ID.
+    let mut called: HashMap<String, u32> = HashMap::new();
+    for line in citizens.log_lines() {
+        if let Some(n) = line
+            .split("called INVITE sip:")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+        {
+            *called.entry(n.trim().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(called.len(), 20, "{called:?}");
+    assert!(called.values().all(|&n| n == 1), "{called:?}");
+    assert!(!called.contains_key("+393479999990"));
+    // The campaign closed today dialled nobody.
+    assert_eq!(progress(&closed)["attempts"], 0);
+    assert_eq!(
+        node.metric(
+            "centralino_campaign_attempts_total{campaign=\"richiami-fragili\",outcome=\"busy\"}"
+        ),
+        4.0
+    );
+    let (_, body) = node.http(
+        "GET",
+        &format!("/api/v1/campaigns/{open}/contacts?status=pending"),
+        Some(ADMIN),
+        None,
+    );
+    let busy = json(&body)["contacts"].as_array().unwrap().clone();
+    assert!(
+        busy.iter()
+            .all(|c| c["last_outcome"] == "busy" && c["attempts"] == 1),
+        "{busy:?}"
+    );
+    drop(phones);
+}
