@@ -219,3 +219,121 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
     );
     drop(phones);
 }
+
+/// `kill -9` mid-campaign: five operators' phones ring (five contacts
+/// claimed, nobody dialled) when the node dies. The new process closes
+/// those attempts as interrupted and retries them; every citizen is then
+/// called exactly once, none lost.
+#[test]
+fn a_campaign_killed_mid_run_loses_and_repeats_nothing() {
+    let scratch = Scratch::new("campaign-kill");
+    let mut citizens =
+        crate::common::far_end(&scratch, "citizens", "citizens_mixed.xml", 20, "120s");
+    let port = citizens.port;
+    let mut node = Node::start_toml(&scratch, |sip, http| config(sip, http, port, "2000-01-01"));
+    let id = campaign_id(&node, "richiami-fragili");
+    let body: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"number": "+3934800000{i:02}"}}"#))
+        .collect();
+    let body: Vec<String> = body.into_iter().filter(|b| !b.contains("9\"")).collect();
+    let extra: Vec<String> = (0..2)
+        .map(|i| format!(r#"{{"number": "+3934810000{i}0"}}"#))
+        .collect();
+    let all = [body, extra].concat();
+    assert_eq!(all.len(), 20);
+    let (code, resp) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{id}/contacts"),
+        Some(ADMIN),
+        Some(&format!("[{}]", all.join(","))),
+    );
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(
+        node.http(
+            "POST",
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(ADMIN),
+            Some("")
+        )
+        .0,
+        200
+    );
+    let ringing = Sipp::spawn(
+        &scratch,
+        "ringing",
+        &["-sf", &scenario("agent_noanswer.xml"), "-timeout", "60s"],
+    );
+    let users: Vec<u32> = (1001..=1005).collect();
+    register(&scratch, &node, &users, ringing.port, |u| {
+        format!("demo{u}")
+    });
+    let progress = |node: &Node| {
+        json(
+            &node
+                .http("GET", &format!("/api/v1/campaigns/{id}"), Some(ADMIN), None)
+                .1,
+        )
+    };
+    let start = Instant::now();
+    while progress(&node)["contacts"]["in_progress"] != 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            progress(&node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.kill_hard();
+    drop(ringing);
+
+    let node = Node::start_toml(&scratch, |sip, http| config(sip, http, port, "2000-01-01"));
+    let p = progress(&node);
+    assert_eq!(
+        (p["contacts"]["in_progress"].as_u64(), p["status"].as_str()),
+        (Some(0), Some("running")),
+        "{p}"
+    );
+    let phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-d",
+            "500",
+            "-timeout",
+            "120s",
+        ],
+    );
+    register(&scratch, &node, &users, phones.port, |u| format!("demo{u}"));
+    let start = Instant::now();
+    while progress(&node)["contacts"]["done"] != 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{}",
+            progress(&node)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    citizens.expect_success(Duration::from_secs(30));
+    let mut called: HashMap<String, u32> = HashMap::new();
+    for line in citizens.log_lines() {
+        if let Some(n) = line
+            .split("called INVITE sip:")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+        {
+            *called.entry(n.trim().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(called.len(), 20, "{called:?}");
+    assert!(called.values().all(|&n| n == 1), "{called:?}");
+    // 25 attempts: 5 interrupted (nobody dialled), then 20 answered.
+    let p = progress(&node);
+    assert_eq!(
+        (p["attempts"].as_u64(), p["answered"].as_u64()),
+        (Some(25), Some(20)),
+        "{p}"
+    );
+    drop(phones);
+}
