@@ -119,7 +119,130 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Size an outbound campaign instead: each mode's pacer dials
+        /// citizens who answer, are busy or do not answer; reports dials
+        /// per hour, operator occupancy and abandon rate (`--aht` is the
+        /// handle time, `--seed` the citizens' dice).
+        #[arg(long)]
+        outbound: bool,
+        /// Operators working the campaign (outbound; default: every
+        /// configured operator).
+        #[arg(long)]
+        operators: Option<u32>,
+        /// Chance a dialled citizen answers (outbound).
+        #[arg(long, default_value_t = 0.3)]
+        answer: f64,
+        /// Chance a dialled citizen is busy (outbound; the rest do not answer).
+        #[arg(long, default_value_t = 0.1)]
+        busy: f64,
+        /// Hours of campaign (outbound).
+        #[arg(long, default_value_t = 8.0)]
+        hours: f64,
+        /// Most abandoned per answered call, predictive (outbound).
+        #[arg(long = "abandon-cap", default_value_t = 0.03)]
+        abandon_cap: f64,
     },
+}
+
+/// `centralino simulate --outbound`'s options.
+struct Outbound {
+    operators: Option<u32>,
+    answer: f64,
+    busy: f64,
+    hours: f64,
+    abandon_cap: f64,
+    aht: f64,
+    seed: u64,
+}
+
+/// `centralino simulate --outbound`: each mode's pacer against the same
+/// citizens, in virtual time.
+fn simulate_outbound(path: Option<PathBuf>, o: &Outbound, json: bool) -> Result<()> {
+    use centralino_campaigns::Mode;
+    use centralino_campaigns::pacer::PacerConfig;
+    use centralino_campaigns::sim::{SimConfig, simulate};
+    let unit = |v: f64| (0.0..=1.0).contains(&v);
+    anyhow::ensure!(unit(o.answer), "--answer must be in 0..=1");
+    anyhow::ensure!(unit(o.busy), "--busy must be in 0..=1");
+    anyhow::ensure!(
+        o.answer + o.busy <= 1.0,
+        "--answer plus --busy must be at most 1"
+    );
+    anyhow::ensure!(
+        o.hours.is_finite() && o.hours > 0.0 && o.hours <= 24.0,
+        "--hours must be in (0, 24]"
+    );
+    anyhow::ensure!(
+        (0.0..=0.03).contains(&o.abandon_cap),
+        "--abandon-cap must be in 0..=0.03 (the legal limit)"
+    );
+    anyhow::ensure!(
+        o.aht.is_finite() && o.aht >= 1.0 && o.aht <= 7200.0,
+        "--aht must be in 1..=7200 seconds"
+    );
+    let operators = match o.operators {
+        Some(n) => n,
+        None => u32::try_from(load(path)?.agents.len()).unwrap_or(u32::MAX),
+    };
+    anyhow::ensure!(
+        (1..=5000).contains(&operators),
+        "--operators must be in 1..=5000 (the configuration has {operators})"
+    );
+    let mut rows = Vec::new();
+    for mode in [Mode::Progressive, Mode::Predictive] {
+        let mut pacer = PacerConfig::new(mode);
+        pacer.abandon_cap = o.abandon_cap;
+        let r = simulate(&SimConfig {
+            pacer,
+            operators,
+            answer: o.answer,
+            busy: o.busy,
+            handle_seconds: o.aht.round() as u64,
+            ring_seconds: 15,
+            no_answer_seconds: 25,
+            seconds: (o.hours * 3600.0).round() as u64,
+            seed: o.seed,
+        });
+        rows.push((mode, r));
+    }
+    if json {
+        let body: Vec<String> = rows
+            .iter()
+            .map(|(m, r)| {
+                format!(
+                    "\"{}\": {{\"attempts\": {}, \"attempts_per_hour\": {:.1}, \"answered\": {}, \"abandoned\": {}, \"abandon_rate\": {:.6}, \"occupancy\": {:.6}}}",
+                    m.as_str(), r.attempts, r.attempts_per_hour, r.answered, r.abandoned, r.abandon_rate, r.occupancy
+                )
+            })
+            .collect();
+        println!("{{\"outbound\": {{{}}}}}", body.join(", "));
+    } else {
+        println!(
+            "{operators} operators, {:.0} % answer, {:.0} % busy, {:.0} s handle time, {} h",
+            o.answer * 100.0,
+            o.busy * 100.0,
+            o.aht,
+            o.hours
+        );
+        println!(
+            "{:<12} {:>10} {:>10} {:>9} {:>9} {:>8} {:>9}",
+            "mode", "attempts", "per hour", "answered", "abandoned", "aband.", "occupancy"
+        );
+        for (m, r) in &rows {
+            println!(
+                "{:<12} {:>10} {:>10.0} {:>9} {:>9} {:>7.2}% {:>8.1}%",
+                m.as_str(),
+                r.attempts,
+                r.attempts_per_hour,
+                r.answered,
+                r.abandoned,
+                r.abandon_rate * 100.0,
+                r.occupancy * 100.0
+            );
+        }
+        println!("preview dials like progressive, after each operator's look at the contact");
+    }
+    Ok(())
 }
 
 /// `centralino audit`'s options.
@@ -266,6 +389,41 @@ fn main() -> ExitCode {
         Command::Simulate {
             config,
             replay,
+            aht,
+            seed,
+            json,
+            outbound,
+            operators,
+            answer,
+            busy,
+            hours,
+            abandon_cap,
+            ..
+        } if outbound => {
+            if replay.is_some() {
+                eprintln!("centralino: --outbound does not replay a queue log (--replay)");
+                return ExitCode::from(2);
+            }
+            let o = Outbound {
+                operators,
+                answer,
+                busy,
+                hours,
+                abandon_cap,
+                aht,
+                seed,
+            };
+            match simulate_outbound(config, &o, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("centralino: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Simulate {
+            config,
+            replay,
             calls,
             rate,
             aht,
@@ -273,6 +431,7 @@ fn main() -> ExitCode {
             seed,
             service_level_seconds,
             json,
+            ..
         } => {
             let traffic = centralino_routing::sim::Traffic {
                 calls,

@@ -337,3 +337,103 @@ fn a_campaign_killed_mid_run_loses_and_repeats_nothing() {
     );
     drop(phones);
 }
+
+/// An operator dispositions the campaign call on their desk while talking:
+/// "call later" tomorrow at 10:00 keeps the contact for that time; a code
+/// the campaign does not know, an unknown call and another operator's
+/// token are refused.
+#[test]
+fn an_operator_dispositions_a_campaign_call_from_the_desk() {
+    let scratch = Scratch::new("campaign-disposition");
+    let citizen = crate::common::far_end(&scratch, "citizen", "citizen_answer.xml", 1, "60s");
+    let port = citizen.port;
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, port, "2000-01-01").replacen(
+            "[[tenants]]",
+            "[[api.tokens]]\nname = \"desk-1001\"\ntoken = \"desk-1001-token-0123456789\"\nrole = \"agent\"\nagent = \"1001\"\n\n[[api.tokens]]\nname = \"desk-1002\"\ntoken = \"desk-1002-token-0123456789\"\nrole = \"agent\"\nagent = \"1002\"\n\n[[tenants]]",
+            1,
+        )
+    });
+    let id = campaign_id(&node, "richiami-fragili");
+    let (code, _) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{id}/contacts"),
+        Some(ADMIN),
+        Some(r#"[{"number": "+393470000001"}]"#),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        node.http(
+            "POST",
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(ADMIN),
+            Some("")
+        )
+        .0,
+        200
+    );
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    // The operator talks to the citizen: the desk shows the call.
+    let desk = "desk-1001-token-0123456789";
+    let start = Instant::now();
+    let call = loop {
+        let (code, body) = node.http("GET", "/api/v1/agents/1001/call", Some(desk), None);
+        if code == 200 {
+            break json(&body)["call"].as_str().unwrap().to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{code} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let path = format!("/api/v1/calls/{call}/disposition");
+    let post = |token: &str, body: &str| node.http("POST", &path, Some(token), Some(body));
+    // The call is the campaign's once its citizen is being dialled (a
+    // code the campaign does not know is then refused, not unknown).
+    let (code, body) = loop {
+        let (code, body) = post(desk, r#"{"code": "richiamare_domani"}"#);
+        if code != 404 {
+            break (code, body);
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(json(&body)["problems"][0]["key"], "code");
+    assert_eq!(
+        post("desk-1002-token-0123456789", r#"{"code": "booked"}"#).0,
+        403
+    );
+    assert_eq!(
+        node.http(
+            "POST",
+            "/api/v1/calls/nessuna/disposition",
+            Some(ADMIN),
+            Some(r#"{"code": "booked"}"#)
+        )
+        .0,
+        404
+    );
+    let (code, body) = post(
+        desk,
+        r#"{"code": "call_later", "at": "2099-03-02T10:00:00+01:00", "note": "dopo le dieci"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let d = json(&body);
+    assert_eq!(
+        (d["status"].as_str(), d["next_at"].as_str()),
+        (Some("pending"), Some("2099-03-02T09:00:00Z"))
+    );
+    let (_, body) = node.http(
+        "GET",
+        &format!("/api/v1/campaigns/{id}/contacts"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(json(&body)["contacts"][0]["disposition"], "call_later");
+    drop(phone);
+    drop(citizen);
+}

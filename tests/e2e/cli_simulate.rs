@@ -115,3 +115,41 @@ fn replays_a_queue_event_log() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2: unknown queue \"nope\""), "{err}");
 }
+
+/// `centralino simulate --outbound`: a firm sizes a campaign before it
+/// starts; predictive dials more than progressive at a low answer rate and
+/// stays under the cap; nonsense is refused with the flag named.
+#[test]
+fn outbound_sizing_per_mode() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .args(["simulate", "--outbound"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--operators",
+        "20",
+        "--answer",
+        "0.3",
+        "--hours",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (prog, pred) = (&v["outbound"]["progressive"], &v["outbound"]["predictive"]);
+    assert_eq!(prog["abandoned"], 0);
+    assert!(pred["attempts"].as_u64() > prog["attempts"].as_u64(), "{v}");
+    assert!(pred["abandon_rate"].as_f64().unwrap() <= 0.03, "{v}");
+    let out = run(&["--operators", "20", "--answer", "0.8", "--busy", "0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--answer plus --busy"));
+    let out = run(&["--operators", "20", "--abandon-cap", "0.1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--abandon-cap"));
+}

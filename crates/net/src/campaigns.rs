@@ -197,9 +197,18 @@ pub(crate) fn contact_state(
     tx: &mpsc::Sender<EngineInput>,
     running: &Running,
     call: &CampaignCall,
+    record: Option<String>,
     state: CallbackState,
 ) {
     let now = unix_now();
+    if let Some(record) = record {
+        // Written before anything else of the attempt: the operator's
+        // disposition finds it by this id.
+        let (contact, attempt) = (call.contact, call.attempt);
+        store.spawn_job("campaign call record", move |s| {
+            s.attempt_call(contact, attempt, &record)
+        });
+    }
     let end = match state {
         CallbackState::Dialing { call } => {
             let tx = tx.clone();

@@ -752,13 +752,18 @@ async fn run_engine(
                         due: Vec::new(),
                     }),
                 },
-                Output::ContactState { call, state } => {
+                Output::ContactState {
+                    call,
+                    record,
+                    state,
+                } => {
                     if let (Some(sink), Some(tx)) = (&records, answers.upgrade()) {
                         crate::campaigns::contact_state(
                             &sink.handle(),
                             &tx,
                             &life.campaigns,
                             &call,
+                            record,
                             state,
                         );
                     }

@@ -65,6 +65,13 @@ pub(crate) const MIGRATION: &str = "CREATE TABLE campaigns (
         PRIMARY KEY (number, day)
     );";
 
+/// Dispositions (migration after [`MIGRATION`]): the call record an
+/// attempt belongs to, and the time an operator's "call later" asked for
+/// while the attempt was still open.
+pub(crate) const DISPOSITIONS: &str = "ALTER TABLE campaign_attempts ADD COLUMN call TEXT;
+    CREATE INDEX campaign_attempts_call ON campaign_attempts (call) WHERE call IS NOT NULL;
+    ALTER TABLE campaign_contacts ADD COLUMN later_at INTEGER;";
+
 /// A campaign's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CampaignStatus {
@@ -242,6 +249,35 @@ pub struct Imported {
     /// Numbers the campaign already had: their details updated if still
     /// pending, never a second contact.
     pub merged: u64,
+}
+
+/// A campaign call found by its call record id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallAttempt {
+    /// The contact.
+    pub contact: Contact,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// The attempt is over.
+    pub ended: bool,
+}
+
+/// An operator's disposition, and what it makes of the contact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disposition {
+    /// The contact.
+    pub contact: i64,
+    /// The attempt it is about.
+    pub attempt: u32,
+    /// The code (`booked`, `call_later`, a campaign's own).
+    pub code: String,
+    /// The operator's note.
+    pub note: Option<String>,
+    /// The contact's status once the attempt is over (`None`: as the
+    /// attempt leaves it).
+    pub status: Option<ContactStatus>,
+    /// Its next attempt not before (with `Pending`).
+    pub next_at: Option<i64>,
 }
 
 /// A change of status refused.
@@ -661,9 +697,14 @@ impl Store {
                 Some((d, n)) => (Some(d.as_str()), n.as_deref()),
                 None => (None, None),
             };
+            // An operator's disposition given during the call wins over
+            // how the call ended: "call later" keeps the contact pending.
             s.conn.execute(
-                "UPDATE campaign_contacts SET status = ?2, last_outcome = ?3,
-                    next_at = coalesce(?4, next_at),
+                "UPDATE campaign_contacts SET
+                    status = CASE WHEN later_at IS NOT NULL THEN 'pending' ELSE ?2 END,
+                    last_outcome = ?3,
+                    next_at = coalesce(later_at, ?4, next_at),
+                    later_at = NULL,
                     disposition = coalesce(?5, disposition), note = coalesce(?6, note),
                     updated_at = ?7
                  WHERE id = ?1",
@@ -681,28 +722,76 @@ impl Store {
         })
     }
 
-    /// An operator's disposition on a contact whose attempt is over (or
-    /// still open: then it is recorded and applies when it ends).
-    pub fn set_disposition(
+    /// Notes which call record an attempt is (for the operator's
+    /// disposition).
+    pub fn attempt_call(
         &mut self,
         contact: i64,
-        code: &str,
-        note: Option<&str>,
-        status: Option<(ContactStatus, Option<i64>)>,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let (st, next_at) = match status {
-            Some((s, at)) => (Some(s.as_str()), at),
-            None => (None, None),
-        };
-        let n = self.conn.execute(
-            "UPDATE campaign_contacts SET disposition = ?2, note = coalesce(?3, note),
-                status = CASE WHEN status = 'in_progress' THEN status ELSE coalesce(?4, status) END,
-                next_at = coalesce(?5, next_at), updated_at = ?6
-             WHERE id = ?1",
-            params![contact, code, note, st, next_at, now],
+        attempt: u32,
+        call: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE campaign_attempts SET call = ?3 WHERE contact = ?1 AND attempt = ?2",
+            params![contact, attempt, call],
         )?;
-        Ok(n == 1)
+        Ok(())
+    }
+
+    /// The campaign attempt of call record `call`, if it is one.
+    pub fn attempt_by_call(&self, call: &str) -> Result<Option<CallAttempt>, StoreError> {
+        let found: Option<(i64, u32, bool)> = self
+            .conn
+            .query_row(
+                "SELECT contact, attempt, ended_at IS NOT NULL FROM campaign_attempts WHERE call = ?1",
+                params![call],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((id, attempt, ended)) = found else {
+            return Ok(None);
+        };
+        Ok(self.contact(id)?.map(|contact| CallAttempt {
+            contact,
+            attempt,
+            ended,
+        }))
+    }
+
+    /// Records an operator's disposition. When the attempt is over its
+    /// status applies now; while it lasts, a `Pending` status (call later)
+    /// is kept for the attempt's end, which honours it.
+    pub fn dispose(&mut self, d: &Disposition, now: i64) -> Result<(), StoreError> {
+        self.atomically(|s| {
+            let open: bool = s
+                .conn
+                .query_row(
+                    "SELECT ended_at IS NULL FROM campaign_attempts WHERE contact = ?1 AND attempt = ?2",
+                    params![d.contact, d.attempt],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            s.conn.execute(
+                "UPDATE campaign_contacts SET disposition = ?2, note = coalesce(?3, note), updated_at = ?4 WHERE id = ?1",
+                params![d.contact, d.code, d.note, now],
+            )?;
+            match (open, d.status) {
+                (true, Some(ContactStatus::Pending)) => {
+                    s.conn.execute(
+                        "UPDATE campaign_contacts SET later_at = ?2 WHERE id = ?1",
+                        params![d.contact, d.next_at.unwrap_or(now)],
+                    )?;
+                }
+                (false, Some(status)) => {
+                    s.conn.execute(
+                        "UPDATE campaign_contacts SET status = ?2, next_at = coalesce(?3, next_at) WHERE id = ?1",
+                        params![d.contact, status.as_str(), d.next_at],
+                    )?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
     }
 
     /// At start: attempts a dead process left open are closed as
@@ -950,6 +1039,72 @@ mod tests {
         assert_eq!(d[0].next_at, 90_000);
         assert!(s.remove_dnc("+393330000009", "").unwrap());
         assert!(!s.is_dnc("+393330000009", "asl").unwrap());
+    }
+
+    #[test]
+    fn a_call_later_given_during_the_call_keeps_the_contact_for_its_time() {
+        let mut s = store("dispose");
+        s.create_campaign(&campaign("c")).unwrap();
+        s.import_contacts(
+            "id-c",
+            &[contact("+393330000001", 0), contact("+393330000002", 0)],
+            1,
+        )
+        .unwrap();
+        let claimed = s.claim_contacts(claim("id-c", 2, 10)).unwrap().contacts;
+        let (a, b) = (claimed[0].id, claimed[1].id);
+        s.attempt_call(a, 1, "rec-a").unwrap();
+        s.attempt_call(b, 1, "rec-b").unwrap();
+        let found = s.attempt_by_call("rec-a").unwrap().unwrap();
+        assert_eq!(
+            (found.contact.id, found.attempt, found.ended),
+            (a, 1, false)
+        );
+        assert_eq!(s.attempt_by_call("nope").unwrap(), None);
+        // During the call: call later at 5000; the answered end keeps it.
+        let later = Disposition {
+            contact: a,
+            attempt: 1,
+            code: "call_later".into(),
+            note: Some("richiamare dopo le 17".into()),
+            status: Some(ContactStatus::Pending),
+            next_at: Some(5000),
+        };
+        s.dispose(&later, 20).unwrap();
+        let answered = |contact| AttemptEnd {
+            contact,
+            attempt: 1,
+            outcome: "answered".into(),
+            status: ContactStatus::Done,
+            next_at: None,
+            disposition: None,
+        };
+        s.end_attempt(&answered(a), 30).unwrap();
+        let k = s.contact(a).unwrap().unwrap();
+        assert_eq!(
+            (k.status, k.next_at, k.disposition.as_deref()),
+            (ContactStatus::Pending, 5000, Some("call_later"))
+        );
+        // After the call: booked, done.
+        s.end_attempt(&answered(b), 30).unwrap();
+        s.dispose(
+            &Disposition {
+                contact: b,
+                attempt: 1,
+                code: "booked".into(),
+                note: None,
+                status: Some(ContactStatus::Done),
+                next_at: None,
+            },
+            40,
+        )
+        .unwrap();
+        let k = s.contact(b).unwrap().unwrap();
+        assert_eq!(
+            (k.status, k.disposition.as_deref()),
+            (ContactStatus::Done, Some("booked"))
+        );
+        assert!(s.attempt_by_call("rec-b").unwrap().unwrap().ended);
     }
 
     #[test]

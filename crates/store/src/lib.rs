@@ -26,8 +26,8 @@ pub use audit::{
     MIN_AUDIT_KEY,
 };
 pub use campaigns::{
-    Attempt, AttemptEnd, Campaign, CampaignStatus, Claim, Claimed, Contact, ContactStatus,
-    Imported, NewContact, Progress, StatusChange,
+    Attempt, AttemptEnd, CallAttempt, Campaign, CampaignStatus, Claim, Claimed, Contact,
+    ContactStatus, Disposition, Imported, NewContact, Progress, StatusChange,
 };
 pub use centralino_types::record::Record;
 
@@ -137,6 +137,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_keyed_no_delete BEFORE DELETE ON audit_keyed
         BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;",
     campaigns::MIGRATION,
+    campaigns::DISPOSITIONS,
 ];
 
 /// A notification waiting to be sent.

@@ -315,21 +315,20 @@ impl Engine {
     fn start_failed(&mut self, cb: &DueCallback, outcome: CallbackOutcome) {
         let state = CallbackState::Failed { outcome };
         match &cb.campaign {
-            Some(c) => self.contact_state(c, state),
+            Some(c) => self.contact_state(c, None, state),
             None => self.callback_state(&cb.id, state),
         }
     }
 
     /// The outbound attempt of call `id` moved on.
     pub(super) fn outbound_state(&mut self, id: CallId, state: CallbackState) {
-        let who = self
-            .calls
-            .get(&id)
-            .and_then(|c| c.outbound())
-            .map(|o| (o.id.clone(), o.campaign.clone()));
+        let who = self.calls.get(&id).and_then(|c| {
+            let o = c.outbound()?;
+            Some((o.id.clone(), o.campaign.clone(), c.record_id.clone()))
+        });
         match who {
-            Some((_, Some(c))) => self.contact_state(&c, state),
-            Some((cb, None)) => self.callback_state(&cb, state),
+            Some((_, Some(c), record)) => self.contact_state(&c, Some(record), state),
+            Some((cb, None, _)) => self.callback_state(&cb, state),
             None => {}
         }
     }
@@ -338,7 +337,7 @@ impl Engine {
     /// campaign contact's for the campaign.
     pub(super) fn attempt_state(&mut self, o: &Outbound, state: CallbackState) {
         match &o.campaign {
-            Some(c) => self.contact_state(c, state),
+            Some(c) => self.contact_state(c, None, state),
             None => self.callback_state(&o.id, state),
         }
     }
@@ -353,13 +352,15 @@ impl Engine {
         if self.shutting_down {
             return;
         }
-        self.metrics
-            .callbacks
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+        if o.campaign.is_none() {
+            self.metrics
+                .callbacks
+                .with_label_values(&[outcome.as_str()])
+                .inc();
+        }
         match &o.campaign {
             // The campaign's policy decides what follows, in the driver.
-            Some(c) => self.contact_state(c, CallbackState::Failed { outcome }),
+            Some(c) => self.contact_state(c, None, CallbackState::Failed { outcome }),
             None => {
                 let id = o.id.clone();
                 self.retry_or_fail(&id, o.attempt, queue, outcome);
@@ -568,6 +569,7 @@ impl Engine {
                 }));
             }
             let customer_first = call.outbound().is_some_and(|o| o.customer_first);
+            let campaign = call.outbound().is_some_and(|o| o.campaign.is_some());
             if let Some(o) = call.outbound_mut() {
                 o.answered = true;
             }
@@ -578,10 +580,13 @@ impl Engine {
                 self.enter_queue(now, call_id, queue, &spec);
             }
             info!("callback: the citizen answered");
-            self.metrics
-                .callbacks
-                .with_label_values(&["answered"])
-                .inc();
+            // A campaign's answers count in its own metrics.
+            if !campaign {
+                self.metrics
+                    .callbacks
+                    .with_label_values(&["answered"])
+                    .inc();
+            }
             // Customer first: done only once an operator talks to them
             // (a citizen who gives up waiting is called again).
             if !customer_first {

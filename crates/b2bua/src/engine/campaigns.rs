@@ -32,7 +32,12 @@ fn campaign_outcome(state: &CallbackState) -> Option<Outcome> {
 impl Engine {
     /// A campaign contact's attempt moved on: reported to the driver,
     /// counted, and (once the network answered) told to the pacer.
-    pub(super) fn contact_state(&mut self, c: &CampaignCall, state: CallbackState) {
+    pub(super) fn contact_state(
+        &mut self,
+        c: &CampaignCall,
+        record: Option<String>,
+        state: CallbackState,
+    ) {
         if let Some(outcome) = campaign_outcome(&state) {
             self.metrics
                 .campaign_attempts
@@ -42,6 +47,7 @@ impl Engine {
         }
         self.out.push_back(Output::ContactState {
             call: Box::new(c.clone()),
+            record,
             state,
         });
     }
@@ -121,6 +127,7 @@ impl Engine {
                 if let Some(c) = &cb.campaign {
                     self.out.push_back(Output::ContactState {
                         call: c.clone(),
+                        record: None,
                         state: CallbackState::Requeue {
                             outcome: CallbackOutcome::Ended(CallOutcome::Shutdown),
                         },

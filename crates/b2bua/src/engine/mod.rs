@@ -122,6 +122,9 @@ pub enum Output {
     ContactState {
         /// Whose attempt.
         call: Box<CampaignCall>,
+        /// The call record of the attempt, once it has one (operators'
+        /// dispositions name it).
+        record: Option<String>,
         /// What happened.
         state: CallbackState,
     },

@@ -259,6 +259,7 @@ impl Engine {
             Customer::Outbound(o) => match &o.campaign {
                 Some(c) => self.contact_state(
                     c,
+                    None,
                     CallbackState::Failed {
                         outcome: CallbackOutcome::NoRtpPort,
                     },

@@ -220,10 +220,12 @@ impl Engine {
                     %outcome,
                     "callback: the operator left before the citizen was dialled; back to pending"
                 );
-                self.metrics
-                    .callbacks
-                    .with_label_values(&["operator_left"])
-                    .inc();
+                if o.campaign.is_none() {
+                    self.metrics
+                        .callbacks
+                        .with_label_values(&["operator_left"])
+                        .inc();
+                }
                 self.attempt_state(
                     o,
                     CallbackState::Requeue {

@@ -189,7 +189,7 @@ impl Harness {
                 Output::Record(r) => self.records.push(r),
                 Output::StoreCallback { .. } => panic!("a callback request nobody expected"),
                 Output::CallbackState { id, state } => self.callbacks.push((id, state)),
-                Output::ContactState { call, state } => self.contacts.push((*call, state)),
+                Output::ContactState { call, state, .. } => self.contacts.push((*call, state)),
                 Output::WantContacts { campaign, count } => self.wants.push((campaign, count)),
                 Output::AgentCall { agent, info } => self.desks.push((agent, info)),
                 Output::Queues(v) => self.views = Some(v),

@@ -888,6 +888,145 @@ pub(super) async fn dnc_delete(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispositionIn {
+    code: String,
+    at: Option<String>,
+    note: Option<String>,
+}
+
+/// `POST /api/v1/calls/{id}/disposition`: an operator's disposition of a
+/// campaign call (`{id}` is the call record id the desk shows), during the
+/// call or in wrap-up. `booked` and `refused` close the contact,
+/// `wrong_number` fails it, `call_later` (at `at`, moved into the
+/// campaign's window, or after the policy's delay) and `no_contact` ask for
+/// another attempt within the retry policy; a campaign's own codes are
+/// recorded and leave the contact as its call does.
+pub(super) async fn post_disposition(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let (token, b): (_, DispositionIn) =
+        match authorized_body(&api, &headers, &body, Need::Operator) {
+            Ok(tb) => tb,
+            Err(r) => return *r,
+        };
+    let token = token.into_owned();
+    if token.role == centralino_config::Role::Agent {
+        let me = token.agent.clone().unwrap_or_default();
+        if !api.desks.had_call(&me, &id) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "not a call of this token's operator (the current or the last one)",
+            );
+        }
+    }
+    if b.note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 1000 || n.chars().any(|c| c.is_control() && c != '\n'))
+    {
+        return problems_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &[(
+                "note".into(),
+                "at most 1000 characters, no control characters but line breaks".into(),
+            )],
+        );
+    }
+    let at = match b.at.as_deref().map(parse_rfc3339) {
+        Some(None) => {
+            return problems_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &[("at".into(), "an RFC 3339 time".into())],
+            );
+        }
+        Some(Some(_)) if b.code != "call_later" => {
+            return problems_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &[("at".into(), "only with call_later".into())],
+            );
+        }
+        Some(t) => t,
+        None => None,
+    };
+    let call = id.clone();
+    let found = match api.store.with(move |s| s.attempt_by_call(&call)).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no campaign call with that id"),
+        Err(e) => return unavailable(&e),
+    };
+    let c = match visible(&api, &token, found.contact.campaign.clone()).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let spec = match current_spec(&api.live(), &c) {
+        Ok(s) => s,
+        Err(p) => return problems_response(StatusCode::CONFLICT, &p),
+    };
+    if !spec.takes_code(&b.code) {
+        return problems_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &[(
+                "code".into(),
+                format!(
+                    "not a code of this campaign ({}{}{})",
+                    centralino_campaigns::spec::BUILTIN_CODES.join(", "),
+                    if spec.extra_codes.is_empty() {
+                        ""
+                    } else {
+                        ", "
+                    },
+                    spec.extra_codes.join(", ")
+                ),
+            )],
+        );
+    }
+    let now = unix_now();
+    let again = |o: centralino_campaigns::Outcome| match spec.retries.next(
+        o,
+        found.attempt,
+        now,
+        at,
+        &spec.window,
+    ) {
+        centralino_campaigns::Next::Retry { at } => (Some(ContactStatus::Pending), Some(at)),
+        _ => (Some(ContactStatus::Failed), None),
+    };
+    let (status, next_at) = match b.code.as_str() {
+        "booked" | "refused" => (Some(ContactStatus::Done), None),
+        "wrong_number" => (Some(ContactStatus::Failed), None),
+        "call_later" => again(centralino_campaigns::Outcome::CallLater),
+        "no_contact" => again(centralino_campaigns::Outcome::NoAnswer),
+        _ => (None, None),
+    };
+    let d = centralino_store::Disposition {
+        contact: found.contact.id,
+        attempt: found.attempt,
+        code: b.code.clone(),
+        note: b.note.clone(),
+        status,
+        next_at,
+    };
+    match api.store.with(move |s| s.dispose(&d, now)).await {
+        Ok(()) => {
+            info!(campaign = %c.name, code = %b.code, "disposition recorded");
+            ok(
+                StatusCode::OK,
+                &json!({
+                    "contact": found.contact.id,
+                    "code": b.code,
+                    "status": status.map(ContactStatus::as_str),
+                    "next_at": next_at.map(rfc3339),
+                }),
+            )
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

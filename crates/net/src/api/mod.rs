@@ -339,6 +339,13 @@ fn table() -> Vec<Route> {
             axum::routing::delete(dnc_delete),
         ),
         route(
+            "/api/v1/calls/{id}/disposition",
+            &["POST"],
+            &["calls_disposition"],
+            Audit::Bearer,
+            post(post_disposition),
+        ),
+        route(
             "/api/v1/calls/{id}/answers",
             &["POST"],
             &["calls_answers"],
