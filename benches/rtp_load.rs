@@ -142,11 +142,11 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
                 ip,
                 a_port,
                 b_port,
-                a,
+                a: a.into(),
             },
             MediaCommand::Bridge {
                 call,
-                b: peer(gen_b[i % GEN_SOCKETS]),
+                b: peer(gen_b[i % GEN_SOCKETS]).into(),
                 record: false,
             },
         ] {

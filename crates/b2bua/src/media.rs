@@ -25,6 +25,31 @@ pub struct Peer {
     pub signalling: Option<IpAddr>,
 }
 
+/// The far end of a leg's media, as the media plane is told of it: plain
+/// RTP today. A browser operator (WebRTC: ICE, DTLS-SRTP, through str0m)
+/// is the next variant; the engine and the plane match on this enum, so
+/// adding it shows every place that must learn it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remote {
+    /// RTP/AVP to an address, as an SDP offer or answer named it.
+    Rtp(Peer),
+}
+
+impl Remote {
+    /// The RTP peer, when the far end is plain RTP.
+    pub fn rtp(&self) -> Option<&Peer> {
+        match self {
+            Self::Rtp(p) => Some(p),
+        }
+    }
+}
+
+impl From<Peer> for Remote {
+    fn from(p: Peer) -> Self {
+        Self::Rtp(p)
+    }
+}
+
 /// A media instruction for one call.
 #[derive(Debug)]
 pub enum MediaCommand {
@@ -51,7 +76,7 @@ pub enum MediaCommand {
         /// The operator's port.
         b_port: u16,
         /// The caller's media.
-        a: Peer,
+        a: Remote,
     },
     /// Play these prompts to the caller, then `music` in a loop.
     Play {
@@ -68,7 +93,7 @@ pub enum MediaCommand {
         /// The call.
         call: CallId,
         /// The operator's media.
-        b: Peer,
+        b: Remote,
         /// Prompts in order.
         prompts: Vec<Prompt>,
     },
@@ -77,7 +102,7 @@ pub enum MediaCommand {
         /// The call.
         call: CallId,
         /// The operator's media.
-        b: Peer,
+        b: Remote,
         /// Record the conversation (both legs mixed).
         record: bool,
     },
@@ -94,7 +119,7 @@ pub enum MediaCommand {
         /// Which side.
         side: Side,
         /// Its new media.
-        peer: Peer,
+        peer: Remote,
         /// It holds the call (sendonly, inactive, 0.0.0.0).
         held: bool,
     },

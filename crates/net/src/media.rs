@@ -27,7 +27,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
 use crate::metrics::NetMetrics;
-use centralino_b2bua::media::{MediaCommand, MediaEvent, Peer};
+use centralino_b2bua::media::{MediaCommand, MediaEvent, Peer, Remote};
 use centralino_config::{LatchMode, MediaConfig};
 use centralino_media::leg::{Latch, Leg, Stats};
 use centralino_media::ports::Ports;
@@ -250,7 +250,7 @@ impl MediaPlane {
                 call,
                 a_port,
                 b_port,
-                a,
+                a: Remote::Rtp(a),
                 ..
             } => match self.held.get_mut(&call) {
                 Some(held) if held.ports == [a_port, b_port] && held.socks.is_some() => {
@@ -500,7 +500,11 @@ impl Worker {
                     s.media.play(now, prompts, music);
                 }
             }
-            Cmd::Other(MediaCommand::Whisper { call, b, prompts }) => {
+            Cmd::Other(MediaCommand::Whisper {
+                call,
+                b: Remote::Rtp(b),
+                prompts,
+            }) => {
                 let latch = self.latch;
                 if let Some(s) = self.session(call) {
                     s.media.whisper(
@@ -518,7 +522,11 @@ impl Worker {
                     s.idle_reported = false;
                 }
             }
-            Cmd::Other(MediaCommand::Bridge { call, b, record }) => {
+            Cmd::Other(MediaCommand::Bridge {
+                call,
+                b: Remote::Rtp(b),
+                record,
+            }) => {
                 let latch = self.latch;
                 let recorder = self.recorder.clone();
                 if let Some(s) = self.session(call) {
@@ -544,7 +552,7 @@ impl Worker {
             Cmd::Other(MediaCommand::Update {
                 call,
                 side,
-                peer,
+                peer: Remote::Rtp(peer),
                 held,
             }) => {
                 if let Some(s) = self.session(call) {

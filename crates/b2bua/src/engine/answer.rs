@@ -3,22 +3,22 @@
 
 use super::*;
 
-pub(super) fn open_command(call: CallId, media: &mut CallMedia) -> MediaCommand {
+pub(super) fn open_command(call: CallId, media: &mut AnchoredMedia) -> MediaCommand {
     media.opened = true;
     MediaCommand::Open {
         call,
         ip: media.ip,
         a_port: media.a_port,
         b_port: media.b_port,
-        a: media.a,
+        a: media.a.into(),
     }
 }
 
 /// Centralino's SDP towards the caller: our offer in the 200 OK after a
 /// late offer, else the answer to theirs.
-pub(super) fn a_sdp(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
+pub(super) fn a_sdp(m: &AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
     if m.late_offer && !m.opened {
-        return offer(m, codecs, m.a_port, m.session);
+        return sdp_offer(m, codecs, m.a_port, m.session);
     }
     Local {
         addr: m.sdp_ip,
@@ -33,7 +33,7 @@ pub(super) fn a_sdp(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
 }
 
 /// Centralino's SDP towards the answered operator (re-INVITE answers).
-pub(super) fn b_sdp(m: &CallMedia) -> Vec<u8> {
+pub(super) fn b_sdp(m: &AnchoredMedia) -> Vec<u8> {
     let Some(b) = m.b else {
         return Vec::new();
     };
@@ -51,20 +51,20 @@ pub(super) fn b_sdp(m: &CallMedia) -> Vec<u8> {
 
 /// The offer to an operator: the caller's law first (no transcoding when
 /// the phone takes it), then the others configured, and telephone-event.
-pub(super) fn b_offer(m: &CallMedia, codecs: &[Law]) -> Vec<u8> {
-    offer(m, codecs, m.b_port, m.session + 1)
+pub(super) fn b_offer(m: &AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
+    sdp_offer(m, codecs, m.b_port, m.session + 1)
 }
 
 /// The citizen's side of a placed call learns its peer (early media or the
 /// answer): opened now, or, already opened for the operator's whisper,
 /// told its address.
-pub(super) fn citizen_peer(call_id: CallId, media: &mut CallMedia, peer: Peer) -> MediaCommand {
+pub(super) fn citizen_peer(call_id: CallId, media: &mut AnchoredMedia, peer: Peer) -> MediaCommand {
     media.a = peer;
     if media.opened {
         MediaCommand::Update {
             call: call_id,
             side: Side::A,
-            peer,
+            peer: peer.into(),
             held: false,
         }
     } else {
@@ -73,7 +73,7 @@ pub(super) fn citizen_peer(call_id: CallId, media: &mut CallMedia, peer: Peer) -
 }
 
 /// Our offer from `port`: the caller's law (or the first configured) first.
-pub(super) fn offer(m: &CallMedia, codecs: &[Law], port: u16, session: u64) -> Vec<u8> {
+pub(super) fn sdp_offer(m: &AnchoredMedia, codecs: &[Law], port: u16, session: u64) -> Vec<u8> {
     let mut formats = vec![m.a.law.payload_type()];
     formats.extend(
         codecs

@@ -63,7 +63,7 @@ pub(super) struct Outbound {
 
 /// A call's anchored media as the signalling side knows it.
 #[derive(Debug)]
-pub(super) struct CallMedia {
+pub(super) struct AnchoredMedia {
     /// Local address the ports are bound on.
     pub(super) ip: IpAddr,
     /// Address written into SDP.
@@ -136,7 +136,7 @@ pub(super) struct Call {
     /// The B-leg that answered.
     pub(super) b: Option<BLeg>,
     pub(super) attempt: u32,
-    pub(super) media: CallMedia,
+    pub(super) media: AnchoredMedia,
     /// Entered a queue (queue metrics apply).
     pub(super) in_queue: bool,
     /// What the DID asks of every call.
@@ -198,7 +198,7 @@ pub(super) struct NewCall {
     pub(super) a_leg: Leg,
     pub(super) caller: String,
     pub(super) private: bool,
-    pub(super) media: CallMedia,
+    pub(super) media: AnchoredMedia,
     pub(super) spec: Arc<CallSpec>,
     pub(super) record_id: String,
     pub(super) tenant: usize,

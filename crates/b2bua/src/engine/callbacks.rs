@@ -96,7 +96,7 @@ impl Engine {
         };
         let ip = a_leg.flow.local.ip();
         let law = self.codecs.first().copied().unwrap_or(Law::Alaw);
-        let media = CallMedia {
+        let media = AnchoredMedia {
             ip,
             sdp_ip: self.advertise.unwrap_or(ip),
             // Filled in when the media plane holds them.
@@ -405,7 +405,7 @@ impl Engine {
             self.pump(now);
             return;
         }
-        let offer_body = offer(
+        let offer_body = sdp_offer(
             &call.media,
             &self.codecs,
             call.media.a_port,
@@ -481,7 +481,7 @@ impl Engine {
             // bridge turns recording on where the queue asks for it.
             self.out.push_back(Output::Media(MediaCommand::Bridge {
                 call: call_id,
-                b,
+                b: b.into(),
                 record: false,
             }));
             info!("callback: the network's early media reaches the operator");
@@ -564,7 +564,7 @@ impl Engine {
                 let record = self.queues[call.queue.0 as usize].record;
                 self.out.push_back(Output::Media(MediaCommand::Bridge {
                     call: call_id,
-                    b,
+                    b: b.into(),
                     record,
                 }));
             }

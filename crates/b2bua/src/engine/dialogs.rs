@@ -56,13 +56,13 @@ impl Engine {
             ip: m.ip,
             a_port: m.a_port,
             b_port: m.b_port,
-            a: m.a,
+            a: m.a.into(),
         }));
         if let Some(b) = m.b {
             let record = self.queues[call.queue.0 as usize].record;
             self.out.push_back(Output::Media(MediaCommand::Bridge {
                 call: call_id,
-                b,
+                b: b.into(),
                 record,
             }));
         }
@@ -287,7 +287,7 @@ impl Engine {
             self.out.push_back(Output::Media(MediaCommand::Update {
                 call: call_id,
                 side,
-                peer,
+                peer: peer.into(),
                 held,
             }));
         }

@@ -818,7 +818,7 @@ impl Engine {
             while let Some(o) = self.router.poll_output() {
                 progressed = true;
                 match o {
-                    RouteOutput::Offer(d) => self.offer(now, d.call, d.agent),
+                    RouteOutput::Offer(d) => self.invite_operator(now, d.call, d.agent),
                     RouteOutput::Reclaimed { call, agent } => self.reclaimed(now, call, agent),
                 }
             }
@@ -1077,7 +1077,7 @@ mod tests;
 mod transfer;
 mod vhold;
 
-use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, offer, open_command};
+use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer};
 use call::*;
 use ingress::{allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};

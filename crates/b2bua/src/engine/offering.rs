@@ -10,7 +10,7 @@ impl Engine {
     /// phone and a softphone) rings at once, one B-leg each; the first to
     /// answer takes it, the others get CANCEL. The offer fails only when
     /// every phone has failed, or at the ring timeout.
-    pub(super) fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+    pub(super) fn invite_operator(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
         let _span = self.call_span(call_id).entered();
         let name = self.router.agent(agent).name.clone();
         let bindings = self.registrar.bindings(&name).to_vec();
@@ -285,13 +285,13 @@ impl Engine {
                     if !whisper.is_empty() {
                         self.out.push_back(Output::Media(MediaCommand::Whisper {
                             call: call_id,
-                            b: b_peer,
+                            b: b_peer.into(),
                             prompts: whisper,
                         }));
                     }
                     self.out.push_back(Output::Media(MediaCommand::Bridge {
                         call: call_id,
-                        b: b_peer,
+                        b: b_peer.into(),
                         record: self.queues[call.queue.0 as usize].record,
                     }));
                 } else if call.outbound().is_some_and(|o| !o.customer_first) && !whisper.is_empty()
@@ -303,7 +303,7 @@ impl Engine {
                     self.out.push_back(Output::Media(cmd));
                     self.out.push_back(Output::Media(MediaCommand::Whisper {
                         call: call_id,
-                        b: b_peer,
+                        b: b_peer.into(),
                         prompts: whisper,
                     }));
                 }

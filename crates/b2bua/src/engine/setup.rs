@@ -350,7 +350,11 @@ impl Engine {
 
     /// Checks the caller's offer: the caller's media parameters (ports
     /// come from the media plane), or the metric reason of a 488.
-    pub(super) fn anchor(&mut self, flow: Flow, msg: &Message) -> Result<CallMedia, &'static str> {
+    pub(super) fn anchor(
+        &mut self,
+        flow: Flow,
+        msg: &Message,
+    ) -> Result<AnchoredMedia, &'static str> {
         let late_offer = msg.body.is_empty();
         let (addr, law, telephone_event, direction) = if late_offer {
             // Placeholders until the ACK brings the caller's answer.
@@ -377,7 +381,7 @@ impl Engine {
             (addr, law, audio.telephone_event, audio.direction.answer())
         };
         let ip = flow.local.ip();
-        Ok(CallMedia {
+        Ok(AnchoredMedia {
             ip,
             sdp_ip: self.advertise.unwrap_or(ip),
             // Filled in when the media plane holds them.

@@ -430,7 +430,7 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
     };
     assert_eq!(ours.port, *a_port);
     assert_eq!(
-        (a.addr.to_string(), a.law),
+        (a.rtp().unwrap().addr.to_string(), a.rtp().unwrap().law),
         ("192.0.2.10:40000".to_owned(), Law::Alaw)
     );
     let b_port = *b_port;
@@ -465,7 +465,7 @@ fn answered_call_bridges_and_caller_bye_ends_both_legs() {
         panic!("{:?}", h.media)
     };
     assert_eq!(
-        (b.addr.to_string(), b.law),
+        (b.rtp().unwrap().addr.to_string(), b.rtp().unwrap().law),
         ("192.0.2.21:30000".to_owned(), Law::Ulaw),
         "transcoded"
     );
@@ -1059,7 +1059,10 @@ fn reinvite_hold_and_resume_are_answered_without_touching_the_other_leg() {
     else {
         panic!("{:?}", h.media)
     };
-    assert_eq!((*side, peer.addr.port(), *held), (Side::A, 40002, true));
+    assert_eq!(
+        (*side, peer.rtp().unwrap().addr.port(), *held),
+        (Side::A, 40002, true)
+    );
     let out = h.send(TRUNK, &reinvite(3, "sendrecv"));
     assert_eq!(codes(&out, TRUNK), vec![200]);
     assert!(matches!(
@@ -1226,7 +1229,10 @@ fn late_offer_gets_our_offer_in_the_200_and_media_opens_at_the_ack() {
     let Some(MediaCommand::Open { a, .. }) = h.media.first() else {
         panic!("{:?}", h.media)
     };
-    assert_eq!((a.addr.port(), a.law), (41000, Law::Ulaw));
+    assert_eq!(
+        (a.rtp().unwrap().addr.port(), a.rtp().unwrap().law),
+        (41000, Law::Ulaw)
+    );
     assert!(matches!(h.media.get(1), Some(MediaCommand::Bridge { .. })));
 }
 
@@ -1700,10 +1706,10 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
     else {
         panic!("{:?}", h.media)
     };
-    assert_eq!(b.addr.to_string(), "192.0.2.21:30000");
+    assert_eq!(b.rtp().unwrap().addr.to_string(), "192.0.2.21:30000");
     // Its RTP may also come from where it registered from (symmetric).
     assert_eq!(
-        b.signalling,
+        b.rtp().unwrap().signalling,
         Some(PHONE1.parse::<SocketAddr>().unwrap().ip())
     );
     assert_eq!(prompts.len(), 1);
@@ -1749,7 +1755,7 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
             h.media
         )
     };
-    assert_eq!(peer.addr.to_string(), "192.0.2.10:40000");
+    assert_eq!(peer.rtp().unwrap().addr.to_string(), "192.0.2.10:40000");
     assert_eq!(
         h.callbacks.last().unwrap(),
         &("cb1".to_owned(), CallbackState::Done)
@@ -3613,7 +3619,12 @@ fn captured_phone_reinvite_moving_its_media_with_a_new_sdp_version() {
         panic!("{:?}", h.media)
     };
     assert_eq!(
-        (*side, peer.addr.to_string(), peer.law, *held),
+        (
+            *side,
+            peer.rtp().unwrap().addr.to_string(),
+            peer.rtp().unwrap().law,
+            *held
+        ),
         (Side::B, "192.0.2.22:11800".to_owned(), Law::Ulaw, false)
     );
 }
@@ -3633,7 +3644,7 @@ fn a_waiting_operator_hears_the_networks_early_media_until_the_citizen_answers_o
     let early = &h.media[before..];
     assert!(
         early.iter().any(|c| matches!(c,
-            MediaCommand::Update { side: Side::A, peer, .. } if peer.addr.to_string() == "192.0.2.10:40000")),
+            MediaCommand::Update { side: Side::A, peer, .. } if peer.rtp().unwrap().addr.to_string() == "192.0.2.10:40000")),
         "{early:?}"
     );
     assert!(

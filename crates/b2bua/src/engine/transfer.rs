@@ -31,7 +31,7 @@ impl Engine {
         let Some(call) = self.calls.get(&id) else {
             return false;
         };
-        let body = offer(
+        let body = sdp_offer(
             &call.media,
             &self.codecs,
             call.media.b_port,
@@ -156,7 +156,7 @@ impl Engine {
         };
         self.out.push_back(Output::Media(MediaCommand::Bridge {
             call: id,
-            b: peer,
+            b: peer.into(),
             record: false,
         }));
         if let Some(flow) = call.run.as_ref().map(|r| r.flow().to_owned()) {
