@@ -59,6 +59,18 @@ macro_rules! id {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub u32);
 
+        impl $name {
+            /// The position it names, as a table index.
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+
+            /// The id of position `i` (tables are far below 2³² rows).
+            pub fn at(i: usize) -> Self {
+                Self(u32::try_from(i).unwrap_or(u32::MAX))
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}", self.0)
@@ -78,6 +90,11 @@ id!(
 id!(
     /// Index of a tenant (firm) in the configuration.
     TenantId
+);
+id!(
+    /// Index of a trunk in the configuration (and in the engine's trunk
+    /// table, rebuilt at each reload).
+    TrunkId
 );
 
 /// Process-local identifier of a call (both legs), never a metric label.

@@ -52,8 +52,8 @@ pub(super) struct Outbound {
     pub(super) dialled: bool,
     /// The citizen answered.
     pub(super) answered: bool,
-    /// The outbound trunk dialled through (index in `trunks`).
-    pub(super) trunk: usize,
+    /// The outbound trunk dialled through.
+    pub(super) trunk: TrunkId,
     /// Where the network's early media comes from (its 18x SDP), once the
     /// waiting operator was bridged to it.
     pub(super) early_media: Option<SocketAddr>,
@@ -160,7 +160,7 @@ pub(super) struct Call {
     pub(super) transfer: Option<TransferLeg>,
     /// Whose call it is: the tenant of the trunk it came in on, or of the
     /// queue that calls back (its dial plan and outbound trunks apply).
-    pub(super) tenant: usize,
+    pub(super) tenant: TenantId,
     /// The caller's session timer (RFC 4028), when its INVITE asked for
     /// one and supports the extension: the interval (seconds); the caller
     /// refreshes, and a call whose refreshes stop is ended. The step
@@ -201,7 +201,7 @@ pub(super) struct NewCall {
     pub(super) media: AnchoredMedia,
     pub(super) spec: Arc<CallSpec>,
     pub(super) record_id: String,
-    pub(super) tenant: usize,
+    pub(super) tenant: TenantId,
 }
 
 impl Call {

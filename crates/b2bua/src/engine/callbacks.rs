@@ -12,11 +12,11 @@ impl Engine {
     /// and counted with where the number came from.
     pub(super) fn dialable(
         &self,
-        tenant: usize,
+        tenant: TenantId,
         number: &str,
         via: &'static str,
     ) -> Option<String> {
-        let plan = self.dial_plans.get(tenant);
+        let plan = self.dial_plans.get(tenant.index());
         match plan.map(|p| p.check(number)) {
             Some(Ok(e164)) => Some(e164),
             refused => {
@@ -35,7 +35,7 @@ impl Engine {
     }
 
     /// The tenant of a queue.
-    pub(super) fn queue_tenant(&self, queue: QueueId) -> usize {
+    pub(super) fn queue_tenant(&self, queue: QueueId) -> TenantId {
         self.queues[queue.0 as usize].tenant
     }
 
@@ -70,15 +70,19 @@ impl Engine {
         }
         // The tenant's first outbound trunk that is not down (all down:
         // the first, in case the pings are wrong).
-        let ours = || (0..self.trunks.len()).filter(|&j| self.trunks[j].dials_for(tenant));
+        let ours = || {
+            (0..self.trunks.len())
+                .map(TrunkId::at)
+                .filter(|&j| self.trunks[j.index()].dials_for(tenant))
+        };
         let preferred = cb
             .campaign
             .as_ref()
             .and_then(|c| c.trunk.as_deref())
-            .and_then(|name| ours().find(|&j| self.trunks[j].name == name))
-            .filter(|&j| !self.trunks[j].down);
+            .and_then(|name| ours().find(|&j| self.trunks[j.index()].name == name))
+            .filter(|&j| !self.trunks[j.index()].down);
         let trunk = preferred
-            .or_else(|| ours().find(|&j| !self.trunks[j].down))
+            .or_else(|| ours().find(|&j| !self.trunks[j.index()].down))
             .or_else(|| ours().next());
         let Some(trunk) = trunk.filter(|&t| self.outbound_flow(t).is_some()) else {
             warn!(queue = %cb.queue, "no outbound trunk for callbacks");
@@ -197,12 +201,12 @@ impl Engine {
     /// is the one gate no new call source can go around.
     pub(super) fn citizen_leg(
         &mut self,
-        trunk: usize,
+        trunk: TrunkId,
         number: &str,
         via: &'static str,
         caller_id: Option<&str>,
     ) -> Option<(Leg, Message, String)> {
-        let t = self.trunks.get(trunk)?;
+        let t = self.trunks.get(trunk.index())?;
         let caller_id = caller_id.map_or_else(|| t.caller_id.clone(), str::to_owned);
         let (tenant, asserted) = (t.tenant, t.asserted_identity);
         let flow = self.outbound_flow(trunk)?;
@@ -269,8 +273,9 @@ impl Engine {
         // The call's own tenant: trunks are positions in a table a reload
         // rebuilds, and may have moved or gone since this one was chosen.
         let (from, tenant) = (o.trunk, call.tenant);
-        let Some(next) = (from + 1..self.trunks.len())
+        let Some(next) = (from.index() + 1..self.trunks.len())
             .find(|&j| self.trunks[j].dials_for(tenant) && !self.trunks[j].down)
+            .map(TrunkId::at)
         else {
             return false;
         };
@@ -292,8 +297,8 @@ impl Engine {
         }
         warn!(
             reason,
-            from = from,
-            to = next,
+            from = from.0,
+            to = next.0,
             "outbound trunk failed: the callback goes on through the next one"
         );
         self.metrics

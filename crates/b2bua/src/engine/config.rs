@@ -264,7 +264,7 @@ impl Engine {
             .iter()
             .map(|t| TrunkPolicy {
                 name: t.name.clone(),
-                tenant: t.tenant,
+                tenant: TenantId::at(t.tenant),
                 peers: t.peers.clone(),
                 dids: did_table(config, t),
                 outbound: t.outbound,
@@ -291,7 +291,7 @@ impl Engine {
             .iter()
             .enumerate()
             .filter(|(_, t)| t.options.is_some())
-            .map(|(i, _)| Reverse((now, i)))
+            .map(|(i, _)| Reverse((now, TrunkId::at(i))))
             .collect();
         for t in &self.trunks {
             if t.outbound.is_some() {
@@ -307,7 +307,7 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, q)| QueuePolicy {
-                tenant: q.tenant,
+                tenant: TenantId::at(q.tenant),
                 tenant_name: config.tenants.get(q.tenant).cloned().unwrap_or_default(),
                 exit_status: q.exit_status,
                 announce_every: q.announce_every,

@@ -27,7 +27,7 @@ use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
 use centralino_types::dialplan::DialPlan;
 use centralino_types::outcome::{CallOutcome, CallbackOutcome, QueueEvent};
 use centralino_types::record::Record;
-use centralino_types::{AgentId, CallId, Masked, QueueId};
+use centralino_types::{AgentId, CallId, Masked, QueueId, TenantId, TrunkId};
 use prometheus::IntGauge;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -306,7 +306,7 @@ struct TrunkPolicy {
     /// a reload.
     name: String,
     /// Whose trunk it is (its dial plan applies to what it dials).
-    tenant: usize,
+    tenant: TenantId,
     /// The addresses its INVITEs come from.
     peers: Vec<IpAddr>,
     /// Its DIDs and where each goes.
@@ -335,7 +335,7 @@ struct TrunkPolicy {
 
 impl TrunkPolicy {
     /// Whether calls of `tenant` may leave through it.
-    fn dials_for(&self, tenant: usize) -> bool {
+    fn dials_for(&self, tenant: TenantId) -> bool {
         self.outbound.is_some() && self.tenant == tenant
     }
 }
@@ -345,7 +345,7 @@ impl TrunkPolicy {
 #[derive(Debug)]
 struct QueuePolicy {
     /// Whose queue it is (its dial plan and trunks call back).
-    tenant: usize,
+    tenant: TenantId,
     /// The tenant's name (supervisor views).
     tenant_name: String,
     /// The status a caller gets when the queue gives up on them.
@@ -477,7 +477,7 @@ enum ClientRef {
     /// OPTIONS to an idle operator's phone: no answer logs them out.
     Qualify(AgentId),
     /// OPTIONS to an outbound trunk: no answer marks it down.
-    TrunkPing(usize),
+    TrunkPing(TrunkId),
     /// Our session refresh (UPDATE or re-INVITE) on a call's caller leg.
     Refresh(CallId),
     /// BYE, CANCEL: the answer changes nothing.
@@ -540,7 +540,7 @@ pub struct Engine {
     qualify_due: BinaryHeap<Reverse<(Instant, AgentId)>>,
     /// Operators with an entry in `qualify_due` (one chain each).
     qualify_scheduled: std::collections::HashSet<AgentId>,
-    trunk_due: BinaryHeap<Reverse<(Instant, usize)>>,
+    trunk_due: BinaryHeap<Reverse<(Instant, TrunkId)>>,
     max_calls: usize,
     /// Live server transactions allowed per non-trunk address.
     max_per_source: usize,

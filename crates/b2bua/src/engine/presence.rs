@@ -64,9 +64,9 @@ impl Engine {
     /// the connection is the driver's to open, reuse and reopen (`conn`
     /// 0: "the trunk's connection, whichever it is now"). `None`: the
     /// trunk takes no calls, or we have no listener for its transport.
-    pub(super) fn outbound_flow(&self, trunk: usize) -> Option<Flow> {
-        let remote = self.trunks.get(trunk)?.outbound?;
-        let transport = self.trunks[trunk].transport;
+    pub(super) fn outbound_flow(&self, trunk: TrunkId) -> Option<Flow> {
+        let remote = self.trunks.get(trunk.index())?.outbound?;
+        let transport = self.trunks[trunk.index()].transport;
         let local = match transport {
             Transport::Tls => self.outbound_tls_local?,
             _ => self.outbound_local?,
@@ -81,8 +81,8 @@ impl Engine {
 
     /// Asks an outbound trunk whether it is there (OPTIONS to its outbound
     /// address); any answer, even 404 or 405, counts.
-    pub(super) fn ping_trunk(&mut self, now: Instant, trunk: usize) {
-        let Some(every) = self.trunks.get(trunk).and_then(|t| t.options) else {
+    pub(super) fn ping_trunk(&mut self, now: Instant, trunk: TrunkId) {
+        let Some(every) = self.trunks.get(trunk.index()).and_then(|t| t.options) else {
             return;
         };
         self.trunk_due.push(Reverse((now + every, trunk)));
@@ -111,8 +111,8 @@ impl Engine {
     }
 
     /// A trunk answered OPTIONS, or did not: marks it up or down.
-    pub(super) fn trunk_seen(&mut self, trunk: usize, up: bool) {
-        let Some(t) = self.trunks.get_mut(trunk) else {
+    pub(super) fn trunk_seen(&mut self, trunk: TrunkId, up: bool) {
+        let Some(t) = self.trunks.get_mut(trunk.index()) else {
             return;
         };
         if t.down == up {

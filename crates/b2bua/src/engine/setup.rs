@@ -176,7 +176,7 @@ impl Engine {
             media,
             spec,
             record_id,
-            tenant: self.trunks.get(trunk).map_or(0, |t| t.tenant),
+            tenant: self.trunks.get(trunk).map_or(TenantId(0), |t| t.tenant),
         });
         // What the caller's INVITE asked of the session (RFC 4028, 3262).
         call.session_timer = session_timer;

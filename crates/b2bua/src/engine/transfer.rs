@@ -12,7 +12,11 @@ impl Engine {
             return false;
         };
         let tenant = call.tenant;
-        let trunk = self.trunks.iter().position(|t| t.dials_for(tenant));
+        let trunk = self
+            .trunks
+            .iter()
+            .position(|t| t.dials_for(tenant))
+            .map(TrunkId::at);
         let Some((mut leg, mut inv, _)) =
             trunk.and_then(|t| self.citizen_leg(t, number, "transfer", None))
         else {
