@@ -267,12 +267,12 @@ impl Engine {
     /// calls (`check-config` refuses a DID two of them could claim).
     /// A trunk with `tls_peer_names` counts only over a TLS connection
     /// whose client certificate it accepted.
-    pub(super) fn inbound(&self, flow: Flow, msg: &Message) -> Option<(usize, Target)> {
+    pub(super) fn inbound(&self, flow: Flow, msg: &Message) -> Option<(TrunkId, Target)> {
         let proven = (flow.transport == Transport::Tls)
             .then(|| self.conn_trunks.get(&flow.conn))
             .flatten();
         self.inbound_where(flow.remote.ip(), msg, |i| {
-            let t = &self.trunks[i];
+            let t = &self.trunks[i.index()];
             !t.mtls || proven.is_some_and(|names| names.contains(&t.name))
         })
     }
@@ -282,7 +282,7 @@ impl Engine {
         &self,
         source: IpAddr,
         msg: &Message,
-    ) -> Option<(usize, Target)> {
+    ) -> Option<(TrunkId, Target)> {
         self.inbound_where(source, msg, |_| true)
     }
 
@@ -290,8 +290,8 @@ impl Engine {
         &self,
         source: IpAddr,
         msg: &Message,
-        allowed: impl Fn(usize) -> bool,
-    ) -> Option<(usize, Target)> {
+        allowed: impl Fn(TrunkId) -> bool,
+    ) -> Option<(TrunkId, Target)> {
         let ruri = msg.request_uri()?;
         let did = match uri::classify(ruri)? {
             Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
@@ -300,6 +300,7 @@ impl Engine {
         self.trunks
             .iter()
             .enumerate()
+            .map(|(i, t)| (TrunkId::at(i), t))
             .filter(|(i, t)| t.peers.contains(&source) && allowed(*i))
             .find_map(|(i, t)| Some((i, t.dids.get(did)?.clone())))
     }

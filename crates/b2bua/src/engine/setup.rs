@@ -91,7 +91,7 @@ impl Engine {
         let to = msg.header("To").unwrap_or_default().to_owned();
         let asserted = self
             .trunks
-            .get(trunk)
+            .get(trunk.index())
             .is_some_and(|t| t.asserted_identity)
             .then(|| asserted_caller(&msg))
             .flatten();
@@ -176,7 +176,10 @@ impl Engine {
             media,
             spec,
             record_id,
-            tenant: self.trunks.get(trunk).map_or(TenantId(0), |t| t.tenant),
+            tenant: self
+                .trunks
+                .get(trunk.index())
+                .map_or(TenantId(0), |t| t.tenant),
         });
         // What the caller's INVITE asked of the session (RFC 4028, 3262).
         call.session_timer = session_timer;
