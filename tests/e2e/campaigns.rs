@@ -110,8 +110,20 @@ fn a_campaign_is_created_checked_filled_and_steered() {
     // Another tenant's supervisor may not create on this queue.
     let good = r#"{"name": "richiami-fragili", "queue": "fragili", "mode": "progressive", "fragile": true,
                   "windows": {"days": ["lun", "mar", "mer", "gio", "ven"], "hours": ["08:00-18:00"]}}"#;
-    let (code, _) = post("/api/v1/campaigns", SALA_ALTRA, good);
-    assert_eq!(code, 403);
+    // Another tenant's supervisor may not create on this queue: to them it
+    // does not exist (neither does its tenant).
+    let (code, resp) = post("/api/v1/campaigns", SALA_ALTRA, good);
+    assert_eq!(code, 422, "{resp}");
+    assert_eq!(json(&resp)["problems"][0]["key"], "queue");
+    assert!(!resp.contains("asl"), "{resp}");
+    // Nobody presents a number the tenant's trunks do not carry.
+    let (code, resp) = post(
+        "/api/v1/campaigns",
+        SALA_ASL,
+        r#"{"name": "y", "queue": "fragili", "mode": "progressive", "caller_id": "+39800123456"}"#,
+    );
+    assert_eq!(code, 422, "{resp}");
+    assert_eq!(json(&resp)["problems"][0]["key"], "caller_id");
     let (code, resp) = post("/api/v1/campaigns", SALA_ASL, good);
     assert_eq!(code, 201, "{resp}");
     let id = json(&resp)["id"].as_str().unwrap().to_owned();
@@ -219,6 +231,11 @@ fn a_campaign_is_created_checked_filled_and_steered() {
         .0,
         400
     );
+    // Past 100,000 items the body is refused as it is read.
+    let many = format!("[{}0]", "0,".repeat(100_000));
+    let (code, resp) = post(&contacts, SALA_ASL, &many);
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp.contains("more than 100000"), "{resp}");
 
     // Life: start, pause, stop; a running campaign is not deleted.
     assert_eq!(post(&format!("{path}/start"), SALA_ASL, "").0, 200);

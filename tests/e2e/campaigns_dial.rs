@@ -33,7 +33,7 @@ tenant = "asl"
 peers = ["127.0.0.1"]
 outbound = "127.0.0.1:{citizens}"
 caller_id = "+39800123456"
-dids = {{ "100" = "fragili" }}
+dids = {{ "100" = "fragili", "+39800999000" = "fragili" }}
 
 [[queues]]
 name = "fragili"
@@ -436,4 +436,91 @@ fn an_operator_dispositions_a_campaign_call_from_the_desk() {
     assert_eq!(json(&body)["contacts"][0]["disposition"], "call_later");
     drop(phone);
     drop(citizen);
+}
+
+/// A claim may wait for an operator: the campaign paused meanwhile, or
+/// the number put on a do-not-call list meanwhile, and nobody is dialled
+/// when the operator answers (the attempt ends as `withheld`, or `dnc`).
+#[test]
+fn a_campaign_paused_or_a_number_listed_while_the_operator_rings_dials_nobody() {
+    let scratch = Scratch::new("campaign-withheld");
+    let citizen = crate::common::far_end(&scratch, "citizen", "citizen_answer.xml", 1, "60s");
+    let port = citizen.port;
+    let node = Node::start_toml(&scratch, |sip, http| config(sip, http, port, "2000-01-01"));
+    let id = campaign_id(&node, "richiami-fragili");
+    let (code, _) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{id}/contacts"),
+        Some(ADMIN),
+        Some(r#"[{"number": "+393470000001"}]"#),
+    );
+    assert_eq!(code, 200);
+    let action = |a: &str| {
+        node.http(
+            "POST",
+            &format!("/api/v1/campaigns/{id}/{a}"),
+            Some(ADMIN),
+            Some(""),
+        )
+        .0
+    };
+    let contact = || {
+        let (_, body) = node.http(
+            "GET",
+            &format!("/api/v1/campaigns/{id}/contacts"),
+            Some(ADMIN),
+            None,
+        );
+        json(&body)["contacts"][0].clone()
+    };
+    let wait = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let c = contact();
+            if pred(&c) {
+                return c;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{what}: {c}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &["-sf", &scenario("agent_answer_late.xml"), "-timeout", "60s"],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    // Claimed, the operator ringing: the campaign is paused.
+    assert_eq!(action("start"), 200);
+    wait("claimed", &|c| c["status"] == "in_progress");
+    assert_eq!(action("pause"), 200);
+    let c = wait("withheld", &|c| c["last_outcome"] == "withheld");
+    assert_eq!(
+        (c["status"].as_str(), c["attempts"].as_u64()),
+        (Some("pending"), Some(1))
+    );
+    // Again, and the number goes on the tenant's list while it rings.
+    assert_eq!(action("start"), 200);
+    wait("claimed again", &|c| {
+        c["status"] == "in_progress" && c["attempts"] == 2
+    });
+    assert_eq!(
+        node.http(
+            "POST",
+            "/api/v1/dnc",
+            Some(ADMIN),
+            Some(r#"{"number": "+393470000001", "tenant": "asl"}"#)
+        )
+        .0,
+        201
+    );
+    let c = wait("dnc", &|c| c["status"] == "dnc");
+    assert_eq!(c["last_outcome"], "dnc");
+    let called = citizen
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("called"))
+        .count();
+    assert_eq!(called, 0, "nobody was dialled");
+    drop(phone);
 }

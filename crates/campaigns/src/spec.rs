@@ -68,6 +68,9 @@ pub trait Known {
     fn outbound_trunk_tenant(&self, name: &str) -> Option<String>;
     /// Whether script `name` exists.
     fn script(&self, name: &str) -> bool;
+    /// Whether `tenant` may present `number`: one of its trunks' caller
+    /// IDs or DIDs, which an admin configured (never another tenant's).
+    fn presentable(&self, tenant: &str, number: &str) -> bool;
 }
 
 /// A valid campaign.
@@ -183,6 +186,13 @@ pub fn validate(
         let digits = c.strip_prefix('+').unwrap_or(c);
         if !(4..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
             add("caller_id", "4 to 15 digits, optionally after '+'".into());
+        } else if !tenant.is_empty() && !known.presentable(&tenant, c) {
+            // Carriers trust what we assert: a tenant presents only the
+            // numbers configured on its own trunks.
+            add(
+                "caller_id",
+                "not a caller ID or DID of the tenant's trunks (an admin configures those)".into(),
+            );
         }
     }
     let mut retries = RetryPolicy::default();

@@ -222,6 +222,10 @@ impl crate::spec::Known for Node {
     fn script(&self, name: &str) -> bool {
         name == "triage"
     }
+
+    fn presentable(&self, tenant: &str, number: &str) -> bool {
+        tenant == "asl" && number == "+39800111222"
+    }
 }
 
 fn spec(json: &str) -> Result<crate::spec::Spec, Vec<(String, String)>> {
@@ -273,4 +277,10 @@ fn a_campaign_is_checked_key_by_key() {
     let e = spec(r#"{"name": "a", "queue": "fragili", "mode": "progressive", "trunk": "ditta"}"#)
         .unwrap_err();
     assert!(e[0].1.contains("tenant"), "{e:?}");
+    // Another tenant's number is not presented.
+    let e = spec(
+        r#"{"name": "a", "queue": "altro", "mode": "progressive", "caller_id": "+39800111222"}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e[0].0, "caller_id", "{e:?}");
 }

@@ -22,18 +22,27 @@ impl Known for Names<'_> {
         self.queues
             .iter()
             .find(|q| q.routing.name == name)
-            .and_then(|q| self.tenants.get(q.tenant).cloned())
+            .and_then(|q| self.tenants.get(q.tenant.index()).cloned())
     }
 
     fn outbound_trunk_tenant(&self, name: &str) -> Option<String> {
         self.trunks
             .iter()
             .find(|t| t.name == name && t.outbound.is_some())
-            .and_then(|t| self.tenants.get(t.tenant).cloned())
+            .and_then(|t| self.tenants.get(t.tenant.index()).cloned())
     }
 
     fn script(&self, name: &str) -> bool {
         self.scripts.iter().any(|s| s.name == name)
+    }
+
+    fn presentable(&self, tenant: &str, number: &str) -> bool {
+        self.trunks.iter().any(|t| {
+            self.tenants
+                .get(t.tenant.index())
+                .is_some_and(|n| n == tenant)
+                && (t.caller_id == number || t.dids.contains_key(number))
+        })
     }
 }
 

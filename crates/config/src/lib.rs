@@ -35,6 +35,7 @@ use centralino_sip::Limits;
 use centralino_sip::auth::{Algorithm, Credentials};
 use centralino_sip::registrar::RegistrarConfig;
 use centralino_sip::txn::TimerConfig;
+use centralino_types::TenantId;
 use centralino_types::dialplan::{self, DialPlan};
 use serde::Deserialize;
 
@@ -744,7 +745,7 @@ impl Config {
         // An IVR transfer leaves through the trunk's tenant's outbound
         // trunk: its number must pass that tenant's dial plan.
         for t in &trunks {
-            let Some(plan) = dial_plans.get(t.tenant) else {
+            let Some(plan) = dial_plans.get(t.tenant.index()) else {
                 continue;
             };
             for did in t.dids.values() {
@@ -762,7 +763,7 @@ impl Config {
                             format!("flows.{}.nodes.{}.number", flow.name, flow.names[k]),
                             format!(
                                 "tenant {:?}'s dial plan refuses it: {why}",
-                                tenants[t.tenant]
+                                tenants[t.tenant.index()]
                             ),
                         );
                     }
@@ -821,7 +822,7 @@ impl Config {
             // An empty list is already an error (sip.digest_algorithms, or
             // the tenant's): nothing to strip by it.
             let allowed = tenant_algs
-                .get(tenant)
+                .get(tenant.index())
                 .filter(|a| !a.is_empty())
                 .map_or(&[Algorithm::Sha256, Algorithm::Md5][..], Vec::as_slice);
             if !allowed.contains(&Algorithm::Md5) {
@@ -851,7 +852,7 @@ impl Config {
                 }
             }
             let attributes = Attributes {
-                tenant: tenant as u16,
+                tenant: tenant.0 as u16,
                 site: catalog.site_id(&a.site).unwrap_or(0),
                 skills: a
                     .skills

@@ -122,14 +122,16 @@ pub(crate) struct Names<'a> {
 
 impl Names<'_> {
     /// The index of tenant `name`, or a problem at `path` (and 0).
-    pub(crate) fn tenant_of(&self, p: &mut Problems, path: String, name: &str) -> usize {
-        self.tenants
-            .iter()
-            .position(|t| t == name)
-            .unwrap_or_else(|| {
-                p.add(path, format!("unknown tenant {name:?}"));
-                0
-            })
+    pub(crate) fn tenant_of(&self, p: &mut Problems, path: String, name: &str) -> TenantId {
+        TenantId::at(
+            self.tenants
+                .iter()
+                .position(|t| t == name)
+                .unwrap_or_else(|| {
+                    p.add(path, format!("unknown tenant {name:?}"));
+                    0
+                }),
+        )
     }
 
     /// A requirement expression resolved against the catalog, or a

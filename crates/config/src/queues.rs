@@ -92,7 +92,7 @@ pub(crate) fn queue(
             .unwrap_or_else(Requirement::any);
         let mut ring_tenants = Vec::new();
         for (k, t) in r.tenants.iter().enumerate() {
-            ring_tenants.push(names.tenant_of(p, format!("{rp}.tenants[{k}]"), t) as u16);
+            ring_tenants.push(names.tenant_of(p, format!("{rp}.tenants[{k}]"), t).0 as u16);
         }
         rings.push(Ring {
             after: Duration::from_secs(r.after_seconds),
@@ -246,7 +246,7 @@ pub(crate) fn queue(
             .collect(),
         routing: QueueSettings {
             name: q.name.clone(),
-            tenant: tenant as u16,
+            tenant: tenant.0 as u16,
             strategy,
             requirement,
             rings,

@@ -110,8 +110,8 @@ pub struct SipConfig {
 pub struct Trunk {
     /// Name (a metric label).
     pub name: String,
-    /// Tenant index.
-    pub tenant: usize,
+    /// Tenant (its index in `Config::tenants`).
+    pub tenant: TenantId,
     /// Addresses INVITEs are accepted from.
     pub peers: Vec<IpAddr>,
     /// DID → where its calls go.
@@ -196,8 +196,8 @@ pub struct Did {
 /// A queue: routing settings plus what the B2BUA needs.
 #[derive(Clone, Debug)]
 pub struct Queue {
-    /// Tenant index.
-    pub tenant: usize,
+    /// Tenant (its index in `Config::tenants`).
+    pub tenant: TenantId,
     /// Routing settings.
     pub routing: QueueSettings,
     /// Final response when `max_wait` passes or the queue is full.
@@ -406,8 +406,8 @@ pub struct MediaConfig {
 pub struct Agent {
     /// SIP username.
     pub username: String,
-    /// Tenant index.
-    pub tenant: usize,
+    /// Tenant (its index in `Config::tenants`).
+    pub tenant: TenantId,
     /// Digest secrets.
     pub credentials: Credentials,
     /// Queue indices served.

@@ -292,7 +292,7 @@ fn skills_queues_rings_and_dids_load() {
     // The expression alone admits 2001 too; the router restricts ring 0
     // to the queue's tenant and ring 2 admits asl2 by agreement.
     assert!(q.requirement.matches(&c.agents[1].attributes));
-    assert_eq!(c.agents[1].tenant, 1);
+    assert_eq!(c.agents[1].tenant, TenantId(1));
 }
 
 #[test]

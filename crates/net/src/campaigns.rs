@@ -16,7 +16,7 @@ use centralino_campaigns::{Next, Outcome};
 use centralino_config::Config;
 use centralino_flows::calendar::rome_offset;
 use centralino_store::service::{StoreHandle, unix_now};
-use centralino_store::{AttemptEnd, CampaignStatus, Claim, ContactStatus};
+use centralino_store::{AttemptEnd, Claim, ContactStatus, DialCheck};
 use centralino_types::outcome::CallbackOutcome;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -40,7 +40,7 @@ pub(crate) async fn scheduler(
     store: StoreHandle,
     tx: mpsc::Sender<EngineInput>,
     draining: Arc<AtomicBool>,
-    config: Arc<Config>,
+    config: tokio::sync::watch::Receiver<Arc<Config>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -51,9 +51,11 @@ pub(crate) async fn scheduler(
         if draining.load(Ordering::Relaxed) {
             continue;
         }
-        let Ok(list) = store.with(|s| s.campaigns(None)).await else {
+        let Ok(list) = store.with(|s| s.running_campaigns()).await else {
             continue;
         };
+        // The configuration running now (a reload replaces it).
+        let config = config.borrow().clone();
         let names = centralino_config::campaigns::Names {
             tenants: &config.tenants,
             queues: &config.queues,
@@ -62,10 +64,7 @@ pub(crate) async fn scheduler(
         };
         let now = unix_now();
         let mut runs = Vec::new();
-        for c in list
-            .into_iter()
-            .filter(|c| c.status == CampaignStatus::Running)
-        {
+        for c in list {
             let spec = serde_json::from_str::<RawSpec>(&c.spec)
                 .map_err(|e| e.to_string())
                 .and_then(|raw| {
@@ -190,8 +189,91 @@ fn outcome_of(outcome: CallbackOutcome) -> Outcome {
     }
 }
 
-/// An attempt moved on. `Dialing` is answered at once (the claim was the
-/// durable mark); the others are written with the campaign's policy.
+/// Writes an attempt's end, trying again while the store refuses it (a
+/// full or failing disk): a lost end would leave the contact
+/// `in_progress` until the next start. Bounded: an hour of tries, then it
+/// is logged and the next start closes it as interrupted.
+fn write_end(store: &StoreHandle, e: AttemptEnd, now: i64) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        for _ in 0..3600 {
+            let end = e.clone();
+            match store.with(move |s| s.end_attempt(&end, now)).await {
+                Ok(_) => return,
+                Err(err) => {
+                    warn!(error = %err, "campaign attempt end not written: trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::error!(
+            contact = e.contact,
+            "campaign attempt end never written: the next start closes it"
+        );
+    });
+}
+
+/// A claimed attempt is about to dial: allowed only while its campaign
+/// still runs inside its window and its number is on no do-not-call list
+/// (a claim may have waited minutes for an operator). Otherwise the
+/// attempt ends here — back to pending, or `dnc` — and the engine is told
+/// not to dial.
+fn check_and_dial(
+    store: &StoreHandle,
+    tx: &mpsc::Sender<EngineInput>,
+    running: &Running,
+    call: &CampaignCall,
+    engine_call: centralino_types::CallId,
+) {
+    let now = unix_now();
+    let spec = running
+        .get(&call.campaign)
+        .filter(|s| s.window.open(now))
+        .cloned();
+    let (store, tx, c) = (store.clone(), tx.clone(), call.clone());
+    tokio::spawn(async move {
+        let check = match &spec {
+            None => Ok(DialCheck::Stopped),
+            Some(spec) => {
+                let (contact, tenant) = (c.contact, spec.tenant.clone());
+                store.with(move |s| s.may_dial(contact, &tenant)).await
+            }
+        };
+        let recorded = match check {
+            Ok(DialCheck::Go) => true,
+            Ok(verdict) => {
+                let (outcome, status) = match verdict {
+                    DialCheck::DoNotCall => ("dnc", ContactStatus::Dnc),
+                    _ => ("withheld", ContactStatus::Pending),
+                };
+                info!(campaign = %c.name, outcome, "campaign attempt withheld before dialling");
+                let e = AttemptEnd {
+                    contact: c.contact,
+                    attempt: c.attempt,
+                    outcome: outcome.to_owned(),
+                    status,
+                    next_at: (status == ContactStatus::Pending).then_some(now),
+                    disposition: None,
+                };
+                write_end(&store, e, now);
+                false
+            }
+            Err(e) => {
+                warn!(campaign = %c.name, error = %e, "cannot check a campaign attempt: not dialling");
+                false
+            }
+        };
+        let _ = tx
+            .send(EngineInput::CallbackDialing {
+                call: engine_call,
+                recorded,
+            })
+            .await;
+    });
+}
+
+/// An attempt moved on. `Dialing` is checked (`check_and_dial`); the
+/// others are written with the campaign's policy.
 pub(crate) fn contact_state(
     store: &StoreHandle,
     tx: &mpsc::Sender<EngineInput>,
@@ -210,20 +292,17 @@ pub(crate) fn contact_state(
         });
     }
     let end = match state {
-        CallbackState::Dialing { call } => {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _ = tx
-                    .send(EngineInput::CallbackDialing {
-                        call,
-                        recorded: true,
-                    })
-                    .await;
-            });
+        CallbackState::Dialing { call: engine_call } => {
+            check_and_dial(store, tx, running, call, engine_call);
             return;
         }
         CallbackState::Done => (Outcome::Answered.as_str(), ContactStatus::Done, None),
         CallbackState::Requeue { .. } => ("operator_left", ContactStatus::Pending, Some(now)),
+        // The number the dial plan refuses (changed since the import):
+        // no retry would change that.
+        CallbackState::Failed {
+            outcome: CallbackOutcome::DialPlan,
+        } => ("dial_plan", ContactStatus::Failed, None),
         CallbackState::Failed { outcome } | CallbackState::Retry { outcome, .. } => {
             let o = outcome_of(outcome);
             // Without its definition (stopped meanwhile) the contact
@@ -249,9 +328,7 @@ pub(crate) fn contact_state(
         next_at,
         disposition: None,
     };
-    store.spawn_job("campaign attempt", move |s| {
-        s.end_attempt(&e, now).map(drop)
-    });
+    write_end(store, e, now);
 }
 
 #[cfg(test)]

@@ -252,6 +252,9 @@ impl SipServer {
         }
         // Callbacks are executed only by a node that can place calls;
         // elsewhere they wait, pending, for one that can.
+        // The running configuration for the campaigns' scheduler: a
+        // reload the engine applies replaces it.
+        let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
         if let Some(sink) = &records
             && config.trunks.iter().any(|t| t.outbound.is_some())
         {
@@ -273,7 +276,7 @@ impl SipServer {
                 sink.handle(),
                 tx.clone(),
                 draining.clone(),
-                Arc::new(config.clone()),
+                config_rx,
             ));
         }
         if let Some(&(_, tls_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Tls) {
@@ -319,6 +322,7 @@ impl SipServer {
             desks,
             heartbeat,
             config.outbound.max_attempts_per_citizen_per_day,
+            config_tx,
         ));
         Ok(Self { bound, engine_task })
     }
@@ -614,6 +618,7 @@ async fn run_engine(
     desks: Option<crate::api::Desks>,
     heartbeat: crate::health::Heartbeat,
     max_per_day: u32,
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut media_events: Vec<MediaEvent> = Vec::new();
@@ -632,6 +637,7 @@ async fn run_engine(
     let mut flush_at: Option<Instant> = None;
     let mut life = Lifecycle {
         max_per_day,
+        config: Some(config_tx),
         ..Lifecycle::default()
     };
     // A tick of its own, so an idle engine beats too; a loop stuck in one
@@ -954,6 +960,9 @@ struct Lifecycle {
     campaigns: crate::campaigns::Running,
     /// `outbound.max_attempts_per_citizen_per_day`.
     max_per_day: u32,
+    /// Where an applied reload's configuration goes (the campaigns'
+    /// scheduler reads it).
+    config: Option<tokio::sync::watch::Sender<Arc<Config>>>,
     /// Told once the records of the ended calls are stored.
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -1026,6 +1035,10 @@ fn handle(
             match result {
                 Ok(()) => {
                     engine.set_prompts(prompts, music);
+                    life.max_per_day = config.outbound.max_attempts_per_citizen_per_day;
+                    if let Some(tx) = &life.config {
+                        let _ = tx.send(Arc::new(config));
+                    }
                     net.config_reloads.with_label_values(&["applied"]).inc();
                 }
                 Err(why) => {

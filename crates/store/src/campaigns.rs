@@ -280,6 +280,17 @@ pub struct Disposition {
     pub next_at: Option<i64>,
 }
 
+/// Whether a claimed attempt may still dial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialCheck {
+    /// Yes.
+    Go,
+    /// Its campaign was paused, stopped or deleted since the claim.
+    Stopped,
+    /// Its number was put on a do-not-call list since the claim.
+    DoNotCall,
+}
+
 /// A change of status refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StatusChange {
@@ -394,15 +405,28 @@ impl Store {
     }
 
     /// Replaces the definition of a campaign from the configuration (its
-    /// status and contacts stay), or adds it; by name.
-    pub fn upsert_config_campaign(&mut self, c: &Campaign) -> Result<(), StoreError> {
+    /// status and contacts stay), or adds it; by name. `Ok(false)`: a
+    /// campaign of that name exists that the configuration did not make,
+    /// or of another tenant: left alone.
+    pub fn upsert_config_campaign(&mut self, c: &Campaign) -> Result<bool, StoreError> {
         self.conn.execute(
             "INSERT INTO campaigns (id, name, tenant, spec, source, status, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, 'config', 'draft', ?5, ?5)
-             ON CONFLICT (name) DO UPDATE SET tenant = ?3, spec = ?4, updated_at = ?5",
+             ON CONFLICT (name) DO UPDATE SET spec = ?4, updated_at = ?5
+             WHERE campaigns.source = 'config' AND campaigns.tenant = ?3",
             params![c.id, c.name, c.tenant, c.spec, c.created_at],
         )?;
-        Ok(())
+        // Never another tenant's, never one made through the API: a
+        // configuration must not take over a campaign it did not create.
+        let owner: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT source, tenant FROM campaigns WHERE name = ?1",
+                params![c.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(owner.is_some_and(|(source, tenant)| source == "config" && tenant == c.tenant))
     }
 
     /// One campaign.
@@ -424,6 +448,49 @@ impl Store {
         ))?;
         let rows = st.query_map(params![tenant], campaign)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The running campaigns, all of them (the scheduler's list).
+    pub fn running_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CAMPAIGN} FROM campaigns WHERE status = 'running' ORDER BY created_at, name"
+        ))?;
+        let rows = st.query_map([], campaign)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many campaigns `tenant` has (for its quota).
+    pub fn campaign_count(&self, tenant: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM campaigns WHERE tenant = ?1",
+            params![tenant],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Whether attempt `attempt` of `contact` may dial now: its campaign
+    /// still running, its number on no do-not-call list of `tenant` or
+    /// the nation's.
+    pub fn may_dial(&self, contact: i64, tenant: &str) -> Result<DialCheck, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT c.status, k.number FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign
+                 WHERE k.id = ?1",
+                params![contact],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((status, number)) = row else {
+            return Ok(DialCheck::Stopped);
+        };
+        if status != CampaignStatus::Running.as_str() {
+            return Ok(DialCheck::Stopped);
+        }
+        if self.is_dnc(&number, tenant)? {
+            return Ok(DialCheck::DoNotCall);
+        }
+        Ok(DialCheck::Go)
     }
 
     /// Moves a campaign to `to` if it is in one of `from`.
@@ -612,6 +679,18 @@ impl Store {
     pub fn claim_contacts(&mut self, c: Claim<'_>) -> Result<Claimed, StoreError> {
         self.atomically(|s| {
             let mut out = Claimed::default();
+            let running = s
+                .conn
+                .query_row(
+                    "SELECT status = 'running' FROM campaigns WHERE id = ?1",
+                    params![c.campaign],
+                    |r| r.get::<_, bool>(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if !running {
+                return Ok(out);
+            }
             // Looked at in batches a little larger than wanted: some may
             // be refused by the lists or the cap.
             let due: Vec<Contact> = {
@@ -759,9 +838,23 @@ impl Store {
 
     /// Records an operator's disposition. When the attempt is over its
     /// status applies now; while it lasts, a `Pending` status (call later)
-    /// is kept for the attempt's end, which honours it.
-    pub fn dispose(&mut self, d: &Disposition, now: i64) -> Result<(), StoreError> {
+    /// is kept for the attempt's end, which honours it. `Ok(false)`: not
+    /// the contact's latest attempt (nothing changed).
+    pub fn dispose(&mut self, d: &Disposition, now: i64) -> Result<bool, StoreError> {
         self.atomically(|s| {
+            // Only the contact's latest attempt: a late word on an older
+            // one must not reopen a contact whose next attempt runs.
+            let latest: Option<u32> = s
+                .conn
+                .query_row(
+                    "SELECT attempts FROM campaign_contacts WHERE id = ?1",
+                    params![d.contact],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if latest != Some(d.attempt) {
+                return Ok(false);
+            }
             let open: bool = s
                 .conn
                 .query_row(
@@ -790,7 +883,7 @@ impl Store {
                 }
                 _ => {}
             }
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -879,7 +972,7 @@ mod tests {
             tenant: "asl".into(),
             spec: "{}".into(),
             source: "api".into(),
-            status: CampaignStatus::Draft,
+            status: CampaignStatus::Running,
             created_at: 1000,
             updated_at: 1000,
         }
@@ -911,7 +1004,11 @@ mod tests {
     #[test]
     fn a_campaign_lives_draft_running_paused_finished_and_names_are_unique() {
         let mut s = store("life");
-        assert!(s.create_campaign(&campaign("richiami")).unwrap());
+        let draft = Campaign {
+            status: Draft,
+            ..campaign("richiami")
+        };
+        assert!(s.create_campaign(&draft).unwrap());
         assert!(
             !s.create_campaign(&Campaign {
                 id: "other".into(),
@@ -1105,6 +1202,94 @@ mod tests {
             (ContactStatus::Done, Some("booked"))
         );
         assert!(s.attempt_by_call("rec-b").unwrap().unwrap().ended);
+    }
+
+    #[test]
+    fn a_configuration_never_takes_over_a_campaign_it_did_not_make_and_stopped_ones_yield_nothing()
+    {
+        let mut s = store("guard");
+        let api = Campaign {
+            tenant: "altra".into(),
+            status: CampaignStatus::Draft,
+            ..campaign("richiami")
+        };
+        s.create_campaign(&api).unwrap();
+        let from_file = Campaign {
+            id: "other".into(),
+            source: "config".into(),
+            spec: "{\"evil\": true}".into(),
+            ..campaign("richiami")
+        };
+        assert!(!s.upsert_config_campaign(&from_file).unwrap());
+        let kept = s.campaign("id-richiami").unwrap().unwrap();
+        assert_eq!((kept.tenant.as_str(), kept.spec.as_str()), ("altra", "{}"));
+        // A draft (or paused, finished) campaign gives no contact to a claim.
+        s.import_contacts("id-richiami", &[contact("+393330000001", 0)], 1)
+            .unwrap();
+        assert!(
+            s.claim_contacts(claim("id-richiami", 5, 10))
+                .unwrap()
+                .contacts
+                .is_empty()
+        );
+        s.set_campaign_status(
+            "id-richiami",
+            &[CampaignStatus::Draft],
+            CampaignStatus::Running,
+            11,
+        )
+        .unwrap();
+        let k = s
+            .claim_contacts(claim("id-richiami", 5, 12))
+            .unwrap()
+            .contacts;
+        assert_eq!(k.len(), 1);
+        assert_eq!(s.may_dial(k[0].id, "altra").unwrap(), DialCheck::Go);
+        s.add_dnc("+393330000001", "altra", 13).unwrap();
+        assert_eq!(s.may_dial(k[0].id, "altra").unwrap(), DialCheck::DoNotCall);
+        s.set_campaign_status(
+            "id-richiami",
+            &[CampaignStatus::Running],
+            CampaignStatus::Paused,
+            14,
+        )
+        .unwrap();
+        assert_eq!(s.may_dial(k[0].id, "altra").unwrap(), DialCheck::Stopped);
+        assert_eq!(s.running_campaigns().unwrap().len(), 0);
+        assert_eq!(s.campaign_count("altra").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_late_disposition_on_an_older_attempt_changes_nothing() {
+        let mut s = store("late");
+        s.create_campaign(&campaign("c")).unwrap();
+        s.import_contacts("id-c", &[contact("+393330000001", 0)], 1)
+            .unwrap();
+        let k = s.claim_contacts(claim("id-c", 1, 10)).unwrap().contacts[0].clone();
+        let end = AttemptEnd {
+            contact: k.id,
+            attempt: 1,
+            outcome: "busy".into(),
+            status: ContactStatus::Pending,
+            next_at: Some(20),
+            disposition: None,
+        };
+        s.end_attempt(&end, 11).unwrap();
+        let second = s.claim_contacts(claim("id-c", 1, 20)).unwrap().contacts;
+        assert_eq!(second[0].attempts, 2);
+        let late = Disposition {
+            contact: k.id,
+            attempt: 1,
+            code: "call_later".into(),
+            note: None,
+            status: Some(ContactStatus::Pending),
+            next_at: Some(99),
+        };
+        assert!(!s.dispose(&late, 21).unwrap());
+        assert_eq!(
+            s.contact(k.id).unwrap().unwrap().status,
+            ContactStatus::InProgress
+        );
     }
 
     #[test]

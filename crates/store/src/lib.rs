@@ -27,7 +27,7 @@ pub use audit::{
 };
 pub use campaigns::{
     Attempt, AttemptEnd, CallAttempt, Campaign, CampaignStatus, Claim, Claimed, Contact,
-    ContactStatus, Disposition, Imported, NewContact, Progress, StatusChange,
+    ContactStatus, DialCheck, Disposition, Imported, NewContact, Progress, StatusChange,
 };
 pub use centralino_types::record::Record;
 

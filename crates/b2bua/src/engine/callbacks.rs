@@ -148,8 +148,12 @@ impl Engine {
             id: cb.id.clone(),
             attempt: cb.attempt,
             request: Box::new(invite),
-            customer_first: self.queues[queue.0 as usize].customer_first
-                || cb.campaign.as_ref().is_some_and(|c| c.customer_first),
+            // A campaign's own mode decides, never the queue's callback
+            // mode: a fragile (progressive) campaign is always agent first.
+            customer_first: match &cb.campaign {
+                Some(c) => c.customer_first,
+                None => self.queues[queue.0 as usize].customer_first,
+            },
             invite: None,
             dialled: false,
             answered: false,

@@ -57,11 +57,24 @@ impl Engine {
     /// longer listed lose their pacer; their calls finish as they are.
     pub fn campaign_tick(&mut self, now: Instant, runs: &[CampaignRun]) {
         for (campaign, outcome) in std::mem::take(&mut self.paced) {
-            if let Some((pacer, _)) = self.pacers.get_mut(&campaign) {
+            if let Some((pacer, _, _)) = self.pacers.get_mut(&campaign) {
                 pacer.resolved(now, outcome);
             }
         }
-        self.pacers.retain(|id, _| runs.iter().any(|r| &r.id == id));
+        // Stopped campaigns lose their pacer and their series (names come
+        // and go with campaigns: the label set must not grow forever).
+        let gone: Vec<String> = self
+            .pacers
+            .keys()
+            .filter(|id| !runs.iter().any(|r| &r.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some((_, _, name)) = self.pacers.remove(&id) {
+                let _ = self.metrics.campaign_lines.remove_label_values(&[&name]);
+                let _ = self.metrics.campaign_pacing.remove_label_values(&[&name]);
+            }
+        }
         if self.draining || self.shutting_down {
             return;
         }
@@ -86,10 +99,10 @@ impl Engine {
                 .campaign_lines
                 .with_label_values(&[&run.name])
                 .set(i64::from(lines));
-            let (pacer, claiming) = self
+            let (pacer, claiming, _) = self
                 .pacers
                 .entry(run.id.clone())
-                .or_insert_with(|| (Pacer::new(run.pacer), false));
+                .or_insert_with(|| (Pacer::new(run.pacer), false, run.name.clone()));
             if *claiming {
                 continue;
             }
@@ -118,11 +131,17 @@ impl Engine {
 
     /// The contacts claimed for `campaign` (maybe none): each starts now.
     pub fn campaign_contacts(&mut self, now: Instant, campaign: &str, due: Vec<DueCallback>) {
-        if let Some((_, claiming)) = self.pacers.get_mut(campaign) {
-            *claiming = false;
-        }
+        // No pacer: the campaign stopped (or left its window) while the
+        // claim was out; its contacts go back untouched.
+        let running = match self.pacers.get_mut(campaign) {
+            Some((_, claiming, _)) => {
+                *claiming = false;
+                true
+            }
+            None => false,
+        };
         for cb in due {
-            if self.draining || self.shutting_down {
+            if !running || self.draining || self.shutting_down {
                 // Claimed but never dialled: back to the campaign.
                 if let Some(c) = &cb.campaign {
                     self.out.push_back(Output::ContactState {

@@ -264,7 +264,7 @@ impl Engine {
             .iter()
             .map(|t| TrunkPolicy {
                 name: t.name.clone(),
-                tenant: TenantId::at(t.tenant),
+                tenant: t.tenant,
                 peers: t.peers.clone(),
                 dids: did_table(config, t),
                 outbound: t.outbound,
@@ -307,8 +307,12 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, q)| QueuePolicy {
-                tenant: TenantId::at(q.tenant),
-                tenant_name: config.tenants.get(q.tenant).cloned().unwrap_or_default(),
+                tenant: q.tenant,
+                tenant_name: config
+                    .tenants
+                    .get(q.tenant.index())
+                    .cloned()
+                    .unwrap_or_default(),
                 exit_status: q.exit_status,
                 announce_every: q.announce_every,
                 // Prompts are loaded by the driver, not named here.

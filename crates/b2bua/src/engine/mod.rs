@@ -526,8 +526,9 @@ pub struct Engine {
     /// Per queue (by `QueueId`): what to do with its calls, and its gauges.
     queues: Vec<QueuePolicy>,
     queue_stats: Vec<QueueStats>,
-    /// Each campaign's pacer, and whether a claim of its contacts is out.
-    pacers: HashMap<String, (centralino_campaigns::pacer::Pacer, bool)>,
+    /// Each campaign's pacer, whether a claim of its contacts is out, and
+    /// its name (metric label).
+    pacers: HashMap<String, (centralino_campaigns::pacer::Pacer, bool, String)>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.

@@ -3778,3 +3778,89 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
     h.drain();
     assert_eq!(h.wants.len(), 2);
 }
+
+/// A campaign's own mode decides who is called first, never the queue's
+/// callback mode: a progressive (fragile) campaign on a queue whose
+/// callbacks are customer first still reserves the operator first.
+#[test]
+fn a_progressive_campaign_is_agent_first_whatever_the_queues_callback_mode() {
+    let config = outbound_trunks("", false).replace(
+        "wrap_up_seconds = 3",
+        "wrap_up_seconds = 3\ncallback_mode = \"customer_first\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let run = CampaignRun {
+        id: "c1".into(),
+        name: "fragili".into(),
+        queue: "info".into(),
+        pacer: centralino_campaigns::pacer::PacerConfig::new(
+            centralino_campaigns::Mode::Progressive,
+        ),
+    };
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.drain();
+    h.engine.campaign_contacts(
+        h.now,
+        "c1",
+        vec![DueCallback {
+            id: "contact:1".into(),
+            queue: "info".into(),
+            number: "+393331112223".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+            campaign: Some(Box::new(CampaignCall {
+                campaign: "c1".into(),
+                name: "fragili".into(),
+                contact: 1,
+                attempt: 1,
+                caller_id: None,
+                trunk: None,
+                customer_first: false,
+            })),
+        }],
+    );
+    let out = h.drain();
+    assert_eq!(
+        requests(&out, PHONE1, "INVITE").len(),
+        1,
+        "the operator first"
+    );
+    assert!(
+        requests(&out, TRUNK, "INVITE").is_empty(),
+        "nobody dialled yet"
+    );
+    // Contacts arriving for a campaign that stopped meanwhile go back.
+    h.engine.campaign_tick(h.now, &[]);
+    h.engine.campaign_contacts(
+        h.now,
+        "c1",
+        vec![DueCallback {
+            id: "contact:2".into(),
+            queue: "info".into(),
+            number: "+393331112224".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+            campaign: Some(Box::new(CampaignCall {
+                campaign: "c1".into(),
+                name: "fragili".into(),
+                contact: 2,
+                attempt: 1,
+                caller_id: None,
+                trunk: None,
+                customer_first: false,
+            })),
+        }],
+    );
+    h.drain();
+    assert!(matches!(
+        h.contacts.last(),
+        Some((c, CallbackState::Requeue { .. })) if c.contact == 2
+    ));
+}

@@ -9,10 +9,33 @@ use centralino_store::{
     Campaign, CampaignStatus, ContactStatus, Imported, NewContact, StatusChange,
 };
 
+/// Most campaigns a tenant keeps (the scheduler looks at every running
+/// one each second).
+const MAX_CAMPAIGNS_PER_TENANT: u64 = 200;
+
 /// Most contacts one import carries.
 pub(super) const MAX_CONTACTS: usize = 100_000;
 /// Largest import body (100,000 contacts with their data).
 pub(super) const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024;
+/// Longest an import's body may take to arrive: a trickling upload holds
+/// the node's import slot no longer.
+const IMPORT_READ: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An import's body, whole, within [`IMPORT_READ`] and 16 MiB.
+async fn import_body(body: axum::body::Body) -> Result<Bytes, Box<Response>> {
+    match tokio::time::timeout(IMPORT_READ, axum::body::to_bytes(body, MAX_IMPORT_BODY)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 16 MiB (or cut short)",
+        ))),
+        Err(_) => Err(Box::new(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body took longer than 60 s to arrive",
+        ))),
+    }
+}
+
 /// Refusals listed in one answer (the total is given too).
 const MAX_LISTED: usize = 1000;
 /// Largest `data` of one contact, as JSON.
@@ -29,6 +52,42 @@ impl Known for Live {
 
     fn script(&self, name: &str) -> bool {
         self.scripts.iter().any(|s| s.name == name)
+    }
+
+    fn presentable(&self, tenant: &str, number: &str) -> bool {
+        self.presentable
+            .get(tenant)
+            .is_some_and(|numbers| numbers.contains(number))
+    }
+}
+
+/// The names a token limited to one tenant may resolve: another tenant's
+/// queues and trunks look unknown (their existence and owner stay
+/// private).
+struct Scoped<'a> {
+    live: &'a Live,
+    tenant: Option<&'a str>,
+}
+
+impl Known for Scoped<'_> {
+    fn queue_tenant(&self, name: &str) -> Option<String> {
+        self.live
+            .queue_tenant(name)
+            .filter(|t| self.tenant.is_none_or(|mine| mine == t))
+    }
+
+    fn outbound_trunk_tenant(&self, name: &str) -> Option<String> {
+        self.live
+            .outbound_trunk_tenant(name)
+            .filter(|t| self.tenant.is_none_or(|mine| mine == t))
+    }
+
+    fn script(&self, name: &str) -> bool {
+        self.live.script(name)
+    }
+
+    fn presentable(&self, tenant: &str, number: &str) -> bool {
+        self.live.presentable(tenant, number)
     }
 }
 
@@ -137,7 +196,12 @@ pub(super) async fn campaigns_create(
         Ok(tb) => tb,
         Err(r) => return *r,
     };
-    let spec = match validate("", &raw, &*api.live()) {
+    let live = api.live();
+    let scoped = Scoped {
+        live: &live,
+        tenant: token.tenant.as_deref(),
+    };
+    let spec = match validate("", &raw, &scoped) {
         Ok(s) => s,
         Err(p) => return problems_response(StatusCode::UNPROCESSABLE_ENTITY, &p),
     };
@@ -146,6 +210,19 @@ pub(super) async fn campaigns_create(
             StatusCode::FORBIDDEN,
             "the campaign's queue belongs to another tenant",
         );
+    }
+    let tenant = spec.tenant.clone();
+    match api.store.with(move |s| s.campaign_count(&tenant)).await {
+        Ok(n) if n >= MAX_CAMPAIGNS_PER_TENANT => {
+            return error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "the tenant has {MAX_CAMPAIGNS_PER_TENANT} campaigns: delete finished ones first"
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return unavailable(&e),
     }
     let now = unix_now();
     let c = Campaign {
@@ -291,6 +368,38 @@ pub(super) async fn campaign_stop(
     change(&api, &headers, id, "stop").await
 }
 
+/// A JSON array of contacts read without holding more than the limit: a
+/// body of millions of tiny items is refused as it is read, not after.
+struct Bounded(Vec<Value>);
+
+impl<'de> Deserialize<'de> for Bounded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = Bounded;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of contacts")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bounded, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Value>()? {
+                    if items.len() == MAX_CONTACTS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_CONTACTS} contacts in one request"
+                        )));
+                    }
+                    items.push(item);
+                }
+                Ok(Bounded(items))
+            }
+        }
+        d.deserialize_seq(Items)
+    }
+}
+
 /// One contact as the API takes it (JSON).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -358,7 +467,7 @@ type ContactLine = (usize, Result<ContactIn, String>);
 /// `name`, `priority`, `language`, `not_before`); other columns go into the
 /// contact's `data`.
 fn csv_contacts(text: &str) -> Result<Vec<ContactLine>, CsvError> {
-    let records = csv_records(text)?;
+    let records = csv_records(text, MAX_CONTACTS + 1)?;
     let Some(((_, header), rows)) = records.split_first() else {
         return Err((
             1,
@@ -445,11 +554,9 @@ pub(super) async fn contacts_import(
             "another import is running: try again when it is done",
         );
     };
-    let Ok(body) = axum::body::to_bytes(body, MAX_IMPORT_BODY).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body larger than 16 MiB (or cut short)",
-        );
+    let body = match import_body(body).await {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let csv = headers
         .get(header::CONTENT_TYPE)
@@ -470,8 +577,8 @@ pub(super) async fn contacts_import(
             }
         }
     } else {
-        let items: Vec<Value> = match serde_json::from_slice(&body) {
-            Ok(v) => v,
+        let items: Vec<Value> = match serde_json::from_slice::<Bounded>(&body) {
+            Ok(v) => v.0,
             Err(e) => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -712,8 +819,14 @@ fn dnc_target(
             "number: an optional + and 6 to 15 digits",
         )));
     }
-    // Refused numbers still go on the list: the plan only spells them.
-    let e164 = plan.check(number).unwrap_or_else(|_| number.to_owned());
+    // In E.164 whatever the plan allows or blocks (a plan widened later
+    // must find the entry): `0041…` and `+41…` are one entry.
+    let Some(e164) = centralino_types::dialplan::normalize(number, &plan.country_code) else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "number: an optional + and 6 to 15 digits",
+        )));
+    };
     Ok((e164, tenant))
 }
 
@@ -741,21 +854,17 @@ pub(super) async fn dnc_add(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "another import is running: try again when it is done",
-        );
-    };
-    let Ok(body) = axum::body::to_bytes(body, MAX_IMPORT_BODY).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 MiB");
-    };
     let csv = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/csv"));
     let now = unix_now();
     if !csv {
+        // One number: never behind an import (a legally required entry
+        // must not wait for another tenant's upload).
+        let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 KiB");
+        };
         let b: DncIn = match parse_body(&body) {
             Ok(b) => b,
             Err(r) => return *r,
@@ -782,10 +891,20 @@ pub(super) async fn dnc_add(
             Err(e) => unavailable(&e),
         };
     }
+    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another import is running: try again when it is done",
+        );
+    };
+    let body = match import_body(body).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the CSV is not UTF-8");
     };
-    let records = match csv_records(text) {
+    let records = match csv_records(text, MAX_CONTACTS + 1) {
         Ok(r) => r,
         Err((line, why)) => return error(StatusCode::BAD_REQUEST, &format!("line {line}: {why}")),
     };
@@ -1011,7 +1130,11 @@ pub(super) async fn post_disposition(
         next_at,
     };
     match api.store.with(move |s| s.dispose(&d, now)).await {
-        Ok(()) => {
+        Ok(false) => error(
+            StatusCode::CONFLICT,
+            "this call is not the contact's latest attempt: its disposition changes nothing now",
+        ),
+        Ok(true) => {
             info!(campaign = %c.name, code = %b.code, "disposition recorded");
             ok(
                 StatusCode::OK,
@@ -1034,7 +1157,7 @@ mod tests {
     #[test]
     fn csv_is_read_with_quotes_semicolons_and_line_numbers() {
         let text = "number;name;note\n+393331112223;\"Rossi; Maria\";\"ha detto \"\"sì\"\"\"\n\n0612345678;Bianchi;\"due\nrighe\"\n";
-        let r = csv_records(text).unwrap();
+        let r = csv_records(text, 100).unwrap();
         assert_eq!(r.len(), 3);
         assert_eq!(
             r[1],
@@ -1056,8 +1179,19 @@ mod tests {
             first.data.as_ref().and_then(|d| d.get("note")),
             Some(&Value::String("ha detto \"sì\"".into()))
         );
-        assert_eq!(csv_records("a,b\n\"open").unwrap_err().0, 2);
-        assert!(csv_records("a,b\nx\"y,z").is_err());
+        assert_eq!(csv_records("a,b\n\"open", 100).unwrap_err().0, 2);
+        assert!(csv_records("a,b\nx\"y,z", 100).is_err());
+        // A byte-order mark is not part of the header; a cap on lines.
+        assert_eq!(
+            csv_records("\u{feff}number\n1\n", 100).unwrap()[0].1,
+            ["number"]
+        );
+        assert!(
+            csv_records("n\n1\n2\n3\n", 3)
+                .unwrap_err()
+                .1
+                .contains("more than 2")
+        );
         assert_eq!(csv_contacts("name\nx").unwrap_err().0, 1);
         let short = csv_contacts("number,name\n+393331112223").unwrap();
         assert!(short[0].1.is_err());

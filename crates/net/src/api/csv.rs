@@ -9,7 +9,9 @@ pub(super) type CsvError = (usize, String);
 /// Splits CSV into records of fields (RFC 4180: quotes, doubled quotes,
 /// line breaks inside quotes), with each record's first line number. `;`
 /// separates when the header has no `,` (what Italian spreadsheets write).
-pub(super) fn csv_records(text: &str) -> Result<Vec<CsvRecord>, CsvError> {
+pub(super) fn csv_records(text: &str, max: usize) -> Result<Vec<CsvRecord>, CsvError> {
+    // Spreadsheets write UTF-8 with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let header_line = text.lines().next().unwrap_or("");
     let sep = if !header_line.contains(',') && header_line.contains(';') {
         ';'
@@ -40,6 +42,9 @@ pub(super) fn csv_records(text: &str) -> Result<Vec<CsvRecord>, CsvError> {
             (false, '\n') => {
                 fields.push(std::mem::take(&mut field));
                 if !(fields.len() == 1 && fields[0].is_empty()) {
+                    if out.len() == max {
+                        return Err((line, format!("more than {} lines", max.saturating_sub(1))));
+                    }
                     out.push((start, std::mem::take(&mut fields)));
                 }
                 fields.clear();

@@ -101,6 +101,9 @@ struct Live {
     scripts: Vec<centralino_config::Script>,
     /// Outbound trunks (name → tenant): what a campaign may dial through.
     outbound_trunks: HashMap<String, String>,
+    /// The numbers each tenant may present (its trunks' caller IDs and
+    /// DIDs).
+    presentable: HashMap<String, HashSet<String>>,
     /// The operators' SIP secrets (desk logins check them).
     credentials: HashMap<String, centralino_sip::auth::Credentials>,
     realm: String,
@@ -114,8 +117,16 @@ impl Live {
                 .queues
                 .iter()
                 .map(|q| {
-                    let tenant = config.tenants.get(q.tenant).cloned().unwrap_or_default();
-                    let plan = config.dial_plans.get(q.tenant).cloned().unwrap_or_default();
+                    let tenant = config
+                        .tenants
+                        .get(q.tenant.index())
+                        .cloned()
+                        .unwrap_or_default();
+                    let plan = config
+                        .dial_plans
+                        .get(q.tenant.index())
+                        .cloned()
+                        .unwrap_or_default();
                     (q.routing.name.clone(), (tenant, plan))
                 })
                 .collect(),
@@ -126,10 +137,28 @@ impl Live {
                 .iter()
                 .filter(|t| t.outbound.is_some())
                 .map(|t| {
-                    let tenant = config.tenants.get(t.tenant).cloned().unwrap_or_default();
+                    let tenant = config
+                        .tenants
+                        .get(t.tenant.index())
+                        .cloned()
+                        .unwrap_or_default();
                     (t.name.clone(), tenant)
                 })
                 .collect(),
+            presentable: {
+                let mut m: HashMap<String, HashSet<String>> = HashMap::new();
+                for t in &config.trunks {
+                    let tenant = config
+                        .tenants
+                        .get(t.tenant.index())
+                        .cloned()
+                        .unwrap_or_default();
+                    let set = m.entry(tenant).or_default();
+                    set.insert(t.caller_id.clone());
+                    set.extend(t.dids.keys().cloned());
+                }
+                m
+            },
             credentials: config
                 .agents
                 .iter()
@@ -437,7 +466,11 @@ impl Api {
                     .agents
                     .iter()
                     .map(|a| {
-                        let tenant = config.tenants.get(a.tenant).cloned().unwrap_or_default();
+                        let tenant = config
+                            .tenants
+                            .get(a.tenant.index())
+                            .cloned()
+                            .unwrap_or_default();
                         (a.username.clone(), tenant)
                     })
                     .collect(),
@@ -540,7 +573,17 @@ impl Api {
             return;
         }
         self.store.spawn_job("config campaigns", move |s| {
-            s.atomically(|s| list.iter().try_for_each(|c| s.upsert_config_campaign(c)))
+            s.atomically(|s| {
+                for c in &list {
+                    if !s.upsert_config_campaign(c)? {
+                        tracing::error!(
+                            campaign = %c.name,
+                            "[[campaigns]]: a campaign of that name exists that the configuration did not make (or of another tenant): not applied"
+                        );
+                    }
+                }
+                Ok(())
+            })
         });
     }
 
