@@ -21,10 +21,20 @@ pub(super) const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024;
 /// the node's import slot no longer.
 const IMPORT_READ: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// An import's body, whole, within [`IMPORT_READ`] and 16 MiB.
-async fn import_body(body: axum::body::Body) -> Result<Bytes, Box<Response>> {
+/// The node's import slot (one import at a time: each may hold 16 MiB),
+/// then the body, whole, within [`IMPORT_READ`] and 16 MiB.
+async fn import_body(
+    api: &Api,
+    body: axum::body::Body,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, Bytes), Box<Response>> {
+    let Ok(permit) = api.imports.clone().try_acquire_owned() else {
+        return Err(Box::new(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another import is running: try again when it is done",
+        )));
+    };
     match tokio::time::timeout(IMPORT_READ, axum::body::to_bytes(body, MAX_IMPORT_BODY)).await {
-        Ok(Ok(b)) => Ok(b),
+        Ok(Ok(b)) => Ok((permit, b)),
         Ok(Err(_)) => Err(Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body larger than 16 MiB (or cut short)",
@@ -34,6 +44,14 @@ async fn import_body(body: axum::body::Body) -> Result<Bytes, Box<Response>> {
             "the body took longer than 60 s to arrive",
         ))),
     }
+}
+
+/// Whether a request's body is CSV (`text/csv`).
+fn is_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/csv"))
 }
 
 /// Refusals listed in one answer (the total is given too).
@@ -547,21 +565,11 @@ pub(super) async fn contacts_import(
     if c.status == CampaignStatus::Finished {
         return error(StatusCode::CONFLICT, "the campaign is finished");
     }
-    // One import at a time per node: each may hold 16 MiB.
-    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "another import is running: try again when it is done",
-        );
-    };
-    let body = match import_body(body).await {
-        Ok(b) => b,
+    let (_permit, body) = match import_body(&api, body).await {
+        Ok(pb) => pb,
         Err(r) => return *r,
     };
-    let csv = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/csv"));
+    let csv = is_csv(&headers);
     let lines: Vec<ContactLine> = if csv {
         let Ok(text) = std::str::from_utf8(&body) else {
             return error(StatusCode::BAD_REQUEST, "the CSV is not UTF-8");
@@ -854,10 +862,7 @@ pub(super) async fn dnc_add(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let csv = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/csv"));
+    let csv = is_csv(&headers);
     let now = unix_now();
     if !csv {
         // One number: never behind an import (a legally required entry
@@ -891,14 +896,8 @@ pub(super) async fn dnc_add(
             Err(e) => unavailable(&e),
         };
     }
-    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "another import is running: try again when it is done",
-        );
-    };
-    let body = match import_body(body).await {
-        Ok(b) => b,
+    let (_permit, body) = match import_body(&api, body).await {
+        Ok(pb) => pb,
         Err(r) => return *r,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
