@@ -47,6 +47,7 @@ queue = "fragili"
 mode = "progressive"
 fragile = true
 caller_id = "+39800999000"
+windows = {{ days = ["lun", "mar", "mer", "gio", "ven", "sab", "dom"], hours = ["00:00-24:00"] }}
 
 [[campaigns]]
 name = "chiusa-oggi"

@@ -163,6 +163,13 @@ pub fn validate(
             ),
         );
     }
+    if raw.fragile && raw.windows.is_none() {
+        add(
+            "windows",
+            "a fragile campaign needs calling windows (e.g. days lun-ven, hours 08:00-18:00)"
+                .into(),
+        );
+    }
     let window = Window(raw.windows.as_ref().map(|c| {
         let mut problems = Vec::new();
         let cal = calendar(&format!("{path}windows"), c, &mut problems);

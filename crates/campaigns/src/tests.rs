@@ -274,6 +274,12 @@ fn a_campaign_is_checked_key_by_key() {
     ] {
         assert!(keys.contains(&k), "{k} missing from {e:?}");
     }
+    let e = spec(r#"{"name": "a", "queue": "fragili", "mode": "progressive", "fragile": true}"#)
+        .unwrap_err();
+    assert_eq!(
+        e[0].0, "windows",
+        "a fragile campaign never calls at any hour: {e:?}"
+    );
     let e = spec(r#"{"name": "a", "queue": "fragili", "mode": "progressive", "trunk": "ditta"}"#)
         .unwrap_err();
     assert!(e[0].1.contains("tenant"), "{e:?}");

@@ -587,6 +587,15 @@ impl Engine {
                 // with the time of their request.
                 let (queue, spec) = (call.queue, (*call.spec).clone());
                 self.enter_queue(now, call_id, queue, &spec);
+                if campaign {
+                    // Predictive: an operator within the grace, or the
+                    // message (an abandoned call).
+                    self.timers.push(Reverse((
+                        now + campaigns::ANSWER_GRACE,
+                        call_id,
+                        CallTimer::AnswerGrace,
+                    )));
+                }
             }
             info!("callback: the citizen answered");
             // A campaign's answers count in its own metrics.

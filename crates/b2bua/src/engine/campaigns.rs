@@ -13,6 +13,16 @@ use centralino_campaigns::pacer::{Pacer, Snapshot};
 
 use super::*;
 
+/// How long an answered citizen of a predictive campaign waits for an
+/// operator before hearing the recorded message (the rule the abandon cap
+/// counts by: Ofcom's 2 seconds).
+pub(super) const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// What a citizen nobody could take hears (Italian prompts of Asterisk's
+/// core sounds): "I'm sorry", "all our operators are busy". The campaign
+/// calls again by its policy.
+const ABANDON_PROMPTS: [&str; 2] = ["im-sorry", "tt-allbusy"];
+
 /// How a callback-path outcome counts for a campaign.
 fn campaign_outcome(state: &CallbackState) -> Option<Outcome> {
     match state {
@@ -127,6 +137,37 @@ impl Engine {
                 count: d.dial,
             });
         }
+    }
+
+    /// A predictive campaign's citizen answered [`ANSWER_GRACE`] ago and no
+    /// operator has them: out of the queue, the recorded message, then the
+    /// call ends as abandoned (counted by the pacer and the campaign).
+    pub(super) fn abandon_answered(&mut self, now: Instant, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        self.router.withdraw(now, call_id);
+        let forks: Vec<BLeg> = call.forks.drain(..).collect();
+        call.phase = Phase::Ivr;
+        for b in forks {
+            self.cancel_b(now, b);
+        }
+        warn!("predictive campaign: no operator within the grace, the citizen hears the message");
+        let prompts: Vec<Prompt> = ABANDON_PROMPTS
+            .iter()
+            .filter_map(|n| self.prompts.get(n).cloned())
+            .collect();
+        // Without the prompts installed, a moment of silence, then goodbye.
+        let duration: Duration =
+            prompts.iter().map(Prompt::duration).sum::<Duration>() + Duration::from_millis(500);
+        self.out.push_back(Output::Media(MediaCommand::Play {
+            call: call_id,
+            prompts,
+            music: None,
+        }));
+        self.timers
+            .push(Reverse((now + duration, call_id, CallTimer::AbandonDone)));
+        self.pump(now);
     }
 
     /// The contacts claimed for `campaign` (maybe none): each starts now.

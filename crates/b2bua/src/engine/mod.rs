@@ -496,6 +496,11 @@ enum CallTimer {
     Flow,
     /// The callback confirmation has played: end the call.
     CallbackDone,
+    /// A predictive campaign's citizen answered this long ago: an
+    /// operator must have them by now.
+    AnswerGrace,
+    /// The message to a citizen nobody could take has played: end the call.
+    AbandonDone,
     /// Virtual hold's number dialogue waited long enough for a key (the
     /// step it was armed for).
     Vhold(u32),
@@ -942,6 +947,14 @@ impl Engine {
             CallTimer::CallbackDone => {
                 self.end_unanswered(now, call_id, 480, CallOutcome::CallbackRequested, false);
             }
+            CallTimer::AnswerGrace => {
+                if matches!(call.phase, Phase::Queued | Phase::Offering) {
+                    self.abandon_answered(now, call_id);
+                }
+            }
+            CallTimer::AbandonDone => {
+                self.end_unanswered(now, call_id, 480, CallOutcome::Abandoned, false);
+            }
             CallTimer::SessionRefresh(step) => {
                 if call.session_step != step || call.session_timer.is_none() || !call.we_refresh {
                     return;
@@ -972,7 +985,9 @@ impl Engine {
                 self.flow_actions(now, call_id, actions);
             }
             CallTimer::Announce => {
-                if call.phase == Phase::Connected {
+                // Only while waiting (not over a confirmation or the
+                // message to an abandoned citizen).
+                if !matches!(call.phase, Phase::Queued | Phase::Offering) {
                     return;
                 }
                 let queue = call.queue;

@@ -3864,3 +3864,104 @@ fn a_progressive_campaign_is_agent_first_whatever_the_queues_callback_mode() {
         Some((c, CallbackState::Requeue { .. })) if c.contact == 2
     ));
 }
+
+/// Predictive: the citizen is dialled first; one whose operator does not
+/// take them within 2 s hears the message and is let go (abandoned,
+/// counted); one taken in time is done.
+#[test]
+fn a_predictive_citizen_nobody_takes_within_two_seconds_hears_the_message_and_is_abandoned() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let run = CampaignRun {
+        id: "p1".into(),
+        name: "promemoria".into(),
+        queue: "info".into(),
+        pacer: centralino_campaigns::pacer::PacerConfig::new(
+            centralino_campaigns::Mode::Predictive,
+        ),
+    };
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.drain();
+    let contact = |n: i64| {
+        vec![DueCallback {
+            id: format!("contact:{n}"),
+            queue: "info".into(),
+            number: format!("+39333111222{n}"),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+            campaign: Some(Box::new(CampaignCall {
+                campaign: "p1".into(),
+                name: "promemoria".into(),
+                contact: n,
+                attempt: 1,
+                caller_id: None,
+                trunk: None,
+                customer_first: true,
+            })),
+        }]
+    };
+    // The citizen answers; the operator's phone rings and rings.
+    let answered = |h: &mut Harness, n: i64| {
+        h.engine.campaign_contacts(h.now, "p1", contact(n));
+        let out = h.drain();
+        assert!(requests(&out, PHONE1, "INVITE").is_empty(), "citizen first");
+        let Some((_, CallbackState::Dialing { call })) = h.contacts.last().cloned() else {
+            panic!("{:?}", h.contacts)
+        };
+        h.engine.callback_dialing(h.now, call, true);
+        let out = h.drain();
+        let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+        let mut ok = dial.response(200, "OK", Some("cit"));
+        ok.push("Contact", "<sip:cittadino@192.0.2.10:5060>");
+        ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+        let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
+        let (phone, inv) = [PHONE1, PHONE2]
+            .into_iter()
+            .find_map(|p| {
+                requests(&out, p, "INVITE")
+                    .first()
+                    .map(|m| (p, (*m).clone()))
+            })
+            .expect("an operator is offered the citizen");
+        (phone, inv, dial)
+    };
+    let (_, inv, _) = answered(&mut h, 1);
+    let out = h.advance(Duration::from_millis(2100));
+    assert_eq!(
+        requests(&out, PHONE1, "CANCEL").len(),
+        1,
+        "the operator stops ringing"
+    );
+    assert!(
+        matches!(h.media.last(), Some(MediaCommand::Play { music: None, .. })),
+        "the message, no music: {:?}",
+        h.media
+    );
+    let out = h.advance(Duration::from_secs(5));
+    assert_eq!(distinct_byes(&out, TRUNK), 1, "then goodbye");
+    assert_eq!(
+        h.contacts.last().map(|(_, s)| s.clone()),
+        Some(CallbackState::Failed {
+            outcome: CallbackOutcome::Abandoned
+        })
+    );
+    assert_eq!(
+        h.gauge("centralino_campaign_attempts_total{campaign=promemoria,outcome=abandoned}"),
+        1
+    );
+    // The operator's phone gave up ringing; the next citizen is taken in
+    // time: done, no message.
+    h.send(PHONE1, &response_to(&inv, 487, "b1"));
+    h.register("1002", PHONE2, Algorithm::Md5);
+    h.advance(Duration::from_secs(10));
+    let (phone, inv, _) = answered(&mut h, 2);
+    let out = h.send(phone, &response_to(&inv, 200, "b2"));
+    assert_eq!(requests(&out, phone, "ACK").len(), 1);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(
+        h.contacts.last().map(|(_, s)| s.clone()),
+        Some(CallbackState::Done)
+    );
+}
