@@ -525,3 +525,98 @@ fn a_campaign_paused_or_a_number_listed_while_the_operator_rings_dials_nobody() 
     assert_eq!(called, 0, "nobody was dialled");
     drop(phone);
 }
+
+/// Predictive through the real wire: citizens first (SIPp carrier, 30 %
+/// answer), operators (SIPp) taking each answered citizen: each number
+/// dialled once, nobody abandoned with operators free, the abandon rate
+/// under the cap.
+#[test]
+fn a_predictive_campaign_dials_citizens_first_and_stays_under_the_cap() {
+    let scratch = Scratch::new("campaign-predictive");
+    let mut citizens = crate::common::far_end(&scratch, "citizens", "citizens_30.xml", 20, "120s");
+    let port = citizens.port;
+    let node = Node::start_toml(&scratch, |sip, http| {
+        format!(
+            "{}\n[[campaigns]]\nname = \"promemoria\"\nqueue = \"fragili\"\nmode = \"predictive\"\n",
+            config(sip, http, port, "2000-01-01")
+        )
+    });
+    let id = campaign_id(&node, "promemoria");
+    let body: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"number": "+3934900000{i:02}"}}"#))
+        .collect();
+    let (code, resp) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{id}/contacts"),
+        Some(ADMIN),
+        Some(&format!("[{}]", body.join(","))),
+    );
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(
+        node.http(
+            "POST",
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(ADMIN),
+            Some("")
+        )
+        .0,
+        200
+    );
+    let phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-d",
+            "500",
+            "-timeout",
+            "120s",
+        ],
+    );
+    let users: Vec<u32> = (1001..=1005).collect();
+    register(&scratch, &node, &users, phones.port, |u| format!("demo{u}"));
+    let progress = || {
+        json(
+            &node
+                .http("GET", &format!("/api/v1/campaigns/{id}"), Some(ADMIN), None)
+                .1,
+        )
+    };
+    let start = Instant::now();
+    loop {
+        let p = progress();
+        if p["attempts"] == 20 && p["contacts"]["in_progress"] == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "{p}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    citizens.expect_success(Duration::from_secs(30));
+    let p = progress();
+    // 6 of 20 numbers end in 0, 1 or 2.
+    assert_eq!(
+        (p["answered"].as_u64(), p["abandoned"].as_u64()),
+        (Some(6), Some(0)),
+        "{p}"
+    );
+    assert!(p["abandon_rate"].as_f64().unwrap() <= 0.03, "{p}");
+    assert_eq!(p["contacts"]["done"], 6, "{p}");
+    let mut called: HashMap<String, u32> = HashMap::new();
+    for line in citizens.log_lines() {
+        if let Some(n) = line
+            .split("called INVITE sip:")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+        {
+            *called.entry(n.trim().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(called.len(), 20, "{called:?}");
+    assert!(called.values().all(|&n| n == 1), "{called:?}");
+    assert_eq!(
+        node.metric("centralino_campaign_attempts_total{campaign=\"promemoria\",outcome=\"busy\"}"),
+        14.0
+    );
+    drop(phones);
+}

@@ -11,6 +11,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A port free on 127.0.0.1 for both UDP and TCP at the time of the call.
+/// A base of four consecutive ports for one SIPp's RTP (audio, video and
+/// their RTCP), above the nodes' RTP range and the kernel's ephemeral
+/// ports, never the same twice at once in this test process.
+fn sipp_media_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let k = NEXT.fetch_add(1, Ordering::Relaxed) % 1000;
+    61_000 + 4 * k
+}
+
 pub(crate) fn free_port() -> u16 {
     loop {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
@@ -480,12 +490,24 @@ impl Sipp {
     /// all loopback on Linux: a second "host" without a namespace).
     pub(crate) fn spawn_from(scratch: &Scratch, label: &str, ip: &str, args: &[&str]) -> Self {
         let port = free_port();
+        // SIPp binds its audio and video RTP sockets at start; left to
+        // itself it picks them near its SIP port, in the range where every
+        // node's RTP ports (20000-59999) and the kernel's ephemeral ports
+        // live, and a test running beside it can take one first. Above
+        // both (61000-64999), each SIPp of this test process its own four.
+        let media_port = sipp_media_port().to_string();
+        let media: &[&str] = if args.contains(&"-mp") {
+            &[]
+        } else {
+            &["-mp", &media_port]
+        };
         let dir = scratch.path(label);
         std::fs::create_dir_all(&dir).expect("sipp dir");
         let out = std::fs::File::create(dir.join("stdout.txt")).expect("sipp out");
         let child = Command::new("sipp")
             .current_dir(&dir)
             .args(args)
+            .args(media)
             .args([
                 "-i",
                 ip,
