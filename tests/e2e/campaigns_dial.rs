@@ -206,6 +206,12 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
         ),
         4.0
     );
+    // Contacts by status, read from the store every 10 s.
+    node.wait_metric(
+        "centralino_campaign_contacts{campaign=\"richiami-fragili\",status=\"done\"}",
+        Duration::from_secs(15),
+        |v| v == 16.0,
+    );
     let (_, body) = node.http(
         "GET",
         &format!("/api/v1/campaigns/{open}/contacts?status=pending"),

@@ -41,13 +41,18 @@ pub(crate) async fn scheduler(
     tx: mpsc::Sender<EngineInput>,
     draining: Arc<AtomicBool>,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
+    metrics: crate::metrics::NetMetrics,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Campaigns already reported unusable (logged once, not every second).
     let mut broken: HashMap<String, String> = HashMap::new();
+    // Names with contact gauges now (a stopped campaign's go).
+    let mut gauged: Vec<String> = Vec::new();
+    let mut turn: u64 = 0;
     loop {
         tick.tick().await;
+        turn += 1;
         if draining.load(Ordering::Relaxed) {
             continue;
         }
@@ -101,10 +106,45 @@ pub(crate) async fn scheduler(
                 Arc::new(spec),
             ));
         }
+        if turn % 10 == 1 {
+            gauged = contact_gauges(&store, &metrics, &runs, gauged).await;
+        }
         if tx.send(EngineInput::CampaignTick(runs)).await.is_err() {
             return;
         }
     }
+}
+
+/// Sets `centralino_campaign_contacts{campaign,status}` for the running
+/// campaigns and removes the series of those no longer running; returns
+/// the names now gauged.
+async fn contact_gauges(
+    store: &StoreHandle,
+    metrics: &crate::metrics::NetMetrics,
+    runs: &[(CampaignRun, Arc<Spec>)],
+    before: Vec<String>,
+) -> Vec<String> {
+    let mut now = Vec::with_capacity(runs.len());
+    for (run, _) in runs {
+        let id = run.id.clone();
+        if let Ok(p) = store.with(move |s| s.progress(&id)).await {
+            for (status, n) in ContactStatus::ALL.iter().zip(p.contacts) {
+                metrics
+                    .campaign_contacts
+                    .with_label_values(&[&run.name, status.as_str()])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            now.push(run.name.clone());
+        }
+    }
+    for name in before.iter().filter(|n| !now.contains(n)) {
+        for status in ContactStatus::ALL {
+            let _ = metrics
+                .campaign_contacts
+                .remove_label_values(&[name, status.as_str()]);
+        }
+    }
+    now
 }
 
 /// Claims `count` contacts of `campaign` for the engine; the claim makes

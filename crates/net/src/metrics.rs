@@ -50,6 +50,10 @@ pub struct NetMetrics {
     /// `centralino_campaign_contacts_rejected_total`: contact lines refused
     /// at import (their request stored nothing).
     pub campaign_contacts_rejected: IntCounter,
+    /// `centralino_campaign_contacts{campaign,status}`: each running
+    /// campaign's contacts by status (pending, in_progress, done, failed,
+    /// dnc), read from the store every 10 s.
+    pub campaign_contacts: IntGaugeVec,
     /// `centralino_dnc_changes_total{change}`: numbers added to or removed
     /// from a do-not-call list.
     pub dnc_changes: IntCounterVec,
@@ -153,6 +157,11 @@ impl NetMetrics {
             campaign_contacts_rejected: reg!(c(
                 "centralino_campaign_contacts_rejected_total",
                 "Contact lines refused at import (the request stored nothing)"
+            )),
+            campaign_contacts: reg!(gv(
+                "centralino_campaign_contacts",
+                "Contacts of each running campaign by status",
+                &["campaign", "status"]
             )),
             dnc_changes: reg!(cv(
                 "centralino_dnc_changes_total",

@@ -277,6 +277,7 @@ impl SipServer {
                 tx.clone(),
                 draining.clone(),
                 config_rx,
+                net.clone(),
             ));
         }
         if let Some(&(_, tls_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Tls) {
