@@ -686,16 +686,20 @@ impl StoreHandle {
         RecordSink(self.0.clone())
     }
 
-    /// Runs `f` on the store (inside a group's transaction: a method that
-    /// must be all-or-nothing uses [`Store::atomically`]) and answers once
-    /// the group committed. New work needs no new request kind.
+    /// Runs `f` on the store, all or nothing (a savepoint inside a group's
+    /// transaction), and answers once the group committed. New work needs
+    /// no new request kind.
     pub async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         self.ask(|r: Reply<T>| {
             StoreReq::Job(Box::new(move |store: &mut Store| {
-                let v = f(store).map_err(|e| ServiceError::Store(Arc::new(e)));
+                // All or nothing inside the group (a savepoint): a job that
+                // fails half-way leaves nothing of itself in the commit.
+                let v = store
+                    .atomically(f)
+                    .map_err(|e| ServiceError::Store(Arc::new(e)));
                 Box::new(move |committed: Result<(), &ServiceError>| {
                     let _ = r.send(committed.map_err(Clone::clone).and(v));
                 }) as Deferred
@@ -712,7 +716,7 @@ impl StoreHandle {
         f: impl FnOnce(&mut Store) -> Result<(), StoreError> + Send + 'static,
     ) {
         self.send(StoreReq::Job(Box::new(move |store: &mut Store| {
-            let v = f(store);
+            let v = store.atomically(f);
             Box::new(move |committed: Result<(), &ServiceError>| {
                 if let Err(e) = v {
                     warn!(error = %e, what, "store job failed");

@@ -52,6 +52,20 @@ impl Engine {
         };
         self.by_a.remove(&call.a_leg.call_id);
         self.close_media(call_id);
+        if let Some(opening) = call.opening.take() {
+            // Ended while its ports were being reserved (a CANCEL in the
+            // same batch as its INVITE): it existed, so it is recorded as
+            // started before its end, as before the media boundary.
+            let did = match opening {
+                Opening::Inbound { did, .. } | Opening::Callback { did } => did,
+            };
+            self.out.push_back(Output::Record(Record::CallStarted {
+                id: call.record_id.clone(),
+                at_ms: self.unix_ms_at(call.started),
+                caller: call.caller.clone(),
+                did,
+            }));
+        }
         if let Some(mut t) = call.transfer.take() {
             // The caller left while the transfer rang, or after it connected.
             self.by_b.remove(&t.call_id);

@@ -3965,3 +3965,57 @@ fn a_predictive_citizen_nobody_takes_within_two_seconds_hears_the_message_and_is
         Some(CallbackState::Done)
     );
 }
+
+/// A CANCEL read in the same batch as its INVITE, before the media plane
+/// answered `Reserve`: the call existed, so its record has a start and an
+/// end (as before the media boundary), and the late `Reserved` is ignored.
+#[test]
+fn a_call_cancelled_before_its_ports_are_held_is_recorded_started_and_ended() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Sha256);
+    let before = h.records.len();
+    // The INVITE, without letting the harness answer Reserve yet.
+    let head = |method: &str| {
+        format!(
+            "{method} sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKc9\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=ac9\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: c9\r\nCSeq: 1 {method}\r\n"
+        )
+    };
+    let invite = format!(
+        "{}Contact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{TRUNK_SDP}",
+        head("INVITE"),
+        TRUNK_SDP.len()
+    );
+    h.engine
+        .handle_datagram(h.now, flow(TRUNK), invite.as_bytes());
+    let mut reserve = None;
+    while let Some(o) = h.engine.poll_output() {
+        if let Output::Media(MediaCommand::Reserve { call, .. }) = o {
+            reserve = Some(call);
+        }
+    }
+    let call = reserve.expect("the engine asked for ports");
+    let cancel = format!("{}Content-Length: 0\r\n\r\n", head("CANCEL"));
+    h.engine
+        .handle_datagram(h.now, flow(TRUNK), cancel.as_bytes());
+    h.drain();
+    // The plane's answer arrives after the call is gone: nothing happens.
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::Reserved {
+            call,
+            a_port: 20_000,
+            b_port: 20_002,
+        },
+    );
+    h.drain();
+    let kinds: Vec<&str> = h.records[before..]
+        .iter()
+        .filter_map(|r| match r {
+            Record::CallStarted { .. } => Some("started"),
+            Record::CallEnded { .. } => Some("ended"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["started", "ended"], "{:?}", &h.records[before..]);
+    assert_eq!(h.engine.active_calls(), 0);
+}
