@@ -366,7 +366,7 @@ fn an_operator_dispositions_a_campaign_call_from_the_desk() {
         "POST",
         &format!("/api/v1/campaigns/{id}/contacts"),
         Some(ADMIN),
-        Some(r#"[{"number": "+393470000001"}]"#),
+        Some(r#"[{"number": "+393470000001", "name": "Maria Rossi", "data": {"asl": "Roma 1"}}]"#),
     );
     assert_eq!(code, 200);
     assert_eq!(
@@ -391,7 +391,18 @@ fn an_operator_dispositions_a_campaign_call_from_the_desk() {
     let call = loop {
         let (code, body) = node.http("GET", "/api/v1/agents/1001/call", Some(desk), None);
         if code == 200 {
-            break json(&body)["call"].as_str().unwrap().to_owned();
+            let d = json(&body);
+            // The operator sees whose call it is: the campaign, the contact.
+            assert_eq!(d["campaign"], "richiami-fragili", "{body}");
+            assert_eq!(
+                (
+                    d["variables"]["contact"].as_str(),
+                    d["variables"]["asl"].as_str()
+                ),
+                (Some("Maria Rossi"), Some("Roma 1")),
+                "{body}"
+            );
+            break d["call"].as_str().unwrap().to_owned();
         }
         assert!(start.elapsed() < Duration::from_secs(20), "{code} {body}");
         std::thread::sleep(Duration::from_millis(100));

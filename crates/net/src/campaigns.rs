@@ -188,7 +188,7 @@ pub(crate) fn claim(
                             .map(|k| DueCallback {
                                 id: format!("contact:{}", k.id),
                                 queue: spec.queue.clone(),
-                                number: k.number,
+                                number: k.number.clone(),
                                 requirements: None,
                                 priority: spec.priority.saturating_add(k.priority),
                                 created_unix: now,
@@ -202,6 +202,7 @@ pub(crate) fn claim(
                                     trunk: spec.trunk.clone(),
                                     customer_first: spec.mode
                                         == centralino_campaigns::Mode::Predictive,
+                                    desk: desk_of(&k),
                                 })),
                             })
                             .collect()
@@ -217,6 +218,30 @@ pub(crate) fn claim(
             .send(EngineInput::CampaignContacts { campaign, due })
             .await;
     });
+}
+
+/// What the operator's desk shows of a contact: its name, language and
+/// attempt, and the data imported with it (text values, at most 20).
+fn desk_of(k: &centralino_store::Contact) -> Vec<(String, String)> {
+    let mut v = vec![("attempt".to_owned(), k.attempts.to_string())];
+    if let Some(n) = &k.name {
+        v.push(("contact".into(), n.clone()));
+    }
+    if let Some(l) = &k.language {
+        v.push(("language".into(), l.clone()));
+    }
+    if let Some(serde_json::Value::Object(data)) =
+        k.data.as_deref().and_then(|d| serde_json::from_str(d).ok())
+    {
+        for (key, value) in data.into_iter().take(20) {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            v.push((key, text));
+        }
+    }
+    v
 }
 
 /// How a callback-path outcome is written for a campaign.

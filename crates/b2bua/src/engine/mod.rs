@@ -209,6 +209,9 @@ pub struct AgentCall {
     pub script: Option<String>,
     /// The callback being executed, if it is one.
     pub callback: Option<String>,
+    /// The campaign placing it, if it is one (its contact's details are in
+    /// `variables`).
+    pub campaign: Option<String>,
 }
 
 /// A callback the driver claimed from the store, to execute now.
@@ -249,6 +252,9 @@ pub struct CampaignCall {
     pub trunk: Option<String>,
     /// Predictive: the citizen is dialled first and waits for an operator.
     pub customer_first: bool,
+    /// What the operator's desk shows of the contact (name, language,
+    /// the attempt, the data imported with it).
+    pub desk: Vec<(String, String)>,
 }
 
 /// A running campaign inside its calling window, as the scheduler hands

@@ -300,16 +300,23 @@ impl Engine {
             call: call.record_id.clone(),
             queue: self.router.queue(call.queue).name.clone(),
             flow: call.run.as_ref().map(|r| r.flow().to_owned()),
-            variables: call
-                .run
-                .as_ref()
-                .map(|r| r.variables.clone())
-                .unwrap_or_default(),
+            variables: match call.outbound().and_then(|o| o.campaign.as_ref()) {
+                Some(c) => c.desk.clone(),
+                None => call
+                    .run
+                    .as_ref()
+                    .map(|r| r.variables.clone())
+                    .unwrap_or_default(),
+            },
             script: self.queues[call.queue.0 as usize].script.clone(),
             callback: call
                 .outbound()
                 .filter(|o| o.campaign.is_none())
                 .map(|o| o.id.clone()),
+            campaign: call
+                .outbound()
+                .and_then(|o| o.campaign.as_ref())
+                .map(|c| c.name.clone()),
         }
     }
 }

@@ -3720,6 +3720,7 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
         caller_id: Some("+39800999000".into()),
         trunk: None,
         customer_first: false,
+        desk: Vec::new(),
     };
     h.engine.campaign_contacts(
         h.now,
@@ -3821,6 +3822,7 @@ fn a_progressive_campaign_is_agent_first_whatever_the_queues_callback_mode() {
                 caller_id: None,
                 trunk: None,
                 customer_first: false,
+                desk: Vec::new(),
             })),
         }],
     );
@@ -3855,6 +3857,7 @@ fn a_progressive_campaign_is_agent_first_whatever_the_queues_callback_mode() {
                 caller_id: None,
                 trunk: None,
                 customer_first: false,
+                desk: Vec::new(),
             })),
         }],
     );
@@ -3899,6 +3902,7 @@ fn a_predictive_citizen_nobody_takes_within_two_seconds_hears_the_message_and_is
                 caller_id: None,
                 trunk: None,
                 customer_first: true,
+                desk: Vec::new(),
             })),
         }]
     };

@@ -19,6 +19,7 @@ pub(super) fn desk_json(d: &AgentCall) -> Value {
         "variables": variables,
         "script": d.script,
         "callback": d.callback,
+        "campaign": d.campaign,
     })
 }
 

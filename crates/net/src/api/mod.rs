@@ -783,6 +783,7 @@ mod tests {
             variables: Vec::new(),
             script: None,
             callback: None,
+            campaign: None,
         };
         let desks = Desks::default();
         let mut rx = desks.watch("1001");
