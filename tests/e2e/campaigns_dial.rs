@@ -64,6 +64,22 @@ windows = {{ days = ["lun", "mar", "mer", "gio", "ven", "sab", "dom"], hours = [
     s
 }
 
+/// How often each number was dialled, from the citizens' SIPp log
+/// ("called INVITE sip:NUMBER@...").
+fn called_numbers(citizens: &Sipp) -> HashMap<String, u32> {
+    let mut called: HashMap<String, u32> = HashMap::new();
+    for line in citizens.log_lines() {
+        if let Some(n) = line
+            .split("called INVITE sip:")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+        {
+            *called.entry(n.trim().to_owned()).or_default() += 1;
+        }
+    }
+    called
+}
+
 fn campaign_id(node: &Node, name: &str) -> String {
     let (_, body) = node.http("GET", "/api/v1/campaigns", Some(ADMIN), None);
     json(&body)["campaigns"]
@@ -185,16 +201,7 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
     );
     // Each number dialled once (this attempt), never the listed one,
     // always with the campaign's caller ID.
-    let mut called: HashMap<String, u32> = HashMap::new();
-    for line in citizens.log_lines() {
-        if let Some(n) = line
-            .split("called INVITE sip:")
-            .nth(1)
-            .and_then(|r| r.split('@').next())
-        {
-            *called.entry(n.trim().to_owned()).or_default() += 1;
-        }
-    }
+    let called = called_numbers(&citizens);
     assert_eq!(called.len(), 20, "{called:?}");
     assert!(called.values().all(|&n| n == 1), "{called:?}");
     assert!(!called.contains_key("+393479999990"));
@@ -323,16 +330,7 @@ fn a_campaign_killed_mid_run_loses_and_repeats_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     citizens.expect_success(Duration::from_secs(30));
-    let mut called: HashMap<String, u32> = HashMap::new();
-    for line in citizens.log_lines() {
-        if let Some(n) = line
-            .split("called INVITE sip:")
-            .nth(1)
-            .and_then(|r| r.split('@').next())
-        {
-            *called.entry(n.trim().to_owned()).or_default() += 1;
-        }
-    }
+    let called = called_numbers(&citizens);
     assert_eq!(called.len(), 20, "{called:?}");
     assert!(called.values().all(|&n| n == 1), "{called:?}");
     // 25 attempts: 5 interrupted (nobody dialled), then 20 answered.
@@ -619,16 +617,7 @@ fn a_predictive_campaign_dials_citizens_first_and_stays_under_the_cap() {
     );
     assert!(p["abandon_rate"].as_f64().unwrap() <= 0.03, "{p}");
     assert_eq!(p["contacts"]["done"], 6, "{p}");
-    let mut called: HashMap<String, u32> = HashMap::new();
-    for line in citizens.log_lines() {
-        if let Some(n) = line
-            .split("called INVITE sip:")
-            .nth(1)
-            .and_then(|r| r.split('@').next())
-        {
-            *called.entry(n.trim().to_owned()).or_default() += 1;
-        }
-    }
+    let called = called_numbers(&citizens);
     assert_eq!(called.len(), 20, "{called:?}");
     assert!(called.values().all(|&n| n == 1), "{called:?}");
     assert_eq!(

@@ -88,6 +88,14 @@ impl Engine {
         if self.draining || self.shutting_down {
             return;
         }
+        // Every campaign's lines in one pass over the calls, not one pass
+        // per campaign: the tick runs on the engine's thread.
+        let mut lines_of: HashMap<&str, u32> = HashMap::new();
+        for c in self.calls.values().filter(|c| c.connected.is_none()) {
+            if let Some(k) = c.outbound().and_then(|o| o.campaign.as_ref()) {
+                *lines_of.entry(k.campaign.as_str()).or_default() += 1;
+            }
+        }
         for run in runs {
             let Some(&queue) = self.queue_ids.get(&run.queue) else {
                 continue;
@@ -95,16 +103,7 @@ impl Engine {
             let free = self.router.queue_agents(queue).available;
             // Its calls no operator has yet: ringing, waiting, or
             // (agent first) queued for an operator before dialling.
-            let lines = self
-                .calls
-                .values()
-                .filter(|c| {
-                    c.connected.is_none()
-                        && c.outbound()
-                            .and_then(|o| o.campaign.as_ref())
-                            .is_some_and(|k| k.campaign == run.id)
-                })
-                .count() as u32;
+            let lines = lines_of.get(run.id.as_str()).copied().unwrap_or(0);
             self.metrics
                 .campaign_lines
                 .with_label_values(&[&run.name])

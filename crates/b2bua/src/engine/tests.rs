@@ -3685,6 +3685,36 @@ fn a_waiting_operator_hears_the_networks_early_media_until_the_citizen_answers_o
     );
 }
 
+/// A campaign contact's attempt 1 in queue `info`, as the driver hands it.
+fn campaign_due(
+    campaign: &str,
+    name: &str,
+    contact: i64,
+    number: impl Into<String>,
+    customer_first: bool,
+    caller_id: Option<String>,
+) -> DueCallback {
+    DueCallback {
+        id: format!("contact:{contact}"),
+        queue: "info".into(),
+        number: number.into(),
+        requirements: None,
+        priority: 0,
+        created_unix: 0,
+        attempt: 1,
+        campaign: Some(Box::new(CampaignCall {
+            campaign: campaign.into(),
+            name: name.into(),
+            contact,
+            attempt: 1,
+            caller_id,
+            trunk: None,
+            customer_first,
+            desk: Vec::new(),
+        })),
+    }
+}
+
 /// A progressive campaign: one contact per free operator, the operator
 /// reserved before the citizen is dialled with the campaign's caller ID;
 /// a busy citizen goes back to the campaign (its policy decides), and the
@@ -3806,25 +3836,14 @@ fn a_progressive_campaign_is_agent_first_whatever_the_queues_callback_mode() {
     h.engine.campaign_contacts(
         h.now,
         "c1",
-        vec![DueCallback {
-            id: "contact:1".into(),
-            queue: "info".into(),
-            number: "+393331112223".into(),
-            requirements: None,
-            priority: 0,
-            created_unix: 0,
-            attempt: 1,
-            campaign: Some(Box::new(CampaignCall {
-                campaign: "c1".into(),
-                name: "fragili".into(),
-                contact: 1,
-                attempt: 1,
-                caller_id: None,
-                trunk: None,
-                customer_first: false,
-                desk: Vec::new(),
-            })),
-        }],
+        vec![campaign_due(
+            "c1",
+            "fragili",
+            1,
+            "+393331112223",
+            false,
+            None,
+        )],
     );
     let out = h.drain();
     assert_eq!(
@@ -3841,25 +3860,14 @@ fn a_progressive_campaign_is_agent_first_whatever_the_queues_callback_mode() {
     h.engine.campaign_contacts(
         h.now,
         "c1",
-        vec![DueCallback {
-            id: "contact:2".into(),
-            queue: "info".into(),
-            number: "+393331112224".into(),
-            requirements: None,
-            priority: 0,
-            created_unix: 0,
-            attempt: 1,
-            campaign: Some(Box::new(CampaignCall {
-                campaign: "c1".into(),
-                name: "fragili".into(),
-                contact: 2,
-                attempt: 1,
-                caller_id: None,
-                trunk: None,
-                customer_first: false,
-                desk: Vec::new(),
-            })),
-        }],
+        vec![campaign_due(
+            "c1",
+            "fragili",
+            2,
+            "+393331112224",
+            false,
+            None,
+        )],
     );
     h.drain();
     assert!(matches!(
@@ -3886,25 +3894,14 @@ fn a_predictive_citizen_nobody_takes_within_two_seconds_hears_the_message_and_is
     h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
     h.drain();
     let contact = |n: i64| {
-        vec![DueCallback {
-            id: format!("contact:{n}"),
-            queue: "info".into(),
-            number: format!("+39333111222{n}"),
-            requirements: None,
-            priority: 0,
-            created_unix: 0,
-            attempt: 1,
-            campaign: Some(Box::new(CampaignCall {
-                campaign: "p1".into(),
-                name: "promemoria".into(),
-                contact: n,
-                attempt: 1,
-                caller_id: None,
-                trunk: None,
-                customer_first: true,
-                desk: Vec::new(),
-            })),
-        }]
+        vec![campaign_due(
+            "p1",
+            "promemoria",
+            n,
+            format!("+39333111222{n}"),
+            true,
+            None,
+        )]
     };
     // The citizen answers; the operator's phone rings and rings.
     let answered = |h: &mut Harness, n: i64| {
