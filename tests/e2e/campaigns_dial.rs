@@ -10,7 +10,7 @@ use crate::common::{Node, Scratch, Sipp, json, register, scenario};
 
 const ADMIN: &str = "demo-admin-token";
 
-fn config(sip: u16, http: u16, citizens: u16, closed_today: &str) -> String {
+pub(crate) fn config(sip: u16, http: u16, citizens: u16, closed_today: &str) -> String {
     let mut s = format!(
         r#"[sip]
 listen = ["127.0.0.1:{sip}"]
@@ -66,7 +66,7 @@ windows = {{ days = ["lun", "mar", "mer", "gio", "ven", "sab", "dom"], hours = [
 
 /// How often each number was dialled, from the citizens' SIPp log
 /// ("called INVITE sip:NUMBER@...").
-fn called_numbers(citizens: &Sipp) -> HashMap<String, u32> {
+pub(crate) fn called_numbers(citizens: &Sipp) -> HashMap<String, u32> {
     let mut called: HashMap<String, u32> = HashMap::new();
     for line in citizens.log_lines() {
         if let Some(n) = line
@@ -80,7 +80,7 @@ fn called_numbers(citizens: &Sipp) -> HashMap<String, u32> {
     called
 }
 
-fn campaign_id(node: &Node, name: &str) -> String {
+pub(crate) fn campaign_id(node: &Node, name: &str) -> String {
     let (_, body) = node.http("GET", "/api/v1/campaigns", Some(ADMIN), None);
     json(&body)["campaigns"]
         .as_array()

@@ -11,6 +11,7 @@ mod attacks;
 mod callbacks_exec;
 mod campaigns;
 mod campaigns_dial;
+mod campaigns_preview;
 mod carriers;
 mod cli_check_config;
 mod cli_simulate;

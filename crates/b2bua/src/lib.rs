@@ -11,6 +11,6 @@ pub mod metrics;
 
 pub use engine::{
     AgentCall, AgentStateError, CallbackState, CampaignCall, CampaignRun, DeskState, DueCallback,
-    Engine, Output, QueueView, ReloadRefused,
+    Engine, Output, PreviewError, QueueView, ReloadRefused,
 };
 pub use metrics::Metrics;

@@ -139,6 +139,9 @@ pub struct Metrics {
     /// `centralino_campaign_lines{campaign}`: citizens being dialled or
     /// waiting for an operator, per campaign.
     pub campaign_lines: IntGaugeVec,
+    /// `centralino_campaign_previews_total{campaign,outcome}`: preview
+    /// contacts shown on a desk, accepted, skipped, expired.
+    pub campaign_previews: IntCounterVec,
     /// `centralino_campaign_pacing_ratio{campaign}`: lines per free
     /// operator at the last decision (1 progressive; above 1 predictive
     /// dialling ahead).
@@ -383,6 +386,11 @@ impl Metrics {
                 "centralino_campaign_lines",
                 "Citizens being dialled or waiting for an operator, by campaign",
                 &["campaign"]
+            )),
+            campaign_previews: reg!(cv(
+                "centralino_campaign_previews_total",
+                "Preview contacts shown on an operator's desk, accepted, skipped or expired, by campaign",
+                &["campaign", "outcome"]
             )),
             campaign_pacing: reg!(
                 prometheus::GaugeVec::new(

@@ -193,11 +193,9 @@ impl Pacer {
             ahead: false,
         };
         match self.config.mode {
-            Mode::Preview => Decision {
-                dial: 0,
-                ahead: false,
-            },
-            Mode::Progressive => one_each,
+            // Preview claims like progressive: one contact per free
+            // operator, shown on their desk before anyone is dialled.
+            Mode::Preview | Mode::Progressive => one_each,
             Mode::Predictive => {
                 let budget = self.budget(now);
                 if budget == 0 {

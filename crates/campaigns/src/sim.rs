@@ -166,7 +166,9 @@ pub fn simulate(c: &SimConfig) -> Report {
                 lines,
             },
         );
-        let progressive = c.pacer.mode == crate::Mode::Progressive;
+        // Preview works as progressive once the operator accepts (the
+        // reading time is not simulated).
+        let progressive = c.pacer.mode.allowed_for_fragile();
         for k in 0..decision.dial as usize {
             let roll = rng.unit();
             let (outcome, after) = if roll < c.answer {

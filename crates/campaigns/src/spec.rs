@@ -12,6 +12,9 @@ use crate::{Mode, Retry, RetryPolicy, Window};
 /// Most disposition codes a campaign adds to the five built in.
 pub const MAX_EXTRA_CODES: usize = 20;
 
+/// How long a preview campaign's operator has for a contact, by default.
+pub const DEFAULT_PREVIEW_SECONDS: u64 = 120;
+
 /// The dispositions every campaign knows.
 pub const BUILTIN_CODES: [&str; 5] = [
     "booked",
@@ -41,6 +44,7 @@ pub struct RawSpec {
     script: Option<String>,
     #[serde(default)]
     dispositions: Vec<String>,
+    preview_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -102,6 +106,9 @@ pub struct Spec {
     pub script: Option<String>,
     /// Disposition codes beyond the five built in.
     pub extra_codes: Vec<String>,
+    /// Preview: how long an operator has to accept or skip a contact
+    /// before it goes to another (and the miss counts as a no answer).
+    pub preview: Duration,
 }
 
 impl RawSpec {
@@ -260,6 +267,15 @@ pub fn validate(
             );
         }
     }
+    let preview = raw.preview_seconds.unwrap_or(DEFAULT_PREVIEW_SECONDS);
+    if !(10..=900).contains(&preview) {
+        add(
+            "preview_seconds",
+            "must be in 10..=900 (how long an operator reads a contact)".into(),
+        );
+    } else if raw.preview_seconds.is_some() && mode != Mode::Preview {
+        add("preview_seconds", "only a preview campaign has one".into());
+    }
     if !p.is_empty() {
         return Err(p);
     }
@@ -277,5 +293,6 @@ pub fn validate(
         priority: raw.priority,
         script: raw.script.clone(),
         extra_codes: raw.dispositions.clone(),
+        preview: Duration::from_secs(preview),
     })
 }

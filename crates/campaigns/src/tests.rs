@@ -154,8 +154,11 @@ fn predictive_starts_progressive_and_dials_ahead_only_within_its_budget() {
     // Progressive and preview never dial ahead.
     let mut prog = Pacer::new(PacerConfig::new(Mode::Progressive));
     assert_eq!(prog.decide(t0, Snapshot { lines: 4, ..s }).dial, 6);
+    // Preview: one contact per free operator (each reads it on the desk
+    // before anything is dialled), never ahead.
     let mut preview = Pacer::new(PacerConfig::new(Mode::Preview));
-    assert_eq!(preview.decide(t0, s).dial, 0);
+    let d = preview.decide(t0, Snapshot { lines: 4, ..s });
+    assert_eq!((d.dial, d.ahead), (6, false));
 }
 
 fn sim(mode: Mode, answer: f64, operators: u32, seed: u64) -> SimConfig {

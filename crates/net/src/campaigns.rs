@@ -17,11 +17,16 @@ use centralino_config::Config;
 use centralino_flows::calendar::rome_offset;
 use centralino_store::service::{StoreHandle, unix_now};
 use centralino_store::{AttemptEnd, Claim, ContactStatus, DialCheck};
-use centralino_types::outcome::CallbackOutcome;
+use centralino_types::outcome::{CallOutcome, CallbackOutcome};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::handle::EngineInput;
+
+/// How long a contact a preview's operator skipped waits before it is
+/// offered again (to whichever operator is free then): not at once, or
+/// the same operator would see it again.
+const SKIP_DELAY: i64 = 30 * 60;
 
 /// The campaigns running now, by id, as last handed to the engine.
 pub(crate) type Running = HashMap<String, Arc<Spec>>;
@@ -203,6 +208,9 @@ pub(crate) fn claim(
                                     customer_first: spec.mode
                                         == centralino_campaigns::Mode::Predictive,
                                     desk: desk_of(&k),
+                                    preview: (spec.mode == centralino_campaigns::Mode::Preview)
+                                        .then_some(spec.preview),
+                                    script: spec.script.clone(),
                                 })),
                             })
                             .collect()
@@ -221,9 +229,26 @@ pub(crate) fn claim(
 }
 
 /// What the operator's desk shows of a contact: its name, language and
-/// attempt, and the data imported with it (text values, at most 20).
+/// attempt, its number masked (Centralino dials it; the operator needs
+/// only to recognise it), how its last attempt went and the notes, and
+/// the data imported with it (text values, at most 20).
 fn desk_of(k: &centralino_store::Contact) -> Vec<(String, String)> {
-    let mut v = vec![("attempt".to_owned(), k.attempts.to_string())];
+    let mut v = vec![
+        ("attempt".to_owned(), k.attempts.to_string()),
+        (
+            "number".to_owned(),
+            centralino_types::Masked(&k.number).to_string(),
+        ),
+    ];
+    for (key, value) in [
+        ("last_outcome", &k.last_outcome),
+        ("disposition", &k.disposition),
+        ("note", &k.note),
+    ] {
+        if let Some(value) = value {
+            v.push((key.into(), value.clone()));
+        }
+    }
     if let Some(n) = &k.name {
         v.push(("contact".into(), n.clone()));
     }
@@ -319,6 +344,7 @@ fn check_and_dial(
                     status,
                     next_at: (status == ContactStatus::Pending).then_some(now),
                     disposition: None,
+                    uncount_day: Some(rome_day(now).0),
                 };
                 write_end(&store, e, now);
                 false
@@ -356,13 +382,25 @@ pub(crate) fn contact_state(
             s.attempt_call(contact, attempt, &record)
         });
     }
+    let mut uncount = false;
     let end = match state {
         CallbackState::Dialing { call: engine_call } => {
             check_and_dial(store, tx, running, call, engine_call);
             return;
         }
         CallbackState::Done => (Outcome::Answered.as_str(), ContactStatus::Done, None),
-        CallbackState::Requeue { .. } => ("operator_left", ContactStatus::Pending, Some(now)),
+        // Nobody was dialled: the attempt does not count against the
+        // citizen's daily cap.
+        CallbackState::Requeue {
+            outcome: CallbackOutcome::Ended(CallOutcome::Skipped),
+        } => {
+            uncount = true;
+            ("skipped", ContactStatus::Pending, Some(now + SKIP_DELAY))
+        }
+        CallbackState::Requeue { .. } => {
+            uncount = true;
+            ("operator_left", ContactStatus::Pending, Some(now))
+        }
         // The number the dial plan refuses (changed since the import):
         // no retry would change that.
         CallbackState::Failed {
@@ -392,6 +430,7 @@ pub(crate) fn contact_state(
         status,
         next_at,
         disposition: None,
+        uncount_day: uncount.then(|| rome_day(now).0),
     };
     write_end(store, e, now);
 }

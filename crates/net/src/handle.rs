@@ -107,6 +107,18 @@ pub enum EngineInput {
         reply:
             tokio::sync::oneshot::Sender<Result<&'static str, centralino_b2bua::AgentStateError>>,
     },
+    /// A preview campaign's operator accepts or skips the contact on
+    /// their desk.
+    Preview {
+        /// The operator.
+        agent: String,
+        /// The contact they answer for (the one their desk shows).
+        contact: i64,
+        /// Accept (dial) or skip.
+        accept: bool,
+        /// Done, or why not.
+        reply: tokio::sync::oneshot::Sender<Result<(), centralino_b2bua::PreviewError>>,
+    },
 }
 
 /// A new configuration for the engine, with its prompts already loaded.
@@ -231,6 +243,27 @@ impl EngineHandle {
                 agent,
                 paused,
                 reason,
+                reply,
+            })
+            .await
+            .map_err(|_| None)?;
+        answer.await.map_err(|_| None)?.map_err(Some)
+    }
+
+    /// A preview's operator accepts or skips `contact`. `Err(None)`: the
+    /// engine is gone.
+    pub async fn preview(
+        &self,
+        agent: String,
+        contact: i64,
+        accept: bool,
+    ) -> Result<(), Option<centralino_b2bua::PreviewError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(EngineInput::Preview {
+                agent,
+                contact,
+                accept,
                 reply,
             })
             .await

@@ -1022,6 +1022,14 @@ fn handle(
         } => {
             let _ = reply.send(engine.set_agent_paused(now, &agent, paused, reason));
         }
+        EngineInput::Preview {
+            agent,
+            contact,
+            accept,
+            reply,
+        } => {
+            let _ = reply.send(engine.preview_decision(now, &agent, contact, accept));
+        }
         EngineInput::Reload(r) => {
             let Reload {
                 reply,

@@ -610,6 +610,30 @@ fn a_lapsed_reservation_returns_the_call_to_its_place() {
     assert_eq!((d.call, d.agent), (CallId(1), AgentId(0)));
 }
 
+#[test]
+fn a_held_reservation_outlives_the_ring_timeout_and_then_lapses() {
+    let t0 = Instant::now();
+    let mut r = Router::new(t0, vec![info()], 1, plain(1));
+    r.login(t0, AgentId(0), false);
+    r.enqueue(t0, QueueId(0), CallId(1), &spec()).unwrap();
+    assert_eq!(one(&mut r).agent, AgentId(0));
+    // Held for two minutes (a preview): the offer's lease is stale.
+    assert!(r.hold(t0, AgentId(0), CallId(1), Duration::from_secs(120)));
+    r.handle_timeout(t0 + 20 * S);
+    assert!(r.poll_output().is_none());
+    assert_eq!(r.agent(AgentId(0)).state, AgentState::Reserved(CallId(1)));
+    r.handle_timeout(t0 + 125 * S);
+    assert_eq!(
+        r.poll_output(),
+        Some(Output::Reclaimed {
+            call: CallId(1),
+            agent: AgentId(0)
+        })
+    );
+    // Nobody else holds a call it is not reserved for.
+    assert!(!r.hold(t0, AgentId(0), CallId(9), Duration::from_secs(1)));
+}
+
 /// An operator in two queues takes the call with the best aged wait,
 /// weighted by queue weight.
 #[test]

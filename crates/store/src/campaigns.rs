@@ -317,6 +317,10 @@ pub struct AttemptEnd {
     pub next_at: Option<i64>,
     /// The operator's disposition and note, when given.
     pub disposition: Option<(String, Option<String>)>,
+    /// Nobody was dialled (withheld, skipped, the operator left first):
+    /// the citizen's count for this day (Europe/Rome day number) is
+    /// lowered again, so the daily cap counts only real calls.
+    pub uncount_day: Option<i64>,
 }
 
 /// A claim's limits.
@@ -772,6 +776,13 @@ impl Store {
             if n == 0 {
                 return Ok(false);
             }
+            if let Some(day) = e.uncount_day {
+                s.conn.execute(
+                    "UPDATE dial_counts SET count = max(count - 1, 0)
+                     WHERE day = ?2 AND number = (SELECT number FROM campaign_contacts WHERE id = ?1)",
+                    params![e.contact, day],
+                )?;
+            }
             let (disposition, note) = match &e.disposition {
                 Some((d, n)) => (Some(d.as_str()), n.as_deref()),
                 None => (None, None),
@@ -1083,6 +1094,7 @@ mod tests {
             status: ContactStatus::Pending,
             next_at: Some(2800),
             disposition: None,
+            uncount_day: None,
         };
         assert!(s.end_attempt(&end, 1000).unwrap());
         assert!(!s.end_attempt(&end, 1001).unwrap());
@@ -1134,6 +1146,28 @@ mod tests {
             .contacts("id-d", Some(ContactStatus::Pending), 0, 10)
             .unwrap();
         assert_eq!(d[0].next_at, 90_000);
+        // Campaign c's attempt ends with nobody dialled (an operator
+        // skipped it): it no longer counts, and d's contact may go today.
+        let c_contact = s.contacts("id-c", None, 0, 10).unwrap()[0].id;
+        let skipped = AttemptEnd {
+            contact: c_contact,
+            attempt: 1,
+            outcome: "skipped".into(),
+            status: ContactStatus::Pending,
+            next_at: Some(50),
+            disposition: None,
+            uncount_day: Some(20_000),
+        };
+        assert!(s.end_attempt(&skipped, 12).unwrap());
+        // A repeat of the end lowers nothing twice.
+        assert!(!s.end_attempt(&skipped, 12).unwrap());
+        let mut today = claim("id-d", 5, 10);
+        today.now = 90_000;
+        assert_eq!(s.claim_contacts(today).unwrap().contacts.len(), 1);
+        let mut again = claim("id-c", 5, 10);
+        again.now = 50;
+        // ...and c's is back within the cap only if d did not take it.
+        assert_eq!(s.claim_contacts(again).unwrap().capped, 1);
         assert!(s.remove_dnc("+393330000009", "").unwrap());
         assert!(!s.is_dnc("+393330000009", "asl").unwrap());
     }
@@ -1175,6 +1209,7 @@ mod tests {
             status: ContactStatus::Done,
             next_at: None,
             disposition: None,
+            uncount_day: None,
         };
         s.end_attempt(&answered(a), 30).unwrap();
         let k = s.contact(a).unwrap().unwrap();
@@ -1273,6 +1308,7 @@ mod tests {
             status: ContactStatus::Pending,
             next_at: Some(20),
             disposition: None,
+            uncount_day: None,
         };
         s.end_attempt(&end, 11).unwrap();
         let second = s.claim_contacts(claim("id-c", 1, 20)).unwrap().contacts;

@@ -47,11 +47,13 @@ pub enum CallOutcome {
     NoAnswer,
     /// A callback's call failed otherwise (refused, unreachable).
     Failed,
+    /// A preview campaign's operator skipped the contact: nobody dialled.
+    Skipped,
 }
 
 impl CallOutcome {
     /// Every outcome (for tests and documentation).
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::CallerHangup,
         Self::AgentHangup,
         Self::Abandoned,
@@ -72,6 +74,7 @@ impl CallOutcome {
         Self::Busy,
         Self::NoAnswer,
         Self::Failed,
+        Self::Skipped,
     ];
 
     /// The name stored and used as a label value.
@@ -97,6 +100,7 @@ impl CallOutcome {
             Self::Busy => "busy",
             Self::NoAnswer => "no_answer",
             Self::Failed => "failed",
+            Self::Skipped => "skipped",
         }
     }
 }

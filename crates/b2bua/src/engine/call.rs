@@ -178,6 +178,20 @@ pub(super) struct Call {
     /// Where setup stopped to wait for the media plane's ports; `None`
     /// once they are held.
     pub(super) opening: Option<Opening>,
+    /// A preview campaign's contact on an operator's desk, waiting for
+    /// them to accept or skip it (or accepted by them: their phone rings).
+    pub(super) preview: Option<Preview>,
+}
+
+/// A preview campaign's contact shown to one operator.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Preview {
+    pub(super) agent: AgentId,
+    /// The offer it belongs to (the call's `attempt`): a stale timer
+    /// carries an older one.
+    pub(super) attempt: u32,
+    /// They accepted: the offer is their phone ringing now.
+    pub(super) accepted: bool,
 }
 
 /// What a call does once its ports are held.
@@ -239,6 +253,7 @@ impl Call {
             peer_update: false,
             reliable: None,
             opening: None,
+            preview: None,
         }
     }
 

@@ -91,7 +91,14 @@ impl Engine {
         // Every campaign's lines in one pass over the calls, not one pass
         // per campaign: the tick runs on the engine's thread.
         let mut lines_of: HashMap<&str, u32> = HashMap::new();
-        for c in self.calls.values().filter(|c| c.connected.is_none()) {
+        // An operator reserved for a call (a preview on their desk, their
+        // phone ringing) is no longer free: counting the call too would
+        // count it twice and leave an operator idle.
+        for c in self
+            .calls
+            .values()
+            .filter(|c| c.connected.is_none() && c.phase != Phase::Offering)
+        {
             if let Some(k) = c.outbound().and_then(|o| o.campaign.as_ref()) {
                 *lines_of.entry(k.campaign.as_str()).or_default() += 1;
             }
@@ -195,6 +202,163 @@ impl Engine {
                 continue;
             }
             self.start_callback(now, cb);
+        }
+    }
+}
+
+impl Engine {
+    /// The router picked `agent` for `call`: a preview campaign's contact
+    /// goes on the operator's desk first (nothing rings and nobody is
+    /// dialled until they accept); every other call rings their phones.
+    pub(super) fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let preview = self.calls.get(&call_id).and_then(|c| {
+            let wait = c.outbound()?.campaign.as_ref()?.preview?;
+            // Accepted by this operator already (their phone failed and
+            // the call came back to them): it rings.
+            let accepted = c.preview.is_some_and(|p| p.accepted && p.agent == agent);
+            (!accepted).then_some(wait)
+        });
+        match preview {
+            Some(wait) => self.show_preview(now, call_id, agent, wait),
+            None => self.invite_operator(now, call_id, agent),
+        }
+    }
+
+    /// Puts a preview contact on `agent`'s desk for `wait`: they stay
+    /// reserved for it (the router's lease stretched to match) and
+    /// accept or skip it with [`Engine::preview_decision`].
+    fn show_preview(&mut self, now: Instant, call_id: CallId, agent: AgentId, wait: Duration) {
+        let _span = self.call_span(call_id).entered();
+        if !self.router.hold(now, agent, call_id, wait) {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let attempt = call.attempt + 1;
+        call.attempt = attempt;
+        call.phase = Phase::Offering;
+        call.preview = Some(Preview {
+            agent,
+            attempt,
+            accepted: false,
+        });
+        let name = self.router.agent(agent).name.clone();
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let desk = self.desk(call, DeskState::Preview);
+        self.preview_counted(call_id, "shown");
+        self.out.push_back(Output::AgentCall {
+            agent: name.clone(),
+            info: Some(desk),
+        });
+        self.timers
+            .push(Reverse((now + wait, call_id, CallTimer::Preview(attempt))));
+        info!(agent = %name, "preview campaign: a contact on the operator's desk");
+        self.queue_event(now, call_id, QueueEvent::Offer, Some(name));
+    }
+
+    /// `centralino_campaign_previews_total{campaign,outcome}`.
+    fn preview_counted(&self, call_id: CallId, outcome: &str) {
+        if let Some(c) = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| c.outbound()?.campaign.as_ref())
+        {
+            self.metrics
+                .campaign_previews
+                .with_label_values(&[&c.name, outcome])
+                .inc();
+        }
+    }
+
+    /// The operator's answer to the preview on their desk: `accept` rings
+    /// their phone, and once they answer the citizen is dialled (the
+    /// progressive path); a skip ends the attempt with nobody dialled
+    /// and the contact waits for a later one. `contact` must be the one
+    /// on their desk: a desktop answering a preview it no longer shows
+    /// is refused, never applied to the next.
+    pub fn preview_decision(
+        &mut self,
+        now: Instant,
+        agent: &str,
+        contact: i64,
+        accept: bool,
+    ) -> Result<(), PreviewError> {
+        let &id = self.agent_ids.get(agent).ok_or(PreviewError::Unknown)?;
+        // The router knows which call the operator is reserved for: no
+        // search through the calls on the engine's thread.
+        let AgentState::Reserved(call_id) = self.router.agent(id).state else {
+            return Err(PreviewError::NotShown);
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return Err(PreviewError::NotShown);
+        };
+        let shown = call
+            .outbound()
+            .and_then(|o| o.campaign.as_ref())
+            .is_some_and(|c| c.contact == contact);
+        let Some(p) = call
+            .preview
+            .filter(|p| shown && p.agent == id && !p.accepted)
+        else {
+            return Err(PreviewError::NotShown);
+        };
+        let _span = call.span.clone().entered();
+        if accept {
+            call.preview = Some(Preview {
+                accepted: true,
+                ..p
+            });
+            let ring = self.router.queue(call.queue).ring_timeout;
+            self.router.hold(now, id, call_id, ring);
+            self.preview_counted(call_id, "accepted");
+            info!(%agent, "preview accepted: the operator's phone rings, then the citizen is dialled");
+            // A new offer: the preview's timer is stale from here.
+            self.invite_operator(now, call_id, id);
+        } else {
+            self.preview_counted(call_id, "skipped");
+            info!(%agent, "preview skipped: nobody dialled");
+            self.end_unanswered(now, call_id, 0, CallOutcome::Skipped, true);
+        }
+        self.pump(now);
+        Ok(())
+    }
+
+    /// A preview's operator neither accepted nor skipped in time: the
+    /// contact goes to another operator (or back to them later), and the
+    /// miss counts as an unanswered offer (`max_no_answer` pauses them).
+    pub(super) fn preview_expired(&mut self, now: Instant, call_id: CallId, attempt: u32) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(p) = call.preview.filter(|p| p.attempt == attempt && !p.accepted) else {
+            return;
+        };
+        call.preview = None;
+        call.phase = Phase::Queued;
+        info!(agent = %self.router.agent(p.agent).name, "preview not answered in time: the contact goes to another operator");
+        self.metrics
+            .agent_offers
+            .with_label_values(&["no_answer"])
+            .inc();
+        self.preview_counted(call_id, "expired");
+        self.agent_released(p.agent);
+        self.offer_failed(now, call_id, p.agent, OfferOutcome::NoAnswer);
+    }
+
+    /// The router took `agent`'s reservation back while a preview was on
+    /// their desk: it leaves the desk.
+    pub(super) fn preview_reclaimed(&mut self, call_id: CallId, agent: AgentId) {
+        if let Some(call) = self.calls.get_mut(&call_id)
+            && call
+                .preview
+                .is_some_and(|p| p.agent == agent && !p.accepted)
+        {
+            call.preview = None;
+            call.phase = Phase::Queued;
+            self.agent_released(agent);
         }
     }
 }

@@ -161,6 +161,9 @@ pub struct QueueView {
 /// Where the operator is with the call on their desktop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeskState {
+    /// A preview campaign's contact: the operator accepts or skips it
+    /// before anyone is dialled.
+    Preview,
     /// Their phone rings.
     Offered,
     /// They answered.
@@ -171,6 +174,7 @@ impl DeskState {
     /// The API name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Preview => "preview",
             Self::Offered => "offered",
             Self::Connected => "connected",
         }
@@ -190,6 +194,19 @@ pub enum AgentStateError {
     /// Ringing or talking: pause after the call (wrap-up may be paused).
     #[error("the operator is on a call: pause during wrap-up or after it")]
     Busy,
+}
+
+/// Why an operator's answer to a preview is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreviewError {
+    /// No such operator.
+    #[error("no such operator")]
+    Unknown,
+    /// That contact is not on this operator's desk (never was, already
+    /// answered, timed out, or the campaign's call ended).
+    #[error("that contact is not on this operator's desk for preview")]
+    NotShown,
 }
 
 /// The call an operator is offered or talking to, for their desktop.
@@ -212,6 +229,8 @@ pub struct AgentCall {
     /// The campaign placing it, if it is one (its contact's details are in
     /// `variables`).
     pub campaign: Option<String>,
+    /// The campaign's contact id (a preview is accepted or skipped by it).
+    pub contact: Option<i64>,
 }
 
 /// A callback the driver claimed from the store, to execute now.
@@ -255,6 +274,10 @@ pub struct CampaignCall {
     /// What the operator's desk shows of the contact (name, language,
     /// the attempt, the data imported with it).
     pub desk: Vec<(String, String)>,
+    /// Preview mode: how long the operator has to accept or skip it.
+    pub preview: Option<Duration>,
+    /// The campaign's operator script (over the queue's).
+    pub script: Option<String>,
 }
 
 /// A running campaign inside its calling window, as the scheduler hands
@@ -507,6 +530,9 @@ enum CallTimer {
     AnswerGrace,
     /// The message to a citizen nobody could take has played: end the call.
     AbandonDone,
+    /// A preview's operator neither accepted nor skipped in time (the
+    /// offer it was armed for).
+    Preview(u32),
     /// Virtual hold's number dialogue waited long enough for a key (the
     /// step it was armed for).
     Vhold(u32),
@@ -830,7 +856,7 @@ impl Engine {
             while let Some(o) = self.router.poll_output() {
                 progressed = true;
                 match o {
-                    RouteOutput::Offer(d) => self.invite_operator(now, d.call, d.agent),
+                    RouteOutput::Offer(d) => self.offer(now, d.call, d.agent),
                     RouteOutput::Reclaimed { call, agent } => self.reclaimed(now, call, agent),
                 }
             }
@@ -887,6 +913,21 @@ impl Engine {
                     || now.saturating_duration_since(call.enqueued)
                         < self.router.queue(call.queue).max_wait
                 {
+                    return;
+                }
+                if call.preview.is_some_and(|p| {
+                    matches!(self.router.agent(p.agent).state,
+                        AgentState::Reserved(c) | AgentState::Ringing(c) if c == call_id)
+                }) {
+                    // An operator holds the contact (reading it, or their
+                    // phone rings after they accepted): nobody waits. Looked
+                    // at again after another preview's time.
+                    let again = call
+                        .outbound()
+                        .and_then(|o| o.campaign.as_ref()?.preview)
+                        .unwrap_or(Duration::from_secs(60));
+                    self.timers
+                        .push(Reverse((now + again, call_id, CallTimer::MaxWait)));
                     return;
                 }
                 let status = self.queues[call.queue.0 as usize].exit_status;
@@ -961,6 +1002,7 @@ impl Engine {
             CallTimer::AbandonDone => {
                 self.end_unanswered(now, call_id, 480, CallOutcome::Abandoned, false);
             }
+            CallTimer::Preview(attempt) => self.preview_expired(now, call_id, attempt),
             CallTimer::SessionRefresh(step) => {
                 if call.session_step != step || call.session_timer.is_none() || !call.we_refresh {
                     return;

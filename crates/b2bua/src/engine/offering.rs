@@ -74,7 +74,12 @@ impl Engine {
                 Some((id, None)) => inv.push("X-Centralino-Callback", id),
                 None => {}
             }
-            if let Some(script) = &self.queues[call.queue.0 as usize].script {
+            // A campaign's own script over its queue's.
+            if let Some(script) = call
+                .outbound()
+                .and_then(|o| o.campaign.as_ref()?.script.as_ref())
+                .or(self.queues[call.queue.0 as usize].script.as_ref())
+            {
                 inv.push("X-Centralino-Script", script);
             }
             // What the caller chose and answered in the IVR travels with
@@ -631,5 +636,6 @@ impl Engine {
         if release {
             self.agent_released(agent);
         }
+        self.preview_reclaimed(call_id, agent);
     }
 }

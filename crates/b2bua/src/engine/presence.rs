@@ -308,7 +308,11 @@ impl Engine {
                     .map(|r| r.variables.clone())
                     .unwrap_or_default(),
             },
-            script: self.queues[call.queue.0 as usize].script.clone(),
+            // A campaign's own script over its queue's.
+            script: call
+                .outbound()
+                .and_then(|o| o.campaign.as_ref()?.script.clone())
+                .or_else(|| self.queues[call.queue.0 as usize].script.clone()),
             callback: call
                 .outbound()
                 .filter(|o| o.campaign.is_none())
@@ -317,6 +321,10 @@ impl Engine {
                 .outbound()
                 .and_then(|o| o.campaign.as_ref())
                 .map(|c| c.name.clone()),
+            contact: call
+                .outbound()
+                .and_then(|o| o.campaign.as_ref())
+                .map(|c| c.contact),
         }
     }
 }

@@ -173,6 +173,11 @@ impl Engine {
                 self.cancel_b(now, b);
             }
         }
+        if let Some(p) = call.preview.take().filter(|p| !p.accepted) {
+            // Its contact leaves the operator's desk (the router released
+            // them with the withdrawal).
+            self.agent_released(p.agent);
+        }
         if let Some(o) = call.outbound().filter(|o| o.answered) {
             // Customer first, reached and then lost while queued (they hung
             // up, or nobody took them in time): nobody spoke to them, so
@@ -185,6 +190,15 @@ impl Engine {
             if !caller_gone {
                 self.send_bye(now, &mut call.a_leg);
             }
+        } else if let Some(o) = call.outbound().filter(|_| outcome == CallOutcome::Skipped) {
+            // A preview's operator skipped the contact: nobody was dialled,
+            // so it is no attempt of the citizen's.
+            self.attempt_state(
+                o,
+                CallbackState::Requeue {
+                    outcome: outcome.into(),
+                },
+            );
         } else if let Some(o) = call.outbound() {
             // A callback nobody took: nobody to hang up on; try later.
             let outcome = if outcome == CallOutcome::MaxWait {

@@ -3711,6 +3711,8 @@ fn campaign_due(
             trunk: None,
             customer_first,
             desk: Vec::new(),
+            preview: None,
+            script: None,
         })),
     }
 }
@@ -3751,6 +3753,8 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
         trunk: None,
         customer_first: false,
         desk: Vec::new(),
+        preview: None,
+        script: None,
     };
     h.engine.campaign_contacts(
         h.now,
@@ -4019,4 +4023,170 @@ fn a_call_cancelled_before_its_ports_are_held_is_recorded_started_and_ended() {
         .collect();
     assert_eq!(kinds, ["started", "ended"], "{:?}", &h.records[before..]);
     assert_eq!(h.engine.active_calls(), 0);
+}
+
+/// A preview campaign's contact in the call.
+fn preview_due(contact: i64, number: &str) -> DueCallback {
+    let mut due = campaign_due("v1", "anteprima", contact, number, false, None);
+    if let Some(c) = due.campaign.as_mut() {
+        c.preview = Some(Duration::from_secs(60));
+        c.desk = vec![("contact".into(), "Maria Rossi".into())];
+        c.script = Some("anteprima".into());
+    }
+    due
+}
+
+/// Preview: the contact goes on a free operator's desk and nothing rings
+/// and nobody is dialled until they accept (then their phone rings, and
+/// the citizen is dialled once they answer); an answer naming another
+/// contact is refused; a preview left unanswered goes to another
+/// operator and counts as a missed offer; a skip ends the attempt with
+/// nobody dialled and frees the operator.
+#[test]
+fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let run = CampaignRun {
+        id: "v1".into(),
+        name: "anteprima".into(),
+        queue: "info".into(),
+        pacer: centralino_campaigns::pacer::PacerConfig::new(centralino_campaigns::Mode::Preview),
+    };
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.drain();
+    assert_eq!(
+        h.wants,
+        [("v1".to_owned(), 2)],
+        "one contact per free operator"
+    );
+    h.engine
+        .campaign_contacts(h.now, "v1", vec![preview_due(7, "+393331112223")]);
+    let out = h.drain();
+    assert!(
+        out.iter()
+            .all(|(_, m)| !(m.is_request() && *m.method() == centralino_sip::Method::Invite)),
+        "nothing rings: {out:?}"
+    );
+    let Some((first, Some(desk))) = h.desks.last().cloned() else {
+        panic!("{:?}", h.desks)
+    };
+    assert_eq!(desk.state, crate::DeskState::Preview);
+    assert_eq!(desk.contact, Some(7));
+    assert_eq!(desk.campaign.as_deref(), Some("anteprima"));
+    assert_eq!(
+        desk.script.as_deref(),
+        Some("anteprima"),
+        "the campaign's script"
+    );
+    assert!(
+        desk.variables
+            .contains(&("contact".into(), "Maria Rossi".into()))
+    );
+    let other = if first == "1001" { "1002" } else { "1001" };
+    let (first_phone, other_phone) = if first == "1001" {
+        (PHONE1, PHONE2)
+    } else {
+        (PHONE2, PHONE1)
+    };
+    // Past the queue's ring timeout and the router's lease: still theirs.
+    let out = h.advance(Duration::from_secs(20));
+    assert!(
+        out.iter()
+            .all(|(_, m)| !(m.is_request() && *m.method() == centralino_sip::Method::Invite))
+    );
+    assert_eq!(
+        h.desks.last().map(|(a, d)| (a.as_str(), d.is_some())),
+        Some((first.as_str(), true))
+    );
+    // Answers for a contact not on the desk, or from another operator.
+    assert_eq!(
+        h.engine.preview_decision(h.now, &first, 8, true),
+        Err(crate::PreviewError::NotShown)
+    );
+    assert_eq!(
+        h.engine.preview_decision(h.now, other, 7, true),
+        Err(crate::PreviewError::NotShown)
+    );
+    assert_eq!(
+        h.engine.preview_decision(h.now, "9999", 7, true),
+        Err(crate::PreviewError::Unknown)
+    );
+    assert!(h.contacts.is_empty());
+    // Accepted: their phone rings; the citizen only once they answer.
+    assert_eq!(h.engine.preview_decision(h.now, &first, 7, true), Ok(()));
+    let out = h.drain();
+    let inv = requests(&out, first_phone, "INVITE")[0].clone();
+    assert_eq!(inv.header("X-Centralino-Script"), Some("anteprima"));
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    assert_eq!(
+        h.engine.preview_decision(h.now, &first, 7, false),
+        Err(crate::PreviewError::NotShown),
+        "answered once"
+    );
+    h.send(first_phone, &response_to(&inv, 200, "b1"));
+    assert!(
+        matches!(h.contacts.last(), Some((c, CallbackState::Dialing { .. })) if c.contact == 7)
+    );
+
+    // A second contact, on the other operator's desk: left unanswered.
+    h.engine
+        .campaign_contacts(h.now, "v1", vec![preview_due(8, "+393331112224")]);
+    h.drain();
+    assert!(matches!(h.desks.last(), Some((a, Some(d))) if a == other && d.contact == Some(8)));
+    h.advance(Duration::from_secs(61));
+    assert!(
+        h.desks.iter().any(|(a, d)| a == other && d.is_none()),
+        "the expired preview left the desk: {:?}",
+        h.desks
+    );
+    assert_eq!(
+        h.gauge("centralino_campaign_previews_total{campaign=anteprima,outcome=expired}"),
+        1
+    );
+    assert_eq!(
+        h.gauge("centralino_agent_offers_total{outcome=no_answer}"),
+        1
+    );
+    // One miss pauses them here (`max_no_answer = 1`), as an unanswered
+    // phone would; back at their desk, the contact comes back to them
+    // after the queue's retry (nobody else is free).
+    let id = h.engine.agent_ids[other];
+    assert_eq!(
+        h.engine.router.agent(id).state,
+        centralino_routing::AgentState::Paused(centralino_routing::PauseReason::NoAnswer)
+    );
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, other, false, None),
+        Ok("available")
+    );
+    h.advance(Duration::from_secs(5));
+    assert!(
+        matches!(h.desks.last(), Some((a, Some(d))) if a == other && d.contact == Some(8)),
+        "{:?}",
+        h.desks
+    );
+    // Skipped: nobody dialled, the attempt is no attempt, they are free.
+    assert_eq!(h.engine.preview_decision(h.now, other, 8, false), Ok(()));
+    let out = h.drain();
+    assert!(requests(&out, other_phone, "INVITE").is_empty());
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    assert!(matches!(
+        h.contacts.last(),
+        Some((c, CallbackState::Requeue { outcome: CallbackOutcome::Ended(CallOutcome::Skipped) })) if c.contact == 8
+    ));
+    assert_eq!(h.desks.last(), Some(&(other.to_owned(), None)));
+    assert_eq!(
+        h.gauge("centralino_campaign_previews_total{campaign=anteprima,outcome=skipped}"),
+        1
+    );
+    assert_eq!(
+        h.gauge("centralino_campaign_previews_total{campaign=anteprima,outcome=accepted}"),
+        1
+    );
+    let id = h.engine.agent_ids[other];
+    assert_eq!(
+        h.engine.router.agent(id).state,
+        centralino_routing::AgentState::Available
+    );
 }

@@ -20,6 +20,7 @@ pub(super) fn desk_json(d: &AgentCall) -> Value {
         "script": d.script,
         "callback": d.callback,
         "campaign": d.campaign,
+        "contact": d.contact,
     })
 }
 
@@ -254,6 +255,54 @@ pub(super) async fn set_state(
     match api.engine.set_paused(name.clone(), paused, b.reason).await {
         Ok(state) => ok(StatusCode::OK, &json!({ "agent": name, "state": state })),
         Err(Some(AgentStateError::Unknown)) => error(StatusCode::NOT_FOUND, "no such operator"),
+        Err(Some(e)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(None) => error(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PreviewBody {
+    pub(super) contact: i64,
+    pub(super) action: String,
+}
+
+/// `POST /api/v1/agents/{name}/preview` `{"contact": id, "action":
+/// "accept" | "skip"}`: the operator's answer to the preview campaign's
+/// contact on their desk (the desk's `contact`). Accept rings their
+/// phone, then the citizen is dialled; skip leaves the contact for later
+/// (30 minutes) with nobody dialled. 409 when that contact is not (or no
+/// longer) on their desk.
+pub(super) async fn agent_preview(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    use centralino_b2bua::PreviewError;
+    let b: PreviewBody = match authorized_body(&api, &headers, &body, Need::Desk(&name)) {
+        Ok((_, b)) => b,
+        Err(r) => return *r,
+    };
+    let accept = match b.action.as_str() {
+        "accept" => true,
+        "skip" => false,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "action: {:?} is neither \"accept\" nor \"skip\"",
+                    truncate(other)
+                ),
+            );
+        }
+    };
+    match api.engine.preview(name.clone(), b.contact, accept).await {
+        Ok(()) => ok(
+            StatusCode::OK,
+            &json!({ "agent": name, "contact": b.contact, "action": b.action }),
+        ),
+        Err(Some(PreviewError::Unknown)) => error(StatusCode::NOT_FOUND, "no such operator"),
         Err(Some(e)) => error(StatusCode::CONFLICT, &e.to_string()),
         Err(None) => error(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running"),
     }

@@ -276,6 +276,13 @@ fn table() -> Vec<Route> {
             post(agent_state),
         ),
         route(
+            "/api/v1/agents/{name}/preview",
+            &["POST"],
+            &["agent_preview"],
+            Audit::Bearer,
+            post(agent_preview),
+        ),
+        route(
             "/api/v1/queues",
             &["GET"],
             &["queues_get"],
@@ -784,6 +791,7 @@ mod tests {
             script: None,
             callback: None,
             campaign: None,
+            contact: None,
         };
         let desks = Desks::default();
         let mut rx = desks.watch("1001");

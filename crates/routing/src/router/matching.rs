@@ -433,6 +433,25 @@ impl Router {
         self.calls[s as usize].offers = offers;
     }
 
+    /// Keeps `agent`'s reservation for `call` for `lease` from now (plus
+    /// the usual grace) instead of the queue's ring timeout: a preview
+    /// campaign's operator reads the contact before anything rings, and
+    /// their phone rings with a fresh lease once they accept. Returns
+    /// whether the operator was still reserved for that call.
+    pub fn hold(&mut self, now: Instant, agent: AgentId, call: CallId, lease: Duration) -> bool {
+        let t = self.at(now);
+        let a = &mut self.agents[agent.0 as usize];
+        if !matches!(a.state, AgentState::Reserved(c) | AgentState::Ringing(c) if c == call) {
+            return false;
+        }
+        // A new epoch: the lease armed with the offer is stale from now.
+        a.epoch = a.epoch.wrapping_add(1);
+        let epoch = a.epoch;
+        self.timers
+            .arm(t, ns(lease + LEASE_GRACE), Timer::Lease(agent.0, epoch));
+        true
+    }
+
     /// The operator's phone rings (180 from its leg).
     pub fn ringing(&mut self, agent: AgentId, call: CallId) {
         if self.agents[agent.0 as usize].state == AgentState::Reserved(call) {
