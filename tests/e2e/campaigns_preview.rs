@@ -93,6 +93,30 @@ fn a_preview_contact_is_dialled_only_after_the_operator_accepts_it() {
         "{first}"
     );
     let contact = first["contact"].as_i64().unwrap();
+    // The supervisors' view has the campaign's line: one operator reading.
+    let start = Instant::now();
+    loop {
+        let (_, body) = node.http("GET", "/api/v1/queues", Some(ADMIN), None);
+        let view = json(&body);
+        let line = view["campaigns"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "anteprima").cloned());
+        if let Some(line) = line
+            && line["previews"] == 1
+        {
+            assert_eq!(
+                (line["mode"].as_str(), line["queue"].as_str()),
+                (Some("preview"), Some("fragili")),
+                "{line}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no campaign line: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let path = "/api/v1/agents/1001/preview";
     let answer = |token: &str, body: String| node.http("POST", path, Some(token), Some(&body));
     // Bad answers: another operator's token, an unknown action, a contact

@@ -10,7 +10,7 @@ pub mod media;
 pub mod metrics;
 
 pub use engine::{
-    AgentCall, AgentStateError, CallbackState, CampaignCall, CampaignRun, DeskState, DueCallback,
-    Engine, Output, PreviewError, QueueView, ReloadRefused,
+    AgentCall, AgentStateError, CallbackState, CampaignCall, CampaignRun, CampaignView, DeskState,
+    DueCallback, Engine, Output, PreviewError, QueueView, ReloadRefused,
 };
 pub use metrics::Metrics;

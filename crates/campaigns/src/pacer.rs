@@ -186,6 +186,11 @@ impl Pacer {
         u32::try_from(allowed.saturating_sub(self.abandoned)).unwrap_or(u32::MAX)
     }
 
+    /// The mode it paces for.
+    pub fn mode(&self) -> Mode {
+        self.config.mode
+    }
+
     /// How many citizens to dial now.
     pub fn decide(&mut self, now: Instant, s: Snapshot) -> Decision {
         let one_each = Decision {

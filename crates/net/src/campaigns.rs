@@ -47,6 +47,7 @@ pub(crate) async fn scheduler(
     draining: Arc<AtomicBool>,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
     metrics: crate::metrics::NetMetrics,
+    desks: Option<crate::api::Desks>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -112,7 +113,7 @@ pub(crate) async fn scheduler(
             ));
         }
         if turn % 10 == 1 {
-            gauged = contact_gauges(&store, &metrics, &runs, gauged).await;
+            gauged = contact_gauges(&store, &metrics, desks.as_ref(), &runs, gauged).await;
         }
         if tx.send(EngineInput::CampaignTick(runs)).await.is_err() {
             return;
@@ -126,21 +127,30 @@ pub(crate) async fn scheduler(
 async fn contact_gauges(
     store: &StoreHandle,
     metrics: &crate::metrics::NetMetrics,
+    desks: Option<&crate::api::Desks>,
     runs: &[(CampaignRun, Arc<Spec>)],
     before: Vec<String>,
 ) -> Vec<String> {
     let mut now = Vec::with_capacity(runs.len());
+    let mut progress = HashMap::with_capacity(runs.len());
     for (run, _) in runs {
         let id = run.id.clone();
         if let Ok(p) = store.with(move |s| s.progress(&id)).await {
+            let mut counts = Vec::with_capacity(ContactStatus::ALL.len());
             for (status, n) in ContactStatus::ALL.iter().zip(p.contacts) {
                 metrics
                     .campaign_contacts
                     .with_label_values(&[&run.name, status.as_str()])
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
+                counts.push((status.as_str(), n));
             }
+            progress.insert(run.id.clone(), counts);
             now.push(run.name.clone());
         }
+    }
+    // The supervisors' campaign lines show the same counts.
+    if let Some(d) = desks {
+        d.set_campaign_progress(progress);
     }
     for name in before.iter().filter(|n| !now.contains(n)) {
         for status in ContactStatus::ALL {

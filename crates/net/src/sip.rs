@@ -278,6 +278,7 @@ impl SipServer {
                 draining.clone(),
                 config_rx,
                 net.clone(),
+                desks.clone(),
             ));
         }
         if let Some(&(_, tls_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Tls) {
@@ -707,6 +708,11 @@ async fn run_engine(
                 Output::Queues(views) => {
                     if let Some(d) = &desks {
                         d.set_queues(views);
+                    }
+                }
+                Output::Campaigns(views) => {
+                    if let Some(d) = &desks {
+                        d.set_campaigns(views);
                     }
                 }
                 Output::CallbackState { id, state } => match (&records, state) {

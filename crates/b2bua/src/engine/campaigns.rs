@@ -13,6 +13,17 @@ use centralino_campaigns::pacer::{Pacer, Snapshot};
 
 use super::*;
 
+/// A running campaign's pacer, as the engine keeps it.
+pub(super) struct Paced {
+    pub(super) pacer: Pacer,
+    /// A claim of its contacts is out (one at a time).
+    pub(super) claiming: bool,
+    /// Its name (metric label).
+    pub(super) name: String,
+    /// Its queue.
+    pub(super) queue: QueueId,
+}
+
 /// How long an answered citizen of a predictive campaign waits for an
 /// operator before hearing the recorded message (the rule the abandon cap
 /// counts by: Ofcom's 2 seconds).
@@ -67,8 +78,8 @@ impl Engine {
     /// longer listed lose their pacer; their calls finish as they are.
     pub fn campaign_tick(&mut self, now: Instant, runs: &[CampaignRun]) {
         for (campaign, outcome) in std::mem::take(&mut self.paced) {
-            if let Some((pacer, _, _)) = self.pacers.get_mut(&campaign) {
-                pacer.resolved(now, outcome);
+            if let Some(p) = self.pacers.get_mut(&campaign) {
+                p.pacer.resolved(now, outcome);
             }
         }
         // Stopped campaigns lose their pacer and their series (names come
@@ -80,7 +91,7 @@ impl Engine {
             .cloned()
             .collect();
         for id in gone {
-            if let Some((_, _, name)) = self.pacers.remove(&id) {
+            if let Some(Paced { name, .. }) = self.pacers.remove(&id) {
                 let _ = self.metrics.campaign_lines.remove_label_values(&[&name]);
                 let _ = self.metrics.campaign_pacing.remove_label_values(&[&name]);
             }
@@ -115,14 +126,18 @@ impl Engine {
                 .campaign_lines
                 .with_label_values(&[&run.name])
                 .set(i64::from(lines));
-            let (pacer, claiming, _) = self
-                .pacers
-                .entry(run.id.clone())
-                .or_insert_with(|| (Pacer::new(run.pacer), false, run.name.clone()));
-            if *claiming {
+            let paced = self.pacers.entry(run.id.clone()).or_insert_with(|| Paced {
+                pacer: Pacer::new(run.pacer),
+                claiming: false,
+                name: run.name.clone(),
+                queue,
+            });
+            // A reload may move the queue's id.
+            paced.queue = queue;
+            if paced.claiming {
                 continue;
             }
-            let d = pacer.decide(
+            let d = paced.pacer.decide(
                 now,
                 Snapshot {
                     free,
@@ -137,7 +152,7 @@ impl Engine {
                 .campaign_pacing
                 .with_label_values(&[&run.name])
                 .set(f64::from(lines + d.dial) / f64::from(free.max(1)));
-            *claiming = true;
+            paced.claiming = true;
             self.out.push_back(Output::WantContacts {
                 campaign: run.id.clone(),
                 count: d.dial,
@@ -181,8 +196,8 @@ impl Engine {
         // No pacer: the campaign stopped (or left its window) while the
         // claim was out; its contacts go back untouched.
         let running = match self.pacers.get_mut(campaign) {
-            Some((_, claiming, _)) => {
-                *claiming = false;
+            Some(p) => {
+                p.claiming = false;
                 true
             }
             None => false,
@@ -360,5 +375,65 @@ impl Engine {
             call.phase = Phase::Queued;
             self.agent_released(agent);
         }
+    }
+}
+
+impl Engine {
+    /// The running campaigns inside their windows as supervisors see
+    /// them, by name: one pass over the calls for all of them.
+    pub fn campaign_views(&mut self, now: Instant) -> Vec<CampaignView> {
+        #[derive(Default)]
+        struct Count {
+            lines: u32,
+            previews: u32,
+            ringing: u32,
+            talking: u32,
+        }
+        let mut counts: HashMap<&str, Count> = HashMap::new();
+        for c in self.calls.values() {
+            let Some(k) = c.outbound().and_then(|o| o.campaign.as_ref()) else {
+                continue;
+            };
+            let n = counts.entry(k.campaign.as_str()).or_default();
+            if c.connected.is_some() {
+                n.talking += 1;
+            } else if c.preview.is_some_and(|p| !p.accepted) {
+                n.previews += 1;
+            } else if c.phase == Phase::Offering {
+                n.ringing += 1;
+            } else {
+                n.lines += 1;
+            }
+        }
+        let mut views: Vec<CampaignView> = self
+            .pacers
+            .iter_mut()
+            .map(|(id, p)| {
+                let n = counts.remove(id.as_str()).unwrap_or_default();
+                let (answered, abandoned) = p.pacer.window_counts(now);
+                let queue = self.router.queue(p.queue).name.clone();
+                let tenant = self
+                    .queues
+                    .get(p.queue.0 as usize)
+                    .map(|q| q.tenant_name.clone())
+                    .unwrap_or_default();
+                CampaignView {
+                    id: id.clone(),
+                    name: p.name.clone(),
+                    queue,
+                    tenant,
+                    mode: p.pacer.mode().as_str(),
+                    lines: n.lines,
+                    previews: n.previews,
+                    ringing: n.ringing,
+                    talking: n.talking,
+                    answered: u32::try_from(answered).unwrap_or(u32::MAX),
+                    abandoned: u32::try_from(abandoned).unwrap_or(u32::MAX),
+                    abandon_rate: p.pacer.abandon_rate(now),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
     }
 }

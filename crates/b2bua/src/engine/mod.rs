@@ -98,6 +98,8 @@ pub enum Output {
     /// The queues as a supervisor sees them (at most once a second, after
     /// activity).
     Queues(Vec<QueueView>),
+    /// The running campaigns as a supervisor sees them (with the queues).
+    Campaigns(Vec<CampaignView>),
     /// A callback moved on: record it in the store.
     CallbackState {
         /// The callback's id in the store.
@@ -292,6 +294,38 @@ pub struct CampaignRun {
     pub queue: String,
     /// Its pacer's settings.
     pub pacer: centralino_campaigns::pacer::PacerConfig,
+}
+
+/// A campaign as a supervisor sees it now (the running ones inside their
+/// windows): its lines, its operators, and the abandon rate its pacer
+/// measures over the sliding window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CampaignView {
+    /// Campaign id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The queue whose operators work it.
+    pub queue: String,
+    /// The queue's tenant.
+    pub tenant: String,
+    /// `preview`, `progressive`, `predictive`.
+    pub mode: &'static str,
+    /// Citizens being dialled or waiting for an operator (no operator
+    /// holds them).
+    pub lines: u32,
+    /// Operators reading one of its contacts (preview).
+    pub previews: u32,
+    /// Operators whose phone rings for one of its calls.
+    pub ringing: u32,
+    /// Its calls an operator answered (whisper, citizen ringing, talk).
+    pub talking: u32,
+    /// Answered and abandoned citizens over the pacer's window (24 h).
+    pub answered: u32,
+    /// See `answered`.
+    pub abandoned: u32,
+    /// `abandoned / answered` over the window (0 without answers).
+    pub abandon_rate: f64,
 }
 
 /// A callback's progress, for the store.
@@ -563,9 +597,9 @@ pub struct Engine {
     /// Per queue (by `QueueId`): what to do with its calls, and its gauges.
     queues: Vec<QueuePolicy>,
     queue_stats: Vec<QueueStats>,
-    /// Each campaign's pacer, whether a claim of its contacts is out, and
-    /// its name (metric label).
-    pacers: HashMap<String, (centralino_campaigns::pacer::Pacer, bool, String)>,
+    /// Each running campaign inside its window, by id: its pacer and
+    /// what the supervisors' view names it by.
+    pacers: HashMap<String, Paced>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.
@@ -1143,6 +1177,7 @@ mod vhold;
 
 use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer};
 use call::*;
+use campaigns::Paced;
 use ingress::{allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use telemetry::code_label;

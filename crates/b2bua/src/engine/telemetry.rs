@@ -18,6 +18,8 @@ impl Engine {
                 self.views_at = Some(now);
                 let views = self.queue_views(now);
                 self.out.push_back(Output::Queues(views));
+                let campaigns = self.campaign_views(now);
+                self.out.push_back(Output::Campaigns(campaigns));
             }
         }
         for (i, q) in self.queue_stats.iter().enumerate() {

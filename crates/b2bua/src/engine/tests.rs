@@ -71,6 +71,8 @@ queues = ["info"]
 
 struct Harness {
     engine: Engine,
+    /// The last campaign views published.
+    campaign_views: Option<Vec<crate::CampaignView>>,
     /// Media instructions, in order.
     media: Vec<MediaCommand>,
     /// Call records and queue events, in order.
@@ -138,6 +140,7 @@ impl Harness {
             wants: Vec::new(),
             desks: Vec::new(),
             views: None,
+            campaign_views: None,
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
@@ -193,6 +196,7 @@ impl Harness {
                 Output::WantContacts { campaign, count } => self.wants.push((campaign, count)),
                 Output::AgentCall { agent, info } => self.desks.push((agent, info)),
                 Output::Queues(v) => self.views = Some(v),
+                Output::Campaigns(v) => self.campaign_views = Some(v),
             }
         }
         out
@@ -4083,6 +4087,22 @@ fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
         desk.variables
             .contains(&("contact".into(), "Maria Rossi".into()))
     );
+    // The supervisors' line: one operator reading one of its contacts.
+    let view = h.engine.campaign_views(h.now);
+    assert_eq!(view.len(), 1);
+    assert_eq!(
+        (view[0].name.as_str(), view[0].mode, view[0].tenant.as_str()),
+        ("anteprima", "preview", "demo")
+    );
+    assert_eq!(
+        (
+            view[0].previews,
+            view[0].lines,
+            view[0].ringing,
+            view[0].talking
+        ),
+        (1, 0, 0, 0)
+    );
     let other = if first == "1001" { "1002" } else { "1001" };
     let (first_phone, other_phone) = if first == "1001" {
         (PHONE1, PHONE2)
@@ -4128,6 +4148,8 @@ fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
     assert!(
         matches!(h.contacts.last(), Some((c, CallbackState::Dialing { .. })) if c.contact == 7)
     );
+    let view = h.engine.campaign_views(h.now);
+    assert_eq!((view[0].previews, view[0].talking), (0, 1));
 
     // A second contact, on the other operator's desk: left unanswered.
     h.engine

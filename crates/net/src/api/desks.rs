@@ -16,7 +16,15 @@ pub struct Desks {
     pub(super) queues: Arc<tokio::sync::watch::Sender<Arc<Vec<QueueView>>>>,
     /// The operators' state words (read lock-free) and each one's slot.
     pub(super) board: Arc<std::sync::OnceLock<BoardView>>,
+    /// The running campaigns as the engine publishes them with the queues.
+    pub(super) campaigns: Arc<tokio::sync::watch::Sender<Arc<Vec<CampaignView>>>>,
+    /// Each running campaign's contacts by status (the store's count, by
+    /// campaign id, refreshed every 10 s by the campaigns' scheduler).
+    pub(super) progress: Arc<std::sync::Mutex<Progress>>,
 }
+
+/// Each running campaign's contacts by status, by campaign id.
+pub(crate) type Progress = HashMap<String, Vec<(&'static str, u64)>>;
 
 /// The routing board and each operator's slot on it.
 pub(super) type BoardView = (
@@ -67,6 +75,23 @@ impl Desks {
     /// The engine's latest queue views.
     pub fn set_queues(&self, views: Vec<QueueView>) {
         self.queues.send_replace(Arc::new(views));
+    }
+
+    /// The engine's latest campaign views.
+    pub fn set_campaigns(&self, views: Vec<CampaignView>) {
+        self.campaigns.send_if_modified(|now| {
+            let changed = **now != views;
+            if changed {
+                *now = Arc::new(views);
+            }
+            changed
+        });
+    }
+
+    /// The running campaigns' contacts by status (replacing the last
+    /// count: campaigns no longer listed are gone).
+    pub fn set_campaign_progress(&self, progress: Progress) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = progress;
     }
 
     /// The latest queue views (one `Arc` per publication: the same one

@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use centralino_b2bua::{AgentCall, DeskState, Metrics, QueueView};
+use centralino_b2bua::{AgentCall, CampaignView, DeskState, Metrics, QueueView};
 use centralino_config::{ApiToken, Config};
 use centralino_routing::{Catalog, Requirement};
 use centralino_store::service::{RecordSink, ServiceError, StoreHandle, StoreReq};
@@ -778,6 +778,53 @@ mod tests {
         );
         assert!(same(b"demo-admin-token", b"demo-admin-token"));
         assert!(!same(b"demo-admin-token", b"demo-admin-tokeN") && !same(b"a", b"ab"));
+    }
+
+    #[test]
+    fn a_supervisor_sees_their_tenants_campaign_lines_with_contact_counts() {
+        let line = |id: &str, tenant: &str| CampaignView {
+            id: id.into(),
+            name: format!("c-{id}"),
+            queue: "info".into(),
+            tenant: tenant.into(),
+            mode: "progressive",
+            lines: 2,
+            previews: 0,
+            ringing: 1,
+            talking: 3,
+            answered: 40,
+            abandoned: 1,
+            abandon_rate: 0.025,
+        };
+        let desks = Desks::default();
+        let mut rx = desks.campaigns.subscribe();
+        desks.set_campaigns(vec![line("a", "asl"), line("b", "other")]);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        // The same view again wakes no supervisor socket.
+        desks.set_campaigns(vec![line("a", "asl"), line("b", "other")]);
+        assert!(!rx.has_changed().unwrap());
+        desks.set_campaign_progress(HashMap::from([(
+            "a".to_owned(),
+            vec![("pending", 7), ("done", 5)],
+        )]));
+        let v = campaigns_json(&desks, Some("asl"));
+        assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(
+            (
+                &v[0]["name"],
+                &v[0]["talking"],
+                &v[0]["contacts"]["pending"]
+            ),
+            (&json!("c-a"), &json!(3), &json!(7))
+        );
+        assert_eq!(
+            campaigns_json(&desks, None)
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -3,6 +3,41 @@
 
 use super::*;
 
+/// What a supervisor sees of the running campaigns (inside their
+/// windows): each one's lines and operators now, the abandon rate over the
+/// pacer's window, and its contacts by status (the store's count, at most
+/// 10 s old). Their tenant's only when the token names one.
+pub(super) fn campaigns_json(desks: &Desks, tenant: Option<&str>) -> Value {
+    let views = desks.campaigns.borrow().clone();
+    let progress = desks.progress.lock().unwrap_or_else(|e| e.into_inner());
+    let lines: Vec<Value> = views
+        .iter()
+        .filter(|c| tenant.is_none_or(|t| c.tenant == t))
+        .map(|c| {
+            let contacts: serde_json::Map<String, Value> = progress
+                .get(&c.id)
+                .map(|p| p.iter().map(|(k, n)| ((*k).to_owned(), json!(n))).collect())
+                .unwrap_or_default();
+            json!({
+                "id": c.id,
+                "name": c.name,
+                "queue": c.queue,
+                "tenant": c.tenant,
+                "mode": c.mode,
+                "lines": c.lines,
+                "previews": c.previews,
+                "ringing": c.ringing,
+                "talking": c.talking,
+                "answered": c.answered,
+                "abandoned": c.abandoned,
+                "abandon_rate": c.abandon_rate,
+                "contacts": contacts,
+            })
+        })
+        .collect();
+    json!(lines)
+}
+
 /// What a supervisor sees of the queues: their tenant's only when the
 /// token names one.
 pub(super) fn queues_json(views: &[QueueView], tenant: Option<&str>) -> Value {
@@ -30,14 +65,17 @@ pub(super) fn queues_json(views: &[QueueView], tenant: Option<&str>) -> Value {
 }
 
 /// `GET /api/v1/queues`: each queue's waiting calls, oldest wait, expected
-/// wait and operators by state (supervisor and admin tokens; a supervisor
-/// token with a tenant sees that tenant's queues only).
+/// wait and operators by state, and a line per running campaign
+/// (supervisor and admin tokens; a supervisor token with a tenant sees
+/// that tenant's queues and campaigns only).
 pub(super) async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Response {
     match authorize(&api, &headers, Need::Supervisor) {
         Err(r) => *r,
         Ok(t) => {
             let views = api.desks.queues.borrow().clone();
-            ok(StatusCode::OK, &queues_json(&views, t.tenant.as_deref()))
+            let mut v = queues_json(&views, t.tenant.as_deref());
+            v["campaigns"] = campaigns_json(&api.desks, t.tenant.as_deref());
+            ok(StatusCode::OK, &v)
         }
     }
 }
@@ -105,8 +143,11 @@ pub(super) async fn supervisor_socket(
     // The token is checked again (cheaply) this often.
     let mut poll = tokio::time::interval(DESK_STATE_POLL);
     let mut views = rx.borrow_and_update().clone();
+    let mut campaigns = api.desks.campaigns.subscribe();
+    campaigns.borrow_and_update();
     loop {
-        let event = queues_json(&views, tenant.as_deref());
+        let mut event = queues_json(&views, tenant.as_deref());
+        event["campaigns"] = campaigns_json(&api.desks, tenant.as_deref());
         if !send_seq(&mut socket, &mut seq, event).await {
             return;
         }
@@ -117,6 +158,13 @@ pub(super) async fn supervisor_socket(
                         return;
                     }
                     views = rx.borrow_and_update().clone();
+                    break;
+                }
+                changed = campaigns.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    campaigns.borrow_and_update();
                     break;
                 }
                 msg = socket.recv() => match msg {
