@@ -56,7 +56,7 @@ mode = "progressive"
 windows = {{ days = ["lun", "mar", "mer", "gio", "ven", "sab", "dom"], hours = ["00:00-24:00"], holidays = ["{closed_today}"] }}
 "#
     );
-    for u in 1001..=1005 {
+    for u in 1001..=1010 {
         s.push_str(&format!(
             "\n[[agents]]\nusername = \"{u}\"\npassword = \"demo{u}\"\ntenant = \"asl\"\nqueues = [\"fragili\"]\n"
         ));
@@ -80,6 +80,16 @@ pub(crate) fn called_numbers(citizens: &Sipp) -> HashMap<String, u32> {
     called
 }
 
+/// Today's date in Rome (`YYYY-MM-DD`): a holiday closes a campaign today.
+pub(crate) fn rome_today() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (y, m, d, _, _) = centralino_flows::calendar::rome_local(now);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 pub(crate) fn campaign_id(node: &Node, name: &str) -> String {
     let (_, body) = node.http("GET", "/api/v1/campaigns", Some(ADMIN), None);
     json(&body)["campaigns"]
@@ -96,23 +106,21 @@ pub(crate) fn campaign_id(node: &Node, name: &str) -> String {
 fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
     let scratch = Scratch::new("campaign-dial");
     let mut citizens =
-        crate::common::far_end(&scratch, "citizens", "citizens_mixed.xml", 20, "120s");
+        crate::common::far_end(&scratch, "citizens", "citizens_mixed.xml", 200, "240s");
     let port = citizens.port;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let (y, m, d, _, _) = centralino_flows::calendar::rome_local(now);
-    let today = format!("{y:04}-{m:02}-{d:02}");
+    let today = rome_today();
     let node = Node::start_toml(&scratch, |sip, http| config(sip, http, port, &today));
     let open = campaign_id(&node, "richiami-fragili");
     let closed = campaign_id(&node, "chiusa-oggi");
-    // 21 contacts: 4 busy (ending in 9), one on the national do-not-call
-    // list; the closed campaign has two of its own.
-    let mut contacts: Vec<String> = (0..17).map(|i| format!("+3934700000{i:02}")).collect();
-    contacts.retain(|n| !n.ends_with('9'));
-    for i in 0..4 {
-        contacts.push(format!("+39347100000{i}9"));
+    // 201 contacts: 180 answer, 20 are busy (ending in 9), one is on the
+    // national do-not-call list; the closed campaign has two of its own.
+    let mut contacts: Vec<String> = (0..1000)
+        .map(|i| format!("+393470000{i:03}"))
+        .filter(|n| !n.ends_with('9'))
+        .take(180)
+        .collect();
+    for i in 0..20 {
+        contacts.push(format!("+39347100{i:03}9"));
     }
     contacts.push("+393479999990".into());
     assert_eq!(
@@ -155,7 +163,7 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
             200
         );
     }
-    // Five operators answer and talk a second each.
+    // Ten operators answer and talk half a second each.
     let phones = Sipp::spawn(
         &scratch,
         "phones",
@@ -163,12 +171,12 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
             "-sf",
             &scenario("agent_hangup.xml"),
             "-d",
-            "1000",
+            "500",
             "-timeout",
             "120s",
         ],
     );
-    let users: Vec<u32> = (1001..=1005).collect();
+    let users: Vec<u32> = (1001..=1010).collect();
     register(&scratch, &node, &users, phones.port, |u| format!("demo{u}"));
     let progress = |id: &str| {
         json(
@@ -180,29 +188,31 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
     let start = Instant::now();
     loop {
         let p = progress(&open);
-        if p["contacts"]["in_progress"] == 0 && p["attempts"] == 20 {
+        // Every attempt over, and the listed number reached (and held
+        // back) in its turn.
+        if p["contacts"]["in_progress"] == 0 && p["attempts"] == 200 && p["contacts"]["dnc"] == 1 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(90), "{p}");
+        assert!(start.elapsed() < Duration::from_secs(180), "{p}");
         std::thread::sleep(Duration::from_millis(200));
     }
     citizens.expect_success(Duration::from_secs(30));
     let p = progress(&open);
-    assert_eq!(p["contacts"]["done"], 16, "{p}");
+    assert_eq!(p["contacts"]["done"], 180, "{p}");
     assert_eq!(
-        p["contacts"]["pending"], 4,
+        p["contacts"]["pending"], 20,
         "busy: retried later by policy {p}"
     );
     assert_eq!(p["contacts"]["dnc"], 1, "{p}");
     assert_eq!(
         (p["answered"].as_u64(), p["abandoned"].as_u64()),
-        (Some(16), Some(0)),
+        (Some(180), Some(0)),
         "{p}"
     );
     // Each number dialled once (this attempt), never the listed one,
     // always with the campaign's caller ID.
     let called = called_numbers(&citizens);
-    assert_eq!(called.len(), 20, "{called:?}");
+    assert_eq!(called.len(), 200, "{called:?}");
     assert!(called.values().all(|&n| n == 1), "{called:?}");
     assert!(!called.contains_key("+393479999990"));
     // The campaign closed today dialled nobody.
@@ -211,13 +221,13 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
         node.metric(
             "centralino_campaign_attempts_total{campaign=\"richiami-fragili\",outcome=\"busy\"}"
         ),
-        4.0
+        20.0
     );
     // Contacts by status, read from the store every 10 s.
     node.wait_metric(
         "centralino_campaign_contacts{campaign=\"richiami-fragili\",status=\"done\"}",
         Duration::from_secs(15),
-        |v| v == 16.0,
+        |v| v == 180.0,
     );
     let (_, body) = node.http(
         "GET",

@@ -13,8 +13,8 @@ const DESK: &str = "desk-1001-token-0123456789";
 const OTHER_DESK: &str = "desk-1002-token-0123456789";
 
 /// The operators' desk tokens and a preview campaign on the same queue.
-fn preview_config(sip: u16, http: u16, citizens: u16) -> String {
-    config(sip, http, citizens, "2000-01-01").replacen(
+fn preview_config(sip: u16, http: u16, citizens: u16, closed_today: &str) -> String {
+    config(sip, http, citizens, closed_today).replacen(
         "[[tenants]]",
         &format!(
             "[[api.tokens]]\nname = \"desk-1001\"\ntoken = \"{DESK}\"\nrole = \"agent\"\nagent = \"1001\"\n\n\
@@ -53,7 +53,9 @@ fn a_preview_contact_is_dialled_only_after_the_operator_accepts_it() {
     let scratch = Scratch::new("campaign-preview");
     let citizen = crate::common::far_end(&scratch, "citizen", "citizen_answer.xml", 1, "60s");
     let port = citizen.port;
-    let node = Node::start_toml(&scratch, |sip, http| preview_config(sip, http, port));
+    let node = Node::start_toml(&scratch, |sip, http| {
+        preview_config(sip, http, port, "2000-01-01")
+    });
     let id = campaign_id(&node, "anteprima");
     let (code, body) = node.http(
         "POST",
@@ -189,6 +191,130 @@ fn a_preview_contact_is_dialled_only_after_the_operator_accepts_it() {
         node.metric(
             "centralino_campaign_previews_total{campaign=\"anteprima\",outcome=\"skipped\"}"
         ),
+        1.0
+    );
+    drop(phone);
+}
+
+/// A citizen calls the campaign's number back (SIPp as the carrier): the
+/// call goes to the campaign's queue, the operator's desk shows whose call
+/// it is (the campaign, the contact), and the operator's disposition on
+/// that inbound call closes the contact, so the campaign calls them no
+/// more.
+#[test]
+fn a_contact_calling_the_campaigns_number_is_on_the_operators_desk() {
+    let scratch = Scratch::new("campaign-caller");
+    // The campaign presenting +39800999000 is closed today (a holiday):
+    // it dials nobody while its citizens call it back.
+    let today = crate::campaigns_dial::rome_today();
+    let node = Node::start_toml(&scratch, |sip, http| {
+        preview_config(sip, http, crate::common::free_port(), &today)
+            .replacen(
+                "caller_id = \"+39800999000\"\nwindows",
+                "caller_id = \"+39800123456\"\nwindows",
+                1,
+            )
+            .replacen(
+                "name = \"chiusa-oggi\"\nqueue = \"fragili\"",
+                "name = \"chiusa-oggi\"\nqueue = \"fragili\"\ncaller_id = \"+39800999000\"",
+                1,
+            )
+    });
+    let closed = "chiusa-oggi";
+    let id = campaign_id(&node, closed);
+    // SIPp's first call comes from +39333001.
+    let (code, body) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{id}/contacts"),
+        Some(ADMIN),
+        Some(r#"[{"number": "+39333001", "name": "Carla", "data": {"medico": "dott. Bianchi"}}]"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let start = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{id}/start"),
+        Some(ADMIN),
+        Some(""),
+    );
+    assert_eq!(start.0, 200, "{}", start.1);
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    // The scheduler hands the engine the campaign's number within a second.
+    node.wait_log("campaign numbers routed", Duration::from_secs(10));
+    let mut citizen = Sipp::spawn(
+        &scratch,
+        "citizen",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_call.xml"),
+            "-s",
+            "+39800999000",
+            "-m",
+            "1",
+            "-d",
+            "8000",
+            "-timeout",
+            "30s",
+        ],
+    );
+    let begun = Instant::now();
+    let desk = loop {
+        let (code, body) = node.http("GET", "/api/v1/agents/1001/call", Some(DESK), None);
+        if code == 200 {
+            let d = json(&body);
+            if d["state"] == "connected" && d["campaign"] == closed {
+                break d;
+            }
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "the desk never showed the contact: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (
+            desk["variables"]["contact"].as_str(),
+            desk["variables"]["medico"].as_str()
+        ),
+        (Some("Carla"), Some("dott. Bianchi")),
+        "{desk}"
+    );
+    let contact = desk["contact"].as_i64().unwrap();
+    let call = desk["call"].as_str().unwrap().to_owned();
+    // Booked on the inbound call: the contact is done.
+    let (code, body) = node.http(
+        "POST",
+        &format!("/api/v1/calls/{call}/disposition"),
+        Some(DESK),
+        Some(r#"{"code": "booked", "note": "ha richiamato lei"}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["status"], "done", "{body}");
+    let (_, body) = node.http(
+        "GET",
+        &format!("/api/v1/campaigns/{id}/contacts"),
+        Some(ADMIN),
+        None,
+    );
+    let c = &json(&body)["contacts"][0];
+    assert_eq!(
+        (
+            c["id"].as_i64(),
+            c["status"].as_str(),
+            c["disposition"].as_str()
+        ),
+        (Some(contact), Some("done"), Some("booked")),
+        "{body}"
+    );
+    citizen.expect_success(Duration::from_secs(30));
+    assert_eq!(
+        node.metric("centralino_campaign_callers_total{campaign=\"chiusa-oggi\"}"),
         1.0
     );
     drop(phone);

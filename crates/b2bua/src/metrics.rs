@@ -142,6 +142,9 @@ pub struct Metrics {
     /// `centralino_campaign_previews_total{campaign,outcome}`: preview
     /// contacts shown on a desk, accepted, skipped, expired.
     pub campaign_previews: IntCounterVec,
+    /// `centralino_campaign_callers_total{campaign}`: calls to a
+    /// campaign's number from one of its contacts.
+    pub campaign_callers: IntCounterVec,
     /// `centralino_campaign_pacing_ratio{campaign}`: lines per free
     /// operator at the last decision (1 progressive; above 1 predictive
     /// dialling ahead).
@@ -391,6 +394,11 @@ impl Metrics {
                 "centralino_campaign_previews_total",
                 "Preview contacts shown on an operator's desk, accepted, skipped or expired, by campaign",
                 &["campaign", "outcome"]
+            )),
+            campaign_callers: reg!(cv(
+                "centralino_campaign_callers_total",
+                "Calls to a campaign's number from one of its contacts, by campaign",
+                &["campaign"]
             )),
             campaign_pacing: reg!(
                 prometheus::GaugeVec::new(

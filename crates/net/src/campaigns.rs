@@ -56,6 +56,8 @@ pub(crate) async fn scheduler(
     // Names with contact gauges now (a stopped campaign's go).
     let mut gauged: Vec<String> = Vec::new();
     let mut turn: u64 = 0;
+    // The campaigns' numbers the engine has.
+    let mut sent_numbers: Vec<(String, String)> = Vec::new();
     loop {
         tick.tick().await;
         turn += 1;
@@ -75,6 +77,9 @@ pub(crate) async fn scheduler(
         };
         let now = unix_now();
         let mut runs = Vec::new();
+        // Numbers of running campaigns (inside their window or not: a
+        // citizen calls back in the evening), each to its queue.
+        let mut numbers: Vec<(String, String)> = Vec::new();
         for c in list {
             let spec = serde_json::from_str::<RawSpec>(&c.spec)
                 .map_err(|e| e.to_string())
@@ -97,6 +102,11 @@ pub(crate) async fn scheduler(
                     continue;
                 }
             };
+            if let Some(did) = &spec.caller_id
+                && !numbers.iter().any(|(d, _)| d == did)
+            {
+                numbers.push((did.clone(), spec.queue.clone()));
+            }
             if !spec.window.open(now) {
                 continue;
             }
@@ -114,6 +124,17 @@ pub(crate) async fn scheduler(
         }
         if turn % 10 == 1 {
             gauged = contact_gauges(&store, &metrics, desks.as_ref(), &runs, gauged).await;
+        }
+        numbers.sort();
+        if numbers != sent_numbers {
+            sent_numbers = numbers.clone();
+            if tx
+                .send(EngineInput::CampaignNumbers(numbers))
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
         if tx.send(EngineInput::CampaignTick(runs)).await.is_err() {
             return;
@@ -234,6 +255,44 @@ pub(crate) fn claim(
         };
         let _ = tx
             .send(EngineInput::CampaignContacts { campaign, due })
+            .await;
+    });
+}
+
+/// Who calls a campaign's number: when the caller is one of the
+/// campaign's contacts, the call is linked to them (an operator's
+/// disposition on it applies to the contact) and the engine puts them on
+/// the operator's desk. Nobody found: nothing changes for the call.
+pub(crate) fn caller_lookup(
+    store: StoreHandle,
+    tx: mpsc::Sender<EngineInput>,
+    call: centralino_types::CallId,
+    record: String,
+    did: String,
+    number: String,
+) {
+    tokio::spawn(async move {
+        let found = match store.with(move |s| s.caller_contact(&did, &number)).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot look up a caller among the campaign's contacts");
+                return;
+            }
+        };
+        let (campaign, contact) = found;
+        let (link, id) = (record.clone(), contact.id);
+        store.spawn_job("campaign caller", move |s| {
+            s.link_caller(&link, id, unix_now())
+        });
+        let _ = tx
+            .send(EngineInput::CallerKnown {
+                call,
+                record,
+                campaign,
+                contact: contact.id,
+                desk: desk_of(&contact),
+            })
             .await;
     });
 }

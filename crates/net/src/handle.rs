@@ -70,6 +70,22 @@ pub enum EngineInput {
             Arc<centralino_campaigns::spec::Spec>,
         )>,
     ),
+    /// The campaigns' numbers (caller IDs) and the queue each routes to
+    /// (when they change).
+    CampaignNumbers(Vec<(String, String)>),
+    /// The caller of a call to a campaign's number is one of its contacts.
+    CallerKnown {
+        /// The call.
+        call: CallId,
+        /// Its record id.
+        record: String,
+        /// The campaign's name.
+        campaign: String,
+        /// The contact's id.
+        contact: i64,
+        /// What the operator's desk shows of them.
+        desk: Vec<(String, String)>,
+    },
     /// Contacts claimed for a campaign's pacer (maybe none).
     CampaignContacts {
         /// Campaign id.

@@ -781,6 +781,23 @@ async fn run_engine(
                         );
                     }
                 }
+                Output::CallerLookup {
+                    call,
+                    record,
+                    did,
+                    number,
+                } => {
+                    if let (Some(sink), Some(tx)) = (&records, answers.upgrade()) {
+                        crate::campaigns::caller_lookup(
+                            sink.handle(),
+                            tx,
+                            call,
+                            record,
+                            did,
+                            number,
+                        );
+                    }
+                }
                 Output::StoreCallback {
                     call,
                     queue,
@@ -1008,6 +1025,14 @@ fn handle(
             }
         }
         EngineInput::CallbackStored { call, stored } => engine.callback_stored(now, call, stored),
+        EngineInput::CampaignNumbers(numbers) => engine.set_campaign_numbers(numbers),
+        EngineInput::CallerKnown {
+            call,
+            record,
+            campaign,
+            contact,
+            desk,
+        } => engine.caller_known(call, &record, campaign, contact, desk),
         EngineInput::CampaignTick(list) => {
             let runs: Vec<centralino_b2bua::CampaignRun> =
                 list.iter().map(|(r, _)| r.clone()).collect();

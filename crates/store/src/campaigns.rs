@@ -72,6 +72,23 @@ pub(crate) const DISPOSITIONS: &str = "ALTER TABLE campaign_attempts ADD COLUMN 
     CREATE INDEX campaign_attempts_call ON campaign_attempts (call) WHERE call IS NOT NULL;
     ALTER TABLE campaign_contacts ADD COLUMN later_at INTEGER;";
 
+/// Calls back (migration after [`DISPOSITIONS`]): contacts found by
+/// number, and which inbound call record was a contact calling the
+/// campaign's number back (an operator's disposition on that call
+/// applies to the contact). The queue log gains each attempt's end and
+/// each disposition (`event` `attempt` or `disposition`, the outcome or
+/// code in `reason`, with the campaign's name and the contact).
+pub(crate) const CALLERS: &str =
+    "CREATE INDEX campaign_contacts_number ON campaign_contacts (number);
+    CREATE TABLE campaign_callers (
+        call TEXT PRIMARY KEY,
+        contact INTEGER NOT NULL,
+        at INTEGER NOT NULL
+    );
+    ALTER TABLE queue_log ADD COLUMN campaign TEXT;
+    ALTER TABLE queue_log ADD COLUMN contact INTEGER;
+    CREATE INDEX queue_log_contact ON queue_log (contact, seq) WHERE contact IS NOT NULL;";
+
 /// A campaign's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CampaignStatus {
@@ -278,7 +295,15 @@ pub struct Disposition {
     pub status: Option<ContactStatus>,
     /// Its next attempt not before (with `Pending`).
     pub next_at: Option<i64>,
+    /// The call record it was given on, and by whom (the queue log).
+    pub call: String,
+    /// The operator (or API user) who gave it.
+    pub by: Option<String>,
 }
+
+/// A contact's line in the queue log: (event, outcome or code, call
+/// record, who).
+pub type LogLine = (String, Option<String>, String, Option<String>);
 
 /// Whether a claimed attempt may still dial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -776,6 +801,16 @@ impl Store {
             if n == 0 {
                 return Ok(false);
             }
+            // The queue log has every attempt: its call (if one was
+            // placed), the campaign and its queue, how it ended.
+            s.conn.execute(
+                "INSERT INTO queue_log (at, call, queue, event, campaign, contact, reason)
+                 SELECT ?3 * 1000, coalesce(a.call, ''), coalesce(json_extract(c.spec, '$.queue'), ''),
+                        'attempt', c.name, ?1, ?4
+                 FROM campaign_attempts a JOIN campaigns c ON c.id = a.campaign
+                 WHERE a.contact = ?1 AND a.attempt = ?2",
+                params![e.contact, e.attempt, now, e.outcome],
+            )?;
             if let Some(day) = e.uncount_day {
                 s.conn.execute(
                     "UPDATE dial_counts SET count = max(count - 1, 0)
@@ -827,7 +862,52 @@ impl Store {
         Ok(())
     }
 
-    /// The campaign attempt of call record `call`, if it is one.
+    /// The contact behind a call to campaign number `did` from `number`
+    /// (E.164): of the campaigns presenting `did`, the contact with that
+    /// number touched last, and its campaign's name.
+    pub fn caller_contact(
+        &self,
+        did: &str,
+        number: &str,
+    ) -> Result<Option<(String, Contact)>, StoreError> {
+        let columns: Vec<String> = CONTACT.split(", ").map(|c| format!("k.{c}")).collect();
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {}, c.name FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign
+             WHERE k.number = ?1 AND json_extract(c.spec, '$.caller_id') = ?2
+             ORDER BY k.updated_at DESC, k.id DESC LIMIT 1",
+            columns.join(", ")
+        ))?;
+        Ok(st
+            .query_row(params![number, did], |r| {
+                Ok((r.get::<_, String>(13)?, contact(r)?))
+            })
+            .optional()?)
+    }
+
+    /// A contact's history in the queue log, oldest first: (event,
+    /// outcome or code, call record, who).
+    pub fn contact_log(&self, contact: i64) -> Result<Vec<LogLine>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT event, reason, call, agent FROM queue_log WHERE contact = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map(params![contact], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that inbound call record `call` is `contact` calling back.
+    pub fn link_caller(&mut self, call: &str, contact: i64, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO campaign_callers (call, contact, at) VALUES (?1, ?2, ?3)",
+            params![call, contact, now],
+        )?;
+        Ok(())
+    }
+
+    /// The campaign attempt of call record `call`, if it is one; or, for a
+    /// contact who called the campaign's number back, their latest
+    /// attempt (over unless it runs now).
     pub fn attempt_by_call(&self, call: &str) -> Result<Option<CallAttempt>, StoreError> {
         let found: Option<(i64, u32, bool)> = self
             .conn
@@ -837,6 +917,20 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
+        let found = match found {
+            Some(f) => Some(f),
+            None => self
+                .conn
+                .query_row(
+                    "SELECT k.id, k.attempts, NOT EXISTS (SELECT 1 FROM campaign_attempts a
+                        WHERE a.contact = k.id AND a.attempt = k.attempts AND a.ended_at IS NULL)
+                     FROM campaign_callers l JOIN campaign_contacts k ON k.id = l.contact
+                     WHERE l.call = ?1",
+                    params![call],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?,
+        };
         let Some((id, attempt, ended)) = found else {
             return Ok(None);
         };
@@ -879,6 +973,13 @@ impl Store {
                 "UPDATE campaign_contacts SET disposition = ?2, note = coalesce(?3, note), updated_at = ?4 WHERE id = ?1",
                 params![d.contact, d.code, d.note, now],
             )?;
+            s.conn.execute(
+                "INSERT INTO queue_log (at, call, queue, event, agent, campaign, contact, reason)
+                 SELECT ?1 * 1000, ?2, coalesce(json_extract(c.spec, '$.queue'), ''), 'disposition',
+                        ?3, c.name, k.id, ?4
+                 FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign WHERE k.id = ?5",
+                params![now, d.call, d.by, d.code, d.contact],
+            )?;
             match (open, d.status) {
                 (true, Some(ContactStatus::Pending)) => {
                     s.conn.execute(
@@ -903,6 +1004,14 @@ impl Store {
     /// Returns how many.
     pub fn recover_campaign_attempts(&mut self, now: i64) -> Result<u64, StoreError> {
         self.atomically(|s| {
+            s.conn.execute(
+                "INSERT INTO queue_log (at, call, queue, event, campaign, contact, reason)
+                 SELECT ?1 * 1000, coalesce(a.call, ''), coalesce(json_extract(c.spec, '$.queue'), ''),
+                        'attempt', c.name, a.contact, 'interrupted'
+                 FROM campaign_attempts a JOIN campaigns c ON c.id = a.campaign
+                 WHERE a.ended_at IS NULL",
+                params![now],
+            )?;
             let n = s.conn.execute(
                 "UPDATE campaign_attempts SET ended_at = ?1, outcome = 'interrupted' WHERE ended_at IS NULL",
                 params![now],
@@ -1112,6 +1221,70 @@ mod tests {
     }
 
     #[test]
+    fn a_citizen_calling_a_campaigns_number_is_found_and_their_call_takes_a_disposition() {
+        let mut s = store("callers");
+        let mut a = campaign("a");
+        a.spec = r#"{"caller_id": "+39800999000"}"#.into();
+        s.create_campaign(&a).unwrap();
+        s.create_campaign(&campaign("b")).unwrap();
+        s.import_contacts("id-a", &[contact("+393330000001", 0)], 1)
+            .unwrap();
+        s.import_contacts("id-b", &[contact("+393330000001", 0)], 1)
+            .unwrap();
+        // Only the campaign presenting that number knows the caller.
+        let (name, k) = s
+            .caller_contact("+39800999000", "+393330000001")
+            .unwrap()
+            .unwrap();
+        assert_eq!((name.as_str(), k.campaign.as_str()), ("a", "id-a"));
+        assert!(
+            s.caller_contact("+39800111111", "+393330000001")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.caller_contact("+39800999000", "+393330000002")
+                .unwrap()
+                .is_none()
+        );
+        // Their inbound call takes the operator's disposition: booked.
+        assert!(s.attempt_by_call("in-1").unwrap().is_none());
+        s.link_caller("in-1", k.id, 5).unwrap();
+        let found = s.attempt_by_call("in-1").unwrap().unwrap();
+        assert_eq!(
+            (found.contact.id, found.attempt, found.ended),
+            (k.id, 0, true)
+        );
+        let d = Disposition {
+            contact: k.id,
+            attempt: found.attempt,
+            code: "booked".into(),
+            note: None,
+            status: Some(ContactStatus::Done),
+            next_at: None,
+            call: "rec".into(),
+            by: None,
+        };
+        assert!(s.dispose(&d, 6).unwrap());
+        assert_eq!(
+            s.contact(k.id).unwrap().unwrap().status,
+            ContactStatus::Done
+        );
+        assert_eq!(
+            s.contact_log(k.id).unwrap(),
+            [(
+                "disposition".to_owned(),
+                Some("booked".to_owned()),
+                "rec".to_owned(),
+                None
+            )]
+        );
+        // Retention takes the link with the numbers.
+        s.anonymise_before(10_000).unwrap();
+        assert!(s.attempt_by_call("in-1").unwrap().is_none());
+    }
+
+    #[test]
     fn do_not_call_and_the_daily_cap_hold_across_campaigns() {
         let mut s = store("dnc");
         s.create_campaign(&campaign("a")).unwrap();
@@ -1200,6 +1373,8 @@ mod tests {
             note: Some("richiamare dopo le 17".into()),
             status: Some(ContactStatus::Pending),
             next_at: Some(5000),
+            call: "rec".into(),
+            by: None,
         };
         s.dispose(&later, 20).unwrap();
         let answered = |contact| AttemptEnd {
@@ -1212,6 +1387,25 @@ mod tests {
             uncount_day: None,
         };
         s.end_attempt(&answered(a), 30).unwrap();
+        // The queue log has both: the disposition, then the attempt's end
+        // on its call, with the campaign.
+        assert_eq!(
+            s.contact_log(a).unwrap(),
+            [
+                (
+                    "disposition".to_owned(),
+                    Some("call_later".to_owned()),
+                    "rec".to_owned(),
+                    None
+                ),
+                (
+                    "attempt".to_owned(),
+                    Some("answered".to_owned()),
+                    "rec-a".to_owned(),
+                    None
+                )
+            ]
+        );
         let k = s.contact(a).unwrap().unwrap();
         assert_eq!(
             (k.status, k.next_at, k.disposition.as_deref()),
@@ -1227,6 +1421,8 @@ mod tests {
                 note: None,
                 status: Some(ContactStatus::Done),
                 next_at: None,
+                call: "rec".into(),
+                by: None,
             },
             40,
         )
@@ -1320,6 +1516,8 @@ mod tests {
             note: None,
             status: Some(ContactStatus::Pending),
             next_at: Some(99),
+            call: "rec".into(),
+            by: None,
         };
         assert!(!s.dispose(&late, 21).unwrap());
         assert_eq!(
@@ -1338,6 +1536,10 @@ mod tests {
         assert_eq!(s.recover_campaign_attempts(20).unwrap(), 1);
         let a = s.attempts(k.id).unwrap();
         assert_eq!(a[0].outcome.as_deref(), Some("interrupted"));
+        assert_eq!(
+            s.contact_log(k.id).unwrap()[0].1.as_deref(),
+            Some("interrupted")
+        );
         let again = s.claim_contacts(claim("id-c", 1, 20)).unwrap();
         assert_eq!(
             again.contacts[0].attempts, 2,

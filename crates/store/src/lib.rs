@@ -27,7 +27,7 @@ pub use audit::{
 };
 pub use campaigns::{
     Attempt, AttemptEnd, CallAttempt, Campaign, CampaignStatus, Claim, Claimed, Contact,
-    ContactStatus, DialCheck, Disposition, Imported, NewContact, Progress, StatusChange,
+    ContactStatus, DialCheck, Disposition, Imported, LogLine, NewContact, Progress, StatusChange,
 };
 pub use centralino_types::record::Record;
 
@@ -138,6 +138,7 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit boundary is written once'); END;",
     campaigns::MIGRATION,
     campaigns::DISPOSITIONS,
+    campaigns::CALLERS,
 ];
 
 /// A notification waiting to be sent.
@@ -690,6 +691,16 @@ impl Store {
         )?;
         // Operators' answers may hold health data: gone after retention.
         tx.execute("DELETE FROM call_answers WHERE at < ?1", params![cutoff_ms])?;
+        // Which call was which citizen calling a campaign back, and how
+        // often each number was dialled a day: numbers, gone too.
+        tx.execute(
+            "DELETE FROM campaign_callers WHERE at * 1000 < ?1",
+            params![cutoff_ms],
+        )?;
+        tx.execute(
+            "DELETE FROM dial_counts WHERE (day + 1) * 86400000 < ?1",
+            params![cutoff_ms],
+        )?;
         let m = tx.execute(
             "UPDATE callbacks SET number = '***' || substr(number, -3) WHERE status IN ('done', 'failed', 'cancelled') AND updated_at * 1000 < ?1 AND number NOT LIKE '***%'",
             params![cutoff_ms],

@@ -181,6 +181,20 @@ pub(super) struct Call {
     /// A preview campaign's contact on an operator's desk, waiting for
     /// them to accept or skip it (or accepted by them: their phone rings).
     pub(super) preview: Option<Preview>,
+    /// A citizen calling a campaign's number who is one of its contacts
+    /// (found by the driver after the call began).
+    pub(super) known: Option<Box<KnownCaller>>,
+}
+
+/// A campaign's contact calling its number back, for the operator's desk.
+#[derive(Clone, Debug)]
+pub(super) struct KnownCaller {
+    /// The campaign's name.
+    pub(super) campaign: String,
+    /// The contact's id.
+    pub(super) contact: i64,
+    /// What the desk shows of them.
+    pub(super) desk: Vec<(String, String)>,
 }
 
 /// A preview campaign's contact shown to one operator.
@@ -254,6 +268,7 @@ impl Call {
             reliable: None,
             opening: None,
             preview: None,
+            known: None,
         }
     }
 

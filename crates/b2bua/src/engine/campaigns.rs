@@ -437,3 +437,75 @@ impl Engine {
         views
     }
 }
+
+impl Engine {
+    /// The campaigns' numbers (caller IDs) and each one's queue, from the
+    /// driver: a call to one of them goes to that queue (unless its DID
+    /// starts an IVR flow) and its caller is looked up among the
+    /// campaign's contacts.
+    pub fn set_campaign_numbers(&mut self, numbers: Vec<(String, String)>) {
+        info!(
+            numbers = numbers.len(),
+            "campaign numbers routed to their queues"
+        );
+        self.campaign_numbers = numbers.into_iter().collect();
+    }
+
+    /// Where a call to `did` on `tenant`'s trunk goes when `did` is a
+    /// campaign's number: the campaign's queue (of the same tenant), if
+    /// it exists.
+    pub(super) fn campaign_queue(&self, did: &str, tenant: TenantId) -> Option<QueueId> {
+        let queue = self.campaign_numbers.get(did)?;
+        let &id = self.queue_ids.get(queue)?;
+        (self.queue_tenant(id) == tenant).then_some(id)
+    }
+
+    /// The caller of `call` is `contact` of `campaign`: their details go
+    /// on the operator's desk (now, if an operator already has the call).
+    pub fn caller_known(
+        &mut self,
+        call_id: CallId,
+        record: &str,
+        campaign: String,
+        contact: i64,
+        desk: Vec<(String, String)>,
+    ) {
+        let Some(call) = self
+            .calls
+            .get_mut(&call_id)
+            .filter(|c| c.record_id == record)
+        else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        info!(%campaign, "a campaign's contact called its number");
+        self.metrics
+            .campaign_callers
+            .with_label_values(&[&campaign])
+            .inc();
+        call.known = Some(Box::new(KnownCaller {
+            campaign,
+            contact,
+            desk,
+        }));
+        // Operators already ringing or talking see whose call it is now.
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let shown: Vec<(AgentId, DeskState)> = match &call.b {
+            Some(b) => vec![(b.agent, DeskState::Connected)],
+            None => call
+                .forks
+                .iter()
+                .map(|f| (f.agent, DeskState::Offered))
+                .collect(),
+        };
+        for (agent, state) in shown {
+            let info = self.desk(call, state);
+            self.out.push_back(Output::AgentCall {
+                agent: self.router.agent(agent).name.clone(),
+                info: Some(info),
+            });
+        }
+    }
+}

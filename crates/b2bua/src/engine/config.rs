@@ -100,6 +100,7 @@ impl Engine {
             queues: Vec::new(),
             queue_stats,
             pacers: HashMap::new(),
+            campaign_numbers: HashMap::new(),
             paced: Vec::new(),
             tenant_gauges,
             agent_ids,

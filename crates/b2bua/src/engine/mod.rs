@@ -107,6 +107,19 @@ pub enum Output {
         /// What happened.
         state: CallbackState,
     },
+    /// A call came in on a campaign's number: the driver looks the caller
+    /// up among that campaign's contacts and, when found, answers with
+    /// [`Engine::caller_known`].
+    CallerLookup {
+        /// The call.
+        call: CallId,
+        /// Its record id (the answer is matched against it).
+        record: String,
+        /// The number called (a campaign's caller ID).
+        did: String,
+        /// The caller, E.164.
+        number: String,
+    },
     /// A campaign's pacer wants this many more contacts: claim them (the
     /// claim is the attempt's durable mark) and hand them over with
     /// [`Engine::campaign_contacts`], even none.
@@ -600,6 +613,8 @@ pub struct Engine {
     /// Each running campaign inside its window, by id: its pacer and
     /// what the supervisors' view names it by.
     pacers: HashMap<String, Paced>,
+    /// Campaigns' numbers (their caller IDs) and the queue each routes to.
+    campaign_numbers: HashMap<String, String>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.

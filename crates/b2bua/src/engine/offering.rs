@@ -72,7 +72,12 @@ impl Engine {
                 // A callback: the operator's phone shows it before
                 // answering (the citizen is dialled after the answer).
                 Some((id, None)) => inv.push("X-Centralino-Callback", id),
-                None => {}
+                // A campaign's contact calling its number back.
+                None => {
+                    if let Some(k) = &call.known {
+                        inv.push("X-Centralino-Campaign", &k.campaign);
+                    }
+                }
             }
             // A campaign's own script over its queue's.
             if let Some(script) = call

@@ -302,11 +302,18 @@ impl Engine {
             flow: call.run.as_ref().map(|r| r.flow().to_owned()),
             variables: match call.outbound().and_then(|o| o.campaign.as_ref()) {
                 Some(c) => c.desk.clone(),
-                None => call
-                    .run
-                    .as_ref()
-                    .map(|r| r.variables.clone())
-                    .unwrap_or_default(),
+                None => {
+                    let mut v = call
+                        .run
+                        .as_ref()
+                        .map(|r| r.variables.clone())
+                        .unwrap_or_default();
+                    // A campaign's contact calling back: who they are.
+                    if let Some(k) = &call.known {
+                        v.extend(k.desk.iter().cloned());
+                    }
+                    v
+                }
             },
             // A campaign's own script over its queue's.
             script: call
@@ -320,11 +327,13 @@ impl Engine {
             campaign: call
                 .outbound()
                 .and_then(|o| o.campaign.as_ref())
-                .map(|c| c.name.clone()),
+                .map(|c| c.name.clone())
+                .or_else(|| call.known.as_ref().map(|k| k.campaign.clone())),
             contact: call
                 .outbound()
                 .and_then(|o| o.campaign.as_ref())
-                .map(|c| c.contact),
+                .map(|c| c.contact)
+                .or_else(|| call.known.as_ref().map(|k| k.contact)),
         }
     }
 }

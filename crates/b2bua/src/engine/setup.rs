@@ -157,6 +157,36 @@ impl Engine {
             })
             .unwrap_or_default()
             .to_owned();
+        let tenant = self
+            .trunks
+            .get(trunk.index())
+            .map_or(TenantId(0), |t| t.tenant);
+        // A campaign's number: its queue takes the call (an IVR flow on the
+        // DID still runs first), and the caller is looked up among the
+        // campaign's contacts, unless they withheld their number.
+        let mut target = target;
+        let mut lookup = None;
+        if let Some(queue) = self.campaign_queue(&did, tenant) {
+            if let Target::Queue(q, spec) = &target
+                && *q != queue
+            {
+                target = Target::Queue(queue, spec.clone());
+            }
+            let country = self
+                .dial_plans
+                .get(tenant.index())
+                .map_or("39", |p| p.country_code.as_str());
+            if !private
+                && let Some(number) = centralino_types::dialplan::normalize(&caller, country)
+            {
+                lookup = Some(Output::CallerLookup {
+                    call: id,
+                    record: record_id.clone(),
+                    did: did.clone(),
+                    number,
+                });
+            }
+        }
         self.by_a.insert(msg.call_id.clone(), id);
         let ip = flow.local.ip();
         let mut call = Call::new(NewCall {
@@ -176,10 +206,7 @@ impl Engine {
             media,
             spec,
             record_id,
-            tenant: self
-                .trunks
-                .get(trunk.index())
-                .map_or(TenantId(0), |t| t.tenant),
+            tenant,
         });
         // What the caller's INVITE asked of the session (RFC 4028, 3262).
         call.session_timer = session_timer;
@@ -188,6 +215,9 @@ impl Engine {
         call.reliable = reliable;
         call.opening = Some(Opening::Inbound { target, did });
         self.calls.insert(id, call);
+        if let Some(lookup) = lookup {
+            self.out.push_back(lookup);
+        }
         self.reserve_media(id, ip);
     }
 

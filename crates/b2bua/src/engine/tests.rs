@@ -73,6 +73,8 @@ struct Harness {
     engine: Engine,
     /// The last campaign views published.
     campaign_views: Option<Vec<crate::CampaignView>>,
+    /// Callers to look up among a campaign's contacts.
+    lookups: Vec<(CallId, String, String, String)>,
     /// Media instructions, in order.
     media: Vec<MediaCommand>,
     /// Call records and queue events, in order.
@@ -141,6 +143,7 @@ impl Harness {
             desks: Vec::new(),
             views: None,
             campaign_views: None,
+            lookups: Vec::new(),
             metrics,
             now,
             local: "192.0.2.1:5060".parse().unwrap(),
@@ -197,6 +200,12 @@ impl Harness {
                 Output::AgentCall { agent, info } => self.desks.push((agent, info)),
                 Output::Queues(v) => self.views = Some(v),
                 Output::Campaigns(v) => self.campaign_views = Some(v),
+                Output::CallerLookup {
+                    call,
+                    record,
+                    did,
+                    number,
+                } => self.lookups.push((call, record, did, number)),
             }
         }
         out
@@ -4211,4 +4220,69 @@ fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
         h.engine.router.agent(id).state,
         centralino_routing::AgentState::Available
     );
+}
+
+/// A call to a campaign's number goes to the campaign's queue (not the
+/// DID's), its caller is looked up, and once found the operator's desk
+/// shows the campaign and the contact; an answer for another record
+/// changes nothing.
+#[test]
+fn a_call_to_a_campaigns_number_reaches_its_queue_and_its_contact_reaches_the_desk() {
+    let config = CONFIG
+        .replacen(
+            "[[agents]]",
+            "[[queues]]\nname = \"richiami\"\ntenant = \"demo\"\nring_timeout_seconds = 5\n\n[[agents]]",
+            1,
+        )
+        .replacen(
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]",
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"richiami\"]",
+            1,
+        );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    h.engine
+        .set_campaign_numbers(vec![("100".into(), "richiami".into())]);
+    let out = h.invite("c1");
+    assert!(
+        requests(&out, PHONE1, "INVITE").is_empty(),
+        "not the DID's queue"
+    );
+    let inv = requests(&out, PHONE2, "INVITE")[0].clone();
+    assert_eq!(inv.header("X-Centralino-Campaign"), None, "not known yet");
+    let (call, record, did, number) = h.lookups.last().cloned().expect("a lookup");
+    assert_eq!((did.as_str(), number.as_str()), ("100", "+390612345678"));
+    let desks = h.desks.len();
+    h.engine
+        .caller_known(call, "another-record", "c".into(), 1, Vec::new());
+    h.drain();
+    assert_eq!(h.desks.len(), desks, "another record: nothing changes");
+    h.engine.caller_known(
+        call,
+        &record,
+        "richiami-fragili".into(),
+        9,
+        vec![("contact".into(), "Carla".into())],
+    );
+    h.drain();
+    let Some((agent, Some(desk))) = h.desks.last().cloned() else {
+        panic!("{:?}", h.desks)
+    };
+    assert_eq!(agent, "1002");
+    assert_eq!(
+        (desk.state, desk.campaign.as_deref(), desk.contact),
+        (crate::DeskState::Offered, Some("richiami-fragili"), Some(9))
+    );
+    assert!(desk.variables.contains(&("contact".into(), "Carla".into())));
+    assert_eq!(
+        h.gauge("centralino_campaign_callers_total{campaign=richiami-fragili}"),
+        1
+    );
+    // Numbers no campaign presents any more route as their DID says.
+    h.engine.set_campaign_numbers(Vec::new());
+    let before = h.lookups.len();
+    let out = h.invite("c2");
+    assert_eq!(requests(&out, PHONE1, "INVITE").len(), 1);
+    assert_eq!(h.lookups.len(), before);
 }

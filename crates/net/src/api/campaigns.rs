@@ -1127,6 +1127,8 @@ pub(super) async fn post_disposition(
         note: b.note.clone(),
         status,
         next_at,
+        call: id.clone(),
+        by: Some(token.agent.clone().unwrap_or_else(|| token.name.clone())),
     };
     match api.store.with(move |s| s.dispose(&d, now)).await {
         Ok(false) => error(

@@ -818,13 +818,7 @@ mod tests {
             ),
             (&json!("c-a"), &json!(3), &json!(7))
         );
-        assert_eq!(
-            campaigns_json(&desks, None)
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(campaigns_json(&desks, None).as_array().unwrap().len(), 2);
     }
 
     #[test]
