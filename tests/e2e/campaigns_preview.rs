@@ -196,11 +196,11 @@ fn a_preview_contact_is_dialled_only_after_the_operator_accepts_it() {
     drop(phone);
 }
 
-/// A citizen calls the campaign's number back (SIPp as the carrier): the
-/// call goes to the campaign's queue, the operator's desk shows whose call
-/// it is (the campaign, the contact), and the operator's disposition on
-/// that inbound call closes the contact, so the campaign calls them no
-/// more.
+/// A citizen calls the campaign's number back (SIPp as the carrier, the
+/// caller asserted by P-Asserted-Identity; the DID routes to the
+/// campaign's queue): the operator's desk shows whose call it is (the
+/// campaign, the contact), and the operator's disposition on that inbound
+/// call closes the contact, so the campaign calls them no more.
 #[test]
 fn a_contact_calling_the_campaigns_number_is_on_the_operators_desk() {
     let scratch = Scratch::new("campaign-caller");
@@ -244,14 +244,26 @@ fn a_contact_calling_the_campaigns_number_is_on_the_operators_desk() {
     );
     register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
     // The scheduler hands the engine the campaign's number within a second.
-    node.wait_log("campaign numbers routed", Duration::from_secs(10));
+    node.wait_log("campaign numbers known", Duration::from_secs(10));
+    // The carrier asserts who calls (P-Asserted-Identity, RFC 3325): a
+    // From alone is never looked up.
+    let plain = std::fs::read_to_string(scenario("trunk_call.xml")).unwrap();
+    let from = "      From: \"Cittadino\" <sip:+3933300[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]\n";
+    assert!(plain.contains(from));
+    let asserted = plain.replacen(
+        from,
+        &format!("{from}      P-Asserted-Identity: <sip:+3933300[call_number]@[local_ip]>\n"),
+        1,
+    );
+    let with_pai = scratch.path("trunk_call_pai.xml");
+    std::fs::write(&with_pai, asserted).unwrap();
     let mut citizen = Sipp::spawn(
         &scratch,
         "citizen",
         &[
             &node.sip_addr(),
             "-sf",
-            &scenario("trunk_call.xml"),
+            with_pai.to_str().unwrap(),
             "-s",
             "+39800999000",
             "-m",

@@ -57,7 +57,7 @@ pub(crate) async fn scheduler(
     let mut gauged: Vec<String> = Vec::new();
     let mut turn: u64 = 0;
     // The campaigns' numbers the engine has.
-    let mut sent_numbers: Vec<(String, String)> = Vec::new();
+    let mut sent_numbers: Vec<(String, String, String)> = Vec::new();
     loop {
         tick.tick().await;
         turn += 1;
@@ -78,8 +78,9 @@ pub(crate) async fn scheduler(
         let now = unix_now();
         let mut runs = Vec::new();
         // Numbers of running campaigns (inside their window or not: a
-        // citizen calls back in the evening), each to its queue.
-        let mut numbers: Vec<(String, String)> = Vec::new();
+        // citizen calls back in the evening), with each campaign and its
+        // queue (whose tenant the call's trunk must share).
+        let mut numbers: Vec<(String, String, String)> = Vec::new();
         for c in list {
             let spec = serde_json::from_str::<RawSpec>(&c.spec)
                 .map_err(|e| e.to_string())
@@ -102,10 +103,8 @@ pub(crate) async fn scheduler(
                     continue;
                 }
             };
-            if let Some(did) = &spec.caller_id
-                && !numbers.iter().any(|(d, _)| d == did)
-            {
-                numbers.push((did.clone(), spec.queue.clone()));
+            if let Some(did) = &spec.caller_id {
+                numbers.push((did.clone(), c.id.clone(), spec.queue.clone()));
             }
             if !spec.window.open(now) {
                 continue;
@@ -234,6 +233,7 @@ pub(crate) fn claim(
                                     name: spec.name.clone(),
                                     contact: k.id,
                                     attempt: k.attempts,
+                                    dialled: k.dialled,
                                     caller_id: spec.caller_id.clone(),
                                     trunk: spec.trunk.clone(),
                                     customer_first: spec.mode
@@ -268,11 +268,14 @@ pub(crate) fn caller_lookup(
     tx: mpsc::Sender<EngineInput>,
     call: centralino_types::CallId,
     record: String,
-    did: String,
+    campaigns: Vec<String>,
     number: String,
 ) {
     tokio::spawn(async move {
-        let found = match store.with(move |s| s.caller_contact(&did, &number)).await {
+        let found = match store
+            .with(move |s| s.caller_contact(&campaigns, &number))
+            .await
+        {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
@@ -403,6 +406,8 @@ fn check_and_dial(
             Ok(verdict) => {
                 let (outcome, status) = match verdict {
                     DialCheck::DoNotCall => ("dnc", ContactStatus::Dnc),
+                    // The contact keeps the status a disposition gave it.
+                    DialCheck::Settled => ("settled", ContactStatus::Pending),
                     _ => ("withheld", ContactStatus::Pending),
                 };
                 info!(campaign = %c.name, outcome, "campaign attempt withheld before dialling");
@@ -413,7 +418,7 @@ fn check_and_dial(
                     status,
                     next_at: (status == ContactStatus::Pending).then_some(now),
                     disposition: None,
-                    uncount_day: Some(rome_day(now).0),
+                    uncount: true,
                 };
                 write_end(&store, e, now);
                 false
@@ -460,15 +465,22 @@ pub(crate) fn contact_state(
         CallbackState::Done => (Outcome::Answered.as_str(), ContactStatus::Done, None),
         // Nobody was dialled: the attempt does not count against the
         // citizen's daily cap.
-        CallbackState::Requeue {
-            outcome: CallbackOutcome::Ended(CallOutcome::Skipped),
-        } => {
+        CallbackState::Requeue { outcome } => {
             uncount = true;
-            ("skipped", ContactStatus::Pending, Some(now + SKIP_DELAY))
-        }
-        CallbackState::Requeue { .. } => {
-            uncount = true;
-            ("operator_left", ContactStatus::Pending, Some(now))
+            match outcome {
+                CallbackOutcome::Ended(CallOutcome::Skipped) => {
+                    ("skipped", ContactStatus::Pending, Some(now + SKIP_DELAY))
+                }
+                // No operator free in the queue's time: the pacer claims
+                // again once one is.
+                CallbackOutcome::Ended(CallOutcome::MaxWait) => {
+                    ("no_operator", ContactStatus::Pending, Some(now))
+                }
+                CallbackOutcome::Ended(CallOutcome::CampaignStopped) => {
+                    ("campaign_stopped", ContactStatus::Pending, Some(now))
+                }
+                _ => ("operator_left", ContactStatus::Pending, Some(now)),
+            }
         }
         // The number the dial plan refuses (changed since the import):
         // no retry would change that.
@@ -482,7 +494,9 @@ pub(crate) fn contact_state(
             let next = running
                 .get(&call.campaign)
                 .map_or(Next::Retry { at: now }, |spec| {
-                    spec.retries.next(o, call.attempt, now, None, &spec.window)
+                    // Only attempts that reached the network count.
+                    spec.retries
+                        .next(o, call.dialled + 1, now, None, &spec.window)
                 });
             match next {
                 Next::Done => (o.as_str(), ContactStatus::Done, None),
@@ -499,7 +513,7 @@ pub(crate) fn contact_state(
         status,
         next_at,
         disposition: None,
-        uncount_day: uncount.then(|| rome_day(now).0),
+        uncount,
     };
     write_end(store, e, now);
 }

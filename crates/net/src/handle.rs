@@ -70,9 +70,9 @@ pub enum EngineInput {
             Arc<centralino_campaigns::spec::Spec>,
         )>,
     ),
-    /// The campaigns' numbers (caller IDs) and the queue each routes to
-    /// (when they change).
-    CampaignNumbers(Vec<(String, String)>),
+    /// The running campaigns' numbers (caller IDs): (number, campaign
+    /// id, its queue), when they change.
+    CampaignNumbers(Vec<(String, String, String)>),
     /// The caller of a call to a campaign's number is one of its contacts.
     CallerKnown {
         /// The call.

@@ -784,7 +784,7 @@ async fn run_engine(
                 Output::CallerLookup {
                     call,
                     record,
-                    did,
+                    campaigns,
                     number,
                 } => {
                     if let (Some(sink), Some(tx)) = (&records, answers.upgrade()) {
@@ -793,7 +793,7 @@ async fn run_engine(
                             tx,
                             call,
                             record,
-                            did,
+                            campaigns,
                             number,
                         );
                     }

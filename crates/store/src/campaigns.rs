@@ -75,7 +75,8 @@ pub(crate) const DISPOSITIONS: &str = "ALTER TABLE campaign_attempts ADD COLUMN 
 /// Calls back (migration after [`DISPOSITIONS`]): contacts found by
 /// number, and which inbound call record was a contact calling the
 /// campaign's number back (an operator's disposition on that call
-/// applies to the contact). The queue log gains each attempt's end and
+/// applies to the contact). An attempt keeps the day (Europe/Rome) its
+/// citizen's daily count was raised on. The queue log gains each attempt's end and
 /// each disposition (`event` `attempt` or `disposition`, the outcome or
 /// code in `reason`, with the campaign's name and the contact).
 pub(crate) const CALLERS: &str =
@@ -85,6 +86,7 @@ pub(crate) const CALLERS: &str =
         contact INTEGER NOT NULL,
         at INTEGER NOT NULL
     );
+    ALTER TABLE campaign_attempts ADD COLUMN day INTEGER;
     ALTER TABLE queue_log ADD COLUMN campaign TEXT;
     ALTER TABLE queue_log ADD COLUMN contact INTEGER;
     CREATE INDEX queue_log_contact ON queue_log (contact, seq) WHERE contact IS NOT NULL;";
@@ -230,6 +232,9 @@ pub struct Contact {
     pub note: Option<String>,
     /// Next attempt not before (Unix seconds).
     pub next_at: i64,
+    /// Attempts that reached the network (not skipped, withheld or
+    /// interrupted): what the retry policy counts. Filled by a claim.
+    pub dialled: u32,
 }
 
 /// An attempt as stored.
@@ -314,6 +319,9 @@ pub enum DialCheck {
     Stopped,
     /// Its number was put on a do-not-call list since the claim.
     DoNotCall,
+    /// The contact was settled meanwhile (a disposition on the citizen's
+    /// own call to the campaign's number).
+    Settled,
 }
 
 /// A change of status refused.
@@ -343,9 +351,9 @@ pub struct AttemptEnd {
     /// The operator's disposition and note, when given.
     pub disposition: Option<(String, Option<String>)>,
     /// Nobody was dialled (withheld, skipped, the operator left first):
-    /// the citizen's count for this day (Europe/Rome day number) is
+    /// the citizen's count for the day the attempt was claimed on is
     /// lowered again, so the daily cap counts only real calls.
-    pub uncount_day: Option<i64>,
+    pub uncount: bool,
 }
 
 /// A claim's limits.
@@ -411,8 +419,14 @@ fn contact(row: &Row<'_>) -> rusqlite::Result<Contact> {
         disposition: row.get(10)?,
         note: row.get(11)?,
         next_at: row.get(12)?,
+        dialled: 0,
     })
 }
+
+/// The outcomes of attempts that reached the network (the retry policy
+/// counts those; an attempt skipped, withheld, interrupted or left by its
+/// operator before dialling is none of the citizen's).
+const DIALLED: &str = "'answered', 'busy', 'no_answer', 'failed', 'abandoned', 'dial_plan'";
 
 impl Store {
     /// Stores a new campaign (`draft`). `Ok(false)`: the name is taken.
@@ -501,20 +515,24 @@ impl Store {
     /// still running, its number on no do-not-call list of `tenant` or
     /// the nation's.
     pub fn may_dial(&self, contact: i64, tenant: &str) -> Result<DialCheck, StoreError> {
-        let row: Option<(String, String)> = self
+        let row: Option<(String, String, String)> = self
             .conn
             .query_row(
-                "SELECT c.status, k.number FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign
+                "SELECT c.status, k.number, k.status FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign
                  WHERE k.id = ?1",
                 params![contact],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((status, number)) = row else {
+        let Some((status, number, contact_status)) = row else {
             return Ok(DialCheck::Stopped);
         };
         if status != CampaignStatus::Running.as_str() {
             return Ok(DialCheck::Stopped);
+        }
+        // Settled meanwhile (the citizen called back and booked).
+        if contact_status != ContactStatus::InProgress.as_str() {
+            return Ok(DialCheck::Settled);
         }
         if self.is_dnc(&number, tenant)? {
             return Ok(DialCheck::DoNotCall);
@@ -768,6 +786,13 @@ impl Store {
                     out.capped += 1;
                     continue;
                 }
+                k.dialled = s.conn.query_row(
+                    &format!(
+                        "SELECT count(*) FROM campaign_attempts WHERE contact = ?1 AND outcome IN ({DIALLED})"
+                    ),
+                    params![k.id],
+                    |r| r.get(0),
+                )?;
                 k.attempts += 1;
                 k.status = ContactStatus::InProgress;
                 s.conn.execute(
@@ -775,8 +800,8 @@ impl Store {
                     params![k.id, k.attempts, c.now],
                 )?;
                 s.conn.execute(
-                    "INSERT INTO campaign_attempts (contact, attempt, campaign, started_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![k.id, k.attempts, c.campaign, c.now],
+                    "INSERT INTO campaign_attempts (contact, attempt, campaign, started_at, day) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![k.id, k.attempts, c.campaign, c.now, c.day],
                 )?;
                 s.conn.execute(
                     "INSERT INTO dial_counts (number, day, count) VALUES (?1, ?2, 1)
@@ -811,11 +836,12 @@ impl Store {
                  WHERE a.contact = ?1 AND a.attempt = ?2",
                 params![e.contact, e.attempt, now, e.outcome],
             )?;
-            if let Some(day) = e.uncount_day {
+            if e.uncount {
                 s.conn.execute(
                     "UPDATE dial_counts SET count = max(count - 1, 0)
-                     WHERE day = ?2 AND number = (SELECT number FROM campaign_contacts WHERE id = ?1)",
-                    params![e.contact, day],
+                     WHERE day = (SELECT day FROM campaign_attempts WHERE contact = ?1 AND attempt = ?2)
+                       AND number = (SELECT number FROM campaign_contacts WHERE id = ?1)",
+                    params![e.contact, e.attempt],
                 )?;
             }
             let (disposition, note) = match &e.disposition {
@@ -826,7 +852,8 @@ impl Store {
             // how the call ended: "call later" keeps the contact pending.
             s.conn.execute(
                 "UPDATE campaign_contacts SET
-                    status = CASE WHEN later_at IS NOT NULL THEN 'pending' ELSE ?2 END,
+                    status = CASE WHEN later_at IS NOT NULL THEN 'pending'
+                                  WHEN status IN ('done', 'failed') THEN status ELSE ?2 END,
                     last_outcome = ?3,
                     next_at = coalesce(later_at, ?4, next_at),
                     later_at = NULL,
@@ -862,23 +889,28 @@ impl Store {
         Ok(())
     }
 
-    /// The contact behind a call to campaign number `did` from `number`
-    /// (E.164): of the campaigns presenting `did`, the contact with that
-    /// number touched last, and its campaign's name.
+    /// The contact behind a call from `number` (E.164) to a number the
+    /// running `campaigns` (ids, one tenant's, all presenting the number
+    /// called) present: the one with that number touched last, and its
+    /// campaign's name. Only running campaigns: a finished one's contact
+    /// is none of this call's business.
     pub fn caller_contact(
         &self,
-        did: &str,
+        campaigns: &[String],
         number: &str,
     ) -> Result<Option<(String, Contact)>, StoreError> {
         let columns: Vec<String> = CONTACT.split(", ").map(|c| format!("k.{c}")).collect();
+        // A list of strings always encodes.
+        let ids = serde_json::to_string(campaigns).unwrap_or_else(|_| "[]".into());
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {}, c.name FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign
-             WHERE k.number = ?1 AND json_extract(c.spec, '$.caller_id') = ?2
+             WHERE k.number = ?1 AND c.status = 'running'
+               AND k.campaign IN (SELECT value FROM json_each(?2))
              ORDER BY k.updated_at DESC, k.id DESC LIMIT 1",
             columns.join(", ")
         ))?;
         Ok(st
-            .query_row(params![number, did], |r| {
+            .query_row(params![number, ids], |r| {
                 Ok((r.get::<_, String>(13)?, contact(r)?))
             })
             .optional()?)
@@ -981,6 +1013,16 @@ impl Store {
                 params![now, d.call, d.by, d.code, d.contact],
             )?;
             match (open, d.status) {
+                // Final while an attempt runs (a citizen who called back
+                // booked while the campaign's own attempt is out): it
+                // holds, the attempt's end keeps it and a dial not yet
+                // made is withheld.
+                (true, Some(status @ (ContactStatus::Done | ContactStatus::Failed))) => {
+                    s.conn.execute(
+                        "UPDATE campaign_contacts SET status = ?2 WHERE id = ?1",
+                        params![d.contact, status.as_str()],
+                    )?;
+                }
                 (true, Some(ContactStatus::Pending)) => {
                     s.conn.execute(
                         "UPDATE campaign_contacts SET later_at = ?2 WHERE id = ?1",
@@ -1203,7 +1245,7 @@ mod tests {
             status: ContactStatus::Pending,
             next_at: Some(2800),
             disposition: None,
-            uncount_day: None,
+            uncount: false,
         };
         assert!(s.end_attempt(&end, 1000).unwrap());
         assert!(!s.end_attempt(&end, 1001).unwrap());
@@ -1232,18 +1274,32 @@ mod tests {
         s.import_contacts("id-b", &[contact("+393330000001", 0)], 1)
             .unwrap();
         // Only the campaign presenting that number knows the caller.
+        let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let (name, k) = s
-            .caller_contact("+39800999000", "+393330000001")
+            .caller_contact(&ids(&["id-a"]), "+393330000001")
             .unwrap()
             .unwrap();
         assert_eq!((name.as_str(), k.campaign.as_str()), ("a", "id-a"));
         assert!(
-            s.caller_contact("+39800111111", "+393330000001")
+            s.caller_contact(&ids(&["id-c"]), "+393330000001")
                 .unwrap()
                 .is_none()
         );
         assert!(
-            s.caller_contact("+39800999000", "+393330000002")
+            s.caller_contact(&ids(&["id-a"]), "+393330000002")
+                .unwrap()
+                .is_none()
+        );
+        // A campaign that no longer runs knows no caller.
+        s.set_campaign_status(
+            "id-b",
+            &[CampaignStatus::Running],
+            CampaignStatus::Paused,
+            2,
+        )
+        .unwrap();
+        assert!(
+            s.caller_contact(&ids(&["id-b"]), "+393330000001")
                 .unwrap()
                 .is_none()
         );
@@ -1279,6 +1335,39 @@ mod tests {
                 None
             )]
         );
+        // Booked on the citizen's own call while the campaign's attempt is
+        // out: the booking holds, the dial is withheld, the end keeps it.
+        s.import_contacts("id-a", &[contact("+393330000003", 0)], 7)
+            .unwrap();
+        let out = s.claim_contacts(claim("id-a", 1, 8)).unwrap().contacts;
+        let (c3, attempt) = (out[0].id, out[0].attempts);
+        assert_eq!(out[0].dialled, 0);
+        s.link_caller("in-2", c3, 9).unwrap();
+        let found = s.attempt_by_call("in-2").unwrap().unwrap();
+        assert_eq!((found.attempt, found.ended), (attempt, false));
+        let booked = Disposition {
+            contact: c3,
+            attempt,
+            code: "booked".into(),
+            note: None,
+            status: Some(ContactStatus::Done),
+            next_at: None,
+            call: "in-2".into(),
+            by: Some("1001".into()),
+        };
+        assert!(s.dispose(&booked, 10).unwrap());
+        assert_eq!(s.may_dial(c3, "asl").unwrap(), DialCheck::Settled);
+        let withheld = AttemptEnd {
+            contact: c3,
+            attempt,
+            outcome: "withheld".into(),
+            status: ContactStatus::Pending,
+            next_at: Some(11),
+            disposition: None,
+            uncount: true,
+        };
+        assert!(s.end_attempt(&withheld, 11).unwrap());
+        assert_eq!(s.contact(c3).unwrap().unwrap().status, ContactStatus::Done);
         // Retention takes the link with the numbers.
         s.anonymise_before(10_000).unwrap();
         assert!(s.attempt_by_call("in-1").unwrap().is_none());
@@ -1329,7 +1418,7 @@ mod tests {
             status: ContactStatus::Pending,
             next_at: Some(50),
             disposition: None,
-            uncount_day: Some(20_000),
+            uncount: true,
         };
         assert!(s.end_attempt(&skipped, 12).unwrap());
         // A repeat of the end lowers nothing twice.
@@ -1384,7 +1473,7 @@ mod tests {
             status: ContactStatus::Done,
             next_at: None,
             disposition: None,
-            uncount_day: None,
+            uncount: false,
         };
         s.end_attempt(&answered(a), 30).unwrap();
         // The queue log has both: the disposition, then the attempt's end
@@ -1504,7 +1593,7 @@ mod tests {
             status: ContactStatus::Pending,
             next_at: Some(20),
             disposition: None,
-            uncount_day: None,
+            uncount: false,
         };
         s.end_attempt(&end, 11).unwrap();
         let second = s.claim_contacts(claim("id-c", 1, 20)).unwrap().contacts;
@@ -1544,6 +1633,10 @@ mod tests {
         assert_eq!(
             again.contacts[0].attempts, 2,
             "a new attempt, never the same one twice"
+        );
+        assert_eq!(
+            again.contacts[0].dialled, 0,
+            "the interrupted one is none the retry policy counts"
         );
     }
 }

@@ -49,11 +49,14 @@ pub enum CallOutcome {
     Failed,
     /// A preview campaign's operator skipped the contact: nobody dialled.
     Skipped,
+    /// Its campaign stopped, paused or left its window before the citizen
+    /// was dialled.
+    CampaignStopped,
 }
 
 impl CallOutcome {
     /// Every outcome (for tests and documentation).
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::CallerHangup,
         Self::AgentHangup,
         Self::Abandoned,
@@ -75,6 +78,7 @@ impl CallOutcome {
         Self::NoAnswer,
         Self::Failed,
         Self::Skipped,
+        Self::CampaignStopped,
     ];
 
     /// The name stored and used as a label value.
@@ -101,6 +105,7 @@ impl CallOutcome {
             Self::NoAnswer => "no_answer",
             Self::Failed => "failed",
             Self::Skipped => "skipped",
+            Self::CampaignStopped => "campaign_stopped",
         }
     }
 }

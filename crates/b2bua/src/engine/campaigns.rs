@@ -95,6 +95,24 @@ impl Engine {
                 let _ = self.metrics.campaign_lines.remove_label_values(&[&name]);
                 let _ = self.metrics.campaign_pacing.remove_label_values(&[&name]);
             }
+            // Its contacts nobody dialled yet go back to it (a preview on a
+            // desk, an operator waited for or ringing): the calls already
+            // dialled or answered finish as they are.
+            let undialled: Vec<CallId> = self
+                .calls
+                .iter()
+                .filter(|(_, c)| {
+                    c.connected.is_none()
+                        && c.outbound().is_some_and(|o| {
+                            !o.dialled && o.campaign.as_ref().is_some_and(|k| k.campaign == id)
+                        })
+                })
+                .map(|(&call, _)| call)
+                .collect();
+            for call in undialled {
+                info!(%call, "campaign stopped: its contact goes back undialled");
+                self.end_unanswered(now, call, 0, CallOutcome::CampaignStopped, true);
+            }
         }
         if self.draining || self.shutting_down {
             return;
@@ -226,17 +244,33 @@ impl Engine {
     /// goes on the operator's desk first (nothing rings and nobody is
     /// dialled until they accept); every other call rings their phones.
     pub(super) fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
-        let preview = self.calls.get(&call_id).and_then(|c| {
-            let wait = c.outbound()?.campaign.as_ref()?.preview?;
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        if let Some(wait) = call.outbound().and_then(|o| o.campaign.as_ref()?.preview) {
+            // One operator at a time holds a preview (a ring-all queue
+            // offers a call to several): the others are let go at once.
+            if let Some(p) = call.preview
+                && p.agent != agent
+                && self.holds(p.agent, call_id)
+            {
+                self.offer_failed(now, call_id, agent, OfferOutcome::Withdrawn);
+                return;
+            }
             // Accepted by this operator already (their phone failed and
             // the call came back to them): it rings.
-            let accepted = c.preview.is_some_and(|p| p.accepted && p.agent == agent);
-            (!accepted).then_some(wait)
-        });
-        match preview {
-            Some(wait) => self.show_preview(now, call_id, agent, wait),
-            None => self.invite_operator(now, call_id, agent),
+            if !call.preview.is_some_and(|p| p.accepted && p.agent == agent) {
+                self.show_preview(now, call_id, agent, wait);
+                return;
+            }
         }
+        self.invite_operator(now, call_id, agent);
+    }
+
+    /// Whether `agent` is reserved for, or ringing for, `call`.
+    fn holds(&self, agent: AgentId, call: CallId) -> bool {
+        matches!(self.router.agent(agent).state,
+            AgentState::Reserved(c) | AgentState::Ringing(c) if c == call)
     }
 
     /// Puts a preview contact on `agent`'s desk for `wait`: they stay
@@ -345,22 +379,46 @@ impl Engine {
     /// contact goes to another operator (or back to them later), and the
     /// miss counts as an unanswered offer (`max_no_answer` pauses them).
     pub(super) fn preview_expired(&mut self, now: Instant, call_id: CallId, attempt: u32) {
-        let Some(call) = self.calls.get_mut(&call_id) else {
+        let Some(p) = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| c.preview)
+            .filter(|p| p.attempt == attempt && !p.accepted)
+        else {
             return;
         };
-        let Some(p) = call.preview.filter(|p| p.attempt == attempt && !p.accepted) else {
-            return;
-        };
-        call.preview = None;
-        call.phase = Phase::Queued;
         info!(agent = %self.router.agent(p.agent).name, "preview not answered in time: the contact goes to another operator");
         self.metrics
             .agent_offers
             .with_label_values(&["no_answer"])
             .inc();
         self.preview_counted(call_id, "expired");
-        self.agent_released(p.agent);
-        self.offer_failed(now, call_id, p.agent, OfferOutcome::NoAnswer);
+        self.end_preview(now, call_id, p.agent, OfferOutcome::NoAnswer);
+    }
+
+    /// The preview `agent` holds for `call` (not yet accepted) leaves
+    /// their desk: the call waits for another operator, the offer failed
+    /// with `outcome`. Nothing when they hold none.
+    pub(super) fn end_preview(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        agent: AgentId,
+        outcome: OfferOutcome,
+    ) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if !call
+            .preview
+            .is_some_and(|p| p.agent == agent && !p.accepted)
+        {
+            return;
+        }
+        call.preview = None;
+        call.phase = Phase::Queued;
+        self.agent_released(agent);
+        self.offer_failed(now, call_id, agent, outcome);
     }
 
     /// The router took `agent`'s reservation back while a preview was on
@@ -439,25 +497,36 @@ impl Engine {
 }
 
 impl Engine {
-    /// The campaigns' numbers (caller IDs) and each one's queue, from the
-    /// driver: a call to one of them goes to that queue (unless its DID
-    /// starts an IVR flow) and its caller is looked up among the
-    /// campaign's contacts.
-    pub fn set_campaign_numbers(&mut self, numbers: Vec<(String, String)>) {
+    /// The running campaigns' numbers (caller IDs), from the driver:
+    /// (number, campaign id, its queue). A call to one of them has its
+    /// caller looked up among the campaign's contacts.
+    pub fn set_campaign_numbers(&mut self, numbers: Vec<(String, String, String)>) {
+        let mut by_number: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (did, campaign, queue) in numbers {
+            by_number.entry(did).or_default().push((campaign, queue));
+        }
         info!(
-            numbers = numbers.len(),
-            "campaign numbers routed to their queues"
+            numbers = by_number.len(),
+            "campaign numbers known: their callers are looked up"
         );
-        self.campaign_numbers = numbers.into_iter().collect();
+        self.campaign_numbers = by_number;
     }
 
-    /// Where a call to `did` on `tenant`'s trunk goes when `did` is a
-    /// campaign's number: the campaign's queue (of the same tenant), if
-    /// it exists.
-    pub(super) fn campaign_queue(&self, did: &str, tenant: TenantId) -> Option<QueueId> {
-        let queue = self.campaign_numbers.get(did)?;
-        let &id = self.queue_ids.get(queue)?;
-        (self.queue_tenant(id) == tenant).then_some(id)
+    /// The running campaigns presenting `did` whose queue belongs to
+    /// `tenant` (the tenant of the trunk the call came in on): another
+    /// tenant's campaign presenting the same number is none of its.
+    pub(super) fn campaigns_presenting(&self, did: &str, tenant: TenantId) -> Vec<String> {
+        self.campaign_numbers
+            .get(did)
+            .into_iter()
+            .flatten()
+            .filter(|(_, queue)| {
+                self.queue_ids
+                    .get(queue)
+                    .is_some_and(|&q| self.queue_tenant(q) == tenant)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// The caller of `call` is `contact` of `campaign`: their details go

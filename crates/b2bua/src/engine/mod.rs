@@ -107,16 +107,18 @@ pub enum Output {
         /// What happened.
         state: CallbackState,
     },
-    /// A call came in on a campaign's number: the driver looks the caller
-    /// up among that campaign's contacts and, when found, answers with
+    /// A call came in on a campaign's number with a caller the carrier
+    /// asserted (P-Asserted-Identity of a trusted trunk): the driver looks
+    /// them up among the campaign's contacts and, when found, answers with
     /// [`Engine::caller_known`].
     CallerLookup {
         /// The call.
         call: CallId,
         /// Its record id (the answer is matched against it).
         record: String,
-        /// The number called (a campaign's caller ID).
-        did: String,
+        /// The running campaigns presenting the number called (ids, of
+        /// the tenant whose trunk took the call).
+        campaigns: Vec<String>,
         /// The caller, E.164.
         number: String,
     },
@@ -280,6 +282,9 @@ pub struct CampaignCall {
     pub contact: i64,
     /// This attempt's number.
     pub attempt: u32,
+    /// Earlier attempts that reached the network (the retry policy
+    /// counts those, not skipped or withheld ones).
+    pub dialled: u32,
     /// The number presented instead of the trunk's.
     pub caller_id: Option<String>,
     /// The outbound trunk tried first (by name).
@@ -613,8 +618,9 @@ pub struct Engine {
     /// Each running campaign inside its window, by id: its pacer and
     /// what the supervisors' view names it by.
     pacers: HashMap<String, Paced>,
-    /// Campaigns' numbers (their caller IDs) and the queue each routes to.
-    campaign_numbers: HashMap<String, String>,
+    /// Campaigns' numbers (their caller IDs): the running campaigns
+    /// presenting each, with their queues.
+    campaign_numbers: HashMap<String, Vec<(String, String)>>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.
@@ -895,6 +901,10 @@ impl Engine {
                     RegEvent::Logout(user) => {
                         if let Some(&id) = self.agent_ids.get(user) {
                             info!(agent = %user, "operator logged out");
+                            // A preview on their desk goes to another.
+                            if let AgentState::Reserved(call) = self.router.agent(id).state {
+                                self.end_preview(now, call, id, OfferOutcome::Rejected);
+                            }
                             self.router.logout(id);
                             self.agent_event(now, id, "logout", None);
                         }

@@ -16,8 +16,14 @@ impl Engine {
         let bindings = self.registrar.bindings(&name).to_vec();
         if bindings.is_empty() {
             // Registered state and bindings disagree: log the operator out
-            // and put the call back.
+            // and put the call back (off their desk, waiting again).
             self.router.logout(agent);
+            self.agent_released(agent);
+            if let Some(call) = self.calls.get_mut(&call_id)
+                && call.forks.is_empty()
+            {
+                call.phase = Phase::Queued;
+            }
             self.offer_failed(now, call_id, agent, OfferOutcome::Rejected);
             return;
         }

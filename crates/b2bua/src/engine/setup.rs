@@ -105,6 +105,7 @@ impl Engine {
                     .iter()
                     .any(|w| p.trim().eq_ignore_ascii_case(w))
             });
+        let asserted_number = asserted.clone();
         let caller = asserted
             .or_else(|| {
                 uri::parse_name_addr(&from).and_then(|n| uri::user(n.uri).map(str::to_owned))
@@ -161,28 +162,25 @@ impl Engine {
             .trunks
             .get(trunk.index())
             .map_or(TenantId(0), |t| t.tenant);
-        // A campaign's number: its queue takes the call (an IVR flow on the
-        // DID still runs first), and the caller is looked up among the
-        // campaign's contacts, unless they withheld their number.
-        let mut target = target;
+        // A running campaign's number: the caller is looked up among its
+        // contacts, only when the carrier asserted who calls (a From is
+        // anyone's to write) and they did not withhold their number. The
+        // DID routes the call as the admin configured it.
         let mut lookup = None;
-        if let Some(queue) = self.campaign_queue(&did, tenant) {
-            if let Target::Queue(q, spec) = &target
-                && *q != queue
-            {
-                target = Target::Queue(queue, spec.clone());
-            }
+        let campaigns = self.campaigns_presenting(&did, tenant);
+        if !campaigns.is_empty()
+            && !private
+            && let Some(asserted) = &asserted_number
+        {
             let country = self
                 .dial_plans
                 .get(tenant.index())
                 .map_or("39", |p| p.country_code.as_str());
-            if !private
-                && let Some(number) = centralino_types::dialplan::normalize(&caller, country)
-            {
+            if let Some(number) = centralino_types::dialplan::normalize(asserted, country) {
                 lookup = Some(Output::CallerLookup {
                     call: id,
                     record: record_id.clone(),
-                    did: did.clone(),
+                    campaigns,
                     number,
                 });
             }

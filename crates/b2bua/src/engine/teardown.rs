@@ -190,9 +190,13 @@ impl Engine {
             if !caller_gone {
                 self.send_bye(now, &mut call.a_leg);
             }
-        } else if let Some(o) = call.outbound().filter(|_| outcome == CallOutcome::Skipped) {
-            // A preview's operator skipped the contact: nobody was dialled,
-            // so it is no attempt of the citizen's.
+        } else if let Some(o) = call
+            .outbound()
+            .filter(|o| o.campaign.is_some() && !o.dialled)
+        {
+            // A campaign's contact nobody dialled (skipped, no operator in
+            // time, the campaign stopped): no attempt of the citizen's; the
+            // contact goes back to its campaign.
             self.attempt_state(
                 o,
                 CallbackState::Requeue {

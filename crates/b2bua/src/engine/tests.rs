@@ -74,7 +74,7 @@ struct Harness {
     /// The last campaign views published.
     campaign_views: Option<Vec<crate::CampaignView>>,
     /// Callers to look up among a campaign's contacts.
-    lookups: Vec<(CallId, String, String, String)>,
+    lookups: Vec<(CallId, String, Vec<String>, String)>,
     /// Media instructions, in order.
     media: Vec<MediaCommand>,
     /// Call records and queue events, in order.
@@ -203,9 +203,9 @@ impl Harness {
                 Output::CallerLookup {
                     call,
                     record,
-                    did,
+                    campaigns,
                     number,
-                } => self.lookups.push((call, record, did, number)),
+                } => self.lookups.push((call, record, campaigns, number)),
             }
         }
         out
@@ -293,12 +293,33 @@ impl Harness {
         contact: &str,
         alg: Algorithm,
     ) -> String {
+        self.register_with(user, phone, contact, alg, "", 1)
+    }
+
+    /// The phone's binding removed (`Expires: 0`): the operator logs out.
+    fn unregister(&mut self, user: &str, phone: &str) {
+        let contact = format!("sip:{user}@{phone}");
+        self.register_with(user, phone, &contact, Algorithm::Md5, "Expires: 0\n", 3);
+    }
+
+    /// A REGISTER with `extra` headers, CSeq from `cseq`, through the
+    /// digest challenge; the authenticated request that succeeded.
+    fn register_with(
+        &mut self,
+        user: &str,
+        phone: &str,
+        contact: &str,
+        alg: Algorithm,
+        extra: &str,
+        cseq: u32,
+    ) -> String {
+        let first = cseq;
         let req = |cseq: u32, auth: &str| {
             format!(
-                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}-{phone}\nCSeq: {cseq} REGISTER\nContact: <{contact}>\n{auth}Content-Length: 0\n\n"
+                "REGISTER sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKr{user}{cseq}\nFrom: <sip:{user}@192.0.2.1>;tag=r{user}\nTo: <sip:{user}@192.0.2.1>\nCall-ID: reg-{user}-{phone}\nCSeq: {cseq} REGISTER\nContact: <{contact}>\n{extra}{auth}Content-Length: 0\n\n"
             )
         };
-        let out = self.send(phone, &req(1, ""));
+        let out = self.send(phone, &req(first, ""));
         assert_eq!(out[0].1.code(), 401);
         let challenge = out[0]
             .1
@@ -320,7 +341,7 @@ impl Harness {
             "Authorization: Digest username=\"{user}\", realm=\"centralino\", nonce=\"{nonce}\", uri=\"sip:192.0.2.1\", response=\"{resp}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc=00000001\n",
             alg.token()
         );
-        let authenticated = req(2, &auth);
+        let authenticated = req(first + 1, &auth);
         let out = self.send(phone, &authenticated);
         assert_eq!(out[0].1.code(), 200, "{:?}", out[0].1);
         authenticated
@@ -3720,6 +3741,7 @@ fn campaign_due(
             name: name.into(),
             contact,
             attempt: 1,
+            dialled: 0,
             caller_id,
             trunk: None,
             customer_first,
@@ -3762,6 +3784,7 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
         name: "richiami".into(),
         contact: 7,
         attempt: 1,
+        dialled: 0,
         caller_id: Some("+39800999000".into()),
         trunk: None,
         customer_first: false,
@@ -4222,37 +4245,27 @@ fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
     );
 }
 
-/// A call to a campaign's number goes to the campaign's queue (not the
-/// DID's), its caller is looked up, and once found the operator's desk
-/// shows the campaign and the contact; an answer for another record
-/// changes nothing.
+/// A call to a running campaign's number from a caller the carrier
+/// asserts is looked up among the campaign's contacts (routing stays the
+/// DID's), and once found the operator's desk shows the campaign and the
+/// contact; an answer for another record changes nothing; a caller with
+/// only a From (anyone can write one), or of another tenant's campaign,
+/// is not looked up.
 #[test]
-fn a_call_to_a_campaigns_number_reaches_its_queue_and_its_contact_reaches_the_desk() {
-    let config = CONFIG
-        .replacen(
-            "[[agents]]",
-            "[[queues]]\nname = \"richiami\"\ntenant = \"demo\"\nring_timeout_seconds = 5\n\n[[agents]]",
-            1,
-        )
-        .replacen(
-            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]",
-            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"richiami\"]",
-            1,
-        );
-    let mut h = Harness::with(&config);
+fn a_caller_to_a_campaigns_number_is_looked_up_and_their_contact_reaches_the_desk() {
+    let mut h = Harness::new();
     h.register("1001", PHONE1, Algorithm::Md5);
-    h.register("1002", PHONE2, Algorithm::Md5);
-    h.engine
-        .set_campaign_numbers(vec![("100".into(), "richiami".into())]);
-    let out = h.invite("c1");
-    assert!(
-        requests(&out, PHONE1, "INVITE").is_empty(),
-        "not the DID's queue"
-    );
-    let inv = requests(&out, PHONE2, "INVITE")[0].clone();
+    h.engine.set_campaign_numbers(vec![
+        ("100".into(), "c1".into(), "info".into()),
+        ("100".into(), "other".into(), "no-such-queue".into()),
+    ]);
+    let pai = "P-Asserted-Identity: <sip:+390612345678@192.0.2.10>\r\n";
+    let out = h.send(TRUNK, &invite_with(pai));
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
     assert_eq!(inv.header("X-Centralino-Campaign"), None, "not known yet");
-    let (call, record, did, number) = h.lookups.last().cloned().expect("a lookup");
-    assert_eq!((did.as_str(), number.as_str()), ("100", "+390612345678"));
+    let (call, record, campaigns, number) = h.lookups.last().cloned().expect("a lookup");
+    assert_eq!(campaigns, ["c1"], "only the trunk's tenant's campaigns");
+    assert_eq!(number, "+390612345678");
     let desks = h.desks.len();
     h.engine
         .caller_known(call, "another-record", "c".into(), 1, Vec::new());
@@ -4269,7 +4282,7 @@ fn a_call_to_a_campaigns_number_reaches_its_queue_and_its_contact_reaches_the_de
     let Some((agent, Some(desk))) = h.desks.last().cloned() else {
         panic!("{:?}", h.desks)
     };
-    assert_eq!(agent, "1002");
+    assert_eq!(agent, "1001");
     assert_eq!(
         (desk.state, desk.campaign.as_deref(), desk.contact),
         (crate::DeskState::Offered, Some("richiami-fragili"), Some(9))
@@ -4279,10 +4292,88 @@ fn a_call_to_a_campaigns_number_reaches_its_queue_and_its_contact_reaches_the_de
         h.gauge("centralino_campaign_callers_total{campaign=richiami-fragili}"),
         1
     );
-    // Numbers no campaign presents any more route as their DID says.
-    h.engine.set_campaign_numbers(Vec::new());
+    // Only a From: not looked up.
     let before = h.lookups.len();
-    let out = h.invite("c2");
-    assert_eq!(requests(&out, PHONE1, "INVITE").len(), 1);
+    h.invite("c2");
     assert_eq!(h.lookups.len(), before);
+}
+
+/// A preview on a ring-all queue is held by one operator (the others the
+/// router offered it to are let go at once); an operator whose phone
+/// logs out loses the preview to another; a stopped campaign takes back
+/// the preview nobody accepted; a contact no operator took within the
+/// queue's wait goes back to its campaign undialled (not an abandon).
+#[test]
+fn a_preview_is_one_operators_and_goes_back_when_they_leave_or_the_campaign_stops() {
+    let config = outbound_trunks("", false).replace(
+        "ring_timeout_seconds = 2",
+        "ring_timeout_seconds = 2\nstrategy = \"ring_all\"\nring_all_width = 2",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let run = CampaignRun {
+        id: "v1".into(),
+        name: "anteprima".into(),
+        queue: "info".into(),
+        pacer: centralino_campaigns::pacer::PacerConfig::new(centralino_campaigns::Mode::Preview),
+    };
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.engine
+        .campaign_contacts(h.now, "v1", vec![preview_due(7, "+393331112223")]);
+    let out = h.drain();
+    assert!(out.iter().all(|(_, m)| !m.is_request()), "nothing rings");
+    let shown: Vec<&String> = h
+        .desks
+        .iter()
+        .filter(|(_, d)| d.is_some())
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(shown.len(), 1, "one desk shows it: {:?}", h.desks);
+    let holder = shown[0].clone();
+    let other = if holder == "1001" { "1002" } else { "1001" };
+    let available = |h: &Harness, name: &str| {
+        h.engine.router.agent(h.engine.agent_ids[name]).state
+            == centralino_routing::AgentState::Available
+    };
+    assert!(available(&h, other), "the other operator is let go at once");
+    // The holder's phone unregisters: the preview goes to the other.
+    let phone = if holder == "1001" { PHONE1 } else { PHONE2 };
+    h.unregister(&holder, phone);
+    assert!(h.desks.iter().any(|(a, d)| a == &holder && d.is_none()));
+    assert!(
+        matches!(h.desks.last(), Some((a, Some(d))) if a == other && d.contact == Some(7)),
+        "{:?}",
+        h.desks
+    );
+    // The campaign stops: the preview nobody accepted goes back.
+    h.engine.campaign_tick(h.now, &[]);
+    h.drain();
+    assert_eq!(h.desks.last(), Some(&(other.to_owned(), None)));
+    assert!(available(&h, other));
+    assert!(matches!(
+        h.contacts.last(),
+        Some((c, CallbackState::Requeue { outcome: CallbackOutcome::Ended(CallOutcome::CampaignStopped) })) if c.contact == 7
+    ));
+    // Nobody free within the queue's wait (10 s): back undialled.
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.engine.set_agent_paused(h.now, other, true, None).unwrap();
+    h.engine
+        .campaign_contacts(h.now, "v1", vec![preview_due(8, "+393331112224")]);
+    h.drain();
+    h.advance(Duration::from_secs(11));
+    assert!(
+        matches!(
+            h.contacts.last(),
+            Some((c, CallbackState::Requeue { outcome: CallbackOutcome::Ended(CallOutcome::MaxWait) })) if c.contact == 8
+        ),
+        "{:?}",
+        h.contacts.last()
+    );
+    assert_eq!(
+        h.gauge("centralino_campaign_attempts_total{campaign=anteprima,outcome=abandoned}"),
+        0
+    );
 }
