@@ -15,6 +15,7 @@ mod campaigns_preview;
 mod carriers;
 mod cli_check_config;
 mod cli_simulate;
+mod cluster;
 mod drain;
 mod http_health;
 mod http_limits;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod campaigns;
+mod cluster;
 mod problems;
 mod queues;
 mod raw;
@@ -21,6 +22,7 @@ mod sections;
 mod settings;
 mod trunks;
 
+pub use cluster::ClusterConfig;
 use problems::*;
 use queues::queue;
 use raw::*;
@@ -132,6 +134,8 @@ pub struct Config {
     pub raw_campaigns: Vec<centralino_campaigns::spec::RawSpec>,
     /// Limits across every campaign.
     pub outbound: campaigns::OutboundLimits,
+    /// This node in a national network (`None`: alone).
+    pub cluster: Option<ClusterConfig>,
     /// The document it was read from (flow files under `flow_files`):
     /// [`reload::changed_keys`] compares two of them.
     pub source: toml::Table,
@@ -1054,6 +1058,7 @@ impl Config {
             &mut p,
         );
         let outbound = campaigns::outbound(&raw.outbound, &mut p);
+        let cluster = raw.cluster.as_ref().map(|c| cluster::cluster(c, &mut p));
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid(p.0));
         }
@@ -1129,6 +1134,7 @@ impl Config {
             campaigns,
             raw_campaigns: raw.campaigns,
             outbound,
+            cluster,
             source: toml::Table::new(),
         })
     }

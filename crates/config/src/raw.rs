@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     pub(super) agents: Vec<RawAgent>,
     pub(super) campaigns: Vec<centralino_campaigns::spec::RawSpec>,
     pub(super) outbound: RawOutbound,
+    pub(super) cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize)]

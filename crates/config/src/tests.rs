@@ -917,3 +917,40 @@ fn campaigns_are_checked_like_the_api_checks_them() {
         "outbound.max_attempts_per_citizen_per_day",
     );
 }
+
+#[test]
+fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
+    assert_eq!(Config::embedded().unwrap().cluster, None);
+    let base = DEFAULT_TOML;
+    let c = Config::from_toml(&format!(
+        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = [\"nats://127.0.0.1:4222\", \"tls://nats.asl.example:4443\"]\ntoken_file = \"/etc/centralino/nats.token\"\n"
+    ))
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.node, "roma-1");
+    assert_eq!(cluster.nats_urls.len(), 2);
+    for (cluster, want) in [
+        (
+            "node = \"roma 1\"\nnats_url = \"nats://127.0.0.1:4222\"",
+            "cluster.node",
+        ),
+        (
+            "node = \"roma-1\"\nnats_url = \"http://127.0.0.1:4222\"",
+            "cluster.nats_url",
+        ),
+        (
+            "node = \"roma-1\"\nnats_url = \"nats://user:secret@127.0.0.1:4222\"",
+            "cluster.nats_url",
+        ),
+        (
+            "node = \"roma-1\"\nnats_url = [\"nats://127.0.0.1:4222\", \"nats://127.0.0.1\"]",
+            "cluster.nats_url[1]",
+        ),
+        ("node = \"roma-1\"\nnats_url = []", "cluster.nats_url"),
+    ] {
+        refused(&format!("{base}\n[cluster]\n{cluster}\n"), want);
+    }
+    // Without a server to join, the file does not parse.
+    let err = Config::from_toml(&format!("{base}\n[cluster]\nnode = \"roma-1\"\n")).unwrap_err();
+    assert!(err.to_string().contains("nats_url"), "{err}");
+}

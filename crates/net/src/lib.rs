@@ -17,6 +17,7 @@
 
 mod api;
 mod campaigns;
+mod cluster;
 mod error;
 mod handle;
 mod health;

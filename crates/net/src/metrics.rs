@@ -57,6 +57,17 @@ pub struct NetMetrics {
     /// `centralino_dnc_changes_total{change}`: numbers added to or removed
     /// from a do-not-call list.
     pub dnc_changes: IntCounterVec,
+    /// `centralino_cluster_nats_connected`: 1 while this node's NATS
+    /// connection is up (0 alone or disconnected).
+    pub cluster_connected: IntGauge,
+    /// `centralino_cluster_nodes{state}`: other nodes up and down.
+    pub cluster_nodes: IntGaugeVec,
+    /// `centralino_cluster_node_up{node}`: 1 while that node is heard
+    /// from (labelled by node name only).
+    pub cluster_node_up: IntGaugeVec,
+    /// `centralino_cluster_summaries_total{outcome}`: summaries sent,
+    /// unsent (NATS down: the next one replaces it), received, refused.
+    pub cluster_summaries: IntCounterVec,
     /// The store service's (`centralino_store_*`), registered with these.
     pub store: centralino_store::service::StoreMetrics,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
@@ -167,6 +178,28 @@ impl NetMetrics {
                 "centralino_dnc_changes_total",
                 "Numbers added to or removed from a do-not-call list",
                 &["change"]
+            )),
+            cluster_connected: reg!(
+                IntGauge::new(
+                    "centralino_cluster_nats_connected",
+                    "1 while this node's NATS connection is up"
+                )
+                .expect("valid metric")
+            ),
+            cluster_nodes: reg!(gv(
+                "centralino_cluster_nodes",
+                "Other nodes of the national network, up and down",
+                &["state"]
+            )),
+            cluster_node_up: reg!(gv(
+                "centralino_cluster_node_up",
+                "1 while that node of the national network is heard from",
+                &["node"]
+            )),
+            cluster_summaries: reg!(cv(
+                "centralino_cluster_summaries_total",
+                "Node summaries sent, unsent, received and refused",
+                &["outcome"]
             )),
             store: centralino_store::service::StoreMetrics::new(registry),
             config_reloads: reg!(cv(

@@ -284,6 +284,11 @@ impl SipServer {
         if let Some(&(_, tls_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Tls) {
             engine.set_outbound_tls_local(tls_addr);
         }
+        // The national network, when this node is in one.
+        if let (Some(cluster), Some(d)) = (&config.cluster, &desks) {
+            info!(node = %cluster.node, servers = cluster.nats_urls.len(), "joining the national network");
+            crate::cluster::spawn(cluster.clone(), d.clone(), net.clone(), draining.clone());
+        }
         let mut carriers = HashMap::new();
         for t in &config.trunks {
             if let (Some(remote), Some(tls)) = (t.outbound, &t.outbound_tls) {

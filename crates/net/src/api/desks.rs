@@ -21,6 +21,8 @@ pub struct Desks {
     /// Each running campaign's contacts by status (the store's count, by
     /// campaign id, refreshed every 10 s by the campaigns' scheduler).
     pub(super) progress: Arc<std::sync::Mutex<Progress>>,
+    /// The national network as this node sees it (`None`: alone).
+    pub(super) cluster: Arc<std::sync::Mutex<Option<crate::cluster::Picture>>>,
 }
 
 /// Each running campaign's contacts by status, by campaign id.
@@ -86,6 +88,11 @@ impl Desks {
             }
             changed
         });
+    }
+
+    /// The national network as this node sees it now.
+    pub(crate) fn set_cluster(&self, picture: crate::cluster::Picture) {
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(picture);
     }
 
     /// The running campaigns' contacts by status (replacing the last

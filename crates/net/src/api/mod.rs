@@ -304,6 +304,13 @@ fn table() -> Vec<Route> {
             get(get_agents),
         ),
         route(
+            "/api/v1/cluster",
+            &["GET"],
+            &["cluster_get"],
+            Audit::Bearer,
+            get(get_cluster),
+        ),
+        route(
             "/api/v1/config/reload",
             &["POST"],
             &["config_reload"],

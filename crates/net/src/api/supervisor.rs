@@ -80,6 +80,61 @@ pub(super) async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Re
     }
 }
 
+/// `GET /api/v1/cluster`: the national network as this node sees it: its
+/// NATS connection, the other nodes (up, silent for how long, draining)
+/// and each queue summed over the nodes that are up (a supervisor token
+/// with a tenant sees that firm's queues only). 404 on a node alone.
+pub(super) async fn get_cluster(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let t = match authorize(&api, &headers, Need::Supervisor) {
+        Err(r) => return *r,
+        Ok(t) => t,
+    };
+    let picture = api
+        .desks
+        .cluster
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(p) = picture else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node runs alone (no [cluster] section)",
+        );
+    };
+    let tenant = t.tenant.as_deref();
+    let nodes: Vec<Value> = p
+        .nodes
+        .iter()
+        .map(|(node, up, silent, draining)| {
+            json!({ "node": node, "up": up, "silent_seconds": silent, "draining": draining })
+        })
+        .collect();
+    let queues: Vec<Value> = p
+        .queues
+        .iter()
+        .filter(|q| tenant.is_none_or(|t| q.tenant == t))
+        .map(|q| {
+            json!({
+                "tenant": q.tenant,
+                "queue": q.queue,
+                "nodes": q.nodes,
+                "waiting": q.waiting,
+                "oldest_wait_seconds": q.oldest_wait_ms / 1000,
+                "agents": {
+                    "available": q.available,
+                    "busy": q.busy,
+                    "paused": q.paused,
+                    "logged_out": q.logged_out,
+                },
+            })
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        &json!({ "node": p.node, "connected": p.connected, "nodes": nodes, "queues": queues }),
+    )
+}
+
 /// `GET /api/v1/agents`: every operator's state now (read from the routing
 /// board), per tenant as for the queues.
 pub(super) async fn get_agents(State(api): State<Api>, headers: HeaderMap) -> Response {

@@ -1,0 +1,19 @@
+//! The national network, sans-IO: several Centralino nodes (one per firm
+//! or site) federated over NATS. Each node publishes a [`Summary`] of its
+//! queues every second; every node keeps the others' in a [`Membership`]
+//! and marks a node silent for three heartbeats down; the national
+//! picture of a queue (same tenant and name on several nodes: one queue)
+//! is the sum over the nodes that are up.
+//!
+//! Nothing here touches a socket or a clock: the driver (`centralino-net`)
+//! hands in what arrived and the time, and publishes what comes out, so
+//! every rule is tested in virtual time.
+
+pub mod membership;
+pub mod summary;
+
+pub use membership::{Event, Membership, NationalQueue, NodeView, Refused};
+pub use summary::{QueueSummary, Summary, WireError};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+//! The national network's driver: this node's NATS connection, its
+//! summary published every second on `centralino.v1.summary.<node>`, the
+//! others' read into a [`Membership`], and the national picture kept for
+//! the API (`GET /api/v1/cluster`) and the metrics. NATS down is not an
+//! emergency: every node routes its own calls as alone, the summaries it
+//! could not send are replaced by the next (a summary is state, not an
+//! event: the latest says everything), and on return the picture comes
+//! back within a few heartbeats.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use axum::body::Bytes;
+use centralino_cluster::{Event, Membership, NationalQueue, QueueSummary, Summary};
+use centralino_config::ClusterConfig;
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+use crate::api::Desks;
+use crate::metrics::NetMetrics;
+
+/// How often a node tells the others about itself.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The subject every summary goes to (`*`: the sender's node name).
+const SUMMARIES: &str = "centralino.v1.summary.*";
+
+/// The network as the API shows it, rebuilt each heartbeat.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Picture {
+    /// This node.
+    pub(crate) node: String,
+    /// Its NATS connection is up.
+    pub(crate) connected: bool,
+    /// The other nodes heard from: name, up, seconds silent, draining.
+    pub(crate) nodes: Vec<(String, bool, u64, bool)>,
+    /// Each queue across the nodes that are up.
+    pub(crate) queues: Vec<NationalQueue>,
+}
+
+/// Connects to NATS (in the background: a server down at start is no
+/// reason not to start) and runs the heartbeat. Returns at once.
+pub(crate) fn spawn(
+    config: ClusterConfig,
+    desks: Desks,
+    metrics: NetMetrics,
+    draining: Arc<AtomicBool>,
+) {
+    desks.set_cluster(Picture {
+        node: config.node.clone(),
+        ..Picture::default()
+    });
+    tokio::spawn(async move {
+        let client = match connect(&config).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Only a configuration the client cannot use gets here (a
+                // server down is retried in the background).
+                warn!(error = %e, "national network: cannot use the NATS settings; this node runs alone");
+                return;
+            }
+        };
+        run(client, config.node, desks, metrics, draining).await;
+    });
+}
+
+async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("centralino {}", config.node))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .ping_interval(Duration::from_secs(10))
+        .max_reconnects(None::<usize>);
+    if let Some(file) = &config.token_file {
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("cluster.token_file {}: {e}", file.display()))?;
+        options = options.token(token.trim().to_owned());
+    }
+    if config.nats_urls.iter().any(|u| u.starts_with("tls://")) {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    options
+        .connect(config.nats_urls.clone())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run(
+    client: async_nats::Client,
+    node: String,
+    desks: Desks,
+    metrics: NetMetrics,
+    draining: Arc<AtomicBool>,
+) {
+    let mut membership = Membership::new(&node, HEARTBEAT);
+    // A new boot each start: the others tell a restart from a replay.
+    let boot = rand::random::<u64>();
+    let mut seq = 0u64;
+    let subject = format!("centralino.v1.summary.{node}");
+    // Subscribed once: the client subscribes again after a reconnect.
+    let mut incoming = loop {
+        match client.subscribe(SUMMARIES).await {
+            Ok(s) => break s,
+            Err(e) => {
+                warn!(error = %e, "national network: cannot subscribe yet");
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_connected = None;
+    loop {
+        tokio::select! {
+            msg = incoming.next() => {
+                let Some(msg) = msg else {
+                    warn!("national network: the subscription ended");
+                    return;
+                };
+                match Summary::decode(&msg.payload) {
+                    // The subject names the sender: a summary claiming to
+                    // be another node's is refused.
+                    Ok(s) if msg.subject.as_str().rsplit('.').next() == Some(s.node.as_str()) => {
+                        let outcome = match membership.receive(Instant::now(), s) {
+                            Ok(()) => "received",
+                            Err(centralino_cluster::Refused::Own) => continue,
+                            Err(_) => "refused",
+                        };
+                        metrics.cluster_summaries.with_label_values(&[outcome]).inc();
+                    }
+                    Ok(_) | Err(_) => {
+                        metrics.cluster_summaries.with_label_values(&["refused"]).inc();
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let connected = client.connection_state() == State::Connected;
+                if was_connected != Some(connected) {
+                    if connected {
+                        info!(node = %node, "national network: connected to NATS");
+                    } else if was_connected.is_some() {
+                        warn!(node = %node, "national network: NATS unreachable; routing locally until it returns");
+                    }
+                    was_connected = Some(connected);
+                    metrics.cluster_connected.set(i64::from(connected));
+                }
+                let mine = summaries(&desks);
+                if connected {
+                    seq += 1;
+                    let s = Summary {
+                        node: node.clone(),
+                        boot,
+                        seq,
+                        at_ms: unix_ms(),
+                        draining: draining.load(Ordering::Relaxed),
+                        queues: mine.clone(),
+                    };
+                    let outcome = match client.publish(subject.clone(), Bytes::from(s.encode())).await {
+                        Ok(()) => "sent",
+                        Err(_) => "unsent",
+                    };
+                    metrics.cluster_summaries.with_label_values(&[outcome]).inc();
+                } else {
+                    metrics.cluster_summaries.with_label_values(&["unsent"]).inc();
+                }
+                let now = Instant::now();
+                membership.tick(now);
+                while let Some(e) = membership.poll_event() {
+                    match &e {
+                        Event::Up(n) => info!(node = %n, "national network: node up"),
+                        Event::Down(n) => warn!(node = %n, "national network: node down (silent for 3 heartbeats)"),
+                        Event::Restarted(n) => info!(node = %n, "national network: node restarted"),
+                    }
+                }
+                let picture = Picture {
+                    node: node.clone(),
+                    connected,
+                    nodes: Vec::new(),
+                    queues: membership.national(&mine),
+                };
+                publish_picture(&membership, picture, &desks, &metrics, now);
+            }
+        }
+    }
+}
+
+/// The picture for the API, with the other nodes, and the node gauges
+/// (a node's series stays while it is known: bounded by the membership's
+/// table).
+fn publish_picture(
+    m: &Membership,
+    mut picture: Picture,
+    desks: &Desks,
+    metrics: &NetMetrics,
+    now: Instant,
+) {
+    picture.nodes = m
+        .nodes(now)
+        .map(|v| {
+            (
+                v.node.to_owned(),
+                v.up,
+                v.silent.as_secs(),
+                v.summary.draining,
+            )
+        })
+        .collect();
+    metrics
+        .cluster_nodes
+        .with_label_values(&["up"])
+        .set(i64::try_from(m.up() - 1).unwrap_or(i64::MAX));
+    metrics
+        .cluster_nodes
+        .with_label_values(&["down"])
+        .set(i64::try_from(m.down()).unwrap_or(i64::MAX));
+    for (name, up, _, _) in &picture.nodes {
+        metrics
+            .cluster_node_up
+            .with_label_values(&[name])
+            .set(i64::from(*up));
+    }
+    desks.set_cluster(picture);
+}
+
+/// This node's queues as a summary carries them.
+fn summaries(desks: &Desks) -> Vec<QueueSummary> {
+    let now = unix_ms();
+    desks
+        .queues()
+        .iter()
+        .map(|q| {
+            let by = |label: &str| {
+                q.agents
+                    .iter()
+                    .find(|(l, _)| *l == label)
+                    .map_or(0, |(_, n)| *n)
+            };
+            QueueSummary {
+                tenant: q.tenant.clone(),
+                queue: q.name.clone(),
+                waiting: q.waiting,
+                oldest_wait_ms: q
+                    .oldest_since_ms
+                    .map_or(0, |t| u64::try_from(now - t).unwrap_or(0)),
+                expected_wait_seconds: q.expected_wait_seconds,
+                available: by("available"),
+                busy: by("busy"),
+                paused: by("paused"),
+                logged_out: by("logged_out"),
+            }
+        })
+        .collect()
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,181 @@
+//! The national network over a real `nats-server` (Debian's): two nodes
+//! see each other and one national queue; with NATS down each keeps
+//! taking and connecting its own calls; with NATS back the picture
+//! returns; a node killed is marked down by the other within a few
+//! heartbeats.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Node, NodeConfig, Scratch, free_port, json, one_answering_phone, trunk_to};
+
+const ADMIN: &str = "cluster-admin-token";
+
+/// A `nats-server` on 127.0.0.1:`port`, stopped (by its PID) when dropped.
+struct Nats(Child);
+
+impl Nats {
+    fn start(scratch: &Scratch, port: u16) -> Self {
+        // Debian installs it in /usr/sbin, not always on a user's PATH.
+        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(scratch.path("nats.log")).unwrap())
+            .spawn()
+            .expect("nats-server (Debian's nats-server; scripts/test installs it)");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nats-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node(scratch: &Scratch, name: &str, nats: u16) -> Node {
+    Node::start_toml(scratch, |sip, http| {
+        let cfg = NodeConfig {
+            agents: 2,
+            ..NodeConfig::default()
+        };
+        format!(
+            "{}\n[[api.tokens]]\nname = \"admin\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\n[cluster]\nnode = \"{name}\"\nnats_url = \"nats://127.0.0.1:{nats}\"\n",
+            cfg.toml(sip, http)
+        )
+    })
+}
+
+/// Waits until `pred` holds of this node's `GET /api/v1/cluster`.
+fn wait_cluster(
+    node: &Node,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (code, body) = node.http("GET", "/api/v1/cluster", Some(ADMIN), None);
+        if code == 200 {
+            let v = json(&body);
+            if pred(&v) {
+                return v;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{what}: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn peer_up(v: &serde_json::Value, name: &str) -> Option<bool> {
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == name)
+        .and_then(|n| n["up"].as_bool())
+}
+
+#[test]
+fn two_nodes_share_one_picture_and_keep_serving_without_nats() {
+    let (sa, sb) = (Scratch::new("cluster-a"), Scratch::new("cluster-b"));
+    let port = free_port();
+    let mut nats = Nats::start(&sa, port);
+    let a = node(&sa, "roma-1", port);
+    let mut b = node(&sb, "milano-1", port);
+    // Each sees the other, and the queue both have is one national queue.
+    let v = wait_cluster(&a, "roma-1 sees milano-1", |v| {
+        peer_up(v, "milano-1") == Some(true) && v["connected"] == true
+    });
+    assert_eq!(v["node"], "roma-1");
+    let info = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["tenant"] == "demo" && q["queue"] == "info")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        info["nodes"],
+        serde_json::json!(["roma-1", "milano-1"]),
+        "{v}"
+    );
+    wait_cluster(&b, "milano-1 sees roma-1", |v| {
+        peer_up(v, "roma-1") == Some(true)
+    });
+    assert_eq!(a.metric("centralino_cluster_nats_connected"), 1.0);
+    // An operator of A logs in: the national picture counts them on B.
+    let phone = one_answering_phone(&sa, &a);
+    wait_cluster(&b, "the operator on roma-1 counts nationally", |v| {
+        v["queues"][0]["agents"]["available"] == 1
+    });
+    // NATS goes away: A notices, and still takes and connects its calls.
+    nats.stop();
+    a.wait_metric(
+        "centralino_cluster_nats_connected",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    );
+    let mut trunk = trunk_to(
+        &sa,
+        &a,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "500"],
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    drop(phone);
+    assert_eq!(
+        a.metric("centralino_calls_total{outcome=\"answered\"}"),
+        1.0
+    );
+    // NATS back on the same address: the picture returns.
+    let _nats = Nats::start(&sa, port);
+    wait_cluster(&a, "roma-1 sees milano-1 again", |v| {
+        peer_up(v, "milano-1") == Some(true) && v["connected"] == true
+    });
+    // B dies: A marks it down within a few heartbeats.
+    b.kill_hard();
+    let v = wait_cluster(&a, "milano-1 down", |v| {
+        peer_up(v, "milano-1") == Some(false)
+    });
+    assert_eq!(
+        v["queues"][0]["nodes"],
+        serde_json::json!(["roma-1"]),
+        "a node down no longer counts: {v}"
+    );
+    assert_eq!(
+        a.metric("centralino_cluster_node_up{node=\"milano-1\"}"),
+        0.0
+    );
+    // A node alone has no national picture.
+    let alone = Scratch::new("cluster-alone");
+    let c = Node::start_toml(&alone, |sip, http| {
+        format!(
+            "{}\n[[api.tokens]]\nname = \"admin\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n",
+            NodeConfig::default().toml(sip, http)
+        )
+    });
+    let (code, body) = c.http("GET", "/api/v1/cluster", Some(ADMIN), None);
+    assert_eq!(code, 404, "{body}");
+}
