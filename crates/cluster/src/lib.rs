@@ -7,12 +7,19 @@
 //!
 //! Nothing here touches a socket or a clock: the driver (`centralino-net`)
 //! hands in what arrived and the time, and publishes what comes out, so
-//! every rule is tested in virtual time.
+//! every rule is tested in virtual time. A waiting call is offered to
+//! another node by [`offer`] (request, grant with a lease, hand-over,
+//! each step idempotent and timed out), across firms only under an
+//! [`agreements`] with a capacity.
 
+pub mod agreements;
 pub mod membership;
+pub mod offer;
 pub mod summary;
 
+pub use agreements::{Agreement, Lending};
 pub use membership::{Event, Membership, NationalQueue, NodeView, Refused};
+pub use offer::{Decision, Grants, OfferReply, OfferRequest, Outcome, Outgoing, Refusal};
 pub use summary::{QueueSummary, Summary, WireError};
 
 #[cfg(test)]

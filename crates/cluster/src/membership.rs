@@ -182,6 +182,17 @@ impl Membership {
         })
     }
 
+    /// Calls of firm `from` that the other nodes up report lent to firm
+    /// `to` (agreements are counted nationally).
+    pub fn lent_elsewhere(&self, from: &str, to: &str) -> u32 {
+        self.peers
+            .values()
+            .filter(|p| p.up)
+            .flat_map(|p| &p.summary.lent)
+            .filter(|(f, t, _)| f == from && t == to)
+            .fold(0u32, |n, (_, _, k)| n.saturating_add(*k))
+    }
+
     /// Nodes up, this one included.
     pub fn up(&self) -> usize {
         1 + self.peers.values().filter(|p| p.up).count()

@@ -27,6 +27,10 @@ pub struct Summary {
     pub draining: bool,
     /// Its queues.
     pub queues: Vec<QueueSummary>,
+    /// Calls it has lent under agreements now: (borrower firm, lender
+    /// firm, calls).
+    #[serde(default)]
+    pub lent: Vec<(String, String, u32)>,
 }
 
 /// One queue of one node.
@@ -99,6 +103,15 @@ impl Summary {
         }
         if s.queues.len() > MAX_QUEUES {
             return Err(WireError::TooManyQueues(s.queues.len()));
+        }
+        if s.lent.len() > MAX_QUEUES {
+            return Err(WireError::TooManyQueues(s.lent.len()));
+        }
+        if s.lent
+            .iter()
+            .any(|(from, to, _)| !valid_name(from) || !valid_name(to))
+        {
+            return Err(WireError::BadName("tenant"));
         }
         for q in &s.queues {
             if !valid_name(&q.queue) {

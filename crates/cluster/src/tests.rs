@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::membership::{MAX_NODES, Refused};
+use crate::offer::{Decision, Grants, OfferReply, OfferRequest, Outcome, Outgoing, Refusal};
 use crate::*;
 
 const S: Duration = Duration::from_secs(1);
@@ -32,6 +33,7 @@ fn summary(node: &str, boot: u64, seq: u64, queues: Vec<QueueSummary>) -> Summar
         at_ms: 0,
         draining: false,
         queues,
+        lent: Vec::new(),
     }
 }
 
@@ -167,4 +169,211 @@ fn summaries_are_bounded_on_the_wire_and_the_table_too() {
         m.receive(t0, summary("one-more", 1, 1, vec![])),
         Err(Refused::Full)
     );
+}
+
+fn request(out: &mut Outgoing, now: Instant, call: u64) -> OfferRequest {
+    out.offer(now, call, "milano-1", "asl", "vaccini", None, 0, 30 * S)
+        .expect("an offer")
+}
+
+/// Node A asks node B for call 7 and B grants; the INVITE claims the
+/// operator once; a second request for the same offer (a lost reply,
+/// retried) gets the same grant and no second operator.
+#[test]
+fn an_offer_is_granted_once_and_claimed_once() {
+    let t0 = Instant::now();
+    let mut a = Outgoing::new("roma-1", 0xb007);
+    let mut b = Grants::default();
+    let req = request(&mut a, t0, 7);
+    assert!(req.id.starts_with("roma-1-b007-"));
+    assert_eq!(req.waited_ms, 30_000);
+    assert_eq!(
+        a.offer(t0, 7, "napoli-1", "asl", "vaccini", None, 0, S),
+        None,
+        "one offer per call at a time"
+    );
+    assert_eq!(b.request(&req), Decision::Reserve);
+    let reply = b.granted(t0, &req, 42, "sip:offer@127.0.0.2:5060".into());
+    // The reply is lost; A's retry of the same request: the same grant.
+    assert_eq!(b.request(&req), Decision::Repeat(reply.clone()));
+    assert_eq!(b.held(), 1);
+    let Some(Outcome::Granted {
+        call,
+        target,
+        id,
+        until,
+        ..
+    }) = a.reply(t0, "milano-1", reply.clone())
+    else {
+        panic!("a grant")
+    };
+    assert_eq!((call, target.as_str()), (7, "sip:offer@127.0.0.2:5060"));
+    assert_eq!(until, t0 + offer::LEASE);
+    // A duplicate grant is not a second one: released.
+    assert_eq!(
+        a.reply(t0, "milano-1", reply),
+        Some(Outcome::Release {
+            node: "milano-1".into(),
+            id: id.clone()
+        })
+    );
+    // Only the node asked may claim it, once.
+    assert_eq!(b.claim(t0 + S, &id, "napoli-1"), None);
+    assert_eq!(b.claim(t0 + S, &id, "roma-1"), Some(42));
+    assert_eq!(b.claim(t0 + S, &id, "roma-1"), None);
+    assert_eq!(b.held(), 0);
+}
+
+/// A reply lost for good: the call returns to its place at the timeout,
+/// and a grant arriving after that is released, never taken; B's lease
+/// frees the operator if nobody claims it.
+#[test]
+fn a_lost_reply_times_out_a_late_grant_is_released_and_a_lease_lapses() {
+    let t0 = Instant::now();
+    let mut a = Outgoing::new("roma-1", 1);
+    let mut b = Grants::default();
+    let req = request(&mut a, t0, 7);
+    assert_eq!(a.poll_timeout(), Some(t0 + offer::REPLY_TIMEOUT));
+    assert!(
+        a.handle_timeout(t0 + offer::REPLY_TIMEOUT - Duration::from_millis(1))
+            .is_empty()
+    );
+    assert_eq!(
+        a.handle_timeout(t0 + offer::REPLY_TIMEOUT),
+        [Outcome::TimedOut {
+            call: 7,
+            node: "milano-1".into()
+        }]
+    );
+    assert!(a.is_empty());
+    // B answers late.
+    let late = b.granted(t0 + S, &req, 42, "sip:x@b".into());
+    assert_eq!(
+        a.reply(t0 + S, "milano-1", late),
+        Some(Outcome::Release {
+            node: "milano-1".into(),
+            id: req.id.clone()
+        })
+    );
+    assert_eq!(b.release(&req.id, "roma-1"), Some(42));
+    assert_eq!(b.release(&req.id, "roma-1"), None);
+    // Another grant nobody claims: the lease frees its operator.
+    let req2 = request(&mut a, t0 + S, 8);
+    b.granted(t0 + S, &req2, 43, "sip:x@b".into());
+    assert_eq!(b.poll_timeout(), Some(t0 + S + offer::LEASE));
+    assert!(
+        b.handle_timeout(t0 + S + offer::LEASE - Duration::from_millis(1))
+            .is_empty()
+    );
+    assert_eq!(
+        b.handle_timeout(t0 + S + offer::LEASE),
+        [(req2.id.clone(), 43)]
+    );
+    assert_eq!(b.claim(t0 + 7 * S, &req2.id, "roma-1"), None, "lapsed");
+    // A refusal is remembered for a repeated request, and reported once.
+    let req3 = request(&mut a, t0 + 8 * S, 9);
+    let no = b.refused(t0 + 8 * S, &req3, Refusal::NoOperator);
+    assert_eq!(b.request(&req3), Decision::Repeat(no.clone()));
+    assert_eq!(
+        a.reply(t0 + 8 * S, "milano-1", no.clone()),
+        Some(Outcome::Refused {
+            call: 9,
+            node: "milano-1".into(),
+            reason: Refusal::NoOperator
+        })
+    );
+    assert_eq!(a.reply(t0 + 8 * S, "milano-1", no), None);
+    // A reply from a node not asked is nobody's.
+    let req4 = request(&mut a, t0 + 9 * S, 10);
+    let spoof = OfferReply::Granted {
+        id: req4.id.clone(),
+        target: "sip:evil@x".into(),
+        lease_ms: 5000,
+    };
+    assert_eq!(a.reply(t0 + 9 * S, "napoli-1", spoof), None);
+    // The call leaves: its offer is withdrawn, a grant after is released.
+    a.withdraw(t0 + 9 * S, 10);
+    let g = b.granted(t0 + 9 * S, &req4, 44, "sip:x@b".into());
+    assert!(matches!(
+        a.reply(t0 + 9 * S, "milano-1", g),
+        Some(Outcome::Release { .. })
+    ));
+}
+
+/// Another firm's call only under an agreement, within its capacity,
+/// counted nationally; the same firm needs none.
+#[test]
+fn firms_lend_only_under_an_agreement_within_its_capacity() {
+    let mut l = Lending::new(vec![
+        Agreement {
+            from: "asl-roma".into(),
+            to: "call-milano".into(),
+            queues: vec!["vaccini".into()],
+            max_concurrent: Some(2),
+            share: None,
+        },
+        Agreement {
+            from: "asl-napoli".into(),
+            to: "call-milano".into(),
+            queues: Vec::new(),
+            max_concurrent: None,
+            share: Some(0.2),
+        },
+    ]);
+    assert_eq!(l.may_lend("call-milano", "call-milano", "x", 0, 0), Ok(()));
+    assert_eq!(
+        l.may_lend("asl-roma", "call-milano", "triage", 10, 0),
+        Err(Refusal::NoAgreement),
+        "not a queue of the agreement"
+    );
+    assert_eq!(
+        l.may_lend("call-milano", "asl-roma", "vaccini", 10, 0),
+        Err(Refusal::NoAgreement),
+        "agreements lend one way"
+    );
+    assert_eq!(
+        l.may_lend("asl-roma", "call-milano", "vaccini", 10, 0),
+        Ok(())
+    );
+    l.start("asl-roma", "call-milano");
+    l.start("asl-roma", "call-milano");
+    // The third simultaneous call is not lent.
+    assert_eq!(
+        l.may_lend("asl-roma", "call-milano", "vaccini", 10, 0),
+        Err(Refusal::Capacity)
+    );
+    l.end("asl-roma", "call-milano");
+    assert_eq!(
+        l.may_lend("asl-roma", "call-milano", "vaccini", 10, 0),
+        Ok(())
+    );
+    // One more lent on another node of the lender: the cap is national.
+    assert_eq!(
+        l.may_lend("asl-roma", "call-milano", "vaccini", 10, 1),
+        Err(Refusal::Capacity)
+    );
+    // A share: 20 % of 10 operators is 2 calls.
+    l.start("asl-napoli", "call-milano");
+    assert_eq!(l.may_lend("asl-napoli", "call-milano", "x", 10, 0), Ok(()));
+    l.start("asl-napoli", "call-milano");
+    assert_eq!(
+        l.may_lend("asl-napoli", "call-milano", "x", 10, 0),
+        Err(Refusal::Capacity)
+    );
+    assert_eq!(
+        l.current(),
+        [
+            ("asl-napoli".to_owned(), "call-milano".to_owned(), 2),
+            ("asl-roma".to_owned(), "call-milano".to_owned(), 1)
+        ]
+    );
+    // What other nodes report lent counts here too.
+    let t0 = Instant::now();
+    let mut m = Membership::new("roma-1", S);
+    let mut s = summary("milano-1", 1, 1, Vec::new());
+    s.lent = vec![("asl-roma".into(), "call-milano".into(), 3)];
+    m.receive(t0, Summary::decode(&s.encode()).unwrap())
+        .unwrap();
+    assert_eq!(m.lent_elsewhere("asl-roma", "call-milano"), 3);
+    assert_eq!(m.lent_elsewhere("asl-napoli", "call-milano"), 0);
 }

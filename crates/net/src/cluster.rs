@@ -159,6 +159,9 @@ async fn run(
                         at_ms: unix_ms(),
                         draining: draining.load(Ordering::Relaxed),
                         queues: mine.clone(),
+                        // Nothing is lent across nodes yet (the offers
+                        // that would lend are being built).
+                        lent: Vec::new(),
                     };
                     let outcome = match client.publish(subject.clone(), Bytes::from(s.encode())).await {
                         Ok(()) => "sent",
