@@ -129,6 +129,46 @@ fn two_nodes_share_one_picture_and_keep_serving_without_nats() {
     wait_cluster(&b, "the operator on roma-1 counts nationally", |v| {
         v["queues"][0]["agents"]["available"] == 1
     });
+    // Another node (here a bare NATS client speaking for milano-1) offers
+    // a waiting call: A's free operator is held for it, the same request
+    // again gets the same grant, a release lets the operator go.
+    let req = r#"{"id":"milano-1-7-1","from":"milano-1","tenant":"demo","queue":"info","requirements":null,"priority":0,"waited_ms":4000}"#;
+    let reply = json(&nats_request(port, "centralino.v1.offer.roma-1", req));
+    assert_eq!(reply["answer"], "granted", "{reply}");
+    assert_eq!(
+        reply["target"].as_str(),
+        Some(format!("sip:offer-milano-1-7-1@127.0.0.1:{}", a.sip_port).as_str())
+    );
+    a.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 0.0,
+    );
+    assert_eq!(
+        json(&nats_request(port, "centralino.v1.offer.roma-1", req)),
+        reply
+    );
+    let other = req.replace("milano-1-7-1", "milano-1-7-2");
+    let refused = json(&nats_request(port, "centralino.v1.offer.roma-1", &other));
+    assert_eq!(
+        (refused["answer"].as_str(), refused["reason"].as_str()),
+        (Some("refused"), Some("no_operator")),
+        "{refused}"
+    );
+    nats_publish(
+        port,
+        "centralino.v1.release.roma-1",
+        r#"{"id":"milano-1-7-1","from":"milano-1"}"#,
+    );
+    a.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    assert_eq!(
+        a.metric("centralino_cluster_offers_received_total{outcome=\"granted\"}"),
+        1.0
+    );
     // NATS goes away: A notices, and still takes and connects its calls.
     nats.stop();
     a.wait_metric(
@@ -178,4 +218,58 @@ fn two_nodes_share_one_picture_and_keep_serving_without_nats() {
     });
     let (code, body) = c.http("GET", "/api/v1/cluster", Some(ADMIN), None);
     assert_eq!(code, 404, "{body}");
+}
+
+/// A bare NATS client (the protocol's text form): publishes `payload` on
+/// `subject` with a reply inbox and returns the first reply.
+fn nats_request(port: u16, subject: &str, payload: &str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    write!(
+        s,
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB _INBOX.e2e 1\r\nPUB {subject} _INBOX.e2e {}\r\n{payload}\r\n",
+        payload.len()
+    )
+    .unwrap();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("a reply within 5 s");
+        if line.starts_with("PING") {
+            s.write_all(b"PONG\r\n").unwrap();
+        } else if let Some(rest) = line.strip_prefix("MSG _INBOX.e2e 1 ") {
+            let n: usize = rest.trim().parse().unwrap();
+            let mut body = vec![0; n + 2];
+            r.read_exact(&mut body).unwrap();
+            body.truncate(n);
+            return String::from_utf8(body).unwrap();
+        }
+    }
+}
+
+/// Publishes `payload` on `subject` (no reply), flushed by a PING.
+fn nats_publish(port: u16, subject: &str, payload: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    write!(
+        s,
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n{payload}\r\nPING\r\n",
+        payload.len()
+    )
+    .unwrap();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
 }

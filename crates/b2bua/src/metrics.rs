@@ -145,6 +145,10 @@ pub struct Metrics {
     /// `centralino_campaign_callers_total{campaign}`: calls to a
     /// campaign's number from one of its contacts.
     pub campaign_callers: IntCounterVec,
+    /// `centralino_cluster_offers_received_total{outcome}`: other nodes'
+    /// calls offered here: granted, no_operator, unknown_queue,
+    /// no_agreement, capacity, draining; and grants released or lapsed.
+    pub cluster_offers_in: IntCounterVec,
     /// `centralino_campaign_pacing_ratio{campaign}`: lines per free
     /// operator at the last decision (1 progressive; above 1 predictive
     /// dialling ahead).
@@ -399,6 +403,11 @@ impl Metrics {
                 "centralino_campaign_callers_total",
                 "Calls to a campaign's number from one of its contacts, by campaign",
                 &["campaign"]
+            )),
+            cluster_offers_in: reg!(cv(
+                "centralino_cluster_offers_received_total",
+                "Other nodes' calls offered to this node's operators, by outcome",
+                &["outcome"]
             )),
             campaign_pacing: reg!(
                 prometheus::GaugeVec::new(

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::summary::{WireError, valid_name};
+
 /// How long A waits for B's answer before the call goes back to its
 /// place (and a late grant is released).
 pub const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -46,6 +48,68 @@ pub struct OfferRequest {
     pub priority: i32,
     /// How long it has waited (ms): B orders by it as its router would.
     pub waited_ms: u64,
+}
+
+/// Largest offer request or release accepted (bytes).
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+impl OfferRequest {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads another node's request, every size and name bounded.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        let r: Self =
+            serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if r.id.is_empty() || r.id.len() > 200 || !r.id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(WireError::BadName("id"));
+        }
+        if !valid_name(&r.from) {
+            return Err(WireError::BadName("node"));
+        }
+        if !valid_name(&r.queue) {
+            return Err(WireError::BadName("queue"));
+        }
+        if !r.tenant.is_empty() && !valid_name(&r.tenant) {
+            return Err(WireError::BadName("tenant"));
+        }
+        if r.requirements.as_ref().is_some_and(|q| q.len() > 1024) {
+            return Err(WireError::BadName("requirements"));
+        }
+        Ok(r)
+    }
+}
+
+/// A node lets a grant go: `{"id", "from"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// The offer.
+    pub id: String,
+    /// The node that asked for it.
+    pub from: String,
+}
+
+impl Release {
+    /// Reads one, bounded.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+    }
+}
+
+impl OfferReply {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// Why B will not take a call.

@@ -377,3 +377,32 @@ fn firms_lend_only_under_an_agreement_within_its_capacity() {
     assert_eq!(m.lent_elsewhere("asl-roma", "call-milano"), 3);
     assert_eq!(m.lent_elsewhere("asl-napoli", "call-milano"), 0);
 }
+
+#[test]
+fn offer_requests_are_bounded_on_the_wire() {
+    let t0 = Instant::now();
+    let mut a = Outgoing::new("roma-1", 1);
+    let req = request(&mut a, t0, 1);
+    assert_eq!(OfferRequest::decode(&req.encode()).unwrap(), req);
+    let mut bad = req.clone();
+    bad.queue = "x y".into();
+    assert_eq!(
+        OfferRequest::decode(&bad.encode()),
+        Err(WireError::BadName("queue"))
+    );
+    let mut bad = req.clone();
+    bad.id = "a\r\nb".into();
+    assert_eq!(
+        OfferRequest::decode(&bad.encode()),
+        Err(WireError::BadName("id"))
+    );
+    let mut bad = req;
+    bad.requirements = Some("x".repeat(2000));
+    assert!(OfferRequest::decode(&bad.encode()).is_err());
+    assert!(matches!(
+        OfferRequest::decode(&vec![b'x'; offer::MAX_REQUEST_BYTES + 1]),
+        Err(WireError::TooLarge(_))
+    ));
+    assert!(offer::Release::decode(br#"{"id":"x","from":"roma-1"}"#).is_ok());
+    assert!(offer::Release::decode(br#"{"id":"x"}"#).is_err());
+}

@@ -13,12 +13,16 @@ use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use axum::body::Bytes;
-use centralino_cluster::{Event, Membership, NationalQueue, QueueSummary, Summary};
+use centralino_cluster::offer::Release;
+use centralino_cluster::{Event, Membership, NationalQueue, OfferRequest, QueueSummary, Summary};
 use centralino_config::ClusterConfig;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
+use tokio::sync::mpsc;
+
 use crate::api::Desks;
+use crate::handle::EngineInput;
 use crate::metrics::NetMetrics;
 
 /// How often a node tells the others about itself.
@@ -40,15 +44,22 @@ pub(crate) struct Picture {
     pub(crate) queues: Vec<NationalQueue>,
 }
 
+/// What the driver works with.
+pub(crate) struct Links {
+    /// The supervisors' views (the queues it summarises, the picture).
+    pub(crate) desks: Desks,
+    pub(crate) metrics: NetMetrics,
+    pub(crate) draining: Arc<AtomicBool>,
+    /// The engine, for other nodes' offers.
+    pub(crate) engine: mpsc::Sender<EngineInput>,
+    /// This node's SIP address for hand-overs.
+    pub(crate) target: String,
+}
+
 /// Connects to NATS (in the background: a server down at start is no
 /// reason not to start) and runs the heartbeat. Returns at once.
-pub(crate) fn spawn(
-    config: ClusterConfig,
-    desks: Desks,
-    metrics: NetMetrics,
-    draining: Arc<AtomicBool>,
-) {
-    desks.set_cluster(Picture {
+pub(crate) fn spawn(config: ClusterConfig, links: Links) {
+    links.desks.set_cluster(Picture {
         node: config.node.clone(),
         ..Picture::default()
     });
@@ -62,7 +73,7 @@ pub(crate) fn spawn(
                 return;
             }
         };
-        run(client, config.node, desks, metrics, draining).await;
+        run(client, config.node, links).await;
     });
 }
 
@@ -90,28 +101,23 @@ async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn run(
-    client: async_nats::Client,
-    node: String,
-    desks: Desks,
-    metrics: NetMetrics,
-    draining: Arc<AtomicBool>,
-) {
+async fn run(client: async_nats::Client, node: String, links: Links) {
+    let Links {
+        desks,
+        metrics,
+        draining,
+        engine,
+        target,
+    } = links;
     let mut membership = Membership::new(&node, HEARTBEAT);
     // A new boot each start: the others tell a restart from a replay.
     let boot = rand::random::<u64>();
     let mut seq = 0u64;
     let subject = format!("centralino.v1.summary.{node}");
     // Subscribed once: the client subscribes again after a reconnect.
-    let mut incoming = loop {
-        match client.subscribe(SUMMARIES).await {
-            Ok(s) => break s,
-            Err(e) => {
-                warn!(error = %e, "national network: cannot subscribe yet");
-                tokio::time::sleep(HEARTBEAT).await;
-            }
-        }
-    };
+    let mut incoming = subscribe(&client, SUMMARIES.to_owned()).await;
+    let mut offers = subscribe(&client, format!("centralino.v1.offer.{node}")).await;
+    let mut releases = subscribe(&client, format!("centralino.v1.release.{node}")).await;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_connected = None;
@@ -136,6 +142,19 @@ async fn run(
                     Ok(_) | Err(_) => {
                         metrics.cluster_summaries.with_label_values(&["refused"]).inc();
                     }
+                }
+            }
+            msg = offers.next() => {
+                let Some(msg) = msg else { return };
+                answer_offer(&client, &engine, &target, &metrics, msg);
+            }
+            msg = releases.next() => {
+                let Some(msg) = msg else { return };
+                match Release::decode(&msg.payload) {
+                    Ok(r) => {
+                        let _ = engine.send(EngineInput::RemoteRelease { id: r.id, from: r.from }).await;
+                    }
+                    Err(_) => metrics.cluster_summaries.with_label_values(&["refused"]).inc(),
                 }
             }
             _ = tick.tick() => {
@@ -190,6 +209,53 @@ async fn run(
             }
         }
     }
+}
+
+async fn subscribe(client: &async_nats::Client, subject: String) -> async_nats::Subscriber {
+    loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => return s,
+            Err(e) => {
+                warn!(error = %e, %subject, "national network: cannot subscribe yet");
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        }
+    }
+}
+
+/// Another node offers a call: the engine decides (its router stays the
+/// only writer of the board), the answer goes back on the request's
+/// reply subject. A malformed request gets no answer (the asker's
+/// timeout returns its call to its place) and is counted.
+fn answer_offer(
+    client: &async_nats::Client,
+    engine: &mpsc::Sender<EngineInput>,
+    target: &str,
+    metrics: &NetMetrics,
+    msg: async_nats::Message,
+) {
+    let (Some(reply_to), Ok(req)) = (msg.reply, OfferRequest::decode(&msg.payload)) else {
+        metrics
+            .cluster_summaries
+            .with_label_values(&["refused"])
+            .inc();
+        return;
+    };
+    let (client, engine, target) = (client.clone(), engine.clone(), target.to_owned());
+    tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let input = EngineInput::RemoteOffer {
+            req: Box::new(req),
+            target,
+            reply: tx,
+        };
+        if engine.send(input).await.is_err() {
+            return;
+        }
+        if let Ok(reply) = rx.await {
+            let _ = client.publish(reply_to, Bytes::from(reply.encode())).await;
+        }
+    });
 }
 
 /// The picture for the API, with the other nodes, and the node gauges

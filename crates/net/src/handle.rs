@@ -70,6 +70,23 @@ pub enum EngineInput {
             Arc<centralino_campaigns::spec::Spec>,
         )>,
     ),
+    /// Another node offers one of its waiting calls to this node's
+    /// operators (the national network).
+    RemoteOffer {
+        /// The request.
+        req: Box<centralino_cluster::OfferRequest>,
+        /// This node's SIP address for the hand-over.
+        target: String,
+        /// The grant or the refusal.
+        reply: tokio::sync::oneshot::Sender<centralino_cluster::OfferReply>,
+    },
+    /// Another node lets a grant go.
+    RemoteRelease {
+        /// The offer.
+        id: String,
+        /// The node that asked for it.
+        from: String,
+    },
     /// The running campaigns' numbers (caller IDs): (number, campaign
     /// id, its queue), when they change.
     CampaignNumbers(Vec<(String, String, String)>),

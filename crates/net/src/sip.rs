@@ -287,7 +287,23 @@ impl SipServer {
         // The national network, when this node is in one.
         if let (Some(cluster), Some(d)) = (&config.cluster, &desks) {
             info!(node = %cluster.node, servers = cluster.nats_urls.len(), "joining the national network");
-            crate::cluster::spawn(cluster.clone(), d.clone(), net.clone(), draining.clone());
+            // Where another node hands a call over to this one: the
+            // first SIP address (UDP), as the operators' phones see it.
+            let target = bound
+                .iter()
+                .find(|(t, _)| *t == ListenTransport::Udp)
+                .map(|(_, a)| a.to_string())
+                .unwrap_or_default();
+            crate::cluster::spawn(
+                cluster.clone(),
+                crate::cluster::Links {
+                    desks: d.clone(),
+                    metrics: net.clone(),
+                    draining: draining.clone(),
+                    engine: tx.clone(),
+                    target,
+                },
+            );
         }
         let mut carriers = HashMap::new();
         for t in &config.trunks {
@@ -1031,6 +1047,10 @@ fn handle(
         }
         EngineInput::CallbackStored { call, stored } => engine.callback_stored(now, call, stored),
         EngineInput::CampaignNumbers(numbers) => engine.set_campaign_numbers(numbers),
+        EngineInput::RemoteOffer { req, target, reply } => {
+            let _ = reply.send(engine.remote_offer(now, &req, &target));
+        }
+        EngineInput::RemoteRelease { id, from } => engine.remote_release(now, &id, &from),
         EngineInput::CallerKnown {
             call,
             record,

@@ -244,6 +244,10 @@ impl Engine {
     /// goes on the operator's desk first (nothing rings and nobody is
     /// dialled until they accept); every other call rings their phones.
     pub(super) fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        // Another node's call: the operator is held, nothing rings here.
+        if self.remote_reserved(call_id, agent) {
+            return;
+        }
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };

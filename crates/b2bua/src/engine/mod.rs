@@ -621,6 +621,11 @@ pub struct Engine {
     /// Campaigns' numbers (their caller IDs): the running campaigns
     /// presenting each, with their queues.
     campaign_numbers: HashMap<String, Vec<(String, String)>>,
+    /// Other nodes' offers: the grants (leases), the placeholders the
+    /// router is matching now, and each held operator's placeholder.
+    grants: centralino_cluster::Grants,
+    remote_pending: HashMap<CallId, Option<AgentId>>,
+    held: HashMap<String, remote::Held>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.
@@ -802,6 +807,7 @@ impl Engine {
             self.qualify_due.peek().map(|Reverse((t, _))| *t),
             self.trunk_due.peek().map(|Reverse((t, _))| *t),
             self.gauges_due,
+            self.grants.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -873,6 +879,7 @@ impl Engine {
             self.trunk_due.pop();
             self.ping_trunk(now, trunk);
         }
+        self.remote_timeouts(now);
         self.pump(now);
     }
 
@@ -1184,6 +1191,7 @@ mod call;
 mod callbacks;
 mod campaigns;
 mod config;
+mod remote;
 pub use config::ReloadRefused;
 mod dialogs;
 mod ingress;

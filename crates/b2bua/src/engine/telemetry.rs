@@ -29,6 +29,7 @@ impl Engine {
                     .map_or(0, |d| d.as_secs() as i64),
             );
             let (n, first) = self.router.waiting(QueueId(i as u32));
+            let n = n.saturating_sub(self.held_in(QueueId(i as u32)));
             q.waiting.set(n as i64);
             q.oldest_wait
                 .set(first.map_or(0, |t| now.saturating_duration_since(t).as_secs() as i64));
@@ -104,6 +105,7 @@ impl Engine {
         for (i, callbacks) in callbacks_waiting.into_iter().enumerate() {
             let q = QueueId(i as u32);
             let (waiting, first) = self.router.waiting(q);
+            let waiting = waiting.saturating_sub(self.held_in(q));
             let agents = self.router.queue_agents(q);
             views.push(QueueView {
                 callback_room: agents.available.saturating_sub(callbacks),

@@ -4377,3 +4377,109 @@ fn a_preview_is_one_operators_and_goes_back_when_they_leave_or_the_campaign_stop
         0
     );
 }
+
+fn remote_request(id: &str, queue: &str, tenant: &str) -> centralino_cluster::OfferRequest {
+    centralino_cluster::OfferRequest {
+        id: id.into(),
+        from: "roma-1".into(),
+        tenant: tenant.into(),
+        queue: queue.into(),
+        requirements: None,
+        priority: 0,
+        waited_ms: 20_000,
+    }
+}
+
+/// Another node offers a waiting call: a free operator is held for it by
+/// the router (no phone rings), the same request again gets the same
+/// grant, and the lease or a release lets the operator go; with nobody
+/// free, another firm's call, an unknown queue: refused, nothing held.
+#[test]
+fn another_nodes_call_holds_a_free_operator_for_its_lease_only() {
+    use centralino_cluster::{OfferReply, Refusal};
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let id = h.engine.agent_ids["1001"];
+    let req = remote_request("roma-1-1-1", "info", "demo");
+    let reply = h.engine.remote_offer(h.now, &req, "127.0.0.2:5060");
+    let OfferReply::Granted { target, .. } = &reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(target, "sip:offer-roma-1-1-1@127.0.0.2:5060");
+    let out = h.drain();
+    assert!(out.iter().all(|(_, m)| !m.is_request()), "nothing rings");
+    assert!(matches!(
+        h.engine.router.agent(id).state,
+        centralino_routing::AgentState::Reserved(_)
+    ));
+    assert_eq!(h.engine.remote_offer(h.now, &req, "127.0.0.2:5060"), reply);
+    // Held: a second offer finds nobody; a local call waits.
+    let second = remote_request("roma-1-1-2", "info", "demo");
+    assert!(matches!(
+        h.engine.remote_offer(h.now, &second, "x"),
+        OfferReply::Refused {
+            reason: Refusal::NoOperator,
+            ..
+        }
+    ));
+    assert_eq!(
+        h.engine.router.waiting_count(centralino_types::QueueId(0)),
+        1,
+        "the held one only: the refused one left nothing queued"
+    );
+    // The router counts the placeholder; the queue's gauge (and the views
+    // and summaries) do not: that call waits on its own node.
+    assert_eq!(
+        h.gauge("centralino_queue_calls{queue=info}"),
+        0,
+        "another node's call waits there, not here"
+    );
+    // The lease ends unclaimed: the operator is free again.
+    h.advance(centralino_cluster::offer::LEASE);
+    assert_eq!(
+        h.engine.router.agent(id).state,
+        centralino_routing::AgentState::Available
+    );
+    // Again, then released by the asking node (the call went elsewhere).
+    let third = remote_request("roma-1-1-3", "info", "demo");
+    assert!(matches!(
+        h.engine.remote_offer(h.now, &third, "x"),
+        OfferReply::Granted { .. }
+    ));
+    h.engine.remote_release(h.now, "roma-1-1-3", "napoli-1");
+    assert!(
+        matches!(
+            h.engine.router.agent(id).state,
+            centralino_routing::AgentState::Reserved(_)
+        ),
+        "only the asking node releases"
+    );
+    h.engine.remote_release(h.now, "roma-1-1-3", "roma-1");
+    assert_eq!(
+        h.engine.router.agent(id).state,
+        centralino_routing::AgentState::Available
+    );
+    for (req, reason) in [
+        (
+            remote_request("r-4", "info", "altra-ditta"),
+            Refusal::NoAgreement,
+        ),
+        (
+            remote_request("r-5", "nessuna", "demo"),
+            Refusal::UnknownQueue,
+        ),
+    ] {
+        assert!(matches!(
+            h.engine.remote_offer(h.now, &req, "x"),
+            OfferReply::Refused { reason: r, .. } if r == reason
+        ));
+    }
+    assert_eq!(
+        h.gauge("centralino_cluster_offers_received_total{outcome=granted}"),
+        2
+    );
+    assert_eq!(
+        h.gauge("centralino_cluster_offers_received_total{outcome=lapsed}"),
+        1
+    );
+}
