@@ -314,38 +314,6 @@ pub struct CampaignRun {
     pub pacer: centralino_campaigns::pacer::PacerConfig,
 }
 
-/// A campaign as a supervisor sees it now (the running ones inside their
-/// windows): its lines, its operators, and the abandon rate its pacer
-/// measures over the sliding window.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CampaignView {
-    /// Campaign id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// The queue whose operators work it.
-    pub queue: String,
-    /// The queue's tenant.
-    pub tenant: String,
-    /// `preview`, `progressive`, `predictive`.
-    pub mode: &'static str,
-    /// Citizens being dialled or waiting for an operator (no operator
-    /// holds them).
-    pub lines: u32,
-    /// Operators reading one of its contacts (preview).
-    pub previews: u32,
-    /// Operators whose phone rings for one of its calls.
-    pub ringing: u32,
-    /// Its calls an operator answered (whisper, citizen ringing, talk).
-    pub talking: u32,
-    /// Answered and abandoned citizens over the pacer's window (24 h).
-    pub answered: u32,
-    /// See `answered`.
-    pub abandoned: u32,
-    /// `abandoned / answered` over the window (0 without answers).
-    pub abandon_rate: f64,
-}
-
 /// A callback's progress, for the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallbackState {
@@ -1190,6 +1158,7 @@ mod answer;
 mod call;
 mod callbacks;
 mod campaigns;
+pub use campaigns::CampaignView;
 mod config;
 mod remote;
 pub use config::ReloadRefused;
