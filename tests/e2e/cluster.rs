@@ -135,10 +135,16 @@ fn two_nodes_share_one_picture_and_keep_serving_without_nats() {
     let req = r#"{"id":"milano-1-7-1","from":"milano-1","tenant":"demo","queue":"info","requirements":null,"priority":0,"waited_ms":4000}"#;
     let reply = json(&nats_request(port, "centralino.v1.offer.roma-1", req));
     assert_eq!(reply["answer"], "granted", "{reply}");
-    assert_eq!(
-        reply["target"].as_str(),
-        Some(format!("sip:offer-milano-1-7-1@127.0.0.1:{}", a.sip_port).as_str())
-    );
+    assert_eq!(reply["operator"], "1001", "{reply}");
+    // The hand-over URI carries a secret of its own (128 bits), not the
+    // asker's offer id: knowing one is no key to another's operator.
+    let target = reply["target"].as_str().unwrap_or_default();
+    let secret = target
+        .strip_prefix("sip:offer-")
+        .and_then(|t| t.strip_suffix(&format!("@127.0.0.1:{}", a.sip_port)))
+        .unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(secret.len(), 32, "{reply}");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{reply}");
     a.wait_metric(
         "centralino_agents{state=\"available\",tenant=\"demo\"}",
         Duration::from_secs(5),
@@ -218,6 +224,75 @@ fn two_nodes_share_one_picture_and_keep_serving_without_nats() {
     });
     let (code, body) = c.http("GET", "/api/v1/cluster", Some(ADMIN), None);
     assert_eq!(code, 404, "{body}");
+}
+
+/// One national queue across two nodes of one firm: a call
+/// arriving on roma-1, where nobody is logged in, is connected to the
+/// operator logged in on milano-1 (offered over NATS, handed over by
+/// SIP); roma-1 stays the caller's B2BUA. Its call record names the
+/// operator and their node, milano-1's record and queue log carry
+/// roma-1's record id.
+#[test]
+fn a_call_waiting_on_one_node_is_answered_by_another_nodes_operator() {
+    let (sa, sb) = (Scratch::new("handover-a"), Scratch::new("handover-b"));
+    let port = free_port();
+    let _nats = Nats::start(&sa, port);
+    let a = node(&sa, "roma-1", port);
+    let b = node(&sb, "milano-1", port);
+    let _phone = one_answering_phone(&sb, &b);
+    wait_cluster(&a, "roma-1 sees milano-1's free operator", |v| {
+        v["queues"][0]["agents"]["available"] == 1 && peer_up(v, "milano-1") == Some(true)
+    });
+    let mut trunk = trunk_to(
+        &sa,
+        &a,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "500"],
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    a.wait_metric(
+        "centralino_cluster_handovers_total{outcome=\"connected\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    assert_eq!(
+        b.metric("centralino_cluster_handovers_total{outcome=\"taken\"}"),
+        1.0
+    );
+    assert!(a.metric("centralino_cluster_offers_sent_total{outcome=\"granted\"}") >= 1.0);
+    assert_eq!(
+        a.metric("centralino_calls_total{outcome=\"answered\"}"),
+        1.0
+    );
+    // Both records, each in its node's store.
+    let cdr = |scratch: &Scratch| {
+        let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
+            .expect("the node's store");
+        let start = Instant::now();
+        loop {
+            let cdrs = store.recent_cdrs(10).expect("cdrs");
+            if let Some(c) = cdrs.first().filter(|c| c.ended_at.is_some()) {
+                break (store, c.clone());
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{cdrs:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (_, on_a) = cdr(&sa);
+    let (store_b, on_b) = cdr(&sb);
+    assert_eq!(on_a.agent.as_deref(), Some("1001@milano-1"), "{on_a:?}");
+    assert_eq!(on_b.agent.as_deref(), Some("1001"), "{on_b:?}");
+    assert!(
+        on_b.id.starts_with(&format!("{}-", on_a.id)),
+        "{on_a:?} {on_b:?}"
+    );
+    let log = store_b.queue_events(&on_b.id).expect("queue log");
+    assert!(
+        log.iter()
+            .any(|(e, q, who)| e == "connect" && q == "info" && who.as_deref() == Some("1001")),
+        "{log:?}"
+    );
 }
 
 /// A bare NATS client (the protocol's text form): publishes `payload` on

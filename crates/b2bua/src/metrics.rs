@@ -149,6 +149,17 @@ pub struct Metrics {
     /// calls offered here: granted, no_operator, unknown_queue,
     /// no_agreement, capacity, draining; and grants released or lapsed.
     pub cluster_offers_in: IntCounterVec,
+    /// `centralino_cluster_offers_sent_total{outcome}`: this node's
+    /// waiting calls offered to other nodes: sent, granted, refused,
+    /// timed_out, released (a grant let go: the call was taken here
+    /// meanwhile, or left).
+    pub cluster_offers_out: IntCounterVec,
+    /// `centralino_cluster_handovers_total{outcome}`: calls handed over
+    /// between nodes by SIP: connected (another node's operator took
+    /// this node's call), returned (they did not: back to its place),
+    /// taken (another node's call rung here), sent_back (not taken here:
+    /// back to its node).
+    pub cluster_handovers: IntCounterVec,
     /// `centralino_campaign_pacing_ratio{campaign}`: lines per free
     /// operator at the last decision (1 progressive; above 1 predictive
     /// dialling ahead).
@@ -407,6 +418,16 @@ impl Metrics {
             cluster_offers_in: reg!(cv(
                 "centralino_cluster_offers_received_total",
                 "Other nodes' calls offered to this node's operators, by outcome",
+                &["outcome"]
+            )),
+            cluster_offers_out: reg!(cv(
+                "centralino_cluster_offers_sent_total",
+                "This node's waiting calls offered to other nodes, by outcome",
+                &["outcome"]
+            )),
+            cluster_handovers: reg!(cv(
+                "centralino_cluster_handovers_total",
+                "Calls handed over between nodes by SIP, by outcome",
                 &["outcome"]
             )),
             campaign_pacing: reg!(

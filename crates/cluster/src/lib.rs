@@ -18,7 +18,7 @@ pub mod offer;
 pub mod summary;
 
 pub use agreements::{Agreement, Lending};
-pub use membership::{Event, Membership, NationalQueue, NodeView, Refused};
+pub use membership::{Event, Membership, NationalQueue, NodeView, PeerQueue, Refused};
 pub use offer::{Decision, Grants, OfferReply, OfferRequest, Outcome, Outgoing, Refusal};
 pub use summary::{QueueSummary, Summary, WireError};
 

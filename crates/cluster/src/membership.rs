@@ -4,6 +4,7 @@
 //! national picture of a queue sums the nodes that are up.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::summary::{QueueSummary, Summary};
@@ -71,6 +72,22 @@ pub struct NationalQueue {
     pub paused: u32,
     /// See `available`.
     pub logged_out: u32,
+}
+
+/// A queue of another node with operators free now, and where that node
+/// takes hand-overs: what this node may offer its waiting calls to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerQueue {
+    /// The node.
+    pub node: String,
+    /// Its SIP address for hand-overs.
+    pub sip: SocketAddr,
+    /// The firm.
+    pub tenant: String,
+    /// The queue.
+    pub queue: String,
+    /// Operators free there now (as last reported).
+    pub available: u32,
 }
 
 /// Why a summary was not taken.
@@ -191,6 +208,33 @@ impl Membership {
             .flat_map(|p| &p.summary.lent)
             .filter(|(f, t, _)| f == from && t == to)
             .fold(0u32, |n, (_, _, k)| n.saturating_add(*k))
+    }
+
+    /// The other nodes' queues with operators free now, on nodes up,
+    /// not draining and taking hand-overs.
+    pub fn offerable(&self) -> Vec<PeerQueue> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.up && !p.summary.draining)
+            .filter_map(|(n, p)| Some((n, p.summary.sip?, &p.summary.queues)))
+            .flat_map(|(n, sip, queues)| {
+                queues
+                    .iter()
+                    .filter(|q| q.available > 0)
+                    .map(move |q| PeerQueue {
+                        node: n.clone(),
+                        sip,
+                        tenant: q.tenant.clone(),
+                        queue: q.queue.clone(),
+                        available: q.available,
+                    })
+            })
+            .collect()
+    }
+
+    /// Where node `node` (up) sends and takes hand-overs.
+    pub fn sip_of(&self, node: &str) -> Option<SocketAddr> {
+        self.peers.get(node).filter(|p| p.up)?.summary.sip
     }
 
     /// Nodes up, this one included.

@@ -96,6 +96,11 @@ pub struct Release {
 }
 
 impl Release {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
     /// Reads one, bounded.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         if bytes.len() > MAX_REQUEST_BYTES {
@@ -109,6 +114,31 @@ impl OfferReply {
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads another node's answer, bounded: its target must be a SIP URI
+    /// naming the offer, at most 256 bytes; the operator's name a name.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        let r: Self =
+            serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if let Self::Granted {
+            target, operator, ..
+        } = &r
+        {
+            if target.len() > 256
+                || !target.starts_with("sip:offer-")
+                || !target.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(WireError::BadName("target"));
+            }
+            if !operator.is_empty() && !valid_name(operator) {
+                return Err(WireError::BadName("operator"));
+            }
+        }
+        Ok(r)
     }
 }
 
@@ -126,6 +156,9 @@ pub enum Refusal {
     Capacity,
     /// B drains.
     Draining,
+    /// B has no summary of A (no hand-over address to expect its INVITE
+    /// from).
+    UnknownNode,
 }
 
 /// B's answer.
@@ -140,6 +173,9 @@ pub enum OfferReply {
         target: String,
         /// How long B holds the operator (ms).
         lease_ms: u64,
+        /// The operator's name (for A's call record and log).
+        #[serde(default)]
+        operator: String,
     },
     /// Not taken.
     Refused {
@@ -175,6 +211,8 @@ pub enum Outcome {
         id: String,
         /// The lease's end (A's clock).
         until: Instant,
+        /// The operator held there.
+        operator: String,
     },
     /// `node` will not take `call`: it stays in its place.
     Refused {
@@ -293,13 +331,17 @@ impl Outgoing {
         self.finish(now, &id);
         Some(match reply {
             OfferReply::Granted {
-                target, lease_ms, ..
+                target,
+                lease_ms,
+                operator,
+                ..
             } => Outcome::Granted {
                 call,
                 node: from.to_owned(),
                 target,
                 id,
                 until: now + Duration::from_millis(lease_ms).min(LEASE),
+                operator,
             },
             OfferReply::Refused { reason, .. } => Outcome::Refused {
                 call,
@@ -412,11 +454,13 @@ impl Grants {
         req: &OfferRequest,
         agent: u32,
         target: String,
+        operator: String,
     ) -> OfferReply {
         let reply = OfferReply::Granted {
             id: req.id.clone(),
             target,
             lease_ms: u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX),
+            operator,
         };
         self.held.insert(
             req.id.clone(),

@@ -2,6 +2,8 @@
 //! form (JSON), read with every size bounded: a peer's bytes are network
 //! input like any other.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// Largest summary accepted (bytes).
@@ -31,6 +33,10 @@ pub struct Summary {
     /// firm, calls).
     #[serde(default)]
     pub lent: Vec<(String, String, u32)>,
+    /// Where other nodes send the INVITE of a call handed over to it
+    /// (`ip:port`, UDP); a node without one is never offered a call.
+    #[serde(default)]
+    pub sip: Option<SocketAddr>,
 }
 
 /// One queue of one node.
@@ -103,6 +109,11 @@ impl Summary {
         }
         if s.queues.len() > MAX_QUEUES {
             return Err(WireError::TooManyQueues(s.queues.len()));
+        }
+        if s.sip
+            .is_some_and(|a| a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast())
+        {
+            return Err(WireError::BadName("sip"));
         }
         if s.lent.len() > MAX_QUEUES {
             return Err(WireError::TooManyQueues(s.lent.len()));

@@ -34,6 +34,7 @@ fn summary(node: &str, boot: u64, seq: u64, queues: Vec<QueueSummary>) -> Summar
         draining: false,
         queues,
         lent: Vec::new(),
+        sip: None,
     }
 }
 
@@ -193,7 +194,13 @@ fn an_offer_is_granted_once_and_claimed_once() {
         "one offer per call at a time"
     );
     assert_eq!(b.request(&req), Decision::Reserve);
-    let reply = b.granted(t0, &req, 42, "sip:offer@127.0.0.2:5060".into());
+    let reply = b.granted(
+        t0,
+        &req,
+        42,
+        "sip:offer@127.0.0.2:5060".into(),
+        "1001".into(),
+    );
     // The reply is lost; A's retry of the same request: the same grant.
     assert_eq!(b.request(&req), Decision::Repeat(reply.clone()));
     assert_eq!(b.held(), 1);
@@ -247,7 +254,7 @@ fn a_lost_reply_times_out_a_late_grant_is_released_and_a_lease_lapses() {
     );
     assert!(a.is_empty());
     // B answers late.
-    let late = b.granted(t0 + S, &req, 42, "sip:x@b".into());
+    let late = b.granted(t0 + S, &req, 42, "sip:x@b".into(), "1001".into());
     assert_eq!(
         a.reply(t0 + S, "milano-1", late),
         Some(Outcome::Release {
@@ -259,7 +266,7 @@ fn a_lost_reply_times_out_a_late_grant_is_released_and_a_lease_lapses() {
     assert_eq!(b.release(&req.id, "roma-1"), None);
     // Another grant nobody claims: the lease frees its operator.
     let req2 = request(&mut a, t0 + S, 8);
-    b.granted(t0 + S, &req2, 43, "sip:x@b".into());
+    b.granted(t0 + S, &req2, 43, "sip:x@b".into(), "1001".into());
     assert_eq!(b.poll_timeout(), Some(t0 + S + offer::LEASE));
     assert!(
         b.handle_timeout(t0 + S + offer::LEASE - Duration::from_millis(1))
@@ -289,11 +296,12 @@ fn a_lost_reply_times_out_a_late_grant_is_released_and_a_lease_lapses() {
         id: req4.id.clone(),
         target: "sip:evil@x".into(),
         lease_ms: 5000,
+        operator: String::new(),
     };
     assert_eq!(a.reply(t0 + 9 * S, "napoli-1", spoof), None);
     // The call leaves: its offer is withdrawn, a grant after is released.
     a.withdraw(t0 + 9 * S, 10);
-    let g = b.granted(t0 + 9 * S, &req4, 44, "sip:x@b".into());
+    let g = b.granted(t0 + 9 * S, &req4, 44, "sip:x@b".into(), "1001".into());
     assert!(matches!(
         a.reply(t0 + 9 * S, "milano-1", g),
         Some(Outcome::Release { .. })

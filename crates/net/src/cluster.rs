@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use axum::body::Bytes;
-use centralino_cluster::offer::Release;
+use centralino_cluster::OfferReply;
+use centralino_cluster::offer::{REPLY_TIMEOUT, Release};
 use centralino_cluster::{Event, Membership, NationalQueue, OfferRequest, QueueSummary, Summary};
 use centralino_config::ClusterConfig;
 use futures_util::StreamExt;
@@ -27,6 +28,21 @@ use crate::metrics::NetMetrics;
 
 /// How often a node tells the others about itself.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Offers and releases the engine may have waiting for the driver.
+pub(crate) const OUT_QUEUE: usize = 4096;
+
+/// What the engine asks of the national network.
+#[derive(Debug)]
+pub(crate) enum ClusterOut {
+    /// Offer a waiting call to `node` (NATS request-reply).
+    Offer {
+        node: String,
+        request: Box<OfferRequest>,
+    },
+    /// Tell `node` to let the operator it holds for offer `id` go.
+    Release { node: String, id: String },
+}
 
 /// The subject every summary goes to (`*`: the sender's node name).
 const SUMMARIES: &str = "centralino.v1.summary.*";
@@ -54,6 +70,8 @@ pub(crate) struct Links {
     pub(crate) engine: mpsc::Sender<EngineInput>,
     /// This node's SIP address for hand-overs.
     pub(crate) target: String,
+    /// The engine's offers and releases.
+    pub(crate) outputs: mpsc::Receiver<ClusterOut>,
 }
 
 /// Connects to NATS (in the background: a server down at start is no
@@ -108,7 +126,9 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
         draining,
         engine,
         target,
+        mut outputs,
     } = links;
+    let sip = target.parse::<std::net::SocketAddr>().ok();
     let mut membership = Membership::new(&node, HEARTBEAT);
     // A new boot each start: the others tell a restart from a replay.
     let boot = rand::random::<u64>();
@@ -132,12 +152,18 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                     // The subject names the sender: a summary claiming to
                     // be another node's is refused.
                     Ok(s) if msg.subject.as_str().rsplit('.').next() == Some(s.node.as_str()) => {
+                        let free = s.queues.iter().any(|q| q.available > 0);
                         let outcome = match membership.receive(Instant::now(), s) {
                             Ok(()) => "received",
                             Err(centralino_cluster::Refused::Own) => continue,
                             Err(_) => "refused",
                         };
                         metrics.cluster_summaries.with_label_values(&[outcome]).inc();
+                        if free && outcome == "received" {
+                            // Operators free there: waiting calls are
+                            // offered now, not at the next heartbeat.
+                            let _ = engine.try_send(EngineInput::ClusterPeers(membership.offerable()));
+                        }
                     }
                     Ok(_) | Err(_) => {
                         metrics.cluster_summaries.with_label_values(&["refused"]).inc();
@@ -146,7 +172,11 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
             }
             msg = offers.next() => {
                 let Some(msg) = msg else { return };
-                answer_offer(&client, &engine, &target, &metrics, msg);
+                answer_offer(&client, &engine, &target, &membership, &metrics, msg);
+            }
+            out = outputs.recv() => {
+                let Some(out) = out else { return };
+                send_out(&client, &engine, &node, &metrics, out);
             }
             msg = releases.next() => {
                 let Some(msg) = msg else { return };
@@ -178,9 +208,10 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                         at_ms: unix_ms(),
                         draining: draining.load(Ordering::Relaxed),
                         queues: mine.clone(),
-                        // Nothing is lent across nodes yet (the offers
-                        // that would lend are being built).
+                        // Nothing is lent across firms yet (agreements
+                        // are being built; one firm's nodes need none).
                         lent: Vec::new(),
+                        sip,
                     };
                     let outcome = match client.publish(subject.clone(), Bytes::from(s.encode())).await {
                         Ok(()) => "sent",
@@ -199,6 +230,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                         Event::Restarted(n) => info!(node = %n, "national network: node restarted"),
                     }
                 }
+                let _ = engine.try_send(EngineInput::ClusterPeers(membership.offerable()));
                 let picture = Picture {
                     node: node.clone(),
                     connected,
@@ -231,6 +263,7 @@ fn answer_offer(
     client: &async_nats::Client,
     engine: &mpsc::Sender<EngineInput>,
     target: &str,
+    membership: &Membership,
     metrics: &NetMetrics,
     msg: async_nats::Message,
 ) {
@@ -241,12 +274,14 @@ fn answer_offer(
             .inc();
         return;
     };
+    let peer = membership.sip_of(&req.from);
     let (client, engine, target) = (client.clone(), engine.clone(), target.to_owned());
     tokio::spawn(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let input = EngineInput::RemoteOffer {
             req: Box::new(req),
             target,
+            peer,
             reply: tx,
         };
         if engine.send(input).await.is_err() {
@@ -256,6 +291,49 @@ fn answer_offer(
             let _ = client.publish(reply_to, Bytes::from(reply.encode())).await;
         }
     });
+}
+
+/// Sends the engine's offer (its answer, read bounded, goes back to the
+/// engine; none in time is the engine's timeout to handle) or release.
+fn send_out(
+    client: &async_nats::Client,
+    engine: &mpsc::Sender<EngineInput>,
+    me: &str,
+    metrics: &NetMetrics,
+    out: ClusterOut,
+) {
+    let (client, engine, metrics) = (client.clone(), engine.clone(), metrics.clone());
+    match out {
+        ClusterOut::Offer { node, request } => {
+            tokio::spawn(async move {
+                let subject = format!("centralino.v1.offer.{node}");
+                let asked = client.request(subject, Bytes::from(request.encode()));
+                let Ok(Ok(answer)) = tokio::time::timeout(REPLY_TIMEOUT, asked).await else {
+                    return;
+                };
+                match OfferReply::decode(&answer.payload) {
+                    Ok(reply) if reply.id() == request.id => {
+                        let reply = Box::new(reply);
+                        let _ = engine.send(EngineInput::ClusterReply { node, reply }).await;
+                    }
+                    _ => metrics
+                        .cluster_summaries
+                        .with_label_values(&["refused"])
+                        .inc(),
+                }
+            });
+        }
+        ClusterOut::Release { node, id } => {
+            let release = Release {
+                id,
+                from: me.to_owned(),
+            };
+            tokio::spawn(async move {
+                let subject = format!("centralino.v1.release.{node}");
+                let _ = client.publish(subject, Bytes::from(release.encode())).await;
+            });
+        }
+    }
 }
 
 /// The picture for the API, with the other nodes, and the node gauges

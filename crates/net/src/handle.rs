@@ -77,8 +77,19 @@ pub enum EngineInput {
         req: Box<centralino_cluster::OfferRequest>,
         /// This node's SIP address for the hand-over.
         target: String,
+        /// The asking node's published SIP address, if it is known.
+        peer: Option<SocketAddr>,
         /// The grant or the refusal.
         reply: tokio::sync::oneshot::Sender<centralino_cluster::OfferReply>,
+    },
+    /// The other nodes' queues with operators free (each heartbeat).
+    ClusterPeers(Vec<centralino_cluster::PeerQueue>),
+    /// Another node answered one of this node's offers.
+    ClusterReply {
+        /// The node.
+        node: String,
+        /// Its grant or refusal.
+        reply: Box<centralino_cluster::OfferReply>,
     },
     /// Another node lets a grant go.
     RemoteRelease {

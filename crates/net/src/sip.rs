@@ -285,6 +285,7 @@ impl SipServer {
             engine.set_outbound_tls_local(tls_addr);
         }
         // The national network, when this node is in one.
+        let mut to_cluster = None;
         if let (Some(cluster), Some(d)) = (&config.cluster, &desks) {
             info!(node = %cluster.node, servers = cluster.nats_urls.len(), "joining the national network");
             // Where another node hands a call over to this one: the
@@ -294,6 +295,9 @@ impl SipServer {
                 .find(|(t, _)| *t == ListenTransport::Udp)
                 .map(|(_, a)| a.to_string())
                 .unwrap_or_default();
+            engine.join_cluster(&cluster.node);
+            let (out_tx, out_rx) = mpsc::channel(crate::cluster::OUT_QUEUE);
+            to_cluster = Some(out_tx);
             crate::cluster::spawn(
                 cluster.clone(),
                 crate::cluster::Links {
@@ -302,6 +306,7 @@ impl SipServer {
                     draining: draining.clone(),
                     engine: tx.clone(),
                     target,
+                    outputs: out_rx,
                 },
             );
         }
@@ -322,6 +327,7 @@ impl SipServer {
             limits: engine.limits().clone(),
             idle: config.sip.tcp_idle_timeout,
             metrics: net.clone(),
+            cluster: to_cluster,
         };
         // The store's answers come back through the engine's own queue.
         let answers = tx.downgrade();
@@ -721,6 +727,12 @@ async fn run_engine(
                     }
                 }
                 Output::Media(cmd) => media_events.extend(plane.command(cmd)),
+                Output::ClusterOffer { node, request } => {
+                    clients.to_cluster(crate::cluster::ClusterOut::Offer { node, request });
+                }
+                Output::ClusterRelease { node, id } => {
+                    clients.to_cluster(crate::cluster::ClusterOut::Release { node, id });
+                }
                 Output::AgentCall { agent, info } => {
                     if let Some(d) = &desks {
                         d.set(agent, info);
@@ -907,9 +919,25 @@ struct Clients {
     limits: Limits,
     idle: Duration,
     metrics: NetMetrics,
+    /// The national network's driver (offers and releases to send).
+    cluster: Option<mpsc::Sender<crate::cluster::ClusterOut>>,
 }
 
 impl Clients {
+    /// Hands an offer or release to the national network's driver; its
+    /// queue full (NATS far behind), the offer is dropped and counted:
+    /// the engine's own timeout keeps the call in its place.
+    fn to_cluster(&self, out: crate::cluster::ClusterOut) {
+        if let Some(tx) = &self.cluster
+            && tx.try_send(out).is_err()
+        {
+            self.metrics
+                .cluster_summaries
+                .with_label_values(&["dropped"])
+                .inc();
+        }
+    }
+
     /// Sends `bytes` to the carrier at `remote`, opening the connection
     /// when there is none. Messages wait in the connection's queue while
     /// it opens; if it cannot, they are lost like datagrams to a dead
@@ -1047,9 +1075,16 @@ fn handle(
         }
         EngineInput::CallbackStored { call, stored } => engine.callback_stored(now, call, stored),
         EngineInput::CampaignNumbers(numbers) => engine.set_campaign_numbers(numbers),
-        EngineInput::RemoteOffer { req, target, reply } => {
-            let _ = reply.send(engine.remote_offer(now, &req, &target));
+        EngineInput::RemoteOffer {
+            req,
+            target,
+            peer,
+            reply,
+        } => {
+            let _ = reply.send(engine.remote_offer(now, &req, &target, peer));
         }
+        EngineInput::ClusterPeers(peers) => engine.cluster_peers(now, peers),
+        EngineInput::ClusterReply { node, reply } => engine.cluster_reply(now, &node, *reply),
         EngineInput::RemoteRelease { id, from } => engine.remote_release(now, &id, &from),
         EngineInput::CallerKnown {
             call,

@@ -93,9 +93,28 @@ pub(super) enum BState {
     Answered,
 }
 
+/// Who a B-leg rings.
+#[derive(Debug)]
+pub(super) enum Operator {
+    /// One of this node's operators (their phone, one leg per phone).
+    Local(AgentId),
+    /// An operator another node holds for this call (the national
+    /// network): the leg goes to that node, which rings them.
+    Remote(Box<Lent>),
+}
+
+/// An operator of another node, granted for one of this node's calls.
+#[derive(Debug)]
+pub(super) struct Lent {
+    /// The node.
+    pub(super) node: String,
+    /// Its operator's name there.
+    pub(super) operator: String,
+}
+
 #[derive(Debug)]
 pub(super) struct BLeg {
-    pub(super) agent: AgentId,
+    pub(super) op: Operator,
     /// Offer number within the call (keys its ring timer).
     pub(super) attempt: u32,
     pub(super) invite_key: TxKey,
@@ -104,6 +123,16 @@ pub(super) struct BLeg {
     pub(super) flow: Flow,
     pub(super) state: BState,
     pub(super) dialog: Option<Leg>,
+}
+
+impl BLeg {
+    /// This node's operator it rings (`None`: another node's).
+    pub(super) fn agent(&self) -> Option<AgentId> {
+        match &self.op {
+            Operator::Local(a) => Some(*a),
+            Operator::Remote(_) => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +213,10 @@ pub(super) struct Call {
     /// A citizen calling a campaign's number who is one of its contacts
     /// (found by the driver after the call began).
     pub(super) known: Option<Box<KnownCaller>>,
+    /// Another node's call handed over to the operator it was granted
+    /// (the national network): it never waits here; if that operator
+    /// does not take it, it goes back to its node.
+    pub(super) handed_over: bool,
 }
 
 /// A campaign's contact calling its number back, for the operator's desk.
@@ -214,6 +247,8 @@ pub(super) enum Opening {
     Inbound { target: Target, did: String },
     /// A callback: it waits for an operator (or dials, customer first).
     Callback { did: String },
+    /// Another node's call for the operator held for it here.
+    Handover { agent: AgentId, queue: QueueId },
 }
 
 /// What every call starts with, whichever way it was set up.
@@ -269,6 +304,7 @@ impl Call {
             opening: None,
             preview: None,
             known: None,
+            handed_over: false,
         }
     }
 

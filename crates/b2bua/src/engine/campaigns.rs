@@ -598,11 +598,15 @@ impl Engine {
             return;
         };
         let shown: Vec<(AgentId, DeskState)> = match &call.b {
-            Some(b) => vec![(b.agent, DeskState::Connected)],
+            Some(b) => b
+                .agent()
+                .map(|a| (a, DeskState::Connected))
+                .into_iter()
+                .collect(),
             None => call
                 .forks
                 .iter()
-                .map(|f| (f.agent, DeskState::Offered))
+                .filter_map(|f| Some((f.agent()?, DeskState::Offered)))
                 .collect(),
         };
         for (agent, state) in shown {

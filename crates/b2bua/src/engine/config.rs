@@ -104,6 +104,8 @@ impl Engine {
             grants: centralino_cluster::Grants::default(),
             remote_pending: HashMap::new(),
             held: HashMap::new(),
+            held_tokens: HashMap::new(),
+            asking: None,
             paced: Vec::new(),
             tenant_gauges,
             agent_ids,

@@ -171,10 +171,14 @@ impl Engine {
     }
 
     pub(super) fn precheck_invite(&mut self, now: Instant, flow: Flow, msg: &Message) -> bool {
-        if !self
-            .trunks
-            .iter()
-            .any(|t| t.peers.contains(&flow.remote.ip()))
+        // Another node handing over a call to the operator held for it:
+        // only from that node's address, naming the grant's secret.
+        let handover = self.handover_for(flow.remote.ip(), msg).is_some();
+        if !handover
+            && !self
+                .trunks
+                .iter()
+                .any(|t| t.peers.contains(&flow.remote.ip()))
         {
             // No toll fraud and no state for strangers: only trunk peers may
             // start calls, and only towards local DIDs.
@@ -219,6 +223,14 @@ impl Engine {
                 &[("Accept", "application/sdp")],
             );
             return false;
+        }
+        if handover {
+            // Granted: a lease is a promise, draining or not.
+            if self.calls.len() >= self.max_calls {
+                self.reject(flow, msg, 503, "overload", &[("Retry-After", "5")]);
+                return false;
+            }
+            return true;
         }
         if self.inbound(flow, msg).is_none() {
             if self.inbound_by_address(flow.remote.ip(), msg).is_some() {

@@ -39,74 +39,20 @@ impl Engine {
         let attempt = call.attempt + 1;
         for binding in &bindings {
             let flow = self.binding_flow(binding);
-            let via = self.via(flow);
-            let b_call_id = format!("{}@centralino", self.token());
-            let b_tag = self.token();
-            let Some(call) = self.calls.get(&call_id) else {
+            let Some((inv, b_call_id, local)) = self.operator_invite(
+                call_id,
+                &binding.contact,
+                &format!("<{}>", binding.contact),
+                flow,
+                &binding.path,
+            ) else {
                 return;
             };
-            let local_host = flow.local.to_string();
-            let local = if call.private {
-                format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={b_tag}")
-            } else {
-                format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller)
-            };
-            let to = format!("<{}>", binding.contact);
-            let mut inv = Message::new_request(
-                Method::Invite,
-                &binding.contact,
-                via,
-                &local,
-                &to,
-                &b_call_id,
-                1,
-            );
-            // Through the edge proxies it registered through (RFC 3327);
-            // the flow is still the one the REGISTER came on (the first
-            // of them), so a Path names nobody we would not send to.
-            for r in &binding.path {
-                inv.push("Route", r);
-            }
-            inv.push("Contact", &dialog::contact(flow));
-            inv.push("User-Agent", &self.user_agent);
-            // The call record id (operator answers are stored against it)
-            // and the queue's operator script, for the operator's desktop.
-            inv.push("X-Centralino-Call", &call.record_id);
-            match call.outbound().map(|o| (&o.id, &o.campaign)) {
-                // A campaign's call: the operator's phone shows which.
-                Some((_, Some(c))) => inv.push("X-Centralino-Campaign", &c.name),
-                // A callback: the operator's phone shows it before
-                // answering (the citizen is dialled after the answer).
-                Some((id, None)) => inv.push("X-Centralino-Callback", id),
-                // A campaign's contact calling its number back.
-                None => {
-                    if let Some(k) = &call.known {
-                        inv.push("X-Centralino-Campaign", &k.campaign);
-                    }
-                }
-            }
-            // A campaign's own script over its queue's.
-            if let Some(script) = call
-                .outbound()
-                .and_then(|o| o.campaign.as_ref()?.script.as_ref())
-                .or(self.queues[call.queue.0 as usize].script.as_ref())
-            {
-                inv.push("X-Centralino-Script", script);
-            }
-            // What the caller chose and answered in the IVR travels with
-            // the offer, for the operator's phone or desktop to show.
-            if let Some(run) = &call.run {
-                inv.push("X-Centralino-Flow", run.flow());
-                for (name, value) in run.variables.iter().take(MAX_VARIABLE_HEADERS) {
-                    inv.push("X-Centralino-Var", &format!("{name}={value}"));
-                }
-            }
-            inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
             let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
             self.by_b.insert(b_call_id.clone(), call_id);
             let call = self.calls.get_mut(&call_id).expect("checked above");
             call.forks.push(BLeg {
-                agent,
+                op: Operator::Local(agent),
                 attempt,
                 invite_key: key,
                 call_id: b_call_id,
@@ -126,6 +72,74 @@ impl Engine {
         self.queue_event(now, call_id, QueueEvent::Offer, Some(name));
     }
 
+    /// The INVITE that offers `call_id` to one phone (or to another
+    /// node's hand-over URI): the caller as the operator may see them,
+    /// the call record id, the script, the IVR's answers, our SDP offer.
+    /// Returns it with its Call-ID and our From.
+    pub(super) fn operator_invite(
+        &mut self,
+        call_id: CallId,
+        request_uri: &str,
+        to: &str,
+        flow: Flow,
+        path: &[String],
+    ) -> Option<(Message, String, String)> {
+        let via = self.via(flow);
+        let b_call_id = format!("{}@centralino", self.token());
+        let b_tag = self.token();
+        let call = self.calls.get(&call_id)?;
+        let local_host = flow.local.to_string();
+        let local = if call.private {
+            format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={b_tag}")
+        } else {
+            format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller)
+        };
+        let mut inv =
+            Message::new_request(Method::Invite, request_uri, via, &local, to, &b_call_id, 1);
+        // Through the edge proxies it registered through (RFC 3327);
+        // the flow is still the one the REGISTER came on (the first
+        // of them), so a Path names nobody we would not send to.
+        for r in path {
+            inv.push("Route", r);
+        }
+        inv.push("Contact", &dialog::contact(flow));
+        inv.push("User-Agent", &self.user_agent);
+        // The call record id (operator answers are stored against it)
+        // and the queue's operator script, for the operator's desktop.
+        inv.push("X-Centralino-Call", &call.record_id);
+        match call.outbound().map(|o| (&o.id, &o.campaign)) {
+            // A campaign's call: the operator's phone shows which.
+            Some((_, Some(c))) => inv.push("X-Centralino-Campaign", &c.name),
+            // A callback: the operator's phone shows it before
+            // answering (the citizen is dialled after the answer).
+            Some((id, None)) => inv.push("X-Centralino-Callback", id),
+            // A campaign's contact calling its number back.
+            None => {
+                if let Some(k) = &call.known {
+                    inv.push("X-Centralino-Campaign", &k.campaign);
+                }
+            }
+        }
+        // A campaign's own script over its queue's.
+        if let Some(script) = call
+            .outbound()
+            .and_then(|o| o.campaign.as_ref()?.script.as_ref())
+            .or(self.queues[call.queue.0 as usize].script.as_ref())
+        {
+            inv.push("X-Centralino-Script", script);
+        }
+        // What the caller chose and answered in the IVR travels with
+        // the offer, for the operator's phone or desktop to show.
+        if let Some(run) = &call.run {
+            inv.push("X-Centralino-Flow", run.flow());
+            for (name, value) in run.variables.iter().take(MAX_VARIABLE_HEADERS) {
+                inv.push("X-Centralino-Var", &format!("{name}={value}"));
+            }
+        }
+        inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
+        Some((inv, b_call_id, local))
+    }
+
     /// A phone of `agent` is out of the offer (it refused, failed, timed
     /// out): the offer fails only once none of their phones rings.
     pub(super) fn fork_gone(
@@ -138,7 +152,7 @@ impl Engine {
         let still_ringing = self
             .calls
             .get(&call_id)
-            .is_some_and(|c| c.forks.iter().any(|b| b.agent == agent));
+            .is_some_and(|c| c.forks.iter().any(|b| b.agent() == Some(agent)));
         if still_ringing {
             return;
         }
@@ -243,7 +257,9 @@ impl Engine {
                     b.state = BState::Ringing;
                     // Idempotent: a second phone of the same operator
                     // ringing changes nothing.
-                    self.router.ringing(b.agent, call_id);
+                    if let Some(agent) = b.agent() {
+                        self.router.ringing(agent, call_id);
+                    }
                 }
                 // The operator's early media is not relayed: the caller
                 // keeps hearing the queue's music until the answer.
@@ -264,8 +280,8 @@ impl Engine {
                     .sdp_rejected
                     .with_label_values(&["operator_answer"])
                     .inc();
-                warn!(agent = %self.router.agent(b.agent).name, "operator's SDP answer unusable, trying another operator");
-                self.fork_gone(now, call_id, b.agent, OfferOutcome::Rejected);
+                warn!(agent = %self.leg_name(&b), "operator's SDP answer unusable, trying another operator");
+                self.leg_gone(now, call_id, b.agent(), OfferOutcome::Rejected);
             }
             200..=299 => {
                 let mut b = call.forks.swap_remove(i);
@@ -273,7 +289,8 @@ impl Engine {
                 let leg = Leg::from_response(&b.local, b.flow, &msg);
                 b.state = BState::Answered;
                 b.dialog = Some(leg.clone());
-                let agent = b.agent;
+                let agent = b.agent();
+                let name = leg_name(&self.router, &b);
                 let b_from = b.flow.remote.ip();
                 call.b = Some(b);
                 call.phase = Phase::Connected;
@@ -281,12 +298,17 @@ impl Engine {
                     b_answer(&msg, &self.codecs, b_from).expect("checked by the guard arm");
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
-                let whisper = whisper_prompts(
-                    &self.queues[call.queue.0 as usize],
-                    call.outbound().is_some(),
-                    &self.prompts,
-                    &self.callback_tone,
-                );
+                // Another node's operator hears that node's whisper.
+                let whisper = if agent.is_some() {
+                    whisper_prompts(
+                        &self.queues[call.queue.0 as usize],
+                        call.outbound().is_some(),
+                        &self.prompts,
+                        &self.callback_tone,
+                    )
+                } else {
+                    Vec::new()
+                };
                 if !whisper.is_empty() {
                     self.metrics
                         .whispers
@@ -345,11 +367,18 @@ impl Engine {
                 let (queue, enqueued, started) = (call.queue, call.enqueued, call.started);
                 self.send_ack(&leg, &msg);
                 // The router releases the other ring-all operators itself.
-                self.router.answered(now, agent, call_id);
+                if let Some(agent) = agent {
+                    self.router.answered(now, agent, call_id);
+                } else {
+                    self.metrics
+                        .cluster_handovers
+                        .with_label_values(&["connected"])
+                        .inc();
+                }
                 for l in losers {
                     // The winner's other phones stop ringing; their desk
                     // stays on the call.
-                    let release = l.agent != agent;
+                    let release = l.agent() != agent;
                     self.cancel_fork(now, l, release, Some(COMPLETED_ELSEWHERE));
                 }
                 if let Some(ok) = ok {
@@ -382,12 +411,11 @@ impl Engine {
                     .agent_offers
                     .with_label_values(&["answered"])
                     .inc();
-                let name = self.router.agent(agent).name.clone();
                 info!(agent = %name, queue = %qname, "call answered");
                 if let Some(c) = self.calls.get_mut(&call_id) {
                     c.connected = Some((now, name.clone()));
                 }
-                if let Some(c) = self.calls.get(&call_id) {
+                if let Some(c) = self.calls.get(&call_id).filter(|_| agent.is_some()) {
                     let desk = self.desk(c, DeskState::Connected);
                     self.out.push_back(Output::AgentCall {
                         agent: name.clone(),
@@ -417,7 +445,7 @@ impl Engine {
                     }])
                     .inc();
                 debug!(code, "operator's phone refused the call");
-                self.fork_gone(now, call_id, b.agent, outcome);
+                self.leg_gone(now, call_id, b.agent(), outcome);
             }
         }
     }
@@ -484,7 +512,7 @@ impl Engine {
                     .agent_offers
                     .with_label_values(&["no_answer"])
                     .inc();
-                self.fork_gone(now, call_id, b.agent, OfferOutcome::NoAnswer);
+                self.leg_gone(now, call_id, b.agent(), OfferOutcome::NoAnswer);
             }
         }
     }
@@ -522,10 +550,12 @@ impl Engine {
         }
         self.out
             .push_back(Output::Media(MediaCommand::Unbridge { call: call_id }));
-        self.router.call_lost(now, b.agent, call_id);
-        self.agent_released(b.agent);
-        if matches!(self.router.agent(b.agent).state, AgentState::Paused(_)) {
-            self.agent_event(now, b.agent, "pause", Some("media_lost".to_owned()));
+        if let Some(agent) = b.agent() {
+            self.router.call_lost(now, agent, call_id);
+            self.agent_released(agent);
+            if matches!(self.router.agent(agent).state, AgentState::Paused(_)) {
+                self.agent_event(now, agent, "pause", Some("media_lost".to_owned()));
+            }
         }
         warn!(agent = ?lost, "the operator's phone went silent: the caller goes back to the queue");
         self.metrics
@@ -537,6 +567,28 @@ impl Engine {
         true
     }
 
+    /// A B-leg is out of the offer: this node's operator (see
+    /// [`Self::fork_gone`]), or another node's (the call goes back to its
+    /// place here).
+    pub(super) fn leg_gone(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        agent: Option<AgentId>,
+        outcome: OfferOutcome,
+    ) {
+        match agent {
+            Some(agent) => self.fork_gone(now, call_id, agent, outcome),
+            None => self.handover_failed(now, call_id),
+        }
+    }
+
+    /// Who a B-leg rings, for the log and the record: this node's
+    /// operator's name, or `name@node` for another node's.
+    pub(super) fn leg_name(&self, b: &BLeg) -> String {
+        leg_name(&self.router, b)
+    }
+
     /// The router's `offer_failed`, plus the queue log's pause when the
     /// miss made it pause the operator (`max_no_answer`).
     pub(super) fn offer_failed(
@@ -546,6 +598,10 @@ impl Engine {
         agent: AgentId,
         outcome: OfferOutcome,
     ) {
+        if self.calls.get(&call).is_some_and(|c| c.handed_over) {
+            self.lent_call_failed(now, call, agent, outcome);
+            return;
+        }
         self.router.offer_failed(now, call, agent, outcome);
         if self.router.agent(agent).state == AgentState::Paused(PauseReason::NoAnswer) {
             self.agent_event(now, agent, "pause", Some("no_answer".to_owned()));
@@ -584,8 +640,8 @@ impl Engine {
         release: bool,
         reason: Option<&str>,
     ) {
-        if release {
-            self.agent_released(b.agent);
+        if release && let Some(agent) = b.agent() {
+            self.agent_released(agent);
         }
         self.by_b.remove(&b.call_id);
         self.cancel_with_reason(now, &b.invite_key, b.flow, reason);
@@ -616,13 +672,13 @@ impl Engine {
         if call.forks.is_empty() && !gone.is_empty() {
             call.phase = Phase::Queued;
         }
-        let mut agents: Vec<AgentId> = gone.iter().map(|b| b.agent).collect();
+        let mut agents: Vec<Option<AgentId>> = gone.iter().map(BLeg::agent).collect();
         agents.dedup();
         for b in gone {
             self.cancel_fork(now, b, false, None);
         }
         for agent in agents {
-            self.fork_gone(now, call_id, agent, outcome);
+            self.leg_gone(now, call_id, agent, outcome);
         }
     }
 
@@ -635,7 +691,7 @@ impl Engine {
             return;
         };
         let (gone, kept): (Vec<BLeg>, Vec<BLeg>) =
-            call.forks.drain(..).partition(|b| b.agent == agent);
+            call.forks.drain(..).partition(|b| b.agent() == Some(agent));
         call.forks = kept;
         if call.forks.is_empty() {
             call.phase = Phase::Queued;
@@ -648,5 +704,13 @@ impl Engine {
             self.agent_released(agent);
         }
         self.preview_reclaimed(call_id, agent);
+    }
+}
+
+/// See [`Engine::leg_name`] (a field borrow, for code holding a call).
+pub(super) fn leg_name(router: &Router, b: &BLeg) -> String {
+    match &b.op {
+        Operator::Local(a) => router.agent(*a).name.clone(),
+        Operator::Remote(l) => format!("{}@{}", l.operator, l.node),
     }
 }

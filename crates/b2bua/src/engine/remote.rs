@@ -13,18 +13,42 @@ use super::*;
 /// An operator held for another node's call.
 #[derive(Clone, Debug)]
 pub(super) struct Held {
-    /// The placeholder the router reserved the operator for.
+    /// The placeholder the router reserved the operator for (the call's
+    /// id here once handed over).
     pub(super) call: CallId,
     /// The node that asked.
     pub(super) from: String,
+    /// Where its INVITE must come from (its published SIP address).
+    pub(super) peer: SocketAddr,
     /// The queue it was held in.
     pub(super) queue: QueueId,
+    /// The secret of its hand-over URI.
+    pub(super) token: String,
+    /// What the call needs (as offered).
+    pub(super) spec: Arc<CallSpec>,
+}
+
+/// Another node's call arriving for the operator held for it.
+pub(super) struct Claimed {
+    pub(super) call: CallId,
+    pub(super) agent: AgentId,
+    pub(super) queue: QueueId,
+    pub(super) spec: Arc<CallSpec>,
 }
 
 impl Engine {
     /// Node `req.from` offers one of its waiting calls; `target` is this
-    /// node's SIP address for the hand-over (`sip:offer-ID@target`).
-    pub fn remote_offer(&mut self, now: Instant, req: &OfferRequest, target: &str) -> OfferReply {
+    /// node's SIP address for the hand-over (`sip:offer-SECRET@target`,
+    /// the secret unguessable: the URI is the only key to the operator),
+    /// `peer` the asking node's published SIP address, the only source
+    /// its INVITE is taken from.
+    pub fn remote_offer(
+        &mut self,
+        now: Instant,
+        req: &OfferRequest,
+        target: &str,
+        peer: Option<SocketAddr>,
+    ) -> OfferReply {
         if let Decision::Repeat(r) = self.grants.request(req) {
             return r;
         }
@@ -38,6 +62,9 @@ impl Engine {
         if self.draining || self.shutting_down {
             return refuse(self, Refusal::Draining);
         }
+        let Some(peer) = peer else {
+            return refuse(self, Refusal::UnknownNode);
+        };
         let Some(&queue) = self.queue_ids.get(&req.queue) else {
             return refuse(self, Refusal::UnknownQueue);
         };
@@ -76,15 +103,25 @@ impl Engine {
         };
         self.router
             .hold(now, agent, call, centralino_cluster::offer::LEASE);
-        let reply =
-            self.grants
-                .granted(now, req, agent.0, format!("sip:offer-{}@{target}", req.id));
+        let token = format!("{}{}", self.token(), self.token());
+        let operator = self.router.agent(agent).name.clone();
+        let reply = self.grants.granted(
+            now,
+            req,
+            agent.0,
+            format!("sip:offer-{token}@{target}"),
+            operator,
+        );
+        self.held_tokens.insert(token.clone(), req.id.clone());
         self.held.insert(
             req.id.clone(),
             Held {
                 call,
                 from: req.from.clone(),
+                peer,
                 queue,
+                token,
+                spec: Arc::new(spec),
             },
         );
         self.metrics
@@ -115,8 +152,10 @@ impl Engine {
         }
     }
 
-    /// Leases that ended unclaimed.
+    /// Leases that ended unclaimed (and this node's own offers not
+    /// answered in time).
     pub(super) fn remote_timeouts(&mut self, now: Instant) {
+        self.asking_timeouts(now);
         for (id, _) in self.grants.handle_timeout(now) {
             self.let_go(now, &id, "lapsed");
         }
@@ -124,6 +163,7 @@ impl Engine {
 
     fn let_go(&mut self, now: Instant, id: &str, how: &'static str) {
         if let Some(h) = self.held.remove(id) {
+            self.held_tokens.remove(&h.token);
             info!(from = %h.from, how, "an operator held for another node is free again");
             self.router.withdraw(now, h.call);
             self.metrics
@@ -136,6 +176,98 @@ impl Engine {
 }
 
 impl Engine {
+    /// The held operator an INVITE's Request-URI names (`offer-SECRET`),
+    /// when it comes from the node it was granted to.
+    pub(super) fn handover_for(&self, source: IpAddr, msg: &Message) -> Option<&Held> {
+        let user = uri::user(msg.request_uri()?)?;
+        let token = user.strip_prefix("offer-")?;
+        let h = self.held.get(self.held_tokens.get(token)?)?;
+        (h.peer.ip() == source).then_some(h)
+    }
+
+    /// Takes the grant an INVITE names: its operator is this call's now.
+    pub(super) fn claim_handover(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        msg: &Message,
+    ) -> Option<Claimed> {
+        let id = self
+            .held_tokens
+            .get(uri::user(msg.request_uri()?)?.strip_prefix("offer-")?)?
+            .clone();
+        let h = self.held.get(&id).filter(|h| h.peer.ip() == source)?;
+        let agent = self.grants.claim(now, &id, &h.from)?;
+        let h = self.held.remove(&id)?;
+        self.held_tokens.remove(&h.token);
+        self.metrics
+            .cluster_handovers
+            .with_label_values(&["taken"])
+            .inc();
+        info!(from = %h.from, agent = %self.router.agent(AgentId(agent)).name, "another node's call for the operator held for it");
+        Some(Claimed {
+            call: h.call,
+            agent: AgentId(agent),
+            queue: h.queue,
+            spec: h.spec,
+        })
+    }
+
+    /// Another node's call has its ports here: its operator, still held
+    /// for it, rings (with the queue's ring timeout); the caller's node
+    /// hears nothing of ours until the answer (it plays its own music).
+    pub(super) fn handover_reserved(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        agent: AgentId,
+        queue: QueueId,
+    ) {
+        let ring = self.router.queue(queue).ring_timeout;
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        call.queue = queue;
+        call.phase = Phase::Offering;
+        // The media opens now, so the answer bridges at once.
+        let open = open_command(call_id, &mut call.media);
+        self.out.push_back(Output::Media(open));
+        // The hold outlives the ring timer: the offer ends by our timer
+        // (and goes back to its node), never by the router taking the
+        // operator back underneath it.
+        if !self
+            .router
+            .hold(now, agent, call_id, ring + Duration::from_secs(2))
+        {
+            warn!("the operator held for another node's call is gone: back to its node");
+            self.end_unanswered(now, call_id, 480, CallOutcome::NoAnswer, false);
+            return;
+        }
+        self.invite_operator(now, call_id, agent);
+    }
+
+    /// The operator held here did not take another node's call: it goes
+    /// back to its node (480), which puts it back in its place there;
+    /// the miss counts for the operator as any other.
+    pub(super) fn lent_call_failed(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        agent: AgentId,
+        outcome: OfferOutcome,
+    ) {
+        self.router.give_up(now, call, agent, outcome);
+        if self.router.agent(agent).state == AgentState::Paused(PauseReason::NoAnswer) {
+            self.agent_event(now, agent, "pause", Some("no_answer".to_owned()));
+        }
+        self.metrics
+            .cluster_handovers
+            .with_label_values(&["sent_back"])
+            .inc();
+        info!("not taken here: the call goes back to its node");
+        self.end_unanswered(now, call, 480, CallOutcome::NoAnswer, false);
+    }
+
     /// Placeholders of other nodes' calls in `queue`: the router counts
     /// them among its calls, but they wait on their own node.
     pub(super) fn held_in(&self, queue: QueueId) -> usize {
@@ -150,5 +282,6 @@ fn refusal_label(r: Refusal) -> &'static str {
         Refusal::NoAgreement => "no_agreement",
         Refusal::Capacity => "capacity",
         Refusal::Draining => "draining",
+        Refusal::UnknownNode => "unknown_node",
     }
 }

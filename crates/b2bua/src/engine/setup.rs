@@ -34,11 +34,21 @@ impl Engine {
 
     pub(super) fn new_call(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
         let key = TxKey::of(&msg);
-        let Some((trunk, target)) = self.inbound(flow, &msg) else {
-            // precheck guarantees both; answer rather than leave the caller hanging.
-            let r = msg.response(404, reason_phrase(404), Some("x"));
-            self.respond(now, &key, &r);
-            return;
+        // Another node's call for the operator held for it here, or a
+        // trunk's call for one of its DIDs.
+        let claimed = self.claim_handover(now, flow.remote.ip(), &msg);
+        let (trunk, target) = match &claimed {
+            Some(c) => (None, Target::Queue(c.queue, c.spec.clone())),
+            None => match self.inbound(flow, &msg) {
+                Some((trunk, target)) => (Some(trunk), target),
+                None => {
+                    // precheck guarantees both (a lease may lapse in
+                    // between); answer rather than leave the caller hanging.
+                    let r = msg.response(404, reason_phrase(404), Some("x"));
+                    self.respond(now, &key, &r);
+                    return;
+                }
+            },
         };
         // RFC 4028: an interval below ours is refused with our minimum
         // (the caller retries with it); one we take is refreshed by the
@@ -84,14 +94,19 @@ impl Engine {
         let trying = msg.response(100, "Trying", None);
         self.respond(now, &key, &trying);
 
-        let id = CallId(self.next_call);
-        self.next_call += 1;
+        let id = match &claimed {
+            // The router knows the call by its placeholder already.
+            Some(c) => c.call,
+            None => {
+                self.next_call += 1;
+                CallId(self.next_call - 1)
+            }
+        };
         let a_tag = self.token();
         let from = msg.header("From").unwrap_or_default().to_owned();
         let to = msg.header("To").unwrap_or_default().to_owned();
-        let asserted = self
-            .trunks
-            .get(trunk.index())
+        let asserted = trunk
+            .and_then(|t| self.trunks.get(t.index()))
             .is_some_and(|t| t.asserted_identity)
             .then(|| asserted_caller(&msg))
             .flatten();
@@ -134,6 +149,9 @@ impl Engine {
         let media = match self.anchor(flow, &msg) {
             Ok(m) => m,
             Err(reason) => {
+                if let Some(c) = &claimed {
+                    self.router.withdraw(now, c.call);
+                }
                 self.metrics.sdp_rejected.with_label_values(&[reason]).inc();
                 self.metrics.calls.with_label_values(&[reason]).inc();
                 warn!(reason, code = 488, "call refused: media");
@@ -147,7 +165,16 @@ impl Engine {
             Target::Queue(_, spec) => (Phase::Queued, spec.clone()),
             Target::Flow(_, spec) => (Phase::Ivr, spec.clone()),
         };
-        let record_id = format!("{}{}", self.token(), self.token());
+        // A handed-over call keeps its node's record id (with a suffix of
+        // ours: it may come back another time), so both records match.
+        let record_id = match msg.header("X-Centralino-Call").filter(|r| {
+            claimed.is_some()
+                && (1..=64).contains(&r.len())
+                && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }) {
+            Some(origin) => format!("{origin}-{}", &self.token()[..8]),
+            None => format!("{}{}", self.token(), self.token()),
+        };
         let did = msg
             .request_uri()
             .and_then(|r| match uri::classify(r)? {
@@ -158,10 +185,11 @@ impl Engine {
             })
             .unwrap_or_default()
             .to_owned();
-        let tenant = self
-            .trunks
-            .get(trunk.index())
-            .map_or(TenantId(0), |t| t.tenant);
+        let tenant = match (&claimed, trunk) {
+            (Some(c), _) => self.queues[c.queue.0 as usize].tenant,
+            (None, Some(t)) => self.trunks.get(t.index()).map_or(TenantId(0), |t| t.tenant),
+            (None, None) => TenantId(0),
+        };
         // A running campaign's number: the caller is looked up among its
         // contacts, only when the carrier asserted who calls (a From is
         // anyone's to write) and they did not withhold their number. The
@@ -211,7 +239,16 @@ impl Engine {
         call.we_refresh = we_refresh;
         call.peer_update = peer_update;
         call.reliable = reliable;
-        call.opening = Some(Opening::Inbound { target, did });
+        call.opening = Some(match &claimed {
+            Some(c) => {
+                call.handed_over = true;
+                Opening::Handover {
+                    agent: c.agent,
+                    queue: c.queue,
+                }
+            }
+            None => Opening::Inbound { target, did },
+        });
         self.calls.insert(id, call);
         if let Some(lookup) = lookup {
             self.out.push_back(lookup);
@@ -253,6 +290,15 @@ impl Engine {
                     Target::Flow(flow, _) => self.start_flow(now, id, flow),
                 }
             }
+            Opening::Handover { agent, queue } => {
+                self.out.push_back(Output::Record(Record::CallStarted {
+                    id: record_id,
+                    at_ms: self.unix_ms_at(now),
+                    caller,
+                    did: String::new(),
+                }));
+                self.handover_reserved(now, id, agent, queue);
+            }
             Opening::Callback { did } => {
                 self.out.push_back(Output::Record(Record::CallStarted {
                     id: record_id,
@@ -275,6 +321,10 @@ impl Engine {
         let _span = call.span.clone().entered();
         self.by_a.remove(&call.a_leg.call_id);
         let queue = call.queue;
+        if call.handed_over {
+            // The operator held for it is free again.
+            self.router.withdraw(now, id);
+        }
         match call.customer {
             Customer::Inbound(inbound) => {
                 let reason = "no_rtp_port";

@@ -52,12 +52,14 @@ impl Engine {
         };
         self.by_a.remove(&call.a_leg.call_id);
         self.close_media(call_id);
+        self.offer_withdrawn(now, call_id);
         if let Some(opening) = call.opening.take() {
             // Ended while its ports were being reserved (a CANCEL in the
             // same batch as its INVITE): it existed, so it is recorded as
             // started before its end, as before the media boundary.
             let did = match opening {
                 Opening::Inbound { did, .. } | Opening::Callback { did } => did,
+                Opening::Handover { .. } => String::new(),
             };
             self.out.push_back(Output::Record(Record::CallStarted {
                 id: call.record_id.clone(),
@@ -267,6 +269,7 @@ impl Engine {
             }
         }
         if let Some(b) = call.b.take() {
+            let agent = b.agent();
             self.by_b.remove(&b.call_id);
             // The INVITE's client transaction outlives the call (Timer M);
             // a 2xx retransmitted after this is simply ignored.
@@ -276,8 +279,10 @@ impl Engine {
             {
                 self.send_bye(now, &mut leg);
             }
-            self.router.call_ended(now, b.agent, call_id);
-            self.agent_released(b.agent);
+            if let Some(agent) = agent {
+                self.router.call_ended(now, agent, call_id);
+                self.agent_released(agent);
+            }
         }
     }
 

@@ -97,6 +97,8 @@ struct Harness {
     held: HashMap<CallId, [u16; 2]>,
     /// The plane has no port to give (`Reserve` answered `Failed`).
     no_ports: bool,
+    /// Offers and releases for the national network's driver.
+    cluster: Vec<Output>,
 }
 
 fn flow(remote: &str) -> Flow {
@@ -150,6 +152,7 @@ impl Harness {
             ports: Ports::new(lo, hi, Duration::from_secs(1), [5; 32]).unwrap(),
             held: HashMap::new(),
             no_ports: false,
+            cluster: Vec::new(),
         }
     }
 
@@ -206,6 +209,9 @@ impl Harness {
                     campaigns,
                     number,
                 } => self.lookups.push((call, record, campaigns, number)),
+                o @ (Output::ClusterOffer { .. } | Output::ClusterRelease { .. }) => {
+                    self.cluster.push(o);
+                }
             }
         }
         out
@@ -4378,6 +4384,13 @@ fn a_preview_is_one_operators_and_goes_back_when_they_leave_or_the_campaign_stop
     );
 }
 
+/// The asking node's published SIP address.
+const PEER: &str = "192.0.2.30:5060";
+
+fn peer() -> SocketAddr {
+    PEER.parse().unwrap()
+}
+
 fn remote_request(id: &str, queue: &str, tenant: &str) -> centralino_cluster::OfferRequest {
     centralino_cluster::OfferRequest {
         id: id.into(),
@@ -4401,22 +4414,36 @@ fn another_nodes_call_holds_a_free_operator_for_its_lease_only() {
     h.register("1001", PHONE1, Algorithm::Md5);
     let id = h.engine.agent_ids["1001"];
     let req = remote_request("roma-1-1-1", "info", "demo");
-    let reply = h.engine.remote_offer(h.now, &req, "127.0.0.2:5060");
-    let OfferReply::Granted { target, .. } = &reply else {
+    let reply = h
+        .engine
+        .remote_offer(h.now, &req, "127.0.0.2:5060", Some(peer()));
+    let OfferReply::Granted {
+        target, operator, ..
+    } = &reply
+    else {
         panic!("{reply:?}")
     };
-    assert_eq!(target, "sip:offer-roma-1-1-1@127.0.0.2:5060");
+    assert_eq!(operator, "1001");
+    let secret = target
+        .strip_prefix("sip:offer-")
+        .and_then(|t| t.strip_suffix("@127.0.0.2:5060"))
+        .unwrap();
+    assert_eq!(secret.len(), 32, "a secret of its own, not the offer id");
     let out = h.drain();
     assert!(out.iter().all(|(_, m)| !m.is_request()), "nothing rings");
     assert!(matches!(
         h.engine.router.agent(id).state,
         centralino_routing::AgentState::Reserved(_)
     ));
-    assert_eq!(h.engine.remote_offer(h.now, &req, "127.0.0.2:5060"), reply);
+    assert_eq!(
+        h.engine
+            .remote_offer(h.now, &req, "127.0.0.2:5060", Some(peer())),
+        reply
+    );
     // Held: a second offer finds nobody; a local call waits.
     let second = remote_request("roma-1-1-2", "info", "demo");
     assert!(matches!(
-        h.engine.remote_offer(h.now, &second, "x"),
+        h.engine.remote_offer(h.now, &second, "x", Some(peer())),
         OfferReply::Refused {
             reason: Refusal::NoOperator,
             ..
@@ -4443,7 +4470,7 @@ fn another_nodes_call_holds_a_free_operator_for_its_lease_only() {
     // Again, then released by the asking node (the call went elsewhere).
     let third = remote_request("roma-1-1-3", "info", "demo");
     assert!(matches!(
-        h.engine.remote_offer(h.now, &third, "x"),
+        h.engine.remote_offer(h.now, &third, "x", Some(peer())),
         OfferReply::Granted { .. }
     ));
     h.engine.remote_release(h.now, "roma-1-1-3", "napoli-1");
@@ -4470,7 +4497,7 @@ fn another_nodes_call_holds_a_free_operator_for_its_lease_only() {
         ),
     ] {
         assert!(matches!(
-            h.engine.remote_offer(h.now, &req, "x"),
+            h.engine.remote_offer(h.now, &req, "x", Some(peer())),
             OfferReply::Refused { reason: r, .. } if r == reason
         ));
     }
@@ -4482,4 +4509,234 @@ fn another_nodes_call_holds_a_free_operator_for_its_lease_only() {
         h.gauge("centralino_cluster_offers_received_total{outcome=lapsed}"),
         1
     );
+}
+
+/// The asking node's offer, as its INVITE of a hand-over carries it.
+const PEER_SDP: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.30\r\ns=-\r\nc=IN IP4 192.0.2.30\r\nt=0 0\r\nm=audio 41000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+/// The INVITE a node sends for a grant: to `user` (`offer-SECRET`),
+/// from `from`.
+fn handover_invite(call: &str, user: &str, from: &str) -> String {
+    format!(
+        "INVITE sip:{user}@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{call}\r\nFrom: <sip:+390612345678@{from}>;tag=a{call}\r\nTo: <sip:{user}@192.0.2.1:5060>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:roma@{from}>\r\nX-Centralino-Call: abc123\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{PEER_SDP}",
+        PEER_SDP.len()
+    )
+}
+
+/// A grant's hand-over URI user part (`offer-SECRET`).
+fn granted_user(reply: &centralino_cluster::OfferReply) -> String {
+    let centralino_cluster::OfferReply::Granted { target, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    let user = target.strip_prefix("sip:").unwrap().split('@').next();
+    user.unwrap().to_owned()
+}
+
+/// The lending side of a hand-over: only the asking node's INVITE
+/// naming the grant's secret reaches the held operator (a guessed
+/// secret, or the right one from another address, is a stranger's
+/// INVITE: 403, nothing kept); the operator's answer is the call's,
+/// recorded under the asking node's record id; an operator who does not
+/// take it sends the call back to its node (480) and is free again.
+#[test]
+fn another_nodes_invite_for_its_grant_rings_the_held_operator_only() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let reply = h.engine.remote_offer(
+        h.now,
+        &remote_request("roma-1-1-1", "info", "demo"),
+        "192.0.2.1:5060",
+        Some(peer()),
+    );
+    let user = granted_user(&reply);
+    let out = h.send(
+        "192.0.2.99:5060",
+        &handover_invite("h0", &user, "192.0.2.99:5060"),
+    );
+    assert_eq!(
+        codes(&out, "192.0.2.99:5060"),
+        vec![403],
+        "the right secret from a stranger"
+    );
+    let guessed = format!("offer-{}", "0".repeat(32));
+    let out = h.send(PEER, &handover_invite("h1", &guessed, PEER));
+    assert_eq!(codes(&out, PEER), vec![403], "a guessed secret");
+    assert_eq!(h.engine.active_calls(), 0);
+    let out = h.send(PEER, &handover_invite("h2", &user, PEER));
+    assert_eq!(codes(&out, PEER), vec![100]);
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert!(inv.header("From").unwrap().contains("+390612345678"));
+    let record = inv.header("X-Centralino-Call").unwrap().to_owned();
+    assert!(record.starts_with("abc123-"), "{record}");
+    assert_eq!(
+        h.gauge("centralino_cluster_handovers_total{outcome=taken}"),
+        1
+    );
+    // The same secret again (a replayed INVITE with another Call-ID): the
+    // grant is spent.
+    let out = h.send(PEER, &handover_invite("h3", &user, PEER));
+    assert_eq!(codes(&out, PEER), vec![403]);
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(codes(&out, PEER), vec![200]);
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let bye = format!(
+        "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PEER};branch=z9hG4bKbye2\r\nFrom: <sip:+390612345678@{PEER}>;tag=ah2\r\nTo: <sip:{user}@192.0.2.1:5060>;tag={a_tag}\r\nCall-ID: h2\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = h.send(PEER, &bye);
+    assert_eq!(codes(&out, PEER), vec![200]);
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    assert!(h.records.iter().any(|r| matches!(r,
+        Record::CallEnded { id, agent: Some(a), .. } if *id == record && a == "1001")));
+    h.advance(Duration::from_secs(5));
+    // Again; the operator refuses: the call goes back to its node.
+    let reply = h.engine.remote_offer(
+        h.now,
+        &remote_request("roma-1-1-2", "info", "demo"),
+        "192.0.2.1:5060",
+        Some(peer()),
+    );
+    let user = granted_user(&reply);
+    let out = h.send(PEER, &handover_invite("h4", &user, PEER));
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 486, "b2"));
+    assert_eq!(codes(&out, PEER), vec![480]);
+    assert_eq!(h.engine.active_calls(), 0);
+    assert_eq!(
+        h.engine.router.waiting_count(centralino_types::QueueId(0)),
+        0,
+        "it never waits here"
+    );
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+    assert_eq!(
+        h.gauge("centralino_cluster_handovers_total{outcome=sent_back}"),
+        1
+    );
+}
+
+/// The asking side: a call waiting with nobody free here is offered to
+/// the node that reports an operator free in the same queue; its grant
+/// sends the call's INVITE to that node's published address only (a
+/// grant naming another address is let go); an operator there who does
+/// not take it puts the call back in its place here; one who does is
+/// the call's operator, named with their node in the record.
+#[test]
+fn a_waiting_call_is_offered_to_a_node_with_an_operator_free_and_handed_over() {
+    use centralino_cluster::{OfferReply, OfferRequest, PeerQueue};
+    let mut h = Harness::new();
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.engine.join_cluster("roma-1");
+    let out = h.invite("c1");
+    assert_eq!(codes(&out, TRUNK), vec![100, 183]);
+    let node_b: SocketAddr = "192.0.2.40:5060".parse().unwrap();
+    let peers = vec![PeerQueue {
+        node: "milano-1".into(),
+        sip: node_b,
+        tenant: "demo".into(),
+        queue: "info".into(),
+        available: 1,
+    }];
+    let offer = |h: &mut Harness| -> OfferRequest {
+        h.engine.cluster_peers(h.now, peers.clone());
+        h.drain();
+        match h.cluster.pop() {
+            Some(Output::ClusterOffer { node, request }) => {
+                assert_eq!(node, "milano-1");
+                assert_eq!(
+                    (request.queue.as_str(), request.tenant.as_str()),
+                    ("info", "demo")
+                );
+                *request
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let req = offer(&mut h);
+    // Offered once at a time: another heartbeat offers nothing more.
+    h.engine.cluster_peers(h.now, peers.clone());
+    h.drain();
+    assert!(h.cluster.is_empty(), "{:?}", h.cluster);
+    let grant = |id: &str, at: &str| OfferReply::Granted {
+        id: id.into(),
+        target: format!("sip:offer-{}@{at}", "ab".repeat(16)),
+        lease_ms: 5000,
+        operator: "2001".into(),
+    };
+    h.engine
+        .cluster_reply(h.now, "milano-1", grant(&req.id, "192.0.2.40:5060"));
+    let out = h.drain();
+    let inv = requests(&out, "192.0.2.40:5060", "INVITE")[0].clone();
+    assert!(inv.request_uri().unwrap().starts_with("sip:offer-abab"));
+    assert_eq!(
+        h.engine.router.waiting_count(centralino_types::QueueId(0)),
+        0
+    );
+    // Ringing there, then refused: back in its place here.
+    h.send("192.0.2.40:5060", &response_to(&inv, 180, "r1"));
+    let out = h.send("192.0.2.40:5060", &response_to(&inv, 480, "r1"));
+    assert_eq!(
+        codes(&out, TRUNK),
+        Vec::<u16>::new(),
+        "the caller still waits"
+    );
+    assert_eq!(
+        h.engine.router.waiting_count(centralino_types::QueueId(0)),
+        1
+    );
+    assert_eq!(
+        h.gauge("centralino_cluster_handovers_total{outcome=returned}"),
+        1
+    );
+    // A grant naming an address the node never published: let go.
+    let req = offer(&mut h);
+    h.engine
+        .cluster_reply(h.now, "milano-1", grant(&req.id, "192.0.2.66:5060"));
+    let out = h.drain();
+    assert!(requests(&out, "192.0.2.66:5060", "INVITE").is_empty());
+    assert!(matches!(h.cluster.pop(), Some(Output::ClusterRelease { id, .. }) if id == req.id));
+    // No answer in time: the call keeps its place; offered again.
+    let req = offer(&mut h);
+    h.advance(centralino_cluster::offer::REPLY_TIMEOUT);
+    assert_eq!(
+        h.gauge("centralino_cluster_offers_sent_total{outcome=timed_out}"),
+        1
+    );
+    h.engine
+        .cluster_reply(h.now, "milano-1", grant(&req.id, "192.0.2.40:5060"));
+    h.drain();
+    assert!(
+        matches!(h.cluster.pop(), Some(Output::ClusterRelease { id, .. }) if id == req.id),
+        "a late grant is let go"
+    );
+    let req = offer(&mut h);
+    h.engine
+        .cluster_reply(h.now, "milano-1", grant(&req.id, "192.0.2.40:5060"));
+    let out = h.drain();
+    let inv = requests(&out, "192.0.2.40:5060", "INVITE")[0].clone();
+    let mut ok = inv.response(200, "OK", Some("r2"));
+    ok.push("Contact", "<sip:offer@192.0.2.40:5060>");
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.40\r\ns=-\r\nc=IN IP4 192.0.2.40\r\nt=0 0\r\nm=audio 42000 RTP/AVP 8\r\n";
+    ok.set_body(Some("application/sdp"), sdp.as_bytes().to_vec());
+    let out = h.send(
+        "192.0.2.40:5060",
+        &String::from_utf8(ok.to_bytes()).unwrap(),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert_eq!(requests(&out, "192.0.2.40:5060", "ACK").len(), 1);
+    assert_eq!(
+        h.gauge("centralino_cluster_handovers_total{outcome=connected}"),
+        1
+    );
+    let a_tag = out
+        .iter()
+        .find(|(_, m)| m.code() == 200)
+        .and_then(|(_, m)| m.to_tag.clone())
+        .unwrap();
+    let bye = trunk_in_dialog("BYE", "c1", "ac1", "100", &a_tag, 2, "bye1");
+    let out = h.send(TRUNK, &bye);
+    assert_eq!(requests(&out, "192.0.2.40:5060", "BYE").len(), 1);
+    assert!(h.records.iter().any(|r| matches!(r,
+        Record::CallEnded { agent: Some(a), .. } if a == "2001@milano-1")));
 }

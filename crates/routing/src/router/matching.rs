@@ -418,6 +418,20 @@ impl Router {
         Some(Duration::from_nanos(waited.max(0) as u64))
     }
 
+    /// The offer to `agent` ended and the call leaves with it, never
+    /// offered again here: another node's call handed over to this node
+    /// goes back to its own node. The operator is released as after any
+    /// failed offer (a miss counts towards `max_no_answer`); others still
+    /// reserved for the call are withdrawn.
+    pub fn give_up(&mut self, now: Instant, call: CallId, agent: AgentId, outcome: OfferOutcome) {
+        let t = self.at(now);
+        if let Some(&s) = self.slot_of.get(&call) {
+            self.unplace(s);
+            self.free_offers(t, s, call, Some(agent.0));
+        }
+        self.release(t, agent.0, call, outcome);
+    }
+
     /// Frees a call's slot and releases the operators still reserved for
     /// it (all but `keep`). The offers list goes back to the free slot so
     /// its capacity is reused: no allocation per call.
