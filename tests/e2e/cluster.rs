@@ -8,7 +8,10 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Node, NodeConfig, Scratch, free_port, json, one_answering_phone, trunk_to};
+use crate::common::{
+    Node, NodeConfig, Scratch, Sipp, free_port, json, one_answering_phone, register, scenario,
+    trunk_to,
+};
 
 const ADMIN: &str = "cluster-admin-token";
 
@@ -53,14 +56,27 @@ impl Drop for Nats {
 }
 
 fn node(scratch: &Scratch, name: &str, nats: u16) -> Node {
+    node_of(scratch, name, nats, "demo", 2, "")
+}
+
+/// A node of firm `tenant` with `agents` operators, and `extra` TOML.
+fn node_of(
+    scratch: &Scratch,
+    name: &str,
+    nats: u16,
+    tenant: &str,
+    agents: u32,
+    extra: &str,
+) -> Node {
     Node::start_toml(scratch, |sip, http| {
         let cfg = NodeConfig {
-            agents: 2,
+            agents,
             ..NodeConfig::default()
         };
         format!(
-            "{}\n[[api.tokens]]\nname = \"admin\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\n[cluster]\nnode = \"{name}\"\nnats_url = \"nats://127.0.0.1:{nats}\"\n",
+            "{}\n[[api.tokens]]\nname = \"admin\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\n[cluster]\nnode = \"{name}\"\nnats_url = \"nats://127.0.0.1:{nats}\"\n{extra}",
             cfg.toml(sip, http)
+                .replace("\"demo\"", &format!("{tenant:?}"))
         )
     })
 }
@@ -293,6 +309,65 @@ fn a_call_waiting_on_one_node_is_answered_by_another_nodes_operator() {
             .any(|(e, q, who)| e == "connect" && q == "info" && who.as_deref() == Some("1001")),
         "{log:?}"
     );
+}
+
+/// Two firms under an agreement with `max_concurrent = 2`: three callers
+/// of asl-roma wait on roma-1 (nobody there), milano-1 (firm demo) has
+/// three operators free; two calls are lent at once, the third is not
+/// (refused for capacity) until one of them ends; every caller is
+/// answered in the end, and both firms' supervisors see the lending.
+#[test]
+fn an_agreement_lends_at_most_its_capacity_at_once() {
+    let (sa, sb) = (Scratch::new("agreement-a"), Scratch::new("agreement-b"));
+    let port = free_port();
+    let _nats = Nats::start(&sa, port);
+    let agreement = "\n[[agreements]]\nfrom = \"asl-roma\"\nto = \"demo\"\nqueues = [\"info\"]\nmax_concurrent = 2\n";
+    let a = node_of(&sa, "roma-1", port, "asl-roma", 1, agreement);
+    let b = node_of(&sb, "milano-1", port, "demo", 3, agreement);
+    let phones = Sipp::spawn(
+        &sb,
+        "phones",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&sb, &b, &[1001, 1002, 1003], phones.port, |u| {
+        format!("demo{u}")
+    });
+    wait_cluster(&a, "roma-1 sees milano-1's three free operators", |v| {
+        v["queues"].as_array().is_some_and(|qs| {
+            qs.iter()
+                .any(|q| q["tenant"] == "demo" && q["agents"]["available"] == 3)
+        })
+    });
+    // Three callers at once, each talking 4 s.
+    let mut trunk = trunk_to(
+        &sa,
+        &a,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "3", "-l", "3", "-r", "10", "-d", "4000"],
+    );
+    let v = wait_cluster(&b, "two calls lent", |v| v["lending"][0]["calls"] == 2);
+    assert_eq!(
+        v["lending"],
+        serde_json::json!([{"borrower": "asl-roma", "lender": "demo", "calls": 2}])
+    );
+    b.wait_metric(
+        "centralino_cluster_offers_received_total{outcome=\"capacity\"}",
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        b.metric("centralino_agents{state=\"available\",tenant=\"demo\"}"),
+        1.0,
+        "the third operator stays free: the third call is not lent"
+    );
+    trunk.expect_success(Duration::from_secs(60));
+    assert_eq!(
+        a.metric("centralino_cluster_handovers_total{outcome=\"connected\"}"),
+        3.0,
+        "the third was lent once another ended"
+    );
+    drop(phones);
 }
 
 /// A bare NATS client (the protocol's text form): publishes `payload` on

@@ -42,6 +42,17 @@ impl Lending {
         }
     }
 
+    /// Whether an agreement lets firm `to` serve firm `from`'s calls in
+    /// `queue` at all (capacity aside): where the asking node offers.
+    pub fn covers(&self, from: &str, to: &str, queue: &str) -> bool {
+        from == to
+            || self.agreements.iter().any(|a| {
+                a.from == from
+                    && a.to == to
+                    && (a.queues.is_empty() || a.queues.iter().any(|q| q == queue))
+            })
+    }
+
     /// May a call of firm `from` in `queue` go to an operator of firm
     /// `to`? `logged_in` is `to`'s logged-in operators of that queue on
     /// the deciding node, `elsewhere` the calls other nodes report lent
@@ -66,12 +77,17 @@ impl Lending {
                     && (a.queues.is_empty() || a.queues.iter().any(|q| q == queue))
             })
             .ok_or(Refusal::NoAgreement)?;
-        let lent = self.lent(from, to).saturating_add(elsewhere);
-        if a.max_concurrent.is_some_and(|m| lent >= m) {
+        let here = self.lent(from, to);
+        if a.max_concurrent
+            .is_some_and(|m| here.saturating_add(elsewhere) >= m)
+        {
             return Err(Refusal::Capacity);
         }
+        // The share is each lending node's own: its operators, the calls
+        // it lent (a node knows its own logged-in operators exactly, the
+        // others' only a second late).
         if a.share
-            .is_some_and(|s| f64::from(lent + 1) > s * f64::from(logged_in))
+            .is_some_and(|s| f64::from(here.saturating_add(1)) > s * f64::from(logged_in))
         {
             return Err(Refusal::Capacity);
         }

@@ -237,6 +237,24 @@ impl Membership {
         self.peers.get(node).filter(|p| p.up)?.summary.sip
     }
 
+    /// What the other nodes up report lent, summed by (borrower,
+    /// lender).
+    pub fn lent_all(&self) -> Vec<(String, String, u32)> {
+        let mut by: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+        for (f, t, k) in self
+            .peers
+            .values()
+            .filter(|p| p.up)
+            .flat_map(|p| &p.summary.lent)
+        {
+            let n = by.entry((f.as_str(), t.as_str())).or_default();
+            *n = n.saturating_add(*k);
+        }
+        by.into_iter()
+            .map(|((f, t), n)| (f.to_owned(), t.to_owned(), n))
+            .collect()
+    }
+
     /// Nodes up, this one included.
     pub fn up(&self) -> usize {
         1 + self.peers.values().filter(|p| p.up).count()

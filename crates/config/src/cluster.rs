@@ -17,6 +17,18 @@ pub(super) struct RawCluster {
     tls_ca_file: Option<String>,
 }
 
+/// `[[agreements]]` as written.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgreement {
+    from: String,
+    to: String,
+    #[serde(default)]
+    queues: Vec<String>,
+    max_concurrent: Option<u32>,
+    share: Option<f64>,
+}
+
 /// One URL or several.
 #[derive(Deserialize, Clone, Debug)]
 #[serde(untagged)]
@@ -102,4 +114,93 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
         token_file: raw.token_file.as_ref().map(PathBuf::from),
         tls_ca_file: raw.tls_ca_file.as_ref().map(PathBuf::from),
     }
+}
+
+/// Most agreements.
+const MAX_AGREEMENTS: usize = 4096;
+
+/// Checks `[[agreements]]`: firm names, queue names, a capacity, one
+/// agreement per pair of firms and queue.
+pub(super) fn agreements(
+    raw: &[RawAgreement],
+    clustered: bool,
+    p: &mut Problems,
+) -> Vec<centralino_cluster::Agreement> {
+    use centralino_cluster::summary::valid_name;
+    if !raw.is_empty() && !clustered {
+        p.add(
+            "agreements",
+            "agreements lend operators across the national network: they need [cluster]",
+        );
+    }
+    if raw.len() > MAX_AGREEMENTS {
+        p.add("agreements", format!("at most {MAX_AGREEMENTS}"));
+    }
+    let mut seen: Vec<(&str, &str, &str)> = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let key = |k: &str| format!("agreements[{i}].{k}");
+        for (k, v) in [("from", &a.from), ("to", &a.to)] {
+            if !valid_name(v) {
+                p.add(
+                    key(k),
+                    "a firm's tenant name: 1 to 64 letters, digits, '-', '_' or '.'",
+                );
+            }
+        }
+        if a.from == a.to {
+            p.add(
+                key("to"),
+                "another firm than `from` (a firm's own nodes need no agreement)",
+            );
+        }
+        if a.queues.len() > 1024 {
+            p.add(key("queues"), "at most 1,024 queues");
+        }
+        for (j, q) in a.queues.iter().enumerate() {
+            if !valid_name(q) {
+                p.add(format!("agreements[{i}].queues[{j}]"), "a queue name");
+            }
+        }
+        if a.max_concurrent.is_none() && a.share.is_none() {
+            p.add(
+                key("max_concurrent"),
+                "an agreement needs a capacity: max_concurrent and/or share",
+            );
+        }
+        if a.max_concurrent == Some(0) {
+            p.add(key("max_concurrent"), "at least 1");
+        }
+        if a.share.is_some_and(|s| !(s > 0.0 && s <= 1.0)) {
+            p.add(
+                key("share"),
+                "a fraction of the lending firm's operators, above 0 and at most 1",
+            );
+        }
+        let queues: Vec<&str> = if a.queues.is_empty() {
+            vec!["*"]
+        } else {
+            a.queues.iter().map(String::as_str).collect()
+        };
+        for q in queues {
+            let clash = seen.iter().any(|(f, t, sq)| {
+                *f == a.from && *t == a.to && (*sq == q || *sq == "*" || q == "*")
+            });
+            if clash {
+                p.add(
+                    key("queues"),
+                    format!("{} already lends to {} for queue {q}: one agreement per pair of firms and queue", a.to, a.from),
+                );
+            }
+            seen.push((&a.from, &a.to, q));
+        }
+    }
+    raw.iter()
+        .map(|a| centralino_cluster::Agreement {
+            from: a.from.clone(),
+            to: a.to.clone(),
+            queues: a.queues.clone(),
+            max_concurrent: a.max_concurrent,
+            share: a.share,
+        })
+        .collect()
 }

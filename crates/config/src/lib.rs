@@ -136,6 +136,8 @@ pub struct Config {
     pub outbound: campaigns::OutboundLimits,
     /// This node in a national network (`None`: alone).
     pub cluster: Option<ClusterConfig>,
+    /// Agreements between firms to lend operators across the network.
+    pub agreements: Vec<centralino_cluster::Agreement>,
     /// The document it was read from (flow files under `flow_files`):
     /// [`reload::changed_keys`] compares two of them.
     pub source: toml::Table,
@@ -210,6 +212,7 @@ impl Config {
             queues: self.queues.clone(),
             agents: self.agents.clone(),
             catalog: self.catalog.clone(),
+            agreements: self.agreements.clone(),
         }
     }
 }
@@ -247,6 +250,7 @@ pub struct EngineConfig {
     pub queues: Vec<Queue>,
     pub agents: Vec<Agent>,
     pub catalog: Catalog,
+    pub agreements: Vec<centralino_cluster::Agreement>,
 }
 
 impl EngineConfig {
@@ -1059,6 +1063,7 @@ impl Config {
         );
         let outbound = campaigns::outbound(&raw.outbound, &mut p);
         let cluster = raw.cluster.as_ref().map(|c| cluster::cluster(c, &mut p));
+        let agreements = cluster::agreements(&raw.agreements, cluster.is_some(), &mut p);
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid(p.0));
         }
@@ -1135,6 +1140,7 @@ impl Config {
             raw_campaigns: raw.campaigns,
             outbound,
             cluster,
+            agreements,
             source: toml::Table::new(),
         })
     }

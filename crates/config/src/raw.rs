@@ -28,6 +28,7 @@ pub(super) struct RawConfig {
     pub(super) campaigns: Vec<centralino_campaigns::spec::RawSpec>,
     pub(super) outbound: RawOutbound,
     pub(super) cluster: Option<cluster::RawCluster>,
+    pub(super) agreements: Vec<cluster::RawAgreement>,
 }
 
 #[derive(Deserialize)]

@@ -954,3 +954,60 @@ fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
     let err = Config::from_toml(&format!("{base}\n[cluster]\nnode = \"roma-1\"\n")).unwrap_err();
     assert!(err.to_string().contains("nats_url"), "{err}");
 }
+
+/// `[[agreements]]`: names, a capacity, one per pair of firms and queue,
+/// only in a national network.
+#[test]
+fn agreements_between_firms_are_checked() {
+    let base = DEFAULT_TOML;
+    let cluster = "[cluster]\nnode = \"milano-1\"\nnats_url = \"nats://127.0.0.1:4222\"\n";
+    let c = Config::from_toml(&format!(
+        "{base}\n{cluster}\n[[agreements]]\nfrom = \"asl-roma\"\nto = \"demo\"\nqueues = [\"info\"]\nmax_concurrent = 2\nshare = 0.2\n"
+    ))
+    .unwrap();
+    assert_eq!(c.agreements.len(), 1);
+    assert_eq!(c.engine().agreements[0].max_concurrent, Some(2));
+    for (agreement, want) in [
+        (
+            "from = \"asl-roma\"\nto = \"demo\"",
+            "agreements[0].max_concurrent",
+        ),
+        (
+            "from = \"asl-roma\"\nto = \"demo\"\nmax_concurrent = 0",
+            "agreements[0].max_concurrent",
+        ),
+        (
+            "from = \"asl-roma\"\nto = \"demo\"\nshare = 1.5",
+            "agreements[0].share",
+        ),
+        (
+            "from = \"demo\"\nto = \"demo\"\nshare = 0.5",
+            "agreements[0].to",
+        ),
+        (
+            "from = \"asl roma\"\nto = \"demo\"\nshare = 0.5",
+            "agreements[0].from",
+        ),
+        (
+            "from = \"a\"\nto = \"demo\"\nqueues = [\"x y\"]\nshare = 0.5",
+            "agreements[0].queues[0]",
+        ),
+    ] {
+        refused(
+            &format!("{base}\n{cluster}\n[[agreements]]\n{agreement}\n"),
+            want,
+        );
+    }
+    // Two agreements for the same firms and queue.
+    refused(
+        &format!(
+            "{base}\n{cluster}\n[[agreements]]\nfrom = \"a\"\nto = \"demo\"\nshare = 0.5\n\n[[agreements]]\nfrom = \"a\"\nto = \"demo\"\nqueues = [\"info\"]\nmax_concurrent = 1\n"
+        ),
+        "agreements[1].queues",
+    );
+    // Without a network there is nobody to lend to.
+    refused(
+        &format!("{base}\n[[agreements]]\nfrom = \"a\"\nto = \"demo\"\nshare = 0.5\n"),
+        "agreements",
+    );
+}

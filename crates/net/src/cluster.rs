@@ -58,6 +58,9 @@ pub(crate) struct Picture {
     pub(crate) nodes: Vec<(String, bool, u64, bool)>,
     /// Each queue across the nodes that are up.
     pub(crate) queues: Vec<NationalQueue>,
+    /// Calls lent under agreements across the nodes that are up:
+    /// (borrower, lender, calls).
+    pub(crate) lending: Vec<(String, String, u32)>,
 }
 
 /// What the driver works with.
@@ -162,7 +165,10 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                         if free && outcome == "received" {
                             // Operators free there: waiting calls are
                             // offered now, not at the next heartbeat.
-                            let _ = engine.try_send(EngineInput::ClusterPeers(membership.offerable()));
+                            let _ = engine.try_send(EngineInput::ClusterPeers {
+                                peers: membership.offerable(),
+                                lent_elsewhere: membership.lent_all(),
+                            });
                         }
                     }
                     Ok(_) | Err(_) => {
@@ -208,9 +214,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                         at_ms: unix_ms(),
                         draining: draining.load(Ordering::Relaxed),
                         queues: mine.clone(),
-                        // Nothing is lent across firms yet (agreements
-                        // are being built; one firm's nodes need none).
-                        lent: Vec::new(),
+                        lent: desks.lent(),
                         sip,
                     };
                     let outcome = match client.publish(subject.clone(), Bytes::from(s.encode())).await {
@@ -230,12 +234,23 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                         Event::Restarted(n) => info!(node = %n, "national network: node restarted"),
                     }
                 }
-                let _ = engine.try_send(EngineInput::ClusterPeers(membership.offerable()));
+                let elsewhere = membership.lent_all();
+                let _ = engine.try_send(EngineInput::ClusterPeers {
+                    peers: membership.offerable(),
+                    lent_elsewhere: elsewhere.clone(),
+                });
+                let mut lending: std::collections::BTreeMap<(String, String), u32> =
+                    std::collections::BTreeMap::new();
+                for (f, t, k) in elsewhere.into_iter().chain(desks.lent()) {
+                    let n = lending.entry((f, t)).or_default();
+                    *n = n.saturating_add(k);
+                }
                 let picture = Picture {
                     node: node.clone(),
                     connected,
                     nodes: Vec::new(),
                     queues: membership.national(&mine),
+                    lending: lending.into_iter().map(|((f, t), n)| (f, t, n)).collect(),
                 };
                 publish_picture(&membership, picture, &desks, &metrics, now);
             }

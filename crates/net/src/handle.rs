@@ -82,8 +82,14 @@ pub enum EngineInput {
         /// The grant or the refusal.
         reply: tokio::sync::oneshot::Sender<centralino_cluster::OfferReply>,
     },
-    /// The other nodes' queues with operators free (each heartbeat).
-    ClusterPeers(Vec<centralino_cluster::PeerQueue>),
+    /// The other nodes' queues with operators free, and what they lend
+    /// under agreements (each heartbeat).
+    ClusterPeers {
+        /// Queues with operators free.
+        peers: Vec<centralino_cluster::PeerQueue>,
+        /// (borrower, lender, calls) lent by the other nodes.
+        lent_elsewhere: Vec<(String, String, u32)>,
+    },
     /// Another node answered one of this node's offers.
     ClusterReply {
         /// The node.

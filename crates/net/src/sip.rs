@@ -730,6 +730,11 @@ async fn run_engine(
                 Output::ClusterOffer { node, request } => {
                     clients.to_cluster(crate::cluster::ClusterOut::Offer { node, request });
                 }
+                Output::Lent(lent) => {
+                    if let Some(d) = &desks {
+                        d.set_lent(lent);
+                    }
+                }
                 Output::ClusterRelease { node, id } => {
                     clients.to_cluster(crate::cluster::ClusterOut::Release { node, id });
                 }
@@ -1083,7 +1088,10 @@ fn handle(
         } => {
             let _ = reply.send(engine.remote_offer(now, &req, &target, peer));
         }
-        EngineInput::ClusterPeers(peers) => engine.cluster_peers(now, peers),
+        EngineInput::ClusterPeers {
+            peers,
+            lent_elsewhere,
+        } => engine.cluster_peers(now, peers, lent_elsewhere),
         EngineInput::ClusterReply { node, reply } => engine.cluster_reply(now, &node, *reply),
         EngineInput::RemoteRelease { id, from } => engine.remote_release(now, &id, &from),
         EngineInput::CallerKnown {

@@ -217,6 +217,9 @@ pub(super) struct Call {
     /// (the national network): it never waits here; if that operator
     /// does not take it, it goes back to its node.
     pub(super) handed_over: bool,
+    /// Another firm's call lent this node's operator under an agreement:
+    /// (borrower, lender), counted until the call ends.
+    pub(super) lent: Option<Box<(String, String)>>,
 }
 
 /// A campaign's contact calling its number back, for the operator's desk.
@@ -305,6 +308,7 @@ impl Call {
             preview: None,
             known: None,
             handed_over: false,
+            lent: None,
         }
     }
 

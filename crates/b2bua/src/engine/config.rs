@@ -106,6 +106,8 @@ impl Engine {
             held: HashMap::new(),
             held_tokens: HashMap::new(),
             asking: None,
+            lending: centralino_cluster::Lending::new(config.agreements.clone()),
+            lent_elsewhere: Vec::new(),
             paced: Vec::new(),
             tenant_gauges,
             agent_ids,

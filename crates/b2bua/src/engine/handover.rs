@@ -47,7 +47,16 @@ impl Engine {
 
     /// The other nodes' queues with operators free now: waiting calls of
     /// the same queues are offered to them.
-    pub fn cluster_peers(&mut self, now: Instant, peers: Vec<PeerQueue>) {
+    /// `lent_elsewhere`: what the other nodes report lent under
+    /// agreements (borrower, lender, calls), for this node's capacity
+    /// checks.
+    pub fn cluster_peers(
+        &mut self,
+        now: Instant,
+        peers: Vec<PeerQueue>,
+        lent_elsewhere: Vec<(String, String, u32)>,
+    ) {
+        self.lent_elsewhere = lent_elsewhere;
         let Some(a) = self.asking.as_mut() else {
             return;
         };
@@ -74,8 +83,12 @@ impl Engine {
         let peers = a.peers.clone();
         let mut waiting: HashMap<QueueId, Vec<(Instant, CallId)>> = HashMap::new();
         for p in &peers {
+            // The same firm's queue, or another firm's under an
+            // agreement (the lending node checks its capacity).
             if let Some(&q) = self.queue_ids.get(&p.queue)
-                && self.queues[q.0 as usize].tenant_name == p.tenant
+                && self
+                    .lending
+                    .covers(&self.queues[q.0 as usize].tenant_name, &p.tenant, &p.queue)
             {
                 waiting.entry(q).or_default();
             }
@@ -109,6 +122,12 @@ impl Engine {
             let Some(&q) = self.queue_ids.get(&p.queue) else {
                 continue;
             };
+            if !self
+                .lending
+                .covers(&self.queues[q.0 as usize].tenant_name, &p.tenant, &p.queue)
+            {
+                continue;
+            }
             let Some(v) = waiting.get_mut(&q) else {
                 continue;
             };

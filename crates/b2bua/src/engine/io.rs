@@ -24,6 +24,10 @@ pub enum Output {
         /// The offer.
         request: Box<centralino_cluster::OfferRequest>,
     },
+    /// What this node lends now under agreements between firms, on
+    /// every change: (borrower firm, lender firm, calls), for its summary
+    /// and its supervisors.
+    Lent(Vec<(String, String, u32)>),
     /// Tell `node` to let the operator it holds for offer `id` go.
     ClusterRelease {
         /// The node.

@@ -311,6 +311,10 @@ pub struct Engine {
     held_tokens: HashMap<String, String>,
     /// The asking side: offers out, the other nodes' free operators.
     asking: Option<Box<handover::Asking>>,
+    /// Agreements between firms: what this node lends now.
+    lending: centralino_cluster::Lending,
+    /// What the other nodes report lent: (borrower, lender, calls).
+    lent_elsewhere: Vec<(String, String, u32)>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.

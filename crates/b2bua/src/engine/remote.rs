@@ -26,6 +26,8 @@ pub(super) struct Held {
     pub(super) token: String,
     /// What the call needs (as offered).
     pub(super) spec: Arc<CallSpec>,
+    /// Another firm's call under an agreement: (borrower, lender).
+    pub(super) lent: Option<(String, String)>,
 }
 
 /// Another node's call arriving for the operator held for it.
@@ -34,6 +36,7 @@ pub(super) struct Claimed {
     pub(super) agent: AgentId,
     pub(super) queue: QueueId,
     pub(super) spec: Arc<CallSpec>,
+    pub(super) lent: Option<(String, String)>,
 }
 
 impl Engine {
@@ -69,9 +72,24 @@ impl Engine {
             return refuse(self, Refusal::UnknownQueue);
         };
         // One national queue is one firm's: another firm's call needs an
-        // agreement (not granted here yet).
-        if self.queues[queue.0 as usize].tenant_name != req.tenant {
-            return refuse(self, Refusal::NoAgreement);
+        // agreement, within its capacity (national for `max_concurrent`,
+        // this node's operators for `share`).
+        let lender = self.queues[queue.0 as usize].tenant_name.clone();
+        let lent = (lender != req.tenant).then(|| (req.tenant.clone(), lender.clone()));
+        if let Some((from, to)) = &lent {
+            let agents = self.router.queue_agents(queue);
+            let logged_in = agents.available + agents.busy + agents.paused;
+            let elsewhere = self
+                .lent_elsewhere
+                .iter()
+                .filter(|(f, t, _)| f == from && t == to)
+                .fold(0u32, |n, (_, _, k)| n.saturating_add(*k));
+            if let Err(reason) = self
+                .lending
+                .may_lend(from, to, &req.queue, logged_in, elsewhere)
+            {
+                return refuse(self, reason);
+            }
         }
         let requirement = match &req.requirements {
             None => None,
@@ -122,8 +140,13 @@ impl Engine {
                 queue,
                 token,
                 spec: Arc::new(spec),
+                lent: lent.clone(),
             },
         );
+        if let Some((from, to)) = &lent {
+            self.lending.start(from, to);
+            self.lending_changed();
+        }
         self.metrics
             .cluster_offers_in
             .with_label_values(&["granted"])
@@ -164,6 +187,7 @@ impl Engine {
     fn let_go(&mut self, now: Instant, id: &str, how: &'static str) {
         if let Some(h) = self.held.remove(id) {
             self.held_tokens.remove(&h.token);
+            self.lent_ended(h.lent.as_ref());
             info!(from = %h.from, how, "an operator held for another node is free again");
             self.router.withdraw(now, h.call);
             self.metrics
@@ -210,6 +234,7 @@ impl Engine {
             agent: AgentId(agent),
             queue: h.queue,
             spec: h.spec,
+            lent: h.lent,
         })
     }
 
@@ -266,6 +291,18 @@ impl Engine {
             .inc();
         info!("not taken here: the call goes back to its node");
         self.end_unanswered(now, call, 480, CallOutcome::NoAnswer, false);
+    }
+
+    /// A call lent under an agreement ended (or its grant did).
+    pub(super) fn lent_ended(&mut self, lent: Option<&(String, String)>) {
+        if let Some((from, to)) = lent {
+            self.lending.end(from, to);
+            self.lending_changed();
+        }
+    }
+
+    fn lending_changed(&mut self) {
+        self.out.push_back(Output::Lent(self.lending.current()));
     }
 
     /// Placeholders of other nodes' calls in `queue`: the router counts

@@ -242,6 +242,7 @@ impl Engine {
         call.opening = Some(match &claimed {
             Some(c) => {
                 call.handed_over = true;
+                call.lent = c.lent.clone().map(Box::new);
                 Opening::Handover {
                     agent: c.agent,
                     queue: c.queue,
@@ -324,6 +325,7 @@ impl Engine {
         if call.handed_over {
             // The operator held for it is free again.
             self.router.withdraw(now, id);
+            self.lent_ended(call.lent.as_deref());
         }
         match call.customer {
             Customer::Inbound(inbound) => {

@@ -53,6 +53,7 @@ impl Engine {
         self.by_a.remove(&call.a_leg.call_id);
         self.close_media(call_id);
         self.offer_withdrawn(now, call_id);
+        self.lent_ended(call.lent.as_deref());
         if let Some(opening) = call.opening.take() {
             // Ended while its ports were being reserved (a CANCEL in the
             // same batch as its INVITE): it existed, so it is recorded as

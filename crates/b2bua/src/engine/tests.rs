@@ -209,7 +209,9 @@ impl Harness {
                     campaigns,
                     number,
                 } => self.lookups.push((call, record, campaigns, number)),
-                o @ (Output::ClusterOffer { .. } | Output::ClusterRelease { .. }) => {
+                o @ (Output::ClusterOffer { .. }
+                | Output::ClusterRelease { .. }
+                | Output::Lent(_)) => {
                     self.cluster.push(o);
                 }
             }
@@ -4639,7 +4641,7 @@ fn a_waiting_call_is_offered_to_a_node_with_an_operator_free_and_handed_over() {
         available: 1,
     }];
     let offer = |h: &mut Harness| -> OfferRequest {
-        h.engine.cluster_peers(h.now, peers.clone());
+        h.engine.cluster_peers(h.now, peers.clone(), Vec::new());
         h.drain();
         match h.cluster.pop() {
             Some(Output::ClusterOffer { node, request }) => {
@@ -4655,7 +4657,7 @@ fn a_waiting_call_is_offered_to_a_node_with_an_operator_free_and_handed_over() {
     };
     let req = offer(&mut h);
     // Offered once at a time: another heartbeat offers nothing more.
-    h.engine.cluster_peers(h.now, peers.clone());
+    h.engine.cluster_peers(h.now, peers.clone(), Vec::new());
     h.drain();
     assert!(h.cluster.is_empty(), "{:?}", h.cluster);
     let grant = |id: &str, at: &str| OfferReply::Granted {
@@ -4739,4 +4741,83 @@ fn a_waiting_call_is_offered_to_a_node_with_an_operator_free_and_handed_over() {
     assert_eq!(requests(&out, "192.0.2.40:5060", "BYE").len(), 1);
     assert!(h.records.iter().any(|r| matches!(r,
         Record::CallEnded { agent: Some(a), .. } if a == "2001@milano-1")));
+}
+
+/// Another firm's calls are lent only under an agreement, within its
+/// `max_concurrent` counted nationally (what other nodes report lent
+/// counts too); what this node lends is published on every change.
+#[test]
+fn another_firms_calls_are_lent_under_an_agreement_within_its_capacity() {
+    use centralino_cluster::{OfferReply, Refusal};
+    let config = format!(
+        "{CONFIG}\n[cluster]\nnode = \"milano-1\"\nnats_url = \"nats://127.0.0.1:4222\"\n\n[[agreements]]\nfrom = \"asl-roma\"\nto = \"demo\"\nqueues = [\"info\"]\nmax_concurrent = 1\n"
+    );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let offer = |h: &mut Harness, id: &str, tenant: &str| {
+        h.engine.remote_offer(
+            h.now,
+            &remote_request(id, "info", tenant),
+            "x",
+            Some(peer()),
+        )
+    };
+    assert!(matches!(
+        offer(&mut h, "r-1", "asl-napoli"),
+        OfferReply::Refused {
+            reason: Refusal::NoAgreement,
+            ..
+        }
+    ));
+    assert!(matches!(
+        offer(&mut h, "r-2", "asl-roma"),
+        OfferReply::Granted { .. }
+    ));
+    h.drain();
+    assert!(
+        h.cluster.iter().any(|o| matches!(o, Output::Lent(v)
+            if v == &[("asl-roma".to_owned(), "demo".to_owned(), 1)])),
+        "{:?}",
+        h.cluster
+    );
+    // The second at once: the capacity is used, one operator still free.
+    assert!(matches!(
+        offer(&mut h, "r-3", "asl-roma"),
+        OfferReply::Refused {
+            reason: Refusal::Capacity,
+            ..
+        }
+    ));
+    // The same firm's own call needs no agreement.
+    assert!(matches!(
+        offer(&mut h, "r-4", "demo"),
+        OfferReply::Granted { .. }
+    ));
+    h.engine.remote_release(h.now, "r-4", "roma-1");
+    h.engine.remote_release(h.now, "r-2", "roma-1");
+    h.drain();
+    assert!(matches!(h.cluster.last(), Some(Output::Lent(v)) if v.is_empty()));
+    // Another node of the lender has one lent already: national cap.
+    h.engine.cluster_peers(
+        h.now,
+        Vec::new(),
+        vec![("asl-roma".into(), "demo".into(), 1)],
+    );
+    assert!(matches!(
+        offer(&mut h, "r-5", "asl-roma"),
+        OfferReply::Refused {
+            reason: Refusal::Capacity,
+            ..
+        }
+    ));
+    h.engine.cluster_peers(h.now, Vec::new(), Vec::new());
+    assert!(matches!(
+        offer(&mut h, "r-6", "asl-roma"),
+        OfferReply::Granted { .. }
+    ));
+    assert_eq!(
+        h.gauge("centralino_cluster_offers_received_total{outcome=capacity}"),
+        2
+    );
 }

@@ -23,6 +23,9 @@ pub struct Desks {
     pub(super) progress: Arc<std::sync::Mutex<Progress>>,
     /// The national network as this node sees it (`None`: alone).
     pub(super) cluster: Arc<std::sync::Mutex<Option<crate::cluster::Picture>>>,
+    /// What this node lends under agreements now (borrower, lender,
+    /// calls), as the engine last said.
+    pub(super) lent: Arc<std::sync::Mutex<Vec<(String, String, u32)>>>,
 }
 
 /// Each running campaign's contacts by status, by campaign id.
@@ -88,6 +91,16 @@ impl Desks {
             }
             changed
         });
+    }
+
+    /// What this node lends now under agreements.
+    pub(crate) fn set_lent(&self, lent: Vec<(String, String, u32)>) {
+        *self.lent.lock().unwrap_or_else(|e| e.into_inner()) = lent;
+    }
+
+    /// See [`Self::set_lent`].
+    pub(crate) fn lent(&self) -> Vec<(String, String, u32)> {
+        self.lent.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The national network as this node sees it now.

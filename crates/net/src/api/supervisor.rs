@@ -129,9 +129,17 @@ pub(super) async fn get_cluster(State(api): State<Api>, headers: HeaderMap) -> R
             })
         })
         .collect();
+    // What firms lend each other under agreements, nationally: a firm's
+    // supervisor sees what it lends and what it borrows.
+    let lending: Vec<Value> = p
+        .lending
+        .iter()
+        .filter(|(from, to, _)| tenant.is_none_or(|t| from == t || to == t))
+        .map(|(from, to, calls)| json!({ "borrower": from, "lender": to, "calls": calls }))
+        .collect();
     ok(
         StatusCode::OK,
-        &json!({ "node": p.node, "connected": p.connected, "nodes": nodes, "queues": queues }),
+        &json!({ "node": p.node, "connected": p.connected, "nodes": nodes, "queues": queues, "lending": lending }),
     )
 }
 
