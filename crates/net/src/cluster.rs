@@ -42,7 +42,12 @@ pub(crate) enum ClusterOut {
     },
     /// Tell `node` to let the operator it holds for offer `id` go.
     Release { node: String, id: String },
+    /// An operator is free again where none was: publish the summary now.
+    News,
 }
+
+/// Least time between two summaries published on news.
+const NEWS_GAP: Duration = Duration::from_millis(200);
 
 /// The subject every summary goes to (`*`: the sender's node name).
 const SUMMARIES: &str = "centralino.v1.summary.*";
@@ -144,6 +149,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_connected = None;
+    let mut last_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             msg = incoming.next() => {
@@ -182,6 +188,17 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
             }
             out = outputs.recv() => {
                 let Some(out) = out else { return };
+                if matches!(out, ClusterOut::News) {
+                    if last_sent.is_none_or(|t: Instant| t.elapsed() >= NEWS_GAP)
+                        && client.connection_state() == State::Connected
+                    {
+                        seq += 1;
+                        let s = summary(&node, boot, seq, &draining, summaries(&desks), &desks, sip);
+                        publish(&client, &subject, &s, &metrics).await;
+                        last_sent = Some(Instant::now());
+                    }
+                    continue;
+                }
                 send_out(&client, &engine, &node, &metrics, out);
             }
             msg = releases.next() => {
@@ -207,21 +224,9 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                 let mine = summaries(&desks);
                 if connected {
                     seq += 1;
-                    let s = Summary {
-                        node: node.clone(),
-                        boot,
-                        seq,
-                        at_ms: unix_ms(),
-                        draining: draining.load(Ordering::Relaxed),
-                        queues: mine.clone(),
-                        lent: desks.lent(),
-                        sip,
-                    };
-                    let outcome = match client.publish(subject.clone(), Bytes::from(s.encode())).await {
-                        Ok(()) => "sent",
-                        Err(_) => "unsent",
-                    };
-                    metrics.cluster_summaries.with_label_values(&[outcome]).inc();
+                    let s = summary(&node, boot, seq, &draining, mine.clone(), &desks, sip);
+                    publish(&client, &subject, &s, &metrics).await;
+                    last_sent = Some(Instant::now());
                 } else {
                     metrics.cluster_summaries.with_label_values(&["unsent"]).inc();
                 }
@@ -256,6 +261,41 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
             }
         }
     }
+}
+
+fn summary(
+    node: &str,
+    boot: u64,
+    seq: u64,
+    draining: &AtomicBool,
+    queues: Vec<QueueSummary>,
+    desks: &Desks,
+    sip: Option<std::net::SocketAddr>,
+) -> Summary {
+    Summary {
+        node: node.to_owned(),
+        boot,
+        seq,
+        at_ms: unix_ms(),
+        draining: draining.load(Ordering::Relaxed),
+        queues,
+        lent: desks.lent(),
+        sip,
+    }
+}
+
+async fn publish(client: &async_nats::Client, subject: &str, s: &Summary, metrics: &NetMetrics) {
+    let outcome = match client
+        .publish(subject.to_owned(), Bytes::from(s.encode()))
+        .await
+    {
+        Ok(()) => "sent",
+        Err(_) => "unsent",
+    };
+    metrics
+        .cluster_summaries
+        .with_label_values(&[outcome])
+        .inc();
 }
 
 async fn subscribe(client: &async_nats::Client, subject: String) -> async_nats::Subscriber {
@@ -338,6 +378,7 @@ fn send_out(
                 }
             });
         }
+        ClusterOut::News => {}
         ClusterOut::Release { node, id } => {
             let release = Release {
                 id,

@@ -730,6 +730,7 @@ async fn run_engine(
                 Output::ClusterOffer { node, request } => {
                     clients.to_cluster(crate::cluster::ClusterOut::Offer { node, request });
                 }
+                Output::ClusterNews => clients.to_cluster(crate::cluster::ClusterOut::News),
                 Output::Lent(lent) => {
                     if let Some(d) = &desks {
                         d.set_lent(lent);

@@ -108,6 +108,7 @@ impl Engine {
             asking: None,
             lending: centralino_cluster::Lending::new(config.agreements.clone()),
             lent_elsewhere: Vec::new(),
+            free_seen: Vec::new(),
             paced: Vec::new(),
             tenant_gauges,
             agent_ids,

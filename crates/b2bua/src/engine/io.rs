@@ -24,6 +24,9 @@ pub enum Output {
         /// The offer.
         request: Box<centralino_cluster::OfferRequest>,
     },
+    /// An operator is free again in a queue that had none (the views just
+    /// published say which): the other nodes should hear it now.
+    ClusterNews,
     /// What this node lends now under agreements between firms, on
     /// every change: (borrower firm, lender firm, calls), for its summary
     /// and its supervisors.

@@ -315,6 +315,8 @@ pub struct Engine {
     lending: centralino_cluster::Lending,
     /// What the other nodes report lent: (borrower, lender, calls).
     lent_elsewhere: Vec<(String, String, u32)>,
+    /// Each queue had an operator free at the last gauge refresh.
+    free_seen: Vec<bool>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.

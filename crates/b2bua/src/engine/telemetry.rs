@@ -6,8 +6,30 @@ use super::*;
 impl Engine {
     /// Sets every gauge from the current state (the engine does it at most
     /// every `GAUGE_PERIOD` after activity; tests call it directly).
+    /// Whether a queue has an operator free now and had none at the last
+    /// look.
+    fn queue_became_free(&mut self) -> bool {
+        let n = self.queue_stats.len();
+        self.free_seen.resize(n, false);
+        let mut news = false;
+        for i in 0..n {
+            let free = self.router.queue_agents(QueueId(i as u32)).available > 0;
+            news |= free && !self.free_seen[i];
+            self.free_seen[i] = free;
+        }
+        news
+    }
+
     pub fn refresh_gauges(&mut self, now: Instant) {
         self.gauges_due = None;
+        // In a national network, an operator free again in a queue that
+        // had none is news for the other nodes' waiting calls: the views
+        // go out now and the driver publishes this node's summary at
+        // once, not at the next heartbeat.
+        let news = self.asking.is_some() && self.queue_became_free();
+        if news {
+            self.views_at = None;
+        }
         match self.views_at {
             Some(t) if now.saturating_duration_since(t) < VIEWS_PERIOD => {
                 // Published less than a second ago: once more when the
@@ -20,6 +42,9 @@ impl Engine {
                 self.out.push_back(Output::Queues(views));
                 let campaigns = self.campaign_views(now);
                 self.out.push_back(Output::Campaigns(campaigns));
+                if news {
+                    self.out.push_back(Output::ClusterNews);
+                }
             }
         }
         for (i, q) in self.queue_stats.iter().enumerate() {

@@ -211,7 +211,8 @@ impl Harness {
                 } => self.lookups.push((call, record, campaigns, number)),
                 o @ (Output::ClusterOffer { .. }
                 | Output::ClusterRelease { .. }
-                | Output::Lent(_)) => {
+                | Output::Lent(_)
+                | Output::ClusterNews) => {
                     self.cluster.push(o);
                 }
             }
@@ -4820,4 +4821,32 @@ fn another_firms_calls_are_lent_under_an_agreement_within_its_capacity() {
         h.gauge("centralino_cluster_offers_received_total{outcome=capacity}"),
         2
     );
+}
+
+/// In a national network, an operator free where a queue had none is
+/// news for the other nodes: the views go out at once with
+/// `ClusterNews` (the driver publishes the summary then); no news while
+/// nothing changes, none for a node alone.
+#[test]
+fn an_operator_free_again_is_news_for_the_network() {
+    let news = |h: &Harness| {
+        h.cluster
+            .iter()
+            .filter(|o| matches!(o, Output::ClusterNews))
+            .count()
+    };
+    let mut alone = Harness::new();
+    alone.register("1001", PHONE1, Algorithm::Md5);
+    alone.advance(Duration::from_secs(2));
+    assert_eq!(news(&alone), 0);
+    let mut h = Harness::new();
+    h.engine.join_cluster("milano-1");
+    h.advance(Duration::from_secs(2));
+    assert_eq!(news(&h), 0, "nobody free yet");
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.advance(Duration::from_millis(200));
+    assert_eq!(news(&h), 1);
+    h.register("1002", PHONE2, Algorithm::Md5);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(news(&h), 1, "a second one free is no news");
 }
