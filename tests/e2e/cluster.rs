@@ -20,6 +20,33 @@ struct Nats(Child);
 
 impl Nats {
     fn start(scratch: &Scratch, port: u16) -> Self {
+        Self::start_args(scratch, port, &[])
+    }
+
+    /// One NATS user per node, each publishing only its own summaries
+    /// and answers (the README's production layout).
+    fn start_per_node(scratch: &Scratch, port: u16, nodes: &[&str]) -> Self {
+        let users: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    r#"{{ user: "{n}", password: "pw-{n}", permissions: {{
+  publish: ["centralino.v1.summary.{n}", "centralino.v1.offer.*", "centralino.v1.release.*"],
+  subscribe: ["centralino.v1.summary.*", "centralino.v1.offer.{n}", "centralino.v1.release.{n}", "_INBOX_{n}.>"],
+  allow_responses: true }} }}"#
+                )
+            })
+            .collect();
+        let conf = scratch.path("nats.conf");
+        std::fs::write(
+            &conf,
+            format!("authorization {{ users = [\n{}\n] }}\n", users.join(",\n")),
+        )
+        .unwrap();
+        Self::start_args(scratch, port, &["-c", conf.to_str().unwrap()])
+    }
+
+    fn start_args(scratch: &Scratch, port: u16, extra: &[&str]) -> Self {
         // Debian installs it in /usr/sbin, not always on a user's PATH.
         let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
             "/usr/sbin/nats-server"
@@ -28,6 +55,7 @@ impl Nats {
         };
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(scratch.path("nats.log")).unwrap())
             .spawn()
@@ -252,9 +280,15 @@ fn two_nodes_share_one_picture_and_keep_serving_without_nats() {
 fn a_call_waiting_on_one_node_is_answered_by_another_nodes_operator() {
     let (sa, sb) = (Scratch::new("handover-a"), Scratch::new("handover-b"));
     let port = free_port();
-    let _nats = Nats::start(&sa, port);
-    let a = node(&sa, "roma-1", port);
-    let b = node(&sb, "milano-1", port);
+    // Each node its own NATS user, allowed its own subjects only.
+    let _nats = Nats::start_per_node(&sa, port, &["roma-1", "milano-1"]);
+    let password = |scratch: &Scratch, n: &str| {
+        let f = scratch.path("nats.pass");
+        std::fs::write(&f, format!("pw-{n}\n")).unwrap();
+        format!("password_file = {:?}\n", f.to_str().unwrap())
+    };
+    let a = node_of(&sa, "roma-1", port, "demo", 2, &password(&sa, "roma-1"));
+    let b = node_of(&sb, "milano-1", port, "demo", 2, &password(&sb, "milano-1"));
     wait_cluster(&a, "roma-1 sees milano-1", |v| {
         peer_up(v, "milano-1") == Some(true)
     });

@@ -232,6 +232,13 @@ impl Membership {
             .collect()
     }
 
+    /// Whether node `node`'s last summary lists a queue of firm `tenant`.
+    pub fn serves(&self, node: &str, tenant: &str) -> bool {
+        self.peers
+            .get(node)
+            .is_some_and(|p| p.summary.queues.iter().any(|q| q.tenant == tenant))
+    }
+
     /// Where node `node` (up) sends and takes hand-overs.
     pub fn sip_of(&self, node: &str) -> Option<SocketAddr> {
         self.peers.get(node).filter(|p| p.up)?.summary.sip

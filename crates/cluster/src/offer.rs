@@ -491,13 +491,27 @@ impl Grants {
         if g.from != from || g.until < now {
             return None;
         }
-        self.held.remove(id).map(|g| g.agent)
+        let agent = self.held.remove(id).map(|g| g.agent);
+        self.spent(id, now);
+        agent
+    }
+
+    /// A grant claimed, released or lapsed: the same request again (a
+    /// redelivery) is refused, never granted a second operator.
+    fn spent(&mut self, id: &str, now: Instant) {
+        let reply = OfferReply::Refused {
+            id: id.to_owned(),
+            reason: Refusal::NoOperator,
+        };
+        self.refused.insert(id.to_owned(), (reply, now));
     }
 
     /// A let offer `id` go: its operator, to be released.
-    pub fn release(&mut self, id: &str, from: &str) -> Option<u32> {
+    pub fn release(&mut self, now: Instant, id: &str, from: &str) -> Option<u32> {
         if self.held.get(id).is_some_and(|g| g.from == from) {
-            return self.held.remove(id).map(|g| g.agent);
+            let agent = self.held.remove(id).map(|g| g.agent);
+            self.spent(id, now);
+            return agent;
         }
         None
     }
@@ -512,10 +526,14 @@ impl Grants {
             .collect();
         self.refused
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < LEASE);
-        lapsed
+        let lapsed: Vec<(String, u32)> = lapsed
             .into_iter()
             .filter_map(|id| self.held.remove(&id).map(|g| (id, g.agent)))
-            .collect()
+            .collect();
+        for (id, _) in &lapsed {
+            self.spent(id, now);
+        }
+        lapsed
     }
 
     /// When a lease next ends.

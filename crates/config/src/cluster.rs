@@ -14,7 +14,9 @@ pub(super) struct RawCluster {
     node: String,
     nats_url: OneOrMany,
     token_file: Option<String>,
+    password_file: Option<String>,
     tls_ca_file: Option<String>,
+    sip_address: Option<String>,
 }
 
 /// `[[agreements]]` as written.
@@ -48,8 +50,14 @@ pub struct ClusterConfig {
     pub nats_urls: Vec<String>,
     /// A file holding the NATS token, if the servers want one.
     pub token_file: Option<PathBuf>,
+    /// A file holding this node's own NATS password (user: the node's
+    /// name), for servers that give each node its own user and subjects.
+    pub password_file: Option<PathBuf>,
     /// CA certificates for `tls://` servers (else the system's).
     pub tls_ca_file: Option<PathBuf>,
+    /// Where the other nodes send the calls they hand over (`ip:port`,
+    /// UDP); by default the first UDP listener's address.
+    pub sip_address: Option<std::net::SocketAddr>,
 }
 
 /// Most NATS URLs.
@@ -98,8 +106,30 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
             );
         }
     }
+    if raw.token_file.is_some() && raw.password_file.is_some() {
+        p.add(
+            "cluster.password_file",
+            "token_file or password_file, not both",
+        );
+    }
+    let sip_address =
+        raw.sip_address
+            .as_ref()
+            .and_then(|a| match a.parse::<std::net::SocketAddr>() {
+                Ok(s) if s.port() != 0 && !s.ip().is_unspecified() && !s.ip().is_multicast() => {
+                    Some(s)
+                }
+                _ => {
+                    p.add(
+                    "cluster.sip_address",
+                    "ip:port the other nodes reach this node's SIP on (not 0.0.0.0, not port 0)",
+                );
+                    None
+                }
+            });
     for (key, file) in [
         ("cluster.token_file", &raw.token_file),
+        ("cluster.password_file", &raw.password_file),
         ("cluster.tls_ca_file", &raw.tls_ca_file),
     ] {
         if let Some(f) = file
@@ -112,7 +142,9 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
         node: raw.node.clone(),
         nats_urls: urls,
         token_file: raw.token_file.as_ref().map(PathBuf::from),
+        password_file: raw.password_file.as_ref().map(PathBuf::from),
         tls_ca_file: raw.tls_ca_file.as_ref().map(PathBuf::from),
+        sip_address,
     }
 }
 

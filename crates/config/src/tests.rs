@@ -950,6 +950,25 @@ fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
     ] {
         refused(&format!("{base}\n[cluster]\n{cluster}\n"), want);
     }
+    let c = Config::from_toml(&format!(
+        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\npassword_file = \"/etc/centralino/nats.pass\"\nsip_address = \"10.0.0.1:5060\"\n"
+    ))
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.sip_address, Some("10.0.0.1:5060".parse().unwrap()));
+    assert!(cluster.password_file.is_some());
+    for (cluster, want) in [
+        (
+            "node = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\nsip_address = \"0.0.0.0:5060\"",
+            "cluster.sip_address",
+        ),
+        (
+            "node = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ntoken_file = \"a\"\npassword_file = \"b\"",
+            "cluster.password_file",
+        ),
+    ] {
+        refused(&format!("{base}\n[cluster]\n{cluster}\n"), want);
+    }
     // Without a server to join, the file does not parse.
     let err = Config::from_toml(&format!("{base}\n[cluster]\nnode = \"roma-1\"\n")).unwrap_err();
     assert!(err.to_string().contains("nats_url"), "{err}");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use axum::body::Bytes;
 use centralino_cluster::OfferReply;
-use centralino_cluster::offer::{REPLY_TIMEOUT, Release};
+use centralino_cluster::offer::{LEASE, Release};
 use centralino_cluster::{Event, Membership, NationalQueue, OfferRequest, QueueSummary, Summary};
 use centralino_config::ClusterConfig;
 use futures_util::StreamExt;
@@ -45,6 +45,10 @@ pub(crate) enum ClusterOut {
     /// An operator is free again where none was: publish the summary now.
     News,
 }
+
+/// Other nodes' offers being answered at once, at most: beyond, an offer
+/// gets no answer (its asker's timeout keeps the call in its place).
+const MAX_OFFERS_IN_FLIGHT: usize = 1024;
 
 /// Least time between two summaries published on news.
 const NEWS_GAP: Duration = Duration::from_millis(200);
@@ -115,6 +119,14 @@ async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, String> {
             .map_err(|e| format!("cluster.token_file {}: {e}", file.display()))?;
         options = options.token(token.trim().to_owned());
     }
+    if let Some(file) = &config.password_file {
+        let password = std::fs::read_to_string(file)
+            .map_err(|e| format!("cluster.password_file {}: {e}", file.display()))?;
+        options = options.user_and_password(config.node.clone(), password.trim().to_owned());
+    }
+    // Replies to this node's offers come to an inbox of its own, so a
+    // server can let each node subscribe to its own replies only.
+    options = options.custom_inbox_prefix(format!("_INBOX_{}", config.node));
     if config.nats_urls.iter().any(|u| u.starts_with("tls://")) {
         options = options.require_tls(true);
     }
@@ -136,7 +148,13 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
         target,
         mut outputs,
     } = links;
-    let sip = target.parse::<std::net::SocketAddr>().ok();
+    let sip = target
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+    if sip.is_none() {
+        warn!(node = %node, address = %target, "national network: no SIP address the others can reach (set cluster.sip_address or listen on a real address): this node takes no calls from other nodes");
+    }
     let mut membership = Membership::new(&node, HEARTBEAT);
     // A new boot each start: the others tell a restart from a replay.
     let boot = rand::random::<u64>();
@@ -150,6 +168,8 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_connected = None;
     let mut last_sent: Option<Instant> = None;
+    // Offers being decided at once, at most (each waits for the engine).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_OFFERS_IN_FLIGHT));
     loop {
         tokio::select! {
             msg = incoming.next() => {
@@ -184,7 +204,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
             }
             msg = offers.next() => {
                 let Some(msg) = msg else { return };
-                answer_offer(&client, &engine, &target, &membership, &metrics, msg);
+                answer_offer(&client, &engine, &target, &membership, &metrics, &in_flight, msg);
             }
             out = outputs.recv() => {
                 let Some(out) = out else { return };
@@ -205,7 +225,9 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                 let Some(msg) = msg else { return };
                 match Release::decode(&msg.payload) {
                     Ok(r) => {
-                        let _ = engine.send(EngineInput::RemoteRelease { id: r.id, from: r.from }).await;
+                        // Never wait on a full engine queue here: the
+                        // heartbeat must go on (a lost release lapses).
+                        let _ = engine.try_send(EngineInput::RemoteRelease { id: r.id, from: r.from });
                     }
                     Err(_) => metrics.cluster_summaries.with_label_values(&["refused"]).inc(),
                 }
@@ -320,6 +342,7 @@ fn answer_offer(
     target: &str,
     membership: &Membership,
     metrics: &NetMetrics,
+    in_flight: &Arc<tokio::sync::Semaphore>,
     msg: async_nats::Message,
 ) {
     let (Some(reply_to), Ok(req)) = (msg.reply, OfferRequest::decode(&msg.payload)) else {
@@ -329,9 +352,21 @@ fn answer_offer(
             .inc();
         return;
     };
-    let peer = membership.sip_of(&req.from);
+    // The asking node's address, if it is known and serves the firm the
+    // call claims to be of (its own summary lists that firm's queues).
+    let peer = membership
+        .sip_of(&req.from)
+        .filter(|_| membership.serves(&req.from, &req.tenant));
+    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+        metrics
+            .cluster_summaries
+            .with_label_values(&["dropped"])
+            .inc();
+        return;
+    };
     let (client, engine, target) = (client.clone(), engine.clone(), target.to_owned());
     tokio::spawn(async move {
+        let _permit = permit;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let input = EngineInput::RemoteOffer {
             req: Box::new(req),
@@ -363,7 +398,9 @@ fn send_out(
             tokio::spawn(async move {
                 let subject = format!("centralino.v1.offer.{node}");
                 let asked = client.request(subject, Bytes::from(request.encode()));
-                let Ok(Ok(answer)) = tokio::time::timeout(REPLY_TIMEOUT, asked).await else {
+                // Waited for up to a lease: a late grant goes to the engine,
+                // which lets it go (its own timeout kept the call here).
+                let Ok(Ok(answer)) = tokio::time::timeout(LEASE, asked).await else {
                     return;
                 };
                 match OfferReply::decode(&answer.payload) {

@@ -290,10 +290,15 @@ impl SipServer {
             info!(node = %cluster.node, servers = cluster.nats_urls.len(), "joining the national network");
             // Where another node hands a call over to this one: the
             // first SIP address (UDP), as the operators' phones see it.
-            let target = bound
-                .iter()
-                .find(|(t, _)| *t == ListenTransport::Udp)
-                .map(|(_, a)| a.to_string())
+            let target = cluster
+                .sip_address
+                .or_else(|| {
+                    bound
+                        .iter()
+                        .find(|(t, _)| *t == ListenTransport::Udp)
+                        .map(|(_, a)| *a)
+                })
+                .map(|a| a.to_string())
                 .unwrap_or_default();
             engine.join_cluster(&cluster.node);
             let (out_tx, out_rx) = mpsc::channel(crate::cluster::OUT_QUEUE);

@@ -277,10 +277,13 @@ impl Engine {
     /// dialled until they accept); every other call rings their phones.
     pub(super) fn offer(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
         // Another node's call: the operator is held, nothing rings here.
-        if self.remote_reserved(call_id, agent) {
+        if self.remote_reserved(now, call_id, agent) {
             return;
         }
         let Some(call) = self.calls.get(&call_id) else {
+            // No such call (it ended in between): the router must not keep
+            // offering it operator after operator.
+            self.router.withdraw(now, call_id);
             return;
         };
         if let Some(wait) = call.outbound().and_then(|o| o.campaign.as_ref()?.preview) {

@@ -109,6 +109,7 @@ impl Engine {
             lending: centralino_cluster::Lending::new(config.agreements.clone()),
             lent_elsewhere: Vec::new(),
             free_seen: Vec::new(),
+            remote_groups: 0,
             paced: Vec::new(),
             tenant_gauges,
             agent_ids,

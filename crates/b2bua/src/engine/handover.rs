@@ -30,6 +30,9 @@ pub(super) struct Asking {
     peers: Vec<PeerQueue>,
     /// Each node's hand-over address, from its summaries.
     sips: HashMap<String, SocketAddr>,
+    /// Calls handed over to a node, until when that node is not offered
+    /// them again.
+    tried: HashMap<(CallId, String), Instant>,
 }
 
 impl Engine {
@@ -42,6 +45,7 @@ impl Engine {
             out: Outgoing::new(node, boot),
             peers: Vec::new(),
             sips: HashMap::new(),
+            tried: HashMap::new(),
         }));
     }
 
@@ -81,6 +85,9 @@ impl Engine {
             return;
         }
         let peers = a.peers.clone();
+        if let Some(a) = self.asking.as_mut() {
+            a.tried.retain(|_, until| *until > now);
+        }
         let mut waiting: HashMap<QueueId, Vec<(Instant, CallId)>> = HashMap::new();
         for p in &peers {
             // The same firm's queue, or another firm's under an
@@ -170,6 +177,9 @@ impl Engine {
         let Some(a) = self.asking.as_mut() else {
             return false;
         };
+        if a.tried.contains_key(&(call_id, p.node.clone())) {
+            return false;
+        }
         let Some(req) = a.out.offer(
             now,
             call_id.0,
@@ -220,6 +230,7 @@ impl Engine {
     pub(super) fn offer_withdrawn(&mut self, now: Instant, call_id: CallId) {
         if let Some(a) = self.asking.as_mut() {
             a.out.withdraw(now, call_id.0);
+            a.tried.retain(|(c, _), _| *c != call_id);
         }
     }
 
@@ -305,6 +316,7 @@ impl Engine {
         let key = self.send_request(now, flow, inv, ClientRef::BInvite(call_id));
         self.by_b.insert(b_call_id.clone(), call_id);
         let name = format!("{operator}@{node}");
+        let node_name = node.clone();
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -322,6 +334,13 @@ impl Engine {
         call.phase = Phase::Offering;
         call.attempt = attempt;
         let ring = self.router.queue(call.queue).ring_timeout + REMOTE_RING_MARGIN;
+        // That node is not offered the call again before the ring time
+        // and the queue's retry delay: whoever refused there would ring
+        // again at once (its router does not know who refused before).
+        let again = now + ring + self.router.queue(call.queue).retry;
+        if let Some(a) = self.asking.as_mut() {
+            a.tried.insert((call_id, node_name), again);
+        }
         info!(agent = %name, offer = %id, "call handed over to another node's operator");
         self.timers
             .push(Reverse((now + ring, call_id, CallTimer::Ring(attempt))));

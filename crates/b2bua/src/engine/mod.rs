@@ -317,6 +317,8 @@ pub struct Engine {
     lent_elsewhere: Vec<(String, String, u32)>,
     /// Each queue had an operator free at the last gauge refresh.
     free_seen: Vec<bool>,
+    /// Router groups other nodes' offers created.
+    remote_groups: usize,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.

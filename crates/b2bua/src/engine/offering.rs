@@ -527,7 +527,8 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return false;
         };
-        if call.transfer.is_some() || call.b.is_none() || !call.media.opened {
+        // Another node's call is that node's to put back: here it ends.
+        if call.transfer.is_some() || call.b.is_none() || !call.media.opened || call.handed_over {
             return false;
         }
         let Some(mut b) = call.b.take() else {

@@ -10,6 +10,10 @@ use centralino_cluster::offer::{Decision, OfferReply, OfferRequest, Refusal};
 
 use super::*;
 
+/// Router groups other nodes' calls may create (requirements this node's
+/// own calls never used), at most.
+const MAX_REMOTE_GROUPS: usize = 256;
+
 /// An operator held for another node's call.
 #[derive(Clone, Debug)]
 pub(super) struct Held {
@@ -99,6 +103,12 @@ impl Engine {
                 Err(_) => return refuse(self, Refusal::NoOperator),
             },
         };
+        // Requirements this node's own calls never used make new router
+        // groups: only so many for other nodes (groups are for good).
+        let new_group = !self.router.knows(queue, requirement.as_ref());
+        if new_group && self.remote_groups >= MAX_REMOTE_GROUPS {
+            return refuse(self, Refusal::NoOperator);
+        }
         let spec = CallSpec {
             priority: req.priority,
             requirement,
@@ -111,6 +121,9 @@ impl Engine {
         if self.router.enqueue(now, queue, call, &spec).is_err() {
             self.remote_pending.remove(&call);
             return refuse(self, Refusal::NoOperator);
+        }
+        if new_group {
+            self.remote_groups += 1;
         }
         // An operator free now is offered it at once (in `pump`).
         self.pump(now);
@@ -158,19 +171,38 @@ impl Engine {
     /// The router offered a placeholder of a remote offer to `agent`:
     /// noted (no phone rings: the asking node hands the call over).
     /// Returns whether `call` was one.
-    pub(super) fn remote_reserved(&mut self, call: CallId, agent: AgentId) -> bool {
+    /// One operator per offer: a ring-all queue reserves several for one
+    /// call, the others are let go at once (no miss counted).
+    pub(super) fn remote_reserved(&mut self, now: Instant, call: CallId, agent: AgentId) -> bool {
         match self.remote_pending.get_mut(&call) {
-            Some(slot) => {
+            Some(slot @ None) => {
                 *slot = Some(agent);
+                true
+            }
+            Some(Some(_)) => {
+                self.router
+                    .offer_failed(now, call, agent, OfferOutcome::Withdrawn);
                 true
             }
             None => false,
         }
     }
 
+    /// A claimed hand-over refused before it became a call (its INVITE
+    /// asked for a session interval too small, or its media was
+    /// unusable): the operator is free again and the lending ends.
+    pub(super) fn unclaim(&mut self, now: Instant, claimed: &Claimed) {
+        self.router.withdraw(now, claimed.call);
+        self.lent_ended(claimed.lent.as_ref());
+        self.metrics
+            .cluster_handovers
+            .with_label_values(&["sent_back"])
+            .inc();
+    }
+
     /// Node `from` no longer wants offer `id`: its operator is let go.
     pub fn remote_release(&mut self, now: Instant, id: &str, from: &str) {
-        if self.grants.release(id, from).is_some() {
+        if self.grants.release(now, id, from).is_some() {
             self.let_go(now, id, "released");
         }
     }

@@ -64,6 +64,9 @@ impl Engine {
                 let mut r = msg.response(422, reason_phrase(422), Some("x"));
                 r.push("Min-SE", &session_timer::MIN_SE.to_string());
                 self.respond(now, &key, &r);
+                if let Some(c) = &claimed {
+                    self.unclaim(now, c);
+                }
                 return;
             }
             // §9, table 2: the caller refreshes unless it asks us to, or
@@ -150,7 +153,7 @@ impl Engine {
             Ok(m) => m,
             Err(reason) => {
                 if let Some(c) = &claimed {
-                    self.router.withdraw(now, c.call);
+                    self.unclaim(now, c);
                 }
                 self.metrics.sdp_rejected.with_label_values(&[reason]).inc();
                 self.metrics.calls.with_label_values(&[reason]).inc();

@@ -968,8 +968,8 @@ fn admission_rate_limits_new_calls() {
 
 /// Ring-all: both phones ring, the first 200 wins, the other phone gets a
 /// CANCEL and its operator is free again at once; everything drains.
-#[test]
-fn ring_all_forks_and_the_first_answer_wins() {
+/// A ring-all queue (width 2) with operators 1001 and 1002 logged in.
+fn ring_all_two() -> Harness {
     let config = CONFIG.replace(
         "ring_timeout_seconds = 2",
         "ring_timeout_seconds = 2\nstrategy = \"ring_all\"\nring_all_width = 2",
@@ -977,6 +977,12 @@ fn ring_all_forks_and_the_first_answer_wins() {
     let mut h = Harness::with(&config);
     h.register("1001", PHONE1, Algorithm::Md5);
     h.register("1002", PHONE2, Algorithm::Md5);
+    h
+}
+
+#[test]
+fn ring_all_forks_and_the_first_answer_wins() {
+    let mut h = ring_all_two();
     let out = h.invite("c9");
     assert_eq!(codes(&out, TRUNK), vec![100, 183]);
     let inv1 = requests(&out, PHONE1, "INVITE")[0].clone();
@@ -4616,6 +4622,32 @@ fn another_nodes_invite_for_its_grant_rings_the_held_operator_only() {
         h.gauge("centralino_cluster_handovers_total{outcome=sent_back}"),
         1
     );
+    // Claimed, then refused before it is a call (a session interval
+    // below ours): the operator is free at once, not at the lease's end.
+    let reply = h.engine.remote_offer(
+        h.now,
+        &remote_request("roma-1-1-3", "info", "demo"),
+        "192.0.2.1:5060",
+        Some(peer()),
+    );
+    let user = granted_user(&reply);
+    let short = handover_invite("h5", &user, PEER).replace(
+        "Contact:",
+        "Supported: timer\r\nSession-Expires: 30\r\nContact:",
+    );
+    let out = h.send(PEER, &short);
+    assert_eq!(codes(&out, PEER), vec![422]);
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+    // A redelivered request for a spent grant gets no second operator.
+    assert!(matches!(
+        h.engine.remote_offer(
+            h.now,
+            &remote_request("roma-1-1-3", "info", "demo"),
+            "192.0.2.1:5060",
+            Some(peer()),
+        ),
+        centralino_cluster::OfferReply::Refused { .. }
+    ));
 }
 
 /// The asking side: a call waiting with nobody free here is offered to
@@ -4692,6 +4724,12 @@ fn a_waiting_call_is_offered_to_a_node_with_an_operator_free_and_handed_over() {
         h.gauge("centralino_cluster_handovers_total{outcome=returned}"),
         1
     );
+    // Not offered to the same node again at once (whoever refused there
+    // would ring again): after the queue's ring time and a pause.
+    h.engine.cluster_peers(h.now, peers.clone(), Vec::new());
+    h.drain();
+    assert!(h.cluster.is_empty(), "{:?}", h.cluster);
+    h.advance(Duration::from_secs(2 + 2 + 5));
     // A grant naming an address the node never published: let go.
     let req = offer(&mut h);
     h.engine
@@ -4849,4 +4887,25 @@ fn an_operator_free_again_is_news_for_the_network() {
     h.register("1002", PHONE2, Algorithm::Md5);
     h.advance(Duration::from_secs(2));
     assert_eq!(news(&h), 1, "a second one free is no news");
+}
+
+/// A ring-all queue reserves several operators for one call: for another
+/// node's offer one is held, the others are free again at once.
+#[test]
+fn a_ring_all_queue_holds_one_operator_for_another_nodes_call() {
+    let mut h = ring_all_two();
+    let reply = h.engine.remote_offer(
+        h.now,
+        &remote_request("roma-1-9-1", "info", "demo"),
+        "192.0.2.1:5060",
+        Some(peer()),
+    );
+    assert!(matches!(
+        reply,
+        centralino_cluster::OfferReply::Granted { .. }
+    ));
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 1);
+    // The lease ends: nobody is left reserved, nobody paused.
+    h.advance(centralino_cluster::offer::LEASE + Duration::from_secs(6));
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 2);
 }

@@ -61,7 +61,7 @@ impl Router {
         let group = match &spec.requirement {
             None => self.plain_group[qi as usize],
             Some(r) => {
-                let extra = self.extra_id(r);
+                let extra = self.extra_id(r)?;
                 self.group(qi, Some(extra))?
             }
         };

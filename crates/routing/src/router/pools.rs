@@ -6,14 +6,33 @@ use super::*;
 
 impl Router {
     /// Interns a call requirement set (e.g. from an IVR or the API).
-    pub(super) fn extra_id(&mut self, r: &Requirement) -> u32 {
+    pub(super) fn extra_id(&mut self, r: &Requirement) -> Result<u32, EnqueueError> {
         if let Some(&i) = self.extra_of.get(r.as_str()) {
-            return i;
+            return Ok(i);
+        }
+        // A new requirement makes a new group: none once they are all
+        // taken (the table of requirements stays bounded with them).
+        if self.groups.len() >= MAX_GROUPS {
+            return Err(EnqueueError::TooManyGroups);
         }
         let i = self.extras.len() as u32;
         self.extras.push(r.clone());
         self.extra_of.insert(r.as_str().to_owned(), i);
-        i
+        Ok(i)
+    }
+
+    /// Whether calls of `queue` with requirement `r` have been seen here
+    /// (their group exists): another node's call with a requirement this
+    /// node never used is a new group, which only a bounded number of
+    /// such calls may create.
+    pub fn knows(&self, queue: QueueId, r: Option<&Requirement>) -> bool {
+        match r {
+            None => true,
+            Some(r) => self
+                .extra_of
+                .get(r.as_str())
+                .is_some_and(|&e| self.group_of.contains_key(&(queue.0, Some(e)))),
+        }
     }
 
     /// The group of (queue, extra), created on first use.
