@@ -645,13 +645,19 @@ fn read_flows_dir(config: &std::path::Path, text: &str) -> Result<Vec<(String, S
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config> {
+    load_seeded(path, &centralino_routing::Catalog::default())
+}
+
+/// `load`, names numbered after those of `seed` (a reload keeps the
+/// running configuration's numbering).
+fn load_seeded(path: Option<PathBuf>, seed: &centralino_routing::Catalog) -> Result<Config> {
     match path {
         None => Config::embedded().context("embedded configuration"),
         Some(p) => {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             let flows = read_flows_dir(&p, &text)?;
-            Config::from_toml_with_flows(&text, &flows)
+            Config::from_toml_seeded(&text, &flows, seed)
                 .with_context(|| format!("{} is not a valid configuration", p.display()))
         }
     }
@@ -720,7 +726,7 @@ fn serve(
     // compared with the running configuration key by key.
     let loader_path = config_path.clone();
     let loader: centralino_net::Loader =
-        Arc::new(move || load(loader_path.clone()).map_err(|e| format!("{e:#}")));
+        Arc::new(move |seed| load_seeded(loader_path.clone(), seed).map_err(|e| format!("{e:#}")));
     // The API's own tasks (the SMS notifier) run on the HTTP runtime.
     let api = {
         let _http = http_runtime.enter();

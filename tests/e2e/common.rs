@@ -989,6 +989,12 @@ pub(crate) fn far_end(
 /// Operator 1001's SIPp phone, answering one call at once, registered
 /// and available (tenant `demo` of [`NodeConfig`]) when this returns.
 pub(crate) fn one_answering_phone(scratch: &Scratch, node: &Node) -> Sipp {
+    answering_phone(scratch, node, 1001)
+}
+
+/// Operator `user` (password `demo<user>`) registered from a SIPp phone
+/// that answers one call; returns once they are available.
+pub(crate) fn answering_phone(scratch: &Scratch, node: &Node, user: u32) -> Sipp {
     let phone = Sipp::spawn(
         scratch,
         "phone",
@@ -1001,7 +1007,7 @@ pub(crate) fn one_answering_phone(scratch: &Scratch, node: &Node) -> Sipp {
             "60s",
         ],
     );
-    register(scratch, node, &[1001], phone.port, |u| format!("demo{u}"));
+    register(scratch, node, &[user], phone.port, |u| format!("demo{u}"));
     node.wait_metric(
         "centralino_agents{state=\"available\",tenant=\"demo\"}",
         Duration::from_secs(5),

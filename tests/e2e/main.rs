@@ -21,6 +21,7 @@ mod http_health;
 mod http_limits;
 mod ivr_calls;
 mod media_calls;
+mod operators_live;
 mod phones;
 mod scanners;
 mod sip_calls;

@@ -301,6 +301,18 @@ impl Config {
         text: &str,
         flow_files: &[(String, String)],
     ) -> Result<Self, ConfigError> {
+        Self::from_toml_seeded(text, flow_files, &Catalog::default())
+    }
+
+    /// As [`Self::from_toml_with_flows`], for a reload: every name the
+    /// running configuration resolved (skills, languages, sites) keeps its
+    /// number in `seed`, the running one's catalog, and new names come
+    /// after, so operators with new skills apply live.
+    pub fn from_toml_seeded(
+        text: &str,
+        flow_files: &[(String, String)],
+        seed: &Catalog,
+    ) -> Result<Self, ConfigError> {
         nesting_within(text, "")?;
         for (name, body) in flow_files {
             nesting_within(body, name)?;
@@ -323,12 +335,12 @@ impl Config {
         if !files.is_empty() {
             source.insert("flow_files".into(), toml::Value::Table(files));
         }
-        let mut config = Self::validate(raw)?;
+        let mut config = Self::validate(raw, seed)?;
         config.source = source;
         Ok(config)
     }
 
-    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+    fn validate(raw: RawConfig, seed: &Catalog) -> Result<Self, ConfigError> {
         let mut p = Problems(Vec::new());
         let mut listen = Vec::new();
         if raw.sip.listen.is_empty() {
@@ -521,7 +533,7 @@ impl Config {
         // Names first: requirement expressions are resolved against every
         // skill, language and site some operator has, so a typo is an error
         // here rather than a queue that waits for nobody.
-        let mut catalog = Catalog::default();
+        let mut catalog = seed.clone();
         for t in &tenants {
             let _ = catalog.tenant(t);
         }

@@ -736,6 +736,12 @@ async fn run_engine(
                     clients.to_cluster(crate::cluster::ClusterOut::Offer { node, request });
                 }
                 Output::ClusterNews => clients.to_cluster(crate::cluster::ClusterOut::News),
+                Output::AgentsChanged => {
+                    if let Some(d) = &desks {
+                        let (board, slots) = engine.board();
+                        d.set_board(board, slots);
+                    }
+                }
                 Output::Lent(lent) => {
                     if let Some(d) = &desks {
                         d.set_lent(lent);

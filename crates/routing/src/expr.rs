@@ -73,6 +73,19 @@ macro_rules! intern {
 }
 
 impl Catalog {
+    /// Whether every name of `old` keeps its index here (names may have
+    /// been added): what was resolved against `old` still means the same.
+    pub fn extends(&self, old: &Self) -> bool {
+        fn keeps<T: PartialEq>(new: &HashMap<String, T>, old: &HashMap<String, T>) -> bool {
+            old.iter().all(|(k, v)| new.get(k) == Some(v))
+        }
+        keeps(&self.skills, &old.skills)
+            && keeps(&self.languages, &old.languages)
+            && keeps(&self.sites, &old.sites)
+            && keeps(&self.tenants, &old.tenants)
+            && keeps(&self.queues, &old.queues)
+    }
+
     intern!(
         skill,
         skill_id,

@@ -1029,3 +1029,40 @@ mod props {
         }
     }
 }
+
+/// Operators added live join the pools their attributes reach; a retired
+/// one leaves every pool and count, and comes back in the same slot; the
+/// board's room bounds how many can be added without a restart.
+#[test]
+fn operators_join_and_leave_live() {
+    let t0 = Instant::now();
+    let mut r = Router::new(
+        t0,
+        vec![QueueSettings::new("q", QueueId(0), 0)],
+        1,
+        Vec::new(),
+    );
+    assert_eq!(r.room(), router::board_capacity(0));
+    let attrs = Attributes {
+        queues: vec![0],
+        ..Attributes::default()
+    };
+    let a = r.add_agent("1001", attrs.clone()).unwrap();
+    assert_eq!(r.queue_agents(QueueId(0)).logged_out, 1);
+    r.login(t0, a, false);
+    assert_eq!(r.queue_agents(QueueId(0)).available, 1);
+    assert!(!r.retire(a), "logged in: not yet");
+    r.logout(a);
+    assert!(r.retire(a));
+    assert_eq!(r.queue_agents(QueueId(0)).logged_out, 0);
+    assert_eq!(r.tenant_states(0).iter().sum::<u32>(), 0);
+    r.login(t0, a, false);
+    assert_eq!(r.queue_agents(QueueId(0)).available, 0, "retired: no login");
+    assert_eq!(r.add_agent("1001", attrs.clone()), Some(a), "the same slot");
+    assert_eq!(r.queue_agents(QueueId(0)).logged_out, 1);
+    while r.room() > 0 {
+        let n = r.agents().len();
+        r.add_agent(&format!("x{n}"), attrs.clone()).unwrap();
+    }
+    assert_eq!(r.add_agent("one-too-many", attrs), None);
+}

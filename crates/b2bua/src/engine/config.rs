@@ -10,9 +10,15 @@ pub enum ReloadRefused {
     /// Queues were added, removed or renamed.
     #[error("queues changed: restart the node to apply")]
     Queues,
-    /// Operators were added, removed or renamed.
-    #[error("operators changed: restart the node to apply")]
-    Operators,
+    /// More operators added than the node has room for until a restart.
+    #[error("operators: at most {0} on this node until a restart")]
+    Operators(usize),
+    /// A name used before (skill, language, site) would change meaning:
+    /// operators were reordered around a new name.
+    #[error(
+        "agents: a new skill, language or site renumbers the others: add it after the existing ones, or restart"
+    )]
+    Catalog,
     /// Tenants were added or removed.
     #[error("tenants changed: restart the node to apply")]
     Tenants,
@@ -110,6 +116,7 @@ impl Engine {
             lent_elsewhere: Vec::new(),
             free_seen: Vec::new(),
             remote_groups: 0,
+            retiring: std::collections::HashSet::new(),
             paced: Vec::new(),
             tenant_gauges,
             agent_ids,
@@ -193,14 +200,16 @@ impl Engine {
         if ours != theirs {
             return Err(ReloadRefused::Queues);
         }
-        if config.agents.len() != self.agent_ids.len()
-            || config
-                .agents
-                .iter()
-                .enumerate()
-                .any(|(i, a)| self.agent_ids.get(&a.username) != Some(&AgentId(i as u32)))
-        {
-            return Err(ReloadRefused::Operators);
+        if !config.catalog.extends(&self.catalog) {
+            return Err(ReloadRefused::Catalog);
+        }
+        let added = config
+            .agents
+            .iter()
+            .filter(|a| !self.agent_ids.contains_key(&a.username))
+            .count();
+        if added > self.router.room() {
+            return Err(ReloadRefused::Operators(self.router.board().len()));
         }
         if config.tenants.len() != self.tenant_gauges.len() {
             return Err(ReloadRefused::Tenants);
@@ -236,12 +245,7 @@ impl Engine {
                 .router
                 .update_queue(QueueId(i as u32), q.routing.clone());
         }
-        for (i, (_, attributes)) in config.routing_agents().into_iter().enumerate() {
-            if self.router.agent(AgentId(i as u32)).attributes != attributes {
-                self.router
-                    .set_attributes(now, AgentId(i as u32), attributes);
-            }
-        }
+        self.apply_operators(now, config);
         self.registrar.set_users(
             config
                 .agents
@@ -258,6 +262,67 @@ impl Engine {
             "configuration reloaded"
         );
         Ok(())
+    }
+
+    /// Operators added, changed and removed, live: a new one gets a slot
+    /// on the board (an old one's, if they come back), a changed one new
+    /// pools, a removed one is logged out (after the call they are on)
+    /// and retired: in no pool and no count.
+    fn apply_operators(&mut self, now: Instant, config: &EngineConfig) {
+        let mut changed = false;
+        for (name, attributes) in config.routing_agents() {
+            match self.agent_ids.get(&name) {
+                Some(&id) => {
+                    if self.router.agent(id).attributes != attributes {
+                        self.router.set_attributes(now, id, attributes);
+                    }
+                }
+                None => {
+                    // Room was checked before anything was applied.
+                    if let Some(id) = self.router.add_agent(&name, attributes) {
+                        self.retiring.remove(&id);
+                        info!(agent = %name, "operator added");
+                        self.agent_ids.insert(name, id);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        let kept: std::collections::HashSet<&str> =
+            config.agents.iter().map(|a| a.username.as_str()).collect();
+        let gone: Vec<(String, AgentId)> = self
+            .agent_ids
+            .iter()
+            .filter(|(n, _)| !kept.contains(n.as_str()))
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
+        for (name, id) in gone {
+            info!(agent = %name, "operator removed (after their call, if on one)");
+            self.agent_ids.remove(&name);
+            // As when their phone unregisters: a preview on their desk
+            // goes to another operator.
+            if let AgentState::Reserved(call) = self.router.agent(id).state {
+                self.end_preview(now, call, id, OfferOutcome::Rejected);
+            }
+            self.router.logout(id);
+            self.agent_event(now, id, "logout", None);
+            self.agent_released(id);
+            self.retiring.insert(id);
+            changed = true;
+        }
+        self.retire_done();
+        if changed {
+            self.out.push_back(Output::AgentsChanged);
+        }
+    }
+
+    /// Removed operators whose call has ended leave the router.
+    pub(super) fn retire_done(&mut self) {
+        if self.retiring.is_empty() {
+            return;
+        }
+        let router = &mut self.router;
+        self.retiring.retain(|&id| !router.retire(id));
     }
 
     /// Builds the per-trunk, per-tenant and per-queue tables from

@@ -24,6 +24,9 @@ pub enum Output {
         /// The offer.
         request: Box<centralino_cluster::OfferRequest>,
     },
+    /// Operators were added or removed (a reload): the desks' view of
+    /// the board (`Engine::board`) is out of date.
+    AgentsChanged,
     /// An operator is free again in a queue that had none (the views just
     /// published say which): the other nodes should hear it now.
     ClusterNews,

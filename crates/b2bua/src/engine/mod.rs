@@ -319,6 +319,8 @@ pub struct Engine {
     free_seen: Vec<bool>,
     /// Router groups other nodes' offers created.
     remote_groups: usize,
+    /// Operators removed from the configuration, still on a call.
+    retiring: std::collections::HashSet<AgentId>,
     /// Campaign attempts resolved since the last tick, for the pacers.
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.
@@ -624,6 +626,7 @@ impl Engine {
                 break;
             }
         }
+        self.retire_done();
         // Gauges are sampled, not updated per message: with hundreds of
         // queues and tenants a refresh is thousands of atomic stores, which
         // would cost more than the call itself at thousands of calls/s.

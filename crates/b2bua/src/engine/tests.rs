@@ -212,7 +212,8 @@ impl Harness {
                 o @ (Output::ClusterOffer { .. }
                 | Output::ClusterRelease { .. }
                 | Output::Lent(_)
-                | Output::ClusterNews) => {
+                | Output::ClusterNews
+                | Output::AgentsChanged) => {
                     self.cluster.push(o);
                 }
             }
@@ -4908,4 +4909,63 @@ fn a_ring_all_queue_holds_one_operator_for_another_nodes_call() {
     // The lease ends: nobody is left reserved, nobody paused.
     h.advance(centralino_cluster::offer::LEASE + Duration::from_secs(6));
     assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 2);
+}
+
+/// Operators added and removed by a reload, without a restart: a new
+/// one registers and takes calls at once; one removed during a call
+/// keeps it and leaves when it ends (out of every count, their phone
+/// refused from then on); added again, they get their slot back.
+#[test]
+fn operators_are_added_and_removed_by_a_reload_without_a_restart() {
+    let mut h = Harness::new();
+    let extra = "\n[[agents]]\nusername = \"1003\"\npassword = \"demo1003\"\ntenant = \"demo\"\nqueues = [\"info\"]\n";
+    let with_1003 = Config::from_toml(&format!("{CONFIG}{extra}")).unwrap();
+    h.engine.reload(h.now, &with_1003.engine()).unwrap();
+    h.drain();
+    assert!(h.cluster.iter().any(|o| matches!(o, Output::AgentsChanged)));
+    assert_eq!(
+        h.gauge("centralino_agents{state=logged_out,tenant=demo}"),
+        3
+    );
+    h.register("1003", PHONE1, Algorithm::Md5);
+    let out = h.invite("c1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+    // Removed while on the call: the call goes on.
+    let without = Config::from_toml(CONFIG).unwrap();
+    h.engine.reload(h.now, &without.engine()).unwrap();
+    h.drain();
+    assert_eq!(h.engine.active_calls(), 1);
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let bye = trunk_in_dialog("BYE", "c1", "ac1", "100", &a_tag, 2, "bye1");
+    h.send(TRUNK, &bye);
+    h.advance(Duration::from_secs(5));
+    // Gone from every count, and a call now finds nobody.
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 0);
+    assert_eq!(
+        h.gauge("centralino_agents{state=logged_out,tenant=demo}"),
+        2
+    );
+    assert_eq!(h.gauge("centralino_agents{state=available,tenant=demo}"), 0);
+    let out = h.invite("c2");
+    assert!(requests(&out, PHONE1, "INVITE").is_empty());
+    // Added again: their old slot, their phone registers anew.
+    h.engine.reload(h.now, &with_1003.engine()).unwrap();
+    // (A new REGISTER: the first one's transaction still lingers.)
+    let contact = format!("sip:1003@{PHONE1}");
+    h.register_with("1003", PHONE1, &contact, Algorithm::Md5, "", 5);
+    assert_eq!(h.engine.router.agents().len(), 3, "the same slot");
+    let id = h.engine.agent_ids["1003"];
+    assert!(
+        matches!(
+            h.engine.router.agent(id).state,
+            centralino_routing::AgentState::Reserved(_)
+                | centralino_routing::AgentState::Ringing(_)
+        ),
+        "the waiting call goes to them"
+    );
 }

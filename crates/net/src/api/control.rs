@@ -4,7 +4,9 @@
 use super::*;
 
 /// Reads the configuration again (the binary knows where from).
-pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+/// Reads the configuration again, names resolved over the running
+/// configuration's catalog (see `Config::from_toml_seeded`).
+pub type Loader = Arc<dyn Fn(&Catalog) -> Result<Config, String> + Send + Sync>;
 
 /// The reload's state: where the configuration is read from, and the one
 /// running now (what a reload is compared with). One reload at a time.
@@ -47,7 +49,8 @@ impl Api {
         let api = self;
         let mut control = self.reload.0.lock().await;
         let loader = control.loader.clone();
-        let config = tokio::task::spawn_blocking(move || loader())
+        let seed = control.current.catalog.clone();
+        let config = tokio::task::spawn_blocking(move || loader(&seed))
             .await
             .map_err(|_| ReloadError::Invalid("reading the configuration failed".into()))?
             .map_err(ReloadError::Invalid)?;

@@ -72,7 +72,9 @@ pub(super) async fn agent_events(
     let token = bearer(&headers).or(from_query.as_deref());
     match authorize_token(&api, token, Need::Desk(&name)) {
         Err(r) => *r,
-        Ok(_) if !api.agents.contains(&name) => error(StatusCode::NOT_FOUND, "no such operator"),
+        Ok(_) if !api.live().agents.contains(&name) => {
+            error(StatusCode::NOT_FOUND, "no such operator")
+        }
         Ok(t) => match upgrade {
             Err(e) => upgrade_required(&e),
             Ok(ws) => {

@@ -15,7 +15,7 @@ pub struct Desks {
     /// The queues as supervisors see them, published by the engine task.
     pub(super) queues: Arc<tokio::sync::watch::Sender<Arc<Vec<QueueView>>>>,
     /// The operators' state words (read lock-free) and each one's slot.
-    pub(super) board: Arc<std::sync::OnceLock<BoardView>>,
+    pub(super) board: Arc<std::sync::RwLock<Option<BoardView>>>,
     /// The running campaigns as the engine publishes them with the queues.
     pub(super) campaigns: Arc<tokio::sync::watch::Sender<Arc<Vec<CampaignView>>>>,
     /// Each running campaign's contacts by status (the store's count, by
@@ -126,12 +126,13 @@ impl Desks {
         board: Arc<centralino_routing::board::Board>,
         slots: HashMap<String, usize>,
     ) {
-        let _ = self.board.set((board, slots));
+        *self.board.write().unwrap_or_else(|e| e.into_inner()) = Some((board, slots));
     }
 
     /// The operator's state now: its label and, paused, why.
     pub(super) fn agent_state(&self, agent: &str) -> Option<(&'static str, Option<&'static str>)> {
-        let (board, slots) = self.board.get()?;
+        let view = self.board.read().unwrap_or_else(|e| e.into_inner());
+        let (board, slots) = view.as_ref()?;
         let slot = board.load(*slots.get(agent)?);
         let why = (slot.code == centralino_routing::Code::Paused)
             .then(|| centralino_routing::PauseReason::from_aux(slot.aux).label());

@@ -107,6 +107,10 @@ struct Live {
     /// The operators' SIP secrets (desk logins check them).
     credentials: HashMap<String, centralino_sip::auth::Credentials>,
     realm: String,
+    /// Configured operators (desks exist only for them).
+    agents: HashSet<String>,
+    /// Each operator's tenant (supervisor views are per tenant).
+    agent_tenants: Vec<(String, String)>,
 }
 
 impl Live {
@@ -165,6 +169,19 @@ impl Live {
                 .map(|a| (a.username.clone(), a.credentials.clone()))
                 .collect(),
             realm: config.sip.realm.clone(),
+            agents: config.agents.iter().map(|a| a.username.clone()).collect(),
+            agent_tenants: config
+                .agents
+                .iter()
+                .map(|a| {
+                    let tenant = config
+                        .tenants
+                        .get(a.tenant.index())
+                        .cloned()
+                        .unwrap_or_default();
+                    (a.username.clone(), tenant)
+                })
+                .collect(),
         }
     }
 
@@ -200,10 +217,6 @@ pub struct Api {
     /// Imports (contacts, do-not-call lists) run one at a time.
     imports: Arc<tokio::sync::Semaphore>,
     desks: Desks,
-    /// Configured operators (desks exist only for them).
-    agents: Arc<HashSet<String>>,
-    /// Each operator's tenant (supervisor views are per tenant).
-    agent_tenants: Arc<Vec<(String, String)>>,
     /// Desk logins: the operators' SIP secrets, their realm, the signer
     /// and the brute-force throttle (shared with nothing else).
     logins: Arc<Logins>,
@@ -474,21 +487,6 @@ impl Api {
             engine,
             imports: Arc::new(tokio::sync::Semaphore::new(1)),
             desks: Desks::default(),
-            agents: Arc::new(config.agents.iter().map(|a| a.username.clone()).collect()),
-            agent_tenants: Arc::new(
-                config
-                    .agents
-                    .iter()
-                    .map(|a| {
-                        let tenant = config
-                            .tenants
-                            .get(a.tenant.index())
-                            .cloned()
-                            .unwrap_or_default();
-                        (a.username.clone(), tenant)
-                    })
-                    .collect(),
-            ),
             logins: Arc::new(Logins {
                 throttle: std::sync::Mutex::new(centralino_sip::throttle::Throttle::new(
                     config.registrar.throttle,

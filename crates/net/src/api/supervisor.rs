@@ -150,7 +150,8 @@ pub(super) async fn get_agents(State(api): State<Api>, headers: HeaderMap) -> Re
         Err(r) => *r,
         Ok(t) => {
             let tenant = t.tenant.as_deref();
-            let agents: Vec<Value> = api
+            let live = api.live();
+            let agents: Vec<Value> = live
                 .agent_tenants
                 .iter()
                 .filter(|(_, at)| tenant.is_none_or(|t| at == t))

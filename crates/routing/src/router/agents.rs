@@ -104,11 +104,67 @@ impl Router {
         }
     }
 
+    /// A new operator, logged out, in every pool its attributes reach (an
+    /// operator of that name removed before gets their old slot back).
+    /// `None`: the board is full (see [`board_capacity`]).
+    pub fn add_agent(&mut self, name: &str, mut attributes: Attributes) -> Option<AgentId> {
+        normalise(&mut attributes);
+        let a = match self.agents.iter().position(|x| x.retired && x.name == name) {
+            Some(a) => a,
+            None => {
+                if self.agents.len() >= self.board.len() {
+                    return None;
+                }
+                self.agents
+                    .push(Agent::new(name.to_owned(), attributes.clone()));
+                self.agents.len() - 1
+            }
+        };
+        let agent = &mut self.agents[a];
+        agent.retired = false;
+        agent.attributes = attributes;
+        let tenant = usize::from(agent.attributes.tenant).min(self.by_tenant.len() - 1);
+        self.by_tenant[tenant][Code::LoggedOut as usize] += 1;
+        for g in 0..self.groups.len() {
+            self.join_group(g as u32, a as u32);
+        }
+        Some(AgentId(a as u32))
+    }
+
+    /// Removes a logged-out operator (taken out of the configuration):
+    /// out of every pool and count, never offered a call. Returns `false`
+    /// while they are still logged in or on a call (the caller logs them
+    /// out first and tries again once they are logged out).
+    pub fn retire(&mut self, id: AgentId) -> bool {
+        let a = id.0 as usize;
+        if self.agents[a].retired {
+            return true;
+        }
+        if self.agents[a].state != AgentState::LoggedOut {
+            return false;
+        }
+        for m in std::mem::take(&mut self.agents[a].memberships) {
+            let p = &mut self.pools[m.pool as usize];
+            p.members -= 1;
+            if let Index::Fenwick(f) = &mut p.index {
+                f.set(m.pos, 0);
+            }
+        }
+        let tenant = usize::from(self.agents[a].attributes.tenant).min(self.by_tenant.len() - 1);
+        self.by_tenant[tenant][Code::LoggedOut as usize] -= 1;
+        self.agents[a].retired = true;
+        self.agents[a].logout_pending = false;
+        true
+    }
+
     /// Registration gained: the operator becomes available (or paused).
     /// Idempotent.
     pub fn login(&mut self, now: Instant, id: AgentId, paused: bool) {
         let t = self.at(now);
         let agent = &mut self.agents[id.0 as usize];
+        if agent.retired {
+            return;
+        }
         agent.logout_pending = false;
         if agent.state != AgentState::LoggedOut {
             return;

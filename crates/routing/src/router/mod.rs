@@ -275,6 +275,9 @@ pub struct Agent {
     epoch: u32,
     queue_of_call: u32,
     memberships: SmallVec<[Membership; 8]>,
+    /// Removed from the configuration: logged out for good, in no pool
+    /// and no count, until an operator of the same name is added again.
+    pub(super) retired: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -620,6 +623,33 @@ fn ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+impl Agent {
+    /// A logged-out operator in no pool yet.
+    pub(super) fn new(name: String, attributes: Attributes) -> Self {
+        Self {
+            name,
+            attributes,
+            state: AgentState::LoggedOut,
+            missed: 0,
+            calls: 0,
+            talk: Duration::ZERO,
+            idle_since: 0,
+            answered_at: 0,
+            logout_pending: false,
+            epoch: 0,
+            queue_of_call: 0,
+            memberships: SmallVec::new(),
+            retired: false,
+        }
+    }
+}
+
+/// Board words for `n` configured operators: room for operators added
+/// live (as many again, at least 1,024 more); beyond that, a restart.
+pub(crate) fn board_capacity(n: usize) -> usize {
+    n.saturating_add(n.max(1024))
+}
+
 impl Router {
     /// A router over these queues and operators (all logged out).
     /// `tenants` is the number of tenants.
@@ -632,7 +662,7 @@ impl Router {
         let mut r = Self {
             t0: now,
             last: 0,
-            board: Arc::new(Board::new(agents.len())),
+            board: Arc::new(Board::new(board_capacity(agents.len()))),
             agents: Vec::with_capacity(agents.len()),
             queues: queues
                 .into_iter()
@@ -665,20 +695,7 @@ impl Router {
             normalise(&mut attributes);
             let tenant = usize::from(attributes.tenant).min(r.by_tenant.len() - 1);
             r.by_tenant[tenant][Code::LoggedOut as usize] += 1;
-            r.agents.push(Agent {
-                name,
-                attributes,
-                state: AgentState::LoggedOut,
-                missed: 0,
-                calls: 0,
-                talk: Duration::ZERO,
-                idle_since: 0,
-                answered_at: 0,
-                logout_pending: false,
-                epoch: 0,
-                queue_of_call: 0,
-                memberships: SmallVec::new(),
-            });
+            r.agents.push(Agent::new(name, attributes));
         }
         // The plain group of every queue exists from the start, so the
         // per-queue counts cover every operator a queue reaches.
@@ -698,6 +715,11 @@ impl Router {
 
     fn instant(&self, t: i64) -> Instant {
         self.t0 + Duration::from_nanos(t.max(0) as u64)
+    }
+
+    /// Operators that can still be added without a restart.
+    pub fn room(&self) -> usize {
+        self.board.len().saturating_sub(self.agents.len())
     }
 
     /// The shared board (atomic state per operator), for readers and for

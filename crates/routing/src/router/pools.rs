@@ -91,7 +91,9 @@ impl Router {
         self.groups.push(group);
         self.group_of.insert((queue, extra), g);
         for a in 0..self.agents.len() as u32 {
-            self.join_group(g, a);
+            if !self.agents[a as usize].retired {
+                self.join_group(g, a);
+            }
         }
         Ok(g)
     }
