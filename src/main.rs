@@ -645,22 +645,44 @@ fn read_flows_dir(config: &std::path::Path, text: &str) -> Result<Vec<(String, S
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config> {
-    load_seeded(path, &centralino_routing::Catalog::default())
+    load_seeded(path, &centralino_routing::Catalog::default(), None)
 }
 
 /// `load`, names numbered after those of `seed` (a reload keeps the
-/// running configuration's numbering).
-fn load_seeded(path: Option<PathBuf>, seed: &centralino_routing::Catalog) -> Result<Config> {
-    match path {
-        None => Config::embedded().context("embedded configuration"),
+/// running configuration's numbering), with the operators provisioned
+/// through the API in `data_dir`'s store after the file's own.
+fn load_seeded(
+    path: Option<PathBuf>,
+    seed: &centralino_routing::Catalog,
+    data_dir: Option<&std::path::Path>,
+) -> Result<Config> {
+    let provisioned = match data_dir {
+        Some(d) => centralino_store::read_operators(&d.join("centralino.db"))
+            .context("reading the operators provisioned in the store")?,
+        None => Vec::new(),
+    };
+    let (mut text, flows, what) = match &path {
+        None => (
+            centralino_config::DEFAULT_TOML.to_owned(),
+            Vec::new(),
+            "the embedded configuration".to_owned(),
+        ),
         Some(p) => {
             let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let flows = read_flows_dir(&p, &text)?;
-            Config::from_toml_seeded(&text, &flows, seed)
-                .with_context(|| format!("{} is not a valid configuration", p.display()))
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let flows = read_flows_dir(p, &text)?;
+            (text, flows, p.display().to_string())
         }
+    };
+    for o in &provisioned {
+        text.push_str(&o.toml());
     }
+    Config::from_toml_seeded(&text, &flows, seed).with_context(|| {
+        format!(
+            "{what} (with {} operators provisioned through the API) is not a valid configuration",
+            provisioned.len()
+        )
+    })
 }
 
 fn serve(
@@ -679,7 +701,11 @@ fn serve(
         .init();
     let embedded = config.is_none();
     let config_path = config.clone();
-    let mut config = load(config)?;
+    let mut config = load_seeded(
+        config,
+        &centralino_routing::Catalog::default(),
+        Some(data_dir),
+    )?;
     if !sip_listen.is_empty() {
         config.sip.listen = sip_listen;
     }
@@ -725,8 +751,10 @@ fn serve(
     // SIGHUP and the API (admin tokens) reload the same way: the file is
     // compared with the running configuration key by key.
     let loader_path = config_path.clone();
-    let loader: centralino_net::Loader =
-        Arc::new(move |seed| load_seeded(loader_path.clone(), seed).map_err(|e| format!("{e:#}")));
+    let loader_data = data_dir.to_path_buf();
+    let loader: centralino_net::Loader = Arc::new(move |seed| {
+        load_seeded(loader_path.clone(), seed, Some(&loader_data)).map_err(|e| format!("{e:#}"))
+    });
     // The API's own tasks (the SMS notifier) run on the HTTP runtime.
     let api = {
         let _http = http_runtime.enter();

@@ -214,10 +214,15 @@ fn diff_value(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Ve
         (Some(Value::Array(a)), Some(Value::Array(b)))
             if a.iter().chain(b).all(|v| ident(v).is_some()) =>
         {
+            // By name, through maps: 40,000 operators are compared in
+            // linear time.
+            let before: std::collections::HashMap<&str, &Value> =
+                a.iter().filter_map(|v| Some((ident(v)?, v))).collect();
+            let after: std::collections::HashSet<&str> = b.iter().filter_map(ident).collect();
             for v in b {
                 let id = ident(v).unwrap_or_default();
                 let key = format!("{path}[{id}]");
-                match a.iter().find(|o| ident(o) == Some(id)) {
+                match before.get(id).copied() {
                     Some(before) => diff_value(&key, Some(before), Some(v), out),
                     // A new element is one change, named by its name, with
                     // any key of it a running node cannot take (a trunk
@@ -227,7 +232,7 @@ fn diff_value(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Ve
             }
             for v in a {
                 let id = ident(v).unwrap_or_default();
-                if !b.iter().any(|n| ident(n) == Some(id)) {
+                if !after.contains(id) {
                     element(&format!("{path}[{id}]"), v, out);
                 }
             }

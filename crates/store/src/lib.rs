@@ -13,6 +13,7 @@
 
 mod audit;
 mod campaigns;
+mod operators;
 pub mod owner_only;
 pub mod service;
 
@@ -30,6 +31,7 @@ pub use campaigns::{
     ContactStatus, DialCheck, Disposition, Imported, LogLine, NewContact, Progress, StatusChange,
 };
 pub use centralino_types::record::Record;
+pub use operators::{Operator, read_operators};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[
@@ -139,6 +141,7 @@ const MIGRATIONS: &[&str] = &[
     campaigns::MIGRATION,
     campaigns::DISPOSITIONS,
     campaigns::CALLERS,
+    operators::MIGRATION,
 ];
 
 /// A notification waiting to be sent.

@@ -23,7 +23,7 @@ const IMPORT_READ: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The node's import slot (one import at a time: each may hold 16 MiB),
 /// then the body, whole, within [`IMPORT_READ`] and 16 MiB.
-async fn import_body(
+pub(super) async fn import_body(
     api: &Api,
     body: axum::body::Body,
 ) -> Result<(tokio::sync::OwnedSemaphorePermit, Bytes), Box<Response>> {
@@ -46,8 +46,20 @@ async fn import_body(
     }
 }
 
+/// Each item of a JSON import read as a `T`, numbered from 1 (the
+/// "line" a refusal names).
+pub(super) fn numbered<T: serde::de::DeserializeOwned>(
+    items: Vec<Value>,
+) -> Vec<(usize, Result<T, String>)> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (i + 1, serde_json::from_value(v).map_err(|e| e.to_string())))
+        .collect()
+}
+
 /// Whether a request's body is CSV (`text/csv`).
-fn is_csv(headers: &HeaderMap) -> bool {
+pub(super) fn is_csv(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -594,11 +606,7 @@ pub(super) async fn contacts_import(
                 );
             }
         };
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (i + 1, serde_json::from_value(v).map_err(|e| e.to_string())))
-            .collect()
+        numbered(items)
     };
     if lines.len() > MAX_CONTACTS {
         return error(

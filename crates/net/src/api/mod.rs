@@ -44,6 +44,7 @@ mod csv;
 mod desk;
 mod desks;
 mod login;
+mod operators;
 mod scripts;
 mod sms;
 mod supervisor;
@@ -63,6 +64,7 @@ use csv::*;
 use desk::*;
 use desks::*;
 use login::*;
+use operators::*;
 use scripts::*;
 use sms::*;
 use supervisor::*;
@@ -109,6 +111,8 @@ struct Live {
     realm: String,
     /// Configured operators (desks exist only for them).
     agents: HashSet<String>,
+    /// The tenants' names.
+    tenants: HashSet<String>,
     /// Each operator's tenant (supervisor views are per tenant).
     agent_tenants: Vec<(String, String)>,
 }
@@ -170,6 +174,7 @@ impl Live {
                 .collect(),
             realm: config.sip.realm.clone(),
             agents: config.agents.iter().map(|a| a.username.clone()).collect(),
+            tenants: config.tenants.iter().cloned().collect(),
             agent_tenants: config
                 .agents
                 .iter()
@@ -311,10 +316,17 @@ fn table() -> Vec<Route> {
         ),
         route(
             "/api/v1/agents",
-            &["GET"],
-            &["agents_get"],
+            &["GET", "POST"],
+            &["agents_get", "agents_create"],
             Audit::Bearer,
-            get(get_agents),
+            get(get_agents).post(agents_create),
+        ),
+        route(
+            "/api/v1/agents/{name}",
+            &["PUT", "DELETE"],
+            &["agent_put", "agent_delete"],
+            Audit::Bearer,
+            axum::routing::put(agent_put).delete(agent_delete),
         ),
         route(
             "/api/v1/cluster",

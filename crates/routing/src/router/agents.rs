@@ -109,8 +109,8 @@ impl Router {
     /// `None`: the board is full (see [`board_capacity`]).
     pub fn add_agent(&mut self, name: &str, mut attributes: Attributes) -> Option<AgentId> {
         normalise(&mut attributes);
-        let a = match self.agents.iter().position(|x| x.retired && x.name == name) {
-            Some(a) => a,
+        let a = match self.retired.remove(name) {
+            Some(a) => a as usize,
             None => {
                 if self.agents.len() >= self.board.len() {
                     return None;
@@ -154,6 +154,7 @@ impl Router {
         self.by_tenant[tenant][Code::LoggedOut as usize] -= 1;
         self.agents[a].retired = true;
         self.agents[a].logout_pending = false;
+        self.retired.insert(self.agents[a].name.clone(), id.0);
         true
     }
 

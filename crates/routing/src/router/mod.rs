@@ -579,6 +579,8 @@ pub struct Router {
     skip_heap: Vec<Reverse<(u64, u64, u32, u32)>>,
     skip_pos: Vec<(u32, u32)>,
     rng: SplitMix64,
+    /// Retired operators' slots by name (one added again gets theirs).
+    retired: HashMap<String, u32>,
 }
 
 /// Multiplicative hashing for the router's integer keys: SipHash's DoS
@@ -645,10 +647,14 @@ impl Agent {
 }
 
 /// Board words for `n` configured operators: room for operators added
-/// live (as many again, at least 1,024 more); beyond that, a restart.
+/// live (as many again, at least 65,536 more: a firm's whole staff
+/// imported at once); beyond that, a restart. A word is 8 bytes.
 pub(crate) fn board_capacity(n: usize) -> usize {
-    n.saturating_add(n.max(1024))
+    n.saturating_add(n.max(ROOM))
 }
+
+/// Operators that can always be added live.
+const ROOM: usize = 65_536;
 
 impl Router {
     /// A router over these queues and operators (all logged out).
@@ -690,6 +696,7 @@ impl Router {
             skip_heap: Vec::with_capacity(SCAN + 1),
             skip_pos: Vec::with_capacity(SCAN + 1),
             rng: SplitMix64(0x5EED_0FCE_474A_1100),
+            retired: HashMap::new(),
         };
         for (name, mut attributes) in agents {
             normalise(&mut attributes);
