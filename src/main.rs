@@ -645,23 +645,24 @@ fn read_flows_dir(config: &std::path::Path, text: &str) -> Result<Vec<(String, S
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config> {
-    load_seeded(path, &centralino_routing::Catalog::default(), None)
+    load_seeded(path, &centralino_routing::Catalog::default(), None, true)
 }
 
 /// `load`, names numbered after those of `seed` (a reload keeps the
 /// running configuration's numbering), with the operators provisioned
-/// through the API in `data_dir`'s store after the file's own.
+/// through the API in `data_dir`'s store after the file's own. A
+/// provisioned operator whose name the file now uses is left out (the
+/// file's wins); provisioned operators that do not fit the configuration
+/// any more (a queue or firm gone) fail a reload, and at start
+/// (`at_start`) are left out with an error in the log: the node always
+/// starts on a valid file, and the API (`DELETE`/`PUT`) repairs them.
 fn load_seeded(
     path: Option<PathBuf>,
     seed: &centralino_routing::Catalog,
     data_dir: Option<&std::path::Path>,
+    at_start: bool,
 ) -> Result<Config> {
-    let provisioned = match data_dir {
-        Some(d) => centralino_store::read_operators(&d.join("centralino.db"))
-            .context("reading the operators provisioned in the store")?,
-        None => Vec::new(),
-    };
-    let (mut text, flows, what) = match &path {
+    let (text, flows, what) = match &path {
         None => (
             centralino_config::DEFAULT_TOML.to_owned(),
             Vec::new(),
@@ -674,15 +675,47 @@ fn load_seeded(
             (text, flows, p.display().to_string())
         }
     };
-    for o in &provisioned {
-        text.push_str(&o.toml());
+    let file = Config::from_toml_seeded(&text, &flows, seed)
+        .with_context(|| format!("{what} is not a valid configuration"))?;
+    let mut provisioned = match data_dir {
+        Some(d) => centralino_store::read_operators(&d.join("centralino.db"))
+            .context("reading the operators provisioned in the store")?,
+        None => Vec::new(),
+    };
+    if provisioned.is_empty() {
+        return Ok(file);
     }
-    Config::from_toml_seeded(&text, &flows, seed).with_context(|| {
-        format!(
-            "{what} (with {} operators provisioned through the API) is not a valid configuration",
-            provisioned.len()
-        )
-    })
+    let in_file: std::collections::HashSet<&str> =
+        file.agents.iter().map(|a| a.username.as_str()).collect();
+    let before = provisioned.len();
+    provisioned.retain(|o| !in_file.contains(o.username.as_str()));
+    if provisioned.len() < before {
+        warn!(
+            operators = before - provisioned.len(),
+            "provisioned operators named like operators of the configuration file are left out (the file's win)"
+        );
+    }
+    let mut merged = text.clone();
+    for o in &provisioned {
+        merged.push_str(&o.toml());
+    }
+    match Config::from_toml_seeded(&merged, &flows, seed) {
+        Ok(c) => Ok(c),
+        Err(e) if at_start => {
+            tracing::error!(
+                error = %e,
+                operators = provisioned.len(),
+                "the operators provisioned through the API do not fit the configuration: started without them; fix or remove them (PUT/DELETE /api/v1/agents/{{username}}) and reload"
+            );
+            Ok(file)
+        }
+        Err(e) => Err(anyhow::Error::new(e)).with_context(|| {
+            format!(
+                "{what} with the {} operators provisioned through the API is not a valid configuration",
+                provisioned.len()
+            )
+        }),
+    }
 }
 
 fn serve(
@@ -705,6 +738,7 @@ fn serve(
         config,
         &centralino_routing::Catalog::default(),
         Some(data_dir),
+        true,
     )?;
     if !sip_listen.is_empty() {
         config.sip.listen = sip_listen;
@@ -753,7 +787,8 @@ fn serve(
     let loader_path = config_path.clone();
     let loader_data = data_dir.to_path_buf();
     let loader: centralino_net::Loader = Arc::new(move |seed| {
-        load_seeded(loader_path.clone(), seed, Some(&loader_data)).map_err(|e| format!("{e:#}"))
+        load_seeded(loader_path.clone(), seed, Some(&loader_data), false)
+            .map_err(|e| format!("{e:#}"))
     });
     // The API's own tasks (the SMS notifier) run on the HTTP runtime.
     let api = {

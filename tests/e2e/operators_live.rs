@@ -221,4 +221,23 @@ fn operators_are_provisioned_through_the_api_without_a_restart() {
         assert!(agents.contains(name), "{name} after a restart");
     }
     assert!(!agents.contains("\"5000\""));
+    // The file takes a provisioned name: the file's wins, the node
+    // starts and reloads (the provisioned one is left out).
+    let file = scratch.path("centralino.toml");
+    let text = std::fs::read_to_string(&file).expect("config");
+    std::fs::write(
+        &file,
+        format!(
+            "{text}\n[[agents]]\nusername = \"6999\"\npassword = \"file-6999\"\ntenant = \"demo\"\n"
+        ),
+    )
+    .expect("write");
+    node.hangup_signal();
+    node.wait_log("configuration reloaded", Duration::from_secs(10));
+    assert!(node.logs().contains("the file's win"));
+    assert_eq!(
+        node.http("DELETE", "/api/v1/agents/6998", Some(ADMIN), None)
+            .0,
+        204
+    );
 }

@@ -264,6 +264,12 @@ fn a_lost_reply_times_out_a_late_grant_is_released_and_a_lease_lapses() {
     );
     assert_eq!(b.release(t0, &req.id, "roma-1"), Some(42));
     assert_eq!(b.release(t0, &req.id, "roma-1"), None);
+    // The same request again (a redelivery): refused, never a second
+    // operator for a spent grant.
+    assert!(matches!(
+        b.request(&req),
+        Decision::Repeat(OfferReply::Refused { .. })
+    ));
     // Another grant nobody claims: the lease frees its operator.
     let req2 = request(&mut a, t0 + S, 8);
     b.granted(t0 + S, &req2, 43, "sip:x@b".into(), "1001".into());

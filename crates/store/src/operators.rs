@@ -23,8 +23,9 @@ pub(crate) const MIGRATION: &str = "CREATE TABLE operators (
         updated_at INTEGER NOT NULL
     );";
 
-/// An operator as the API provisioned them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// An operator as the API provisioned them. (`Debug` leaves the HA1s
+/// out: one is as good as the password.)
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Operator {
     /// SIP user name.
     pub username: String,
@@ -42,6 +43,17 @@ pub struct Operator {
     pub languages: Vec<String>,
     /// Queues they serve.
     pub queues: Vec<String>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("username", &self.username)
+            .field("tenant", &self.tenant)
+            .field("site", &self.site)
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operator> {

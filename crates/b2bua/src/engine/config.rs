@@ -278,6 +278,24 @@ impl Engine {
                     }
                 }
                 None => {
+                    // Removed while on a call and back before it ended:
+                    // the same slot, their retirement called off.
+                    let router = &self.router;
+                    if let Some(id) = self
+                        .retiring
+                        .iter()
+                        .copied()
+                        .find(|&id| router.agent(id).name == name)
+                    {
+                        self.retiring.remove(&id);
+                        if self.router.agent(id).attributes != attributes {
+                            self.router.set_attributes(now, id, attributes);
+                        }
+                        info!(agent = %name, "operator added back before their call ended");
+                        self.agent_ids.insert(name, id);
+                        changed = true;
+                        continue;
+                    }
                     // Room was checked before anything was applied.
                     if let Some(id) = self.router.add_agent(&name, attributes) {
                         self.retiring.remove(&id);

@@ -4969,3 +4969,32 @@ fn operators_are_added_and_removed_by_a_reload_without_a_restart() {
         "the waiting call goes to them"
     );
 }
+
+/// Removed during a call and added back before it ends: the same slot,
+/// never a second one (they would be offered calls while talking).
+#[test]
+fn an_operator_added_back_during_their_call_keeps_their_slot() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("c1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let id = h.engine.agent_ids["1001"];
+    let without = CONFIG.replace(
+        "[[agents]]\nusername = \"1001\"\npassword = \"demo1001\"\ntenant = \"demo\"\nqueues = [\"info\"]\n",
+        "",
+    );
+    assert_ne!(without, CONFIG);
+    h.engine
+        .reload(h.now, &Config::from_toml(&without).unwrap().engine())
+        .unwrap();
+    h.engine
+        .reload(h.now, &Config::from_toml(CONFIG).unwrap().engine())
+        .unwrap();
+    assert_eq!(h.engine.agent_ids["1001"], id, "the same slot");
+    assert_eq!(h.engine.router.agents().len(), 2, "no second slot");
+    assert!(matches!(
+        h.engine.router.agent(id).state,
+        centralino_routing::AgentState::OnCall(_)
+    ));
+}

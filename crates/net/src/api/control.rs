@@ -3,7 +3,6 @@
 
 use super::*;
 
-/// Reads the configuration again (the binary knows where from).
 /// Reads the configuration again, names resolved over the running
 /// configuration's catalog (see `Config::from_toml_seeded`).
 pub type Loader = Arc<dyn Fn(&Catalog) -> Result<Config, String> + Send + Sync>;
@@ -46,8 +45,23 @@ impl Api {
     /// or nothing: a key the node cannot apply live refuses the whole
     /// reload, named. `Ok` lists the keys applied. One reload at a time.
     pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
-        let api = self;
         let mut control = self.reload.0.lock().await;
+        self.reload_held(&mut control).await
+    }
+
+    /// Takes the reload turn (no other reload, SIGHUP included, runs
+    /// until it is dropped): what changes the store's operators holds it
+    /// across its write, its reload and its undo.
+    pub(super) async fn reload_turn(&self) -> tokio::sync::OwnedMutexGuard<Control> {
+        self.reload.0.clone().lock_owned().await
+    }
+
+    /// [`Self::reload`], the turn already held.
+    pub(super) async fn reload_held(
+        &self,
+        control: &mut Control,
+    ) -> Result<Vec<String>, ReloadError> {
+        let api = self;
         let loader = control.loader.clone();
         let seed = control.current.catalog.clone();
         let config = tokio::task::spawn_blocking(move || loader(&seed))

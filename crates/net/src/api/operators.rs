@@ -50,8 +50,12 @@ fn hex_of(s: &str, len: usize) -> bool {
 
 /// Checks one operator against what the node runs (tenants, queues) and
 /// the token's firm; their secret becomes HA1s.
-fn check(live: &Live, tenant_of_token: Option<&str>, o: OperatorIn) -> Result<Operator, String> {
-    let username = o.username.unwrap_or_default();
+fn check(
+    live: &Live,
+    tenant_of_token: Option<&str>,
+    mut o: OperatorIn,
+) -> Result<Operator, String> {
+    let username = o.username.take().unwrap_or_default();
     if !name_ok(&username, b".") {
         return Err("username: 1-64 of [A-Za-z0-9._-]".into());
     }
@@ -67,6 +71,10 @@ fn check(live: &Live, tenant_of_token: Option<&str>, o: OperatorIn) -> Result<Op
             Some(_) => return Err(format!("queue {q:?}: another tenant's")),
             None => return Err(format!("queue {q:?}: no such queue")),
         }
+    }
+    for list in [&mut o.queues, &mut o.languages] {
+        list.sort();
+        list.dedup();
     }
     if o.queues.len() > 256 || o.skills.len() > 256 || o.languages.len() > 64 {
         return Err("at most 256 queues, 256 skills and 64 languages".into());
@@ -222,49 +230,71 @@ fn reload_failed(e: ReloadError) -> Response {
 }
 
 /// Writes `ops` (and deletes `gone`), applies them by a live reload, and
-/// undoes both if the reload does not apply.
-async fn apply(api: &Api, ops: Vec<Operator>, gone: Vec<String>) -> Result<Vec<String>, Response> {
-    let names: Vec<String> = ops
-        .iter()
-        .map(|o| o.username.clone())
-        .chain(gone.iter().cloned())
-        .collect();
-    let now = unix_now_ms();
-    let before = api
-        .store
-        .with(move |s| {
-            let before: Vec<(String, Option<Operator>)> = names
-                .iter()
-                .map(|n| Ok((n.clone(), s.operator(n)?)))
-                .collect::<Result<_, StoreError>>()?;
-            s.put_operators(&ops, now)?;
-            s.delete_operators(&gone)?;
-            Ok(before)
-        })
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, &format!("the store: {e}")))?;
-    match api.reload().await {
-        Ok(changed) => Ok(changed),
-        Err(e) => {
-            warn!(error = %e, "operators not applied: undone");
-            let undo = api
-                .store
-                .with(move |s| {
-                    let (restore, remove): (Vec<_>, Vec<_>) =
-                        before.into_iter().partition(|(_, o)| o.is_some());
-                    let remove: Vec<String> = remove.into_iter().map(|(n, _)| n).collect();
-                    s.delete_operators(&remove)?;
-                    let restore: Vec<Operator> =
-                        restore.into_iter().filter_map(|(_, o)| o).collect();
-                    s.put_operators(&restore, now)
-                })
-                .await;
-            if let Err(u) = undo {
-                warn!(error = %u, "operators: the undo failed");
+/// undoes both (one transaction) if the reload does not apply; the
+/// reload turn is held throughout, so no SIGHUP reload sees a half
+/// state, and it runs in a task of its own, so a client that hangs up
+/// cannot leave the store ahead of the running configuration.
+async fn apply(
+    api: &Api,
+    ops: Vec<Operator>,
+    gone: Vec<String>,
+) -> Result<Vec<String>, Box<Response>> {
+    let api = api.clone();
+    let task = tokio::spawn(async move {
+        let mut turn = api.reload_turn().await;
+        let names: Vec<String> = ops
+            .iter()
+            .map(|o| o.username.clone())
+            .chain(gone.iter().cloned())
+            .collect();
+        let now = unix_now_ms();
+        let before = api
+            .store
+            .with(move |s| {
+                let before: Vec<(String, Option<Operator>)> = names
+                    .iter()
+                    .map(|n| Ok((n.clone(), s.operator(n)?)))
+                    .collect::<Result<_, StoreError>>()?;
+                s.put_operators(&ops, now)?;
+                s.delete_operators(&gone)?;
+                Ok(before)
+            })
+            .await
+            .map_err(|e| {
+                Box::new(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the store: {e}"),
+                ))
+            })?;
+        match api.reload_held(&mut turn).await {
+            Ok(changed) => Ok(changed),
+            Err(e) => {
+                warn!(error = %e, "operators not applied: undone");
+                let undo = api
+                    .store
+                    .with(move |s| {
+                        let (restore, remove): (Vec<_>, Vec<_>) =
+                            before.into_iter().partition(|(_, o)| o.is_some());
+                        let remove: Vec<String> = remove.into_iter().map(|(n, _)| n).collect();
+                        s.delete_operators(&remove)?;
+                        let restore: Vec<Operator> =
+                            restore.into_iter().filter_map(|(_, o)| o).collect();
+                        s.put_operators(&restore, now)
+                    })
+                    .await;
+                if let Err(u) = undo {
+                    warn!(error = %u, "operators: the undo failed");
+                }
+                Err(Box::new(reload_failed(e)))
             }
-            Err(reload_failed(e))
         }
-    }
+    });
+    task.await.unwrap_or_else(|_| {
+        Err(Box::new(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the change did not finish",
+        )))
+    })
 }
 
 fn unix_now_ms() -> i64 {
@@ -384,7 +414,7 @@ pub(super) async fn agents_create(
                 &json!({ "accepted": n, "rejected": listed, "rejected_total": rejected.len() }),
             )
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -408,10 +438,27 @@ pub(super) async fn agent_put(
         return error(StatusCode::BAD_REQUEST, "username: the path's or none");
     }
     o.username = Some(username.clone());
+    // The turn first: what is read below cannot change before the write.
+    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another import is running: try again when it is done",
+        );
+    };
     let live = api.live();
     let provisioned = match provisioned(&api).await {
         Ok(p) => p,
         Err(r) => return r,
+    };
+    // Whose operator it is: the store's row (it may be ahead of the
+    // running configuration), else the running configuration's.
+    let stored_tenant = {
+        let name = username.clone();
+        api.store
+            .with(move |s| Ok(s.operator(&name)?.map(|o| o.tenant)))
+            .await
+            .ok()
+            .flatten()
     };
     if live.agents.contains(&username) && !provisioned.contains(&username) {
         return error(
@@ -419,11 +466,12 @@ pub(super) async fn agent_put(
             "this operator is in the configuration file: change it there",
         );
     }
-    let existing = live
-        .agent_tenants
-        .iter()
-        .find(|(n, _)| *n == username)
-        .map(|(_, t)| t.clone());
+    let existing = stored_tenant.or_else(|| {
+        live.agent_tenants
+            .iter()
+            .find(|(n, _)| *n == username)
+            .map(|(_, t)| t.clone())
+    });
     if let (Some(t), Some(at)) = (token.tenant.as_deref(), existing.as_deref())
         && t != at
     {
@@ -433,18 +481,12 @@ pub(super) async fn agent_put(
         Ok(op) => op,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
-    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "another import is running: try again when it is done",
-        );
-    };
     match apply(&api, vec![op], Vec::new()).await {
         Ok(changed) => ok(
             StatusCode::OK,
             &json!({ "applied": true, "changed": changed }),
         ),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -459,25 +501,28 @@ pub(super) async fn agent_delete(
         Ok(t) => t.into_owned(),
         Err(r) => return *r,
     };
-    let live = api.live();
-    let tenant = live
-        .agent_tenants
-        .iter()
-        .find(|(n, _)| *n == username)
-        .map(|(_, t)| t.clone());
-    if token
-        .tenant
-        .as_deref()
-        .is_some_and(|t| tenant.as_deref() != Some(t))
-    {
-        return error(StatusCode::NOT_FOUND, "no such operator");
-    }
-    let provisioned = match provisioned(&api).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another import is running: try again when it is done",
+        );
     };
-    if !provisioned.contains(&username) {
-        return if live.agents.contains(&username) {
+    let live = api.live();
+    let stored = {
+        let name = username.clone();
+        match api.store.with(move |s| s.operator(&name)).await {
+            Ok(o) => o,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the store: {e}")),
+        }
+    };
+    let Some(stored) = stored else {
+        let in_file = live.agents.contains(&username)
+            && token.tenant.as_deref().is_none_or(|t| {
+                live.agent_tenants
+                    .iter()
+                    .any(|(n, at)| *n == username && at == t)
+            });
+        return if in_file {
             error(
                 StatusCode::CONFLICT,
                 "this operator is in the configuration file: remove it there",
@@ -485,15 +530,12 @@ pub(super) async fn agent_delete(
         } else {
             error(StatusCode::NOT_FOUND, "no such operator")
         };
-    }
-    let Ok(_permit) = api.imports.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "another import is running: try again when it is done",
-        );
     };
+    if token.tenant.as_deref().is_some_and(|t| stored.tenant != t) {
+        return error(StatusCode::NOT_FOUND, "no such operator");
+    }
     match apply(&api, Vec::new(), vec![username]).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
