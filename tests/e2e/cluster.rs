@@ -418,6 +418,57 @@ fn an_agreement_lends_at_most_its_capacity_at_once() {
     drop(phones);
 }
 
+/// The lending node dies (kill -9) while its operator rings for a call
+/// waiting on roma-1: the caller is not lost; the call goes back to its
+/// place on roma-1 and is answered by the next operator free anywhere
+/// (here one logging in on roma-1).
+#[test]
+fn a_lending_node_killed_mid_ring_sends_the_call_back_to_its_place() {
+    let (sa, sb) = (Scratch::new("lender-dies-a"), Scratch::new("lender-dies-b"));
+    let port = free_port();
+    let _nats = Nats::start(&sa, port);
+    let a = node(&sa, "roma-1", port);
+    let mut b = node(&sb, "milano-1", port);
+    let ringing = Sipp::spawn(
+        &sb,
+        "ringing",
+        &["-sf", &scenario("agent_noanswer.xml"), "-timeout", "60s"],
+    );
+    register(&sb, &b, &[1001], ringing.port, |u| format!("demo{u}"));
+    wait_cluster(&a, "roma-1 sees milano-1's free operator", |v| {
+        v["queues"][0]["agents"]["available"] == 1
+    });
+    let mut trunk = trunk_to(
+        &sa,
+        &a,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "500"],
+    );
+    b.wait_metric(
+        "centralino_cluster_handovers_total{outcome=\"taken\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    b.kill_hard();
+    drop(ringing);
+    a.wait_metric(
+        "centralino_cluster_handovers_total{outcome=\"returned\"}",
+        Duration::from_secs(20),
+        |v| v == 1.0,
+    );
+    let _phone = one_answering_phone(&sa, &a);
+    trunk.expect_success(Duration::from_secs(30));
+    assert_eq!(
+        a.metric("centralino_calls_total{outcome=\"answered\"}"),
+        1.0
+    );
+    assert_eq!(
+        a.metric_or_zero("centralino_cluster_handovers_total{outcome=\"connected\"}"),
+        0.0
+    );
+}
+
 /// A bare NATS client (the protocol's text form): publishes `payload` on
 /// `subject` with a reply inbox and returns the first reply.
 fn nats_request(port: u16, subject: &str, payload: &str) -> String {
