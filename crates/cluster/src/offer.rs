@@ -53,6 +53,14 @@ pub struct OfferRequest {
 /// Largest offer request or release accepted (bytes).
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
+/// Another node's request, answer or release, its size bounded first.
+fn read<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
 impl OfferRequest {
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
@@ -61,11 +69,7 @@ impl OfferRequest {
 
     /// Reads another node's request, every size and name bounded.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        if bytes.len() > MAX_REQUEST_BYTES {
-            return Err(WireError::TooLarge(bytes.len()));
-        }
-        let r: Self =
-            serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let r: Self = read(bytes)?;
         if r.id.is_empty() || r.id.len() > 200 || !r.id.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(WireError::BadName("id"));
         }
@@ -103,10 +107,7 @@ impl Release {
 
     /// Reads one, bounded.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        if bytes.len() > MAX_REQUEST_BYTES {
-            return Err(WireError::TooLarge(bytes.len()));
-        }
-        serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+        read(bytes)
     }
 }
 
@@ -119,11 +120,7 @@ impl OfferReply {
     /// Reads another node's answer, bounded: its target must be a SIP URI
     /// naming the offer, at most 256 bytes; the operator's name a name.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        if bytes.len() > MAX_REQUEST_BYTES {
-            return Err(WireError::TooLarge(bytes.len()));
-        }
-        let r: Self =
-            serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let r: Self = read(bytes)?;
         if let Self::Granted {
             target, operator, ..
         } = &r

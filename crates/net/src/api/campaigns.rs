@@ -497,17 +497,7 @@ type ContactLine = (usize, Result<ContactIn, String>);
 /// `name`, `priority`, `language`, `not_before`); other columns go into the
 /// contact's `data`.
 fn csv_contacts(text: &str) -> Result<Vec<ContactLine>, CsvError> {
-    let records = csv_records(text, MAX_CONTACTS + 1)?;
-    let Some(((_, header), rows)) = records.split_first() else {
-        return Err((
-            1,
-            "empty: a header line naming the columns is needed".into(),
-        ));
-    };
-    let header: Vec<String> = header
-        .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
-        .collect();
+    let (header, rows) = csv_table(text, MAX_CONTACTS + 1)?;
     let col = |n: &str| header.iter().position(|h| h == n);
     let Some(number) = col("number") else {
         return Err((1, "the header names no \"number\" column".into()));

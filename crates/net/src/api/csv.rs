@@ -70,3 +70,21 @@ pub(super) fn csv_records(text: &str, max: usize) -> Result<Vec<CsvRecord>, CsvE
     }
     Ok(out)
 }
+
+/// A CSV import's header (names trimmed, lower case) and its rows; an
+/// empty body has no header, which is an error at line 1.
+pub(super) fn csv_table(text: &str, max: usize) -> Result<(Vec<String>, Vec<CsvRecord>), CsvError> {
+    let mut records = csv_records(text, max)?;
+    if records.is_empty() {
+        return Err((
+            1,
+            "empty: a header line naming the columns is needed".into(),
+        ));
+    }
+    let (_, header) = records.remove(0);
+    let header = header
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    Ok((header, records))
+}

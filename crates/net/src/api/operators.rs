@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use centralino_store::Operator;
 
 use super::campaigns::{import_body, is_csv, numbered};
-use super::csv::csv_records;
 use super::*;
 
 /// Operators in one request, at most.
@@ -135,17 +134,7 @@ type Line = (usize, Result<OperatorIn, String>);
 /// A CSV of operators: `username,password,tenant,queues,skills,languages,site`
 /// (header first; lists split by `|`, skills as `name:level`).
 fn csv_operators(text: &str) -> Result<Vec<Line>, (usize, String)> {
-    let records = csv_records(text, MAX_OPERATORS + 1)?;
-    let Some(((_, header), rows)) = records.split_first() else {
-        return Err((
-            1,
-            "empty: a header line naming the columns is needed".into(),
-        ));
-    };
-    let header: Vec<String> = header
-        .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
-        .collect();
+    let (header, rows) = csv_table(text, MAX_OPERATORS + 1)?;
     let known = [
         "username",
         "password",
