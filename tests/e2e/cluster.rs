@@ -16,10 +16,10 @@ use crate::common::{
 const ADMIN: &str = "cluster-admin-token";
 
 /// A `nats-server` on 127.0.0.1:`port`, stopped (by its PID) when dropped.
-struct Nats(Child);
+pub(crate) struct Nats(Child);
 
 impl Nats {
-    fn start(scratch: &Scratch, port: u16) -> Self {
+    pub(crate) fn start(scratch: &Scratch, port: u16) -> Self {
         Self::start_args(scratch, port, &[])
     }
 
@@ -46,7 +46,7 @@ impl Nats {
         Self::start_args(scratch, port, &["-c", conf.to_str().unwrap()])
     }
 
-    fn start_args(scratch: &Scratch, port: u16, extra: &[&str]) -> Self {
+    pub(crate) fn start_args(scratch: &Scratch, port: u16, extra: &[&str]) -> Self {
         // Debian installs it in /usr/sbin, not always on a user's PATH.
         let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
             "/usr/sbin/nats-server"
@@ -110,7 +110,7 @@ fn node_of(
 }
 
 /// Waits until `pred` holds of this node's `GET /api/v1/cluster`.
-fn wait_cluster(
+pub(crate) fn wait_cluster(
     node: &Node,
     what: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
@@ -132,7 +132,7 @@ fn wait_cluster(
     }
 }
 
-fn peer_up(v: &serde_json::Value, name: &str) -> Option<bool> {
+pub(crate) fn peer_up(v: &serde_json::Value, name: &str) -> Option<bool> {
     v["nodes"]
         .as_array()?
         .iter()
@@ -501,7 +501,7 @@ fn nats_request(port: u16, subject: &str, payload: &str) -> String {
 }
 
 /// Publishes `payload` on `subject` (no reply), flushed by a PING.
-fn nats_publish(port: u16, subject: &str, payload: &str) {
+pub(crate) fn nats_publish(port: u16, subject: &str, payload: &str) {
     use std::io::{BufRead, BufReader, Write};
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -148,6 +148,9 @@ pub(crate) struct Node {
     pub sip_port: u16,
     pub http_port: u16,
     pub log: PathBuf,
+    /// The address its SIP listens on (127.0.0.1 unless the test's
+    /// configuration says otherwise: see [`Node::on_host`]).
+    pub sip_host: &'static str,
 }
 
 impl Node {
@@ -229,6 +232,7 @@ impl Node {
             sip_port,
             http_port,
             log,
+            sip_host: "127.0.0.1",
         };
         let start = Instant::now();
         while !node.logs().contains("centralino ready") {
@@ -246,7 +250,14 @@ impl Node {
     }
 
     pub(crate) fn sip_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.sip_port)
+        format!("{}:{}", self.sip_host, self.sip_port)
+    }
+
+    /// The node's configuration listens for SIP on `host` (another
+    /// loopback address, 127.0.0.2...): phones and trunks go there.
+    pub(crate) fn on_host(mut self, host: &'static str) -> Self {
+        self.sip_host = host;
+        self
     }
 
     pub(crate) fn logs(&self) -> String {
@@ -365,6 +376,17 @@ impl Node {
     }
 
     /// Sends SIGHUP (reload the configuration) to this node's process.
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the node: a process
+    /// alive but silent, as a partition or a paused VM leaves it.
+    pub(crate) fn freeze(&self, frozen: bool) {
+        let st = Command::new("kill")
+            .arg(if frozen { "-STOP" } else { "-CONT" })
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -STOP/-CONT failed");
+    }
+
     pub(crate) fn hangup_signal(&self) {
         let st = Command::new("kill")
             .arg("-HUP")

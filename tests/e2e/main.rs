@@ -16,6 +16,7 @@ mod carriers;
 mod cli_check_config;
 mod cli_simulate;
 mod cluster;
+mod cluster_work;
 mod drain;
 mod http_health;
 mod http_limits;

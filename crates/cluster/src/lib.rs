@@ -10,12 +10,14 @@
 //! every rule is tested in virtual time. A waiting call is offered to
 //! another node by [`offer`] (request, grant with a lease, hand-over,
 //! each step idempotent and timed out), across firms only under an
-//! [`agreements`] with a capacity.
+//! [`agreements`] with a capacity. Callbacks outlive their node through
+//! [`work`]: mirrored on a stream, taken over by compare-and-set.
 
 pub mod agreements;
 pub mod membership;
 pub mod offer;
 pub mod summary;
+pub mod work;
 
 pub use agreements::{Agreement, Lending};
 pub use membership::{Event, Membership, NationalQueue, NodeView, PeerQueue, Refused};

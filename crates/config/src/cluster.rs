@@ -17,6 +17,8 @@ pub(super) struct RawCluster {
     password_file: Option<String>,
     tls_ca_file: Option<String>,
     sip_address: Option<String>,
+    durability: Option<String>,
+    work_key_file: Option<String>,
 }
 
 /// `[[agreements]]` as written.
@@ -58,6 +60,23 @@ pub struct ClusterConfig {
     /// Where the other nodes send the calls they hand over (`ip:port`,
     /// UDP); by default the first UDP listener's address.
     pub sip_address: Option<std::net::SocketAddr>,
+    /// Where callbacks outlive this node.
+    pub durability: Durability,
+    /// A file holding the key (32 bytes, hex) that seals callback
+    /// records on the work stream: shared by the nodes, never sent.
+    pub work_key_file: Option<PathBuf>,
+}
+
+/// Where a node's callbacks outlive it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// In this node's store only: they wait for it to come back.
+    #[default]
+    Local,
+    /// Also mirrored on the NATS JetStream stream `CENTRALINO_WORK`: a
+    /// node of the same firm takes them over when this one is down,
+    /// exactly once (needs JetStream on the NATS servers).
+    JetStream,
 }
 
 /// Most NATS URLs.
@@ -131,6 +150,7 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
         ("cluster.token_file", &raw.token_file),
         ("cluster.password_file", &raw.password_file),
         ("cluster.tls_ca_file", &raw.tls_ca_file),
+        ("cluster.work_key_file", &raw.work_key_file),
     ] {
         if let Some(f) = file
             && f.is_empty()
@@ -138,8 +158,27 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
             p.add(key, "a file path");
         }
     }
+    let durability = match raw.durability.as_deref() {
+        None | Some("local") => Durability::Local,
+        Some("jetstream") => Durability::JetStream,
+        Some(other) => {
+            p.add(
+                "cluster.durability",
+                format!("{other:?}: \"local\" (callbacks wait for this node) or \"jetstream\" (another node of the firm takes them over)"),
+            );
+            Durability::Local
+        }
+    };
+    if durability == Durability::JetStream && raw.work_key_file.is_none() {
+        p.add(
+            "cluster.work_key_file",
+            "durability = \"jetstream\" needs a key file shared by the nodes (32 random bytes as 64 hex digits, e.g. `openssl rand -hex 32`): callback records are sealed with it, so the NATS servers never see a citizen's number and nobody without it can plant one",
+        );
+    }
     ClusterConfig {
         node: raw.node.clone(),
+        durability,
+        work_key_file: raw.work_key_file.as_ref().map(PathBuf::from),
         nats_urls: urls,
         token_file: raw.token_file.as_ref().map(PathBuf::from),
         password_file: raw.password_file.as_ref().map(PathBuf::from),

@@ -22,7 +22,7 @@ mod sections;
 mod settings;
 mod trunks;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, Durability};
 use problems::*;
 use queues::queue;
 use raw::*;

@@ -969,6 +969,28 @@ fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
     ] {
         refused(&format!("{base}\n[cluster]\n{cluster}\n"), want);
     }
+    // Callbacks that outlive the node: on the work stream, sealed with a
+    // key the nodes share; "local" (the default) keeps them in the store.
+    assert_eq!(cluster.durability, Durability::Local);
+    let c = Config::from_toml(&format!(
+        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ndurability = \"jetstream\"\nwork_key_file = \"/etc/centralino/work.key\"\n"
+    ))
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.durability, Durability::JetStream);
+    assert!(cluster.work_key_file.is_some());
+    for (cluster, want) in [
+        (
+            "node = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ndurability = \"jetstream\"",
+            "cluster.work_key_file",
+        ),
+        (
+            "node = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ndurability = \"postgres\"",
+            "cluster.durability",
+        ),
+    ] {
+        refused(&format!("{base}\n[cluster]\n{cluster}\n"), want);
+    }
     // Without a server to join, the file does not parse.
     let err = Config::from_toml(&format!("{base}\n[cluster]\nnode = \"roma-1\"\n")).unwrap_err();
     assert!(err.to_string().contains("nats_url"), "{err}");

@@ -84,6 +84,8 @@ pub(crate) struct Links {
     pub(crate) target: String,
     /// The engine's offers and releases.
     pub(crate) outputs: mpsc::Receiver<ClusterOut>,
+    /// The work stream's driver, with `durability = "jetstream"`.
+    pub(crate) work: Option<crate::work::WorkLinks>,
 }
 
 /// Connects to NATS (in the background: a server down at start is no
@@ -147,7 +149,16 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
         engine,
         target,
         mut outputs,
+        work,
     } = links;
+    // Who is alive, for the work stream's driver: it takes over only
+    // from nodes this one knows to be down.
+    let (liveness, alive) = tokio::sync::watch::channel(crate::work::Liveness::default());
+    if let Some(w) = work {
+        tokio::spawn(crate::work::run(client.clone(), node.clone(), w, alive));
+    }
+    let mut connected_since: Option<Instant> = None;
+    let mut last_tick: Option<Instant> = None;
     let sip = target
         .parse::<std::net::SocketAddr>()
         .ok()
@@ -261,6 +272,21 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                         Event::Restarted(n) => info!(node = %n, "national network: node restarted"),
                     }
                 }
+                // This node frozen or starved for several heartbeats (a
+                // stopped process, a VM paused) saw nobody meanwhile:
+                // its picture settles again before it judges anyone dead.
+                let stalled = last_tick.is_some_and(|t: Instant| now.duration_since(t) > HEARTBEAT * 3);
+                last_tick = Some(now);
+                if !connected {
+                    connected_since = None;
+                } else if connected_since.is_none() || stalled {
+                    connected_since = Some(now);
+                }
+                liveness.send_replace(crate::work::liveness(
+                    &membership,
+                    connected_since.map(|t| now.duration_since(t)),
+                    now,
+                ));
                 let elsewhere = membership.lent_all();
                 let _ = engine.try_send(EngineInput::ClusterPeers {
                     peers: membership.offerable(),

@@ -141,6 +141,12 @@ pub enum EngineInput {
         /// The mark is stored: the citizen may be dialled.
         recorded: bool,
     },
+    /// A callback's dial could not be fenced on the national work stream:
+    /// not dialled, back to pending without counting the attempt.
+    CallbackHeld {
+        /// The callback's call.
+        call: CallId,
+    },
     /// Graceful shutdown: refuse new calls; say when none is left.
     Drain(tokio::sync::oneshot::Sender<()>),
     /// End every call, flush the records, stop.

@@ -27,9 +27,11 @@ mod media;
 mod metrics;
 mod prompts;
 mod recorder;
+mod scheduler;
 mod session;
 mod sip;
 mod tls;
+mod work;
 
 #[doc(hidden)]
 pub use api::fuzz_api_body;

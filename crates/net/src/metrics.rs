@@ -68,6 +68,13 @@ pub struct NetMetrics {
     /// `centralino_cluster_summaries_total{outcome}`: summaries sent,
     /// unsent (NATS down: the next one replaces it), received, refused.
     pub cluster_summaries: IntCounterVec,
+    /// `centralino_cluster_work_total{event}`: callbacks mirrored on the
+    /// work stream, taken over from a dead node, moved away, dials fenced
+    /// (go, moved), and the stream unavailable.
+    pub cluster_work: IntCounterVec,
+    /// `centralino_cluster_work_ready`: 1 while this node's callbacks
+    /// may be dialled (the work stream is reachable and read).
+    pub cluster_work_ready: IntGauge,
     /// The store service's (`centralino_store_*`), registered with these.
     pub store: centralino_store::service::StoreMetrics,
     /// `centralino_config_reloads_total{outcome}`: applied, refused (an invalid file is only logged).
@@ -201,6 +208,18 @@ impl NetMetrics {
                 "Node summaries sent, unsent, received and refused",
                 &["outcome"]
             )),
+            cluster_work: reg!(cv(
+                "centralino_cluster_work_total",
+                "Callbacks on the national work stream: mirrored, taken over, moved away, dials fenced, stream unavailable",
+                &["event"]
+            )),
+            cluster_work_ready: reg!(
+                IntGauge::new(
+                    "centralino_cluster_work_ready",
+                    "1 while this node's callbacks may be dialled (work stream reachable and read)"
+                )
+                .expect("valid metric")
+            ),
             store: centralino_store::service::StoreMetrics::new(registry),
             config_reloads: reg!(cv(
                 "centralino_config_reloads_total",

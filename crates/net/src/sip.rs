@@ -1,11 +1,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use centralino_b2bua::CallbackState;
 use centralino_b2bua::media::MediaEvent;
-use centralino_b2bua::{CallbackState, DueCallback};
 
 use crate::error::NetError;
 use crate::handle::{EngineInbox, EngineInput, Reload};
@@ -33,96 +33,6 @@ const OVERLOAD_BACKLOG: usize = 2048;
 /// How often the engine task beats its heartbeat (`/healthz` calls it
 /// stalled after `health::STALE` without one).
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How often due callbacks are claimed from the store.
-const CALLBACK_POLL: Duration = Duration::from_secs(1);
-/// Most callbacks claimed at once.
-const CALLBACK_BATCH: usize = 50;
-
-/// Claims due callbacks and hands them to the engine, once a second.
-async fn callback_scheduler(
-    sink: centralino_store::service::RecordSink,
-    tx: mpsc::Sender<EngineInput>,
-    hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
-    draining: Arc<AtomicBool>,
-    desks: Option<crate::api::Desks>,
-) {
-    let mut tick = tokio::time::interval(CALLBACK_POLL);
-    // Per queue: callbacks claimed here so far. A view that has seen fewer
-    // started (`callbacks_started`) was built before some claims reached
-    // the engine: those are still on their way and take room.
-    let mut claimed: HashMap<String, u64> = HashMap::new();
-    loop {
-        tick.tick().await;
-        // A node shutting down starts no callback: the next one (or this
-        // one after its restart) takes them.
-        if draining.load(Ordering::Relaxed) {
-            continue;
-        }
-        // Citizens are called only within their queue's callback hours
-        // (e.g. fragile people Mon-Fri 08:00-18:00, Europe/Rome).
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let mut open: Vec<String> = hours
-            .iter()
-            .filter(|(_, cal)| cal.as_ref().is_none_or(|c| c.open(now)))
-            .map(|(q, _)| q.clone())
-            .collect();
-        // Only as many as free operators can take, from queues that have
-        // one: a callback claimed holds two RTP port pairs and spends an
-        // attempt, so claiming for nobody starves live calls of ports.
-        let mut limit = CALLBACK_BATCH;
-        let views = desks.as_ref().map(crate::api::Desks::queues);
-        if let Some(views) = &views {
-            let room: HashMap<&str, u32> = views
-                .iter()
-                .map(|v| {
-                    let on_the_way = claimed
-                        .get(&v.name)
-                        .map_or(0, |&c| c.saturating_sub(v.callbacks_started));
-                    let on_the_way = u32::try_from(on_the_way).unwrap_or(u32::MAX);
-                    (v.name.as_str(), v.callback_room.saturating_sub(on_the_way))
-                })
-                .collect();
-            open.retain(|q| room.get(q.as_str()).is_some_and(|&r| r > 0));
-            let total: u32 = open.iter().filter_map(|q| room.get(q.as_str())).sum();
-            limit = limit.min(total as usize);
-        }
-        if open.is_empty() || limit == 0 {
-            continue;
-        }
-        let due = match sink.claim_due(limit, open).await {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(error = %e, "cannot read due callbacks");
-                continue;
-            }
-        };
-        if due.is_empty() {
-            continue;
-        }
-        for c in &due {
-            *claimed.entry(c.queue.clone()).or_default() += 1;
-        }
-        let due = due
-            .into_iter()
-            .map(|c| DueCallback {
-                id: c.id,
-                queue: c.queue,
-                number: c.number,
-                requirements: c.requirements,
-                priority: c.priority,
-                created_unix: c.created_at,
-                attempt: c.attempts,
-                campaign: None,
-            })
-            .collect();
-        if tx.send(EngineInput::Callbacks(due)).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Call records queued before a batch is handed to the store.
 const RECORD_BATCH: usize = 512;
 /// Longest a call record waits for its batch.
@@ -255,6 +165,22 @@ impl SipServer {
         // The running configuration for the campaigns' scheduler: a
         // reload the engine applies replaces it.
         let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+        // Callbacks that outlive this node: mirrored on the national work
+        // stream, each dial fenced there first.
+        let (mut work_ready, mut fence, mut work) = (None, None, None);
+        if let (Some(c), Some(sink), Some(d), Some(key)) = (
+            &config.cluster,
+            &records,
+            &desks,
+            config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.work_key_file.as_ref()),
+        ) && c.durability == centralino_config::Durability::JetStream
+        {
+            let (ready, f, links) = crate::work::links(key, sink.handle(), d.clone(), net.clone())?;
+            (work_ready, fence, work) = (Some(ready), Some(f), Some(links));
+        }
         if let Some(sink) = &records
             && config.trunks.iter().any(|t| t.outbound.is_some())
         {
@@ -264,12 +190,13 @@ impl SipServer {
                 .iter()
                 .map(|q| (q.routing.name.clone(), q.callback_hours.clone()))
                 .collect();
-            tokio::spawn(callback_scheduler(
+            tokio::spawn(crate::scheduler::callback_scheduler(
                 sink.clone(),
                 tx.clone(),
                 hours,
                 draining.clone(),
                 desks.clone(),
+                work_ready,
             ));
             // Campaigns dial through the same trunks.
             tokio::spawn(crate::campaigns::scheduler(
@@ -312,6 +239,7 @@ impl SipServer {
                     engine: tx.clone(),
                     target,
                     outputs: out_rx,
+                    work,
                 },
             );
         }
@@ -333,6 +261,7 @@ impl SipServer {
             idle: config.sip.tcp_idle_timeout,
             metrics: net.clone(),
             cluster: to_cluster,
+            fence,
         };
         // The store's answers come back through the engine's own queue.
         let answers = tx.downgrade();
@@ -766,6 +695,11 @@ async fn run_engine(
                     }
                 }
                 Output::CallbackState { id, state } => match (&records, state) {
+                    (Some(sink), CallbackState::Dialing { call }) if clients.fence.is_some() => {
+                        if let Some(f) = &clients.fence {
+                            crate::work::dialing(f, sink, answers.clone(), id, call);
+                        }
+                    }
                     (Some(sink), CallbackState::Dialing { call }) => {
                         // Queued now, in order with what follows.
                         let marked = sink.mark_dialed(id);
@@ -938,6 +872,8 @@ struct Clients {
     metrics: NetMetrics,
     /// The national network's driver (offers and releases to send).
     cluster: Option<mpsc::Sender<crate::cluster::ClusterOut>>,
+    /// The work stream's fence before a callback is dialled.
+    fence: Option<mpsc::Sender<crate::work::Fence>>,
 }
 
 impl Clients {
@@ -1125,6 +1061,7 @@ fn handle(
         EngineInput::CallbackDialing { call, recorded } => {
             engine.callback_dialing(now, call, recorded);
         }
+        EngineInput::CallbackHeld { call } => engine.callback_held(now, call),
         EngineInput::Pause {
             agent,
             paused,

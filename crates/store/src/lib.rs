@@ -13,6 +13,7 @@
 
 mod audit;
 mod campaigns;
+mod mirror;
 mod operators;
 pub mod owner_only;
 pub mod service;
@@ -31,6 +32,7 @@ pub use campaigns::{
     ContactStatus, DialCheck, Disposition, Imported, LogLine, NewContact, Progress, StatusChange,
 };
 pub use centralino_types::record::Record;
+pub use mirror::{Kept, Mirrored};
 pub use operators::{Operator, read_operators};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -142,6 +144,7 @@ const MIGRATIONS: &[&str] = &[
     campaigns::DISPOSITIONS,
     campaigns::CALLERS,
     operators::MIGRATION,
+    mirror::MIGRATION,
 ];
 
 /// A notification waiting to be sent.
@@ -231,6 +234,9 @@ pub enum Status {
     Failed,
     /// Cancelled by the citizen or an operator.
     Cancelled,
+    /// Taken over by another node of the firm (this node was cut off or
+    /// down): that node calls; this one never does.
+    Moved,
 }
 
 impl Status {
@@ -242,6 +248,7 @@ impl Status {
             Self::Done => "done",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Moved => "moved",
         }
     }
 
@@ -253,6 +260,7 @@ impl Status {
             "done" => Self::Done,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
+            "moved" => Self::Moved,
             _ => return None,
         })
     }
@@ -1029,7 +1037,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
+    pub(crate) fn temp(name: &str) -> PathBuf {
         let p =
             std::env::temp_dir().join(format!("centralino-store-{name}-{}.db", std::process::id()));
         for ext in ["", "-wal", "-shm"] {
@@ -1038,7 +1046,7 @@ mod tests {
         p
     }
 
-    fn new(id: &str, number: &str) -> NewCallback {
+    pub(crate) fn new(id: &str, number: &str) -> NewCallback {
         NewCallback {
             id: id.into(),
             queue: "vaccini".into(),

@@ -52,11 +52,14 @@ pub enum CallOutcome {
     /// Its campaign stopped, paused or left its window before the citizen
     /// was dialled.
     CampaignStopped,
+    /// The national work stream could not be reached to fence a
+    /// callback's dial: not dialled, back to pending.
+    ClusterUnavailable,
 }
 
 impl CallOutcome {
     /// Every outcome (for tests and documentation).
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::CallerHangup,
         Self::AgentHangup,
         Self::Abandoned,
@@ -79,6 +82,7 @@ impl CallOutcome {
         Self::Failed,
         Self::Skipped,
         Self::CampaignStopped,
+        Self::ClusterUnavailable,
     ];
 
     /// The name stored and used as a label value.
@@ -106,6 +110,7 @@ impl CallOutcome {
             Self::Failed => "failed",
             Self::Skipped => "skipped",
             Self::CampaignStopped => "campaign_stopped",
+            Self::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }

@@ -439,6 +439,19 @@ impl Engine {
         self.pump(now);
     }
 
+    /// The national work stream could not fence a callback's dial: the
+    /// operator is given back, the callback goes back to pending with its
+    /// attempt given back (it was never dialled).
+    pub fn callback_held(&mut self, now: Instant, call_id: CallId) {
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        warn!("callback: the national work stream is unreachable; not dialling");
+        self.end_connected(now, call_id, false, true, CallOutcome::ClusterUnavailable);
+        self.pump(now);
+    }
+
     /// A carrier's 18x with SDP while an operator waits for the citizen
     /// (agent first): the operator hears what the network plays (ringback,
     /// "the number is not reachable"), as on any phone, instead of

@@ -1939,6 +1939,59 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
     ));
 }
 
+/// In a national network the dial is fenced on the work stream first;
+/// the stream unreachable, the citizen is not dialled, the operator is
+/// let go, and the callback goes back to pending with its attempt given
+/// back.
+#[test]
+fn a_callback_the_work_stream_cannot_fence_is_not_dialled_and_not_counted() {
+    let config = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.engine.start_callback(
+        h.now,
+        DueCallback {
+            id: "cb1".into(),
+            queue: "info".into(),
+            number: "+393331112225".into(),
+            requirements: None,
+            priority: 0,
+            created_unix: 0,
+            attempt: 1,
+            campaign: None,
+        },
+    );
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
+        panic!("{:?}", h.callbacks)
+    };
+    h.engine.callback_held(h.now, call);
+    let out = h.drain();
+    assert!(requests(&out, TRUNK, "INVITE").is_empty(), "nobody dialled");
+    assert_eq!(
+        requests(&out, PHONE1, "BYE").len(),
+        1,
+        "the operator let go"
+    );
+    assert_eq!(
+        h.callbacks.last().unwrap(),
+        &(
+            "cb1".to_owned(),
+            CallbackState::Requeue {
+                outcome: CallbackOutcome::Ended(CallOutcome::ClusterUnavailable)
+            }
+        )
+    );
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
 /// Callback `id` for `number` (agent first): operator 1001 answers with
 /// `tag`, the store marks it dialled; what the engine sent then.
 fn callback_dialled(

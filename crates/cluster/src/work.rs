@@ -1,0 +1,309 @@
+//! Durable work shared by the nodes of a firm: each callback a node
+//! holds is mirrored as one record on a JetStream stream (one subject per
+//! callback, the latest record only), naming the node that owns it. A
+//! node that dies leaves its records behind; a live node of the same
+//! firm takes each over by a compare-and-set on that subject (JetStream's
+//! expected last sequence), so exactly one node wins each record, and
+//! every later write of the old owner fails the same check: its callback
+//! has moved, and it never dials it.
+//!
+//! Why the owner is in the record and not in the subject: moving a
+//! callback is then one conditional write, with nothing between two
+//! writes for a crash to fall into. Why the owner's every write is
+//! conditional: a node that was only cut off (not dead) must learn it was
+//! taken over before it dials, and the dial itself is fenced by such a
+//! write (`Dialing`).
+//!
+//! Sans-IO like the rest of the crate: the driver reads and writes the
+//! stream, this module says what a record is and what to do with one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::summary::{WireError, valid_name};
+
+/// The stream's name.
+pub const STREAM: &str = "CENTRALINO_WORK";
+
+/// The subjects the stream holds.
+pub const SUBJECTS: &str = "centralino.v1.work.>";
+
+/// The subjects of callbacks.
+pub const CALLBACK_SUBJECTS: &str = "centralino.v1.work.cb.>";
+
+/// Largest record accepted (bytes).
+pub const MAX_RECORD_BYTES: usize = 8 * 1024;
+
+/// The subject of callback `id`, if `id` can be one token of a subject.
+pub fn callback_subject(id: &str) -> Option<String> {
+    valid_id(id).then(|| format!("centralino.v1.work.cb.{id}"))
+}
+
+/// A callback id that is one subject token: 1 to 64 of `[A-Za-z0-9_-]`.
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// Where a mirrored callback stands, as far as another node cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkState {
+    /// Waiting for its time and an operator (or claimed, not dialled).
+    Pending,
+    /// The citizen is being (or was) dialled by its owner.
+    Dialing,
+    /// Finished (done, failed, cancelled, or moved): nothing to take.
+    Closed,
+}
+
+/// One callback, as its owner mirrors it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackWork {
+    /// The id (the same on every node it moves to).
+    pub id: String,
+    /// Its queue.
+    pub queue: String,
+    /// The number to call; absent once closed (no number is kept on the
+    /// stream longer than it is needed).
+    pub number: Option<String>,
+    /// Not before (Unix seconds).
+    pub not_before: Option<i64>,
+    /// Extra requirements.
+    pub requirements: Option<String>,
+    /// Priority.
+    pub priority: i32,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When it was asked for (Unix seconds): it keeps its place.
+    pub created_at: i64,
+    /// Where it came from (api, ivr).
+    pub source: String,
+}
+
+/// The record on the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkRecord {
+    /// The node that owns it now.
+    pub owner: String,
+    /// The firm of its queue.
+    pub tenant: String,
+    /// Where it stands.
+    pub state: WorkState,
+    /// The callback.
+    pub callback: CallbackWork,
+}
+
+impl WorkRecord {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a record from the stream, every size and name bounded
+    /// (anyone holding a NATS credential can write one).
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        let r: Self =
+            serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if !valid_name(&r.owner) {
+            return Err(WireError::BadName("owner"));
+        }
+        if !valid_id(&r.callback.id) {
+            return Err(WireError::BadName("id"));
+        }
+        let c = &r.callback;
+        if r.tenant.len() > 200 || c.queue.is_empty() || c.queue.len() > 200 {
+            return Err(WireError::BadName("queue"));
+        }
+        if c.number
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 64)
+            || c.requirements.as_ref().is_some_and(|r| r.len() > 2048)
+            || c.source.len() > 32
+        {
+            return Err(WireError::BadName("callback"));
+        }
+        if r.state != WorkState::Closed && c.number.is_none() {
+            return Err(WireError::BadName("number"));
+        }
+        Ok(r)
+    }
+}
+
+/// What a node does with a record it read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing: someone else's live work, closed work, or a queue this
+    /// node does not serve.
+    Leave,
+    /// Take it over from its dead owner: write `record` (owned by this
+    /// node) conditionally on the sequence read; if that write wins,
+    /// keep the callback as `as_`.
+    TakeOver {
+        /// The record to write.
+        record: Box<WorkRecord>,
+        /// What it becomes here.
+        as_: Taken,
+    },
+    /// This node's own open work that its store does not have (it took
+    /// it over and died before keeping it): keep it.
+    Adopt(Taken),
+}
+
+/// What a callback taken over becomes on its new node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Waiting: it will be called.
+    Pending,
+    /// Its old owner had dialled the citizen when it died: they may have
+    /// talked, so it is not dialled again (a person looks at it, as after
+    /// a crash on one node).
+    Interrupted,
+}
+
+/// Decides about one record: `me` is this node, `up` says whether a node
+/// is alive (`false` for a node silent for three heartbeats or never
+/// heard from since this node's picture settled), `serves` whether this
+/// node has the queue for that firm.
+pub fn verdict(
+    record: &WorkRecord,
+    me: &str,
+    up: impl Fn(&str) -> bool,
+    serves: impl Fn(&str, &str) -> bool,
+) -> Verdict {
+    let taken = match record.state {
+        WorkState::Closed => return Verdict::Leave,
+        WorkState::Pending => Taken::Pending,
+        WorkState::Dialing => Taken::Interrupted,
+    };
+    if record.owner == me {
+        return Verdict::Adopt(taken);
+    }
+    if up(&record.owner) || !serves(&record.tenant, &record.callback.queue) {
+        return Verdict::Leave;
+    }
+    let mut mine = record.clone();
+    mine.owner = me.to_owned();
+    if taken == Taken::Interrupted {
+        // Closed on the stream: the new owner keeps it as failed, and no
+        // third node takes it again.
+        mine.state = WorkState::Closed;
+        mine.callback.number = None;
+    }
+    Verdict::TakeOver {
+        record: Box::new(mine),
+        as_: taken,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(owner: &str, state: WorkState) -> WorkRecord {
+        WorkRecord {
+            owner: owner.into(),
+            tenant: "asl".into(),
+            state,
+            callback: CallbackWork {
+                id: "0123456789abcdef0123456789abcdef".into(),
+                queue: "richiamate".into(),
+                number: Some("+393470000001".into()),
+                not_before: None,
+                requirements: None,
+                priority: 0,
+                attempts: 1,
+                created_at: 1_700_000_000,
+                source: "api".into(),
+            },
+        }
+    }
+
+    fn serves(t: &str, q: &str) -> bool {
+        t == "asl" && q == "richiamate"
+    }
+
+    #[test]
+    fn a_dead_nodes_pending_callback_is_taken_by_a_node_of_its_firm() {
+        let r = record("milano-1", WorkState::Pending);
+        let v = verdict(&r, "napoli-1", |_| false, serves);
+        let Verdict::TakeOver { record, as_ } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(record.owner, "napoli-1");
+        assert_eq!(record.state, WorkState::Pending);
+        assert_eq!(record.callback, r.callback);
+        assert_eq!(as_, Taken::Pending);
+        // Alive, or another firm's queue: left alone.
+        assert_eq!(verdict(&r, "napoli-1", |_| true, serves), Verdict::Leave);
+        assert_eq!(
+            verdict(&r, "napoli-1", |_| false, |_, _| false),
+            Verdict::Leave
+        );
+    }
+
+    #[test]
+    fn a_callback_being_dialled_when_its_node_died_is_never_dialled_again() {
+        let r = record("milano-1", WorkState::Dialing);
+        let Verdict::TakeOver { record, as_ } = verdict(&r, "napoli-1", |_| false, serves) else {
+            panic!()
+        };
+        assert_eq!(as_, Taken::Interrupted);
+        assert_eq!(record.state, WorkState::Closed);
+        assert_eq!(record.callback.number, None, "no number kept once closed");
+        assert_eq!(
+            verdict(&record, "roma-1", |_| false, serves),
+            Verdict::Leave
+        );
+    }
+
+    #[test]
+    fn own_open_work_the_store_lacks_is_adopted_and_closed_work_left() {
+        assert_eq!(
+            verdict(
+                &record("napoli-1", WorkState::Pending),
+                "napoli-1",
+                |_| true,
+                serves
+            ),
+            Verdict::Adopt(Taken::Pending)
+        );
+        assert_eq!(
+            verdict(
+                &record("milano-1", WorkState::Closed),
+                "napoli-1",
+                |_| false,
+                serves
+            ),
+            Verdict::Leave
+        );
+    }
+
+    #[test]
+    fn records_from_the_stream_are_read_bounded() {
+        let r = record("milano-1", WorkState::Pending);
+        assert_eq!(WorkRecord::decode(&r.encode()).unwrap(), r);
+        let mut bad = r.clone();
+        bad.owner = "milano 1".into();
+        assert!(WorkRecord::decode(&bad.encode()).is_err());
+        let mut bad = r.clone();
+        bad.callback.id = "a.b".into();
+        assert!(WorkRecord::decode(&bad.encode()).is_err());
+        let mut bad = r.clone();
+        bad.callback.number = None;
+        assert!(WorkRecord::decode(&bad.encode()).is_err());
+        assert!(WorkRecord::decode(&vec![b' '; MAX_RECORD_BYTES + 1]).is_err());
+        assert!(WorkRecord::decode(b"{\"owner\":1}").is_err());
+        assert_eq!(callback_subject("a.b"), None);
+        assert_eq!(
+            callback_subject("abc").as_deref(),
+            Some("centralino.v1.work.cb.abc")
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! The callback scheduler: claims due callbacks from the store, as many
+//! as free operators can take, within each queue's callback hours, and
+//! hands them to the engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use centralino_b2bua::DueCallback;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::handle::EngineInput;
+
+/// How often due callbacks are claimed from the store.
+const CALLBACK_POLL: Duration = Duration::from_secs(1);
+/// Most callbacks claimed at once.
+const CALLBACK_BATCH: usize = 50;
+
+/// Claims due callbacks and hands them to the engine, once a second.
+pub(crate) async fn callback_scheduler(
+    sink: centralino_store::service::RecordSink,
+    tx: mpsc::Sender<EngineInput>,
+    hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
+    draining: Arc<AtomicBool>,
+    desks: Option<crate::api::Desks>,
+    work_ready: Option<Arc<AtomicBool>>,
+) {
+    let mut tick = tokio::time::interval(CALLBACK_POLL);
+    // Per queue: callbacks claimed here so far. A view that has seen fewer
+    // started (`callbacks_started`) was built before some claims reached
+    // the engine: those are still on their way and take room.
+    let mut claimed: HashMap<String, u64> = HashMap::new();
+    loop {
+        tick.tick().await;
+        // A node shutting down starts no callback: the next one (or this
+        // one after its restart) takes them.
+        if draining.load(Ordering::Relaxed) {
+            continue;
+        }
+        // In a national network with the work stream, a callback is
+        // dialled only while the stream can fence it (exactly once).
+        if work_ready
+            .as_ref()
+            .is_some_and(|r| !r.load(Ordering::Relaxed))
+        {
+            continue;
+        }
+        // Citizens are called only within their queue's callback hours
+        // (e.g. fragile people Mon-Fri 08:00-18:00, Europe/Rome).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut open: Vec<String> = hours
+            .iter()
+            .filter(|(_, cal)| cal.as_ref().is_none_or(|c| c.open(now)))
+            .map(|(q, _)| q.clone())
+            .collect();
+        // Only as many as free operators can take, from queues that have
+        // one: a callback claimed holds two RTP port pairs and spends an
+        // attempt, so claiming for nobody starves live calls of ports.
+        let mut limit = CALLBACK_BATCH;
+        let views = desks.as_ref().map(crate::api::Desks::queues);
+        if let Some(views) = &views {
+            let room: HashMap<&str, u32> = views
+                .iter()
+                .map(|v| {
+                    let on_the_way = claimed
+                        .get(&v.name)
+                        .map_or(0, |&c| c.saturating_sub(v.callbacks_started));
+                    let on_the_way = u32::try_from(on_the_way).unwrap_or(u32::MAX);
+                    (v.name.as_str(), v.callback_room.saturating_sub(on_the_way))
+                })
+                .collect();
+            open.retain(|q| room.get(q.as_str()).is_some_and(|&r| r > 0));
+            let total: u32 = open.iter().filter_map(|q| room.get(q.as_str())).sum();
+            limit = limit.min(total as usize);
+        }
+        if open.is_empty() || limit == 0 {
+            continue;
+        }
+        let due = match sink.claim_due(limit, open).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "cannot read due callbacks");
+                continue;
+            }
+        };
+        if due.is_empty() {
+            continue;
+        }
+        for c in &due {
+            *claimed.entry(c.queue.clone()).or_default() += 1;
+        }
+        let due = due
+            .into_iter()
+            .map(|c| DueCallback {
+                id: c.id,
+                queue: c.queue,
+                number: c.number,
+                requirements: c.requirements,
+                priority: c.priority,
+                created_unix: c.created_at,
+                attempt: c.attempts,
+                campaign: None,
+            })
+            .collect();
+        if tx.send(EngineInput::Callbacks(due)).await.is_err() {
+            return;
+        }
+    }
+}

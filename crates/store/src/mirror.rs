@@ -1,0 +1,331 @@
+//! What the national network needs of the callbacks table: which rows
+//! changed since they were last mirrored on the cluster's work stream,
+//! the stream sequence of each (the next write is conditional on it),
+//! callbacks taken over from a dead node, and callbacks another node took
+//! from this one (`moved`: never dialled here).
+//!
+//! A version counter kept by a trigger marks every change, so none of
+//! the writers (API, IVR, scheduler, engine) has to remember the mirror;
+//! on a node without `[cluster]` the counters are all there is.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::{COLUMNS, Callback, Status, Store, StoreError, callback};
+
+/// Schema migration: version and mirrored version per callback, and the
+/// stream sequence of its record.
+pub(crate) const MIGRATION: &str = "ALTER TABLE callbacks ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE callbacks ADD COLUMN mirrored INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE callbacks ADD COLUMN mirror_seq INTEGER;
+    CREATE TRIGGER callbacks_version AFTER UPDATE OF status, not_before, priority, requirements, attempts, dialed ON callbacks
+        BEGIN UPDATE callbacks SET version = OLD.version + 1 WHERE id = NEW.id; END;
+    CREATE INDEX callbacks_unmirrored ON callbacks (id) WHERE version > mirrored;";
+
+/// A callback as the mirror sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirrored {
+    /// The callback.
+    pub callback: Callback,
+    /// Its citizen has been dialled (in progress).
+    pub dialed: bool,
+    /// Its version now.
+    pub version: i64,
+    /// The stream sequence of its last record (`None`: never mirrored).
+    pub seq: Option<u64>,
+}
+
+/// What keeping a callback taken over did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// Stored: it will be called here (or, interrupted, looked at).
+    New,
+    /// The same citizen already waits for a callback of that queue here:
+    /// kept as cancelled (`duplicate`), and the one here is called.
+    Duplicate,
+    /// Already here (kept before a crash, or this node's own).
+    Known,
+}
+
+const MIRROR_COLUMNS: &str = "dialed, version, mirror_seq";
+
+fn mirrored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Mirrored> {
+    let seq: Option<i64> = row.get(14)?;
+    Ok(Mirrored {
+        callback: callback(row)?,
+        dialed: row.get::<_, i64>(12)? != 0,
+        version: row.get(13)?,
+        seq: seq.and_then(|s| u64::try_from(s).ok()),
+    })
+}
+
+impl Store {
+    /// Up to `limit` callbacks changed since last mirrored (never the
+    /// ones moved away: they are not this node's to write).
+    pub fn unmirrored(&self, limit: usize) -> Result<Vec<Mirrored>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS}, {MIRROR_COLUMNS} FROM callbacks WHERE version > mirrored AND status != 'moved' LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map(params![limit as i64], mirrored_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One callback as the mirror sees it.
+    pub fn mirror_state(&self, id: &str) -> Result<Option<Mirrored>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS}, {MIRROR_COLUMNS} FROM callbacks WHERE id = ?1"),
+                params![id],
+                mirrored_row,
+            )
+            .optional()?)
+    }
+
+    /// Version `version` of callback `id` is on the stream at `seq` (a
+    /// later change stays to mirror).
+    pub fn set_mirrored(&mut self, id: &str, version: i64, seq: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE callbacks SET mirrored = MAX(mirrored, ?2), mirror_seq = ?3 WHERE id = ?1",
+            params![id, version, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The stream holds this node's own record of `id` at `seq` (a write
+    /// whose acknowledgement was lost): the next write is checked
+    /// against it.
+    pub fn set_mirror_seq(&mut self, id: &str, seq: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE callbacks SET mirror_seq = ?2 WHERE id = ?1",
+            params![id, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Another node took callback `id` over: it is never dialled here.
+    /// Returns whether it was still open here.
+    pub fn set_moved(&mut self, id: &str, to: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE callbacks SET status = 'moved', outcome = ?2, updated_at = ?3 WHERE id = ?1 AND status IN ('pending', 'in_progress')",
+            params![id, format!("moved_to:{to}"), now],
+        )? == 1)
+    }
+
+    /// Every open callback is written to the stream again (the stream
+    /// forgets records after a while; open ones must stay).
+    pub fn remirror_open(&mut self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE callbacks SET mirrored = 0 WHERE status IN ('pending', 'in_progress')",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// Every open callback here (pending or in progress), with the
+    /// sequence of its record: to check against the stream after a
+    /// restart.
+    pub fn open_mirrored(&self) -> Result<Vec<(String, Option<u64>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, mirror_seq FROM callbacks WHERE status IN ('pending', 'in_progress')",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let seq: Option<i64> = r.get(1)?;
+            Ok((r.get(0)?, seq.and_then(|s| u64::try_from(s).ok())))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps a callback taken over from another node (record at `seq` on
+    /// the stream, already this node's): pending, or failed with outcome
+    /// `interrupted` when its old node had dialled the citizen. A
+    /// callback this node once gave away comes back the same way.
+    pub fn keep_taken(
+        &mut self,
+        cb: &Callback,
+        interrupted: bool,
+        seq: u64,
+        now: i64,
+    ) -> Result<Kept, StoreError> {
+        let (status, outcome) = if interrupted {
+            (Status::Failed, Some("interrupted"))
+        } else {
+            (Status::Pending, cb.outcome.as_deref())
+        };
+        self.atomically(|s| {
+            let here: Option<String> = s
+                .conn
+                .query_row(
+                    "SELECT status FROM callbacks WHERE id = ?1",
+                    params![cb.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match here.as_deref() {
+                None => {}
+                Some("moved") => {
+                    // Back to this node: the row's version moves on with
+                    // the update, and what the stream has is its record.
+                    s.conn.execute(
+                        "DELETE FROM callbacks WHERE id = ?1",
+                        params![cb.id],
+                    )?;
+                }
+                Some(_) => {
+                    s.set_mirror_seq(&cb.id, seq)?;
+                    return Ok(Kept::Known);
+                }
+            }
+            let duplicate: bool = status == Status::Pending
+                && s.conn
+                    .query_row(
+                        "SELECT 1 FROM callbacks WHERE queue = ?1 AND number = ?2 AND status IN ('pending', 'in_progress')",
+                        params![cb.queue, cb.number],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+            let (status, outcome, mirrored) = if duplicate {
+                // Mirrored again (as closed) so no one else calls it.
+                (Status::Cancelled, Some("duplicate"), 0)
+            } else {
+                (status, outcome, 1)
+            };
+            s.conn.execute(
+                "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at, dialed, version, mirrored, mirror_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 1, ?13, ?14)",
+                params![
+                    cb.id,
+                    cb.queue,
+                    cb.number,
+                    cb.not_before,
+                    cb.requirements,
+                    cb.priority,
+                    status.as_str(),
+                    cb.attempts,
+                    outcome,
+                    cb.source,
+                    cb.created_at,
+                    now,
+                    mirrored,
+                    seq as i64,
+                ],
+            )?;
+            Ok(if duplicate { Kept::Duplicate } else { Kept::New })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Created, NewCallback};
+
+    fn new(id: &str, number: &str) -> NewCallback {
+        NewCallback {
+            queue: "richiamate".into(),
+            ..crate::tests::new(id, number)
+        }
+    }
+
+    fn store(name: &str) -> Store {
+        Store::open(&crate::tests::temp(&format!("mirror-{name}"))).unwrap()
+    }
+
+    #[test]
+    fn every_change_is_mirrored_once_and_moved_callbacks_are_never_written() {
+        let mut s = store("changes");
+        let Created::New(_) = s.create_callback(&new("a", "+39347001"), 100).unwrap() else {
+            panic!()
+        };
+        let m = s.unmirrored(10).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].version, m[0].seq, m[0].dialed), (1, None, false));
+        s.set_mirrored("a", 1, 7).unwrap();
+        assert!(s.unmirrored(10).unwrap().is_empty());
+        // A claim and a dial are changes to mirror.
+        let claimed = s.claim_due(200, 10, &|_| true).unwrap();
+        assert_eq!(claimed.len(), 1);
+        let m = s.unmirrored(10).unwrap();
+        assert_eq!(
+            (m[0].seq, m[0].callback.status),
+            (Some(7), Status::InProgress)
+        );
+        // A change after the read stays to mirror.
+        let v = m[0].version;
+        assert!(s.mark_dialed("a", 201).unwrap());
+        s.set_mirrored("a", v, 8).unwrap();
+        let m = s.unmirrored(10).unwrap();
+        assert!(m[0].dialed && m[0].version > v && m[0].seq == Some(8));
+        // Moved away: never mirrored by this node again, never claimed.
+        assert!(s.set_moved("a", "napoli-1", 300).unwrap());
+        assert!(s.unmirrored(10).unwrap().is_empty());
+        let cb = s.get_callback("a").unwrap().unwrap();
+        assert_eq!(cb.status, Status::Moved);
+        assert_eq!(cb.outcome.as_deref(), Some("moved_to:napoli-1"));
+        assert!(!s.set_moved("a", "roma-1", 301).unwrap());
+        assert!(s.open_mirrored().unwrap().is_empty());
+    }
+
+    #[test]
+    fn callbacks_taken_over_are_kept_once_and_duplicates_closed() {
+        let mut s = store("taken");
+        let cb = Callback {
+            id: "b".into(),
+            queue: "richiamate".into(),
+            number: "+39347002".into(),
+            not_before: None,
+            requirements: None,
+            priority: 3,
+            status: Status::Pending,
+            attempts: 1,
+            outcome: None,
+            source: "ivr".into(),
+            created_at: 50,
+            updated_at: 60,
+        };
+        assert_eq!(s.keep_taken(&cb, false, 11, 100).unwrap(), Kept::New);
+        assert_eq!(s.keep_taken(&cb, false, 12, 100).unwrap(), Kept::Known);
+        assert_eq!(s.open_mirrored().unwrap(), vec![("b".into(), Some(12))]);
+        assert!(s.unmirrored(10).unwrap().is_empty(), "the stream has it");
+        let got = s.get_callback("b").unwrap().unwrap();
+        assert_eq!((got.priority, got.created_at, got.attempts), (3, 50, 1));
+        // The same citizen already waits here: closed as a duplicate, and
+        // mirrored so no third node calls it.
+        let Created::New(_) = s.create_callback(&new("c", "+39347003"), 100).unwrap() else {
+            panic!()
+        };
+        let dup = Callback {
+            id: "d".into(),
+            number: "+39347003".into(),
+            ..cb.clone()
+        };
+        assert_eq!(s.keep_taken(&dup, false, 13, 100).unwrap(), Kept::Duplicate);
+        let d = s.get_callback("d").unwrap().unwrap();
+        assert_eq!(d.status, Status::Cancelled);
+        assert!(
+            s.unmirrored(10)
+                .unwrap()
+                .iter()
+                .any(|m| m.callback.id == "d")
+        );
+        // Dialled by the dead node: kept as failed, interrupted.
+        let e = Callback {
+            id: "e".into(),
+            number: "+39347004".into(),
+            ..cb.clone()
+        };
+        assert_eq!(s.keep_taken(&e, true, 14, 100).unwrap(), Kept::New);
+        let e = s.get_callback("e").unwrap().unwrap();
+        assert_eq!(
+            (e.status, e.outcome.as_deref()),
+            (Status::Failed, Some("interrupted"))
+        );
+        // Given away, then back: pending here again.
+        assert!(s.set_moved("b", "roma-1", 200).unwrap());
+        assert_eq!(s.keep_taken(&cb, false, 20, 300).unwrap(), Kept::New);
+        assert_eq!(
+            s.get_callback("b").unwrap().unwrap().status,
+            Status::Pending
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! Three nodes of one firm on 127.0.0.1, 127.0.0.2 and 127.0.0.3, a real
+//! `nats-server` with JetStream, `durability = "jetstream"`: node B dies
+//! (kill -9) in the middle of a call; A's waiting caller stays queued and
+//! is answered by C's operator once one is free; B's pending callbacks
+//! are taken over by C and each citizen is called exactly once; B, back,
+//! finds them moved and calls nobody.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::cluster::{Nats, peer_up, wait_cluster};
+use crate::common::{Node, Scratch, Sipp, free_port, json, register, scenario, trunk_to};
+
+const ADMIN: &str = "cluster-admin-token";
+
+/// A node of firm `asl` named `name`, SIP on `host`; `callbacks`: it has
+/// the callback queue `richiamate`.
+fn config(
+    name: &str,
+    host: &str,
+    nats: u16,
+    citizen: u16,
+    callbacks: bool,
+) -> impl Fn(u16, u16) -> String {
+    let (name, host) = (name.to_owned(), host.to_owned());
+    // One key for the network's nodes: records on the stream are sealed.
+    let key = std::env::temp_dir().join(format!("centralino-work-{}.key", std::process::id()));
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    move |sip, http| {
+        let (queues, richiamate) = if callbacks {
+            (
+                "\"info\", \"richiamate\"",
+                "\n[[queues]]\nname = \"richiamate\"\ntenant = \"asl\"\nring_timeout_seconds = 10\n",
+            )
+        } else {
+            ("\"info\"", "")
+        };
+        let mut s = format!(
+            r#"[sip]
+listen = ["{host}:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[api.tokens]]
+name = "admin"
+token = "{ADMIN}"
+role = "admin"
+
+[[tenants]]
+name = "asl"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+outbound = "127.0.0.1:{citizen}"
+caller_id = "+39800123456"
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "asl"
+ring_timeout_seconds = 10
+max_wait_seconds = 600
+{richiamate}
+[cluster]
+node = "{name}"
+nats_url = "nats://127.0.0.1:{nats}"
+durability = "jetstream"
+work_key_file = {key:?}
+"#
+        );
+        for u in 1001..=1003 {
+            s.push_str(&format!(
+                "\n[[agents]]\nusername = \"{u}\"\npassword = \"demo{u}\"\ntenant = \"asl\"\nqueues = [{queues}]\n"
+            ));
+        }
+        s
+    }
+}
+
+fn callbacks(node: &Node, status: &str) -> Vec<serde_json::Value> {
+    let (code, body) = node.http(
+        "GET",
+        &format!("/api/v1/callbacks?status={status}&limit=1000"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    json(&body)["callbacks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_callbacks(node: &Node, status: &str, n: usize) {
+    let start = std::time::Instant::now();
+    while callbacks(node, status).len() != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{status}: {} of {n}\n{}",
+            callbacks(node, status).len(),
+            node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_dead_nodes_callbacks_are_called_once_by_another_node_and_its_waiting_callers_are_served() {
+    let (sa, sb, sc) = (
+        Scratch::new("work-a"),
+        Scratch::new("work-b"),
+        Scratch::new("work-c"),
+    );
+    let port = free_port();
+    let _nats = jetstream(&sa, port);
+    let mut citizen = crate::common::far_end(&sa, "citizen", "citizen_answer.xml", 3, "120s");
+    let a = node(&sa, "roma-1", "127.0.0.1", port, citizen.port, false);
+    let mut b = node(&sb, "milano-1", "127.0.0.2", port, citizen.port, true);
+    let c = node(&sc, "napoli-1", "127.0.0.3", port, citizen.port, true);
+    wait_cluster(&a, "roma-1 sees the two others", |v| {
+        peer_up(v, "milano-1") == Some(true) && peer_up(v, "napoli-1") == Some(true)
+    });
+
+    // B's one operator takes a call that arrived on A (handed over), and
+    // is on it when B dies.
+    let b_phone = Sipp::spawn(
+        &sb,
+        "phone",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "120s"],
+    );
+    register(&sb, &b, &[1001], b_phone.port, |u| format!("demo{u}"));
+    let first = trunk_to(
+        &sa,
+        &a,
+        "first",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "60000"],
+    );
+    b.wait_metric(
+        "centralino_cluster_handovers_total{outcome=\"taken\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    // Three citizens ask B to be called back; its operator is busy, so
+    // none is claimed. Each is on the work stream before B dies.
+    for i in 1..=3 {
+        let (code, body) = b.http(
+            "POST",
+            "/api/v1/callbacks",
+            Some(ADMIN),
+            Some(&format!(
+                r#"{{"queue": "richiamate", "number": "+3934700000{i}"}}"#
+            )),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"mirrored\"}",
+        Duration::from_secs(10),
+        |v| v >= 3.0,
+    );
+    assert_eq!(callbacks(&b, "pending").len(), 3);
+    // A second caller waits on A: nobody is free anywhere.
+    let mut second = trunk_to(&sa, &a, "second", "trunk_hangup_by_agent.xml", &["-m", "1"]);
+    a.wait_metric(
+        "centralino_queue_calls{queue=\"info\"}",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+
+    b.kill_hard();
+    drop(b_phone);
+    drop(first);
+    wait_cluster(&a, "roma-1 marks milano-1 down", |v| {
+        peer_up(v, "milano-1") == Some(false)
+    });
+    // The caller waiting on A is still there, in its place.
+    assert!(a.metric("centralino_queue_calls{queue=\"info\"}") >= 1.0);
+
+    // Operators log in on C: A's caller is answered there, and C calls
+    // B's three citizens back, each once.
+    let c_phones = talking_phones(&sc, &c, &[1001, 1002]);
+    second.expect_success(Duration::from_secs(60));
+    citizen.expect_success(Duration::from_secs(60));
+    wait_callbacks(&c, "done", 3);
+    assert_eq!(
+        c.metric("centralino_cluster_work_total{event=\"taken_over\"}"),
+        3.0
+    );
+    assert_eq!(
+        a.metric_or_zero("centralino_cluster_work_total{event=\"taken_over\"}"),
+        0.0,
+        "roma-1 has no callback queue: not its firm's work to take"
+    );
+    let mut called: HashMap<String, u32> = HashMap::new();
+    for line in citizen.log_lines() {
+        if let Some(n) = line
+            .split("called INVITE sip:")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+        {
+            *called.entry(n.trim().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(called.len(), 3, "{called:?}");
+    assert!(called.values().all(|&n| n == 1), "{called:?}");
+
+    // B comes back on its own store, its operator free: its three
+    // callbacks were taken over, so it marks them moved and calls nobody.
+    let b = node(&sb, "milano-1", "127.0.0.2", port, citizen.port, true);
+    let moved = callbacks(&b, "moved");
+    assert_eq!(moved.len(), 3, "{moved:?}");
+    assert!(
+        moved.iter().all(|m| m["outcome"] == "moved_to:napoli-1"),
+        "{moved:?}"
+    );
+    assert!(callbacks(&b, "pending").is_empty());
+    assert!(callbacks(&b, "in_progress").is_empty());
+    drop(c_phones);
+}
+
+/// Anyone holding only a NATS credential writes a record that claims
+/// another node owns a callback: it is not sealed with the network's key,
+/// so the node that holds the callback ignores it and calls the citizen,
+/// once.
+#[test]
+fn a_record_planted_without_the_key_moves_nothing() {
+    let sb = Scratch::new("work-planted");
+    let port = free_port();
+    let _nats = jetstream(&sb, port);
+    let mut citizen = crate::common::far_end(&sb, "citizen", "citizen_answer.xml", 1, "120s");
+    let b = node(&sb, "milano-1", "127.0.0.1", port, citizen.port, true);
+    let id = ask_callback(&b, "+393470000009");
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"mirrored\"}",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    let record = format!(
+        r#"{{"owner":"napoli-1","tenant":"asl","state":"pending","callback":{{"id":"{id}","queue":"richiamate","number":"+393470000009","not_before":null,"requirements":null,"priority":0,"attempts":0,"created_at":1,"source":"api"}}}}"#
+    );
+    crate::cluster::nats_publish(port, &format!("centralino.v1.work.cb.{id}"), &record);
+    let _phones = talking_phones(&sb, &b, &[1001]);
+    citizen.expect_success(Duration::from_secs(30));
+    wait_callbacks(&b, "done", 1);
+    assert_eq!(
+        b.metric_or_zero("centralino_cluster_work_total{event=\"moved_away\"}"),
+        0.0
+    );
+}
+
+/// Node B is frozen (SIGSTOP: alive, silent, as a partition leaves it)
+/// with a callback pending; C takes it over and calls the citizen. B,
+/// thawed, with an operator free, finds at its first write (or at the
+/// fence before the dial) that the callback moved: the citizen's phone
+/// rings once in all.
+#[test]
+fn a_callback_taken_over_while_its_node_was_frozen_is_never_dialled_there() {
+    let (sb, sc) = (Scratch::new("work-frozen-b"), Scratch::new("work-frozen-c"));
+    let port = free_port();
+    let _nats = jetstream(&sb, port);
+    let mut citizen = crate::common::far_end(&sb, "citizen", "citizen_answer.xml", 1, "120s");
+    let b = node(&sb, "milano-1", "127.0.0.2", port, citizen.port, true);
+    let c = node(&sc, "napoli-1", "127.0.0.3", port, citizen.port, true);
+    wait_cluster(&c, "napoli-1 sees milano-1", |v| {
+        peer_up(v, "milano-1") == Some(true)
+    });
+    ask_callback(&b, "+393470000007");
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"mirrored\"}",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    b.freeze(true);
+    wait_cluster(&c, "napoli-1 marks milano-1 down", |v| {
+        peer_up(v, "milano-1") == Some(false)
+    });
+    c.wait_metric(
+        "centralino_cluster_work_total{event=\"taken_over\"}",
+        Duration::from_secs(90),
+        |v| v == 1.0,
+    );
+    let _c_phone = talking_phones(&sc, &c, &[1001]);
+    citizen.expect_success(Duration::from_secs(30));
+    wait_callbacks(&c, "done", 1);
+    // B thaws; its operator is free: the callback is found moved.
+    b.freeze(false);
+    let b_phone = Sipp::spawn(
+        &sb,
+        "phones",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&sb, &b, &[1001], b_phone.port, |u| format!("demo{u}"));
+    wait_callbacks(&b, "moved", 1);
+    assert_eq!(callbacks(&b, "moved")[0]["outcome"], "moved_to:napoli-1");
+    assert!(callbacks(&b, "pending").is_empty());
+    assert_eq!(
+        citizen
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("called INVITE"))
+            .count(),
+        1,
+        "the citizen's phone rang once"
+    );
+}
+
+fn ask_callback(node: &Node, number: &str) -> String {
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(ADMIN),
+        Some(&format!(
+            r#"{{"queue": "richiamate", "number": "{number}"}}"#
+        )),
+    );
+    assert_eq!(code, 201, "{body}");
+    json(&body)["id"].as_str().unwrap().to_owned()
+}
+
+/// A `nats-server` with JetStream, its store in the scratch directory.
+fn jetstream(scratch: &Scratch, port: u16) -> Nats {
+    let store = scratch.path("jetstream");
+    Nats::start_args(scratch, port, &["-js", "-sd", store.to_str().unwrap()])
+}
+
+/// Operators `users` of `node` on SIPp phones that answer every call,
+/// talk a second and hang up.
+fn talking_phones(scratch: &Scratch, node: &Node, users: &[u32]) -> Sipp {
+    let phones = Sipp::spawn(
+        scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-d",
+            "1000",
+            "-timeout",
+            "120s",
+        ],
+    );
+    register(scratch, node, users, phones.port, |u| format!("demo{u}"));
+    phones
+}
+
+/// A node of [`config`] whose SIP listens on `host`, its work stream
+/// ready (read and writable) when this returns.
+fn node(
+    scratch: &Scratch,
+    name: &str,
+    host: &'static str,
+    nats: u16,
+    citizen: u16,
+    callbacks: bool,
+) -> Node {
+    let n = Node::start_toml(scratch, config(name, host, nats, citizen, callbacks)).on_host(host);
+    n.wait_metric(
+        "centralino_cluster_work_ready",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    n
+}
