@@ -471,7 +471,7 @@ fn a_lending_node_killed_mid_ring_sends_the_call_back_to_its_place() {
 
 /// A bare NATS client (the protocol's text form): publishes `payload` on
 /// `subject` with a reply inbox and returns the first reply.
-fn nats_request(port: u16, subject: &str, payload: &str) -> String {
+pub(crate) fn nats_request(port: u16, subject: &str, payload: &str) -> String {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -502,6 +502,11 @@ fn nats_request(port: u16, subject: &str, payload: &str) -> String {
 
 /// Publishes `payload` on `subject` (no reply), flushed by a PING.
 pub(crate) fn nats_publish(port: u16, subject: &str, payload: &str) {
+    nats_publish_bytes(port, subject, payload.as_bytes());
+}
+
+/// Publishes `payload` (bytes) on `subject` with a bare NATS client.
+pub(crate) fn nats_publish_bytes(port: u16, subject: &str, payload: &[u8]) {
     use std::io::{BufRead, BufReader, Write};
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -510,10 +515,12 @@ pub(crate) fn nats_publish(port: u16, subject: &str, payload: &str) {
     r.read_line(&mut line).unwrap();
     write!(
         s,
-        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n{payload}\r\nPING\r\n",
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n",
         payload.len()
     )
     .unwrap();
+    s.write_all(payload).unwrap();
+    s.write_all(b"\r\nPING\r\n").unwrap();
     loop {
         line.clear();
         r.read_line(&mut line).unwrap();

@@ -70,6 +70,7 @@ node = "{name}"
 nats_url = "nats://127.0.0.1:{nats}"
 durability = "jetstream"
 work_key_file = {key:?}
+takeover_after_seconds = 3
 "#
         );
         for u in 1001..=1003 {
@@ -225,14 +226,16 @@ fn a_dead_nodes_callbacks_are_called_once_by_another_node_and_its_waiting_caller
 
 /// Anyone holding only a NATS credential writes a record that claims
 /// another node owns a callback: it is not sealed with the network's key,
-/// so the node that holds the callback ignores it and calls the citizen,
-/// once.
+/// so it moves nothing; but the node can no longer confirm the callback is
+/// its own, so it dials nobody: the callback is kept `failed`, outcome
+/// `unconfirmed`, for a person (never a second call, never a call placed
+/// on a stranger's word).
 #[test]
-fn a_record_planted_without_the_key_moves_nothing() {
+fn a_record_planted_without_the_key_moves_nothing_and_dials_nobody() {
     let sb = Scratch::new("work-planted");
     let port = free_port();
     let _nats = jetstream(&sb, port);
-    let mut citizen = crate::common::far_end(&sb, "citizen", "citizen_answer.xml", 1, "120s");
+    let citizen = crate::common::far_end(&sb, "citizen", "citizen_answer.xml", 1, "120s");
     let b = node(&sb, "milano-1", "127.0.0.1", port, citizen.port, true);
     let id = ask_callback(&b, "+393470000009");
     b.wait_metric(
@@ -245,11 +248,25 @@ fn a_record_planted_without_the_key_moves_nothing() {
     );
     crate::cluster::nats_publish(port, &format!("centralino.v1.work.cb.{id}"), &record);
     let _phones = talking_phones(&sb, &b, &[1001]);
-    citizen.expect_success(Duration::from_secs(30));
-    wait_callbacks(&b, "done", 1);
+    wait_callbacks(&b, "failed", 1);
+    let failed = callbacks(&b, "failed");
+    assert_eq!(failed[0]["outcome"], "unconfirmed", "{failed:?}");
+    assert!(b.metric("centralino_cluster_work_total{event=\"unconfirmed\"}") >= 1.0);
     assert_eq!(
         b.metric_or_zero("centralino_cluster_work_total{event=\"moved_away\"}"),
         0.0
+    );
+    assert!(
+        !citizen
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("called INVITE")),
+        "the citizen's phone must not ring"
+    );
+    b.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"asl\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
     );
 }
 
@@ -364,4 +381,123 @@ fn node(
         |v| v == 1.0,
     );
     n
+}
+
+/// A callback done on B leaves its closed record on the stream; someone
+/// holding a NATS credential replays B's first (open) record of it, then
+/// B dies: the replayed record does not follow its predecessor, so C
+/// refuses it and the citizen is not called again.
+#[test]
+fn a_replayed_record_makes_no_node_call_again() {
+    let (sb, sc) = (Scratch::new("work-replay-b"), Scratch::new("work-replay-c"));
+    let port = free_port();
+    let _nats = jetstream(&sb, port);
+    let mut citizen = crate::common::far_end(&sb, "citizen", "citizen_answer.xml", 1, "120s");
+    let mut b = node(&sb, "milano-1", "127.0.0.2", port, citizen.port, true);
+    let c = node(&sc, "napoli-1", "127.0.0.3", port, citizen.port, true);
+    let _c_phones = talking_phones(&sc, &c, &[1001]);
+    let id = ask_callback(&b, "+393470000005");
+    let subject = format!("centralino.v1.work.cb.{id}");
+    let first = wait_record(port, &subject);
+    // B's operator logs in and calls the citizen back.
+    let _b_phones = talking_phones(&sb, &b, &[1001]);
+    citizen.expect_success(Duration::from_secs(30));
+    wait_callbacks(&b, "done", 1);
+    let store = centralino_store::Store::open(&sb.path("data").join("centralino.db")).unwrap();
+    let start = std::time::Instant::now();
+    while !store.unmirrored(10).unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the closed record is written"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::cluster::nats_publish_bytes(port, &subject, &first);
+    b.kill_hard();
+    c.wait_metric(
+        "centralino_cluster_work_total{event=\"refused\"}",
+        Duration::from_secs(30),
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        c.metric_or_zero("centralino_cluster_work_total{event=\"taken_over\"}"),
+        0.0
+    );
+    assert!(callbacks(&c, "pending").is_empty());
+    assert!(callbacks(&c, "done").is_empty());
+}
+
+/// B dies (kill -9) while its citizen's phone rings: C keeps the callback
+/// as failed, `interrupted` (the citizen may have answered), never dials
+/// it; B, restarted, finds it closed elsewhere, stops writing it (no
+/// endless retry), and dials nobody.
+#[test]
+fn a_node_killed_mid_dial_leaves_its_callback_to_a_person_not_to_a_second_dial() {
+    let (sb, sc) = (
+        Scratch::new("work-middial-b"),
+        Scratch::new("work-middial-c"),
+    );
+    let port = free_port();
+    let _nats = jetstream(&sb, port);
+    // The citizen's phone rings and nobody answers.
+    let citizen = Sipp::spawn(
+        &sb,
+        "citizen",
+        &["-sf", &scenario("agent_noanswer.xml"), "-timeout", "120s"],
+    );
+    let mut b = node(&sb, "milano-1", "127.0.0.2", port, citizen.port, true);
+    let c = node(&sc, "napoli-1", "127.0.0.3", port, citizen.port, true);
+    let _c_phones = talking_phones(&sc, &c, &[1001]);
+    let id = ask_callback(&b, "+393470000004");
+    let b_phones = talking_phones(&sb, &b, &[1001]);
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"fence_go\"}",
+        Duration::from_secs(30),
+        |v| v >= 1.0,
+    );
+    b.kill_hard();
+    drop(b_phones);
+    wait_callbacks(&c, "failed", 1);
+    let failed = callbacks(&c, "failed");
+    assert_eq!(failed[0]["id"], id.as_str());
+    assert_eq!(failed[0]["outcome"], "interrupted", "{failed:?}");
+    assert_eq!(
+        c.metric_or_zero("centralino_cluster_work_total{event=\"fence_go\"}"),
+        0.0,
+        "never dialled by C"
+    );
+    let b = node(&sb, "milano-1", "127.0.0.2", port, citizen.port, true);
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"moved_away\"}",
+        Duration::from_secs(15),
+        |v| v >= 1.0,
+    );
+    let store = centralino_store::Store::open(&sb.path("data").join("centralino.db")).unwrap();
+    assert!(
+        store.unmirrored(10).unwrap().is_empty(),
+        "B no longer writes a callback C holds"
+    );
+    assert!(callbacks(&b, "pending").is_empty());
+    assert!(callbacks(&b, "in_progress").is_empty());
+}
+
+/// Waits for the work stream's last record on `subject` and returns its
+/// sealed bytes (as an attacker holding a node's NATS credential could).
+fn wait_record(port: u16, subject: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let start = std::time::Instant::now();
+    loop {
+        let reply = crate::cluster::nats_request(
+            port,
+            "$JS.API.STREAM.MSG.GET.CENTRALINO_WORK",
+            &format!(r#"{{"last_by_subj":"{subject}"}}"#),
+        );
+        if let Some(data) = json(&reply)["message"]["data"].as_str() {
+            return base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{reply}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -58,9 +58,10 @@ pub enum WorkState {
     Closed,
 }
 
-/// One callback, as its owner mirrors it.
+/// One callback, as its owner mirrors it. Unknown fields are allowed: a
+/// newer node's record stays readable by an older one (records are
+/// sealed: only the nodes write them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CallbackWork {
     /// The id (the same on every node it moves to).
     pub id: String,
@@ -85,8 +86,13 @@ pub struct CallbackWork {
 
 /// The record on the stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WorkRecord {
+    /// The stream sequence this record was written over (the subject's
+    /// last, checked by the stream at the write; 0 for the first): a
+    /// record replayed later does not follow the one before it, and is
+    /// refused by [`chained`].
+    #[serde(default)]
+    pub prev: u64,
     /// The node that owns it now.
     pub owner: String,
     /// The firm of its queue.
@@ -134,6 +140,15 @@ impl WorkRecord {
         }
         Ok(r)
     }
+}
+
+/// Whether the subject's last record, at stream sequence `last_seq`,
+/// follows the one before it: `before` is the sequence of the subject's
+/// message before it, if the stream still has one (it keeps two per
+/// subject). A replayed record names a `prev` that is not its
+/// predecessor: never trusted.
+pub fn chained(record: &WorkRecord, last_seq: u64, before: Option<u64>) -> bool {
+    record.prev < last_seq && before == (record.prev != 0).then_some(record.prev)
 }
 
 /// What a node does with a record it read.
@@ -208,6 +223,7 @@ mod tests {
 
     fn record(owner: &str, state: WorkState) -> WorkRecord {
         WorkRecord {
+            prev: 0,
             owner: owner.into(),
             tenant: "asl".into(),
             state,
@@ -286,6 +302,20 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_record_does_not_follow_its_predecessor() {
+        let mut r = record("milano-1", WorkState::Pending);
+        // The first record of a subject: nothing before it.
+        assert!(chained(&r, 5, None));
+        assert!(!chained(&r, 9, Some(5)), "replayed over a later record");
+        // Written over seq 5, which the stream still has before it.
+        r.prev = 5;
+        assert!(chained(&r, 9, Some(5)));
+        assert!(!chained(&r, 12, Some(9)), "replayed after another write");
+        assert!(!chained(&r, 9, None), "its predecessor is gone");
+        assert!(!chained(&r, 4, Some(5)));
+    }
+
+    #[test]
     fn records_from_the_stream_are_read_bounded() {
         let r = record("milano-1", WorkState::Pending);
         assert_eq!(WorkRecord::decode(&r.encode()).unwrap(), r);
@@ -299,6 +329,13 @@ mod tests {
         bad.callback.number = None;
         assert!(WorkRecord::decode(&bad.encode()).is_err());
         assert!(WorkRecord::decode(&vec![b' '; MAX_RECORD_BYTES + 1]).is_err());
+        // A newer node's field is no reason to lose the record.
+        let mut v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
+        v["later"] = serde_json::json!(1);
+        assert_eq!(
+            WorkRecord::decode(&serde_json::to_vec(&v).unwrap()).unwrap(),
+            r
+        );
         assert!(WorkRecord::decode(b"{\"owner\":1}").is_err());
         assert_eq!(callback_subject("a.b"), None);
         assert_eq!(

@@ -19,6 +19,7 @@ pub(super) struct RawCluster {
     sip_address: Option<String>,
     durability: Option<String>,
     work_key_file: Option<String>,
+    takeover_after_seconds: Option<u64>,
 }
 
 /// `[[agreements]]` as written.
@@ -65,6 +66,9 @@ pub struct ClusterConfig {
     /// A file holding the key (32 bytes, hex) that seals callback
     /// records on the work stream: shared by the nodes, never sent.
     pub work_key_file: Option<PathBuf>,
+    /// A node silent this long is dead for its callbacks: the others take
+    /// them over (`takeover_after_seconds`, default 30).
+    pub takeover_after: std::time::Duration,
 }
 
 /// Where a node's callbacks outlive it.
@@ -175,9 +179,17 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
             "durability = \"jetstream\" needs a key file shared by the nodes (32 random bytes as 64 hex digits, e.g. `openssl rand -hex 32`): callback records are sealed with it, so the NATS servers never see a citizen's number and nobody without it can plant one",
         );
     }
+    let takeover_after = raw.takeover_after_seconds.unwrap_or(30);
+    if !(3..=3600).contains(&takeover_after) {
+        p.add(
+            "cluster.takeover_after_seconds",
+            "3 to 3600 (how long a node is silent before its callbacks are taken over)",
+        );
+    }
     ClusterConfig {
         node: raw.node.clone(),
         durability,
+        takeover_after: std::time::Duration::from_secs(takeover_after),
         work_key_file: raw.work_key_file.as_ref().map(PathBuf::from),
         nats_urls: urls,
         token_file: raw.token_file.as_ref().map(PathBuf::from),

@@ -147,6 +147,12 @@ pub enum EngineInput {
         /// The callback's call.
         call: CallId,
     },
+    /// A callback's dial was refused by the national work stream (another
+    /// node owns it now): not dialled, nothing recorded of it here.
+    CallbackGone {
+        /// The callback's call.
+        call: CallId,
+    },
     /// Graceful shutdown: refuse new calls; say when none is left.
     Drain(tokio::sync::oneshot::Sender<()>),
     /// End every call, flush the records, stop.

@@ -25,7 +25,7 @@ pub(crate) async fn callback_scheduler(
     hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
     draining: Arc<AtomicBool>,
     desks: Option<crate::api::Desks>,
-    work_ready: Option<Arc<AtomicBool>>,
+    work_ready: Option<(Arc<AtomicBool>, crate::work::Claims)>,
 ) {
     let mut tick = tokio::time::interval(CALLBACK_POLL);
     // Per queue: callbacks claimed here so far. A view that has seen fewer
@@ -43,7 +43,7 @@ pub(crate) async fn callback_scheduler(
         // dialled only while the stream can fence it (exactly once).
         if work_ready
             .as_ref()
-            .is_some_and(|r| !r.load(Ordering::Relaxed))
+            .is_some_and(|(r, _)| !r.load(Ordering::Relaxed))
         {
             continue;
         }
@@ -92,6 +92,15 @@ pub(crate) async fn callback_scheduler(
         }
         for c in &due {
             *claimed.entry(c.queue.clone()).or_default() += 1;
+        }
+        if let Some((_, claims)) = &work_ready {
+            // Each claim's token (its version now, before the engine can
+            // change it), for its fence and dial mark.
+            let ids: Vec<String> = due.iter().map(|c| c.id.clone()).collect();
+            match sink.handle().with(move |s| s.versions(&ids)).await {
+                Ok(v) => claims.insert(v),
+                Err(e) => warn!(error = %e, "cannot read the claimed callbacks' versions"),
+            }
         }
         let due = due
             .into_iter()

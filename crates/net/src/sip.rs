@@ -168,18 +168,15 @@ impl SipServer {
         // Callbacks that outlive this node: mirrored on the national work
         // stream, each dial fenced there first.
         let (mut work_ready, mut fence, mut work) = (None, None, None);
-        if let (Some(c), Some(sink), Some(d), Some(key)) = (
-            &config.cluster,
-            &records,
-            &desks,
-            config
-                .cluster
-                .as_ref()
-                .and_then(|c| c.work_key_file.as_ref()),
-        ) && c.durability == centralino_config::Durability::JetStream
+        if let (Some(c), Some(sink), Some(d)) = (&config.cluster, &records, &desks)
+            && let (centralino_config::Durability::JetStream, Some(key)) =
+                (c.durability, &c.work_key_file)
         {
-            let (ready, f, links) = crate::work::links(key, sink.handle(), d.clone(), net.clone())?;
-            (work_ready, fence, work) = (Some(ready), Some(f), Some(links));
+            let can_dial = config.trunks.iter().any(|t| t.outbound.is_some());
+            let w = crate::work::links(c, key, sink.handle(), d.clone(), net.clone(), can_dial)?;
+            work_ready = Some((w.ready, w.claims.clone()));
+            fence = Some((w.fence, w.claims));
+            work = Some(w.links);
         }
         if let Some(sink) = &records
             && config.trunks.iter().any(|t| t.outbound.is_some())
@@ -696,8 +693,8 @@ async fn run_engine(
                 }
                 Output::CallbackState { id, state } => match (&records, state) {
                     (Some(sink), CallbackState::Dialing { call }) if clients.fence.is_some() => {
-                        if let Some(f) = &clients.fence {
-                            crate::work::dialing(f, sink, answers.clone(), id, call);
+                        if let Some((f, claims)) = &clients.fence {
+                            crate::work::dialing(f, claims, sink, answers.clone(), id, call);
                         }
                     }
                     (Some(sink), CallbackState::Dialing { call }) => {
@@ -872,8 +869,9 @@ struct Clients {
     metrics: NetMetrics,
     /// The national network's driver (offers and releases to send).
     cluster: Option<mpsc::Sender<crate::cluster::ClusterOut>>,
-    /// The work stream's fence before a callback is dialled.
-    fence: Option<mpsc::Sender<crate::work::Fence>>,
+    /// The work stream's fence before a callback is dialled, and the
+    /// claims' tokens it checks.
+    fence: Option<(mpsc::Sender<crate::work::Fence>, crate::work::Claims)>,
 }
 
 impl Clients {
@@ -1062,6 +1060,7 @@ fn handle(
             engine.callback_dialing(now, call, recorded);
         }
         EngineInput::CallbackHeld { call } => engine.callback_held(now, call),
+        EngineInput::CallbackGone { call } => engine.callback_gone(now, call),
         EngineInput::Pause {
             agent,
             paused,

@@ -2,21 +2,25 @@
 //! "jetstream"`): the driver of `centralino_cluster::work`. Every change
 //! to a callback in this node's store is mirrored, within a fraction of a
 //! second, as one record on the JetStream stream `CENTRALINO_WORK`, each
-//! write conditional on the sequence of the previous one. When a node is
-//! down, a live node of the same firm takes each of its open callbacks
-//! over with the same compare-and-set: one node wins each. Before this
-//! node dials a citizen it writes `dialing` the same way (the fence): a
-//! node that was only cut off learns there that its callback moved, and
-//! does not dial it. So each callback is dialled by one node, once.
+//! write conditional on the sequence of the previous one and naming it
+//! (so a record replayed later is told from a real one). When a node has
+//! been silent for `takeover_after_seconds`, a live node of the same firm
+//! that can dial takes each of its open callbacks over with the same
+//! compare-and-set: one node wins each. Before this node dials a citizen
+//! it writes `dialing` the same way (the fence): a node that was only cut
+//! off learns there that its callback moved, and does not dial it. A
+//! record that cannot be read or trusted never makes a node dial: its
+//! callback is kept as `failed`, outcome `unconfirmed`, for a person. So
+//! each callback is dialled by one node, at most once.
 //!
 //! The price, said plainly: while this node cannot reach the stream, it
 //! dials no callback (they wait, pending, nothing lost); inbound calls
 //! and routing go on as alone. Exactly once and dialling through a
 //! partition cannot both be had.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{Context, ContextBuilder, PublishErrorKind};
@@ -26,7 +30,7 @@ use axum::body::Bytes;
 use centralino_cluster::work::{
     self as w, CALLBACK_SUBJECTS, CallbackWork, Taken, Verdict, WorkRecord, WorkState,
 };
-use centralino_store::service::StoreHandle;
+use centralino_store::service::{StoreHandle, unix_now};
 use centralino_store::{Callback, Kept, Mirrored, Status};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,32 +46,63 @@ const MIRROR_BATCH: usize = 256;
 /// Longest wait for the stream's acknowledgement of a write.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the whole stream is read again for dead nodes' work, on top
-/// of each node going down.
+/// of each node passing `takeover_after_seconds` of silence.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// How often this node writes all its open callbacks again (the stream
-/// forgets records after `MAX_AGE`).
-const REFRESH_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// An open callback not written for this long is written again (the
+/// stream forgets records after `MAX_AGE`); checked every `REFRESH_EVERY`.
+const REFRESH_AFTER: i64 = 24 * 3600;
+const REFRESH_EVERY: Duration = Duration::from_secs(600);
 /// Records older than this leave the stream (a closed one is no longer
 /// needed; an open one is written again daily).
 const MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
-/// Most records read in one pass.
-const MAX_SCAN: usize = 1_000_000;
+/// Records kept per callback: the last and the one before it, so a
+/// record's `prev` can be checked against its real predecessor.
+const PER_SUBJECT: i64 = 2;
+/// Most messages read in one pass.
+const MAX_SCAN: usize = 2_000_000;
 /// Most fences waiting for the driver.
 pub(crate) const FENCE_QUEUE: usize = 1024;
+/// Most claims whose token waits for their dial.
+const MAX_CLAIMS: usize = 100_000;
 
-/// Asks whether this node may dial callback `id` now.
+/// Each claimed callback's version at its claim, by id: the token its
+/// fence and dial mark act on (a claim requeued and claimed again is
+/// another claim). Written by the scheduler, taken at the dial.
+#[derive(Clone, Default)]
+pub(crate) struct Claims(Arc<Mutex<HashMap<String, i64>>>);
+
+impl Claims {
+    pub(crate) fn insert(&self, tokens: Vec<(String, i64)>) {
+        if let Ok(mut c) = self.0.lock() {
+            if c.len() + tokens.len() > MAX_CLAIMS {
+                // Claims that never reached a dial (failed, no operator):
+                // forgotten; a dial without its token is not fenced (held).
+                c.clear();
+            }
+            c.extend(tokens);
+        }
+    }
+
+    fn take(&self, id: &str) -> Option<i64> {
+        self.0.lock().ok().and_then(|mut c| c.remove(id))
+    }
+}
+
+/// Asks whether this node may dial callback `id` (claimed at `version`).
 pub(crate) struct Fence {
-    pub(crate) id: String,
-    pub(crate) reply: oneshot::Sender<Fenced>,
+    id: String,
+    version: Option<i64>,
+    reply: oneshot::Sender<Fenced>,
 }
 
 /// The fence's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fenced {
-    /// Written `dialing` on the stream: dial.
-    Go,
-    /// Another node took it over (now marked `moved` here), or it is no
-    /// longer in progress here: do not dial.
+enum Fenced {
+    /// Written `dialing` on the stream: dial (after marking that claim).
+    Go(i64),
+    /// Another node took it over (now `moved` here), its record cannot be
+    /// trusted (now `failed`, `unconfirmed`), or the claim is no longer
+    /// the one asking: do not dial, say nothing of it.
     Gone,
     /// The stream cannot be reached: do not dial; it goes back to
     /// pending without counting the attempt.
@@ -77,76 +112,98 @@ pub(crate) enum Fenced {
 /// Who is alive, as the cluster driver sees it each heartbeat.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Liveness {
-    /// NATS connected.
-    pub(crate) connected: bool,
-    /// Connected long enough (three heartbeats) for the picture to hold
-    /// every live node: only then is a silent node dead.
-    pub(crate) settled: bool,
-    /// The other nodes heard from recently.
-    pub(crate) up: HashSet<String>,
-    /// The nodes heard from once and silent now.
-    pub(crate) down: BTreeSet<String>,
+    /// Connected to NATS for this long (`None`: not connected).
+    connected_for: Option<Duration>,
+    /// Each node heard from once: how long it has been silent.
+    silent: HashMap<String, Duration>,
 }
 
-/// Liveness from the membership: settled once connected for four
-/// heartbeats (a live node has been heard from by then).
+/// Liveness from the membership.
 pub(crate) fn liveness(
     m: &centralino_cluster::Membership,
     connected_for: Option<Duration>,
     now: Instant,
 ) -> Liveness {
-    let mut l = Liveness {
-        connected: connected_for.is_some(),
-        settled: connected_for.is_some_and(|d| d >= crate::cluster::HEARTBEAT * 4),
-        ..Liveness::default()
-    };
-    for v in m.nodes(now) {
-        if v.up {
-            l.up.insert(v.node.to_owned());
-        } else {
-            l.down.insert(v.node.to_owned());
-        }
+    Liveness {
+        connected_for,
+        silent: m
+            .nodes(now)
+            .map(|v| (v.node.to_owned(), v.silent))
+            .collect(),
     }
-    l
+}
+
+impl Liveness {
+    /// Nodes silent for `after` or more.
+    fn dead(&self, after: Duration) -> BTreeSet<String> {
+        self.silent
+            .iter()
+            .filter(|(_, s)| **s >= after)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Connected long enough that a node never heard from is not alive.
+    fn settled(&self, after: Duration) -> bool {
+        self.connected_for.is_some_and(|d| d >= after)
+    }
 }
 
 /// What the driver works with.
 pub(crate) struct WorkLinks {
-    pub(crate) store: StoreHandle,
-    pub(crate) desks: Desks,
-    pub(crate) metrics: NetMetrics,
+    store: StoreHandle,
+    desks: Desks,
+    metrics: NetMetrics,
     /// Callbacks may be claimed (the scheduler reads it).
-    pub(crate) ready: Arc<AtomicBool>,
-    pub(crate) fences: mpsc::Receiver<Fence>,
-    /// Seals and opens records.
-    pub(crate) key: Sealer,
+    ready: Arc<AtomicBool>,
+    fences: mpsc::Receiver<Fence>,
+    key: Sealer,
+    /// This node places calls (an outbound trunk): only such a node takes
+    /// another's callbacks over.
+    can_dial: bool,
+    /// A node silent this long is dead for its callbacks.
+    takeover_after: Duration,
 }
 
-/// The pieces made before the node's tasks start: the scheduler's flag
-/// and the engine's fence sender, and the driver's end. Fails when the
-/// key file cannot be used (the node does not start: a node that could
-/// neither read nor seal records would hold its callbacks for ever).
+/// The driver's side of the node's work stream, made before the node's
+/// tasks start, and what the node keeps: the scheduler's flag, the
+/// engine's fence sender, the claims' tokens.
+pub(crate) struct Work {
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) fence: mpsc::Sender<Fence>,
+    pub(crate) claims: Claims,
+    pub(crate) links: WorkLinks,
+}
+
+/// Fails when the key file cannot be used (the node does not start: a
+/// node that could neither read nor seal records would hold its
+/// callbacks for ever).
 pub(crate) fn links(
+    config: &centralino_config::ClusterConfig,
     key_file: &std::path::Path,
     store: StoreHandle,
     desks: Desks,
     metrics: NetMetrics,
-) -> Result<(Arc<AtomicBool>, mpsc::Sender<Fence>, WorkLinks), crate::NetError> {
+    can_dial: bool,
+) -> Result<Work, crate::NetError> {
     let key = Sealer::from_file(key_file)?;
     let ready = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel(FENCE_QUEUE);
-    Ok((
-        ready.clone(),
-        tx,
-        WorkLinks {
+    let (fence, rx) = mpsc::channel(FENCE_QUEUE);
+    Ok(Work {
+        ready: ready.clone(),
+        fence,
+        claims: Claims::default(),
+        links: WorkLinks {
             store,
             desks,
             metrics,
             ready,
             fences: rx,
             key,
+            can_dial,
+            takeover_after: config.takeover_after,
         },
-    ))
+    })
 }
 
 /// Seals records (AES-256-GCM, the subject as associated data, a random
@@ -227,11 +284,36 @@ enum PutError {
     Unavailable(String),
 }
 
-struct Driver {
+/// A callback's last record, as far as this node can trust it.
+enum Last {
+    /// The stream has none.
+    None,
+    /// One this node cannot open, or one that does not follow its
+    /// predecessor (replayed): never acted on.
+    Untrusted,
+    /// Its record at that sequence.
+    Record(u64, Box<WorkRecord>),
+}
+
+/// What a refused write of ours leaves to do.
+enum Settled {
+    /// The stream has our own open record at another sequence (an
+    /// acknowledgement lost): write again next round.
+    Retry,
+    /// Not ours to write any more (moved or unconfirmed).
+    Stop,
+}
+
+/// What the mirror loop and the fence task share.
+struct Shared {
     node: String,
     ctx: Context,
-    stream: Option<Stream>,
-    links: WorkLinks,
+    store: StoreHandle,
+    desks: Desks,
+    metrics: NetMetrics,
+    key: Sealer,
+    ready: Arc<AtomicBool>,
+    can_dial: bool,
 }
 
 /// Runs the driver on `client` until the node stops.
@@ -239,98 +321,123 @@ pub(crate) async fn run(
     client: async_nats::Client,
     node: String,
     links: WorkLinks,
-    mut liveness: watch::Receiver<Liveness>,
+    liveness: watch::Receiver<Liveness>,
 ) {
-    let ctx = ContextBuilder::new().timeout(ACK_TIMEOUT).build(client);
-    let mut d = Driver {
+    let WorkLinks {
+        store,
+        desks,
+        metrics,
+        ready,
+        fences,
+        key,
+        can_dial,
+        takeover_after,
+    } = links;
+    let d = Arc::new(Shared {
         node,
-        ctx,
-        stream: None,
-        links,
-    };
+        ctx: ContextBuilder::new().timeout(ACK_TIMEOUT).build(client),
+        store,
+        desks,
+        metrics,
+        key,
+        ready,
+        can_dial,
+    });
+    // Fences on their own task: a long pass never holds up a dial.
+    tokio::spawn(fence_task(d.clone(), fences));
     let mut tick = tokio::time::interval(MIRROR_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reconciled = false;
-    let mut complained = false;
-    let mut swept_down: BTreeSet<String> = BTreeSet::new();
+    let (mut opened, mut reconciled, mut complained) = (false, false, false);
+    let mut swept: BTreeSet<String> = BTreeSet::new();
     let mut sweep_at = Instant::now();
-    let mut refresh_at = Instant::now() + REFRESH_EVERY;
+    let mut refresh_at = Instant::now();
     loop {
-        tokio::select! {
-            f = d.links.fences.recv() => {
-                let Some(f) = f else { return };
-                let answer = if d.links.ready.load(Ordering::Relaxed) {
-                    d.fence(&f.id).await
-                } else {
-                    Fenced::Unavailable
-                };
-                d.count(match answer {
-                    Fenced::Go => "fence_go",
-                    Fenced::Gone => "fence_gone",
-                    Fenced::Unavailable => "unavailable",
-                });
-                let _ = f.reply.send(answer);
-            }
-            _ = tick.tick() => {
-                let live = liveness.borrow_and_update().clone();
-                if !live.connected {
-                    d.set_ready(false);
-                    // What happened meanwhile is read again on return.
-                    reconciled = false;
-                    continue;
+        tick.tick().await;
+        let live = liveness.borrow().clone();
+        if live.connected_for.is_none() {
+            d.set_ready(false);
+            // What happened meanwhile is read again on return.
+            reconciled = false;
+            continue;
+        }
+        if !opened {
+            match d.open_stream().await {
+                Ok(()) => {
+                    info!("national network: work stream {} ready", w::STREAM);
+                    (opened, complained) = (true, false);
                 }
-                if d.stream.is_none() {
-                    match d.ctx.get_or_create_stream(stream_config()).await {
-                        Ok(s) => {
-                            info!("national network: work stream {} ready", w::STREAM);
-                            complained = false;
-                            d.stream = Some(s);
-                        }
-                        Err(e) => {
-                            if !complained {
-                                warn!(error = %e, "national network: cannot open the work stream (is JetStream on?); callbacks wait");
-                                complained = true;
-                            }
-                            d.count("unavailable");
-                            continue;
-                        }
+                Err(e) => {
+                    if !complained {
+                        warn!(error = %e, "national network: cannot open the work stream (is JetStream on?); callbacks wait");
+                        complained = true;
                     }
-                }
-                if !reconciled {
-                    match d.pass(&live).await {
-                        Ok(()) => {
-                            reconciled = true;
-                            d.set_ready(true);
-                            info!("national network: callbacks checked against the work stream");
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "national network: cannot read the work stream; callbacks wait");
-                            d.count("unavailable");
-                            continue;
-                        }
-                    }
-                }
-                if let Err(e) = d.mirror().await {
-                    warn!(error = %e, "national network: cannot write the work stream");
                     d.count("unavailable");
-                    d.set_ready(false);
-                    reconciled = false;
                     continue;
-                }
-                let newly_down = live.down.iter().any(|n| !swept_down.contains(n));
-                if live.settled && (newly_down || Instant::now() >= sweep_at) {
-                    if let Err(e) = d.pass(&live).await {
-                        warn!(error = %e, "national network: cannot read the work stream for dead nodes' callbacks");
-                    }
-                    swept_down = live.down.clone();
-                    sweep_at = Instant::now() + SWEEP_EVERY;
-                }
-                if Instant::now() >= refresh_at {
-                    refresh_at = Instant::now() + REFRESH_EVERY;
-                    let _ = d.links.store.with(|s| s.remirror_open()).await;
                 }
             }
         }
+        if !reconciled {
+            match d.pass(&live, takeover_after).await {
+                Ok(()) => {
+                    reconciled = true;
+                    d.set_ready(true);
+                    info!("national network: callbacks checked against the work stream");
+                }
+                Err(e) => {
+                    warn!(error = %e, "national network: cannot read the work stream; callbacks wait");
+                    d.count("unavailable");
+                    // The stream itself may be gone: opened again.
+                    opened = false;
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = d.mirror().await {
+            warn!(error = %e, "national network: cannot write the work stream; callbacks wait");
+            d.count("unavailable");
+            d.set_ready(false);
+            (opened, reconciled) = (false, false);
+            continue;
+        }
+        let dead = live.dead(takeover_after);
+        let newly_dead = dead.iter().any(|n| !swept.contains(n));
+        if live.settled(takeover_after) && (newly_dead || Instant::now() >= sweep_at) {
+            match d.pass(&live, takeover_after).await {
+                Ok(()) => {
+                    swept = dead;
+                    sweep_at = Instant::now() + SWEEP_EVERY;
+                }
+                Err(e) => {
+                    warn!(error = %e, "national network: cannot read the work stream for dead nodes' callbacks");
+                    sweep_at = Instant::now() + Duration::from_secs(5);
+                }
+            }
+        }
+        if Instant::now() >= refresh_at {
+            refresh_at = Instant::now() + REFRESH_EVERY;
+            let before = unix_now() - REFRESH_AFTER;
+            let _ = d.store.with(move |s| s.refresh_mirror(before)).await;
+        }
+    }
+}
+
+async fn fence_task(d: Arc<Shared>, mut fences: mpsc::Receiver<Fence>) {
+    while let Some(f) = fences.recv().await {
+        // Its dial gave up waiting: nothing is written for it.
+        if f.reply.is_closed() {
+            continue;
+        }
+        let answer = match f.version {
+            Some(v) if d.ready.load(Ordering::Relaxed) => d.fence(&f.id, v).await,
+            // No token: the claim is older than this driver knows.
+            Some(_) | None => Fenced::Unavailable,
+        };
+        d.count(match answer {
+            Fenced::Go(_) => "fence_go",
+            Fenced::Gone => "fence_gone",
+            Fenced::Unavailable => "unavailable",
+        });
+        let _ = f.reply.send(answer);
     }
 }
 
@@ -338,32 +445,62 @@ fn stream_config() -> stream::Config {
     stream::Config {
         name: w::STREAM.to_owned(),
         subjects: vec![w::SUBJECTS.to_owned()],
-        max_messages_per_subject: 1,
+        max_messages_per_subject: PER_SUBJECT,
         max_messages: 10_000_000,
         max_age: MAX_AGE,
-        max_message_size: i32::try_from(w::MAX_RECORD_BYTES).unwrap_or(i32::MAX),
+        max_message_size: i32::try_from(w::MAX_RECORD_BYTES * 2).unwrap_or(i32::MAX),
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::Old,
         ..Default::default()
     }
 }
 
-impl Driver {
+impl Shared {
     fn count(&self, event: &str) {
-        self.links
-            .metrics
-            .cluster_work
-            .with_label_values(&[event])
-            .inc();
+        self.metrics.cluster_work.with_label_values(&[event]).inc();
     }
 
     fn set_ready(&self, ready: bool) {
-        if self.links.ready.swap(ready, Ordering::Relaxed) != ready {
-            self.links.metrics.cluster_work_ready.set(i64::from(ready));
+        if self.ready.swap(ready, Ordering::Relaxed) != ready {
+            self.metrics.cluster_work_ready.set(i64::from(ready));
             if !ready {
                 warn!("national network: work stream unreachable; callbacks wait until it returns");
             }
         }
+    }
+
+    /// Opens the stream, creating it if no node has yet; one whose
+    /// settings someone weakened (one record per callback, no age) is put
+    /// back to what the checks need.
+    async fn open_stream(&self) -> Result<(), String> {
+        let want = stream_config();
+        let s = self
+            .ctx
+            .get_or_create_stream(want.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let have = &s.cached_info().config;
+        if have.max_messages_per_subject != want.max_messages_per_subject
+            || have.subjects != want.subjects
+            || have.max_age != want.max_age
+        {
+            warn!(
+                stream = w::STREAM,
+                "national network: the work stream's settings differ from what the checks need; setting them again"
+            );
+            self.ctx
+                .update_stream(want)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn stream(&self) -> Result<Stream<()>, String> {
+        self.ctx
+            .get_stream_no_info(w::STREAM)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The record this node writes for `m` (`None`: not ours to write).
@@ -377,6 +514,7 @@ impl Driver {
             Status::Moved => return None,
         };
         Some(WorkRecord {
+            prev: 0,
             owner: self.node.clone(),
             tenant: tenants.get(&c.queue).cloned().unwrap_or_default(),
             state,
@@ -395,21 +533,22 @@ impl Driver {
     }
 
     fn tenants(&self) -> HashMap<String, String> {
-        self.links
-            .desks
+        self.desks
             .queues()
             .iter()
             .map(|q| (q.name.clone(), q.tenant.clone()))
             .collect()
     }
 
-    /// Writes `record` if the subject's last sequence is still `expect`.
+    /// Writes `record` over sequence `expect` (the subject's last), naming
+    /// it in the record.
     async fn put(&self, record: &WorkRecord, expect: u64) -> Result<u64, PutError> {
         let Some(subject) = w::callback_subject(&record.callback.id) else {
             return Err(PutError::Conflict);
         };
+        let mut record = record.clone();
+        record.prev = expect;
         let sealed = self
-            .links
             .key
             .seal(&subject, &record.encode())
             .ok_or_else(|| PutError::Unavailable("cannot seal".into()))?;
@@ -428,51 +567,92 @@ impl Driver {
         }
     }
 
-    /// The last record of callback `id` on the stream, with its
-    /// sequence (`None`: none).
-    async fn last(&self, id: &str) -> Result<Option<(u64, Option<WorkRecord>)>, String> {
-        let (Some(stream), Some(subject)) = (&self.stream, w::callback_subject(id)) else {
-            return Ok(None);
+    /// The last record of callback `id`, checked against the one before it.
+    async fn last(&self, id: &str) -> Result<Last, String> {
+        let Some(subject) = w::callback_subject(id) else {
+            return Ok(Last::Untrusted);
         };
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => Ok(Some((
-                m.sequence,
-                self.links.key.open(&subject, &m.payload),
-            ))),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+        let stream = self.stream().await?;
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(Last::None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let first = stream
+            .raw_message_builder()
+            .sequence(1)
+            .next_by_subject(subject.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let before = (first.sequence < last.sequence).then_some(first.sequence);
+        Ok(match self.key.open(&subject, &last.payload) {
+            Some(r) if w::chained(&r, last.sequence, before) => {
+                Last::Record(last.sequence, Box::new(r))
+            }
+            _ => {
+                self.count("refused");
+                Last::Untrusted
+            }
+        })
     }
 
-    /// Our write of `id` conflicted: who has it now? Another node: it is
-    /// moved here. Still us (an acknowledgement lost): the next write is
-    /// checked against what the stream has.
-    async fn settle_conflict(&self, id: &str) -> Result<bool, String> {
-        let now = centralino_store::service::unix_now();
-        match self.last(id).await? {
-            Some((_, Some(r))) if r.owner != self.node => {
-                let (id, to) = (id.to_owned(), r.owner.clone());
-                let moved = self
-                    .links
+    /// Our write of `m` was refused: who has it now? Another node: moved
+    /// here. Still us, open (an acknowledgement lost): write again. Gone
+    /// (the stream lost it) while we wrote it recently: write it again
+    /// from nothing. Anything else (unreadable, replayed, our own record
+    /// closed while the row is open, gone long ago): the row is never
+    /// dialled, kept `unconfirmed` for a person.
+    async fn settle_conflict(&self, m: &Mirrored) -> Result<Settled, String> {
+        let now = unix_now();
+        let id = m.callback.id.clone();
+        let open = matches!(m.callback.status, Status::Pending | Status::InProgress);
+        let found = self.last(&id).await?;
+        match found {
+            Last::Record(_, r) if r.owner != self.node => {
+                let to = r.owner.clone();
+                if self
                     .store
                     .with(move |s| s.set_moved(&id, &to, now))
                     .await
-                    .map_err(|e| e.to_string())?;
-                if moved {
-                    warn!(callback = %short(&r.callback.id), to = %r.owner, "national network: callback taken over by another node; not dialled here");
+                    .map_err(|e| e.to_string())?
+                {
+                    warn!(callback = %short(&m.callback.id), to = %r.owner, "national network: callback taken over by another node; not dialled here");
                 }
                 self.count("moved_away");
-                Ok(true)
+                Ok(Settled::Stop)
             }
-            found => {
-                let seq = found.map_or(0, |(s, _)| s);
-                let id = id.to_owned();
-                self.links
-                    .store
+            Last::Record(seq, r) if r.state != WorkState::Closed || !open => {
+                self.store
                     .with(move |s| s.set_mirror_seq(&id, seq))
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(false)
+                Ok(Settled::Retry)
+            }
+            Last::None
+                if m.mirrored_at.is_some_and(|t| {
+                    now - t < i64::try_from(MAX_AGE.as_secs()).unwrap_or(0) - REFRESH_AFTER
+                }) =>
+            {
+                // Only the stream itself lost it (deleted, purged): a
+                // takeover would have left its own record.
+                self.store
+                    .with(move |s| s.set_mirror_seq(&id, 0))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Settled::Retry)
+            }
+            _ => {
+                if self
+                    .store
+                    .with(move |s| s.set_unconfirmed(&id, now))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    warn!(callback = %short(&m.callback.id), "national network: callback's record on the work stream is missing or cannot be trusted; not dialled (failed, unconfirmed)");
+                    self.count("unconfirmed");
+                }
+                Ok(Settled::Stop)
             }
         }
     }
@@ -480,7 +660,6 @@ impl Driver {
     /// Mirrors what changed since the last round.
     async fn mirror(&self) -> Result<(), String> {
         let changed = self
-            .links
             .store
             .with(|s| s.unmirrored(MIRROR_BATCH))
             .await
@@ -489,6 +668,7 @@ impl Driver {
             return Ok(());
         }
         let tenants = self.tenants();
+        let now = unix_now();
         let mut done: Vec<(String, i64, u64)> = Vec::with_capacity(changed.len());
         let mut failure = None;
         for m in &changed {
@@ -496,9 +676,10 @@ impl Driver {
                 continue;
             };
             if w::callback_subject(&m.callback.id).is_none() {
-                // Never an id the node makes; one from an old store is
-                // left local.
-                done.push((m.callback.id.clone(), m.version, m.seq.unwrap_or(0)));
+                // Never an id the node makes; one from an old store stays
+                // local.
+                let id = m.callback.id.clone();
+                let _ = self.store.with(move |s| s.stop_mirroring(&id)).await;
                 continue;
             }
             match self.put(&record, m.seq.unwrap_or(0)).await {
@@ -507,7 +688,10 @@ impl Driver {
                     self.count("mirrored");
                 }
                 Err(PutError::Conflict) => {
-                    self.settle_conflict(&m.callback.id).await?;
+                    if let Err(e) = self.settle_conflict(m).await {
+                        failure = Some(e);
+                        break;
+                    }
                 }
                 Err(PutError::Unavailable(e)) => {
                     failure = Some(e);
@@ -516,11 +700,10 @@ impl Driver {
             }
         }
         if !done.is_empty() {
-            self.links
-                .store
+            self.store
                 .with(move |s| {
                     for (id, version, seq) in &done {
-                        s.set_mirrored(id, *version, *seq)?;
+                        s.set_mirrored(id, *version, *seq, now)?;
                     }
                     Ok(())
                 })
@@ -530,39 +713,39 @@ impl Driver {
         failure.map_or(Ok(()), Err)
     }
 
-    /// Before the citizen of callback `id` is dialled: writes `dialing`
-    /// on the stream, conditional on this node's last record of it.
-    async fn fence(&self, id: &str) -> Fenced {
+    /// Before the citizen of callback `id` (claimed at `version`) is
+    /// dialled: writes `dialing` on the stream, conditional on this node's
+    /// last record of it.
+    async fn fence(&self, id: &str, version: i64) -> Fenced {
         for _ in 0..2 {
             let key = id.to_owned();
-            let Ok(Some(m)) = self.links.store.with(move |s| s.mirror_state(&key)).await else {
+            let Ok(Some(m)) = self.store.with(move |s| s.mirror_state(&key)).await else {
                 return Fenced::Unavailable;
             };
-            if m.callback.status != Status::InProgress || m.dialed {
+            if m.callback.status != Status::InProgress || m.dialed || m.version != version {
                 return Fenced::Gone;
             }
             let Some(mut record) = self.record(&m, &self.tenants()) else {
                 return Fenced::Gone;
             };
             if w::callback_subject(id).is_none() {
-                return Fenced::Go;
+                return Fenced::Go(version);
             }
             record.state = WorkState::Dialing;
             match self.put(&record, m.seq.unwrap_or(0)).await {
                 Ok(seq) => {
-                    let (key, version) = (id.to_owned(), m.version);
-                    // The store's `dialed` follows (its change is mirrored
-                    // again, the same record).
+                    let (key, now) = (id.to_owned(), unix_now());
+                    // The dial mark follows (its change is mirrored again:
+                    // the same record).
                     let _ = self
-                        .links
                         .store
-                        .with(move |s| s.set_mirrored(&key, version, seq))
+                        .with(move |s| s.set_mirrored(&key, version, seq, now))
                         .await;
-                    return Fenced::Go;
+                    return Fenced::Go(version);
                 }
-                Err(PutError::Conflict) => match self.settle_conflict(id).await {
-                    Ok(true) => return Fenced::Gone,
-                    Ok(false) => {}
+                Err(PutError::Conflict) => match self.settle_conflict(&m).await {
+                    Ok(Settled::Stop) => return Fenced::Gone,
+                    Ok(Settled::Retry) => {}
                     Err(_) => return Fenced::Unavailable,
                 },
                 Err(PutError::Unavailable(_)) => return Fenced::Unavailable,
@@ -573,13 +756,13 @@ impl Driver {
 
     /// Reads the whole stream once: this node's own records its store
     /// lacks are kept, its open callbacks another node took are marked
-    /// moved, and (once the picture is settled) dead nodes' open
-    /// callbacks of this node's firms are taken over.
-    async fn pass(&self, live: &Liveness) -> Result<(), String> {
+    /// moved, and (once the picture is settled) the open callbacks of
+    /// nodes silent for `after` are taken over, if this node serves their
+    /// firm's queue and can dial.
+    async fn pass(&self, live: &Liveness, after: Duration) -> Result<(), String> {
         let records = self.scan().await?;
-        let now = centralino_store::service::unix_now();
+        let now = unix_now();
         let mine = self
-            .links
             .store
             .with(|s| s.open_mirrored())
             .await
@@ -588,18 +771,18 @@ impl Driver {
             .iter()
             .map(|r| (r.1.callback.id.as_str(), r))
             .collect();
-        let mut moved = Vec::new();
-        for (id, _) in &mine {
-            if let Some((_, r)) = by_id.get(id.as_str())
-                && r.owner != self.node
-            {
-                moved.push((id.clone(), r.owner.clone()));
-            }
-        }
+        let moved: Vec<(String, String)> = mine
+            .iter()
+            .filter_map(|(id, _)| {
+                by_id
+                    .get(id.as_str())
+                    .filter(|(_, r)| r.owner != self.node)
+                    .map(|(_, r)| (id.clone(), r.owner.clone()))
+            })
+            .collect();
         if !moved.is_empty() {
             let n = moved.len();
-            self.links
-                .store
+            self.store
                 .with(move |s| {
                     for (id, to) in &moved {
                         s.set_moved(id, to, now)?;
@@ -616,12 +799,17 @@ impl Driver {
                 self.count("moved_away");
             }
         }
-        let queues = self.links.desks.queues();
+        let queues = self.desks.queues();
         let serves = |tenant: &str, queue: &str| {
-            queues.iter().any(|q| q.tenant == tenant && q.name == queue)
+            self.can_dial && queues.iter().any(|q| q.tenant == tenant && q.name == queue)
         };
-        // Before the picture settles, everyone counts as alive.
-        let up = |n: &str| !live.settled || live.up.contains(n);
+        // A node heard from is alive until silent for `after`; one never
+        // heard from, until this node has been connected that long.
+        let settled = live.settled(after);
+        let up = |n: &str| match live.silent.get(n) {
+            Some(s) => *s < after,
+            None => !settled,
+        };
         let (mut taken, mut adopted) = (0usize, 0usize);
         for (seq, record) in &records {
             let (keep, as_, event) = match w::verdict(record, &self.node, up, serves) {
@@ -637,7 +825,6 @@ impl Driver {
             let cb = callback(&record.callback, now);
             let interrupted = as_ == Taken::Interrupted;
             let kept = self
-                .links
                 .store
                 .with(move |s| s.keep_taken(&cb, interrupted, keep, now))
                 .await
@@ -665,14 +852,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Every callback record on the stream (the last of each), bounded.
+    /// Every callback's last record on the stream that this node can open
+    /// and that follows its predecessor, with its sequence; at most
+    /// `MAX_SCAN` messages read (every one counts, readable or not).
     async fn scan(&self) -> Result<Vec<(u64, WorkRecord)>, String> {
-        let Some(stream) = &self.stream else {
-            return Ok(Vec::new());
-        };
+        let stream = self.stream().await?;
         let consumer = stream
             .create_consumer(consumer::pull::Config {
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::None,
                 filter_subject: CALLBACK_SUBJECTS.to_owned(),
                 inactive_threshold: Duration::from_secs(30),
@@ -682,9 +869,11 @@ impl Driver {
             .map_err(|e| e.to_string())?;
         let mut pending = consumer.cached_info().num_pending;
         let name = consumer.cached_info().name.clone();
-        let mut out = Vec::new();
-        let mut refused = 0u64;
-        while pending > 0 && out.len() < MAX_SCAN {
+        // Per subject: the last message (sequence, payload) and the
+        // sequence of the one before it.
+        let mut by_subject: HashMap<String, (u64, Bytes, Option<u64>)> = HashMap::new();
+        let mut read = 0usize;
+        while pending > 0 && read < MAX_SCAN {
             let mut batch = consumer
                 .fetch()
                 .max_messages(1000)
@@ -696,21 +885,36 @@ impl Driver {
             while let Some(m) = batch.next().await {
                 let m = m.map_err(|e| e.to_string())?;
                 got += 1;
+                read += 1;
                 let Ok(info) = m.info() else { continue };
                 pending = info.pending;
                 let seq = info.stream_sequence;
-                match self.links.key.open(m.subject.as_str(), &m.payload) {
-                    Some(r) => out.push((seq, r)),
-                    None => refused += 1,
+                let e = by_subject
+                    .entry(m.subject.to_string())
+                    .or_insert((0, Bytes::new(), None));
+                if e.0 != 0 {
+                    e.2 = Some(e.0);
                 }
+                e.0 = seq;
+                e.1 = m.payload.clone();
             }
             if got == 0 {
                 break;
             }
         }
         let _ = stream.delete_consumer(&name).await;
-        for _ in 0..refused {
-            self.count("refused");
+        if read >= MAX_SCAN {
+            warn!(
+                read,
+                "national network: the work stream holds more records than one pass reads"
+            );
+        }
+        let mut out = Vec::with_capacity(by_subject.len());
+        for (subject, (seq, payload, before)) in by_subject {
+            match self.key.open(&subject, &payload) {
+                Some(r) if w::chained(&r, seq, before) => out.push((seq, r)),
+                _ => self.count("refused"),
+            }
         }
         Ok(out)
     }
@@ -740,20 +944,26 @@ fn short(id: &str) -> &str {
 }
 
 /// The engine wants to dial callback `id` (call `call`): the fence
-/// first, then the store's `dialed`; the engine hears whether to dial.
+/// first (for this claim: its token taken now, in order with the claims),
+/// then the store's dial mark for the same claim; the engine hears
+/// whether to dial, to give the callback back uncounted, or to let it go.
 pub(crate) fn dialing(
     fence: &mpsc::Sender<Fence>,
+    claims: &Claims,
     sink: &centralino_store::service::RecordSink,
     engine: mpsc::WeakSender<crate::handle::EngineInput>,
     id: String,
     call: centralino_types::CallId,
 ) {
-    let (fence, sink) = (fence.clone(), sink.clone());
+    use crate::handle::EngineInput;
+    let version = claims.take(&id);
+    let (fence, store) = (fence.clone(), sink.handle());
     tokio::spawn(async move {
         let (tx, rx) = oneshot::channel();
         let asked = fence
             .send(Fence {
                 id: id.clone(),
+                version,
                 reply: tx,
             })
             .await
@@ -768,16 +978,17 @@ pub(crate) fn dialing(
             Fenced::Unavailable
         };
         let input = match answer {
-            Fenced::Go => crate::handle::EngineInput::CallbackDialing {
-                call,
-                recorded: sink.mark_dialed(id).await.unwrap_or(false),
-            },
-            Fenced::Gone => crate::handle::EngineInput::CallbackDialing {
-                call,
-                recorded: false,
-            },
+            Fenced::Go(v) => {
+                let now = unix_now();
+                let recorded = store
+                    .with(move |s| s.mark_dialed_if(&id, v, now))
+                    .await
+                    .unwrap_or(false);
+                EngineInput::CallbackDialing { call, recorded }
+            }
+            Fenced::Gone => EngineInput::CallbackGone { call },
             // Not the citizen's attempt: back to pending at once.
-            Fenced::Unavailable => crate::handle::EngineInput::CallbackHeld { call },
+            Fenced::Unavailable => EngineInput::CallbackHeld { call },
         };
         if let Some(tx) = engine.upgrade() {
             let _ = tx.send(input).await;

@@ -145,6 +145,7 @@ const MIGRATIONS: &[&str] = &[
     campaigns::CALLERS,
     operators::MIGRATION,
     mirror::MIGRATION,
+    mirror::MIRRORED_AT,
 ];
 
 /// A notification waiting to be sent.
@@ -713,7 +714,7 @@ impl Store {
             params![cutoff_ms],
         )?;
         let m = tx.execute(
-            "UPDATE callbacks SET number = '***' || substr(number, -3) WHERE status IN ('done', 'failed', 'cancelled') AND updated_at * 1000 < ?1 AND number NOT LIKE '***%'",
+            "UPDATE callbacks SET number = '***' || substr(number, -3) WHERE status IN ('done', 'failed', 'cancelled', 'moved') AND updated_at * 1000 < ?1 AND number NOT LIKE '***%'",
             params![cutoff_ms],
         )?;
         // The SMS outbox holds the number in each payload. Masked like the

@@ -21,6 +21,13 @@ pub(crate) const MIGRATION: &str = "ALTER TABLE callbacks ADD COLUMN version INT
         BEGIN UPDATE callbacks SET version = OLD.version + 1 WHERE id = NEW.id; END;
     CREATE INDEX callbacks_unmirrored ON callbacks (id) WHERE version > mirrored;";
 
+/// Schema migration: when each callback was last written to the stream
+/// (a row the stream may have forgotten is written again, or, if it
+/// cannot be confirmed, never dialled); finished callbacks from before the
+/// mirror are not written at all.
+pub(crate) const MIRRORED_AT: &str = "ALTER TABLE callbacks ADD COLUMN mirrored_at INTEGER;
+    UPDATE callbacks SET mirrored = version WHERE status NOT IN ('pending', 'in_progress');";
+
 /// A callback as the mirror sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mirrored {
@@ -32,6 +39,8 @@ pub struct Mirrored {
     pub version: i64,
     /// The stream sequence of its last record (`None`: never mirrored).
     pub seq: Option<u64>,
+    /// When it was last written to the stream (Unix seconds).
+    pub mirrored_at: Option<i64>,
 }
 
 /// What keeping a callback taken over did.
@@ -46,7 +55,7 @@ pub enum Kept {
     Known,
 }
 
-const MIRROR_COLUMNS: &str = "dialed, version, mirror_seq";
+const MIRROR_COLUMNS: &str = "dialed, version, mirror_seq, mirrored_at";
 
 fn mirrored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Mirrored> {
     let seq: Option<i64> = row.get(14)?;
@@ -55,6 +64,7 @@ fn mirrored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Mirrored> {
         dialed: row.get::<_, i64>(12)? != 0,
         version: row.get(13)?,
         seq: seq.and_then(|s| u64::try_from(s).ok()),
+        mirrored_at: row.get(15)?,
     })
 }
 
@@ -63,7 +73,7 @@ impl Store {
     /// ones moved away: they are not this node's to write).
     pub fn unmirrored(&self, limit: usize) -> Result<Vec<Mirrored>, StoreError> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {COLUMNS}, {MIRROR_COLUMNS} FROM callbacks WHERE version > mirrored AND status != 'moved' LIMIT ?1"
+            "SELECT {COLUMNS}, {MIRROR_COLUMNS} FROM callbacks WHERE version > mirrored AND status != 'moved' ORDER BY updated_at LIMIT ?1"
         ))?;
         let rows = stmt.query_map(params![limit as i64], mirrored_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -81,14 +91,61 @@ impl Store {
             .optional()?)
     }
 
-    /// Version `version` of callback `id` is on the stream at `seq` (a
-    /// later change stays to mirror).
-    pub fn set_mirrored(&mut self, id: &str, version: i64, seq: u64) -> Result<(), StoreError> {
+    /// Version `version` of callback `id` is on the stream at `seq`, as
+    /// of `now` (a later change stays to mirror).
+    pub fn set_mirrored(
+        &mut self,
+        id: &str,
+        version: i64,
+        seq: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE callbacks SET mirrored = MAX(mirrored, ?2), mirror_seq = ?3 WHERE id = ?1",
-            params![id, version, seq as i64],
+            "UPDATE callbacks SET mirrored = MAX(mirrored, ?2), mirror_seq = ?3, mirrored_at = ?4 WHERE id = ?1",
+            params![id, version, seq as i64, now],
         )?;
         Ok(())
+    }
+
+    /// This node no longer writes callback `id` to the stream (another
+    /// node owns it, or its record cannot be trusted).
+    pub fn stop_mirroring(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE callbacks SET mirrored = version WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Callback `id` cannot be confirmed as this node's on the stream (its
+    /// record is gone or unreadable): if open, it becomes `failed`, outcome
+    /// `unconfirmed`, never dialled (a person decides), and is not written
+    /// again. Returns whether it was open.
+    pub fn set_unconfirmed(&mut self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let open = self.conn.execute(
+            "UPDATE callbacks SET status = 'failed', outcome = 'unconfirmed', updated_at = ?2 WHERE id = ?1 AND status IN ('pending', 'in_progress')",
+            params![id, now],
+        )? == 1;
+        self.stop_mirroring(id)?;
+        Ok(open)
+    }
+
+    /// Marks callback `id` dialled if it is still the claim fenced at
+    /// `version` (not requeued and claimed again since).
+    pub fn mark_dialed_if(&mut self, id: &str, version: i64, now: i64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE callbacks SET dialed = 1, updated_at = ?3 WHERE id = ?1 AND version = ?2 AND status = 'in_progress' AND dialed = 0",
+            params![id, version, now],
+        )? == 1)
+    }
+
+    /// Open callbacks last written to the stream before `before` are
+    /// written again (the stream forgets records after a while).
+    pub fn refresh_mirror(&mut self, before: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE callbacks SET mirrored = 0 WHERE status IN ('pending', 'in_progress') AND mirrored_at IS NOT NULL AND mirrored_at < ?1",
+            params![before],
+        )?)
     }
 
     /// The stream holds this node's own record of `id` at `seq` (a write
@@ -102,23 +159,34 @@ impl Store {
         Ok(())
     }
 
-    /// Another node took callback `id` over: it is never dialled here.
-    /// Returns whether it was still open here.
+    /// Another node took callback `id` over: it is never dialled here,
+    /// and never written to the stream by this node again. Returns whether
+    /// it was still open here.
     pub fn set_moved(&mut self, id: &str, to: &str, now: i64) -> Result<bool, StoreError> {
-        Ok(self.conn.execute(
+        let open = self.conn.execute(
             "UPDATE callbacks SET status = 'moved', outcome = ?2, updated_at = ?3 WHERE id = ?1 AND status IN ('pending', 'in_progress')",
             params![id, format!("moved_to:{to}"), now],
-        )? == 1)
+        )? == 1;
+        self.stop_mirroring(id)?;
+        Ok(open)
     }
 
-    /// Every open callback is written to the stream again (the stream
-    /// forgets records after a while; open ones must stay).
-    pub fn remirror_open(&mut self) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE callbacks SET mirrored = 0 WHERE status IN ('pending', 'in_progress')",
-            [],
-        )?;
-        Ok(())
+    /// The version of each of `ids` now (a claim's token: the fence and
+    /// the dial mark act on that claim only).
+    pub fn versions(&self, ids: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, version FROM callbacks WHERE id = ?1")?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = stmt
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+            {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     /// Every open callback here (pending or in progress), with the
@@ -163,15 +231,24 @@ impl Store {
             match here.as_deref() {
                 None => {}
                 Some("moved") => {
-                    // Back to this node: the row's version moves on with
-                    // the update, and what the stream has is its record.
+                    // Back to this node: a new row, whose record the
+                    // stream already has.
                     s.conn.execute(
                         "DELETE FROM callbacks WHERE id = ?1",
                         params![cb.id],
                     )?;
                 }
-                Some(_) => {
+                Some(status) => {
                     s.set_mirror_seq(&cb.id, seq)?;
+                    if !matches!(status, "pending" | "in_progress") {
+                        // Finished here: the stream must say so, or the
+                        // open record naming this node would be taken
+                        // over (and dialled) if it died.
+                        s.conn.execute(
+                            "UPDATE callbacks SET mirrored = 0 WHERE id = ?1",
+                            params![cb.id],
+                        )?;
+                    }
                     return Ok(Kept::Known);
                 }
             }
@@ -191,8 +268,8 @@ impl Store {
                 (status, outcome, 1)
             };
             s.conn.execute(
-                "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at, dialed, version, mirrored, mirror_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 1, ?13, ?14)",
+                "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at, dialed, version, mirrored, mirror_seq, mirrored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 1, ?13, ?14, ?12)",
                 params![
                     cb.id,
                     cb.queue,
@@ -240,7 +317,8 @@ mod tests {
         let m = s.unmirrored(10).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].version, m[0].seq, m[0].dialed), (1, None, false));
-        s.set_mirrored("a", 1, 7).unwrap();
+        assert_eq!(m[0].mirrored_at, None);
+        s.set_mirrored("a", 1, 7, 150).unwrap();
         assert!(s.unmirrored(10).unwrap().is_empty());
         // A claim and a dial are changes to mirror.
         let claimed = s.claim_due(200, 10, &|_| true).unwrap();
@@ -253,9 +331,17 @@ mod tests {
         // A change after the read stays to mirror.
         let v = m[0].version;
         assert!(s.mark_dialed("a", 201).unwrap());
-        s.set_mirrored("a", v, 8).unwrap();
+        s.set_mirrored("a", v, 8, 202).unwrap();
         let m = s.unmirrored(10).unwrap();
         assert!(m[0].dialed && m[0].version > v && m[0].seq == Some(8));
+        assert_eq!(m[0].mirrored_at, Some(202));
+        // Only the claim fenced at its version is marked dialled.
+        assert!(!s.mark_dialed_if("a", v, 203).unwrap(), "dialled already");
+        // Written a day ago: written again.
+        s.set_mirrored("a", m[0].version, 9, 202).unwrap();
+        assert!(s.unmirrored(10).unwrap().is_empty());
+        assert_eq!(s.refresh_mirror(203).unwrap(), 1);
+        assert_eq!(s.unmirrored(10).unwrap().len(), 1);
         // Moved away: never mirrored by this node again, never claimed.
         assert!(s.set_moved("a", "napoli-1", 300).unwrap());
         assert!(s.unmirrored(10).unwrap().is_empty());
@@ -264,6 +350,34 @@ mod tests {
         assert_eq!(cb.outcome.as_deref(), Some("moved_to:napoli-1"));
         assert!(!s.set_moved("a", "roma-1", 301).unwrap());
         assert!(s.open_mirrored().unwrap().is_empty());
+        // A record that cannot be confirmed: failed, never written again.
+        let Created::New(_) = s.create_callback(&new("u", "+39347009"), 400).unwrap() else {
+            panic!()
+        };
+        assert!(s.set_unconfirmed("u", 401).unwrap());
+        let u = s.get_callback("u").unwrap().unwrap();
+        assert_eq!(
+            (u.status, u.outcome.as_deref()),
+            (Status::Failed, Some("unconfirmed"))
+        );
+        assert!(s.unmirrored(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_claim_is_marked_dialled_only_at_its_own_version() {
+        let mut s = store("claims");
+        let Created::New(_) = s.create_callback(&new("a", "+39347001"), 100).unwrap() else {
+            panic!()
+        };
+        s.claim_due(200, 10, &|_| true).unwrap();
+        let v1 = s.mirror_state("a").unwrap().unwrap().version;
+        // Requeued and claimed again before the first claim's fence came
+        // back: that fence marks nothing.
+        assert!(s.requeue("a", "agent_hangup", 201).unwrap());
+        s.claim_due(202, 10, &|_| true).unwrap();
+        assert!(!s.mark_dialed_if("a", v1, 203).unwrap());
+        let v2 = s.mirror_state("a").unwrap().unwrap().version;
+        assert!(s.mark_dialed_if("a", v2, 204).unwrap());
     }
 
     #[test]
@@ -287,6 +401,7 @@ mod tests {
         assert_eq!(s.keep_taken(&cb, false, 12, 100).unwrap(), Kept::Known);
         assert_eq!(s.open_mirrored().unwrap(), vec![("b".into(), Some(12))]);
         assert!(s.unmirrored(10).unwrap().is_empty(), "the stream has it");
+
         let got = s.get_callback("b").unwrap().unwrap();
         assert_eq!((got.priority, got.created_at, got.attempts), (3, 50, 1));
         // The same citizen already waits here: closed as a duplicate, and

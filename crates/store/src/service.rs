@@ -292,8 +292,10 @@ impl Group {
         match req {
             StoreReq::Requeue(id, outcome, now) => store.requeue(id, outcome, *now).map(drop),
             StoreReq::Finish(id, status, outcome, now) => store.atomically(|store| {
-                store.set_status(id, *status, Some(outcome), *now)?;
-                if *status == Status::Failed {
+                // Only a callback that was still open here tells the
+                // citizen (one taken over by another node is that node's).
+                let changed = store.set_status(id, *status, Some(outcome), *now)?;
+                if *status == Status::Failed && matches!(changed, Edit::Done(_)) {
                     self.outbox(store, id, "failed")?;
                 }
                 Ok(())

@@ -55,11 +55,14 @@ pub enum CallOutcome {
     /// The national work stream could not be reached to fence a
     /// callback's dial: not dialled, back to pending.
     ClusterUnavailable,
+    /// A callback another node took over (or whose record could not be
+    /// trusted) before it was dialled here: let go, nothing recorded.
+    CallbackMoved,
 }
 
 impl CallOutcome {
     /// Every outcome (for tests and documentation).
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::CallerHangup,
         Self::AgentHangup,
         Self::Abandoned,
@@ -83,6 +86,7 @@ impl CallOutcome {
         Self::Skipped,
         Self::CampaignStopped,
         Self::ClusterUnavailable,
+        Self::CallbackMoved,
     ];
 
     /// The name stored and used as a label value.
@@ -111,6 +115,7 @@ impl CallOutcome {
             Self::Skipped => "skipped",
             Self::CampaignStopped => "campaign_stopped",
             Self::ClusterUnavailable => "cluster_unavailable",
+            Self::CallbackMoved => "callback_moved",
         }
     }
 }

@@ -443,12 +443,24 @@ impl Engine {
     /// operator is given back, the callback goes back to pending with its
     /// attempt given back (it was never dialled).
     pub fn callback_held(&mut self, now: Instant, call_id: CallId) {
+        self.callback_not_dialled(now, call_id, CallOutcome::ClusterUnavailable);
+    }
+
+    /// The national work stream says another node owns this callback now
+    /// (or its record cannot be trusted): the operator is given back and
+    /// nothing is recorded of the callback here (its store row already
+    /// says why).
+    pub fn callback_gone(&mut self, now: Instant, call_id: CallId) {
+        self.callback_not_dialled(now, call_id, CallOutcome::CallbackMoved);
+    }
+
+    fn callback_not_dialled(&mut self, now: Instant, call_id: CallId, why: CallOutcome) {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
         let _span = call.span.clone().entered();
-        warn!("callback: the national work stream is unreachable; not dialling");
-        self.end_connected(now, call_id, false, true, CallOutcome::ClusterUnavailable);
+        warn!(outcome = %why, "callback: the national work stream says not to dial");
+        self.end_connected(now, call_id, false, true, why);
         self.pump(now);
     }
 

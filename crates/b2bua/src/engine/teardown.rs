@@ -244,7 +244,9 @@ impl Engine {
         if let Some(o) = call.outbound()
             && !o.answered
         {
-            if o.dialled || outcome == CallOutcome::StoreFailed {
+            if outcome == CallOutcome::CallbackMoved {
+                // Not this node's callback any more: no state of it.
+            } else if o.dialled || outcome == CallOutcome::StoreFailed {
                 self.outbound_failed(o, call.queue, outcome.into());
             } else {
                 // The operator hung up (or their phone died) during the

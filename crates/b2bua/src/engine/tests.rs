@@ -1939,12 +1939,9 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
     ));
 }
 
-/// In a national network the dial is fenced on the work stream first;
-/// the stream unreachable, the citizen is not dialled, the operator is
-/// let go, and the callback goes back to pending with its attempt given
-/// back.
-#[test]
-fn a_callback_the_work_stream_cannot_fence_is_not_dialled_and_not_counted() {
+/// Operator 1001 has answered callback `cb1` (agent first): the engine
+/// waits for the driver's word to dial.
+fn callback_at_its_dial() -> (Harness, CallId) {
     let config = CONFIG.replace(
         "dids = { \"100\" = \"info\" }",
         "dids = { \"100\" = \"info\" }\noutbound = \"192.0.2.10:5060\"",
@@ -1972,6 +1969,16 @@ fn a_callback_the_work_stream_cannot_fence_is_not_dialled_and_not_counted() {
     let Some((_, CallbackState::Dialing { call })) = h.callbacks.last().cloned() else {
         panic!("{:?}", h.callbacks)
     };
+    (h, call)
+}
+
+/// In a national network the dial is fenced on the work stream first;
+/// the stream unreachable, the citizen is not dialled, the operator is
+/// let go, and the callback goes back to pending with its attempt given
+/// back.
+#[test]
+fn a_callback_the_work_stream_cannot_fence_is_not_dialled_and_not_counted() {
+    let (mut h, call) = callback_at_its_dial();
     h.engine.callback_held(h.now, call);
     let out = h.drain();
     assert!(requests(&out, TRUNK, "INVITE").is_empty(), "nobody dialled");
@@ -1989,6 +1996,21 @@ fn a_callback_the_work_stream_cannot_fence_is_not_dialled_and_not_counted() {
             }
         )
     );
+    assert_eq!(h.engine.active_calls(), 0);
+}
+
+/// The work stream says another node owns the callback now: the operator
+/// is let go, nobody is dialled, and nothing is said of the callback here
+/// (no retry, no failure, no message to the citizen).
+#[test]
+fn a_callback_another_node_took_is_let_go_without_a_word() {
+    let (mut h, call) = callback_at_its_dial();
+    let before = h.callbacks.len();
+    h.engine.callback_gone(h.now, call);
+    let out = h.drain();
+    assert!(requests(&out, TRUNK, "INVITE").is_empty(), "nobody dialled");
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    assert_eq!(h.callbacks.len(), before, "no state: {:?}", h.callbacks);
     assert_eq!(h.engine.active_calls(), 0);
 }
 
