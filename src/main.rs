@@ -645,11 +645,11 @@ fn read_flows_dir(config: &std::path::Path, text: &str) -> Result<Vec<(String, S
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config> {
-    load_seeded(path, &centralino_routing::Catalog::default(), None, true)
+    load_seeded(path, &centralino_config::Seed::default(), None, true)
 }
 
 /// `load`, names numbered after those of `seed` (a reload keeps the
-/// running configuration's numbering), with the operators provisioned
+/// running configuration's numbering and its queues' places), with the operators provisioned
 /// through the API in `data_dir`'s store after the file's own. A
 /// provisioned operator whose name the file now uses is left out (the
 /// file's wins); provisioned operators that do not fit the configuration
@@ -658,7 +658,7 @@ fn load(path: Option<PathBuf>) -> Result<Config> {
 /// starts on a valid file, and the API (`DELETE`/`PUT`) repairs them.
 fn load_seeded(
     path: Option<PathBuf>,
-    seed: &centralino_routing::Catalog,
+    seed: &centralino_config::Seed,
     data_dir: Option<&std::path::Path>,
     at_start: bool,
 ) -> Result<Config> {
@@ -736,7 +736,7 @@ fn serve(
     let config_path = config.clone();
     let mut config = load_seeded(
         config,
-        &centralino_routing::Catalog::default(),
+        &centralino_config::Seed::default(),
         Some(data_dir),
         true,
     )?;

@@ -1,6 +1,7 @@
-//! Operators managed live: an operator added to the file and reloaded
-//! (SIGHUP) registers and takes a call without a restart; one removed
-//! can no longer register.
+//! Operators and queues managed live: an operator added to the file and
+//! reloaded (SIGHUP) registers and takes a call without a restart; one
+//! removed can no longer register; a queue added with its DID and
+//! operator takes calls at once, and leaves when removed.
 
 use std::time::Duration;
 
@@ -9,13 +10,7 @@ use crate::common::{Node, NodeConfig, Scratch, Sipp, answering_phone, json, scen
 #[test]
 fn an_operator_added_by_a_reload_takes_a_call_without_a_restart() {
     let scratch = Scratch::new("operators-live");
-    let node = Node::start(
-        &scratch,
-        &NodeConfig {
-            agents: 1,
-            ..NodeConfig::default()
-        },
-    );
+    let node = one_operator_node(&scratch);
     let file = scratch.path("centralino.toml");
     let text = std::fs::read_to_string(&file).expect("config");
     std::fs::write(
@@ -240,4 +235,82 @@ fn operators_are_provisioned_through_the_api_without_a_restart() {
             .0,
         204
     );
+}
+
+#[test]
+fn a_queue_added_by_a_reload_takes_calls_without_a_restart() {
+    let scratch = Scratch::new("queues-live");
+    let node = one_operator_node(&scratch);
+    let file = scratch.path("centralino.toml");
+    let text = std::fs::read_to_string(&file).expect("config");
+    assert!(text.contains("dids = { \"100\" = \"info\" }"));
+    let with = text.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\", \"200\" = \"vaccini\" }",
+    ) + "\n[[queues]]\nname = \"vaccini\"\ntenant = \"demo\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"demo\"\nqueues = [\"vaccini\"]\n";
+    std::fs::write(&file, &with).expect("write");
+    node.hangup_signal();
+    node.wait_log("queue added", Duration::from_secs(5));
+    let phone = answering_phone(&scratch, &node, 2001);
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_call.xml"),
+            "-s",
+            "200",
+            "-m",
+            "1",
+            "-d",
+            "500",
+            "-timeout",
+            "30s",
+        ],
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    assert_eq!(
+        node.metric("centralino_calls_total{outcome=\"answered\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric("centralino_queue_calls{queue=\"vaccini\"}"),
+        0.0
+    );
+    drop(phone);
+    // Removed (no call waits in it): its gauges leave the metrics page
+    // (its counters stay: they are its history).
+    std::fs::write(&file, &text).expect("write");
+    node.hangup_signal();
+    node.wait_log("queue removed", Duration::from_secs(5));
+    let start = std::time::Instant::now();
+    let gauges = |m: &str| {
+        m.lines().any(|l| {
+            (l.starts_with("centralino_queue_calls{") || l.starts_with("centralino_queue_agents{"))
+                && l.contains("queue=\"vaccini\"")
+        })
+    };
+    while gauges(&node.metrics()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "vaccini's gauges still on the metrics page"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        node.metric("centralino_config_reloads_total{outcome=\"applied\"}"),
+        2.0
+    );
+}
+
+/// A node of the default test configuration with one operator (1001).
+fn one_operator_node(scratch: &Scratch) -> Node {
+    Node::start(
+        scratch,
+        &NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        },
+    )
 }

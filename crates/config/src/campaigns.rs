@@ -21,7 +21,7 @@ impl Known for Names<'_> {
     fn queue_tenant(&self, name: &str) -> Option<String> {
         self.queues
             .iter()
-            .find(|q| q.routing.name == name)
+            .find(|q| q.routing.name == name && !q.retired)
             .and_then(|q| self.tenants.get(q.tenant.index()).cloned())
     }
 

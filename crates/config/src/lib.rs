@@ -19,6 +19,7 @@ mod queues;
 mod raw;
 pub mod reload;
 mod sections;
+mod seed;
 mod settings;
 mod trunks;
 
@@ -27,6 +28,8 @@ use problems::*;
 use queues::queue;
 use raw::*;
 use sections::*;
+pub use seed::Seed;
+use seed::order_queues;
 pub use settings::*;
 use trunks::trunk;
 
@@ -301,17 +304,19 @@ impl Config {
         text: &str,
         flow_files: &[(String, String)],
     ) -> Result<Self, ConfigError> {
-        Self::from_toml_seeded(text, flow_files, &Catalog::default())
+        Self::from_toml_seeded(text, flow_files, &Seed::default())
     }
 
     /// As [`Self::from_toml_with_flows`], for a reload: every name the
     /// running configuration resolved (skills, languages, sites) keeps its
     /// number in `seed`, the running one's catalog, and new names come
-    /// after, so operators with new skills apply live.
+    /// after, so operators with new skills apply live; the running queues
+    /// keep their places, new ones come after, and one the file no longer
+    /// has stays in its place, retired (see [`Self::seed`]).
     pub fn from_toml_seeded(
         text: &str,
         flow_files: &[(String, String)],
-        seed: &Catalog,
+        seed: &Seed,
     ) -> Result<Self, ConfigError> {
         nesting_within(text, "")?;
         for (name, body) in flow_files {
@@ -340,7 +345,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(raw: RawConfig, seed: &Catalog) -> Result<Self, ConfigError> {
+    fn validate(mut raw: RawConfig, seed: &Seed) -> Result<Self, ConfigError> {
         let mut p = Problems(Vec::new());
         let mut listen = Vec::new();
         if raw.sip.listen.is_empty() {
@@ -533,12 +538,21 @@ impl Config {
         // Names first: requirement expressions are resolved against every
         // skill, language and site some operator has, so a typo is an error
         // here rather than a queue that waits for nobody.
-        let mut catalog = seed.clone();
+        let mut catalog = seed.catalog.clone();
         for t in &tenants {
             let _ = catalog.tenant(t);
         }
-        let queue_names: Vec<String> = raw.queues.iter().map(|q| q.name.clone()).collect();
-        for q in &queue_names {
+        // A reload keeps the running queues' places (the router's ids);
+        // one the file no longer has keeps its place, retired, with no
+        // name anything can refer to.
+        let places = order_queues(&mut raw.queues, &seed.queues);
+        let queue_names: Vec<String> = raw
+            .queues
+            .iter()
+            .zip(&places)
+            .map(|(q, at)| at.map(|_| q.name.clone()).unwrap_or_default())
+            .collect();
+        for q in queue_names.iter().filter(|q| !q.is_empty()) {
             let _ = catalog.queue(q);
         }
         for (i, a) in raw.agents.iter().enumerate() {
@@ -692,8 +706,17 @@ impl Config {
                 questions,
             });
         }
-        for (i, q) in raw.queues.iter().enumerate() {
-            queues.push(queue(&names, &scripts, &mut p, i, q));
+        for (i, (q, at)) in raw.queues.iter().zip(&places).enumerate() {
+            match at {
+                Some(at) => queues.push(queue(&names, &scripts, &mut p, (i, *at), q)),
+                None => {
+                    // Its settings as a bare queue: nothing reaches it.
+                    let mut quiet = Problems(Vec::new());
+                    let mut retired = queue(&names, &scripts, &mut quiet, (i, i), q);
+                    retired.retired = true;
+                    queues.push(retired);
+                }
+            }
         }
 
         let mut trunks = Vec::new();
@@ -1054,8 +1077,8 @@ impl Config {
             });
         }
         if media.recordings_dir.is_none() {
-            for (i, q) in raw.queues.iter().enumerate() {
-                if q.record {
+            for (q, at) in raw.queues.iter().zip(&places) {
+                if let (true, Some(i)) = (q.record, at) {
                     p.add(
                         format!("queues[{i}].record"),
                         "needs media.recordings_dir (where the recordings go)",

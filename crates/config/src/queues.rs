@@ -8,10 +8,12 @@ pub(crate) fn queue(
     names: &Names<'_>,
     scripts: &[Script],
     p: &mut Problems,
-    i: usize,
+    (i, at): (usize, usize),
     q: &RawQueue,
 ) -> Queue {
-    let path = format!("queues[{i}]");
+    // `i`: its place among the queues (a reload keeps the running order);
+    // `at`: its place in the file, for the problems' paths.
+    let path = format!("queues[{at}]");
     if !valid_name(&q.name) {
         p.add(format!("{path}.name"), "must be 1-64 of [A-Za-z0-9_-]");
     }
@@ -169,6 +171,7 @@ pub(crate) fn queue(
     }
     Queue {
         tenant,
+        retired: false,
         exit_status: q.exit_status,
         announce_every: (q.announce_seconds > 0).then(|| Duration::from_secs(q.announce_seconds)),
         music_on_hold: q.music_on_hold.as_ref().map(PathBuf::from),

@@ -56,6 +56,8 @@ const LIVE: &[&str] = &[
     "queues[].callback_retry_seconds",
     "queues[].callback_retries",
     "queues[].callback_mode",
+    // Read by the callback scheduler from the running configuration.
+    "queues[].callback_hours",
     "logging.unmask_numbers",
     "campaigns",
     "outbound",
@@ -70,6 +72,11 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     diff_table("", &old.source, &new.source, &mut out);
     out
 }
+
+/// Whole list elements a running node adds and removes (their own keys
+/// follow [`LIVE`]): a queue added takes calls at once; one removed takes
+/// no new call (the engine refuses the reload while calls wait in it).
+const LIVE_ELEMENTS: &[&str] = &["queues[]"];
 
 /// Keys under a [`LIVE`] key that still need a restart: the TLS driver
 /// builds its certificate checks once, at start.
@@ -89,6 +96,9 @@ pub fn applies_live(key: &str) -> bool {
     let pattern = without_selectors(key);
     if RESTART.contains(&pattern.as_str()) {
         return false;
+    }
+    if LIVE_ELEMENTS.contains(&pattern.as_str()) {
+        return true;
     }
     LIVE.iter().any(|live| {
         pattern == *live
@@ -379,6 +389,9 @@ queues = ["info"]
             "agents[2001]",
             "agents[1001].tenant",
             "agents[1001].skills",
+            // A queue added or removed (the engine checks the rest).
+            "queues[new]",
+            "queues[info].callback_hours",
         ] {
             assert!(applies_live(live), "{live}");
         }
@@ -387,12 +400,11 @@ queues = ["info"]
             "http.listen",
             "media.port_min",
             "queues[info].strategy",
-            "queues[new]",
+            "queues[new].strategy",
             "tenants[other]",
             "api.session_key_file",
             "api.tokensx",
             "store.retention_days",
-            "queues[info].callback_hours",
         ] {
             assert!(!applies_live(restart), "{restart}");
         }

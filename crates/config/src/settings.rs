@@ -198,6 +198,10 @@ pub struct Did {
 pub struct Queue {
     /// Tenant (its index in `Config::tenants`).
     pub tenant: TenantId,
+    /// Removed from the file while the node runs: it keeps its place (the
+    /// router's queue ids do not move) until a restart, takes no call and
+    /// is shown nowhere.
+    pub retired: bool,
     /// Routing settings.
     pub routing: QueueSettings,
     /// Final response when `max_wait` passes or the queue is full.

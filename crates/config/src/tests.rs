@@ -1052,3 +1052,49 @@ fn agreements_between_firms_are_checked() {
         "agreements",
     );
 }
+
+/// A reload keeps the running queues in their places: the file's order
+/// does not matter, new queues come after, a removed one stays in its
+/// place, retired, and nothing may name it any more.
+#[test]
+fn a_reload_keeps_the_queues_in_their_places_and_retires_removed_ones() {
+    let base = "[sip]\nlisten = [\"127.0.0.1:5060\"]\n\n[http]\nlisten = \"127.0.0.1:8080\"\n\n[[tenants]]\nname = \"demo\"\n";
+    let queue = |n: &str| format!("\n[[queues]]\nname = \"{n}\"\ntenant = \"demo\"\n");
+    let running = Config::from_toml(&format!("{base}{}{}", queue("a"), queue("b"))).unwrap();
+    // Written in another order, with a new one first: a and b keep 0 and 1.
+    let c = Config::from_toml_seeded(
+        &format!("{base}{}{}{}", queue("new"), queue("b"), queue("a")),
+        &[],
+        &running.seed(),
+    )
+    .unwrap();
+    let names: Vec<&str> = c.queues.iter().map(|q| q.routing.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "new"]);
+    assert!(c.queues.iter().all(|q| !q.retired));
+    // a removed: its place kept, retired.
+    let c =
+        Config::from_toml_seeded(&format!("{base}{}", queue("b")), &[], &running.seed()).unwrap();
+    let names: Vec<&str> = c.queues.iter().map(|q| q.routing.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(c.queues[0].retired && !c.queues[1].retired);
+    // Nothing names a removed queue (an operator here).
+    let err = Config::from_toml_seeded(
+        &format!("{base}{}\n[[agents]]\nusername = \"1001\"\npassword = \"demo1001\"\ntenant = \"demo\"\nqueues = [\"a\"]\n", queue("b")),
+        &[],
+        &running.seed(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("agents[0].queues[0]"), "{err}");
+    // A problem is named by the queue's place in the file, not its place
+    // among the queues.
+    let err = Config::from_toml_seeded(
+        &format!(
+            "{base}{}\n[[queues]]\nname = \"a\"\ntenant = \"demo\"\nstrategy = \"nope\"\n",
+            queue("b")
+        ),
+        &[],
+        &running.seed(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("queues[1].strategy"), "{err}");
+}

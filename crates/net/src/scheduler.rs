@@ -22,7 +22,7 @@ const CALLBACK_BATCH: usize = 50;
 pub(crate) async fn callback_scheduler(
     sink: centralino_store::service::RecordSink,
     tx: mpsc::Sender<EngineInput>,
-    hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)>,
+    config: tokio::sync::watch::Receiver<Arc<centralino_config::Config>>,
     draining: Arc<AtomicBool>,
     desks: Option<crate::api::Desks>,
     work_ready: Option<(Arc<AtomicBool>, crate::work::Claims)>,
@@ -52,10 +52,15 @@ pub(crate) async fn callback_scheduler(
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let mut open: Vec<String> = hours
+        // The running configuration's queues (a reload adds, retires and
+        // changes their hours).
+        let mut open: Vec<String> = config
+            .borrow()
+            .queues
             .iter()
-            .filter(|(_, cal)| cal.as_ref().is_none_or(|c| c.open(now)))
-            .map(|(q, _)| q.clone())
+            .filter(|q| !q.retired)
+            .filter(|q| q.callback_hours.as_ref().is_none_or(|c| c.open(now)))
+            .map(|q| q.routing.name.clone())
             .collect();
         // Only as many as free operators can take, from queues that have
         // one: a callback claimed holds two RTP port pairs and spends an

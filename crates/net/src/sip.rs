@@ -182,15 +182,10 @@ impl SipServer {
             && config.trunks.iter().any(|t| t.outbound.is_some())
         {
             info!("executing callbacks (agent first)");
-            let hours: Vec<(String, Option<centralino_flows::calendar::Calendar>)> = config
-                .queues
-                .iter()
-                .map(|q| (q.routing.name.clone(), q.callback_hours.clone()))
-                .collect();
             tokio::spawn(crate::scheduler::callback_scheduler(
                 sink.clone(),
                 tx.clone(),
-                hours,
+                config_rx.clone(),
                 draining.clone(),
                 desks.clone(),
                 work_ready,

@@ -1066,3 +1066,31 @@ fn operators_join_and_leave_live() {
     }
     assert_eq!(r.add_agent("one-too-many", attrs), None);
 }
+
+/// A queue added live gets the next id and reaches, at once, the
+/// operators already given it; one given it afterwards joins with their
+/// new attributes; calls in it are matched as in any other.
+#[test]
+fn a_queue_added_live_serves_its_operators_at_once() {
+    let t0 = Instant::now();
+    let mut r = Router::new(t0, vec![info()], 1, plain(2));
+    let a = AgentId(0);
+    let b = AgentId(1);
+    r.login(t0, a, false);
+    r.login(t0, b, false);
+    let id = r
+        .add_queue(QueueSettings::new("vaccini", QueueId(1), 0))
+        .unwrap();
+    assert_eq!(id, QueueId(1));
+    assert_eq!(r.queue_count(), 2);
+    assert_eq!(r.queue_agents(id).members, 0, "nobody has it yet");
+    let mut attrs = r.agent(b).attributes.clone();
+    attrs.queues.push(1);
+    r.set_attributes(t0, b, attrs);
+    assert_eq!(r.queue_agents(id).available, 1);
+    r.enqueue(t0 + S, id, CallId(7), &spec()).unwrap();
+    let d = one(&mut r);
+    assert_eq!((d.call, d.agent), (CallId(7), b));
+    // The old queue still serves its own.
+    assert_eq!(r.queue_agents(QueueId(0)).members, 2);
+}

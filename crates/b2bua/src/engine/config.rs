@@ -7,9 +7,21 @@ use super::*;
 /// these shape the router's tables, so only a restart applies them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReloadRefused {
-    /// Queues were added, removed or renamed.
-    #[error("queues changed: restart the node to apply")]
+    /// The queues are not the running ones in their places (a new file
+    /// read without the running configuration's seed).
+    #[error("queues changed places: restart the node to apply")]
     Queues,
+    /// A queue removed from the file still has calls waiting.
+    #[error("queues[{queue}] removed while {waiting} calls wait in it: try again once it is empty")]
+    QueueBusy {
+        /// The queue's name.
+        queue: String,
+        /// Calls waiting (or being offered) in it.
+        waiting: usize,
+    },
+    /// More queues added than the router has room for until a restart.
+    #[error("queues: no room for more queues until a restart")]
+    QueueRoom,
     /// More operators added than the node has room for until a restart.
     #[error("operators: at most {0} on this node until a restart")]
     Operators(usize),
@@ -69,26 +81,10 @@ impl Engine {
                 .map(|c| vec.with_label_values(&[label, c.label()]))
                 .collect()
         };
-        let queue_states = |name: &str| -> Vec<IntGauge> {
-            QueueAgents::default()
-                .labelled()
-                .iter()
-                .map(|(l, _)| metrics.queue_agents.with_label_values(&[name, l]))
-                .collect()
-        };
         let queue_stats = config
             .queues
             .iter()
-            .map(|q| {
-                let name = q.routing.name.as_str();
-                QueueStats {
-                    waiting: metrics.queue_calls.with_label_values(&[name]),
-                    oldest_wait: metrics.queue_oldest_wait.with_label_values(&[name]),
-                    agents: queue_states(name),
-                    expected_wait: metrics.queue_ewt.with_label_values(&[name]),
-                    callbacks_started: 0,
-                }
-            })
+            .map(|q| queue_stats(&metrics, &q.routing.name))
             .collect();
         let tenant_gauges = config
             .tenants
@@ -141,12 +137,7 @@ impl Engine {
                 .collect(),
             advertise: config.media.advertise_address,
             media_range: config.media.ports,
-            queue_ids: config
-                .queues
-                .iter()
-                .enumerate()
-                .map(|(i, q)| (q.routing.name.clone(), QueueId(i as u32)))
-                .collect(),
+            queue_ids: queue_ids(config),
             catalog: config.catalog.clone(),
             wall: (now, 0),
             outbound_local: None,
@@ -189,16 +180,28 @@ impl Engine {
     /// the node keeps its configuration. The caller checks first, with
     /// `centralino_config::reload`, that nothing else changed.
     pub fn reload(&mut self, now: Instant, config: &EngineConfig) -> Result<(), ReloadRefused> {
-        let ours: Vec<String> = (0..self.router.queue_count())
-            .map(|i| self.router.queue(QueueId(i as u32)).name.clone())
-            .collect();
-        let theirs: Vec<String> = config
-            .queues
-            .iter()
-            .map(|q| q.routing.name.clone())
-            .collect();
-        if ours != theirs {
+        // The running queues keep their places (the loader seeds the new
+        // file with them): new ones come after, removed ones stay in their
+        // place, retired.
+        let running = self.router.queue_count();
+        if config.queues.len() < running
+            || (0..running)
+                .any(|i| self.router.queue(QueueId(i as u32)).name != config.queues[i].routing.name)
+        {
             return Err(ReloadRefused::Queues);
+        }
+        for (i, q) in config.queues.iter().enumerate().take(running) {
+            let waiting = self.router.waiting_count(QueueId(i as u32));
+            if q.retired && !self.queues[i].retired && waiting > 0 {
+                return Err(ReloadRefused::QueueBusy {
+                    queue: q.routing.name.clone(),
+                    waiting,
+                });
+            }
+        }
+        let added = config.queues.len() - running;
+        if self.router.group_count() + added > centralino_routing::MAX_GROUPS {
+            return Err(ReloadRefused::QueueRoom);
         }
         if !config.catalog.extends(&self.catalog) {
             return Err(ReloadRefused::Catalog);
@@ -216,7 +219,11 @@ impl Engine {
         }
         // All or nothing: every queue's new settings are checked before
         // the first is taken.
-        for (i, q) in config.queues.iter().enumerate() {
+        for (i, q) in config.queues.iter().enumerate().take(running) {
+            if q.retired {
+                // Its old settings stay: nothing reaches it any more.
+                continue;
+            }
             let old = self.router.queue(QueueId(i as u32));
             let r = &q.routing;
             let field = if old.strategy != r.strategy {
@@ -240,11 +247,29 @@ impl Engine {
             }
         }
         for (i, q) in config.queues.iter().enumerate() {
-            // Checked above: only what decisions read differs.
-            let _ = self
-                .router
-                .update_queue(QueueId(i as u32), q.routing.clone());
+            if i >= running {
+                // Room was checked above.
+                if self.router.add_queue(q.routing.clone()).is_some() {
+                    info!(queue = %q.routing.name, "queue added");
+                    self.queue_stats
+                        .push(queue_stats(&self.metrics, &q.routing.name));
+                }
+            } else if q.retired {
+                if !self.queues[i].retired {
+                    info!(queue = %q.routing.name, "queue removed (its place kept until a restart)");
+                    remove_queue_series(&self.metrics, &q.routing.name);
+                }
+            } else {
+                if self.queues[i].retired {
+                    info!(queue = %q.routing.name, "queue added back");
+                }
+                // Checked above: only what decisions read differs.
+                let _ = self
+                    .router
+                    .update_queue(QueueId(i as u32), q.routing.clone());
+            }
         }
+        self.queue_ids = queue_ids(config);
         self.apply_operators(now, config);
         self.registrar.set_users(
             config
@@ -400,6 +425,7 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, q)| QueuePolicy {
+                retired: q.retired,
                 tenant: q.tenant,
                 tenant_name: config
                     .tenants
@@ -428,6 +454,42 @@ impl Engine {
             })
             .collect();
         self.queues = queues;
+    }
+}
+
+/// The queues by name (a retired one has none: nothing reaches it).
+fn queue_ids(config: &EngineConfig) -> HashMap<String, QueueId> {
+    config
+        .queues
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| !q.retired)
+        .map(|(i, q)| (q.routing.name.clone(), QueueId(i as u32)))
+        .collect()
+}
+
+/// A queue's gauges.
+fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
+    QueueStats {
+        waiting: metrics.queue_calls.with_label_values(&[name]),
+        oldest_wait: metrics.queue_oldest_wait.with_label_values(&[name]),
+        agents: QueueAgents::default()
+            .labelled()
+            .iter()
+            .map(|(l, _)| metrics.queue_agents.with_label_values(&[name, l]))
+            .collect(),
+        expected_wait: metrics.queue_ewt.with_label_values(&[name]),
+        callbacks_started: 0,
+    }
+}
+
+/// A removed queue's series leave the metrics page.
+fn remove_queue_series(metrics: &Metrics, name: &str) {
+    let _ = metrics.queue_calls.remove_label_values(&[name]);
+    let _ = metrics.queue_oldest_wait.remove_label_values(&[name]);
+    let _ = metrics.queue_ewt.remove_label_values(&[name]);
+    for (l, _) in QueueAgents::default().labelled() {
+        let _ = metrics.queue_agents.remove_label_values(&[name, l]);
     }
 }
 

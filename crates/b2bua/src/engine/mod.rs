@@ -105,6 +105,9 @@ impl TrunkPolicy {
 /// entry (one table indexed by `QueueId`; rebuilt at each reload).
 #[derive(Debug)]
 struct QueuePolicy {
+    /// Removed by a reload: its place kept, nothing reaches it, shown
+    /// nowhere.
+    retired: bool,
     /// Whose queue it is (its dial plan and trunks call back).
     tenant: TenantId,
     /// The tenant's name (supervisor views).

@@ -48,6 +48,9 @@ impl Engine {
             }
         }
         for (i, q) in self.queue_stats.iter().enumerate() {
+            if self.queues.get(i).is_some_and(|p| p.retired) {
+                continue;
+            }
             q.expected_wait.set(
                 self.router
                     .queue_estimate(QueueId(i as u32))
@@ -128,6 +131,9 @@ impl Engine {
             }
         }
         for (i, callbacks) in callbacks_waiting.into_iter().enumerate() {
+            if self.queues.get(i).is_some_and(|p| p.retired) {
+                continue;
+            }
             let q = QueueId(i as u32);
             let (waiting, first) = self.router.waiting(q);
             let waiting = waiting.saturating_sub(self.held_in(q));

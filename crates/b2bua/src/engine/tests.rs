@@ -5073,3 +5073,75 @@ fn an_operator_added_back_during_their_call_keeps_their_slot() {
         centralino_routing::AgentState::OnCall(_)
     ));
 }
+
+/// Queues added and removed by a reload, without a restart: a new queue
+/// with its DID and operator takes calls at once; one removed while a
+/// call waits in it is refused (named, with the count) until it is empty,
+/// then leaves every view and DID; added back, it gets its place again.
+#[test]
+fn queues_are_added_and_removed_by_a_reload_without_a_restart() {
+    let mut h = Harness::new();
+    let running = Config::from_toml(CONFIG).unwrap();
+    let with = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\", \"200\" = \"vaccini\" }",
+    ) + "\n[[queues]]\nname = \"vaccini\"\ntenant = \"demo\"\nmax_wait_seconds = 5\n\n[[agents]]\nusername = \"1003\"\npassword = \"demo1003\"\ntenant = \"demo\"\nqueues = [\"vaccini\"]\n";
+    let with = Config::from_toml_seeded(&with, &[], &running.seed()).unwrap();
+    h.engine.reload(h.now, &with.engine()).unwrap();
+    assert_eq!(h.engine.queue_ids["vaccini"], centralino_types::QueueId(1));
+    let names = |h: &mut Harness| -> Vec<String> {
+        let now = h.now;
+        h.engine
+            .queue_views(now)
+            .into_iter()
+            .map(|v| v.name)
+            .collect()
+    };
+    assert_eq!(names(&mut h), ["info", "vaccini"]);
+    // Its operator registers and takes its first call at once.
+    h.register("1003", PHONE2, Algorithm::Md5);
+    let out = invite_did(&mut h, "200", "v1");
+    let inv = requests(&out, PHONE2, "INVITE")[0].clone();
+    h.send(PHONE2, &response_to(&inv, 200, "b1"));
+    assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
+    // A second call waits (the operator is busy).
+    invite_did(&mut h, "200", "v2");
+    assert_eq!(
+        h.engine.router.waiting_count(centralino_types::QueueId(1)),
+        1
+    );
+    // Removed while it waits: refused, named.
+    let without = Config::from_toml_seeded(CONFIG, &[], &with.seed()).unwrap();
+    assert!(without.queues[1].retired);
+    assert!(matches!(
+        h.engine.reload(h.now, &without.engine()),
+        Err(crate::ReloadRefused::QueueBusy { ref queue, waiting: 1 }) if queue == "vaccini"
+    ));
+    // The waiting caller reaches the queue's maximum wait and leaves.
+    h.advance(Duration::from_secs(6));
+    assert_eq!(
+        h.engine.router.waiting_count(centralino_types::QueueId(1)),
+        0
+    );
+    h.engine.reload(h.now, &without.engine()).unwrap();
+    assert_eq!(names(&mut h), ["info"]);
+    assert!(!h.engine.queue_ids.contains_key("vaccini"));
+    // Its DID reaches nothing now.
+    let out = invite_did(&mut h, "200", "v3");
+    assert!(requests(&out, PHONE2, "INVITE").is_empty());
+    assert!(
+        codes(&out, TRUNK).iter().any(|&c| c >= 400),
+        "{:?}",
+        codes(&out, TRUNK)
+    );
+    // Added back: the same place.
+    let again = CONFIG.replace(
+        "dids = { \"100\" = \"info\" }",
+        "dids = { \"100\" = \"info\", \"200\" = \"vaccini\" }",
+    ) + "\n[[queues]]\nname = \"vaccini\"\ntenant = \"demo\"\n";
+    let again = Config::from_toml_seeded(&again, &[], &without.seed()).unwrap();
+    assert!(!again.queues[1].retired);
+    h.engine.reload(h.now, &again.engine()).unwrap();
+    assert_eq!(h.engine.queue_ids["vaccini"], centralino_types::QueueId(1));
+    assert_eq!(names(&mut h), ["info", "vaccini"]);
+}

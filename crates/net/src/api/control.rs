@@ -4,8 +4,9 @@
 use super::*;
 
 /// Reads the configuration again, names resolved over the running
-/// configuration's catalog (see `Config::from_toml_seeded`).
-pub type Loader = Arc<dyn Fn(&Catalog) -> Result<Config, String> + Send + Sync>;
+/// configuration's catalog and its queues kept in their places (see
+/// `Config::from_toml_seeded`).
+pub type Loader = Arc<dyn Fn(&centralino_config::Seed) -> Result<Config, String> + Send + Sync>;
 
 /// The reload's state: where the configuration is read from, and the one
 /// running now (what a reload is compared with). One reload at a time.
@@ -63,7 +64,7 @@ impl Api {
     ) -> Result<Vec<String>, ReloadError> {
         let api = self;
         let loader = control.loader.clone();
-        let seed = control.current.catalog.clone();
+        let seed = control.current.seed();
         let config = tokio::task::spawn_blocking(move || loader(&seed))
             .await
             .map_err(|_| ReloadError::Invalid("reading the configuration failed".into()))?

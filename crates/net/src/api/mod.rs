@@ -124,6 +124,8 @@ impl Live {
             queues: config
                 .queues
                 .iter()
+                // A queue removed by a reload: nothing may name it.
+                .filter(|q| !q.retired)
                 .map(|q| {
                     let tenant = config
                         .tenants

@@ -783,6 +783,29 @@ impl Router {
         Ok(())
     }
 
+    /// Adds a queue (a reload): it gets the next id, its first group
+    /// exists at once with every operator it reaches (operators given it
+    /// by a later `set_attributes` join then). `None`: too many groups.
+    pub fn add_queue(&mut self, settings: QueueSettings) -> Option<QueueId> {
+        let id = u32::try_from(self.queues.len()).ok()?;
+        self.queues.push(Queue {
+            settings,
+            arrivals: VecDeque::new(),
+            count: 0,
+            aht: 0.0,
+        });
+        match self.group(id, None) {
+            Ok(g) => {
+                self.plain_group.push(g);
+                Some(QueueId(id))
+            }
+            Err(_) => {
+                self.queues.pop();
+                None
+            }
+        }
+    }
+
     /// Number of queues.
     pub fn queue_count(&self) -> usize {
         self.queues.len()
