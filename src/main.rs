@@ -816,6 +816,16 @@ fn serve(
     );
     let listener = bind_http(config.http_listen).context("HTTP endpoint")?;
     let http_addr = listener.local_addr().context("HTTP endpoint")?;
+    // HTTPS when a certificate is configured: a file the node cannot use
+    // stops it here, with the reason.
+    let tls = match &config.http_web.tls {
+        Some((cert, key)) => Some(centralino_net::web::tls_config(cert, key)?),
+        None => None,
+    };
+    let web = centralino_net::web::WebPolicy {
+        tls: tls.is_some(),
+        origins: config.http_web.allowed_origins.clone(),
+    };
     let mut http = HttpThread::start(
         http_runtime,
         listener,
@@ -823,6 +833,7 @@ fn serve(
         net_metrics.clone(),
         api,
         health,
+        (tls, web),
     )?;
     runtime.block_on(async move {
         let sip = match SipServer::start(
@@ -889,6 +900,10 @@ impl HttpThread {
         metrics: centralino_net::NetMetrics,
         api: centralino_net::Api,
         health: Health,
+        (tls, web): (
+            Option<centralino_net::web::TlsConfig>,
+            centralino_net::web::WebPolicy,
+        ),
     ) -> Result<Self> {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -901,6 +916,8 @@ impl HttpThread {
                     metrics,
                     Some(api),
                     health,
+                    tls,
+                    web,
                     stop_rx,
                 ));
                 // What is left (upgraded WebSockets, the SMS notifier) is

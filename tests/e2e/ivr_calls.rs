@@ -621,7 +621,7 @@ fn sighup_reloads_the_flows_for_new_calls() {
     );
 
     // The same through the API: applied, invalid (400, the problem named),
-    // refused (409: queues need a restart).
+    // refused (409: a queue's strategy needs a restart).
     let token = Some("desk-token-0123456789");
     let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
     assert_eq!(code, 200, "{body}");
@@ -635,10 +635,29 @@ fn sighup_reloads_the_flows_for_new_calls() {
     let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("unknown node"), "{body}");
+    // A queue renamed is one removed and one added: applied live.
     let renamed = text
         .replace("name = \"info\"\n", "name = \"info2\"\n")
         .replace("queue = \"info\"", "queue = \"info2\"");
-    std::fs::write(&file, renamed).expect("write");
+    std::fs::write(&file, &renamed).expect("write");
+    let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
+    assert_eq!(code, 200, "{body}");
+    let changed = &crate::common::json(&body)["changed"];
+    assert!(
+        changed.as_array().is_some_and(
+            |c| c.contains(&"queues[info2]".into()) && c.contains(&"queues[info]".into())
+        ),
+        "{body}"
+    );
+    // A queue's strategy shapes its pools: that needs a restart.
+    std::fs::write(
+        &file,
+        renamed.replace(
+            "name = \"info2\"\n",
+            "name = \"info2\"\nstrategy = \"round_robin\"\n",
+        ),
+    )
+    .expect("write");
     let (code, body) = node.http("POST", "/api/v1/config/reload", token, None);
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("restart"), "{body}");

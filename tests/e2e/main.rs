@@ -20,6 +20,7 @@ mod cluster_work;
 mod drain;
 mod http_health;
 mod http_limits;
+mod http_web;
 mod ivr_calls;
 mod media_calls;
 mod operators_live;

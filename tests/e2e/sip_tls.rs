@@ -19,12 +19,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 const CARRIER_NAME: &str = "sbc.carrier.example";
 
 /// Test certificates: one CA, and leaves it signs.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    fn new(scratch: &Scratch) -> Self {
+    pub(crate) fn new(scratch: &Scratch) -> Self {
         let dir = scratch.path("pki");
         std::fs::create_dir_all(&dir).expect("pki dir");
         let pki = Self { dir };
@@ -32,7 +32,7 @@ impl Pki {
         pki
     }
 
-    fn path(&self, f: &str) -> PathBuf {
+    pub(crate) fn path(&self, f: &str) -> PathBuf {
         self.dir.join(f)
     }
 
@@ -73,7 +73,7 @@ impl Pki {
 
     /// A leaf `name.pem` / `name.key` signed by CA `ca`, with these SANs
     /// (`DNS:x`, `IP:y`), for servers and clients both.
-    fn leaf(&self, name: &str, ca: &str, sans: &str) {
+    pub(crate) fn leaf(&self, name: &str, ca: &str, sans: &str) {
         let ext = format!("{name}.cnf");
         std::fs::write(
             self.path(&ext),
@@ -120,12 +120,12 @@ impl Pki {
         ]);
     }
 
-    fn s(&self, f: &str) -> String {
+    pub(crate) fn s(&self, f: &str) -> String {
         self.path(f).to_string_lossy().into_owned()
     }
 }
 
-fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+pub(crate) fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(path)
         .expect("pem")
         .collect::<Result<_, _>>()
@@ -136,7 +136,7 @@ fn key(path: &Path) -> PrivateKeyDer<'static> {
     PrivateKeyDer::from_pem_file(path).expect("key")
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 

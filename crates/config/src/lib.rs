@@ -86,6 +86,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// HTTP connection timeouts and cap.
     pub http_limits: HttpLimits,
+    /// HTTPS and the origins allowed to open WebSockets.
+    pub http_web: HttpWeb,
     /// Show full numbers in logs (off by default).
     pub unmask_numbers: bool,
     /// Registrar.
@@ -443,6 +445,7 @@ impl Config {
             );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
+        let http_web = http_web(&raw.http, &mut p);
         if !(1..=300).contains(&raw.http.header_timeout_seconds) {
             p.add("http.header_timeout_seconds", "must be in 1..=300");
         }
@@ -1129,6 +1132,7 @@ impl Config {
                 tls: sip_tls,
             },
             http_listen,
+            http_web,
             http_limits: HttpLimits {
                 header_timeout: Duration::from_secs(raw.http.header_timeout_seconds),
                 idle_timeout: Duration::from_secs(raw.http.idle_timeout_seconds),

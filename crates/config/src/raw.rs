@@ -238,6 +238,9 @@ pub(super) struct RawHttp {
     pub(super) header_timeout_seconds: u64,
     pub(super) idle_timeout_seconds: u64,
     pub(super) max_connections: usize,
+    pub(super) tls_cert_file: Option<String>,
+    pub(super) tls_key_file: Option<String>,
+    pub(super) allowed_origins: Vec<String>,
 }
 
 impl Default for RawHttp {
@@ -247,6 +250,9 @@ impl Default for RawHttp {
             header_timeout_seconds: 10,
             idle_timeout_seconds: 10,
             max_connections: 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allowed_origins: Vec::new(),
         }
     }
 }

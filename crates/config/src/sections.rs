@@ -336,3 +336,45 @@ pub(super) fn validate_media(p: &mut Problems, m: &RawMedia) -> MediaConfig {
             .map(PathBuf::from),
     }
 }
+
+/// `[http]`'s TLS files and allowed origins.
+pub(super) fn http_web(raw: &RawHttp, p: &mut Problems) -> HttpWeb {
+    let tls = match (&raw.tls_cert_file, &raw.tls_key_file) {
+        (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {
+            Some((PathBuf::from(c), PathBuf::from(k)))
+        }
+        (None, None) => None,
+        _ => {
+            p.add(
+                "http.tls_cert_file",
+                "HTTPS needs both tls_cert_file and tls_key_file (PEM files)",
+            );
+            None
+        }
+    };
+    if raw.allowed_origins.len() > 64 {
+        p.add("http.allowed_origins", "at most 64 origins");
+    }
+    for (i, o) in raw.allowed_origins.iter().enumerate() {
+        let ok = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"))
+            .is_some_and(|h| {
+                !h.is_empty()
+                    && h.len() <= 253
+                    && h.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                    })
+            });
+        if !ok {
+            p.add(
+                format!("http.allowed_origins[{i}]"),
+                "an origin: https://host[:port] (no path, no trailing slash)",
+            );
+        }
+    }
+    HttpWeb {
+        tls,
+        allowed_origins: raw.allowed_origins.clone(),
+    }
+}

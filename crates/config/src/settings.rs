@@ -366,6 +366,16 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
+/// What the HTTP endpoint offers browsers (`[http]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpWeb {
+    /// HTTPS (and WSS): certificate chain and key files (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Origins (`https://host[:port]`) allowed to open WebSockets besides
+    /// the endpoint's own.
+    pub allowed_origins: Vec<String>,
+}
+
 /// How a leg learns its peer's real RTP address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LatchMode {

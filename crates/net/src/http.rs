@@ -85,12 +85,19 @@ pub fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener, NetError> {
 /// `/healthz` answers `200 ok` while the node is healthy, else 503 with
 /// the reason (`draining`, `starting`, `engine stalled`, `store down`,
 /// `store stalled`): one line of plain text either way.
+///
+/// With `tls` (`http.tls_cert_file`), every connection is HTTPS: its
+/// handshake must end within the head's timeout. `web` is what browsers
+/// are told and who may open a WebSocket.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_http(
     listener: std::net::TcpListener,
     limits: HttpLimits,
     metrics: NetMetrics,
     api: Option<crate::api::Api>,
     health: Health,
+    tls: Option<crate::web::TlsConfig>,
+    web: crate::web::WebPolicy,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), NetError> {
     let io = |source| NetError::Io {
@@ -102,9 +109,13 @@ pub async fn serve_http(
     info!(
         addr = %local,
         max_connections = limits.max_connections,
+        https = tls.is_some(),
         "HTTP listening (/metrics, /healthz)"
     );
-    let app = app(metrics.registry.clone(), api, health);
+    let app = app(metrics.registry.clone(), api, health).layer(
+        axum::middleware::from_fn_with_state((Arc::new(web), metrics.clone()), crate::web::guard),
+    );
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     // Exposed at 0 from the start, so a rate() alert has a series.
     for reason in [TIMEOUT_HEADER, TIMEOUT_IDLE, TIMEOUT_BODY] {
         metrics.http_timeouts.with_label_values(&[reason]);
@@ -143,15 +154,33 @@ pub async fn serve_http(
                     continue;
                 };
                 let slot = Slot::new(permit, metrics.http_connections.clone());
-                conns.spawn(connection(
-                    Tracked::new(stream, slot),
-                    peer,
-                    http.clone(),
-                    app.clone(),
-                    limits.idle_timeout,
-                    metrics.clone(),
-                    told.clone(),
-                ));
+                let io = Tracked::new(stream, slot);
+                let activity = io.activity.clone();
+                let (http, app, metrics, told) = (http.clone(), app.clone(), metrics.clone(), told.clone());
+                let idle = limits.idle_timeout;
+                match tls.clone() {
+                    None => {
+                        conns.spawn(connection(io, activity, peer, http, app, idle, metrics, told));
+                    }
+                    Some(acceptor) => {
+                        let handshake = limits.header_timeout;
+                        conns.spawn(async move {
+                            match tokio::time::timeout(handshake, acceptor.accept(io)).await {
+                                Ok(Ok(tls)) => {
+                                    connection(tls, activity, peer, http, app, idle, metrics, told).await;
+                                }
+                                Ok(Err(e)) => {
+                                    metrics.http_tls_failures.inc();
+                                    debug!(%peer, error = %e, "HTTPS handshake failed");
+                                }
+                                Err(_) => {
+                                    metrics.http_timeouts.with_label_values(&[TIMEOUT_HEADER]).inc();
+                                    debug!(%peer, "HTTPS handshake not done in time: connection closed");
+                                }
+                            }
+                        });
+                    }
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             () = stopped(&mut stop) => break,
@@ -217,16 +246,19 @@ fn healthz(verdict: Verdict) -> impl IntoResponse + use<> {
 /// Serves one connection until it ends, is upgraded (the WebSocket goes
 /// on in its own task, holding the connection's [`Slot`]), times out or
 /// the endpoint stops.
-async fn connection(
-    io: Tracked,
+#[allow(clippy::too_many_arguments)]
+async fn connection<IO>(
+    io: IO,
+    activity: Arc<Activity>,
     peer: SocketAddr,
     http: Arc<http1::Builder>,
     app: Router,
     idle: Duration,
     metrics: NetMetrics,
     mut stop: watch::Receiver<bool>,
-) {
-    let activity = io.activity.clone();
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = PerConnection {
         app: TowerToHyperService::new(app),
         peer,

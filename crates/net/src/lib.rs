@@ -31,6 +31,7 @@ mod scheduler;
 mod session;
 mod sip;
 mod tls;
+pub mod web;
 mod work;
 
 #[doc(hidden)]

@@ -68,6 +68,11 @@ pub struct NetMetrics {
     /// `centralino_cluster_summaries_total{outcome}`: summaries sent,
     /// unsent (NATS down: the next one replaces it), received, refused.
     pub cluster_summaries: IntCounterVec,
+    /// `centralino_http_tls_failures_total`: HTTPS handshakes that failed.
+    pub http_tls_failures: IntCounter,
+    /// `centralino_http_cross_origin_total`: WebSocket handshakes from
+    /// another site's page, refused.
+    pub http_cross_origin: IntCounter,
     /// `centralino_cluster_work_total{event}`: callbacks mirrored on the
     /// work stream, taken over from a dead node, moved away, dials fenced
     /// (go, moved), and the stream unavailable.
@@ -208,6 +213,20 @@ impl NetMetrics {
                 "Node summaries sent, unsent, received and refused",
                 &["outcome"]
             )),
+            http_tls_failures: reg!(
+                IntCounter::new(
+                    "centralino_http_tls_failures_total",
+                    "HTTPS handshakes that failed"
+                )
+                .expect("valid metric")
+            ),
+            http_cross_origin: reg!(
+                IntCounter::new(
+                    "centralino_http_cross_origin_total",
+                    "WebSocket handshakes from another site's page, refused"
+                )
+                .expect("valid metric")
+            ),
             cluster_work: reg!(cv(
                 "centralino_cluster_work_total",
                 "Callbacks on the national work stream: mirrored, taken over, moved away, dials fenced, stream unavailable",

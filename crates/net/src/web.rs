@@ -1,0 +1,184 @@
+//! What every HTTP answer carries for a browser, and who may open a
+//! WebSocket: HTTPS with rustls when `http.tls_cert_file` is set (the
+//! same aws-lc-rs provider as SIP over TLS), security headers on every
+//! response, and an Origin check on every WebSocket handshake, so a page
+//! on another site cannot open an operator's or supervisor's socket with
+//! their credentials (cross-site WebSocket hijacking).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use tokio_rustls::rustls;
+
+use crate::error::NetError;
+use crate::metrics::NetMetrics;
+
+/// The HTTP listener's TLS configuration.
+pub type TlsConfig = Arc<rustls::ServerConfig>;
+
+/// The HTTP listener's TLS configuration (HTTP/1.1 only, TLS 1.2 and 1.3).
+pub fn tls_config(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<TlsConfig, NetError> {
+    let certs = crate::tls::load_certs(cert_file)?;
+    let key = crate::tls::load_key(key_file)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(crate::tls::VERSIONS)
+        .map_err(|e| NetError::tls(cert_file, e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| NetError::tls(key_file, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Who may open a WebSocket, and whether the endpoint is HTTPS.
+#[derive(Clone, Debug, Default)]
+pub struct WebPolicy {
+    /// Served over TLS: `Strict-Transport-Security` is sent.
+    pub tls: bool,
+    /// Origins allowed besides the endpoint's own (`http.allowed_origins`,
+    /// e.g. a desktop served from another host of the firm).
+    pub origins: Vec<String>,
+}
+
+impl WebPolicy {
+    /// Whether a WebSocket handshake with these headers may proceed: no
+    /// `Origin` (not a browser: nothing to hijack), the endpoint's own
+    /// origin (the `Host` it was asked for, with the endpoint's scheme),
+    /// or one configured.
+    pub fn origin_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        if self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            return true;
+        }
+        let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+            return false;
+        };
+        let scheme = if self.tls { "https" } else { "http" };
+        origin
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+            .is_some_and(|h| h.eq_ignore_ascii_case(host))
+    }
+}
+
+/// The security headers every response carries. The API answers JSON and
+/// plain text only: nothing may be framed, sniffed or loaded from it.
+fn secure(headers: &mut HeaderMap, tls: bool) {
+    let set = |h: &mut HeaderMap, name: header::HeaderName, v: &'static str| {
+        h.entry(name).or_insert(HeaderValue::from_static(v));
+    };
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    set(headers, header::REFERRER_POLICY, "no-referrer");
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    );
+    set(headers, header::CACHE_CONTROL, "no-store");
+    if tls {
+        set(
+            headers,
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=31536000",
+        );
+    }
+}
+
+/// The guard in front of every route.
+pub(crate) async fn guard(
+    State((policy, metrics)): State<(Arc<WebPolicy>, NetMetrics)>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let mut resp = if upgrade && !policy.origin_ok(req.headers()) {
+        metrics.http_cross_origin.inc();
+        tracing::warn!(path = %req.uri().path(), "WebSocket from another site's page refused (Origin not allowed)");
+        (
+            StatusCode::FORBIDDEN,
+            "cross-site WebSocket refused: Origin not allowed (http.allowed_origins)\n",
+        )
+            .into_response()
+    } else {
+        next.run(req).await
+    };
+    secure(resp.headers_mut(), policy.tls);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_the_endpoints_own_origin_or_a_configured_one_opens_a_websocket() {
+        let http = WebPolicy::default();
+        assert!(
+            http.origin_ok(&headers(None, "127.0.0.1:8080")),
+            "not a browser"
+        );
+        assert!(http.origin_ok(&headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080")));
+        assert!(!http.origin_ok(&headers(Some("http://evil.example"), "127.0.0.1:8080")));
+        assert!(!http.origin_ok(&headers(Some("http://127.0.0.1:8081"), "127.0.0.1:8080")));
+        assert!(!http.origin_ok(&headers(Some("null"), "127.0.0.1:8080")));
+        // A look-alike host is not the host.
+        assert!(!http.origin_ok(&headers(
+            Some("http://127.0.0.1:8080.evil.example"),
+            "127.0.0.1:8080"
+        )));
+        let https = WebPolicy {
+            tls: true,
+            origins: vec!["https://desk.asl.example".into()],
+        };
+        assert!(
+            !https.origin_ok(&headers(Some("http://cc.example"), "cc.example")),
+            "scheme"
+        );
+        assert!(https.origin_ok(&headers(Some("https://cc.example"), "cc.example")));
+        assert!(https.origin_ok(&headers(Some("https://desk.asl.example"), "cc.example")));
+    }
+
+    #[test]
+    fn every_response_carries_the_security_headers() {
+        let mut h = HeaderMap::new();
+        secure(&mut h, true);
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(
+            h[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'")
+        );
+        assert!(h.contains_key(header::STRICT_TRANSPORT_SECURITY));
+        let mut h = HeaderMap::new();
+        secure(&mut h, false);
+        assert!(!h.contains_key(header::STRICT_TRANSPORT_SECURITY));
+    }
+}

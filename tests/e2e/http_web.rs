@@ -1,0 +1,162 @@
+//! The HTTP endpoint as a browser meets it: HTTPS with the node's own
+//! rustls when a certificate is configured (plain HTTP refused on that
+//! port), security headers on every answer, and no WebSocket opened by
+//! another site's page (cross-site WebSocket hijacking: TEST-MATRIX D).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{Node, NodeConfig, Scratch};
+use crate::sip_tls::{Pki, certs, provider};
+use rustls::pki_types::ServerName;
+
+const SUPERVISOR: &str = "web-supervisor-token-0123456789";
+
+/// `GET path` over TLS to 127.0.0.1:`port`, trusting `ca`: the whole
+/// answer (head and body).
+fn https_get(port: u16, ca: &std::path::Path, path: &str) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca) {
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        ServerName::try_from("127.0.0.1").expect("name"),
+    )
+    .expect("client");
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request over TLS");
+    let mut out = Vec::new();
+    // A close without TLS close_notify ends the read too.
+    let _ = tls.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
+    let scratch = Scratch::new("https");
+    let pki = Pki::new(&scratch);
+    pki.leaf("node", "ca", "IP:127.0.0.1");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        NodeConfig::default().toml(sip, http).replacen(
+            &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:{http}\"\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+                pki.s("node.pem"),
+                pki.s("node.key")
+            ),
+            1,
+        )
+    });
+    assert!(node.logs().contains("https=true"), "{}", node.logs());
+    let answer = https_get(node.http_port, &pki.path("ca.pem"), "/healthz");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+    assert_eq!(
+        header(&answer, "strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert_eq!(header(&answer, "x-content-type-options"), Some("nosniff"));
+    assert!(
+        header(&answer, "content-security-policy")
+            .is_some_and(|v| v.contains("frame-ancestors 'none'")),
+        "{answer}"
+    );
+    // Plain HTTP on the HTTPS port gets no answer of the API.
+    let mut plain = TcpStream::connect(("127.0.0.1", node.http_port)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = plain.read_to_end(&mut out);
+    assert!(
+        !String::from_utf8_lossy(&out).contains("200 OK"),
+        "plain HTTP answered on the HTTPS port"
+    );
+    // Counted (the metrics page is HTTPS too).
+    let start = std::time::Instant::now();
+    loop {
+        let page = https_get(node.http_port, &pki.path("ca.pem"), "/metrics");
+        if crate::common::metric_in(&page, "centralino_http_tls_failures_total") >= 1.0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_websocket_from_another_sites_page_is_refused() {
+    use tungstenite::client::IntoClientRequest;
+    let scratch = Scratch::new("ws-origin");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        format!(
+            "{}\n[[api.tokens]]\nname = \"sup\"\ntoken = \"{SUPERVISOR}\"\nrole = \"supervisor\"\n",
+            NodeConfig::default().toml(sip, http)
+        )
+    });
+    let open = |origin: Option<&str>| {
+        let mut req = format!("ws://127.0.0.1:{}/api/v1/queues/events", node.http_port)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {SUPERVISOR}").parse().expect("header"),
+        );
+        if let Some(o) = origin {
+            req.headers_mut()
+                .insert("origin", o.parse().expect("header"));
+        }
+        tungstenite::connect(req)
+    };
+    // Another site's page, with the supervisor's credentials.
+    match open(Some("https://evil.example")) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!(
+            "a cross-site WebSocket was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    assert_eq!(node.metric("centralino_http_cross_origin_total"), 1.0);
+    // The node's own origin, and a client that is not a browser, open it.
+    let own = format!("http://127.0.0.1:{}", node.http_port);
+    let (mut ws, _) = open(Some(&own)).expect("the node's own page opens its WebSocket");
+    let _ = ws.close(None);
+    let (mut ws, _) = open(None).expect("a non-browser client opens it");
+    let _ = ws.close(None);
+    // Every answer carries the security headers, over plain HTTP too.
+    let mut plain = TcpStream::connect(("127.0.0.1", node.http_port)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    plain
+        .write_all(b"GET /api/v1/queues HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    let _ = plain.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert_eq!(header(&out, "x-frame-options"), Some("DENY"));
+    assert_eq!(header(&out, "strict-transport-security"), None);
+}
