@@ -469,12 +469,88 @@ fn a_lending_node_killed_mid_ring_sends_the_call_back_to_its_place() {
     );
 }
 
+/// With the network's key (`cluster.key_file`), a NATS credential alone
+/// is no node: a summary announcing free operators that is not signed
+/// never enters the picture (so no call is ever handed to it), and an
+/// unsigned offer gets no operator; the nodes, signing theirs, see each
+/// other and hand calls over as before.
+#[test]
+fn without_the_networks_key_a_nats_client_is_no_node() {
+    let (sa, sb) = (Scratch::new("keyed-a"), Scratch::new("keyed-b"));
+    let port = free_port();
+    let _nats = Nats::start(&sa, port);
+    let key = sa.path("network.key");
+    std::fs::write(&key, format!("{}\n", "3c".repeat(32))).unwrap();
+    let keyed = format!("key_file = {:?}\n", key.to_str().unwrap());
+    let a = node_of(&sa, "roma-1", port, "demo", 2, &keyed);
+    let b = node_of(&sb, "milano-1", port, "demo", 2, &keyed);
+    wait_cluster(&a, "roma-1 sees milano-1 (signed summaries)", |v| {
+        peer_up(v, "milano-1") == Some(true)
+    });
+    let _phone = one_answering_phone(&sa, &a);
+    // Planted: a node that is not one, announcing free operators.
+    let forged = format!(
+        r#"{{"node":"evil-1","boot":1,"seq":1,"at_ms":0,"draining":false,"queues":[{{"tenant":"demo","queue":"info","waiting":0,"oldest_wait_ms":0,"expected_wait_seconds":0,"available":50,"busy":0,"paused":0,"logged_out":0}}],"sip":"127.0.0.1:{}"}}"#,
+        free_port()
+    );
+    for _ in 0..3 {
+        nats_publish(port, "centralino.v1.summary.evil-1", &forged);
+    }
+    a.wait_metric(
+        "centralino_cluster_summaries_total{outcome=\"refused\"}",
+        Duration::from_secs(10),
+        |v| v >= 3.0,
+    );
+    let v = wait_cluster(&a, "the picture", |_| true);
+    assert_eq!(peer_up(&v, "evil-1"), None, "{v}");
+    // An unsigned offer for roma-1's free operator: no answer at all.
+    let req = r#"{"id":"evil-1-1-1","from":"milano-1","tenant":"demo","queue":"info","requirements":null,"priority":0,"waited_ms":4000}"#;
+    assert_eq!(
+        nats_request_within(
+            port,
+            "centralino.v1.offer.roma-1",
+            req,
+            Duration::from_secs(2)
+        ),
+        None
+    );
+    assert_eq!(
+        a.metric("centralino_agents{state=\"available\",tenant=\"demo\"}"),
+        1.0,
+        "nobody held for it"
+    );
+    // The real nodes hand a call over: a caller waiting on milano-1 is
+    // answered by roma-1's operator.
+    let mut trunk = trunk_to(
+        &sb,
+        &b,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "500"],
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    assert_eq!(
+        b.metric("centralino_cluster_handovers_total{outcome=\"connected\"}"),
+        1.0
+    );
+}
+
 /// A bare NATS client (the protocol's text form): publishes `payload` on
 /// `subject` with a reply inbox and returns the first reply.
 pub(crate) fn nats_request(port: u16, subject: &str, payload: &str) -> String {
+    nats_request_within(port, subject, payload, Duration::from_secs(5)).expect("a reply within 5 s")
+}
+
+/// [`nats_request`], `None` when no reply comes within `limit`.
+pub(crate) fn nats_request_within(
+    port: u16,
+    subject: &str,
+    payload: &str,
+    limit: Duration,
+) -> Option<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
@@ -487,7 +563,7 @@ pub(crate) fn nats_request(port: u16, subject: &str, payload: &str) -> String {
     .unwrap();
     loop {
         line.clear();
-        r.read_line(&mut line).expect("a reply within 5 s");
+        r.read_line(&mut line).ok()?;
         if line.starts_with("PING") {
             s.write_all(b"PONG\r\n").unwrap();
         } else if let Some(rest) = line.strip_prefix("MSG _INBOX.e2e 1 ") {
@@ -495,7 +571,7 @@ pub(crate) fn nats_request(port: u16, subject: &str, payload: &str) -> String {
             let mut body = vec![0; n + 2];
             r.read_exact(&mut body).unwrap();
             body.truncate(n);
-            return String::from_utf8(body).unwrap();
+            return Some(String::from_utf8(body).unwrap());
         }
     }
 }

@@ -69,7 +69,7 @@ max_wait_seconds = 600
 node = "{name}"
 nats_url = "nats://127.0.0.1:{nats}"
 durability = "jetstream"
-work_key_file = {key:?}
+key_file = {key:?}
 takeover_after_seconds = 3
 "#
         );

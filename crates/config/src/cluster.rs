@@ -18,7 +18,7 @@ pub(super) struct RawCluster {
     tls_ca_file: Option<String>,
     sip_address: Option<String>,
     durability: Option<String>,
-    work_key_file: Option<String>,
+    key_file: Option<String>,
     takeover_after_seconds: Option<u64>,
 }
 
@@ -63,9 +63,12 @@ pub struct ClusterConfig {
     pub sip_address: Option<std::net::SocketAddr>,
     /// Where callbacks outlive this node.
     pub durability: Durability,
-    /// A file holding the key (32 bytes, hex) that seals callback
-    /// records on the work stream: shared by the nodes, never sent.
-    pub work_key_file: Option<PathBuf>,
+    /// A file holding the network's key (32 random bytes, 64 hex digits),
+    /// the same on every node, never sent: it authenticates every message
+    /// between the nodes and seals the callback records of the work
+    /// stream. Needed with `durability = "jetstream"`; without it the
+    /// messages go unauthenticated (a NATS credential is a node).
+    pub key_file: Option<PathBuf>,
     /// A node silent this long is dead for its callbacks: the others take
     /// them over (`takeover_after_seconds`, default 30).
     pub takeover_after: std::time::Duration,
@@ -154,7 +157,7 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
         ("cluster.token_file", &raw.token_file),
         ("cluster.password_file", &raw.password_file),
         ("cluster.tls_ca_file", &raw.tls_ca_file),
-        ("cluster.work_key_file", &raw.work_key_file),
+        ("cluster.key_file", &raw.key_file),
     ] {
         if let Some(f) = file
             && f.is_empty()
@@ -173,9 +176,9 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
             Durability::Local
         }
     };
-    if durability == Durability::JetStream && raw.work_key_file.is_none() {
+    if durability == Durability::JetStream && raw.key_file.is_none() {
         p.add(
-            "cluster.work_key_file",
+            "cluster.key_file",
             "durability = \"jetstream\" needs a key file shared by the nodes (32 random bytes as 64 hex digits, e.g. `openssl rand -hex 32`): callback records are sealed with it, so the NATS servers never see a citizen's number and nobody without it can plant one",
         );
     }
@@ -190,7 +193,7 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
         node: raw.node.clone(),
         durability,
         takeover_after: std::time::Duration::from_secs(takeover_after),
-        work_key_file: raw.work_key_file.as_ref().map(PathBuf::from),
+        key_file: raw.key_file.as_ref().map(PathBuf::from),
         nats_urls: urls,
         token_file: raw.token_file.as_ref().map(PathBuf::from),
         password_file: raw.password_file.as_ref().map(PathBuf::from),

@@ -973,16 +973,16 @@ fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
     // key the nodes share; "local" (the default) keeps them in the store.
     assert_eq!(cluster.durability, Durability::Local);
     let c = Config::from_toml(&format!(
-        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ndurability = \"jetstream\"\nwork_key_file = \"/etc/centralino/work.key\"\n"
+        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ndurability = \"jetstream\"\nkey_file = \"/etc/centralino/work.key\"\n"
     ))
     .unwrap();
     let cluster = c.cluster.unwrap();
     assert_eq!(cluster.durability, Durability::JetStream);
-    assert!(cluster.work_key_file.is_some());
+    assert!(cluster.key_file.is_some());
     for (cluster, want) in [
         (
             "node = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ndurability = \"jetstream\"",
-            "cluster.work_key_file",
+            "cluster.key_file",
         ),
         (
             "node = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\ndurability = \"postgres\"",

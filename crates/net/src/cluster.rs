@@ -86,6 +86,53 @@ pub(crate) struct Links {
     pub(crate) outputs: mpsc::Receiver<ClusterOut>,
     /// The work stream's driver, with `durability = "jetstream"`.
     pub(crate) work: Option<crate::work::WorkLinks>,
+    /// The network's key: every message sent is signed with it, and every
+    /// message received must be (`None`: none is, as on a network
+    /// without `key_file`).
+    pub(crate) key: Option<Arc<crate::netkey::NetworkKey>>,
+}
+
+/// Sends and checks the nodes' messages with the network's key, if any.
+#[derive(Clone)]
+struct Wire {
+    client: async_nats::Client,
+    key: Option<Arc<crate::netkey::NetworkKey>>,
+}
+
+impl Wire {
+    async fn publish(&self, subject: String, payload: Vec<u8>) -> Result<(), ()> {
+        let sent = match &self.key {
+            Some(k) => {
+                let h = k.sign(&subject, &payload);
+                self.client
+                    .publish_with_headers(subject, h, Bytes::from(payload))
+                    .await
+            }
+            None => self.client.publish(subject, Bytes::from(payload)).await,
+        };
+        sent.map_err(|_| ())
+    }
+
+    async fn request(&self, subject: String, payload: Vec<u8>) -> Option<async_nats::Message> {
+        let asked = match &self.key {
+            Some(k) => {
+                let h = k.sign(&subject, &payload);
+                self.client
+                    .request_with_headers(subject, h, Bytes::from(payload))
+                    .await
+            }
+            None => self.client.request(subject, Bytes::from(payload)).await,
+        };
+        asked.ok()
+    }
+
+    /// A message from another node: accepted only with the network's MAC
+    /// (when the network has a key).
+    fn authentic(&self, msg: &async_nats::Message) -> bool {
+        self.key
+            .as_ref()
+            .is_none_or(|k| k.verify(msg.subject.as_str(), &msg.payload, msg.headers.as_ref()))
+    }
 }
 
 /// Connects to NATS (in the background: a server down at start is no
@@ -150,7 +197,15 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
         target,
         mut outputs,
         work,
+        key,
     } = links;
+    if key.is_none() {
+        warn!(node = %node, "national network: no cluster.key_file: messages between the nodes are not authenticated (any NATS credential is a node)");
+    }
+    let wire = Wire {
+        client: client.clone(),
+        key,
+    };
     // Who is alive, for the work stream's driver: it takes over only
     // from nodes this one knows to be down.
     let (liveness, alive) = tokio::sync::watch::channel(crate::work::Liveness::default());
@@ -188,6 +243,10 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                     warn!("national network: the subscription ended");
                     return;
                 };
+                if !wire.authentic(&msg) {
+                    metrics.cluster_summaries.with_label_values(&["refused"]).inc();
+                    continue;
+                }
                 match Summary::decode(&msg.payload) {
                     // The subject names the sender: a summary claiming to
                     // be another node's is refused.
@@ -215,7 +274,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
             }
             msg = offers.next() => {
                 let Some(msg) = msg else { return };
-                answer_offer(&client, &engine, &target, &membership, &metrics, &in_flight, msg);
+                answer_offer(&wire, &engine, &target, &membership, &metrics, &in_flight, msg);
             }
             out = outputs.recv() => {
                 let Some(out) = out else { return };
@@ -225,15 +284,19 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                     {
                         seq += 1;
                         let s = summary(&node, boot, seq, &draining, summaries(&desks), &desks, sip);
-                        publish(&client, &subject, &s, &metrics).await;
+                        publish(&wire, &subject, &s, &metrics).await;
                         last_sent = Some(Instant::now());
                     }
                     continue;
                 }
-                send_out(&client, &engine, &node, &metrics, out);
+                send_out(&wire, &engine, &node, &metrics, out);
             }
             msg = releases.next() => {
                 let Some(msg) = msg else { return };
+                if !wire.authentic(&msg) {
+                    metrics.cluster_summaries.with_label_values(&["refused"]).inc();
+                    continue;
+                }
                 match Release::decode(&msg.payload) {
                     Ok(r) => {
                         // Never wait on a full engine queue here: the
@@ -258,7 +321,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                 if connected {
                     seq += 1;
                     let s = summary(&node, boot, seq, &draining, mine.clone(), &desks, sip);
-                    publish(&client, &subject, &s, &metrics).await;
+                    publish(&wire, &subject, &s, &metrics).await;
                     last_sent = Some(Instant::now());
                 } else {
                     metrics.cluster_summaries.with_label_values(&["unsent"]).inc();
@@ -332,13 +395,10 @@ fn summary(
     }
 }
 
-async fn publish(client: &async_nats::Client, subject: &str, s: &Summary, metrics: &NetMetrics) {
-    let outcome = match client
-        .publish(subject.to_owned(), Bytes::from(s.encode()))
-        .await
-    {
+async fn publish(wire: &Wire, subject: &str, s: &Summary, metrics: &NetMetrics) {
+    let outcome = match wire.publish(subject.to_owned(), s.encode()).await {
         Ok(()) => "sent",
-        Err(_) => "unsent",
+        Err(()) => "unsent",
     };
     metrics
         .cluster_summaries
@@ -363,7 +423,7 @@ async fn subscribe(client: &async_nats::Client, subject: String) -> async_nats::
 /// reply subject. A malformed request gets no answer (the asker's
 /// timeout returns its call to its place) and is counted.
 fn answer_offer(
-    client: &async_nats::Client,
+    wire: &Wire,
     engine: &mpsc::Sender<EngineInput>,
     target: &str,
     membership: &Membership,
@@ -371,7 +431,10 @@ fn answer_offer(
     in_flight: &Arc<tokio::sync::Semaphore>,
     msg: async_nats::Message,
 ) {
-    let (Some(reply_to), Ok(req)) = (msg.reply, OfferRequest::decode(&msg.payload)) else {
+    let authentic = wire.authentic(&msg);
+    let (true, Some(reply_to), Ok(req)) =
+        (authentic, msg.reply, OfferRequest::decode(&msg.payload))
+    else {
         metrics
             .cluster_summaries
             .with_label_values(&["refused"])
@@ -390,7 +453,7 @@ fn answer_offer(
             .inc();
         return;
     };
-    let (client, engine, target) = (client.clone(), engine.clone(), target.to_owned());
+    let (wire, engine, target) = (wire.clone(), engine.clone(), target.to_owned());
     tokio::spawn(async move {
         let _permit = permit;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -404,7 +467,7 @@ fn answer_offer(
             return;
         }
         if let Ok(reply) = rx.await {
-            let _ = client.publish(reply_to, Bytes::from(reply.encode())).await;
+            let _ = wire.publish(reply_to.to_string(), reply.encode()).await;
         }
     });
 }
@@ -412,25 +475,25 @@ fn answer_offer(
 /// Sends the engine's offer (its answer, read bounded, goes back to the
 /// engine; none in time is the engine's timeout to handle) or release.
 fn send_out(
-    client: &async_nats::Client,
+    wire: &Wire,
     engine: &mpsc::Sender<EngineInput>,
     me: &str,
     metrics: &NetMetrics,
     out: ClusterOut,
 ) {
-    let (client, engine, metrics) = (client.clone(), engine.clone(), metrics.clone());
+    let (wire, engine, metrics) = (wire.clone(), engine.clone(), metrics.clone());
     match out {
         ClusterOut::Offer { node, request } => {
             tokio::spawn(async move {
                 let subject = format!("centralino.v1.offer.{node}");
-                let asked = client.request(subject, Bytes::from(request.encode()));
+                let asked = wire.request(subject, request.encode());
                 // Waited for up to a lease: a late grant goes to the engine,
                 // which lets it go (its own timeout kept the call here).
-                let Ok(Ok(answer)) = tokio::time::timeout(LEASE, asked).await else {
+                let Ok(Some(answer)) = tokio::time::timeout(LEASE, asked).await else {
                     return;
                 };
                 match OfferReply::decode(&answer.payload) {
-                    Ok(reply) if reply.id() == request.id => {
+                    Ok(reply) if reply.id() == request.id && wire.authentic(&answer) => {
                         let reply = Box::new(reply);
                         let _ = engine.send(EngineInput::ClusterReply { node, reply }).await;
                     }
@@ -449,7 +512,7 @@ fn send_out(
             };
             tokio::spawn(async move {
                 let subject = format!("centralino.v1.release.{node}");
-                let _ = client.publish(subject, Bytes::from(release.encode())).await;
+                let _ = wire.publish(subject, release.encode()).await;
             });
         }
     }

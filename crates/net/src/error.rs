@@ -33,9 +33,9 @@ pub enum NetError {
         /// Why (rustls' or the PEM parser's words; never key material).
         reason: String,
     },
-    /// The work stream's key cannot be used.
-    #[error("cluster.work_key_file {file}: {reason}")]
-    WorkKey {
+    /// The national network's key cannot be used.
+    #[error("cluster.key_file {file}: {reason}")]
+    NetworkKey {
         /// The file.
         file: std::path::PathBuf,
         /// Why (never the key).

@@ -25,6 +25,7 @@ mod http;
 mod limits;
 mod media;
 mod metrics;
+mod netkey;
 mod prompts;
 mod recorder;
 mod scheduler;

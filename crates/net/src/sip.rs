@@ -167,13 +167,25 @@ impl SipServer {
         let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
         // Callbacks that outlive this node: mirrored on the national work
         // stream, each dial fenced there first.
+        // The network's key: a file the node cannot use stops it here.
+        let network_key = match config.cluster.as_ref().and_then(|c| c.key_file.as_ref()) {
+            Some(f) => Some(crate::netkey::NetworkKey::from_file(f)?),
+            None => None,
+        };
         let (mut work_ready, mut fence, mut work) = (None, None, None);
-        if let (Some(c), Some(sink), Some(d)) = (&config.cluster, &records, &desks)
-            && let (centralino_config::Durability::JetStream, Some(key)) =
-                (c.durability, &c.work_key_file)
+        if let (Some(c), Some(sink), Some(d), Some(key)) =
+            (&config.cluster, &records, &desks, &network_key)
+            && c.durability == centralino_config::Durability::JetStream
         {
             let can_dial = config.trunks.iter().any(|t| t.outbound.is_some());
-            let w = crate::work::links(c, key, sink.handle(), d.clone(), net.clone(), can_dial)?;
+            let w = crate::work::links(
+                c,
+                key.clone(),
+                sink.handle(),
+                d.clone(),
+                net.clone(),
+                can_dial,
+            );
             work_ready = Some((w.ready, w.claims.clone()));
             fence = Some((w.fence, w.claims));
             work = Some(w.links);
@@ -232,6 +244,7 @@ impl SipServer {
                     target,
                     outputs: out_rx,
                     work,
+                    key: network_key,
                 },
             );
         }

@@ -157,7 +157,7 @@ pub(crate) struct WorkLinks {
     /// Callbacks may be claimed (the scheduler reads it).
     ready: Arc<AtomicBool>,
     fences: mpsc::Receiver<Fence>,
-    key: Sealer,
+    key: Arc<crate::netkey::NetworkKey>,
     /// This node places calls (an outbound trunk): only such a node takes
     /// another's callbacks over.
     can_dial: bool,
@@ -175,21 +175,18 @@ pub(crate) struct Work {
     pub(crate) links: WorkLinks,
 }
 
-/// Fails when the key file cannot be used (the node does not start: a
-/// node that could neither read nor seal records would hold its
-/// callbacks for ever).
+/// `key`: the network's key (its sealing half seals the records).
 pub(crate) fn links(
     config: &centralino_config::ClusterConfig,
-    key_file: &std::path::Path,
+    key: Arc<crate::netkey::NetworkKey>,
     store: StoreHandle,
     desks: Desks,
     metrics: NetMetrics,
     can_dial: bool,
-) -> Result<Work, crate::NetError> {
-    let key = Sealer::from_file(key_file)?;
+) -> Work {
     let ready = Arc::new(AtomicBool::new(false));
     let (fence, rx) = mpsc::channel(FENCE_QUEUE);
-    Ok(Work {
+    Work {
         ready: ready.clone(),
         fence,
         claims: Claims::default(),
@@ -203,76 +200,6 @@ pub(crate) fn links(
             can_dial,
             takeover_after: config.takeover_after,
         },
-    })
-}
-
-/// Seals records (AES-256-GCM, the subject as associated data, a random
-/// nonce each): the NATS servers and anyone holding only a NATS
-/// credential see no number, cannot plant a callback, and cannot move
-/// one record onto another callback's subject.
-pub(crate) struct Sealer(aws_lc_rs::aead::LessSafeKey);
-
-/// The sealed form's first bytes (its version).
-const SEALED: &[u8] = b"CW1";
-const NONCE: usize = aws_lc_rs::aead::NONCE_LEN;
-
-impl Sealer {
-    fn from_file(file: &std::path::Path) -> Result<Self, crate::NetError> {
-        let err = |reason: &str| crate::NetError::WorkKey {
-            file: file.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let text = std::fs::read_to_string(file).map_err(|e| err(&e.to_string()))?;
-        let hex = text.trim();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err("64 hex digits (32 random bytes) expected"));
-        }
-        let bytes: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
-            .collect();
-        let key = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &bytes)
-            .map_err(|_| err("not an AES-256 key"))?;
-        Ok(Self(aws_lc_rs::aead::LessSafeKey::new(key)))
-    }
-
-    fn seal(&self, subject: &str, plain: &[u8]) -> Option<Vec<u8>> {
-        let mut nonce = [0u8; NONCE];
-        aws_lc_rs::rand::fill(&mut nonce).ok()?;
-        let mut body = plain.to_vec();
-        self.0
-            .seal_in_place_append_tag(
-                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
-                aws_lc_rs::aead::Aad::from(subject.as_bytes()),
-                &mut body,
-            )
-            .ok()?;
-        let mut out = Vec::with_capacity(SEALED.len() + NONCE + body.len());
-        out.extend_from_slice(SEALED);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&body);
-        Some(out)
-    }
-
-    /// The record in `sealed` if this key sealed it for `subject`.
-    fn open(&self, subject: &str, sealed: &[u8]) -> Option<WorkRecord> {
-        let rest = sealed.strip_prefix(SEALED)?;
-        if rest.len() < NONCE || rest.len() > w::MAX_RECORD_BYTES * 2 {
-            return None;
-        }
-        let (nonce, body) = rest.split_at(NONCE);
-        let nonce = aws_lc_rs::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut body = body.to_vec();
-        let plain = self
-            .0
-            .open_in_place(
-                nonce,
-                aws_lc_rs::aead::Aad::from(subject.as_bytes()),
-                &mut body,
-            )
-            .ok()?;
-        WorkRecord::decode(plain)
-            .ok()
-            .filter(|r| w::callback_subject(&r.callback.id).as_deref() == Some(subject))
     }
 }
 
@@ -311,7 +238,7 @@ struct Shared {
     store: StoreHandle,
     desks: Desks,
     metrics: NetMetrics,
-    key: Sealer,
+    key: Arc<crate::netkey::NetworkKey>,
     ready: Arc<AtomicBool>,
     can_dial: bool,
 }
@@ -550,6 +477,7 @@ impl Shared {
         record.prev = expect;
         let sealed = self
             .key
+            .sealer()
             .seal(&subject, &record.encode())
             .ok_or_else(|| PutError::Unavailable("cannot seal".into()))?;
         let msg = js::message::PublishMessage::build()
@@ -586,7 +514,7 @@ impl Shared {
             .await
             .map_err(|e| e.to_string())?;
         let before = (first.sequence < last.sequence).then_some(first.sequence);
-        Ok(match self.key.open(&subject, &last.payload) {
+        Ok(match self.key.sealer().open(&subject, &last.payload) {
             Some(r) if w::chained(&r, last.sequence, before) => {
                 Last::Record(last.sequence, Box::new(r))
             }
@@ -911,7 +839,7 @@ impl Shared {
         }
         let mut out = Vec::with_capacity(by_subject.len());
         for (subject, (seq, payload, before)) in by_subject {
-            match self.key.open(&subject, &payload) {
+            match self.key.sealer().open(&subject, &payload) {
                 Some(r) if w::chained(&r, seq, before) => out.push((seq, r)),
                 _ => self.count("refused"),
             }

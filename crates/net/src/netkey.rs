@@ -1,0 +1,194 @@
+//! The national network's key (`cluster.key_file`: 32 random bytes as 64
+//! hex digits, the same on every node, never sent). Two keys derive from
+//! it, one per use: one seals the callback records of the work stream
+//! (AES-256-GCM), the other authenticates every message the nodes send
+//! each other over NATS (HMAC-SHA256 over the subject and the payload, in
+//! the `Centralino-Mac` header). With it, a NATS credential alone is not
+//! a node: it can neither announce operators (and so be handed citizens'
+//! calls), nor offer or grant calls, nor read or plant callbacks.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use aws_lc_rs::hmac;
+use centralino_cluster::work::WorkRecord;
+
+use crate::error::NetError;
+
+/// The header carrying a message's MAC.
+pub(crate) const MAC_HEADER: &str = "Centralino-Mac";
+
+/// The network's key, its two halves.
+pub(crate) struct NetworkKey {
+    sealer: Sealer,
+    mac: hmac::Key,
+}
+
+impl NetworkKey {
+    /// Reads `file` (64 hex digits): a file the node cannot use stops it
+    /// at start, named (never the key).
+    pub(crate) fn from_file(file: &std::path::Path) -> Result<Arc<Self>, NetError> {
+        let err = |reason: &str| NetError::NetworkKey {
+            file: file.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| err(&e.to_string()))?;
+        let hex = text.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err("64 hex digits (32 random bytes) expected"));
+        }
+        let bytes: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        Self::from_bytes(&bytes).ok_or_else(|| err("not a usable key"))
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Arc<Self>> {
+        // One key per use, so neither can stand in for the other.
+        let root = hmac::Key::new(hmac::HMAC_SHA256, bytes);
+        let derive = |label: &[u8]| hmac::sign(&root, label);
+        let seal = derive(b"centralino work stream seal v1");
+        let mac = derive(b"centralino cluster message mac v1");
+        let unbound =
+            aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, seal.as_ref()).ok()?;
+        Some(Arc::new(Self {
+            sealer: Sealer(aws_lc_rs::aead::LessSafeKey::new(unbound)),
+            mac: hmac::Key::new(hmac::HMAC_SHA256, mac.as_ref()),
+        }))
+    }
+
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    fn tag(&self, subject: &str, payload: &[u8]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.mac);
+        ctx.update(subject.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(payload);
+        ctx.sign()
+    }
+
+    /// Headers carrying the MAC of `payload` sent on `subject`.
+    pub(crate) fn sign(&self, subject: &str, payload: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let hex: String = self
+            .tag(subject, payload)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        h.insert(MAC_HEADER, hex.as_str());
+        h
+    }
+
+    /// Whether `payload` on `subject` carries this network's MAC.
+    pub(crate) fn verify(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+    ) -> bool {
+        let Some(hex) = headers.and_then(|h| h.get(MAC_HEADER)).map(|v| v.as_str()) else {
+            return false;
+        };
+        if hex.len() != 64 {
+            return false;
+        }
+        let Some(mac) = (0..32)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        let mut ctx = Vec::with_capacity(subject.len() + 1 + payload.len());
+        ctx.extend_from_slice(subject.as_bytes());
+        ctx.push(0);
+        ctx.extend_from_slice(payload);
+        hmac::verify(&self.mac, &ctx, &mac).is_ok()
+    }
+}
+
+/// Seals records (AES-256-GCM, the subject as associated data, a random
+/// nonce each): the NATS servers and anyone holding only a NATS
+/// credential see no number, cannot plant a callback, and cannot move
+/// one record onto another callback's subject.
+pub(crate) struct Sealer(aws_lc_rs::aead::LessSafeKey);
+
+/// The sealed form's first bytes (its version).
+const SEALED: &[u8] = b"CW1";
+const NONCE: usize = aws_lc_rs::aead::NONCE_LEN;
+
+impl Sealer {
+    pub(crate) fn seal(&self, subject: &str, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; NONCE];
+        aws_lc_rs::rand::fill(&mut nonce).ok()?;
+        let mut body = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(subject.as_bytes()),
+                &mut body,
+            )
+            .ok()?;
+        let mut out = Vec::with_capacity(SEALED.len() + NONCE + body.len());
+        out.extend_from_slice(SEALED);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    /// The record in `sealed` if this key sealed it for `subject`.
+    pub(crate) fn open(&self, subject: &str, sealed: &[u8]) -> Option<WorkRecord> {
+        let rest = sealed.strip_prefix(SEALED)?;
+        if rest.len() < NONCE || rest.len() > centralino_cluster::work::MAX_RECORD_BYTES * 2 {
+            return None;
+        }
+        let (nonce, body) = rest.split_at(NONCE);
+        let nonce = aws_lc_rs::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut body = body.to_vec();
+        let plain = self
+            .0
+            .open_in_place(
+                nonce,
+                aws_lc_rs::aead::Aad::from(subject.as_bytes()),
+                &mut body,
+            )
+            .ok()?;
+        WorkRecord::decode(plain).ok().filter(|r| {
+            centralino_cluster::work::callback_subject(&r.callback.id).as_deref() == Some(subject)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_accepted_only_with_its_own_subject_payload_and_key() {
+        let k = NetworkKey::from_bytes(&[7; 32]).unwrap();
+        let other = NetworkKey::from_bytes(&[8; 32]).unwrap();
+        let h = k.sign("centralino.v1.summary.roma-1", b"{}");
+        assert!(k.verify("centralino.v1.summary.roma-1", b"{}", Some(&h)));
+        assert!(
+            !k.verify("centralino.v1.summary.milano-1", b"{}", Some(&h)),
+            "another subject"
+        );
+        assert!(
+            !k.verify("centralino.v1.summary.roma-1", b"{ }", Some(&h)),
+            "another payload"
+        );
+        assert!(
+            !other.verify("centralino.v1.summary.roma-1", b"{}", Some(&h)),
+            "another key"
+        );
+        assert!(
+            !k.verify("centralino.v1.summary.roma-1", b"{}", None),
+            "unsigned"
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert(MAC_HEADER, "zz");
+        assert!(!k.verify("centralino.v1.summary.roma-1", b"{}", Some(&bad)));
+    }
+}
