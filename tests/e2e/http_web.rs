@@ -160,3 +160,78 @@ fn a_websocket_from_another_sites_page_is_refused() {
     assert_eq!(header(&out, "x-frame-options"), Some("DENY"));
     assert_eq!(header(&out, "strict-transport-security"), None);
 }
+
+/// One raw HTTP/1.1 request to 127.0.0.1:`port` with extra header lines:
+/// the whole answer.
+fn raw(port: u16, method: &str, path: &str, headers: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The desktop's session is a cookie no script can read, sent to the API
+/// only and never from another site (SameSite=Strict); the API takes it
+/// like a bearer token, and refuses a change it authenticates when the
+/// request comes from another site's page (cross-site request forgery).
+#[test]
+fn the_desk_session_is_an_http_only_cookie_and_refuses_other_sites() {
+    let scratch = Scratch::new("desk-cookie");
+    let node = Node::start(&scratch, &NodeConfig::default());
+    let port = node.http_port;
+    let login = raw(
+        port,
+        "POST",
+        "/api/v1/login",
+        "",
+        r#"{"username": "1001", "password": "demo1001"}"#,
+    );
+    assert!(login.starts_with("HTTP/1.1 200"), "{login}");
+    let cookie = header(&login, "set-cookie").expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/api", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let session = cookie.split(';').next().expect("name=value").to_owned();
+    // The cookie opens the operator's desk like the token.
+    let desk = raw(
+        port,
+        "GET",
+        "/api/v1/agents/1001/call",
+        &format!("Cookie: {session}\r\n"),
+        "",
+    );
+    // (404: the operator is on no call; a session refused would be 401.)
+    assert!(desk.starts_with("HTTP/1.1 404"), "{desk}");
+    assert!(desk.contains("no call for this operator now"), "{desk}");
+    let anonymous = raw(port, "GET", "/api/v1/agents/1001/call", "", "");
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    // A change authenticated by the cookie, from another site's page:
+    // refused before it reaches the API.
+    let forged = raw(
+        port,
+        "POST",
+        "/api/v1/agents/1001/state",
+        &format!("Cookie: {session}\r\nOrigin: https://evil.example\r\n"),
+        r#"{"state": "paused"}"#,
+    );
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    // From the node's own page it reaches the API (409: the operator's
+    // phone is not registered, so there is no break to take).
+    let own = raw(
+        port,
+        "POST",
+        "/api/v1/agents/1001/state",
+        &format!("Cookie: {session}\r\nOrigin: http://127.0.0.1:{port}\r\n"),
+        r#"{"state": "paused"}"#,
+    );
+    assert!(own.starts_with("HTTP/1.1 409"), "{own}");
+}

@@ -98,6 +98,28 @@ fn secure(headers: &mut HeaderMap, tls: bool) {
     }
 }
 
+/// Over HTTPS, every cookie set travels over HTTPS only.
+fn secure_cookies(headers: &mut HeaderMap) {
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if cookies.is_empty() {
+        return;
+    }
+    headers.remove(header::SET_COOKIE);
+    for c in cookies {
+        let secured = match c.to_str() {
+            Ok(t) if !t.to_ascii_lowercase().contains("; secure") => {
+                HeaderValue::from_str(&format!("{t}; Secure")).unwrap_or(c)
+            }
+            _ => c,
+        };
+        headers.append(header::SET_COOKIE, secured);
+    }
+}
+
 /// The guard in front of every route.
 pub(crate) async fn guard(
     State((policy, metrics)): State<(Arc<WebPolicy>, NetMetrics)>,
@@ -109,17 +131,30 @@ pub(crate) async fn guard(
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let mut resp = if upgrade && !policy.origin_ok(req.headers()) {
+    // A request the browser authenticates by itself (the session cookie,
+    // no Authorization header) that changes something: only from the
+    // node's own pages (defence besides the cookie's SameSite=Strict).
+    let unsafe_method = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let by_cookie = !req.headers().contains_key(header::AUTHORIZATION)
+        && crate::api::session_cookie(req.headers()).is_some();
+    let mut resp = if (upgrade || (unsafe_method && by_cookie)) && !policy.origin_ok(req.headers())
+    {
         metrics.http_cross_origin.inc();
-        tracing::warn!(path = %req.uri().path(), "WebSocket from another site's page refused (Origin not allowed)");
+        tracing::warn!(path = %req.uri().path(), websocket = upgrade, "request from another site's page refused (Origin not allowed)");
         (
             StatusCode::FORBIDDEN,
-            "cross-site WebSocket refused: Origin not allowed (http.allowed_origins)\n",
+            "cross-site request refused: Origin not allowed (http.allowed_origins)\n",
         )
             .into_response()
     } else {
         next.run(req).await
     };
+    if policy.tls {
+        secure_cookies(resp.headers_mut());
+    }
     secure(resp.headers_mut(), policy.tls);
     resp
 }
@@ -180,5 +215,15 @@ mod tests {
         let mut h = HeaderMap::new();
         secure(&mut h, false);
         assert!(!h.contains_key(header::STRICT_TRANSPORT_SECURITY));
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("centralino_session=x; Path=/api; HttpOnly"),
+        );
+        secure_cookies(&mut h);
+        assert_eq!(
+            h[header::SET_COOKIE],
+            "centralino_session=x; Path=/api; HttpOnly; Secure"
+        );
     }
 }

@@ -117,13 +117,36 @@ pub(super) enum Need<'a> {
 
 /// The bearer token of `Authorization`, if any.
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION).map(|v| {
-        v.to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default()
-            .trim()
-    })
+    match headers.get(header::AUTHORIZATION) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .trim(),
+        ),
+        // The desktop page's session cookie (set by `POST /api/v1/login`).
+        None => session_cookie(headers),
+    }
+}
+
+/// The desktop session's cookie name.
+pub(crate) const SESSION_COOKIE: &str = "centralino_session";
+
+/// The session cookie's value, if the request carries one.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(SESSION_COOKIE)
+                .and_then(|r| r.strip_prefix('='))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 pub(super) fn authorize<'a>(

@@ -103,15 +103,23 @@ pub(super) fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Respons
     let secret = api.live().session_secret(&b.username).unwrap_or_default();
     let (token, expires) = api.sessions.issue(&b.username, &secret, unix_now());
     info!(agent = %b.username, "desk login");
-    (
-        ok(
-            StatusCode::OK,
-            &json!({
-                "token": token,
-                "agent": b.username,
-                "expires_at": rfc3339(expires),
-            }),
-        ),
-        Some(b.username),
-    )
+    let mut r = ok(
+        StatusCode::OK,
+        &json!({
+            "token": token,
+            "agent": b.username,
+            "expires_at": rfc3339(expires),
+        }),
+    );
+    // The desktop page's session: a cookie no script reads, sent to the
+    // API only, never from another site's page (the HTTP endpoint adds
+    // `Secure` over HTTPS). Tokens stay out of URLs.
+    let max_age = expires.saturating_sub(unix_now()).max(0);
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}={token}; Path=/api; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+        SESSION_COOKIE
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    (r, Some(b.username))
 }

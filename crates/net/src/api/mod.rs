@@ -56,6 +56,7 @@ pub use control::{Loader, ReloadError};
 pub use desks::Desks;
 
 use admin::*;
+pub(crate) use auth::session_cookie;
 use auth::*;
 pub(crate) use callbacks::random_id;
 use callbacks::*;
