@@ -198,6 +198,18 @@ fn two_nodes_share_one_picture_and_keep_serving_without_nats() {
         json(&nats_request(port, "centralino.v1.offer.roma-1", req)),
         reply
     );
+    // The same offer asking for its answer on another node's inbox: no
+    // answer (a grant goes only to its asker).
+    assert_eq!(
+        nats_request_to(
+            port,
+            "_INBOX_napoli-1.e2e",
+            "centralino.v1.offer.roma-1",
+            &req.replace("milano-1-7-1", "milano-1-7-9"),
+            Duration::from_secs(2)
+        ),
+        None
+    );
     let other = req.replace("milano-1-7-1", "milano-1-7-2");
     let refused = json(&nats_request(port, "centralino.v1.offer.roma-1", &other));
     assert_eq!(
@@ -541,9 +553,22 @@ pub(crate) fn nats_request(port: u16, subject: &str, payload: &str) -> String {
     nats_request_within(port, subject, payload, Duration::from_secs(5)).expect("a reply within 5 s")
 }
 
-/// [`nats_request`], `None` when no reply comes within `limit`.
+/// [`nats_request`], `None` when no reply comes within `limit`. The
+/// answer is asked on milano-1's inbox (the offers these tests send speak
+/// for milano-1: a node answers an offer only to its sender's own inbox).
 pub(crate) fn nats_request_within(
     port: u16,
+    subject: &str,
+    payload: &str,
+    limit: Duration,
+) -> Option<String> {
+    nats_request_to(port, "_INBOX_milano-1.e2e", subject, payload, limit)
+}
+
+/// A request answered on `inbox`.
+pub(crate) fn nats_request_to(
+    port: u16,
+    inbox: &str,
     subject: &str,
     payload: &str,
     limit: Duration,
@@ -557,7 +582,7 @@ pub(crate) fn nats_request_within(
     assert!(line.starts_with("INFO"), "{line}");
     write!(
         s,
-        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB _INBOX.e2e 1\r\nPUB {subject} _INBOX.e2e {}\r\n{payload}\r\n",
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {inbox} 1\r\nPUB {subject} {inbox} {}\r\n{payload}\r\n",
         payload.len()
     )
     .unwrap();
@@ -566,7 +591,11 @@ pub(crate) fn nats_request_within(
         r.read_line(&mut line).ok()?;
         if line.starts_with("PING") {
             s.write_all(b"PONG\r\n").unwrap();
-        } else if let Some(rest) = line.strip_prefix("MSG _INBOX.e2e 1 ") {
+        } else if let Some(rest) = line
+            .strip_prefix("MSG ")
+            .and_then(|l| l.strip_prefix(inbox))
+            .and_then(|l| l.strip_prefix(" 1 "))
+        {
             let n: usize = rest.trim().parse().unwrap();
             let mut body = vec![0; n + 2];
             r.read_exact(&mut body).unwrap();

@@ -130,7 +130,9 @@ impl Membership {
         let full = self.peers.len() >= MAX_NODES;
         match self.peers.get_mut(&s.node) {
             Some(p) => {
-                if p.boot == s.boot && s.seq <= p.seq {
+                // A boot is its start time: an older one is a replay of a
+                // past life, never a restart.
+                if s.boot < p.boot || (p.boot == s.boot && s.seq <= p.seq) {
                     return Err(Refused::Stale);
                 }
                 if p.boot != s.boot && p.up {

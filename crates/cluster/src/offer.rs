@@ -48,6 +48,11 @@ pub struct OfferRequest {
     pub priority: i32,
     /// How long it has waited (ms): B orders by it as its router would.
     pub waited_ms: u64,
+    /// When A sent it (Unix ms, A's clock), set by the driver: on a
+    /// network with a key, B takes only fresh requests (a recorded one
+    /// replayed later holds no operator).
+    #[serde(default)]
+    pub sent_ms: Option<i64>,
 }
 
 /// Largest offer request or release accepted (bytes).
@@ -306,6 +311,7 @@ impl Outgoing {
             requirements,
             priority,
             waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            sent_ms: None,
         })
     }
 

@@ -18,7 +18,8 @@ pub const MAX_QUEUES: usize = 10_000;
 pub struct Summary {
     /// The node's name (`[cluster] node`): 1 to 64 of `[A-Za-z0-9_.-]`.
     pub node: String,
-    /// Chosen at each start: a node's sequence starts again with it.
+    /// The node's start time (Unix ms), new at each start: its sequence
+    /// starts again with it; an older boot than the last seen is a replay.
     pub boot: u64,
     /// Raised by one per summary of this boot.
     pub seq: u64,

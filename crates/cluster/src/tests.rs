@@ -82,6 +82,13 @@ fn a_node_is_up_from_its_first_summary_and_down_after_three_silent_heartbeats() 
     m.receive(t0 + 10 * S, summary("milano-1", 9, 1, vec![]))
         .unwrap();
     assert_eq!(events(&mut m), [Event::Restarted("milano-1".into())]);
+    // A summary of a past life (an older boot), replayed: refused, the
+    // node is not taken back to it.
+    assert_eq!(
+        m.receive(t0 + 10 * S, summary("milano-1", 8, 50, vec![])),
+        Err(Refused::Stale)
+    );
+    assert!(events(&mut m).is_empty());
     let v: Vec<NodeView<'_>> = m.nodes(t0 + 10 * S).collect();
     assert_eq!(
         (v[0].node, v[0].up, v[0].silent),

@@ -885,7 +885,7 @@ impl Config {
             }
             let mut qs = Vec::new();
             for (j, q) in a.queues.iter().enumerate() {
-                match queue_names.iter().position(|n| n == q) {
+                match queue_names.iter().position(|n| !n.is_empty() && n == q) {
                     Some(qi) if queues[qi].tenant == tenant => qs.push(qi),
                     Some(_) => p.add(
                         format!("{path}.queues[{j}]"),

@@ -86,7 +86,12 @@ pub(crate) fn trunk(
             }
         };
         let Some(queue) = queue else { continue };
-        match names.queue_names.iter().position(|q| q == queue) {
+        // (A retired queue's place has no name: nothing reaches it.)
+        match names
+            .queue_names
+            .iter()
+            .position(|q| !q.is_empty() && q == queue)
+        {
             Some(qi) if queues[qi].tenant == tenant => {
                 dids.insert(
                     did.clone(),

@@ -383,7 +383,7 @@ fn compile_node(
     };
     let known_queue = |p: &mut Vec<Problem>, q: &Option<String>| -> String {
         match q {
-            Some(q) if ctx.queues.contains(q) => q.clone(),
+            Some(q) if !q.is_empty() && ctx.queues.contains(q) => q.clone(),
             Some(q) => {
                 p.push((format!("{np}.queue"), format!("unknown queue {q:?}")));
                 q.clone()

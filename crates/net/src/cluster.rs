@@ -50,6 +50,10 @@ pub(crate) enum ClusterOut {
 /// gets no answer (its asker's timeout keeps the call in its place).
 const MAX_OFFERS_IN_FLIGHT: usize = 1024;
 
+/// How far an offer's send time may be from the receiver's clock, on a
+/// network with a key (the nodes' clocks kept by NTP).
+const OFFER_FRESH_MS: i64 = 10_000;
+
 /// Least time between two summaries published on news.
 const NEWS_GAP: Duration = Duration::from_millis(200);
 
@@ -103,7 +107,7 @@ impl Wire {
     async fn publish(&self, subject: String, payload: Vec<u8>) -> Result<(), ()> {
         let sent = match &self.key {
             Some(k) => {
-                let h = k.sign(&subject, &payload);
+                let h = k.sign(&subject, "", &payload);
                 self.client
                     .publish_with_headers(subject, h, Bytes::from(payload))
                     .await
@@ -113,25 +117,37 @@ impl Wire {
         sent.map_err(|_| ())
     }
 
-    async fn request(&self, subject: String, payload: Vec<u8>) -> Option<async_nats::Message> {
-        let asked = match &self.key {
+    /// Publishes a request whose answer comes to this node's own `inbox`
+    /// (signed with it: a replay cannot send the answer elsewhere).
+    async fn request(&self, subject: String, inbox: String, payload: Vec<u8>) -> Result<(), ()> {
+        let sent = match &self.key {
             Some(k) => {
-                let h = k.sign(&subject, &payload);
+                let h = k.sign(&subject, &inbox, &payload);
                 self.client
-                    .request_with_headers(subject, h, Bytes::from(payload))
+                    .publish_with_reply_and_headers(subject, inbox, h, Bytes::from(payload))
                     .await
             }
-            None => self.client.request(subject, Bytes::from(payload)).await,
+            None => {
+                self.client
+                    .publish_with_reply(subject, inbox, Bytes::from(payload))
+                    .await
+            }
         };
-        asked.ok()
+        sent.map_err(|_| ())
     }
 
     /// A message from another node: accepted only with the network's MAC
     /// (when the network has a key).
     fn authentic(&self, msg: &async_nats::Message) -> bool {
-        self.key
-            .as_ref()
-            .is_none_or(|k| k.verify(msg.subject.as_str(), &msg.payload, msg.headers.as_ref()))
+        self.key.as_ref().is_none_or(|k| {
+            let reply = msg.reply.as_ref().map_or("", |r| r.as_str());
+            k.verify(
+                msg.subject.as_str(),
+                reply,
+                &msg.payload,
+                msg.headers.as_ref(),
+            )
+        })
     }
 }
 
@@ -222,8 +238,9 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
         warn!(node = %node, address = %target, "national network: no SIP address the others can reach (set cluster.sip_address or listen on a real address): this node takes no calls from other nodes");
     }
     let mut membership = Membership::new(&node, HEARTBEAT);
-    // A new boot each start: the others tell a restart from a replay.
-    let boot = rand::random::<u64>();
+    // A new boot each start, later than the last: the others tell a
+    // restart from a replay of a past life.
+    let boot = u64::try_from(unix_ms()).unwrap_or(0);
     let mut seq = 0u64;
     let subject = format!("centralino.v1.summary.{node}");
     // Subscribed once: the client subscribes again after a reconnect.
@@ -431,16 +448,38 @@ fn answer_offer(
     in_flight: &Arc<tokio::sync::Semaphore>,
     msg: async_nats::Message,
 ) {
-    let authentic = wire.authentic(&msg);
-    let (true, Some(reply_to), Ok(req)) =
-        (authentic, msg.reply, OfferRequest::decode(&msg.payload))
-    else {
+    // With a key, only a request sent moments ago, answered to its
+    // sender's own inbox, holds an operator: a recorded one replayed later
+    // holds nobody.
+    let fresh = |req: &OfferRequest| {
+        wire.key.is_none()
+            || req
+                .sent_ms
+                .is_some_and(|t| (unix_ms() - t).abs() <= OFFER_FRESH_MS)
+    };
+    let req = if wire.authentic(&msg) {
+        OfferRequest::decode(&msg.payload).ok()
+    } else {
+        None
+    };
+    let (Some(reply_to), Some(req)) = (msg.reply.clone(), req) else {
         metrics
             .cluster_summaries
             .with_label_values(&["refused"])
             .inc();
         return;
     };
+    if !reply_to
+        .as_str()
+        .starts_with(&format!("_INBOX_{}.", req.from))
+        || !fresh(&req)
+    {
+        metrics
+            .cluster_summaries
+            .with_label_values(&["refused"])
+            .inc();
+        return;
+    }
     // The asking node's address, if it is known and serves the firm the
     // call claims to be of (its own summary lists that firm's queues).
     let peer = membership
@@ -486,22 +525,40 @@ fn send_out(
         ClusterOut::Offer { node, request } => {
             tokio::spawn(async move {
                 let subject = format!("centralino.v1.offer.{node}");
-                let asked = wire.request(subject, request.encode());
-                // Waited for up to a lease: a late grant goes to the engine,
-                // which lets it go (its own timeout kept the call here).
-                let Ok(Some(answer)) = tokio::time::timeout(LEASE, asked).await else {
+                let mut request = request;
+                request.sent_ms = Some(unix_ms());
+                // The answer comes to an inbox of this request's own, read
+                // until an authentic answer: a forged one first changes
+                // nothing.
+                let inbox = wire.client.new_inbox();
+                let Ok(mut answers) = wire.client.subscribe(inbox.clone()).await else {
                     return;
                 };
-                match OfferReply::decode(&answer.payload) {
-                    Ok(reply) if reply.id() == request.id && wire.authentic(&answer) => {
-                        let reply = Box::new(reply);
-                        let _ = engine.send(EngineInput::ClusterReply { node, reply }).await;
-                    }
-                    _ => metrics
-                        .cluster_summaries
-                        .with_label_values(&["refused"])
-                        .inc(),
+                if wire
+                    .request(subject, inbox, request.encode())
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
+                // Waited for up to a lease: a late grant goes to the engine,
+                // which lets it go (its own timeout kept the call here).
+                let deadline = tokio::time::Instant::now() + LEASE;
+                while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await
+                {
+                    match OfferReply::decode(&answer.payload) {
+                        Ok(reply) if reply.id() == request.id && wire.authentic(&answer) => {
+                            let reply = Box::new(reply);
+                            let _ = engine.send(EngineInput::ClusterReply { node, reply }).await;
+                            break;
+                        }
+                        _ => metrics
+                            .cluster_summaries
+                            .with_label_values(&["refused"])
+                            .inc(),
+                    }
+                }
+                let _ = answers.unsubscribe().await;
             });
         }
         ClusterOut::News => {}

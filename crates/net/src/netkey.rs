@@ -61,38 +61,41 @@ impl NetworkKey {
         &self.sealer
     }
 
-    fn tag(&self, subject: &str, payload: &[u8]) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.mac);
-        ctx.update(subject.as_bytes());
-        ctx.update(&[0]);
-        ctx.update(payload);
-        ctx.sign()
+    /// What a message's MAC covers: its subject, where its answer goes
+    /// (a replayed request cannot send the answer elsewhere), its payload.
+    fn covered(subject: &str, reply: &str, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(subject.len() + reply.len() + 2 + payload.len());
+        m.extend_from_slice(subject.as_bytes());
+        m.push(0);
+        m.extend_from_slice(reply.as_bytes());
+        m.push(0);
+        m.extend_from_slice(payload);
+        m
     }
 
-    /// Headers carrying the MAC of `payload` sent on `subject`.
-    pub(crate) fn sign(&self, subject: &str, payload: &[u8]) -> HeaderMap {
+    /// Headers carrying the MAC of `payload` sent on `subject`, its answer
+    /// expected on `reply` (`""`: none).
+    pub(crate) fn sign(&self, subject: &str, reply: &str, payload: &[u8]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        let hex: String = self
-            .tag(subject, payload)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let tag = hmac::sign(&self.mac, &Self::covered(subject, reply, payload));
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         h.insert(MAC_HEADER, hex.as_str());
         h
     }
 
-    /// Whether `payload` on `subject` carries this network's MAC.
+    /// Whether `payload` on `subject` (answer expected on `reply`) carries
+    /// this network's MAC.
     pub(crate) fn verify(
         &self,
         subject: &str,
+        reply: &str,
         payload: &[u8],
         headers: Option<&HeaderMap>,
     ) -> bool {
         let Some(hex) = headers.and_then(|h| h.get(MAC_HEADER)).map(|v| v.as_str()) else {
             return false;
         };
-        if hex.len() != 64 {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return false;
         }
         let Some(mac) = (0..32)
@@ -101,11 +104,7 @@ impl NetworkKey {
         else {
             return false;
         };
-        let mut ctx = Vec::with_capacity(subject.len() + 1 + payload.len());
-        ctx.extend_from_slice(subject.as_bytes());
-        ctx.push(0);
-        ctx.extend_from_slice(payload);
-        hmac::verify(&self.mac, &ctx, &mac).is_ok()
+        hmac::verify(&self.mac, &Self::covered(subject, reply, payload), &mac).is_ok()
     }
 }
 
@@ -116,7 +115,7 @@ impl NetworkKey {
 pub(crate) struct Sealer(aws_lc_rs::aead::LessSafeKey);
 
 /// The sealed form's first bytes (its version).
-const SEALED: &[u8] = b"CW1";
+const SEALED: &[u8] = b"CW2";
 const NONCE: usize = aws_lc_rs::aead::NONCE_LEN;
 
 impl Sealer {
@@ -166,29 +165,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_message_is_accepted_only_with_its_own_subject_payload_and_key() {
+    fn a_message_is_accepted_only_with_its_own_subject_answer_payload_and_key() {
         let k = NetworkKey::from_bytes(&[7; 32]).unwrap();
         let other = NetworkKey::from_bytes(&[8; 32]).unwrap();
-        let h = k.sign("centralino.v1.summary.roma-1", b"{}");
-        assert!(k.verify("centralino.v1.summary.roma-1", b"{}", Some(&h)));
+        let s = "centralino.v1.offer.roma-1";
+        let r = "_INBOX_milano-1.x";
+        let h = k.sign(s, r, b"{}");
+        assert!(k.verify(s, r, b"{}", Some(&h)));
         assert!(
-            !k.verify("centralino.v1.summary.milano-1", b"{}", Some(&h)),
+            !k.verify("centralino.v1.offer.napoli-1", r, b"{}", Some(&h)),
             "another subject"
         );
         assert!(
-            !k.verify("centralino.v1.summary.roma-1", b"{ }", Some(&h)),
-            "another payload"
+            !k.verify(s, "_INBOX_evil.x", b"{}", Some(&h)),
+            "the answer sent elsewhere"
         );
-        assert!(
-            !other.verify("centralino.v1.summary.roma-1", b"{}", Some(&h)),
-            "another key"
-        );
-        assert!(
-            !k.verify("centralino.v1.summary.roma-1", b"{}", None),
-            "unsigned"
-        );
+        assert!(!k.verify(s, r, b"{ }", Some(&h)), "another payload");
+        assert!(!other.verify(s, r, b"{}", Some(&h)), "another key");
+        assert!(!k.verify(s, r, b"{}", None), "unsigned");
         let mut bad = HeaderMap::new();
-        bad.insert(MAC_HEADER, "zz");
-        assert!(!k.verify("centralino.v1.summary.roma-1", b"{}", Some(&bad)));
+        bad.insert(MAC_HEADER, "+f".repeat(32).as_str());
+        assert!(!k.verify(s, r, b"{}", Some(&bad)));
     }
 }

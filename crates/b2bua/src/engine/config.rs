@@ -191,7 +191,14 @@ impl Engine {
             return Err(ReloadRefused::Queues);
         }
         for (i, q) in config.queues.iter().enumerate().take(running) {
-            let waiting = self.router.waiting_count(QueueId(i as u32));
+            // Every call that is in it or may come back to it (waiting for
+            // its media ports, talking — a lost operator sends the caller
+            // back —, being handed over, a callback on its way).
+            let queue = QueueId(i as u32);
+            let waiting = self
+                .router
+                .waiting_count(queue)
+                .max(self.calls.values().filter(|c| c.queue == queue).count());
             if q.retired && !self.queues[i].retired && waiting > 0 {
                 return Err(ReloadRefused::QueueBusy {
                     queue: q.routing.name.clone(),
@@ -226,7 +233,9 @@ impl Engine {
             }
             let old = self.router.queue(QueueId(i as u32));
             let r = &q.routing;
-            let field = if old.strategy != r.strategy {
+            let field = if old.tenant != r.tenant {
+                Some("tenant")
+            } else if old.strategy != r.strategy {
                 Some("strategy")
             } else if old.requirement != r.requirement {
                 Some("requirements")
@@ -262,6 +271,8 @@ impl Engine {
             } else {
                 if self.queues[i].retired {
                     info!(queue = %q.routing.name, "queue added back");
+                    // Its gauges left the page when it was removed.
+                    self.queue_stats[i] = queue_stats(&self.metrics, &q.routing.name);
                 }
                 // Checked above: only what decisions read differs.
                 let _ = self

@@ -4485,6 +4485,7 @@ fn remote_request(id: &str, queue: &str, tenant: &str) -> centralino_cluster::Of
         requirements: None,
         priority: 0,
         waited_ms: 20_000,
+        sent_ms: None,
     }
 }
 
@@ -5102,7 +5103,9 @@ fn queues_are_added_and_removed_by_a_reload_without_a_restart() {
     h.register("1003", PHONE2, Algorithm::Md5);
     let out = invite_did(&mut h, "200", "v1");
     let inv = requests(&out, PHONE2, "INVITE")[0].clone();
-    h.send(PHONE2, &response_to(&inv, 200, "b1"));
+    let out = h.send(PHONE2, &response_to(&inv, 200, "b1"));
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
     assert_eq!(h.gauge("centralino_agents{state=on_call,tenant=demo}"), 1);
     // A second call waits (the operator is busy).
     invite_did(&mut h, "200", "v2");
@@ -5115,14 +5118,23 @@ fn queues_are_added_and_removed_by_a_reload_without_a_restart() {
     assert!(without.queues[1].retired);
     assert!(matches!(
         h.engine.reload(h.now, &without.engine()),
-        Err(crate::ReloadRefused::QueueBusy { ref queue, waiting: 1 }) if queue == "vaccini"
+        Err(crate::ReloadRefused::QueueBusy { ref queue, waiting: 2 }) if queue == "vaccini"
     ));
-    // The waiting caller reaches the queue's maximum wait and leaves.
+    // The waiting caller reaches the queue's maximum wait and leaves; the
+    // call on the operator is still in the queue's hands (a lost operator
+    // would send it back): still refused.
     h.advance(Duration::from_secs(6));
     assert_eq!(
         h.engine.router.waiting_count(centralino_types::QueueId(1)),
         0
     );
+    assert!(matches!(
+        h.engine.reload(h.now, &without.engine()),
+        Err(crate::ReloadRefused::QueueBusy { waiting: 1, .. })
+    ));
+    let bye = trunk_in_dialog("BYE", "v1", "av1", "200", &a_tag, 2, "byev1");
+    h.send(TRUNK, &bye);
+    h.advance(Duration::from_secs(1));
     h.engine.reload(h.now, &without.engine()).unwrap();
     assert_eq!(names(&mut h), ["info"]);
     assert!(!h.engine.queue_ids.contains_key("vaccini"));
