@@ -497,6 +497,9 @@ fn check_config(file: &PathBuf) -> ExitCode {
             if !missing.is_empty() {
                 return ExitCode::from(1);
             }
+            for w in c.dead_end_warnings() {
+                eprintln!("{}: warning: {w}", file.display());
+            }
             println!(
                 "{}: ok ({} tenant(s), {} trunk(s), {} queue(s), {} flow(s), {} operator(s))",
                 file.display(),

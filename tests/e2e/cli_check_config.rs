@@ -122,3 +122,33 @@ fn flows_may_live_one_per_file_and_their_problems_name_the_file() {
     assert_eq!(code, 1);
     assert!(stderr.contains("prompt \"assente\" not found"), "{stderr}");
 }
+
+/// A queue that can end a caller's call with nobody and no offer is named
+/// as a warning (the file stays valid); one that offers a callback is not.
+#[test]
+fn a_queue_that_can_end_a_call_without_an_offer_is_warned_about() {
+    let scratch = Scratch::new("checkconfig-deadend");
+    let path = scratch.path("q.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[tenants]]
+name = "demo"
+[[queues]]
+name = "info"
+tenant = "demo"
+[[queues]]
+name = "richiamate"
+tenant = "demo"
+callback_key = "1"
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = check(&path);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: queues[0] (info)") && stderr.contains("dead end"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("richiamate"), "{stderr}");
+}

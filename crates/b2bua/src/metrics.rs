@@ -91,6 +91,10 @@ pub struct Metrics {
     pub queue_enqueued: IntCounterVec,
     /// `centralino_queue_dequeued_total{queue,outcome}`
     pub queue_dequeued: IntCounterVec,
+    /// `centralino_dead_ends_total{queue,reason}`: calls that ended
+    /// unanswered, with no callback and no transfer (`queue` empty when it
+    /// ended before reaching one, e.g. in the IVR).
+    pub dead_ends: IntCounterVec,
     /// `centralino_queue_wait_duration_seconds{queue}`
     pub queue_wait: HistogramVec,
     /// `centralino_agents{tenant,state}`
@@ -309,6 +313,11 @@ impl Metrics {
                 "centralino_queue_dequeued_total",
                 "Calls that left the queue",
                 &["queue", "outcome"]
+            )),
+            dead_ends: reg!(cv(
+                "centralino_dead_ends_total",
+                "Calls that ended unanswered with no callback and no transfer",
+                &["queue", "reason"]
             )),
             queue_wait: reg!(
                 HistogramVec::new(

@@ -265,3 +265,24 @@ pub(crate) fn queue(
         },
     }
 }
+
+impl Config {
+    /// Queues that can end a caller's call with nobody and no offer: a
+    /// caller reaching `max_wait_seconds` or `max_waiting` is sent the
+    /// queue's `exit_status` and nothing else, because the queue offers no
+    /// callback (`callback_key`). `check-config` prints these as warnings
+    /// (each such call is counted in `centralino_dead_ends_total`).
+    pub fn dead_end_warnings(&self) -> Vec<String> {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| !q.retired && q.callback_key.is_none())
+            .map(|(i, q)| {
+                format!(
+                    "queues[{i}] ({}): a caller who waits max_wait_seconds or finds max_waiting calls is ended with {} and no callback offered (a dead end): set callback_key (and callback_number) so they can be called back",
+                    q.routing.name, q.exit_status
+                )
+            })
+            .collect()
+    }
+}

@@ -121,6 +121,25 @@ impl Engine {
                     .calls
                     .with_label_values(&[outcome.as_str()])
                     .inc();
+                // A citizen who called and reached nobody, with no callback
+                // taken and no transfer: a dead end (our own outbound calls
+                // are not citizens calling).
+                if call.outbound().is_none()
+                    && !matches!(
+                        outcome,
+                        CallOutcome::CallbackRequested | CallOutcome::Shutdown
+                    )
+                {
+                    let queue = if call.in_queue {
+                        queue_name.as_str()
+                    } else {
+                        ""
+                    };
+                    self.metrics
+                        .dead_ends
+                        .with_label_values(&[queue, outcome.as_str()])
+                        .inc();
+                }
                 info!(caller = %Masked(&call.caller), %outcome, "call ended before answer");
                 (call.in_queue.then_some(queue_name), None, wait_ms, None)
             }

@@ -725,6 +725,11 @@ fn max_wait_sends_the_queue_exit() {
     assert_eq!(codes(&out, TRUNK), vec![480]);
     assert_eq!(h.engine.active_calls(), 0);
     assert_eq!(h.gauge("centralino_queue_calls{queue=info}"), 0);
+    // Nobody answered, no callback: a dead end, counted.
+    assert_eq!(
+        h.gauge("centralino_dead_ends_total{queue=info,reason=max_wait}"),
+        1
+    );
     h.advance(Duration::from_secs(40));
     assert_eq!(h.engine.table_sizes(), [0; 5]);
 }
