@@ -311,7 +311,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
             msg = releases.next() => {
                 let Some(msg) = msg else { return };
                 if !wire.authentic(&msg) {
-                    metrics.cluster_summaries.with_label_values(&["refused"]).inc();
+                    metrics.cluster_refused.with_label_values(&["release"]).inc();
                     continue;
                 }
                 match Release::decode(&msg.payload) {
@@ -320,7 +320,7 @@ async fn run(client: async_nats::Client, node: String, links: Links) {
                         // heartbeat must go on (a lost release lapses).
                         let _ = engine.try_send(EngineInput::RemoteRelease { id: r.id, from: r.from });
                     }
-                    Err(_) => metrics.cluster_summaries.with_label_values(&["refused"]).inc(),
+                    Err(_) => metrics.cluster_refused.with_label_values(&["release"]).inc(),
                 }
             }
             _ = tick.tick() => {
@@ -463,10 +463,7 @@ fn answer_offer(
         None
     };
     let (Some(reply_to), Some(req)) = (msg.reply.clone(), req) else {
-        metrics
-            .cluster_summaries
-            .with_label_values(&["refused"])
-            .inc();
+        metrics.cluster_refused.with_label_values(&["offer"]).inc();
         return;
     };
     if !reply_to
@@ -474,10 +471,7 @@ fn answer_offer(
         .starts_with(&format!("_INBOX_{}.", req.from))
         || !fresh(&req)
     {
-        metrics
-            .cluster_summaries
-            .with_label_values(&["refused"])
-            .inc();
+        metrics.cluster_refused.with_label_values(&["offer"]).inc();
         return;
     }
     // The asking node's address, if it is known and serves the firm the
@@ -487,8 +481,8 @@ fn answer_offer(
         .filter(|_| membership.serves(&req.from, &req.tenant));
     let Ok(permit) = in_flight.clone().try_acquire_owned() else {
         metrics
-            .cluster_summaries
-            .with_label_values(&["dropped"])
+            .cluster_refused
+            .with_label_values(&["offer_dropped"])
             .inc();
         return;
     };
@@ -552,10 +546,7 @@ fn send_out(
                             let _ = engine.send(EngineInput::ClusterReply { node, reply }).await;
                             break;
                         }
-                        _ => metrics
-                            .cluster_summaries
-                            .with_label_values(&["refused"])
-                            .inc(),
+                        _ => metrics.cluster_refused.with_label_values(&["reply"]).inc(),
                     }
                 }
                 let _ = answers.unsubscribe().await;

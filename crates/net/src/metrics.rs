@@ -73,6 +73,10 @@ pub struct NetMetrics {
     /// `centralino_http_cross_origin_total`: WebSocket handshakes from
     /// another site's page, refused.
     pub http_cross_origin: IntCounter,
+    /// `centralino_cluster_refused_total{kind}`: other nodes' messages
+    /// refused (offer, reply, release: unsigned, malformed, stale, to
+    /// another inbox; offer_dropped: too many offers at once).
+    pub cluster_refused: IntCounterVec,
     /// `centralino_cluster_work_total{event}`: callbacks mirrored on the
     /// work stream, taken over from a dead node, moved away, dials fenced
     /// (go, moved), and the stream unavailable.
@@ -227,6 +231,11 @@ impl NetMetrics {
                 )
                 .expect("valid metric")
             ),
+            cluster_refused: reg!(cv(
+                "centralino_cluster_refused_total",
+                "Other nodes' offers, replies and releases refused, by kind",
+                &["kind"]
+            )),
             cluster_work: reg!(cv(
                 "centralino_cluster_work_total",
                 "Callbacks on the national work stream: mirrored, taken over, moved away, dials fenced, stream unavailable",
