@@ -97,6 +97,11 @@ pub struct Metrics {
     pub dead_ends: IntCounterVec,
     /// `centralino_queue_wait_duration_seconds{queue}`
     pub queue_wait: HistogramVec,
+    /// `centralino_dispatch_seconds`: from a caller's INVITE (as the engine
+    /// takes it) to the first operator's INVITE, for calls that found an
+    /// operator free as they entered the queue (their media ports
+    /// reserved on the way): the ACD's own latency, no queue wait in it.
+    pub dispatch: Histogram,
     /// `centralino_agents{tenant,state}`
     pub agents: IntGaugeVec,
     /// `centralino_queue_agents{queue,state}`: operators a queue reaches in
@@ -319,6 +324,19 @@ impl Metrics {
                 "Calls that ended unanswered with no callback and no transfer",
                 &["queue", "reason"]
             )),
+            dispatch: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "centralino_dispatch_seconds",
+                        "From a caller's INVITE to the first operator's INVITE, for calls that found an operator free"
+                    )
+                    .buckets(vec![
+                        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+                        0.05, 0.1, 0.25, 1.0
+                    ])
+                )
+                .expect("valid metric")
+            ),
             queue_wait: reg!(
                 HistogramVec::new(
                     HistogramOpts::new(

@@ -66,6 +66,13 @@ impl Engine {
         let call = self.calls.get_mut(&call_id).expect("checked above");
         call.phase = Phase::Offering;
         call.attempt = attempt;
+        // Offered as it entered the queue (an operator was free): the
+        // node's own dispatch latency.
+        if attempt == 1 && call.enqueued == now && call.outbound().is_none() {
+            self.metrics
+                .dispatch
+                .observe(now.saturating_duration_since(call.started).as_secs_f64());
+        }
         debug!(agent = %name, phones = bindings.len(), "offering call");
         self.timers
             .push(Reverse((now + ring, call_id, CallTimer::Ring(attempt))));

@@ -5162,3 +5162,35 @@ fn queues_are_added_and_removed_by_a_reload_without_a_restart() {
     assert_eq!(h.engine.queue_ids["vaccini"], centralino_types::QueueId(1));
     assert_eq!(names(&mut h), ["info", "vaccini"]);
 }
+
+/// The node's own dispatch latency is measured for calls that find an
+/// operator free (INVITE in, its media ports reserved, operator's INVITE
+/// out); a call that waits for an operator is not in it (its wait is the
+/// queue's, counted there).
+#[test]
+fn dispatch_latency_counts_calls_offered_as_they_arrive_only() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("d1");
+    assert_eq!(requests(&out, PHONE1, "INVITE").len(), 1);
+    assert_eq!(h.metrics.dispatch.get_sample_count(), 1);
+    // The operator is busy ringing: the next call waits, then is offered
+    // to the other operator when they register.
+    h.invite("d2");
+    h.advance(Duration::from_secs(1));
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let id = h.engine.agent_ids["1002"];
+    assert!(
+        matches!(
+            h.engine.router.agent(id).state,
+            centralino_routing::AgentState::Reserved(_)
+                | centralino_routing::AgentState::Ringing(_)
+        ),
+        "the waiting call was offered to 1002"
+    );
+    assert_eq!(
+        h.metrics.dispatch.get_sample_count(),
+        1,
+        "a call that waited"
+    );
+}
