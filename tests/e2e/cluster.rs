@@ -26,21 +26,50 @@ impl Nats {
     /// One NATS user per node, each publishing only its own summaries
     /// and answers (the README's production layout).
     fn start_per_node(scratch: &Scratch, port: u16, nodes: &[&str]) -> Self {
+        Self::start_per_node_with(scratch, port, nodes, false)
+    }
+
+    /// [`Self::start_per_node`]; with `jetstream`, JetStream on and each
+    /// node also allowed the work stream's subjects and API (README's list).
+    pub(crate) fn start_per_node_with(
+        scratch: &Scratch,
+        port: u16,
+        nodes: &[&str],
+        jetstream: bool,
+    ) -> Self {
+        let work = if jetstream {
+            r#", "centralino.v1.work.cb.*", "$JS.API.STREAM.INFO.CENTRALINO_WORK",
+    "$JS.API.STREAM.CREATE.CENTRALINO_WORK", "$JS.API.STREAM.UPDATE.CENTRALINO_WORK",
+    "$JS.API.STREAM.MSG.GET.CENTRALINO_WORK",
+    "$JS.API.CONSUMER.CREATE.CENTRALINO_WORK", "$JS.API.CONSUMER.DELETE.CENTRALINO_WORK.*",
+    "$JS.API.CONSUMER.MSG.NEXT.CENTRALINO_WORK.*""#
+        } else {
+            ""
+        };
         let users: Vec<String> = nodes
             .iter()
             .map(|n| {
                 format!(
                     r#"{{ user: "{n}", password: "pw-{n}", permissions: {{
-  publish: ["centralino.v1.summary.{n}", "centralino.v1.offer.*", "centralino.v1.release.*"],
+  publish: ["centralino.v1.summary.{n}", "centralino.v1.offer.*", "centralino.v1.release.*"{work}],
   subscribe: ["centralino.v1.summary.*", "centralino.v1.offer.{n}", "centralino.v1.release.{n}", "_INBOX_{n}.>"],
   allow_responses: true }} }}"#
                 )
             })
             .collect();
         let conf = scratch.path("nats.conf");
+        let store = scratch.path("jetstream");
+        let js = if jetstream {
+            format!("jetstream {{ store_dir: {:?} }}\n", store.to_str().unwrap())
+        } else {
+            String::new()
+        };
         std::fs::write(
             &conf,
-            format!("authorization {{ users = [\n{}\n] }}\n", users.join(",\n")),
+            format!(
+                "{js}authorization {{ users = [\n{}\n] }}\n",
+                users.join(",\n")
+            ),
         )
         .unwrap();
         Self::start_args(scratch, port, &["-c", conf.to_str().unwrap()])

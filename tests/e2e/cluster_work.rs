@@ -501,3 +501,54 @@ fn wait_record(port: u16, subject: &str) -> Vec<u8> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// README's per-node NATS permissions, JetStream's subjects included, are
+/// enough: two nodes, each its own NATS user allowed only its own subjects
+/// and the work stream's, open the stream, read it, and mirror a callback.
+#[test]
+fn the_readmes_per_node_permissions_are_enough_for_the_work_stream() {
+    let (sa, sb) = (Scratch::new("work-perms-a"), Scratch::new("work-perms-b"));
+    let port = free_port();
+    let _nats = Nats::start_per_node_with(&sa, port, &["roma-1", "milano-1"], true);
+    let citizen = crate::common::far_end(&sa, "citizen", "citizen_answer.xml", 1, "60s");
+    let password = |scratch: &Scratch, n: &str| {
+        let f = scratch.path("nats.pass");
+        std::fs::write(&f, format!("pw-{n}\n")).unwrap();
+        f
+    };
+    let with_user = |scratch: &Scratch, name: &str, host: &'static str| {
+        let f = password(scratch, name);
+        let cfg = config(name, host, port, citizen.port, true);
+        let n = Node::start_toml(scratch, move |sip, http| {
+            cfg(sip, http).replace(
+                "takeover_after_seconds = 3\n",
+                &format!(
+                    "takeover_after_seconds = 3\npassword_file = {:?}\n",
+                    f.to_str().unwrap()
+                ),
+            )
+        })
+        .on_host(host);
+        n.wait_metric(
+            "centralino_cluster_work_ready",
+            Duration::from_secs(15),
+            |v| v == 1.0,
+        );
+        n
+    };
+    let a = with_user(&sa, "roma-1", "127.0.0.1");
+    let b = with_user(&sb, "milano-1", "127.0.0.2");
+    wait_cluster(&a, "roma-1 sees milano-1", |v| {
+        peer_up(v, "milano-1") == Some(true)
+    });
+    ask_callback(&b, "+393470000003");
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"mirrored\"}",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        b.metric_or_zero("centralino_cluster_work_total{event=\"unavailable\"}"),
+        0.0
+    );
+}
