@@ -33,13 +33,9 @@ impl NetworkKey {
             reason: reason.to_owned(),
         };
         let text = std::fs::read_to_string(file).map_err(|e| err(&e.to_string()))?;
-        let hex = text.trim();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err("64 hex digits (32 random bytes) expected"));
-        }
-        let bytes: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
-            .collect();
+        let bytes = crate::session::unhex(text.trim())
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| err("64 hex digits (32 random bytes) expected"))?;
         Self::from_bytes(&bytes).ok_or_else(|| err("not a usable key"))
     }
 
@@ -95,13 +91,7 @@ impl NetworkKey {
         let Some(hex) = headers.and_then(|h| h.get(MAC_HEADER)).map(|v| v.as_str()) else {
             return false;
         };
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return false;
-        }
-        let Some(mac) = (0..32)
-            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect::<Option<Vec<u8>>>()
-        else {
+        let Some(mac) = crate::session::unhex(hex).filter(|m| m.len() == 32) else {
             return false;
         };
         hmac::verify(&self.mac, &Self::covered(subject, reply, payload), &mac).is_ok()

@@ -121,8 +121,10 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 128 {
+/// Hex digits (at most 128) to bytes; anything else (a sign, an odd
+/// length) is `None`.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
