@@ -38,7 +38,8 @@ impl Nats {
         jetstream: bool,
     ) -> Self {
         let work = if jetstream {
-            r#", "centralino.v1.work.cb.*", "$JS.API.STREAM.INFO.CENTRALINO_WORK",
+            r#", "centralino.v1.work.cb.*", "centralino.v1.work.ct.*",
+    "$JS.API.STREAM.INFO.CENTRALINO_WORK",
     "$JS.API.STREAM.CREATE.CENTRALINO_WORK", "$JS.API.STREAM.UPDATE.CENTRALINO_WORK",
     "$JS.API.STREAM.MSG.GET.CENTRALINO_WORK",
     "$JS.API.CONSUMER.CREATE.CENTRALINO_WORK", "$JS.API.CONSUMER.DELETE.CENTRALINO_WORK.*",

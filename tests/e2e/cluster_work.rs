@@ -13,6 +13,9 @@ use crate::common::{Node, Scratch, Sipp, free_port, json, register, scenario, tr
 
 const ADMIN: &str = "cluster-admin-token";
 
+/// The firm's campaign, defined on each of its nodes.
+const CAMPAIGN: &str = "richiami-fragili";
+
 /// A node of firm `asl` named `name`, SIP on `host`; `callbacks`: it has
 /// the callback queue `richiamate`.
 fn config(
@@ -65,6 +68,12 @@ tenant = "asl"
 ring_timeout_seconds = 10
 max_wait_seconds = 600
 {richiamate}
+[[campaigns]]
+name = "{CAMPAIGN}"
+queue = "info"
+mode = "progressive"
+windows = {{ days = ["lun", "mar", "mer", "gio", "ven", "sab", "dom"], hours = ["00:00-24:00"] }}
+
 [cluster]
 node = "{name}"
 nats_url = "nats://127.0.0.1:{nats}"
@@ -83,17 +92,18 @@ takeover_after_seconds = 3
 }
 
 fn callbacks(node: &Node, status: &str) -> Vec<serde_json::Value> {
-    let (code, body) = node.http(
-        "GET",
+    listed(
+        node,
         &format!("/api/v1/callbacks?status={status}&limit=1000"),
-        Some(ADMIN),
-        None,
-    );
+        "callbacks",
+    )
+}
+
+/// The array `key` of what `GET path` answers.
+fn listed(node: &Node, path: &str, key: &str) -> Vec<serde_json::Value> {
+    let (code, body) = node.http("GET", path, Some(ADMIN), None);
     assert_eq!(code, 200, "{body}");
-    json(&body)["callbacks"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    json(&body)[key].as_array().cloned().unwrap_or_default()
 }
 
 fn wait_callbacks(node: &Node, status: &str, n: usize) {
@@ -326,6 +336,184 @@ fn a_callback_taken_over_while_its_node_was_frozen_is_never_dialled_there() {
     );
 }
 
+/// B's campaign has five contacts, one of them on the national
+/// do-not-call list; nobody is logged in on B, so none is claimed. B dies
+/// (kill -9): C, running the same campaign, takes the five over and calls
+/// the four it may, each once, and never the listed one. B, back on its
+/// own store, finds them moved and calls nobody.
+#[test]
+fn a_dead_nodes_campaign_contacts_are_called_once_by_another_node() {
+    let (sb, sc) = (
+        Scratch::new("work-contacts-b"),
+        Scratch::new("work-contacts-c"),
+    );
+    let port = free_port();
+    let _nats = jetstream(&sb, port);
+    let mut citizens = crate::common::far_end(&sb, "citizens", "citizen_answer.xml", 4, "120s");
+    let mut b = node(&sb, "milano-1", "127.0.0.2", port, citizens.port, true);
+    let c = node(&sc, "napoli-1", "127.0.0.3", port, citizens.port, true);
+    wait_cluster(&c, "napoli-1 sees milano-1", |v| {
+        peer_up(v, "milano-1") == Some(true)
+    });
+    let listed = "+393470000105";
+    let (code, body) = b.http(
+        "POST",
+        "/api/v1/dnc",
+        Some(ADMIN),
+        Some(&format!(r#"{{"number": "{listed}"}}"#)),
+    );
+    assert_eq!(code, 201, "{body}");
+    let numbers: Vec<String> = (1..=5).map(|i| format!("+39347000010{i}")).collect();
+    let (on_b, on_c) = running_on_both(&b, &c, &numbers);
+    assert_eq!(contacts(&b, &on_b, "pending").len(), 5);
+
+    b.kill_hard();
+    taken_over(&c, 5);
+    let c_phones = talking_phones(&sc, &c, &[1001, 1002]);
+    citizens.expect_success(Duration::from_secs(60));
+    let start = std::time::Instant::now();
+    while contacts(&c, &on_c, "done").len() != 4 || contacts(&c, &on_c, "dnc").len() != 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let called = crate::campaigns_dial::called_numbers(&citizens);
+    assert_eq!(called.len(), 4, "{called:?}");
+    assert!(called.values().all(|&n| n == 1), "{called:?}");
+    assert!(!called.contains_key(listed), "{called:?}");
+
+    // B comes back: its five contacts were taken over; none is dialled.
+    let b = node(&sb, "milano-1", "127.0.0.2", port, citizens.port, true);
+    let moved = contacts(&b, &on_b, "moved");
+    assert_eq!(moved.len(), 5, "{moved:?}");
+    assert!(
+        moved
+            .iter()
+            .all(|m| m["last_outcome"] == "moved_to:napoli-1"),
+        "{moved:?}"
+    );
+    assert!(contacts(&b, &on_b, "pending").is_empty());
+    drop(c_phones);
+}
+
+/// B's two contacts are taken over by C while B is frozen (SIGSTOP) and
+/// called there; B thaws, an operator of its logs in: its campaign would
+/// dial them, but the work stream says they moved (the claim's dial is
+/// fenced there), so nobody is called twice.
+#[test]
+fn campaign_contacts_taken_over_while_their_node_was_frozen_are_never_dialled_there() {
+    let (sb, sc) = (
+        Scratch::new("work-contacts-frozen-b"),
+        Scratch::new("work-contacts-frozen-c"),
+    );
+    let port = free_port();
+    let _nats = jetstream(&sb, port);
+    let mut citizens = crate::common::far_end(&sb, "citizens", "citizen_answer.xml", 2, "120s");
+    let b = node(&sb, "milano-1", "127.0.0.2", port, citizens.port, true);
+    let c = node(&sc, "napoli-1", "127.0.0.3", port, citizens.port, true);
+    wait_cluster(&c, "napoli-1 sees milano-1", |v| {
+        peer_up(v, "milano-1") == Some(true)
+    });
+    let numbers = ["+393470000201".to_owned(), "+393470000202".to_owned()];
+    let (on_b, on_c) = running_on_both(&b, &c, &numbers);
+    b.freeze(true);
+    taken_over(&c, 2);
+    let _c_phone = talking_phones(&sc, &c, &[1001]);
+    citizens.expect_success(Duration::from_secs(60));
+    let start = std::time::Instant::now();
+    while contacts(&c, &on_c, "done").len() != 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // B thaws with an operator free: its contacts are found moved.
+    b.freeze(false);
+    let b_phone = Sipp::spawn(
+        &sb,
+        "phones",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&sb, &b, &[1001], b_phone.port, |u| format!("demo{u}"));
+    let start = std::time::Instant::now();
+    while contacts(&b, &on_b, "moved").len() != 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", b.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Moved is final: B's pacer claims only pending contacts, and a claim
+    // made before B learnt it was refused at its fence.
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"moved_away\"}",
+        Duration::from_secs(10),
+        |v| v >= 2.0,
+    );
+    assert!(contacts(&b, &on_b, "pending").is_empty());
+    assert!(contacts(&b, &on_b, "in_progress").is_empty());
+    let called = crate::campaigns_dial::called_numbers(&citizens);
+    assert_eq!(called.len(), 2, "{called:?}");
+    assert!(called.values().all(|&n| n == 1), "{called:?}");
+}
+
+/// `numbers` imported into the firm's campaign on `b`, the campaign
+/// started on `b` and `c`, each contact on the work stream: the campaign's
+/// id on each.
+fn running_on_both(b: &Node, c: &Node, numbers: &[String]) -> (String, String) {
+    let (on_b, on_c) = (campaign_of(b), campaign_of(c));
+    let list: Vec<String> = numbers
+        .iter()
+        .map(|n| format!(r#"{{"number": "{n}"}}"#))
+        .collect();
+    let (code, body) = b.http(
+        "POST",
+        &format!("/api/v1/campaigns/{on_b}/contacts"),
+        Some(ADMIN),
+        Some(&format!("[{}]", list.join(","))),
+    );
+    assert_eq!(code, 200, "{body}");
+    for (n, id) in [(b, &on_b), (c, &on_c)] {
+        let (code, body) = n.http(
+            "POST",
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(ADMIN),
+            Some(""),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"mirrored\"}",
+        Duration::from_secs(10),
+        |v| v >= numbers.len() as f64,
+    );
+    (on_b, on_c)
+}
+
+/// `c` marks milano-1 down and takes `n` records of it over.
+fn taken_over(c: &Node, n: usize) {
+    wait_cluster(c, "napoli-1 marks milano-1 down", |v| {
+        peer_up(v, "milano-1") == Some(false)
+    });
+    c.wait_metric(
+        "centralino_cluster_work_total{event=\"taken_over\"}",
+        Duration::from_secs(90),
+        |v| v == n as f64,
+    );
+}
+
+/// The id of the firm's campaign on `node`.
+fn campaign_of(node: &Node) -> String {
+    listed(node, "/api/v1/campaigns", "campaigns")
+        .iter()
+        .find(|c| c["name"] == CAMPAIGN)
+        .and_then(|c| c["id"].as_str())
+        .unwrap_or_else(|| panic!("no campaign {CAMPAIGN}"))
+        .to_owned()
+}
+
+fn contacts(node: &Node, campaign: &str, status: &str) -> Vec<serde_json::Value> {
+    listed(
+        node,
+        &format!("/api/v1/campaigns/{campaign}/contacts?status={status}"),
+        "contacts",
+    )
+}
+
 fn ask_callback(node: &Node, number: &str) -> String {
     let (code, body) = node.http(
         "POST",
@@ -542,10 +730,17 @@ fn the_readmes_per_node_permissions_are_enough_for_the_work_stream() {
         peer_up(v, "milano-1") == Some(true)
     });
     ask_callback(&b, "+393470000003");
+    let (code, body) = b.http(
+        "POST",
+        &format!("/api/v1/campaigns/{}/contacts", campaign_of(&b)),
+        Some(ADMIN),
+        Some(r#"[{"number": "+393470000004"}]"#),
+    );
+    assert_eq!(code, 200, "{body}");
     b.wait_metric(
         "centralino_cluster_work_total{event=\"mirrored\"}",
         Duration::from_secs(10),
-        |v| v >= 1.0,
+        |v| v >= 2.0,
     );
     assert_eq!(
         b.metric_or_zero("centralino_cluster_work_total{event=\"unavailable\"}"),

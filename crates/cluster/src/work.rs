@@ -30,12 +30,20 @@ pub const SUBJECTS: &str = "centralino.v1.work.>";
 /// The subjects of callbacks.
 pub const CALLBACK_SUBJECTS: &str = "centralino.v1.work.cb.>";
 
+/// The subjects of campaign contacts.
+pub const CONTACT_SUBJECTS: &str = "centralino.v1.work.ct.>";
+
 /// Largest record accepted (bytes).
 pub const MAX_RECORD_BYTES: usize = 8 * 1024;
 
 /// The subject of callback `id`, if `id` can be one token of a subject.
 pub fn callback_subject(id: &str) -> Option<String> {
     valid_id(id).then(|| format!("centralino.v1.work.cb.{id}"))
+}
+
+/// The subject of campaign contact `work_id`.
+pub fn contact_subject(work_id: &str) -> Option<String> {
+    valid_id(work_id).then(|| format!("centralino.v1.work.ct.{work_id}"))
 }
 
 /// A callback id that is one subject token: 1 to 64 of `[A-Za-z0-9_-]`.
@@ -84,7 +92,40 @@ pub struct CallbackWork {
     pub source: String,
 }
 
-/// The record on the stream.
+/// One campaign contact, as its owner mirrors it: what another node needs
+/// to go on calling it in its own campaign of the same firm and name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactWork {
+    /// Its work id (the same on every node it moves to).
+    pub id: String,
+    /// Its campaign's name.
+    pub campaign: String,
+    /// The number to call; absent once closed.
+    pub number: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Higher first.
+    pub priority: i32,
+    /// Language.
+    pub language: Option<String>,
+    /// Free data for the operator's desk (a JSON object).
+    pub data: Option<String>,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Attempts that reached the network (what the retry policy counts).
+    pub dialled: u32,
+    /// Next attempt not before (Unix seconds).
+    pub next_at: i64,
+    /// How the last attempt ended.
+    pub last_outcome: Option<String>,
+    /// On a do-not-call list on its node.
+    #[serde(default)]
+    pub dnc: bool,
+    /// The day of its last attempt and the citizen's count that day.
+    pub day: Option<(i64, u32)>,
+}
+
+/// The record on the stream: a callback or a campaign contact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkRecord {
     /// The stream sequence this record was written over (the subject's
@@ -99,11 +140,53 @@ pub struct WorkRecord {
     pub tenant: String,
     /// Where it stands.
     pub state: WorkState,
-    /// The callback.
-    pub callback: CallbackWork,
+    /// The callback (on a callback's subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackWork>,
+    /// The contact (on a contact's subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<ContactWork>,
 }
 
 impl WorkRecord {
+    /// Its id (a callback's, or a contact's work id).
+    pub fn id(&self) -> &str {
+        match (&self.callback, &self.contact) {
+            (Some(c), _) => &c.id,
+            (None, Some(k)) => &k.id,
+            (None, None) => "",
+        }
+    }
+
+    /// The subject it belongs on.
+    pub fn subject(&self) -> Option<String> {
+        match (&self.callback, &self.contact) {
+            (Some(c), _) => callback_subject(&c.id),
+            (None, Some(k)) => contact_subject(&k.id),
+            (None, None) => None,
+        }
+    }
+
+    /// The number it would call.
+    pub fn number(&self) -> Option<&str> {
+        match (&self.callback, &self.contact) {
+            (Some(c), _) => c.number.as_deref(),
+            (None, Some(k)) => k.number.as_deref(),
+            (None, None) => None,
+        }
+    }
+
+    /// Closes it: no number kept once nothing is left to call.
+    pub fn close(&mut self) {
+        self.state = WorkState::Closed;
+        if let Some(c) = &mut self.callback {
+            c.number = None;
+        }
+        if let Some(k) = &mut self.contact {
+            k.number = None;
+        }
+    }
+
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -120,22 +203,47 @@ impl WorkRecord {
         if !valid_name(&r.owner) {
             return Err(WireError::BadName("owner"));
         }
-        if !valid_id(&r.callback.id) {
-            return Err(WireError::BadName("id"));
+        if r.tenant.len() > 200 {
+            return Err(WireError::BadName("tenant"));
         }
-        let c = &r.callback;
-        if r.tenant.len() > 200 || c.queue.is_empty() || c.queue.len() > 200 {
-            return Err(WireError::BadName("queue"));
+        match (&r.callback, &r.contact) {
+            (Some(c), None) => {
+                if !valid_id(&c.id) {
+                    return Err(WireError::BadName("id"));
+                }
+                if c.queue.is_empty() || c.queue.len() > 200 {
+                    return Err(WireError::BadName("queue"));
+                }
+                if c.number
+                    .as_ref()
+                    .is_some_and(|n| n.is_empty() || n.len() > 64)
+                    || c.requirements.as_ref().is_some_and(|r| r.len() > 2048)
+                    || c.source.len() > 32
+                {
+                    return Err(WireError::BadName("callback"));
+                }
+            }
+            (None, Some(k)) => {
+                if !valid_id(&k.id) {
+                    return Err(WireError::BadName("id"));
+                }
+                if k.campaign.is_empty() || k.campaign.len() > 200 {
+                    return Err(WireError::BadName("campaign"));
+                }
+                if k.number
+                    .as_ref()
+                    .is_some_and(|n| n.is_empty() || n.len() > 64)
+                    || k.name.as_ref().is_some_and(|n| n.len() > 200)
+                    || k.language.as_ref().is_some_and(|l| l.len() > 35)
+                    || k.data.as_ref().is_some_and(|d| d.len() > 4096)
+                    || k.last_outcome.as_ref().is_some_and(|o| o.len() > 200)
+                {
+                    return Err(WireError::BadName("contact"));
+                }
+            }
+            _ => return Err(WireError::BadName("kind")),
         }
-        if c.number
-            .as_ref()
-            .is_some_and(|n| n.is_empty() || n.len() > 64)
-            || c.requirements.as_ref().is_some_and(|r| r.len() > 2048)
-            || c.source.len() > 32
-        {
-            return Err(WireError::BadName("callback"));
-        }
-        if r.state != WorkState::Closed && c.number.is_none() {
+        if r.state != WorkState::Closed && r.number().is_none() {
             return Err(WireError::BadName("number"));
         }
         Ok(r)
@@ -177,20 +285,22 @@ pub enum Taken {
     /// Waiting: it will be called.
     Pending,
     /// Its old owner had dialled the citizen when it died: they may have
-    /// talked, so it is not dialled again (a person looks at it, as after
-    /// a crash on one node).
+    /// talked, so a callback is not dialled again (a person looks at it,
+    /// as after a crash on one node); a campaign contact is retried (its
+    /// attempt counted), as after a crash on one node.
     Interrupted,
 }
 
 /// Decides about one record: `me` is this node, `up` says whether a node
 /// is alive (`false` for a node silent for three heartbeats or never
 /// heard from since this node's picture settled), `serves` whether this
-/// node has the queue for that firm.
+/// node has what the record needs (the queue of a callback, the campaign
+/// of a contact, for that firm).
 pub fn verdict(
     record: &WorkRecord,
     me: &str,
     up: impl Fn(&str) -> bool,
-    serves: impl Fn(&str, &str) -> bool,
+    serves: impl Fn(&WorkRecord) -> bool,
 ) -> Verdict {
     let taken = match record.state {
         WorkState::Closed => return Verdict::Leave,
@@ -200,16 +310,21 @@ pub fn verdict(
     if record.owner == me {
         return Verdict::Adopt(taken);
     }
-    if up(&record.owner) || !serves(&record.tenant, &record.callback.queue) {
+    if up(&record.owner) || !serves(record) {
         return Verdict::Leave;
     }
     let mut mine = record.clone();
     mine.owner = me.to_owned();
     if taken == Taken::Interrupted {
-        // Closed on the stream: the new owner keeps it as failed, and no
-        // third node takes it again.
-        mine.state = WorkState::Closed;
-        mine.callback.number = None;
+        if mine.callback.is_some() {
+            // Closed on the stream: the new owner keeps it as failed, and
+            // no third node takes it again.
+            mine.close();
+        } else {
+            // A contact's attempt cut short is retried, as after a crash
+            // on one node: the attempt counted, the contact waiting.
+            mine.state = WorkState::Pending;
+        }
     }
     Verdict::TakeOver {
         record: Box::new(mine),
@@ -227,7 +342,8 @@ mod tests {
             owner: owner.into(),
             tenant: "asl".into(),
             state,
-            callback: CallbackWork {
+            contact: None,
+            callback: Some(CallbackWork {
                 id: "0123456789abcdef0123456789abcdef".into(),
                 queue: "richiamate".into(),
                 number: Some("+393470000001".into()),
@@ -237,12 +353,12 @@ mod tests {
                 attempts: 1,
                 created_at: 1_700_000_000,
                 source: "api".into(),
-            },
+            }),
         }
     }
 
-    fn serves(t: &str, q: &str) -> bool {
-        t == "asl" && q == "richiamate"
+    fn serves(r: &WorkRecord) -> bool {
+        r.tenant == "asl" && r.callback.as_ref().is_some_and(|c| c.queue == "richiamate")
     }
 
     #[test]
@@ -259,7 +375,7 @@ mod tests {
         // Alive, or another firm's queue: left alone.
         assert_eq!(verdict(&r, "napoli-1", |_| true, serves), Verdict::Leave);
         assert_eq!(
-            verdict(&r, "napoli-1", |_| false, |_, _| false),
+            verdict(&r, "napoli-1", |_| false, |_| false),
             Verdict::Leave
         );
     }
@@ -272,7 +388,7 @@ mod tests {
         };
         assert_eq!(as_, Taken::Interrupted);
         assert_eq!(record.state, WorkState::Closed);
-        assert_eq!(record.callback.number, None, "no number kept once closed");
+        assert_eq!(record.number(), None, "no number kept once closed");
         assert_eq!(
             verdict(&record, "roma-1", |_| false, serves),
             Verdict::Leave
@@ -301,6 +417,63 @@ mod tests {
         );
     }
 
+    fn contact() -> ContactWork {
+        ContactWork {
+            id: "fedcba9876543210fedcba9876543210".into(),
+            campaign: "richiamo-fragili".into(),
+            number: Some("+393470000002".into()),
+            name: Some("Maria".into()),
+            priority: 1,
+            language: Some("it".into()),
+            data: None,
+            attempts: 2,
+            dialled: 1,
+            next_at: 1_700_000_100,
+            last_outcome: Some("busy".into()),
+            dnc: false,
+            day: Some((19_700, 1)),
+        }
+    }
+
+    #[test]
+    fn a_contact_being_dialled_when_its_node_died_is_retried_by_its_taker() {
+        let r = WorkRecord {
+            prev: 3,
+            owner: "milano-1".into(),
+            tenant: "asl".into(),
+            state: WorkState::Dialing,
+            callback: None,
+            contact: Some(contact()),
+        };
+        assert_eq!(WorkRecord::decode(&r.encode()).unwrap(), r);
+        assert_eq!(
+            r.subject().as_deref(),
+            Some("centralino.v1.work.ct.fedcba9876543210fedcba9876543210")
+        );
+        let runs = |w: &WorkRecord| {
+            w.tenant == "asl"
+                && w.contact
+                    .as_ref()
+                    .is_some_and(|k| k.campaign == "richiamo-fragili")
+        };
+        let Verdict::TakeOver { record, as_ } = verdict(&r, "napoli-1", |_| false, runs) else {
+            panic!()
+        };
+        assert_eq!(as_, Taken::Interrupted);
+        assert_eq!(record.state, WorkState::Pending, "open for its new owner");
+        assert_eq!(record.contact, r.contact);
+        // A node without that campaign leaves it; a callback's test does
+        // not serve a contact.
+        assert_eq!(verdict(&r, "napoli-1", |_| false, serves), Verdict::Leave);
+        let mut closed = r.clone();
+        closed.close();
+        assert_eq!(closed.number(), None);
+        assert_eq!(
+            verdict(&closed, "napoli-1", |_| false, runs),
+            Verdict::Leave
+        );
+    }
+
     #[test]
     fn a_replayed_record_does_not_follow_its_predecessor() {
         let mut r = record("milano-1", WorkState::Pending);
@@ -323,10 +496,10 @@ mod tests {
         bad.owner = "milano 1".into();
         assert!(WorkRecord::decode(&bad.encode()).is_err());
         let mut bad = r.clone();
-        bad.callback.id = "a.b".into();
+        bad.callback.as_mut().unwrap().id = "a.b".into();
         assert!(WorkRecord::decode(&bad.encode()).is_err());
         let mut bad = r.clone();
-        bad.callback.number = None;
+        bad.callback.as_mut().unwrap().number = None;
         assert!(WorkRecord::decode(&bad.encode()).is_err());
         assert!(WorkRecord::decode(&vec![b' '; MAX_RECORD_BYTES + 1]).is_err());
         // A newer node's field is no reason to lose the record.
@@ -337,6 +510,13 @@ mod tests {
             r
         );
         assert!(WorkRecord::decode(b"{\"owner\":1}").is_err());
+        // Neither a callback nor a contact, or both: refused.
+        let mut bad = r.clone();
+        bad.callback = None;
+        assert!(WorkRecord::decode(&bad.encode()).is_err());
+        let mut both = r.clone();
+        both.contact = Some(contact());
+        assert!(WorkRecord::decode(&both.encode()).is_err());
         assert_eq!(callback_subject("a.b"), None);
         assert_eq!(
             callback_subject("abc").as_deref(),

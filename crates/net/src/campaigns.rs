@@ -377,30 +377,43 @@ fn write_end(store: &StoreHandle, e: AttemptEnd, now: i64) {
 
 /// A claimed attempt is about to dial: allowed only while its campaign
 /// still runs inside its window and its number is on no do-not-call list
-/// (a claim may have waited minutes for an operator). Otherwise the
-/// attempt ends here — back to pending, or `dnc` — and the engine is told
-/// not to dial.
+/// (a claim may have waited minutes for an operator), and, on a national
+/// network with durable work, once the work stream says this node still
+/// owns the contact (`fence`). Otherwise the attempt ends here — back to
+/// pending, or `dnc` — and the engine is told not to dial.
 fn check_and_dial(
     store: &StoreHandle,
     tx: &mpsc::Sender<EngineInput>,
     running: &Running,
     call: &CampaignCall,
     engine_call: centralino_types::CallId,
+    fence: Option<&mpsc::Sender<crate::work::Fence>>,
 ) {
     let now = unix_now();
     let spec = running
         .get(&call.campaign)
         .filter(|s| s.window.open(now))
         .cloned();
-    let (store, tx, c) = (store.clone(), tx.clone(), call.clone());
+    let (store, tx, c, fence) = (store.clone(), tx.clone(), call.clone(), fence.cloned());
     tokio::spawn(async move {
-        let check = match &spec {
+        let mut check = match &spec {
             None => Ok(DialCheck::Stopped),
             Some(spec) => {
                 let (contact, tenant) = (c.contact, spec.tenant.clone());
                 store.with(move |s| s.may_dial(contact, &tenant)).await
             }
         };
+        if let (Ok(DialCheck::Go), Some(fence)) = (&check, &fence) {
+            check = Ok(
+                match crate::work::fence_contact(fence, c.contact, c.attempt).await {
+                    crate::work::Fenced::Go(_) => DialCheck::Go,
+                    // Another node owns it now (moved here), or the stream
+                    // cannot say: not dialled, given back uncounted.
+                    crate::work::Fenced::Gone => DialCheck::Settled,
+                    crate::work::Fenced::Unavailable => DialCheck::Stopped,
+                },
+            );
+        }
         let recorded = match check {
             Ok(DialCheck::Go) => true,
             Ok(verdict) => {
@@ -446,6 +459,7 @@ pub(crate) fn contact_state(
     call: &CampaignCall,
     record: Option<String>,
     state: CallbackState,
+    fence: Option<&mpsc::Sender<crate::work::Fence>>,
 ) {
     let now = unix_now();
     if let Some(record) = record {
@@ -459,7 +473,7 @@ pub(crate) fn contact_state(
     let mut uncount = false;
     let end = match state {
         CallbackState::Dialing { call: engine_call } => {
-            check_and_dial(store, tx, running, call, engine_call);
+            check_and_dial(store, tx, running, call, engine_call, fence);
             return;
         }
         CallbackState::Done => (Outcome::Answered.as_str(), ContactStatus::Done, None),

@@ -238,7 +238,7 @@ impl NetMetrics {
             )),
             cluster_work: reg!(cv(
                 "centralino_cluster_work_total",
-                "Callbacks on the national work stream: mirrored, taken over, moved away, dials fenced, stream unavailable",
+                "Callbacks and campaign contacts on the national work stream: mirrored, taken over, moved away, closed, dials fenced, stream unavailable",
                 &["event"]
             )),
             cluster_work_ready: reg!(

@@ -144,9 +144,9 @@ impl Sealer {
                 &mut body,
             )
             .ok()?;
-        WorkRecord::decode(plain).ok().filter(|r| {
-            centralino_cluster::work::callback_subject(&r.callback.id).as_deref() == Some(subject)
-        })
+        WorkRecord::decode(plain)
+            .ok()
+            .filter(|r| r.subject().as_deref() == Some(subject))
     }
 }
 

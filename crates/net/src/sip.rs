@@ -172,7 +172,7 @@ impl SipServer {
             Some(f) => Some(crate::netkey::NetworkKey::from_file(f)?),
             None => None,
         };
-        let (mut work_ready, mut fence, mut work) = (None, None, None);
+        let (mut work_ready, mut fence, mut work, mut ready_flag) = (None, None, None, None);
         if let (Some(c), Some(sink), Some(d), Some(key)) =
             (&config.cluster, &records, &desks, &network_key)
             && c.durability == centralino_config::Durability::JetStream
@@ -186,6 +186,7 @@ impl SipServer {
                 net.clone(),
                 can_dial,
             );
+            ready_flag = Some(w.ready.clone());
             work_ready = Some((w.ready, w.claims.clone()));
             fence = Some((w.fence, w.claims));
             work = Some(w.links);
@@ -267,6 +268,7 @@ impl SipServer {
             metrics: net.clone(),
             cluster: to_cluster,
             fence,
+            work_ready: ready_flag,
         };
         // The store's answers come back through the engine's own queue.
         let answers = tx.downgrade();
@@ -738,7 +740,14 @@ async fn run_engine(
                     (None, _) => {}
                 },
                 Output::WantContacts { campaign, count } => match (&records, answers.upgrade()) {
-                    (Some(sink), Some(tx)) => {
+                    // Durable work across nodes: no contact is claimed
+                    // while the work stream cannot fence its dial.
+                    (Some(sink), Some(tx))
+                        if clients
+                            .work_ready
+                            .as_ref()
+                            .is_none_or(|r| r.load(Ordering::Relaxed)) =>
+                    {
                         let spec = life.campaigns.get(&campaign).cloned();
                         crate::campaigns::claim(
                             sink.handle(),
@@ -767,6 +776,7 @@ async fn run_engine(
                             &call,
                             record,
                             state,
+                            clients.fence.as_ref().map(|(f, _)| f),
                         );
                     }
                 }
@@ -880,6 +890,8 @@ struct Clients {
     /// The work stream's fence before a callback is dialled, and the
     /// claims' tokens it checks.
     fence: Option<(mpsc::Sender<crate::work::Fence>, crate::work::Claims)>,
+    /// The work stream is ready (`None`: no durable work across nodes).
+    work_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Clients {

@@ -136,16 +136,20 @@ pub enum ContactStatus {
     Failed,
     /// On a do-not-call list when its turn came.
     Dnc,
+    /// Taken over by another node of the national network (which calls
+    /// it now); never dialled here.
+    Moved,
 }
 
 impl ContactStatus {
     /// Every status, in the order the API lists counts.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Pending,
         Self::InProgress,
         Self::Done,
         Self::Failed,
         Self::Dnc,
+        Self::Moved,
     ];
 
     /// The API spelling.
@@ -156,6 +160,7 @@ impl ContactStatus {
             Self::Done => "done",
             Self::Failed => "failed",
             Self::Dnc => "dnc",
+            Self::Moved => "moved",
         }
     }
 
@@ -254,7 +259,7 @@ pub struct Attempt {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Contacts by status, in [`ContactStatus::ALL`] order.
-    pub contacts: [u64; 5],
+    pub contacts: [u64; 6],
     /// Attempts made.
     pub attempts: u64,
     /// Attempts answered by a citizen who talked to an operator.
@@ -426,7 +431,8 @@ fn contact(row: &Row<'_>) -> rusqlite::Result<Contact> {
 /// The outcomes of attempts that reached the network (the retry policy
 /// counts those; an attempt skipped, withheld, interrupted or left by its
 /// operator before dialling is none of the citizen's).
-const DIALLED: &str = "'answered', 'busy', 'no_answer', 'failed', 'abandoned', 'dial_plan'";
+pub(crate) const DIALLED: &str =
+    "'answered', 'busy', 'no_answer', 'failed', 'abandoned', 'dial_plan'";
 
 impl Store {
     /// Stores a new campaign (`draft`). `Ok(false)`: the name is taken.
@@ -788,7 +794,8 @@ impl Store {
                 }
                 k.dialled = s.conn.query_row(
                     &format!(
-                        "SELECT count(*) FROM campaign_attempts WHERE contact = ?1 AND outcome IN ({DIALLED})"
+                        "SELECT dialled_before + (SELECT count(*) FROM campaign_attempts WHERE contact = ?1 AND outcome IN ({DIALLED}))
+                         FROM campaign_contacts WHERE id = ?1"
                     ),
                     params![k.id],
                     |r| r.get(0),
@@ -852,7 +859,8 @@ impl Store {
             // how the call ended: "call later" keeps the contact pending.
             s.conn.execute(
                 "UPDATE campaign_contacts SET
-                    status = CASE WHEN later_at IS NOT NULL THEN 'pending'
+                    status = CASE WHEN status = 'moved' THEN status
+                                  WHEN later_at IS NOT NULL THEN 'pending'
                                   WHEN status IN ('done', 'failed') THEN status ELSE ?2 END,
                     last_outcome = ?3,
                     next_at = coalesce(later_at, ?4, next_at),

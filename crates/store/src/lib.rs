@@ -14,6 +14,7 @@
 mod audit;
 mod campaigns;
 mod mirror;
+mod mirror_contacts;
 mod operators;
 pub mod owner_only;
 pub mod service;
@@ -33,6 +34,7 @@ pub use campaigns::{
 };
 pub use centralino_types::record::Record;
 pub use mirror::{Kept, Mirrored};
+pub use mirror_contacts::{MirroredContact, Tombstone, WorkContact};
 pub use operators::{Operator, read_operators};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -146,6 +148,7 @@ const MIGRATIONS: &[&str] = &[
     operators::MIGRATION,
     mirror::MIGRATION,
     mirror::MIRRORED_AT,
+    mirror_contacts::MIGRATION,
 ];
 
 /// A notification waiting to be sent.

@@ -49,7 +49,9 @@ pub enum Kept {
     /// Stored: it will be called here (or, interrupted, looked at).
     New,
     /// The same citizen already waits for a callback of that queue here:
-    /// kept as cancelled (`duplicate`), and the one here is called.
+    /// kept as cancelled (`duplicate`), and the one here is called. For a
+    /// contact: the citizen is already in that campaign here, or the
+    /// campaign is gone; its record is closed on the stream (tombstone).
     Duplicate,
     /// Already here (kept before a crash, or this node's own).
     Known,

@@ -1,6 +1,7 @@
-//! Callbacks that outlive their node (`[cluster] durability =
-//! "jetstream"`): the driver of `centralino_cluster::work`. Every change
-//! to a callback in this node's store is mirrored, within a fraction of a
+//! Callbacks and campaign contacts that outlive their node (`[cluster]
+//! durability = "jetstream"`): the driver of `centralino_cluster::work`.
+//! Every change to a callback or a contact in this node's store is
+//! mirrored (`item`), within a fraction of a
 //! second, as one record on the JetStream stream `CENTRALINO_WORK`, each
 //! write conditional on the sequence of the previous one and naming it
 //! (so a record replayed later is told from a real one). When a node has
@@ -11,7 +12,11 @@
 //! off learns there that its callback moved, and does not dial it. A
 //! record that cannot be read or trusted never makes a node dial: its
 //! callback is kept as `failed`, outcome `unconfirmed`, for a person. So
-//! each callback is dialled by one node, at most once.
+//! each callback is dialled by one node, at most once. A campaign contact
+//! goes the same way to a node running a campaign of the same firm and
+//! name; one whose attempt was cut short by its node's death is retried
+//! there (its attempt counted), as after a crash on one node; the fence
+//! for each attempt's dial is in `fence`.
 //!
 //! The price, said plainly: while this node cannot reach the stream, it
 //! dials no callback (they wait, pending, nothing lost); inbound calls
@@ -19,25 +24,30 @@
 //! partition cannot both be had.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{Context, ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self as js, consumer};
 use axum::body::Bytes;
-use centralino_cluster::work::{
-    self as w, CALLBACK_SUBJECTS, CallbackWork, Taken, Verdict, WorkRecord, WorkState,
-};
+use centralino_cluster::work::{self as w, ContactWork, Taken, Verdict, WorkRecord, WorkState};
 use centralino_store::service::{StoreHandle, unix_now};
-use centralino_store::{Callback, Kept, Mirrored, Status};
+use centralino_store::{ContactStatus, Kept, Status};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::api::Desks;
 use crate::metrics::NetMetrics;
+
+mod fence;
+mod item;
+
+use fence::Target;
+pub(crate) use fence::{Claims, Fence, Fenced, dialing, fence_contact};
+use item::{Item, Key, callback, taken_contact};
 
 /// How often changed callbacks are mirrored.
 const MIRROR_EVERY: Duration = Duration::from_millis(200);
@@ -62,52 +72,6 @@ const PER_SUBJECT: i64 = 2;
 const MAX_SCAN: usize = 2_000_000;
 /// Most fences waiting for the driver.
 pub(crate) const FENCE_QUEUE: usize = 1024;
-/// Most claims whose token waits for their dial.
-const MAX_CLAIMS: usize = 100_000;
-
-/// Each claimed callback's version at its claim, by id: the token its
-/// fence and dial mark act on (a claim requeued and claimed again is
-/// another claim). Written by the scheduler, taken at the dial.
-#[derive(Clone, Default)]
-pub(crate) struct Claims(Arc<Mutex<HashMap<String, i64>>>);
-
-impl Claims {
-    pub(crate) fn insert(&self, tokens: Vec<(String, i64)>) {
-        if let Ok(mut c) = self.0.lock() {
-            if c.len() + tokens.len() > MAX_CLAIMS {
-                // Claims that never reached a dial (failed, no operator):
-                // forgotten; a dial without its token is not fenced (held).
-                c.clear();
-            }
-            c.extend(tokens);
-        }
-    }
-
-    fn take(&self, id: &str) -> Option<i64> {
-        self.0.lock().ok().and_then(|mut c| c.remove(id))
-    }
-}
-
-/// Asks whether this node may dial callback `id` (claimed at `version`).
-pub(crate) struct Fence {
-    id: String,
-    version: Option<i64>,
-    reply: oneshot::Sender<Fenced>,
-}
-
-/// The fence's answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fenced {
-    /// Written `dialing` on the stream: dial (after marking that claim).
-    Go(i64),
-    /// Another node took it over (now `moved` here), its record cannot be
-    /// trusted (now `failed`, `unconfirmed`), or the claim is no longer
-    /// the one asking: do not dial, say nothing of it.
-    Gone,
-    /// The stream cannot be reached: do not dial; it goes back to
-    /// pending without counting the attempt.
-    Unavailable,
-}
 
 /// Who is alive, as the cluster driver sees it each heartbeat.
 #[derive(Clone, Debug, Default)]
@@ -343,7 +307,10 @@ pub(crate) async fn run(
         if Instant::now() >= refresh_at {
             refresh_at = Instant::now() + REFRESH_EVERY;
             let before = unix_now() - REFRESH_AFTER;
-            let _ = d.store.with(move |s| s.refresh_mirror(before)).await;
+            let _ = d
+                .store
+                .with(move |s| Ok(s.refresh_mirror(before)? + s.refresh_contacts_mirror(before)?))
+                .await;
         }
     }
 }
@@ -354,10 +321,18 @@ async fn fence_task(d: Arc<Shared>, mut fences: mpsc::Receiver<Fence>) {
         if f.reply.is_closed() {
             continue;
         }
-        let answer = match f.version {
-            Some(v) if d.ready.load(Ordering::Relaxed) => d.fence(&f.id, v).await,
-            // No token: the claim is older than this driver knows.
-            Some(_) | None => Fenced::Unavailable,
+        let ready = d.ready.load(Ordering::Relaxed);
+        let answer = match f.target {
+            Target::Callback {
+                id,
+                version: Some(v),
+            } if ready => d.fence(&id, v).await,
+            Target::Contact { contact, attempt } if ready => {
+                d.fence_contact(contact, attempt).await
+            }
+            // Not ready, or no token: the claim is older than this driver
+            // knows.
+            _ => Fenced::Unavailable,
         };
         d.count(match answer {
             Fenced::Go(_) => "fence_go",
@@ -430,33 +405,9 @@ impl Shared {
             .map_err(|e| e.to_string())
     }
 
-    /// The record this node writes for `m` (`None`: not ours to write).
-    fn record(&self, m: &Mirrored, tenants: &HashMap<String, String>) -> Option<WorkRecord> {
-        let c = &m.callback;
-        let state = match c.status {
-            Status::Pending => WorkState::Pending,
-            Status::InProgress if !m.dialed => WorkState::Pending,
-            Status::InProgress => WorkState::Dialing,
-            Status::Done | Status::Failed | Status::Cancelled => WorkState::Closed,
-            Status::Moved => return None,
-        };
-        Some(WorkRecord {
-            prev: 0,
-            owner: self.node.clone(),
-            tenant: tenants.get(&c.queue).cloned().unwrap_or_default(),
-            state,
-            callback: CallbackWork {
-                id: c.id.clone(),
-                queue: c.queue.clone(),
-                number: (state != WorkState::Closed).then(|| c.number.clone()),
-                not_before: c.not_before,
-                requirements: c.requirements.clone(),
-                priority: c.priority,
-                attempts: c.attempts,
-                created_at: c.created_at,
-                source: c.source.clone(),
-            },
-        })
+    /// The record this node writes for `item` (`None`: not ours to write).
+    fn record(&self, item: &Item, tenants: &HashMap<String, String>) -> Option<WorkRecord> {
+        item.record(&self.node, tenants)
     }
 
     fn tenants(&self) -> HashMap<String, String> {
@@ -470,7 +421,7 @@ impl Shared {
     /// Writes `record` over sequence `expect` (the subject's last), naming
     /// it in the record.
     async fn put(&self, record: &WorkRecord, expect: u64) -> Result<u64, PutError> {
-        let Some(subject) = w::callback_subject(&record.callback.id) else {
+        let Some(subject) = record.subject() else {
             return Err(PutError::Conflict);
         };
         let mut record = record.clone();
@@ -495,9 +446,9 @@ impl Shared {
         }
     }
 
-    /// The last record of callback `id`, checked against the one before it.
-    async fn last(&self, id: &str) -> Result<Last, String> {
-        let Some(subject) = w::callback_subject(id) else {
+    /// The last record of `key`, checked against the one before it.
+    async fn last(&self, key: &Key) -> Result<Last, String> {
+        let Some(subject) = key.subject() else {
             return Ok(Last::Untrusted);
         };
         let stream = self.stream().await?;
@@ -531,53 +482,54 @@ impl Shared {
     /// from nothing. Anything else (unreadable, replayed, our own record
     /// closed while the row is open, gone long ago): the row is never
     /// dialled, kept `unconfirmed` for a person.
-    async fn settle_conflict(&self, m: &Mirrored) -> Result<Settled, String> {
+    async fn settle_conflict(&self, m: &Item) -> Result<Settled, String> {
         let now = unix_now();
-        let id = m.callback.id.clone();
-        let open = matches!(m.callback.status, Status::Pending | Status::InProgress);
-        let found = self.last(&id).await?;
+        let key = m.key();
+        let open = m.open();
+        let found = self.last(&key).await?;
         match found {
             Last::Record(_, r) if r.owner != self.node => {
-                let to = r.owner.clone();
+                let (to, k) = (r.owner.clone(), key.clone());
                 if self
                     .store
-                    .with(move |s| s.set_moved(&id, &to, now))
+                    .with(move |s| k.set_moved(s, &to, now))
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    warn!(callback = %short(&m.callback.id), to = %r.owner, "national network: callback taken over by another node; not dialled here");
+                    warn!(kind = key.kind(), id = %short(key.id()), to = %r.owner, "national network: work taken over by another node; not dialled here");
                 }
                 self.count("moved_away");
                 Ok(Settled::Stop)
             }
             Last::Record(seq, r) if r.state != WorkState::Closed || !open => {
                 self.store
-                    .with(move |s| s.set_mirror_seq(&id, seq))
+                    .with(move |s| key.set_mirror_seq(s, seq))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Settled::Retry)
             }
             Last::None
-                if m.mirrored_at.is_some_and(|t| {
+                if m.mirrored_at().is_some_and(|t| {
                     now - t < i64::try_from(MAX_AGE.as_secs()).unwrap_or(0) - REFRESH_AFTER
                 }) =>
             {
                 // Only the stream itself lost it (deleted, purged): a
                 // takeover would have left its own record.
                 self.store
-                    .with(move |s| s.set_mirror_seq(&id, 0))
+                    .with(move |s| key.set_mirror_seq(s, 0))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Settled::Retry)
             }
             _ => {
+                let k = key.clone();
                 if self
                     .store
-                    .with(move |s| s.set_unconfirmed(&id, now))
+                    .with(move |s| k.set_unconfirmed(s, now))
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    warn!(callback = %short(&m.callback.id), "national network: callback's record on the work stream is missing or cannot be trusted; not dialled (failed, unconfirmed)");
+                    warn!(kind = key.kind(), id = %short(key.id()), "national network: the work stream's record is missing or cannot be trusted; not dialled (failed, unconfirmed)");
                     self.count("unconfirmed");
                 }
                 Ok(Settled::Stop)
@@ -585,34 +537,49 @@ impl Shared {
         }
     }
 
-    /// Mirrors what changed since the last round.
+    /// Mirrors what changed since the last round: callbacks, contacts,
+    /// and the records of contacts deleted here, closed.
     async fn mirror(&self) -> Result<(), String> {
-        let changed = self
+        let (callbacks, contacts) = self
             .store
-            .with(|s| s.unmirrored(MIRROR_BATCH))
+            .with(|s| {
+                Ok((
+                    s.unmirrored(MIRROR_BATCH)?,
+                    s.unmirrored_contacts(MIRROR_BATCH)?,
+                ))
+            })
             .await
             .map_err(|e| e.to_string())?;
-        if changed.is_empty() {
-            return Ok(());
+        let items: Vec<Item> = callbacks
+            .into_iter()
+            .map(Item::Callback)
+            .chain(contacts.into_iter().map(Item::Contact))
+            .collect();
+        if !items.is_empty() {
+            self.mirror_items(&items).await?;
         }
+        self.close_tombstones().await
+    }
+
+    async fn mirror_items(&self, items: &[Item]) -> Result<(), String> {
         let tenants = self.tenants();
         let now = unix_now();
-        let mut done: Vec<(String, i64, u64)> = Vec::with_capacity(changed.len());
+        let mut done: Vec<(Key, i64, u64)> = Vec::with_capacity(items.len());
         let mut failure = None;
-        for m in &changed {
+        for m in items {
             let Some(record) = self.record(m, &tenants) else {
                 continue;
             };
-            if w::callback_subject(&m.callback.id).is_none() {
+            let key = m.key();
+            if key.subject().is_none() {
                 // Never an id the node makes; one from an old store stays
                 // local.
-                let id = m.callback.id.clone();
-                let _ = self.store.with(move |s| s.stop_mirroring(&id)).await;
+                let _ = self.store.with(move |s| key.stop_mirroring(s)).await;
                 continue;
             }
-            match self.put(&record, m.seq.unwrap_or(0)).await {
+            match self.put(&record, m.seq().unwrap_or(0)).await {
                 Ok(seq) => {
-                    done.push((m.callback.id.clone(), m.version, seq));
+                    done.push((key, m.version(), seq));
                     self.count("mirrored");
                 }
                 Err(PutError::Conflict) => {
@@ -630,8 +597,8 @@ impl Shared {
         if !done.is_empty() {
             self.store
                 .with(move |s| {
-                    for (id, version, seq) in &done {
-                        s.set_mirrored(id, *version, *seq, now)?;
+                    for (key, version, seq) in &done {
+                        key.set_mirrored(s, *version, *seq, now)?;
                     }
                     Ok(())
                 })
@@ -639,6 +606,69 @@ impl Shared {
                 .map_err(|e| e.to_string())?;
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Contacts deleted here (their campaign deleted) or not kept after a
+    /// takeover: their records are closed, or a node would take them over
+    /// and call a citizen the firm removed. A record another node wrote
+    /// since is that node's: left to it.
+    async fn close_tombstones(&self) -> Result<(), String> {
+        let graves = self
+            .store
+            .with(|s| s.tombstones(MIRROR_BATCH))
+            .await
+            .map_err(|e| e.to_string())?;
+        for t in graves {
+            let record = WorkRecord {
+                prev: 0,
+                owner: self.node.clone(),
+                tenant: t.tenant.clone(),
+                state: WorkState::Closed,
+                callback: None,
+                contact: Some(ContactWork {
+                    id: t.work_id.clone(),
+                    campaign: t.campaign.clone(),
+                    number: None,
+                    name: None,
+                    priority: 0,
+                    language: None,
+                    data: None,
+                    attempts: 0,
+                    dialled: 0,
+                    next_at: 0,
+                    last_outcome: Some("deleted".into()),
+                    dnc: false,
+                    day: None,
+                }),
+            };
+            match self.put(&record, t.seq).await {
+                Ok(_) => self.count("closed"),
+                Err(PutError::Conflict) => match self.last(&Key::Contact(t.work_id.clone())).await?
+                {
+                    // Ours still (an acknowledgement lost): again at that
+                    // sequence next round.
+                    Last::Record(seq, r)
+                        if r.owner == self.node && r.state != WorkState::Closed =>
+                    {
+                        let id = t.work_id.clone();
+                        let (campaign, tenant) = (t.campaign.clone(), t.tenant.clone());
+                        self.store
+                            .with(move |s| s.bury(&id, seq, &campaign, &tenant))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    _ => {}
+                },
+                Err(PutError::Unavailable(e)) => return Err(e),
+            }
+            let id = t.work_id.clone();
+            self.store
+                .with(move |s| s.drop_tombstone(&id))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Before the citizen of callback `id` (claimed at `version`) is
@@ -653,33 +683,61 @@ impl Shared {
             if m.callback.status != Status::InProgress || m.dialed || m.version != version {
                 return Fenced::Gone;
             }
-            let Some(mut record) = self.record(&m, &self.tenants()) else {
-                return Fenced::Gone;
-            };
             if w::callback_subject(id).is_none() {
                 return Fenced::Go(version);
             }
-            record.state = WorkState::Dialing;
-            match self.put(&record, m.seq.unwrap_or(0)).await {
-                Ok(seq) => {
-                    let (key, now) = (id.to_owned(), unix_now());
-                    // The dial mark follows (its change is mirrored again:
-                    // the same record).
-                    let _ = self
-                        .store
-                        .with(move |s| s.set_mirrored(&key, version, seq, now))
-                        .await;
-                    return Fenced::Go(version);
-                }
-                Err(PutError::Conflict) => match self.settle_conflict(&m).await {
-                    Ok(Settled::Stop) => return Fenced::Gone,
-                    Ok(Settled::Retry) => {}
-                    Err(_) => return Fenced::Unavailable,
-                },
-                Err(PutError::Unavailable(_)) => return Fenced::Unavailable,
+            match self.write_dialing(Item::Callback(m)).await {
+                Some(Fenced::Go(_)) => return Fenced::Go(version),
+                Some(answer) => return answer,
+                None => {}
             }
         }
         Fenced::Unavailable
+    }
+
+    /// Before attempt `attempt` of campaign contact `contact` dials: the
+    /// same fence (the attempt number is the claim's token).
+    async fn fence_contact(&self, contact: i64, attempt: u32) -> Fenced {
+        for _ in 0..2 {
+            let Ok(Some(m)) = self.store.with(move |s| s.contact_for_fence(contact)).await else {
+                return Fenced::Unavailable;
+            };
+            if m.status != ContactStatus::InProgress || m.contact.attempts != attempt || !m.open() {
+                return Fenced::Gone;
+            }
+            if let Some(answer) = self.write_dialing(Item::Contact(m)).await {
+                return answer;
+            }
+        }
+        Fenced::Unavailable
+    }
+
+    /// Writes `item` as being dialled over this node's last record of it.
+    /// `None`: our own record moved on (an acknowledgement lost): ask
+    /// again.
+    async fn write_dialing(&self, item: Item) -> Option<Fenced> {
+        let Some(mut record) = self.record(&item, &self.tenants()) else {
+            return Some(Fenced::Gone);
+        };
+        record.state = WorkState::Dialing;
+        match self.put(&record, item.seq().unwrap_or(0)).await {
+            Ok(seq) => {
+                let (key, version, now) = (item.key(), item.version(), unix_now());
+                // The dial mark follows (its change is mirrored again:
+                // the same record).
+                let _ = self
+                    .store
+                    .with(move |s| key.set_mirrored(s, version, seq, now))
+                    .await;
+                Some(Fenced::Go(version))
+            }
+            Err(PutError::Conflict) => match self.settle_conflict(&item).await {
+                Ok(Settled::Stop) => Some(Fenced::Gone),
+                Ok(Settled::Retry) => None,
+                Err(_) => Some(Fenced::Unavailable),
+            },
+            Err(PutError::Unavailable(_)) => Some(Fenced::Unavailable),
+        }
     }
 
     /// Reads the whole stream once: this node's own records its store
@@ -690,46 +748,61 @@ impl Shared {
     async fn pass(&self, live: &Liveness, after: Duration) -> Result<(), String> {
         let records = self.scan().await?;
         let now = unix_now();
-        let mine = self
+        let (mine, mine_contacts, campaigns) = self
             .store
-            .with(|s| s.open_mirrored())
+            .with(|s| {
+                Ok((
+                    s.open_mirrored()?,
+                    s.open_mirrored_contacts()?,
+                    s.campaigns_taking_contacts()?,
+                ))
+            })
             .await
             .map_err(|e| e.to_string())?;
-        let by_id: HashMap<&str, &(u64, WorkRecord)> = records
+        let by_subject: HashMap<String, &(u64, WorkRecord)> = records
             .iter()
-            .map(|r| (r.1.callback.id.as_str(), r))
+            .filter_map(|r| Some((r.1.subject()?, r)))
             .collect();
-        let moved: Vec<(String, String)> = mine
-            .iter()
-            .filter_map(|(id, _)| {
-                by_id
-                    .get(id.as_str())
-                    .filter(|(_, r)| r.owner != self.node)
-                    .map(|(_, r)| (id.clone(), r.owner.clone()))
+        let moved: Vec<(Key, String)> = mine
+            .into_iter()
+            .map(|(id, _)| Key::Callback(id))
+            .chain(mine_contacts.into_iter().map(Key::Contact))
+            .filter_map(|key| {
+                let (_, r) = by_subject.get(&key.subject()?)?;
+                (r.owner != self.node).then(|| (key, r.owner.clone()))
             })
             .collect();
         if !moved.is_empty() {
             let n = moved.len();
             self.store
                 .with(move |s| {
-                    for (id, to) in &moved {
-                        s.set_moved(id, to, now)?;
+                    for (key, to) in &moved {
+                        key.set_moved(s, to, now)?;
                     }
                     Ok(())
                 })
                 .await
                 .map_err(|e| e.to_string())?;
             warn!(
-                callbacks = n,
-                "national network: callbacks taken over by other nodes while this one was away; not dialled here"
+                items = n,
+                "national network: callbacks or contacts taken over by other nodes while this one was away; not dialled here"
             );
             for _ in 0..n {
                 self.count("moved_away");
             }
         }
         let queues = self.desks.queues();
-        let serves = |tenant: &str, queue: &str| {
-            self.can_dial && queues.iter().any(|q| q.tenant == tenant && q.name == queue)
+        let serves = |r: &WorkRecord| {
+            self.can_dial
+                && match (&r.callback, &r.contact) {
+                    (Some(c), _) => queues
+                        .iter()
+                        .any(|q| q.tenant == r.tenant && q.name == c.queue),
+                    (None, Some(k)) => campaigns
+                        .iter()
+                        .any(|(t, n)| *t == r.tenant && *n == k.campaign),
+                    (None, None) => false,
+                }
         };
         // A node heard from is alive until silent for `after`; one never
         // heard from, until this node has been connected that long.
@@ -750,19 +823,37 @@ impl Shared {
                     Err(PutError::Unavailable(e)) => return Err(e),
                 },
             };
-            let cb = callback(&record.callback, now);
             let interrupted = as_ == Taken::Interrupted;
-            let kept = self
-                .store
-                .with(move |s| s.keep_taken(&cb, interrupted, keep, now))
-                .await
-                .map_err(|e| e.to_string())?;
+            let kept = match (&record.callback, &record.contact) {
+                (Some(c), _) => {
+                    let cb = callback(c, now);
+                    self.store
+                        .with(move |s| s.keep_taken(&cb, interrupted, keep, now))
+                        .await
+                }
+                (None, Some(k)) => {
+                    let k = taken_contact(k, &record.tenant);
+                    self.store
+                        .with(move |s| s.keep_taken_contact(&k, interrupted, keep, now))
+                        .await
+                }
+                (None, None) => continue,
+            }
+            .map_err(|e| e.to_string())?;
             match (kept, event) {
                 (Kept::Known, _) => {}
                 (Kept::Duplicate, _) => self.count("duplicate"),
                 (Kept::New, "taken_over") => {
                     taken += 1;
-                    info!(callback = %short(&record.callback.id), from = %record.owner, queue = %record.callback.queue, "national network: callback taken over from a node that is down");
+                    match (&record.callback, &record.contact) {
+                        (Some(c), _) => {
+                            info!(callback = %short(&c.id), from = %record.owner, queue = %c.queue, "national network: callback taken over from a node that is down");
+                        }
+                        (_, Some(k)) => {
+                            info!(contact = %short(&k.id), from = %record.owner, campaign = %k.campaign, "national network: campaign contact taken over from a node that is down");
+                        }
+                        _ => {}
+                    }
                     self.count(event);
                 }
                 (Kept::New, _) => {
@@ -774,7 +865,7 @@ impl Shared {
         if taken + adopted > 0 {
             info!(
                 taken,
-                adopted, "national network: callbacks kept from the work stream"
+                adopted, "national network: work kept from the work stream"
             );
         }
         Ok(())
@@ -789,7 +880,7 @@ impl Shared {
             .create_consumer(consumer::pull::Config {
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::None,
-                filter_subject: CALLBACK_SUBJECTS.to_owned(),
+                filter_subject: w::SUBJECTS.to_owned(),
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
@@ -848,78 +939,7 @@ impl Shared {
     }
 }
 
-/// A callback as the store keeps it, from its record.
-fn callback(c: &CallbackWork, now: i64) -> Callback {
-    Callback {
-        id: c.id.clone(),
-        queue: c.queue.clone(),
-        number: c.number.clone().unwrap_or_default(),
-        not_before: c.not_before,
-        requirements: c.requirements.clone(),
-        priority: c.priority,
-        status: Status::Pending,
-        attempts: c.attempts,
-        outcome: None,
-        source: c.source.clone(),
-        created_at: c.created_at,
-        updated_at: now,
-    }
-}
-
 /// An id for the logs (enough to find it, not the whole key).
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
-}
-
-/// The engine wants to dial callback `id` (call `call`): the fence
-/// first (for this claim: its token taken now, in order with the claims),
-/// then the store's dial mark for the same claim; the engine hears
-/// whether to dial, to give the callback back uncounted, or to let it go.
-pub(crate) fn dialing(
-    fence: &mpsc::Sender<Fence>,
-    claims: &Claims,
-    sink: &centralino_store::service::RecordSink,
-    engine: mpsc::WeakSender<crate::handle::EngineInput>,
-    id: String,
-    call: centralino_types::CallId,
-) {
-    use crate::handle::EngineInput;
-    let version = claims.take(&id);
-    let (fence, store) = (fence.clone(), sink.handle());
-    tokio::spawn(async move {
-        let (tx, rx) = oneshot::channel();
-        let asked = fence
-            .send(Fence {
-                id: id.clone(),
-                version,
-                reply: tx,
-            })
-            .await
-            .is_ok();
-        let answer = if asked {
-            tokio::time::timeout(ACK_TIMEOUT * 3, rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(Fenced::Unavailable)
-        } else {
-            Fenced::Unavailable
-        };
-        let input = match answer {
-            Fenced::Go(v) => {
-                let now = unix_now();
-                let recorded = store
-                    .with(move |s| s.mark_dialed_if(&id, v, now))
-                    .await
-                    .unwrap_or(false);
-                EngineInput::CallbackDialing { call, recorded }
-            }
-            Fenced::Gone => EngineInput::CallbackGone { call },
-            // Not the citizen's attempt: back to pending at once.
-            Fenced::Unavailable => EngineInput::CallbackHeld { call },
-        };
-        if let Some(tx) = engine.upgrade() {
-            let _ = tx.send(input).await;
-        }
-    });
 }
