@@ -366,6 +366,38 @@ fn a_dead_nodes_campaign_contacts_are_called_once_by_another_node() {
     let numbers: Vec<String> = (1..=5).map(|i| format!("+39347000010{i}")).collect();
     let (on_b, on_c) = running_on_both(&b, &c, &numbers);
     assert_eq!(contacts(&b, &on_b, "pending").len(), 5);
+    // A second campaign, on both nodes, whose two contacts B's firm
+    // deletes with it: closed on the stream, C never takes them.
+    let removed = ["+393470000301", "+393470000302"];
+    let temp_b = temporary_campaign(&b);
+    temporary_campaign(&c);
+    let (code, body) = b.http(
+        "POST",
+        &format!("/api/v1/campaigns/{temp_b}/contacts"),
+        Some(ADMIN),
+        Some(&format!(
+            r#"[{{"number": "{}"}}, {{"number": "{}"}}]"#,
+            removed[0], removed[1]
+        )),
+    );
+    assert_eq!(code, 200, "{body}");
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"mirrored\"}",
+        Duration::from_secs(10),
+        |v| v >= 7.0,
+    );
+    for (method, path) in [
+        ("POST", format!("/api/v1/campaigns/{temp_b}/pause")),
+        ("DELETE", format!("/api/v1/campaigns/{temp_b}")),
+    ] {
+        let (code, body) = b.http(method, &path, Some(ADMIN), Some(""));
+        assert!(code == 200 || code == 204, "{method} {path}: {code} {body}");
+    }
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"closed\"}",
+        Duration::from_secs(10),
+        |v| v >= 2.0,
+    );
 
     b.kill_hard();
     taken_over(&c, 5);
@@ -380,6 +412,11 @@ fn a_dead_nodes_campaign_contacts_are_called_once_by_another_node() {
     assert_eq!(called.len(), 4, "{called:?}");
     assert!(called.values().all(|&n| n == 1), "{called:?}");
     assert!(!called.contains_key(listed), "{called:?}");
+    assert_eq!(
+        c.metric("centralino_cluster_work_total{event=\"taken_over\"}"),
+        5.0,
+        "the deleted campaign's contacts stay closed"
+    );
 
     // B comes back: its five contacts were taken over; none is dialled.
     let b = node(&sb, "milano-1", "127.0.0.2", port, citizens.port, true);
@@ -494,6 +531,95 @@ fn taken_over(c: &Node, n: usize) {
         Duration::from_secs(90),
         |v| v == n as f64,
     );
+}
+
+/// A campaign `temporanea` made through the API on `node`, started: its id.
+fn temporary_campaign(node: &Node) -> String {
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/campaigns",
+        Some(ADMIN),
+        Some(
+            r#"{"name": "temporanea", "queue": "info", "mode": "progressive",
+                "windows": {"days": ["lun", "mar", "mer", "gio", "ven", "sab", "dom"], "hours": ["00:00-24:00"]}}"#,
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    let (code, body) = node.http(
+        "POST",
+        &format!("/api/v1/campaigns/{id}/start"),
+        Some(ADMIN),
+        Some(""),
+    );
+    assert_eq!(code, 200, "{body}");
+    id
+}
+
+/// The NATS server goes away for longer than `takeover_after_seconds`
+/// and comes back: C has heard nobody for that long, but that was its own
+/// outage, not B's death. B stays frozen a moment longer, so when C
+/// checks the stream on its return, B has still not spoken: C takes none
+/// of B's callbacks or contacts over (it waits for B as long as it waits
+/// for a node it never heard from).
+#[test]
+fn a_nats_outage_longer_than_the_takeover_time_moves_no_work() {
+    let (sb, sc) = (Scratch::new("work-outage-b"), Scratch::new("work-outage-c"));
+    let port = free_port();
+    let nats = jetstream(&sb, port);
+    let citizens = crate::common::far_end(&sb, "citizens", "citizen_answer.xml", 1, "60s");
+    let slower = |scratch: &Scratch, name: &str, host: &'static str| {
+        let cfg = config(name, host, port, citizens.port, true);
+        let n = Node::start_toml(scratch, move |sip, http| {
+            cfg(sip, http).replace(
+                "takeover_after_seconds = 3\n",
+                "takeover_after_seconds = 6\n",
+            )
+        })
+        .on_host(host);
+        n.wait_metric(
+            "centralino_cluster_work_ready",
+            Duration::from_secs(15),
+            |v| v == 1.0,
+        );
+        n
+    };
+    let b = slower(&sb, "milano-1", "127.0.0.2");
+    let c = slower(&sc, "napoli-1", "127.0.0.3");
+    wait_cluster(&c, "napoli-1 sees milano-1", |v| {
+        peer_up(v, "milano-1") == Some(true)
+    });
+    ask_callback(&b, "+393470000401");
+    running_on_both(&b, &c, &["+393470000402".to_owned()]);
+    drop(nats);
+    b.freeze(true);
+    wait_cluster(
+        &c,
+        "napoli-1 has heard nothing from milano-1 for 8 s",
+        |v| silent_seconds(v, "milano-1").is_some_and(|s| s >= 8),
+    );
+    assert_eq!(c.metric("centralino_cluster_work_ready"), 0.0);
+    let _nats = jetstream(&sb, port);
+    c.wait_metric(
+        "centralino_cluster_work_ready",
+        Duration::from_secs(30),
+        |v| v == 1.0,
+    );
+    assert_eq!(
+        c.metric_or_zero("centralino_cluster_work_total{event=\"taken_over\"}"),
+        0.0,
+        "{}",
+        c.logs()
+    );
+    b.freeze(false);
+}
+
+fn silent_seconds(v: &serde_json::Value, name: &str) -> Option<u64> {
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == name)
+        .and_then(|n| n["silent_seconds"].as_u64())
 }
 
 /// The id of the firm's campaign on `node`.

@@ -33,6 +33,10 @@ pub const CALLBACK_SUBJECTS: &str = "centralino.v1.work.cb.>";
 /// The subjects of campaign contacts.
 pub const CONTACT_SUBJECTS: &str = "centralino.v1.work.ct.>";
 
+/// Most attempts a contact's record may carry (a campaign allows far
+/// fewer; a larger count is a corrupt or hostile record).
+pub const MAX_ATTEMPTS: u32 = 10_000;
+
 /// Largest record accepted (bytes).
 pub const MAX_RECORD_BYTES: usize = 8 * 1024;
 
@@ -121,8 +125,13 @@ pub struct ContactWork {
     /// On a do-not-call list on its node.
     #[serde(default)]
     pub dnc: bool,
-    /// The day of its last attempt and the citizen's count that day.
+    /// The citizen's count of attempts today (the day, the count), on
+    /// its node, every campaign's.
     pub day: Option<(i64, u32)>,
+    /// Its campaign is not running on its node (draft, paused): the firm
+    /// does not want it called now; no other node takes it over.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// The record on the stream: a callback or a campaign contact.
@@ -233,7 +242,9 @@ impl WorkRecord {
                 if k.number
                     .as_ref()
                     .is_some_and(|n| n.is_empty() || n.len() > 64)
-                    || k.name.as_ref().is_some_and(|n| n.len() > 200)
+                    || k.name.as_ref().is_some_and(|n| n.len() > 512)
+                    || k.attempts > MAX_ATTEMPTS
+                    || k.dialled > k.attempts
                     || k.language.as_ref().is_some_and(|l| l.len() > 35)
                     || k.data.as_ref().is_some_and(|d| d.len() > 4096)
                     || k.last_outcome.as_ref().is_some_and(|o| o.len() > 200)
@@ -255,8 +266,14 @@ impl WorkRecord {
 /// message before it, if the stream still has one (it keeps two per
 /// subject). A replayed record names a `prev` that is not its
 /// predecessor: never trusted.
+///
+/// A closed record needs no predecessor: its owner removes the records
+/// before it (they name a citizen), and a closed record only ever stops a
+/// dial; one replayed can deny, never make a node call.
 pub fn chained(record: &WorkRecord, last_seq: u64, before: Option<u64>) -> bool {
-    record.prev < last_seq && before == (record.prev != 0).then_some(record.prev)
+    record.prev < last_seq
+        && (record.state == WorkState::Closed
+            || before == (record.prev != 0).then_some(record.prev))
 }
 
 /// What a node does with a record it read.
@@ -310,7 +327,8 @@ pub fn verdict(
     if record.owner == me {
         return Verdict::Adopt(taken);
     }
-    if up(&record.owner) || !serves(record) {
+    let held = record.contact.as_ref().is_some_and(|k| k.held);
+    if held || up(&record.owner) || !serves(record) {
         return Verdict::Leave;
     }
     let mut mine = record.clone();
@@ -432,6 +450,7 @@ mod tests {
             last_outcome: Some("busy".into()),
             dnc: false,
             day: Some((19_700, 1)),
+            held: false,
         }
     }
 
@@ -472,6 +491,16 @@ mod tests {
             verdict(&closed, "napoli-1", |_| false, runs),
             Verdict::Leave
         );
+        // Paused on its node: nobody else calls it.
+        let mut held = r.clone();
+        held.contact.as_mut().unwrap().held = true;
+        assert_eq!(verdict(&held, "napoli-1", |_| false, runs), Verdict::Leave);
+        // Counters no campaign makes: the record is refused.
+        let mut bad = r.clone();
+        bad.contact.as_mut().unwrap().dialled = 3;
+        assert!(WorkRecord::decode(&bad.encode()).is_err());
+        bad.contact.as_mut().unwrap().attempts = u32::MAX;
+        assert!(WorkRecord::decode(&bad.encode()).is_err());
     }
 
     #[test]
@@ -486,6 +515,10 @@ mod tests {
         assert!(!chained(&r, 12, Some(9)), "replayed after another write");
         assert!(!chained(&r, 9, None), "its predecessor is gone");
         assert!(!chained(&r, 4, Some(5)));
+        // A closed record whose open predecessors were removed.
+        r.close();
+        assert!(chained(&r, 9, None));
+        assert!(!chained(&r, 4, None));
     }
 
     #[test]

@@ -32,7 +32,7 @@ const SKIP_DELAY: i64 = 30 * 60;
 pub(crate) type Running = HashMap<String, Arc<Spec>>;
 
 /// Today's number and the next midnight (Unix), Europe/Rome.
-fn rome_day(now: i64) -> (i64, i64) {
+pub(crate) fn rome_day(now: i64) -> (i64, i64) {
     let day = (now + rome_offset(now)).div_euclid(86_400);
     let midnight = (day + 1) * 86_400;
     (day, midnight - rome_offset(midnight - 3600))

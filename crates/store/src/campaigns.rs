@@ -1027,19 +1027,19 @@ impl Store {
                 // made is withheld.
                 (true, Some(status @ (ContactStatus::Done | ContactStatus::Failed))) => {
                     s.conn.execute(
-                        "UPDATE campaign_contacts SET status = ?2 WHERE id = ?1",
+                        "UPDATE campaign_contacts SET status = ?2 WHERE id = ?1 AND status != 'moved'",
                         params![d.contact, status.as_str()],
                     )?;
                 }
                 (true, Some(ContactStatus::Pending)) => {
                     s.conn.execute(
-                        "UPDATE campaign_contacts SET later_at = ?2 WHERE id = ?1",
+                        "UPDATE campaign_contacts SET later_at = ?2 WHERE id = ?1 AND status != 'moved'",
                         params![d.contact, d.next_at.unwrap_or(now)],
                     )?;
                 }
                 (false, Some(status)) => {
                     s.conn.execute(
-                        "UPDATE campaign_contacts SET status = ?2, next_at = coalesce(?3, next_at) WHERE id = ?1",
+                        "UPDATE campaign_contacts SET status = ?2, next_at = coalesce(?3, next_at) WHERE id = ?1 AND status != 'moved'",
                         params![d.contact, status.as_str(), d.next_at],
                     )?;
                 }

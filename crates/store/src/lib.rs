@@ -34,7 +34,7 @@ pub use campaigns::{
 };
 pub use centralino_types::record::Record;
 pub use mirror::{Kept, Mirrored};
-pub use mirror_contacts::{MirroredContact, Tombstone, WorkContact};
+pub use mirror_contacts::{INTERRUPTED_HOLD, MirroredContact, Tombstone, WorkContact};
 pub use operators::{Operator, read_operators};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -149,6 +149,7 @@ const MIGRATIONS: &[&str] = &[
     mirror::MIGRATION,
     mirror::MIRRORED_AT,
     mirror_contacts::MIGRATION,
+    mirror_contacts::FIXES,
 ];
 
 /// A notification waiting to be sent.

@@ -84,6 +84,32 @@ pub struct WorkContact {
     pub day: Option<(i64, u32)>,
 }
 
+/// Review fixes (migration after [`MIGRATION`]): a contact deleted leaves
+/// a tombstone only while its record may still be open; a number taken off
+/// a do-not-call list, or dialled by any campaign (the citizen's count for
+/// the day), is a change of its open contacts too.
+pub(crate) const FIXES: &str = "DROP TRIGGER campaign_contacts_tombstone;
+    CREATE TRIGGER campaign_contacts_tombstone BEFORE DELETE ON campaign_contacts
+        WHEN OLD.work_id IS NOT NULL AND OLD.mirror_seq IS NOT NULL AND OLD.status != 'moved'
+             AND (OLD.status IN ('pending', 'in_progress') OR OLD.version > OLD.mirrored)
+        BEGIN INSERT OR REPLACE INTO work_tombstones (work_id, seq, campaign, tenant)
+              SELECT OLD.work_id, OLD.mirror_seq, c.name, c.tenant FROM campaigns c WHERE c.id = OLD.campaign; END;
+    CREATE TRIGGER dnc_removed_contacts_version AFTER DELETE ON dnc
+        BEGIN UPDATE campaign_contacts SET version = version + 1
+              WHERE number = OLD.number AND status IN ('pending', 'in_progress'); END;
+    CREATE TRIGGER dial_counts_contacts_insert AFTER INSERT ON dial_counts
+        BEGIN UPDATE campaign_contacts SET version = version + 1
+              WHERE number = NEW.number AND status = 'pending'; END;
+    CREATE TRIGGER dial_counts_contacts_update AFTER UPDATE OF count ON dial_counts
+        BEGIN UPDATE campaign_contacts SET version = version + 1
+              WHERE number = NEW.number AND status = 'pending'; END;";
+
+/// How long a contact whose attempt was under way when its node died
+/// waits before its new node calls it: that node may only have been cut
+/// off, its call still going on (a crash ends the call; a partition does
+/// not), and no call with its wrap-up lasts this long.
+pub const INTERRUPTED_HOLD: i64 = 4 * 3600;
+
 /// A contact as the mirror sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirroredContact {
@@ -95,6 +121,9 @@ pub struct MirroredContact {
     pub status: ContactStatus,
     /// Its campaign is finished: nothing of it is open any more.
     pub finished: bool,
+    /// Its campaign is not running (draft or paused): the firm does not
+    /// want it called now, here or elsewhere.
+    pub held: bool,
     /// Its version now.
     pub version: i64,
     /// The stream sequence of its last record (`None`: never mirrored).
@@ -132,71 +161,53 @@ const SELECT: &str = "SELECT k.work_id, k.id, c.name, c.tenant, k.number, k.name
         k.dialled_before + (SELECT count(*) FROM campaign_attempts a WHERE a.contact = k.id AND a.outcome IN (DIALLED_LIST)),
         k.next_at, k.last_outcome,
         EXISTS (SELECT 1 FROM dnc WHERE dnc.number = k.number AND dnc.tenant IN ('', c.tenant)),
-        (SELECT a.day FROM campaign_attempts a WHERE a.contact = k.id AND a.day IS NOT NULL ORDER BY a.attempt DESC LIMIT 1),
-        c.status = 'finished', k.version, k.mirror_seq, k.mirrored_at
+        (SELECT d.count FROM dial_counts d WHERE d.number = k.number AND d.day = ?2),
+        c.status = 'finished', k.version, k.mirror_seq, k.mirrored_at, c.status != 'running'
     FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign";
 
 fn select() -> String {
     SELECT.replace("DIALLED_LIST", DIALLED)
 }
 
-fn mirrored_contact(r: &rusqlite::Row<'_>) -> rusqlite::Result<(MirroredContact, Option<i64>)> {
+/// A row of [`SELECT`], whose `?2` is `today`.
+fn mirrored_contact(r: &rusqlite::Row<'_>, today: i64) -> rusqlite::Result<MirroredContact> {
     let status: String = r.get(9)?;
     let seq: Option<i64> = r.get(18)?;
-    Ok((
-        MirroredContact {
-            contact: WorkContact {
-                work_id: r.get(0)?,
-                campaign: r.get(2)?,
-                tenant: r.get(3)?,
-                number: r.get(4)?,
-                name: r.get(5)?,
-                priority: r.get(6)?,
-                language: r.get(7)?,
-                data: r.get(8)?,
-                attempts: r.get(10)?,
-                dialled: r.get(11)?,
-                next_at: r.get(12)?,
-                last_outcome: r.get(13)?,
-                dnc: r.get(14)?,
-                day: None,
-            },
-            id: r.get(1)?,
-            status: ContactStatus::parse(&status).unwrap_or(ContactStatus::Failed),
-            finished: r.get(16)?,
-            version: r.get(17)?,
-            seq: seq.and_then(|s| u64::try_from(s).ok()),
-            mirrored_at: r.get(19)?,
+    Ok(MirroredContact {
+        contact: WorkContact {
+            work_id: r.get(0)?,
+            campaign: r.get(2)?,
+            tenant: r.get(3)?,
+            number: r.get(4)?,
+            name: r.get(5)?,
+            priority: r.get(6)?,
+            language: r.get(7)?,
+            data: r.get(8)?,
+            attempts: r.get(10)?,
+            dialled: r.get(11)?,
+            next_at: r.get(12)?,
+            last_outcome: r.get(13)?,
+            dnc: r.get(14)?,
+            day: r.get::<_, Option<u32>>(15)?.map(|count| (today, count)),
         },
-        r.get(15)?,
-    ))
+        id: r.get(1)?,
+        status: ContactStatus::parse(&status).unwrap_or(ContactStatus::Failed),
+        finished: r.get(16)?,
+        held: r.get(20)?,
+        version: r.get(17)?,
+        seq: seq.and_then(|s| u64::try_from(s).ok()),
+        mirrored_at: r.get(19)?,
+    })
 }
 
 impl Store {
-    fn with_day(
-        &self,
-        (mut m, day): (MirroredContact, Option<i64>),
-    ) -> Result<MirroredContact, StoreError> {
-        if let Some(day) = day {
-            let count: i64 = self
-                .conn
-                .query_row(
-                    "SELECT count FROM dial_counts WHERE number = ?1 AND day = ?2",
-                    params![m.contact.number, day],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or(0);
-            m.contact.day = Some((day, u32::try_from(count).unwrap_or(0)));
-        }
-        Ok(m)
-    }
-
     /// Up to `limit` contacts changed since last mirrored (never the ones
-    /// moved away), each given its work id the first time.
+    /// moved away), each given its work id the first time; `today` (the
+    /// Europe/Rome day number) for the citizen's count of attempts.
     pub fn unmirrored_contacts(
         &mut self,
         limit: usize,
+        today: i64,
     ) -> Result<Vec<MirroredContact>, StoreError> {
         self.conn.execute(
             "UPDATE campaign_contacts SET work_id = lower(hex(randomblob(16)))
@@ -210,44 +221,50 @@ impl Store {
                  ORDER BY k.updated_at LIMIT ?1",
                 select()
             ))?;
-            let rows = stmt.query_map(params![limit as i64], mirrored_contact)?;
+            let rows =
+                stmt.query_map(params![limit as i64, today], |r| mirrored_contact(r, today))?;
             rows.collect::<Result<_, _>>()?
         };
-        rows.into_iter().map(|r| self.with_day(r)).collect()
+        Ok(rows)
     }
 
     /// One contact, by work id, as the mirror sees it.
     pub fn contact_mirror_state(
         &self,
         work_id: &str,
+        today: i64,
     ) -> Result<Option<MirroredContact>, StoreError> {
-        self.contact_where("k.work_id = ?1", work_id)
+        self.contact_where("k.work_id = ?1", work_id, today)
     }
 
     fn contact_where(
         &self,
         filter: &str,
         value: impl rusqlite::ToSql,
+        today: i64,
     ) -> Result<Option<MirroredContact>, StoreError> {
-        let row = self
+        Ok(self
             .conn
             .query_row(
                 &format!("{} WHERE {filter}", select()),
-                params![value],
-                mirrored_contact,
+                params![value, today],
+                |r| mirrored_contact(r, today),
             )
-            .optional()?;
-        row.map(|r| self.with_day(r)).transpose()
+            .optional()?)
     }
 
     /// Contact `id` (local id) as the mirror sees it, given a work id if
     /// it had none yet (claimed before its first record was written).
-    pub fn contact_for_fence(&mut self, id: i64) -> Result<Option<MirroredContact>, StoreError> {
+    pub fn contact_for_fence(
+        &mut self,
+        id: i64,
+        today: i64,
+    ) -> Result<Option<MirroredContact>, StoreError> {
         self.conn.execute(
             "UPDATE campaign_contacts SET work_id = lower(hex(randomblob(16))) WHERE id = ?1 AND work_id IS NULL",
             params![id],
         )?;
-        self.contact_where("k.id = ?1", id)
+        self.contact_where("k.id = ?1", id, today)
     }
 
     /// Version `version` of contact `work_id` is on the stream at `seq`.
@@ -399,8 +416,14 @@ impl Store {
                 None => {}
                 Some((id, status)) if status == "moved" => {
                     // Back to this node: a new row, whose record the
-                    // stream already has (the old row's attempts stay in
-                    // the history; their count travels in the record).
+                    // stream already has. The old row's attempts go with
+                    // it (their count travels in the record; the queue log
+                    // keeps each), or a new row given the same id would
+                    // count them twice.
+                    s.conn.execute(
+                        "DELETE FROM campaign_attempts WHERE contact = ?1",
+                        params![id],
+                    )?;
                     s.conn.execute(
                         "DELETE FROM campaign_contacts WHERE id = ?1",
                         params![id],
@@ -458,10 +481,17 @@ impl Store {
                 s.bury(&k.work_id, seq, &k.campaign, &k.tenant)?;
                 return Ok(Kept::Duplicate);
             }
-            let (outcome, next_at) = if interrupted {
-                (Some("interrupted"), now)
+            // An attempt under way when its node died may have reached the
+            // citizen, and may still be going on (a node cut off, not dead):
+            // counted, and held for `INTERRUPTED_HOLD`.
+            let (outcome, next_at, dialled) = if interrupted {
+                (
+                    Some("interrupted"),
+                    now + INTERRUPTED_HOLD,
+                    k.dialled.saturating_add(1),
+                )
             } else {
-                (k.last_outcome.as_deref(), k.next_at)
+                (k.last_outcome.as_deref(), k.next_at, k.dialled)
             };
             s.conn.execute(
                 "INSERT INTO campaign_contacts (campaign, number, name, priority, language, data, status, attempts,
@@ -480,7 +510,7 @@ impl Store {
                     now,
                     seq as i64,
                     k.work_id,
-                    k.dialled
+                    dialled
                 ],
             )?;
             Ok(Kept::New)
@@ -583,6 +613,17 @@ mod tests {
         }
     }
 
+    impl Store {
+        fn dispose_for_test(&mut self, id: i64, status: &str) {
+            self.conn
+                .execute(
+                    "UPDATE campaign_contacts SET status = ?2 WHERE id = ?1",
+                    params![id, status],
+                )
+                .unwrap();
+        }
+    }
+
     fn taken(m: &MirroredContact) -> WorkContact {
         m.contact.clone()
     }
@@ -592,7 +633,7 @@ mod tests {
         let mut s = store("changes");
         campaign(&mut s, "c-b");
         import(&mut s, "c-b", &["+393470000001", "+393470000002"]);
-        let first = s.unmirrored_contacts(10).unwrap();
+        let first = s.unmirrored_contacts(10, 20_000).unwrap();
         assert_eq!(first.len(), 2);
         assert!(
             first
@@ -610,11 +651,11 @@ mod tests {
             s.set_contact_mirrored(&m.contact.work_id, m.version, 5, 30)
                 .unwrap();
         }
-        assert!(s.unmirrored_contacts(10).unwrap().is_empty());
+        assert!(s.unmirrored_contacts(10, 20_000).unwrap().is_empty());
         // An attempt that reached the network, counted for the next node.
         let k = s.claim_contacts(claim("c-b", 40)).unwrap().contacts;
         assert_eq!(k.len(), 2);
-        let claimed = s.unmirrored_contacts(10).unwrap();
+        let claimed = s.unmirrored_contacts(10, 20_000).unwrap();
         assert_eq!(claimed.len(), 2, "a claim is a change");
         assert!(
             claimed
@@ -639,7 +680,7 @@ mod tests {
             50,
         )
         .unwrap();
-        let after = s.unmirrored_contacts(10).unwrap();
+        let after = s.unmirrored_contacts(10, 20_000).unwrap();
         assert_eq!(after.len(), 1);
         assert_eq!(
             (after[0].contact.dialled, after[0].contact.attempts),
@@ -649,7 +690,7 @@ mod tests {
             .unwrap();
         // A do-not-call listing changes the open contact of that number.
         s.add_dnc(&after[0].contact.number, "asl", 60).unwrap();
-        let listed = s.unmirrored_contacts(10).unwrap();
+        let listed = s.unmirrored_contacts(10, 20_000).unwrap();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].contact.dnc);
         s.set_contact_mirrored(&listed[0].contact.work_id, listed[0].version, 8, 60)
@@ -662,7 +703,7 @@ mod tests {
             70,
         )
         .unwrap();
-        let closed = s.unmirrored_contacts(10).unwrap();
+        let closed = s.unmirrored_contacts(10, 20_000).unwrap();
         assert_eq!(closed.len(), 2);
         assert!(closed.iter().all(|m| !m.open()));
     }
@@ -672,7 +713,7 @@ mod tests {
         let mut s = store("moved");
         campaign(&mut s, "c-b");
         import(&mut s, "c-b", &["+393470000001"]);
-        let m = s.unmirrored_contacts(10).unwrap().remove(0);
+        let m = s.unmirrored_contacts(10, 20_000).unwrap().remove(0);
         s.set_contact_mirrored(&m.contact.work_id, m.version, 5, 30)
             .unwrap();
         let k = s
@@ -688,7 +729,7 @@ mod tests {
             !s.set_contact_moved(&m.contact.work_id, "napoli-1", 46)
                 .unwrap()
         );
-        assert!(s.unmirrored_contacts(10).unwrap().is_empty());
+        assert!(s.unmirrored_contacts(10, 20_000).unwrap().is_empty());
         let here = s.contact(k.id).unwrap().unwrap();
         assert_eq!(here.status, ContactStatus::Moved);
         assert_eq!(here.last_outcome.as_deref(), Some("moved_to:napoli-1"));
@@ -747,7 +788,7 @@ mod tests {
         )
         .unwrap();
         b.add_dnc("+393470000002", "asl", 55).unwrap();
-        let on_b = b.unmirrored_contacts(10).unwrap();
+        let on_b = b.unmirrored_contacts(10, 20_000).unwrap();
         let (ended, dialling) = if on_b[0].status == ContactStatus::Pending {
             (&on_b[0], &on_b[1])
         } else {
@@ -771,22 +812,24 @@ mod tests {
             Kept::New
         );
         assert!(
-            c.unmirrored_contacts(10).unwrap().is_empty(),
+            c.unmirrored_contacts(10, 20_000).unwrap().is_empty(),
             "its record is already written"
         );
-        // The one being dialled: due now, interrupted; the other keeps its time.
+        // The one being dialled: interrupted, held (its node may only have
+        // been cut off, its call going on), the attempt counted; the other
+        // keeps its time.
         let again = c
-            .contact_mirror_state(&dialling.contact.work_id)
+            .contact_mirror_state(&dialling.contact.work_id, 20_000)
             .unwrap()
             .unwrap();
         assert_eq!(again.contact.last_outcome.as_deref(), Some("interrupted"));
         assert_eq!(
-            (again.contact.next_at, again.status),
-            (62, ContactStatus::Pending)
+            (again.contact.next_at, again.status, again.contact.dialled),
+            (62 + INTERRUPTED_HOLD, ContactStatus::Pending, 1)
         );
         assert!(again.contact.dnc, "its listing came with it");
         let moved = c
-            .contact_mirror_state(&ended.contact.work_id)
+            .contact_mirror_state(&ended.contact.work_id, 20_000)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -799,7 +842,7 @@ mod tests {
         );
         // The retry policy counts the attempt made on the other node; the
         // citizen's day too (a cap of 1 holds them until tomorrow).
-        let mut cl = claim("c-c", 200);
+        let mut cl = claim("c-c", 20_000);
         cl.max_per_day = 1;
         let got = c.claim_contacts(cl).unwrap();
         assert!(got.contacts.is_empty());
@@ -816,7 +859,7 @@ mod tests {
         let mut b = store("dup-from");
         campaign(&mut b, "c-b");
         import(&mut b, "c-b", &["+393470000001"]);
-        let m = b.unmirrored_contacts(10).unwrap().remove(0);
+        let m = b.unmirrored_contacts(10, 20_000).unwrap().remove(0);
 
         let mut c = store("dup-to");
         campaign(&mut c, "c-c");
@@ -840,7 +883,7 @@ mod tests {
         }
         assert!(c.tombstones(10).unwrap().is_empty());
         // A mirrored contact deleted with its campaign leaves one too.
-        let here = c.unmirrored_contacts(10).unwrap().remove(0);
+        let here = c.unmirrored_contacts(10, 20_000).unwrap().remove(0);
         c.set_contact_mirrored(&here.contact.work_id, here.version, 7, 70)
             .unwrap();
         c.set_campaign_status(
@@ -858,5 +901,95 @@ mod tests {
             (here.contact.work_id.as_str(), 7)
         );
         assert_eq!(t[0].campaign, "richiamo-fragili");
+    }
+
+    #[test]
+    fn a_listing_removed_or_a_dial_by_another_campaign_is_a_change_and_closed_ones_leave_no_tombstone()
+     {
+        let mut s = store("triggers");
+        campaign(&mut s, "c-x");
+        import(&mut s, "c-x", &["+393470000001"]);
+        let m = s.unmirrored_contacts(10, 20_000).unwrap().remove(0);
+        s.set_contact_mirrored(&m.contact.work_id, m.version, 5, 30)
+            .unwrap();
+        s.add_dnc("+393470000001", "asl", 31).unwrap();
+        let m = s.unmirrored_contacts(10, 20_000).unwrap().remove(0);
+        assert!(m.contact.dnc);
+        s.set_contact_mirrored(&m.contact.work_id, m.version, 6, 32)
+            .unwrap();
+        s.remove_dnc("+393470000001", "asl").unwrap();
+        let m = s.unmirrored_contacts(10, 20_000).unwrap().remove(0);
+        assert!(!m.contact.dnc, "the listing taken off travels too");
+        s.set_contact_mirrored(&m.contact.work_id, m.version, 7, 33)
+            .unwrap();
+        // Another campaign dials the same citizen: their count for the day
+        // is this contact's news too (the daily cap on a new node).
+        assert!(
+            s.create_campaign(&Campaign {
+                id: "c-y".into(),
+                name: "altra".into(),
+                tenant: "asl".into(),
+                spec: "{}".into(),
+                source: "api".into(),
+                status: CampaignStatus::Running,
+                created_at: 10,
+                updated_at: 10,
+            })
+            .unwrap()
+        );
+        import(&mut s, "c-y", &["+393470000001"]);
+        for m in s.unmirrored_contacts(10, 20_000).unwrap() {
+            s.set_contact_mirrored(&m.contact.work_id, m.version, 8, 34)
+                .unwrap();
+        }
+        assert_eq!(
+            s.claim_contacts(claim("c-y", 40)).unwrap().contacts.len(),
+            1
+        );
+        let changed = s.unmirrored_contacts(10, 20_000).unwrap();
+        let x = changed
+            .iter()
+            .find(|m| m.contact.campaign == "richiamo-fragili")
+            .unwrap();
+        assert_eq!(x.contact.day, Some((20_000, 1)));
+        assert!(!x.held, "running");
+        for m in &changed {
+            s.set_contact_mirrored(&m.contact.work_id, m.version, 9, 35)
+                .unwrap();
+        }
+        // Paused: held, here and on any node.
+        s.set_campaign_status(
+            "c-x",
+            &[CampaignStatus::Running],
+            CampaignStatus::Paused,
+            36,
+        )
+        .unwrap();
+        let held = s.unmirrored_contacts(10, 20_000).unwrap().remove(0);
+        assert!(held.held && held.open());
+        s.set_contact_mirrored(&held.contact.work_id, held.version, 10, 37)
+            .unwrap();
+        // A closed contact already on the stream as closed: no tombstone
+        // when it is deleted; an open one leaves one.
+        s.dispose_for_test(x.id, "done");
+        let closed = s.unmirrored_contacts(10, 20_000).unwrap().remove(0);
+        assert!(!closed.open());
+        s.set_contact_mirrored(&closed.contact.work_id, closed.version, 11, 38)
+            .unwrap();
+        s.delete_campaign("c-x").unwrap();
+        assert!(s.tombstones(10).unwrap().is_empty());
+        s.set_campaign_status(
+            "c-y",
+            &[CampaignStatus::Running],
+            CampaignStatus::Paused,
+            39,
+        )
+        .unwrap();
+        s.delete_campaign("c-y").unwrap();
+        assert_eq!(
+            s.tombstones(10).unwrap().len(),
+            1,
+            "its contact was in progress"
+        );
     }
 }

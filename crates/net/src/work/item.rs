@@ -63,6 +63,14 @@ impl Item {
         }
     }
 
+    /// Finished here with a result (answered, done).
+    pub(super) fn done(&self) -> bool {
+        match self {
+            Self::Callback(m) => m.callback.status == Status::Done,
+            Self::Contact(m) => m.status == ContactStatus::Done,
+        }
+    }
+
     /// Still to be dialled by someone.
     pub(super) fn open(&self) -> bool {
         match self {
@@ -200,6 +208,7 @@ fn contact_record(node: &str, m: &MirroredContact) -> Option<WorkRecord> {
             last_outcome: m.contact.last_outcome.clone(),
             dnc: m.contact.dnc,
             day: m.contact.day.filter(|_| open),
+            held: m.held,
         }),
     })
 }

@@ -68,6 +68,8 @@ const MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Records kept per callback: the last and the one before it, so a
 /// record's `prev` can be checked against its real predecessor.
 const PER_SUBJECT: i64 = 2;
+/// Longest wait before trying the stream again after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Most messages read in one pass.
 const MAX_SCAN: usize = 2_000_000;
 /// Most fences waiting for the driver.
@@ -101,10 +103,23 @@ impl Liveness {
     /// Nodes silent for `after` or more.
     fn dead(&self, after: Duration) -> BTreeSet<String> {
         self.silent
-            .iter()
-            .filter(|(_, s)| **s >= after)
-            .map(|(n, _)| n.clone())
+            .keys()
+            .filter(|n| !self.up(n, after))
+            .cloned()
             .collect()
+    }
+
+    /// Whether node `n` is alive for its work: heard from within `after`,
+    /// or silent only while this node itself could not hear anyone (a
+    /// node back from its own outage has heard nobody for as long; the
+    /// others are not dead for that). One never heard from is alive until
+    /// this node has been connected `after`.
+    fn up(&self, n: &str, after: Duration) -> bool {
+        let connected = self.connected_for.unwrap_or_default();
+        match self.silent.get(n) {
+            Some(s) => (*s).min(connected) < after,
+            None => connected < after,
+        }
     }
 
     /// Connected long enough that a node never heard from is not alive.
@@ -242,6 +257,14 @@ pub(crate) async fn run(
     let mut swept: BTreeSet<String> = BTreeSet::new();
     let mut sweep_at = Instant::now();
     let mut refresh_at = Instant::now();
+    // After a failure, the next try waits longer each time (up to
+    // `MAX_BACKOFF`): a stream refusing every write (a permission missing,
+    // a full disk) is not read whole five times a second.
+    let (mut failures, mut retry_at) = (0u32, Instant::now());
+    let failed = |failures: &mut u32| {
+        *failures = failures.saturating_add(1);
+        Instant::now() + (MIRROR_EVERY * 2u32.saturating_pow((*failures).min(8))).min(MAX_BACKOFF)
+    };
     loop {
         tick.tick().await;
         let live = liveness.borrow().clone();
@@ -249,6 +272,9 @@ pub(crate) async fn run(
             d.set_ready(false);
             // What happened meanwhile is read again on return.
             reconciled = false;
+            continue;
+        }
+        if Instant::now() < retry_at {
             continue;
         }
         if !opened {
@@ -263,6 +289,7 @@ pub(crate) async fn run(
                         complained = true;
                     }
                     d.count("unavailable");
+                    retry_at = failed(&mut failures);
                     continue;
                 }
             }
@@ -279,6 +306,7 @@ pub(crate) async fn run(
                     d.count("unavailable");
                     // The stream itself may be gone: opened again.
                     opened = false;
+                    retry_at = failed(&mut failures);
                     continue;
                 }
             }
@@ -288,8 +316,10 @@ pub(crate) async fn run(
             d.count("unavailable");
             d.set_ready(false);
             (opened, reconciled) = (false, false);
+            retry_at = failed(&mut failures);
             continue;
         }
+        failures = 0;
         let dead = live.dead(takeover_after);
         let newly_dead = dead.iter().any(|n| !swept.contains(n));
         if live.settled(takeover_after) && (newly_dead || Instant::now() >= sweep_at) {
@@ -497,6 +527,12 @@ impl Shared {
                     .map_err(|e| e.to_string())?
                 {
                     warn!(kind = key.kind(), id = %short(key.id()), to = %r.owner, "national network: work taken over by another node; not dialled here");
+                } else if m.done() {
+                    // Reached here while another node took it over (this
+                    // one was cut off, its call went on): the result stays
+                    // here, the new owner may call the citizen again.
+                    warn!(kind = key.kind(), id = %short(key.id()), to = %r.owner, "national network: a result reached here after the work moved to another node; it stays here");
+                    self.count("result_after_move");
                 }
                 self.count("moved_away");
                 Ok(Settled::Stop)
@@ -537,15 +573,31 @@ impl Shared {
         }
     }
 
+    /// After a closed record: the subject's earlier records (they name a
+    /// citizen) leave the stream. Best effort: they leave anyway with age.
+    async fn forget_before(&self, record: &WorkRecord) {
+        let Some(subject) = record.subject() else {
+            return;
+        };
+        let Ok(stream) = self.stream().await else {
+            return;
+        };
+        if let Err(e) = stream.purge().filter(subject).keep(1).await {
+            self.count("purge_failed");
+            tracing::debug!(error = %e, "national network: a closed record's predecessors stay until they age out");
+        }
+    }
+
     /// Mirrors what changed since the last round: callbacks, contacts,
     /// and the records of contacts deleted here, closed.
     async fn mirror(&self) -> Result<(), String> {
+        let today = crate::campaigns::rome_day(unix_now()).0;
         let (callbacks, contacts) = self
             .store
-            .with(|s| {
+            .with(move |s| {
                 Ok((
                     s.unmirrored(MIRROR_BATCH)?,
-                    s.unmirrored_contacts(MIRROR_BATCH)?,
+                    s.unmirrored_contacts(MIRROR_BATCH, today)?,
                 ))
             })
             .await
@@ -579,6 +631,9 @@ impl Shared {
             }
             match self.put(&record, m.seq().unwrap_or(0)).await {
                 Ok(seq) => {
+                    if record.state == WorkState::Closed {
+                        self.forget_before(&record).await;
+                    }
                     done.push((key, m.version(), seq));
                     self.count("mirrored");
                 }
@@ -639,17 +694,22 @@ impl Shared {
                     last_outcome: Some("deleted".into()),
                     dnc: false,
                     day: None,
+                    held: false,
                 }),
             };
             match self.put(&record, t.seq).await {
-                Ok(_) => self.count("closed"),
+                Ok(_) => {
+                    self.count("closed");
+                    self.forget_before(&record).await;
+                }
                 Err(PutError::Conflict) => match self.last(&Key::Contact(t.work_id.clone())).await?
                 {
-                    // Ours still (an acknowledgement lost): again at that
-                    // sequence next round.
-                    Last::Record(seq, r)
-                        if r.owner == self.node && r.state != WorkState::Closed =>
-                    {
+                    // Still open (ours, an acknowledgement lost; or taken
+                    // over by another node while this one was cut off):
+                    // closed at that sequence next round, whoever owns
+                    // it now. The firm removed the citizen here; a node
+                    // holding the contact finds it moved and stops.
+                    Last::Record(seq, r) if r.state != WorkState::Closed => {
                         let id = t.work_id.clone();
                         let (campaign, tenant) = (t.campaign.clone(), t.tenant.clone());
                         self.store
@@ -698,8 +758,13 @@ impl Shared {
     /// Before attempt `attempt` of campaign contact `contact` dials: the
     /// same fence (the attempt number is the claim's token).
     async fn fence_contact(&self, contact: i64, attempt: u32) -> Fenced {
+        let today = crate::campaigns::rome_day(unix_now()).0;
         for _ in 0..2 {
-            let Ok(Some(m)) = self.store.with(move |s| s.contact_for_fence(contact)).await else {
+            let Ok(Some(m)) = self
+                .store
+                .with(move |s| s.contact_for_fence(contact, today))
+                .await
+            else {
                 return Fenced::Unavailable;
             };
             if m.status != ContactStatus::InProgress || m.contact.attempts != attempt || !m.open() {
@@ -763,10 +828,18 @@ impl Shared {
             .iter()
             .filter_map(|r| Some((r.1.subject()?, r)))
             .collect();
-        let moved: Vec<(Key, String)> = mine
+        let open_here: Vec<Key> = mine
             .into_iter()
             .map(|(id, _)| Key::Callback(id))
             .chain(mine_contacts.into_iter().map(Key::Contact))
+            .collect();
+        // This node's own open rows need nothing from a pass (their next
+        // write is checked anyway); only records its store lacks or has
+        // closed are adopted.
+        let known: std::collections::HashSet<String> =
+            open_here.iter().filter_map(Key::subject).collect();
+        let moved: Vec<(Key, String)> = open_here
+            .into_iter()
             .filter_map(|key| {
                 let (_, r) = by_subject.get(&key.subject()?)?;
                 (r.owner != self.node).then(|| (key, r.owner.clone()))
@@ -804,17 +877,14 @@ impl Shared {
                     (None, None) => false,
                 }
         };
-        // A node heard from is alive until silent for `after`; one never
-        // heard from, until this node has been connected that long.
-        let settled = live.settled(after);
-        let up = |n: &str| match live.silent.get(n) {
-            Some(s) => *s < after,
-            None => !settled,
-        };
+        let up = |n: &str| live.up(n, after);
         let (mut taken, mut adopted) = (0usize, 0usize);
         for (seq, record) in &records {
             let (keep, as_, event) = match w::verdict(record, &self.node, up, serves) {
                 Verdict::Leave => continue,
+                Verdict::Adopt(_) if record.subject().is_some_and(|s| known.contains(&s)) => {
+                    continue;
+                }
                 Verdict::Adopt(as_) => (*seq, as_, "adopted"),
                 Verdict::TakeOver { record: r, as_ } => match self.put(&r, *seq).await {
                     Ok(new) => (new, as_, "taken_over"),
@@ -942,4 +1012,43 @@ impl Shared {
 /// An id for the logs (enough to find it, not the whole key).
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(connected: Option<u64>, silent: &[(&str, u64)]) -> Liveness {
+        Liveness {
+            connected_for: connected.map(Duration::from_secs),
+            silent: silent
+                .iter()
+                .map(|(n, s)| ((*n).to_owned(), Duration::from_secs(*s)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_node_back_from_its_own_outage_finds_nobody_dead_for_it() {
+        let after = Duration::from_secs(30);
+        // Connected all along: the silent one is dead, the other alive.
+        let l = live(Some(600), &[("milano-1", 45), ("napoli-1", 1)]);
+        assert_eq!(
+            l.dead(after).into_iter().collect::<Vec<_>>(),
+            vec!["milano-1".to_owned()]
+        );
+        // Back after five minutes away: everyone has been silent that
+        // long, but only as long as this node could not hear them.
+        let l = live(Some(2), &[("milano-1", 300), ("napoli-1", 300)]);
+        assert!(l.dead(after).is_empty());
+        assert!(l.up("milano-1", after));
+        // Still silent once this node has been back `after`: dead.
+        let l = live(Some(31), &[("milano-1", 331)]);
+        assert!(!l.up("milano-1", after));
+        // Never heard from: alive until this node has been connected long
+        // enough to have heard it.
+        let l = live(Some(10), &[]);
+        assert!(l.up("roma-1", after));
+        assert!(!live(Some(30), &[]).up("roma-1", after));
+    }
 }
