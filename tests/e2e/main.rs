@@ -4,6 +4,7 @@
 //! module per area, so the suite links once; tests run as many at a time
 //! as `cargo test` runs threads, each on a node of its own.
 
+mod browser;
 mod common;
 
 mod api_callbacks;
@@ -17,6 +18,7 @@ mod cli_check_config;
 mod cli_simulate;
 mod cluster;
 mod cluster_work;
+mod desktop;
 mod drain;
 mod http_health;
 mod http_limits;

@@ -228,7 +228,8 @@ fn app(registry: Registry, api: Option<crate::api::Api>, health: Health) -> Rout
         )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     if let Some(api) = api {
-        app = app.merge(api.router());
+        // The operator's desktop needs the API: served with it.
+        app = app.merge(api.router()).merge(crate::pages::router());
     }
     // Bodies larger than the API accepts are refused before they are read.
     app.layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY))

@@ -26,6 +26,7 @@ mod limits;
 mod media;
 mod metrics;
 mod netkey;
+mod pages;
 mod prompts;
 mod recorder;
 mod scheduler;

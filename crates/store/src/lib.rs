@@ -985,13 +985,16 @@ impl Store {
 
     /// Stores an operator's answers to the script for a call (an answer
     /// given again replaces the previous one). `false` when the call
-    /// record does not exist.
+    /// record does not exist, unless `vouched`: the operator's desk has the
+    /// call (its record may still be on its way to the disk, batched with
+    /// the call's other events: an operator answers during the call).
     pub fn save_answers(
         &mut self,
         call: &str,
         agent: Option<&str>,
         answers: &[(String, String)],
         now_ms: i64,
+        vouched: bool,
     ) -> Result<bool, StoreError> {
         let tx = self.conn.savepoint()?;
         let known: Option<String> = tx
@@ -999,7 +1002,7 @@ impl Store {
                 r.get(0)
             })
             .optional()?;
-        if known.is_none() {
+        if known.is_none() && !vouched {
             return Ok(false);
         }
         for (q, a) in answers {
@@ -1332,6 +1335,7 @@ mod tests {
             Some("1001"),
             &[("sintomi".into(), "febbre alta da tre giorni".into())],
             2_000,
+            false,
         )
         .unwrap();
         s.notify("a", "booked", r#"{"number":"+393475550001"}"#, 100)

@@ -165,6 +165,7 @@ pub enum StoreReq {
         Option<String>,
         Vec<(String, String)>,
         i64,
+        bool,
         Reply<bool>,
     ),
     Create(NewCallback, i64, Reply<Created>),
@@ -330,8 +331,8 @@ impl Group {
     fn apply(&mut self, store: &mut Store, req: StoreReq) {
         match req {
             StoreReq::Audit(e) => self.audit.push((e, 0)),
-            StoreReq::Answers(call, agent, answers, now, r) => {
-                let v = store.save_answers(&call, agent.as_deref(), &answers, now);
+            StoreReq::Answers(call, agent, answers, now, vouched, r) => {
+                let v = store.save_answers(&call, agent.as_deref(), &answers, now, vouched);
                 self.reply(r, v);
             }
             StoreReq::Claim(now, limit, open, r) => {

@@ -123,3 +123,41 @@ pub(super) fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Respons
     }
     (r, Some(b.username))
 }
+
+/// `GET /api/v1/login`: whose session this is (the desktop page, after a
+/// reload, asks rather than keep a name anywhere): `200 {"agent", "name",
+/// "role"}` (`agent` null for an API token), `401` without a valid session
+/// or token.
+pub(super) async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Response {
+    match authorize(&api, &headers, Need::Operator) {
+        Err(r) => *r,
+        Ok(t) => {
+            use centralino_config::Role;
+            let role = match t.role {
+                Role::Admin => "admin",
+                Role::Callbacks => "callbacks",
+                Role::Agent => "agent",
+                Role::Supervisor => "supervisor",
+            };
+            ok(
+                StatusCode::OK,
+                &json!({ "agent": t.agent, "name": t.name, "role": role }),
+            )
+        }
+    }
+}
+
+/// `DELETE /api/v1/login`: the desktop's log-out: the session cookie is
+/// cleared (`204`, with or without a session: clearing one's own cookie
+/// needs none). The token itself stays valid until it expires or the
+/// operator's password changes (it is stored nowhere to revoke), but no
+/// page holds it any more: the cookie was the only copy a browser had.
+pub(super) async fn logout() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}=; Path=/api; HttpOnly; SameSite=Strict; Max-Age=0"
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}

@@ -348,10 +348,10 @@ fn table() -> Vec<Route> {
         // Counted only: the handler audits the user name tried.
         route(
             "/api/v1/login",
-            &["POST"],
-            &["login"],
+            &["GET", "POST", "DELETE"],
+            &["login_whoami", "login", "logout"],
             Audit::CountOnly,
-            post(login),
+            get(whoami).post(login).delete(logout),
         ),
         route(
             "/api/v1/campaigns",

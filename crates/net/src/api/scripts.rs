@@ -56,7 +56,10 @@ pub(super) async fn answers(api: &Api, headers: &HeaderMap, id: String, body: &B
         Ok(tb) => tb,
         Err(r) => return *r,
     };
-    if token.role == centralino_config::Role::Agent {
+    // An operator's own desk vouches for its call: its record may not be
+    // on disk yet (written in batches), the operator answers during it.
+    let vouched = token.role == centralino_config::Role::Agent;
+    if vouched {
         // An operator answers for their own calls only, under their name.
         let me = token.agent.clone().unwrap_or_default();
         if b.agent.as_ref().is_some_and(|a| *a != me) {
@@ -99,7 +102,7 @@ pub(super) async fn answers(api: &Api, headers: &HeaderMap, id: String, body: &B
     let now = unix_now() * 1000;
     match api
         .store
-        .ask(|r| StoreReq::Answers(id.clone(), b.agent, list, now, r))
+        .ask(|r| StoreReq::Answers(id.clone(), b.agent, list, now, vouched, r))
         .await
     {
         Ok(true) => ok(StatusCode::CREATED, &json!({ "call": id, "saved": n })),

@@ -1,0 +1,348 @@
+// The operator's desktop: served by the node itself, no framework, no
+// build step. Everything it shows comes from the node's API; every value
+// from a call (IVR answers, contact data) is written as text, never as
+// markup. The session is an HttpOnly cookie this script never sees.
+"use strict";
+
+const T = {
+  it: {
+    title: "Postazione operatore", skip: "Vai al contenuto", logout: "Esci",
+    login: "Accesso", username: "Utente", password: "Password", enter: "Entra",
+    state: "Stato", now: "Ora", available: "Disponibile", reason: "Motivo della pausa",
+    pause: "Metti in pausa", connecting: "Connessione…", connected: "Collegato",
+    reconnecting: "Connessione persa: nuovo tentativo…",
+    "r-pausa": "Pausa", "r-pranzo": "Pranzo", "r-formazione": "Formazione",
+    "r-riunione": "Riunione", "r-back_office": "Back office",
+    call: "Chiamata", "no-call": "Nessuna chiamata", offered: "Squilla: rispondi al telefono",
+    connected_call: "In conversazione", preview: "Contatto da chiamare: decidi",
+    accept: "Chiama il contatto", "skip-contact": "Salta",
+    queue: "Coda", flow: "Percorso IVR", campaign: "Campagna", callback: "Richiamata",
+    contact: "Contatto", script: "Script", next: "Avanti", end: "Script completato",
+    saved: "Risposta registrata", disposition: "Esito del contatto", code: "Esito",
+    note: "Nota", save: "Registra esito", "disposition-saved": "Esito registrato",
+    "d-booked": "Appuntamento preso", "d-refused": "Rifiuta", "d-call_later": "Richiamare",
+    "d-no_contact": "Non raggiunto", "d-wrong_number": "Numero errato",
+    "bad-login": "Utente o password errati", "too-many": "Troppi tentativi: riprova più tardi",
+    "logins-off": "Accesso da browser disattivato su questo nodo",
+    failed: "Operazione non riuscita", lang: "English",
+    s_logged_out: "Non registrato (telefono spento?)", s_available: "Disponibile",
+    s_reserved: "Riservato per una chiamata", s_ringing: "Squilla", s_on_call: "In chiamata",
+    s_wrap_up: "Post-chiamata", s_paused: "In pausa",
+    m_manual: "manuale", m_no_answer: "chiamate non risposte", m_media_lost: "audio perso",
+  },
+  en: {
+    title: "Operator desktop", skip: "Skip to content", logout: "Log out",
+    login: "Sign in", username: "User", password: "Password", enter: "Sign in",
+    state: "State", now: "Now", available: "Available", reason: "Break reason",
+    pause: "Take a break", connecting: "Connecting…", connected: "Connected",
+    reconnecting: "Connection lost: retrying…",
+    "r-pausa": "Break", "r-pranzo": "Lunch", "r-formazione": "Training",
+    "r-riunione": "Meeting", "r-back_office": "Back office",
+    call: "Call", "no-call": "No call", offered: "Ringing: answer your phone",
+    connected_call: "On the call", preview: "Contact to call: decide",
+    accept: "Call the contact", "skip-contact": "Skip",
+    queue: "Queue", flow: "IVR path", campaign: "Campaign", callback: "Callback",
+    contact: "Contact", script: "Script", next: "Next", end: "Script complete",
+    saved: "Answer saved", disposition: "Contact outcome", code: "Outcome",
+    note: "Note", save: "Save outcome", "disposition-saved": "Outcome saved",
+    "d-booked": "Appointment booked", "d-refused": "Refused", "d-call_later": "Call later",
+    "d-no_contact": "Not reached", "d-wrong_number": "Wrong number",
+    "bad-login": "Wrong user or password", "too-many": "Too many attempts: try again later",
+    "logins-off": "Browser sign-in is off on this node",
+    failed: "That did not work", lang: "Italiano",
+    s_logged_out: "Not registered (phone off?)", s_available: "Available",
+    s_reserved: "Reserved for a call", s_ringing: "Ringing", s_on_call: "On a call",
+    s_wrap_up: "Wrap-up", s_paused: "On a break",
+    m_manual: "manual", m_no_answer: "missed calls", m_media_lost: "audio lost",
+  },
+};
+
+let lang = localStorage.getItem("centralino.lang") === "en" ? "en" : "it";
+const t = (k) => T[lang][k] ?? T.it[k] ?? k;
+const $ = (id) => document.getElementById(id);
+
+const desk = { agent: null, socket: null, retry: 0, call: null, script: null, question: null, shownScript: null };
+
+function translate() {
+  document.documentElement.lang = lang;
+  for (const el of document.querySelectorAll("[data-t]")) {
+    el.textContent = t(el.dataset.t);
+  }
+  const other = lang === "it" ? "en" : "it";
+  $("lang").textContent = t("lang");
+  $("lang").lang = other;
+  document.title = "Centralino — " + t("title");
+  if (desk.agentState) showState(desk.agentState);
+  renderCall(desk.call);
+}
+
+async function api(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch (e) {
+    return { status: 0, json: { error: String(e) } };
+  }
+  let json = null;
+  try { json = await r.json(); } catch (_) { json = null; }
+  return { status: r.status, json };
+}
+
+function problem(r) {
+  return (r.json && r.json.error) ? r.json.error : t("failed") + " (" + r.status + ")";
+}
+
+function showLogin() {
+  desk.agent = null;
+  if (desk.socket) { desk.socket.onclose = null; desk.socket.close(); desk.socket = null; }
+  $("login").hidden = false;
+  $("desk").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  $("username").focus();
+}
+
+function showDesk(agent) {
+  desk.agent = agent;
+  $("login").hidden = true;
+  $("desk").hidden = false;
+  $("logout").hidden = false;
+  $("who").textContent = agent;
+  connect();
+  $("available").focus();
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  $("login-error").textContent = "";
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  if (!username || !password) {
+    $("login-error").textContent = t("bad-login");
+    return;
+  }
+  const r = await api("POST", "/api/v1/login", { username, password });
+  $("password").value = "";
+  if (r.status === 200 && r.json && r.json.agent) {
+    showDesk(r.json.agent);
+  } else if (r.status === 401) {
+    $("login-error").textContent = t("bad-login");
+  } else if (r.status === 429) {
+    $("login-error").textContent = t("too-many");
+  } else if (r.status === 404) {
+    $("login-error").textContent = t("logins-off");
+  } else {
+    $("login-error").textContent = problem(r);
+  }
+}
+
+async function logout() {
+  await api("DELETE", "/api/v1/login");
+  showLogin();
+}
+
+function connect() {
+  if (!desk.agent) return;
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const ws = new WebSocket(scheme + location.host + "/api/v1/agents/" + encodeURIComponent(desk.agent) + "/events");
+  desk.socket = ws;
+  $("link").textContent = t("connecting");
+  ws.onopen = () => { desk.retry = 0; $("link").textContent = t("connected"); };
+  ws.onmessage = (m) => {
+    let e;
+    try { e = JSON.parse(m.data); } catch (_) { return; }
+    if (e.event === "agent") {
+      showState(e);
+    } else if (e.event === "idle") {
+      renderCall(null);
+    } else if (e.event === "offered" || e.event === "connected") {
+      renderCall(e);
+    }
+  };
+  ws.onclose = async () => {
+    desk.socket = null;
+    if (!desk.agent) return;
+    // The session may have ended (expired, password changed).
+    const who = await api("GET", "/api/v1/login");
+    if (who.status !== 200) { showLogin(); return; }
+    $("link").textContent = t("reconnecting");
+    desk.retry = Math.min(desk.retry + 1, 6);
+    setTimeout(connect, 250 * 2 ** desk.retry);
+  };
+}
+
+function showState(e) {
+  desk.agentState = e;
+  $("state").textContent = t("s_" + e.state);
+  $("state").dataset.state = e.state;
+  $("state-reason").textContent = e.reason ? "(" + (T[lang]["m_" + e.reason] ?? e.reason) + ")" : "";
+  // What the node allows now: a break from available or wrap-up, back
+  // from a break or wrap-up (never while the phone rings or talks).
+  $("available").disabled = !["paused", "wrap_up"].includes(e.state);
+  $("pause").disabled = !["available", "wrap_up"].includes(e.state);
+}
+
+async function setState(state) {
+  $("state-error").textContent = "";
+  const body = state === "paused" ? { state, reason: $("reason").value } : { state };
+  const r = await api("POST", "/api/v1/agents/" + encodeURIComponent(desk.agent) + "/state", body);
+  if (r.status === 200) {
+    showState({ state: r.json.state, reason: state === "paused" ? body.reason : null });
+  } else {
+    $("state-error").textContent = problem(r);
+  }
+}
+
+function row(dl, name, value) {
+  if (value === null || value === undefined || value === "") return;
+  const dt = document.createElement("dt");
+  dt.textContent = name;
+  const dd = document.createElement("dd");
+  dd.textContent = String(value);
+  dl.append(dt, dd);
+}
+
+function renderCall(c) {
+  desk.call = c;
+  const dl = $("call-info");
+  dl.replaceChildren();
+  $("call-error").textContent = "";
+  const st = $("call-state");
+  st.classList.remove("ringing");
+  if (!c) {
+    st.textContent = t("no-call");
+    $("preview").hidden = true;
+    $("script-panel").hidden = true;
+    $("disposition-panel").hidden = true;
+    desk.shownScript = null;
+    return;
+  }
+  st.textContent = c.state === "preview" ? t("preview") : c.state === "offered" ? t("offered") : t("connected_call");
+  if (c.state !== "connected") st.classList.add("ringing");
+  row(dl, t("queue"), c.queue);
+  row(dl, t("flow"), c.flow);
+  row(dl, t("campaign"), c.campaign);
+  row(dl, t("callback"), c.callback);
+  for (const [k, v] of Object.entries(c.variables || {})) row(dl, k, v);
+  $("preview").hidden = c.state !== "preview";
+  $("disposition-panel").hidden = !(c.campaign && c.state === "connected");
+  if (c.script && c.state === "connected") {
+    showScript(c.script, c.call);
+  } else {
+    $("script-panel").hidden = true;
+  }
+}
+
+async function preview(action) {
+  const c = desk.call;
+  if (!c) return;
+  const r = await api("POST", "/api/v1/agents/" + encodeURIComponent(desk.agent) + "/preview", { contact: c.contact, action });
+  if (r.status !== 200) $("call-error").textContent = problem(r);
+}
+
+async function showScript(name, call) {
+  const key = name + "|" + call;
+  if (desk.shownScript === key) return;
+  desk.shownScript = key;
+  const r = await api("GET", "/api/v1/scripts/" + encodeURIComponent(name));
+  if (r.status !== 200 || !r.json) { $("script-panel").hidden = true; return; }
+  desk.script = r.json;
+  $("script-panel").hidden = false;
+  ask(r.json.start);
+}
+
+function ask(id) {
+  const form = $("script-form");
+  form.replaceChildren();
+  desk.question = id;
+  const q = desk.script && desk.script.questions ? desk.script.questions[id] : null;
+  if (!q || id === "end") {
+    $("script-status").textContent = t("end");
+    return;
+  }
+  const set = document.createElement("fieldset");
+  const legend = document.createElement("legend");
+  legend.textContent = q.text;
+  set.append(legend);
+  if (q.answers) {
+    let first = true;
+    for (const answer of Object.keys(q.answers)) {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      input.type = "radio";
+      input.name = "answer";
+      input.value = answer;
+      input.required = true;
+      if (first) { input.checked = true; first = false; }
+      label.append(input, " " + answer);
+      set.append(label);
+    }
+  } else {
+    const label = document.createElement("label");
+    label.htmlFor = "answer";
+    label.textContent = q.text;
+    const input = document.createElement("input");
+    input.id = "answer";
+    input.name = "answer";
+    input.type = q.kind === "date" ? "date" : "text";
+    input.required = true;
+    input.maxLength = 500;
+    set.append(input);
+  }
+  const next = document.createElement("button");
+  next.id = "next";
+  next.type = "submit";
+  next.textContent = t("next");
+  form.append(set, next);
+}
+
+async function answer(ev) {
+  ev.preventDefault();
+  const q = desk.script.questions[desk.question];
+  const data = new FormData($("script-form"));
+  const value = String(data.get("answer") || "").trim();
+  if (!value) return;
+  const call = desk.call && desk.call.call;
+  const r = await api("POST", "/api/v1/calls/" + encodeURIComponent(call) + "/answers", { answers: { [desk.question]: value } });
+  if (r.status !== 201) { $("script-status").textContent = problem(r); return; }
+  $("script-status").textContent = t("saved");
+  ask(q.answers ? q.answers[value] : (q.next || "end"));
+}
+
+async function dispose(ev) {
+  ev.preventDefault();
+  const c = desk.call;
+  if (!c) return;
+  const body = { code: $("code").value };
+  const note = $("note").value.trim();
+  if (note) body.note = note;
+  const r = await api("POST", "/api/v1/calls/" + encodeURIComponent(c.call) + "/disposition", body);
+  $("disposition-status").textContent = (r.status >= 200 && r.status < 300) ? t("disposition-saved") : problem(r);
+}
+
+async function boot() {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", logout);
+  $("available").addEventListener("click", () => setState("available"));
+  $("pause").addEventListener("click", () => setState("paused"));
+  $("accept").addEventListener("click", () => preview("accept"));
+  $("skip").addEventListener("click", () => preview("skip"));
+  $("script-form").addEventListener("submit", answer);
+  $("disposition-form").addEventListener("submit", dispose);
+  $("lang").addEventListener("click", () => {
+    lang = lang === "it" ? "en" : "it";
+    localStorage.setItem("centralino.lang", lang);
+    translate();
+  });
+  translate();
+  const who = await api("GET", "/api/v1/login");
+  if (who.status === 200 && who.json && who.json.agent) showDesk(who.json.agent);
+  else showLogin();
+}
+
+document.addEventListener("DOMContentLoaded", boot);

@@ -1,0 +1,68 @@
+//! The pages the node serves itself: the operator's desktop at `/`
+//! (`assets/desk/`: one HTML page, its script and its style sheet,
+//! compiled into the binary: nothing to install, nothing fetched from
+//! elsewhere). Each answer carries a Content-Security-Policy that lets the
+//! page load only the node's own script and style and talk only to the
+//! node (no inline script, no other origin, never framed).
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+const INDEX: &str = include_str!("../assets/desk/index.html");
+const SCRIPT: &str = include_str!("../assets/desk/desk.js");
+const STYLE: &str = include_str!("../assets/desk/desk.css");
+
+/// What the pages may load and where they may connect: the node only.
+pub(crate) const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The desktop's routes.
+pub(crate) fn router() -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/desk.js",
+            get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/desk.css",
+            get(|| async { page(STYLE, "text/css; charset=utf-8") }),
+        )
+}
+
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    // A new node version's page is fetched again, never a stale one.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_loads_only_its_own_assets_and_writes_no_markup_from_data() {
+        // Every asset the page names is one this module serves.
+        for asset in ["/desk.js", "/desk.css"] {
+            assert!(INDEX.contains(asset), "{asset}");
+        }
+        // No inline script or handler (the CSP would refuse them), no
+        // markup built from strings (IVR answers are a caller's input).
+        assert!(!INDEX.contains("<script>") && !INDEX.contains(" onclick="));
+        assert!(!SCRIPT.contains("innerHTML") && !SCRIPT.contains("outerHTML"));
+        assert!(!SCRIPT.contains("eval(") && !SCRIPT.contains("document.write"));
+        assert!(PAGE_CSP.contains("script-src 'self'") && !PAGE_CSP.contains("unsafe"));
+    }
+}

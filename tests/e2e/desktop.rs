@@ -1,0 +1,259 @@
+//! The operator's desktop in a real browser (Debian's Chromium, headless),
+//! driven with the keyboard alone: an operator logs in with their SIP
+//! credentials, a carrier's call arrives through an IVR path and their SIP
+//! phone (SIPp) answers it; the page shows the call with the IVR's
+//! answers, the queue's script is answered on the page and saved, the
+//! operator takes a break and logs out. The session never reaches the
+//! page's script (an HttpOnly cookie), and the page loads only what the
+//! node serves.
+
+use std::time::Duration;
+
+use crate::browser::Browser;
+use crate::common::{Node, Scratch, Sipp, json, register, scenario, trunk_to};
+
+const ADMIN: &str = "desktop-admin-token";
+
+fn config(sip: u16, http: u16) -> String {
+    format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[api.tokens]]
+name = "ops"
+token = "{ADMIN}"
+role = "admin"
+
+[[tenants]]
+name = "asl"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+dids = {{ "100" = {{ flow = "vaccini" }} }}
+
+[[queues]]
+name = "prenotazioni"
+tenant = "asl"
+ring_timeout_seconds = 10
+script = "prenotazione"
+
+[[scripts]]
+name = "prenotazione"
+start = "dose"
+[scripts.questions.dose]
+text = "Ha già ricevuto la prima dose?"
+answers = {{ "si" = "centro", "no" = "end" }}
+[scripts.questions.centro]
+text = "In quale centro vaccinale?"
+kind = "text"
+
+[[flows]]
+name = "vaccini"
+start = "motivo"
+[flows.nodes.motivo]
+type = "set"
+variables = {{ motivo = "prenotazione", lingua = "<b>it</b>" }}
+next = "coda"
+[flows.nodes.coda]
+type = "enqueue"
+queue = "prenotazioni"
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "asl"
+queues = ["prenotazioni"]
+"#
+    )
+}
+
+#[test]
+fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
+    let scratch = Scratch::new("desktop");
+    let node = Node::start_toml(&scratch, config);
+    // The operator's phone answers and hangs up after 8 s.
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-d",
+            "8000",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+
+    let mut b = Browser::start(&scratch);
+    b.open(&format!("http://127.0.0.1:{}/", node.http_port));
+    // Italian first; the login form has the focus.
+    assert_eq!(b.eval("document.documentElement.lang"), "it");
+    b.wait_for(
+        "document.activeElement.id === 'username'",
+        "focus on the user name",
+    );
+    b.type_text("1001");
+    b.key("Tab", false);
+    assert_eq!(b.focused(), "password");
+    b.type_text("wrong-password");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('login-error').textContent.includes('errati')",
+        "a wrong password is told",
+    );
+    b.tab_to("password");
+    b.type_text("demo1001");
+    b.key("Enter", false);
+    b.wait_for(
+        "!document.getElementById('desk').hidden",
+        "the desk after login",
+    );
+    assert_eq!(b.eval("document.getElementById('who').textContent"), "1001");
+    // The session is a cookie no script reads.
+    assert_eq!(
+        b.eval("document.cookie.includes('centralino_session')"),
+        false
+    );
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'available'",
+        "the operator available (their phone registered)",
+    );
+    // The page loads only the node's own script and style.
+    let csp = b.eval("fetch('/').then(r => r.headers.get('content-security-policy'))");
+    assert!(
+        csp.as_str().is_some_and(
+            |c| c.contains("script-src 'self'") && c.contains("frame-ancestors 'none'")
+        ),
+        "{csp}"
+    );
+
+    // A citizen calls; the IVR sets the reason; the phone answers.
+    let mut caller = trunk_to(
+        &scratch,
+        &node,
+        "caller",
+        "trunk_hangup_by_agent.xml",
+        &["-m", "1"],
+    );
+    b.wait_for(
+        "document.getElementById('call-state').textContent === 'In conversazione'",
+        "the call on the desk",
+    );
+    let info = b.eval("document.getElementById('call-info').innerText");
+    let info = info.as_str().unwrap_or_default();
+    assert!(
+        info.contains("prenotazioni") && info.contains("prenotazione"),
+        "{info}"
+    );
+    // A caller's data is text, never markup.
+    assert!(info.contains("<b>it</b>"), "{info}");
+    assert_eq!(
+        b.eval("document.querySelectorAll('#call-info b').length"),
+        0
+    );
+    // The script, answered with the keyboard: Tab to the answers, an
+    // arrow to choose, Tab to "Avanti", Enter.
+    b.wait_for(
+        "document.querySelector('#script-form legend')?.textContent === 'Ha già ricevuto la prima dose?'",
+        "the script's first question",
+    );
+    b.tab_to_radio();
+    if b.eval("document.activeElement.value") != "si" {
+        // A radio group is one Tab stop; the arrows choose within it.
+        b.key("ArrowDown", false);
+    }
+    assert_eq!(
+        b.eval("document.querySelector('input[name=answer]:checked').value"),
+        "si"
+    );
+    b.tab_to("next");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.querySelector('#script-form legend')?.textContent === 'In quale centro vaccinale?'",
+        "the branch for 'si'",
+    );
+    b.tab_to("answer");
+    b.type_text("Roma, Nuvola");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('script-status').textContent === 'Script completato'",
+        "the script done",
+    );
+    let shot = scratch.path("desktop-call.png");
+    b.screenshot(&shot);
+    if let Ok(dir) = std::env::var("CENTRALINO_SCREENSHOTS") {
+        let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("desktop-call.png"));
+    }
+    caller.expect_success(Duration::from_secs(30));
+    b.wait_for(
+        "document.getElementById('call-state').textContent === 'Nessuna chiamata'",
+        "the call gone from the desk",
+    );
+    // The answers are stored with the call record, under the operator.
+    let answers =
+        node.metric_or_zero("centralino_api_requests_total{code=\"201\",route=\"calls_answers\"}");
+    assert_eq!(answers, 2.0, "two answers saved");
+
+    // A break, by keyboard; the routing board has it.
+    b.tab_to("pause");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'paused'",
+        "the break on the page",
+    );
+    let (_, body) = node.http("GET", "/api/v1/agents", Some(ADMIN), None);
+    let agents = json(&body);
+    let me = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == "1001")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (me["state"].as_str(), me["reason"].as_str()),
+        (Some("paused"), Some("manual"))
+    );
+    // English on request.
+    b.tab_to("lang");
+    b.key("Enter", false);
+    assert_eq!(
+        b.eval("document.getElementById('state').textContent"),
+        "On a break"
+    );
+    assert_eq!(b.eval("document.documentElement.lang"), "en");
+    // Logging out clears the session: the API no longer knows the page.
+    b.tab_to("logout");
+    b.key("Enter", false);
+    b.wait_for(
+        "!document.getElementById('login').hidden",
+        "the login form again",
+    );
+    assert_eq!(
+        b.eval("fetch('/api/v1/login').then(r => r.status)"),
+        401,
+        "no session left in the browser"
+    );
+    drop(phone);
+}
+
+impl Browser {
+    /// Tabs to the script's first answer (a radio button).
+    fn tab_to_radio(&mut self) {
+        for _ in 0..30 {
+            if self.eval("document.activeElement?.type === 'radio'") == true {
+                return;
+            }
+            self.key("Tab", false);
+        }
+        panic!("the script's answers are not reachable with Tab");
+    }
+}
