@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,8 @@ use tungstenite::{Message, WebSocket};
 use crate::common::Scratch;
 
 pub(crate) struct Browser {
-    child: Child,
+    // Held for its Drop: the browser stops with this value.
+    _child: Chromium,
     page: WebSocket<MaybeTlsStream<TcpStream>>,
     next: u64,
 }
@@ -25,6 +27,9 @@ impl Browser {
     pub(crate) fn start(scratch: &Scratch) -> Self {
         let profile = scratch.path("chromium-profile");
         let mut child = Command::new("/usr/bin/chromium")
+            // Its own process group: every process it starts is stopped
+            // with it.
+            .process_group(0)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -47,8 +52,10 @@ impl Browser {
             .stderr(Stdio::piped())
             .spawn()
             .expect("chromium (scripts/test installs Debian's chromium)");
-        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
         let stderr = child.stderr.take().expect("stderr");
+        // Stopped from here on, whatever fails next.
+        let child = Chromium(child);
+        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -74,7 +81,7 @@ impl Browser {
                 .expect("read timeout");
         }
         let mut b = Self {
-            child,
+            _child: child,
             page,
             next: 0,
         };
@@ -195,6 +202,46 @@ impl Browser {
         panic!("#{id} is not reachable with Tab");
     }
 
+    /// axe-core's serious and critical WCAG 2 A/AA violations on the page
+    /// as it is now (`id: how many elements`): the script comes from
+    /// `CENTRALINO_AXE` (scripts/test fetches it) or the build directory.
+    pub(crate) fn accessibility_violations(&mut self) -> Vec<String> {
+        let path = std::env::var("CENTRALINO_AXE").unwrap_or_else(|_| {
+            format!(
+                "{}/target/node/node_modules/axe-core/axe.min.js",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        });
+        let axe = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("axe-core at {path} (scripts/test fetches it): {e}"));
+        self.eval(&format!("{axe}\n;true"));
+        let found = self.eval(
+            "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}})
+               .then(r => r.violations
+                 .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.id + ': ' + v.nodes.length))",
+        );
+        found
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("axe-core did not answer: {found}"))
+    }
+
+    /// The node's session cookie as the browser keeps it (DevTools sees
+    /// HttpOnly cookies; the page's script does not).
+    pub(crate) fn session_cookie(&mut self) -> Option<Value> {
+        let r = self.call("Network.getAllCookies", json!({}));
+        r["cookies"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "centralino_session")
+            .cloned()
+    }
+
     /// A PNG of the page as it is now, written to `path`.
     pub(crate) fn screenshot(&mut self, path: &std::path::Path) {
         use base64::Engine;
@@ -209,8 +256,19 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.page.close(None);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+}
+
+/// The browser's process group, stopped (by its PID) when dropped.
+struct Chromium(Child);
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -43,8 +43,8 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(PAGE_CSP),
     );
-    // A new node version's page is fetched again, never a stale one.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Never kept (nor in the back/forward cache of a shared computer).
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -61,8 +61,21 @@ mod tests {
         // No inline script or handler (the CSP would refuse them), no
         // markup built from strings (IVR answers are a caller's input).
         assert!(!INDEX.contains("<script>") && !INDEX.contains(" onclick="));
-        assert!(!SCRIPT.contains("innerHTML") && !SCRIPT.contains("outerHTML"));
-        assert!(!SCRIPT.contains("eval(") && !SCRIPT.contains("document.write"));
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "DOMParser",
+            "createContextualFragment",
+            "srcdoc",
+            "eval(",
+            "new Function",
+            "document.write",
+            "setAttribute(\"on",
+            "localStorage.setItem(\"centralino.session",
+        ] {
+            assert!(!SCRIPT.contains(sink), "{sink}");
+        }
         assert!(PAGE_CSP.contains("script-src 'self'") && !PAGE_CSP.contains("unsafe"));
     }
 }

@@ -34,6 +34,10 @@ pub(crate) struct Sessions {
     key: hmac::Key,
     /// Validity of a new token, in seconds; 0 = logins off.
     ttl: i64,
+    /// Operators who logged out, with the expiry of the token they logged
+    /// out with: every token of theirs expiring no later is refused (this
+    /// process only, until it restarts: tokens are stored nowhere).
+    logged_out: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Sessions {
@@ -55,6 +59,7 @@ impl Sessions {
         Ok(Self {
             key,
             ttl: i64::from(cfg.hours) * 3600,
+            logged_out: std::sync::Mutex::default(),
         })
     }
 
@@ -66,7 +71,10 @@ impl Sessions {
     /// A token for `agent`, whose SIP secret is now `secret` (its HA1s),
     /// issued at `now` (Unix seconds), and when it expires.
     pub(crate) fn issue(&self, agent: &str, secret: &[u8], now: i64) -> (String, i64) {
-        let expires = now + self.ttl;
+        // Later than any token of theirs logged out (a login in the same
+        // second as a logout is not born revoked).
+        let revoked = self.revoked(agent).unwrap_or(i64::MIN);
+        let expires = (now + self.ttl).max(revoked.saturating_add(1));
         let body = format!("{PREFIX}.{agent}.{expires}");
         let mac = hmac::sign(&self.key, &Self::signed(&body, secret));
         (format!("{body}.{}", hex(mac.as_ref())), expires)
@@ -107,7 +115,42 @@ impl Sessions {
         // Constant time, by aws-lc.
         hmac::verify(&self.key, &Self::signed(body, &secret), &mac).ok()?;
         let expires: i64 = expires.parse().ok()?;
-        (now < expires && !agent.is_empty()).then(|| agent.to_owned())
+        let revoked = self.revoked(agent).is_some_and(|r| expires <= r);
+        (now < expires && !agent.is_empty() && !revoked).then(|| agent.to_owned())
+    }
+
+    /// Logs the session `token` out (it is valid at `now`): it and every
+    /// earlier token of its operator are refused from now on. Returns the
+    /// operator.
+    pub(crate) fn log_out(
+        &self,
+        token: &str,
+        now: i64,
+        secret_of: impl Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<String> {
+        let agent = self.verify(token, now, secret_of)?;
+        let expires: i64 = token
+            .rsplit_once('.')
+            .and_then(|(body, _)| body.rsplit_once('.'))
+            .and_then(|(_, e)| e.parse().ok())?;
+        let mut out = self
+            .logged_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Entries whose tokens have all expired are of no use (bounded by
+        // the operators who logged out within one session's life).
+        out.retain(|_, e| *e > now);
+        let e = out.entry(agent.clone()).or_insert(expires);
+        *e = (*e).max(expires);
+        Some(agent)
+    }
+
+    fn revoked(&self, agent: &str) -> Option<i64> {
+        self.logged_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(agent)
+            .copied()
     }
 }
 
@@ -144,6 +187,24 @@ mod tests {
 
     fn sessions(hours: u32, key_file: Option<std::path::PathBuf>) -> Sessions {
         Sessions::new(&centralino_config::ApiSessions { hours, key_file }).unwrap()
+    }
+
+    #[test]
+    fn logging_out_ends_that_session_and_earlier_ones_not_the_next_login() {
+        let s = sessions(12, None);
+        let (first, _) = s.issue("1001", b"ha1", 1_000);
+        let (second, _) = s.issue("1001", b"ha1", 2_000);
+        let (other, _) = s.issue("1002", b"ha1", 2_000);
+        assert_eq!(s.log_out(&second, 2_500, secret).as_deref(), Some("1001"));
+        assert_eq!(s.verify(&second, 2_501, secret), None);
+        assert_eq!(s.verify(&first, 2_501, secret), None, "an earlier one too");
+        assert_eq!(s.verify(&other, 2_501, secret).as_deref(), Some("1002"));
+        // A login in the same second is not born logged out.
+        let (again, _) = s.issue("1001", b"ha1", 2_500);
+        assert_eq!(s.verify(&again, 2_501, secret).as_deref(), Some("1001"));
+        // Only a valid session logs out.
+        assert_eq!(s.log_out("cs1.1002.99999.00", 2_500, secret), None);
+        assert_eq!(s.verify(&other, 2_501, secret).as_deref(), Some("1002"));
     }
 
     #[test]

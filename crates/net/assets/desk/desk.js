@@ -14,6 +14,7 @@ const T = {
     "r-pausa": "Pausa", "r-pranzo": "Pranzo", "r-formazione": "Formazione",
     "r-riunione": "Riunione", "r-back_office": "Back office",
     call: "Chiamata", "no-call": "Nessuna chiamata", offered: "Squilla: rispondi al telefono",
+    ended: "Chiamata terminata: completa script ed esito",
     connected_call: "In conversazione", preview: "Contatto da chiamare: decidi",
     accept: "Chiama il contatto", "skip-contact": "Salta",
     queue: "Coda", flow: "Percorso IVR", campaign: "Campagna", callback: "Richiamata",
@@ -39,6 +40,7 @@ const T = {
     "r-pausa": "Break", "r-pranzo": "Lunch", "r-formazione": "Training",
     "r-riunione": "Meeting", "r-back_office": "Back office",
     call: "Call", "no-call": "No call", offered: "Ringing: answer your phone",
+    ended: "Call ended: finish the script and the outcome",
     connected_call: "On the call", preview: "Contact to call: decide",
     accept: "Call the contact", "skip-contact": "Skip",
     queue: "Queue", flow: "IVR path", campaign: "Campaign", callback: "Callback",
@@ -61,7 +63,10 @@ let lang = localStorage.getItem("centralino.lang") === "en" ? "en" : "it";
 const t = (k) => T[lang][k] ?? T.it[k] ?? k;
 const $ = (id) => document.getElementById(id);
 
-const desk = { agent: null, socket: null, retry: 0, call: null, script: null, question: null, shownScript: null };
+// `call`: the call on the desk now; `work`: the call the script and the
+// outcome belong to (kept after it ends, until another call arrives: the
+// node accepts both during wrap-up). `link`: the connection's state.
+const desk = { agent: null, socket: null, retry: 0, call: null, work: null, script: null, question: null, shownScript: null, link: "connecting" };
 
 function translate() {
   document.documentElement.lang = lang;
@@ -73,7 +78,13 @@ function translate() {
   $("lang").lang = other;
   document.title = "Centralino — " + t("title");
   if (desk.agentState) showState(desk.agentState);
+  $("link").textContent = t(desk.link);
   renderCall(desk.call);
+}
+
+function setLink(key) {
+  desk.link = key;
+  $("link").textContent = t(key);
 }
 
 async function api(method, path, body) {
@@ -100,6 +111,11 @@ function problem(r) {
 function showLogin() {
   desk.agent = null;
   if (desk.socket) { desk.socket.onclose = null; desk.socket.close(); desk.socket = null; }
+  // Nothing of the last citizen stays on a shared computer's screen.
+  desk.work = null;
+  desk.agentState = null;
+  renderCall(null);
+  resetWork();
   $("login").hidden = false;
   $("desk").hidden = true;
   $("logout").hidden = true;
@@ -114,7 +130,8 @@ function showDesk(agent) {
   $("logout").hidden = false;
   $("who").textContent = agent;
   connect();
-  $("available").focus();
+  // Never disabled, unlike the state buttons.
+  $("reason").focus();
 }
 
 async function login(ev) {
@@ -126,7 +143,8 @@ async function login(ev) {
     $("login-error").textContent = t("bad-login");
     return;
   }
-  const r = await api("POST", "/api/v1/login", { username, password });
+  // The session as a cookie only: no token ever reaches this script.
+  const r = await api("POST", "/api/v1/login", { username, password, cookie_only: true });
   $("password").value = "";
   if (r.status === 200 && r.json && r.json.agent) {
     showDesk(r.json.agent);
@@ -151,8 +169,8 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const ws = new WebSocket(scheme + location.host + "/api/v1/agents/" + encodeURIComponent(desk.agent) + "/events");
   desk.socket = ws;
-  $("link").textContent = t("connecting");
-  ws.onopen = () => { desk.retry = 0; $("link").textContent = t("connected"); };
+  setLink("connecting");
+  ws.onopen = () => { desk.retry = 0; setLink("connected"); };
   ws.onmessage = (m) => {
     let e;
     try { e = JSON.parse(m.data); } catch (_) { return; }
@@ -167,10 +185,11 @@ function connect() {
   ws.onclose = async () => {
     desk.socket = null;
     if (!desk.agent) return;
-    // The session may have ended (expired, password changed).
+    // The session may have ended (expired, password changed): the login
+    // form only then; a node restarting or unreachable is retried.
     const who = await api("GET", "/api/v1/login");
-    if (who.status !== 200) { showLogin(); return; }
-    $("link").textContent = t("reconnecting");
+    if (who.status === 401) { showLogin(); return; }
+    setLink("reconnecting");
     desk.retry = Math.min(desk.retry + 1, 6);
     setTimeout(connect, 250 * 2 ** desk.retry);
   };
@@ -207,6 +226,17 @@ function row(dl, name, value) {
   dl.append(dt, dd);
 }
 
+/// The script and the outcome start empty for each call.
+function resetWork() {
+  $("disposition-form").reset();
+  $("disposition-status").textContent = "";
+  $("script-form").replaceChildren();
+  $("script-status").textContent = "";
+  $("script-panel").hidden = true;
+  $("disposition-panel").hidden = true;
+  desk.shownScript = null;
+}
+
 function renderCall(c) {
   desk.call = c;
   const dl = $("call-info");
@@ -215,13 +245,13 @@ function renderCall(c) {
   const st = $("call-state");
   st.classList.remove("ringing");
   if (!c) {
-    st.textContent = t("no-call");
+    // The call ended: its script and outcome stay until another call.
+    st.textContent = desk.work && desk.work.state === "connected" ? t("ended") : t("no-call");
     $("preview").hidden = true;
-    $("script-panel").hidden = true;
-    $("disposition-panel").hidden = true;
-    desk.shownScript = null;
     return;
   }
+  if (!desk.work || desk.work.call !== c.call) resetWork();
+  desk.work = c;
   st.textContent = c.state === "preview" ? t("preview") : c.state === "offered" ? t("offered") : t("connected_call");
   if (c.state !== "connected") st.classList.add("ringing");
   row(dl, t("queue"), c.queue);
@@ -270,7 +300,8 @@ function ask(id) {
   legend.textContent = q.text;
   set.append(legend);
   if (q.answers) {
-    let first = true;
+    // Nothing chosen for the operator: an answer about a citizen's
+    // health is never one Enter away.
     for (const answer of Object.keys(q.answers)) {
       const label = document.createElement("label");
       const input = document.createElement("input");
@@ -278,7 +309,6 @@ function ask(id) {
       input.name = "answer";
       input.value = answer;
       input.required = true;
-      if (first) { input.checked = true; first = false; }
       label.append(input, " " + answer);
       set.append(label);
     }
@@ -292,13 +322,18 @@ function ask(id) {
     input.type = q.kind === "date" ? "date" : "text";
     input.required = true;
     input.maxLength = 500;
-    set.append(input);
+    // An earlier citizen's answer is never offered as a suggestion.
+    input.autocomplete = "off";
+    set.append(label, input);
   }
   const next = document.createElement("button");
   next.id = "next";
   next.type = "submit";
   next.textContent = t("next");
   form.append(set, next);
+  // The focus follows the question (the button pressed is gone).
+  const first = form.querySelector("input");
+  if (first) first.focus();
 }
 
 async function answer(ev) {
@@ -307,7 +342,7 @@ async function answer(ev) {
   const data = new FormData($("script-form"));
   const value = String(data.get("answer") || "").trim();
   if (!value) return;
-  const call = desk.call && desk.call.call;
+  const call = desk.work && desk.work.call;
   const r = await api("POST", "/api/v1/calls/" + encodeURIComponent(call) + "/answers", { answers: { [desk.question]: value } });
   if (r.status !== 201) { $("script-status").textContent = problem(r); return; }
   $("script-status").textContent = t("saved");
@@ -316,7 +351,8 @@ async function answer(ev) {
 
 async function dispose(ev) {
   ev.preventDefault();
-  const c = desk.call;
+  // The call the form was shown for, even after it ended.
+  const c = desk.work;
   if (!c) return;
   const body = { code: $("code").value };
   const note = $("note").value.trim();

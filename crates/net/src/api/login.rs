@@ -8,6 +8,10 @@ use super::*;
 pub(super) struct LoginBody {
     pub(super) username: String,
     pub(super) password: String,
+    /// The desktop page asks for the cookie only: the token never reaches
+    /// its script.
+    #[serde(default)]
+    pub(super) cookie_only: bool,
 }
 
 /// `POST /api/v1/login` `{"username", "password"}` with an operator's SIP
@@ -103,14 +107,17 @@ pub(super) fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Respons
     let secret = api.live().session_secret(&b.username).unwrap_or_default();
     let (token, expires) = api.sessions.issue(&b.username, &secret, unix_now());
     info!(agent = %b.username, "desk login");
-    let mut r = ok(
-        StatusCode::OK,
-        &json!({
-            "token": token,
-            "agent": b.username,
-            "expires_at": rfc3339(expires),
-        }),
-    );
+    let mut answer = json!({
+        "token": token,
+        "agent": b.username,
+        "expires_at": rfc3339(expires),
+    });
+    if b.cookie_only
+        && let Some(o) = answer.as_object_mut()
+    {
+        o.remove("token");
+    }
+    let mut r = ok(StatusCode::OK, &answer);
     // The desktop page's session: a cookie no script reads, sent to the
     // API only, never from another site's page (the HTTP endpoint adds
     // `Secure` over HTTPS). Tokens stay out of URLs.
@@ -147,12 +154,26 @@ pub(super) async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Respon
     }
 }
 
-/// `DELETE /api/v1/login`: the desktop's log-out: the session cookie is
-/// cleared (`204`, with or without a session: clearing one's own cookie
-/// needs none). The token itself stays valid until it expires or the
-/// operator's password changes (it is stored nowhere to revoke), but no
-/// page holds it any more: the cookie was the only copy a browser had.
-pub(super) async fn logout() -> Response {
+/// `DELETE /api/v1/login`: the desktop's log-out: the session presented
+/// (cookie or bearer) and every earlier one of its operator are refused
+/// from now on by this node, and the cookie is cleared (`204`, with or
+/// without a session: clearing one's own cookie needs none).
+pub(super) async fn logout(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Some(token) = bearer(&headers).filter(|t| Sessions::is_session(t)) {
+        let live = api.live();
+        if let Some(agent) = api
+            .sessions
+            .log_out(token, unix_now(), |a| live.session_secret(a))
+        {
+            info!(agent = %agent, "desk logout");
+            api.audit_as(
+                &format!("desk:{agent}"),
+                "logout",
+                "",
+                StatusCode::NO_CONTENT,
+            );
+        }
+    }
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}=; Path=/api; HttpOnly; SameSite=Strict; Max-Age=0"
