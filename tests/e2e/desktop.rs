@@ -13,6 +13,7 @@ use crate::browser::Browser;
 use crate::common::{Node, Scratch, Sipp, json, register, scenario, trunk_to};
 
 const ADMIN: &str = "desktop-admin-token";
+const SUPERVISOR: &str = "supervisor-token-0123456789";
 
 fn config(sip: u16, http: u16) -> String {
     format!(
@@ -27,6 +28,16 @@ listen = "127.0.0.1:{http}"
 name = "ops"
 token = "{ADMIN}"
 role = "admin"
+
+[[api.tokens]]
+name = "sala-roma"
+token = "{SUPERVISOR}"
+role = "supervisor"
+
+[[api.tokens]]
+name = "modulo-web"
+token = "callbacks-token-0123456789"
+role = "callbacks"
 
 [[tenants]]
 name = "asl"
@@ -290,4 +301,86 @@ impl Browser {
         }
         panic!("the script's answers are not reachable with Tab");
     }
+}
+
+/// The supervisors' wallboard, by keyboard: a supervisor's token opens it
+/// (a callbacks token does not), a citizen waiting with nobody logged in
+/// shows in the queue's row as it happens, the operator's state in the
+/// operators' table; no serious accessibility violation.
+#[test]
+fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
+    let scratch = Scratch::new("wallboard");
+    let node = Node::start_toml(&scratch, config);
+    let mut b = Browser::start(&scratch);
+    b.open(&format!("http://127.0.0.1:{}/wallboard", node.http_port));
+    b.wait_for(
+        "document.activeElement.id === 'token'",
+        "focus on the token",
+    );
+    let found = b.accessibility_violations();
+    assert!(found.is_empty(), "wallboard login: {found:?}");
+    b.type_text("callbacks-token-0123456789");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('login-error').textContent.includes('supervisore')",
+        "a callbacks token is not a supervisor's",
+    );
+    b.tab_to("token");
+    b.type_text(SUPERVISOR);
+    b.key("Enter", false);
+    b.wait_for("!document.getElementById('board').hidden", "the board");
+    assert_eq!(
+        b.eval("document.getElementById('who').textContent"),
+        "sala-roma"
+    );
+    let cookie = b.session_cookie().expect("the session cookie");
+    let session = cookie["value"].as_str().unwrap().to_owned();
+    assert!(session.starts_with("cs2.sala-roma."), "{session}");
+    assert!(
+        !session.contains(SUPERVISOR),
+        "the token itself is not the cookie"
+    );
+    // Nobody logged in: a citizen waits, and the board shows it.
+    let _caller = trunk_to(
+        &scratch,
+        &node,
+        "caller",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "30000"],
+    );
+    b.wait_for(
+        "[...document.querySelectorAll('#queues tbody tr')].some(r => r.cells[0].textContent === 'prenotazioni' && r.cells[2].textContent === '1')",
+        "the waiting citizen on the board",
+    );
+    b.wait_for(
+        "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Non registrato')",
+        "the operator's state",
+    );
+    let found = b.accessibility_violations();
+    assert!(found.is_empty(), "wallboard: {found:?}");
+    let shot = scratch.path("wallboard.png");
+    b.screenshot(&shot);
+    if let Ok(dir) = std::env::var("CENTRALINO_SCREENSHOTS") {
+        let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("wallboard.png"));
+    }
+    // The session has the supervisor's rights, no more.
+    assert_eq!(
+        node.http("GET", "/api/v1/queues", Some(&session), None).0,
+        200
+    );
+    assert_eq!(
+        node.http("POST", "/api/v1/config/reload", Some(&session), Some(""))
+            .0,
+        403
+    );
+    b.tab_to("logout");
+    b.key("Enter", false);
+    b.wait_for(
+        "!document.getElementById('login').hidden",
+        "the login form again",
+    );
+    assert_eq!(
+        node.http("GET", "/api/v1/queues", Some(&session), None).0,
+        401
+    );
 }

@@ -1,7 +1,7 @@
 //! The pages the node serves itself: the operator's desktop at `/`
-//! (`assets/desk/`: one HTML page, its script and its style sheet,
-//! compiled into the binary: nothing to install, nothing fetched from
-//! elsewhere). Each answer carries a Content-Security-Policy that lets the
+//! (`assets/desk/`: one HTML page, its script and its style sheet) and
+//! the supervisors' wallboard at `/wallboard` (`assets/wall/`), compiled
+//! into the binary: nothing to install, nothing fetched from elsewhere. Each answer carries a Content-Security-Policy that lets the
 //! page load only the node's own script and style and talk only to the
 //! node (no inline script, no other origin, never framed).
 
@@ -13,6 +13,9 @@ use axum::routing::get;
 const INDEX: &str = include_str!("../assets/desk/index.html");
 const SCRIPT: &str = include_str!("../assets/desk/desk.js");
 const STYLE: &str = include_str!("../assets/desk/desk.css");
+const COMMON: &str = include_str!("../assets/desk/common.js");
+const WALL: &str = include_str!("../assets/wall/index.html");
+const WALL_SCRIPT: &str = include_str!("../assets/wall/wallboard.js");
 
 /// What the pages may load and where they may connect: the node only.
 pub(crate) const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -30,8 +33,20 @@ pub(crate) fn router() -> Router {
             get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
         )
         .route(
+            "/common.js",
+            get(|| async { page(COMMON, "text/javascript; charset=utf-8") }),
+        )
+        .route(
             "/desk.css",
             get(|| async { page(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/wallboard",
+            get(|| async { page(WALL, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/wallboard.js",
+            get(|| async { page(WALL_SCRIPT, "text/javascript; charset=utf-8") }),
         )
 }
 
@@ -55,12 +70,17 @@ mod tests {
     #[test]
     fn the_page_loads_only_its_own_assets_and_writes_no_markup_from_data() {
         // Every asset the page names is one this module serves.
-        for asset in ["/desk.js", "/desk.css"] {
+        for asset in ["/common.js", "/desk.js", "/desk.css"] {
             assert!(INDEX.contains(asset), "{asset}");
+        }
+        for asset in ["/common.js", "/wallboard.js", "/desk.css"] {
+            assert!(WALL.contains(asset), "{asset}");
         }
         // No inline script or handler (the CSP would refuse them), no
         // markup built from strings (IVR answers are a caller's input).
-        assert!(!INDEX.contains("<script>") && !INDEX.contains(" onclick="));
+        for html in [INDEX, WALL] {
+            assert!(!html.contains("<script>") && !html.contains(" onclick="));
+        }
         for sink in [
             "innerHTML",
             "outerHTML",
@@ -74,7 +94,10 @@ mod tests {
             "setAttribute(\"on",
             "localStorage.setItem(\"centralino.session",
         ] {
-            assert!(!SCRIPT.contains(sink), "{sink}");
+            assert!(
+                !SCRIPT.contains(sink) && !WALL_SCRIPT.contains(sink),
+                "{sink}"
+            );
         }
         assert!(PAGE_CSP.contains("script-src 'self'") && !PAGE_CSP.contains("unsafe"));
     }

@@ -9,8 +9,13 @@
 
 use aws_lc_rs::hmac;
 
-/// Prefix and version of the format.
-const PREFIX: &str = "cs1";
+/// Prefix and version of an operator's session (bound to their SIP
+/// secret).
+pub(crate) const OPERATOR: &str = "cs1";
+/// Prefix of a session opened with an API token (a supervisor's wallboard:
+/// `cs2.TOKEN-NAME.EXPIRES.MAC`, bound to the token's value, so a changed
+/// token ends its sessions).
+pub(crate) const TOKEN: &str = "cs2";
 /// Shortest key accepted from a file.
 pub(crate) const MIN_KEY: usize = 32;
 
@@ -71,11 +76,16 @@ impl Sessions {
     /// A token for `agent`, whose SIP secret is now `secret` (its HA1s),
     /// issued at `now` (Unix seconds), and when it expires.
     pub(crate) fn issue(&self, agent: &str, secret: &[u8], now: i64) -> (String, i64) {
+        self.issue_as(OPERATOR, agent, secret, now)
+    }
+
+    /// A session of `kind` ([`OPERATOR`], [`TOKEN`]) for `who`.
+    pub(crate) fn issue_as(&self, kind: &str, who: &str, secret: &[u8], now: i64) -> (String, i64) {
         // Later than any token of theirs logged out (a login in the same
         // second as a logout is not born revoked).
-        let revoked = self.revoked(agent).unwrap_or(i64::MIN);
+        let revoked = self.revoked(kind, who).unwrap_or(i64::MIN);
         let expires = (now + self.ttl).max(revoked.saturating_add(1));
-        let body = format!("{PREFIX}.{agent}.{expires}");
+        let body = format!("{kind}.{who}.{expires}");
         let mac = hmac::sign(&self.key, &Self::signed(&body, secret));
         (format!("{body}.{}", hex(mac.as_ref())), expires)
     }
@@ -92,7 +102,14 @@ impl Sessions {
 
     /// Whether `token` looks like a session token (not a configured one).
     pub(crate) fn is_session(token: &str) -> bool {
-        token.starts_with("cs1.")
+        token.starts_with("cs1.") || token.starts_with("cs2.")
+    }
+
+    /// The kind of session `token` is, if one.
+    fn kind_of(token: &str) -> Option<&'static str> {
+        [OPERATOR, TOKEN]
+            .into_iter()
+            .find(|k| token.strip_prefix(k).is_some_and(|r| r.starts_with('.')))
     }
 
     /// The operator a valid, unexpired token at `now` belongs to;
@@ -104,18 +121,29 @@ impl Sessions {
         now: i64,
         secret_of: impl Fn(&str) -> Option<Vec<u8>>,
     ) -> Option<String> {
+        self.verify_as(OPERATOR, token, now, secret_of)
+    }
+
+    /// Who a valid, unexpired session of `kind` belongs to.
+    pub(crate) fn verify_as(
+        &self,
+        kind: &str,
+        token: &str,
+        now: i64,
+        secret_of: impl Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<String> {
         if !self.enabled() || token.len() > 256 {
             return None;
         }
         let (body, mac) = token.rsplit_once('.')?;
         let mac = unhex(mac)?;
-        let rest = body.strip_prefix(PREFIX)?.strip_prefix('.')?;
+        let rest = body.strip_prefix(kind)?.strip_prefix('.')?;
         let (agent, expires) = rest.rsplit_once('.')?;
         let secret = secret_of(agent)?;
         // Constant time, by aws-lc.
         hmac::verify(&self.key, &Self::signed(body, &secret), &mac).ok()?;
         let expires: i64 = expires.parse().ok()?;
-        let revoked = self.revoked(agent).is_some_and(|r| expires <= r);
+        let revoked = self.revoked(kind, agent).is_some_and(|r| expires <= r);
         (now < expires && !agent.is_empty() && !revoked).then(|| agent.to_owned())
     }
 
@@ -126,9 +154,10 @@ impl Sessions {
         &self,
         token: &str,
         now: i64,
-        secret_of: impl Fn(&str) -> Option<Vec<u8>>,
+        secret_of: impl Fn(&str, &str) -> Option<Vec<u8>>,
     ) -> Option<String> {
-        let agent = self.verify(token, now, secret_of)?;
+        let kind = Self::kind_of(token)?;
+        let agent = self.verify_as(kind, token, now, |who| secret_of(kind, who))?;
         let expires: i64 = token
             .rsplit_once('.')
             .and_then(|(body, _)| body.rsplit_once('.'))
@@ -140,16 +169,16 @@ impl Sessions {
         // Entries whose tokens have all expired are of no use (bounded by
         // the operators who logged out within one session's life).
         out.retain(|_, e| *e > now);
-        let e = out.entry(agent.clone()).or_insert(expires);
+        let e = out.entry(format!("{kind}.{agent}")).or_insert(expires);
         *e = (*e).max(expires);
         Some(agent)
     }
 
-    fn revoked(&self, agent: &str) -> Option<i64> {
+    fn revoked(&self, kind: &str, who: &str) -> Option<i64> {
         self.logged_out
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(agent)
+            .get(&format!("{kind}.{who}"))
             .copied()
     }
 }
@@ -195,7 +224,8 @@ mod tests {
         let (first, _) = s.issue("1001", b"ha1", 1_000);
         let (second, _) = s.issue("1001", b"ha1", 2_000);
         let (other, _) = s.issue("1002", b"ha1", 2_000);
-        assert_eq!(s.log_out(&second, 2_500, secret).as_deref(), Some("1001"));
+        let secret2 = |_: &str, a: &str| secret(a);
+        assert_eq!(s.log_out(&second, 2_500, secret2).as_deref(), Some("1001"));
         assert_eq!(s.verify(&second, 2_501, secret), None);
         assert_eq!(s.verify(&first, 2_501, secret), None, "an earlier one too");
         assert_eq!(s.verify(&other, 2_501, secret).as_deref(), Some("1002"));
@@ -203,7 +233,21 @@ mod tests {
         let (again, _) = s.issue("1001", b"ha1", 2_500);
         assert_eq!(s.verify(&again, 2_501, secret).as_deref(), Some("1001"));
         // Only a valid session logs out.
-        assert_eq!(s.log_out("cs1.1002.99999.00", 2_500, secret), None);
+        assert_eq!(s.log_out("cs1.1002.99999.00", 2_500, secret2), None);
+        // A wallboard's session of a token named like an operator is
+        // another session.
+        let (board, _) = s.issue_as(TOKEN, "1002", b"tok", 2_000);
+        assert_eq!(
+            s.verify_as(TOKEN, &board, 2_501, |_| Some(b"tok".to_vec()))
+                .as_deref(),
+            Some("1002")
+        );
+        assert_eq!(s.verify(&board, 2_501, secret), None, "not an operator's");
+        assert!(
+            s.log_out(&board, 2_600, |_, _| Some(b"tok".to_vec()))
+                .is_some()
+        );
+        assert_eq!(s.verify(&other, 2_601, secret).as_deref(), Some("1002"));
         assert_eq!(s.verify(&other, 2_501, secret).as_deref(), Some("1002"));
     }
 

@@ -61,7 +61,6 @@ const T = {
 
 let lang = localStorage.getItem("centralino.lang") === "en" ? "en" : "it";
 const t = (k) => T[lang][k] ?? T.it[k] ?? k;
-const $ = (id) => document.getElementById(id);
 
 // `call`: the call on the desk now; `work`: the call the script and the
 // outcome belong to (kept after it ends, until another call arrives: the
@@ -85,23 +84,6 @@ function translate() {
 function setLink(key) {
   desk.link = key;
   $("link").textContent = t(key);
-}
-
-async function api(method, path, body) {
-  const init = { method, credentials: "same-origin", headers: {} };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  let r;
-  try {
-    r = await fetch(path, init);
-  } catch (e) {
-    return { status: 0, json: { error: String(e) } };
-  }
-  let json = null;
-  try { json = await r.json(); } catch (_) { json = null; }
-  return { status: r.status, json };
 }
 
 function problem(r) {

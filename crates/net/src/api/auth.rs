@@ -113,6 +113,8 @@ pub(super) enum Need<'a> {
     Supervisor,
     /// Configuration: admin only.
     Admin,
+    /// Any valid token or session (who am I).
+    Any,
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -182,7 +184,29 @@ pub(super) fn authorize_token<'a>(
             "missing Authorization: Bearer <token>",
         )));
     };
-    let t = if Sessions::is_session(token) {
+    let t = if token.starts_with("cs2.") {
+        // A wallboard's session, opened with a supervisor's (or admin's)
+        // token: that token's rights, while the token stays the same.
+        let live = api.live();
+        let Some(name) = api
+            .sessions
+            .verify_as(crate::session::TOKEN, token, unix_now(), |n| {
+                live.session_secret_for(crate::session::TOKEN, n)
+            })
+        else {
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "session expired or not valid: log in again",
+            )));
+        };
+        let Some(t) = live.tokens.iter().find(|t| t.name == name) else {
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "session expired or not valid: log in again",
+            )));
+        };
+        t.clone()
+    } else if Sessions::is_session(token) {
         // An operator's desk session: signed, never stored.
         // Bound to the operator's current secret: a new password (a
         // reload) ends the sessions of the old one at once.
@@ -215,6 +239,7 @@ pub(super) fn authorize_token<'a>(
     };
     let allowed = match (t.role, need) {
         (Role::Admin, _)
+        | (_, Need::Any)
         | (Role::Callbacks, Need::Callbacks)
         | (Role::Agent, Need::Operator)
         | (Role::Supervisor, Need::Supervisor) => true,

@@ -25,6 +25,9 @@ pub(super) async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
+    if serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.get("token").is_some()) {
+        return token_login(&api, peer, &body);
+    }
     let (r, user) = check_login(&api, peer, &body);
     if let Some(user) = user.filter(|u| api.live().credentials.contains_key(u)) {
         // Who logged in, or tried to as whom: in the audit log.
@@ -107,27 +110,12 @@ pub(super) fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Respons
     let secret = api.live().session_secret(&b.username).unwrap_or_default();
     let (token, expires) = api.sessions.issue(&b.username, &secret, unix_now());
     info!(agent = %b.username, "desk login");
-    let mut answer = json!({
-        "token": token,
-        "agent": b.username,
-        "expires_at": rfc3339(expires),
-    });
-    if b.cookie_only
-        && let Some(o) = answer.as_object_mut()
-    {
-        o.remove("token");
-    }
-    let mut r = ok(StatusCode::OK, &answer);
-    // The desktop page's session: a cookie no script reads, sent to the
-    // API only, never from another site's page (the HTTP endpoint adds
-    // `Secure` over HTTPS). Tokens stay out of URLs.
-    let max_age = expires.saturating_sub(unix_now()).max(0);
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{}={token}; Path=/api; HttpOnly; SameSite=Strict; Max-Age={max_age}",
-        SESSION_COOKIE
-    )) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    let r = session_answer(
+        json!({ "agent": b.username, "expires_at": rfc3339(expires) }),
+        &token,
+        expires,
+        b.cookie_only,
+    );
     (r, Some(b.username))
 }
 
@@ -136,7 +124,7 @@ pub(super) fn check_login(api: &Api, peer: SocketAddr, body: &Bytes) -> (Respons
 /// "role"}` (`agent` null for an API token), `401` without a valid session
 /// or token.
 pub(super) async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Response {
-    match authorize(&api, &headers, Need::Operator) {
+    match authorize(&api, &headers, Need::Any) {
         Err(r) => *r,
         Ok(t) => {
             use centralino_config::Role;
@@ -163,7 +151,7 @@ pub(super) async fn logout(State(api): State<Api>, headers: HeaderMap) -> Respon
         let live = api.live();
         if let Some(agent) = api
             .sessions
-            .log_out(token, unix_now(), |a| live.session_secret(a))
+            .log_out(token, unix_now(), |k, w| live.session_secret_for(k, w))
         {
             info!(agent = %agent, "desk logout");
             api.audit_as(
@@ -177,6 +165,106 @@ pub(super) async fn logout(State(api): State<Api>, headers: HeaderMap) -> Respon
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}=; Path=/api; HttpOnly; SameSite=Strict; Max-Age=0"
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenLoginBody {
+    token: String,
+    #[serde(default)]
+    cookie_only: bool,
+}
+
+/// `POST /api/v1/login` `{"token", "cookie_only"?}`: a supervisor's (or
+/// admin's) API token opens a wallboard session, `cs2.NAME.EXPIRES.MAC`,
+/// bound to that token's value, as the same `HttpOnly` cookie; the token
+/// itself never has to stay in a page. Other roles get `403`; a wrong
+/// token `401` and counts against the address like a wrong password.
+fn token_login(api: &Api, peer: SocketAddr, body: &Bytes) -> Response {
+    if !api.sessions.enabled() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "logins are off (api.session_hours = 0)",
+        );
+    }
+    let b: TokenLoginBody = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    // The throttle's name for token guesses from an address.
+    const GUESS: &str = "~token";
+    let now = std::time::Instant::now();
+    let ip = peer.ip();
+    let mut throttle = api
+        .logins
+        .throttle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if throttle.banned(now, ip, GUESS) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins from this address: try again later",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+        return r;
+    }
+    let live = api.live();
+    let mut found = None;
+    for t in &live.tokens {
+        if same(t.token.as_bytes(), b.token.as_bytes()) {
+            found = Some(t);
+        }
+    }
+    let Some(t) = found else {
+        throttle.failure(now, ip, GUESS);
+        drop(throttle);
+        api.audit_as(
+            "wallboard",
+            "login",
+            &ip.to_string(),
+            StatusCode::UNAUTHORIZED,
+        );
+        return error(StatusCode::UNAUTHORIZED, "unknown token");
+    };
+    throttle.success(ip, GUESS);
+    drop(throttle);
+    let Some(secret) = live.session_secret_for(crate::session::TOKEN, &t.name) else {
+        api.audit_as(&t.name, "login", &ip.to_string(), StatusCode::FORBIDDEN);
+        return error(
+            StatusCode::FORBIDDEN,
+            "only supervisor and admin tokens open a wallboard session",
+        );
+    };
+    let (token, expires) =
+        api.sessions
+            .issue_as(crate::session::TOKEN, &t.name, &secret, unix_now());
+    info!(token = %t.name, "wallboard login");
+    api.audit_as(&t.name, "login", &ip.to_string(), StatusCode::OK);
+    session_answer(
+        json!({ "name": t.name, "expires_at": rfc3339(expires) }),
+        &token,
+        expires,
+        b.cookie_only,
+    )
+}
+
+/// A login's `200`: `answer`, with the session `token` unless
+/// `cookie_only`, and the session as a cookie no script reads, sent to
+/// the API only, never from another site's page (the HTTP endpoint adds
+/// `Secure` over HTTPS). Tokens stay out of URLs.
+fn session_answer(mut answer: Value, token: &str, expires: i64, cookie_only: bool) -> Response {
+    if !cookie_only && let Some(o) = answer.as_object_mut() {
+        o.insert("token".into(), json!(token));
+    }
+    let mut r = ok(StatusCode::OK, &answer);
+    let max_age = expires.saturating_sub(unix_now()).max(0);
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/api; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }

@@ -195,6 +195,25 @@ impl Live {
 
     /// What an operator's desk sessions are bound to: their SIP secret as
     /// configured now (`None`: no such operator).
+    /// What a session of `kind` for `who` is bound to: an operator's SIP
+    /// secret, or a wallboard token's value (its SHA-256: a changed token
+    /// ends its sessions). Only supervisor and admin tokens open one.
+    fn session_secret_for(&self, kind: &str, who: &str) -> Option<Vec<u8>> {
+        if kind == crate::session::TOKEN {
+            let t = self.tokens.iter().find(|t| {
+                t.name == who
+                    && matches!(
+                        t.role,
+                        centralino_config::Role::Supervisor | centralino_config::Role::Admin
+                    )
+            })?;
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.token.as_bytes());
+            Some(d.as_ref().to_vec())
+        } else {
+            self.session_secret(who)
+        }
+    }
+
     fn session_secret(&self, agent: &str) -> Option<Vec<u8>> {
         let c = self.credentials.get(agent)?;
         let (md5, sha) = (c.ha1_md5.as_deref(), c.ha1_sha256.as_deref());

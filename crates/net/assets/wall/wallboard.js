@@ -1,0 +1,170 @@
+// The supervisors' wallboard: queues and campaigns pushed by the node
+// (the queues' WebSocket), operators by state. A supervisor's API token
+// opens a session kept as an HttpOnly cookie; the token is not kept by
+// the page. Every value is written as text, never as markup.
+"use strict";
+
+const T = {
+  it: {
+    title: "Sala supervisori", skip: "Vai al contenuto", logout: "Esci",
+    login: "Accesso con il token del supervisore", token: "Token", enter: "Entra",
+    queues: "Code", campaigns: "Campagne in corso", agents: "Operatori",
+    "q-name": "Coda", "q-tenant": "Ente", "q-waiting": "In attesa", "q-oldest": "Attesa più lunga (s)",
+    "q-expected": "Attesa prevista (s)", "q-available": "Liberi", "q-busy": "Occupati",
+    "q-paused": "In pausa", "q-out": "Non registrati",
+    "c-name": "Campagna", "c-queue": "Coda", "c-ringing": "Squillano", "c-talking": "In conversazione",
+    "c-answered": "Risposte", "c-abandon": "Abbandono",
+    "a-name": "Operatore", "a-tenant": "Ente", "a-state": "Stato", "a-reason": "Motivo",
+    connected: "Aggiornato in tempo reale", reconnecting: "Connessione persa: nuovo tentativo…",
+    "bad-token": "Token non valido", "not-supervisor": "Serve un token da supervisore",
+    "too-many": "Troppi tentativi: riprova più tardi", failed: "Operazione non riuscita", lang: "English",
+    s_logged_out: "Non registrato", s_available: "Disponibile", s_reserved: "Riservato",
+    s_ringing: "Squilla", s_on_call: "In chiamata", s_wrap_up: "Post-chiamata", s_paused: "In pausa",
+  },
+  en: {
+    title: "Supervisors' wallboard", skip: "Skip to content", logout: "Log out",
+    login: "Sign in with the supervisor's token", token: "Token", enter: "Sign in",
+    queues: "Queues", campaigns: "Running campaigns", agents: "Operators",
+    "q-name": "Queue", "q-tenant": "Firm", "q-waiting": "Waiting", "q-oldest": "Oldest wait (s)",
+    "q-expected": "Expected wait (s)", "q-available": "Free", "q-busy": "Busy",
+    "q-paused": "On a break", "q-out": "Not registered",
+    "c-name": "Campaign", "c-queue": "Queue", "c-ringing": "Ringing", "c-talking": "Talking",
+    "c-answered": "Answered", "c-abandon": "Abandon rate",
+    "a-name": "Operator", "a-tenant": "Firm", "a-state": "State", "a-reason": "Reason",
+    connected: "Live", reconnecting: "Connection lost: retrying…",
+    "bad-token": "Unknown token", "not-supervisor": "A supervisor's token is needed",
+    "too-many": "Too many attempts: try again later", failed: "That did not work", lang: "Italiano",
+    s_logged_out: "Not registered", s_available: "Available", s_reserved: "Reserved",
+    s_ringing: "Ringing", s_on_call: "On a call", s_wrap_up: "Wrap-up", s_paused: "On a break",
+  },
+};
+
+let lang = localStorage.getItem("centralino.lang") === "en" ? "en" : "it";
+const t = (k) => T[lang][k] ?? T.it[k] ?? k;
+const board = { on: false, socket: null, retry: 0, poll: null, view: null, agents: [], link: "" };
+
+function translate() {
+  document.documentElement.lang = lang;
+  for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
+  $("lang").textContent = t("lang");
+  $("lang").lang = lang === "it" ? "en" : "it";
+  document.title = "Centralino — " + t("title");
+  $("link").textContent = board.link ? t(board.link) : "";
+  render();
+}
+
+function cells(tbody, rows) {
+  tbody.replaceChildren();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    row.forEach((v, i) => {
+      const cell = document.createElement(i === 0 ? "th" : "td");
+      if (i === 0) cell.scope = "row";
+      cell.textContent = v === null || v === undefined ? "—" : String(v);
+      tr.append(cell);
+    });
+    tbody.append(tr);
+  }
+}
+
+function render() {
+  const v = board.view || { queues: [], campaigns: [] };
+  cells($("queues").tBodies[0], (v.queues || []).map((q) => [
+    q.name, q.tenant, q.waiting, q.oldest_wait_seconds, q.expected_wait_seconds,
+    q.agents && q.agents.available, q.agents && q.agents.busy,
+    q.agents && q.agents.paused, q.agents && q.agents.logged_out,
+  ]));
+  cells($("campaigns").tBodies[0], (v.campaigns || []).map((c) => [
+    c.name, c.queue, c.ringing, c.talking, c.answered,
+    c.abandon_rate === null || c.abandon_rate === undefined ? null : (100 * c.abandon_rate).toFixed(1) + " %",
+  ]));
+  cells($("agents").tBodies[0], board.agents.map((a) => [
+    a.agent, a.tenant, T[lang]["s_" + a.state] ?? a.state, a.reason,
+  ]));
+}
+
+function showLogin() {
+  board.on = false;
+  if (board.socket) { board.socket.onclose = null; board.socket.close(); board.socket = null; }
+  clearInterval(board.poll);
+  board.view = null;
+  board.agents = [];
+  render();
+  $("login").hidden = false;
+  $("board").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  $("token").focus();
+}
+
+function showBoard(name) {
+  board.on = true;
+  $("login").hidden = true;
+  $("board").hidden = false;
+  $("logout").hidden = false;
+  $("who").textContent = name;
+  connect();
+  agents();
+  board.poll = setInterval(agents, 3000);
+  $("main").focus();
+}
+
+async function agents() {
+  const r = await api("GET", "/api/v1/agents");
+  if (r.status === 401) { showLogin(); return; }
+  if (r.status === 200 && r.json) {
+    board.agents = r.json.agents || [];
+    render();
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const ws = new WebSocket(scheme + location.host + "/api/v1/queues/events");
+  board.socket = ws;
+  ws.onopen = () => { board.retry = 0; board.link = "connected"; $("link").textContent = t("connected"); };
+  ws.onmessage = (m) => {
+    try { board.view = JSON.parse(m.data); } catch (_) { return; }
+    render();
+  };
+  ws.onclose = async () => {
+    board.socket = null;
+    if (!board.on) return;
+    const who = await api("GET", "/api/v1/login");
+    if (who.status === 401) { showLogin(); return; }
+    board.link = "reconnecting";
+    $("link").textContent = t("reconnecting");
+    board.retry = Math.min(board.retry + 1, 6);
+    setTimeout(connect, 250 * 2 ** board.retry);
+  };
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  $("login-error").textContent = "";
+  const token = $("token").value.trim();
+  $("token").value = "";
+  if (!token) { $("login-error").textContent = t("bad-token"); return; }
+  const r = await api("POST", "/api/v1/login", { token, cookie_only: true });
+  if (r.status === 200 && r.json) showBoard(r.json.name);
+  else if (r.status === 401) $("login-error").textContent = t("bad-token");
+  else if (r.status === 403) $("login-error").textContent = t("not-supervisor");
+  else if (r.status === 429) $("login-error").textContent = t("too-many");
+  else $("login-error").textContent = (r.json && r.json.error) || t("failed");
+}
+
+async function boot() {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", async () => { await api("DELETE", "/api/v1/login"); showLogin(); });
+  $("lang").addEventListener("click", () => {
+    lang = lang === "it" ? "en" : "it";
+    localStorage.setItem("centralino.lang", lang);
+    translate();
+  });
+  translate();
+  const who = await api("GET", "/api/v1/login");
+  if (who.status === 200 && who.json && (who.json.role === "supervisor" || who.json.role === "admin")) showBoard(who.json.name);
+  else showLogin();
+}
+
+document.addEventListener("DOMContentLoaded", boot);
