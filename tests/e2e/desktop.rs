@@ -35,12 +35,21 @@ token = "{SUPERVISOR}"
 role = "supervisor"
 
 [[api.tokens]]
+name = "sala-altra"
+token = "other-firm-supervisor-0123456789"
+role = "supervisor"
+tenant = "altra"
+
+[[api.tokens]]
 name = "modulo-web"
 token = "callbacks-token-0123456789"
 role = "callbacks"
 
 [[tenants]]
 name = "asl"
+
+[[tenants]]
+name = "altra"
 
 [[trunks]]
 name = "carrier"
@@ -341,12 +350,13 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
         "the token itself is not the cookie"
     );
     // Nobody logged in: a citizen waits, and the board shows it.
-    let _caller = trunk_to(
+    // The citizen waits 5 s, then hangs up.
+    let mut caller = trunk_to(
         &scratch,
         &node,
         "caller",
         "trunk_call.xml",
-        &["-m", "1", "-d", "30000"],
+        &["-m", "1", "-d", "5000"],
     );
     b.wait_for(
         "[...document.querySelectorAll('#queues tbody tr')].some(r => r.cells[0].textContent === 'prenotazioni' && r.cells[2].textContent === '1')",
@@ -363,6 +373,42 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
     if let Ok(dir) = std::env::var("CENTRALINO_SCREENSHOTS") {
         let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("wallboard.png"));
     }
+    // The operator logs in on their phone; the supervisor puts them on a
+    // break and back, by keyboard, audited under the supervisor's token.
+    caller.expect_success(Duration::from_secs(30));
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    b.wait_for(
+        "document.getElementById('do-pause-1001') !== null",
+        "the break button",
+    );
+    b.tab_to("do-pause-1001");
+    b.key("Enter", false);
+    b.wait_for(
+        "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'In pausa')",
+        "the operator on a break",
+    );
+    b.tab_to("do-resume-1001");
+    b.key("Enter", false);
+    b.wait_for(
+        "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Disponibile')",
+        "the operator available again",
+    );
+    // Another firm's supervisor cannot.
+    assert_eq!(
+        node.http(
+            "POST",
+            "/api/v1/agents/1001/state",
+            Some("other-firm-supervisor-0123456789"),
+            Some(r#"{"state": "paused"}"#)
+        )
+        .0,
+        403
+    );
     // The session has the supervisor's rights, no more.
     assert_eq!(
         node.http("GET", "/api/v1/queues", Some(&session), None).0,

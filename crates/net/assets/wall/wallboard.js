@@ -15,6 +15,8 @@ const T = {
     "c-name": "Campagna", "c-queue": "Coda", "c-ringing": "Squillano", "c-talking": "In conversazione",
     "c-answered": "Risposte", "c-abandon": "Abbandono",
     "a-name": "Operatore", "a-tenant": "Ente", "a-state": "Stato", "a-reason": "Motivo",
+    "a-actions": "Azioni", "do-pause": "Metti in pausa", "do-resume": "Rendi disponibile",
+    "done-paused": "in pausa", "done-available": "disponibile",
     connected: "Aggiornato in tempo reale", reconnecting: "Connessione persa: nuovo tentativo…",
     "bad-token": "Token non valido", "not-supervisor": "Serve un token da supervisore",
     "too-many": "Troppi tentativi: riprova più tardi", failed: "Operazione non riuscita", lang: "English",
@@ -31,6 +33,8 @@ const T = {
     "c-name": "Campaign", "c-queue": "Queue", "c-ringing": "Ringing", "c-talking": "Talking",
     "c-answered": "Answered", "c-abandon": "Abandon rate",
     "a-name": "Operator", "a-tenant": "Firm", "a-state": "State", "a-reason": "Reason",
+    "a-actions": "Actions", "do-pause": "Put on a break", "do-resume": "Make available",
+    "done-paused": "on a break", "done-available": "available",
     connected: "Live", reconnecting: "Connection lost: retrying…",
     "bad-token": "Unknown token", "not-supervisor": "A supervisor's token is needed",
     "too-many": "Too many attempts: try again later", failed: "That did not work", lang: "Italiano",
@@ -78,9 +82,37 @@ function render() {
     c.name, c.queue, c.ringing, c.talking, c.answered,
     c.abandon_rate === null || c.abandon_rate === undefined ? null : (100 * c.abandon_rate).toFixed(1) + " %",
   ]));
-  cells($("agents").tBodies[0], board.agents.map((a) => [
+  const tbody = $("agents").tBodies[0];
+  cells(tbody, board.agents.map((a) => [
     a.agent, a.tenant, T[lang]["s_" + a.state] ?? a.state, a.reason,
   ]));
+  // A break forced or lifted by the supervisor (audited on the node).
+  board.agents.forEach((a, i) => {
+    const td = document.createElement("td");
+    for (const [key, state, when] of [
+      ["do-pause", "paused", ["available", "wrap_up"]],
+      ["do-resume", "available", ["paused", "wrap_up"]],
+    ]) {
+      if (!when.includes(a.state)) continue;
+      const b = document.createElement("button");
+      b.type = "button";
+      b.id = key + "-" + a.agent;
+      b.textContent = t(key);
+      b.setAttribute("aria-label", t(key) + " " + a.agent);
+      b.addEventListener("click", () => setState(a.agent, state));
+      td.append(b);
+    }
+    tbody.rows[i].append(td);
+  });
+}
+
+async function setState(agent, state) {
+  const body = state === "paused" ? { state, reason: "supervisore" } : { state };
+  const r = await api("POST", "/api/v1/agents/" + encodeURIComponent(agent) + "/state", body);
+  $("action-status").textContent = r.status === 200
+    ? agent + ": " + t("done-" + state)
+    : agent + ": " + ((r.json && r.json.error) || t("failed"));
+  agents();
 }
 
 function showLogin() {

@@ -115,6 +115,10 @@ pub(super) enum Need<'a> {
     Admin,
     /// Any valid token or session (who am I).
     Any,
+    /// Acting on one operator's state: admin, that operator's own token,
+    /// or a supervisor of that operator's firm (all firms without a
+    /// `tenant`).
+    Operates(&'a str),
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -243,7 +247,12 @@ pub(super) fn authorize_token<'a>(
         | (Role::Callbacks, Need::Callbacks)
         | (Role::Agent, Need::Operator)
         | (Role::Supervisor, Need::Supervisor) => true,
-        (Role::Agent, Need::Desk(name)) => t.agent.as_deref() == Some(name),
+        (Role::Agent, Need::Desk(name) | Need::Operates(name)) => t.agent.as_deref() == Some(name),
+        (Role::Supervisor, Need::Operates(name)) => api
+            .live()
+            .agent_tenants
+            .iter()
+            .any(|(a, at)| a == name && t.tenant.as_deref().is_none_or(|tt| tt == at)),
         _ => false,
     };
     if allowed {
@@ -255,6 +264,9 @@ pub(super) fn authorize_token<'a>(
             match need {
                 Need::Admin => "needs an admin token",
                 Need::Desk(_) => "an operator's token reads that operator's desk only",
+                Need::Operates(_) => {
+                    "only that operator, an admin, or a supervisor of their firm changes their state"
+                }
                 _ => "this token's role may not do this",
             },
         )))

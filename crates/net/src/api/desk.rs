@@ -225,7 +225,9 @@ pub(super) async fn set_state(
     body: &Bytes,
 ) -> Response {
     use centralino_b2bua::AgentStateError;
-    let b: StateBody = match authorized_body(api, headers, body, Need::Desk(&name)) {
+    // The operator from their desk, or a supervisor of their firm from the
+    // wallboard (audited under the supervisor's token, as every answer).
+    let b: StateBody = match authorized_body(api, headers, body, Need::Operates(&name)) {
         Ok((_, b)) => b,
         Err(r) => return *r,
     };
