@@ -334,6 +334,17 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
         "document.getElementById('login-error').textContent.includes('supervisore')",
         "a callbacks token is not a supervisor's",
     );
+    // Nor is an admin's: its rights never sit in a wall screen's cookie.
+    assert_eq!(
+        node.http(
+            "POST",
+            "/api/v1/login",
+            None,
+            Some(&format!(r#"{{"token": "{ADMIN}"}}"#))
+        )
+        .0,
+        403
+    );
     b.tab_to("token");
     b.type_text(SUPERVISOR);
     b.key("Enter", false);
@@ -398,6 +409,25 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
         "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Disponibile')",
         "the operator available again",
     );
+    // Each of the supervisor's actions is in the audit log under their
+    // token's name (the store's group commit has it within a moment).
+    let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
+        .expect("the node's store");
+    let start = std::time::Instant::now();
+    loop {
+        let tail = store.audit_tail(100).expect("audit");
+        let forced = tail
+            .iter()
+            .filter(|e| {
+                e.actor == "sala-roma" && e.status == 200 && e.action.contains("agent_state")
+            })
+            .count();
+        if forced == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{tail:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Another firm's supervisor cannot.
     assert_eq!(
         node.http(

@@ -1032,6 +1032,11 @@ impl Config {
             if raw.api.tokens[..i].iter().any(|o| o.token == t.token) {
                 p.add(format!("{path}.token"), "used twice");
             }
+            // The audit log and wallboard sessions name a token by its
+            // name: one name, one token.
+            if raw.api.tokens[..i].iter().any(|o| o.name == t.name) {
+                p.add(format!("{path}.name"), "used twice");
+            }
             let role = match t.role.as_str() {
                 "admin" => Role::Admin,
                 "callbacks" => Role::Callbacks,

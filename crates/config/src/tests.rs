@@ -480,6 +480,14 @@ fn whispers_and_queue_prompts_are_checked() {
 }
 
 #[test]
+fn a_token_name_is_used_once() {
+    // The audit log and wallboard sessions name a token by its name.
+    let toml = "[[api.tokens]]\nname = \"sala\"\ntoken = \"token-0123456789abcdef\"\nrole = \"supervisor\"\n\
+                [[api.tokens]]\nname = \"sala\"\ntoken = \"other-0123456789abcdef\"\nrole = \"admin\"\n";
+    refused(toml, "api.tokens[1].name: used twice");
+}
+
+#[test]
 fn agent_tokens_name_a_known_operator() {
     let base = "[[tenants]]\nname = \"d\"\n[[agents]]\nusername = \"1001\"\npassword = \"demo1001\"\ntenant = \"d\"\n";
     let token = |role: &str, agent: &str| {

@@ -203,7 +203,11 @@ pub(super) fn authorize_token<'a>(
                 "session expired or not valid: log in again",
             )));
         };
-        let Some(t) = live.tokens.iter().find(|t| t.name == name) else {
+        let Some(t) = live
+            .tokens
+            .iter()
+            .find(|t| t.name == name && t.role == Role::Supervisor)
+        else {
             return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "session expired or not valid: log in again",

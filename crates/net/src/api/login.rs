@@ -149,17 +149,19 @@ pub(super) async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Respon
 pub(super) async fn logout(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Some(token) = bearer(&headers).filter(|t| Sessions::is_session(t)) {
         let live = api.live();
-        if let Some(agent) = api
+        if let Some(who) = api
             .sessions
             .log_out(token, unix_now(), |k, w| live.session_secret_for(k, w))
         {
-            info!(agent = %agent, "desk logout");
-            api.audit_as(
-                &format!("desk:{agent}"),
-                "logout",
-                "",
-                StatusCode::NO_CONTENT,
-            );
+            // A wallboard's session is its token's; a desk's, its operator's.
+            let actor = if token.starts_with("cs2.") {
+                info!(token = %who, "wallboard logout");
+                who
+            } else {
+                info!(agent = %who, "desk logout");
+                format!("desk:{who}")
+            };
+            api.audit_as(&actor, "logout", "", StatusCode::NO_CONTENT);
         }
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
@@ -179,8 +181,9 @@ struct TokenLoginBody {
     cookie_only: bool,
 }
 
-/// `POST /api/v1/login` `{"token", "cookie_only"?}`: a supervisor's (or
-/// admin's) API token opens a wallboard session, `cs2.NAME.EXPIRES.MAC`,
+/// `POST /api/v1/login` `{"token", "cookie_only"?}`: a supervisor's API
+/// token opens a wallboard session (never an admin's: its rights do not
+/// belong in a wall screen's cookie), `cs2.NAME.EXPIRES.MAC`,
 /// bound to that token's value, as the same `HttpOnly` cookie; the token
 /// itself never has to stay in a page. Other roles get `403`; a wrong
 /// token `401` and counts against the address like a wrong password.
@@ -221,14 +224,14 @@ fn token_login(api: &Api, peer: SocketAddr, body: &Bytes) -> Response {
         }
     }
     let Some(t) = found else {
-        throttle.failure(now, ip, GUESS);
+        // Counted (the route's metric), never audited: an anonymous flood
+        // must not grow the append-only log.
+        let bans = throttle.failure(now, ip, GUESS);
         drop(throttle);
-        api.audit_as(
-            "wallboard",
-            "login",
-            &ip.to_string(),
-            StatusCode::UNAUTHORIZED,
-        );
+        for (scope, time) in bans {
+            warn!(%ip, scope = scope.label(), seconds = time.as_secs(), "wallboard token guessing: address banned");
+        }
+        warn!(%ip, "wallboard login refused: unknown token");
         return error(StatusCode::UNAUTHORIZED, "unknown token");
     };
     throttle.success(ip, GUESS);
@@ -237,7 +240,7 @@ fn token_login(api: &Api, peer: SocketAddr, body: &Bytes) -> Response {
         api.audit_as(&t.name, "login", &ip.to_string(), StatusCode::FORBIDDEN);
         return error(
             StatusCode::FORBIDDEN,
-            "only supervisor and admin tokens open a wallboard session",
+            "only supervisor tokens open a wallboard session",
         );
     };
     let (token, expires) =

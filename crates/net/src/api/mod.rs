@@ -197,16 +197,14 @@ impl Live {
     /// configured now (`None`: no such operator).
     /// What a session of `kind` for `who` is bound to: an operator's SIP
     /// secret, or a wallboard token's value (its SHA-256: a changed token
-    /// ends its sessions). Only supervisor and admin tokens open one.
+    /// ends its sessions). Only supervisor tokens open one: an admin's
+    /// rights never sit in a wall screen's cookie.
     fn session_secret_for(&self, kind: &str, who: &str) -> Option<Vec<u8>> {
         if kind == crate::session::TOKEN {
-            let t = self.tokens.iter().find(|t| {
-                t.name == who
-                    && matches!(
-                        t.role,
-                        centralino_config::Role::Supervisor | centralino_config::Role::Admin
-                    )
-            })?;
+            let t = self
+                .tokens
+                .iter()
+                .find(|t| t.name == who && t.role == centralino_config::Role::Supervisor)?;
             let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.token.as_bytes());
             Some(d.as_ref().to_vec())
         } else {
@@ -698,6 +696,15 @@ impl Api {
 
     /// The name of the token presented (compared in constant time).
     fn token_name(&self, token: &str) -> Option<String> {
+        if token.starts_with("cs2.") {
+            // A wallboard session: audited under its token's name.
+            let live = self.live();
+            return self
+                .sessions
+                .verify_as(crate::session::TOKEN, token, unix_now(), |n| {
+                    live.session_secret_for(crate::session::TOKEN, n)
+                });
+        }
         if Sessions::is_session(token) {
             let live = self.live();
             return self
