@@ -242,14 +242,18 @@ impl Browser {
             .cloned()
     }
 
-    /// A PNG of the page as it is now, written to `path`.
-    pub(crate) fn screenshot(&mut self, path: &std::path::Path) {
+    /// A PNG of the page as it is now, `name` in the test's scratch
+    /// directory, and in `CENTRALINO_SCREENSHOTS` when set (for a note).
+    pub(crate) fn screenshot(&mut self, scratch: &Scratch, name: &str) {
         use base64::Engine;
         let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().expect("screenshot data"))
             .expect("base64");
-        std::fs::write(path, png).expect("write screenshot");
+        std::fs::write(scratch.path(name), &png).expect("write screenshot");
+        if let Ok(dir) = std::env::var("CENTRALINO_SCREENSHOTS") {
+            let _ = std::fs::write(std::path::Path::new(&dir).join(name), &png);
+        }
     }
 }
 

@@ -228,11 +228,7 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
     let call = b.eval("desk.work.call").as_str().unwrap().to_owned();
     let found = b.accessibility_violations();
     assert!(found.is_empty(), "desk with a call: {found:?}");
-    let shot = scratch.path("desktop-call.png");
-    b.screenshot(&shot);
-    if let Ok(dir) = std::env::var("CENTRALINO_SCREENSHOTS") {
-        let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("desktop-call.png"));
-    }
+    b.screenshot(&scratch, "desktop-call.png");
     caller.expect_success(Duration::from_secs(30));
     b.wait_for(
         "document.getElementById('call-state').textContent.startsWith('Chiamata terminata')",
@@ -379,11 +375,7 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
     );
     let found = b.accessibility_violations();
     assert!(found.is_empty(), "wallboard: {found:?}");
-    let shot = scratch.path("wallboard.png");
-    b.screenshot(&shot);
-    if let Ok(dir) = std::env::var("CENTRALINO_SCREENSHOTS") {
-        let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("wallboard.png"));
-    }
+    b.screenshot(&scratch, "wallboard.png");
     // The operator logs in on their phone; the supervisor puts them on a
     // break and back, by keyboard, audited under the supervisor's token.
     caller.expect_success(Duration::from_secs(30));
