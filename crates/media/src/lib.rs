@@ -17,3 +17,4 @@ pub mod relay;
 pub mod rtp;
 pub mod sdp;
 pub mod stream;
+pub mod webrtc;
