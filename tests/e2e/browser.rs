@@ -45,6 +45,10 @@ impl Browser {
                 "--window-size=1366,768",
                 "--use-fake-device-for-media-stream",
                 "--use-fake-ui-for-media-stream",
+                // The node's ICE-lite candidate is on 127.0.0.1 in tests;
+                // WebRTC leaves loopback out unless told.
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")

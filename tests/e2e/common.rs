@@ -1059,3 +1059,36 @@ pub(crate) fn trunk_to(
     all.extend_from_slice(args);
     Sipp::spawn(scratch, label, &all)
 }
+
+/// A carrier call to DID 100 (SIPp `scenario`) whose caller's RTP
+/// endpoint is `caller`; `pause_ms` is the scenario's -d.
+pub(crate) fn trunk_call(
+    scratch: &Scratch,
+    node: &Node,
+    label: &str,
+    scenario_name: &str,
+    caller: &UdpSocket,
+    pause_ms: &str,
+) -> Sipp {
+    let port = caller.local_addr().expect("addr").port().to_string();
+    Sipp::spawn(
+        scratch,
+        label,
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario(scenario_name),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            pause_ms,
+            "-key",
+            "caller_rtp",
+            &port,
+            "-timeout",
+            "60s",
+        ],
+    )
+}

@@ -36,3 +36,4 @@ mod sip_skills;
 mod sip_tls;
 mod store_outage;
 mod trunk_digest;
+mod webrtc;

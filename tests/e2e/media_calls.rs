@@ -9,7 +9,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario, wav};
+use crate::common::{
+    Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario, trunk_call, wav,
+};
 use centralino_media::g711::Law;
 use centralino_media::prompt::{Prompt, wav_to_8k};
 use centralino_media::rtp::{self, Header};
@@ -135,39 +137,6 @@ fn operator_phone_sdp(
     register(scratch, node, &[user], phone.port, |u| format!("demo{u}"));
     node.wait_metric(series, Duration::from_secs(5), |v| v == available);
     phone
-}
-
-/// A carrier call to DID 100 (SIPp `scenario`) whose caller's RTP
-/// endpoint is `caller`; `pause_ms` is the scenario's -d.
-fn trunk_call(
-    scratch: &Scratch,
-    node: &Node,
-    label: &str,
-    scenario_name: &str,
-    caller: &UdpSocket,
-    pause_ms: &str,
-) -> Sipp {
-    let port = caller.local_addr().expect("addr").port().to_string();
-    Sipp::spawn(
-        scratch,
-        label,
-        &[
-            &node.sip_addr(),
-            "-sf",
-            &scenario(scenario_name),
-            "-s",
-            "100",
-            "-m",
-            "1",
-            "-d",
-            pause_ms,
-            "-key",
-            "caller_rtp",
-            &port,
-            "-timeout",
-            "60s",
-        ],
-    )
 }
 
 /// One A-law frame of `byte` from the caller's socket (then the next

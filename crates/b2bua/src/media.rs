@@ -25,10 +25,12 @@ pub struct Peer {
     pub signalling: Option<IpAddr>,
 }
 
-/// The far end of a leg's media, as the media plane is told of it: plain
-/// RTP today. A browser operator (WebRTC: ICE, DTLS-SRTP, through str0m)
-/// is the next variant; the engine and the plane match on this enum, so
-/// adding it shows every place that must learn it.
+/// The far end of a leg's media, as the media plane is told of it: RTP.
+/// A browser operator's leg is RTP here too: the driver's WebRTC gateway
+/// answers for the browser with the call's own operator port, and the
+/// media plane ends ICE, DTLS and SRTP on that port (the engine's call
+/// model stays one for phones and browsers). A far end the engine must
+/// treat differently would be a new variant; both sides match on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Remote {
     /// RTP/AVP to an address, as an SDP offer or answer named it.

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
-use str0m::config::DtlsCert;
+pub use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};

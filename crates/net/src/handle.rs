@@ -47,6 +47,8 @@ pub enum EngineInput {
         /// so the engine knows who speaks before it reads a word.
         trunks: Vec<String>,
     },
+    /// A browser desktop's phone (the WebRTC gateway).
+    Browser(crate::browser::BrowserIn),
     /// A connection closed.
     ConnClosed {
         /// Connection number.

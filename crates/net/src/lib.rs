@@ -16,6 +16,7 @@
 //! presses, silence, failures).
 
 mod api;
+mod browser;
 mod campaigns;
 mod cluster;
 mod error;
@@ -39,6 +40,7 @@ mod work;
 #[doc(hidden)]
 pub use api::fuzz_api_body;
 pub use api::{Api, ApiError, Desks, Loader, ReloadError, routes};
+pub use browser::{BrowserIn, BrowserOut};
 pub use centralino_store::service::RecordSink;
 pub use error::NetError;
 pub use handle::{EngineHandle, EngineInbox, EngineInput, EngineReloadError};

@@ -29,9 +29,11 @@ use std::time::{Duration, Instant};
 use crate::metrics::NetMetrics;
 use centralino_b2bua::media::{MediaCommand, MediaEvent, Peer, Remote};
 use centralino_config::{LatchMode, MediaConfig};
+use centralino_media::g711::Law;
 use centralino_media::leg::{Latch, Leg, Stats};
 use centralino_media::ports::Ports;
 use centralino_media::relay::{Action, CallMedia, Side};
+use centralino_media::webrtc::{BrowserLeg, DtlsCert, Polled, WebRtcError};
 use centralino_types::CallId;
 use prometheus::IntCounter;
 use rustix::buffer::spare_capacity;
@@ -101,6 +103,12 @@ enum Cmd {
         a: Peer,
         socks: [Pair; 2],
     },
+    /// A browser operator answered: the call's operator port speaks
+    /// WebRTC from now on.
+    Browser {
+        call: CallId,
+        leg: Box<BrowserLeg>,
+    },
     Other(MediaCommand),
 }
 
@@ -111,6 +119,9 @@ pub struct MediaPlane {
     pool: Ports,
     held: HashMap<CallId, Held>,
     metrics: NetMetrics,
+    /// The DTLS certificate of every browser leg (`None`: none could be
+    /// made; browsers are refused).
+    cert: Option<DtlsCert>,
 }
 
 impl MediaPlane {
@@ -156,11 +167,19 @@ impl MediaPlane {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE, seed)
             .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+        let cert = match centralino_media::webrtc::certificate() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "no DTLS certificate: browser operators cannot take calls");
+                None
+            }
+        };
         let plane = Self {
             workers,
             pool,
             held: HashMap::new(),
             metrics,
+            cert,
         };
         plane.gauges();
         Ok(plane)
@@ -231,6 +250,42 @@ impl MediaPlane {
         }
     }
 
+    /// A browser answers the call whose operator port is `port` with its
+    /// SDP `offer`: the leg is made here (the SDP answer is needed at once)
+    /// and handed to the call's thread, ahead of the engine's `Bridge`.
+    /// Returns the leg's law and the SDP answer.
+    pub fn browser_accept(
+        &mut self,
+        port: SocketAddr,
+        offer: &str,
+    ) -> Result<(Law, String), WebRtcError> {
+        let cert = self.cert.as_ref().ok_or(WebRtcError::Certificate)?;
+        let call = self
+            .held
+            .iter()
+            .find(|(_, h)| h.ports[1] == port.port())
+            .map(|(c, _)| *c)
+            .ok_or_else(|| WebRtcError::Refused("the call is over".into()))?;
+        let mut ssrc = [0u8; 4];
+        let _ = getrandom(&mut ssrc);
+        let (leg, answer) =
+            BrowserLeg::accept(Instant::now(), port, offer, cert, u32::from_ne_bytes(ssrc))?;
+        let law = leg.law();
+        let (tx, waker) = &self.workers[call.0 as usize % self.workers.len()];
+        if tx
+            .send(Cmd::Browser {
+                call,
+                leg: Box::new(leg),
+            })
+            .is_err()
+            || waker.wake().is_err()
+        {
+            return Err(WebRtcError::Refused("media thread gone".into()));
+        }
+        self.metrics.browser_legs.inc();
+        Ok((law, answer))
+    }
+
     /// Hands an engine command to the thread that owns the call (answers a
     /// `Reserve` here); an event for the engine when the command could not
     /// be carried out.
@@ -295,6 +350,9 @@ struct Session {
     flushed: [Stats; 2],
     flushed_unexpected: u64,
     idle_reported: bool,
+    /// A browser operator's WebRTC leg on the operator port, and that
+    /// port's address (what the relay knows the browser's side by).
+    browser: Option<(Box<BrowserLeg>, SocketAddr)>,
 }
 
 /// Names a recording: wall-clock milliseconds and the call number.
@@ -314,6 +372,8 @@ struct Local {
     sent_bytes: [u64; 2],
     send_errors: u64,
     rtcp: u64,
+    /// Datagrams on a browser's port that were not its session's.
+    browser_foreign: u64,
 }
 
 impl Local {
@@ -489,6 +549,18 @@ impl Worker {
     fn command(&mut self, now: Instant, cmd: Cmd) {
         match cmd {
             Cmd::Open { call, a, socks } => self.open(now, call, a, socks),
+            Cmd::Browser { call, leg } => {
+                let (local, events) = (&mut self.local, &self.events);
+                let Some(slot) = self.by_call.get(&call) else {
+                    return;
+                };
+                if let Some(s) = self.sessions[*slot].as_mut()
+                    && let Ok(addr) = s.socks[2].local_addr()
+                {
+                    s.browser = Some((leg, addr));
+                    drain_browser(local, events, s, now);
+                }
+            }
             // Answered by the plane, never sent to a thread.
             Cmd::Other(MediaCommand::Reserve { .. }) => {}
             Cmd::Other(MediaCommand::Play {
@@ -611,6 +683,7 @@ impl Worker {
             flushed: [Stats::default(); 2],
             flushed_unexpected: 0,
             idle_reported: false,
+            browser: None,
         });
         self.by_call.insert(call, slot);
         self.sessions_gauge.inc();
@@ -670,6 +743,16 @@ impl Worker {
         let Ok((n, from)) = s.socks[k].recv_from(inbuf) else {
             return;
         };
+        if k == 2
+            && let Some((b, local)) = s.browser.as_mut()
+        {
+            // The browser's ICE, DTLS and SRTP, all on the one port.
+            if !b.receive(now, from, *local, &inbuf[..n]) {
+                self.local.browser_foreign += 1;
+            }
+            drain_browser(&mut self.local, &self.events, s, now);
+            return;
+        }
         if k % 2 == 1 {
             // RTCP: read so the peer gets no ICMP; not relayed (each leg's
             // reports describe its own hop).
@@ -691,6 +774,13 @@ impl Worker {
             }
             Action::None => return,
         };
+        if side == Side::A
+            && let Some((b, _)) = s.browser.as_mut()
+        {
+            b.send_rtp(now, &outbuf[..len]);
+            drain_browser(&mut self.local, &self.events, s, now);
+            return;
+        }
         let out = &s.socks[if k < 2 { 2 } else { 0 }];
         let o = side.other().index();
         match out.send_to(&outbuf[..len], to) {
@@ -705,15 +795,29 @@ impl Worker {
     /// Sends the prompt and music frames that are due.
     fn playout(&mut self, now: Instant, outbuf: &mut [u8]) {
         for s in self.sessions.iter_mut().flatten() {
+            if let Some((b, _)) = s.browser.as_mut()
+                && b.poll_timeout() <= now
+            {
+                b.handle_timeout(now);
+                drain_browser(&mut self.local, &self.events, s, now);
+            }
             if s.media.poll_timeout().is_none_or(|t| t > now) {
                 continue;
             }
             while let Some((to, len)) = s.media.poll_packet(now, outbuf) {
                 self.local.sent_from(0, &s.socks[0], &outbuf[..len], to);
             }
-            // The operator's whisper, from the operator's socket.
+            // The operator's whisper, from the operator's socket (through
+            // the browser's leg for a browser).
             while let Some((to, len)) = s.media.poll_whisper(now, outbuf) {
-                self.local.sent_from(1, &s.socks[2], &outbuf[..len], to);
+                if let Some((b, _)) = s.browser.as_mut() {
+                    b.send_rtp(now, &outbuf[..len]);
+                } else {
+                    self.local.sent_from(1, &s.socks[2], &outbuf[..len], to);
+                }
+            }
+            if s.browser.is_some() {
+                drain_browser(&mut self.local, &self.events, s, now);
             }
         }
     }
@@ -752,6 +856,7 @@ impl Worker {
         }
         c.send_errors.inc_by(l.send_errors);
         c.rtcp.inc_by(l.rtcp);
+        c.foreign.inc_by(l.browser_foreign);
     }
 
     /// Adds a session's new receive stats to the counters.
@@ -773,6 +878,45 @@ impl Worker {
         c.unexpected.inc_by(u - s.flushed_unexpected);
         s.flushed_unexpected = u;
     }
+}
+
+/// Runs a browser leg's output: its datagrams out of the operator port,
+/// its audio through the relay to the caller.
+fn drain_browser(
+    local: &mut Local,
+    events: &UnboundedSender<MediaEvent>,
+    s: &mut Session,
+    now: Instant,
+) {
+    let Session {
+        call,
+        media,
+        socks,
+        browser: Some((b, addr)),
+        ..
+    } = s
+    else {
+        return;
+    };
+    let (call, addr) = (*call, *addr);
+    let mut audio = [0u8; 1500];
+    let mut outbuf = [0u8; 1500];
+    b.poll(&mut audio, |p, buf| match p {
+        Polled::Transmit { to, bytes } => local.sent_from(1, &socks[2], &bytes, to),
+        Polled::Audio { len } => {
+            if let Action::Send { to, len } =
+                media.receive(now, Side::B, addr, &buf[..len], &mut outbuf)
+            {
+                local.sent_from(0, &socks[0], &outbuf[..len], to);
+            }
+        }
+        Polled::Connected => info!(%call, "browser media connected"),
+        Polled::Disconnected => {
+            // Its silence is noticed by the liveness check, as a phone's.
+            info!(%call, "browser media disconnected");
+            let _ = events;
+        }
+    });
 }
 
 fn getrandom(buf: &mut [u8]) -> Result<(), ()> {

@@ -30,6 +30,9 @@ pub struct NetMetrics {
     pub rtp_ports: IntGaugeVec,
     /// `centralino_media_sessions`: calls with anchored media (driver).
     pub media_sessions: IntGauge,
+    /// `centralino_browser_legs_total`: calls answered in a browser
+    /// (WebRTC legs set up on an operator port).
+    pub browser_legs: IntCounter,
     /// `centralino_rtp_packets_total{side,direction}` (driver).
     pub rtp_packets: IntCounterVec,
     /// `centralino_rtp_bytes_total{side,direction}` (driver).
@@ -145,6 +148,13 @@ impl NetMetrics {
             media_sessions: reg!(
                 IntGauge::new("centralino_media_sessions", "Calls with anchored media")
                     .expect("valid metric")
+            ),
+            browser_legs: reg!(
+                IntCounter::new(
+                    "centralino_browser_legs_total",
+                    "Calls answered in a browser over WebRTC"
+                )
+                .expect("valid metric")
             ),
             rtp_packets: reg!(cv(
                 "centralino_rtp_packets_total",

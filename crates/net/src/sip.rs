@@ -591,6 +591,7 @@ async fn run_engine(
     config_tx: tokio::sync::watch::Sender<Arc<Config>>,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut browsers = crate::browser::Browsers::default();
     let mut media_events: Vec<MediaEvent> = Vec::new();
     // Call records leave in batches: one store transaction (one fsync)
     // per RECORD_BATCH events or RECORD_FLUSH of time, never per event.
@@ -630,11 +631,15 @@ async fn run_engine(
                 let Some(input) = input else { return };
                 let now = Instant::now().into_std();
                 engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
-                handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics);
+                let mut one = |input| match input {
+                    EngineInput::Browser(b) => browsers.input(&mut engine, &mut plane, now, b),
+                    input => handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics),
+                };
+                one(input);
                 // Batch what is already queued: one wake-up, many messages.
                 for _ in 0..256 {
                     match rx.try_recv() {
-                        Ok(input) => handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics),
+                        Ok(input) => one(input),
                         Err(_) => break,
                     }
                 }
@@ -826,6 +831,9 @@ async fn run_engine(
                     }),
                 },
                 Output::Transmit { flow, bytes } => match flow.transport {
+                    Transport::Browser => {
+                        browsers.transmit(&mut engine, Instant::now().into_std(), flow, &bytes);
+                    }
                     Transport::Udp => {
                         if let Some(sock) = udp.get(&flow.local)
                             && let Err(e) = sock.try_send_to(&bytes, flow.remote)
@@ -1039,6 +1047,8 @@ fn handle(
             engine.connection_closed(conn);
         }
         EngineInput::ConnFailed { remote } => engine.connection_failed(now, remote),
+        // Taken by the engine task before `handle` (it needs the plane).
+        EngineInput::Browser(_) => {}
         EngineInput::Callbacks(due) => {
             for cb in due {
                 engine.start_callback(now, cb);

@@ -126,6 +126,7 @@ pub fn contact(flow: Flow) -> String {
         // RFC 3261 §26.2.2: `sip:` with transport=tls (not `sips:`,
         // which promises TLS on every hop beyond the carrier too).
         Transport::Tls => format!("<sip:centralino@{};transport=tls>", flow.local),
+        Transport::Browser => format!("<sip:centralino@{};transport=ws>", flow.local),
     }
 }
 

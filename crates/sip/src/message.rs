@@ -12,12 +12,17 @@ pub enum Transport {
     /// TCP under TLS (RFC 3261 §26.2): reliable like TCP; the driver owns
     /// the handshake, the engine only sees the connection it came on.
     Tls,
+    /// A browser operator's desktop: the node's own WebRTC gateway
+    /// answers for it over the desk's WebSocket session, so the message
+    /// never leaves the process. Reliable; `WS` in Via, as SIP over
+    /// WebSocket (RFC 7118) would carry it.
+    Browser,
 }
 
 impl Transport {
     /// Whether the transport is reliable (RFC 3261 §17: no retransmissions).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Self::Tcp | Self::Tls)
+        matches!(self, Self::Tcp | Self::Tls | Self::Browser)
     }
 
     /// The Via transport token.
@@ -26,6 +31,7 @@ impl Transport {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
             Self::Tls => "TLS",
+            Self::Browser => "WS",
         }
     }
 }

@@ -476,36 +476,11 @@ impl Registrar {
                 }
                 changes.push((na.uri, expires.min(self.cfg.max_expires)));
             }
-            let list = self.bindings.entry(user.clone()).or_default();
             for (contact, expires) in changes {
-                list.retain(|b| b.contact != contact);
-                if !expires.is_zero() {
-                    if list.len() >= self.cfg.max_contacts {
-                        list.pop();
-                    }
-                    list.insert(
-                        0,
-                        Binding {
-                            contact: contact.to_owned(),
-                            flow,
-                            expires_at: now + expires,
-                            registered_at: now,
-                            path: path.clone(),
-                        },
-                    );
-                }
-            }
-            if list.is_empty() {
-                self.bindings.remove(&user);
+                self.put(now, &user, contact, flow, expires, &path);
             }
         }
-        self.rearm(&user);
-        let is_registered = self.bindings.contains_key(&user);
-        match (was_registered, is_registered) {
-            (false, true) => self.events.push(RegEvent::Login(user.clone())),
-            (true, false) => self.events.push(RegEvent::Logout(user.clone())),
-            _ => {}
-        }
+        self.changed(&user, was_registered);
         let mut resp = req.response(200, "OK", Some("reg"));
         for b in self.bindings(&user) {
             let left = b.expires_at.saturating_duration_since(now).as_secs();
@@ -519,6 +494,71 @@ impl Registrar {
             }
         }
         (resp, RegOutcome::Ok)
+    }
+
+    /// Binds (`expires` non-zero) or unbinds `contact` for `user` without
+    /// a digest: a browser desktop whose session the node authenticated
+    /// itself (the operator's SIP credentials at the desk's log-in). The
+    /// same events as a REGISTER. `false`: no such operator.
+    pub fn bind_trusted(
+        &mut self,
+        now: Instant,
+        user: &str,
+        contact: &str,
+        flow: Flow,
+        expires: Duration,
+    ) -> bool {
+        if !self.users.contains_key(user) {
+            return false;
+        }
+        let was_registered = self.bindings.contains_key(user);
+        self.put(now, user, contact, flow, expires, &[]);
+        self.changed(user, was_registered);
+        true
+    }
+
+    /// Binds `contact` (newest first, the oldest dropped past
+    /// `max_contacts`), or unbinds it when `expires` is zero.
+    fn put(
+        &mut self,
+        now: Instant,
+        user: &str,
+        contact: &str,
+        flow: Flow,
+        expires: Duration,
+        path: &[String],
+    ) {
+        let list = self.bindings.entry(user.to_owned()).or_default();
+        list.retain(|b| b.contact != contact);
+        if !expires.is_zero() {
+            if list.len() >= self.cfg.max_contacts {
+                list.pop();
+            }
+            list.insert(
+                0,
+                Binding {
+                    contact: contact.to_owned(),
+                    flow,
+                    expires_at: now + expires,
+                    registered_at: now,
+                    path: path.to_vec(),
+                },
+            );
+        }
+        if list.is_empty() {
+            self.bindings.remove(user);
+        }
+    }
+
+    /// After `user`'s bindings changed: their expiry re-armed, and
+    /// `Login`/`Logout` when they became (un)reachable.
+    fn changed(&mut self, user: &str, was_registered: bool) {
+        self.rearm(user);
+        match (was_registered, self.bindings.contains_key(user)) {
+            (false, true) => self.events.push(RegEvent::Login(user.to_owned())),
+            (true, false) => self.events.push(RegEvent::Logout(user.to_owned())),
+            _ => {}
+        }
     }
 
     /// A 401 with a fresh challenge per algorithm [`Self::offer`] picks,

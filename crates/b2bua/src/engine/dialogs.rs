@@ -153,12 +153,17 @@ impl Engine {
             .filter(|a| a.port != 0)
             .and_then(|a| Some((a.choose(&self.codecs)?, a)))
             .filter(|(_, a)| {
-                self.refused_media(
-                    SocketAddr::new(a.addr, a.port),
-                    flow.remote.ip(),
-                    flow.local.ip(),
-                )
-                .is_none()
+                // A browser's answer is the node's own gateway naming the
+                // call's operator port, where it terminates the WebRTC
+                // leg (the browser's own SDP never reaches the engine).
+                flow.transport == Transport::Browser
+                    || self
+                        .refused_media(
+                            SocketAddr::new(a.addr, a.port),
+                            flow.remote.ip(),
+                            flow.local.ip(),
+                        )
+                        .is_none()
             })
     }
 

@@ -236,8 +236,12 @@ impl Engine {
         let usable_answer = (200..300).contains(&code)
             && fork_flow.is_some_and(|f| {
                 b_answer(&msg, &self.codecs, f.remote.ip()).is_some_and(|(p, _)| {
-                    self.refused_media(p.addr, f.remote.ip(), f.local.ip())
-                        .is_none()
+                    // A browser's answer names the call's own operator
+                    // port: the node's gateway ends its WebRTC leg there.
+                    f.transport == Transport::Browser
+                        || self
+                            .refused_media(p.addr, f.remote.ip(), f.local.ip())
+                            .is_none()
                 })
             });
         let Some(call) = self.calls.get_mut(&call_id) else {

@@ -4,6 +4,11 @@
 
 use super::*;
 
+/// How long a browser's binding lasts without its desk session saying
+/// more: the desk unbinds it when its connection ends; this only bounds a
+/// binding whose goodbye was lost.
+const BROWSER_BINDING: Duration = Duration::from_secs(12 * 3600);
+
 impl Engine {
     /// A stream connection opened; `trunks` names the trunks whose TLS
     /// client certificate it presented (empty: none, or not TLS).
@@ -236,6 +241,45 @@ impl Engine {
                 .inc();
         }
         resp
+    }
+
+    /// A browser desktop of operator `name` becomes (`on`) or stops being
+    /// one of their phones: the node's WebRTC gateway answers for it on the
+    /// flow returned (session `session`, one per desk connection). The
+    /// desk's session proved who the operator is; no digest. `None`: no
+    /// such operator. The flow's remote address is in the discard-only
+    /// block (RFC 6666), one per session: never a trunk's, never counted
+    /// with another desk's transactions.
+    pub fn browser_phone(
+        &mut self,
+        now: Instant,
+        name: &str,
+        session: u64,
+        on: bool,
+    ) -> Option<Flow> {
+        let local = self.outbound_local?;
+        let flow = Flow {
+            transport: Transport::Browser,
+            remote: SocketAddr::new(
+                IpAddr::V6(std::net::Ipv6Addr::from(
+                    (0x0100u128 << 112) | u128::from(session),
+                )),
+                0,
+            ),
+            local,
+            conn: session,
+        };
+        let contact = format!("sip:{name}@browser-{session}.invalid;transport=ws");
+        let expires = if on { BROWSER_BINDING } else { Duration::ZERO };
+        if !self
+            .registrar
+            .bind_trusted(now, name, &contact, flow, expires)
+        {
+            return None;
+        }
+        info!(agent = %name, on, "browser phone");
+        self.pump(now);
+        Some(flow)
     }
 
     /// An operator pauses (`paused`, with an optional reason) or resumes,

@@ -30,6 +30,10 @@ const T = {
     s_reserved: "Riservato per una chiamata", s_ringing: "Squilla", s_on_call: "In chiamata",
     s_wrap_up: "Post-chiamata", s_paused: "In pausa",
     m_manual: "manuale", m_no_answer: "chiamate non risposte", m_media_lost: "audio perso",
+    "phone-on": "Rispondi dal browser (cuffie)", "phone-ready": "pronto",
+    "phone-off": "spento", "phone-refused": "non disponibile", pickup: "Rispondi",
+    decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia",
+    ringing_here: "Squilla qui: rispondi con il pulsante", "no-mic": "Microfono non disponibile",
   },
   en: {
     title: "Operator desktop", skip: "Skip to content", logout: "Log out",
@@ -56,6 +60,10 @@ const T = {
     s_reserved: "Reserved for a call", s_ringing: "Ringing", s_on_call: "On a call",
     s_wrap_up: "Wrap-up", s_paused: "On a break",
     m_manual: "manual", m_no_answer: "missed calls", m_media_lost: "audio lost",
+    "phone-on": "Answer in the browser (headset)", "phone-ready": "ready",
+    "phone-off": "off", "phone-refused": "not available", pickup: "Answer",
+    decline: "Decline", mute: "Microphone", hangup: "Hang up",
+    ringing_here: "Ringing here: answer with the button", "no-mic": "No microphone",
   },
 };
 
@@ -142,6 +150,7 @@ async function login(ev) {
 }
 
 async function logout() {
+  endPhone();
   await api("DELETE", "/api/v1/login");
   showLogin();
 }
@@ -152,7 +161,12 @@ function connect() {
   const ws = new WebSocket(scheme + location.host + "/api/v1/agents/" + encodeURIComponent(desk.agent) + "/events");
   desk.socket = ws;
   setLink("connecting");
-  ws.onopen = () => { desk.retry = 0; setLink("connected"); };
+  ws.onopen = () => {
+    desk.retry = 0;
+    setLink("connected");
+    // A reconnected desk is a phone again if it was one.
+    if (phone.on) sendWs({ type: "phone", on: true });
+  };
   ws.onmessage = (m) => {
     let e;
     try { e = JSON.parse(m.data); } catch (_) { return; }
@@ -162,6 +176,8 @@ function connect() {
       renderCall(null);
     } else if (e.event === "offered" || e.event === "connected") {
       renderCall(e);
+    } else if (["phone", "ring", "sdp", "hangup", "phone_error"].includes(e.event)) {
+      phoneEvent(e);
     }
   };
   ws.onclose = async () => {
@@ -343,6 +359,88 @@ async function dispose(ev) {
   $("disposition-status").textContent = (r.status >= 200 && r.status < 300) ? t("disposition-saved") : problem(r);
 }
 
+// The browser as a phone: WebRTC audio to the node (which answers as an
+// ICE-lite peer on the call's own media port), signalled over the desk's
+// WebSocket. `call`: the call ringing or talked here.
+const phone = { on: false, call: null, pc: null, stream: null, muted: false };
+window.centralinoPhone = phone;
+
+function sendWs(obj) {
+  if (desk.socket && desk.socket.readyState === WebSocket.OPEN) desk.socket.send(JSON.stringify(obj));
+}
+
+function phoneToggle() {
+  phone.on = $("phone-on").checked;
+  sessionStorage.setItem("centralino.phone", phone.on ? "1" : "");
+  sendWs({ type: "phone", on: phone.on });
+  if (!phone.on) $("phone-state").textContent = t("phone-off");
+}
+
+function phoneEvent(e) {
+  if (e.event === "phone") {
+    $("phone-state").textContent = t(e.on ? "phone-ready" : "phone-refused");
+  } else if (e.event === "ring") {
+    phone.call = e.call;
+    $("ring").hidden = false;
+    $("call-state").textContent = t("ringing_here");
+    $("pickup").focus();
+  } else if (e.event === "sdp" && phone.pc && e.call === phone.call) {
+    phone.pc.setRemoteDescription({ type: "answer", sdp: e.sdp }).catch(() => {
+      $("call-error").textContent = t("failed");
+    });
+  } else if (e.event === "hangup" && e.call === phone.call) {
+    endPhone();
+  } else if (e.event === "phone_error") {
+    $("call-error").textContent = e.message || t("failed");
+  }
+}
+
+async function pickup() {
+  const call = phone.call;
+  $("ring").hidden = true;
+  $("call-error").textContent = "";
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (_) {
+    $("call-error").textContent = t("no-mic");
+    sendWs({ type: "hangup", call });
+    return;
+  }
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  phone.pc = pc;
+  phone.stream = stream;
+  for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  pc.ontrack = (ev) => { $("remote-audio").srcObject = ev.streams[0] || new MediaStream([ev.track]); };
+  // No candidates to wait for: the node is ICE-lite and learns the
+  // browser's address from its connectivity checks.
+  await pc.setLocalDescription(await pc.createOffer());
+  sendWs({ type: "answer", call, sdp: pc.localDescription.sdp });
+  $("talk").hidden = false;
+  $("hangup").focus();
+}
+
+function endPhone() {
+  if (phone.pc) phone.pc.close();
+  if (phone.stream) for (const track of phone.stream.getTracks()) track.stop();
+  Object.assign(phone, { call: null, pc: null, stream: null, muted: false });
+  $("remote-audio").srcObject = null;
+  $("ring").hidden = true;
+  $("talk").hidden = true;
+  $("mute").setAttribute("aria-pressed", "false");
+}
+
+function hangup() {
+  if (phone.call) sendWs({ type: "hangup", call: phone.call });
+  endPhone();
+}
+
+function mute() {
+  phone.muted = !phone.muted;
+  if (phone.stream) for (const track of phone.stream.getAudioTracks()) track.enabled = !phone.muted;
+  $("mute").setAttribute("aria-pressed", String(phone.muted));
+}
+
 async function boot() {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
@@ -351,6 +449,13 @@ async function boot() {
   $("accept").addEventListener("click", () => preview("accept"));
   $("skip").addEventListener("click", () => preview("skip"));
   $("script-form").addEventListener("submit", answer);
+  $("phone-on").addEventListener("change", phoneToggle);
+  $("pickup").addEventListener("click", pickup);
+  $("decline").addEventListener("click", hangup);
+  $("hangup").addEventListener("click", hangup);
+  $("mute").addEventListener("click", mute);
+  phone.on = sessionStorage.getItem("centralino.phone") === "1";
+  $("phone-on").checked = phone.on;
   $("disposition-form").addEventListener("submit", dispose);
   $("lang").addEventListener("click", () => {
     lang = lang === "it" ? "en" : "it";

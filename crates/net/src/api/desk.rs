@@ -53,8 +53,10 @@ pub(super) const DESK_STATE_POLL: std::time::Duration = std::time::Duration::fro
 /// Keep-alive towards desktops (and the proxies between).
 pub(super) const DESK_PING: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Desktops only send control frames; anything larger is refused.
-pub(super) const DESK_MAX_MESSAGE: usize = 4096;
+/// Desktops send control frames and a browser phone's SDP offer (at most
+/// 16 KiB, `centralino_media::webrtc::MAX_OFFER`); anything larger is
+/// refused.
+pub(super) const DESK_MAX_MESSAGE: usize = 32 * 1024;
 
 /// `GET /api/v1/agents/{name}/events`: a WebSocket that pushes the
 /// operator's desk: the current state at once, then every change
@@ -87,11 +89,15 @@ pub(super) async fn agent_events(
                     t.tenant.clone(),
                 );
                 let (api2, actor) = (api.clone(), t.name.clone());
+                // Only the operator's own session may make this browser
+                // one of their phones (an admin reading a desk must never
+                // take its calls).
+                let phone = t.role == centralino_config::Role::Agent;
                 ws.max_message_size(DESK_MAX_MESSAGE)
                     .max_frame_size(DESK_MAX_MESSAGE)
                     .on_upgrade(move |socket| async move {
                         gauge.inc();
-                        desk_socket(socket, rx, api2, name, actor, recheck).await;
+                        desk_socket(socket, rx, api2, name, actor, recheck, phone).await;
                         gauge.dec();
                     })
             }
@@ -106,8 +112,15 @@ pub(super) async fn desk_socket(
     agent: String,
     actor: String,
     mut recheck: Recheck,
+    may_phone: bool,
 ) {
     let desks = api.desks.clone();
+    let (btx, mut brx) = tokio::sync::mpsc::unbounded_channel();
+    let mut phone = PhoneGuard {
+        session: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        engine: api.engine.tx.clone(),
+        open: false,
+    };
     // Each call whose data this desktop receives is in the audit log once.
     let mut audited: Option<String> = None;
     let mut audit = |d: Option<&AgentCall>| {
@@ -174,16 +187,122 @@ pub(super) async fn desk_socket(
                 }
             }
             msg = socket.recv() => match msg {
-                // Pings are answered by the WebSocket layer; text from a
-                // desktop means nothing here.
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                // The browser phone's requests; pings are answered by the
+                // WebSocket layer.
+                Some(Ok(Message::Text(text))) => {
+                    if let Err(message) = phone.request(&agent, may_phone, &btx, &text).await {
+                        pending.push(json!({ "event": "phone_error", "message": message }));
+                    }
+                }
                 Some(Ok(_)) => {}
             },
+            Some(out) = brx.recv() => pending.push(browser_event(out)),
             _ = ping.tick() => {
                 if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Desk connections, numbered for the WebRTC gateway.
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A desk's browser phone: its requests to the gateway, and its binding
+/// removed when the desk's connection ends, however it ends.
+struct PhoneGuard {
+    session: u64,
+    engine: tokio::sync::mpsc::Sender<crate::handle::EngineInput>,
+    open: bool,
+}
+
+/// A desk's request for its browser phone.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum PhoneRequest {
+    /// Take calls in this browser (`on`) or stop.
+    Phone { on: bool },
+    /// Answer a ringing call with the browser's SDP offer.
+    Answer { call: String, sdp: String },
+    /// Refuse a ringing call or hang up.
+    Hangup { call: String },
+}
+
+impl PhoneGuard {
+    async fn request(
+        &mut self,
+        agent: &str,
+        may_phone: bool,
+        tx: &tokio::sync::mpsc::UnboundedSender<crate::browser::BrowserOut>,
+        text: &str,
+    ) -> Result<(), String> {
+        use crate::browser::BrowserIn;
+        let req: PhoneRequest = serde_json::from_str(text).map_err(|e| {
+            format!("expected {{\"type\": \"phone\"|\"answer\"|\"hangup\", ...}}: {e}")
+        })?;
+        let session = self.session;
+        let input =
+            match req {
+                PhoneRequest::Phone { .. } if !may_phone => {
+                    return Err("only the operator's own session takes calls in a browser".into());
+                }
+                PhoneRequest::Phone { on: true } if self.open => return Ok(()),
+                PhoneRequest::Phone { on: true } => {
+                    self.open = true;
+                    BrowserIn::Open {
+                        agent: agent.to_owned(),
+                        session,
+                        tx: tx.clone(),
+                    }
+                }
+                PhoneRequest::Phone { on: false } => {
+                    self.open = false;
+                    BrowserIn::Close { session }
+                }
+                _ if !self.open => return Err(
+                    "this browser is not a phone: send {\"type\": \"phone\", \"on\": true} first"
+                        .into(),
+                ),
+                PhoneRequest::Answer { call, sdp } => BrowserIn::Answer { session, call, sdp },
+                PhoneRequest::Hangup { call } => BrowserIn::Hangup { session, call },
+            };
+        self.engine
+            .send(crate::handle::EngineInput::Browser(input))
+            .await
+            .map_err(|_| "the node is stopping".to_owned())
+    }
+}
+
+impl Drop for PhoneGuard {
+    fn drop(&mut self) {
+        if self.open {
+            let (engine, session) = (self.engine.clone(), self.session);
+            tokio::spawn(async move {
+                let close = crate::browser::BrowserIn::Close { session };
+                let _ = engine
+                    .send(crate::handle::EngineInput::Browser(close))
+                    .await;
+            });
+        }
+    }
+}
+
+/// What the gateway tells a desk, as its JSON event.
+fn browser_event(out: crate::browser::BrowserOut) -> Value {
+    use crate::browser::BrowserOut;
+    match out {
+        BrowserOut::Phone { on } => json!({ "event": "phone", "on": on }),
+        BrowserOut::Ring { call, record } => {
+            json!({ "event": "ring", "call": call, "record": record })
+        }
+        BrowserOut::Answer { call, sdp } => json!({ "event": "sdp", "call": call, "sdp": sdp }),
+        BrowserOut::Ended { call, reason } => {
+            json!({ "event": "hangup", "call": call, "reason": reason })
+        }
+        BrowserOut::Error { call, message } => {
+            json!({ "event": "phone_error", "call": call, "message": message })
         }
     }
 }

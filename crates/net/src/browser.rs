@@ -1,0 +1,472 @@
+//! The WebRTC gateway for browser operators, in the engine's task: a
+//! browser desktop is one more phone of its operator. To the engine it is
+//! a registered binding on a [`Transport::Browser`] flow, offered calls
+//! like any phone (ring-all with a desk phone, ring timeout, CANCEL,
+//! requeue); this module answers for it in SIP and speaks to the browser
+//! over its desk WebSocket in JSON. Its media ends on the call's operator
+//! port, in the media threads (`MediaPlane::browser_accept`), so the
+//! engine's whole call model (relay, whisper, recording, liveness, a
+//! silent browser requeued as a silent phone is) holds unchanged.
+//!
+//! No SIP message of a browser leaves the process: the engine's requests
+//! come here as its outputs on the browser's flow, and what the browser
+//! does goes back to the engine as messages on that flow.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use centralino_b2bua::Engine;
+use centralino_media::g711::Law;
+use centralino_media::sdp::{self, Direction, Local};
+use centralino_sip::guard::{Limits, parse_message};
+use centralino_sip::txn::Flow;
+use centralino_sip::{Message, Method, Transport, Via};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::media::MediaPlane;
+
+/// Most calls one browser rings with at once (one is talked, one can
+/// ring meanwhile; anything more is refused busy).
+const MAX_DIALOGS: usize = 4;
+
+/// What a desk's WebSocket asks of the gateway.
+#[derive(Debug)]
+pub enum BrowserIn {
+    /// The desk's browser takes calls (its operator's own session).
+    Open {
+        /// The operator.
+        agent: String,
+        /// The desk connection, unique in the process.
+        session: u64,
+        /// Where the gateway's events for this desk go.
+        tx: mpsc::UnboundedSender<BrowserOut>,
+    },
+    /// The desk closed or stopped taking calls.
+    Close {
+        /// The desk connection.
+        session: u64,
+    },
+    /// The operator answers a ringing call with the browser's SDP offer.
+    Answer {
+        /// The desk connection.
+        session: u64,
+        /// The call, as `ring` named it.
+        call: String,
+        /// The browser's offer.
+        sdp: String,
+    },
+    /// The operator refuses a ringing call or hangs up a talked one.
+    Hangup {
+        /// The desk connection.
+        session: u64,
+        /// The call.
+        call: String,
+    },
+}
+
+/// What the gateway tells a desk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrowserOut {
+    /// The browser is a phone of the operator now (or could not be).
+    Phone {
+        /// Registered.
+        on: bool,
+    },
+    /// A call rings in the browser.
+    Ring {
+        /// The call's id for this desk (the operator leg's Call-ID).
+        call: String,
+        /// The call record (its desk data comes with the `offered` event).
+        record: String,
+    },
+    /// The node's SDP answer: the browser sets it and audio flows.
+    Answer {
+        /// The call.
+        call: String,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// The call is over for this browser (`cancelled`, `hangup`, `busy`,
+    /// `refused`).
+    Ended {
+        /// The call.
+        call: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The browser's answer could not be used.
+    Error {
+        /// The call.
+        call: String,
+        /// Why, for the operator.
+        message: String,
+    },
+}
+
+/// One call offered to a browser.
+struct Dialog {
+    /// The engine's INVITE (responses are built from it).
+    invite: Message,
+    /// Our To tag.
+    tag: String,
+    /// The call's operator port, as the engine's offer names it.
+    port: SocketAddr,
+    /// The engine's formats, to answer with one of them.
+    formats: Vec<u8>,
+    /// Answered: the law of the browser's leg and our SDP's version.
+    answered: Option<(Law, u64)>,
+    /// Our next CSeq in this dialog.
+    cseq: u32,
+}
+
+struct Phone {
+    agent: String,
+    tx: mpsc::UnboundedSender<BrowserOut>,
+    flow: Flow,
+    dialogs: HashMap<String, Dialog>,
+}
+
+/// The browsers the node answers for.
+#[derive(Default)]
+pub(crate) struct Browsers {
+    phones: HashMap<u64, Phone>,
+    limits: Limits,
+    tokens: u64,
+}
+
+impl Browsers {
+    fn token(&mut self) -> String {
+        // Tags and branches must be unique, not secret: the messages never
+        // leave the process.
+        self.tokens += 1;
+        format!("wb{}x{}", self.tokens, std::process::id())
+    }
+
+    /// A desk's request.
+    pub(crate) fn input(
+        &mut self,
+        engine: &mut Engine,
+        plane: &mut MediaPlane,
+        now: Instant,
+        input: BrowserIn,
+    ) {
+        match input {
+            BrowserIn::Open { agent, session, tx } => {
+                let flow = engine.browser_phone(now, &agent, session, true);
+                let _ = tx.send(BrowserOut::Phone { on: flow.is_some() });
+                if let Some(flow) = flow {
+                    self.phones.insert(
+                        session,
+                        Phone {
+                            agent,
+                            tx,
+                            flow,
+                            dialogs: HashMap::new(),
+                        },
+                    );
+                }
+            }
+            BrowserIn::Close { session } => {
+                let Some(phone) = self.phones.remove(&session) else {
+                    return;
+                };
+                engine.browser_phone(now, &phone.agent, session, false);
+                for (call, d) in phone.dialogs {
+                    if d.answered.is_none() {
+                        // Ringing: the offer fails at once, not at the
+                        // ring timeout.
+                        feed(
+                            engine,
+                            now,
+                            phone.flow,
+                            &d.invite
+                                .response(480, "Temporarily Unavailable", Some(&d.tag)),
+                        );
+                    } else {
+                        // Talking: the call goes on while media flows (a
+                        // desk page reloaded keeps its audio); if the
+                        // browser is gone, its silence requeues the caller
+                        // as a silent phone's does.
+                        debug!(call = %call, "desk closed during a call");
+                    }
+                }
+            }
+            BrowserIn::Answer { session, call, sdp } => {
+                self.answer(engine, plane, now, session, &call, &sdp);
+            }
+            BrowserIn::Hangup { session, call } => {
+                let Some(phone) = self.phones.get_mut(&session) else {
+                    return;
+                };
+                let Some(mut d) = phone.dialogs.remove(&call) else {
+                    return;
+                };
+                let flow = phone.flow;
+                if d.answered.is_none() {
+                    feed(
+                        engine,
+                        now,
+                        flow,
+                        &d.invite.response(603, "Decline", Some(&d.tag)),
+                    );
+                    let _ = phone.tx.send(BrowserOut::Ended {
+                        call,
+                        reason: "refused",
+                    });
+                    return;
+                }
+                let bye = bye(&mut d, flow, self.tokens);
+                self.tokens += 1;
+                feed(engine, now, flow, &bye);
+                let _ = phone.tx.send(BrowserOut::Ended {
+                    call,
+                    reason: "hangup",
+                });
+            }
+        }
+    }
+
+    fn answer(
+        &mut self,
+        engine: &mut Engine,
+        plane: &mut MediaPlane,
+        now: Instant,
+        session: u64,
+        call: &str,
+        offer: &str,
+    ) {
+        let Some(phone) = self.phones.get_mut(&session) else {
+            return;
+        };
+        let flow = phone.flow;
+        let Some(d) = phone.dialogs.get_mut(call) else {
+            let _ = phone.tx.send(BrowserOut::Error {
+                call: call.to_owned(),
+                message: "this call no longer rings here".into(),
+            });
+            return;
+        };
+        if d.answered.is_some() {
+            return;
+        }
+        let (law, answer) = match plane.browser_accept(d.port, offer) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(agent = %phone.agent, error = %e, "browser answer refused");
+                let _ = phone.tx.send(BrowserOut::Error {
+                    call: call.to_owned(),
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        if !d.formats.contains(&law.payload_type()) {
+            let _ = phone.tx.send(BrowserOut::Error {
+                call: call.to_owned(),
+                message: "the browser's codec is not one the call offers".into(),
+            });
+            return;
+        }
+        d.answered = Some((law, 1));
+        let ok = ok_with_sdp(d, &phone.agent, session, law, 1);
+        info!(agent = %phone.agent, "browser answered");
+        let _ = phone.tx.send(BrowserOut::Answer {
+            call: call.to_owned(),
+            sdp: answer,
+        });
+        feed(engine, now, flow, &ok);
+    }
+
+    /// A message the engine sent on a browser's flow.
+    pub(crate) fn transmit(&mut self, engine: &mut Engine, now: Instant, flow: Flow, bytes: &[u8]) {
+        let Ok(msg) = parse_message(bytes, &self.limits, false) else {
+            return;
+        };
+        if !msg.is_request() {
+            // Answers to our BYE: nothing more to do.
+            return;
+        }
+        let session = flow.conn;
+        let method = msg.method().clone();
+        let tag = self.token();
+        let Some(phone) = self.phones.get_mut(&session) else {
+            // The desk is gone: its calls end cleanly.
+            let code = match method {
+                Method::Bye | Method::Cancel | Method::Options => 200,
+                Method::Ack => return,
+                Method::Invite if msg.to_tag.is_none() => 480,
+                _ => 481,
+            };
+            feed(
+                engine,
+                now,
+                flow,
+                &msg.response(code, reason(code), Some(&tag)),
+            );
+            return;
+        };
+        match method {
+            Method::Invite if msg.to_tag.is_none() => {
+                let offer = sdp::parse(&msg.body).ok();
+                let Some(offer) = offer.filter(|o| o.port != 0) else {
+                    feed(
+                        engine,
+                        now,
+                        flow,
+                        &msg.response(488, reason(488), Some(&tag)),
+                    );
+                    return;
+                };
+                if phone.dialogs.len() >= MAX_DIALOGS {
+                    feed(
+                        engine,
+                        now,
+                        flow,
+                        &msg.response(486, reason(486), Some(&tag)),
+                    );
+                    return;
+                }
+                let call = msg.call_id.clone();
+                let record = msg
+                    .header("X-Centralino-Call")
+                    .unwrap_or_default()
+                    .to_owned();
+                feed(engine, now, flow, &msg.response(180, "Ringing", Some(&tag)));
+                phone.dialogs.insert(
+                    call.clone(),
+                    Dialog {
+                        invite: msg,
+                        tag,
+                        port: SocketAddr::new(offer.addr, offer.port),
+                        formats: offer.formats,
+                        answered: None,
+                        cseq: 1,
+                    },
+                );
+                let _ = phone.tx.send(BrowserOut::Ring { call, record });
+            }
+            Method::Invite => {
+                // A re-INVITE (session refresh, the caller's hold): the
+                // browser's leg stays as it is; the same answer.
+                let resp = match phone.dialogs.get_mut(&msg.call_id) {
+                    Some(d) if d.answered.is_some() => {
+                        let (law, version) = d.answered.expect("checked");
+                        d.answered = Some((law, version + 1));
+                        let mut r = msg.response(200, "OK", None);
+                        r.push("Contact", &contact(&phone.agent, session));
+                        r.set_body(Some("application/sdp"), local_sdp(d.port, law, version + 1));
+                        r
+                    }
+                    _ => msg.response(481, reason(481), None),
+                };
+                feed(engine, now, flow, &resp);
+            }
+            Method::Ack => {}
+            Method::Bye => {
+                let known = phone.dialogs.remove(&msg.call_id).is_some();
+                let code = if known { 200 } else { 481 };
+                feed(engine, now, flow, &msg.response(code, reason(code), None));
+                if known {
+                    let _ = phone.tx.send(BrowserOut::Ended {
+                        call: msg.call_id.clone(),
+                        reason: "hangup",
+                    });
+                }
+            }
+            Method::Cancel => {
+                feed(engine, now, flow, &msg.response(200, "OK", None));
+                if let Some(d) = phone.dialogs.get(&msg.call_id)
+                    && d.answered.is_none()
+                {
+                    let d = phone.dialogs.remove(&msg.call_id).expect("checked");
+                    feed(
+                        engine,
+                        now,
+                        flow,
+                        &d.invite.response(487, reason(487), Some(&d.tag)),
+                    );
+                    let _ = phone.tx.send(BrowserOut::Ended {
+                        call: msg.call_id.clone(),
+                        reason: "cancelled",
+                    });
+                }
+            }
+            Method::Options | Method::Info | Method::Update => {
+                feed(engine, now, flow, &msg.response(200, "OK", None));
+            }
+            _ => feed(engine, now, flow, &msg.response(501, reason(501), None)),
+        }
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        501 => "Not Implemented",
+        _ => "Error",
+    }
+}
+
+/// Hands a message to the engine as if it came on the browser's flow.
+fn feed(engine: &mut Engine, now: Instant, flow: Flow, msg: &Message) {
+    engine.handle_datagram(now, flow, &msg.to_bytes());
+}
+
+fn contact(agent: &str, session: u64) -> String {
+    format!("<sip:{agent}@browser-{session}.invalid;transport=ws>")
+}
+
+/// Our SDP for the engine: the call's own operator port, where the
+/// browser's WebRTC leg ends, in the browser's law.
+fn local_sdp(port: SocketAddr, law: Law, version: u64) -> Vec<u8> {
+    Local {
+        addr: port.ip(),
+        port: port.port(),
+        formats: &[law.payload_type()],
+        telephone_event: None,
+        direction: Direction::SendRecv,
+        session: u64::from(port.port()),
+        version,
+    }
+    .to_bytes()
+}
+
+fn ok_with_sdp(d: &Dialog, agent: &str, session: u64, law: Law, version: u64) -> Message {
+    let mut ok = d.invite.response(200, "OK", Some(&d.tag));
+    ok.push("Contact", &contact(agent, session));
+    ok.set_body(Some("application/sdp"), local_sdp(d.port, law, version));
+    ok
+}
+
+/// The browser hangs up: a BYE in the dialog the engine's INVITE made.
+fn bye(d: &mut Dialog, flow: Flow, n: u64) -> Message {
+    let inv = &d.invite;
+    let target = inv
+        .header("Contact")
+        .map(|c| {
+            c.trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or(c)
+                .to_owned()
+        })
+        .unwrap_or_else(|| inv.request_uri().unwrap_or_default().to_owned());
+    let to = inv.header("From").unwrap_or_default().to_owned();
+    let from = format!("{};tag={}", inv.header("To").unwrap_or_default(), d.tag);
+    let via = Via {
+        transport: Transport::Browser.as_str().to_owned(),
+        sent_by: flow.remote.to_string(),
+        branch: format!("z9hG4bKwbye{n}x{}", d.cseq),
+    };
+    let bye = Message::new_request(Method::Bye, &target, via, &from, &to, &inv.call_id, d.cseq);
+    d.cseq += 1;
+    bye
+}

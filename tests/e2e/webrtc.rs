@@ -1,0 +1,199 @@
+//! An operator answers in the browser: the desktop is their phone over
+//! WebRTC (Debian's Chromium, headless, with its fake microphone), the node
+//! an ICE-lite peer on the call's operator port. A carrier's call rings in
+//! the page, the operator answers with the keyboard, and audio is checked
+//! both ways: the caller's speech (SIPp's `g711a.pcap`) reaches the
+//! browser's WebRTC stats as received audio energy, and the browser's fake
+//! tone reaches the caller's RTP as sound, not silence.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use centralino_media::g711::Law;
+use centralino_media::rtp::{self, Header};
+
+use crate::browser::Browser;
+use crate::common::{Node, Scratch, pcap_rtp, trunk_call};
+
+const SIPP_SHARE: &str = "/usr/share/sip-tester";
+
+fn config(sip: u16, http: u16) -> String {
+    format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[tenants]]
+name = "asl"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "asl"
+ring_timeout_seconds = 20
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "asl"
+queues = ["info"]
+"#
+    )
+}
+
+/// The root mean square of an A-law frame.
+fn rms(payload: &[u8]) -> f64 {
+    let sum: f64 = payload
+        .iter()
+        .map(|&b| f64::from(Law::Alaw.decode(b)).powi(2))
+        .sum();
+    (sum / payload.len().max(1) as f64).sqrt()
+}
+
+/// The browser's stats of its call: (packets received, audio energy
+/// received, packets sent).
+fn stats(b: &mut Browser) -> (f64, f64, f64) {
+    let v = b.eval(
+        "(async () => { const pc = window.centralinoPhone && window.centralinoPhone.pc; \
+         if (!pc) return [0, 0, 0]; let r = [0, 0, 0]; \
+         (await pc.getStats()).forEach(s => { \
+           if (s.type === 'inbound-rtp' && s.kind === 'audio') { r[0] = s.packetsReceived || 0; r[1] = s.totalAudioEnergy || 0; } \
+           if (s.type === 'outbound-rtp' && s.kind === 'audio') { r[2] = s.packetsSent || 0; } }); \
+         return r; })()",
+    );
+    let n = |i: usize| v[i].as_f64().unwrap_or(0.0);
+    (n(0), n(1), n(2))
+}
+
+#[test]
+fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
+    let scratch = Scratch::new("webrtc");
+    let node = Node::start_toml(&scratch, config);
+    let mut b = Browser::start(&scratch);
+    b.open(&format!("http://127.0.0.1:{}/", node.http_port));
+    b.wait_for("document.activeElement.id === 'username'", "the login form");
+    b.type_text("1001");
+    b.key("Tab", false);
+    b.type_text("demo1001");
+    b.key("Enter", false);
+    b.wait_for("!document.getElementById('desk').hidden", "the desk");
+    // No SIP phone: the operator is logged out until the browser is one.
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'logged_out'",
+        "logged out without a phone",
+    );
+    b.tab_to("phone-on");
+    b.key("Space", false);
+    b.wait_for(
+        "document.getElementById('phone-state').textContent === 'pronto'",
+        "the browser is a phone",
+    );
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'available'",
+        "the operator available with the browser as phone",
+    );
+
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut trunk = trunk_call(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_media.xml",
+        &caller,
+        "12000",
+    );
+    b.wait_for(
+        "!document.getElementById('ring').hidden",
+        "the call rings in the page",
+    );
+    // The answer button has the focus: Enter answers.
+    assert_eq!(b.focused(), "pickup");
+    b.key("Enter", false);
+    b.wait_for(
+        "!document.getElementById('talk').hidden",
+        "talking in the page",
+    );
+
+    // The caller speaks SIPp's capture every 20 ms and listens.
+    let speech: Vec<Vec<u8>> = pcap_rtp(&format!("{SIPP_SHARE}/g711a.pcap"))
+        .iter()
+        .map(|p| rtp::parse(p).expect("rtp").payload.to_vec())
+        .collect();
+    assert!(!speech.is_empty());
+    let mut node_rtp: Option<SocketAddr> = None;
+    let mut seq = 1u16;
+    let mut next_send = Instant::now();
+    let mut next_stats = Instant::now();
+    let mut loud_frames = 0usize;
+    let mut browser = (0.0, 0.0, 0.0);
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok((n, from)) = caller.recv_from(&mut buf)
+            && let Ok(p) = rtp::parse(&buf[..n])
+        {
+            node_rtp.get_or_insert(from);
+            // Music on hold is none here: anything loud is the browser.
+            if p.header.payload_type == 8 && rms(p.payload) > 300.0 {
+                loud_frames += 1;
+            }
+        }
+        let now = Instant::now();
+        if let Some(to) = node_rtp
+            && now >= next_send
+        {
+            next_send += Duration::from_millis(20);
+            let payload = &speech[usize::from(seq) % speech.len()];
+            let h = Header {
+                marker: false,
+                payload_type: 8,
+                seq,
+                timestamp: u32::from(seq) * 160,
+                ssrc: 0xCA11E4,
+            };
+            seq = seq.wrapping_add(1);
+            let mut out = vec![0u8; 12 + payload.len()];
+            rtp::write(&h, payload, &mut out).expect("fits");
+            caller.send_to(&out, to).expect("send rtp");
+        }
+        if now >= next_stats {
+            next_stats = now + Duration::from_millis(500);
+            browser = stats(&mut b);
+            if browser.0 > 100.0 && browser.1 > 0.0 && loud_frames >= 5 {
+                break;
+            }
+        }
+    }
+    assert!(
+        browser.0 > 100.0 && browser.1 > 0.0,
+        "the caller's speech reaches the browser (packets, energy, sent): {browser:?}"
+    );
+    assert!(
+        loud_frames >= 5,
+        "the browser's tone reaches the caller: {loud_frames} loud frames; browser {browser:?}"
+    );
+    eprintln!(
+        "browser: {} packets received, audio energy {:.3}, {} sent; caller: {loud_frames} loud frames",
+        browser.0, browser.1, browser.2
+    );
+    assert_eq!(node.metric("centralino_browser_legs_total"), 1.0);
+
+    // The carrier hangs up: the page ends the call.
+    let st = trunk.wait(Duration::from_secs(30));
+    assert!(st.success(), "trunk SIPp failed:\n{}", trunk.report());
+    b.wait_for(
+        "document.getElementById('talk').hidden && !window.centralinoPhone.pc",
+        "the call over in the page",
+    );
+    b.screenshot(&scratch, "desktop-webrtc");
+}
