@@ -502,6 +502,16 @@ pub(crate) fn scenario(name: &str) -> String {
 }
 
 impl Sipp {
+    /// The messages it exchanged (run with `-trace_msg`).
+    pub(crate) fn messages(&self) -> String {
+        std::fs::read_dir(&self.dir)
+            .expect("sipp dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("_messages.log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
+    }
+
     /// Starts SIPp with `args` (scenario, -m, -r ...) on an ephemeral port,
     /// in its own working directory (SIPp writes its logs there).
     pub(crate) fn spawn(scratch: &Scratch, label: &str, args: &[&str]) -> Self {

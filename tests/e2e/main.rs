@@ -35,5 +35,6 @@ mod sip_limits;
 mod sip_skills;
 mod sip_tls;
 mod store_outage;
+mod transfers;
 mod trunk_digest;
 mod webrtc;

@@ -4,7 +4,9 @@
 //! the page, the operator answers with the keyboard, and audio is checked
 //! both ways: the caller's speech (SIPp's `g711a.pcap`) reaches the
 //! browser's WebRTC stats as received audio energy, and the browser's fake
-//! tone reaches the caller's RTP as sound, not silence.
+//! tone reaches the caller's RTP as sound, not silence. The operator then
+//! transfers the call blind from the page to another queue, where a
+//! colleague's SIP phone (SIPp) gets it with the same call record.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use centralino_media::g711::Law;
 use centralino_media::rtp::{self, Header};
 
 use crate::browser::Browser;
-use crate::common::{Node, Scratch, pcap_rtp, trunk_call};
+use crate::common::{Node, Scratch, Sipp, pcap_rtp, register, scenario, trunk_call};
 
 const SIPP_SHARE: &str = "/usr/share/sip-tester";
 
@@ -21,6 +23,7 @@ fn config(sip: u16, http: u16) -> String {
     format!(
         r#"[sip]
 listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
 
 [http]
 listen = "127.0.0.1:{http}"
@@ -39,11 +42,21 @@ name = "info"
 tenant = "asl"
 ring_timeout_seconds = 20
 
+[[queues]]
+name = "secondo"
+tenant = "asl"
+
 [[agents]]
 username = "1001"
 password = "demo1001"
 tenant = "asl"
 queues = ["info"]
+
+[[agents]]
+username = "1002"
+password = "demo1002"
+tenant = "asl"
+queues = ["secondo"]
 "#
     )
 }
@@ -104,13 +117,30 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
     caller
         .set_read_timeout(Some(Duration::from_millis(5)))
         .expect("timeout");
+    // A colleague in the second-level queue, on a SIP phone.
+    let mut colleague = Sipp::spawn(
+        &scratch,
+        "colleague",
+        &[
+            "-sf",
+            &scenario("agent_answer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+            "-trace_msg",
+        ],
+    );
+    register(&scratch, &node, &[1002], colleague.port, |u| {
+        format!("demo{u}")
+    });
     let mut trunk = trunk_call(
         &scratch,
         &node,
         "trunk",
         "trunk_media.xml",
         &caller,
-        "12000",
+        "16000",
     );
     b.wait_for(
         "!document.getElementById('ring').hidden",
@@ -188,12 +218,32 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
     );
     assert_eq!(node.metric("centralino_browser_legs_total"), 1.0);
 
-    // The carrier hangs up: the page ends the call.
-    let st = trunk.wait(Duration::from_secs(30));
-    assert!(st.success(), "trunk SIPp failed:\n{}", trunk.report());
-    b.wait_for(
-        "document.getElementById('talk').hidden && !window.centralinoPhone.pc",
-        "the call over in the page",
-    );
     b.screenshot(&scratch, "desktop-webrtc");
+    let record = b.eval("window.centralinoPhone.record");
+
+    // A blind transfer from the page, with the keyboard: to the queue
+    // "secondo", where the colleague's phone answers the same call.
+    b.tab_to("transfer-to");
+    b.type_text("secondo");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('talk').hidden && !window.centralinoPhone.pc \
+         && window.centralinoPhone.ended === 'transferred'",
+        "the call transferred away from the page",
+    );
+    // The carrier hangs up: the colleague's call ends.
+    for (name, sipp) in [("trunk", &mut trunk), ("colleague", &mut colleague)] {
+        let st = sipp.wait(Duration::from_secs(30));
+        assert!(st.success(), "{name} SIPp failed:\n{}", sipp.report());
+    }
+    let log = colleague.messages();
+    let record = record.as_str().expect("the ring's record");
+    assert!(
+        log.contains(&format!("X-Centralino-Call: {record}")),
+        "the colleague gets the same call record {record}:\n{log}"
+    );
+    assert_eq!(
+        node.metric("centralino_transfers_total{outcome=\"done\",target=\"queue\"}"),
+        1.0
+    );
 }

@@ -133,6 +133,10 @@ pub struct Metrics {
     /// `centralino_calls_requeued_total{reason}`: callers put back in the
     /// queue after losing their operator.
     pub calls_requeued: IntCounterVec,
+    /// `centralino_transfers_total{target,outcome}`: operators' transfers
+    /// (REFER): `target` queue/operator/external/unknown, `outcome`
+    /// done/refused.
+    pub transfers: IntCounterVec,
     /// `centralino_agents_unreachable_total`: operators logged out because
     /// their phone stopped answering OPTIONS.
     pub agents_unreachable: IntCounter,
@@ -407,6 +411,11 @@ impl Metrics {
                 )
                 .expect("valid metric")
             ),
+            transfers: reg!(cv(
+                "centralino_transfers_total",
+                "Operators' transfers (REFER) by target kind and outcome",
+                &["target", "outcome"]
+            )),
             calls_requeued: reg!(cv(
                 "centralino_calls_requeued_total",
                 "Callers put back in the queue after losing their operator, by reason",

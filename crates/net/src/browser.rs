@@ -57,6 +57,16 @@ pub enum BrowserIn {
         /// The browser's offer.
         sdp: String,
     },
+    /// The operator transfers the talked call blind to `to` (a queue of
+    /// the firm; the engine decides).
+    Transfer {
+        /// The desk connection.
+        session: u64,
+        /// The call.
+        call: String,
+        /// The target's name.
+        to: String,
+    },
     /// The operator refuses a ringing call or hangs up a talked one.
     Hangup {
         /// The desk connection.
@@ -88,8 +98,8 @@ pub enum BrowserOut {
         /// The SDP answer.
         sdp: String,
     },
-    /// The call is over for this browser (`cancelled`, `hangup`, `busy`,
-    /// `refused`).
+    /// The call is over for this browser (`cancelled`, `hangup`,
+    /// `refused`, `transferred`).
     Ended {
         /// The call.
         call: String,
@@ -119,6 +129,9 @@ struct Dialog {
     answered: Option<(Law, u64)>,
     /// Our next CSeq in this dialog.
     cseq: u32,
+    /// A transfer asked for (the node's BYE that follows ends the call
+    /// here as `transferred`).
+    transferring: bool,
 }
 
 struct Phone {
@@ -196,6 +209,41 @@ impl Browsers {
             BrowserIn::Answer { session, call, sdp } => {
                 self.answer(engine, plane, now, session, &call, &sdp);
             }
+            BrowserIn::Transfer { session, call, to } => {
+                let Some(phone) = self.phones.get_mut(&session) else {
+                    return;
+                };
+                let flow = phone.flow;
+                let valid = !to.is_empty()
+                    && to.len() <= 64
+                    && to
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-_.".contains(c));
+                let Some(d) = phone
+                    .dialogs
+                    .get_mut(&call)
+                    .filter(|d| d.answered.is_some())
+                else {
+                    let _ = phone.tx.send(BrowserOut::Error {
+                        call,
+                        message: "no call talked here to transfer".into(),
+                    });
+                    return;
+                };
+                if !valid {
+                    let _ = phone.tx.send(BrowserOut::Error {
+                        call,
+                        message: "a transfer target is a queue's name".into(),
+                    });
+                    return;
+                }
+                d.transferring = true;
+                let mut refer = in_dialog(d, flow, Method::Refer, self.tokens);
+                self.tokens += 1;
+                refer.push("Refer-To", &format!("<sip:{to}@{}>", flow.local));
+                refer.push("Referred-By", &contact(&phone.agent, session));
+                feed(engine, now, flow, &refer);
+            }
             BrowserIn::Hangup { session, call } => {
                 let Some(phone) = self.phones.get_mut(&session) else {
                     return;
@@ -217,7 +265,7 @@ impl Browsers {
                     });
                     return;
                 }
-                let bye = bye(&mut d, flow, self.tokens);
+                let bye = in_dialog(&mut d, flow, Method::Bye, self.tokens);
                 self.tokens += 1;
                 feed(engine, now, flow, &bye);
                 let _ = phone.tx.send(BrowserOut::Ended {
@@ -285,7 +333,19 @@ impl Browsers {
             return;
         };
         if !msg.is_request() {
-            // Answers to our BYE: nothing more to do.
+            // A refused transfer is told; answers to our BYE need nothing.
+            if *msg.method() == Method::Refer
+                && msg.code() >= 300
+                && let Some(phone) = self.phones.get_mut(&flow.conn)
+            {
+                if let Some(d) = phone.dialogs.get_mut(&msg.call_id) {
+                    d.transferring = false;
+                }
+                let _ = phone.tx.send(BrowserOut::Error {
+                    call: msg.call_id.clone(),
+                    message: format!("transfer refused: {}", msg.code()),
+                });
+            }
             return;
         }
         let session = flow.conn;
@@ -343,6 +403,7 @@ impl Browsers {
                         formats: offer.formats,
                         answered: None,
                         cseq: 1,
+                        transferring: false,
                     },
                 );
                 let _ = phone.tx.send(BrowserOut::Ring { call, record });
@@ -365,13 +426,17 @@ impl Browsers {
             }
             Method::Ack => {}
             Method::Bye => {
-                let known = phone.dialogs.remove(&msg.call_id).is_some();
-                let code = if known { 200 } else { 481 };
+                let known = phone.dialogs.remove(&msg.call_id);
+                let code = if known.is_some() { 200 } else { 481 };
                 feed(engine, now, flow, &msg.response(code, reason(code), None));
-                if known {
+                if let Some(d) = known {
                     let _ = phone.tx.send(BrowserOut::Ended {
                         call: msg.call_id.clone(),
-                        reason: "hangup",
+                        reason: if d.transferring {
+                            "transferred"
+                        } else {
+                            "hangup"
+                        },
                     });
                 }
             }
@@ -393,7 +458,7 @@ impl Browsers {
                     });
                 }
             }
-            Method::Options | Method::Info | Method::Update => {
+            Method::Options | Method::Info | Method::Update | Method::Notify => {
                 feed(engine, now, flow, &msg.response(200, "OK", None));
             }
             _ => feed(engine, now, flow, &msg.response(501, reason(501), None)),
@@ -445,8 +510,9 @@ fn ok_with_sdp(d: &Dialog, agent: &str, session: u64, law: Law, version: u64) ->
     ok
 }
 
-/// The browser hangs up: a BYE in the dialog the engine's INVITE made.
-fn bye(d: &mut Dialog, flow: Flow, n: u64) -> Message {
+/// The browser's request (BYE, REFER) in the dialog the engine's INVITE
+/// made.
+fn in_dialog(d: &mut Dialog, flow: Flow, method: Method, n: u64) -> Message {
     let inv = &d.invite;
     let target = inv
         .header("Contact")
@@ -464,9 +530,9 @@ fn bye(d: &mut Dialog, flow: Flow, n: u64) -> Message {
     let via = Via {
         transport: Transport::Browser.as_str().to_owned(),
         sent_by: flow.remote.to_string(),
-        branch: format!("z9hG4bKwbye{n}x{}", d.cseq),
+        branch: format!("z9hG4bKwb{n}x{}", d.cseq),
     };
-    let bye = Message::new_request(Method::Bye, &target, via, &from, &to, &inv.call_id, d.cseq);
+    let req = Message::new_request(method, &target, via, &from, &to, &inv.call_id, d.cseq);
     d.cseq += 1;
-    bye
+    req
 }

@@ -43,7 +43,7 @@ const GAUGE_PERIOD: Duration = Duration::from_millis(100);
 /// then show no missed call (another phone or operator took it).
 const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, REFER";
 
 /// A non-100 provisional response is repeated this often while a call
 /// waits, so proxies on the path never time the INVITE out (RFC 3261
@@ -903,6 +903,7 @@ pub use io::*;
 mod ivr;
 mod offering;
 mod presence;
+mod refer;
 mod send;
 mod session;
 mod setup;

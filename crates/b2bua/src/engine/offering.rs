@@ -542,26 +542,13 @@ impl Engine {
         if call.transfer.is_some() || call.b.is_none() || !call.media.opened || call.handed_over {
             return false;
         }
-        let Some(mut b) = call.b.take() else {
+        let (_span, queue) = (call.span.clone().entered(), call.queue);
+        let Some((mut b, lost, spec)) = self.detach_operator(now, call_id) else {
             return false;
         };
-        let _span = call.span.clone().entered();
-        let lost = call.connected.take().map(|(_, name)| name);
-        // Waited so far, on top of what the call brought (a callback's time
-        // since the request): it keeps its place.
-        let mut spec = (*call.spec).clone();
-        spec.waited += now.saturating_duration_since(call.enqueued);
-        let queue = call.queue;
-        call.media.b = None;
-        call.media.b_direction = Direction::SendRecv;
-        call.phase = Phase::Queued;
-        self.by_b.remove(&b.call_id);
-        self.client.remove(&b.invite_key);
         if let Some(mut leg) = b.dialog.take() {
             self.send_bye(now, &mut leg);
         }
-        self.out
-            .push_back(Output::Media(MediaCommand::Unbridge { call: call_id }));
         if let Some(agent) = b.agent() {
             self.router.call_lost(now, agent, call_id);
             self.agent_released(agent);
@@ -577,6 +564,32 @@ impl Engine {
         self.queue_event(now, call_id, QueueEvent::Requeue, lost);
         self.enter_queue(now, call_id, queue, &spec);
         true
+    }
+
+    /// Takes the answered operator's leg off a call: the caller back to
+    /// the music (`Unbridge`) and waiting again, with the time waited so
+    /// far added to the call's spec. Returns the leg (its dialog still
+    /// open, for the caller to end), the operator's name and that spec.
+    pub(super) fn detach_operator(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+    ) -> Option<(BLeg, Option<String>, CallSpec)> {
+        let call = self.calls.get_mut(&call_id)?;
+        let b = call.b.take()?;
+        let name = call.connected.take().map(|(_, name)| name);
+        // Waited so far, on top of what the call brought (a callback's time
+        // since the request): it keeps its place.
+        let mut spec = (*call.spec).clone();
+        spec.waited += now.saturating_duration_since(call.enqueued);
+        call.media.b = None;
+        call.media.b_direction = Direction::SendRecv;
+        call.phase = Phase::Queued;
+        self.by_b.remove(&b.call_id);
+        self.client.remove(&b.invite_key);
+        self.out
+            .push_back(Output::Media(MediaCommand::Unbridge { call: call_id }));
+        Some((b, name, spec))
     }
 
     /// A B-leg is out of the offer: this node's operator (see

@@ -24,6 +24,7 @@ impl Engine {
             Method::Prack => self.on_prack(now, &key, &msg),
             Method::Cancel => self.on_cancel(now, &key, &msg),
             Method::Bye => self.on_bye(now, &key, &msg),
+            Method::Refer => self.on_refer(now, &key, &msg),
             Method::Ack => self.on_ack(now, flow.remote.ip(), &msg),
             _ => {
                 let r = msg.response(200, "OK", None);

@@ -5194,3 +5194,46 @@ fn dispatch_latency_counts_calls_offered_as_they_arrive_only() {
         "a call that waited"
     );
 }
+
+/// TEST-MATRIX D rows: a transfer is the operator's alone, and never dials
+/// a number. The caller's REFER is refused; the operator's to a number, to
+/// a URI that is no queue, or with Replaces, changes nothing.
+#[test]
+fn a_callers_refer_and_an_operators_refer_to_a_number_are_refused() {
+    let (mut h, ok, inv) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let caller_refer = in_dialog("REFER", TRUNK, "am1", &a_tag, 20, "").replace(
+        "Content-Length: 0",
+        "Refer-To: <sip:+393330000000@192.0.2.10>\r\nContent-Length: 0",
+    );
+    let out = h.send(TRUNK, &caller_refer);
+    assert_eq!(codes(&out, TRUNK), vec![403]);
+    assert_eq!(out.len(), 1, "nothing else is sent: {out:?}");
+    let b_refer = |cseq: u32, to: &str| {
+        format!(
+            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: {to}\r\nContent-Length: 0\r\n\r\n",
+            inv.header("To").unwrap(),
+            inv.header("From").unwrap(),
+            inv.call_id
+        )
+    };
+    for (i, to) in [
+        "<sip:+393330000000@192.0.2.1>",
+        "<tel:+393330000000>",
+        "<sip:nowhere@192.0.2.1>",
+        "<sip:info@192.0.2.1?Replaces=x%40y%3Bto-tag%3D1%3Bfrom-tag%3D2>",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = h.send(PHONE1, &b_refer(40 + i as u32, to));
+        let got = codes(&out, PHONE1);
+        assert!(got == vec![403] || got == vec![501], "{to}: {got:?}");
+        assert_eq!(out.len(), 1, "{to}: nothing else is sent: {out:?}");
+    }
+    assert_eq!(h.engine.active_calls(), 1, "the call goes on");
+    assert_eq!(
+        h.gauge("centralino_transfers_total{outcome=refused,target=external}"),
+        2
+    );
+}

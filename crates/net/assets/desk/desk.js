@@ -34,6 +34,7 @@ const T = {
     "phone-off": "spento", "phone-refused": "non disponibile", pickup: "Rispondi",
     decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia",
     ringing_here: "Squilla qui: rispondi con il pulsante", "no-mic": "Microfono non disponibile",
+    "transfer-to": "Trasferisci alla coda", transfer: "Trasferisci", transferred: "Chiamata trasferita",
   },
   en: {
     title: "Operator desktop", skip: "Skip to content", logout: "Log out",
@@ -64,6 +65,7 @@ const T = {
     "phone-off": "off", "phone-refused": "not available", pickup: "Answer",
     decline: "Decline", mute: "Microphone", hangup: "Hang up",
     ringing_here: "Ringing here: answer with the button", "no-mic": "No microphone",
+    "transfer-to": "Transfer to queue", transfer: "Transfer", transferred: "Call transferred",
   },
 };
 
@@ -381,6 +383,7 @@ function phoneEvent(e) {
     $("phone-state").textContent = t(e.on ? "phone-ready" : "phone-refused");
   } else if (e.event === "ring") {
     phone.call = e.call;
+    phone.record = e.record;
     $("ring").hidden = false;
     $("call-state").textContent = t("ringing_here");
     $("pickup").focus();
@@ -390,6 +393,8 @@ function phoneEvent(e) {
     });
   } else if (e.event === "hangup" && e.call === phone.call) {
     endPhone();
+    phone.ended = e.reason;
+    if (e.reason === "transferred") $("call-state").textContent = t("transferred");
   } else if (e.event === "phone_error") {
     $("call-error").textContent = e.message || t("failed");
   }
@@ -435,6 +440,12 @@ function hangup() {
   endPhone();
 }
 
+function transfer(ev) {
+  ev.preventDefault();
+  const to = $("transfer-to").value.trim();
+  if (phone.call && to) sendWs({ type: "transfer", call: phone.call, to });
+}
+
 function mute() {
   phone.muted = !phone.muted;
   if (phone.stream) for (const track of phone.stream.getAudioTracks()) track.enabled = !phone.muted;
@@ -454,6 +465,7 @@ async function boot() {
   $("decline").addEventListener("click", hangup);
   $("hangup").addEventListener("click", hangup);
   $("mute").addEventListener("click", mute);
+  $("transfer-form").addEventListener("submit", transfer);
   phone.on = sessionStorage.getItem("centralino.phone") === "1";
   $("phone-on").checked = phone.on;
   $("disposition-form").addEventListener("submit", dispose);

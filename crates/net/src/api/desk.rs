@@ -226,6 +226,8 @@ enum PhoneRequest {
     Phone { on: bool },
     /// Answer a ringing call with the browser's SDP offer.
     Answer { call: String, sdp: String },
+    /// Transfer the talked call blind to a queue.
+    Transfer { call: String, to: String },
     /// Refuse a ringing call or hang up.
     Hangup { call: String },
 }
@@ -240,7 +242,7 @@ impl PhoneGuard {
     ) -> Result<(), String> {
         use crate::browser::BrowserIn;
         let req: PhoneRequest = serde_json::from_str(text).map_err(|e| {
-            format!("expected {{\"type\": \"phone\"|\"answer\"|\"hangup\", ...}}: {e}")
+            format!("expected {{\"type\": \"phone\"|\"answer\"|\"transfer\"|\"hangup\", ...}}: {e}")
         })?;
         let session = self.session;
         let input =
@@ -266,6 +268,7 @@ impl PhoneGuard {
                         .into(),
                 ),
                 PhoneRequest::Answer { call, sdp } => BrowserIn::Answer { session, call, sdp },
+                PhoneRequest::Transfer { call, to } => BrowserIn::Transfer { session, call, to },
                 PhoneRequest::Hangup { call } => BrowserIn::Hangup { session, call },
             };
         self.engine

@@ -1,0 +1,122 @@
+//! Operators' transfers (REFER, RFC 3515), from a SIP phone or a browser
+//! desktop. Blind to a queue: the caller leaves this operator and waits in
+//! the target queue (of the call's own firm) as if waiting since they first
+//! entered a queue, with the call record, the IVR's answers and the script
+//! travelling to the next operator's offer. Only the operator who talks
+//! the call may transfer it; a caller's REFER is refused (a citizen must
+//! never make the node place a call), and so is any target that is not a
+//! queue of the call's firm: no number leaves through a trunk this way.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn on_refer(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let refused = |this: &mut Self, code: u16, reason: &str, target: &str| {
+            let r = msg.response(code, reason, None);
+            this.respond(now, key, &r);
+            this.metrics
+                .transfers
+                .with_label_values(&[target, "refused"])
+                .inc();
+        };
+        let Some((call_id, side)) = self.dialog_side(msg) else {
+            return refused(self, 481, reason_phrase(481), "unknown");
+        };
+        let connected = self
+            .calls
+            .get(&call_id)
+            .is_some_and(|c| c.phase == Phase::Connected && c.transfer.is_none());
+        if side != Side::B || !connected {
+            warn!(%call_id, side = side.label(), "REFER refused: only the operator on the call transfers it");
+            return refused(self, 403, "Forbidden", "unknown");
+        }
+        let refer_to: Vec<&str> = msg
+            .headers_named("Refer-To")
+            .flat_map(uri::split_list)
+            .collect();
+        let Some(to) = refer_to
+            .first()
+            .filter(|_| refer_to.len() == 1)
+            .and_then(|v| uri::parse_name_addr(v))
+        else {
+            return refused(self, 400, "Bad Refer-To", "unknown");
+        };
+        if to.uri.contains('?') {
+            // Replaces (attended transfer, RFC 3891) or other embedded
+            // headers: not done here.
+            return refused(self, 501, "Attended Transfer Not Implemented", "unknown");
+        }
+        let scheme = uri::classify(to.uri);
+        let user = match scheme {
+            Some(Scheme::Sip | Scheme::Sips) => uri::user(to.uri).unwrap_or_default(),
+            _ => "",
+        };
+        let tenant = self.calls.get(&call_id).map(|c| c.tenant);
+        let queue = self.queue_ids.get(user).copied().filter(|q| {
+            let p = &self.queues[q.0 as usize];
+            !p.retired && Some(p.tenant) == tenant
+        });
+        let Some(queue) = queue else {
+            let kind = if scheme == Some(Scheme::Tel)
+                || (!user.is_empty()
+                    && user
+                        .trim_start_matches('+')
+                        .chars()
+                        .all(|c| c.is_ascii_digit()))
+            {
+                "external"
+            } else {
+                "unknown"
+            };
+            warn!(%call_id, target = kind, "REFER refused: the target is not a queue of the call's firm");
+            return refused(self, 403, "Transfer Target Not Allowed", kind);
+        };
+        let r = msg.response(202, "Accepted", None);
+        self.respond(now, key, &r);
+        self.transfer_to_queue(now, call_id, queue);
+    }
+
+    /// The operator's leg ends (NOTIFY of success, then BYE); the caller
+    /// goes to `queue` keeping the time waited so far; the operator to
+    /// wrap-up, as at the end of any call.
+    fn transfer_to_queue(&mut self, now: Instant, call_id: CallId, queue: QueueId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        let Some((mut b, by, spec)) = self.detach_operator(now, call_id) else {
+            return;
+        };
+        if let Some(mut leg) = b.dialog.take() {
+            leg.cseq += 1;
+            let mut notify = self.in_dialog(&leg, Method::Notify);
+            notify.push("Event", "refer");
+            notify.push("Subscription-State", "terminated;reason=noresource");
+            notify.set_body(
+                Some("message/sipfrag;version=2.0"),
+                b"SIP/2.0 200 OK\r\n".to_vec(),
+            );
+            self.send_request(now, leg.flow, notify, ClientRef::Other);
+            self.send_bye(now, &mut leg);
+        }
+        if let Some(agent) = b.agent() {
+            self.router.call_ended(now, agent, call_id);
+            self.agent_released(agent);
+        }
+        let target = self.router.queue(queue).name.clone();
+        info!(by = ?by, queue = %target, "operator transferred the call to a queue");
+        self.metrics
+            .transfers
+            .with_label_values(&["queue", "done"])
+            .inc();
+        self.metrics
+            .calls_requeued
+            .with_label_values(&["transfer"])
+            .inc();
+        self.queue_event(now, call_id, QueueEvent::Transfer, by);
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.queue = queue;
+        }
+        self.enter_queue(now, call_id, queue, &spec);
+    }
+}
