@@ -70,6 +70,40 @@ fn rms(payload: &[u8]) -> f64 {
     (sum / payload.len().max(1) as f64).sqrt()
 }
 
+/// The caller speaks SIPp's capture to `to` every 20 ms for `dur`;
+/// returns the packets it received meanwhile.
+fn speak(
+    caller: &UdpSocket,
+    to: SocketAddr,
+    speech: &[Vec<u8>],
+    seq: &mut u16,
+    dur: Duration,
+) -> usize {
+    let (end, mut next, mut got) = (Instant::now() + dur, Instant::now(), 0);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        if caller.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        if Instant::now() >= next {
+            next += Duration::from_millis(20);
+            let payload = &speech[usize::from(*seq) % speech.len()];
+            let h = Header {
+                marker: false,
+                payload_type: 8,
+                seq: *seq,
+                timestamp: u32::from(*seq) * 160,
+                ssrc: 0xCA11E4,
+            };
+            *seq = seq.wrapping_add(1);
+            let mut out = vec![0u8; 12 + payload.len()];
+            rtp::write(&h, payload, &mut out).expect("fits");
+            caller.send_to(&out, to).expect("send rtp");
+        }
+    }
+    got
+}
+
 /// The browser's stats of its call: (packets received, audio energy
 /// received, packets sent).
 fn stats(b: &mut Browser) -> (f64, f64, f64) {
@@ -219,6 +253,35 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
     assert_eq!(node.metric("centralino_browser_legs_total"), 1.0);
 
     b.screenshot(&scratch, "desktop-webrtc");
+
+    // Hold from the page: the browser hears nothing more, the caller
+    // hears the music; resumed, the browser hears the caller again.
+    let to = node_rtp.expect("the node's address");
+    b.tab_to("hold");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('hold').getAttribute('aria-pressed') === 'true'",
+        "on hold",
+    );
+    speak(&caller, to, &speech, &mut seq, Duration::from_millis(500));
+    let before = stats(&mut b).0;
+    let music = speak(&caller, to, &speech, &mut seq, Duration::from_millis(1500));
+    let during = stats(&mut b).0 - before;
+    assert!(
+        during <= 2.0,
+        "the browser hears nothing on hold: {during} packets"
+    );
+    assert!(
+        music >= 40,
+        "the caller hears the music on hold: {music} packets"
+    );
+    b.key("Enter", false);
+    speak(&caller, to, &speech, &mut seq, Duration::from_millis(1000));
+    let after = stats(&mut b).0 - before - during;
+    assert!(
+        after >= 20.0,
+        "resumed, the browser hears the caller: {after} packets"
+    );
     let record = b.eval("window.centralinoPhone.record");
 
     // A blind transfer from the page, with the keyboard: to the queue

@@ -113,6 +113,8 @@ pub struct CallMedia {
     bridge_pending: bool,
     /// Either side put the call on hold: nothing relayed.
     held: bool,
+    /// The operator put the caller on hold: the caller hears the music.
+    held_by_operator: bool,
     /// Per side: the caller's prompts and music, the operator's whisper.
     playback: [Playback; 2],
     /// Distinct source id per playout.
@@ -137,6 +139,7 @@ impl CallMedia {
             whispering: false,
             bridge_pending: false,
             held: false,
+            held_by_operator: false,
             playback: [Playback::default(), Playback::default()],
             sources: FROM_PEER,
             recording: None,
@@ -261,6 +264,7 @@ impl CallMedia {
         self.whispering = false;
         self.bridge_pending = false;
         self.held = false;
+        self.held_by_operator = false;
         self.playback[1] = Playback::default();
     }
 
@@ -276,9 +280,29 @@ impl CallMedia {
         self.bridged
     }
 
-    /// Hold (re-INVITE with sendonly/inactive) or resume.
-    pub fn set_held(&mut self, held: bool) {
+    /// `side` holds the call (re-INVITE with sendonly, inactive or the
+    /// 0.0.0.0 marker) or resumes it. Nothing is relayed while held; a
+    /// caller the operator holds hears the music (the queue's), from its
+    /// start, until the operator resumes.
+    pub fn set_held(&mut self, now: Instant, side: Side, held: bool) {
         self.held = held;
+        let music = held && side == Side::B && self.bridged;
+        if music != self.held_by_operator {
+            self.held_by_operator = music;
+            let pb = &mut self.playback[0];
+            // No prompt left from the queue: the music only.
+            pb.next = pb.queue.len();
+            pb.current = None;
+            if music {
+                self.advance(Side::A, now);
+            }
+        }
+    }
+
+    /// Whether `side` hears playback now: before the bridge, or the caller
+    /// while the operator holds them.
+    fn plays_to(&self, side: Side) -> bool {
+        !self.bridged || (side == Side::A && self.held_by_operator)
     }
 
     /// A side's peer sent a new SDP (re-INVITE): new address, event type
@@ -327,11 +351,14 @@ impl CallMedia {
 
     /// When the next playout frame is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.bridged {
-            return None;
-        }
-        let due = |pb: &Playback| pb.current.as_ref().and_then(Playout::poll_timeout);
-        match (due(&self.playback[0]), due(&self.playback[1])) {
+        let due = |side: Side| {
+            let pb = &self.playback[side.index()];
+            pb.current
+                .as_ref()
+                .filter(|_| self.plays_to(side))
+                .and_then(Playout::poll_timeout)
+        };
+        match (due(Side::A), due(Side::B)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -359,7 +386,7 @@ impl CallMedia {
         now: Instant,
         buf: &mut [u8],
     ) -> Option<(SocketAddr, usize)> {
-        if self.bridged {
+        if !self.plays_to(side) {
             return None;
         }
         let i = side.index();
@@ -574,12 +601,12 @@ mod tests {
             }
         );
         // On hold nothing goes through; a stranger never does.
-        m.set_held(true);
+        m.set_held(t0, Side::A, true);
         assert_eq!(
             m.receive(t0, Side::A, a_addr, &pkt(12, 8, &alaw), &mut buf),
             Action::None
         );
-        m.set_held(false);
+        m.set_held(t0, Side::A, false);
         let stranger: SocketAddr = "203.0.113.1:1".parse().unwrap();
         assert_eq!(
             m.receive(t0, Side::A, stranger, &pkt(13, 8, &alaw), &mut buf),
@@ -800,6 +827,38 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_the_operator_holds_hears_the_music_until_resumed() {
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, None, (7, 100, 1000));
+        m.play(
+            t0,
+            vec![prompt(0x11, 1, Law::Alaw)],
+            Some(prompt(0x33, 2, Law::Alaw)),
+        );
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Alaw);
+        let mut buf = [0u8; 1500];
+        assert_eq!(m.poll_timeout(), None, "bridged: no playback");
+        // The operator holds: the caller hears the music (not the
+        // prompt again), nothing of the operator's side is relayed.
+        m.set_held(t0, Side::B, true);
+        let (to, len) = m.poll_packet(t0, &mut buf).expect("music");
+        assert_eq!(
+            (to, rtp::parse(&buf[..len]).unwrap().payload[0]),
+            (a_addr, 0x33)
+        );
+        let act = m.receive(t0, Side::B, b_addr, &pkt(1, 8, &[0x55; 160]), &mut buf);
+        assert_eq!(act, Action::None);
+        // Resumed: the music stops, the operator is heard again.
+        m.set_held(t0, Side::B, false);
+        assert_eq!(m.poll_packet(t0 + Duration::from_secs(1), &mut buf), None);
+        let act = m.receive(t0, Side::B, b_addr, &pkt(2, 8, &[0x55; 160]), &mut buf);
+        assert!(matches!(act, Action::Send { to, .. } if to == a_addr));
+        // A caller who holds hears nothing from us.
+        m.set_held(t0, Side::A, true);
+        assert_eq!(m.poll_packet(t0 + Duration::from_secs(2), &mut buf), None);
+    }
+
+    #[test]
     fn a_whisper_with_no_bridge_asked_leaves_the_operator_waiting() {
         let t0 = Instant::now();
         let (mut m, _, b_addr) = call(Law::Alaw, None, (7, 100, 1000));
@@ -933,7 +992,7 @@ mod tests {
             &mut buf,
         );
         assert_eq!(m.idle_side(t, timeout), Some(Side::A));
-        m.set_held(true);
+        m.set_held(t, Side::A, true);
         assert_eq!(m.idle_side(t, timeout), None, "on hold");
     }
 }

@@ -67,6 +67,16 @@ pub enum BrowserIn {
         /// The target's name.
         to: String,
     },
+    /// The operator holds the talked call (`on`: the caller hears the
+    /// music) or resumes it.
+    Hold {
+        /// The desk connection.
+        session: u64,
+        /// The call.
+        call: String,
+        /// Hold (else resume).
+        on: bool,
+    },
     /// The operator refuses a ringing call or hangs up a talked one.
     Hangup {
         /// The desk connection.
@@ -132,6 +142,8 @@ struct Dialog {
     /// A transfer asked for (the node's BYE that follows ends the call
     /// here as `transferred`).
     transferring: bool,
+    /// The operator holds the call (our SDP says `sendonly`).
+    held: bool,
 }
 
 struct Phone {
@@ -244,6 +256,28 @@ impl Browsers {
                 refer.push("Referred-By", &contact(&phone.agent, session));
                 feed(engine, now, flow, &refer);
             }
+            BrowserIn::Hold { session, call, on } => {
+                let Some(phone) = self.phones.get_mut(&session) else {
+                    return;
+                };
+                let flow = phone.flow;
+                let Some(d) = phone.dialogs.get_mut(&call) else {
+                    return;
+                };
+                let Some((law, version)) = d.answered else {
+                    return;
+                };
+                d.answered = Some((law, version + 1));
+                d.held = on;
+                let mut reinvite = in_dialog(d, flow, Method::Invite, self.tokens);
+                self.tokens += 1;
+                reinvite.push("Contact", &contact(&phone.agent, session));
+                reinvite.set_body(
+                    Some("application/sdp"),
+                    local_sdp(d.port, law, version + 1, direction(on)),
+                );
+                feed(engine, now, flow, &reinvite);
+            }
             BrowserIn::Hangup { session, call } => {
                 let Some(phone) = self.phones.get_mut(&session) else {
                     return;
@@ -332,6 +366,30 @@ impl Browsers {
         let Ok(msg) = parse_message(bytes, &self.limits, false) else {
             return;
         };
+        if !msg.is_request() && *msg.method() == Method::Invite {
+            // The answer to our re-INVITE (hold, resume): acknowledged,
+            // as RFC 3261 §13.2.2.4 wants of every 2xx.
+            if let Some(phone) = self.phones.get_mut(&flow.conn)
+                && let Some(d) = phone.dialogs.get_mut(&msg.call_id)
+            {
+                if (200..300).contains(&msg.code()) {
+                    let mut ack = in_dialog(d, flow, Method::Ack, self.tokens);
+                    self.tokens += 1;
+                    // The ACK names the INVITE's CSeq, not a new one.
+                    d.cseq -= 1;
+                    ack.cseq = msg.cseq;
+                    ack.remove("CSeq");
+                    ack.push("CSeq", &format!("{} ACK", msg.cseq));
+                    feed(engine, now, flow, &ack);
+                } else if msg.code() >= 300 {
+                    let _ = phone.tx.send(BrowserOut::Error {
+                        call: msg.call_id.clone(),
+                        message: format!("hold refused: {}", msg.code()),
+                    });
+                }
+            }
+            return;
+        }
         if !msg.is_request() {
             // A refused transfer is told; answers to our BYE need nothing.
             if *msg.method() == Method::Refer
@@ -404,6 +462,7 @@ impl Browsers {
                         answered: None,
                         cseq: 1,
                         transferring: false,
+                        held: false,
                     },
                 );
                 let _ = phone.tx.send(BrowserOut::Ring { call, record });
@@ -417,7 +476,10 @@ impl Browsers {
                         d.answered = Some((law, version + 1));
                         let mut r = msg.response(200, "OK", None);
                         r.push("Contact", &contact(&phone.agent, session));
-                        r.set_body(Some("application/sdp"), local_sdp(d.port, law, version + 1));
+                        r.set_body(
+                            Some("application/sdp"),
+                            local_sdp(d.port, law, version + 1, direction(d.held)),
+                        );
                         r
                     }
                     _ => msg.response(481, reason(481), None),
@@ -490,13 +552,22 @@ fn contact(agent: &str, session: u64) -> String {
 
 /// Our SDP for the engine: the call's own operator port, where the
 /// browser's WebRTC leg ends, in the browser's law.
-fn local_sdp(port: SocketAddr, law: Law, version: u64) -> Vec<u8> {
+/// Our direction: `sendonly` while the operator holds the call.
+fn direction(held: bool) -> Direction {
+    if held {
+        Direction::SendOnly
+    } else {
+        Direction::SendRecv
+    }
+}
+
+fn local_sdp(port: SocketAddr, law: Law, version: u64, direction: Direction) -> Vec<u8> {
     Local {
         addr: port.ip(),
         port: port.port(),
         formats: &[law.payload_type()],
         telephone_event: None,
-        direction: Direction::SendRecv,
+        direction,
         session: u64::from(port.port()),
         version,
     }
@@ -506,7 +577,10 @@ fn local_sdp(port: SocketAddr, law: Law, version: u64) -> Vec<u8> {
 fn ok_with_sdp(d: &Dialog, agent: &str, session: u64, law: Law, version: u64) -> Message {
     let mut ok = d.invite.response(200, "OK", Some(&d.tag));
     ok.push("Contact", &contact(agent, session));
-    ok.set_body(Some("application/sdp"), local_sdp(d.port, law, version));
+    ok.set_body(
+        Some("application/sdp"),
+        local_sdp(d.port, law, version, Direction::SendRecv),
+    );
     ok
 }
 

@@ -635,7 +635,7 @@ impl Worker {
                         peer.telephone_event,
                         peer.law,
                     );
-                    s.media.set_held(held);
+                    s.media.set_held(now, side, held);
                     s.media.touch(now);
                 }
             }

@@ -222,10 +222,14 @@ impl Engine {
             Side::A => Some(c.a_leg.flow),
             Side::B => c.b.as_ref().map(|b| b.flow),
         });
+        // A browser's re-INVITE is the node's gateway naming the call's
+        // own operator port (where it ends the WebRTC leg).
         let bad_address = sdp::parse(&msg.body).ok().is_some_and(|a| {
             leg_flow.is_some_and(|f| {
-                self.refused_media(SocketAddr::new(a.addr, a.port), f.remote.ip(), f.local.ip())
-                    .is_some()
+                f.transport != Transport::Browser
+                    && self
+                        .refused_media(SocketAddr::new(a.addr, a.port), f.remote.ip(), f.local.ip())
+                        .is_some()
             })
         });
         if side == Side::A

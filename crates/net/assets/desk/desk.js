@@ -32,7 +32,7 @@ const T = {
     m_manual: "manuale", m_no_answer: "chiamate non risposte", m_media_lost: "audio perso",
     "phone-on": "Rispondi dal browser (cuffie)", "phone-ready": "pronto",
     "phone-off": "spento", "phone-refused": "non disponibile", pickup: "Rispondi",
-    decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia",
+    decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia", hold: "Attesa",
     ringing_here: "Squilla qui: rispondi con il pulsante", "no-mic": "Microfono non disponibile",
     "transfer-to": "Trasferisci alla coda", transfer: "Trasferisci", transferred: "Chiamata trasferita",
   },
@@ -63,7 +63,7 @@ const T = {
     m_manual: "manual", m_no_answer: "missed calls", m_media_lost: "audio lost",
     "phone-on": "Answer in the browser (headset)", "phone-ready": "ready",
     "phone-off": "off", "phone-refused": "not available", pickup: "Answer",
-    decline: "Decline", mute: "Microphone", hangup: "Hang up",
+    decline: "Decline", mute: "Microphone", hangup: "Hang up", hold: "Hold",
     ringing_here: "Ringing here: answer with the button", "no-mic": "No microphone",
     "transfer-to": "Transfer to queue", transfer: "Transfer", transferred: "Call transferred",
   },
@@ -428,7 +428,8 @@ async function pickup() {
 function endPhone() {
   if (phone.pc) phone.pc.close();
   if (phone.stream) for (const track of phone.stream.getTracks()) track.stop();
-  Object.assign(phone, { call: null, pc: null, stream: null, muted: false });
+  Object.assign(phone, { call: null, pc: null, stream: null, muted: false, held: false });
+  $("hold").setAttribute("aria-pressed", "false");
   $("remote-audio").srcObject = null;
   $("ring").hidden = true;
   $("talk").hidden = true;
@@ -444,6 +445,14 @@ function transfer(ev) {
   ev.preventDefault();
   const to = $("transfer-to").value.trim();
   if (phone.call && to) sendWs({ type: "transfer", call: phone.call, to });
+}
+
+// Hold: the caller hears the queue's music until the operator resumes.
+function hold() {
+  if (!phone.call) return;
+  phone.held = !phone.held;
+  sendWs({ type: "hold", call: phone.call, on: phone.held });
+  $("hold").setAttribute("aria-pressed", String(phone.held));
 }
 
 function mute() {
@@ -465,6 +474,7 @@ async function boot() {
   $("decline").addEventListener("click", hangup);
   $("hangup").addEventListener("click", hangup);
   $("mute").addEventListener("click", mute);
+  $("hold").addEventListener("click", hold);
   $("transfer-form").addEventListener("submit", transfer);
   phone.on = sessionStorage.getItem("centralino.phone") === "1";
   $("phone-on").checked = phone.on;

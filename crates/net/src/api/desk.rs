@@ -228,6 +228,8 @@ enum PhoneRequest {
     Answer { call: String, sdp: String },
     /// Transfer the talked call blind to a queue.
     Transfer { call: String, to: String },
+    /// Hold the talked call (the caller hears the music) or resume it.
+    Hold { call: String, on: bool },
     /// Refuse a ringing call or hang up.
     Hangup { call: String },
 }
@@ -242,7 +244,7 @@ impl PhoneGuard {
     ) -> Result<(), String> {
         use crate::browser::BrowserIn;
         let req: PhoneRequest = serde_json::from_str(text).map_err(|e| {
-            format!("expected {{\"type\": \"phone\"|\"answer\"|\"transfer\"|\"hangup\", ...}}: {e}")
+            format!("expected {{\"type\": \"phone\"|\"answer\"|\"transfer\"|\"hold\"|\"hangup\", ...}}: {e}")
         })?;
         let session = self.session;
         let input =
@@ -269,6 +271,7 @@ impl PhoneGuard {
                 ),
                 PhoneRequest::Answer { call, sdp } => BrowserIn::Answer { session, call, sdp },
                 PhoneRequest::Transfer { call, to } => BrowserIn::Transfer { session, call, to },
+                PhoneRequest::Hold { call, on } => BrowserIn::Hold { session, call, on },
                 PhoneRequest::Hangup { call } => BrowserIn::Hangup { session, call },
             };
         self.engine
