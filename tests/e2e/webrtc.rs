@@ -61,6 +61,50 @@ queues = ["secondo"]
     )
 }
 
+/// Operator 1001 logged in on the desktop with the browser as their only
+/// phone (available).
+fn desk_with_browser_phone(scratch: &Scratch, node: &Node) -> Browser {
+    let mut b = Browser::start(scratch);
+    b.open(&format!("http://127.0.0.1:{}/", node.http_port));
+    b.wait_for("document.activeElement.id === 'username'", "the login form");
+    b.type_text("1001");
+    b.key("Tab", false);
+    b.type_text("demo1001");
+    b.key("Enter", false);
+    b.wait_for("!document.getElementById('desk').hidden", "the desk");
+    // No SIP phone: the operator is logged out until the browser is one.
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'logged_out'",
+        "logged out without a phone",
+    );
+    b.tab_to("phone-on");
+    b.key("Space", false);
+    b.wait_for(
+        "document.getElementById('phone-state').textContent === 'pronto'",
+        "the browser is a phone",
+    );
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'available'",
+        "the operator available with the browser as phone",
+    );
+    b
+}
+
+/// Answers the call ringing in the page (Enter on the focused button) and
+/// waits for its WebRTC connection.
+fn answer_in_page(b: &mut Browser) {
+    b.wait_for(
+        "!document.getElementById('ring').hidden",
+        "the call rings in the page",
+    );
+    assert_eq!(b.focused(), "pickup");
+    b.key("Enter", false);
+    b.wait_for(
+        "window.centralinoPhone.pc && window.centralinoPhone.pc.connectionState === 'connected'",
+        "the browser's media connected",
+    );
+}
+
 /// The root mean square of an A-law frame.
 fn rms(payload: &[u8]) -> f64 {
     let sum: f64 = payload
@@ -123,29 +167,7 @@ fn stats(b: &mut Browser) -> (f64, f64, f64) {
 fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
     let scratch = Scratch::new("webrtc");
     let node = Node::start_toml(&scratch, config);
-    let mut b = Browser::start(&scratch);
-    b.open(&format!("http://127.0.0.1:{}/", node.http_port));
-    b.wait_for("document.activeElement.id === 'username'", "the login form");
-    b.type_text("1001");
-    b.key("Tab", false);
-    b.type_text("demo1001");
-    b.key("Enter", false);
-    b.wait_for("!document.getElementById('desk').hidden", "the desk");
-    // No SIP phone: the operator is logged out until the browser is one.
-    b.wait_for(
-        "document.getElementById('state').dataset.state === 'logged_out'",
-        "logged out without a phone",
-    );
-    b.tab_to("phone-on");
-    b.key("Space", false);
-    b.wait_for(
-        "document.getElementById('phone-state').textContent === 'pronto'",
-        "the browser is a phone",
-    );
-    b.wait_for(
-        "document.getElementById('state').dataset.state === 'available'",
-        "the operator available with the browser as phone",
-    );
+    let mut b = desk_with_browser_phone(&scratch, &node);
 
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     caller
@@ -176,17 +198,8 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
         &caller,
         "16000",
     );
-    b.wait_for(
-        "!document.getElementById('ring').hidden",
-        "the call rings in the page",
-    );
     // The answer button has the focus: Enter answers.
-    assert_eq!(b.focused(), "pickup");
-    b.key("Enter", false);
-    b.wait_for(
-        "!document.getElementById('talk').hidden",
-        "talking in the page",
-    );
+    answer_in_page(&mut b);
 
     // The caller speaks SIPp's capture every 20 ms and listens.
     let speech: Vec<Vec<u8>> = pcap_rtp(&format!("{SIPP_SHARE}/g711a.pcap"))
@@ -309,4 +322,83 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
         node.metric("centralino_transfers_total{outcome=\"done\",target=\"queue\"}"),
         1.0
     );
+}
+
+#[test]
+fn a_browser_that_hangs_up_ends_the_call_and_one_that_vanishes_is_a_silent_phone() {
+    let scratch = Scratch::new("webrtc-ends");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http).replace(
+            "[http]\n",
+            "[media]\ninactivity_timeout_seconds = 2\n\n[http]\n",
+        )
+    });
+    let mut b = desk_with_browser_phone(&scratch, &node);
+
+    // The operator hangs up in the page: the caller gets the BYE.
+    let mut caller = crate::common::trunk_to(
+        &scratch,
+        &node,
+        "caller",
+        "trunk_hangup_by_agent.xml",
+        &["-m", "1"],
+    );
+    answer_in_page(&mut b);
+    b.tab_to("hangup");
+    b.key("Enter", false);
+    let st = caller.wait(Duration::from_secs(20));
+    assert!(st.success(), "caller SIPp failed:\n{}", caller.report());
+    b.wait_for(
+        "document.getElementById('talk').hidden && !window.centralinoPhone.pc",
+        "the call over in the page",
+    );
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'available'",
+        "available again after the wrap-up",
+    );
+
+    // The browser vanishes mid-call (its connection gone without a word):
+    // a silent phone. The caller, still speaking, goes back to the queue;
+    // the operator is paused `media_lost`.
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    rtp.set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut trunk = trunk_call(&scratch, &node, "trunk", "trunk_media.xml", &rtp, "9000");
+    answer_in_page(&mut b);
+    let speech: Vec<Vec<u8>> = pcap_rtp(&format!("{SIPP_SHARE}/g711a.pcap"))
+        .iter()
+        .map(|p| rtp::parse(p).expect("rtp").payload.to_vec())
+        .collect();
+    // The node's port for the caller, from its first packet (music or
+    // the browser).
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    let to = loop {
+        if let Ok((_, from)) = rtp.recv_from(&mut buf) {
+            break from;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no RTP from the node"
+        );
+    };
+    b.eval("window.centralinoPhone.pc.close(); 1");
+    let mut seq = 1u16;
+    let start = Instant::now();
+    while node.metric_or_zero("centralino_calls_requeued_total{reason=\"operator_media_lost\"}")
+        < 1.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the caller never requeued"
+        );
+        speak(&rtp, to, &speech, &mut seq, Duration::from_millis(200));
+    }
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'paused' \
+         && document.getElementById('state-reason').textContent.includes('audio perso')",
+        "the operator paused: audio lost",
+    );
+    let st = trunk.wait(Duration::from_secs(30));
+    assert!(st.success(), "trunk SIPp failed:\n{}", trunk.report());
 }

@@ -123,13 +123,17 @@ impl std::fmt::Debug for BrowserLeg {
 
 impl BrowserLeg {
     /// Answers a browser's `offer` for a leg on `local` (the operator
-    /// port, our only candidate). Returns the leg and the SDP answer.
+    /// port as bound, our host candidate; `advertised`, the address the
+    /// node names in SDP behind NAT, is a second one for the same socket),
+    /// in one of `laws` (the call's). Returns the leg and the SDP answer.
     pub fn accept(
         now: Instant,
         local: SocketAddr,
+        advertised: Option<SocketAddr>,
         offer: &str,
         cert: &DtlsCert,
         ssrc: u32,
+        laws: &[Law],
     ) -> Result<(Self, String), WebRtcError> {
         if offer.len() > MAX_OFFER {
             return Err(WebRtcError::TooLong);
@@ -137,12 +141,15 @@ impl BrowserLeg {
         let offer_text = offer;
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| WebRtcError::Sdp(e.to_string()))?;
+        if !laws.contains(&Law::Ulaw) && !laws.contains(&Law::Alaw) {
+            return Err(WebRtcError::NoAudio);
+        }
         let mut rtc = RtcConfig::new()
             .set_ice_lite(true)
             .set_dtls_cert(cert.clone())
             .clear_codecs()
-            .enable_pcmu(true, false)
-            .enable_pcma(true, false)
+            .enable_pcmu(laws.contains(&Law::Ulaw), false)
+            .enable_pcma(laws.contains(&Law::Alaw), false)
             // Audio only, packet by packet: no reordering wait (the relay
             // forwards in arrival order, as for a phone).
             .set_reordering_size_audio(0)
@@ -150,6 +157,13 @@ impl BrowserLeg {
         let candidate =
             Candidate::host(local, "udp").map_err(|e| WebRtcError::Refused(e.to_string()))?;
         rtc.add_local_candidate(candidate);
+        if let Some(public) = advertised.filter(|a| *a != local) {
+            // The same socket seen from outside: str0m maps it back to
+            // the host candidate (its base).
+            let c = Candidate::server_reflexive(public, local, "udp")
+                .map_err(|e| WebRtcError::Refused(e.to_string()))?;
+            rtc.add_local_candidate(c);
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -393,8 +407,15 @@ mod tests {
         let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
         let (offer, pending) = change.apply().unwrap();
         let cert = certificate().unwrap();
-        let (leg, answer) =
-            BrowserLeg::accept(now, NODE.parse().unwrap(), &offer.to_sdp_string(), &cert, 7)?;
+        let (leg, answer) = BrowserLeg::accept(
+            now,
+            NODE.parse().unwrap(),
+            None,
+            &offer.to_sdp_string(),
+            &cert,
+            7,
+            &[Law::Ulaw, Law::Alaw],
+        )?;
         browser
             .sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
@@ -544,7 +565,8 @@ mod tests {
         // A bad offer is an error, not a panic.
         let cert = certificate().unwrap();
         for bad in ["", "v=0\r\n", &"a".repeat(MAX_OFFER + 1)] {
-            assert!(BrowserLeg::accept(p.now, local, bad, &cert, 1).is_err());
+            let laws = [Law::Ulaw];
+            assert!(BrowserLeg::accept(p.now, local, None, bad, &cert, 1, &laws).is_err());
         }
     }
 }

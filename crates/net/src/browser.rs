@@ -23,7 +23,7 @@ use centralino_sip::guard::{Limits, parse_message};
 use centralino_sip::txn::Flow;
 use centralino_sip::{Message, Method, Transport, Via};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::media::MediaPlane;
 
@@ -151,12 +151,19 @@ struct Phone {
     tx: mpsc::UnboundedSender<BrowserOut>,
     flow: Flow,
     dialogs: HashMap<String, Dialog>,
+    /// The desk connection that owns it now (a reconnected or reloaded
+    /// desk of the same operator takes it over, calls and all).
+    owner: u64,
+    /// A desk is connected: the binding is up and calls ring here.
+    attached: bool,
 }
 
-/// The browsers the node answers for.
+/// The browsers the node answers for: one browser phone per operator,
+/// numbered by the desk connection that opened it (its flow's `conn`).
 #[derive(Default)]
 pub(crate) struct Browsers {
     phones: HashMap<u64, Phone>,
+    by_agent: HashMap<String, u64>,
     limits: Limits,
     tokens: u64,
 }
@@ -179,9 +186,25 @@ impl Browsers {
     ) {
         match input {
             BrowserIn::Open { agent, session, tx } => {
+                if let Some(&id) = self.by_agent.get(&agent)
+                    && let Some(phone) = self.phones.get_mut(&id)
+                {
+                    // The same operator's desk again (a reconnect, a
+                    // reload, another tab): it takes the phone over, with
+                    // the call it may be talking.
+                    let _ = phone.tx.send(BrowserOut::Phone { on: false });
+                    phone.tx = tx;
+                    phone.owner = session;
+                    if !phone.attached {
+                        phone.attached = engine.browser_phone(now, &agent, id, true).is_some();
+                    }
+                    let _ = phone.tx.send(BrowserOut::Phone { on: phone.attached });
+                    return;
+                }
                 let flow = engine.browser_phone(now, &agent, session, true);
                 let _ = tx.send(BrowserOut::Phone { on: flow.is_some() });
                 if let Some(flow) = flow {
+                    self.by_agent.insert(agent.clone(), session);
                     self.phones.insert(
                         session,
                         Phone {
@@ -189,40 +212,49 @@ impl Browsers {
                             tx,
                             flow,
                             dialogs: HashMap::new(),
+                            owner: session,
+                            attached: true,
                         },
                     );
                 }
             }
             BrowserIn::Close { session } => {
-                let Some(phone) = self.phones.remove(&session) else {
+                let Some((&id, phone)) = self.phones.iter_mut().find(|(_, p)| p.owner == session)
+                else {
                     return;
                 };
-                engine.browser_phone(now, &phone.agent, session, false);
-                for (call, d) in phone.dialogs {
-                    if d.answered.is_none() {
-                        // Ringing: the offer fails at once, not at the
-                        // ring timeout.
-                        feed(
-                            engine,
-                            now,
-                            phone.flow,
-                            &d.invite
-                                .response(480, "Temporarily Unavailable", Some(&d.tag)),
-                        );
-                    } else {
-                        // Talking: the call goes on while media flows (a
-                        // desk page reloaded keeps its audio); if the
-                        // browser is gone, its silence requeues the caller
-                        // as a silent phone's does.
-                        debug!(call = %call, "desk closed during a call");
+                if phone.attached {
+                    engine.browser_phone(now, &phone.agent, id, false);
+                    phone.attached = false;
+                }
+                let ringing: Vec<String> = phone
+                    .dialogs
+                    .iter()
+                    .filter(|(_, d)| d.answered.is_none())
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for call in ringing {
+                    // Ringing: the offer fails at once, not at the ring
+                    // timeout.
+                    if let Some(d) = phone.dialogs.remove(&call) {
+                        let busy = d
+                            .invite
+                            .response(480, "Temporarily Unavailable", Some(&d.tag));
+                        feed(engine, now, phone.flow, &busy);
                     }
                 }
+                // A call talked goes on while its media flows: the desk
+                // that comes back takes it over; a browser gone for good
+                // is a silent phone (the caller goes back to the queue).
+                self.forget_if_idle(id);
             }
             BrowserIn::Answer { session, call, sdp } => {
                 self.answer(engine, plane, now, session, &call, &sdp);
             }
             BrowserIn::Transfer { session, call, to } => {
-                let Some(phone) = self.phones.get_mut(&session) else {
+                let tokens = self.tokens;
+                self.tokens += 1;
+                let Some(phone) = self.owned(session) else {
                     return;
                 };
                 let flow = phone.flow;
@@ -250,14 +282,15 @@ impl Browsers {
                     return;
                 }
                 d.transferring = true;
-                let mut refer = in_dialog(d, flow, Method::Refer, self.tokens);
-                self.tokens += 1;
+                let mut refer = in_dialog(d, flow, Method::Refer, tokens);
                 refer.push("Refer-To", &format!("<sip:{to}@{}>", flow.local));
-                refer.push("Referred-By", &contact(&phone.agent, session));
+                refer.push("Referred-By", &contact(&phone.agent));
                 feed(engine, now, flow, &refer);
             }
             BrowserIn::Hold { session, call, on } => {
-                let Some(phone) = self.phones.get_mut(&session) else {
+                let tokens = self.tokens;
+                self.tokens += 1;
+                let Some(phone) = self.owned(session) else {
                     return;
                 };
                 let flow = phone.flow;
@@ -269,9 +302,8 @@ impl Browsers {
                 };
                 d.answered = Some((law, version + 1));
                 d.held = on;
-                let mut reinvite = in_dialog(d, flow, Method::Invite, self.tokens);
-                self.tokens += 1;
-                reinvite.push("Contact", &contact(&phone.agent, session));
+                let mut reinvite = in_dialog(d, flow, Method::Invite, tokens);
+                reinvite.push("Contact", &contact(&phone.agent));
                 reinvite.set_body(
                     Some("application/sdp"),
                     local_sdp(d.port, law, version + 1, direction(on)),
@@ -279,7 +311,9 @@ impl Browsers {
                 feed(engine, now, flow, &reinvite);
             }
             BrowserIn::Hangup { session, call } => {
-                let Some(phone) = self.phones.get_mut(&session) else {
+                let tokens = self.tokens;
+                self.tokens += 1;
+                let Some(phone) = self.owned(session) else {
                     return;
                 };
                 let Some(mut d) = phone.dialogs.remove(&call) else {
@@ -299,14 +333,31 @@ impl Browsers {
                     });
                     return;
                 }
-                let bye = in_dialog(&mut d, flow, Method::Bye, self.tokens);
-                self.tokens += 1;
+                let bye = in_dialog(&mut d, flow, Method::Bye, tokens);
                 feed(engine, now, flow, &bye);
                 let _ = phone.tx.send(BrowserOut::Ended {
                     call,
                     reason: "hangup",
                 });
             }
+        }
+    }
+
+    /// The phone the desk connection `session` owns now.
+    fn owned(&mut self, session: u64) -> Option<&mut Phone> {
+        self.phones
+            .values_mut()
+            .find(|p| p.owner == session && p.attached)
+    }
+
+    /// A phone with no desk and no call is forgotten.
+    fn forget_if_idle(&mut self, id: u64) {
+        if let Some(p) = self.phones.get(&id)
+            && !p.attached
+            && p.dialogs.is_empty()
+        {
+            self.by_agent.remove(&p.agent);
+            self.phones.remove(&id);
         }
     }
 
@@ -319,7 +370,7 @@ impl Browsers {
         call: &str,
         offer: &str,
     ) {
-        let Some(phone) = self.phones.get_mut(&session) else {
+        let Some(phone) = self.owned(session) else {
             return;
         };
         let flow = phone.flow;
@@ -333,7 +384,18 @@ impl Browsers {
         if d.answered.is_some() {
             return;
         }
-        let (law, answer) = match plane.browser_accept(d.port, offer) {
+        // The engine's laws only: the leg is never made in a law the call
+        // cannot use.
+        let laws: Vec<Law> = d
+            .formats
+            .iter()
+            .filter_map(|&pt| match pt {
+                0 => Some(Law::Ulaw),
+                8 => Some(Law::Alaw),
+                _ => None,
+            })
+            .collect();
+        let (law, answer) = match plane.browser_accept(d.port, offer, &laws) {
             Ok(x) => x,
             Err(e) => {
                 warn!(agent = %phone.agent, error = %e, "browser answer refused");
@@ -344,15 +406,8 @@ impl Browsers {
                 return;
             }
         };
-        if !d.formats.contains(&law.payload_type()) {
-            let _ = phone.tx.send(BrowserOut::Error {
-                call: call.to_owned(),
-                message: "the browser's codec is not one the call offers".into(),
-            });
-            return;
-        }
         d.answered = Some((law, 1));
-        let ok = ok_with_sdp(d, &phone.agent, session, law, 1);
+        let ok = ok_with_sdp(d, &phone.agent, law, 1);
         info!(agent = %phone.agent, "browser answered");
         let _ = phone.tx.send(BrowserOut::Answer {
             call: call.to_owned(),
@@ -475,7 +530,7 @@ impl Browsers {
                         let (law, version) = d.answered.expect("checked");
                         d.answered = Some((law, version + 1));
                         let mut r = msg.response(200, "OK", None);
-                        r.push("Contact", &contact(&phone.agent, session));
+                        r.push("Contact", &contact(&phone.agent));
                         r.set_body(
                             Some("application/sdp"),
                             local_sdp(d.port, law, version + 1, direction(d.held)),
@@ -504,27 +559,30 @@ impl Browsers {
             }
             Method::Cancel => {
                 feed(engine, now, flow, &msg.response(200, "OK", None));
-                if let Some(d) = phone.dialogs.get(&msg.call_id)
-                    && d.answered.is_none()
-                {
-                    let d = phone.dialogs.remove(&msg.call_id).expect("checked");
-                    feed(
-                        engine,
-                        now,
-                        flow,
-                        &d.invite.response(487, reason(487), Some(&d.tag)),
-                    );
+                if let Some(d) = phone.dialogs.remove(&msg.call_id) {
+                    // Ringing: the INVITE ends 487. Answered here while the
+                    // CANCEL was on its way: the engine took another
+                    // phone's answer and drops ours; the leg ends too.
+                    if d.answered.is_none() {
+                        let r = d.invite.response(487, reason(487), Some(&d.tag));
+                        feed(engine, now, flow, &r);
+                    }
                     let _ = phone.tx.send(BrowserOut::Ended {
                         call: msg.call_id.clone(),
                         reason: "cancelled",
                     });
                 }
             }
+            // An offer in an UPDATE is not taken (the leg stays as it is).
+            Method::Update if !msg.body.is_empty() => {
+                feed(engine, now, flow, &msg.response(488, reason(488), None));
+            }
             Method::Options | Method::Info | Method::Update | Method::Notify => {
                 feed(engine, now, flow, &msg.response(200, "OK", None));
             }
             _ => feed(engine, now, flow, &msg.response(501, reason(501), None)),
         }
+        self.forget_if_idle(session);
     }
 }
 
@@ -546,8 +604,8 @@ fn feed(engine: &mut Engine, now: Instant, flow: Flow, msg: &Message) {
     engine.handle_datagram(now, flow, &msg.to_bytes());
 }
 
-fn contact(agent: &str, session: u64) -> String {
-    format!("<sip:{agent}@browser-{session}.invalid;transport=ws>")
+fn contact(agent: &str) -> String {
+    format!("<sip:{agent}@browser.invalid;transport=ws>")
 }
 
 /// Our SDP for the engine: the call's own operator port, where the
@@ -574,9 +632,9 @@ fn local_sdp(port: SocketAddr, law: Law, version: u64, direction: Direction) -> 
     .to_bytes()
 }
 
-fn ok_with_sdp(d: &Dialog, agent: &str, session: u64, law: Law, version: u64) -> Message {
+fn ok_with_sdp(d: &Dialog, agent: &str, law: Law, version: u64) -> Message {
     let mut ok = d.invite.response(200, "OK", Some(&d.tag));
-    ok.push("Contact", &contact(agent, session));
+    ok.push("Contact", &contact(agent));
     ok.set_body(
         Some("application/sdp"),
         local_sdp(d.port, law, version, Direction::SendRecv),

@@ -86,6 +86,11 @@ pub const PORT_QUARANTINE: Duration = Duration::from_secs(1);
 struct Held {
     ports: [u16; 2],
     socks: Option<[Pair; 2]>,
+    /// The address the ports are bound on.
+    ip: IpAddr,
+    /// A browser that answered before the call's media opened (a late
+    /// offer, an agent-first callback): its leg goes with `Open`.
+    browser: Option<Box<BrowserLeg>>,
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<Pair> {
@@ -102,6 +107,7 @@ enum Cmd {
         call: CallId,
         a: Peer,
         socks: [Pair; 2],
+        browser: Option<Box<BrowserLeg>>,
     },
     /// A browser operator answered: the call's operator port speaks
     /// WebRTC from now on.
@@ -234,6 +240,8 @@ impl MediaPlane {
             Held {
                 ports,
                 socks: Some([a, b]),
+                ip,
+                browser: None,
             },
         ) {
             // A call reserves once; should the engine ask again, the old
@@ -258,19 +266,36 @@ impl MediaPlane {
         &mut self,
         port: SocketAddr,
         offer: &str,
+        laws: &[Law],
     ) -> Result<(Law, String), WebRtcError> {
-        let cert = self.cert.as_ref().ok_or(WebRtcError::Certificate)?;
-        let call = self
+        let cert = self.cert.clone().ok_or(WebRtcError::Certificate)?;
+        let (call, held) = self
             .held
-            .iter()
+            .iter_mut()
             .find(|(_, h)| h.ports[1] == port.port())
-            .map(|(c, _)| *c)
             .ok_or_else(|| WebRtcError::Refused("the call is over".into()))?;
+        let call = *call;
+        // Our candidate is the socket as bound; the address the SDP named
+        // (behind NAT, the advertised one) is the same socket from outside.
+        let local = SocketAddr::new(held.ip, port.port());
         let mut ssrc = [0u8; 4];
         let _ = getrandom(&mut ssrc);
-        let (leg, answer) =
-            BrowserLeg::accept(Instant::now(), port, offer, cert, u32::from_ne_bytes(ssrc))?;
+        let (leg, answer) = BrowserLeg::accept(
+            Instant::now(),
+            local,
+            Some(port),
+            offer,
+            &cert,
+            u32::from_ne_bytes(ssrc),
+            laws,
+        )?;
         let law = leg.law();
+        self.metrics.browser_legs.inc();
+        if held.socks.is_some() {
+            // Not opened yet: the leg goes with `Open`.
+            held.browser = Some(Box::new(leg));
+            return Ok((law, answer));
+        }
         let (tx, waker) = &self.workers[call.0 as usize % self.workers.len()];
         if tx
             .send(Cmd::Browser {
@@ -282,7 +307,6 @@ impl MediaPlane {
         {
             return Err(WebRtcError::Refused("media thread gone".into()));
         }
-        self.metrics.browser_legs.inc();
         Ok((law, answer))
     }
 
@@ -310,7 +334,13 @@ impl MediaPlane {
             } => match self.held.get_mut(&call) {
                 Some(held) if held.ports == [a_port, b_port] && held.socks.is_some() => {
                     let socks = held.socks.take().expect("checked");
-                    Cmd::Open { call, a, socks }
+                    let browser = held.browser.take();
+                    Cmd::Open {
+                        call,
+                        a,
+                        socks,
+                        browser,
+                    }
                 }
                 _ => return Some(MediaEvent::Failed { call }),
             },
@@ -350,9 +380,19 @@ struct Session {
     flushed: [Stats; 2],
     flushed_unexpected: u64,
     idle_reported: bool,
-    /// A browser operator's WebRTC leg on the operator port, and that
-    /// port's address (what the relay knows the browser's side by).
-    browser: Option<(Box<BrowserLeg>, SocketAddr)>,
+    /// A browser operator's WebRTC leg on the operator port.
+    browser: Option<BrowserSide>,
+    /// The operator port's address as bound.
+    b_local: SocketAddr,
+}
+
+/// A browser's leg on a call's operator port.
+struct BrowserSide {
+    leg: Box<BrowserLeg>,
+    /// The address the engine's bridge (or whisper) named for it: the
+    /// operator port itself, as the gateway's SDP says; what the relay
+    /// knows the browser's side by. `None` until bridged.
+    peer: Option<SocketAddr>,
 }
 
 /// Names a recording: wall-clock milliseconds and the call number.
@@ -432,6 +472,8 @@ struct Worker {
     rx: Receiver<Cmd>,
     events: UnboundedSender<MediaEvent>,
     latch: Latch,
+    /// The media address the node names in SDP (behind NAT).
+    advertise: Option<IpAddr>,
     inactivity: Option<Duration>,
     sessions: Vec<Option<Session>>,
     free: Vec<usize>,
@@ -468,6 +510,7 @@ impl Worker {
                 LatchMode::SdpAddress => Latch::SdpAddress,
                 LatchMode::FirstPacket => Latch::FirstPacket,
             },
+            advertise: config.advertise_address,
             inactivity: config.inactivity_timeout,
             sessions: Vec::new(),
             free: Vec::new(),
@@ -548,16 +591,24 @@ impl Worker {
 
     fn command(&mut self, now: Instant, cmd: Cmd) {
         match cmd {
-            Cmd::Open { call, a, socks } => self.open(now, call, a, socks),
+            Cmd::Open {
+                call,
+                a,
+                socks,
+                browser,
+            } => {
+                self.open(now, call, a, socks);
+                if let (Some(leg), Some(s)) = (browser, self.session(call)) {
+                    s.browser = Some(BrowserSide { leg, peer: None });
+                }
+            }
             Cmd::Browser { call, leg } => {
                 let (local, events) = (&mut self.local, &self.events);
                 let Some(slot) = self.by_call.get(&call) else {
                     return;
                 };
-                if let Some(s) = self.sessions[*slot].as_mut()
-                    && let Ok(addr) = s.socks[2].local_addr()
-                {
-                    s.browser = Some((leg, addr));
+                if let Some(s) = self.sessions[*slot].as_mut() {
+                    s.browser = Some(BrowserSide { leg, peer: None });
                     drain_browser(local, events, s, now);
                 }
             }
@@ -577,19 +628,17 @@ impl Worker {
                 b: Remote::Rtp(b),
                 prompts,
             }) => {
-                let latch = self.latch;
+                let (latch, advertise) = (self.latch, self.advertise);
                 if let Some(s) = self.session(call) {
-                    s.media.whisper(
-                        now,
-                        Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling),
-                        b.law,
-                        prompts,
-                    );
+                    let leg = operator_leg(s, &b, latch, advertise);
+                    s.media.whisper(now, leg, b.law, prompts);
                 }
             }
             Cmd::Other(MediaCommand::Unbridge { call }) => {
                 if let Some(s) = self.session(call) {
                     s.media.unbridge();
+                    // A browser's leg served that operator only.
+                    s.browser = None;
                     // The next operator's silence must be noticed too.
                     s.idle_reported = false;
                 }
@@ -599,13 +648,11 @@ impl Worker {
                 b: Remote::Rtp(b),
                 record,
             }) => {
-                let latch = self.latch;
+                let (latch, advertise) = (self.latch, self.advertise);
                 let recorder = self.recorder.clone();
                 if let Some(s) = self.session(call) {
-                    s.media.bridge(
-                        Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling),
-                        b.law,
-                    );
+                    let leg = operator_leg(s, &b, latch, advertise);
+                    s.media.bridge(leg, b.law);
                     // The liveness clock starts at the answer (again at
                     // a callback's answer after its early media).
                     s.media.touch(now);
@@ -676,6 +723,9 @@ impl Worker {
             (r as u32, (r >> 32) as u16, (r >> 48) as u32 * 65_536)
         });
         let leg = Leg::new(self.latch, a.addr, a.telephone_event).signalled_from(a.signalling);
+        let b_local = socks[2]
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         self.sessions[slot] = Some(Session {
             call,
             media: CallMedia::new(now, leg, a.law, seeds),
@@ -684,6 +734,7 @@ impl Worker {
             flushed_unexpected: 0,
             idle_reported: false,
             browser: None,
+            b_local,
         });
         self.by_call.insert(call, slot);
         self.sessions_gauge.inc();
@@ -744,10 +795,10 @@ impl Worker {
             return;
         };
         if k == 2
-            && let Some((b, local)) = s.browser.as_mut()
+            && let Some(b) = s.browser.as_mut()
         {
             // The browser's ICE, DTLS and SRTP, all on the one port.
-            if !b.receive(now, from, *local, &inbuf[..n]) {
+            if !b.leg.receive(now, from, s.b_local, &inbuf[..n]) {
                 self.local.browser_foreign += 1;
             }
             drain_browser(&mut self.local, &self.events, s, now);
@@ -775,9 +826,9 @@ impl Worker {
             Action::None => return,
         };
         if side == Side::A
-            && let Some((b, _)) = s.browser.as_mut()
+            && let Some(b) = s.browser.as_mut()
         {
-            b.send_rtp(now, &outbuf[..len]);
+            b.leg.send_rtp(now, &outbuf[..len]);
             drain_browser(&mut self.local, &self.events, s, now);
             return;
         }
@@ -795,10 +846,10 @@ impl Worker {
     /// Sends the prompt and music frames that are due.
     fn playout(&mut self, now: Instant, outbuf: &mut [u8]) {
         for s in self.sessions.iter_mut().flatten() {
-            if let Some((b, _)) = s.browser.as_mut()
-                && b.poll_timeout() <= now
+            if let Some(b) = s.browser.as_mut()
+                && b.leg.poll_timeout() <= now
             {
-                b.handle_timeout(now);
+                b.leg.handle_timeout(now);
                 drain_browser(&mut self.local, &self.events, s, now);
             }
             if s.media.poll_timeout().is_none_or(|t| t > now) {
@@ -810,8 +861,8 @@ impl Worker {
             // The operator's whisper, from the operator's socket (through
             // the browser's leg for a browser).
             while let Some((to, len)) = s.media.poll_whisper(now, outbuf) {
-                if let Some((b, _)) = s.browser.as_mut() {
-                    b.send_rtp(now, &outbuf[..len]);
+                if let Some(b) = s.browser.as_mut() {
+                    b.leg.send_rtp(now, &outbuf[..len]);
                 } else {
                     self.local.sent_from(1, &s.socks[2], &outbuf[..len], to);
                 }
@@ -880,6 +931,28 @@ impl Worker {
     }
 }
 
+/// The relay's operator leg for `b`. A browser's answer names the call's
+/// operator port itself (the gateway's SDP): with a browser's leg on the
+/// port, the relay knows the browser by that address; with none, nothing
+/// is sent anywhere (never to our own port). A phone's answer ends any
+/// browser's leg left on the port (another operator's, before a
+/// transfer or a requeue).
+fn operator_leg(s: &mut Session, b: &Peer, latch: Latch, advertise: Option<IpAddr>) -> Leg {
+    let own = b.addr.port() == s.b_local.port()
+        && (b.addr.ip() == s.b_local.ip() || Some(b.addr.ip()) == advertise);
+    if !own {
+        s.browser = None;
+        return Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling);
+    }
+    match s.browser.as_mut() {
+        Some(side) => {
+            side.peer = Some(b.addr);
+            Leg::new(latch, b.addr, None)
+        }
+        None => Leg::new(latch, SocketAddr::from(([0, 0, 0, 0], 0)), None),
+    }
+}
+
 /// Runs a browser leg's output: its datagrams out of the operator port,
 /// its audio through the relay to the caller.
 fn drain_browser(
@@ -892,13 +965,14 @@ fn drain_browser(
         call,
         media,
         socks,
-        browser: Some((b, addr)),
+        browser: Some(BrowserSide { leg: b, peer }),
+        b_local,
         ..
     } = s
     else {
         return;
     };
-    let (call, addr) = (*call, *addr);
+    let (call, addr) = (*call, peer.unwrap_or(*b_local));
     let mut audio = [0u8; 1500];
     let mut outbuf = [0u8; 1500];
     b.poll(&mut audio, |p, buf| match p {

@@ -631,16 +631,30 @@ async fn run_engine(
                 let Some(input) = input else { return };
                 let now = Instant::now().into_std();
                 engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
+                // A browser's answer ends the batch: the engine's outputs
+                // for it (CANCELs to the other phones it rang) reach the
+                // gateway before another browser's answer is read.
                 let mut one = |input| match input {
-                    EngineInput::Browser(b) => browsers.input(&mut engine, &mut plane, now, b),
-                    input => handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics),
+                    EngineInput::Browser(b) => {
+                        browsers.input(&mut engine, &mut plane, now, b);
+                        false
+                    }
+                    input => {
+                        handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics);
+                        true
+                    }
                 };
-                one(input);
                 // Batch what is already queued: one wake-up, many messages.
-                for _ in 0..256 {
-                    match rx.try_recv() {
-                        Ok(input) => one(input),
-                        Err(_) => break,
+                if one(input) {
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(input) => {
+                                if !one(input) {
+                                    break;
+                                }
+                            }
+                            Err(_) => break,
+                        }
                     }
                 }
             }

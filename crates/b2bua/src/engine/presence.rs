@@ -269,7 +269,9 @@ impl Engine {
             local,
             conn: session,
         };
-        let contact = format!("sip:{name}@browser-{session}.invalid;transport=ws");
+        // One browser phone per operator: a new desk session replaces
+        // the binding, never adds one (nor pushes a desk phone out).
+        let contact = format!("sip:{name}@browser.invalid;transport=ws");
         let expires = if on { BROWSER_BINDING } else { Duration::ZERO };
         if !self
             .registrar

@@ -382,6 +382,8 @@ function phoneEvent(e) {
   if (e.event === "phone") {
     $("phone-state").textContent = t(e.on ? "phone-ready" : "phone-refused");
   } else if (e.event === "ring") {
+    // One call at a time here: another while talking is refused.
+    if (phone.pc && phone.call !== e.call) { sendWs({ type: "hangup", call: e.call }); return; }
     phone.call = e.call;
     phone.record = e.record;
     $("ring").hidden = false;
@@ -410,6 +412,11 @@ async function pickup() {
   } catch (_) {
     $("call-error").textContent = t("no-mic");
     sendWs({ type: "hangup", call });
+    return;
+  }
+  // The call may have stopped ringing meanwhile.
+  if (phone.call !== call) {
+    for (const track of stream.getTracks()) track.stop();
     return;
   }
   const pc = new RTCPeerConnection({ iceServers: [] });

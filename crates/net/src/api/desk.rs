@@ -120,6 +120,8 @@ pub(super) async fn desk_socket(
         session: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         engine: api.engine.tx.clone(),
         open: false,
+        allowance: PHONE_BURST,
+        refilled: std::time::Instant::now(),
     };
     // Each call whose data this desktop receives is in the audit log once.
     let mut audited: Option<String> = None;
@@ -197,7 +199,14 @@ pub(super) async fn desk_socket(
                 }
                 Some(Ok(_)) => {}
             },
-            Some(out) = brx.recv() => pending.push(browser_event(out)),
+            Some(out) = brx.recv() => {
+                // Taken over by another desk of the operator, or refused:
+                // this connection's end then closes nothing.
+                if let crate::browser::BrowserOut::Phone { on } = &out {
+                    phone.open = *on;
+                }
+                pending.push(browser_event(out));
+            }
             _ = ping.tick() => {
                 if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
                     return;
@@ -216,7 +225,16 @@ struct PhoneGuard {
     session: u64,
     engine: tokio::sync::mpsc::Sender<crate::handle::EngineInput>,
     open: bool,
+    /// Requests allowed now (a token bucket: `PHONE_RATE` a second, at most
+    /// `PHONE_BURST`), refilled at `refilled`: a desk flooding requests
+    /// must not fill the engine's queue that calls share.
+    allowance: f64,
+    refilled: std::time::Instant,
 }
+
+/// A browser phone's requests per second, and in a burst.
+const PHONE_RATE: f64 = 20.0;
+const PHONE_BURST: f64 = 40.0;
 
 /// A desk's request for its browser phone.
 #[derive(serde::Deserialize)]
@@ -243,6 +261,13 @@ impl PhoneGuard {
         text: &str,
     ) -> Result<(), String> {
         use crate::browser::BrowserIn;
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * PHONE_RATE;
+        (self.allowance, self.refilled) = ((self.allowance + refill).min(PHONE_BURST), now);
+        if self.allowance < 1.0 {
+            return Err(format!("too many requests: at most {PHONE_RATE} a second"));
+        }
+        self.allowance -= 1.0;
         let req: PhoneRequest = serde_json::from_str(text).map_err(|e| {
             format!("expected {{\"type\": \"phone\"|\"answer\"|\"transfer\"|\"hold\"|\"hangup\", ...}}: {e}")
         })?;
