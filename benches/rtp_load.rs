@@ -134,6 +134,7 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
             law: Law::Ulaw,
             telephone_event: None,
             signalling: None,
+            browser: false,
         };
         let a = peer(gen_a[i % GEN_SOCKETS]);
         for cmd in [

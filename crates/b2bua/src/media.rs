@@ -23,6 +23,10 @@ pub struct Peer {
     /// address, the carrier's SBC): behind NAT or on a multi-homed host
     /// its RTP comes from there, not from the SDP's address.
     pub signalling: Option<IpAddr>,
+    /// A browser operator's leg: the address is the call's own operator
+    /// port, where the media plane ends the browser's WebRTC leg (the
+    /// engine knows it from the leg's flow, never from the address).
+    pub browser: bool,
 }
 
 /// The far end of a leg's media, as the media plane is told of it: RTP.

@@ -111,9 +111,11 @@ pub struct CallMedia {
     whispering: bool,
     /// The bridge was asked for during the whisper: done at its end.
     bridge_pending: bool,
-    /// Either side put the call on hold: nothing relayed.
-    held: bool,
-    /// The operator put the caller on hold: the caller hears the music.
+    /// Each side's hold (caller, operator): nothing is relayed while
+    /// either holds. Per side, so a carrier's session refresh (sendrecv)
+    /// never ends the operator's hold.
+    held: [bool; 2],
+    /// The caller hears the music because the operator holds them.
     held_by_operator: bool,
     /// Per side: the caller's prompts and music, the operator's whisper.
     playback: [Playback; 2],
@@ -138,7 +140,7 @@ impl CallMedia {
             bridged: false,
             whispering: false,
             bridge_pending: false,
-            held: false,
+            held: [false; 2],
             held_by_operator: false,
             playback: [Playback::default(), Playback::default()],
             sources: FROM_PEER,
@@ -235,6 +237,8 @@ impl CallMedia {
             pb.current = None;
             if side == Side::B && std::mem::take(&mut self.whispering) && self.bridge_pending {
                 self.connect();
+                // Held during the whisper: the caller's music starts now.
+                self.hold_music(start);
             }
             return;
         };
@@ -255,6 +259,13 @@ impl CallMedia {
         self.connect();
     }
 
+    /// [`Self::bridge`] at `now`: a hold the operator asked for before
+    /// the bridge starts the caller's music at once.
+    pub fn bridge_at(&mut self, now: Instant, b: Leg, b_law: Law) {
+        self.bridge(b, b_law);
+        self.hold_music(now);
+    }
+
     /// The operator's leg is gone (their phone went silent): back to
     /// playback for the caller, whose stream goes on (same SSRC, marker at
     /// the change); the next operator's bridge continues it again.
@@ -263,7 +274,7 @@ impl CallMedia {
         self.bridged = false;
         self.whispering = false;
         self.bridge_pending = false;
-        self.held = false;
+        self.held = [false; 2];
         self.held_by_operator = false;
         self.playback[1] = Playback::default();
     }
@@ -285,8 +296,14 @@ impl CallMedia {
     /// caller the operator holds hears the music (the queue's), from its
     /// start, until the operator resumes.
     pub fn set_held(&mut self, now: Instant, side: Side, held: bool) {
-        self.held = held;
-        let music = held && side == Side::B && self.bridged;
+        self.held[side.index()] = held;
+        self.hold_music(now);
+    }
+
+    /// The caller's music while the operator holds them once bridged
+    /// (a hold during the whisper starts it at the bridge).
+    fn hold_music(&mut self, now: Instant) {
+        let music = self.held[Side::B.index()] && self.bridged;
         if music != self.held_by_operator {
             self.held_by_operator = music;
             let pb = &mut self.playback[0];
@@ -341,7 +358,7 @@ impl CallMedia {
     /// bridged: many trunks send no RTP during early media). On hold the
     /// holding side may legitimately stay silent: nothing is reported.
     pub fn idle_side(&self, now: Instant, timeout: Duration) -> Option<Side> {
-        if self.held || !self.bridged {
+        if self.held.contains(&true) || !self.bridged {
             return None;
         }
         [Side::A, Side::B]
@@ -450,7 +467,7 @@ impl CallMedia {
         if !matches!(received, Received::Dropped) {
             self.last_rx[i] = now;
         }
-        let relaying = self.bridged && !self.held;
+        let relaying = self.bridged && !self.held.contains(&true);
         match received {
             Received::Dropped => Action::None,
             Received::Dtmf(p, digit) => {
@@ -856,6 +873,26 @@ mod tests {
         // A caller who holds hears nothing from us.
         m.set_held(t0, Side::A, true);
         assert_eq!(m.poll_packet(t0 + Duration::from_secs(2), &mut buf), None);
+    }
+
+    #[test]
+    fn a_hold_during_the_whisper_plays_music_from_the_bridge_and_a_refresh_keeps_it() {
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, None, (7, 100, 1000));
+        m.play(t0, Vec::new(), Some(prompt(0x33, 2, Law::Alaw)));
+        m.set_held(t0, Side::B, true);
+        m.bridge_at(t0, Leg::new(Latch::SdpAddress, b_addr, None), Law::Alaw);
+        let mut buf = [0u8; 1500];
+        let (to, len) = m.poll_packet(t0, &mut buf).expect("music at the bridge");
+        assert_eq!(
+            (to, rtp::parse(&buf[..len]).unwrap().payload[0]),
+            (a_addr, 0x33)
+        );
+        // The carrier refreshes its session (sendrecv): still on hold.
+        m.set_held(t0, Side::A, false);
+        assert!(m.poll_timeout().is_some(), "the music goes on");
+        let act = m.receive(t0, Side::B, b_addr, &pkt(1, 8, &[0x55; 160]), &mut buf);
+        assert_eq!(act, Action::None, "the operator's side is not heard");
     }
 
     #[test]

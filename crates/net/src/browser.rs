@@ -101,6 +101,14 @@ pub enum BrowserOut {
         /// The call record (its desk data comes with the `offered` event).
         record: String,
     },
+    /// A call this operator's phone talks already (a desk taking the
+    /// phone over): it can be held, transferred, hung up from here.
+    Talking {
+        /// The call.
+        call: String,
+        /// The call record.
+        record: String,
+    },
     /// The node's SDP answer: the browser sets it and audio flows.
     Answer {
         /// The call.
@@ -345,9 +353,7 @@ impl Browsers {
 
     /// The phone the desk connection `session` owns now.
     fn owned(&mut self, session: u64) -> Option<&mut Phone> {
-        self.phones
-            .values_mut()
-            .find(|p| p.owner == session && p.attached)
+        self.phones.values_mut().find(|p| p.owner == session)
     }
 
     /// A phone with no desk and no call is forgotten.
@@ -437,6 +443,8 @@ impl Browsers {
                     ack.push("CSeq", &format!("{} ACK", msg.cseq));
                     feed(engine, now, flow, &ack);
                 } else if msg.code() >= 300 {
+                    // Refused: the call stays as it was.
+                    d.held = !d.held;
                     let _ = phone.tx.send(BrowserOut::Error {
                         call: msg.call_id.clone(),
                         message: format!("hold refused: {}", msg.code()),
@@ -492,6 +500,16 @@ impl Browsers {
                     );
                     return;
                 };
+                if !phone.attached {
+                    // Kept only for the call it talks: nothing new rings.
+                    feed(
+                        engine,
+                        now,
+                        flow,
+                        &msg.response(480, reason(480), Some(&tag)),
+                    );
+                    return;
+                }
                 if phone.dialogs.len() >= MAX_DIALOGS {
                     feed(
                         engine,

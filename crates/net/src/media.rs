@@ -472,8 +472,6 @@ struct Worker {
     rx: Receiver<Cmd>,
     events: UnboundedSender<MediaEvent>,
     latch: Latch,
-    /// The media address the node names in SDP (behind NAT).
-    advertise: Option<IpAddr>,
     inactivity: Option<Duration>,
     sessions: Vec<Option<Session>>,
     free: Vec<usize>,
@@ -510,7 +508,6 @@ impl Worker {
                 LatchMode::SdpAddress => Latch::SdpAddress,
                 LatchMode::FirstPacket => Latch::FirstPacket,
             },
-            advertise: config.advertise_address,
             inactivity: config.inactivity_timeout,
             sessions: Vec::new(),
             free: Vec::new(),
@@ -628,9 +625,9 @@ impl Worker {
                 b: Remote::Rtp(b),
                 prompts,
             }) => {
-                let (latch, advertise) = (self.latch, self.advertise);
+                let latch = self.latch;
                 if let Some(s) = self.session(call) {
-                    let leg = operator_leg(s, &b, latch, advertise);
+                    let leg = operator_leg(s, &b, latch);
                     s.media.whisper(now, leg, b.law, prompts);
                 }
             }
@@ -648,11 +645,11 @@ impl Worker {
                 b: Remote::Rtp(b),
                 record,
             }) => {
-                let (latch, advertise) = (self.latch, self.advertise);
+                let latch = self.latch;
                 let recorder = self.recorder.clone();
                 if let Some(s) = self.session(call) {
-                    let leg = operator_leg(s, &b, latch, advertise);
-                    s.media.bridge(leg, b.law);
+                    let leg = operator_leg(s, &b, latch);
+                    s.media.bridge_at(now, leg, b.law);
                     // The liveness clock starts at the answer (again at
                     // a callback's answer after its early media).
                     s.media.touch(now);
@@ -931,16 +928,14 @@ impl Worker {
     }
 }
 
-/// The relay's operator leg for `b`. A browser's answer names the call's
-/// operator port itself (the gateway's SDP): with a browser's leg on the
+/// The relay's operator leg for `b`. A browser's answer (the engine says
+/// so) names the call's operator port itself: with a browser's leg on the
 /// port, the relay knows the browser by that address; with none, nothing
 /// is sent anywhere (never to our own port). A phone's answer ends any
-/// browser's leg left on the port (another operator's, before a
-/// transfer or a requeue).
-fn operator_leg(s: &mut Session, b: &Peer, latch: Latch, advertise: Option<IpAddr>) -> Leg {
-    let own = b.addr.port() == s.b_local.port()
-        && (b.addr.ip() == s.b_local.ip() || Some(b.addr.ip()) == advertise);
-    if !own {
+/// browser's leg left on the port (another operator's, before a transfer
+/// or a requeue).
+fn operator_leg(s: &mut Session, b: &Peer, latch: Latch) -> Leg {
+    if !b.browser {
         s.browser = None;
         return Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling);
     }

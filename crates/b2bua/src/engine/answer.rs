@@ -107,6 +107,7 @@ pub(super) fn b_answer(msg: &Message, codecs: &[Law], from: IpAddr) -> Option<(P
             law,
             telephone_event: a.telephone_event,
             signalling: Some(from),
+            browser: false,
         },
         a.direction.answer(),
     ))

@@ -111,6 +111,7 @@ impl Engine {
                 law,
                 telephone_event: None,
                 signalling: None,
+                browser: false,
             },
             a_direction: Direction::SendRecv,
             b: None,
@@ -507,6 +508,7 @@ impl Engine {
             law,
             telephone_event: audio.telephone_event,
             signalling: Some(flow.remote.ip()),
+            browser: false,
         };
         let cmd = citizen_peer(call_id, &mut call.media, peer);
         self.out.push_back(Output::Media(cmd));
@@ -591,6 +593,7 @@ impl Engine {
                 law,
                 telephone_event: audio.telephone_event,
                 signalling: Some(call.a_leg.flow.remote.ip()),
+                browser: false,
             };
             let cmd = citizen_peer(call_id, &mut call.media, peer);
             self.out.push_back(Output::Media(cmd));

@@ -46,6 +46,7 @@ impl Engine {
             law,
             telephone_event: audio.telephone_event,
             signalling: Some(call.a_leg.flow.remote.ip()),
+            browser: false,
         };
         call.media.a_direction = audio.direction.answer();
         call.media.version += 1;
@@ -280,6 +281,7 @@ impl Engine {
                 law,
                 telephone_event: audio.telephone_event,
                 signalling: leg_flow.map(|f| f.remote.ip()),
+                browser: leg_flow.is_some_and(|f| f.transport == Transport::Browser),
             };
             match side {
                 Side::A => {

@@ -305,8 +305,13 @@ impl Engine {
                 let b_from = b.flow.remote.ip();
                 call.b = Some(b);
                 call.phase = Phase::Connected;
-                let (b_peer, b_direction) =
+                let browser = call
+                    .b
+                    .as_ref()
+                    .is_some_and(|b| b.flow.transport == Transport::Browser);
+                let (mut b_peer, b_direction) =
                     b_answer(&msg, &self.codecs, b_from).expect("checked by the guard arm");
+                b_peer.browser = browser;
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
                 // Another node's operator hears that node's whisper.

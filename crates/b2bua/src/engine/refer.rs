@@ -22,12 +22,17 @@ impl Engine {
         let Some((call_id, side)) = self.dialog_side(msg) else {
             return refused(self, 481, reason_phrase(481), "unknown");
         };
-        let connected = self
-            .calls
-            .get(&call_id)
-            .is_some_and(|c| c.phase == Phase::Connected && c.transfer.is_none());
+        // Only the operator talking to a caller of this node: not while a
+        // callback's citizen is still being dialled, not on another node's
+        // call (it goes back to its node, never into our queues).
+        let connected = self.calls.get(&call_id).is_some_and(|c| {
+            c.phase == Phase::Connected
+                && c.transfer.is_none()
+                && !c.handed_over
+                && c.outbound().is_none_or(|o| o.answered)
+        });
         if side != Side::B || !connected {
-            warn!(%call_id, side = side.label(), "REFER refused: only the operator on the call transfers it");
+            warn!(%call_id, side = side.label(), "REFER refused: only the operator talking to this node's caller transfers it");
             return refused(self, 403, "Forbidden", "unknown");
         }
         let refer_to: Vec<&str> = msg
@@ -71,7 +76,15 @@ impl Engine {
             warn!(%call_id, target = kind, "REFER refused: the target is not a queue of the call's firm");
             return refused(self, 403, "Transfer Target Not Allowed", kind);
         };
-        let r = msg.response(202, "Accepted", None);
+        if !self.router.has_room(queue) {
+            // Full: the operator keeps the caller (nobody is cut off by a
+            // transfer).
+            return refused(self, 503, "Target Queue Full", "queue");
+        }
+        let mut r = msg.response(202, "Accepted", None);
+        if let Some(b) = self.calls.get(&call_id).and_then(|c| c.b.as_ref()) {
+            r.push("Contact", &dialog::contact(b.flow));
+        }
         self.respond(now, key, &r);
         self.transfer_to_queue(now, call_id, queue);
     }
@@ -90,6 +103,7 @@ impl Engine {
         if let Some(mut leg) = b.dialog.take() {
             leg.cseq += 1;
             let mut notify = self.in_dialog(&leg, Method::Notify);
+            notify.push("Contact", &dialog::contact(leg.flow));
             notify.push("Event", "refer");
             notify.push("Subscription-State", "terminated;reason=noresource");
             notify.set_body(
@@ -116,6 +130,8 @@ impl Engine {
         self.queue_event(now, call_id, QueueEvent::Transfer, by);
         if let Some(call) = self.calls.get_mut(&call_id) {
             call.queue = queue;
+            // A second transfer counts the wait from the first queue too.
+            call.spec = Arc::new(spec.clone());
         }
         self.enter_queue(now, call_id, queue, &spec);
     }

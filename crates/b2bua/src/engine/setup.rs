@@ -479,6 +479,7 @@ impl Engine {
                 law,
                 telephone_event,
                 signalling: Some(flow.remote.ip()),
+                browser: false,
             },
             a_direction: direction,
             b: None,

@@ -178,7 +178,7 @@ function connect() {
       renderCall(null);
     } else if (e.event === "offered" || e.event === "connected") {
       renderCall(e);
-    } else if (["phone", "ring", "sdp", "hangup", "phone_error"].includes(e.event)) {
+    } else if (["phone", "ring", "talking", "sdp", "hangup", "phone_error"].includes(e.event)) {
       phoneEvent(e);
     }
   };
@@ -373,7 +373,6 @@ function sendWs(obj) {
 
 function phoneToggle() {
   phone.on = $("phone-on").checked;
-  sessionStorage.setItem("centralino.phone", phone.on ? "1" : "");
   sendWs({ type: "phone", on: phone.on });
   if (!phone.on) $("phone-state").textContent = t("phone-off");
 }
@@ -381,7 +380,21 @@ function phoneToggle() {
 function phoneEvent(e) {
   if (e.event === "phone") {
     $("phone-state").textContent = t(e.on ? "phone-ready" : "phone-refused");
+    // Refused, or another page of this operator took the phone over.
+    if (!e.on) {
+      phone.on = false;
+      $("phone-on").checked = false;
+    }
+  } else if (e.event === "talking") {
+    // A call this operator's browser phone talks (this page reconnected,
+    // or took the phone over): it can be held, transferred, hung up here.
+    if (phone.call === e.call) return;
+    phone.call = e.call;
+    phone.record = e.record;
+    $("talk").hidden = false;
   } else if (e.event === "ring") {
+    // Already answered here (a reconnect): nothing new.
+    if (phone.pc && phone.call === e.call) return;
     // One call at a time here: another while talking is refused.
     if (phone.pc && phone.call !== e.call) { sendWs({ type: "hangup", call: e.call }); return; }
     phone.call = e.call;
@@ -483,8 +496,9 @@ async function boot() {
   $("mute").addEventListener("click", mute);
   $("hold").addEventListener("click", hold);
   $("transfer-form").addEventListener("submit", transfer);
-  phone.on = sessionStorage.getItem("centralino.phone") === "1";
-  $("phone-on").checked = phone.on;
+  // Not kept across page loads: a duplicated tab never takes the phone
+  // (and its call) from the page the operator uses.
+  $("phone-on").checked = false;
   $("disposition-form").addEventListener("submit", dispose);
   $("lang").addEventListener("click", () => {
     lang = lang === "it" ? "en" : "it";

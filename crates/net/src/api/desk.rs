@@ -325,6 +325,9 @@ fn browser_event(out: crate::browser::BrowserOut) -> Value {
     use crate::browser::BrowserOut;
     match out {
         BrowserOut::Phone { on } => json!({ "event": "phone", "on": on }),
+        BrowserOut::Talking { call, record } => {
+            json!({ "event": "talking", "call": call, "record": record })
+        }
         BrowserOut::Ring { call, record } => {
             json!({ "event": "ring", "call": call, "record": record })
         }

@@ -811,6 +811,12 @@ impl Router {
         self.queues.len()
     }
 
+    /// Whether queue `id` takes one more call (below its `max_waiting`).
+    pub fn has_room(&self, id: QueueId) -> bool {
+        let q = &self.queues[id.0 as usize];
+        (q.count as usize) < q.settings.max_waiting
+    }
+
     /// Calls in a queue, waiting or being offered (read-only).
     pub fn waiting_count(&self, id: QueueId) -> usize {
         self.queues[id.0 as usize].count as usize
