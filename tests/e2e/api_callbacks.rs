@@ -965,6 +965,37 @@ fn every_route_refuses_missing_unknown_expired_and_forged_tokens() {
         let path = path.replace("{name}", "1001").replace("{id}", "x");
         for method in methods {
             let body = (*method != "GET" && *method != "DELETE").then_some("{}");
+            if path == "/api/v1/openapi.json" {
+                // Public: the API's description, the routes of this very
+                // table (checked in `api::openapi`).
+                let (code, doc) = node.http(method, &path, None, None);
+                assert_eq!(code, 200, "{doc}");
+                let file = scratch.path("openapi.json");
+                std::fs::write(&file, &doc).expect("write the document");
+                // The specification's own validator (scripts/test installs
+                // it) agrees it is OpenAPI 3.1.
+                let validator = std::env::var("CENTRALINO_OPENAPI_VALIDATOR")
+                    .unwrap_or_else(|_| "openapi-spec-validator".into());
+                let out = std::process::Command::new(&validator)
+                    .arg(&file)
+                    .output()
+                    .unwrap_or_else(|e| panic!("{validator} (scripts/test installs it): {e}"));
+                assert!(
+                    out.status.success(),
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let doc = json(&doc);
+                assert_eq!(doc["openapi"], "3.1.0");
+                for (p, ms) in centralino_net::routes() {
+                    for m in ms {
+                        let op = &doc["paths"][p][m.to_ascii_lowercase()];
+                        assert!(op["operationId"].is_string(), "{m} {p} not described");
+                    }
+                }
+                continue;
+            }
             if path == "/api/v1/login" && *method != "GET" {
                 // Public: logging in (an empty body is a bad request, not
                 // a session) and logging out (clears one's own cookie).

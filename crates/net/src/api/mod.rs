@@ -44,6 +44,7 @@ mod csv;
 mod desk;
 mod desks;
 mod login;
+mod openapi;
 mod operators;
 mod scripts;
 mod sms;
@@ -439,6 +440,13 @@ fn table() -> Vec<Route> {
             &["calls_answers"],
             Audit::Bearer,
             post(post_answers),
+        ),
+        route(
+            "/api/v1/openapi.json",
+            &["GET"],
+            &["openapi"],
+            Audit::CountOnly,
+            get(openapi::get_openapi),
         ),
     ]
 }
