@@ -265,7 +265,7 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
     );
     assert_eq!(node.metric("centralino_browser_legs_total"), 1.0);
 
-    b.screenshot(&scratch, "desktop-webrtc");
+    b.screenshot(&scratch, "desktop-webrtc.png");
 
     // Hold from the page: the browser hears nothing more, the caller
     // hears the music; resumed, the browser hears the caller again.
