@@ -325,7 +325,7 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
 }
 
 #[test]
-fn a_browser_that_hangs_up_ends_the_call_and_one_that_vanishes_is_a_silent_phone() {
+fn a_browser_that_reconnects_then_hangs_up_ends_the_call_and_one_that_vanishes_is_a_silent_phone() {
     let scratch = Scratch::new("webrtc-ends");
     let node = Node::start_toml(&scratch, |sip, http| {
         config(sip, http).replace(
@@ -344,6 +344,19 @@ fn a_browser_that_hangs_up_ends_the_call_and_one_that_vanishes_is_a_silent_phone
         &["-m", "1"],
     );
     answer_in_page(&mut b);
+    // The desk's connection drops mid-call and comes back: the new
+    // connection takes the browser phone over with its call, and the
+    // hang-up from the page still reaches the node.
+    b.eval("desk.socket.close(); 1");
+    b.wait_for(
+        "desk.socket && desk.socket.readyState === WebSocket.OPEN \
+         && document.getElementById('phone-state').textContent === 'pronto'",
+        "the desk reconnected, still the phone",
+    );
+    assert_eq!(
+        b.eval("window.centralinoPhone.pc.connectionState"),
+        "connected"
+    );
     b.tab_to("hangup");
     b.key("Enter", false);
     let st = caller.wait(Duration::from_secs(20));

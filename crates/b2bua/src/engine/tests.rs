@@ -5237,3 +5237,81 @@ fn a_callers_refer_and_an_operators_refer_to_a_number_are_refused() {
         2
     );
 }
+
+/// A blind transfer to a queue with room: 202, NOTIFY of success, BYE to
+/// the operator (wrap-up), and the caller offered to that queue's
+/// operator; to a full queue: 503, and the operator keeps the caller.
+#[test]
+fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
+    let config = CONFIG
+        .replace(
+            "dids = { \"100\" = \"info\" }",
+            "dids = { \"100\" = \"info\", \"200\" = \"secondo\" }",
+        )
+        .replace(
+            "[[agents]]\nusername = \"1002\"",
+            "[[queues]]\nname = \"secondo\"\ntenant = \"demo\"\nmax_waiting = 1\n\n[[agents]]\nusername = \"1002\"",
+        )
+        .replace(
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]",
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"secondo\"]",
+        );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let refer = |cseq: u32| {
+        format!(
+            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: <sip:secondo@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
+            inv.header("To").unwrap(),
+            inv.header("From").unwrap(),
+            inv.call_id
+        )
+    };
+    // Another caller fills "secondo" (nobody there to take them).
+    let other = TRUNK_SDP;
+    h.send(
+        TRUNK,
+        &format!(
+            "INVITE sip:200@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKm2\r\nFrom: <sip:+390612345679@192.0.2.10>;tag=am2\r\nTo: <sip:200@192.0.2.1>\r\nCall-ID: m2\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{other}",
+            other.len()
+        ),
+    );
+    let out = h.send(PHONE1, &refer(10));
+    assert_eq!(codes(&out, PHONE1), vec![503], "full: {out:?}");
+    assert!(
+        requests(&out, PHONE1, "BYE").is_empty(),
+        "the operator keeps the caller"
+    );
+    // The other caller hangs up: room again.
+    h.send(
+        TRUNK,
+        &format!(
+            "CANCEL sip:200@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKm2\r\nFrom: <sip:+390612345679@192.0.2.10>;tag=am2\r\nTo: <sip:200@192.0.2.1>\r\nCall-ID: m2\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        ),
+    );
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let out = h.send(PHONE1, &refer(11));
+    // 202, then our NOTIFY and BYE (requests: no status code).
+    assert_eq!(codes(&out, PHONE1), vec![202, 0, 0]);
+    let notify = requests(&out, PHONE1, "NOTIFY");
+    assert_eq!(notify.len(), 1, "{out:?}");
+    assert_eq!(notify[0].body, b"SIP/2.0 200 OK\r\n");
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    let offered = requests(&out, PHONE2, "INVITE");
+    assert_eq!(
+        offered.len(),
+        1,
+        "the colleague in secondo is offered the call"
+    );
+    assert_eq!(
+        offered[0].header("X-Centralino-Call"),
+        inv.header("X-Centralino-Call")
+    );
+    assert_eq!(h.engine.active_calls(), 1);
+    assert_eq!(
+        h.gauge("centralino_transfers_total{outcome=done,target=queue}"),
+        1
+    );
+}
