@@ -178,6 +178,10 @@ pub(super) struct Call {
     pub(super) record_id: String,
     /// When an operator answered, and who.
     pub(super) connected: Option<(Instant, String)>,
+    /// Transferred by an operator: the first operator who talked, and the
+    /// talk before the transfer (the record keeps both; a caller who gives
+    /// up after a transfer is no dead end).
+    pub(super) transferred: Option<(String, Duration)>,
     /// The caller asked to be called back; the store has not answered yet.
     pub(super) callback_asked: bool,
     /// Virtual hold's number dialogue in progress, and its step (stale
@@ -294,6 +298,7 @@ impl Call {
             pending_flow: None,
             record_id: c.record_id,
             connected: None,
+            transferred: None,
             callback_asked: false,
             vhold: None,
             vhold_step: 0,

@@ -97,9 +97,19 @@ impl Engine {
             return;
         };
         let _span = call.span.clone().entered();
+        let talked = call
+            .connected
+            .as_ref()
+            .map_or(Duration::ZERO, |(t, _)| now.saturating_duration_since(*t));
         let Some((mut b, by, spec)) = self.detach_operator(now, call_id) else {
             return;
         };
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            let t = call
+                .transferred
+                .get_or_insert_with(|| (by.clone().unwrap_or_default(), Duration::ZERO));
+            t.1 += talked;
+        }
         if let Some(mut leg) = b.dialog.take() {
             leg.cseq += 1;
             let mut notify = self.in_dialog(&leg, Method::Notify);

@@ -125,6 +125,7 @@ impl Engine {
                 // taken and no transfer: a dead end (our own outbound calls
                 // are not citizens calling).
                 if call.outbound().is_none()
+                    && call.transferred.is_none()
                     && !matches!(
                         outcome,
                         CallOutcome::CallbackRequested | CallOutcome::Shutdown
@@ -141,7 +142,12 @@ impl Engine {
                         .inc();
                 }
                 info!(caller = %Masked(&call.caller), %outcome, "call ended before answer");
-                (call.in_queue.then_some(queue_name), None, wait_ms, None)
+                // After a transfer, the operator who talked and their talk.
+                let (agent, talk_ms) = match &call.transferred {
+                    Some((a, t)) => (Some(a.clone()), Some(t.as_millis() as i64)),
+                    None => (None, None),
+                };
+                (call.in_queue.then_some(queue_name), agent, wait_ms, talk_ms)
             }
             Ending::Connected { .. } => {
                 self.metrics.calls.with_label_values(&["answered"]).inc();
@@ -150,9 +156,14 @@ impl Engine {
                     duration_seconds = (now - call.started).as_secs(),
                     "call ended"
                 );
+                // The talk of every operator, the last one's name.
+                let before = call
+                    .transferred
+                    .as_ref()
+                    .map_or(Duration::ZERO, |(_, t)| *t);
                 let (talk_ms, agent) = match &call.connected {
                     Some((t, a)) => (
-                        Some(now.saturating_duration_since(*t).as_millis() as i64),
+                        Some((now.saturating_duration_since(*t) + before).as_millis() as i64),
                         Some(a.clone()),
                     ),
                     None => (None, None),

@@ -5315,3 +5315,44 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
         1
     );
 }
+
+/// A caller who hangs up after a transfer, before the next operator
+/// answers, talked to someone: the record names the first operator and no
+/// dead end is counted.
+#[test]
+fn a_caller_leaving_after_a_transfer_is_no_dead_end_and_keeps_the_first_operator() {
+    let (mut h, ok, inv) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let refer = format!(
+        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr1\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 REFER\r\nRefer-To: <sip:info@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
+        inv.header("To").unwrap(),
+        inv.header("From").unwrap(),
+        inv.call_id
+    );
+    let out = h.send(PHONE1, &refer);
+    assert_eq!(codes(&out, PHONE1)[0], 202);
+    h.send(TRUNK, &in_dialog("BYE", TRUNK, "am1", &a_tag, 50, ""));
+    assert_eq!(h.engine.active_calls(), 0);
+    let ended = h
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::CallEnded { agent, outcome, .. } => Some((agent.clone(), *outcome)),
+            _ => None,
+        })
+        .expect("the call's record");
+    assert_eq!(ended.0.as_deref(), Some("1001"), "{ended:?}");
+    // Every dead-end series, whatever its labels.
+    let dead: f64 = h
+        .metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "centralino_dead_ends_total")
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum();
+    assert_eq!(
+        dead, 0.0,
+        "a caller who talked to an operator is no dead end"
+    );
+}
