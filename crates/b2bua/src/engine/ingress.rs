@@ -6,6 +6,15 @@ use super::*;
 
 impl Engine {
     pub(super) fn handle_message(&mut self, now: Instant, flow: Flow, mut msg: Box<Message>) {
+        if (flow.transport == Transport::Browser) != is_browser_address(flow.remote.ip()) {
+            // The discard-only block names browsers' flows, which never
+            // come from the network: a datagram from there is forged.
+            self.metrics
+                .sip_rejected
+                .with_label_values(&["forged_source"])
+                .inc();
+            return;
+        }
         if msg.is_request() {
             // Every response we build for it then tells the client where
             // it was seen from (NAT: received/rport).
@@ -365,4 +374,10 @@ pub(super) fn asserted_caller(msg: &Message) -> Option<String> {
         .chain(uris.iter())
         .find_map(|u| uri::telephone_number(u))
         .map(str::to_owned)
+}
+
+/// Whether `ip` is in the discard-only block (RFC 6666, `100::/64`) that
+/// names the browsers' flows (`Engine::browser_phone`).
+pub(super) fn is_browser_address(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[..4] == [0x0100, 0, 0, 0])
 }

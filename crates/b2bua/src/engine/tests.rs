@@ -5356,3 +5356,26 @@ fn a_caller_leaving_after_a_transfer_is_no_dead_end_and_keeps_the_first_operator
         "a caller who talked to an operator is no dead end"
     );
 }
+
+/// The discard-only block names browsers' flows: the same address from the
+/// network (a forged IPv6 source) is dropped unanswered and counted.
+#[test]
+fn a_datagram_forged_from_a_browsers_address_is_dropped() {
+    let mut h = Harness::new();
+    let forged = "[100::7]:5060";
+    let out = h.send(
+        forged,
+        "OPTIONS sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP [100::7]:5060;branch=z9hG4bKf1\r\nFrom: <sip:x@[100::7]>;tag=f\r\nTo: <sip:centralino@192.0.2.1>\r\nCall-ID: forged\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        h.gauge("centralino_sip_rejected_total{reason=forged_source}"),
+        1
+    );
+    // Any other source is answered.
+    let out = h.send(
+        STRANGER,
+        &format!("OPTIONS sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {STRANGER};branch=z9hG4bKf2\r\nFrom: <sip:x@192.0.2.66>;tag=f\r\nTo: <sip:centralino@192.0.2.1>\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"),
+    );
+    assert_eq!(codes(&out, STRANGER), vec![200]);
+}
