@@ -28,6 +28,11 @@ digest_algorithms = ["MD5"]
 [http]
 listen = "127.0.0.1:{http}"
 
+[[api.tokens]]
+name = "ops"
+token = "webrtc-admin-token-0123456789"
+role = "admin"
+
 [[tenants]]
 name = "asl"
 
@@ -414,4 +419,45 @@ fn a_browser_that_reconnects_then_hangs_up_ends_the_call_and_one_that_vanishes_i
     );
     let st = trunk.wait(Duration::from_secs(30));
     assert!(st.success(), "trunk SIPp failed:\n{}", trunk.report());
+}
+
+/// TEST-MATRIX D: only the operator's own session makes a browser their
+/// phone. An admin's token may read a desk, never take its calls: the
+/// request is refused and the operator stays logged out.
+#[test]
+fn an_admin_reading_a_desk_cannot_make_the_browser_that_operators_phone() {
+    let scratch = Scratch::new("webrtc-admin");
+    let node = Node::start_toml(&scratch, config);
+    let url = format!(
+        "ws://127.0.0.1:{}/api/v1/agents/1001/events?access_token=webrtc-admin-token-0123456789",
+        node.http_port
+    );
+    let (mut ws, _) = tungstenite::connect(url).expect("the desk's WebSocket");
+    ws.send(tungstenite::Message::Text(
+        r#"{"type": "phone", "on": true}"#.into(),
+    ))
+    .expect("send");
+    let refusal = loop {
+        match ws.read().expect("an answer") {
+            tungstenite::Message::Text(t) => {
+                let e = crate::common::json(t.as_str());
+                if e["event"] == "phone_error" || e["event"] == "phone" {
+                    break e;
+                }
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(refusal["event"], "phone_error", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("own session")),
+        "{refusal}"
+    );
+    assert_eq!(
+        node.metric("centralino_queue_agents{queue=\"info\",state=\"available\"}"),
+        0.0,
+        "nobody became reachable"
+    );
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use centralino_b2bua::Engine;
 use centralino_media::g711::Law;
 use centralino_media::sdp::{self, Direction, Local};
-use centralino_sip::guard::{Limits, parse_message};
+use centralino_sip::guard::{Limits, parse_message, reason_phrase};
 use centralino_sip::txn::Flow;
 use centralino_sip::{Message, Method, Transport, Via};
 use tokio::sync::mpsc;
@@ -484,7 +484,7 @@ impl Browsers {
                 engine,
                 now,
                 flow,
-                &msg.response(code, reason(code), Some(&tag)),
+                &msg.response(code, reason_phrase(code), Some(&tag)),
             );
             return;
         };
@@ -496,7 +496,7 @@ impl Browsers {
                         engine,
                         now,
                         flow,
-                        &msg.response(488, reason(488), Some(&tag)),
+                        &msg.response(488, reason_phrase(488), Some(&tag)),
                     );
                     return;
                 };
@@ -506,7 +506,7 @@ impl Browsers {
                         engine,
                         now,
                         flow,
-                        &msg.response(480, reason(480), Some(&tag)),
+                        &msg.response(480, reason_phrase(480), Some(&tag)),
                     );
                     return;
                 }
@@ -515,7 +515,7 @@ impl Browsers {
                         engine,
                         now,
                         flow,
-                        &msg.response(486, reason(486), Some(&tag)),
+                        &msg.response(486, reason_phrase(486), Some(&tag)),
                     );
                     return;
                 }
@@ -555,7 +555,7 @@ impl Browsers {
                         );
                         r
                     }
-                    _ => msg.response(481, reason(481), None),
+                    _ => msg.response(481, reason_phrase(481), None),
                 };
                 feed(engine, now, flow, &resp);
             }
@@ -563,7 +563,12 @@ impl Browsers {
             Method::Bye => {
                 let known = phone.dialogs.remove(&msg.call_id);
                 let code = if known.is_some() { 200 } else { 481 };
-                feed(engine, now, flow, &msg.response(code, reason(code), None));
+                feed(
+                    engine,
+                    now,
+                    flow,
+                    &msg.response(code, reason_phrase(code), None),
+                );
                 if let Some(d) = known {
                     let _ = phone.tx.send(BrowserOut::Ended {
                         call: msg.call_id.clone(),
@@ -582,7 +587,7 @@ impl Browsers {
                     // CANCEL was on its way: the engine took another
                     // phone's answer and drops ours; the leg ends too.
                     if d.answered.is_none() {
-                        let r = d.invite.response(487, reason(487), Some(&d.tag));
+                        let r = d.invite.response(487, reason_phrase(487), Some(&d.tag));
                         feed(engine, now, flow, &r);
                     }
                     let _ = phone.tx.send(BrowserOut::Ended {
@@ -593,27 +598,24 @@ impl Browsers {
             }
             // An offer in an UPDATE is not taken (the leg stays as it is).
             Method::Update if !msg.body.is_empty() => {
-                feed(engine, now, flow, &msg.response(488, reason(488), None));
+                feed(
+                    engine,
+                    now,
+                    flow,
+                    &msg.response(488, reason_phrase(488), None),
+                );
             }
             Method::Options | Method::Info | Method::Update | Method::Notify => {
                 feed(engine, now, flow, &msg.response(200, "OK", None));
             }
-            _ => feed(engine, now, flow, &msg.response(501, reason(501), None)),
+            _ => feed(
+                engine,
+                now,
+                flow,
+                &msg.response(501, reason_phrase(501), None),
+            ),
         }
         self.forget_if_idle(session);
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        501 => "Not Implemented",
-        _ => "Error",
     }
 }
 

@@ -600,13 +600,12 @@ impl Worker {
                 }
             }
             Cmd::Browser { call, leg } => {
-                let (local, events) = (&mut self.local, &self.events);
-                let Some(slot) = self.by_call.get(&call) else {
+                let Some(&slot) = self.by_call.get(&call) else {
                     return;
                 };
-                if let Some(s) = self.sessions[*slot].as_mut() {
+                if let Some(s) = self.sessions[slot].as_mut() {
                     s.browser = Some(BrowserSide { leg, peer: None });
-                    drain_browser(local, events, s, now);
+                    drain_browser(&mut self.local, s, now);
                 }
             }
             // Answered by the plane, never sent to a thread.
@@ -798,7 +797,7 @@ impl Worker {
             if !b.leg.receive(now, from, s.b_local, &inbuf[..n]) {
                 self.local.browser_foreign += 1;
             }
-            drain_browser(&mut self.local, &self.events, s, now);
+            drain_browser(&mut self.local, s, now);
             return;
         }
         if k % 2 == 1 {
@@ -826,7 +825,7 @@ impl Worker {
             && let Some(b) = s.browser.as_mut()
         {
             b.leg.send_rtp(now, &outbuf[..len]);
-            drain_browser(&mut self.local, &self.events, s, now);
+            drain_browser(&mut self.local, s, now);
             return;
         }
         let out = &s.socks[if k < 2 { 2 } else { 0 }];
@@ -847,7 +846,7 @@ impl Worker {
                 && b.leg.poll_timeout() <= now
             {
                 b.leg.handle_timeout(now);
-                drain_browser(&mut self.local, &self.events, s, now);
+                drain_browser(&mut self.local, s, now);
             }
             if s.media.poll_timeout().is_none_or(|t| t > now) {
                 continue;
@@ -865,7 +864,7 @@ impl Worker {
                 }
             }
             if s.browser.is_some() {
-                drain_browser(&mut self.local, &self.events, s, now);
+                drain_browser(&mut self.local, s, now);
             }
         }
     }
@@ -950,12 +949,7 @@ fn operator_leg(s: &mut Session, b: &Peer, latch: Latch) -> Leg {
 
 /// Runs a browser leg's output: its datagrams out of the operator port,
 /// its audio through the relay to the caller.
-fn drain_browser(
-    local: &mut Local,
-    events: &UnboundedSender<MediaEvent>,
-    s: &mut Session,
-    now: Instant,
-) {
+fn drain_browser(local: &mut Local, s: &mut Session, now: Instant) {
     let Session {
         call,
         media,
@@ -980,11 +974,8 @@ fn drain_browser(
             }
         }
         Polled::Connected => info!(%call, "browser media connected"),
-        Polled::Disconnected => {
-            // Its silence is noticed by the liveness check, as a phone's.
-            info!(%call, "browser media disconnected");
-            let _ = events;
-        }
+        // Its silence is noticed by the liveness check, as a phone's.
+        Polled::Disconnected => info!(%call, "browser media disconnected"),
     });
 }
 
