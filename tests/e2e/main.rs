@@ -25,6 +25,7 @@ mod http_limits;
 mod http_web;
 mod ivr_calls;
 mod media_calls;
+mod monitor;
 mod operators_live;
 mod phones;
 mod scanners;

@@ -11,6 +11,7 @@ pub mod metrics;
 
 pub use engine::{
     AgentCall, AgentStateError, CallbackState, CampaignCall, CampaignRun, CampaignView, DeskState,
-    DueCallback, Engine, Output, PreviewError, QueueView, ReloadRefused,
+    DueCallback, Engine, MonitorError, MonitorTarget, Output, PreviewError, QueueView,
+    ReloadRefused,
 };
 pub use metrics::Metrics;

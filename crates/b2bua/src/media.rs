@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use centralino_media::g711::Law;
+use centralino_media::monitor::MonitorMode;
 use centralino_media::prompt::Prompt;
 use centralino_media::relay::Side;
 use centralino_types::CallId;
@@ -128,6 +129,14 @@ pub enum MediaCommand {
         peer: Remote,
         /// It holds the call (sendonly, inactive, 0.0.0.0).
         held: bool,
+    },
+    /// The supervisor on the call enters `mode`, or leaves (`None`). The
+    /// first `Some` after the driver made their leg puts it on the call.
+    Monitor {
+        /// The call.
+        call: CallId,
+        /// Listen, whisper, barge; `None`: their leg ends.
+        mode: Option<MonitorMode>,
     },
     /// The call is over: close its sockets.
     Close {

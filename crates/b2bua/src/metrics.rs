@@ -137,6 +137,9 @@ pub struct Metrics {
     /// (REFER): `target` queue/operator/external/unknown, `outcome`
     /// done/refused.
     pub transfers: IntCounterVec,
+    /// `centralino_monitors_total{mode}`: supervisors joining operators'
+    /// calls, and changing mode, by the mode entered.
+    pub monitors: IntCounterVec,
     /// `centralino_agents_unreachable_total`: operators logged out because
     /// their phone stopped answering OPTIONS.
     pub agents_unreachable: IntCounter,
@@ -411,6 +414,11 @@ impl Metrics {
                 )
                 .expect("valid metric")
             ),
+            monitors: reg!(cv(
+                "centralino_monitors_total",
+                "Supervisors joining operators' calls (and changing mode) by the mode entered",
+                &["mode"]
+            )),
             transfers: reg!(cv(
                 "centralino_transfers_total",
                 "Operators' transfers (REFER) by target kind and outcome",

@@ -10,6 +10,7 @@ pub mod announce;
 pub mod dtmf;
 pub mod g711;
 pub mod leg;
+pub mod monitor;
 pub mod ports;
 pub mod prompt;
 pub mod record;

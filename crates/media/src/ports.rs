@@ -65,6 +65,12 @@ impl Ports {
         self.free.len()
     }
 
+    /// Pairs given back and resting (quarantine), free again at the next
+    /// [`Self::take`] after their rest.
+    pub fn resting(&self) -> usize {
+        self.quarantine.len()
+    }
+
     /// An even port (RTP; RTCP is the next one).
     pub fn take(&mut self, now: Instant) -> Result<u16, PortError> {
         while let Some(&(t, p)) = self.quarantine.front() {

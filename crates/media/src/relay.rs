@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::g711::{self, Law};
 use crate::leg::{Leg, Received, Stats};
+use crate::monitor::{Monitor, MonitorMode};
 use crate::prompt::{FRAME, Playout, Prompt};
 use crate::record::{Mixer, RATE};
 use crate::rtp::{self, HEADER_LEN, Header};
@@ -125,6 +126,8 @@ pub struct CallMedia {
     recording: Option<(Mixer, Instant)>,
     /// Datagrams on the operator's port before the bridge.
     unexpected: u64,
+    /// A supervisor on the bridged call.
+    monitor: Option<Monitor>,
 }
 
 impl CallMedia {
@@ -146,6 +149,7 @@ impl CallMedia {
             sources: FROM_PEER,
             recording: None,
             unexpected: 0,
+            monitor: None,
         }
     }
 
@@ -277,6 +281,71 @@ impl CallMedia {
         self.held = [false; 2];
         self.held_by_operator = false;
         self.playback[1] = Playback::default();
+        // The supervisor was on that operator's conversation.
+        self.monitor = None;
+    }
+
+    /// A supervisor joins the bridged call from `now` in `mode`, on their
+    /// own `leg` and `law`, with `seed` (ssrc, seq, ts) for the stream
+    /// they hear. Replaces another supervisor's. `false` (nothing done)
+    /// before the operator answered: there is no conversation to join yet
+    /// (during the operator's whisper they hear silence until the bridge).
+    pub fn monitor(
+        &mut self,
+        now: Instant,
+        mode: MonitorMode,
+        leg: Leg,
+        law: Law,
+        seed: (u32, u16, u32),
+    ) -> bool {
+        if self.legs[1].is_none() {
+            return false;
+        }
+        self.monitor = Some(Monitor::new(now, mode, leg, law, seed));
+        true
+    }
+
+    /// The supervisor's new mode (`None`: they leave).
+    pub fn set_monitor(&mut self, mode: Option<MonitorMode>) {
+        match (mode, self.monitor.as_mut()) {
+            (None, _) => self.monitor = None,
+            (Some(mode), Some(m)) => m.set_mode(mode),
+            (Some(_), None) => {}
+        }
+    }
+
+    /// What the supervisor on the call does, if one is.
+    pub fn monitoring(&self) -> Option<MonitorMode> {
+        self.monitor.as_ref().map(|m| m.mode)
+    }
+
+    /// Counters of what the supervisor sent.
+    pub fn monitor_stats(&self) -> Stats {
+        self.monitor
+            .as_ref()
+            .map(Monitor::stats)
+            .unwrap_or_default()
+    }
+
+    /// A datagram from `from` on the supervisor's port at `now`: their
+    /// voice for whoever hears them. Whether it was theirs.
+    pub fn receive_monitor(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        self.monitor
+            .as_mut()
+            .is_some_and(|m| m.receive(now, from, data))
+    }
+
+    /// The supervisor's next frame (the caller and the operator mixed),
+    /// due at `now`, to send from the supervisor's port. Call until `None`.
+    pub fn poll_monitor(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        // Bounded: a late driver skips ahead inside `poll_packet`.
+        for _ in 0..8 {
+            let (to, len) = self.monitor.as_mut()?.poll_packet(now, buf)?;
+            if !nowhere(to) {
+                return Some((to, len));
+            }
+        }
+        None
     }
 
     fn connect(&mut self) {
@@ -375,10 +444,14 @@ impl CallMedia {
                 .filter(|_| self.plays_to(side))
                 .and_then(Playout::poll_timeout)
         };
-        match (due(Side::A), due(Side::B)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            due(Side::A),
+            due(Side::B),
+            self.monitor.as_ref().map(Monitor::poll_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next playout packet due at `now`, written into `buf` (at least
@@ -507,6 +580,9 @@ impl CallMedia {
                         p.payload,
                     );
                 }
+                if let Some(m) = self.monitor.as_mut() {
+                    m.heard(i, from_law, p.payload);
+                }
                 let to = other.destination();
                 if nowhere(to) {
                     return Action::None;
@@ -519,7 +595,10 @@ impl CallMedia {
                 let Some(len) = rtp::write(&h, p.payload, buf) else {
                     return Action::None;
                 };
-                g711::transcode(from_law, to_law, &mut buf[HEADER_LEN..len]);
+                match self.monitor.as_mut().filter(|m| m.speaks_to(o)) {
+                    Some(m) => m.mix_into(o, from_law, to_law, &mut buf[HEADER_LEN..len]),
+                    None => g711::transcode(from_law, to_law, &mut buf[HEADER_LEN..len]),
+                }
                 Action::Send { to, len }
             }
         }
@@ -1031,5 +1110,156 @@ mod tests {
         assert_eq!(m.idle_side(t, timeout), Some(Side::A));
         m.set_held(t, Side::A, true);
         assert_eq!(m.idle_side(t, timeout), None, "on hold");
+    }
+
+    /// The decoded samples of what `side`'s packet carried to the other.
+    fn heard_by_other(
+        m: &mut CallMedia,
+        t: Instant,
+        side: Side,
+        from: SocketAddr,
+        law: Law,
+        v: i16,
+    ) -> Vec<i32> {
+        let mut buf = [0u8; 1500];
+        let seq = 100 + m.stats(side).packets as u16;
+        let act = m.receive(
+            t,
+            side,
+            from,
+            &pkt(seq, law.payload_type(), &[law.encode(v); 160]),
+            &mut buf,
+        );
+        let Action::Send { len, .. } = act else {
+            panic!("{act:?}");
+        };
+        let p = rtp::parse(&buf[..len]).unwrap();
+        let out = if side == Side::A {
+            Law::Ulaw
+        } else {
+            Law::Alaw
+        };
+        p.payload
+            .iter()
+            .map(|&b| i32::from(out.decode(b)))
+            .collect()
+    }
+
+    #[test]
+    fn a_supervisor_listens_then_whispers_to_the_operator_then_barges_in() {
+        use crate::monitor::MonitorMode;
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, None, (1, 0, 0));
+        let s_addr: SocketAddr = "192.0.2.30:50000".parse().unwrap();
+        let s_leg = || Leg::new(Latch::SdpAddress, s_addr, None);
+        assert!(
+            !m.monitor(t0, MonitorMode::Listen, s_leg(), Law::Ulaw, (7, 0, 0)),
+            "nothing to join before the bridge"
+        );
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
+        assert!(m.monitor(t0, MonitorMode::Listen, s_leg(), Law::Ulaw, (7, 0, 0)));
+        assert_eq!(m.monitoring(), Some(MonitorMode::Listen));
+        let close =
+            |got: &[i32], want: i32| got.iter().all(|&s| (s - want).abs() <= want.abs() / 8 + 16);
+
+        // Listening: the supervisor hears both sides mixed, paced.
+        let caller = heard_by_other(&mut m, t0, Side::A, a_addr, Law::Alaw, 1000);
+        assert!(
+            close(&caller, 1000),
+            "the operator hears the caller as ever"
+        );
+        heard_by_other(&mut m, t0, Side::B, b_addr, Law::Ulaw, 2000);
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t0),
+            "the supervisor's first frame is due"
+        );
+        let mut buf = [0u8; 1500];
+        let (to, len) = m.poll_monitor(t0, &mut buf).expect("a frame");
+        assert_eq!(to, s_addr);
+        let p = rtp::parse(&buf[..len]).unwrap();
+        assert_eq!(
+            (p.header.ssrc, p.header.payload_type, p.header.marker),
+            (7, 0, true)
+        );
+        let mix: Vec<i32> = p
+            .payload
+            .iter()
+            .map(|&b| i32::from(Law::Ulaw.decode(b)))
+            .collect();
+        assert!(
+            close(&mix, 3000),
+            "both sides in the supervisor's frame: {:?}",
+            &mix[..4]
+        );
+        assert_eq!(m.poll_monitor(t0, &mut buf), None, "one frame per 20 ms");
+        let t1 = t0 + Duration::from_millis(20);
+        let p = m
+            .poll_monitor(t1, &mut buf)
+            .map(|(_, len)| rtp::parse(&buf[..len]).unwrap().header);
+        assert_eq!(
+            p.map(|h| (h.seq, h.timestamp, h.marker)),
+            Some((1, 160, false))
+        );
+
+        // Listening, the supervisor's voice reaches nobody.
+        let voice = |m: &mut CallMedia, seq: u16| {
+            assert!(m.receive_monitor(t1, s_addr, &pkt(seq, 0, &[Law::Ulaw.encode(4000); 160])));
+        };
+        voice(&mut m, 1);
+        assert!(close(
+            &heard_by_other(&mut m, t1, Side::A, a_addr, Law::Alaw, 0),
+            0
+        ));
+        assert!(close(
+            &heard_by_other(&mut m, t1, Side::B, b_addr, Law::Ulaw, 0),
+            0
+        ));
+        // A stranger on the supervisor's port is not the supervisor.
+        assert!(!m.receive_monitor(
+            t1,
+            "192.0.2.99:50000".parse().unwrap(),
+            &pkt(2, 0, &[0; 160])
+        ));
+
+        // Whispering: the operator hears the caller and the supervisor;
+        // the caller hears the operator only.
+        m.set_monitor(Some(MonitorMode::Whisper));
+        voice(&mut m, 3);
+        voice(&mut m, 4);
+        assert!(close(
+            &heard_by_other(&mut m, t1, Side::A, a_addr, Law::Alaw, 500),
+            4500
+        ));
+        assert!(close(
+            &heard_by_other(&mut m, t1, Side::B, b_addr, Law::Ulaw, 500),
+            500
+        ));
+
+        // Barging: both hear the supervisor.
+        m.set_monitor(Some(MonitorMode::Barge));
+        voice(&mut m, 5);
+        assert!(close(
+            &heard_by_other(&mut m, t1, Side::A, a_addr, Law::Alaw, 0),
+            4000
+        ));
+        assert!(close(
+            &heard_by_other(&mut m, t1, Side::B, b_addr, Law::Ulaw, 0),
+            4000
+        ));
+        // Spoken once, heard once: nothing left for the caller's next
+        // packet.
+        assert!(close(
+            &heard_by_other(&mut m, t1, Side::B, b_addr, Law::Ulaw, 0),
+            0
+        ));
+
+        // Leaving, or the operator's leg going, ends the supervisor's leg.
+        m.set_monitor(None);
+        assert_eq!(m.monitoring(), None);
+        assert!(m.monitor(t1, MonitorMode::Listen, s_leg(), Law::Ulaw, (7, 0, 0)));
+        m.unbridge();
+        assert_eq!(m.monitoring(), None);
+        assert_eq!(m.poll_monitor(t1 + Duration::from_secs(1), &mut buf), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The media hot path does not allocate: a bridged call relays packets
-//! both ways (transcoding, a third party's packets, DTMF events relayed)
+//! both ways (transcoding, a third party's packets, DTMF events relayed,
+//! a supervisor barging in)
 //! and a waiting call's music is paced out, with a counting allocator
 //! armed on this thread after warm-up.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use centralino_media::announce::builtin_music;
 use centralino_media::g711::Law;
 use centralino_media::leg::{Latch, Leg};
+use centralino_media::monitor::MonitorMode;
 use centralino_media::relay::{Action, CallMedia, Side};
 use centralino_media::rtp::{self, Header};
 use centralino_types::alloc_count::Counting;
@@ -43,6 +45,16 @@ fn relay_and_playout_do_not_allocate() {
         [(1, 2, 3), (4, 5, 6)],
     );
     bridged.bridge(Leg::new(Latch::SdpAddress, b, Some(96)), Law::Ulaw);
+    // A supervisor barging in: their voice mixed into both directions,
+    // both sides mixed for them.
+    let sup: SocketAddr = "192.0.2.30:50000".parse().unwrap();
+    assert!(bridged.monitor(
+        t0,
+        MonitorMode::Barge,
+        Leg::new(Latch::SdpAddress, sup, None),
+        Law::Alaw,
+        (13, 14, 15),
+    ));
     let mut waiting = CallMedia::new(
         t0,
         Leg::new(Latch::SdpAddress, a, None),
@@ -51,7 +63,7 @@ fn relay_and_playout_do_not_allocate() {
     );
     waiting.play(t0, Vec::new(), Some(builtin_music(Law::Alaw)));
     let (mut inbuf, mut outbuf) = ([0u8; 1500], [0u8; 1500]);
-    let (mut relayed, mut played, mut digits) = (0u64, 0u64, 0u64);
+    let (mut relayed, mut played, mut digits, mut heard) = (0u64, 0u64, 0u64, 0u64);
     let mut now = t0;
     for i in 0..20_000u16 {
         if i == 1_000 {
@@ -65,6 +77,11 @@ fn relay_and_playout_do_not_allocate() {
         let n = packet(&mut inbuf, i, 0, &[0xFF; 160]);
         if let Action::Send { .. } = bridged.receive(now, Side::B, b, &inbuf[..n], &mut outbuf) {
             relayed += 1;
+        }
+        let n = packet(&mut inbuf, i, 8, &[0x55; 160]);
+        bridged.receive_monitor(now, sup, &inbuf[..n]);
+        while bridged.poll_monitor(now, &mut outbuf).is_some() {
+            heard += 1;
         }
         let n = packet(&mut inbuf, i, 8, &[0xD5; 160]);
         bridged.receive(now, Side::A, stranger, &inbuf[..n], &mut outbuf);
@@ -82,8 +99,8 @@ fn relay_and_playout_do_not_allocate() {
     }
     let count = Counting::disarm();
     assert!(
-        relayed >= 39_000 && played >= 19_000 && digits >= 390,
-        "{relayed} {played} {digits}"
+        relayed >= 39_000 && played >= 19_000 && digits >= 390 && heard >= 19_000,
+        "{relayed} {played} {digits} {heard}"
     );
     assert_eq!(count, 0, "allocations on the media path");
 }

@@ -49,6 +49,8 @@ pub enum EngineInput {
     },
     /// A browser desktop's phone (the WebRTC gateway).
     Browser(crate::browser::BrowserIn),
+    /// A supervisor joins, changes mode on or leaves an operator's call.
+    Monitor(crate::monitor::MonitorIn),
     /// A connection closed.
     ConnClosed {
         /// Connection number.
@@ -309,6 +311,51 @@ impl EngineHandle {
                 reason,
                 reply,
             })
+            .await
+            .map_err(|_| None)?;
+        answer.await.map_err(|_| None)?.map_err(Some)
+    }
+
+    /// Supervisor `supervisor` joins operator `agent`'s conversation in
+    /// `mode` from a browser offering `offer`. `Err(None)`: the engine is
+    /// gone.
+    pub async fn monitor_start(
+        &self,
+        agent: String,
+        supervisor: String,
+        mode: centralino_media::monitor::MonitorMode,
+        offer: String,
+    ) -> Result<crate::monitor::Joined, Option<crate::monitor::MonitorRefused>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(EngineInput::Monitor(crate::monitor::MonitorIn::Start {
+                agent,
+                supervisor,
+                mode,
+                offer,
+                reply,
+            }))
+            .await
+            .map_err(|_| None)?;
+        answer.await.map_err(|_| None)?.map_err(Some)
+    }
+
+    /// The supervisor on `agent`'s call changes mode (`Some`) or leaves
+    /// (`None`): the call's record id. `Err(None)`: the engine is gone.
+    pub async fn monitor_set(
+        &self,
+        agent: String,
+        supervisor: String,
+        mode: Option<centralino_media::monitor::MonitorMode>,
+    ) -> Result<String, Option<crate::monitor::MonitorRefused>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(EngineInput::Monitor(crate::monitor::MonitorIn::Set {
+                agent,
+                supervisor,
+                mode,
+                reply,
+            }))
             .await
             .map_err(|_| None)?;
         answer.await.map_err(|_| None)?.map_err(Some)

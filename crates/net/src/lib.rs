@@ -26,6 +26,7 @@ mod http;
 mod limits;
 mod media;
 mod metrics;
+mod monitor;
 mod netkey;
 mod pages;
 mod prompts;

@@ -31,6 +31,7 @@ use centralino_b2bua::media::{MediaCommand, MediaEvent, Peer, Remote};
 use centralino_config::{LatchMode, MediaConfig};
 use centralino_media::g711::Law;
 use centralino_media::leg::{Latch, Leg, Stats};
+use centralino_media::monitor::MonitorMode;
 use centralino_media::ports::Ports;
 use centralino_media::relay::{Action, CallMedia, Side};
 use centralino_media::webrtc::{BrowserLeg, DtlsCert, Polled, WebRtcError};
@@ -43,6 +44,9 @@ use tracing::{debug, info, warn};
 
 use crate::recorder::{RecMsg, Recorder};
 
+mod monitor;
+use monitor::{MonitorSide, drain_monitor};
+
 /// Ready sockets taken per epoll wait.
 const EVENTS: usize = 1024;
 /// Playout granularity: frames due within a tick go out together.
@@ -50,6 +54,9 @@ const TICK: Duration = Duration::from_millis(5);
 /// Liveness checks and metric flushes.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const WAKER: u64 = u64::MAX;
+/// Epoll tokens per call: caller RTP and RTCP, operator RTP and RTCP,
+/// supervisor RTP and RTCP (and two spare).
+const TOKENS: usize = 8;
 
 /// Wakes a media thread when a command is queued (an eventfd in its epoll
 /// set).
@@ -91,6 +98,12 @@ struct Held {
     /// A browser that answered before the call's media opened (a late
     /// offer, an agent-first callback): its leg goes with `Open`.
     browser: Option<Box<BrowserLeg>>,
+    /// A supervisor's port, held until they leave, the operator's leg
+    /// goes or the call ends.
+    monitor: Option<u16>,
+    /// Their leg and sockets, made by [`MediaPlane::monitor_browser`],
+    /// until the engine's `Monitor` command puts them on the call.
+    monitor_pending: Option<(Pair, Box<BrowserLeg>)>,
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<Pair> {
@@ -113,6 +126,13 @@ enum Cmd {
     /// WebRTC from now on.
     Browser {
         call: CallId,
+        leg: Box<BrowserLeg>,
+    },
+    /// A supervisor joins the call from their browser.
+    Monitor {
+        call: CallId,
+        mode: MonitorMode,
+        pair: Pair,
         leg: Box<BrowserLeg>,
     },
     Other(MediaCommand),
@@ -193,11 +213,13 @@ impl MediaPlane {
 
     fn gauges(&self) {
         let free = self.pool.available() as i64;
+        let resting = self.pool.resting() as i64;
         let ports = &self.metrics.rtp_ports;
         ports.with_label_values(&["free"]).set(free);
+        ports.with_label_values(&["resting"]).set(resting);
         ports
             .with_label_values(&["in_use"])
-            .set(self.pool.capacity() as i64 - free);
+            .set(self.pool.capacity() as i64 - free - resting);
     }
 
     /// A port from the pool with RTP and RTCP bound on `ip`; a port another
@@ -242,6 +264,8 @@ impl MediaPlane {
                 socks: Some([a, b]),
                 ip,
                 browser: None,
+                monitor: None,
+                monitor_pending: None,
             },
         ) {
             // A call reserves once; should the engine ask again, the old
@@ -322,6 +346,7 @@ impl MediaPlane {
             | MediaCommand::Unbridge { call }
             | MediaCommand::Bridge { call, .. }
             | MediaCommand::Update { call, .. }
+            | MediaCommand::Monitor { call, .. }
             | MediaCommand::Close { call } => *call,
         };
         let cmd = match cmd {
@@ -349,11 +374,34 @@ impl MediaPlane {
                 // close when it takes the command.
                 if let Some(held) = self.held.remove(&call) {
                     let now = Instant::now();
-                    for p in held.ports {
+                    for p in held.ports.into_iter().chain(held.monitor) {
                         self.pool.release(now, p);
                     }
                     self.gauges();
                 }
+                Cmd::Other(cmd)
+            }
+            MediaCommand::Monitor {
+                call,
+                mode: Some(mode),
+            } if self
+                .held
+                .get(&call)
+                .is_some_and(|h| h.monitor_pending.is_some()) =>
+            {
+                let held = self.held.get_mut(&call).expect("checked");
+                let (pair, leg) = held.monitor_pending.take().expect("checked");
+                Cmd::Monitor {
+                    call,
+                    mode,
+                    pair,
+                    leg,
+                }
+            }
+            MediaCommand::Monitor { call, mode: None } | MediaCommand::Unbridge { call } => {
+                // The supervisor's leg ends (with the operator's).
+                self.release_monitor(Instant::now(), call);
+                self.gauges();
                 Cmd::Other(cmd)
             }
             other => Cmd::Other(other),
@@ -384,6 +432,8 @@ struct Session {
     browser: Option<BrowserSide>,
     /// The operator port's address as bound.
     b_local: SocketAddr,
+    /// A supervisor's browser on the call, on a port of its own.
+    monitor: Option<MonitorSide>,
 }
 
 /// A browser's leg on a call's operator port.
@@ -599,6 +649,12 @@ impl Worker {
                     s.browser = Some(BrowserSide { leg, peer: None });
                 }
             }
+            Cmd::Monitor {
+                call,
+                mode,
+                pair,
+                leg,
+            } => self.monitor(now, call, mode, pair, leg),
             Cmd::Browser { call, leg } => {
                 let Some(&slot) = self.by_call.get(&call) else {
                     return;
@@ -630,7 +686,16 @@ impl Worker {
                     s.media.whisper(now, leg, b.law, prompts);
                 }
             }
+            Cmd::Other(MediaCommand::Monitor { call, mode }) => {
+                if let Some(s) = self.session(call) {
+                    s.media.set_monitor(mode);
+                }
+                if mode.is_none() {
+                    self.end_monitor(call);
+                }
+            }
             Cmd::Other(MediaCommand::Unbridge { call }) => {
+                self.end_monitor(call);
                 if let Some(s) = self.session(call) {
                     s.media.unbridge();
                     // A browser's leg served that operator only.
@@ -705,7 +770,7 @@ impl Worker {
             if let Err(e) = epoll::add(
                 &self.poll,
                 s,
-                epoll::EventData::new_u64((slot * 4 + k) as u64),
+                epoll::EventData::new_u64((slot * TOKENS + k) as u64),
                 epoll::EventFlags::IN,
             ) {
                 warn!(%call, error = %e, "cannot watch an RTP socket");
@@ -731,12 +796,14 @@ impl Worker {
             idle_reported: false,
             browser: None,
             b_local,
+            monitor: None,
         });
         self.by_call.insert(call, slot);
         self.sessions_gauge.inc();
     }
 
     fn close(&mut self, call: CallId) {
+        self.end_monitor(call);
         let Some(slot) = self.by_call.remove(&call) else {
             return;
         };
@@ -780,10 +847,27 @@ impl Worker {
     /// Reads one datagram from a ready socket (level-triggered: if more
     /// are queued, the next wait reports the socket again).
     fn readable(&mut self, now: Instant, token: usize, inbuf: &mut [u8], outbuf: &mut [u8]) {
-        let (slot, k) = (token / 4, token % 4);
+        let (slot, k) = (token / TOKENS, token % TOKENS);
         let Some(Some(s)) = self.sessions.get_mut(slot) else {
             return;
         };
+        if k >= 4 {
+            let Some(m) = s.monitor.as_mut() else {
+                return;
+            };
+            let Ok((n, from)) = m.socks[k - 4].recv_from(inbuf) else {
+                return;
+            };
+            // The supervisor's ICE, DTLS and SRTP on their RTP port; RTCP
+            // read and ignored.
+            if k == 4 && !m.leg.receive(now, from, m.local, &inbuf[..n]) {
+                self.local.browser_foreign += 1;
+            } else if k != 4 {
+                self.local.rtcp += 1;
+            }
+            drain_monitor(&mut self.local, s, now);
+            return;
+        }
         let side = if k < 2 { Side::A } else { Side::B };
         // Errors (ICMP from a peer, a spurious wake-up) concern a peer,
         // not the socket: nothing to do.
@@ -848,8 +932,23 @@ impl Worker {
                 b.leg.handle_timeout(now);
                 drain_browser(&mut self.local, s, now);
             }
+            if let Some(m) = s.monitor.as_mut()
+                && m.leg.poll_timeout() <= now
+            {
+                m.leg.handle_timeout(now);
+                drain_monitor(&mut self.local, s, now);
+            }
             if s.media.poll_timeout().is_none_or(|t| t > now) {
                 continue;
+            }
+            // What the supervisor hears, both sides mixed.
+            while let Some((_, len)) = s.media.poll_monitor(now, outbuf) {
+                if let Some(m) = s.monitor.as_mut() {
+                    m.leg.send_rtp(now, &outbuf[..len]);
+                }
+            }
+            if s.monitor.is_some() {
+                drain_monitor(&mut self.local, s, now);
             }
             while let Some((to, len)) = s.media.poll_packet(now, outbuf) {
                 self.local.sent_from(0, &s.socks[0], &outbuf[..len], to);

@@ -26,7 +26,8 @@ pub struct NetMetrics {
     /// `centralino_desk_connections`: operator desktops following their
     /// desk over a WebSocket.
     pub desk_connections: IntGauge,
-    /// `centralino_rtp_ports{state}`: in use / free (driver).
+    /// `centralino_rtp_ports{state}`: in use / resting (released, in
+    /// quarantine) / free (driver).
     pub rtp_ports: IntGaugeVec,
     /// `centralino_media_sessions`: calls with anchored media (driver).
     pub media_sessions: IntGauge,

@@ -639,6 +639,10 @@ async fn run_engine(
                         browsers.input(&mut engine, &mut plane, now, b);
                         false
                     }
+                    EngineInput::Monitor(m) => {
+                        crate::monitor::input(&mut engine, &mut plane, now, m);
+                        true
+                    }
                     input => {
                         handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics);
                         true
@@ -1062,7 +1066,7 @@ fn handle(
         }
         EngineInput::ConnFailed { remote } => engine.connection_failed(now, remote),
         // Taken by the engine task before `handle` (it needs the plane).
-        EngineInput::Browser(_) => {}
+        EngineInput::Browser(_) | EngineInput::Monitor(_) => {}
         EngineInput::Callbacks(due) => {
             for cb in due {
                 engine.start_callback(now, cb);

@@ -224,6 +224,8 @@ pub(super) struct Call {
     /// Another firm's call lent this node's operator under an agreement:
     /// (borrower, lender), counted until the call ends.
     pub(super) lent: Option<Box<(String, String)>>,
+    /// A supervisor on the conversation (listening, whispering, barging).
+    pub(super) monitor: Option<Monitoring>,
 }
 
 /// A campaign's contact calling its number back, for the operator's desk.
@@ -314,6 +316,7 @@ impl Call {
             known: None,
             handed_over: false,
             lent: None,
+            monitor: None,
         }
     }
 

@@ -590,6 +590,9 @@ impl Engine {
         call.media.b = None;
         call.media.b_direction = Direction::SendRecv;
         call.phase = Phase::Queued;
+        // The supervisor was on that operator's conversation (the media
+        // plane ends their leg with the `Unbridge`).
+        call.monitor = None;
         self.by_b.remove(&b.call_id);
         self.client.remove(&b.invite_key);
         self.out

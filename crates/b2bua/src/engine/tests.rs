@@ -5323,12 +5323,7 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
 fn a_caller_leaving_after_a_transfer_is_no_dead_end_and_keeps_the_first_operator() {
     let (mut h, ok, inv) = connected();
     let a_tag = ok.to_tag.clone().unwrap();
-    let refer = format!(
-        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr1\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 REFER\r\nRefer-To: <sip:info@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
-        inv.header("To").unwrap(),
-        inv.header("From").unwrap(),
-        inv.call_id
-    );
+    let refer = refer_to_info(&inv);
     let out = h.send(PHONE1, &refer);
     assert_eq!(codes(&out, PHONE1)[0], 202);
     h.send(TRUNK, &in_dialog("BYE", TRUNK, "am1", &a_tag, 50, ""));
@@ -5378,4 +5373,107 @@ fn a_datagram_forged_from_a_browsers_address_is_dropped() {
         &format!("OPTIONS sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {STRANGER};branch=z9hG4bKf2\r\nFrom: <sip:x@192.0.2.66>;tag=f\r\nTo: <sip:centralino@192.0.2.1>\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"),
     );
     assert_eq!(codes(&out, STRANGER), vec![200]);
+}
+
+/// A supervisor joins an operator's conversation only while they talk, one
+/// at a time; only they change mode or leave; the operator's leg going
+/// (a transfer, a requeue) ends their place on the call.
+#[test]
+fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operator() {
+    use super::MonitorError;
+    use centralino_media::monitor::MonitorMode;
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    assert_eq!(
+        h.engine.monitor_start("1001", "sup", MonitorMode::Listen),
+        Err(MonitorError::NotTalking),
+        "idle: nothing to join"
+    );
+    assert_eq!(
+        h.engine.monitor_start("9999", "sup", MonitorMode::Listen),
+        Err(MonitorError::Unknown)
+    );
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    assert_eq!(
+        h.engine.monitor_start("1001", "sup", MonitorMode::Listen),
+        Err(MonitorError::NotTalking),
+        "ringing: nothing to join"
+    );
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let target = h
+        .engine
+        .monitor_start("1001", "sup", MonitorMode::Listen)
+        .expect("talking");
+    assert_eq!(
+        Some(target.record.as_str()),
+        inv.header("X-Centralino-Call")
+    );
+    assert_eq!(
+        target.laws,
+        vec![Law::Alaw, Law::Ulaw],
+        "the caller's law first"
+    );
+    assert_eq!(
+        h.engine.monitor_start("1001", "other", MonitorMode::Barge),
+        Err(MonitorError::Taken),
+        "one supervisor per call"
+    );
+    // Their leg could not be made: the place is free again.
+    h.engine.monitor_failed(target.call);
+    let target = h
+        .engine
+        .monitor_start("1001", "sup", MonitorMode::Listen)
+        .expect("free again");
+    h.media.clear();
+    h.engine.monitor_joined(target.call);
+    h.drain();
+    assert!(
+        matches!(
+            h.media.as_slice(),
+            [MediaCommand::Monitor { call, mode: Some(MonitorMode::Listen) }] if *call == target.call
+        ),
+        "{:?}",
+        h.media
+    );
+    assert_eq!(
+        h.engine
+            .monitor_set("1001", "other", Some(MonitorMode::Barge)),
+        Err(MonitorError::NotJoined),
+        "another supervisor cannot take over the mode"
+    );
+    assert_eq!(
+        h.engine
+            .monitor_set("1001", "sup", Some(MonitorMode::Whisper))
+            .ok()
+            .as_deref(),
+        inv.header("X-Centralino-Call")
+    );
+    assert_eq!(h.gauge("centralino_monitors_total{mode=listen}"), 1);
+    assert_eq!(h.gauge("centralino_monitors_total{mode=whisper}"), 1);
+    // The operator transfers the call: the supervisor's place goes with
+    // the operator's leg.
+    let refer = refer_to_info(&inv);
+    let out = h.send(PHONE1, &refer);
+    assert_eq!(codes(&out, PHONE1)[0], 202);
+    assert!(
+        h.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Unbridge { call } if *call == target.call))
+    );
+    assert_eq!(
+        h.engine.monitor_set("1001", "sup", None),
+        Err(MonitorError::NotJoined)
+    );
+}
+
+/// Operator 1001's blind transfer (REFER) of the call `inv` offered them
+/// to the queue "info".
+fn refer_to_info(inv: &Message) -> String {
+    format!(
+        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr1\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 REFER\r\nRefer-To: <sip:info@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
+        inv.header("To").unwrap(),
+        inv.header("From").unwrap(),
+        inv.call_id
+    )
 }

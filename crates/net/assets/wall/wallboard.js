@@ -17,6 +17,9 @@ const T = {
     "a-name": "Operatore", "a-tenant": "Ente", "a-state": "Stato", "a-reason": "Motivo",
     "a-actions": "Azioni", "do-pause": "Metti in pausa", "do-resume": "Rendi disponibile",
     "done-paused": "in pausa", "done-available": "disponibile",
+    "do-listen": "Ascolta", monitor: "In ascolto:", "m-listen": "Solo ascolto",
+    "m-whisper": "Parla all'operatore", "m-barge": "Intervieni", "m-end": "Chiudi ascolto",
+    "m-on": "in ascolto", "m-ended": "la conversazione è finita", "m-nomic": "senza microfono: solo ascolto",
     connected: "Aggiornato in tempo reale", reconnecting: "Connessione persa: nuovo tentativo…",
     "bad-token": "Token non valido", "not-supervisor": "Serve un token da supervisore",
     "too-many": "Troppi tentativi: riprova più tardi", failed: "Operazione non riuscita", lang: "English",
@@ -35,6 +38,9 @@ const T = {
     "a-name": "Operator", "a-tenant": "Firm", "a-state": "State", "a-reason": "Reason",
     "a-actions": "Actions", "do-pause": "Put on a break", "do-resume": "Make available",
     "done-paused": "on a break", "done-available": "available",
+    "do-listen": "Listen", monitor: "Listening to:", "m-listen": "Listen only",
+    "m-whisper": "Talk to the operator", "m-barge": "Join the call", "m-end": "Stop listening",
+    "m-on": "listening", "m-ended": "the conversation ended", "m-nomic": "no microphone: listening only",
     connected: "Live", reconnecting: "Connection lost: retrying…",
     "bad-token": "Unknown token", "not-supervisor": "A supervisor's token is needed",
     "too-many": "Too many attempts: try again later", failed: "That did not work", lang: "Italiano",
@@ -102,6 +108,16 @@ function render() {
       b.addEventListener("click", () => setState(a.agent, state));
       td.append(b);
     }
+    // Listen in (then whisper or barge) to a conversation, one at a time.
+    if (a.state === "on_call" && monitor.agent !== a.agent) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.id = "listen-" + a.agent;
+      b.textContent = t("do-listen");
+      b.setAttribute("aria-label", t("do-listen") + " " + a.agent);
+      b.addEventListener("click", () => listen(a.agent));
+      td.append(b);
+    }
     tbody.rows[i].append(td);
   });
 }
@@ -115,7 +131,90 @@ async function setState(agent, state) {
   agents();
 }
 
+// The supervisor on an operator's call: their browser is a WebRTC peer of
+// the node (ICE-lite, on a port of its own); the microphone travels muted
+// while listening, so whispering or barging needs no new offer.
+const monitor = { agent: null, call: null, pc: null, stream: null, mode: null, ended: null };
+window.centralinoMonitor = monitor;
+
+function monitorPath(agent) {
+  return "/api/v1/agents/" + encodeURIComponent(agent) + "/monitor";
+}
+
+function closeMonitor(why) {
+  if (monitor.pc) monitor.pc.close();
+  if (monitor.stream) for (const track of monitor.stream.getTracks()) track.stop();
+  Object.assign(monitor, { agent: null, call: null, pc: null, stream: null, mode: null, ended: why || null });
+  $("monitor-audio").srcObject = null;
+  $("monitor").hidden = true;
+  render();
+}
+
+function showMode() {
+  for (const m of ["listen", "whisper", "barge"]) {
+    const b = $("mode-" + m);
+    b.setAttribute("aria-pressed", String(monitor.mode === m));
+    b.disabled = m !== "listen" && !monitor.stream;
+  }
+  if (monitor.stream) for (const track of monitor.stream.getAudioTracks()) track.enabled = monitor.mode !== "listen";
+}
+
+async function listen(agent) {
+  if (monitor.pc) await leave();
+  $("monitor-status").textContent = "";
+  let stream = null;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (_) {
+    stream = null;
+  }
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  if (stream) for (const track of stream.getTracks()) { track.enabled = false; pc.addTrack(track, stream); }
+  else pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.ontrack = (ev) => { $("monitor-audio").srcObject = ev.streams[0] || new MediaStream([ev.track]); };
+  // No candidates to wait for: the node is ICE-lite.
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await api("POST", monitorPath(agent), { mode: "listen", sdp: pc.localDescription.sdp });
+  if (r.status !== 200 || !r.json || !r.json.sdp) {
+    pc.close();
+    if (stream) for (const track of stream.getTracks()) track.stop();
+    $("action-status").textContent = agent + ": " + ((r.json && r.json.error) || t("failed"));
+    return;
+  }
+  await pc.setRemoteDescription({ type: "answer", sdp: r.json.sdp });
+  Object.assign(monitor, { agent, call: r.json.call, pc, stream, mode: "listen", ended: null });
+  $("monitor-agent").textContent = agent;
+  $("monitor").hidden = false;
+  $("monitor-status").textContent = agent + ": " + t(stream ? "m-on" : "m-nomic");
+  showMode();
+  render();
+  $("mode-listen").focus();
+}
+
+async function setMode(mode) {
+  if (!monitor.agent || monitor.mode === mode) return;
+  const r = await api("PATCH", monitorPath(monitor.agent), { mode });
+  if (r.status === 200) {
+    monitor.mode = mode;
+    showMode();
+    $("monitor-status").textContent = monitor.agent + ": " + t("m-" + mode);
+  } else if (r.status === 409) {
+    closeMonitor("ended");
+    $("monitor-status").textContent = t("m-ended");
+  } else {
+    $("monitor-status").textContent = (r.json && r.json.error) || t("failed");
+  }
+}
+
+async function leave() {
+  if (!monitor.agent) return;
+  const agent = monitor.agent;
+  closeMonitor("left");
+  await api("DELETE", monitorPath(agent));
+}
+
 function showLogin() {
+  closeMonitor();
   board.on = false;
   if (board.socket) { board.socket.onclose = null; board.socket.close(); board.socket = null; }
   clearInterval(board.poll);
@@ -146,6 +245,11 @@ async function agents() {
   if (r.status === 401) { showLogin(); return; }
   if (r.status === 200 && r.json) {
     board.agents = r.json.agents || [];
+    // The operator's conversation ended: so did the supervisor's place.
+    if (monitor.agent && !board.agents.some((a) => a.agent === monitor.agent && a.state === "on_call")) {
+      closeMonitor("ended");
+      $("action-status").textContent = t("m-ended");
+    }
     render();
   }
 }
@@ -187,6 +291,8 @@ async function login(ev) {
 
 async function boot() {
   $("login-form").addEventListener("submit", login);
+  for (const m of ["listen", "whisper", "barge"]) $("mode-" + m).addEventListener("click", () => setMode(m));
+  $("monitor-end").addEventListener("click", leave);
   $("logout").addEventListener("click", async () => { await api("DELETE", "/api/v1/login"); showLogin(); });
   $("lang").addEventListener("click", () => {
     lang = lang === "it" ? "en" : "it";

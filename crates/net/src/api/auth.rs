@@ -119,6 +119,9 @@ pub(super) enum Need<'a> {
     /// or a supervisor of that operator's firm (all firms without a
     /// `tenant`).
     Operates(&'a str),
+    /// Hearing one operator's conversations: a supervisor of that
+    /// operator's firm only (all firms without a `tenant`); not an admin.
+    Supervises(&'a str),
 }
 
 /// The bearer token of `Authorization`, if any.
@@ -246,17 +249,18 @@ pub(super) fn authorize_token<'a>(
         t.clone()
     };
     let allowed = match (t.role, need) {
+        (Role::Supervisor, Need::Supervises(name) | Need::Operates(name)) => api
+            .live()
+            .agent_tenants
+            .iter()
+            .any(|(a, at)| a == name && t.tenant.as_deref().is_none_or(|tt| tt == at)),
+        (_, Need::Supervises(_)) => false,
         (Role::Admin, _)
         | (_, Need::Any)
         | (Role::Callbacks, Need::Callbacks)
         | (Role::Agent, Need::Operator)
         | (Role::Supervisor, Need::Supervisor) => true,
         (Role::Agent, Need::Desk(name) | Need::Operates(name)) => t.agent.as_deref() == Some(name),
-        (Role::Supervisor, Need::Operates(name)) => api
-            .live()
-            .agent_tenants
-            .iter()
-            .any(|(a, at)| a == name && t.tenant.as_deref().is_none_or(|tt| tt == at)),
         _ => false,
     };
     if allowed {
@@ -270,6 +274,9 @@ pub(super) fn authorize_token<'a>(
                 Need::Desk(_) => "an operator's token reads that operator's desk only",
                 Need::Operates(_) => {
                     "only that operator, an admin, or a supervisor of their firm changes their state"
+                }
+                Need::Supervises(_) => {
+                    "only a supervisor of the operator's firm joins their calls (not an admin)"
                 }
                 _ => "this token's role may not do this",
             },

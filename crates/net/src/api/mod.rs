@@ -44,6 +44,7 @@ mod csv;
 mod desk;
 mod desks;
 mod login;
+mod monitor;
 mod openapi;
 mod operators;
 mod scripts;
@@ -320,6 +321,15 @@ fn table() -> Vec<Route> {
             &["agent_preview"],
             Audit::Bearer,
             post(agent_preview),
+        ),
+        route(
+            "/api/v1/agents/{name}/monitor",
+            &["POST", "PATCH", "DELETE"],
+            &["agent_monitor", "agent_monitor_mode", "agent_monitor_end"],
+            Audit::Bearer,
+            post(monitor::monitor_start)
+                .patch(monitor::monitor_patch)
+                .delete(monitor::monitor_delete),
         ),
         route(
             "/api/v1/queues",

@@ -21,6 +21,8 @@ enum Who {
     Operator,
     /// The operator, a supervisor of their firm, or an admin.
     Operates,
+    /// A supervisor of the operator's firm (not an admin).
+    Supervises,
     /// `callbacks` tokens (web forms), supervisors and admins.
     Callbacks,
 }
@@ -34,6 +36,7 @@ impl Who {
             Self::Supervisor => &["admin", "supervisor"],
             Self::Operator => &["admin", "agent"],
             Self::Operates => &["admin", "supervisor", "agent"],
+            Self::Supervises => &["supervisor"],
             Self::Callbacks => &["admin", "supervisor", "callbacks"],
         }
     }
@@ -73,6 +76,21 @@ const OPERATIONS: &[(&str, &str, Who)] = &[
         Who::Operator,
     ),
     ("agent_state", "Pause or resume an operator", Who::Operates),
+    (
+        "agent_monitor",
+        "Join the operator's conversation from a browser (listen, whisper, barge): SDP offer in, answer out",
+        Who::Supervises,
+    ),
+    (
+        "agent_monitor_mode",
+        "Listen, whisper or barge from now (the supervisor on the call)",
+        Who::Supervises,
+    ),
+    (
+        "agent_monitor_end",
+        "Leave the operator's conversation",
+        Who::Supervises,
+    ),
     (
         "agent_preview",
         "Accept or skip a campaign's preview contact",

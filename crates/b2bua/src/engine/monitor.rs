@@ -1,0 +1,193 @@
+//! Supervisors on operators' calls: listen, whisper, barge. The engine
+//! decides who may join which call (the operator must be talking, one
+//! supervisor per call, only the one who joined changes or ends it) and
+//! keeps it on the call; the media plane mixes (see
+//! `centralino_media::monitor`). The supervisor's media leg is made by the
+//! driver between [`Engine::monitor_start`] and [`Engine::monitor_joined`],
+//! so its order with the call's other media commands is the engine's.
+
+use super::*;
+use centralino_media::monitor::MonitorMode;
+
+/// A supervisor on a call.
+#[derive(Clone, Debug)]
+pub(super) struct Monitoring {
+    /// Their token's name (the audit's "who").
+    pub(super) supervisor: String,
+    pub(super) mode: MonitorMode,
+    /// The media plane has their leg (`Monitor` sent).
+    pub(super) joined: bool,
+}
+
+/// The call a supervisor may join, for the driver to make their leg.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorTarget {
+    /// The call.
+    pub call: CallId,
+    /// Its record id (what the desk and the CDR call it).
+    pub record: String,
+    /// The address the call's SDP names (behind NAT, the advertised one).
+    pub sdp_ip: IpAddr,
+    /// The laws the supervisor's leg may use, the caller's first (no
+    /// transcoding on the way to the trunk).
+    pub laws: Vec<Law>,
+}
+
+/// Why a supervisor cannot join, change or leave a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MonitorError {
+    /// No such operator.
+    #[error("no such operator")]
+    Unknown,
+    /// Not talking (ringing, idle, paused...): nothing to join.
+    #[error("the operator is not in a conversation")]
+    NotTalking,
+    /// Another supervisor is on the call.
+    #[error("another supervisor is already on this call")]
+    Taken,
+    /// Nobody (or somebody else) is on the call for this supervisor.
+    #[error("you are not on this operator's call")]
+    NotJoined,
+}
+
+impl Engine {
+    /// The call operator `agent` is talking on, if any.
+    fn talking_call(&self, agent: &str) -> Result<CallId, MonitorError> {
+        let &id = self.agent_ids.get(agent).ok_or(MonitorError::Unknown)?;
+        match self.router.agent(id).state {
+            AgentState::OnCall(call)
+                if self
+                    .calls
+                    .get(&call)
+                    .is_some_and(|c| c.b.is_some() && c.media.opened) =>
+            {
+                Ok(call)
+            }
+            _ => Err(MonitorError::NotTalking),
+        }
+    }
+
+    /// Supervisor `supervisor` asks to join operator `agent`'s conversation
+    /// in `mode`: the call, for the driver to make their leg, then
+    /// [`Self::monitor_joined`] (or [`Self::monitor_failed`]).
+    pub fn monitor_start(
+        &mut self,
+        agent: &str,
+        supervisor: &str,
+        mode: MonitorMode,
+    ) -> Result<MonitorTarget, MonitorError> {
+        let call_id = self.talking_call(agent)?;
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(MonitorError::NotTalking)?;
+        if call.monitor.is_some() {
+            return Err(MonitorError::Taken);
+        }
+        call.monitor = Some(Monitoring {
+            supervisor: supervisor.to_owned(),
+            mode,
+            joined: false,
+        });
+        let first = call.media.a.law;
+        let other = match first {
+            Law::Alaw => Law::Ulaw,
+            Law::Ulaw => Law::Alaw,
+        };
+        Ok(MonitorTarget {
+            call: call_id,
+            record: call.record_id.clone(),
+            sdp_ip: call.media.sdp_ip,
+            laws: vec![first, other],
+        })
+    }
+
+    /// The supervisor's leg is ready in the media plane: they are on the
+    /// call from now (counted, logged for the audit).
+    pub fn monitor_joined(&mut self, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(m) = call.monitor.as_mut().filter(|m| !m.joined) else {
+            return;
+        };
+        m.joined = true;
+        let mode = m.mode;
+        self.metrics
+            .monitors
+            .with_label_values(&[mode.label()])
+            .inc();
+        let _g = call.span.enter();
+        info!(
+            supervisor = %m.supervisor,
+            operator = ?call.connected.as_ref().map(|(_, n)| n),
+            mode = mode.label(),
+            "a supervisor joined the call"
+        );
+        self.out.push_back(Output::Media(MediaCommand::Monitor {
+            call: call_id,
+            mode: Some(mode),
+        }));
+    }
+
+    /// The supervisor's leg could not be made: they are not on the call.
+    pub fn monitor_failed(&mut self, call_id: CallId) {
+        if let Some(call) = self.calls.get_mut(&call_id)
+            && call.monitor.as_ref().is_some_and(|m| !m.joined)
+        {
+            call.monitor = None;
+        }
+    }
+
+    /// Supervisor `supervisor`, on operator `agent`'s call, changes mode
+    /// (`Some`) or leaves (`None`). Returns the call's record id.
+    pub fn monitor_set(
+        &mut self,
+        agent: &str,
+        supervisor: &str,
+        mode: Option<MonitorMode>,
+    ) -> Result<String, MonitorError> {
+        let call_id = self.talking_call(agent).map_err(|e| match e {
+            MonitorError::NotTalking => MonitorError::NotJoined,
+            e => e,
+        })?;
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(MonitorError::NotJoined)?;
+        let Some(m) = call
+            .monitor
+            .as_mut()
+            .filter(|m| m.joined && m.supervisor == supervisor)
+        else {
+            return Err(MonitorError::NotJoined);
+        };
+        let _g = call.span.enter();
+        match mode {
+            Some(mode) => {
+                if m.mode != mode {
+                    m.mode = mode;
+                    self.metrics
+                        .monitors
+                        .with_label_values(&[mode.label()])
+                        .inc();
+                    info!(
+                        supervisor,
+                        mode = mode.label(),
+                        "the supervisor changed mode"
+                    );
+                }
+            }
+            None => {
+                info!(supervisor, "the supervisor left the call");
+                call.monitor = None;
+            }
+        }
+        self.out.push_back(Output::Media(MediaCommand::Monitor {
+            call: call_id,
+            mode,
+        }));
+        Ok(call.record_id.clone())
+    }
+}
