@@ -401,6 +401,25 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
         "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Disponibile')",
         "the operator available again",
     );
+    // End of shift, by the supervisor: signed out, and the phone
+    // registering again does not bring them back; Disponibile does.
+    b.tab_to("do-signout-1001");
+    b.key("Enter", false);
+    let signed_out = "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Non registrato' && r.cells[3].textContent === 'fuori servizio')";
+    b.wait_for(signed_out, "the operator signed out");
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    assert_eq!(
+        node.metric("centralino_queue_agents{queue=\"prenotazioni\",state=\"available\"}"),
+        0.0,
+        "the phone registered again, the operator still out"
+    );
+    b.wait_for(signed_out, "still signed out");
+    b.tab_to("do-resume-1001");
+    b.key("Enter", false);
+    b.wait_for(
+        "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Disponibile')",
+        "the operator back in service",
+    );
     // Each of the supervisor's actions is in the audit log under their
     // token's name (the store's group commit has it within a moment).
     let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
@@ -414,7 +433,7 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
                 e.actor == "sala-roma" && e.status == 200 && e.action.contains("agent_state")
             })
             .count();
-        if forced == 2 {
+        if forced == 4 {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "{tail:?}");

@@ -173,6 +173,16 @@ pub enum EngineInput {
         reply:
             tokio::sync::oneshot::Sender<Result<&'static str, centralino_b2bua::AgentStateError>>,
     },
+    /// An operator signs out of the service (their desk, a supervisor).
+    SignOut {
+        /// The operator.
+        agent: String,
+        /// Why (`fine_turno`).
+        reason: Option<String>,
+        /// `logged_out` or `logging_out` (after their call), or why not.
+        reply:
+            tokio::sync::oneshot::Sender<Result<&'static str, centralino_b2bua::AgentStateError>>,
+    },
     /// A preview campaign's operator accepts or skips the contact on
     /// their desk.
     Preview {
@@ -356,6 +366,26 @@ impl EngineHandle {
                 mode,
                 reply,
             }))
+            .await
+            .map_err(|_| None)?;
+        answer.await.map_err(|_| None)?.map_err(Some)
+    }
+
+    /// Signs an operator out of the service: `logged_out`, or
+    /// `logging_out` until their call ends. `Err(None)`: the engine is
+    /// gone.
+    pub async fn sign_out(
+        &self,
+        agent: String,
+        reason: Option<String>,
+    ) -> Result<&'static str, Option<centralino_b2bua::AgentStateError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(EngineInput::SignOut {
+                agent,
+                reason,
+                reply,
+            })
             .await
             .map_err(|_| None)?;
         answer.await.map_err(|_| None)?.map_err(Some)

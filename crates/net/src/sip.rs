@@ -695,6 +695,11 @@ async fn run_engine(
                     clients.to_cluster(crate::cluster::ClusterOut::Offer { node, request });
                 }
                 Output::ClusterNews => clients.to_cluster(crate::cluster::ClusterOut::News),
+                Output::SignedOut { agent, out } => {
+                    if let Some(d) = &desks {
+                        d.set_signed_out(agent, out);
+                    }
+                }
                 Output::AgentsChanged => {
                     if let Some(d) = &desks {
                         let (board, slots) = engine.board();
@@ -1116,6 +1121,13 @@ fn handle(
             reply,
         } => {
             let _ = reply.send(engine.set_agent_paused(now, &agent, paused, reason));
+        }
+        EngineInput::SignOut {
+            agent,
+            reason,
+            reply,
+        } => {
+            let _ = reply.send(engine.sign_out_agent(now, &agent, reason));
         }
         EngineInput::Preview {
             agent,

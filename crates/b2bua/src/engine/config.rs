@@ -120,6 +120,7 @@ impl Engine {
             qualify: config.qualify,
             qualify_due: BinaryHeap::new(),
             qualify_scheduled: std::collections::HashSet::new(),
+            signed_out: std::collections::HashSet::new(),
             trunk_due: BinaryHeap::new(),
             max_calls: config.sip.max_calls,
             max_per_source: config.sip.max_transactions_per_source,

@@ -27,6 +27,14 @@ pub enum Output {
     /// Operators were added or removed (a reload): the desks' view of
     /// the board (`Engine::board`) is out of date.
     AgentsChanged,
+    /// An operator signed out of the service (`out`) or back in: the
+    /// views say why they are logged out with a phone registered.
+    SignedOut {
+        /// The operator.
+        agent: String,
+        /// Signed out (or back in).
+        out: bool,
+    },
     /// An operator is free again in a queue that had none (the views just
     /// published say which): the other nodes should hear it now.
     ClusterNews,

@@ -335,6 +335,10 @@ pub struct Engine {
     /// When each logged-in operator's phone is next asked.
     qualify_due: BinaryHeap<Reverse<(Instant, AgentId)>>,
     /// Operators with an entry in `qualify_due` (one chain each).
+    /// Operators signed out of the service (their desk, a supervisor):
+    /// their phones may stay registered, no call is offered to them until
+    /// they make themselves available or paused again.
+    signed_out: std::collections::HashSet<AgentId>,
     qualify_scheduled: std::collections::HashSet<AgentId>,
     trunk_due: BinaryHeap<Reverse<(Instant, TrunkId)>>,
     max_calls: usize,
@@ -591,6 +595,12 @@ impl Engine {
                 match e {
                     RegEvent::Login(user) => {
                         if let Some(&id) = self.agent_ids.get(user) {
+                            if self.signed_out.contains(&id) {
+                                // A phone registers by itself; a person
+                                // decides to work (from the desk).
+                                info!(agent = %user, "phone registered; the operator stays signed out");
+                                continue;
+                            }
                             info!(agent = %user, "operator logged in");
                             self.router.login(now, id, self.login_paused);
                             self.agent_event(now, id, "login", None);

@@ -295,6 +295,21 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<&'static str, AgentStateError> {
         let &id = self.agent_ids.get(name).ok_or(AgentStateError::Unknown)?;
+        if self.signed_out.contains(&id) && !self.registrar.bindings(name).is_empty() {
+            // Signed out with a phone registered: back to work.
+            self.signed_out.remove(&id);
+            self.out.push_back(Output::SignedOut {
+                agent: name.to_owned(),
+                out: false,
+            });
+            info!(agent = %name, paused, "operator signed in from the desktop");
+            self.router.login(now, id, paused);
+            self.agent_event(now, id, "login", None);
+            if paused {
+                self.agent_event(now, id, "pause", reason.clone());
+            }
+            self.pump(now);
+        }
         if self.router.set_paused(now, id, paused) {
             info!(agent = %name, paused, "operator state changed from the desktop");
             let event = if paused { "pause" } else { "unpause" };
@@ -311,6 +326,42 @@ impl Engine {
             (false, AgentState::Reserved(_) | AgentState::Ringing(_)) => Ok("ringing"),
             (false, AgentState::OnCall(_)) => Ok("on_call"),
         }
+    }
+
+    /// An operator signs out of the service, from their desktop or by a
+    /// supervisor of their firm: no call is offered to them from now (on a
+    /// call or ringing: once it ends), whatever their phones do, until they
+    /// make themselves available or paused again. A phone re-registering
+    /// does not sign them back in: phones refresh by themselves, a person
+    /// decides to work. Idempotent. Returns `"logged_out"`, or
+    /// `"logging_out"` while a call is still theirs.
+    pub fn sign_out_agent(
+        &mut self,
+        now: Instant,
+        name: &str,
+        reason: Option<String>,
+    ) -> Result<&'static str, AgentStateError> {
+        let &id = self.agent_ids.get(name).ok_or(AgentStateError::Unknown)?;
+        if self.signed_out.insert(id) {
+            info!(agent = %name, "operator signed out");
+            self.out.push_back(Output::SignedOut {
+                agent: name.to_owned(),
+                out: true,
+            });
+            if self.router.agent(id).state != AgentState::LoggedOut {
+                // A preview on their desk goes to another.
+                if let AgentState::Reserved(call) = self.router.agent(id).state {
+                    self.end_preview(now, call, id, OfferOutcome::Rejected);
+                }
+                self.router.logout(id);
+                self.agent_event(now, id, "logout", reason);
+            }
+            self.pump(now);
+        }
+        Ok(match self.router.agent(id).state {
+            AgentState::LoggedOut => "logged_out",
+            _ => "logging_out",
+        })
     }
 
     /// An operator event for the queue log and the metrics.

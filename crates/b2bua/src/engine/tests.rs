@@ -213,7 +213,8 @@ impl Harness {
                 | Output::ClusterRelease { .. }
                 | Output::Lent(_)
                 | Output::ClusterNews
-                | Output::AgentsChanged) => {
+                | Output::AgentsChanged
+                | Output::SignedOut { .. }) => {
                     self.cluster.push(o);
                 }
             }
@@ -5476,4 +5477,74 @@ fn refer_to_info(inv: &Message) -> String {
         inv.header("From").unwrap(),
         inv.call_id
     )
+}
+
+/// An operator signed out (end of shift, or by a supervisor) is offered
+/// nothing, and their phone registering again does not sign them back in;
+/// "available" from the desk does. Signed out during a call, they finish
+/// it first.
+#[test]
+fn a_signed_out_operator_stays_out_whatever_their_phone_does_until_they_sign_in() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    assert_eq!(
+        h.engine.sign_out_agent(h.now, "9999", None),
+        Err(AgentStateError::Unknown)
+    );
+    assert_eq!(
+        h.engine
+            .sign_out_agent(h.now, "1001", Some("fine_turno".into())),
+        Ok("logged_out")
+    );
+    h.drain();
+    assert!(
+        h.records.iter().any(|r| matches!(r, Record::Agent { event: "logout", reason: Some(r), .. } if r == "fine_turno")),
+        "in the queue log"
+    );
+    let out = h.invite("m1");
+    assert!(
+        requests(&out, PHONE1, "INVITE").is_empty(),
+        "nothing offered"
+    );
+    // The phone unregisters and registers again: still signed out.
+    h.unregister("1001", PHONE1);
+    let contact = format!("sip:1001@{PHONE1}");
+    h.register_with("1001", PHONE1, &contact, Algorithm::Md5, "", 5);
+    assert_eq!(h.engine.registrar.bindings("1001").len(), 1);
+    let out = h.drain();
+    assert!(requests(&out, PHONE1, "INVITE").is_empty(), "{out:?}");
+    assert_eq!(
+        h.engine.router.agent(h.engine.agent_ids["1001"]).state,
+        centralino_routing::AgentState::LoggedOut
+    );
+    // Back from the desk: the waiting caller is offered at once.
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "1001", false, None),
+        Ok("ringing")
+    );
+    let out = h.drain();
+    let inv = requests(&out, PHONE1, "INVITE");
+    assert_eq!(inv.len(), 1, "{out:?}");
+    h.send(PHONE1, &response_to(inv[0], 200, "b1"));
+    // Signed out while talking: after the call.
+    assert_eq!(
+        h.engine.sign_out_agent(h.now, "1001", None),
+        Ok("logging_out")
+    );
+    h.send(
+        PHONE1,
+        &format!(
+            "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKbye1\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+            inv[0].header("To").unwrap(),
+            inv[0].header("From").unwrap(),
+            inv[0].call_id
+        ),
+    );
+    assert_eq!(h.engine.active_calls(), 0);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(
+        h.engine.router.agent(h.engine.agent_ids["1001"]).state,
+        centralino_routing::AgentState::LoggedOut,
+        "out after the call and its wrap-up"
+    );
 }

@@ -30,6 +30,8 @@ const T = {
     s_reserved: "Riservato per una chiamata", s_ringing: "Squilla", s_on_call: "In chiamata",
     s_wrap_up: "Post-chiamata", s_paused: "In pausa",
     m_manual: "manuale", m_no_answer: "chiamate non risposte", m_media_lost: "audio perso",
+    m_signed_out: "fuori servizio: Disponibile per rientrare", signout: "Fine turno",
+    s_logging_out: "Fine turno dopo la chiamata",
     "phone-on": "Rispondi dal browser (cuffie)", "phone-ready": "pronto",
     "phone-off": "spento", "phone-refused": "non disponibile", pickup: "Rispondi",
     decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia", hold: "Attesa",
@@ -61,6 +63,8 @@ const T = {
     s_reserved: "Reserved for a call", s_ringing: "Ringing", s_on_call: "On a call",
     s_wrap_up: "Wrap-up", s_paused: "On a break",
     m_manual: "manual", m_no_answer: "missed calls", m_media_lost: "audio lost",
+    m_signed_out: "signed out: Available to come back", signout: "End of shift",
+    s_logging_out: "Signing out after the call",
     "phone-on": "Answer in the browser (headset)", "phone-ready": "ready",
     "phone-off": "off", "phone-refused": "not available", pickup: "Answer",
     decline: "Decline", mute: "Microphone", hangup: "Hang up", hold: "Hold",
@@ -202,16 +206,19 @@ function showState(e) {
   $("state-reason").textContent = e.reason ? "(" + (T[lang]["m_" + e.reason] ?? e.reason) + ")" : "";
   // What the node allows now: a break from available or wrap-up, back
   // from a break or wrap-up (never while the phone rings or talks).
-  $("available").disabled = !["paused", "wrap_up"].includes(e.state);
+  // Signed out (the phone still registered): Available signs back in.
+  $("available").disabled = !["paused", "wrap_up", "logged_out"].includes(e.state);
   $("pause").disabled = !["available", "wrap_up"].includes(e.state);
+  $("signout").disabled = e.state === "logged_out" || e.state === "logging_out";
 }
 
 async function setState(state) {
   $("state-error").textContent = "";
-  const body = state === "paused" ? { state, reason: $("reason").value } : { state };
+  const body = state === "paused" ? { state, reason: $("reason").value }
+    : state === "logged_out" ? { state, reason: "fine_turno" } : { state };
   const r = await api("POST", "/api/v1/agents/" + encodeURIComponent(desk.agent) + "/state", body);
   if (r.status === 200) {
-    showState({ state: r.json.state, reason: state === "paused" ? body.reason : null });
+    showState({ state: r.json.state, reason: state === "paused" ? body.reason : state === "logged_out" ? "signed_out" : null });
   } else {
     $("state-error").textContent = problem(r);
   }
@@ -486,6 +493,7 @@ async function boot() {
   $("logout").addEventListener("click", logout);
   $("available").addEventListener("click", () => setState("available"));
   $("pause").addEventListener("click", () => setState("paused"));
+  $("signout").addEventListener("click", () => setState("logged_out"));
   $("accept").addEventListener("click", () => preview("accept"));
   $("skip").addEventListener("click", () => preview("skip"));
   $("script-form").addEventListener("submit", answer);

@@ -17,6 +17,8 @@ const T = {
     "a-name": "Operatore", "a-tenant": "Ente", "a-state": "Stato", "a-reason": "Motivo",
     "a-actions": "Azioni", "do-pause": "Metti in pausa", "do-resume": "Rendi disponibile",
     "done-paused": "in pausa", "done-available": "disponibile",
+    "do-signout": "Fine turno", "done-logged_out": "fuori servizio", "done-logging_out": "fuori servizio dopo la chiamata",
+    r_signed_out: "fuori servizio", r_manual: "manuale", r_no_answer: "chiamate non risposte", r_media_lost: "audio perso",
     "do-listen": "Ascolta", monitor: "In ascolto:", "m-listen": "Solo ascolto",
     "m-whisper": "Parla all'operatore", "m-barge": "Intervieni", "m-end": "Chiudi ascolto",
     "m-on": "in ascolto", "m-ended": "la conversazione è finita", "m-nomic": "senza microfono: solo ascolto",
@@ -38,6 +40,8 @@ const T = {
     "a-name": "Operator", "a-tenant": "Firm", "a-state": "State", "a-reason": "Reason",
     "a-actions": "Actions", "do-pause": "Put on a break", "do-resume": "Make available",
     "done-paused": "on a break", "done-available": "available",
+    "do-signout": "Sign out", "done-logged_out": "signed out", "done-logging_out": "signed out after the call",
+    r_signed_out: "signed out", r_manual: "manual", r_no_answer: "missed calls", r_media_lost: "audio lost",
     "do-listen": "Listen", monitor: "Listening to:", "m-listen": "Listen only",
     "m-whisper": "Talk to the operator", "m-barge": "Join the call", "m-end": "Stop listening",
     "m-on": "listening", "m-ended": "the conversation ended", "m-nomic": "no microphone: listening only",
@@ -90,7 +94,7 @@ function render() {
   ]));
   const tbody = $("agents").tBodies[0];
   cells(tbody, board.agents.map((a) => [
-    a.agent, a.tenant, T[lang]["s_" + a.state] ?? a.state, a.reason,
+    a.agent, a.tenant, T[lang]["s_" + a.state] ?? a.state, a.reason && (T[lang]["r_" + a.reason] ?? a.reason),
   ]));
   // A break forced or lifted by the supervisor (audited on the node).
   board.agents.forEach((a, i) => {
@@ -98,8 +102,11 @@ function render() {
     for (const [key, state, when] of [
       ["do-pause", "paused", ["available", "wrap_up"]],
       ["do-resume", "available", ["paused", "wrap_up"]],
+      ["do-signout", "logged_out", ["available", "paused", "wrap_up", "ringing", "on_call"]],
     ]) {
-      if (!when.includes(a.state)) continue;
+      // Signed out with a phone registered: Rendi disponibile brings them back.
+      const out = a.state === "logged_out" && a.reason === "signed_out" && state === "available";
+      if (!when.includes(a.state) && !out) continue;
       const b = document.createElement("button");
       b.type = "button";
       b.id = key + "-" + a.agent;
@@ -123,10 +130,10 @@ function render() {
 }
 
 async function setState(agent, state) {
-  const body = state === "paused" ? { state, reason: "supervisore" } : { state };
+  const body = state === "available" ? { state } : { state, reason: "supervisore" };
   const r = await api("POST", "/api/v1/agents/" + encodeURIComponent(agent) + "/state", body);
   $("action-status").textContent = r.status === 200
-    ? agent + ": " + t("done-" + state)
+    ? agent + ": " + (T[lang]["done-" + r.json.state] ?? T[lang]["s_" + r.json.state] ?? r.json.state)
     : agent + ": " + ((r.json && r.json.error) || t("failed"));
   agents();
 }

@@ -369,8 +369,9 @@ pub(super) async fn agent_state(
     set_state(&api, &headers, name.clone(), &body).await
 }
 
-/// `POST /api/v1/agents/{name}/state` `{"state": "paused" | "available",
-/// "reason"?}`: the operator's break from their desktop.
+/// `POST /api/v1/agents/{name}/state` `{"state": "paused" | "available" |
+/// "logged_out", "reason"?}`: the operator's break from their desktop, or
+/// their signing out of the service (back with `available` or `paused`).
 pub(super) async fn set_state(
     api: &Api,
     headers: &HeaderMap,
@@ -385,13 +386,14 @@ pub(super) async fn set_state(
         Err(r) => return *r,
     };
     let paused = match b.state.as_str() {
-        "paused" => true,
-        "available" => false,
+        "paused" => Some(true),
+        "available" => Some(false),
+        "logged_out" => None,
         other => {
             return error(
                 StatusCode::BAD_REQUEST,
                 &format!(
-                    "state: {:?} is neither \"paused\" nor \"available\"",
+                    "state: {:?} is none of \"paused\", \"available\", \"logged_out\"",
                     truncate(other)
                 ),
             );
@@ -409,7 +411,11 @@ pub(super) async fn set_state(
             "reason: 1 to 64 letters, digits, - and _ (e.g. \"pausa_pranzo\")",
         );
     }
-    match api.engine.set_paused(name.clone(), paused, b.reason).await {
+    let answer = match paused {
+        Some(paused) => api.engine.set_paused(name.clone(), paused, b.reason).await,
+        None => api.engine.sign_out(name.clone(), b.reason).await,
+    };
+    match answer {
         Ok(state) => ok(StatusCode::OK, &json!({ "agent": name, "state": state })),
         Err(Some(AgentStateError::Unknown)) => error(StatusCode::NOT_FOUND, "no such operator"),
         Err(Some(e)) => error(StatusCode::CONFLICT, &e.to_string()),

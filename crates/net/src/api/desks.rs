@@ -26,6 +26,9 @@ pub struct Desks {
     /// What this node lends under agreements now (borrower, lender,
     /// calls), as the engine last said.
     pub(super) lent: Arc<std::sync::Mutex<Vec<(String, String, u32)>>>,
+    /// Operators signed out of the service (their phones may be
+    /// registered), as the engine last said.
+    pub(super) signed_out: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 /// Each running campaign's contacts by status, by campaign id.
@@ -129,13 +132,40 @@ impl Desks {
         *self.board.write().unwrap_or_else(|e| e.into_inner()) = Some((board, slots));
     }
 
-    /// The operator's state now: its label and, paused, why.
+    /// The engine signed `agent` out of the service (`out`) or back in.
+    pub fn set_signed_out(&self, agent: String, out: bool) {
+        let mut set = self
+            .signed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if out {
+            set.insert(agent);
+        } else {
+            set.remove(&agent);
+        }
+    }
+
+    /// The operator's state now: its label and, paused, why (logged out:
+    /// `signed_out` when they left the service, whatever their phones).
     pub(super) fn agent_state(&self, agent: &str) -> Option<(&'static str, Option<&'static str>)> {
         let view = self.board.read().unwrap_or_else(|e| e.into_inner());
         let (board, slots) = view.as_ref()?;
         let slot = board.load(*slots.get(agent)?);
-        let why = (slot.code == centralino_routing::Code::Paused)
-            .then(|| centralino_routing::PauseReason::from_aux(slot.aux).label());
+        let why = match slot.code {
+            centralino_routing::Code::Paused => {
+                Some(centralino_routing::PauseReason::from_aux(slot.aux).label())
+            }
+            centralino_routing::Code::LoggedOut
+                if self
+                    .signed_out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(agent) =>
+            {
+                Some("signed_out")
+            }
+            _ => None,
+        };
         Some((slot.code.label(), why))
     }
 
