@@ -57,6 +57,7 @@ tenant = "altra"
 
 [[tenants]]
 name = "asl"
+supervisor_phones = ["2001"]
 
 [[tenants]]
 name = "altra"
@@ -74,6 +75,12 @@ tenant = "asl"
 [[agents]]
 username = "1001"
 password = "demo1001"
+tenant = "asl"
+queues = ["info"]
+
+[[agents]]
+username = "2001"
+password = "demo2001"
 tenant = "asl"
 queues = ["info"]
 "#
@@ -99,6 +106,10 @@ struct Ends {
     node_operator: SocketAddr,
     seq: u16,
     speech: Vec<Vec<u8>>,
+    /// A supervisor's phone (the test's socket), once it dialled in: the
+    /// node's port for it and the payload type it sends, learnt from its
+    /// first packet; the phone speaks a loud tone.
+    supervisor: Option<(UdpSocket, Option<(SocketAddr, u8)>)>,
 }
 
 /// What each end heard during one [`Ends::talk`].
@@ -108,6 +119,8 @@ struct Heard {
     caller_loud: usize,
     operator_packets: usize,
     operator_loud: usize,
+    supervisor_packets: usize,
+    supervisor_loud: usize,
 }
 
 impl Ends {
@@ -132,6 +145,17 @@ impl Ends {
                     heard.operator_loud += usize::from(loud(Law::Ulaw, p.payload));
                 }
             }
+            if let Some((sock, node)) = self.supervisor.as_mut() {
+                while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if let Ok(p) = rtp::parse(&buf[..n]) {
+                        let pt = p.header.payload_type;
+                        node.get_or_insert((from, pt));
+                        let law = if pt == 8 { Law::Alaw } else { Law::Ulaw };
+                        heard.supervisor_packets += 1;
+                        heard.supervisor_loud += usize::from(loud(law, p.payload));
+                    }
+                }
+            }
             if Instant::now() >= next {
                 next += Duration::from_millis(20);
                 let seq = self.seq;
@@ -151,6 +175,17 @@ impl Ends {
                 let _ = self
                     .operator
                     .send_to(&frame(0, 0x0BE7, &[0xFF; 160]), self.node_operator);
+                if let Some((sock, Some((to, pt)))) = self.supervisor.as_ref() {
+                    let law = if *pt == 8 { Law::Alaw } else { Law::Ulaw };
+                    // 400 Hz at a third of full scale.
+                    let tone: Vec<u8> = (0..160)
+                        .map(|i| {
+                            let x = f64::from(i) * 2.0 * std::f64::consts::PI * 400.0 / 8000.0;
+                            law.encode((x.sin() * 10_000.0) as i16)
+                        })
+                        .collect();
+                    let _ = sock.send_to(&frame(*pt, 0x5005, &tone), *to);
+                }
                 if let Some(to) = self.node_caller {
                     let speech = &self.speech[usize::from(seq) % self.speech.len()];
                     let silence = [0xD5; 160];
@@ -182,14 +217,20 @@ fn udp() -> UdpSocket {
     s
 }
 
-#[test]
-fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_else_may() {
-    let scratch = Scratch::new("monitor");
-    let node = Node::start_toml(&scratch, config);
+/// Operator 1001 on a SIPp phone whose media is the test's socket, in a
+/// carrier's call (SIPp, the caller's media the test's socket too, hanging
+/// up after `talk_ms`), bridged: (phone, trunk, both ends). `before_call`
+/// runs once the operator is available, before the call comes.
+fn talking(
+    scratch: &Scratch,
+    node: &Node,
+    talk_ms: &str,
+    before_call: impl FnOnce(),
+) -> (Sipp, Sipp, Ends) {
     let (caller, operator) = (udp(), udp());
     let op_port = operator.local_addr().expect("addr").port().to_string();
-    let mut phone = Sipp::spawn(
-        &scratch,
+    let phone = Sipp::spawn(
+        scratch,
         "phone",
         &[
             "-sf",
@@ -209,30 +250,12 @@ fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_els
             "-trace_msg",
         ],
     );
-    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    register(scratch, node, &[1001], phone.port, |u| format!("demo{u}"));
     let series = "centralino_queue_agents{queue=\"info\",state=\"available\"}";
     node.wait_metric(series, Duration::from_secs(5), |v| v == 1.0);
+    before_call();
 
-    // Nobody talks yet: nothing to join.
-    let join = |token: &str, body: &str| {
-        node.http(
-            "POST",
-            "/api/v1/agents/1001/monitor",
-            Some(token),
-            Some(body),
-        )
-        .0
-    };
-    assert_eq!(join(SUPERVISOR, r#"{"mode": "listen", "sdp": "v=0"}"#), 409);
-
-    let mut trunk = trunk_call(
-        &scratch,
-        &node,
-        "trunk",
-        "trunk_media.xml",
-        &caller,
-        "30000",
-    );
+    let trunk = trunk_call(scratch, node, "trunk", "trunk_media.xml", &caller, talk_ms);
     // The node's offer to the operator names its operator port.
     let deadline = Instant::now() + Duration::from_secs(10);
     let node_operator = loop {
@@ -261,10 +284,32 @@ fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_els
         node_operator,
         seq: 1,
         speech,
+        supervisor: None,
     };
     // The operator's silence reaches the caller: the call is bridged.
     let h = ends.talk(Duration::from_secs(10), true, |h| h.caller_packets >= 5);
     assert!(h.caller_packets >= 5, "bridged: {h:?}");
+
+    (phone, trunk, ends)
+}
+
+#[test]
+fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_else_may() {
+    let scratch = Scratch::new("monitor");
+    let node = Node::start_toml(&scratch, config);
+    // Nobody talks yet: nothing to join.
+    let join = |token: &str, body: &str| {
+        node.http(
+            "POST",
+            "/api/v1/agents/1001/monitor",
+            Some(token),
+            Some(body),
+        )
+        .0
+    };
+    let (mut phone, mut trunk, mut ends) = talking(&scratch, &node, "30000", || {
+        assert_eq!(join(SUPERVISOR, r#"{"mode": "listen", "sdp": "v=0"}"#), 409);
+    });
 
     // The supervisor opens the wallboard and listens, by keyboard.
     let mut b = Browser::start(&scratch);
@@ -428,4 +473,75 @@ fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_els
         "the page says the conversation ended",
     );
     node.wait_metric(in_use, Duration::from_secs(5), |v| v == 0.0);
+}
+
+/// From a SIP phone: the supervisor's account (its firm's
+/// `supervisor_phones`) dials `*9` + operator, answers the digest
+/// challenge, and barges in: it hears the caller's speech, and both the
+/// caller and the operator hear its tone; its BYE ends it.
+#[test]
+fn a_supervisor_barges_in_from_a_sip_phone_by_feature_code() {
+    let scratch = Scratch::new("monitor-phone");
+    let node = Node::start_toml(&scratch, config);
+    let (mut phone, mut trunk, mut ends) = talking(&scratch, &node, "20000", || {});
+    let sup = udp();
+    let sup_port = sup.local_addr().expect("addr").port().to_string();
+    ends.supervisor = Some((sup, None));
+    let mut supervisor = Sipp::spawn(
+        &scratch,
+        "supervisor",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("supervisor_phone.xml"),
+            "-key",
+            "code",
+            "*91001",
+            "-key",
+            "sup_rtp",
+            &sup_port,
+            // SIPp digests "sip:HOST:PORT" unless told the Request-URI
+            // (RFC 7616 §3.4.6: the node checks that `uri` is it).
+            "-auth_uri",
+            &format!("*91001@{}", node.sip_addr()),
+            "-au",
+            "2001",
+            "-ap",
+            "demo2001",
+            "-d",
+            "8000",
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+            "-trace_msg",
+        ],
+    );
+    let h = ends.talk(Duration::from_secs(8), true, |h| {
+        h.supervisor_loud >= 5 && h.caller_loud >= 5 && h.operator_loud >= 5
+    });
+    assert!(
+        h.supervisor_loud >= 5,
+        "the supervisor's phone hears the caller: {h:?}\n{}\n{}",
+        supervisor.messages(),
+        node.logs()
+    );
+    assert!(
+        h.caller_loud >= 5 && h.operator_loud >= 5,
+        "both hear the supervisor's phone: {h:?}"
+    );
+    supervisor.expect_success(Duration::from_secs(30));
+    assert_eq!(
+        node.metric("centralino_monitors_total{mode=\"barge\"}"),
+        1.0
+    );
+    // Gone: nobody hears the tone any more (the phone's socket keeps
+    // sending to the port it had).
+    ends.talk(Duration::from_millis(300), false, |_| false);
+    let h = ends.talk(Duration::from_secs(2), false, |_| false);
+    assert_eq!((h.caller_loud, h.operator_loud), (0, 0), "{h:?}");
+    for (name, sipp) in [("trunk", &mut trunk), ("phone", &mut phone)] {
+        let st = sipp.wait(Duration::from_secs(40));
+        assert!(st.success(), "{name} SIPp failed:\n{}", sipp.report());
+    }
 }

@@ -131,12 +131,21 @@ pub enum MediaCommand {
         held: bool,
     },
     /// The supervisor on the call enters `mode`, or leaves (`None`). The
-    /// first `Some` after the driver made their leg puts it on the call.
+    /// first `Some` after their port was made puts their leg on the call:
+    /// a browser's (made by the driver), or a phone's RTP to `phone`.
     Monitor {
         /// The call.
         call: CallId,
         /// Listen, whisper, barge; `None`: their leg ends.
         mode: Option<MonitorMode>,
+        /// A supervisor's phone: its media (with the first `Some`).
+        phone: Option<Remote>,
+    },
+    /// Bind a port for a supervisor's phone joining the call; answered by
+    /// [`MediaEvent::MonitorPort`].
+    MonitorPort {
+        /// The call.
+        call: CallId,
     },
     /// The call is over: close its sockets.
     Close {
@@ -172,6 +181,14 @@ pub enum MediaEvent {
         a_port: u16,
         /// The operator's port.
         b_port: u16,
+    },
+    /// The port of a supervisor's phone (answers `MonitorPort`; `None`:
+    /// none free, or the call is over).
+    MonitorPort {
+        /// The call.
+        call: CallId,
+        /// The port (even; RTCP on +1).
+        port: Option<u16>,
     },
     /// The call's media could not be set up: no port free for a
     /// `Reserve`, or its ports vanished before `Open`.

@@ -124,6 +124,10 @@ pub struct Config {
     /// Each tenant's outbound dial plan (by tenant index): every number
     /// that leaves through one of its trunks passes it.
     pub dial_plans: Vec<DialPlan>,
+    /// Each tenant's supervisors' SIP accounts (by tenant index): their
+    /// phones may listen in on the tenant's operators (`*7`, `*8`, `*9`
+    /// followed by the operator's username).
+    pub supervisor_phones: Vec<Vec<String>>,
     /// Trunks.
     pub trunks: Vec<Trunk>,
     /// Queues.
@@ -213,6 +217,7 @@ impl Config {
             scripts: self.scripts.clone(),
             tenants: self.tenants.clone(),
             dial_plans: self.dial_plans.clone(),
+            supervisor_phones: self.supervisor_phones.clone(),
             trunks: self.trunks.clone(),
             queues: self.queues.clone(),
             agents: self.agents.clone(),
@@ -251,6 +256,7 @@ pub struct EngineConfig {
     pub scripts: Vec<Script>,
     pub tenants: Vec<String>,
     pub dial_plans: Vec<DialPlan>,
+    pub supervisor_phones: Vec<Vec<String>>,
     pub trunks: Vec<Trunk>,
     pub queues: Vec<Queue>,
     pub agents: Vec<Agent>,
@@ -921,6 +927,7 @@ impl Config {
             });
         }
 
+        let supervisor_phones = supervisor_phones(&mut p, &raw.tenants, &agents);
         let media = validate_media(&mut p, &raw.media);
         let notifications = raw.notifications.url.as_ref().and_then(|url| {
             let n = &raw.notifications;
@@ -1176,6 +1183,7 @@ impl Config {
             notifications,
             tenants,
             dial_plans,
+            supervisor_phones,
             trunks,
             queues,
             agents,

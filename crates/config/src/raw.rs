@@ -305,6 +305,10 @@ pub(super) struct RawTenant {
     /// `sip.digest_algorithms`; all of them when left out).
     #[serde(default)]
     pub(super) digest_algorithms: Option<Vec<String>>,
+    /// SIP accounts of this tenant (its operators' usernames) whose phones
+    /// may listen in on its operators' calls by feature code.
+    #[serde(default)]
+    pub(super) supervisor_phones: Vec<String>,
 }
 
 /// `[tenants.dial_plan]`: what this tenant's trunks may dial. Every key

@@ -26,6 +26,7 @@ const LIVE: &[&str] = &[
     "tenants[].dial_plan",
     // Applied with the operators' secrets (a refused algorithm's are dropped).
     "tenants[].digest_algorithms",
+    "tenants[].supervisor_phones",
     "flows",
     "flows_dir",
     "flow_files",

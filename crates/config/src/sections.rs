@@ -378,3 +378,29 @@ pub(super) fn http_web(raw: &RawHttp, p: &mut Problems) -> HttpWeb {
         allowed_origins: raw.allowed_origins.clone(),
     }
 }
+
+/// Each tenant's supervisors' phones (by tenant index): SIP accounts of
+/// the tenant's own operators, each once.
+pub(super) fn supervisor_phones(
+    p: &mut Problems,
+    tenants: &[RawTenant],
+    agents: &[Agent],
+) -> Vec<Vec<String>> {
+    let mut all = Vec::with_capacity(tenants.len());
+    for (i, t) in tenants.iter().enumerate() {
+        let mut mine: Vec<String> = Vec::new();
+        for (j, user) in t.supervisor_phones.iter().enumerate() {
+            let path = format!("tenants[{i}].supervisor_phones[{j}]");
+            match agents.iter().find(|a| &a.username == user) {
+                None => p.add(path, format!("{user:?} is not an operator's SIP account")),
+                Some(a) if a.tenant.index() != i => {
+                    p.add(path, format!("{user:?} belongs to another tenant"));
+                }
+                Some(_) if mine.contains(user) => p.add(path, "listed twice"),
+                Some(_) => mine.push(user.clone()),
+            }
+        }
+        all.push(mine);
+    }
+    all
+}

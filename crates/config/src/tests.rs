@@ -1106,3 +1106,44 @@ fn a_reload_keeps_the_queues_in_their_places_and_retires_removed_ones() {
     .unwrap_err();
     assert!(err.to_string().contains("queues[1].strategy"), "{err}");
 }
+
+#[test]
+fn a_tenants_supervisor_phones_are_its_own_operators_accounts() {
+    let toml = r#"
+[[tenants]]
+name = "asl"
+supervisor_phones = ["1001"]
+
+[[tenants]]
+name = "firm"
+
+[[queues]]
+name = "q1"
+tenant = "asl"
+
+[[agents]]
+username = "1001"
+tenant = "asl"
+password = "secret-1001"
+queues = ["q1"]
+
+[[agents]]
+username = "2001"
+tenant = "firm"
+password = "secret-2001"
+"#;
+    let c = Config::from_toml(toml).unwrap();
+    assert_eq!(c.supervisor_phones, [vec!["1001".to_owned()], vec![]]);
+    refused(
+        &toml.replace(r#"["1001"]"#, r#"["9999"]"#),
+        "tenants[0].supervisor_phones[0]: \"9999\" is not an operator's SIP account",
+    );
+    refused(
+        &toml.replace(r#"["1001"]"#, r#"["2001"]"#),
+        "tenants[0].supervisor_phones[0]: \"2001\" belongs to another tenant",
+    );
+    refused(
+        &toml.replace(r#"["1001"]"#, r#"["1001", "1001"]"#),
+        "tenants[0].supervisor_phones[1]: listed twice",
+    );
+}

@@ -101,9 +101,10 @@ struct Held {
     /// A supervisor's port, held until they leave, the operator's leg
     /// goes or the call ends.
     monitor: Option<u16>,
-    /// Their leg and sockets, made by [`MediaPlane::monitor_browser`],
-    /// until the engine's `Monitor` command puts them on the call.
-    monitor_pending: Option<(Pair, Box<BrowserLeg>)>,
+    /// Their sockets (and a browser's leg, made by
+    /// [`MediaPlane::monitor_browser`]; none for a phone) until the
+    /// engine's `Monitor` command puts them on the call.
+    monitor_pending: Option<(Pair, Option<Box<BrowserLeg>>)>,
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<Pair> {
@@ -128,12 +129,14 @@ enum Cmd {
         call: CallId,
         leg: Box<BrowserLeg>,
     },
-    /// A supervisor joins the call from their browser.
+    /// A supervisor joins the call: their browser's leg, or their phone's
+    /// RTP.
     Monitor {
         call: CallId,
         mode: MonitorMode,
         pair: Pair,
-        leg: Box<BrowserLeg>,
+        leg: Option<Box<BrowserLeg>>,
+        phone: Option<Peer>,
     },
     Other(MediaCommand),
 }
@@ -340,6 +343,7 @@ impl MediaPlane {
     pub fn command(&mut self, cmd: MediaCommand) -> Option<MediaEvent> {
         let call = match &cmd {
             MediaCommand::Reserve { call, ip } => return Some(self.reserve(*call, *ip)),
+            MediaCommand::MonitorPort { call } => return Some(self.monitor_port(*call)),
             MediaCommand::Open { call, .. }
             | MediaCommand::Play { call, .. }
             | MediaCommand::Whisper { call, .. }
@@ -384,6 +388,7 @@ impl MediaPlane {
             MediaCommand::Monitor {
                 call,
                 mode: Some(mode),
+                phone,
             } if self
                 .held
                 .get(&call)
@@ -396,9 +401,13 @@ impl MediaPlane {
                     mode,
                     pair,
                     leg,
+                    phone: phone.map(|Remote::Rtp(p)| p),
                 }
             }
-            MediaCommand::Monitor { call, mode: None } | MediaCommand::Unbridge { call } => {
+            MediaCommand::Monitor {
+                call, mode: None, ..
+            }
+            | MediaCommand::Unbridge { call } => {
                 // The supervisor's leg ends (with the operator's).
                 self.release_monitor(Instant::now(), call);
                 self.gauges();
@@ -654,7 +663,8 @@ impl Worker {
                 mode,
                 pair,
                 leg,
-            } => self.monitor(now, call, mode, pair, leg),
+                phone,
+            } => self.monitor(now, call, mode, pair, leg, phone),
             Cmd::Browser { call, leg } => {
                 let Some(&slot) = self.by_call.get(&call) else {
                     return;
@@ -665,7 +675,7 @@ impl Worker {
                 }
             }
             // Answered by the plane, never sent to a thread.
-            Cmd::Other(MediaCommand::Reserve { .. }) => {}
+            Cmd::Other(MediaCommand::Reserve { .. } | MediaCommand::MonitorPort { .. }) => {}
             Cmd::Other(MediaCommand::Play {
                 call,
                 prompts,
@@ -686,7 +696,7 @@ impl Worker {
                     s.media.whisper(now, leg, b.law, prompts);
                 }
             }
-            Cmd::Other(MediaCommand::Monitor { call, mode }) => {
+            Cmd::Other(MediaCommand::Monitor { call, mode, .. }) => {
                 if let Some(s) = self.session(call) {
                     s.media.set_monitor(mode);
                 }
@@ -858,12 +868,18 @@ impl Worker {
             let Ok((n, from)) = m.socks[k - 4].recv_from(inbuf) else {
                 return;
             };
-            // The supervisor's ICE, DTLS and SRTP on their RTP port; RTCP
-            // read and ignored.
-            if k == 4 && !m.leg.receive(now, from, m.local, &inbuf[..n]) {
-                self.local.browser_foreign += 1;
-            } else if k != 4 {
+            // A browser's ICE, DTLS and SRTP on their RTP port, or a
+            // phone's RTP; RTCP read and ignored.
+            if k != 4 {
                 self.local.rtcp += 1;
+                return;
+            }
+            let theirs = match m.leg.as_mut() {
+                Some(leg) => leg.receive(now, from, m.local, &inbuf[..n]),
+                None => s.media.receive_monitor(now, from, &inbuf[..n]),
+            };
+            if !theirs {
+                self.local.browser_foreign += 1;
             }
             drain_monitor(&mut self.local, s, now);
             return;
@@ -932,19 +948,25 @@ impl Worker {
                 b.leg.handle_timeout(now);
                 drain_browser(&mut self.local, s, now);
             }
-            if let Some(m) = s.monitor.as_mut()
-                && m.leg.poll_timeout() <= now
+            if let Some(leg) = s.monitor.as_mut().and_then(|m| m.leg.as_mut())
+                && leg.poll_timeout() <= now
             {
-                m.leg.handle_timeout(now);
+                leg.handle_timeout(now);
                 drain_monitor(&mut self.local, s, now);
             }
             if s.media.poll_timeout().is_none_or(|t| t > now) {
                 continue;
             }
             // What the supervisor hears, both sides mixed.
-            while let Some((_, len)) = s.media.poll_monitor(now, outbuf) {
-                if let Some(m) = s.monitor.as_mut() {
-                    m.leg.send_rtp(now, &outbuf[..len]);
+            while let Some((to, len)) = s.media.poll_monitor(now, outbuf) {
+                match s.monitor.as_mut() {
+                    Some(MonitorSide { leg: Some(leg), .. }) => leg.send_rtp(now, &outbuf[..len]),
+                    Some(MonitorSide { socks, .. })
+                        if socks[0].send_to(&outbuf[..len], to).is_err() =>
+                    {
+                        self.local.send_errors += 1;
+                    }
+                    _ => {}
                 }
             }
             if s.monitor.is_some() {

@@ -68,7 +68,7 @@ pub enum MonitorRefused {
 }
 
 /// Carries out one request in the engine task.
-pub(crate) fn input(engine: &mut Engine, plane: &mut MediaPlane, _now: Instant, m: MonitorIn) {
+pub(crate) fn input(engine: &mut Engine, plane: &mut MediaPlane, now: Instant, m: MonitorIn) {
     match m {
         MonitorIn::Start {
             agent,
@@ -83,7 +83,7 @@ pub(crate) fn input(engine: &mut Engine, plane: &mut MediaPlane, _now: Instant, 
                 .and_then(|target| {
                     match plane.monitor_browser(target.call, target.sdp_ip, &offer, &target.laws) {
                         Ok((_, sdp)) => {
-                            engine.monitor_joined(target.call);
+                            engine.monitor_joined(now, target.call);
                             Ok(Joined {
                                 record: target.record,
                                 sdp,

@@ -53,6 +53,30 @@ impl Leg {
         }
     }
 
+    /// The UAS's side of a dialog an INVITE `req` creates (§12.1.1), with
+    /// our To `tag`: the target from its Contact (none: the flow's
+    /// address), the route set from its Record-Route in order.
+    pub fn from_request(req: &Message, tag: &str, flow: Flow) -> Self {
+        let to = req.header("To").unwrap_or_default();
+        Self {
+            call_id: req.call_id.clone(),
+            local: format!("{to};tag={tag}"),
+            remote: req.header("From").unwrap_or_default().to_owned(),
+            remote_target: req
+                .header("Contact")
+                .and_then(uri::parse_name_addr)
+                .map(|n| n.uri.to_owned())
+                .unwrap_or_default(),
+            route_set: req
+                .headers_named("Record-Route")
+                .flat_map(uri::split_list)
+                .map(str::to_owned)
+                .collect(),
+            cseq: 1,
+            flow,
+        }
+    }
+
     /// A request in this dialog with its current CSeq (§12.2.1.1): to its
     /// remote target (the flow's address when it gave none), along its
     /// route set.

@@ -569,7 +569,20 @@ impl Registrar {
             .and_then(uri::parse_name_addr)
             .and_then(|t| uri::user(t.uri).map(str::to_owned))
             .unwrap_or_default();
-        let offer = self.offer(now, &user, req);
+        self.challenge_user(now, to, req, stale, &user)
+    }
+
+    /// [`Self::challenge`] for a request that names its user elsewhere
+    /// than in `To` (an INVITE from an operator's phone: `From`).
+    pub fn challenge_user(
+        &mut self,
+        now: Instant,
+        to: IpAddr,
+        req: &Message,
+        stale: bool,
+        user: &str,
+    ) -> Message {
+        let offer = self.offer(now, user, req);
         let mut r = req.response(401, "Unauthorized", Some("reg"));
         let challenges = self.auth.challenge_with(now, to, stale, &offer);
         if challenges.len() > 1 {

@@ -121,6 +121,8 @@ impl Engine {
             qualify_due: BinaryHeap::new(),
             qualify_scheduled: std::collections::HashSet::new(),
             signed_out: std::collections::HashSet::new(),
+            phone_monitors: HashMap::new(),
+            supervisor_phones: supervisor_phones(config),
             trunk_due: BinaryHeap::new(),
             max_calls: config.sip.max_calls,
             max_per_source: config.sip.max_transactions_per_source,
@@ -432,6 +434,7 @@ impl Engine {
             }
         }
         self.dial_plans = config.dial_plans.clone();
+        self.supervisor_phones = supervisor_phones(config);
         let queues = config
             .queues
             .iter()
@@ -518,5 +521,15 @@ fn did_table(config: &EngineConfig, trunk: &centralino_config::Trunk) -> DidTabl
             };
             (d.clone(), target)
         })
+        .collect()
+}
+
+/// The SIP accounts whose phones may listen in, with their firm.
+fn supervisor_phones(config: &EngineConfig) -> HashMap<String, TenantId> {
+    config
+        .supervisor_phones
+        .iter()
+        .enumerate()
+        .flat_map(|(t, users)| users.iter().map(move |u| (u.clone(), TenantId(t as u32))))
         .collect()
 }

@@ -379,6 +379,9 @@ impl Engine {
     }
 
     pub(super) fn on_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        if self.phone_monitor_bye(now, key, msg) {
+            return;
+        }
         let from_a = self.by_a.get(&msg.call_id).copied();
         let from_b = self.by_b.get(&msg.call_id).copied();
         let Some(call_id) = from_a.or(from_b) else {
@@ -454,6 +457,6 @@ impl Engine {
 }
 
 /// The `tag` parameter of a From/To value.
-fn tag_of(header: &str) -> Option<&str> {
+pub(super) fn tag_of(header: &str) -> Option<&str> {
     uri::parse_name_addr(header)?.param("tag").flatten()
 }

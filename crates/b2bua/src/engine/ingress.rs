@@ -149,6 +149,12 @@ impl Engine {
             if method == Method::Cancel {
                 return true;
             }
+            if let Some(ours) = self.phone_monitor_dialog(flow.remote.ip(), msg) {
+                if !ours {
+                    self.reject(flow, msg, 481, "foreign_dialog", &[]);
+                }
+                return ours;
+            }
             if let Err(reason) = self.match_dialog(flow.remote.ip(), msg) {
                 if reason == "foreign_dialog" {
                     warn!(peer = %flow.remote.ip(), method = method.as_str(), "in-dialog request refused: not from the dialog's peer or wrong tags");
@@ -183,7 +189,11 @@ impl Engine {
         // Another node handing over a call to the operator held for it:
         // only from that node's address, naming the grant's secret.
         let handover = self.handover_for(flow.remote.ip(), msg).is_some();
+        // A supervisor's phone dialling a feature code: challenged when
+        // handled (it never reaches a trunk).
+        let feature = monitor_phone::feature_code(msg).is_some();
         if !handover
+            && !feature
             && !self
                 .trunks
                 .iter()
@@ -232,6 +242,9 @@ impl Engine {
                 &[("Accept", "application/sdp")],
             );
             return false;
+        }
+        if feature {
+            return true;
         }
         if handover {
             // Granted: a lease is a promise, draining or not.

@@ -339,6 +339,10 @@ pub struct Engine {
     /// their phones may stay registered, no call is offered to them until
     /// they make themselves available or paused again.
     signed_out: std::collections::HashSet<AgentId>,
+    /// Supervisors' phones on calls, by their dialog's Call-ID.
+    phone_monitors: HashMap<String, PhoneMonitor>,
+    /// The SIP accounts whose phones may listen in, and their firm.
+    supervisor_phones: HashMap<String, TenantId>,
     qualify_scheduled: std::collections::HashSet<AgentId>,
     trunk_due: BinaryHeap<Reverse<(Instant, TrunkId)>>,
     max_calls: usize,
@@ -874,6 +878,7 @@ impl Engine {
                 let _span = self.call_span(call).entered();
                 self.media_reserved(now, call, a_port, b_port);
             }
+            MediaEvent::MonitorPort { call, port } => self.monitor_port(now, call, port),
             MediaEvent::Failed { call }
                 if self.calls.get(&call).is_some_and(|c| c.opening.is_some()) =>
             {
@@ -912,6 +917,7 @@ mod io;
 pub use io::*;
 mod ivr;
 mod monitor;
+mod monitor_phone;
 pub use monitor::{MonitorError, MonitorTarget};
 mod offering;
 mod presence;
@@ -932,4 +938,5 @@ use campaigns::Paced;
 use ingress::{allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use monitor::Monitoring;
+use monitor_phone::PhoneMonitor;
 use telemetry::code_label;

@@ -105,7 +105,17 @@ impl Engine {
 
     /// The supervisor's leg is ready in the media plane: they are on the
     /// call from now (counted, logged for the audit).
-    pub fn monitor_joined(&mut self, call_id: CallId) {
+    pub fn monitor_joined(&mut self, now: Instant, call_id: CallId) {
+        self.monitor_joined_with(now, call_id, None);
+    }
+
+    /// [`Self::monitor_joined`], with a supervisor's phone's media.
+    pub(super) fn monitor_joined_with(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        phone: Option<crate::media::Remote>,
+    ) {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -118,17 +128,26 @@ impl Engine {
             .monitors
             .with_label_values(&[mode.label()])
             .inc();
-        let _g = call.span.enter();
+        let span = call.span.clone();
+        let _g = span.enter();
         info!(
             supervisor = %m.supervisor,
             operator = ?call.connected.as_ref().map(|(_, n)| n),
             mode = mode.label(),
             "a supervisor joined the call"
         );
+        // The operator's queue log keeps who listened, and how: the
+        // audit trail the firm answers to.
+        let who = format!("{}:{}", m.supervisor, mode.label());
+        let operator = call.b.as_ref().and_then(BLeg::agent);
         self.out.push_back(Output::Media(MediaCommand::Monitor {
             call: call_id,
             mode: Some(mode),
+            phone,
         }));
+        if let Some(agent) = operator {
+            self.agent_event(now, agent, "monitor", Some(who));
+        }
     }
 
     /// The supervisor's leg could not be made: they are not on the call.
@@ -187,6 +206,7 @@ impl Engine {
         self.out.push_back(Output::Media(MediaCommand::Monitor {
             call: call_id,
             mode,
+            phone: None,
         }));
         Ok(call.record_id.clone())
     }

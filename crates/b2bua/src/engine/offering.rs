@@ -593,6 +593,7 @@ impl Engine {
         // The supervisor was on that operator's conversation (the media
         // plane ends their leg with the `Unbridge`).
         call.monitor = None;
+        self.end_phone_monitor(now, call_id);
         self.by_b.remove(&b.call_id);
         self.client.remove(&b.invite_key);
         self.out

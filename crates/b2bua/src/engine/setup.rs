@@ -34,6 +34,9 @@ impl Engine {
     }
 
     pub(super) fn new_call(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
+        if let Some((mode, agent)) = monitor_phone::feature_code(&msg) {
+            return self.phone_monitor_invite(now, flow, msg, mode, agent);
+        }
         let key = TxKey::of(&msg);
         // Another node's call for the operator held for it here, or a
         // trunk's call for one of its DIDs.
@@ -108,7 +111,6 @@ impl Engine {
         };
         let a_tag = self.token();
         let from = msg.header("From").unwrap_or_default().to_owned();
-        let to = msg.header("To").unwrap_or_default().to_owned();
         let asserted = trunk
             .and_then(|t| self.trunks.get(t.index()))
             .is_some_and(|t| t.asserted_identity)
@@ -130,24 +132,7 @@ impl Engine {
                 uri::parse_name_addr(&from).and_then(|n| uri::user(n.uri).map(str::to_owned))
             })
             .unwrap_or_else(|| "anonymous".to_owned());
-        let remote_target = msg
-            .header("Contact")
-            .and_then(uri::parse_name_addr)
-            .map(|n| n.uri.to_owned())
-            .unwrap_or_default();
-        let a_leg = Leg {
-            call_id: msg.call_id.clone(),
-            local: format!("{to};tag={a_tag}"),
-            remote: from,
-            remote_target,
-            route_set: msg
-                .headers_named("Record-Route")
-                .flat_map(uri::split_list)
-                .map(str::to_owned)
-                .collect(),
-            cseq: 1,
-            flow,
-        };
+        let a_leg = Leg::from_request(&msg, &a_tag, flow);
         let span = tracing::info_span!("call", call = %id);
         let _entered = span.clone().entered();
         let media = match self.anchor(flow, &msg) {

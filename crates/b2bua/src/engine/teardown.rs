@@ -52,6 +52,7 @@ impl Engine {
         };
         self.by_a.remove(&call.a_leg.call_id);
         self.close_media(call_id);
+        self.end_phone_monitor(now, call_id);
         self.offer_withdrawn(now, call_id);
         self.lent_ended(call.lent.as_deref());
         if let Some(opening) = call.opening.take() {

@@ -345,13 +345,14 @@ impl Harness {
             .split('"')
             .next()
             .unwrap();
-        let ha1 = alg.hex(&format!("{user}:centralino:demo{user}"));
-        let ha2 = alg.hex("REGISTER:sip:192.0.2.1");
-        let resp = alg.hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
-        let auth = format!(
-            "Authorization: Digest username=\"{user}\", realm=\"centralino\", nonce=\"{nonce}\", uri=\"sip:192.0.2.1\", response=\"{resp}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc=00000001\n",
-            alg.token()
-        );
+        let auth = authorization(
+            alg,
+            user,
+            &format!("demo{user}"),
+            "REGISTER",
+            "sip:192.0.2.1",
+            nonce,
+        ) + "\n";
         let authenticated = req(first + 1, &auth);
         let out = self.send(phone, &authenticated);
         assert_eq!(out[0].1.code(), 200, "{:?}", out[0].1);
@@ -371,6 +372,25 @@ impl Harness {
             ),
         )
     }
+}
+
+/// An `Authorization` header (no line end) answering `nonce` for `user`
+/// with `password`, for `method` on `uri`.
+fn authorization(
+    alg: Algorithm,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+) -> String {
+    let ha1 = alg.hex(&format!("{user}:centralino:{password}"));
+    let ha2 = alg.hex(&format!("{method}:{uri}"));
+    let resp = alg.hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    format!(
+        "Authorization: Digest username=\"{user}\", realm=\"centralino\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc=00000001",
+        alg.token()
+    )
 }
 
 /// The carrier's offer: A-law preferred, µ-law, telephone-event.
@@ -5427,12 +5447,12 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
         .monitor_start("1001", "sup", MonitorMode::Listen)
         .expect("free again");
     h.media.clear();
-    h.engine.monitor_joined(target.call);
+    h.engine.monitor_joined(h.now, target.call);
     h.drain();
     assert!(
         matches!(
             h.media.as_slice(),
-            [MediaCommand::Monitor { call, mode: Some(MonitorMode::Listen) }] if *call == target.call
+            [MediaCommand::Monitor { call, mode: Some(MonitorMode::Listen), phone: None }] if *call == target.call
         ),
         "{:?}",
         h.media
@@ -5547,4 +5567,157 @@ fn a_signed_out_operator_stays_out_whatever_their_phone_does_until_they_sign_in(
         centralino_routing::AgentState::LoggedOut,
         "out after the call and its wrap-up"
     );
+}
+
+/// A supervisor's phone dials `*7` + operator: challenged, checked against
+/// its firm's `supervisor_phones`, answered on a port of its own with the
+/// operator's conversation; its BYE ends it, and the end of the call sends
+/// it ours. Any other account, a wrong password, an unknown operator:
+/// refused, nothing joined.
+#[test]
+fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
+    use centralino_media::monitor::MonitorMode;
+    use centralino_sip::auth::Algorithm;
+    let config = CONFIG
+        .replace(
+            "[[tenants]]\nname = \"demo\"",
+            "[[tenants]]\nname = \"demo\"\nsupervisor_phones = [\"1002\"]",
+        )
+        .replace(
+            "[[agents]]\nusername = \"1002\"",
+            "[[agents]]\nusername = \"1003\"\npassword = \"demo1003\"\ntenant = \"demo\"\nqueues = [\"info\"]\n\n[[agents]]\nusername = \"1002\"",
+        );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let caller_tag = out
+        .iter()
+        .find(|(_, m)| m.code() == 200)
+        .and_then(|(_, m)| m.to_tag.clone())
+        .expect("the caller's 200");
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.22\r\ns=-\r\nc=IN IP4 192.0.2.22\r\nt=0 0\r\nm=audio 32000 RTP/AVP 0 8\r\n";
+    // The INVITE of `user` (password `pass`) for `code`, through the
+    // challenge: the node's final answer.
+    let dial = |h: &mut Harness, id: &str, user: &str, pass: &str, code: &str| {
+        let req = |cseq: u32, auth: &str| {
+            format!(
+                "INVITE sip:{code}@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bK{id}{cseq}\r\nFrom: <sip:{user}@192.0.2.1>;tag=s{id}\r\nTo: <sip:{code}@192.0.2.1>\r\nCall-ID: {id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{user}@{PHONE2}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+        };
+        let out = h.send(PHONE2, &req(1, ""));
+        assert_eq!(codes(&out, PHONE2), vec![401], "{out:?}");
+        let challenge = out[0]
+            .1
+            .headers_named("WWW-Authenticate")
+            .find(|c| c.contains("algorithm=MD5"))
+            .unwrap()
+            .to_owned();
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let auth = authorization(
+            Algorithm::Md5,
+            user,
+            pass,
+            "INVITE",
+            &format!("sip:{code}@192.0.2.1"),
+            &nonce,
+        ) + "\r\n";
+        h.media.clear();
+        h.send(PHONE2, &req(2, &auth))
+    };
+    // Not a supervisor's phone, a wrong password, an unknown operator.
+    let out = dial(&mut h, "x1", "1003", "demo1003", "*71001");
+    assert_eq!(codes(&out, PHONE2).last(), Some(&403));
+    let out = dial(&mut h, "x2", "1002", "wrong", "*71001");
+    assert_eq!(codes(&out, PHONE2).last(), Some(&403));
+    let out = dial(&mut h, "x3", "1002", "demo1002", "*79999");
+    assert_eq!(codes(&out, PHONE2).last(), Some(&404));
+    assert!(h.media.is_empty(), "nothing joined: {:?}", h.media);
+
+    // The supervisor's phone: a port asked for, then 200 with it.
+    let out = dial(&mut h, "s1", "1002", "demo1002", "*71001");
+    assert_eq!(codes(&out, PHONE2), vec![100]);
+    let call = match h.media.as_slice() {
+        [MediaCommand::MonitorPort { call }] => *call,
+        other => panic!("{other:?}"),
+    };
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::MonitorPort {
+            call,
+            port: Some(42_000),
+        },
+    );
+    let out = h.drain();
+    assert_eq!(codes(&out, PHONE2), vec![200]);
+    let tag = out[0].1.to_tag.clone().expect("our tag");
+    let answer = sdp::parse(&out[0].1.body).expect("our SDP");
+    assert_eq!(answer.port, 42_000);
+    assert!(matches!(
+        h.media.last(),
+        Some(MediaCommand::Monitor {
+            mode: Some(MonitorMode::Listen),
+            phone: Some(_),
+            ..
+        })
+    ));
+    assert!(
+        h.records.iter().any(|r| matches!(r, Record::Agent { agent, event: "monitor", reason: Some(w), .. } if agent == "1001" && w == "phone:1002:listen")),
+        "the operator's queue log says who listened"
+    );
+    // A second supervisor's phone finds the place taken.
+    let out = dial(&mut h, "s2", "1002", "demo1002", "*91001");
+    assert_eq!(codes(&out, PHONE2).last(), Some(&486));
+    // Their BYE: they leave.
+    let bye = |id: &str, code: &str, tag: &str| {
+        format!(
+            "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bKbye{id}\r\nFrom: <sip:1002@192.0.2.1>;tag=s{id}\r\nTo: <sip:{code}@192.0.2.1>;tag={tag}\r\nCall-ID: {id}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    h.media.clear();
+    let out = h.send(PHONE2, &bye("s1", "*71001", "forged"));
+    assert_eq!(codes(&out, PHONE2), vec![481], "our tag or nothing");
+    let out = h.send(PHONE2, &bye("s1", "*71001", &tag));
+    assert_eq!(codes(&out, PHONE2), vec![200]);
+    assert!(matches!(
+        h.media.as_slice(),
+        [MediaCommand::Monitor { mode: None, .. }]
+    ));
+    // Barging from the phone; the caller hangs up: the phone gets our BYE.
+    let out = dial(&mut h, "s3", "1002", "demo1002", "*91001");
+    assert_eq!(codes(&out, PHONE2), vec![100]);
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::MonitorPort {
+            call,
+            port: Some(42_002),
+        },
+    );
+    let out = h.drain();
+    assert_eq!(codes(&out, PHONE2), vec![200]);
+    let trunk_ok = h
+        .records
+        .iter()
+        .any(|r| matches!(r, Record::Agent { event: "monitor", reason: Some(w), .. } if w == "phone:1002:barge"));
+    assert!(trunk_ok);
+    let out = h.send(
+        TRUNK,
+        &format!(
+            "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKtb1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>;tag={}\r\nCall-ID: m1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            caller_tag
+        ),
+    );
+    assert_eq!(h.engine.active_calls(), 0);
+    let byes = requests(&out, PHONE2, "BYE");
+    assert_eq!(byes.len(), 1, "the supervisor's phone is hung up: {out:?}");
+    assert_eq!(byes[0].call_id, "s3");
 }

@@ -51,10 +51,35 @@ impl MediaPlane {
             }
         };
         let law = leg.law();
-        held.monitor_pending = Some((pair, Box::new(leg)));
+        held.monitor_pending = Some((pair, Some(Box::new(leg))));
         self.metrics.browser_legs.inc();
         self.gauges();
         Ok((law, answer))
+    }
+
+    /// A port for a supervisor's phone joining `call` (answers the
+    /// engine's `MonitorPort`): held until their leg goes.
+    pub(super) fn monitor_port(&mut self, call: CallId) -> MediaEvent {
+        let Some(ip) = self
+            .held
+            .get(&call)
+            .filter(|h| h.socks.is_none())
+            .map(|h| h.ip)
+        else {
+            return MediaEvent::MonitorPort { call, port: None };
+        };
+        let now = Instant::now();
+        self.release_monitor(now, call);
+        let bound = self.bind_one(now, ip);
+        let port = bound.map(|(port, pair)| {
+            if let Some(held) = self.held.get_mut(&call) {
+                held.monitor = Some(port);
+                held.monitor_pending = Some((pair, None));
+            }
+            port
+        });
+        self.gauges();
+        MediaEvent::MonitorPort { call, port }
     }
 
     /// The supervisor's port back to the pool (their sockets close with
@@ -75,7 +100,8 @@ pub(super) struct MonitorSide {
     pub(super) socks: [UdpSocket; 2],
     /// The port's address as bound; what the relay knows them by.
     pub(super) local: SocketAddr,
-    pub(super) leg: Box<BrowserLeg>,
+    /// A browser's leg; none for a phone (plain RTP on the socket).
+    pub(super) leg: Option<Box<BrowserLeg>>,
 }
 
 impl Worker {
@@ -87,7 +113,8 @@ impl Worker {
         call: CallId,
         mode: MonitorMode,
         pair: Pair,
-        leg: Box<BrowserLeg>,
+        leg: Option<Box<BrowserLeg>>,
+        phone: Option<Peer>,
     ) {
         let Some(&slot) = self.by_call.get(&call) else {
             return;
@@ -100,8 +127,17 @@ impl Worker {
         let Ok(local) = pair.rtp.local_addr() else {
             return;
         };
-        let law = leg.law();
-        let relay_leg = Leg::new(Latch::SdpAddress, local, None);
+        // A browser is known to the relay by the port itself (its leg
+        // turns SRTP into RTP); a phone by its SDP and signalling, latched
+        // as every phone is.
+        let (law, relay_leg) = match (&leg, phone) {
+            (Some(b), _) => (b.law(), Leg::new(Latch::SdpAddress, local, None)),
+            (None, Some(p)) => (
+                p.law,
+                Leg::new(self.latch, p.addr, p.telephone_event).signalled_from(p.signalling),
+            ),
+            (None, None) => return,
+        };
         if !s.media.monitor(now, mode, relay_leg, law, seed) {
             debug!(%call, "the operator's leg is gone: the supervisor's leg is dropped");
             return;
@@ -138,7 +174,7 @@ impl Worker {
             for sock in &m.socks {
                 let _ = epoll::delete(&self.poll, sock);
             }
-            let (sent, received) = m.leg.counts();
+            let (sent, received) = m.leg.as_ref().map_or((0, 0), |l| l.counts());
             info!(%call, sent, received, "supervisor's media closed");
         }
     }
@@ -154,7 +190,7 @@ pub(super) fn drain_monitor(local: &mut Local, s: &mut Session, now: Instant) {
             Some(MonitorSide {
                 socks,
                 local: addr,
-                leg,
+                leg: Some(leg),
             }),
         ..
     } = s

@@ -1,0 +1,257 @@
+//! Supervisors listening in from a SIP phone: they dial `*7` (listen),
+//! `*8` (whisper) or `*9` (barge) followed by the operator's username.
+//! The phone must answer a digest challenge as one of the SIP accounts its
+//! firm lists in `supervisor_phones`, and the operator must be of that
+//! firm and talking; then the node answers with a port of its own and the
+//! media plane mixes as for a browser (`centralino_media::monitor`). Either
+//! side's BYE ends it; so does the end of the operator's conversation.
+//! Only internal: a feature code never reaches a trunk.
+
+use super::*;
+use centralino_media::monitor::MonitorMode;
+use centralino_sip::auth::Verdict;
+
+use super::dialogs::tag_of;
+
+/// A supervisor's phone on a call.
+#[derive(Debug)]
+pub(super) struct PhoneMonitor {
+    /// The call listened to.
+    pub(super) call: CallId,
+    /// Their INVITE's server transaction, until answered.
+    pub(super) key: TxKey,
+    pub(super) invite: Box<Message>,
+    /// Our dialog with the phone (we are its UAS).
+    pub(super) leg: Leg,
+    /// Their media and what they asked to do.
+    pub(super) peer: Peer,
+    pub(super) mode: MonitorMode,
+    /// The supervisor's name on the call (`phone:USER`).
+    pub(super) supervisor: String,
+    pub(super) answered: bool,
+}
+
+/// The feature code of a Request-URI: the mode and the operator.
+pub(super) fn feature_code(msg: &Message) -> Option<(MonitorMode, String)> {
+    let user = uri::user(msg.request_uri()?)?;
+    // Phones write the star as it is or escaped (RFC 3261 §25: `*` is
+    // unreserved, some phones escape it anyway).
+    let rest = user
+        .strip_prefix('*')
+        .or_else(|| user.strip_prefix("%2A"))
+        .or_else(|| user.strip_prefix("%2a"))?;
+    let mut chars = rest.chars();
+    let mode = match chars.next()? {
+        '7' => MonitorMode::Listen,
+        '8' => MonitorMode::Whisper,
+        '9' => MonitorMode::Barge,
+        _ => return None,
+    };
+    let agent = chars.as_str();
+    (!agent.is_empty() && agent.len() <= 64).then(|| (mode, agent.to_owned()))
+}
+
+impl Engine {
+    /// A phone's INVITE with a feature code (`precheck_invite` let it
+    /// through for this): challenged, checked, answered once the plane
+    /// holds a port for it.
+    pub(super) fn phone_monitor_invite(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        msg: Box<Message>,
+        mode: MonitorMode,
+        agent: String,
+    ) {
+        let key = TxKey::of(&msg);
+        let refuse = |this: &mut Self, code: u16, reason: &'static str| {
+            this.metrics.sip_rejected.with_label_values(&[reason]).inc();
+            let r = msg.response(code, reason_phrase(code), Some("mon"));
+            this.respond(now, &key, &r);
+        };
+        let source = flow.remote.ip();
+        let user = match self.registrar.verify(now, source, &msg) {
+            Verdict::Ok(user, _) => user,
+            v @ (Verdict::Challenge | Verdict::Stale) => {
+                let from = msg
+                    .header("From")
+                    .and_then(uri::parse_name_addr)
+                    .and_then(|n| uri::user(n.uri).map(str::to_owned))
+                    .unwrap_or_default();
+                let r =
+                    self.registrar
+                        .challenge_user(now, source, &msg, v == Verdict::Stale, &from);
+                self.respond(now, &key, &r);
+                return;
+            }
+            Verdict::Refuse => {
+                warn!(peer = %source, "a supervisor's INVITE with wrong credentials refused");
+                return refuse(self, 403, "monitor_auth_failed");
+            }
+            Verdict::Malformed => return refuse(self, 400, "malformed_authorization"),
+        };
+        let Some(&tenant) = self.supervisor_phones.get(&user) else {
+            warn!(user = %user, "a feature code from an account that is no supervisor's phone refused");
+            return refuse(self, 403, "monitor_not_allowed");
+        };
+        let same_firm = self
+            .agent_ids
+            .get(&agent)
+            .is_some_and(|&id| self.router.agent(id).attributes.tenant == tenant.0 as u16);
+        if !same_firm {
+            // Another firm's operator is as unknown as a missing one.
+            return refuse(self, 404, "monitor_unknown_operator");
+        }
+        let Ok(audio) = sdp::parse(&msg.body) else {
+            return refuse(self, 488, "monitor_no_offer");
+        };
+        let supervisor = format!("phone:{user}");
+        let target = match self.monitor_start(&agent, &supervisor, mode) {
+            Ok(t) => t,
+            Err(MonitorError::Unknown) => return refuse(self, 404, "monitor_unknown_operator"),
+            Err(MonitorError::Taken) => return refuse(self, 486, "monitor_taken"),
+            Err(_) => return refuse(self, 480, "monitor_not_talking"),
+        };
+        let peer_addr = SocketAddr::new(audio.addr, audio.port);
+        let law = audio.choose(&target.laws);
+        let refused = audio.port == 0
+            || self
+                .refused_media(peer_addr, source, flow.local.ip())
+                .is_some();
+        let (Some(law), false) = (law, refused) else {
+            self.monitor_failed(target.call);
+            return refuse(self, 488, "monitor_bad_offer");
+        };
+        let trying = msg.response(100, "Trying", None);
+        self.respond(now, &key, &trying);
+        let tag = self.token();
+        let leg = Leg::from_request(&msg, &tag, flow);
+        info!(call = %target.call, supervisor = %supervisor, operator = %agent, mode = mode.label(), "a supervisor's phone asks to join the call");
+        self.phone_monitors.insert(
+            msg.call_id.clone(),
+            PhoneMonitor {
+                call: target.call,
+                key,
+                peer: Peer {
+                    addr: peer_addr,
+                    law,
+                    telephone_event: audio.telephone_event,
+                    signalling: Some(source),
+                    browser: false,
+                },
+                invite: msg,
+                leg,
+                mode,
+                supervisor,
+                answered: false,
+            },
+        );
+        self.out.push_back(Output::Media(MediaCommand::MonitorPort {
+            call: target.call,
+        }));
+    }
+
+    /// The plane answered for a supervisor's phone: 200 with our SDP and
+    /// their leg on the call, or 503.
+    pub(super) fn monitor_port(&mut self, now: Instant, call_id: CallId, port: Option<u16>) {
+        let Some(dialog) = self
+            .phone_monitors
+            .iter()
+            .find(|(_, m)| m.call == call_id && !m.answered)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        let sdp_ip = self.calls.get(&call_id).map(|c| c.media.sdp_ip);
+        let (Some(port), Some(sdp_ip)) = (port, sdp_ip) else {
+            if let Some(m) = self.phone_monitors.remove(&dialog) {
+                self.monitor_failed(call_id);
+                let r = m.invite.response(503, reason_phrase(503), Some("mon"));
+                self.respond(now, &m.key, &r);
+            }
+            return;
+        };
+        let session = self.rng.next_u64() >> 2;
+        let Some(m) = self.phone_monitors.get_mut(&dialog) else {
+            return;
+        };
+        m.answered = true;
+        let tag = tag_of(&m.leg.local).unwrap_or_default().to_owned();
+        let mut ok = m.invite.response(200, "OK", Some(&tag));
+        ok.push("Contact", &dialog::contact(m.leg.flow));
+        ok.set_body(
+            Some("application/sdp"),
+            Local {
+                addr: sdp_ip,
+                port,
+                formats: &[m.peer.law.payload_type()],
+                telephone_event: None,
+                direction: Direction::SendRecv,
+                session,
+                version: 1,
+            }
+            .to_bytes(),
+        );
+        let (key, peer, mode) = (m.key.clone(), m.peer, m.mode);
+        self.respond(now, &key, &ok);
+        self.monitor_joined_with(now, call_id, Some(peer.into()));
+        debug!(call = %call_id, mode = mode.label(), "supervisor's phone answered");
+    }
+
+    /// A BYE from a supervisor's phone: they leave the call. `false`: not
+    /// one of theirs.
+    pub(super) fn phone_monitor_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) -> bool {
+        let Some(m) = self.phone_monitors.remove(&msg.call_id) else {
+            return false;
+        };
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        if let Some(call) = self.calls.get_mut(&m.call)
+            && call
+                .monitor
+                .as_ref()
+                .is_some_and(|x| x.supervisor == m.supervisor)
+        {
+            call.monitor = None;
+            info!(call = %m.call, supervisor = %m.supervisor, "the supervisor's phone left the call");
+            self.out.push_back(Output::Media(MediaCommand::Monitor {
+                call: m.call,
+                mode: None,
+                phone: None,
+            }));
+        }
+        true
+    }
+
+    /// The conversation a supervisor's phone listens to is over (the call
+    /// ended, the operator's leg went): the phone gets our BYE (480 if not
+    /// answered yet).
+    pub(super) fn end_phone_monitor(&mut self, now: Instant, call_id: CallId) {
+        let Some(dialog) = self
+            .phone_monitors
+            .iter()
+            .find(|(_, m)| m.call == call_id)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        let Some(mut m) = self.phone_monitors.remove(&dialog) else {
+            return;
+        };
+        if m.answered {
+            self.send_bye(now, &mut m.leg);
+        } else {
+            let r = m.invite.response(480, reason_phrase(480), Some("mon"));
+            self.respond(now, &m.key, &r);
+        }
+    }
+
+    /// Whether an in-dialog request is a supervisor's phone's, from its
+    /// peer with our tag: `None` when the Call-ID is none of theirs.
+    pub(super) fn phone_monitor_dialog(&self, source: IpAddr, msg: &Message) -> Option<bool> {
+        let m = self.phone_monitors.get(&msg.call_id)?;
+        let ours = tag_of(&m.leg.local).is_some_and(|t| msg.to_tag.as_deref() == Some(t));
+        let theirs = tag_of(&m.leg.remote).is_none_or(|t| msg.from_tag.as_deref() == Some(t));
+        Some(ours && theirs && m.leg.flow.remote.ip() == source)
+    }
+}
