@@ -1,8 +1,10 @@
 //! Operators' transfers from a SIP phone (SIPp): blind to another queue
 //! of the firm (REFER), where a colleague's phone gets the call with its
-//! context; and what must be refused: a number (nothing reaches the
-//! carrier), another firm's queue, a name that is no queue. (A caller's
-//! own REFER is refused too: `engine::tests`, `a_callers_refer_...`.)
+//! context; a number the firm allows (`transfer_numbers`), reached
+//! through the carrier; and what must be refused: any other number
+//! (nothing reaches the carrier), another firm's queue, a name that is no
+//! queue. (A caller's own REFER is refused too: `engine::tests`,
+//! `a_callers_refer_...`.)
 
 use std::time::Duration;
 
@@ -212,5 +214,69 @@ fn transfers_to_a_number_or_another_firms_queue_are_refused_and_dial_nothing() {
         carrier.recv_from(&mut buf).is_err(),
         "the node sent the carrier: {}",
         String::from_utf8_lossy(&buf)
+    );
+}
+
+/// A number the firm lets its operators transfer to (`transfer_numbers`,
+/// within its dial plan): the operator's REFER puts the caller through the
+/// carrier to it; the operator's leg ends.
+#[test]
+fn a_transfer_to_a_number_the_firm_allows_reaches_it_through_the_carrier() {
+    let scratch = Scratch::new("transfer-number");
+    // The carrier's outbound side: the number answers there.
+    let mut carrier = Sipp::spawn(
+        &scratch,
+        "carrier",
+        &[
+            "-sf",
+            &scenario("citizen_answer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+            "-trace_logs",
+        ],
+    );
+    let port = carrier.port;
+    let node = Node::start_toml(&scratch, |s, h| {
+        config(s, h, port).replace(
+            "[[tenants]]\nname = \"asl\"\n",
+            "[[tenants]]\nname = \"asl\"\ntransfer_numbers = [\"+39061\"]\n",
+        )
+    });
+    let mut op = phone(
+        &scratch,
+        &node,
+        1001,
+        &scenario("agent_refer.xml"),
+        "500",
+        &["-key", "refer_to", "+39061234567"],
+    );
+    // The caller talks to the number, then hangs up.
+    let mut caller = trunk_to(
+        &scratch,
+        &node,
+        "caller",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "6000"],
+    );
+    for (name, sipp) in [
+        ("operator", &mut op),
+        ("caller", &mut caller),
+        ("carrier", &mut carrier),
+    ] {
+        let st = sipp.wait(Duration::from_secs(40));
+        assert!(st.success(), "{name} SIPp failed:\n{}", sipp.report());
+    }
+    assert!(
+        carrier
+            .report()
+            .contains("called INVITE sip:+39061234567@"),
+        "{}",
+        carrier.report()
+    );
+    assert_eq!(
+        node.metric("centralino_transfers_total{outcome=\"done\",target=\"external\"}"),
+        1.0
     );
 }

@@ -128,6 +128,9 @@ pub struct Config {
     /// phones may listen in on the tenant's operators (`*7`, `*8`, `*9`
     /// followed by the operator's username).
     pub supervisor_phones: Vec<Vec<String>>,
+    /// Each tenant's E.164 prefixes its operators may transfer callers to
+    /// (by tenant index; the dial plan applies as well).
+    pub transfer_numbers: Vec<Vec<String>>,
     /// Trunks.
     pub trunks: Vec<Trunk>,
     /// Queues.
@@ -218,6 +221,7 @@ impl Config {
             tenants: self.tenants.clone(),
             dial_plans: self.dial_plans.clone(),
             supervisor_phones: self.supervisor_phones.clone(),
+            transfer_numbers: self.transfer_numbers.clone(),
             trunks: self.trunks.clone(),
             queues: self.queues.clone(),
             agents: self.agents.clone(),
@@ -257,6 +261,7 @@ pub struct EngineConfig {
     pub tenants: Vec<String>,
     pub dial_plans: Vec<DialPlan>,
     pub supervisor_phones: Vec<Vec<String>>,
+    pub transfer_numbers: Vec<Vec<String>>,
     pub trunks: Vec<Trunk>,
     pub queues: Vec<Queue>,
     pub agents: Vec<Agent>,
@@ -507,42 +512,7 @@ impl Config {
             }
         };
 
-        let mut tenants = Vec::new();
-        let mut dial_plans = Vec::new();
-        let mut tenant_algs = Vec::new();
-        for (i, t) in raw.tenants.iter().enumerate() {
-            tenant_algs.push(match &t.digest_algorithms {
-                None => algs.clone(),
-                Some(list) => {
-                    let path = format!("tenants[{i}].digest_algorithms");
-                    let mine = digest_algorithms(&mut p, &path, list);
-                    let usable: Vec<Algorithm> =
-                        algs.iter().copied().filter(|a| mine.contains(a)).collect();
-                    if usable.is_empty() {
-                        p.add(path, "none of them is in sip.digest_algorithms");
-                    }
-                    usable
-                }
-            });
-            if !valid_name(&t.name) {
-                p.add(
-                    format!("tenants[{i}].name"),
-                    "must be 1-64 of [A-Za-z0-9_-]",
-                );
-            }
-            if tenants.contains(&t.name) {
-                p.add(
-                    format!("tenants[{i}].name"),
-                    format!("duplicate tenant {:?}", t.name),
-                );
-            }
-            tenants.push(t.name.clone());
-            dial_plans.push(validate_dial_plan(
-                &mut p,
-                &format!("tenants[{i}].dial_plan"),
-                t.dial_plan.as_ref(),
-            ));
-        }
+        let (tenants, dial_plans, tenant_algs) = tenant_sections(&mut p, &raw.tenants, &algs);
 
         // Names first: requirement expressions are resolved against every
         // skill, language and site some operator has, so a typo is an error
@@ -928,6 +898,7 @@ impl Config {
         }
 
         let supervisor_phones = supervisor_phones(&mut p, &raw.tenants, &agents);
+        let transfer_numbers = transfer_numbers(&mut p, &raw.tenants);
         let media = validate_media(&mut p, &raw.media);
         let notifications = raw.notifications.url.as_ref().and_then(|url| {
             let n = &raw.notifications;
@@ -1184,6 +1155,7 @@ impl Config {
             tenants,
             dial_plans,
             supervisor_phones,
+            transfer_numbers,
             trunks,
             queues,
             agents,

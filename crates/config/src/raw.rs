@@ -309,6 +309,10 @@ pub(super) struct RawTenant {
     /// may listen in on its operators' calls by feature code.
     #[serde(default)]
     pub(super) supervisor_phones: Vec<String>,
+    /// E.164 prefixes operators may transfer this tenant's callers to
+    /// (none when left out).
+    #[serde(default)]
+    pub(super) transfer_numbers: Vec<String>,
 }
 
 /// `[tenants.dial_plan]`: what this tenant's trunks may dial. Every key

@@ -27,6 +27,7 @@ const LIVE: &[&str] = &[
     // Applied with the operators' secrets (a refused algorithm's are dropped).
     "tenants[].digest_algorithms",
     "tenants[].supervisor_phones",
+    "tenants[].transfer_numbers",
     "flows",
     "flows_dir",
     "flow_files",

@@ -404,3 +404,67 @@ pub(super) fn supervisor_phones(
     }
     all
 }
+
+/// Each tenant's transfer prefixes (by tenant index): `+` and digits.
+pub(super) fn transfer_numbers(p: &mut Problems, tenants: &[RawTenant]) -> Vec<Vec<String>> {
+    tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            for (j, n) in t.transfer_numbers.iter().enumerate() {
+                if !dialplan::valid_prefix(n) {
+                    p.add(
+                        format!("tenants[{i}].transfer_numbers[{j}]"),
+                        "an E.164 prefix: + and 1 to 15 digits",
+                    );
+                }
+            }
+            t.transfer_numbers.clone()
+        })
+        .collect()
+}
+
+/// The tenants' names, dial plans and digest algorithms (by tenant index).
+pub(super) fn tenant_sections(
+    p: &mut Problems,
+    raw: &[RawTenant],
+    algs: &[Algorithm],
+) -> (Vec<String>, Vec<DialPlan>, Vec<Vec<Algorithm>>) {
+    let mut tenants = Vec::new();
+    let mut dial_plans = Vec::new();
+    let mut tenant_algs = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        tenant_algs.push(match &t.digest_algorithms {
+            None => algs.to_vec(),
+            Some(list) => {
+                let path = format!("tenants[{i}].digest_algorithms");
+                let mine = digest_algorithms(p, &path, list);
+                let usable: Vec<Algorithm> =
+                    algs.iter().copied().filter(|a| mine.contains(a)).collect();
+                if usable.is_empty() {
+                    p.add(path, "none of them is in sip.digest_algorithms");
+                }
+                usable
+            }
+        });
+        if !valid_name(&t.name) {
+            p.add(
+                format!("tenants[{i}].name"),
+                "must be 1-64 of [A-Za-z0-9_-]",
+            );
+        }
+        if tenants.contains(&t.name) {
+            p.add(
+                format!("tenants[{i}].name"),
+                format!("duplicate tenant {:?}", t.name),
+            );
+        }
+        tenants.push(t.name.clone());
+        dial_plans.push(validate_dial_plan(
+            p,
+            &format!("tenants[{i}].dial_plan"),
+            t.dial_plan.as_ref(),
+        ));
+    }
+    (tenants, dial_plans, tenant_algs)
+}

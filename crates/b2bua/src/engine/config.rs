@@ -123,6 +123,7 @@ impl Engine {
             signed_out: std::collections::HashSet::new(),
             phone_monitors: HashMap::new(),
             supervisor_phones: supervisor_phones(config),
+            transfer_numbers: config.transfer_numbers.clone(),
             trunk_due: BinaryHeap::new(),
             max_calls: config.sip.max_calls,
             max_per_source: config.sip.max_transactions_per_source,
@@ -435,6 +436,7 @@ impl Engine {
         }
         self.dial_plans = config.dial_plans.clone();
         self.supervisor_phones = supervisor_phones(config);
+        self.transfer_numbers = config.transfer_numbers.clone();
         let queues = config
             .queues
             .iter()

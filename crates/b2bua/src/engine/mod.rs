@@ -343,6 +343,8 @@ pub struct Engine {
     phone_monitors: HashMap<String, PhoneMonitor>,
     /// The SIP accounts whose phones may listen in, and their firm.
     supervisor_phones: HashMap<String, TenantId>,
+    /// Each tenant's prefixes its operators may transfer callers to.
+    transfer_numbers: Vec<Vec<String>>,
     qualify_scheduled: std::collections::HashSet<AgentId>,
     trunk_due: BinaryHeap<Reverse<(Instant, TrunkId)>>,
     max_calls: usize,

@@ -4,8 +4,10 @@
 //! entered a queue, with the call record, the IVR's answers and the script
 //! travelling to the next operator's offer. Only the operator who talks
 //! the call may transfer it; a caller's REFER is refused (a citizen must
-//! never make the node place a call), and so is any target that is not a
-//! queue of the call's firm: no number leaves through a trunk this way.
+//! never make the node place a call). A number is dialled only when the
+//! call's firm lists its prefix in `transfer_numbers` and its dial plan
+//! lets it out; if it does not answer, the caller waits in their queue
+//! again. Any other target is refused.
 
 use super::*;
 
@@ -62,6 +64,15 @@ impl Engine {
             !p.retired && Some(p.tenant) == tenant
         });
         let Some(queue) = queue else {
+            if let Some(number) = self.transfer_number(call_id, scheme, to.uri, user) {
+                let mut r = msg.response(202, "Accepted", None);
+                if let Some(b) = self.calls.get(&call_id).and_then(|c| c.b.as_ref()) {
+                    r.push("Contact", &dialog::contact(b.flow));
+                }
+                self.respond(now, key, &r);
+                self.transfer_to_number(now, call_id, &number);
+                return;
+            }
             let kind = if scheme == Some(Scheme::Tel)
                 || (!user.is_empty()
                     && user
@@ -89,21 +100,83 @@ impl Engine {
         self.transfer_to_queue(now, call_id, queue);
     }
 
-    /// The operator's leg ends (NOTIFY of success, then BYE); the caller
-    /// goes to `queue` keeping the time waited so far; the operator to
-    /// wrap-up, as at the end of any call.
-    fn transfer_to_queue(&mut self, now: Instant, call_id: CallId, queue: QueueId) {
-        let Some(call) = self.calls.get_mut(&call_id) else {
+    /// The number a REFER names, in E.164, when the call's firm lets its
+    /// operators transfer there: a prefix of its `transfer_numbers`, its
+    /// dial plan, and an outbound trunk of its own to leave through.
+    fn transfer_number(
+        &self,
+        call_id: CallId,
+        scheme: Option<Scheme>,
+        target: &str,
+        user: &str,
+    ) -> Option<String> {
+        let tenant = self.calls.get(&call_id)?.tenant;
+        let prefixes = self.transfer_numbers.get(tenant.index())?;
+        if prefixes.is_empty() {
+            return None;
+        }
+        let raw = match scheme {
+            Some(Scheme::Tel) => target
+                .strip_prefix("tel:")?
+                .split(';')
+                .next()?
+                .replace(['-', '.', '(', ')'], ""),
+            _ => user.to_owned(),
+        };
+        let number = self.dialable(tenant, &raw, "operator_transfer")?;
+        let allowed = prefixes.iter().any(|p| number.starts_with(p.as_str()))
+            && self.trunks.iter().any(|t| t.dials_for(tenant));
+        allowed.then_some(number)
+    }
+
+    /// The operator's leg ends (NOTIFY, BYE, wrap-up) and the caller is
+    /// put through to `number` (the IVR transfer's leg); unanswered, they
+    /// wait in their queue again.
+    fn transfer_to_number(&mut self, now: Instant, call_id: CallId, number: &str) {
+        let Some((by, spec)) = self.release_transferor(now, call_id) else {
             return;
         };
+        info!(by = ?by, number = %Masked(number), "operator transferred the call to a number");
+        self.metrics
+            .transfers
+            .with_label_values(&["external", "done"])
+            .inc();
+        self.queue_event(now, call_id, QueueEvent::Transfer, by);
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.spec = Arc::new(spec.clone());
+        }
+        // The queue's music while the number rings.
+        if let Some(call) = self.calls.get(&call_id) {
+            let music = self.queues[call.queue.0 as usize].music.clone();
+            self.out.push_back(Output::Media(MediaCommand::Play {
+                call: call_id,
+                prompts: Vec::new(),
+                music,
+            }));
+        }
+        if !self.start_transfer(now, call_id, number) {
+            let queue = self.calls.get(&call_id).map(|c| c.queue);
+            if let Some(queue) = queue {
+                self.enter_queue(now, call_id, queue, &spec);
+            }
+        }
+    }
+
+    /// Takes the transferring operator off the call: NOTIFY of success and
+    /// BYE on their leg, wrap-up for them, their talk kept for the record.
+    /// Returns who they were and the call's spec with its wait so far.
+    fn release_transferor(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+    ) -> Option<(Option<String>, CallSpec)> {
+        let call = self.calls.get_mut(&call_id)?;
         let _span = call.span.clone().entered();
         let talked = call
             .connected
             .as_ref()
             .map_or(Duration::ZERO, |(t, _)| now.saturating_duration_since(*t));
-        let Some((mut b, by, spec)) = self.detach_operator(now, call_id) else {
-            return;
-        };
+        let (mut b, by, spec) = self.detach_operator(now, call_id)?;
         if let Some(call) = self.calls.get_mut(&call_id) {
             let t = call
                 .transferred
@@ -127,6 +200,16 @@ impl Engine {
             self.router.call_ended(now, agent, call_id);
             self.agent_released(agent);
         }
+        Some((by, spec))
+    }
+
+    /// The operator's leg ends (NOTIFY of success, then BYE); the caller
+    /// goes to `queue` keeping the time waited so far; the operator to
+    /// wrap-up, as at the end of any call.
+    fn transfer_to_queue(&mut self, now: Instant, call_id: CallId, queue: QueueId) {
+        let Some((by, spec)) = self.release_transferor(now, call_id) else {
+            return;
+        };
         let target = self.router.queue(queue).name.clone();
         info!(by = ?by, queue = %target, "operator transferred the call to a queue");
         self.metrics

@@ -5721,3 +5721,71 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     assert_eq!(byes.len(), 1, "the supervisor's phone is hung up: {out:?}");
     assert_eq!(byes[0].call_id, "s3");
 }
+
+/// An operator's REFER to a number goes out only where the call's firm
+/// lists the prefix in `transfer_numbers` and its dial plan lets it out:
+/// then the operator's leg ends and the caller is put through by the
+/// firm's outbound trunk; anything else is 403 and dials nothing. A number
+/// that does not answer puts the caller back in their queue.
+#[test]
+fn an_operator_transfers_to_a_number_only_where_the_firm_allows_it() {
+    let config = outbound_trunks("", false).replace(
+        "[[tenants]]\nname = \"demo\"",
+        "[[tenants]]\nname = \"demo\"\ntransfer_numbers = [\"+39061\", \"+39899\"]",
+    );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let refer = |cseq: u32, to: &str| {
+        format!(
+            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKx{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: <{to}>\r\nContent-Length: 0\r\n\r\n",
+            inv.header("To").unwrap(),
+            inv.header("From").unwrap(),
+            inv.call_id
+        )
+    };
+    // Milan: the dial plan would let it out, the firm's list does not;
+    // a premium number: listed, but the dial plan blocks it.
+    for (cseq, to) in [(10, "tel:+39021234567"), (11, "sip:+39899123456@192.0.2.1")] {
+        let out = h.send(PHONE1, &refer(cseq, to));
+        assert_eq!(codes(&out, PHONE1), vec![403], "{to}: {out:?}");
+        assert!(requests(&out, TRUNK, "INVITE").is_empty(), "{to}");
+    }
+    assert_eq!(
+        h.gauge("centralino_transfers_total{outcome=refused,target=external}"),
+        2
+    );
+    // Rome's switchboard: allowed.
+    let out = h.send(PHONE1, &refer(12, "tel:+39-06-1234567"));
+    assert_eq!(codes(&out, PHONE1), vec![202, 0, 0], "{out:?}");
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    let dialled = requests(&out, TRUNK, "INVITE");
+    assert_eq!(dialled.len(), 1, "{out:?}");
+    assert!(
+        dialled[0]
+            .request_uri()
+            .unwrap()
+            .starts_with("sip:+39061234567@"),
+        "{:?}",
+        dialled[0].request_uri()
+    );
+    assert_eq!(
+        h.gauge("centralino_transfers_total{outcome=done,target=external}"),
+        1
+    );
+    // Busy: the caller waits in "info" again, offered to the next free
+    // operator (1001 after their wrap-up).
+    let out = unavailable(&mut h, TRUNK, dialled[0], "n1");
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1);
+    assert_eq!(h.engine.active_calls(), 1, "the caller is not cut off");
+    let out = h.advance(Duration::from_secs(5));
+    let offers: std::collections::HashSet<String> = requests(&out, PHONE1, "INVITE")
+        .iter()
+        .map(|m| m.call_id.clone())
+        .collect();
+    assert_eq!(offers.len(), 1, "offered again once the operator is free");
+}

@@ -59,7 +59,8 @@ impl Engine {
         true
     }
 
-    /// The transfer's far end did not answer: the flow's fallback.
+    /// The transfer's far end did not answer: the flow's fallback, or for
+    /// an operator's transfer the caller's queue again (no dead end).
     pub(super) fn transfer_failed(&mut self, now: Instant, id: CallId) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -68,6 +69,11 @@ impl Engine {
             self.by_b.remove(&t.call_id);
         }
         let Some(mut run) = call.run.take() else {
+            if call.transferred.is_some() {
+                let (queue, spec) = (call.queue, (*call.spec).clone());
+                info!("the number did not answer: the caller waits in their queue again");
+                self.enter_queue(now, id, queue, &spec);
+            }
             return;
         };
         let actions = run.transfer_result(now, &facts!(self, now));
