@@ -269,9 +269,7 @@ fn a_transfer_to_a_number_the_firm_allows_reaches_it_through_the_carrier() {
         assert!(st.success(), "{name} SIPp failed:\n{}", sipp.report());
     }
     assert!(
-        carrier
-            .report()
-            .contains("called INVITE sip:+39061234567@"),
+        carrier.report().contains("called INVITE sip:+39061234567@"),
         "{}",
         carrier.report()
     );

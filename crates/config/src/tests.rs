@@ -1146,4 +1146,16 @@ password = "secret-2001"
         &toml.replace(r#"["1001"]"#, r#"["1001", "1001"]"#),
         "tenants[0].supervisor_phones[1]: listed twice",
     );
+    let with = |list: &str| {
+        toml.replace(
+            "supervisor_phones = [\"1001\"]",
+            &format!("supervisor_phones = [\"1001\"]\ntransfer_numbers = {list}"),
+        )
+    };
+    let c = Config::from_toml(&with(r#"["+39061"]"#)).unwrap();
+    assert_eq!(c.transfer_numbers, [vec!["+39061".to_owned()], vec![]]);
+    refused(
+        &with(r#"["061"]"#),
+        "tenants[0].transfer_numbers[0]: an E.164 prefix",
+    );
 }
