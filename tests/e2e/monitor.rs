@@ -352,8 +352,12 @@ fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_els
         "supervisor listening: {} packets, audio energy {:.3}",
         heard.0, heard.1
     );
-    // Listening, the supervisor's microphone reaches nobody.
-    let h = ends.talk(Duration::from_secs(2), false, |_| false);
+    // Listening, the supervisor's voice reaches nobody, even with the
+    // page's microphone forced on (the node drops it, not the page).
+    b.eval(
+        "window.centralinoMonitor.stream.getAudioTracks().forEach(t => { t.enabled = true; }); true",
+    );
+    let h = ends.talk(Duration::from_secs(3), false, |_| false);
     assert_eq!(
         (h.caller_loud, h.operator_loud),
         (0, 0),
@@ -403,6 +407,10 @@ fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_els
     assert!(
         h.operator_loud >= 3,
         "the operator hears the whisper: {h:?}"
+    );
+    assert!(
+        h.caller_packets >= 10,
+        "the caller still hears the operator's side: {h:?}"
     );
     assert_eq!(
         h.caller_loud, 0,

@@ -182,6 +182,12 @@ pub enum MediaEvent {
         /// The operator's port.
         b_port: u16,
     },
+    /// A supervisor's browser went (no ICE/DTLS): the plane ended their
+    /// leg.
+    MonitorGone {
+        /// The call.
+        call: CallId,
+    },
     /// The port of a supervisor's phone (answers `MonitorPort`; `None`:
     /// none free, or the call is over).
     MonitorPort {

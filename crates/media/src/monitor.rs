@@ -121,6 +121,10 @@ pub(crate) struct Monitor {
     hears: [Fifo; 2],
     /// The supervisor's voice waiting for each side's next packet.
     speaks: [Fifo; 2],
+    /// A frame of the supervisor's voice alone may go to a side this
+    /// tick (one per side per 20 ms), its own numbering for it.
+    pub(crate) voice_due: [bool; 2],
+    voice: [(u16, u32); 2],
 }
 
 impl Monitor {
@@ -142,6 +146,8 @@ impl Monitor {
             next: now,
             hears: [Fifo::new(), Fifo::new()],
             speaks: [Fifo::new(), Fifo::new()],
+            voice_due: [false; 2],
+            voice: [(seed.1, seed.2); 2],
         }
     }
 
@@ -199,6 +205,29 @@ impl Monitor {
         }
     }
 
+    /// A frame of the supervisor's voice alone for `side` (nothing is
+    /// relayed to it now: on hold, or its peer silent), in `law`: the
+    /// header's numbers (ssrc, seq, timestamp) and whether there was
+    /// anything to say.
+    pub(crate) fn voice_frame(
+        &mut self,
+        side: usize,
+        law: Law,
+        out: &mut [u8; FRAME],
+    ) -> Option<(u32, u16, u32)> {
+        if self.speaks[side].0.is_empty() {
+            return None;
+        }
+        let mut mix = [0i32; FRAME];
+        self.speaks[side].add_into(&mut mix);
+        for (b, &m) in out.iter_mut().zip(mix.iter()) {
+            *b = law.encode(clamp(m));
+        }
+        let (seq, ts) = self.voice[side];
+        self.voice[side] = (seq.wrapping_add(1), ts.wrapping_add(FRAME as u32));
+        Some((self.ssrc, seq, ts))
+    }
+
     pub(crate) fn poll_timeout(&self) -> Instant {
         self.next
     }
@@ -215,11 +244,17 @@ impl Monitor {
             return None;
         }
         let period = Duration::from_millis(20);
-        self.next = if now.saturating_duration_since(self.next) > MAX_DELAY {
+        let late = now.saturating_duration_since(self.next);
+        self.next = if late > MAX_DELAY {
+            // Skipped ahead: the timestamps follow the time skipped, so
+            // the supervisor's jitter buffer sees a gap, not a squeeze.
+            let skipped = (late.as_micros() / 125) as u32;
+            self.ts = self.ts.wrapping_add(skipped);
             now + period
         } else {
             self.next + period
         };
+        self.voice_due = [true; 2];
         let mut mix = [0i32; FRAME];
         for side in &mut self.hears {
             side.add_into(&mut mix);

@@ -85,6 +85,11 @@ pub enum Action {
 /// Source ids for the outgoing streams (any distinct numbers: a change of
 /// source sets the marker bit and restarts the timestamp mapping).
 const FROM_PEER: u32 = 0;
+/// The supervisor's voice alone (playout sources count up from 1).
+const FROM_MONITOR: u32 = u32::MAX;
+/// A side fed by relayed packets this recently hears the supervisor mixed
+/// into them; longer without (hold, a silent peer), in frames of its own.
+const FED: Duration = Duration::from_millis(60);
 
 /// What a side hears before the bridge: the caller's prompts and music,
 /// the operator's whisper.
@@ -128,6 +133,8 @@ pub struct CallMedia {
     unexpected: u64,
     /// A supervisor on the bridged call.
     monitor: Option<Monitor>,
+    /// When a relayed packet last went to each side.
+    last_out: [Option<Instant>; 2],
 }
 
 impl CallMedia {
@@ -150,6 +157,7 @@ impl CallMedia {
             recording: None,
             unexpected: 0,
             monitor: None,
+            last_out: [None; 2],
         }
     }
 
@@ -333,6 +341,57 @@ impl CallMedia {
         self.monitor
             .as_mut()
             .is_some_and(|m| m.receive(now, from, data))
+    }
+
+    /// The supervisor's voice alone, for a side that hears them and gets
+    /// no relayed packet to carry it now (the operator holding the caller,
+    /// a peer silent between words): at most one frame per side per 20 ms,
+    /// due at `now`. The caller held by the operator hears the music, not
+    /// the supervisor. Call until `None`.
+    pub fn poll_monitor_voice(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(Side, SocketAddr, usize)> {
+        let m = self.monitor.as_mut()?;
+        for side in [Side::B, Side::A] {
+            let i = side.index();
+            if !std::mem::take(&mut m.voice_due[i]) || !m.speaks_to(i) {
+                continue;
+            }
+            let fed = self.last_out[i].is_some_and(|t| now.saturating_duration_since(t) < FED);
+            if fed || (side == Side::A && self.held_by_operator) {
+                continue;
+            }
+            let Some(to) = self.legs[i].as_ref().map(Leg::destination) else {
+                continue;
+            };
+            if nowhere(to) {
+                continue;
+            }
+            let law = self.laws[i];
+            let mut payload = [0u8; FRAME];
+            let Some((ssrc, seq, timestamp)) = m.voice_frame(i, law, &mut payload) else {
+                continue;
+            };
+            let h = Header {
+                marker: false,
+                payload_type: law.payload_type(),
+                seq,
+                timestamp,
+                ssrc,
+            };
+            let Some(out) = self.out[i].rewrite(FROM_MONITOR, &h, FRAME as u32) else {
+                continue;
+            };
+            let out = Header {
+                payload_type: law.payload_type(),
+                ..out
+            };
+            let len = rtp::write(&out, &payload, buf)?;
+            return Some((side, to, len));
+        }
+        None
     }
 
     /// The supervisor's next frame (the caller and the operator mixed),
@@ -599,6 +658,7 @@ impl CallMedia {
                     Some(m) => m.mix_into(o, from_law, to_law, &mut buf[HEADER_LEN..len]),
                     None => g711::transcode(from_law, to_law, &mut buf[HEADER_LEN..len]),
                 }
+                self.last_out[o] = Some(now);
                 Action::Send { to, len }
             }
         }
@@ -1253,6 +1313,29 @@ mod tests {
             &heard_by_other(&mut m, t1, Side::B, b_addr, Law::Ulaw, 0),
             0
         ));
+
+        // The operator holds the caller: nothing is relayed, yet the
+        // operator hears the supervisor whisper, in frames of its own
+        // (the caller hears the music, not the supervisor).
+        m.set_monitor(Some(MonitorMode::Whisper));
+        m.set_held(t1, Side::B, true);
+        let t2 = t1 + Duration::from_millis(200);
+        voice(&mut m, 6);
+        assert!(m.poll_monitor(t2, &mut buf).is_some());
+        let (side, to, len) = m
+            .poll_monitor_voice(t2, &mut buf)
+            .expect("a frame for the operator");
+        assert_eq!((side, to), (Side::B, b_addr));
+        let p = rtp::parse(&buf[..len]).unwrap();
+        assert_eq!(p.header.payload_type, 0, "in the operator's law");
+        let got: Vec<i32> = p
+            .payload
+            .iter()
+            .map(|&b| i32::from(Law::Ulaw.decode(b)))
+            .collect();
+        assert!(close(&got, 4000), "{:?}", &got[..4]);
+        assert_eq!(m.poll_monitor_voice(t2, &mut buf), None, "one per 20 ms");
+        m.set_held(t1, Side::B, false);
 
         // Leaving, or the operator's leg going, ends the supervisor's leg.
         m.set_monitor(None);

@@ -969,6 +969,15 @@ impl Worker {
                     _ => {}
                 }
             }
+            // The supervisor's voice alone, to a side no relayed packet
+            // carries it to now (on hold, a silent peer).
+            while let Some((side, to, len)) = s.media.poll_monitor_voice(now, outbuf) {
+                match (side, s.browser.as_mut()) {
+                    (Side::B, Some(b)) => b.leg.send_rtp(now, &outbuf[..len]),
+                    (Side::B, None) => self.local.sent_from(1, &s.socks[2], &outbuf[..len], to),
+                    (Side::A, _) => self.local.sent_from(0, &s.socks[0], &outbuf[..len], to),
+                }
+            }
             if s.monitor.is_some() {
                 drain_monitor(&mut self.local, s, now);
             }
@@ -993,6 +1002,7 @@ impl Worker {
     fn housekeeping(&mut self, now: Instant) {
         let timeout = self.inactivity;
         let mut sessions = std::mem::take(&mut self.sessions);
+        let mut gone = Vec::new();
         for s in sessions.iter_mut().flatten() {
             self.flush(s);
             if s.media.recording()
@@ -1007,6 +1017,9 @@ impl Worker {
                     });
                 }
             }
+            if s.monitor.as_mut().is_some_and(|m| m.gone(now)) {
+                gone.push(s.call);
+            }
             if let Some(t) = timeout
                 && !s.idle_reported
                 && let Some(side) = s.media.idle_side(now, t)
@@ -1016,6 +1029,15 @@ impl Worker {
             }
         }
         self.sessions = sessions;
+        // A supervisor whose browser went leaves the call: the engine is
+        // told (their place, their port).
+        for call in gone {
+            if let Some(s) = self.session(call) {
+                s.media.set_monitor(None);
+            }
+            self.end_monitor(call);
+            let _ = self.events.send(MediaEvent::MonitorGone { call });
+        }
         let l = std::mem::take(&mut self.local);
         let c = &self.counters;
         for i in 0..2 {

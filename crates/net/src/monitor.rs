@@ -111,7 +111,7 @@ pub(crate) fn input(engine: &mut Engine, plane: &mut MediaPlane, now: Instant, m
         } => {
             let _ = reply.send(
                 engine
-                    .monitor_set(&agent, &supervisor, mode)
+                    .monitor_set(now, &agent, &supervisor, mode)
                     .map_err(MonitorRefused::from),
             );
         }

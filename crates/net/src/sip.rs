@@ -592,6 +592,10 @@ async fn run_engine(
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut browsers = crate::browser::Browsers::default();
+    // A supervisor's join read in the middle of a batch waits for the
+    // next turn: the media plane must have carried out the commands the
+    // batch queued before it (a leave releasing a port) first.
+    let mut deferred: Option<crate::monitor::MonitorIn> = None;
     let mut media_events: Vec<MediaEvent> = Vec::new();
     // Call records leave in batches: one store transaction (one fsync)
     // per RECORD_BATCH events or RECORD_FLUSH of time, never per event.
@@ -626,49 +630,61 @@ async fn run_engine(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            input = rx.recv() => {
-                let Some(input) = input else { return };
-                let now = Instant::now().into_std();
-                engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
-                // A browser's answer ends the batch: the engine's outputs
-                // for it (CANCELs to the other phones it rang) reach the
-                // gateway before another browser's answer is read.
-                let mut one = |input| match input {
-                    EngineInput::Browser(b) => {
-                        browsers.input(&mut engine, &mut plane, now, b);
-                        false
-                    }
-                    EngineInput::Monitor(m) => {
-                        crate::monitor::input(&mut engine, &mut plane, now, m);
-                        true
-                    }
-                    input => {
-                        handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics);
-                        true
-                    }
-                };
-                // Batch what is already queued: one wake-up, many messages.
-                if one(input) {
-                    for _ in 0..256 {
-                        match rx.try_recv() {
-                            Ok(input) => {
-                                if !one(input) {
-                                    break;
-                                }
+        if let Some(m) = deferred.take() {
+            crate::monitor::input(&mut engine, &mut plane, Instant::now().into_std(), m);
+        } else {
+            tokio::select! {
+                input = rx.recv() => {
+                    let Some(input) = input else { return };
+                    let now = Instant::now().into_std();
+                    engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
+                    // A browser's answer ends the batch: the engine's outputs
+                    // for it (CANCELs to the other phones it rang) reach the
+                    // gateway before another browser's answer is read.
+                    let mut first = true;
+                    let mut one = |input| {
+                        let was_first = std::mem::take(&mut first);
+                        match input {
+                            EngineInput::Browser(b) => {
+                                browsers.input(&mut engine, &mut plane, now, b);
+                                false
                             }
-                            Err(_) => break,
+                            EngineInput::Monitor(m) if was_first => {
+                                crate::monitor::input(&mut engine, &mut plane, now, m);
+                                true
+                            }
+                            EngineInput::Monitor(m) => {
+                                deferred = Some(m);
+                                false
+                            }
+                            input => {
+                                handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics);
+                                true
+                            }
+                        }
+                    };
+                    // Batch what is already queued: one wake-up, many messages.
+                    if one(input) {
+                        for _ in 0..256 {
+                            match rx.try_recv() {
+                                Ok(input) => {
+                                    if !one(input) {
+                                        break;
+                                    }
+                                }
+                                Err(_) => break,
+                            }
                         }
                     }
                 }
+                () = sleep => {
+                    engine.handle_timeout(Instant::now().into_std());
+                }
+                Some(event) = media_rx.recv() => {
+                    engine.handle_media(Instant::now().into_std(), event);
+                }
+                _ = beat.tick() => heartbeat.beat(Instant::now().into_std()),
             }
-            () = sleep => {
-                engine.handle_timeout(Instant::now().into_std());
-            }
-            Some(event) = media_rx.recv() => {
-                engine.handle_media(Instant::now().into_std(), event);
-            }
-            _ = beat.tick() => heartbeat.beat(Instant::now().into_std()),
         }
         loop {
             let Some(out) = engine.poll_output() else {

@@ -881,6 +881,7 @@ impl Engine {
                 self.media_reserved(now, call, a_port, b_port);
             }
             MediaEvent::MonitorPort { call, port } => self.monitor_port(now, call, port),
+            MediaEvent::MonitorGone { call } => self.monitor_gone(now, call),
             MediaEvent::Failed { call }
                 if self.calls.get(&call).is_some_and(|c| c.opening.is_some()) =>
             {

@@ -82,7 +82,13 @@ impl Engine {
             .calls
             .get_mut(&call_id)
             .ok_or(MonitorError::NotTalking)?;
-        if call.monitor.is_some() {
+        // The same supervisor joining again takes their own place back
+        // (a closed tab, a second try): their old leg ends with it.
+        if call
+            .monitor
+            .as_ref()
+            .is_some_and(|m| m.supervisor != supervisor)
+        {
             return Err(MonitorError::Taken);
         }
         call.monitor = Some(Monitoring {
@@ -136,9 +142,9 @@ impl Engine {
             mode = mode.label(),
             "a supervisor joined the call"
         );
-        // The operator's queue log keeps who listened, and how: the
-        // audit trail the firm answers to.
-        let who = format!("{}:{}", m.supervisor, mode.label());
+        // The operator's queue log keeps who listened, how, and to which
+        // call: the audit trail the firm answers to.
+        let who = format!("{}:{}:{}", m.supervisor, mode.label(), call.record_id);
         let operator = call.b.as_ref().and_then(BLeg::agent);
         self.out.push_back(Output::Media(MediaCommand::Monitor {
             call: call_id,
@@ -150,12 +156,42 @@ impl Engine {
         }
     }
 
-    /// The supervisor's leg could not be made: they are not on the call.
+    /// The media plane ended a supervisor's leg by itself (their browser
+    /// went): they are off the call.
+    pub(super) fn monitor_gone(&mut self, now: Instant, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(m) = call.monitor.take() else {
+            return;
+        };
+        let span = call.span.clone();
+        let _g = span.enter();
+        info!(supervisor = %m.supervisor, "the supervisor's browser went: off the call");
+        let who = format!("{}:gone:{}", m.supervisor, call.record_id);
+        let operator = call.b.as_ref().and_then(BLeg::agent);
+        self.out.push_back(Output::Media(MediaCommand::Monitor {
+            call: call_id,
+            mode: None,
+            phone: None,
+        }));
+        if let Some(agent) = operator {
+            self.agent_event(now, agent, "monitor", Some(who));
+        }
+    }
+
+    /// The supervisor's leg could not be made: they are not on the call
+    /// (an earlier leg of theirs this join was to replace ends too).
     pub fn monitor_failed(&mut self, call_id: CallId) {
         if let Some(call) = self.calls.get_mut(&call_id)
             && call.monitor.as_ref().is_some_and(|m| !m.joined)
         {
             call.monitor = None;
+            self.out.push_back(Output::Media(MediaCommand::Monitor {
+                call: call_id,
+                mode: None,
+                phone: None,
+            }));
         }
     }
 
@@ -163,6 +199,7 @@ impl Engine {
     /// (`Some`) or leaves (`None`). Returns the call's record id.
     pub fn monitor_set(
         &mut self,
+        now: Instant,
         agent: &str,
         supervisor: &str,
         mode: Option<MonitorMode>,
@@ -182,7 +219,10 @@ impl Engine {
         else {
             return Err(MonitorError::NotJoined);
         };
-        let _g = call.span.enter();
+        let span = call.span.clone();
+        let _g = span.enter();
+        let what = mode.map_or("left", MonitorMode::label);
+        let changed = mode != Some(m.mode);
         match mode {
             Some(mode) => {
                 if m.mode != mode {
@@ -203,11 +243,21 @@ impl Engine {
                 call.monitor = None;
             }
         }
+        let record = call.record_id.clone();
+        let operator = call.b.as_ref().and_then(BLeg::agent);
         self.out.push_back(Output::Media(MediaCommand::Monitor {
             call: call_id,
             mode,
             phone: None,
         }));
-        Ok(call.record_id.clone())
+        if let (true, Some(agent)) = (changed, operator) {
+            self.agent_event(
+                now,
+                agent,
+                "monitor",
+                Some(format!("{supervisor}:{what}:{record}")),
+            );
+        }
+        Ok(record)
     }
 }

@@ -127,6 +127,8 @@ impl Engine {
         let tag = self.token();
         let leg = Leg::from_request(&msg, &tag, flow);
         info!(call = %target.call, supervisor = %supervisor, operator = %agent, mode = mode.label(), "a supervisor's phone asks to join the call");
+        // Their own earlier dial-in on this call, if any, ends here.
+        self.end_phone_monitor(now, target.call);
         self.phone_monitors.insert(
             msg.call_id.clone(),
             PhoneMonitor {
@@ -206,6 +208,7 @@ impl Engine {
         };
         let r = msg.response(200, "OK", None);
         self.respond(now, key, &r);
+        let mut left = None;
         if let Some(call) = self.calls.get_mut(&m.call)
             && call
                 .monitor
@@ -214,11 +217,20 @@ impl Engine {
         {
             call.monitor = None;
             info!(call = %m.call, supervisor = %m.supervisor, "the supervisor's phone left the call");
+            left = Some((
+                format!("{}:left:{}", m.supervisor, call.record_id),
+                call.b.as_ref().and_then(BLeg::agent),
+            ));
+        }
+        if let Some((who, operator)) = left {
             self.out.push_back(Output::Media(MediaCommand::Monitor {
                 call: m.call,
                 mode: None,
                 phone: None,
             }));
+            if let Some(agent) = operator {
+                self.agent_event(now, agent, "monitor", Some(who));
+            }
         }
         true
     }

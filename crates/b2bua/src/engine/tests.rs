@@ -5446,6 +5446,7 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
         .engine
         .monitor_start("1001", "sup", MonitorMode::Listen)
         .expect("free again");
+    h.drain();
     h.media.clear();
     h.engine.monitor_joined(h.now, target.call);
     h.drain();
@@ -5459,13 +5460,13 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
     );
     assert_eq!(
         h.engine
-            .monitor_set("1001", "other", Some(MonitorMode::Barge)),
+            .monitor_set(h.now, "1001", "other", Some(MonitorMode::Barge)),
         Err(MonitorError::NotJoined),
         "another supervisor cannot take over the mode"
     );
     assert_eq!(
         h.engine
-            .monitor_set("1001", "sup", Some(MonitorMode::Whisper))
+            .monitor_set(h.now, "1001", "sup", Some(MonitorMode::Whisper))
             .ok()
             .as_deref(),
         inv.header("X-Centralino-Call")
@@ -5483,7 +5484,7 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
             .any(|m| matches!(m, MediaCommand::Unbridge { call } if *call == target.call))
     );
     assert_eq!(
-        h.engine.monitor_set("1001", "sup", None),
+        h.engine.monitor_set(h.now, "1001", "sup", None),
         Err(MonitorError::NotJoined)
     );
 }
@@ -5659,7 +5660,7 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     );
     let out = h.drain();
     assert_eq!(codes(&out, PHONE2), vec![200]);
-    let tag = out[0].1.to_tag.clone().expect("our tag");
+    assert!(out[0].1.to_tag.is_some(), "our tag");
     let answer = sdp::parse(&out[0].1.body).expect("our SDP");
     assert_eq!(answer.port, 42_000);
     assert!(matches!(
@@ -5671,12 +5672,31 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
         })
     ));
     assert!(
-        h.records.iter().any(|r| matches!(r, Record::Agent { agent, event: "monitor", reason: Some(w), .. } if agent == "1001" && w == "phone:1002:listen")),
+        h.records.iter().any(|r| matches!(r, Record::Agent { agent, event: "monitor", reason: Some(w), .. } if agent == "1001" && w.starts_with("phone:1002:listen:"))),
         "the operator's queue log says who listened"
     );
-    // A second supervisor's phone finds the place taken.
-    let out = dial(&mut h, "s2", "1002", "demo1002", "*91001");
-    assert_eq!(codes(&out, PHONE2).last(), Some(&486));
+    // Another supervisor finds the place taken.
+    assert_eq!(
+        h.engine.monitor_start("1001", "sala", MonitorMode::Listen),
+        Err(super::MonitorError::Taken)
+    );
+    // The same phone dialling again takes its own place back: its first
+    // dialog gets our BYE.
+    let out = dial(&mut h, "s2", "1002", "demo1002", "*71001");
+    assert_eq!(codes(&out, PHONE2), vec![100, 0], "100, and our BYE");
+    let byes = requests(&out, PHONE2, "BYE");
+    assert_eq!(byes.len(), 1, "{out:?}");
+    assert_eq!(byes[0].call_id, "s1");
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::MonitorPort {
+            call,
+            port: Some(42_004),
+        },
+    );
+    let out = h.drain();
+    assert_eq!(codes(&out, PHONE2), vec![200]);
+    let tag = out[0].1.to_tag.clone().expect("our tag");
     // Their BYE: they leave.
     let bye = |id: &str, code: &str, tag: &str| {
         format!(
@@ -5684,9 +5704,9 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
         )
     };
     h.media.clear();
-    let out = h.send(PHONE2, &bye("s1", "*71001", "forged"));
+    let out = h.send(PHONE2, &bye("s2", "*71001", "forged"));
     assert_eq!(codes(&out, PHONE2), vec![481], "our tag or nothing");
-    let out = h.send(PHONE2, &bye("s1", "*71001", &tag));
+    let out = h.send(PHONE2, &bye("s2", "*71001", &tag));
     assert_eq!(codes(&out, PHONE2), vec![200]);
     assert!(matches!(
         h.media.as_slice(),
@@ -5707,7 +5727,7 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     let trunk_ok = h
         .records
         .iter()
-        .any(|r| matches!(r, Record::Agent { event: "monitor", reason: Some(w), .. } if w == "phone:1002:barge"));
+        .any(|r| matches!(r, Record::Agent { event: "monitor", reason: Some(w), .. } if w.starts_with("phone:1002:barge:")));
     assert!(trunk_ok);
     let out = h.send(
         TRUNK,

@@ -300,7 +300,12 @@ async function boot() {
   $("login-form").addEventListener("submit", login);
   for (const m of ["listen", "whisper", "barge"]) $("mode-" + m).addEventListener("click", () => setMode(m));
   $("monitor-end").addEventListener("click", leave);
-  $("logout").addEventListener("click", async () => { await api("DELETE", "/api/v1/login"); showLogin(); });
+  // Leaving the page or logging out leaves the call first (the node ends
+  // a gone browser's leg by itself too, within 30 s).
+  $("logout").addEventListener("click", async () => { await leave(); await api("DELETE", "/api/v1/login"); showLogin(); });
+  window.addEventListener("pagehide", () => {
+    if (monitor.agent) fetch(monitorPath(monitor.agent), { method: "DELETE", keepalive: true, credentials: "same-origin" });
+  });
   $("lang").addEventListener("click", () => {
     lang = lang === "it" ? "en" : "it";
     localStorage.setItem("centralino.lang", lang);

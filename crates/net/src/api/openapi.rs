@@ -223,7 +223,7 @@ fn build() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The HTTP API of a Centralino node. Bearer tokens \
                 (`api.tokens`, `Authorization: Bearer ...`) or the desk's session \
-                cookie; every refusal is a JSON `{\"error\"}` with a 4xx status. \
+                cookie; every refusal is a JSON `{\"error\"}` with a 4xx status, or 503 when the node cannot do it now. \
                 `/metrics` and `/healthz` are served beside it.",
         },
         "paths": paths,
@@ -262,6 +262,8 @@ fn responses(name: &str) -> Value {
         ("401", "no valid token or session"),
         ("403", "not allowed for this token's role or firm"),
         ("404", "not found"),
+        ("409", "conflicts with the state it acts on"),
+        ("503", "the node cannot do it now"),
     ] {
         all[code] = error(what);
     }

@@ -25,7 +25,6 @@ impl MediaPlane {
             .map(|h| h.ip)
             .ok_or_else(|| WebRtcError::Refused("the call is over".into()))?;
         let now = Instant::now();
-        self.release_monitor(now, call);
         let (port, pair) = self
             .bind_one(now, ip)
             .ok_or_else(|| WebRtcError::Refused("no media port free".into()))?;
@@ -40,16 +39,18 @@ impl MediaPlane {
             u32::from_ne_bytes(ssrc),
             laws,
         );
-        let held = self.held.get_mut(&call).expect("checked above");
-        held.monitor = Some(port);
         let (leg, answer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                self.release_monitor(now, call);
+                self.pool.release(now, port);
                 self.gauges();
                 return Err(e);
             }
         };
+        // The same supervisor's earlier leg, if any, gives its port back.
+        self.release_monitor(now, call);
+        let held = self.held.get_mut(&call).expect("checked above");
+        held.monitor = Some(port);
         let law = leg.law();
         held.monitor_pending = Some((pair, Some(Box::new(leg))));
         self.metrics.browser_legs.inc();
@@ -69,8 +70,10 @@ impl MediaPlane {
             return MediaEvent::MonitorPort { call, port: None };
         };
         let now = Instant::now();
-        self.release_monitor(now, call);
         let bound = self.bind_one(now, ip);
+        if bound.is_some() {
+            self.release_monitor(now, call);
+        }
         let port = bound.map(|(port, pair)| {
             if let Some(held) = self.held.get_mut(&call) {
                 held.monitor = Some(port);
@@ -102,6 +105,28 @@ pub(super) struct MonitorSide {
     pub(super) local: SocketAddr,
     /// A browser's leg; none for a phone (plain RTP on the socket).
     pub(super) leg: Option<Box<BrowserLeg>>,
+    /// When it joined, and whether its browser was ever connected.
+    pub(super) since: Instant,
+    pub(super) seen: bool,
+}
+
+/// A supervisor's browser that never connects, or stops, is gone after
+/// this long (their page closed, their network lost).
+const BROWSER_GONE: Duration = Duration::from_secs(30);
+
+impl MonitorSide {
+    /// Whether their browser is gone: connected once and no more, or never
+    /// connected within [`BROWSER_GONE`]. A phone's leg ends by its BYE.
+    pub(super) fn gone(&mut self, now: Instant) -> bool {
+        let Some(leg) = self.leg.as_ref() else {
+            return false;
+        };
+        if leg.connected() {
+            self.seen = true;
+            return false;
+        }
+        self.seen || now.saturating_duration_since(self.since) >= BROWSER_GONE
+    }
 }
 
 impl Worker {
@@ -116,6 +141,8 @@ impl Worker {
         leg: Option<Box<BrowserLeg>>,
         phone: Option<Peer>,
     ) {
+        // The same supervisor's earlier leg on the call, if any, ends.
+        self.end_monitor(call);
         let Some(&slot) = self.by_call.get(&call) else {
             return;
         };
@@ -132,9 +159,19 @@ impl Worker {
         // as every phone is.
         let (law, relay_leg) = match (&leg, phone) {
             (Some(b), _) => (b.law(), Leg::new(Latch::SdpAddress, local, None)),
+            // Never `first_packet` for a supervisor: whoever sent first to
+            // the port would hear the conversation (and barge in).
             (None, Some(p)) => (
                 p.law,
-                Leg::new(self.latch, p.addr, p.telephone_event).signalled_from(p.signalling),
+                Leg::new(
+                    match self.latch {
+                        Latch::FirstPacket => Latch::Symmetric,
+                        l => l,
+                    },
+                    p.addr,
+                    p.telephone_event,
+                )
+                .signalled_from(p.signalling),
             ),
             (None, None) => return,
         };
@@ -159,6 +196,8 @@ impl Worker {
             socks: [pair.rtp, pair.rtcp],
             local,
             leg,
+            since: now,
+            seen: false,
         });
         drain_monitor(&mut self.local, s, now);
     }
@@ -191,6 +230,7 @@ pub(super) fn drain_monitor(local: &mut Local, s: &mut Session, now: Instant) {
                 socks,
                 local: addr,
                 leg: Some(leg),
+                ..
             }),
         ..
     } = s
