@@ -91,6 +91,20 @@ pub enum RegOutcome {
     Banned,
 }
 
+/// What [`Registrar::authenticate`] decided.
+#[derive(Debug)]
+pub enum Auth {
+    /// Valid, as this user.
+    Ok(String),
+    /// Credentials to ask for: this 401.
+    Challenge(Box<Message>),
+    /// A wrong password, another account's, or a banned source or user:
+    /// 403, the same for all.
+    Refused,
+    /// A malformed `Authorization` (400).
+    Malformed,
+}
+
 /// A ban the registrar just started (for the log and the metrics).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BanStarted {
@@ -348,6 +362,32 @@ impl Registrar {
             req.headers_named("Authorization"),
             |u| users.get(u).cloned(),
         )
+    }
+
+    /// Authenticates a request other than REGISTER (an INVITE from an
+    /// operator's phone) as `user` (its From), under the same throttle as
+    /// REGISTER: a banned address or user is refused unheard, with the
+    /// same 403 as a wrong password; a wrong digest, or another account's,
+    /// counts as a failure (and may start a ban: see [`Self::drain_bans`]).
+    pub fn authenticate(&mut self, now: Instant, flow: Flow, req: &Message, user: &str) -> Auth {
+        let ip = flow.remote.ip();
+        if self.throttle.banned(now, ip, user) {
+            return Auth::Refused;
+        }
+        match self.verify(now, ip, req) {
+            Verdict::Ok(u, _) if u == user => {
+                self.throttle.success(ip, &u);
+                Auth::Ok(u)
+            }
+            Verdict::Ok(..) | Verdict::Refuse => {
+                self.failed(now, flow, user);
+                Auth::Refused
+            }
+            v @ (Verdict::Challenge | Verdict::Stale) => Auth::Challenge(Box::new(
+                self.challenge_user(now, ip, req, v == Verdict::Stale, user),
+            )),
+            Verdict::Malformed => Auth::Malformed,
+        }
     }
 
     /// Answers a REGISTER that came in on `flow`.

@@ -386,4 +386,7 @@ pub(super) struct TransferLeg {
     pub(super) call_id: String,
     pub(super) invite: Option<TxKey>,
     pub(super) dialog: Option<Leg>,
+    /// An operator's transfer (REFER), not the IVR's: unanswered, the
+    /// caller goes back to their queue, whatever flow brought them.
+    pub(super) by_operator: bool,
 }

@@ -379,9 +379,6 @@ impl Engine {
     }
 
     pub(super) fn on_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) {
-        if self.phone_monitor_bye(now, key, msg) {
-            return;
-        }
         let from_a = self.by_a.get(&msg.call_id).copied();
         let from_b = self.by_b.get(&msg.call_id).copied();
         let Some(call_id) = from_a.or(from_b) else {
@@ -424,6 +421,9 @@ impl Engine {
     }
 
     pub(super) fn on_no_ack(&mut self, now: Instant, a_call_id: &str) {
+        if self.phone_monitor_no_ack(now, a_call_id) {
+            return;
+        }
         if let Some(&call_id) = self.by_a.get(a_call_id) {
             warn!("caller never acknowledged the answer, hanging up");
             if self.calls.get(&call_id).map(|c| c.phase) == Some(Phase::Connected) {

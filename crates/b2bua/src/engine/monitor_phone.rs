@@ -9,7 +9,7 @@
 
 use super::*;
 use centralino_media::monitor::MonitorMode;
-use centralino_sip::auth::Verdict;
+use centralino_sip::registrar::Auth;
 
 use super::dialogs::tag_of;
 
@@ -29,6 +29,8 @@ pub(super) struct PhoneMonitor {
     /// The supervisor's name on the call (`phone:USER`).
     pub(super) supervisor: String,
     pub(super) answered: bool,
+    /// Our SDP answer (a re-INVITE in the dialog gets it again).
+    pub(super) answer: Vec<u8>,
 }
 
 /// The feature code of a Request-URI: the mode and the operator.
@@ -70,26 +72,36 @@ impl Engine {
             this.respond(now, &key, &r);
         };
         let source = flow.remote.ip();
-        let user = match self.registrar.verify(now, source, &msg) {
-            Verdict::Ok(user, _) => user,
-            v @ (Verdict::Challenge | Verdict::Stale) => {
-                let from = msg
-                    .header("From")
-                    .and_then(uri::parse_name_addr)
-                    .and_then(|n| uri::user(n.uri).map(str::to_owned))
-                    .unwrap_or_default();
-                let r =
-                    self.registrar
-                        .challenge_user(now, source, &msg, v == Verdict::Stale, &from);
+        let from = msg
+            .header("From")
+            .and_then(uri::parse_name_addr)
+            .and_then(|n| uri::user(n.uri).map(str::to_owned))
+            .unwrap_or_default();
+        // The registrar's digest and its throttle: guesses here count as
+        // REGISTER's do, and a banned source or user is refused unheard.
+        let user = match self.registrar.authenticate(now, flow, &msg, &from) {
+            Auth::Ok(user) => user,
+            Auth::Challenge(r) => {
                 self.respond(now, &key, &r);
                 return;
             }
-            Verdict::Refuse => {
+            Auth::Refused => {
                 warn!(peer = %source, "a supervisor's INVITE with wrong credentials refused");
-                return refuse(self, 403, "monitor_auth_failed");
+                refuse(self, 403, "monitor_auth_failed");
+                self.publish_bans();
+                return;
             }
-            Verdict::Malformed => return refuse(self, 400, "malformed_authorization"),
+            Auth::Malformed => return refuse(self, 400, "malformed_authorization"),
         };
+        // A Call-ID that is a call's (or another dialog's) would let this
+        // dialog's requests speak for that call: refused.
+        if self.by_a.contains_key(&msg.call_id)
+            || self.by_b.contains_key(&msg.call_id)
+            || self.phone_monitors.contains_key(&msg.call_id)
+        {
+            warn!(user = %user, "a supervisor's INVITE reusing a dialog's Call-ID refused");
+            return refuse(self, 482, "monitor_call_id_in_use");
+        }
         let Some(&tenant) = self.supervisor_phones.get(&user) else {
             warn!(user = %user, "a feature code from an account that is no supervisor's phone refused");
             return refuse(self, 403, "monitor_not_allowed");
@@ -146,6 +158,7 @@ impl Engine {
                 mode,
                 supervisor,
                 answered: false,
+                answer: Vec::new(),
             },
         );
         self.out.push_back(Output::Media(MediaCommand::MonitorPort {
@@ -168,6 +181,10 @@ impl Engine {
         let (Some(port), Some(sdp_ip)) = (port, sdp_ip) else {
             if let Some(m) = self.phone_monitors.remove(&dialog) {
                 self.monitor_failed(call_id);
+                self.metrics
+                    .sip_rejected
+                    .with_label_values(&["monitor_no_port"])
+                    .inc();
                 let r = m.invite.response(503, reason_phrase(503), Some("mon"));
                 self.respond(now, &m.key, &r);
             }
@@ -181,19 +198,17 @@ impl Engine {
         let tag = tag_of(&m.leg.local).unwrap_or_default().to_owned();
         let mut ok = m.invite.response(200, "OK", Some(&tag));
         ok.push("Contact", &dialog::contact(m.leg.flow));
-        ok.set_body(
-            Some("application/sdp"),
-            Local {
-                addr: sdp_ip,
-                port,
-                formats: &[m.peer.law.payload_type()],
-                telephone_event: None,
-                direction: Direction::SendRecv,
-                session,
-                version: 1,
-            }
-            .to_bytes(),
-        );
+        m.answer = Local {
+            addr: sdp_ip,
+            port,
+            formats: &[m.peer.law.payload_type()],
+            telephone_event: None,
+            direction: Direction::SendRecv,
+            session,
+            version: 1,
+        }
+        .to_bytes();
+        ok.set_body(Some("application/sdp"), m.answer.clone());
         let (key, peer, mode) = (m.key.clone(), m.peer, m.mode);
         self.respond(now, &key, &ok);
         self.monitor_joined_with(now, call_id, Some(peer.into()));
@@ -256,6 +271,87 @@ impl Engine {
             let r = m.invite.response(480, reason_phrase(480), Some("mon"));
             self.respond(now, &m.key, &r);
         }
+    }
+
+    /// A request inside a supervisor's phone's dialog: BYE ends it, ACK
+    /// is taken, a session refresh (re-INVITE, UPDATE) gets the same
+    /// session again, OPTIONS 200; nothing else may act through this
+    /// dialog (a REFER, INFO: 403). `false`: not one of theirs.
+    pub(super) fn phone_monitor_request(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+    ) -> bool {
+        let Some(m) = self.phone_monitors.get(&msg.call_id) else {
+            return false;
+        };
+        let r = match msg.method() {
+            Method::Bye => return self.phone_monitor_bye(now, key, msg),
+            Method::Ack => return true,
+            Method::Invite => {
+                let mut ok = msg.response(200, "OK", None);
+                ok.push("Contact", &dialog::contact(m.leg.flow));
+                ok.set_body(Some("application/sdp"), m.answer.clone());
+                ok
+            }
+            Method::Update | Method::Options => msg.response(200, "OK", None),
+            _ => {
+                self.metrics
+                    .sip_rejected
+                    .with_label_values(&["monitor_dialog_request"])
+                    .inc();
+                msg.response(403, reason_phrase(403), None)
+            }
+        };
+        self.respond(now, key, &r);
+        true
+    }
+
+    /// A CANCEL of a supervisor's phone's INVITE not answered yet: 487,
+    /// and they are not on the call. `false`: none of theirs.
+    pub(super) fn phone_monitor_cancel(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+    ) -> bool {
+        let Some(m) = self.phone_monitors.get(&msg.call_id) else {
+            return false;
+        };
+        let answered = m.answered;
+        let r = msg.response(200, "OK", None);
+        self.respond(now, key, &r);
+        if !answered && let Some(m) = self.phone_monitors.remove(&msg.call_id) {
+            self.monitor_failed(m.call);
+            let r = m.invite.response(487, reason_phrase(487), Some("mon"));
+            self.respond(now, &m.key, &r);
+        }
+        true
+    }
+
+    /// A supervisor's phone that never acknowledged our 200: off the call,
+    /// and our BYE. `false`: none of theirs.
+    pub(super) fn phone_monitor_no_ack(&mut self, now: Instant, call_id: &str) -> bool {
+        let Some(mut m) = self.phone_monitors.remove(call_id) else {
+            return false;
+        };
+        warn!(call = %m.call, supervisor = %m.supervisor, "a supervisor's phone never acknowledged: off the call");
+        if let Some(call) = self.calls.get_mut(&m.call)
+            && call
+                .monitor
+                .as_ref()
+                .is_some_and(|x| x.supervisor == m.supervisor)
+        {
+            call.monitor = None;
+            self.out.push_back(Output::Media(MediaCommand::Monitor {
+                call: m.call,
+                mode: None,
+                phone: None,
+            }));
+        }
+        self.send_bye(now, &mut m.leg);
+        true
     }
 
     /// Whether an in-dialog request is a supervisor's phone's, from its

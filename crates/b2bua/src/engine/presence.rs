@@ -226,6 +226,12 @@ impl Engine {
         if outcome == RegOutcome::Refused {
             warn!(peer = %flow.remote.ip(), "REGISTER refused");
         }
+        self.publish_bans();
+        resp
+    }
+
+    /// The bans the registrar's throttle started: logged and counted.
+    pub(super) fn publish_bans(&mut self) {
         let bans: Vec<_> = self.registrar.drain_bans().collect();
         for b in bans {
             warn!(
@@ -240,7 +246,6 @@ impl Engine {
                 .with_label_values(&[b.scope.label()])
                 .inc();
         }
-        resp
     }
 
     /// A browser desktop of operator `name` becomes (`on`) or stops being

@@ -116,11 +116,19 @@ impl Engine {
             return None;
         }
         let raw = match scheme {
-            Some(Scheme::Tel) => target
-                .strip_prefix("tel:")?
-                .split(';')
-                .next()?
-                .replace(['-', '.', '(', ')'], ""),
+            Some(Scheme::Tel) => {
+                let mut parts = target.strip_prefix("tel:")?.split(';');
+                let number = parts.next()?.replace(['-', '.', '(', ')'], "");
+                // A local number of another context (RFC 3966
+                // `phone-context`) is not the national number it looks
+                // like: refused rather than guessed.
+                if !number.starts_with('+')
+                    && parts.any(|p| p.trim().to_ascii_lowercase().starts_with("phone-context="))
+                {
+                    return None;
+                }
+                number
+            }
             _ => user.to_owned(),
         };
         let number = self.dialable(tenant, &raw, "operator_transfer")?;
@@ -154,7 +162,15 @@ impl Engine {
                 music,
             }));
         }
-        if !self.start_transfer(now, call_id, number) {
+        if self.start_transfer(now, call_id, number) {
+            if let Some(t) = self
+                .calls
+                .get_mut(&call_id)
+                .and_then(|c| c.transfer.as_mut())
+            {
+                t.by_operator = true;
+            }
+        } else {
             let queue = self.calls.get(&call_id).map(|c| c.queue);
             if let Some(queue) = queue {
                 self.enter_queue(now, call_id, queue, &spec);

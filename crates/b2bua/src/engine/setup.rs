@@ -6,6 +6,14 @@ use super::*;
 impl Engine {
     pub(super) fn on_request(&mut self, now: Instant, flow: Flow, msg: Box<Message>) {
         let key = TxKey::of(&msg);
+        // A supervisor's phone's dialog answers for itself: it may never
+        // act on a call (ingress checked its tags and source).
+        if msg.to_tag.is_some() && self.phone_monitor_request(now, &key, &msg) {
+            return;
+        }
+        if *msg.method() == Method::Cancel && self.phone_monitor_cancel(now, &key, &msg) {
+            return;
+        }
         match msg.method() {
             Method::Register => {
                 let resp = self.register(now, flow, &msg);
@@ -38,6 +46,12 @@ impl Engine {
             return self.phone_monitor_invite(now, flow, msg, mode, agent);
         }
         let key = TxKey::of(&msg);
+        if self.phone_monitors.contains_key(&msg.call_id) {
+            // A supervisor's dialog's Call-ID never becomes a call's.
+            let r = msg.response(482, reason_phrase(482), Some("x"));
+            self.respond(now, &key, &r);
+            return;
+        }
         // Another node's call for the operator held for it here, or a
         // trunk's call for one of its DIDs.
         let claimed = self.claim_handover(now, flow.remote.ip(), &msg);

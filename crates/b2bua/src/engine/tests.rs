@@ -5588,6 +5588,10 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
             "[[agents]]\nusername = \"1002\"",
             "[[agents]]\nusername = \"1003\"\npassword = \"demo1003\"\ntenant = \"demo\"\nqueues = [\"info\"]\n\n[[agents]]\nusername = \"1002\"",
         );
+    let config = config.replace(
+        "[[trunks]]",
+        "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
+    );
     let mut h = Harness::with(&config);
     h.register("1001", PHONE1, Algorithm::Md5);
     let out = h.invite("m1");
@@ -5602,9 +5606,11 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     // The INVITE of `user` (password `pass`) for `code`, through the
     // challenge: the node's final answer.
     let dial = |h: &mut Harness, id: &str, user: &str, pass: &str, code: &str| {
+        // The branch and tag from the Call-ID's token characters.
+        let b: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
         let req = |cseq: u32, auth: &str| {
             format!(
-                "INVITE sip:{code}@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bK{id}{cseq}\r\nFrom: <sip:{user}@192.0.2.1>;tag=s{id}\r\nTo: <sip:{code}@192.0.2.1>\r\nCall-ID: {id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{user}@{PHONE2}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                "INVITE sip:{code}@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bK{b}{cseq}\r\nFrom: <sip:{user}@192.0.2.1>;tag=s{b}\r\nTo: <sip:{code}@192.0.2.1>\r\nCall-ID: {id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{user}@{PHONE2}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
                 sdp.len()
             )
         };
@@ -5643,6 +5649,33 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     let out = dial(&mut h, "x3", "1002", "demo1002", "*79999");
     assert_eq!(codes(&out, PHONE2).last(), Some(&404));
     assert!(h.media.is_empty(), "nothing joined: {:?}", h.media);
+    // Another firm's operator is as unknown as a missing one.
+    let out = dial(&mut h, "x4", "1002", "demo1002", "*72001");
+    assert_eq!(codes(&out, PHONE2).last(), Some(&404));
+    // A Call-ID that is the operator's dialog's: its requests would speak
+    // for the call. Refused.
+    let out = dial(&mut h, &inv.call_id.clone(), "1002", "demo1002", "*71001");
+    assert_eq!(codes(&out, PHONE2).last(), Some(&482));
+    assert!(h.media.is_empty(), "nothing joined: {:?}", h.media);
+    // Cancelled before the node answers: 487, and the place is free.
+    let out = dial(&mut h, "c1", "1002", "demo1002", "*71001");
+    assert_eq!(codes(&out, PHONE2), vec![100]);
+    let out = h.send(
+        PHONE2,
+        &format!(
+            "CANCEL sip:*71001@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bKc12\r\nFrom: <sip:1002@192.0.2.1>;tag=sc1\r\nTo: <sip:*71001@192.0.2.1>\r\nCall-ID: c1\r\nCSeq: 2 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(codes(&out, PHONE2), vec![200, 487], "{out:?}");
+    assert!(
+        h.engine
+            .monitor_start("1001", "sala", MonitorMode::Listen)
+            .is_ok(),
+        "the place is free again"
+    );
+    let call = h.engine.calls.keys().copied().next().expect("the call");
+    h.engine.monitor_failed(call);
+    h.drain();
 
     // The supervisor's phone: a port asked for, then 200 with it.
     let out = dial(&mut h, "s1", "1002", "demo1002", "*71001");
@@ -5697,6 +5730,24 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     let out = h.drain();
     assert_eq!(codes(&out, PHONE2), vec![200]);
     let tag = out[0].1.to_tag.clone().expect("our tag");
+    // Nothing acts on the call through their dialog: a REFER is refused,
+    // a session refresh gets the same session and moves no media.
+    let in_dialog = |method: &str, cseq: u32, tag: &str, extra: &str| {
+        format!(
+            "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bKd{cseq}\r\nFrom: <sip:1002@192.0.2.1>;tag=ss2\r\nTo: <sip:*71001@192.0.2.1>;tag={tag}\r\nCall-ID: s2\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    };
+    h.media.clear();
+    let out = h.send(
+        PHONE2,
+        &in_dialog("REFER", 4, &tag, "Refer-To: <tel:+39061234567>\r\n"),
+    );
+    assert_eq!(codes(&out, PHONE2), vec![403]);
+    let out = h.send(PHONE2, &in_dialog("INVITE", 5, &tag, ""));
+    assert_eq!(codes(&out, PHONE2), vec![200]);
+    assert_eq!(sdp::parse(&out[0].1.body).expect("our SDP").port, 42_004);
+    assert!(h.media.is_empty(), "no media change: {:?}", h.media);
+    assert!(requests(&out, PHONE1, "BYE").is_empty());
     // Their BYE: they leave.
     let bye = |id: &str, code: &str, tag: &str| {
         format!(
@@ -5759,7 +5810,22 @@ fn an_operator_transfers_to_a_number_only_where_the_firm_allows_it() {
     h.register("1001", PHONE1, Algorithm::Md5);
     let out = h.invite("m1");
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
-    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let caller_tag = out
+        .iter()
+        .find(|(_, m)| m.code() == 200)
+        .and_then(|(_, m)| m.to_tag.clone())
+        .expect("the caller's 200");
+    // The caller's own REFER to an allowed number: a citizen never makes
+    // the node place a call.
+    let out = h.send(
+        TRUNK,
+        &format!(
+            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKcr1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>;tag={caller_tag}\r\nCall-ID: m1\r\nCSeq: 7 REFER\r\nRefer-To: <tel:+39061234567>\r\nContent-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![403]);
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
     let refer = |cseq: u32, to: &str| {
         format!(
             "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKx{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: <{to}>\r\nContent-Length: 0\r\n\r\n",
@@ -5770,14 +5836,20 @@ fn an_operator_transfers_to_a_number_only_where_the_firm_allows_it() {
     };
     // Milan: the dial plan would let it out, the firm's list does not;
     // a premium number: listed, but the dial plan blocks it.
-    for (cseq, to) in [(10, "tel:+39021234567"), (11, "sip:+39899123456@192.0.2.1")] {
+    // And a local number of another context (RFC 3966), not guessed as
+    // a national one.
+    for (cseq, to) in [
+        (10, "tel:+39021234567"),
+        (11, "sip:+39899123456@192.0.2.1"),
+        (13, "tel:061234567;phone-context=+41"),
+    ] {
         let out = h.send(PHONE1, &refer(cseq, to));
         assert_eq!(codes(&out, PHONE1), vec![403], "{to}: {out:?}");
         assert!(requests(&out, TRUNK, "INVITE").is_empty(), "{to}");
     }
     assert_eq!(
         h.gauge("centralino_transfers_total{outcome=refused,target=external}"),
-        2
+        3
     );
     // Rome's switchboard: allowed.
     let out = h.send(PHONE1, &refer(12, "tel:+39-06-1234567"));
@@ -5808,4 +5880,64 @@ fn an_operator_transfers_to_a_number_only_where_the_firm_allows_it() {
         .map(|m| m.call_id.clone())
         .collect();
     assert_eq!(offers.len(), 1, "offered again once the operator is free");
+}
+
+/// Guessing a supervisor's password through feature codes is throttled as
+/// REGISTER is: after five wrong answers the account is banned from that
+/// address, and even the right password is refused, with the same 403.
+#[test]
+fn guessing_a_supervisors_password_by_feature_code_is_banned() {
+    let config = CONFIG.replace(
+        "[[tenants]]\nname = \"demo\"",
+        "[[tenants]]\nname = \"demo\"\nsupervisor_phones = [\"1002\"]",
+    );
+    let mut h = Harness::with(&config);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.22\r\ns=-\r\nc=IN IP4 192.0.2.22\r\nt=0 0\r\nm=audio 32000 RTP/AVP 0\r\n";
+    let try_password = |h: &mut Harness, i: u32, pass: &str| {
+        let id = format!("g{i}");
+        let req = |cseq: u32, auth: &str| {
+            format!(
+                "INVITE sip:*71001@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bK{id}{cseq}\r\nFrom: <sip:1002@192.0.2.1>;tag=s{id}\r\nTo: <sip:*71001@192.0.2.1>\r\nCall-ID: {id}\r\nCSeq: {cseq} INVITE\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+        };
+        let out = h.send(PHONE2, &req(1, ""));
+        let Some(challenge) = out
+            .first()
+            .and_then(|(_, m)| {
+                m.headers_named("WWW-Authenticate")
+                    .find(|c| c.contains("algorithm=MD5"))
+            })
+            .map(str::to_owned)
+        else {
+            return codes(&out, PHONE2).last().copied();
+        };
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let auth = authorization(
+            Algorithm::Md5,
+            "1002",
+            pass,
+            "INVITE",
+            "sip:*71001@192.0.2.1",
+            &nonce,
+        ) + "\r\n";
+        let out = h.send(PHONE2, &req(2, &auth));
+        codes(&out, PHONE2).last().copied()
+    };
+    for i in 0..5 {
+        assert_eq!(try_password(&mut h, i, "guess"), Some(403), "try {i}");
+    }
+    assert_eq!(
+        try_password(&mut h, 9, "demo1002"),
+        Some(403),
+        "banned: the right password fails too"
+    );
+    assert!(h.gauge("centralino_auth_bans_total{scope=user}") >= 1);
 }

@@ -54,6 +54,7 @@ impl Engine {
                 call_id,
                 invite: Some(key),
                 dialog: Some(leg),
+                by_operator: false,
             });
         }
         true
@@ -65,15 +66,17 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        if let Some(t) = call.transfer.take() {
+        let by_operator = call.transfer.take().is_some_and(|t| {
             self.by_b.remove(&t.call_id);
+            t.by_operator
+        });
+        if by_operator {
+            let (queue, spec) = (call.queue, (*call.spec).clone());
+            info!("the number did not answer: the caller waits in their queue again");
+            self.enter_queue(now, id, queue, &spec);
+            return;
         }
         let Some(mut run) = call.run.take() else {
-            if call.transferred.is_some() {
-                let (queue, spec) = (call.queue, (*call.spec).clone());
-                info!("the number did not answer: the caller waits in their queue again");
-                self.enter_queue(now, id, queue, &spec);
-            }
             return;
         };
         let actions = run.transfer_result(now, &facts!(self, now));
