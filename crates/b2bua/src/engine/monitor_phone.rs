@@ -223,30 +223,8 @@ impl Engine {
         };
         let r = msg.response(200, "OK", None);
         self.respond(now, key, &r);
-        let mut left = None;
-        if let Some(call) = self.calls.get_mut(&m.call)
-            && call
-                .monitor
-                .as_ref()
-                .is_some_and(|x| x.supervisor == m.supervisor)
-        {
-            call.monitor = None;
-            info!(call = %m.call, supervisor = %m.supervisor, "the supervisor's phone left the call");
-            left = Some((
-                format!("{}:left:{}", m.supervisor, call.record_id),
-                call.b.as_ref().and_then(BLeg::agent),
-            ));
-        }
-        if let Some((who, operator)) = left {
-            self.out.push_back(Output::Media(MediaCommand::Monitor {
-                call: m.call,
-                mode: None,
-                phone: None,
-            }));
-            if let Some(agent) = operator {
-                self.agent_event(now, agent, "monitor", Some(who));
-            }
-        }
+        info!(call = %m.call, supervisor = %m.supervisor, "the supervisor's phone left the call");
+        self.phone_supervisor_off(now, &m, "left");
         true
     }
 
@@ -337,21 +315,35 @@ impl Engine {
             return false;
         };
         warn!(call = %m.call, supervisor = %m.supervisor, "a supervisor's phone never acknowledged: off the call");
-        if let Some(call) = self.calls.get_mut(&m.call)
-            && call
-                .monitor
-                .as_ref()
-                .is_some_and(|x| x.supervisor == m.supervisor)
-        {
-            call.monitor = None;
-            self.out.push_back(Output::Media(MediaCommand::Monitor {
-                call: m.call,
-                mode: None,
-                phone: None,
-            }));
-        }
+        self.phone_supervisor_off(now, &m, "gone");
         self.send_bye(now, &mut m.leg);
         true
+    }
+
+    /// A supervisor's phone is off its call (`why`: left, gone): their
+    /// place is free, their leg ends, the operator's queue log says so.
+    fn phone_supervisor_off(&mut self, now: Instant, m: &PhoneMonitor, why: &str) {
+        let Some(call) = self.calls.get_mut(&m.call) else {
+            return;
+        };
+        if call
+            .monitor
+            .as_ref()
+            .is_none_or(|x| x.supervisor != m.supervisor)
+        {
+            return;
+        }
+        call.monitor = None;
+        let who = format!("{}:{why}:{}", m.supervisor, call.record_id);
+        let operator = call.b.as_ref().and_then(BLeg::agent);
+        self.out.push_back(Output::Media(MediaCommand::Monitor {
+            call: m.call,
+            mode: None,
+            phone: None,
+        }));
+        if let Some(agent) = operator {
+            self.agent_event(now, agent, "monitor", Some(who));
+        }
     }
 
     /// Whether an in-dialog request is a supervisor's phone's, from its

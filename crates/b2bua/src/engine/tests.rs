@@ -5602,44 +5602,10 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
         .find(|(_, m)| m.code() == 200)
         .and_then(|(_, m)| m.to_tag.clone())
         .expect("the caller's 200");
-    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.22\r\ns=-\r\nc=IN IP4 192.0.2.22\r\nt=0 0\r\nm=audio 32000 RTP/AVP 0 8\r\n";
-    // The INVITE of `user` (password `pass`) for `code`, through the
-    // challenge: the node's final answer.
     let dial = |h: &mut Harness, id: &str, user: &str, pass: &str, code: &str| {
-        // The branch and tag from the Call-ID's token characters.
-        let b: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
-        let req = |cseq: u32, auth: &str| {
-            format!(
-                "INVITE sip:{code}@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bK{b}{cseq}\r\nFrom: <sip:{user}@192.0.2.1>;tag=s{b}\r\nTo: <sip:{code}@192.0.2.1>\r\nCall-ID: {id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{user}@{PHONE2}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-                sdp.len()
-            )
-        };
-        let out = h.send(PHONE2, &req(1, ""));
-        assert_eq!(codes(&out, PHONE2), vec![401], "{out:?}");
-        let challenge = out[0]
-            .1
-            .headers_named("WWW-Authenticate")
-            .find(|c| c.contains("algorithm=MD5"))
-            .unwrap()
-            .to_owned();
-        let nonce = challenge
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
-        let auth = authorization(
-            Algorithm::Md5,
-            user,
-            pass,
-            "INVITE",
-            &format!("sip:{code}@192.0.2.1"),
-            &nonce,
-        ) + "\r\n";
-        h.media.clear();
-        h.send(PHONE2, &req(2, &auth))
+        let out = dial_feature(h, id, user, pass, code);
+        assert_eq!(codes(&out.0, PHONE2), vec![401], "{:?}", out.0);
+        out.1.expect("an authenticated try")
     };
     // Not a supervisor's phone, a wrong password, an unknown operator.
     let out = dial(&mut h, "x1", "1003", "demo1003", "*71001");
@@ -5892,44 +5858,11 @@ fn guessing_a_supervisors_password_by_feature_code_is_banned() {
         "[[tenants]]\nname = \"demo\"\nsupervisor_phones = [\"1002\"]",
     );
     let mut h = Harness::with(&config);
-    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.22\r\ns=-\r\nc=IN IP4 192.0.2.22\r\nt=0 0\r\nm=audio 32000 RTP/AVP 0\r\n";
     let try_password = |h: &mut Harness, i: u32, pass: &str| {
-        let id = format!("g{i}");
-        let req = |cseq: u32, auth: &str| {
-            format!(
-                "INVITE sip:*71001@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bK{id}{cseq}\r\nFrom: <sip:1002@192.0.2.1>;tag=s{id}\r\nTo: <sip:*71001@192.0.2.1>\r\nCall-ID: {id}\r\nCSeq: {cseq} INVITE\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-                sdp.len()
-            )
-        };
-        let out = h.send(PHONE2, &req(1, ""));
-        let Some(challenge) = out
-            .first()
-            .and_then(|(_, m)| {
-                m.headers_named("WWW-Authenticate")
-                    .find(|c| c.contains("algorithm=MD5"))
-            })
-            .map(str::to_owned)
-        else {
-            return codes(&out, PHONE2).last().copied();
-        };
-        let nonce = challenge
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
-        let auth = authorization(
-            Algorithm::Md5,
-            "1002",
-            pass,
-            "INVITE",
-            "sip:*71001@192.0.2.1",
-            &nonce,
-        ) + "\r\n";
-        let out = h.send(PHONE2, &req(2, &auth));
-        codes(&out, PHONE2).last().copied()
+        let (first, second) = dial_feature(h, &format!("g{i}"), "1002", pass, "*71001");
+        codes(second.as_ref().unwrap_or(&first), PHONE2)
+            .last()
+            .copied()
     };
     for i in 0..5 {
         assert_eq!(try_password(&mut h, i, "guess"), Some(403), "try {i}");
@@ -5940,4 +5873,51 @@ fn guessing_a_supervisors_password_by_feature_code_is_banned() {
         "banned: the right password fails too"
     );
     assert!(h.gauge("centralino_auth_bans_total{scope=user}") >= 1);
+}
+
+/// What the engine sent, by destination.
+type Sent = Vec<(SocketAddr, Message)>;
+
+/// A supervisor's phone at `PHONE2` dials `code` as `user` with `pass`
+/// (Call-ID `id`): the first answer, and the answer to the authenticated
+/// INVITE when the first was a challenge (MD5).
+fn dial_feature(
+    h: &mut Harness,
+    id: &str,
+    user: &str,
+    pass: &str,
+    code: &str,
+) -> (Sent, Option<Sent>) {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.22\r\ns=-\r\nc=IN IP4 192.0.2.22\r\nt=0 0\r\nm=audio 32000 RTP/AVP 0 8\r\n";
+    // The branch and tag from the Call-ID's token characters.
+    let b: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+    let req = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE sip:{code}@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bK{b}{cseq}\r\nFrom: <sip:{user}@192.0.2.1>;tag=s{b}\r\nTo: <sip:{code}@192.0.2.1>\r\nCall-ID: {id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{user}@{PHONE2}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    let first = h.send(PHONE2, &req(1, ""));
+    let Some(nonce) = first
+        .first()
+        .and_then(|(_, m)| {
+            m.headers_named("WWW-Authenticate")
+                .find(|c| c.contains("algorithm=MD5"))
+        })
+        .and_then(|c| c.split("nonce=\"").nth(1)?.split('"').next())
+        .map(str::to_owned)
+    else {
+        return (first, None);
+    };
+    let auth = authorization(
+        Algorithm::Md5,
+        user,
+        pass,
+        "INVITE",
+        &format!("sip:{code}@192.0.2.1"),
+        &nonce,
+    ) + "\r\n";
+    h.media.clear();
+    let second = h.send(PHONE2, &req(2, &auth));
+    (first, Some(second))
 }
