@@ -244,6 +244,12 @@ impl Engine {
             return false;
         }
         if feature {
+            // Answered (401 first) under the per-source transaction limit;
+            // an overloaded node keeps its time for its callers.
+            if self.overloaded {
+                self.reject(flow, msg, 503, "overload", &[("Retry-After", "5")]);
+                return false;
+            }
             return true;
         }
         if handover {

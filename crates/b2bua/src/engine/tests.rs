@@ -5921,3 +5921,66 @@ fn dial_feature(
     let second = h.send(PHONE2, &req(2, &auth));
     (first, Some(second))
 }
+
+/// A caller who came through an IVR flow into the queue, transferred by
+/// the operator to a number that does not answer, waits in the queue
+/// again: the flow is over, the operator's transfer decides (no dead end).
+#[test]
+fn an_ivr_routed_caller_whose_number_transfer_fails_waits_in_the_queue_again() {
+    let config = IVR
+        .replace(
+            r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" } }"#,
+            r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" }, "803" = { flow = "diretto" } }
+outbound = "192.0.2.10:5070""#,
+        )
+        .replace(
+            "[[tenants]]\nname = \"demo\"",
+            "[[tenants]]\nname = \"demo\"\ntransfer_numbers = [\"+39061\"]",
+        )
+        .replacen(
+            "[[agents]]",
+            r#"[[flows]]
+name = "diretto"
+start = "motivo"
+[flows.nodes.motivo]
+type = "set"
+variables = { motivo = "prenotazione" }
+next = "coda"
+[flows.nodes.coda]
+type = "enqueue"
+queue = "info"
+
+[[agents]]"#,
+            1,
+        );
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = invite_did(&mut h, "803", "d1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let refer = format!(
+        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKi1\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 REFER\r\nRefer-To: <tel:+39061234567>\r\nContent-Length: 0\r\n\r\n",
+        inv.header("To").unwrap(),
+        inv.header("From").unwrap(),
+        inv.call_id
+    );
+    let out = h.send(PHONE1, &refer);
+    assert_eq!(codes(&out, PHONE1)[0], 202);
+    let dialled = requests(&out, "192.0.2.10:5070", "INVITE")[0].clone();
+    let busy = dialled.response(486, "Busy Here", Some("far"));
+    h.send(
+        "192.0.2.10:5070",
+        &String::from_utf8(busy.to_bytes()).unwrap(),
+    );
+    assert_eq!(h.engine.active_calls(), 1, "the caller is not cut off");
+    let out = h.advance(Duration::from_secs(5));
+    let again = requests(&out, PHONE1, "INVITE");
+    assert!(!again.is_empty(), "offered again once the operator is free");
+    assert_eq!(
+        again[0].header("X-Centralino-Call"),
+        inv.header("X-Centralino-Call"),
+        "the same call, its record kept"
+    );
+}
