@@ -1167,6 +1167,18 @@ fn handle(
             match result {
                 Ok(()) => {
                     engine.set_prompts(prompts, music);
+                    // A supervisor whose token is gone, or whose firm no
+                    // longer covers the call, stops hearing it now.
+                    let revoked = engine.revalidate_monitors(now, |name, firm| {
+                        config.api_tokens.iter().any(|t| {
+                            t.name == name
+                                && t.role == centralino_config::Role::Supervisor
+                                && t.tenant.as_deref().is_none_or(|tt| tt == firm)
+                        })
+                    });
+                    if revoked > 0 {
+                        info!(revoked, "supervisors taken off calls by the reload");
+                    }
                     life.max_per_day = config.outbound.max_attempts_per_citizen_per_day;
                     if let Some(tx) = &life.config {
                         let _ = tx.send(Arc::new(config));

@@ -124,6 +124,7 @@ impl Engine {
             phone_monitors: HashMap::new(),
             supervisor_phones: supervisor_phones(config),
             transfer_numbers: config.transfer_numbers.clone(),
+            tenant_names: config.tenants.clone(),
             trunk_due: BinaryHeap::new(),
             max_calls: config.sip.max_calls,
             max_per_source: config.sip.max_transactions_per_source,
@@ -437,6 +438,7 @@ impl Engine {
         self.dial_plans = config.dial_plans.clone();
         self.supervisor_phones = supervisor_phones(config);
         self.transfer_numbers = config.transfer_numbers.clone();
+        self.tenant_names = config.tenants.clone();
         let queues = config
             .queues
             .iter()

@@ -345,6 +345,8 @@ pub struct Engine {
     supervisor_phones: HashMap<String, TenantId>,
     /// Each tenant's prefixes its operators may transfer callers to.
     transfer_numbers: Vec<Vec<String>>,
+    /// Tenant names, by index.
+    tenant_names: Vec<String>,
     qualify_scheduled: std::collections::HashSet<AgentId>,
     trunk_due: BinaryHeap<Reverse<(Instant, TrunkId)>>,
     max_calls: usize,

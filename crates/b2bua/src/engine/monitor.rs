@@ -159,16 +159,17 @@ impl Engine {
     /// The media plane ended a supervisor's leg by itself (their browser
     /// went): they are off the call.
     pub(super) fn monitor_gone(&mut self, now: Instant, call_id: CallId) {
-        let Some(call) = self.calls.get_mut(&call_id) else {
-            return;
-        };
-        let Some(m) = call.monitor.take() else {
-            return;
-        };
-        let span = call.span.clone();
-        let _g = span.enter();
-        info!(supervisor = %m.supervisor, "the supervisor's browser went: off the call");
-        let who = format!("{}:gone:{}", m.supervisor, call.record_id);
+        if let Some(who) = self.take_supervisor_off(now, call_id, "gone") {
+            info!(call = %call_id, supervisor = %who, "the supervisor's browser went: off the call");
+        }
+    }
+
+    /// Takes the supervisor on `call_id` off it (`why`: gone, revoked):
+    /// their leg ends, the operator's queue log says so. Returns who.
+    fn take_supervisor_off(&mut self, now: Instant, call_id: CallId, why: &str) -> Option<String> {
+        let call = self.calls.get_mut(&call_id)?;
+        let m = call.monitor.take()?;
+        let who = format!("{}:{why}:{}", m.supervisor, call.record_id);
         let operator = call.b.as_ref().and_then(BLeg::agent);
         self.out.push_back(Output::Media(MediaCommand::Monitor {
             call: call_id,
@@ -178,6 +179,7 @@ impl Engine {
         if let Some(agent) = operator {
             self.agent_event(now, agent, "monitor", Some(who));
         }
+        Some(m.supervisor)
     }
 
     /// The supervisor's leg could not be made: they are not on the call
@@ -259,5 +261,46 @@ impl Engine {
             );
         }
         Ok(record)
+    }
+
+    /// After a reload: every supervisor still on a call must still be
+    /// allowed there. `allowed(name, firm)` says whether the API token
+    /// `name` may still listen to `firm`'s operators; a phone's account
+    /// must still be in that firm's `supervisor_phones`. The others are
+    /// taken off (their leg ends, a phone gets our BYE, the queue log
+    /// says `revoked`). Returns how many.
+    pub fn revalidate_monitors(
+        &mut self,
+        now: Instant,
+        allowed: impl Fn(&str, &str) -> bool,
+    ) -> usize {
+        let mut revoked = Vec::new();
+        for (&id, call) in &self.calls {
+            let Some(m) = call.monitor.as_ref() else {
+                continue;
+            };
+            let firm = self
+                .tenant_names
+                .get(call.tenant.index())
+                .map_or("", String::as_str);
+            let ok = match m.supervisor.strip_prefix("phone:") {
+                Some(user) => self.supervisor_phones.get(user) == Some(&call.tenant),
+                None => allowed(&m.supervisor, firm),
+            };
+            if !ok {
+                revoked.push(id);
+            }
+        }
+        for &id in &revoked {
+            if let Some(who) = self.take_supervisor_off(now, id, "revoked") {
+                warn!(call = %id, supervisor = %who, "a supervisor no longer allowed is taken off the call");
+            }
+            self.end_phone_monitor(now, id);
+        }
+        if !revoked.is_empty() {
+            // Our BYEs leave through the transaction layer.
+            self.pump(now);
+        }
+        revoked.len()
     }
 }

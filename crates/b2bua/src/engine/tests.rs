@@ -5984,3 +5984,62 @@ queue = "info"
         "the same call, its record kept"
     );
 }
+
+/// A reload that takes a supervisor's right away takes them off the call
+/// at once: an API token gone (or of another firm now), a phone's account
+/// no longer in `supervisor_phones` (its phone gets our BYE).
+#[test]
+fn a_reload_takes_off_the_call_a_supervisor_no_longer_allowed() {
+    use centralino_media::monitor::MonitorMode;
+    let with_phone = CONFIG.replace(
+        "[[tenants]]\nname = \"demo\"",
+        "[[tenants]]\nname = \"demo\"\nsupervisor_phones = [\"1002\"]",
+    );
+    let mut h = Harness::with(&with_phone);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    // A browser supervisor: still allowed, then not.
+    let target = h
+        .engine
+        .monitor_start("1001", "sala", MonitorMode::Listen)
+        .expect("talking");
+    h.engine.monitor_joined(h.now, target.call);
+    assert_eq!(
+        h.engine
+            .revalidate_monitors(h.now, |n, f| n == "sala" && f == "demo"),
+        0
+    );
+    h.drain();
+    h.media.clear();
+    assert_eq!(h.engine.revalidate_monitors(h.now, |_, _| false), 1);
+    h.drain();
+    assert!(matches!(
+        h.media.as_slice(),
+        [MediaCommand::Monitor { mode: None, .. }]
+    ));
+    assert!(h.records.iter().any(|r| matches!(r, Record::Agent { event: "monitor", reason: Some(w), .. } if w.starts_with("sala:revoked:"))));
+    // A phone: its account leaves `supervisor_phones`.
+    let (_, joined) = dial_feature(&mut h, "p1", "1002", "demo1002", "*71001");
+    assert_eq!(codes(&joined.expect("authenticated"), PHONE2), vec![100]);
+    h.engine.handle_media(
+        h.now,
+        MediaEvent::MonitorPort {
+            call: target.call,
+            port: Some(42_010),
+        },
+    );
+    let out = h.drain();
+    assert_eq!(codes(&out, PHONE2), vec![200]);
+    let config = Config::from_toml(CONFIG).unwrap();
+    h.engine.reload(h.now, &config.engine()).expect("reload");
+    assert_eq!(h.engine.revalidate_monitors(h.now, |_, _| true), 1);
+    let out = h.drain();
+    assert_eq!(
+        requests(&out, PHONE2, "BYE").len(),
+        1,
+        "the phone is hung up"
+    );
+    assert_eq!(h.engine.active_calls(), 1, "the conversation goes on");
+}
