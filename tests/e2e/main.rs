@@ -7,6 +7,7 @@
 mod browser;
 mod common;
 
+mod alerts;
 mod api_callbacks;
 mod attacks;
 mod callbacks_exec;
