@@ -182,6 +182,14 @@ pub enum MediaEvent {
         /// The operator's port.
         b_port: u16,
     },
+    /// A supervisor's phone pressed a key (RFC 4733): `1` listen, `2`
+    /// whisper, `3` barge.
+    MonitorDigit {
+        /// The call.
+        call: CallId,
+        /// The key.
+        digit: char,
+    },
     /// A supervisor's browser went (no ICE/DTLS): the plane ended their
     /// leg.
     MonitorGone {

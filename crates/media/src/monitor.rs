@@ -125,6 +125,8 @@ pub(crate) struct Monitor {
     /// tick (one per side per 20 ms), its own numbering for it.
     pub(crate) voice_due: [bool; 2],
     voice: [(u16, u32); 2],
+    /// The last key the supervisor pressed (RFC 4733), not yet taken.
+    pub(crate) digit: Option<char>,
 }
 
 impl Monitor {
@@ -148,6 +150,7 @@ impl Monitor {
             speaks: [Fifo::new(), Fifo::new()],
             voice_due: [false; 2],
             voice: [(seed.1, seed.2); 2],
+            digit: None,
         }
     }
 
@@ -198,6 +201,10 @@ impl Monitor {
                         self.speaks[side].push(self.law, p.payload);
                     }
                 }
+                true
+            }
+            Received::Dtmf(_, Some(digit)) => {
+                self.digit = Some(digit);
                 true
             }
             Received::Media(_) | Received::Dtmf(..) => true,

@@ -343,6 +343,12 @@ impl CallMedia {
             .is_some_and(|m| m.receive(now, from, data))
     }
 
+    /// The key the supervisor last pressed on their phone (RFC 4733), once:
+    /// their phone's keypad changes the mode.
+    pub fn take_monitor_digit(&mut self) -> Option<char> {
+        self.monitor.as_mut()?.digit.take()
+    }
+
     /// The supervisor's voice alone, for a side that hears them and gets
     /// no relayed packet to carry it now (the operator holding the caller,
     /// a peer silent between words): at most one frame per side per 20 ms,
@@ -1344,5 +1350,23 @@ mod tests {
         m.unbridge();
         assert_eq!(m.monitoring(), None);
         assert_eq!(m.poll_monitor(t1 + Duration::from_secs(1), &mut buf), None);
+    }
+
+    #[test]
+    fn a_supervisors_key_press_is_reported_once() {
+        use crate::monitor::MonitorMode;
+        let t0 = Instant::now();
+        let (mut m, _, b_addr) = call(Law::Alaw, None, (1, 0, 0));
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, None), Law::Ulaw);
+        let s_addr: SocketAddr = "192.0.2.30:50000".parse().unwrap();
+        let leg = Leg::new(Latch::SdpAddress, s_addr, Some(101));
+        assert!(m.monitor(t0, MonitorMode::Listen, leg, Law::Ulaw, (7, 0, 0)));
+        assert_eq!(m.take_monitor_digit(), None);
+        // Key 3 (RFC 4733 event 3), sent three times as phones do.
+        for seq in 1..=3 {
+            assert!(m.receive_monitor(t0, s_addr, &pkt(seq, 101, &[3, 10, 0, 160])));
+        }
+        assert_eq!(m.take_monitor_digit(), Some('3'));
+        assert_eq!(m.take_monitor_digit(), None, "once");
     }
 }

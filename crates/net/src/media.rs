@@ -876,7 +876,16 @@ impl Worker {
             }
             let theirs = match m.leg.as_mut() {
                 Some(leg) => leg.receive(now, from, m.local, &inbuf[..n]),
-                None => s.media.receive_monitor(now, from, &inbuf[..n]),
+                None => {
+                    let theirs = s.media.receive_monitor(now, from, &inbuf[..n]);
+                    if let Some(digit) = s.media.take_monitor_digit() {
+                        let _ = self.events.send(MediaEvent::MonitorDigit {
+                            call: s.call,
+                            digit,
+                        });
+                    }
+                    theirs
+                }
             };
             if !theirs {
                 self.local.browser_foreign += 1;

@@ -884,6 +884,7 @@ impl Engine {
             }
             MediaEvent::MonitorPort { call, port } => self.monitor_port(now, call, port),
             MediaEvent::MonitorGone { call } => self.monitor_gone(now, call),
+            MediaEvent::MonitorDigit { call, digit } => self.monitor_digit(now, call, digit),
             MediaEvent::Failed { call }
                 if self.calls.get(&call).is_some_and(|c| c.opening.is_some()) =>
             {

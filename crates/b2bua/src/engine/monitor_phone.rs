@@ -202,7 +202,8 @@ impl Engine {
             addr: sdp_ip,
             port,
             formats: &[m.peer.law.payload_type()],
-            telephone_event: None,
+            // Their keypad changes the mode: events accepted if offered.
+            telephone_event: m.peer.telephone_event,
             direction: Direction::SendRecv,
             session,
             version: 1,
@@ -213,6 +214,47 @@ impl Engine {
         self.respond(now, &key, &ok);
         self.monitor_joined_with(now, call_id, Some(peer.into()));
         debug!(call = %call_id, mode = mode.label(), "supervisor's phone answered");
+    }
+
+    /// A supervisor's phone pressed a key: `1` listen, `2` whisper, `3`
+    /// barge (other keys do nothing). Counted and in the queue log as any
+    /// change of mode.
+    pub(super) fn monitor_digit(&mut self, now: Instant, call_id: CallId, digit: char) {
+        let mode = match digit {
+            '1' => MonitorMode::Listen,
+            '2' => MonitorMode::Whisper,
+            '3' => MonitorMode::Barge,
+            _ => return,
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(m) = call
+            .monitor
+            .as_mut()
+            .filter(|m| m.joined && m.supervisor.starts_with("phone:") && m.mode != mode)
+        else {
+            return;
+        };
+        m.mode = mode;
+        let who = format!("{}:{}:{}", m.supervisor, mode.label(), call.record_id);
+        let operator = call.b.as_ref().and_then(BLeg::agent);
+        info!(call = %call_id, mode = mode.label(), "the supervisor's phone changed mode");
+        self.metrics
+            .monitors
+            .with_label_values(&[mode.label()])
+            .inc();
+        self.out.push_back(Output::Media(MediaCommand::Monitor {
+            call: call_id,
+            mode: Some(mode),
+            phone: None,
+        }));
+        if let Some(agent) = operator {
+            self.agent_event(now, agent, "monitor", Some(who));
+        }
+        if let Some(pm) = self.phone_monitors.values_mut().find(|p| p.call == call_id) {
+            pm.mode = mode;
+        }
     }
 
     /// A BYE from a supervisor's phone: they leave the call. `false`: not

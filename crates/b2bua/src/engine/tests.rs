@@ -5674,6 +5674,25 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
         h.records.iter().any(|r| matches!(r, Record::Agent { agent, event: "monitor", reason: Some(w), .. } if agent == "1001" && w.starts_with("phone:1002:listen:"))),
         "the operator's queue log says who listened"
     );
+    // The phone's keypad: 2 whispers, 9 does nothing.
+    h.media.clear();
+    h.engine
+        .handle_media(h.now, MediaEvent::MonitorDigit { call, digit: '2' });
+    h.engine
+        .handle_media(h.now, MediaEvent::MonitorDigit { call, digit: '9' });
+    h.drain();
+    assert!(
+        matches!(
+            h.media.as_slice(),
+            [MediaCommand::Monitor {
+                mode: Some(MonitorMode::Whisper),
+                ..
+            }]
+        ),
+        "{:?}",
+        h.media
+    );
+    assert!(h.records.iter().any(|r| matches!(r, Record::Agent { event: "monitor", reason: Some(w), .. } if w.starts_with("phone:1002:whisper:"))));
     // Another supervisor finds the place taken.
     assert_eq!(
         h.engine.monitor_start("1001", "sala", MonitorMode::Listen),
