@@ -245,7 +245,13 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
         ]
     );
 
-    // A break, by keyboard; the routing board has it.
+    // A break, by keyboard, once the page allows one (the desk's state
+    // leaves on_call by its WebSocket, later on a loaded machine); the
+    // routing board has it.
+    b.wait_for(
+        "!document.getElementById('pause').disabled",
+        "a break allowed after the call",
+    );
     b.tab_to("pause");
     b.key("Enter", false);
     b.wait_for(
