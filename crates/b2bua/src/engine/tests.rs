@@ -5230,14 +5230,7 @@ fn a_callers_refer_and_an_operators_refer_to_a_number_are_refused() {
     let out = h.send(TRUNK, &caller_refer);
     assert_eq!(codes(&out, TRUNK), vec![403]);
     assert_eq!(out.len(), 1, "nothing else is sent: {out:?}");
-    let b_refer = |cseq: u32, to: &str| {
-        format!(
-            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: {to}\r\nContent-Length: 0\r\n\r\n",
-            inv.header("To").unwrap(),
-            inv.header("From").unwrap(),
-            inv.call_id
-        )
-    };
+    let b_refer = |cseq: u32, to: &str| operator_refer(&inv, cseq, to);
     for (i, to) in [
         "<sip:+393330000000@192.0.2.1>",
         "<tel:+393330000000>",
@@ -5282,14 +5275,7 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
     let out = h.invite("m1");
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
     h.send(PHONE1, &response_to(&inv, 200, "b1"));
-    let refer = |cseq: u32| {
-        format!(
-            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: <sip:secondo@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
-            inv.header("To").unwrap(),
-            inv.header("From").unwrap(),
-            inv.call_id
-        )
-    };
+    let refer = |cseq: u32| operator_refer(&inv, cseq, "<sip:secondo@192.0.2.1>");
     // Another caller fills "secondo" (nobody there to take them).
     let other = TRUNK_SDP;
     h.send(
@@ -5344,7 +5330,7 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
 fn a_caller_leaving_after_a_transfer_is_no_dead_end_and_keeps_the_first_operator() {
     let (mut h, ok, inv) = connected();
     let a_tag = ok.to_tag.clone().unwrap();
-    let refer = refer_to_info(&inv);
+    let refer = operator_refer(&inv, 5, "<sip:info@192.0.2.1>");
     let out = h.send(PHONE1, &refer);
     assert_eq!(codes(&out, PHONE1)[0], 202);
     h.send(TRUNK, &in_dialog("BYE", TRUNK, "am1", &a_tag, 50, ""));
@@ -5475,7 +5461,7 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
     assert_eq!(h.gauge("centralino_monitors_total{mode=whisper}"), 1);
     // The operator transfers the call: the supervisor's place goes with
     // the operator's leg.
-    let refer = refer_to_info(&inv);
+    let refer = operator_refer(&inv, 5, "<sip:info@192.0.2.1>");
     let out = h.send(PHONE1, &refer);
     assert_eq!(codes(&out, PHONE1)[0], 202);
     assert!(
@@ -5489,11 +5475,11 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
     );
 }
 
-/// Operator 1001's blind transfer (REFER) of the call `inv` offered them
-/// to the queue "info".
-fn refer_to_info(inv: &Message) -> String {
+/// Operator 1001's REFER (CSeq `cseq`) of the call `inv` offered them, to
+/// `refer_to` (a name-addr, `<...>`).
+fn operator_refer(inv: &Message, cseq: u32, refer_to: &str) -> String {
     format!(
-        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr1\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 REFER\r\nRefer-To: <sip:info@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
+        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKr{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: {refer_to}\r\nContent-Length: 0\r\n\r\n",
         inv.header("To").unwrap(),
         inv.header("From").unwrap(),
         inv.call_id
@@ -5805,20 +5791,14 @@ fn an_operator_transfers_to_a_number_only_where_the_firm_allows_it() {
     // the node place a call.
     let out = h.send(
         TRUNK,
-        &format!(
-            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKcr1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>;tag={caller_tag}\r\nCall-ID: m1\r\nCSeq: 7 REFER\r\nRefer-To: <tel:+39061234567>\r\nContent-Length: 0\r\n\r\n"
+        &in_dialog("REFER", TRUNK, "am1", &caller_tag, 7, "").replace(
+            "Content-Length: 0",
+            "Refer-To: <tel:+39061234567>\r\nContent-Length: 0",
         ),
     );
     assert_eq!(codes(&out, TRUNK), vec![403]);
     assert!(requests(&out, TRUNK, "INVITE").is_empty());
-    let refer = |cseq: u32, to: &str| {
-        format!(
-            "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKx{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: <{to}>\r\nContent-Length: 0\r\n\r\n",
-            inv.header("To").unwrap(),
-            inv.header("From").unwrap(),
-            inv.call_id
-        )
-    };
+    let refer = |cseq: u32, to: &str| operator_refer(&inv, cseq, &format!("<{to}>"));
     // Milan: the dial plan would let it out, the firm's list does not;
     // a premium number: listed, but the dial plan blocks it.
     // And a local number of another context (RFC 3966), not guessed as
@@ -5979,12 +5959,7 @@ queue = "info"
     let out = invite_did(&mut h, "803", "d1");
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
     h.send(PHONE1, &response_to(&inv, 200, "b1"));
-    let refer = format!(
-        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKi1\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 REFER\r\nRefer-To: <tel:+39061234567>\r\nContent-Length: 0\r\n\r\n",
-        inv.header("To").unwrap(),
-        inv.header("From").unwrap(),
-        inv.call_id
-    );
+    let refer = operator_refer(&inv, 9, "<tel:+39061234567>");
     let out = h.send(PHONE1, &refer);
     assert_eq!(codes(&out, PHONE1)[0], 202);
     let dialled = requests(&out, "192.0.2.10:5070", "INVITE")[0].clone();
