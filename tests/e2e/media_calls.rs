@@ -20,7 +20,7 @@ const SIPP_SHARE: &str = "/usr/share/sip-tester";
 
 /// A-law → µ-law → A-law, as the bytes come back from a µ-law phone that
 /// echoes them (the node transcodes both ways).
-fn round_trip(b: u8) -> u8 {
+pub(crate) fn round_trip(b: u8) -> u8 {
     Law::Alaw.encode(Law::Ulaw.decode(Law::Ulaw.encode(Law::Alaw.decode(b))))
 }
 
@@ -141,7 +141,7 @@ fn operator_phone_sdp(
 
 /// One A-law frame of `byte` from the caller's socket (then the next
 /// sequence number).
-fn speak(caller: &UdpSocket, to: SocketAddr, seq: &mut u16, ssrc: u32, byte: u8) {
+pub(crate) fn speak(caller: &UdpSocket, to: SocketAddr, seq: &mut u16, ssrc: u32, byte: u8) {
     let h = Header {
         marker: false,
         payload_type: 8,

@@ -582,6 +582,140 @@ fn linphone_holds_resumes_and_keys_a_digit_during_a_call() {
     phone.stop();
 }
 
+/// An attended transfer from a real phone (RFC 5589 §7): Linphone as
+/// operator 1001 talks to a caller, calls the queue `info` from the same
+/// account (a consultation, challenged by digest), colleague 1002 (SIPp,
+/// echoing what it hears) answers, and Linphone's `transfer 1 --to-call 2`
+/// sends REFER with Replaces. The colleague's phone is moved onto the
+/// caller's call by re-INVITE: the caller then hears their own voice back
+/// from 1002; Linphone's two calls end; 1002 gets the caller's BYE.
+#[test]
+fn linphone_consults_a_colleague_and_hands_them_the_caller() {
+    use crate::media_calls::{round_trip, speak};
+    const SPEECH: u8 = 0x2A;
+    let scratch = Scratch::new("phone-linphone-attended");
+    // SIPp's digest is MD5 only (the colleague's phone).
+    let node = Node::start_toml(&scratch, |sip, http| {
+        default_config(sip, http).replace(
+            "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+            "digest_algorithms = [\"MD5\"]",
+        )
+    });
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(40)).expect("tone");
+    let mut phone = Linphone::start(&scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut trunk = crate::common::trunk_call(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_media.xml",
+        &caller,
+        "25000",
+    );
+    let on_call = "centralino_agents{state=\"on_call\",tenant=\"demo\"}";
+    let done = "centralino_transfers_total{outcome=\"done\",target=\"operator\"}";
+    let echo = round_trip(SPEECH);
+    #[derive(Debug, PartialEq)]
+    enum Stage {
+        Talking,
+        Consulting,
+        Transferring,
+        Transferred,
+    }
+    let mut stage = Stage::Talking;
+    let mut colleague = None;
+    let (mut node_rtp, mut seq, mut echoed) = (None, 0u16, 0);
+    let mut buf = [0u8; 2048];
+    let (start, mut checked) = (Instant::now(), Instant::now());
+    while trunk.try_wait().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{stage:?}: the caller never hung up\n{}",
+            phone.log()
+        );
+        if let Ok((n, from)) = caller.recv_from(&mut buf) {
+            node_rtp = Some(from);
+            let p = rtp::parse(&buf[..n]).expect("rtp to the caller");
+            if stage == Stage::Transferred && p.payload.iter().all(|b| *b == echo) {
+                echoed += 1;
+            }
+        }
+        if let Some(to) = node_rtp {
+            speak(&caller, to, &mut seq, 77, SPEECH);
+        }
+        // The node's figures, ten times a second.
+        if checked.elapsed() < Duration::from_millis(100) {
+            continue;
+        }
+        checked = Instant::now();
+        match stage {
+            Stage::Talking if node.metric(on_call) >= 1.0 => {
+                // Linphone has the caller: its colleague logs in, and
+                // Linphone calls the queue (holding the caller).
+                let sipp = Sipp::spawn(
+                    &scratch,
+                    "colleague",
+                    &[
+                        "-sf",
+                        &scenario("agent_answer_moved.xml"),
+                        "-m",
+                        "1",
+                        "-timeout",
+                        "60s",
+                        "-mi",
+                        "127.0.0.1",
+                        "-rtp_echo",
+                        "-trace_logs",
+                    ],
+                );
+                crate::common::register(&scratch, &node, &[1002], sipp.port, |u| {
+                    format!("demo{u}")
+                });
+                colleague = Some(sipp);
+                // Linphone holds the caller before another call.
+                phone.command("pause");
+                phone.command(&format!("call sip:info@{}", node.sip_addr()));
+                stage = Stage::Consulting;
+            }
+            Stage::Consulting if node.metric(on_call) >= 2.0 => {
+                phone.command("transfer 1 --to-call 2");
+                stage = Stage::Transferring;
+            }
+            Stage::Transferring if node.metric_or_zero(done) >= 1.0 => {
+                stage = Stage::Transferred;
+            }
+            _ => {}
+        }
+    }
+    trunk.expect_success(Duration::from_secs(5));
+    let mut colleague = colleague.expect("the colleague's phone");
+    colleague.expect_success(Duration::from_secs(10));
+    assert_eq!(stage, Stage::Transferred, "{}", phone.log());
+    assert!(
+        echoed > 50,
+        "the caller heard the colleague: {echoed} packets of their own voice back\n{}",
+        phone.log()
+    );
+    let logs = node.logs();
+    assert!(logs.contains("operator consults a queue"), "{logs}");
+    assert!(
+        logs.contains("attended transfer: the consulted operator takes the caller agent=1002"),
+        "{logs}"
+    );
+    // Linphone's two calls are over; nothing is left on the node.
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+    assert_eq!(node.metric(on_call), 0.0);
+    phone.stop();
+}
+
 /// twinkle-console (Twinkle 1.10, Debian 12) as operator `user`: its
 /// profile and system settings in a home of its own, ALSA's `null` device
 /// for sound (no sound card here: it hears into nothing and sends

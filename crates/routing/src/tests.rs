@@ -236,6 +236,37 @@ fn wrap_up_then_available_and_pending_logout() {
     assert_eq!(r.agent(a).state, AgentState::LoggedOut);
 }
 
+/// An attended transfer: the consultation's operator goes on talking on
+/// the caller's call, and its end is theirs; nobody else is moved.
+#[test]
+fn a_moved_call_is_the_operators_until_it_ends() {
+    let t0 = Instant::now();
+    let mut q = info();
+    q.wrap_up = 5 * S;
+    let mut r = Router::new(t0, vec![q], 2, plain(2));
+    let (a, b) = (AgentId(0), AgentId(1));
+    r.login(t0, a, false);
+    r.enqueue(t0, QueueId(0), CallId(1), &spec()).unwrap();
+    let d = one(&mut r);
+    r.answered(t0, d.agent, d.call);
+    r.login(t0, b, false);
+    r.enqueue(t0, QueueId(0), CallId(2), &spec()).unwrap();
+    let d = one(&mut r);
+    assert_eq!(d.agent, b);
+    r.answered(t0, b, CallId(2));
+    assert!(!r.move_call(a, CallId(2), CallId(1)), "not a's call");
+    assert!(r.move_call(b, CallId(2), CallId(1)));
+    assert_eq!(r.agent(b).state, AgentState::OnCall(CallId(1)));
+    r.call_ended(t0 + S, a, CallId(1));
+    assert_eq!(r.agent(a).state, AgentState::WrapUp);
+    // The consultation's own end no longer concerns b.
+    r.call_ended(t0 + S, b, CallId(2));
+    assert_eq!(r.agent(b).state, AgentState::OnCall(CallId(1)));
+    r.call_ended(t0 + 2 * S, b, CallId(1));
+    assert_eq!(r.agent(b).state, AgentState::WrapUp);
+    assert_eq!(r.tenant_states(0).iter().sum::<u32>(), 2);
+}
+
 /// Two queues needing different skills and an operator with both: each
 /// call goes only to operators who qualify, the shared one serves both.
 #[test]

@@ -17,6 +17,7 @@ mod error;
 pub mod guard;
 mod message;
 pub mod registrar;
+pub mod replaces;
 pub mod session_timer;
 pub mod throttle;
 pub mod txn;

@@ -58,11 +58,14 @@ pub enum CallOutcome {
     /// A callback another node took over (or whose record could not be
     /// trusted) before it was dialled here: let go, nothing recorded.
     CallbackMoved,
+    /// An operator's consultation that ended in an attended transfer: its
+    /// operator talks on with the caller, on the caller's own call.
+    ConsultTransferred,
 }
 
 impl CallOutcome {
     /// Every outcome (for tests and documentation).
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::CallerHangup,
         Self::AgentHangup,
         Self::Abandoned,
@@ -87,6 +90,7 @@ impl CallOutcome {
         Self::CampaignStopped,
         Self::ClusterUnavailable,
         Self::CallbackMoved,
+        Self::ConsultTransferred,
     ];
 
     /// The name stored and used as a label value.
@@ -116,6 +120,7 @@ impl CallOutcome {
             Self::CampaignStopped => "campaign_stopped",
             Self::ClusterUnavailable => "cluster_unavailable",
             Self::CallbackMoved => "callback_moved",
+            Self::ConsultTransferred => "consult_transferred",
         }
     }
 }

@@ -43,7 +43,7 @@ pub(super) fn b_sdp(m: &AnchoredMedia) -> Vec<u8> {
         formats: &[b.law.payload_type()],
         telephone_event: b.telephone_event,
         direction: m.b_direction,
-        session: m.session + 1,
+        session: m.b_session,
         version: m.version,
     }
     .to_bytes()
@@ -52,7 +52,7 @@ pub(super) fn b_sdp(m: &AnchoredMedia) -> Vec<u8> {
 /// The offer to an operator: the caller's law first (no transcoding when
 /// the phone takes it), then the others configured, and telephone-event.
 pub(super) fn b_offer(m: &AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
-    sdp_offer(m, codecs, m.b_port, m.session + 1)
+    sdp_offer(m, codecs, m.b_port, m.b_session)
 }
 
 /// The citizen's side of a placed call learns its peer (early media or the

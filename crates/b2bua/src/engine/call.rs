@@ -74,8 +74,11 @@ pub(super) struct AnchoredMedia {
     pub(super) a_direction: Direction,
     pub(super) b: Option<Peer>,
     pub(super) b_direction: Direction,
-    /// o= session id towards the caller (the operator gets id + 1).
+    /// o= session id towards the caller.
     pub(super) session: u64,
+    /// o= session id towards the operator (`session + 1`; an attended
+    /// transfer's operator keeps the one of their consultation).
+    pub(super) b_session: u64,
     pub(super) version: u64,
     /// Key presses so far (for the call's flow).
     pub(super) digits: String,
@@ -226,6 +229,19 @@ pub(super) struct Call {
     pub(super) lent: Option<Box<(String, String)>>,
     /// A supervisor on the conversation (listening, whispering, barging).
     pub(super) monitor: Option<Monitoring>,
+    /// An operator's consultation (a call from their phone to a queue of
+    /// their firm while they talk to a caller), ready for an attended
+    /// transfer.
+    pub(super) consult: Option<Consult>,
+}
+
+/// Who consults, about which call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Consult {
+    /// The operator whose phone placed it.
+    pub(super) by: AgentId,
+    /// The caller's call they were talking on.
+    pub(super) about: CallId,
 }
 
 /// A campaign's contact calling its number back, for the operator's desk.
@@ -317,6 +333,7 @@ impl Call {
             handed_over: false,
             lent: None,
             monitor: None,
+            consult: None,
         }
     }
 

@@ -100,6 +100,7 @@ impl Engine {
         };
         let ip = a_leg.flow.local.ip();
         let law = self.codecs.first().copied().unwrap_or(Law::Alaw);
+        let session = self.rng.next_u64() >> 2;
         let media = AnchoredMedia {
             ip,
             sdp_ip: self.advertise.unwrap_or(ip),
@@ -116,7 +117,8 @@ impl Engine {
             a_direction: Direction::SendRecv,
             b: None,
             b_direction: Direction::SendRecv,
-            session: self.rng.next_u64() >> 2,
+            session,
+            b_session: session + 1,
             version: 1,
             digits: String::new(),
             late_offer: false,

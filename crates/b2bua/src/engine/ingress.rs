@@ -192,6 +192,9 @@ impl Engine {
         // A supervisor's phone dialling a feature code: challenged when
         // handled (it never reaches a trunk).
         let feature = monitor_phone::feature_code(msg).is_some();
+        // An operator's consultation of a queue (attended transfer):
+        // challenged when handled, like a feature code.
+        let feature = feature || (!handover && self.consult_queue(flow, msg).is_some());
         if !handover
             && !feature
             && !self

@@ -244,6 +244,9 @@ enum ClientRef {
     TrunkPing(TrunkId),
     /// Our session refresh (UPDATE or re-INVITE) on a call's caller leg.
     Refresh(CallId),
+    /// Our re-INVITE moving an attended transfer's consulted operator
+    /// onto the caller's call.
+    Rejoin(CallId),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -914,6 +917,7 @@ mod callbacks;
 mod campaigns;
 pub use campaigns::CampaignView;
 mod config;
+mod consult;
 mod handover;
 mod remote;
 pub use config::ReloadRefused;

@@ -208,6 +208,13 @@ impl Engine {
                     self.on_refresh_response(now, call, &msg);
                 }
             }
+            Some(ClientRef::Rejoin(call)) => {
+                let call = *call;
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.on_rejoin_response(now, call, &msg);
+                }
+            }
             // Any answer, even 405 or 404, says the phone is there.
             Some(ClientRef::Other | ClientRef::Qualify(_)) | None => {
                 if code >= 200 {
@@ -493,6 +500,13 @@ impl Engine {
                 .with_label_values(&["gone"])
                 .inc();
             self.end_connected(now, call_id, true, true, CallOutcome::SessionExpired);
+            return;
+        }
+        if let Some(ClientRef::Rejoin(call_id)) = self.client.get(&key) {
+            let call_id = *call_id;
+            self.client.remove(&key);
+            warn!("the consulted operator's phone never answered our re-INVITE");
+            self.rejoin_failed(now, call_id);
             return;
         }
         if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {

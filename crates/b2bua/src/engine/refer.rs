@@ -7,9 +7,11 @@
 //! never make the node place a call). A number is dialled only when the
 //! call's firm lists its prefix in `transfer_numbers` and its dial plan
 //! lets it out; if it does not answer, the caller waits in their queue
-//! again. Any other target is refused.
+//! again. A `Refer-To` with `Replaces` is an attended transfer (`consult`).
+//! Any other target is refused.
 
 use super::*;
+use centralino_sip::replaces;
 
 impl Engine {
     pub(super) fn on_refer(&mut self, now: Instant, key: &TxKey, msg: &Message) {
@@ -48,10 +50,14 @@ impl Engine {
         else {
             return refused(self, 400, "Bad Refer-To", "unknown");
         };
-        if to.uri.contains('?') {
-            // Replaces (attended transfer, RFC 3891) or other embedded
-            // headers: not done here.
-            return refused(self, 501, "Attended Transfer Not Implemented", "unknown");
+        if let Some(replaces) = replaces::embedded_header(to.uri, "Replaces") {
+            // Attended: the operator's own consultation takes the caller.
+            return self.attended_transfer(now, key, msg, call_id, &replaces);
+        }
+        if uri::has_headers(to.uri) {
+            // Other embedded headers would be ours to put in a request we
+            // never make for a blind transfer.
+            return refused(self, 400, "Embedded Headers Not Supported", "unknown");
         }
         let scheme = uri::classify(to.uri);
         let user = match scheme {
@@ -181,7 +187,7 @@ impl Engine {
     /// Takes the transferring operator off the call: NOTIFY of success and
     /// BYE on their leg, wrap-up for them, their talk kept for the record.
     /// Returns who they were and the call's spec with its wait so far.
-    fn release_transferor(
+    pub(super) fn release_transferor(
         &mut self,
         now: Instant,
         call_id: CallId,

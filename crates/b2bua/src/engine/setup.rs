@@ -45,6 +45,15 @@ impl Engine {
         if let Some((mode, agent)) = monitor_phone::feature_code(&msg) {
             return self.phone_monitor_invite(now, flow, msg, mode, agent);
         }
+        // An operator consulting a queue of their firm (attended transfer):
+        // challenged and checked first; refused ones are answered there.
+        let consult = match self.consult_queue(flow, &msg) {
+            Some(queue) => match self.consult_admit(now, flow, &msg, queue) {
+                Some(c) => Some(c),
+                None => return,
+            },
+            None => None,
+        };
         let key = TxKey::of(&msg);
         if self.phone_monitors.contains_key(&msg.call_id) {
             // A supervisor's dialog's Call-ID never becomes a call's.
@@ -57,6 +66,10 @@ impl Engine {
         let claimed = self.claim_handover(now, flow.remote.ip(), &msg);
         let (trunk, target) = match &claimed {
             Some(c) => (None, Target::Queue(c.queue, c.spec.clone())),
+            None if consult.is_some() => {
+                let c = consult.as_ref().expect("checked");
+                (None, Target::Queue(c.queue, c.spec.clone()))
+            }
             None => match self.inbound(flow, &msg) {
                 Some((trunk, target)) => (Some(trunk), target),
                 None => {
@@ -191,7 +204,7 @@ impl Engine {
         let tenant = match (&claimed, trunk) {
             (Some(c), _) => self.queues[c.queue.0 as usize].tenant,
             (None, Some(t)) => self.trunks.get(t.index()).map_or(TenantId(0), |t| t.tenant),
-            (None, None) => TenantId(0),
+            (None, None) => consult.as_ref().map_or(TenantId(0), |c| c.tenant),
         };
         // A running campaign's number: the caller is looked up among its
         // contacts, only when the carrier asserted who calls (a From is
@@ -253,6 +266,7 @@ impl Engine {
             }
             None => Opening::Inbound { target, did },
         });
+        call.consult = consult.map(|c| c.consult);
         self.calls.insert(id, call);
         if let Some(lookup) = lookup {
             self.out.push_back(lookup);
@@ -466,6 +480,7 @@ impl Engine {
             }
             (addr, law, audio.telephone_event, audio.direction.answer())
         };
+        let session = self.rng.next_u64() >> 2;
         let ip = flow.local.ip();
         Ok(AnchoredMedia {
             ip,
@@ -483,7 +498,8 @@ impl Engine {
             a_direction: direction,
             b: None,
             b_direction: Direction::SendRecv,
-            session: self.rng.next_u64() >> 2,
+            session,
+            b_session: session + 1,
             version: 1,
             digits: String::new(),
             late_offer,

@@ -124,9 +124,10 @@ impl Engine {
                     .inc();
                 // A citizen who called and reached nobody, with no callback
                 // taken and no transfer: a dead end (our own outbound calls
-                // are not citizens calling).
+                // and operators' consultations are not citizens calling).
                 if call.outbound().is_none()
                     && call.transferred.is_none()
+                    && call.consult.is_none()
                     && !matches!(
                         outcome,
                         CallOutcome::CallbackRequested | CallOutcome::Shutdown

@@ -82,6 +82,9 @@ function cells(tbody, rows) {
 }
 
 function render() {
+  // Live updates rebuild the tables: a keyboard user's focus stays on the
+  // same control (or its row's first) instead of falling to the page.
+  const focused = document.activeElement && document.activeElement.closest("#agents") ? document.activeElement.id : null;
   const v = board.view || { queues: [], campaigns: [] };
   cells($("queues").tBodies[0], (v.queues || []).map((q) => [
     q.name, q.tenant, q.waiting, q.oldest_wait_seconds, q.expected_wait_seconds,
@@ -127,6 +130,10 @@ function render() {
     }
     tbody.rows[i].append(td);
   });
+  if (focused) {
+    const again = document.getElementById(focused);
+    if (again) again.focus();
+  }
 }
 
 async function setState(agent, state) {

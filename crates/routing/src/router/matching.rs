@@ -568,6 +568,19 @@ impl Router {
         }
     }
 
+    /// The operator talking on `from` goes on talking on `to` (an attended
+    /// transfer hands a consultation's operator the caller's call): same
+    /// state, same talk clock; `false` when they were not on `from`.
+    pub fn move_call(&mut self, agent: AgentId, from: CallId, to: CallId) -> bool {
+        let a = &mut self.agents[agent.0 as usize];
+        if a.state != AgentState::OnCall(from) {
+            return false;
+        }
+        // The board holds the state's code only: nothing changes there.
+        a.state = AgentState::OnCall(to);
+        true
+    }
+
     /// The call ended: wrap-up (the queue's), then available.
     pub fn call_ended(&mut self, now: Instant, agent: AgentId, call: CallId) {
         self.end_call(now, agent, call, false);

@@ -1,0 +1,351 @@
+//! Attended transfer from an operator's SIP phone (RFC 5589 §7): while
+//! talking to a caller, the operator calls a queue of their own firm from
+//! the same account (a consultation: challenged by digest, routed as any
+//! call, so the colleague who answers gets the caller's requirements), then
+//! sends a REFER on the caller's dialog whose `Refer-To` carries
+//! `Replaces` (RFC 3891) naming the consultation. The node, which anchors
+//! both calls, hands the consulted operator's leg to the caller's call: a
+//! re-INVITE moves their media to the caller's operator port, the
+//! transferring operator gets NOTIFY and BYE on both dialogs and goes to
+//! wrap-up. Nothing is dialled anywhere: only a consultation of the same
+//! operator, about the same call, named by its Call-ID and both tags, can
+//! be joined to a caller.
+
+use super::*;
+use centralino_sip::registrar::Auth;
+use centralino_sip::replaces;
+
+use super::dialogs::tag_of;
+
+/// A consultation that may start.
+pub(super) struct ConsultStart {
+    pub(super) queue: QueueId,
+    pub(super) spec: Arc<CallSpec>,
+    pub(super) tenant: TenantId,
+    pub(super) consult: Consult,
+}
+
+impl Engine {
+    /// The queue an INVITE names when it can only be an operator's
+    /// consultation: no trunk's DID from a trunk's address, no other
+    /// node's handover, and a queue's name as the Request-URI's user. Who
+    /// sends it is proven by digest in [`Self::consult_admit`].
+    pub(super) fn consult_queue(&self, flow: Flow, msg: &Message) -> Option<QueueId> {
+        let source = flow.remote.ip();
+        if self.handover_for(source, msg).is_some()
+            || self.inbound_by_address(source, msg).is_some()
+        {
+            return None;
+        }
+        let user = uri::user(msg.request_uri()?)?;
+        self.queue_ids
+            .get(user)
+            .copied()
+            .filter(|q| !self.queues[q.0 as usize].retired)
+    }
+
+    /// Challenges a consultation's INVITE and checks it: an operator of
+    /// the queue's firm, talking to a caller of this node, with no other
+    /// consultation. Answers the INVITE itself when it is refused.
+    pub(super) fn consult_admit(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        msg: &Message,
+        queue: QueueId,
+    ) -> Option<ConsultStart> {
+        let key = TxKey::of(msg);
+        let refuse = |this: &mut Self, code: u16, reason: &'static str| {
+            this.metrics.sip_rejected.with_label_values(&[reason]).inc();
+            let r = msg.response(code, reason_phrase(code), Some("cons"));
+            this.respond(now, &key, &r);
+        };
+        let from = msg
+            .header("From")
+            .and_then(uri::parse_name_addr)
+            .and_then(|n| uri::user(n.uri).map(str::to_owned))
+            .unwrap_or_default();
+        // The registrar's digest and throttle, as for a supervisor's phone.
+        let user = match self.registrar.authenticate(now, flow, msg, &from) {
+            Auth::Ok(user) => user,
+            Auth::Challenge(r) => {
+                self.respond(now, &key, &r);
+                return None;
+            }
+            Auth::Refused => {
+                warn!(peer = %flow.remote.ip(), "a consultation with wrong credentials refused");
+                refuse(self, 403, "consult_auth_failed");
+                self.publish_bans();
+                return None;
+            }
+            Auth::Malformed => {
+                refuse(self, 400, "malformed_authorization");
+                return None;
+            }
+        };
+        if self.by_a.contains_key(&msg.call_id)
+            || self.by_b.contains_key(&msg.call_id)
+            || self.phone_monitors.contains_key(&msg.call_id)
+        {
+            // Its requests would speak for another dialog.
+            refuse(self, 482, "consult_call_id_in_use");
+            return None;
+        }
+        let Some(&agent) = self.agent_ids.get(&user) else {
+            warn!(user = %user, "a consultation from an account that is no operator's refused");
+            refuse(self, 403, "consult_not_operator");
+            return None;
+        };
+        let tenant = self.queues[queue.0 as usize].tenant;
+        if self.router.agent(agent).attributes.tenant != tenant.0 as u16 {
+            // Another firm's queue is as unknown as a missing one.
+            refuse(self, 404, "consult_unknown_queue");
+            return None;
+        }
+        let about = match self.router.agent(agent).state {
+            AgentState::OnCall(c) => Some(c),
+            _ => None,
+        }
+        .filter(|c| {
+            self.calls.get(c).is_some_and(|call| {
+                call.phase == Phase::Connected
+                    && call.consult.is_none()
+                    && call.tenant == tenant
+                    && call.transfer.is_none()
+                    && !call.handed_over
+                    && call.b.as_ref().and_then(BLeg::agent) == Some(agent)
+            })
+        });
+        let Some(about) = about else {
+            // A consultation is about the caller on the line: without one
+            // a phone account cannot make the node ring colleagues.
+            warn!(user = %user, "a consultation from an operator not talking to a caller refused");
+            refuse(self, 403, "consult_not_talking");
+            return None;
+        };
+        // Rare (one per transfer): a scan keeps no second index in step.
+        if self
+            .calls
+            .values()
+            .any(|c| c.consult.is_some_and(|k| k.by == agent))
+        {
+            refuse(self, 486, "consult_busy");
+            return None;
+        }
+        if !self.router.has_room(queue) {
+            refuse(self, 503, "consult_queue_full");
+            return None;
+        }
+        let spec = self.calls.get(&about)?.spec.clone();
+        info!(user = %user, queue = %self.router.queue(queue).name, "operator consults a queue");
+        Some(ConsultStart {
+            queue,
+            spec,
+            tenant,
+            consult: Consult { by: agent, about },
+        })
+    }
+
+    /// A REFER whose `Refer-To` carries `Replaces` on the call `x` (its
+    /// sender is the operator talking on it: `on_refer` checked). The
+    /// consultation named must be that operator's, about `x`, answered by
+    /// one of this node's SIP operators.
+    pub(super) fn attended_transfer(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        x: CallId,
+        value: &str,
+    ) {
+        let refused = |this: &mut Self, code: u16, reason: &str, why: &'static str| {
+            warn!(call_id = %x, why, "attended transfer refused");
+            let r = msg.response(code, reason, None);
+            this.respond(now, key, &r);
+            this.metrics
+                .transfers
+                .with_label_values(&["operator", "refused"])
+                .inc();
+        };
+        let Some(rep) = replaces::parse(value) else {
+            return refused(self, 400, "Bad Replaces", "malformed");
+        };
+        let by = self
+            .calls
+            .get(&x)
+            .and_then(|c| c.b.as_ref())
+            .and_then(BLeg::agent);
+        let y = self.by_a.get(&rep.call_id).copied().filter(|y| {
+            self.calls.get(y).is_some_and(|c| {
+                by.is_some_and(|by| c.consult == Some(Consult { by, about: x }))
+                    && tag_of(&c.a_leg.local) == Some(rep.to_tag.as_str())
+                    && tag_of(&c.a_leg.remote) == Some(rep.from_tag.as_str())
+            })
+        });
+        // Unknown, another's, or named with the wrong tags: all alike.
+        let Some(y) = y else {
+            return refused(
+                self,
+                403,
+                "Transfer Target Not Allowed",
+                "not_own_consultation",
+            );
+        };
+        let ready = self.calls.get(&y).is_some_and(|c| {
+            c.phase == Phase::Connected
+                && c.answered()
+                && c.b.as_ref().is_some_and(|b| {
+                    b.agent().is_some()
+                        && b.dialog.is_some()
+                        && b.flow.transport != Transport::Browser
+                })
+        });
+        if rep.early_only || !ready {
+            // Not answered yet, or by a browser (its WebRTC leg lives on the
+            // consultation's port): the operator keeps both calls.
+            return refused(self, 403, "Consultation Not Transferable", "not_answered");
+        }
+        let mut r = msg.response(202, "Accepted", None);
+        if let Some(b) = self.calls.get(&x).and_then(|c| c.b.as_ref()) {
+            r.push("Contact", &dialog::contact(b.flow));
+        }
+        self.respond(now, key, &r);
+        // The consulted operator leaves the consultation, dialog and all.
+        let Some(yc) = self.calls.get_mut(&y) else {
+            return;
+        };
+        let Some(mut leg) = yc.b.take() else {
+            return;
+        };
+        let (y_queue, b_peer, b_session, y_version) =
+            (yc.queue, yc.media.b, yc.media.b_session, yc.media.version);
+        yc.monitor = None;
+        self.end_phone_monitor(now, y);
+        // The transferring operator leaves the caller (NOTIFY, BYE,
+        // wrap-up), the caller's wait and talk kept for the record.
+        let Some((by_name, _)) = self.release_transferor(now, x) else {
+            return;
+        };
+        self.queue_event(now, x, QueueEvent::Transfer, by_name);
+        let agent = leg.agent().expect("checked: this node's operator");
+        let name = self.router.agent(agent).name.clone();
+        self.router.move_call(agent, y, x);
+        self.by_b.insert(leg.call_id.clone(), x);
+        let Some(xc) = self.calls.get_mut(&x) else {
+            return;
+        };
+        xc.queue = y_queue;
+        xc.phase = Phase::Connected;
+        xc.connected = Some((now, name.clone()));
+        let media = &mut xc.media;
+        media.b = b_peer;
+        media.b_direction = Direction::SendRecv;
+        media.b_session = b_session;
+        media.version = media.version.max(y_version) + 1;
+        // Our re-INVITE offers the caller's operator port, in the law the
+        // colleague already speaks: nothing else changes for their phone.
+        let offer = b_peer.map(|p| {
+            Local {
+                addr: media.sdp_ip,
+                port: media.b_port,
+                formats: &[p.law.payload_type()],
+                telephone_event: p.telephone_event,
+                direction: Direction::SendRecv,
+                session: media.b_session,
+                version: media.version,
+            }
+            .to_bytes()
+        });
+        let record = self.queues[y_queue.0 as usize].record;
+        if let Some(peer) = b_peer {
+            self.out.push_back(Output::Media(MediaCommand::Bridge {
+                call: x,
+                b: peer.into(),
+                record,
+            }));
+        }
+        let dialog = leg.dialog.as_mut().expect("checked");
+        dialog.cseq += 1;
+        let dialog = dialog.clone();
+        let flow = leg.flow;
+        xc.b = Some(leg);
+        let mut invite = self.in_dialog(&dialog, Method::Invite);
+        invite.push("Contact", &dialog::contact(flow));
+        if let Some(offer) = offer {
+            invite.set_body(Some("application/sdp"), offer);
+        }
+        self.send_request(now, flow, invite, ClientRef::Rejoin(x));
+        info!(agent = %name, "attended transfer: the consulted operator takes the caller");
+        self.metrics
+            .transfers
+            .with_label_values(&["operator", "done"])
+            .inc();
+        self.queue_event(now, x, QueueEvent::Connect, Some(name.clone()));
+        if let Some(c) = self.calls.get(&x) {
+            let desk = self.desk(c, DeskState::Connected);
+            self.out.push_back(Output::AgentCall {
+                agent: name,
+                info: Some(desk),
+            });
+        }
+        // The consultation is over: its caller (the transferring operator's
+        // phone) gets BYE; its record says how it ended.
+        self.end_connected(now, y, true, false, CallOutcome::ConsultTransferred);
+    }
+
+    /// The consulted operator's phone answered our re-INVITE: a 2xx is
+    /// acknowledged and its media taken; a refusal (or none) leaves them
+    /// unreachable on the caller's port, so the caller goes back to the
+    /// queue ahead of later callers, as with an operator's dead phone.
+    pub(super) fn on_rejoin_response(&mut self, now: Instant, x: CallId, msg: &Message) {
+        let Some(call) = self.calls.get(&x) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        let Some(b) = call.b.as_ref() else {
+            return;
+        };
+        let (flow, dialog) = (b.flow, b.dialog.clone());
+        let law = call.media.b.map(|p| p.law);
+        if (200..300).contains(&msg.code())
+            && let Some(dialog) = dialog
+        {
+            self.send_ack(&dialog, msg);
+            let answer = law
+                .and_then(|law| b_answer(msg, &[law], flow.remote.ip()))
+                .filter(|(p, _)| {
+                    self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
+                        .is_none()
+                });
+            if let Some((peer, direction)) = answer
+                && let Some(call) = self.calls.get_mut(&x)
+            {
+                call.media.b = Some(peer);
+                call.media.b_direction = direction;
+                self.out.push_back(Output::Media(MediaCommand::Update {
+                    call: x,
+                    side: Side::B,
+                    peer: peer.into(),
+                    held: false,
+                }));
+                return;
+            }
+        }
+        warn!(
+            code = msg.code(),
+            "the consulted operator's phone refused the caller's media: the caller waits again"
+        );
+        self.rejoin_failed(now, x);
+    }
+
+    /// The consulted operator cannot be moved onto the caller's port.
+    pub(super) fn rejoin_failed(&mut self, now: Instant, x: CallId) {
+        self.metrics
+            .transfers
+            .with_label_values(&["operator", "failed"])
+            .inc();
+        if !self.requeue_after_operator_loss(now, x) {
+            self.end_connected(now, x, true, true, CallOutcome::MediaFailed);
+        }
+    }
+}
