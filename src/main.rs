@@ -2,7 +2,7 @@
 //! configuration file and lists every problem.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,36 @@ enum Command {
         /// Repeatable.
         #[arg(long = "expect-head")]
         expect_head: Vec<centralino_store::AuditHead>,
+    },
+    /// Each queue's service figures per interval from a store's queue log
+    /// (README, "Service figures"): the same as `GET /api/v1/reports/queues`.
+    Report {
+        /// The store's directory (as given to `serve --data-dir`).
+        #[arg(
+            long = "data-dir",
+            env = "CENTRALINO_DATA_DIR",
+            default_value = "centralino-data"
+        )]
+        data_dir: PathBuf,
+        /// The node's configuration (each queue's thresholds). Default: the
+        /// embedded one.
+        #[arg(long, env = "CENTRALINO_CONFIG")]
+        config: Option<PathBuf>,
+        /// First instant, RFC 3339. Default: midnight in Rome today.
+        #[arg(long)]
+        from: Option<String>,
+        /// End (excluded), RFC 3339. Default: a day after `from`.
+        #[arg(long)]
+        to: Option<String>,
+        /// 15m, 1h or 1d.
+        #[arg(long, default_value = "15m")]
+        interval: String,
+        /// One queue only.
+        #[arg(long)]
+        queue: Option<String>,
+        /// CSV instead of JSON.
+        #[arg(long)]
+        csv: bool,
     },
     /// Validate a configuration file and list every problem with its key path.
     CheckConfig {
@@ -256,6 +286,39 @@ struct AuditArgs {
 
 /// `centralino audit`: 0 intact, 1 broken (or a head missing), 2 cannot
 /// read.
+/// `centralino report`: exit 2 when the store or the configuration cannot
+/// be read or the bounds are wrong.
+fn report(data_dir: &Path, config: Option<PathBuf>, query: &str, csv: bool) -> ExitCode {
+    let path = data_dir.join("centralino.db");
+    if !path.is_file() {
+        eprintln!("centralino: no store at {}", path.display());
+        return ExitCode::from(2);
+    }
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("centralino: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = centralino_store::Store::open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+        .and_then(|store| centralino_net::queue_report_text(&store, &config, query, csv));
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            if !csv {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("centralino: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn audit(args: AuditArgs) -> ExitCode {
     use centralino_store::{AuditBroken, HeadCheck};
     let path = args.data_dir.join("centralino.db");
@@ -373,6 +436,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Report {
+            data_dir,
+            config,
+            from,
+            to,
+            interval,
+            queue,
+            csv,
+        } => {
+            let query: Vec<String> = [("from", from), ("to", to), ("queue", queue)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+                .chain([format!("interval={interval}")])
+                .collect();
+            report(&data_dir, config, &query.join("&"), csv)
+        }
         Command::Audit {
             data_dir,
             tail,
@@ -623,14 +702,11 @@ fn simulate(
 
 /// The `*.toml` files of the configuration's `flows_dir` (relative to the
 /// configuration file), one flow each, in name order.
-fn read_flows_dir(config: &std::path::Path, text: &str) -> Result<Vec<(String, String)>> {
+fn read_flows_dir(config: &Path, text: &str) -> Result<Vec<(String, String)>> {
     let Some(dir) = Config::flows_dir(text) else {
         return Ok(Vec::new());
     };
-    let dir = config
-        .parent()
-        .unwrap_or_else(|| std::path::Path::new("."))
-        .join(dir);
+    let dir = config.parent().unwrap_or_else(|| Path::new(".")).join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("flows_dir {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -662,7 +738,7 @@ fn load(path: Option<PathBuf>) -> Result<Config> {
 fn load_seeded(
     path: Option<PathBuf>,
     seed: &centralino_config::Seed,
-    data_dir: Option<&std::path::Path>,
+    data_dir: Option<&Path>,
     at_start: bool,
 ) -> Result<Config> {
     let (text, flows, what) = match &path {
@@ -725,7 +801,7 @@ fn serve(
     config: Option<PathBuf>,
     sip_listen: Vec<SocketAddr>,
     http_listen: Option<SocketAddr>,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
 ) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

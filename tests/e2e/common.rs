@@ -303,11 +303,30 @@ impl Node {
         content_type: &str,
         body: Option<&str>,
     ) -> (u16, String) {
+        self.http_with(method, path, token, content_type, "", body)
+    }
+
+    /// A GET with an `Accept` header.
+    pub(crate) fn http_accept(&self, path: &str, token: &str, accept: &str) -> (u16, String) {
+        let extra = format!("Accept: {accept}\r\n");
+        self.http_with("GET", path, Some(token), "", &extra, None)
+    }
+
+    /// Any request: `extra` header lines (each ending in CRLF).
+    fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        extra: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         let mut req =
-            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}");
         if let Some(t) = token {
             let _ = write!(req, "Authorization: Bearer {t}\r\n");
         }

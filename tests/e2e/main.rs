@@ -29,6 +29,7 @@ mod media_calls;
 mod monitor;
 mod operators_live;
 mod phones;
+mod reports;
 mod scanners;
 mod sip_calls;
 mod sip_conformance;

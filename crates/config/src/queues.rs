@@ -105,6 +105,27 @@ pub(crate) fn queue(
     if q.overflow.len() > 8 {
         p.add(format!("{path}.overflow"), "at most 8 rings");
     }
+    if q.service_level_seconds == 0
+        || q.service_level2_seconds < q.service_level_seconds
+        || q.service_level2_seconds > 3600
+    {
+        p.add(
+            format!("{path}.service_level_seconds"),
+            "must be at least 1, and service_level2_seconds from it to 3600",
+        );
+    }
+    if q.short_abandon_seconds >= q.service_level_seconds {
+        p.add(
+            format!("{path}.short_abandon_seconds"),
+            "must be below service_level_seconds",
+        );
+    }
+    if !(q.service_level_target.is_finite() && (0.01..=1.0).contains(&q.service_level_target)) {
+        p.add(
+            format!("{path}.service_level_target"),
+            "must be in 0.01..=1",
+        );
+    }
     if !(1..=20).contains(&q.callback_max_attempts) {
         p.add(format!("{path}.callback_max_attempts"), "must be in 1..=20");
     }
@@ -215,6 +236,12 @@ pub(crate) fn queue(
             cal
         }),
         callback_max_attempts: q.callback_max_attempts,
+        service: ServiceTargets {
+            level: Duration::from_secs(q.service_level_seconds),
+            level2: Duration::from_secs(q.service_level2_seconds),
+            short_abandon: Duration::from_secs(q.short_abandon_seconds),
+            target: q.service_level_target,
+        },
         callback_retry: Duration::from_secs(q.callback_retry_seconds),
         callback_customer_first: match q.callback_mode.as_deref() {
             None | Some("agent_first") => false,

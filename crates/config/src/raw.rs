@@ -465,6 +465,14 @@ pub(super) struct RawQueue {
     pub(super) callback_retries: BTreeMap<String, RawRetry>,
     #[serde(default)]
     pub(super) callback_mode: Option<String>,
+    #[serde(default = "default_service_level")]
+    pub(super) service_level_seconds: u64,
+    #[serde(default = "default_service_level2")]
+    pub(super) service_level2_seconds: u64,
+    #[serde(default = "default_short_abandon")]
+    pub(super) short_abandon_seconds: u64,
+    #[serde(default = "default_service_level_target")]
+    pub(super) service_level_target: f64,
 }
 
 #[derive(Deserialize)]
@@ -501,6 +509,22 @@ pub(super) fn default_callback_retry() -> u64 {
 
 pub(super) fn default_retry() -> u64 {
     5
+}
+
+pub(super) fn default_service_level() -> u64 {
+    20
+}
+
+pub(super) fn default_service_level2() -> u64 {
+    60
+}
+
+pub(super) fn default_short_abandon() -> u64 {
+    5
+}
+
+pub(super) fn default_service_level_target() -> f64 {
+    0.8
 }
 
 pub(super) fn default_ring_all_width() -> u8 {

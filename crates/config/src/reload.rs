@@ -60,6 +60,12 @@ const LIVE: &[&str] = &[
     "queues[].callback_mode",
     // Read by the callback scheduler from the running configuration.
     "queues[].callback_hours",
+    // Read by reports and the staffing figures from the running
+    // configuration (the wait histogram's buckets follow at a restart).
+    "queues[].service_level_seconds",
+    "queues[].service_level2_seconds",
+    "queues[].short_abandon_seconds",
+    "queues[].service_level_target",
     "logging.unmask_numbers",
     "campaigns",
     "outbound",

@@ -247,6 +247,24 @@ pub struct Queue {
     /// Per outcome (`busy`, `no_answer`, `failed`, `no_operator`): the
     /// attempts after which it fails and the wait before the next.
     pub callback_retries: Vec<(String, u32, Duration)>,
+    /// What the queue's service figures are measured against (README,
+    /// "Service figures").
+    pub service: ServiceTargets,
+}
+
+/// A queue's service level thresholds: answered within `level` (and
+/// `level2`) of entering the queue, callers hanging up within
+/// `short_abandon` left out, `target` the share to reach.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ServiceTargets {
+    /// T of the service level.
+    pub level: Duration,
+    /// The second T (SL2).
+    pub level2: Duration,
+    /// Callers who hang up within this are short abandons.
+    pub short_abandon: Duration,
+    /// The service level to reach (0..1).
+    pub target: f64,
 }
 
 /// A guided conversation for operators: questions with branches.

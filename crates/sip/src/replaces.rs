@@ -2,8 +2,6 @@
 //! the `Refer-To` URI's embedded headers (RFC 3261 §19.1.1, escaped), it
 //! names the dialog the transfer replaces by Call-ID and both tags.
 
-use crate::uri;
-
 /// Longest Call-ID or tag taken (the transaction layer's own bound on a
 /// header is larger; a dialog's identifiers never are).
 const MAX_ID: usize = 256;
@@ -58,10 +56,9 @@ pub fn parse(value: &str) -> Option<Replaces> {
 /// The value of the embedded header `name` of a URI (`sip:x@h?Name=v&...`),
 /// unescaped; `None` when absent or badly escaped.
 pub fn embedded_header(target: &str, name: &str) -> Option<String> {
-    if !uri::has_headers(target) {
-        return None;
-    }
-    let at = target.rfind('@').unwrap_or(0);
+    // The host part starts at the first `@` (a user part never holds one
+    // unescaped); a Call-ID in the headers may hold its own.
+    let at = target.find('@').unwrap_or(0);
     let (_, headers) = target[at..].split_once('?')?;
     headers.split('&').find_map(|h| {
         let (n, v) = h.split_once('=')?;
@@ -117,6 +114,9 @@ mod tests {
             ("abc@h", "y", "x")
         );
         assert!(r.early_only);
+        let to = "sip:q@h?Replaces=abc@h%3Bfrom-tag%3Dx%3Bto-tag%3Dy";
+        let r = parse(&embedded_header(to, "Replaces").unwrap()).unwrap();
+        assert_eq!(r.call_id, "abc@h", "an unescaped @ in the Call-ID");
     }
 
     #[test]

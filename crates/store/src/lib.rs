@@ -17,6 +17,7 @@ mod mirror;
 mod mirror_contacts;
 mod operators;
 pub mod owner_only;
+mod reports;
 pub mod service;
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,6 +37,7 @@ pub use centralino_types::record::Record;
 pub use mirror::{Kept, Mirrored};
 pub use mirror_contacts::{INTERRUPTED_HOLD, MirroredContact, Tombstone, WorkContact};
 pub use operators::{Operator, read_operators};
+pub use reports::{MAX_INTERVALS, QueueFigures, Span, Thresholds};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[
@@ -150,6 +152,7 @@ const MIGRATIONS: &[&str] = &[
     mirror::MIRRORED_AT,
     mirror_contacts::MIGRATION,
     mirror_contacts::FIXES,
+    reports::MIGRATION,
 ];
 
 /// A notification waiting to be sent.
@@ -662,6 +665,18 @@ impl Store {
                     tx.execute(
                         "INSERT INTO queue_log (at, call, queue, event, agent, reason) VALUES (?1, '', '', ?2, ?3, ?4)",
                         params![at_ms, event, agent, reason],
+                    )?;
+                }
+                Record::Complete {
+                    call,
+                    at_ms,
+                    queue,
+                    agent,
+                    talk_ms,
+                } => {
+                    tx.execute(
+                        "INSERT INTO queue_log (at, call, queue, event, agent, talk_ms) VALUES (?1, ?2, ?3, 'complete', ?4, ?5)",
+                        params![at_ms, call, queue, agent, talk_ms],
                     )?;
                 }
                 Record::CallEnded {

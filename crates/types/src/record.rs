@@ -32,6 +32,21 @@ pub enum Record {
         /// Time waited so far.
         wait_ms: Option<i64>,
     },
+    /// An operator's part of a call is over (the call ended, or they
+    /// transferred it, or their phone was lost): the queue log's
+    /// `complete`, with their talk (hold included).
+    Complete {
+        /// The call's record id.
+        call: String,
+        /// Unix milliseconds.
+        at_ms: i64,
+        /// The queue the call was answered from.
+        queue: String,
+        /// The operator.
+        agent: String,
+        /// From their answer to now.
+        talk_ms: i64,
+    },
     /// An operator event for the queue log: login, logout, pause, unpause.
     Agent {
         /// Unix milliseconds.

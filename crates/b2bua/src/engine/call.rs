@@ -233,6 +233,18 @@ pub(super) struct Call {
     /// their firm while they talk to a caller), ready for an attended
     /// transfer.
     pub(super) consult: Option<Consult>,
+    /// Our re-INVITE that moved an attended transfer's colleague here.
+    pub(super) rejoin: Option<Rejoin>,
+}
+
+/// Our re-INVITE to the colleague an attended transfer moved onto a call:
+/// its client transaction (kept, as a B-leg INVITE's is, so a repeated
+/// 2xx is acknowledged again), whether its answer is awaited, and the try.
+#[derive(Debug)]
+pub(super) struct Rejoin {
+    pub(super) key: TxKey,
+    pub(super) pending: bool,
+    pub(super) attempt: u32,
 }
 
 /// Who consults, about which call.
@@ -334,6 +346,7 @@ impl Call {
             lent: None,
             monitor: None,
             consult: None,
+            rejoin: None,
         }
     }
 

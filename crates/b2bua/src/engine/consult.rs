@@ -38,10 +38,23 @@ impl Engine {
             return None;
         }
         let user = uri::user(msg.request_uri()?)?;
-        self.queue_ids
+        let queue = self
+            .queue_ids
             .get(user)
             .copied()
-            .filter(|q| !self.queues[q.0 as usize].retired)
+            .filter(|q| !self.queues[q.0 as usize].retired)?;
+        // Only from where the named operator's phone is registered: a
+        // carrier's address or a stranger gets no challenge (and no
+        // transaction), as before consultations existed.
+        let from = msg
+            .header("From")
+            .and_then(uri::parse_name_addr)
+            .and_then(|n| uri::user(n.uri))?;
+        self.registrar
+            .bindings(from)
+            .iter()
+            .any(|b| b.flow.remote.ip() == source)
+            .then_some(queue)
     }
 
     /// Challenges a consultation's INVITE and checks it: an operator of
@@ -195,11 +208,12 @@ impl Engine {
             c.phase == Phase::Connected
                 && c.answered()
                 && c.b.as_ref().is_some_and(|b| {
-                    b.agent().is_some()
-                        && b.dialog.is_some()
+                    b.dialog.is_some()
                         && b.flow.transport != Transport::Browser
+                        && b.agent()
+                            .is_some_and(|a| self.router.agent(a).state == AgentState::OnCall(y))
                 })
-        });
+        }) && by.is_some_and(|a| self.router.agent(a).state == AgentState::OnCall(x));
         if rep.early_only || !ready {
             // Not answered yet, or by a browser (its WebRTC leg lives on the
             // consultation's port): the operator keeps both calls.
@@ -214,7 +228,7 @@ impl Engine {
         let Some(yc) = self.calls.get_mut(&y) else {
             return;
         };
-        let Some(mut leg) = yc.b.take() else {
+        let Some(leg) = yc.b.take() else {
             return;
         };
         let (y_queue, b_peer, b_session, y_version) =
@@ -234,7 +248,11 @@ impl Engine {
         let Some(xc) = self.calls.get_mut(&x) else {
             return;
         };
+        // The caller enters the consulted queue and is answered there at
+        // once (as a blind transfer's caller would be, later): its figures
+        // count the call as offered and answered.
         xc.queue = y_queue;
+        xc.enqueued = now;
         xc.phase = Phase::Connected;
         xc.connected = Some((now, name.clone()));
         let media = &mut xc.media;
@@ -242,20 +260,6 @@ impl Engine {
         media.b_direction = Direction::SendRecv;
         media.b_session = b_session;
         media.version = media.version.max(y_version) + 1;
-        // Our re-INVITE offers the caller's operator port, in the law the
-        // colleague already speaks: nothing else changes for their phone.
-        let offer = b_peer.map(|p| {
-            Local {
-                addr: media.sdp_ip,
-                port: media.b_port,
-                formats: &[p.law.payload_type()],
-                telephone_event: p.telephone_event,
-                direction: Direction::SendRecv,
-                session: media.b_session,
-                version: media.version,
-            }
-            .to_bytes()
-        });
         let record = self.queues[y_queue.0 as usize].record;
         if let Some(peer) = b_peer {
             self.out.push_back(Output::Media(MediaCommand::Bridge {
@@ -264,22 +268,26 @@ impl Engine {
                 record,
             }));
         }
-        let dialog = leg.dialog.as_mut().expect("checked");
-        dialog.cseq += 1;
-        let dialog = dialog.clone();
-        let flow = leg.flow;
-        xc.b = Some(leg);
-        let mut invite = self.in_dialog(&dialog, Method::Invite);
-        invite.push("Contact", &dialog::contact(flow));
-        if let Some(offer) = offer {
-            invite.set_body(Some("application/sdp"), offer);
+        // A 2xx of their first INVITE repeated now (our ACK lost) is the
+        // caller's call's to acknowledge.
+        if self.client.contains_key(&leg.invite_key) {
+            self.client
+                .insert(leg.invite_key.clone(), ClientRef::BInvite(x));
         }
-        self.send_request(now, flow, invite, ClientRef::Rejoin(x));
+        let Some(xc) = self.calls.get_mut(&x) else {
+            return;
+        };
+        xc.b = Some(leg);
+        if let Some(old) = xc.rejoin.take() {
+            self.client.remove(&old.key);
+        }
+        self.send_rejoin(now, x);
         info!(agent = %name, "attended transfer: the consulted operator takes the caller");
         self.metrics
             .transfers
             .with_label_values(&["operator", "done"])
             .inc();
+        self.queue_event(now, x, QueueEvent::Enter, None);
         self.queue_event(now, x, QueueEvent::Connect, Some(name.clone()));
         if let Some(c) = self.calls.get(&x) {
             let desk = self.desk(c, DeskState::Connected);
@@ -293,24 +301,95 @@ impl Engine {
         self.end_connected(now, y, true, false, CallOutcome::ConsultTransferred);
     }
 
-    /// The consulted operator's phone answered our re-INVITE: a 2xx is
-    /// acknowledged and its media taken; a refusal (or none) leaves them
-    /// unreachable on the caller's port, so the caller goes back to the
-    /// queue ahead of later callers, as with an operator's dead phone.
-    pub(super) fn on_rejoin_response(&mut self, now: Instant, x: CallId, msg: &Message) {
+    /// Our re-INVITE to the colleague now on `x`: the caller's operator
+    /// port, in the law they already speak, the same `o=` session.
+    pub(super) fn send_rejoin(&mut self, now: Instant, x: CallId) {
+        let Some(call) = self.calls.get_mut(&x) else {
+            return;
+        };
+        let media = &call.media;
+        let offer = media.b.map(|p| {
+            Local {
+                addr: media.sdp_ip,
+                port: media.b_port,
+                formats: &[p.law.payload_type()],
+                telephone_event: p.telephone_event,
+                direction: Direction::SendRecv,
+                session: media.b_session,
+                version: media.version,
+            }
+            .to_bytes()
+        });
+        let attempt = call.rejoin.as_ref().map_or(0, |r| r.attempt);
+        let Some(b) = call.b.as_mut() else {
+            return;
+        };
+        let Some(dialog) = b.dialog.as_mut() else {
+            return;
+        };
+        dialog.cseq += 1;
+        let (dialog, flow, leg) = (dialog.clone(), b.flow, b.call_id.clone());
+        let mut invite = self.in_dialog(&dialog, Method::Invite);
+        invite.push("Contact", &dialog::contact(flow));
+        if let Some(offer) = offer {
+            invite.set_body(Some("application/sdp"), offer);
+        }
+        let key = TxKey::of(&invite);
+        self.send_request(now, flow, invite, ClientRef::Rejoin(x, leg));
+        if let Some(call) = self.calls.get_mut(&x) {
+            call.rejoin = Some(Rejoin {
+                key,
+                pending: true,
+                attempt,
+            });
+        }
+    }
+
+    /// Whether `key` is the re-INVITE of the colleague still on `x`.
+    pub(super) fn rejoin_current(&self, x: CallId, leg: &str, key: &TxKey) -> bool {
+        self.calls.get(&x).is_some_and(|c| {
+            c.b.as_ref().is_some_and(|b| b.call_id == leg)
+                && c.rejoin.as_ref().is_some_and(|r| r.key == *key)
+        })
+    }
+
+    /// The colleague's phone answered our re-INVITE: a 2xx is acknowledged
+    /// (again, if repeated) and its media taken; a glare (`491`) is tried
+    /// again after 2.1 to 4 s (RFC 3261 §14.1), three times; any other
+    /// refusal leaves them unreachable on the caller's port, so the caller
+    /// goes back to the queue ahead of later callers, as with an
+    /// operator's dead phone. An answer for a colleague no longer on the
+    /// call changes nothing.
+    pub(super) fn on_rejoin_response(
+        &mut self,
+        now: Instant,
+        x: CallId,
+        leg: &str,
+        key: &TxKey,
+        msg: &Message,
+    ) {
+        if !self.rejoin_current(x, leg, key) {
+            self.client.remove(key);
+            return;
+        }
         let Some(call) = self.calls.get(&x) else {
             return;
         };
         let _span = call.span.clone().entered();
+        let pending = call.rejoin.as_ref().is_some_and(|r| r.pending);
         let Some(b) = call.b.as_ref() else {
             return;
         };
         let (flow, dialog) = (b.flow, b.dialog.clone());
         let law = call.media.b.map(|p| p.law);
-        if (200..300).contains(&msg.code())
+        let code = msg.code();
+        if (200..300).contains(&code)
             && let Some(dialog) = dialog
         {
             self.send_ack(&dialog, msg);
+            if !pending {
+                return;
+            }
             let answer = law
                 .and_then(|law| b_answer(msg, &[law], flow.remote.ip()))
                 .filter(|(p, _)| {
@@ -320,19 +399,37 @@ impl Engine {
             if let Some((peer, direction)) = answer
                 && let Some(call) = self.calls.get_mut(&x)
             {
+                if let Some(r) = call.rejoin.as_mut() {
+                    r.pending = false;
+                }
                 call.media.b = Some(peer);
                 call.media.b_direction = direction;
                 self.out.push_back(Output::Media(MediaCommand::Update {
                     call: x,
                     side: Side::B,
                     peer: peer.into(),
-                    held: false,
+                    held: direction != Direction::SendRecv,
                 }));
                 return;
             }
         }
+        self.client.remove(key);
+        if !pending {
+            return;
+        }
+        if code == 491
+            && let Some(r) = self.calls.get_mut(&x).and_then(|c| c.rejoin.as_mut())
+            && r.attempt < 3
+        {
+            r.attempt += 1;
+            let attempt = r.attempt;
+            let wait = Duration::from_millis(2_100 + u64::from(self.rng.next_u32() % 1_900));
+            self.timers
+                .push(Reverse((now + wait, x, CallTimer::Rejoin(attempt))));
+            return;
+        }
         warn!(
-            code = msg.code(),
+            code,
             "the consulted operator's phone refused the caller's media: the caller waits again"
         );
         self.rejoin_failed(now, x);

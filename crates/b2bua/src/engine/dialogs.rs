@@ -216,6 +216,17 @@ impl Engine {
             self.respond(now, key, &r);
             return;
         };
+        if side == Side::B
+            && self
+                .calls
+                .get(&call_id)
+                .is_some_and(|c| c.rejoin.as_ref().is_some_and(|r| r.pending))
+        {
+            // Glare with our own re-INVITE (RFC 3261 §14.2).
+            let r = msg.response(491, reason_phrase(491), None);
+            self.respond(now, key, &r);
+            return;
+        }
         let codecs = self.codecs.clone();
         // The address of a new offer must be one we may send to (the
         // request's source is the dialog's peer: checked before).

@@ -249,7 +249,7 @@ impl Engine {
         if feature {
             // Answered (401 first) under the per-source transaction limit;
             // an overloaded node keeps its time for its callers.
-            if self.overloaded {
+            if self.overloaded || self.calls.len() >= self.max_calls {
                 self.reject(flow, msg, 503, "overload", &[("Retry-After", "5")]);
                 return false;
             }

@@ -237,6 +237,7 @@ impl Engine {
             && matches!(call.phase, Phase::Queued | Phase::Offering)
             && call.in_queue
             && !call.callback_asked
+            && call.consult.is_none()
         {
             if call.vhold.is_some() {
                 self.vhold_digit(now, call_id, digit);

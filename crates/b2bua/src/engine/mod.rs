@@ -245,8 +245,8 @@ enum ClientRef {
     /// Our session refresh (UPDATE or re-INVITE) on a call's caller leg.
     Refresh(CallId),
     /// Our re-INVITE moving an attended transfer's consulted operator
-    /// onto the caller's call.
-    Rejoin(CallId),
+    /// (the B-leg whose Call-ID this is) onto the caller's call.
+    Rejoin(CallId, String),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -281,6 +281,9 @@ enum CallTimer {
     Reliable(u32),
     /// Our refresh of the session is due (the step it was armed for).
     SessionRefresh(u32),
+    /// Our attended transfer's re-INVITE is due again after a glare
+    /// (`491`; the try it was armed for).
+    Rejoin(u32),
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -796,6 +799,15 @@ impl Engine {
                     return;
                 }
                 self.send_refresh(now, call_id);
+            }
+            CallTimer::Rejoin(attempt) => {
+                if call
+                    .rejoin
+                    .as_ref()
+                    .is_some_and(|r| r.pending && r.attempt == attempt)
+                {
+                    self.send_rejoin(now, call_id);
+                }
             }
             CallTimer::SessionExpired(step) => {
                 if call.session_step != step || call.session_timer.is_none() {

@@ -208,11 +208,10 @@ impl Engine {
                     self.on_refresh_response(now, call, &msg);
                 }
             }
-            Some(ClientRef::Rejoin(call)) => {
-                let call = *call;
+            Some(ClientRef::Rejoin(call, leg)) => {
+                let (call, leg) = (*call, leg.clone());
                 if code >= 200 {
-                    self.client.remove(&key);
-                    self.on_rejoin_response(now, call, &msg);
+                    self.on_rejoin_response(now, call, &leg, &key, &msg);
                 }
             }
             // Any answer, even 405 or 404, says the phone is there.
@@ -387,7 +386,12 @@ impl Engine {
                 let Some(call) = self.calls.get_mut(&call_id) else {
                     return;
                 };
-                let (queue, enqueued, started) = (call.queue, call.enqueued, call.started);
+                let (queue, enqueued, started, consult) = (
+                    call.queue,
+                    call.enqueued,
+                    call.started,
+                    call.consult.is_some(),
+                );
                 self.send_ack(&leg, &msg);
                 // The router releases the other ring-all operators itself.
                 if let Some(agent) = agent {
@@ -422,14 +426,16 @@ impl Engine {
                 self.metrics
                     .call_setup
                     .observe((now - started).as_secs_f64());
-                self.metrics
-                    .queue_wait
-                    .with_label_values(&[&qname])
-                    .observe((now - enqueued).as_secs_f64());
-                self.metrics
-                    .queue_dequeued
-                    .with_label_values(&[&qname, "answered"])
-                    .inc();
+                if !consult {
+                    self.metrics
+                        .queue_wait
+                        .with_label_values(&[&qname])
+                        .observe((now - enqueued).as_secs_f64());
+                    self.metrics
+                        .queue_dequeued
+                        .with_label_values(&[&qname, "answered"])
+                        .inc();
+                }
                 self.metrics
                     .agent_offers
                     .with_label_values(&["answered"])
@@ -502,11 +508,13 @@ impl Engine {
             self.end_connected(now, call_id, true, true, CallOutcome::SessionExpired);
             return;
         }
-        if let Some(ClientRef::Rejoin(call_id)) = self.client.get(&key) {
-            let call_id = *call_id;
+        if let Some(ClientRef::Rejoin(call_id, leg)) = self.client.get(&key) {
+            let (call_id, leg) = (*call_id, leg.clone());
             self.client.remove(&key);
-            warn!("the consulted operator's phone never answered our re-INVITE");
-            self.rejoin_failed(now, call_id);
+            if self.rejoin_current(call_id, &leg, &key) {
+                warn!("the consulted operator's phone never answered our re-INVITE");
+                self.rejoin_failed(now, call_id);
+            }
             return;
         }
         if let Some(ClientRef::Transfer(call_id)) = self.client.get(&key) {
@@ -594,9 +602,16 @@ impl Engine {
         now: Instant,
         call_id: CallId,
     ) -> Option<(BLeg, Option<String>, CallSpec)> {
+        let complete = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| self.complete_record(now, c));
         let call = self.calls.get_mut(&call_id)?;
         let b = call.b.take()?;
         let name = call.connected.take().map(|(_, name)| name);
+        if let Some(r) = complete {
+            self.out.push_back(Output::Record(r));
+        }
         // Waited so far, on top of what the call brought (a callback's time
         // since the request): it keeps its place.
         let mut spec = (*call.spec).clone();
@@ -607,6 +622,10 @@ impl Engine {
         // The supervisor was on that operator's conversation (the media
         // plane ends their leg with the `Unbridge`).
         call.monitor = None;
+        // Our re-INVITE that moved them here, if any, is theirs.
+        if let Some(r) = call.rejoin.take() {
+            self.client.remove(&r.key);
+        }
         self.end_phone_monitor(now, call_id);
         self.by_b.remove(&b.call_id);
         self.client.remove(&b.invite_key);

@@ -29,10 +29,20 @@ impl Engine {
         // Only the operator talking to a caller of this node: not while a
         // callback's citizen is still being dialled, not on another node's
         // call (it goes back to its node, never into our queues).
+        if self
+            .calls
+            .get(&call_id)
+            .is_some_and(|c| c.rejoin.as_ref().is_some_and(|r| r.pending))
+        {
+            // Our re-INVITE moving this operator here is not answered yet.
+            return refused(self, 491, reason_phrase(491), "unknown");
+        }
+        // An operator's consultation is no caller to pass on.
         let connected = self.calls.get(&call_id).is_some_and(|c| {
             c.phase == Phase::Connected
                 && c.transfer.is_none()
                 && !c.handed_over
+                && c.consult.is_none()
                 && c.outbound().is_none_or(|o| o.answered)
         });
         if side != Side::B || !connected {

@@ -396,10 +396,13 @@ impl Engine {
         call.in_queue = true;
         call.enqueued = now;
         call.phase = Phase::Queued;
-        self.metrics
-            .queue_enqueued
-            .with_label_values(&[&qname])
-            .inc();
+        if call.consult.is_none() {
+            // An operator's consultation is not the queue's traffic.
+            self.metrics
+                .queue_enqueued
+                .with_label_values(&[&qname])
+                .inc();
+        }
         info!(caller = %Masked(&call.caller), queue = %qname, "call queued");
         if call.answered() {
             // The caller is already connected to us (IVR): music now.

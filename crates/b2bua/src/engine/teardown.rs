@@ -51,6 +51,9 @@ impl Engine {
             return;
         };
         self.by_a.remove(&call.a_leg.call_id);
+        if let Some(r) = call.rejoin.take() {
+            self.client.remove(&r.key);
+        }
         self.close_media(call_id);
         self.end_phone_monitor(now, call_id);
         self.offer_withdrawn(now, call_id);
@@ -98,7 +101,7 @@ impl Engine {
                 let wait_ms = call
                     .in_queue
                     .then(|| now.saturating_duration_since(call.enqueued).as_millis() as i64);
-                if call.in_queue {
+                if call.in_queue && call.consult.is_none() {
                     self.metrics
                         .queue_wait
                         .with_label_values(&[&queue_name])
@@ -152,6 +155,9 @@ impl Engine {
                 (call.in_queue.then_some(queue_name), agent, wait_ms, talk_ms)
             }
             Ending::Connected { .. } => {
+                if let Some(r) = self.complete_record(now, &call) {
+                    self.out.push_back(Output::Record(r));
+                }
                 self.metrics.calls.with_label_values(&["answered"]).inc();
                 info!(
                     %outcome,

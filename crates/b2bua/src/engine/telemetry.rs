@@ -202,6 +202,11 @@ impl Engine {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
+        if call.consult.is_some() {
+            // An operator's consultation is no citizen's call: the
+            // queue's figures leave it out.
+            return;
+        }
         let position = self.router.estimate(call_id).map(|e| e.position);
         let record = Record::Queue {
             call: call.record_id.clone(),
@@ -213,6 +218,19 @@ impl Engine {
             wait_ms: Some(now.saturating_duration_since(call.enqueued).as_millis() as i64),
         };
         self.out.push_back(Output::Record(record));
+    }
+
+    /// The queue log's `complete` for the operator talking on `call`: their
+    /// part of it is over at `now` (not for a consultation).
+    pub(super) fn complete_record(&self, now: Instant, call: &Call) -> Option<Record> {
+        let (since, agent) = call.connected.as_ref().filter(|_| call.consult.is_none())?;
+        Some(Record::Complete {
+            call: call.record_id.clone(),
+            at_ms: self.unix_ms_at(now),
+            queue: self.router.queue(call.queue).name.clone(),
+            agent: agent.clone(),
+            talk_ms: now.saturating_duration_since(*since).as_millis() as i64,
+        })
     }
 
     pub(super) fn count_out(&self, msg: &Message) {

@@ -1514,6 +1514,7 @@ fn an_ivr_call_is_answered_walks_the_menu_and_reaches_the_right_operator() {
                 agent.as_deref().unwrap_or("-")
             )),
             Record::CallEnded { outcome, .. } => Some(format!("end {outcome}")),
+            Record::Complete { queue, agent, .. } => Some(format!("complete {queue} {agent}")),
             Record::Agent { .. } => None,
         })
         .collect();
@@ -6192,10 +6193,17 @@ fn an_operator_consults_a_colleague_then_hands_them_the_caller() {
 #[test]
 fn an_attended_transfer_joins_only_the_operators_own_answered_consultation() {
     let mut h = Harness::new();
-    // 1002 talks to nobody: no consultation.
+    // From where no operator's phone is registered (a carrier's address,
+    // a stranger): no challenge, no transaction, as before.
+    let (first, _) = dial_from(&mut h, TRUNK, "t1", "1001", "demo1001", "info");
+    assert_eq!(codes(&first, TRUNK), vec![404], "{first:?}");
+    let (first, _) = dial_from(&mut h, PHONE2, "n0", "1002", "demo1002", "info");
+    assert_eq!(codes(&first, PHONE2), vec![403], "{first:?}");
+    let (inv, ok, _) = consulting(&mut h);
+    // 1002 talks to no caller (only to 1001's consultation): none of
+    // their own.
     let (_, second) = dial_from(&mut h, PHONE2, "n1", "1002", "demo1002", "info");
     assert_eq!(codes(&second.unwrap(), PHONE2).last(), Some(&403));
-    let (inv, ok, _) = consulting(&mut h);
     let ours = ok.to_tag.clone().unwrap();
     // A wrong password, a second consultation, a Call-ID in use.
     let (_, second) = dial_from(&mut h, PHONE1, "n2", "1001", "wrong", "info");
@@ -6260,4 +6268,70 @@ fn a_consulted_phone_refusing_the_callers_media_sends_the_caller_back_to_the_que
         h.gauge("centralino_transfers_total{outcome=failed,target=operator}"),
         1
     );
+}
+
+/// Glare while our re-INVITE moves the colleague (RFC 3261 §14): their own
+/// re-INVITE or REFER meanwhile gets `491`; their `491` to ours is tried
+/// again 2.1 to 4 s later, and its 200 then moves the media. A 200 repeated
+/// after that is acknowledged again.
+#[test]
+fn a_glare_with_the_colleagues_phone_is_tried_again() {
+    let mut h = Harness::new();
+    let (inv, ok, b_inv) = consulting(&mut h);
+    let ours = ok.to_tag.clone().unwrap();
+    let out = h.send(PHONE1, &operator_refer(&inv, 11, &replaces("k1", &ours)));
+    let reinvite = requests(&out, PHONE2, "INVITE")[0].clone();
+    // The colleague's phone holds at the same moment.
+    let their = format!(
+        "INVITE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bKglare\r\nFrom: {};tag=b2\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 INVITE\r\nContact: <sip:1002@{PHONE2}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{TRUNK_SDP}",
+        b_inv.header("To").unwrap(),
+        b_inv.header("From").unwrap(),
+        b_inv.call_id,
+        TRUNK_SDP.len()
+    );
+    let out = h.send(PHONE2, &their);
+    assert_eq!(codes(&out, PHONE2), vec![491], "{out:?}");
+    let refer = format!(
+        "REFER sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE2};branch=z9hG4bKgref\r\nFrom: {};tag=b2\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 10 REFER\r\nRefer-To: <sip:info@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
+        b_inv.header("To").unwrap(),
+        b_inv.header("From").unwrap(),
+        b_inv.call_id,
+    );
+    let out = h.send(PHONE2, &refer);
+    assert_eq!(codes(&out, PHONE2), vec![491], "{out:?}");
+    // Their phone answers ours with 491: no BYE, no requeue; again later.
+    let out = h.send(PHONE2, &response_to(&reinvite, 491, "b2"));
+    assert!(requests(&out, PHONE2, "BYE").is_empty(), "{out:?}");
+    let caller_call = *h.engine.by_a.get("m1").unwrap();
+    assert_eq!(h.engine.calls[&caller_call].phase, super::Phase::Connected);
+    let out = h.advance(Duration::from_secs(2));
+    assert!(
+        requests(&out, PHONE2, "INVITE").is_empty(),
+        "not before 2.1 s"
+    );
+    let out = h.advance(Duration::from_secs(2));
+    // Sent again (with its own retransmissions over UDP): one request.
+    let again = requests(&out, PHONE2, "INVITE");
+    assert!(!again.is_empty(), "{out:?}");
+    assert!(again.iter().all(|m| m.cseq == again[0].cseq));
+    let again = again[0].clone();
+    assert!(again.cseq > reinvite.cseq);
+    h.media.clear();
+    let ok200 = response_to(&again, 200, "b2");
+    let out = h.send(PHONE2, &ok200);
+    assert_eq!(requests(&out, PHONE2, "ACK").len(), 1);
+    assert!(matches!(h.media.as_slice(), [MediaCommand::Update { .. }]));
+    // Our ACK was lost: the repeated 200 is acknowledged again, nothing else.
+    h.media.clear();
+    let out = h.send(PHONE2, &ok200);
+    assert_eq!(requests(&out, PHONE2, "ACK").len(), 1, "{out:?}");
+    assert!(h.media.is_empty());
+    // Now the colleague may hold.
+    let out = h.send(
+        PHONE2,
+        &their
+            .replace("CSeq: 9", "CSeq: 19")
+            .replace("glare", "glare2"),
+    );
+    assert_eq!(codes(&out, PHONE2), vec![200], "{out:?}");
 }

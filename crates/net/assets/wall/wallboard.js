@@ -12,6 +12,7 @@ const T = {
     "q-name": "Coda", "q-tenant": "Ente", "q-waiting": "In attesa", "q-oldest": "Attesa più lunga (s)",
     "q-expected": "Attesa prevista (s)", "q-available": "Liberi", "q-busy": "Occupati",
     "q-paused": "In pausa", "q-out": "Non registrati",
+    "q-sl": "Livello di servizio oggi", "q-abandon": "Abbandoni oggi",
     "c-name": "Campagna", "c-queue": "Coda", "c-ringing": "Squillano", "c-talking": "In conversazione",
     "c-answered": "Risposte", "c-abandon": "Abbandono",
     "a-name": "Operatore", "a-tenant": "Ente", "a-state": "Stato", "a-reason": "Motivo",
@@ -35,6 +36,7 @@ const T = {
     "q-name": "Queue", "q-tenant": "Firm", "q-waiting": "Waiting", "q-oldest": "Oldest wait (s)",
     "q-expected": "Expected wait (s)", "q-available": "Free", "q-busy": "Busy",
     "q-paused": "On a break", "q-out": "Not registered",
+    "q-sl": "Service level today", "q-abandon": "Abandoned today",
     "c-name": "Campaign", "c-queue": "Queue", "c-ringing": "Ringing", "c-talking": "Talking",
     "c-answered": "Answered", "c-abandon": "Abandon rate",
     "a-name": "Operator", "a-tenant": "Firm", "a-state": "State", "a-reason": "Reason",
@@ -55,7 +57,10 @@ const T = {
 
 let lang = localStorage.getItem("centralino.lang") === "en" ? "en" : "it";
 const t = (k) => T[lang][k] ?? T.it[k] ?? k;
-const board = { on: false, socket: null, retry: 0, poll: null, view: null, agents: [], link: "" };
+const board = { on: false, socket: null, retry: 0, poll: null, view: null, agents: [], link: "", today: {}, todayPoll: null };
+
+// A ratio as the wallboard shows it ("—" without calls).
+const percent = (v) => (v === null || v === undefined ? null : (100 * v).toFixed(1) + " %");
 
 function translate() {
   document.documentElement.lang = lang;
@@ -90,6 +95,8 @@ function render() {
     q.name, q.tenant, q.waiting, q.oldest_wait_seconds, q.expected_wait_seconds,
     q.agents && q.agents.available, q.agents && q.agents.busy,
     q.agents && q.agents.paused, q.agents && q.agents.logged_out,
+    board.today[q.name] && percent(board.today[q.name].service_level),
+    board.today[q.name] && percent(board.today[q.name].abandon_rate),
   ]));
   cells($("campaigns").tBodies[0], (v.campaigns || []).map((c) => [
     c.name, c.queue, c.ringing, c.talking, c.answered,
@@ -232,6 +239,8 @@ function showLogin() {
   board.on = false;
   if (board.socket) { board.socket.onclose = null; board.socket.close(); board.socket = null; }
   clearInterval(board.poll);
+  clearInterval(board.todayPoll);
+  board.today = {};
   board.view = null;
   board.agents = [];
   render();
@@ -251,7 +260,19 @@ function showBoard(name) {
   connect();
   agents();
   board.poll = setInterval(agents, 3000);
+  today();
+  board.todayPoll = setInterval(today, 60000);
   $("main").focus();
+}
+
+// Today's service level and abandon rate per queue (the node's report,
+// README "Service figures"), once a minute.
+async function today() {
+  const r = await api("GET", "/api/v1/reports/queues?interval=1d");
+  if (r.status !== 200 || !r.json) return;
+  board.today = {};
+  for (const row of r.json.intervals || []) board.today[row.queue] = row;
+  render();
 }
 
 async function agents() {

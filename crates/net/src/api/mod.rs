@@ -47,6 +47,7 @@ mod login;
 mod monitor;
 mod openapi;
 mod operators;
+mod reports;
 mod scripts;
 mod sms;
 mod supervisor;
@@ -56,6 +57,7 @@ mod ws;
 use control::Reloads;
 pub use control::{Loader, ReloadError};
 pub use desks::Desks;
+pub use reports::report as queue_report_text;
 
 use admin::*;
 pub(crate) use auth::session_cookie;
@@ -118,6 +120,8 @@ struct Live {
     tenants: HashSet<String>,
     /// Each operator's tenant (supervisor views are per tenant).
     agent_tenants: Vec<(String, String)>,
+    /// Each queue's service thresholds (reports).
+    targets: Arc<HashMap<String, centralino_store::Thresholds>>,
 }
 
 impl Live {
@@ -143,6 +147,7 @@ impl Live {
                     (q.routing.name.clone(), (tenant, plan))
                 })
                 .collect(),
+            targets: Arc::new(reports::thresholds(config)),
             catalog: config.catalog.clone(),
             scripts: config.scripts.clone(),
             outbound_trunks: config
@@ -337,6 +342,13 @@ fn table() -> Vec<Route> {
             &["queues_get"],
             Audit::Bearer,
             get(get_queues),
+        ),
+        route(
+            "/api/v1/reports/queues",
+            &["GET"],
+            &["reports_queues"],
+            Audit::Bearer,
+            get(reports::queue_report),
         ),
         route(
             "/api/v1/queues/events",

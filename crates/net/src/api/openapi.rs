@@ -102,6 +102,11 @@ const OPERATIONS: &[(&str, &str, Who)] = &[
         Who::Supervisor,
     ),
     (
+        "reports_queues",
+        "Each queue's service figures per interval (JSON, or CSV with Accept: text/csv)",
+        Who::Supervisor,
+    ),
+    (
         "queue_events",
         "The supervisor view as a WebSocket",
         Who::Supervisor,

@@ -1,0 +1,317 @@
+//! `GET /api/v1/reports/queues`: each queue's service figures per interval,
+//! from the store's queue log (README, "Service figures"), as JSON or as
+//! CSV for spreadsheets (`Accept: text/csv`).
+
+use super::*;
+use centralino_store::{QueueFigures, Span, Thresholds};
+
+/// Interval names and lengths (milliseconds).
+const INTERVALS: [(&str, i64); 3] = [("15m", 900_000), ("1h", 3_600_000), ("1d", 86_400_000)];
+
+/// A report's bounds as asked: `from`, `to` (RFC 3339), `interval`, and
+/// `queue` (one only).
+pub(crate) struct Asked {
+    pub(crate) span: Span,
+    pub(crate) interval: &'static str,
+    pub(crate) queue: Option<String>,
+}
+
+/// Midnight in Rome of the day `now` (seconds) is in, as Unix seconds:
+/// a report's default start ("today" for an Italian service).
+pub(crate) fn rome_midnight(now: i64) -> i64 {
+    let offset = centralino_flows::calendar::rome_offset(now);
+    let local = now + offset;
+    local - local.rem_euclid(86_400) - offset
+}
+
+/// Reads the query; a clear message for anything wrong.
+pub(crate) fn asked(query: Option<&str>, now: i64) -> Result<Asked, String> {
+    let (mut from, mut to, mut interval, mut queue) = (None, None, ("15m", 900_000), None);
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // RFC 3339 offsets arrive as `%2B01:00` or, unescaped, as a space.
+        let v = v.replace("%2B", "+").replace("%3A", ":").replace(' ', "+");
+        match k {
+            "from" => from = Some(parse_rfc3339(&v).ok_or("from: an RFC 3339 time")?),
+            "to" => to = Some(parse_rfc3339(&v).ok_or("to: an RFC 3339 time")?),
+            "interval" => {
+                interval = *INTERVALS
+                    .iter()
+                    .find(|(n, _)| *n == v)
+                    .ok_or("interval: one of 15m, 1h, 1d")?;
+            }
+            "queue" if (1..=64).contains(&v.len()) => queue = Some(v),
+            "queue" => return Err("queue: a queue's name".into()),
+            _ => return Err("unknown query parameter (from, to, interval, queue)".into()),
+        }
+    }
+    let from = from.unwrap_or_else(|| rome_midnight(now));
+    let to = to.unwrap_or(from + 86_400);
+    if to <= from {
+        return Err("to must be after from".into());
+    }
+    let (name, step) = interval;
+    let span = Span {
+        from_ms: from * 1000,
+        to_ms: to * 1000,
+        interval_ms: step,
+    };
+    if (span.to_ms - span.from_ms) / step > centralino_store::MAX_INTERVALS {
+        return Err(format!(
+            "at most {} intervals in one report: a longer interval or a shorter span",
+            centralino_store::MAX_INTERVALS
+        ));
+    }
+    Ok(Asked {
+        span,
+        interval: name,
+        queue,
+    })
+}
+
+/// The columns, in order (CSV header and JSON keys).
+pub(crate) const COLUMNS: [&str; 19] = [
+    "start",
+    "queue",
+    "offered",
+    "answered",
+    "answered_within_t",
+    "abandoned",
+    "short_abandoned",
+    "timed_out",
+    "exited",
+    "callbacks",
+    "transferred",
+    "requeued",
+    "dead_ends",
+    "service_level",
+    "service_level2",
+    "abandon_rate",
+    "asa_seconds",
+    "aht_seconds",
+    "service_level_seconds",
+];
+
+/// One row's values, as JSON (`null` where a ratio has no calls).
+pub(crate) fn row(f: &QueueFigures, t: Thresholds) -> Vec<Value> {
+    let round = |v: Option<f64>| v.map(|v| (v * 10_000.0).round() / 10_000.0);
+    vec![
+        json!(rfc3339(f.start_ms.div_euclid(1000))),
+        json!(f.queue),
+        json!(f.offered),
+        json!(f.answered),
+        json!(f.answered_within),
+        json!(f.abandoned),
+        json!(f.short_abandoned),
+        json!(f.timed_out),
+        json!(f.exited),
+        json!(f.callbacks),
+        json!(f.transferred),
+        json!(f.requeued),
+        json!(f.dead_ends),
+        json!(round(f.service_level())),
+        json!(round(f.service_level2())),
+        json!(round(f.abandon_rate())),
+        json!(round(f.asa_seconds())),
+        json!(round(f.aht_seconds())),
+        json!(t.level_ms / 1000),
+    ]
+}
+
+/// The figures as CSV (RFC 4180; every value is a number, a time or a
+/// queue's name, so nothing needs quoting).
+pub(crate) fn csv(rows: &[(QueueFigures, Thresholds)]) -> String {
+    let mut out = COLUMNS.join(",");
+    out.push_str("\r\n");
+    for (f, t) in rows {
+        let line: Vec<String> = row(f, *t)
+            .iter()
+            .map(|v| match v {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            })
+            .collect();
+        out.push_str(&line.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// Each configured queue's thresholds.
+pub(crate) fn thresholds(config: &Config) -> HashMap<String, Thresholds> {
+    let ms = |d: std::time::Duration| d.as_millis() as i64;
+    config
+        .queues
+        .iter()
+        .map(|q| {
+            let t = Thresholds {
+                level_ms: ms(q.service.level),
+                level2_ms: ms(q.service.level2),
+                short_abandon_ms: ms(q.service.short_abandon),
+                wrap_up_ms: ms(q.routing.wrap_up),
+            };
+            (q.routing.name.clone(), t)
+        })
+        .collect()
+}
+
+/// `centralino report`: the same figures from a store file, for `query`
+/// (the endpoint's parameters), as JSON or CSV.
+pub fn report(
+    store: &centralino_store::Store,
+    config: &Config,
+    query: &str,
+    as_csv: bool,
+) -> Result<String, String> {
+    let a = asked(Some(query), unix_now())?;
+    let targets = thresholds(config);
+    let rows = store
+        .queue_report(a.span, |q| targets.get(q).copied(), FALLBACK)
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<(QueueFigures, Thresholds)> = rows
+        .into_iter()
+        .filter(|f| a.queue.as_deref().is_none_or(|q| q == f.queue))
+        .map(|f| {
+            let t = targets.get(&f.queue).copied().unwrap_or(FALLBACK);
+            (f, t)
+        })
+        .collect();
+    Ok(if as_csv {
+        csv(&rows)
+    } else {
+        document(&a, &rows).to_string()
+    })
+}
+
+/// The JSON answer.
+fn document(a: &Asked, rows: &[(QueueFigures, Thresholds)]) -> Value {
+    let intervals: Vec<Value> = rows
+        .iter()
+        .map(|(f, t)| {
+            let values = row(f, *t);
+            Value::Object(
+                COLUMNS
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| ((*k).to_owned(), v))
+                    .collect(),
+            )
+        })
+        .collect();
+    json!({
+        "from": rfc3339(a.span.from_ms / 1000),
+        "to": rfc3339(a.span.to_ms / 1000),
+        "interval": a.interval,
+        "intervals": intervals,
+    })
+}
+
+/// Thresholds for a queue no longer configured (its history stays).
+pub(crate) const FALLBACK: Thresholds = Thresholds {
+    level_ms: 20_000,
+    level2_ms: 60_000,
+    short_abandon_ms: 5_000,
+    wrap_up_ms: 0,
+};
+
+pub(super) async fn queue_report(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let a = match asked(query.as_deref(), unix_now()) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let live = api.live();
+    // A firm's token sees its own queues only; a name it may not see is
+    // as empty as one without calls.
+    let visible = |q: &str| {
+        token
+            .tenant
+            .as_deref()
+            .is_none_or(|t| live.queues.get(q).is_some_and(|(qt, _)| qt == t))
+            && a.queue.as_deref().is_none_or(|only| only == q)
+    };
+    let targets = live.targets.clone();
+    let span = a.span;
+    let Ok(rows) = api
+        .store
+        .with(move |s| s.queue_report(span, |q| targets.get(q).copied(), FALLBACK))
+        .await
+    else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+    };
+    let rows: Vec<(QueueFigures, Thresholds)> = rows
+        .into_iter()
+        .filter(|f| visible(&f.queue))
+        .map(|f| {
+            let t = live.targets.get(&f.queue).copied().unwrap_or(FALLBACK);
+            (f, t)
+        })
+        .collect();
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    if wants_csv {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            csv(&rows),
+        )
+            .into_response();
+    }
+    ok(StatusCode::OK, &document(&a, &rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_asked_with_clear_bounds() {
+        // 2026-12-04 10:00 UTC: Rome is at +01:00, its midnight 23:00 UTC.
+        let now = parse_rfc3339("2026-12-04T10:00:00Z").unwrap();
+        let a = asked(None, now).unwrap();
+        assert_eq!(
+            rfc3339(a.span.from_ms / 1000),
+            "2026-12-03T23:00:00Z",
+            "today in Rome"
+        );
+        assert_eq!(a.span.to_ms - a.span.from_ms, 86_400_000);
+        assert_eq!((a.interval, a.span.interval_ms), ("15m", 900_000));
+        // Summer: +02:00.
+        let july = parse_rfc3339("2026-07-01T12:00:00Z").unwrap();
+        assert_eq!(rfc3339(rome_midnight(july)), "2026-06-30T22:00:00Z");
+        let a = asked(
+            Some("from=2026-12-01T00:00:00%2B01:00&to=2026-12-02T00:00:00Z&interval=1h&queue=info"),
+            now,
+        )
+        .unwrap();
+        assert_eq!(rfc3339(a.span.from_ms / 1000), "2026-11-30T23:00:00Z");
+        assert_eq!((a.interval, a.queue.as_deref()), ("1h", Some("info")));
+        for (q, why) in [
+            ("from=yesterday", "from"),
+            ("interval=5m", "interval"),
+            ("from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z", "after"),
+            (
+                "from=2000-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+                "at most",
+            ),
+            ("limit=3", "unknown"),
+        ] {
+            let e = asked(Some(q), now).err().unwrap_or_default();
+            assert!(e.contains(why), "{q}: {e}");
+        }
+    }
+}

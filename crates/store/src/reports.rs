@@ -1,0 +1,445 @@
+//! Queue reports from the queue log: the service figures README defines
+//! ("Service figures"), per queue and interval.
+//!
+//! A call's stay in a queue (a *visit*) starts with its `enter` event and
+//! lasts until the call enters another queue or ends; everything that
+//! happens in the visit counts in the interval the visit started in, so an
+//! interval's offered calls are the sum of what became of them (answered,
+//! abandoned, timed out, called back...) however long they waited.
+
+use rusqlite::params;
+
+/// The operators' talk per segment, and the index a report walks by.
+pub(crate) const MIGRATION: &str = "ALTER TABLE queue_log ADD COLUMN talk_ms INTEGER;
+    CREATE INDEX queue_log_call ON queue_log (call, seq);";
+
+use crate::{Store, StoreError};
+
+/// Thresholds one queue's figures are measured against, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    /// T: answered within it (inclusive) counts for the service level.
+    pub level_ms: i64,
+    /// The second T (SL2).
+    pub level2_ms: i64,
+    /// A caller hanging up within it (inclusive) is a short abandon.
+    pub short_abandon_ms: i64,
+    /// The queue's wrap-up, part of the handling time.
+    pub wrap_up_ms: i64,
+}
+
+/// One queue's figures for one interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueFigures {
+    /// Interval start, Unix milliseconds.
+    pub start_ms: i64,
+    /// Queue name.
+    pub queue: String,
+    /// Calls that entered the queue (a transfer into it too; a caller put
+    /// back after losing their operator is the same visit).
+    pub offered: u64,
+    /// Visits an operator answered (once per visit).
+    pub answered: u64,
+    /// Answered within T, and within the second T.
+    pub answered_within: u64,
+    /// Answered within the second T.
+    pub answered_within2: u64,
+    /// Callers who hung up while waiting, after the short threshold.
+    pub abandoned: u64,
+    /// Callers who hung up within the short threshold (left out of the
+    /// service level and the abandon rate).
+    pub short_abandoned: u64,
+    /// Callers the queue ended at `max_wait_seconds`.
+    pub timed_out: u64,
+    /// Callers the queue ended otherwise (full, closed, the node stopping).
+    pub exited: u64,
+    /// Callers who asked to be called back while waiting.
+    pub callbacks: u64,
+    /// Calls the operator transferred elsewhere.
+    pub transferred: u64,
+    /// Callers put back in the queue after losing their operator.
+    pub requeued: u64,
+    /// Visits that ended unanswered, with no callback and no operator
+    /// ever on the call (the citizen reached nobody).
+    pub dead_ends: u64,
+    /// Sum of the answered visits' waits.
+    pub wait_answered_ms: i64,
+    /// Operators' talk (hold included) in the queue's visits, and how many
+    /// operator segments it is (`complete` events).
+    pub talk_ms: i64,
+    /// Operator segments completed.
+    pub completed: u64,
+    /// The queue's wrap-up (for the handling time).
+    pub wrap_up_ms: i64,
+}
+
+impl QueueFigures {
+    /// Answered within T over answered + abandoned (after the short
+    /// threshold) + timed out; `None` without any such call.
+    pub fn service_level(&self) -> Option<f64> {
+        ratio(self.answered_within, self.served_base())
+    }
+
+    /// As [`Self::service_level`] with the second T.
+    pub fn service_level2(&self) -> Option<f64> {
+        ratio(self.answered_within2, self.served_base())
+    }
+
+    fn served_base(&self) -> u64 {
+        self.answered + self.abandoned + self.timed_out
+    }
+
+    /// Abandoned over offered, short abandons left out of both.
+    pub fn abandon_rate(&self) -> Option<f64> {
+        ratio(
+            self.abandoned,
+            self.offered.saturating_sub(self.short_abandoned),
+        )
+    }
+
+    /// Average speed of answer: mean wait of the answered visits.
+    pub fn asa_seconds(&self) -> Option<f64> {
+        (self.answered > 0).then(|| self.wait_answered_ms as f64 / 1000.0 / self.answered as f64)
+    }
+
+    /// Average handling time: talk (hold included) plus the queue's
+    /// wrap-up, per operator segment.
+    pub fn aht_seconds(&self) -> Option<f64> {
+        (self.completed > 0).then(|| {
+            (self.talk_ms as f64 / self.completed as f64 + self.wrap_up_ms as f64) / 1000.0
+        })
+    }
+}
+
+fn ratio(n: u64, d: u64) -> Option<f64> {
+    (d > 0).then(|| n as f64 / d as f64)
+}
+
+/// The report's bounds: `[from_ms, to_ms)` in steps of `interval_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// First instant, Unix milliseconds.
+    pub from_ms: i64,
+    /// End (excluded).
+    pub to_ms: i64,
+    /// Interval length.
+    pub interval_ms: i64,
+}
+
+/// At most this many intervals in one report (a year of hours): bounded
+/// work for one request.
+pub const MAX_INTERVALS: i64 = 9_000;
+
+/// A visit in progress while walking one call's events.
+struct Visit {
+    /// Index into the figures.
+    at: usize,
+    answered: bool,
+    /// The last event was `requeue`: the next `enter` continues the visit.
+    requeued: bool,
+}
+
+impl Store {
+    /// The figures of every queue with calls entering it in `span`, one
+    /// row per queue and interval that had any (ordered by interval, then
+    /// queue). `thresholds` gives a queue's; a queue it does not know (no
+    /// longer configured) is reported with `fallback`.
+    pub fn queue_report(
+        &self,
+        span: Span,
+        thresholds: impl Fn(&str) -> Option<Thresholds>,
+        fallback: Thresholds,
+    ) -> Result<Vec<QueueFigures>, StoreError> {
+        let mut rows: Vec<QueueFigures> = Vec::new();
+        let mut index: std::collections::HashMap<(i64, String), usize> = Default::default();
+        if span.interval_ms <= 0 || span.to_ms <= span.from_ms {
+            return Ok(rows);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT q.call, q.at, q.queue, q.event, q.wait_ms, q.talk_ms FROM queue_log q
+             WHERE q.call IN (SELECT call FROM queue_log WHERE event = 'enter' AND at >= ?1 AND at < ?2)
+             ORDER BY q.call, q.seq",
+        )?;
+        let mut events = stmt.query(params![span.from_ms, span.to_ms])?;
+        let mut call = String::new();
+        let mut visit: Option<Visit> = None;
+        // Per call: an operator answered it (in any queue) or a callback
+        // was taken; a later unanswered end is then no dead end.
+        let (mut reached, mut called_back) = (false, false);
+        while let Some(row) = events.next()? {
+            let id: String = row.get(0)?;
+            let at: i64 = row.get(1)?;
+            let queue: String = row.get(2)?;
+            let event: String = row.get(3)?;
+            let wait: i64 = row.get::<_, Option<i64>>(4)?.unwrap_or(0);
+            let talk: i64 = row.get::<_, Option<i64>>(5)?.unwrap_or(0);
+            if id != call {
+                call = id;
+                visit = None;
+                reached = false;
+                called_back = false;
+            }
+            if event == "enter" {
+                if let Some(v) = visit
+                    .as_mut()
+                    .filter(|v| v.requeued && rows[v.at].queue == queue)
+                {
+                    v.requeued = false;
+                    continue;
+                }
+                visit = None;
+                if at < span.from_ms || at >= span.to_ms {
+                    continue;
+                }
+                let start =
+                    span.from_ms + (at - span.from_ms) / span.interval_ms * span.interval_ms;
+                let t = thresholds(&queue).unwrap_or(fallback);
+                let at_row = *index.entry((start, queue.clone())).or_insert_with(|| {
+                    rows.push(QueueFigures {
+                        start_ms: start,
+                        queue: queue.clone(),
+                        wrap_up_ms: t.wrap_up_ms,
+                        ..QueueFigures::default()
+                    });
+                    rows.len() - 1
+                });
+                rows[at_row].offered += 1;
+                visit = Some(Visit {
+                    at: at_row,
+                    answered: false,
+                    requeued: false,
+                });
+                continue;
+            }
+            let Some(v) = visit.as_mut().filter(|v| rows[v.at].queue == queue) else {
+                // Not in a visit this report counts (another queue's event
+                // before the call entered this one, or after it left).
+                if event == "connect" {
+                    reached = true;
+                }
+                continue;
+            };
+            let t = thresholds(&queue).unwrap_or(fallback);
+            let f = &mut rows[v.at];
+            v.requeued = false;
+            let unanswered_end = match event.as_str() {
+                "connect" => {
+                    reached = true;
+                    if !v.answered {
+                        v.answered = true;
+                        f.answered += 1;
+                        f.wait_answered_ms += wait;
+                        f.answered_within += u64::from(wait <= t.level_ms);
+                        f.answered_within2 += u64::from(wait <= t.level2_ms);
+                    }
+                    false
+                }
+                "complete" => {
+                    f.completed += 1;
+                    f.talk_ms += talk;
+                    false
+                }
+                "abandon" if v.answered => false,
+                "abandon" => {
+                    if wait <= t.short_abandon_ms {
+                        f.short_abandoned += 1;
+                    } else {
+                        f.abandoned += 1;
+                    }
+                    true
+                }
+                "timeout" => {
+                    f.timed_out += 1;
+                    true
+                }
+                "exit" => {
+                    f.exited += 1;
+                    true
+                }
+                "callback" => {
+                    f.callbacks += 1;
+                    called_back = true;
+                    false
+                }
+                "transfer" => {
+                    f.transferred += 1;
+                    false
+                }
+                "requeue" => {
+                    f.requeued += 1;
+                    v.requeued = true;
+                    false
+                }
+                _ => false,
+            };
+            if unanswered_end && !reached && !called_back {
+                f.dead_ends += 1;
+            }
+        }
+        rows.sort_by(|a, b| (a.start_ms, &a.queue).cmp(&(b.start_ms, &b.queue)));
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Record;
+    use crate::tests::temp;
+    use centralino_types::outcome::QueueEvent;
+
+    const T0: i64 = 1_800_000_000_000;
+    const S: i64 = 1_000;
+
+    fn ev(call: &str, at: i64, queue: &str, event: QueueEvent, wait: i64) -> Record {
+        Record::Queue {
+            call: call.into(),
+            at_ms: T0 + at,
+            queue: queue.into(),
+            event,
+            agent: None,
+            position: None,
+            wait_ms: Some(wait),
+        }
+    }
+
+    fn done(call: &str, at: i64, queue: &str, talk: i64) -> Record {
+        Record::Complete {
+            call: call.into(),
+            at_ms: T0 + at,
+            queue: queue.into(),
+            agent: "1001".into(),
+            talk_ms: talk,
+        }
+    }
+
+    /// Every figure against a queue log worked out by hand: T = 20 s
+    /// (inclusive), T2 = 60 s, short abandons up to 5 s, wrap-up 10 s,
+    /// 15-minute intervals.
+    #[test]
+    fn figures_match_a_hand_computed_queue_log() {
+        use QueueEvent::*;
+        let path = temp("report");
+        let mut s = Store::open(&path).unwrap();
+        s.write_records(&[
+            // c1: answered in 10 s, 60 s of talk.
+            ev("c1", 0, "info", Enter, 0),
+            ev("c1", 10 * S, "info", Connect, 10 * S),
+            done("c1", 70 * S, "info", 60 * S),
+            // c2: answered exactly at T (within).
+            ev("c2", S, "info", Enter, 0),
+            ev("c2", 21 * S, "info", Connect, 20 * S),
+            done("c2", 51 * S, "info", 30 * S),
+            // c3: hangs up exactly at T: abandoned, a dead end.
+            ev("c3", 2 * S, "info", Enter, 0),
+            ev("c3", 22 * S, "info", Abandon, 20 * S),
+            // c4: hangs up at 5 s: a short abandon (still a dead end).
+            ev("c4", 3 * S, "info", Enter, 0),
+            ev("c4", 8 * S, "info", Abandon, 5 * S),
+            // c5: asks to be called back.
+            ev("c5", 4 * S, "info", Enter, 0),
+            ev("c5", 34 * S, "info", Callback, 30 * S),
+            // c6: enters in the first interval, answered in the second
+            // after 51 s (within T2 only): counted where it entered.
+            ev("c6", 899 * S, "info", Enter, 0),
+            ev("c6", 950 * S, "info", Connect, 51 * S),
+            done("c6", 960 * S, "info", 10 * S),
+            // c7: the second interval; ended by max_wait.
+            ev("c7", 900 * S, "info", Enter, 0),
+            ev("c7", 960 * S, "info", Timeout, 60 * S),
+            // c8: answered, transferred to "second", abandoned there after
+            // 40 s: no dead end (an operator talked to them).
+            ev("c8", 100 * S, "info", Enter, 0),
+            ev("c8", 102 * S, "info", Connect, 2 * S),
+            done("c8", 107 * S, "info", 5 * S),
+            ev("c8", 107 * S, "info", Transfer, 7 * S),
+            ev("c8", 107 * S, "second", Enter, 0),
+            ev("c8", 147 * S, "second", Abandon, 40 * S),
+            // c9: answered, its operator's phone lost (requeued: the same
+            // visit), answered again; two operator segments.
+            ev("c9", 200 * S, "info", Enter, 0),
+            ev("c9", 203 * S, "info", Connect, 3 * S),
+            done("c9", 204 * S, "info", S),
+            ev("c9", 204 * S, "info", Requeue, 4 * S),
+            ev("c9", 204 * S, "info", Enter, 0),
+            ev("c9", 208 * S, "info", Connect, 4 * S),
+            done("c9", 210 * S, "info", 2 * S),
+            // c10: entered before the report's span: left out, although
+            // answered within it.
+            ev("c10", -S, "info", Enter, 0),
+            ev("c10", 5 * S, "info", Connect, 6 * S),
+        ])
+        .unwrap();
+        let t = Thresholds {
+            level_ms: 20 * S,
+            level2_ms: 60 * S,
+            short_abandon_ms: 5 * S,
+            wrap_up_ms: 10 * S,
+        };
+        let span = Span {
+            from_ms: T0,
+            to_ms: T0 + 3_600 * S,
+            interval_ms: 900 * S,
+        };
+        let rows = s.queue_report(span, |_| Some(t), t).unwrap();
+        let keys: Vec<(i64, &str)> = rows
+            .iter()
+            .map(|r| (r.start_ms - T0, r.queue.as_str()))
+            .collect();
+        assert_eq!(keys, vec![(0, "info"), (0, "second"), (900 * S, "info")]);
+        let info = &rows[0];
+        assert_eq!(
+            (
+                info.offered,
+                info.answered,
+                info.answered_within,
+                info.answered_within2
+            ),
+            (8, 5, 4, 5)
+        );
+        assert_eq!(
+            (
+                info.abandoned,
+                info.short_abandoned,
+                info.timed_out,
+                info.callbacks
+            ),
+            (1, 1, 0, 1)
+        );
+        assert_eq!((info.transferred, info.requeued, info.dead_ends), (1, 1, 2));
+        assert_eq!(info.service_level(), Some(4.0 / 6.0));
+        assert_eq!(info.service_level2(), Some(5.0 / 6.0));
+        assert_eq!(info.abandon_rate(), Some(1.0 / 7.0));
+        assert_eq!(info.asa_seconds(), Some(86.0 / 5.0));
+        assert_eq!(info.completed, 6);
+        assert_eq!(info.aht_seconds(), Some(108.0 / 6.0 + 10.0));
+        let second = &rows[1];
+        assert_eq!(
+            (second.offered, second.abandoned, second.dead_ends),
+            (1, 1, 0)
+        );
+        assert_eq!(second.service_level(), Some(0.0));
+        assert_eq!(second.aht_seconds(), None);
+        let later = &rows[2];
+        assert_eq!((later.offered, later.timed_out, later.dead_ends), (1, 1, 1));
+        assert_eq!(later.asa_seconds(), None);
+        // One interval for the hour: the same calls, summed.
+        let hour = s
+            .queue_report(
+                Span {
+                    interval_ms: 3_600 * S,
+                    ..span
+                },
+                |_| Some(t),
+                t,
+            )
+            .unwrap();
+        assert_eq!(hour.len(), 2);
+        assert_eq!((hour[0].offered, hour[0].dead_ends), (9, 3));
+        // An empty or reversed span has nothing.
+        let none = s
+            .queue_report(Span { to_ms: T0, ..span }, |_| Some(t), t)
+            .unwrap();
+        assert!(none.is_empty());
+    }
+}

@@ -1,0 +1,211 @@
+//! The queues' service figures (README, "Service figures") end to end:
+//! SIPp callers who give up early, give up late and are answered; the
+//! report endpoint (JSON and CSV, each firm its own queues) and
+//! `centralino report` on the same store agree with what happened.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{Node, Scratch, Sipp, register, scenario, trunk_to};
+
+const ADMIN: &str = "report-admin-token-0123456789";
+const SUPERVISOR: &str = "report-supervisor-token-0123456789";
+const OTHER_FIRM: &str = "report-other-firm-token-0123456789";
+
+fn config(sip: u16, http: u16) -> String {
+    format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[api.tokens]]
+name = "ops"
+token = "{ADMIN}"
+role = "admin"
+
+[[api.tokens]]
+name = "sala-asl"
+token = "{SUPERVISOR}"
+role = "supervisor"
+tenant = "asl"
+
+[[api.tokens]]
+name = "sala-altra"
+token = "{OTHER_FIRM}"
+role = "supervisor"
+tenant = "altra"
+
+[[tenants]]
+name = "asl"
+
+[[tenants]]
+name = "altra"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "asl"
+wrap_up_seconds = 2
+
+[[queues]]
+name = "estranea"
+tenant = "altra"
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "asl"
+queues = ["info"]
+"#
+    )
+}
+
+#[test]
+fn the_report_counts_each_callers_fate_for_its_firm_only() {
+    let scratch = Scratch::new("reports");
+    let node = Node::start_toml(&scratch, config);
+    // Nobody logged in: one caller gives up after 1 s (a short abandon),
+    // another after 7 s (abandoned). Neither reached anyone.
+    let mut short = trunk_to(
+        &scratch,
+        &node,
+        "short",
+        "trunk_cancel.xml",
+        &["-m", "1", "-d", "1000"],
+    );
+    let mut late = trunk_to(
+        &scratch,
+        &node,
+        "late",
+        "trunk_cancel.xml",
+        &["-m", "1", "-d", "7000"],
+    );
+    short.expect_success(Duration::from_secs(20));
+    late.expect_success(Duration::from_secs(20));
+    // The operator logs in; a third caller is answered and talks 1 s.
+    let mut phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &["-sf", &scenario("agent_answer.xml"), "-m", "1"],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    let mut answered = trunk_to(
+        &scratch,
+        &node,
+        "answered",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "1000"],
+    );
+    answered.expect_success(Duration::from_secs(20));
+    phone.expect_success(Duration::from_secs(10));
+    // The store has it within a group commit. An hour either side of now:
+    // one interval, whatever the time of day.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let (from, to) = (
+        centralino_types::time::rfc3339(now - 3600),
+        centralino_types::time::rfc3339(now + 3600),
+    );
+    let path = format!("/api/v1/reports/queues?interval=1d&from={from}&to={to}");
+    let path = path.as_str();
+    let start = Instant::now();
+    let row = loop {
+        let (status, body) = node.http("GET", path, Some(ADMIN), None);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let rows = v["intervals"].as_array().cloned().unwrap_or_default();
+        if let Some(r) = rows.first().filter(|r| r["aht_seconds"].is_number()) {
+            assert_eq!(rows.len(), 1, "{v}");
+            break r.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(row["queue"], "info");
+    for (key, want) in [
+        ("offered", 3),
+        ("answered", 1),
+        ("answered_within_t", 1),
+        ("abandoned", 1),
+        ("short_abandoned", 1),
+        ("timed_out", 0),
+        ("dead_ends", 2),
+    ] {
+        assert_eq!(row[key], want, "{key}: {row}");
+    }
+    // One answered within T against one abandoned after the short
+    // threshold; the short one left out of both ratios.
+    assert_eq!(row["service_level"], 0.5, "{row}");
+    assert_eq!(row["abandon_rate"], 0.5, "{row}");
+    assert_eq!(row["service_level_seconds"], 20);
+    let aht = row["aht_seconds"].as_f64().unwrap();
+    assert!(
+        (3.0..5.0).contains(&aht),
+        "1 s of talk and 2 s of wrap-up: {aht}"
+    );
+    // The firm's supervisor sees the same; another firm's sees nothing of it.
+    let (_, body) = node.http("GET", path, Some(SUPERVISOR), None);
+    assert!(body.contains("\"offered\":3"), "{body}");
+    let (status, body) = node.http("GET", path, Some(OTHER_FIRM), None);
+    assert_eq!((status, body.contains("info")), (200, false), "{body}");
+    // CSV for a spreadsheet: the header, then the same row.
+    let (status, csv) = node.http_accept(path, SUPERVISOR, "text/csv");
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[0].starts_with("start,queue,offered,answered,"),
+        "{csv}"
+    );
+    let fields: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(
+        (fields[1], fields[2], fields[3]),
+        ("info", "3", "1"),
+        "{csv}"
+    );
+    // Bad bounds are refused with a reason.
+    for (q, why) in [
+        ("interval=5m", "interval"),
+        ("from=ieri", "from"),
+        ("limit=1", "unknown"),
+    ] {
+        let (status, body) = node.http(
+            "GET",
+            &format!("/api/v1/reports/queues?{q}"),
+            Some(ADMIN),
+            None,
+        );
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body.contains(why), "{q}: {body}");
+    }
+    // `centralino report` on the same store says the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("report")
+        .arg("--data-dir")
+        .arg(scratch.path("data"))
+        .arg("--config")
+        .arg(scratch.path("centralino.toml"))
+        .args(["--interval", "1d", "--from", &from, "--to", &to])
+        .output()
+        .expect("centralino report");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["intervals"][0]["offered"], 3, "{v}");
+    assert_eq!(v["intervals"][0]["service_level"], 0.5, "{v}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("report")
+        .arg("--data-dir")
+        .arg(scratch.path("nowhere"))
+        .output()
+        .expect("centralino report");
+    assert_eq!(out.status.code(), Some(2));
+}
