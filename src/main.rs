@@ -856,7 +856,13 @@ fn serve(
         .build()
         .context("starting the HTTP runtime")?;
     // The engine's metrics and the drivers', in one registry.
-    let metrics = Metrics::new();
+    let thresholds: Vec<f64> = config
+        .queues
+        .iter()
+        .flat_map(|q| [q.service.level, q.service.level2, q.service.short_abandon])
+        .map(|d| d.as_secs_f64())
+        .collect();
+    let metrics = Metrics::with_thresholds(&thresholds);
     let net_metrics = centralino_net::NetMetrics::new(&metrics.registry);
     // The engine's queue exists from here; the API, SIGHUP and the drain
     // speak to the engine through it, the SIP side runs the engine on it.

@@ -23,6 +23,12 @@ fn promtool(args: &[&str]) {
 
 #[test]
 fn the_alert_rules_are_valid_and_fire_on_what_they_name() {
-    promtool(&["check", "rules", "centralino-alerts.yml"]);
+    promtool(&[
+        "check",
+        "rules",
+        "centralino-alerts.yml",
+        "centralino-rules.yml",
+    ]);
     promtool(&["test", "rules", "centralino-alerts.test.yml"]);
+    promtool(&["test", "rules", "centralino-rules.test.yml"]);
 }

@@ -401,7 +401,8 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         [
             "enter prenotazioni ",
             "offer prenotazioni 1003",
-            "connect prenotazioni 1003"
+            "connect prenotazioni 1003",
+            "complete prenotazioni 1003",
         ]
     );
     let mut breaks = store.agent_events("1003").expect("agent events");

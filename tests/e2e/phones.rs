@@ -584,8 +584,8 @@ fn linphone_holds_resumes_and_keys_a_digit_during_a_call() {
 
 /// An attended transfer from a real phone (RFC 5589 §7): Linphone as
 /// operator 1001 talks to a caller, calls the queue `info` from the same
-/// account (a consultation, challenged by digest), colleague 1002 (SIPp,
-/// echoing what it hears) answers, and Linphone's `transfer 1 --to-call 2`
+/// account (a consultation, challenged by digest), colleague 1002 (SIPp
+/// signalling, the test's socket echoing what it hears) answers, and Linphone's `transfer 1 --to-call 2`
 /// sends REFER with Replaces. The colleague's phone is moved onto the
 /// caller's call by re-INVITE: the caller then hears their own voice back
 /// from 1002; Linphone's two calls end; 1002 gets the caller's BYE.
@@ -630,6 +630,12 @@ fn linphone_consults_a_colleague_and_hands_them_the_caller() {
     }
     let mut stage = Stage::Talking;
     let mut colleague = None;
+    // The colleague's phone's media: sends back what it hears, to whoever
+    // sent it (SIPp's -rtp_echo stops for good at the first send error,
+    // such as the consultation's port closing under it).
+    let colleague_rtp = UdpSocket::bind("127.0.0.1:0").expect("colleague rtp");
+    colleague_rtp.set_nonblocking(true).expect("nonblocking");
+    let colleague_port = colleague_rtp.local_addr().expect("addr").port().to_string();
     let (mut node_rtp, mut seq, mut echoed) = (None, 0u16, 0);
     let mut buf = [0u8; 2048];
     let (start, mut checked) = (Instant::now(), Instant::now());
@@ -648,6 +654,10 @@ fn linphone_consults_a_colleague_and_hands_them_the_caller() {
         }
         if let Some(to) = node_rtp {
             speak(&caller, to, &mut seq, 77, SPEECH);
+        }
+        let mut heard = [0u8; 2048];
+        while let Ok((n, from)) = colleague_rtp.recv_from(&mut heard) {
+            let _ = colleague_rtp.send_to(&heard[..n], from);
         }
         // The node's figures, ten times a second.
         if checked.elapsed() < Duration::from_millis(100) {
@@ -668,9 +678,9 @@ fn linphone_consults_a_colleague_and_hands_them_the_caller() {
                         "1",
                         "-timeout",
                         "60s",
-                        "-mi",
-                        "127.0.0.1",
-                        "-rtp_echo",
+                        "-key",
+                        "operator_rtp",
+                        &colleague_port,
                         "-trace_logs",
                     ],
                 );

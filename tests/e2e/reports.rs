@@ -1,11 +1,93 @@
 //! The queues' service figures (README, "Service figures") end to end:
 //! SIPp callers who give up early, give up late and are answered; the
-//! report endpoint (JSON and CSV, each firm its own queues) and
-//! `centralino report` on the same store agree with what happened.
+//! report endpoint (JSON and CSV, each firm its own queues),
+//! `centralino report` on the same store, and a real Prometheus (Debian's)
+//! scraping the node with the shipped recording rules all agree with what
+//! happened.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Node, Scratch, Sipp, register, scenario, trunk_to};
+use crate::common::{Node, Scratch, Sipp, free_port, register, scenario, trunk_to};
+
+/// Debian's Prometheus scraping `node` every second, evaluating
+/// `config/prometheus/centralino-rules.yml` every second (its groups'
+/// one-minute interval shortened for the test), on 127.0.0.1.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(scratch: &Scratch, node: &Node) -> Self {
+        let dir = scratch.path("prometheus");
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let rules = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/prometheus/centralino-rules.yml"
+        ))
+        .expect("the shipped rules")
+        .replace("interval: 1m", "interval: 1s");
+        std::fs::write(dir.join("rules.yml"), rules).expect("rules");
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: centralino\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+                node.http_port
+            ),
+        )
+        .expect("prometheus.yml");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
+        let child = Command::new("prometheus")
+            .current_dir(&dir)
+            .arg("--config.file=prometheus.yml")
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian's prometheus package; scripts/test installs it)");
+        Self { child, port }
+    }
+
+    /// The value of an instant query's single sample, if it has one.
+    fn value(&self, query: &str) -> Option<f64> {
+        let path = format!(
+            "/api/v1/query?query={}",
+            query
+                .replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let body = resp.split_once("\r\n\r\n")?.1;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 const ADMIN: &str = "report-admin-token-0123456789";
 const SUPERVISOR: &str = "report-supervisor-token-0123456789";
@@ -71,6 +153,7 @@ queues = ["info"]
 fn the_report_counts_each_callers_fate_for_its_firm_only() {
     let scratch = Scratch::new("reports");
     let node = Node::start_toml(&scratch, config);
+    let prometheus = Prometheus::start(&scratch, &node);
     // Nobody logged in: one caller gives up after 1 s (a short abandon),
     // another after 7 s (abandoned). Neither reached anyone.
     let mut short = trunk_to(
@@ -188,7 +271,7 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
         assert!(body.contains(why), "{q}: {body}");
     }
     // `centralino report` on the same store says the same.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
         .arg("report")
         .arg("--data-dir")
         .arg(scratch.path("data"))
@@ -201,11 +284,34 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["intervals"][0]["offered"], 3, "{v}");
     assert_eq!(v["intervals"][0]["service_level"], 0.5, "{v}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
         .arg("report")
         .arg("--data-dir")
         .arg(scratch.path("nowhere"))
         .output()
         .expect("centralino report");
     assert_eq!(out.status.code(), Some(2));
+    // Prometheus, from the node's counters with the shipped recording
+    // rules: the same service level, abandon rate and ASA as the report.
+    let asa = row["asa_seconds"].as_f64().expect("asa");
+    let start = Instant::now();
+    loop {
+        let sl = prometheus.value("centralino:queue_service_level:ratio{queue=\"info\"}");
+        let ab = prometheus.value("centralino:queue_abandon_rate:ratio{queue=\"info\"}");
+        let mean = prometheus.value("centralino:queue_asa_seconds:mean{queue=\"info\"}");
+        if let (Some(sl), Some(ab), Some(mean)) = (sl, ab, mean)
+            && sl == 0.5
+            && ab == 0.5
+        {
+            assert!((mean - asa).abs() < 0.01, "ASA {mean} against {asa}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "Prometheus: service level {sl:?}, abandon rate {ab:?}, ASA {mean:?}\n{}",
+            std::fs::read_to_string(scratch.path("prometheus").join("prometheus.log"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -4,13 +4,13 @@
 //! tenant, state. Never a call id, a number or an operator id.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Every label name a Centralino metric may carry: each has a bounded set
 /// of values (never a call id, a number or an operator id).
-pub const LABELS: [&str; 13] = [
+pub const LABELS: [&str; 15] = [
     "method",
     "direction",
     "code",
@@ -24,6 +24,8 @@ pub const LABELS: [&str; 13] = [
     "flow",
     "route",
     "event",
+    "threshold",
+    "kind",
 ];
 
 /// The metric handles, registered in their own registry.
@@ -111,6 +113,32 @@ pub struct Metrics {
     /// `centralino_queue_expected_wait_seconds{queue}`: for a call arriving
     /// now (0 until a handle time is known).
     pub queue_ewt: IntGaugeVec,
+    /// `centralino_queue_offered_total{queue}`: visits started (README,
+    /// "Service figures").
+    pub queue_offered: IntCounterVec,
+    /// `centralino_queue_answered_total{queue}`: visits answered, once each.
+    pub queue_answered: IntCounterVec,
+    /// `centralino_queue_answered_within_total{queue,threshold}`: answered
+    /// within the queue's T (`t`) or second T (`t2`).
+    pub queue_answered_within: IntCounterVec,
+    /// `centralino_queue_answered_wait_seconds{queue}`: the answered
+    /// visits' waits (buckets at every queue's thresholds).
+    pub queue_answered_wait: HistogramVec,
+    /// `centralino_queue_abandoned_total{queue,kind}`: callers who hung up
+    /// unanswered, `short` (within the short threshold) or `after_short`.
+    pub queue_abandoned: IntCounterVec,
+    /// `centralino_queue_timed_out_total{queue}`: ended at
+    /// `max_wait_seconds`.
+    pub queue_timed_out: IntCounterVec,
+    /// `centralino_queue_agents_needed{queue}`: operators Erlang C asks for
+    /// the queue's service level, on the last 15 minutes' traffic.
+    pub queue_agents_needed: IntGaugeVec,
+    /// `centralino_queue_agents_short{queue}`: of those, not logged in and
+    /// available or busy.
+    pub queue_agents_short: IntGaugeVec,
+    /// `centralino_queue_service_level_target{queue}`: the share the
+    /// queue's service level is to reach (`service_level_target`).
+    pub queue_sl_target: GaugeVec,
     /// `centralino_routing_groups`: distinct (queue, requirement) sets.
     pub routing_groups: IntGauge,
     /// `centralino_agent_offers_total{outcome}`
@@ -179,7 +207,7 @@ pub struct Metrics {
     /// `centralino_campaign_pacing_ratio{campaign}`: lines per free
     /// operator at the last decision (1 progressive; above 1 predictive
     /// dialling ahead).
-    pub campaign_pacing: prometheus::GaugeVec,
+    pub campaign_pacing: GaugeVec,
     /// `centralino_dial_plan_refused_total{via,reason}`: numbers a tenant's
     /// dial plan kept from a trunk (via: api, virtual_hold, ivr, callback,
     /// transfer; reason: malformed, blocked, not_allowed).
@@ -195,6 +223,13 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
+        Self::with_thresholds(&[])
+    }
+
+    /// [`Self::new`], the answered-wait histogram with a bucket at each of
+    /// `thresholds` (seconds: the queues' T, second T and short
+    /// threshold), so PromQL reads the service level from the buckets too.
+    pub fn with_thresholds(thresholds: &[f64]) -> Self {
         let registry = Registry::new();
         macro_rules! reg {
             ($m:expr) => {
@@ -205,6 +240,10 @@ impl Metrics {
         let wait_buckets = vec![
             0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
         ];
+        let mut answered_buckets = wait_buckets.clone();
+        answered_buckets.extend(thresholds.iter().filter(|t| t.is_finite() && **t > 0.0));
+        answered_buckets.sort_by(f64::total_cmp);
+        answered_buckets.dedup();
         Self {
             sip_requests: reg!(cv(
                 "centralino_sip_requests_total",
@@ -370,6 +409,62 @@ impl Metrics {
                 "Expected wait of a call arriving now: (calls + 1) x recent handle time / staffed operators",
                 &["queue"]
             )),
+            queue_offered: reg!(cv(
+                "centralino_queue_offered_total",
+                "Visits to the queue started (a caller put back after losing their operator is the same visit)",
+                &["queue"]
+            )),
+            queue_answered: reg!(cv(
+                "centralino_queue_answered_total",
+                "Visits an operator answered, once each",
+                &["queue"]
+            )),
+            queue_answered_within: reg!(cv(
+                "centralino_queue_answered_within_total",
+                "Visits answered within the queue's T (threshold t) or second T (t2)",
+                &["queue", "threshold"]
+            )),
+            queue_answered_wait: reg!(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "centralino_queue_answered_wait_seconds",
+                        "Wait of the answered visits"
+                    )
+                    .buckets(answered_buckets),
+                    &["queue"]
+                )
+                .expect("valid metric")
+            ),
+            queue_abandoned: reg!(cv(
+                "centralino_queue_abandoned_total",
+                "Callers who hung up unanswered: within the short threshold (short) or after it",
+                &["queue", "kind"]
+            )),
+            queue_timed_out: reg!(cv(
+                "centralino_queue_timed_out_total",
+                "Callers the queue ended at max_wait_seconds",
+                &["queue"]
+            )),
+            queue_agents_needed: reg!(gv(
+                "centralino_queue_agents_needed",
+                "Operators Erlang C asks for the queue's service level on the last 15 minutes' traffic",
+                &["queue"]
+            )),
+            queue_agents_short: reg!(gv(
+                "centralino_queue_agents_short",
+                "Operators needed beyond those available or busy in the queue",
+                &["queue"]
+            )),
+            queue_sl_target: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "centralino_queue_service_level_target",
+                        "The service level the queue is to reach (0..1)"
+                    ),
+                    &["queue"]
+                )
+                .expect("valid metric")
+            ),
             routing_groups: reg!(
                 IntGauge::new(
                     "centralino_routing_groups",
@@ -475,7 +570,7 @@ impl Metrics {
                 &["outcome"]
             )),
             campaign_pacing: reg!(
-                prometheus::GaugeVec::new(
+                GaugeVec::new(
                     Opts::new(
                         "centralino_campaign_pacing_ratio",
                         "Lines per free operator at the pacer's last decision, by campaign"

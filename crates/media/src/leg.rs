@@ -82,6 +82,11 @@ pub struct Leg {
     /// socket). Never while the peer still sends: a colleague behind the
     /// same NAT cannot take over a live stream.
     candidate: Option<(SocketAddr, u8)>,
+    /// The stream of the phone this port served before (an operator
+    /// moved on by a transfer or a lost phone): still arriving, it may
+    /// never latch the next one's leg, even from the same address as them
+    /// (one office behind one NAT).
+    refused: Option<SocketAddr>,
     telephone_event: Option<u8>,
     highest: Option<u16>,
     detector: Detector,
@@ -99,6 +104,7 @@ impl Leg {
             signalling: None,
             heard: None,
             candidate: None,
+            refused: None,
             telephone_event,
             highest: None,
             detector: Detector::new(),
@@ -112,6 +118,19 @@ impl Leg {
     pub fn signalled_from(mut self, ip: Option<IpAddr>) -> Self {
         self.signalling = ip;
         self
+    }
+
+    /// Refuses RTP from `from` (the previous phone's stream on this
+    /// port), unless it is this leg's own SDP address.
+    #[must_use]
+    pub fn refusing(mut self, from: Option<SocketAddr>) -> Self {
+        self.refused = from.filter(|f| *f != self.expected);
+        self
+    }
+
+    /// The address the leg latched, if any.
+    pub fn latched(&self) -> Option<SocketAddr> {
+        self.latched
     }
 
     /// Whether RTP from `from` may be this leg's peer (before or instead
@@ -167,6 +186,10 @@ impl Leg {
             self.stats.bad += 1;
             return Received::Dropped;
         };
+        if Some(from) == self.refused {
+            self.stats.foreign += 1;
+            return Received::Dropped;
+        }
         match self.latched {
             Some(a) if a != from => {
                 // Never from anywhere with `FirstPacket`: its first packet

@@ -135,6 +135,9 @@ pub struct CallMedia {
     monitor: Option<Monitor>,
     /// When a relayed packet last went to each side.
     last_out: [Option<Instant>; 2],
+    /// Where the previous operator's phone sent from: refused to the next
+    /// operator's leg on this port.
+    gone: Option<SocketAddr>,
 }
 
 impl CallMedia {
@@ -158,6 +161,7 @@ impl CallMedia {
             unexpected: 0,
             monitor: None,
             last_out: [None; 2],
+            gone: None,
         }
     }
 
@@ -266,7 +270,7 @@ impl CallMedia {
             self.bridge_pending = true;
             return;
         }
-        self.legs[1] = Some(b);
+        self.legs[1] = Some(b.refusing(self.gone));
         self.laws[1] = b_law;
         self.connect();
     }
@@ -282,6 +286,9 @@ impl CallMedia {
     /// playback for the caller, whose stream goes on (same SSRC, marker at
     /// the change); the next operator's bridge continues it again.
     pub fn unbridge(&mut self) {
+        if let Some(from) = self.legs[1].as_ref().and_then(Leg::latched) {
+            self.gone = Some(from);
+        }
         self.legs[1] = None;
         self.bridged = false;
         self.whispering = false;
@@ -986,6 +993,40 @@ mod tests {
             panic!()
         };
         assert_eq!(to, next);
+    }
+
+    /// An operator moved onto a port another phone served (an attended
+    /// transfer), both behind one address: the old phone's stream, still
+    /// arriving, never takes the new leg's latch.
+    #[test]
+    fn the_previous_phones_stream_never_latches_the_next_operator() {
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Alaw, None, (7, 100, 1000));
+        let b = |addr| Leg::new(Latch::SdpAddress, addr, None);
+        m.bridge(b(b_addr), Law::Alaw);
+        let mut buf = [0u8; 1500];
+        assert!(matches!(
+            m.receive(t0, Side::B, b_addr, &pkt(1, 8, &[0x55; 160]), &mut buf),
+            Action::Send { .. }
+        ));
+        m.unbridge();
+        // The colleague: same IP, another port.
+        let next = SocketAddr::new(b_addr.ip(), b_addr.port() + 2);
+        m.bridge(b(next), Law::Alaw);
+        for seq in 2..40 {
+            let act = m.receive(t0, Side::B, b_addr, &pkt(seq, 8, &[0x55; 160]), &mut buf);
+            assert_eq!(act, Action::None, "the old phone's packet {seq}");
+        }
+        let Action::Send { to, .. } =
+            m.receive(t0, Side::A, a_addr, &pkt(3, 8, &[0x11; 160]), &mut buf)
+        else {
+            panic!()
+        };
+        assert_eq!(to, next, "the caller's voice goes to the colleague");
+        assert!(matches!(
+            m.receive(t0, Side::B, next, &pkt(100, 8, &[0x66; 160]), &mut buf),
+            Action::Send { .. }
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod expr;
 mod pool;
 mod router;
 pub mod sim;
+pub mod staffing;
 
 pub use board::Code;
 pub use expr::{Attributes, Catalog, ExprError, Requirement};

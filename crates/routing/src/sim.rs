@@ -368,27 +368,11 @@ pub fn replay(
     reports
 }
 
-/// Erlang C: the probability that a call waits, with `n` operators and
-/// `a` erlangs of offered traffic (`a < n`).
-pub fn erlang_c(n: u32, a: f64) -> f64 {
-    // Erlang B by the stable recurrence, then C from B.
-    let mut b = 1.0;
-    for k in 1..=n {
-        b = a * b / (f64::from(k) + a * b);
-    }
-    let rho = a / f64::from(n);
-    b / (1.0 - rho + rho * b)
-}
-
-/// Erlang C service level: P(wait ≤ t).
-pub fn erlang_c_service_level(n: u32, a: f64, aht: f64, t: f64) -> f64 {
-    1.0 - erlang_c(n, a) * (-(f64::from(n) - a) * t / aht).exp()
-}
-
-/// Erlang C average speed of answer (over all calls), seconds.
-pub fn erlang_c_asa(n: u32, a: f64, aht: f64) -> f64 {
-    erlang_c(n, a) * aht / (f64::from(n) - a)
-}
+// The Erlang C formulas the simulation is checked against are the
+// staffing advisor's.
+pub use crate::staffing::{
+    average_speed_of_answer as erlang_c_asa, erlang_c, service_level as erlang_c_service_level,
+};
 
 #[cfg(test)]
 mod tests {

@@ -235,6 +235,11 @@ pub(super) struct Call {
     pub(super) consult: Option<Consult>,
     /// Our re-INVITE that moved an attended transfer's colleague here.
     pub(super) rejoin: Option<Rejoin>,
+    /// Going back to its queue after losing its operator: the same visit
+    /// (not offered again).
+    pub(super) requeued: bool,
+    /// An operator answered the current visit (its figures count it once).
+    pub(super) visit_answered: bool,
 }
 
 /// Our re-INVITE to the colleague an attended transfer moved onto a call:
@@ -347,6 +352,8 @@ impl Call {
             monitor: None,
             consult: None,
             rejoin: None,
+            requeued: false,
+            visit_answered: false,
         }
     }
 

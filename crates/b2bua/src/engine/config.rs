@@ -470,6 +470,7 @@ impl Engine {
                 customer_first: q.callback_customer_first,
                 whisper: q.whisper.clone(),
                 callback_whisper: q.callback_whisper.clone(),
+                service: q.service,
             })
             .collect();
         self.queues = queues;
@@ -487,8 +488,20 @@ fn queue_ids(config: &EngineConfig) -> HashMap<String, QueueId> {
         .collect()
 }
 
-/// A queue's gauges.
+/// A queue's gauges; its service figures' series exist from the start at 0
+/// (PromQL's sums of them would otherwise drop a queue until each had
+/// moved once).
 fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
+    metrics.queue_offered.with_label_values(&[name]);
+    metrics.queue_answered.with_label_values(&[name]);
+    metrics.queue_timed_out.with_label_values(&[name]);
+    metrics.queue_answered_wait.with_label_values(&[name]);
+    for t in ["t", "t2"] {
+        metrics.queue_answered_within.with_label_values(&[name, t]);
+    }
+    for k in ["short", "after_short"] {
+        metrics.queue_abandoned.with_label_values(&[name, k]);
+    }
     QueueStats {
         waiting: metrics.queue_calls.with_label_values(&[name]),
         oldest_wait: metrics.queue_oldest_wait.with_label_values(&[name]),
@@ -499,6 +512,9 @@ fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
             .collect(),
         expected_wait: metrics.queue_ewt.with_label_values(&[name]),
         callbacks_started: 0,
+        offered: staffing::RateWindow::default(),
+        agents_needed: metrics.queue_agents_needed.with_label_values(&[name]),
+        agents_short: metrics.queue_agents_short.with_label_values(&[name]),
     }
 }
 
@@ -507,6 +523,21 @@ fn remove_queue_series(metrics: &Metrics, name: &str) {
     let _ = metrics.queue_calls.remove_label_values(&[name]);
     let _ = metrics.queue_oldest_wait.remove_label_values(&[name]);
     let _ = metrics.queue_ewt.remove_label_values(&[name]);
+    let _ = metrics.queue_agents_needed.remove_label_values(&[name]);
+    let _ = metrics.queue_agents_short.remove_label_values(&[name]);
+    let _ = metrics.queue_sl_target.remove_label_values(&[name]);
+    let _ = metrics.queue_offered.remove_label_values(&[name]);
+    let _ = metrics.queue_answered.remove_label_values(&[name]);
+    let _ = metrics.queue_timed_out.remove_label_values(&[name]);
+    let _ = metrics.queue_answered_wait.remove_label_values(&[name]);
+    for t in ["t", "t2"] {
+        let _ = metrics
+            .queue_answered_within
+            .remove_label_values(&[name, t]);
+    }
+    for k in ["short", "after_short"] {
+        let _ = metrics.queue_abandoned.remove_label_values(&[name, k]);
+    }
     for (l, _) in QueueAgents::default().labelled() {
         let _ = metrics.queue_agents.remove_label_values(&[name, l]);
     }

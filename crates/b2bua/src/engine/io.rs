@@ -151,6 +151,11 @@ pub struct QueueView {
     /// started: the scheduler subtracts those it claimed that this view
     /// has not seen yet.
     pub callbacks_started: u64,
+    /// Operators Erlang C asks for the queue's service level on the last
+    /// 15 minutes' traffic (`None` before a handling time is known).
+    pub agents_needed: Option<u32>,
+    /// Of those, not available or busy in the queue now.
+    pub agents_short: u32,
 }
 
 /// Where the operator is with the call on their desktop.

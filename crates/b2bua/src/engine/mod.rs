@@ -141,6 +141,8 @@ struct QueuePolicy {
     /// (`None`: the built-in tone).
     whisper: Vec<String>,
     callback_whisper: Option<Vec<String>>,
+    /// What its service figures are measured against.
+    service: centralino_config::ServiceTargets,
 }
 
 /// One queue's live gauges and counts.
@@ -152,6 +154,11 @@ struct QueueStats {
     expected_wait: IntGauge,
     /// Callbacks handed to the engine so far (views carry it).
     callbacks_started: u64,
+    /// Visits offered, the last 15 minutes (the staffing advisor's rate).
+    offered: staffing::RateWindow,
+    /// The staffing advisor's figures.
+    agents_needed: IntGauge,
+    agents_short: IntGauge,
 }
 
 /// Where a DID's calls go first, with what they need.
@@ -947,6 +954,7 @@ mod refer;
 mod send;
 mod session;
 mod setup;
+mod staffing;
 mod teardown;
 mod telemetry;
 #[cfg(test)]

@@ -426,6 +426,7 @@ impl Engine {
                 self.metrics
                     .call_setup
                     .observe((now - started).as_secs_f64());
+                self.visit_answered(call_id, now.saturating_duration_since(enqueued));
                 if !consult {
                     self.metrics
                         .queue_wait
@@ -584,6 +585,10 @@ impl Engine {
             }
         }
         warn!(agent = ?lost, "the operator's phone went silent: the caller goes back to the queue");
+        if let Some(c) = self.calls.get_mut(&call_id) {
+            // The same visit goes on: not offered again.
+            c.requeued = true;
+        }
         self.metrics
             .calls_requeued
             .with_label_values(&["operator_media_lost"])

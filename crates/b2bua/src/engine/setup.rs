@@ -448,6 +448,7 @@ impl Engine {
             self.timers
                 .push(Reverse((now + every, id, CallTimer::Announce)));
         }
+        self.visit_started(now, id, queue);
         self.queue_event(now, id, QueueEvent::Enter, None);
     }
 

@@ -138,7 +138,10 @@ impl Engine {
             let (waiting, first) = self.router.waiting(q);
             let waiting = waiting.saturating_sub(self.held_in(q));
             let agents = self.router.queue_agents(q);
+            let staffing = self.staffing(now, q);
             views.push(QueueView {
+                agents_needed: staffing.map(|(n, _)| n),
+                agents_short: staffing.map_or(0, |(_, s)| s),
                 callback_room: agents.available.saturating_sub(callbacks),
                 callbacks_started: self.queue_stats.get(i).map_or(0, |q| q.callbacks_started),
                 name: self.router.queue(q).name.clone(),

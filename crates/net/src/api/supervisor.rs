@@ -58,6 +58,8 @@ pub(super) fn queues_json(views: &[QueueView], tenant: Option<&str>) -> Value {
                 "oldest_wait_seconds": q.oldest_since_ms.map_or(0, |t| (now - t).max(0) / 1000),
                 "expected_wait_seconds": q.expected_wait_seconds,
                 "agents": agents,
+                "agents_needed": q.agents_needed,
+                "agents_short": q.agents_short,
             })
         })
         .collect();

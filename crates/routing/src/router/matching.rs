@@ -748,6 +748,13 @@ impl Router {
         })
     }
 
+    /// The queue's recent handle time (talk and wrap-up, a moving average
+    /// of its calls' ends): `None` before its first call ended.
+    pub fn queue_handle_time(&self, id: QueueId) -> Option<Duration> {
+        let aht = self.queues[id.0 as usize].aht;
+        (aht > 0.0).then(|| Duration::from_nanos(aht as u64))
+    }
+
     /// Number of distinct (queue, requirement) groups.
     pub fn group_count(&self) -> usize {
         self.groups.len()
