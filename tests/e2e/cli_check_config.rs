@@ -124,7 +124,9 @@ fn flows_may_live_one_per_file_and_their_problems_name_the_file() {
 }
 
 /// A queue that can end a caller's call with nobody and no offer is named
-/// as a warning (the file stays valid); one that offers a callback is not.
+/// as a warning (the file stays valid): one configured to hang up, and
+/// one that calls back on the caller id without a number dialogue (a
+/// withheld number ends there); one with the dialogue is not.
 #[test]
 fn a_queue_that_can_end_a_call_without_an_offer_is_warned_about() {
     let scratch = Scratch::new("checkconfig-deadend");
@@ -137,10 +139,15 @@ name = "demo"
 [[queues]]
 name = "info"
 tenant = "demo"
+when_unserved = "hangup"
+[[queues]]
+name = "automatica"
+tenant = "demo"
 [[queues]]
 name = "richiamate"
 tenant = "demo"
 callback_key = "1"
+[queues.callback_number]
 "#,
     )
     .unwrap();
@@ -150,5 +157,23 @@ callback_key = "1"
         stderr.contains("warning: queues[0] (info)") && stderr.contains("dead end"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("warning: queues[1] (automatica)") && stderr.contains("withheld"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("richiamate"), "{stderr}");
+    // An overflow must name another queue of the firm.
+    std::fs::write(
+        &path,
+        "[[tenants]]\nname = \"demo\"\n[[tenants]]\nname = \"altra\"\n[[queues]]\nname = \"info\"\ntenant = \"demo\"\nwhen_unserved = \"overflow\"\noverflow_queue = \"fuori\"\n[[queues]]\nname = \"fuori\"\ntenant = \"altra\"\nwhen_unserved = \"overflow\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = check(&path);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("queues[0].overflow_queue"), "{stderr}");
+    assert!(stderr.contains("another firm"), "{stderr}");
+    assert!(
+        stderr.contains("queues[1].overflow_queue: required"),
+        "{stderr}"
+    );
 }

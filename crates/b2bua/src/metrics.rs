@@ -10,7 +10,7 @@ use prometheus::{
 
 /// Every label name a Centralino metric may carry: each has a bounded set
 /// of values (never a call id, a number or an operator id).
-pub const LABELS: [&str; 15] = [
+pub const LABELS: [&str; 16] = [
     "method",
     "direction",
     "code",
@@ -26,6 +26,7 @@ pub const LABELS: [&str; 15] = [
     "event",
     "threshold",
     "kind",
+    "action",
 ];
 
 /// The metric handles, registered in their own registry.
@@ -139,6 +140,11 @@ pub struct Metrics {
     /// `centralino_queue_service_level_target{queue}`: the share the
     /// queue's service level is to reach (`service_level_target`).
     pub queue_sl_target: GaugeVec,
+    /// `centralino_unserved_total{queue,reason,action}`: callers a queue
+    /// could not serve (`max_wait`, `full`, `nobody`) and what its
+    /// `when_unserved` did (`callback_offered`, `callback`, `overflow`,
+    /// `hangup`).
+    pub unserved: IntCounterVec,
     /// `centralino_routing_groups`: distinct (queue, requirement) sets.
     pub routing_groups: IntGauge,
     /// `centralino_agent_offers_total{outcome}`
@@ -454,6 +460,11 @@ impl Metrics {
                 "centralino_queue_agents_short",
                 "Operators needed beyond those available or busy in the queue",
                 &["queue"]
+            )),
+            unserved: reg!(cv(
+                "centralino_unserved_total",
+                "Callers a queue could not serve, by reason and what its policy did",
+                &["queue", "reason", "action"]
             )),
             queue_sl_target: reg!(
                 GaugeVec::new(

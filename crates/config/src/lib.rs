@@ -697,6 +697,7 @@ impl Config {
                 }
             }
         }
+        queues::check_overflows(&queues, &mut p);
 
         let mut trunks = Vec::new();
         let mut flows = Vec::new();

@@ -236,6 +236,40 @@ pub(crate) fn queue(
             cal
         }),
         callback_max_attempts: q.callback_max_attempts,
+        when_unserved: match (q.when_unserved.as_deref(), &q.overflow_queue) {
+            (None | Some("callback"), None) => Unserved::Callback,
+            (Some("hangup"), None) => Unserved::Hangup,
+            (Some("overflow"), Some(to)) => {
+                if !names.queue_names.contains(to) || *to == q.name {
+                    p.add(
+                        format!("{path}.overflow_queue"),
+                        format!("{to:?} is no other queue"),
+                    );
+                }
+                Unserved::Overflow(to.clone())
+            }
+            (Some("overflow"), None) => {
+                p.add(
+                    format!("{path}.overflow_queue"),
+                    "required with when_unserved = \"overflow\"",
+                );
+                Unserved::Hangup
+            }
+            (_, Some(_)) => {
+                p.add(
+                    format!("{path}.overflow_queue"),
+                    "only with when_unserved = \"overflow\"",
+                );
+                Unserved::Hangup
+            }
+            (Some(other), None) => {
+                p.add(
+                    format!("{path}.when_unserved"),
+                    format!("unknown policy {other:?} (callback, overflow, hangup)"),
+                );
+                Unserved::Hangup
+            }
+        },
         service: ServiceTargets {
             level: Duration::from_secs(q.service_level_seconds),
             level2: Duration::from_secs(q.service_level2_seconds),
@@ -293,22 +327,44 @@ pub(crate) fn queue(
     }
 }
 
+/// An overflow goes to a queue of the same firm (another firm's operators
+/// are lent only under an agreement).
+pub(crate) fn check_overflows(queues: &[Queue], p: &mut Problems) {
+    for (i, q) in queues.iter().enumerate().filter(|(_, q)| !q.retired) {
+        if let Unserved::Overflow(to) = &q.when_unserved
+            && let Some(t) = queues.iter().find(|t| t.routing.name == *to && !t.retired)
+            && t.tenant != q.tenant
+        {
+            p.add(
+                format!("queues[{i}].overflow_queue"),
+                format!("{to:?} is another firm's queue"),
+            );
+        }
+    }
+}
+
 impl Config {
-    /// Queues that can end a caller's call with nobody and no offer: a
-    /// caller reaching `max_wait_seconds` or `max_waiting` is sent the
-    /// queue's `exit_status` and nothing else, because the queue offers no
-    /// callback (`callback_key`). `check-config` prints these as warnings
-    /// (each such call is counted in `centralino_dead_ends_total`).
+    /// Queues that can end a caller's call with nobody and no offer:
+    /// `when_unserved = "hangup"` sends the queue's `exit_status` and
+    /// nothing else; `"callback"` without `callback_number` cannot offer
+    /// one to a caller whose number is withheld or outside the dial plan.
+    /// `check-config` prints these as warnings (each such call is counted
+    /// in `centralino_dead_ends_total`).
     pub fn dead_end_warnings(&self) -> Vec<String> {
         self.queues
             .iter()
             .enumerate()
-            .filter(|(_, q)| !q.retired && q.callback_key.is_none())
-            .map(|(i, q)| {
-                format!(
-                    "queues[{i}] ({}): a caller who waits max_wait_seconds or finds max_waiting calls is ended with {} and no callback offered (a dead end): set callback_key (and callback_number) so they can be called back",
+            .filter(|(_, q)| !q.retired)
+            .filter_map(|(i, q)| match &q.when_unserved {
+                Unserved::Hangup => Some(format!(
+                    "queues[{i}] ({}): when_unserved = \"hangup\": a caller who waits max_wait_seconds, finds max_waiting calls or nobody logged in is ended with {} and no callback offered (a dead end)",
                     q.routing.name, q.exit_status
-                )
+                )),
+                Unserved::Callback if q.callback_number.is_none() => Some(format!(
+                    "queues[{i}] ({}): a caller it cannot serve is called back on their caller id; one whose number is withheld or outside the dial plan is ended with {} (a dead end): set callback_number so they can key one in",
+                    q.routing.name, q.exit_status
+                )),
+                _ => None,
             })
             .collect()
     }

@@ -473,6 +473,10 @@ pub(super) struct RawQueue {
     pub(super) short_abandon_seconds: u64,
     #[serde(default = "default_service_level_target")]
     pub(super) service_level_target: f64,
+    #[serde(default)]
+    pub(super) when_unserved: Option<String>,
+    #[serde(default)]
+    pub(super) overflow_queue: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -66,6 +66,9 @@ const LIVE: &[&str] = &[
     "queues[].service_level2_seconds",
     "queues[].short_abandon_seconds",
     "queues[].service_level_target",
+    // Read when a caller cannot be served.
+    "queues[].when_unserved",
+    "queues[].overflow_queue",
     "logging.unmask_numbers",
     "campaigns",
     "outbound",

@@ -250,6 +250,24 @@ pub struct Queue {
     /// What the queue's service figures are measured against (README,
     /// "Service figures").
     pub service: ServiceTargets,
+    /// What becomes of a caller it cannot serve (`max_wait_seconds`
+    /// reached, `max_waiting` full, nobody logged in).
+    pub when_unserved: Unserved,
+}
+
+/// A queue's policy for callers it cannot serve (README, "Never a dead
+/// end").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unserved {
+    /// Offer a callback: the number confirmed by the caller with the
+    /// queue's `callback_number` dialogue, else the caller id the dial
+    /// plan accepts, stored at once. The default.
+    Callback,
+    /// Into another queue of the same firm (once per call), keeping the
+    /// wait.
+    Overflow(String),
+    /// The queue's `exit_status`, as configured: the only dead end.
+    Hangup,
 }
 
 /// A queue's service level thresholds: answered within `level` (and

@@ -57,6 +57,9 @@ pub struct QueueFigures {
     pub callbacks: u64,
     /// Calls the operator transferred elsewhere.
     pub transferred: u64,
+    /// Callers the queue could not serve, passed to another queue
+    /// (`when_unserved = "overflow"`).
+    pub overflowed: u64,
     /// Callers put back in the queue after losing their operator.
     pub requeued: u64,
     /// Visits that ended unanswered, with no callback and no operator
@@ -263,6 +266,10 @@ impl Store {
                 }
                 "transfer" => {
                     f.transferred += 1;
+                    false
+                }
+                "overflow" => {
+                    f.overflowed += 1;
                     false
                 }
                 "requeue" => {

@@ -152,6 +152,9 @@ pub enum QueueEvent {
     Exit,
     /// The IVR transferred it to an external number.
     Transfer,
+    /// The queue could not serve it and passed it to another
+    /// (`when_unserved = "overflow"`).
+    Overflow,
 }
 
 impl QueueEvent {
@@ -167,6 +170,7 @@ impl QueueEvent {
             Self::Callback => "callback",
             Self::Exit => "exit",
             Self::Transfer => "transfer",
+            Self::Overflow => "overflow",
         }
     }
 

@@ -240,6 +240,11 @@ pub(super) struct Call {
     pub(super) requeued: bool,
     /// An operator answered the current visit (its figures count it once).
     pub(super) visit_answered: bool,
+    /// A queue could not serve it and offered a callback: if that comes to
+    /// nothing, the call ends.
+    pub(super) unserved: bool,
+    /// Overflowed once already (never around a ring of queues).
+    pub(super) overflowed: bool,
 }
 
 /// Our re-INVITE to the colleague an attended transfer moved onto a call:
@@ -354,6 +359,8 @@ impl Call {
             rejoin: None,
             requeued: false,
             visit_answered: false,
+            unserved: false,
+            overflowed: false,
         }
     }
 

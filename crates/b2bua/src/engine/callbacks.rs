@@ -771,6 +771,14 @@ impl Engine {
             self.pump(now);
             return;
         }
+        if !stored && call.unserved {
+            self.metrics
+                .callbacks
+                .with_label_values(&["ivr_failed"])
+                .inc();
+            self.unserved_failed(now, call_id);
+            return;
+        }
         if !stored || call.phase == Phase::Connected {
             call.callback_asked = false;
             warn!("callback not stored: the caller keeps waiting");

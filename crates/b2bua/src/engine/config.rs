@@ -471,6 +471,7 @@ impl Engine {
                 whisper: q.whisper.clone(),
                 callback_whisper: q.callback_whisper.clone(),
                 service: q.service,
+                when_unserved: q.when_unserved.clone(),
             })
             .collect();
         self.queues = queues;

@@ -143,6 +143,8 @@ struct QueuePolicy {
     callback_whisper: Option<Vec<String>>,
     /// What its service figures are measured against.
     service: centralino_config::ServiceTargets,
+    /// What becomes of a caller it cannot serve.
+    when_unserved: centralino_config::Unserved,
 }
 
 /// One queue's live gauges and counts.
@@ -291,6 +293,9 @@ enum CallTimer {
     /// Our attended transfer's re-INVITE is due again after a glare
     /// (`491`; the try it was armed for).
     Rejoin(u32),
+    /// Nobody was logged in to the queue the call entered: its policy for
+    /// unserved callers applies unless someone came since.
+    Nobody,
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -728,9 +733,13 @@ impl Engine {
                         .push(Reverse((now + again, call_id, CallTimer::MaxWait)));
                     return;
                 }
-                let status = self.queues[call.queue.0 as usize].exit_status;
-                info!("maximum wait reached, queue exit");
-                self.end_unanswered(now, call_id, status, CallOutcome::MaxWait, false);
+                if call.unserved {
+                    // Already offered something (a callback dialogue).
+                    return;
+                }
+                info!("maximum wait reached");
+                let queue = call.queue;
+                self.unserved(now, call_id, queue, "max_wait", CallOutcome::MaxWait);
             }
             CallTimer::Progress => {
                 let Some(inbound) = call.inbound().filter(|i| !i.answered) else {
@@ -806,6 +815,12 @@ impl Engine {
                     return;
                 }
                 self.send_refresh(now, call_id);
+            }
+            CallTimer::Nobody => {
+                let queue = call.queue;
+                if call.phase == Phase::Queued && call.in_queue && self.nobody_in(queue) {
+                    self.unserved(now, call_id, queue, "nobody", CallOutcome::MaxWait);
+                }
             }
             CallTimer::Rejoin(attempt) => {
                 if call
@@ -960,6 +975,7 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 mod transfer;
+mod unserved;
 mod vhold;
 
 use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer};

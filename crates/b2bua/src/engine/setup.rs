@@ -381,9 +381,8 @@ impl Engine {
     ) {
         let qname = self.router.queue(queue).name.clone();
         if let Err(e) = self.router.enqueue(now, queue, id, spec) {
-            let status = self.queues[queue.0 as usize].exit_status;
             warn!(queue = %qname, error = %e, "call refused by the router");
-            self.end_unanswered(now, id, status, CallOutcome::QueueFull, false);
+            self.unserved(now, id, queue, "full", CallOutcome::QueueFull);
             return;
         }
         let music = self.queues[queue.0 as usize].music.clone();
@@ -444,6 +443,15 @@ impl Engine {
         }
         self.timers
             .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
+        if self.nobody_in(queue)
+            && self.queues[queue.0 as usize].when_unserved != centralino_config::Unserved::Hangup
+        {
+            self.timers.push(Reverse((
+                now + unserved::NOBODY_GRACE,
+                id,
+                CallTimer::Nobody,
+            )));
+        }
         if let Some(every) = announce {
             self.timers
                 .push(Reverse((now + every, id, CallTimer::Announce)));

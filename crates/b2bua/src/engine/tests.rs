@@ -54,6 +54,8 @@ tenant = "demo"
 ring_timeout_seconds = 2
 max_no_answer = 1
 max_wait_seconds = 10
+# Most tests look at the exit itself; the policies have tests of their own.
+when_unserved = "hangup"
 wrap_up_seconds = 3
 
 [[agents]]
@@ -5113,7 +5115,7 @@ fn queues_are_added_and_removed_by_a_reload_without_a_restart() {
     let with = CONFIG.replace(
         "dids = { \"100\" = \"info\" }",
         "dids = { \"100\" = \"info\", \"200\" = \"vaccini\" }",
-    ) + "\n[[queues]]\nname = \"vaccini\"\ntenant = \"demo\"\nmax_wait_seconds = 5\n\n[[agents]]\nusername = \"1003\"\npassword = \"demo1003\"\ntenant = \"demo\"\nqueues = [\"vaccini\"]\n";
+    ) + "\n[[queues]]\nname = \"vaccini\"\ntenant = \"demo\"\nmax_wait_seconds = 5\nwhen_unserved = \"hangup\"\n\n[[agents]]\nusername = \"1003\"\npassword = \"demo1003\"\ntenant = \"demo\"\nqueues = [\"vaccini\"]\n";
     let with = Config::from_toml_seeded(&with, &[], &running.seed()).unwrap();
     h.engine.reload(h.now, &with.engine()).unwrap();
     assert_eq!(h.engine.queue_ids["vaccini"], centralino_types::QueueId(1));
@@ -6334,4 +6336,133 @@ fn a_glare_with_the_colleagues_phone_is_tried_again() {
             .replace("glare", "glare2"),
     );
     assert_eq!(codes(&out, PHONE2), vec![200], "{out:?}");
+}
+
+/// The callback requests the engine asks the store for (the harness's
+/// `drain` refuses them): fires due timers at `h.now` first.
+fn callbacks_asked(h: &mut Harness) -> Vec<String> {
+    h.engine.handle_timeout(h.now);
+    let mut asked = Vec::new();
+    while let Some(o) = h.engine.poll_output() {
+        if let Output::StoreCallback { number, .. } = o {
+            asked.push(number);
+        }
+    }
+    asked
+}
+
+/// Never a dead end (the default policy, no number dialogue configured):
+/// a caller the queue cannot serve within `max_wait_seconds` is called
+/// back on their number; the call ends as a callback request and no dead
+/// end is counted.
+#[test]
+fn an_unserved_caller_is_called_back_instead_of_dropped() {
+    let mut h = Harness::with(&CONFIG.replace("when_unserved = \"hangup\"\n", ""));
+    h.register("1001", PHONE1, Algorithm::Md5);
+    // 1001 is busy with another caller: nobody answers this one.
+    let out = h.invite("busy");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    h.send(
+        TRUNK,
+        &format!(
+            "INVITE sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKu1\r\nFrom: <sip:+390612345679@192.0.2.10>;tag=au1\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: u1\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{TRUNK_SDP}",
+            TRUNK_SDP.len()
+        ),
+    );
+    h.advance(Duration::from_secs(9));
+    h.now += Duration::from_secs(2);
+    assert_eq!(callbacks_asked(&mut h), ["+390612345679"]);
+    let call = *h.engine.by_a.get("u1").expect("still there until stored");
+    h.engine.callback_stored(h.now, call, true);
+    let out = h.advance(Duration::from_secs(1));
+    assert!(codes(&out, TRUNK).contains(&480), "{out:?}");
+    assert!(h.records.iter().any(|r| matches!(
+        r,
+        Record::CallEnded {
+            outcome: CallOutcome::CallbackRequested,
+            ..
+        }
+    )));
+    assert_eq!(
+        h.gauge("centralino_unserved_total{action=callback,queue=info,reason=max_wait}"),
+        1
+    );
+    assert_eq!(
+        h.gauge("centralino_dead_ends_total{queue=info,reason=max_wait}"),
+        0
+    );
+}
+
+/// `when_unserved = "overflow"`: at `max_wait_seconds` the caller moves to
+/// the firm's other queue, once, keeping their wait; its operator is
+/// offered the call; the queue log says so (not a dead end).
+#[test]
+fn an_unserved_caller_overflows_to_the_firms_other_queue() {
+    let config = CONFIG
+        .replace(
+            "when_unserved = \"hangup\"",
+            "when_unserved = \"overflow\"\noverflow_queue = \"secondo\"",
+        )
+        .replace(
+            "[[agents]]\nusername = \"1002\"",
+            "[[queues]]\nname = \"secondo\"\ntenant = \"demo\"\nwhen_unserved = \"hangup\"\n\n[[agents]]\nusername = \"1002\"",
+        )
+        .replace(
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]",
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"secondo\"]",
+        );
+    let mut h = Harness::with(&config);
+    // Only 1002 (queue secondo) is there.
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let out = h.invite("o1");
+    assert!(
+        requests(&out, PHONE2, "INVITE").is_empty(),
+        "not secondo's caller"
+    );
+    let out = h.advance(Duration::from_secs(11));
+    // One INVITE (with its retransmissions over UDP).
+    let offered = requests(&out, PHONE2, "INVITE");
+    assert!(!offered.is_empty(), "{out:?}");
+    assert!(offered.iter().all(|m| m.call_id == offered[0].call_id));
+    assert!(!codes(&out, TRUNK).contains(&480));
+    assert!(h.records.iter().any(|r| matches!(
+        r,
+        Record::Queue { event: QueueEvent::Overflow, queue, .. } if queue == "info"
+    )));
+    assert_eq!(
+        h.gauge("centralino_unserved_total{action=overflow,queue=info,reason=max_wait}"),
+        1
+    );
+}
+
+/// Nobody logged in to the queue: the policy applies after a grace of 30 s
+/// (time for a phone to register) rather than at `max_wait_seconds`; a
+/// caller whose number is withheld cannot be called back and is the only
+/// dead end, counted.
+#[test]
+fn with_nobody_logged_in_the_policy_applies_within_half_a_minute() {
+    let config = CONFIG
+        .replace("when_unserved = \"hangup\"\n", "")
+        .replace("max_wait_seconds = 10", "max_wait_seconds = 300");
+    let mut h = Harness::with(&config);
+    h.invite("n1");
+    h.advance(Duration::from_secs(29));
+    assert!(callbacks_asked(&mut h).is_empty(), "not before the grace");
+    h.now += Duration::from_secs(2);
+    assert_eq!(callbacks_asked(&mut h), ["+390612345678"]);
+    assert_eq!(
+        h.gauge("centralino_unserved_total{action=callback,queue=info,reason=nobody}"),
+        1
+    );
+    // A withheld number: nothing to call back, the queue's exit.
+    let mut h = Harness::with(&config);
+    h.send(TRUNK, &invite_with("Privacy: id\r\n"));
+    h.advance(Duration::from_secs(29));
+    let out = h.advance(Duration::from_secs(2));
+    assert!(codes(&out, TRUNK).contains(&480), "{out:?}");
+    assert_eq!(
+        h.gauge("centralino_unserved_total{action=hangup,queue=info,reason=nobody}"),
+        1
+    );
 }

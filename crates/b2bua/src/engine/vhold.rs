@@ -153,7 +153,7 @@ impl Engine {
             info!("callback number not usable: asking again");
             self.vhold_ask(now, call_id, Vhold::Enter(String::new(), tries + 1));
         } else {
-            self.vhold_give_up(call_id);
+            self.vhold_give_up(now, call_id);
         }
     }
 
@@ -165,14 +165,17 @@ impl Engine {
         match call.vhold.take() {
             Some(Vhold::Enter(digits, tries)) => self.vhold_entered(now, call_id, digits, tries),
             // Silence instead of a confirmation: no callback.
-            Some(Vhold::Confirm(_)) => self.vhold_give_up(call_id),
+            Some(Vhold::Confirm(_)) => self.vhold_give_up(now, call_id),
             None => {}
         }
     }
 
     /// The dialogue ended without a number: the caller keeps their place
     /// and the music.
-    pub(super) fn vhold_give_up(&mut self, call_id: CallId) {
+    pub(super) fn vhold_give_up(&mut self, now: Instant, call_id: CallId) {
+        if self.unserved_failed(now, call_id) {
+            return;
+        }
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };

@@ -74,7 +74,7 @@ pub(crate) fn asked(query: Option<&str>, now: i64) -> Result<Asked, String> {
 }
 
 /// The columns, in order (CSV header and JSON keys).
-pub(crate) const COLUMNS: [&str; 19] = [
+pub(crate) const COLUMNS: [&str; 20] = [
     "start",
     "queue",
     "offered",
@@ -86,6 +86,7 @@ pub(crate) const COLUMNS: [&str; 19] = [
     "exited",
     "callbacks",
     "transferred",
+    "overflowed",
     "requeued",
     "dead_ends",
     "service_level",
@@ -111,6 +112,7 @@ pub(crate) fn row(f: &QueueFigures, t: Thresholds) -> Vec<Value> {
         json!(f.exited),
         json!(f.callbacks),
         json!(f.transferred),
+        json!(f.overflowed),
         json!(f.requeued),
         json!(f.dead_ends),
         json!(round(f.service_level())),
