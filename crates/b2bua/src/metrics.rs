@@ -131,6 +131,12 @@ pub struct Metrics {
     /// `centralino_queue_timed_out_total{queue}`: ended at
     /// `max_wait_seconds`.
     pub queue_timed_out: IntCounterVec,
+    /// `centralino_queue_callbacks_total{queue}`: visits that ended in a
+    /// callback request (the caller's key, or the queue's offer).
+    pub queue_callbacks: IntCounterVec,
+    /// `centralino_queue_overflowed_total{queue}`: callers the queue could
+    /// not serve, passed to its `overflow_queue`.
+    pub queue_overflowed: IntCounterVec,
     /// `centralino_queue_agents_needed{queue}`: operators Erlang C asks for
     /// the queue's service level, on the last 15 minutes' traffic.
     pub queue_agents_needed: IntGaugeVec,
@@ -449,6 +455,16 @@ impl Metrics {
             queue_timed_out: reg!(cv(
                 "centralino_queue_timed_out_total",
                 "Callers the queue ended at max_wait_seconds",
+                &["queue"]
+            )),
+            queue_callbacks: reg!(cv(
+                "centralino_queue_callbacks_total",
+                "Visits that ended in a callback request",
+                &["queue"]
+            )),
+            queue_overflowed: reg!(cv(
+                "centralino_queue_overflowed_total",
+                "Callers the queue could not serve, passed to its overflow queue",
                 &["queue"]
             )),
             queue_agents_needed: reg!(gv(

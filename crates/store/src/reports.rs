@@ -78,7 +78,9 @@ pub struct QueueFigures {
 
 impl QueueFigures {
     /// Answered within T over answered + abandoned (after the short
-    /// threshold) + timed out; `None` without any such call.
+    /// threshold) + timed out + called back + overflowed: a caller the
+    /// queue sent elsewhere was not answered within T either. `None`
+    /// without any such call.
     pub fn service_level(&self) -> Option<f64> {
         ratio(self.answered_within, self.served_base())
     }
@@ -89,7 +91,7 @@ impl QueueFigures {
     }
 
     fn served_base(&self) -> u64 {
-        self.answered + self.abandoned + self.timed_out
+        self.answered + self.abandoned + self.timed_out + self.callbacks + self.overflowed
     }
 
     /// Abandoned over offered, short abandons left out of both.
@@ -242,7 +244,9 @@ impl Store {
                     f.talk_ms += talk;
                     false
                 }
-                "abandon" if v.answered => false,
+                // After an operator answered the visit (then lost their
+                // phone): the caller was served; counted once, as answered.
+                "abandon" | "timeout" | "exit" if v.answered => false,
                 "abandon" => {
                     if wait <= t.short_abandon_ms {
                         f.short_abandoned += 1;
@@ -414,8 +418,9 @@ mod tests {
             (1, 1, 0, 1)
         );
         assert_eq!((info.transferred, info.requeued, info.dead_ends), (1, 1, 2));
-        assert_eq!(info.service_level(), Some(4.0 / 6.0));
-        assert_eq!(info.service_level2(), Some(5.0 / 6.0));
+        // Answered 5, abandoned 1, called back 1: 7 in the base.
+        assert_eq!(info.service_level(), Some(4.0 / 7.0));
+        assert_eq!(info.service_level2(), Some(5.0 / 7.0));
         assert_eq!(info.abandon_rate(), Some(1.0 / 7.0));
         assert_eq!(info.asa_seconds(), Some(86.0 / 5.0));
         assert_eq!(info.completed, 6);

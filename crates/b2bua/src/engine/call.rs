@@ -245,6 +245,9 @@ pub(super) struct Call {
     pub(super) unserved: bool,
     /// Overflowed once already (never around a ring of queues).
     pub(super) overflowed: bool,
+    /// Its callback is stored: a hang-up during the confirmation is still
+    /// a callback request, not an abandon.
+    pub(super) callback_stored: bool,
 }
 
 /// Our re-INVITE to the colleague an attended transfer moved onto a call:
@@ -361,6 +364,7 @@ impl Call {
             visit_answered: false,
             unserved: false,
             overflowed: false,
+            callback_stored: false,
         }
     }
 

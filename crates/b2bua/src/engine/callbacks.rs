@@ -792,6 +792,8 @@ impl Engine {
             .callbacks
             .with_label_values(&["ivr_created"])
             .inc();
+        // Stored: however the call ends now, it ends as a callback request.
+        call.callback_stored = true;
         let confirm = self.queues[call.queue.0 as usize].callback_confirm.clone();
         // Out of the queue now: no operator may be offered it any more.
         self.router.withdraw(now, call_id);

@@ -444,6 +444,9 @@ impl Engine {
                 info!(agent = %name, queue = %qname, "call answered");
                 if let Some(c) = self.calls.get_mut(&call_id) {
                     c.connected = Some((now, name.clone()));
+                    // Answered during a callback dialogue: it is over.
+                    c.vhold = None;
+                    c.unserved = false;
                 }
                 if let Some(c) = self.calls.get(&call_id).filter(|_| agent.is_some()) {
                     let desk = self.desk(c, DeskState::Connected);

@@ -395,6 +395,9 @@ impl Engine {
         call.in_queue = true;
         call.enqueued = now;
         call.phase = Phase::Queued;
+        // A new wait: whatever the last queue offered is over.
+        call.unserved = false;
+        call.vhold = None;
         if call.consult.is_none() {
             // An operator's consultation is not the queue's traffic.
             self.metrics
@@ -412,6 +415,14 @@ impl Engine {
                     music,
                 }));
             }
+        } else if call.media.opened {
+            // Early media already flowing (an overflow from another
+            // queue): this queue's music on it, nothing signalled again.
+            self.out.push_back(Output::Media(MediaCommand::Play {
+                call: id,
+                prompts: Vec::new(),
+                music,
+            }));
         } else if let Some(inbound) = call.inbound() {
             let contact = Self::caller_contact(call);
             let mut progress = if call.media.late_offer {

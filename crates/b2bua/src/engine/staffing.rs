@@ -90,6 +90,8 @@ impl Engine {
         m.queue_answered_wait
             .with_label_values(&[name])
             .observe(wait.as_secs_f64());
+        // In whole milliseconds, as the queue log (and so the reports) has it.
+        let wait = Duration::from_millis(wait.as_millis() as u64);
         for (label, t) in [("t", policy.service.level), ("t2", policy.service.level2)] {
             if wait <= t {
                 m.queue_answered_within
@@ -126,6 +128,12 @@ impl Engine {
                 .queue_timed_out
                 .with_label_values(&[name])
                 .inc(),
+            CallOutcome::CallbackRequested => {
+                self.metrics
+                    .queue_callbacks
+                    .with_label_values(&[name])
+                    .inc();
+            }
             _ => {}
         }
     }

@@ -50,6 +50,12 @@ impl Engine {
         let Some(mut call) = self.calls.remove(&call_id) else {
             return;
         };
+        // A stored callback ends the call as its request, however it ends.
+        let outcome = if call.callback_stored && matches!(ending, Ending::Unanswered { .. }) {
+            CallOutcome::CallbackRequested
+        } else {
+            outcome
+        };
         self.by_a.remove(&call.a_leg.call_id);
         if let Some(r) = call.rejoin.take() {
             self.client.remove(&r.key);
@@ -132,6 +138,7 @@ impl Engine {
                 if call.outbound().is_none()
                     && call.transferred.is_none()
                     && call.consult.is_none()
+                    && !call.visit_answered
                     && !matches!(
                         outcome,
                         CallOutcome::CallbackRequested | CallOutcome::Shutdown

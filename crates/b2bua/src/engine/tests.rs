@@ -6430,6 +6430,13 @@ fn an_unserved_caller_overflows_to_the_firms_other_queue() {
         r,
         Record::Queue { event: QueueEvent::Overflow, queue, .. } if queue == "info"
     )));
+    // Its early media goes on: opened once, the new queue's music on it.
+    let opens = h
+        .media
+        .iter()
+        .filter(|m| matches!(m, MediaCommand::Open { .. }))
+        .count();
+    assert_eq!(opens, 1, "{:?}", h.media);
     assert_eq!(
         h.gauge("centralino_unserved_total{action=overflow,queue=info,reason=max_wait}"),
         1

@@ -33,6 +33,15 @@ impl Engine {
         // A citizen calling in; a callback being placed or an operator's
         // consultation ends as before.
         let citizen = call.outbound().is_none() && call.consult.is_none();
+        if citizen && (call.vhold.is_some() || call.callback_asked) {
+            // Already asking for a callback (their own key, or an earlier
+            // offer): that dialogue decides; if it comes to nothing, the
+            // call ends then.
+            if let Some(c) = self.calls.get_mut(&call_id) {
+                c.unserved = true;
+            }
+            return;
+        }
         let count = |this: &Self, action: &str| {
             this.metrics
                 .unserved
@@ -48,6 +57,17 @@ impl Engine {
                     .filter(|q| self.router.has_room(*q));
                 if let Some(target) = target {
                     count(self, "overflow");
+                    let counted = call.in_queue;
+                    if let Some(c) = self.calls.get_mut(&call_id) {
+                        // Logged under the queue that could not serve it.
+                        c.queue = queue;
+                    }
+                    if counted {
+                        self.metrics
+                            .queue_overflowed
+                            .with_label_values(&[&name])
+                            .inc();
+                    }
                     info!(queue = %name, to = %to, reason, "caller not served here: overflow");
                     self.queue_event(now, call_id, QueueEvent::Overflow, None);
                     self.leave_queue(now, call_id);
@@ -55,6 +75,8 @@ impl Engine {
                         return;
                     };
                     call.overflowed = true;
+                    // A new visit there (never the requeue of this one).
+                    call.requeued = false;
                     let mut spec = (*call.spec).clone();
                     spec.waited += now.saturating_duration_since(call.enqueued);
                     call.spec = Arc::new(spec.clone());
@@ -89,6 +111,12 @@ impl Engine {
                     if let Some(c) = self.calls.get_mut(&call_id) {
                         c.unserved = true;
                         c.queue = queue;
+                        // An IVR's caller refused by a full queue: the
+                        // queue's confirmation ends the call, not the flow.
+                        c.run = None;
+                        if c.phase == Phase::Ivr {
+                            c.phase = Phase::Queued;
+                        }
                     }
                     self.vhold_store(call_id, number);
                     return;
