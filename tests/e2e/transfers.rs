@@ -98,7 +98,21 @@ fn phone(scratch: &Scratch, node: &Node, user: u32, file: &str, ms: &str, extra:
 
 #[test]
 fn an_operator_transfers_a_call_blind_to_a_queue_and_a_colleague_gets_it_with_its_context() {
-    let scratch = Scratch::new("transfer");
+    blind_transfer("secondo", "queue");
+}
+
+/// The same to a colleague by name (`Refer-To: <sip:1002@...>`): their
+/// phone rings for the caller, whatever their queues.
+#[test]
+fn an_operator_transfers_a_call_blind_to_a_colleague_by_name() {
+    blind_transfer("1002", "operator");
+}
+
+/// Operator 1001 transfers blind to `target` (a queue or a colleague);
+/// colleague 1002 gets the call with its context; `kind` is the metric's
+/// target label.
+fn blind_transfer(target: &str, kind: &str) {
+    let scratch = Scratch::new(&format!("transfer-{kind}"));
     let node = Node::start_toml(&scratch, |s, h| config(s, h, 9));
     let refer = scenario("agent_refer.xml");
     let hangup = scenario("agent_hangup.xml");
@@ -108,7 +122,7 @@ fn an_operator_transfers_a_call_blind_to_a_queue_and_a_colleague_gets_it_with_it
         1001,
         &refer,
         "1000",
-        &["-key", "refer_to", "secondo"],
+        &["-key", "refer_to", target],
     );
     let mut colleague = phone(&scratch, &node, 1002, &hangup, "1500", &[]);
     // The caller stays on the line until the colleague hangs up.
@@ -128,13 +142,17 @@ fn an_operator_transfers_a_call_blind_to_a_queue_and_a_colleague_gets_it_with_it
         assert!(st.success(), "{name} SIPp failed:\n{}", sipp.report());
     }
     assert_eq!(
-        node.metric("centralino_transfers_total{outcome=\"done\",target=\"queue\"}"),
+        node.metric(&format!(
+            "centralino_transfers_total{{outcome=\"done\",target=\"{kind}\"}}"
+        )),
         1.0
     );
-    assert_eq!(
-        node.metric("centralino_calls_requeued_total{reason=\"transfer\"}"),
-        1.0
-    );
+    if kind == "queue" {
+        assert_eq!(
+            node.metric("centralino_calls_requeued_total{reason=\"transfer\"}"),
+            1.0
+        );
+    }
     // The same call record and the IVR's answers reach the colleague.
     let to_first = first.messages();
     let to_colleague = colleague.messages();

@@ -248,6 +248,9 @@ pub(super) struct Call {
     /// Its callback is stored: a hang-up during the confirmation is still
     /// a callback request, not an abandon.
     pub(super) callback_stored: bool,
+    /// Transferred to this operator by name, their phone ringing: not in
+    /// the queue meanwhile; unanswered, back to it.
+    pub(super) named: Option<AgentId>,
 }
 
 /// Our re-INVITE to the colleague an attended transfer moved onto a call:
@@ -365,6 +368,7 @@ impl Call {
             unserved: false,
             overflowed: false,
             callback_stored: false,
+            named: None,
         }
     }
 

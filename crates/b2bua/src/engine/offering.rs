@@ -447,6 +447,7 @@ impl Engine {
                     // Answered during a callback dialogue: it is over.
                     c.vhold = None;
                     c.unserved = false;
+                    c.named = None;
                 }
                 if let Some(c) = self.calls.get(&call_id).filter(|_| agent.is_some()) {
                     let desk = self.desk(c, DeskState::Connected);
@@ -681,6 +682,7 @@ impl Engine {
         if self.router.agent(agent).state == AgentState::Paused(PauseReason::NoAnswer) {
             self.agent_event(now, agent, "pause", Some("no_answer".to_owned()));
         }
+        self.named_failed(now, call, agent);
     }
 
     /// CANCEL for one of our INVITEs still ringing.
@@ -779,6 +781,7 @@ impl Engine {
             self.agent_released(agent);
         }
         self.preview_reclaimed(call_id, agent);
+        self.named_failed(now, call_id, agent);
     }
 }
 

@@ -79,6 +79,26 @@ impl Engine {
             let p = &self.queues[q.0 as usize];
             !p.retired && Some(p.tenant) == tenant
         });
+        // A colleague by name: one of the firm's operators.
+        let named = self.agent_ids.get(user).copied().filter(|&a| {
+            tenant.is_some_and(|t| self.router.agent(a).attributes.tenant == t.0 as u16)
+        });
+        if queue.is_none()
+            && let Some(agent) = named
+        {
+            if self.router.agent(agent).state != AgentState::Available {
+                // Busy, on a break or not logged in: the operator keeps the
+                // caller (and may try a queue).
+                return refused(self, 486, "Colleague Not Available", "operator");
+            }
+            let mut r = msg.response(202, "Accepted", None);
+            if let Some(b) = self.calls.get(&call_id).and_then(|c| c.b.as_ref()) {
+                r.push("Contact", &dialog::contact(b.flow));
+            }
+            self.respond(now, key, &r);
+            self.transfer_to_operator(now, call_id, agent);
+            return;
+        }
         let Some(queue) = queue else {
             if let Some(number) = self.transfer_number(call_id, scheme, to.uri, user) {
                 let mut r = msg.response(202, "Accepted", None);
@@ -233,6 +253,59 @@ impl Engine {
             self.agent_released(agent);
         }
         Some((by, spec))
+    }
+
+    /// The operator's leg ends (NOTIFY, BYE, wrap-up) and the colleague
+    /// `agent` is rung for the caller, who hears the queue's music; not
+    /// answered (or taken meanwhile), the caller waits in their queue
+    /// again with their wait.
+    fn transfer_to_operator(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let Some((by, spec)) = self.release_transferor(now, call_id) else {
+            return;
+        };
+        let name = self.router.agent(agent).name.clone();
+        info!(by = ?by, to = %name, "operator transferred the call to a colleague");
+        self.metrics
+            .transfers
+            .with_label_values(&["operator", "done"])
+            .inc();
+        self.queue_event(now, call_id, QueueEvent::Transfer, by);
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        call.spec = Arc::new(spec.clone());
+        let queue = call.queue;
+        let music = self.queues[queue.0 as usize].music.clone();
+        self.out.push_back(Output::Media(MediaCommand::Play {
+            call: call_id,
+            prompts: Vec::new(),
+            music,
+        }));
+        if self.router.reserve_named(now, agent, call_id, queue) {
+            if let Some(call) = self.calls.get_mut(&call_id) {
+                call.named = Some(agent);
+                call.phase = Phase::Queued;
+            }
+        } else {
+            self.enter_queue(now, call_id, queue, &spec);
+        }
+    }
+
+    /// A colleague rung by name did not take the call: it waits in its
+    /// queue again, with its wait.
+    pub(super) fn named_failed(&mut self, now: Instant, call_id: CallId, agent: AgentId) {
+        let Some(call) = self
+            .calls
+            .get_mut(&call_id)
+            .filter(|c| c.named == Some(agent) && c.phase != Phase::Connected)
+        else {
+            return;
+        };
+        call.named = None;
+        let queue = call.queue;
+        let spec = (*call.spec).clone();
+        info!("the colleague named did not answer: the caller waits in the queue again");
+        self.enter_queue(now, call_id, queue, &spec);
     }
 
     /// The operator's leg ends (NOTIFY of success, then BYE); the caller

@@ -218,6 +218,11 @@ impl Engine {
         if call.phase != Phase::Connected {
             // Releases every operator still ringing for it, too.
             self.router.withdraw(now, call_id);
+            if let Some(agent) = call.named.take() {
+                // A colleague rung by name (the call was in no queue).
+                self.router
+                    .offer_failed(now, call_id, agent, OfferOutcome::Withdrawn);
+            }
             for b in call.forks.drain(..) {
                 self.cancel_b(now, b);
             }

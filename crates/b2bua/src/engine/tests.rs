@@ -6008,11 +6008,7 @@ fn a_reload_takes_off_the_call_a_supervisor_no_longer_allowed() {
         "[[tenants]]\nname = \"demo\"",
         "[[tenants]]\nname = \"demo\"\nsupervisor_phones = [\"1002\"]",
     );
-    let mut h = Harness::with(&with_phone);
-    h.register("1001", PHONE1, Algorithm::Md5);
-    let out = h.invite("m1");
-    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
-    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let (mut h, _) = talking(&with_phone);
     // A browser supervisor: still allowed, then not.
     let target = h
         .engine
@@ -6472,4 +6468,63 @@ fn with_nobody_logged_in_the_policy_applies_within_half_a_minute() {
         h.gauge("centralino_unserved_total{action=hangup,queue=info,reason=nobody}"),
         1
     );
+}
+
+/// A blind transfer to a colleague by name (`Refer-To: <sip:1002@...>`):
+/// their phone rings for the caller, who hears the music meanwhile; a
+/// colleague who is not available is refused (`486`, the operator keeps
+/// the caller), another firm's operator is unknown (`403`); a colleague
+/// who does not answer sends the caller back to the queue.
+#[test]
+fn an_operator_transfers_blind_to_a_colleague_by_name() {
+    let config = CONFIG.replace(
+        "[[trunks]]",
+        "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
+    );
+    let (mut h, inv) = talking(&config);
+    // 1002 is not logged in yet; 2001 is another firm's.
+    let out = h.send(PHONE1, &operator_refer(&inv, 10, "<sip:1002@192.0.2.1>"));
+    assert_eq!(codes(&out, PHONE1), vec![486], "{out:?}");
+    let out = h.send(PHONE1, &operator_refer(&inv, 11, "<sip:2001@192.0.2.1>"));
+    assert_eq!(codes(&out, PHONE1), vec![403], "{out:?}");
+    assert!(
+        requests(&out, PHONE1, "BYE").is_empty(),
+        "1001 keeps the caller"
+    );
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let out = h.send(PHONE1, &operator_refer(&inv, 12, "<sip:1002@192.0.2.1>"));
+    assert_eq!(codes(&out, PHONE1)[0], 202, "{out:?}");
+    assert_eq!(requests(&out, PHONE1, "BYE").len(), 1);
+    let offered = requests(&out, PHONE2, "INVITE");
+    assert!(!offered.is_empty(), "1002's phone rings: {out:?}");
+    let b_inv = offered[0].clone();
+    assert_eq!(
+        b_inv.header("X-Centralino-Call"),
+        inv.header("X-Centralino-Call"),
+        "the same call, with its context"
+    );
+    assert_eq!(
+        h.gauge("centralino_transfers_total{outcome=done,target=operator}"),
+        1
+    );
+    // 1002 does not answer within the ring timeout: back in the queue,
+    // where 1001 (after wrap-up) takes it.
+    let out = h.advance(Duration::from_secs(6));
+    let again = requests(&out, PHONE1, "INVITE");
+    assert!(
+        !again.is_empty(),
+        "the caller waits in the queue again: {out:?}"
+    );
+    assert_eq!(h.engine.active_calls(), 1);
+}
+
+/// A harness on `config` where operator 1001 answered a carrier's call:
+/// the harness and the INVITE 1001's phone got.
+fn talking(config: &str) -> (Harness, Message) {
+    let mut h = Harness::with(config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    (h, inv)
 }

@@ -568,6 +568,48 @@ impl Router {
         }
     }
 
+    /// Reserves `agent`, available now, for `call` of `queue` outside the
+    /// queues' matching (a transfer naming them): an `Offer` follows, with
+    /// the queue's ring timeout as lease. `false` when they are not
+    /// available (or another thread took them first). The call is not in
+    /// the router: a failed offer only releases the operator.
+    pub fn reserve_named(
+        &mut self,
+        now: Instant,
+        agent: AgentId,
+        call: CallId,
+        queue: QueueId,
+    ) -> bool {
+        let t = self.at(now);
+        let a = agent.0;
+        if self.agents[a as usize].state != AgentState::Available {
+            return false;
+        }
+        let seen = self.board.load(a as usize);
+        if seen.code != Code::Available
+            || self
+                .board
+                .take(a as usize, seen.version, Code::Reserved, 0)
+                .is_err()
+        {
+            return false;
+        }
+        let ag = &mut self.agents[a as usize];
+        ag.epoch = ag.epoch.wrapping_add(1);
+        ag.queue_of_call = queue.0;
+        let epoch = ag.epoch;
+        self.account(a, AgentState::Available, AgentState::Reserved(call));
+        let lease = self.queues[queue.0 as usize].settings.ring_timeout + LEASE_GRACE;
+        self.timers.arm(t, ns(lease), Timer::Lease(a, epoch));
+        self.out.push_back(Output::Offer(Decision {
+            call,
+            agent,
+            queue,
+            waited: Duration::ZERO,
+        }));
+        true
+    }
+
     /// The operator talking on `from` goes on talking on `to` (an attended
     /// transfer hands a consultation's operator the caller's call): same
     /// state, same talk clock; `false` when they were not on `from`.
