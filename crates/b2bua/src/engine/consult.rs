@@ -17,20 +17,31 @@ use centralino_sip::replaces;
 
 use super::dialogs::tag_of;
 
+/// What a consultation calls: a queue of the firm, or a colleague by
+/// name.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ConsultTo {
+    Queue(QueueId),
+    Colleague(AgentId),
+}
+
 /// A consultation that may start.
 pub(super) struct ConsultStart {
     pub(super) queue: QueueId,
     pub(super) spec: Arc<CallSpec>,
     pub(super) tenant: TenantId,
     pub(super) consult: Consult,
+    /// The colleague named, rung directly.
+    pub(super) named: Option<AgentId>,
 }
 
 impl Engine {
-    /// The queue an INVITE names when it can only be an operator's
+    /// What an INVITE calls when it can only be an operator's
     /// consultation: no trunk's DID from a trunk's address, no other
-    /// node's handover, and a queue's name as the Request-URI's user. Who
-    /// sends it is proven by digest in [`Self::consult_admit`].
-    pub(super) fn consult_queue(&self, flow: Flow, msg: &Message) -> Option<QueueId> {
+    /// node's handover, and a queue's or an operator's name as the
+    /// Request-URI's user. Who sends it is proven by digest in
+    /// [`Self::consult_admit`].
+    pub(super) fn consult_queue(&self, flow: Flow, msg: &Message) -> Option<ConsultTo> {
         let source = flow.remote.ip();
         if self.handover_for(source, msg).is_some()
             || self.inbound_by_address(source, msg).is_some()
@@ -38,11 +49,15 @@ impl Engine {
             return None;
         }
         let user = uri::user(msg.request_uri()?)?;
-        let queue = self
+        let to = match self
             .queue_ids
             .get(user)
             .copied()
-            .filter(|q| !self.queues[q.0 as usize].retired)?;
+            .filter(|q| !self.queues[q.0 as usize].retired)
+        {
+            Some(q) => ConsultTo::Queue(q),
+            None => ConsultTo::Colleague(*self.agent_ids.get(user)?),
+        };
         // Only from where the named operator's phone is registered: a
         // carrier's address or a stranger gets no challenge (and no
         // transaction), as before consultations existed.
@@ -54,7 +69,7 @@ impl Engine {
             .bindings(from)
             .iter()
             .any(|b| b.flow.remote.ip() == source)
-            .then_some(queue)
+            .then_some(to)
     }
 
     /// Challenges a consultation's INVITE and checks it: an operator of
@@ -65,7 +80,7 @@ impl Engine {
         now: Instant,
         flow: Flow,
         msg: &Message,
-        queue: QueueId,
+        to: ConsultTo,
     ) -> Option<ConsultStart> {
         let key = TxKey::of(msg);
         let refuse = |this: &mut Self, code: u16, reason: &'static str| {
@@ -109,12 +124,18 @@ impl Engine {
             refuse(self, 403, "consult_not_operator");
             return None;
         };
-        let tenant = self.queues[queue.0 as usize].tenant;
-        if self.router.agent(agent).attributes.tenant != tenant.0 as u16 {
-            // Another firm's queue is as unknown as a missing one.
-            refuse(self, 404, "consult_unknown_queue");
+        let firm = self.router.agent(agent).attributes.tenant;
+        let same_firm = match to {
+            ConsultTo::Queue(q) => self.queues[q.0 as usize].tenant.0 as u16 == firm,
+            ConsultTo::Colleague(b) => b != agent && self.router.agent(b).attributes.tenant == firm,
+        };
+        if !same_firm {
+            // Another firm's queue or operator is as unknown as a missing
+            // one.
+            refuse(self, 404, "consult_unknown_target");
             return None;
         }
+
         let about = match self.router.agent(agent).state {
             AgentState::OnCall(c) => Some(c),
             _ => None,
@@ -123,7 +144,7 @@ impl Engine {
             self.calls.get(c).is_some_and(|call| {
                 call.phase == Phase::Connected
                     && call.consult.is_none()
-                    && call.tenant == tenant
+                    && call.tenant.0 as u16 == firm
                     && call.transfer.is_none()
                     && !call.handed_over
                     && call.b.as_ref().and_then(BLeg::agent) == Some(agent)
@@ -145,18 +166,59 @@ impl Engine {
             refuse(self, 486, "consult_busy");
             return None;
         }
-        if !self.router.has_room(queue) {
+        let (queue, named) = match to {
+            ConsultTo::Queue(q) => (q, None),
+            ConsultTo::Colleague(b) => (self.calls.get(&about)?.queue, Some(b)),
+        };
+        if named.is_some_and(|b| self.router.agent(b).state != AgentState::Available) {
+            refuse(self, 486, "consult_colleague_busy");
+            return None;
+        }
+        if named.is_none() && !self.router.has_room(queue) {
             refuse(self, 503, "consult_queue_full");
             return None;
         }
+        let tenant = self.calls.get(&about)?.tenant;
         let spec = self.calls.get(&about)?.spec.clone();
-        info!(user = %user, queue = %self.router.queue(queue).name, "operator consults a queue");
+        match named {
+            Some(b) => {
+                info!(user = %user, colleague = %self.router.agent(b).name, "operator consults a colleague");
+            }
+            None => {
+                info!(user = %user, queue = %self.router.queue(queue).name, "operator consults a queue");
+            }
+        }
         Some(ConsultStart {
             queue,
             spec,
             tenant,
             consult: Consult { by: agent, about },
+            named,
         })
+    }
+
+    /// A consultation naming a colleague, its ports held: the consulting
+    /// operator hears `queue`'s music while the colleague's phone rings;
+    /// not available any more, `486`.
+    pub(super) fn consult_ring(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        queue: QueueId,
+        agent: AgentId,
+    ) {
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.queue = queue;
+            call.enqueued = now;
+            call.phase = Phase::Queued;
+        }
+        self.queue_music(now, id, queue);
+        if !self.router.reserve_named(now, agent, id, queue) {
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.named = None;
+            }
+            self.end_unanswered(now, id, 486, CallOutcome::Busy, false);
+        }
     }
 
     /// A REFER whose `Refer-To` carries `Replaces` on the call `x` (its

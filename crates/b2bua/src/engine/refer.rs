@@ -302,6 +302,11 @@ impl Engine {
             return;
         };
         call.named = None;
+        if call.consult.is_some() {
+            // A consultation of a colleague who did not take it: over.
+            self.end_unanswered(now, call_id, 480, CallOutcome::NoAnswer, false);
+            return;
+        }
         let queue = call.queue;
         let spec = (*call.spec).clone();
         info!("the colleague named did not answer: the caller waits in the queue again");

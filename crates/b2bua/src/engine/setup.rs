@@ -255,6 +255,9 @@ impl Engine {
         call.we_refresh = we_refresh;
         call.peer_update = peer_update;
         call.reliable = reliable;
+        if let Some(c) = &consult {
+            call.named = c.named;
+        }
         call.opening = Some(match &claimed {
             Some(c) => {
                 call.handed_over = true;
@@ -304,7 +307,13 @@ impl Engine {
                     did,
                 }));
                 match target {
-                    Target::Queue(queue, spec) => self.enter_queue(now, id, queue, &spec),
+                    Target::Queue(queue, spec) => {
+                        match self.calls.get(&id).and_then(|c| c.named) {
+                            // A consultation naming a colleague: rung directly.
+                            Some(agent) => self.consult_ring(now, id, queue, agent),
+                            None => self.enter_queue(now, id, queue, &spec),
+                        }
+                    }
                     Target::Flow(flow, _) => self.start_flow(now, id, flow),
                 }
             }
@@ -385,7 +394,6 @@ impl Engine {
             self.unserved(now, id, queue, "full", CallOutcome::QueueFull);
             return;
         }
-        let music = self.queues[queue.0 as usize].music.clone();
         let announce = self.queues[queue.0 as usize].announce_every;
         let max_wait = self.router.queue(queue).max_wait;
         let Some(call) = self.calls.get_mut(&id) else {
@@ -406,6 +414,34 @@ impl Engine {
                 .inc();
         }
         info!(caller = %Masked(&call.caller), queue = %qname, "call queued");
+        self.queue_music(now, id, queue);
+        self.timers
+            .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
+        if self.nobody_in(queue)
+            && self.queues[queue.0 as usize].when_unserved != centralino_config::Unserved::Hangup
+        {
+            self.timers.push(Reverse((
+                now + unserved::NOBODY_GRACE,
+                id,
+                CallTimer::Nobody,
+            )));
+        }
+        if let Some(every) = announce {
+            self.timers
+                .push(Reverse((now + every, id, CallTimer::Announce)));
+        }
+        self.visit_started(now, id, queue);
+        self.queue_event(now, id, QueueEvent::Enter, None);
+    }
+
+    /// The caller hears `queue`'s music: on their open media, or as early
+    /// media (183 with our SDP, refreshed) while unanswered; a late offer
+    /// gets 180 and their own ringback.
+    pub(super) fn queue_music(&mut self, now: Instant, id: CallId, queue: QueueId) {
+        let music = self.queues[queue.0 as usize].music.clone();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         if call.answered() {
             // The caller is already connected to us (IVR): music now.
             if call.media.opened {
@@ -452,23 +488,6 @@ impl Engine {
             self.timers
                 .push(Reverse((now + PROGRESS_REFRESH, id, CallTimer::Progress)));
         }
-        self.timers
-            .push(Reverse((now + max_wait, id, CallTimer::MaxWait)));
-        if self.nobody_in(queue)
-            && self.queues[queue.0 as usize].when_unserved != centralino_config::Unserved::Hangup
-        {
-            self.timers.push(Reverse((
-                now + unserved::NOBODY_GRACE,
-                id,
-                CallTimer::Nobody,
-            )));
-        }
-        if let Some(every) = announce {
-            self.timers
-                .push(Reverse((now + every, id, CallTimer::Announce)));
-        }
-        self.visit_started(now, id, queue);
-        self.queue_event(now, id, QueueEvent::Enter, None);
     }
 
     /// Checks the caller's offer: the caller's media parameters (ports

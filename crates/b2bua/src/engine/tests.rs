@@ -6528,3 +6528,55 @@ fn talking(config: &str) -> (Harness, Message) {
     h.send(PHONE1, &response_to(&inv, 200, "b1"));
     (h, inv)
 }
+
+/// A consultation of a colleague by name (`INVITE sip:1002@...` from the
+/// operator's phone): 1002's phone rings directly, whatever the queues;
+/// then the attended transfer hands them the caller as with a queue. A
+/// colleague not available is `486`; another firm's operator `404`.
+#[test]
+fn an_operator_consults_a_colleague_by_name_then_hands_them_the_caller() {
+    let config = CONFIG.replace(
+        "[[trunks]]",
+        "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
+    );
+    let (mut h, inv) = talking(&config);
+    let (_, second) = dial_from(&mut h, PHONE1, "c0", "1001", "demo1001", "1002");
+    assert_eq!(
+        codes(&second.unwrap(), PHONE1).last(),
+        Some(&486),
+        "1002 is not logged in"
+    );
+    let (_, second) = dial_from(&mut h, PHONE1, "c1", "1001", "demo1001", "2001");
+    assert_eq!(
+        codes(&second.unwrap(), PHONE1).last(),
+        Some(&404),
+        "another firm's"
+    );
+    h.register("1002", PHONE2, Algorithm::Md5);
+    let (_, second) = dial_from(&mut h, PHONE1, "k1", "1001", "demo1001", "1002");
+    let out = second.unwrap();
+    let offered = requests(&out, PHONE2, "INVITE");
+    assert!(!offered.is_empty(), "1002's phone rings: {out:?}");
+    let b_inv = offered[0].clone();
+    let out = h.send(PHONE2, &response_to(&b_inv, 200, "b2"));
+    let ok = out
+        .iter()
+        .find(|(to, m)| m.code() == 200 && to.to_string() == PHONE1)
+        .expect("the consultation answered")
+        .1
+        .clone();
+    ack_consult(&mut h, PHONE1, "k1", &ok);
+    let ours = ok.to_tag.clone().unwrap();
+    let out = h.send(PHONE1, &operator_refer(&inv, 11, &replaces("k1", &ours)));
+    assert_eq!(codes(&out, PHONE1)[0], 202, "{out:?}");
+    assert_eq!(
+        requests(&out, PHONE2, "INVITE").len(),
+        1,
+        "moved by re-INVITE"
+    );
+    let caller_call = *h.engine.by_a.get("m1").unwrap();
+    assert_eq!(
+        h.engine.router.agent(h.engine.agent_ids["1002"]).state,
+        centralino_routing::AgentState::OnCall(caller_call)
+    );
+}
