@@ -862,6 +862,23 @@ fn supervisors_see_their_own_tenant_only() {
     assert_eq!(names(asl), ["vaccini"]);
     assert_eq!(names(altra), ["altra-info"]);
     assert_eq!(names(Some(TOKEN)), ["altra-info", "vaccini"], "admin: all");
+    // The callbacks not done yet, per queue (the wallboard's backlog).
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(TOKEN),
+        Some(r#"{"queue": "vaccini", "number": "+393331234567"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = node.http("GET", "/api/v1/queues", asl, None);
+    let vaccini = &json(&body)["queues"][0];
+    assert_eq!(vaccini["callbacks_open"], 1, "{body}");
+    assert!(
+        vaccini["callbacks_oldest_seconds"].as_i64().is_some(),
+        "{body}"
+    );
+    let (_, body) = node.http("GET", "/api/v1/queues", altra, None);
+    assert_eq!(json(&body)["queues"][0]["callbacks_open"], 0, "{body}");
     for token in ["desk-1001-token-0123456789", "web-form-token-0123456789"] {
         assert_eq!(node.http("GET", "/api/v1/queues", Some(token), None).0, 403);
         assert_eq!(node.http("GET", "/api/v1/agents", Some(token), None).0, 403);

@@ -131,6 +131,18 @@ pub struct Span {
     pub interval_ms: i64,
 }
 
+/// One queue's callbacks not done yet (pending or being placed): the
+/// supervisors' backlog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// Queue name.
+    pub queue: String,
+    /// Callbacks waiting or being placed.
+    pub open: u64,
+    /// When the oldest of them was asked for (Unix seconds).
+    pub oldest: i64,
+}
+
 /// At most this many intervals in one report (a year of hours): bounded
 /// work for one request.
 pub const MAX_INTERVALS: i64 = 9_000;
@@ -145,6 +157,23 @@ struct Visit {
 }
 
 impl Store {
+    /// Each queue's callbacks not done yet (by the status index; queues
+    /// with none are left out).
+    pub fn callback_backlog(&self) -> Result<Vec<Backlog>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT queue, COUNT(*), MIN(created_at) FROM callbacks
+             WHERE status IN ('pending', 'in_progress') GROUP BY queue ORDER BY queue",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Backlog {
+                queue: r.get(0)?,
+                open: r.get::<_, i64>(1)?.max(0) as u64,
+                oldest: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The figures of every queue with calls entering it in `span`, one
     /// row per queue and interval that had any (ordered by interval, then
     /// queue). `thresholds` gives a queue's; a queue it does not know (no

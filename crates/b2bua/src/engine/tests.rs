@@ -5577,10 +5577,7 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
             "[[agents]]\nusername = \"1002\"",
             "[[agents]]\nusername = \"1003\"\npassword = \"demo1003\"\ntenant = \"demo\"\nqueues = [\"info\"]\n\n[[agents]]\nusername = \"1002\"",
         );
-    let config = config.replace(
-        "[[trunks]]",
-        "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
-    );
+    let config = with_other_firm(&config);
     let mut h = Harness::with(&config);
     h.register("1001", PHONE1, Algorithm::Md5);
     let out = h.invite("m1");
@@ -6477,10 +6474,7 @@ fn with_nobody_logged_in_the_policy_applies_within_half_a_minute() {
 /// who does not answer sends the caller back to the queue.
 #[test]
 fn an_operator_transfers_blind_to_a_colleague_by_name() {
-    let config = CONFIG.replace(
-        "[[trunks]]",
-        "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
-    );
+    let config = with_other_firm(CONFIG);
     let (mut h, inv) = talking(&config);
     // 1002 is not logged in yet; 2001 is another firm's.
     let out = h.send(PHONE1, &operator_refer(&inv, 10, "<sip:1002@192.0.2.1>"));
@@ -6535,10 +6529,7 @@ fn talking(config: &str) -> (Harness, Message) {
 /// colleague not available is `486`; another firm's operator `404`.
 #[test]
 fn an_operator_consults_a_colleague_by_name_then_hands_them_the_caller() {
-    let config = CONFIG.replace(
-        "[[trunks]]",
-        "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
-    );
+    let config = with_other_firm(CONFIG);
     let (mut h, inv) = talking(&config);
     let (_, second) = dial_from(&mut h, PHONE1, "c0", "1001", "demo1001", "1002");
     assert_eq!(
@@ -6579,4 +6570,12 @@ fn an_operator_consults_a_colleague_by_name_then_hands_them_the_caller() {
         h.engine.router.agent(h.engine.agent_ids["1002"]).state,
         centralino_routing::AgentState::OnCall(caller_call)
     );
+}
+
+/// `config` with another firm, `altra`, and its operator 2001.
+fn with_other_firm(config: &str) -> String {
+    config.replace(
+        "[[trunks]]",
+        "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
+    )
 }

@@ -13,6 +13,7 @@ const T = {
     "q-expected": "Attesa prevista (s)", "q-available": "Liberi", "q-busy": "Occupati",
     "q-paused": "In pausa", "q-out": "Non registrati",
     "q-sl": "Livello di servizio oggi", "q-abandon": "Abbandoni oggi", "q-short": "Operatori mancanti",
+    "q-callbacks": "Richiamate da fare",
     "c-name": "Campagna", "c-queue": "Coda", "c-ringing": "Squillano", "c-talking": "In conversazione",
     "c-answered": "Risposte", "c-abandon": "Abbandono",
     "a-name": "Operatore", "a-tenant": "Ente", "a-state": "Stato", "a-reason": "Motivo",
@@ -37,6 +38,7 @@ const T = {
     "q-expected": "Expected wait (s)", "q-available": "Free", "q-busy": "Busy",
     "q-paused": "On a break", "q-out": "Not registered",
     "q-sl": "Service level today", "q-abandon": "Abandoned today", "q-short": "Operators short",
+    "q-callbacks": "Callbacks to make",
     "c-name": "Campaign", "c-queue": "Queue", "c-ringing": "Ringing", "c-talking": "Talking",
     "c-answered": "Answered", "c-abandon": "Abandon rate",
     "a-name": "Operator", "a-tenant": "Firm", "a-state": "State", "a-reason": "Reason",
@@ -57,7 +59,7 @@ const T = {
 
 let lang = localStorage.getItem("centralino.lang") === "en" ? "en" : "it";
 const t = (k) => T[lang][k] ?? T.it[k] ?? k;
-const board = { on: false, socket: null, retry: 0, poll: null, view: null, agents: [], link: "", today: {}, todayPoll: null };
+const board = { on: false, socket: null, retry: 0, poll: null, view: null, agents: [], link: "", today: {}, todayPoll: null, backlog: {} };
 
 // A ratio as the wallboard shows it ("—" without calls).
 const percent = (v) => (v === null || v === undefined ? null : (100 * v).toFixed(1) + " %");
@@ -98,6 +100,7 @@ function render() {
     q.agents_needed === null || q.agents_needed === undefined ? null : q.agents_short,
     board.today[q.name] && percent(board.today[q.name].service_level),
     board.today[q.name] && percent(board.today[q.name].abandon_rate),
+    board.backlog[q.name],
   ]));
   cells($("campaigns").tBodies[0], (v.campaigns || []).map((c) => [
     c.name, c.queue, c.ringing, c.talking, c.answered,
@@ -273,6 +276,12 @@ async function today() {
   if (r.status !== 200 || !r.json) return;
   board.today = {};
   for (const row of r.json.intervals || []) board.today[row.queue] = row;
+  // Callbacks not done yet, per queue.
+  const q = await api("GET", "/api/v1/queues");
+  board.backlog = {};
+  if (q.status === 200 && q.json) {
+    for (const row of q.json.queues || []) board.backlog[row.name] = row.callbacks_open;
+  }
   render();
 }
 

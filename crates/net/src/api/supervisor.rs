@@ -77,6 +77,21 @@ pub(super) async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Re
             let views = api.desks.queues.borrow().clone();
             let mut v = queues_json(&views, t.tenant.as_deref());
             v["campaigns"] = campaigns_json(&api.desks, t.tenant.as_deref());
+            // Each queue's callbacks not done yet, from the store (a
+            // store that cannot answer leaves them out, `null`).
+            let backlog = api.store.with(|s| s.callback_backlog()).await.ok();
+            let now = unix_now();
+            if let Some(queues) = v["queues"].as_array_mut() {
+                for q in queues {
+                    let b = backlog.as_ref().map(|all| {
+                        all.iter()
+                            .find(|b| q["name"].as_str() == Some(b.queue.as_str()))
+                    });
+                    q["callbacks_open"] = json!(b.map(|b| b.map_or(0, |b| b.open)));
+                    q["callbacks_oldest_seconds"] =
+                        json!(b.and_then(|b| b.map(|b| (now - b.oldest).max(0))));
+                }
+            }
             ok(StatusCode::OK, &v)
         }
     }
