@@ -109,6 +109,10 @@ enum Command {
         /// CSV instead of JSON.
         #[arg(long)]
         csv: bool,
+        /// The operators' figures (`/api/v1/reports/agents`) instead of the
+        /// queues'; `--queue` then names one operator.
+        #[arg(long)]
+        agents: bool,
     },
     /// Validate a configuration file and list every problem with its key path.
     CheckConfig {
@@ -288,7 +292,13 @@ struct AuditArgs {
 /// read.
 /// `centralino report`: exit 2 when the store or the configuration cannot
 /// be read or the bounds are wrong.
-fn report(data_dir: &Path, config: Option<PathBuf>, query: &str, csv: bool) -> ExitCode {
+fn report(
+    data_dir: &Path,
+    config: Option<PathBuf>,
+    query: &str,
+    csv: bool,
+    agents: bool,
+) -> ExitCode {
     let path = data_dir.join("centralino.db");
     if !path.is_file() {
         eprintln!("centralino: no store at {}", path.display());
@@ -303,7 +313,13 @@ fn report(data_dir: &Path, config: Option<PathBuf>, query: &str, csv: bool) -> E
     };
     let out = centralino_store::Store::open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))
-        .and_then(|store| centralino_net::queue_report_text(&store, &config, query, csv));
+        .and_then(|store| {
+            if agents {
+                centralino_net::agent_report_text(&store, query, csv)
+            } else {
+                centralino_net::queue_report_text(&store, &config, query, csv)
+            }
+        });
     match out {
         Ok(text) => {
             print!("{text}");
@@ -444,13 +460,14 @@ fn main() -> ExitCode {
             interval,
             queue,
             csv,
+            agents,
         } => {
             let query: Vec<String> = [("from", from), ("to", to), ("queue", queue)]
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
                 .chain([format!("interval={interval}")])
                 .collect();
-            report(&data_dir, config, &query.join("&"), csv)
+            report(&data_dir, config, &query.join("&"), csv, agents)
         }
         Command::Audit {
             data_dir,

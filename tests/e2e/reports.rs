@@ -291,6 +291,33 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
         .output()
         .expect("centralino report");
     assert_eq!(out.status.code(), Some(2));
+    // The operators' report: 1001 logged in, talked one call.
+    let path = format!("/api/v1/reports/agents?interval=1d&from={from}&to={to}");
+    let (status, body) = node.http("GET", &path, Some(SUPERVISOR), None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let op = &v["intervals"][0];
+    assert_eq!(
+        (op["agent"].as_str(), op["calls"].as_u64()),
+        (Some("1001"), Some(1)),
+        "{v}"
+    );
+    assert!(op["talk_seconds"].as_f64().unwrap_or(0.0) >= 0.9, "{v}");
+    assert!(op["logged_in_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    let (_, body) = node.http("GET", &path, Some(OTHER_FIRM), None);
+    assert!(!body.contains("1001"), "another firm's supervisor: {body}");
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("report")
+        .arg("--agents")
+        .arg("--data-dir")
+        .arg(scratch.path("data"))
+        .args(["--interval", "1d", "--from", &from, "--to", &to, "--csv"])
+        .output()
+        .expect("centralino report --agents");
+    assert!(out.status.success(), "{out:?}");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.starts_with("start,agent,logged_in_seconds"), "{csv}");
+    assert!(csv.contains(",1001,"), "{csv}");
     // Prometheus, from the node's counters with the shipped recording
     // rules: the same service level, abandon rate and ASA as the report.
     let asa = row["asa_seconds"].as_f64().expect("asa");

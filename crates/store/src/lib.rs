@@ -37,7 +37,9 @@ pub use centralino_types::record::Record;
 pub use mirror::{Kept, Mirrored};
 pub use mirror_contacts::{INTERRUPTED_HOLD, MirroredContact, Tombstone, WorkContact};
 pub use operators::{Operator, read_operators};
-pub use reports::{Backlog, MAX_INTERVALS, QueueFigures, Span, Thresholds};
+pub use reports::{
+    AGENT_LOOKBACK_MS, AgentFigures, Backlog, MAX_INTERVALS, QueueFigures, Span, Thresholds,
+};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[

@@ -57,7 +57,7 @@ mod ws;
 use control::Reloads;
 pub use control::{Loader, ReloadError};
 pub use desks::Desks;
-pub use reports::report as queue_report_text;
+pub use reports::{agents as agent_report_text, report as queue_report_text};
 
 use admin::*;
 pub(crate) use auth::session_cookie;
@@ -349,6 +349,13 @@ fn table() -> Vec<Route> {
             &["reports_queues"],
             Audit::Bearer,
             get(reports::queue_report),
+        ),
+        route(
+            "/api/v1/reports/agents",
+            &["GET"],
+            &["reports_agents"],
+            Audit::Bearer,
+            get(reports::agent_report),
         ),
         route(
             "/api/v1/queues/events",

@@ -107,6 +107,11 @@ const OPERATIONS: &[(&str, &str, Who)] = &[
         Who::Supervisor,
     ),
     (
+        "reports_agents",
+        "Each operator's logged-in time, breaks, talk and calls per interval (JSON, or CSV with Accept: text/csv)",
+        Who::Supervisor,
+    ),
+    (
         "queue_events",
         "The supervisor view as a WebSocket",
         Who::Supervisor,

@@ -2,8 +2,10 @@
 //! from the store's queue log (README, "Service figures"), as JSON or as
 //! CSV for spreadsheets (`Accept: text/csv`).
 
+use std::fmt::Write as _;
+
 use super::*;
-use centralino_store::{QueueFigures, Span, Thresholds};
+use centralino_store::{AgentFigures, QueueFigures, Span, Thresholds};
 
 /// Interval names and lengths (milliseconds).
 const INTERVALS: [(&str, i64); 3] = [("15m", 900_000), ("1h", 3_600_000), ("1d", 86_400_000)];
@@ -205,12 +207,145 @@ fn document(a: &Asked, rows: &[(QueueFigures, Thresholds)]) -> Value {
             )
         })
         .collect();
+    envelope(a, intervals)
+}
+
+/// A report's JSON: its bounds and its rows.
+fn envelope(a: &Asked, intervals: Vec<Value>) -> Value {
     json!({
         "from": rfc3339(a.span.from_ms / 1000),
         "to": rfc3339(a.span.to_ms / 1000),
         "interval": a.interval,
         "intervals": intervals,
     })
+}
+
+/// A report as the client asked for it: CSV with `Accept: text/csv`, else
+/// the JSON document.
+fn answer(headers: &HeaderMap, csv: String, json: impl FnOnce() -> Value) -> Response {
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    if wants_csv {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            csv,
+        )
+            .into_response();
+    }
+    ok(StatusCode::OK, &json())
+}
+
+/// The operators' report as JSON rows (and CSV lines: breaks as
+/// `reason=seconds` joined by `;`).
+fn agent_rows(rows: &[AgentFigures]) -> (Vec<Value>, String) {
+    let secs = |ms: i64| (ms as f64 / 1000.0 * 10.0).round() / 10.0;
+    let mut csv =
+        String::from("start,agent,logged_in_seconds,paused_seconds,pauses,talk_seconds,calls\r\n");
+    let json = rows
+        .iter()
+        .map(|f| {
+            let paused: i64 = f.paused_ms.iter().map(|(_, t)| t).sum();
+            let pauses: serde_json::Map<String, Value> = f
+                .paused_ms
+                .iter()
+                .map(|(r, t)| (r.clone(), json!(secs(*t))))
+                .collect();
+            let start = rfc3339(f.start_ms.div_euclid(1000));
+            let flat: Vec<String> = f
+                .paused_ms
+                .iter()
+                .map(|(r, t)| format!("{r}={}", secs(*t)))
+                .collect();
+            // Reasons come from desks: quoted, with any quote doubled.
+            let _ = write!(
+                csv,
+                "{start},{},{},{},\"{}\",{},{}\r\n",
+                f.agent,
+                secs(f.logged_in_ms),
+                secs(paused),
+                flat.join(";").replace('"', "\"\""),
+                secs(f.talk_ms),
+                f.calls
+            );
+            json!({
+                "start": start,
+                "agent": f.agent,
+                "logged_in_seconds": secs(f.logged_in_ms),
+                "paused_seconds": secs(paused),
+                "pauses": pauses,
+                "talk_seconds": secs(f.talk_ms),
+                "calls": f.calls,
+            })
+        })
+        .collect();
+    (json, csv)
+}
+
+/// `centralino report --agents`: the operators' figures from a store
+/// file, as JSON or CSV.
+pub fn agents(
+    store: &centralino_store::Store,
+    query: &str,
+    as_csv: bool,
+) -> Result<String, String> {
+    let a = asked(Some(query), unix_now())?;
+    let rows = store
+        .agent_report(a.span, unix_now_ms())
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<AgentFigures> = rows
+        .into_iter()
+        .filter(|f| a.queue.as_deref().is_none_or(|q| q == f.agent))
+        .collect();
+    let (json_rows, csv) = agent_rows(&rows);
+    Ok(if as_csv {
+        csv
+    } else {
+        envelope(&a, json_rows).to_string()
+    })
+}
+
+/// `GET /api/v1/reports/agents`: each operator's logged-in time, breaks
+/// by reason, talk and calls per interval (the same parameters, `agent`
+/// for one operator); a firm's supervisor sees its own operators only.
+pub(super) async fn agent_report(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    // `agent=` names one operator (read as the queue filter's slot).
+    let query = query.map(|q| q.replace("agent=", "queue="));
+    let a = match asked(query.as_deref(), unix_now()) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.replace("queue", "agent")),
+    };
+    let live = api.live();
+    let span = a.span;
+    let Ok(rows) = api
+        .store
+        .with(move |s| s.agent_report(span, unix_now_ms()))
+        .await
+    else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+    };
+    let rows: Vec<AgentFigures> = rows
+        .into_iter()
+        .filter(|f| {
+            token.tenant.as_deref().is_none_or(|t| {
+                live.agent_tenants
+                    .iter()
+                    .any(|(ag, at)| *ag == f.agent && at == t)
+            }) && a.queue.as_deref().is_none_or(|only| only == f.agent)
+        })
+        .collect();
+    let (json_rows, csv) = agent_rows(&rows);
+    answer(&headers, csv, || envelope(&a, json_rows))
 }
 
 /// Thresholds for a queue no longer configured (its history stays).
@@ -261,19 +396,7 @@ pub(super) async fn queue_report(
             (f, t)
         })
         .collect();
-    let wants_csv = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/csv"));
-    if wants_csv {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            csv(&rows),
-        )
-            .into_response();
-    }
-    ok(StatusCode::OK, &document(&a, &rows))
+    answer(&headers, csv(&rows), || document(&a, &rows))
 }
 
 #[cfg(test)]
