@@ -113,6 +113,10 @@ enum Command {
         /// queues'; `--queue` then names one operator.
         #[arg(long)]
         agents: bool,
+        /// The queue log of the calls entering a queue in the span, as
+        /// `simulate --replay` reads it (CSV `seconds,call,queue,event`).
+        #[arg(long)]
+        replay: bool,
     },
     /// Validate a configuration file and list every problem with its key path.
     CheckConfig {
@@ -292,12 +296,19 @@ struct AuditArgs {
 /// read.
 /// `centralino report`: exit 2 when the store or the configuration cannot
 /// be read or the bounds are wrong.
+/// What `centralino report` prints.
+enum ReportKind {
+    Queues,
+    Agents,
+    Replay,
+}
+
 fn report(
     data_dir: &Path,
     config: Option<PathBuf>,
     query: &str,
     csv: bool,
-    agents: bool,
+    kind: ReportKind,
 ) -> ExitCode {
     let path = data_dir.join("centralino.db");
     if !path.is_file() {
@@ -313,17 +324,15 @@ fn report(
     };
     let out = centralino_store::Store::open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))
-        .and_then(|store| {
-            if agents {
-                centralino_net::agent_report_text(&store, query, csv)
-            } else {
-                centralino_net::queue_report_text(&store, &config, query, csv)
-            }
+        .and_then(|store| match kind {
+            ReportKind::Agents => centralino_net::agent_report_text(&store, query, csv),
+            ReportKind::Replay => centralino_net::replay_log_text(&store, query),
+            ReportKind::Queues => centralino_net::queue_report_text(&store, &config, query, csv),
         });
     match out {
         Ok(text) => {
             print!("{text}");
-            if !csv {
+            if !text.ends_with('\n') {
                 println!();
             }
             ExitCode::SUCCESS
@@ -461,13 +470,21 @@ fn main() -> ExitCode {
             queue,
             csv,
             agents,
+            replay,
         } => {
             let query: Vec<String> = [("from", from), ("to", to), ("queue", queue)]
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
                 .chain([format!("interval={interval}")])
                 .collect();
-            report(&data_dir, config, &query.join("&"), csv, agents)
+            let kind = if replay {
+                ReportKind::Replay
+            } else if agents {
+                ReportKind::Agents
+            } else {
+                ReportKind::Queues
+            };
+            report(&data_dir, config, &query.join("&"), csv, kind)
         }
         Command::Audit {
             data_dir,

@@ -318,6 +318,37 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
     let csv = String::from_utf8_lossy(&out.stdout);
     assert!(csv.starts_with("start,agent,logged_in_seconds"), "{csv}");
     assert!(csv.contains(",1001,"), "{csv}");
+    // The queue log exported as `simulate --replay` reads it: the same
+    // three callers replayed through the configured operators.
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("report")
+        .arg("--replay")
+        .arg("--data-dir")
+        .arg(scratch.path("data"))
+        .args(["--from", &from, "--to", &to])
+        .output()
+        .expect("centralino report --replay");
+    assert!(out.status.success(), "{out:?}");
+    let log = scratch.path("replay.csv");
+    std::fs::write(&log, &out.stdout).expect("replay file");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("seconds,call,queue,event\n"), "{text}");
+    assert!(
+        text.lines().any(|l| l.ends_with(",info,complete")),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("simulate")
+        .arg("--replay")
+        .arg(&log)
+        .arg("--config")
+        .arg(scratch.path("centralino.toml"))
+        .arg("--json")
+        .output()
+        .expect("centralino simulate --replay");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["queues"]["info"]["offered"], 3, "{v}");
     // Prometheus, from the node's counters with the shipped recording
     // rules: the same service level, abandon rate and ASA as the report.
     let asa = row["asa_seconds"].as_f64().expect("asa");

@@ -41,7 +41,8 @@ mod work;
 #[doc(hidden)]
 pub use api::fuzz_api_body;
 pub use api::{
-    Api, ApiError, Desks, Loader, ReloadError, agent_report_text, queue_report_text, routes,
+    Api, ApiError, Desks, Loader, ReloadError, agent_report_text, queue_report_text,
+    replay_log_text, routes,
 };
 pub use browser::{BrowserIn, BrowserOut};
 pub use centralino_store::service::RecordSink;

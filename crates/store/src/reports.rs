@@ -157,6 +157,22 @@ struct Visit {
 }
 
 impl Store {
+    /// The queue log of the calls entering a queue in `span`, as
+    /// `simulate --replay` reads it: (Unix ms, call, queue, event) for
+    /// `enter`, `connect`, `complete` and `abandon`, in order.
+    pub fn replay_log(&self, span: Span) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at, call, queue, event FROM queue_log
+             WHERE call IN (SELECT call FROM queue_log WHERE event = 'enter' AND at >= ?1 AND at < ?2)
+               AND event IN ('enter', 'connect', 'complete', 'abandon')
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![span.from_ms, span.to_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Each queue's callbacks not done yet (by the status index; queues
     /// with none are left out).
     pub fn callback_backlog(&self) -> Result<Vec<Backlog>, StoreError> {

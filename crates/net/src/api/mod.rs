@@ -57,7 +57,9 @@ mod ws;
 use control::Reloads;
 pub use control::{Loader, ReloadError};
 pub use desks::Desks;
-pub use reports::{agents as agent_report_text, report as queue_report_text};
+pub use reports::{
+    agents as agent_report_text, replay as replay_log_text, report as queue_report_text,
+};
 
 use admin::*;
 pub(crate) use auth::session_cookie;

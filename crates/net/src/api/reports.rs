@@ -307,6 +307,22 @@ pub fn agents(
     })
 }
 
+/// `centralino report --replay`: the queue log of the calls entering a
+/// queue in the span, as `simulate --replay` reads it (CSV
+/// `seconds,call,queue,event`, seconds from the span's start).
+pub fn replay(store: &centralino_store::Store, query: &str) -> Result<String, String> {
+    let a = asked(Some(query), unix_now())?;
+    let rows = store.replay_log(a.span).map_err(|e| e.to_string())?;
+    let mut out = String::from("seconds,call,queue,event\n");
+    for (at, call, queue, event) in rows {
+        // A requeue's second `enter` may come before the span's start of
+        // nothing; times are never negative.
+        let t = (at - a.span.from_ms).max(0) as f64 / 1000.0;
+        let _ = writeln!(out, "{t:.3},{call},{queue},{event}");
+    }
+    Ok(out)
+}
+
 /// `GET /api/v1/reports/agents`: each operator's logged-in time, breaks
 /// by reason, talk and calls per interval (the same parameters, `agent`
 /// for one operator); a firm's supervisor sees its own operators only.
