@@ -433,6 +433,21 @@ impl Store {
         Self::open_with(path, Some(key))
     }
 
+    /// Opens the node's database for reading only (reports): its own
+    /// connection, so a long query never holds up the writer's group
+    /// commits (WAL lets both run at once).
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self {
+            conn,
+            audit_key: None,
+        })
+    }
+
     fn open_with(path: &Path, audit_key: Option<AuditKey>) -> Result<Self, StoreError> {
         owner_only_files(path)?;
         let conn = Connection::open(path)?;

@@ -628,6 +628,10 @@ mod tests {
             .queue_report(Span { to_ms: T0, ..span }, |_| Some(t), t)
             .unwrap();
         assert!(none.is_empty());
+        // A reader connection (the API's) sees the same and writes nothing.
+        let reader = Store::open_reader(&path).unwrap();
+        assert_eq!(reader.queue_report(span, |_| Some(t), t).unwrap(), rows);
+        assert!(reader.conn.execute("DELETE FROM queue_log", []).is_err());
     }
 
     fn agent_ev(agent: &str, at: i64, event: &'static str, reason: Option<&str>) -> Record {

@@ -243,6 +243,8 @@ struct CallbackLimiter {
 #[derive(Clone)]
 pub struct Api {
     store: StoreHandle,
+    /// The database file, for reports on a reader connection of their own.
+    db: Arc<std::path::PathBuf>,
     live: Arc<std::sync::RwLock<Arc<Live>>>,
     limiter: Arc<std::sync::Mutex<CallbackLimiter>>,
     reload: Reloads,
@@ -541,6 +543,7 @@ impl Api {
         let limits = config.callback_limits;
         let api = Self {
             store,
+            db: Arc::new(path.clone()),
             live: Arc::new(std::sync::RwLock::new(Arc::new(Live::of(config)))),
             limiter: Arc::new(std::sync::Mutex::new(CallbackLimiter {
                 per_source: crate::limits::WindowLimiter::new(
@@ -570,6 +573,21 @@ impl Api {
         };
         api.store_config_campaigns(config);
         Ok(api)
+    }
+
+    /// Runs `f` on a read-only connection of its own on a blocking thread
+    /// (reports): the writer's group commits are never held up by it.
+    async fn read_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&centralino_store::Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = centralino_store::Store::open_reader(&path)?;
+            f(&store)
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Thread(std::io::Error::other(e.to_string()))))
     }
 
     /// How the store's thread is doing, for `/healthz`.

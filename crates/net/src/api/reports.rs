@@ -344,8 +344,7 @@ pub(super) async fn agent_report(
     let live = api.live();
     let span = a.span;
     let Ok(rows) = api
-        .store
-        .with(move |s| s.agent_report(span, unix_now_ms()))
+        .read_store(move |s| s.agent_report(span, unix_now_ms()))
         .await
     else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
@@ -398,8 +397,7 @@ pub(super) async fn queue_report(
     let targets = live.targets.clone();
     let span = a.span;
     let Ok(rows) = api
-        .store
-        .with(move |s| s.queue_report(span, |q| targets.get(q).copied(), FALLBACK))
+        .read_store(move |s| s.queue_report(span, |q| targets.get(q).copied(), FALLBACK))
         .await
     else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");

@@ -79,7 +79,7 @@ pub(super) async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Re
             v["campaigns"] = campaigns_json(&api.desks, t.tenant.as_deref());
             // Each queue's callbacks not done yet, from the store (a
             // store that cannot answer leaves them out, `null`).
-            let backlog = api.store.with(|s| s.callback_backlog()).await.ok();
+            let backlog = api.read_store(|s| s.callback_backlog()).await.ok();
             let now = unix_now();
             if let Some(queues) = v["queues"].as_array_mut() {
                 for q in queues {
