@@ -15,7 +15,8 @@ const INTERVALS: [(&str, i64); 3] = [("15m", 900_000), ("1h", 3_600_000), ("1d",
 pub(crate) struct Asked {
     pub(crate) span: Span,
     pub(crate) interval: &'static str,
-    pub(crate) queue: Option<String>,
+    /// The one queue (or operator) asked for.
+    pub(crate) only: Option<String>,
 }
 
 /// Midnight in Rome of the day `now` (seconds) is in, as Unix seconds:
@@ -28,6 +29,11 @@ pub(crate) fn rome_midnight(now: i64) -> i64 {
 
 /// Reads the query; a clear message for anything wrong.
 pub(crate) fn asked(query: Option<&str>, now: i64) -> Result<Asked, String> {
+    asked_for(query, now, "queue")
+}
+
+/// [`asked`], the one-row filter named `filter` (`queue`, `agent`).
+fn asked_for(query: Option<&str>, now: i64, filter: &str) -> Result<Asked, String> {
     let (mut from, mut to, mut interval, mut queue) = (None, None, ("15m", 900_000), None);
     for pair in query
         .unwrap_or_default()
@@ -46,9 +52,13 @@ pub(crate) fn asked(query: Option<&str>, now: i64) -> Result<Asked, String> {
                     .find(|(n, _)| *n == v)
                     .ok_or("interval: one of 15m, 1h, 1d")?;
             }
-            "queue" if (1..=64).contains(&v.len()) => queue = Some(v),
-            "queue" => return Err("queue: a queue's name".into()),
-            _ => return Err("unknown query parameter (from, to, interval, queue)".into()),
+            k if k == filter && (1..=64).contains(&v.len()) => queue = Some(v),
+            k if k == filter => return Err(format!("{filter}: a name")),
+            _ => {
+                return Err(format!(
+                    "unknown query parameter (from, to, interval, {filter})"
+                ));
+            }
         }
     }
     let from = from.unwrap_or_else(|| rome_midnight(now));
@@ -71,7 +81,7 @@ pub(crate) fn asked(query: Option<&str>, now: i64) -> Result<Asked, String> {
     Ok(Asked {
         span,
         interval: name,
-        queue,
+        only: queue,
     })
 }
 
@@ -179,7 +189,7 @@ pub fn report(
         .map_err(|e| e.to_string())?;
     let rows: Vec<(QueueFigures, Thresholds)> = rows
         .into_iter()
-        .filter(|f| a.queue.as_deref().is_none_or(|q| q == f.queue))
+        .filter(|f| a.only.as_deref().is_none_or(|q| q == f.queue))
         .map(|f| {
             let t = targets.get(&f.queue).copied().unwrap_or(FALLBACK);
             (f, t)
@@ -297,7 +307,7 @@ pub fn agents(
         .map_err(|e| e.to_string())?;
     let rows: Vec<AgentFigures> = rows
         .into_iter()
-        .filter(|f| a.queue.as_deref().is_none_or(|q| q == f.agent))
+        .filter(|f| a.only.as_deref().is_none_or(|q| q == f.agent))
         .collect();
     let (json_rows, csv) = agent_rows(&rows);
     Ok(if as_csv {
@@ -331,15 +341,9 @@ pub(super) async fn agent_report(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let token = match authorize(&api, &headers, Need::Supervisor) {
-        Ok(t) => t,
+    let (token, a) = match request(&api, &headers, query.as_deref(), "agent") {
+        Ok(r) => r,
         Err(r) => return *r,
-    };
-    // `agent=` names one operator (read as the queue filter's slot).
-    let query = query.map(|q| q.replace("agent=", "queue="));
-    let a = match asked(query.as_deref(), unix_now()) {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.replace("queue", "agent")),
     };
     let live = api.live();
     let span = a.span;
@@ -356,11 +360,25 @@ pub(super) async fn agent_report(
                 live.agent_tenants
                     .iter()
                     .any(|(ag, at)| *ag == f.agent && at == t)
-            }) && a.queue.as_deref().is_none_or(|only| only == f.agent)
+            }) && a.only.as_deref().is_none_or(|only| only == f.agent)
         })
         .collect();
     let (json_rows, csv) = agent_rows(&rows);
     answer(&headers, csv, || envelope(&a, json_rows))
+}
+
+/// A report request's token (admin or supervisor) and bounds, or the
+/// answer refusing it.
+fn request<'a>(
+    api: &'a Api,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    filter: &str,
+) -> Result<(Cow<'a, ApiToken>, Asked), Box<Response>> {
+    let token = authorize(api, headers, Need::Supervisor)?;
+    let a = asked_for(query, unix_now(), filter)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e)))?;
+    Ok((token, a))
 }
 
 /// Thresholds for a queue no longer configured (its history stays).
@@ -376,13 +394,9 @@ pub(super) async fn queue_report(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let token = match authorize(&api, &headers, Need::Supervisor) {
-        Ok(t) => t,
+    let (token, a) = match request(&api, &headers, query.as_deref(), "queue") {
+        Ok(r) => r,
         Err(r) => return *r,
-    };
-    let a = match asked(query.as_deref(), unix_now()) {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let live = api.live();
     // A firm's token sees its own queues only; a name it may not see is
@@ -392,7 +406,7 @@ pub(super) async fn queue_report(
             .tenant
             .as_deref()
             .is_none_or(|t| live.queues.get(q).is_some_and(|(qt, _)| qt == t))
-            && a.queue.as_deref().is_none_or(|only| only == q)
+            && a.only.as_deref().is_none_or(|only| only == q)
     };
     let targets = live.targets.clone();
     let span = a.span;
@@ -438,7 +452,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rfc3339(a.span.from_ms / 1000), "2026-11-30T23:00:00Z");
-        assert_eq!((a.interval, a.queue.as_deref()), ("1h", Some("info")));
+        assert_eq!((a.interval, a.only.as_deref()), ("1h", Some("info")));
         for (q, why) in [
             ("from=yesterday", "from"),
             ("interval=5m", "interval"),
