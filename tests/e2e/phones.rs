@@ -738,6 +738,11 @@ struct Twinkle {
 
 impl Twinkle {
     fn start(scratch: &Scratch, node: &Node, user: u32) -> Self {
+        Self::with_profile(scratch, node, user, "")
+    }
+
+    /// As [`Twinkle::start`], with more lines in the user profile.
+    fn with_profile(scratch: &Scratch, node: &Node, user: u32, extra: &str) -> Self {
         let home = scratch.path(&format!("twinkle-{user}"));
         let conf = home.join(".twinkle");
         std::fs::create_dir_all(&conf).expect("twinkle dir");
@@ -745,16 +750,20 @@ impl Twinkle {
         std::fs::write(
             conf.join("op.cfg"),
             format!(
-                "user_name={user}\nuser_domain=127.0.0.1\nauth_realm=centralino\nauth_name={user}\nauth_pass=demo{user}\noutbound_proxy=sip:{sip}\nuse_outbound_proxy=yes\nall_requests_to_proxy=yes\nregistrar={sip}\nregister_at_startup=yes\nregistration_time=600\ncodecs=g711a,g711u\n"
+                "user_name={user}\nuser_domain=127.0.0.1\nauth_realm=centralino\nauth_name={user}\nauth_pass=demo{user}\noutbound_proxy={sip}\nall_requests_to_proxy=yes\nregistrar={sip}\nregister_at_startup=yes\nregistration_time=600\ncodecs=g711a,g711u\n{extra}"
             ),
         )
         .expect("profile");
+        // Two ports apart: `free_port` may hand the same one out twice,
+        // and RTP landing on the SIP socket wedges Twinkle's call.
+        let sip_port = free_port();
+        let rtp_port = std::iter::repeat_with(free_port)
+            .find(|p| p.abs_diff(sip_port) > 3)
+            .expect("a port");
         std::fs::write(
             conf.join("twinkle.sys"),
             format!(
-                "dev_ringtone=alsa:null\ndev_speaker=alsa:null\ndev_mic=alsa:null\nsip_port={}\nrtp_port={}\n",
-                free_port(),
-                free_port()
+                "dev_ringtone=alsa:null\ndev_speaker=alsa:null\ndev_mic=alsa:null\nsip_port={sip_port}\nrtp_port={rtp_port}\n"
             ),
         )
         .expect("system settings");
@@ -770,6 +779,11 @@ impl Twinkle {
         let mut stdin = child.stdin.take().expect("stdin");
         writeln!(stdin, "auto_answer -a on").expect("twinkle command");
         Self { child, stdin, home }
+    }
+
+    /// A line on its command prompt.
+    fn command(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("twinkle command");
     }
 
     fn log(&self) -> String {
@@ -840,4 +854,55 @@ fn twinkle_registers_on_the_default_configuration_answers_and_unregisters_on_qui
     // the binding would have lapsed.
     phone.stop();
     node.wait_metric(available, Duration::from_secs(5), |v| v == 0.0);
+}
+
+/// Twinkle's hold, both ways it knows (RFC 3264 `sendonly`, and the RFC
+/// 2543 `c=0.0.0.0` older PBXs and phones still send), its retrieve, and a
+/// key sent by SIP INFO (`dtmf_transport=info`: what a phone whose audio
+/// path cannot carry RFC 4733 events does): the node sees each.
+#[test]
+fn twinkle_holds_both_ways_resumes_and_keys_a_digit_by_info() {
+    for variant in ["rfc3264", "rfc2543"] {
+        let scratch = Scratch::new(&format!("phone-twinkle-hold-{variant}"));
+        let node = Node::start_toml(&scratch, default_config);
+        let mut phone = Twinkle::with_profile(
+            &scratch,
+            &node,
+            1001,
+            &format!("hold_variant={variant}\ndtmf_transport=info\n"),
+        );
+        let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+        node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+        hold_resume_and_key(&scratch, &node, |step| {
+            // Twinkle ignores a command while its last re-INVITE is still
+            // open: each waits until the phone saw the one before it done.
+            let (command, done_before) = match step {
+                Step::Hold => ("hold", 0),
+                Step::Resume => ("retrieve", 1),
+                Step::Key => ("dtmf 5", 2),
+            };
+            let start = Instant::now();
+            while phone.log().matches("re-INVITE successful").count() < done_before {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "twinkle's re-INVITE never completed:\n{}",
+                    phone.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            phone.command(command);
+        });
+        let log = phone.log();
+        if variant == "rfc2543" {
+            assert!(log.contains("c=IN IP4 0.0.0.0"), "held the old way:\n{log}");
+        } else {
+            assert!(log.contains("a=sendonly"), "held with sendonly:\n{log}");
+        }
+        assert!(log.contains("INFO sip:"), "the key went by INFO:\n{log}");
+        assert_eq!(
+            node.metric("centralino_dtmf_digits_total{source=\"info\"}"),
+            1.0
+        );
+        phone.stop();
+    }
 }

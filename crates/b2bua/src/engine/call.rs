@@ -441,4 +441,13 @@ pub(super) struct TransferLeg {
     /// An operator's transfer (REFER), not the IVR's: unanswered, the
     /// caller goes back to their queue, whatever flow brought them.
     pub(super) by_operator: bool,
+    /// The leg's own session timer (RFC 4028), as the far end's 2xx set
+    /// it: the interval (seconds), whether we refresh, and the step that
+    /// tells a stale timer from the current one. A far end that stops
+    /// refreshing (a carrier that lost the call without a BYE) ends the
+    /// call instead of holding the caller's line and our ports forever.
+    pub(super) session: Option<u32>,
+    pub(super) we_refresh: bool,
+    pub(super) session_step: u32,
+    pub(super) peer_update: bool,
 }

@@ -202,9 +202,22 @@ impl Engine {
             return Some((c, Side::A));
         }
         let c = *self.by_b.get(&msg.call_id)?;
-        // Only the answered operator's dialog carries media changes.
-        let answered = self.calls.get(&c)?.b.as_ref()?.call_id == msg.call_id;
+        // Only the answered operator's dialog, or the answered leg of a
+        // transfer to a number, carries media changes.
+        let call = self.calls.get(&c)?;
+        let answered = call.b.as_ref().is_some_and(|b| b.call_id == msg.call_id)
+            || Self::transfer_dialog(call, msg).is_some();
         answered.then_some((c, Side::B))
+    }
+
+    /// The answered dialog of `call`'s transfer to a number, when `msg` is
+    /// in it (its far end refreshes and changes media like an operator).
+    pub(super) fn transfer_dialog<'a>(call: &'a Call, msg: &Message) -> Option<&'a Leg> {
+        call.transfer
+            .as_ref()
+            .filter(|t| t.call_id == msg.call_id && t.invite.is_none())?
+            .dialog
+            .as_ref()
     }
 
     /// A re-INVITE or UPDATE: hold, resume, a new address or codec. Each
@@ -230,9 +243,14 @@ impl Engine {
         let codecs = self.codecs.clone();
         // The address of a new offer must be one we may send to (the
         // request's source is the dialog's peer: checked before).
+        let on_transfer = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| Self::transfer_dialog(c, msg))
+            .map(|l| l.flow);
         let leg_flow = self.calls.get(&call_id).and_then(|c| match side {
             Side::A => Some(c.a_leg.flow),
-            Side::B => c.b.as_ref().map(|b| b.flow),
+            Side::B => on_transfer.or_else(|| c.b.as_ref().map(|b| b.flow)),
         });
         // A browser's re-INVITE is the node's gateway naming the call's
         // own operator port (where it ends the WebRTC leg).
@@ -244,7 +262,7 @@ impl Engine {
                         .is_some()
             })
         });
-        if side == Side::A
+        if (side == Side::A || on_transfer.is_some())
             && session_timer::session_expires(msg)
                 .is_some_and(|se| se.interval < session_timer::MIN_SE)
         {
@@ -318,8 +336,16 @@ impl Engine {
             Side::B => b_sdp(&call.media),
         };
         let mut r = msg.response(200, "OK", None);
-        r.push("Contact", &dialog::contact(call.a_leg.flow));
+        r.push(
+            "Contact",
+            &dialog::contact(leg_flow.unwrap_or(call.a_leg.flow)),
+        );
         r.set_body(Some("application/sdp"), body);
+        if on_transfer.is_some() {
+            self.transfer_refreshed_by_peer(now, call_id, msg, &mut r);
+            self.respond(now, key, &r);
+            return;
+        }
         if side == Side::A {
             // A re-INVITE or UPDATE from the caller refreshes its session
             // (with or without a new interval, RFC 4028 §9).

@@ -253,6 +253,8 @@ enum ClientRef {
     TrunkPing(TrunkId),
     /// Our session refresh (UPDATE or re-INVITE) on a call's caller leg.
     Refresh(CallId),
+    /// Our session refresh on the leg of a transfer to a number.
+    TransferRefresh(CallId),
     /// Our re-INVITE moving an attended transfer's consulted operator
     /// (the B-leg whose Call-ID this is) onto the caller's call.
     Rejoin(CallId, String),
@@ -296,6 +298,10 @@ enum CallTimer {
     /// Nobody was logged in to the queue the call entered: its policy for
     /// unserved callers applies unless someone came since.
     Nobody,
+    /// The transfer leg's session was not refreshed in time, or our
+    /// refresh of it is due (the step each was armed for).
+    TransferExpired(u32),
+    TransferRefresh(u32),
 }
 
 /// The B2BUA with its registrar and router: one owner, no locks.
@@ -816,6 +822,8 @@ impl Engine {
                 }
                 self.send_refresh(now, call_id);
             }
+            CallTimer::TransferExpired(step) => self.transfer_session_expired(now, call_id, step),
+            CallTimer::TransferRefresh(step) => self.transfer_refresh_due(now, call_id, step),
             CallTimer::Nobody => {
                 let queue = call.queue;
                 if call.phase == Phase::Queued && call.in_queue && self.nobody_in(queue) {
@@ -985,4 +993,5 @@ use ingress::{allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use monitor::Monitoring;
 use monitor_phone::PhoneMonitor;
+use session::{REFRESH_RETRY, RefreshAnswer, refresh_answer};
 use telemetry::code_label;

@@ -208,6 +208,13 @@ impl Engine {
                     self.on_refresh_response(now, call, &msg);
                 }
             }
+            Some(ClientRef::TransferRefresh(call)) => {
+                let call = *call;
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.on_transfer_refresh_response(now, call, &msg);
+                }
+            }
             Some(ClientRef::Rejoin(call, leg)) => {
                 let (call, leg) = (*call, leg.clone());
                 if code >= 200 {
@@ -511,6 +518,13 @@ impl Engine {
                 .with_label_values(&["gone"])
                 .inc();
             self.end_connected(now, call_id, true, true, CallOutcome::SessionExpired);
+            return;
+        }
+        if let Some(ClientRef::TransferRefresh(call_id)) = self.client.get(&key) {
+            // No answer to our refresh of the transfer leg: as a 408.
+            let call_id = *call_id;
+            self.client.remove(&key);
+            self.transfer_session_gone(now, call_id, "gone");
             return;
         }
         if let Some(ClientRef::Rejoin(call_id, leg)) = self.client.get(&key) {

@@ -189,69 +189,118 @@ impl Engine {
         self.send_request(now, leg.flow, req, ClientRef::Refresh(call_id));
     }
 
-    /// The answer to our session refresh (RFC 4028 §10): a 2xx renews the
-    /// session (its `Session-Expires` may hand the refreshing over); 422
-    /// asks for a longer interval; an UPDATE refused as unknown falls back
-    /// to re-INVITE; 408 and 481 mean the session is gone; anything else
-    /// is tried again shortly, the expiry still armed.
+    /// The answer to our session refresh (RFC 4028 §10), as
+    /// [`refresh_answer`] reads it.
     pub(super) fn on_refresh_response(&mut self, now: Instant, call_id: CallId, msg: &Message) {
-        let code = msg.code();
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let outcome = match code {
-            200..=299 => {
+        let answer = refresh_answer(
+            msg,
+            &mut call.session_timer,
+            &mut call.we_refresh,
+            &mut call.peer_update,
+        );
+        let step = call.session_step;
+        match answer {
+            RefreshAnswer::Refreshed => {
                 if msg.cseq_method == Method::Invite {
                     let leg = call.a_leg.clone();
                     self.send_ack(&leg, msg);
                 }
-                let Some(call) = self.calls.get_mut(&call_id) else {
-                    return;
-                };
-                if let Some(se) = session_timer::session_expires(msg) {
-                    call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
-                    // In its answer `uas` is the peer: it refreshes now.
-                    call.we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
-                }
                 self.session_armed(now, call_id);
-                "refreshed"
             }
-            422 => {
-                let min = msg
-                    .header("Min-SE")
-                    .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
-                    .unwrap_or(session_timer::MIN_SE);
-                let interval = call.session_timer.unwrap_or(session_timer::MIN_SE);
-                call.session_timer = Some(interval.max(min).min(86_400));
-                self.send_refresh(now, call_id);
-                "too_small"
-            }
-            405 | 501 if call.peer_update => {
-                call.peer_update = false;
-                self.send_refresh(now, call_id);
-                "update_refused"
-            }
-            408 | 481 => {
-                warn!(code, "session refresh answered: the session is gone");
+            RefreshAnswer::Again(_) => self.send_refresh(now, call_id),
+            RefreshAnswer::Gone => {
+                warn!(
+                    code = msg.code(),
+                    "session refresh answered: the session is gone"
+                );
                 self.metrics.session_timer_expired.inc();
-                self.end_connected(now, call_id, code == 408, true, CallOutcome::SessionExpired);
-                "gone"
-            }
-            _ => {
-                // 491 (glare) or a transient refusal: again in 2 s; the
-                // expiry ends the call if none succeeds.
-                let step = call.session_step;
-                self.timers.push(Reverse((
-                    now + Duration::from_secs(2),
+                self.end_connected(
+                    now,
                     call_id,
-                    CallTimer::SessionRefresh(step),
-                )));
-                "retry"
+                    msg.code() == 408,
+                    true,
+                    CallOutcome::SessionExpired,
+                );
             }
-        };
+            RefreshAnswer::Retry => self.timers.push(Reverse((
+                now + REFRESH_RETRY,
+                call_id,
+                CallTimer::SessionRefresh(step),
+            ))),
+        }
         self.metrics
             .session_refreshes
-            .with_label_values(&[outcome])
+            .with_label_values(&[answer.label()])
             .inc();
+    }
+}
+
+/// A transient refusal of our refresh (491 glare, a 5xx) is tried again
+/// this much later; the expiry ends the call if none succeeds.
+pub(super) const REFRESH_RETRY: Duration = Duration::from_secs(2);
+
+/// What the answer to our session refresh of a leg means (RFC 4028 §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RefreshAnswer {
+    /// A 2xx renewed the session.
+    Refreshed,
+    /// Send the refresh again now (the label says why): 422 asked for a
+    /// longer interval, or an UPDATE was refused as unknown (re-INVITE).
+    Again(&'static str),
+    /// 408 or 481: the session is gone.
+    Gone,
+    /// Anything else: again in [`REFRESH_RETRY`].
+    Retry,
+}
+
+impl RefreshAnswer {
+    /// The `outcome` label of `centralino_session_refreshes_total`.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Refreshed => "refreshed",
+            Self::Again(why) => why,
+            Self::Gone => "gone",
+            Self::Retry => "retry",
+        }
+    }
+}
+
+/// Reads the answer to our refresh of a leg whose timer is `interval`
+/// (seconds), updating it: a 2xx's `Session-Expires` may change the
+/// interval and hand the refreshing over (in its answer `uas` is the
+/// peer); 422 raises the interval to its `Min-SE`; an UPDATE refused
+/// as unknown falls back to re-INVITE (`peer_update` cleared).
+pub(super) fn refresh_answer(
+    msg: &Message,
+    interval: &mut Option<u32>,
+    we_refresh: &mut bool,
+    peer_update: &mut bool,
+) -> RefreshAnswer {
+    match msg.code() {
+        200..=299 => {
+            if let Some(se) = session_timer::session_expires(msg) {
+                *interval = Some(se.interval.max(session_timer::MIN_SE));
+                *we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
+            }
+            RefreshAnswer::Refreshed
+        }
+        422 => {
+            let min = msg
+                .header("Min-SE")
+                .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
+                .unwrap_or(session_timer::MIN_SE);
+            let now = interval.unwrap_or(session_timer::MIN_SE);
+            *interval = Some(now.max(min).min(86_400));
+            RefreshAnswer::Again("too_small")
+        }
+        405 | 501 if *peer_update => {
+            *peer_update = false;
+            RefreshAnswer::Again("update_refused")
+        }
+        408 | 481 => RefreshAnswer::Gone,
+        _ => RefreshAnswer::Retry,
     }
 }

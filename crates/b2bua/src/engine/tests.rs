@@ -2329,16 +2329,18 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
     );
 }
 
-#[test]
-fn an_ivr_transfer_connects_the_caller_to_an_external_number_or_falls_back() {
-    let config = IVR
-        .replace(
-            r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" } }"#,
-            r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" }, "802" = { flow = "esterno" } }
+/// The IVR configuration with DID 802 transferring to +390612345000
+/// through the outbound trunk 192.0.2.10:5070, hanging up (with
+/// `hangup`'s extra line) when that fails.
+fn transfer_flow_config(hangup: &str) -> String {
+    IVR.replace(
+        r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" } }"#,
+        r#"dids = { "100" = "info", "800" = { flow = "vaccini" }, "801" = { flow = "chiuso" }, "802" = { flow = "esterno" } }
 outbound = "192.0.2.10:5070""#,
-        )
-        .replacen(
-            "[[agents]]",
+    )
+    .replacen(
+        "[[agents]]",
+        &format!(
             r#"[[flows]]
 name = "esterno"
 start = "passa"
@@ -2348,11 +2350,17 @@ number = "+390612345000"
 on_fail = "scusa"
 [flows.nodes.scusa]
 type = "hangup"
-prompts = ["chiuso"]
+{hangup}
 
-[[agents]]"#,
-            1,
-        );
+[[agents]]"#
+        ),
+        1,
+    )
+}
+
+#[test]
+fn an_ivr_transfer_connects_the_caller_to_an_external_number_or_falls_back() {
+    let config = transfer_flow_config(r#"prompts = ["chiuso"]"#);
     for answer in [200u16, 486] {
         let mut h = Harness::with(&config);
         let mut lib = Library::new();
@@ -2366,9 +2374,9 @@ prompts = ["chiuso"]
             dial.request_uri(),
             Some("sip:+390612345000@192.0.2.10:5070")
         );
-        // Nothing a carrier could make us refresh (we would not).
-        assert_eq!(dial.header("Session-Expires"), None);
-        assert_eq!(dial.header("Supported"), None);
+        // The leg keeps a session timer of its own (RFC 4028).
+        assert_eq!(dial.header("Session-Expires"), Some("1800"));
+        assert_eq!(dial.header("Supported"), Some("timer"));
         let mut r = dial.response(answer, "X", Some("far"));
         r.push("Contact", "<sip:far@192.0.2.10:5070>");
         if answer == 200 {
@@ -2405,6 +2413,122 @@ prompts = ["chiuso"]
             let out = h.advance(Duration::from_millis(150));
             assert_eq!(requests(&out, TRUNK, "BYE").len(), 1, "{out:?}");
         }
+    }
+}
+
+/// The ACK of `ok` (a 2xx to an INVITE) from the peer at `from`.
+fn ack_of(from: &str, ok: &Message) -> String {
+    format!(
+        "ACK sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKack{}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        ok.cseq,
+        ok.header("From").unwrap(),
+        ok.header("To").unwrap(),
+        ok.call_id,
+        ok.cseq
+    )
+}
+
+/// The leg of an IVR transfer to a number, answered by a carrier: its
+/// session timer is kept apart from the caller's (we refresh when the
+/// carrier leaves it to us), the carrier's own re-INVITEs and UPDATEs on
+/// that leg are answered, not refused as unknown dialogs, and a carrier
+/// that stops refreshing ends the call on both sides.
+#[test]
+fn an_ivr_transfers_leg_is_refreshed_answered_and_ended_when_its_refreshes_stop() {
+    let config = transfer_flow_config("");
+    const FAR: &str = "192.0.2.10:5070";
+    for we_refresh in [true, false] {
+        let mut h = Harness::with(&config);
+        h.engine
+            .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+        let out = invite_did(&mut h, "802", &format!("s{we_refresh}"));
+        let answered = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+        h.send(TRUNK, &ack_of(TRUNK, &answered));
+        let dial = requests(&out, FAR, "INVITE")[0].clone();
+        let mut ok = dial.response(200, "OK", Some("far"));
+        ok.push("Contact", &format!("<sip:far@{FAR}>"));
+        ok.push("Allow", "INVITE, ACK, BYE, UPDATE");
+        let who = if we_refresh { "uac" } else { "uas" };
+        ok.push("Session-Expires", &format!("600;refresher={who}"));
+        ok.push("Require", "timer");
+        ok.set_body(Some("application/sdp"), PHONE_SDP.as_bytes().to_vec());
+        let out = h.send(FAR, &String::from_utf8(ok.to_bytes()).unwrap());
+        assert_eq!(requests(&out, FAR, "ACK").len(), 1, "{out:?}");
+        let far_request = |method: &str, cseq: u32, headers: &str, body: &str| {
+            let ct = if body.is_empty() {
+                ""
+            } else {
+                "Content-Type: application/sdp\r\n"
+            };
+            format!(
+                "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {FAR};branch=z9hG4bKfar{method}{cseq}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:far@{FAR}>\r\n{headers}{ct}Content-Length: {}\r\n\r\n{body}",
+                ok.header("To").unwrap(),
+                dial.header("From").unwrap(),
+                dial.call_id,
+                body.len()
+            )
+        };
+        // The carrier holds the caller (a re-INVITE with `sendonly`):
+        // answered with our SDP for that leg, the media told.
+        let hold = PHONE_SDP.replace("o=- 1 1", "o=- 1 2") + "a=sendonly\r\n";
+        let out = h.send(FAR, &far_request("INVITE", 2, "", &hold));
+        assert_eq!(codes(&out, FAR), vec![200], "{out:?}");
+        h.send(FAR, &ack_of(FAR, &out[0].1));
+        assert!(matches!(
+            h.media.last(),
+            Some(MediaCommand::Update {
+                held: true,
+                side: Side::B,
+                ..
+            })
+        ));
+        if we_refresh {
+            // Half the interval: our UPDATE on that leg, not the caller's.
+            let out = h.advance(Duration::from_secs(300));
+            let update = requests(&out, FAR, "UPDATE");
+            assert_eq!(update.len(), 1, "{out:?}");
+            assert_eq!(update[0].call_id, dial.call_id);
+            assert_eq!(update[0].to_tag.as_deref(), Some("far"));
+            assert_eq!(
+                update[0].header("Session-Expires"),
+                Some("600;refresher=uac")
+            );
+            assert!(requests(&out, TRUNK, "UPDATE").is_empty());
+            let done = update[0].response(200, "OK", Some("far"));
+            h.send(FAR, &String::from_utf8(done.to_bytes()).unwrap());
+            let out = h.advance(Duration::from_secs(300));
+            let update = requests(&out, FAR, "UPDATE");
+            assert_eq!(update.len(), 1, "refreshed again: {out:?}");
+            // This time the carrier has lost the call.
+            let gone = update[0].response(481, "Gone", Some("far"));
+            let out = h.send(FAR, &String::from_utf8(gone.to_bytes()).unwrap());
+            assert_eq!(requests(&out, TRUNK, "BYE").len(), 1, "{out:?}");
+        } else {
+            // The carrier refreshes by UPDATE: answered, the expiry rearmed.
+            let out = h.advance(Duration::from_secs(290));
+            assert!(requests(&out, FAR, "UPDATE").is_empty());
+            let out = h.send(
+                FAR,
+                &far_request(
+                    "UPDATE",
+                    3,
+                    "Supported: timer\r\nSession-Expires: 600;refresher=uac\r\n",
+                    "",
+                ),
+            );
+            let r = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+            assert_eq!(r.header("Session-Expires"), Some("600;refresher=uac"));
+            let out = h.advance(Duration::from_secs(500));
+            assert!(requests(&out, TRUNK, "BYE").is_empty(), "kept: {out:?}");
+            assert_eq!(h.engine.active_calls(), 1);
+            // Then nothing more: the call ends on both sides.
+            // (The BYEs are repeated until answered.)
+            let out = h.advance(Duration::from_secs(120));
+            assert!(!requests(&out, TRUNK, "BYE").is_empty(), "{out:?}");
+            assert!(!requests(&out, FAR, "BYE").is_empty(), "{out:?}");
+        }
+        assert_eq!(h.engine.active_calls(), 0);
+        assert_eq!(h.gauge("centralino_session_timer_expired_total"), 1);
     }
 }
 
@@ -3781,6 +3905,34 @@ fn captured_phone_reinvite_moving_its_media_with_a_new_sdp_version() {
         ),
         (Side::B, "192.0.2.22:11800".to_owned(), Law::Ulaw, false)
     );
+}
+
+/// Twinkle 1.10.2's own messages, taken from its log in
+/// `tests/e2e/phones.rs` (addresses moved to the documentation range):
+/// a hold the RFC 2543 way (`c=0.0.0.0`, no direction attribute) and a
+/// key by INFO (`application/dtmf-relay`).
+#[test]
+fn captured_twinkle_hold_with_a_null_address_and_a_key_by_info() {
+    let (mut h, _, inv) = connected();
+    let fill = [
+        ("target", "sip:centralino@192.0.2.1:5060"),
+        ("from_tag", "b1"),
+        ("to_tag", inv.from_tag.as_deref().unwrap()),
+        ("call_id", inv.call_id.as_str()),
+    ];
+    let out = h.send(PHONE1, &capture("twinkle_hold_rfc2543.sip", &fill));
+    assert_eq!(codes(&out, PHONE1), vec![200], "{out:?}");
+    assert!(matches!(
+        h.media.last(),
+        Some(MediaCommand::Update {
+            side: Side::B,
+            held: true,
+            ..
+        })
+    ));
+    let out = h.send(PHONE1, &capture("twinkle_info_dtmf.sip", &fill));
+    assert_eq!(codes(&out, PHONE1), vec![200], "{out:?}");
+    assert_eq!(h.gauge("centralino_dtmf_digits_total{source=info}"), 1);
 }
 
 #[test]

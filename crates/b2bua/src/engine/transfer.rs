@@ -23,12 +23,9 @@ impl Engine {
             warn!("IVR transfer: no outbound trunk for this tenant");
             return false;
         };
-        // No session timer offered: the transfer's leg has no refresher
-        // yet, and a carrier answering `refresher=uac` to our offer would
-        // cut a long call when no refresh came. Without the extension
-        // (RFC 4028 §9) only the carrier itself may refresh.
-        inv.remove("Session-Expires");
-        inv.remove("Supported");
+        // The citizen leg's INVITE offers a session timer (RFC 4028): the
+        // far end's 2xx says who refreshes, and this leg keeps its own
+        // (`transfer_session_armed`), apart from the caller's.
         let (flow, call_id) = (leg.flow, leg.call_id.clone());
         inv.push("Contact", &dialog::contact(flow));
         inv.push("User-Agent", &self.user_agent);
@@ -55,6 +52,10 @@ impl Engine {
                 invite: Some(key),
                 dialog: Some(leg),
                 by_operator: false,
+                session: None,
+                we_refresh: false,
+                session_step: 0,
+                peer_update: false,
             });
         }
         true
@@ -135,6 +136,12 @@ impl Engine {
         let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
         let leg = Leg::from_response(&local, flow, msg);
         t.dialog = Some(leg.clone());
+        t.peer_update = allows_update(msg);
+        if let Some(se) = session_timer::session_expires(msg) {
+            // We offered the timer: in the far end's answer `uac` is us.
+            t.session = Some(se.interval.max(session_timer::MIN_SE));
+            t.we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
+        }
         let peer = b_answer(msg, &self.codecs, flow.remote.ip()).filter(|(p, _)| {
             self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
                 .is_none()
@@ -178,6 +185,174 @@ impl Engine {
                 .with_label_values(&[&flow, "transferred"])
                 .inc();
         }
+        self.transfer_session_armed(now, id);
         info!("IVR transfer answered");
+    }
+
+    /// The transfer leg's session was established or refreshed now: its
+    /// expiry is armed anew (older timers lapse as stale), and our next
+    /// refresh at half the interval when it is ours (RFC 4028 §10).
+    pub(super) fn transfer_session_armed(&mut self, now: Instant, id: CallId) {
+        let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) else {
+            return;
+        };
+        let Some(interval) = t.session else {
+            return;
+        };
+        t.session_step += 1;
+        let step = t.session_step;
+        let lasts = if t.we_refresh {
+            Duration::from_secs(u64::from(interval))
+        } else {
+            session_timer::expiry(interval)
+        };
+        self.timers
+            .push(Reverse((now + lasts, id, CallTimer::TransferExpired(step))));
+        if t.we_refresh {
+            self.timers.push(Reverse((
+                now + Duration::from_secs(u64::from(interval / 2)),
+                id,
+                CallTimer::TransferRefresh(step),
+            )));
+        }
+    }
+
+    /// The current transfer leg's session (answered, with a timer) whose
+    /// timers carry `step`.
+    fn transfer_session(&self, id: CallId, step: u32) -> Option<&TransferLeg> {
+        self.calls
+            .get(&id)?
+            .transfer
+            .as_ref()
+            .filter(|t| t.invite.is_none() && t.session.is_some() && t.session_step == step)
+    }
+
+    pub(super) fn transfer_session_expired(&mut self, now: Instant, id: CallId, step: u32) {
+        if self.transfer_session(id, step).is_some() {
+            warn!("session timer expired: the transfer's far end stopped refreshing");
+            self.transfer_session_gone(now, id, "expired");
+        }
+    }
+
+    pub(super) fn transfer_refresh_due(&mut self, now: Instant, id: CallId, step: u32) {
+        if self
+            .transfer_session(id, step)
+            .is_some_and(|t| t.we_refresh)
+        {
+            self.send_transfer_refresh(now, id);
+        }
+    }
+
+    /// The transfer leg's session is gone (expired, or our refresh was
+    /// answered 408/481 or not at all): the call ends on both sides.
+    pub(super) fn transfer_session_gone(&mut self, now: Instant, id: CallId, why: &'static str) {
+        self.metrics.session_timer_expired.inc();
+        if why != "expired" {
+            self.metrics
+                .session_refreshes
+                .with_label_values(&[why])
+                .inc();
+        }
+        self.end_connected(now, id, true, true, CallOutcome::SessionExpired);
+    }
+
+    /// Refreshes the transfer leg: UPDATE without a body when the far end
+    /// allows it, else a re-INVITE offering the same session.
+    fn send_transfer_refresh(&mut self, now: Instant, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let body = b_sdp(&call.media);
+        let Some(t) = call.transfer.as_mut() else {
+            return;
+        };
+        let (Some(interval), Some(leg)) = (t.session, t.dialog.as_mut()) else {
+            return;
+        };
+        let (method, with_sdp) = if t.peer_update {
+            (Method::Update, false)
+        } else {
+            (Method::Invite, true)
+        };
+        leg.cseq += 1;
+        let leg = leg.clone();
+        let mut req = self.in_dialog(&leg, method);
+        req.push("Contact", &dialog::contact(leg.flow));
+        req.push("Supported", "timer");
+        req.push("Session-Expires", &format!("{interval};refresher=uac"));
+        if with_sdp {
+            req.set_body(Some("application/sdp"), body);
+        }
+        self.send_request(now, leg.flow, req, ClientRef::TransferRefresh(id));
+    }
+
+    /// The far end's answer to our refresh of the transfer leg, read as
+    /// for the caller's (`refresh_answer`).
+    pub(super) fn on_transfer_refresh_response(&mut self, now: Instant, id: CallId, msg: &Message) {
+        let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) else {
+            return;
+        };
+        let answer = refresh_answer(msg, &mut t.session, &mut t.we_refresh, &mut t.peer_update);
+        let step = t.session_step;
+        match answer {
+            RefreshAnswer::Refreshed => {
+                let leg = t.dialog.clone();
+                if let Some(leg) = leg.filter(|_| msg.cseq_method == Method::Invite) {
+                    self.send_ack(&leg, msg);
+                }
+                self.transfer_session_armed(now, id);
+            }
+            RefreshAnswer::Again(_) => self.send_transfer_refresh(now, id),
+            RefreshAnswer::Gone => {
+                warn!(
+                    code = msg.code(),
+                    "the transfer leg's refresh answered: the session is gone"
+                );
+                self.transfer_session_gone(now, id, "gone");
+                return;
+            }
+            RefreshAnswer::Retry => self.timers.push(Reverse((
+                now + REFRESH_RETRY,
+                id,
+                CallTimer::TransferRefresh(step),
+            ))),
+        }
+        self.metrics
+            .session_refreshes
+            .with_label_values(&[answer.label()])
+            .inc();
+    }
+
+    /// A re-INVITE or UPDATE from the transfer's far end refreshes its
+    /// session (RFC 4028 §9): `r`, our 2xx, says who refreshes next.
+    pub(super) fn transfer_refreshed_by_peer(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        msg: &Message,
+        r: &mut Message,
+    ) {
+        let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) else {
+            return;
+        };
+        if let Some(se) = session_timer::session_expires(msg)
+            && (t.session.is_some() || msg.supports("timer"))
+        {
+            t.session = Some(se.interval.max(session_timer::MIN_SE));
+            if let Some(who) = se.refresher {
+                // In our answer to its request, `uas` is us.
+                t.we_refresh = who == session_timer::Refresher::Uas;
+            }
+        }
+        let Some(interval) = t.session else {
+            return;
+        };
+        if t.we_refresh {
+            r.push("Session-Expires", &format!("{interval};refresher=uas"));
+        } else {
+            r.push("Session-Expires", &format!("{interval};refresher=uac"));
+            r.push("Require", "timer");
+        }
+        self.transfer_session_armed(now, id);
     }
 }
