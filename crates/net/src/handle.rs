@@ -28,6 +28,9 @@ pub enum EngineInput {
         flow: Flow,
         /// Its bytes.
         data: Vec<u8>,
+        /// When its reader took it off the socket (its wait in the input
+        /// queue is part of the node's lag).
+        read_at: std::time::Instant,
     },
     /// A message framed off a TCP/TLS stream, or why it could not be.
     Framed {

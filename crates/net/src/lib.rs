@@ -29,6 +29,7 @@ mod metrics;
 mod monitor;
 mod netkey;
 mod pages;
+mod pressure;
 mod prompts;
 mod recorder;
 mod scheduler;

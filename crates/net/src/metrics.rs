@@ -5,7 +5,9 @@
 //!
 //! Labels are bounded: never a call id, a number or an operator id.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 
 /// The drivers' metric handles.
 #[derive(Clone)]
@@ -14,6 +16,16 @@ pub struct NetMetrics {
     pub registry: Registry,
     /// `centralino_sip_udp_receive_errors_total`
     pub sip_udp_receive_errors: IntCounter,
+    /// `centralino_sip_input_lag_seconds`: how long SIP input waited
+    /// before the engine read it (socket buffer and input queue), observed
+    /// at each turn of the engine task: the overload signal.
+    pub sip_input_lag: Histogram,
+    /// `centralino_sip_overloaded`: 1 while new calls are refused because
+    /// the lag passed its limit.
+    pub sip_overloaded: IntGauge,
+    /// `centralino_sip_udp_drops_total`: datagrams the kernel dropped on
+    /// the SIP sockets because their receive buffer was full.
+    pub sip_udp_drops: IntCounter,
     /// `centralino_sip_tcp_connections`
     pub sip_tcp_connections: IntGauge,
     /// `centralino_sip_tcp_connections_refused_total`
@@ -120,6 +132,27 @@ impl NetMetrics {
             sip_udp_receive_errors: reg!(c(
                 "centralino_sip_udp_receive_errors_total",
                 "UDP receive errors"
+            )),
+            sip_input_lag: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "centralino_sip_input_lag_seconds",
+                        "How long SIP input waited before the engine read it, at each turn of the engine task"
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]),
+                )
+                .expect("valid metric")
+            ),
+            sip_overloaded: reg!(
+                IntGauge::new(
+                    "centralino_sip_overloaded",
+                    "1 while new calls are refused because the SIP input lag passed its limit"
+                )
+                .expect("valid metric")
+            ),
+            sip_udp_drops: reg!(c(
+                "centralino_sip_udp_drops_total",
+                "Datagrams the kernel dropped on the SIP sockets (receive buffer full)"
             )),
             sip_tcp_connections: reg!(
                 IntGauge::new("centralino_sip_tcp_connections", "Open SIP TCP connections")

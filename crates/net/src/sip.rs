@@ -29,7 +29,7 @@ const UDP_RECV_BUFFER: usize = 4 << 20;
 /// Inputs waiting for the engine beyond which new calls are refused (503):
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
-const OVERLOAD_BACKLOG: usize = 2048;
+pub(crate) const OVERLOAD_BACKLOG: usize = 2048;
 /// How often the engine task beats its heartbeat (`/healthz` calls it
 /// stalled after `health::STALE` without one).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -93,6 +93,7 @@ impl SipServer {
         let mut bound = Vec::new();
         let next_conn = Arc::new(AtomicU64::new(1));
         let open = Arc::new(AtomicUsize::new(0));
+        let pressure = crate::pressure::Pressure::new(now);
         for addr in &config.sip.listen {
             // Bind UDP first so an ephemeral port (0) resolves to one number
             // that TCP then takes too.
@@ -106,7 +107,14 @@ impl SipServer {
                 bound.push((ListenTransport::Udp, addr));
                 let sock = Arc::new(sock);
                 udp.insert(addr, sock.clone());
-                tokio::spawn(udp_reader(sock, addr, tx.clone(), net.clone()));
+                let gauge = pressure.reader(now);
+                tokio::spawn(crate::pressure::udp_reader(
+                    sock,
+                    addr,
+                    tx.clone(),
+                    net.clone(),
+                    gauge,
+                ));
             }
             if config.sip.transports.contains(&ListenTransport::Tcp) {
                 let listener = TcpListener::bind(addr)
@@ -278,6 +286,14 @@ impl SipServer {
             d.set_board(board, slots);
             d.set_queues(engine.queue_views(Instant::now().into_std()));
         }
+        tokio::spawn(crate::pressure::watch_drops(
+            bound
+                .iter()
+                .filter(|(t, _)| *t == ListenTransport::Udp)
+                .map(|(_, a)| a.port())
+                .collect(),
+            net.clone(),
+        ));
         // Alive from here: the task beats again on its first turn.
         heartbeat.beat(Instant::now().into_std());
         let engine_task = tokio::spawn(run_engine(
@@ -293,6 +309,13 @@ impl SipServer {
             heartbeat,
             config.outbound.max_attempts_per_citizen_per_day,
             config_tx,
+            crate::pressure::InputLag {
+                pressure,
+                overload: crate::pressure::Overload::default(),
+                queued: Duration::ZERO,
+                logged: None,
+                episodes: 0,
+            },
         ));
         Ok(Self { bound, engine_task })
     }
@@ -321,40 +344,6 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
         debug!(%addr, bytes = got, "UDP receive buffer smaller than asked (raise net.core.rmem_max)");
     }
     UdpSocket::from_std(sock.into()).map_err(err)
-}
-
-async fn udp_reader(
-    sock: Arc<UdpSocket>,
-    local: SocketAddr,
-    tx: mpsc::Sender<EngineInput>,
-    metrics: NetMetrics,
-) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, remote)) => {
-                let flow = Flow {
-                    transport: Transport::Udp,
-                    remote,
-                    local,
-                    conn: 0,
-                };
-                let input = EngineInput::Datagram {
-                    flow,
-                    data: buf[..n].to_vec(),
-                };
-                if tx.send(input).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                // ICMP errors surface here on some systems; they concern a
-                // peer, not the socket, so keep reading.
-                metrics.sip_udp_receive_errors.inc();
-                debug!(error = %e, "UDP receive error");
-            }
-        }
-    }
 }
 
 #[allow(clippy::too_many_arguments)] // Plumbing of one listener's settings.
@@ -589,6 +578,7 @@ async fn run_engine(
     heartbeat: crate::health::Heartbeat,
     max_per_day: u32,
     config_tx: tokio::sync::watch::Sender<Arc<Config>>,
+    mut lag: crate::pressure::InputLag,
 ) {
     let mut conns: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut browsers = crate::browser::Browsers::default();
@@ -637,7 +627,7 @@ async fn run_engine(
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     let now = Instant::now().into_std();
-                    engine.set_overloaded(rx.len() > OVERLOAD_BACKLOG);
+                    lag.turn(&mut engine, now, rx.len(), &clients.metrics);
                     // A browser's answer ends the batch: the engine's outputs
                     // for it (CANCELs to the other phones it rang) reach the
                     // gateway before another browser's answer is read.
@@ -658,6 +648,9 @@ async fn run_engine(
                                 false
                             }
                             input => {
+                                if let EngineInput::Datagram { read_at, .. } = &input {
+                                    lag.queued = lag.queued.max(now.saturating_duration_since(*read_at));
+                                }
                                 handle(&mut engine, &mut conns, &mut life, now, input, &clients.metrics);
                                 true
                             }
@@ -1075,7 +1068,7 @@ fn handle(
             engine.shutdown(now);
             life.stopped = Some(done);
         }
-        EngineInput::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
+        EngineInput::Datagram { flow, data, .. } => engine.handle_datagram(now, flow, &data),
         EngineInput::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
         EngineInput::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);

@@ -472,13 +472,11 @@ impl Engine {
     /// Load shedding: while `true`, new INVITEs get 503 with Retry-After
     /// (stateless, cheap); REGISTER, in-dialog requests and responses are
     /// still handled, so calls in progress complete.
+    /// The driver logs the changes (it knows why, and keeps a flapping
+    /// signal from filling the log).
     pub fn set_overloaded(&mut self, overloaded: bool) {
         if overloaded != self.overloaded {
-            if overloaded {
-                warn!("overloaded: refusing new calls with 503");
-            } else {
-                info!("load back to normal: accepting new calls");
-            }
+            debug!(overloaded, "admission of new calls changed");
         }
         self.overloaded = overloaded;
     }

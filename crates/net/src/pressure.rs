@@ -1,0 +1,388 @@
+//! The node's own lag, the signal of overload: how long SIP messages wait
+//! before the engine reads them. A message waits in two places: the
+//! kernel's socket buffer (up to 4 MiB, thousands of INVITEs) and the
+//! engine's input queue. A count of queued inputs sees only the second,
+//! and past capacity the backlog builds in the first, so the readers
+//! report how long their socket has been without a moment empty, and each
+//! datagram carries the time it was read.
+//!
+//! Overload is declared when the lag passes [`ENTER`] and lifted when it
+//! falls under [`LEAVE`]: new INVITEs then get `503` with `Retry-After`
+//! (stateless, a fraction of a call's cost) while everything else —
+//! registrations, in-dialog requests, responses — goes on, so calls
+//! already admitted complete and the backlog drains. SIP's own timer T1
+//! (500 ms) bounds how long a message may wait before its sender repeats
+//! it, but the socket buffer fills sooner at high rates: shedding starts
+//! at 50 ms, so admitted calls are answered before anyone retransmits and
+//! before the kernel drops anything.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use centralino_b2bua::Engine;
+use centralino_sip::Transport;
+use centralino_sip::txn::Flow;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::handle::EngineInput;
+use crate::metrics::NetMetrics;
+use crate::sip::OVERLOAD_BACKLOG;
+
+/// Lag past which new calls are refused. At 6,000 calls/s offered the
+/// node reads ~50,000 messages a second, and a 4 MiB socket buffer
+/// (about 2,500 of them with the kernel's overhead) fills in ~50 ms: the
+/// limit must come before that, or the kernel drops what the node would
+/// have answered.
+pub(crate) const ENTER: Duration = Duration::from_millis(50);
+/// Lag under which they are taken again.
+pub(crate) const LEAVE: Duration = Duration::from_millis(25);
+
+/// What one UDP reader tells the engine task about its socket.
+#[derive(Debug)]
+pub(crate) struct ReaderGauge {
+    /// When the reader last found the socket empty, or was woken after
+    /// it had (microseconds since [`Pressure`]'s epoch).
+    empty_at: AtomicU64,
+    /// The reader's last read found the socket empty and nothing came
+    /// since: no backlog in the kernel.
+    idle: AtomicBool,
+}
+
+/// The lag of the node's SIP input, shared by the readers (writers) and
+/// the engine task (reader).
+#[derive(Debug)]
+pub(crate) struct Pressure {
+    epoch: Instant,
+    readers: std::sync::Mutex<Vec<Arc<ReaderGauge>>>,
+}
+
+impl Pressure {
+    pub(crate) fn new(epoch: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            epoch,
+            readers: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A gauge for a new reader, idle.
+    pub(crate) fn reader(self: &Arc<Self>, now: Instant) -> Reader {
+        let gauge = Arc::new(ReaderGauge {
+            empty_at: AtomicU64::new(self.micros(now)),
+            idle: AtomicBool::new(true),
+        });
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(gauge.clone());
+        Reader {
+            pressure: self.clone(),
+            gauge,
+        }
+    }
+
+    /// How long the oldest datagram still in a socket buffer may have
+    /// waited: the longest time any reader's socket has gone without
+    /// being empty.
+    pub(crate) fn kernel_wait(&self, now: Instant) -> Duration {
+        let now = self.micros(now);
+        let readers = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let oldest = readers
+            .iter()
+            .filter(|g| !g.idle.load(Ordering::Relaxed))
+            .map(|g| g.empty_at.load(Ordering::Relaxed))
+            .min();
+        oldest.map_or(Duration::ZERO, |t| {
+            Duration::from_micros(now.saturating_sub(t))
+        })
+    }
+}
+
+/// One UDP reader's handle on its gauge.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    pressure: Arc<Pressure>,
+    gauge: Arc<ReaderGauge>,
+}
+
+impl Reader {
+    /// The socket turned readable: data arrived since it was last seen
+    /// empty. An idle socket's wait starts now (its data is new).
+    pub(crate) fn woken(&self, now: Instant) {
+        if self.gauge.idle.swap(false, Ordering::Relaxed) {
+            self.gauge
+                .empty_at
+                .store(self.pressure.micros(now), Ordering::Relaxed);
+        }
+    }
+
+    /// A read found the socket empty: no backlog in the kernel.
+    pub(crate) fn empty(&self, now: Instant) {
+        self.gauge
+            .empty_at
+            .store(self.pressure.micros(now), Ordering::Relaxed);
+        self.gauge.idle.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Overload with hysteresis, from the lag observed at each turn of the
+/// engine task.
+#[derive(Debug, Default)]
+pub(crate) struct Overload {
+    on: bool,
+}
+
+impl Overload {
+    /// The lag now (the longer of the kernel's and the input queue's
+    /// wait); `Some(state)` when the state changes.
+    pub(crate) fn observe(&mut self, lag: Duration) -> Option<bool> {
+        let next = if self.on { lag > LEAVE } else { lag > ENTER };
+        (next != self.on).then(|| {
+            self.on = next;
+            next
+        })
+    }
+
+    pub(crate) fn on(&self) -> bool {
+        self.on
+    }
+}
+
+/// Counts, every second, what the kernel dropped on the SIP UDP sockets
+/// bound to `ports` into `centralino_sip_udp_drops_total`. The table is
+/// read on a blocking thread: with thousands of RTP sockets open it is
+/// megabytes of text, never to be made on the engine's thread.
+pub(crate) async fn watch_drops(ports: Vec<u16>, metrics: NetMetrics) {
+    let ports = Arc::new(ports);
+    let mut before = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let p = ports.clone();
+        let Ok(Some(now)) = tokio::task::spawn_blocking(move || udp_drops(&p)).await else {
+            continue;
+        };
+        if let Some(before) = before {
+            let new = now.saturating_sub(before);
+            if new > 0 {
+                warn!(
+                    dropped = new,
+                    "the kernel dropped SIP datagrams: receive buffer full"
+                );
+                metrics.sip_udp_drops.inc_by(new);
+            }
+        }
+        before = Some(now);
+    }
+}
+
+/// Datagrams dropped by the kernel on sockets bound to `ports` (its
+/// receive buffer was full): the `drops` column of `/proc/net/udp` and
+/// `/proc/net/udp6`, the counter `SO_RXQ_OVFL` reports per datagram.
+/// `None` where procfs is not there.
+pub(crate) fn udp_drops(ports: &[u16]) -> Option<u64> {
+    let mut seen = false;
+    let mut total = 0u64;
+    for file in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        seen = true;
+        total += drops_in(&text, ports);
+    }
+    seen.then_some(total)
+}
+
+/// The sum of the `drops` column over the lines of a `/proc/net/udp`
+/// table whose local port is one of `ports`.
+fn drops_in(table: &str, ports: &[u16]) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            if !ports.contains(&port) {
+                return None;
+            }
+            fields.last()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Overload beginning again within this time is not logged again.
+const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Datagrams a UDP reader takes off its socket before it yields to the
+/// engine task (they share one thread).
+const UDP_BURST: usize = 64;
+
+/// The engine task's view of its own lag (see `pressure`), and the
+/// overload it declares from it.
+pub(crate) struct InputLag {
+    pub(crate) pressure: Arc<Pressure>,
+    pub(crate) overload: Overload,
+    /// The longest a datagram of the last batch waited in the input queue.
+    pub(crate) queued: Duration,
+    /// When overload was last logged, and how often it began since.
+    pub(crate) logged: Option<Instant>,
+    pub(crate) episodes: u64,
+}
+
+impl InputLag {
+    /// A turn of the engine task begins: the lag (the longer of the last
+    /// batch's queue wait and the sockets' backlog) is observed, and the
+    /// engine told when overload starts or ends. A deep input queue is
+    /// overload too, whatever its age.
+    pub(crate) fn turn(
+        &mut self,
+        engine: &mut Engine,
+        now: Instant,
+        queued: usize,
+        metrics: &NetMetrics,
+    ) {
+        let lag = std::mem::take(&mut self.queued).max(self.pressure.kernel_wait(now));
+        metrics.sip_input_lag.observe(lag.as_secs_f64());
+        if self.overload.observe(lag) == Some(true) {
+            self.episodes += 1;
+            // Once per episode of several flips, not at every flip.
+            if self
+                .logged
+                .is_none_or(|t| now.duration_since(t) >= LAG_LOG_EVERY)
+            {
+                warn!(
+                    lag_ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+                    times = self.episodes,
+                    "SIP input lagging: new calls refused with 503 until it catches up"
+                );
+                self.logged = Some(now);
+                self.episodes = 0;
+            }
+        }
+        let overloaded = self.overload.on() || queued > OVERLOAD_BACKLOG;
+        metrics.sip_overloaded.set(i64::from(overloaded));
+        engine.set_overloaded(overloaded);
+    }
+}
+
+/// Reads a UDP socket until it is empty, a burst at a time, telling
+/// `gauge` whether the socket ever empties (the kernel's share of the
+/// node's lag: see `pressure`).
+pub(crate) async fn udp_reader(
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    tx: mpsc::Sender<EngineInput>,
+    metrics: NetMetrics,
+    gauge: Reader,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        if sock.readable().await.is_err() {
+            continue;
+        }
+        gauge.woken(Instant::now());
+        for _ in 0..UDP_BURST {
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, remote)) => {
+                    let flow = Flow {
+                        transport: Transport::Udp,
+                        remote,
+                        local,
+                        conn: 0,
+                    };
+                    let input = EngineInput::Datagram {
+                        flow,
+                        data: buf[..n].to_vec(),
+                        read_at: Instant::now(),
+                    };
+                    if tx.send(input).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    gauge.empty(Instant::now());
+                    break;
+                }
+                Err(e) => {
+                    // ICMP errors surface here on some systems; they concern
+                    // a peer, not the socket, so keep reading.
+                    metrics.sip_udp_receive_errors.inc();
+                    debug!(error = %e, "UDP receive error");
+                }
+            }
+        }
+        // A full burst: the engine's turn before the next one.
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_never_empty_since_its_wake_up_shows_its_wait() {
+        let t0 = Instant::now();
+        let p = Pressure::new(t0);
+        let busy = p.reader(t0);
+        let quiet = p.reader(t0);
+        // Idle for a minute, then data: the wait starts at the wake-up,
+        // not at the last empty read.
+        let woke = t0 + Duration::from_secs(60);
+        busy.woken(woke);
+        assert_eq!(p.kernel_wait(woke), Duration::ZERO);
+        assert_eq!(
+            p.kernel_wait(woke + Duration::from_millis(150)),
+            Duration::from_millis(150),
+            "read from but never found empty"
+        );
+        // An idle socket adds nothing; found empty, the wait is over.
+        quiet.empty(woke);
+        busy.empty(woke + Duration::from_millis(200));
+        assert_eq!(p.kernel_wait(woke + Duration::from_secs(1)), Duration::ZERO);
+        // Woken again while not idle: the older start stands.
+        busy.woken(woke + Duration::from_secs(2));
+        busy.woken(woke + Duration::from_secs(3));
+        assert_eq!(
+            p.kernel_wait(woke + Duration::from_secs(4)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn overload_starts_past_enter_and_ends_under_leave() {
+        let mut o = Overload::default();
+        assert_eq!(o.observe(ENTER), None, "not past it");
+        assert_eq!(o.observe(ENTER + Duration::from_millis(1)), Some(true));
+        assert_eq!(
+            o.observe(LEAVE + Duration::from_millis(1)),
+            None,
+            "still over LEAVE"
+        );
+        assert!(o.on());
+        assert_eq!(o.observe(LEAVE - Duration::from_millis(1)), Some(false));
+        assert_eq!(o.observe(ENTER), None);
+    }
+
+    #[test]
+    fn drops_are_summed_over_our_ports_only() {
+        // Two sockets on port 5060 (0x13C4, IPv4) and one elsewhere.
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  1: 0100007F:13C4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 17
+  2: 00000000:13C4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 3
+  3: 0100007F:1F90 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 99
+  4: garbage";
+        assert_eq!(drops_in(table, &[5060]), 20);
+        assert_eq!(drops_in(table, &[5061]), 0);
+    }
+}
