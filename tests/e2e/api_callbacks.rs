@@ -212,6 +212,15 @@ fn callbacks_are_created_validated_deduplicated_edited_and_cancelled() {
         node.metric("centralino_callbacks_total{outcome=\"rejected\"}"),
         5.0
     );
+    // The backlog's gauges, read from the store every few seconds: the
+    // one request open (the cancelled one is done).
+    node.wait_metric(
+        "centralino_queue_callbacks_open{queue=\"vaccini\"}",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    let age = node.metric("centralino_queue_callbacks_oldest_seconds{queue=\"vaccini\"}");
+    assert!((0.0..60.0).contains(&age), "asked for moments ago: {age}");
     let logs = node.logs();
     assert!(!logs.contains("3331234567"), "numbers masked in the log");
 }

@@ -66,6 +66,13 @@ pub struct NetMetrics {
     /// `centralino_campaign_contacts_rejected_total`: contact lines refused
     /// at import (their request stored nothing).
     pub campaign_contacts_rejected: IntCounter,
+    /// `centralino_queue_callbacks_open{queue}`: callbacks asked for and
+    /// not done yet (pending or being placed), from the store every 5 s.
+    pub queue_callbacks_open: IntGaugeVec,
+    /// `centralino_queue_callbacks_oldest_seconds{queue}`: how long the
+    /// oldest of them has waited (0 when none): what "Ti chiamiamo noi"
+    /// promised, overdue when it grows.
+    pub queue_callbacks_oldest: IntGaugeVec,
     /// `centralino_campaign_contacts{campaign,status}`: each running
     /// campaign's contacts by status (pending, in_progress, done, failed,
     /// dnc), read from the store every 10 s.
@@ -228,6 +235,16 @@ impl NetMetrics {
             campaign_contacts_rejected: reg!(c(
                 "centralino_campaign_contacts_rejected_total",
                 "Contact lines refused at import (the request stored nothing)"
+            )),
+            queue_callbacks_open: reg!(gv(
+                "centralino_queue_callbacks_open",
+                "Callbacks asked for and not done yet, per queue",
+                &["queue"]
+            )),
+            queue_callbacks_oldest: reg!(gv(
+                "centralino_queue_callbacks_oldest_seconds",
+                "How long the oldest callback not done yet has waited, per queue",
+                &["queue"]
             )),
             campaign_contacts: reg!(gv(
                 "centralino_campaign_contacts",

@@ -125,3 +125,58 @@ pub(crate) async fn callback_scheduler(
         }
     }
 }
+
+/// How often the callbacks backlog is read for its gauges.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `centralino_queue_callbacks_open{queue}` and
+/// `centralino_queue_callbacks_oldest_seconds{queue}` from the store's
+/// backlog, read on a read-only connection of its own (a blocking
+/// thread) so the writer's group commits never wait for it. A queue whose
+/// callbacks are all done reads 0 (not absent), so an alert on the age
+/// ends when they are.
+pub(crate) async fn backlog_gauges(
+    db: Arc<std::path::PathBuf>,
+    metrics: crate::metrics::NetMetrics,
+) {
+    let mut tick = tokio::time::interval(BACKLOG_EVERY);
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        tick.tick().await;
+        let path = db.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            centralino_store::Store::open_reader(&path)?.callback_backlog()
+        })
+        .await;
+        let Ok(Ok(backlog)) = read else {
+            // A store that cannot answer leaves the last figures: the
+            // store's own metrics and alerts say why.
+            continue;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        for q in &seen {
+            if !backlog.iter().any(|b| &b.queue == q) {
+                metrics.queue_callbacks_open.with_label_values(&[q]).set(0);
+                metrics
+                    .queue_callbacks_oldest
+                    .with_label_values(&[q])
+                    .set(0);
+            }
+        }
+        for b in &backlog {
+            metrics
+                .queue_callbacks_open
+                .with_label_values(&[&b.queue])
+                .set(i64::try_from(b.open).unwrap_or(i64::MAX));
+            metrics
+                .queue_callbacks_oldest
+                .with_label_values(&[&b.queue])
+                .set((now - b.oldest).max(0));
+            if !seen.contains(&b.queue) {
+                seen.push(b.queue.clone());
+            }
+        }
+    }
+}

@@ -539,6 +539,10 @@ impl Api {
             tokio::spawn(notifier(store.clone(), n.clone(), tls, net.clone()));
         }
         info!(path = %path.display(), "store open");
+        tokio::spawn(crate::scheduler::backlog_gauges(
+            Arc::new(path.clone()),
+            net.clone(),
+        ));
         let sessions = Sessions::new(&config.api_sessions)?;
         let limits = config.callback_limits;
         let api = Self {
