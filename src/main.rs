@@ -14,6 +14,8 @@ use centralino_net::{Health, Heartbeat, SipServer, bind_http, serve_http};
 use clap::{Parser, Subcommand};
 use tracing::{debug, info, warn};
 
+mod day;
+
 #[derive(Parser)]
 #[command(
     name = "centralino",
@@ -179,6 +181,22 @@ enum Command {
         /// Most abandoned per answered call, predictive (outbound).
         #[arg(long = "abandon-cap", default_value_t = 0.03)]
         abandon_cap: f64,
+        /// Check the staffing advisor on a day instead: calls per second
+        /// in each interval, comma-separated (e.g. `0.2,1.5,3,2,0.8`);
+        /// each interval is staffed as the advisor says and the day is
+        /// simulated through the router (`--aht`, `--service-level-seconds`,
+        /// `--seed` apply).
+        #[arg(long)]
+        day: Option<String>,
+        /// Minutes per interval of `--day`.
+        #[arg(long = "interval-minutes", default_value_t = 15.0)]
+        interval_minutes: f64,
+        /// Service level the advisor staffs for (`--day`), a fraction.
+        #[arg(long, default_value_t = 0.8)]
+        target: f64,
+        /// Days simulated (`--day`): more give steadier figures.
+        #[arg(long, default_value_t = 5)]
+        days: u32,
     },
 }
 
@@ -499,6 +517,34 @@ fn main() -> ExitCode {
             config,
             expect_head,
         }),
+        Command::Simulate {
+            day: Some(rates),
+            interval_minutes,
+            target,
+            days,
+            aht,
+            seed,
+            service_level_seconds,
+            json,
+            ..
+        } => {
+            let d = day::Day {
+                rates,
+                interval_minutes,
+                target,
+                days,
+                aht,
+                service_level_seconds,
+                seed,
+            };
+            match day::simulate_day(&d, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("centralino: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Simulate {
             config,
             replay,

@@ -153,3 +153,57 @@ fn outbound_sizing_per_mode() {
     let out = run(&["--operators", "20", "--abandon-cap", "0.1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--abandon-cap"));
 }
+
+/// `--day`: the advisor staffs each interval of a day whose rate varies
+/// and the day is simulated with that staffing; bad input is refused with
+/// the option named.
+#[test]
+fn a_day_staffed_as_the_advisor_says() {
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .args(["simulate", "--day", "0.05,0.3,0.6,0.3,0.05", "--days", "4"])
+        .args(["--aht", "180", "--target", "0.8", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let intervals = v["intervals"].as_array().unwrap();
+    assert_eq!(intervals.len(), 5);
+    let needed: Vec<u64> = intervals
+        .iter()
+        .map(|i| i["needed"].as_u64().unwrap())
+        .collect();
+    // Staffing follows the rate; after a fall the last interval's stay.
+    assert!(needed[2] > needed[1] && needed[1] > needed[0], "{needed:?}");
+    assert_eq!(intervals[3]["agents"], intervals[2]["needed"]);
+    assert_eq!(intervals[4]["agents"], intervals[3]["needed"]);
+    for i in intervals {
+        assert_eq!(i["start"].as_str().unwrap().len(), 6, "{i}");
+        assert!(i["predicted"].as_f64().unwrap() >= 0.8, "{i}");
+    }
+    assert!(v["service_level"].as_f64().unwrap() >= 0.78, "{v}");
+    for (bad, says) in [
+        (vec!["--day", "1,x"], "--day"),
+        (vec!["--day", "1", "--target", "80"], "--target"),
+        (
+            vec!["--day", "1", "--interval-minutes", "0"],
+            "--interval-minutes",
+        ),
+        (vec!["--day", "1000", "--days", "100"], "20 million"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .arg("simulate")
+            .args(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
