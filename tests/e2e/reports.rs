@@ -412,3 +412,95 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
         }
     }
 }
+
+/// The staffing forecast: a store holding three days of calls at the
+/// coming 15 minutes (two a day for `info`, answered, 2 minutes of talk)
+/// gives the supervisors' queue view and the metrics two calls expected,
+/// and the operators Erlang C asks for them; a queue without history is
+/// forecast none; another firm's supervisor does not see `info`.
+#[test]
+fn the_next_interval_is_forecast_from_the_days_before() {
+    use centralino_types::outcome::QueueEvent;
+    use centralino_types::record::Record;
+    const DAY: i64 = 86_400_000;
+    const INTERVAL: i64 = 900_000;
+    let scratch = Scratch::new("forecast");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let next = (now / INTERVAL + 1) * INTERVAL;
+    let mut records = Vec::new();
+    // The same calls in the two coming intervals: the node may start in
+    // the next one.
+    for day in 1..=3 {
+        for interval in 0..2 {
+            for c in 0..2 {
+                let at = next + interval * INTERVAL - day * DAY + c * 60_000 + 1_000;
+                let call = format!("h{day}{interval}{c}");
+                let q = |at_ms, event, wait_ms| Record::Queue {
+                    call: call.clone(),
+                    at_ms,
+                    queue: "info".into(),
+                    event,
+                    agent: None,
+                    position: None,
+                    wait_ms,
+                };
+                records.push(q(at, QueueEvent::Enter, None));
+                records.push(q(at + 4_000, QueueEvent::Connect, Some(4_000)));
+                records.push(Record::Complete {
+                    call: call.clone(),
+                    at_ms: at + 124_000,
+                    queue: "info".into(),
+                    agent: "1001".into(),
+                    talk_ms: 120_000,
+                });
+            }
+        }
+    }
+    std::fs::create_dir_all(scratch.path("data")).unwrap();
+    let mut store =
+        centralino_store::Store::open(&scratch.path("data").join("centralino.db")).unwrap();
+    store.write_records(&records).unwrap();
+    drop(store);
+    let node = Node::start_toml(&scratch, config);
+    node.wait_metric(
+        "centralino_queue_forecast_offered{queue=\"info\"}",
+        Duration::from_secs(10),
+        |v| v == 2.0,
+    );
+    // Two calls of 2 min + 2 s wrap-up in 15 min at 80 % within 20 s: one
+    // operator does not, two do (Erlang C).
+    assert_eq!(
+        node.metric("centralino_queue_agents_forecast{queue=\"info\"}"),
+        2.0
+    );
+    assert_eq!(
+        node.metric("centralino_queue_forecast_offered{queue=\"estranea\"}"),
+        0.0
+    );
+    let (code, body) = node.http("GET", "/api/v1/queues", Some(SUPERVISOR), None);
+    assert_eq!(code, 200, "{body}");
+    let v = crate::common::json(&body);
+    let info = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "info")
+        .expect("info")
+        .clone();
+    assert_eq!(info["forecast"]["offered"], 2.0, "{info}");
+    assert_eq!(info["forecast"]["agents"], 2, "{info}");
+    assert_eq!(info["forecast"]["days"], 3, "{info}");
+    // The coming quarter of an hour, in RFC 3339.
+    let start = info["forecast"]["start"].as_str().unwrap();
+    assert!(
+        start.len() == 20
+            && start.ends_with(":00Z")
+            && ["00", "15", "30", "45"].contains(&&start[14..16]),
+        "{start}"
+    );
+    let (_, body) = node.http("GET", "/api/v1/queues", Some(OTHER_FIRM), None);
+    assert!(!body.contains("\"info\""), "{body}");
+}

@@ -73,6 +73,12 @@ pub struct NetMetrics {
     /// oldest of them has waited (0 when none): what "Ti chiamiamo noi"
     /// promised, overdue when it grows.
     pub queue_callbacks_oldest: IntGaugeVec,
+    /// `centralino_queue_forecast_offered{queue}`: calls expected in the
+    /// next 15 minutes, from the same interval of the last 7 days.
+    pub queue_forecast_offered: prometheus::GaugeVec,
+    /// `centralino_queue_agents_forecast{queue}`: operators Erlang C asks
+    /// for that forecast at the queue's target.
+    pub queue_agents_forecast: IntGaugeVec,
     /// `centralino_campaign_contacts{campaign,status}`: each running
     /// campaign's contacts by status (pending, in_progress, done, failed,
     /// dnc), read from the store every 10 s.
@@ -244,6 +250,21 @@ impl NetMetrics {
             queue_callbacks_oldest: reg!(gv(
                 "centralino_queue_callbacks_oldest_seconds",
                 "How long the oldest callback not done yet has waited, per queue",
+                &["queue"]
+            )),
+            queue_forecast_offered: reg!(
+                prometheus::GaugeVec::new(
+                    prometheus::Opts::new(
+                        "centralino_queue_forecast_offered",
+                        "Calls expected in the next 15 minutes, from the same interval of the last 7 days"
+                    ),
+                    &["queue"]
+                )
+                .expect("valid metric")
+            ),
+            queue_agents_forecast: reg!(gv(
+                "centralino_queue_agents_forecast",
+                "Operators Erlang C asks for the next 15 minutes' forecast",
                 &["queue"]
             )),
             campaign_contacts: reg!(gv(

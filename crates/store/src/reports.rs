@@ -131,6 +131,85 @@ pub struct Span {
     pub interval_ms: i64,
 }
 
+/// What a queue's next interval will likely bring, from the same
+/// interval of the days before.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forecast {
+    /// Queue name.
+    pub queue: String,
+    /// Calls expected (the mean of the days looked at; a day without a
+    /// call for the queue counts 0).
+    pub offered: f64,
+    /// Mean handling time over those days' calls, when any completed.
+    pub aht_seconds: Option<f64>,
+    /// Days the store covers (its queue log began before that day's
+    /// interval ended), which the mean is over.
+    pub days: u32,
+}
+
+impl Store {
+    /// The forecast of each queue for the interval `[from_ms, to_ms)`: the
+    /// same interval on each of the `days` days before (24 hours apart:
+    /// off by an hour across a daylight-saving change), averaged over the
+    /// days the store covers. Empty when it covers none.
+    pub fn forecast(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        days: u32,
+        thresholds: impl Fn(&str) -> Option<Thresholds>,
+        fallback: Thresholds,
+    ) -> Result<Vec<Forecast>, StoreError> {
+        const DAY_MS: i64 = 86_400_000;
+        let first: Option<i64> = self
+            .conn
+            .query_row("SELECT MIN(at) FROM queue_log", [], |r| r.get(0))?;
+        let Some(first) = first else {
+            return Ok(Vec::new());
+        };
+        let mut covered = 0u32;
+        // Per queue: offered over the days, talk and segments for the AHT.
+        let mut sums: Vec<(String, u64, i64, u64, i64)> = Vec::new();
+        for d in 1..=i64::from(days) {
+            let span = Span {
+                from_ms: from_ms - d * DAY_MS,
+                to_ms: to_ms - d * DAY_MS,
+                interval_ms: to_ms - from_ms,
+            };
+            // A log begun later than that day's interval knows nothing
+            // of it (begun within it, it knows its part).
+            if first >= span.to_ms {
+                break;
+            }
+            covered += 1;
+            for f in self.queue_report(span, &thresholds, fallback)? {
+                let i = match sums.iter().position(|s| s.0 == f.queue) {
+                    Some(i) => i,
+                    None => {
+                        sums.push((f.queue.clone(), 0, 0, 0, f.wrap_up_ms));
+                        sums.len() - 1
+                    }
+                };
+                sums[i].1 += f.offered;
+                sums[i].2 += f.talk_ms;
+                sums[i].3 += f.completed;
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .map(
+                |(queue, offered, talk_ms, completed, wrap_up_ms)| Forecast {
+                    queue,
+                    offered: offered as f64 / f64::from(covered.max(1)),
+                    aht_seconds: (completed > 0)
+                        .then(|| (talk_ms as f64 / completed as f64 + wrap_up_ms as f64) / 1000.0),
+                    days: covered,
+                },
+            )
+            .collect())
+    }
+}
+
 /// One queue's callbacks not done yet (pending or being placed): the
 /// supervisors' backlog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -498,6 +577,68 @@ mod tests {
             talk_ms: talk,
         }
     }
+
+    /// The next interval forecast from the same interval of the days
+    /// before: calls averaged over the days the log covers (a day without
+    /// the queue's calls counts 0), handling time over their calls.
+    #[test]
+    fn the_forecast_averages_the_same_interval_of_the_days_before() {
+        use QueueEvent::*;
+        const DAY: i64 = 86_400_000;
+        let path = temp("forecast");
+        let mut s = Store::open(&path).unwrap();
+        // Today's interval is [T0 + 3 days, + 15 min). Three days back:
+        // 3 calls of "info"; two days back: 1 (and one outside the
+        // interval); yesterday: none for "info", 2 for "triage".
+        let mut records = Vec::new();
+        for (day, calls, queue) in [(-3, 3, "info"), (-2, 1, "info"), (-1, 2, "triage")] {
+            for c in 0..calls {
+                let at = 3 * DAY + day * DAY + c * 60 * S;
+                let call = format!("d{day}c{c}{queue}");
+                records.push(ev(&call, at, queue, Enter, 0));
+                records.push(ev(&call, at + 5 * S, queue, Connect, 5 * S));
+                records.push(done(&call, at + 125 * S, queue, 120 * S));
+            }
+        }
+        records.push(ev(
+            "late",
+            3 * DAY - 2 * DAY + 20 * 60 * S,
+            "info",
+            Enter,
+            0,
+        ));
+        s.write_records(&records).unwrap();
+        let t = |_: &str| {
+            Some(Thresholds {
+                level_ms: 20_000,
+                level2_ms: 60_000,
+                short_abandon_ms: 5_000,
+                wrap_up_ms: 10_000,
+            })
+        };
+        let from = T0 + 3 * DAY;
+        let mut f = s.forecast(from, from + 900 * S, 7, t, FALLBACK_T).unwrap();
+        f.sort_by(|a, b| a.queue.cmp(&b.queue));
+        // The log begins three days back: three days covered, not seven.
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!((f[0].queue.as_str(), f[0].days), ("info", 3));
+        assert!((f[0].offered - 4.0 / 3.0).abs() < 1e-9, "{f:?}");
+        assert_eq!(f[0].aht_seconds, Some(130.0));
+        assert!((f[1].offered - 2.0 / 3.0).abs() < 1e-9, "{f:?}");
+        // Nothing before the log: no forecast.
+        assert!(
+            s.forecast(T0 - 10 * DAY, T0 - 10 * DAY + 900 * S, 7, t, FALLBACK_T)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    const FALLBACK_T: Thresholds = Thresholds {
+        level_ms: 20_000,
+        level2_ms: 60_000,
+        short_abandon_ms: 5_000,
+        wrap_up_ms: 0,
+    };
 
     /// Every figure against a queue log worked out by hand: T = 20 s
     /// (inclusive), T2 = 60 s, short abandons up to 5 s, wrap-up 10 s,

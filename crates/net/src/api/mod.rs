@@ -43,6 +43,7 @@ mod control;
 mod csv;
 mod desk;
 mod desks;
+mod forecast;
 mod login;
 mod monitor;
 mod openapi;
@@ -124,6 +125,9 @@ struct Live {
     agent_tenants: Vec<(String, String)>,
     /// Each queue's service thresholds (reports).
     targets: Arc<HashMap<String, centralino_store::Thresholds>>,
+    /// Each running queue's service level target and T (seconds): what
+    /// the forecast's operators are counted for.
+    service: HashMap<String, (f64, f64)>,
 }
 
 impl Live {
@@ -150,6 +154,15 @@ impl Live {
                 })
                 .collect(),
             targets: Arc::new(reports::thresholds(config)),
+            service: config
+                .queues
+                .iter()
+                .filter(|q| !q.retired)
+                .map(|q| {
+                    let s = &q.service;
+                    (q.routing.name.clone(), (s.target, s.level.as_secs_f64()))
+                })
+                .collect(),
             catalog: config.catalog.clone(),
             scripts: config.scripts.clone(),
             outbound_trunks: config
@@ -263,6 +276,8 @@ pub struct Api {
     net: NetMetrics,
     /// How the store's thread is doing (for `/healthz`).
     store_probe: crate::health::StoreProbe,
+    /// The latest staffing forecast per queue (`forecast`).
+    forecasts: forecast::Forecasts,
 }
 
 /// Every API route: its path, its methods, and the handlers. The router is
@@ -574,8 +589,10 @@ impl Api {
             metrics,
             net,
             store_probe,
+            forecasts: forecast::Forecasts::default(),
         };
         api.store_config_campaigns(config);
+        tokio::spawn(forecast::run(api.clone()));
         Ok(api)
     }
 

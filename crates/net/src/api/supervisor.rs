@@ -81,6 +81,11 @@ pub(super) async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Re
             // store that cannot answer leaves them out, `null`).
             let backlog = api.read_store(|s| s.callback_backlog()).await.ok();
             let now = unix_now();
+            let forecasts = api
+                .forecasts
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             if let Some(queues) = v["queues"].as_array_mut() {
                 for q in queues {
                     let b = backlog.as_ref().map(|all| {
@@ -90,6 +95,12 @@ pub(super) async fn get_queues(State(api): State<Api>, headers: HeaderMap) -> Re
                     q["callbacks_open"] = json!(b.map(|b| b.map_or(0, |b| b.open)));
                     q["callbacks_oldest_seconds"] =
                         json!(b.and_then(|b| b.map(|b| (now - b.oldest).max(0))));
+                    // The next 15 minutes, from the same interval of the
+                    // days before (null without history).
+                    let f = q["name"].as_str().and_then(|n| forecasts.get(n));
+                    q["forecast"] = f.map_or(Value::Null, |f| {
+                        json!({"start": rfc3339(f.start_unix), "offered": f.offered, "agents": f.agents, "days": f.days})
+                    });
                 }
             }
             ok(StatusCode::OK, &v)
