@@ -137,12 +137,17 @@ pub struct Metrics {
     /// `centralino_queue_overflowed_total{queue}`: callers the queue could
     /// not serve, passed to its `overflow_queue`.
     pub queue_overflowed: IntCounterVec,
-    /// `centralino_queue_agents_needed{queue}`: operators Erlang C asks for
-    /// the queue's service level, on the last 15 minutes' traffic.
+    /// `centralino_queue_agents_needed{queue}`: operators Erlang C (Erlang A
+    /// once the callers' patience is measured) asks for the queue's
+    /// service level, on the last 15 minutes' traffic.
     pub queue_agents_needed: IntGaugeVec,
     /// `centralino_queue_agents_short{queue}`: of those, not logged in and
     /// available or busy.
     pub queue_agents_short: IntGaugeVec,
+    /// `centralino_queue_patience_seconds{queue}`: the callers' mean
+    /// patience measured over the last 15 minutes (0 until 10 of them gave
+    /// up): with it the advisor counts by Erlang A.
+    pub queue_patience: IntGaugeVec,
     /// `centralino_queue_service_level_target{queue}`: the share the
     /// queue's service level is to reach (`service_level_target`).
     pub queue_sl_target: GaugeVec,
@@ -475,6 +480,11 @@ impl Metrics {
             queue_agents_short: reg!(gv(
                 "centralino_queue_agents_short",
                 "Operators needed beyond those available or busy in the queue",
+                &["queue"]
+            )),
+            queue_patience: reg!(gv(
+                "centralino_queue_patience_seconds",
+                "Callers' mean patience over the last 15 minutes, 0 until 10 gave up",
                 &["queue"]
             )),
             unserved: reg!(cv(

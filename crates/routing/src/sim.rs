@@ -687,6 +687,40 @@ mod tests {
         }
     }
 
+    /// Erlang A against the router with impatient callers: the service
+    /// level (answered within 20 s over answered and abandoned) within 2
+    /// points, below, at and over capacity.
+    #[test]
+    fn simulated_impatient_service_matches_erlang_a() {
+        for (n, erlangs, patience, calls) in [
+            (10u32, 9.0, 120.0, 200_000u64),
+            (50, 52.0, 60.0, 200_000),
+            (100, 95.0, 300.0, 200_000),
+        ] {
+            let aht = 180.0;
+            let traffic = Traffic {
+                calls,
+                rate: erlangs / aht,
+                aht_seconds: aht,
+                patience_seconds: Some(patience),
+                service_level_seconds: 20.0,
+                seed: 3 + u64::from(n),
+            };
+            let r = &simulate(&[queue()], 1, &members(n), &traffic)[0];
+            let a = crate::staffing::erlang_a(n, erlangs / aht, aht, patience, 20.0);
+            assert!(
+                (r.service_level - a.service_level).abs() < 0.02,
+                "n={n}, {erlangs} E, patience {patience}: simulated {:.4} vs Erlang A {a:?}",
+                r.service_level
+            );
+            assert!(
+                (r.abandon_rate - a.abandon_rate).abs() < 0.01,
+                "n={n}, {erlangs} E, patience {patience}: abandoned {:.4} vs Erlang A {a:?}",
+                r.abandon_rate
+            );
+        }
+    }
+
     #[test]
     fn impatient_callers_abandon() {
         let traffic = Traffic {

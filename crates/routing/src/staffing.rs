@@ -82,6 +82,161 @@ pub fn agents_needed(rate: f64, aht_seconds: f64, t_seconds: f64, target: f64) -
     None
 }
 
+/// Longest queue Erlang A follows, past which its probabilities are
+/// dropped (they are far below any figure shown by then).
+const MAX_QUEUE: usize = 200_000;
+
+/// What Erlang A (M/M/N+M) gives a queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErlangA {
+    /// Calls answered within the threshold, over all calls (every caller
+    /// is answered or gives up: answered and abandoned).
+    pub service_level: f64,
+    /// Calls whose caller gives up before an operator answers.
+    pub abandon_rate: f64,
+}
+
+/// Erlang A: callers give up after an exponential patience of mean
+/// `patience_seconds`; `agents` operators, `rate` calls per second of
+/// `aht_seconds` each, answered within `t_seconds` or not. Unlike
+/// Erlang C it has an answer when the operators cannot keep up (the
+/// impatient leave), and it asks for fewer operators when callers do
+/// leave. A caller finding `j` others waiting is answered once `j + 1`
+/// operators free up or callers ahead leave, before its own patience
+/// runs out: that chance within `t` is integrated for every `j` at once.
+#[must_use]
+pub fn erlang_a(
+    agents: u32,
+    rate: f64,
+    aht_seconds: f64,
+    patience_seconds: f64,
+    t_seconds: f64,
+) -> ErlangA {
+    if !positive(rate) {
+        return ErlangA {
+            service_level: 1.0,
+            abandon_rate: 0.0,
+        };
+    }
+    if !(positive(aht_seconds) && positive(patience_seconds) && t_seconds >= 0.0) || agents == 0 {
+        return ErlangA {
+            service_level: 0.0,
+            abandon_rate: 1.0,
+        };
+    }
+    let (mu, theta) = (1.0 / aht_seconds, 1.0 / patience_seconds);
+    let n = agents as usize;
+    let served = f64::from(agents) * mu;
+    // The states' probabilities (k calls in the system), as logarithms
+    // (n! and a^n overflow long before the national scale), up to where
+    // the queue's tail no longer counts.
+    let mut ln = Vec::with_capacity(n + 64);
+    ln.push(0.0f64);
+    for k in 1..=n {
+        ln.push(ln[k - 1] + (rate / (k as f64 * mu)).ln());
+    }
+    let mut peak = ln.iter().copied().fold(f64::MIN, f64::max);
+    let mut j = 0usize;
+    loop {
+        let next = ln[n + j] + (rate / (served + (j + 1) as f64 * theta)).ln();
+        peak = peak.max(next);
+        if (next < peak - 40.0 && next < ln[n + j]) || j >= MAX_QUEUE {
+            break;
+        }
+        ln.push(next);
+        j += 1;
+    }
+    let p: Vec<f64> = ln.iter().map(|l| (l - peak).exp()).collect();
+    let total: f64 = p.iter().sum();
+    let queue = p.len() - n; // states n.. : 0..queue callers ahead
+    // u[j]: chance a caller with j ahead is answered within the time
+    // integrated so far; d/dt by the backward equations, RK4.
+    let fastest = served + queue as f64 * theta + theta;
+    let steps = ((t_seconds * fastest * 2.0).ceil() as usize).clamp(16, 100_000);
+    let h = t_seconds / steps as f64;
+    let deriv = |u: &[f64], out: &mut [f64]| {
+        for j in 0..u.len() {
+            let ahead = if j == 0 { 1.0 } else { u[j - 1] };
+            out[j] = (served + j as f64 * theta) * (ahead - u[j]) - theta * u[j];
+        }
+    };
+    let mut u = vec![0.0f64; queue];
+    if t_seconds > 0.0 {
+        let (mut k1, mut k2, mut k3, mut k4) = (
+            vec![0.0; queue],
+            vec![0.0; queue],
+            vec![0.0; queue],
+            vec![0.0; queue],
+        );
+        let mut tmp = vec![0.0; queue];
+        for _ in 0..steps {
+            deriv(&u, &mut k1);
+            for j in 0..queue {
+                tmp[j] = u[j] + 0.5 * h * k1[j];
+            }
+            deriv(&tmp, &mut k2);
+            for j in 0..queue {
+                tmp[j] = u[j] + 0.5 * h * k2[j];
+            }
+            deriv(&tmp, &mut k3);
+            for j in 0..queue {
+                tmp[j] = u[j] + h * k3[j];
+            }
+            deriv(&tmp, &mut k4);
+            for j in 0..queue {
+                u[j] += h / 6.0 * (k1[j] + 2.0 * k2[j] + 2.0 * k3[j] + k4[j]);
+            }
+        }
+    }
+    let at_once: f64 = p[..n].iter().sum();
+    let waited: f64 = p[n..].iter().zip(&u).map(|(p, u)| p * u).sum();
+    // Callers leave at θ each while waiting: θ·E[queue] per second, over
+    // the arrivals.
+    let queued: f64 = p[n..].iter().enumerate().map(|(j, p)| j as f64 * p).sum();
+    ErlangA {
+        service_level: ((at_once + waited) / total).clamp(0.0, 1.0),
+        abandon_rate: (theta * queued / total / rate).clamp(0.0, 1.0),
+    }
+}
+
+/// The fewest operators that answer `target` of the calls within
+/// `t_seconds` and lose at most `max_abandon` of them, when callers give
+/// up after `patience_seconds` on average (Erlang A); never more than
+/// Erlang C asks for. The abandon bound matters: with impatient callers
+/// the service level alone is met by letting a good share of them go
+/// (at 10,000 Erlangs and 2 minutes of patience, 8,637 operators answer
+/// 80 % within 20 s while 14 % give up). `None` as [`agents_needed`].
+#[must_use]
+pub fn agents_needed_a(
+    rate: f64,
+    aht_seconds: f64,
+    patience_seconds: f64,
+    t_seconds: f64,
+    target: f64,
+    max_abandon: f64,
+) -> Option<u32> {
+    if !positive(patience_seconds) || !(0.0..=1.0).contains(&max_abandon) {
+        return None;
+    }
+    let upper = agents_needed(rate, aht_seconds, t_seconds, target)?;
+    if upper == 0 {
+        return Some(0);
+    }
+    // The service level grows with the operators: the smallest that
+    // reaches the target, by bisection between none and Erlang C's.
+    let (mut lo, mut hi) = (0u32, upper);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let a = erlang_a(mid, rate, aht_seconds, patience_seconds, t_seconds);
+        if a.service_level >= target && a.abandon_rate <= max_abandon {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +267,47 @@ mod tests {
             assert!((got - asa).abs() < 1e-3, "ASA({n}) = {got}");
         }
         assert_eq!(agents_needed(100.0 / 1800.0, 180.0, 20.0, 0.8), Some(14));
+    }
+
+    /// Erlang A: with callers who never give up it is Erlang C; with
+    /// impatient ones it needs fewer operators, and it still answers
+    /// when the operators cannot keep up.
+    #[test]
+    fn erlang_a_meets_erlang_c_and_asks_for_less_when_callers_leave() {
+        for n in [11u32, 13, 14, 20] {
+            let c = service_level(n, 10.0, 180.0, 20.0);
+            let a = erlang_a(n, 10.0 / 180.0, 180.0, 1e9, 20.0);
+            assert!(
+                (a.service_level - c).abs() < 1e-4,
+                "n={n}: A {a:?} vs C {c}"
+            );
+            assert!(a.abandon_rate < 1e-4, "{a:?}");
+        }
+        let rate = 100.0 / 1800.0;
+        assert_eq!(agents_needed(rate, 180.0, 20.0, 0.8), Some(14));
+        let a = agents_needed_a(rate, 180.0, 60.0, 20.0, 0.8, 0.05).unwrap();
+        assert!(a <= 14, "{a}");
+        // Over capacity (12 Erlangs on 10): Erlang C has no answer; the
+        // impatient leave, at least the traffic the operators cannot take.
+        assert_eq!(service_level(10, 12.0, 180.0, 20.0), 0.0);
+        let over = erlang_a(10, 12.0 / 180.0, 180.0, 60.0, 20.0);
+        assert!(
+            over.service_level > 0.0 && over.service_level < 0.8,
+            "{over:?}"
+        );
+        assert!(over.abandon_rate > 1.0 - 10.0 / 12.0, "{over:?}");
+        assert_eq!(erlang_a(0, 1.0, 180.0, 60.0, 20.0).service_level, 0.0);
+        assert_eq!(erlang_a(5, 0.0, 180.0, 60.0, 20.0).service_level, 1.0);
+        assert_eq!(agents_needed_a(rate, 180.0, 0.0, 20.0, 0.8, 0.05), None);
+        // The national scale, bounded and quick: the service level alone
+        // lets 14 % go; 5 % at most asks for more.
+        let loose = agents_needed_a(50.0, 200.0, 120.0, 20.0, 0.8, 1.0).unwrap();
+        assert_eq!(loose, 8_637);
+        let l = erlang_a(loose, 50.0, 200.0, 120.0, 20.0);
+        assert!(l.abandon_rate > 0.13, "{l:?}");
+        let kept = agents_needed_a(50.0, 200.0, 120.0, 20.0, 0.8, 0.05).unwrap();
+        assert!(kept > loose && kept <= 10_015, "{kept}");
+        assert!(erlang_a(kept, 50.0, 200.0, 120.0, 20.0).abandon_rate <= 0.05);
     }
 
     /// Other sizes, computed independently (Python, the same formulas):

@@ -518,6 +518,8 @@ fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
         offered: staffing::RateWindow::default(),
         agents_needed: metrics.queue_agents_needed.with_label_values(&[name]),
         agents_short: metrics.queue_agents_short.with_label_values(&[name]),
+        patience: metrics.queue_patience.with_label_values(&[name]),
+        erlang_a: None,
     }
 }
 

@@ -350,7 +350,7 @@ impl Engine {
             .with_label_values(&["operator", "done"])
             .inc();
         self.visit_started(now, x, y_queue);
-        self.visit_answered(x, Duration::ZERO);
+        self.visit_answered(now, x, Duration::ZERO);
         self.queue_event(now, x, QueueEvent::Enter, None);
         self.queue_event(now, x, QueueEvent::Connect, Some(name.clone()));
         if let Some(c) = self.calls.get(&x) {

@@ -161,6 +161,10 @@ struct QueueStats {
     /// The staffing advisor's figures.
     agents_needed: IntGauge,
     agents_short: IntGauge,
+    /// The callers' mean patience the advisor measured (0: not yet).
+    patience: IntGauge,
+    /// Erlang A's last recommendation and when it was made.
+    erlang_a: Option<(Instant, u32)>,
 }
 
 /// Where a DID's calls go first, with what they need.

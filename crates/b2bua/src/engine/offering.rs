@@ -433,7 +433,7 @@ impl Engine {
                 self.metrics
                     .call_setup
                     .observe((now - started).as_secs_f64());
-                self.visit_answered(call_id, now.saturating_duration_since(enqueued));
+                self.visit_answered(now, call_id, now.saturating_duration_since(enqueued));
                 if !consult {
                     self.metrics
                         .queue_wait

@@ -1,19 +1,34 @@
 //! The staffing advisor and the service figures' counters: each queue's
 //! offered rate over the last 15 minutes and its recent handling time give,
-//! by Erlang C, the operators it needs for its service level (README,
-//! "Service figures"); the counters let PromQL compute the same figures as
-//! the reports.
+//! by Erlang C — Erlang A once its callers' patience is measured — the
+//! operators it needs for its service level (README, "Service figures");
+//! the counters let PromQL compute the same figures as the reports.
 
 use super::*;
 use centralino_routing::staffing;
 
 /// Minutes the offered rate is measured over.
 const WINDOW_MINUTES: u64 = 15;
+/// Erlang A's recommendation is made again this often per queue.
+const ERLANG_A_EVERY: Duration = Duration::from_secs(15);
+/// Past this many operators (by Erlang C) a queue is staffed by Erlang C:
+/// Erlang A's integration grows with the queue (about 5-15 ms at 900).
+const ERLANG_A_MOST: u32 = 1_000;
+/// Callers the advisor lets give up at most, with Erlang A: its service
+/// level alone would be met by letting impatient callers go.
+const MAX_ABANDON: f64 = 0.05;
+/// Abandons (after the short-abandon threshold) in the window before the
+/// callers' patience is estimated and Erlang A used.
+const MIN_ABANDONS: u32 = 10;
 
-/// Visits offered per minute, the last [`WINDOW_MINUTES`] of them.
+/// Visits offered per minute, the last [`WINDOW_MINUTES`] of them; and
+/// per minute, the visits abandoned and every finished visit's wait (the
+/// callers' patience, estimated from both).
 #[derive(Debug, Default)]
 pub(super) struct RateWindow {
     counts: [u32; WINDOW_MINUTES as usize],
+    abandons: [u32; WINDOW_MINUTES as usize],
+    waited_ms: [u64; WINDOW_MINUTES as usize],
     /// The first look, and the minute (since it) the last count is for.
     origin: Option<Instant>,
     minute: u64,
@@ -26,7 +41,10 @@ impl RateWindow {
         let minute = now.saturating_duration_since(origin).as_secs() / 60;
         let stale = minute.saturating_sub(self.minute).min(WINDOW_MINUTES);
         for m in 1..=stale {
-            self.counts[((self.minute + m) % WINDOW_MINUTES) as usize] = 0;
+            let slot = ((self.minute + m) % WINDOW_MINUTES) as usize;
+            self.counts[slot] = 0;
+            self.abandons[slot] = 0;
+            self.waited_ms[slot] = 0;
         }
         self.minute = self.minute.max(minute);
         minute
@@ -36,6 +54,28 @@ impl RateWindow {
         let minute = self.advance(now);
         let slot = &mut self.counts[(minute % WINDOW_MINUTES) as usize];
         *slot = slot.saturating_add(1);
+    }
+
+    /// A visit ended after waiting `wait`: abandoned (after the short
+    /// threshold) or answered.
+    pub(super) fn finished(&mut self, now: Instant, wait: Duration, abandoned: bool) {
+        let slot = (self.advance(now) % WINDOW_MINUTES) as usize;
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.waited_ms[slot] = self.waited_ms[slot].saturating_add(ms);
+        if abandoned {
+            self.abandons[slot] = self.abandons[slot].saturating_add(1);
+        }
+    }
+
+    /// The callers' mean patience, seconds, once the window holds
+    /// [`MIN_ABANDONS`]: the time all callers waited over the abandons (the
+    /// estimate of an exponential patience when the answered callers'
+    /// waits are patience not used up).
+    pub(super) fn patience(&mut self, now: Instant) -> Option<f64> {
+        self.advance(now);
+        let abandons: u32 = self.abandons.iter().sum();
+        let waited: u64 = self.waited_ms.iter().sum();
+        (abandons >= MIN_ABANDONS).then(|| waited as f64 / 1000.0 / f64::from(abandons))
     }
 
     /// Calls per second over the window (over the time since the first
@@ -72,7 +112,7 @@ impl Engine {
 
     /// An operator answered the call's visit after `wait`: counted once
     /// per visit, within T and the second T or not.
-    pub(super) fn visit_answered(&mut self, call_id: CallId, wait: Duration) {
+    pub(super) fn visit_answered(&mut self, now: Instant, call_id: CallId, wait: Duration) {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -81,6 +121,9 @@ impl Engine {
         }
         call.visit_answered = true;
         let queue = call.queue;
+        if let Some(s) = self.queue_stats.get_mut(queue.0 as usize) {
+            s.offered.finished(now, wait, false);
+        }
         let Some(policy) = self.queues.get(queue.0 as usize) else {
             return;
         };
@@ -103,21 +146,31 @@ impl Engine {
 
     /// A visit ended unanswered with `outcome` after `wait`: abandoned
     /// (short or not) or timed out.
-    pub(super) fn visit_unanswered(&self, call: &Call, wait: Duration, outcome: CallOutcome) {
+    pub(super) fn visit_unanswered(
+        &mut self,
+        now: Instant,
+        call: &Call,
+        wait: Duration,
+        outcome: CallOutcome,
+    ) {
         if call.visit_answered || call.consult.is_some() || !call.in_queue {
             return;
         }
         let Some(policy) = self.queues.get(call.queue.0 as usize) else {
             return;
         };
+        let short = wait <= policy.service.short_abandon;
+        let gave_up = matches!(outcome, CallOutcome::Cancelled | CallOutcome::Abandoned);
+        // Patience is what callers spend: a misdial hung up at once is
+        // none, and neither is a wait the node cut short (max wait, a
+        // callback taken) — those count as patience left unused.
+        if let Some(s) = self.queue_stats.get_mut(call.queue.0 as usize) {
+            s.offered.finished(now, wait, gave_up && !short);
+        }
         let name = &self.router.queue(call.queue).name;
         match outcome {
             CallOutcome::Cancelled | CallOutcome::Abandoned => {
-                let kind = if wait <= policy.service.short_abandon {
-                    "short"
-                } else {
-                    "after_short"
-                };
+                let kind = if short { "short" } else { "after_short" };
                 self.metrics
                     .queue_abandoned
                     .with_label_values(&[name, kind])
@@ -139,23 +192,43 @@ impl Engine {
     }
 
     /// Operators `queue` needs now for its service level (Erlang C on the
-    /// last 15 minutes' offered rate and its recent handling time), and
-    /// how many of them are missing among those logged in and not on a
-    /// break; set on its gauges too. `None` before any handling time is
-    /// known.
+    /// last 15 minutes' offered rate and its recent handling time; Erlang
+    /// A once the window has seen enough callers give up to measure their
+    /// patience), and how many of them are missing among those logged in
+    /// and not on a break; set on its gauges too. `None` before any
+    /// handling time is known.
     pub(super) fn staffing(&mut self, now: Instant, queue: QueueId) -> Option<(u32, u32)> {
         let policy = self.queues.get(queue.0 as usize)?;
         let service = policy.service;
         let aht = self.router.queue_handle_time(queue)?;
         let stats = self.queue_stats.get_mut(queue.0 as usize)?;
         let rate = stats.offered.rate(now);
-        let needed = staffing::agents_needed(
-            rate,
+        let patience = stats.offered.patience(now);
+        stats
+            .patience
+            .set(patience.map_or(0, |p| p.round().min(i64::MAX as f64) as i64));
+        let (aht, t, target) = (
             aht.as_secs_f64(),
             service.level.as_secs_f64(),
             service.target.min(0.999),
-        )
-        .unwrap_or(staffing::MAX_AGENTS);
+        );
+        let c = staffing::agents_needed(rate, aht, t, target);
+        let needed = match (patience, c) {
+            // Erlang A costs milliseconds for a large queue (its queue
+            // states integrated): made again every 15 s, and only up to
+            // ERLANG_A_MOST operators; beyond, Erlang C's answer (more
+            // operators, never fewer) stands.
+            (Some(p), Some(c)) if c <= ERLANG_A_MOST => match stats.erlang_a {
+                Some((at, n)) if now.saturating_duration_since(at) < ERLANG_A_EVERY => n,
+                _ => {
+                    let n = staffing::agents_needed_a(rate, aht, p, t, target, MAX_ABANDON)
+                        .unwrap_or(c);
+                    stats.erlang_a = Some((now, n));
+                    n
+                }
+            },
+            _ => c.unwrap_or(staffing::MAX_AGENTS),
+        };
         let a = self.router.queue_agents(queue);
         let short = needed.saturating_sub(a.available + a.busy);
         stats.agents_needed.set(i64::from(needed));
@@ -200,5 +273,30 @@ mod tests {
         let mut y = RateWindow::default();
         y.record(t0);
         assert!((y.rate(t0) - 1.0 / 60.0).abs() < 1e-9);
+    }
+
+    /// Patience is the time every caller waited over those who gave up,
+    /// known from ten abandons, forgotten with the window.
+    #[test]
+    fn patience_is_measured_from_ten_abandons() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::default();
+        for i in 0..9 {
+            w.finished(t0 + Duration::from_secs(i), Duration::from_secs(40), true);
+        }
+        assert_eq!(w.patience(t0 + Duration::from_secs(10)), None);
+        w.finished(t0 + Duration::from_secs(10), Duration::from_secs(40), true);
+        // And 30 answered after 20 s each: 10 × 40 + 30 × 20 = 1,000 s
+        // waited, 10 gave up: 100 s of patience.
+        for i in 0..30 {
+            w.finished(
+                t0 + Duration::from_secs(11 + i),
+                Duration::from_secs(20),
+                false,
+            );
+        }
+        let p = w.patience(t0 + Duration::from_secs(60)).unwrap();
+        assert!((p - 100.0).abs() < 1e-9, "{p}");
+        assert_eq!(w.patience(t0 + Duration::from_secs(3600)), None);
     }
 }

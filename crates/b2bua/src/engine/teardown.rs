@@ -107,7 +107,12 @@ impl Engine {
                 let wait_ms = call
                     .in_queue
                     .then(|| now.saturating_duration_since(call.enqueued).as_millis() as i64);
-                self.visit_unanswered(&call, now.saturating_duration_since(call.enqueued), outcome);
+                self.visit_unanswered(
+                    now,
+                    &call,
+                    now.saturating_duration_since(call.enqueued),
+                    outcome,
+                );
                 if call.in_queue && call.consult.is_none() {
                     self.metrics
                         .queue_wait
