@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use tracing::{debug, info, warn};
 
 mod day;
+mod otlp;
 
 #[derive(Parser)]
 #[command(
@@ -883,14 +884,32 @@ fn serve(
     http_listen: Option<SocketAddr>,
     data_dir: &Path,
 ) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CENTRALINO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    // The log, and beside it the calls' spans for OpenTelemetry (kept
+    // only once `[tracing]` turns the export on, whatever the log level).
+    let otlp_sink = otlp::Sink::default();
+    {
+        use tracing_subscriber::prelude::*;
+        let log = tracing_subscriber::EnvFilter::try_from_env("CENTRALINO_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let on = otlp_sink.clone();
+        let calls = tracing_subscriber::filter::filter_fn(move |m| {
+            m.is_span() && m.name() == "call" && on.get().is_some()
+        });
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                    .with_filter(log),
+            )
+            .with(
+                otlp::CallSpans {
+                    sink: otlp_sink.clone(),
+                }
+                .with_filter(calls),
+            )
+            .init();
+    }
     let embedded = config.is_none();
     let config_path = config.clone();
     let mut config = load_seeded(
@@ -944,6 +963,20 @@ fn serve(
         .collect();
     let metrics = Metrics::with_thresholds(&thresholds);
     let net_metrics = centralino_net::NetMetrics::new(&metrics.registry);
+    if let Some(t) = config.tracing.clone() {
+        use centralino_b2bua::metrics::{counter_vec, register};
+        let spans = register(
+            &metrics.registry,
+            counter_vec(
+                "centralino_otlp_spans_total",
+                "Call spans for the OpenTelemetry collector, by outcome (sent, failed, dropped)",
+                &["outcome"],
+            ),
+        );
+        info!(collector = %t.addr, path = %t.path, "exporting call spans (OTLP)");
+        let _http = http_runtime.enter();
+        otlp::start(&otlp_sink, t, spans);
+    }
     // The engine's queue exists from here; the API, SIGHUP and the drain
     // speak to the engine through it, the SIP side runs the engine on it.
     let (engine, inbox) = centralino_net::EngineHandle::new();

@@ -28,6 +28,7 @@ mod ivr_calls;
 mod media_calls;
 mod monitor;
 mod operators_live;
+mod otlp;
 mod phones;
 mod reports;
 mod scanners;

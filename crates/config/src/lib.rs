@@ -119,6 +119,8 @@ pub struct Config {
     pub audit_key_file: Option<PathBuf>,
     /// The SMS hook, if configured.
     pub notifications: Option<Notifications>,
+    /// `[tracing]`: call spans to an OpenTelemetry collector, off by default.
+    pub tracing: Option<Tracing>,
     /// Tenant names.
     pub tenants: Vec<String>,
     /// Each tenant's outbound dial plan (by tenant index): every number
@@ -901,6 +903,7 @@ impl Config {
         let supervisor_phones = supervisor_phones(&mut p, &raw.tenants, &agents);
         let transfer_numbers = transfer_numbers(&mut p, &raw.tenants);
         let media = validate_media(&mut p, &raw.media);
+        let tracing = tracing_section(&mut p, &raw.tracing);
         let notifications = raw.notifications.url.as_ref().and_then(|url| {
             let n = &raw.notifications;
             if !(1..=50).contains(&n.max_attempts) {
@@ -1153,6 +1156,7 @@ impl Config {
             retention_days: raw.store.retention_days,
             audit_key_file: raw.store.audit_key_file.map(PathBuf::from),
             notifications,
+            tracing,
             tenants,
             dial_plans,
             supervisor_phones,

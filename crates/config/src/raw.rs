@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub(super) api: RawApi,
     pub(super) store: RawStore,
     pub(super) notifications: RawNotifications,
+    pub(super) tracing: RawTracing,
     pub(super) flows_dir: Option<String>,
     pub(super) flows: Vec<centralino_flows::RawFlow>,
     /// Names of the files the last flows came from (not in the TOML).
@@ -132,6 +133,24 @@ pub(super) struct RawNotifications {
     pub(super) ca_file: Option<String>,
     pub(super) max_attempts: u32,
     pub(super) retry_seconds: u64,
+}
+
+/// `[tracing]`: call spans to an OpenTelemetry collector (off when
+/// `otlp_endpoint` is absent).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawTracing {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) service_name: String,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "centralino".to_owned(),
+        }
+    }
 }
 
 impl Default for RawNotifications {

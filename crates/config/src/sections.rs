@@ -468,3 +468,54 @@ pub(super) fn tenant_sections(
     }
     (tenants, dial_plans, tenant_algs)
 }
+
+/// `[tracing]`: an `http://HOST[:PORT][/PATH]` OTLP endpoint (port 4318 by
+/// default; the spans go to PATH/v1/traces) and a `service_name`. HTTPS
+/// is refused: spans go to a collector agent beside the node, which
+/// forwards them as the firm's network wants.
+pub(super) fn tracing_section(p: &mut Problems, raw: &RawTracing) -> Option<Tracing> {
+    let name_ok = (1..=64).contains(&raw.service_name.len())
+        && raw
+            .service_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !name_ok {
+        p.add(
+            "tracing.service_name",
+            "1 to 64 letters, digits, '.', '_' or '-'",
+        );
+    }
+    let url = raw.otlp_endpoint.as_ref()?;
+    const FORM: &str = "http://HOST[:PORT][/PATH] of an OpenTelemetry collector (OTLP/HTTP, port 4318 by default); https is not spoken: run a collector agent beside the node";
+    let Some(rest) = url.strip_prefix("http://") else {
+        p.add("tracing.otlp_endpoint", FORM);
+        return None;
+    };
+    let (authority, base) = match rest.split_once('/') {
+        Some((a, path)) => (a, format!("/{}", path.trim_end_matches('/'))),
+        None => (rest, String::new()),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            (h, Some(port))
+        }
+        _ => (authority, None),
+    };
+    let port = match port {
+        None => Some(4318),
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0),
+    };
+    let (Some(port), false) = (
+        port,
+        host.is_empty() || authority.contains('@') || !url.bytes().all(|b| b.is_ascii_graphic()),
+    ) else {
+        p.add("tracing.otlp_endpoint", FORM);
+        return None;
+    };
+    name_ok.then(|| Tracing {
+        addr: format!("{host}:{port}"),
+        host: host.to_owned(),
+        path: format!("{base}/v1/traces"),
+        service_name: raw.service_name.clone(),
+    })
+}

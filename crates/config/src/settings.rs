@@ -3,6 +3,20 @@
 
 use super::*;
 
+/// `[tracing]`: each call's span exported to an OpenTelemetry collector
+/// (OTLP over HTTP, JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracing {
+    /// The collector's `host:port`, where the spans are posted.
+    pub addr: String,
+    /// Its host, for the `Host` header.
+    pub host: String,
+    /// The request path: the endpoint's own path and `/v1/traces`.
+    pub path: String,
+    /// `service.name` of the spans' resource.
+    pub service_name: String,
+}
+
 /// The SMS hook: an HTTP POST per callback event to the firm's gateway.
 #[derive(Clone, Debug)]
 pub struct Notifications {

@@ -1159,3 +1159,41 @@ password = "secret-2001"
         "tenants[0].transfer_numbers[0]: an E.164 prefix",
     );
 }
+
+#[test]
+fn the_tracing_export_is_off_by_default_and_its_endpoint_checked() {
+    assert_eq!(Config::from_toml("").unwrap().tracing, None);
+    let t = |lines: &str| format!("[tracing]\n{lines}\n");
+    let c = Config::from_toml(&t("otlp_endpoint = \"http://127.0.0.1\"")).unwrap();
+    let tr = c.tracing.unwrap();
+    assert_eq!(
+        (tr.addr.as_str(), tr.path.as_str(), tr.service_name.as_str()),
+        ("127.0.0.1:4318", "/v1/traces", "centralino")
+    );
+    let c = Config::from_toml(&t(
+        "otlp_endpoint = \"http://[::1]:4000/otel/\"\nservice_name = \"nodo-roma.1\"",
+    ))
+    .unwrap();
+    let tr = c.tracing.unwrap();
+    assert_eq!(
+        (tr.addr.as_str(), tr.host.as_str(), tr.path.as_str()),
+        ("[::1]:4000", "[::1]", "/otel/v1/traces")
+    );
+    for (lines, want) in [
+        (
+            "otlp_endpoint = \"https://otel.example.it\"",
+            "tracing.otlp_endpoint: http://HOST",
+        ),
+        ("otlp_endpoint = \"http://u:p@x\"", "tracing.otlp_endpoint"),
+        ("otlp_endpoint = \"http://x:0\"", "tracing.otlp_endpoint"),
+        ("otlp_endpoint = \"http://\"", "tracing.otlp_endpoint"),
+        (
+            "otlp_endpoint = \"http://x\"\nservice_name = \"due parole\"",
+            "tracing.service_name: 1 to 64",
+        ),
+        ("sampling = 1", "unknown field `sampling`"),
+    ] {
+        let err = Config::from_toml(&t(lines)).unwrap_err().to_string();
+        assert!(err.contains(want), "{lines}: {err}");
+    }
+}

@@ -139,7 +139,12 @@ impl Engine {
         }
         let id = CallId(self.next_call);
         self.next_call += 1;
-        let span = tracing::info_span!("call", call = %id);
+        let span = tracing::info_span!(
+            "call",
+            call = %id,
+            queue = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
         let _entered = span.clone().entered();
         info!(number = %Masked(&number), queue = %cb.queue, attempt = cb.attempt, "callback: waiting for an operator");
         let record_id = format!("{}{}", self.token(), self.token());

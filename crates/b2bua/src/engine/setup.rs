@@ -160,7 +160,12 @@ impl Engine {
             })
             .unwrap_or_else(|| "anonymous".to_owned());
         let a_leg = Leg::from_request(&msg, &a_tag, flow);
-        let span = tracing::info_span!("call", call = %id);
+        let span = tracing::info_span!(
+            "call",
+            call = %id,
+            queue = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
         let _entered = span.clone().entered();
         let media = match self.anchor(flow, &msg) {
             Ok(m) => m,
@@ -389,6 +394,11 @@ impl Engine {
         spec: &CallSpec,
     ) {
         let qname = self.router.queue(queue).name.clone();
+        // The call's span (and its OpenTelemetry export) names the queue
+        // it waits in or was refused by, the last one when it moves.
+        if let Some(call) = self.calls.get(&id) {
+            call.span.record("queue", qname.as_str());
+        }
         if let Err(e) = self.router.enqueue(now, queue, id, spec) {
             warn!(queue = %qname, error = %e, "call refused by the router");
             self.unserved(now, id, queue, "full", CallOutcome::QueueFull);

@@ -56,6 +56,7 @@ impl Engine {
         } else {
             outcome
         };
+        call.span.record("outcome", outcome.as_str());
         self.by_a.remove(&call.a_leg.call_id);
         if let Some(r) = call.rejoin.take() {
             self.client.remove(&r.key);
