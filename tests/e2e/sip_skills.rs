@@ -129,9 +129,12 @@ fn skills_choose_the_operators_and_a_shared_operator_serves_both_queues() {
         .lines()
         .filter(|l| l.contains("call answered"))
         .map(|l| {
+            // The event's own field: the last one of that name (the
+            // call's span, before it, names the queue too).
             let field = |k: &str| {
                 l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
+                    .filter_map(|w| w.strip_prefix(k))
+                    .last()
                     .unwrap_or_default()
                     .to_owned()
             };
