@@ -134,7 +134,7 @@ fn skills_choose_the_operators_and_a_shared_operator_serves_both_queues() {
             let field = |k: &str| {
                 l.split_whitespace()
                     .filter_map(|w| w.strip_prefix(k))
-                    .last()
+                    .next_back()
                     .unwrap_or_default()
                     .to_owned()
             };
