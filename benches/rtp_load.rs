@@ -155,6 +155,7 @@ fn centralino(gen_a: &[SocketAddr], gen_b: &[SocketAddr], calls: usize) -> Relay
         }
         routes.push((SocketAddr::new(ip, a_port), SocketAddr::new(ip, b_port)));
     }
+    plane.flush();
     // Let the media thread take the commands before traffic starts.
     std::thread::sleep(Duration::from_millis(300));
     Relay {

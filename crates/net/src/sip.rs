@@ -889,6 +889,8 @@ async fn run_engine(
                 },
             }
         }
+        // The turn's media commands: one wake-up per media thread.
+        plane.flush();
         if let Some(sink) = &records
             && (batch.len() >= RECORD_BATCH || flush_at.is_some_and(|t| t <= Instant::now()))
         {

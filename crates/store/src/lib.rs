@@ -460,6 +460,10 @@ impl Store {
         conn.execute_batch(
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
         )?;
+        // Room for every statement the writer repeats (the cache is an
+        // LRU of 16 by default: call records, callbacks and campaigns
+        // together would evict each other).
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = Self { conn, audit_key };
         store.migrate()?;
         Ok(store)
@@ -643,7 +647,9 @@ impl Store {
     }
 
     /// Writes a batch of records in one transaction (one fsync for many
-    /// events: the call path never waits for the disk).
+    /// events: the call path never waits for the disk), with statements
+    /// compiled once per connection (compiling them for each row was a
+    /// tenth of the store thread's time at 2,000 calls/s).
     pub fn write_records(&mut self, records: &[Record]) -> Result<(), StoreError> {
         let tx = self.conn.savepoint()?;
         for r in records {
@@ -654,10 +660,7 @@ impl Store {
                     caller,
                     did,
                 } => {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO cdr (id, started_at, caller, did) VALUES (?1, ?2, ?3, ?4)",
-                        params![id, at_ms, caller, did],
-                    )?;
+                    tx.prepare_cached("INSERT OR IGNORE INTO cdr (id, started_at, caller, did) VALUES (?1, ?2, ?3, ?4)")?.execute(params![id, at_ms, caller, did])?;
                 }
                 Record::Queue {
                     call,
@@ -668,10 +671,7 @@ impl Store {
                     position,
                     wait_ms,
                 } => {
-                    tx.execute(
-                        "INSERT INTO queue_log (at, call, queue, event, agent, position, wait_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![at_ms, call, queue, event.as_str(), agent, position, wait_ms],
-                    )?;
+                    tx.prepare_cached("INSERT INTO queue_log (at, call, queue, event, agent, position, wait_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(params![at_ms, call, queue, event.as_str(), agent, position, wait_ms])?;
                 }
                 Record::Agent {
                     at_ms,
@@ -679,10 +679,7 @@ impl Store {
                     event,
                     reason,
                 } => {
-                    tx.execute(
-                        "INSERT INTO queue_log (at, call, queue, event, agent, reason) VALUES (?1, '', '', ?2, ?3, ?4)",
-                        params![at_ms, event, agent, reason],
-                    )?;
+                    tx.prepare_cached("INSERT INTO queue_log (at, call, queue, event, agent, reason) VALUES (?1, '', '', ?2, ?3, ?4)")?.execute(params![at_ms, event, agent, reason])?;
                 }
                 Record::Complete {
                     call,
@@ -691,10 +688,7 @@ impl Store {
                     agent,
                     talk_ms,
                 } => {
-                    tx.execute(
-                        "INSERT INTO queue_log (at, call, queue, event, agent, talk_ms) VALUES (?1, ?2, ?3, 'complete', ?4, ?5)",
-                        params![at_ms, call, queue, agent, talk_ms],
-                    )?;
+                    tx.prepare_cached("INSERT INTO queue_log (at, call, queue, event, agent, talk_ms) VALUES (?1, ?2, ?3, 'complete', ?4, ?5)")?.execute(params![at_ms, call, queue, agent, talk_ms])?;
                 }
                 Record::CallEnded {
                     id,
@@ -706,10 +700,7 @@ impl Store {
                     talk_ms,
                     variables,
                 } => {
-                    tx.execute(
-                        "UPDATE cdr SET ended_at = ?2, outcome = ?3, queue = COALESCE(?4, queue), agent = COALESCE(?5, agent), wait_ms = ?6, talk_ms = ?7, variables = ?8 WHERE id = ?1",
-                        params![id, at_ms, outcome.as_str(), queue, agent, wait_ms, talk_ms, variables],
-                    )?;
+                    tx.prepare_cached("UPDATE cdr SET ended_at = ?2, outcome = ?3, queue = COALESCE(?4, queue), agent = COALESCE(?5, agent), wait_ms = ?6, talk_ms = ?7, variables = ?8 WHERE id = ?1")?.execute(params![id, at_ms, outcome.as_str(), queue, agent, wait_ms, talk_ms, variables])?;
                 }
             }
         }
