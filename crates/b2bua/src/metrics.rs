@@ -100,10 +100,12 @@ pub struct Metrics {
     pub dead_ends: IntCounterVec,
     /// `centralino_queue_wait_duration_seconds{queue}`
     pub queue_wait: HistogramVec,
-    /// `centralino_dispatch_seconds`: from a caller's INVITE (as the engine
-    /// takes it) to the first operator's INVITE, for calls that found an
-    /// operator free as they entered the queue (their media ports
-    /// reserved on the way): the ACD's own latency, no queue wait in it.
+    /// `centralino_dispatch_seconds`: from the caller's INVITE read off the
+    /// socket (its wait in the engine's input queue included; the
+    /// engine's clock where the driver gives no read time) to the first
+    /// operator's INVITE, for calls that found an operator free as they
+    /// entered the queue (their media ports reserved on the way): the
+    /// ACD's own latency, no wait for an operator in it.
     pub dispatch: Histogram,
     /// `centralino_agents{tenant,state}`
     pub agents: IntGaugeVec,

@@ -23,6 +23,7 @@ mod error;
 mod handle;
 mod health;
 mod http;
+mod input;
 mod limits;
 mod media;
 mod metrics;

@@ -154,6 +154,9 @@ pub(super) struct Call {
     pub(super) queue: QueueId,
     pub(super) enqueued: Instant,
     pub(super) started: Instant,
+    /// When the node read the message that started the call (the
+    /// dispatch latency's start; `started` for calls we place).
+    pub(super) received: Instant,
     /// The citizen's side: who set it up and what is owed to it.
     pub(super) customer: Customer,
     /// The customer leg's dialog (early: our side and the flow).
@@ -330,6 +333,7 @@ impl Call {
             queue: c.queue,
             enqueued: c.now,
             started: c.now,
+            received: c.now,
             customer: c.customer,
             a_leg: c.a_leg,
             caller: c.caller,

@@ -157,6 +157,7 @@ impl Engine {
             client: HashMap::new(),
             timers: BinaryHeap::new(),
             next_call: 1,
+            read_at: None,
             overloaded: false,
             draining: false,
             throttle_swept: now,

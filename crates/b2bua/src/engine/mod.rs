@@ -418,6 +418,9 @@ pub struct Engine {
     client: HashMap<TxKey, ClientRef>,
     timers: BinaryHeap<Reverse<(Instant, CallId, CallTimer)>>,
     next_call: u64,
+    /// When the driver read the datagram being handled (its clock): the
+    /// dispatch latency of a call it starts counts from there.
+    read_at: Option<Instant>,
     /// Set by the driver when its input backlog is deep: new calls are
     /// refused with 503 so the calls in progress keep their latency.
     overloaded: bool,
@@ -555,6 +558,22 @@ impl Engine {
     pub fn handle_datagram(&mut self, now: Instant, flow: Flow, data: &[u8]) {
         let r = guard::parse_datagram(data, &self.limits);
         self.handle_framed(now, flow, r);
+    }
+
+    /// As [`Engine::handle_datagram`], for a datagram the driver read at
+    /// `read_at` (before `now`): a call it starts measures its dispatch
+    /// latency (`centralino_dispatch_seconds`) from then, its wait in
+    /// the driver's queue included.
+    pub fn handle_datagram_read(
+        &mut self,
+        now: Instant,
+        read_at: Instant,
+        flow: Flow,
+        data: &[u8],
+    ) {
+        self.read_at = Some(read_at.min(now));
+        self.handle_datagram(now, flow, data);
+        self.read_at = None;
     }
 
     /// One framed message (or refusal) from a stream or a datagram.

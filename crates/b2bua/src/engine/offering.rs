@@ -71,7 +71,7 @@ impl Engine {
         if attempt == 1 && call.enqueued == now && call.outbound().is_none() {
             self.metrics
                 .dispatch
-                .observe(now.saturating_duration_since(call.started).as_secs_f64());
+                .observe(now.saturating_duration_since(call.received).as_secs_f64());
         }
         debug!(agent = %name, phones = bindings.len(), "offering call");
         self.timers

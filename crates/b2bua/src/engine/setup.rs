@@ -275,6 +275,7 @@ impl Engine {
             None => Opening::Inbound { target, did },
         });
         call.consult = consult.map(|c| c.consult);
+        call.received = self.read_at.unwrap_or(now);
         self.calls.insert(id, call);
         if let Some(lookup) = lookup {
             self.out.push_back(lookup);

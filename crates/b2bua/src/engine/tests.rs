@@ -5371,6 +5371,30 @@ fn dispatch_latency_counts_calls_offered_as_they_arrive_only() {
     );
 }
 
+/// The dispatch latency counts from when the driver read the INVITE off
+/// its socket: the wait in the engine's input queue is the node's too.
+#[test]
+fn dispatch_latency_counts_from_the_read_of_the_invite() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let invite = format!(
+        "INVITE sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKq1\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=aq1\r\nTo: <sip:100@192.0.2.1>\r\nCall-ID: q1\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{TRUNK_SDP}",
+        TRUNK_SDP.len()
+    );
+    let read_at = h.now;
+    h.now += Duration::from_millis(3);
+    h.engine
+        .handle_datagram_read(h.now, read_at, flow(TRUNK), invite.as_bytes());
+    let out = h.drain();
+    assert_eq!(requests(&out, PHONE1, "INVITE").len(), 1);
+    assert_eq!(h.metrics.dispatch.get_sample_count(), 1);
+    let sum = h.metrics.dispatch.get_sample_sum();
+    assert!(
+        (0.003..0.004).contains(&sum),
+        "counted from the read: {sum}"
+    );
+}
+
 /// TEST-MATRIX D rows: a transfer is the operator's alone, and never dials
 /// a number. The caller's REFER is refused; the operator's to a number, to
 /// a URI that is no queue, or with Replaces, changes nothing.
