@@ -167,7 +167,14 @@ enum CState {
 struct ServerTx {
     state: SState,
     flow: Flow,
-    request: Box<Message>,
+    /// The request, until the final response: a transaction then lives
+    /// 64·T1 (32 s) on UDP to absorb retransmissions, and keeping every
+    /// parsed INVITE and BYE that long was most of the node's memory under
+    /// load (≈ 11 KB per call at 1,500 calls/s).
+    request: Option<Box<Message>>,
+    /// The request's Call-ID and CSeq number (its 2xx's ACK is matched on
+    /// them), kept after the request.
+    dialog: (String, u32),
     last_response: Option<Vec<u8>>,
     retransmit_at: Option<Instant>,
     interval: Duration,
@@ -178,7 +185,10 @@ struct ServerTx {
 struct ClientTx {
     state: CState,
     flow: Flow,
-    request: Box<Message>,
+    /// The request, while it may be retransmitted, cancelled, answered by
+    /// a non-2xx (ACK) or challenged; dropped with `bytes` once a 2xx
+    /// (INVITE) or a final response (non-INVITE) leaves nothing to send.
+    request: Option<Box<Message>>,
     bytes: Vec<u8>,
     retransmit_at: Option<Instant>,
     interval: Duration,
@@ -326,7 +336,8 @@ impl Transactions {
             ServerTx {
                 state,
                 flow,
-                request: msg.clone(),
+                request: Some(msg.clone()),
+                dialog: (msg.call_id.clone(), msg.cseq),
                 last_response: None,
                 retransmit_at: None,
                 interval: self.cfg.t1,
@@ -401,14 +412,14 @@ impl Transactions {
             }
             return;
         }
+        tx.request = None;
         if key.method == Method::Invite {
             let timeout = now + 64 * t1;
             tx.timeout_at = Some(timeout);
             tx.interval = t1;
             if (200..300).contains(&code) {
                 tx.state = SState::Accepted;
-                self.awaiting_ack
-                    .insert((tx.request.call_id.clone(), tx.request.cseq), key.clone());
+                self.awaiting_ack.insert(tx.dialog.clone(), key.clone());
             } else {
                 tx.state = SState::Completed;
             }
@@ -425,9 +436,15 @@ impl Transactions {
         }
     }
 
-    /// The original request of a server transaction (to build CANCEL answers).
+    /// The original request of a server transaction, until its final
+    /// response.
     pub fn server_request(&self, key: &TxKey) -> Option<&Message> {
-        self.server.get(key).map(|t| &*t.request)
+        self.server.get(key).and_then(|t| t.request.as_deref())
+    }
+
+    /// Whether the server transaction `key` exists (answered or not).
+    pub fn has_server(&self, key: &TxKey) -> bool {
+        self.server.contains_key(key)
     }
 
     /// Whether the server transaction has sent a final response.
@@ -466,7 +483,7 @@ impl Transactions {
             ClientTx {
                 state,
                 flow,
-                request: Box::new(req),
+                request: Some(Box::new(req)),
                 bytes,
                 retransmit_at,
                 interval: t1,
@@ -482,7 +499,7 @@ impl Transactions {
 
     /// The request of a client transaction (to build its CANCEL).
     pub fn client_request(&self, key: &TxKey) -> Option<&Message> {
-        self.client.get(key).map(|t| &*t.request)
+        self.client.get(key).and_then(|t| t.request.as_deref())
     }
 
     /// A response from the network.
@@ -504,6 +521,10 @@ impl Transactions {
                 (CState::Calling | CState::Proceeding, 200..=299) => {
                     tx.state = CState::Accepted;
                     tx.retransmit_at = None;
+                    // Only 2xx retransmissions are left to absorb: the ACK
+                    // is the dialog's.
+                    tx.request = None;
+                    tx.bytes = Vec::new();
                     let at = now + 64 * self.cfg.t1;
                     tx.timeout_at = Some(at);
                     self.arm(at, Side::Client, &key);
@@ -513,7 +534,12 @@ impl Transactions {
                     self.out.push_back(TxOutput::Response { key, msg });
                 }
                 (CState::Calling | CState::Proceeding, _) => {
-                    let ack = ack_for(&tx.request, &msg);
+                    // Present in these states: dropped only on leaving them.
+                    let ack = tx
+                        .request
+                        .as_deref()
+                        .map(|r| ack_for(r, &msg))
+                        .unwrap_or_default();
                     self.out.push_back(TxOutput::Transmit {
                         flow: tx.flow,
                         bytes: ack.clone(),
@@ -548,6 +574,7 @@ impl Transactions {
                 (CState::Calling | CState::Proceeding, _) => {
                     tx.state = CState::Completed;
                     tx.retransmit_at = None;
+                    tx.bytes = Vec::new();
                     let wait = if reliable {
                         Duration::ZERO
                     } else {
@@ -604,7 +631,7 @@ impl Transactions {
             {
                 self.out.push_back(TxOutput::NoAck {
                     key,
-                    call_id: tx.request.call_id.clone(),
+                    call_id: tx.dialog.0,
                 });
             }
         }
@@ -620,9 +647,8 @@ impl Transactions {
         {
             self.merge.remove(mk);
         }
-        let ak = (tx.request.call_id.clone(), tx.request.cseq);
-        if self.awaiting_ack.get(&ak) == Some(key) {
-            self.awaiting_ack.remove(&ak);
+        if self.awaiting_ack.get(&tx.dialog) == Some(key) {
+            self.awaiting_ack.remove(&tx.dialog);
         }
         Some(tx)
     }
@@ -863,16 +889,19 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
         tx.handle_request(t0, flow(Transport::Udp), inv.clone());
         let _ = tx.poll_output();
         tx.respond(t0, &TxKey::of(&inv), &inv.response(200, "OK", Some("tt")));
-        let mut no_ack_at = None;
+        // Answered: the transaction lives on without its request.
+        assert!(tx.has_server(&TxKey::of(&inv)));
+        assert!(tx.server_request(&TxKey::of(&inv)).is_none());
+        let mut no_ack = None;
         while let Some(t) = tx.poll_timeout() {
             tx.handle_timeout(t);
             while let Some(o) = tx.poll_output() {
-                if let TxOutput::NoAck { .. } = o {
-                    no_ack_at = Some(t - t0);
+                if let TxOutput::NoAck { call_id, .. } = o {
+                    no_ack = Some((t - t0, call_id));
                 }
             }
         }
-        assert_eq!(no_ack_at, Some(Duration::from_secs(32)));
+        assert_eq!(no_ack, Some((Duration::from_secs(32), inv.call_id.clone())));
     }
 
     #[test]
@@ -1064,9 +1093,12 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=t\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\
                         keys.sort_by_key(|k| (k.branch.clone(), k.method.as_str().to_owned()));
                         if !keys.is_empty() {
                             let key = &keys[arg as usize % keys.len()];
-                            let req = tx.server_request(key).unwrap().clone();
-                            let code = [100, 180, 200, 486][(arg / 7) as usize % 4];
-                            tx.respond(now, key, &req.response(code, "X", Some("t")));
+                            // An answered one keeps no request: answering it
+                            // again is a no-op anyway.
+                            if let Some(req) = tx.server_request(key).cloned() {
+                                let code = [100, 180, 200, 486][(arg / 7) as usize % 4];
+                                tx.respond(now, key, &req.response(code, "X", Some("t")));
+                            }
                         }
                     }
                     3 => {
@@ -1087,7 +1119,10 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=t\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\
             // Answer what is still open, then let every timer run.
             let open: Vec<TxKey> = tx.server.keys().cloned().collect();
             for key in open {
-                let req = tx.server_request(&key).unwrap().clone();
+                // Answered ones keep no request (and take no answer).
+                let Some(req) = tx.server_request(&key).cloned() else {
+                    continue;
+                };
                 tx.respond(now, &key, &req.response(486, "X", Some("t")));
             }
             while let Some(t) = tx.poll_timeout() {

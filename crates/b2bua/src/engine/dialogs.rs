@@ -400,7 +400,7 @@ impl Engine {
             method: Method::Invite,
             ..TxKey::of(msg)
         };
-        if self.txn.server_request(&invite_key).is_none() {
+        if !self.txn.has_server(&invite_key) {
             let r = msg.response(481, reason_phrase(481), None);
             self.respond(now, key, &r);
             return;

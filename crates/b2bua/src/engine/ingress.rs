@@ -38,7 +38,7 @@ impl Engine {
                 }
                 if *method == Method::Register
                     && self.txn.server_transactions_from(flow.remote.ip()) >= self.max_per_source
-                    && self.txn.server_request(&TxKey::of(&msg)).is_none()
+                    && !self.txn.has_server(&TxKey::of(&msg))
                 {
                     // A site's phones re-registering at once after its
                     // network returns (one NAT address, hundreds of
@@ -67,7 +67,7 @@ impl Engine {
     pub(super) fn within_source_bound(&mut self, flow: Flow, msg: &Message) -> bool {
         let ip = flow.remote.ip();
         if self.txn.server_transactions_from(ip) < self.max_per_source
-            || self.txn.server_request(&TxKey::of(msg)).is_some()
+            || self.txn.has_server(&TxKey::of(msg))
             || self.trunks.iter().any(|t| t.peers.contains(&ip))
         {
             return true;
