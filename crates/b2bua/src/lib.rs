@@ -12,6 +12,6 @@ pub mod metrics;
 pub use engine::{
     AgentCall, AgentStateError, CallbackState, CampaignCall, CampaignRun, CampaignView, DeskState,
     DueCallback, Engine, MonitorError, MonitorTarget, Output, PreviewError, QueueView,
-    ReloadRefused,
+    ReloadRefused, StaffingJob,
 };
 pub use metrics::Metrics;

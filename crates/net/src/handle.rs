@@ -134,6 +134,13 @@ pub enum EngineInput {
         /// The attempts to start.
         due: Vec<DueCallback>,
     },
+    /// The staffing worker's answer to an Erlang A question.
+    Staffing {
+        /// The question.
+        job: Box<centralino_b2bua::StaffingJob>,
+        /// Its answer.
+        needed: Option<u32>,
+    },
     /// The store's answer to a virtual-hold request.
     CallbackStored {
         /// The caller's call.

@@ -101,6 +101,9 @@ fn handle(
             }
         }
         EngineInput::CallbackStored { call, stored } => engine.callback_stored(now, call, stored),
+        EngineInput::Staffing { job, needed } => {
+            engine.staffing_computed(now, job.queue, job.asked, needed);
+        }
         EngineInput::CampaignNumbers(numbers) => engine.set_campaign_numbers(numbers),
         EngineInput::RemoteOffer {
             req,

@@ -707,7 +707,7 @@ mod tests {
                 seed: 3 + u64::from(n),
             };
             let r = &simulate(&[queue()], 1, &members(n), &traffic)[0];
-            let a = crate::staffing::erlang_a(n, erlangs / aht, aht, patience, 20.0);
+            let a = crate::staffing::erlang_a(n, erlangs / aht, aht, patience, 20.0).unwrap();
             assert!(
                 (r.service_level - a.service_level).abs() < 0.02,
                 "n={n}, {erlangs} E, patience {patience}: simulated {:.4} vs Erlang A {a:?}",

@@ -86,6 +86,12 @@ pub fn agents_needed(rate: f64, aht_seconds: f64, t_seconds: f64, target: f64) -
 /// dropped (they are far below any figure shown by then).
 const MAX_QUEUE: usize = 200_000;
 
+/// Most work one Erlang A evaluation does (queue states × integration
+/// steps, about 10 ns each): past it, no answer (the caller falls back to
+/// Erlang C) rather than seconds of CPU for a long threshold over a long
+/// queue.
+pub const ERLANG_A_WORK_MOST: usize = 20_000_000;
+
 /// What Erlang A (M/M/N+M) gives a queue.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ErlangA {
@@ -104,6 +110,7 @@ pub struct ErlangA {
 /// leave. A caller finding `j` others waiting is answered once `j + 1`
 /// operators free up or callers ahead leave, before its own patience
 /// runs out: that chance within `t` is integrated for every `j` at once.
+/// `None` when that would take more than [`ERLANG_A_WORK_MOST`].
 #[must_use]
 pub fn erlang_a(
     agents: u32,
@@ -111,18 +118,18 @@ pub fn erlang_a(
     aht_seconds: f64,
     patience_seconds: f64,
     t_seconds: f64,
-) -> ErlangA {
+) -> Option<ErlangA> {
     if !positive(rate) {
-        return ErlangA {
+        return Some(ErlangA {
             service_level: 1.0,
             abandon_rate: 0.0,
-        };
+        });
     }
     if !(positive(aht_seconds) && positive(patience_seconds) && t_seconds >= 0.0) || agents == 0 {
-        return ErlangA {
+        return Some(ErlangA {
             service_level: 0.0,
             abandon_rate: 1.0,
-        };
+        });
     }
     let (mu, theta) = (1.0 / aht_seconds, 1.0 / patience_seconds);
     let n = agents as usize;
@@ -153,6 +160,9 @@ pub fn erlang_a(
     // integrated so far; d/dt by the backward equations, RK4.
     let fastest = served + queue as f64 * theta + theta;
     let steps = ((t_seconds * fastest * 2.0).ceil() as usize).clamp(16, 100_000);
+    if t_seconds > 0.0 && queue.saturating_mul(steps) > ERLANG_A_WORK_MOST {
+        return None;
+    }
     let h = t_seconds / steps as f64;
     let deriv = |u: &[f64], out: &mut [f64]| {
         for j in 0..u.len() {
@@ -193,19 +203,22 @@ pub fn erlang_a(
     // Callers leave at θ each while waiting: θ·E[queue] per second, over
     // the arrivals.
     let queued: f64 = p[n..].iter().enumerate().map(|(j, p)| j as f64 * p).sum();
-    ErlangA {
+    Some(ErlangA {
         service_level: ((at_once + waited) / total).clamp(0.0, 1.0),
         abandon_rate: (theta * queued / total / rate).clamp(0.0, 1.0),
-    }
+    })
 }
 
 /// The fewest operators that answer `target` of the calls within
 /// `t_seconds` and lose at most `max_abandon` of them, when callers give
-/// up after `patience_seconds` on average (Erlang A); never more than
-/// Erlang C asks for. The abandon bound matters: with impatient callers
-/// the service level alone is met by letting a good share of them go
-/// (at 10,000 Erlangs and 2 minutes of patience, 8,637 operators answer
-/// 80 % within 20 s while 14 % give up). `None` as [`agents_needed`].
+/// up after `patience_seconds` on average (Erlang A). The abandon bound
+/// matters: with impatient callers the service level alone is met by
+/// letting a good share of them go (at 10,000 Erlangs and 2 minutes of
+/// patience, 8,637 operators answer 80 % within 20 s while 14 % give up);
+/// and on a small line Erlang C's count can still lose more than the
+/// bound (6 Erlangs, 30 s of patience, 60 s threshold: 5.9 %), so the
+/// search goes past it then. `None` as [`agents_needed`], or when an
+/// evaluation is past [`ERLANG_A_WORK_MOST`].
 #[must_use]
 pub fn agents_needed_a(
     rate: f64,
@@ -222,13 +235,33 @@ pub fn agents_needed_a(
     if upper == 0 {
         return Some(0);
     }
-    // The service level grows with the operators: the smallest that
-    // reaches the target, by bisection between none and Erlang C's.
-    let (mut lo, mut hi) = (0u32, upper);
+    let meets = |n: u32| -> Option<bool> {
+        let a = erlang_a(n, rate, aht_seconds, patience_seconds, t_seconds)?;
+        Some(a.service_level >= target && a.abandon_rate <= max_abandon)
+    };
+    // Both figures improve with the operators. Erlang C's count usually
+    // meets them (the impatient leave the queue shorter); when it does
+    // not, look above it, doubling the step.
+    let mut hi = upper;
+    let mut lo = 0u32;
+    let mut step = 1u32;
+    while !meets(hi)? {
+        if hi >= MAX_AGENTS {
+            return None;
+        }
+        lo = hi;
+        hi = hi.saturating_add(step).min(MAX_AGENTS);
+        step = step.saturating_mul(2);
+    }
+    // Answered calls are at most what the operators can handle: fewer
+    // than traffic × (1 − max_abandon) of them lose more than the bound.
+    let traffic = rate * aht_seconds;
+    let floor = ((traffic * (1.0 - max_abandon)).ceil() as u64).saturating_sub(1);
+    lo = lo.max(floor.min(u64::from(hi.saturating_sub(1))) as u32);
+    // The smallest between: by bisection.
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        let a = erlang_a(mid, rate, aht_seconds, patience_seconds, t_seconds);
-        if a.service_level >= target && a.abandon_rate <= max_abandon {
+        if meets(mid)? {
             hi = mid;
         } else {
             lo = mid;
@@ -276,7 +309,7 @@ mod tests {
     fn erlang_a_meets_erlang_c_and_asks_for_less_when_callers_leave() {
         for n in [11u32, 13, 14, 20] {
             let c = service_level(n, 10.0, 180.0, 20.0);
-            let a = erlang_a(n, 10.0 / 180.0, 180.0, 1e9, 20.0);
+            let a = erlang_a(n, 10.0 / 180.0, 180.0, 1e9, 20.0).unwrap();
             assert!(
                 (a.service_level - c).abs() < 1e-4,
                 "n={n}: A {a:?} vs C {c}"
@@ -290,24 +323,80 @@ mod tests {
         // Over capacity (12 Erlangs on 10): Erlang C has no answer; the
         // impatient leave, at least the traffic the operators cannot take.
         assert_eq!(service_level(10, 12.0, 180.0, 20.0), 0.0);
-        let over = erlang_a(10, 12.0 / 180.0, 180.0, 60.0, 20.0);
+        let over = erlang_a(10, 12.0 / 180.0, 180.0, 60.0, 20.0).unwrap();
         assert!(
             over.service_level > 0.0 && over.service_level < 0.8,
             "{over:?}"
         );
         assert!(over.abandon_rate > 1.0 - 10.0 / 12.0, "{over:?}");
-        assert_eq!(erlang_a(0, 1.0, 180.0, 60.0, 20.0).service_level, 0.0);
-        assert_eq!(erlang_a(5, 0.0, 180.0, 60.0, 20.0).service_level, 1.0);
+        assert_eq!(
+            erlang_a(0, 1.0, 180.0, 60.0, 20.0).unwrap().service_level,
+            0.0
+        );
+        assert_eq!(
+            erlang_a(5, 0.0, 180.0, 60.0, 20.0).unwrap().service_level,
+            1.0
+        );
         assert_eq!(agents_needed_a(rate, 180.0, 0.0, 20.0, 0.8, 0.05), None);
         // The national scale, bounded and quick: the service level alone
         // lets 14 % go; 5 % at most asks for more.
         let loose = agents_needed_a(50.0, 200.0, 120.0, 20.0, 0.8, 1.0).unwrap();
         assert_eq!(loose, 8_637);
-        let l = erlang_a(loose, 50.0, 200.0, 120.0, 20.0);
+        let l = erlang_a(loose, 50.0, 200.0, 120.0, 20.0).unwrap();
         assert!(l.abandon_rate > 0.13, "{l:?}");
         let kept = agents_needed_a(50.0, 200.0, 120.0, 20.0, 0.8, 0.05).unwrap();
         assert!(kept > loose && kept <= 10_015, "{kept}");
-        assert!(erlang_a(kept, 50.0, 200.0, 120.0, 20.0).abandon_rate <= 0.05);
+        assert!(
+            erlang_a(kept, 50.0, 200.0, 120.0, 20.0)
+                .unwrap()
+                .abandon_rate
+                <= 0.05
+        );
+    }
+
+    /// A small line with impatient callers: Erlang C's count (6
+    /// Erlangs: 0.02 calls/s of 300 s, 80 % within 60 s) still loses
+    /// 5.9 % of them with 30 s of patience, so the advisor asks for more,
+    /// the fewest that lose at most 5 %; and the search never runs away.
+    #[test]
+    fn erlang_a_looks_past_erlang_c_when_too_many_would_leave() {
+        let (rate, aht, patience, t) = (0.02, 300.0, 30.0, 60.0);
+        let c = agents_needed(rate, aht, t, 0.8).unwrap();
+        let at_c = erlang_a(c, rate, aht, patience, t).unwrap();
+        assert!(at_c.abandon_rate > 0.05, "{c}: {at_c:?}");
+        let a = agents_needed_a(rate, aht, patience, t, 0.8, 0.05).unwrap();
+        assert!(a > c, "{a} vs {c}");
+        let got = erlang_a(a, rate, aht, patience, t).unwrap();
+        assert!(
+            got.abandon_rate <= 0.05 && got.service_level >= 0.8,
+            "{got:?}"
+        );
+        let fewer = erlang_a(a - 1, rate, aht, patience, t).unwrap();
+        assert!(
+            fewer.abandon_rate > 0.05 || fewer.service_level < 0.8,
+            "{fewer:?}"
+        );
+        // 3 Erlangs, very impatient callers: about 10 % leave at Erlang C's count.
+        let c3 = agents_needed(0.01, 300.0, 60.0, 0.8).unwrap();
+        let at_c3 = erlang_a(c3, 0.01, 300.0, 10.0, 60.0).unwrap();
+        assert!(at_c3.abandon_rate > 0.05, "{c3}: {at_c3:?}");
+        let a3 = agents_needed_a(0.01, 300.0, 10.0, 60.0, 0.8, 0.05).unwrap();
+        assert!(a3 > c3);
+        let got3 = erlang_a(a3, 0.01, 300.0, 10.0, 60.0).unwrap();
+        assert!(got3.abandon_rate <= 0.05, "{got3:?}");
+    }
+
+    /// Erlang A's work is bounded: a long threshold over a long queue is
+    /// refused (Erlang C then stands) instead of seconds of CPU.
+    #[test]
+    fn erlang_a_refuses_work_past_its_bound() {
+        // 9,990 Erlangs on 10,000 operators, patient callers, a 10-minute
+        // threshold: thousands of queue states × tens of thousands of steps.
+        assert_eq!(
+            erlang_a(10_000, 9_990.0 / 300.0, 300.0, 3_600.0, 600.0),
+            None
+        );
+        assert!(erlang_a(1_000, 900.0 / 300.0, 300.0, 120.0, 20.0).is_some());
     }
 
     /// Other sizes, computed independently (Python, the same formulas):

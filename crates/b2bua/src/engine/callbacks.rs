@@ -585,7 +585,7 @@ impl Engine {
                 call.session_timer = Some(se.interval.max(session_timer::MIN_SE));
                 call.we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
             }
-            self.send_ack(&leg, msg);
+            self.send_ack_kept(now, &leg, msg);
             self.session_armed(now, call_id);
             let Some((law, audio)) = answer else {
                 warn!("the citizen's answer has no usable SDP");

@@ -155,6 +155,7 @@ impl Engine {
             by_a: HashMap::new(),
             by_b: HashMap::new(),
             client: HashMap::new(),
+            acks: send::AckCache::default(),
             timers: BinaryHeap::new(),
             next_call: 1,
             read_at: None,
@@ -521,6 +522,7 @@ fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
         agents_short: metrics.queue_agents_short.with_label_values(&[name]),
         patience: metrics.queue_patience.with_label_values(&[name]),
         erlang_a: None,
+        erlang_a_asked: None,
     }
 }
 

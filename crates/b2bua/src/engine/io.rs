@@ -76,6 +76,11 @@ pub enum Output {
     /// The queues as a supervisor sees them (at most once a second, after
     /// activity).
     Queues(Vec<QueueView>),
+    /// Run the staffing advisor's Erlang A for a queue off the engine's
+    /// thread (it integrates the queue's states: milliseconds to a second
+    /// for a large queue) and give its answer to
+    /// [`Engine::staffing_computed`]; one at a time is enough.
+    Staffing(StaffingJob),
     /// The running campaigns as a supervisor sees them (with the queues).
     Campaigns(Vec<CampaignView>),
     /// A callback moved on: record it in the store.
@@ -328,4 +333,41 @@ pub enum CallbackState {
         /// Why the operator left (`agent_hangup`, `media_timeout`...).
         outcome: CallbackOutcome,
     },
+}
+
+/// One queue's Erlang A staffing question ([`Output::Staffing`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaffingJob {
+    /// The queue.
+    pub queue: QueueId,
+    /// When the engine asked (its answer is as of then).
+    pub asked: Instant,
+    /// Offered calls per second.
+    pub rate: f64,
+    /// Mean handling time, seconds.
+    pub aht_seconds: f64,
+    /// Callers' mean patience, seconds.
+    pub patience_seconds: f64,
+    /// The service level's threshold, seconds.
+    pub t_seconds: f64,
+    /// The share to answer within it.
+    pub target: f64,
+    /// The share of callers allowed to give up.
+    pub max_abandon: f64,
+}
+
+impl StaffingJob {
+    /// The operators needed, `None` when Erlang A has no answer within
+    /// its bounds (the engine keeps Erlang C's).
+    #[must_use]
+    pub fn run(&self) -> Option<u32> {
+        centralino_routing::staffing::agents_needed_a(
+            self.rate,
+            self.aht_seconds,
+            self.patience_seconds,
+            self.t_seconds,
+            self.target,
+            self.max_abandon,
+        )
+    }
 }

@@ -163,8 +163,10 @@ struct QueueStats {
     agents_short: IntGauge,
     /// The callers' mean patience the advisor measured (0: not yet).
     patience: IntGauge,
-    /// Erlang A's last recommendation and when it was made.
+    /// Erlang A's last recommendation and when it was asked for.
     erlang_a: Option<(Instant, u32)>,
+    /// When Erlang A was last asked of the driver, while unanswered.
+    erlang_a_asked: Option<Instant>,
 }
 
 /// Where a DID's calls go first, with what they need.
@@ -416,6 +418,9 @@ pub struct Engine {
     by_a: HashMap<String, CallId>,
     by_b: HashMap<String, CallId>,
     client: HashMap<TxKey, ClientRef>,
+    /// ACKs sent for 2xx answers whose client transaction is forgotten at
+    /// the answer, to send again on a retransmitted 2xx.
+    acks: send::AckCache,
     timers: BinaryHeap<Reverse<(Instant, CallId, CallTimer)>>,
     next_call: u64,
     /// When the driver read the datagram being handled (its clock): the

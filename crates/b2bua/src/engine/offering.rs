@@ -221,6 +221,11 @@ impl Engine {
                     self.on_rejoin_response(now, call, &leg, &key, &msg);
                 }
             }
+            // A retransmitted 2xx whose transaction we forgot at the first:
+            // our ACK was lost.
+            None if (200..300).contains(&code) && key.method == Method::Invite => {
+                self.reack(now, &key);
+            }
             // Any answer, even 405 or 404, says the phone is there.
             Some(ClientRef::Other | ClientRef::Qualify(_)) | None => {
                 if code >= 200 {
@@ -511,6 +516,9 @@ impl Engine {
             // No answer to our refresh: as a 408 (RFC 4028 §10).
             let call_id = *call_id;
             self.client.remove(&key);
+            if !self.calls.contains_key(&call_id) {
+                return; // the call ended meanwhile: nothing expired
+            }
             warn!("session refresh unanswered: the session is gone");
             self.metrics.session_timer_expired.inc();
             self.metrics
@@ -524,7 +532,13 @@ impl Engine {
             // No answer to our refresh of the transfer leg: as a 408.
             let call_id = *call_id;
             self.client.remove(&key);
-            self.transfer_session_gone(now, call_id, "gone");
+            if self
+                .calls
+                .get(&call_id)
+                .is_some_and(|c| c.transfer.is_some())
+            {
+                self.transfer_session_gone(now, call_id, "gone");
+            }
             return;
         }
         if let Some(ClientRef::Rejoin(call_id, leg)) = self.client.get(&key) {

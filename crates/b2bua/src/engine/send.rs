@@ -76,3 +76,79 @@ impl Engine {
         }
     }
 }
+
+/// How long a kept ACK is sent again: the far end retransmits its 2xx for
+/// 64·T1 (RFC 3261 §13.3.1.4).
+const ACK_KEPT: Duration = Duration::from_secs(32);
+/// Most ACKs kept (the oldest go first): each is a few hundred bytes.
+const ACKS_MOST: usize = 65_536;
+
+/// The ACKs of 2xx answers to INVITEs whose client transaction the engine
+/// forgets at the answer (session refreshes, transfers' and callbacks'
+/// legs): a retransmitted 2xx, our ACK lost, gets the same ACK again
+/// instead of a far end that hangs up after 32 s. Bounded in time and
+/// count.
+#[derive(Default)]
+pub(super) struct AckCache {
+    by_key: HashMap<TxKey, (Flow, Vec<u8>)>,
+    order: VecDeque<(Instant, TxKey)>,
+}
+
+impl AckCache {
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, key)) = self.order.front() {
+            if now.saturating_duration_since(*at) < ACK_KEPT && self.order.len() <= ACKS_MOST {
+                break;
+            }
+            self.by_key.remove(key);
+            self.order.pop_front();
+        }
+    }
+
+    fn keep(&mut self, now: Instant, key: TxKey, flow: Flow, bytes: Vec<u8>) {
+        self.expire(now);
+        if self.by_key.insert(key.clone(), (flow, bytes)).is_none() {
+            self.order.push_back((now, key));
+        }
+        self.expire(now);
+    }
+
+    fn get(&mut self, now: Instant, key: &TxKey) -> Option<(Flow, Vec<u8>)> {
+        self.expire(now);
+        self.by_key.get(key).cloned()
+    }
+
+    /// ACKs kept now.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
+impl Engine {
+    /// ACK a 2xx to our INVITE and keep the ACK for its retransmissions
+    /// (see [`AckCache`]).
+    pub(super) fn send_ack_kept(&mut self, now: Instant, leg: &Leg, resp: &Message) {
+        let via = self.via(leg.flow);
+        let ack = leg.ack(via, resp);
+        self.count_out(&ack);
+        let bytes = ack.to_bytes();
+        self.acks
+            .keep(now, TxKey::of(resp), leg.flow, bytes.clone());
+        self.out.push_back(Output::Transmit {
+            flow: leg.flow,
+            bytes,
+        });
+    }
+
+    /// A 2xx to an INVITE no transaction of ours awaits: if we ACKed it
+    /// (kept), the ACK again.
+    pub(super) fn reack(&mut self, now: Instant, key: &TxKey) -> bool {
+        let Some((flow, bytes)) = self.acks.get(now, key) else {
+            return false;
+        };
+        self.metrics.sip_retransmissions.inc();
+        self.out.push_back(Output::Transmit { flow, bytes });
+        true
+    }
+}

@@ -206,7 +206,7 @@ impl Engine {
             RefreshAnswer::Refreshed => {
                 if msg.cseq_method == Method::Invite {
                     let leg = call.a_leg.clone();
-                    self.send_ack(&leg, msg);
+                    self.send_ack_kept(now, &leg, msg);
                 }
                 self.session_armed(now, call_id);
             }
@@ -273,6 +273,10 @@ impl RefreshAnswer {
 /// interval and hand the refreshing over (in its answer `uas` is the
 /// peer); 422 raises the interval to its `Min-SE`; an UPDATE refused
 /// as unknown falls back to re-INVITE (`peer_update` cleared).
+/// The longest session interval we keep (a day): a far end's larger one
+/// is taken as a day.
+const MAX_SESSION: u32 = 86_400;
+
 pub(super) fn refresh_answer(
     msg: &Message,
     interval: &mut Option<u32>,
@@ -282,7 +286,7 @@ pub(super) fn refresh_answer(
     match msg.code() {
         200..=299 => {
             if let Some(se) = session_timer::session_expires(msg) {
-                *interval = Some(se.interval.max(session_timer::MIN_SE));
+                *interval = Some(se.interval.clamp(session_timer::MIN_SE, MAX_SESSION));
                 *we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
             }
             RefreshAnswer::Refreshed
@@ -293,7 +297,14 @@ pub(super) fn refresh_answer(
                 .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
                 .unwrap_or(session_timer::MIN_SE);
             let now = interval.unwrap_or(session_timer::MIN_SE);
-            *interval = Some(now.max(min).min(86_400));
+            let asked = now.max(min).min(MAX_SESSION);
+            if asked <= now {
+                // "Too small" without a larger Min-SE (or past a day):
+                // asking again at once would only loop. Later, as for
+                // any other refusal; the session's own expiry bounds it.
+                return RefreshAnswer::Retry;
+            }
+            *interval = Some(asked);
             RefreshAnswer::Again("too_small")
         }
         405 | 501 if *peer_update => {

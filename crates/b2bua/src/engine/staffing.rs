@@ -11,9 +11,9 @@ use centralino_routing::staffing;
 const WINDOW_MINUTES: u64 = 15;
 /// Erlang A's recommendation is made again this often per queue.
 const ERLANG_A_EVERY: Duration = Duration::from_secs(15);
-/// Past this many operators (by Erlang C) a queue is staffed by Erlang C:
-/// Erlang A's integration grows with the queue (about 5-15 ms at 900).
-const ERLANG_A_MOST: u32 = 1_000;
+/// An Erlang A question unanswered this long (a driver that lost it) is
+/// asked again.
+const ERLANG_A_LOST: Duration = Duration::from_secs(60);
 /// Callers the advisor lets give up at most, with Erlang A: its service
 /// level alone would be met by letting impatient callers go.
 const MAX_ABANDON: f64 = 0.05;
@@ -159,7 +159,9 @@ impl Engine {
         let Some(policy) = self.queues.get(call.queue.0 as usize) else {
             return;
         };
-        let short = wait <= policy.service.short_abandon;
+        // In whole milliseconds, as the queue log (and so the reports) has
+        // it: a caller at 5.0004 s is a short abandon in both.
+        let short = Duration::from_millis(wait.as_millis() as u64) <= policy.service.short_abandon;
         let gave_up = matches!(outcome, CallOutcome::Cancelled | CallOutcome::Abandoned);
         // Patience is what callers spend: a misdial hung up at once is
         // none, and neither is a wait the node cut short (max wait, a
@@ -214,19 +216,33 @@ impl Engine {
         );
         let c = staffing::agents_needed(rate, aht, t, target);
         let needed = match (patience, c) {
-            // Erlang A costs milliseconds for a large queue (its queue
-            // states integrated): made again every 15 s, and only up to
-            // ERLANG_A_MOST operators; beyond, Erlang C's answer (more
-            // operators, never fewer) stands.
-            (Some(p), Some(c)) if c <= ERLANG_A_MOST => match stats.erlang_a {
-                Some((at, n)) if now.saturating_duration_since(at) < ERLANG_A_EVERY => n,
-                _ => {
-                    let n = staffing::agents_needed_a(rate, aht, p, t, target, MAX_ABANDON)
-                        .unwrap_or(c);
-                    stats.erlang_a = Some((now, n));
-                    n
+            // Erlang A integrates the queue's states: milliseconds for a
+            // few hundred operators, up to a second at the national scale
+            // (bounded: `ERLANG_A_WORK_MOST`). Never on this thread: the
+            // driver runs it and answers by `staffing_computed`; until
+            // then the last answer (or Erlang C's, more operators) stands.
+            (Some(p), Some(c)) => {
+                let due = stats
+                    .erlang_a
+                    .is_none_or(|(at, _)| now.saturating_duration_since(at) >= ERLANG_A_EVERY);
+                let waiting = stats
+                    .erlang_a_asked
+                    .is_some_and(|at| now.saturating_duration_since(at) < ERLANG_A_LOST);
+                if due && !waiting {
+                    stats.erlang_a_asked = Some(now);
+                    self.out.push_back(Output::Staffing(StaffingJob {
+                        queue,
+                        asked: now,
+                        rate,
+                        aht_seconds: aht,
+                        patience_seconds: p,
+                        t_seconds: t,
+                        target,
+                        max_abandon: MAX_ABANDON,
+                    }));
                 }
-            },
+                stats.erlang_a.map_or(c, |(_, n)| n)
+            }
             _ => c.unwrap_or(staffing::MAX_AGENTS),
         };
         let a = self.router.queue_agents(queue);
@@ -239,6 +255,41 @@ impl Engine {
             .with_label_values(&[name])
             .set(service.target);
         Some((needed, short))
+    }
+}
+
+impl Engine {
+    /// The driver's answer to [`Output::Staffing`]: Erlang A's operators
+    /// for `queue` as of `asked` (`None`: no answer within its bounds,
+    /// Erlang C's count stays). The views and gauges show it at the next
+    /// refresh, published at once.
+    pub fn staffing_computed(
+        &mut self,
+        now: Instant,
+        queue: QueueId,
+        asked: Instant,
+        needed: Option<u32>,
+    ) {
+        let Some(stats) = self.queue_stats.get_mut(queue.0 as usize) else {
+            return;
+        };
+        if stats.erlang_a.is_some_and(|(at, _)| at > asked) {
+            return; // an older question's answer
+        }
+        match needed {
+            Some(n) => {
+                stats.erlang_a = Some((asked, n));
+                if stats.erlang_a_asked == Some(asked) {
+                    stats.erlang_a_asked = None;
+                }
+            }
+            // Past its bounds: Erlang C's count stands, and the question
+            // stays marked as asked, for `ERLANG_A_LOST`, not every second.
+            None => stats.erlang_a = None,
+        }
+        self.views_at = None;
+        let soon = now + GAUGE_PERIOD;
+        self.gauges_due = Some(self.gauges_due.map_or(soon, |d| d.min(soon)));
     }
 }
 

@@ -28,6 +28,7 @@ use centralino_media::relay::Side;
 
 use super::{
     AgentStateError, CallbackState, CampaignCall, CampaignRun, DueCallback, Engine, Output,
+    RefreshAnswer, refresh_answer,
 };
 use crate::Metrics;
 use crate::media::{MediaCommand, MediaEvent};
@@ -90,6 +91,8 @@ struct Harness {
     desks: Vec<(String, Option<crate::AgentCall>)>,
     /// The last supervisor view published.
     views: Option<Vec<crate::QueueView>>,
+    /// Erlang A questions the engine asked (answered at once).
+    staffing: Vec<crate::StaffingJob>,
     metrics: Metrics,
     now: Instant,
     local: SocketAddr,
@@ -146,6 +149,7 @@ impl Harness {
             wants: Vec::new(),
             desks: Vec::new(),
             views: None,
+            staffing: Vec::new(),
             campaign_views: None,
             lookups: Vec::new(),
             metrics,
@@ -204,6 +208,13 @@ impl Harness {
                 Output::WantContacts { campaign, count } => self.wants.push((campaign, count)),
                 Output::AgentCall { agent, info } => self.desks.push((agent, info)),
                 Output::Queues(v) => self.views = Some(v),
+                // As the driver's staffing thread does, at once.
+                Output::Staffing(job) => {
+                    let needed = job.run();
+                    self.staffing.push(job.clone());
+                    self.engine
+                        .staffing_computed(self.now, job.queue, job.asked, needed);
+                }
                 Output::Campaigns(v) => self.campaign_views = Some(v),
                 Output::CallerLookup {
                     call,
@@ -3500,7 +3511,15 @@ fn a_proxys_session_timer_on_a_caller_without_support_is_refreshed_by_us() {
         "in the caller's dialog"
     );
     let out = h.send(TRUNK, &response_to(&refresh, 200, "am1"));
-    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
+    let acks = requests(&out, TRUNK, "ACK");
+    assert_eq!(acks.len(), 1, "{out:?}");
+    let ack = acks[0].to_bytes();
+    // Our ACK lost: the caller's side retransmits its 200, and gets the
+    // same ACK again (not a refresh counted twice, not silence).
+    let out = h.send(TRUNK, &response_to(&refresh, 200, "am1"));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(requests(&out, TRUNK, "ACK")[0].to_bytes(), ack);
+    assert_eq!(h.engine.acks.len(), 1);
     // The next one, 60 s later, finds the caller's dialog gone.
     let out = h.advance(Duration::from_secs(60));
     let again = requests(&out, TRUNK, "INVITE");
@@ -6754,4 +6773,153 @@ fn with_other_firm(config: &str) -> String {
         "[[trunks]]",
         "[[tenants]]\nname = \"altra\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"altra\"\n\n[[trunks]]",
     )
+}
+
+/// The staffing advisor turns to Erlang A once ten callers gave up after
+/// the short-abandon threshold, but never on the engine's thread: it asks
+/// the driver (one question per queue at a time, every 15 s) and shows the
+/// answer; until then, Erlang C's count.
+#[test]
+fn erlang_a_is_asked_of_the_driver_every_fifteen_seconds_and_its_answer_shown() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    // One call of two minutes: the queue's handling time.
+    let answer = |h: &mut Harness, call: &str| {
+        let out = h.invite(call);
+        let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+        let out = h.send(PHONE1, &response_to(&inv, 200, &format!("b{call}")));
+        let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+        let a_tag = ok.to_tag.clone().unwrap();
+        let ack = trunk_in_dialog("ACK", call, &format!("a{call}"), "100", &a_tag, 1, "ack");
+        h.send(TRUNK, &ack);
+        a_tag
+    };
+    let tag = answer(&mut h, "x0");
+    h.advance(Duration::from_secs(120));
+    h.send(
+        TRUNK,
+        &trunk_in_dialog("BYE", "x0", "ax0", "100", &tag, 2, "bye0"),
+    );
+    h.advance(Duration::from_secs(4));
+    // The operator busy again; ten callers wait 6 s (past the short
+    // threshold) and hang up.
+    answer(&mut h, "x1");
+    for i in 0..10 {
+        h.invite(&format!("w{i}"));
+    }
+    h.advance(Duration::from_secs(6));
+    assert!(h.staffing.is_empty(), "no patience measured yet");
+    for i in 0..10 {
+        let cancel = format!(
+            "CANCEL sip:100@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKw{i}\nFrom: <sip:+390612345678@192.0.2.10>;tag=aw{i}\nTo: <sip:100@192.0.2.1>\nCall-ID: w{i}\nCSeq: 1 CANCEL\nContent-Length: 0\n\n"
+        );
+        assert_eq!(codes(&h.send(TRUNK, &cancel), TRUNK), vec![200, 487]);
+    }
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.staffing.len(), 1, "{:?}", h.staffing);
+    let job = h.staffing[0].clone();
+    assert!(
+        (job.patience_seconds - 6.0).abs() < 0.5,
+        "the time waited over the abandons: {job:?}"
+    );
+    assert!(
+        job.aht_seconds > 120.0 && job.max_abandon == 0.05,
+        "{job:?}"
+    );
+    let erlang_c = centralino_routing::staffing::agents_needed(
+        job.rate,
+        job.aht_seconds,
+        job.t_seconds,
+        job.target,
+    )
+    .unwrap();
+    let needed = job.run().unwrap();
+    assert_eq!(
+        h.gauge("centralino_queue_agents_needed{queue=info}"),
+        i64::from(needed)
+    );
+    // Not asked again within 15 s; then again, with the window's figures.
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.staffing.len(), 1);
+    h.advance(Duration::from_secs(6));
+    assert_eq!(h.staffing.len(), 2);
+    // An answer older than the one shown changes nothing; no answer
+    // (past Erlang A's bounds) leaves Erlang C's count.
+    let queue = job.queue;
+    let second = h.staffing[1].clone();
+    let needed2 = second.run().unwrap();
+    assert_eq!(
+        h.gauge("centralino_queue_agents_needed{queue=info}"),
+        i64::from(needed2)
+    );
+    h.engine
+        .staffing_computed(h.now, queue, job.asked, Some(needed2 + 7));
+    assert_eq!(
+        h.gauge("centralino_queue_agents_needed{queue=info}"),
+        i64::from(needed2)
+    );
+    h.engine.staffing_computed(h.now, queue, second.asked, None);
+    let erlang_c2 = centralino_routing::staffing::agents_needed(
+        second.rate,
+        second.aht_seconds,
+        second.t_seconds,
+        second.target,
+    )
+    .unwrap();
+    assert_eq!(
+        h.gauge("centralino_queue_agents_needed{queue=info}"),
+        i64::from(erlang_c2)
+    );
+    // Callers this impatient (6 s) would leave more than 5 % of them at
+    // Erlang C's count: Erlang A asks for more.
+    assert!(
+        needed > erlang_c && needed2 > erlang_c2,
+        "{erlang_c} {needed} {erlang_c2} {needed2}"
+    );
+}
+
+/// A 422 to our refresh that asks for nothing larger (no Min-SE, or one
+/// not above our interval) is not answered by a resend at once, which a
+/// broken far end would turn into a storm; a larger Min-SE is, capped at
+/// a day, and so is a 2xx's interval.
+#[test]
+fn a_too_small_answer_without_a_larger_minimum_is_retried_later_not_at_once() {
+    let answer = |code: u16, extra: &str, interval: &mut Option<u32>| {
+        let text = format!(
+            "SIP/2.0 {code} Whatever\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKr\r\nFrom: <sip:a@192.0.2.1>;tag=x\r\nTo: <sip:b@192.0.2.10>;tag=y\r\nCall-ID: r1\r\nCSeq: 3 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        let (mut we, mut upd) = (true, false);
+        refresh_answer(&parse(text.as_bytes()), interval, &mut we, &mut upd)
+    };
+    let mut interval = Some(300);
+    assert_eq!(answer(422, "", &mut interval), RefreshAnswer::Retry);
+    assert_eq!(
+        answer(422, "Min-SE: 300\r\n", &mut interval),
+        RefreshAnswer::Retry
+    );
+    assert_eq!(interval, Some(300));
+    assert_eq!(
+        answer(422, "Min-SE: 600\r\n", &mut interval),
+        RefreshAnswer::Again("too_small")
+    );
+    assert_eq!(interval, Some(600));
+    assert_eq!(
+        answer(422, "Min-SE: 4000000000\r\n", &mut interval),
+        RefreshAnswer::Again("too_small")
+    );
+    assert_eq!(interval, Some(86_400));
+    assert_eq!(
+        answer(422, "Min-SE: 4000000000\r\n", &mut interval),
+        RefreshAnswer::Retry
+    );
+    let mut interval = Some(300);
+    assert_eq!(
+        answer(
+            200,
+            "Session-Expires: 4000000000;refresher=uac\r\n",
+            &mut interval
+        ),
+        RefreshAnswer::Refreshed
+    );
+    assert_eq!(interval, Some(86_400));
 }

@@ -146,7 +146,7 @@ impl Engine {
             self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
                 .is_none()
         });
-        self.send_ack(&leg, msg);
+        self.send_ack_kept(now, &leg, msg);
         let Some((peer, direction)) = peer else {
             warn!("IVR transfer: the far end's SDP is unusable");
             self.end_connected(now, id, true, true, CallOutcome::BadAnswer);
@@ -298,7 +298,7 @@ impl Engine {
             RefreshAnswer::Refreshed => {
                 let leg = t.dialog.clone();
                 if let Some(leg) = leg.filter(|_| msg.cseq_method == Method::Invite) {
-                    self.send_ack(&leg, msg);
+                    self.send_ack_kept(now, &leg, msg);
                 }
                 self.transfer_session_armed(now, id);
             }

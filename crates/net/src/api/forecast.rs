@@ -40,6 +40,9 @@ pub(crate) type Forecasts = Arc<RwLock<HashMap<String, Next>>>;
 /// ones.
 pub(super) async fn run(api: Api) {
     let mut tick = tokio::time::interval(EVERY);
+    // The queues whose gauges are on the metrics page: a queue a reload
+    // removed leaves it.
+    let mut shown: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         tick.tick().await;
         let now_ms = std::time::SystemTime::now()
@@ -69,8 +72,10 @@ pub(super) async fn run(api: Api) {
                 continue;
             };
             let rate = f.offered / (INTERVAL_MS as f64 / 1000.0);
+            // 100 % is a valid target that no finite staff meets: staffed
+            // for 99.9 %, as the live advisor does.
             let agents = f.aht_seconds.and_then(|aht| {
-                centralino_routing::staffing::agents_needed(rate, aht, t_seconds, target)
+                centralino_routing::staffing::agents_needed(rate, aht, t_seconds, target.min(0.999))
             });
             api.net
                 .queue_forecast_offered
@@ -98,6 +103,15 @@ pub(super) async fn run(api: Api) {
                 .set(0.0);
             api.net.queue_agents_forecast.with_label_values(&[q]).set(0);
         }
+        shown.retain(|q| {
+            let kept = live.service.contains_key(q);
+            if !kept {
+                let _ = api.net.queue_forecast_offered.remove_label_values(&[q]);
+                let _ = api.net.queue_agents_forecast.remove_label_values(&[q]);
+            }
+            kept
+        });
+        shown.extend(live.service.keys().cloned());
         *api.forecasts
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
