@@ -209,15 +209,40 @@ async fn post(config: &Tracing, body: &str) -> std::io::Result<u16> {
     tokio::time::timeout(TIMEOUT, conn.write_all(request.as_bytes()))
         .await
         .map_err(|_| timed("sending"))??;
-    let mut head = [0u8; 64];
-    let n = tokio::time::timeout(TIMEOUT, conn.read(&mut head))
+    // The status line, `HTTP/1.1 200 OK`, however the answer is split
+    // into reads; at most 256 bytes of it.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    let read_line = async {
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 256 {
+            let n = conn.read(&mut buf[..256 - head.len()]).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        std::io::Result::Ok(())
+    };
+    tokio::time::timeout(TIMEOUT, read_line)
         .await
         .map_err(|_| timed("waiting for the answer"))??;
-    // `HTTP/1.1 200 OK`
-    std::str::from_utf8(&head[..n])
-        .ok()
-        .and_then(|s| s.split(' ').nth(1)?.parse().ok())
+    status_code(&head)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer"))
+}
+
+/// The status code of an HTTP/1.x status line (up to its CRLF).
+fn status_code(head: &[u8]) -> Option<u16> {
+    let end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&head[..end]).ok()?;
+    let mut words = line.split(' ');
+    if !words.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = words.next()?;
+    (code.len() == 3)
+        .then(|| code.parse().ok())
+        .flatten()
+        .filter(|c| (100..600).contains(c))
 }
 
 /// A random 64-bit value (trace and span ids need uniqueness, not
@@ -288,6 +313,20 @@ fn encode(service: &str, spans: &[Finished]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_comes_from_a_whole_status_line() {
+        assert_eq!(
+            status_code(b"HTTP/1.1 200 OK\r\nContent-Length: 0"),
+            Some(200)
+        );
+        assert_eq!(status_code(b"HTTP/1.0 503 Busy\r\n"), Some(503));
+        // Cut before its end (a short read): not yet an answer.
+        assert_eq!(status_code(b"HTTP/1.1 20"), None);
+        assert_eq!(status_code(b"HTTP/1.1 2000 OK\r\n"), None);
+        assert_eq!(status_code(b"SIP/2.0 200 OK\r\n"), None);
+        assert_eq!(status_code(b"\r\n"), None);
+    }
 
     #[test]
     fn the_request_is_otlp_json() {

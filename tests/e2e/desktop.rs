@@ -413,6 +413,13 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
     b.key("Enter", false);
     let signed_out = "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Non registrato' && r.cells[3].textContent === 'fuori servizio')";
     b.wait_for(signed_out, "the operator signed out");
+    // The gauges are sampled (the page is pushed at once): seen out there
+    // too before the phone registers again.
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"prenotazioni\",state=\"available\"}",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    );
     register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
     assert_eq!(
         node.metric("centralino_queue_agents{queue=\"prenotazioni\",state=\"available\"}"),

@@ -153,6 +153,10 @@ pub struct Metrics {
     /// `centralino_queue_service_level_target{queue}`: the share the
     /// queue's service level is to reach (`service_level_target`).
     pub queue_sl_target: GaugeVec,
+    /// `centralino_queue_handle_time_seconds{queue}`: the recent mean
+    /// handling time (talk, hold and wrap-up) the staffing advisor counts
+    /// with: the AHT as the router measures it, live.
+    pub queue_handle_time: GaugeVec,
     /// `centralino_unserved_total{queue,reason,action}`: callers a queue
     /// could not serve (`max_wait`, `full`, `nobody`) and what its
     /// `when_unserved` did (`callback_offered`, `callback`, `overflow`,
@@ -499,6 +503,16 @@ impl Metrics {
                     Opts::new(
                         "centralino_queue_service_level_target",
                         "The service level the queue is to reach (0..1)"
+                    ),
+                    &["queue"]
+                )
+                .expect("valid metric")
+            ),
+            queue_handle_time: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "centralino_queue_handle_time_seconds",
+                        "Recent mean handling time of the queue's calls (talk, hold, wrap-up)"
                     ),
                     &["queue"]
                 )

@@ -505,16 +505,26 @@ pub(super) fn tracing_section(p: &mut Problems, raw: &RawTracing) -> Option<Trac
         None => Some(4318),
         Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0),
     };
+    // An IPv6 address only in brackets: `::1:4318` cannot say where the
+    // address ends.
+    let bad_host = host.is_empty()
+        || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']')))
+        || host.contains(['[', ']']) && !(host.starts_with('[') && host.ends_with(']'));
     let (Some(port), false) = (
         port,
-        host.is_empty() || authority.contains('@') || !url.bytes().all(|b| b.is_ascii_graphic()),
+        bad_host || authority.contains('@') || !url.bytes().all(|b| b.is_ascii_graphic()),
     ) else {
         p.add("tracing.otlp_endpoint", FORM);
         return None;
     };
     name_ok.then(|| Tracing {
         addr: format!("{host}:{port}"),
-        host: host.to_owned(),
+        // HTTP/1.1's Host names the port unless it is 80.
+        host: if port == 80 {
+            host.to_owned()
+        } else {
+            format!("{host}:{port}")
+        },
         path: format!("{base}/v1/traces"),
         service_name: raw.service_name.clone(),
     })

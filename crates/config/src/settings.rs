@@ -9,7 +9,7 @@ use super::*;
 pub struct Tracing {
     /// The collector's `host:port`, where the spans are posted.
     pub addr: String,
-    /// Its host, for the `Host` header.
+    /// Its host and port (unless 80), for the `Host` header.
     pub host: String,
     /// The request path: the endpoint's own path and `/v1/traces`.
     pub path: String,

@@ -1177,8 +1177,10 @@ fn the_tracing_export_is_off_by_default_and_its_endpoint_checked() {
     let tr = c.tracing.unwrap();
     assert_eq!(
         (tr.addr.as_str(), tr.host.as_str(), tr.path.as_str()),
-        ("[::1]:4000", "[::1]", "/otel/v1/traces")
+        ("[::1]:4000", "[::1]:4000", "/otel/v1/traces")
     );
+    let c = Config::from_toml(&t("otlp_endpoint = \"http://collector:80\"")).unwrap();
+    assert_eq!(c.tracing.unwrap().host, "collector", "port 80 goes unsaid");
     for (lines, want) in [
         (
             "otlp_endpoint = \"https://otel.example.it\"",
@@ -1187,6 +1189,15 @@ fn the_tracing_export_is_off_by_default_and_its_endpoint_checked() {
         ("otlp_endpoint = \"http://u:p@x\"", "tracing.otlp_endpoint"),
         ("otlp_endpoint = \"http://x:0\"", "tracing.otlp_endpoint"),
         ("otlp_endpoint = \"http://\"", "tracing.otlp_endpoint"),
+        (
+            "otlp_endpoint = \"http://::1:4318\"",
+            "tracing.otlp_endpoint",
+        ),
+        ("otlp_endpoint = \"http://[::1\"", "tracing.otlp_endpoint"),
+        (
+            "otlp_endpoint = \"http://a]b:4318\"",
+            "tracing.otlp_endpoint",
+        ),
         (
             "otlp_endpoint = \"http://x\"\nservice_name = \"due parole\"",
             "tracing.service_name: 1 to 64",

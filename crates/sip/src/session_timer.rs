@@ -12,6 +12,12 @@ use crate::message::Message;
 /// its recommended default).
 pub const MIN_SE: u32 = 90;
 
+/// The longest session interval we keep (a day): a peer's longer one (or
+/// longer `Min-SE`) is read as a day, which a UAS may answer with (RFC
+/// 4028 §9 lets it lower the interval) and which keeps every timer
+/// within reach.
+pub const MAX_SE: u32 = 86_400;
+
 /// The interval we ask for on the calls we place (RFC 4028 §4
 /// recommends 1800 s).
 pub const DEFAULT_INTERVAL: u32 = 1800;
@@ -65,17 +71,24 @@ fn delta_seconds(v: &str) -> Option<u32> {
     Some(v.parse::<u64>().ok()?.min(u64::from(u32::MAX)) as u32)
 }
 
-/// The `Min-SE` of a request, if any and well formed.
+/// The `Min-SE` of a request, if any and well formed (at most
+/// [`MAX_SE`]).
 pub fn min_se(msg: &Message) -> Option<u32> {
     msg.header("Min-SE")
         .and_then(|v| delta_seconds(v.split(';').next().unwrap_or(v)))
+        .map(|v| v.min(MAX_SE))
 }
 
 /// The request's `Session-Expires`, if any and well formed (a compact
-/// `x` was given its long name when parsed).
+/// `x` was given its long name when parsed), its interval at most
+/// [`MAX_SE`].
 pub fn session_expires(msg: &Message) -> Option<SessionExpires> {
     msg.header("Session-Expires")
         .and_then(parse_session_expires)
+        .map(|se| SessionExpires {
+            interval: se.interval.min(MAX_SE),
+            ..se
+        })
 }
 
 /// When the side that does not refresh gives up on a session of
@@ -114,6 +127,21 @@ mod tests {
             parse_session_expires("9999999999").unwrap().interval,
             u32::MAX
         );
+        // What a request says is read as at most a day.
+        let msg = crate::parse_message(
+            b"INVITE sip:a@x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKs\r\nFrom: <sip:b@y>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: s1\r\nCSeq: 1 INVITE\r\nSession-Expires: 9999999999;refresher=uac\r\nMin-SE: 4000000000\r\nContent-Length: 0\r\n\r\n",
+            &crate::Limits::default(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            session_expires(&msg),
+            Some(SessionExpires {
+                interval: MAX_SE,
+                refresher: Some(Refresher::Uac)
+            })
+        );
+        assert_eq!(min_se(&msg), Some(MAX_SE));
         assert_eq!(expiry(90), Duration::from_secs(60));
         assert_eq!(expiry(1800), Duration::from_secs(1768));
     }

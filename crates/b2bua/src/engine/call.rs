@@ -89,6 +89,23 @@ pub(super) struct AnchoredMedia {
     pub(super) opened: bool,
 }
 
+impl AnchoredMedia {
+    /// A side's peer and the direction we answer it with, as its new
+    /// offer (or answer) says.
+    pub(super) fn set_peer(&mut self, side: Side, peer: Peer, direction: Direction) {
+        match side {
+            Side::A => {
+                self.a = peer;
+                self.a_direction = direction;
+            }
+            Side::B => {
+                self.b = Some(peer);
+                self.b_direction = direction;
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum BState {
     Calling,

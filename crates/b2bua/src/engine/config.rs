@@ -534,6 +534,7 @@ fn remove_queue_series(metrics: &Metrics, name: &str) {
     let _ = metrics.queue_agents_needed.remove_label_values(&[name]);
     let _ = metrics.queue_agents_short.remove_label_values(&[name]);
     let _ = metrics.queue_sl_target.remove_label_values(&[name]);
+    let _ = metrics.queue_handle_time.remove_label_values(&[name]);
     let _ = metrics.queue_offered.remove_label_values(&[name]);
     let _ = metrics.queue_answered.remove_label_values(&[name]);
     let _ = metrics.queue_timed_out.remove_label_values(&[name]);

@@ -312,16 +312,7 @@ impl Engine {
                 signalling: leg_flow.map(|f| f.remote.ip()),
                 browser: leg_flow.is_some_and(|f| f.transport == Transport::Browser),
             };
-            match side {
-                Side::A => {
-                    call.media.a = peer;
-                    call.media.a_direction = audio.direction.answer();
-                }
-                Side::B => {
-                    call.media.b = Some(peer);
-                    call.media.b_direction = audio.direction.answer();
-                }
-            }
+            call.media.set_peer(side, peer, audio.direction.answer());
             call.media.version += 1;
             info!(side = side.label(), held, "session changed by re-INVITE");
             self.out.push_back(Output::Media(MediaCommand::Update {

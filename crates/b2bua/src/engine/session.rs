@@ -3,16 +3,19 @@
 //! session timers (RFC 4028: who refreshes, our refreshes, expiry).
 
 use std::cmp::Reverse;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use centralino_media::sdp;
 use centralino_sip::guard::reason_phrase;
 use centralino_sip::session_timer;
-use centralino_sip::txn::TxKey;
-use centralino_sip::{Message, Method};
+use centralino_sip::txn::{Flow, TxKey};
+use centralino_sip::{Message, Method, Transport};
 use centralino_types::CallId;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
-use super::{CallOutcome, CallTimer, ClientRef, Engine, Side, a_sdp};
+use super::{CallOutcome, CallTimer, ClientRef, Engine, Output, Side, a_sdp};
+use crate::media::{MediaCommand, Peer};
 
 impl Engine {
     /// Sends a provisional response to the caller's INVITE: reliably
@@ -207,6 +210,7 @@ impl Engine {
                 if msg.cseq_method == Method::Invite {
                     let leg = call.a_leg.clone();
                     self.send_ack_kept(now, &leg, msg);
+                    self.refresh_answer_media(call_id, Side::A, leg.flow, msg);
                 }
                 self.session_armed(now, call_id);
             }
@@ -242,6 +246,67 @@ impl Engine {
 /// this much later; the expiry ends the call if none succeeds.
 pub(super) const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
+impl Engine {
+    /// The SDP answer in a 2xx to our refresh re-INVITE of `side` (on
+    /// `flow`). We offered the same session, but a far end may answer
+    /// from a new address (an SBC that moved its media): taken as a
+    /// re-INVITE's offer would be, with the same checks, or the relay
+    /// would go on sending where nothing listens. An answer without the
+    /// law in use, or to an address we may not send to, changes nothing.
+    pub(super) fn refresh_answer_media(
+        &mut self,
+        call_id: CallId,
+        side: Side,
+        flow: Flow,
+        msg: &Message,
+    ) {
+        if msg.body.is_empty() || flow.transport == Transport::Browser {
+            return;
+        }
+        let Ok(audio) = sdp::parse(&msg.body) else {
+            return;
+        };
+        let addr = SocketAddr::new(audio.addr, audio.port);
+        let refused = self.refused_media(addr, flow.remote.ip(), flow.local.ip());
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(current) = (match side {
+            Side::A => Some(call.media.a),
+            Side::B => call.media.b,
+        }) else {
+            return;
+        };
+        let held = audio.on_hold();
+        if audio.port == 0
+            || !audio.formats.contains(&current.law.payload_type())
+            || refused.is_some()
+        {
+            debug!(?refused, "refresh answer's SDP not taken");
+            self.metrics
+                .sdp_rejected
+                .with_label_values(&["refresh"])
+                .inc();
+            return;
+        }
+        if current.addr == addr {
+            return;
+        }
+        let peer = Peer { addr, ..current };
+        call.media.set_peer(side, peer, audio.direction.answer());
+        info!(
+            side = side.label(),
+            "the far end moved its media in a refresh answer"
+        );
+        self.out.push_back(Output::Media(MediaCommand::Update {
+            call: call_id,
+            side,
+            peer: peer.into(),
+            held,
+        }));
+    }
+}
+
 /// What the answer to our session refresh of a leg means (RFC 4028 §10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum RefreshAnswer {
@@ -273,9 +338,8 @@ impl RefreshAnswer {
 /// interval and hand the refreshing over (in its answer `uas` is the
 /// peer); 422 raises the interval to its `Min-SE`; an UPDATE refused
 /// as unknown falls back to re-INVITE (`peer_update` cleared).
-/// The longest session interval we keep (a day): a far end's larger one
-/// is taken as a day.
-const MAX_SESSION: u32 = 86_400;
+/// The longest session interval we keep (a day).
+const MAX_SESSION: u32 = session_timer::MAX_SE;
 
 pub(super) fn refresh_answer(
     msg: &Message,

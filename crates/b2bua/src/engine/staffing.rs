@@ -254,6 +254,10 @@ impl Engine {
             .queue_sl_target
             .with_label_values(&[name])
             .set(service.target);
+        self.metrics
+            .queue_handle_time
+            .with_label_values(&[name])
+            .set(aht);
         Some((needed, short))
     }
 }

@@ -6826,6 +6826,11 @@ fn erlang_a_is_asked_of_the_driver_every_fifteen_seconds_and_its_answer_shown() 
         job.aht_seconds > 120.0 && job.max_abandon == 0.05,
         "{job:?}"
     );
+    // The handling time it counts with is on the metrics page.
+    assert_eq!(
+        h.gauge("centralino_queue_handle_time_seconds{queue=info}"),
+        job.aht_seconds as i64
+    );
     let erlang_c = centralino_routing::staffing::agents_needed(
         job.rate,
         job.aht_seconds,
@@ -6922,4 +6927,55 @@ fn a_too_small_answer_without_a_larger_minimum_is_retried_later_not_at_once() {
         RefreshAnswer::Refreshed
     );
     assert_eq!(interval, Some(86_400));
+}
+
+/// The carrier answers our refresh re-INVITE from a new media address
+/// (its SBC moved the call): the relay follows it; an answer naming an
+/// address we may not send to, or without the law in use, moves nothing.
+#[test]
+fn a_refresh_answer_that_moves_the_carriers_media_is_followed_within_the_checks() {
+    let (mut h, _) = connected_with("Session-Expires: 120\r\n");
+    let answer_with = |h: &mut Harness, sdp: &str| {
+        let out = h.advance(Duration::from_secs(60));
+        let refresh = requests(&out, TRUNK, "INVITE")[0].clone();
+        let mut r = refresh.response(200, "OK", Some("am1"));
+        r.push("Contact", &format!("<sip:trunk@{TRUNK}>"));
+        r.set_body(Some("application/sdp"), sdp.as_bytes().to_vec());
+        h.media.clear();
+        let out = h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
+        assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
+    };
+    // Moved within the carrier's network: followed.
+    answer_with(
+        &mut h,
+        &TRUNK_SDP
+            .replace("192.0.2.10", "192.0.2.11")
+            .replace("40000", "41000"),
+    );
+    assert!(
+        matches!(
+            h.media.as_slice(),
+            [MediaCommand::Update { side: Side::A, peer, held: false, .. }]
+                if peer.rtp().unwrap().addr.to_string() == "192.0.2.11:41000"
+        ),
+        "{:?}",
+        h.media
+    );
+    // To a multicast address: refused, counted, the media stays.
+    answer_with(
+        &mut h,
+        &TRUNK_SDP.replace("c=IN IP4 192.0.2.10", "c=IN IP4 224.0.0.1"),
+    );
+    assert!(h.media.is_empty(), "{:?}", h.media);
+    // Without the law in use (A-law): refused too.
+    answer_with(
+        &mut h,
+        &TRUNK_SDP.replace("RTP/AVP 8 0 101", "RTP/AVP 0 101"),
+    );
+    assert!(h.media.is_empty(), "{:?}", h.media);
+    assert_eq!(h.gauge("centralino_sdp_rejected_total{reason=refresh}"), 2);
+    assert_eq!(
+        h.gauge("centralino_session_refreshes_total{outcome=refreshed}"),
+        3
+    );
 }

@@ -299,6 +299,7 @@ impl Engine {
                 let leg = t.dialog.clone();
                 if let Some(leg) = leg.filter(|_| msg.cseq_method == Method::Invite) {
                     self.send_ack_kept(now, &leg, msg);
+                    self.refresh_answer_media(id, Side::B, leg.flow, msg);
                 }
                 self.transfer_session_armed(now, id);
             }
