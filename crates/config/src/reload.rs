@@ -315,7 +315,8 @@ queues = ["info"]
         let old = Config::from_toml(BASE).unwrap();
         let mut new = Config::from_toml(&plain).unwrap();
         // As a file with TLS keys would read (their validation needs files).
-        if let Some(Value::Array(trunks)) = new.source.get_mut("trunks")
+        if let Some(Value::Array(trunks)) =
+            std::sync::Arc::make_mut(&mut new.source).get_mut("trunks")
             && let Some(Value::Table(t)) = trunks.last_mut()
         {
             t.insert("outbound_transport".into(), Value::String("tls".into()));
@@ -343,7 +344,8 @@ queues = ["info"]
         let (mut old, mut new) = (old, new);
         // As files with TLS keys would read (their validation needs files).
         for c in [&mut old, &mut new] {
-            if let Some(Value::Array(trunks)) = c.source.get_mut("trunks")
+            if let Some(Value::Array(trunks)) =
+                std::sync::Arc::make_mut(&mut c.source).get_mut("trunks")
                 && let Some(Value::Table(t)) = trunks.last_mut()
             {
                 t.insert("outbound_transport".into(), Value::String("tls".into()));
