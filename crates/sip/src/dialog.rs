@@ -53,6 +53,17 @@ impl Leg {
         }
     }
 
+    /// A target refresh (§12.2.1.2, §12.2.2: a re-INVITE or UPDATE, or the
+    /// 2xx to ours) with a Contact: the peer's new target for the
+    /// requests that follow (a phone whose address changed). Where they
+    /// are sent stays the leg's flow, so it moves nothing but the
+    /// Request-URI.
+    pub fn refresh_target(&mut self, msg: &Message) {
+        if let Some(n) = msg.header("Contact").and_then(uri::parse_name_addr) {
+            self.remote_target = n.uri.to_owned();
+        }
+    }
+
     /// The UAS's side of a dialog an INVITE `req` creates (§12.1.1), with
     /// our To `tag`: the target from its Contact (none: the flow's
     /// address), the route set from its Record-Route in order.

@@ -229,6 +229,9 @@ pub(super) struct Call {
     /// the peer allows it (`peer_update`), else by re-INVITE.
     pub(super) we_refresh: bool,
     pub(super) peer_update: bool,
+    /// Our refresh re-INVITE on the caller's leg awaits its answer: a
+    /// re-INVITE from the caller meanwhile is glare (491, RFC 3261 §14.2).
+    pub(super) refreshing: bool,
     /// The caller required reliable provisional responses (RFC 3262).
     pub(super) reliable: Option<Reliable>,
     /// Where setup stopped to wait for the media plane's ports; `None`
@@ -375,6 +378,7 @@ impl Call {
             session_step: 0,
             we_refresh: false,
             peer_update: false,
+            refreshing: false,
             reliable: None,
             opening: None,
             preview: None,
@@ -471,4 +475,6 @@ pub(super) struct TransferLeg {
     pub(super) we_refresh: bool,
     pub(super) session_step: u32,
     pub(super) peer_update: bool,
+    /// Our refresh re-INVITE on this leg awaits its answer (glare: 491).
+    pub(super) refreshing: bool,
 }

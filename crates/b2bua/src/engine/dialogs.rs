@@ -229,12 +229,20 @@ impl Engine {
             self.respond(now, key, &r);
             return;
         };
-        if side == Side::B
-            && self
-                .calls
-                .get(&call_id)
-                .is_some_and(|c| c.rejoin.as_ref().is_some_and(|r| r.pending))
-        {
+        // Our own re-INVITE on this dialog still unanswered: a session
+        // refresh (the caller's leg or a transfer's) or an attended
+        // transfer's rejoin.
+        let invite = *msg.method() == Method::Invite;
+        let ours_pending = self.calls.get(&call_id).is_some_and(|c| match side {
+            Side::A => invite && c.refreshing,
+            Side::B => {
+                c.rejoin.as_ref().is_some_and(|r| r.pending)
+                    || invite
+                        && Self::transfer_dialog(c, msg).is_some()
+                        && c.transfer.as_ref().is_some_and(|t| t.refreshing)
+            }
+        });
+        if ours_pending {
             // Glare with our own re-INVITE (RFC 3261 §14.2).
             let r = msg.response(491, reason_phrase(491), None);
             self.respond(now, key, &r);
@@ -321,6 +329,25 @@ impl Engine {
                 peer: peer.into(),
                 held,
             }));
+        }
+        // A target refresh: the peer's new Contact for what follows.
+        match side {
+            Side::A => call.a_leg.refresh_target(msg),
+            Side::B => {
+                let on_transfer = call
+                    .transfer
+                    .as_mut()
+                    .filter(|t| t.call_id == msg.call_id && t.invite.is_none())
+                    .and_then(|t| t.dialog.as_mut());
+                let operator = call
+                    .b
+                    .as_mut()
+                    .filter(|b| b.call_id == msg.call_id)
+                    .and_then(|b| b.dialog.as_mut());
+                if let Some(leg) = on_transfer.or(operator) {
+                    leg.refresh_target(msg);
+                }
+            }
         }
         let body = match side {
             Side::A => a_sdp(&call.media, &codecs),

@@ -178,6 +178,7 @@ impl Engine {
             Method::Invite
         };
         call.a_leg.cseq += 1;
+        call.refreshing = method == Method::Invite;
         let leg = call.a_leg.clone();
         let contact = Self::caller_contact(call);
         let body = (method == Method::Invite).then(|| a_sdp(&call.media, &codecs));
@@ -198,6 +199,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        call.refreshing = false;
         let answer = refresh_answer(
             msg,
             &mut call.session_timer,
@@ -207,6 +209,7 @@ impl Engine {
         let step = call.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
+                call.a_leg.refresh_target(msg);
                 if msg.cseq_method == Method::Invite {
                     let leg = call.a_leg.clone();
                     self.send_ack_kept(now, &leg, msg);

@@ -6979,3 +6979,50 @@ fn a_refresh_answer_that_moves_the_carriers_media_is_followed_within_the_checks(
         3
     );
 }
+
+/// Glare (RFC 3261 §14.2): the caller's re-INVITE while our refresh
+/// re-INVITE is unanswered gets 491; an UPDATE does not (ours carries no
+/// offer), and once ours is answered the caller's re-INVITE is taken.
+#[test]
+fn a_callers_reinvite_during_our_refresh_reinvite_gets_491_then_goes_through() {
+    let (mut h, ok) = connected_with("Session-Expires: 120\r\n");
+    let a_tag = ok.to_tag.clone().unwrap();
+    let out = h.advance(Duration::from_secs(60));
+    let refresh = requests(&out, TRUNK, "INVITE")[0].clone();
+    let out = h.send(
+        TRUNK,
+        &in_dialog("INVITE", TRUNK, "am1", &a_tag, 5, TRUNK_SDP),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![491], "{out:?}");
+    let out = h.send(TRUNK, &in_dialog("UPDATE", TRUNK, "am1", &a_tag, 6, ""));
+    assert_eq!(codes(&out, TRUNK), vec![200], "{out:?}");
+    let mut r = refresh.response(200, "OK", Some("am1"));
+    r.push("Contact", &format!("<sip:trunk@{TRUNK}>"));
+    h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
+    let out = h.send(
+        TRUNK,
+        &in_dialog("INVITE", TRUNK, "am1", &a_tag, 7, TRUNK_SDP),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![200], "{out:?}");
+}
+
+/// A re-INVITE is a target refresh (RFC 3261 §12.2.2): the caller's new
+/// Contact is where our next in-dialog request is addressed (its
+/// Request-URI; it still leaves along the caller's flow).
+#[test]
+fn a_callers_reinvite_with_a_new_contact_moves_the_target_of_our_next_request() {
+    let (mut h, ok) = connected_with("Session-Expires: 120\r\n");
+    let a_tag = ok.to_tag.clone().unwrap();
+    let reinvite = in_dialog("INVITE", TRUNK, "am1", &a_tag, 5, TRUNK_SDP).replace(
+        &format!("Contact: <sip:x@{TRUNK}>"),
+        "Contact: <sip:moved@192.0.2.10:5090>",
+    );
+    assert!(reinvite.contains("sip:moved@"));
+    let out = h.send(TRUNK, &reinvite);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    h.send(TRUNK, &in_dialog("ACK", TRUNK, "am1", &a_tag, 5, ""));
+    let out = h.advance(Duration::from_secs(60));
+    let refresh = requests(&out, TRUNK, "INVITE");
+    assert_eq!(refresh.len(), 1, "{} messages out", out.len());
+    assert_eq!(refresh[0].request_uri(), Some("sip:moved@192.0.2.10:5090"));
+}

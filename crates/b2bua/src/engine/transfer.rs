@@ -56,6 +56,7 @@ impl Engine {
                 we_refresh: false,
                 session_step: 0,
                 peer_update: false,
+                refreshing: false,
             });
         }
         true
@@ -276,6 +277,7 @@ impl Engine {
         };
         leg.cseq += 1;
         let leg = leg.clone();
+        t.refreshing = method == Method::Invite;
         let mut req = self.in_dialog(&leg, method);
         req.push("Contact", &dialog::contact(leg.flow));
         req.push("Supported", "timer");
@@ -292,10 +294,14 @@ impl Engine {
         let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) else {
             return;
         };
+        t.refreshing = false;
         let answer = refresh_answer(msg, &mut t.session, &mut t.we_refresh, &mut t.peer_update);
         let step = t.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
+                if let Some(leg) = t.dialog.as_mut() {
+                    leg.refresh_target(msg);
+                }
                 let leg = t.dialog.clone();
                 if let Some(leg) = leg.filter(|_| msg.cseq_method == Method::Invite) {
                     self.send_ack_kept(now, &leg, msg);
