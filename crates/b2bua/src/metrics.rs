@@ -139,6 +139,9 @@ pub struct Metrics {
     /// `centralino_queue_overflowed_total{queue}`: callers the queue could
     /// not serve, passed to its `overflow_queue`.
     pub queue_overflowed: IntCounterVec,
+    /// `centralino_queue_transferred_total{queue}`: calls an operator
+    /// transferred out of the queue (the reports' `transferred`).
+    pub queue_transferred: IntCounterVec,
     /// `centralino_queue_agents_needed{queue}`: operators Erlang C (Erlang A
     /// once the callers' patience is measured) asks for the queue's
     /// service level, on the last 15 minutes' traffic.
@@ -476,6 +479,11 @@ impl Metrics {
             queue_overflowed: reg!(cv(
                 "centralino_queue_overflowed_total",
                 "Callers the queue could not serve, passed to its overflow queue",
+                &["queue"]
+            )),
+            queue_transferred: reg!(cv(
+                "centralino_queue_transferred_total",
+                "Calls an operator transferred out of the queue",
                 &["queue"]
             )),
             queue_agents_needed: reg!(gv(

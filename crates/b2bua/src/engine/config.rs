@@ -500,6 +500,7 @@ fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
     metrics.queue_timed_out.with_label_values(&[name]);
     metrics.queue_callbacks.with_label_values(&[name]);
     metrics.queue_overflowed.with_label_values(&[name]);
+    metrics.queue_transferred.with_label_values(&[name]);
     metrics.queue_answered_wait.with_label_values(&[name]);
     for t in ["t", "t2"] {
         metrics.queue_answered_within.with_label_values(&[name, t]);
@@ -540,6 +541,7 @@ fn remove_queue_series(metrics: &Metrics, name: &str) {
     let _ = metrics.queue_timed_out.remove_label_values(&[name]);
     let _ = metrics.queue_callbacks.remove_label_values(&[name]);
     let _ = metrics.queue_overflowed.remove_label_values(&[name]);
+    let _ = metrics.queue_transferred.remove_label_values(&[name]);
     let _ = metrics.queue_answered_wait.remove_label_values(&[name]);
     for t in ["t", "t2"] {
         let _ = metrics

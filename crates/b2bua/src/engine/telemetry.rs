@@ -211,10 +211,18 @@ impl Engine {
             return;
         }
         let position = self.router.estimate(call_id).map(|e| e.position);
+        let queue = self.router.queue(call.queue).name.clone();
+        if event == QueueEvent::Transfer {
+            // As the reports count it: one per `transfer` in the log.
+            self.metrics
+                .queue_transferred
+                .with_label_values(&[&queue])
+                .inc();
+        }
         let record = Record::Queue {
             call: call.record_id.clone(),
             at_ms: self.unix_ms_at(now),
-            queue: self.router.queue(call.queue).name.clone(),
+            queue,
             event,
             agent,
             position,

@@ -5519,6 +5519,8 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
         h.gauge("centralino_transfers_total{outcome=done,target=queue}"),
         1
     );
+    // Out of the queue it was answered in, as the reports count it.
+    assert_eq!(h.gauge("centralino_queue_transferred_total{queue=info}"), 1);
 }
 
 /// A caller who hangs up after a transfer, before the next operator
