@@ -36,6 +36,7 @@ mod recorder;
 mod scheduler;
 mod session;
 mod sip;
+mod staffing;
 mod tls;
 pub mod web;
 mod work;

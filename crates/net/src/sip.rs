@@ -565,38 +565,6 @@ async fn pump_stream<S>(
     let _ = wr.shutdown().await;
 }
 
-/// The staffing advisor's Erlang A, on a thread of its own: a question
-/// at a time, the answers back in the engine's queue (none if the thread
-/// could not start: the engine keeps Erlang C's counts). It ends with the
-/// engine task, which holds its only sender.
-fn staffing_worker(
-    answers: mpsc::WeakSender<EngineInput>,
-) -> Option<std::sync::mpsc::Sender<centralino_b2bua::StaffingJob>> {
-    let (tx, rx) = std::sync::mpsc::channel::<centralino_b2bua::StaffingJob>();
-    let spawned = std::thread::Builder::new()
-        .name("staffing".into())
-        .spawn(move || {
-            while let Ok(job) = rx.recv() {
-                let needed = job.run();
-                let Some(tx) = answers.upgrade() else { break };
-                let job = Box::new(job);
-                if tx
-                    .blocking_send(EngineInput::Staffing { job, needed })
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-    match spawned {
-        Ok(_) => Some(tx),
-        Err(e) => {
-            warn!(error = %e, "no staffing thread: Erlang C only");
-            None
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)] // The engine task's inputs and outputs, each once.
 async fn run_engine(
     mut engine: Engine,
@@ -628,7 +596,7 @@ async fn run_engine(
             });
         }
     };
-    let staffing = staffing_worker(answers.clone());
+    let staffing = crate::staffing::worker(answers.clone());
     let mut flush_at: Option<Instant> = None;
     let mut life = Lifecycle {
         max_per_day,
@@ -856,7 +824,7 @@ async fn run_engine(
                 }
                 Output::Staffing(job) => {
                     if let Some(w) = &staffing {
-                        let _ = w.send(job);
+                        w.ask(job);
                     }
                 }
                 Output::StoreCallback {

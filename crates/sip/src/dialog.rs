@@ -53,6 +53,17 @@ impl Leg {
         }
     }
 
+    /// Whether `resp` answers a request we sent in this dialog: its
+    /// Call-ID, and the peer's tag in its To. A response the transaction
+    /// layer matched by branch but with another tag (a forking proxy, a
+    /// broken peer) must not refresh this dialog's target or media.
+    pub fn answers(&self, resp: &Message) -> bool {
+        resp.call_id == self.call_id
+            && uri::parse_name_addr(&self.remote)
+                .and_then(|n| n.param("tag").flatten())
+                .is_some_and(|t| resp.to_tag.as_deref() == Some(t))
+    }
+
     /// A target refresh (§12.2.1.2, §12.2.2: a re-INVITE or UPDATE, or the
     /// 2xx to ours) with a Contact: the peer's new target for the
     /// requests that follow (a phone whose address changed). Where they

@@ -497,6 +497,12 @@ impl Transactions {
         key
     }
 
+    /// The flow a client transaction's request went out on (where its
+    /// answers may come from).
+    pub fn client_flow(&self, key: &TxKey) -> Option<Flow> {
+        self.client.get(key).map(|t| t.flow)
+    }
+
     /// The request of a client transaction (to build its CANCEL).
     pub fn client_request(&self, key: &TxKey) -> Option<&Message> {
         self.client.get(key).and_then(|t| t.request.as_deref())

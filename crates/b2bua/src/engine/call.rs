@@ -232,6 +232,8 @@ pub(super) struct Call {
     /// Our refresh re-INVITE on the caller's leg awaits its answer: a
     /// re-INVITE from the caller meanwhile is glare (491, RFC 3261 §14.2).
     pub(super) refreshing: bool,
+    /// Our refreshes' refusals in a row and the `Min-SE` they carry.
+    pub(super) refresh_tries: RefreshTries,
     /// The caller required reliable provisional responses (RFC 3262).
     pub(super) reliable: Option<Reliable>,
     /// Where setup stopped to wait for the media plane's ports; `None`
@@ -379,6 +381,7 @@ impl Call {
             we_refresh: false,
             peer_update: false,
             refreshing: false,
+            refresh_tries: RefreshTries::default(),
             reliable: None,
             opening: None,
             preview: None,
@@ -477,4 +480,5 @@ pub(super) struct TransferLeg {
     pub(super) peer_update: bool,
     /// Our refresh re-INVITE on this leg awaits its answer (glare: 491).
     pub(super) refreshing: bool,
+    pub(super) refresh_tries: RefreshTries,
 }

@@ -155,7 +155,7 @@ impl Engine {
             by_a: HashMap::new(),
             by_b: HashMap::new(),
             client: HashMap::new(),
-            acks: send::AckCache::default(),
+            acks: send::AckCache::new(config.sip.timers.t1),
             timers: BinaryHeap::new(),
             next_call: 1,
             read_at: None,

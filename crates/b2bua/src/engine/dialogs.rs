@@ -232,12 +232,15 @@ impl Engine {
         // Our own re-INVITE on this dialog still unanswered: a session
         // refresh (the caller's leg or a transfer's) or an attended
         // transfer's rejoin.
-        let invite = *msg.method() == Method::Invite;
+        // An UPDATE carrying an offer while our re-INVITE's offer is
+        // outstanding is glare too (RFC 3311 §5.2); one without a body
+        // (a session refresh) is not.
+        let offer = *msg.method() == Method::Invite || !msg.body.is_empty();
         let ours_pending = self.calls.get(&call_id).is_some_and(|c| match side {
-            Side::A => invite && c.refreshing,
+            Side::A => offer && c.refreshing,
             Side::B => {
                 c.rejoin.as_ref().is_some_and(|r| r.pending)
-                    || invite
+                    || offer
                         && Self::transfer_dialog(c, msg).is_some()
                         && c.transfer.as_ref().is_some_and(|t| t.refreshing)
             }

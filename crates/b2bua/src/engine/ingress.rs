@@ -26,6 +26,20 @@ impl Engine {
                     .sip_responses
                     .with_label_values(&[code_label(*code), "in"])
                     .inc();
+                // A branch is unguessable, but a response is also taken
+                // only from where its request went (or another SBC of
+                // the same trunk): an answer from elsewhere could move a
+                // call's media or its dialog's target.
+                if let Some(sent) = self.txn.client_flow(&TxKey::of(&msg))
+                    && !self.same_peer(sent.remote.ip(), flow.remote.ip())
+                {
+                    warn!(peer = %flow.remote.ip(), "a response from another address than its request's: dropped");
+                    self.metrics
+                        .sip_rejected
+                        .with_label_values(&["foreign_response"])
+                        .inc();
+                    return;
+                }
                 self.txn.handle_response(now, msg);
             }
             StartLine::Request { method, .. } => {

@@ -354,6 +354,8 @@ pub struct StaffingJob {
     pub target: f64,
     /// The share of callers allowed to give up.
     pub max_abandon: f64,
+    /// The last answer for this queue, tried first.
+    pub last: Option<u32>,
 }
 
 impl StaffingJob {
@@ -368,6 +370,7 @@ impl StaffingJob {
             self.t_seconds,
             self.target,
             self.max_abandon,
+            self.last,
         )
     }
 }

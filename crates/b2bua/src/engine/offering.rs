@@ -224,7 +224,7 @@ impl Engine {
             // A retransmitted 2xx whose transaction we forgot at the first:
             // our ACK was lost.
             None if (200..300).contains(&code) && key.method == Method::Invite => {
-                self.reack(now, &key);
+                self.reack(now, &msg);
             }
             // Any answer, even 405 or 404, says the phone is there.
             Some(ClientRef::Other | ClientRef::Qualify(_)) | None => {

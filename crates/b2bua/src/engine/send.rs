@@ -77,27 +77,57 @@ impl Engine {
     }
 }
 
-/// How long a kept ACK is sent again: the far end retransmits its 2xx for
-/// 64·T1 (RFC 3261 §13.3.1.4).
-const ACK_KEPT: Duration = Duration::from_secs(32);
 /// Most ACKs kept (the oldest go first): each is a few hundred bytes.
 const ACKS_MOST: usize = 65_536;
+/// Most other answers (forks) ACKed and hung up per INVITE kept.
+const FORKS_MOST: usize = 8;
+
+/// One kept ACK: the 2xx it answers (by its To tag), and the other
+/// answers to the same INVITE (a forking proxy's) we hung up on.
+struct KeptAck {
+    flow: Flow,
+    /// Our From (to build a fork's dialog).
+    local: String,
+    /// The To tag and ACK of each answer acknowledged, the answer we
+    /// kept first.
+    answers: Vec<(Option<String>, Vec<u8>)>,
+}
 
 /// The ACKs of 2xx answers to INVITEs whose client transaction the engine
 /// forgets at the answer (session refreshes, transfers' and callbacks'
 /// legs): a retransmitted 2xx, our ACK lost, gets the same ACK again
-/// instead of a far end that hangs up after 32 s. Bounded in time and
+/// instead of a far end that hangs up after 32 s. Kept for 64·T1, as long
+/// as the far end retransmits its 2xx (RFC 3261 §13.3.1.4), and bounded in
 /// count.
-#[derive(Default)]
 pub(super) struct AckCache {
-    by_key: HashMap<TxKey, (Flow, Vec<u8>)>,
+    by_key: HashMap<TxKey, KeptAck>,
     order: VecDeque<(Instant, TxKey)>,
+    lasts: Duration,
+}
+
+/// What a 2xx no transaction of ours awaits gets.
+pub(super) enum Reack {
+    /// Nothing kept for it.
+    Unknown,
+    /// Its ACK again.
+    Again(Flow, Vec<u8>),
+    /// Another answer to an INVITE we ACKed (a fork): ACK it and hang up
+    /// on it, as §13.2.2.4 wants of a UAC that keeps one dialog.
+    Fork(Leg),
 }
 
 impl AckCache {
+    pub(super) fn new(t1: Duration) -> Self {
+        Self {
+            by_key: HashMap::new(),
+            order: VecDeque::new(),
+            lasts: 64 * t1,
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some((at, key)) = self.order.front() {
-            if now.saturating_duration_since(*at) < ACK_KEPT && self.order.len() <= ACKS_MOST {
+            if now.saturating_duration_since(*at) < self.lasts && self.order.len() <= ACKS_MOST {
                 break;
             }
             self.by_key.remove(key);
@@ -105,17 +135,44 @@ impl AckCache {
         }
     }
 
-    fn keep(&mut self, now: Instant, key: TxKey, flow: Flow, bytes: Vec<u8>) {
+    fn keep(&mut self, now: Instant, key: TxKey, leg: &Leg, resp: &Message, bytes: Vec<u8>) {
         self.expire(now);
-        if self.by_key.insert(key.clone(), (flow, bytes)).is_none() {
-            self.order.push_back((now, key));
+        let answer = (resp.to_tag.clone(), bytes);
+        match self.by_key.get_mut(&key) {
+            Some(kept) => {
+                if let Some(a) = kept.answers.iter_mut().find(|a| a.0 == answer.0) {
+                    *a = answer;
+                } else if kept.answers.len() < FORKS_MOST {
+                    kept.answers.push(answer);
+                }
+            }
+            None => {
+                let kept = KeptAck {
+                    flow: leg.flow,
+                    local: leg.local.clone(),
+                    answers: vec![answer],
+                };
+                self.by_key.insert(key.clone(), kept);
+                self.order.push_back((now, key));
+            }
         }
         self.expire(now);
     }
 
-    fn get(&mut self, now: Instant, key: &TxKey) -> Option<(Flow, Vec<u8>)> {
+    fn get(&mut self, now: Instant, resp: &Message) -> Reack {
         self.expire(now);
-        self.by_key.get(key).cloned()
+        let Some(kept) = self.by_key.get(&TxKey::of(resp)) else {
+            return Reack::Unknown;
+        };
+        if let Some((_, ack)) = kept.answers.iter().find(|a| a.0 == resp.to_tag) {
+            return Reack::Again(kept.flow, ack.clone());
+        }
+        if kept.answers.len() >= FORKS_MOST {
+            // A proxy forking without end: the first ones were hung up
+            // on; the rest time out at the far end.
+            return Reack::Unknown;
+        }
+        Reack::Fork(Leg::from_response(&kept.local, kept.flow, resp))
     }
 
     /// ACKs kept now.
@@ -134,7 +191,7 @@ impl Engine {
         self.count_out(&ack);
         let bytes = ack.to_bytes();
         self.acks
-            .keep(now, TxKey::of(resp), leg.flow, bytes.clone());
+            .keep(now, TxKey::of(resp), leg, resp, bytes.clone());
         self.out.push_back(Output::Transmit {
             flow: leg.flow,
             bytes,
@@ -142,13 +199,58 @@ impl Engine {
     }
 
     /// A 2xx to an INVITE no transaction of ours awaits: if we ACKed it
-    /// (kept), the ACK again.
-    pub(super) fn reack(&mut self, now: Instant, key: &TxKey) -> bool {
-        let Some((flow, bytes)) = self.acks.get(now, key) else {
+    /// (kept), the ACK again; another answer to the same INVITE (a fork)
+    /// is ACKed and hung up on.
+    pub(super) fn reack(&mut self, now: Instant, resp: &Message) -> bool {
+        match self.acks.get(now, resp) {
+            Reack::Unknown => false,
+            Reack::Again(flow, bytes) => {
+                self.metrics.sip_retransmissions.inc();
+                self.out.push_back(Output::Transmit { flow, bytes });
+                true
+            }
+            Reack::Fork(leg) => {
+                self.hang_up_fork(now, leg, resp);
+                true
+            }
+        }
+    }
+
+    /// Another dialog a 2xx to one of our INVITEs created (a forking
+    /// proxy's second answer, or a refresh answered with another tag):
+    /// ACKed (kept, for its retransmissions) and hung up, unless it is a
+    /// dialog a call lives on, which only gets its ACK.
+    pub(super) fn hang_up_fork(&mut self, now: Instant, mut leg: Leg, resp: &Message) {
+        self.send_ack_kept(now, &leg, resp);
+        if self.live_dialog(&leg) {
+            return;
+        }
+        info!("another answer to an INVITE already answered: ACK and BYE");
+        self.send_bye(now, &mut leg);
+    }
+
+    /// Whether a call lives on `leg`'s dialog (its Call-ID and the peer's
+    /// tag): the caller's leg, the answered operator's, a transfer's.
+    fn live_dialog(&self, leg: &Leg) -> bool {
+        let Some(call) = [&self.by_a, &self.by_b]
+            .iter()
+            .find_map(|m| m.get(&leg.call_id))
+            .and_then(|c| self.calls.get(c))
+        else {
             return false;
         };
-        self.metrics.sip_retransmissions.inc();
-        self.out.push_back(Output::Transmit { flow, bytes });
-        true
+        let tag = dialogs::tag_of(&leg.remote);
+        let same = |l: &Leg| l.call_id == leg.call_id && dialogs::tag_of(&l.remote) == tag;
+        same(&call.a_leg)
+            || call
+                .b
+                .as_ref()
+                .and_then(|b| b.dialog.as_ref())
+                .is_some_and(same)
+            || call
+                .transfer
+                .as_ref()
+                .and_then(|t| t.dialog.as_ref())
+                .is_some_and(same)
     }
 }

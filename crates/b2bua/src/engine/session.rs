@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use centralino_media::sdp;
+use centralino_sip::dialog::Leg;
 use centralino_sip::guard::reason_phrase;
 use centralino_sip::session_timer;
 use centralino_sip::txn::{Flow, TxKey};
@@ -179,6 +180,7 @@ impl Engine {
         };
         call.a_leg.cseq += 1;
         call.refreshing = method == Method::Invite;
+        let min_se = call.refresh_tries.min_se;
         let leg = call.a_leg.clone();
         let contact = Self::caller_contact(call);
         let body = (method == Method::Invite).then(|| a_sdp(&call.media, &codecs));
@@ -187,6 +189,7 @@ impl Engine {
         req.push("Supported", "timer");
         // We make this request: `uac` is us.
         req.push("Session-Expires", &format!("{interval};refresher=uac"));
+        req.push("Min-SE", &min_se.to_string());
         if let Some(body) = body {
             req.set_body(Some("application/sdp"), body);
         }
@@ -205,13 +208,21 @@ impl Engine {
             &mut call.session_timer,
             &mut call.we_refresh,
             &mut call.peer_update,
+            &mut call.refresh_tries,
         );
+        let retry_in =
+            matches!(answer, RefreshAnswer::Retry).then(|| call.refresh_tries.retry_in());
         let step = call.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
-                call.a_leg.refresh_target(msg);
-                if msg.cseq_method == Method::Invite {
-                    let leg = call.a_leg.clone();
+                let ours = call.a_leg.answers(msg);
+                if ours {
+                    call.a_leg.refresh_target(msg);
+                }
+                let leg = call.a_leg.clone();
+                if !ours {
+                    self.refresh_not_ours(now, &leg, msg);
+                } else if msg.cseq_method == Method::Invite {
                     self.send_ack_kept(now, &leg, msg);
                     self.refresh_answer_media(call_id, Side::A, leg.flow, msg);
                 }
@@ -233,7 +244,7 @@ impl Engine {
                 );
             }
             RefreshAnswer::Retry => self.timers.push(Reverse((
-                now + REFRESH_RETRY,
+                now + retry_in.unwrap_or(REFRESH_RETRY),
                 call_id,
                 CallTimer::SessionRefresh(step),
             ))),
@@ -246,10 +257,59 @@ impl Engine {
 }
 
 /// A transient refusal of our refresh (491 glare, a 5xx) is tried again
-/// this much later; the expiry ends the call if none succeeds.
+/// this much later, doubled after each refusal in a row (at most 32
+/// times); the expiry ends the call if none succeeds.
 pub(super) const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
+/// What our refreshes of one leg learned from its refusals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RefreshTries {
+    /// Refusals in a row since the last 2xx.
+    pub(super) failures: u32,
+    /// The largest `Min-SE` a 422 made us take: every refresh that follows
+    /// carries it (RFC 4028 §7.4), so a proxy on the path that asked for
+    /// it is not asked again with less.
+    pub(super) min_se: u32,
+}
+
+impl Default for RefreshTries {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            min_se: session_timer::MIN_SE,
+        }
+    }
+}
+
+impl RefreshTries {
+    /// How long until the next try after a transient refusal: 2 s, then
+    /// twice as long after each refusal in a row, up to 64 s (a carrier
+    /// answering 503 to everything is not asked every 2 s for hours).
+    pub(super) fn retry_in(&mut self) -> Duration {
+        let wait = REFRESH_RETRY * (1 << self.failures.min(5));
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+}
+
 impl Engine {
+    /// A 2xx to our refresh whose Call-ID or To tag is not the dialog's:
+    /// the session is renewed (the far end's proxy said yes) but neither
+    /// its target nor its media are taken from it.
+    /// A 2xx to a re-INVITE is still ACKed, as the dialog it names
+    /// (and hung up unless a call lives on it).
+    pub(super) fn refresh_not_ours(&mut self, now: Instant, leg: &Leg, msg: &Message) {
+        warn!("a refresh answer with another dialog's tags: its Contact and SDP ignored");
+        self.metrics
+            .sdp_rejected
+            .with_label_values(&["refresh_foreign_dialog"])
+            .inc();
+        if msg.cseq_method == Method::Invite {
+            let other = Leg::from_response(&leg.local, leg.flow, msg);
+            self.hang_up_fork(now, other, msg);
+        }
+    }
+
     /// The SDP answer in a 2xx to our refresh re-INVITE of `side` (on
     /// `flow`). We offered the same session, but a far end may answer
     /// from a new address (an SBC that moved its media): taken as a
@@ -292,14 +352,26 @@ impl Engine {
                 .inc();
             return;
         }
-        if current.addr == addr {
+        let peer = Peer {
+            addr,
+            telephone_event: audio.telephone_event,
+            ..current
+        };
+        let direction = audio.direction.answer();
+        let was = match side {
+            Side::A => call.media.a_direction,
+            Side::B => call.media.b_direction,
+        };
+        if peer == current && direction == was {
             return;
         }
-        let peer = Peer { addr, ..current };
-        call.media.set_peer(side, peer, audio.direction.answer());
+        call.media.set_peer(side, peer, direction);
+        // Our next offer on this leg differs (its direction follows the
+        // far end's): a new SDP version (RFC 3264 §8).
+        call.media.version += 1;
         info!(
             side = side.label(),
-            "the far end moved its media in a refresh answer"
+            held, "the far end changed its media in a refresh answer"
         );
         self.out.push_back(Output::Media(MediaCommand::Update {
             call: call_id,
@@ -336,22 +408,25 @@ impl RefreshAnswer {
     }
 }
 
+/// The longest session interval we keep (a day).
+const MAX_SESSION: u32 = session_timer::MAX_SE;
+
 /// Reads the answer to our refresh of a leg whose timer is `interval`
 /// (seconds), updating it: a 2xx's `Session-Expires` may change the
 /// interval and hand the refreshing over (in its answer `uas` is the
 /// peer); 422 raises the interval to its `Min-SE`; an UPDATE refused
-/// as unknown falls back to re-INVITE (`peer_update` cleared).
-/// The longest session interval we keep (a day).
-const MAX_SESSION: u32 = session_timer::MAX_SE;
-
+/// as unknown falls back to re-INVITE (`peer_update` cleared); `tries`
+/// counts refusals in a row and keeps the largest `Min-SE` taken.
 pub(super) fn refresh_answer(
     msg: &Message,
     interval: &mut Option<u32>,
     we_refresh: &mut bool,
     peer_update: &mut bool,
+    tries: &mut RefreshTries,
 ) -> RefreshAnswer {
     match msg.code() {
         200..=299 => {
+            tries.failures = 0;
             if let Some(se) = session_timer::session_expires(msg) {
                 *interval = Some(se.interval.clamp(session_timer::MIN_SE, MAX_SESSION));
                 *we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
@@ -372,6 +447,7 @@ pub(super) fn refresh_answer(
                 return RefreshAnswer::Retry;
             }
             *interval = Some(asked);
+            tries.min_se = tries.min_se.max(asked);
             RefreshAnswer::Again("too_small")
         }
         405 | 501 if *peer_update => {

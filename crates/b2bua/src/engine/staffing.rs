@@ -239,6 +239,7 @@ impl Engine {
                         t_seconds: t,
                         target,
                         max_abandon: MAX_ABANDON,
+                        last: stats.erlang_a.map(|(_, n)| n),
                     }));
                 }
                 stats.erlang_a.map_or(c, |(_, n)| n)

@@ -28,7 +28,7 @@ use centralino_media::relay::Side;
 
 use super::{
     AgentStateError, CallbackState, CampaignCall, CampaignRun, DueCallback, Engine, Output,
-    RefreshAnswer, refresh_answer,
+    RefreshAnswer, RefreshTries, refresh_answer,
 };
 use crate::Metrics;
 use crate::media::{MediaCommand, MediaEvent};
@@ -6891,33 +6891,41 @@ fn erlang_a_is_asked_of_the_driver_every_fifteen_seconds_and_its_answer_shown() 
 /// a day, and so is a 2xx's interval.
 #[test]
 fn a_too_small_answer_without_a_larger_minimum_is_retried_later_not_at_once() {
-    let answer = |code: u16, extra: &str, interval: &mut Option<u32>| {
+    let mut tries = RefreshTries::default();
+    let mut answer = |code: u16, extra: &str, interval: &mut Option<u32>| {
         let text = format!(
             "SIP/2.0 {code} Whatever\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKr\r\nFrom: <sip:a@192.0.2.1>;tag=x\r\nTo: <sip:b@192.0.2.10>;tag=y\r\nCall-ID: r1\r\nCSeq: 3 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
         );
         let (mut we, mut upd) = (true, false);
-        refresh_answer(&parse(text.as_bytes()), interval, &mut we, &mut upd)
+        let a = refresh_answer(
+            &parse(text.as_bytes()),
+            interval,
+            &mut we,
+            &mut upd,
+            &mut tries,
+        );
+        (a, tries.min_se)
     };
     let mut interval = Some(300);
-    assert_eq!(answer(422, "", &mut interval), RefreshAnswer::Retry);
+    assert_eq!(answer(422, "", &mut interval), (RefreshAnswer::Retry, 90));
     assert_eq!(
         answer(422, "Min-SE: 300\r\n", &mut interval),
-        RefreshAnswer::Retry
+        (RefreshAnswer::Retry, 90)
     );
     assert_eq!(interval, Some(300));
     assert_eq!(
         answer(422, "Min-SE: 600\r\n", &mut interval),
-        RefreshAnswer::Again("too_small")
+        (RefreshAnswer::Again("too_small"), 600)
     );
     assert_eq!(interval, Some(600));
     assert_eq!(
         answer(422, "Min-SE: 4000000000\r\n", &mut interval),
-        RefreshAnswer::Again("too_small")
+        (RefreshAnswer::Again("too_small"), 86_400)
     );
     assert_eq!(interval, Some(86_400));
     assert_eq!(
         answer(422, "Min-SE: 4000000000\r\n", &mut interval),
-        RefreshAnswer::Retry
+        (RefreshAnswer::Retry, 86_400)
     );
     let mut interval = Some(300);
     assert_eq!(
@@ -6926,7 +6934,7 @@ fn a_too_small_answer_without_a_larger_minimum_is_retried_later_not_at_once() {
             "Session-Expires: 4000000000;refresher=uac\r\n",
             &mut interval
         ),
-        RefreshAnswer::Refreshed
+        (RefreshAnswer::Refreshed, 86_400)
     );
     assert_eq!(interval, Some(86_400));
 }
@@ -6976,9 +6984,33 @@ fn a_refresh_answer_that_moves_the_carriers_media_is_followed_within_the_checks(
     );
     assert!(h.media.is_empty(), "{:?}", h.media);
     assert_eq!(h.gauge("centralino_sdp_rejected_total{reason=refresh}"), 2);
+    // The same address, now holding us (sendonly) and with another
+    // telephone-event type: both followed though nothing moved.
+    let holding = format!(
+        "{}a=sendonly\r\n",
+        TRUNK_SDP
+            .replace("192.0.2.10", "192.0.2.11")
+            .replace("40000", "41000")
+            .replace("8 0 101", "8 0 96")
+            .replace("101 telephone", "96 telephone")
+    );
+    answer_with(&mut h, &holding);
+    assert!(
+        matches!(
+            h.media.as_slice(),
+            [MediaCommand::Update { side: Side::A, peer, held: true, .. }]
+                if peer.rtp().unwrap().addr.to_string() == "192.0.2.11:41000"
+                    && peer.rtp().unwrap().telephone_event == Some(96)
+        ),
+        "{:?}",
+        h.media
+    );
+    // Nothing new: nothing sent to the media plane.
+    answer_with(&mut h, &holding);
+    assert!(h.media.is_empty(), "{:?}", h.media);
     assert_eq!(
         h.gauge("centralino_session_refreshes_total{outcome=refreshed}"),
-        3
+        5
     );
 }
 
@@ -6998,14 +7030,117 @@ fn a_callers_reinvite_during_our_refresh_reinvite_gets_491_then_goes_through() {
     assert_eq!(codes(&out, TRUNK), vec![491], "{out:?}");
     let out = h.send(TRUNK, &in_dialog("UPDATE", TRUNK, "am1", &a_tag, 6, ""));
     assert_eq!(codes(&out, TRUNK), vec![200], "{out:?}");
+    // An UPDATE with an offer while ours is outstanding is glare too
+    // (RFC 3311 §5.2).
+    let out = h.send(
+        TRUNK,
+        &in_dialog("UPDATE", TRUNK, "am1", &a_tag, 7, TRUNK_SDP),
+    );
+    assert_eq!(codes(&out, TRUNK), vec![491], "{out:?}");
     let mut r = refresh.response(200, "OK", Some("am1"));
     r.push("Contact", &format!("<sip:trunk@{TRUNK}>"));
     h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
     let out = h.send(
         TRUNK,
-        &in_dialog("INVITE", TRUNK, "am1", &a_tag, 7, TRUNK_SDP),
+        &in_dialog("INVITE", TRUNK, "am1", &a_tag, 8, TRUNK_SDP),
     );
     assert_eq!(codes(&out, TRUNK), vec![200], "{out:?}");
+}
+
+/// The answer to our refresh re-INVITE is taken only from the carrier
+/// and only for its dialog: one from a stranger (who saw or guessed the
+/// branch) is dropped unanswered; one with another To tag is ACKed and
+/// hung up, and neither moves the media or the target. The real answer
+/// retransmitted after that is ACKed, never hung up.
+#[test]
+fn a_refresh_answer_from_a_stranger_or_another_dialog_moves_nothing() {
+    let (mut h, _) = connected_with("Session-Expires: 120\r\n");
+    let out = h.advance(Duration::from_secs(60));
+    let refresh = requests(&out, TRUNK, "INVITE")[0].clone();
+    let mut r = refresh.response(200, "OK", Some("am1"));
+    r.push("Contact", "<sip:hijack@192.0.2.66:5060>");
+    r.set_body(
+        Some("application/sdp"),
+        TRUNK_SDP.replace("192.0.2.10", "192.0.2.66").into_bytes(),
+    );
+    let genuine = String::from_utf8(r.to_bytes()).unwrap();
+    h.media.clear();
+    let out = h.send(STRANGER, &genuine);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(h.media.is_empty(), "{:?}", h.media);
+    assert_eq!(
+        h.gauge("centralino_sip_rejected_total{reason=foreign_response}"),
+        1
+    );
+    // From the carrier, but for another dialog (To tag): ACK and BYE to
+    // that dialog; nothing of ours moves.
+    let forked = genuine.replace(";tag=am1", ";tag=fork9");
+    assert_ne!(forked, genuine);
+    let out = h.send(TRUNK, &forked);
+    let (acks, byes) = (requests(&out, TRUNK, "ACK"), requests(&out, TRUNK, "BYE"));
+    assert_eq!((acks.len(), byes.len()), (1, 1), "{out:?}");
+    assert!(byes[0].header("To").unwrap().contains("tag=fork9"));
+    assert!(h.media.is_empty(), "{:?}", h.media);
+    assert_eq!(
+        h.gauge("centralino_sdp_rejected_total{reason=refresh_foreign_dialog}"),
+        1
+    );
+    // The dialog's own answer then: ACKed, the call kept.
+    let out = h.send(TRUNK, &genuine);
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
+    assert!(requests(&out, TRUNK, "BYE").is_empty(), "{out:?}");
+    assert!(requests(&out, PHONE1, "BYE").is_empty(), "{out:?}");
+    // The other dialog's answer again: its ACK again, no second BYE.
+    let out = h.send(TRUNK, &forked);
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
+    assert!(requests(&out, TRUNK, "BYE").is_empty(), "{out:?}");
+    // Our next refresh still goes to the carrier's target, not the
+    // Contact either answer named.
+    let out = h.advance(Duration::from_secs(60));
+    let next = requests(&out, TRUNK, "INVITE");
+    assert_eq!(next.len(), 1, "{out:?}");
+    assert!(!next[0].request_uri().unwrap().contains("hijack"));
+    assert!(requests(&out, STRANGER, "INVITE").is_empty());
+}
+
+/// A carrier refusing our refreshes (503) is asked again 2 s later, then
+/// 4, then 8: not every 2 s until the session lapses. A 422 raises the
+/// interval, and every refresh from then on carries its `Min-SE`
+/// (RFC 4028 §7.4).
+#[test]
+fn refused_refreshes_back_off_and_a_422s_minimum_is_carried() {
+    let (mut h, _) = connected_with("Session-Expires: 120\r\n");
+    let out = h.advance(Duration::from_secs(60));
+    let mut refresh = requests(&out, TRUNK, "INVITE")[0].clone();
+    assert_eq!(refresh.header("Min-SE"), Some("90"));
+    for wait in [2, 4, 8] {
+        let r = refresh.response(503, "Service Unavailable", Some("am1"));
+        h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
+        let out = h.advance(Duration::from_secs(wait - 1));
+        assert!(requests(&out, TRUNK, "INVITE").is_empty(), "{wait}");
+        let out = h.advance(Duration::from_secs(1));
+        let again = requests(&out, TRUNK, "INVITE");
+        assert_eq!(again.len(), 1, "again after {wait} s");
+        refresh = again[0].clone();
+    }
+    let mut r = refresh.response(422, "Session Interval Too Small", Some("am1"));
+    r.push("Min-SE", "200");
+    let out = h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
+    let again = requests(&out, TRUNK, "INVITE");
+    assert_eq!(again.len(), 1, "{out:?}");
+    assert_eq!(again[0].header("Min-SE"), Some("200"));
+    assert_eq!(
+        again[0].header("Session-Expires"),
+        Some("200;refresher=uac")
+    );
+    // Answered: the next refresh, half the interval later, still says so.
+    let mut ok = again[0].response(200, "OK", Some("am1"));
+    ok.push("Session-Expires", "200;refresher=uac");
+    h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
+    let out = h.advance(Duration::from_secs(100));
+    let next = requests(&out, TRUNK, "INVITE");
+    assert_eq!(next.len(), 1, "{out:?}");
+    assert_eq!(next[0].header("Min-SE"), Some("200"));
 }
 
 /// A re-INVITE is a target refresh (RFC 3261 §12.2.2): the caller's new

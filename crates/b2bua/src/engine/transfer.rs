@@ -57,6 +57,7 @@ impl Engine {
                 session_step: 0,
                 peer_update: false,
                 refreshing: false,
+                refresh_tries: RefreshTries::default(),
             });
         }
         true
@@ -278,10 +279,12 @@ impl Engine {
         leg.cseq += 1;
         let leg = leg.clone();
         t.refreshing = method == Method::Invite;
+        let min_se = t.refresh_tries.min_se;
         let mut req = self.in_dialog(&leg, method);
         req.push("Contact", &dialog::contact(leg.flow));
         req.push("Supported", "timer");
         req.push("Session-Expires", &format!("{interval};refresher=uac"));
+        req.push("Min-SE", &min_se.to_string());
         if with_sdp {
             req.set_body(Some("application/sdp"), body);
         }
@@ -295,17 +298,28 @@ impl Engine {
             return;
         };
         t.refreshing = false;
-        let answer = refresh_answer(msg, &mut t.session, &mut t.we_refresh, &mut t.peer_update);
+        let answer = refresh_answer(
+            msg,
+            &mut t.session,
+            &mut t.we_refresh,
+            &mut t.peer_update,
+            &mut t.refresh_tries,
+        );
+        let retry_in = matches!(answer, RefreshAnswer::Retry).then(|| t.refresh_tries.retry_in());
         let step = t.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
-                if let Some(leg) = t.dialog.as_mut() {
+                let ours = t.dialog.as_ref().is_some_and(|l| l.answers(msg));
+                if let Some(leg) = t.dialog.as_mut().filter(|_| ours) {
                     leg.refresh_target(msg);
                 }
-                let leg = t.dialog.clone();
-                if let Some(leg) = leg.filter(|_| msg.cseq_method == Method::Invite) {
-                    self.send_ack_kept(now, &leg, msg);
-                    self.refresh_answer_media(id, Side::B, leg.flow, msg);
+                match t.dialog.clone() {
+                    Some(leg) if !ours => self.refresh_not_ours(now, &leg, msg),
+                    Some(leg) if msg.cseq_method == Method::Invite => {
+                        self.send_ack_kept(now, &leg, msg);
+                        self.refresh_answer_media(id, Side::B, leg.flow, msg);
+                    }
+                    _ => {}
                 }
                 self.transfer_session_armed(now, id);
             }
@@ -319,7 +333,7 @@ impl Engine {
                 return;
             }
             RefreshAnswer::Retry => self.timers.push(Reverse((
-                now + REFRESH_RETRY,
+                now + retry_in.unwrap_or(REFRESH_RETRY),
                 id,
                 CallTimer::TransferRefresh(step),
             ))),
