@@ -230,6 +230,12 @@ fn talk_for(scratch: &Scratch, node: &Node, caller: &UdpSocket, ms: u32) {
             "-timeout",
             "60s",
             "-trace_msg",
+            // A key the operator's phone sends by SIP INFO is relayed to
+            // the carrier: this one lets it be (a real carrier answers it;
+            // SIPp would otherwise abort the call on a request its
+            // scenario does not name).
+            "-default_behaviors",
+            "all,-abortunexp",
         ],
     );
     let (mut node_a, mut seq) = (None, 0u16);
@@ -901,6 +907,11 @@ fn twinkle_holds_both_ways_resumes_and_keys_a_digit_by_info() {
         assert!(log.contains("INFO sip:"), "the key went by INFO:\n{log}");
         assert_eq!(
             node.metric("centralino_dtmf_digits_total{source=\"info\"}"),
+            1.0
+        );
+        // Relayed to the carrier by INFO, as the phone sent it.
+        assert_eq!(
+            node.metric("centralino_sip_requests_total{direction=\"out\",method=\"INFO\"}"),
             1.0
         );
         phone.stop();

@@ -4,8 +4,8 @@
 //! tenant, state. Never a call id, a number or an operator id.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Every label name a Centralino metric may carry: each has a bounded set
@@ -109,6 +109,11 @@ pub struct Metrics {
     pub dispatch: Histogram,
     /// `centralino_agents{tenant,state}`
     pub agents: IntGaugeVec,
+    /// `centralino_agent_state_seconds_total{tenant,state}`: operator-seconds
+    /// spent in each state (the integral of `centralino_agents`, to the
+    /// engine's 100 ms refresh, not the scrape's samples): occupancy and
+    /// the like are exact over any window in PromQL.
+    pub agent_state_seconds: CounterVec,
     /// `centralino_queue_agents{queue,state}`: operators a queue reaches in
     /// its first ring, by state available/busy/paused/logged_out (an
     /// operator counts in each of its queues).
@@ -425,6 +430,16 @@ impl Metrics {
                 "Operators by tenant and state",
                 &["tenant", "state"]
             )),
+            agent_state_seconds: reg!(
+                CounterVec::new(
+                    Opts::new(
+                        "centralino_agent_state_seconds_total",
+                        "Operator-seconds spent in each state, by tenant"
+                    ),
+                    &["tenant", "state"]
+                )
+                .expect("valid metric")
+            ),
             queue_agents: reg!(gv(
                 "centralino_queue_agents",
                 "Operators a queue reaches in its first ring, by state",

@@ -91,6 +91,21 @@ impl Engine {
             .iter()
             .map(|t| states(&metrics.agents, t))
             .collect();
+        let tenant_seconds = config
+            .tenants
+            .iter()
+            .map(|t| TenantTime {
+                seconds: Code::ALL
+                    .iter()
+                    .map(|c| {
+                        metrics
+                            .agent_state_seconds
+                            .with_label_values(&[t, c.label()])
+                    })
+                    .collect(),
+                counts: [0; 7],
+            })
+            .collect();
         let mut engine = Self {
             limits: config.sip.limits.clone(),
             txn: Transactions::new(config.sip.timers),
@@ -115,6 +130,8 @@ impl Engine {
             retiring: std::collections::HashSet::new(),
             paced: Vec::new(),
             tenant_gauges,
+            tenant_seconds,
+            states_at: now,
             agent_ids,
             login_paused: config.login_paused,
             qualify: config.qualify,

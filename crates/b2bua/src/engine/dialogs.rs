@@ -413,7 +413,39 @@ impl Engine {
         });
         if let Some(d) = digit {
             self.on_digit(now, call_id, side, d, "info");
+            self.relay_info(now, call_id, side, msg);
         }
+    }
+
+    /// A key pressed by INFO while the call is connected reaches the
+    /// other side as it came (an INFO with the same body in the other
+    /// dialog): the caller keying an extension or a code to the operator,
+    /// the operator's phone sending digits on to the carrier. Keys sent
+    /// as RFC 4733 events are relayed by the media plane. Not towards a
+    /// browser (its desktop has no INFO), nor during a consultation.
+    fn relay_info(&mut self, now: Instant, call_id: CallId, side: Side, msg: &Message) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if call.phase != Phase::Connected || call.consult.is_some() {
+            return;
+        }
+        let other = match side {
+            Side::A => match call.transfer.as_mut() {
+                Some(t) => t.dialog.as_mut(),
+                None => call.b.as_mut().and_then(|b| b.dialog.as_mut()),
+            },
+            Side::B => Some(&mut call.a_leg),
+        };
+        let Some(leg) = other.filter(|l| l.flow.transport != Transport::Browser) else {
+            return;
+        };
+        leg.cseq += 1;
+        let leg = leg.clone();
+        let mut info = self.in_dialog(&leg, Method::Info);
+        info.set_body(msg.header("Content-Type"), msg.body.clone());
+        debug!(from = side.label(), "key press relayed by INFO");
+        self.send_request(now, leg.flow, info, ClientRef::Other);
     }
 
     pub(super) fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {

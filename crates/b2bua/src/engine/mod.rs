@@ -184,6 +184,15 @@ type DidTable = HashMap<String, Target>;
 
 /// Supervisor views are published at most this often.
 const VIEWS_PERIOD: Duration = Duration::from_secs(1);
+/// The longest an idle engine goes without refreshing its gauges.
+const STATES_TICK: Duration = Duration::from_secs(5);
+
+/// A tenant's operator-seconds by state (`Code::ALL` order), and the
+/// counts they accrue at until the next refresh.
+struct TenantTime {
+    seconds: Vec<prometheus::Counter>,
+    counts: [u32; 7],
+}
 
 /// How often idle authentication-failure counters are dropped.
 const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
@@ -358,6 +367,10 @@ pub struct Engine {
     paced: Vec<(String, centralino_campaigns::Outcome)>,
     /// Per tenant: operators by state.
     tenant_gauges: Vec<Vec<IntGauge>>,
+    /// Per tenant, the time its operators spent in each state so far.
+    tenant_seconds: Vec<TenantTime>,
+    /// When `tenant_seconds` was last brought up to date.
+    states_at: Instant,
     agent_ids: HashMap<String, AgentId>,
     login_paused: bool,
     /// OPTIONS to idle operators' phones this often (`None`: off).

@@ -66,11 +66,29 @@ impl Engine {
                 g.set(i64::from(c));
             }
         }
-        for (t, agents) in self.tenant_gauges.iter().enumerate() {
+        // The time since the last refresh accrues at the counts then:
+        // refreshes follow every change within GAUGE_PERIOD, so each
+        // change is placed to 100 ms.
+        let elapsed = now.saturating_duration_since(self.states_at).as_secs_f64();
+        self.states_at = now;
+        for (t, (agents, time)) in self
+            .tenant_gauges
+            .iter()
+            .zip(self.tenant_seconds.iter_mut())
+            .enumerate()
+        {
             let counts = self.router.tenant_states(t);
             for (g, c) in agents.iter().zip(counts) {
                 g.set(i64::from(c));
             }
+            if elapsed > 0.0 {
+                for (s, was) in time.seconds.iter().zip(time.counts) {
+                    if was > 0 {
+                        s.inc_by(f64::from(was) * elapsed);
+                    }
+                }
+            }
+            time.counts = counts;
         }
         self.metrics
             .routing_groups
@@ -113,6 +131,11 @@ impl Engine {
         if now.saturating_duration_since(self.throttle_swept) >= THROTTLE_SWEEP {
             self.throttle_swept = now;
             self.registrar.sweep_throttle(now);
+        }
+        // An idle node still refreshes now and then, so the operators'
+        // time in each state reaches /metrics within a scrape or two.
+        if self.gauges_due.is_none() {
+            self.gauges_due = Some(now + STATES_TICK);
         }
     }
 

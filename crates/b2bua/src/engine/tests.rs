@@ -1167,7 +1167,25 @@ fn info_digits_and_rtp_digits_reach_the_call_and_silence_ends_it() {
     let info = format!(
         "INFO sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinfo\r\nFrom: <sip:+390612345678@192.0.2.10>;tag=am1\r\nTo: <sip:100@192.0.2.1>;tag={a_tag}\r\nCall-ID: m1\r\nCSeq: 5 INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n"
     );
-    assert_eq!(codes(&h.send(TRUNK, &info), TRUNK), vec![200]);
+    let out = h.send(TRUNK, &info);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    // Relayed to the operator's phone as it came, in its dialog.
+    let relayed = requests(&out, PHONE1, "INFO");
+    assert_eq!(relayed.len(), 1, "{out:?}");
+    assert_eq!(relayed[0].call_id, inv.call_id);
+    assert_eq!(
+        relayed[0].header("Content-Type"),
+        Some("application/dtmf-relay")
+    );
+    assert_eq!(relayed[0].body, b"Signal=5\r\nDuration=160\r\n");
+    // Not a key: answered, counted as nothing, not relayed.
+    let junk = info
+        .replace("z9hG4bKinfo", "z9hG4bKinfo2")
+        .replace("CSeq: 5", "CSeq: 6")
+        .replace("Signal=5\r\n", "Signal=X\r\n");
+    let out = h.send(TRUNK, &junk);
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert!(requests(&out, PHONE1, "INFO").is_empty(), "{out:?}");
     let call = CallId(1);
     h.engine.handle_media(
         h.now,
@@ -3952,6 +3970,11 @@ fn captured_twinkle_hold_with_a_null_address_and_a_key_by_info() {
     let out = h.send(PHONE1, &capture("twinkle_info_dtmf.sip", &fill));
     assert_eq!(codes(&out, PHONE1), vec![200], "{out:?}");
     assert_eq!(h.gauge("centralino_dtmf_digits_total{source=info}"), 1);
+    // The operator's key goes on to the carrier, in the caller's dialog.
+    let relayed = requests(&out, TRUNK, "INFO");
+    assert_eq!(relayed.len(), 1, "{out:?}");
+    assert_eq!(relayed[0].call_id, "m1");
+    assert!(!relayed[0].body.is_empty());
 }
 
 #[test]
@@ -7162,4 +7185,34 @@ fn a_callers_reinvite_with_a_new_contact_moves_the_target_of_our_next_request() 
     let refresh = requests(&out, TRUNK, "INVITE");
     assert_eq!(refresh.len(), 1, "{} messages out", out.len());
     assert_eq!(refresh[0].request_uri(), Some("sip:moved@192.0.2.10:5090"));
+}
+
+/// The operators' time in each state is counted (the integral of
+/// `centralino_agents`, to the engine's refresh), so occupancy over any
+/// window is a ratio of counters in PromQL, not of sampled gauges: 30 s
+/// on a call, 3 s of wrap-up, then available.
+#[test]
+fn operators_time_in_each_state_is_counted_for_exact_occupancy() {
+    let (mut h, ok) = connected_with("");
+    let a_tag = ok.to_tag.clone().unwrap();
+    let seconds = |h: &mut Harness, state: &str| {
+        h.gauge(&format!(
+            "centralino_agent_state_seconds_total{{state={state},tenant=demo}}"
+        ))
+    };
+    let available_before = seconds(&mut h, "available");
+    h.advance(Duration::from_secs(30));
+    let on_call = seconds(&mut h, "on_call");
+    assert!((29..=30).contains(&on_call), "{on_call}");
+    let out = h.send(TRUNK, &in_dialog("BYE", TRUNK, "am1", &a_tag, 2, ""));
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    h.advance(Duration::from_secs(20));
+    let wrap_up = seconds(&mut h, "wrap_up");
+    assert!((2..=3).contains(&wrap_up), "{wrap_up}");
+    assert_eq!(seconds(&mut h, "on_call"), on_call, "no longer on a call");
+    let available = seconds(&mut h, "available") - available_before;
+    assert!((16..=18).contains(&available), "{available}");
+    // The other operator of the configuration is logged out all along.
+    let logged_out = seconds(&mut h, "logged_out");
+    assert!((49..=50).contains(&logged_out), "{logged_out}");
 }
