@@ -229,6 +229,14 @@ pub(super) struct Call {
     /// the peer allows it (`peer_update`), else by re-INVITE.
     pub(super) we_refresh: bool,
     pub(super) peer_update: bool,
+    /// The caller's side listed INFO in its `Allow`: keys the operator
+    /// sends by INFO are relayed to it (RFC 6086 §4.2: never to a peer
+    /// that did not say it takes INFO).
+    pub(super) peer_info: bool,
+    /// Keys relayed by INFO on this call, and the last one's time: at
+    /// most `INFO_RELAYS_MOST`, `INFO_RELAY_SPACING` apart (a sender
+    /// cannot make the node flood the other phone).
+    pub(super) info_relays: (u16, Option<Instant>),
     /// Our refresh re-INVITE on the caller's leg awaits its answer: a
     /// re-INVITE from the caller meanwhile is glare (491, RFC 3261 §14.2).
     pub(super) refreshing: bool,
@@ -380,6 +388,8 @@ impl Call {
             session_step: 0,
             we_refresh: false,
             peer_update: false,
+            peer_info: false,
+            info_relays: (0, None),
             refreshing: false,
             refresh_tries: RefreshTries::default(),
             reliable: None,

@@ -579,6 +579,7 @@ impl Engine {
             };
             call.a_leg = leg.clone();
             call.peer_update = allows_update(msg);
+            call.peer_info = allows(msg, "INFO");
             if let Some(se) = session_timer::session_expires(msg) {
                 // We offered a session timer: in the carrier's answer
                 // `uac` is us.

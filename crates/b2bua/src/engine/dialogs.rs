@@ -239,7 +239,7 @@ impl Engine {
         let ours_pending = self.calls.get(&call_id).is_some_and(|c| match side {
             Side::A => offer && c.refreshing,
             Side::B => {
-                c.rejoin.as_ref().is_some_and(|r| r.pending)
+                offer && c.rejoin.as_ref().is_some_and(|r| r.pending)
                     || offer
                         && Self::transfer_dialog(c, msg).is_some()
                         && c.transfer.as_ref().is_some_and(|t| t.refreshing)
@@ -430,6 +430,21 @@ impl Engine {
         if call.phase != Phase::Connected || call.consult.is_some() {
             return;
         }
+        let (relayed, last) = call.info_relays;
+        if relayed >= INFO_RELAYS_MOST
+            || last.is_some_and(|t| now.saturating_duration_since(t) < INFO_RELAY_SPACING)
+        {
+            self.metrics
+                .sip_rejected
+                .with_label_values(&["info_relay_limited"])
+                .inc();
+            return;
+        }
+        let to_caller_refused = side == Side::B && !call.peer_info;
+        if to_caller_refused {
+            return;
+        }
+        call.info_relays = (relayed + 1, Some(now));
         let other = match side {
             Side::A => match call.transfer.as_mut() {
                 Some(t) => t.dialog.as_mut(),
@@ -545,6 +560,11 @@ impl Engine {
         self.send_stateless(leg.flow, &ack);
     }
 }
+
+/// Most keys relayed by INFO on one call, and the least time between two:
+/// people key at most a few digits a second.
+const INFO_RELAYS_MOST: u16 = 256;
+const INFO_RELAY_SPACING: Duration = Duration::from_millis(80);
 
 /// The `tag` parameter of a From/To value.
 pub(super) fn tag_of(header: &str) -> Option<&str> {

@@ -389,9 +389,14 @@ fn is_scanner(user_agent: &str) -> bool {
 
 /// Whether a peer's request or answer lists UPDATE in its `Allow`.
 pub(super) fn allows_update(msg: &Message) -> bool {
+    allows(msg, "UPDATE")
+}
+
+/// Whether `msg`'s `Allow` names `method`.
+pub(super) fn allows(msg: &Message, method: &str) -> bool {
     msg.headers_named("Allow")
         .flat_map(uri::split_list)
-        .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
+        .any(|m| m.trim().eq_ignore_ascii_case(method))
 }
 
 /// The caller a trusted carrier asserts (RFC 3325 `P-Asserted-Identity`,

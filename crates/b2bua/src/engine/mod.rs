@@ -184,7 +184,8 @@ type DidTable = HashMap<String, Target>;
 
 /// Supervisor views are published at most this often.
 const VIEWS_PERIOD: Duration = Duration::from_secs(1);
-/// The longest an idle engine goes without refreshing its gauges.
+/// The longest an idle engine goes without accruing its operators' time
+/// per state (`centralino_agent_state_seconds_total`).
 const STATES_TICK: Duration = Duration::from_secs(5);
 
 /// A tenant's operator-seconds by state (`Code::ALL` order), and the
@@ -564,6 +565,7 @@ impl Engine {
             self.qualify_due.peek().map(|Reverse((t, _))| *t),
             self.trunk_due.peek().map(|Reverse((t, _))| *t),
             self.gauges_due,
+            Some(self.states_at + STATES_TICK),
             self.grants.poll_timeout(),
             self.asking.as_ref().and_then(|a| a.out.poll_timeout()),
         ]
@@ -627,6 +629,10 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.gauges_due.is_some_and(|t| t <= now) {
             self.refresh_gauges(now);
+        } else if now >= self.states_at + STATES_TICK {
+            // Idle: only the operators' time accrues (no views pushed
+            // to the desks when nothing changed).
+            self.accrue_states(now);
         }
         self.txn.handle_timeout(now);
         self.registrar.handle_timeout(now);
@@ -1028,7 +1034,7 @@ mod vhold;
 use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer};
 use call::*;
 use campaigns::Paced;
-use ingress::{allows_update, asserted_caller};
+use ingress::{allows, allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use monitor::Monitoring;
 use monitor_phone::PhoneMonitor;

@@ -121,7 +121,9 @@ impl AckCache {
         Self {
             by_key: HashMap::new(),
             order: VecDeque::new(),
-            lasts: 64 * t1,
+            // The far end retransmits for 64 × its own T1 (500 ms by
+            // default), whatever ours is configured to.
+            lasts: (64 * t1).max(Duration::from_secs(32)),
         }
     }
 

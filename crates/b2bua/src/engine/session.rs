@@ -203,6 +203,21 @@ impl Engine {
             return;
         };
         call.refreshing = false;
+        if (200..300).contains(&msg.code()) && !call.a_leg.answers(msg) {
+            // Another dialog's 2xx (a broken or failed-over SBC): ACKed,
+            // nothing taken from it (interval, refresher, target, media),
+            // and the refresh tried again as after any refusal.
+            let leg = call.a_leg.clone();
+            let wait = call.refresh_tries.retry_in();
+            let step = call.session_step;
+            self.refresh_not_ours(now, &leg, msg);
+            self.timers.push(Reverse((
+                now + wait,
+                call_id,
+                CallTimer::SessionRefresh(step),
+            )));
+            return;
+        }
         let answer = refresh_answer(
             msg,
             &mut call.session_timer,
@@ -215,14 +230,9 @@ impl Engine {
         let step = call.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
-                let ours = call.a_leg.answers(msg);
-                if ours {
-                    call.a_leg.refresh_target(msg);
-                }
+                call.a_leg.refresh_target(msg);
                 let leg = call.a_leg.clone();
-                if !ours {
-                    self.refresh_not_ours(now, &leg, msg);
-                } else if msg.cseq_method == Method::Invite {
+                if msg.cseq_method == Method::Invite {
                     self.send_ack_kept(now, &leg, msg);
                     self.refresh_answer_media(call_id, Side::A, leg.flow, msg);
                 }
@@ -257,8 +267,8 @@ impl Engine {
 }
 
 /// A transient refusal of our refresh (491 glare, a 5xx) is tried again
-/// this much later, doubled after each refusal in a row (at most 32
-/// times); the expiry ends the call if none succeeds.
+/// this much later, doubled after each refusal in a row (up to 64 s);
+/// the expiry ends the call if none succeeds.
 pub(super) const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
 /// What our refreshes of one leg learned from its refusals.
@@ -296,17 +306,19 @@ impl Engine {
     /// A 2xx to our refresh whose Call-ID or To tag is not the dialog's:
     /// the session is renewed (the far end's proxy said yes) but neither
     /// its target nor its media are taken from it.
-    /// A 2xx to a re-INVITE is still ACKed, as the dialog it names
-    /// (and hung up unless a call lives on it).
+    /// A 2xx to a re-INVITE is still ACKed (kept, for its
+    /// retransmissions), as the dialog it names, but never hung up: it
+    /// carries the live call's Call-ID and our tag, and a stack matching
+    /// dialogs on those would end the real call.
     pub(super) fn refresh_not_ours(&mut self, now: Instant, leg: &Leg, msg: &Message) {
-        warn!("a refresh answer with another dialog's tags: its Contact and SDP ignored");
+        warn!("a refresh answer with another dialog's tags: nothing taken from it");
         self.metrics
             .sdp_rejected
             .with_label_values(&["refresh_foreign_dialog"])
             .inc();
         if msg.cseq_method == Method::Invite {
             let other = Leg::from_response(&leg.local, leg.flow, msg);
-            self.hang_up_fork(now, other, msg);
+            self.send_ack_kept(now, &other, msg);
         }
     }
 

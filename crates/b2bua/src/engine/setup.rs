@@ -112,6 +112,7 @@ impl Engine {
         };
         let (session_timer, we_refresh) = (session.map(|s| s.0), session.is_some_and(|s| s.1));
         let peer_update = allows_update(&msg);
+        let peer_info = allows(&msg, "INFO");
         // RFC 3262: a caller that requires it gets every provisional
         // response reliably (RSeq, retransmitted until its PRACK); one that
         // merely supports it gets them as usual.
@@ -259,6 +260,7 @@ impl Engine {
         call.session_timer = session_timer;
         call.we_refresh = we_refresh;
         call.peer_update = peer_update;
+        call.peer_info = peer_info;
         call.reliable = reliable;
         if let Some(c) = &consult {
             call.named = c.named;

@@ -66,30 +66,7 @@ impl Engine {
                 g.set(i64::from(c));
             }
         }
-        // The time since the last refresh accrues at the counts then:
-        // refreshes follow every change within GAUGE_PERIOD, so each
-        // change is placed to 100 ms.
-        let elapsed = now.saturating_duration_since(self.states_at).as_secs_f64();
-        self.states_at = now;
-        for (t, (agents, time)) in self
-            .tenant_gauges
-            .iter()
-            .zip(self.tenant_seconds.iter_mut())
-            .enumerate()
-        {
-            let counts = self.router.tenant_states(t);
-            for (g, c) in agents.iter().zip(counts) {
-                g.set(i64::from(c));
-            }
-            if elapsed > 0.0 {
-                for (s, was) in time.seconds.iter().zip(time.counts) {
-                    if was > 0 {
-                        s.inc_by(f64::from(was) * elapsed);
-                    }
-                }
-            }
-            time.counts = counts;
-        }
+        self.accrue_states(now);
         self.metrics
             .routing_groups
             .set(self.router.group_count() as i64);
@@ -132,10 +109,34 @@ impl Engine {
             self.throttle_swept = now;
             self.registrar.sweep_throttle(now);
         }
-        // An idle node still refreshes now and then, so the operators'
-        // time in each state reaches /metrics within a scrape or two.
-        if self.gauges_due.is_none() {
-            self.gauges_due = Some(now + STATES_TICK);
+    }
+
+    /// The operators' states per tenant (`centralino_agents`) and the time
+    /// since the last call accrued at the counts then
+    /// (`centralino_agent_state_seconds_total`): refreshes follow every
+    /// change within GAUGE_PERIOD, so each change is placed to 100 ms; an
+    /// idle engine comes here every STATES_TICK.
+    pub(super) fn accrue_states(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.states_at).as_secs_f64();
+        self.states_at = self.states_at.max(now);
+        for (t, (agents, time)) in self
+            .tenant_gauges
+            .iter()
+            .zip(self.tenant_seconds.iter_mut())
+            .enumerate()
+        {
+            let counts = self.router.tenant_states(t);
+            for (g, c) in agents.iter().zip(counts) {
+                g.set(i64::from(c));
+            }
+            if elapsed > 0.0 {
+                for (s, was) in time.seconds.iter().zip(time.counts) {
+                    if was > 0 {
+                        s.inc_by(f64::from(was) * elapsed);
+                    }
+                }
+            }
+            time.counts = counts;
         }
     }
 

@@ -3970,11 +3970,52 @@ fn captured_twinkle_hold_with_a_null_address_and_a_key_by_info() {
     let out = h.send(PHONE1, &capture("twinkle_info_dtmf.sip", &fill));
     assert_eq!(codes(&out, PHONE1), vec![200], "{out:?}");
     assert_eq!(h.gauge("centralino_dtmf_digits_total{source=info}"), 1);
-    // The operator's key goes on to the carrier, in the caller's dialog.
+    // This carrier's INVITE listed no INFO in `Allow`: the key is not
+    // sent on to it (RFC 6086 §4.2).
+    assert!(requests(&out, TRUNK, "INFO").is_empty(), "{out:?}");
+}
+
+/// A carrier that allows INFO gets the operator's keys, in the caller's
+/// dialog; keys faster than a person presses them are not relayed.
+#[test]
+fn the_operators_keys_by_info_reach_a_carrier_that_allows_info_at_a_human_pace() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(
+        TRUNK,
+        &invite_with("Allow: INVITE, ACK, CANCEL, BYE, INFO\r\n"),
+    );
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let info = |cseq: u32| {
+        capture(
+            "twinkle_info_dtmf.sip",
+            &[
+                ("target", "sip:centralino@192.0.2.1:5060"),
+                ("from_tag", "b1"),
+                ("to_tag", inv.from_tag.as_deref().unwrap()),
+                ("call_id", inv.call_id.as_str()),
+            ],
+        )
+        .replace("CSeq: 95", &format!("CSeq: {cseq}"))
+        .replace("z9hG4bKlywddxhv", &format!("z9hG4bKkey{cseq}"))
+    };
+    let out = h.send(PHONE1, &info(95));
     let relayed = requests(&out, TRUNK, "INFO");
     assert_eq!(relayed.len(), 1, "{out:?}");
     assert_eq!(relayed[0].call_id, "m1");
-    assert!(!relayed[0].body.is_empty());
+    assert_eq!(relayed[0].body, b"Signal=5\r\nDuration=100\r\n");
+    // At once again: answered, not relayed.
+    let out = h.send(PHONE1, &info(96));
+    assert_eq!(codes(&out, PHONE1), vec![200]);
+    assert!(requests(&out, TRUNK, "INFO").is_empty(), "{out:?}");
+    assert_eq!(
+        h.gauge("centralino_sip_rejected_total{reason=info_relay_limited}"),
+        1
+    );
+    h.advance(Duration::from_millis(100));
+    let out = h.send(PHONE1, &info(97));
+    assert_eq!(requests(&out, TRUNK, "INFO").len(), 1, "{out:?}");
 }
 
 #[test]
@@ -7072,9 +7113,10 @@ fn a_callers_reinvite_during_our_refresh_reinvite_gets_491_then_goes_through() {
 
 /// The answer to our refresh re-INVITE is taken only from the carrier
 /// and only for its dialog: one from a stranger (who saw or guessed the
-/// branch) is dropped unanswered; one with another To tag is ACKed and
-/// hung up, and neither moves the media or the target. The real answer
-/// retransmitted after that is ACKed, never hung up.
+/// branch) is dropped unanswered; one with another To tag is ACKed, never
+/// hung up, and counts as a refusal; neither moves the media, the target,
+/// the interval or the refresher. The real answer retransmitted after
+/// that is ACKed, never hung up.
 #[test]
 fn a_refresh_answer_from_a_stranger_or_another_dialog_moves_nothing() {
     let (mut h, _) = connected_with("Session-Expires: 120\r\n");
@@ -7095,14 +7137,18 @@ fn a_refresh_answer_from_a_stranger_or_another_dialog_moves_nothing() {
         h.gauge("centralino_sip_rejected_total{reason=foreign_response}"),
         1
     );
-    // From the carrier, but for another dialog (To tag): ACK and BYE to
-    // that dialog; nothing of ours moves.
-    let forked = genuine.replace(";tag=am1", ";tag=fork9");
+    // From the carrier, but for another dialog (To tag), asking for
+    // another interval and refresher: ACKed, never hung up (it carries
+    // the live call's Call-ID), and nothing of ours moves.
+    let forked = genuine.replace(";tag=am1", ";tag=fork9").replace(
+        "Content-Type:",
+        "Session-Expires: 3600;refresher=uas\r\nContent-Type:",
+    );
     assert_ne!(forked, genuine);
     let out = h.send(TRUNK, &forked);
     let (acks, byes) = (requests(&out, TRUNK, "ACK"), requests(&out, TRUNK, "BYE"));
-    assert_eq!((acks.len(), byes.len()), (1, 1), "{out:?}");
-    assert!(byes[0].header("To").unwrap().contains("tag=fork9"));
+    assert_eq!((acks.len(), byes.len()), (1, 0), "{out:?}");
+    assert!(acks[0].header("To").unwrap().contains("tag=fork9"));
     assert!(h.media.is_empty(), "{:?}", h.media);
     assert_eq!(
         h.gauge("centralino_sdp_rejected_total{reason=refresh_foreign_dialog}"),
@@ -7117,12 +7163,14 @@ fn a_refresh_answer_from_a_stranger_or_another_dialog_moves_nothing() {
     let out = h.send(TRUNK, &forked);
     assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
     assert!(requests(&out, TRUNK, "BYE").is_empty(), "{out:?}");
-    // Our next refresh still goes to the carrier's target, not the
-    // Contact either answer named.
-    let out = h.advance(Duration::from_secs(60));
+    // The foreign answer counted as a refusal: the refresh is tried
+    // again 2 s later, to the carrier's target (not the Contact either
+    // answer named), with our interval and ourselves as refresher.
+    let out = h.advance(Duration::from_millis(2_100));
     let next = requests(&out, TRUNK, "INVITE");
     assert_eq!(next.len(), 1, "{out:?}");
     assert!(!next[0].request_uri().unwrap().contains("hijack"));
+    assert_eq!(next[0].header("Session-Expires"), Some("120;refresher=uac"));
     assert!(requests(&out, STRANGER, "INVITE").is_empty());
 }
 

@@ -298,6 +298,17 @@ impl Engine {
             return;
         };
         t.refreshing = false;
+        if (200..300).contains(&msg.code())
+            && let Some(leg) = t.dialog.clone().filter(|l| !l.answers(msg))
+        {
+            // Another dialog's 2xx: as for the caller's leg.
+            let wait = t.refresh_tries.retry_in();
+            let step = t.session_step;
+            self.refresh_not_ours(now, &leg, msg);
+            self.timers
+                .push(Reverse((now + wait, id, CallTimer::TransferRefresh(step))));
+            return;
+        }
         let answer = refresh_answer(
             msg,
             &mut t.session,
@@ -309,17 +320,13 @@ impl Engine {
         let step = t.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
-                let ours = t.dialog.as_ref().is_some_and(|l| l.answers(msg));
-                if let Some(leg) = t.dialog.as_mut().filter(|_| ours) {
+                if let Some(leg) = t.dialog.as_mut() {
                     leg.refresh_target(msg);
                 }
-                match t.dialog.clone() {
-                    Some(leg) if !ours => self.refresh_not_ours(now, &leg, msg),
-                    Some(leg) if msg.cseq_method == Method::Invite => {
-                        self.send_ack_kept(now, &leg, msg);
-                        self.refresh_answer_media(id, Side::B, leg.flow, msg);
-                    }
-                    _ => {}
+                let leg = t.dialog.clone();
+                if let Some(leg) = leg.filter(|_| msg.cseq_method == Method::Invite) {
+                    self.send_ack_kept(now, &leg, msg);
+                    self.refresh_answer_media(id, Side::B, leg.flow, msg);
                 }
                 self.transfer_session_armed(now, id);
             }
