@@ -1038,5 +1038,5 @@ use ingress::{allows, allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use monitor::Monitoring;
 use monitor_phone::PhoneMonitor;
-use session::{REFRESH_RETRY, RefreshAnswer, RefreshTries, refresh_answer};
+use session::{REFRESH_RETRY, RefreshAnswer, RefreshTries, glare_wait, refresh_answer};
 use telemetry::code_label;

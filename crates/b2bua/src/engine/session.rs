@@ -13,6 +13,7 @@ use centralino_sip::session_timer;
 use centralino_sip::txn::{Flow, TxKey};
 use centralino_sip::{Message, Method, Transport};
 use centralino_types::CallId;
+use rand::RngCore;
 use tracing::{debug, info, warn};
 
 use super::{CallOutcome, CallTimer, ClientRef, Engine, Output, Side, a_sdp};
@@ -199,6 +200,7 @@ impl Engine {
     /// The answer to our session refresh (RFC 4028 §10), as
     /// [`refresh_answer`] reads it.
     pub(super) fn on_refresh_response(&mut self, now: Instant, call_id: CallId, msg: &Message) {
+        let dice = self.rng.next_u64();
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -225,8 +227,15 @@ impl Engine {
             &mut call.peer_update,
             &mut call.refresh_tries,
         );
-        let retry_in =
-            matches!(answer, RefreshAnswer::Retry).then(|| call.refresh_tries.retry_in());
+        // Glare (491) is not a refusal: RFC 3261 §14.1's random wait. The
+        // carrier chose the Call-ID of a call it brought, we a callback's.
+        let retry_in = match answer {
+            RefreshAnswer::Retry if msg.code() == 491 => {
+                Some(glare_wait(dice, call.inbound().is_none()))
+            }
+            RefreshAnswer::Retry => Some(call.refresh_tries.retry_in()),
+            _ => None,
+        };
         let step = call.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
@@ -270,6 +279,19 @@ impl Engine {
 /// this much later, doubled after each refusal in a row (up to 64 s);
 /// the expiry ends the call if none succeeds.
 pub(super) const REFRESH_RETRY: Duration = Duration::from_secs(2);
+
+/// How long to wait before our re-INVITE again after a 491 (RFC 3261
+/// §14.1), in 10 ms steps from `dice`: 2.1–4 s when we chose the dialog's
+/// Call-ID, 0–2 s when the peer did, so the two sides do not collide
+/// again.
+pub(super) fn glare_wait(dice: u64, we_own_call_id: bool) -> Duration {
+    let tens = if we_own_call_id {
+        210 + dice % 191
+    } else {
+        dice % 201
+    };
+    Duration::from_millis(tens * 10)
+}
 
 /// What our refreshes of one leg learned from its refusals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -113,6 +113,10 @@ impl Engine {
         let (session_timer, we_refresh) = (session.map(|s| s.0), session.is_some_and(|s| s.1));
         let peer_update = allows_update(&msg);
         let peer_info = allows(&msg, "INFO");
+        // RFC 4028 §7.4: our refreshes carry the largest Min-SE the dialog
+        // has seen, the caller's (or a proxy's on the way) included.
+        let min_se = session_timer::min_se(&msg)
+            .map_or(session_timer::MIN_SE, |m| m.max(session_timer::MIN_SE));
         // RFC 3262: a caller that requires it gets every provisional
         // response reliably (RSeq, retransmitted until its PRACK); one that
         // merely supports it gets them as usual.
@@ -261,6 +265,7 @@ impl Engine {
         call.we_refresh = we_refresh;
         call.peer_update = peer_update;
         call.peer_info = peer_info;
+        call.refresh_tries.min_se = min_se;
         call.reliable = reliable;
         if let Some(c) = &consult {
             call.named = c.named;

@@ -28,7 +28,7 @@ use centralino_media::relay::Side;
 
 use super::{
     AgentStateError, CallbackState, CampaignCall, CampaignRun, DueCallback, Engine, Output,
-    RefreshAnswer, RefreshTries, refresh_answer,
+    RefreshAnswer, RefreshTries, glare_wait, refresh_answer,
 };
 use crate::Metrics;
 use crate::media::{MediaCommand, MediaEvent};
@@ -7194,6 +7194,23 @@ fn refused_refreshes_back_off_and_a_422s_minimum_is_carried() {
         assert_eq!(again.len(), 1, "again after {wait} s");
         refresh = again[0].clone();
     }
+    // Glare (491) is no refusal: again within RFC 3261's random 0-2 s
+    // (the carrier chose this call's Call-ID), and the next refusal
+    // still waits 16 s, not 32.
+    let r = refresh.response(491, "Request Pending", Some("am1"));
+    h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
+    let out = h.advance(Duration::from_millis(2_010));
+    let again = requests(&out, TRUNK, "INVITE");
+    assert!(!again.is_empty(), "again within 2 s of the 491");
+    refresh = again[0].clone();
+    let r = refresh.response(503, "Service Unavailable", Some("am1"));
+    h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
+    let out = h.advance(Duration::from_secs(15));
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    let again = requests(&out, TRUNK, "INVITE");
+    assert_eq!(again.len(), 1, "again after 16 s");
+    refresh = again[0].clone();
     let mut r = refresh.response(422, "Session Interval Too Small", Some("am1"));
     r.push("Min-SE", "200");
     let out = h.send(TRUNK, &String::from_utf8(r.to_bytes()).unwrap());
@@ -7263,4 +7280,31 @@ fn operators_time_in_each_state_is_counted_for_exact_occupancy() {
     // The other operator of the configuration is logged out all along.
     let logged_out = seconds(&mut h, "logged_out");
     assert!((49..=50).contains(&logged_out), "{logged_out}");
+}
+
+/// RFC 3261 §14.1's wait after a 491: 2.1-4 s for the side that chose
+/// the Call-ID, 0-2 s for the other, in 10 ms steps.
+#[test]
+fn a_glares_wait_is_random_within_the_rfcs_bounds() {
+    for dice in (0..5_000u64).chain([u64::MAX, u64::MAX - 1]) {
+        let ours = glare_wait(dice, true);
+        assert!(
+            ours >= Duration::from_millis(2_100) && ours <= Duration::from_secs(4),
+            "{ours:?}"
+        );
+        let theirs = glare_wait(dice, false);
+        assert!(theirs <= Duration::from_secs(2), "{theirs:?}");
+        assert_eq!(ours.as_millis() % 10, 0);
+    }
+    assert_ne!(glare_wait(1, false), glare_wait(2, false));
+}
+
+/// The caller's own `Min-SE` (RFC 4028 §7.4) is carried by our refreshes.
+#[test]
+fn our_refreshes_carry_the_callers_min_se() {
+    let (mut h, _) = connected_with("Session-Expires: 300\r\nMin-SE: 240\r\n");
+    let out = h.advance(Duration::from_secs(150));
+    let refresh = requests(&out, TRUNK, "INVITE");
+    assert_eq!(refresh.len(), 1, "{out:?}");
+    assert_eq!(refresh[0].header("Min-SE"), Some("240"));
 }

@@ -294,6 +294,7 @@ impl Engine {
     /// The far end's answer to our refresh of the transfer leg, read as
     /// for the caller's (`refresh_answer`).
     pub(super) fn on_transfer_refresh_response(&mut self, now: Instant, id: CallId, msg: &Message) {
+        let dice = self.rng.next_u64();
         let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) else {
             return;
         };
@@ -316,7 +317,12 @@ impl Engine {
             &mut t.peer_update,
             &mut t.refresh_tries,
         );
-        let retry_in = matches!(answer, RefreshAnswer::Retry).then(|| t.refresh_tries.retry_in());
+        // Glare: a random 2.1–4 s (we chose this leg's Call-ID).
+        let retry_in = match answer {
+            RefreshAnswer::Retry if msg.code() == 491 => Some(glare_wait(dice, true)),
+            RefreshAnswer::Retry => Some(t.refresh_tries.retry_in()),
+            _ => None,
+        };
         let step = t.session_step;
         match answer {
             RefreshAnswer::Refreshed => {
