@@ -702,6 +702,13 @@ fn outside_opening_hours_a_caller_accepts_a_callback_and_is_never_a_dead_end() {
         node.metric("centralino_callbacks_total{outcome=\"ivr_created\"}"),
         1.0
     );
+    // The flow hangs up after the confirmation: the call ends as the
+    // callback's request (an `ivr_hangup` would be a dead end; the node
+    // then has no dead-end series at all).
+    assert_eq!(
+        node.metric("centralino_calls_total{outcome=\"callback_requested\"}"),
+        1.0
+    );
 }
 
 #[test]

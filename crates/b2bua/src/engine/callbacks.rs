@@ -767,7 +767,10 @@ impl Engine {
             && let Some(mut run) = call.run.take()
         {
             // Offered by the IVR flow: the flow confirms or falls back.
+            // Stored, the call ends as the request it is (however the
+            // flow ends it: its hangup node is no dead end then).
             call.callback_asked = false;
+            call.callback_stored |= stored;
             let event = if stored { "ivr_created" } else { "ivr_failed" };
             self.metrics.callbacks.with_label_values(&[event]).inc();
             let facts = facts!(self, now);

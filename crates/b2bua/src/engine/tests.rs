@@ -1749,6 +1749,16 @@ fn virtual_hold_stores_a_callback_then_frees_the_caller_and_keeps_the_place_on_f
         1
     );
     assert_eq!(h.engine.active_calls(), 0);
+    // The flow's hangup after a stored callback is the callback's request,
+    // not a dead end.
+    assert_eq!(
+        h.gauge("centralino_dead_ends_total{queue=,reason=ivr_hangup}"),
+        0
+    );
+    assert_eq!(
+        h.gauge("centralino_calls_total{outcome=callback_requested}"),
+        1
+    );
 }
 
 #[test]
