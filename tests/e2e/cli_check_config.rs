@@ -148,6 +148,11 @@ name = "richiamate"
 tenant = "demo"
 callback_key = "1"
 [queues.callback_number]
+[[queues]]
+name = "trabocco"
+tenant = "demo"
+when_unserved = "overflow"
+overflow_queue = "richiamate"
 "#,
     )
     .unwrap();
@@ -161,7 +166,15 @@ callback_key = "1"
         stderr.contains("warning: queues[1] (automatica)") && stderr.contains("withheld"),
         "{stderr}"
     );
-    assert!(!stderr.contains("richiamate"), "{stderr}");
+    assert!(!stderr.contains("queues[2] (richiamate)"), "{stderr}");
+    // An overflow whose queue is full too falls back to a callback on
+    // the caller id: the same gap.
+    assert!(
+        stderr.contains("warning: queues[3] (trabocco)")
+            && stderr.contains("full too")
+            && stderr.contains("withheld"),
+        "{stderr}"
+    );
     // An overflow must name another queue of the firm.
     std::fs::write(
         &path,

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use crate::common::{Node, Scratch, Sipp, free_port, register, scenario, trunk_to};
 
 /// Debian's Prometheus scraping `node` every second, evaluating
-/// `config/prometheus/centralino-rules.yml` every second (its groups'
-/// one-minute interval shortened for the test), on 127.0.0.1.
+/// `config/prometheus/centralino-rules.yml` and the alerts of
+/// `centralino-alerts.yml` every second (the rules' one-minute interval
+/// and the alerts' `for` durations shortened to a second for the test;
+/// their expressions as shipped), on 127.0.0.1.
 struct Prometheus {
     child: Child,
     port: u16,
@@ -31,10 +33,26 @@ impl Prometheus {
         .expect("the shipped rules")
         .replace("interval: 1m", "interval: 1s");
         std::fs::write(dir.join("rules.yml"), rules).expect("rules");
+        let alerts = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/prometheus/centralino-alerts.yml"
+        ))
+        .expect("the shipped alerts");
+        let alerts: String = alerts
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("for: ") {
+                    format!("{}for: 1s\n", &l[..l.len() - l.trim_start().len()])
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(dir.join("alerts.yml"), alerts).expect("alerts");
         std::fs::write(
             dir.join("prometheus.yml"),
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: centralino\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml, alerts.yml]\nscrape_configs:\n  - job_name: centralino\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
                 node.http_port
             ),
         )
@@ -383,8 +401,17 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    // Every panel of the shipped Grafana dashboard has data here (Grafana
-    // itself is not packaged by Debian: its queries are run as it would).
+    // Every panel of the shipped Grafana dashboard has data here but the
+    // kept callbacks' (no callback here: the next test has them).
+    let exprs = panel_queries(|e| !e.contains("callbacks_kept"));
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    prometheus.each_has_data(&exprs);
+}
+
+/// The shipped Grafana dashboard's queries that `keep` keeps, its
+/// `$queue` variable set to all queues (Grafana itself is not packaged by
+/// Debian: its queries are run as it would run them).
+fn panel_queries(keep: impl Fn(&str) -> bool) -> Vec<String> {
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -393,24 +420,246 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
         .expect("the dashboard"),
     )
     .expect("dashboard JSON");
-    let exprs: Vec<String> = dashboard["panels"]
+    dashboard["panels"]
         .as_array()
         .expect("panels")
         .iter()
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
         .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$queue", ".*")))
-        .collect();
-    assert!(exprs.len() >= 15, "{exprs:?}");
-    for expr in &exprs {
+        .filter(|e| keep(e))
+        .collect()
+}
+
+impl Prometheus {
+    /// Each query returns a sample within 20 s.
+    fn each_has_data(&self, exprs: &[String]) {
+        for expr in exprs {
+            let start = Instant::now();
+            while self.query(expr).is_none_or(|r| r.is_empty()) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "the panel's query has no data: {expr}"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+
+    /// Waits (30 s at most) until `query` has a sample for which `pred`
+    /// holds; its value.
+    fn wait_value(&self, query: &str, pred: impl Fn(f64) -> bool) -> f64 {
         let start = Instant::now();
-        while prometheus.query(expr).is_none_or(|r| r.is_empty()) {
+        loop {
+            if let Some(v) = self.value(query).filter(|v| pred(*v)) {
+                return v;
+            }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the panel's query has no data: {expr}"
+                start.elapsed() < Duration::from_secs(30),
+                "Prometheus: {query} = {:?}",
+                self.value(query)
             );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+const UNSTAFFED_CITIZENS: u32 = 3;
+
+fn unstaffed_config(sip: u16, http: u16, citizen_port: u16) -> String {
+    format!(
+        r#"[sip]
+listen = ["127.0.0.1:{sip}"]
+digest_algorithms = ["MD5"]
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[api.tokens]]
+name = "ops"
+token = "{ADMIN}"
+role = "admin"
+
+[[tenants]]
+name = "asl"
+
+[[trunks]]
+name = "carrier"
+tenant = "asl"
+peers = ["127.0.0.1"]
+outbound = "127.0.0.1:{citizen_port}"
+caller_id = "+39800123456"
+dids = {{ "100" = "info" }}
+
+[[queues]]
+name = "info"
+tenant = "asl"
+max_wait_seconds = 3
+when_unserved = "callback"
+callback_promise_minutes = 60
+
+[[agents]]
+username = "1001"
+password = "demo1001"
+tenant = "asl"
+queues = ["info"]
+"#
+    )
+}
+
+/// The hospital line of the seeds, half its operators quarantined: here
+/// nobody is logged in at all. Every caller is offered — and given — a
+/// callback on their number, none reaches a dead end, and the staffing
+/// alert fires in a real Prometheus on the shipped rules (the line has
+/// never measured a handling time: its expected one stands in). Then an
+/// operator logs in and every callback is kept, in time; the report and
+/// Prometheus (since the start and over 15 minutes) say the same.
+#[test]
+fn a_line_nobody_answers_calls_everyone_back_and_raises_the_staffing_alert() {
+    let scratch = Scratch::new("unstaffed");
+    let mut citizens = crate::common::far_end(
+        &scratch,
+        "citizens",
+        "citizen_answer.xml",
+        UNSTAFFED_CITIZENS,
+        "90s",
+    );
+    let citizen_port = citizens.port;
+    let node = Node::start_toml(&scratch, |sip, http| {
+        unstaffed_config(sip, http, citizen_port)
+    });
+    let prometheus = Prometheus::start(&scratch, &node);
+    // Scraped before the first call (the 15-minute figures are increases
+    // between two scrapes: the counters' zero must have been seen).
+    prometheus.wait_value("up{job=\"centralino\"}", |v| v == 1.0);
+    prometheus.wait_value("centralino_queue_callbacks_total{queue=\"info\"}", |v| {
+        v == 0.0
+    });
+    let n = UNSTAFFED_CITIZENS.to_string();
+    let mut callers = trunk_to(
+        &scratch,
+        &node,
+        "callers",
+        "trunk_unserved.xml",
+        &["-m", &n, "-r", &n],
+    );
+    callers.expect_success(Duration::from_secs(30));
+    // Each number stored for a callback; no dead end.
+    let (code, body) = node.http("GET", "/api/v1/callbacks?status=pending", Some(ADMIN), None);
+    assert_eq!(code, 200, "{body}");
+    let pending = crate::common::json(&body)["callbacks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pending.len(), UNSTAFFED_CITIZENS as usize, "{body}");
+    assert_eq!(
+        node.metric(
+            "centralino_unserved_total{action=\"callback\",queue=\"info\",reason=\"max_wait\"}"
+        ),
+        f64::from(UNSTAFFED_CITIZENS)
+    );
+    // The advisor counts with 180 s per call: operators needed, all
+    // missing; the alert fires, on the national figure.
+    let short = node.wait_metric(
+        "centralino_queue_agents_short{queue=\"info\"}",
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        short,
+        node.metric("centralino_queue_agents_needed{queue=\"info\"}")
+    );
+    let firing =
+        "ALERTS{alertname=\"CentralinoStaffingShort\",alertstate=\"firing\",queue=\"info\"}";
+    prometheus.wait_value(firing, |v| v == 1.0);
+    // No dead-end alert (evaluated with it, in the same second), and no
+    // dead end counted anywhere.
+    assert!(
+        prometheus
+            .query("ALERTS{alertname=\"CentralinoDeadEnds\"}")
+            .is_some_and(|r| r.is_empty()),
+        "no dead end"
+    );
+    assert_eq!(
+        prometheus
+            .value("sum(centralino_dead_ends_total)")
+            .unwrap_or(0.0),
+        0.0
+    );
+    // An operator logs in: the callbacks are placed one after the other
+    // (agent first), each citizen answers and talks for a second.
+    let phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-d",
+            "1000",
+            "-m",
+            &n,
+            "-timeout",
+            "90s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    citizens.expect_success(Duration::from_secs(90));
+    node.wait_metric(
+        "centralino_queue_callbacks_kept_total{in_time=\"yes\",queue=\"info\"}",
+        Duration::from_secs(10),
+        |v| v == f64::from(UNSTAFFED_CITIZENS),
+    );
+    // The report: three offered, three called back, none a dead end, all
+    // kept in time; service level 0 (nobody answered within T).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let path = format!(
+        "/api/v1/reports/queues?interval=1d&from={}&to={}",
+        centralino_types::time::rfc3339(now - 3600),
+        centralino_types::time::rfc3339(now + 3600)
+    );
+    let start = Instant::now();
+    let row = loop {
+        let (status, body) = node.http("GET", &path, Some(ADMIN), None);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let row = v["intervals"][0].clone();
+        if row["callbacks_kept"] == UNSTAFFED_CITIZENS {
+            break row;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (key, want) in [
+        ("offered", UNSTAFFED_CITIZENS),
+        ("answered", 0),
+        ("callbacks", UNSTAFFED_CITIZENS),
+        ("dead_ends", 0),
+        ("callbacks_requested", UNSTAFFED_CITIZENS),
+        ("callbacks_kept", UNSTAFFED_CITIZENS),
+        ("callbacks_kept_in_time", UNSTAFFED_CITIZENS),
+    ] {
+        assert_eq!(row[key], want, "{key}: {row}");
+    }
+    assert_eq!(row["service_level"], 0.0, "{row}");
+    // Prometheus agrees, since the start and over the last 15 minutes.
+    for q in [
+        "centralino:queue_service_level:ratio{queue=\"info\"}",
+        "centralino:queue_service_level:ratio_15m{queue=\"info\"}",
+    ] {
+        prometheus.wait_value(q, |v| v == 0.0);
+    }
+    for q in [
+        "centralino:queue_callbacks_kept_in_time:ratio{queue=\"info\"}",
+        "centralino:queue_callbacks_kept_in_time:ratio_15m{queue=\"info\"}",
+    ] {
+        prometheus.wait_value(q, |v| v == 1.0);
+    }
+    // The dashboard's kept-callbacks panels have their data.
+    let exprs = panel_queries(|e| e.contains("callbacks_kept"));
+    assert!(!exprs.is_empty());
+    prometheus.each_has_data(&exprs);
 }
 
 /// The staffing forecast: a store holding three days of calls at the

@@ -84,6 +84,9 @@ pub struct Metrics {
     pub calls: IntCounterVec,
     /// `centralino_calls_active`
     pub calls_active: IntGauge,
+    /// `centralino_draining`: 1 once the node refuses new calls to stop
+    /// (a drain), whether or not any call has come since.
+    pub draining: IntGauge,
     /// `centralino_call_setup_duration_seconds`: INVITE in to 200 OK out.
     pub call_setup: Histogram,
     /// `centralino_queue_calls{queue}`: calls waiting now.
@@ -141,6 +144,10 @@ pub struct Metrics {
     /// `centralino_queue_callbacks_total{queue}`: visits that ended in a
     /// callback request (the caller's key, or the queue's offer).
     pub queue_callbacks: IntCounterVec,
+    /// `centralino_queue_callbacks_kept_total{queue,in_time}`: callbacks
+    /// done (an operator talked to the citizen), `in_time` `yes` within
+    /// the queue's `callback_promise_minutes` of its callback hours.
+    pub queue_callbacks_kept: IntCounterVec,
     /// `centralino_queue_overflowed_total{queue}`: callers the queue could
     /// not serve, passed to its `overflow_queue`.
     pub queue_overflowed: IntCounterVec,
@@ -366,6 +373,13 @@ impl Metrics {
                 IntGauge::new("centralino_calls_active", "Calls in progress")
                     .expect("valid metric")
             ),
+            draining: reg!(
+                IntGauge::new(
+                    "centralino_draining",
+                    "1 while the node is draining (new calls refused with 503)"
+                )
+                .expect("valid metric")
+            ),
             call_setup: reg!(
                 Histogram::with_opts(
                     HistogramOpts::new(
@@ -490,6 +504,11 @@ impl Metrics {
                 "centralino_queue_callbacks_total",
                 "Visits that ended in a callback request",
                 &["queue"]
+            )),
+            queue_callbacks_kept: reg!(cv(
+                "centralino_queue_callbacks_kept_total",
+                "Callbacks done (an operator talked to the citizen), within their promise or not",
+                &["queue", "in_time"]
             )),
             queue_overflowed: reg!(cv(
                 "centralino_queue_overflowed_total",

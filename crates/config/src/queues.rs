@@ -126,6 +126,18 @@ pub(crate) fn queue(
             "must be in 0.01..=1",
         );
     }
+    if !(1..=7200).contains(&q.expected_handle_seconds) {
+        p.add(
+            format!("{path}.expected_handle_seconds"),
+            "must be in 1..=7200",
+        );
+    }
+    if !(1..=10_080).contains(&q.callback_promise_minutes) {
+        p.add(
+            format!("{path}.callback_promise_minutes"),
+            "must be in 1..=10080 (a week)",
+        );
+    }
     if !(1..=20).contains(&q.callback_max_attempts) {
         p.add(format!("{path}.callback_max_attempts"), "must be in 1..=20");
     }
@@ -275,6 +287,8 @@ pub(crate) fn queue(
             level2: Duration::from_secs(q.service_level2_seconds),
             short_abandon: Duration::from_secs(q.short_abandon_seconds),
             target: q.service_level_target,
+            expected_handle: Duration::from_secs(q.expected_handle_seconds),
+            callback_promise: Duration::from_secs(q.callback_promise_minutes * 60),
         },
         callback_retry: Duration::from_secs(q.callback_retry_seconds),
         callback_customer_first: match q.callback_mode.as_deref() {
@@ -347,7 +361,8 @@ impl Config {
     /// Queues that can end a caller's call with nobody and no offer:
     /// `when_unserved = "hangup"` sends the queue's `exit_status` and
     /// nothing else; `"callback"` without `callback_number` cannot offer
-    /// one to a caller whose number is withheld or outside the dial plan.
+    /// one to a caller whose number is withheld or outside the dial plan,
+    /// nor can `"overflow"` when the other queue is full too.
     /// `check-config` prints these as warnings (each such call is counted
     /// in `centralino_dead_ends_total`).
     pub fn dead_end_warnings(&self) -> Vec<String> {
@@ -362,6 +377,10 @@ impl Config {
                 )),
                 Unserved::Callback if q.callback_number.is_none() => Some(format!(
                     "queues[{i}] ({}): a caller it cannot serve is called back on their caller id; one whose number is withheld or outside the dial plan is ended with {} (a dead end): set callback_number so they can key one in",
+                    q.routing.name, q.exit_status
+                )),
+                Unserved::Overflow(to) if q.callback_number.is_none() => Some(format!(
+                    "queues[{i}] ({}): a caller it cannot serve goes to {to:?}; when that queue is full too, they are called back on their caller id, and one whose number is withheld or outside the dial plan is ended with {} (a dead end): set callback_number so they can key one in",
                     q.routing.name, q.exit_status
                 )),
                 _ => None,

@@ -492,6 +492,10 @@ pub(super) struct RawQueue {
     pub(super) short_abandon_seconds: u64,
     #[serde(default = "default_service_level_target")]
     pub(super) service_level_target: f64,
+    #[serde(default = "default_expected_handle")]
+    pub(super) expected_handle_seconds: u64,
+    #[serde(default = "default_callback_promise")]
+    pub(super) callback_promise_minutes: u64,
     #[serde(default)]
     pub(super) when_unserved: Option<String>,
     #[serde(default)]
@@ -544,6 +548,14 @@ pub(super) fn default_service_level2() -> u64 {
 
 pub(super) fn default_short_abandon() -> u64 {
     5
+}
+
+pub(super) fn default_expected_handle() -> u64 {
+    180
+}
+
+pub(super) fn default_callback_promise() -> u64 {
+    120
 }
 
 pub(super) fn default_service_level_target() -> f64 {

@@ -66,6 +66,8 @@ const LIVE: &[&str] = &[
     "queues[].service_level2_seconds",
     "queues[].short_abandon_seconds",
     "queues[].service_level_target",
+    "queues[].expected_handle_seconds",
+    "queues[].callback_promise_minutes",
     // Read when a caller cannot be served.
     "queues[].when_unserved",
     "queues[].overflow_queue",

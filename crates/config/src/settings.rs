@@ -269,6 +269,22 @@ pub struct Queue {
     pub when_unserved: Unserved,
 }
 
+impl Queue {
+    /// By when a callback asked for at `asked` (Unix seconds; to be
+    /// placed not before `not_before`) is promised: the queue's
+    /// `callback_promise_minutes` of its callback hours from the later
+    /// of the two. `None` when the hours cannot keep it (not open that
+    /// long within 62 days).
+    pub fn callback_promised_by(&self, asked: i64, not_before: Option<i64>) -> Option<i64> {
+        let from = not_before.map_or(asked, |n| n.max(asked));
+        let open_for = self.service.callback_promise.as_secs() as i64;
+        match &self.callback_hours {
+            Some(hours) => hours.after_open(from, open_for),
+            None => Some(from + open_for),
+        }
+    }
+}
+
 /// A queue's policy for callers it cannot serve (README, "Never a dead
 /// end").
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,6 +313,12 @@ pub struct ServiceTargets {
     pub short_abandon: Duration,
     /// The service level to reach (0..1).
     pub target: f64,
+    /// The handling time the staffing advisor assumes before the queue
+    /// has measured one (no call completed since the start).
+    pub expected_handle: Duration,
+    /// How soon (in the queue's `callback_hours`) a callback is promised:
+    /// kept in time when an operator talks to the citizen within it.
+    pub callback_promise: Duration,
 }
 
 /// A guided conversation for operators: questions with branches.

@@ -426,6 +426,32 @@ fn callback_hours_are_checked() {
     );
     let c = Config::from_toml(&good).unwrap();
     assert!(c.queues[0].callback_hours.is_some());
+    // Two hours (the default promise) asked on Friday 4 December 2026 at
+    // 17:30 in Rome: half an hour on Friday, then Monday 08:00-09:30.
+    assert_eq!(
+        c.queues[0].callback_promised_by(1_796_401_800, None),
+        Some(1_796_632_200)
+    );
+    // A citizen who chose Monday 08:00: two hours from then.
+    assert_eq!(
+        c.queues[0].callback_promised_by(1_796_401_800, Some(1_796_626_800)),
+        Some(1_796_634_000)
+    );
+    let c = Config::from_toml(&format!(
+        "{base}callback_promise_minutes = 30
+"
+    ))
+    .unwrap();
+    assert_eq!(c.queues[0].callback_promised_by(100, None), Some(1900));
+    let ConfigError::Invalid(problems) = Config::from_toml(&format!(
+        "{base}callback_promise_minutes = 0
+expected_handle_seconds = 0
+"
+    ))
+    .unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(problems.len(), 2, "{problems:?}");
     let bad = good
         .replace("\"ven\"", "\"venerdi santo\"")
         .replace("08:00-18:00", "18:00-08:00");

@@ -108,6 +108,37 @@ impl Calendar {
     }
 }
 
+/// Longest stretch [`Calendar::after_open`] looks through: a calendar
+/// open less than this often keeps no promise.
+const LOOK_AHEAD: UnixSeconds = 62 * 86_400;
+
+impl Calendar {
+    /// The instant by which the service has been open `open_for` seconds
+    /// since `from` (counted by the minute: what a promise such as "we
+    /// call you back within two hours" means when it is made on a Friday
+    /// evening). `None` when the calendar is not open that long within
+    /// 62 days.
+    pub fn after_open(&self, from: UnixSeconds, open_for: UnixSeconds) -> Option<UnixSeconds> {
+        let mut left = open_for.max(0);
+        let mut t = from;
+        while left > 0 {
+            if t - from > LOOK_AHEAD {
+                return None;
+            }
+            // The rest of this minute (the first one may be partial).
+            let step = 60 - t.rem_euclid(60);
+            if self.open(t) {
+                if left <= step {
+                    return Some(t + left);
+                }
+                left -= step;
+            }
+            t += step;
+        }
+        Some(t)
+    }
+}
+
 /// Parses a weekday name (Italian or English, 3 letters suffice).
 pub fn parse_day(s: &str) -> Option<u32> {
     let s = s.to_ascii_lowercase();
@@ -195,6 +226,27 @@ mod tests {
         assert!(!cal.open(unix(2026, 12, 7, 10, 0)));
         assert!(cal.open(unix(2026, 12, 8, 10, 0)));
         assert!(!cal.open(unix(2026, 12, 25, 10, 0)));
+        // Two open hours from Friday 4 Dec 17:30 in Rome: half an hour
+        // on Friday, then from Tuesday 08:00 (Monday 7 Dec is closed):
+        // 09:30 on Tuesday.
+        assert_eq!(
+            cal.after_open(unix(2026, 12, 4, 16, 30) + 17, 7200),
+            Some(unix(2026, 12, 8, 8, 30) + 17)
+        );
+        // Within the day, exactly on the clock.
+        assert_eq!(
+            cal.after_open(unix(2026, 11, 30, 8, 0), 3600),
+            Some(unix(2026, 11, 30, 9, 0))
+        );
+        assert_eq!(
+            cal.after_open(unix(2026, 11, 30, 8, 0), 0),
+            Some(unix(2026, 11, 30, 8, 0))
+        );
+        let never = Calendar {
+            days: 0,
+            ..cal.clone()
+        };
+        assert_eq!(never.after_open(unix(2026, 11, 30, 8, 0), 60), None);
         assert_eq!(parse_day("Gio"), Some(3));
         assert_eq!(parse_day("sunday"), Some(6));
         assert_eq!(parse_hours("18:00-08:00"), None);

@@ -227,6 +227,7 @@ pub(crate) fn claim(
                                 requirements: None,
                                 priority: spec.priority.saturating_add(k.priority),
                                 created_unix: now,
+                                promised_unix: None,
                                 attempt: k.attempts,
                                 campaign: Some(Box::new(CampaignCall {
                                     campaign: campaign.clone(),

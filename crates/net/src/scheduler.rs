@@ -107,9 +107,23 @@ pub(crate) async fn callback_scheduler(
                 Err(e) => warn!(error = %e, "cannot read the claimed callbacks' versions"),
             }
         }
+        let promise = {
+            let config = config.borrow();
+            due.iter()
+                .map(|c| {
+                    config
+                        .queues
+                        .iter()
+                        .find(|q| q.routing.name == c.queue)
+                        .and_then(|q| q.callback_promised_by(c.created_at, c.not_before))
+                })
+                .collect::<Vec<_>>()
+        };
         let due = due
             .into_iter()
-            .map(|c| DueCallback {
+            .zip(promise)
+            .map(|(c, promised_unix)| DueCallback {
+                promised_unix,
                 id: c.id,
                 queue: c.queue,
                 number: c.number,

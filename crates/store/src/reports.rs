@@ -65,6 +65,14 @@ pub struct QueueFigures {
     /// Visits that ended unanswered, with no callback and no operator
     /// ever on the call (the citizen reached nobody).
     pub dead_ends: u64,
+    /// Callbacks asked for in the interval, whatever the way (waiting in
+    /// the queue, the IVR, the web, the API): counted by when they were
+    /// asked for, as visits are by when they started.
+    pub callbacks_requested: u64,
+    /// Of those, kept: an operator talked to the citizen.
+    pub callbacks_kept: u64,
+    /// Of those, kept within the queue's promise.
+    pub callbacks_kept_in_time: u64,
     /// Sum of the answered visits' waits.
     pub wait_answered_ms: i64,
     /// Operators' talk (hold included) in the queue's visits, and how many
@@ -226,6 +234,28 @@ pub struct Backlog {
 /// work for one request.
 pub const MAX_INTERVALS: i64 = 9_000;
 
+/// The row of `queue` for the interval of `span` holding `at_ms`, made
+/// (empty) when it has none yet.
+fn row_of(
+    rows: &mut Vec<QueueFigures>,
+    index: &mut std::collections::HashMap<(i64, String), usize>,
+    span: Span,
+    at_ms: i64,
+    queue: &str,
+    t: Thresholds,
+) -> usize {
+    let start = span.from_ms + (at_ms - span.from_ms) / span.interval_ms * span.interval_ms;
+    *index.entry((start, queue.to_owned())).or_insert_with(|| {
+        rows.push(QueueFigures {
+            start_ms: start,
+            queue: queue.to_owned(),
+            wrap_up_ms: t.wrap_up_ms,
+            ..QueueFigures::default()
+        });
+        rows.len() - 1
+    })
+}
+
 /// A visit in progress while walking one call's events.
 struct Visit {
     /// Index into the figures.
@@ -320,18 +350,8 @@ impl Store {
                 if at < span.from_ms || at >= span.to_ms {
                     continue;
                 }
-                let start =
-                    span.from_ms + (at - span.from_ms) / span.interval_ms * span.interval_ms;
                 let t = thresholds(&queue).unwrap_or(fallback);
-                let at_row = *index.entry((start, queue.clone())).or_insert_with(|| {
-                    rows.push(QueueFigures {
-                        start_ms: start,
-                        queue: queue.clone(),
-                        wrap_up_ms: t.wrap_up_ms,
-                        ..QueueFigures::default()
-                    });
-                    rows.len() - 1
-                });
+                let at_row = row_of(&mut rows, &mut index, span, at, &queue, t);
                 rows[at_row].offered += 1;
                 visit = Some(Visit {
                     at: at_row,
@@ -413,6 +433,65 @@ impl Store {
         }
         rows.sort_by(|a, b| (a.start_ms, &a.queue).cmp(&(b.start_ms, &b.queue)));
         Ok(rows)
+    }
+}
+
+impl Store {
+    /// Adds the callbacks asked for in `span` to `rows` (a
+    /// [`Store::queue_report`]'s): requested, kept, kept by the time
+    /// `promised_by(queue, asked, not_before)` says. An interval with
+    /// callbacks and no visit gets a row of its own (`thresholds` gives
+    /// its wrap-up, `fallback` for a queue no longer configured). A
+    /// callback moved to another node is that node's.
+    pub fn add_callback_figures(
+        &self,
+        span: Span,
+        rows: &mut Vec<QueueFigures>,
+        promised_by: impl Fn(&str, i64, Option<i64>) -> Option<i64>,
+        thresholds: impl Fn(&str) -> Option<Thresholds>,
+        fallback: Thresholds,
+    ) -> Result<(), StoreError> {
+        if span.interval_ms <= 0 || span.to_ms <= span.from_ms {
+            return Ok(());
+        }
+        let mut index: std::collections::HashMap<(i64, String), usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ((f.start_ms, f.queue.clone()), i))
+            .collect();
+        // Seconds in the table; the span in milliseconds (rounded out so
+        // a second straddling a bound is looked at, then filtered).
+        let mut stmt = self.conn.prepare(
+            "SELECT queue, created_at, not_before, status, updated_at FROM callbacks
+             WHERE created_at >= ?1 AND created_at <= ?2 AND status != 'moved'",
+        )?;
+        let mut found = stmt.query(params![
+            span.from_ms.div_euclid(1000),
+            span.to_ms.div_euclid(1000)
+        ])?;
+        while let Some(row) = found.next()? {
+            let queue: String = row.get(0)?;
+            let asked: i64 = row.get(1)?;
+            let not_before: Option<i64> = row.get(2)?;
+            let status: String = row.get(3)?;
+            let updated: i64 = row.get(4)?;
+            let at = asked.saturating_mul(1000);
+            if at < span.from_ms || at >= span.to_ms {
+                continue;
+            }
+            let t = thresholds(&queue).unwrap_or(fallback);
+            let i = row_of(rows, &mut index, span, at, &queue, t);
+            let f = &mut rows[i];
+            f.callbacks_requested += 1;
+            if status == "done" {
+                f.callbacks_kept += 1;
+                if promised_by(&queue, asked, not_before).is_some_and(|p| updated <= p) {
+                    f.callbacks_kept_in_time += 1;
+                }
+            }
+        }
+        rows.sort_by(|a, b| (a.start_ms, &a.queue).cmp(&(b.start_ms, &b.queue)));
+        Ok(())
     }
 }
 
@@ -630,6 +709,67 @@ mod tests {
             s.forecast(T0 - 10 * DAY, T0 - 10 * DAY + 900 * S, 7, t, FALLBACK_T)
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    /// Callbacks count in the interval they were asked for: requested,
+    /// kept (done), kept by their promise; failed, pending and moved ones
+    /// are not kept, and a moved one is the other node's.
+    #[test]
+    fn callbacks_are_counted_by_when_asked_kept_and_kept_in_time() {
+        use crate::Status;
+        let path = temp("report-callbacks");
+        let mut s = Store::open(&path).unwrap();
+        let t0 = T0 / 1000;
+        let mut make = |id: &str, at: i64, status: Option<Status>, closed: i64| {
+            let mut n = crate::tests::new(id, &format!("+39333000{id}"));
+            n.created_at = Some(t0 + at);
+            s.create_callback(&n, t0 + at).unwrap();
+            if let Some(st) = status {
+                s.set_status(id, st, Some("x"), t0 + closed).unwrap();
+            }
+        };
+        // Asked in the first interval: one kept in 30 minutes, one after
+        // three hours, one failed, one still pending, one moved away.
+        make("1", 0, Some(Status::Done), 1800);
+        make("2", 60, Some(Status::Done), 3 * 3600);
+        make("3", 120, Some(Status::Failed), 600);
+        make("4", 180, None, 0);
+        make("5", 240, Some(Status::Moved), 300);
+        // Asked in the second interval (no visit there): kept in time.
+        make("6", 900, Some(Status::Done), 1000);
+        // Outside the span.
+        make("7", -10, Some(Status::Done), 10);
+        let span = Span {
+            from_ms: T0,
+            to_ms: T0 + 1800 * S,
+            interval_ms: 900 * S,
+        };
+        let mut rows = s.queue_report(span, |_| None, FALLBACK_T).unwrap();
+        assert!(rows.is_empty());
+        // Promised within two hours of the request.
+        let promise = |q: &str, asked: i64, nb: Option<i64>| {
+            assert_eq!((q, nb), ("vaccini", None));
+            Some(asked + 7200)
+        };
+        s.add_callback_figures(span, &mut rows, promise, |_| None, FALLBACK_T)
+            .unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|f| {
+                (
+                    (f.start_ms - T0) / S,
+                    f.queue.as_str(),
+                    f.callbacks_requested,
+                    f.callbacks_kept,
+                    f.callbacks_kept_in_time,
+                    f.offered,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(0, "vaccini", 4, 2, 1, 0), (900, "vaccini", 1, 1, 1, 0)]
         );
     }
 

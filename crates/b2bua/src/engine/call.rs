@@ -41,6 +41,8 @@ impl Inbound {
 pub(super) struct Outbound {
     pub(super) id: String,
     pub(super) attempt: u32,
+    /// By when the callback was promised (Unix seconds).
+    pub(super) promised_unix: Option<i64>,
     /// Our INVITE to the citizen, built with the trunk's identity when the
     /// trunk is chosen; it leaves (with our offer) when it is dialled.
     pub(super) request: Box<Message>,

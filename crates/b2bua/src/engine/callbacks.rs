@@ -155,6 +155,7 @@ impl Engine {
         let outbound = Outbound {
             id: cb.id.clone(),
             attempt: cb.attempt,
+            promised_unix: cb.promised_unix,
             request: Box::new(invite),
             // A campaign's own mode decides, never the queue's callback
             // mode: a fragile (progressive) campaign is always agent first.
@@ -348,6 +349,23 @@ impl Engine {
             Some((cb, None, _)) => self.callback_state(&cb, state),
             None => {}
         }
+    }
+
+    /// A callback is done (an operator talks to the citizen): kept, in
+    /// time when within its promise (README, "Service figures").
+    /// A campaign's contact is only done (its own metrics count it).
+    pub(super) fn callback_kept(&mut self, now: Instant, id: CallId) {
+        if let Some(c) = self.calls.get(&id)
+            && let Some(o) = c.outbound().filter(|o| o.campaign.is_none())
+        {
+            let in_time = o.promised_unix.is_some_and(|p| self.unix_at(now) <= p);
+            let name = &self.router.queue(c.queue).name;
+            self.metrics
+                .queue_callbacks_kept
+                .with_label_values(&[name.as_str(), if in_time { "yes" } else { "no" }])
+                .inc();
+        }
+        self.outbound_state(id, CallbackState::Done);
     }
 
     /// An outbound attempt moved on: a callback's state for its record, a
@@ -644,7 +662,7 @@ impl Engine {
             // Customer first: done only once an operator talks to them
             // (a citizen who gives up waiting is called again).
             if !customer_first {
-                self.outbound_state(call_id, CallbackState::Done);
+                self.callback_kept(now, call_id);
             }
             return;
         }

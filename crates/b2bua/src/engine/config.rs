@@ -516,6 +516,11 @@ fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
     metrics.queue_answered.with_label_values(&[name]);
     metrics.queue_timed_out.with_label_values(&[name]);
     metrics.queue_callbacks.with_label_values(&[name]);
+    for in_time in ["yes", "no"] {
+        metrics
+            .queue_callbacks_kept
+            .with_label_values(&[name, in_time]);
+    }
     metrics.queue_overflowed.with_label_values(&[name]);
     metrics.queue_transferred.with_label_values(&[name]);
     metrics.queue_answered_wait.with_label_values(&[name]);
@@ -557,6 +562,11 @@ fn remove_queue_series(metrics: &Metrics, name: &str) {
     let _ = metrics.queue_answered.remove_label_values(&[name]);
     let _ = metrics.queue_timed_out.remove_label_values(&[name]);
     let _ = metrics.queue_callbacks.remove_label_values(&[name]);
+    for in_time in ["yes", "no"] {
+        let _ = metrics
+            .queue_callbacks_kept
+            .remove_label_values(&[name, in_time]);
+    }
     let _ = metrics.queue_overflowed.remove_label_values(&[name]);
     let _ = metrics.queue_transferred.remove_label_values(&[name]);
     let _ = metrics.queue_answered_wait.remove_label_values(&[name]);

@@ -253,6 +253,11 @@ pub struct DueCallback {
     pub priority: i32,
     /// When it was asked for (Unix seconds): it keeps that place.
     pub created_unix: i64,
+    /// By when it was promised (Unix seconds: the queue's
+    /// `callback_promise_minutes` of its callback hours from the request,
+    /// or from the time the citizen chose); `None` for a campaign's call
+    /// or a promise the calendar cannot keep.
+    pub promised_unix: Option<i64>,
     /// This attempt's number (1 for the first).
     pub attempt: u32,
     /// Set when a campaign places the call, not a citizen's request.

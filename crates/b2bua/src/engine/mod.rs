@@ -519,6 +519,7 @@ impl Engine {
             );
         }
         self.draining = true;
+        self.metrics.draining.set(1);
     }
 
     /// Graceful shutdown, last step (the drain's deadline): every call still
@@ -527,6 +528,7 @@ impl Engine {
     /// next start finds them in progress and recovers them.
     pub fn shutdown(&mut self, now: Instant) {
         self.draining = true;
+        self.metrics.draining.set(1);
         self.shutting_down = true;
         let ids: Vec<CallId> = self.calls.keys().copied().collect();
         if !ids.is_empty() {

@@ -427,7 +427,7 @@ impl Engine {
                     if o.customer_first {
                         // Customer first: the citizen, reached, now talks
                         // to an operator.
-                        self.outbound_state(call_id, CallbackState::Done);
+                        self.callback_kept(now, call_id);
                     } else {
                         // Agent first: the operator is there; the citizen
                         // is dialled once the store knows (never twice).

@@ -99,7 +99,9 @@ impl Engine {
             return;
         };
         let requeued = std::mem::take(&mut call.requeued);
-        if requeued || call.consult.is_some() {
+        // Neither a consultation nor a callback or a campaign's call being
+        // placed is the queue's inbound traffic (`queue_event`).
+        if requeued || call.consult.is_some() || call.outbound().is_some() {
             return;
         }
         call.visit_answered = false;
@@ -116,7 +118,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        if call.visit_answered || call.consult.is_some() {
+        if call.visit_answered || call.consult.is_some() || call.outbound().is_some() {
             return;
         }
         call.visit_answered = true;
@@ -153,7 +155,11 @@ impl Engine {
         wait: Duration,
         outcome: CallOutcome,
     ) {
-        if call.visit_answered || call.consult.is_some() || !call.in_queue {
+        if call.visit_answered
+            || call.consult.is_some()
+            || call.outbound().is_some()
+            || !call.in_queue
+        {
             return;
         }
         let Some(policy) = self.queues.get(call.queue.0 as usize) else {
@@ -197,12 +203,17 @@ impl Engine {
     /// last 15 minutes' offered rate and its recent handling time; Erlang
     /// A once the window has seen enough callers give up to measure their
     /// patience), and how many of them are missing among those logged in
-    /// and not on a break; set on its gauges too. `None` before any
-    /// handling time is known.
+    /// and not on a break; set on its gauges too. Until the queue has
+    /// measured a handling time (no operator has finished a call since the
+    /// start: a line nobody answers), its `expected_handle_seconds` stands
+    /// in, so the gap shows when it matters most.
     pub(super) fn staffing(&mut self, now: Instant, queue: QueueId) -> Option<(u32, u32)> {
         let policy = self.queues.get(queue.0 as usize)?;
         let service = policy.service;
-        let aht = self.router.queue_handle_time(queue)?;
+        let aht = self
+            .router
+            .queue_handle_time(queue)
+            .unwrap_or(service.expected_handle);
         let stats = self.queue_stats.get_mut(queue.0 as usize)?;
         let rate = stats.offered.rate(now);
         let patience = stats.offered.patience(now);

@@ -234,6 +234,16 @@ impl Engine {
             // queue's figures leave it out.
             return;
         }
+        if call.outbound().is_some() {
+            // A callback or a campaign's call being placed is no visit to
+            // the queue (it has figures of its own: callbacks requested,
+            // kept, kept in time; campaign attempts): counted as offered
+            // and answered at once, it would make the queue's service
+            // level look better for calling people back. Its operator's
+            // talk (`Record::Complete`) is still theirs, in the operators'
+            // report.
+            return;
+        }
         let position = self.router.estimate(call_id).map(|e| e.position);
         let queue = self.router.queue(call.queue).name.clone();
         if event == QueueEvent::Transfer {

@@ -1783,6 +1783,8 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         requirements: None,
         priority: 0,
         created_unix: 1_796_119_200 - 600,
+        // Promised within a minute of now: cb1 is kept in time.
+        promised_unix: Some(1_796_119_200 + 60),
         attempt,
         campaign: None,
     };
@@ -1878,6 +1880,10 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         h.callbacks.last().unwrap(),
         &("cb1".to_owned(), CallbackState::Done)
     );
+    assert_eq!(
+        h.gauge("centralino_queue_callbacks_kept_total{in_time=yes,queue=info}"),
+        1
+    );
     // The citizen hangs up: the operator gets BYE.
     let bye = format!(
         "BYE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKcbye\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
@@ -1927,6 +1933,12 @@ fn a_callback_reserves_an_operator_then_dials_the_citizen_and_retries_when_busy(
         assert_eq!(h.callbacks.last().unwrap(), &("cb2".to_owned(), want));
         h.advance(Duration::from_secs(10));
     }
+    // Busy twice: not kept, in time or not.
+    assert_eq!(
+        h.gauge("centralino_queue_callbacks_kept_total{in_time=yes,queue=info}")
+            + h.gauge("centralino_queue_callbacks_kept_total{in_time=no,queue=info}"),
+        1
+    );
 }
 
 #[test]
@@ -1946,6 +1958,7 @@ fn an_operator_gone_before_the_citizen_is_dialled_gives_the_callback_back_uncoun
         requirements: None,
         priority: 0,
         created_unix: 0,
+        promised_unix: None,
         attempt: 1,
         campaign: None,
     };
@@ -2027,6 +2040,7 @@ fn callback_at_its_dial() -> (Harness, CallId) {
             requirements: None,
             priority: 0,
             created_unix: 0,
+            promised_unix: None,
             attempt: 1,
             campaign: None,
         },
@@ -2099,6 +2113,7 @@ fn callback_dialled(
             requirements: None,
             priority: 0,
             created_unix: 0,
+            promised_unix: None,
             attempt: 1,
             campaign: None,
         },
@@ -2280,6 +2295,7 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
             requirements: None,
             priority: 0,
             created_unix: 0,
+            promised_unix: None,
             attempt: 1,
             campaign: None,
         },
@@ -2336,6 +2352,7 @@ fn customer_first_dials_the_citizen_then_queues_them_for_an_operator() {
             requirements: None,
             priority: 0,
             created_unix: 0,
+            promised_unix: None,
             attempt: 1,
             campaign: None,
         },
@@ -2723,12 +2740,16 @@ fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbac
             requirements: None,
             priority: 0,
             created_unix: 0,
+            promised_unix: None,
             attempt: 1,
             campaign: None,
         },
     );
     h.drain();
+    assert_eq!(h.gauge("centralino_draining"), 0);
     h.engine.set_draining();
+    // Said at once, before any new call is refused (the alert's signal).
+    assert_eq!(h.gauge("centralino_draining"), 1);
     let out = h.invite("d2");
     assert_eq!(codes(&out, TRUNK), vec![503]);
     let refused = out.iter().find(|(_, m)| m.code() == 503).unwrap();
@@ -3008,6 +3029,7 @@ fn a_callback_to_a_number_the_dial_plan_refuses_fails_without_any_invite() {
                 requirements: None,
                 priority: 0,
                 created_unix: 0,
+                promised_unix: None,
                 attempt: 1,
                 campaign: None,
             },
@@ -3067,6 +3089,7 @@ fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
         requirements: None,
         priority: 0,
         created_unix: 0,
+        promised_unix: None,
         attempt: 1,
         campaign: None,
     };
@@ -3335,6 +3358,7 @@ fn a_reload_applies_queue_timers_exit_status_dial_plans_trunks_and_passwords() {
         requirements: None,
         priority: 0,
         created_unix: 0,
+        promised_unix: None,
         attempt: 1,
         campaign: None,
     };
@@ -3625,6 +3649,7 @@ fn a_callback_offers_a_session_timer_and_refreshes_when_the_carrier_leaves_it_to
             requirements: None,
             priority: 0,
             created_unix: 0,
+            promised_unix: None,
             attempt: 1,
             campaign: None,
         },
@@ -4100,6 +4125,7 @@ fn campaign_due(
         requirements: None,
         priority: 0,
         created_unix: 0,
+        promised_unix: None,
         attempt: 1,
         campaign: Some(Box::new(CampaignCall {
             campaign: campaign.into(),
@@ -4167,6 +4193,7 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
             requirements: None,
             priority: 0,
             created_unix: 1_796_119_200,
+            promised_unix: None,
             attempt: 1,
             campaign: Some(Box::new(contact.clone())),
         }],
@@ -6707,6 +6734,43 @@ fn an_unserved_caller_overflows_to_the_firms_other_queue() {
     );
 }
 
+/// An overflow whose queue is full too ends in a callback, not a dead
+/// end: the first caller passes to `secondo` (room for one), the second
+/// finds it full at its maximum wait and is called back on their number.
+#[test]
+fn an_overflow_to_a_full_queue_becomes_a_callback() {
+    let config = CONFIG
+        .replace(
+            "when_unserved = \"hangup\"",
+            "when_unserved = \"overflow\"\noverflow_queue = \"secondo\"",
+        )
+        .replace(
+            "[[agents]]\nusername = \"1002\"",
+            "[[queues]]\nname = \"secondo\"\ntenant = \"demo\"\nmax_waiting = 1\n\n[[agents]]\nusername = \"1002\"",
+        );
+    let mut h = Harness::with(&config);
+    h.invite("f1");
+    h.advance(Duration::from_secs(1));
+    h.invite("f2");
+    h.advance(Duration::from_secs(9));
+    h.now += Duration::from_millis(500);
+    assert!(callbacks_asked(&mut h).is_empty());
+    assert_eq!(
+        h.gauge("centralino_unserved_total{action=overflow,queue=info,reason=max_wait}"),
+        1
+    );
+    h.now += Duration::from_secs(1);
+    assert_eq!(callbacks_asked(&mut h), ["+390612345678"]);
+    assert_eq!(
+        h.gauge("centralino_unserved_total{action=callback,queue=info,reason=max_wait}"),
+        1
+    );
+    assert_eq!(
+        h.gauge("centralino_dead_ends_total{queue=info,reason=max_wait}"),
+        0
+    );
+}
+
 /// Nobody logged in to the queue: the policy applies after a grace of 30 s
 /// (time for a phone to register) rather than at `max_wait_seconds`; a
 /// caller whose number is withheld cannot be called back and is the only
@@ -7317,4 +7381,35 @@ fn our_refreshes_carry_the_callers_min_se() {
     let refresh = requests(&out, TRUNK, "INVITE");
     assert_eq!(refresh.len(), 1, "{out:?}");
     assert_eq!(refresh[0].header("Min-SE"), Some("240"));
+}
+
+/// A line nobody answers has never measured a handling time: the advisor
+/// counts with the queue's `expected_handle_seconds` (180 s by default),
+/// so the operators it lacks show — and alert — from the first callers,
+/// not after the first call an operator finishes.
+#[test]
+fn a_queue_nobody_ever_answered_is_staffed_from_its_expected_handling_time() {
+    let mut h = Harness::new();
+    assert_eq!(h.gauge("centralino_queue_agents_needed{queue=info}"), 0);
+    for i in 0..20 {
+        h.invite(&format!("n{i}"));
+    }
+    h.advance(Duration::from_secs(2));
+    // 20 calls in the window's first minute, 180 s each, 80 % within 20 s.
+    let needed = centralino_routing::staffing::agents_needed(20.0 / 60.0, 180.0, 20.0, 0.8)
+        .expect("within bounds");
+    assert!(needed >= 60, "{needed}");
+    assert_eq!(
+        h.gauge("centralino_queue_agents_needed{queue=info}"),
+        i64::from(needed)
+    );
+    assert_eq!(
+        h.gauge("centralino_queue_agents_short{queue=info}"),
+        i64::from(needed),
+        "nobody logged in: all of them missing"
+    );
+    assert_eq!(
+        h.gauge("centralino_queue_handle_time_seconds{queue=info}"),
+        180
+    );
 }

@@ -2,8 +2,8 @@
 //! (`max_wait_seconds` reached, `max_waiting` full, nobody logged in), by
 //! the queue's `when_unserved`: a callback offered (the number dialogue of
 //! `callback_number`, else the caller id the dial plan accepts, stored at
-//! once), another queue of the firm, or, only where configured, the
-//! queue's exit status.
+//! once), another queue of the firm (a callback when that one is full
+//! too), or, only where configured, the queue's exit status.
 
 use super::*;
 use centralino_config::Unserved;
@@ -49,10 +49,10 @@ impl Engine {
                 .inc();
         };
         match when {
-            Unserved::Overflow(to) if citizen && !call.overflowed => {
+            Unserved::Overflow(ref to) if citizen && !call.overflowed => {
                 let target = self
                     .queue_ids
-                    .get(&to)
+                    .get(to)
                     .copied()
                     .filter(|q| self.router.has_room(*q));
                 if let Some(target) = target {
@@ -83,8 +83,17 @@ impl Engine {
                     self.enter_queue(now, call_id, target, &spec);
                     return;
                 }
+                // The other queue is full too (or gone): a callback rather
+                // than a dead end, below.
+                info!(queue = %name, to = %to, reason, "overflow queue full: a callback instead");
             }
-            Unserved::Callback if citizen && !call.callback_asked && call.vhold.is_none() => {
+            _ => {}
+        }
+        // A callback: the queue's policy, or an overflow that could not
+        // happen (the other queue full, or the caller already passed on
+        // once and unserved there too).
+        match when {
+            Unserved::Callback | Unserved::Overflow(_) if citizen => {
                 let number = call.caller.clone();
                 let usable = !call.private
                     && self

@@ -125,6 +125,8 @@ struct Live {
     agent_tenants: Vec<(String, String)>,
     /// Each queue's service thresholds (reports).
     targets: Arc<HashMap<String, centralino_store::Thresholds>>,
+    /// Each queue's callback promise (reports).
+    promises: Arc<reports::Promises>,
     /// Each running queue's service level target and T (seconds): what
     /// the forecast's operators are counted for.
     service: HashMap<String, (f64, f64)>,
@@ -154,6 +156,7 @@ impl Live {
                 })
                 .collect(),
             targets: Arc::new(reports::thresholds(config)),
+            promises: Arc::new(reports::promises(config)),
             service: config
                 .queues
                 .iter()

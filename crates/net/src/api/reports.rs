@@ -86,7 +86,7 @@ fn asked_for(query: Option<&str>, now: i64, filter: &str) -> Result<Asked, Strin
 }
 
 /// The columns, in order (CSV header and JSON keys).
-pub(crate) const COLUMNS: [&str; 20] = [
+pub(crate) const COLUMNS: [&str; 23] = [
     "start",
     "queue",
     "offered",
@@ -101,6 +101,9 @@ pub(crate) const COLUMNS: [&str; 20] = [
     "overflowed",
     "requeued",
     "dead_ends",
+    "callbacks_requested",
+    "callbacks_kept",
+    "callbacks_kept_in_time",
     "service_level",
     "service_level2",
     "abandon_rate",
@@ -127,6 +130,9 @@ pub(crate) fn row(f: &QueueFigures, t: Thresholds) -> Vec<Value> {
         json!(f.overflowed),
         json!(f.requeued),
         json!(f.dead_ends),
+        json!(f.callbacks_requested),
+        json!(f.callbacks_kept),
+        json!(f.callbacks_kept_in_time),
         json!(round(f.service_level())),
         json!(round(f.service_level2())),
         json!(round(f.abandon_rate())),
@@ -174,6 +180,41 @@ pub(crate) fn thresholds(config: &Config) -> HashMap<String, Thresholds> {
         .collect()
 }
 
+/// Each configured queue's callback promise (`callback_promise_minutes`
+/// of its `callback_hours`).
+pub(crate) type Promises = HashMap<String, centralino_config::Queue>;
+
+/// The queues' callback promises, from the configuration.
+pub(crate) fn promises(config: &Config) -> Promises {
+    config
+        .queues
+        .iter()
+        .map(|q| (q.routing.name.clone(), q.clone()))
+        .collect()
+}
+
+/// Every figure of a queue report: the queue log's, then the callbacks'.
+fn figures(
+    store: &centralino_store::Store,
+    span: Span,
+    targets: &HashMap<String, Thresholds>,
+    promises: &Promises,
+) -> Result<Vec<QueueFigures>, StoreError> {
+    let mut rows = store.queue_report(span, |q| targets.get(q).copied(), FALLBACK)?;
+    store.add_callback_figures(
+        span,
+        &mut rows,
+        |q, asked, not_before| {
+            promises
+                .get(q)
+                .and_then(|q| q.callback_promised_by(asked, not_before))
+        },
+        |q| targets.get(q).copied(),
+        FALLBACK,
+    )?;
+    Ok(rows)
+}
+
 /// `centralino report`: the same figures from a store file, for `query`
 /// (the endpoint's parameters), as JSON or CSV.
 pub fn report(
@@ -184,9 +225,7 @@ pub fn report(
 ) -> Result<String, String> {
     let a = asked(Some(query), unix_now())?;
     let targets = thresholds(config);
-    let rows = store
-        .queue_report(a.span, |q| targets.get(q).copied(), FALLBACK)
-        .map_err(|e| e.to_string())?;
+    let rows = figures(store, a.span, &targets, &promises(config)).map_err(|e| e.to_string())?;
     let rows: Vec<(QueueFigures, Thresholds)> = rows
         .into_iter()
         .filter(|f| a.only.as_deref().is_none_or(|q| q == f.queue))
@@ -408,10 +447,10 @@ pub(super) async fn queue_report(
             .is_none_or(|t| live.queues.get(q).is_some_and(|(qt, _)| qt == t))
             && a.only.as_deref().is_none_or(|only| only == q)
     };
-    let targets = live.targets.clone();
+    let (targets, promises) = (live.targets.clone(), live.promises.clone());
     let span = a.span;
     let Ok(rows) = api
-        .read_store(move |s| s.queue_report(span, |q| targets.get(q).copied(), FALLBACK))
+        .read_store(move |s| figures(s, span, &targets, &promises))
         .await
     else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
