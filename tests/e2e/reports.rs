@@ -614,11 +614,11 @@ fn a_line_nobody_answers_calls_everyone_back_and_raises_the_staffing_alert() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64;
-    let path = format!(
-        "/api/v1/reports/queues?interval=1d&from={}&to={}",
+    let (from, to) = (
         centralino_types::time::rfc3339(now - 3600),
-        centralino_types::time::rfc3339(now + 3600)
+        centralino_types::time::rfc3339(now + 3600),
     );
+    let path = format!("/api/v1/reports/queues?interval=1d&from={from}&to={to}");
     let start = Instant::now();
     let row = loop {
         let (status, body) = node.http("GET", &path, Some(ADMIN), None);
@@ -643,6 +643,47 @@ fn a_line_nobody_answers_calls_everyone_back_and_raises_the_staffing_alert() {
         assert_eq!(row[key], want, "{key}: {row}");
     }
     assert_eq!(row["service_level"], 0.0, "{row}");
+    // The queue log for `simulate --replay`, of queue info: the three
+    // callers and how they left (a callback each), none of the callbacks'
+    // own calls; replayed, three callers who left after their wait.
+    let replay = |queue: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .arg("report")
+            .arg("--replay")
+            .arg("--data-dir")
+            .arg(scratch.path("data"))
+            .args(["--from", &from, "--to", &to, "--queue", queue])
+            .output()
+            .expect("centralino report --replay");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = replay("info");
+    let events = |e: &str| text.lines().filter(|l| l.ends_with(e)).count();
+    assert_eq!(
+        (
+            events(",info,enter"),
+            events(",info,callback"),
+            events(",connect")
+        ),
+        (3, 3, 0),
+        "{text}"
+    );
+    assert_eq!(replay("altra").lines().count(), 1, "the header alone");
+    let log = scratch.path("replay.csv");
+    std::fs::write(&log, &text).expect("replay file");
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("simulate")
+        .arg("--replay")
+        .arg(&log)
+        .arg("--config")
+        .arg(scratch.path("centralino.toml"))
+        .arg("--json")
+        .output()
+        .expect("centralino simulate --replay");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["queues"]["info"]["offered"], 3, "{v}");
     // Prometheus agrees, since the start and over the last 15 minutes.
     for q in [
         "centralino:queue_service_level:ratio{queue=\"info\"}",

@@ -84,6 +84,10 @@ pub struct Metrics {
     pub calls: IntCounterVec,
     /// `centralino_calls_active`
     pub calls_active: IntGauge,
+    /// `centralino_info_relayed_total{outcome}`: key presses relayed by
+    /// INFO to the other leg, by its answer: delivered, refused, gone
+    /// (481, 408, no answer), not_taken (405, 415, 469, 501).
+    pub info_relayed: IntCounterVec,
     /// `centralino_draining`: 1 once the node refuses new calls to stop
     /// (a drain), whether or not any call has come since.
     pub draining: IntGauge,
@@ -373,6 +377,11 @@ impl Metrics {
                 IntGauge::new("centralino_calls_active", "Calls in progress")
                     .expect("valid metric")
             ),
+            info_relayed: reg!(cv(
+                "centralino_info_relayed_total",
+                "Key presses relayed by INFO to the other leg, by its answer",
+                &["outcome"]
+            )),
             draining: reg!(
                 IntGauge::new(
                     "centralino_draining",

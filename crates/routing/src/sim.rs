@@ -99,13 +99,18 @@ pub struct LogError {
 /// Most lines read from a queue-event log.
 pub const MAX_LOG_LINES: usize = 10_000_000;
 
-/// Reads a queue-event log: CSV lines `seconds,call,queue,event` with
-/// `event` one of `enter`, `connect`, `complete`, `abandon` (a header line
-/// starting with `seconds` and `#` comments are skipped). Each call's
-/// arrival is its `enter`; its handle time is `complete - connect` (or
-/// `default_handle` when not completed); an `abandon` gives its patience.
-/// The replay asks: with *these* operators, what would the same callers
-/// have lived?
+/// Reads a queue-event log: CSV lines `seconds,call,queue,event` (a
+/// header line starting with `seconds` and `#` comments are skipped), the
+/// events of the node's queue log. Each call's arrival is its first
+/// `enter` (one put back after losing their operator, passed to another
+/// queue or transferred enters again: still one caller); its handle time
+/// is its last `complete` less its first `connect` (or `default_handle`
+/// when not completed); an `abandon` or a `callback` (the caller left the
+/// line then, hanging up or asking to be called back) gives its patience.
+/// A caller the queue itself ended (`timeout`, `overflow`, `exit`) had
+/// patience left: the replay's own queue settings decide what becomes of
+/// them. `offer`, `requeue` and `transfer` change nothing here. The replay
+/// asks: with *these* operators, what would the same callers have lived?
 pub fn parse_queue_log(
     text: &str,
     queue_index: impl Fn(&str) -> Option<u32>,
@@ -156,14 +161,19 @@ pub fn parse_queue_log(
             "enter" => {
                 let q =
                     queue_index(queue).ok_or_else(|| err(format!("unknown queue {queue:?}")))?;
-                seen.enter = Some((t, q));
+                seen.enter.get_or_insert((t, q));
             }
-            "connect" => seen.connect = Some(t),
+            "connect" => {
+                seen.connect.get_or_insert(t);
+            }
             "complete" => seen.complete = Some(t),
-            "abandon" => seen.abandon = Some(t),
+            "abandon" | "callback" => {
+                seen.abandon.get_or_insert(t);
+            }
+            "timeout" | "overflow" | "exit" | "offer" | "requeue" | "transfer" => {}
             other => {
                 return Err(err(format!(
-                    "unknown event {other:?} (enter, connect, complete, abandon)"
+                    "unknown event {other:?} (enter, offer, connect, complete, requeue, abandon, callback, timeout, overflow, exit, transfer)"
                 )));
             }
         }
@@ -769,6 +779,35 @@ mod tests {
                    1,c,q,enter\n31,c,q,abandon\n";
         let arrivals = parse_queue_log(log, |q| (q == "q").then_some(0), 120.0).unwrap();
         assert_eq!(arrivals.len(), 3);
+        // Every event of the node's queue log is read: a caller put back
+        // and answered again is one arrival at its first `enter`, talking
+        // from its first answer to its last `complete`; one who took a
+        // callback left the line then; one the queue ended kept patience.
+        let full = "0,a,q,enter\n0,a,q,offer\n1,a,q,connect\n11,a,q,complete\n11,a,q,requeue\n\
+                    11,a,q,enter\n12,a,q,connect\n41,a,q,complete\n\
+                    2,b,q,enter\n42,b,q,callback\n3,c,q,enter\n303,c,q,timeout\n\
+                    4,d,q,enter\n9,d,q,overflow\n9,d,r,enter\n10,d,r,connect\n70,d,r,transfer\n70,d,r,complete\n\
+                    5,e,q,enter\n6,e,q,exit\n";
+        let idx = |q: &str| match q {
+            "q" => Some(0),
+            "r" => Some(1),
+            _ => None,
+        };
+        let got = parse_queue_log(full, idx, 120.0).unwrap();
+        let seen: Vec<(f64, u32, f64, Option<f64>)> = got
+            .iter()
+            .map(|a| (a.at, a.queue, a.handle, a.patience))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0.0, 0, 40.0, None),
+                (2.0, 0, 120.0, Some(40.0)),
+                (3.0, 0, 120.0, None),
+                (4.0, 0, 60.0, None),
+                (5.0, 0, 120.0, None),
+            ]
+        );
         assert_eq!(arrivals[0].handle, 60.0);
         assert_eq!(arrivals[2].patience, Some(30.0));
         // One operator: a is answered at once, b waits 60 s (SL 20 s

@@ -266,17 +266,27 @@ struct Visit {
 }
 
 impl Store {
-    /// The queue log of the calls entering a queue in `span`, as
-    /// `simulate --replay` reads it: (Unix ms, call, queue, event) for
-    /// `enter`, `connect`, `complete` and `abandon`, in order.
-    pub fn replay_log(&self, span: Span) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+    /// The queue log of the calls entering a queue (`only` that one, when
+    /// given) in `span`, as `simulate --replay` reads it: (Unix ms, call,
+    /// queue, event) for every queue event of those calls (of that queue
+    /// only, when given), in order — the timeouts, callbacks, overflows
+    /// and exits too, and every `enter` of a call that entered more than
+    /// once. Operators' logins and breaks are left out.
+    pub fn replay_log(
+        &self,
+        span: Span,
+        only: Option<&str>,
+    ) -> Result<Vec<(i64, String, String, String)>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT at, call, queue, event FROM queue_log
-             WHERE call IN (SELECT call FROM queue_log WHERE event = 'enter' AND at >= ?1 AND at < ?2)
-               AND event IN ('enter', 'connect', 'complete', 'abandon')
+             WHERE call IN (SELECT call FROM queue_log WHERE event = 'enter' AND at >= ?1 AND at < ?2
+                              AND (?3 IS NULL OR queue = ?3))
+               AND (?3 IS NULL OR queue = ?3)
+               AND event IN ('enter', 'offer', 'connect', 'complete', 'requeue', 'abandon',
+                             'timeout', 'callback', 'overflow', 'exit', 'transfer')
              ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![span.from_ms, span.to_ms], |r| {
+        let rows = stmt.query_map(params![span.from_ms, span.to_ms, only], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

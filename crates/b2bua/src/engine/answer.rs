@@ -44,7 +44,7 @@ pub(super) fn b_sdp(m: &AnchoredMedia) -> Vec<u8> {
         telephone_event: b.telephone_event,
         direction: m.b_direction,
         session: m.b_session,
-        version: m.version,
+        version: m.b_version,
     }
     .to_bytes()
 }

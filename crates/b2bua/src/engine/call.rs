@@ -81,7 +81,11 @@ pub(super) struct AnchoredMedia {
     /// o= session id towards the operator (`session + 1`; an attended
     /// transfer's operator keeps the one of their consultation).
     pub(super) b_session: u64,
+    /// o= version of our SDP towards the caller, and towards the
+    /// operator: each leg's own, raised by one when what we send that leg
+    /// changes and only then (RFC 3264 §8), whatever the other leg does.
     pub(super) version: u64,
+    pub(super) b_version: u64,
     /// Key presses so far (for the call's flow).
     pub(super) digits: String,
     /// The caller's INVITE had no SDP: our offer goes in the 200 OK and
@@ -94,7 +98,22 @@ pub(super) struct AnchoredMedia {
 impl AnchoredMedia {
     /// A side's peer and the direction we answer it with, as its new
     /// offer (or answer) says.
+    /// Sets a side's peer and the direction we answer it with; when that
+    /// changes what we send that side (its law, its telephone-event type,
+    /// our direction: not its address, which our SDP does not name), our
+    /// SDP to it takes its next version (RFC 3264 §8).
     pub(super) fn set_peer(&mut self, side: Side, peer: Peer, direction: Direction) {
+        let ours = |p: Option<Peer>, d: Direction| p.map(|p| (p.law, p.telephone_event, d));
+        let before = match side {
+            Side::A => ours(Some(self.a), self.a_direction),
+            Side::B => ours(self.b, self.b_direction),
+        };
+        if before != ours(Some(peer), direction) {
+            match side {
+                Side::A => self.version += 1,
+                Side::B => self.b_version += 1,
+            }
+        }
         match side {
             Side::A => {
                 self.a = peer;
@@ -239,6 +258,9 @@ pub(super) struct Call {
     /// most `INFO_RELAYS_MOST`, `INFO_RELAY_SPACING` apart (a sender
     /// cannot make the node flood the other phone).
     pub(super) info_relays: (u16, Option<Instant>),
+    /// A side answered a relayed INFO with "gone" (481, 408, no answer)
+    /// or "not taken" (405, 415, 469, 501): nothing more is relayed to it.
+    pub(super) info_off: [bool; 2],
     /// Our refresh re-INVITE on the caller's leg awaits its answer: a
     /// re-INVITE from the caller meanwhile is glare (491, RFC 3261 §14.2).
     pub(super) refreshing: bool,
@@ -392,6 +414,7 @@ impl Call {
             peer_update: false,
             peer_info: false,
             info_relays: (0, None),
+            info_off: [false; 2],
             refreshing: false,
             refresh_tries: RefreshTries::default(),
             reliable: None,

@@ -119,6 +119,7 @@ impl Engine {
             b_direction: Direction::SendRecv,
             session,
             b_session: session + 1,
+            b_version: 1,
             version: 1,
             digits: String::new(),
             late_offer: false,

@@ -294,7 +294,7 @@ impl Engine {
             return;
         };
         let (y_queue, b_peer, b_session, y_version) =
-            (yc.queue, yc.media.b, yc.media.b_session, yc.media.version);
+            (yc.queue, yc.media.b, yc.media.b_session, yc.media.b_version);
         yc.monitor = None;
         self.end_phone_monitor(now, y);
         // The transferring operator leaves the caller (NOTIFY, BYE,
@@ -321,7 +321,9 @@ impl Engine {
         media.b = b_peer;
         media.b_direction = Direction::SendRecv;
         media.b_session = b_session;
-        media.version = media.version.max(y_version) + 1;
+        // The colleague's leg goes on in its own session: the offer that
+        // moves it to this call's port is its next version.
+        media.b_version = y_version + 1;
         let record = self.queues[y_queue.0 as usize].record;
         if let Some(peer) = b_peer {
             self.out.push_back(Output::Media(MediaCommand::Bridge {
@@ -380,7 +382,7 @@ impl Engine {
                 telephone_event: p.telephone_event,
                 direction: Direction::SendRecv,
                 session: media.b_session,
-                version: media.version,
+                version: media.b_version,
             }
             .to_bytes()
         });

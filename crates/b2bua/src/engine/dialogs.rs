@@ -324,7 +324,6 @@ impl Engine {
                 browser: leg_flow.is_some_and(|f| f.transport == Transport::Browser),
             };
             call.media.set_peer(side, peer, audio.direction.answer());
-            call.media.version += 1;
             info!(side = side.label(), held, "session changed by re-INVITE");
             self.out.push_back(Output::Media(MediaCommand::Update {
                 call: call_id,
@@ -440,8 +439,9 @@ impl Engine {
                 .inc();
             return;
         }
-        let to_caller_refused = side == Side::B && !call.peer_info;
-        if to_caller_refused {
+        let to = side.other();
+        let to_caller_refused = to == Side::A && !call.peer_info;
+        if to_caller_refused || call.info_off[to.index()] {
             return;
         }
         call.info_relays = (relayed + 1, Some(now));
@@ -460,7 +460,34 @@ impl Engine {
         let mut info = self.in_dialog(&leg, Method::Info);
         info.set_body(msg.header("Content-Type"), msg.body.clone());
         debug!(from = side.label(), "key press relayed by INFO");
-        self.send_request(now, leg.flow, info, ClientRef::Other);
+        self.send_request(now, leg.flow, info, ClientRef::InfoRelay(call_id, to));
+    }
+
+    /// The final answer to a key press relayed by INFO to `to` (`None`:
+    /// none came), counted; a side that says the dialog is gone (481,
+    /// 408, RFC 5057 §5.1: the call itself ends by its BYE or its session
+    /// timer, not by a key) or that it does not take INFO (405, 415, 469,
+    /// 501) is sent no more.
+    pub(super) fn info_relay_answered(&mut self, call_id: CallId, to: Side, code: Option<u16>) {
+        let outcome = match code {
+            Some(200..=299) => "delivered",
+            None | Some(408 | 481) => "gone",
+            Some(405 | 415 | 469 | 501) => "not_taken",
+            Some(_) => "refused",
+        };
+        if matches!(outcome, "gone" | "not_taken")
+            && let Some(call) = self.calls.get_mut(&call_id)
+        {
+            call.info_off[to.index()] = true;
+            info!(
+                to = to.label(),
+                outcome, "keys by INFO no longer relayed to that side"
+            );
+        }
+        self.metrics
+            .info_relayed
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     pub(super) fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {

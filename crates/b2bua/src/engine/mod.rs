@@ -274,6 +274,8 @@ enum ClientRef {
     /// Our re-INVITE moving an attended transfer's consulted operator
     /// (the B-leg whose Call-ID this is) onto the caller's call.
     Rejoin(CallId, String),
+    /// A key press relayed by INFO to a call's `Side`.
+    InfoRelay(CallId, Side),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }
@@ -1040,5 +1042,5 @@ use ingress::{allows, allows_update, asserted_caller};
 use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use monitor::Monitoring;
 use monitor_phone::PhoneMonitor;
-use session::{REFRESH_RETRY, RefreshAnswer, RefreshTries, glare_wait, refresh_answer};
+use session::{REFRESH_RETRY, RefreshAnswer, RefreshTries, refresh_answer};
 use telemetry::code_label;

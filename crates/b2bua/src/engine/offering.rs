@@ -190,6 +190,13 @@ impl Engine {
                 let call = *call;
                 self.on_citizen_response(now, key, call, &msg);
             }
+            Some(ClientRef::InfoRelay(call, to)) => {
+                let (call, to) = (*call, *to);
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.info_relay_answered(call, to, Some(code));
+                }
+            }
             Some(ClientRef::Transfer(call)) => {
                 let call = *call;
                 self.on_transfer_response(now, key, call, &msg);
@@ -332,6 +339,8 @@ impl Engine {
                 b_peer.browser = browser;
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
+                // A new operator's dialog: our offer to it was version 1.
+                call.media.b_version = 1;
                 // Another node's operator hears that node's whisper.
                 let whisper = if agent.is_some() {
                     whisper_prompts(
@@ -554,6 +563,12 @@ impl Engine {
             let call_id = *call_id;
             self.client.remove(&key);
             self.transfer_failed(now, call_id);
+            return;
+        }
+        if let Some(ClientRef::InfoRelay(call_id, to)) = self.client.get(&key) {
+            let (call_id, to) = (*call_id, *to);
+            self.client.remove(&key);
+            self.info_relay_answered(call_id, to, None);
             return;
         }
         if let Some(ClientRef::Citizen(call_id)) = self.client.get(&key) {

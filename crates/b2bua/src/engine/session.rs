@@ -231,7 +231,7 @@ impl Engine {
         // carrier chose the Call-ID of a call it brought, we a callback's.
         let retry_in = match answer {
             RefreshAnswer::Retry if msg.code() == 491 => {
-                Some(glare_wait(dice, call.inbound().is_none()))
+                Some(call.refresh_tries.glare_in(dice, call.inbound().is_none()))
             }
             RefreshAnswer::Retry => Some(call.refresh_tries.retry_in()),
             _ => None,
@@ -280,6 +280,9 @@ impl Engine {
 /// the expiry ends the call if none succeeds.
 pub(super) const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
+/// 491s in a row taken as glare; the next ones as refusals.
+pub(super) const MAX_GLARES: u32 = 3;
+
 /// How long to wait before our re-INVITE again after a 491 (RFC 3261
 /// §14.1), in 10 ms steps from `dice`: 2.1–4 s when we chose the dialog's
 /// Call-ID, 0–2 s when the peer did, so the two sides do not collide
@@ -298,6 +301,8 @@ pub(super) fn glare_wait(dice: u64, we_own_call_id: bool) -> Duration {
 pub(super) struct RefreshTries {
     /// Refusals in a row since the last 2xx.
     pub(super) failures: u32,
+    /// 491s in a row since the last 2xx.
+    pub(super) glares: u32,
     /// The largest `Min-SE` a 422 made us take: every refresh that follows
     /// carries it (RFC 4028 §7.4), so a proxy on the path that asked for
     /// it is not asked again with less.
@@ -308,6 +313,7 @@ impl Default for RefreshTries {
     fn default() -> Self {
         Self {
             failures: 0,
+            glares: 0,
             min_se: session_timer::MIN_SE,
         }
     }
@@ -321,6 +327,20 @@ impl RefreshTries {
         let wait = REFRESH_RETRY * (1 << self.failures.min(5));
         self.failures = self.failures.saturating_add(1);
         wait
+    }
+
+    /// How long until the next try after a 491: RFC 3261 §14.1's random
+    /// wait ([`glare_wait`]) for the first [`MAX_GLARES`] in a row; past
+    /// them the far end is not in a glare but refusing, and the refusals'
+    /// backoff applies (a peer answering 491 to everything is not asked
+    /// every 2 s until the session expires).
+    pub(super) fn glare_in(&mut self, dice: u64, we_own_call_id: bool) -> Duration {
+        self.glares = self.glares.saturating_add(1);
+        if self.glares > MAX_GLARES {
+            self.retry_in()
+        } else {
+            glare_wait(dice, we_own_call_id)
+        }
     }
 }
 
@@ -399,10 +419,9 @@ impl Engine {
         if peer == current && direction == was {
             return;
         }
+        // Our next offer on this leg differs when its direction or types
+        // follow the far end's: then a new SDP version of this leg's.
         call.media.set_peer(side, peer, direction);
-        // Our next offer on this leg differs (its direction follows the
-        // far end's): a new SDP version (RFC 3264 §8).
-        call.media.version += 1;
         info!(
             side = side.label(),
             held, "the far end changed its media in a refresh answer"
@@ -461,6 +480,7 @@ pub(super) fn refresh_answer(
     match msg.code() {
         200..=299 => {
             tries.failures = 0;
+            tries.glares = 0;
             if let Some(se) = session_timer::session_expires(msg) {
                 *interval = Some(se.interval.clamp(session_timer::MIN_SE, MAX_SESSION));
                 *we_refresh = se.refresher != Some(session_timer::Refresher::Uas);

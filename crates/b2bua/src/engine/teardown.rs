@@ -123,16 +123,19 @@ impl Engine {
                         .queue_dequeued
                         .with_label_values(&[&queue_name, outcome.as_str()])
                         .inc();
-                    let event = QueueEvent::of_unanswered(outcome);
-                    self.out.push_back(Output::Record(Record::Queue {
-                        call: call.record_id.clone(),
-                        at_ms,
-                        queue: queue_name.clone(),
-                        event,
-                        agent: None,
-                        position: None,
-                        wait_ms,
-                    }));
+                    // A callback being placed is no visit (`queue_event`).
+                    if call.outbound().is_none() {
+                        let event = QueueEvent::of_unanswered(outcome);
+                        self.out.push_back(Output::Record(Record::Queue {
+                            call: call.record_id.clone(),
+                            at_ms,
+                            queue: queue_name.clone(),
+                            event,
+                            agent: None,
+                            position: None,
+                            wait_ms,
+                        }));
+                    }
                 }
                 self.metrics
                     .calls
@@ -141,14 +144,13 @@ impl Engine {
                 // A citizen who called and reached nobody, with no callback
                 // taken and no transfer: a dead end (our own outbound calls
                 // and operators' consultations are not citizens calling).
+                // One cut off by the node stopping is one too, as the
+                // reports count it (`shutdown`, `exit` in the queue log).
                 if call.outbound().is_none()
                     && call.transferred.is_none()
                     && call.consult.is_none()
                     && !call.visit_answered
-                    && !matches!(
-                        outcome,
-                        CallOutcome::CallbackRequested | CallOutcome::Shutdown
-                    )
+                    && outcome != CallOutcome::CallbackRequested
                 {
                     let queue = if call.in_queue {
                         queue_name.as_str()

@@ -26,9 +26,10 @@ use centralino_media::announce::{self, Library};
 use centralino_media::prompt::Prompt;
 use centralino_media::relay::Side;
 
+use super::session::glare_wait;
 use super::{
     AgentStateError, CallbackState, CampaignCall, CampaignRun, DueCallback, Engine, Output,
-    RefreshAnswer, RefreshTries, glare_wait, refresh_answer,
+    RefreshAnswer, RefreshTries, refresh_answer,
 };
 use crate::Metrics;
 use crate::media::{MediaCommand, MediaEvent};
@@ -1158,6 +1159,113 @@ fn reinvite_hold_and_resume_are_answered_without_touching_the_other_leg() {
         h.media.last(),
         Some(MediaCommand::Update { held: false, .. })
     ));
+}
+
+/// The `o=` version of our SDP: its third field.
+fn sdp_version(body: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(body);
+    let o = text
+        .lines()
+        .find(|l| l.starts_with("o="))
+        .expect("an o= line");
+    o.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// Each leg's SDP has its own version (RFC 3264 §8: raised by one when
+/// what we send that leg changes, the same when nothing does): the
+/// caller's hold and resume move the caller's version only; the
+/// operator's hold then is the operator leg's first change.
+#[test]
+fn each_legs_sdp_version_moves_with_its_own_changes_only() {
+    let (mut h, ok, inv) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let first = sdp_version(&ok.body);
+    let caller = |cseq: u32, dir: &str| {
+        let sdp = format!(
+            "v=0\r\no=- 1 {cseq} IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 40002 RTP/AVP 8\r\na={dir}\r\n"
+        );
+        in_dialog("INVITE", TRUNK, "am1", &a_tag, cseq, &sdp)
+    };
+    let answer = |out: &[(SocketAddr, Message)], to: &str| {
+        let to: SocketAddr = to.parse().unwrap();
+        let ok = out
+            .iter()
+            .find(|(a, m)| *a == to && m.code() == 200)
+            .expect("a 200")
+            .1
+            .clone();
+        sdp_version(&ok.body)
+    };
+    let out = h.send(TRUNK, &caller(2, "sendonly"));
+    assert_eq!(answer(&out, TRUNK), first + 1);
+    let out = h.send(TRUNK, &caller(3, "sendrecv"));
+    assert_eq!(answer(&out, TRUNK), first + 2);
+    // The operator's phone holds the caller: its leg's first change.
+    let hold = PHONE_SDP.replace("a=sendrecv", "").trim_end().to_owned() + "\r\na=sendonly\r\n";
+    let reinvite = format!(
+        "INVITE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKph2\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:phone@{PHONE1}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}",
+        inv.header("To").unwrap(),
+        inv.header("From").unwrap(),
+        inv.call_id,
+        hold.len()
+    );
+    let out = h.send(PHONE1, &reinvite);
+    assert_eq!(answer(&out, PHONE1), 2, "{out:?}");
+    // The same re-INVITE again (a new transaction, nothing changed): the
+    // same version.
+    let again = reinvite
+        .replace("z9hG4bKph2", "z9hG4bKph3")
+        .replace("CSeq: 2", "CSeq: 3");
+    let out = h.send(PHONE1, &again);
+    assert_eq!(answer(&out, PHONE1), 2, "{out:?}");
+}
+
+/// The answers to keys relayed by INFO are counted; a phone that says the
+/// dialog is gone (481) or that it takes no INFO (501) is sent no more.
+#[test]
+fn a_phone_that_refuses_relayed_info_is_sent_no_more() {
+    for (code, outcome) in [(481u16, "gone"), (501, "not_taken")] {
+        let (mut h, ok, _) = connected();
+        let a_tag = ok.to_tag.clone().unwrap();
+        let key = |cseq: u32| {
+            in_dialog(
+                "INFO",
+                TRUNK,
+                "am1",
+                &a_tag,
+                cseq,
+                "Signal=5\r\nDuration=160\r\n",
+            )
+        };
+        let out = h.send(TRUNK, &key(5));
+        let relayed = requests(&out, PHONE1, "INFO");
+        assert_eq!(relayed.len(), 1, "{out:?}");
+        h.send(PHONE1, &response_to(relayed[0], 200, "b1"));
+        assert_eq!(
+            h.gauge("centralino_info_relayed_total{outcome=delivered}"),
+            1
+        );
+        h.advance(Duration::from_secs(1));
+        let out = h.send(TRUNK, &key(6));
+        let relayed = requests(&out, PHONE1, "INFO");
+        assert_eq!(relayed.len(), 1, "{out:?}");
+        h.send(PHONE1, &response_to(relayed[0], code, "b1"));
+        assert_eq!(
+            h.gauge(&format!(
+                "centralino_info_relayed_total{{outcome={outcome}}}"
+            )),
+            1
+        );
+        h.advance(Duration::from_secs(1));
+        let out = h.send(TRUNK, &key(7));
+        assert_eq!(
+            codes(&out, TRUNK),
+            vec![200],
+            "the caller's key is still taken"
+        );
+        assert!(requests(&out, PHONE1, "INFO").is_empty(), "{out:?}");
+        assert_eq!(h.engine.active_calls(), 1, "a key does not end the call");
+    }
 }
 
 #[test]
@@ -2746,6 +2854,8 @@ fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbac
         },
     );
     h.drain();
+    // And a citizen waiting for an operator.
+    h.invite("dw");
     assert_eq!(h.gauge("centralino_draining"), 0);
     h.engine.set_draining();
     // Said at once, before any new call is refused (the alert's signal).
@@ -2756,8 +2866,8 @@ fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbac
     assert_eq!(refused.1.header("Retry-After"), Some("30"));
     assert_eq!(
         h.engine.active_calls(),
-        2,
-        "the call and the callback go on"
+        3,
+        "the call, the waiting caller and the callback go on"
     );
     h.callbacks.clear();
     h.engine.shutdown(h.now);
@@ -2774,6 +2884,27 @@ fn draining_refuses_new_calls_and_shutdown_ends_the_rest_without_failing_callbac
         r,
         Record::CallEnded { outcome, .. } if *outcome == CallOutcome::Shutdown
     )));
+    // The waiting citizen reached nobody: a dead end, in the metric as in
+    // the queue log the reports read (`exit`); the callback being placed
+    // is no visit and no dead end.
+    assert_eq!(
+        h.gauge("centralino_dead_ends_total{queue=info,reason=shutdown}"),
+        1
+    );
+    let exits = h
+        .records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Record::Queue {
+                    event: QueueEvent::Exit,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(exits, 1, "{:?}", h.records);
 }
 
 #[test]
@@ -7371,6 +7502,20 @@ fn a_glares_wait_is_random_within_the_rfcs_bounds() {
         assert_eq!(ours.as_millis() % 10, 0);
     }
     assert_ne!(glare_wait(1, false), glare_wait(2, false));
+    // Three 491s in a row are glare; the fourth on is a refusal: 2 s,
+    // then 4 s... A 2xx starts over.
+    let mut tries = RefreshTries::default();
+    for _ in 0..3 {
+        assert!(tries.glare_in(7, true) >= Duration::from_millis(2_100));
+    }
+    assert_eq!(tries.glare_in(7, true), Duration::from_secs(2));
+    assert_eq!(tries.glare_in(7, true), Duration::from_secs(4));
+    let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKr\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: r\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let ok = parse(ok.as_bytes());
+    let (mut interval, mut we, mut upd) = (Some(90), true, false);
+    refresh_answer(&ok, &mut interval, &mut we, &mut upd, &mut tries);
+    assert_eq!((tries.failures, tries.glares), (0, 0));
+    assert!(tries.glare_in(7, false) <= Duration::from_secs(2));
 }
 
 /// The caller's own `Min-SE` (RFC 4028 §7.4) is carried by our refreshes.

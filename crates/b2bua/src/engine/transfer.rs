@@ -319,7 +319,7 @@ impl Engine {
         );
         // Glare: a random 2.1–4 s (we chose this leg's Call-ID).
         let retry_in = match answer {
-            RefreshAnswer::Retry if msg.code() == 491 => Some(glare_wait(dice, true)),
+            RefreshAnswer::Retry if msg.code() == 491 => Some(t.refresh_tries.glare_in(dice, true)),
             RefreshAnswer::Retry => Some(t.refresh_tries.retry_in()),
             _ => None,
         };

@@ -361,7 +361,9 @@ pub fn agents(
 /// `seconds,call,queue,event`, seconds from the span's start).
 pub fn replay(store: &centralino_store::Store, query: &str) -> Result<String, String> {
     let a = asked(Some(query), unix_now())?;
-    let rows = store.replay_log(a.span).map_err(|e| e.to_string())?;
+    let rows = store
+        .replay_log(a.span, a.only.as_deref())
+        .map_err(|e| e.to_string())?;
     let mut out = String::from("seconds,call,queue,event\n");
     for (at, call, queue, event) in rows {
         // A requeue's second `enter` may come before the span's start of
