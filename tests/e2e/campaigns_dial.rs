@@ -571,6 +571,7 @@ fn a_predictive_campaign_dials_citizens_first_and_stays_under_the_cap() {
             config(sip, http, port, "2000-01-01")
         )
     });
+    let prometheus = crate::common::Prometheus::start(&scratch, &node);
     let id = campaign_id(&node, "promemoria");
     let body: Vec<String> = (0..20)
         .map(|i| format!(r#"{{"number": "+3934900000{i:02}"}}"#))
@@ -622,6 +623,11 @@ fn a_predictive_campaign_dials_citizens_first_and_stays_under_the_cap() {
         assert!(start.elapsed() < Duration::from_secs(90), "{p}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The shipped Grafana dashboard's campaign panels have their data, as
+    // a real Prometheus scraping the node answers them.
+    let exprs = crate::common::panel_queries(|e| e.contains("campaign"));
+    assert_eq!(exprs.len(), 4, "{exprs:?}");
+    prometheus.each_has_data(&exprs);
     citizens.expect_success(Duration::from_secs(30));
     let p = progress();
     // 6 of 20 numbers end in 0, 1 or 2.

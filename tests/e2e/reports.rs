@@ -5,118 +5,10 @@
 //! scraping the node with the shipped recording rules all agree with what
 //! happened.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{Node, Scratch, Sipp, free_port, register, scenario, trunk_to};
-
-/// Debian's Prometheus scraping `node` every second, evaluating
-/// `config/prometheus/centralino-rules.yml` and the alerts of
-/// `centralino-alerts.yml` every second (the rules' one-minute interval
-/// and the alerts' `for` durations shortened to a second for the test;
-/// their expressions as shipped), on 127.0.0.1.
-struct Prometheus {
-    child: Child,
-    port: u16,
-}
-
-impl Prometheus {
-    fn start(scratch: &Scratch, node: &Node) -> Self {
-        let dir = scratch.path("prometheus");
-        std::fs::create_dir_all(&dir).expect("prometheus dir");
-        let rules = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/prometheus/centralino-rules.yml"
-        ))
-        .expect("the shipped rules")
-        .replace("interval: 1m", "interval: 1s");
-        std::fs::write(dir.join("rules.yml"), rules).expect("rules");
-        let alerts = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/prometheus/centralino-alerts.yml"
-        ))
-        .expect("the shipped alerts");
-        let alerts: String = alerts
-            .lines()
-            .map(|l| {
-                if l.trim_start().starts_with("for: ") {
-                    format!("{}for: 1s\n", &l[..l.len() - l.trim_start().len()])
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        std::fs::write(dir.join("alerts.yml"), alerts).expect("alerts");
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml, alerts.yml]\nscrape_configs:\n  - job_name: centralino\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
-                node.http_port
-            ),
-        )
-        .expect("prometheus.yml");
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-        let child = Command::new("prometheus")
-            .current_dir(&dir)
-            .arg("--config.file=prometheus.yml")
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("prometheus (Debian's prometheus package; scripts/test installs it)");
-        Self { child, port }
-    }
-
-    /// The value of an instant query's first sample, if it has one.
-    fn value(&self, query: &str) -> Option<f64> {
-        self.query(query)?.first()?["value"][1]
-            .as_str()?
-            .parse()
-            .ok()
-    }
-
-    /// An instant query's samples (`None` when Prometheus cannot answer).
-    fn query(&self, query: &str) -> Option<Vec<serde_json::Value>> {
-        let encoded: String = query
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let path = format!("/api/v1/query?query={encoded}");
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let body = resp.split_once("\r\n\r\n")?.1;
-        let v: serde_json::Value = serde_json::from_str(body).ok()?;
-        v["data"]["result"].as_array().cloned()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{Node, Prometheus, Scratch, Sipp, panel_queries, register, scenario, trunk_to};
 
 const ADMIN: &str = "report-admin-token-0123456789";
 const SUPERVISOR: &str = "report-supervisor-token-0123456789";
@@ -402,65 +294,11 @@ fn the_report_counts_each_callers_fate_for_its_firm_only() {
         std::thread::sleep(Duration::from_millis(250));
     }
     // Every panel of the shipped Grafana dashboard has data here but the
-    // kept callbacks' (no callback here: the next test has them).
-    let exprs = panel_queries(|e| !e.contains("callbacks_kept"));
+    // kept callbacks' (no callback here: the next test has them) and the
+    // campaigns' (`campaigns_dial` has them).
+    let exprs = panel_queries(|e| !e.contains("callbacks_kept") && !e.contains("campaign"));
     assert!(exprs.len() >= 15, "{exprs:?}");
     prometheus.each_has_data(&exprs);
-}
-
-/// The shipped Grafana dashboard's queries that `keep` keeps, its
-/// `$queue` variable set to all queues (Grafana itself is not packaged by
-/// Debian: its queries are run as it would run them).
-fn panel_queries(keep: impl Fn(&str) -> bool) -> Vec<String> {
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/grafana/centralino-dashboard.json"
-        ))
-        .expect("the dashboard"),
-    )
-    .expect("dashboard JSON");
-    dashboard["panels"]
-        .as_array()
-        .expect("panels")
-        .iter()
-        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$queue", ".*")))
-        .filter(|e| keep(e))
-        .collect()
-}
-
-impl Prometheus {
-    /// Each query returns a sample within 20 s.
-    fn each_has_data(&self, exprs: &[String]) {
-        for expr in exprs {
-            let start = Instant::now();
-            while self.query(expr).is_none_or(|r| r.is_empty()) {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "the panel's query has no data: {expr}"
-                );
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-    }
-
-    /// Waits (30 s at most) until `query` has a sample for which `pred`
-    /// holds; its value.
-    fn wait_value(&self, query: &str, pred: impl Fn(f64) -> bool) -> f64 {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = self.value(query).filter(|v| pred(*v)) {
-                return v;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "Prometheus: {query} = {:?}",
-                self.value(query)
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
 }
 
 const UNSTAFFED_CITIZENS: u32 = 3;
