@@ -150,7 +150,8 @@ pub struct Metrics {
     pub queue_callbacks: IntCounterVec,
     /// `centralino_queue_callbacks_kept_total{queue,in_time}`: callbacks
     /// done (an operator talked to the citizen), `in_time` `yes` within
-    /// the queue's `callback_promise_minutes` of its callback hours.
+    /// the queue's `callback_promise_minutes` of its callback hours, `no`
+    /// later, `none` when no promise could be made.
     pub queue_callbacks_kept: IntCounterVec,
     /// `centralino_queue_overflowed_total{queue}`: callers the queue could
     /// not serve, passed to its `overflow_queue`.

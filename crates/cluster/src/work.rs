@@ -94,6 +94,10 @@ pub struct CallbackWork {
     pub created_at: i64,
     /// Where it came from (api, ivr).
     pub source: String,
+    /// By when it was promised (Unix seconds); absent from older nodes'
+    /// records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promised_by: Option<i64>,
 }
 
 /// One campaign contact, as its owner mirrors it: what another node needs
@@ -371,6 +375,7 @@ mod tests {
                 attempts: 1,
                 created_at: 1_700_000_000,
                 source: "api".into(),
+                promised_by: None,
             }),
         }
     }

@@ -108,34 +108,66 @@ impl Calendar {
     }
 }
 
-/// Longest stretch [`Calendar::after_open`] looks through: a calendar
-/// open less than this often keeps no promise.
-const LOOK_AHEAD: UnixSeconds = 62 * 86_400;
+/// Days [`Calendar::after_open`] looks through: a calendar open less
+/// than this often keeps no promise.
+const LOOK_AHEAD_DAYS: i64 = 62;
+
+/// The Unix time of a local (Europe/Rome) time given as seconds since the
+/// epoch on the local clock. In the hour the clocks go back, the first
+/// (summer) one; in the hour they skip, an hour later.
+fn rome_to_utc(local: UnixSeconds) -> UnixSeconds {
+    let summer = local - 7200;
+    if rome_offset(summer) == 7200 {
+        summer
+    } else {
+        local - 3600
+    }
+}
 
 impl Calendar {
     /// The instant by which the service has been open `open_for` seconds
-    /// since `from` (counted by the minute: what a promise such as "we
-    /// call you back within two hours" means when it is made on a Friday
-    /// evening). `None` when the calendar is not open that long within
-    /// 62 days.
+    /// since `from`: what a promise such as "we call you back within two
+    /// hours" means when it is made on a Friday evening. Day by day over
+    /// the opening ranges (a few steps a day, whatever the promise), the
+    /// same instants as [`Calendar::open`] says are open. `None` when the
+    /// calendar is not open that long within 62 days.
     pub fn after_open(&self, from: UnixSeconds, open_for: UnixSeconds) -> Option<UnixSeconds> {
         let mut left = open_for.max(0);
-        let mut t = from;
-        while left > 0 {
-            if t - from > LOOK_AHEAD {
-                return None;
-            }
-            // The rest of this minute (the first one may be partial).
-            let step = 60 - t.rem_euclid(60);
-            if self.open(t) {
-                if left <= step {
-                    return Some(t + left);
-                }
-                left -= step;
-            }
-            t += step;
+        if left == 0 {
+            return Some(from);
         }
-        Some(t)
+        // The day's ranges in order, overlapping ones merged: no second
+        // is counted twice.
+        let mut ranges = self.hours.clone();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let first = (from + rome_offset(from)).div_euclid(86_400);
+        for day in first..=first + LOOK_AHEAD_DAYS {
+            let (y, m, d) = civil_from_days(day);
+            if self.days & (1 << weekday(day)) == 0
+                || self.holidays.iter().any(|h| h.matches(y, m, d))
+            {
+                continue;
+            }
+            for &(a, b) in &merged {
+                let start = rome_to_utc(day * 86_400 + i64::from(a) * 60).max(from);
+                let end = rome_to_utc(day * 86_400 + i64::from(b) * 60);
+                if start >= end {
+                    continue;
+                }
+                if end - start >= left {
+                    return Some(start + left);
+                }
+                left -= end - start;
+            }
+        }
+        None
     }
 }
 
@@ -247,6 +279,64 @@ mod tests {
             ..cal.clone()
         };
         assert_eq!(never.after_open(unix(2026, 11, 30, 8, 0), 60), None);
+        // Across the change to summer time (Sunday 29 March 2026): two
+        // hours from Friday 27 March 17:30 (CET, 16:30 UTC) end on Monday
+        // 30 March at 09:30 CEST, 07:30 UTC.
+        assert_eq!(
+            cal.after_open(unix(2026, 3, 27, 16, 30), 7200),
+            Some(unix(2026, 3, 30, 7, 30))
+        );
+    }
+
+    /// The day-by-day walk agrees with `open` second by second (minute by
+    /// minute here): a reference walk over many starts and promises, with
+    /// split and overlapping ranges, weekends, holidays and both changes
+    /// of the clocks.
+    #[test]
+    fn after_open_agrees_with_open_minute_by_minute() {
+        fn reference(cal: &Calendar, from: i64, open_for: i64) -> Option<i64> {
+            let (mut left, mut t) = (open_for, from);
+            while left > 0 {
+                if t - from > 40 * 86_400 {
+                    return None;
+                }
+                let step = 60 - t.rem_euclid(60);
+                if cal.open(t) {
+                    if left <= step {
+                        return Some(t + left);
+                    }
+                    left -= step;
+                }
+                t += step;
+            }
+            Some(t)
+        }
+        let cal = Calendar {
+            days: 0b001_1111,
+            hours: vec![
+                parse_hours("08:00-13:00").unwrap(),
+                parse_hours("12:30-13:30").unwrap(),
+                parse_hours("14:00-18:00").unwrap(),
+            ],
+            holidays: vec![Holiday::parse("04-06").unwrap()],
+        };
+        let mut x: u64 = 7;
+        for _ in 0..400 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            // Starts around both clock changes of 2026 and in between.
+            let base = [
+                unix(2026, 3, 25, 0, 0),
+                unix(2026, 10, 22, 0, 0),
+                unix(2026, 6, 1, 0, 0),
+            ][(x >> 60) as usize % 3];
+            let from = base + ((x >> 20) % (8 * 86_400)) as i64;
+            let open_for = ((x >> 8) % (3 * 86_400)) as i64;
+            assert_eq!(
+                cal.after_open(from, open_for),
+                reference(&cal, from, open_for),
+                "from {from}, open for {open_for}"
+            );
+        }
         assert_eq!(parse_day("Gio"), Some(3));
         assert_eq!(parse_day("sunday"), Some(6));
         assert_eq!(parse_hours("18:00-08:00"), None);

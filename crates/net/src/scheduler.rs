@@ -107,23 +107,10 @@ pub(crate) async fn callback_scheduler(
                 Err(e) => warn!(error = %e, "cannot read the claimed callbacks' versions"),
             }
         }
-        let promise = {
-            let config = config.borrow();
-            due.iter()
-                .map(|c| {
-                    config
-                        .queues
-                        .iter()
-                        .find(|q| q.routing.name == c.queue)
-                        .and_then(|q| q.callback_promised_by(c.created_at, c.not_before))
-                })
-                .collect::<Vec<_>>()
-        };
         let due = due
             .into_iter()
-            .zip(promise)
-            .map(|(c, promised_unix)| DueCallback {
-                promised_unix,
+            .map(|c| DueCallback {
+                promised_unix: c.promised_by,
                 id: c.id,
                 queue: c.queue,
                 number: c.number,
@@ -138,6 +125,23 @@ pub(crate) async fn callback_scheduler(
             return;
         }
     }
+}
+
+/// By when a callback of `queue` asked for at `asked` (to be placed not
+/// before `not_before`) is promised, as the configuration has the queue
+/// (`callback_promise_minutes` of its `callback_hours`); `None` for a
+/// queue it does not have, or a promise its hours cannot keep.
+pub(crate) fn promised_by(
+    config: &centralino_config::Config,
+    queue: &str,
+    asked: i64,
+    not_before: Option<i64>,
+) -> Option<i64> {
+    config
+        .queues
+        .iter()
+        .find(|q| !q.retired && q.routing.name == queue)?
+        .callback_promised_by(asked, not_before)
 }
 
 /// How often the callbacks backlog is read for its gauges.

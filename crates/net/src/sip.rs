@@ -836,6 +836,16 @@ async fn run_engine(
                     Some(sink) => {
                         if let Some(tx) = answers.upgrade() {
                             let sink = sink.clone();
+                            // Promised from now, as the running
+                            // configuration has the queue.
+                            let promised_by = life.config.as_ref().and_then(|c| {
+                                crate::scheduler::promised_by(
+                                    &c.borrow(),
+                                    &queue,
+                                    centralino_store::service::unix_now(),
+                                    None,
+                                )
+                            });
                             tokio::spawn(async move {
                                 let stored = sink
                                     .create_callback(
@@ -843,6 +853,7 @@ async fn run_engine(
                                         queue,
                                         number,
                                         enqueued_unix,
+                                        promised_by,
                                     )
                                     .await
                                     .is_ok();

@@ -155,6 +155,8 @@ const MIGRATIONS: &[&str] = &[
     mirror_contacts::MIGRATION,
     mirror_contacts::FIXES,
     reports::MIGRATION,
+    // The time a callback was promised by, fixed when it was asked for.
+    "ALTER TABLE callbacks ADD COLUMN promised_by INTEGER;",
 ];
 
 /// A notification waiting to be sent.
@@ -303,6 +305,10 @@ pub struct Callback {
     pub created_at: i64,
     /// Unix time of the last change.
     pub updated_at: i64,
+    /// By when it was promised (Unix seconds), fixed when it was asked
+    /// for (a retry's later `not_before` does not move it); `None` when
+    /// no promise could be made (or before promises were kept).
+    pub promised_by: Option<i64>,
 }
 
 /// A new request (already validated by the caller).
@@ -325,6 +331,9 @@ pub struct NewCallback {
     /// When it was asked for, if not now: a caller who chose a callback
     /// while waiting keeps the time they entered the queue.
     pub created_at: Option<i64>,
+    /// By when it is promised (the queue's `callback_promise_minutes` of
+    /// its callback hours, computed by the caller).
+    pub promised_by: Option<i64>,
 }
 
 /// What a create did.
@@ -387,7 +396,7 @@ fn owner_only_files(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-const COLUMNS: &str = "id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at";
+const COLUMNS: &str = "id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at, promised_by";
 
 /// One callback by id (inside a transaction or not).
 fn find(conn: &Connection, id: &str) -> rusqlite::Result<Option<Callback>> {
@@ -414,6 +423,7 @@ fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
         source: row.get(9)?,
         created_at: row.get(10)?,
         updated_at: row.get(11)?,
+        promised_by: row.get(12)?,
     })
 }
 
@@ -520,8 +530,8 @@ impl Store {
         }
         let created = new.created_at.unwrap_or(now);
         tx.execute(
-            "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, source, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?9)",
+            "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, source, created_at, updated_at, promised_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?9, ?10)",
             params![
                 new.id,
                 new.queue,
@@ -531,7 +541,8 @@ impl Store {
                 new.priority,
                 new.source,
                 created,
-                now
+                now,
+                new.promised_by
             ],
         )?;
         tx.commit()?;
@@ -548,6 +559,7 @@ impl Store {
             source: new.source.clone(),
             created_at: created,
             updated_at: now,
+            promised_by: new.promised_by,
         }))
     }
 
@@ -1087,6 +1099,7 @@ mod tests {
             priority: 0,
             source: "api".into(),
             created_at: None,
+            promised_by: None,
         }
     }
 

@@ -60,13 +60,14 @@ pub enum Kept {
 const MIRROR_COLUMNS: &str = "dialed, version, mirror_seq, mirrored_at";
 
 fn mirrored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Mirrored> {
-    let seq: Option<i64> = row.get(14)?;
+    // After the callback's own columns (`COLUMNS`, 13 of them).
+    let seq: Option<i64> = row.get(15)?;
     Ok(Mirrored {
         callback: callback(row)?,
-        dialed: row.get::<_, i64>(12)? != 0,
-        version: row.get(13)?,
+        dialed: row.get::<_, i64>(13)? != 0,
+        version: row.get(14)?,
         seq: seq.and_then(|s| u64::try_from(s).ok()),
-        mirrored_at: row.get(15)?,
+        mirrored_at: row.get(16)?,
     })
 }
 
@@ -270,8 +271,8 @@ impl Store {
                 (status, outcome, 1)
             };
             s.conn.execute(
-                "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at, dialed, version, mirrored, mirror_seq, mirrored_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 1, ?13, ?14, ?12)",
+                "INSERT INTO callbacks (id, queue, number, not_before, requirements, priority, status, attempts, outcome, source, created_at, updated_at, dialed, version, mirrored, mirror_seq, mirrored_at, promised_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 1, ?13, ?14, ?12, ?15)",
                 params![
                     cb.id,
                     cb.queue,
@@ -287,6 +288,7 @@ impl Store {
                     now,
                     mirrored,
                     seq as i64,
+                    cb.promised_by,
                 ],
             )?;
             Ok(if duplicate { Kept::Duplicate } else { Kept::New })
@@ -398,6 +400,7 @@ mod tests {
             source: "ivr".into(),
             created_at: 50,
             updated_at: 60,
+            promised_by: Some(7250),
         };
         assert_eq!(s.keep_taken(&cb, false, 11, 100).unwrap(), Kept::New);
         assert_eq!(s.keep_taken(&cb, false, 12, 100).unwrap(), Kept::Known);
@@ -406,6 +409,7 @@ mod tests {
 
         let got = s.get_callback("b").unwrap().unwrap();
         assert_eq!((got.priority, got.created_at, got.attempts), (3, 50, 1));
+        assert_eq!(got.promised_by, Some(7250), "the promise moves with it");
         // The same citizen already waits here: closed as a duplicate, and
         // mirrored so no third node calls it.
         let Created::New(_) = s.create_callback(&new("c", "+39347003"), 100).unwrap() else {

@@ -448,16 +448,15 @@ impl Store {
 
 impl Store {
     /// Adds the callbacks asked for in `span` to `rows` (a
-    /// [`Store::queue_report`]'s): requested, kept, kept by the time
-    /// `promised_by(queue, asked, not_before)` says. An interval with
-    /// callbacks and no visit gets a row of its own (`thresholds` gives
-    /// its wrap-up, `fallback` for a queue no longer configured). A
-    /// callback moved to another node is that node's.
+    /// [`Store::queue_report`]'s): requested, kept, kept by the time they
+    /// were promised by when asked for. An interval with callbacks and no
+    /// visit gets a row of its own (`thresholds` gives its wrap-up,
+    /// `fallback` for a queue no longer configured). A callback moved to
+    /// another node is that node's.
     pub fn add_callback_figures(
         &self,
         span: Span,
         rows: &mut Vec<QueueFigures>,
-        promised_by: impl Fn(&str, i64, Option<i64>) -> Option<i64>,
         thresholds: impl Fn(&str) -> Option<Thresholds>,
         fallback: Thresholds,
     ) -> Result<(), StoreError> {
@@ -472,7 +471,7 @@ impl Store {
         // Seconds in the table; the span in milliseconds (rounded out so
         // a second straddling a bound is looked at, then filtered).
         let mut stmt = self.conn.prepare(
-            "SELECT queue, created_at, not_before, status, updated_at FROM callbacks
+            "SELECT queue, created_at, promised_by, status, updated_at FROM callbacks
              WHERE created_at >= ?1 AND created_at <= ?2 AND status != 'moved'",
         )?;
         let mut found = stmt.query(params![
@@ -482,7 +481,7 @@ impl Store {
         while let Some(row) = found.next()? {
             let queue: String = row.get(0)?;
             let asked: i64 = row.get(1)?;
-            let not_before: Option<i64> = row.get(2)?;
+            let promised_by: Option<i64> = row.get(2)?;
             let status: String = row.get(3)?;
             let updated: i64 = row.get(4)?;
             let at = asked.saturating_mul(1000);
@@ -495,7 +494,7 @@ impl Store {
             f.callbacks_requested += 1;
             if status == "done" {
                 f.callbacks_kept += 1;
-                if promised_by(&queue, asked, not_before).is_some_and(|p| updated <= p) {
+                if promised_by.is_some_and(|p| updated <= p) {
                     f.callbacks_kept_in_time += 1;
                 }
             }
@@ -731,9 +730,11 @@ mod tests {
         let path = temp("report-callbacks");
         let mut s = Store::open(&path).unwrap();
         let t0 = T0 / 1000;
+        // Promised within two hours of the request.
         let mut make = |id: &str, at: i64, status: Option<Status>, closed: i64| {
             let mut n = crate::tests::new(id, &format!("+39333000{id}"));
             n.created_at = Some(t0 + at);
+            n.promised_by = Some(t0 + at + 7200);
             s.create_callback(&n, t0 + at).unwrap();
             if let Some(st) = status {
                 s.set_status(id, st, Some("x"), t0 + closed).unwrap();
@@ -757,12 +758,7 @@ mod tests {
         };
         let mut rows = s.queue_report(span, |_| None, FALLBACK_T).unwrap();
         assert!(rows.is_empty());
-        // Promised within two hours of the request.
-        let promise = |q: &str, asked: i64, nb: Option<i64>| {
-            assert_eq!((q, nb), ("vaccini", None));
-            Some(asked + 7200)
-        };
-        s.add_callback_figures(span, &mut rows, promise, |_| None, FALLBACK_T)
+        s.add_callback_figures(span, &mut rows, |_| None, FALLBACK_T)
             .unwrap();
         let got: Vec<_> = rows
             .iter()
@@ -780,6 +776,18 @@ mod tests {
         assert_eq!(
             got,
             [(0, "vaccini", 4, 2, 1, 0), (900, "vaccini", 1, 1, 1, 0)]
+        );
+        // A retry's new `not_before` does not move the promise.
+        let mut n = crate::tests::new("r", "+393330009");
+        n.promised_by = Some(t0 + 7200);
+        s.create_callback(&n, t0).unwrap();
+        s.set_status("r", Status::InProgress, None, t0 + 60)
+            .unwrap();
+        s.reschedule("r", t0 + 5 * 3600, "busy", t0 + 600).unwrap();
+        let r = s.get_callback("r").unwrap().unwrap();
+        assert_eq!(
+            (r.not_before, r.promised_by),
+            (Some(t0 + 5 * 3600), Some(t0 + 7200))
         );
     }
 

@@ -820,6 +820,7 @@ impl RecordSink {
         queue: String,
         number: String,
         enqueued_unix: i64,
+        promised_by: Option<i64>,
     ) -> Result<Created, ServiceError> {
         let new = NewCallback {
             id,
@@ -830,6 +831,7 @@ impl RecordSink {
             priority: 0,
             source: "ivr".into(),
             created_at: Some(enqueued_unix),
+            promised_by,
         };
         let now = unix_now();
         StoreHandle(self.0.clone())

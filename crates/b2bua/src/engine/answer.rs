@@ -59,6 +59,11 @@ pub(super) fn b_offer(m: &AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
 /// answer): opened now, or, already opened for the operator's whisper,
 /// told its address.
 pub(super) fn citizen_peer(call_id: CallId, media: &mut AnchoredMedia, peer: Peer) -> MediaCommand {
+    // Our offer to the citizen was version 1 with every law; what we send
+    // next names the one chosen: version 2 (RFC 3264 §8), once.
+    if media.version == 1 {
+        media.version = 2;
+    }
     media.a = peer;
     if media.opened {
         MediaCommand::Update {

@@ -359,11 +359,18 @@ impl Engine {
         if let Some(c) = self.calls.get(&id)
             && let Some(o) = c.outbound().filter(|o| o.campaign.is_none())
         {
-            let in_time = o.promised_unix.is_some_and(|p| self.unix_at(now) <= p);
+            // No promise could be made (the queue's hours never open
+            // that long, or a callback from before promises were kept):
+            // neither kept in time nor late.
+            let in_time = match o.promised_unix {
+                None => "none",
+                Some(p) if self.unix_at(now) <= p => "yes",
+                Some(_) => "no",
+            };
             let name = &self.router.queue(c.queue).name;
             self.metrics
                 .queue_callbacks_kept
-                .with_label_values(&[name.as_str(), if in_time { "yes" } else { "no" }])
+                .with_label_values(&[name.as_str(), in_time])
                 .inc();
         }
         self.outbound_state(id, CallbackState::Done);

@@ -516,7 +516,7 @@ fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
     metrics.queue_answered.with_label_values(&[name]);
     metrics.queue_timed_out.with_label_values(&[name]);
     metrics.queue_callbacks.with_label_values(&[name]);
-    for in_time in ["yes", "no"] {
+    for in_time in ["yes", "no", "none"] {
         metrics
             .queue_callbacks_kept
             .with_label_values(&[name, in_time]);
@@ -562,7 +562,7 @@ fn remove_queue_series(metrics: &Metrics, name: &str) {
     let _ = metrics.queue_answered.remove_label_values(&[name]);
     let _ = metrics.queue_timed_out.remove_label_values(&[name]);
     let _ = metrics.queue_callbacks.remove_label_values(&[name]);
-    for in_time in ["yes", "no"] {
+    for in_time in ["yes", "no", "none"] {
         let _ = metrics
             .queue_callbacks_kept
             .remove_label_values(&[name, in_time]);

@@ -468,8 +468,10 @@ impl Engine {
                 if let Some(r) = call.rejoin.as_mut() {
                     r.pending = false;
                 }
-                call.media.b = Some(peer);
-                call.media.b_direction = direction;
+                // Our next SDP follows the answer's direction (a new
+                // version when that changes it).
+                call.media.set_peer(Side::B, peer, direction);
+                call.info_off[Side::B.index()] = false;
                 self.out.push_back(Output::Media(MediaCommand::Update {
                     call: x,
                     side: Side::B,

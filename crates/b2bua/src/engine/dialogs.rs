@@ -460,7 +460,13 @@ impl Engine {
         let mut info = self.in_dialog(&leg, Method::Info);
         info.set_body(msg.header("Content-Type"), msg.body.clone());
         debug!(from = side.label(), "key press relayed by INFO");
-        self.send_request(now, leg.flow, info, ClientRef::InfoRelay(call_id, to));
+        let dialog = leg.call_id.clone();
+        self.send_request(
+            now,
+            leg.flow,
+            info,
+            ClientRef::InfoRelay(call_id, to, dialog),
+        );
     }
 
     /// The final answer to a key press relayed by INFO to `to` (`None`:
@@ -468,7 +474,13 @@ impl Engine {
     /// 408, RFC 5057 §5.1: the call itself ends by its BYE or its session
     /// timer, not by a key) or that it does not take INFO (405, 415, 469,
     /// 501) is sent no more.
-    pub(super) fn info_relay_answered(&mut self, call_id: CallId, to: Side, code: Option<u16>) {
+    pub(super) fn info_relay_answered(
+        &mut self,
+        call_id: CallId,
+        to: Side,
+        dialog: &str,
+        code: Option<u16>,
+    ) {
         let outcome = match code {
             Some(200..=299) => "delivered",
             None | Some(408 | 481) => "gone",
@@ -478,11 +490,27 @@ impl Engine {
         if matches!(outcome, "gone" | "not_taken")
             && let Some(call) = self.calls.get_mut(&call_id)
         {
-            call.info_off[to.index()] = true;
-            info!(
-                to = to.label(),
-                outcome, "keys by INFO no longer relayed to that side"
-            );
+            // Only that side's leg as it is now: a late answer from the
+            // phone of an operator who has since left the call says
+            // nothing of the next one's.
+            let current = match to {
+                Side::A => Some(call.a_leg.call_id.as_str()),
+                Side::B => match &call.transfer {
+                    Some(t) => t.dialog.as_ref().map(|d| d.call_id.as_str()),
+                    None => call
+                        .b
+                        .as_ref()
+                        .and_then(|b| b.dialog.as_ref())
+                        .map(|d| d.call_id.as_str()),
+                },
+            };
+            if current == Some(dialog) {
+                call.info_off[to.index()] = true;
+                info!(
+                    to = to.label(),
+                    outcome, "keys by INFO no longer relayed to that side"
+                );
+            }
         }
         self.metrics
             .info_relayed

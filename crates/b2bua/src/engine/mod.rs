@@ -274,8 +274,9 @@ enum ClientRef {
     /// Our re-INVITE moving an attended transfer's consulted operator
     /// (the B-leg whose Call-ID this is) onto the caller's call.
     Rejoin(CallId, String),
-    /// A key press relayed by INFO to a call's `Side`.
-    InfoRelay(CallId, Side),
+    /// A key press relayed by INFO to a call's `Side`, in the dialog
+    /// with this Call-ID (that side's leg then).
+    InfoRelay(CallId, Side, String),
     /// BYE, CANCEL: the answer changes nothing.
     Other,
 }

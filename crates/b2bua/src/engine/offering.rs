@@ -190,11 +190,11 @@ impl Engine {
                 let call = *call;
                 self.on_citizen_response(now, key, call, &msg);
             }
-            Some(ClientRef::InfoRelay(call, to)) => {
-                let (call, to) = (*call, *to);
+            Some(ClientRef::InfoRelay(call, to, dialog)) => {
+                let (call, to, dialog) = (*call, *to, dialog.clone());
                 if code >= 200 {
                     self.client.remove(&key);
-                    self.info_relay_answered(call, to, Some(code));
+                    self.info_relay_answered(call, to, &dialog, Some(code));
                 }
             }
             Some(ClientRef::Transfer(call)) => {
@@ -339,8 +339,12 @@ impl Engine {
                 b_peer.browser = browser;
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
-                // A new operator's dialog: our offer to it was version 1.
-                call.media.b_version = 1;
+                // A new operator's dialog: our offer to it was version 1,
+                // with every law; what we send it next names only the one
+                // chosen: version 2 (RFC 3264 §8). And its phone is asked
+                // afresh whether it takes keys by INFO.
+                call.media.b_version = 2;
+                call.info_off[Side::B.index()] = false;
                 // Another node's operator hears that node's whisper.
                 let whisper = if agent.is_some() {
                     whisper_prompts(
@@ -565,10 +569,10 @@ impl Engine {
             self.transfer_failed(now, call_id);
             return;
         }
-        if let Some(ClientRef::InfoRelay(call_id, to)) = self.client.get(&key) {
-            let (call_id, to) = (*call_id, *to);
+        if let Some(ClientRef::InfoRelay(call_id, to, dialog)) = self.client.get(&key) {
+            let (call_id, to, dialog) = (*call_id, *to, dialog.clone());
             self.client.remove(&key);
-            self.info_relay_answered(call_id, to, None);
+            self.info_relay_answered(call_id, to, &dialog, None);
             return;
         }
         if let Some(ClientRef::Citizen(call_id)) = self.client.get(&key) {

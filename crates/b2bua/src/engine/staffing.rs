@@ -210,10 +210,8 @@ impl Engine {
     pub(super) fn staffing(&mut self, now: Instant, queue: QueueId) -> Option<(u32, u32)> {
         let policy = self.queues.get(queue.0 as usize)?;
         let service = policy.service;
-        let aht = self
-            .router
-            .queue_handle_time(queue)
-            .unwrap_or(service.expected_handle);
+        let measured = self.router.queue_handle_time(queue);
+        let aht = measured.unwrap_or(service.expected_handle);
         let stats = self.queue_stats.get_mut(queue.0 as usize)?;
         let rate = stats.offered.rate(now);
         let patience = stats.offered.patience(now);
@@ -266,10 +264,12 @@ impl Engine {
             .queue_sl_target
             .with_label_values(&[name])
             .set(service.target);
+        // The live AHT as measured: the configured guess is not shown as
+        // one (the rules take the largest over the nodes).
         self.metrics
             .queue_handle_time
             .with_label_values(&[name])
-            .set(aht);
+            .set(measured.map_or(0.0, |d| d.as_secs_f64()));
         Some((needed, short))
     }
 }

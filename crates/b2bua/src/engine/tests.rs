@@ -1200,24 +1200,27 @@ fn each_legs_sdp_version_moves_with_its_own_changes_only() {
     assert_eq!(answer(&out, TRUNK), first + 1);
     let out = h.send(TRUNK, &caller(3, "sendrecv"));
     assert_eq!(answer(&out, TRUNK), first + 2);
-    // The operator's phone holds the caller: its leg's first change.
-    let hold = PHONE_SDP.replace("a=sendrecv", "").trim_end().to_owned() + "\r\na=sendonly\r\n";
-    let reinvite = format!(
-        "INVITE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKph2\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:phone@{PHONE1}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}",
-        inv.header("To").unwrap(),
-        inv.header("From").unwrap(),
-        inv.call_id,
-        hold.len()
-    );
-    let out = h.send(PHONE1, &reinvite);
+    let phone = |cseq: u32, sdp: &str| {
+        format!(
+            "INVITE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKph{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:phone@{PHONE1}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            inv.header("To").unwrap(),
+            inv.header("From").unwrap(),
+            inv.call_id,
+            sdp.len()
+        )
+    };
+    // The operator's phone refreshes with the same SDP: our answer names
+    // the one law chosen, where our offer named every one: version 2.
+    let out = h.send(PHONE1, &phone(2, PHONE_SDP));
     assert_eq!(answer(&out, PHONE1), 2, "{out:?}");
-    // The same re-INVITE again (a new transaction, nothing changed): the
-    // same version.
-    let again = reinvite
-        .replace("z9hG4bKph2", "z9hG4bKph3")
-        .replace("CSeq: 2", "CSeq: 3");
-    let out = h.send(PHONE1, &again);
-    assert_eq!(answer(&out, PHONE1), 2, "{out:?}");
+    let out = h.send(PHONE1, &phone(3, PHONE_SDP));
+    assert_eq!(answer(&out, PHONE1), 2, "nothing changed: {out:?}");
+    // It holds the caller: its leg's next version, whatever the caller's.
+    let hold = PHONE_SDP.to_owned() + "a=sendonly\r\n";
+    let out = h.send(PHONE1, &phone(4, &hold));
+    assert_eq!(answer(&out, PHONE1), 3, "{out:?}");
+    let out = h.send(PHONE1, &phone(5, &hold));
+    assert_eq!(answer(&out, PHONE1), 3, "{out:?}");
 }
 
 /// The answers to keys relayed by INFO are counted; a phone that says the
@@ -7553,8 +7556,9 @@ fn a_queue_nobody_ever_answered_is_staffed_from_its_expected_handling_time() {
         i64::from(needed),
         "nobody logged in: all of them missing"
     );
+    // Not shown as the measured handling time.
     assert_eq!(
         h.gauge("centralino_queue_handle_time_seconds{queue=info}"),
-        180
+        0
     );
 }

@@ -159,6 +159,12 @@ impl Engine {
         };
         call.media.b = Some(peer);
         call.media.b_direction = direction;
+        // The number's leg is a dialog of its own: our offer to it was
+        // version 1 with every law, what we send it next version 2; and
+        // it is asked afresh whether it takes keys by INFO.
+        call.media.b_version = 2;
+        call.media.b_session = call.media.session + 1;
+        call.info_off[Side::B.index()] = false;
         call.phase = Phase::Connected;
         call.connected = Some((now, "transfer".to_owned()));
         // The queue log keeps the transfer (an IVR transfer never entered a

@@ -17,6 +17,7 @@ pub(super) fn view(cb: &Callback) -> Value {
         "source": cb.source,
         "created_at": rfc3339(cb.created_at),
         "updated_at": rfc3339(cb.updated_at),
+        "promised_by": cb.promised_by.map(rfc3339),
     })
 }
 
@@ -195,6 +196,14 @@ pub(super) async fn create(
         }
         return r;
     }
+    let now = unix_now();
+    // The promise is made now, as the queue keeps it now (a reload or a
+    // retry later does not move it).
+    let promised_by = api
+        .live()
+        .promises
+        .get(&b.queue)
+        .and_then(|q| q.callback_promised_by(now, not_before));
     let new = NewCallback {
         id: random_id(),
         queue: b.queue,
@@ -204,8 +213,8 @@ pub(super) async fn create(
         priority: b.priority.unwrap_or(0),
         source: "api".into(),
         created_at: None,
+        promised_by,
     };
-    let now = unix_now();
     match api.store.ask(|r| StoreReq::Create(new, now, r)).await {
         Ok(Created::New(cb)) => {
             info!(id = %cb.id, queue = %cb.queue, number = %Masked(&cb.number), "callback requested");

@@ -181,7 +181,8 @@ pub(crate) fn thresholds(config: &Config) -> HashMap<String, Thresholds> {
 }
 
 /// Each configured queue's callback promise (`callback_promise_minutes`
-/// of its `callback_hours`).
+/// of its `callback_hours`): what a callback asked for through the API
+/// is promised.
 pub(crate) type Promises = HashMap<String, centralino_config::Queue>;
 
 /// The queues' callback promises, from the configuration.
@@ -189,6 +190,7 @@ pub(crate) fn promises(config: &Config) -> Promises {
     config
         .queues
         .iter()
+        .filter(|q| !q.retired)
         .map(|q| (q.routing.name.clone(), q.clone()))
         .collect()
 }
@@ -198,20 +200,9 @@ fn figures(
     store: &centralino_store::Store,
     span: Span,
     targets: &HashMap<String, Thresholds>,
-    promises: &Promises,
 ) -> Result<Vec<QueueFigures>, StoreError> {
     let mut rows = store.queue_report(span, |q| targets.get(q).copied(), FALLBACK)?;
-    store.add_callback_figures(
-        span,
-        &mut rows,
-        |q, asked, not_before| {
-            promises
-                .get(q)
-                .and_then(|q| q.callback_promised_by(asked, not_before))
-        },
-        |q| targets.get(q).copied(),
-        FALLBACK,
-    )?;
+    store.add_callback_figures(span, &mut rows, |q| targets.get(q).copied(), FALLBACK)?;
     Ok(rows)
 }
 
@@ -225,7 +216,7 @@ pub fn report(
 ) -> Result<String, String> {
     let a = asked(Some(query), unix_now())?;
     let targets = thresholds(config);
-    let rows = figures(store, a.span, &targets, &promises(config)).map_err(|e| e.to_string())?;
+    let rows = figures(store, a.span, &targets).map_err(|e| e.to_string())?;
     let rows: Vec<(QueueFigures, Thresholds)> = rows
         .into_iter()
         .filter(|f| a.only.as_deref().is_none_or(|q| q == f.queue))
@@ -449,12 +440,9 @@ pub(super) async fn queue_report(
             .is_none_or(|t| live.queues.get(q).is_some_and(|(qt, _)| qt == t))
             && a.only.as_deref().is_none_or(|only| only == q)
     };
-    let (targets, promises) = (live.targets.clone(), live.promises.clone());
+    let targets = live.targets.clone();
     let span = a.span;
-    let Ok(rows) = api
-        .read_store(move |s| figures(s, span, &targets, &promises))
-        .await
-    else {
+    let Ok(rows) = api.read_store(move |s| figures(s, span, &targets)).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
     };
     let rows: Vec<(QueueFigures, Thresholds)> = rows

@@ -171,6 +171,7 @@ fn callback_record(
             attempts: c.attempts,
             created_at: c.created_at,
             source: c.source.clone(),
+            promised_by: c.promised_by,
         }),
         contact: None,
     })
@@ -228,6 +229,7 @@ pub(super) fn callback(c: &CallbackWork, now: i64) -> Callback {
         source: c.source.clone(),
         created_at: c.created_at,
         updated_at: now,
+        promised_by: c.promised_by,
     }
 }
 
