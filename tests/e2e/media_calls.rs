@@ -1003,3 +1003,48 @@ fn a_phone_behind_nat_is_heard_and_hears_at_the_address_it_sends_from() {
         "the stranger's packets were dropped"
     );
 }
+
+/// A caller's key sent as an RFC 4733 event during the conversation reaches
+/// an operator's phone that negotiated no telephone-event but takes INFO:
+/// SIPp as both, the carrier playing its own DTMF capture, the phone
+/// checking the INFO it gets (`application/dtmf-relay`, `Signal=1`).
+#[test]
+fn a_callers_rfc4733_key_reaches_a_phone_without_events_by_info() {
+    let scratch = Scratch::new("key-by-info");
+    let music = scratch.path("music.wav");
+    std::fs::write(&music, wav(&[100; 8000])).expect("music");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, &music, &scratch.path("recordings"))
+    });
+    let mut phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_info_keys.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    node.wait_metric(
+        "centralino_queue_agents{queue=\"info\",state=\"available\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    let mut trunk = crate::common::trunk_to(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_key_connected.xml",
+        &["-m", "1"],
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(10));
+    assert_eq!(
+        node.metric("centralino_dtmf_converted_total{direction=\"rfc4733_to_info\"}"),
+        1.0
+    );
+}

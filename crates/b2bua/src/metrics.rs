@@ -84,6 +84,9 @@ pub struct Metrics {
     pub calls: IntCounterVec,
     /// `centralino_calls_active`
     pub calls_active: IntGauge,
+    /// `centralino_dtmf_converted_total{direction}`: keys passed on in
+    /// another form than they came (`rfc4733_to_info`).
+    pub dtmf_converted: IntCounterVec,
     /// `centralino_info_relayed_total{outcome}`: key presses relayed by
     /// INFO to the other leg, by its answer: delivered, refused, gone
     /// (481, 408, no answer), not_taken (405, 415, 469, 501).
@@ -378,6 +381,11 @@ impl Metrics {
                 IntGauge::new("centralino_calls_active", "Calls in progress")
                     .expect("valid metric")
             ),
+            dtmf_converted: reg!(cv(
+                "centralino_dtmf_converted_total",
+                "Keys passed on to the other leg in another form than they came",
+                &["direction"]
+            )),
             info_relayed: reg!(cv(
                 "centralino_info_relayed_total",
                 "Key presses relayed by INFO to the other leg, by its answer",

@@ -254,6 +254,10 @@ pub(super) struct Call {
     /// sends by INFO are relayed to it (RFC 6086 §4.2: never to a peer
     /// that did not say it takes INFO).
     pub(super) peer_info: bool,
+    /// The operator's side (their phone's 200, or a transfer's far end)
+    /// listed INFO in its `Allow`: keys that reach us as RFC 4733 events,
+    /// which it did not negotiate, are sent to it by INFO.
+    pub(super) b_info: bool,
     /// Keys relayed by INFO on this call, and the last one's time: at
     /// most `INFO_RELAYS_MOST`, `INFO_RELAY_SPACING` apart (a sender
     /// cannot make the node flood the other phone).
@@ -413,6 +417,7 @@ impl Call {
             we_refresh: false,
             peer_update: false,
             peer_info: false,
+            b_info: false,
             info_relays: (0, None),
             info_off: [false; 2],
             refreshing: false,

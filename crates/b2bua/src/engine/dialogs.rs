@@ -423,6 +423,47 @@ impl Engine {
     /// as RFC 4733 events are relayed by the media plane. Not towards a
     /// browser (its desktop has no INFO), nor during a consultation.
     fn relay_info(&mut self, now: Instant, call_id: CallId, side: Side, msg: &Message) {
+        let body = (msg.header("Content-Type"), msg.body.clone());
+        self.key_by_info(now, call_id, side, body.0, body.1);
+    }
+
+    /// A key that reached us from `side` as an RFC 4733 event, on a
+    /// connected call whose other side negotiated no telephone-event (the
+    /// media plane cannot pass it on) but takes INFO: sent to it by INFO
+    /// (`application/dtmf-relay`), within the same bounds as relayed INFO.
+    /// A phone without either hears nothing of it, as before.
+    pub(super) fn event_by_info(&mut self, now: Instant, call_id: CallId, side: Side, digit: char) {
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let to = side.other();
+        let (events, info) = match to {
+            Side::A => (call.media.a.telephone_event.is_some(), call.peer_info),
+            Side::B => (
+                call.media.b.is_some_and(|b| b.telephone_event.is_some()),
+                call.b_info,
+            ),
+        };
+        if events || !info {
+            return;
+        }
+        let body = format!("Signal={digit}\r\nDuration=160\r\n").into_bytes();
+        self.metrics
+            .dtmf_converted
+            .with_label_values(&["rfc4733_to_info"])
+            .inc();
+        self.key_by_info(now, call_id, side, Some("application/dtmf-relay"), body);
+    }
+
+    /// Sends a key from `side` to the other side by INFO with this body.
+    fn key_by_info(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        side: Side,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
@@ -458,7 +499,7 @@ impl Engine {
         leg.cseq += 1;
         let leg = leg.clone();
         let mut info = self.in_dialog(&leg, Method::Info);
-        info.set_body(msg.header("Content-Type"), msg.body.clone());
+        info.set_body(content_type, body);
         debug!(from = side.label(), "key press relayed by INFO");
         let dialog = leg.call_id.clone();
         self.send_request(

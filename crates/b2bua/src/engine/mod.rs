@@ -942,6 +942,7 @@ impl Engine {
         match event {
             MediaEvent::Dtmf { call, side, digit } => {
                 self.on_digit(now, call, side, digit, "rfc4733");
+                self.event_by_info(now, call, side, digit);
             }
             MediaEvent::Idle { call, side } => {
                 let _span = self.call_span(call).entered();

@@ -345,6 +345,7 @@ impl Engine {
                 // afresh whether it takes keys by INFO.
                 call.media.b_version = 2;
                 call.info_off[Side::B.index()] = false;
+                call.b_info = allows(&msg, "INFO");
                 // Another node's operator hears that node's whisper.
                 let whisper = if agent.is_some() {
                     whisper_prompts(

@@ -1223,6 +1223,58 @@ fn each_legs_sdp_version_moves_with_its_own_changes_only() {
     assert_eq!(answer(&out, PHONE1), 3, "{out:?}");
 }
 
+/// A key the caller sends as an RFC 4733 event reaches an operator's phone
+/// that negotiated no telephone-event but lists INFO in its `Allow` by
+/// INFO; a phone with neither gets nothing; the caller's side negotiated
+/// events, so the operator's keys are left to the media plane.
+#[test]
+fn an_rfc4733_key_reaches_a_phone_without_events_by_info() {
+    for (allow, want) in [("Allow: INVITE, ACK, BYE, CANCEL, INFO\r\n", 1), ("", 0)] {
+        let mut h = Harness::new();
+        h.register("1001", PHONE1, Algorithm::Md5);
+        let out = h.invite("m1");
+        let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+        let ok = response_to(&inv, 200, "b1").replacen("Contact:", &format!("{allow}Contact:"), 1);
+        h.send(PHONE1, &ok);
+        let call = CallId(1);
+        h.engine.handle_media(
+            h.now,
+            MediaEvent::Dtmf {
+                call,
+                side: Side::A,
+                digit: '7',
+            },
+        );
+        let out = h.drain();
+        let infos = requests(&out, PHONE1, "INFO");
+        assert_eq!(infos.len(), want, "{allow:?}: {out:?}");
+        if want == 1 {
+            assert_eq!(
+                infos[0].header("Content-Type"),
+                Some("application/dtmf-relay")
+            );
+            assert_eq!(infos[0].body, b"Signal=7\r\nDuration=160\r\n");
+            assert_eq!(infos[0].call_id, inv.call_id);
+        }
+        assert_eq!(
+            h.gauge("centralino_dtmf_converted_total{direction=rfc4733_to_info}"),
+            want as i64
+        );
+        assert_eq!(h.engine.calls[&call].media.digits, "7");
+        // The operator's key as an event: the caller negotiated events.
+        h.advance(Duration::from_secs(1));
+        h.engine.handle_media(
+            h.now,
+            MediaEvent::Dtmf {
+                call,
+                side: Side::B,
+                digit: '1',
+            },
+        );
+        assert!(requests(&h.drain(), TRUNK, "INFO").is_empty());
+    }
+}
+
 /// The answers to keys relayed by INFO are counted; a phone that says the
 /// dialog is gone (481) or that it takes no INFO (501) is sent no more.
 #[test]

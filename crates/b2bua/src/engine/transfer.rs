@@ -165,6 +165,7 @@ impl Engine {
         call.media.b_version = 2;
         call.media.b_session = call.media.session + 1;
         call.info_off[Side::B.index()] = false;
+        call.b_info = allows(msg, "INFO");
         call.phase = Phase::Connected;
         call.connected = Some((now, "transfer".to_owned()));
         // The queue log keeps the transfer (an IVR transfer never entered a
