@@ -483,6 +483,61 @@ fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_els
     node.wait_metric(in_use, Duration::from_secs(5), |v| v == 0.0);
 }
 
+/// A supervisor whose browser vanishes mid-listen (its process killed: a
+/// closed laptop, a lost network) is gone once its media stops: the node
+/// gives the port back and the place is free for a colleague, while the
+/// call goes on.
+#[test]
+fn a_supervisor_whose_browser_vanishes_frees_the_place() {
+    let scratch = Scratch::new("monitor-vanish");
+    let node = Node::start_toml(&scratch, config);
+    let join = |token: &str| {
+        node.http(
+            "POST",
+            "/api/v1/agents/1001/monitor",
+            Some(token),
+            Some(r#"{"mode": "listen", "sdp": "v=0"}"#),
+        )
+        .0
+    };
+    let (_phone, _trunk, mut ends) = talking(&scratch, &node, "50000", || {});
+    let mut b = Browser::start(&scratch);
+    b.open(&format!("http://127.0.0.1:{}/wallboard", node.http_port));
+    b.wait_for("document.activeElement.id === 'token'", "the token field");
+    b.type_text(SUPERVISOR);
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('listen-1001') !== null",
+        "the listen button",
+    );
+    b.tab_to("listen-1001");
+    b.key("Enter", false);
+    b.wait_for(
+        "window.centralinoMonitor.pc && window.centralinoMonitor.pc.connectionState === 'connected'",
+        "the supervisor listening",
+    );
+    let in_use = "centralino_rtp_ports{state=\"in_use\"}";
+    assert_eq!(node.metric(in_use), 3.0);
+    assert_eq!(join(COLLEAGUE), 409, "taken while it listens");
+    drop(b);
+    // The caller and the operator go on talking meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while node.metric(in_use) != 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the vanished supervisor's port is never given back"
+        );
+        ends.talk(Duration::from_millis(500), true, |_| false);
+    }
+    let code = join(COLLEAGUE);
+    assert!(
+        code != 409 && (400..500).contains(&code),
+        "the place is free (only the test's empty offer is refused): {code}"
+    );
+    let h = ends.talk(Duration::from_secs(2), true, |h| h.caller_packets >= 5);
+    assert!(h.caller_packets >= 5, "the call goes on: {h:?}");
+}
+
 /// From a SIP phone: the supervisor's account (its firm's
 /// `supervisor_phones`) dials `*9` + operator, answers the digest
 /// challenge, and barges in: it hears the caller's speech, and both the

@@ -110,7 +110,11 @@ pub(crate) async fn callback_scheduler(
         let due = due
             .into_iter()
             .map(|c| DueCallback {
-                promised_unix: c.promised_by,
+                // One stored before promises were kept: as the queue
+                // would promise it now.
+                promised_unix: c.promised_by.or_else(|| {
+                    promised_by(&config.borrow(), &c.queue, c.created_at, c.not_before)
+                }),
                 id: c.id,
                 queue: c.queue,
                 number: c.number,

@@ -449,14 +449,16 @@ impl Store {
 impl Store {
     /// Adds the callbacks asked for in `span` to `rows` (a
     /// [`Store::queue_report`]'s): requested, kept, kept by the time they
-    /// were promised by when asked for. An interval with callbacks and no
-    /// visit gets a row of its own (`thresholds` gives its wrap-up,
-    /// `fallback` for a queue no longer configured). A callback moved to
-    /// another node is that node's.
+    /// were promised by when asked for (one stored before promises were,
+    /// by what `legacy_promise(queue, asked, not_before)` says). An
+    /// interval with callbacks and no visit gets a row of its own
+    /// (`thresholds` gives its wrap-up, `fallback` for a queue no longer
+    /// configured). A callback moved to another node is that node's.
     pub fn add_callback_figures(
         &self,
         span: Span,
         rows: &mut Vec<QueueFigures>,
+        legacy_promise: impl Fn(&str, i64, Option<i64>) -> Option<i64>,
         thresholds: impl Fn(&str) -> Option<Thresholds>,
         fallback: Thresholds,
     ) -> Result<(), StoreError> {
@@ -471,7 +473,7 @@ impl Store {
         // Seconds in the table; the span in milliseconds (rounded out so
         // a second straddling a bound is looked at, then filtered).
         let mut stmt = self.conn.prepare(
-            "SELECT queue, created_at, promised_by, status, updated_at FROM callbacks
+            "SELECT queue, created_at, promised_by, status, updated_at, not_before FROM callbacks
              WHERE created_at >= ?1 AND created_at <= ?2 AND status != 'moved'",
         )?;
         let mut found = stmt.query(params![
@@ -484,6 +486,7 @@ impl Store {
             let promised_by: Option<i64> = row.get(2)?;
             let status: String = row.get(3)?;
             let updated: i64 = row.get(4)?;
+            let not_before: Option<i64> = row.get(5)?;
             let at = asked.saturating_mul(1000);
             if at < span.from_ms || at >= span.to_ms {
                 continue;
@@ -494,6 +497,7 @@ impl Store {
             f.callbacks_requested += 1;
             if status == "done" {
                 f.callbacks_kept += 1;
+                let promised_by = promised_by.or_else(|| legacy_promise(&queue, asked, not_before));
                 if promised_by.is_some_and(|p| updated <= p) {
                     f.callbacks_kept_in_time += 1;
                 }
@@ -758,7 +762,7 @@ mod tests {
         };
         let mut rows = s.queue_report(span, |_| None, FALLBACK_T).unwrap();
         assert!(rows.is_empty());
-        s.add_callback_figures(span, &mut rows, |_| None, FALLBACK_T)
+        s.add_callback_figures(span, &mut rows, |_, _, _| None, |_| None, FALLBACK_T)
             .unwrap();
         let got: Vec<_> = rows
             .iter()

@@ -293,8 +293,13 @@ impl Engine {
         let Some(leg) = yc.b.take() else {
             return;
         };
-        let (y_queue, b_peer, b_session, y_version) =
-            (yc.queue, yc.media.b, yc.media.b_session, yc.media.b_version);
+        let (y_queue, b_peer, b_session, y_version, y_info) = (
+            yc.queue,
+            yc.media.b,
+            yc.media.b_session,
+            yc.media.b_version,
+            yc.b_info,
+        );
         yc.monitor = None;
         self.end_phone_monitor(now, y);
         // The transferring operator leaves the caller (NOTIFY, BYE,
@@ -324,6 +329,9 @@ impl Engine {
         // The colleague's leg goes on in its own session: the offer that
         // moves it to this call's port is its next version.
         media.b_version = y_version + 1;
+        // Whether the colleague's phone takes INFO, as its own answer said.
+        xc.b_info = y_info;
+        xc.info_off[Side::B.index()] = false;
         let record = self.queues[y_queue.0 as usize].record;
         if let Some(peer) = b_peer {
             self.out.push_back(Output::Media(MediaCommand::Bridge {

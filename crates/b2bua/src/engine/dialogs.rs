@@ -360,7 +360,12 @@ impl Engine {
             "Contact",
             &dialog::contact(leg_flow.unwrap_or(call.a_leg.flow)),
         );
-        r.set_body(Some("application/sdp"), body);
+        // An answer to an offer, or our offer to a re-INVITE without one;
+        // an UPDATE without an offer (a session refresh) gets none: a
+        // 2xx to UPDATE carries an answer only (RFC 3311 §5.2).
+        if msg.cseq_method == Method::Invite || !msg.body.is_empty() {
+            r.set_body(Some("application/sdp"), body);
+        }
         if on_transfer.is_some() {
             self.transfer_refreshed_by_peer(now, call_id, msg, &mut r);
             self.respond(now, key, &r);
@@ -423,8 +428,13 @@ impl Engine {
     /// as RFC 4733 events are relayed by the media plane. Not towards a
     /// browser (its desktop has no INFO), nor during a consultation.
     fn relay_info(&mut self, now: Instant, call_id: CallId, side: Side, msg: &Message) {
-        let body = (msg.header("Content-Type"), msg.body.clone());
-        self.key_by_info(now, call_id, side, body.0, body.1);
+        self.key_by_info(
+            now,
+            call_id,
+            side,
+            msg.header("Content-Type"),
+            msg.body.clone(),
+        );
     }
 
     /// A key that reached us from `side` as an RFC 4733 event, on a
@@ -448,14 +458,16 @@ impl Engine {
             return;
         }
         let body = format!("Signal={digit}\r\nDuration=160\r\n").into_bytes();
-        self.metrics
-            .dtmf_converted
-            .with_label_values(&["rfc4733_to_info"])
-            .inc();
-        self.key_by_info(now, call_id, side, Some("application/dtmf-relay"), body);
+        if self.key_by_info(now, call_id, side, Some("application/dtmf-relay"), body) {
+            self.metrics
+                .dtmf_converted
+                .with_label_values(&["rfc4733_to_info"])
+                .inc();
+        }
     }
 
-    /// Sends a key from `side` to the other side by INFO with this body.
+    /// Sends a key from `side` to the other side by INFO with this body;
+    /// whether it went.
     fn key_by_info(
         &mut self,
         now: Instant,
@@ -463,12 +475,12 @@ impl Engine {
         side: Side,
         content_type: Option<&str>,
         body: Vec<u8>,
-    ) {
+    ) -> bool {
         let Some(call) = self.calls.get_mut(&call_id) else {
-            return;
+            return false;
         };
         if call.phase != Phase::Connected || call.consult.is_some() {
-            return;
+            return false;
         }
         let (relayed, last) = call.info_relays;
         if relayed >= INFO_RELAYS_MOST
@@ -478,12 +490,16 @@ impl Engine {
                 .sip_rejected
                 .with_label_values(&["info_relay_limited"])
                 .inc();
-            return;
+            return false;
         }
         let to = side.other();
-        let to_caller_refused = to == Side::A && !call.peer_info;
-        if to_caller_refused || call.info_off[to.index()] {
-            return;
+        // Never to a side that did not say it takes INFO (RFC 6086 §4.2).
+        let takes_info = match to {
+            Side::A => call.peer_info,
+            Side::B => call.b_info,
+        };
+        if !takes_info || call.info_off[to.index()] {
+            return false;
         }
         call.info_relays = (relayed + 1, Some(now));
         let other = match side {
@@ -494,7 +510,7 @@ impl Engine {
             Side::B => Some(&mut call.a_leg),
         };
         let Some(leg) = other.filter(|l| l.flow.transport != Transport::Browser) else {
-            return;
+            return false;
         };
         leg.cseq += 1;
         let leg = leg.clone();
@@ -508,6 +524,7 @@ impl Engine {
             info,
             ClientRef::InfoRelay(call_id, to, dialog),
         );
+        true
     }
 
     /// The final answer to a key press relayed by INFO to `to` (`None`:

@@ -416,6 +416,8 @@ fn response_to(req: &Message, code: u16, to_tag: &str) -> String {
     let mut r = req.response(code, "X", Some(to_tag));
     r.push("Contact", "<sip:phone@192.0.2.21:5062>");
     if code == 200 && req.is_request() && *req.method() == centralino_sip::Method::Invite {
+        // As desk phones and softphones say: INFO taken.
+        r.push("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO");
         r.set_body(Some("application/sdp"), PHONE_SDP.as_bytes().to_vec());
     }
     String::from_utf8(r.to_bytes()).unwrap()
@@ -1200,6 +1202,13 @@ fn each_legs_sdp_version_moves_with_its_own_changes_only() {
     assert_eq!(answer(&out, TRUNK), first + 1);
     let out = h.send(TRUNK, &caller(3, "sendrecv"));
     assert_eq!(answer(&out, TRUNK), first + 2);
+    // An UPDATE without an offer (a refresh) is answered without SDP
+    // (RFC 3311 §5.2), and moves no version.
+    let out = h.send(TRUNK, &in_dialog("UPDATE", TRUNK, "am1", &a_tag, 4, ""));
+    let ok = &out.iter().find(|(_, m)| m.code() == 200).expect("200").1;
+    assert!(ok.body.is_empty(), "{ok:?}");
+    let out = h.send(TRUNK, &caller(5, "sendrecv"));
+    assert_eq!(answer(&out, TRUNK), first + 2);
     let phone = |cseq: u32, sdp: &str| {
         format!(
             "INVITE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKph{cseq}\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:phone@{PHONE1}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
@@ -1229,12 +1238,19 @@ fn each_legs_sdp_version_moves_with_its_own_changes_only() {
 /// events, so the operator's keys are left to the media plane.
 #[test]
 fn an_rfc4733_key_reaches_a_phone_without_events_by_info() {
-    for (allow, want) in [("Allow: INVITE, ACK, BYE, CANCEL, INFO\r\n", 1), ("", 0)] {
+    for (allow, want) in [
+        ("INVITE, ACK, BYE, CANCEL, INFO", 1),
+        ("INVITE, ACK, BYE, CANCEL", 0),
+    ] {
         let mut h = Harness::new();
         h.register("1001", PHONE1, Algorithm::Md5);
         let out = h.invite("m1");
         let inv = requests(&out, PHONE1, "INVITE")[0].clone();
-        let ok = response_to(&inv, 200, "b1").replacen("Contact:", &format!("{allow}Contact:"), 1);
+        let ok = response_to(&inv, 200, "b1").replacen(
+            "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO",
+            allow,
+            1,
+        );
         h.send(PHONE1, &ok);
         let call = CallId(1);
         h.engine.handle_media(

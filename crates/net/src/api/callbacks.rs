@@ -388,12 +388,33 @@ pub(super) async fn patch(api: &Api, headers: &HeaderMap, id: String, body: &Byt
     {
         return error(StatusCode::BAD_REQUEST, &e);
     }
+    let now = unix_now();
+    // The citizen chose another time: the promise is made again, from now
+    // (or from that time), as the queue keeps it now.
+    let promised_by = match not_before {
+        Some(nb) => {
+            let id = id.clone();
+            match api.store.ask(|r| StoreReq::Get(id, r)).await {
+                Ok(Some(cb)) => Some(
+                    api.live()
+                        .promises
+                        .get(&cb.queue)
+                        .and_then(|q| q.callback_promised_by(now, nb)),
+                ),
+                Ok(None) => return error(StatusCode::NOT_FOUND, "no such callback"),
+                Err(_) => {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+                }
+            }
+        }
+        None => None,
+    };
     let p = Patch {
         not_before,
         priority: b.priority,
         requirements: b.requirements,
+        promised_by,
     };
-    let now = unix_now();
     let e = api.store.ask(|r| StoreReq::Update(id, p, now, r)).await;
     if matches!(e, Ok(Edit::Done(_))) {
         api.metrics.callbacks.with_label_values(&["updated"]).inc();

@@ -200,9 +200,23 @@ fn figures(
     store: &centralino_store::Store,
     span: Span,
     targets: &HashMap<String, Thresholds>,
+    promises: &Promises,
 ) -> Result<Vec<QueueFigures>, StoreError> {
     let mut rows = store.queue_report(span, |q| targets.get(q).copied(), FALLBACK)?;
-    store.add_callback_figures(span, &mut rows, |q| targets.get(q).copied(), FALLBACK)?;
+    // A callback stored before promises were kept: as the queue would
+    // promise it now.
+    let legacy = |q: &str, asked: i64, not_before: Option<i64>| {
+        promises
+            .get(q)
+            .and_then(|q| q.callback_promised_by(asked, not_before))
+    };
+    store.add_callback_figures(
+        span,
+        &mut rows,
+        legacy,
+        |q| targets.get(q).copied(),
+        FALLBACK,
+    )?;
     Ok(rows)
 }
 
@@ -216,7 +230,7 @@ pub fn report(
 ) -> Result<String, String> {
     let a = asked(Some(query), unix_now())?;
     let targets = thresholds(config);
-    let rows = figures(store, a.span, &targets).map_err(|e| e.to_string())?;
+    let rows = figures(store, a.span, &targets, &promises(config)).map_err(|e| e.to_string())?;
     let rows: Vec<(QueueFigures, Thresholds)> = rows
         .into_iter()
         .filter(|f| a.only.as_deref().is_none_or(|q| q == f.queue))
@@ -440,9 +454,12 @@ pub(super) async fn queue_report(
             .is_none_or(|t| live.queues.get(q).is_some_and(|(qt, _)| qt == t))
             && a.only.as_deref().is_none_or(|only| only == q)
     };
-    let targets = live.targets.clone();
+    let (targets, promises) = (live.targets.clone(), live.promises.clone());
     let span = a.span;
-    let Ok(rows) = api.read_store(move |s| figures(s, span, &targets)).await else {
+    let Ok(rows) = api
+        .read_store(move |s| figures(s, span, &targets, &promises))
+        .await
+    else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
     };
     let rows: Vec<(QueueFigures, Thresholds)> = rows
