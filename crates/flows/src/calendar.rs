@@ -112,15 +112,19 @@ impl Calendar {
 /// than this often keeps no promise.
 const LOOK_AHEAD_DAYS: i64 = 62;
 
-/// The Unix time of a local (Europe/Rome) time given as seconds since the
-/// epoch on the local clock. In the hour the clocks go back, the first
-/// (summer) one; in the hour they skip, an hour later.
-fn rome_to_utc(local: UnixSeconds) -> UnixSeconds {
-    let summer = local - 7200;
-    if rome_offset(summer) == 7200 {
-        summer
+/// A local day (days since the epoch on the Rome clock) as one or two
+/// stretches of one offset each: `(from, offset)` pairs, the second
+/// beginning at the clocks' change (01:00 UTC on the last Sunday of March
+/// and of October) when the day has one.
+fn day_offsets(day: i64) -> [(UnixSeconds, i64); 2] {
+    let (y, _, _) = civil_from_days(day);
+    let noon = day * 86_400 + 11 * 3600;
+    let after = rome_offset(noon);
+    if day == last_sunday(y, 3) || day == last_sunday(y, 10) {
+        let change = day * 86_400 + 3600;
+        [(i64::MIN, rome_offset(change - 1)), (change, after)]
     } else {
-        local - 3600
+        [(i64::MIN, after), (i64::MIN, after)]
     }
 }
 
@@ -155,12 +159,34 @@ impl Calendar {
             {
                 continue;
             }
+            // On the days the clocks change, a range is open by the local
+            // clock on either side of the change (an hour skipped, or
+            // lived twice), exactly as `open` says.
+            let [(_, before), (change, after)] = day_offsets(day);
+            let segments = if change == i64::MIN {
+                [(before, i64::MIN, i64::MAX), (before, 0, 0)]
+            } else {
+                [(before, i64::MIN, change), (after, change, i64::MAX)]
+            };
+            // The day's open stretches in time order (in the hour lived
+            // twice, a later range's first part may come before an earlier
+            // range's second).
+            let mut pieces: Vec<(UnixSeconds, UnixSeconds)> = Vec::with_capacity(merged.len() * 2);
             for &(a, b) in &merged {
-                let start = rome_to_utc(day * 86_400 + i64::from(a) * 60).max(from);
-                let end = rome_to_utc(day * 86_400 + i64::from(b) * 60);
-                if start >= end {
-                    continue;
+                let (la, lb) = (
+                    day * 86_400 + i64::from(a) * 60,
+                    day * 86_400 + i64::from(b) * 60,
+                );
+                for (offset, lo, hi) in segments {
+                    let start = (la - offset).max(lo).max(from);
+                    let end = (lb - offset).min(hi);
+                    if start < end {
+                        pieces.push((start, end));
+                    }
                 }
+            }
+            pieces.sort_unstable();
+            for (start, end) in pieces {
                 if end - start >= left {
                     return Some(start + left);
                 }
@@ -311,7 +337,7 @@ mod tests {
             }
             Some(t)
         }
-        let cal = Calendar {
+        let weekdays = Calendar {
             days: 0b001_1111,
             hours: vec![
                 parse_hours("08:00-13:00").unwrap(),
@@ -320,8 +346,20 @@ mod tests {
             ],
             holidays: vec![Holiday::parse("04-06").unwrap()],
         };
+        // Sundays only, and across the night the clocks change (two
+        // ranges around the hour lived twice).
+        let nights = Calendar {
+            days: 0b100_0000,
+            hours: vec![
+                parse_hours("00:30-02:30").unwrap(),
+                parse_hours("02:45-04:00").unwrap(),
+                parse_hours("20:00-24:00").unwrap(),
+            ],
+            holidays: Vec::new(),
+        };
         let mut x: u64 = 7;
-        for _ in 0..400 {
+        for i in 0..800 {
+            let cal = if i % 2 == 0 { &weekdays } else { &nights };
             x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             // Starts around both clock changes of 2026 and in between.
             let base = [
@@ -330,10 +368,12 @@ mod tests {
                 unix(2026, 6, 1, 0, 0),
             ][(x >> 60) as usize % 3];
             let from = base + ((x >> 20) % (8 * 86_400)) as i64;
-            let open_for = ((x >> 8) % (3 * 86_400)) as i64;
+            // At most a few weeks of either calendar's hours.
+            let most = if i % 2 == 0 { 3 * 86_400 } else { 10 * 3600 };
+            let open_for = ((x >> 8) % most) as i64;
             assert_eq!(
                 cal.after_open(from, open_for),
-                reference(&cal, from, open_for),
+                reference(cal, from, open_for),
                 "from {from}, open for {open_for}"
             );
         }
