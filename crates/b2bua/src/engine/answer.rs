@@ -14,56 +14,77 @@ pub(super) fn open_command(call: CallId, media: &mut AnchoredMedia) -> MediaComm
     }
 }
 
+/// Our SDP `local` for `side`'s leg with its `o=` version: the one the leg
+/// was last sent when it says the same, the next when it does not (RFC
+/// 3264 §8: "incremented by one" on a change, the same otherwise), 1 for
+/// the leg's first.
+pub(super) fn stamped(m: &mut AnchoredMedia, side: Side, mut local: Local<'_>) -> Vec<u8> {
+    use std::hash::{Hash, Hasher};
+    local.version = 0;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    local.to_bytes().hash(&mut h);
+    let digest = h.finish();
+    let version = match m.sent[side.index()] {
+        Some((last, v)) if last == digest => v,
+        Some((_, v)) => v + 1,
+        None => 1,
+    };
+    m.sent[side.index()] = Some((digest, version));
+    local.version = version;
+    local.to_bytes()
+}
+
 /// Centralino's SDP towards the caller: our offer in the 200 OK after a
 /// late offer, else the answer to theirs.
-pub(super) fn a_sdp(m: &AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
+pub(super) fn a_sdp(m: &mut AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
     if m.late_offer && !m.opened {
-        return sdp_offer(m, codecs, m.a_port, m.session);
+        let (port, session) = (m.a_port, m.session);
+        return sdp_offer(m, codecs, Side::A, port, session);
     }
-    Local {
+    let formats = [m.a.law.payload_type()];
+    let local = Local {
         addr: m.sdp_ip,
         port: m.a_port,
-        formats: &[m.a.law.payload_type()],
+        formats: &formats,
         telephone_event: m.a.telephone_event,
         direction: m.a_direction,
         session: m.session,
-        version: m.version,
-    }
-    .to_bytes()
+        version: 0,
+    };
+    stamped(m, Side::A, local)
 }
 
 /// Centralino's SDP towards the answered operator (re-INVITE answers).
-pub(super) fn b_sdp(m: &AnchoredMedia) -> Vec<u8> {
+pub(super) fn b_sdp(m: &mut AnchoredMedia) -> Vec<u8> {
     let Some(b) = m.b else {
         return Vec::new();
     };
-    Local {
+    let formats = [b.law.payload_type()];
+    let local = Local {
         addr: m.sdp_ip,
         port: m.b_port,
-        formats: &[b.law.payload_type()],
+        formats: &formats,
         telephone_event: b.telephone_event,
         direction: m.b_direction,
         session: m.b_session,
-        version: m.b_version,
-    }
-    .to_bytes()
+        version: 0,
+    };
+    stamped(m, Side::B, local)
 }
 
 /// The offer to an operator: the caller's law first (no transcoding when
 /// the phone takes it), then the others configured, and telephone-event.
-pub(super) fn b_offer(m: &AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
-    sdp_offer(m, codecs, m.b_port, m.b_session)
+/// A new dialog: its versions start afresh.
+pub(super) fn b_offer(m: &mut AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
+    m.sent[Side::B.index()] = None;
+    let (port, session) = (m.b_port, m.b_session);
+    sdp_offer(m, codecs, Side::B, port, session)
 }
 
 /// The citizen's side of a placed call learns its peer (early media or the
 /// answer): opened now, or, already opened for the operator's whisper,
 /// told its address.
 pub(super) fn citizen_peer(call_id: CallId, media: &mut AnchoredMedia, peer: Peer) -> MediaCommand {
-    // Our offer to the citizen was version 1 with every law; what we send
-    // next names the one chosen: version 2 (RFC 3264 §8), once.
-    if media.version == 1 {
-        media.version = 2;
-    }
     media.a = peer;
     if media.opened {
         MediaCommand::Update {
@@ -77,8 +98,15 @@ pub(super) fn citizen_peer(call_id: CallId, media: &mut AnchoredMedia, peer: Pee
     }
 }
 
-/// Our offer from `port`: the caller's law (or the first configured) first.
-pub(super) fn sdp_offer(m: &AnchoredMedia, codecs: &[Law], port: u16, session: u64) -> Vec<u8> {
+/// Our offer to `side`'s leg from `port`: the caller's law (or the first
+/// configured) first.
+pub(super) fn sdp_offer(
+    m: &mut AnchoredMedia,
+    codecs: &[Law],
+    side: Side,
+    port: u16,
+    session: u64,
+) -> Vec<u8> {
     let mut formats = vec![m.a.law.payload_type()];
     formats.extend(
         codecs
@@ -86,16 +114,16 @@ pub(super) fn sdp_offer(m: &AnchoredMedia, codecs: &[Law], port: u16, session: u
             .map(|l| l.payload_type())
             .filter(|pt| *pt != m.a.law.payload_type()),
     );
-    Local {
+    let local = Local {
         addr: m.sdp_ip,
         port,
         formats: &formats,
         telephone_event: Some(TELEPHONE_EVENT),
         direction: Direction::SendRecv,
         session,
-        version: 1,
-    }
-    .to_bytes()
+        version: 0,
+    };
+    stamped(m, side, local)
 }
 
 /// An operator's answer (signalled from `from`): its media and the

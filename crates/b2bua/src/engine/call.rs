@@ -81,11 +81,13 @@ pub(super) struct AnchoredMedia {
     /// o= session id towards the operator (`session + 1`; an attended
     /// transfer's operator keeps the one of their consultation).
     pub(super) b_session: u64,
-    /// o= version of our SDP towards the caller, and towards the
-    /// operator: each leg's own, raised by one when what we send that leg
-    /// changes and only then (RFC 3264 §8), whatever the other leg does.
-    pub(super) version: u64,
-    pub(super) b_version: u64,
+    /// What each leg (`Side::index`) was last sent: a digest of our SDP
+    /// with its `o=` version left out, and that version. The next SDP to
+    /// the leg keeps the version when it says the same and takes the next
+    /// one when it does not (RFC 3264 §8), whatever the other leg does
+    /// (`answer::stamped`). A new dialog on the operator's side starts
+    /// afresh; a consulted colleague's dialog keeps its own.
+    pub(super) sent: [Option<(u64, u64)>; 2],
     /// Key presses so far (for the call's flow).
     pub(super) digits: String,
     /// The caller's INVITE had no SDP: our offer goes in the 200 OK and
@@ -98,22 +100,9 @@ pub(super) struct AnchoredMedia {
 impl AnchoredMedia {
     /// A side's peer and the direction we answer it with, as its new
     /// offer (or answer) says.
-    /// Sets a side's peer and the direction we answer it with; when that
-    /// changes what we send that side (its law, its telephone-event type,
-    /// our direction: not its address, which our SDP does not name), our
-    /// SDP to it takes its next version (RFC 3264 §8).
+    /// Sets a side's peer and the direction we answer it with (what our
+    /// next SDP to it says follows).
     pub(super) fn set_peer(&mut self, side: Side, peer: Peer, direction: Direction) {
-        let ours = |p: Option<Peer>, d: Direction| p.map(|p| (p.law, p.telephone_event, d));
-        let before = match side {
-            Side::A => ours(Some(self.a), self.a_direction),
-            Side::B => ours(self.b, self.b_direction),
-        };
-        if before != ours(Some(peer), direction) {
-            match side {
-                Side::A => self.version += 1,
-                Side::B => self.b_version += 1,
-            }
-        }
         match side {
             Side::A => {
                 self.a = peer;

@@ -119,8 +119,7 @@ impl Engine {
             b_direction: Direction::SendRecv,
             session,
             b_session: session + 1,
-            b_version: 1,
-            version: 1,
+            sent: [None; 2],
             digits: String::new(),
             late_offer: false,
             opened: false,
@@ -448,12 +447,8 @@ impl Engine {
             self.pump(now);
             return;
         }
-        let offer_body = sdp_offer(
-            &call.media,
-            &self.codecs,
-            call.media.a_port,
-            call.media.session,
-        );
+        let (port, session) = (call.media.a_port, call.media.session);
+        let offer_body = sdp_offer(&mut call.media, &self.codecs, Side::A, port, session);
         let Some(o) = call.outbound() else {
             return;
         };

@@ -293,11 +293,11 @@ impl Engine {
         let Some(leg) = yc.b.take() else {
             return;
         };
-        let (y_queue, b_peer, b_session, y_version, y_info) = (
+        let (y_queue, b_peer, b_session, y_sent, y_info) = (
             yc.queue,
             yc.media.b,
             yc.media.b_session,
-            yc.media.b_version,
+            yc.media.sent[Side::B.index()],
             yc.b_info,
         );
         yc.monitor = None;
@@ -328,7 +328,7 @@ impl Engine {
         media.b_session = b_session;
         // The colleague's leg goes on in its own session: the offer that
         // moves it to this call's port is its next version.
-        media.b_version = y_version + 1;
+        media.sent[Side::B.index()] = y_sent;
         // Whether the colleague's phone takes INFO, as its own answer said.
         xc.b_info = y_info;
         xc.info_off[Side::B.index()] = false;
@@ -381,18 +381,19 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&x) else {
             return;
         };
-        let media = &call.media;
+        let media = &mut call.media;
         let offer = media.b.map(|p| {
-            Local {
+            let formats = [p.law.payload_type()];
+            let local = Local {
                 addr: media.sdp_ip,
                 port: media.b_port,
-                formats: &[p.law.payload_type()],
+                formats: &formats,
                 telephone_event: p.telephone_event,
                 direction: Direction::SendRecv,
                 session: media.b_session,
-                version: media.b_version,
-            }
-            .to_bytes()
+                version: 0,
+            };
+            stamped(media, Side::B, local)
         });
         let attempt = call.rejoin.as_ref().map_or(0, |r| r.attempt);
         let Some(b) = call.b.as_mut() else {

@@ -49,7 +49,6 @@ impl Engine {
             browser: false,
         };
         call.media.a_direction = audio.direction.answer();
-        call.media.version += 1;
         call.media.opened = true;
         let m = &call.media;
         self.out.push_back(Output::Media(MediaCommand::Open {
@@ -352,8 +351,8 @@ impl Engine {
             }
         }
         let body = match side {
-            Side::A => a_sdp(&call.media, &codecs),
-            Side::B => b_sdp(&call.media),
+            Side::A => a_sdp(&mut call.media, &codecs),
+            Side::B => b_sdp(&mut call.media),
         };
         let mut r = msg.response(200, "OK", None);
         r.push(

@@ -18,7 +18,10 @@ impl Engine {
         };
         let mut ok = inbound.response(200, "OK");
         ok.push("Contact", &Self::caller_contact(call));
-        ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+        ok.set_body(
+            Some("application/sdp"),
+            a_sdp(&mut call.media, &self.codecs),
+        );
         if let Some(inbound) = call.inbound_mut() {
             inbound.answered = true;
         }

@@ -808,7 +808,10 @@ impl Engine {
                     inbound.response(180, "Ringing")
                 } else {
                     let mut r = inbound.response(183, "Session Progress");
-                    r.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+                    r.set_body(
+                        Some("application/sdp"),
+                        a_sdp(&mut call.media, &self.codecs),
+                    );
                     r
                 };
                 r.push("Contact", &Self::caller_contact(call));
@@ -1037,7 +1040,7 @@ mod transfer;
 mod unserved;
 mod vhold;
 
-use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer};
+use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer, stamped};
 use call::*;
 use campaigns::Paced;
 use ingress::{allows, allows_update, asserted_caller};

@@ -143,7 +143,9 @@ impl Engine {
                 inv.push("X-Centralino-Var", &format!("{name}={value}"));
             }
         }
-        inv.set_body(Some("application/sdp"), b_offer(&call.media, &self.codecs));
+        // Disjoint fields: the call's media and the node's laws.
+        let media = &mut self.calls.get_mut(&call_id)?.media;
+        inv.set_body(Some("application/sdp"), b_offer(media, &self.codecs));
         Some((inv, b_call_id, local))
     }
 
@@ -339,11 +341,8 @@ impl Engine {
                 b_peer.browser = browser;
                 call.media.b = Some(b_peer);
                 call.media.b_direction = b_direction;
-                // A new operator's dialog: our offer to it was version 1,
-                // with every law; what we send it next names only the one
-                // chosen: version 2 (RFC 3264 §8). And its phone is asked
-                // afresh whether it takes keys by INFO.
-                call.media.b_version = 2;
+                // A new operator's dialog: its phone is asked afresh
+                // whether it takes keys by INFO.
                 call.info_off[Side::B.index()] = false;
                 call.b_info = allows(&msg, "INFO");
                 // Another node's operator hears that node's whisper.
@@ -401,7 +400,10 @@ impl Engine {
                     .map(|i| i.response(200, "OK"));
                 if let Some(ok) = ok.as_mut() {
                     ok.push("Contact", &Self::caller_contact(call));
-                    ok.set_body(Some("application/sdp"), a_sdp(&call.media, &self.codecs));
+                    ok.set_body(
+                        Some("application/sdp"),
+                        a_sdp(&mut call.media, &self.codecs),
+                    );
                 }
                 if let Some(i) = call.inbound_mut() {
                     i.answered = true;

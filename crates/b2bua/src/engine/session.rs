@@ -184,7 +184,7 @@ impl Engine {
         let min_se = call.refresh_tries.min_se;
         let leg = call.a_leg.clone();
         let contact = Self::caller_contact(call);
-        let body = (method == Method::Invite).then(|| a_sdp(&call.media, &codecs));
+        let body = (method == Method::Invite).then(|| a_sdp(&mut call.media, &codecs));
         let mut req = self.in_dialog(&leg, method);
         req.push("Contact", &contact);
         req.push("Supported", "timer");

@@ -1230,6 +1230,19 @@ fn each_legs_sdp_version_moves_with_its_own_changes_only() {
     assert_eq!(answer(&out, PHONE1), 3, "{out:?}");
     let out = h.send(PHONE1, &phone(5, &hold));
     assert_eq!(answer(&out, PHONE1), 3, "{out:?}");
+    // A phone whose first re-INVITE is a hold: the next version after
+    // our offer (1), not one skipped.
+    let (mut h, _, inv) = connected();
+    let hold_first = format!(
+        "INVITE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKhf\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:phone@{PHONE1}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}",
+        inv.header("To").unwrap(),
+        inv.header("From").unwrap(),
+        inv.call_id,
+        hold.len()
+    );
+    assert_eq!(sdp_version(&inv.body), 1, "our offer");
+    let out = h.send(PHONE1, &hold_first);
+    assert_eq!(answer(&out, PHONE1), 2, "{out:?}");
 }
 
 /// A key the caller sends as an RFC 4733 event reaches an operator's phone

@@ -29,15 +29,13 @@ impl Engine {
         let (flow, call_id) = (leg.flow, leg.call_id.clone());
         inv.push("Contact", &dialog::contact(flow));
         inv.push("User-Agent", &self.user_agent);
-        let Some(call) = self.calls.get(&id) else {
+        let Some(call) = self.calls.get_mut(&id) else {
             return false;
         };
-        let body = sdp_offer(
-            &call.media,
-            &self.codecs,
-            call.media.b_port,
-            call.media.session + 1,
-        );
+        // A new dialog on the operator's side: its versions start afresh.
+        call.media.sent[Side::B.index()] = None;
+        let (port, session) = (call.media.b_port, call.media.session + 1);
+        let body = sdp_offer(&mut call.media, &self.codecs, Side::B, port, session);
         inv.set_body(Some("application/sdp"), body);
         info!(number = %Masked(number), "IVR transfer: dialling");
         let key = self.send_request(now, flow, inv, ClientRef::Transfer(id));
@@ -159,10 +157,8 @@ impl Engine {
         };
         call.media.b = Some(peer);
         call.media.b_direction = direction;
-        // The number's leg is a dialog of its own: our offer to it was
-        // version 1 with every law, what we send it next version 2; and
-        // it is asked afresh whether it takes keys by INFO.
-        call.media.b_version = 2;
+        // The number's leg is a dialog of its own (its SDP versions went
+        // on from our offer to it), asked afresh whether it takes INFO.
         call.media.b_session = call.media.session + 1;
         call.info_off[Side::B.index()] = false;
         call.b_info = allows(msg, "INFO");
@@ -271,7 +267,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let body = b_sdp(&call.media);
+        let body = b_sdp(&mut call.media);
         let Some(t) = call.transfer.as_mut() else {
             return;
         };
