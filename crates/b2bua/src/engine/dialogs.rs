@@ -350,10 +350,6 @@ impl Engine {
                 }
             }
         }
-        let body = match side {
-            Side::A => a_sdp(&mut call.media, &codecs),
-            Side::B => b_sdp(&mut call.media),
-        };
         let mut r = msg.response(200, "OK", None);
         r.push(
             "Contact",
@@ -361,8 +357,13 @@ impl Engine {
         );
         // An answer to an offer, or our offer to a re-INVITE without one;
         // an UPDATE without an offer (a session refresh) gets none: a
-        // 2xx to UPDATE carries an answer only (RFC 3311 §5.2).
+        // 2xx to UPDATE carries an answer only (RFC 3311 §5.2). Built
+        // only when sent: building it stamps the leg's next version.
         if msg.cseq_method == Method::Invite || !msg.body.is_empty() {
+            let body = match side {
+                Side::A => a_sdp(&mut call.media, &codecs),
+                Side::B => b_sdp(&mut call.media),
+            };
             r.set_body(Some("application/sdp"), body);
         }
         if on_transfer.is_some() {

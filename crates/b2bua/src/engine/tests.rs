@@ -1241,7 +1241,20 @@ fn each_legs_sdp_version_moves_with_its_own_changes_only() {
         hold.len()
     );
     assert_eq!(sdp_version(&inv.body), 1, "our offer");
-    let out = h.send(PHONE1, &hold_first);
+    // A body-less UPDATE first (a refresh: no SDP sent, no version used).
+    let update = format!(
+        "UPDATE sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE1};branch=z9hG4bKup\r\nFrom: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 UPDATE\r\nContact: <sip:phone@{PHONE1}>\r\nContent-Length: 0\r\n\r\n",
+        inv.header("To").unwrap(),
+        inv.header("From").unwrap(),
+        inv.call_id,
+    );
+    let out = h.send(PHONE1, &update);
+    let ok = &out.iter().find(|(_, m)| m.code() == 200).expect("200").1;
+    assert!(ok.body.is_empty(), "{ok:?}");
+    let out = h.send(
+        PHONE1,
+        &hold_first.replace("CSeq: 2 INVITE", "CSeq: 3 INVITE"),
+    );
     assert_eq!(answer(&out, PHONE1), 2, "{out:?}");
 }
 

@@ -267,17 +267,22 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let body = b_sdp(&mut call.media);
+        let Some(t) = call.transfer.as_ref() else {
+            return;
+        };
+        // Only a re-INVITE carries our SDP (building it stamps the leg's
+        // next version: never for a body-less UPDATE).
+        let body = (!t.peer_update).then(|| b_sdp(&mut call.media));
         let Some(t) = call.transfer.as_mut() else {
             return;
         };
         let (Some(interval), Some(leg)) = (t.session, t.dialog.as_mut()) else {
             return;
         };
-        let (method, with_sdp) = if t.peer_update {
-            (Method::Update, false)
+        let method = if t.peer_update {
+            Method::Update
         } else {
-            (Method::Invite, true)
+            Method::Invite
         };
         leg.cseq += 1;
         let leg = leg.clone();
@@ -288,7 +293,7 @@ impl Engine {
         req.push("Supported", "timer");
         req.push("Session-Expires", &format!("{interval};refresher=uac"));
         req.push("Min-SE", &min_se.to_string());
-        if with_sdp {
+        if let Some(body) = body {
             req.set_body(Some("application/sdp"), body);
         }
         self.send_request(now, leg.flow, req, ClientRef::TransferRefresh(id));
