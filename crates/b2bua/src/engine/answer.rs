@@ -18,18 +18,23 @@ pub(super) fn open_command(call: CallId, media: &mut AnchoredMedia) -> MediaComm
 /// was last sent when it says the same, the next when it does not (RFC
 /// 3264 §8: "incremented by one" on a change, the same otherwise), 1 for
 /// the leg's first.
-pub(super) fn stamped(m: &mut AnchoredMedia, side: Side, mut local: Local<'_>) -> Vec<u8> {
+pub(super) fn stamped(m: &mut AnchoredMedia, side: Side, local: Local<'_>) -> Vec<u8> {
+    stamp(&mut m.sent[side.index()], local)
+}
+
+/// [`stamped`] for a leg whose last SDP sent is `last` (digest, version).
+pub(super) fn stamp(last: &mut Option<(u64, u64)>, mut local: Local<'_>) -> Vec<u8> {
     use std::hash::{Hash, Hasher};
     local.version = 0;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     local.to_bytes().hash(&mut h);
     let digest = h.finish();
-    let version = match m.sent[side.index()] {
-        Some((last, v)) if last == digest => v,
+    let version = match *last {
+        Some((d, v)) if d == digest => v,
         Some((_, v)) => v + 1,
         None => 1,
     };
-    m.sent[side.index()] = Some((digest, version));
+    *last = Some((digest, version));
     local.version = version;
     local.to_bytes()
 }

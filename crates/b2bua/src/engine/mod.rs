@@ -1040,7 +1040,9 @@ mod transfer;
 mod unserved;
 mod vhold;
 
-use answer::{a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer, stamped};
+use answer::{
+    a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer, stamp, stamped,
+};
 use call::*;
 use campaigns::Paced;
 use ingress::{allows, allows_update, asserted_caller};

@@ -29,8 +29,12 @@ pub(super) struct PhoneMonitor {
     /// The supervisor's name on the call (`phone:USER`).
     pub(super) supervisor: String,
     pub(super) answered: bool,
-    /// Our SDP answer (a re-INVITE in the dialog gets it again).
-    pub(super) answer: Vec<u8>,
+    /// What our SDP to the phone names (address, port, `o=` session), once
+    /// answered, and the digest and version of the last one sent: a
+    /// re-INVITE gets it again, in the direction its offer asks
+    /// (`answer::stamp`).
+    pub(super) ours: Option<(IpAddr, u16, u64)>,
+    pub(super) sent: Option<(u64, u64)>,
 }
 
 /// The feature code of a Request-URI: the mode and the operator.
@@ -158,7 +162,8 @@ impl Engine {
                 mode,
                 supervisor,
                 answered: false,
-                answer: Vec::new(),
+                ours: None,
+                sent: None,
             },
         );
         self.out.push_back(Output::Media(MediaCommand::MonitorPort {
@@ -198,18 +203,9 @@ impl Engine {
         let tag = tag_of(&m.leg.local).unwrap_or_default().to_owned();
         let mut ok = m.invite.response(200, "OK", Some(&tag));
         ok.push("Contact", &dialog::contact(m.leg.flow));
-        m.answer = Local {
-            addr: sdp_ip,
-            port,
-            formats: &[m.peer.law.payload_type()],
-            // Their keypad changes the mode: events accepted if offered.
-            telephone_event: m.peer.telephone_event,
-            direction: Direction::SendRecv,
-            session,
-            version: 1,
-        }
-        .to_bytes();
-        ok.set_body(Some("application/sdp"), m.answer.clone());
+        m.ours = Some((sdp_ip, port, session));
+        let answer = phone_answer(m, Direction::SendRecv);
+        ok.set_body(Some("application/sdp"), answer);
         let (key, peer, mode) = (m.key.clone(), m.peer, m.mode);
         self.respond(now, &key, &ok);
         self.monitor_joined_with(now, call_id, Some(peer.into()));
@@ -312,7 +308,15 @@ impl Engine {
             Method::Invite => {
                 let mut ok = msg.response(200, "OK", None);
                 ok.push("Contact", &dialog::contact(m.leg.flow));
-                ok.set_body(Some("application/sdp"), m.answer.clone());
+                // A hold (their offer `sendonly` or `inactive`) is
+                // answered `recvonly` or `inactive` (RFC 3264 §6.1), never
+                // `sendrecv`; a re-INVITE without an offer gets ours.
+                let direction =
+                    sdp::parse(&msg.body).map_or(Direction::SendRecv, |a| a.direction.answer());
+                let Some(m) = self.phone_monitors.get_mut(&msg.call_id) else {
+                    return false;
+                };
+                ok.set_body(Some("application/sdp"), phone_answer(m, direction));
                 ok
             }
             Method::Update | Method::Options => msg.response(200, "OK", None),
@@ -396,4 +400,25 @@ impl Engine {
         let theirs = tag_of(&m.leg.remote).is_none_or(|t| msg.from_tag.as_deref() == Some(t));
         Some(ours && theirs && m.leg.flow.remote.ip() == source)
     }
+}
+
+/// Our SDP to a supervisor's phone, in `direction`: the same address,
+/// port, law and session as our answer, its version following what the
+/// phone was last sent.
+fn phone_answer(m: &mut PhoneMonitor, direction: Direction) -> Vec<u8> {
+    let Some((addr, port, session)) = m.ours else {
+        return Vec::new();
+    };
+    let formats = [m.peer.law.payload_type()];
+    let local = Local {
+        addr,
+        port,
+        formats: &formats,
+        // Their keypad changes the mode: events accepted if offered.
+        telephone_event: m.peer.telephone_event,
+        direction,
+        session,
+        version: 0,
+    };
+    stamp(&mut m.sent, local)
 }

@@ -6243,7 +6243,31 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     let out = h.send(PHONE2, &in_dialog("INVITE", 5, &tag, ""));
     assert_eq!(codes(&out, PHONE2), vec![200]);
     assert_eq!(sdp::parse(&out[0].1.body).expect("our SDP").port, 42_004);
+    assert_eq!(sdp_version(&out[0].1.body), 1, "the same SDP");
     assert!(h.media.is_empty(), "no media change: {:?}", h.media);
+    // The phone holds (sendonly): answered recvonly, never sendrecv (RFC
+    // 3264 §6.1), the next version; resumed, sendrecv again and the next.
+    let reinvite = |cseq: u32, dir: &str| {
+        let sdp = format!(
+            "v=0\r\no=- 1 {cseq} IN IP4 192.0.2.22\r\ns=-\r\nc=IN IP4 192.0.2.22\r\nt=0 0\r\nm=audio 32000 RTP/AVP 0\r\na={dir}\r\n"
+        );
+        in_dialog("INVITE", cseq, &tag, "Content-Type: application/sdp\r\n").replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()),
+        )
+    };
+    for (cseq, dir, want, version) in [
+        (6, "sendonly", sdp::Direction::RecvOnly, 2),
+        (7, "sendrecv", sdp::Direction::SendRecv, 3),
+    ] {
+        let out = h.send(PHONE2, &reinvite(cseq, dir));
+        assert_eq!(codes(&out, PHONE2), vec![200], "{out:?}");
+        let ours = sdp::parse(&out[0].1.body).expect("our SDP");
+        assert_eq!(
+            (ours.direction, sdp_version(&out[0].1.body)),
+            (want, version)
+        );
+    }
     assert!(requests(&out, PHONE1, "BYE").is_empty());
     // Their BYE: they leave.
     let bye = |id: &str, code: &str, tag: &str| {
