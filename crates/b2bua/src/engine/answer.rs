@@ -82,6 +82,7 @@ pub(super) fn b_sdp(m: &mut AnchoredMedia) -> Vec<u8> {
 /// A new dialog: its versions start afresh.
 pub(super) fn b_offer(m: &mut AnchoredMedia, codecs: &[Law]) -> Vec<u8> {
     m.sent[Side::B.index()] = None;
+    m.offered_in_2xx[Side::B.index()] = None;
     let (port, session) = (m.b_port, m.b_session);
     sdp_offer(m, codecs, Side::B, port, session)
 }

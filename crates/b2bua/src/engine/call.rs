@@ -73,8 +73,12 @@ pub(super) struct AnchoredMedia {
     pub(super) a_port: u16,
     pub(super) b_port: u16,
     pub(super) a: Peer,
+    /// The direction our last SDP to the caller's leg said: an answer
+    /// mirrors their offer, a refresh repeats it (RFC 4028 §7.4), a new
+    /// offer of ours says `sendrecv`.
     pub(super) a_direction: Direction,
     pub(super) b: Option<Peer>,
+    /// The same towards the operator's leg.
     pub(super) b_direction: Direction,
     /// o= session id towards the caller.
     pub(super) session: u64,
@@ -95,11 +99,13 @@ pub(super) struct AnchoredMedia {
     pub(super) late_offer: bool,
     /// The media plane has the call (`Open` sent).
     pub(super) opened: bool,
+    /// Per side: the CSeq of a re-INVITE without SDP that our 2xx
+    /// answered with an offer; the peer's answer comes in its ACK (RFC
+    /// 3261 §14.2, RFC 3264 §8).
+    pub(super) offered_in_2xx: [Option<u32>; 2],
 }
 
 impl AnchoredMedia {
-    /// A side's peer and the direction we answer it with, as its new
-    /// offer (or answer) says.
     /// Sets a side's peer and the direction we answer it with (what our
     /// next SDP to it says follows).
     pub(super) fn set_peer(&mut self, side: Side, peer: Peer, direction: Direction) {

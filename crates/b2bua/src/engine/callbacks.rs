@@ -123,6 +123,7 @@ impl Engine {
             digits: String::new(),
             late_offer: false,
             opened: false,
+            offered_in_2xx: [None; 2],
         };
         let mut spec = CallSpec {
             priority: cb.priority,

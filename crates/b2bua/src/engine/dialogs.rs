@@ -5,24 +5,34 @@
 use super::*;
 
 impl Engine {
-    /// The ACK of the caller's 2xx: after a late offer it carries the
-    /// caller's answer, and the media opens.
+    /// An ACK: after a late offer, the caller's ACK carries their answer
+    /// and the media opens; after our offer in a 2xx to a re-INVITE
+    /// without SDP, either side's ACK carries the answer.
     pub(super) fn on_ack(&mut self, now: Instant, source: IpAddr, msg: &Message) {
-        // An ACK gets no answer, so one that is not the caller's own is
+        // An ACK gets no answer, so one that is not the dialog's own is
         // dropped (counted): it could carry an SDP answer that moves media.
-        let Some(&call_id) = self.by_a.get(&msg.call_id) else {
+        let call_id = match self.match_dialog(source, msg) {
+            Ok(c) => c,
+            Err("no_dialog") => return,
+            Err(why) => {
+                self.metrics.sip_rejected.with_label_values(&[why]).inc();
+                return;
+            }
+        };
+        let Some((_, side)) = self.dialog_side(msg) else {
             return;
         };
-        if self.match_dialog(source, msg).is_err() {
-            self.metrics
-                .sip_rejected
-                .with_label_values(&["foreign_dialog"])
-                .inc();
-            return;
-        }
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        if call.media.offered_in_2xx[side.index()] == Some(msg.cseq) {
+            call.media.offered_in_2xx[side.index()] = None;
+            self.answer_in_ack(call_id, side, msg);
+            return;
+        }
+        if side != Side::A {
+            return;
+        }
         if !call.media.late_offer || call.media.opened || !call.answered() {
             return;
         }
@@ -68,6 +78,72 @@ impl Engine {
         }
         if let Some(flow) = call.pending_flow.take() {
             self.run_flow(now, call_id, flow);
+        }
+    }
+
+    /// The peer's answer, in its ACK, to the offer our 2xx made to its
+    /// re-INVITE without SDP (a phone resuming from hold this way, a
+    /// carrier's refresh): it must keep the law in use (the only one we
+    /// offered) at an address media may go to; else the session goes on
+    /// as it was (counted: `sdp_rejected{reason="ack_answer"}`).
+    fn answer_in_ack(&mut self, call_id: CallId, side: Side, msg: &Message) {
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let flow = Self::leg_flow(call, msg, side);
+        let current = match side {
+            Side::A => Some(call.media.a),
+            Side::B => call.media.b,
+        };
+        let (Some(flow), Some(current)) = (flow, current) else {
+            return;
+        };
+        let answer = sdp::parse(&msg.body)
+            .ok()
+            .filter(|a| a.port != 0 && a.formats.contains(&current.law.payload_type()))
+            .filter(|a| self.may_send_to(a, flow));
+        let Some(audio) = answer else {
+            warn!(
+                side = side.label(),
+                "ACK carries no usable answer to our offer; the session goes on as it was"
+            );
+            self.metrics
+                .sdp_rejected
+                .with_label_values(&["ack_answer"])
+                .inc();
+            return;
+        };
+        let held = audio.on_hold();
+        let peer = Peer {
+            addr: SocketAddr::new(audio.addr, audio.port),
+            telephone_event: audio.telephone_event,
+            ..current
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let _span = call.span.clone().entered();
+        call.media.set_peer(side, peer, audio.direction.answer());
+        info!(
+            side = side.label(),
+            held, "session changed by the answer in an ACK"
+        );
+        self.out.push_back(Output::Media(MediaCommand::Update {
+            call: call_id,
+            side,
+            peer: peer.into(),
+            held,
+        }));
+    }
+
+    /// The flow of the leg `msg` is in, on `side` of `call`: the caller's,
+    /// the answered transfer's to a number, or the operator's.
+    fn leg_flow(call: &Call, msg: &Message, side: Side) -> Option<Flow> {
+        match side {
+            Side::A => Some(call.a_leg.flow),
+            Side::B => Self::transfer_dialog(call, msg)
+                .map(|l| l.flow)
+                .or_else(|| call.b.as_ref().map(|b| b.flow)),
         }
     }
 
@@ -152,19 +228,22 @@ impl Engine {
             .ok()
             .filter(|a| a.port != 0)
             .and_then(|a| Some((a.choose(&self.codecs)?, a)))
-            .filter(|(_, a)| {
-                // A browser's answer is the node's own gateway naming the
-                // call's operator port, where it terminates the WebRTC
-                // leg (the browser's own SDP never reaches the engine).
-                flow.transport == Transport::Browser
-                    || self
-                        .refused_media(
-                            SocketAddr::new(a.addr, a.port),
-                            flow.remote.ip(),
-                            flow.local.ip(),
-                        )
-                        .is_none()
-            })
+            .filter(|(_, a)| self.may_send_to(a, flow))
+    }
+
+    /// Whether media may go where a peer's SDP on `flow` says (a refused
+    /// address is counted). A browser's SDP is the node's own gateway
+    /// naming the call's operator port, where it terminates the WebRTC
+    /// leg (the browser's own SDP never reaches the engine).
+    fn may_send_to(&self, a: &sdp::Audio, flow: Flow) -> bool {
+        flow.transport == Transport::Browser
+            || self
+                .refused_media(
+                    SocketAddr::new(a.addr, a.port),
+                    flow.remote.ip(),
+                    flow.local.ip(),
+                )
+                .is_none()
     }
 
     /// [`Self::refused_media`] without counting (the caller counts).
@@ -258,10 +337,10 @@ impl Engine {
             .get(&call_id)
             .and_then(|c| Self::transfer_dialog(c, msg))
             .map(|l| l.flow);
-        let leg_flow = self.calls.get(&call_id).and_then(|c| match side {
-            Side::A => Some(c.a_leg.flow),
-            Side::B => on_transfer.or_else(|| c.b.as_ref().map(|b| b.flow)),
-        });
+        let leg_flow = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| Self::leg_flow(c, msg, side));
         // A browser's re-INVITE is the node's gateway naming the call's
         // own operator port (where it ends the WebRTC leg).
         let bad_address = sdp::parse(&msg.body).ok().is_some_and(|a| {
@@ -360,6 +439,17 @@ impl Engine {
         // 2xx to UPDATE carries an answer only (RFC 3311 §5.2). Built
         // only when sent: building it stamps the leg's next version.
         if msg.cseq_method == Method::Invite || !msg.body.is_empty() {
+            if msg.body.is_empty() {
+                // Our offer (RFC 3264 §8): what we want, which is to send
+                // and receive (the node never holds a leg itself; a
+                // phone resuming this way must not hear its own hold
+                // echoed). The peer's answer comes in the ACK.
+                match side {
+                    Side::A => call.media.a_direction = Direction::SendRecv,
+                    Side::B => call.media.b_direction = Direction::SendRecv,
+                }
+                call.media.offered_in_2xx[side.index()] = Some(msg.cseq);
+            }
             let body = match side {
                 Side::A => a_sdp(&mut call.media, &codecs),
                 Side::B => b_sdp(&mut call.media),

@@ -564,6 +564,7 @@ impl Engine {
             digits: String::new(),
             late_offer,
             opened: false,
+            offered_in_2xx: [None; 2],
         })
     }
 

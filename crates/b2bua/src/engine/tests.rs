@@ -1163,6 +1163,93 @@ fn reinvite_hold_and_resume_are_answered_without_touching_the_other_leg() {
     ));
 }
 
+/// A re-INVITE without SDP (a phone resuming this way, a carrier's
+/// refresh) gets our offer in the 200, always `sendrecv`; the peer's
+/// answer comes in the ACK of that CSeq and moves the media (RFC 3261
+/// §14.2, RFC 3264 §8), on either side. An answer at a refused address or
+/// without the law in use changes nothing (counted); an ACK from a
+/// stranger with the right tags is dropped (counted).
+#[test]
+fn a_reinvite_without_sdp_gets_our_offer_and_the_answer_in_its_ack_moves_the_media() {
+    let (mut h, ok, inv) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    let reinvite = |cseq: u32, sdp: &str| in_dialog("INVITE", TRUNK, "am1", &a_tag, cseq, sdp);
+    let ack = |from: &str, cseq: u32, sdp: &str| in_dialog("ACK", from, "am1", &a_tag, cseq, sdp);
+    let last_update = |media: &[MediaCommand]| match media.last() {
+        Some(MediaCommand::Update {
+            side, peer, held, ..
+        }) => (*side, peer.rtp().unwrap().addr.port(), *held),
+        other => panic!("{other:?}"),
+    };
+    let caller_sdp = |port: u16, dir: &str| {
+        format!(
+            "v=0\r\no=- 1 {port} IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na={dir}\r\n"
+        )
+    };
+    // The caller holds the operator: we answer recvonly.
+    let out = h.send(TRUNK, &reinvite(2, &caller_sdp(40002, "sendonly")));
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert!(matches!(
+        h.media.last(),
+        Some(MediaCommand::Update { held: true, .. })
+    ));
+    // It resumes by a re-INVITE without SDP: our offer, not our hold's
+    // answer echoed (recvonly would keep the call held).
+    let out = h.send(TRUNK, &reinvite(3, ""));
+    let offer = &out.iter().find(|(_, m)| m.code() == 200).expect("200").1;
+    let sent = sdp::parse(&offer.body).unwrap();
+    assert_eq!(sent.direction, sdp::Direction::SendRecv, "{offer:?}");
+    assert!(sent.formats.contains(&8), "the law in use: {offer:?}");
+    let updates = h.media.len();
+    // An ACK of another CSeq carries no answer to that offer.
+    h.send(TRUNK, &ack(TRUNK, 2, &caller_sdp(40004, "sendrecv")));
+    assert_eq!(h.media.len(), updates, "{:?}", h.media);
+    // A stranger's ACK with the dialog's tags and CSeq moves nothing.
+    h.send(STRANGER, &ack(STRANGER, 3, &caller_sdp(40004, "sendrecv")));
+    assert_eq!(h.media.len(), updates, "{:?}", h.media);
+    assert_eq!(
+        h.gauge("centralino_sip_rejected_total{reason=foreign_dialog}"),
+        1
+    );
+    // The caller's own ACK: the answer, at a new port, sendrecv.
+    h.send(TRUNK, &ack(TRUNK, 3, &caller_sdp(40004, "sendrecv")));
+    assert_eq!(last_update(&h.media), (Side::A, 40004, false));
+    // Taken once: the ACK again (a retransmission) changes nothing.
+    let updates = h.media.len();
+    h.send(TRUNK, &ack(TRUNK, 3, &caller_sdp(40006, "sendonly")));
+    assert_eq!(h.media.len(), updates);
+    // An answer naming a multicast group: refused, the session as it was.
+    h.send(TRUNK, &reinvite(4, ""));
+    let group = caller_sdp(40008, "sendrecv").replace("c=IN IP4 192.0.2.10", "c=IN IP4 224.0.0.1");
+    h.send(TRUNK, &ack(TRUNK, 4, &group));
+    assert_eq!(h.media.len(), updates, "{:?}", h.media);
+    // And one without the law in use (we offered only it).
+    h.send(TRUNK, &reinvite(5, ""));
+    let other_law = caller_sdp(40010, "sendrecv").replace("RTP/AVP 8", "RTP/AVP 0");
+    h.send(TRUNK, &ack(TRUNK, 5, &other_law));
+    assert_eq!(h.media.len(), updates, "{:?}", h.media);
+    assert_eq!(
+        h.gauge("centralino_sdp_rejected_total{reason=ack_answer}"),
+        2
+    );
+    assert_eq!(h.engine.active_calls(), 1, "the call goes on");
+
+    // The operator's phone: the same, on its own leg.
+    let phone = |method: &str, cseq: u32, sdp: &str| {
+        let from = format!("{};tag=b1", inv.header("To").unwrap());
+        let to = inv.header("From").unwrap();
+        request_in(PHONE1, method, cseq, &from, to, &inv.call_id, "", sdp)
+    };
+    let out = h.send(PHONE1, &phone("INVITE", 2, ""));
+    let offer = &out.iter().find(|(_, m)| m.code() == 200).expect("200").1;
+    let sent = sdp::parse(&offer.body).unwrap();
+    assert_eq!(sent.direction, sdp::Direction::SendRecv);
+    assert!(sent.formats.contains(&0), "the phone's law: {offer:?}");
+    let hold = PHONE_SDP.replace("30000", "30002") + "a=sendonly\r\n";
+    h.send(PHONE1, &phone("ACK", 2, &hold));
+    assert_eq!(last_update(&h.media), (Side::B, 30002, true));
+}
+
 /// The `o=` version of our SDP: its third field.
 fn sdp_version(body: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(body);
@@ -2716,18 +2803,8 @@ fn an_ivr_transfers_leg_is_refreshed_answered_and_ended_when_its_refreshes_stop(
         let out = h.send(FAR, &String::from_utf8(ok.to_bytes()).unwrap());
         assert_eq!(requests(&out, FAR, "ACK").len(), 1, "{out:?}");
         let far_request = |method: &str, cseq: u32, headers: &str, body: &str| {
-            let ct = if body.is_empty() {
-                ""
-            } else {
-                "Content-Type: application/sdp\r\n"
-            };
-            format!(
-                "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {FAR};branch=z9hG4bKfar{method}{cseq}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:far@{FAR}>\r\n{headers}{ct}Content-Length: {}\r\n\r\n{body}",
-                ok.header("To").unwrap(),
-                dial.header("From").unwrap(),
-                dial.call_id,
-                body.len()
-            )
+            let (from, to) = (ok.header("To").unwrap(), dial.header("From").unwrap());
+            request_in(FAR, method, cseq, from, to, &dial.call_id, headers, body)
         };
         // The carrier holds the caller (a re-INVITE with `sendonly`):
         // answered with our SDP for that leg, the media told.
@@ -3120,6 +3197,30 @@ fn in_dialog(
     };
     format!(
         "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKd{method}{cseq}\r\nFrom: <sip:+390612345678@192.0.2.10>;tag={from_tag}\r\nTo: <sip:100@192.0.2.1>;tag={to_tag}\r\nCall-ID: m1\r\nCSeq: {cseq} {method}\r\nContact: <sip:x@{from}>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A request from `peer` in the dialog named by its `From`, `To` and
+/// Call-ID, with `headers` (each ending in CRLF) and an SDP `body`.
+#[allow(clippy::too_many_arguments)]
+fn request_in(
+    peer: &str,
+    method: &str,
+    cseq: u32,
+    from: &str,
+    to: &str,
+    call_id: &str,
+    headers: &str,
+    body: &str,
+) -> String {
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "{method} sip:centralino@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {peer};branch=z9hG4bKin{method}{cseq}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:peer@{peer}>\r\n{headers}{ct}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }
