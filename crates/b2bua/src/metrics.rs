@@ -142,6 +142,8 @@ pub struct Metrics {
     /// `centralino_queue_answered_wait_seconds{queue}`: the answered
     /// visits' waits (buckets at every queue's thresholds).
     pub queue_answered_wait: HistogramVec,
+    /// Its bucket bounds (the standard ones and the thresholds).
+    answered_buckets: Vec<f64>,
     /// `centralino_queue_abandoned_total{queue,kind}`: callers who hung up
     /// unanswered, `short` (within the short threshold) or `after_short`.
     pub queue_abandoned: IntCounterVec,
@@ -267,6 +269,28 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The answered-wait histogram made again when `thresholds` (the
+    /// queues' T, second T and short threshold, after a reload) need other
+    /// bucket bounds than it has: registered in place of the old one, its
+    /// series start from zero (PromQL's `rate` reads it as the counter
+    /// reset it is). Whether it was made again; the caller creates the
+    /// queues' series anew.
+    pub fn rebucket_answered_wait(&mut self, thresholds: &[f64]) -> bool {
+        let buckets = answered_buckets(thresholds);
+        if buckets == self.answered_buckets {
+            return false;
+        }
+        let fresh = answered_wait(&buckets);
+        // The old one is ours: unregistering cannot fail but for a
+        // collector never registered, which leaves nothing to remove.
+        let _ = self
+            .registry
+            .unregister(Box::new(self.queue_answered_wait.clone()));
+        self.queue_answered_wait = register(&self.registry, fresh);
+        self.answered_buckets = buckets;
+        true
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         Self::with_thresholds(&[])
@@ -283,13 +307,8 @@ impl Metrics {
             };
         }
         let (cv, gv, c) = (counter_vec, gauge_vec, counter);
-        let wait_buckets = vec![
-            0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-        ];
-        let mut answered_buckets = wait_buckets.clone();
-        answered_buckets.extend(thresholds.iter().filter(|t| t.is_finite() && **t > 0.0));
-        answered_buckets.sort_by(f64::total_cmp);
-        answered_buckets.dedup();
+        let wait_buckets = WAIT_BUCKETS.to_vec();
+        let answered_buckets = answered_buckets(thresholds);
         Self {
             sip_requests: reg!(cv(
                 "centralino_sip_requests_total",
@@ -497,17 +516,8 @@ impl Metrics {
                 "Visits answered within the queue's T (threshold t) or second T (t2)",
                 &["queue", "threshold"]
             )),
-            queue_answered_wait: reg!(
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "centralino_queue_answered_wait_seconds",
-                        "Wait of the answered visits"
-                    )
-                    .buckets(answered_buckets),
-                    &["queue"]
-                )
-                .expect("valid metric")
-            ),
+            queue_answered_wait: reg!(answered_wait(&answered_buckets)),
+            answered_buckets,
             queue_abandoned: reg!(cv(
                 "centralino_queue_abandoned_total",
                 "Callers who hung up unanswered: within the short threshold (short) or after it",
@@ -724,6 +734,34 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Reg
         .register(Box::new(m.clone()))
         .expect("unique metric name");
     m
+}
+
+/// Bucket bounds of the waits (seconds).
+const WAIT_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// The answered waits' bucket bounds: the standard ones and each of
+/// `thresholds` (seconds), in order, once each.
+fn answered_buckets(thresholds: &[f64]) -> Vec<f64> {
+    let mut b = WAIT_BUCKETS.to_vec();
+    b.extend(thresholds.iter().filter(|t| t.is_finite() && **t > 0.0));
+    b.sort_by(f64::total_cmp);
+    b.dedup();
+    b
+}
+
+/// `centralino_queue_answered_wait_seconds{queue}` with these bounds.
+fn answered_wait(buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "centralino_queue_answered_wait_seconds",
+            "Wait of the answered visits",
+        )
+        .buckets(buckets.to_vec()),
+        &["queue"],
+    )
+    .expect("valid metric")
 }
 
 /// A counter with labels.

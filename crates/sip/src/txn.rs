@@ -358,7 +358,13 @@ impl Transactions {
     }
 
     fn handle_ack(&mut self, now: Instant, flow: Flow, key: TxKey, msg: Box<Message>) {
-        if let Some(tx) = self.server.get_mut(&key) {
+        // The ACK of a non-2xx is hop by hop: from where the INVITE came
+        // (a stranger's ACK with its branch must not stop our response).
+        if let Some(tx) = self
+            .server
+            .get_mut(&key)
+            .filter(|tx| tx.flow.remote.ip() == flow.remote.ip())
+        {
             if tx.state == SState::Completed {
                 tx.state = SState::Confirmed;
                 tx.retransmit_at = None;
@@ -376,13 +382,22 @@ impl Transactions {
                 return;
             }
         }
-        // An ACK for a 2xx: a request of its own, in the dialog.
-        if let Some(k) = self.awaiting_ack.remove(&(msg.call_id.clone(), msg.cseq))
+        // An ACK for a 2xx: a request of its own, in the dialog. Only the
+        // TU knows whether it is the dialog's (its tags, its peer, which
+        // may be another address of the same carrier), so the 2xx goes on
+        // until it says so ([`Self::acknowledged`]).
+        self.out.push_back(TxOutput::Request { flow, msg });
+    }
+
+    /// The TU took an ACK as its dialog's: the 2xx to the INVITE with this
+    /// Call-ID and CSeq number is not retransmitted any more, and no
+    /// [`TxOutput::NoAck`] comes for it (RFC 3261 §13.3.1.4).
+    pub fn acknowledged(&mut self, call_id: &str, cseq: u32) {
+        if let Some(k) = self.awaiting_ack.remove(&(call_id.to_owned(), cseq))
             && let Some(tx) = self.server.get_mut(&k)
         {
             tx.retransmit_at = None;
         }
-        self.out.push_back(TxOutput::Request { flow, msg });
     }
 
     /// Sends a response within the server transaction `key` (the request's
@@ -880,7 +895,19 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\r
             "ACK sip:100@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5070;branch=z9hG4bKg\r\n\
 From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\n\r\n",
         );
-        tx.handle_request(t0 + Duration::from_millis(3600), flow(Transport::Udp), ack);
+        // The same ACK from another address is not the peer's: handed to
+        // the TU as any ACK would be, the 486 goes on.
+        let stranger = Flow {
+            remote: "192.0.2.66:5070".parse().unwrap(),
+            ..flow(Transport::Udp)
+        };
+        let at = t0 + Duration::from_millis(3600);
+        tx.handle_request(at, stranger, ack.clone());
+        assert!(matches!(tx.poll_output(), Some(TxOutput::Request { .. })));
+        let (sent, _) = run_until(&mut tx, t0, t0 + Duration::from_millis(7600));
+        let secs: Vec<f64> = sent.iter().map(Duration::as_secs_f64).collect();
+        assert_eq!(secs, vec![7.5], "G goes on");
+        tx.handle_request(t0 + Duration::from_millis(7600), flow(Transport::Udp), ack);
         assert!(tx.poll_output().is_none(), "ACK for non-2xx is absorbed");
         let (sent, _) = run_until(&mut tx, t0, t0 + Duration::from_secs(60));
         assert!(sent.is_empty());

@@ -77,6 +77,24 @@ pub(super) fn b_sdp(m: &mut AnchoredMedia) -> Vec<u8> {
     stamped(m, Side::B, local)
 }
 
+/// Our offer to `side`'s leg in the 2xx to its re-INVITE without SDP,
+/// built as for a new call (RFC 3261 §14.2): the law in use first, then
+/// the others configured (the media plane transcodes), telephone-event,
+/// `sendrecv` (what the node wants: it never holds a leg itself, so a
+/// phone resuming this way is not answered with its own hold), on the
+/// leg's own port and session.
+pub(super) fn reoffer(m: &mut AnchoredMedia, codecs: &[Law], side: Side) -> Vec<u8> {
+    let (current, port, session) = match side {
+        Side::A => (m.a.law, m.a_port, m.session),
+        Side::B => (m.b.map_or(m.a.law, |b| b.law), m.b_port, m.b_session),
+    };
+    match side {
+        Side::A => m.a_direction = Direction::SendRecv,
+        Side::B => m.b_direction = Direction::SendRecv,
+    }
+    offer_from(m, codecs, side, port, session, current)
+}
+
 /// The offer to an operator: the caller's law first (no transcoding when
 /// the phone takes it), then the others configured, and telephone-event.
 /// A new dialog: its versions start afresh.
@@ -113,12 +131,26 @@ pub(super) fn sdp_offer(
     port: u16,
     session: u64,
 ) -> Vec<u8> {
-    let mut formats = vec![m.a.law.payload_type()];
+    let first = m.a.law;
+    offer_from(m, codecs, side, port, session, first)
+}
+
+/// Our offer to `side`'s leg from `port`: `first`, then the other laws
+/// configured, telephone-event, `sendrecv`.
+fn offer_from(
+    m: &mut AnchoredMedia,
+    codecs: &[Law],
+    side: Side,
+    port: u16,
+    session: u64,
+    first: Law,
+) -> Vec<u8> {
+    let mut formats = vec![first.payload_type()];
     formats.extend(
         codecs
             .iter()
             .map(|l| l.payload_type())
-            .filter(|pt| *pt != m.a.law.payload_type()),
+            .filter(|pt| *pt != first.payload_type()),
     );
     let local = Local {
         addr: m.sdp_ip,

@@ -99,10 +99,12 @@ pub(super) struct AnchoredMedia {
     pub(super) late_offer: bool,
     /// The media plane has the call (`Open` sent).
     pub(super) opened: bool,
-    /// Per side: the CSeq of a re-INVITE without SDP that our 2xx
-    /// answered with an offer; the peer's answer comes in its ACK (RFC
-    /// 3261 §14.2, RFC 3264 §8).
-    pub(super) offered_in_2xx: [Option<u32>; 2],
+    /// Per side: the dialog (Call-ID) and CSeq of a re-INVITE without SDP
+    /// that our 2xx answered with an offer; the peer's answer comes in its
+    /// ACK (RFC 3261 §14.2, RFC 3264 §8). Named by its dialog, so the ACK
+    /// of another leg on that side (a colleague's, a transfer's) never
+    /// takes it.
+    pub(super) offered_in_2xx: [Option<(String, u32)>; 2],
 }
 
 impl AnchoredMedia {

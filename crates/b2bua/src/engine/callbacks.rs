@@ -123,7 +123,7 @@ impl Engine {
             digits: String::new(),
             late_offer: false,
             opened: false,
-            offered_in_2xx: [None; 2],
+            offered_in_2xx: [None, None],
         };
         let mut spec = CallSpec {
             priority: cb.priority,

@@ -314,6 +314,7 @@ impl Engine {
                 .collect(),
         );
         self.apply_policies(now, config);
+        self.rebucket(config);
         self.catalog = config.catalog.clone();
         self.pump(now);
         info!(
@@ -322,6 +323,30 @@ impl Engine {
             "configuration reloaded"
         );
         Ok(())
+    }
+
+    /// The answered-wait histogram's buckets follow the queues' new T,
+    /// second T and short threshold (`_bucket` bounds at the configured T,
+    /// so PromQL reads the service level from them exactly).
+    fn rebucket(&mut self, config: &EngineConfig) {
+        let thresholds: Vec<f64> = config
+            .queues
+            .iter()
+            .flat_map(|q| {
+                let s = &q.service;
+                [s.level, s.level2, s.short_abandon]
+            })
+            .map(|d| d.as_secs_f64())
+            .collect();
+        if !self.metrics.rebucket_answered_wait(&thresholds) {
+            return;
+        }
+        info!("answered-wait histogram made again for the queues' new thresholds");
+        for q in config.queues.iter().filter(|q| !q.retired) {
+            self.metrics
+                .queue_answered_wait
+                .with_label_values(&[&q.routing.name]);
+        }
     }
 
     /// Operators added, changed and removed, live: a new one gets a slot

@@ -11,22 +11,33 @@ impl Engine {
     pub(super) fn on_ack(&mut self, now: Instant, source: IpAddr, msg: &Message) {
         // An ACK gets no answer, so one that is not the dialog's own is
         // dropped (counted): it could carry an SDP answer that moves media.
+        // Only the dialog's own ACK ends our 2xx's retransmissions (a
+        // stranger's would silence the offer it may carry); one of a
+        // dialog gone has nothing left to protect.
         let call_id = match self.match_dialog(source, msg) {
             Ok(c) => c,
-            Err("no_dialog") => return,
+            Err("no_dialog") => {
+                self.txn.acknowledged(&msg.call_id, msg.cseq);
+                return;
+            }
             Err(why) => {
                 self.metrics.sip_rejected.with_label_values(&[why]).inc();
                 return;
             }
         };
+        self.txn.acknowledged(&msg.call_id, msg.cseq);
         let Some((_, side)) = self.dialog_side(msg) else {
             return;
         };
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        if call.media.offered_in_2xx[side.index()] == Some(msg.cseq) {
-            call.media.offered_in_2xx[side.index()] = None;
+        let pending = &mut call.media.offered_in_2xx[side.index()];
+        if pending
+            .as_ref()
+            .is_some_and(|(dialog, cseq)| *dialog == msg.call_id && *cseq == msg.cseq)
+        {
+            *pending = None;
             self.answer_in_ack(call_id, side, msg);
             return;
         }
@@ -83,9 +94,10 @@ impl Engine {
 
     /// The peer's answer, in its ACK, to the offer our 2xx made to its
     /// re-INVITE without SDP (a phone resuming from hold this way, a
-    /// carrier's refresh): it must keep the law in use (the only one we
-    /// offered) at an address media may go to; else the session goes on
-    /// as it was (counted: `sdp_rejected{reason="ack_answer"}`).
+    /// carrier's refresh): a law we offered (the one in use kept when the
+    /// answer still has it) at an address media may go to; else the
+    /// session goes on as it was (counted:
+    /// `sdp_rejected{reason="ack_answer"}`).
     fn answer_in_ack(&mut self, call_id: CallId, side: Side, msg: &Message) {
         let Some(call) = self.calls.get(&call_id) else {
             return;
@@ -98,11 +110,21 @@ impl Engine {
         let (Some(flow), Some(current)) = (flow, current) else {
             return;
         };
+        let prefer: Vec<Law> = std::iter::once(current.law)
+            .chain(self.codecs.iter().copied())
+            .collect();
         let answer = sdp::parse(&msg.body)
             .ok()
-            .filter(|a| a.port != 0 && a.formats.contains(&current.law.payload_type()))
-            .filter(|a| self.may_send_to(a, flow));
-        let Some(audio) = answer else {
+            .filter(|a| a.port != 0 && self.may_send_to(a, flow))
+            .and_then(|a| {
+                let law = if a.formats.contains(&current.law.payload_type()) {
+                    current.law
+                } else {
+                    a.choose(&prefer)?
+                };
+                Some((a, law))
+            });
+        let Some((audio, law)) = answer else {
             warn!(
                 side = side.label(),
                 "ACK carries no usable answer to our offer; the session goes on as it was"
@@ -116,6 +138,7 @@ impl Engine {
         let held = audio.on_hold();
         let peer = Peer {
             addr: SocketAddr::new(audio.addr, audio.port),
+            law,
             telephone_event: audio.telephone_event,
             ..current
         };
@@ -439,20 +462,15 @@ impl Engine {
         // 2xx to UPDATE carries an answer only (RFC 3311 §5.2). Built
         // only when sent: building it stamps the leg's next version.
         if msg.cseq_method == Method::Invite || !msg.body.is_empty() {
-            if msg.body.is_empty() {
-                // Our offer (RFC 3264 §8): what we want, which is to send
-                // and receive (the node never holds a leg itself; a
-                // phone resuming this way must not hear its own hold
-                // echoed). The peer's answer comes in the ACK.
+            let body = if msg.body.is_empty() {
+                // Our offer; the peer's answer comes in the ACK.
+                call.media.offered_in_2xx[side.index()] = Some((msg.call_id.clone(), msg.cseq));
+                reoffer(&mut call.media, &codecs, side)
+            } else {
                 match side {
-                    Side::A => call.media.a_direction = Direction::SendRecv,
-                    Side::B => call.media.b_direction = Direction::SendRecv,
+                    Side::A => a_sdp(&mut call.media, &codecs),
+                    Side::B => b_sdp(&mut call.media),
                 }
-                call.media.offered_in_2xx[side.index()] = Some(msg.cseq);
-            }
-            let body = match side {
-                Side::A => a_sdp(&mut call.media, &codecs),
-                Side::B => b_sdp(&mut call.media),
             };
             r.set_body(Some("application/sdp"), body);
         }

@@ -1041,7 +1041,7 @@ mod unserved;
 mod vhold;
 
 use answer::{
-    a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, sdp_offer, stamp, stamped,
+    a_sdp, b_answer, b_offer, b_sdp, citizen_peer, open_command, reoffer, sdp_offer, stamp, stamped,
 };
 use call::*;
 use campaigns::Paced;

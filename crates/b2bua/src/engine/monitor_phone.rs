@@ -296,6 +296,7 @@ impl Engine {
     pub(super) fn phone_monitor_request(
         &mut self,
         now: Instant,
+        source: IpAddr,
         key: &TxKey,
         msg: &Message,
     ) -> bool {
@@ -304,7 +305,14 @@ impl Engine {
         };
         let r = match msg.method() {
             Method::Bye => return self.phone_monitor_bye(now, key, msg),
-            Method::Ack => return true,
+            Method::Ack => {
+                // ACKs skip the ingress checks: only the phone's own ends
+                // our 2xx's retransmissions.
+                if self.phone_monitor_dialog(source, msg) == Some(true) {
+                    self.txn.acknowledged(&msg.call_id, msg.cseq);
+                }
+                return true;
+            }
             Method::Invite => {
                 let mut ok = msg.response(200, "OK", None);
                 ok.push("Contact", &dialog::contact(m.leg.flow));

@@ -8,7 +8,7 @@ impl Engine {
         let key = TxKey::of(&msg);
         // A supervisor's phone's dialog answers for itself: it may never
         // act on a call (ingress checked its tags and source).
-        if msg.to_tag.is_some() && self.phone_monitor_request(now, &key, &msg) {
+        if msg.to_tag.is_some() && self.phone_monitor_request(now, flow.remote.ip(), &key, &msg) {
             return;
         }
         if *msg.method() == Method::Cancel && self.phone_monitor_cancel(now, &key, &msg) {
@@ -564,7 +564,7 @@ impl Engine {
             digits: String::new(),
             late_offer,
             opened: false,
-            offered_in_2xx: [None; 2],
+            offered_in_2xx: [None, None],
         })
     }
 

@@ -1181,6 +1181,10 @@ fn a_reinvite_without_sdp_gets_our_offer_and_the_answer_in_its_ack_moves_the_med
         }) => (*side, peer.rtp().unwrap().addr.port(), *held),
         other => panic!("{other:?}"),
     };
+    let last_law = |media: &[MediaCommand]| match media.last() {
+        Some(MediaCommand::Update { peer, .. }) => peer.rtp().unwrap().law,
+        other => panic!("{other:?}"),
+    };
     let caller_sdp = |port: u16, dir: &str| {
         format!(
             "v=0\r\no=- 1 {port} IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na={dir}\r\n"
@@ -1189,6 +1193,7 @@ fn a_reinvite_without_sdp_gets_our_offer_and_the_answer_in_its_ack_moves_the_med
     // The caller holds the operator: we answer recvonly.
     let out = h.send(TRUNK, &reinvite(2, &caller_sdp(40002, "sendonly")));
     assert_eq!(codes(&out, TRUNK), vec![200]);
+    let held_version = sdp_version(&out[0].1.body);
     assert!(matches!(
         h.media.last(),
         Some(MediaCommand::Update { held: true, .. })
@@ -1199,7 +1204,11 @@ fn a_reinvite_without_sdp_gets_our_offer_and_the_answer_in_its_ack_moves_the_med
     let offer = &out.iter().find(|(_, m)| m.code() == 200).expect("200").1;
     let sent = sdp::parse(&offer.body).unwrap();
     assert_eq!(sent.direction, sdp::Direction::SendRecv, "{offer:?}");
-    assert!(sent.formats.contains(&8), "the law in use: {offer:?}");
+    // Built as for a new call (RFC 3261 §14.2): the law in use first,
+    // then the others, telephone-event; a new SDP, a new version.
+    assert_eq!(sent.formats[..2], [8, 0], "{offer:?}");
+    assert!(sent.telephone_event.is_some());
+    assert_eq!(sdp_version(&offer.body), held_version + 1);
     let updates = h.media.len();
     // An ACK of another CSeq carries no answer to that offer.
     h.send(TRUNK, &ack(TRUNK, 2, &caller_sdp(40004, "sendrecv")));
@@ -1223,16 +1232,24 @@ fn a_reinvite_without_sdp_gets_our_offer_and_the_answer_in_its_ack_moves_the_med
     let group = caller_sdp(40008, "sendrecv").replace("c=IN IP4 192.0.2.10", "c=IN IP4 224.0.0.1");
     h.send(TRUNK, &ack(TRUNK, 4, &group));
     assert_eq!(h.media.len(), updates, "{:?}", h.media);
-    // And one without the law in use (we offered only it).
+    // One with a law we did not offer (G.729), and an ACK with none.
     h.send(TRUNK, &reinvite(5, ""));
-    let other_law = caller_sdp(40010, "sendrecv").replace("RTP/AVP 8", "RTP/AVP 0");
+    let other_law = caller_sdp(40010, "sendrecv").replace("RTP/AVP 8", "RTP/AVP 18");
     h.send(TRUNK, &ack(TRUNK, 5, &other_law));
+    h.send(TRUNK, &reinvite(6, ""));
+    h.send(TRUNK, &ack(TRUNK, 6, ""));
     assert_eq!(h.media.len(), updates, "{:?}", h.media);
     assert_eq!(
         h.gauge("centralino_sdp_rejected_total{reason=ack_answer}"),
-        2
+        3
     );
     assert_eq!(h.engine.active_calls(), 1, "the call goes on");
+    // The caller moves to the other law we offered: taken.
+    h.send(TRUNK, &reinvite(7, ""));
+    let mu = caller_sdp(40012, "sendrecv").replace("RTP/AVP 8", "RTP/AVP 0");
+    h.send(TRUNK, &ack(TRUNK, 7, &mu));
+    assert_eq!(last_update(&h.media), (Side::A, 40012, false));
+    assert_eq!(last_law(&h.media), Law::Ulaw);
 
     // The operator's phone: the same, on its own leg.
     let phone = |method: &str, cseq: u32, sdp: &str| {
@@ -1244,10 +1261,37 @@ fn a_reinvite_without_sdp_gets_our_offer_and_the_answer_in_its_ack_moves_the_med
     let offer = &out.iter().find(|(_, m)| m.code() == 200).expect("200").1;
     let sent = sdp::parse(&offer.body).unwrap();
     assert_eq!(sent.direction, sdp::Direction::SendRecv);
-    assert!(sent.formats.contains(&0), "the phone's law: {offer:?}");
+    assert_eq!(sent.formats[0], 0, "the phone's law first: {offer:?}");
+    // The caller's dialog's ACK of that CSeq is not the phone's answer.
+    let updates = h.media.len();
+    h.send(TRUNK, &ack(TRUNK, 2, &caller_sdp(40014, "sendrecv")));
+    assert_eq!(h.media.len(), updates, "{:?}", h.media);
     let hold = PHONE_SDP.replace("30000", "30002") + "a=sendonly\r\n";
     h.send(PHONE1, &phone("ACK", 2, &hold));
     assert_eq!(last_update(&h.media), (Side::B, 30002, true));
+}
+
+/// Our 2xx to an INVITE goes on until the dialog's own ACK: a stranger's
+/// ACK naming its Call-ID, tags and CSeq does not silence it (it may carry
+/// our offer), and the ACK of the dialog's peer does.
+#[test]
+fn only_the_dialogs_own_ack_ends_our_2xx_retransmissions() {
+    let (mut h, ok, _) = connected();
+    let a_tag = ok.to_tag.clone().unwrap();
+    h.send(TRUNK, &in_dialog("ACK", TRUNK, "am1", &a_tag, 1, ""));
+    h.send(TRUNK, &in_dialog("INVITE", TRUNK, "am1", &a_tag, 2, ""));
+    h.send(STRANGER, &in_dialog("ACK", STRANGER, "am1", &a_tag, 2, ""));
+    let out = h.advance(Duration::from_millis(600));
+    let again = |out: &[(SocketAddr, Message)]| {
+        out.iter()
+            .filter(|(a, m)| a.to_string() == TRUNK && m.code() == 200 && m.cseq == 2)
+            .count()
+    };
+    assert_eq!(again(&out), 1, "T1: the 200 again: {out:?}");
+    h.send(TRUNK, &in_dialog("ACK", TRUNK, "am1", &a_tag, 2, ""));
+    let out = h.advance(Duration::from_secs(40));
+    assert_eq!(again(&out), 0, "{out:?}");
+    assert_eq!(h.engine.active_calls(), 1, "acknowledged: no Timer L");
 }
 
 /// The `o=` version of our SDP: its third field.
@@ -1904,6 +1948,58 @@ fn a_caller_who_hangs_up_after_the_ivr_leaves_the_queue() {
     assert!(matches!(h.media.last(), Some(MediaCommand::Close { .. })));
     h.advance(Duration::from_secs(40));
     assert_eq!(h.engine.table_sizes(), [0; 5]);
+}
+
+/// The answered-wait histogram of queue `info`: its bucket bounds and
+/// its count.
+fn answered_wait(h: &Harness) -> (Vec<f64>, u64) {
+    let families = h.metrics.registry.gather();
+    let f = families
+        .iter()
+        .find(|f| f.name() == "centralino_queue_answered_wait_seconds")
+        .expect("the histogram");
+    let m = f
+        .get_metric()
+        .iter()
+        .find(|m| m.get_label().iter().any(|l| l.value() == "info"))
+        .expect("the queue's series, at 0 from the start");
+    let hist = m.get_histogram();
+    let bounds = hist.get_bucket().iter().map(|b| b.upper_bound()).collect();
+    (bounds, hist.get_sample_count())
+}
+
+/// A reload giving a queue another T (or second T, or short threshold)
+/// gives the answered-wait histogram a bucket there at once (issue 17:
+/// `_bucket` bounds at the configured T), and the queue's series is on
+/// the page from then, as at start; the same thresholds again change
+/// nothing.
+#[test]
+fn a_reload_with_a_new_service_level_threshold_adds_its_bucket() {
+    let mut h = Harness::new();
+    assert!(!answered_wait(&h).0.contains(&45.0));
+    let t45 = CONFIG.replace(
+        "wrap_up_seconds = 3\n",
+        "wrap_up_seconds = 3\nservice_level_seconds = 45\nshort_abandon_seconds = 7\n",
+    );
+    h.engine
+        .reload(h.now, &Config::from_toml(&t45).unwrap().engine())
+        .unwrap();
+    let (bounds, answered) = answered_wait(&h);
+    assert_eq!(answered, 0);
+    assert!(
+        bounds.contains(&45.0) && bounds.contains(&7.0),
+        "{bounds:?}"
+    );
+    // Observed into the new buckets.
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(answered_wait(&h).1, 1);
+    h.engine
+        .reload(h.now, &Config::from_toml(&t45).unwrap().engine())
+        .unwrap();
+    assert_eq!(answered_wait(&h).1, 1, "the same thresholds: kept");
 }
 
 #[test]
