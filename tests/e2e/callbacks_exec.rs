@@ -206,6 +206,37 @@ fn acknowledged_callbacks_are_each_executed_exactly_once_across_a_kill_9() {
     }
 }
 
+/// Operator 1001's SIPp phone, answering one call and hanging up after a
+/// second, registered; then a callback to `number` asked of the node.
+/// The phone (kept running by the caller) and the API's answer.
+fn callback_for(scratch: &Scratch, node: &Node, number: &str) -> (Sipp, String) {
+    let phones = Sipp::spawn(
+        scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario("agent_hangup.xml"),
+            "-m",
+            "1",
+            "-d",
+            "1000",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(scratch, node, &[1001], phones.port, |u| format!("demo{u}"));
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(TOKEN),
+        Some(&format!(
+            r#"{{"queue": "richiamate", "number": "{number}"}}"#
+        )),
+    );
+    assert_eq!(code, 201, "{body}");
+    (phones, body)
+}
+
 /// TEST-MATRIX C6 for callbacks: the tenant's first outbound trunk answers
 /// 503 (a SIPp carrier that is down); the same attempt goes out through the
 /// next trunk at once and the citizen is reached, while the operator waits.
@@ -226,30 +257,7 @@ fn a_carrier_down_hands_the_callback_to_the_next_trunk() {
             1,
         )
     });
-    let phones = Sipp::spawn(
-        &scratch,
-        "phones",
-        &[
-            "-sf",
-            &scenario("agent_hangup.xml"),
-            "-m",
-            "1",
-            "-d",
-            "1000",
-            "-timeout",
-            "60s",
-        ],
-    );
-    register(&scratch, &node, &[1001], phones.port, |u| {
-        format!("demo{u}")
-    });
-    let (code, body) = node.http(
-        "POST",
-        "/api/v1/callbacks",
-        Some(TOKEN),
-        Some(r#"{"queue": "richiamate", "number": "+393471234567"}"#),
-    );
-    assert_eq!(code, 201, "{body}");
+    let (_phones, body) = callback_for(&scratch, &node, "+393471234567");
     down.expect_success(Duration::from_secs(30));
     citizen.expect_success(Duration::from_secs(30));
     let tried = |s: &Sipp, word: &str| {
@@ -274,6 +282,48 @@ fn a_carrier_down_hands_the_callback_to_the_next_trunk() {
         assert!(start.elapsed() < Duration::from_secs(10), "{b}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Issue 18: a carrier that sends its early media reliably (RFC 3262).
+/// The callback's INVITE says it supports `100rel`; the carrier's 183
+/// (`Require: 100rel`, `RSeq: 1`, SDP) gets the node's PRACK naming it and
+/// the INVITE's CSeq; the citizen answers, talks with the operator, and
+/// the BYE when the operator hangs up takes a CSeq above the PRACK's.
+#[test]
+fn a_carrier_sending_reliable_early_media_gets_its_prack() {
+    let scratch = Scratch::new("cb-100rel");
+    let mut citizen = crate::common::far_end(&scratch, "citizen", "citizen_reliable.xml", 1, "60s");
+    let (sms_port, _sms) = crate::common::gateway(false);
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http, citizen.port, sms_port)
+    });
+    let (_phones, _) = callback_for(&scratch, &node, "+393471234568");
+    citizen.expect_success(Duration::from_secs(30));
+    let logged = |word: &str| {
+        citizen
+            .log_lines()
+            .iter()
+            .find_map(|l| {
+                let rest = l.split_once(word)?.1;
+                rest.split_whitespace().next()?.parse::<u32>().ok()
+            })
+            .unwrap_or_else(|| panic!("no {word:?} in {:?}", citizen.log_lines()))
+    };
+    let (prack, bye) = (logged("PRACK "), logged("BYE "));
+    assert!(bye > prack, "BYE CSeq {bye} after PRACK CSeq {prack}");
+    assert!(
+        citizen
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("acknowledging") && l.trim_end().ends_with(" 1 1 INVITE")),
+        "{:?}",
+        citizen.log_lines()
+    );
+    node.wait_metric(
+        "centralino_callbacks_total{outcome=\"answered\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
 }
 
 /// A callback whose citizen's network plays early media (183 + SDP and

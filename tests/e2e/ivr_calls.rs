@@ -711,13 +711,11 @@ fn outside_opening_hours_a_caller_accepts_a_callback_and_is_never_a_dead_end() {
     );
 }
 
-#[test]
-fn an_ivr_transfer_reaches_an_external_number_through_the_trunk() {
-    let scratch = Scratch::new("ivr-transfer");
-    // The external number's phone, behind the carrier.
-    let mut far = crate::common::far_end(&scratch, "far", "citizen_answer.xml", 1, "30s");
-    let far_port = far.port;
-    let node = node_with(&scratch, |c| {
+/// A node whose DID 802 runs flow `esterno`: a transfer to +390612345000
+/// through the trunk's outbound address, the far end's SIPp on
+/// `far_port`, hanging up when it fails.
+fn transfer_node(scratch: &Scratch, far_port: u16) -> Node {
+    node_with(scratch, |c| {
         c.replacen(
             "peers = [\"127.0.0.1\"]",
             &format!("peers = [\"127.0.0.1\"]\noutbound = \"127.0.0.1:{far_port}\""),
@@ -728,7 +726,16 @@ fn an_ivr_transfer_reaches_an_external_number_through_the_trunk() {
             "\"801\" = { flow = \"notte\" }, \"802\" = { flow = \"esterno\" }",
             1,
         ) + "\n[[flows]]\nname = \"esterno\"\nstart = \"passa\"\n[flows.nodes.passa]\ntype = \"transfer\"\nnumber = \"+390612345000\"\non_fail = \"fine\"\n[flows.nodes.fine]\ntype = \"hangup\"\n"
-    });
+    })
+}
+
+#[test]
+fn an_ivr_transfer_reaches_an_external_number_through_the_trunk() {
+    let scratch = Scratch::new("ivr-transfer");
+    // The external number's phone, behind the carrier.
+    let mut far = crate::common::far_end(&scratch, "far", "citizen_answer.xml", 1, "30s");
+    let far_port = far.port;
+    let node = transfer_node(&scratch, far_port);
     let mut caller = Sipp::spawn(
         &scratch,
         "caller",
@@ -758,4 +765,40 @@ fn an_ivr_transfer_reaches_an_external_number_through_the_trunk() {
         node.metric("centralino_flow_calls_total{flow=\"esterno\",outcome=\"transferred\"}"),
         1.0
     );
+}
+
+/// Issue 18: the far network's early media on a transfer. The number's
+/// carrier answers 183 with SDP and 3 s of A-law audio, then 486: the
+/// caller hears that audio (relayed from the transfer's port to the
+/// caller's), then the flow's fallback hangs up on them.
+#[test]
+fn a_transfers_caller_hears_the_far_networks_early_media() {
+    let scratch = Scratch::new("ivr-transfer-early");
+    let mut far = crate::common::far_end(&scratch, "far", "citizen_early_media.xml", 1, "30s");
+    let far_port = far.port;
+    let node = transfer_node(&scratch, far_port);
+    let mut caller = Sipp::spawn(
+        &scratch,
+        "caller",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            &scenario("trunk_hangup_by_agent.xml"),
+            "-s",
+            "802",
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+        ],
+    );
+    far.expect_success(Duration::from_secs(20));
+    caller.expect_success(Duration::from_secs(10));
+    assert_eq!(node.metric("centralino_transfer_early_media_total"), 1.0);
+    // 3 s of audio is 150 packets; half of them proves the relay with
+    // room for a loaded machine.
+    let from_far = node.metric("centralino_rtp_packets_total{direction=\"in\",side=\"operator\"}");
+    let to_caller = node.metric("centralino_rtp_packets_total{direction=\"out\",side=\"caller\"}");
+    assert!(from_far > 75.0, "from the far network: {from_far}");
+    assert!(to_caller > 75.0, "to the caller: {to_caller}");
 }

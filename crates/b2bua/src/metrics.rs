@@ -67,6 +67,10 @@ pub struct Metrics {
     /// operator was bridged to the network's early media (a carrier's 18x
     /// with SDP) before the citizen answered.
     pub callback_early_media: IntCounter,
+    /// `centralino_transfer_early_media_total`: transfers to a number
+    /// whose caller heard the far network's early media (its ringback,
+    /// its announcement) before the answer.
+    pub transfer_early_media: IntCounter,
     /// `centralino_registrations_total{outcome}`
     pub registrations: IntCounterVec,
     /// `centralino_registrations_stateless_total`: REGISTERs answered
@@ -355,6 +359,10 @@ impl Metrics {
             callback_early_media: reg!(c(
                 "centralino_callback_early_media_total",
                 "Callbacks whose waiting operator heard the network's early media"
+            )),
+            transfer_early_media: reg!(c(
+                "centralino_transfer_early_media_total",
+                "Transfers to a number whose caller heard the far network's early media"
             )),
             session_refreshes: reg!(cv(
                 "centralino_session_refreshes_total",

@@ -61,6 +61,52 @@ pub(super) struct Outbound {
     pub(super) early_media: Option<SocketAddr>,
     /// A campaign's attempt (a callback otherwise).
     pub(super) campaign: Option<Box<CampaignCall>>,
+    /// The carrier's reliable provisional responses acknowledged so far.
+    pub(super) prack: Pracked,
+}
+
+/// The reliable provisional responses (RFC 3262) of one INVITE of ours we
+/// acknowledged by PRACK: the early dialog's tag and its last `RSeq`, and
+/// the CSeq our last PRACK took in it (the dialog's requests after the
+/// 2xx go on above it).
+#[derive(Debug, Default)]
+pub(super) struct Pracked {
+    pub(super) last: Option<(String, u32)>,
+    pub(super) cseq: u32,
+}
+
+impl Pracked {
+    /// Whether `msg`, a provisional response to our INVITE, asks for a
+    /// PRACK not sent yet (RFC 3262 §4: `Require: 100rel`, an `RSeq` in
+    /// 1..2^31, the first of its early dialog or the next in order; a
+    /// repeated or out-of-order one is discarded, the carrier retransmits
+    /// what it still waits for): its `RSeq` and the CSeq the PRACK takes.
+    pub(super) fn due(&mut self, msg: &Message) -> Option<(u32, u32)> {
+        let reliable = (101..200).contains(&msg.code())
+            && msg
+                .headers_named("Require")
+                .flat_map(uri::split_list)
+                .any(|o| o.trim().eq_ignore_ascii_case("100rel"));
+        if !reliable {
+            return None;
+        }
+        let rseq: u32 = msg
+            .header("RSeq")?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|r| (1..1 << 31).contains(r))?;
+        let tag = msg.to_tag.clone()?;
+        if let Some((last_tag, last)) = &self.last
+            && *last_tag == tag
+            && rseq != last.wrapping_add(1)
+        {
+            return None;
+        }
+        self.last = Some((tag, rseq));
+        self.cseq = self.cseq.max(msg.cseq) + 1;
+        Some((rseq, self.cseq))
+    }
 }
 
 /// A call's anchored media as the signalling side knows it.
@@ -518,4 +564,9 @@ pub(super) struct TransferLeg {
     /// Our refresh re-INVITE on this leg awaits its answer (glare: 491).
     pub(super) refreshing: bool,
     pub(super) refresh_tries: RefreshTries,
+    /// The far end's reliable provisional responses acknowledged.
+    pub(super) prack: Pracked,
+    /// Where the far network's early media comes from (its 18x SDP), once
+    /// the caller was bridged to it.
+    pub(super) early_media: Option<SocketAddr>,
 }

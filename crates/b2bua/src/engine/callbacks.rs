@@ -170,6 +170,7 @@ impl Engine {
             trunk,
             early_media: None,
             campaign: cb.campaign.clone(),
+            prack: Pracked::default(),
         };
         let mut call = Call::new(NewCall {
             span,
@@ -246,7 +247,9 @@ impl Engine {
         let mut invite = invite;
         // RFC 4028: a call whose far end vanished without a BYE is found
         // by its session timer, whichever side the carrier makes refresh.
-        invite.push("Supported", "timer");
+        // RFC 3262: a carrier may send its ringing and early media
+        // reliably (each PRACKed), or require it.
+        invite.push("Supported", "timer, 100rel");
         invite.push(
             "Session-Expires",
             &session_timer::DEFAULT_INTERVAL.to_string(),
@@ -308,6 +311,7 @@ impl Engine {
         if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
             *o.request = invite;
             o.trunk = next;
+            o.prack = Pracked::default();
         }
         warn!(
             reason,
@@ -565,6 +569,13 @@ impl Engine {
         let code = msg.code();
         let _span = self.call_span(call_id).entered();
         if code < 200 {
+            let due = self.calls.get_mut(&call_id).and_then(|c| {
+                let (local, flow) = (c.a_leg.local.clone(), c.a_leg.flow);
+                Some((c.outbound_mut()?.prack.due(msg)?, local, flow))
+            });
+            if let Some(((rseq, cseq), local, flow)) = due {
+                self.send_prack(now, &local, flow, msg, rseq, cseq);
+            }
             if code > 100 && !msg.body.is_empty() {
                 self.citizen_early_media(call_id, msg);
             }
@@ -593,7 +604,10 @@ impl Engine {
             return;
         };
         if (200..300).contains(&code) {
-            let leg = Leg::from_response(&call.a_leg.local, call.a_leg.flow, msg);
+            let mut leg = Leg::from_response(&call.a_leg.local, call.a_leg.flow, msg);
+            // Our PRACKs took CSeqs of the dialog: what follows goes on
+            // above them.
+            leg.cseq = leg.cseq.max(call.outbound().map_or(0, |o| o.prack.cseq));
             let flow = call.a_leg.flow;
             let answer = self.usable_answer(&msg.body, flow);
             let Some(call) = self.calls.get_mut(&call_id) else {

@@ -8,7 +8,7 @@ impl Engine {
     /// An ACK: after a late offer, the caller's ACK carries their answer
     /// and the media opens; after our offer in a 2xx to a re-INVITE
     /// without SDP, either side's ACK carries the answer.
-    pub(super) fn on_ack(&mut self, now: Instant, source: IpAddr, msg: &Message) {
+    pub(super) fn on_ack(&mut self, now: Instant, source: Flow, msg: &Message) {
         // An ACK gets no answer, so one that is not the dialog's own is
         // dropped (counted): it could carry an SDP answer that moves media.
         // Only the dialog's own ACK ends our 2xx's retransmissions (a
@@ -174,11 +174,7 @@ impl Engine {
     /// our tag in To, the peer's tag in From (once we know it), and a source
     /// that is the dialog's peer. `Err` names the refusal (metric label):
     /// `no_dialog` when the Call-ID is unknown, `foreign_dialog` otherwise.
-    pub(super) fn match_dialog(
-        &self,
-        source: IpAddr,
-        msg: &Message,
-    ) -> Result<CallId, &'static str> {
+    pub(super) fn match_dialog(&self, source: Flow, msg: &Message) -> Result<CallId, &'static str> {
         let (call_id, on_a) = match (self.by_a.get(&msg.call_id), self.by_b.get(&msg.call_id)) {
             (Some(&c), _) => (c, true),
             (None, Some(&c)) => (c, false),
@@ -190,7 +186,7 @@ impl Engine {
                 && remote
                     .and_then(tag_of)
                     .is_none_or(|t| msg.from_tag.as_deref() == Some(t))
-                && self.same_peer(peer.remote.ip(), source)
+                && self.same_peer(peer, source)
         };
         let matched = if on_a {
             ok(
@@ -286,15 +282,18 @@ impl Engine {
         Some(why)
     }
 
-    /// Whether `source` may speak for a dialog established with `peer`:
-    /// the same address, or another address of the same trunk (carriers
-    /// answer from several SBCs).
-    pub(super) fn same_peer(&self, peer: IpAddr, source: IpAddr) -> bool {
-        peer == source
-            || self
-                .trunks
-                .iter()
-                .any(|t| t.peers.contains(&peer) && t.peers.contains(&source))
+    /// Whether a message on `source` may speak for a dialog (or a request)
+    /// on `peer`: the same address, or another address of the same trunk
+    /// (carriers answer from several SBCs), over a transport at least as
+    /// hard to forge as the leg's ([`transport_speaks_for`]).
+    pub(super) fn same_peer(&self, peer: Flow, source: Flow) -> bool {
+        let (p, s) = (peer.remote.ip(), source.remote.ip());
+        transport_speaks_for(peer.transport, source.transport)
+            && (p == s
+                || self
+                    .trunks
+                    .iter()
+                    .any(|t| t.peers.contains(&p) && t.peers.contains(&s)))
     }
 
     /// The call and side an in-dialog request belongs to.
@@ -790,4 +789,21 @@ const INFO_RELAY_SPACING: Duration = Duration::from_millis(80);
 /// The `tag` parameter of a From/To value.
 pub(super) fn tag_of(header: &str) -> Option<&str> {
     uri::parse_name_addr(header)?.param("tag").flatten()
+}
+
+/// Whether a message that came over `source` may speak for a leg set up
+/// over `leg`. A UDP source address is forged with one datagram, and an
+/// ACK or a re-INVITE needs no reply to do harm (move media, end a call),
+/// so a leg over a stream takes in-dialog messages over a stream only,
+/// and a leg over TLS (chosen because it authenticates) over TLS only; a
+/// browser's only through the node's own gateway. A leg over UDP takes
+/// any: a peer sends a request too large for UDP over TCP (RFC 3261
+/// §18.1.1).
+pub(super) fn transport_speaks_for(leg: Transport, source: Transport) -> bool {
+    match leg {
+        Transport::Udp => source != Transport::Browser,
+        Transport::Tcp => matches!(source, Transport::Tcp | Transport::Tls),
+        Transport::Tls => source == Transport::Tls,
+        Transport::Browser => source == Transport::Browser,
+    }
 }

@@ -31,7 +31,7 @@ impl Engine {
                 // the same trunk): an answer from elsewhere could move a
                 // call's media or its dialog's target.
                 if let Some(sent) = self.txn.client_flow(&TxKey::of(&msg))
-                    && !self.same_peer(sent.remote.ip(), flow.remote.ip())
+                    && !self.same_peer(sent, flow)
                 {
                     warn!(peer = %flow.remote.ip(), "a response from another address than its request's: dropped");
                     self.metrics
@@ -143,7 +143,7 @@ impl Engine {
                 .by_a
                 .get(&msg.call_id)
                 .and_then(|c| self.calls.get(c))
-                .is_some_and(|c| !self.same_peer(c.a_leg.flow.remote.ip(), flow.remote.ip()))
+                .is_some_and(|c| !self.same_peer(c.a_leg.flow, flow))
         {
             // A CANCEL must come from where its INVITE came from (§9.2 also
             // wants the same branch; a stranger who learnt it is still a
@@ -163,13 +163,13 @@ impl Engine {
             if method == Method::Cancel {
                 return true;
             }
-            if let Some(ours) = self.phone_monitor_dialog(flow.remote.ip(), msg) {
+            if let Some(ours) = self.phone_monitor_dialog(flow, msg) {
                 if !ours {
                     self.reject(flow, msg, 481, "foreign_dialog", &[]);
                 }
                 return ours;
             }
-            if let Err(reason) = self.match_dialog(flow.remote.ip(), msg) {
+            if let Err(reason) = self.match_dialog(flow, msg) {
                 if reason == "foreign_dialog" {
                     warn!(peer = %flow.remote.ip(), method = method.as_str(), "in-dialog request refused: not from the dialog's peer or wrong tags");
                 }

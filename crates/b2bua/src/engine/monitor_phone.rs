@@ -11,7 +11,7 @@ use super::*;
 use centralino_media::monitor::MonitorMode;
 use centralino_sip::registrar::Auth;
 
-use super::dialogs::tag_of;
+use super::dialogs::{tag_of, transport_speaks_for};
 
 /// A supervisor's phone on a call.
 #[derive(Debug)]
@@ -296,7 +296,7 @@ impl Engine {
     pub(super) fn phone_monitor_request(
         &mut self,
         now: Instant,
-        source: IpAddr,
+        source: Flow,
         key: &TxKey,
         msg: &Message,
     ) -> bool {
@@ -402,11 +402,15 @@ impl Engine {
 
     /// Whether an in-dialog request is a supervisor's phone's, from its
     /// peer with our tag: `None` when the Call-ID is none of theirs.
-    pub(super) fn phone_monitor_dialog(&self, source: IpAddr, msg: &Message) -> Option<bool> {
+    pub(super) fn phone_monitor_dialog(&self, source: Flow, msg: &Message) -> Option<bool> {
         let m = self.phone_monitors.get(&msg.call_id)?;
         let ours = tag_of(&m.leg.local).is_some_and(|t| msg.to_tag.as_deref() == Some(t));
         let theirs = tag_of(&m.leg.remote).is_none_or(|t| msg.from_tag.as_deref() == Some(t));
-        Some(ours && theirs && m.leg.flow.remote.ip() == source)
+        Some(
+            ours && theirs
+                && m.leg.flow.remote.ip() == source.remote.ip()
+                && transport_speaks_for(m.leg.flow.transport, source.transport),
+        )
     }
 }
 

@@ -77,6 +77,28 @@ impl Engine {
         self.respond(now, &a_key, &ok);
     }
 
+    /// Our PRACK (RFC 3262 §4) of the reliable provisional response `msg`
+    /// to our INVITE, in the early dialog it makes (its To tag, Contact and
+    /// Record-Route), with CSeq `cseq`; its answer changes nothing (a
+    /// carrier that never gets it gives up on the INVITE itself, which
+    /// fails the call as any refusal).
+    pub(super) fn send_prack(
+        &mut self,
+        now: Instant,
+        local: &str,
+        flow: Flow,
+        msg: &Message,
+        rseq: u32,
+        cseq: u32,
+    ) {
+        let mut early = Leg::from_response(local, flow, msg);
+        early.cseq = cseq;
+        let mut prack = self.in_dialog(&early, Method::Prack);
+        prack.push("RAck", &format!("{rseq} {} INVITE", msg.cseq));
+        debug!(rseq, "reliable provisional response acknowledged by PRACK");
+        self.send_request(now, flow, prack, ClientRef::Other);
+    }
+
     /// A PRACK (RFC 3262 §3): the `RAck` must name the unacknowledged
     /// reliable provisional response of this INVITE; anything else is
     /// `481`. A 2xx held for it goes out now.

@@ -8,7 +8,7 @@ impl Engine {
         let key = TxKey::of(&msg);
         // A supervisor's phone's dialog answers for itself: it may never
         // act on a call (ingress checked its tags and source).
-        if msg.to_tag.is_some() && self.phone_monitor_request(now, flow.remote.ip(), &key, &msg) {
+        if msg.to_tag.is_some() && self.phone_monitor_request(now, flow, &key, &msg) {
             return;
         }
         if *msg.method() == Method::Cancel && self.phone_monitor_cancel(now, &key, &msg) {
@@ -33,7 +33,7 @@ impl Engine {
             Method::Cancel => self.on_cancel(now, &key, &msg),
             Method::Bye => self.on_bye(now, &key, &msg),
             Method::Refer => self.on_refer(now, &key, &msg),
-            Method::Ack => self.on_ack(now, flow.remote.ip(), &msg),
+            Method::Ack => self.on_ack(now, flow, &msg),
             _ => {
                 let r = msg.response(200, "OK", None);
                 self.respond(now, &key, &r);

@@ -883,6 +883,74 @@ fn certificate_trunk_invites_need_a_proven_connection() {
     assert_eq!(h.engine.active_calls(), 1);
 }
 
+/// A leg over a stream takes its in-dialog requests over a stream only:
+/// a UDP datagram from the carrier's address with the dialog's Call-ID
+/// and tags (one forged datagram) neither ends the call nor moves its
+/// media; the carrier's BYE on a new TCP connection does (a stream may
+/// be opened again). A leg over TLS takes them over TLS only.
+#[test]
+fn a_call_over_a_stream_ignores_the_same_dialog_over_udp() {
+    for transport in [Transport::Tcp, Transport::Tls] {
+        let mut h = Harness::new();
+        h.register("1001", PHONE1, Algorithm::Md5);
+        let stream = |conn: u64| Flow {
+            transport,
+            remote: TRUNK.parse().unwrap(),
+            local: "192.0.2.1:5060".parse().unwrap(),
+            conn,
+        };
+        let via = if transport == Transport::Tcp {
+            "TCP"
+        } else {
+            "TLS"
+        };
+        let feed = |h: &mut Harness, flow: Flow, text: &str| {
+            let framed = parse_datagram(text.as_bytes(), &Limits::default());
+            h.engine.handle_framed(h.now, flow, framed);
+            h.drain()
+        };
+        let invite = invite_with("").replace("SIP/2.0/UDP", &format!("SIP/2.0/{via}"));
+        let out = feed(&mut h, stream(1), &invite);
+        let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+        let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+        let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+        let a_tag = ok.to_tag.clone().unwrap();
+        feed(
+            &mut h,
+            stream(1),
+            &in_dialog("ACK", TRUNK, "am1", &a_tag, 1, ""),
+        );
+        let media = h.media.len();
+        let moved = TRUNK_SDP.replace("40000", "40100");
+        let out = h.send(TRUNK, &in_dialog("INVITE", TRUNK, "am1", &a_tag, 2, &moved));
+        assert_eq!(codes(&out, TRUNK), vec![481], "{transport:?}");
+        let out = h.send(TRUNK, &in_dialog("BYE", TRUNK, "am1", &a_tag, 3, ""));
+        assert_eq!(codes(&out, TRUNK), vec![481], "{transport:?}");
+        assert_eq!(h.media.len(), media, "no media moved");
+        assert_eq!(h.engine.active_calls(), 1);
+        assert_eq!(
+            h.gauge("centralino_sip_rejected_total{reason=foreign_dialog}"),
+            2
+        );
+        if transport == Transport::Tls {
+            // Over TCP it is no TLS either.
+            let tcp = Flow {
+                transport: Transport::Tcp,
+                ..stream(2)
+            };
+            let bye =
+                in_dialog("BYE", TRUNK, "am1", &a_tag, 4, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+            let out = feed(&mut h, tcp, &bye);
+            assert_eq!(codes(&out, TRUNK), vec![481]);
+        }
+        let bye = in_dialog("BYE", TRUNK, "am1", &a_tag, 5, "")
+            .replace("SIP/2.0/UDP", &format!("SIP/2.0/{via}"));
+        let out = feed(&mut h, stream(3), &bye);
+        assert_eq!(codes(&out, TRUNK), vec![200], "{transport:?}");
+        assert_eq!(h.engine.active_calls(), 0);
+    }
+}
+
 #[test]
 fn unregister_logs_the_operator_out() {
     let mut h = Harness::new();
@@ -2820,7 +2888,22 @@ fn an_ivr_transfer_connects_the_caller_to_an_external_number_or_falls_back() {
         );
         // The leg keeps a session timer of its own (RFC 4028).
         assert_eq!(dial.header("Session-Expires"), Some("1800"));
-        assert_eq!(dial.header("Supported"), Some("timer"));
+        assert_eq!(dial.header("Supported"), Some("timer, 100rel"));
+        // The far network's ringback (a 183 with SDP): the caller hears it.
+        let mut early = dial.response(183, "Session Progress", Some("far"));
+        early.push("Contact", "<sip:far@192.0.2.10:5070>");
+        early.set_body(Some("application/sdp"), PHONE_SDP.as_bytes().to_vec());
+        let early = String::from_utf8(early.to_bytes()).unwrap();
+        h.send("192.0.2.10:5070", &early);
+        let Some(MediaCommand::Bridge { b, record, .. }) = h.media.last() else {
+            panic!("{:?}", h.media)
+        };
+        assert_eq!(b.rtp().unwrap().addr.port(), 30000);
+        assert!(!record, "early media is not recorded");
+        let bridged = h.media.len();
+        h.send("192.0.2.10:5070", &early);
+        assert_eq!(h.media.len(), bridged, "the same 183 again: nothing new");
+        assert_eq!(h.gauge("centralino_transfer_early_media_total"), 1);
         let mut r = dial.response(answer, "X", Some("far"));
         r.push("Contact", "<sip:far@192.0.2.10:5070>");
         if answer == 200 {
@@ -2852,8 +2935,16 @@ fn an_ivr_transfer_connects_the_caller_to_an_external_number_or_falls_back() {
             assert_eq!(requests(&out, TRUNK, "BYE").len(), 1);
             assert_eq!(h.engine.active_calls(), 0);
         } else {
-            // Busy: the flow's fallback plays, then the caller gets BYE.
-            assert!(matches!(h.media.last(), Some(MediaCommand::Play { .. })));
+            // Busy: the caller is taken off the far network's media, the
+            // flow's fallback plays, then the caller gets BYE.
+            assert!(
+                matches!(
+                    h.media[bridged..],
+                    [MediaCommand::Unbridge { .. }, .., MediaCommand::Play { .. }]
+                ),
+                "{:?}",
+                &h.media[bridged..]
+            );
             let out = h.advance(Duration::from_millis(150));
             assert_eq!(requests(&out, TRUNK, "BYE").len(), 1, "{out:?}");
         }
@@ -4088,7 +4179,7 @@ fn a_callback_offers_a_session_timer_and_refreshes_when_the_carrier_leaves_it_to
     h.engine.callback_dialing(h.now, call, true);
     let out = h.drain();
     let dial = requests(&out, TRUNK, "INVITE")[0].clone();
-    assert_eq!(dial.header("Supported"), Some("timer"));
+    assert_eq!(dial.header("Supported"), Some("timer, 100rel"));
     assert_eq!(dial.header("Session-Expires"), Some("1800"));
     // The carrier answers: refresher=uac (us), UPDATE allowed.
     let mut ok = dial.response(200, "OK", Some("c1"));
@@ -4109,6 +4200,69 @@ fn a_callback_offers_a_session_timer_and_refreshes_when_the_carrier_leaves_it_to
     let out = h.advance(Duration::from_secs(300));
     assert_eq!(requests(&out, TRUNK, "UPDATE").len(), 1, "{out:?}");
     assert_eq!(h.engine.active_calls(), 1);
+}
+
+/// A carrier that sends its ringing and early media reliably (RFC 3262,
+/// `Require: 100rel`, which our INVITE says it supports) gets a PRACK for
+/// each, in the early dialog, naming its RSeq and the INVITE's CSeq; a
+/// repeated one is not PRACKed again, one out of order not at all; the
+/// dialog's requests after the 2xx go on above the PRACKs' CSeqs.
+#[test]
+fn a_callback_pracks_the_carriers_reliable_provisional_responses() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = callback_dialled(&mut h, "rel", "3331112223", "b1");
+    let dial = requests(&out, TRUNK, "INVITE")[0].clone();
+    let provisional = |code: u16, rseq: u32, sdp: bool| {
+        let mut r = dial.response(code, "X", Some("c1"));
+        r.push("Contact", &format!("<sip:citizen@{TRUNK}>"));
+        r.push("Record-Route", "<sip:sbc.carrier.example;lr>");
+        r.push("Require", "100rel");
+        r.push("RSeq", &rseq.to_string());
+        if sdp {
+            r.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+        }
+        String::from_utf8(r.to_bytes()).unwrap()
+    };
+    let out = h.send(TRUNK, &provisional(183, 7, true));
+    let prack = requests(&out, TRUNK, "PRACK");
+    assert_eq!(prack.len(), 1, "{out:?}");
+    assert_eq!(prack[0].header("RAck"), Some("7 1 INVITE"));
+    assert_eq!(prack[0].cseq, 2);
+    assert_eq!(prack[0].to_tag.as_deref(), Some("c1"));
+    assert_eq!(
+        prack[0].header("Route"),
+        Some("<sip:sbc.carrier.example;lr>")
+    );
+    assert_eq!(prack[0].call_id, dial.call_id);
+    // The same 183 again (our PRACK crossed it): not PRACKed twice.
+    let out = h.send(TRUNK, &provisional(183, 7, true));
+    assert!(requests(&out, TRUNK, "PRACK").is_empty(), "{out:?}");
+    // One skipping an RSeq: discarded (the carrier repeats the one
+    // before it).
+    let out = h.send(TRUNK, &provisional(180, 9, false));
+    assert!(requests(&out, TRUNK, "PRACK").is_empty(), "{out:?}");
+    let out = h.send(TRUNK, &provisional(180, 8, false));
+    let prack = requests(&out, TRUNK, "PRACK");
+    assert_eq!(prack[0].header("RAck"), Some("8 1 INVITE"));
+    assert_eq!(prack[0].cseq, 3);
+    // Not reliable: nothing to PRACK.
+    let out = h.send(TRUNK, &response_to(&dial, 180, "c1"));
+    assert!(requests(&out, TRUNK, "PRACK").is_empty(), "{out:?}");
+    let mut ok = dial.response(200, "OK", Some("c1"));
+    ok.push("Contact", &format!("<sip:citizen@{TRUNK}>"));
+    ok.push("Allow", "INVITE, ACK, BYE, UPDATE, PRACK");
+    ok.push("Session-Expires", "90;refresher=uac");
+    ok.push("Require", "timer");
+    ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
+    let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
+    assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
+    assert_eq!(h.engine.active_calls(), 1);
+    // Our session refresh, the dialog's next request: above the PRACKs.
+    let out = h.advance(Duration::from_secs(45));
+    let update = requests(&out, TRUNK, "UPDATE");
+    assert_eq!(update.len(), 1, "{out:?}");
+    assert_eq!(update[0].cseq, 4);
 }
 
 /// A PRACK from the carrier for call `m1` naming `rack`.

@@ -56,6 +56,8 @@ impl Engine {
                 peer_update: false,
                 refreshing: false,
                 refresh_tries: RefreshTries::default(),
+                prack: Pracked::default(),
+                early_media: None,
             });
         }
         true
@@ -67,11 +69,18 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let by_operator = call.transfer.take().is_some_and(|t| {
+        let t = call.transfer.take();
+        if let Some(t) = &t {
             self.by_b.remove(&t.call_id);
-            t.by_operator
-        });
-        if by_operator {
+            if t.early_media.is_some() {
+                // The caller heard the far network: back to our music and
+                // prompts.
+                call.media.b = None;
+                self.out
+                    .push_back(Output::Media(MediaCommand::Unbridge { call: id }));
+            }
+        }
+        if t.is_some_and(|t| t.by_operator) {
             let (queue, spec) = (call.queue, (*call.spec).clone());
             info!("the number did not answer: the caller waits in their queue again");
             self.enter_queue(now, id, queue, &spec);
@@ -85,6 +94,48 @@ impl Engine {
         self.flow_actions(now, id, actions);
     }
 
+    /// The far network's early media on a transfer's leg (an 18x with
+    /// SDP: its ringback, "the number you called is unreachable"): the
+    /// caller hears it until the answer, or until the failure takes them
+    /// back (`Unbridge`). Only at an address media may go to; a new
+    /// address moves it.
+    fn transfer_early_media(&mut self, id: CallId, msg: &Message) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let Some(t) = call.transfer.as_ref().filter(|t| t.invite.is_some()) else {
+            return;
+        };
+        let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
+        let early = t.early_media;
+        let Some((peer, _)) = b_answer(msg, &self.codecs, flow.remote.ip()) else {
+            return;
+        };
+        if early == Some(peer.addr)
+            || self
+                .refused_media(peer.addr, flow.remote.ip(), flow.local.ip())
+                .is_some()
+        {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(t) = call.transfer.as_mut() {
+            t.early_media = Some(peer.addr);
+        }
+        call.media.b = Some(peer);
+        self.out.push_back(Output::Media(MediaCommand::Bridge {
+            call: id,
+            b: peer.into(),
+            record: false,
+        }));
+        if early.is_none() {
+            info!("transfer: the caller hears the far network's early media");
+            self.metrics.transfer_early_media.inc();
+        }
+    }
+
     /// A response to an IVR transfer's INVITE.
     pub(super) fn on_transfer_response(
         &mut self,
@@ -95,6 +146,21 @@ impl Engine {
     ) {
         let code = msg.code();
         if code < 200 {
+            let due = self.calls.get_mut(&id).and_then(|c| {
+                let flow = c.a_leg.flow;
+                let t = c.transfer.as_mut()?;
+                let (local, flow) = t
+                    .dialog
+                    .as_ref()
+                    .map_or((String::new(), flow), |l| (l.local.clone(), l.flow));
+                Some((t.prack.due(msg)?, local, flow))
+            });
+            if let Some(((rseq, cseq), local, flow)) = due {
+                self.send_prack(now, &local, flow, msg, rseq, cseq);
+            }
+            if code > 100 && !msg.body.is_empty() {
+                self.transfer_early_media(id, msg);
+            }
             return;
         }
         self.client.remove(&key);
@@ -134,7 +200,8 @@ impl Engine {
             .map(|l| l.local.clone())
             .unwrap_or_default();
         let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
-        let leg = Leg::from_response(&local, flow, msg);
+        let mut leg = Leg::from_response(&local, flow, msg);
+        leg.cseq = leg.cseq.max(t.prack.cseq);
         t.dialog = Some(leg.clone());
         t.peer_update = allows_update(msg);
         if let Some(se) = session_timer::session_expires(msg) {
