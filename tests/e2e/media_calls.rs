@@ -1008,32 +1008,114 @@ fn a_phone_behind_nat_is_heard_and_hears_at_the_address_it_sends_from() {
 /// an operator's phone that negotiated no telephone-event but takes INFO:
 /// SIPp as both, the carrier playing its own DTMF capture, the phone
 /// checking the INFO it gets (`application/dtmf-relay`, `Signal=1`).
-#[test]
-fn a_callers_rfc4733_key_reaches_a_phone_without_events_by_info() {
-    let scratch = Scratch::new("key-by-info");
+/// A node with music on hold, and operator 1001's SIPp phone running
+/// `phone_scenario` for one call, registered and available.
+fn node_and_phone(scratch: &Scratch, phone_scenario: &str) -> (Node, Sipp) {
     let music = scratch.path("music.wav");
     std::fs::write(&music, wav(&[100; 8000])).expect("music");
-    let node = Node::start_toml(&scratch, |sip, http| {
+    let node = Node::start_toml(scratch, |sip, http| {
         config(sip, http, &music, &scratch.path("recordings"))
     });
-    let mut phone = Sipp::spawn(
-        &scratch,
+    let phone = Sipp::spawn(
+        scratch,
         "phone",
         &[
             "-sf",
-            &scenario("agent_info_keys.xml"),
+            &scenario(phone_scenario),
             "-m",
             "1",
             "-timeout",
             "30s",
         ],
     );
-    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    register(scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
     node.wait_metric(
         "centralino_queue_agents{queue=\"info\",state=\"available\"}",
         Duration::from_secs(5),
         |v| v == 1.0,
     );
+    (node, phone)
+}
+
+/// Issue 18: the other way. An operator's phone that keys only by SIP
+/// INFO presses 7 on a call whose carrier negotiated telephone-event but
+/// lists no INFO: the caller's RTP socket (the test's) receives the key
+/// as RFC 4733 events in the caller's stream (same SSRC as the audio,
+/// the offered payload type 101, event 7, the end packet).
+#[test]
+fn an_operators_key_by_info_reaches_the_caller_as_telephone_events() {
+    let scratch = Scratch::new("info-to-events");
+    let (node, mut phone) = node_and_phone(&scratch, "agent_sends_key_by_info.xml");
+    // The carrier of trunk_media.xml without INFO in its Allow.
+    let no_info = scratch.path("trunk_media_no_info.xml");
+    let text = std::fs::read_to_string(scenario("trunk_media.xml")).expect("scenario");
+    let without = text.replace(
+        "Allow: INVITE, ACK, CANCEL, BYE, INFO",
+        "Allow: INVITE, ACK, CANCEL, BYE",
+    );
+    assert_ne!(text, without);
+    std::fs::write(&no_info, without).expect("scenario");
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let port = caller.local_addr().expect("addr").port().to_string();
+    let mut trunk = Sipp::spawn(
+        &scratch,
+        "trunk",
+        &[
+            &node.sip_addr(),
+            "-sf",
+            no_info.to_str().expect("utf-8"),
+            "-s",
+            "100",
+            "-m",
+            "1",
+            "-d",
+            "3000",
+            "-key",
+            "caller_rtp",
+            &port,
+            "-timeout",
+            "30s",
+        ],
+    );
+    let mut buf = [0u8; 2048];
+    let mut ssrcs = std::collections::HashSet::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while trunk.try_wait().is_none() && Instant::now() < deadline {
+        let Ok((n, _)) = caller.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(p) = rtp::parse(&buf[..n]) else {
+            continue;
+        };
+        ssrcs.insert(p.header.ssrc);
+        if p.header.payload_type == 101 {
+            events.push((p.header.marker, p.payload.to_vec()));
+        }
+    }
+    trunk.expect_success(Duration::from_secs(10));
+    phone.expect_success(Duration::from_secs(10));
+    assert_eq!(ssrcs.len(), 1, "one stream to the caller: {ssrcs:?}");
+    assert!(events.len() >= 5, "{events:?}");
+    assert!(events[0].0, "the marker on the event's first packet");
+    assert!(events.iter().all(|(_, p)| p[0] == 7), "{events:?}");
+    assert!(
+        events.iter().any(|(_, p)| p[1] & 0x80 != 0),
+        "an end packet"
+    );
+    assert_eq!(
+        node.metric("centralino_dtmf_converted_total{direction=\"info_to_rfc4733\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_callers_rfc4733_key_reaches_a_phone_without_events_by_info() {
+    let scratch = Scratch::new("key-by-info");
+    let (node, mut phone) = node_and_phone(&scratch, "agent_info_keys.xml");
     let mut trunk = crate::common::trunk_to(
         &scratch,
         &node,

@@ -141,6 +141,17 @@ pub enum MediaCommand {
         /// A supervisor's phone: its media (with the first `Some`).
         phone: Option<Remote>,
     },
+    /// Send `digit` to `side` as RFC 4733 telephone events in its stream
+    /// (a key that came by SIP INFO from the other side, for a side that
+    /// takes events but not INFO).
+    Key {
+        /// The call.
+        call: CallId,
+        /// Who hears the key.
+        side: Side,
+        /// The key (`0`–`9`, `*`, `#`, `A`–`D`).
+        digit: char,
+    },
     /// Bind a port for a supervisor's phone joining the call; answered by
     /// [`MediaEvent::MonitorPort`].
     MonitorPort {

@@ -89,7 +89,7 @@ pub struct Metrics {
     /// `centralino_calls_active`
     pub calls_active: IntGauge,
     /// `centralino_dtmf_converted_total{direction}`: keys passed on in
-    /// another form than they came (`rfc4733_to_info`).
+    /// another form than they came (`rfc4733_to_info`, `info_to_rfc4733`).
     pub dtmf_converted: IntCounterVec,
     /// `centralino_info_relayed_total{outcome}`: key presses relayed by
     /// INFO to the other leg, by its answer: delivered, refused, gone

@@ -43,6 +43,24 @@ pub fn digit(code: u8) -> Option<char> {
     })
 }
 
+/// The event code of a DTMF character (`0`–`9`, `*`, `#`, `A`–`D`).
+pub fn code(digit: char) -> Option<u8> {
+    Some(match digit {
+        '0'..='9' => digit as u8 - b'0',
+        '*' => 10,
+        '#' => 11,
+        'A'..='D' => digit as u8 - b'A' + 12,
+        _ => return None,
+    })
+}
+
+/// One telephone-event payload (RFC 4733 §2.3): the event, the end bit,
+/// the volume (−dBm0, 0–63) and the duration so far.
+pub fn payload(e: Event) -> [u8; 4] {
+    let [d0, d1] = e.duration.to_be_bytes();
+    [e.code, u8::from(e.end) << 7 | (e.volume & 0x3F), d0, d1]
+}
+
 /// Reports each key press once. One detector per receiving leg.
 #[derive(Debug, Default)]
 pub struct Detector {
@@ -89,6 +107,23 @@ impl Detector {
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_and_payloads_round_trip_through_the_parser() {
+        for d in "0123456789*#ABCD".chars() {
+            let code = code(d).unwrap();
+            assert_eq!(digit(code), Some(d));
+            let e = Event {
+                code,
+                end: code.is_multiple_of(2),
+                volume: 10,
+                duration: 800,
+            };
+            assert_eq!(parse(&payload(e)), Ok(e));
+        }
+        assert_eq!(code('E'), None);
+        assert_eq!(code('a'), None);
+    }
 
     fn ev(code: u8, end: bool, duration: u16) -> [u8; 4] {
         let d = duration.to_be_bytes();

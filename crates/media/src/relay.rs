@@ -87,6 +87,32 @@ pub enum Action {
 const FROM_PEER: u32 = 0;
 /// The supervisor's voice alone (playout sources count up from 1).
 const FROM_MONITOR: u32 = u32::MAX;
+/// One 20 ms frame.
+const FRAME_TIME: Duration = Duration::from_millis(20);
+
+/// A key sent as RFC 4733 events: this many packets of the tone, 20 ms
+/// apart (100 ms, what phones send for a short press), then the end
+/// packet three times (RFC 4733 §2.5.1.4: end packets are repeated).
+const KEY_PACKETS: u16 = 5;
+const KEY_ENDS: u16 = 3;
+/// Keys waiting their turn towards one side, at most.
+const KEYS_QUEUED: usize = 16;
+/// Their volume (−dBm0), as phones send.
+const KEY_VOLUME: u8 = 10;
+
+/// A key being sent to one side as RFC 4733 events.
+#[derive(Debug)]
+struct KeyOut {
+    code: u8,
+    /// When its first packet was due.
+    start: Instant,
+    /// Packets sent so far.
+    sent: u16,
+    /// Its source id in the side's outgoing stream (one per key: each
+    /// starts a new event, with its own timestamp and the marker bit).
+    source: u32,
+}
+
 /// A side fed by relayed packets this recently hears the supervisor mixed
 /// into them; longer without (hold, a silent peer), in frames of its own.
 const FED: Duration = Duration::from_millis(60);
@@ -138,6 +164,11 @@ pub struct CallMedia {
     /// Where the previous operator's phone sent from: refused to the next
     /// operator's leg on this port.
     gone: Option<SocketAddr>,
+    /// Per side: keys to send as RFC 4733 events (they came by SIP INFO
+    /// from the other side), and the one being sent. While a key is sent
+    /// to a side, what is relayed to it is not: one stream, one timeline.
+    keys: [std::collections::VecDeque<u8>; 2],
+    key_out: [Option<KeyOut>; 2],
 }
 
 impl CallMedia {
@@ -162,7 +193,113 @@ impl CallMedia {
             monitor: None,
             last_out: [None; 2],
             gone: None,
+            keys: Default::default(),
+            key_out: [None, None],
         }
+    }
+
+    /// Sends `digit` to `side` as RFC 4733 telephone events in its
+    /// outgoing stream (its negotiated payload type), after the keys
+    /// already waiting. `false` (nothing sent) when the side negotiated no
+    /// telephone-event, is not connected, or `digit` is not a DTMF key,
+    /// or too many keys wait.
+    pub fn send_key(&mut self, now: Instant, side: Side, digit: char) -> bool {
+        let i = side.index();
+        let ready = self.bridged
+            && self.legs[i]
+                .as_ref()
+                .is_some_and(|l| l.telephone_event().is_some());
+        let Some(code) = crate::dtmf::code(digit).filter(|_| ready) else {
+            return false;
+        };
+        if self.keys[i].len() >= KEYS_QUEUED {
+            return false;
+        }
+        self.keys[i].push_back(code);
+        if self.key_out[i].is_none() {
+            self.next_key(side, now);
+        }
+        true
+    }
+
+    /// The next waiting key of `side` starts at `start`.
+    fn next_key(&mut self, side: Side, start: Instant) {
+        let i = side.index();
+        self.key_out[i] = self.keys[i].pop_front().map(|code| {
+            self.sources = self.sources.wrapping_add(1).max(1);
+            KeyOut {
+                code,
+                start,
+                sent: 0,
+                source: self.sources,
+            }
+        });
+    }
+
+    /// When the next key packet is due, on either side.
+    fn key_due(&self) -> Option<Instant> {
+        self.key_out
+            .iter()
+            .flatten()
+            .map(|k| k.start + FRAME_TIME * u32::from(k.sent))
+            .min()
+    }
+
+    /// The next RFC 4733 packet due at `now` (see [`Self::send_key`]):
+    /// the side whose socket sends it, where to, its length in `buf`. Call
+    /// until `None`.
+    pub fn poll_key(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Side, SocketAddr, usize)> {
+        for side in [Side::A, Side::B] {
+            let i = side.index();
+            let Some(k) = self.key_out[i].as_mut() else {
+                continue;
+            };
+            let due = k.start + FRAME_TIME * u32::from(k.sent);
+            if due > now {
+                continue;
+            }
+            let (code, sent, source) = (k.code, k.sent, k.source);
+            k.sent += 1;
+            if k.sent == KEY_PACKETS + KEY_ENDS {
+                self.next_key(side, due + FRAME_TIME);
+            }
+            let Some(leg) = self.legs[i].as_ref() else {
+                self.key_out[i] = None;
+                self.keys[i].clear();
+                continue;
+            };
+            let (to, pt) = (leg.destination(), leg.telephone_event());
+            let Some(pt) = pt.filter(|_| !nowhere(to)) else {
+                continue;
+            };
+            let end = sent >= KEY_PACKETS;
+            let duration = FRAME as u16 * (sent.min(KEY_PACKETS - 1) + 1);
+            let payload = crate::dtmf::payload(crate::dtmf::Event {
+                code,
+                end,
+                volume: KEY_VOLUME,
+                duration,
+            });
+            // Every packet of one key has the key's timestamp (the
+            // source's own never moves); the next source starts after
+            // the key's whole duration.
+            let src = Header {
+                marker: sent == 0,
+                payload_type: pt,
+                seq: sent.wrapping_add(1),
+                timestamp: 0,
+                ssrc: source,
+            };
+            let samples = FRAME as u32 * u32::from(KEY_PACKETS);
+            let Some(mut h) = self.out[i].rewrite(source, &src, samples) else {
+                continue;
+            };
+            h.payload_type = pt;
+            let len = rtp::write(&h, &payload, buf)?;
+            self.last_out[i] = Some(now);
+            return Some((side, to, len));
+        }
+        None
     }
 
     /// Datagrams that reached the operator's port before the bridge
@@ -298,6 +435,9 @@ impl CallMedia {
         self.playback[1] = Playback::default();
         // The supervisor was on that operator's conversation.
         self.monitor = None;
+        // Keys go to a connected side only.
+        self.keys = Default::default();
+        self.key_out = [None, None];
     }
 
     /// A supervisor joins the bridged call from `now` in `mode`, on their
@@ -520,6 +660,7 @@ impl CallMedia {
             due(Side::A),
             due(Side::B),
             self.monitor.as_ref().map(Monitor::poll_timeout),
+            self.key_due(),
         ]
         .into_iter()
         .flatten()
@@ -654,6 +795,10 @@ impl CallMedia {
                 }
                 if let Some(m) = self.monitor.as_mut() {
                     m.heard(i, from_law, p.payload);
+                }
+                if self.key_out[o].is_some() {
+                    // A key is being sent to that side in its stream.
+                    return Action::None;
                 }
                 let to = other.destination();
                 if nowhere(to) {
@@ -1162,6 +1307,63 @@ mod tests {
             }
             _ => None,
         }
+    }
+
+    /// A key that came by SIP INFO from the caller goes to the operator
+    /// as RFC 4733 events in the operator's stream: five packets of the
+    /// tone 20 ms apart, then the end three times, one timestamp, the
+    /// marker on the first, the operator's telephone-event type; the
+    /// caller's voice is not relayed to the operator meanwhile and goes
+    /// on after the key, past its duration. A side without
+    /// telephone-event gets no key.
+    #[test]
+    fn a_key_is_sent_as_telephone_events_in_the_sides_stream() {
+        let t0 = Instant::now();
+        let (mut m, a_addr, b_addr) = call(Law::Ulaw, None, (1, 0, 0));
+        assert!(!m.send_key(t0, Side::B, '5'), "not connected yet");
+        m.bridge(Leg::new(Latch::SdpAddress, b_addr, Some(96)), Law::Ulaw);
+        assert!(!m.send_key(t0, Side::A, '5'), "the caller has no events");
+        assert!(!m.send_key(t0, Side::B, 'x'));
+        let before = relayed(&mut m, a_addr, Side::A, 1).expect("voice relayed");
+        assert!(m.send_key(t0, Side::B, '5'));
+        assert!(m.send_key(t0, Side::B, '#'), "queued behind the first");
+        let mut buf = [0u8; 1500];
+        let mut got = Vec::new();
+        let mut now = t0;
+        while got.len() < 16 {
+            assert!(m.poll_timeout().is_some_and(|t| t <= now + FRAME_TIME));
+            while let Some((side, to, len)) = m.poll_key(now, &mut buf) {
+                assert_eq!((side, to), (Side::B, b_addr));
+                let p = rtp::parse(&buf[..len]).unwrap();
+                let e = crate::dtmf::parse(p.payload).unwrap();
+                got.push((p.header, e));
+            }
+            if now == t0 {
+                // During the key the caller's voice is not relayed to
+                // the operator.
+                assert_eq!(relayed(&mut m, a_addr, Side::A, 2), None);
+            }
+            now += FRAME_TIME;
+        }
+        assert!(m.poll_key(now + FRAME_TIME * 10, &mut buf).is_none());
+        let (five, pound) = got.split_at(8);
+        for (k, (h, e)) in five.iter().enumerate() {
+            assert_eq!(h.payload_type, 96);
+            assert_eq!(h.marker, k == 0);
+            assert_eq!(h.seq, five[0].0.seq.wrapping_add(k as u16));
+            assert_eq!(h.timestamp, five[0].0.timestamp);
+            assert_eq!((e.code, e.end), (5, k >= 5));
+            assert_eq!(e.duration, 160 * (k.min(4) as u16 + 1));
+        }
+        assert_eq!(five[0].0.seq, before.0.wrapping_add(1), "one stream");
+        assert!(five[0].0.timestamp > before.1);
+        assert_eq!(pound[0].1.code, 11);
+        assert!(pound[0].0.marker);
+        assert_eq!(pound[0].0.timestamp, five[0].0.timestamp + 800);
+        // The voice goes on after the keys, in the same stream.
+        let after = relayed(&mut m, a_addr, Side::A, 3).expect("relayed again");
+        assert_eq!(after.0, pound[7].0.seq.wrapping_add(1));
+        assert!(after.1 >= pound[0].0.timestamp + 800 && after.2);
     }
 
     #[test]

@@ -46,7 +46,9 @@ use tracing::{debug, info, warn};
 use crate::recorder::{RecMsg, Recorder};
 
 mod monitor;
+mod out;
 use monitor::{MonitorSide, drain_monitor};
+use out::{drain_browser, send_to_side};
 
 /// Ready sockets taken per epoll wait.
 const EVENTS: usize = 1024;
@@ -381,6 +383,7 @@ impl MediaPlane {
             | MediaCommand::Bridge { call, .. }
             | MediaCommand::Update { call, .. }
             | MediaCommand::Monitor { call, .. }
+            | MediaCommand::Key { call, .. }
             | MediaCommand::Close { call } => *call,
         };
         let cmd = match cmd {
@@ -803,6 +806,16 @@ impl Worker {
                     s.media.touch(now);
                 }
             }
+            Cmd::Other(MediaCommand::Key { call, side, digit }) => {
+                if let Some(s) = self.session(call)
+                    && !s.media.send_key(now, side, digit)
+                {
+                    debug!(
+                        side = side.label(),
+                        "key not sent as events: the side is not connected, takes no events, or has 16 waiting"
+                    );
+                }
+            }
             Cmd::Other(MediaCommand::Close { call }) => self.close(call),
             Cmd::Other(MediaCommand::Open { call, .. }) => {
                 let _ = self.events.send(MediaEvent::Failed { call });
@@ -1025,13 +1038,13 @@ impl Worker {
                 }
             }
             // The supervisor's voice alone, to a side no relayed packet
-            // carries it to now (on hold, a silent peer).
+            // carries it to now (on hold, a silent peer); keys that came
+            // by INFO, as telephone events.
             while let Some((side, to, len)) = s.media.poll_monitor_voice(now, outbuf) {
-                match (side, s.browser.as_mut()) {
-                    (Side::B, Some(b)) => b.leg.send_rtp(now, &outbuf[..len]),
-                    (Side::B, None) => self.local.sent_from(1, &s.socks[2], &outbuf[..len], to),
-                    (Side::A, _) => self.local.sent_from(0, &s.socks[0], &outbuf[..len], to),
-                }
+                send_to_side(&mut self.local, s, now, side, to, &outbuf[..len]);
+            }
+            while let Some((side, to, len)) = s.media.poll_key(now, outbuf) {
+                send_to_side(&mut self.local, s, now, side, to, &outbuf[..len]);
             }
             if s.monitor.is_some() {
                 drain_monitor(&mut self.local, s, now);
@@ -1143,38 +1156,6 @@ fn operator_leg(s: &mut Session, b: &Peer, latch: Latch) -> Leg {
         }
         None => Leg::new(latch, SocketAddr::from(([0, 0, 0, 0], 0)), None),
     }
-}
-
-/// Runs a browser leg's output: its datagrams out of the operator port,
-/// its audio through the relay to the caller.
-fn drain_browser(local: &mut Local, s: &mut Session, now: Instant) {
-    let Session {
-        call,
-        media,
-        socks,
-        browser: Some(BrowserSide { leg: b, peer }),
-        b_local,
-        ..
-    } = s
-    else {
-        return;
-    };
-    let (call, addr) = (*call, peer.unwrap_or(*b_local));
-    let mut audio = [0u8; 1500];
-    let mut outbuf = [0u8; 1500];
-    b.poll(&mut audio, |p, buf| match p {
-        Polled::Transmit { to, bytes } => local.sent_from(1, &socks[2], &bytes, to),
-        Polled::Audio { len } => {
-            if let Action::Send { to, len } =
-                media.receive(now, Side::B, addr, &buf[..len], &mut outbuf)
-            {
-                local.sent_from(0, &socks[0], &outbuf[..len], to);
-            }
-        }
-        Polled::Connected => info!(%call, "browser media connected"),
-        // Its silence is noticed by the liveness check, as a phone's.
-        Polled::Disconnected => info!(%call, "browser media disconnected"),
-    });
 }
 
 fn getrandom(buf: &mut [u8]) -> Result<(), ()> {

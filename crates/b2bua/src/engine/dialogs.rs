@@ -525,7 +525,45 @@ impl Engine {
         if let Some(d) = digit {
             self.on_digit(now, call_id, side, d, "info");
             self.relay_info(now, call_id, side, msg);
+            self.info_as_event(now, call_id, side, d);
         }
+    }
+
+    /// A key that came by SIP INFO from `side`, on a connected call whose
+    /// other side takes no INFO (or no more) but negotiated
+    /// telephone-event: the media plane sends it there as RFC 4733 events
+    /// in that side's stream (an operator's INFO-only phone keying
+    /// through a business's IVR on a callback), within the bounds of
+    /// relayed INFO. A side with neither hears nothing of it.
+    fn info_as_event(&mut self, now: Instant, call_id: CallId, side: Side, digit: char) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if call.phase != Phase::Connected || call.consult.is_some() {
+            return;
+        }
+        let to = side.other();
+        let (events, info) = takes_keys(call, to);
+        if !events || (info && !call.info_off[to.index()]) {
+            return;
+        }
+        if !relay_turn(call, now) {
+            self.metrics
+                .sip_rejected
+                .with_label_values(&["info_relay_limited"])
+                .inc();
+            return;
+        }
+        debug!(to = to.label(), "key by INFO sent on as telephone events");
+        self.out.push_back(Output::Media(MediaCommand::Key {
+            call: call_id,
+            side: to,
+            digit,
+        }));
+        self.metrics
+            .dtmf_converted
+            .with_label_values(&["info_to_rfc4733"])
+            .inc();
     }
 
     /// A key pressed by INFO while the call is connected reaches the
@@ -553,14 +591,7 @@ impl Engine {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let to = side.other();
-        let (events, info) = match to {
-            Side::A => (call.media.a.telephone_event.is_some(), call.peer_info),
-            Side::B => (
-                call.media.b.is_some_and(|b| b.telephone_event.is_some()),
-                call.b_info,
-            ),
-        };
+        let (events, info) = takes_keys(call, side.other());
         if events || !info {
             return;
         }
@@ -589,26 +620,19 @@ impl Engine {
         if call.phase != Phase::Connected || call.consult.is_some() {
             return false;
         }
-        let (relayed, last) = call.info_relays;
-        if relayed >= INFO_RELAYS_MOST
-            || last.is_some_and(|t| now.saturating_duration_since(t) < INFO_RELAY_SPACING)
-        {
+        let to = side.other();
+        // Never to a side that did not say it takes INFO (RFC 6086 §4.2).
+        let (_, takes_info) = takes_keys(call, to);
+        if takes_info && !call.info_off[to.index()] && !relay_turn(call, now) {
             self.metrics
                 .sip_rejected
                 .with_label_values(&["info_relay_limited"])
                 .inc();
             return false;
         }
-        let to = side.other();
-        // Never to a side that did not say it takes INFO (RFC 6086 §4.2).
-        let takes_info = match to {
-            Side::A => call.peer_info,
-            Side::B => call.b_info,
-        };
         if !takes_info || call.info_off[to.index()] {
             return false;
         }
-        call.info_relays = (relayed + 1, Some(now));
         let other = match side {
             Side::A => match call.transfer.as_mut() {
                 Some(t) => t.dialog.as_mut(),
@@ -785,6 +809,32 @@ impl Engine {
 /// people key at most a few digits a second.
 const INFO_RELAYS_MOST: u16 = 256;
 const INFO_RELAY_SPACING: Duration = Duration::from_millis(80);
+
+/// How `to`'s side of `call` takes keys: as RFC 4733 events (it
+/// negotiated telephone-event), by SIP INFO (its `Allow` listed INFO).
+fn takes_keys(call: &Call, to: Side) -> (bool, bool) {
+    match to {
+        Side::A => (call.media.a.telephone_event.is_some(), call.peer_info),
+        Side::B => (
+            call.media.b.is_some_and(|b| b.telephone_event.is_some()),
+            call.b_info,
+        ),
+    }
+}
+
+/// Takes one of `call`'s turns of keys passed on at `now`: at most
+/// [`INFO_RELAYS_MOST`] a call, [`INFO_RELAY_SPACING`] apart (people key
+/// a few digits a second); `false` past them.
+fn relay_turn(call: &mut Call, now: Instant) -> bool {
+    let (relayed, last) = call.info_relays;
+    if relayed >= INFO_RELAYS_MOST
+        || last.is_some_and(|t| now.saturating_duration_since(t) < INFO_RELAY_SPACING)
+    {
+        return false;
+    }
+    call.info_relays = (relayed + 1, Some(now));
+    true
+}
 
 /// The `tag` parameter of a From/To value.
 pub(super) fn tag_of(header: &str) -> Option<&str> {

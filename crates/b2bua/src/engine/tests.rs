@@ -4591,6 +4591,22 @@ fn captured_twinkle_hold_with_a_null_address_and_a_key_by_info() {
 
 /// A carrier that allows INFO gets the operator's keys, in the caller's
 /// dialog; keys faster than a person presses them are not relayed.
+/// Twinkle's captured INFO (key 5) from operator 1001's phone in the
+/// dialog of our INVITE `inv` (answered with tag `b1`), with CSeq `cseq`.
+fn phone_key_by_info(inv: &Message, cseq: u32) -> String {
+    capture(
+        "twinkle_info_dtmf.sip",
+        &[
+            ("target", "sip:centralino@192.0.2.1:5060"),
+            ("from_tag", "b1"),
+            ("to_tag", inv.from_tag.as_deref().unwrap()),
+            ("call_id", inv.call_id.as_str()),
+        ],
+    )
+    .replace("CSeq: 95", &format!("CSeq: {cseq}"))
+    .replace("z9hG4bKlywddxhv", &format!("z9hG4bKkey{cseq}"))
+}
+
 #[test]
 fn the_operators_keys_by_info_reach_a_carrier_that_allows_info_at_a_human_pace() {
     let mut h = Harness::new();
@@ -4601,19 +4617,7 @@ fn the_operators_keys_by_info_reach_a_carrier_that_allows_info_at_a_human_pace()
     );
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
     h.send(PHONE1, &response_to(&inv, 200, "b1"));
-    let info = |cseq: u32| {
-        capture(
-            "twinkle_info_dtmf.sip",
-            &[
-                ("target", "sip:centralino@192.0.2.1:5060"),
-                ("from_tag", "b1"),
-                ("to_tag", inv.from_tag.as_deref().unwrap()),
-                ("call_id", inv.call_id.as_str()),
-            ],
-        )
-        .replace("CSeq: 95", &format!("CSeq: {cseq}"))
-        .replace("z9hG4bKlywddxhv", &format!("z9hG4bKkey{cseq}"))
-    };
+    let info = |cseq: u32| phone_key_by_info(&inv, cseq);
     let out = h.send(PHONE1, &info(95));
     let relayed = requests(&out, TRUNK, "INFO");
     assert_eq!(relayed.len(), 1, "{out:?}");
@@ -4630,6 +4634,43 @@ fn the_operators_keys_by_info_reach_a_carrier_that_allows_info_at_a_human_pace()
     h.advance(Duration::from_millis(100));
     let out = h.send(PHONE1, &info(97));
     assert_eq!(requests(&out, TRUNK, "INFO").len(), 1, "{out:?}");
+}
+
+/// The operator's INFO-only phone keys on a call whose carrier listed no
+/// INFO but negotiated telephone-event: the media plane is told to send
+/// the key in the caller's stream as RFC 4733 events, within the same
+/// pace as relayed INFO, and no INFO goes to the carrier.
+#[test]
+fn an_info_key_reaches_a_carrier_without_info_as_telephone_events() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let out = h.send(TRUNK, &invite_with(""));
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let info = |cseq: u32| phone_key_by_info(&inv, cseq);
+    let keys = |h: &Harness| {
+        h.media
+            .iter()
+            .filter_map(|c| match c {
+                MediaCommand::Key { side, digit, .. } => Some((*side, *digit)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let out = h.send(PHONE1, &info(95));
+    assert_eq!(codes(&out, PHONE1), vec![200]);
+    assert!(requests(&out, TRUNK, "INFO").is_empty(), "{out:?}");
+    assert_eq!(keys(&h), vec![(Side::A, '5')]);
+    assert_eq!(
+        h.gauge("centralino_dtmf_converted_total{direction=info_to_rfc4733}"),
+        1
+    );
+    // At once again: beyond a human pace, not sent.
+    h.send(PHONE1, &info(96));
+    assert_eq!(keys(&h).len(), 1);
+    h.advance(Duration::from_millis(100));
+    h.send(PHONE1, &info(97));
+    assert_eq!(keys(&h).len(), 2);
 }
 
 #[test]
