@@ -1037,6 +1037,31 @@ fn node_and_phone(scratch: &Scratch, phone_scenario: &str) -> (Node, Sipp) {
     (node, phone)
 }
 
+/// Issue 18: a phone that holds by a re-INVITE without SDP (some desk
+/// phones): the node's 200 carries its offer (SIPp checks `sendrecv` and
+/// µ-law, the law in use, first), and the phone's `sendonly` answer in
+/// the ACK holds the call (the media plane told, as the node logs).
+#[test]
+fn a_phones_reinvite_without_sdp_gets_an_offer_and_its_ack_answer_holds_the_call() {
+    let scratch = Scratch::new("reinvite-no-sdp");
+    let (node, mut phone) = node_and_phone(&scratch, "agent_reinvite_no_sdp.xml");
+    let mut trunk = crate::common::trunk_to(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "3000"],
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(10));
+    let logs = node.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("session changed by the answer in an ACK"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains("held=true"), "{line}");
+}
+
 /// Issue 18: the other way. An operator's phone that keys only by SIP
 /// INFO presses 7 on a call whose carrier negotiated telephone-event but
 /// lists no INFO: the caller's RTP socket (the test's) receives the key

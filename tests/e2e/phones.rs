@@ -732,6 +732,56 @@ fn linphone_consults_a_colleague_and_hands_them_the_caller() {
     phone.stop();
 }
 
+/// Issue 18: a blind transfer from a real phone. Linphone talks to a
+/// carrier's caller and transfers them blind (`transfer 1 <uri>`: a
+/// REFER without Replaces) to its colleague by name; the colleague's
+/// SIPp phone gets the call and talks until the caller hangs up, and
+/// Linphone's call ends.
+#[test]
+fn linphone_transfers_a_call_blind_to_a_colleague() {
+    let scratch = Scratch::new("phone-linphone-blind");
+    // SIPp's digest is MD5 only (the colleague's phone).
+    let node = Node::start_toml(&scratch, |sip, http| {
+        default_config(sip, http).replace(
+            "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+            "digest_algorithms = [\"MD5\"]",
+        )
+    });
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(20)).expect("tone");
+    let mut phone = Linphone::start(&scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    let on_call = "centralino_agents{state=\"on_call\",tenant=\"demo\"}";
+    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+    let mut trunk = crate::common::trunk_to(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "1", "-d", "8000"],
+    );
+    node.wait_metric(on_call, Duration::from_secs(15), |v| v >= 1.0);
+    // Linphone has the caller: its colleague logs in (the one available).
+    let mut colleague = crate::common::answering_phone(&scratch, &node, 1002);
+    phone.command(&format!("transfer 1 sip:1002@{}", node.sip_addr()));
+    node.wait_metric(
+        "centralino_transfers_total{outcome=\"done\",target=\"operator\"}",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    trunk.expect_success(Duration::from_secs(20));
+    colleague.expect_success(Duration::from_secs(10));
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+    let logs = node.logs();
+    assert!(
+        logs.contains("operator transferred the call to a colleague"),
+        "{logs}"
+    );
+    phone.stop();
+}
+
 /// twinkle-console (Twinkle 1.10, Debian 12) as operator `user`: its
 /// profile and system settings in a home of its own, ALSA's `null` device
 /// for sound (no sound card here: it hears into nothing and sends

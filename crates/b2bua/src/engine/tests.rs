@@ -1229,6 +1229,20 @@ fn reinvite_hold_and_resume_are_answered_without_touching_the_other_leg() {
         h.media.last(),
         Some(MediaCommand::Update { held: false, .. })
     ));
+    // `inactive` (neither side sends) holds too, answered inactive.
+    let out = h.send(TRUNK, &reinvite(4, "inactive"));
+    let answer = sdp::parse(&out[0].1.body).unwrap();
+    assert_eq!(answer.direction, sdp::Direction::Inactive);
+    assert!(matches!(
+        h.media.last(),
+        Some(MediaCommand::Update { held: true, .. })
+    ));
+    let out = h.send(TRUNK, &reinvite(5, "sendrecv"));
+    assert_eq!(codes(&out, TRUNK), vec![200]);
+    assert!(matches!(
+        h.media.last(),
+        Some(MediaCommand::Update { held: false, .. })
+    ));
 }
 
 /// A re-INVITE without SDP (a phone resuming this way, a carrier's
