@@ -205,7 +205,9 @@ impl CallMedia {
     /// or too many keys wait.
     pub fn send_key(&mut self, now: Instant, side: Side, digit: char) -> bool {
         let i = side.index();
+        // As relayed media: nothing while either side holds.
         let ready = self.bridged
+            && !self.held.contains(&true)
             && self.legs[i]
                 .as_ref()
                 .is_some_and(|l| l.telephone_event().is_some());
@@ -251,6 +253,12 @@ impl CallMedia {
     pub fn poll_key(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Side, SocketAddr, usize)> {
         for side in [Side::A, Side::B] {
             let i = side.index();
+            if self.held.contains(&true) {
+                // A hold came: the keys go with the media they replace.
+                self.key_out[i] = None;
+                self.keys[i].clear();
+                continue;
+            }
             let Some(k) = self.key_out[i].as_mut() else {
                 continue;
             };
@@ -282,7 +290,8 @@ impl CallMedia {
             });
             // Every packet of one key has the key's timestamp (the
             // source's own never moves); the next source starts after
-            // the key's whole duration.
+            // the time the key's packets took, so the stream keeps up
+            // with the clock.
             let src = Header {
                 marker: sent == 0,
                 payload_type: pt,
@@ -290,7 +299,7 @@ impl CallMedia {
                 timestamp: 0,
                 ssrc: source,
             };
-            let samples = FRAME as u32 * u32::from(KEY_PACKETS);
+            let samples = FRAME as u32 * u32::from(KEY_PACKETS + KEY_ENDS);
             let Some(mut h) = self.out[i].rewrite(source, &src, samples) else {
                 continue;
             };
@@ -618,6 +627,10 @@ impl CallMedia {
             self.laws[side.index()] = law;
             // What this side sends next may restart its numbering.
             self.out[side.other().index()].restart_source();
+            // A key being sent to the other side would restart with it
+            // (a second press to its receiver): it is dropped instead.
+            self.key_out[side.other().index()] = None;
+            self.keys[side.other().index()].clear();
         }
     }
 
@@ -757,6 +770,8 @@ impl CallMedia {
         match received {
             Received::Dropped => Action::None,
             Received::Dtmf(p, digit) => {
+                // Not into a key being sent to that side.
+                let relaying = relaying && self.key_out[o].is_none();
                 let relay = match (relaying, self.legs[o].as_ref()) {
                     (true, Some(other)) => other.telephone_event().and_then(|pt| {
                         let to = other.destination();
@@ -1359,11 +1374,17 @@ mod tests {
         assert!(five[0].0.timestamp > before.1);
         assert_eq!(pound[0].1.code, 11);
         assert!(pound[0].0.marker);
-        assert_eq!(pound[0].0.timestamp, five[0].0.timestamp + 800);
+        // The next key after the time the first one's packets took.
+        assert_eq!(pound[0].0.timestamp, five[0].0.timestamp + 1280);
         // The voice goes on after the keys, in the same stream.
         let after = relayed(&mut m, a_addr, Side::A, 3).expect("relayed again");
         assert_eq!(after.0, pound[7].0.seq.wrapping_add(1));
-        assert!(after.1 >= pound[0].0.timestamp + 800 && after.2);
+        assert!(after.1 >= pound[0].0.timestamp + 1280 && after.2);
+        // A hold stops a key at once, and none is taken while held.
+        assert!(m.send_key(now, Side::B, '1'));
+        m.set_held(now, Side::B, true);
+        assert!(m.poll_key(now, &mut buf).is_none());
+        assert!(!m.send_key(now, Side::B, '1'));
     }
 
     #[test]

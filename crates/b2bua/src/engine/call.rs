@@ -66,46 +66,98 @@ pub(super) struct Outbound {
 }
 
 /// The reliable provisional responses (RFC 3262) of one INVITE of ours we
-/// acknowledged by PRACK: the early dialog's tag and its last `RSeq`, and
-/// the CSeq our last PRACK took in it (the dialog's requests after the
-/// 2xx go on above it).
+/// acknowledged by PRACK: per early dialog (a forking network may open a
+/// few, at most [`Pracked::FORKS`] are followed) its tag, its last `RSeq`
+/// and the SDP answer it carried, if any; and the CSeq our last PRACK took
+/// (the dialog's requests after the 2xx go on above it). A new INVITE (an
+/// authenticated retry, another trunk) starts afresh.
 #[derive(Debug, Default)]
 pub(super) struct Pracked {
-    pub(super) last: Option<(String, u32)>,
+    early: Vec<EarlyDialog>,
     pub(super) cseq: u32,
 }
 
+#[derive(Debug)]
+struct EarlyDialog {
+    tag: String,
+    rseq: u32,
+    answer: Option<Vec<u8>>,
+}
+
+/// What a provisional response to our INVITE asks of us (RFC 3262 §4).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Provisional {
+    /// Not sent reliably: taken as it is.
+    Unreliable,
+    /// A new reliable one: PRACK it with this `RSeq` and CSeq, then take it.
+    Prack(u32, u32),
+    /// A repeated or out-of-order reliable one: "MUST NOT be processed
+    /// further" (the network repeats what it still waits for).
+    Discard,
+}
+
 impl Pracked {
-    /// Whether `msg`, a provisional response to our INVITE, asks for a
-    /// PRACK not sent yet (RFC 3262 §4: `Require: 100rel`, an `RSeq` in
-    /// 1..2^31, the first of its early dialog or the next in order; a
-    /// repeated or out-of-order one is discarded, the carrier retransmits
-    /// what it still waits for): its `RSeq` and the CSeq the PRACK takes.
-    pub(super) fn due(&mut self, msg: &Message) -> Option<(u32, u32)> {
+    /// Early dialogs followed at most (forks beyond are not PRACKed).
+    const FORKS: usize = 8;
+
+    /// What `msg`, a provisional response to our INVITE, asks of us: a
+    /// reliable one (`Require: 100rel`) with an `RSeq` in 1..2^31, the
+    /// first of its early dialog or the next in order, is PRACKed and its
+    /// SDP kept as the answer of that early dialog (RFC 3261 §13.2.1: a
+    /// reliable 1xx may carry it, the 2xx then need not); a repeated or
+    /// out-of-order one is discarded, and so is one we cannot PRACK.
+    pub(super) fn due(&mut self, msg: &Message) -> Provisional {
         let reliable = (101..200).contains(&msg.code())
             && msg
                 .headers_named("Require")
                 .flat_map(uri::split_list)
                 .any(|o| o.trim().eq_ignore_ascii_case("100rel"));
         if !reliable {
-            return None;
+            return Provisional::Unreliable;
         }
-        let rseq: u32 = msg
-            .header("RSeq")?
-            .trim()
-            .parse()
-            .ok()
-            .filter(|r| (1..1 << 31).contains(r))?;
-        let tag = msg.to_tag.clone()?;
-        if let Some((last_tag, last)) = &self.last
-            && *last_tag == tag
-            && rseq != last.wrapping_add(1)
-        {
-            return None;
+        let rseq = msg
+            .header("RSeq")
+            .and_then(|r| r.trim().parse::<u32>().ok())
+            .filter(|r| (1..1 << 31).contains(r));
+        // CSeqs stay below 2^31 (RFC 3261 §8.1.1.5): one above is no
+        // response to a request of ours.
+        let cseq = self
+            .cseq
+            .max(msg.cseq)
+            .checked_add(1)
+            .filter(|c| *c < 1 << 31);
+        let (Some(rseq), Some(cseq), Some(tag)) = (rseq, cseq, msg.to_tag.as_deref()) else {
+            return Provisional::Discard;
+        };
+        let answer = (!msg.body.is_empty()).then(|| msg.body.clone());
+        let full = self.early.len() >= Self::FORKS;
+        match self.early.iter_mut().find(|e| e.tag == tag) {
+            Some(e) if rseq != e.rseq.wrapping_add(1) => return Provisional::Discard,
+            Some(e) => {
+                e.rseq = rseq;
+                if answer.is_some() {
+                    e.answer = answer;
+                }
+            }
+            None if full => return Provisional::Discard,
+            None => self.early.push(EarlyDialog {
+                tag: tag.to_owned(),
+                rseq,
+                answer,
+            }),
         }
-        self.last = Some((tag, rseq));
-        self.cseq = self.cseq.max(msg.cseq) + 1;
-        Some((rseq, self.cseq))
+        self.cseq = cseq;
+        Provisional::Prack(rseq, cseq)
+    }
+
+    /// The SDP answer a reliable 1xx of the early dialog `tag` carried: a
+    /// 2xx of that dialog without a body confirms it.
+    pub(super) fn answer(&self, tag: Option<&str>) -> Option<&[u8]> {
+        let tag = tag?;
+        self.early
+            .iter()
+            .find(|e| e.tag == tag)
+            .and_then(|e| e.answer.as_deref())
     }
 }
 

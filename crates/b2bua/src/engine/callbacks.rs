@@ -571,10 +571,14 @@ impl Engine {
         if code < 200 {
             let due = self.calls.get_mut(&call_id).and_then(|c| {
                 let (local, flow) = (c.a_leg.local.clone(), c.a_leg.flow);
-                Some((c.outbound_mut()?.prack.due(msg)?, local, flow))
+                Some((c.outbound_mut()?.prack.due(msg), local, flow))
             });
-            if let Some(((rseq, cseq), local, flow)) = due {
-                self.send_prack(now, &local, flow, msg, rseq, cseq);
+            match due {
+                Some((Provisional::Prack(rseq, cseq), local, flow)) => {
+                    self.send_prack(now, &local, flow, msg, rseq, cseq);
+                }
+                Some((Provisional::Discard, ..)) => return,
+                _ => {}
             }
             if code > 100 && !msg.body.is_empty() {
                 self.citizen_early_media(call_id, msg);
@@ -596,6 +600,8 @@ impl Engine {
             {
                 if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
                     o.invite = Some(retry);
+                    // A new INVITE: its reliable responses start afresh.
+                    o.prack = Pracked::default();
                 }
                 return;
             }
@@ -609,7 +615,15 @@ impl Engine {
             // above them.
             leg.cseq = leg.cseq.max(call.outbound().map_or(0, |o| o.prack.cseq));
             let flow = call.a_leg.flow;
-            let answer = self.usable_answer(&msg.body, flow);
+            // A 2xx without SDP confirms the answer its early dialog's
+            // reliable 1xx carried (RFC 3261 §13.2.1, RFC 3262).
+            let body = match call.outbound() {
+                Some(o) if msg.body.is_empty() => o.prack.answer(msg.to_tag.as_deref()),
+                _ => None,
+            }
+            .unwrap_or(&msg.body)
+            .to_vec();
+            let answer = self.usable_answer(&body, flow);
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return;
             };

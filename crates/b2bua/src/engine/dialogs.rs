@@ -842,17 +842,17 @@ pub(super) fn tag_of(header: &str) -> Option<&str> {
 }
 
 /// Whether a message that came over `source` may speak for a leg set up
-/// over `leg`. A UDP source address is forged with one datagram, and an
-/// ACK or a re-INVITE needs no reply to do harm (move media, end a call),
-/// so a leg over a stream takes in-dialog messages over a stream only,
-/// and a leg over TLS (chosen because it authenticates) over TLS only; a
-/// browser's only through the node's own gateway. A leg over UDP takes
-/// any: a peer sends a request too large for UDP over TCP (RFC 3261
-/// §18.1.1).
+/// over `leg`. A leg over TLS (chosen because it authenticates and hides
+/// the dialog's identifiers) takes in-dialog messages over TLS only: a
+/// UDP source address is forged with one datagram, and an ACK or a
+/// re-INVITE needs no reply to do harm (move media, end a call). A
+/// browser's leg only through the node's own gateway. A leg over UDP or
+/// TCP takes either: a peer sends a request too large for UDP over TCP
+/// and the small ones that follow (ACK, BYE) over UDP (RFC 3261 §18.1.1),
+/// and plain TCP hides nothing UDP does not.
 pub(super) fn transport_speaks_for(leg: Transport, source: Transport) -> bool {
     match leg {
-        Transport::Udp => source != Transport::Browser,
-        Transport::Tcp => matches!(source, Transport::Tcp | Transport::Tls),
+        Transport::Udp | Transport::Tcp => source != Transport::Browser,
         Transport::Tls => source == Transport::Tls,
         Transport::Browser => source == Transport::Browser,
     }

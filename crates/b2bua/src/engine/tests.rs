@@ -883,70 +883,73 @@ fn certificate_trunk_invites_need_a_proven_connection() {
     assert_eq!(h.engine.active_calls(), 1);
 }
 
-/// A leg over a stream takes its in-dialog requests over a stream only:
-/// a UDP datagram from the carrier's address with the dialog's Call-ID
-/// and tags (one forged datagram) neither ends the call nor moves its
-/// media; the carrier's BYE on a new TCP connection does (a stream may
-/// be opened again). A leg over TLS takes them over TLS only.
+/// A leg over TLS takes its in-dialog requests over TLS only: a UDP
+/// datagram (or a TCP segment) from the carrier's address with the
+/// dialog's Call-ID and tags neither ends the call nor moves its media;
+/// the carrier's BYE on a new TLS connection does. A leg over TCP takes a
+/// BYE over UDP (RFC 3261 §18.1.1: a large INVITE over TCP, the small
+/// requests after it over UDP).
 #[test]
-fn a_call_over_a_stream_ignores_the_same_dialog_over_udp() {
-    for transport in [Transport::Tcp, Transport::Tls] {
+fn a_call_over_tls_ignores_the_same_dialog_over_udp_or_tcp() {
+    for transport in [Transport::Tls, Transport::Tcp] {
         let mut h = Harness::new();
         h.register("1001", PHONE1, Algorithm::Md5);
-        let stream = |conn: u64| Flow {
+        let over = |transport: Transport, conn: u64| Flow {
             transport,
             remote: TRUNK.parse().unwrap(),
             local: "192.0.2.1:5060".parse().unwrap(),
             conn,
         };
-        let via = if transport == Transport::Tcp {
-            "TCP"
-        } else {
-            "TLS"
+        let via = |t: Transport| match t {
+            Transport::Tcp => "SIP/2.0/TCP",
+            _ => "SIP/2.0/TLS",
         };
         let feed = |h: &mut Harness, flow: Flow, text: &str| {
+            let text = text.replace("SIP/2.0/UDP", via(flow.transport));
             let framed = parse_datagram(text.as_bytes(), &Limits::default());
             h.engine.handle_framed(h.now, flow, framed);
             h.drain()
         };
-        let invite = invite_with("").replace("SIP/2.0/UDP", &format!("SIP/2.0/{via}"));
-        let out = feed(&mut h, stream(1), &invite);
+        let out = feed(&mut h, over(transport, 1), &invite_with(""));
         let inv = requests(&out, PHONE1, "INVITE")[0].clone();
         let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
         let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
         let a_tag = ok.to_tag.clone().unwrap();
         feed(
             &mut h,
-            stream(1),
+            over(transport, 1),
             &in_dialog("ACK", TRUNK, "am1", &a_tag, 1, ""),
         );
+        if transport == Transport::Tcp {
+            let out = h.send(TRUNK, &in_dialog("BYE", TRUNK, "am1", &a_tag, 2, ""));
+            assert_eq!(codes(&out, TRUNK), vec![200]);
+            assert_eq!(h.engine.active_calls(), 0);
+            continue;
+        }
         let media = h.media.len();
         let moved = TRUNK_SDP.replace("40000", "40100");
         let out = h.send(TRUNK, &in_dialog("INVITE", TRUNK, "am1", &a_tag, 2, &moved));
-        assert_eq!(codes(&out, TRUNK), vec![481], "{transport:?}");
+        assert_eq!(codes(&out, TRUNK), vec![481]);
         let out = h.send(TRUNK, &in_dialog("BYE", TRUNK, "am1", &a_tag, 3, ""));
-        assert_eq!(codes(&out, TRUNK), vec![481], "{transport:?}");
+        assert_eq!(codes(&out, TRUNK), vec![481]);
+        let out = feed(
+            &mut h,
+            over(Transport::Tcp, 2),
+            &in_dialog("BYE", TRUNK, "am1", &a_tag, 4, ""),
+        );
+        assert_eq!(codes(&out, TRUNK), vec![481]);
         assert_eq!(h.media.len(), media, "no media moved");
         assert_eq!(h.engine.active_calls(), 1);
         assert_eq!(
             h.gauge("centralino_sip_rejected_total{reason=foreign_dialog}"),
-            2
+            3
         );
-        if transport == Transport::Tls {
-            // Over TCP it is no TLS either.
-            let tcp = Flow {
-                transport: Transport::Tcp,
-                ..stream(2)
-            };
-            let bye =
-                in_dialog("BYE", TRUNK, "am1", &a_tag, 4, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
-            let out = feed(&mut h, tcp, &bye);
-            assert_eq!(codes(&out, TRUNK), vec![481]);
-        }
-        let bye = in_dialog("BYE", TRUNK, "am1", &a_tag, 5, "")
-            .replace("SIP/2.0/UDP", &format!("SIP/2.0/{via}"));
-        let out = feed(&mut h, stream(3), &bye);
-        assert_eq!(codes(&out, TRUNK), vec![200], "{transport:?}");
+        let out = feed(
+            &mut h,
+            over(Transport::Tls, 3),
+            &in_dialog("BYE", TRUNK, "am1", &a_tag, 5, ""),
+        );
+        assert_eq!(codes(&out, TRUNK), vec![200]);
         assert_eq!(h.engine.active_calls(), 0);
     }
 }
@@ -2965,6 +2968,42 @@ fn an_ivr_transfer_connects_the_caller_to_an_external_number_or_falls_back() {
     }
 }
 
+/// A transfer's far end answering reliably (RFC 3262): its 183 with SDP
+/// is PRACKed in the early dialog, and its 200 without SDP confirms that
+/// answer: the caller is bridged to it, not hung up on.
+#[test]
+fn a_transfer_answered_in_a_reliable_183_connects_on_a_200_without_sdp() {
+    let config = transfer_flow_config("");
+    let mut h = Harness::with(&config);
+    h.engine
+        .set_outbound_local("192.0.2.1:5060".parse().unwrap());
+    let out = invite_did(&mut h, "802", "rel");
+    let far = "192.0.2.10:5070";
+    let dial = requests(&out, far, "INVITE")[0].clone();
+    let mut early = dial.response(183, "Session Progress", Some("far"));
+    early.push("Contact", "<sip:far@192.0.2.10:5070>");
+    early.push("Require", "100rel");
+    early.push("RSeq", "1");
+    early.set_body(Some("application/sdp"), PHONE_SDP.as_bytes().to_vec());
+    let out = h.send(far, &String::from_utf8(early.to_bytes()).unwrap());
+    let prack = requests(&out, far, "PRACK");
+    assert_eq!(prack.len(), 1, "{out:?}");
+    assert_eq!(prack[0].header("RAck"), Some("1 1 INVITE"));
+    let mut ok = dial.response(200, "OK", Some("far"));
+    ok.push("Contact", "<sip:far@192.0.2.10:5070>");
+    let out = h.send(far, &String::from_utf8(ok.to_bytes()).unwrap());
+    assert_eq!(requests(&out, far, "ACK").len(), 1, "{out:?}");
+    assert!(requests(&out, TRUNK, "BYE").is_empty(), "{out:?}");
+    let Some(MediaCommand::Bridge { b, .. }) = h.media.last() else {
+        panic!("{:?}", h.media)
+    };
+    assert_eq!(b.rtp().unwrap().addr.port(), 30000);
+    assert_eq!(
+        h.gauge("centralino_flow_calls_total{flow=esterno,outcome=transferred}"),
+        1
+    );
+}
+
 /// The ACK of `ok` (a 2xx to an INVITE) from the peer at `from`.
 fn ack_of(from: &str, ok: &Message) -> String {
     format!(
@@ -4249,9 +4288,12 @@ fn a_callback_pracks_the_carriers_reliable_provisional_responses() {
         Some("<sip:sbc.carrier.example;lr>")
     );
     assert_eq!(prack[0].call_id, dial.call_id);
-    // The same 183 again (our PRACK crossed it): not PRACKed twice.
+    // The same 183 again (our PRACK crossed it): not PRACKed twice, and
+    // not processed further (RFC 3262 §4).
+    let media = h.media.len();
     let out = h.send(TRUNK, &provisional(183, 7, true));
     assert!(requests(&out, TRUNK, "PRACK").is_empty(), "{out:?}");
+    assert_eq!(h.media.len(), media);
     // One skipping an RSeq: discarded (the carrier repeats the one
     // before it).
     let out = h.send(TRUNK, &provisional(180, 9, false));
@@ -4263,15 +4305,24 @@ fn a_callback_pracks_the_carriers_reliable_provisional_responses() {
     // Not reliable: nothing to PRACK.
     let out = h.send(TRUNK, &response_to(&dial, 180, "c1"));
     assert!(requests(&out, TRUNK, "PRACK").is_empty(), "{out:?}");
+    // The 200 carries no SDP: the reliable 183's was the answer (RFC 3261
+    // §13.2.1), and the call goes on with it.
     let mut ok = dial.response(200, "OK", Some("c1"));
     ok.push("Contact", &format!("<sip:citizen@{TRUNK}>"));
     ok.push("Allow", "INVITE, ACK, BYE, UPDATE, PRACK");
     ok.push("Session-Expires", "90;refresher=uac");
     ok.push("Require", "timer");
-    ok.set_body(Some("application/sdp"), TRUNK_SDP.as_bytes().to_vec());
     let out = h.send(TRUNK, &String::from_utf8(ok.to_bytes()).unwrap());
     assert_eq!(requests(&out, TRUNK, "ACK").len(), 1, "{out:?}");
+    assert!(requests(&out, TRUNK, "BYE").is_empty(), "{out:?}");
     assert_eq!(h.engine.active_calls(), 1);
+    assert!(
+        h.media.iter().any(|c| matches!(c,
+            MediaCommand::Update { side: Side::A, peer, .. } | MediaCommand::Open { a: peer, .. }
+                if peer.rtp().unwrap().addr.to_string() == "192.0.2.10:40000")),
+        "{:?}",
+        h.media
+    );
     // Our session refresh, the dialog's next request: above the PRACKs.
     let out = h.advance(Duration::from_secs(45));
     let update = requests(&out, TRUNK, "UPDATE");

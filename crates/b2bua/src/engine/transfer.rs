@@ -153,10 +153,14 @@ impl Engine {
                     .dialog
                     .as_ref()
                     .map_or((String::new(), flow), |l| (l.local.clone(), l.flow));
-                Some((t.prack.due(msg)?, local, flow))
+                Some((t.prack.due(msg), local, flow))
             });
-            if let Some(((rseq, cseq), local, flow)) = due {
-                self.send_prack(now, &local, flow, msg, rseq, cseq);
+            match due {
+                Some((Provisional::Prack(rseq, cseq), local, flow)) => {
+                    self.send_prack(now, &local, flow, msg, rseq, cseq);
+                }
+                Some((Provisional::Discard, ..)) => return,
+                _ => {}
             }
             if code > 100 && !msg.body.is_empty() {
                 self.transfer_early_media(id, msg);
@@ -179,6 +183,8 @@ impl Engine {
             {
                 if let Some(t) = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()) {
                     t.invite = Some(retry);
+                    // A new INVITE: its reliable responses start afresh.
+                    t.prack = Pracked::default();
                 }
                 return;
             }
@@ -209,7 +215,23 @@ impl Engine {
             t.session = Some(se.interval.max(session_timer::MIN_SE));
             t.we_refresh = se.refresher != Some(session_timer::Refresher::Uas);
         }
-        let peer = b_answer(msg, &self.codecs, flow.remote.ip()).filter(|(p, _)| {
+        // A 2xx without SDP confirms the answer its early dialog's
+        // reliable 1xx carried (RFC 3261 §13.2.1, RFC 3262).
+        let early = t
+            .prack
+            .answer(msg.to_tag.as_deref())
+            .filter(|_| msg.body.is_empty())
+            .map(|body| {
+                let mut m = msg.clone();
+                m.body = body.to_vec();
+                m
+            });
+        let peer = b_answer(
+            early.as_ref().unwrap_or(msg),
+            &self.codecs,
+            flow.remote.ip(),
+        )
+        .filter(|(p, _)| {
             self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
                 .is_none()
         });
