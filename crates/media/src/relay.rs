@@ -625,12 +625,14 @@ impl CallMedia {
         if let Some(leg) = self.legs[side.index()].as_mut() {
             leg.update(expected, signalling, telephone_event);
             self.laws[side.index()] = law;
-            // What this side sends next may restart its numbering.
-            self.out[side.other().index()].restart_source();
-            // A key being sent to the other side would restart with it
-            // (a second press to its receiver): it is dropped instead.
-            self.key_out[side.other().index()] = None;
-            self.keys[side.other().index()].clear();
+            // What this side sends next may restart its numbering. (While
+            // a key is sent to the other side, the key is the stream's
+            // source: the peer's next packet after it is a new one anyway,
+            // and a restart now would split the key into two presses.)
+            let o = side.other().index();
+            if self.key_out[o].is_none() {
+                self.out[o].restart_source();
+            }
         }
     }
 
@@ -1355,8 +1357,10 @@ mod tests {
             }
             if now == t0 {
                 // During the key the caller's voice is not relayed to
-                // the operator.
+                // the operator, and the caller's re-INVITE (a session
+                // refresh) does not split the key into two presses.
                 assert_eq!(relayed(&mut m, a_addr, Side::A, 2), None);
+                m.update(Side::A, a_addr, None, None, Law::Ulaw);
             }
             now += FRAME_TIME;
         }

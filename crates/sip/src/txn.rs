@@ -185,6 +185,10 @@ struct ServerTx {
 struct ClientTx {
     state: CState,
     flow: Flow,
+    /// The request's CSeq number: a response naming another is no answer
+    /// to it, whatever its branch (RFC 3261 §8.1.3.3: the CSeq is the
+    /// request's, copied).
+    cseq: u32,
     /// The request, while it may be retransmitted, cancelled, answered by
     /// a non-2xx (ACK) or challenged; dropped with `bytes` once a 2xx
     /// (INVITE) or a final response (non-INVITE) leaves nothing to send.
@@ -498,6 +502,7 @@ impl Transactions {
             ClientTx {
                 state,
                 flow,
+                cseq: req.cseq,
                 request: Some(Box::new(req)),
                 bytes,
                 retransmit_at,
@@ -527,7 +532,7 @@ impl Transactions {
     pub fn handle_response(&mut self, now: Instant, msg: Box<Message>) {
         let key = TxKey::of(&msg);
         let code = msg.code();
-        let Some(tx) = self.client.get_mut(&key) else {
+        let Some(tx) = self.client.get_mut(&key).filter(|tx| tx.cseq == msg.cseq) else {
             self.stats.stray_responses += 1;
             return;
         };
@@ -958,6 +963,12 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
         let key = tx.send_request(t0, flow(Transport::Udp), *inv.clone());
         let _ = transmits(&mut tx);
         let resp = inv.response(486, "Busy Here", Some("bb"));
+        // The branch of our INVITE with another CSeq number: no answer to
+        // it (dropped as stray).
+        let mut forged = resp.clone();
+        forged.cseq = u32::MAX;
+        tx.handle_response(t0, Box::new(forged));
+        assert!(tx.poll_output().is_none(), "a response with another CSeq");
         tx.handle_response(t0, Box::new(resp.clone()));
         let mut acks = 0;
         let mut delivered = 0;

@@ -129,13 +129,18 @@ impl Pracked {
         let (Some(rseq), Some(cseq), Some(tag)) = (rseq, cseq, msg.to_tag.as_deref()) else {
             return Provisional::Discard;
         };
-        let answer = (!msg.body.is_empty()).then(|| msg.body.clone());
+        // Kept only when it is SDP (bounded by the message limits, one
+        // per early dialog, dropped at the final response).
+        let answer = sdp::parse(&msg.body)
+            .is_ok()
+            .then(|| msg.body.clone());
         let full = self.early.len() >= Self::FORKS;
         match self.early.iter_mut().find(|e| e.tag == tag) {
             Some(e) if rseq != e.rseq.wrapping_add(1) => return Provisional::Discard,
             Some(e) => {
                 e.rseq = rseq;
-                if answer.is_some() {
+                // The first reliable SDP is the answer (RFC 3261 §13.2.1).
+                if e.answer.is_none() {
                     e.answer = answer;
                 }
             }
@@ -150,14 +155,13 @@ impl Pracked {
         Provisional::Prack(rseq, cseq)
     }
 
-    /// The SDP answer a reliable 1xx of the early dialog `tag` carried: a
-    /// 2xx of that dialog without a body confirms it.
-    pub(super) fn answer(&self, tag: Option<&str>) -> Option<&[u8]> {
+    /// At the final response: the SDP answer a reliable 1xx of the early
+    /// dialog `tag` carried (a 2xx of that dialog without a body confirms
+    /// it); the early dialogs are let go, the CSeq kept.
+    pub(super) fn settle(&mut self, tag: Option<&str>) -> Option<Vec<u8>> {
+        let early = std::mem::take(&mut self.early);
         let tag = tag?;
-        self.early
-            .iter()
-            .find(|e| e.tag == tag)
-            .and_then(|e| e.answer.as_deref())
+        early.into_iter().find(|e| e.tag == tag)?.answer
     }
 }
 

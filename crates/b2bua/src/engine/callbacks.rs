@@ -617,12 +617,13 @@ impl Engine {
             let flow = call.a_leg.flow;
             // A 2xx without SDP confirms the answer its early dialog's
             // reliable 1xx carried (RFC 3261 §13.2.1, RFC 3262).
-            let body = match call.outbound() {
-                Some(o) if msg.body.is_empty() => o.prack.answer(msg.to_tag.as_deref()),
-                _ => None,
-            }
-            .unwrap_or(&msg.body)
-            .to_vec();
+            let early = call
+                .outbound_mut()
+                .and_then(|o| o.prack.settle(msg.to_tag.as_deref()));
+            let body = match early {
+                Some(sdp) if msg.body.is_empty() => sdp,
+                _ => msg.body.clone(),
+            };
             let answer = self.usable_answer(&body, flow);
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return;

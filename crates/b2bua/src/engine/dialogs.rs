@@ -544,7 +544,10 @@ impl Engine {
         }
         let to = side.other();
         let (events, info) = takes_keys(call, to);
-        if !events || (info && !call.info_off[to.index()]) {
+        // A phone that negotiated events sends its keys that way too (many
+        // send both): its INFO converted, the far side would hear each key
+        // twice. Only a sender without events is converted for.
+        if !events || (info && !call.info_off[to.index()]) || takes_keys(call, side).0 {
             return;
         }
         if !relay_turn(call, now) {

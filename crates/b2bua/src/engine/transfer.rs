@@ -219,11 +219,11 @@ impl Engine {
         // reliable 1xx carried (RFC 3261 §13.2.1, RFC 3262).
         let early = t
             .prack
-            .answer(msg.to_tag.as_deref())
+            .settle(msg.to_tag.as_deref())
             .filter(|_| msg.body.is_empty())
             .map(|body| {
                 let mut m = msg.clone();
-                m.body = body.to_vec();
+                m.body = body;
                 m
             });
         let peer = b_answer(
