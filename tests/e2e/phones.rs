@@ -47,12 +47,18 @@ struct Baresip {
 
 impl Baresip {
     fn start(scratch: &Scratch, node: &Node, user: u32, source: &Path) -> Self {
+        Self::start_over(scratch, node, user, source, "")
+    }
+
+    /// As [`Baresip::start`], its account's URI with these parameters
+    /// (`;transport=tcp`: it registers and takes its calls over TCP).
+    fn start_over(scratch: &Scratch, node: &Node, user: u32, source: &Path, params: &str) -> Self {
         let dir = scratch.path(&format!("baresip-{user}"));
         std::fs::create_dir_all(&dir).expect("baresip dir");
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{user}@{}>;auth_pass=demo{user};answermode=auto;regint=600\n",
+                "<sip:{user}@{}{params}>;auth_pass=demo{user};answermode=auto;regint=600\n",
                 node.sip_addr()
             ),
         )
@@ -322,6 +328,39 @@ fn baresip_registers_on_the_default_configuration_and_talks_both_ways() {
         "baresip heard the caller: longest run of their speech {longest} samples of {}",
         heard.len()
     );
+}
+
+/// Issue 18: a phone over TCP. baresip registers over TCP on the default
+/// configuration and is rung on the connection it registered on (the
+/// node opens none of its own: one connection in the gauge before and
+/// during the call), answers, and the caller hears it.
+#[test]
+fn baresip_over_tcp_is_rung_on_the_connection_it_registered_on() {
+    let scratch = Scratch::new("phone-baresip-tcp");
+    let node = Node::start_toml(&scratch, default_config);
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(10)).expect("tone");
+    let mut phone = Baresip::start_over(&scratch, &node, 1001, &tone, ";transport=tcp");
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+    let connections = "centralino_sip_tcp_connections";
+    assert_eq!(node.metric(connections), 1.0, "{}", phone.log());
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    talk(&scratch, &node, &caller);
+    assert!(
+        phone.log().contains("Call established"),
+        "baresip answered:\n{}",
+        phone.log()
+    );
+    assert_eq!(node.metric(connections), 1.0, "the call came on it");
+    for series in [
+        "centralino_rtp_packets_total{direction=\"in\",side=\"operator\"}",
+        "centralino_rtp_packets_total{direction=\"out\",side=\"caller\"}",
+    ] {
+        let n = node.metric(series);
+        assert!(n > 100.0, "{series} = {n}");
+    }
+    phone.stop();
 }
 
 /// linphonec (Linphone 5.1, Debian 12) as operator `user`: driven on its

@@ -131,9 +131,7 @@ impl Pracked {
         };
         // Kept only when it is SDP (bounded by the message limits, one
         // per early dialog, dropped at the final response).
-        let answer = sdp::parse(&msg.body)
-            .is_ok()
-            .then(|| msg.body.clone());
+        let answer = sdp::parse(&msg.body).is_ok().then(|| msg.body.clone());
         let full = self.early.len() >= Self::FORKS;
         match self.early.iter_mut().find(|e| e.tag == tag) {
             Some(e) if rseq != e.rseq.wrapping_add(1) => return Provisional::Discard,
