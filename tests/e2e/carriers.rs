@@ -198,31 +198,64 @@ fn record_routing_sbc(scratch: &Scratch, node: &Node) -> Kamailio {
     )
 }
 
+/// One carrier call (SIPp `scenario`, within `secs`) through the SBC to
+/// an answering operator: the scratch (kept while the node runs), the
+/// node, and what the SBC relayed.
+fn one_call_through_sbc(
+    name: &str,
+    scenario: &str,
+    secs: u64,
+) -> (Scratch, Node, Vec<(String, String, String)>) {
+    let scratch = Scratch::new(name);
+    let (node, sbc) = node_behind_sbc(&scratch);
+    let mut phone = crate::common::one_answering_phone(&scratch, &node);
+    let timeout = format!("{secs}s");
+    let mut carrier =
+        call_through_sbc(&scratch, "carrier", &sbc, scenario, &["-timeout", &timeout]);
+    carrier.expect_success(Duration::from_secs(secs));
+    phone.expect_success(Duration::from_secs(10));
+    let relayed = sbc.relayed();
+    (scratch, node, relayed)
+}
+
 /// A carrier behind the SBC asks the node to refresh its session (RFC
 /// 4028, `refresher=uas`, 90 s): the node's UPDATE at 45 s follows the
 /// route set through the SBC over TCP to the carrier (SIPp, which checks
 /// it and answers), and the call goes on (45 s of real time).
 #[test]
 fn a_session_the_node_refreshes_is_refreshed_through_the_sbc() {
-    let scratch = Scratch::new("carrier-sbc-refresh");
-    let (node, sbc) = node_behind_sbc(&scratch);
-    let mut phone = crate::common::one_answering_phone(&scratch, &node);
-    let mut carrier = call_through_sbc(
-        &scratch,
-        "carrier",
-        &sbc,
+    let (_scratch, node, relayed) = one_call_through_sbc(
+        "carrier-sbc-refresh",
         "trunk_session_refreshed_by_node.xml",
-        &["-timeout", "120s"],
+        120,
     );
-    carrier.expect_success(Duration::from_secs(120));
-    phone.expect_success(Duration::from_secs(10));
-    let relayed = sbc.relayed();
     assert!(
         relayed.contains(&("UPDATE".into(), "127.0.0.1".into(), "tcp".into())),
         "the node's UPDATE went through the SBC: {relayed:?}"
     );
     assert_eq!(
         node.metric("centralino_session_refreshes_total{outcome=\"refreshed\"}"),
+        1.0
+    );
+}
+
+/// A carrier behind the SBC that refreshes its session itself (RFC 4028,
+/// `refresher=uac`, 90 s): the node's 200 leaves the refresh to it, and its
+/// UPDATE through the SBC over TCP is answered with the same interval and
+/// refresher (SIPp checks both), the call going on until the carrier's BYE.
+#[test]
+fn a_carriers_own_session_refresh_through_the_sbc_is_answered() {
+    let (_scratch, node, relayed) = one_call_through_sbc(
+        "carrier-sbc-own-refresh",
+        "trunk_session_refreshed_by_carrier.xml",
+        30,
+    );
+    assert!(
+        relayed.contains(&("UPDATE".into(), CARRIER_IP.into(), "udp".into())),
+        "the carrier's UPDATE went through the SBC: {relayed:?}"
+    );
+    assert_eq!(
+        node.metric("centralino_calls_total{outcome=\"answered\"}"),
         1.0
     );
 }
