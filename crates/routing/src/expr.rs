@@ -283,6 +283,12 @@ impl Requirement {
         }
     }
 
+    /// Whether the expression names tenants itself (then
+    /// [`Self::within_tenants`] leaves it as it is).
+    pub fn names_tenants(&self) -> bool {
+        self.root.mentions_tenant()
+    }
+
     /// Whether an operator with these attributes qualifies.
     pub fn matches(&self, a: &Attributes) -> bool {
         self.root.eval(a)

@@ -1125,3 +1125,54 @@ fn a_queue_added_live_serves_its_operators_at_once() {
     // The old queue still serves its own.
     assert_eq!(r.queue_agents(QueueId(0)).members, 2);
 }
+
+/// A group made when its first call arrives (a call with a requirement of
+/// its own) takes only the operators its rings admit: the queue's firm
+/// and a ring's agreement firms, or every firm when the queue's
+/// expression names firms itself. (Made from the firms' operators only,
+/// it must find the same ones a scan of everyone would.)
+#[test]
+fn a_group_made_late_takes_the_firms_its_rings_admit() {
+    let c = catalog();
+    let t0 = Instant::now();
+    let agents: Vec<(String, Attributes)> = vec![
+        who(&c, "asl1", "roma", &[("vaccini", 5)], &["en"], &[]),
+        who(&c, "asl2", "roma", &[("vaccini", 5)], &["en"], &[]),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, a)| (format!("{i}"), a))
+    .collect();
+    let en = CallSpec {
+        requirement: Some(req(&c, r#"lang == "en""#)),
+        ..spec()
+    };
+    // The queue of asl1: asl2's operator is never offered its call.
+    let mut own = QueueSettings::new("info", QueueId(0), c.tenant_id("asl1").unwrap());
+    own.requirement = req(&c, "vaccini");
+    let mut r = Router::new(t0, vec![own.clone()], 2, agents.clone());
+    r.login(t0, AgentId(1), false);
+    r.enqueue(t0, QueueId(0), CallId(1), &en).unwrap();
+    assert!(offers(&mut r).is_empty(), "asl2 is not asl1's");
+    r.login(t0 + S, AgentId(0), false);
+    assert_eq!(one(&mut r).agent, AgentId(0));
+    // An agreement ring admits asl2: its operator joins the late group.
+    let mut agreed = own.clone();
+    agreed.rings = vec![Ring {
+        after: Duration::ZERO,
+        requirement: req(&c, "vaccini"),
+        tenants: vec![c.tenant_id("asl2").unwrap()],
+    }];
+    let mut r = Router::new(t0, vec![agreed], 2, agents.clone());
+    r.login(t0, AgentId(1), false);
+    r.enqueue(t0, QueueId(0), CallId(1), &en).unwrap();
+    r.handle_timeout(t0 + S);
+    assert_eq!(one(&mut r).agent, AgentId(1));
+    // An expression naming the firm itself: asl2's operator is tried too.
+    let mut named = own;
+    named.requirement = req(&c, r#"vaccini && tenant == "asl2""#);
+    let mut r = Router::new(t0, vec![named], 2, agents);
+    r.login(t0, AgentId(1), false);
+    r.enqueue(t0, QueueId(0), CallId(1), &en).unwrap();
+    assert_eq!(one(&mut r).agent, AgentId(1));
+}

@@ -90,8 +90,27 @@ impl Router {
             .collect();
         self.groups.push(group);
         self.group_of.insert((queue, extra), g);
+        // Only operators of the tenants the rings admit can match: each
+        // ring's requirement is confined to them (`within_tenants`) unless
+        // its expression names tenants itself, and then every operator is
+        // tried. A new group (a queue's first call with an IVR answer's
+        // requirement) evaluates its requirement once per candidate on
+        // the engine's thread: at 40,000 operators in 50 firms, 800
+        // instead of 40,000.
+        let s = &self.queues[queue as usize].settings;
+        let tenants: Option<Vec<u16>> = (!s.requirement.names_tenants()
+            && !s.rings.iter().any(|r| r.requirement.names_tenants()))
+        .then(|| {
+            std::iter::once(s.tenant)
+                .chain(s.rings.iter().flat_map(|r| r.tenants.iter().copied()))
+                .collect()
+        });
         for a in 0..self.agents.len() as u32 {
-            if !self.agents[a as usize].retired {
+            let agent = &self.agents[a as usize];
+            let outside = tenants
+                .as_ref()
+                .is_some_and(|t| !t.contains(&agent.attributes.tenant));
+            if !agent.retired && !outside {
                 self.join_group(g, a);
             }
         }
