@@ -627,6 +627,24 @@ fn linphone_holds_resumes_and_keys_a_digit_during_a_call() {
     phone.stop();
 }
 
+/// A node on the default configuration with MD5 only (SIPp, the colleague's
+/// phone, computes MD5 only) and Linphone as operator 1001 speaking a
+/// tone of `secs` seconds, registered and available.
+fn linphone_beside_sipp(scratch: &Scratch, secs: u32) -> (Node, Linphone) {
+    let node = Node::start_toml(scratch, |sip, http| {
+        default_config(sip, http).replace(
+            "digest_algorithms = [\"SHA-256\", \"MD5\"]",
+            "digest_algorithms = [\"MD5\"]",
+        )
+    });
+    let tone = scratch.path("tone.wav");
+    std::fs::write(&tone, tone_wav(secs)).expect("tone");
+    let phone = Linphone::start(scratch, &node, 1001, &tone);
+    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+    (node, phone)
+}
+
 /// An attended transfer from a real phone (RFC 5589 §7): Linphone as
 /// operator 1001 talks to a caller, calls the queue `info` from the same
 /// account (a consultation, challenged by digest), colleague 1002 (SIPp
@@ -639,18 +657,7 @@ fn linphone_consults_a_colleague_and_hands_them_the_caller() {
     use crate::media_calls::{round_trip, speak};
     const SPEECH: u8 = 0x2A;
     let scratch = Scratch::new("phone-linphone-attended");
-    // SIPp's digest is MD5 only (the colleague's phone).
-    let node = Node::start_toml(&scratch, |sip, http| {
-        default_config(sip, http).replace(
-            "digest_algorithms = [\"SHA-256\", \"MD5\"]",
-            "digest_algorithms = [\"MD5\"]",
-        )
-    });
-    let tone = scratch.path("tone.wav");
-    std::fs::write(&tone, tone_wav(40)).expect("tone");
-    let mut phone = Linphone::start(&scratch, &node, 1001, &tone);
-    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
-    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
+    let (node, mut phone) = linphone_beside_sipp(&scratch, 40);
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     caller
         .set_read_timeout(Some(Duration::from_millis(5)))
@@ -779,19 +786,8 @@ fn linphone_consults_a_colleague_and_hands_them_the_caller() {
 #[test]
 fn linphone_transfers_a_call_blind_to_a_colleague() {
     let scratch = Scratch::new("phone-linphone-blind");
-    // SIPp's digest is MD5 only (the colleague's phone).
-    let node = Node::start_toml(&scratch, |sip, http| {
-        default_config(sip, http).replace(
-            "digest_algorithms = [\"SHA-256\", \"MD5\"]",
-            "digest_algorithms = [\"MD5\"]",
-        )
-    });
-    let tone = scratch.path("tone.wav");
-    std::fs::write(&tone, tone_wav(20)).expect("tone");
-    let mut phone = Linphone::start(&scratch, &node, 1001, &tone);
-    let available = "centralino_agents{state=\"available\",tenant=\"demo\"}";
+    let (node, mut phone) = linphone_beside_sipp(&scratch, 20);
     let on_call = "centralino_agents{state=\"on_call\",tenant=\"demo\"}";
-    node.wait_metric(available, Duration::from_secs(15), |v| v >= 1.0);
     let mut trunk = crate::common::trunk_to(
         &scratch,
         &node,

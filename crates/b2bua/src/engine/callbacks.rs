@@ -573,12 +573,8 @@ impl Engine {
                 let (local, flow) = (c.a_leg.local.clone(), c.a_leg.flow);
                 Some((c.outbound_mut()?.prack.due(msg), local, flow))
             });
-            match due {
-                Some((Provisional::Prack(rseq, cseq), local, flow)) => {
-                    self.send_prack(now, &local, flow, msg, rseq, cseq);
-                }
-                Some((Provisional::Discard, ..)) => return,
-                _ => {}
+            if !self.take_provisional(now, due, msg) {
+                return;
             }
             if code > 100 && !msg.body.is_empty() {
                 self.citizen_early_media(call_id, msg);

@@ -16,7 +16,7 @@ use centralino_types::CallId;
 use rand::RngCore;
 use tracing::{debug, info, warn};
 
-use super::{CallOutcome, CallTimer, ClientRef, Engine, Output, Side, a_sdp};
+use super::{CallOutcome, CallTimer, ClientRef, Engine, Output, Provisional, Side, a_sdp};
 use crate::media::{MediaCommand, Peer};
 
 impl Engine {
@@ -75,6 +75,26 @@ impl Engine {
             rel.unacked = None;
         }
         self.respond(now, &a_key, &ok);
+    }
+
+    /// A provisional response `msg` to an INVITE of ours, as its
+    /// `Pracked` judged it (with the leg's local From and flow): a new
+    /// reliable one is PRACKed; `false` when it is to be discarded (RFC
+    /// 3262 §4: not processed further).
+    pub(super) fn take_provisional(
+        &mut self,
+        now: Instant,
+        judged: Option<(Provisional, String, Flow)>,
+        msg: &Message,
+    ) -> bool {
+        match judged {
+            Some((Provisional::Prack(rseq, cseq), local, flow)) => {
+                self.send_prack(now, &local, flow, msg, rseq, cseq);
+                true
+            }
+            Some((Provisional::Discard, ..)) => false,
+            _ => true,
+        }
     }
 
     /// Our PRACK (RFC 3262 §4) of the reliable provisional response `msg`

@@ -155,12 +155,8 @@ impl Engine {
                     .map_or((String::new(), flow), |l| (l.local.clone(), l.flow));
                 Some((t.prack.due(msg), local, flow))
             });
-            match due {
-                Some((Provisional::Prack(rseq, cseq), local, flow)) => {
-                    self.send_prack(now, &local, flow, msg, rseq, cseq);
-                }
-                Some((Provisional::Discard, ..)) => return,
-                _ => {}
+            if !self.take_provisional(now, due, msg) {
+                return;
             }
             if code > 100 && !msg.body.is_empty() {
                 self.transfer_early_media(id, msg);
