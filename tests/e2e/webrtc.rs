@@ -110,6 +110,22 @@ fn answer_in_page(b: &mut Browser) {
     );
 }
 
+/// The node's port for the caller, from its first packet (music or the
+/// browser).
+fn node_port(caller: &UdpSocket) -> SocketAddr {
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    loop {
+        if let Ok((_, from)) = caller.recv_from(&mut buf) {
+            return from;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no RTP from the node"
+        );
+    }
+}
+
 /// The root mean square of an A-law frame.
 fn rms(payload: &[u8]) -> f64 {
     let sum: f64 = payload
@@ -387,19 +403,7 @@ fn a_browser_that_reconnects_then_hangs_up_ends_the_call_and_one_that_vanishes_i
         .iter()
         .map(|p| rtp::parse(p).expect("rtp").payload.to_vec())
         .collect();
-    // The node's port for the caller, from its first packet (music or
-    // the browser).
-    let mut buf = [0u8; 2048];
-    let start = Instant::now();
-    let to = loop {
-        if let Ok((_, from)) = rtp.recv_from(&mut buf) {
-            break from;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no RTP from the node"
-        );
-    };
+    let to = node_port(&rtp);
     b.eval("window.centralinoPhone.pc.close(); 1");
     let mut seq = 1u16;
     let start = Instant::now();
@@ -419,6 +423,17 @@ fn a_browser_that_reconnects_then_hangs_up_ends_the_call_and_one_that_vanishes_i
     );
     let st = trunk.wait(Duration::from_secs(30));
     assert!(st.success(), "trunk SIPp failed:\n{}", trunk.report());
+    // The requeue dropped the operator's leg: the counters stay sane and
+    // no media thread panicked.
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+    let heard = node.metric("centralino_rtp_packets_total{direction=\"in\",side=\"operator\"}");
+    assert!(
+        (10.0..1e7).contains(&heard),
+        "operator-side packets counted sanely: {heard}"
+    );
+    assert!(!node.logs().contains("panicked"), "{}", node.logs());
 }
 
 /// TEST-MATRIX D: only the operator's own session makes a browser their
@@ -460,4 +475,237 @@ fn an_admin_reading_a_desk_cannot_make_the_browser_that_operators_phone() {
         0.0,
         "nobody became reachable"
     );
+}
+
+/// Stats of the consultation's own WebRTC connection: (packets received,
+/// audio energy received).
+fn consult_stats(b: &mut Browser) -> (f64, f64) {
+    let v = b.eval(
+        "(async () => { const pc = window.centralinoConsult && window.centralinoConsult.pc; \
+         if (!pc) return [0, 0]; let r = [0, 0]; \
+         (await pc.getStats()).forEach(s => { \
+           if (s.type === 'inbound-rtp' && s.kind === 'audio') { r[0] = s.packetsReceived || 0; r[1] = s.totalAudioEnergy || 0; } }); \
+         return r; })()",
+    );
+    let n = |i: usize| v[i].as_f64().unwrap_or(0.0);
+    (n(0), n(1))
+}
+
+/// The caller speaks `byte` to `to` every 20 ms for `dur`; returns the
+/// frames it heard that were loud, and those that were `echo` alone.
+fn caller_listens(
+    caller: &UdpSocket,
+    to: SocketAddr,
+    seq: &mut u16,
+    byte: u8,
+    echo: u8,
+    dur: Duration,
+) -> (usize, usize) {
+    let (end, mut next) = (Instant::now() + dur, Instant::now());
+    let (mut loud, mut echoed) = (0, 0);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        if let Ok((n, _)) = caller.recv_from(&mut buf)
+            && let Ok(p) = rtp::parse(&buf[..n])
+        {
+            if p.payload.iter().all(|&b| b == echo) {
+                echoed += 1;
+            } else if p.header.payload_type == 8 && rms(p.payload) > 300.0 {
+                loud += 1;
+            }
+        }
+        if Instant::now() >= next {
+            next += Duration::from_millis(20);
+            crate::media_calls::speak(caller, to, seq, 0xCA11E4, byte);
+        }
+    }
+    (loud, echoed)
+}
+
+/// An attended transfer from the browser desktop (issue 15): operator
+/// 1001 talks to a caller in the page, consults colleague 1002 (a SIPp
+/// phone whose media is the test's socket, echoing what it hears) with
+/// the keyboard: the caller is held and hears nothing of the
+/// consultation; the consultation has its own WebRTC connection, and the
+/// browser's tone comes back from the colleague on it. "Hand the call
+/// over" sends REFER with Replaces: the colleague's phone is moved onto
+/// the caller's call (the caller hears their own voice back from it), and
+/// both of the page's calls end as transferred.
+#[test]
+fn a_browser_operator_consults_a_colleague_and_hands_them_the_caller() {
+    use crate::media_calls::round_trip;
+    const SPEECH: u8 = 0x2A;
+    let scratch = Scratch::new("webrtc-consult");
+    // Silence on hold: anything loud the held caller hears would be the
+    // consultation.
+    let music = scratch.path("silence.wav");
+    std::fs::write(&music, crate::common::wav(&[0i16; 8000])).expect("music");
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http).replace(
+            "[http]\n",
+            &format!(
+                "[media]\nmusic_on_hold = \"{}\"\n\n[http]\n",
+                crate::common::path_str(&music)
+            ),
+        )
+    });
+    let mut b = desk_with_browser_phone(&scratch, &node);
+
+    // The colleague's phone: its media is a socket that echoes.
+    let echo = UdpSocket::bind("127.0.0.1:0").expect("colleague rtp");
+    echo.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let echo_port = echo.local_addr().expect("addr").port().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echoer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                    let _ = echo.send_to(&buf[..n], from);
+                }
+            }
+        })
+    };
+    let mut colleague = Sipp::spawn(
+        &scratch,
+        "colleague",
+        &[
+            "-sf",
+            &scenario("agent_answer_moved.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+            "-key",
+            "operator_rtp",
+            &echo_port,
+            "-trace_logs",
+        ],
+    );
+    register(&scratch, &node, &[1002], colleague.port, |u| {
+        format!("demo{u}")
+    });
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut trunk = trunk_call(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_media.xml",
+        &caller,
+        "30000",
+    );
+    answer_in_page(&mut b);
+    let to = node_port(&caller);
+    let mut seq = 1u16;
+    let echo_byte = round_trip(SPEECH);
+
+    // The consultation, with the keyboard.
+    b.tab_to("consult-to");
+    b.type_text("1002");
+    b.key("Enter", false);
+    b.wait_for(
+        "window.centralinoConsult.answered && window.centralinoConsult.pc \
+         && window.centralinoConsult.pc.connectionState === 'connected'",
+        "the consultation answered, its media connected",
+    );
+    assert_eq!(b.focused(), "complete");
+    assert_eq!(
+        b.eval("document.getElementById('hold').getAttribute('aria-pressed')"),
+        "true",
+        "the caller is held during the consultation"
+    );
+    // Held, the caller hears neither the operator nor the colleague.
+    let (mut loud, mut echoed) = (0, 0);
+    let mut consult = (0.0, 0.0);
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        let (l, e) = caller_listens(
+            &caller,
+            to,
+            &mut seq,
+            SPEECH,
+            echo_byte,
+            Duration::from_millis(500),
+        );
+        (loud, echoed) = (loud + l, echoed + e);
+        consult = consult_stats(&mut b);
+        if consult.0 > 100.0 && consult.1 > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        consult.0 > 100.0 && consult.1 > 0.0,
+        "the browser's tone comes back from the colleague on the consultation: {consult:?}"
+    );
+    assert_eq!(
+        (loud, echoed),
+        (0, 0),
+        "the held caller hears nothing of the consultation"
+    );
+    let violations = b.accessibility_violations();
+    assert!(violations.is_empty(), "{violations:?}");
+    b.screenshot(&scratch, "desktop-consult.png");
+
+    // Handed over: both of the page's calls end as transferred.
+    b.key("Enter", false);
+    b.wait_for(
+        "window.centralinoPhone.ended === 'transferred' && !window.centralinoPhone.pc \
+         && !window.centralinoConsult.pc && document.getElementById('talk').hidden",
+        "the call handed over from the page",
+    );
+    node.wait_metric(
+        "centralino_transfers_total{outcome=\"done\",target=\"operator\"}",
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    // The caller now talks to the colleague: their voice comes back.
+    let mut echoed = 0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while echoed <= 50 && Instant::now() < until {
+        echoed += caller_listens(
+            &caller,
+            to,
+            &mut seq,
+            SPEECH,
+            echo_byte,
+            Duration::from_millis(500),
+        )
+        .1;
+    }
+    assert!(
+        echoed > 50,
+        "the caller hears the colleague: {echoed} frames of their own voice back"
+    );
+    let logs = node.logs();
+    assert!(logs.contains("operator consults a colleague"), "{logs}");
+    assert!(
+        logs.contains("attended transfer: the consulted operator takes the caller agent=1002"),
+        "{logs}"
+    );
+    assert_eq!(node.metric("centralino_browser_legs_total"), 2.0);
+    // The operator port's counters went on across the change of leg (a
+    // media thread once panicked here, its stats running backwards).
+    let heard = node.metric("centralino_rtp_packets_total{direction=\"in\",side=\"operator\"}");
+    assert!(
+        (100.0..1e7).contains(&heard),
+        "operator-side packets counted sanely: {heard}"
+    );
+    // The caller hangs up; the colleague gets the BYE; nothing is left.
+    trunk.expect_success(Duration::from_secs(40));
+    colleague.expect_success(Duration::from_secs(10));
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+    b.wait_for(
+        "document.getElementById('state').dataset.state === 'available'",
+        "the operator available after the wrap-up",
+    );
+    assert!(!node.logs().contains("panicked"), "{}", node.logs());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echoer.join().expect("echo thread");
 }

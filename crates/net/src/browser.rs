@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use centralino_b2bua::Engine;
 use centralino_media::g711::Law;
+use centralino_media::relay::Side;
 use centralino_media::sdp::{self, Direction, Local};
 use centralino_sip::guard::{Limits, parse_message, reason_phrase};
 use centralino_sip::txn::Flow;
@@ -26,6 +27,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::media::MediaPlane;
+
+mod consult;
+use consult::Consultation;
 
 /// Most calls one browser rings with at once (one is talked, one can
 /// ring meanwhile; anything more is refused busy).
@@ -66,6 +70,27 @@ pub enum BrowserIn {
         call: String,
         /// The target's name.
         to: String,
+    },
+    /// The operator consults a colleague or a queue of their firm about
+    /// the talked call `call` (attended transfer): the browser places a
+    /// second call, with the SDP offer of a second WebRTC connection.
+    Consult {
+        /// The desk connection.
+        session: u64,
+        /// The talked call the consultation is about.
+        call: String,
+        /// The colleague's or the queue's name.
+        to: String,
+        /// The browser's offer for the consultation's audio.
+        sdp: String,
+    },
+    /// The operator hands the caller of `call` to the colleague their
+    /// answered consultation reached (REFER with Replaces, RFC 3891).
+    Complete {
+        /// The desk connection.
+        session: u64,
+        /// The talked call.
+        call: String,
     },
     /// The operator holds the talked call (`on`: the caller hears the
     /// music) or resumes it.
@@ -109,6 +134,14 @@ pub enum BrowserOut {
         /// The call record.
         record: String,
     },
+    /// The operator's consultation `call` about `about` is placed (its
+    /// audio comes with `Answer` when the colleague answers).
+    Consulting {
+        /// The consultation's id for this desk.
+        call: String,
+        /// The talked call it is about.
+        about: String,
+    },
     /// The node's SDP answer: the browser sets it and audio flows.
     Answer {
         /// The call.
@@ -147,6 +180,9 @@ struct Dialog {
     answered: Option<(Law, u64)>,
     /// Our next CSeq in this dialog.
     cseq: u32,
+    /// A consultation this browser placed: the dialog is the browser's as
+    /// caller (`invite` is ours, the node's answer brings its offer).
+    consult: Option<Consultation>,
     /// A transfer asked for (the node's BYE that follows ends the call
     /// here as `transferred`).
     transferring: bool,
@@ -242,6 +278,11 @@ impl Browsers {
                     .map(|(c, _)| c.clone())
                     .collect();
                 for call in ringing {
+                    if phone.dialogs[&call].consult.is_some() {
+                        // Our own consultation, unanswered: cancelled.
+                        consult::cancel(engine, now, phone, &call);
+                        continue;
+                    }
                     // Ringing: the offer fails at once, not at the ring
                     // timeout.
                     if let Some(d) = phone.dialogs.remove(&call) {
@@ -266,11 +307,7 @@ impl Browsers {
                     return;
                 };
                 let flow = phone.flow;
-                let valid = !to.is_empty()
-                    && to.len() <= 64
-                    && to
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "+-_.".contains(c));
+                let valid = consult::valid_name(&to);
                 let Some(d) = phone
                     .dialogs
                     .get_mut(&call)
@@ -295,6 +332,13 @@ impl Browsers {
                 refer.push("Referred-By", &contact(&phone.agent));
                 feed(engine, now, flow, &refer);
             }
+            BrowserIn::Consult {
+                session,
+                call,
+                to,
+                sdp,
+            } => self.consult(engine, now, session, call, to, sdp),
+            BrowserIn::Complete { session, call } => self.complete(engine, now, session, call),
             BrowserIn::Hold { session, call, on } => {
                 let tokens = self.tokens;
                 self.tokens += 1;
@@ -324,10 +368,22 @@ impl Browsers {
                 let Some(phone) = self.owned(session) else {
                     return;
                 };
+                let flow = phone.flow;
+                if phone
+                    .dialogs
+                    .get(&call)
+                    .is_some_and(|d| d.consult.is_some() && d.answered.is_none())
+                {
+                    consult::cancel(engine, now, phone, &call);
+                    let _ = phone.tx.send(BrowserOut::Ended {
+                        call,
+                        reason: "hangup",
+                    });
+                    return;
+                }
                 let Some(mut d) = phone.dialogs.remove(&call) else {
                     return;
                 };
-                let flow = phone.flow;
                 if d.answered.is_none() {
                     feed(
                         engine,
@@ -392,16 +448,8 @@ impl Browsers {
         }
         // The engine's laws only: the leg is never made in a law the call
         // cannot use.
-        let laws: Vec<Law> = d
-            .formats
-            .iter()
-            .filter_map(|&pt| match pt {
-                0 => Some(Law::Ulaw),
-                8 => Some(Law::Alaw),
-                _ => None,
-            })
-            .collect();
-        let (law, answer) = match plane.browser_accept(d.port, offer, &laws) {
+        let laws = laws_of(&d.formats);
+        let (law, answer) = match plane.browser_accept(d.port, Side::B, offer, &laws) {
             Ok(x) => x,
             Err(e) => {
                 warn!(agent = %phone.agent, error = %e, "browser answer refused");
@@ -423,10 +471,34 @@ impl Browsers {
     }
 
     /// A message the engine sent on a browser's flow.
-    pub(crate) fn transmit(&mut self, engine: &mut Engine, now: Instant, flow: Flow, bytes: &[u8]) {
+    pub(crate) fn transmit(
+        &mut self,
+        engine: &mut Engine,
+        plane: &mut MediaPlane,
+        now: Instant,
+        flow: Flow,
+        bytes: &[u8],
+    ) {
         let Ok(msg) = parse_message(bytes, &self.limits, false) else {
             return;
         };
+        if !msg.is_request()
+            && *msg.method() == Method::Invite
+            && self.phones.get(&flow.conn).is_some_and(|p| {
+                p.dialogs
+                    .get(&msg.call_id)
+                    .is_some_and(|d| d.consult.is_some() && d.invite.cseq == msg.cseq)
+            })
+        {
+            // The node's answer to the consultation this browser placed.
+            let tokens = self.tokens;
+            self.tokens += 1;
+            if let Some(phone) = self.phones.get_mut(&flow.conn) {
+                consult::on_response(engine, plane, now, phone, &msg, tokens);
+            }
+            self.forget_if_idle(flow.conn);
+            return;
+        }
         if !msg.is_request() && *msg.method() == Method::Invite {
             // The answer to our re-INVITE (hold, resume): acknowledged,
             // as RFC 3261 §13.2.2.4 wants of every 2xx.
@@ -536,6 +608,7 @@ impl Browsers {
                         cseq: 1,
                         transferring: false,
                         held: false,
+                        consult: None,
                     },
                 );
                 let _ = phone.tx.send(BrowserOut::Ring { call, record });
@@ -619,6 +692,18 @@ impl Browsers {
     }
 }
 
+/// The G.711 laws among an SDP's payload types, in its order.
+fn laws_of(formats: &[u8]) -> Vec<Law> {
+    formats
+        .iter()
+        .filter_map(|&pt| match pt {
+            0 => Some(Law::Ulaw),
+            8 => Some(Law::Alaw),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Hands a message to the engine as if it came on the browser's flow.
 fn feed(engine: &mut Engine, now: Instant, flow: Flow, msg: &Message) {
     engine.handle_datagram(now, flow, &msg.to_bytes());
@@ -662,23 +747,28 @@ fn ok_with_sdp(d: &Dialog, agent: &str, law: Law, version: u64) -> Message {
     ok
 }
 
-/// The browser's request (BYE, REFER) in the dialog the engine's INVITE
-/// made.
+/// The browser's request (BYE, REFER, ACK) in one of its dialogs: one the
+/// engine's INVITE made (the browser answered), or its own consultation
+/// (the browser called).
 fn in_dialog(d: &mut Dialog, flow: Flow, method: Method, n: u64) -> Message {
     let inv = &d.invite;
-    let target = inv
-        .header("Contact")
-        .map(|c| {
-            c.trim()
-                .trim_start_matches('<')
-                .split('>')
-                .next()
-                .unwrap_or(c)
-                .to_owned()
-        })
-        .unwrap_or_else(|| inv.request_uri().unwrap_or_default().to_owned());
-    let to = inv.header("From").unwrap_or_default().to_owned();
-    let from = format!("{};tag={}", inv.header("To").unwrap_or_default(), d.tag);
+    let uri = || inv.request_uri().unwrap_or_default().to_owned();
+    let (target, from, to) = match &d.consult {
+        Some(c) => (
+            c.target.clone().unwrap_or_else(uri),
+            inv.header("From").unwrap_or_default().to_owned(),
+            format!(
+                "{};tag={}",
+                inv.header("To").unwrap_or_default(),
+                c.remote_tag.as_deref().unwrap_or_default()
+            ),
+        ),
+        None => (
+            inv.header("Contact").map_or_else(uri, contact_uri),
+            format!("{};tag={}", inv.header("To").unwrap_or_default(), d.tag),
+            inv.header("From").unwrap_or_default().to_owned(),
+        ),
+    };
     let via = Via {
         transport: Transport::Browser.as_str().to_owned(),
         sent_by: flow.remote.to_string(),
@@ -687,4 +777,14 @@ fn in_dialog(d: &mut Dialog, flow: Flow, method: Method, n: u64) -> Message {
     let req = Message::new_request(method, &target, via, &from, &to, &inv.call_id, d.cseq);
     d.cseq += 1;
     req
+}
+
+/// The URI of a `Contact` value.
+fn contact_uri(c: &str) -> String {
+    c.trim()
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or(c)
+        .to_owned()
 }

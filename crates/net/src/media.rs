@@ -45,8 +45,10 @@ use tracing::{debug, info, warn};
 
 use crate::recorder::{RecMsg, Recorder};
 
+mod counters;
 mod monitor;
 mod out;
+use counters::{Counters, Local, flush_stats};
 use monitor::{MonitorSide, drain_monitor};
 use out::{drain_browser, send_to_side};
 
@@ -121,9 +123,10 @@ struct Held {
     socks: Option<[Pair; 2]>,
     /// The address the ports are bound on.
     ip: IpAddr,
-    /// A browser that answered before the call's media opened (a late
-    /// offer, an agent-first callback): its leg goes with `Open`.
-    browser: Option<Box<BrowserLeg>>,
+    /// Browsers that answered before the call's media opened (a late
+    /// offer, an agent-first callback, a browser operator's consultation
+    /// on the caller's port), per side: their legs go with `Open`.
+    browser: [Option<Box<BrowserLeg>>; 2],
     /// A supervisor's port, held until they leave, the operator's leg
     /// goes or the call ends.
     monitor: Option<u16>,
@@ -147,12 +150,12 @@ enum Cmd {
         call: CallId,
         a: Peer,
         socks: [Pair; 2],
-        browser: Option<Box<BrowserLeg>>,
+        browser: [Option<Box<BrowserLeg>>; 2],
     },
-    /// A browser operator answered: the call's operator port speaks
-    /// WebRTC from now on.
+    /// A browser answered: the side's port speaks WebRTC from now on.
     Browser {
         call: CallId,
+        side: Side,
         leg: Box<BrowserLeg>,
     },
     /// A supervisor joins the call: their browser's leg, or their phone's
@@ -298,7 +301,7 @@ impl MediaPlane {
                 ports,
                 socks: Some([a, b]),
                 ip,
-                browser: None,
+                browser: [None, None],
                 monitor: None,
                 monitor_pending: None,
             },
@@ -317,13 +320,16 @@ impl MediaPlane {
         }
     }
 
-    /// A browser answers the call whose operator port is `port` with its
+    /// A browser answers the call whose `side` port is `port` with its
     /// SDP `offer`: the leg is made here (the SDP answer is needed at once)
-    /// and handed to the call's thread, ahead of the engine's `Bridge`.
-    /// Returns the leg's law and the SDP answer.
+    /// and handed to the call's thread, ahead of the engine's `Bridge` (the
+    /// operator port: a browser operator answering) or `Open` (the
+    /// caller's port: a browser operator's own consultation, where they
+    /// are the caller). Returns the leg's law and the SDP answer.
     pub fn browser_accept(
         &mut self,
         port: SocketAddr,
+        side: Side,
         offer: &str,
         laws: &[Law],
     ) -> Result<(Law, String), WebRtcError> {
@@ -331,7 +337,7 @@ impl MediaPlane {
         let (call, held) = self
             .held
             .iter_mut()
-            .find(|(_, h)| h.ports[1] == port.port())
+            .find(|(_, h)| h.ports[side.index()] == port.port())
             .ok_or_else(|| WebRtcError::Refused("the call is over".into()))?;
         let call = *call;
         // Our candidate is the socket as bound; the address the SDP named
@@ -352,13 +358,14 @@ impl MediaPlane {
         self.metrics.browser_legs.inc();
         if held.socks.is_some() {
             // Not opened yet: the leg goes with `Open`.
-            held.browser = Some(Box::new(leg));
+            held.browser[side.index()] = Some(Box::new(leg));
             return Ok((law, answer));
         }
         let (tx, waker) = &self.workers[call.0 as usize % self.workers.len()];
         if tx
             .send(Cmd::Browser {
                 call,
+                side,
                 leg: Box::new(leg),
             })
             .is_err()
@@ -396,7 +403,15 @@ impl MediaPlane {
             } => match self.held.get_mut(&call) {
                 Some(held) if held.ports == [a_port, b_port] && held.socks.is_some() => {
                     let socks = held.socks.take().expect("checked");
-                    let browser = held.browser.take();
+                    let mut browser = std::mem::take(&mut held.browser);
+                    let mut a = a;
+                    if !a.browser {
+                        browser[Side::A.index()] = None;
+                    } else if browser[Side::A.index()].is_none() {
+                        // A browser's answer names our own port: with no
+                        // leg on it, nothing is sent anywhere.
+                        a.addr = SocketAddr::from(([0, 0, 0, 0], 0));
+                    }
                     Cmd::Open {
                         call,
                         a,
@@ -487,20 +502,22 @@ struct Session {
     flushed: [Stats; 2],
     flushed_unexpected: u64,
     idle_reported: bool,
-    /// A browser operator's WebRTC leg on the operator port.
-    browser: Option<BrowserSide>,
-    /// The operator port's address as bound.
-    b_local: SocketAddr,
+    /// A browser's WebRTC leg on a side's port: a browser operator's on
+    /// the operator port; on the caller's port, a browser operator's own
+    /// consultation (they are its caller).
+    browser: [Option<BrowserSide>; 2],
+    /// The caller's and the operator's RTP ports' addresses as bound.
+    locals: [SocketAddr; 2],
     /// A supervisor's browser on the call, on a port of its own.
     monitor: Option<MonitorSide>,
 }
 
-/// A browser's leg on a call's operator port.
+/// A browser's leg on one of a call's ports.
 struct BrowserSide {
     leg: Box<BrowserLeg>,
-    /// The address the engine's bridge (or whisper) named for it: the
-    /// operator port itself, as the gateway's SDP says; what the relay
-    /// knows the browser's side by. `None` until bridged.
+    /// The address the engine named for it (the bridge, whisper or open):
+    /// the port itself, as the gateway's SDP says; what the relay knows
+    /// the browser's side by. `None` until named.
     peer: Option<SocketAddr>,
 }
 
@@ -510,68 +527,6 @@ fn recording_name(call: CallId) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     format!("call-{ms}-{}", call.0)
-}
-
-/// Counters kept per thread and added to Prometheus once a second: an
-/// atomic add per packet on shared counters would bounce cache lines
-/// between the media threads.
-#[derive(Default)]
-struct Local {
-    sent: [u64; 2],
-    sent_bytes: [u64; 2],
-    send_errors: u64,
-    rtcp: u64,
-    /// Datagrams on a browser's port that were not its session's.
-    browser_foreign: u64,
-}
-
-impl Local {
-    /// Sends a playout packet to side `i` and counts it.
-    fn sent_from(&mut self, i: usize, sock: &UdpSocket, packet: &[u8], to: SocketAddr) {
-        match sock.send_to(packet, to) {
-            Ok(_) => {
-                self.sent[i] += 1;
-                self.sent_bytes[i] += packet.len() as u64;
-            }
-            Err(_) => self.send_errors += 1,
-        }
-    }
-}
-
-struct Counters {
-    received: [IntCounter; 2],
-    received_bytes: [IntCounter; 2],
-    sent: [IntCounter; 2],
-    sent_bytes: [IntCounter; 2],
-    lost: [IntCounter; 2],
-    bad: IntCounter,
-    foreign: IntCounter,
-    late: IntCounter,
-    send_errors: IntCounter,
-    rtcp: IntCounter,
-    unexpected: IntCounter,
-}
-
-impl Counters {
-    fn new(m: &NetMetrics) -> Self {
-        let per_side = |vec: &prometheus::IntCounterVec, dir: &str| {
-            [Side::A, Side::B].map(|s| vec.with_label_values(&[s.label(), dir]))
-        };
-        let drop = |r: &str| m.rtp_dropped.with_label_values(&[r]);
-        Self {
-            received: per_side(&m.rtp_packets, "in"),
-            received_bytes: per_side(&m.rtp_bytes, "in"),
-            sent: per_side(&m.rtp_packets, "out"),
-            sent_bytes: per_side(&m.rtp_bytes, "out"),
-            lost: [Side::A, Side::B].map(|s| m.rtp_lost.with_label_values(&[s.label()])),
-            bad: drop("bad_packet"),
-            foreign: drop("foreign_source"),
-            late: drop("late_or_duplicate"),
-            send_errors: drop("send_error"),
-            rtcp: drop("rtcp_ignored"),
-            unexpected: drop("before_bridge"),
-        }
-    }
 }
 
 struct Worker {
@@ -702,9 +657,18 @@ impl Worker {
                 socks,
                 browser,
             } => {
+                let a_addr = a.addr;
                 self.open(now, call, a, socks);
-                if let (Some(leg), Some(s)) = (browser, self.session(call)) {
-                    s.browser = Some(BrowserSide { leg, peer: None });
+                if let Some(s) = self.session(call) {
+                    let [a_leg, b_leg] = browser;
+                    // The caller's side is known by the address `Open` named.
+                    s.browser = [
+                        a_leg.map(|leg| BrowserSide {
+                            leg,
+                            peer: Some(a_addr),
+                        }),
+                        b_leg.map(|leg| BrowserSide { leg, peer: None }),
+                    ];
                 }
             }
             Cmd::Monitor {
@@ -714,13 +678,13 @@ impl Worker {
                 leg,
                 phone,
             } => self.monitor(now, call, mode, pair, leg, phone),
-            Cmd::Browser { call, leg } => {
+            Cmd::Browser { call, side, leg } => {
                 let Some(&slot) = self.by_call.get(&call) else {
                     return;
                 };
                 if let Some(s) = self.sessions[slot].as_mut() {
-                    s.browser = Some(BrowserSide { leg, peer: None });
-                    drain_browser(&mut self.local, s, now);
+                    s.browser[side.index()] = Some(BrowserSide { leg, peer: None });
+                    drain_browser(&mut self.local, s, now, side);
                 }
             }
             // Answered by the plane, never sent to a thread.
@@ -740,10 +704,10 @@ impl Worker {
                 prompts,
             }) => {
                 let latch = self.latch;
-                if let Some(s) = self.session(call) {
+                self.changing_legs(call, |s| {
                     let leg = operator_leg(s, &b, latch);
                     s.media.whisper(now, leg, b.law, prompts);
-                }
+                });
             }
             Cmd::Other(MediaCommand::Monitor { call, mode, .. }) => {
                 if let Some(s) = self.session(call) {
@@ -755,13 +719,13 @@ impl Worker {
             }
             Cmd::Other(MediaCommand::Unbridge { call }) => {
                 self.end_monitor(call);
-                if let Some(s) = self.session(call) {
+                self.changing_legs(call, |s| {
                     s.media.unbridge();
                     // A browser's leg served that operator only.
-                    s.browser = None;
+                    s.browser[Side::B.index()] = None;
                     // The next operator's silence must be noticed too.
                     s.idle_reported = false;
-                }
+                });
             }
             Cmd::Other(MediaCommand::Bridge {
                 call,
@@ -770,7 +734,7 @@ impl Worker {
             }) => {
                 let latch = self.latch;
                 let recorder = self.recorder.clone();
-                if let Some(s) = self.session(call) {
+                self.changing_legs(call, |s| {
                     let leg = operator_leg(s, &b, latch);
                     s.media.bridge_at(now, leg, b.law);
                     // The liveness clock starts at the answer (again at
@@ -786,7 +750,7 @@ impl Worker {
                     {
                         s.media.record(now);
                     }
-                }
+                });
             }
             Cmd::Other(MediaCommand::Update {
                 call,
@@ -823,6 +787,24 @@ impl Worker {
         }
     }
 
+    /// Runs `change` on the call's session where it replaces or drops a
+    /// leg (a bridge, a whisper, an unbridge): the stats so far are counted
+    /// first, the next leg's from its own start (a leg's counters start at
+    /// zero; the flushed marks must not run ahead of them).
+    fn changing_legs(&mut self, call: CallId, change: impl FnOnce(&mut Session)) {
+        let Some(&slot) = self.by_call.get(&call) else {
+            return;
+        };
+        let Some(s) = self.sessions[slot].as_mut() else {
+            return;
+        };
+        flush_stats(&self.counters, s);
+        change(s);
+        for side in [Side::A, Side::B] {
+            s.flushed[side.index()] = s.media.stats(side);
+        }
+    }
+
     fn session(&mut self, call: CallId) -> Option<&mut Session> {
         let slot = *self.by_call.get(&call)?;
         self.sessions[slot].as_mut()
@@ -853,9 +835,11 @@ impl Worker {
             (r as u32, (r >> 32) as u16, (r >> 48) as u32 * 65_536)
         });
         let leg = Leg::new(self.latch, a.addr, a.telephone_event).signalled_from(a.signalling);
-        let b_local = socks[2]
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let locals = [0, 2].map(|k| {
+            socks[k]
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        });
         self.sessions[slot] = Some(Session {
             call,
             media: CallMedia::new(now, leg, a.law, seeds),
@@ -863,8 +847,8 @@ impl Worker {
             flushed: [Stats::default(); 2],
             flushed_unexpected: 0,
             idle_reported: false,
-            browser: None,
-            b_local,
+            browser: [None, None],
+            locals,
             monitor: None,
         });
         self.by_call.insert(call, slot);
@@ -958,14 +942,17 @@ impl Worker {
         let Ok((n, from)) = s.socks[k].recv_from(inbuf) else {
             return;
         };
-        if k == 2
-            && let Some(b) = s.browser.as_mut()
+        if k % 2 == 0
+            && let Some(b) = s.browser[side.index()].as_mut()
         {
             // The browser's ICE, DTLS and SRTP, all on the one port.
-            if !b.leg.receive(now, from, s.b_local, &inbuf[..n]) {
+            if !b
+                .leg
+                .receive(now, from, s.locals[side.index()], &inbuf[..n])
+            {
                 self.local.browser_foreign += 1;
             }
-            drain_browser(&mut self.local, s, now);
+            drain_browser(&mut self.local, s, now, side);
             return;
         }
         if k % 2 == 1 {
@@ -989,11 +976,9 @@ impl Worker {
             }
             Action::None => return,
         };
-        if side == Side::A
-            && let Some(b) = s.browser.as_mut()
-        {
+        if let Some(b) = s.browser[side.other().index()].as_mut() {
             b.leg.send_rtp(now, &outbuf[..len]);
-            drain_browser(&mut self.local, s, now);
+            drain_browser(&mut self.local, s, now, side.other());
             return;
         }
         let out = &s.socks[if k < 2 { 2 } else { 0 }];
@@ -1010,11 +995,13 @@ impl Worker {
     /// Sends the prompt and music frames that are due.
     fn playout(&mut self, now: Instant, outbuf: &mut [u8]) {
         for s in self.sessions.iter_mut().flatten() {
-            if let Some(b) = s.browser.as_mut()
-                && b.leg.poll_timeout() <= now
-            {
-                b.leg.handle_timeout(now);
-                drain_browser(&mut self.local, s, now);
+            for side in [Side::A, Side::B] {
+                if let Some(b) = s.browser[side.index()].as_mut()
+                    && b.leg.poll_timeout() <= now
+                {
+                    b.leg.handle_timeout(now);
+                    drain_browser(&mut self.local, s, now, side);
+                }
             }
             if let Some(leg) = s.monitor.as_mut().and_then(|m| m.leg.as_mut())
                 && leg.poll_timeout() <= now
@@ -1049,20 +1036,18 @@ impl Worker {
             if s.monitor.is_some() {
                 drain_monitor(&mut self.local, s, now);
             }
+            // Prompts and music to the caller; the operator's whisper;
+            // each from its side's socket or through its browser's leg.
             while let Some((to, len)) = s.media.poll_packet(now, outbuf) {
-                self.local.sent_from(0, &s.socks[0], &outbuf[..len], to);
+                send_to_side(&mut self.local, s, now, Side::A, to, &outbuf[..len]);
             }
-            // The operator's whisper, from the operator's socket (through
-            // the browser's leg for a browser).
             while let Some((to, len)) = s.media.poll_whisper(now, outbuf) {
-                if let Some(b) = s.browser.as_mut() {
-                    b.leg.send_rtp(now, &outbuf[..len]);
-                } else {
-                    self.local.sent_from(1, &s.socks[2], &outbuf[..len], to);
-                }
+                send_to_side(&mut self.local, s, now, Side::B, to, &outbuf[..len]);
             }
-            if s.browser.is_some() {
-                drain_browser(&mut self.local, s, now);
+            for side in [Side::A, Side::B] {
+                if s.browser[side.index()].is_some() {
+                    drain_browser(&mut self.local, s, now, side);
+                }
             }
         }
     }
@@ -1119,22 +1104,7 @@ impl Worker {
 
     /// Adds a session's new receive stats to the counters.
     fn flush(&self, s: &mut Session) {
-        let c = &self.counters;
-        for side in [Side::A, Side::B] {
-            let i = side.index();
-            let now = s.media.stats(side);
-            let was = s.flushed[i];
-            c.received[i].inc_by(now.packets - was.packets);
-            c.received_bytes[i].inc_by(now.bytes - was.bytes);
-            c.lost[i].inc_by(now.lost.saturating_sub(was.lost));
-            c.bad.inc_by(now.bad - was.bad);
-            c.foreign.inc_by(now.foreign - was.foreign);
-            c.late.inc_by(now.late - was.late);
-            s.flushed[i] = now;
-        }
-        let u = s.media.unexpected();
-        c.unexpected.inc_by(u - s.flushed_unexpected);
-        s.flushed_unexpected = u;
+        flush_stats(&self.counters, s);
     }
 }
 
@@ -1145,11 +1115,12 @@ impl Worker {
 /// browser's leg left on the port (another operator's, before a transfer
 /// or a requeue).
 fn operator_leg(s: &mut Session, b: &Peer, latch: Latch) -> Leg {
+    let browser = &mut s.browser[Side::B.index()];
     if !b.browser {
-        s.browser = None;
+        *browser = None;
         return Leg::new(latch, b.addr, b.telephone_event).signalled_from(b.signalling);
     }
-    match s.browser.as_mut() {
+    match browser.as_mut() {
         Some(side) => {
             side.peer = Some(b.addr);
             Leg::new(latch, b.addr, None)

@@ -868,7 +868,13 @@ async fn run_engine(
                 },
                 Output::Transmit { flow, bytes } => match flow.transport {
                     Transport::Browser => {
-                        browsers.transmit(&mut engine, Instant::now().into_std(), flow, &bytes);
+                        browsers.transmit(
+                            &mut engine,
+                            &mut plane,
+                            Instant::now().into_std(),
+                            flow,
+                            &bytes,
+                        );
                     }
                     Transport::Udp => {
                         if let Some(sock) = udp.get(&flow.local)

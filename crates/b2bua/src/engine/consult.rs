@@ -93,8 +93,16 @@ impl Engine {
             .and_then(uri::parse_name_addr)
             .and_then(|n| uri::user(n.uri).map(str::to_owned))
             .unwrap_or_default();
-        // The registrar's digest and throttle, as for a supervisor's phone.
-        let user = match self.registrar.authenticate(now, flow, msg, &from) {
+        // The registrar's digest and throttle, as for a supervisor's phone;
+        // a browser desk's gateway speaks for the operator its session
+        // logged in (its flow is only ever made in the process, and
+        // `consult_queue` found the operator's binding on it).
+        let auth = if flow.transport == Transport::Browser {
+            Auth::Ok(from.clone())
+        } else {
+            self.registrar.authenticate(now, flow, msg, &from)
+        };
+        let user = match auth {
             Auth::Ok(user) => user,
             Auth::Challenge(r) => {
                 self.respond(now, &key, &r);

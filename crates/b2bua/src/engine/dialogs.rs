@@ -67,7 +67,9 @@ impl Engine {
             law,
             telephone_event: audio.telephone_event,
             signalling: Some(call.a_leg.flow.remote.ip()),
-            browser: false,
+            // A browser operator's consultation: the gateway's answer
+            // names the port where the media plane ends their leg.
+            browser: flow.transport == Transport::Browser,
         };
         call.media.a_direction = audio.direction.answer();
         call.media.opened = true;

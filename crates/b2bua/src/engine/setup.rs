@@ -553,7 +553,7 @@ impl Engine {
                 law,
                 telephone_event,
                 signalling: Some(flow.remote.ip()),
-                browser: false,
+                browser: flow.transport == Transport::Browser,
             },
             a_direction: direction,
             b: None,

@@ -37,6 +37,11 @@ const T = {
     decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia", hold: "Attesa",
     ringing_here: "Squilla qui: rispondi con il pulsante", "no-mic": "Microfono non disponibile",
     "transfer-to": "Trasferisci alla coda", transfer: "Trasferisci", transferred: "Chiamata trasferita",
+    "consult-to": "Consulta un collega o una coda", consult: "Consulta",
+    complete: "Passa la chiamata", "consult-cancel": "Torna al cittadino",
+    "consult-calling": "Chiamata di consulenza in corso: il cittadino è in attesa",
+    "consult-talking": "In consulenza: il cittadino è in attesa",
+    "consult-ended": "Consulenza terminata: sei di nuovo con il cittadino",
   },
   en: {
     title: "Operator desktop", skip: "Skip to content", logout: "Log out",
@@ -70,6 +75,11 @@ const T = {
     decline: "Decline", mute: "Microphone", hangup: "Hang up", hold: "Hold",
     ringing_here: "Ringing here: answer with the button", "no-mic": "No microphone",
     "transfer-to": "Transfer to queue", transfer: "Transfer", transferred: "Call transferred",
+    "consult-to": "Consult a colleague or a queue", consult: "Consult",
+    complete: "Hand the call over", "consult-cancel": "Back to the caller",
+    "consult-calling": "Calling for a consultation: the caller is on hold",
+    "consult-talking": "Consulting: the caller is on hold",
+    "consult-ended": "Consultation over: you are back with the caller",
   },
 };
 
@@ -182,7 +192,7 @@ function connect() {
       renderCall(null);
     } else if (e.event === "offered" || e.event === "connected") {
       renderCall(e);
-    } else if (["phone", "ring", "talking", "sdp", "hangup", "phone_error"].includes(e.event)) {
+    } else if (["phone", "ring", "talking", "consulting", "sdp", "hangup", "phone_error"].includes(e.event)) {
       phoneEvent(e);
     }
   };
@@ -374,6 +384,12 @@ async function dispose(ev) {
 const phone = { on: false, call: null, pc: null, stream: null, muted: false };
 window.centralinoPhone = phone;
 
+// An attended transfer: the browser's second call (a consultation), with
+// its own WebRTC connection, while the caller waits on hold. `about`: the
+// caller's call; `call`: the consultation's id once the node placed it.
+const consult = { about: null, call: null, pc: null, stream: null, answered: false };
+window.centralinoConsult = consult;
+
 function sendWs(obj) {
   if (desk.socket && desk.socket.readyState === WebSocket.OPEN) desk.socket.send(JSON.stringify(obj));
 }
@@ -409,11 +425,14 @@ function phoneEvent(e) {
     $("ring").hidden = false;
     $("call-state").textContent = t("ringing_here");
     $("pickup").focus();
+  } else if (consultEvent(e)) {
+    // The consultation's own events.
   } else if (e.event === "sdp" && phone.pc && e.call === phone.call) {
     phone.pc.setRemoteDescription({ type: "answer", sdp: e.sdp }).catch(() => {
       $("call-error").textContent = t("failed");
     });
   } else if (e.event === "hangup" && e.call === phone.call) {
+    endConsult();
     endPhone();
     phone.ended = e.reason;
     if (e.reason === "transferred") $("call-state").textContent = t("transferred");
@@ -464,8 +483,89 @@ function endPhone() {
 }
 
 function hangup() {
+  if (consult.call) sendWs({ type: "hangup", call: consult.call });
+  endConsult();
   if (phone.call) sendWs({ type: "hangup", call: phone.call });
   endPhone();
+}
+
+// The caller on hold with the music, the browser calls a colleague or a
+// queue of the firm on a second connection.
+async function startConsult(ev) {
+  ev.preventDefault();
+  const to = $("consult-to").value.trim();
+  if (!phone.call || !phone.pc || !to || consult.about) return;
+  consult.about = phone.call;
+  if (!phone.held) hold();
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (_) {
+    $("call-error").textContent = t("no-mic");
+    endConsult(true);
+    return;
+  }
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  Object.assign(consult, { pc, stream, to });
+  for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  pc.ontrack = (e) => { $("consult-audio").srcObject = e.streams[0] || new MediaStream([e.track]); };
+  await pc.setLocalDescription(await pc.createOffer());
+  $("call-error").textContent = "";
+  sendWs({ type: "consult", call: consult.about, to, sdp: pc.localDescription.sdp });
+  $("consult-form").hidden = true;
+  $("consulting").hidden = false;
+  $("complete").disabled = true;
+  $("consult-state").textContent = `${t("consult-calling")} (${to})`;
+  $("consult-cancel").focus();
+}
+
+// Handles the consultation's events; false for the others.
+function consultEvent(e) {
+  if (e.event === "consulting" && e.about === consult.about) {
+    consult.call = e.call;
+  } else if (e.event === "sdp" && consult.pc && e.call === consult.call) {
+    consult.pc.setRemoteDescription({ type: "answer", sdp: e.sdp }).then(() => {
+      consult.answered = true;
+      $("complete").disabled = false;
+      $("consult-state").textContent = `${t("consult-talking")} (${consult.to})`;
+      $("complete").focus();
+    }).catch(() => { $("call-error").textContent = t("failed"); });
+  } else if (e.event === "hangup" && consult.call && e.call === consult.call) {
+    // Handed over, or over: back with the caller unless they went too.
+    const back = e.reason !== "transferred";
+    endConsult(back);
+    if (back) $("call-state").textContent = t("consult-ended");
+  } else if (e.event === "phone_error" && consult.about && !consult.call && e.call === consult.about) {
+    // Refused before it was placed.
+    $("call-error").textContent = e.message || t("failed");
+    endConsult(true);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// Ends the consultation here; `resume`: the operator is back with the
+// caller, who leaves the hold.
+function endConsult(resume) {
+  if (consult.pc) consult.pc.close();
+  if (consult.stream) for (const track of consult.stream.getTracks()) track.stop();
+  Object.assign(consult, { about: null, call: null, pc: null, stream: null, answered: false, to: null });
+  $("consult-audio").srcObject = null;
+  $("consulting").hidden = true;
+  $("consult-form").hidden = false;
+  if (resume && phone.call && phone.held) hold();
+}
+
+function completeConsult() {
+  if (phone.call && consult.answered) sendWs({ type: "complete", call: phone.call });
+}
+
+function cancelConsult() {
+  if (consult.call) sendWs({ type: "hangup", call: consult.call });
+  endConsult(true);
+  $("call-state").textContent = t("consult-ended");
+  $("hold").focus();
 }
 
 function transfer(ev) {
@@ -504,6 +604,9 @@ async function boot() {
   $("mute").addEventListener("click", mute);
   $("hold").addEventListener("click", hold);
   $("transfer-form").addEventListener("submit", transfer);
+  $("consult-form").addEventListener("submit", startConsult);
+  $("complete").addEventListener("click", completeConsult);
+  $("consult-cancel").addEventListener("click", cancelConsult);
   // Not kept across page loads: a duplicated tab never takes the phone
   // (and its call) from the page the operator uses.
   $("phone-on").checked = false;

@@ -244,8 +244,17 @@ enum PhoneRequest {
     Phone { on: bool },
     /// Answer a ringing call with the browser's SDP offer.
     Answer { call: String, sdp: String },
-    /// Transfer the talked call blind to a queue.
+    /// Transfer the talked call blind to a queue or a colleague.
     Transfer { call: String, to: String },
+    /// Consult a colleague or a queue about the talked call, with the SDP
+    /// offer of the consultation's own WebRTC connection.
+    Consult {
+        call: String,
+        to: String,
+        sdp: String,
+    },
+    /// Hand the caller to the colleague the consultation reached.
+    Complete { call: String },
     /// Hold the talked call (the caller hears the music) or resume it.
     Hold { call: String, on: bool },
     /// Refuse a ringing call or hang up.
@@ -269,7 +278,7 @@ impl PhoneGuard {
         }
         self.allowance -= 1.0;
         let req: PhoneRequest = serde_json::from_str(text).map_err(|e| {
-            format!("expected {{\"type\": \"phone\"|\"answer\"|\"transfer\"|\"hold\"|\"hangup\", ...}}: {e}")
+            format!("expected {{\"type\": \"phone\"|\"answer\"|\"transfer\"|\"consult\"|\"complete\"|\"hold\"|\"hangup\", ...}}: {e}")
         })?;
         let session = self.session;
         let input =
@@ -296,6 +305,13 @@ impl PhoneGuard {
                 ),
                 PhoneRequest::Answer { call, sdp } => BrowserIn::Answer { session, call, sdp },
                 PhoneRequest::Transfer { call, to } => BrowserIn::Transfer { session, call, to },
+                PhoneRequest::Consult { call, to, sdp } => BrowserIn::Consult {
+                    session,
+                    call,
+                    to,
+                    sdp,
+                },
+                PhoneRequest::Complete { call } => BrowserIn::Complete { session, call },
                 PhoneRequest::Hold { call, on } => BrowserIn::Hold { session, call, on },
                 PhoneRequest::Hangup { call } => BrowserIn::Hangup { session, call },
             };
@@ -332,6 +348,9 @@ fn browser_event(out: crate::browser::BrowserOut) -> Value {
             json!({ "event": "ring", "call": call, "record": record })
         }
         BrowserOut::Answer { call, sdp } => json!({ "event": "sdp", "call": call, "sdp": sdp }),
+        BrowserOut::Consulting { call, about } => {
+            json!({ "event": "consulting", "call": call, "about": about })
+        }
         BrowserOut::Ended { call, reason } => {
             json!({ "event": "hangup", "call": call, "reason": reason })
         }

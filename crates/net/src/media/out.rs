@@ -5,36 +5,64 @@
 
 use super::*;
 
-/// Runs a browser leg's output: its datagrams out of the operator port,
-/// its audio through the relay to the caller.
-pub(super) fn drain_browser(local: &mut Local, s: &mut Session, now: Instant) {
+/// Runs the output of the browser's leg on `side`: its datagrams out of
+/// that side's port, its audio through the relay to the other side (a
+/// socket, or the other side's browser, whose output is run next: two
+/// browsers on one call are an operator in a browser consulting a
+/// colleague in one).
+pub(super) fn drain_browser(local: &mut Local, s: &mut Session, now: Instant, side: Side) {
+    let mut side = side;
+    // Each turn may queue audio on the other leg; bounded, as each turn
+    // only relays what its browser had already sent.
+    for _ in 0..3 {
+        if !drain_one(local, s, now, side) {
+            return;
+        }
+        side = side.other();
+    }
+}
+
+/// One browser leg's output; whether audio went to the other side's
+/// browser.
+fn drain_one(local: &mut Local, s: &mut Session, now: Instant, side: Side) -> bool {
+    let (i, o) = (side.index(), side.other().index());
     let Session {
         call,
         media,
         socks,
-        browser: Some(BrowserSide { leg: b, peer }),
-        b_local,
+        browser,
+        locals,
         ..
-    } = s
-    else {
-        return;
+    } = s;
+    let [a, b] = browser;
+    let (this, other) = if side == Side::A { (a, b) } else { (b, a) };
+    let Some(BrowserSide { leg, peer }) = this.as_mut() else {
+        return false;
     };
-    let (call, addr) = (*call, peer.unwrap_or(*b_local));
+    let (call, addr) = (*call, peer.unwrap_or(locals[i]));
     let mut audio = [0u8; 1500];
     let mut outbuf = [0u8; 1500];
-    b.poll(&mut audio, |p, buf| match p {
-        Polled::Transmit { to, bytes } => local.sent_from(1, &socks[2], &bytes, to),
+    let mut relayed = false;
+    leg.poll(&mut audio, |p, buf| match p {
+        Polled::Transmit { to, bytes } => local.sent_from(i, &socks[2 * i], &bytes, to),
         Polled::Audio { len } => {
             if let Action::Send { to, len } =
-                media.receive(now, Side::B, addr, &buf[..len], &mut outbuf)
+                media.receive(now, side, addr, &buf[..len], &mut outbuf)
             {
-                local.sent_from(0, &socks[0], &outbuf[..len], to);
+                match other.as_mut() {
+                    Some(theirs) => {
+                        theirs.leg.send_rtp(now, &outbuf[..len]);
+                        relayed = true;
+                    }
+                    None => local.sent_from(o, &socks[2 * o], &outbuf[..len], to),
+                }
             }
         }
-        Polled::Connected => info!(%call, "browser media connected"),
+        Polled::Connected => info!(%call, side = side.label(), "browser media connected"),
         // Its silence is noticed by the liveness check, as a phone's.
-        Polled::Disconnected => info!(%call, "browser media disconnected"),
+        Polled::Disconnected => info!(%call, side = side.label(), "browser media disconnected"),
     });
+    relayed
 }
 
 /// A packet the call's media made for `side` (not a relayed one): from
@@ -47,9 +75,9 @@ pub(super) fn send_to_side(
     to: SocketAddr,
     packet: &[u8],
 ) {
-    match (side, s.browser.as_mut()) {
-        (Side::B, Some(b)) => b.leg.send_rtp(now, packet),
-        (Side::B, None) => local.sent_from(1, &s.socks[2], packet, to),
-        (Side::A, _) => local.sent_from(0, &s.socks[0], packet, to),
+    let i = side.index();
+    match s.browser[i].as_mut() {
+        Some(b) => b.leg.send_rtp(now, packet),
+        None => local.sent_from(i, &s.socks[2 * i], packet, to),
     }
 }
