@@ -69,12 +69,18 @@ queues = ["secondo"]
 /// Operator 1001 logged in on the desktop with the browser as their only
 /// phone (available).
 fn desk_with_browser_phone(scratch: &Scratch, node: &Node) -> Browser {
+    desk_as(scratch, node, "1001")
+}
+
+/// Operator `user` (password `demo` + user) logged in on the desktop
+/// with the browser as their only phone (available).
+fn desk_as(scratch: &Scratch, node: &Node, user: &str) -> Browser {
     let mut b = Browser::start(scratch);
     b.open(&format!("http://127.0.0.1:{}/", node.http_port));
     b.wait_for("document.activeElement.id === 'username'", "the login form");
-    b.type_text("1001");
+    b.type_text(user);
     b.key("Tab", false);
-    b.type_text("demo1001");
+    b.type_text(&format!("demo{user}"));
     b.key("Enter", false);
     b.wait_for("!document.getElementById('desk').hidden", "the desk");
     // No SIP phone: the operator is logged out until the browser is one.
@@ -491,6 +497,27 @@ fn consult_stats(b: &mut Browser) -> (f64, f64) {
     (n(0), n(1))
 }
 
+/// A node on `config` whose music on hold is silence: anything loud a held
+/// caller hears is an operator.
+fn silent_hold_node(scratch: &Scratch) -> Node {
+    silent_hold_node_with(scratch, "")
+}
+
+/// The same with more lines of `[media]`.
+fn silent_hold_node_with(scratch: &Scratch, media: &str) -> Node {
+    let music = scratch.path("silence.wav");
+    std::fs::write(&music, crate::common::wav(&[0i16; 8000])).expect("music");
+    Node::start_toml(scratch, |sip, http| {
+        config(sip, http).replace(
+            "[http]\n",
+            &format!(
+                "[media]\nmusic_on_hold = \"{}\"\n{media}\n[http]\n",
+                crate::common::path_str(&music)
+            ),
+        )
+    })
+}
+
 /// The caller speaks `byte` to `to` every 20 ms for `dur`; returns the
 /// frames it heard that were loud, and those that were `echo` alone.
 fn caller_listens(
@@ -538,17 +565,7 @@ fn a_browser_operator_consults_a_colleague_and_hands_them_the_caller() {
     let scratch = Scratch::new("webrtc-consult");
     // Silence on hold: anything loud the held caller hears would be the
     // consultation.
-    let music = scratch.path("silence.wav");
-    std::fs::write(&music, crate::common::wav(&[0i16; 8000])).expect("music");
-    let node = Node::start_toml(&scratch, |sip, http| {
-        config(sip, http).replace(
-            "[http]\n",
-            &format!(
-                "[media]\nmusic_on_hold = \"{}\"\n\n[http]\n",
-                crate::common::path_str(&music)
-            ),
-        )
-    });
+    let node = silent_hold_node(&scratch);
     let mut b = desk_with_browser_phone(&scratch, &node);
 
     // The colleague's phone: its media is a socket that echoes.
@@ -587,20 +604,7 @@ fn a_browser_operator_consults_a_colleague_and_hands_them_the_caller() {
     register(&scratch, &node, &[1002], colleague.port, |u| {
         format!("demo{u}")
     });
-    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-    caller
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .expect("timeout");
-    let mut trunk = trunk_call(
-        &scratch,
-        &node,
-        "trunk",
-        "trunk_media.xml",
-        &caller,
-        "30000",
-    );
-    answer_in_page(&mut b);
-    let to = node_port(&caller);
+    let (caller, to, mut trunk) = answered_in_page(&scratch, &node, &mut b, "30000");
     let mut seq = 1u16;
     let echo_byte = round_trip(SPEECH);
 
@@ -708,4 +712,217 @@ fn a_browser_operator_consults_a_colleague_and_hands_them_the_caller() {
     assert!(!node.logs().contains("panicked"), "{}", node.logs());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     echoer.join().expect("echo thread");
+}
+
+/// Both operators in a browser: 1001 consults 1002, whose desk answers the
+/// consultation in its own page; handed the caller, 1002's browser is
+/// moved by the node's re-INVITE to the caller's operator port (the page
+/// makes a new WebRTC connection there, on the same call), and the caller
+/// and 1002 then hear each other.
+#[test]
+fn a_browser_operator_hands_the_caller_to_a_colleague_in_a_browser() {
+    const SPEECH: u8 = 0x2A;
+    let scratch = Scratch::new("webrtc-consult-browser");
+    let scratch2 = Scratch::new("webrtc-consult-browser-2");
+    let node = silent_hold_node(&scratch);
+    let mut b = desk_as(&scratch, &node, "1001");
+    let mut b2 = desk_as(&scratch2, &node, "1002");
+    let (caller, to, mut trunk) = answered_in_page(&scratch, &node, &mut b, "25000");
+    let mut seq = 1u16;
+
+    b.tab_to("consult-to");
+    b.type_text("1002");
+    b.key("Enter", false);
+    // The consultation rings in the colleague's page, answered there.
+    answer_in_page(&mut b2);
+    b.wait_for(
+        "window.centralinoConsult.answered && window.centralinoConsult.pc \
+         && window.centralinoConsult.pc.connectionState === 'connected'",
+        "the consultation answered in the colleague's browser",
+    );
+    // The two browsers hear each other's tone through the node.
+    let until = Instant::now() + Duration::from_secs(15);
+    let (mut one, mut two) = ((0.0, 0.0), (0.0, 0.0, 0.0));
+    while Instant::now() < until {
+        caller_listens(&caller, to, &mut seq, SPEECH, 0, Duration::from_millis(500));
+        (one, two) = (consult_stats(&mut b), stats(&mut b2));
+        if one.0 > 50.0 && one.1 > 0.0 && two.0 > 50.0 && two.1 > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        one.0 > 50.0 && one.1 > 0.0 && two.0 > 50.0 && two.1 > 0.0,
+        "the consultation's audio both ways: 1001 {one:?}, 1002 {two:?}"
+    );
+
+    // Handed over: 1002's page connects again, to the caller's call.
+    b2.eval("window.consultedPc = window.centralinoPhone.pc; 1");
+    assert_eq!(b.focused(), "complete");
+    b.key("Enter", false);
+    b.wait_for(
+        "window.centralinoPhone.ended === 'transferred' && !window.centralinoConsult.pc",
+        "the call handed over from 1001's page",
+    );
+    b2.wait_for(
+        "window.centralinoPhone.pc && window.centralinoPhone.pc !== window.consultedPc \
+         && window.centralinoPhone.pc.connectionState === 'connected'",
+        "1002's browser connected on the caller's call",
+    );
+    let (mut loud, mut heard) = (0, (0.0, 0.0, 0.0));
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        loud += caller_listens(&caller, to, &mut seq, SPEECH, 0, Duration::from_millis(500)).0;
+        heard = stats(&mut b2);
+        if loud >= 5 && heard.0 > 50.0 && heard.1 > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        loud >= 5 && heard.0 > 50.0 && heard.1 > 0.0,
+        "the caller and 1002 hear each other: caller {loud} loud frames, 1002 {heard:?}"
+    );
+    assert_eq!(
+        node.metric("centralino_transfers_total{outcome=\"done\",target=\"operator\"}"),
+        1.0
+    );
+    assert_eq!(node.metric("centralino_browser_legs_total"), 4.0);
+    trunk.expect_success(Duration::from_secs(40));
+    b2.wait_for(
+        "document.getElementById('talk').hidden && !window.centralinoPhone.pc",
+        "1002's call over when the caller hangs up",
+    );
+    node.wait_metric("centralino_calls_active", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+    assert!(!node.logs().contains("panicked"), "{}", node.logs());
+}
+
+/// A carrier's call (`trunk_media.xml`, hanging up after `pause_ms`)
+/// answered in the page: the caller's socket, the node's port for it and
+/// the carrier.
+fn answered_in_page(
+    scratch: &Scratch,
+    node: &Node,
+    b: &mut Browser,
+    pause_ms: &str,
+) -> (UdpSocket, SocketAddr, Sipp) {
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let trunk = trunk_call(scratch, node, "trunk", "trunk_media.xml", &caller, pause_ms);
+    answer_in_page(b);
+    let to = node_port(&caller);
+    (caller, to, trunk)
+}
+
+/// A SIPp phone of colleague `user` on `scenario`, registered.
+fn colleague_phone(scratch: &Scratch, node: &Node, user: u32, scenario_name: &str) -> Sipp {
+    let sipp = Sipp::spawn(
+        scratch,
+        &format!("colleague-{user}"),
+        &[
+            "-sf",
+            &scenario(scenario_name),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+            "-trace_msg",
+        ],
+    );
+    register(scratch, node, &[user], sipp.port, |u| format!("demo{u}"));
+    sipp
+}
+
+/// Operator 1001 answers a carrier's call in the page and starts a
+/// consultation of 1002 with the keyboard; returns the caller's socket,
+/// the node's port for it and the carrier.
+fn consulting(
+    scratch: &Scratch,
+    node: &Node,
+    b: &mut Browser,
+    pause_ms: &str,
+) -> (UdpSocket, SocketAddr, Sipp) {
+    let (caller, to, trunk) = answered_in_page(scratch, node, b, pause_ms);
+    b.tab_to("consult-to");
+    b.type_text("1002");
+    b.key("Enter", false);
+    b.wait_for(
+        "window.centralinoConsult.call !== null",
+        "the consultation placed",
+    );
+    (caller, to, trunk)
+}
+
+/// The operator goes back to the caller while the colleague's phone still
+/// rings: the phone gets CANCEL, the caller leaves the hold and hears the
+/// operator again.
+#[test]
+fn a_consultation_cancelled_from_the_page_while_ringing_resumes_the_caller() {
+    let scratch = Scratch::new("webrtc-consult-cancel");
+    let node = silent_hold_node(&scratch);
+    let mut b = desk_with_browser_phone(&scratch, &node);
+    let mut colleague = colleague_phone(&scratch, &node, 1002, "agent_noanswer.xml");
+    let (caller, to, mut trunk) = consulting(&scratch, &node, &mut b, "20000");
+    node.wait_metric(
+        "centralino_agents{state=\"ringing\",tenant=\"asl\"}",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    // The focus is on "back to the caller".
+    assert_eq!(b.focused(), "consult-cancel");
+    b.key("Enter", false);
+    colleague.expect_success(Duration::from_secs(10));
+    b.wait_for(
+        "!window.centralinoConsult.about \
+         && document.getElementById('hold').getAttribute('aria-pressed') === 'false' \
+         && document.getElementById('consulting').hidden",
+        "back with the caller, who left the hold",
+    );
+    // The caller hears the operator's tone again.
+    let mut seq = 1u16;
+    let mut loud = 0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while loud < 5 && Instant::now() < until {
+        loud += caller_listens(&caller, to, &mut seq, 0x2A, 0, Duration::from_millis(500)).0;
+    }
+    assert!(loud >= 5, "the caller hears the operator again: {loud}");
+    trunk.expect_success(Duration::from_secs(30));
+    assert_eq!(
+        node.metric_or_zero("centralino_transfers_total{outcome=\"done\",target=\"operator\"}"),
+        0.0
+    );
+}
+
+/// The operator's desk closes for good in the middle of an answered
+/// consultation: the consultation ends (the colleague's phone gets BYE),
+/// and the caller, on hold, is not left there: the browser's connection
+/// gone, the caller goes back to the queue and the operator is paused
+/// `media_lost`, as for a silent phone.
+#[test]
+fn a_desk_closing_mid_consultation_ends_it_and_requeues_the_held_caller() {
+    let scratch = Scratch::new("webrtc-consult-gone");
+    let node = silent_hold_node_with(&scratch, "inactivity_timeout_seconds = 2\n");
+    let mut b = desk_with_browser_phone(&scratch, &node);
+    let mut colleague = colleague_phone(&scratch, &node, 1002, "agent_answer.xml");
+    // ICE consent checks notice a browser gone in about 20 s.
+    let (caller, to, mut trunk) = consulting(&scratch, &node, &mut b, "50000");
+    b.wait_for(
+        "window.centralinoConsult.answered",
+        "the consultation answered",
+    );
+    // The page and its browser go away at once.
+    drop(b);
+    colleague.expect_success(Duration::from_secs(10));
+    let mut seq = 1u16;
+    let until = Instant::now() + Duration::from_secs(45);
+    while node.metric_or_zero("centralino_calls_requeued_total{reason=\"operator_media_lost\"}")
+        < 1.0
+    {
+        assert!(Instant::now() < until, "the held caller was never requeued");
+        caller_listens(&caller, to, &mut seq, 0x2A, 0, Duration::from_millis(200));
+    }
+    trunk.expect_success(Duration::from_secs(40));
+    assert!(!node.logs().contains("panicked"), "{}", node.logs());
 }

@@ -134,6 +134,21 @@ pub enum BrowserOut {
         /// The call record.
         record: String,
     },
+    /// Whether the talked call `call` is held now (after the node took or
+    /// refused a hold or a resume, and to a desk taking the phone over).
+    Held {
+        /// The call.
+        call: String,
+        /// Held.
+        on: bool,
+    },
+    /// The node moved the call `call` to another of its ports (the
+    /// operator was handed a caller by an attended transfer): the browser
+    /// makes a new connection and answers with its offer, as at `Ring`.
+    Move {
+        /// The call.
+        call: String,
+    },
     /// The operator's consultation `call` about `about` is placed (its
     /// audio comes with `Answer` when the colleague answers).
     Consulting {
@@ -188,6 +203,10 @@ struct Dialog {
     transferring: bool,
     /// The operator holds the call (our SDP says `sendonly`).
     held: bool,
+    /// The engine's re-INVITE naming another of its ports (an attended
+    /// transfer moved this operator onto the caller's call), answered once
+    /// the desk's new WebRTC offer makes the leg there.
+    moving: Option<Moving>,
 }
 
 struct Phone {
@@ -200,6 +219,16 @@ struct Phone {
     owner: u64,
     /// A desk is connected: the binding is up and calls ring here.
     attached: bool,
+    /// When this browser last placed a consultation (a colleague's phone
+    /// is not rung again and again from a page).
+    consulted: Option<Instant>,
+}
+
+/// A re-INVITE moving a browser's call to another port of the node.
+struct Moving {
+    invite: Message,
+    port: SocketAddr,
+    formats: Vec<u8>,
 }
 
 /// The browsers the node answers for: one browser phone per operator,
@@ -243,6 +272,22 @@ impl Browsers {
                         phone.attached = engine.browser_phone(now, &agent, id, true).is_some();
                     }
                     let _ = phone.tx.send(BrowserOut::Phone { on: phone.attached });
+                    // The calls it talks, so the new page can hold, resume,
+                    // transfer or hang them up.
+                    for (call, d) in &phone.dialogs {
+                        if d.answered.is_none() || d.consult.is_some() {
+                            continue;
+                        }
+                        let record = d.invite.header("X-Centralino-Call").unwrap_or_default();
+                        let _ = phone.tx.send(BrowserOut::Talking {
+                            call: call.clone(),
+                            record: record.to_owned(),
+                        });
+                        let _ = phone.tx.send(BrowserOut::Held {
+                            call: call.clone(),
+                            on: d.held,
+                        });
+                    }
                     return;
                 }
                 let flow = engine.browser_phone(now, &agent, session, true);
@@ -258,11 +303,14 @@ impl Browsers {
                             dialogs: HashMap::new(),
                             owner: session,
                             attached: true,
+                            consulted: None,
                         },
                     );
                 }
             }
             BrowserIn::Close { session } => {
+                let tokens = self.tokens;
+                self.tokens += 1;
                 let Some((&id, phone)) = self.phones.iter_mut().find(|(_, p)| p.owner == session)
                 else {
                     return;
@@ -277,10 +325,11 @@ impl Browsers {
                     .filter(|(_, d)| d.answered.is_none())
                     .map(|(c, _)| c.clone())
                     .collect();
+                // Its consultation ends with the desk: nobody is left to
+                // hand the caller over (a page that comes back resumes them).
+                consult::end_all(engine, now, phone, None, tokens);
                 for call in ringing {
-                    if phone.dialogs[&call].consult.is_some() {
-                        // Our own consultation, unanswered: cancelled.
-                        consult::cancel(engine, now, phone, &call);
+                    if phone.dialogs.get(&call).is_none_or(|d| d.consult.is_some()) {
                         continue;
                     }
                     // Ringing: the offer fails at once, not at the ring
@@ -290,6 +339,13 @@ impl Browsers {
                             .invite
                             .response(480, "Temporarily Unavailable", Some(&d.tag));
                         feed(engine, now, phone.flow, &busy);
+                    }
+                }
+                for d in phone.dialogs.values_mut() {
+                    // No desk to make the leg on the new port.
+                    if let Some(mv) = d.moving.take() {
+                        let r = mv.invite.response(480, reason_phrase(480), None);
+                        feed(engine, now, phone.flow, &r);
                     }
                 }
                 // A call talked goes on while its media flows: the desk
@@ -384,6 +440,9 @@ impl Browsers {
                 let Some(mut d) = phone.dialogs.remove(&call) else {
                     return;
                 };
+                if d.consult.is_none() && !d.transferring {
+                    consult::end_all(engine, now, phone, Some(&call), tokens + 1);
+                }
                 if d.answered.is_none() {
                     feed(
                         engine,
@@ -443,6 +502,42 @@ impl Browsers {
             });
             return;
         };
+        if let Some(mv) = d.moving.take() {
+            // The leg made anew on the port the engine's re-INVITE names.
+            let version = d.answered.map_or(1, |(_, v)| v + 1);
+            match plane.browser_accept(mv.port, Side::B, offer, &laws_of(&mv.formats)) {
+                Ok((law, answer)) => {
+                    d.port = mv.port;
+                    d.answered = Some((law, version));
+                    let mut ok = mv.invite.response(200, "OK", None);
+                    ok.push("Contact", &contact(&phone.agent));
+                    ok.set_body(
+                        Some("application/sdp"),
+                        local_sdp(d.port, law, version, direction(d.held)),
+                    );
+                    info!(agent = %phone.agent, "browser moved onto another call's port");
+                    let _ = phone.tx.send(BrowserOut::Answer {
+                        call: call.to_owned(),
+                        sdp: answer,
+                    });
+                    feed(engine, now, flow, &ok);
+                }
+                Err(e) => {
+                    warn!(agent = %phone.agent, error = %e, "browser could not move");
+                    let _ = phone.tx.send(BrowserOut::Error {
+                        call: call.to_owned(),
+                        message: e.to_string(),
+                    });
+                    feed(
+                        engine,
+                        now,
+                        flow,
+                        &mv.invite.response(488, reason_phrase(488), None),
+                    );
+                }
+            }
+            return;
+        }
         if d.answered.is_some() {
             return;
         }
@@ -506,6 +601,10 @@ impl Browsers {
                 && let Some(d) = phone.dialogs.get_mut(&msg.call_id)
             {
                 if (200..300).contains(&msg.code()) {
+                    let _ = phone.tx.send(BrowserOut::Held {
+                        call: msg.call_id.clone(),
+                        on: d.held,
+                    });
                     let mut ack = in_dialog(d, flow, Method::Ack, self.tokens);
                     self.tokens += 1;
                     // The ACK names the INVITE's CSeq, not a new one.
@@ -521,6 +620,10 @@ impl Browsers {
                         call: msg.call_id.clone(),
                         message: format!("hold refused: {}", msg.code()),
                     });
+                    let _ = phone.tx.send(BrowserOut::Held {
+                        call: msg.call_id.clone(),
+                        on: d.held,
+                    });
                 }
             }
             return;
@@ -531,8 +634,14 @@ impl Browsers {
                 && msg.code() >= 300
                 && let Some(phone) = self.phones.get_mut(&flow.conn)
             {
-                if let Some(d) = phone.dialogs.get_mut(&msg.call_id) {
-                    d.transferring = false;
+                for (call, d) in &mut phone.dialogs {
+                    // The call itself, and its consultation (an attended
+                    // transfer's REFER names the caller's call).
+                    if *call == msg.call_id
+                        || d.consult.as_ref().is_some_and(|c| c.about == msg.call_id)
+                    {
+                        d.transferring = false;
+                    }
                 }
                 let _ = phone.tx.send(BrowserOut::Error {
                     call: msg.call_id.clone(),
@@ -544,6 +653,8 @@ impl Browsers {
         let session = flow.conn;
         let method = msg.method().clone();
         let tag = self.token();
+        let n = self.tokens;
+        self.tokens += 1;
         let Some(phone) = self.phones.get_mut(&session) else {
             // The desk is gone: its calls end cleanly.
             let code = match method {
@@ -609,9 +720,41 @@ impl Browsers {
                         transferring: false,
                         held: false,
                         consult: None,
+                        moving: None,
                     },
                 );
                 let _ = phone.tx.send(BrowserOut::Ring { call, record });
+            }
+            Method::Invite
+                if phone.dialogs.get(&msg.call_id).is_some_and(|d| {
+                    d.answered.is_some() && d.consult.is_none() && moves(d, &msg.body).is_some()
+                }) =>
+            {
+                // Another port of the node: the desk makes a new WebRTC
+                // leg there and its offer answers (see `answer`); a desk
+                // gone cannot (the engine puts the caller back in queue).
+                let d = phone.dialogs.get_mut(&msg.call_id).expect("checked");
+                let code = if !phone.attached {
+                    480
+                } else if d.moving.is_some() {
+                    491
+                } else {
+                    let (port, formats) = moves(d, &msg.body).expect("checked");
+                    let call = msg.call_id.clone();
+                    d.moving = Some(Moving {
+                        invite: msg,
+                        port,
+                        formats,
+                    });
+                    let _ = phone.tx.send(BrowserOut::Move { call });
+                    return;
+                };
+                feed(
+                    engine,
+                    now,
+                    flow,
+                    &msg.response(code, reason_phrase(code), None),
+                );
             }
             Method::Invite => {
                 // A re-INVITE (session refresh, the caller's hold): the
@@ -651,6 +794,11 @@ impl Browsers {
                             "hangup"
                         },
                     });
+                    // The caller gone, their consultation has no purpose
+                    // (after a transfer the node ends it itself).
+                    if d.consult.is_none() && !d.transferring {
+                        consult::end_all(engine, now, phone, Some(&msg.call_id), n);
+                    }
                 }
             }
             Method::Cancel => {
@@ -667,6 +815,7 @@ impl Browsers {
                         call: msg.call_id.clone(),
                         reason: "cancelled",
                     });
+                    consult::end_all(engine, now, phone, Some(&msg.call_id), n);
                 }
             }
             // An offer in an UPDATE is not taken (the leg stays as it is).
@@ -690,6 +839,14 @@ impl Browsers {
         }
         self.forget_if_idle(session);
     }
+}
+
+/// The port and formats an engine's re-INVITE names for `d`, when it is
+/// another port than the leg's.
+fn moves(d: &Dialog, body: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+    let o = sdp::parse(body).ok().filter(|o| o.port != 0)?;
+    let port = SocketAddr::new(o.addr, o.port);
+    (port != d.port).then_some((port, o.formats))
 }
 
 /// The G.711 laws among an SDP's payload types, in its order.

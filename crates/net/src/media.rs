@@ -355,6 +355,13 @@ impl MediaPlane {
             laws,
         )?;
         let law = leg.law();
+        if side == Side::A && held.socks.is_none() {
+            // The caller's side is known by the address `Open` named: a
+            // leg there is made before it, at the consultation's answer.
+            return Err(WebRtcError::Refused(
+                "the call's media is already open".into(),
+            ));
+        }
         self.metrics.browser_legs.inc();
         if held.socks.is_some() {
             // Not opened yet: the leg goes with `Open`.
@@ -519,6 +526,9 @@ struct BrowserSide {
     /// the port itself, as the gateway's SDP says; what the relay knows
     /// the browser's side by. `None` until named.
     peer: Option<SocketAddr>,
+    /// Since when its ICE is disconnected (the page closed or crashed:
+    /// consent checks stopped): on hold too, where silence is no sign.
+    gone_since: Option<Instant>,
 }
 
 /// Names a recording: wall-clock milliseconds and the call number.
@@ -666,8 +676,13 @@ impl Worker {
                         a_leg.map(|leg| BrowserSide {
                             leg,
                             peer: Some(a_addr),
+                            gone_since: None,
                         }),
-                        b_leg.map(|leg| BrowserSide { leg, peer: None }),
+                        b_leg.map(|leg| BrowserSide {
+                            leg,
+                            peer: None,
+                            gone_since: None,
+                        }),
                     ];
                 }
             }
@@ -683,7 +698,11 @@ impl Worker {
                     return;
                 };
                 if let Some(s) = self.sessions[slot].as_mut() {
-                    s.browser[side.index()] = Some(BrowserSide { leg, peer: None });
+                    s.browser[side.index()] = Some(BrowserSide {
+                        leg,
+                        peer: None,
+                        gone_since: None,
+                    });
                     drain_browser(&mut self.local, s, now, side);
                 }
             }
@@ -1073,9 +1092,18 @@ impl Worker {
             if s.monitor.as_mut().is_some_and(|m| m.gone(now)) {
                 gone.push(s.call);
             }
+            // A browser's leg disconnected that long is gone even where the
+            // relay would take silence for a hold.
+            let browser_gone = [Side::A, Side::B].into_iter().find(|side| {
+                s.browser[side.index()]
+                    .as_ref()
+                    .and_then(|b| b.gone_since)
+                    .zip(timeout)
+                    .is_some_and(|(since, t)| now.saturating_duration_since(since) >= t)
+            });
             if let Some(t) = timeout
                 && !s.idle_reported
-                && let Some(side) = s.media.idle_side(now, t)
+                && let Some(side) = s.media.idle_side(now, t).or(browser_gone)
             {
                 s.idle_reported = true;
                 let _ = self.events.send(MediaEvent::Idle { call: s.call, side });

@@ -279,14 +279,12 @@ impl Engine {
                 && c.answered()
                 && c.b.as_ref().is_some_and(|b| {
                     b.dialog.is_some()
-                        && b.flow.transport != Transport::Browser
                         && b.agent()
                             .is_some_and(|a| self.router.agent(a).state == AgentState::OnCall(y))
                 })
         }) && by.is_some_and(|a| self.router.agent(a).state == AgentState::OnCall(x));
         if rep.early_only || !ready {
-            // Not answered yet, or by a browser (its WebRTC leg lives on the
-            // consultation's port): the operator keeps both calls.
+            // Not answered yet: the operator keeps both calls.
             return refused(self, 403, "Consultation Not Transferable", "not_answered");
         }
         let mut r = msg.response(202, "Accepted", None);
@@ -341,7 +339,12 @@ impl Engine {
         xc.b_info = y_info;
         xc.info_off[Side::B.index()] = false;
         let record = self.queues[y_queue.0 as usize].record;
-        if let Some(peer) = b_peer {
+        // A phone's address is bridged at once. A browser's WebRTC leg
+        // lives on the consultation's port: its desk makes a new one on
+        // the caller's operator port when our re-INVITE names it, and the
+        // bridge follows its answer (the caller hears the queue's music
+        // meanwhile, as the transferor's leg went at its release).
+        if let Some(peer) = b_peer.filter(|_| leg.flow.transport != Transport::Browser) {
             self.out.push_back(Output::Media(MediaCommand::Bridge {
                 call: x,
                 b: peer.into(),
@@ -473,11 +476,17 @@ impl Engine {
             if !pending {
                 return;
             }
+            // A browser's answer is its gateway's, naming the caller's
+            // operator port, where the plane now ends its new WebRTC leg.
+            let browser = flow.transport == Transport::Browser;
             let answer = law
                 .and_then(|law| b_answer(msg, &[law], flow.remote.ip()))
+                .map(|(p, d)| (Peer { browser, ..p }, d))
                 .filter(|(p, _)| {
-                    self.refused_media(p.addr, flow.remote.ip(), flow.local.ip())
-                        .is_none()
+                    browser
+                        || self
+                            .refused_media(p.addr, flow.remote.ip(), flow.local.ip())
+                            .is_none()
                 });
             if let Some((peer, direction)) = answer
                 && let Some(call) = self.calls.get_mut(&x)
@@ -489,11 +498,21 @@ impl Engine {
                 // version when that changes it).
                 call.media.set_peer(Side::B, peer, direction);
                 call.info_off[Side::B.index()] = false;
-                self.out.push_back(Output::Media(MediaCommand::Update {
-                    call: x,
-                    side: Side::B,
-                    peer: peer.into(),
-                    held: direction != Direction::SendRecv,
+                let record = self.queues[call.queue.0 as usize].record;
+                self.out.push_back(Output::Media(if browser {
+                    // Not bridged at the transfer (see `attended_transfer`).
+                    MediaCommand::Bridge {
+                        call: x,
+                        b: peer.into(),
+                        record,
+                    }
+                } else {
+                    MediaCommand::Update {
+                        call: x,
+                        side: Side::B,
+                        peer: peer.into(),
+                        held: direction != Direction::SendRecv,
+                    }
                 }));
                 return;
             }

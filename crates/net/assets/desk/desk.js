@@ -180,7 +180,13 @@ function connect() {
   ws.onopen = () => {
     desk.retry = 0;
     setLink("connected");
-    // A reconnected desk is a phone again if it was one.
+    // A reconnected desk is a phone again if it was one. A consultation
+    // ended with the lost connection (the node let it go): back to the
+    // caller.
+    if (consult.about) {
+      if (consult.call) sendWs({ type: "hangup", call: consult.call });
+      endConsult(true);
+    }
     if (phone.on) sendWs({ type: "phone", on: true });
   };
   ws.onmessage = (m) => {
@@ -192,7 +198,7 @@ function connect() {
       renderCall(null);
     } else if (e.event === "offered" || e.event === "connected") {
       renderCall(e);
-    } else if (["phone", "ring", "talking", "consulting", "sdp", "hangup", "phone_error"].includes(e.event)) {
+    } else if (["phone", "ring", "talking", "held", "consulting", "move", "sdp", "hangup", "phone_error"].includes(e.event)) {
       phoneEvent(e);
     }
   };
@@ -425,6 +431,14 @@ function phoneEvent(e) {
     $("ring").hidden = false;
     $("call-state").textContent = t("ringing_here");
     $("pickup").focus();
+  } else if (e.event === "held") {
+    // The node's word on the hold (taken, refused, or on a takeover).
+    if (e.call === phone.call) {
+      phone.held = e.on;
+      $("hold").setAttribute("aria-pressed", String(e.on));
+    }
+  } else if (e.event === "move") {
+    moveCall(e.call);
   } else if (consultEvent(e)) {
     // The consultation's own events.
   } else if (e.event === "sdp" && phone.pc && e.call === phone.call) {
@@ -458,17 +472,31 @@ async function pickup() {
     for (const track of stream.getTracks()) track.stop();
     return;
   }
+  phone.stream = stream;
+  await offer(call);
+  $("talk").hidden = false;
+  $("hangup").focus();
+}
+
+// A WebRTC connection for `call` with the microphone, its offer sent as
+// the answer to the node's call.
+async function offer(call) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   phone.pc = pc;
-  phone.stream = stream;
-  for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  for (const track of phone.stream.getTracks()) pc.addTrack(track, phone.stream);
   pc.ontrack = (ev) => { $("remote-audio").srcObject = ev.streams[0] || new MediaStream([ev.track]); };
   // No candidates to wait for: the node is ICE-lite and learns the
   // browser's address from its connectivity checks.
   await pc.setLocalDescription(await pc.createOffer());
   sendWs({ type: "answer", call, sdp: pc.localDescription.sdp });
-  $("talk").hidden = false;
-  $("hangup").focus();
+}
+
+// The node moved the call to another of its ports (a colleague handed
+// this operator their caller): a new connection there, the same call.
+async function moveCall(call) {
+  if (call !== phone.call || !phone.stream) return;
+  if (phone.pc) phone.pc.close();
+  await offer(call);
 }
 
 function endPhone() {
@@ -490,33 +518,48 @@ function hangup() {
 }
 
 // The caller on hold with the music, the browser calls a colleague or a
-// queue of the firm on a second connection.
+// queue of the firm on a second connection. The caller's connection sends
+// nothing meanwhile, whatever becomes of the hold: they never hear the
+// consultation.
 async function startConsult(ev) {
   ev.preventDefault();
   const to = $("consult-to").value.trim();
-  if (!phone.call || !phone.pc || !to || consult.about) return;
-  consult.about = phone.call;
+  const about = phone.call;
+  if (!about || !phone.pc || !to || consult.about) return;
+  consult.about = about;
+  setMic();
   if (!phone.held) hold();
-  let stream;
   try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    if (consult.about !== about || phone.call !== about) {
+      // Hung up or ended meanwhile.
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    Object.assign(consult, { pc, stream, to });
+    for (const track of stream.getTracks()) pc.addTrack(track, stream);
+    pc.ontrack = (e) => { $("consult-audio").srcObject = e.streams[0] || new MediaStream([e.track]); };
+    await pc.setLocalDescription(await pc.createOffer());
+    if (consult.about !== about || phone.call !== about) return;
+    $("call-error").textContent = "";
+    sendWs({ type: "consult", call: about, to, sdp: pc.localDescription.sdp });
   } catch (_) {
     $("call-error").textContent = t("no-mic");
-    endConsult(true);
+    if (consult.about === about) endConsult(true);
     return;
   }
-  const pc = new RTCPeerConnection({ iceServers: [] });
-  Object.assign(consult, { pc, stream, to });
-  for (const track of stream.getTracks()) pc.addTrack(track, stream);
-  pc.ontrack = (e) => { $("consult-audio").srcObject = e.streams[0] || new MediaStream([e.track]); };
-  await pc.setLocalDescription(await pc.createOffer());
-  $("call-error").textContent = "";
-  sendWs({ type: "consult", call: consult.about, to, sdp: pc.localDescription.sdp });
   $("consult-form").hidden = true;
   $("consulting").hidden = false;
   $("complete").disabled = true;
   $("consult-state").textContent = `${t("consult-calling")} (${to})`;
   $("consult-cancel").focus();
+}
+
+// The microphone towards the caller: off while consulting or muted.
+function setMic() {
+  const on = !phone.muted && !consult.about;
+  if (phone.stream) for (const track of phone.stream.getAudioTracks()) track.enabled = on;
 }
 
 // Handles the consultation's events; false for the others.
@@ -531,14 +574,16 @@ function consultEvent(e) {
       $("complete").focus();
     }).catch(() => { $("call-error").textContent = t("failed"); });
   } else if (e.event === "hangup" && consult.call && e.call === consult.call) {
-    // Handed over, or over: back with the caller unless they went too.
-    const back = e.reason !== "transferred";
+    // Over (or handed over): back with the caller if they are still here.
+    const back = !!phone.call;
     endConsult(back);
     if (back) $("call-state").textContent = t("consult-ended");
-  } else if (e.event === "phone_error" && consult.about && !consult.call && e.call === consult.about) {
-    // Refused before it was placed.
+  } else if (e.event === "phone_error" && consult.about && (e.call === consult.about || e.call === consult.call)) {
+    // Refused before it was placed, or the hand-over refused (the
+    // consultation goes on: the operator may try again or go back).
     $("call-error").textContent = e.message || t("failed");
-    endConsult(true);
+    if (!consult.call) endConsult(true);
+    else $("complete").disabled = !consult.answered;
   } else {
     return false;
   }
@@ -548,17 +593,24 @@ function consultEvent(e) {
 // Ends the consultation here; `resume`: the operator is back with the
 // caller, who leaves the hold.
 function endConsult(resume) {
+  const focused = $("consulting").contains(document.activeElement);
   if (consult.pc) consult.pc.close();
   if (consult.stream) for (const track of consult.stream.getTracks()) track.stop();
   Object.assign(consult, { about: null, call: null, pc: null, stream: null, answered: false, to: null });
   $("consult-audio").srcObject = null;
   $("consulting").hidden = true;
   $("consult-form").hidden = false;
+  setMic();
   if (resume && phone.call && phone.held) hold();
+  // The keyboard goes on from the call's controls, not from the page's top.
+  if (focused && !$("talk").hidden) $("hold").focus();
 }
 
 function completeConsult() {
-  if (phone.call && consult.answered) sendWs({ type: "complete", call: phone.call });
+  if (!phone.call || !consult.answered) return;
+  // Once: the node's answer ends both calls, or a refusal enables it again.
+  $("complete").disabled = true;
+  sendWs({ type: "complete", call: phone.call });
 }
 
 function cancelConsult() {
@@ -584,7 +636,7 @@ function hold() {
 
 function mute() {
   phone.muted = !phone.muted;
-  if (phone.stream) for (const track of phone.stream.getAudioTracks()) track.enabled = !phone.muted;
+  setMic();
   $("mute").setAttribute("aria-pressed", String(phone.muted));
 }
 

@@ -348,6 +348,8 @@ fn browser_event(out: crate::browser::BrowserOut) -> Value {
             json!({ "event": "ring", "call": call, "record": record })
         }
         BrowserOut::Answer { call, sdp } => json!({ "event": "sdp", "call": call, "sdp": sdp }),
+        BrowserOut::Move { call } => json!({ "event": "move", "call": call }),
+        BrowserOut::Held { call, on } => json!({ "event": "held", "call": call, "on": on }),
         BrowserOut::Consulting { call, about } => {
             json!({ "event": "consulting", "call": call, "about": about })
         }

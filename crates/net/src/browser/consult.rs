@@ -19,7 +19,7 @@ use super::*;
 /// The browser's own call to a colleague or a queue.
 pub(super) struct Consultation {
     /// The talked call it is about.
-    about: String,
+    pub(super) about: String,
     /// Whom it calls (the Request-URI's user).
     to: String,
     /// The browser's SDP offer, until the node's answer brings its own.
@@ -35,6 +35,10 @@ pub(super) struct Consultation {
 
 /// The longest browser SDP offer taken (a WebRTC offer is 1 to 5 KiB).
 const MAX_OFFER: usize = 16 * 1024;
+
+/// The shortest time between two consultations of one browser: a page
+/// must not ring a colleague again and again.
+const CONSULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Browsers {
     /// The operator consults `to` about the call `about` they talk here.
@@ -77,9 +81,18 @@ impl Browsers {
                 "a consultation calls a colleague's or a queue's name",
             );
         }
-        if offer.is_empty() || offer.len() > MAX_OFFER {
-            return refused(phone, "the browser's SDP offer is missing or too long");
+        if offer.len() > MAX_OFFER || !offer.contains("m=audio ") {
+            // Checked before a colleague rings for it (the leg is only made
+            // at the answer).
+            return refused(phone, "the browser's SDP offer has no audio or is too long");
         }
+        if phone
+            .consulted
+            .is_some_and(|t| now.saturating_duration_since(t) < CONSULT_INTERVAL)
+        {
+            return refused(phone, "one consultation at a time: wait a moment");
+        }
+        phone.consulted = Some(now);
         let flow = phone.flow;
         let via = Via {
             transport: Transport::Browser.as_str().to_owned(),
@@ -109,6 +122,7 @@ impl Browsers {
                 cseq: 2,
                 transferring: false,
                 held: false,
+                moving: None,
                 consult: Some(Consultation {
                     about: about.clone(),
                     to,
@@ -160,8 +174,12 @@ impl Browsers {
         let Some(d) = phone
             .dialogs
             .get_mut(&about)
-            .filter(|d| d.answered.is_some())
+            .filter(|d| d.answered.is_some() && d.consult.is_none())
         else {
+            let _ = phone.tx.send(BrowserOut::Error {
+                call: about,
+                message: "the call to hand over is no longer here".into(),
+            });
             return;
         };
         d.transferring = true;
@@ -191,6 +209,44 @@ pub(super) fn valid_name(to: &str) -> bool {
         && to
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+-_.".contains(c))
+}
+
+/// Ends the browser's consultations about the call `about` (all of them
+/// when `None`: the desk is gone): a ringing one cancelled, an answered one
+/// hung up; the desk is told.
+pub(super) fn end_all(
+    engine: &mut Engine,
+    now: Instant,
+    phone: &mut Phone,
+    about: Option<&str>,
+    n: u64,
+) {
+    let ids: Vec<String> = phone
+        .dialogs
+        .iter()
+        .filter(|(_, d)| {
+            d.consult
+                .as_ref()
+                .is_some_and(|c| !c.cancelled && about.is_none_or(|a| c.about == a))
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ids {
+        let answered = phone.dialogs.get(&id).is_some_and(|d| d.answered.is_some());
+        if answered {
+            if let Some(mut d) = phone.dialogs.remove(&id) {
+                let bye = in_dialog(&mut d, phone.flow, Method::Bye, n);
+                feed(engine, now, phone.flow, &bye);
+            }
+        } else {
+            cancel(engine, now, phone, &id);
+        }
+        info!(agent = %phone.agent, "browser consultation ended with its call or desk");
+        let _ = phone.tx.send(BrowserOut::Ended {
+            call: id,
+            reason: "hangup",
+        });
+    }
 }
 
 /// Cancels the browser's unanswered consultation `id` (RFC 3261 §9.1:
@@ -290,6 +346,25 @@ pub(super) fn on_response(
         (None, false) => Err("the node's answer carries no usable offer".to_owned()),
         (_, true) => Err(String::new()),
     };
+    if cancelled && let Some(o) = &node {
+        // Cancelled while the answer was on its way: answered with the
+        // node's own port (the plane sends nothing there without a leg)
+        // and hung up, an ordinary end rather than a refused answer.
+        let port = SocketAddr::new(o.addr, o.port);
+        let law = laws_of(&o.formats).first().copied().unwrap_or(Law::Alaw);
+        let mut ack = in_dialog(d, flow, Method::Ack, n);
+        d.cseq -= 1;
+        set_cseq(&mut ack, msg.cseq);
+        ack.set_body(
+            Some("application/sdp"),
+            local_sdp(port, law, 1, Direction::Inactive),
+        );
+        feed(engine, now, flow, &ack);
+        let bye = in_dialog(d, flow, Method::Bye, n + 1);
+        feed(engine, now, flow, &bye);
+        phone.dialogs.remove(&msg.call_id);
+        return;
+    }
     let mut ack = in_dialog(d, flow, Method::Ack, n);
     d.cseq -= 1;
     set_cseq(&mut ack, msg.cseq);

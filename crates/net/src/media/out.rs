@@ -36,7 +36,12 @@ fn drain_one(local: &mut Local, s: &mut Session, now: Instant, side: Side) -> bo
     } = s;
     let [a, b] = browser;
     let (this, other) = if side == Side::A { (a, b) } else { (b, a) };
-    let Some(BrowserSide { leg, peer }) = this.as_mut() else {
+    let Some(BrowserSide {
+        leg,
+        peer,
+        gone_since,
+    }) = this.as_mut()
+    else {
         return false;
     };
     let (call, addr) = (*call, peer.unwrap_or(locals[i]));
@@ -58,9 +63,16 @@ fn drain_one(local: &mut Local, s: &mut Session, now: Instant, side: Side) -> bo
                 }
             }
         }
-        Polled::Connected => info!(%call, side = side.label(), "browser media connected"),
-        // Its silence is noticed by the liveness check, as a phone's.
-        Polled::Disconnected => info!(%call, side = side.label(), "browser media disconnected"),
+        Polled::Connected => {
+            *gone_since = None;
+            info!(%call, side = side.label(), "browser media connected");
+        }
+        // Its silence is noticed by the liveness check, as a phone's; on
+        // hold, its disconnection (`gone_since`).
+        Polled::Disconnected => {
+            gone_since.get_or_insert(now);
+            info!(%call, side = side.label(), "browser media disconnected");
+        }
     });
     relayed
 }
