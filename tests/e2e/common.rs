@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port free on 127.0.0.1 for both UDP and TCP at the time of the call.
 /// A base of four consecutive ports for one SIPp's RTP (audio, video and
 /// their RTCP), above the nodes' RTP range and the kernel's ephemeral
 /// ports, never the same twice at once in this test process.
@@ -21,6 +20,18 @@ fn sipp_media_port() -> u16 {
     61_000 + 4 * k
 }
 
+/// A port for one SIPp's SIP socket, above the kernel's ephemeral ports
+/// and the media ports below: a port `free_port` found free can be taken
+/// by another test's socket before SIPp binds it (SIPp then exits with
+/// errno 98); these are handed out by this process alone, each once in
+/// 500 spawns (a SIPp runs a minute at most).
+fn sipp_sip_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    65_000 + NEXT.fetch_add(1, Ordering::Relaxed) % 500
+}
+
+/// A port free on 127.0.0.1 for both UDP and TCP at the time of the call.
 pub(crate) fn free_port() -> u16 {
     loop {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
@@ -540,7 +551,7 @@ impl Sipp {
     /// As [`Sipp::spawn`], from another loopback address (127.0.0.0/8 is
     /// all loopback on Linux: a second "host" without a namespace).
     pub(crate) fn spawn_from(scratch: &Scratch, label: &str, ip: &str, args: &[&str]) -> Self {
-        let port = free_port();
+        let port = sipp_sip_port();
         // SIPp binds its audio and video RTP sockets at start; left to
         // itself it picks them near its SIP port, in the range where every
         // node's RTP ports (20000-59999) and the kernel's ephemeral ports

@@ -102,6 +102,9 @@ pub struct BrowserLeg {
     /// Where str0m wants to be woken.
     timeout: Instant,
     connected: bool,
+    /// DTLS came up once: ICE that comes back after a disconnection (a
+    /// network blip) connects the leg again, keys and all.
+    secured: bool,
     /// Wallclock of our first packet to the browser and its timestamp:
     /// str0m wants a wallclock per frame (for RTCP sender reports).
     origin: Option<(Instant, u32)>,
@@ -177,6 +180,7 @@ impl BrowserLeg {
             seq: (ssrc >> 16) as u16,
             timeout: now,
             connected: false,
+            secured: false,
             origin: None,
             sent: 0,
             received: 0,
@@ -324,6 +328,12 @@ impl BrowserLeg {
                     buf,
                 ),
                 Output::Event(Event::Connected) => {
+                    (self.connected, self.secured) = (true, true);
+                    each(Polled::Connected, buf);
+                }
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Connected | IceConnectionState::Completed,
+                )) if self.secured && !self.connected => {
                     self.connected = true;
                     each(Polled::Connected, buf);
                 }
@@ -397,6 +407,8 @@ mod tests {
         /// Plain RTP the leg handed to the relay.
         relayed: Vec<Vec<u8>>,
         connected: bool,
+        /// The network between them is down: datagrams are lost.
+        cut: bool,
     }
 
     fn pair(codecs: fn(RtcConfig) -> RtcConfig) -> Result<Pair, WebRtcError> {
@@ -428,6 +440,7 @@ mod tests {
             heard: Vec::new(),
             relayed: Vec::new(),
             connected: false,
+            cut: false,
         })
     }
 
@@ -462,7 +475,7 @@ mod tests {
                     Polled::Connected => *connected = true,
                     Polled::Disconnected => *connected = false,
                 });
-                if to_leg.is_empty() && to_browser.is_empty() {
+                if to_leg.is_empty() && to_browser.is_empty() || self.cut {
                     return;
                 }
                 for d in to_leg {
@@ -530,6 +543,44 @@ mod tests {
         assert!(p.heard.len() >= 4, "heard {}", p.heard.len());
         assert!(p.heard.iter().all(|d| d == &[0x2Au8; 160]));
         assert_eq!(p.leg.counts().0, 5);
+    }
+
+    /// A network blip long enough for ICE to call the browser gone, then
+    /// back: the leg is connected again and carries audio (the media plane
+    /// requeues a held caller on a leg that stays disconnected).
+    #[test]
+    fn a_leg_disconnected_by_a_blip_connects_again_when_ice_comes_back() {
+        let mut p = pair(|c| c.enable_pcmu(true, false)).unwrap();
+        p.run(2000);
+        assert!(p.connected);
+        p.cut = true;
+        let mut waited = 0;
+        while p.connected && waited < 60_000 {
+            p.run(500);
+            waited += 500;
+        }
+        assert!(
+            !p.connected,
+            "disconnected after {waited} ms without traffic"
+        );
+        p.cut = false;
+        p.run(10_000);
+        assert!(p.connected && p.leg.connected(), "connected again");
+        let before = p.heard.len();
+        for i in 0..5u16 {
+            let mut buf = [0u8; 200];
+            let h = Header {
+                marker: false,
+                payload_type: 0,
+                seq: 100 + i,
+                timestamp: u32::from(100 + i) * 160,
+                ssrc: 99,
+            };
+            let n = rtp::write(&h, &[0x2Au8; 160], &mut buf).unwrap();
+            p.leg.send_rtp(p.now, &buf[..n]);
+            p.run(20);
+        }
+        assert!(p.heard.len() > before, "audio flows again");
     }
 
     #[test]

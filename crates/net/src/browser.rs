@@ -149,6 +149,13 @@ pub enum BrowserOut {
         /// The call.
         call: String,
     },
+    /// The operator's consultation about `about` was not placed.
+    ConsultRefused {
+        /// The talked call it was to be about.
+        about: String,
+        /// Why, for the operator.
+        message: String,
+    },
     /// The operator's consultation `call` about `about` is placed (its
     /// audio comes with `Answer` when the colleague answers).
     Consulting {
@@ -259,6 +266,8 @@ impl Browsers {
     ) {
         match input {
             BrowserIn::Open { agent, session, tx } => {
+                let tokens = self.tokens;
+                self.tokens += 1;
                 if let Some(&id) = self.by_agent.get(&agent)
                     && let Some(phone) = self.phones.get_mut(&id)
                 {
@@ -272,8 +281,13 @@ impl Browsers {
                         phone.attached = engine.browser_phone(now, &agent, id, true).is_some();
                     }
                     let _ = phone.tx.send(BrowserOut::Phone { on: phone.attached });
+                    // A consultation was the other page's (its connection,
+                    // its buttons): it ends, the caller waits on hold for
+                    // this page.
+                    consult::end_all(engine, now, phone, None, tokens);
                     // The calls it talks, so the new page can hold, resume,
-                    // transfer or hang them up.
+                    // transfer or hang them up (and make the leg a move
+                    // waits for).
                     for (call, d) in &phone.dialogs {
                         if d.answered.is_none() || d.consult.is_some() {
                             continue;
@@ -287,6 +301,9 @@ impl Browsers {
                             call: call.clone(),
                             on: d.held,
                         });
+                        if d.moving.is_some() {
+                            let _ = phone.tx.send(BrowserOut::Move { call: call.clone() });
+                        }
                     }
                     return;
                 }
@@ -419,8 +436,9 @@ impl Browsers {
                 feed(engine, now, flow, &reinvite);
             }
             BrowserIn::Hangup { session, call } => {
+                // Two: the BYE, and the consultation's that may follow.
                 let tokens = self.tokens;
-                self.tokens += 1;
+                self.tokens += 2;
                 let Some(phone) = self.owned(session) else {
                     return;
                 };
@@ -440,7 +458,13 @@ impl Browsers {
                 let Some(mut d) = phone.dialogs.remove(&call) else {
                     return;
                 };
-                if d.consult.is_none() && !d.transferring {
+                if let Some(mv) = d.moving.take() {
+                    // The move is not taken: the engine puts the caller
+                    // back in queue.
+                    let r = mv.invite.response(488, reason_phrase(488), None);
+                    feed(engine, now, flow, &r);
+                }
+                if d.consult.is_none() {
                     consult::end_all(engine, now, phone, Some(&call), tokens + 1);
                 }
                 if d.answered.is_none() {
@@ -585,9 +609,10 @@ impl Browsers {
                     .is_some_and(|d| d.consult.is_some() && d.invite.cseq == msg.cseq)
             })
         {
-            // The node's answer to the consultation this browser placed.
+            // The node's answer to the consultation this browser placed
+            // (two numbers: its ACK, and a BYE that may follow).
             let tokens = self.tokens;
-            self.tokens += 1;
+            self.tokens += 2;
             if let Some(phone) = self.phones.get_mut(&flow.conn) {
                 consult::on_response(engine, plane, now, phone, &msg, tokens);
             }
@@ -794,9 +819,13 @@ impl Browsers {
                             "hangup"
                         },
                     });
+                    if let Some(mv) = d.moving {
+                        let r = mv.invite.response(487, reason_phrase(487), None);
+                        feed(engine, now, flow, &r);
+                    }
                     // The caller gone, their consultation has no purpose
-                    // (after a transfer the node ends it itself).
-                    if d.consult.is_none() && !d.transferring {
+                    // (one handing them over the node ends itself).
+                    if d.consult.is_none() {
                         consult::end_all(engine, now, phone, Some(&msg.call_id), n);
                     }
                 }

@@ -340,6 +340,13 @@ impl MediaPlane {
             .find(|(_, h)| h.ports[side.index()] == port.port())
             .ok_or_else(|| WebRtcError::Refused("the call is over".into()))?;
         let call = *call;
+        if side == Side::A && held.socks.is_none() {
+            // The caller's side is known by the address `Open` named: a
+            // leg there is made before it, at the consultation's answer.
+            return Err(WebRtcError::Refused(
+                "the call's media is already open".into(),
+            ));
+        }
         // Our candidate is the socket as bound; the address the SDP named
         // (behind NAT, the advertised one) is the same socket from outside.
         let local = SocketAddr::new(held.ip, port.port());
@@ -355,13 +362,6 @@ impl MediaPlane {
             laws,
         )?;
         let law = leg.law();
-        if side == Side::A && held.socks.is_none() {
-            // The caller's side is known by the address `Open` named: a
-            // leg there is made before it, at the consultation's answer.
-            return Err(WebRtcError::Refused(
-                "the call's media is already open".into(),
-            ));
-        }
         self.metrics.browser_legs.inc();
         if held.socks.is_some() {
             // Not opened yet: the leg goes with `Open`.
@@ -526,8 +526,9 @@ struct BrowserSide {
     /// the port itself, as the gateway's SDP says; what the relay knows
     /// the browser's side by. `None` until named.
     peer: Option<SocketAddr>,
-    /// Since when its ICE is disconnected (the page closed or crashed:
-    /// consent checks stopped): on hold too, where silence is no sign.
+    /// Since when its ICE is not connected (not yet, or no more: the page
+    /// closed or crashed, consent checks stopped): on hold too, where
+    /// silence is no sign.
     gone_since: Option<Instant>,
 }
 
@@ -676,12 +677,12 @@ impl Worker {
                         a_leg.map(|leg| BrowserSide {
                             leg,
                             peer: Some(a_addr),
-                            gone_since: None,
+                            gone_since: Some(now),
                         }),
                         b_leg.map(|leg| BrowserSide {
                             leg,
                             peer: None,
-                            gone_since: None,
+                            gone_since: Some(now),
                         }),
                     ];
                 }
@@ -701,7 +702,7 @@ impl Worker {
                     s.browser[side.index()] = Some(BrowserSide {
                         leg,
                         peer: None,
-                        gone_since: None,
+                        gone_since: Some(now),
                     });
                     drain_browser(&mut self.local, s, now, side);
                 }
@@ -760,7 +761,10 @@ impl Worker {
                     // a callback's answer after its early media).
                     s.media.touch(now);
                     s.idle_reported = false;
+                    // A second bridge (an attended transfer's colleague
+                    // in a browser) goes on in the recording already open.
                     if record
+                        && !s.media.recording()
                         && let Some(r) = recorder
                         && r.send(RecMsg::Open {
                             id: call.0,

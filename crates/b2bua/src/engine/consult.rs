@@ -499,20 +499,21 @@ impl Engine {
                 call.media.set_peer(Side::B, peer, direction);
                 call.info_off[Side::B.index()] = false;
                 let record = self.queues[call.queue.0 as usize].record;
-                self.out.push_back(Output::Media(if browser {
+                if browser {
                     // Not bridged at the transfer (see `attended_transfer`).
-                    MediaCommand::Bridge {
+                    self.out.push_back(Output::Media(MediaCommand::Bridge {
                         call: x,
                         b: peer.into(),
                         record,
-                    }
-                } else {
-                    MediaCommand::Update {
-                        call: x,
-                        side: Side::B,
-                        peer: peer.into(),
-                        held: direction != Direction::SendRecv,
-                    }
+                    }));
+                }
+                // The answer's direction, a colleague holding their
+                // consultation included (a bridge starts unheld).
+                self.out.push_back(Output::Media(MediaCommand::Update {
+                    call: x,
+                    side: Side::B,
+                    peer: peer.into(),
+                    held: direction != Direction::SendRecv,
                 }));
                 return;
             }

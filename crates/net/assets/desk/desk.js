@@ -180,14 +180,11 @@ function connect() {
   ws.onopen = () => {
     desk.retry = 0;
     setLink("connected");
-    // A reconnected desk is a phone again if it was one. A consultation
-    // ended with the lost connection (the node let it go): back to the
-    // caller.
-    if (consult.about) {
-      if (consult.call) sendWs({ type: "hangup", call: consult.call });
-      endConsult(true);
-    }
+    // A reconnected desk is a phone again if it was one (first: the node
+    // takes nothing from a desk that is not). A consultation ended with
+    // the lost connection (the node let it go): back to the caller.
     if (phone.on) sendWs({ type: "phone", on: true });
+    if (consult.about) endConsult(true);
   };
   ws.onmessage = (m) => {
     let e;
@@ -198,7 +195,7 @@ function connect() {
       renderCall(null);
     } else if (e.event === "offered" || e.event === "connected") {
       renderCall(e);
-    } else if (["phone", "ring", "talking", "held", "consulting", "move", "sdp", "hangup", "phone_error"].includes(e.event)) {
+    } else if (["phone", "ring", "talking", "held", "consulting", "consult_refused", "move", "sdp", "hangup", "phone_error"].includes(e.event)) {
       phoneEvent(e);
     }
   };
@@ -409,10 +406,13 @@ function phoneToggle() {
 function phoneEvent(e) {
   if (e.event === "phone") {
     $("phone-state").textContent = t(e.on ? "phone-ready" : "phone-refused");
-    // Refused, or another page of this operator took the phone over.
+    // Refused, or another page of this operator took the phone over: a
+    // call's audio goes on here, its controls are the other page's, and
+    // the node ended the consultation.
     if (!e.on) {
       phone.on = false;
       $("phone-on").checked = false;
+      endConsult();
     }
   } else if (e.event === "talking") {
     // A call this operator's browser phone talks (this page reconnected,
@@ -492,11 +492,20 @@ async function offer(call) {
 }
 
 // The node moved the call to another of its ports (a colleague handed
-// this operator their caller): a new connection there, the same call.
+// this operator their caller): a new connection there, the same call. One
+// that cannot be made is hung up: the node puts the caller back in queue.
 async function moveCall(call) {
-  if (call !== phone.call || !phone.stream) return;
-  if (phone.pc) phone.pc.close();
-  await offer(call);
+  if (call !== phone.call) return;
+  try {
+    if (!phone.stream) phone.stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    if (phone.pc) phone.pc.close();
+    setMic();
+    await offer(call);
+  } catch (_) {
+    $("call-error").textContent = t("no-mic");
+    sendWs({ type: "hangup", call });
+    endPhone();
+  }
 }
 
 function endPhone() {
@@ -549,7 +558,9 @@ async function startConsult(ev) {
     if (consult.about === about) endConsult(true);
     return;
   }
+  // One transfer at a time: the blind one waits for the consultation.
   $("consult-form").hidden = true;
+  $("transfer-form").hidden = true;
   $("consulting").hidden = false;
   $("complete").disabled = true;
   $("consult-state").textContent = `${t("consult-calling")} (${to})`;
@@ -578,12 +589,15 @@ function consultEvent(e) {
     const back = !!phone.call;
     endConsult(back);
     if (back) $("call-state").textContent = t("consult-ended");
-  } else if (e.event === "phone_error" && consult.about && (e.call === consult.about || e.call === consult.call)) {
-    // Refused before it was placed, or the hand-over refused (the
-    // consultation goes on: the operator may try again or go back).
+  } else if (e.event === "consult_refused" && e.about === consult.about && !consult.call) {
+    // Refused before it was placed: back to the caller.
     $("call-error").textContent = e.message || t("failed");
-    if (!consult.call) endConsult(true);
-    else $("complete").disabled = !consult.answered;
+    endConsult(true);
+  } else if (e.event === "phone_error" && consult.call && (e.call === consult.about || e.call === consult.call)) {
+    // The hand-over refused: the consultation goes on, the operator may
+    // try again or go back.
+    $("call-error").textContent = e.message || t("failed");
+    $("complete").disabled = !consult.answered;
   } else {
     return false;
   }
@@ -600,6 +614,7 @@ function endConsult(resume) {
   $("consult-audio").srcObject = null;
   $("consulting").hidden = true;
   $("consult-form").hidden = false;
+  $("transfer-form").hidden = false;
   setMic();
   if (resume && phone.call && phone.held) hold();
   // The keyboard goes on from the call's controls, not from the page's top.

@@ -350,6 +350,9 @@ fn browser_event(out: crate::browser::BrowserOut) -> Value {
         BrowserOut::Answer { call, sdp } => json!({ "event": "sdp", "call": call, "sdp": sdp }),
         BrowserOut::Move { call } => json!({ "event": "move", "call": call }),
         BrowserOut::Held { call, on } => json!({ "event": "held", "call": call, "on": on }),
+        BrowserOut::ConsultRefused { about, message } => {
+            json!({ "event": "consult_refused", "about": about, "message": message })
+        }
         BrowserOut::Consulting { call, about } => {
             json!({ "event": "consulting", "call": call, "about": about })
         }

@@ -57,8 +57,8 @@ impl Browsers {
             return;
         };
         let refused = |phone: &Phone, message: &str| {
-            let _ = phone.tx.send(BrowserOut::Error {
-                call: about.clone(),
+            let _ = phone.tx.send(BrowserOut::ConsultRefused {
+                about: about.clone(),
                 message: message.to_owned(),
             });
         };
@@ -225,9 +225,11 @@ pub(super) fn end_all(
         .dialogs
         .iter()
         .filter(|(_, d)| {
-            d.consult
-                .as_ref()
-                .is_some_and(|c| !c.cancelled && about.is_none_or(|a| c.about == a))
+            // One handing its caller over is the node's to end.
+            !d.transferring
+                && d.consult
+                    .as_ref()
+                    .is_some_and(|c| !c.cancelled && about.is_none_or(|a| c.about == a))
         })
         .map(|(id, _)| id.clone())
         .collect();

@@ -51,6 +51,8 @@ fn drain_one(local: &mut Local, s: &mut Session, now: Instant, side: Side) -> bo
     leg.poll(&mut audio, |p, buf| match p {
         Polled::Transmit { to, bytes } => local.sent_from(i, &socks[2 * i], &bytes, to),
         Polled::Audio { len } => {
+            // Audio from it: connected, whatever ICE said last.
+            *gone_since = None;
             if let Action::Send { to, len } =
                 media.receive(now, side, addr, &buf[..len], &mut outbuf)
             {
