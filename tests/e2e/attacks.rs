@@ -296,7 +296,7 @@ fn a_stranger_in_a_live_call_moves_no_media_and_ends_nothing() {
     let node = Node::start(&scratch, &NodeConfig::default());
     // The operator's phone echoes what it hears, so the caller hears their
     // own packets back through both anchored legs while the call lives.
-    let media_port = crate::common::free_port().to_string();
+    let media_port = crate::common::sipp_media_port().to_string();
     let mut phone = Sipp::spawn(
         &scratch,
         "phone",

@@ -11,13 +11,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A base of four consecutive ports for one SIPp's RTP (audio, video and
-/// their RTCP), above the nodes' RTP range and the kernel's ephemeral
-/// ports, never the same twice at once in this test process.
-fn sipp_media_port() -> u16 {
+/// their RTCP), above the nodes' RTP range, the kernel's ephemeral ports
+/// and the media flood test's own node range (61000-61199), never the same
+/// twice at once in this test process.
+pub(crate) fn sipp_media_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let k = NEXT.fetch_add(1, Ordering::Relaxed) % 1000;
-    61_000 + 4 * k
+    let k = NEXT.fetch_add(1, Ordering::Relaxed) % 900;
+    61_200 + 4 * k
 }
 
 /// A port for one SIPp's SIP socket, above the kernel's ephemeral ports
@@ -756,7 +757,7 @@ pub(crate) fn media_trunk(
     did: &str,
     pause_ms: &str,
 ) -> Sipp {
-    let media_port = free_port().to_string();
+    let media_port = sipp_media_port().to_string();
     Sipp::spawn(
         scratch,
         label,

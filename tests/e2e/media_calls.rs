@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Node, Scratch, Sipp, free_port, metric_in, pcap_rtp, register, scenario, trunk_call, wav,
+    Node, Scratch, Sipp, metric_in, pcap_rtp, register, scenario, sipp_media_port, trunk_call, wav,
 };
 use centralino_media::g711::Law;
 use centralino_media::prompt::{Prompt, wav_to_8k};
@@ -81,7 +81,7 @@ fn recordings_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 /// before it answers, echoing RTP when `echo`; registered as 1001 and
 /// available when this returns.
 fn operator_phone(scratch: &Scratch, node: &Node, ring_ms: &str, echo: bool) -> Sipp {
-    operator_phone_at(scratch, node, ring_ms, echo, free_port(), 1001)
+    operator_phone_at(scratch, node, ring_ms, echo, sipp_media_port(), 1001)
 }
 
 /// As [`operator_phone`] for operator `user`, the phone's SDP naming
@@ -637,8 +637,8 @@ fn a_silent_operator_phone_sends_the_caller_back_to_the_queue_for_the_next_opera
     });
     // 1001's phone answers but never sends RTP (no -rtp_echo): dead media.
     // It logs in first, so it is the longest idle and is offered the call.
-    let mut dead = operator_phone_at(&scratch, &node, "100", false, free_port(), 1001);
-    let mut alive = operator_phone_at(&scratch, &node, "100", true, free_port(), 1002);
+    let mut dead = operator_phone_at(&scratch, &node, "100", false, sipp_media_port(), 1001);
+    let mut alive = operator_phone_at(&scratch, &node, "100", true, sipp_media_port(), 1002);
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
     caller
         .set_read_timeout(Some(Duration::from_millis(20)))

@@ -274,7 +274,9 @@ impl Browsers {
                     // The same operator's desk again (a reconnect, a
                     // reload, another tab): it takes the phone over, with
                     // the call it may be talking.
-                    let _ = phone.tx.send(BrowserOut::Phone { on: false });
+                    if phone.owner != session {
+                        let _ = phone.tx.send(BrowserOut::Phone { on: false });
+                    }
                     phone.tx = tx;
                     phone.owner = session;
                     if !phone.attached {

@@ -116,6 +116,14 @@ struct Pair {
 /// 60,000 pairs, measured with `scripts/load`).
 pub const PORT_QUARANTINE: Duration = Duration::from_secs(1);
 
+/// How long a browser's leg may stay unconnected with the silence check
+/// off (`inactivity_timeout_seconds = 0`) before its call counts it gone.
+const BROWSER_GONE: Duration = Duration::from_secs(30);
+
+/// The least time a browser's leg is given to connect (ICE and DTLS),
+/// whatever the silence check's timeout.
+const BROWSER_SETUP: Duration = Duration::from_secs(10);
+
 /// A live call's ports, and their sockets until `Open` hands them to the
 /// call's media thread.
 struct Held {
@@ -1096,18 +1104,21 @@ impl Worker {
             if s.monitor.as_mut().is_some_and(|m| m.gone(now)) {
                 gone.push(s.call);
             }
-            // A browser's leg disconnected that long is gone even where the
-            // relay would take silence for a hold.
+            // A browser's leg not connected that long is gone even where
+            // the relay would take silence for a hold (and with the silence
+            // check off): never sooner than ICE and DTLS take to start.
+            let gone_after = timeout.unwrap_or(BROWSER_GONE).max(BROWSER_SETUP);
             let browser_gone = [Side::A, Side::B].into_iter().find(|side| {
                 s.browser[side.index()]
                     .as_ref()
                     .and_then(|b| b.gone_since)
-                    .zip(timeout)
-                    .is_some_and(|(since, t)| now.saturating_duration_since(since) >= t)
+                    .is_some_and(|since| now.saturating_duration_since(since) >= gone_after)
             });
-            if let Some(t) = timeout
-                && !s.idle_reported
-                && let Some(side) = s.media.idle_side(now, t).or(browser_gone)
+            let idle = timeout
+                .and_then(|t| s.media.idle_side(now, t))
+                .or(browser_gone);
+            if !s.idle_reported
+                && let Some(side) = idle
             {
                 s.idle_reported = true;
                 let _ = self.events.send(MediaEvent::Idle { call: s.call, side });

@@ -116,6 +116,10 @@ function problem(r) {
 
 function showLogin() {
   desk.agent = null;
+  // Signed out (or the session expired): no call's audio goes on here;
+  // the node requeues a caller whose browser is gone.
+  endConsult();
+  endPhone();
   if (desk.socket) { desk.socket.onclose = null; desk.socket.close(); desk.socket = null; }
   // Nothing of the last citizen stays on a shared computer's screen.
   desk.work = null;
@@ -406,6 +410,10 @@ function phoneToggle() {
 function phoneEvent(e) {
   if (e.event === "phone") {
     $("phone-state").textContent = t(e.on ? "phone-ready" : "phone-refused");
+    if (e.on) {
+      phone.on = true;
+      $("phone-on").checked = true;
+    }
     // Refused, or another page of this operator took the phone over: a
     // call's audio goes on here, its controls are the other page's, and
     // the node ended the consultation.
@@ -497,7 +505,15 @@ async function offer(call) {
 async function moveCall(call) {
   if (call !== phone.call) return;
   try {
-    if (!phone.stream) phone.stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    if (!phone.stream) {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      if (call !== phone.call) {
+        // Over meanwhile.
+        for (const track of stream.getTracks()) track.stop();
+        return;
+      }
+      phone.stream = stream;
+    }
     if (phone.pc) phone.pc.close();
     setMic();
     await offer(call);

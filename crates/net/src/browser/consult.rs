@@ -390,7 +390,7 @@ pub(super) fn on_response(
             // the answer was on its way: hung up here.
             feed(engine, now, flow, &ack);
             if cancelled {
-                let bye = in_dialog(d, flow, Method::Bye, n);
+                let bye = in_dialog(d, flow, Method::Bye, n + 1);
                 feed(engine, now, flow, &bye);
                 phone.dialogs.remove(&msg.call_id);
                 return;
