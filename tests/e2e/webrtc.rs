@@ -892,6 +892,13 @@ fn a_consultation_cancelled_from_the_page_while_ringing_resumes_the_caller() {
         Duration::from_secs(10),
         |v| v >= 1.0,
     );
+    // A blind transfer meanwhile (the page hides it; sent by hand) is
+    // refused by the node: one transfer at a time.
+    b.eval("sendWs({ type: 'transfer', call: window.centralinoPhone.call, to: 'secondo' }); 1");
+    b.wait_for(
+        "document.getElementById('call-error').textContent.includes('consultation is under way')",
+        "the blind transfer refused during the consultation",
+    );
     // The focus is on "back to the caller".
     assert_eq!(b.focused(), "consult-cancel");
     b.key("Enter", false);

@@ -383,6 +383,19 @@ impl Browsers {
                 };
                 let flow = phone.flow;
                 let valid = consult::valid_name(&to);
+                if phone
+                    .dialogs
+                    .values()
+                    .any(|d| d.consult.as_ref().is_some_and(|c| c.about == call))
+                {
+                    // One transfer at a time: hand over or end it first.
+                    let _ = phone.tx.send(BrowserOut::Error {
+                        call,
+                        message: "a consultation is under way: hand the call over or go back first"
+                            .into(),
+                    });
+                    return;
+                }
                 let Some(d) = phone
                     .dialogs
                     .get_mut(&call)

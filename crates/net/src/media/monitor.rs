@@ -108,24 +108,36 @@ pub(super) struct MonitorSide {
     /// When it joined, and whether its browser was ever connected.
     pub(super) since: Instant,
     pub(super) seen: bool,
+    /// Since when a browser once connected is not (ICE comes back after a
+    /// network blip: the supervisor stays).
+    pub(super) lost_since: Option<Instant>,
 }
 
-/// A supervisor's browser that never connects, or stops, is gone after
-/// this long (their page closed, their network lost).
+/// A supervisor's browser that never connects is gone after this long
+/// (their page closed, their network lost).
 const BROWSER_GONE: Duration = Duration::from_secs(30);
 
+/// A supervisor's browser that was connected and is no more (ICE consent
+/// already failed for several seconds) is gone after this long.
+const BROWSER_LOST: Duration = Duration::from_secs(5);
+
 impl MonitorSide {
-    /// Whether their browser is gone: connected once and no more, or never
-    /// connected within [`BROWSER_GONE`]. A phone's leg ends by its BYE.
+    /// Whether their browser is gone: connected once and no more for
+    /// [`BROWSER_LOST`], or never connected within [`BROWSER_GONE`]. A
+    /// phone's leg ends by its BYE.
     pub(super) fn gone(&mut self, now: Instant) -> bool {
         let Some(leg) = self.leg.as_ref() else {
             return false;
         };
         if leg.connected() {
-            self.seen = true;
+            (self.seen, self.lost_since) = (true, None);
             return false;
         }
-        self.seen || now.saturating_duration_since(self.since) >= BROWSER_GONE
+        if self.seen {
+            let lost = *self.lost_since.get_or_insert(now);
+            return now.saturating_duration_since(lost) >= BROWSER_LOST;
+        }
+        now.saturating_duration_since(self.since) >= BROWSER_GONE
     }
 }
 
@@ -198,6 +210,7 @@ impl Worker {
             leg,
             since: now,
             seen: false,
+            lost_since: None,
         });
         drain_monitor(&mut self.local, s, now);
     }
