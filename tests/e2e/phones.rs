@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Node, Scratch, Sipp, free_port, scenario};
+use crate::common::{Node, Scratch, Sipp, free_port, scenario, sipp_media_port};
 use centralino_media::g711::Law;
 use centralino_media::rtp::{self, Header};
 
@@ -381,7 +381,7 @@ impl Linphone {
             dir.join("linphonerc"),
             format!(
                 "[sip]\nregister_only_when_network_is_up=0\nauto_net_state_mon=0\n[rtp]\naudio_rtp_port={}\n",
-                free_port()
+                sipp_media_port()
             ),
         )
         .expect("linphonerc");
@@ -845,12 +845,11 @@ impl Twinkle {
             ),
         )
         .expect("profile");
-        // Two ports apart: `free_port` may hand the same one out twice,
-        // and RTP landing on the SIP socket wedges Twinkle's call.
+        // RTP from the test tools' own range: an ephemeral port may sit in
+        // a node's media range, and a Twinkle whose RTP port is taken
+        // answers `100 Trying` and never `200` (ci168).
         let sip_port = free_port();
-        let rtp_port = std::iter::repeat_with(free_port)
-            .find(|p| p.abs_diff(sip_port) > 3)
-            .expect("a port");
+        let rtp_port = sipp_media_port();
         std::fs::write(
             conf.join("twinkle.sys"),
             format!(
@@ -858,6 +857,9 @@ impl Twinkle {
             ),
         )
         .expect("system settings");
+        // Auto answer from the start (its service file), not from a prompt
+        // command Twinkle may read after it registered.
+        std::fs::write(conf.join("op.svc"), "auto_answer=yes\n").expect("services");
         let log = std::fs::File::create(home.join("twinkle.out")).expect("log");
         let mut child = Command::new("twinkle-console")
             .arg("op.cfg")
@@ -867,8 +869,7 @@ impl Twinkle {
             .stderr(log)
             .spawn()
             .expect("spawn twinkle-console (install Debian's twinkle-console)");
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(stdin, "auto_answer -a on").expect("twinkle command");
+        let stdin = child.stdin.take().expect("stdin");
         Self { child, stdin, home }
     }
 
