@@ -34,6 +34,7 @@ mod reports;
 mod scanners;
 mod sip_calls;
 mod sip_conformance;
+mod sip_io;
 mod sip_ipv6;
 mod sip_limits;
 mod sip_skills;

@@ -448,6 +448,12 @@ impl Config {
             "sip.tcp_idle_timeout_seconds",
             raw.sip.tcp_idle_timeout_seconds,
         );
+        if raw.sip.io_threads > MAX_IO_THREADS {
+            p.add(
+                "sip.io_threads",
+                format!("must be in 0..={MAX_IO_THREADS} (0 = one per core)"),
+            );
+        }
         if raw.sip.drain_seconds > 3600 {
             p.add("sip.drain_seconds", "must be in 0..=3600");
         }
@@ -1114,6 +1120,7 @@ impl Config {
                 },
                 max_calls: raw.sip.max_calls,
                 max_calls_per_second: std::num::NonZeroU32::new(raw.sip.max_calls_per_second),
+                io_threads: raw.sip.io_threads,
                 max_tcp_connections: raw.sip.max_tcp_connections,
                 max_transactions_per_source: raw.sip.max_transactions_per_source,
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),

@@ -83,6 +83,10 @@ pub struct SipTls {
     pub key_file: PathBuf,
 }
 
+/// Most SIP I/O threads (`sip.io_threads`): past a few, the engine's one
+/// thread is the limit, not reading and parsing.
+pub const MAX_IO_THREADS: usize = 16;
+
 /// SIP settings.
 #[derive(Clone, Debug)]
 pub struct SipConfig {
@@ -103,6 +107,10 @@ pub struct SipConfig {
     /// Most new calls per second (token bucket, one second of burst);
     /// `None` = no limit. Above it new INVITEs get 503.
     pub max_calls_per_second: Option<std::num::NonZeroU32>,
+    /// Threads that read and parse SIP over UDP, each with a socket
+    /// of its own on every UDP listen address (`SO_REUSEPORT`); `0` = one
+    /// per core, at most [`MAX_IO_THREADS`].
+    pub io_threads: usize,
     /// Most TCP connections.
     pub max_tcp_connections: usize,
     /// Most live server transactions from one address that is not a trunk

@@ -22,12 +22,12 @@ const INPUT_QUEUE: usize = 65_536;
 /// (through [`EngineHandle`]). One queue keeps their order, and its length
 /// is the engine's backlog (overload protection).
 pub enum EngineInput {
-    /// A UDP datagram.
+    /// A UDP datagram, framed by the I/O thread that read it.
     Datagram {
         /// Where it came from and arrived.
         flow: Flow,
-        /// Its bytes.
-        data: Vec<u8>,
+        /// The message or its rejection.
+        framed: Result<Framed, Rejection>,
         /// When its reader took it off the socket (its wait in the input
         /// queue is part of the node's lag).
         read_at: std::time::Instant,

@@ -80,9 +80,9 @@ fn handle(
         }
         EngineInput::Datagram {
             flow,
-            data,
+            framed,
             read_at,
-        } => engine.handle_datagram_read(now, read_at, flow, &data),
+        } => engine.handle_framed_read(now, read_at, flow, framed),
         EngineInput::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
         EngineInput::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);

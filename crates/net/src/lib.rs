@@ -36,6 +36,7 @@ mod recorder;
 mod scheduler;
 mod session;
 mod sip;
+mod sip_io;
 mod staffing;
 mod tls;
 pub mod web;

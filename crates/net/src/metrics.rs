@@ -16,6 +16,12 @@ pub struct NetMetrics {
     pub registry: Registry,
     /// `centralino_sip_udp_receive_errors_total`
     pub sip_udp_receive_errors: IntCounter,
+    /// `centralino_sip_udp_send_errors_total`: datagrams not sent (the
+    /// kernel refused them, or a sending thread's queue was full).
+    pub sip_udp_send_errors: IntCounter,
+    /// `centralino_sip_io_datagrams_total{thread}`: datagrams each SIP
+    /// I/O thread read (how evenly the kernel spreads the peers).
+    pub sip_io_datagrams: IntCounterVec,
     /// `centralino_sip_input_lag_seconds`: how long SIP input waited
     /// before the engine read it (socket buffer and input queue), observed
     /// at each turn of the engine task: the overload signal.
@@ -146,6 +152,10 @@ impl NetMetrics {
                 "centralino_sip_udp_receive_errors_total",
                 "UDP receive errors"
             )),
+            sip_udp_send_errors: reg!(c(
+                "centralino_sip_udp_send_errors_total",
+                "SIP datagrams not sent: refused by the kernel, or the sending queue full"
+            )),
             sip_input_lag: reg!(
                 Histogram::with_opts(
                     HistogramOpts::new(
@@ -174,6 +184,11 @@ impl NetMetrics {
             sip_tcp_refused: reg!(c(
                 "centralino_sip_tcp_connections_refused_total",
                 "TCP connections refused at the cap"
+            )),
+            sip_io_datagrams: reg!(cv(
+                "centralino_sip_io_datagrams_total",
+                "SIP datagrams read by each I/O thread (sip.io_threads)",
+                &["thread"]
             )),
             sip_tls_handshake_failures: reg!(cv(
                 "centralino_sip_tls_handshake_failures_total",

@@ -16,19 +16,13 @@
 //! at 50 ms, so admitted calls are answered before anyone retransmits and
 //! before the kernel drops anything.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use centralino_b2bua::Engine;
-use centralino_sip::Transport;
-use centralino_sip::txn::Flow;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::handle::EngineInput;
 use crate::metrics::NetMetrics;
 use crate::sip::OVERLOAD_BACKLOG;
 
@@ -223,10 +217,6 @@ fn drops_in(table: &str, ports: &[u16]) -> u64 {
 
 /// Overload beginning again within this time is not logged again.
 const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
-/// Datagrams a UDP reader takes off its socket before it yields to the
-/// engine task (they share one thread).
-const UDP_BURST: usize = 64;
-
 /// The engine task's view of its own lag (see `pressure`), and the
 /// overload it declares from it.
 pub(crate) struct InputLag {
@@ -272,57 +262,6 @@ impl InputLag {
         let overloaded = self.overload.on() || queued > OVERLOAD_BACKLOG;
         metrics.sip_overloaded.set(i64::from(overloaded));
         engine.set_overloaded(overloaded);
-    }
-}
-
-/// Reads a UDP socket until it is empty, a burst at a time, telling
-/// `gauge` whether the socket ever empties (the kernel's share of the
-/// node's lag: see `pressure`).
-pub(crate) async fn udp_reader(
-    sock: Arc<UdpSocket>,
-    local: SocketAddr,
-    tx: mpsc::Sender<EngineInput>,
-    metrics: NetMetrics,
-    gauge: Reader,
-) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        if sock.readable().await.is_err() {
-            continue;
-        }
-        gauge.woken(Instant::now());
-        for _ in 0..UDP_BURST {
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, remote)) => {
-                    let flow = Flow {
-                        transport: Transport::Udp,
-                        remote,
-                        local,
-                        conn: 0,
-                    };
-                    let input = EngineInput::Datagram {
-                        flow,
-                        data: buf[..n].to_vec(),
-                        read_at: Instant::now(),
-                    };
-                    if tx.send(input).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    gauge.empty(Instant::now());
-                    break;
-                }
-                Err(e) => {
-                    // ICMP errors surface here on some systems; they concern
-                    // a peer, not the socket, so keep reading.
-                    metrics.sip_udp_receive_errors.inc();
-                    debug!(error = %e, "UDP receive error");
-                }
-            }
-        }
-        // A full burst: the engine's turn before the next one.
-        tokio::task::yield_now().await;
     }
 }
 

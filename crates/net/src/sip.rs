@@ -18,15 +18,13 @@ use centralino_sip::guard::StreamFramer;
 use centralino_sip::txn::Flow;
 use centralino_sip::{Limits, Transport};
 use rand::TryRngCore;
+use std::net::UdpSocket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Receive buffer asked for each UDP socket: bursts overflow the default
-/// (about 200 KiB) long before the CPU is busy. The kernel caps it at rmem_max.
-const UDP_RECV_BUFFER: usize = 4 << 20;
 /// Inputs waiting for the engine beyond which new calls are refused (503):
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
@@ -95,27 +93,40 @@ impl SipServer {
         let next_conn = Arc::new(AtomicU64::new(1));
         let open = Arc::new(AtomicUsize::new(0));
         let pressure = crate::pressure::Pressure::new(now);
+        let io_threads = crate::sip_io::io_threads(config.sip.io_threads);
         for addr in &config.sip.listen {
             // Bind UDP first so an ephemeral port (0) resolves to one number
             // that TCP then takes too.
             let mut addr = *addr;
             if config.sip.transports.contains(&ListenTransport::Udp) {
-                let sock = bind_udp(addr)?;
-                addr = sock
-                    .local_addr()
-                    .map_err(|source| NetError::Bind { addr, source })?;
-                info!(%addr, "SIP listening on UDP");
+                let group = crate::sip_io::bind_group(addr, io_threads)?;
+                let asked = addr;
+                let err = |source| NetError::Bind {
+                    addr: asked,
+                    source,
+                };
+                addr = group[0].local_addr().map_err(err)?;
+                info!(%addr, io_threads = group.len(), "SIP listening on UDP");
                 bound.push((ListenTransport::Udp, addr));
-                let sock = Arc::new(sock);
-                udp.insert(addr, sock.clone());
-                let gauge = pressure.reader(now);
-                tokio::spawn(crate::pressure::udp_reader(
-                    sock,
-                    addr,
-                    tx.clone(),
-                    net.clone(),
-                    gauge,
-                ));
+                // Clones of the group's sockets send: they share the
+                // address, and sending steers nothing.
+                let out = group
+                    .iter()
+                    .map(UdpSocket::try_clone)
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(err)?;
+                udp.insert(addr, crate::sip_io::Senders::spawn(out, &net)?);
+                for (i, sock) in group.into_iter().enumerate() {
+                    crate::sip_io::IoThread {
+                        sock,
+                        local: addr,
+                        limits: config.sip.limits.clone(),
+                        tx: tx.clone(),
+                        metrics: net.clone(),
+                        gauge: pressure.reader(now),
+                    }
+                    .spawn(i)?;
+                }
             }
             if config.sip.transports.contains(&ListenTransport::Tcp) {
                 let listener = TcpListener::bind(addr)
@@ -325,26 +336,6 @@ impl SipServer {
     pub async fn join(self) {
         let _ = self.engine_task.await;
     }
-}
-
-fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, NetError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let err = |source| NetError::Bind { addr, source };
-    let sock =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(err)?;
-    }
-    // Best effort: the kernel caps it at net.core.rmem_max.
-    let _ = sock.set_recv_buffer_size(UDP_RECV_BUFFER);
-    let _ = sock.set_send_buffer_size(UDP_RECV_BUFFER);
-    sock.set_nonblocking(true).map_err(err)?;
-    sock.bind(&addr.into()).map_err(err)?;
-    let got = sock.recv_buffer_size().unwrap_or(0);
-    if got < UDP_RECV_BUFFER {
-        debug!(%addr, bytes = got, "UDP receive buffer smaller than asked (raise net.core.rmem_max)");
-    }
-    UdpSocket::from_std(sock.into()).map_err(err)
 }
 
 #[allow(clippy::too_many_arguments)] // Plumbing of one listener's settings.
@@ -572,7 +563,7 @@ async fn run_engine(
     answers: mpsc::WeakSender<EngineInput>,
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     mut plane: MediaPlane,
-    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    mut udp: HashMap<SocketAddr, crate::sip_io::Senders>,
     mut clients: Clients,
     records: Option<centralino_store::service::RecordSink>,
     desks: Option<crate::api::Desks>,
@@ -623,6 +614,11 @@ async fn run_engine(
             None
         };
         if let Some(input) = queued {
+            // The sends kept so far leave every few inputs, not only when
+            // the batch ends (see `SEND_BATCH_INPUTS`).
+            if budget.is_multiple_of(crate::sip_io::SEND_BATCH_INPUTS) {
+                udp.values_mut().for_each(crate::sip_io::Senders::flush);
+            }
             let now = Instant::now().into_std();
             take_input(
                 &mut engine,
@@ -637,9 +633,10 @@ async fn run_engine(
             );
         } else {
             budget = 0;
-            // The batch's media commands, before the task waits: one
-            // wake-up per media thread.
+            // The batch's media commands and datagrams, before the task
+            // waits: one wake-up per media or sending thread.
             plane.flush();
+            udp.values_mut().for_each(crate::sip_io::Senders::flush);
             let deadline = [engine.poll_timeout().map(Instant::from_std), flush_at]
                 .into_iter()
                 .flatten()
@@ -877,10 +874,8 @@ async fn run_engine(
                         );
                     }
                     Transport::Udp => {
-                        if let Some(sock) = udp.get(&flow.local)
-                            && let Err(e) = sock.try_send_to(&bytes, flow.remote)
-                        {
-                            debug!(error = %e, peer = %flow.remote, "UDP send failed");
+                        if let Some(out) = udp.get_mut(&flow.local) {
+                            out.send(flow.remote, bytes);
                         }
                     }
                     Transport::Tcp | Transport::Tls => {
@@ -911,8 +906,10 @@ async fn run_engine(
             let _ = idle.send(());
         }
         if let Some(done) = life.stopped.take() {
-            // The BYEs and 503s are out; the last records go to the store
+            // The BYEs and 503s leave (their sending threads have sent
+            // them when this returns); the last records go to the store
             // and are committed before the process may exit.
+            udp.values_mut().for_each(crate::sip_io::Senders::finish);
             if let Some(sink) = &records {
                 sink.send(std::mem::take(&mut batch));
                 sink.flush().await;

@@ -601,6 +601,21 @@ impl Engine {
         self.read_at = None;
     }
 
+    /// As [`Engine::handle_datagram_read`], for a datagram its reader
+    /// already framed (the driver's I/O threads parse off the engine's
+    /// thread).
+    pub fn handle_framed_read(
+        &mut self,
+        now: Instant,
+        read_at: Instant,
+        flow: Flow,
+        framed: Result<Framed, Rejection>,
+    ) {
+        self.read_at = Some(read_at.min(now));
+        self.handle_framed(now, flow, framed);
+        self.read_at = None;
+    }
+
     /// One framed message (or refusal) from a stream or a datagram.
     pub fn handle_framed(&mut self, now: Instant, flow: Flow, framed: Result<Framed, Rejection>) {
         match framed {

@@ -1,0 +1,329 @@
+//! SIP over UDP on every core (issue 16). Each UDP listen address is a
+//! group of sockets bound with `SO_REUSEPORT`, one per I/O thread. The
+//! kernel spreads the datagrams over the group by a hash of their
+//! addresses, so one peer's datagrams always reach the same thread, in
+//! the order they came. Each thread reads its socket and frames what it
+//! reads through the guard (`parse_datagram`: the strict grammar and its
+//! caps) before the engine sees it, so reading and parsing run on every
+//! core while the engine keeps all state — calls, dialogs, transactions,
+//! the registrar and the router, whose board has one writer — on its one
+//! thread, and takes messages, not bytes.
+//!
+//! Sending leaves the engine's thread too: on loopback or a busy host a
+//! `sendto` costs the sender the whole delivery (a quarter of the
+//! engine's time under load, by `perf`), so the engine hands each
+//! datagram to a sending thread (`sip-out-N`, one per socket of the
+//! group, chosen by the peer's address so one peer's messages keep
+//! their order) and goes on; a sending thread busy when more come takes
+//! them without being woken.
+//!
+//! A port shared with `SO_REUSEPORT` is shared with any socket of the
+//! same user that asks for it, which would let a second node started on
+//! the same address take half the traffic instead of failing. So the
+//! address is first bound alone: taken, the node refuses to start, as a
+//! node without the option would; free, the group binds it at once.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use centralino_config::MAX_IO_THREADS;
+use centralino_sip::Transport;
+use centralino_sip::guard::{self, Limits};
+use centralino_sip::txn::Flow;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::error::NetError;
+use crate::handle::EngineInput;
+use crate::metrics::NetMetrics;
+use crate::pressure::Reader;
+
+/// Asked of the kernel for each socket's buffers (it caps them at
+/// `net.core.rmem_max` / `wmem_max`).
+pub(crate) const UDP_BUFFER: usize = 4 << 20;
+
+/// How long an I/O thread waits on an empty socket before it looks
+/// whether the engine is still there (a stopped engine ends it).
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Attempts at binding a group on an ephemeral port another socket took
+/// between the probe and the group.
+const BIND_ATTEMPTS: usize = 5;
+
+/// The I/O threads for `sip.io_threads`: as configured, or one per core.
+pub(crate) fn io_threads(configured: usize) -> usize {
+    if configured > 0 {
+        return configured.min(MAX_IO_THREADS);
+    }
+    std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_IO_THREADS)
+}
+
+/// `n` non-blocking UDP sockets on `addr`, one `SO_REUSEPORT` group (one
+/// plain socket when `n` is 1). A port of 0 resolves to one free port,
+/// which every socket of the group takes.
+pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<UdpSocket>, NetError> {
+    let err = |source| NetError::Bind { addr, source };
+    if n <= 1 {
+        return Ok(vec![bind_one(addr, false).map_err(err)?]);
+    }
+    let mut last = None;
+    for _ in 0..BIND_ATTEMPTS {
+        // Alone first: a port someone holds (with the option or not)
+        // refuses this bind, and the node does not start.
+        let probe = bind_one(addr, false).map_err(err)?;
+        let port = probe.local_addr().map_err(err)?;
+        drop(probe);
+        match (0..n)
+            .map(|_| bind_one(port, true))
+            .collect::<std::io::Result<Vec<_>>>()
+        {
+            Ok(group) => return Ok(group),
+            // An ephemeral port another socket took between the probe and
+            // the group: draw another.
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                last = Some(e);
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(err(
+        last.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into())
+    ))
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    // Best effort: the kernel caps them.
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    let got = sock.recv_buffer_size().unwrap_or(0);
+    if got < UDP_BUFFER {
+        debug!(%addr, bytes = got, "UDP receive buffer smaller than asked (raise net.core.rmem_max)");
+    }
+    Ok(sock.into())
+}
+
+/// What one I/O thread needs.
+pub(crate) struct IoThread {
+    pub(crate) sock: UdpSocket,
+    pub(crate) local: SocketAddr,
+    pub(crate) limits: Limits,
+    pub(crate) tx: mpsc::Sender<EngineInput>,
+    pub(crate) metrics: NetMetrics,
+    pub(crate) gauge: Reader,
+}
+
+impl IoThread {
+    /// Starts the thread; it ends when the engine's queue closes.
+    pub(crate) fn spawn(self, index: usize) -> Result<(), NetError> {
+        std::thread::Builder::new()
+            .name(format!("sip-io-{index}"))
+            .spawn(move || {
+                let read = self
+                    .metrics
+                    .sip_io_datagrams
+                    .with_label_values(&[&index.to_string()]);
+                self.run(&read);
+            })
+            .map(drop)
+            .map_err(|source| NetError::Io {
+                what: "cannot start a SIP I/O thread",
+                source,
+            })
+    }
+
+    fn run(self, read: &prometheus::IntCounter) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, remote)) => {
+                    let read_at = Instant::now();
+                    read.inc();
+                    let flow = Flow {
+                        transport: Transport::Udp,
+                        remote,
+                        local: self.local,
+                        conn: 0,
+                    };
+                    let framed = guard::parse_datagram(&buf[..n], &self.limits);
+                    // A full queue holds this thread, and the datagrams
+                    // wait in the kernel's buffer: the engine's lag, seen
+                    // by the overload signal, not a loss here.
+                    let input = EngineInput::Datagram {
+                        flow,
+                        framed,
+                        read_at,
+                    };
+                    if self.tx.blocking_send(input).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.gauge.empty(Instant::now());
+                    if !self.wait() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors surface here; they concern a peer, not
+                    // the socket, so keep reading.
+                    self.metrics.sip_udp_receive_errors.inc();
+                    debug!(error = %e, "UDP receive error");
+                }
+            }
+        }
+    }
+
+    /// Waits until the socket may have data; false once the engine is gone.
+    fn wait(&self) -> bool {
+        let timeout = Timespec {
+            tv_sec: IDLE_CHECK.as_secs() as _,
+            tv_nsec: IDLE_CHECK.subsec_nanos() as _,
+        };
+        loop {
+            if self.tx.is_closed() {
+                return false;
+            }
+            let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) => {}
+                Ok(_) => {
+                    self.gauge.woken(Instant::now());
+                    return true;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    debug!(error = %e, "poll on a SIP socket failed");
+                    std::thread::sleep(IDLE_CHECK);
+                }
+            }
+        }
+    }
+}
+
+/// Batches waiting for one sending thread; beyond, their datagrams are
+/// dropped as the kernel drops them when its send buffer is full (the
+/// transactions' timers retransmit).
+const SEND_QUEUE: usize = 1024;
+
+/// Datagrams the engine hands over at most between two batches: a waking
+/// costs half a `sendto`, so it is paid once per batch, not per datagram,
+/// while a message waits at most for the engine to take this many inputs.
+pub(crate) const SEND_BATCH_INPUTS: usize = 16;
+
+type Batch = Vec<(SocketAddr, Vec<u8>)>;
+
+/// The engine's side of a group's sending threads.
+pub(crate) struct Senders {
+    queues: Vec<std::sync::mpsc::SyncSender<Batch>>,
+    pending: Vec<Batch>,
+    metrics: NetMetrics,
+    /// Each sending thread says here that it sent all it was given.
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// How long a node that stops waits for its last datagrams (the BYEs of a
+/// drain's end) to leave.
+const FINISH_WITHIN: Duration = Duration::from_secs(2);
+
+impl Senders {
+    /// One sending thread per socket (clones of the group's sockets).
+    pub(crate) fn spawn(socks: Vec<UdpSocket>, metrics: &NetMetrics) -> Result<Self, NetError> {
+        let mut queues = Vec::with_capacity(socks.len());
+        let (done_tx, done) = std::sync::mpsc::channel();
+        for (i, sock) in socks.into_iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(SEND_QUEUE);
+            let m = metrics.clone();
+            let done_tx = done_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("sip-out-{i}"))
+                .spawn(move || {
+                    for batch in rx {
+                        for (to, bytes) in batch {
+                            if let Err(e) = sock.send_to(&bytes, to) {
+                                m.sip_udp_send_errors.inc();
+                                debug!(error = %e, peer = %to, "UDP send failed");
+                            }
+                        }
+                    }
+                    let _ = done_tx.send(());
+                })
+                .map_err(|source| NetError::Io {
+                    what: "cannot start a SIP sending thread",
+                    source,
+                })?;
+            queues.push(tx);
+        }
+        Ok(Self {
+            pending: vec![Vec::new(); queues.len()],
+            queues,
+            metrics: metrics.clone(),
+            done,
+        })
+    }
+
+    /// Keeps `bytes` for `to` until the next [`Senders::flush`].
+    pub(crate) fn send(&mut self, to: SocketAddr, bytes: Vec<u8>) {
+        let n = self.pending.len().max(1);
+        if let Some(p) = self.pending.get_mut(peer_hash(to) % n) {
+            p.push((to, bytes));
+        }
+    }
+
+    /// The node stops: what was kept leaves, and this returns once the
+    /// sending threads sent everything (bounded by `FINISH_WITHIN`).
+    pub(crate) fn finish(&mut self) {
+        self.flush();
+        let threads = self.queues.len();
+        // Their queues closed, the threads end after the last batch.
+        self.queues.clear();
+        let until = Instant::now() + FINISH_WITHIN;
+        for _ in 0..threads {
+            let left = until.saturating_duration_since(Instant::now());
+            if self.done.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Hands what was kept to the sending threads, never waiting.
+    pub(crate) fn flush(&mut self) {
+        for (q, p) in self.queues.iter().zip(&mut self.pending) {
+            if p.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(p);
+            let n = batch.len();
+            if q.try_send(batch).is_err() {
+                self.metrics.sip_udp_send_errors.inc_by(n as u64);
+                debug!(datagrams = n, "SIP sending queue full, datagrams dropped");
+            }
+        }
+    }
+}
+
+/// A cheap, stable spread of peers over the sending threads.
+fn peer_hash(a: SocketAddr) -> usize {
+    let ip = match a.ip() {
+        std::net::IpAddr::V4(v4) => u32::from(v4),
+        std::net::IpAddr::V6(v6) => {
+            let o = v6.octets();
+            u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        }
+    };
+    (ip ^ u32::from(a.port()).wrapping_mul(0x9E37_79B1)) as usize
+}

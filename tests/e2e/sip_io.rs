@@ -1,0 +1,204 @@
+//! SIP over UDP read and parsed on several threads (`sip.io_threads`,
+//! one `SO_REUSEPORT` socket each) and sent from as many: calls from many
+//! peers spread over the threads and still complete whichever way they
+//! end (the CANCEL and ACK of an INVITE, a BYE from either side), and a
+//! second node on a taken address does not start.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Node, NodeConfig, Scratch, Sipp, register, scenario};
+
+const THREADS: usize = 4;
+/// Carriers calling at once, each from a port of its own: enough peers
+/// that the kernel's hash puts them on more than one socket.
+const TRUNKS: usize = 8;
+
+fn node(scratch: &Scratch, agents: u32, ring_timeout_seconds: u64) -> Node {
+    let cfg = NodeConfig {
+        agents,
+        ring_timeout_seconds,
+        ..NodeConfig::default()
+    };
+    Node::start_toml(scratch, |sip, http| {
+        cfg.toml(sip, http)
+            .replacen("[sip]\n", &format!("[sip]\nio_threads = {THREADS}\n"), 1)
+    })
+}
+
+/// `TRUNKS` operators on one SIPp phone running `phone` (its pauses
+/// `phone_pause_ms`), then `TRUNKS` carriers each placing two calls with
+/// `trunk` (its pauses `trunk_pause_ms`): every carrier's SIPp must
+/// succeed, and no call may be left.
+fn calls_end_cleanly(
+    name: &str,
+    phone: &str,
+    phone_pause_ms: &str,
+    trunk: &str,
+    trunk_pause_ms: &str,
+) -> Node {
+    let scratch = Scratch::new(name);
+    // An operator for every carrier: no call waits in the queue, so each
+    // ends the way its scenario says.
+    let agents = TRUNKS as u32;
+    let node = node(&scratch, agents, 30);
+    let mut phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &[
+            "-sf",
+            &scenario(phone),
+            "-d",
+            phone_pause_ms,
+            "-timeout",
+            "60s",
+        ],
+    );
+    let users: Vec<u32> = (1001..1001 + agents).collect();
+    register(&scratch, &node, &users, phones.port, |u| format!("demo{u}"));
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(5),
+        |v| v == f64::from(agents),
+    );
+    let mut trunks: Vec<Sipp> = (0..TRUNKS)
+        .map(|i| {
+            crate::common::trunk_to(
+                &scratch,
+                &node,
+                &format!("trunk-{i}"),
+                trunk,
+                &["-m", "2", "-r", "1", "-d", trunk_pause_ms],
+            )
+        })
+        .collect();
+    for t in &mut trunks {
+        t.expect_success(Duration::from_secs(60));
+    }
+    node.wait_metric("centralino_calls_active", Duration::from_secs(10), |v| {
+        v == 0.0
+    });
+    node.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"demo\"}",
+        Duration::from_secs(10),
+        |v| v == f64::from(agents),
+    );
+    // The phones' SIPp takes calls until told to stop.
+    let _ = phones.try_wait();
+    node
+}
+
+/// How many I/O threads read something.
+fn threads_used(node: &Node) -> usize {
+    let m = node.metrics();
+    (0..THREADS)
+        .filter(|i| {
+            crate::common::series_in(
+                &m,
+                &format!("centralino_sip_io_datagrams_total{{thread=\"{i}\"}}"),
+            )
+            .unwrap_or(0.0)
+                > 0.0
+        })
+        .count()
+}
+
+#[test]
+fn calls_from_many_carriers_spread_over_the_io_threads_and_the_caller_hangs_up() {
+    let node = calls_end_cleanly(
+        "sip-io-caller-bye",
+        "agent_answer.xml",
+        "0",
+        "trunk_call.xml",
+        "200",
+    );
+    assert_eq!(
+        node.metric("centralino_calls_total{outcome=\"answered\"}"),
+        (2 * TRUNKS) as f64
+    );
+    let used = threads_used(&node);
+    assert!(
+        used >= 2,
+        "datagrams read by {used} of {THREADS} threads:\n{}",
+        node.metrics()
+    );
+}
+
+#[test]
+fn the_operators_bye_reaches_callers_on_every_io_thread() {
+    let node = calls_end_cleanly(
+        "sip-io-operator-bye",
+        "agent_hangup.xml",
+        "200",
+        "trunk_hangup_by_agent.xml",
+        "0",
+    );
+    assert_eq!(
+        node.metric("centralino_calls_total{outcome=\"answered\"}"),
+        (2 * TRUNKS) as f64
+    );
+    assert!(threads_used(&node) >= 2);
+}
+
+/// A CANCEL comes from the peer that sent the INVITE, so it reaches the
+/// thread that read the INVITE, after it: every ringing operator leg is
+/// cancelled, none answered.
+#[test]
+fn cancels_from_many_carriers_reach_their_invites() {
+    let node = calls_end_cleanly(
+        "sip-io-cancel",
+        "agent_noanswer.xml",
+        "0",
+        "trunk_cancel.xml",
+        "500",
+    );
+    assert_eq!(
+        node.metric("centralino_calls_total{outcome=\"cancelled\"}"),
+        (2 * TRUNKS) as f64
+    );
+    assert_eq!(
+        node.metric_or_zero("centralino_calls_total{outcome=\"answered\"}"),
+        0.0
+    );
+    assert!(threads_used(&node) >= 2);
+}
+
+/// `SO_REUSEPORT` would let a second node on the same address share the
+/// port silently; the address is bound alone first, so it fails instead.
+#[test]
+fn a_second_node_on_a_taken_address_does_not_start() {
+    let scratch = Scratch::new("sip-io-taken");
+    let first = node(&scratch, 1, 5);
+    let second = Scratch::new("sip-io-taken-second");
+    let conf = second.path("centralino.toml");
+    let http = crate::common::free_port();
+    std::fs::write(
+        &conf,
+        NodeConfig {
+            agents: 1,
+            ..NodeConfig::default()
+        }
+        .toml(first.sip_port, http)
+        .replacen("[sip]\n", &format!("[sip]\nio_threads = {THREADS}\n"), 1),
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(second.path("data"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run centralino");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "the second node started:\n{text}");
+    assert!(
+        text.contains(&first.sip_port.to_string()) && text.to_lowercase().contains("in use"),
+        "{text}"
+    );
+    // The first goes on.
+    assert_eq!(first.http_get("/healthz").0, 200);
+}
