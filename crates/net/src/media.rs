@@ -45,9 +45,11 @@ use tracing::{debug, info, warn};
 
 use crate::recorder::{RecMsg, Recorder};
 
+mod ahead;
 mod counters;
 mod monitor;
 mod out;
+use ahead::Ahead;
 use counters::{Counters, Local, flush_stats};
 use monitor::{MonitorSide, drain_monitor};
 use out::{drain_browser, send_to_side};
@@ -190,6 +192,9 @@ pub struct MediaPlane {
     /// The DTLS certificate of every browser leg (`None`: none could be
     /// made; browsers are refused).
     cert: Option<DtlsCert>,
+    /// Pairs bound ahead on the `media-bind` thread (`None`: a small pool,
+    /// every pair bound at its call).
+    ahead: Option<Ahead>,
 }
 
 impl MediaPlane {
@@ -238,6 +243,7 @@ impl MediaPlane {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE, seed)
             .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+        let ahead = Ahead::start(pool.capacity())?;
         let cert = match centralino_media::webrtc::certificate() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -252,6 +258,7 @@ impl MediaPlane {
             held: HashMap::new(),
             metrics,
             cert,
+            ahead,
         };
         plane.gauges();
         Ok(plane)
@@ -260,17 +267,31 @@ impl MediaPlane {
     fn gauges(&self) {
         let free = self.pool.available() as i64;
         let resting = self.pool.resting() as i64;
+        let ready = self.ahead.as_ref().map_or(0, Ahead::held) as i64;
         let ports = &self.metrics.rtp_ports;
         ports.with_label_values(&["free"]).set(free);
         ports.with_label_values(&["resting"]).set(resting);
+        ports.with_label_values(&["ready"]).set(ready);
         ports
             .with_label_values(&["in_use"])
-            .set(self.pool.capacity() as i64 - free - resting);
+            .set(self.pool.capacity() as i64 - free - resting - ready);
+    }
+
+    /// A port busy in another process rests in quarantine again.
+    pub(super) fn port_busy(&mut self, now: Instant, port: u16) {
+        self.metrics
+            .rtp_dropped
+            .with_label_values(&["port_busy"])
+            .inc();
+        self.pool.release(now, port);
     }
 
     /// A port from the pool with RTP and RTCP bound on `ip`; a port another
     /// process holds is skipped (and rests in quarantine again).
     fn bind_one(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
+        if let Some(got) = self.bound_ahead(now, ip) {
+            return Some(got);
+        }
         // Bounded: at most the whole pool is tried once.
         for _ in 0..self.pool.capacity() {
             let port = self.pool.take(now).ok()?;
@@ -278,11 +299,7 @@ impl MediaPlane {
                 Ok(pair) => return Some((port, pair)),
                 Err(e) => {
                     debug!(port, error = %e, "RTP port busy, skipped");
-                    self.metrics
-                        .rtp_dropped
-                        .with_label_values(&["port_busy"])
-                        .inc();
-                    self.pool.release(now, port);
+                    self.port_busy(now, port);
                 }
             }
         }
@@ -495,6 +512,7 @@ impl MediaPlane {
     /// the engine task calls it at the end of every turn, so a turn's
     /// commands cost each thread one wake-up.
     pub fn flush(&mut self) {
+        self.bind_ahead();
         for (thread, unwoken) in self.unwoken.iter_mut().enumerate() {
             if std::mem::take(unwoken)
                 && let Err(e) = self.workers[thread].1.wake()
@@ -1182,6 +1200,21 @@ mod tests {
     use super::*;
     use centralino_config::Config;
 
+    /// A plane, its metrics and its events' receiver (kept open).
+    fn plane(
+        config: &Config,
+    ) -> (
+        MediaPlane,
+        NetMetrics,
+        tokio::sync::mpsc::UnboundedReceiver<MediaEvent>,
+    ) {
+        let registry = prometheus::Registry::new();
+        let metrics = NetMetrics::new(&registry);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let plane = MediaPlane::start(&config.media, metrics.clone(), tx).unwrap();
+        (plane, metrics, rx)
+    }
+
     /// A port another process holds is never handed to the engine: the
     /// plane skips it, and with nothing else free it says `Failed`.
     #[test]
@@ -1201,10 +1234,7 @@ mod tests {
             base + 5
         ))
         .unwrap();
-        let registry = prometheus::Registry::new();
-        let metrics = NetMetrics::new(&registry);
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut plane = MediaPlane::start(&config.media, metrics.clone(), tx).unwrap();
+        let (mut plane, metrics, _events) = plane(&config);
         let ip = IpAddr::from([127, 0, 0, 1]);
         let Some(MediaEvent::Reserved { a_port, b_port, .. }) =
             plane.command(MediaCommand::Reserve {
@@ -1233,6 +1263,78 @@ mod tests {
         // Close gives the call's ports back to the pool (each rests in
         // quarantine first).
         assert_eq!(plane.command(MediaCommand::Close { call: CallId(1) }), None);
+        assert!(plane.held.is_empty());
+    }
+
+    /// After a first call on an address, pairs are bound ahead on the
+    /// `media-bind` thread and the next calls take them; a pair that
+    /// received anything before a call took it is closed unused, so
+    /// nothing sent to a port before an SDP named it reaches a call.
+    #[test]
+    fn pairs_bound_ahead_serve_the_next_calls_and_a_touched_one_is_never_used() {
+        let config =
+            Config::from_toml("[media]\nthreads = 1\nport_min = 40000\nport_max = 44199\n")
+                .unwrap();
+        let (mut plane, metrics, _events) = plane(&config);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let reserve = |plane: &mut MediaPlane, call| match plane.command(MediaCommand::Reserve {
+            call: CallId(call),
+            ip,
+        }) {
+            Some(MediaEvent::Reserved { a_port, b_port, .. }) => [a_port, b_port],
+            other => panic!("no ports: {other:?}"),
+        };
+        reserve(&mut plane, 1);
+        plane.flush();
+        // The thread binds 64 (a port another test holds is given back).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ready: Vec<u16> = loop {
+            let ahead = plane.ahead.as_ref().expect("a large range binds ahead");
+            let s = ahead.shared.lock().unwrap();
+            let ready: Vec<u16> = s
+                .ready
+                .get(&ip)
+                .map(|r| r.iter().map(|(p, _)| *p).collect())
+                .unwrap_or_default();
+            if ready.len() + s.failed.len() == 64 {
+                break ready;
+            }
+            drop(s);
+            assert!(Instant::now() < deadline, "pairs never bound ahead");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(ready.len() >= 3, "{ready:?}");
+        // A stranger sprays the port the next call would take first.
+        let touched = ready[ready.len() - 1];
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger
+            .send_to(b"\x80\x00", ("127.0.0.1", touched))
+            .unwrap();
+        // Loopback delivers at send; wait for it all the same.
+        let ahead = plane.ahead.as_ref().unwrap();
+        while ahead.shared.lock().unwrap().ready[&ip]
+            .last()
+            .is_some_and(|(_, pair)| pair.is_quiet())
+        {
+            assert!(Instant::now() < deadline, "the datagram never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = reserve(&mut plane, 2);
+        assert_eq!(got, [ready[ready.len() - 2], ready[ready.len() - 3]]);
+        assert_eq!(
+            metrics.rtp_dropped.with_label_values(&["stale_port"]).get(),
+            1
+        );
+        // The touched port rests; the ones the calls took are in use.
+        let s = plane.ahead.as_ref().unwrap().shared.lock().unwrap();
+        assert!(
+            s.ready[&ip]
+                .iter()
+                .all(|(p, _)| !got.contains(p) && *p != touched)
+        );
+        drop(s);
+        assert_eq!(plane.command(MediaCommand::Close { call: CallId(1) }), None);
+        assert_eq!(plane.command(MediaCommand::Close { call: CallId(2) }), None);
         assert!(plane.held.is_empty());
     }
 }

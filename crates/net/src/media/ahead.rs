@@ -1,0 +1,217 @@
+//! RTP port pairs bound ahead of the calls that take them, on a thread of
+//! their own (`media-bind`). Binding a call's four sockets — `socket()`
+//! and `bind()` each — was 7–13 % of the engine thread at 2,000 calls/s
+//! (`perf`); taken from here a pair costs the engine two empty reads.
+//!
+//! Bounded on purpose (see ARCHITECTURE "RTP sockets bound per call"):
+//! only a few dozen pairs per address wait, drawn from the pool at random
+//! like any other, so the ports a stranger can fill before a call are few
+//! and unknown. A waiting pair that received anything before its call took
+//! it is not used: its sockets close and its ports rest, so nothing sent
+//! to a port before its SDP named it can reach a call.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::debug;
+
+use std::time::Instant;
+
+use super::{MediaPlane, Pair, bind_pair};
+
+/// Pairs kept bound per address.
+const TARGET: usize = 64;
+/// Asked for again when fewer than this many are bound or on their way:
+/// one wake-up of the binding thread per `TARGET - LOW` calls' pairs.
+const LOW: usize = 32;
+/// The pool must hold at least this many pairs for any to be bound
+/// ahead: a small range (tests of exhaustion, a lab) keeps the exact
+/// behaviour of binding at the call, every port in the pool.
+const MIN_POOL: usize = 2048;
+
+#[derive(Default)]
+pub(super) struct Shared {
+    pub(super) ready: HashMap<IpAddr, Vec<(u16, Pair)>>,
+    /// Ports another process holds: back to the pool.
+    pub(super) failed: Vec<(IpAddr, u16)>,
+}
+
+/// The plane's side.
+pub(super) struct Ahead {
+    to_bind: Sender<Vec<(IpAddr, u16)>>,
+    pub(super) shared: Arc<Mutex<Shared>>,
+    /// Ports taken from the pool for each address and not yet handed to a
+    /// call: asked, being bound, or ready.
+    asked: HashMap<IpAddr, usize>,
+    /// Asked this turn, sent at [`Ahead::flush`].
+    batch: Vec<(IpAddr, u16)>,
+}
+
+/// What [`Ahead::take`] found.
+pub(super) enum Taken {
+    Pair(u16, Pair),
+    /// Bound ahead, but something was sent to it: closed, the port to rest.
+    Stale(u16),
+    None,
+}
+
+impl Ahead {
+    /// The binding thread, when the pool is large enough to spare pairs.
+    pub(super) fn start(pool_pairs: usize) -> std::io::Result<Option<Self>> {
+        if pool_pairs < MIN_POOL {
+            return Ok(None);
+        }
+        let (to_bind, rx) = channel::<Vec<(IpAddr, u16)>>();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let theirs = shared.clone();
+        std::thread::Builder::new()
+            .name("media-bind".into())
+            .spawn(move || {
+                for batch in rx {
+                    let mut bound = Vec::with_capacity(batch.len());
+                    let mut failed = Vec::new();
+                    for (ip, port) in batch {
+                        match bind_pair(ip, port) {
+                            Ok(pair) => bound.push((ip, port, pair)),
+                            Err(e) => {
+                                debug!(port, error = %e, "RTP port busy, skipped");
+                                failed.push((ip, port));
+                            }
+                        }
+                    }
+                    let mut s = theirs.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (ip, port, pair) in bound {
+                        s.ready.entry(ip).or_default().push((port, pair));
+                    }
+                    s.failed.extend(failed);
+                }
+            })?;
+        Ok(Some(Self {
+            to_bind,
+            shared,
+            asked: HashMap::new(),
+            batch: Vec::new(),
+        }))
+    }
+
+    /// A pair bound ahead on `ip`, if one is ready; `failed` gets the
+    /// ports the thread could not bind (to release).
+    pub(super) fn take(&mut self, ip: IpAddr, failed: &mut Vec<u16>) -> Taken {
+        let (got, lost) = {
+            let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let lost = std::mem::take(&mut s.failed);
+            (s.ready.get_mut(&ip).and_then(Vec::pop), lost)
+        };
+        for (at, port) in lost {
+            self.done(at);
+            failed.push(port);
+        }
+        // Asking starts with the first call on an address.
+        self.asked.entry(ip).or_default();
+        if got.is_some() {
+            self.done(ip);
+        }
+        match got {
+            Some((port, pair)) if pair.is_quiet() => Taken::Pair(port, pair),
+            Some((port, _)) => Taken::Stale(port),
+            None => Taken::None,
+        }
+    }
+
+    fn done(&mut self, ip: IpAddr) {
+        if let Some(n) = self.asked.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// The addresses calls took pairs on, and how many more ports to
+    /// take from the pool for each now.
+    pub(super) fn wanted(&self) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
+        self.asked
+            .iter()
+            .map(|(&ip, &asked)| (ip, if asked < LOW { TARGET - asked } else { 0 }))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    /// Queues `port` (taken from the pool) to be bound on `ip`.
+    pub(super) fn ask(&mut self, ip: IpAddr, port: u16) {
+        *self.asked.entry(ip).or_default() += 1;
+        self.batch.push((ip, port));
+    }
+
+    /// Ports taken from the pool and not in a call: the pool's gauge.
+    pub(super) fn held(&self) -> usize {
+        self.asked.values().sum()
+    }
+
+    /// Hands the turn's asks to the thread (one wake-up).
+    pub(super) fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        // The thread ends only with the plane; should it be gone, the
+        // ports stay counted as asked and the plane binds at the call.
+        let _ = self.to_bind.send(std::mem::take(&mut self.batch));
+    }
+}
+
+impl Pair {
+    /// Nothing waits on either socket.
+    pub(super) fn is_quiet(&self) -> bool {
+        let empty = |s: &std::net::UdpSocket| {
+            let mut b = [0u8; 1];
+            matches!(s.peek_from(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        };
+        empty(&self.rtp) && empty(&self.rtcp)
+    }
+}
+
+impl MediaPlane {
+    /// A pair bound ahead on `ip`, if one is ready and untouched.
+    pub(super) fn bound_ahead(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
+        let ahead = self.ahead.as_mut()?;
+        let mut failed = Vec::new();
+        let got = loop {
+            match ahead.take(ip, &mut failed) {
+                Taken::Pair(port, pair) => break Some((port, pair)),
+                Taken::Stale(port) => {
+                    self.metrics
+                        .rtp_dropped
+                        .with_label_values(&["stale_port"])
+                        .inc();
+                    self.pool.release(now, port);
+                }
+                Taken::None => break None,
+            }
+        };
+        for port in failed {
+            self.port_busy(now, port);
+        }
+        got
+    }
+
+    /// Asks the binding thread for pairs to replace those calls took
+    /// (part of [`MediaPlane::flush`]).
+    pub(super) fn bind_ahead(&mut self) {
+        let Some(ahead) = self.ahead.as_mut() else {
+            return;
+        };
+        let wanted: Vec<_> = ahead.wanted().collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        'ips: for (ip, n) in wanted {
+            for _ in 0..n {
+                let Ok(port) = self.pool.take(now) else {
+                    break 'ips;
+                };
+                ahead.ask(ip, port);
+            }
+        }
+        ahead.flush();
+        self.gauges();
+    }
+}
