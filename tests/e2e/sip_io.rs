@@ -202,3 +202,67 @@ fn a_second_node_on_a_taken_address_does_not_start() {
     // The first goes on.
     assert_eq!(first.http_get("/healthz").0, 200);
 }
+
+/// Every series of `name`, summed over their labels.
+fn sum_of(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn junk_from_many_peers_is_counted_by_the_io_threads_and_a_broken_request_still_gets_400() {
+    let scratch = Scratch::new("sip-io-junk");
+    let node = node(&scratch, 1, 30);
+    // From many ports, so the junk lands on several threads: bytes that
+    // are no SIP at all, and a response too broken to match anything.
+    let peers: Vec<std::net::UdpSocket> = (0..TRUNKS)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for p in &peers {
+        p.send_to(b"\x00\x01\x02 not sip at all\r\n\r\n", node.sip_addr())
+            .unwrap();
+        p.send_to(b"SIP/2.0 200 OK\r\nVia: nonsense\r\n\r\n", node.sip_addr())
+            .unwrap();
+    }
+    let junk = (2 * TRUNKS) as f64;
+    let start = std::time::Instant::now();
+    while sum_of(&node.metrics(), "centralino_sip_parse_errors_total") < junk {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "junk not counted:\n{}",
+            node.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // A request the guard refuses is still answered (by the engine).
+    let asker = &peers[0];
+    asker
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let port = node.sip_port;
+    let no_call_id = format!(
+        "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKjunk\r\n\
+         From: <sip:probe@127.0.0.1>;tag=j\r\nTo: <sip:127.0.0.1>\r\nCSeq: 1 OPTIONS\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    asker
+        .send_to(no_call_id.as_bytes(), node.sip_addr())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = asker.recv_from(&mut buf).expect("a refusal");
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 400"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let m = node.metrics();
+    assert_eq!(
+        sum_of(&m, "centralino_sip_parse_errors_total"),
+        junk + 1.0,
+        "{m}"
+    );
+    assert!(threads_used(&node) >= 2, "{m}");
+}

@@ -1305,7 +1305,7 @@ mod tests {
         };
         assert!(ready.len() >= 3, "{ready:?}");
         // A stranger sprays the port the next call would take first.
-        let touched = ready[ready.len() - 1];
+        let touched = ready[0];
         let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
         stranger
             .send_to(b"\x80\x00", ("127.0.0.1", touched))
@@ -1313,14 +1313,14 @@ mod tests {
         // Loopback delivers at send; wait for it all the same.
         let ahead = plane.ahead.as_ref().unwrap();
         while ahead.shared.lock().unwrap().ready[&ip]
-            .last()
+            .front()
             .is_some_and(|(_, pair)| pair.is_quiet())
         {
             assert!(Instant::now() < deadline, "the datagram never arrived");
             std::thread::sleep(Duration::from_millis(1));
         }
         let got = reserve(&mut plane, 2);
-        assert_eq!(got, [ready[ready.len() - 2], ready[ready.len() - 3]]);
+        assert_eq!(got, [ready[1], ready[2]]);
         assert_eq!(
             metrics.rtp_dropped.with_label_values(&["stale_port"]).get(),
             1

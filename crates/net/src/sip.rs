@@ -94,6 +94,7 @@ impl SipServer {
         let open = Arc::new(AtomicUsize::new(0));
         let pressure = crate::pressure::Pressure::new(now);
         let io_threads = crate::sip_io::io_threads(config.sip.io_threads);
+        let mut io_spawned = 0;
         for addr in &config.sip.listen {
             // Bind UDP first so an ephemeral port (0) resolves to one number
             // that TCP then takes too.
@@ -115,8 +116,8 @@ impl SipServer {
                     .map(UdpSocket::try_clone)
                     .collect::<std::io::Result<Vec<_>>>()
                     .map_err(err)?;
-                udp.insert(addr, crate::sip_io::Senders::spawn(out, &net)?);
-                for (i, sock) in group.into_iter().enumerate() {
+                udp.insert(addr, crate::sip_io::Senders::spawn(out, io_spawned, &net)?);
+                for sock in group {
                     crate::sip_io::IoThread {
                         sock,
                         local: addr,
@@ -124,8 +125,12 @@ impl SipServer {
                         tx: tx.clone(),
                         metrics: net.clone(),
                         gauge: pressure.reader(now),
+                        parse_errors: engine.metrics().sip_parse_errors.clone(),
                     }
-                    .spawn(i)?;
+                    .spawn(io_spawned)?;
+                    // Numbered across addresses: thread names and the
+                    // metric's `thread` label stay distinct.
+                    io_spawned += 1;
                 }
             }
             if config.sip.transports.contains(&ListenTransport::Tcp) {

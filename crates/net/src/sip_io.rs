@@ -25,11 +25,12 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use centralino_config::MAX_IO_THREADS;
 use centralino_sip::Transport;
-use centralino_sip::guard::{self, Limits};
+use centralino_sip::guard::{self, Framed, Limits};
 use centralino_sip::txn::Flow;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::mpsc;
@@ -47,6 +48,12 @@ pub(crate) const UDP_BUFFER: usize = 4 << 20;
 /// How long an I/O thread waits on an empty socket before it looks
 /// whether the engine is still there (a stopped engine ends it).
 const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// A reader's pause after a receive error that is not a peer's ICMP.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// How long a sending thread waits for room in a full send buffer.
+const SEND_WAIT: Duration = Duration::from_millis(100);
 
 /// Attempts at binding a group on an ephemeral port another socket took
 /// between the probe and the group.
@@ -124,6 +131,9 @@ pub(crate) struct IoThread {
     pub(crate) tx: mpsc::Sender<EngineInput>,
     pub(crate) metrics: NetMetrics,
     pub(crate) gauge: Reader,
+    /// The engine's `centralino_sip_parse_errors_total`: refusals that
+    /// need no answer are counted and dropped here.
+    pub(crate) parse_errors: prometheus::IntCounterVec,
 }
 
 impl IoThread {
@@ -137,6 +147,9 @@ impl IoThread {
                     .sip_io_datagrams
                     .with_label_values(&[&index.to_string()]);
                 self.run(&read);
+                // Whatever ended it, a stopped reader must not hold the
+                // lag signal at "busy" (that would refuse every call).
+                self.gauge.empty(Instant::now());
             })
             .map(drop)
             .map_err(|source| NetError::Io {
@@ -145,7 +158,7 @@ impl IoThread {
             })
     }
 
-    fn run(self, read: &prometheus::IntCounter) {
+    fn run(&self, read: &prometheus::IntCounter) {
         let mut buf = vec![0u8; 65_536];
         loop {
             match self.sock.recv_from(&mut buf) {
@@ -158,7 +171,30 @@ impl IoThread {
                         local: self.local,
                         conn: 0,
                     };
-                    let framed = guard::parse_datagram(&buf[..n], &self.limits);
+                    // The guard is fuzzed; should it still panic, one
+                    // datagram is lost, not a reader (and a share of the
+                    // peers with it).
+                    let data = &buf[..n];
+                    let framed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        // Sound: the guard only reads its inputs; a
+                        // panic leaves nothing half-changed.
+                        guard::parse_datagram(data, &self.limits)
+                    }));
+                    let framed = match framed {
+                        Ok(Ok(Framed::Keepalive)) => continue,
+                        Ok(Err(rej)) if rej.reply.is_none() => {
+                            // Nothing to answer (a broken response, ACK
+                            // or worse): counted, and the engine never
+                            // sees it.
+                            self.refused(rej.error.code(), remote);
+                            continue;
+                        }
+                        Ok(framed) => framed,
+                        Err(_) => {
+                            self.refused("guard_panic", remote);
+                            continue;
+                        }
+                    };
                     // A full queue holds this thread, and the datagrams
                     // wait in the kernel's buffer: the engine's lag, seen
                     // by the overload signal, not a loss here.
@@ -183,9 +219,21 @@ impl IoThread {
                     // the socket, so keep reading.
                     self.metrics.sip_udp_receive_errors.inc();
                     debug!(error = %e, "UDP receive error");
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        // The host is short of memory or buffers: no spin.
+                        std::thread::sleep(ERROR_PAUSE);
+                    }
                 }
             }
         }
+    }
+
+    fn refused(&self, code: &str, remote: SocketAddr) {
+        self.parse_errors.with_label_values(&[code]).inc();
+        debug!(error_code = code, peer = %remote, "message refused by the guard");
     }
 
     /// Waits until the socket may have data; false once the engine is gone.
@@ -242,7 +290,12 @@ const FINISH_WITHIN: Duration = Duration::from_secs(2);
 
 impl Senders {
     /// One sending thread per socket (clones of the group's sockets).
-    pub(crate) fn spawn(socks: Vec<UdpSocket>, metrics: &NetMetrics) -> Result<Self, NetError> {
+    /// `first` numbers the threads after other addresses' (`sip-out-N`).
+    pub(crate) fn spawn(
+        socks: Vec<UdpSocket>,
+        first: usize,
+        metrics: &NetMetrics,
+    ) -> Result<Self, NetError> {
         let mut queues = Vec::with_capacity(socks.len());
         let (done_tx, done) = std::sync::mpsc::channel();
         for (i, sock) in socks.into_iter().enumerate() {
@@ -250,11 +303,11 @@ impl Senders {
             let m = metrics.clone();
             let done_tx = done_tx.clone();
             std::thread::Builder::new()
-                .name(format!("sip-out-{i}"))
+                .name(format!("sip-out-{}", first + i))
                 .spawn(move || {
                     for batch in rx {
                         for (to, bytes) in batch {
-                            if let Err(e) = sock.send_to(&bytes, to) {
+                            if let Err(e) = send(&sock, &bytes, to) {
                                 m.sip_udp_send_errors.inc();
                                 debug!(error = %e, peer = %to, "UDP send failed");
                             }
@@ -313,6 +366,23 @@ impl Senders {
                 debug!(datagrams = n, "SIP sending queue full, datagrams dropped");
             }
         }
+    }
+}
+
+/// One datagram; a full send buffer (the socket is non-blocking: its
+/// reader shares it) is waited for, briefly, rather than the datagram lost.
+fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    match sock.send_to(bytes, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let timeout = Timespec {
+                tv_sec: 0,
+                tv_nsec: SEND_WAIT.subsec_nanos() as _,
+            };
+            let mut fds = [PollFd::new(sock, PollFlags::OUT)];
+            let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            sock.send_to(bytes, to).map(drop)
+        }
+        r => r.map(drop),
     }
 }
 

@@ -10,7 +10,7 @@
 //! it is not used: its sockets close and its ports rest, so nothing sent
 //! to a port before its SDP named it can reach a call.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,7 +33,8 @@ const MIN_POOL: usize = 2048;
 
 #[derive(Default)]
 pub(super) struct Shared {
-    pub(super) ready: HashMap<IpAddr, Vec<(u16, Pair)>>,
+    /// Oldest first: taken in the order bound, so none waits for long.
+    pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair)>>,
     /// Ports another process holds: back to the pool.
     pub(super) failed: Vec<(IpAddr, u16)>,
 }
@@ -83,7 +84,7 @@ impl Ahead {
                     }
                     let mut s = theirs.lock().unwrap_or_else(PoisonError::into_inner);
                     for (ip, port, pair) in bound {
-                        s.ready.entry(ip).or_default().push((port, pair));
+                        s.ready.entry(ip).or_default().push_back((port, pair));
                     }
                     s.failed.extend(failed);
                 }
@@ -102,7 +103,7 @@ impl Ahead {
         let (got, lost) = {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             let lost = std::mem::take(&mut s.failed);
-            (s.ready.get_mut(&ip).and_then(Vec::pop), lost)
+            (s.ready.get_mut(&ip).and_then(VecDeque::pop_front), lost)
         };
         for (at, port) in lost {
             self.done(at);
