@@ -37,6 +37,10 @@ pub(super) struct Shared {
     pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair)>>,
     /// Ports another process holds: back to the pool.
     pub(super) failed: Vec<(IpAddr, u16)>,
+    /// A batch the thread emptied, for the plane's next: no allocation
+    /// per batch (one of this size made glibc consolidate its free lists
+    /// on the engine's thread).
+    spare: Vec<(IpAddr, u16)>,
 }
 
 /// The plane's side.
@@ -70,10 +74,10 @@ impl Ahead {
         std::thread::Builder::new()
             .name("media-bind".into())
             .spawn(move || {
-                for batch in rx {
+                for mut batch in rx {
                     let mut bound = Vec::with_capacity(batch.len());
                     let mut failed = Vec::new();
-                    for (ip, port) in batch {
+                    for (ip, port) in batch.drain(..) {
                         match bind_pair(ip, port) {
                             Ok(pair) => bound.push((ip, port, pair)),
                             Err(e) => {
@@ -87,6 +91,7 @@ impl Ahead {
                         s.ready.entry(ip).or_default().push_back((port, pair));
                     }
                     s.failed.extend(failed);
+                    s.spare = batch;
                 }
             })?;
         Ok(Some(Self {
@@ -152,9 +157,17 @@ impl Ahead {
         if self.batch.is_empty() {
             return;
         }
+        let spare = std::mem::take(
+            &mut self
+                .shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .spare,
+        );
+        let batch = std::mem::replace(&mut self.batch, spare);
         // The thread ends only with the plane; should it be gone, the
         // ports stay counted as asked and the plane binds at the call.
-        let _ = self.to_bind.send(std::mem::take(&mut self.batch));
+        let _ = self.to_bind.send(batch);
     }
 }
 
