@@ -26,6 +26,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use centralino_config::MAX_IO_THREADS;
@@ -268,6 +269,9 @@ impl IoThread {
 /// transactions' timers retransmit).
 const SEND_QUEUE: usize = 1024;
 
+/// Emptied batches kept for reuse (per address).
+const SPARE_BATCHES: usize = 64;
+
 /// Datagrams the engine hands over at most between two batches: a waking
 /// costs half a `sendto`, so it is paid once per batch, not per datagram,
 /// while a message waits at most for the engine to take this many inputs.
@@ -279,6 +283,9 @@ type Batch = Vec<(SocketAddr, Vec<u8>)>;
 pub(crate) struct Senders {
     queues: Vec<std::sync::mpsc::SyncSender<Batch>>,
     pending: Vec<Batch>,
+    /// Batches the sending threads emptied, kept with their capacity for
+    /// the engine's next: no allocation per batch on the engine's thread.
+    spare: std::sync::Arc<std::sync::Mutex<Vec<Batch>>>,
     metrics: NetMetrics,
     /// Each sending thread says here that it sent all it was given.
     done: std::sync::mpsc::Receiver<()>,
@@ -298,19 +305,25 @@ impl Senders {
     ) -> Result<Self, NetError> {
         let mut queues = Vec::with_capacity(socks.len());
         let (done_tx, done) = std::sync::mpsc::channel();
+        let spare = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         for (i, sock) in socks.into_iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(SEND_QUEUE);
             let m = metrics.clone();
             let done_tx = done_tx.clone();
+            let spare = spare.clone();
             std::thread::Builder::new()
                 .name(format!("sip-out-{}", first + i))
                 .spawn(move || {
-                    for batch in rx {
-                        for (to, bytes) in batch {
+                    for mut batch in rx {
+                        for (to, bytes) in batch.drain(..) {
                             if let Err(e) = send(&sock, &bytes, to) {
                                 m.sip_udp_send_errors.inc();
                                 debug!(error = %e, peer = %to, "UDP send failed");
                             }
+                        }
+                        let mut spare = spare.lock().unwrap_or_else(PoisonError::into_inner);
+                        if spare.len() < SPARE_BATCHES {
+                            spare.push(batch);
                         }
                     }
                     let _ = done_tx.send(());
@@ -323,6 +336,7 @@ impl Senders {
         }
         Ok(Self {
             pending: vec![Vec::new(); queues.len()],
+            spare,
             queues,
             metrics: metrics.clone(),
             done,
@@ -359,7 +373,13 @@ impl Senders {
             if p.is_empty() {
                 continue;
             }
-            let batch = std::mem::take(p);
+            let next = self
+                .spare
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+                .unwrap_or_default();
+            let batch = std::mem::replace(p, next);
             let n = batch.len();
             if q.try_send(batch).is_err() {
                 self.metrics.sip_udp_send_errors.inc_by(n as u64);
