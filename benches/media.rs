@@ -1,9 +1,13 @@
 //! The media relay's per-packet cost, sans-IO: one 20 ms G.711 packet
 //! received on a leg, checked, rewritten and written for the other leg
-//! (same law, and transcoded A-law → µ-law). `cargo bench --bench media`.
+//! (same law, and transcoded A-law → µ-law); and what a call's RTP pair
+//! costs the engine's thread: bound at the call (two sockets bound, and
+//! closed here too) or taken bound ahead (two empty peeks, as
+//! `net::media::ahead` checks a pair before a call uses it).
+//! `cargo bench --bench media`.
 
 use std::hint::black_box;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
 use centralino_media::g711::Law;
@@ -54,5 +58,33 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn rtp_pair(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rtp_pair");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("bind_at_the_call", |bch| {
+        bch.iter(|| {
+            let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let rtcp = UdpSocket::bind("127.0.0.1:0").unwrap();
+            rtp.set_nonblocking(true).unwrap();
+            rtcp.set_nonblocking(true).unwrap();
+            black_box((rtp, rtcp))
+        })
+    });
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtcp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rtp.set_nonblocking(true).unwrap();
+    rtcp.set_nonblocking(true).unwrap();
+    g.bench_function("taken_bound_ahead", |bch| {
+        bch.iter(|| {
+            let quiet = |s: &UdpSocket| {
+                let mut b = [0u8; 1];
+                matches!(s.peek_from(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            };
+            black_box(quiet(&rtp) && quiet(&rtcp))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, rtp_pair);
 criterion_main!(benches);
