@@ -596,9 +596,8 @@ impl Engine {
         flow: Flow,
         data: &[u8],
     ) {
-        self.read_at = Some(read_at.min(now));
-        self.handle_datagram(now, flow, data);
-        self.read_at = None;
+        let framed = guard::parse_datagram(data, &self.limits);
+        self.handle_framed_read(now, read_at, flow, framed);
     }
 
     /// As [`Engine::handle_datagram_read`], for a datagram its reader
