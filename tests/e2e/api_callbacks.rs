@@ -895,17 +895,23 @@ fn supervisors_see_their_own_tenant_only() {
     let (_, body) = node.http("GET", "/api/v1/agents", asl, None);
     assert_eq!(
         json(&body)["agents"],
-        serde_json::json!([{ "agent": "1001", "tenant": "asl", "state": "logged_out", "reason": null }])
+        serde_json::json!([{ "agent": "1001", "tenant": "asl", "state": "logged_out", "reason": null, "seconds_in_state": null }])
     );
     let (_, body) = node.http("GET", "/api/v1/agents", altra, None);
     assert_eq!(json(&body)["agents"], serde_json::json!([]));
     // The wall board follows over a WebSocket: a caller waiting in
     // "vaccini" shows up there (nobody is logged in to answer).
-    let url = format!(
-        "ws://127.0.0.1:{}/api/v1/queues/events?access_token=supervisor-asl-token-0123",
-        node.http_port
-    );
-    let (mut ws, _) = tungstenite::connect(url).expect("the supervisor's WebSocket");
+    let url = format!("ws://127.0.0.1:{}/api/v1/queues/events", node.http_port);
+    // A token in the URL is refused: URLs end up in proxies' logs.
+    let in_url = format!("{url}?access_token=supervisor-asl-token-0123");
+    match tungstenite::connect(in_url) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!(
+            "a token in the URL must be refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let mut ws = crate::common::ws_connect(&url, "supervisor-asl-token-0123");
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_mut() {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");

@@ -832,8 +832,23 @@ pub(crate) fn gateway(fail_first: bool) -> (u16, std::sync::mpsc::Receiver<Strin
     (port, rx)
 }
 
+/// A WebSocket to the node with `token` in the `Authorization` header (the
+/// node takes no token in a URL).
+pub(crate) fn ws_connect(
+    url: &str,
+    token: &str,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("a WebSocket URL");
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("a header value"),
+    );
+    tungstenite::connect(req).expect("the WebSocket").0
+}
+
 /// Follows an operator's desk over its WebSocket
-/// (`/api/v1/agents/{agent}/events?access_token=`): each event, as JSON,
+/// (`/api/v1/agents/{agent}/events`): each event, as JSON,
 /// arrives on the receiver; the thread ends when the node closes.
 pub(crate) fn desk_events(
     node: &Node,
@@ -841,10 +856,10 @@ pub(crate) fn desk_events(
     token: &str,
 ) -> std::sync::mpsc::Receiver<serde_json::Value> {
     let url = format!(
-        "ws://127.0.0.1:{}/api/v1/agents/{agent}/events?access_token={token}",
+        "ws://127.0.0.1:{}/api/v1/agents/{agent}/events",
         node.http_port
     );
-    let (mut ws, _) = tungstenite::connect(url).expect("the desk's WebSocket");
+    let mut ws = ws_connect(&url, token);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         while let Ok(msg) = ws.read() {

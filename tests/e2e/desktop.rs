@@ -186,6 +186,11 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
     );
     // A caller's data is text, never markup.
     assert!(info.contains("<b>it</b>"), "{info}");
+    // The operator's own queue on the desk, from their figures.
+    b.wait_for(
+        "[...document.querySelectorAll('#figures tbody th')].some(th => th.textContent === 'prenotazioni')",
+        "the operator's queue in their figures",
+    );
     assert_eq!(
         b.eval("document.querySelectorAll('#call-info b').length"),
         0
@@ -235,6 +240,19 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
         "the call ended, its script still on the desk",
     );
     // The answers are stored with the call record.
+    // Their calls today: this one (the page asks every 5 s).
+    b.wait_for(
+        "document.getElementById('today-calls').textContent === '1'",
+        "one call today on the desk",
+    );
+    let (status, body) = node.http("GET", "/api/v1/agents/1001/figures", Some(&token), None);
+    assert_eq!(status, 200, "{body}");
+    let figures = json(&body);
+    assert_eq!(figures["today"]["calls"], 1, "{figures}");
+    assert_eq!(figures["queues"][0]["name"], "prenotazioni", "{figures}");
+    // An operator reads their own figures only.
+    let (status, _) = node.http("GET", "/api/v1/agents/1002/figures", Some(&token), None);
+    assert!(status == 403 || status == 404, "{status}");
     let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
         .expect("the node's store");
     assert_eq!(
@@ -271,6 +289,10 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
         (me["state"].as_str(), me["reason"].as_str()),
         (Some("paused"), Some("manual"))
     );
+    // Time in state counts from the break, not from the node's start (the
+    // node has been up through a whole call by now).
+    let in_state = me["seconds_in_state"].as_u64().expect("seconds_in_state");
+    assert!(in_state <= 5, "{me}");
     // English on request.
     b.tab_to("lang");
     b.key("Enter", false);
@@ -369,7 +391,7 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
         &node,
         "caller",
         "trunk_call.xml",
-        &["-m", "1", "-d", "5000"],
+        &["-m", "1", "-d", "7000"],
     );
     b.wait_for(
         "[...document.querySelectorAll('#queues tbody tr')].some(r => r.cells[0].textContent === 'prenotazioni' && r.cells[2].textContent === '1')",
@@ -379,12 +401,41 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
         "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'Non registrato')",
         "the operator's state",
     );
+    // Nobody to answer: the staffing advisor's alarm, above the table and
+    // on the queue's row (a sign, not colour alone).
+    b.wait_for(
+        "document.getElementById('alarms').textContent.includes('prenotazioni')",
+        "the staffing alarm",
+    );
+    b.wait_for(
+        "[...document.querySelectorAll('#queues tbody tr')].some(r => r.cells[0].textContent === 'prenotazioni' && r.cells[9].classList.contains('alarm') && r.cells[9].textContent.startsWith('⚠'))",
+        "the queue's row marked short",
+    );
+    // Logged out since the node started: how long is not known ("—").
+    assert_eq!(
+        b.eval("[...document.querySelectorAll('#agents tbody tr')].find(r => r.cells[0].textContent === '1001').cells[4].textContent"),
+        "—"
+    );
     let found = b.accessibility_violations();
     assert!(found.is_empty(), "wallboard: {found:?}");
     b.screenshot(&scratch, "wallboard.png");
     // The operator logs in on their phone; the supervisor puts them on a
     // break and back, by keyboard, audited under the supervisor's token.
     caller.expect_success(Duration::from_secs(30));
+    // Today's figures (the page asks once a minute; asked again here):
+    // the citizen who gave up after 7 s is an abandon, and no callback
+    // is waiting.
+    let today = "[...document.querySelectorAll('#queues tbody tr')].some(r => r.cells[0].textContent === 'prenotazioni' && r.cells[11].textContent === '100.0 %' && r.cells[10].textContent.endsWith('%') && r.cells[12].textContent === '0')";
+    let start = std::time::Instant::now();
+    while b.eval(&format!("Boolean({today})")) != serde_json::json!(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "today's figures: {}",
+            b.eval("document.getElementById('queues').innerText")
+        );
+        b.eval("today()");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let phone = Sipp::spawn(
         &scratch,
         "phone",
@@ -400,6 +451,11 @@ fn a_supervisor_watches_the_queues_live_on_the_wallboard() {
     b.wait_for(
         "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && r.cells[2].textContent === 'In pausa')",
         "the operator on a break",
+    );
+    // Time in state from the break (m:ss, under a minute).
+    b.wait_for(
+        "[...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === '1001' && /^0:[0-5]\\d$/.test(r.cells[4].textContent))",
+        "the operator's time in state",
     );
     b.tab_to("do-resume-1001");
     b.key("Enter", false);

@@ -260,10 +260,10 @@ fn silent_keep_alives_and_stalled_bodies_are_closed_at_the_idle_timeout() {
     );
     // An operator's desk WebSocket: upgraded, out of the idle timer's hands.
     let url = format!(
-        "ws://127.0.0.1:{}/api/v1/agents/1001/events?access_token={TOKEN}",
+        "ws://127.0.0.1:{}/api/v1/agents/1001/events",
         node.http_port
     );
-    let (mut ws, _) = tungstenite::connect(url).expect("the desk's WebSocket");
+    let mut ws = crate::common::ws_connect(&url, TOKEN);
     let first = ws.read().expect("the desk's current state");
     assert!(first.is_text(), "{first:?}");
 

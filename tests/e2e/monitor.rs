@@ -459,6 +459,39 @@ fn a_supervisor_listens_whispers_and_barges_in_from_the_wallboard_and_nobody_els
             "{mode}"
         );
     }
+    // Each join, change of mode and leave is audited under the
+    // supervisor's name, against the operator (the store's group commit
+    // has them within a moment); the refused PATCH after leaving too.
+    let store = centralino_store::Store::open(&scratch.path("data").join("centralino.db"))
+        .expect("the node's store");
+    let start = Instant::now();
+    loop {
+        let tail = store.audit_tail(200).expect("audit");
+        let by = |action: &str, status: u16| {
+            tail.iter()
+                .filter(|e| {
+                    e.actor == "sala-asl"
+                        && e.action == action
+                        && e.target == "1001"
+                        && e.status == status
+                })
+                .count()
+        };
+        let seen = (
+            by("agent_monitor", 200),
+            by("agent_monitor_mode", 200),
+            by("agent_monitor_end", 200),
+            by("agent_monitor_mode", 409),
+        );
+        if seen.0 >= 1 && seen.1 >= 2 && seen.2 >= 1 && seen.3 >= 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "audit of the monitoring {seen:?}: {tail:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Listening again until the caller hangs up: the page says the
     // conversation ended, and every port is back in the pool.

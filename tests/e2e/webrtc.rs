@@ -4,9 +4,10 @@
 //! the page, the operator answers with the keyboard, and audio is checked
 //! both ways: the caller's speech (SIPp's `g711a.pcap`) reaches the
 //! browser's WebRTC stats as received audio energy, and the browser's fake
-//! tone reaches the caller's RTP as sound, not silence. The operator then
-//! transfers the call blind from the page to another queue, where a
-//! colleague's SIP phone (SIPp) gets it with the same call record.
+//! tone reaches the caller's RTP as sound, not silence. The operator holds,
+//! mutes, then transfers the call blind from the page to a colleague by
+//! name, whose SIP phone (SIPp) gets it with the same call record and the
+//! IVR's answers.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -150,11 +151,29 @@ fn speak(
     seq: &mut u16,
     dur: Duration,
 ) -> usize {
-    let (end, mut next, mut got) = (Instant::now() + dur, Instant::now(), 0);
+    speak_and_listen(caller, to, speech, seq, dur).0
+}
+
+/// As [`speak`]; also counts the loud A-law frames heard (the browser's
+/// fake tone: the node plays no music to the caller here).
+fn speak_and_listen(
+    caller: &UdpSocket,
+    to: SocketAddr,
+    speech: &[Vec<u8>],
+    seq: &mut u16,
+    dur: Duration,
+) -> (usize, usize) {
+    let (end, mut next, mut got, mut loud) = (Instant::now() + dur, Instant::now(), 0, 0);
     let mut buf = [0u8; 2048];
     while Instant::now() < end {
-        if caller.recv_from(&mut buf).is_ok() {
+        if let Ok((n, _)) = caller.recv_from(&mut buf) {
             got += 1;
+            if let Ok(p) = rtp::parse(&buf[..n])
+                && p.header.payload_type == 8
+                && rms(p.payload) > 300.0
+            {
+                loud += 1;
+            }
         }
         if Instant::now() >= next {
             next += Duration::from_millis(20);
@@ -172,7 +191,7 @@ fn speak(
             caller.send_to(&out, to).expect("send rtp");
         }
     }
-    got
+    (got, loud)
 }
 
 /// The browser's stats of its call: (packets received, audio energy
@@ -193,7 +212,25 @@ fn stats(b: &mut Browser) -> (f64, f64, f64) {
 #[test]
 fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
     let scratch = Scratch::new("webrtc");
-    let node = Node::start_toml(&scratch, config);
+    // The caller comes through an IVR that notes why they call: the
+    // context a transfer carries.
+    let node = Node::start_toml(&scratch, |sip, http| {
+        config(sip, http).replace(
+            r#"dids = { "100" = "info" }"#,
+            r#"dids = { "100" = { flow = "vaccini" } }
+
+[[flows]]
+name = "vaccini"
+start = "motivo"
+[flows.nodes.motivo]
+type = "set"
+variables = { motivo = "prenotazione" }
+next = "coda"
+[flows.nodes.coda]
+type = "enqueue"
+queue = "info""#,
+        )
+    });
     let mut b = desk_with_browser_phone(&scratch, &node);
 
     let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
@@ -322,12 +359,33 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
         after >= 20.0,
         "resumed, the browser hears the caller: {after} packets"
     );
+    // Muted from the page: the caller hears silence, then the operator
+    // again.
+    b.tab_to("mute");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('mute').getAttribute('aria-pressed') === 'true'",
+        "muted",
+    );
+    speak(&caller, to, &speech, &mut seq, Duration::from_millis(300));
+    let (heard, loud) =
+        speak_and_listen(&caller, to, &speech, &mut seq, Duration::from_millis(1500));
+    assert!(
+        heard >= 40 && loud <= 2,
+        "muted: the caller gets packets ({heard}) of silence ({loud} loud)"
+    );
+    b.key("Enter", false);
+    let (_, loud) = speak_and_listen(&caller, to, &speech, &mut seq, Duration::from_millis(1500));
+    assert!(
+        loud >= 10,
+        "unmuted: the caller hears the operator ({loud} loud frames)"
+    );
     let record = b.eval("window.centralinoPhone.record");
 
-    // A blind transfer from the page, with the keyboard: to the queue
-    // "secondo", where the colleague's phone answers the same call.
+    // A blind transfer from the page, with the keyboard: to a colleague
+    // by name, whose SIP phone gets the same call with the IVR's answers.
     b.tab_to("transfer-to");
-    b.type_text("secondo");
+    b.type_text("1002");
     b.key("Enter", false);
     b.wait_for(
         "document.getElementById('talk').hidden && !window.centralinoPhone.pc \
@@ -342,11 +400,13 @@ fn an_operator_answers_in_the_browser_and_audio_flows_both_ways() {
     let log = colleague.messages();
     let record = record.as_str().expect("the ring's record");
     assert!(
-        log.contains(&format!("X-Centralino-Call: {record}")),
-        "the colleague gets the same call record {record}:\n{log}"
+        log.contains(&format!("X-Centralino-Call: {record}"))
+            && log.contains("X-Centralino-Flow: vaccini")
+            && log.contains("X-Centralino-Var: motivo=prenotazione"),
+        "the colleague gets the same call record {record} with the caller's context:\n{log}"
     );
     assert_eq!(
-        node.metric("centralino_transfers_total{outcome=\"done\",target=\"queue\"}"),
+        node.metric("centralino_transfers_total{outcome=\"done\",target=\"operator\"}"),
         1.0
     );
 }
@@ -450,10 +510,10 @@ fn an_admin_reading_a_desk_cannot_make_the_browser_that_operators_phone() {
     let scratch = Scratch::new("webrtc-admin");
     let node = Node::start_toml(&scratch, config);
     let url = format!(
-        "ws://127.0.0.1:{}/api/v1/agents/1001/events?access_token=webrtc-admin-token-0123456789",
+        "ws://127.0.0.1:{}/api/v1/agents/1001/events",
         node.http_port
     );
-    let (mut ws, _) = tungstenite::connect(url).expect("the desk's WebSocket");
+    let mut ws = crate::common::ws_connect(&url, "webrtc-admin-token-0123456789");
     ws.send(tungstenite::Message::Text(
         r#"{"type": "phone", "on": true}"#.into(),
     ))

@@ -656,15 +656,20 @@ async fn run_engine(
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     let now = Instant::now().into_std();
+                    engine.tick_clock(now);
                     lag.turn(&mut engine, now, rx.len(), &clients.metrics);
                     take_input(&mut engine, &mut plane, &mut browsers, &mut conns, &mut life, &mut lag, now, input, &clients.metrics);
                     budget = BATCH;
                 }
                 () = sleep => {
-                    engine.handle_timeout(Instant::now().into_std());
+                    let now = Instant::now().into_std();
+                    engine.tick_clock(now);
+                    engine.handle_timeout(now);
                 }
                 Some(event) = media_rx.recv() => {
-                    engine.handle_media(Instant::now().into_std(), event);
+                    let now = Instant::now().into_std();
+                    engine.tick_clock(now);
+                    engine.handle_media(now, event);
                 }
                 _ = beat.tick() => heartbeat.beat(Instant::now().into_std()),
             }

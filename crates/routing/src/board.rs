@@ -10,11 +10,19 @@
 //! sees the new version. Readers (wallboard, metrics) load the word.
 //!
 //! Word layout: `version:u32 | state:u8 | aux:u8 | 0:u16`.
+//!
+//! Beside the words, each operator's time of their last change of state or
+//! reason, in whole Unix seconds of a coarse clock the engine moves once
+//! per turn (`tick`): the wallboard's "time in state", with no clock read
+//! on the router's path (and none at all here: sans-IO).
 
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
+// Not part of the exclusivity protocol (a reading for people), so plain
+// atomics even under loom.
+use std::sync::atomic::AtomicU32;
 
 /// An operator's state code on the board.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +112,10 @@ impl Slot {
 /// One word per operator.
 pub struct Board {
     words: Box<[AtomicU64]>,
+    /// Per operator: `clock` when their state or reason last changed.
+    since: Box<[AtomicU32]>,
+    /// Unix seconds, moved forward by [`Board::tick`].
+    clock: AtomicU32,
 }
 
 impl Board {
@@ -111,7 +123,30 @@ impl Board {
     pub fn new(n: usize) -> Self {
         Self {
             words: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            since: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            clock: AtomicU32::new(0),
         }
+    }
+
+    /// Moves the coarse clock to `unix` seconds (never back). The engine
+    /// calls it once per turn, so a transition made in the turn is stamped
+    /// with the turn's second.
+    pub fn tick(&self, unix: i64) {
+        let now = u32::try_from(unix.max(0)).unwrap_or(u32::MAX);
+        self.clock.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Seconds from `agent`'s last change of state or reason to `unix`
+    /// (the reader's clock; 0 if it is behind the change); `None` for an
+    /// operator unchanged since the board was made (logged out since the
+    /// start: how long is not known here).
+    pub fn seconds_in_state(&self, agent: usize, unix: i64) -> Option<u32> {
+        let since = self.since[agent].load(Ordering::Relaxed);
+        (since > 0).then(|| {
+            u32::try_from(unix.max(0))
+                .unwrap_or(u32::MAX)
+                .saturating_sub(since)
+        })
     }
 
     /// Number of operators.
@@ -144,7 +179,13 @@ impl Board {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .map(|_| next)
+            .map(|_| {
+                if (seen.code, seen.aux) != (code, aux) {
+                    let now = self.clock.load(Ordering::Relaxed);
+                    self.since[agent].store(now, Ordering::Relaxed);
+                }
+                next
+            })
             .map_err(Slot::unpack)
     }
 
@@ -174,6 +215,31 @@ mod tests {
         assert_eq!(won.version, 2);
         let lost = b.take(0, avail.version, Code::Paused, 1).unwrap_err();
         assert_eq!(lost, won);
+    }
+
+    #[test]
+    fn time_in_state_counts_from_the_last_change_of_state_or_reason() {
+        let b = Board::new(2);
+        b.tick(1_000);
+        let avail = b.transition(0, b.load(0), Code::Available, 0).unwrap();
+        assert_eq!(b.seconds_in_state(0, 1_060), Some(60));
+        // A taker that loses changes nothing; a new version in the same
+        // state and reason does not restart the time either.
+        b.tick(1_030);
+        let again = b.transition(0, avail, Code::Available, 0).unwrap();
+        assert!(b.transition(0, avail, Code::Paused, 1).is_err());
+        assert_eq!(b.seconds_in_state(0, 1_060), Some(60));
+        // Another reason is another state.
+        let paused = b.transition(0, again, Code::Paused, 1).unwrap();
+        assert_eq!(b.seconds_in_state(0, 1_060), Some(30));
+        // The clock never goes back.
+        b.tick(900);
+        b.transition(0, paused, Code::Paused, 2).unwrap();
+        assert_eq!(b.seconds_in_state(0, 1_060), Some(30));
+        // Never changed: not known.
+        assert_eq!(b.seconds_in_state(1, 1_060), None);
+        // A reader whose clock is behind the change reads 0.
+        assert_eq!(b.seconds_in_state(0, 1_000), Some(0));
     }
 }
 

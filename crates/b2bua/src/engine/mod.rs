@@ -559,6 +559,13 @@ impl Engine {
         self.out.pop_front()
     }
 
+    /// Moves the operators' board clock to now: the driver calls it once per
+    /// turn, before the turn's inputs, so every change of state made in the
+    /// turn is stamped with its second (the wallboard's time in state).
+    pub fn tick_clock(&self, now: Instant) {
+        self.router.tick_board(self.unix_at(now));
+    }
+
     /// When [`Self::handle_timeout`] must next run.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {

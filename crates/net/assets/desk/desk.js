@@ -36,7 +36,10 @@ const T = {
     "phone-off": "spento", "phone-refused": "non disponibile", pickup: "Rispondi",
     decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia", hold: "Attesa",
     ringing_here: "Squilla qui: rispondi con il pulsante", "no-mic": "Microfono non disponibile",
-    "transfer-to": "Trasferisci alla coda", transfer: "Trasferisci", transferred: "Chiamata trasferita",
+    "transfer-to": "Trasferisci a una coda, un collega o un numero",
+    figures: "Le mie code", "f-queue": "Coda", "f-waiting": "In attesa", "f-oldest": "Attesa più lunga (s)",
+    "f-expected": "Attesa prevista (s)", "f-free": "Colleghi liberi", "f-today": "Oggi",
+    "f-calls": "chiamate", "f-talk": "in conversazione", transfer: "Trasferisci", transferred: "Chiamata trasferita",
     "consult-to": "Consulta un collega o una coda", consult: "Consulta",
     complete: "Passa la chiamata", "consult-cancel": "Torna al cittadino",
     "consult-calling": "Chiamata di consulenza in corso: il cittadino è in attesa",
@@ -74,7 +77,10 @@ const T = {
     "phone-off": "off", "phone-refused": "not available", pickup: "Answer",
     decline: "Decline", mute: "Microphone", hangup: "Hang up", hold: "Hold",
     ringing_here: "Ringing here: answer with the button", "no-mic": "No microphone",
-    "transfer-to": "Transfer to queue", transfer: "Transfer", transferred: "Call transferred",
+    "transfer-to": "Transfer to a queue, a colleague or a number",
+    figures: "My queues", "f-queue": "Queue", "f-waiting": "Waiting", "f-oldest": "Oldest wait (s)",
+    "f-expected": "Expected wait (s)", "f-free": "Colleagues free", "f-today": "Today",
+    "f-calls": "calls", "f-talk": "talking for", transfer: "Transfer", transferred: "Call transferred",
     "consult-to": "Consult a colleague or a queue", consult: "Consult",
     complete: "Hand the call over", "consult-cancel": "Back to the caller",
     "consult-calling": "Calling for a consultation: the caller is on hold",
@@ -116,6 +122,8 @@ function problem(r) {
 
 function showLogin() {
   desk.agent = null;
+  clearInterval(desk.figuresPoll);
+  $("figures").tBodies[0].replaceChildren();
   // Signed out (or the session expired): no call's audio goes on here;
   // the node requeues a caller whose browser is gone.
   endConsult();
@@ -133,6 +141,31 @@ function showLogin() {
   $("username").focus();
 }
 
+// The operator's queues now and their own calls today, every 5 s (the
+// node answers from memory: no store read).
+async function figures() {
+  if (!desk.agent) return;
+  const r = await api("GET", "/api/v1/agents/" + encodeURIComponent(desk.agent) + "/figures");
+  if (r.status !== 200 || !r.json) return;
+  const tbody = $("figures").tBodies[0];
+  tbody.replaceChildren();
+  for (const q of r.json.queues || []) {
+    const tr = document.createElement("tr");
+    [q.name, q.waiting, q.oldest_wait_seconds, q.expected_wait_seconds, q.available].forEach((v, i) => {
+      const cell = document.createElement(i === 0 ? "th" : "td");
+      if (i === 0) cell.scope = "row";
+      cell.textContent = String(v);
+      tr.append(cell);
+    });
+    tbody.append(tr);
+  }
+  const today = r.json.today || { calls: 0, talk_seconds: 0 };
+  $("today-calls").textContent = String(today.calls);
+  const s = today.talk_seconds;
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = String(s % 60).padStart(2, "0");
+  $("today-talk").textContent = h > 0 ? h + ":" + String(m).padStart(2, "0") + ":" + sec : m + ":" + sec;
+}
+
 function showDesk(agent) {
   desk.agent = agent;
   $("login").hidden = true;
@@ -140,6 +173,9 @@ function showDesk(agent) {
   $("logout").hidden = false;
   $("who").textContent = agent;
   connect();
+  figures();
+  clearInterval(desk.figuresPoll);
+  desk.figuresPoll = setInterval(figures, 5000);
   // Never disabled, unlike the state buttons.
   $("reason").focus();
 }

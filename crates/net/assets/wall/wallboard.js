@@ -17,6 +17,7 @@ const T = {
     "c-name": "Campagna", "c-queue": "Coda", "c-ringing": "Squillano", "c-talking": "In conversazione",
     "c-answered": "Risposte", "c-abandon": "Abbandono",
     "a-name": "Operatore", "a-tenant": "Ente", "a-state": "Stato", "a-reason": "Motivo",
+    "a-since": "Nello stato da", alarm: "Allarme personale", "alarm-short": "mancano {n} operatori",
     "a-actions": "Azioni", "do-pause": "Metti in pausa", "do-resume": "Rendi disponibile",
     "done-paused": "in pausa", "done-available": "disponibile",
     "do-signout": "Fine turno", "done-logged_out": "fuori servizio", "done-logging_out": "fuori servizio dopo la chiamata",
@@ -42,6 +43,7 @@ const T = {
     "c-name": "Campaign", "c-queue": "Queue", "c-ringing": "Ringing", "c-talking": "Talking",
     "c-answered": "Answered", "c-abandon": "Abandon rate",
     "a-name": "Operator", "a-tenant": "Firm", "a-state": "State", "a-reason": "Reason",
+    "a-since": "Time in state", alarm: "Staffing alarm", "alarm-short": "{n} operators short",
     "a-actions": "Actions", "do-pause": "Put on a break", "do-resume": "Make available",
     "done-paused": "on a break", "done-available": "available",
     "do-signout": "Sign out", "done-logged_out": "signed out", "done-logging_out": "signed out after the call",
@@ -63,6 +65,27 @@ const board = { on: false, socket: null, retry: 0, poll: null, view: null, agent
 
 // A ratio as the wallboard shows it ("—" without calls).
 const percent = (v) => (v === null || v === undefined ? null : (100 * v).toFixed(1) + " %");
+
+// Seconds as h:mm:ss or m:ss (time in state).
+function clock(s) {
+  if (s === null || s === undefined) return null;
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = String(s % 60).padStart(2, "0");
+  return h > 0 ? h + ":" + String(m).padStart(2, "0") + ":" + r : m + ":" + r;
+}
+
+// Queues the staffing advisor finds short of operators: a line each above
+// the table, and the cell marked (colour and a sign, not colour alone).
+function alarms(queues) {
+  const box = $("alarms");
+  box.replaceChildren();
+  for (const q of queues) {
+    if (q.agents_needed === null || q.agents_needed === undefined || !(q.agents_short > 0)) continue;
+    const p = document.createElement("p");
+    p.className = "alarm";
+    p.textContent = "⚠ " + t("alarm") + " — " + q.name + ": " + t("alarm-short").replace("{n}", q.agents_short);
+    box.append(p);
+  }
+}
 
 function translate() {
   document.documentElement.lang = lang;
@@ -102,6 +125,14 @@ function render() {
     board.today[q.name] && percent(board.today[q.name].abandon_rate),
     board.backlog[q.name],
   ]));
+  alarms(v.queues || []);
+  (v.queues || []).forEach((q, i) => {
+    const row = $("queues").tBodies[0].rows[i];
+    if (row && q.agents_needed !== null && q.agents_needed !== undefined && q.agents_short > 0) {
+      row.cells[9].classList.add("alarm");
+      row.cells[9].textContent = "⚠ " + q.agents_short;
+    }
+  });
   cells($("campaigns").tBodies[0], (v.campaigns || []).map((c) => [
     c.name, c.queue, c.ringing, c.talking, c.answered,
     c.abandon_rate === null || c.abandon_rate === undefined ? null : (100 * c.abandon_rate).toFixed(1) + " %",
@@ -109,6 +140,7 @@ function render() {
   const tbody = $("agents").tBodies[0];
   cells(tbody, board.agents.map((a) => [
     a.agent, a.tenant, T[lang]["s_" + a.state] ?? a.state, a.reason && (T[lang]["r_" + a.reason] ?? a.reason),
+    clock(a.seconds_in_state),
   ]));
   // A break forced or lifted by the supervisor (audited on the node).
   board.agents.forEach((a, i) => {

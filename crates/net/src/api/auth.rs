@@ -21,9 +21,6 @@ pub(super) struct Route {
 pub(super) enum Audit {
     /// Every answer, under the name of the bearer token presented.
     Bearer,
-    /// Every answer, under the bearer token or the `?token=` a browser's
-    /// WebSocket carries.
-    BearerOrQuery,
     /// Refusals (403) only: someone tried another operator's desk. Reads
     /// are audited by the handler, once per reader and call.
     Refusals,
@@ -73,14 +70,11 @@ pub(super) async fn audited_route(
         .unwrap_or_default();
     let token = match a.audit {
         Audit::Bearer | Audit::Refusals => bearer(req.headers()).map(str::to_owned),
-        Audit::BearerOrQuery => bearer(req.headers())
-            .map(str::to_owned)
-            .or_else(|| query_token(req.uri().query())),
         Audit::CountOnly => None,
     };
     let r = next.run(req).await;
     match a.audit {
-        Audit::Bearer | Audit::BearerOrQuery => {
+        Audit::Bearer => {
             a.api.done(name, token.as_deref(), &target, r.status());
         }
         Audit::Refusals if r.status() == StatusCode::FORBIDDEN => {

@@ -1,7 +1,9 @@
 //! Operator desks as the API keeps them: each operator's current call and
 //! events, the board and the supervisors' queue views, fed by the engine.
 
+use super::reports::rome_midnight;
 use super::*;
+use std::time::{Duration, Instant};
 
 /// What each operator's desktop shows, kept by the engine task. Desktops
 /// follow it over a WebSocket; each operator's desk is a `watch` channel:
@@ -50,6 +52,61 @@ pub(super) struct Desk {
     pub(super) seq: tokio::sync::watch::Sender<u64>,
     /// The last call shown (an operator finishes the script after it).
     pub(super) last_call: Option<String>,
+    /// The operator's own calls today, for their desktop.
+    pub(super) today: Today,
+}
+
+/// An operator's calls answered and talk time since midnight in Rome, as
+/// this node saw them (counted from the desk's news: a restart starts
+/// again from zero; the store's reports are the record). A call counts
+/// for the day it was answered.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Today {
+    /// The day they count for (Unix seconds of its midnight in Rome).
+    pub(super) day: i64,
+    pub(super) calls: u32,
+    pub(super) talk: Duration,
+    /// The call they talk on now, since when, and the day it was answered.
+    pub(super) talking: Option<(String, Instant, i64)>,
+}
+
+impl Today {
+    /// Takes the desk's news: a call answered starts counting, anything
+    /// else ends the talk counted so far.
+    pub(super) fn news(&mut self, info: Option<&AgentCall>, day: i64, now: Instant) {
+        if self.day != day {
+            self.day = day;
+            self.calls = 0;
+            self.talk = Duration::ZERO;
+        }
+        let connected = info.filter(|i| i.state == DeskState::Connected);
+        if let (Some((call, _, _)), Some(c)) = (&self.talking, connected)
+            && *call == c.call
+        {
+            return;
+        }
+        if let Some((_, since, answered)) = self.talking.take()
+            && answered == day
+        {
+            self.talk += now.saturating_duration_since(since);
+        }
+        if let Some(c) = connected {
+            self.calls += 1;
+            self.talking = Some((c.call.clone(), now, day));
+        }
+    }
+
+    /// Calls and talk time on `day` (the current call's so far included).
+    pub(super) fn at(&self, day: i64, now: Instant) -> (u32, Duration) {
+        if self.day != day {
+            return (0, Duration::ZERO);
+        }
+        let talking = match &self.talking {
+            Some((_, since, answered)) if *answered == day => now.saturating_duration_since(*since),
+            _ => Duration::ZERO,
+        };
+        (self.calls, self.talk + talking)
+    }
 }
 
 /// Changes kept per desk for desktops that fall behind.
@@ -61,6 +118,7 @@ impl Desk {
             events: std::collections::VecDeque::from([(0, None)]),
             seq: tokio::sync::watch::Sender::new(0),
             last_call: None,
+            today: Today::default(),
         }
     }
 
@@ -169,6 +227,13 @@ impl Desks {
         Some((slot.code.label(), why))
     }
 
+    /// Seconds since the operator's state or reason last changed.
+    pub(super) fn seconds_in_state(&self, agent: &str) -> Option<u32> {
+        let view = self.board.read().unwrap_or_else(|e| e.into_inner());
+        let (board, slots) = view.as_ref()?;
+        board.seconds_in_state(*slots.get(agent)?, unix_now())
+    }
+
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Desk>> {
         self.desks
             .lock()
@@ -185,12 +250,22 @@ impl Desks {
         if let Some(i) = info.as_ref().filter(|i| i.state == DeskState::Connected) {
             desk.last_call = Some(i.call.clone());
         }
+        let day = rome_midnight(unix_now());
+        desk.today.news(info.as_ref(), day, Instant::now());
         let seq = desk.newest().0 + 1;
         desk.events.push_back((seq, info));
         while desk.events.len() > DESK_EVENTS {
             desk.events.pop_front();
         }
         desk.seq.send_replace(seq);
+    }
+
+    /// The operator's calls answered and talk time today (see [`Today`]).
+    pub(super) fn today(&self, agent: &str) -> (u32, Duration) {
+        let day = rome_midnight(unix_now());
+        self.lock()
+            .get(agent)
+            .map_or((0, Duration::ZERO), |d| d.today.at(day, Instant::now()))
     }
 
     pub(super) fn current(&self, agent: &str) -> Option<AgentCall> {

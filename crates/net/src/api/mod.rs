@@ -123,6 +123,8 @@ struct Live {
     tenants: HashSet<String>,
     /// Each operator's tenant (supervisor views are per tenant).
     agent_tenants: Vec<(String, String)>,
+    /// Each operator's queues (their desktop's figures).
+    agent_queues: HashMap<String, Vec<String>>,
     /// Each queue's service thresholds (reports).
     targets: Arc<HashMap<String, centralino_store::Thresholds>>,
     /// Each queue's callback promise (reports).
@@ -203,6 +205,20 @@ impl Live {
             realm: config.sip.realm.clone(),
             agents: config.agents.iter().map(|a| a.username.clone()).collect(),
             tenants: config.tenants.iter().cloned().collect(),
+            agent_queues: config
+                .agents
+                .iter()
+                .map(|a| {
+                    let queues = a
+                        .queues
+                        .iter()
+                        .filter_map(|&q| config.queues.get(q))
+                        .filter(|q| !q.retired)
+                        .map(|q| q.routing.name.clone())
+                        .collect();
+                    (a.username.clone(), queues)
+                })
+                .collect(),
             agent_tenants: config
                 .agents
                 .iter()
@@ -329,10 +345,17 @@ fn table() -> Vec<Route> {
             get(get_agent_call),
         ),
         route(
+            "/api/v1/agents/{name}/figures",
+            &["GET"],
+            &["agent_figures"],
+            Audit::Refusals,
+            get(get_agent_figures),
+        ),
+        route(
             "/api/v1/agents/{name}/events",
             &["GET"],
             &["agent_events"],
-            Audit::BearerOrQuery,
+            Audit::Bearer,
             get(agent_events),
         ),
         route(
@@ -383,7 +406,7 @@ fn table() -> Vec<Route> {
             "/api/v1/queues/events",
             &["GET"],
             &["queue_events"],
-            Audit::BearerOrQuery,
+            Audit::Bearer,
             get(queue_events),
         ),
         route(
@@ -948,11 +971,11 @@ mod tests {
         assert_eq!(campaigns_json(&desks, None).as_array().unwrap().len(), 2);
     }
 
-    #[test]
-    fn a_desktop_behind_gets_every_transition_or_knows_what_it_missed() {
-        let call = |state| AgentCall {
+    /// A desk's news of call `id` in queue "info", nothing else set.
+    fn agent_call(id: &str, state: DeskState) -> AgentCall {
+        AgentCall {
             state,
-            call: "c1".into(),
+            call: id.into(),
             queue: "info".into(),
             flow: None,
             variables: Vec::new(),
@@ -960,7 +983,49 @@ mod tests {
             callback: None,
             campaign: None,
             contact: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_operators_calls_today_count_answers_and_talk_and_start_again_each_day() {
+        use std::time::{Duration, Instant};
+        let call = agent_call;
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut today = Today::default();
+        // Offered only (declined or unanswered): not a call of theirs.
+        today.news(Some(&call("c1", DeskState::Offered)), 1, s(0));
+        today.news(None, 1, s(5));
+        assert_eq!(today.at(1, s(5)), (0, Duration::ZERO));
+        // Answered at 10 s; the same call's news again counts once.
+        today.news(Some(&call("c2", DeskState::Offered)), 1, s(8));
+        today.news(Some(&call("c2", DeskState::Connected)), 1, s(10));
+        today.news(Some(&call("c2", DeskState::Connected)), 1, s(20));
+        assert_eq!(today.at(1, s(40)), (1, Duration::from_secs(30)));
+        // Over at 70 s; wrap-up adds nothing.
+        today.news(None, 1, s(70));
+        assert_eq!(today.at(1, s(100)), (1, Duration::from_secs(60)));
+        // Straight into another call (a takeover, a transfer back).
+        today.news(Some(&call("c3", DeskState::Connected)), 1, s(100));
+        today.news(Some(&call("c4", DeskState::Connected)), 1, s(110));
+        today.news(None, 1, s(115));
+        assert_eq!(today.at(1, s(200)), (3, Duration::from_secs(75)));
+        // A call answered before midnight counts for its own day: the new
+        // day starts empty, and the next call counts there.
+        today.news(Some(&call("c5", DeskState::Connected)), 1, s(300));
+        assert_eq!(today.at(1, s(310)), (4, Duration::from_secs(85)));
+        assert_eq!(today.at(2, s(310)), (0, Duration::ZERO));
+        today.news(None, 2, s(320));
+        assert_eq!(today.at(2, s(330)), (0, Duration::ZERO));
+        today.news(Some(&call("c6", DeskState::Connected)), 2, s(330));
+        assert_eq!(today.at(2, s(340)), (1, Duration::from_secs(10)));
+        // A day with no news yet reads as empty.
+        assert_eq!(today.at(3, s(400)), (0, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_desktop_behind_gets_every_transition_or_knows_what_it_missed() {
+        let call = |state| agent_call("c1", state);
         let desks = Desks::default();
         let mut rx = desks.watch("1001");
         assert_eq!(desks.snapshot("1001"), (0, None));

@@ -71,6 +71,11 @@ const OPERATIONS: &[(&str, &str, Who)] = &[
         Who::Operator,
     ),
     (
+        "agent_figures",
+        "The operator's own figures: their queues now, their calls today",
+        Who::Operator,
+    ),
+    (
         "agent_events",
         "An operator's desk as a WebSocket (and their browser phone)",
         Who::Operator,

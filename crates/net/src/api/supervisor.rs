@@ -185,7 +185,9 @@ pub(super) async fn get_agents(State(api): State<Api>, headers: HeaderMap) -> Re
                 .filter(|(_, at)| tenant.is_none_or(|t| at == t))
                 .map(|(name, at)| {
                     let (state, reason) = api.desks.agent_state(name).unwrap_or(("unknown", None));
-                    json!({ "agent": name, "tenant": at, "state": state, "reason": reason })
+                    let seconds = api.desks.seconds_in_state(name);
+                    json!({ "agent": name, "tenant": at, "state": state, "reason": reason,
+                            "seconds_in_state": seconds })
                 })
                 .collect();
             ok(StatusCode::OK, &json!({ "agents": agents }))
@@ -195,15 +197,14 @@ pub(super) async fn get_agents(State(api): State<Api>, headers: HeaderMap) -> Re
 
 /// `GET /api/v1/queues/events`: a WebSocket pushing the queues view (as
 /// `GET /api/v1/queues`, with a `seq`) at once and whenever it changes, at
-/// most once a second. Token in the header or `?access_token=`.
+/// most once a second. Token in the header or the wallboard's session
+/// cookie, never in the URL.
 pub(super) async fn queue_events(
     State(api): State<Api>,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
     upgrade: Upgrade,
 ) -> Response {
-    let from_query = query_token(query.as_deref());
-    let token = bearer(&headers).or(from_query.as_deref());
+    let token = bearer(&headers);
     match authorize_token(&api, token, Need::Supervisor) {
         Err(r) => *r,
         Ok(t) => match upgrade {

@@ -44,15 +44,6 @@ pub(super) async fn send_seq(
     .await
 }
 
-/// The `access_token` query parameter (browsers' WebSockets).
-pub(super) fn query_token(query: Option<&str>) -> Option<String> {
-    query.and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("access_token="))
-            .map(str::to_owned)
-    })
-}
-
 /// How often an open WebSocket's token is checked again even when the
 /// configuration did not change (a desk session expires).
 const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);

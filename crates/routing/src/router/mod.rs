@@ -735,6 +735,11 @@ impl Router {
         self.board.clone()
     }
 
+    /// Moves the board's coarse clock (time in state) to `unix` seconds.
+    pub fn tick_board(&self, unix: i64) {
+        self.board.tick(unix);
+    }
+
     /// An operator by id.
     pub fn agent(&self, id: AgentId) -> &Agent {
         &self.agents[id.0 as usize]
