@@ -240,6 +240,38 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
         "the call ended, its script still on the desk",
     );
     // The answers are stored with the call record.
+    // The call's outcome, by keyboard, in wrap-up: an inbound call's codes.
+    assert_eq!(
+        b.eval("document.getElementById('disposition-h').textContent"),
+        "Esito della chiamata"
+    );
+    b.tab_to("code");
+    for _ in 0..4 {
+        if b.eval("document.getElementById('code').value") == "information" {
+            break;
+        }
+        b.key("ArrowDown", false);
+    }
+    assert_eq!(
+        b.eval("document.getElementById('code').value"),
+        "information"
+    );
+    b.tab_to("note");
+    b.type_text("Orari del centro");
+    b.tab_to("save-disposition");
+    b.key("Enter", false);
+    b.wait_for(
+        "document.getElementById('disposition-status').textContent === 'Esito registrato'",
+        "the outcome saved",
+    );
+    // A campaign's code is no inbound call's outcome.
+    let (status, body) = node.http(
+        "POST",
+        &format!("/api/v1/calls/{call}/disposition"),
+        Some(&token),
+        Some(r#"{"code": "call_later"}"#),
+    );
+    assert_eq!(status, 422, "{body}");
     // Their calls today: this one (the page asks every 5 s).
     b.wait_for(
         "document.getElementById('today-calls').textContent === '1'",
@@ -258,6 +290,8 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
     assert_eq!(
         store.answers(&call).expect("answers"),
         [
+            ("@disposition".to_owned(), "information".to_owned()),
+            ("@note".to_owned(), "Orari del centro".to_owned()),
             ("centro".to_owned(), "Roma, Nuvola".to_owned()),
             ("dose".to_owned(), "si".to_owned())
         ]

@@ -17,6 +17,23 @@ const SUPERVISOR: &str = "web-supervisor-token-0123456789";
 /// `GET path` over TLS to 127.0.0.1:`port`, trusting `ca`: the whole
 /// answer (head and body).
 fn https_get(port: u16, ca: &std::path::Path, path: &str) -> String {
+    let mut tls = tls_connect(port, ca);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request over TLS");
+    let mut out = Vec::new();
+    // A close without TLS close_notify ends the read too.
+    let _ = tls.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TLS connection to the node's HTTPS port, checked against `ca`.
+fn tls_connect(
+    port: u16,
+    ca: &std::path::Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca) {
         roots.add(c).expect("root");
@@ -34,16 +51,7 @@ fn https_get(port: u16, ca: &std::path::Path, path: &str) -> String {
     let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    write!(
-        tls,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request over TLS");
-    let mut out = Vec::new();
-    // A close without TLS close_notify ends the read too.
-    let _ = tls.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    rustls::StreamOwned::new(conn, tcp)
 }
 
 fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
@@ -59,7 +67,7 @@ fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
     let pki = Pki::new(&scratch);
     pki.leaf("node", "ca", "IP:127.0.0.1");
     let node = Node::start_toml(&scratch, |sip, http| {
-        NodeConfig::default().toml(sip, http).replacen(
+        let toml = NodeConfig::default().toml(sip, http).replacen(
             &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
             &format!(
                 "[http]\nlisten = \"127.0.0.1:{http}\"\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
@@ -67,6 +75,9 @@ fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
                 pki.s("node.key")
             ),
             1,
+        );
+        format!(
+            "{toml}\n[[api.tokens]]\nname = \"sup\"\ntoken = \"{SUPERVISOR}\"\nrole = \"supervisor\"\n"
         )
     });
     assert!(node.logs().contains("https=true"), "{}", node.logs());
@@ -83,6 +94,26 @@ fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
             .is_some_and(|v| v.contains("frame-ancestors 'none'")),
         "{answer}"
     );
+    // WSS: the supervisors' WebSocket over the same TLS, the token in the
+    // header; the queues' view arrives at once.
+    {
+        use tungstenite::client::IntoClientRequest;
+        let mut req = format!("wss://127.0.0.1:{}/api/v1/queues/events", node.http_port)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {SUPERVISOR}").parse().expect("header"),
+        );
+        let tls = tls_connect(node.http_port, &pki.path("ca.pem"));
+        let (mut ws, answer) = tungstenite::client(req, tls).expect("a WebSocket over TLS");
+        assert_eq!(answer.status(), 101);
+        let first = ws.read().expect("the queues' view");
+        let view: serde_json::Value =
+            serde_json::from_str(first.to_text().expect("text")).expect("JSON");
+        assert!(view["queues"].is_array() && view["seq"].is_u64(), "{view}");
+        let _ = ws.close(None);
+    }
     // Plain HTTP on the HTTPS port gets no answer of the API.
     let mut plain = TcpStream::connect(("127.0.0.1", node.http_port)).expect("connect");
     plain

@@ -1062,6 +1062,66 @@ fn a_phones_reinvite_without_sdp_gets_an_offer_and_its_ack_answer_holds_the_call
     assert!(line.contains("held=true"), "{line}");
 }
 
+/// Issue 15: hold and resume from a SIP phone. The operator's phone (SIPp)
+/// re-INVITEs `sendonly` a second after answering (SIPp checks the node's
+/// `recvonly` answer), the caller hears the queue's music while held; 2.5 s
+/// later it re-INVITEs `sendrecv` (answered `sendrecv`, checked) and the
+/// music stops: the phone sends no audio, so the caller hears nothing more
+/// until they hang up 7 s after the answer.
+#[test]
+fn a_phone_holds_and_resumes_by_reinvite_and_the_caller_hears_music_only_meanwhile() {
+    let scratch = Scratch::new("hold-resume");
+    let (node, mut phone) = node_and_phone(&scratch, "agent_hold_resume.xml");
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let mut trunk = trunk_call(&scratch, &node, "trunk", "trunk_media.xml", &caller, "7000");
+    // When each packet reaches the caller, until the caller hangs up.
+    let mut arrivals = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        if let Ok((n, _)) = caller.recv_from(&mut buf)
+            && rtp::parse(&buf[..n]).is_ok()
+        {
+            arrivals.push(Instant::now());
+        }
+        if trunk.try_wait().is_some() {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "the caller's call never ended");
+    };
+    trunk.expect_success(Duration::from_secs(5));
+    phone.expect_success(Duration::from_secs(10));
+    // 2.5 s held: about 125 packets of music (20 ms each).
+    assert!(
+        arrivals.len() >= 60,
+        "the held caller hears the music: {} packets",
+        arrivals.len()
+    );
+    let (first, last) = (arrivals[0], arrivals[arrivals.len() - 1]);
+    assert!(
+        last - first <= Duration::from_millis(3500),
+        "music only while held: {:?} of it",
+        last - first
+    );
+    assert!(
+        ended - last >= Duration::from_millis(1500),
+        "resumed, the music stopped {:?} before the caller hung up",
+        ended - last
+    );
+    let logs = node.logs();
+    let held: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("session changed by re-INVITE"))
+        .collect();
+    assert!(
+        held.len() == 2 && held[0].contains("held=true") && held[1].contains("held=false"),
+        "{held:?}"
+    );
+}
+
 /// Issue 18: the other way. An operator's phone that keys only by SIP
 /// INFO presses 7 on a call whose carrier negotiated telephone-event but
 /// lists no INFO: the caller's RTP socket (the test's) receives the key

@@ -23,6 +23,8 @@ const T = {
     note: "Nota", save: "Registra esito", "disposition-saved": "Esito registrato",
     "d-booked": "Appuntamento preso", "d-refused": "Rifiuta", "d-call_later": "Richiamare",
     "d-no_contact": "Non raggiunto", "d-wrong_number": "Numero errato",
+    "disposition-call": "Esito della chiamata", "d-resolved": "Risolta", "d-information": "Informazioni date",
+    "d-callback": "Da richiamare", "d-unresolved": "Non risolta",
     "bad-login": "Utente o password errati", "too-many": "Troppi tentativi: riprova più tardi",
     "logins-off": "Accesso da browser disattivato su questo nodo",
     failed: "Operazione non riuscita", lang: "English",
@@ -37,9 +39,9 @@ const T = {
     decline: "Rifiuta", mute: "Microfono", hangup: "Riaggancia", hold: "Attesa",
     ringing_here: "Squilla qui: rispondi con il pulsante", "no-mic": "Microfono non disponibile",
     "transfer-to": "Trasferisci a una coda, un collega o un numero",
-    figures: "Le mie code", "f-queue": "Coda", "f-waiting": "In attesa", "f-oldest": "Attesa più lunga (s)",
-    "f-expected": "Attesa prevista (s)", "f-free": "Colleghi liberi", "f-today": "Oggi",
-    "f-calls": "chiamate", "f-talk": "in conversazione", transfer: "Trasferisci", transferred: "Chiamata trasferita",
+    figures: "Le mie code", "f-queue": "Coda", "f-waiting": "In attesa", "f-oldest": "Attesa max (s)",
+    "f-expected": "Prevista (s)", "f-free": "Liberi", "f-today": "Oggi",
+    "f-calls": "chiamate", "f-call": "chiamata", "f-talk": "in conversazione", transfer: "Trasferisci", transferred: "Chiamata trasferita",
     "consult-to": "Consulta un collega o una coda", consult: "Consulta",
     complete: "Passa la chiamata", "consult-cancel": "Torna al cittadino",
     "consult-calling": "Chiamata di consulenza in corso: il cittadino è in attesa",
@@ -64,6 +66,8 @@ const T = {
     note: "Note", save: "Save outcome", "disposition-saved": "Outcome saved",
     "d-booked": "Appointment booked", "d-refused": "Refused", "d-call_later": "Call later",
     "d-no_contact": "Not reached", "d-wrong_number": "Wrong number",
+    "disposition-call": "Call outcome", "d-resolved": "Resolved", "d-information": "Information given",
+    "d-callback": "To call back", "d-unresolved": "Not resolved",
     "bad-login": "Wrong user or password", "too-many": "Too many attempts: try again later",
     "logins-off": "Browser sign-in is off on this node",
     failed: "That did not work", lang: "Italiano",
@@ -78,9 +82,9 @@ const T = {
     decline: "Decline", mute: "Microphone", hangup: "Hang up", hold: "Hold",
     ringing_here: "Ringing here: answer with the button", "no-mic": "No microphone",
     "transfer-to": "Transfer to a queue, a colleague or a number",
-    figures: "My queues", "f-queue": "Queue", "f-waiting": "Waiting", "f-oldest": "Oldest wait (s)",
-    "f-expected": "Expected wait (s)", "f-free": "Colleagues free", "f-today": "Today",
-    "f-calls": "calls", "f-talk": "talking for", transfer: "Transfer", transferred: "Call transferred",
+    figures: "My queues", "f-queue": "Queue", "f-waiting": "Waiting", "f-oldest": "Longest (s)",
+    "f-expected": "Expected (s)", "f-free": "Free", "f-today": "Today",
+    "f-calls": "calls", "f-call": "call", "f-talk": "talking for", transfer: "Transfer", transferred: "Call transferred",
     "consult-to": "Consult a colleague or a queue", consult: "Consult",
     complete: "Hand the call over", "consult-cancel": "Back to the caller",
     "consult-calling": "Calling for a consultation: the caller is on hold",
@@ -161,6 +165,9 @@ async function figures() {
   }
   const today = r.json.today || { calls: 0, talk_seconds: 0 };
   $("today-calls").textContent = String(today.calls);
+  const unit = $("today-calls").nextElementSibling;
+  unit.dataset.t = today.calls === 1 ? "f-call" : "f-calls";
+  unit.textContent = t(unit.dataset.t);
   const s = today.talk_seconds;
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = String(s % 60).padStart(2, "0");
   $("today-talk").textContent = h > 0 ? h + ":" + String(m).padStart(2, "0") + ":" + sec : m + ":" + sec;
@@ -231,6 +238,10 @@ function connect() {
     try { e = JSON.parse(m.data); } catch (_) { return; }
     if (e.event === "agent") {
       showState(e);
+      // Their own state changed their queue's figures (and their count);
+      // the node publishes its queues' view within a second or so.
+      figures();
+      setTimeout(figures, 1500);
     } else if (e.event === "idle") {
       renderCall(null);
     } else if (e.event === "offered" || e.event === "connected") {
@@ -320,7 +331,9 @@ function renderCall(c) {
   row(dl, t("callback"), c.callback);
   for (const [k, v] of Object.entries(c.variables || {})) row(dl, k, v);
   $("preview").hidden = c.state !== "preview";
-  $("disposition-panel").hidden = !(c.campaign && c.state === "connected");
+  // A campaign's contact or a citizen who called: each its outcomes.
+  if (c.state === "connected") dispositionCodes(c.campaign ? "campaign" : "inbound");
+  $("disposition-panel").hidden = c.state !== "connected";
   if (c.script && c.state === "connected") {
     showScript(c.script, c.call);
   } else {
@@ -407,6 +420,29 @@ async function answer(ev) {
   if (r.status !== 201) { $("script-status").textContent = problem(r); return; }
   $("script-status").textContent = t("saved");
   ask(q.answers ? q.answers[value] : (q.next || "end"));
+}
+
+// The outcomes the node takes for each kind of call.
+const CODES = {
+  campaign: ["booked", "refused", "call_later", "no_contact", "wrong_number"],
+  inbound: ["resolved", "booked", "information", "callback", "unresolved"],
+};
+
+function dispositionCodes(kind) {
+  const h = $("disposition-h");
+  h.dataset.t = kind === "campaign" ? "disposition" : "disposition-call";
+  h.textContent = t(h.dataset.t);
+  const select = $("code");
+  if (select.dataset.kind === kind) return;
+  select.dataset.kind = kind;
+  select.replaceChildren();
+  for (const code of CODES[kind]) {
+    const o = document.createElement("option");
+    o.value = code;
+    o.dataset.t = "d-" + code;
+    o.textContent = t("d-" + code);
+    select.append(o);
+  }
 }
 
 async function dispose(ev) {

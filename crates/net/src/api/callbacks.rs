@@ -22,7 +22,7 @@ pub(super) fn view(cb: &Callback) -> Value {
 }
 
 /// A time: RFC 3339 text or Unix seconds.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub(super) enum When {
     Unix(i64),
@@ -42,7 +42,7 @@ pub(super) fn when(w: &When) -> Result<i64, String> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     pub(super) queue: String,
@@ -52,7 +52,7 @@ pub(super) struct CreateBody {
     pub(super) priority: Option<i32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PatchBody {
     #[serde(default, deserialize_with = "present")]

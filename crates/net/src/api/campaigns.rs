@@ -151,7 +151,7 @@ fn current_spec(live: &Live, c: &Campaign) -> Result<Spec, Vec<(String, String)>
     validate("", &raw, live)
 }
 
-fn problems_response(code: StatusCode, problems: &[(String, String)]) -> Response {
+pub(super) fn problems_response(code: StatusCode, problems: &[(String, String)]) -> Response {
     let list: Vec<Value> = problems
         .iter()
         .map(|(k, m)| json!({ "key": k, "message": m }))
@@ -431,9 +431,9 @@ impl<'de> Deserialize<'de> for Bounded {
 }
 
 /// One contact as the API takes it (JSON).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ContactIn {
+pub(super) struct ContactIn {
     number: String,
     name: Option<String>,
     priority: Option<i32>,
@@ -776,9 +776,9 @@ pub(super) async fn contacts_list(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DncIn {
+pub(super) struct DncIn {
     number: String,
     tenant: Option<String>,
 }
@@ -1004,17 +1004,20 @@ pub(super) async fn dnc_delete(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DispositionIn {
-    code: String,
-    at: Option<String>,
-    note: Option<String>,
+pub(super) struct DispositionIn {
+    pub(super) code: String,
+    pub(super) at: Option<String>,
+    pub(super) note: Option<String>,
 }
 
 /// `POST /api/v1/calls/{id}/disposition`: an operator's disposition of a
-/// campaign call (`{id}` is the call record id the desk shows), during the
-/// call or in wrap-up. `booked` and `refused` close the contact,
+/// call (`{id}` is the call record id the desk shows), during the call or
+/// in wrap-up. An inbound call's (no campaign placed it) is one of
+/// `INBOUND_CODES` with an optional note, kept with the call's answers
+/// (`scripts::inbound_disposition`).
+/// A campaign call's: `booked` and `refused` close the contact,
 /// `wrong_number` fails it, `call_later` (at `at`, moved into the
 /// campaign's window, or after the policy's delay) and `no_contact` ask for
 /// another attempt within the retry policy; a campaign's own codes are
@@ -1071,7 +1074,7 @@ pub(super) async fn post_disposition(
     let call = id.clone();
     let found = match api.store.with(move |s| s.attempt_by_call(&call)).await {
         Ok(Some(f)) => f,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "no campaign call with that id"),
+        Ok(None) => return inbound_disposition(&api, &token, id, b).await,
         Err(e) => return unavailable(&e),
     };
     let c = match visible(&api, &token, found.contact.campaign.clone()).await {

@@ -426,7 +426,7 @@ pub(super) fn call_event(d: Option<&AgentCall>) -> Value {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StateBody {
     pub(super) state: String,
@@ -496,7 +496,7 @@ pub(super) async fn set_state(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PreviewBody {
     pub(super) contact: i64,

@@ -3,7 +3,7 @@
 
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LoginBody {
     pub(super) username: String,
@@ -173,9 +173,9 @@ pub(super) async fn logout(State(api): State<Api>, headers: HeaderMap) -> Respon
     r
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TokenLoginBody {
+pub(super) struct TokenLoginBody {
     token: String,
     #[serde(default)]
     cookie_only: bool,

@@ -10,7 +10,7 @@ use crate::monitor::MonitorRefused;
 use centralino_b2bua::MonitorError;
 use centralino_media::monitor::MonitorMode;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MonitorBody {
     mode: String,

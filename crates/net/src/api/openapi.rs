@@ -175,7 +175,7 @@ const OPERATIONS: &[(&str, &str, Who)] = &[
     ),
     (
         "calls_disposition",
-        "A contact's outcome, from the operator",
+        "A call's outcome (a citizen's call or a campaign contact's), from the operator",
         Who::Operator,
     ),
     (
@@ -192,7 +192,50 @@ pub(super) fn document() -> &'static Value {
     DOC.get_or_init(build)
 }
 
+/// The request bodies the API reads with a type of its own: their JSON
+/// Schema (2020-12, OpenAPI 3.1's dialect) is derived from the very types
+/// the handlers deserialize (`schemars` reads the same serde attributes),
+/// so the document cannot drift from what a request must be. `one_or_many`
+/// for bodies that also take a JSON array of them (and CSV).
+fn request_schema(name: &str, g: &mut schemars::SchemaGenerator) -> Option<(Value, bool)> {
+    let s = |v: schemars::Schema| v.to_value();
+    Some(match name {
+        "callbacks_create" => (s(g.subschema_for::<CreateBody>()), false),
+        "callbacks_patch" => (s(g.subschema_for::<PatchBody>()), false),
+        "campaign_contacts_import" => (s(g.subschema_for::<ContactIn>()), true),
+        "dnc_add" => (s(g.subschema_for::<DncIn>()), false),
+        "calls_disposition" => (s(g.subschema_for::<DispositionIn>()), false),
+        "calls_answers" => (s(g.subschema_for::<AnswersBody>()), false),
+        "agent_state" => (s(g.subschema_for::<StateBody>()), false),
+        "agent_preview" => (s(g.subschema_for::<PreviewBody>()), false),
+        "agent_monitor" | "agent_monitor_mode" => {
+            (s(g.subschema_for::<monitor::MonitorBody>()), false)
+        }
+        "agents_create" => (s(g.subschema_for::<OperatorIn>()), true),
+        "agent_put" => (s(g.subschema_for::<OperatorIn>()), false),
+        "login" => (
+            json!({"oneOf": [
+                s(g.subschema_for::<LoginBody>()),
+                s(g.subschema_for::<TokenLoginBody>()),
+            ]}),
+            false,
+        ),
+        _ => return None,
+    })
+}
+
+/// Operations whose body is JSON without a type of its own here: a
+/// campaign is read by the campaigns crate's parser (README, "Outbound
+/// campaigns"). The other writes without a schema take no body.
+const UNTYPED_BODIES: &[&str] = &["campaigns_create", "campaigns_patch"];
+
 fn build() -> Value {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
     let mut paths = serde_json::Map::new();
     for r in table() {
         let params: Vec<Value> = r
@@ -222,15 +265,49 @@ fn build() -> Value {
                 op["security"] = json!([]);
             }
             if matches!(*method, "POST" | "PUT" | "PATCH") {
-                op["requestBody"] = json!({
-                    "required": true,
-                    "content": {"application/json": {"schema": {"type": "object"}}}
-                });
+                let typed = request_schema(name, &mut generator);
+                let required = typed.is_some() || UNTYPED_BODIES.contains(name);
+                let content = match typed {
+                    Some((schema, false)) => json!({"application/json": {"schema": schema}}),
+                    Some((schema, true)) => json!({
+                        "application/json": {"schema": {"oneOf": [schema, {"type": "array", "items": schema}]}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    }),
+                    None => json!({"application/json": {"schema": {"type": "object"}}}),
+                };
+                op["requestBody"] = json!({"required": required, "content": content});
             }
             item.insert(method.to_ascii_lowercase(), op);
         }
         paths.insert(r.path.to_owned(), Value::Object(item));
     }
+    // Served beside the API (not in its route table), without a token.
+    let text = |what: &str| {
+        json!({"get": {
+            "operationId": what,
+            "summary": match what {
+                "metrics" => "Prometheus metrics (text exposition format)",
+                _ => "Liveness and readiness: 200 `ok`, or 503 with what is wrong",
+            },
+            "security": [],
+            "responses": {
+                "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "503": {"description": "not ready", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            },
+        }})
+    };
+    paths.insert("/metrics".into(), text("metrics"));
+    paths.insert("/healthz".into(), text("healthz"));
+    let mut schemas = serde_json::Map::new();
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}},
+        }),
+    );
+    schemas.extend(generator.take_definitions(true));
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -239,7 +316,7 @@ fn build() -> Value {
             "description": "The HTTP API of a Centralino node. Bearer tokens \
                 (`api.tokens`, `Authorization: Bearer ...`) or the desk's session \
                 cookie; every refusal is a JSON `{\"error\"}` with a 4xx status, or 503 when the node cannot do it now. \
-                `/metrics` and `/healthz` are served beside it.",
+                Request bodies are described by schemas derived from the types the node reads them into.",
         },
         "paths": paths,
         "components": {
@@ -247,13 +324,7 @@ fn build() -> Value {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "centralino_session"},
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-            },
+            "schemas": schemas,
         },
         "security": [{"bearer": []}, {"session": []}],
     })
@@ -326,11 +397,67 @@ mod tests {
         for (name, ..) in OPERATIONS {
             assert!(names.contains(name), "{name} described but no route has it");
         }
+        // The API's routes, and the two pages served beside it.
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), table().len());
-        assert_eq!(
-            doc["paths"]["/api/v1/openapi.json"]["get"]["security"],
-            json!([])
-        );
+        assert_eq!(paths.len(), table().len() + 2);
+        for public in ["/api/v1/openapi.json", "/metrics", "/healthz"] {
+            assert_eq!(
+                doc["paths"][public]["get"]["security"],
+                json!([]),
+                "{public}"
+            );
+        }
+    }
+
+    /// Every write that takes a JSON body has a schema derived from the
+    /// type its handler reads, found in the components, and the schemas say
+    /// what serde enforces (required fields, no unknown ones), except the
+    /// few listed as untyped.
+    #[test]
+    fn request_bodies_are_described_by_the_types_the_handlers_read() {
+        let doc = build();
+        let schemas = &doc["components"]["schemas"];
+        let resolve = |s: &Value| -> Value {
+            match s["$ref"].as_str() {
+                Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+                None => s.clone(),
+            }
+        };
+        let mut typed = 0;
+        for r in table() {
+            for (method, name) in r.methods.iter().zip(r.names) {
+                let op = &doc["paths"][r.path][method.to_ascii_lowercase()];
+                let Some(body) = op.get("requestBody") else {
+                    continue;
+                };
+                let schema = &body["content"]["application/json"]["schema"];
+                if UNTYPED_BODIES.contains(name) || body["required"] == false {
+                    assert_eq!(schema, &json!({"type": "object"}), "{name}");
+                    continue;
+                }
+                typed += 1;
+                let one = schema["oneOf"].as_array().map_or(schema, |v| &v[0]);
+                let resolved = resolve(one);
+                assert!(
+                    resolved["properties"].is_object(),
+                    "{name}: {one} resolves to {resolved}"
+                );
+                assert_eq!(resolved["additionalProperties"], false, "{name}");
+            }
+        }
+        assert!(typed >= 13, "{typed} typed bodies");
+        let create = &schemas["CreateBody"];
+        let mut required: Vec<&str> = create["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        required.sort_unstable();
+        assert_eq!(required, ["number", "queue"], "{create}");
+        // Writes a node takes without a body are the ones with no schema.
+        for name in ["campaigns_start", "config_reload"] {
+            assert!(request_schema(name, &mut schemars::SchemaGenerator::default()).is_none());
+        }
     }
 }

@@ -19,9 +19,9 @@ const MAX_OPERATORS: usize = 100_000;
 const MAX_LISTED: usize = 1000;
 
 /// An operator as a request writes them.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
-struct OperatorIn {
+pub(super) struct OperatorIn {
     username: Option<String>,
     password: Option<String>,
     ha1_md5: Option<String>,

@@ -1,4 +1,5 @@
-//! Operator scripts and the answers a desk records against a call.
+//! Operator scripts, the answers a desk records against a call, and an
+//! inbound call's outcome kept with them.
 
 use super::*;
 
@@ -34,7 +35,7 @@ pub(super) async fn get_script(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AnswersBody {
     pub(super) agent: Option<String>,
@@ -106,6 +107,69 @@ pub(super) async fn answers(api: &Api, headers: &HeaderMap, id: String, body: &B
         .await
     {
         Ok(true) => ok(StatusCode::CREATED, &json!({ "call": id, "saved": n })),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such call"),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+    }
+}
+
+/// The outcomes of an inbound call (a citizen who called): kept with the
+/// call's script answers.
+pub(super) const INBOUND_CODES: &[&str] = &[
+    "resolved",
+    "booked",
+    "information",
+    "callback",
+    "unresolved",
+];
+
+/// Keys of an inbound call's outcome among its script answers: `@` is in
+/// no question id (the answers API refuses it), so a script cannot
+/// overwrite them.
+const DISPOSITION_KEY: &str = "@disposition";
+const NOTE_KEY: &str = "@note";
+
+/// The outcome of an inbound call, kept with its script answers under
+/// keys no script can use; the operator's desk vouches for its own call
+/// (its record may not be on disk yet), anyone else's needs the record.
+pub(super) async fn inbound_disposition(
+    api: &Api,
+    token: &ApiToken,
+    id: String,
+    b: DispositionIn,
+) -> Response {
+    if !INBOUND_CODES.contains(&b.code.as_str()) {
+        return problems_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &[(
+                "code".into(),
+                format!(
+                    "an inbound call's outcome is one of {}",
+                    INBOUND_CODES.join(", ")
+                ),
+            )],
+        );
+    }
+    if b.at.is_some() {
+        return problems_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &[("at".into(), "only for a campaign's call_later".into())],
+        );
+    }
+    let vouched = token.role == centralino_config::Role::Agent;
+    let by = token.agent.clone().unwrap_or_else(|| token.name.clone());
+    let mut list = vec![(DISPOSITION_KEY.to_owned(), b.code.clone())];
+    list.extend(b.note.map(|n| (NOTE_KEY.to_owned(), n)));
+    let now = unix_now() * 1000;
+    let call = id.clone();
+    match api
+        .store
+        .ask(|r| StoreReq::Answers(call, Some(by), list, now, vouched, r))
+        .await
+    {
+        Ok(true) => {
+            info!(code = %b.code, "inbound call's outcome recorded");
+            ok(StatusCode::OK, &json!({ "call": id, "code": b.code }))
+        }
         Ok(false) => error(StatusCode::NOT_FOUND, "no such call"),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
     }
