@@ -418,10 +418,12 @@ fn an_operator_dispositions_a_campaign_call_from_the_desk() {
     let path = format!("/api/v1/calls/{call}/disposition");
     let post = |token: &str, body: &str| node.http("POST", &path, Some(token), Some(body));
     // The call is the campaign's once its citizen is being dialled (a
-    // code the campaign does not know is then refused, not unknown).
+    // code the campaign does not know is then refused, not unknown); until
+    // the attempt's record is written, 409 "try again", never an inbound
+    // outcome.
     let (code, body) = loop {
         let (code, body) = post(desk, r#"{"code": "richiamare_domani"}"#);
-        if code != 404 {
+        if code != 404 && code != 409 {
             break (code, body);
         }
         assert!(start.elapsed() < Duration::from_secs(20), "{body}");

@@ -1126,6 +1126,26 @@ pub(crate) fn trunk_call(
     caller: &UdpSocket,
     pause_ms: &str,
 ) -> Sipp {
+    trunk_call_from(
+        scratch,
+        node,
+        label,
+        &scenario(scenario_name),
+        caller,
+        pause_ms,
+    )
+}
+
+/// As [`trunk_call`], with a scenario file anywhere (a variant a test
+/// wrote into its scratch directory).
+pub(crate) fn trunk_call_from(
+    scratch: &Scratch,
+    node: &Node,
+    label: &str,
+    scenario_path: &str,
+    caller: &UdpSocket,
+    pause_ms: &str,
+) -> Sipp {
     let port = caller.local_addr().expect("addr").port().to_string();
     Sipp::spawn(
         scratch,
@@ -1133,7 +1153,7 @@ pub(crate) fn trunk_call(
         &[
             &node.sip_addr(),
             "-sf",
-            &scenario(scenario_name),
+            scenario_path,
             "-s",
             "100",
             "-m",

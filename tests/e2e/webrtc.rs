@@ -254,11 +254,22 @@ queue = "info""#,
     register(&scratch, &node, &[1002], colleague.port, |u| {
         format!("demo{u}")
     });
-    let mut trunk = trunk_call(
+    // The IVR answers at once: no early media before the 200 (the
+    // carrier of trunk_media.xml, its 183 optional here).
+    let ivr = scratch.path("trunk_media_ivr.xml");
+    let text = std::fs::read_to_string(scenario("trunk_media.xml")).expect("scenario");
+    let answered_at_once = text.replacen(
+        r#"<recv response="183"/>"#,
+        r#"<recv response="183" optional="true"/>"#,
+        1,
+    );
+    assert_ne!(text, answered_at_once);
+    std::fs::write(&ivr, answered_at_once).expect("scenario");
+    let mut trunk = crate::common::trunk_call_from(
         &scratch,
         &node,
         "trunk",
-        "trunk_media.xml",
+        ivr.to_str().expect("utf-8"),
         &caller,
         "16000",
     );
@@ -415,6 +426,43 @@ queue = "info""#,
         node.metric("centralino_transfers_total{outcome=\"done\",target=\"operator\"}"),
         1.0
     );
+}
+
+/// An operator with a desk phone and the browser: a call rings both (the
+/// page is one more registered phone), the page answers, and the desk
+/// phone's ringing is cancelled (SIPp expects the CANCEL).
+#[test]
+fn a_call_rings_the_desk_phone_and_the_browser_and_the_page_answers_it() {
+    let scratch = Scratch::new("webrtc-both");
+    let node = Node::start_toml(&scratch, config);
+    let mut b = desk_with_browser_phone(&scratch, &node);
+    let mut phone = Sipp::spawn(
+        &scratch,
+        "phone",
+        &[
+            "-sf",
+            &scenario("agent_noanswer.xml"),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ],
+    );
+    register(&scratch, &node, &[1001], phone.port, |u| format!("demo{u}"));
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    caller
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let mut trunk = trunk_call(&scratch, &node, "trunk", "trunk_media.xml", &caller, "2000");
+    answer_in_page(&mut b);
+    // The desk phone rang and was cancelled once the page answered.
+    phone.expect_success(Duration::from_secs(20));
+    trunk.expect_success(Duration::from_secs(30));
+    b.wait_for(
+        "document.getElementById('talk').hidden && !window.centralinoPhone.pc",
+        "the call over in the page",
+    );
+    assert_eq!(node.metric("centralino_browser_legs_total"), 1.0);
 }
 
 #[test]

@@ -236,6 +236,10 @@ pub struct AgentCall {
     pub campaign: Option<String>,
     /// The campaign's contact id (a preview is accepted or skipped by it).
     pub contact: Option<i64>,
+    /// An operator's consultation of a colleague or a queue (the consulted
+    /// side's desk): not a citizen's call, so no outcome and not counted
+    /// among the operator's calls.
+    pub consultation: bool,
 }
 
 /// A callback the driver claimed from the store, to execute now.

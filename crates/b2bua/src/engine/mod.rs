@@ -559,11 +559,12 @@ impl Engine {
         self.out.pop_front()
     }
 
-    /// Moves the operators' board clock to now: the driver calls it once per
-    /// turn, before the turn's inputs, so every change of state made in the
-    /// turn is stamped with its second (the wallboard's time in state).
-    pub fn tick_clock(&self, now: Instant) {
-        self.router.tick_board(self.unix_at(now));
+    /// Moves the operators' board clock to `unix` seconds, the system's
+    /// wall clock as its readers (the API) see it: the driver calls it once
+    /// per turn, before the turn's inputs, so every change of state made in
+    /// the turn is stamped with its second (the wallboard's time in state).
+    pub fn tick_clock(&self, unix: i64) {
+        self.router.tick_board(unix);
     }
 
     /// When [`Self::handle_timeout`] must next run.

@@ -436,6 +436,7 @@ impl Engine {
                 .and_then(|o| o.campaign.as_ref())
                 .map(|c| c.contact)
                 .or_else(|| call.known.as_ref().map(|k| k.contact)),
+            consultation: call.consult.is_some(),
         }
     }
 }

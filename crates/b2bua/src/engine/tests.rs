@@ -6311,6 +6311,68 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
     assert_eq!(h.gauge("centralino_queue_transferred_total{queue=info}"), 1);
 }
 
+/// Issue 15: a caller transferred blind to another queue keeps their
+/// place there: they wait as if since they first entered a queue, so a
+/// caller who came to that queue later, while they talked, is served after
+/// them.
+#[test]
+fn a_caller_transferred_to_a_queue_goes_ahead_of_those_who_called_later() {
+    let config = CONFIG
+        .replace(
+            "dids = { \"100\" = \"info\" }",
+            "dids = { \"100\" = \"info\", \"200\" = \"secondo\" }",
+        )
+        .replace(
+            "[[agents]]\nusername = \"1002\"",
+            "[[queues]]\nname = \"secondo\"\ntenant = \"demo\"\n\n[[agents]]\nusername = \"1002\"",
+        )
+        .replace(
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]",
+            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"secondo\"]",
+        );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    // The colleague of "secondo" is on a break for now.
+    h.register("1002", PHONE2, Algorithm::Md5);
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "1002", true, None),
+        Ok("paused")
+    );
+    let out = h.invite("m1");
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    let out = h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    let ok = out.iter().find(|(_, m)| m.code() == 200).unwrap().1.clone();
+    let a_tag = ok.to_tag.clone().unwrap();
+    h.send(TRUNK, &in_dialog("ACK", TRUNK, "am1", &a_tag, 1, ""));
+    h.advance(Duration::from_secs(30));
+    // A second citizen calls "secondo" while the first talks; nobody is
+    // there to take them.
+    let other = TRUNK_SDP;
+    h.send(
+        TRUNK,
+        &format!(
+            "INVITE sip:200@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKm2\r\nFrom: <sip:+390612345679@192.0.2.10>;tag=am2\r\nTo: <sip:200@192.0.2.1>\r\nCall-ID: m2\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{other}",
+            other.len()
+        ),
+    );
+    h.advance(Duration::from_secs(5));
+    let out = h.send(PHONE1, &operator_refer(&inv, 10, "<sip:secondo@192.0.2.1>"));
+    assert_eq!(codes(&out, PHONE1)[0], 202, "{out:?}");
+    // The colleague comes back: the transferred caller first.
+    assert_eq!(
+        h.engine.set_agent_paused(h.now, "1002", false, None),
+        Ok("ringing")
+    );
+    let out = h.drain();
+    let offered = requests(&out, PHONE2, "INVITE");
+    assert_eq!(offered.len(), 1, "one offer at a time");
+    assert_eq!(
+        offered[0].header("X-Centralino-Call"),
+        inv.header("X-Centralino-Call"),
+        "the transferred caller, who called first, is served first"
+    );
+}
+
 /// A caller who hangs up after a transfer, before the next operator
 /// answers, talked to someone: the record names the first operator and no
 /// dead end is counted.
@@ -7121,6 +7183,17 @@ fn an_operator_consults_a_colleague_then_hands_them_the_caller() {
     let mut h = Harness::new();
     let (inv, ok, b_inv) = consulting(&mut h);
     assert_eq!(h.engine.active_calls(), 2);
+    // The colleague's desk shows a consultation: no citizen's call of
+    // theirs (not counted, no outcome); the caller's call on 1001's is not.
+    let desk = |agent: &str| {
+        h.desks
+            .iter()
+            .rev()
+            .find_map(|(a, i)| (a == agent).then_some(i.clone()).flatten())
+            .expect("a desk event")
+    };
+    assert!(desk("1002").consultation, "{:?}", desk("1002"));
+    assert!(!desk("1001").consultation, "{:?}", desk("1001"));
     let caller_call = *h.engine.by_a.get("m1").expect("the caller's call");
     let b_port = h.engine.calls[&caller_call].media.b_port;
     h.media.clear();

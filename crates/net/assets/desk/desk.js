@@ -332,8 +332,10 @@ function renderCall(c) {
   for (const [k, v] of Object.entries(c.variables || {})) row(dl, k, v);
   $("preview").hidden = c.state !== "preview";
   // A campaign's contact or a citizen who called: each its outcomes.
-  if (c.state === "connected") dispositionCodes(c.campaign ? "campaign" : "inbound");
-  $("disposition-panel").hidden = c.state !== "connected";
+  // A colleague's consultation has no outcome.
+  const outcome = c.state === "connected" && !c.consultation;
+  if (outcome) dispositionCodes(c.campaign ? "campaign" : "inbound");
+  $("disposition-panel").hidden = !outcome;
   if (c.script && c.state === "connected") {
     showScript(c.script, c.call);
   } else {

@@ -76,15 +76,20 @@ function clock(s) {
 // Queues the staffing advisor finds short of operators: a line each above
 // the table, and the cell marked (colour and a sign, not colour alone).
 function alarms(queues) {
+  const lines = queues
+    .filter((q) => q.agents_needed !== null && q.agents_needed !== undefined && q.agents_short > 0)
+    .map((q) => "⚠ " + t("alarm") + " — " + q.name + ": " + t("alarm-short").replace("{n}", q.agents_short));
+  // A live region: rewritten only when what it says changes, so a screen
+  // reader announces a new alarm once, not at every refresh.
   const box = $("alarms");
-  box.replaceChildren();
-  for (const q of queues) {
-    if (q.agents_needed === null || q.agents_needed === undefined || !(q.agents_short > 0)) continue;
+  if (box.dataset.said === lines.join("\n")) return;
+  box.dataset.said = lines.join("\n");
+  box.replaceChildren(...lines.map((text) => {
     const p = document.createElement("p");
     p.className = "alarm";
-    p.textContent = "⚠ " + t("alarm") + " — " + q.name + ": " + t("alarm-short").replace("{n}", q.agents_short);
-    box.append(p);
-  }
+    p.textContent = text;
+    return p;
+  }));
 }
 
 function translate() {

@@ -1074,7 +1074,28 @@ pub(super) async fn post_disposition(
     let call = id.clone();
     let found = match api.store.with(move |s| s.attempt_by_call(&call)).await {
         Ok(Some(f)) => f,
-        Ok(None) => return inbound_disposition(&api, &token, id, b).await,
+        // Not (yet) a campaign attempt: what the desk that answered it
+        // saw decides. The attempt's link to the call is written by a job
+        // of its own, so a campaign call may get here a moment early:
+        // never filed as inbound (its contact would be dialled again).
+        Ok(None) => {
+            let agent = if token.role == centralino_config::Role::Agent {
+                token.agent.as_deref()
+            } else {
+                None
+            };
+            return match api.desks.call_kind(agent, &id) {
+                Some(CallKind::Campaign) => error(
+                    StatusCode::CONFLICT,
+                    "this campaign call's record is being written: try again in a moment",
+                ),
+                Some(CallKind::Consultation) => error(
+                    StatusCode::CONFLICT,
+                    "a consultation between operators has no outcome",
+                ),
+                Some(CallKind::Citizen) | None => inbound_disposition(&api, &token, id, b).await,
+            };
+        }
         Err(e) => return unavailable(&e),
     };
     let c = match visible(&api, &token, found.contact.campaign.clone()).await {

@@ -21,6 +21,7 @@ pub(super) fn desk_json(d: &AgentCall) -> Value {
         "callback": d.callback,
         "campaign": d.campaign,
         "contact": d.contact,
+        "consultation": d.consultation,
     })
 }
 

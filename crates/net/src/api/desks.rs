@@ -52,6 +52,9 @@ pub(super) struct Desk {
     pub(super) seq: tokio::sync::watch::Sender<u64>,
     /// The last call shown (an operator finishes the script after it).
     pub(super) last_call: Option<String>,
+    /// What that call was: a campaign's (its contact's outcome) or not,
+    /// and whether it was a consultation (no outcome at all).
+    pub(super) last_kind: CallKind,
     /// The operator's own calls today, for their desktop.
     pub(super) today: Today,
 }
@@ -79,7 +82,8 @@ impl Today {
             self.calls = 0;
             self.talk = Duration::ZERO;
         }
-        let connected = info.filter(|i| i.state == DeskState::Connected);
+        // A colleague's consultation is no citizen's call of theirs.
+        let connected = info.filter(|i| i.state == DeskState::Connected && !i.consultation);
         if let (Some((call, _, _)), Some(c)) = (&self.talking, connected)
             && *call == c.call
         {
@@ -109,6 +113,17 @@ impl Today {
     }
 }
 
+/// What an answered call was, for its outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CallKind {
+    /// A citizen who called (or a callback): an inbound outcome.
+    Citizen,
+    /// A campaign's contact (or one calling back): the campaign's codes.
+    Campaign,
+    /// A colleague's consultation: no outcome.
+    Consultation,
+}
+
 /// Changes kept per desk for desktops that fall behind.
 pub(super) const DESK_EVENTS: usize = 64;
 
@@ -118,6 +133,7 @@ impl Desk {
             events: std::collections::VecDeque::from([(0, None)]),
             seq: tokio::sync::watch::Sender::new(0),
             last_call: None,
+            last_kind: CallKind::Citizen,
             today: Today::default(),
         }
     }
@@ -249,6 +265,13 @@ impl Desks {
         // the call's record.
         if let Some(i) = info.as_ref().filter(|i| i.state == DeskState::Connected) {
             desk.last_call = Some(i.call.clone());
+            desk.last_kind = if i.consultation {
+                CallKind::Consultation
+            } else if i.campaign.is_some() {
+                CallKind::Campaign
+            } else {
+                CallKind::Citizen
+            };
         }
         let day = rome_midnight(unix_now());
         desk.today.news(info.as_ref(), day, Instant::now());
@@ -325,5 +348,16 @@ impl Desks {
         self.lock()
             .get(agent)
             .is_some_and(|d| d.last_call.as_deref() == Some(call))
+    }
+
+    /// What `call` was for the desk that answered it last: `agent`'s, or
+    /// (an admin asking) any desk's. `None` when no desk has it now.
+    pub(super) fn call_kind(&self, agent: Option<&str>, call: &str) -> Option<CallKind> {
+        let desks = self.lock();
+        let mine = |d: &Desk| (d.last_call.as_deref() == Some(call)).then_some(d.last_kind);
+        match agent {
+            Some(a) => desks.get(a).and_then(mine),
+            None => desks.values().find_map(mine),
+        }
     }
 }

@@ -983,6 +983,7 @@ mod tests {
             callback: None,
             campaign: None,
             contact: None,
+            consultation: false,
         }
     }
 
@@ -1019,6 +1020,15 @@ mod tests {
         assert_eq!(today.at(2, s(330)), (0, Duration::ZERO));
         today.news(Some(&call("c6", DeskState::Connected)), 2, s(330));
         assert_eq!(today.at(2, s(340)), (1, Duration::from_secs(10)));
+        // A colleague's consultation answered is no call of theirs.
+        today.news(None, 2, s(345));
+        let consulted = AgentCall {
+            consultation: true,
+            ..call("k1", DeskState::Connected)
+        };
+        today.news(Some(&consulted), 2, s(350));
+        today.news(None, 2, s(400));
+        assert_eq!(today.at(2, s(400)), (1, Duration::from_secs(15)));
         // A day with no news yet reads as empty.
         assert_eq!(today.at(3, s(400)), (0, Duration::ZERO));
     }

@@ -227,7 +227,15 @@ fn request_schema(name: &str, g: &mut schemars::SchemaGenerator) -> Option<(Valu
 /// Operations whose body is JSON without a type of its own here: a
 /// campaign is read by the campaigns crate's parser (README, "Outbound
 /// campaigns"). The other writes without a schema take no body.
-const UNTYPED_BODIES: &[&str] = &["campaigns_create", "campaigns_patch"];
+const UNTYPED_BODIES: &[&str] = &["campaigns_create"];
+
+/// Writes that take no body (actions on the record their path names).
+const NO_BODY: &[&str] = &[
+    "config_reload",
+    "campaigns_start",
+    "campaigns_pause",
+    "campaigns_stop",
+];
 
 fn build() -> Value {
     let mut generator = schemars::generate::SchemaSettings::draft2020_12()
@@ -266,7 +274,7 @@ fn build() -> Value {
             }
             if matches!(*method, "POST" | "PUT" | "PATCH") {
                 let typed = request_schema(name, &mut generator);
-                let required = typed.is_some() || UNTYPED_BODIES.contains(name);
+                let required = !NO_BODY.contains(name);
                 let content = match typed {
                     Some((schema, false)) => json!({"application/json": {"schema": schema}}),
                     Some((schema, true)) => json!({
@@ -276,6 +284,10 @@ fn build() -> Value {
                     None => json!({"application/json": {"schema": {"type": "object"}}}),
                 };
                 op["requestBody"] = json!({"required": required, "content": content});
+                if UNTYPED_BODIES.contains(name) {
+                    op["requestBody"]["description"] =
+                        json!("A campaign as README's \"Outbound campaigns\" describes it.");
+                }
             }
             item.insert(method.to_ascii_lowercase(), op);
         }
@@ -431,8 +443,9 @@ mod tests {
                     continue;
                 };
                 let schema = &body["content"]["application/json"]["schema"];
-                if UNTYPED_BODIES.contains(name) || body["required"] == false {
+                if UNTYPED_BODIES.contains(name) || NO_BODY.contains(name) {
                     assert_eq!(schema, &json!({"type": "object"}), "{name}");
+                    assert_eq!(body["required"], !NO_BODY.contains(name), "{name}");
                     continue;
                 }
                 typed += 1;
@@ -455,8 +468,9 @@ mod tests {
             .collect();
         required.sort_unstable();
         assert_eq!(required, ["number", "queue"], "{create}");
-        // Writes a node takes without a body are the ones with no schema.
-        for name in ["campaigns_start", "config_reload"] {
+        // The lists name real operations, and only those without a type.
+        for name in UNTYPED_BODIES.iter().chain(NO_BODY) {
+            assert!(OPERATIONS.iter().any(|(n, ..)| n == name), "{name}");
             assert!(request_schema(name, &mut schemars::SchemaGenerator::default()).is_none());
         }
     }

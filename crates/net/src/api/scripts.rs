@@ -158,7 +158,8 @@ pub(super) async fn inbound_disposition(
     let vouched = token.role == centralino_config::Role::Agent;
     let by = token.agent.clone().unwrap_or_else(|| token.name.clone());
     let mut list = vec![(DISPOSITION_KEY.to_owned(), b.code.clone())];
-    list.extend(b.note.map(|n| (NOTE_KEY.to_owned(), n)));
+    // A new outcome without a note clears an earlier one's.
+    list.push((NOTE_KEY.to_owned(), b.note.unwrap_or_default()));
     let now = unix_now() * 1000;
     let call = id.clone();
     match api
