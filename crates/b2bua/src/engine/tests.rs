@@ -6238,24 +6238,42 @@ fn a_callers_refer_and_an_operators_refer_to_a_number_are_refused() {
     );
 }
 
-/// A blind transfer to a queue with room: 202, NOTIFY of success, BYE to
-/// the operator (wrap-up), and the caller offered to that queue's
-/// operator; to a full queue: 503, and the operator keeps the caller.
-#[test]
-fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
-    let config = CONFIG
+/// The demo configuration with a second queue, "secondo" (DID 200, `extra`
+/// settings), where 1002 works instead of "info".
+fn secondo_config(extra: &str) -> String {
+    CONFIG
         .replace(
             "dids = { \"100\" = \"info\" }",
             "dids = { \"100\" = \"info\", \"200\" = \"secondo\" }",
         )
         .replace(
             "[[agents]]\nusername = \"1002\"",
-            "[[queues]]\nname = \"secondo\"\ntenant = \"demo\"\nmax_waiting = 1\n\n[[agents]]\nusername = \"1002\"",
+            &format!("[[queues]]\nname = \"secondo\"\ntenant = \"demo\"\n{extra}\n[[agents]]\nusername = \"1002\""),
         )
         .replace(
             "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]",
             "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"secondo\"]",
-        );
+        )
+}
+
+/// A second citizen (call m2) calls "secondo" (DID 200).
+fn call_secondo(h: &mut Harness) {
+    let sdp = TRUNK_SDP;
+    h.send(
+        TRUNK,
+        &format!(
+            "INVITE sip:200@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKm2\r\nFrom: <sip:+390612345679@192.0.2.10>;tag=am2\r\nTo: <sip:200@192.0.2.1>\r\nCall-ID: m2\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ),
+    );
+}
+
+/// A blind transfer to a queue with room: 202, NOTIFY of success, BYE to
+/// the operator (wrap-up), and the caller offered to that queue's
+/// operator; to a full queue: 503, and the operator keeps the caller.
+#[test]
+fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
+    let config = secondo_config("max_waiting = 1\n");
     let mut h = Harness::with(&config);
     h.register("1001", PHONE1, Algorithm::Md5);
     let out = h.invite("m1");
@@ -6263,14 +6281,7 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
     h.send(PHONE1, &response_to(&inv, 200, "b1"));
     let refer = |cseq: u32| operator_refer(&inv, cseq, "<sip:secondo@192.0.2.1>");
     // Another caller fills "secondo" (nobody there to take them).
-    let other = TRUNK_SDP;
-    h.send(
-        TRUNK,
-        &format!(
-            "INVITE sip:200@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKm2\r\nFrom: <sip:+390612345679@192.0.2.10>;tag=am2\r\nTo: <sip:200@192.0.2.1>\r\nCall-ID: m2\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{other}",
-            other.len()
-        ),
-    );
+    call_secondo(&mut h);
     let out = h.send(PHONE1, &refer(10));
     assert_eq!(codes(&out, PHONE1), vec![503], "full: {out:?}");
     assert!(
@@ -6317,19 +6328,7 @@ fn an_operator_transfers_to_a_queue_with_room_and_never_into_a_full_one() {
 /// them.
 #[test]
 fn a_caller_transferred_to_a_queue_goes_ahead_of_those_who_called_later() {
-    let config = CONFIG
-        .replace(
-            "dids = { \"100\" = \"info\" }",
-            "dids = { \"100\" = \"info\", \"200\" = \"secondo\" }",
-        )
-        .replace(
-            "[[agents]]\nusername = \"1002\"",
-            "[[queues]]\nname = \"secondo\"\ntenant = \"demo\"\n\n[[agents]]\nusername = \"1002\"",
-        )
-        .replace(
-            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"info\"]",
-            "password = \"demo1002\"\ntenant = \"demo\"\nqueues = [\"secondo\"]",
-        );
+    let config = secondo_config("");
     let mut h = Harness::with(&config);
     h.register("1001", PHONE1, Algorithm::Md5);
     // The colleague of "secondo" is on a break for now.
@@ -6347,14 +6346,7 @@ fn a_caller_transferred_to_a_queue_goes_ahead_of_those_who_called_later() {
     h.advance(Duration::from_secs(30));
     // A second citizen calls "secondo" while the first talks; nobody is
     // there to take them.
-    let other = TRUNK_SDP;
-    h.send(
-        TRUNK,
-        &format!(
-            "INVITE sip:200@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKm2\r\nFrom: <sip:+390612345679@192.0.2.10>;tag=am2\r\nTo: <sip:200@192.0.2.1>\r\nCall-ID: m2\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{other}",
-            other.len()
-        ),
-    );
+    call_secondo(&mut h);
     h.advance(Duration::from_secs(5));
     let out = h.send(PHONE1, &operator_refer(&inv, 10, "<sip:secondo@192.0.2.1>"));
     assert_eq!(codes(&out, PHONE1)[0], 202, "{out:?}");
