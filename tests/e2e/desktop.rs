@@ -303,6 +303,28 @@ fn an_operator_works_a_call_from_the_desktop_with_the_keyboard_alone() {
             ("dose".to_owned(), "si".to_owned())
         ]
     );
+    // A supervisor reads them back (audited); another firm's supervisor
+    // cannot even tell the call exists; an operator's session reads none.
+    let path = format!("/api/v1/calls/{call}/answers");
+    let (status, body) = node.http("GET", &path, Some(SUPERVISOR), None);
+    assert_eq!(status, 200, "{body}");
+    let read = json(&body);
+    assert_eq!(
+        (&read["queue"], &read["answers"]["centro"], &read["outcome"]),
+        (
+            &serde_json::json!("prenotazioni"),
+            &serde_json::json!("Roma, Nuvola"),
+            &serde_json::json!({"code": "information", "note": "Orari del centro"})
+        ),
+        "{read}"
+    );
+    assert!(read["answers"].get("@disposition").is_none(), "{read}");
+    assert_eq!(
+        node.http("GET", &path, Some("other-firm-supervisor-0123456789"), None)
+            .0,
+        404
+    );
+    assert_eq!(node.http("GET", &path, Some(&token), None).0, 403);
 
     // A break, by keyboard, once the page allows one (the desk's state
     // leaves on_call by its WebSocket, later on a loaded machine); the

@@ -429,6 +429,9 @@ fn callback(row: &Row<'_>) -> rusqlite::Result<Callback> {
     })
 }
 
+/// A call's queue (as its record says) and its answers by question id.
+pub type CallAnswers = (Option<String>, Vec<(String, String)>);
+
 impl Store {
     /// Opens (or creates) the database file and brings its schema up to
     /// date, without the audit key: it reads the audit log but cannot add
@@ -1062,6 +1065,26 @@ impl Store {
         }
         tx.commit()?;
         Ok(true)
+    }
+
+    /// A call's queue and its script answers; `None` for a call without a
+    /// record. The queue is the record's (the last, written at the end) or,
+    /// while the call goes on, the first its queue log names.
+    pub fn call_answers(&self, call: &str) -> Result<Option<CallAnswers>, StoreError> {
+        let queue: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(cdr.queue, (SELECT q.queue FROM queue_log q
+                     WHERE q.call = cdr.id AND q.queue != '' ORDER BY q.seq LIMIT 1))
+                 FROM cdr WHERE cdr.id = ?1",
+                params![call],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match queue {
+            None => Ok(None),
+            Some(q) => Ok(Some((q, self.answers(call)?))),
+        }
     }
 
     /// A call's script answers, by question id.

@@ -510,10 +510,10 @@ fn table() -> Vec<Route> {
         ),
         route(
             "/api/v1/calls/{id}/answers",
-            &["POST"],
-            &["calls_answers"],
+            &["GET", "POST"],
+            &["calls_answers_get", "calls_answers"],
             Audit::Bearer,
-            post(post_answers),
+            get(get_answers).post(post_answers),
         ),
         route(
             "/api/v1/openapi.json",

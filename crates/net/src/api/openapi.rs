@@ -179,6 +179,11 @@ const OPERATIONS: &[(&str, &str, Who)] = &[
         Who::Operator,
     ),
     (
+        "calls_answers_get",
+        "A call's script answers and outcome (health data: audited)",
+        Who::Supervisor,
+    ),
+    (
         "calls_answers",
         "The operator script's answers for a call",
         Who::Operator,

@@ -42,6 +42,49 @@ pub(super) struct AnswersBody {
     pub(super) answers: std::collections::BTreeMap<String, String>,
 }
 
+/// `GET /api/v1/calls/{id}/answers`: what the operator recorded on a call,
+/// for a supervisor of the firm whose queue took it (or an admin): the
+/// script's answers and the outcome. Health data: every read is audited
+/// under the token (the route layer), and a call of another firm is as
+/// unknown as one that never was (`404`).
+pub(super) async fn get_answers(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let token = match authorize(&api, &headers, Need::Supervisor) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    let call = id.clone();
+    let Ok(found) = api.read_store(move |s| s.call_answers(&call)).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable");
+    };
+    let Some((queue, answers)) = found.filter(|(q, _)| {
+        token.tenant.is_none()
+            || q.as_deref()
+                .is_some_and(|q| api.live().sees(token.tenant.as_deref(), q))
+    }) else {
+        return error(StatusCode::NOT_FOUND, "no such call");
+    };
+    let mut script = serde_json::Map::new();
+    let (mut code, mut note) = (None, None);
+    for (q, a) in answers {
+        match q.as_str() {
+            DISPOSITION_KEY => code = Some(a),
+            NOTE_KEY => note = Some(a).filter(|n| !n.is_empty()),
+            _ => {
+                script.insert(q, json!(a));
+            }
+        }
+    }
+    let outcome = code.map(|c| json!({ "code": c, "note": note }));
+    ok(
+        StatusCode::OK,
+        &json!({ "call": id, "queue": queue, "answers": script, "outcome": outcome }),
+    )
+}
+
 pub(super) async fn post_answers(
     State(api): State<Api>,
     headers: HeaderMap,
