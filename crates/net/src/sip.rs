@@ -656,19 +656,19 @@ async fn run_engine(
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     let now = Instant::now().into_std();
-                    engine.tick_clock(wall_seconds());
+                    engine.tick_clock(centralino_store::service::unix_now());
                     lag.turn(&mut engine, now, rx.len(), &clients.metrics);
                     take_input(&mut engine, &mut plane, &mut browsers, &mut conns, &mut life, &mut lag, now, input, &clients.metrics);
                     budget = BATCH;
                 }
                 () = sleep => {
                     let now = Instant::now().into_std();
-                    engine.tick_clock(wall_seconds());
+                    engine.tick_clock(centralino_store::service::unix_now());
                     engine.handle_timeout(now);
                 }
                 Some(event) = media_rx.recv() => {
                     let now = Instant::now().into_std();
-                    engine.tick_clock(wall_seconds());
+                    engine.tick_clock(centralino_store::service::unix_now());
                     engine.handle_media(now, event);
                 }
                 _ = beat.tick() => heartbeat.beat(Instant::now().into_std()),
@@ -1050,12 +1050,4 @@ async fn tls_client(
         }
     }
     let _ = tx.send(EngineInput::ConnClosed { conn }).await;
-}
-
-/// The system's wall clock in Unix seconds (the board's time in state is
-/// read against the same clock).
-fn wall_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

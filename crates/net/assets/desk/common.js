@@ -1,8 +1,15 @@
 // What both pages share: the API call (same-origin, the session cookie
-// travels by itself) and the element lookup.
+// travels by itself), the element lookup and how a duration reads.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+
+// Seconds as h:mm:ss or m:ss (time in state, talk time); null stays null.
+function clock(s) {
+  if (s === null || s === undefined) return null;
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = String(s % 60).padStart(2, "0");
+  return h > 0 ? h + ":" + String(m).padStart(2, "0") + ":" + r : m + ":" + r;
+}
 
 async function api(method, path, body) {
   const init = { method, credentials: "same-origin", headers: {} };

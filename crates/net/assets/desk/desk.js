@@ -168,9 +168,7 @@ async function figures() {
   const unit = $("today-calls").nextElementSibling;
   unit.dataset.t = today.calls === 1 ? "f-call" : "f-calls";
   unit.textContent = t(unit.dataset.t);
-  const s = today.talk_seconds;
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = String(s % 60).padStart(2, "0");
-  $("today-talk").textContent = h > 0 ? h + ":" + String(m).padStart(2, "0") + ":" + sec : m + ":" + sec;
+  $("today-talk").textContent = clock(today.talk_seconds);
 }
 
 function showDesk(agent) {

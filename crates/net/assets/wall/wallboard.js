@@ -66,13 +66,6 @@ const board = { on: false, socket: null, retry: 0, poll: null, view: null, agent
 // A ratio as the wallboard shows it ("—" without calls).
 const percent = (v) => (v === null || v === undefined ? null : (100 * v).toFixed(1) + " %");
 
-// Seconds as h:mm:ss or m:ss (time in state).
-function clock(s) {
-  if (s === null || s === undefined) return null;
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = String(s % 60).padStart(2, "0");
-  return h > 0 ? h + ":" + String(m).padStart(2, "0") + ":" + r : m + ":" + r;
-}
-
 // Queues the staffing advisor finds short of operators: a line each above
 // the table, and the cell marked (colour and a sign, not colour alone).
 function alarms(queues) {
