@@ -410,7 +410,9 @@ impl Browsers {
                 if !valid {
                     let _ = phone.tx.send(BrowserOut::Error {
                         call,
-                        message: "a transfer target is a queue's name".into(),
+                        message:
+                            "a transfer target is a queue's or a colleague's name, or a number"
+                                .into(),
                     });
                     return;
                 }
