@@ -402,6 +402,31 @@ fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
 }
 
 fn report() {
+    // For profiling (and A/B runs) of one part alone:
+    // ROUTING_BENCH_ONLY=realistic|available.
+    let only = std::env::var("ROUTING_BENCH_ONLY").ok();
+    if only.as_deref() == Some("realistic") {
+        let (decisions, per_s, (p50, p99, p999), ..) = realistic();
+        println!(
+            "realistic hour: {decisions} router calls, {per_s:.0}/s; p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns"
+        );
+        return;
+    }
+    if only.as_deref() == Some("available") {
+        let mut busy = busy_world(40_000, 10_000, 5);
+        let (mut total, mut lat) = (Duration::ZERO, Vec::with_capacity(200_000));
+        for _ in 0..200_000 {
+            let (took, _) = busy_step(&mut busy);
+            total += took;
+            lat.push(took.as_nanos() as u64);
+        }
+        let (p50, p99, p999) = percentiles(lat);
+        println!(
+            "available decision: {:.0}/s; p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns",
+            200_000.0 / total.as_secs_f64()
+        );
+        return;
+    }
     let spec = CallSpec::default();
     // Latency per decision on arrival (mixed strategies incl. ring-all).
     let mut r = world(40_000, true);

@@ -1053,6 +1053,7 @@ mod props {
                     prop_assert_eq!(qa.paused, count(&|s| matches!(s, AgentState::Paused(_))));
                     prop_assert_eq!(qa.logged_out, count(&|s| *s == AgentState::LoggedOut));
                 }
+                prop_assert_eq!(r.check_waiting(), Ok(()));
                 // Per-tenant counts add up.
                 let total: u32 = (0..2).map(|t| r.tenant_states(t).iter().sum::<u32>()).sum();
                 prop_assert_eq!(total as usize, agents.len());

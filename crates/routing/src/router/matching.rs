@@ -119,6 +119,9 @@ impl Router {
         let group = &mut self.groups[g];
         group.steps[step].push(e);
         group.live[step] += 1;
+        for &p in &group.pools[..=step] {
+            self.pools[p as usize].waiting += 1;
+        }
         if group.steps[step].len() > 2 * group.live[step] as usize + 64 {
             let calls = &self.calls;
             group.steps[step].retain(|Reverse((_, _, _, s, tk))| {
@@ -134,7 +137,11 @@ impl Router {
         if c.status == CallStatus::Waiting {
             c.ticket += 1;
             let (g, step) = (c.group as usize, c.step as usize);
-            self.groups[g].live[step] -= 1;
+            let group = &mut self.groups[g];
+            group.live[step] -= 1;
+            for &p in &group.pools[..=step] {
+                self.pools[p as usize].waiting -= 1;
+            }
         }
     }
 
@@ -337,12 +344,30 @@ impl Router {
         if self.agents[a as usize].state != AgentState::Available {
             return;
         }
+        let Some(s) = self.best_call(t, a) else {
+            return;
+        };
+        let v = self.board.load(a as usize).version;
+        if self.board.take(a as usize, v, Code::Reserved, 0).is_err() {
+            self.sync_agent(AgentId(a));
+            return;
+        }
+        self.unplace(s);
+        self.offer(t, s, a);
+    }
+
+    /// The waiting call operator `a` should take next: the best-scored
+    /// valid head among the groups and steps its pools serve.
+    pub(super) fn best_call(&mut self, t: i64, a: u32) -> Option<u32> {
         // (score, group, step, entry)
         let mut best: Option<((u8, f64), u32, usize, WaitEntry)> = None;
         for mi in 0..self.agents[a as usize].memberships.len() {
             let m = self.agents[a as usize].memberships[mi];
             let (g, ring, weight) = {
                 let p = &self.pools[m.pool as usize];
+                if p.waiting == 0 {
+                    continue;
+                }
                 (p.group, usize::from(p.ring), p.weight)
             };
             for step in ring..self.groups[g as usize].steps.len() {
@@ -366,16 +391,7 @@ impl Router {
                 }
             }
         }
-        let Some((_, _, _, Reverse((.., s, _)))) = best else {
-            return;
-        };
-        let v = self.board.load(a as usize).version;
-        if self.board.take(a as usize, v, Code::Reserved, 0).is_err() {
-            self.sync_agent(AgentId(a));
-            return;
-        }
-        self.unplace(s);
-        self.offer(t, s, a);
+        best.map(|(_, _, _, Reverse((.., s, _)))| s)
     }
 
     /// The best valid entry of a step heap that operator `a` has not tried

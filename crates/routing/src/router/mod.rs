@@ -450,6 +450,10 @@ struct Pool {
     available: u32,
     paused: u32,
     cursor: u32,
+    /// Live waiting calls this pool's operators may take (those of its
+    /// group at steps `ring..`): an operator freed while none waits is
+    /// indexed without reading the group.
+    waiting: u32,
 }
 
 struct Queue {
@@ -581,6 +585,42 @@ pub struct Router {
     rng: SplitMix64,
     /// Retired operators' slots by name (one added again gets theirs).
     retired: HashMap<String, u32>,
+}
+
+#[cfg(test)]
+impl Router {
+    /// Each group's live count per step equals its valid heap entries, and
+    /// each pool's `waiting` equals its group's live calls at steps it
+    /// serves (what lets a freed operator skip a pool unread).
+    pub(crate) fn check_waiting(&self) -> Result<(), String> {
+        for (gi, g) in self.groups.iter().enumerate() {
+            for (step, heap) in g.steps.iter().enumerate() {
+                let valid = heap
+                    .iter()
+                    .filter(|Reverse((.., s, tk))| {
+                        let c = &self.calls[*s as usize];
+                        c.status == CallStatus::Waiting && c.ticket == *tk
+                    })
+                    .count();
+                if valid != g.live[step] as usize {
+                    return Err(format!(
+                        "group {gi} step {step}: live {} but {valid} valid",
+                        g.live[step]
+                    ));
+                }
+            }
+            for (ring, &p) in g.pools.iter().enumerate() {
+                let want: u32 = g.live[ring..].iter().sum();
+                let got = self.pools[p as usize].waiting;
+                if got != want {
+                    return Err(format!(
+                        "group {gi} ring {ring}: waiting {got}, live {want}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Multiplicative hashing for the router's integer keys: SipHash's DoS

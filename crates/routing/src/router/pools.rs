@@ -74,6 +74,7 @@ impl Router {
                 available: 0,
                 paused: 0,
                 cursor: 0,
+                waiting: 0,
             });
         }
         let mut group = Group {
