@@ -13,43 +13,84 @@ use std::collections::{BinaryHeap, VecDeque};
 /// An agent index and the board version it was available at.
 pub(crate) type Entry = (u32, u32);
 
-/// A Fenwick (binary indexed) tree of weights over member positions:
-/// O(log n) update, prefix sum and weighted search. Serves linear,
-/// round-robin, random and weighted-random selection with one structure.
+/// Weights over member positions with O(log n) update, prefix sum and
+/// weighted search: serves linear, round-robin, random and weighted-random
+/// selection with one structure.
+///
+/// A Fenwick (binary indexed) tree over blocks of 64 positions, with one
+/// bit per position saying its weight is not zero: a pool of 420 operators
+/// has a tree of 7 sums instead of 420, so an update touches at most 3
+/// of them and a pool's index stays in a few cache lines. Inside a block,
+/// a search selects the bit directly while every weight is 0 or 1 (every
+/// strategy but weighted random), else it walks the block's set bits.
 #[derive(Default)]
 pub(crate) struct Fenwick {
+    /// Fenwick tree of block sums (1-based positions, as usual).
     tree: Vec<u64>,
-    weight: Vec<u32>,
+    /// Bit `i % 64` of word `i / 64`: position `i` weighs something.
+    bits: Vec<u64>,
+    weight: Vec<u8>,
+    total: u64,
+    /// Some weight above 1 was ever set (weighted random).
+    weighted: bool,
     /// Agent and version per position.
     pub(crate) slots: Vec<Entry>,
 }
 
+/// Position of the `k`-th (0-based) set bit of `x` (`k < x.count_ones()`).
+fn select(mut x: u64, mut k: u32) -> u32 {
+    let mut pos = 0;
+    for shift in [32u32, 16, 8, 4, 2, 1] {
+        let low = (x & ((1u64 << shift) - 1)).count_ones();
+        if k >= low {
+            k -= low;
+            x >>= shift;
+            pos += shift;
+        }
+    }
+    pos
+}
+
 impl Fenwick {
     pub(crate) fn push(&mut self, agent: u32) -> u32 {
+        let pos = self.slots.len();
         self.slots.push((agent, 0));
         self.weight.push(0);
-        self.tree.push(0);
-        // Rebuild the new node from its children (positions are 1-based).
-        let i = self.tree.len();
-        let lsb = i & i.wrapping_neg();
-        let mut sum = 0;
-        let mut j = i - 1;
-        while j > i - lsb {
-            sum += self.tree[j - 1];
-            j -= j & j.wrapping_neg();
+        if pos / 64 == self.bits.len() {
+            self.bits.push(0);
+            self.tree.push(0);
+            // Build the new node from its children (positions 1-based).
+            let i = self.tree.len();
+            let lsb = i & i.wrapping_neg();
+            let mut sum = 0;
+            let mut j = i - 1;
+            while j > i - lsb {
+                sum += self.tree[j - 1];
+                j -= j & j.wrapping_neg();
+            }
+            self.tree[i - 1] = sum;
         }
-        self.tree[i - 1] = sum;
-        (i - 1) as u32
+        pos as u32
     }
 
+    /// Sets a position's weight (levels are at most 10; clamped to 255).
     pub(crate) fn set(&mut self, pos: u32, w: u32) {
         let p = pos as usize;
+        let w = u8::try_from(w).unwrap_or(u8::MAX);
         let old = self.weight[p];
         if old == w {
             return;
         }
         self.weight[p] = w;
-        let mut i = p + 1;
+        self.weighted |= w > 1;
+        let bit = 1u64 << (p % 64);
+        if w == 0 {
+            self.bits[p / 64] &= !bit;
+        } else {
+            self.bits[p / 64] |= bit;
+        }
+        self.total = self.total + u64::from(w) - u64::from(old);
+        let mut i = p / 64 + 1;
         while i <= self.tree.len() {
             self.tree[i - 1] = self.tree[i - 1] + u64::from(w) - u64::from(old);
             i += i & i.wrapping_neg();
@@ -57,38 +98,74 @@ impl Fenwick {
     }
 
     pub(crate) fn weight(&self, pos: u32) -> u32 {
-        self.weight[pos as usize]
+        u32::from(self.weight[pos as usize])
+    }
+
+    /// Sum of the weights of a block's positions whose bit is in `mask`.
+    fn block_sum(&self, block: usize, mask: u64) -> u64 {
+        let mut x = self.bits[block] & mask;
+        if !self.weighted {
+            return u64::from(x.count_ones());
+        }
+        let mut s = 0;
+        while x != 0 {
+            s += u64::from(self.weight[block * 64 + x.trailing_zeros() as usize]);
+            x &= x - 1;
+        }
+        s
     }
 
     /// Sum of weights of positions `< end`.
     pub(crate) fn prefix(&self, end: usize) -> u64 {
-        let mut i = end;
+        let mut i = end / 64;
         let mut s = 0;
         while i > 0 {
             s += self.tree[i - 1];
             i -= i & i.wrapping_neg();
         }
+        if !end.is_multiple_of(64) {
+            s += self.block_sum(end / 64, (1u64 << (end % 64)) - 1);
+        }
         s
     }
 
     pub(crate) fn total(&self) -> u64 {
-        self.prefix(self.tree.len())
+        self.total
     }
 
     /// The position whose cumulative range holds `k` (`k < total`).
     pub(crate) fn find(&self, mut k: u64) -> u32 {
         let n = self.tree.len();
-        let mut pos = 0usize;
+        if n == 0 {
+            return 0;
+        }
+        let mut block = 0usize;
         let mut step = n.next_power_of_two();
         while step > 0 {
-            let next = pos + step;
+            let next = block + step;
             if next <= n && self.tree[next - 1] <= k {
-                pos = next;
+                block = next;
                 k -= self.tree[next - 1];
             }
             step >>= 1;
         }
-        pos as u32
+        let block = block.min(n - 1);
+        let mut x = self.bits[block];
+        if !self.weighted {
+            // Within the block, k < its count of set bits.
+            return (block * 64) as u32 + select(x, k as u32);
+        }
+        while x != 0 {
+            let i = x.trailing_zeros() as usize;
+            let w = u64::from(self.weight[block * 64 + i]);
+            if k < w {
+                return (block * 64 + i) as u32;
+            }
+            k -= w;
+            x &= x - 1;
+        }
+        // Unreachable while k < total; the last position keeps callers safe.
+        self.slots.len().saturating_sub(1) as u32
     }
 
     /// The first position with weight at or after `from`, wrapping.
@@ -97,7 +174,7 @@ impl Fenwick {
         if total == 0 {
             return None;
         }
-        let before = self.prefix(from.min(self.tree.len()));
+        let before = self.prefix(from.min(self.slots.len()));
         Some(if before < total {
             self.find(before)
         } else {
@@ -136,11 +213,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn select_finds_each_set_bit() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let bits: Vec<u32> = (0..64).filter(|&i| x >> i & 1 == 1).collect();
+            for (k, &want) in bits.iter().enumerate() {
+                assert_eq!(select(x, k as u32), want);
+            }
+        }
+    }
+
+    #[test]
     fn fenwick_matches_a_plain_array() {
+        // Weights 0..=3 (the weighted walk), then 0..=1 (bit selection).
+        for max in [4u64, 2] {
+            fenwick_against_plain(max);
+        }
+    }
+
+    fn fenwick_against_plain(max: u64) {
         let mut f = Fenwick::default();
         let mut plain = Vec::new();
         let mut x = 12345u64;
-        for i in 0..200u32 {
+        for i in 0..300u32 {
             f.push(i);
             plain.push(0u32);
             for _ in 0..3 {
@@ -148,7 +246,7 @@ mod tests {
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let p = (x >> 33) as usize % plain.len();
-                let w = (x >> 20) as u32 % 4;
+                let w = ((x >> 20) % max) as u32;
                 f.set(p as u32, w);
                 plain[p] = w;
             }
