@@ -189,6 +189,13 @@ impl Board {
             .map_err(Slot::unpack)
     }
 
+    /// Restarts the operator's time in state without a change of state: a
+    /// new offer made to an operator still reserved by the last one.
+    pub fn restamp(&self, agent: usize) {
+        let now = self.clock.load(Ordering::Relaxed);
+        self.since[agent].store(now, Ordering::Relaxed);
+    }
+
     /// Takes an available operator seen at `version` (reservation, or a
     /// pause from another thread). Exactly one of racing takers succeeds.
     pub fn take(&self, agent: usize, version: u32, code: Code, aux: u8) -> Result<Slot, Slot> {

@@ -3,8 +3,9 @@
 //!
 //! Entries carry the board version at which the operator became available;
 //! an entry whose version no longer matches is stale and dropped when met
-//! (lazy deletion), so leaving `Available` costs nothing here except for
-//! the Fenwick-backed strategies, which zero the weight eagerly. Everything
+//! (lazy deletion), so leaving `Available` costs nothing here; a stale
+//! Fenwick position keeps its weight until a pick meets it and zeroes it
+//! (or the operator is retired or their attributes change). Everything
 //! is `Vec`-backed: after warm-up no decision allocates.
 
 use std::cmp::Reverse;

@@ -110,6 +110,54 @@ fn serve(r: &mut Router, a: AgentId, from: Instant, n: u64) -> Vec<u64> {
         .collect()
 }
 
+/// An operator freed while calls wait takes the next one straight from the
+/// state they leave, never shown `Available`: out of wrap-up, and after an
+/// offer that failed before ringing, whose time in state (the wallboard's)
+/// restarts with the new offer.
+#[test]
+fn a_freed_operator_takes_a_waiting_call_without_passing_through_available() {
+    let t0 = Instant::now();
+    let mut q = info();
+    q.wrap_up = 5 * S;
+    let mut r = Router::new(t0, vec![q], 2, plain(1));
+    let board = r.board();
+    let a = AgentId(0);
+    board.tick(1_000);
+    r.login(t0, a, false);
+    for call in 1..=3 {
+        r.enqueue(t0, QueueId(0), CallId(call), &spec()).unwrap();
+    }
+    assert_eq!(one(&mut r).call, CallId(1));
+    r.answered(t0 + S, a, CallId(1));
+    r.call_ended(t0 + 2 * S, a, CallId(1));
+    assert_eq!(r.agent(a).state, AgentState::WrapUp);
+    let before = board.load(0).version;
+    r.handle_timeout(t0 + 7 * S);
+    assert_eq!(one(&mut r).call, CallId(2));
+    assert_eq!(r.agent(a).state, AgentState::Reserved(CallId(2)));
+    assert_eq!(board.load(0).code, Code::Reserved);
+    assert_eq!(
+        board.load(0).version,
+        before + 1,
+        "one change: never Available"
+    );
+    assert_eq!(r.queue_agents(QueueId(0)).available, 0);
+    // Refused before ringing, 20 s later: call 3 at once, its own clock.
+    board.tick(1_020);
+    r.offer_failed(t0 + 8 * S, CallId(2), a, OfferOutcome::Rejected);
+    assert_eq!(one(&mut r).call, CallId(3));
+    assert_eq!(board.seconds_in_state(0, 1_020), Some(0));
+    assert_eq!(r.check_waiting(), Ok(()));
+    // Nobody left waiting: freed, they are available and indexed again.
+    r.offer_failed(t0 + 9 * S, CallId(3), a, OfferOutcome::Rejected);
+    assert!(offers(&mut r).is_empty());
+    assert_eq!(r.agent(a).state, AgentState::Available);
+    assert_eq!(r.queue_agents(QueueId(0)).available, 1);
+    r.enqueue(t0 + 10 * S, QueueId(0), CallId(4), &spec())
+        .unwrap();
+    assert_eq!(one(&mut r).call, CallId(4));
+}
+
 #[test]
 fn longest_idle_first_and_fifo() {
     let t0 = Instant::now();

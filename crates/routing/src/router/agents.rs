@@ -90,6 +90,12 @@ impl Router {
             if let Err(cur) = self.board.transition(a as usize, seen, Code::Reserved, 0) {
                 let _ = self.board.transition(a as usize, cur, Code::Reserved, 0);
             }
+            if seen.code == Code::Reserved {
+                // A new offer (the last one failed before ringing): its
+                // time on the wallboard starts now, as it did when the
+                // operator passed through `Available` in between.
+                self.board.restamp(a as usize);
+            }
             self.unplace(s);
             self.offer(t, s, a);
             return;

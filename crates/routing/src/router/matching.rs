@@ -30,6 +30,17 @@ impl Router {
 
     pub(super) fn free_slot(&mut self, s: u32) {
         let c = &mut self.calls[s as usize];
+        // A call still placed would leave its group's and pools' waiting
+        // counts one too high: callers unplace first.
+        debug_assert!(
+            c.status != CallStatus::Waiting || {
+                let g = &self.groups[c.group as usize];
+                !g.steps[c.step as usize]
+                    .iter()
+                    .any(|Reverse((.., slot, tk))| *slot == s && *tk == c.ticket)
+            },
+            "a placed call freed"
+        );
         let q = c.queue as usize;
         c.status = CallStatus::Free;
         c.ticket += 1;
