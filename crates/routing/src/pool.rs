@@ -34,6 +34,10 @@ pub(crate) struct Fenwick {
     total: u64,
     /// Some weight above 1 was ever set (weighted random).
     weighted: bool,
+    /// Positions of operators who left the pool (retired, or new
+    /// attributes), weight 0, for the next to join: an operator edited
+    /// many times does not grow the pool.
+    free: Vec<u32>,
     /// Agent and version per position.
     pub(crate) slots: Vec<Entry>,
 }
@@ -54,6 +58,10 @@ fn select(mut x: u64, mut k: u32) -> u32 {
 
 impl Fenwick {
     pub(crate) fn push(&mut self, agent: u32) -> u32 {
+        if let Some(pos) = self.free.pop() {
+            self.slots[pos as usize] = (agent, 0);
+            return pos;
+        }
         let pos = self.slots.len();
         self.slots.push((agent, 0));
         self.weight.push(0);
@@ -72,6 +80,15 @@ impl Fenwick {
             self.tree[i - 1] = sum;
         }
         pos as u32
+    }
+
+    /// The operator at `pos` left the pool: weight 0, the position free
+    /// for the next [`Self::push`] (last freed, first reused: an operator
+    /// whose attributes change and who stays in the pool gets their place
+    /// back).
+    pub(crate) fn release(&mut self, pos: u32) {
+        self.set(pos, 0);
+        self.free.push(pos);
     }
 
     /// Sets a position's weight (levels are at most 10; clamped to 255).
@@ -225,6 +242,25 @@ mod tests {
                 assert_eq!(select(x, k as u32), want);
             }
         }
+    }
+
+    #[test]
+    fn released_positions_are_reused_last_first() {
+        let mut f = Fenwick::default();
+        for a in 0..70 {
+            f.push(a);
+        }
+        f.set(3, 1);
+        f.set(65, 1);
+        f.release(3);
+        f.release(65);
+        assert_eq!(f.total(), 0);
+        assert_eq!(f.push(100), 65);
+        assert_eq!(f.push(101), 3);
+        assert_eq!(f.push(102), 70, "none free: a new position");
+        f.set(3, 1);
+        assert_eq!(f.first_from(0), Some(3));
+        assert_eq!(f.slots[3], (101, 0));
     }
 
     #[test]

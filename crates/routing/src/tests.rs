@@ -1147,6 +1147,41 @@ fn operators_join_and_leave_live() {
     assert_eq!(r.add_agent("one-too-many", attrs), None);
 }
 
+/// An operator whose attributes change again and again, in a queue whose
+/// strategy keeps positions (linear), reuses their position: the pool does
+/// not grow with each edit, and the operator keeps their place in order.
+#[test]
+fn edited_operators_reuse_their_pool_positions() {
+    let t0 = Instant::now();
+    let mut q = info();
+    q.strategy = Strategy::Linear;
+    let mut r = Router::new(t0, vec![q], 1, plain(3));
+    let (a, b) = (AgentId(0), AgentId(1));
+    for x in 0..3 {
+        r.login(t0, AgentId(x), false);
+    }
+    let entries = r.index_entries();
+    let mut attrs = r.agent(a).attributes.clone();
+    for i in 0..500u32 {
+        // Available or paused at the edit: both free the position.
+        r.set_paused(t0, a, i % 2 == 1);
+        attrs.site = (i % 2) as u16;
+        r.set_attributes(t0, a, attrs.clone());
+    }
+    r.set_paused(t0, a, false);
+    assert_eq!(r.index_entries(), entries);
+    // Linear: a (first in configuration order) still comes first.
+    r.enqueue(t0 + S, QueueId(0), CallId(1), &spec()).unwrap();
+    assert_eq!(one(&mut r).agent, a);
+    // Retired and added back: the same position again.
+    r.set_paused(t0, b, true);
+    r.logout(b);
+    assert!(r.retire(b));
+    let back = r.add_agent("1002", r.agent(b).attributes.clone()).unwrap();
+    assert_eq!(back, b);
+    assert_eq!(r.index_entries(), entries);
+}
+
 /// A queue added live gets the next id and reaches, at once, the
 /// operators already given it; one given it afterwards joins with their
 /// new attributes; calls in it are matched as in any other.

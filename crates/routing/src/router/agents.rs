@@ -177,7 +177,7 @@ impl Router {
             let p = &mut self.pools[m.pool as usize];
             p.members -= 1;
             if let Index::Fenwick(f) = &mut p.index {
-                f.set(m.pos, 0);
+                f.release(m.pos);
             }
         }
         let tenant = usize::from(self.agents[a].attributes.tenant).min(self.by_tenant.len() - 1);
@@ -258,9 +258,11 @@ impl Router {
             }
             if code == Code::Available {
                 p.available -= 1;
-                if let Index::Fenwick(f) = &mut p.index {
-                    f.set(m.pos, 0);
-                }
+            }
+            // Whatever their state: a stale weight is zeroed here rather
+            // than by a pick, as the position goes to the next to join.
+            if let Index::Fenwick(f) = &mut p.index {
+                f.release(m.pos);
             }
         }
         let tenants = self.by_tenant.len() - 1;

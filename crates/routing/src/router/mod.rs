@@ -589,6 +589,11 @@ pub struct Router {
 
 #[cfg(test)]
 impl Router {
+    /// Entries held by every pool's index, stale ones included.
+    pub(crate) fn index_entries(&self) -> usize {
+        self.pools.iter().map(|p| p.index.len()).sum()
+    }
+
     /// Each group's live count per step equals its valid heap entries, and
     /// each pool's `waiting` equals its group's live calls at steps it
     /// serves (what lets a freed operator skip a pool unread).
