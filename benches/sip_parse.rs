@@ -70,6 +70,36 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         );
     });
+
+    // A whole INVITE on each side, with the timers its transactions arm
+    // and fire: received, 100, 200 (two timers), ACKed, expired; sent
+    // (two timers), answered 200 (one more), expired.
+    c.bench_function("txn_invite_both_sides_with_timers", |b| {
+        let now = Instant::now();
+        b.iter_batched(
+            || Transactions::new(TimerConfig::default()),
+            |mut txn| {
+                let Ok(Framed::Message(msg)) = parse_datagram(data, &limits) else {
+                    unreachable!("checked above")
+                };
+                let key = TxKey::of(&msg);
+                let ok = msg.response(200, "OK", Some("b2b"));
+                let sent = (*msg).clone();
+                txn.handle_request(now, flow, msg);
+                txn.respond(now, &key, &ok.clone());
+                txn.acknowledged(&ok.call_id, ok.cseq);
+                txn.send_request(now, flow, sent);
+                txn.handle_response(now, Box::new(ok));
+                txn.handle_timeout(now + std::time::Duration::from_secs(64));
+                while let Some(o) = txn.poll_output() {
+                    black_box(o);
+                }
+                assert!(txn.is_empty());
+                txn
+            },
+            BatchSize::SmallInput,
+        );
+    });
 }
 
 criterion_group!(benches, bench);

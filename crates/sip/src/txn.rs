@@ -28,6 +28,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::message::{Message, Method, StartLine, Transport};
@@ -165,6 +166,9 @@ enum CState {
 }
 
 struct ServerTx {
+    /// Its key, shared with its timers and tables (one allocation per
+    /// transaction, not two strings per timer armed).
+    key: Arc<TxKey>,
     state: SState,
     flow: Flow,
     /// The request, until the final response: a transaction then lives
@@ -183,6 +187,8 @@ struct ServerTx {
 }
 
 struct ClientTx {
+    /// As [`ServerTx::key`].
+    key: Arc<TxKey>,
     state: CState,
     flow: Flow,
     /// The request's CSeq number: a response naming another is no answer
@@ -205,10 +211,39 @@ enum Side {
     Client,
 }
 
+/// A timer armed for a transaction: ordered by when it fires (then side
+/// and arming order; the id is unique, so keys are never compared).
+struct Timer {
+    at: Instant,
+    side: Side,
+    id: u64,
+    key: Arc<TxKey>,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Timer {}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.side, self.id).cmp(&(other.at, other.side, other.id))
+    }
+}
+
 /// All transactions of one SIP endpoint.
 pub struct Transactions {
     cfg: TimerConfig,
-    server: HashMap<TxKey, ServerTx>,
+    server: HashMap<Arc<TxKey>, ServerTx>,
     /// Live server transactions per source IP (canonical form), kept in
     /// step with `server` on insert and in [`Self::remove_server`], the one
     /// removal path; an address leaves the map when its count reaches zero,
@@ -216,14 +251,16 @@ pub struct Transactions {
     /// source that holds too many (each non-INVITE one lives ~32 s after
     /// its final response on UDP) before it creates more, in O(1).
     per_source: HashMap<IpAddr, usize>,
-    client: HashMap<TxKey, ClientTx>,
+    client: HashMap<Arc<TxKey>, ClientTx>,
     /// (Call-ID, From tag, CSeq) of server transactions without To tag, for
     /// merged-request detection (§8.2.2.2).
-    merge: HashMap<(String, String, u32), TxKey>,
+    merge: HashMap<(String, String, u32), Arc<TxKey>>,
     /// (Call-ID, CSeq) of INVITEs in Accepted whose 2xx still retransmits.
-    awaiting_ack: HashMap<(String, u32), TxKey>,
-    timers: BinaryHeap<Reverse<(Instant, Side, u64)>>,
-    timer_keys: HashMap<u64, TxKey>,
+    awaiting_ack: HashMap<(String, u32), Arc<TxKey>>,
+    /// Every armed timer with its transaction's key: no table from timer
+    /// to key (a hash insert and remove, and two strings cloned, per timer
+    /// armed were a twentieth of the engine thread under call load).
+    timers: BinaryHeap<Reverse<Timer>>,
     next_timer: u64,
     out: VecDeque<TxOutput>,
     stats: TxStats,
@@ -240,7 +277,6 @@ impl Transactions {
             merge: HashMap::new(),
             awaiting_ack: HashMap::new(),
             timers: BinaryHeap::new(),
-            timer_keys: HashMap::new(),
             next_timer: 0,
             out: VecDeque::new(),
             stats: TxStats::default(),
@@ -282,14 +318,13 @@ impl Transactions {
     /// When [`Self::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+        self.timers.peek().map(|Reverse(t)| t.at)
     }
 
-    fn arm(&mut self, at: Instant, side: Side, key: &TxKey) {
+    fn arm(&mut self, at: Instant, side: Side, key: Arc<TxKey>) {
         let id = self.next_timer;
         self.next_timer += 1;
-        self.timers.push(Reverse((at, side, id)));
-        self.timer_keys.insert(id, key.clone());
+        self.timers.push(Reverse(Timer { at, side, id, key }));
     }
 
     /// A request from the network, already through the guard.
@@ -315,10 +350,11 @@ impl Transactions {
             (None, Some(ft)) => Some((msg.call_id.clone(), ft.clone(), msg.cseq)),
             _ => None,
         };
+        let key = Arc::new(key);
         if let Some(mk) = &merge_key {
             if let Some(other) = self.merge.get(mk)
                 && other.method == key.method
-                && *other != key
+                && **other != *key
             {
                 self.stats.merged += 1;
                 let r = msg.response(482, "Loop Detected", Some("merged"));
@@ -336,8 +372,9 @@ impl Transactions {
             SState::Trying
         };
         let replaced = self.server.insert(
-            key,
+            key.clone(),
             ServerTx {
+                key,
                 state,
                 flow,
                 request: Some(msg.clone()),
@@ -378,7 +415,8 @@ impl Transactions {
                     self.cfg.t4
                 };
                 tx.timeout_at = Some(now + wait);
-                self.arm(now + wait, Side::Server, &key);
+                let shared = tx.key.clone();
+                self.arm(now + wait, Side::Server, shared);
                 return;
             }
             if tx.state == SState::Confirmed {
@@ -398,7 +436,7 @@ impl Transactions {
     /// [`TxOutput::NoAck`] comes for it (RFC 3261 §13.3.1.4).
     pub fn acknowledged(&mut self, call_id: &str, cseq: u32) {
         if let Some(k) = self.awaiting_ack.remove(&(call_id.to_owned(), cseq))
-            && let Some(tx) = self.server.get_mut(&k)
+            && let Some(tx) = self.server.get_mut(&*k)
         {
             tx.retransmit_at = None;
         }
@@ -432,26 +470,27 @@ impl Transactions {
             return;
         }
         tx.request = None;
+        let shared = tx.key.clone();
         if key.method == Method::Invite {
             let timeout = now + 64 * t1;
             tx.timeout_at = Some(timeout);
             tx.interval = t1;
             if (200..300).contains(&code) {
                 tx.state = SState::Accepted;
-                self.awaiting_ack.insert(tx.dialog.clone(), key.clone());
+                self.awaiting_ack.insert(tx.dialog.clone(), shared.clone());
             } else {
                 tx.state = SState::Completed;
             }
             if !reliable {
                 tx.retransmit_at = Some(now + t1);
-                self.arm(now + t1, Side::Server, key);
+                self.arm(now + t1, Side::Server, shared.clone());
             }
-            self.arm(timeout, Side::Server, key);
+            self.arm(timeout, Side::Server, shared);
         } else {
             tx.state = SState::Completed;
             let wait = if reliable { Duration::ZERO } else { 64 * t1 };
             tx.timeout_at = Some(now + wait);
-            self.arm(now + wait, Side::Server, key);
+            self.arm(now + wait, Side::Server, shared);
         }
     }
 
@@ -497,9 +536,11 @@ impl Transactions {
         } else {
             CState::Calling
         };
+        let shared = Arc::new(key.clone());
         self.client.insert(
-            key.clone(),
+            shared.clone(),
             ClientTx {
+                key: shared.clone(),
                 state,
                 flow,
                 cseq: req.cseq,
@@ -511,9 +552,9 @@ impl Transactions {
             },
         );
         if let Some(at) = retransmit_at {
-            self.arm(at, Side::Client, &key);
+            self.arm(at, Side::Client, shared.clone());
         }
-        self.arm(timeout, Side::Client, &key);
+        self.arm(timeout, Side::Client, shared);
         key
     }
 
@@ -553,7 +594,8 @@ impl Transactions {
                     tx.bytes = Vec::new();
                     let at = now + 64 * self.cfg.t1;
                     tx.timeout_at = Some(at);
-                    self.arm(at, Side::Client, &key);
+                    let shared = tx.key.clone();
+                    self.arm(at, Side::Client, shared);
                     self.out.push_back(TxOutput::Response { key, msg });
                 }
                 (CState::Accepted, 200..=299) => {
@@ -579,7 +621,8 @@ impl Transactions {
                         Duration::from_secs(32)
                     };
                     tx.timeout_at = Some(now + wait);
-                    self.arm(now + wait, Side::Client, &key);
+                    let shared = tx.key.clone();
+                    self.arm(now + wait, Side::Client, shared);
                     self.out.push_back(TxOutput::Response { key, msg });
                 }
                 (CState::Completed, 300..=699) => {
@@ -607,7 +650,8 @@ impl Transactions {
                         self.cfg.t4
                     };
                     tx.timeout_at = Some(now + wait);
-                    self.arm(now + wait, Side::Client, &key);
+                    let shared = tx.key.clone();
+                    self.arm(now + wait, Side::Client, shared);
                     self.out.push_back(TxOutput::Response { key, msg });
                 }
                 _ => {}
@@ -617,13 +661,9 @@ impl Transactions {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, side, id))) = self.timers.peek().copied() {
-            if at > now {
+        while self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
+            let Some(Reverse(Timer { at, side, key, .. })) = self.timers.pop() else {
                 break;
-            }
-            self.timers.pop();
-            let Some(key) = self.timer_keys.remove(&id) else {
-                continue;
             };
             match side {
                 Side::Server => self.server_timer(now, at, key),
@@ -632,9 +672,9 @@ impl Transactions {
         }
     }
 
-    fn server_timer(&mut self, now: Instant, at: Instant, key: TxKey) {
+    fn server_timer(&mut self, now: Instant, at: Instant, key: Arc<TxKey>) {
         let t2 = self.cfg.t2;
-        let Some(tx) = self.server.get_mut(&key) else {
+        let Some(tx) = self.server.get_mut(&*key) else {
             return;
         };
         if tx.retransmit_at == Some(at) {
@@ -648,15 +688,16 @@ impl Transactions {
             tx.interval = (tx.interval * 2).min(t2);
             let next = now + tx.interval;
             tx.retransmit_at = Some(next);
-            self.arm(next, Side::Server, &key);
+            self.arm(next, Side::Server, key);
         } else if tx.timeout_at == Some(at) {
             let tx = self.remove_server(&key);
             if let Some(tx) = tx
                 && tx.state == SState::Accepted
                 && tx.retransmit_at.is_some()
             {
+                drop(tx.key);
                 self.out.push_back(TxOutput::NoAck {
-                    key,
+                    key: Arc::unwrap_or_clone(key),
                     call_id: tx.dialog.0,
                 });
             }
@@ -669,11 +710,15 @@ impl Transactions {
         let tx = self.server.remove(key)?;
         self.uncount_source(tx.flow);
         if let Some(mk) = &tx.merge_key
-            && self.merge.get(mk) == Some(key)
+            && self.merge.get(mk).is_some_and(|k| **k == *key)
         {
             self.merge.remove(mk);
         }
-        if self.awaiting_ack.get(&tx.dialog) == Some(key) {
+        if self
+            .awaiting_ack
+            .get(&tx.dialog)
+            .is_some_and(|k| **k == *key)
+        {
             self.awaiting_ack.remove(&tx.dialog);
         }
         Some(tx)
@@ -694,9 +739,9 @@ impl Transactions {
         }
     }
 
-    fn client_timer(&mut self, now: Instant, at: Instant, key: TxKey) {
+    fn client_timer(&mut self, now: Instant, at: Instant, key: Arc<TxKey>) {
         let (t2, invite) = (self.cfg.t2, key.method == Method::Invite);
-        let Some(tx) = self.client.get_mut(&key) else {
+        let Some(tx) = self.client.get_mut(&*key) else {
             return;
         };
         if tx.retransmit_at == Some(at) {
@@ -716,13 +761,15 @@ impl Transactions {
             };
             let next = now + tx.interval;
             tx.retransmit_at = Some(next);
-            self.arm(next, Side::Client, &key);
+            self.arm(next, Side::Client, key);
         } else if tx.timeout_at == Some(at) {
             let timed_out = matches!(tx.state, CState::Calling | CState::Proceeding);
-            self.client.remove(&key);
+            self.client.remove(&*key);
             if timed_out {
                 self.stats.timeouts += 1;
-                self.out.push_back(TxOutput::Timeout { key });
+                self.out.push_back(TxOutput::Timeout {
+                    key: Arc::unwrap_or_clone(key),
+                });
             }
         }
     }
@@ -1133,7 +1180,7 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=t\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\
                     // Same Call-ID, From tag and CSeq: other branches merge (482).
                     1 => tx.handle_request(now, flow, invite(&format!("z9hG4bKi{branch}"))),
                     2 => {
-                        let mut keys: Vec<TxKey> = tx.server.keys().cloned().collect();
+                        let mut keys: Vec<TxKey> = tx.server.keys().map(|k| TxKey::clone(k)).collect();
                         keys.sort_by_key(|k| (k.branch.clone(), k.method.as_str().to_owned()));
                         if !keys.is_empty() {
                             let key = &keys[arg as usize % keys.len()];
@@ -1161,7 +1208,7 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=t\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\
                 assert_counts_exact(&tx);
             }
             // Answer what is still open, then let every timer run.
-            let open: Vec<TxKey> = tx.server.keys().cloned().collect();
+            let open: Vec<TxKey> = tx.server.keys().map(|k| TxKey::clone(k)).collect();
             for key in open {
                 // Answered ones keep no request (and take no answer).
                 let Some(req) = tx.server_request(&key).cloned() else {
