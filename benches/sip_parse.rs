@@ -50,14 +50,18 @@ fn bench(c: &mut Criterion) {
         local: "192.0.2.1:5060".parse::<SocketAddr>().unwrap(),
         conn: 0,
     };
+    let parse = || {
+        let Ok(Framed::Message(msg)) = parse_datagram(data, &limits) else {
+            unreachable!("checked above")
+        };
+        msg
+    };
     c.bench_function("parse_txn_100_trying", |b| {
         let now = Instant::now();
         b.iter_batched(
             || Transactions::new(TimerConfig::default()),
             |mut txn| {
-                let Ok(Framed::Message(msg)) = parse_datagram(data, &limits) else {
-                    unreachable!("checked above")
-                };
+                let msg = parse();
                 let key = TxKey::of(&msg);
                 let trying = msg.response(100, "Trying", None);
                 txn.handle_request(now, flow, msg);
@@ -79,9 +83,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || Transactions::new(TimerConfig::default()),
             |mut txn| {
-                let Ok(Framed::Message(msg)) = parse_datagram(data, &limits) else {
-                    unreachable!("checked above")
-                };
+                let msg = parse();
                 let key = TxKey::of(&msg);
                 let ok = msg.response(200, "OK", Some("b2b"));
                 let sent = (*msg).clone();
