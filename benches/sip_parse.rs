@@ -76,8 +76,11 @@ fn bench(c: &mut Criterion) {
     });
 
     // A whole INVITE on each side, with the timers its transactions arm
-    // and fire: received, 100, 200 (two timers), ACKed, expired; sent
-    // (two timers), answered 200 (one more), expired.
+    // and fire: received, answered 200 (two timers), its ACK taken by the
+    // TU (`acknowledged`), expired; sent (two timers), answered 200 (one
+    // more), expired. Every retransmission timer is stale when it fires
+    // (the 2xx and the ACK stopped them): what it measures is arming,
+    // firing and the lookups, with parsing and the messages' copies.
     c.bench_function("txn_invite_both_sides_with_timers", |b| {
         let now = Instant::now();
         b.iter_batched(

@@ -222,7 +222,7 @@ struct Timer {
 
 impl PartialEq for Timer {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
+        self.cmp(other) == std::cmp::Ordering::Equal
     }
 }
 
