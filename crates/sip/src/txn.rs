@@ -171,13 +171,12 @@ struct ServerTx {
     key: Arc<TxKey>,
     state: SState,
     flow: Flow,
-    /// The request, until the final response: a transaction then lives
-    /// 64·T1 (32 s) on UDP to absorb retransmissions, and keeping every
-    /// parsed INVITE and BYE that long was most of the node's memory under
-    /// load (≈ 11 KB per call at 1,500 calls/s).
-    request: Option<Box<Message>>,
+    // No copy of the request: the TU owns it (and answers from it), a
+    // retransmission is absorbed on the key alone, and cloning every
+    // request with its headers was an allocation per header on the
+    // engine's thread.
     /// The request's Call-ID and CSeq number (its 2xx's ACK is matched on
-    /// them), kept after the request.
+    /// them).
     dialog: (String, u32),
     last_response: Option<Vec<u8>>,
     retransmit_at: Option<Instant>,
@@ -377,7 +376,6 @@ impl Transactions {
                 key,
                 state,
                 flow,
-                request: Some(msg.clone()),
                 dialog: (msg.call_id.clone(), msg.cseq),
                 last_response: None,
                 retransmit_at: None,
@@ -469,7 +467,6 @@ impl Transactions {
             }
             return;
         }
-        tx.request = None;
         let shared = tx.key.clone();
         if key.method == Method::Invite {
             let timeout = now + 64 * t1;
@@ -492,12 +489,6 @@ impl Transactions {
             tx.timeout_at = Some(now + wait);
             self.arm(now + wait, Side::Server, shared);
         }
-    }
-
-    /// The original request of a server transaction, until its final
-    /// response.
-    pub fn server_request(&self, key: &TxKey) -> Option<&Message> {
-        self.server.get(key).and_then(|t| t.request.as_deref())
     }
 
     /// Whether the server transaction `key` exists (answered or not).
@@ -974,9 +965,9 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
         tx.handle_request(t0, flow(Transport::Udp), inv.clone());
         let _ = tx.poll_output();
         tx.respond(t0, &TxKey::of(&inv), &inv.response(200, "OK", Some("tt")));
-        // Answered: the transaction lives on without its request.
+        // Answered: the transaction lives on.
         assert!(tx.has_server(&TxKey::of(&inv)));
-        assert!(tx.server_request(&TxKey::of(&inv)).is_none());
+        assert!(tx.server_is_final(&TxKey::of(&inv)));
         let mut no_ack = None;
         while let Some(t) = tx.poll_timeout() {
             tx.handle_timeout(t);
@@ -1173,20 +1164,29 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=t\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\
             let mut tx = Transactions::new(TimerConfig::default());
             let t0 = Instant::now();
             let mut now = t0;
+            // The requests as the TU keeps them, to answer.
+            let mut sent: HashMap<TxKey, Box<Message>> = HashMap::new();
             for (op, ip, branch, arg) in steps {
                 let flow = flow_from(IPS[ip]);
                 match op {
-                    0 => tx.handle_request(now, flow, options(&format!("z9hG4bKo{branch}"))),
-                    // Same Call-ID, From tag and CSeq: other branches merge (482).
-                    1 => tx.handle_request(now, flow, invite(&format!("z9hG4bKi{branch}"))),
+                    0 | 1 => {
+                        // Same Call-ID, From tag and CSeq: other INVITE
+                        // branches merge (482).
+                        let req = if op == 0 {
+                            options(&format!("z9hG4bKo{branch}"))
+                        } else {
+                            invite(&format!("z9hG4bKi{branch}"))
+                        };
+                        sent.insert(TxKey::of(&req), req.clone());
+                        tx.handle_request(now, flow, req);
+                    }
                     2 => {
                         let mut keys: Vec<TxKey> = tx.server.keys().map(|k| TxKey::clone(k)).collect();
                         keys.sort_by_key(|k| (k.branch.clone(), k.method.as_str().to_owned()));
                         if !keys.is_empty() {
                             let key = &keys[arg as usize % keys.len()];
-                            // An answered one keeps no request: answering it
-                            // again is a no-op anyway.
-                            if let Some(req) = tx.server_request(key).cloned() {
+                            // An answered one takes no other answer.
+                            if let Some(req) = sent.get(key) {
                                 let code = [100, 180, 200, 486][(arg / 7) as usize % 4];
                                 tx.respond(now, key, &req.response(code, "X", Some("t")));
                             }
@@ -1210,8 +1210,8 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=t\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\
             // Answer what is still open, then let every timer run.
             let open: Vec<TxKey> = tx.server.keys().map(|k| TxKey::clone(k)).collect();
             for key in open {
-                // Answered ones keep no request (and take no answer).
-                let Some(req) = tx.server_request(&key).cloned() else {
+                // Answered ones take no other answer.
+                let Some(req) = sent.get(&key) else {
                     continue;
                 };
                 tx.respond(now, &key, &req.response(486, "X", Some("t")));

@@ -148,7 +148,7 @@ impl Engine {
         );
         let _entered = span.clone().entered();
         info!(number = %Masked(&number), queue = %cb.queue, attempt = cb.attempt, "callback: waiting for an operator");
-        let record_id = format!("{}{}", self.token(), self.token());
+        let record_id = self.record_id(now);
         let did = match &cb.campaign {
             Some(c) => format!("campaign:{}", c.name),
             None => format!("callback:{}", cb.id),

@@ -199,7 +199,7 @@ impl Engine {
                 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         }) {
             Some(origin) => format!("{origin}-{}", &self.token()[..8]),
-            None => format!("{}{}", self.token(), self.token()),
+            None => self.record_id(now),
         };
         let did = msg
             .request_uri()

@@ -8204,3 +8204,43 @@ fn a_queue_nobody_ever_answered_is_staffed_from_its_expected_handling_time() {
         0
     );
 }
+
+#[test]
+fn call_record_ids_grow_with_time_and_stay_unguessable() {
+    let mut h = Harness::new();
+    h.engine.set_wall_clock(h.now, 1_780_000_000);
+    h.invite("first");
+    h.advance(Duration::from_millis(3));
+    h.invite("second");
+    let ids: Vec<String> = h
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::CallStarted { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{:?}", h.records);
+    for id in &ids {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    // The first 12 digits are the wall clock's milliseconds: the indexes
+    // on the id are appended to, not written all over.
+    assert_eq!(&ids[0][..12], &format!("{:012x}", 1_780_000_000_000u64));
+    assert_eq!(&ids[1][..12], &format!("{:012x}", 1_780_000_000_003u64));
+    assert!(ids[0] < ids[1]);
+    // The rest is random: two calls in the same millisecond differ.
+    h.invite("third");
+    let third = h
+        .records
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::CallStarted { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(&third[..12], &ids[1][..12]);
+    assert_ne!(third, ids[1]);
+}
