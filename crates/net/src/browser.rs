@@ -973,9 +973,9 @@ fn in_dialog(d: &mut Dialog, flow: Flow, method: Method, n: u64) -> Message {
         ),
     };
     let via = Via {
-        transport: Transport::Browser.as_str().to_owned(),
-        sent_by: flow.remote.to_string(),
-        branch: format!("z9hG4bKwb{n}x{}", d.cseq),
+        transport: Transport::Browser.as_str().into(),
+        sent_by: flow.remote.to_string().into(),
+        branch: format!("z9hG4bKwb{n}x{}", d.cseq).into(),
     };
     let req = Message::new_request(method, &target, via, &from, &to, &inv.call_id, d.cseq);
     d.cseq += 1;

@@ -395,7 +395,8 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
             cseq,
             from_tag.as_deref().unwrap_or_default(),
             via.sent_by
-        );
+        )
+        .into();
     }
 
     if matches!(start, StartLine::Request { .. }) {
@@ -457,9 +458,9 @@ fn parse_via(v: &str) -> Option<Via> {
         return None;
     }
     Some(Via {
-        transport: transport.to_ascii_uppercase(),
-        sent_by: sent_by.to_owned(),
-        branch: branch.to_owned(),
+        transport: transport.to_ascii_uppercase().into(),
+        sent_by: sent_by.into(),
+        branch: branch.into(),
     })
 }
 
@@ -696,8 +697,8 @@ Content-Length: 4\r\n\r\nv=0\r\n";
         else {
             panic!("keepalive")
         };
-        assert_eq!(m.via.sent_by, "[2001:db8::10]:5070");
-        assert_eq!(m.via.branch, "z9hG4bK776asdhds");
+        assert_eq!(&*m.via.sent_by, "[2001:db8::10]:5070");
+        assert_eq!(&*m.via.branch, "z9hG4bK776asdhds");
         assert_eq!(m.cseq, 314159);
         assert_eq!(m.from_tag.as_deref(), Some("1928301774"));
         assert_eq!(m.body, b"v=0\r");

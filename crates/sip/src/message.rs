@@ -1,6 +1,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// The transport a message came in on or leaves by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -171,14 +172,20 @@ pub struct Header {
 }
 
 /// The parts of the top Via that transactions and responses need.
+///
+/// Shared strings: every response, ACK and CANCEL copies its request's
+/// Via, and every transaction lookup keys on `branch` and `sent_by`
+/// ([`crate::txn::TxKey`]), so a copy is a reference count, not an
+/// allocation (transaction keys alone were a tenth of the engine's
+/// allocations per call).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Via {
     /// The transport token as received (`UDP`, `TCP`, `TLS`, ...).
-    pub transport: String,
+    pub transport: Arc<str>,
     /// `host[:port]`, IPv6 references in brackets.
-    pub sent_by: String,
+    pub sent_by: Arc<str>,
     /// The branch parameter, always starting with the RFC 3261 magic cookie.
-    pub branch: String,
+    pub branch: Arc<str>,
 }
 
 /// A parsed SIP message with its essential fields extracted and validated.

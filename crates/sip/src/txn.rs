@@ -72,10 +72,10 @@ impl Default for TimerConfig {
 /// matches its INVITE; a CANCEL is a transaction of its own).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TxKey {
-    /// Via branch.
-    pub branch: String,
+    /// Via branch (shared with the message's [`crate::Via`]).
+    pub branch: Arc<str>,
     /// Via sent-by (RFC 3261 §17.2.3 matches on it too).
-    pub sent_by: String,
+    pub sent_by: Arc<str>,
     /// INVITE, CANCEL, or the non-INVITE method.
     pub method: Method,
 }

@@ -173,6 +173,7 @@ impl Engine {
             by_b: HashMap::new(),
             client: HashMap::new(),
             acks: send::AckCache::new(config.sip.timers.t1),
+            sent_by: HashMap::new(),
             timers: BinaryHeap::new(),
             next_call: 1,
             read_at: None,

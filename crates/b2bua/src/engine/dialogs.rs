@@ -841,9 +841,10 @@ fn relay_turn(call: &mut Call, now: Instant) -> bool {
     true
 }
 
-/// The `tag` parameter of a From/To value.
+/// The `tag` parameter of a From/To value the node already parsed (a
+/// leg's: its own, or the peer's that the guard accepted).
 pub(super) fn tag_of(header: &str) -> Option<&str> {
-    uri::parse_name_addr(header)?.param("tag").flatten()
+    uri::name_addr_param(header, "tag").flatten()
 }
 
 /// Whether a message that came over `source` may speak for a leg set up

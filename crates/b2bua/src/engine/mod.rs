@@ -438,6 +438,8 @@ pub struct Engine {
     /// ACKs sent for 2xx answers whose client transaction is forgotten at
     /// the answer, to send again on a retransmitted 2xx.
     acks: send::AckCache,
+    /// The text of each local address our Vias name, made once.
+    sent_by: HashMap<SocketAddr, Arc<str>>,
     timers: BinaryHeap<Reverse<(Instant, CallId, CallTimer)>>,
     next_call: u64,
     /// When the driver read the datagram being handled (its clock): the

@@ -66,10 +66,20 @@ impl Engine {
     }
 
     pub(super) fn via(&mut self, flow: Flow) -> Via {
+        // Our own addresses are few (the listeners'): each one's text is
+        // made once and shared by every Via that names it.
+        if self.sent_by.len() >= SENT_BY_CACHE && !self.sent_by.contains_key(&flow.local) {
+            self.sent_by.clear();
+        }
+        let sent_by = self
+            .sent_by
+            .entry(flow.local)
+            .or_insert_with(|| flow.local.to_string().into())
+            .clone();
         Via {
-            transport: flow.transport.as_str().to_owned(),
-            sent_by: flow.local.to_string(),
-            branch: format!("z9hG4bK{}", self.token()),
+            transport: flow.transport.as_str().into(),
+            sent_by,
+            branch: format!("z9hG4bK{:016x}", self.rng.next_u64()).into(),
         }
     }
 
@@ -90,6 +100,9 @@ impl Engine {
         }
     }
 }
+
+/// Most local addresses whose Via text is kept (a node listens on a few).
+const SENT_BY_CACHE: usize = 64;
 
 /// Most ACKs kept (the oldest go first): each is a few hundred bytes.
 const ACKS_MOST: usize = 65_536;

@@ -95,9 +95,9 @@ impl Browsers {
         phone.consulted = Some(now);
         let flow = phone.flow;
         let via = Via {
-            transport: Transport::Browser.as_str().to_owned(),
-            sent_by: flow.remote.to_string(),
-            branch: format!("z9hG4bKwb{n}c"),
+            transport: Transport::Browser.as_str().into(),
+            sent_by: flow.remote.to_string().into(),
+            branch: format!("z9hG4bKwb{n}c").into(),
         };
         let mut invite = Message::new_request(
             Method::Invite,
