@@ -187,11 +187,12 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
                 return Err(fail(ParseError::HeaderLineTooLong, &headers));
             }
             // Folding is one space; a blank continuation adds nothing.
+            // (Rare: the value is made again for each continuation.)
             let more = line.trim();
-            if !last.value.is_empty() && !more.is_empty() {
-                last.value.push(' ');
+            if !more.is_empty() {
+                let sep = if last.value.is_empty() { "" } else { " " };
+                last.value = format!("{}{sep}{more}", last.value).into();
             }
-            last.value.push_str(more);
             continue;
         }
         // Refusals at a cap still answer from the headers read so far.
@@ -208,7 +209,7 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
         }
         headers.push(Header {
             name: canonical_name(name),
-            value: value.trim().to_owned(),
+            value: value.trim().into(),
         });
     }
 
@@ -474,7 +475,7 @@ fn error_reply(headers: &[Header], status: u16) -> Message {
         .collect();
     for h in out.iter_mut().filter(|h| h.name == "To") {
         if !h.value.contains("tag=") {
-            h.value.push_str(";tag=guard");
+            h.value = crate::message::joined(&[&h.value, ";tag=guard"]);
         }
     }
     Message {

@@ -25,4 +25,6 @@ pub mod uri;
 
 pub use error::ParseError;
 pub use guard::{Framed, Limits, StreamFramer, parse_datagram, parse_message};
-pub use message::{Header, Message, Method, StartLine, Transport, Via, escape_header_value};
+pub use message::{
+    Header, Message, Method, StartLine, Transport, Via, escape_header_value, joined,
+};

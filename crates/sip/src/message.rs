@@ -167,8 +167,10 @@ pub enum StartLine {
 pub struct Header {
     /// Canonical name for known headers, the received name otherwise.
     pub name: Cow<'static, str>,
-    /// The value with surrounding whitespace trimmed.
-    pub value: String,
+    /// The value with surrounding whitespace trimmed. Shared: a response
+    /// copies its request's Via, From, To, Call-ID and CSeq, and building
+    /// responses was the engine's largest source of allocations.
+    pub value: Arc<str>,
 }
 
 /// The parts of the top Via that transactions and responses need.
@@ -263,6 +265,23 @@ pub(crate) fn canonical_name(name: &str) -> Cow<'static, str> {
     Cow::Owned(name.to_owned())
 }
 
+/// `parts` end to end as one shared string, allocated once (a value
+/// built from pieces, such as a To with our tag added).
+pub fn joined(parts: &[&str]) -> Arc<str> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = [0u8; 256];
+    if let Some(room) = buf.get_mut(..len) {
+        let mut at = 0;
+        for p in parts {
+            room[at..at + p.len()].copy_from_slice(p.as_bytes());
+            at += p.len();
+        }
+        // Pieces of UTF-8 put end to end are UTF-8: never the default.
+        return Arc::from(std::str::from_utf8(room).unwrap_or_default());
+    }
+    Arc::from(parts.concat())
+}
+
 /// Makes a value safe to place in a header: CR, LF, NUL and other control
 /// characters are replaced by a space, so no value can end the header line or
 /// start a new one (header injection, TEST-MATRIX A10).
@@ -314,7 +333,7 @@ impl Message {
         self.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+            .map(|h| &*h.value)
     }
 
     /// Records where a request really came from in its top Via (RFC 3261
@@ -331,7 +350,7 @@ impl Message {
         // The top Via is the first value of the first Via header.
         let (top, rest) = match h.value.find(',') {
             Some(i) => h.value.split_at(i),
-            None => (h.value.as_str(), ""),
+            None => (&*h.value, ""),
         };
         let mut parts = top.split(';').map(str::trim);
         let Some(sent) = parts.next() else {
@@ -377,7 +396,7 @@ impl Message {
             out.push_str(&format!(";rport={}", source.port()));
         }
         out.push_str(rest);
-        h.value = out;
+        h.value = out.into();
     }
 
     /// Whether the message lists the extension `option` in `Supported`
@@ -395,14 +414,27 @@ impl Message {
         self.headers
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+            .map(|h| &*h.value)
     }
 
     /// Appends a header; the value is escaped so it cannot inject lines.
     pub fn push(&mut self, name: &'static str, value: &str) {
         self.headers.push(Header {
             name: Cow::Borrowed(name),
-            value: escape_header_value(value).into_owned(),
+            value: Arc::from(&*escape_header_value(value)),
+        });
+    }
+
+    /// As [`Message::push`], for a value already shared: kept as it is
+    /// when it is safe to place (no copy), escaped otherwise.
+    pub fn push_shared(&mut self, name: &'static str, value: Arc<str>) {
+        let value = match escape_header_value(&value) {
+            Cow::Borrowed(_) => value,
+            Cow::Owned(escaped) => escaped.into(),
+        };
+        self.headers.push(Header {
+            name: Cow::Borrowed(name),
+            value,
         });
     }
 
@@ -442,12 +474,16 @@ impl Message {
             via: via.clone(),
             max_forwards: Some(70),
         };
-        m.push(
+        m.push_shared(
             "Via",
-            &format!(
-                "SIP/2.0/{} {};branch={}",
-                via.transport, via.sent_by, via.branch
-            ),
+            joined(&[
+                "SIP/2.0/",
+                &via.transport,
+                " ",
+                &via.sent_by,
+                ";branch=",
+                &via.branch,
+            ]),
         );
         m.push("Max-Forwards", "70");
         m.push("From", from);
@@ -476,8 +512,7 @@ impl Message {
                     if self.to_tag.is_none()
                         && let Some(tag) = to_tag
                     {
-                        h.value.push_str(";tag=");
-                        h.value.push_str(&escape_header_value(tag));
+                        h.value = joined(&[&h.value, ";tag=", &escape_header_value(tag)]);
                         new_to_tag = Some(tag.to_owned());
                     }
                     headers.push(h);
@@ -655,5 +690,36 @@ mod tests {
         );
         assert_eq!(lines.iter().filter(|l| l.starts_with("INVITE ")).count(), 1);
         assert_eq!(text.matches("\r\n\r\n").count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod joined_tests {
+    use super::*;
+
+    #[test]
+    fn joins_short_and_long_values_alike() {
+        assert_eq!(&*joined(&["<sip:a@h>", ";tag=", "x1"]), "<sip:a@h>;tag=x1");
+        assert_eq!(&*joined(&[]), "");
+        let long = "é".repeat(200);
+        assert_eq!(&*joined(&[&long, ";tag=", "t"]), format!("{long};tag=t"));
+    }
+
+    #[test]
+    fn a_shared_value_is_escaped_only_when_it_must_be() {
+        let mut m = Message::new_request(
+            Method::Options,
+            "sip:a@h",
+            Via::default(),
+            "<sip:b@h>;tag=1",
+            "<sip:a@h>",
+            "c",
+            1,
+        );
+        let clean: Arc<str> = Arc::from("<sip:x@h>");
+        m.push_shared("Contact", clean.clone());
+        m.push_shared("Subject", Arc::from("a\r\nVia: forged"));
+        assert!(Arc::ptr_eq(&m.headers[m.headers.len() - 2].value, &clean));
+        assert_eq!(m.header("Subject"), Some("a  Via: forged"));
     }
 }

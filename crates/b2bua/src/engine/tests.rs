@@ -8244,3 +8244,13 @@ fn call_record_ids_grow_with_time_and_stay_unguessable() {
     assert_eq!(&third[..12], &ids[1][..12]);
     assert_ne!(third, ids[1]);
 }
+
+#[test]
+fn branches_carry_the_cookie_and_sixteen_hex_digits() {
+    assert_eq!(
+        &*super::send::branch(0x0123_4567_89ab_cdef),
+        "z9hG4bK0123456789abcdef"
+    );
+    assert_eq!(&*super::send::branch(0), "z9hG4bK0000000000000000");
+    assert_eq!(&*super::send::branch(u64::MAX), "z9hG4bKffffffffffffffff");
+}
