@@ -259,6 +259,7 @@ pub fn sip_uri(data: &[u8]) -> u64 {
     let mut out = Vec::new();
     for v in std::iter::once(&*text).chain(uri::split_list(&text)) {
         let na = uri::parse_name_addr(v);
+        let _ = uri::name_addr_param(v, "tag");
         if let Some(na) = &na {
             if na.uri != "*" {
                 assert!(
@@ -268,6 +269,15 @@ pub fn sip_uri(data: &[u8]) -> u64 {
                 );
             }
             let _ = (na.param("tag"), na.param("expires"), na.display);
+            // The light reading (dialog tags) agrees wherever the full
+            // parse accepts.
+            for name in ["tag", "expires", "lr"] {
+                assert_eq!(
+                    uri::name_addr_param(v, name),
+                    na.param(name),
+                    "name_addr_param differs from parse_name_addr on {v:?}"
+                );
+            }
             let _ = (uri::user(na.uri), uri::host_port(na.uri));
         }
         out.push((

@@ -10,7 +10,9 @@
 //! (robustness for hand-written tools), documented in README.
 
 use crate::error::ParseError;
-use crate::message::{Header, Message, Method, StartLine, Via, canonical_name};
+use crate::message::{
+    Header, Message, Method, StartLine, Via, canonical_name, escape_header_value,
+};
 use crate::uri::{self, Scheme};
 
 /// Size caps of the guard. Each is checked before the work it bounds.
@@ -176,25 +178,37 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
     };
 
     let mut headers: Vec<Header> = Vec::with_capacity(16);
+    // A folded header's value grows here, in one buffer, and goes back to
+    // its (shared, immutable) header before the next header, a refusal or
+    // the end: making the shared value again for each continuation line
+    // would copy it once per line, quadratic in a line of 4-byte folds.
+    let mut folded: Option<String> = None;
+    let unfold = |headers: &mut Vec<Header>, folded: &mut Option<String>| {
+        if let (Some(v), Some(last)) = (folded.take(), headers.last_mut()) {
+            last.value = v.into();
+        }
+    };
     for line in lines {
         if line.is_empty() {
             // Only the datagram-without-blank-line case ends in one.
             continue;
         }
         if line.starts_with([' ', '\t']) {
-            let last = headers.last_mut().ok_or(ParseError::BadHeaderLine)?;
-            if last.value.len() + line.len() > limits.max_header_line_bytes {
+            let last = headers.last().ok_or(ParseError::BadHeaderLine)?;
+            let value = folded.get_or_insert_with(|| last.value.to_string());
+            if value.len() + line.len() > limits.max_header_line_bytes {
+                unfold(&mut headers, &mut folded);
                 return Err(fail(ParseError::HeaderLineTooLong, &headers));
             }
             // Folding is one space; a blank continuation adds nothing.
-            // (Rare: the value is made again for each continuation.)
             let more = line.trim();
-            if !more.is_empty() {
-                let sep = if last.value.is_empty() { "" } else { " " };
-                last.value = format!("{}{sep}{more}", last.value).into();
+            if !value.is_empty() && !more.is_empty() {
+                value.push(' ');
             }
+            value.push_str(more);
             continue;
         }
+        unfold(&mut headers, &mut folded);
         // Refusals at a cap still answer from the headers read so far.
         if line.len() > limits.max_header_line_bytes {
             return Err(fail(ParseError::HeaderLineTooLong, &headers));
@@ -211,6 +225,10 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
             name: canonical_name(name),
             value: value.trim().into(),
         });
+    }
+    unfold(&mut headers, &mut folded);
+    if headers.iter().any(|h| has_control(&h.value)) {
+        return Err(fail(ParseError::BadHeaderLine, &headers));
     }
 
     let start = if is_request {
@@ -466,12 +484,28 @@ fn parse_via(v: &str) -> Option<Via> {
 }
 
 /// An error response built from whatever mandatory headers the request had.
+/// A CR that ends no line: RFC 3261 allows none in a header (a quoted
+/// pair may escape any other control byte, RFC 4475 `intmeth`), and one
+/// copied into our responses (Via, From, To...) is a line end to some
+/// peers.
+fn has_control(value: &str) -> bool {
+    value.contains('\r')
+}
+
 fn error_reply(headers: &[Header], status: u16) -> Message {
     let reason = reason_phrase(status);
     let mut out: Vec<Header> = headers
         .iter()
         .filter(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq"))
-        .cloned()
+        .map(|h| Header {
+            name: h.name.clone(),
+            // A refused request's values are not to be trusted: no control
+            // byte of theirs is echoed (CR, and NUL or BEL even quoted).
+            value: match escape_header_value(&h.value) {
+                std::borrow::Cow::Borrowed(_) => h.value.clone(),
+                std::borrow::Cow::Owned(v) => v.into(),
+            },
+        })
         .collect();
     for h in out.iter_mut().filter(|h| h.name == "To") {
         if !h.value.contains("tag=") {
@@ -892,5 +926,96 @@ Content-Length: 4\r\n\r\nv=0\r\n";
             f.push(&v);
             let _ = f.next_message(&Limits::default());
         }
+    }
+}
+
+#[cfg(test)]
+mod folding_tests {
+    use super::*;
+
+    fn options(extra: &str) -> String {
+        format!(
+            "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKf\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: f\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn continuation_lines_unfold_into_one_value() {
+        let text = options("Subject: a\r\n b\r\n\tc\r\n \r\n  d\r\nUser-Agent: x\r\n");
+        let Ok(Framed::Message(m)) = parse_datagram(text.as_bytes(), &Limits::default()) else {
+            panic!("refused")
+        };
+        assert_eq!(m.header("Subject"), Some("a b c d"));
+        assert_eq!(m.header("User-Agent"), Some("x"));
+        // Folded last, before the body.
+        let text = options("Subject: a\r\n b\r\n");
+        let Ok(Framed::Message(m)) = parse_datagram(text.as_bytes(), &Limits::default()) else {
+            panic!("refused")
+        };
+        assert_eq!(m.header("Subject"), Some("a b"));
+    }
+
+    /// Thousands of 4-byte folds build one value (linear work), and past
+    /// the longest line the request is refused with its headers read so
+    /// far, the folded one included.
+    #[test]
+    fn a_long_chain_of_folds_is_bounded() {
+        let limits = Limits::default();
+        let n = limits.max_header_line_bytes / 4;
+        let text = options(&format!("Subject: s\r\n{}", " x\r\n".repeat(n)));
+        let Ok(Framed::Message(m)) = parse_datagram(text.as_bytes(), &limits) else {
+            panic!("refused")
+        };
+        assert_eq!(m.header("Subject").map(str::len), Some(1 + 2 * n));
+        let text = format!(
+            "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKf\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: f\r\nCSeq: 1 OPTIONS\r\nSubject: s\r\n{}\r\n",
+            " x\r\n".repeat(limits.max_header_line_bytes)
+        );
+        let Err(rej) = parse_datagram(text.as_bytes(), &limits) else {
+            panic!("accepted")
+        };
+        assert_eq!(rej.error, ParseError::HeaderLineTooLong);
+        let reply = rej.reply.expect("an answer");
+        assert_eq!(reply.header("Call-ID"), Some("f"));
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+
+    /// A bare CR in a header value is refused with 400, and no refusal
+    /// echoes a control byte (an escaped NUL is valid, RFC 4475 `intmeth`,
+    /// but not worth repeating in an error).
+    #[test]
+    fn control_bytes_in_values_are_refused_and_not_echoed() {
+        for bad in ["\r", "\r\r", "x\rVia: forged"] {
+            let text = format!(
+                "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKc\r\nFrom: \"x{bad}y\" <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            );
+            let Err(rej) = parse_datagram(text.as_bytes(), &Limits::default()) else {
+                panic!("accepted {bad:?}")
+            };
+            assert_eq!(rej.error, ParseError::BadHeaderLine, "{bad:?}");
+            let reply = rej.reply.expect("an answer");
+            assert_eq!(reply.code(), 400);
+            let wire = reply.to_bytes();
+            let head = &wire[..wire.len() - 4];
+            assert!(
+                !head.split(|&b| b == b'\n').any(|l| l
+                    .strip_suffix(b"\r")
+                    .unwrap_or(l)
+                    .iter()
+                    .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)),
+                "{bad:?} echoed: {:?}",
+                String::from_utf8_lossy(&wire)
+            );
+        }
+        // A tab is a header value's whitespace.
+        let text = "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKc\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nSubject: a\tb\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            parse_datagram(text.as_bytes(), &Limits::default()),
+            Ok(Framed::Message(_))
+        ));
     }
 }

@@ -14,7 +14,9 @@ impl Engine {
     /// log's `(call, seq)`): a group commit then dirties a few pages, where
     /// random ids dirtied a leaf per call all over each index (the store
     /// thread's WAL writes and checkpoints, and past the page cache a read
-    /// per insert). The random part keeps them unguessable.
+    /// per insert). The random part keeps them unguessable. The prefix is
+    /// an ordering key, not a timestamp to read back: the engine's wall
+    /// clock is set in whole seconds and follows the monotonic one.
     pub(super) fn record_id(&mut self, now: Instant) -> String {
         let ms = (self.unix_ms_at(now).max(0) as u64) & 0xFFFF_FFFF_FFFF;
         let random = self.rng.next_u64();

@@ -141,6 +141,11 @@ impl Desk {
     pub(super) fn newest(&self) -> (u64, Option<AgentCall>) {
         self.events.back().cloned().unwrap_or((0, None))
     }
+
+    /// The newest change's number (without copying its call).
+    pub(super) fn newest_seq(&self) -> u64 {
+        self.events.back().map_or(0, |e| e.0)
+    }
 }
 
 /// What a desktop that has seen a desk up to some number gets next.
@@ -275,7 +280,7 @@ impl Desks {
         }
         let day = rome_midnight(unix_now());
         desk.today.news(info.as_ref(), day, Instant::now());
-        let seq = desk.newest().0 + 1;
+        let seq = desk.newest_seq() + 1;
         desk.events.push_back((seq, info));
         while desk.events.len() > DESK_EVENTS {
             desk.events.pop_front();
@@ -316,10 +321,10 @@ impl Desks {
         let Some(desk) = desks.get(agent) else {
             return Since::Events(Vec::new(), seen);
         };
-        let newest = desk.newest();
+        let newest = desk.newest_seq();
         let oldest = desk.events.front().map_or(0, |e| e.0);
         if seen + 1 < oldest {
-            return Since::Gap(newest.1, newest.0 - seen - 1, newest.0);
+            return Since::Gap(desk.newest().1, newest - seen - 1, newest);
         }
         let events = desk
             .events
@@ -327,7 +332,7 @@ impl Desks {
             .filter(|(n, _)| *n > seen)
             .map(|(_, e)| e.clone())
             .collect();
-        Since::Events(events, newest.0.max(seen))
+        Since::Events(events, newest.max(seen))
     }
 
     /// Whether `reader` reads `call` for the first time (recently: the set
