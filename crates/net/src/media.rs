@@ -296,7 +296,10 @@ impl MediaPlane {
         for _ in 0..self.pool.capacity() {
             let port = self.pool.take(now).ok()?;
             match bind_pair(ip, port) {
-                Ok(pair) => return Some((port, pair)),
+                Ok(pair) => {
+                    self.metrics.rtp_bound_at_call.inc();
+                    return Some((port, pair));
+                }
                 Err(e) => {
                     debug!(port, error = %e, "RTP port busy, skipped");
                     self.port_busy(now, port);
@@ -1285,8 +1288,10 @@ mod tests {
             other => panic!("no ports: {other:?}"),
         };
         reserve(&mut plane, 1);
+        // The first call on an address binds its own two pairs (counted).
+        assert_eq!(metrics.rtp_bound_at_call.get(), 2);
         plane.flush();
-        // The thread binds 64 (a port another test holds is given back).
+        // The thread binds `TARGET` (a port another test holds is given back).
         let deadline = Instant::now() + Duration::from_secs(10);
         let ready: Vec<u16> = loop {
             let ahead = plane.ahead.as_ref().expect("a large range binds ahead");
@@ -1296,7 +1301,7 @@ mod tests {
                 .get(&ip)
                 .map(|r| r.iter().map(|(p, _)| *p).collect())
                 .unwrap_or_default();
-            if ready.len() + s.failed.len() == 64 {
+            if ready.len() + s.failed.len() == ahead::TARGET {
                 break ready;
             }
             drop(s);
@@ -1321,6 +1326,7 @@ mod tests {
         }
         let got = reserve(&mut plane, 2);
         assert_eq!(got, [ready[1], ready[2]]);
+        assert_eq!(metrics.rtp_bound_at_call.get(), 2, "taken bound ahead");
         assert_eq!(
             metrics.rtp_dropped.with_label_values(&["stale_port"]).get(),
             1

@@ -59,6 +59,10 @@ pub struct NetMetrics {
     /// `centralino_rtp_dropped_total{reason}`: bad, foreign, late, unbound
     /// port (driver).
     pub rtp_dropped: IntCounterVec,
+    /// `centralino_rtp_pairs_bound_at_call_total`: RTP pairs the engine's
+    /// thread bound itself because none bound ahead was ready (the
+    /// `media-bind` thread behind, or a small port range).
+    pub rtp_bound_at_call: IntCounter,
     /// `centralino_rtp_lost_total{side}`: sequence gaps seen (driver).
     pub rtp_lost: IntCounterVec,
     /// `centralino_recordings_total{outcome}`: completed, recovered_partial,
@@ -232,6 +236,10 @@ impl NetMetrics {
                 "centralino_rtp_dropped_total",
                 "Media datagrams dropped, by reason",
                 &["reason"]
+            )),
+            rtp_bound_at_call: reg!(c(
+                "centralino_rtp_pairs_bound_at_call_total",
+                "RTP port pairs bound on the engine's thread at the call (none bound ahead was ready)"
             )),
             rtp_lost: reg!(cv(
                 "centralino_rtp_lost_total",
