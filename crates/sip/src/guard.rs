@@ -9,9 +9,11 @@
 //! Line ends: CRLF is the wire form; bare LF is accepted and normalised
 //! (robustness for hand-written tools), documented in README.
 
+use std::sync::Arc;
+
 use crate::error::ParseError;
 use crate::message::{
-    Header, Message, Method, StartLine, Via, canonical_name, escape_header_value,
+    Header, Message, Method, StartLine, Value, Via, canonical_name, escape_header_value,
 };
 use crate::uri::{self, Scheme};
 
@@ -178,6 +180,17 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
     };
 
     let mut headers: Vec<Header> = Vec::with_capacity(16);
+    // Every value points into one copy of the header section: one
+    // allocation here for all of them (see `Value`).
+    let shared: Arc<str> = Arc::from(head);
+    let value_at = |part: &str| {
+        // `part` is a slice of `head`: its offset there is its place in
+        // the copy.
+        match (part.as_ptr() as usize).checked_sub(head.as_ptr() as usize) {
+            Some(start) => Value::range(&shared, start, start + part.len()),
+            None => Value::from(part),
+        }
+    };
     // A folded header's value grows here, in one buffer, and goes back to
     // its (shared, immutable) header before the next header, a refusal or
     // the end: making the shared value again for each continuation line
@@ -223,7 +236,7 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
         }
         headers.push(Header {
             name: canonical_name(name),
-            value: value.trim().into(),
+            value: value_at(value.trim()),
         });
     }
     unfold(&mut headers, &mut folded);
@@ -509,7 +522,7 @@ fn error_reply(headers: &[Header], status: u16) -> Message {
         .collect();
     for h in out.iter_mut().filter(|h| h.name == "To") {
         if !h.value.contains("tag=") {
-            h.value = crate::message::joined(&[&h.value, ";tag=guard"]);
+            h.value = crate::message::joined(&[&h.value, ";tag=guard"]).into();
         }
     }
     Message {
@@ -1017,5 +1030,42 @@ mod control_tests {
             parse_datagram(text.as_bytes(), &Limits::default()),
             Ok(Framed::Message(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod shared_value_tests {
+    use super::*;
+
+    /// A parsed message's values all point into one copy of its header
+    /// section; a folded one has its own; each reads as received.
+    #[test]
+    fn parsed_values_share_one_buffer() {
+        let text = "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKv\r\nFrom: <sip:b@h>;tag=1\r\nTo:   <sip:a@h>  \r\nSubject: a\r\n b\r\nCall-ID: v\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Framed::Message(m)) = parse_datagram(text.as_bytes(), &Limits::default()) else {
+            panic!("refused")
+        };
+        let first = &m.headers[0].value;
+        for h in &m.headers {
+            assert_eq!(
+                h.value.shares_buffer(first),
+                h.name != "Subject",
+                "{}",
+                h.name
+            );
+        }
+        assert_eq!(m.header("To"), Some("<sip:a@h>"));
+        assert_eq!(m.header("Subject"), Some("a b"));
+        assert_eq!(m.header("CSeq"), Some("1 OPTIONS"));
+    }
+
+    #[test]
+    fn a_range_outside_its_buffer_reads_empty() {
+        let buf: Arc<str> = Arc::from("héllo");
+        assert_eq!(Value::range(&buf, 0, 1).as_str(), "h");
+        assert_eq!(Value::range(&buf, 1, 3).as_str(), "é");
+        assert_eq!(Value::range(&buf, 1, 2).as_str(), "", "inside a character");
+        assert_eq!(Value::range(&buf, 3, 99).as_str(), "");
+        assert_eq!(Value::range(&buf, 4, 2).as_str(), "");
     }
 }

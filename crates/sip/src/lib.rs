@@ -26,5 +26,5 @@ pub mod uri;
 pub use error::ParseError;
 pub use guard::{Framed, Limits, StreamFramer, parse_datagram, parse_message};
 pub use message::{
-    Header, Message, Method, StartLine, Transport, Via, escape_header_value, joined,
+    Header, Message, Method, StartLine, Transport, Value, Via, escape_header_value, joined,
 };

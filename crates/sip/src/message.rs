@@ -170,7 +170,117 @@ pub struct Header {
     /// The value with surrounding whitespace trimmed. Shared: a response
     /// copies its request's Via, From, To, Call-ID and CSeq, and building
     /// responses was the engine's largest source of allocations.
-    pub value: Arc<str>,
+    pub value: Value,
+}
+
+/// A header value: a range of a shared buffer. A parsed message's values
+/// all point into one copy of its header section (one allocation for all
+/// of them, on the thread that reads it, where each value was a block of
+/// its own); a value built here has a buffer of its own. Copying one is a
+/// reference count. It reads as a `str`.
+#[derive(Clone)]
+pub struct Value {
+    buf: Arc<str>,
+    start: u32,
+    end: u32,
+}
+
+impl Value {
+    /// `buf[start..end]`; the whole of an empty buffer should the range not
+    /// be one of `buf` (never, from the parser).
+    pub(crate) fn range(buf: &Arc<str>, start: usize, end: usize) -> Self {
+        match (u32::try_from(start), u32::try_from(end)) {
+            (Ok(s), Ok(e)) if buf.get(start..end).is_some() => Self {
+                buf: buf.clone(),
+                start: s,
+                end: e,
+            },
+            _ => Self::from(""),
+        }
+    }
+
+    /// The value as a string slice.
+    pub fn as_str(&self) -> &str {
+        self.buf
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// Whether the two values point into one buffer.
+    pub fn shares_buffer(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+
+    /// Whether this value is `buf` itself (no copy was made).
+    pub fn is(&self, buf: &Arc<str>) -> bool {
+        Arc::ptr_eq(&self.buf, buf) && self.start == 0 && self.end as usize == buf.len()
+    }
+}
+
+impl std::ops::Deref for Value {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Value {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<Arc<str>> for Value {
+    fn from(buf: Arc<str>) -> Self {
+        // Values are bounded by the message size (64 KiB); a longer one
+        // reads empty rather than wrong.
+        let end = u32::try_from(buf.len()).unwrap_or(0);
+        Self { buf, start: 0, end }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Self::from(Arc::<str>::from(s))
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Self::from(Arc::<str>::from(s))
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Value {}
+
+impl PartialEq<str> for Value {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Value {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The parts of the top Via that transactions and responses need.
@@ -421,13 +531,14 @@ impl Message {
     pub fn push(&mut self, name: &'static str, value: &str) {
         self.headers.push(Header {
             name: Cow::Borrowed(name),
-            value: Arc::from(&*escape_header_value(value)),
+            value: Value::from(&*escape_header_value(value)),
         });
     }
 
     /// As [`Message::push`], for a value already shared: kept as it is
     /// when it is safe to place (no copy), escaped otherwise.
-    pub fn push_shared(&mut self, name: &'static str, value: Arc<str>) {
+    pub fn push_shared(&mut self, name: &'static str, value: impl Into<Value>) {
+        let value = value.into();
         let value = match escape_header_value(&value) {
             Cow::Borrowed(_) => value,
             Cow::Owned(escaped) => escaped.into(),
@@ -512,7 +623,7 @@ impl Message {
                     if self.to_tag.is_none()
                         && let Some(tag) = to_tag
                     {
-                        h.value = joined(&[&h.value, ";tag=", &escape_header_value(tag)]);
+                        h.value = joined(&[&h.value, ";tag=", &escape_header_value(tag)]).into();
                         new_to_tag = Some(tag.to_owned());
                     }
                     headers.push(h);
@@ -719,7 +830,7 @@ mod joined_tests {
         let clean: Arc<str> = Arc::from("<sip:x@h>");
         m.push_shared("Contact", clean.clone());
         m.push_shared("Subject", Arc::from("a\r\nVia: forged"));
-        assert!(Arc::ptr_eq(&m.headers[m.headers.len() - 2].value, &clean));
+        assert!(m.headers[m.headers.len() - 2].value.is(&clean));
         assert_eq!(m.header("Subject"), Some("a  Via: forged"));
     }
 }
