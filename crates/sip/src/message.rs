@@ -186,16 +186,15 @@ pub struct Value {
 }
 
 impl Value {
-    /// `buf[start..end]`; the whole of an empty buffer should the range not
-    /// be one of `buf` (never, from the parser).
-    pub(crate) fn range(buf: &Arc<str>, start: usize, end: usize) -> Self {
+    /// `buf[start..end]`, when that is a range of `buf`.
+    pub(crate) fn range(buf: &Arc<str>, start: usize, end: usize) -> Option<Self> {
         match (u32::try_from(start), u32::try_from(end)) {
-            (Ok(s), Ok(e)) if buf.get(start..end).is_some() => Self {
+            (Ok(s), Ok(e)) if buf.get(start..end).is_some() => Some(Self {
                 buf: buf.clone(),
                 start: s,
                 end: e,
-            },
-            _ => Self::from(""),
+            }),
+            _ => None,
         }
     }
 

@@ -21,15 +21,16 @@ use std::time::Instant;
 
 use super::{MediaPlane, Pair, bind_pair};
 
-/// Pairs kept bound per address.
-pub(super) const TARGET: usize = 128;
+/// Pairs kept bound per address (the most a stranger can find bound
+/// before their calls, and hold in kernel buffers by spraying them).
+pub(super) const TARGET: usize = 64;
 /// Asked for again when fewer than this many are bound or on their way:
-/// one wake-up of the binding thread per `TARGET - LOW` pairs, and
-/// `LOW` pairs of slack (24 ms of calls at 2,000 calls/s) for that
+/// one wake-up of the binding thread per `TARGET - LOW` pairs or more,
+/// and `LOW` pairs of slack (12 ms of calls at 2,000 calls/s) for that
 /// thread to be scheduled: with 32, a busy 2-core VM left ~5 % of the
 /// pairs to be bound on the engine's thread at the call (`perf`; now
 /// counted, `centralino_rtp_pairs_bound_at_call_total`).
-const LOW: usize = 96;
+const LOW: usize = 48;
 /// The pool must hold at least this many pairs for any to be bound
 /// ahead: a small range (tests of exhaustion, a lab) keeps the exact
 /// behaviour of binding at the call, every port in the pool.
