@@ -236,6 +236,17 @@ impl Harness {
         out
     }
 
+    /// The ids of the call records begun, in order.
+    fn record_ids(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::CallStarted { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Call records begun (`CallStarted`).
     fn calls_started(&self) -> usize {
         self.records
@@ -8212,14 +8223,7 @@ fn call_record_ids_grow_with_time_and_stay_unguessable() {
     h.invite("first");
     h.advance(Duration::from_millis(3));
     h.invite("second");
-    let ids: Vec<String> = h
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            Record::CallStarted { id, .. } => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
+    let ids = h.record_ids();
     assert_eq!(ids.len(), 2, "{:?}", h.records);
     for id in &ids {
         assert_eq!(id.len(), 32, "{id}");
@@ -8232,15 +8236,7 @@ fn call_record_ids_grow_with_time_and_stay_unguessable() {
     assert!(ids[0] < ids[1]);
     // The rest is random: two calls in the same millisecond differ.
     h.invite("third");
-    let third = h
-        .records
-        .iter()
-        .rev()
-        .find_map(|r| match r {
-            Record::CallStarted { id, .. } => Some(id.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let third = h.record_ids().pop().unwrap();
     assert_eq!(&third[..12], &ids[1][..12]);
     assert_ne!(third, ids[1]);
 }
