@@ -31,6 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::OwnKeys;
 use crate::message::{Message, Method, StartLine, Transport};
 
 /// Where a message came from or goes to: the transport, the peer and, on
@@ -250,7 +251,9 @@ pub struct Transactions {
     /// source that holds too many (each non-INVITE one lives ~32 s after
     /// its final response on UDP) before it creates more, in O(1).
     per_source: HashMap<IpAddr, usize>,
-    client: HashMap<Arc<TxKey>, ClientTx>,
+    /// Keyed by our own branches (random, never a peer's choice): the
+    /// faster hash (see `OwnKeys`).
+    client: HashMap<Arc<TxKey>, ClientTx, OwnKeys>,
     /// (Call-ID, From tag, CSeq) of server transactions without To tag, for
     /// merged-request detection (§8.2.2.2).
     merge: HashMap<(String, String, u32), Arc<TxKey>>,
@@ -272,7 +275,7 @@ impl Transactions {
             cfg,
             server: HashMap::new(),
             per_source: HashMap::new(),
-            client: HashMap::new(),
+            client: HashMap::default(),
             merge: HashMap::new(),
             awaiting_ack: HashMap::new(),
             timers: BinaryHeap::new(),

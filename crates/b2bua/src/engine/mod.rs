@@ -23,7 +23,7 @@ use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
 use centralino_sip::session_timer;
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
 use centralino_sip::uri::{self, Scheme};
-use centralino_sip::{Limits, Message, Method, StartLine, Transport, Via};
+use centralino_sip::{Limits, Message, Method, OwnKeys, StartLine, Transport, Via};
 use centralino_types::dialplan::DialPlan;
 use centralino_types::outcome::{CallOutcome, CallbackOutcome, QueueEvent};
 use centralino_types::record::Record;
@@ -431,10 +431,12 @@ pub struct Engine {
     callback_tone: Prompt,
     /// When the supervisor views were last published.
     views_at: Option<Instant>,
-    calls: HashMap<CallId, Call>,
+    // Keyed by our own call numbers, B-leg Call-IDs and branches: the
+    // faster hash (`OwnKeys`). `by_a` is keyed by the caller's Call-ID.
+    calls: HashMap<CallId, Call, OwnKeys>,
     by_a: HashMap<String, CallId>,
-    by_b: HashMap<String, CallId>,
-    client: HashMap<TxKey, ClientRef>,
+    by_b: HashMap<String, CallId, OwnKeys>,
+    client: HashMap<TxKey, ClientRef, OwnKeys>,
     /// ACKs sent for 2xx answers whose client transaction is forgotten at
     /// the answer, to send again on a retransmitted 2xx.
     acks: send::AckCache,

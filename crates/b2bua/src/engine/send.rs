@@ -276,9 +276,8 @@ impl Engine {
     /// Whether a call lives on `leg`'s dialog (its Call-ID and the peer's
     /// tag): the caller's leg, the answered operator's, a transfer's.
     fn live_dialog(&self, leg: &Leg) -> bool {
-        let Some(call) = [&self.by_a, &self.by_b]
-            .iter()
-            .find_map(|m| m.get(&leg.call_id))
+        let Some(call) = (self.by_a.get(&leg.call_id))
+            .or_else(|| self.by_b.get(&leg.call_id))
             .and_then(|c| self.calls.get(c))
         else {
             return false;

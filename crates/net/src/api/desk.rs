@@ -193,8 +193,8 @@ pub(super) async fn desk_socket(
     // The current state first, then every change after it.
     rx.borrow_and_update();
     let (mut seen, first) = desks.snapshot(&agent);
-    audit(first.as_ref());
-    let mut pending = vec![call_event(first.as_ref())];
+    audit(first.as_deref());
+    let mut pending = vec![call_event(first.as_deref())];
     let mut shown_state = None;
     loop {
         for event in pending.drain(..) {
@@ -211,14 +211,14 @@ pub(super) async fn desk_socket(
                 match desks.since(&agent, seen) {
                     Since::Events(events, newest) => {
                         for e in &events {
-                            audit(e.as_ref());
-                            pending.push(call_event(e.as_ref()));
+                            audit(e.as_deref());
+                            pending.push(call_event(e.as_deref()));
                         }
                         seen = newest;
                     }
                     Since::Gap(now, missed, newest) => {
-                        audit(now.as_ref());
-                        let mut e = call_event(now.as_ref());
+                        audit(now.as_deref());
+                        let mut e = call_event(now.as_deref());
                         e["missed"] = json!(missed);
                         pending.push(e);
                         seen = newest;

@@ -1036,6 +1036,7 @@ mod tests {
     #[test]
     fn a_desktop_behind_gets_every_transition_or_knows_what_it_missed() {
         let call = |state| agent_call("c1", state);
+        let shown = |state| Some(Arc::new(call(state)));
         let desks = Desks::default();
         let mut rx = desks.watch("1001");
         assert_eq!(desks.snapshot("1001"), (0, None));
@@ -1049,11 +1050,7 @@ mod tests {
         assert_eq!(
             desks.since("1001", 0),
             Since::Events(
-                vec![
-                    Some(call(DeskState::Offered)),
-                    Some(call(DeskState::Connected)),
-                    None
-                ],
+                vec![shown(DeskState::Offered), shown(DeskState::Connected), None],
                 3
             )
         );
@@ -1065,12 +1062,51 @@ mod tests {
         assert_eq!(
             desks.since("1001", 2),
             Since::Gap(
-                Some(call(DeskState::Offered)),
+                shown(DeskState::Offered),
                 DESK_EVENTS as u64,
                 3 + DESK_EVENTS as u64
             )
         );
         assert_eq!(desks.snapshot("1001").0, 3 + DESK_EVENTS as u64);
+    }
+
+    #[test]
+    fn a_desk_keeps_a_few_changes_whatever_its_operators_day() {
+        let desks = Desks::default();
+        // A day's calls: three changes each.
+        for i in 0..200 {
+            let c = agent_call(&format!("c{i}"), DeskState::Offered);
+            desks.set("1001".into(), Some(c.clone()));
+            desks.set(
+                "1001".into(),
+                Some(AgentCall {
+                    state: DeskState::Connected,
+                    ..c
+                }),
+            );
+            desks.set("1001".into(), None);
+        }
+        {
+            let all = desks.lock();
+            let desk = &all["1001"];
+            assert_eq!(desk.events.len(), DESK_EVENTS);
+            // Never grown past its first buffer.
+            assert!(desk.events.capacity() < 2 * DESK_EVENTS);
+            assert_eq!(desk.newest_seq(), 600);
+        }
+        // The last call's three changes are still there for a desktop
+        // that saw the one before.
+        match desks.since("1001", 597) {
+            Since::Events(e, 600) => {
+                assert_eq!(e.len(), 3);
+                assert_eq!(e[0].as_ref().map(|c| c.call.as_str()), Some("c199"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Two desktops of one operator read the same call, not copies.
+        desks.set("1001".into(), Some(agent_call("c200", DeskState::Offered)));
+        let (a, b) = (desks.snapshot("1001").1, desks.current("1001"));
+        assert!(Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
     }
 }
 
