@@ -915,9 +915,8 @@ impl Worker {
         let Some(mut s) = self.sessions[slot].take() else {
             return;
         };
-        for sock in &s.socks {
-            let _ = epoll::delete(&self.poll, sock);
-        }
+        // No `epoll::delete`: closing a socket's only descriptor (nothing
+        // duplicates these) takes it out of the set; `s` drops below.
         self.flush(&mut s);
         if s.media.recording()
             && let Some(r) = &self.recorder

@@ -82,7 +82,7 @@ impl Leg {
         let to = req.header("To").unwrap_or_default();
         Self {
             call_id: req.call_id.clone(),
-            local: format!("{to};tag={tag}"),
+            local: [to, ";tag=", tag].concat(),
             remote: req.header("From").unwrap_or_default().to_owned(),
             remote_target: req
                 .header("Contact")
@@ -166,19 +166,96 @@ pub fn cancel(inv: &Message, reason: Option<&str>) -> Message {
 
 /// Our Contact on `flow`.
 pub fn contact(flow: Flow) -> String {
-    match flow.transport {
-        Transport::Udp => format!("<sip:centralino@{}>", flow.local),
-        Transport::Tcp => format!("<sip:centralino@{};transport=tcp>", flow.local),
+    let params = match flow.transport {
+        Transport::Udp => ">",
+        Transport::Tcp => ";transport=tcp>",
         // RFC 3261 §26.2.2: `sip:` with transport=tls (not `sips:`,
         // which promises TLS on every hop beyond the carrier too).
-        Transport::Tls => format!("<sip:centralino@{};transport=tls>", flow.local),
-        Transport::Browser => format!("<sip:centralino@{};transport=ws>", flow.local),
+        Transport::Tls => ";transport=tls>",
+        Transport::Browser => ";transport=ws>",
+    };
+    let mut out = String::with_capacity(64);
+    out.push_str("<sip:centralino@");
+    push_addr(&mut out, flow.local);
+    out.push_str(params);
+    out
+}
+
+/// `addr` as its `Display` writes it: IPv4 by hand (every request and
+/// answer the node makes names its address; the formatter was a fortieth
+/// of the engine's instructions per call), the rare IPv6 through it.
+pub fn push_addr(out: &mut String, addr: std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            push_ip(out, std::net::IpAddr::V4(*v4.ip()));
+            out.push(':');
+            out.push_str(crate::message::decimal(u64::from(v4.port()), &mut [0; 20]));
+        }
+        std::net::SocketAddr::V6(_) => {
+            use std::fmt::Write;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{addr}");
+        }
+    }
+}
+
+/// `ip` as its `Display` writes it (IPv4 by hand, as [`push_addr`]).
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(crate::message::decimal(u64::from(o), &mut [0; 20]));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::fmt::Write;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn addresses_are_written_as_display_writes_them(
+            v4 in proptest::prelude::any::<[u8; 4]>(),
+            v6 in proptest::prelude::any::<[u16; 8]>(),
+            port in proptest::prelude::any::<u16>(),
+        ) {
+            for addr in [
+                std::net::SocketAddr::from((v4, port)),
+                std::net::SocketAddr::from((v6, port)),
+            ] {
+                let mut out = String::new();
+                push_addr(&mut out, addr);
+                proptest::prop_assert_eq!(out, addr.to_string());
+                let mut out = String::new();
+                push_ip(&mut out, addr.ip());
+                proptest::prop_assert_eq!(out, addr.ip().to_string());
+            }
+            let mut f = flow();
+            f.local = std::net::SocketAddr::from((v4, port));
+            for (t, params) in [
+                (Transport::Udp, ""),
+                (Transport::Tcp, ";transport=tcp"),
+                (Transport::Tls, ";transport=tls"),
+                (Transport::Browser, ";transport=ws"),
+            ] {
+                f.transport = t;
+                proptest::prop_assert_eq!(
+                    contact(f),
+                    format!("<sip:centralino@{}{params}>", f.local)
+                );
+            }
+        }
+    }
 
     fn flow() -> Flow {
         Flow {

@@ -98,14 +98,18 @@ impl Engine {
         path: &[String],
     ) -> Option<(Message, String, String)> {
         let via = self.via(flow);
-        let b_call_id = format!("{}@centralino", self.token());
+        let b_call_id = self.token() + "@centralino";
         let b_tag = self.token();
         let call = self.calls.get(&call_id)?;
-        let local_host = flow.local.to_string();
         let local = if call.private {
-            format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={b_tag}")
+            [
+                "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag=",
+                &b_tag,
+            ]
+            .concat()
         } else {
-            format!("<sip:{}@{local_host}>;tag={b_tag}", call.caller)
+            // The Via's text of our address (made once per address).
+            ["<sip:", &call.caller, "@", &via.sent_by, ">;tag=", &b_tag].concat()
         };
         let mut inv =
             Message::new_request(Method::Invite, request_uri, via, &local, to, &b_call_id, 1);

@@ -4,8 +4,11 @@
 use super::*;
 
 impl Engine {
+    /// 64 random bits in hex: our tags and Call-IDs.
     pub(super) fn token(&mut self) -> String {
-        format!("{:016x}", self.rng.next_u64())
+        let digits = hex_digits(self.rng.next_u64());
+        // Hex digits are ASCII: never the default.
+        std::str::from_utf8(&digits).unwrap_or_default().to_owned()
     }
 
     /// A call record's id: 32 hex digits, the wall clock's milliseconds
@@ -21,7 +24,12 @@ impl Engine {
         let ms = (self.unix_ms_at(now).max(0) as u64) & 0xFFFF_FFFF_FFFF;
         let random = self.rng.next_u64();
         let more = self.rng.next_u64() as u16;
-        format!("{ms:012x}{random:016x}{more:04x}")
+        // `{ms:012x}{random:016x}{more:04x}`, without the formatter.
+        let mut id = [0u8; 32];
+        id[..12].copy_from_slice(&hex_digits(ms)[4..]);
+        id[12..28].copy_from_slice(&hex_digits(random));
+        id[28..].copy_from_slice(&hex_digits(u64::from(more))[12..]);
+        std::str::from_utf8(&id).unwrap_or_default().to_owned()
     }
 
     pub(super) fn send_stateless(&mut self, flow: Flow, msg: &Message) {
@@ -106,14 +114,21 @@ impl Engine {
 /// A Via branch: the magic cookie and 64 random bits in hex, made with one
 /// allocation (every request the node sends takes one).
 pub(super) fn branch(random: u64) -> Arc<str> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    let digits = hex_digits(random);
     // Hex digits are ASCII: never the default.
     let hex = std::str::from_utf8(&digits).unwrap_or_default();
     centralino_sip::joined(&["z9hG4bK", hex])
+}
+
+/// `{v:016x}` without the formatter (our branches, tags, Call-IDs and
+/// record ids: several per call).
+pub(super) fn hex_digits(v: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    digits
 }
 
 /// Most local addresses whose Via text is kept (a node listens on a few).
@@ -295,5 +310,31 @@ impl Engine {
                 .as_ref()
                 .and_then(|t| t.dialog.as_ref())
                 .is_some_and(same)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_digits;
+    use rand::{RngCore, SeedableRng};
+
+    #[test]
+    fn hex_digits_are_what_the_formatter_writes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let edges = [
+            0,
+            1,
+            0xf,
+            0x10,
+            u64::from(u16::MAX),
+            0xFFFF_FFFF_FFFF,
+            u64::MAX,
+        ];
+        for v in edges.into_iter().chain((0..10_000).map(|_| rng.next_u64())) {
+            assert_eq!(
+                std::str::from_utf8(&hex_digits(v)),
+                Ok(&*format!("{v:016x}"))
+            );
+        }
     }
 }
