@@ -176,51 +176,15 @@ pub fn contact(flow: Flow) -> String {
     };
     let mut out = String::with_capacity(64);
     out.push_str("<sip:centralino@");
-    push_addr(&mut out, flow.local);
+    crate::message::push_addr(&mut out, flow.local);
     out.push_str(params);
     out
-}
-
-/// `addr` as its `Display` writes it: IPv4 by hand (every request and
-/// answer the node makes names its address; the formatter was a fortieth
-/// of the engine's instructions per call), the rare IPv6 through it.
-pub fn push_addr(out: &mut String, addr: std::net::SocketAddr) {
-    match addr {
-        std::net::SocketAddr::V4(v4) => {
-            push_ip(out, std::net::IpAddr::V4(*v4.ip()));
-            out.push(':');
-            out.push_str(crate::message::decimal(u64::from(v4.port()), &mut [0; 20]));
-        }
-        std::net::SocketAddr::V6(_) => {
-            use std::fmt::Write;
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{addr}");
-        }
-    }
-}
-
-/// `ip` as its `Display` writes it (IPv4 by hand, as [`push_addr`]).
-pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                out.push_str(crate::message::decimal(u64::from(o), &mut [0; 20]));
-            }
-        }
-        std::net::IpAddr::V6(_) => {
-            use std::fmt::Write;
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{ip}");
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{push_addr, push_ip};
 
     proptest::proptest! {
         #[test]
