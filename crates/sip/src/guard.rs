@@ -250,9 +250,10 @@ pub fn parse_message(data: &[u8], limits: &Limits, datagram: bool) -> Result<Mes
         }
         // A response has no one to be refused to (a carrier's 200 with a
         // stray CR in `Server` must not fail the call): its control bytes
-        // become spaces, so none is ever copied on.
+        // become spaces, so none is ever copied on. Trimmed again: a value
+        // ending in CR NUL must read as it will after we write it on.
         for h in headers.iter_mut().filter(|h| has_control(&h.value)) {
-            h.value = escape_header_value(&h.value).into_owned().into();
+            h.value = escape_header_value(&h.value).trim().into();
         }
     }
 
@@ -1042,6 +1043,18 @@ mod control_tests {
             panic!("a response refused for a stray CR")
         };
         assert_eq!(m.header("Server"), Some("x y"));
+        // Control bytes at a value's ends become spaces and are trimmed, so
+        // the value reads the same once written on (fuzz seed 20261203).
+        let text = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKc\r\0\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nServer: \0\rx\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Framed::Message(m)) = parse_datagram(text.as_bytes(), &Limits::default()) else {
+            panic!("a response refused for a stray CR")
+        };
+        assert_eq!(m.header("Via"), Some("SIP/2.0/UDP h:5060;branch=z9hG4bKc"));
+        assert_eq!(m.header("Server"), Some("x"));
+        let Ok(Framed::Message(again)) = parse_datagram(&m.to_bytes(), &Limits::default()) else {
+            panic!("a written response does not parse")
+        };
+        assert_eq!(again.headers, m.headers);
         // A tab is a header value's whitespace.
         let text = "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKc\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nSubject: a\tb\r\nContent-Length: 0\r\n\r\n";
         assert!(matches!(
