@@ -399,8 +399,20 @@ pub fn escape_header_value(value: &str) -> Cow<'_, str> {
     // character is an ASCII byte below 0x20 or 0x7F, or U+0080–U+009F,
     // which UTF-8 writes 0xC2 0x80–0x9F; a value with none of those bytes
     // (nor any 0xC2) has none, and the characters are read only otherwise.
-    let suspect = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f || *b == 0xc2;
-    if !value.as_bytes().iter().any(suspect) {
+    // Checked 32 bytes at a time without an early exit, which the
+    // compiler turns into vector compares: a twentieth of the engine's
+    // instructions per call went to this scan a byte at a time.
+    let suspect = |b: u8| (b < 0x20 && b != b'\t') | (b == 0x7f) | (b == 0xc2);
+    let chunks = value.as_bytes().chunks_exact(32);
+    let tail = chunks.remainder();
+    let mut any = tail.iter().fold(false, |acc, &b| acc | suspect(b));
+    for chunk in chunks {
+        if any {
+            break;
+        }
+        any = chunk.iter().fold(false, |acc, &b| acc | suspect(b));
+    }
+    if !any {
         return Cow::Borrowed(value);
     }
     if value.chars().any(|c| c.is_control() && c != '\t') {
@@ -816,8 +828,12 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn escaping_reads_bytes_as_the_characters_say(
-            value in r"\PC*|[\x00-\x20\x7f-\u{a0}a-z\t\u{e9}\u{100}]*"
+            value in r"\PC*|[\x00-\x20\x7f-\u{a0}a-z\t\u{e9}\u{100}]*",
+            pad in 0usize..100,
         ) {
+            // Padded too, so the bad byte lands in any 32-byte chunk or
+            // in the tail.
+            let value = format!("{}{value}{}", "a".repeat(pad), "b".repeat(pad % 37));
             let by_chars: String = value
                 .chars()
                 .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })

@@ -44,6 +44,28 @@ pub fn classify(uri: &str) -> Option<Scheme> {
     Some(s)
 }
 
+/// The scheme of a URI already validated: a request's Request-URI once the
+/// guard has taken it (`guard::parse_datagram` and the stream framer refuse
+/// any that [`classify`] refuses). It reads the scheme only, where
+/// `classify` checks every character again: that was a twentieth of the
+/// engine's instructions per call, four times over one URI. For every URI
+/// `classify` accepts, the same answer.
+pub fn scheme(uri: &str) -> Option<Scheme> {
+    let (scheme, rest) = uri.split_once(':')?;
+    if scheme.is_empty() || rest.is_empty() {
+        return None;
+    }
+    Some(if scheme.eq_ignore_ascii_case("sip") {
+        Scheme::Sip
+    } else if scheme.eq_ignore_ascii_case("sips") {
+        Scheme::Sips
+    } else if scheme.eq_ignore_ascii_case("tel") {
+        Scheme::Tel
+    } else {
+        Scheme::Other
+    })
+}
+
 /// `[userinfo "@"] hostport uri-parameters [headers]`, after the scheme.
 fn valid_sip_uri(rest: &str) -> bool {
     // The user part may hold ';', '?' and ',' (RFC 4475 semiuri, intmeth), so
@@ -503,6 +525,17 @@ mod name_addr_param_tests {
     }
 
     proptest::proptest! {
+        /// On every URI `classify` accepts, reading the scheme alone
+        /// gives its answer.
+        #[test]
+        fn the_scheme_alone_agrees_with_classify(
+            u in "(sip|SIP|sips|Sips|tel|TEL|http|x-y|1a|)(:|)[a-z0-9@.;=:+%<> ]{0,14}",
+        ) {
+            if let Some(s) = classify(&u) {
+                proptest::prop_assert_eq!(scheme(&u), Some(s), "{}", u);
+            }
+        }
+
         /// On every value the full parse accepts, the light reading of a
         /// parameter gives what the full parse gives.
         #[test]

@@ -110,11 +110,13 @@ impl Engine {
             self.reject(flow, msg, 501, "unknown_method", &[("Allow", ALLOW)]);
             return false;
         }
-        if uri::classify(ruri) == Some(Scheme::Other) {
+        // The guard validated the Request-URI: its scheme is read alone.
+        let scheme = uri::scheme(ruri);
+        if scheme == Some(Scheme::Other) {
             self.reject(flow, msg, 416, "unsupported_uri_scheme", &[]);
             return false;
         }
-        if uri::classify(ruri) == Some(Scheme::Sips) && flow.transport != Transport::Tls {
+        if scheme == Some(Scheme::Sips) && flow.transport != Transport::Tls {
             // A sips: Request-URI promises TLS on every hop (RFC 3261
             // §26.2.2, RFC 5630 §3.1.3): taking it over UDP or TCP would
             // quietly break that promise.
@@ -350,7 +352,7 @@ impl Engine {
         allowed: impl Fn(TrunkId) -> bool,
     ) -> Option<(TrunkId, Target)> {
         let ruri = msg.request_uri()?;
-        let did = match uri::classify(ruri)? {
+        let did = match uri::scheme(ruri)? {
             Scheme::Tel => ruri.split_once(':')?.1.split(';').next()?,
             _ => uri::user(ruri)?.split(';').next()?,
         };

@@ -101,7 +101,7 @@ impl Engine {
             && call
                 .inbound()
                 .and_then(|i| i.invite.request_uri())
-                .and_then(uri::classify)
+                .and_then(uri::scheme)
                 .is_some_and(|s| s == Scheme::Sips);
         if sips {
             format!("<sips:centralino@{}>", call.a_leg.flow.local)

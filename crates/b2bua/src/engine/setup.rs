@@ -203,7 +203,7 @@ impl Engine {
         };
         let did = msg
             .request_uri()
-            .and_then(|r| match uri::classify(r)? {
+            .and_then(|r| match uri::scheme(r)? {
                 Scheme::Tel => r
                     .split_once(':')
                     .map(|(_, d)| d.split(';').next().unwrap_or(d)),
