@@ -29,15 +29,7 @@ pub fn classify(uri: &str) -> Option<Scheme> {
     {
         return None;
     }
-    let s = if scheme.eq_ignore_ascii_case("sip") {
-        Scheme::Sip
-    } else if scheme.eq_ignore_ascii_case("sips") {
-        Scheme::Sips
-    } else if scheme.eq_ignore_ascii_case("tel") {
-        Scheme::Tel
-    } else {
-        return Some(Scheme::Other);
-    };
+    let s = named(scheme);
     if matches!(s, Scheme::Sip | Scheme::Sips) && !valid_sip_uri(rest) {
         return None;
     }
@@ -55,7 +47,12 @@ pub fn scheme(uri: &str) -> Option<Scheme> {
     if scheme.is_empty() || rest.is_empty() {
         return None;
     }
-    Some(if scheme.eq_ignore_ascii_case("sip") {
+    Some(named(scheme))
+}
+
+/// The class of a scheme's name (any case).
+fn named(scheme: &str) -> Scheme {
+    if scheme.eq_ignore_ascii_case("sip") {
         Scheme::Sip
     } else if scheme.eq_ignore_ascii_case("sips") {
         Scheme::Sips
@@ -63,7 +60,7 @@ pub fn scheme(uri: &str) -> Option<Scheme> {
         Scheme::Tel
     } else {
         Scheme::Other
-    })
+    }
 }
 
 /// `[userinfo "@"] hostport uri-parameters [headers]`, after the scheme.
