@@ -49,7 +49,8 @@ mod ahead;
 mod counters;
 mod monitor;
 mod out;
-use ahead::Ahead;
+mod reserve;
+use ahead::{Ahead, Returns};
 use counters::{Counters, Local, flush_stats};
 use monitor::{MonitorSide, drain_monitor};
 use out::{drain_browser, send_to_side};
@@ -177,6 +178,12 @@ enum Cmd {
         leg: Option<Box<BrowserLeg>>,
         phone: Option<Peer>,
     },
+    /// The call ends; `back` (their address and ports): its pairs go back
+    /// to the plane (to serve another call after resting), not closed.
+    Close {
+        call: CallId,
+        back: Option<(IpAddr, [u16; 2])>,
+    },
     Other(MediaCommand),
 }
 
@@ -213,6 +220,15 @@ impl MediaPlane {
             Some(dir) => Some(Recorder::start(dir.clone(), metrics.clone())?),
             None => None,
         };
+        // Drawn at random (a guessable next port lets a stranger send to
+        // it first), keyed from the OS.
+        let mut seed = [0u8; 32];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut seed)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE, seed)
+            .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+        let ahead = Ahead::start(pool.capacity())?;
+        let returns = ahead.as_ref().map(|a| Returns(a.shared.clone()));
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
             let poll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
@@ -230,20 +246,13 @@ impl MediaPlane {
             let (tx, rx) = channel();
             let mut worker = Worker::new(poll, waker.clone(), rx, events.clone(), config, &metrics);
             worker.recorder = recorder.clone();
+            worker.returns = returns.clone();
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
                 .spawn(move || worker.run())?;
             workers.push((tx, waker));
         }
         info!(threads, ports = ?config.ports, "media plane started");
-        // Drawn at random (a guessable next port lets a stranger send to
-        // it first), keyed from the OS.
-        let mut seed = [0u8; 32];
-        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut seed)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE, seed)
-            .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
-        let ahead = Ahead::start(pool.capacity())?;
         let cert = match centralino_media::webrtc::certificate() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -275,77 +284,6 @@ impl MediaPlane {
         ports
             .with_label_values(&["in_use"])
             .set(self.pool.capacity() as i64 - free - resting - ready);
-    }
-
-    /// A port busy in another process rests in quarantine again.
-    pub(super) fn port_busy(&mut self, now: Instant, port: u16) {
-        self.metrics
-            .rtp_dropped
-            .with_label_values(&["port_busy"])
-            .inc();
-        self.pool.release(now, port);
-    }
-
-    /// A port from the pool with RTP and RTCP bound on `ip`; a port another
-    /// process holds is skipped (and rests in quarantine again).
-    fn bind_one(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
-        if let Some(got) = self.bound_ahead(now, ip) {
-            return Some(got);
-        }
-        // Bounded: at most the whole pool is tried once.
-        for _ in 0..self.pool.capacity() {
-            let port = self.pool.take(now).ok()?;
-            match bind_pair(ip, port) {
-                Ok(pair) => {
-                    self.metrics.rtp_bound_at_call.inc();
-                    return Some((port, pair));
-                }
-                Err(e) => {
-                    debug!(port, error = %e, "RTP port busy, skipped");
-                    self.port_busy(now, port);
-                }
-            }
-        }
-        None
-    }
-
-    /// Two bound pairs for a new call, or `Failed` (nothing is held then).
-    fn reserve(&mut self, call: CallId, ip: IpAddr) -> MediaEvent {
-        let now = Instant::now();
-        let Some((a_port, a)) = self.bind_one(now, ip) else {
-            // A busy port skipped on the way rests in quarantine now.
-            self.gauges();
-            return MediaEvent::Failed { call };
-        };
-        let Some((b_port, b)) = self.bind_one(now, ip) else {
-            self.pool.release(now, a_port);
-            self.gauges();
-            return MediaEvent::Failed { call };
-        };
-        let ports = [a_port, b_port];
-        if let Some(old) = self.held.insert(
-            call,
-            Held {
-                ports,
-                socks: Some([a, b]),
-                ip,
-                browser: [None, None],
-                monitor: None,
-                monitor_pending: None,
-            },
-        ) {
-            // A call reserves once; should the engine ask again, the old
-            // ports are not leaked.
-            for p in old.ports {
-                self.pool.release(now, p);
-            }
-        }
-        self.gauges();
-        MediaEvent::Reserved {
-            call,
-            a_port,
-            b_port,
-        }
     }
 
     /// A browser answers the call whose `side` port is `port` with its
@@ -457,16 +395,22 @@ impl MediaPlane {
                 _ => return Some(MediaEvent::Failed { call }),
             },
             MediaCommand::Close { call } => {
-                // Sockets not handed over yet close here; the thread's
-                // close when it takes the command.
+                // Sockets not handed over yet close here. The thread's
+                // come back bound (bind and close were a sixth of a call's
+                // CPU), their ports held until they serve again.
+                let mut back = None;
                 if let Some(held) = self.held.remove(&call) {
                     let now = Instant::now();
-                    for p in held.ports.into_iter().chain(held.monitor) {
+                    back = (held.socks.is_none()
+                        && self.ahead.as_mut().is_some_and(|a| a.expect_back(held.ip)))
+                    .then_some((held.ip, held.ports));
+                    let ports = held.ports.into_iter().filter(|_| back.is_none());
+                    for p in ports.chain(held.monitor) {
                         self.pool.release(now, p);
                     }
                     self.gauges();
                 }
-                Cmd::Other(cmd)
+                Cmd::Close { call, back }
             }
             MediaCommand::Monitor {
                 call,
@@ -585,6 +529,8 @@ struct Worker {
     sessions_gauge: prometheus::IntGauge,
     seed: u64,
     recorder: Option<Recorder>,
+    /// Where an ended call's pairs go back when the plane expects them.
+    returns: Option<Returns>,
 }
 
 impl Worker {
@@ -621,6 +567,7 @@ impl Worker {
             sessions_gauge: metrics.media_sessions.clone(),
             seed: u64::from_le_bytes(seed),
             recorder: None,
+            returns: None,
         }
     }
 
@@ -832,7 +779,8 @@ impl Worker {
                     );
                 }
             }
-            Cmd::Other(MediaCommand::Close { call }) => self.close(call),
+            Cmd::Close { call, back } => self.close(call, back),
+            Cmd::Other(MediaCommand::Close { call }) => self.close(call, None),
             Cmd::Other(MediaCommand::Open { call, .. }) => {
                 let _ = self.events.send(MediaEvent::Failed { call });
             }
@@ -907,16 +855,23 @@ impl Worker {
         self.sessions_gauge.inc();
     }
 
-    fn close(&mut self, call: CallId) {
+    fn close(&mut self, call: CallId, back: Option<(IpAddr, [u16; 2])>) {
         self.end_monitor(call);
-        let Some(slot) = self.by_call.remove(&call) else {
+        let Some(mut s) = self.by_call.remove(&call).and_then(|slot| {
+            let s = self.sessions[slot].take()?;
+            self.free.push(slot);
+            Some(s)
+        }) else {
+            // Never opened here (the sockets closed at the failure): the
+            // plane still waits for the ports.
+            if let (Some((ip, ports)), Some(r)) = (back, &self.returns) {
+                r.gone(ip, ports);
+            }
             return;
         };
-        let Some(mut s) = self.sessions[slot].take() else {
-            return;
-        };
-        // No `epoll::delete`: closing a socket's only descriptor (nothing
-        // duplicates these) takes it out of the set; `s` drops below.
+        // No `epoll::delete` for sockets that close: closing a socket's
+        // only descriptor (nothing duplicates these) takes it out of the
+        // set; `s` drops below unless its pairs go back.
         self.flush(&mut s);
         if s.media.recording()
             && let Some(r) = &self.recorder
@@ -944,8 +899,17 @@ impl Worker {
             operator_foreign = b.foreign,
             "media closed"
         );
-        self.free.push(slot);
         self.sessions_gauge.dec();
+        if let (Some(back), Some(returns)) = (back, &self.returns) {
+            // Kept open: out of this thread's set by hand (one still in
+            // it would be read for a session that is not its own), or
+            // closed after all.
+            let reusable = s.browser.iter().all(Option::is_none)
+                && s.socks
+                    .iter()
+                    .all(|sock| epoll::delete(&self.poll, sock).is_ok());
+            returns.give(Instant::now(), back, s.socks, reusable);
+        }
     }
 
     /// Reads one datagram from a ready socket (level-triggered: if more
@@ -1268,6 +1232,111 @@ mod tests {
         assert!(plane.held.is_empty());
     }
 
+    /// A call's two ports from the plane (or the test fails).
+    fn reserve(plane: &mut MediaPlane, ip: IpAddr, call: u64) -> [u16; 2] {
+        match plane.command(MediaCommand::Reserve {
+            call: CallId(call),
+            ip,
+        }) {
+            Some(MediaEvent::Reserved { a_port, b_port, .. }) => [a_port, b_port],
+            other => panic!("no ports: {other:?}"),
+        }
+    }
+
+    /// An ended call's pairs come back still bound (no `socket()`,
+    /// `bind()` or `close()` per call) and serve a later call once they
+    /// have rested; one that received anything meanwhile is closed unused,
+    /// as a pair bound ahead would be.
+    #[test]
+    fn an_ended_calls_pairs_come_back_and_serve_a_later_call_once_rested() {
+        let config =
+            Config::from_toml("[media]\nthreads = 1\nport_min = 44200\nport_max = 48399\n")
+                .unwrap();
+        let (mut plane, metrics, _events) = plane(&config);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let reserve = |plane: &mut MediaPlane, call| reserve(plane, ip, call);
+        let first = reserve(&mut plane, 1);
+        let caller = Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            law: Law::Ulaw,
+            telephone_event: None,
+            signalling: None,
+            browser: false,
+        };
+        let open = MediaCommand::Open {
+            call: CallId(1),
+            ip,
+            a_port: first[0],
+            b_port: first[1],
+            a: Remote::Rtp(caller),
+        };
+        assert_eq!(plane.command(open), None);
+        assert_eq!(plane.command(MediaCommand::Close { call: CallId(1) }), None);
+        plane.flush();
+        let shared = plane.ahead.as_ref().expect("a large range").shared.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let back_at = loop {
+            let s = shared.lock().unwrap();
+            let back: Vec<u16> = s.resting.iter().map(|r| r.port).collect();
+            if back.len() == 2 {
+                assert_eq!(back, first, "both pairs back, as reserved");
+                // Resting with the smallest receive buffer the kernel has.
+                let rested = rustix::net::sockopt::socket_recv_buffer_size(&s.resting[0].pair.rtp);
+                assert!(
+                    rested.unwrap() < s.resting[0].rcvbuf / 8,
+                    "shrunk while resting"
+                );
+                break s.resting[0].since;
+            }
+            drop(s);
+            assert!(Instant::now() < deadline, "the pairs never came back");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // A stranger sends to the operator's port while it rests.
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger
+            .send_to(b"\x80\x00", ("127.0.0.1", first[1]))
+            .unwrap();
+        while shared.lock().unwrap().resting[1].pair.is_quiet() {
+            assert!(Instant::now() < deadline, "the datagram never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Still resting: the next call gets other ports.
+        let second = reserve(&mut plane, 2);
+        assert!(!second.iter().any(|p| first.contains(p)), "{second:?}");
+        while Instant::now() < back_at + PORT_QUARANTINE {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let bound = metrics.rtp_bound_at_call.get();
+        let stale = metrics.rtp_dropped.with_label_values(&["stale_port"]).get();
+        let third = reserve(&mut plane, 3);
+        assert_eq!(third[0], first[0], "the caller's pair serves again");
+        let held = &plane.held[&CallId(3)].socks.as_ref().unwrap()[0];
+        let fresh = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            rustix::net::sockopt::socket_recv_buffer_size(&held.rtp).unwrap(),
+            rustix::net::sockopt::socket_recv_buffer_size(&fresh).unwrap(),
+            "its receive buffer back to the default"
+        );
+        assert_ne!(third[1], first[1], "the touched pair is not used");
+        assert_eq!(
+            metrics.rtp_bound_at_call.get(),
+            bound,
+            "nothing bound at the call"
+        );
+        assert_eq!(
+            metrics.rtp_dropped.with_label_values(&["stale_port"]).get(),
+            stale + 1
+        );
+        for call in [2, 3] {
+            assert_eq!(
+                plane.command(MediaCommand::Close { call: CallId(call) }),
+                None
+            );
+        }
+        assert!(plane.held.is_empty());
+    }
+
     /// After a first call on an address, pairs are bound ahead on the
     /// `media-bind` thread and the next calls take them; a pair that
     /// received anything before a call took it is closed unused, so
@@ -1279,13 +1348,7 @@ mod tests {
                 .unwrap();
         let (mut plane, metrics, _events) = plane(&config);
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let reserve = |plane: &mut MediaPlane, call| match plane.command(MediaCommand::Reserve {
-            call: CallId(call),
-            ip,
-        }) {
-            Some(MediaEvent::Reserved { a_port, b_port, .. }) => [a_port, b_port],
-            other => panic!("no ports: {other:?}"),
-        };
+        let reserve = |plane: &mut MediaPlane, call| reserve(plane, ip, call);
         reserve(&mut plane, 1);
         // The first call on an address binds its own two pairs (counted).
         assert_eq!(metrics.rtp_bound_at_call.get(), 2);

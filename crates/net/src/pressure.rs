@@ -152,10 +152,11 @@ impl Overload {
     }
 }
 
+mod diag;
+
 /// Counts, every second, what the kernel dropped on the SIP UDP sockets
-/// bound to `ports` into `centralino_sip_udp_drops_total`. The table is
-/// read on a blocking thread: with thousands of RTP sockets open it is
-/// megabytes of text, never to be made on the engine's thread.
+/// bound to `ports` into `centralino_sip_udp_drops_total`. Read on a
+/// blocking thread, never the engine's.
 pub(crate) async fn watch_drops(ports: Vec<u16>, metrics: NetMetrics) {
     let ports = Arc::new(ports);
     let mut before = None;
@@ -181,10 +182,26 @@ pub(crate) async fn watch_drops(ports: Vec<u16>, metrics: NetMetrics) {
 }
 
 /// Datagrams dropped by the kernel on sockets bound to `ports` (its
-/// receive buffer was full): the `drops` column of `/proc/net/udp` and
-/// `/proc/net/udp6`, the counter `SO_RXQ_OVFL` reports per datagram.
-/// `None` where procfs is not there.
+/// receive buffer was full), the counter `SO_RXQ_OVFL` reports per
+/// datagram: asked of `sock_diag` for these ports only, or where that is
+/// refused (a kernel without port filters, a sandbox) read from
+/// `/proc/net/udp`, whose cost grows with every socket of the namespace.
 pub(crate) fn udp_drops(ports: &[u16]) -> Option<u64> {
+    match diag::udp_drops(ports) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                warn!(error = %e, "sock_diag refused: SIP drops read from /proc/net/udp");
+            }
+            udp_drops_in_proc(ports)
+        }
+    }
+}
+
+/// The `drops` column of `/proc/net/udp` and `/proc/net/udp6` summed over
+/// the sockets bound to `ports`; `None` where procfs is not there.
+pub(crate) fn udp_drops_in_proc(ports: &[u16]) -> Option<u64> {
     let mut seen = false;
     let mut total = 0u64;
     for file in ["/proc/net/udp", "/proc/net/udp6"] {

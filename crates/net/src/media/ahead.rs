@@ -15,11 +15,12 @@ use std::net::IpAddr;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rustix::net::sockopt;
 use tracing::debug;
 
 use std::time::Instant;
 
-use super::{MediaPlane, Pair, bind_pair};
+use super::{MediaPlane, PORT_QUARANTINE, Pair, bind_pair};
 
 /// Pairs kept bound per address (the most a stranger can find bound
 /// before their calls, and hold in kernel buffers by spraying them).
@@ -31,6 +32,19 @@ pub(super) const TARGET: usize = 64;
 /// pairs to be bound on the engine's thread at the call (`perf`; now
 /// counted, `centralino_rtp_pairs_bound_at_call_total`).
 const LOW: usize = 48;
+/// Most pairs held per address, bound ahead and back from calls: a
+/// call's pairs come back only below it. Enough for the pairs of 4,000
+/// calls a second through their rest (two each); 16,384 descriptors, and
+/// never more than an eighth of the process's (a quarter of them in
+/// sockets), so calls, connections and files keep theirs.
+pub(super) const MAX_HELD: usize = 8192;
+
+/// [`MAX_HELD`] within the descriptors this process may open.
+fn max_held() -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let fit = nofile.map_or(usize::MAX, |n| usize::try_from(n / 8).unwrap_or(usize::MAX));
+    MAX_HELD.min(fit)
+}
 /// The pool must hold at least this many pairs for any to be bound
 /// ahead: a small range (tests of exhaustion, a lab) keeps the exact
 /// behaviour of binding at the call, every port in the pool.
@@ -42,10 +56,27 @@ pub(super) struct Shared {
     pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair)>>,
     /// Ports another process holds: back to the pool.
     pub(super) failed: Vec<(IpAddr, u16)>,
+    /// Pairs back from ended calls, in the order they came back, resting
+    /// [`PORT_QUARANTINE`] before they join `ready`.
+    pub(super) resting: VecDeque<Resting>,
+    /// Ports the plane expected back whose sockets a media thread closed
+    /// instead (a browser's leg was on them): back to the pool.
+    pub(super) closed: Vec<(IpAddr, u16)>,
     /// A batch the thread emptied, for the plane's next: no allocation
     /// per batch (one of this size made glibc consolidate its free lists
     /// on the engine's thread).
     spare: Vec<(IpAddr, u16)>,
+}
+
+/// A pair back from its call, resting.
+pub(super) struct Resting {
+    pub(super) since: Instant,
+    pub(super) ip: IpAddr,
+    pub(super) port: u16,
+    pub(super) pair: Pair,
+    /// Its sockets' receive buffer before the rest (what the kernel
+    /// reports: twice what was set), given back when it serves again.
+    pub(super) rcvbuf: usize,
 }
 
 /// The plane's side.
@@ -57,6 +88,8 @@ pub(super) struct Ahead {
     asked: HashMap<IpAddr, usize>,
     /// Asked this turn, sent at [`Ahead::flush`].
     batch: Vec<(IpAddr, u16)>,
+    /// Most pairs held per address ([`max_held`]).
+    max_held: usize,
 }
 
 /// What [`Ahead::take`] found.
@@ -104,20 +137,58 @@ impl Ahead {
             shared,
             asked: HashMap::new(),
             batch: Vec::new(),
+            max_held: max_held(),
         }))
     }
 
     /// A pair bound ahead on `ip`, if one is ready; `failed` gets the
-    /// ports the thread could not bind (to release).
-    pub(super) fn take(&mut self, ip: IpAddr, failed: &mut Vec<u16>) -> Taken {
-        let (got, lost) = {
+    /// ports the thread could not bind, `closed` those of pairs that did
+    /// not come back from their call (both to release).
+    pub(super) fn take(
+        &mut self,
+        now: Instant,
+        ip: IpAddr,
+        failed: &mut Vec<u16>,
+        closed: &mut Vec<u16>,
+    ) -> Taken {
+        let (got, lost, gone) = {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = &mut *s;
+            // Rested long enough: late packets of their last call had
+            // their time (and any that came make the pair stale below).
+            // They serve before those bound ahead, which stay the slack
+            // for a rush.
+            while let Some(r) = s.resting.front()
+                && now.saturating_duration_since(r.since) >= PORT_QUARANTINE
+                && let Some(r) = s.resting.pop_front()
+            {
+                let grown = [&r.pair.rtp, &r.pair.rtcp]
+                    .iter()
+                    .all(|k| sockopt::set_socket_recv_buffer_size(k, r.rcvbuf / 2).is_ok());
+                if grown {
+                    s.ready
+                        .entry(r.ip)
+                        .or_default()
+                        .push_front((r.port, r.pair));
+                } else {
+                    s.closed.push((r.ip, r.port));
+                }
+            }
             let lost = std::mem::take(&mut s.failed);
-            (s.ready.get_mut(&ip).and_then(VecDeque::pop_front), lost)
+            let gone = std::mem::take(&mut s.closed);
+            (
+                s.ready.get_mut(&ip).and_then(VecDeque::pop_front),
+                lost,
+                gone,
+            )
         };
         for (at, port) in lost {
             self.done(at);
             failed.push(port);
+        }
+        for (at, port) in gone {
+            self.done(at);
+            closed.push(port);
         }
         // Asking starts with the first call on an address.
         self.asked.entry(ip).or_default();
@@ -150,6 +221,18 @@ impl Ahead {
     pub(super) fn ask(&mut self, ip: IpAddr, port: u16) {
         *self.asked.entry(ip).or_default() += 1;
         self.batch.push((ip, port));
+    }
+
+    /// Whether an ending call's pairs on `ip` (two) are to come back:
+    /// they are counted as held from now, until a call takes them or a
+    /// media thread reports them closed.
+    pub(super) fn expect_back(&mut self, ip: IpAddr) -> bool {
+        let held = self.asked.entry(ip).or_default();
+        if *held + 2 > self.max_held {
+            return false;
+        }
+        *held += 2;
+        true
     }
 
     /// Ports taken from the pool and not in a call: the pool's gauge.
@@ -191,9 +274,9 @@ impl MediaPlane {
     /// A pair bound ahead on `ip`, if one is ready and untouched.
     pub(super) fn bound_ahead(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
         let ahead = self.ahead.as_mut()?;
-        let mut failed = Vec::new();
+        let (mut failed, mut closed) = (Vec::new(), Vec::new());
         let got = loop {
-            match ahead.take(ip, &mut failed) {
+            match ahead.take(now, ip, &mut failed, &mut closed) {
                 Taken::Pair(port, pair) => break Some((port, pair)),
                 Taken::Stale(port) => {
                     self.metrics
@@ -207,6 +290,9 @@ impl MediaPlane {
         };
         for port in failed {
             self.port_busy(now, port);
+        }
+        for port in closed {
+            self.pool.release(now, port);
         }
         got
     }
@@ -232,5 +318,56 @@ impl MediaPlane {
         }
         ahead.flush();
         self.gauges();
+    }
+}
+
+/// A media thread's way to give an ended call's pairs back (the plane
+/// said they are expected, [`Ahead::expect_back`]).
+#[derive(Clone)]
+pub(super) struct Returns(pub(super) Arc<Mutex<Shared>>);
+
+impl Returns {
+    /// Takes back a call's sockets (A-RTP, A-RTCP, B-RTP, B-RTCP, already
+    /// out of the thread's epoll set), bound on `ip` at `ports` (A, B) as
+    /// the plane reserved them; with `reusable` false (a browser's leg was
+    /// on them) they close and only their ports go back.
+    pub(super) fn give(
+        &self,
+        now: Instant,
+        (ip, ports): (IpAddr, [u16; 2]),
+        socks: [std::net::UdpSocket; 4],
+        reusable: bool,
+    ) {
+        // While they rest, a stranger sending to them fills no more than
+        // the kernel's smallest receive buffer (about 2 KiB, twice that
+        // accounted) per socket: megabytes at the cap, where a default
+        // buffer (208 KiB) would let them hold gigabytes of the host's
+        // UDP memory and make live calls' packets drop.
+        let rcvbuf = sockopt::socket_recv_buffer_size(&socks[0]);
+        let shrunk = reusable
+            && socks
+                .iter()
+                .all(|k| sockopt::set_socket_recv_buffer_size(k, 1).is_ok());
+        let (Ok(rcvbuf), true) = (rcvbuf, shrunk) else {
+            drop(socks);
+            return self.gone(ip, ports);
+        };
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let [a_rtp, a_rtcp, b_rtp, b_rtcp] = socks;
+        for (port, rtp, rtcp) in [(ports[0], a_rtp, a_rtcp), (ports[1], b_rtp, b_rtcp)] {
+            s.resting.push_back(Resting {
+                since: now,
+                ip,
+                port,
+                pair: Pair { rtp, rtcp },
+                rcvbuf,
+            });
+        }
+    }
+
+    /// Ports whose pairs were expected back but closed: to the pool.
+    pub(super) fn gone(&self, ip: IpAddr, ports: [u16; 2]) {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.closed.extend(ports.map(|p| (ip, p)));
     }
 }
