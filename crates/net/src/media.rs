@@ -401,8 +401,14 @@ impl MediaPlane {
                 let mut back = None;
                 if let Some(held) = self.held.remove(&call) {
                     let now = Instant::now();
+                    let held_now = self.ahead.as_ref().map_or(0, Ahead::held);
+                    let in_calls = (self.pool.capacity() - self.pool.available())
+                        .saturating_sub(self.pool.resting() + held_now);
                     back = (held.socks.is_none()
-                        && self.ahead.as_mut().is_some_and(|a| a.expect_back(held.ip)))
+                        && self
+                            .ahead
+                            .as_mut()
+                            .is_some_and(|a| a.expect_back(held.ip, in_calls)))
                     .then_some((held.ip, held.ports));
                     let ports = held.ports.into_iter().filter(|_| back.is_none());
                     for p in ports.chain(held.monitor) {

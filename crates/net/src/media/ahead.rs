@@ -34,16 +34,20 @@ pub(super) const TARGET: usize = 64;
 const LOW: usize = 48;
 /// Most pairs held per address, bound ahead and back from calls: a
 /// call's pairs come back only below it. Enough for the pairs of 4,000
-/// calls a second through their rest (two each); 16,384 descriptors, and
-/// never more than an eighth of the process's (a quarter of them in
-/// sockets), so calls, connections and files keep theirs.
+/// calls a second through their rest (two each); 16,384 descriptors.
 pub(super) const MAX_HELD: usize = 8192;
 
-/// [`MAX_HELD`] within the descriptors this process may open.
-fn max_held() -> usize {
+/// The pairs (two descriptors each) that calls and held pairs may have
+/// open together before ended calls' pairs stop coming back: three
+/// quarters of the descriptors this process may open, so a rush of calls
+/// (which take held pairs first), connections and files keep theirs. A
+/// 20,000-descriptor limit lets a node at 4,000 calls a second fail
+/// binds with `EMFILE` otherwise.
+fn pair_budget() -> usize {
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    let fit = nofile.map_or(usize::MAX, |n| usize::try_from(n / 8).unwrap_or(usize::MAX));
-    MAX_HELD.min(fit)
+    nofile.map_or(usize::MAX, |n| {
+        usize::try_from(n / 8 * 3).unwrap_or(usize::MAX)
+    })
 }
 /// The pool must hold at least this many pairs for any to be bound
 /// ahead: a small range (tests of exhaustion, a lab) keeps the exact
@@ -88,8 +92,8 @@ pub(super) struct Ahead {
     asked: HashMap<IpAddr, usize>,
     /// Asked this turn, sent at [`Ahead::flush`].
     batch: Vec<(IpAddr, u16)>,
-    /// Most pairs held per address ([`max_held`]).
-    max_held: usize,
+    /// Pairs in calls and held, at most ([`pair_budget`]).
+    budget: usize,
 }
 
 /// What [`Ahead::take`] found.
@@ -137,7 +141,7 @@ impl Ahead {
             shared,
             asked: HashMap::new(),
             batch: Vec::new(),
-            max_held: max_held(),
+            budget: pair_budget(),
         }))
     }
 
@@ -223,12 +227,15 @@ impl Ahead {
         self.batch.push((ip, port));
     }
 
-    /// Whether an ending call's pairs on `ip` (two) are to come back:
-    /// they are counted as held from now, until a call takes them or a
-    /// media thread reports them closed.
-    pub(super) fn expect_back(&mut self, ip: IpAddr) -> bool {
+    /// Whether an ending call's pairs on `ip` (two) are to come back,
+    /// with `in_calls` pairs in calls now: they are counted as held from
+    /// now, until a call takes them or a media thread reports them closed.
+    pub(super) fn expect_back(&mut self, ip: IpAddr, in_calls: usize) -> bool {
+        if self.held() + 2 + in_calls > self.budget {
+            return false;
+        }
         let held = self.asked.entry(ip).or_default();
-        if *held + 2 > self.max_held {
+        if *held + 2 > MAX_HELD {
             return false;
         }
         *held += 2;
@@ -369,5 +376,33 @@ impl Returns {
     pub(super) fn gone(&self, ip: IpAddr, ports: [u16; 2]) {
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         s.closed.extend(ports.map(|p| (ip, p)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ended call's pairs come back only within the descriptor budget
+    /// (calls first) and the per-address cap; those expected count as held.
+    #[test]
+    fn pairs_come_back_within_the_budget_calls_first() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut ahead = Ahead {
+            to_bind: channel().0,
+            shared: Arc::default(),
+            asked: HashMap::new(),
+            batch: Vec::new(),
+            budget: 10,
+        };
+        assert!(ahead.expect_back(ip, 4));
+        assert_eq!(ahead.held(), 2);
+        assert!(ahead.expect_back(ip, 6), "2 held + 2 + 6 in calls = 10");
+        assert!(!ahead.expect_back(ip, 5), "4 held + 2 + 5 in calls > 10");
+        assert_eq!(ahead.held(), 4, "refused ones are not counted");
+        ahead.budget = usize::MAX;
+        ahead.asked.insert(ip, MAX_HELD - 1);
+        assert!(!ahead.expect_back(ip, 0), "the per-address cap");
+        assert!(ahead.expect_back(IpAddr::from([127, 0, 0, 2]), 0));
     }
 }
