@@ -227,7 +227,10 @@ impl MediaPlane {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let pool = Ports::new(config.ports.0, config.ports.1, PORT_QUARANTINE, seed)
             .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
-        let ahead = Ahead::start(pool.capacity())?;
+        let ahead = Ahead::start(
+            pool.capacity(),
+            u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()) ^ 0x9E37_79B9_7F4A_7C15,
+        )?;
         let returns = ahead.as_ref().map(|a| Returns(a.shared.clone()));
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
@@ -402,13 +405,13 @@ impl MediaPlane {
                 if let Some(held) = self.held.remove(&call) {
                     let now = Instant::now();
                     let held_now = self.ahead.as_ref().map_or(0, Ahead::held);
-                    let in_calls = (self.pool.capacity() - self.pool.available())
-                        .saturating_sub(self.pool.resting() + held_now);
+                    let in_calls = (self.pool.capacity())
+                        .saturating_sub(self.pool.available() + self.pool.resting() + held_now);
                     back = (held.socks.is_none()
                         && self
                             .ahead
                             .as_mut()
-                            .is_some_and(|a| a.expect_back(held.ip, in_calls)))
+                            .is_some_and(|a| a.expect_back(now, held.ip, in_calls)))
                     .then_some((held.ip, held.ports));
                     let ports = held.ports.into_iter().filter(|_| back.is_none());
                     for p in ports.chain(held.monitor) {
@@ -449,14 +452,26 @@ impl MediaPlane {
             other => Cmd::Other(other),
         };
         let thread = call.0 as usize % self.workers.len();
-        if self.workers[thread].0.send(cmd).is_ok() {
-            self.unwoken[thread] = true;
-        } else {
-            self.metrics
-                .rtp_dropped
-                .with_label_values(&["media_thread_gone"])
-                .inc();
-            return Some(MediaEvent::Failed { call });
+        match self.workers[thread].0.send(cmd) {
+            Ok(()) => self.unwoken[thread] = true,
+            Err(std::sync::mpsc::SendError(cmd)) => {
+                // No thread to give the pairs back: they closed with it.
+                if let (
+                    Cmd::Close {
+                        back: Some((ip, ports)),
+                        ..
+                    },
+                    Some(a),
+                ) = (cmd, &self.ahead)
+                {
+                    Returns(a.shared.clone()).gone(ip, ports);
+                }
+                self.metrics
+                    .rtp_dropped
+                    .with_label_values(&["media_thread_gone"])
+                    .inc();
+                return Some(MediaEvent::Failed { call });
+            }
         }
         None
     }
@@ -1298,7 +1313,8 @@ mod tests {
             assert!(Instant::now() < deadline, "the pairs never came back");
             std::thread::sleep(Duration::from_millis(2));
         };
-        // A stranger sends to the operator's port while it rests.
+        // A stranger (or the last call's peer) sends to the operator's
+        // port while it rests.
         let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
         stranger
             .send_to(b"\x80\x00", ("127.0.0.1", first[1]))
@@ -1313,33 +1329,47 @@ mod tests {
         while Instant::now() < back_at + PORT_QUARANTINE {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Rested: somewhere among the ready pairs, so later calls take
+        // both, nothing bound for them, the datagram read and dropped.
         let bound = metrics.rtp_bound_at_call.get();
-        let stale = metrics.rtp_dropped.with_label_values(&["stale_port"]).get();
-        let third = reserve(&mut plane, 3);
-        assert_eq!(third[0], first[0], "the caller's pair serves again");
-        let held = &plane.held[&CallId(3)].socks.as_ref().unwrap()[0];
-        let fresh = UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert_eq!(
-            rustix::net::sockopt::socket_recv_buffer_size(&held.rtp).unwrap(),
-            rustix::net::sockopt::socket_recv_buffer_size(&fresh).unwrap(),
-            "its receive buffer back to the default"
-        );
-        assert_ne!(third[1], first[1], "the touched pair is not used");
+        let mut found = Vec::new();
+        for call in 3..200 {
+            let got = reserve(&mut plane, call);
+            for (side, port) in got.into_iter().enumerate() {
+                if first.contains(&port) {
+                    let pair = &plane.held[&CallId(call)].socks.as_ref().unwrap()[side];
+                    let fresh = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    assert_eq!(
+                        rustix::net::sockopt::socket_recv_buffer_size(&pair.rtp).unwrap(),
+                        rustix::net::sockopt::socket_recv_buffer_size(&fresh).unwrap(),
+                        "its receive buffer back to the default"
+                    );
+                    assert!(pair.is_quiet(), "nothing of before waits for the call");
+                    found.push(port);
+                }
+            }
+            assert_eq!(
+                plane.command(MediaCommand::Close { call: CallId(call) }),
+                None
+            );
+            if found.len() == 2 {
+                break;
+            }
+        }
+        found.sort_unstable();
+        let mut want = first;
+        want.sort_unstable();
+        assert_eq!(found, want, "both pairs served again");
         assert_eq!(
             metrics.rtp_bound_at_call.get(),
             bound,
             "nothing bound at the call"
         );
         assert_eq!(
-            metrics.rtp_dropped.with_label_values(&["stale_port"]).get(),
-            stale + 1
+            metrics.rtp_dropped.with_label_values(&["after_call"]).get(),
+            1
         );
-        for call in [2, 3] {
-            assert_eq!(
-                plane.command(MediaCommand::Close { call: CallId(call) }),
-                None
-            );
-        }
+        assert_eq!(plane.command(MediaCommand::Close { call: CallId(2) }), None);
         assert!(plane.held.is_empty());
     }
 
@@ -1367,7 +1397,7 @@ mod tests {
             let ready: Vec<u16> = s
                 .ready
                 .get(&ip)
-                .map(|r| r.iter().map(|(p, _)| *p).collect())
+                .map(|r| r.iter().map(|(p, ..)| *p).collect())
                 .unwrap_or_default();
             if ready.len() + s.failed.len() == ahead::TARGET {
                 break ready;
@@ -1387,7 +1417,7 @@ mod tests {
         let ahead = plane.ahead.as_ref().unwrap();
         while ahead.shared.lock().unwrap().ready[&ip]
             .front()
-            .is_some_and(|(_, pair)| pair.is_quiet())
+            .is_some_and(|(_, pair, _)| pair.is_quiet())
         {
             assert!(Instant::now() < deadline, "the datagram never arrived");
             std::thread::sleep(Duration::from_millis(1));
@@ -1404,7 +1434,7 @@ mod tests {
         assert!(
             s.ready[&ip]
                 .iter()
-                .all(|(p, _)| !got.contains(p) && *p != touched)
+                .all(|(p, ..)| !got.contains(p) && *p != touched)
         );
         drop(s);
         assert_eq!(plane.command(MediaCommand::Close { call: CallId(1) }), None);

@@ -56,8 +56,11 @@ const MIN_POOL: usize = 2048;
 
 #[derive(Default)]
 pub(super) struct Shared {
-    /// Oldest first: taken in the order bound, so none waits for long.
-    pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair)>>,
+    /// Pairs bound ahead in the order bound, taken oldest first so none
+    /// waits for long; ended calls' pairs after their rest among them at
+    /// random places, still with the smallest receive buffer and the size
+    /// to give back when a call takes them.
+    pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair, Option<usize>)>>,
     /// Ports another process holds: back to the pool.
     pub(super) failed: Vec<(IpAddr, u16)>,
     /// Pairs back from ended calls, in the order they came back, resting
@@ -94,11 +97,20 @@ pub(super) struct Ahead {
     batch: Vec<(IpAddr, u16)>,
     /// Pairs in calls and held, at most ([`pair_budget`]).
     budget: usize,
+    /// Pairs calls took in the last whole second and in this one (since
+    /// `window`): how many ended calls' pairs are worth keeping.
+    demand: usize,
+    taken: usize,
+    window: Instant,
+    /// Where a rested pair goes among the ready ones (xorshift).
+    rng: u64,
 }
 
 /// What [`Ahead::take`] found.
 pub(super) enum Taken {
-    Pair(u16, Pair),
+    /// A pair, and how many datagrams that reached it after its last call
+    /// were dropped.
+    Pair(u16, Pair, u32),
     /// Bound ahead, but something was sent to it: closed, the port to rest.
     Stale(u16),
     None,
@@ -106,7 +118,7 @@ pub(super) enum Taken {
 
 impl Ahead {
     /// The binding thread, when the pool is large enough to spare pairs.
-    pub(super) fn start(pool_pairs: usize) -> std::io::Result<Option<Self>> {
+    pub(super) fn start(pool_pairs: usize, seed: u64) -> std::io::Result<Option<Self>> {
         if pool_pairs < MIN_POOL {
             return Ok(None);
         }
@@ -130,7 +142,7 @@ impl Ahead {
                     }
                     let mut s = theirs.lock().unwrap_or_else(PoisonError::into_inner);
                     for (ip, port, pair) in bound {
-                        s.ready.entry(ip).or_default().push_back((port, pair));
+                        s.ready.entry(ip).or_default().push_back((port, pair, None));
                     }
                     s.failed.extend(failed);
                     s.spare = batch;
@@ -142,6 +154,10 @@ impl Ahead {
             asked: HashMap::new(),
             batch: Vec::new(),
             budget: pair_budget(),
+            demand: 0,
+            taken: 0,
+            window: Instant::now(),
+            rng: seed | 1,
         }))
     }
 
@@ -159,24 +175,20 @@ impl Ahead {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             let s = &mut *s;
             // Rested long enough: late packets of their last call had
-            // their time (and any that came make the pair stale below).
-            // They serve before those bound ahead, which stay the slack
-            // for a rush.
+            // their time (what came is read and dropped when a call takes
+            // the pair). Placed at random among the ready ones, so a
+            // peer of the last call cannot tell when its port serves
+            // again; their buffers stay small until then.
             while let Some(r) = s.resting.front()
                 && now.saturating_duration_since(r.since) >= PORT_QUARANTINE
                 && let Some(r) = s.resting.pop_front()
             {
-                let grown = [&r.pair.rtp, &r.pair.rtcp]
-                    .iter()
-                    .all(|k| sockopt::set_socket_recv_buffer_size(k, r.rcvbuf / 2).is_ok());
-                if grown {
-                    s.ready
-                        .entry(r.ip)
-                        .or_default()
-                        .push_front((r.port, r.pair));
-                } else {
-                    s.closed.push((r.ip, r.port));
-                }
+                let ready = s.ready.entry(r.ip).or_default();
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                let at = (self.rng % (ready.len() as u64 + 1)) as usize;
+                ready.insert(at, (r.port, r.pair, Some(r.rcvbuf)));
             }
             let lost = std::mem::take(&mut s.failed);
             let gone = std::mem::take(&mut s.closed);
@@ -198,11 +210,40 @@ impl Ahead {
         self.asked.entry(ip).or_default();
         if got.is_some() {
             self.done(ip);
+            self.taken += 1;
         }
+        self.roll(now);
         match got {
-            Some((port, pair)) if pair.is_quiet() => Taken::Pair(port, pair),
-            Some((port, _)) => Taken::Stale(port),
+            Some((port, pair, None)) if pair.is_quiet() => Taken::Pair(port, pair, 0),
+            // Back from a call: whatever reached it since (its last
+            // call's peer still sending, a stranger) is dropped here,
+            // never read by the next call; then its buffer grows back.
+            Some((port, pair, Some(rcvbuf))) => match pair.drain() {
+                Some(late)
+                    if [&pair.rtp, &pair.rtcp]
+                        .iter()
+                        .all(|k| sockopt::set_socket_recv_buffer_size(k, rcvbuf / 2).is_ok()) =>
+                {
+                    Taken::Pair(port, pair, late)
+                }
+                _ => Taken::Stale(port),
+            },
+            Some((port, ..)) => Taken::Stale(port),
             None => Taken::None,
+        }
+    }
+
+    /// Starts a new second of counting the pairs calls take.
+    fn roll(&mut self, now: Instant) {
+        let since = now.saturating_duration_since(self.window);
+        if since >= std::time::Duration::from_secs(1) {
+            self.demand = if since < std::time::Duration::from_secs(2) {
+                self.taken
+            } else {
+                0
+            };
+            self.taken = 0;
+            self.window = now;
         }
     }
 
@@ -230,8 +271,13 @@ impl Ahead {
     /// Whether an ending call's pairs on `ip` (two) are to come back,
     /// with `in_calls` pairs in calls now: they are counted as held from
     /// now, until a call takes them or a media thread reports them closed.
-    pub(super) fn expect_back(&mut self, ip: IpAddr, in_calls: usize) -> bool {
-        if self.held() + 2 + in_calls > self.budget {
+    /// Only as many as calls take (one and a half seconds of the last
+    /// second's), so a busy hour's end leaves no thousands of idle
+    /// sockets open, and within the descriptor budget, calls first.
+    pub(super) fn expect_back(&mut self, now: Instant, ip: IpAddr, in_calls: usize) -> bool {
+        self.roll(now);
+        let held = self.held();
+        if held + 2 + in_calls > self.budget || held + 2 > TARGET + self.demand * 3 / 2 {
             return false;
         }
         let held = self.asked.entry(ip).or_default();
@@ -275,6 +321,24 @@ impl Pair {
         };
         empty(&self.rtp) && empty(&self.rtcp)
     }
+
+    /// Reads and drops what waits on both sockets (a few datagrams at
+    /// most: they rested with the smallest buffer); `None` if a read
+    /// failed otherwise or more kept coming.
+    fn drain(&self) -> Option<u32> {
+        let mut b = [0u8; 1];
+        let mut n = 0;
+        for s in [&self.rtp, &self.rtcp] {
+            for i in 0.. {
+                match s.recv_from(&mut b) {
+                    Ok(_) if i < 16 => n += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    _ => return None,
+                }
+            }
+        }
+        Some(n)
+    }
 }
 
 impl MediaPlane {
@@ -284,7 +348,15 @@ impl MediaPlane {
         let (mut failed, mut closed) = (Vec::new(), Vec::new());
         let got = loop {
             match ahead.take(now, ip, &mut failed, &mut closed) {
-                Taken::Pair(port, pair) => break Some((port, pair)),
+                Taken::Pair(port, pair, late) => {
+                    if late > 0 {
+                        self.metrics
+                            .rtp_dropped
+                            .with_label_values(&["after_call"])
+                            .inc_by(u64::from(late));
+                    }
+                    break Some((port, pair));
+                }
                 Taken::Stale(port) => {
                     self.metrics
                         .rtp_dropped
@@ -394,15 +466,34 @@ mod tests {
             asked: HashMap::new(),
             batch: Vec::new(),
             budget: 10,
+            demand: 0,
+            taken: 0,
+            window: Instant::now(),
+            rng: 1,
         };
-        assert!(ahead.expect_back(ip, 4));
+        let now = ahead.window;
+        assert!(ahead.expect_back(now, ip, 4));
         assert_eq!(ahead.held(), 2);
-        assert!(ahead.expect_back(ip, 6), "2 held + 2 + 6 in calls = 10");
-        assert!(!ahead.expect_back(ip, 5), "4 held + 2 + 5 in calls > 10");
+        assert!(
+            ahead.expect_back(now, ip, 6),
+            "2 held + 2 + 6 in calls = 10"
+        );
+        assert!(
+            !ahead.expect_back(now, ip, 5),
+            "4 held + 2 + 5 in calls > 10"
+        );
         assert_eq!(ahead.held(), 4, "refused ones are not counted");
         ahead.budget = usize::MAX;
         ahead.asked.insert(ip, MAX_HELD - 1);
-        assert!(!ahead.expect_back(ip, 0), "the per-address cap");
-        assert!(ahead.expect_back(IpAddr::from([127, 0, 0, 2]), 0));
+        ahead.demand = MAX_HELD;
+        assert!(!ahead.expect_back(now, ip, 0), "the per-address cap");
+        let other = IpAddr::from([127, 0, 0, 2]);
+        assert!(ahead.expect_back(now, other, 0));
+        // No call took a pair for two seconds: none more comes back
+        // beyond the pairs bound ahead.
+        ahead.asked.clear();
+        ahead.asked.insert(ip, TARGET);
+        assert!(!ahead.expect_back(now + std::time::Duration::from_secs(3), ip, 0));
+        assert_eq!(ahead.demand, 0);
     }
 }

@@ -39,11 +39,21 @@ pub(crate) fn udp_drops(ports: &[u16]) -> io::Result<u64> {
         SocketFlags::CLOEXEC,
         Some(netlink::SOCK_DIAG),
     )?;
+    // A dump that never ends must not hold the watcher for good.
+    rustix::net::sockopt::set_socket_timeout(
+        &fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(1)),
+    )?;
+    // Two listeners on one port (IPv4 and IPv6) are one port to ask for.
+    let mut ports = ports.to_vec();
+    ports.sort_unstable();
+    ports.dedup();
     let mut buf = vec![0u8; 32 * 1024];
     let mut total = 0;
     let mut seq = 0;
     for family in [AddressFamily::INET, AddressFamily::INET6] {
-        for &port in ports {
+        for &port in &ports {
             seq += 1;
             let req = request(family.as_raw() as u8, port, seq);
             rustix::net::sendto(&fd, &req, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
@@ -97,7 +107,12 @@ fn read_dump(fd: &std::os::fd::OwnedFd, buf: &mut [u8], port: u16) -> io::Result
                     let code = body
                         .get(..4)
                         .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return Err(io::Error::from_raw_os_error(-code));
+                    // 0 is an acknowledgement: the dump is over.
+                    return match code.checked_neg() {
+                        Some(0) => Ok(total),
+                        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                        None => Err(io::Error::other("a sock_diag error out of range")),
+                    };
                 }
                 SOCK_DIAG_BY_FAMILY => total += socket_drops(body, port),
                 _ => {}
@@ -125,7 +140,7 @@ fn socket_drops(body: &[u8], port: u16) -> u64 {
         }
         if kind == INET_DIAG_SKMEMINFO {
             let at = 4 + SK_MEMINFO_DROPS * 4;
-            return attrs
+            return attrs[..len]
                 .get(at..at + 4)
                 .map_or(0, |_| u64::from(u32_at(attrs, at)));
         }
