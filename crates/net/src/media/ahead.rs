@@ -93,6 +93,10 @@ pub(super) struct Ahead {
     /// Ports taken from the pool for each address and not yet handed to a
     /// call: asked, being bound, or ready.
     asked: HashMap<IpAddr, usize>,
+    /// Ended calls' pairs for each address expected back or resting: held,
+    /// but not ready, so not counted in `asked` (the pairs bound ahead
+    /// stay the slack while they rest).
+    back: HashMap<IpAddr, usize>,
     /// Asked this turn, sent at [`Ahead::flush`].
     batch: Vec<(IpAddr, u16)>,
     /// Pairs in calls and held, at most ([`pair_budget`]).
@@ -152,6 +156,7 @@ impl Ahead {
             to_bind,
             shared,
             asked: HashMap::new(),
+            back: HashMap::new(),
             batch: Vec::new(),
             budget: pair_budget(),
             demand: 0,
@@ -189,6 +194,8 @@ impl Ahead {
                 self.rng ^= self.rng << 17;
                 let at = (self.rng % (ready.len() as u64 + 1)) as usize;
                 ready.insert(at, (r.port, r.pair, Some(r.rcvbuf)));
+                *self.asked.entry(r.ip).or_default() += 1;
+                Self::less(&mut self.back, r.ip);
             }
             let lost = std::mem::take(&mut s.failed);
             let gone = std::mem::take(&mut s.closed);
@@ -203,7 +210,7 @@ impl Ahead {
             failed.push(port);
         }
         for (at, port) in gone {
-            self.done(at);
+            Self::less(&mut self.back, at);
             closed.push(port);
         }
         // Asking starts with the first call on an address.
@@ -248,7 +255,11 @@ impl Ahead {
     }
 
     fn done(&mut self, ip: IpAddr) {
-        if let Some(n) = self.asked.get_mut(&ip) {
+        Self::less(&mut self.asked, ip);
+    }
+
+    fn less(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+        if let Some(n) = counts.get_mut(&ip) {
             *n = n.saturating_sub(1);
         }
     }
@@ -280,17 +291,18 @@ impl Ahead {
         if held + 2 + in_calls > self.budget || held + 2 > TARGET + self.demand * 3 / 2 {
             return false;
         }
-        let held = self.asked.entry(ip).or_default();
-        if *held + 2 > MAX_HELD {
+        let ready = self.asked.get(&ip).copied().unwrap_or(0);
+        let back = self.back.entry(ip).or_default();
+        if ready + *back + 2 > MAX_HELD {
             return false;
         }
-        *held += 2;
+        *back += 2;
         true
     }
 
     /// Ports taken from the pool and not in a call: the pool's gauge.
     pub(super) fn held(&self) -> usize {
-        self.asked.values().sum()
+        self.asked.values().sum::<usize>() + self.back.values().sum::<usize>()
     }
 
     /// Hands the turn's asks to the thread (one wake-up).
@@ -464,6 +476,7 @@ mod tests {
             to_bind: channel().0,
             shared: Arc::default(),
             asked: HashMap::new(),
+            back: HashMap::new(),
             batch: Vec::new(),
             budget: 10,
             demand: 0,
@@ -472,8 +485,11 @@ mod tests {
             rng: 1,
         };
         let now = ahead.window;
+        ahead.asked.insert(ip, 0);
         assert!(ahead.expect_back(now, ip, 4));
         assert_eq!(ahead.held(), 2);
+        // Pairs coming back are no pairs ready: binding ahead goes on.
+        assert_eq!(ahead.wanted().collect::<Vec<_>>(), [(ip, TARGET)]);
         assert!(
             ahead.expect_back(now, ip, 6),
             "2 held + 2 + 6 in calls = 10"
