@@ -3,19 +3,23 @@
 //! and `bind()` each — was 7–13 % of the engine thread at 2,000 calls/s
 //! (`perf`); taken from here a pair costs the engine two empty reads.
 //!
-//! Bounded on purpose (see ARCHITECTURE "RTP sockets bound per call"):
+//! Bounded on purpose (see ARCHITECTURE "RTP sockets bound a few ahead"):
 //! only a few dozen pairs per address wait, drawn from the pool at random
 //! like any other, so the ports a stranger can fill before a call are few
 //! and unknown. A waiting pair that received anything before its call took
 //! it is not used: its sockets close and its ports rest, so nothing sent
 //! to a port before its SDP named it can reach a call.
+//!
+//! An ended call's pairs come back here bound, connected to themselves
+//! while they rest (nothing from anyone else reaches them), and serve
+//! again after `PORT_QUARANTINE` (ARCHITECTURE "RTP sockets bound a few
+//! ahead, and a call's pairs kept").
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rustix::net::sockopt;
 use tracing::debug;
 
 use std::time::Instant;
@@ -58,9 +62,9 @@ const MIN_POOL: usize = 2048;
 pub(super) struct Shared {
     /// Pairs bound ahead in the order bound, taken oldest first so none
     /// waits for long; ended calls' pairs after their rest among them at
-    /// random places, still with the smallest receive buffer and the size
-    /// to give back when a call takes them.
-    pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair, Option<usize>)>>,
+    /// random places (`true`), still connected to themselves until a call
+    /// takes them.
+    pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair, bool)>>,
     /// Ports another process holds: back to the pool.
     pub(super) failed: Vec<(IpAddr, u16)>,
     /// Pairs back from ended calls, in the order they came back, resting
@@ -81,9 +85,6 @@ pub(super) struct Resting {
     pub(super) ip: IpAddr,
     pub(super) port: u16,
     pub(super) pair: Pair,
-    /// Its sockets' receive buffer before the rest (what the kernel
-    /// reports: twice what was set), given back when it serves again.
-    pub(super) rcvbuf: usize,
 }
 
 /// The plane's side.
@@ -108,6 +109,10 @@ pub(super) struct Ahead {
     window: Instant,
     /// Where a rested pair goes among the ready ones (xorshift).
     rng: u64,
+    /// Whether ended calls' pairs come back at all: not where the relay
+    /// latches on the first packet (`media.latch = "first_packet"`),
+    /// since a peer of a port's last call knows it will serve again.
+    keep: bool,
 }
 
 /// What [`Ahead::take`] found.
@@ -122,7 +127,7 @@ pub(super) enum Taken {
 
 impl Ahead {
     /// The binding thread, when the pool is large enough to spare pairs.
-    pub(super) fn start(pool_pairs: usize, seed: u64) -> std::io::Result<Option<Self>> {
+    pub(super) fn start(pool_pairs: usize, seed: u64, keep: bool) -> std::io::Result<Option<Self>> {
         if pool_pairs < MIN_POOL {
             return Ok(None);
         }
@@ -146,7 +151,10 @@ impl Ahead {
                     }
                     let mut s = theirs.lock().unwrap_or_else(PoisonError::into_inner);
                     for (ip, port, pair) in bound {
-                        s.ready.entry(ip).or_default().push_back((port, pair, None));
+                        s.ready
+                            .entry(ip)
+                            .or_default()
+                            .push_back((port, pair, false));
                     }
                     s.failed.extend(failed);
                     s.spare = batch;
@@ -163,6 +171,7 @@ impl Ahead {
             taken: 0,
             window: Instant::now(),
             rng: seed | 1,
+            keep,
         }))
     }
 
@@ -193,7 +202,10 @@ impl Ahead {
                 self.rng ^= self.rng >> 7;
                 self.rng ^= self.rng << 17;
                 let at = (self.rng % (ready.len() as u64 + 1)) as usize;
-                ready.insert(at, (r.port, r.pair, Some(r.rcvbuf)));
+                // O(1): to the back, then swapped with a random place.
+                ready.push_back((r.port, r.pair, true));
+                let last = ready.len() - 1;
+                ready.swap(at, last);
                 *self.asked.entry(r.ip).or_default() += 1;
                 Self::less(&mut self.back, r.ip);
             }
@@ -221,20 +233,21 @@ impl Ahead {
         }
         self.roll(now);
         match got {
-            Some((port, pair, None)) if pair.is_quiet() => Taken::Pair(port, pair, 0),
-            // Back from a call: whatever reached it since (its last
-            // call's peer still sending, a stranger) is dropped here,
-            // never read by the next call; then its buffer grows back.
-            Some((port, pair, Some(rcvbuf))) => match pair.drain() {
-                Some(late)
-                    if [&pair.rtp, &pair.rtcp]
-                        .iter()
-                        .all(|k| sockopt::set_socket_recv_buffer_size(k, rcvbuf / 2).is_ok()) =>
-                {
-                    Taken::Pair(port, pair, late)
+            Some((port, pair, false)) if pair.is_quiet() => Taken::Pair(port, pair, 0),
+            // Back from a call: open to every sender again, then whatever
+            // reached it before it was connected to itself (its last
+            // call's peer still sending) is read and dropped, never by
+            // the next call. Still not quiet after that: someone is
+            // sending to it right now, and it is not used.
+            Some((port, pair, true)) => {
+                let open = [&pair.rtp, &pair.rtcp]
+                    .iter()
+                    .all(|k| rustix::net::connect_unspec(k).is_ok());
+                match pair.drain() {
+                    Some(late) if open && pair.is_quiet() => Taken::Pair(port, pair, late),
+                    _ => Taken::Stale(port),
                 }
-                _ => Taken::Stale(port),
-            },
+            }
             Some((port, ..)) => Taken::Stale(port),
             None => Taken::None,
         }
@@ -288,7 +301,10 @@ impl Ahead {
     pub(super) fn expect_back(&mut self, now: Instant, ip: IpAddr, in_calls: usize) -> bool {
         self.roll(now);
         let held = self.held();
-        if held + 2 + in_calls > self.budget || held + 2 > TARGET + self.demand * 3 / 2 {
+        if !self.keep
+            || held + 2 + in_calls > self.budget
+            || held + 2 > TARGET + self.demand * 3 / 2
+        {
             return false;
         }
         let ready = self.asked.get(&ip).copied().unwrap_or(0);
@@ -429,20 +445,28 @@ impl Returns {
         socks: [std::net::UdpSocket; 4],
         reusable: bool,
     ) {
-        // While they rest, a stranger sending to them fills no more than
-        // the kernel's smallest receive buffer (about 2 KiB, twice that
-        // accounted) per socket: megabytes at the cap, where a default
-        // buffer (208 KiB) would let them hold gigabytes of the host's
-        // UDP memory and make live calls' packets drop.
-        let rcvbuf = sockopt::socket_recv_buffer_size(&socks[0]);
-        let shrunk = reusable
-            && socks
-                .iter()
-                .all(|k| sockopt::set_socket_recv_buffer_size(k, 1).is_ok());
-        let (Ok(rcvbuf), true) = (rcvbuf, shrunk) else {
+        // Connected to itself while it rests and waits, a socket is
+        // delivered nothing from anyone else (the kernel matches a
+        // connected UDP socket on the sender's address): no stranger can
+        // fill its buffer, however many are held. Even an empty socket
+        // takes one datagram of any size, so thousands of open ones would
+        // have let a sprayer hold gigabytes of the host's UDP memory.
+        let connected = reusable
+            && socks.iter().all(|k| {
+                k.local_addr().is_ok_and(|mut own| {
+                    if own.ip().is_unspecified() {
+                        own.set_ip(match own {
+                            std::net::SocketAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+                            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                        });
+                    }
+                    k.connect(own).is_ok()
+                })
+            });
+        if !connected {
             drop(socks);
             return self.gone(ip, ports);
-        };
+        }
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let [a_rtp, a_rtcp, b_rtp, b_rtcp] = socks;
         for (port, rtp, rtcp) in [(ports[0], a_rtp, a_rtcp), (ports[1], b_rtp, b_rtcp)] {
@@ -451,7 +475,6 @@ impl Returns {
                 ip,
                 port,
                 pair: Pair { rtp, rtcp },
-                rcvbuf,
             });
         }
     }
@@ -483,6 +506,7 @@ mod tests {
             taken: 0,
             window: Instant::now(),
             rng: 1,
+            keep: true,
         };
         let now = ahead.window;
         ahead.asked.insert(ip, 0);
@@ -511,5 +535,10 @@ mod tests {
         ahead.asked.insert(ip, TARGET);
         assert!(!ahead.expect_back(now + std::time::Duration::from_secs(3), ip, 0));
         assert_eq!(ahead.demand, 0);
+        // A relay latching on the first packet keeps none.
+        ahead.asked.clear();
+        ahead.demand = MAX_HELD;
+        ahead.keep = false;
+        assert!(!ahead.expect_back(ahead.window, ip, 0));
     }
 }
