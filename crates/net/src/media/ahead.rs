@@ -120,7 +120,8 @@ pub(super) enum Taken {
     /// A pair, and how many datagrams that reached it after its last call
     /// were dropped.
     Pair(u16, Pair, u32),
-    /// Bound ahead, but something was sent to it: closed, the port to rest.
+    /// Bound ahead and something was sent to it, or back from a call and
+    /// still receiving when taken: closed, the port to rest.
     Stale(u16),
     None,
 }
@@ -192,7 +193,7 @@ impl Ahead {
             // their time (what came is read and dropped when a call takes
             // the pair). Placed at random among the ready ones, so a
             // peer of the last call cannot tell when its port serves
-            // again; their buffers stay small until then.
+            // again; they stay connected to themselves until then.
             while let Some(r) = s.resting.front()
                 && now.saturating_duration_since(r.since) >= PORT_QUARANTINE
                 && let Some(r) = s.resting.pop_front()
@@ -351,7 +352,7 @@ impl Pair {
     }
 
     /// Reads and drops what waits on both sockets (a few datagrams at
-    /// most: they rested with the smallest buffer); `None` if a read
+    /// most: they rested connected to themselves); `None` if a read
     /// failed otherwise or more kept coming.
     fn drain(&self) -> Option<u32> {
         let mut b = [0u8; 1];
