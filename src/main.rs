@@ -945,6 +945,9 @@ fn serve(
     // bring (scripts/load: 2,500 clean calls/s multi-threaded, 3,000 here).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Its blocking pool's threads start from the engine's thread, and
+        // would keep its `sip.engine_nice`.
+        .on_thread_start(centralino_net::background_thread)
         .build()
         .context("starting the runtime")?;
     // The HTTP endpoint has a thread and runtime of its own: a flood of

@@ -454,6 +454,12 @@ impl Config {
                 format!("must be in 0..={MAX_IO_THREADS} (0 = one per core)"),
             );
         }
+        if !(-20..=19).contains(&raw.sip.engine_nice) {
+            p.add(
+                "sip.engine_nice",
+                "must be in -20..=19 (0 = the process's own priority)",
+            );
+        }
         if raw.sip.drain_seconds > 3600 {
             p.add("sip.drain_seconds", "must be in 0..=3600");
         }
@@ -1121,6 +1127,7 @@ impl Config {
                 max_calls: raw.sip.max_calls,
                 max_calls_per_second: std::num::NonZeroU32::new(raw.sip.max_calls_per_second),
                 io_threads: raw.sip.io_threads,
+                engine_nice: raw.sip.engine_nice,
                 max_tcp_connections: raw.sip.max_tcp_connections,
                 max_transactions_per_source: raw.sip.max_transactions_per_source,
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),

@@ -111,6 +111,14 @@ pub struct SipConfig {
     /// of its own on every UDP listen address (`SO_REUSEPORT`); `0` = one
     /// per core, at most [`MAX_IO_THREADS`].
     pub io_threads: usize,
+    /// The nice value the engine's thread asks for (`-20..=19`; `0` =
+    /// left as the process's). Every call's signalling waits for that one
+    /// thread: on a busy host a lower value (more CPU share, preempted
+    /// less by the store, the staffing advisor or other processes) keeps
+    /// dispatch in the millisecond. Below the process's own it needs
+    /// `CAP_SYS_NICE` or `RLIMIT_NICE` (systemd `LimitNICE=`); refused,
+    /// the node says so and runs on.
+    pub engine_nice: i32,
     /// Most TCP connections.
     pub max_tcp_connections: usize,
     /// Most live server transactions from one address that is not a trunk

@@ -1244,3 +1244,23 @@ fn copies_of_a_configuration_share_its_source_document() {
     let copy = c.clone();
     assert!(std::sync::Arc::ptr_eq(&c.source, &copy.source));
 }
+
+#[test]
+fn the_engine_nice_value_is_a_nice_value() {
+    assert_eq!(Config::embedded().unwrap().sip.engine_nice, 0);
+    let c = Config::from_toml("[sip]\nengine_nice = -10\n").unwrap();
+    assert_eq!(c.sip.engine_nice, -10);
+    assert_eq!(
+        Config::from_toml("[sip]\nengine_nice = 19\n")
+            .unwrap()
+            .sip
+            .engine_nice,
+        19
+    );
+    for bad in ["-21", "20", "-100000"] {
+        refused(
+            &format!("[sip]\nengine_nice = {bad}\n"),
+            "sip.engine_nice: must be in -20..=19 (0 = the process's own priority)",
+        );
+    }
+}

@@ -57,3 +57,4 @@ pub use http::{bind_http, serve_http};
 pub use media::{MediaPlane, PORT_QUARANTINE};
 pub use metrics::NetMetrics;
 pub use sip::SipServer;
+pub use sip_io::background_thread;

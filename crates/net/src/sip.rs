@@ -313,26 +313,30 @@ impl SipServer {
         ));
         // Alive from here: the task beats again on its first turn.
         heartbeat.beat(Instant::now().into_std());
-        let engine_task = tokio::spawn(run_engine(
-            engine,
-            rx,
-            answers,
-            media_rx,
-            plane,
-            udp,
-            clients,
-            records,
-            desks,
-            heartbeat,
-            config.outbound.max_attempts_per_citizen_per_day,
-            config_tx,
-            crate::pressure::InputLag {
-                pressure,
-                overload: crate::pressure::Overload::default(),
-                queued: Duration::ZERO,
-                logged: None,
-                episodes: 0,
-            },
+        let nice = config.sip.engine_nice;
+        let engine_task = tokio::spawn(crate::sip_io::at_nice(
+            nice,
+            run_engine(
+                engine,
+                rx,
+                answers,
+                media_rx,
+                plane,
+                udp,
+                clients,
+                records,
+                desks,
+                heartbeat,
+                config.outbound.max_attempts_per_citizen_per_day,
+                config_tx,
+                crate::pressure::InputLag {
+                    pressure,
+                    overload: crate::pressure::Overload::default(),
+                    queued: Duration::ZERO,
+                    logged: None,
+                    episodes: 0,
+                },
+            ),
         ));
         Ok(Self { bound, engine_task })
     }

@@ -98,6 +98,7 @@ pub(crate) fn worker(answers: mpsc::WeakSender<EngineInput>) -> Option<StaffingT
     let spawned = std::thread::Builder::new()
         .name("staffing".into())
         .spawn(move || {
+            crate::sip_io::background_thread();
             while let Some(job) = next(&theirs) {
                 let needed = job.run();
                 let Some(tx) = answers.upgrade() else { break };
