@@ -161,6 +161,8 @@ enum Cmd {
         call: CallId,
         a: Peer,
         socks: [Pair; 2],
+        /// The two RTP sockets' addresses, as bound (A, B).
+        locals: [SocketAddr; 2],
         browser: [Option<Box<BrowserLeg>>; 2],
     },
     /// A browser answered: the side's port speaks WebRTC from now on.
@@ -393,6 +395,7 @@ impl MediaPlane {
                         call,
                         a,
                         socks,
+                        locals: held.ports.map(|p| SocketAddr::new(held.ip, p)),
                         browser,
                     }
                 }
@@ -664,10 +667,11 @@ impl Worker {
                 call,
                 a,
                 socks,
+                locals,
                 browser,
             } => {
                 let a_addr = a.addr;
-                self.open(now, call, a, socks);
+                self.open(now, call, a, socks, locals);
                 if let Some(s) = self.session(call) {
                     let [a_leg, b_leg] = browser;
                     // The caller's side is known by the address `Open` named.
@@ -832,7 +836,14 @@ impl Worker {
         self.sessions[slot].as_mut()
     }
 
-    fn open(&mut self, now: Instant, call: CallId, a: Peer, socks: [Pair; 2]) {
+    fn open(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        a: Peer,
+        socks: [Pair; 2],
+        locals: [SocketAddr; 2],
+    ) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.sessions.push(None);
             self.sessions.len() - 1
@@ -857,11 +868,6 @@ impl Worker {
             (r as u32, (r >> 32) as u16, (r >> 48) as u32 * 65_536)
         });
         let leg = Leg::new(self.latch, a.addr, a.telephone_event).signalled_from(a.signalling);
-        let locals = [0, 2].map(|k| {
-            socks[k]
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-        });
         self.sessions[slot] = Some(Session {
             call,
             media: CallMedia::new(now, leg, a.law, seeds),

@@ -245,6 +245,10 @@ impl Ahead {
                     .iter()
                     .all(|k| rustix::net::connect_unspec(k).is_ok());
                 match pair.drain() {
+                    // Both reads ended empty just now: quiet (asking
+                    // again was two more system calls on the engine's
+                    // thread per pair, for the same answer).
+                    Some(0) if open => Taken::Pair(port, pair, 0),
                     Some(late) if open && pair.is_quiet() => Taken::Pair(port, pair, late),
                     _ => Taken::Stale(port),
                 }
@@ -452,18 +456,19 @@ impl Returns {
         // fill its buffer, however many are held. Even an empty socket
         // takes one datagram of any size, so thousands of open ones would
         // have let a sprayer hold gigabytes of the host's UDP memory.
+        // Each socket's own address is the one the plane bound it on
+        // (`bind_pair`: the RTP port, RTCP above it), not asked again.
+        let own_ip = match ip {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        let own = [ports[0], ports[0] + 1, ports[1], ports[1] + 1];
         let connected = reusable
-            && socks.iter().all(|k| {
-                k.local_addr().is_ok_and(|mut own| {
-                    if own.ip().is_unspecified() {
-                        own.set_ip(match own {
-                            std::net::SocketAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
-                            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                        });
-                    }
-                    k.connect(own).is_ok()
-                })
-            });
+            && socks
+                .iter()
+                .zip(own)
+                .all(|(k, port)| k.connect(std::net::SocketAddr::new(own_ip, port)).is_ok());
         if !connected {
             drop(socks);
             return self.gone(ip, ports);
@@ -493,21 +498,81 @@ mod tests {
 
     /// An ended call's pairs come back only within the descriptor budget
     /// (calls first) and the per-address cap; those expected count as held.
-    #[test]
-    fn pairs_come_back_within_the_budget_calls_first() {
-        let ip = IpAddr::from([127, 0, 0, 1]);
-        let mut ahead = Ahead {
+    fn ahead() -> Ahead {
+        Ahead {
             to_bind: channel().0,
             shared: Arc::default(),
             asked: HashMap::new(),
             back: HashMap::new(),
             batch: Vec::new(),
-            budget: 10,
+            budget: usize::MAX,
             demand: 0,
             taken: 0,
             window: Instant::now(),
             rng: 1,
             keep: true,
+        }
+    }
+
+    /// A kept pair is opened again when taken; what its last call's peer
+    /// sent before it was connected to itself is read, dropped and
+    /// counted, and a pair that had nothing waiting is taken at once.
+    #[test]
+    fn a_kept_pair_is_opened_and_emptied_when_a_call_takes_it() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let peer = std::net::UdpSocket::bind((ip, 0)).expect("peer");
+        let mut ahead = ahead();
+        let mut kept = Vec::new();
+        for late in [0usize, 2] {
+            let (port, pair) = (0..64)
+                .find_map(|_| {
+                    let p = std::net::UdpSocket::bind((ip, 0)).ok()?;
+                    let port = p.local_addr().ok()?.port();
+                    drop(p);
+                    (port % 2 == 0 && port < u16::MAX)
+                        .then(|| bind_pair(ip, port).ok().map(|pair| (port, pair)))
+                        .flatten()
+                })
+                .expect("a free pair");
+            for _ in 0..late {
+                peer.send_to(b"late", (ip, port)).expect("send");
+            }
+            // What the media thread does at the call's end.
+            for (k, p) in [(&pair.rtp, port), (&pair.rtcp, port + 1)] {
+                k.connect((ip, p)).expect("connect to itself");
+            }
+            // A datagram on its way is queued by the time the peek sees it.
+            if late > 0 {
+                let mut b = [0u8; 8];
+                while pair.rtp.peek_from(&mut b).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+            peer.send_to(b"stranger", (ip, port))
+                .expect("send while it rests");
+            kept.push((port, late));
+            let mut s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            s.ready.entry(ip).or_default().push_back((port, pair, true));
+        }
+        for (port, late) in kept {
+            let (mut failed, mut closed) = (Vec::new(), Vec::new());
+            let Taken::Pair(got, pair, dropped) =
+                ahead.take(Instant::now(), ip, &mut failed, &mut closed)
+            else {
+                panic!("the kept pair on {port} is served");
+            };
+            assert_eq!((got, dropped as usize), (port, late));
+            assert!(pair.rtp.peer_addr().is_err(), "open to every sender again");
+            assert!(pair.is_quiet(), "nothing of before waits for the call");
+        }
+    }
+
+    #[test]
+    fn pairs_come_back_within_the_budget_calls_first() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut ahead = Ahead {
+            budget: 10,
+            ..ahead()
         };
         let now = ahead.window;
         ahead.asked.insert(ip, 0);
