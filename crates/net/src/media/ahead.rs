@@ -41,6 +41,11 @@ const LOW: usize = 48;
 /// calls a second through their rest (two each); 16,384 descriptors.
 pub(super) const MAX_HELD: usize = 8192;
 
+/// Most held pairs closed per second once calls take fewer: closing is
+/// two system calls per pair on the engine's thread, so the thousands
+/// kept through a rush go over tens of seconds, never in one long turn.
+const TRIM: usize = 128;
+
 /// The pairs (two descriptors each) that calls and held pairs may have
 /// open together before ended calls' pairs stop coming back: three
 /// quarters of the descriptors this process may open, so a rush of calls
@@ -113,6 +118,8 @@ pub(super) struct Ahead {
     /// latches on the first packet (`media.latch = "first_packet"`),
     /// since a peer of a port's last call knows it will serve again.
     keep: bool,
+    /// When the pairs held beyond the calls' demand are next closed.
+    trim_at: Instant,
 }
 
 /// What [`Ahead::take`] found.
@@ -173,6 +180,7 @@ impl Ahead {
             window: Instant::now(),
             rng: seed | 1,
             keep,
+            trim_at: Instant::now(),
         }))
     }
 
@@ -321,6 +329,61 @@ impl Ahead {
         true
     }
 
+    /// Once a second: closes the ended calls' pairs held beyond what calls
+    /// take now (the bound [`Ahead::expect_back`] keeps), resting ones
+    /// first, and gives their ports to release. Without it, the pairs
+    /// kept through a rush stayed open after it (descriptors, ports out of
+    /// the pool) until calls came back to take them.
+    pub(super) fn trim(&mut self, now: Instant) -> Vec<(IpAddr, u16)> {
+        if now < self.trim_at {
+            return Vec::new();
+        }
+        self.trim_at = now + std::time::Duration::from_secs(1);
+        self.roll(now);
+        let bound = TARGET + self.demand * 3 / 2;
+        let mut excess = self.held().saturating_sub(bound).min(TRIM);
+        if excess == 0 {
+            return Vec::new();
+        }
+        let (mut gone, mut pairs) = (Vec::new(), Vec::new());
+        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        while excess > 0
+            && let Some(r) = s.resting.pop_front()
+        {
+            Self::less(&mut self.back, r.ip);
+            gone.push((r.ip, r.port));
+            pairs.push(r.pair);
+            excess -= 1;
+        }
+        for (&ip, ready) in &mut s.ready {
+            if excess == 0 {
+                break;
+            }
+            // One pass, the order kept; those bound ahead stay: they are
+            // the slack, not the excess.
+            for (port, pair, kept) in std::mem::take(ready) {
+                if kept && excess > 0 {
+                    Self::less(&mut self.asked, ip);
+                    gone.push((ip, port));
+                    pairs.push(pair);
+                    excess -= 1;
+                } else {
+                    ready.push_back((port, pair, kept));
+                }
+            }
+        }
+        drop(s);
+        // Closed out of the lock the media threads give pairs back under.
+        drop(pairs);
+        if !gone.is_empty() {
+            debug!(
+                pairs = gone.len(),
+                "RTP pairs held beyond the calls' demand closed"
+            );
+        }
+        gone
+    }
+
     /// Ports taken from the pool and not in a call: the pool's gauge.
     pub(super) fn held(&self) -> usize {
         self.asked.values().sum::<usize>() + self.back.values().sum::<usize>()
@@ -415,11 +478,21 @@ impl MediaPlane {
         let Some(ahead) = self.ahead.as_mut() else {
             return;
         };
+        let now = Instant::now();
+        let idle = ahead.trim(now);
+        if !idle.is_empty() {
+            for (_, port) in idle {
+                self.pool.release(now, port);
+            }
+            self.gauges();
+        }
+        let Some(ahead) = self.ahead.as_mut() else {
+            return;
+        };
         let wanted: Vec<_> = ahead.wanted().collect();
         if wanted.is_empty() {
             return;
         }
-        let now = Instant::now();
         'ips: for (ip, n) in wanted {
             for _ in 0..n {
                 let Ok(port) = self.pool.take(now) else {
@@ -511,6 +584,7 @@ mod tests {
             window: Instant::now(),
             rng: 1,
             keep: true,
+            trim_at: Instant::now(),
         }
     }
 
@@ -565,6 +639,69 @@ mod tests {
             assert!(pair.rtp.peer_addr().is_err(), "open to every sender again");
             assert!(pair.is_quiet(), "nothing of before waits for the call");
         }
+    }
+
+    /// After a rush, the pairs kept for it close a batch a second down to
+    /// what calls take now, resting ones first; those bound ahead stay.
+    #[test]
+    fn pairs_held_beyond_the_demand_close_once_calls_take_fewer() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let pair = || Pair {
+            rtp: std::net::UdpSocket::bind((ip, 0)).expect("bind"),
+            rtcp: std::net::UdpSocket::bind((ip, 0)).expect("bind"),
+        };
+        let mut ahead = ahead();
+        let t0 = Instant::now();
+        // Calls took 1,000 pairs in the last second: everything is kept.
+        ahead.window = t0 - std::time::Duration::from_millis(1500);
+        ahead.taken = 1000;
+        {
+            let mut s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let ready = s.ready.entry(ip).or_default();
+            for port in 0..3 {
+                ready.push_back((port, pair(), false));
+            }
+            for port in 100..100 + TARGET as u16 {
+                ready.push_back((port, pair(), true));
+            }
+            for port in 1000..1200 {
+                s.resting.push_back(Resting {
+                    since: t0,
+                    ip,
+                    port,
+                    pair: pair(),
+                });
+            }
+        }
+        ahead.asked.insert(ip, 3 + TARGET);
+        ahead.back.insert(ip, 200);
+        assert!(ahead.trim(t0).is_empty(), "within 1.5 s of demand");
+        assert_eq!(ahead.held(), 3 + TARGET + 200);
+        // No call for two seconds more: the excess over the slack goes,
+        // at most a batch a second, resting pairs first.
+        let t = t0 + std::time::Duration::from_secs(2);
+        let first = ahead.trim(t);
+        assert_eq!(first.len(), TRIM);
+        assert!(
+            first
+                .iter()
+                .all(|&(at, port)| at == ip && (1000..1200).contains(&port))
+        );
+        assert!(ahead.trim(t).is_empty(), "once a second");
+        let second = ahead.trim(t + std::time::Duration::from_secs(1));
+        assert_eq!(second.len(), 3 + 200 - TRIM, "down to the slack");
+        assert_eq!(ahead.held(), TARGET);
+        let s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(s.resting.is_empty());
+        let ready = &s.ready[&ip];
+        assert_eq!(ready.len(), TARGET);
+        assert_eq!(
+            ready.iter().filter(|(_, _, kept)| !kept).count(),
+            3,
+            "the pairs bound ahead stay"
+        );
+        drop(s);
+        assert!(ahead.trim(t + std::time::Duration::from_secs(2)).is_empty());
     }
 
     #[test]
