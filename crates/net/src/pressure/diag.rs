@@ -29,6 +29,8 @@ const INET_DIAG_BC_S_EQ: u8 = 11;
 const HEADER: usize = 16;
 /// `struct inet_diag_msg`.
 const DIAG_MSG: usize = 72;
+/// The most one read, and all the dumps of one call, may take.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the kernel dropped on the UDP sockets bound to `ports` (IPv4 and
 /// IPv6), as `/proc/net/udp`'s `drops` column sums it.
@@ -39,12 +41,14 @@ pub(crate) fn udp_drops(ports: &[u16]) -> io::Result<u64> {
         SocketFlags::CLOEXEC,
         Some(netlink::SOCK_DIAG),
     )?;
-    // A dump that never ends must not hold the watcher for good.
+    // A dump that never ends must not hold the watcher for good: each
+    // read waits at most a second, and the whole answer may take that.
     rustix::net::sockopt::set_socket_timeout(
         &fd,
         rustix::net::sockopt::Timeout::Recv,
-        Some(std::time::Duration::from_secs(1)),
+        Some(WITHIN),
     )?;
+    let until = std::time::Instant::now() + WITHIN;
     // Two listeners on one port (IPv4 and IPv6) are one port to ask for.
     let mut ports = ports.to_vec();
     ports.sort_unstable();
@@ -57,7 +61,7 @@ pub(crate) fn udp_drops(ports: &[u16]) -> io::Result<u64> {
             seq += 1;
             let req = request(family.as_raw() as u8, port, seq);
             rustix::net::sendto(&fd, &req, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))?;
-            total += read_dump(&fd, &mut buf, port)?;
+            total += read_dump(&fd, &mut buf, port, until)?;
         }
     }
     Ok(total)
@@ -89,9 +93,17 @@ fn request(family: u8, port: u16, seq: u32) -> Vec<u8> {
 }
 
 /// Reads a dump's answers to its end: the drops of the sockets on `port`.
-fn read_dump(fd: &std::os::fd::OwnedFd, buf: &mut [u8], port: u16) -> io::Result<u64> {
+fn read_dump(
+    fd: &std::os::fd::OwnedFd,
+    buf: &mut [u8],
+    port: u16,
+    until: std::time::Instant,
+) -> io::Result<u64> {
     let mut total = 0;
     loop {
+        if std::time::Instant::now() > until {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         let (_, n) = rustix::net::recv(fd, &mut *buf, RecvFlags::empty())?;
         let mut at = &buf[..n.min(buf.len())];
         while at.len() >= HEADER {
