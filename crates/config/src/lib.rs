@@ -454,10 +454,10 @@ impl Config {
                 format!("must be in 0..={MAX_IO_THREADS} (0 = one per core)"),
             );
         }
-        if !(-20..=19).contains(&raw.sip.engine_nice) {
+        if !(-20..=0).contains(&raw.sip.engine_nice) {
             p.add(
                 "sip.engine_nice",
-                "must be in -20..=19 (0 = the process's own priority)",
+                "must be in -20..=0 (0 = the process's own priority)",
             );
         }
         if raw.sip.drain_seconds > 3600 {

@@ -1251,16 +1251,17 @@ fn the_engine_nice_value_is_a_nice_value() {
     let c = Config::from_toml("[sip]\nengine_nice = -10\n").unwrap();
     assert_eq!(c.sip.engine_nice, -10);
     assert_eq!(
-        Config::from_toml("[sip]\nengine_nice = 19\n")
+        Config::from_toml("[sip]\nengine_nice = -20\n")
             .unwrap()
             .sip
             .engine_nice,
-        19
+        -20
     );
-    for bad in ["-21", "20", "-100000"] {
+    // Above the process's own it would give the engine less than the rest.
+    for bad in ["-21", "1", "19", "-100000"] {
         refused(
             &format!("[sip]\nengine_nice = {bad}\n"),
-            "sip.engine_nice: must be in -20..=19 (0 = the process's own priority)",
+            "sip.engine_nice: must be in -20..=0 (0 = the process's own priority)",
         );
     }
 }

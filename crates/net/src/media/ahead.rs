@@ -41,10 +41,13 @@ const LOW: usize = 48;
 /// calls a second through their rest (two each); 16,384 descriptors.
 pub(super) const MAX_HELD: usize = 8192;
 
-/// Most held pairs closed per second once calls take fewer: closing is
-/// two system calls per pair on the engine's thread, so the thousands
-/// kept through a rush go over tens of seconds, never in one long turn.
-const TRIM: usize = 128;
+/// Most held pairs let go per [`TRIM_EVERY`] once calls take fewer: the
+/// thousands kept through a rush go over tens of seconds, a few hundred
+/// descriptors at a time for the binding thread to close.
+const TRIM: usize = 64;
+/// How often held pairs beyond the demand are let go: the engine's turns
+/// come at least once a second (its heartbeat), so about 128 a second.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The pairs (two descriptors each) that calls and held pairs may have
 /// open together before ended calls' pairs stop coming back: three
@@ -82,6 +85,9 @@ pub(super) struct Shared {
     /// per batch (one of this size made glibc consolidate its free lists
     /// on the engine's thread).
     spare: Vec<(IpAddr, u16)>,
+    /// Held pairs the plane let go ([`Ahead::trim`]), for the thread to
+    /// close.
+    to_close: Vec<Pair>,
 }
 
 /// A pair back from its call, resting.
@@ -120,6 +126,15 @@ pub(super) struct Ahead {
     keep: bool,
     /// When the pairs held beyond the calls' demand are next closed.
     trim_at: Instant,
+}
+
+/// What [`Ahead::trim`] gives back to the pool.
+#[derive(Default)]
+pub(super) struct Trimmed {
+    /// Ports to release.
+    pub(super) release: Vec<u16>,
+    /// Ports another process holds (a bind failed): to rest again.
+    pub(super) busy: Vec<u16>,
 }
 
 /// What [`Ahead::take`] found.
@@ -165,7 +180,14 @@ impl Ahead {
                             .push_back((port, pair, false));
                     }
                     s.failed.extend(failed);
-                    s.spare = batch;
+                    if batch.capacity() > 0 {
+                        s.spare = batch;
+                    }
+                    // Pairs the plane no longer holds close here, off the
+                    // engine's thread, out of the lock.
+                    let closing = std::mem::take(&mut s.to_close);
+                    drop(s);
+                    drop(closing);
                 }
             })?;
         Ok(Some(Self {
@@ -329,59 +351,69 @@ impl Ahead {
         true
     }
 
-    /// Once a second: closes the ended calls' pairs held beyond what calls
-    /// take now (the bound [`Ahead::expect_back`] keeps), resting ones
-    /// first, and gives their ports to release. Without it, the pairs
-    /// kept through a rush stayed open after it (descriptors, ports out of
-    /// the pool) until calls came back to take them.
-    pub(super) fn trim(&mut self, now: Instant) -> Vec<(IpAddr, u16)> {
+    /// Every [`TRIM_EVERY`]: lets go of the ended calls' pairs held beyond
+    /// what calls take now (the bound [`Ahead::expect_back`] keeps, the
+    /// pairs bound ahead on each address aside), resting ones first, at
+    /// most [`TRIM`]; their sockets close on the binding thread. Gives the
+    /// ports to release, and those of pairs that failed to bind or closed
+    /// elsewhere (`take` collects them otherwise, and an idle node takes
+    /// nothing). Without it the pairs kept through a rush stayed open
+    /// (descriptors, ports out of the pool) until calls came back.
+    pub(super) fn trim(&mut self, now: Instant) -> Trimmed {
+        let mut out = Trimmed::default();
         if now < self.trim_at {
-            return Vec::new();
+            return out;
         }
-        self.trim_at = now + std::time::Duration::from_secs(1);
+        self.trim_at = now + TRIM_EVERY;
         self.roll(now);
-        let bound = TARGET + self.demand * 3 / 2;
-        let mut excess = self.held().saturating_sub(bound).min(TRIM);
-        if excess == 0 {
-            return Vec::new();
-        }
-        let (mut gone, mut pairs) = (Vec::new(), Vec::new());
         let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        for (ip, port) in std::mem::take(&mut s.failed) {
+            Self::less(&mut self.asked, ip);
+            out.busy.push(port);
+        }
+        for (ip, port) in std::mem::take(&mut s.closed) {
+            Self::less(&mut self.back, ip);
+            out.release.push(port);
+        }
+        let bound = TARGET * self.asked.len().max(1) + self.demand * 3 / 2;
+        let mut excess = self.held().saturating_sub(bound).min(TRIM);
+        let mut closing = Vec::new();
         while excess > 0
             && let Some(r) = s.resting.pop_front()
         {
             Self::less(&mut self.back, r.ip);
-            gone.push((r.ip, r.port));
-            pairs.push(r.pair);
+            out.release.push(r.port);
+            closing.push(r.pair);
             excess -= 1;
         }
         for (&ip, ready) in &mut s.ready {
-            if excess == 0 {
-                break;
+            // Those bound ahead stay: they are the slack, not the excess.
+            if excess == 0 || !ready.iter().any(|&(_, _, kept)| kept) {
+                continue;
             }
-            // One pass, the order kept; those bound ahead stay: they are
-            // the slack, not the excess.
             for (port, pair, kept) in std::mem::take(ready) {
                 if kept && excess > 0 {
                     Self::less(&mut self.asked, ip);
-                    gone.push((ip, port));
-                    pairs.push(pair);
+                    out.release.push(port);
+                    closing.push(pair);
                     excess -= 1;
                 } else {
                     ready.push_back((port, pair, kept));
                 }
             }
         }
-        drop(s);
-        // Closed out of the lock the media threads give pairs back under.
-        drop(pairs);
-        if !gone.is_empty() {
+        if !closing.is_empty() {
             debug!(
-                pairs = gone.len(),
-                "RTP pairs held beyond the calls' demand closed"
+                pairs = closing.len(),
+                "RTP pairs held beyond the calls' demand let go"
             );
+            s.to_close.append(&mut closing);
+            drop(s);
+            // An empty batch wakes the thread to close them. Should it be
+            // gone, they close with the plane.
+            let _ = self.to_bind.send(Vec::new());
         }
-        gone
+        out
     }
 
     /// Ports taken from the pool and not in a call: the pool's gauge.
@@ -480,9 +512,12 @@ impl MediaPlane {
         };
         let now = Instant::now();
         let idle = ahead.trim(now);
-        if !idle.is_empty() {
-            for (_, port) in idle {
+        if !idle.release.is_empty() || !idle.busy.is_empty() {
+            for port in idle.release {
                 self.pool.release(now, port);
+            }
+            for port in idle.busy {
+                self.port_busy(now, port);
             }
             self.gauges();
         }
@@ -597,7 +632,7 @@ mod tests {
         let peer = std::net::UdpSocket::bind((ip, 0)).expect("peer");
         let mut ahead = ahead();
         let mut kept = Vec::new();
-        for late in [0usize, 2] {
+        for late in [0usize, 1] {
             let (port, pair) = (0..64)
                 .find_map(|_| {
                     let p = std::net::UdpSocket::bind((ip, 0)).ok()?;
@@ -611,19 +646,17 @@ mod tests {
             for _ in 0..late {
                 peer.send_to(b"late", (ip, port)).expect("send");
             }
+            // Queued before the socket is connected to itself (a datagram
+            // still on its way after that would be refused).
+            let until = Instant::now() + std::time::Duration::from_secs(5);
+            while late > 0 && pair.is_quiet() {
+                assert!(Instant::now() < until, "the late datagram arrives");
+                std::thread::yield_now();
+            }
             // What the media thread does at the call's end.
             for (k, p) in [(&pair.rtp, port), (&pair.rtcp, port + 1)] {
                 k.connect((ip, p)).expect("connect to itself");
             }
-            // A datagram on its way is queued by the time the peek sees it.
-            if late > 0 {
-                let mut b = [0u8; 8];
-                while pair.rtp.peek_from(&mut b).is_err() {
-                    std::thread::yield_now();
-                }
-            }
-            peer.send_to(b"stranger", (ip, port))
-                .expect("send while it rests");
             kept.push((port, late));
             let mut s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
             s.ready.entry(ip).or_default().push_back((port, pair, true));
@@ -641,10 +674,12 @@ mod tests {
         }
     }
 
-    /// After a rush, the pairs kept for it close a batch a second down to
-    /// what calls take now, resting ones first; those bound ahead stay.
+    /// After a rush, the pairs kept for it are let go a batch at a time
+    /// down to what calls take now, resting ones first, for the binding
+    /// thread to close; those bound ahead stay, and ports that failed or
+    /// closed elsewhere go back too, the node idle or not.
     #[test]
-    fn pairs_held_beyond_the_demand_close_once_calls_take_fewer() {
+    fn pairs_held_beyond_the_demand_are_let_go_once_calls_take_fewer() {
         let ip = IpAddr::from([127, 0, 0, 1]);
         let pair = || Pair {
             rtp: std::net::UdpSocket::bind((ip, 0)).expect("bind"),
@@ -664,7 +699,7 @@ mod tests {
             for port in 100..100 + TARGET as u16 {
                 ready.push_back((port, pair(), true));
             }
-            for port in 1000..1200 {
+            for port in 1000..1100 {
                 s.resting.push_back(Resting {
                     since: t0,
                     ip,
@@ -672,27 +707,28 @@ mod tests {
                     pair: pair(),
                 });
             }
+            s.failed.push((ip, 7));
+            s.closed.push((ip, 9));
         }
-        ahead.asked.insert(ip, 3 + TARGET);
-        ahead.back.insert(ip, 200);
-        assert!(ahead.trim(t0).is_empty(), "within 1.5 s of demand");
-        assert_eq!(ahead.held(), 3 + TARGET + 200);
-        // No call for two seconds more: the excess over the slack goes,
-        // at most a batch a second, resting pairs first.
-        let t = t0 + std::time::Duration::from_secs(2);
-        let first = ahead.trim(t);
-        assert_eq!(first.len(), TRIM);
-        assert!(
-            first
-                .iter()
-                .all(|&(at, port)| at == ip && (1000..1200).contains(&port))
-        );
-        assert!(ahead.trim(t).is_empty(), "once a second");
-        let second = ahead.trim(t + std::time::Duration::from_secs(1));
-        assert_eq!(second.len(), 3 + 200 - TRIM, "down to the slack");
+        ahead.asked.insert(ip, 3 + TARGET + 1);
+        ahead.back.insert(ip, 100 + 1);
+        let first = ahead.trim(t0);
+        assert_eq!((first.busy, first.release), (vec![7], vec![9]));
+        assert_eq!(ahead.held(), 3 + TARGET + 100, "within 1.5 s of demand");
+        // No call for two seconds more: the excess over the slack goes, at
+        // most a batch each time, resting pairs first.
+        let mut t = t0 + std::time::Duration::from_secs(2);
+        let second = ahead.trim(t);
+        assert_eq!(second.release.len(), TRIM);
+        assert!(second.release.iter().all(|p| (1000..1100).contains(p)));
+        assert!(ahead.trim(t).release.is_empty(), "a batch per TRIM_EVERY");
+        t += TRIM_EVERY;
+        let third = ahead.trim(t);
+        assert_eq!(third.release.len(), 3 + 100 - TRIM, "down to the slack");
         assert_eq!(ahead.held(), TARGET);
         let s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(s.resting.is_empty());
+        assert_eq!(s.to_close.len(), 3 + 100, "closed by the binding thread");
         let ready = &s.ready[&ip];
         assert_eq!(ready.len(), TARGET);
         assert_eq!(
@@ -701,7 +737,8 @@ mod tests {
             "the pairs bound ahead stay"
         );
         drop(s);
-        assert!(ahead.trim(t + std::time::Duration::from_secs(2)).is_empty());
+        t += TRIM_EVERY;
+        assert!(ahead.trim(t).release.is_empty());
     }
 
     #[test]
