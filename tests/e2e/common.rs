@@ -406,6 +406,11 @@ impl Node {
         }
     }
 
+    /// The node's process id (its main thread runs the engine).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGHUP (reload the configuration) to this node's process.
     /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the node: a process
     /// alive but silent, as a partition or a paused VM leaves it.

@@ -163,6 +163,87 @@ fn cancels_from_many_carriers_reach_their_invites() {
     assert!(threads_used(&node) >= 2);
 }
 
+/// The nice value in `/proc/<pid>/task/<task>/stat` (field 19), by task
+/// name.
+fn nice_by_thread(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path();
+        let (Ok(stat), Ok(name)) = (
+            std::fs::read_to_string(path.join("stat")),
+            std::fs::read_to_string(path.join("comm")),
+        ) else {
+            continue; // a thread that ended meanwhile
+        };
+        // After the name's closing parenthesis: state (field 3) onwards.
+        let rest = stat.rsplit_once(')').expect("stat").1;
+        let nice = rest.split_whitespace().nth(16).expect("nice").parse();
+        out.push((name.trim().to_owned(), nice.expect("a number")));
+    }
+    out
+}
+
+/// `sip.engine_nice`: the engine's thread (the process's main one) runs at
+/// the value asked and every other thread, those started later included,
+/// at the process's own, and calls go through; a node not allowed to
+/// (not root, no `CAP_SYS_NICE`) says so and runs at the process's.
+#[test]
+fn the_engine_thread_alone_runs_at_the_nice_value_asked() {
+    let scratch = Scratch::new("sip-io-engine-nice");
+    let cfg = NodeConfig {
+        agents: 1,
+        ..NodeConfig::default()
+    };
+    let node = Node::start_toml(&scratch, |sip, http| {
+        cfg.toml(sip, http)
+            .replacen("[sip]\n", "[sip]\nengine_nice = -7\n", 1)
+    });
+    let pid = node.pid();
+    let own = nice_by_thread(std::process::id())
+        .into_iter()
+        .map(|(_, n)| n)
+        .max()
+        .expect("this test's threads");
+    let mut phones = Sipp::spawn(
+        &scratch,
+        "phones",
+        &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
+    );
+    register(&scratch, &node, &[1001], phones.port, |u| {
+        format!("demo{u}")
+    });
+    let mut trunk = crate::common::trunk_to(
+        &scratch,
+        &node,
+        "trunk",
+        "trunk_call.xml",
+        &["-m", "2", "-r", "1", "-d", "200"],
+    );
+    trunk.expect_success(Duration::from_secs(60));
+    let _ = phones.try_wait();
+    assert_eq!(
+        node.metric("centralino_calls_total{outcome=\"answered\"}"),
+        2.0
+    );
+    let refused = node
+        .logs()
+        .contains("cannot set the engine thread's priority");
+    let want = if refused { own } else { -7 };
+    let threads = nice_by_thread(pid);
+    for (name, nice) in &threads {
+        let engine = name == "centralino";
+        let expected = if engine { want } else { own };
+        assert_eq!(
+            *nice, expected,
+            "{name} (engine: {engine}) at {nice}; every thread: {threads:?}"
+        );
+    }
+    assert!(
+        threads.iter().any(|(n, _)| n == "staffing"),
+        "the staffing thread, started by the engine's: {threads:?}"
+    );
+}
+
 /// `SO_REUSEPORT` would let a second node on the same address share the
 /// port silently; the address is bound alone first, so it fails instead.
 #[test]
