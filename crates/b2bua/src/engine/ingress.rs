@@ -394,11 +394,16 @@ pub(super) fn allows_update(msg: &Message) -> bool {
     allows(msg, "UPDATE")
 }
 
-/// Whether `msg`'s `Allow` names `method`.
+/// Whether `msg`'s `Allow` names `method`. `Allow` is a list of method
+/// tokens (RFC 3261 §20.5): no quoted strings or angle brackets to honour,
+/// so commas split it (`uri::split_list`, char by char into a vector, was
+/// 3 % of the engine's instructions per call, three lists per call).
 pub(super) fn allows(msg: &Message, method: &str) -> bool {
-    msg.headers_named("Allow")
-        .flat_map(uri::split_list)
-        .any(|m| m.trim().eq_ignore_ascii_case(method))
+    msg.headers_named("Allow").any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|m| m.trim_ascii().eq_ignore_ascii_case(method.as_bytes()))
+    })
 }
 
 /// The caller a trusted carrier asserts (RFC 3325 `P-Asserted-Identity`,
