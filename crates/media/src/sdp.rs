@@ -618,7 +618,7 @@ mod tests {
                 "(v=0|m=audio [0-9]{1,5}(/2)? RTP/AVP( [0-9]{1,3}){0,4}|m=video 9 RTP/AVP 31|c=IN IP(4|6) [0-9a-f.:]{1,16}(/[0-9])?|a=(sendrecv|sendonly|recvonly|inactive)|a=rtpmap:[0-9]{1,3} (telephone-event|TELEPHONE-Event|PCMU|é)/8000|[a-zé ]{0,6})",
                 0..12,
             ),
-            ends in proptest::collection::vec("(\r\n|\n|\r\r\n|\r)", 12),
+            ends in proptest::collection::vec("(\r\n|\n|\r\r\n|\r|)", 12),
         ) {
             let mut body = String::new();
             for (l, e) in lines.iter().zip(&ends) {

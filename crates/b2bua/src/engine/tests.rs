@@ -8250,3 +8250,38 @@ fn branches_carry_the_cookie_and_sixteen_hex_digits() {
     assert_eq!(&*super::send::branch(0), "z9hG4bK0000000000000000");
     assert_eq!(&*super::send::branch(u64::MAX), "z9hG4bKffffffffffffffff");
 }
+
+/// `allows` splits an `Allow` list on commas; on token lists (what RFC
+/// 3261 §20.5 allows there) it answers as the quote-aware list splitter it
+/// replaced did.
+#[test]
+fn allow_lists_are_read_as_the_list_splitter_read_them() {
+    let by_split_list = |msg: &Message, method: &str| {
+        msg.headers_named("Allow")
+            .flat_map(centralino_sip::uri::split_list)
+            .any(|m| m.trim().eq_ignore_ascii_case(method))
+    };
+    for allow in [
+        "",
+        "Allow: INVITE, ACK, CANCEL, BYE, UPDATE\r\n",
+        "Allow: INVITE,UPDATE,INFO\r\n",
+        "Allow: invite , update\t, info \r\n",
+        "Allow: UPDATEX, XINFO, UPDAT\r\n",
+        "Allow: INVITE\r\nAllow: INFO\r\n",
+        "Allow: ,,UPDATE,,\r\n",
+        "Allow: \r\n",
+    ] {
+        let Ok(Framed::Message(msg)) =
+            parse_datagram(invite_with(allow).as_bytes(), &Limits::default())
+        else {
+            panic!("the INVITE with {allow:?} parses");
+        };
+        for method in ["UPDATE", "INFO", "update", "BYE", "X"] {
+            assert_eq!(
+                super::ingress::allows(&msg, method),
+                by_split_list(&msg, method),
+                "{allow:?} {method}"
+            );
+        }
+    }
+}

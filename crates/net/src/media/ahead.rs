@@ -127,6 +127,8 @@ pub(super) struct Ahead {
     keep: bool,
     /// When the pairs held beyond the calls' demand are next closed.
     trim_at: Instant,
+    /// Most let go each time ([`TRIM`]; smaller in tests).
+    trim: usize,
 }
 
 /// What [`Ahead::trim`] gives back to the pool.
@@ -204,6 +206,7 @@ impl Ahead {
             rng: seed | 1,
             keep,
             trim_at: Instant::now(),
+            trim: TRIM,
         }))
     }
 
@@ -339,7 +342,7 @@ impl Ahead {
         let held = self.held();
         if !self.keep
             || held + 2 + in_calls > self.budget
-            || held + 2 > TARGET + self.demand * 3 / 2
+            || held + 2 > TARGET * self.asked.len().max(1) + self.demand * 3 / 2
         {
             return false;
         }
@@ -377,7 +380,7 @@ impl Ahead {
             out.release.push(port);
         }
         let bound = TARGET * self.asked.len().max(1) + self.demand * 3 / 2;
-        let mut excess = self.held().saturating_sub(bound).min(TRIM);
+        let mut excess = self.held().saturating_sub(bound).min(self.trim);
         let mut closing = Vec::new();
         while excess > 0
             && let Some(r) = s.resting.pop_front()
@@ -392,7 +395,12 @@ impl Ahead {
             if excess == 0 || !ready.iter().any(|&(_, _, kept)| kept) {
                 continue;
             }
-            for (port, pair, kept) in std::mem::take(ready) {
+            // Rotated in place: the order and the buffer kept (no
+            // allocation on the engine's thread).
+            for _ in 0..ready.len() {
+                let Some((port, pair, kept)) = ready.pop_front() else {
+                    break;
+                };
                 if kept && excess > 0 {
                     Self::less(&mut self.asked, ip);
                     out.release.push(port);
@@ -409,10 +417,13 @@ impl Ahead {
                 "RTP pairs held beyond the calls' demand let go"
             );
             s.to_close.append(&mut closing);
+            // An empty batch wakes the thread to close them; should it be
+            // gone, they close here (their ports go back to the pool).
+            if self.to_bind.send(Vec::new()).is_err() {
+                closing = std::mem::take(&mut s.to_close);
+            }
             drop(s);
-            // An empty batch wakes the thread to close them. Should it be
-            // gone, they close with the plane.
-            let _ = self.to_bind.send(Vec::new());
+            drop(closing);
         }
         out
     }
@@ -621,6 +632,7 @@ mod tests {
             rng: 1,
             keep: true,
             trim_at: Instant::now(),
+            trim: TRIM,
         }
     }
 
@@ -686,7 +698,15 @@ mod tests {
             rtp: std::net::UdpSocket::bind((ip, 0)).expect("bind"),
             rtcp: std::net::UdpSocket::bind((ip, 0)).expect("bind"),
         };
-        let mut ahead = ahead();
+        // A small batch: the test's sockets stay under a 1,024 limit.
+        let trim = 8;
+        // The binding thread's side: woken to close what is let go.
+        let (to_bind, woken) = channel();
+        let mut ahead = Ahead {
+            trim,
+            to_bind,
+            ..ahead()
+        };
         let t0 = Instant::now();
         // Calls took 1,000 pairs in the last second: everything is kept.
         ahead.window = t0 - std::time::Duration::from_millis(1500);
@@ -700,7 +720,7 @@ mod tests {
             for port in 100..100 + TARGET as u16 {
                 ready.push_back((port, pair(), true));
             }
-            for port in 1000..1100 + TRIM as u16 {
+            for port in 1000..1100 + trim as u16 {
                 s.resting.push_back(Resting {
                     since: t0,
                     ip,
@@ -712,35 +732,48 @@ mod tests {
             s.closed.push((ip, 9));
         }
         ahead.asked.insert(ip, 3 + TARGET + 1);
-        ahead.back.insert(ip, TRIM + 100 + 1);
+        ahead.back.insert(ip, trim + 100 + 1);
         let first = ahead.trim(t0);
         assert_eq!((first.busy, first.release), (vec![7], vec![9]));
         assert_eq!(
             ahead.held(),
-            3 + TARGET + TRIM + 100,
+            3 + TARGET + trim + 100,
             "within 1.5 s of demand"
         );
         // No call for two seconds more: the excess over the slack goes, at
         // most a batch each time, resting pairs first.
         let mut t = t0 + std::time::Duration::from_secs(2);
         let second = ahead.trim(t);
-        assert_eq!(second.release.len(), TRIM);
+        assert_eq!(second.release.len(), trim);
         assert!(
             second
                 .release
                 .iter()
-                .all(|p| (1000..1100 + TRIM as u16).contains(p))
+                .all(|p| (1000..1100 + trim as u16).contains(p))
         );
         assert!(ahead.trim(t).release.is_empty(), "a batch per TRIM_EVERY");
-        t += TRIM_EVERY;
-        let third = ahead.trim(t);
-        assert_eq!(third.release.len(), 100 + 3, "down to the slack");
+        let mut released = trim;
+        for _ in 0..100 {
+            t += TRIM_EVERY;
+            let next = ahead.trim(t).release.len();
+            assert!(next <= trim, "at most a batch");
+            released += next;
+            if next == 0 {
+                break;
+            }
+        }
+        assert_eq!(released, trim + 100 + 3, "down to the slack");
         assert_eq!(ahead.held(), TARGET);
+        let wakes: Vec<_> = woken.try_iter().collect();
+        assert!(
+            !wakes.is_empty() && wakes.iter().all(Vec::is_empty),
+            "the thread is woken with nothing to bind: {wakes:?}"
+        );
         let s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(s.resting.is_empty());
         assert_eq!(
             s.to_close.len(),
-            TRIM + 100 + 3,
+            trim + 100 + 3,
             "closed by the binding thread"
         );
         let ready = &s.ready[&ip];
