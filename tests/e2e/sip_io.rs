@@ -183,12 +183,17 @@ fn nice_by_thread(pid: u32) -> Vec<(u32, String, i32)> {
         ) else {
             continue; // a thread that ended meanwhile
         };
-        // After the name's closing parenthesis: state (field 3) onwards.
-        let rest = stat.rsplit_once(')').expect("stat").1;
-        let nice = rest.split_whitespace().nth(16).expect("nice").parse();
-        out.push((id, name.trim().to_owned(), nice.expect("a number")));
+        out.push((id, name.trim().to_owned(), nice_in(&stat)));
     }
     out
+}
+
+/// The nice value (field 19) of a `/proc/.../stat` line: counted after the
+/// name's closing parenthesis, from the state (field 3).
+fn nice_in(stat: &str) -> i32 {
+    let rest = stat.rsplit_once(')').expect("stat").1;
+    let nice = rest.split_whitespace().nth(16).expect("nice");
+    nice.parse().expect("a number")
 }
 
 /// `sip.engine_nice`: the engine's thread (the process's main one) runs at
@@ -208,17 +213,7 @@ fn the_engine_thread_alone_runs_at_the_nice_value_asked() {
     });
     let pid = node.pid();
     // The node inherits the nice value of the thread that started it.
-    let own = {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
-        let rest = stat.rsplit_once(')').expect("stat").1;
-        let nice: i32 = rest
-            .split_whitespace()
-            .nth(16)
-            .expect("nice")
-            .parse()
-            .expect("a number");
-        nice
-    };
+    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").expect("stat"));
     let mut phones = Sipp::spawn(
         &scratch,
         "phones",
