@@ -622,7 +622,7 @@ impl Browsers {
             && *msg.method() == Method::Invite
             && self.phones.get(&flow.conn).is_some_and(|p| {
                 p.dialogs
-                    .get(&msg.call_id)
+                    .get(msg.call_id.as_str())
                     .is_some_and(|d| d.consult.is_some() && d.invite.cseq == msg.cseq)
             })
         {
@@ -640,11 +640,11 @@ impl Browsers {
             // The answer to our re-INVITE (hold, resume): acknowledged,
             // as RFC 3261 §13.2.2.4 wants of every 2xx.
             if let Some(phone) = self.phones.get_mut(&flow.conn)
-                && let Some(d) = phone.dialogs.get_mut(&msg.call_id)
+                && let Some(d) = phone.dialogs.get_mut(msg.call_id.as_str())
             {
                 if (200..300).contains(&msg.code()) {
                     let _ = phone.tx.send(BrowserOut::Held {
-                        call: msg.call_id.clone(),
+                        call: msg.call_id.to_string(),
                         on: d.held,
                     });
                     let mut ack = in_dialog(d, flow, Method::Ack, self.tokens);
@@ -659,11 +659,11 @@ impl Browsers {
                     // Refused: the call stays as it was.
                     d.held = !d.held;
                     let _ = phone.tx.send(BrowserOut::Error {
-                        call: msg.call_id.clone(),
+                        call: msg.call_id.to_string(),
                         message: format!("hold refused: {}", msg.code()),
                     });
                     let _ = phone.tx.send(BrowserOut::Held {
-                        call: msg.call_id.clone(),
+                        call: msg.call_id.to_string(),
                         on: d.held,
                     });
                 }
@@ -686,7 +686,7 @@ impl Browsers {
                     }
                 }
                 let _ = phone.tx.send(BrowserOut::Error {
-                    call: msg.call_id.clone(),
+                    call: msg.call_id.to_string(),
                     message: format!("transfer refused: {}", msg.code()),
                 });
             }
@@ -744,7 +744,7 @@ impl Browsers {
                     );
                     return;
                 }
-                let call = msg.call_id.clone();
+                let call = msg.call_id.to_string();
                 let record = msg
                     .header("X-Centralino-Call")
                     .unwrap_or_default()
@@ -768,21 +768,24 @@ impl Browsers {
                 let _ = phone.tx.send(BrowserOut::Ring { call, record });
             }
             Method::Invite
-                if phone.dialogs.get(&msg.call_id).is_some_and(|d| {
+                if phone.dialogs.get(msg.call_id.as_str()).is_some_and(|d| {
                     d.answered.is_some() && d.consult.is_none() && moves(d, &msg.body).is_some()
                 }) =>
             {
                 // Another port of the node: the desk makes a new WebRTC
                 // leg there and its offer answers (see `answer`); a desk
                 // gone cannot (the engine puts the caller back in queue).
-                let d = phone.dialogs.get_mut(&msg.call_id).expect("checked");
+                let d = phone
+                    .dialogs
+                    .get_mut(msg.call_id.as_str())
+                    .expect("checked");
                 let code = if !phone.attached {
                     480
                 } else if d.moving.is_some() {
                     491
                 } else {
                     let (port, formats) = moves(d, &msg.body).expect("checked");
-                    let call = msg.call_id.clone();
+                    let call = msg.call_id.to_string();
                     d.moving = Some(Moving {
                         invite: msg,
                         port,
@@ -801,7 +804,7 @@ impl Browsers {
             Method::Invite => {
                 // A re-INVITE (session refresh, the caller's hold): the
                 // browser's leg stays as it is; the same answer.
-                let resp = match phone.dialogs.get_mut(&msg.call_id) {
+                let resp = match phone.dialogs.get_mut(msg.call_id.as_str()) {
                     Some(d) if d.answered.is_some() => {
                         let (law, version) = d.answered.expect("checked");
                         d.answered = Some((law, version + 1));
@@ -819,7 +822,7 @@ impl Browsers {
             }
             Method::Ack => {}
             Method::Bye => {
-                let known = phone.dialogs.remove(&msg.call_id);
+                let known = phone.dialogs.remove(msg.call_id.as_str());
                 let code = if known.is_some() { 200 } else { 481 };
                 feed(
                     engine,
@@ -829,7 +832,7 @@ impl Browsers {
                 );
                 if let Some(d) = known {
                     let _ = phone.tx.send(BrowserOut::Ended {
-                        call: msg.call_id.clone(),
+                        call: msg.call_id.to_string(),
                         reason: if d.transferring {
                             "transferred"
                         } else {
@@ -849,7 +852,7 @@ impl Browsers {
             }
             Method::Cancel => {
                 feed(engine, now, flow, &msg.response(200, "OK", None));
-                if let Some(d) = phone.dialogs.remove(&msg.call_id) {
+                if let Some(d) = phone.dialogs.remove(msg.call_id.as_str()) {
                     // Ringing: the INVITE ends 487. Answered here while the
                     // CANCEL was on its way: the engine took another
                     // phone's answer and drops ours; the leg ends too.
@@ -858,7 +861,7 @@ impl Browsers {
                         feed(engine, now, flow, &r);
                     }
                     let _ = phone.tx.send(BrowserOut::Ended {
-                        call: msg.call_id.clone(),
+                        call: msg.call_id.to_string(),
                         reason: "cancelled",
                     });
                     consult::end_all(engine, now, phone, Some(&msg.call_id), n);

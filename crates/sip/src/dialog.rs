@@ -3,7 +3,7 @@
 //! the ACK of a 2xx, the CANCEL of an INVITE. Branches come from the
 //! caller (it owns the randomness); nothing here reads a clock or a socket.
 
-use crate::message::{Message, Method, Transport, Via};
+use crate::message::{Message, Method, Transport, Value, Via};
 use crate::txn::Flow;
 use crate::uri;
 
@@ -11,7 +11,7 @@ use crate::uri;
 #[derive(Clone, Debug)]
 pub struct Leg {
     /// The dialog's Call-ID.
-    pub call_id: String,
+    pub call_id: Value,
     /// Our From value for requests we send (our tag included).
     pub local: String,
     /// The peer's value for To (their tag included).
@@ -43,7 +43,7 @@ impl Leg {
             .collect();
         route_set.reverse();
         Self {
-            call_id: resp.call_id.clone(),
+            call_id: resp.call_id.detached(),
             local: local.to_owned(),
             remote: resp.header("To").unwrap_or_default().to_owned(),
             remote_target,
@@ -81,7 +81,7 @@ impl Leg {
     pub fn from_request(req: &Message, tag: &str, flow: Flow) -> Self {
         let to = req.header("To").unwrap_or_default();
         Self {
-            call_id: req.call_id.clone(),
+            call_id: req.call_id.detached(),
             local: [to, ";tag=", tag].concat(),
             remote: req.header("From").unwrap_or_default().to_owned(),
             remote_target: req

@@ -354,16 +354,22 @@ fn parse_status_line(line: &str) -> Result<StartLine, ParseError> {
 }
 
 struct Essentials {
-    call_id: String,
+    call_id: Value,
     cseq: u32,
     cseq_method: Method,
-    from_tag: Option<String>,
-    to_tag: Option<String>,
+    from_tag: Option<Value>,
+    to_tag: Option<Value>,
     via: Via,
     max_forwards: Option<u8>,
 }
 
 fn single<'a>(headers: &'a [Header], name: &str) -> Result<&'a str, ParseError> {
+    single_value(headers, name).map(|v| &**v)
+}
+
+/// As [`single`], the shared value itself: the fields a message keeps
+/// (Call-ID, tags) point into its header buffer, no copy of their own.
+fn single_value<'a>(headers: &'a [Header], name: &str) -> Result<&'a Value, ParseError> {
     let mut it = headers.iter().filter(|h| h.name == name);
     let first = it.next().ok_or(ParseError::MissingHeader)?;
     if it.next().is_some() {
@@ -373,21 +379,23 @@ fn single<'a>(headers: &'a [Header], name: &str) -> Result<&'a str, ParseError> 
 }
 
 fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, ParseError> {
-    let call_id = single(headers, "Call-ID")?;
+    let call_id = single_value(headers, "Call-ID")?;
     if call_id.is_empty() || call_id.contains([' ', '\t', ',']) {
         return Err(ParseError::MissingHeader);
     }
-    let from = uri::parse_name_addr(single(headers, "From")?).ok_or(ParseError::BadAddress)?;
-    let to = uri::parse_name_addr(single(headers, "To")?).ok_or(ParseError::BadAddress)?;
-    let tag = |n: &uri::NameAddr<'_>| -> Result<Option<String>, ParseError> {
+    let (from_value, to_value) = (single_value(headers, "From")?, single_value(headers, "To")?);
+    let from = uri::parse_name_addr(from_value).ok_or(ParseError::BadAddress)?;
+    let to = uri::parse_name_addr(to_value).ok_or(ParseError::BadAddress)?;
+    let tag = |n: &uri::NameAddr<'_>, value: &Value| -> Result<Option<Value>, ParseError> {
         match n.param("tag") {
             None => Ok(None),
-            Some(Some(t)) if is_token(t) => Ok(Some(t.to_owned())),
+            // A slice of the value just parsed: shared, else (never) a copy.
+            Some(Some(t)) if is_token(t) => Ok(Some(value.slice(t).unwrap_or_else(|| t.into()))),
             Some(_) => Err(ParseError::BadAddress),
         }
     };
-    let from_tag = tag(&from)?;
-    let to_tag = tag(&to)?;
+    let from_tag = tag(&from, from_value)?;
+    let to_tag = tag(&to, to_value)?;
 
     let cseq = single(headers, "CSeq")?;
     let (num, method) = cseq.split_once([' ', '\t']).ok_or(ParseError::BadCSeq)?;
@@ -455,7 +463,7 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
     }
 
     Ok(Essentials {
-        call_id: call_id.to_owned(),
+        call_id: call_id.clone(),
         cseq,
         cseq_method,
         from_tag,
@@ -545,7 +553,7 @@ fn error_reply(headers: &[Header], status: u16) -> Message {
         },
         headers: out,
         body: Vec::new(),
-        call_id: String::new(),
+        call_id: Value::default(),
         cseq: 0,
         cseq_method: Method::Other("".into()),
         from_tag: None,
@@ -762,6 +770,20 @@ Content-Length: 4\r\n\r\nv=0\r\n";
         assert_eq!(&*m.via.branch, "z9hG4bK776asdhds");
         assert_eq!(m.cseq, 314159);
         assert_eq!(m.from_tag.as_deref(), Some("1928301774"));
+        // Call-ID and tags point into the header buffer (no copies); kept
+        // for longer they detach, holding only their own text.
+        let call_id = &m
+            .headers
+            .iter()
+            .find(|h| h.name == "Call-ID")
+            .unwrap()
+            .value;
+        assert!(m.call_id.shares_buffer(call_id));
+        assert!(m.from_tag.as_ref().unwrap().shares_buffer(call_id));
+        let kept = m.call_id.detached();
+        assert_eq!(kept, m.call_id);
+        assert!(!kept.shares_buffer(call_id));
+        assert!(kept.detached().shares_buffer(&kept), "already its own");
         assert_eq!(m.body, b"v=0\r");
         assert_eq!(name_of(&m.headers[0]), "Via");
         let again = parse_message(&m.to_bytes(), &Limits::default(), true).unwrap();

@@ -210,6 +210,31 @@ impl Value {
         Arc::ptr_eq(&self.buf, &other.buf)
     }
 
+    /// The part `sub` of this value (a slice of [`Self::as_str`]'s
+    /// string), sharing its buffer; `None` when `sub` lies elsewhere.
+    pub fn slice(&self, sub: &str) -> Option<Self> {
+        let whole = self.as_str();
+        let start = (sub.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+        let end = start.checked_add(sub.len())?;
+        if end > whole.len() {
+            return None;
+        }
+        let base = self.start as usize;
+        Self::range(&self.buf, base + start, base + end)
+    }
+
+    /// The value with a buffer of its own when it points into a larger one
+    /// (a received message's header section), for keeping: a dialog kept
+    /// for the call's length must not hold the whole message it came in.
+    #[must_use]
+    pub fn detached(&self) -> Self {
+        if self.start == 0 && self.end as usize == self.buf.len() {
+            self.clone()
+        } else {
+            Self::from(self.as_str())
+        }
+    }
+
     /// Whether this value is `buf` itself (no copy was made).
     pub fn is(&self, buf: &Arc<str>) -> bool {
         Arc::ptr_eq(&self.buf, buf) && self.start == 0 && self.end as usize == buf.len()
@@ -244,9 +269,66 @@ impl From<&str> for Value {
     }
 }
 
+impl From<&String> for Value {
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+/// A copy that shares the buffer (a reference count).
+impl From<&Self> for Value {
+    fn from(v: &Self) -> Self {
+        v.clone()
+    }
+}
+
 impl From<String> for Value {
     fn from(s: String) -> Self {
         Self::from(Arc::<str>::from(s))
+    }
+}
+
+impl Default for Value {
+    fn default() -> Self {
+        Self::from("")
+    }
+}
+
+/// By the text, as `Eq` compares: a table keyed by values is searched
+/// with a `&str` (`Borrow`).
+impl std::hash::Hash for Value {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Value {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<String> for Value {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<Value> for String {
+    fn eq(&self, other: &Value) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Value> for str {
+    fn eq(&self, other: &Value) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Value> for &str {
+    fn eq(&self, other: &Value) -> bool {
+        *self == other.as_str()
     }
 }
 
@@ -314,15 +396,15 @@ pub struct Message {
     /// The body, exactly Content-Length bytes.
     pub body: Vec<u8>,
     /// Call-ID.
-    pub call_id: String,
+    pub call_id: Value,
     /// CSeq number.
     pub cseq: u32,
     /// CSeq method.
     pub cseq_method: Method,
     /// The tag of From (absent only in RFC 2543 peers).
-    pub from_tag: Option<String>,
+    pub from_tag: Option<Value>,
     /// The tag of To (absent outside dialogs).
-    pub to_tag: Option<String>,
+    pub to_tag: Option<Value>,
     /// The topmost Via.
     pub via: Via,
     /// Max-Forwards, when present.
@@ -583,7 +665,7 @@ impl Message {
         via: Via,
         from: &str,
         to: &str,
-        call_id: &str,
+        call_id: impl Into<Value>,
         cseq: u32,
     ) -> Self {
         let cseq_method = if method == Method::Ack {
@@ -598,7 +680,7 @@ impl Message {
             },
             headers: Vec::with_capacity(10),
             body: Vec::new(),
-            call_id: call_id.to_owned(),
+            call_id: call_id.into(),
             cseq,
             cseq_method,
             from_tag: None,
@@ -620,7 +702,8 @@ impl Message {
         m.push("Max-Forwards", "70");
         m.push("From", from);
         m.push("To", to);
-        m.push("Call-ID", call_id);
+        // The header shares the field's text (one allocation for both).
+        m.push_shared("Call-ID", m.call_id.clone());
         let cseq_method = m.cseq_method.clone();
         let mut digits = [0u8; 20];
         m.push_shared(
@@ -653,7 +736,7 @@ impl Message {
                         && let Some(tag) = to_tag
                     {
                         h.value = joined(&[&h.value, ";tag=", &escape_header_value(tag)]).into();
-                        new_to_tag = Some(tag.to_owned());
+                        new_to_tag = Some(Value::from(tag));
                     }
                     headers.push(h);
                 }
@@ -784,6 +867,22 @@ pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slice_of_a_value_shares_its_buffer_and_nothing_else_is_one() {
+        let v = Value::from("abc;tag=xyz");
+        let tag = &v[8..];
+        let s = v.slice(tag).unwrap();
+        assert_eq!(s, "xyz");
+        assert!(s.shares_buffer(&v));
+        // A slice of the slice stays inside the first one's range.
+        assert_eq!(s.slice(&tag[1..]).unwrap(), "yz");
+        assert_eq!(s.slice(&v[..3]), None, "before the range");
+        assert_eq!(v.slice("xyz"), None, "another string");
+        assert_eq!(v.slice(&v[11..]).unwrap(), "");
+        assert_eq!(s.detached(), "xyz");
+        assert!(!s.detached().shares_buffer(&v));
+    }
 
     #[test]
     fn messages_are_written_as_the_formatter_wrote_them() {

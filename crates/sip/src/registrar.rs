@@ -226,7 +226,7 @@ impl Registrar {
             .any(|p| !p.is_empty() && lower.starts_with(&p.to_ascii_lowercase()));
         let unanswered = self
             .offered_several
-            .get(&req.call_id)
+            .get(&*req.call_id)
             .is_some_and(|&(at, cseq)| {
                 // A new request (a retransmission is not the phone giving
                 // up), while the challenge could still have been answered.
@@ -247,7 +247,7 @@ impl Registrar {
             list.pop_front();
         }
         list.push_back((ua, alg));
-        self.offered_several.remove(&req.call_id);
+        self.offered_several.remove(&*req.call_id);
     }
 
     /// The live bindings of an operator, most recent first.
@@ -626,16 +626,16 @@ impl Registrar {
         let mut r = req.response(401, "Unauthorized", Some("reg"));
         let challenges = self.auth.challenge_with(now, to, stale, &offer);
         if challenges.len() > 1 {
-            if !self.offered_several.contains_key(&req.call_id) {
+            if !self.offered_several.contains_key(&*req.call_id) {
                 if self.offered_order.len() >= MAX_OFFERED
                     && let Some(old) = self.offered_order.pop_front()
                 {
                     self.offered_several.remove(&old);
                 }
-                self.offered_order.push_back(req.call_id.clone());
+                self.offered_order.push_back(req.call_id.to_string());
             }
             self.offered_several
-                .insert(req.call_id.clone(), (now, req.cseq));
+                .insert(req.call_id.to_string(), (now, req.cseq));
         }
         for c in challenges {
             r.push("WWW-Authenticate", &c);

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::OwnKeys;
-use crate::message::{Message, Method, StartLine, Transport};
+use crate::message::{Message, Method, StartLine, Transport, Value};
 
 /// Where a message came from or goes to: the transport, the peer and, on
 /// streams, the connection it belongs to.
@@ -178,12 +178,12 @@ struct ServerTx {
     // engine's thread.
     /// The request's Call-ID and CSeq number (its 2xx's ACK is matched on
     /// them).
-    dialog: (String, u32),
+    dialog: (Value, u32),
     last_response: Option<Vec<u8>>,
     retransmit_at: Option<Instant>,
     interval: Duration,
     timeout_at: Option<Instant>,
-    merge_key: Option<(String, String, u32)>,
+    merge_key: Option<(Value, Value, u32)>,
 }
 
 struct ClientTx {
@@ -256,9 +256,9 @@ pub struct Transactions {
     client: HashMap<Arc<TxKey>, ClientTx, OwnKeys>,
     /// (Call-ID, From tag, CSeq) of server transactions without To tag, for
     /// merged-request detection (§8.2.2.2).
-    merge: HashMap<(String, String, u32), Arc<TxKey>>,
+    merge: HashMap<(Value, Value, u32), Arc<TxKey>>,
     /// (Call-ID, CSeq) of INVITEs in Accepted whose 2xx still retransmits.
-    awaiting_ack: HashMap<(String, u32), Arc<TxKey>>,
+    awaiting_ack: HashMap<(Value, u32), Arc<TxKey>>,
     /// Every armed timer with its transaction's key: no table from timer
     /// to key (a hash insert and remove, and two strings cloned, per timer
     /// armed were a twentieth of the engine thread under call load).
@@ -349,7 +349,9 @@ impl Transactions {
             return;
         }
         let merge_key = match (&msg.to_tag, &msg.from_tag) {
-            (None, Some(ft)) => Some((msg.call_id.clone(), ft.clone(), msg.cseq)),
+            // Detached: kept while the transaction lives (32 s for a
+            // non-INVITE on UDP), never holding the request's buffer.
+            (None, Some(ft)) => Some((msg.call_id.detached(), ft.detached(), msg.cseq)),
             _ => None,
         };
         let key = Arc::new(key);
@@ -379,7 +381,7 @@ impl Transactions {
                 key,
                 state,
                 flow,
-                dialog: (msg.call_id.clone(), msg.cseq),
+                dialog: (msg.call_id.detached(), msg.cseq),
                 last_response: None,
                 retransmit_at: None,
                 interval: self.cfg.t1,
@@ -435,8 +437,8 @@ impl Transactions {
     /// The TU took an ACK as its dialog's: the 2xx to the INVITE with this
     /// Call-ID and CSeq number is not retransmitted any more, and no
     /// [`TxOutput::NoAck`] comes for it (RFC 3261 §13.3.1.4).
-    pub fn acknowledged(&mut self, call_id: &str, cseq: u32) {
-        if let Some(k) = self.awaiting_ack.remove(&(call_id.to_owned(), cseq))
+    pub fn acknowledged(&mut self, call_id: &Value, cseq: u32) {
+        if let Some(k) = self.awaiting_ack.remove(&(call_id.clone(), cseq))
             && let Some(tx) = self.server.get_mut(&*k)
         {
             tx.retransmit_at = None;
@@ -692,7 +694,7 @@ impl Transactions {
                 drop(tx.key);
                 self.out.push_back(TxOutput::NoAck {
                     key: Arc::unwrap_or_clone(key),
-                    call_id: tx.dialog.0,
+                    call_id: tx.dialog.0.to_string(),
                 });
             }
         }
@@ -980,7 +982,10 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
                 }
             }
         }
-        assert_eq!(no_ack, Some((Duration::from_secs(32), inv.call_id.clone())));
+        assert_eq!(
+            no_ack,
+            Some((Duration::from_secs(32), inv.call_id.to_string()))
+        );
     }
 
     #[test]
@@ -1057,7 +1062,7 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
                     let mut m = invite(&format!("z9hG4bKp{which}"));
                     m.start = StartLine::Request { method: Method::Options, uri: "sip:h".into() };
                     m.cseq_method = Method::Options;
-                    m.call_id = format!("o{which}");
+                    m.call_id = format!("o{which}").into();
                     m
                 };
                 let key = TxKey::of(&req);
@@ -1097,7 +1102,7 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
             uri: "sip:h".into(),
         };
         m.cseq_method = Method::Options;
-        m.call_id = format!("o-{branch}");
+        m.call_id = format!("o-{branch}").into();
         m
     }
 

@@ -24,14 +24,15 @@ pub(super) fn stamped(m: &mut AnchoredMedia, side: Side, local: Local<'_>) -> Ve
 
 /// [`stamped`] for a leg whose last SDP sent is `last` (digest, version).
 pub(super) fn stamp(last: &mut Option<(u64, u64)>, mut local: Local<'_>) -> Vec<u8> {
-    use std::hash::{Hash, Hasher};
+    use std::hash::BuildHasher;
     local.version = 0;
     // The fields, not the body they make: the same body is the same
     // fields, and serialising twice per SDP was an eighth of the engine's
-    // instructions per call (`cargo bench --bench engine`).
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    local.hash(&mut h);
-    let digest = h.finish();
+    // instructions per call (`cargo bench --bench engine`). foldhash with
+    // a fixed seed rather than SipHash: a digest compared with the leg's
+    // own last one, of fields this node chose or accepted, where a
+    // collision (even a chosen one) only keeps a version unchanged.
+    let digest = foldhash::fast::FixedState::with_seed(0x5d9).hash_one(local);
     let version = match *last {
         Some((d, v)) if d == digest => v,
         Some((_, v)) => v + 1,

@@ -260,7 +260,7 @@ impl Engine {
             invite.push("P-Asserted-Identity", &format!("<sip:{caller_id}@{local}>"));
         }
         let leg = Leg {
-            call_id,
+            call_id: call_id.into(),
             local: local_uri,
             remote: format!("<{target}>"),
             remote_target: target,
@@ -307,7 +307,7 @@ impl Engine {
             &mut self.calls.get_mut(&call_id).expect("looked up").a_leg,
             leg,
         );
-        self.by_a.remove(&old.call_id);
+        self.by_a.remove(old.call_id.as_str());
         if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
             *o.request = invite;
             o.trunk = next;
@@ -465,7 +465,7 @@ impl Engine {
         let a_call_id = call.a_leg.call_id.clone();
         info!("callback: dialling the citizen");
         let key = self.send_request(now, flow, inv, ClientRef::Citizen(call_id));
-        self.by_a.insert(a_call_id, call_id);
+        self.by_a.insert(a_call_id.to_string(), call_id);
         if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
             o.invite = Some(key);
             o.dialled = true;

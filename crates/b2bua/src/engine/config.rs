@@ -173,6 +173,7 @@ impl Engine {
             by_b: HashMap::default(),
             client: HashMap::default(),
             acks: send::AckCache::new(config.sip.timers.t1),
+            sip_counts: telemetry::SipCounts::new(),
             sent_by: HashMap::new(),
             timers: BinaryHeap::new(),
             next_call: 1,

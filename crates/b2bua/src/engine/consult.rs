@@ -119,9 +119,9 @@ impl Engine {
                 return None;
             }
         };
-        if self.by_a.contains_key(&msg.call_id)
-            || self.by_b.contains_key(&msg.call_id)
-            || self.phone_monitors.contains_key(&msg.call_id)
+        if self.by_a.contains_key(msg.call_id.as_str())
+            || self.by_b.contains_key(msg.call_id.as_str())
+            || self.phone_monitors.contains_key(msg.call_id.as_str())
         {
             // Its requests would speak for another dialog.
             refuse(self, 482, "consult_call_id_in_use");
@@ -258,7 +258,7 @@ impl Engine {
             .get(&x)
             .and_then(|c| c.b.as_ref())
             .and_then(BLeg::agent);
-        let y = self.by_a.get(&rep.call_id).copied().filter(|y| {
+        let y = self.by_a.get(rep.call_id.as_str()).copied().filter(|y| {
             self.calls.get(y).is_some_and(|c| {
                 by.is_some_and(|by| c.consult == Some(Consult { by, about: x }))
                     && tag_of(&c.a_leg.local) == Some(rep.to_tag.as_str())

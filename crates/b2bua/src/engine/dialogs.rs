@@ -177,7 +177,10 @@ impl Engine {
     /// that is the dialog's peer. `Err` names the refusal (metric label):
     /// `no_dialog` when the Call-ID is unknown, `foreign_dialog` otherwise.
     pub(super) fn match_dialog(&self, source: Flow, msg: &Message) -> Result<CallId, &'static str> {
-        let (call_id, on_a) = match (self.by_a.get(&msg.call_id), self.by_b.get(&msg.call_id)) {
+        let (call_id, on_a) = match (
+            self.by_a.get(msg.call_id.as_str()),
+            self.by_b.get(msg.call_id.as_str()),
+        ) {
             (Some(&c), _) => (c, true),
             (None, Some(&c)) => (c, false),
             (None, None) => return Err("no_dialog"),
@@ -300,10 +303,10 @@ impl Engine {
 
     /// The call and side an in-dialog request belongs to.
     pub(super) fn dialog_side(&self, msg: &Message) -> Option<(CallId, Side)> {
-        if let Some(&c) = self.by_a.get(&msg.call_id) {
+        if let Some(&c) = self.by_a.get(msg.call_id.as_str()) {
             return Some((c, Side::A));
         }
-        let c = *self.by_b.get(&msg.call_id)?;
+        let c = *self.by_b.get(msg.call_id.as_str())?;
         // Only the answered operator's dialog, or the answered leg of a
         // transfer to a number, carries media changes.
         let call = self.calls.get(&c)?;
@@ -465,7 +468,7 @@ impl Engine {
         if msg.cseq_method == Method::Invite || !msg.body.is_empty() {
             let body = if msg.body.is_empty() {
                 // Our offer; the peer's answer comes in the ACK.
-                call.media.offered_in_2xx[side.index()] = Some((msg.call_id.clone(), msg.cseq));
+                call.media.offered_in_2xx[side.index()] = Some((msg.call_id.to_string(), msg.cseq));
                 reoffer(&mut call.media, &codecs, side)
             } else {
                 match side {
@@ -653,7 +656,7 @@ impl Engine {
         let mut info = self.in_dialog(&leg, Method::Info);
         info.set_body(content_type, body);
         debug!(from = side.label(), "key press relayed by INFO");
-        let dialog = leg.call_id.clone();
+        let dialog = leg.call_id.to_string();
         self.send_request(
             now,
             leg.flow,
@@ -727,14 +730,14 @@ impl Engine {
         if self.txn.server_is_final(&invite_key) {
             return;
         }
-        if let Some(&call_id) = self.by_a.get(&msg.call_id) {
+        if let Some(&call_id) = self.by_a.get(msg.call_id.as_str()) {
             self.end_unanswered(now, call_id, 487, CallOutcome::Cancelled, true);
         }
     }
 
     pub(super) fn on_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) {
-        let from_a = self.by_a.get(&msg.call_id).copied();
-        let from_b = self.by_b.get(&msg.call_id).copied();
+        let from_a = self.by_a.get(msg.call_id.as_str()).copied();
+        let from_b = self.by_b.get(msg.call_id.as_str()).copied();
         let Some(call_id) = from_a.or(from_b) else {
             let r = msg.response(481, reason_phrase(481), None);
             self.respond(now, key, &r);

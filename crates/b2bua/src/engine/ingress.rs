@@ -21,11 +21,9 @@ impl Engine {
             msg.stamp_via(flow.remote);
         }
         match &msg.start {
-            StartLine::Response { code, .. } => {
-                self.metrics
-                    .sip_responses
-                    .with_label_values(&[code_label(*code), "in"])
-                    .inc();
+            StartLine::Response { .. } => {
+                self.sip_counts
+                    .count(&self.metrics, &msg.start, telemetry::Way::In);
                 // A branch is unguessable, but a response is also taken
                 // only from where its request went (or another SBC of
                 // the same trunk): an answer from elsewhere could move a
@@ -43,10 +41,8 @@ impl Engine {
                 self.txn.handle_response(now, msg);
             }
             StartLine::Request { method, .. } => {
-                self.metrics
-                    .sip_requests
-                    .with_label_values(&[method.label(), "in"])
-                    .inc();
+                self.sip_counts
+                    .count(&self.metrics, &msg.start, telemetry::Way::In);
                 if *method != Method::Ack && !self.precheck(now, flow, &msg) {
                     return;
                 }
@@ -143,7 +139,7 @@ impl Engine {
         if method == Method::Cancel
             && self
                 .by_a
-                .get(&msg.call_id)
+                .get(msg.call_id.as_str())
                 .and_then(|c| self.calls.get(c))
                 .is_some_and(|c| !self.same_peer(c.a_leg.flow, flow))
         {

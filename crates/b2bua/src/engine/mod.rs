@@ -440,6 +440,8 @@ pub struct Engine {
     /// ACKs sent for 2xx answers whose client transaction is forgotten at
     /// the answer, to send again on a retransmitted 2xx.
     acks: send::AckCache,
+    /// The SIP message counters' children, kept (`telemetry::SipCounts`).
+    sip_counts: telemetry::SipCounts,
     /// The text of each local address our Vias name, made once.
     sent_by: HashMap<SocketAddr, Arc<str>>,
     timers: BinaryHeap<Reverse<(Instant, CallId, CallTimer)>>,
@@ -1076,4 +1078,3 @@ use ivr::{names_to_prompts, variables_of, whisper_prompts};
 use monitor::Monitoring;
 use monitor_phone::PhoneMonitor;
 use session::{REFRESH_RETRY, RefreshAnswer, RefreshTries, refresh_answer};
-use telemetry::code_label;

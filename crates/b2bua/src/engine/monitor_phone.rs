@@ -99,9 +99,9 @@ impl Engine {
         };
         // A Call-ID that is a call's (or another dialog's) would let this
         // dialog's requests speak for that call: refused.
-        if self.by_a.contains_key(&msg.call_id)
-            || self.by_b.contains_key(&msg.call_id)
-            || self.phone_monitors.contains_key(&msg.call_id)
+        if self.by_a.contains_key(msg.call_id.as_str())
+            || self.by_b.contains_key(msg.call_id.as_str())
+            || self.phone_monitors.contains_key(msg.call_id.as_str())
         {
             warn!(user = %user, "a supervisor's INVITE reusing a dialog's Call-ID refused");
             return refuse(self, 482, "monitor_call_id_in_use");
@@ -146,7 +146,7 @@ impl Engine {
         // Their own earlier dial-in on this call, if any, ends here.
         self.end_phone_monitor(now, target.call);
         self.phone_monitors.insert(
-            msg.call_id.clone(),
+            msg.call_id.to_string(),
             PhoneMonitor {
                 call: target.call,
                 key,
@@ -256,7 +256,7 @@ impl Engine {
     /// A BYE from a supervisor's phone: they leave the call. `false`: not
     /// one of theirs.
     pub(super) fn phone_monitor_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) -> bool {
-        let Some(m) = self.phone_monitors.remove(&msg.call_id) else {
+        let Some(m) = self.phone_monitors.remove(msg.call_id.as_str()) else {
             return false;
         };
         let r = msg.response(200, "OK", None);
@@ -300,7 +300,7 @@ impl Engine {
         key: &TxKey,
         msg: &Message,
     ) -> bool {
-        let Some(m) = self.phone_monitors.get(&msg.call_id) else {
+        let Some(m) = self.phone_monitors.get(msg.call_id.as_str()) else {
             return false;
         };
         let r = match msg.method() {
@@ -321,7 +321,7 @@ impl Engine {
                 // `sendrecv`; a re-INVITE without an offer gets ours.
                 let direction =
                     sdp::parse(&msg.body).map_or(Direction::SendRecv, |a| a.direction.answer());
-                let Some(m) = self.phone_monitors.get_mut(&msg.call_id) else {
+                let Some(m) = self.phone_monitors.get_mut(msg.call_id.as_str()) else {
                     return false;
                 };
                 ok.set_body(Some("application/sdp"), phone_answer(m, direction));
@@ -348,13 +348,13 @@ impl Engine {
         key: &TxKey,
         msg: &Message,
     ) -> bool {
-        let Some(m) = self.phone_monitors.get(&msg.call_id) else {
+        let Some(m) = self.phone_monitors.get(msg.call_id.as_str()) else {
             return false;
         };
         let answered = m.answered;
         let r = msg.response(200, "OK", None);
         self.respond(now, key, &r);
-        if !answered && let Some(m) = self.phone_monitors.remove(&msg.call_id) {
+        if !answered && let Some(m) = self.phone_monitors.remove(msg.call_id.as_str()) {
             self.monitor_failed(m.call);
             let r = m.invite.response(487, reason_phrase(487), Some("mon"));
             self.respond(now, &m.key, &r);
@@ -403,7 +403,7 @@ impl Engine {
     /// Whether an in-dialog request is a supervisor's phone's, from its
     /// peer with our tag: `None` when the Call-ID is none of theirs.
     pub(super) fn phone_monitor_dialog(&self, source: Flow, msg: &Message) -> Option<bool> {
-        let m = self.phone_monitors.get(&msg.call_id)?;
+        let m = self.phone_monitors.get(msg.call_id.as_str())?;
         let ours = tag_of(&m.leg.local).is_some_and(|t| msg.to_tag.as_deref() == Some(t));
         let theirs = tag_of(&m.leg.remote).is_none_or(|t| msg.from_tag.as_deref() == Some(t));
         Some(

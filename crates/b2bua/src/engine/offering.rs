@@ -321,7 +321,7 @@ impl Engine {
                 }
                 let mut leg = Leg::from_response(&b.local, b.flow, &msg);
                 self.client.remove(&key);
-                self.by_b.remove(&b.call_id);
+                self.by_b.remove(b.call_id.as_str());
                 self.send_ack(&leg, &msg);
                 self.send_bye(now, &mut leg);
                 self.metrics
@@ -499,7 +499,7 @@ impl Engine {
             _ => {
                 let b = call.forks.swap_remove(i);
                 self.client.remove(&key);
-                self.by_b.remove(&b.call_id);
+                self.by_b.remove(b.call_id.as_str());
                 if call.forks.is_empty() {
                     call.phase = Phase::Queued;
                 }
@@ -607,7 +607,7 @@ impl Engine {
             };
             if let Some(i) = call.forks.iter().position(|b| b.invite_key == key) {
                 let b = call.forks.swap_remove(i);
-                self.by_b.remove(&b.call_id);
+                self.by_b.remove(b.call_id.as_str());
                 if call.forks.is_empty() {
                     call.phase = Phase::Queued;
                 }
@@ -696,7 +696,7 @@ impl Engine {
             self.client.remove(&r.key);
         }
         self.end_phone_monitor(now, call_id);
-        self.by_b.remove(&b.call_id);
+        self.by_b.remove(b.call_id.as_str());
         self.client.remove(&b.invite_key);
         self.out
             .push_back(Output::Media(MediaCommand::Unbridge { call: call_id }));
@@ -780,7 +780,7 @@ impl Engine {
         if release && let Some(agent) = b.agent() {
             self.agent_released(agent);
         }
-        self.by_b.remove(&b.call_id);
+        self.by_b.remove(b.call_id.as_str());
         self.cancel_with_reason(now, &b.invite_key, b.flow, reason);
         self.client.insert(
             b.invite_key,

@@ -196,7 +196,7 @@ impl AckCache {
 
     fn keep(&mut self, now: Instant, key: TxKey, leg: &Leg, resp: &Message, bytes: Vec<u8>) {
         self.expire(now);
-        let answer = (resp.to_tag.clone(), bytes);
+        let answer = (resp.to_tag.as_deref().map(str::to_owned), bytes);
         match self.by_key.get_mut(&key) {
             Some(kept) => {
                 if let Some(a) = kept.answers.iter_mut().find(|a| a.0 == answer.0) {
@@ -223,7 +223,11 @@ impl AckCache {
         let Some(kept) = self.by_key.get(&TxKey::of(resp)) else {
             return Reack::Unknown;
         };
-        if let Some((_, ack)) = kept.answers.iter().find(|a| a.0 == resp.to_tag) {
+        if let Some((_, ack)) = kept
+            .answers
+            .iter()
+            .find(|a| a.0.as_deref() == resp.to_tag.as_deref())
+        {
             return Reack::Again(kept.flow, ack.clone());
         }
         if kept.answers.len() >= FORKS_MOST {
@@ -291,8 +295,8 @@ impl Engine {
     /// Whether a call lives on `leg`'s dialog (its Call-ID and the peer's
     /// tag): the caller's leg, the answered operator's, a transfer's.
     fn live_dialog(&self, leg: &Leg) -> bool {
-        let Some(call) = (self.by_a.get(&leg.call_id))
-            .or_else(|| self.by_b.get(&leg.call_id))
+        let Some(call) = (self.by_a.get(leg.call_id.as_str()))
+            .or_else(|| self.by_b.get(leg.call_id.as_str()))
             .and_then(|c| self.calls.get(c))
         else {
             return false;

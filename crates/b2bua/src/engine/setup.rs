@@ -55,7 +55,7 @@ impl Engine {
             None => None,
         };
         let key = TxKey::of(&msg);
-        if self.phone_monitors.contains_key(&msg.call_id) {
+        if self.phone_monitors.contains_key(msg.call_id.as_str()) {
             // A supervisor's dialog's Call-ID never becomes a call's.
             let r = msg.response(482, reason_phrase(482), Some("x"));
             self.respond(now, &key, &r);
@@ -239,7 +239,7 @@ impl Engine {
                 });
             }
         }
-        self.by_a.insert(msg.call_id.clone(), id);
+        self.by_a.insert(msg.call_id.to_string(), id);
         let ip = flow.local.ip();
         let mut call = Call::new(NewCall {
             span,
@@ -359,7 +359,7 @@ impl Engine {
             return;
         };
         let _span = call.span.clone().entered();
-        self.by_a.remove(&call.a_leg.call_id);
+        self.by_a.remove(call.a_leg.call_id.as_str());
         let queue = call.queue;
         if call.handed_over {
             // The operator held for it is free again.

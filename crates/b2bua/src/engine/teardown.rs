@@ -57,7 +57,7 @@ impl Engine {
             outcome
         };
         call.span.record("outcome", outcome.as_str());
-        self.by_a.remove(&call.a_leg.call_id);
+        self.by_a.remove(call.a_leg.call_id.as_str());
         if let Some(r) = call.rejoin.take() {
             self.client.remove(&r.key);
         }
@@ -82,7 +82,7 @@ impl Engine {
         }
         if let Some(mut t) = call.transfer.take() {
             // The caller left while the transfer rang, or after it connected.
-            self.by_b.remove(&t.call_id);
+            self.by_b.remove(t.call_id.as_str());
             if let Some(key) = t.invite.take() {
                 let flow = t.dialog.as_ref().map_or(call.a_leg.flow, |l| l.flow);
                 self.cancel_client_invite(now, &key, flow);
@@ -332,7 +332,7 @@ impl Engine {
         }
         if let Some(b) = call.b.take() {
             let agent = b.agent();
-            self.by_b.remove(&b.call_id);
+            self.by_b.remove(b.call_id.as_str());
             // The INVITE's client transaction outlives the call (Timer M);
             // a 2xx retransmitted after this is simply ignored.
             self.client.remove(&b.invite_key);

@@ -4138,8 +4138,8 @@ fn a_proxys_session_timer_on_a_caller_without_support_is_refreshed_by_us() {
         "the same session, nothing renegotiated"
     );
     assert_eq!(
-        refresh.to_tag,
-        Some("am1".to_owned()),
+        refresh.to_tag.as_deref(),
+        Some("am1"),
         "in the caller's dialog"
     );
     let out = h.send(TRUNK, &response_to(&refresh, 200, "am1"));
@@ -6916,7 +6916,7 @@ fn an_operator_transfers_to_a_number_only_where_the_firm_allows_it() {
     let out = h.advance(Duration::from_secs(5));
     let offers: std::collections::HashSet<String> = requests(&out, PHONE1, "INVITE")
         .iter()
-        .map(|m| m.call_id.clone())
+        .map(|m| m.call_id.to_string())
         .collect();
     assert_eq!(offers.len(), 1, "offered again once the operator is free");
 }

@@ -26,7 +26,7 @@ impl Engine {
         // The citizen leg's INVITE offers a session timer (RFC 4028): the
         // far end's 2xx says who refreshes, and this leg keeps its own
         // (`transfer_session_armed`), apart from the caller's.
-        let (flow, call_id) = (leg.flow, leg.call_id.clone());
+        let (flow, call_id) = (leg.flow, leg.call_id.to_string());
         inv.push("Contact", &dialog::contact(flow));
         inv.push("User-Agent", &self.user_agent);
         let Some(call) = self.calls.get_mut(&id) else {
@@ -71,7 +71,7 @@ impl Engine {
         };
         let t = call.transfer.take();
         if let Some(t) = &t {
-            self.by_b.remove(&t.call_id);
+            self.by_b.remove(t.call_id.as_str());
             if t.early_media.is_some() {
                 // The caller heard the far network: back to our music and
                 // prompts.

@@ -280,7 +280,7 @@ pub(super) fn on_response(
     if code < 200 {
         return;
     }
-    let Some(d) = phone.dialogs.get_mut(&msg.call_id) else {
+    let Some(d) = phone.dialogs.get_mut(msg.call_id.as_str()) else {
         return;
     };
     if code >= 300 {
@@ -299,15 +299,15 @@ pub(super) fn on_response(
         ack.max_forwards = Some(70);
         feed(engine, now, flow, &ack);
         let cancelled = d.consult.as_ref().is_some_and(|c| c.cancelled);
-        phone.dialogs.remove(&msg.call_id);
+        phone.dialogs.remove(msg.call_id.as_str());
         if !cancelled {
             info!(agent = %phone.agent, code, "browser consultation not answered");
             let _ = phone.tx.send(BrowserOut::Error {
-                call: msg.call_id.clone(),
+                call: msg.call_id.to_string(),
                 message: format!("consultation not answered: {code}"),
             });
             let _ = phone.tx.send(BrowserOut::Ended {
-                call: msg.call_id.clone(),
+                call: msg.call_id.to_string(),
                 reason: "refused",
             });
         }
@@ -330,7 +330,7 @@ pub(super) fn on_response(
         feed(engine, now, flow, &ack);
         return;
     }
-    c.remote_tag = msg.to_tag.clone();
+    c.remote_tag = msg.to_tag.as_deref().map(str::to_owned);
     c.target = msg.header("Contact").map(contact_uri);
     let cancelled = c.cancelled;
     let offer = c.offer.take().unwrap_or_default();
@@ -364,7 +364,7 @@ pub(super) fn on_response(
         feed(engine, now, flow, &ack);
         let bye = in_dialog(d, flow, Method::Bye, n + 1);
         feed(engine, now, flow, &bye);
-        phone.dialogs.remove(&msg.call_id);
+        phone.dialogs.remove(msg.call_id.as_str());
         return;
     }
     let mut ack = in_dialog(d, flow, Method::Ack, n);
@@ -380,7 +380,7 @@ pub(super) fn on_response(
             feed(engine, now, flow, &ack);
             info!(agent = %phone.agent, "browser consultation answered");
             let _ = phone.tx.send(BrowserOut::Answer {
-                call: msg.call_id.clone(),
+                call: msg.call_id.to_string(),
                 sdp: answer,
             });
         }
@@ -392,12 +392,12 @@ pub(super) fn on_response(
             if cancelled {
                 let bye = in_dialog(d, flow, Method::Bye, n + 1);
                 feed(engine, now, flow, &bye);
-                phone.dialogs.remove(&msg.call_id);
+                phone.dialogs.remove(msg.call_id.as_str());
                 return;
             }
             warn!(agent = %phone.agent, error = %e, "browser consultation's media refused");
             let _ = phone.tx.send(BrowserOut::Error {
-                call: msg.call_id.clone(),
+                call: msg.call_id.to_string(),
                 message: e,
             });
         }
