@@ -247,6 +247,21 @@ mod tests {
         )
         .unwrap();
         let mut leg = Leg::from_response("<sip:a@x>;tag=ours", flow(), &resp);
+        // Kept for the call: its own text, not the 2xx's header section
+        // (nor do the requests made from it hold that).
+        assert!(resp.call_id.shares_buffer(resp.to_tag.as_ref().unwrap()));
+        assert!(!leg.call_id.shares_buffer(&resp.call_id));
+        assert_eq!(leg.call_id, resp.call_id);
+        let from_request = Leg::from_request(&leg.ack(via(), &resp), "t", flow());
+        assert!(
+            from_request.call_id.shares_buffer(&leg.call_id),
+            "already its own"
+        );
+        assert!(
+            !leg.request(Method::Info, via())
+                .call_id
+                .shares_buffer(&resp.call_id)
+        );
         assert_eq!(leg.route_set, vec!["<sip:p1;lr>", "<sip:p2;lr>"]);
         assert_eq!(leg.remote, "<sip:b@y>;tag=theirs");
         let ack = leg.ack(via(), &resp);

@@ -9,6 +9,7 @@
 //! Line ends: CRLF is the wire form; bare LF is accepted and normalised
 //! (robustness for hand-written tools), documented in README.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::error::ParseError;
@@ -349,7 +350,7 @@ fn parse_status_line(line: &str) -> Result<StartLine, ParseError> {
     }
     Ok(StartLine::Response {
         code,
-        reason: reason.to_owned(),
+        reason: Cow::Owned(reason.to_owned()),
     })
 }
 
@@ -536,8 +537,8 @@ fn error_reply(headers: &[Header], status: u16) -> Message {
             // A refused request's values are not to be trusted: no control
             // byte of theirs is echoed (CR, and NUL or BEL even quoted).
             value: match escape_header_value(&h.value) {
-                std::borrow::Cow::Borrowed(_) => h.value.clone(),
-                std::borrow::Cow::Owned(v) => v.into(),
+                Cow::Borrowed(_) => h.value.clone(),
+                Cow::Owned(v) => v.into(),
             },
         })
         .collect();
@@ -549,7 +550,7 @@ fn error_reply(headers: &[Header], status: u16) -> Message {
     Message {
         start: StartLine::Response {
             code: status,
-            reason: reason.to_owned(),
+            reason: Cow::Borrowed(reason),
         },
         headers: out,
         body: Vec::new(),
@@ -702,7 +703,7 @@ fn framing_error(head: &[u8], limits: &Limits, error: ParseError) -> Rejection {
                 let code = error.sip_status();
                 reply.start = StartLine::Response {
                     code,
-                    reason: reason_phrase(code).to_owned(),
+                    reason: Cow::Borrowed(reason_phrase(code)),
                 };
             }
             r

@@ -157,8 +157,9 @@ pub enum StartLine {
     Response {
         /// 100..=699
         code: u16,
-        /// May be empty.
-        reason: String,
+        /// May be empty. Ours are static text (no allocation per
+        /// response); a received one is its own copy.
+        reason: Cow<'static, str>,
     },
 }
 
@@ -289,8 +290,10 @@ impl From<String> for Value {
 }
 
 impl Default for Value {
+    /// Empty, one buffer for all (a malformed message's reply has one).
     fn default() -> Self {
-        Self::from("")
+        static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+        Self::from(EMPTY.clone())
     }
 }
 
@@ -680,7 +683,10 @@ impl Message {
             },
             headers: Vec::with_capacity(10),
             body: Vec::new(),
-            call_id: call_id.into(),
+            // Detached: a request may be kept as long as its transaction,
+            // and a received message's Call-ID would keep that message's
+            // header section (free for our own and a dialog's values).
+            call_id: call_id.into().detached(),
             cseq,
             cseq_method,
             from_tag: None,
@@ -722,7 +728,7 @@ impl Message {
     /// creates or confirms a dialog (101–299 to an INVITE) also copies the
     /// Record-Route values (§12.1.1), so the caller's requests in the call
     /// follow the proxies (a carrier's SBC) that asked to stay in the path.
-    pub fn response(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Self {
+    pub fn response(&self, code: u16, reason: &'static str, to_tag: Option<&str>) -> Self {
         let mut headers = Vec::with_capacity(8);
         let mut new_to_tag = self.to_tag.clone();
         let dialog = (101..300).contains(&code) && *self.method() == Method::Invite;
@@ -735,8 +741,18 @@ impl Message {
                     if self.to_tag.is_none()
                         && let Some(tag) = to_tag
                     {
-                        h.value = joined(&[&h.value, ";tag=", &escape_header_value(tag)]).into();
-                        new_to_tag = Some(Value::from(tag));
+                        let escaped = escape_header_value(tag);
+                        let value: Value = joined(&[&h.value, ";tag=", &escaped]).into();
+                        // The field shares the header's text when it is
+                        // the tag as given (a control character was
+                        // replaced in the header only).
+                        new_to_tag = Some(match escaped {
+                            Cow::Borrowed(_) => value
+                                .slice(&value[value.len() - tag.len()..])
+                                .unwrap_or_else(|| Value::from(tag)),
+                            Cow::Owned(_) => Value::from(tag),
+                        });
+                        h.value = value;
                     }
                     headers.push(h);
                 }
@@ -746,7 +762,10 @@ impl Message {
         Self {
             start: StartLine::Response {
                 code,
-                reason: escape_header_value(reason).into_owned(),
+                reason: match escape_header_value(reason) {
+                    Cow::Borrowed(_) => Cow::Borrowed(reason),
+                    Cow::Owned(escaped) => Cow::Owned(escaped),
+                },
             },
             headers,
             body: Vec::new(),
@@ -963,6 +982,32 @@ mod tests {
         assert_eq!(rr(200), ["<sip:sbc;transport=tcp;lr>", "<sip:sbc-out;lr>"]);
         assert_eq!(rr(183).len(), 2);
         assert!(rr(100).is_empty() && rr(486).is_empty());
+        // The new tag is the To header's own text, and the request's
+        // Call-ID and From tag are shared, not copied.
+        let ok = m.response(200, "OK", Some("t1"));
+        let to = &ok.headers.iter().find(|h| h.name == "To").unwrap().value;
+        assert_eq!(&**to, "<sip:100@node>;tag=t1");
+        assert_eq!(ok.to_tag.as_deref(), Some("t1"));
+        assert!(ok.to_tag.as_ref().unwrap().shares_buffer(to));
+        assert!(ok.call_id.shares_buffer(&m.call_id));
+        assert!(ok.from_tag.as_ref().unwrap().shares_buffer(&m.call_id));
+        assert!(matches!(
+            ok.start,
+            StartLine::Response {
+                reason: Cow::Borrowed("OK"),
+                ..
+            }
+        ));
+        // A control character reaches the header replaced, the field as
+        // given (as before the field shared the header's text).
+        let odd = m.response(200, "O\u{7}K", Some("t\u{1}"));
+        let to = odd.headers.iter().find(|h| h.name == "To").unwrap();
+        assert_eq!(&*to.value, "<sip:100@node>;tag=t ");
+        assert_eq!(odd.to_tag.as_deref(), Some("t\u{1}"));
+        assert!(matches!(
+            &odd.start,
+            StartLine::Response { reason, .. } if reason == "O K"
+        ));
     }
 
     #[test]

@@ -989,6 +989,21 @@ From: <sip:a@h>;tag=f1\r\nTo: <sip:100@h>;tag=tt\r\nCall-ID: c1\r\nCSeq: 1 ACK\r
     }
 
     #[test]
+    fn what_a_server_transaction_keeps_holds_no_request_buffer() {
+        let mut tx = Transactions::new(TimerConfig::default());
+        let inv = invite("z9hG4bKkeep");
+        let (call_id, from_tag) = (inv.call_id.clone(), inv.from_tag.clone().unwrap());
+        assert!(call_id.shares_buffer(&from_tag), "parsed: one buffer");
+        tx.handle_request(Instant::now(), flow(Transport::Udp), inv);
+        let server = tx.server.values().next().unwrap();
+        assert_eq!(server.dialog.0, call_id);
+        assert!(!server.dialog.0.shares_buffer(&call_id));
+        let (c, f, _) = server.merge_key.as_ref().unwrap();
+        assert_eq!((c, f), (&call_id, &from_tag));
+        assert!(!c.shares_buffer(&call_id) && !f.shares_buffer(&call_id));
+    }
+
+    #[test]
     fn merged_request_gets_482() {
         let mut tx = Transactions::new(TimerConfig::default());
         let t0 = Instant::now();

@@ -29,9 +29,12 @@ pub(super) fn stamp(last: &mut Option<(u64, u64)>, mut local: Local<'_>) -> Vec<
     // The fields, not the body they make: the same body is the same
     // fields, and serialising twice per SDP was an eighth of the engine's
     // instructions per call (`cargo bench --bench engine`). foldhash with
-    // a fixed seed rather than SipHash: a digest compared with the leg's
-    // own last one, of fields this node chose or accepted, where a
-    // collision (even a chosen one) only keeps a version unchanged.
+    // a fixed seed rather than std's SipHash, whose keys were fixed and
+    // public as well: a 64-bit digest of a few small integers (address,
+    // port, payload types, direction, session), compared with the leg's
+    // own last one. Two different SDPs giving one digest (odds of 2^-64
+    // per change) would keep the version, and the peer could ignore the
+    // change (RFC 3264 §8).
     let digest = foldhash::fast::FixedState::with_seed(0x5d9).hash_one(local);
     let version = match *last {
         Some((d, v)) if d == digest => v,

@@ -31,7 +31,7 @@ pub(super) struct Inbound {
 
 impl Inbound {
     /// A response to the caller's INVITE, with our tag.
-    pub(super) fn response(&self, code: u16, reason: &str) -> Message {
+    pub(super) fn response(&self, code: u16, reason: &'static str) -> Message {
         self.invite.response(code, reason, Some(&self.tag))
     }
 }

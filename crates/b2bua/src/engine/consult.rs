@@ -241,7 +241,7 @@ impl Engine {
         x: CallId,
         value: &str,
     ) {
-        let refused = |this: &mut Self, code: u16, reason: &str, why: &'static str| {
+        let refused = |this: &mut Self, code: u16, reason: &'static str, why: &'static str| {
             warn!(call_id = %x, why, "attended transfer refused");
             let r = msg.response(code, reason, None);
             this.respond(now, key, &r);

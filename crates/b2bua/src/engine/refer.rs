@@ -15,7 +15,7 @@ use centralino_sip::replaces;
 
 impl Engine {
     pub(super) fn on_refer(&mut self, now: Instant, key: &TxKey, msg: &Message) {
-        let refused = |this: &mut Self, code: u16, reason: &str, target: &str| {
+        let refused = |this: &mut Self, code: u16, reason: &'static str, target: &str| {
             let r = msg.response(code, reason, None);
             this.respond(now, key, &r);
             this.metrics
