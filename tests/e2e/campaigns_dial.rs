@@ -188,12 +188,29 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
     let start = Instant::now();
     loop {
         let p = progress(&open);
-        // Every attempt over, and the listed number reached (and held
-        // back) in its turn.
-        if p["contacts"]["in_progress"] == 0 && p["attempts"] == 200 && p["contacts"]["dnc"] == 1 {
+        // Every contact settled: the answering ones done, the busy ones
+        // waiting for their retry, the listed number held back in its
+        // turn. Not "200 attempts": on a loaded machine an operator may
+        // miss their reservation before the citizen is dialled, and that
+        // attempt is requeued with nobody called (counted, as designed;
+        // the citizens' log below proves each number was dialled once).
+        if p["contacts"]["in_progress"] == 0
+            && p["contacts"]["done"] == 180
+            && p["contacts"]["pending"] == 20
+            && p["contacts"]["dnc"] == 1
+        {
+            assert!(p["attempts"].as_u64() >= Some(200), "{p}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(180), "{p}");
+        if start.elapsed() > Duration::from_secs(180) {
+            // What each attempt became, for whoever reads the failure.
+            let metrics = node.metrics();
+            let outcomes: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("centralino_campaign_attempts_total"))
+                .collect();
+            panic!("{p}\n{}", outcomes.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     citizens.expect_success(Duration::from_secs(30));

@@ -296,6 +296,9 @@ pub(super) struct Call {
     pub(super) customer: Customer,
     /// The customer leg's dialog (early: our side and the flow).
     pub(super) a_leg: Leg,
+    /// Our Contact towards the caller, made at its first use and shared
+    /// by every response and request of the call (`caller_contact`).
+    pub(super) a_contact: std::cell::OnceCell<Value>,
     pub(super) caller: String,
     /// The caller asked not to be identified (RFC 3323/3325 `Privacy`):
     /// operators are offered the call from "anonymous"; the record keeps
@@ -491,6 +494,7 @@ impl Call {
             received: c.now,
             customer: c.customer,
             a_leg: c.a_leg,
+            a_contact: std::cell::OnceCell::new(),
             caller: c.caller,
             private: c.private,
             forks: Vec::new(),

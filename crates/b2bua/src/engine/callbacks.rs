@@ -459,7 +459,7 @@ impl Engine {
         };
         let mut inv = (*o.request).clone();
         inv.push("Contact", &dialog::contact(call.a_leg.flow));
-        inv.push("User-Agent", &self.user_agent);
+        inv.push_shared("User-Agent", self.user_agent.clone());
         inv.set_body(Some("application/sdp"), offer_body);
         let flow = call.a_leg.flow;
         let a_call_id = call.a_leg.call_id.clone();
@@ -625,6 +625,8 @@ impl Engine {
                 return;
             };
             call.a_leg = leg.clone();
+            // Made again from the answered leg's flow, should it differ.
+            call.a_contact = std::cell::OnceCell::new();
             call.peer_update = allows_update(msg);
             call.peer_info = allows(msg, "INFO");
             if let Some(se) = session_timer::session_expires(msg) {

@@ -149,7 +149,7 @@ impl Engine {
                 .sip
                 .max_calls_per_second
                 .map(|r| (f64::from(r.get()), f64::from(r.get()), now)),
-            user_agent: config.sip.user_agent.clone(),
+            user_agent: config.sip.user_agent.as_str().into(),
             prompts: Arc::new(Library::new()),
             codecs: config
                 .media

@@ -17,7 +17,7 @@ impl Engine {
             return;
         };
         let mut ok = inbound.response(200, "OK");
-        ok.push("Contact", &Self::caller_contact(call));
+        ok.push_shared("Contact", Self::caller_contact(call));
         ok.set_body(
             Some("application/sdp"),
             a_sdp(&mut call.media, &self.codecs),

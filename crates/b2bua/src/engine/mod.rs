@@ -23,7 +23,7 @@ use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
 use centralino_sip::session_timer;
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
 use centralino_sip::uri::{self, Scheme};
-use centralino_sip::{Limits, Message, Method, OwnKeys, StartLine, Transport, Via};
+use centralino_sip::{Limits, Message, Method, OwnKeys, StartLine, Transport, Value, Via};
 use centralino_types::dialplan::DialPlan;
 use centralino_types::outcome::{CallOutcome, CallbackOutcome, QueueEvent};
 use centralino_types::record::Record;
@@ -401,7 +401,8 @@ pub struct Engine {
     max_per_source: usize,
     /// Admission token bucket: (tokens, last refill) when a rate is set.
     admission: Option<(f64, f64, Instant)>,
-    user_agent: String,
+    /// Our User-Agent, one buffer every request shares.
+    user_agent: Value,
     prompts: Arc<Library>,
     codecs: Vec<Law>,
     advertise: Option<IpAddr>,
@@ -842,7 +843,7 @@ impl Engine {
                     );
                     r
                 };
-                r.push("Contact", &Self::caller_contact(call));
+                r.push_shared("Contact", Self::caller_contact(call));
                 self.timers.push(Reverse((
                     now + PROGRESS_REFRESH,
                     call_id,

@@ -120,7 +120,7 @@ impl Engine {
             inv.push("Route", r);
         }
         inv.push("Contact", &dialog::contact(flow));
-        inv.push("User-Agent", &self.user_agent);
+        inv.push_shared("User-Agent", self.user_agent.clone());
         // The call record id (operator answers are stored against it)
         // and the queue's operator script, for the operator's desktop.
         inv.push("X-Centralino-Call", &call.record_id);
@@ -409,7 +409,7 @@ impl Engine {
                     .filter(|i| !i.answered)
                     .map(|i| i.response(200, "OK"));
                 if let Some(ok) = ok.as_mut() {
-                    ok.push("Contact", &Self::caller_contact(call));
+                    ok.push_shared("Contact", Self::caller_contact(call));
                     ok.set_body(
                         Some("application/sdp"),
                         a_sdp(&mut call.media, &self.codecs),

@@ -111,7 +111,7 @@ impl Engine {
             &call_id,
             1,
         );
-        options.push("User-Agent", &self.user_agent);
+        options.push_shared("User-Agent", self.user_agent.clone());
         self.send_request(now, flow, options, ClientRef::TrunkPing(trunk));
     }
 
@@ -174,7 +174,7 @@ impl Engine {
         for r in &binding.path {
             options.push("Route", r);
         }
-        options.push("User-Agent", &self.user_agent);
+        options.push_shared("User-Agent", self.user_agent.clone());
         self.send_request(now, flow, options, ClientRef::Qualify(agent));
     }
 

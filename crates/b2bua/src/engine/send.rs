@@ -87,7 +87,7 @@ impl Engine {
             .or_insert_with(|| flow.local.to_string().into())
             .clone();
         Via {
-            transport: flow.transport.as_str().into(),
+            transport: transport_text(flow.transport),
             sent_by,
             branch: branch(self.rng.next_u64()),
         }
@@ -96,19 +96,44 @@ impl Engine {
     /// Our Contact towards a caller: `sips:` when their INVITE asked for a
     /// `sips:` Request-URI (over TLS, precheck made sure), as RFC 5630 §4.3
     /// wants, so the dialog stays secure end to end; the flow's otherwise.
-    pub(super) fn caller_contact(call: &Call) -> String {
-        let sips = call.a_leg.flow.transport == Transport::Tls
-            && call
-                .inbound()
-                .and_then(|i| i.invite.request_uri())
-                .and_then(uri::scheme)
-                .is_some_and(|s| s == Scheme::Sips);
-        if sips {
-            format!("<sips:centralino@{}>", call.a_leg.flow.local)
-        } else {
-            dialog::contact(call.a_leg.flow)
-        }
+    pub(super) fn caller_contact(call: &Call) -> Value {
+        call.a_contact
+            .get_or_init(|| {
+                let sips = call.a_leg.flow.transport == Transport::Tls
+                    && call
+                        .inbound()
+                        .and_then(|i| i.invite.request_uri())
+                        .and_then(uri::scheme)
+                        .is_some_and(|s| s == Scheme::Sips);
+                if sips {
+                    format!("<sips:centralino@{}>", call.a_leg.flow.local).into()
+                } else {
+                    dialog::contact(call.a_leg.flow).into()
+                }
+            })
+            .clone()
     }
+}
+
+/// A transport's Via token, one shared buffer each (every request the
+/// node sends names one).
+fn transport_text(t: Transport) -> Arc<str> {
+    static TEXTS: std::sync::LazyLock<[Arc<str>; 4]> = std::sync::LazyLock::new(|| {
+        [
+            Transport::Udp,
+            Transport::Tcp,
+            Transport::Tls,
+            Transport::Browser,
+        ]
+        .map(|t| t.as_str().into())
+    });
+    let i = match t {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+        Transport::Tls => 2,
+        Transport::Browser => 3,
+    };
+    TEXTS[i].clone()
 }
 
 /// A Via branch: the magic cookie and 64 random bits in hex, made with one

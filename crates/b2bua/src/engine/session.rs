@@ -228,7 +228,7 @@ impl Engine {
         let contact = Self::caller_contact(call);
         let body = (method == Method::Invite).then(|| a_sdp(&mut call.media, &codecs));
         let mut req = self.in_dialog(&leg, method);
-        req.push("Contact", &contact);
+        req.push_shared("Contact", contact);
         req.push("Supported", "timer");
         // We make this request: `uac` is us.
         req.push("Session-Expires", &format!("{interval};refresher=uac"));

@@ -486,7 +486,7 @@ impl Engine {
             } else {
                 inbound.response(183, "Session Progress")
             };
-            progress.push("Contact", &contact);
+            progress.push_shared("Contact", contact);
             let media = &mut call.media;
             if !media.late_offer {
                 progress.set_body(Some("application/sdp"), a_sdp(media, &self.codecs));

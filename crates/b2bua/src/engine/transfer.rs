@@ -28,7 +28,7 @@ impl Engine {
         // (`transfer_session_armed`), apart from the caller's.
         let (flow, call_id) = (leg.flow, leg.call_id.to_string());
         inv.push("Contact", &dialog::contact(flow));
-        inv.push("User-Agent", &self.user_agent);
+        inv.push_shared("User-Agent", self.user_agent.clone());
         let Some(call) = self.calls.get_mut(&id) else {
             return false;
         };
