@@ -185,32 +185,52 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
                 .1,
         )
     };
+    // An attempt requeued with nobody dialled: the phones hang up 500 ms
+    // after their ACK, and on a loaded machine the store's leave to dial
+    // can come later than that (`release_connected`, logged). Counted as
+    // an attempt, as designed; the citizens' log below proves that each
+    // number was still dialled once.
+    let requeued = || {
+        node.logs()
+            .matches("the operator left before the citizen was dialled")
+            .count() as u64
+    };
+    let pending_outcomes = || {
+        let (_, body) = node.http(
+            "GET",
+            &format!("/api/v1/campaigns/{open}/contacts?status=pending"),
+            Some(ADMIN),
+            None,
+        );
+        json(&body)["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["last_outcome"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
     let start = Instant::now();
     loop {
         let p = progress(&open);
         // Every contact settled: the answering ones done, the busy ones
-        // waiting for their retry, the listed number held back in its
-        // turn. Not "200 attempts": on a loaded machine an operator may
-        // miss their reservation before the citizen is dialled, and that
-        // attempt is requeued with nobody called (counted, as designed;
-        // the citizens' log below proves each number was dialled once).
+        // waiting for their retry (a requeued one, pending too, is not
+        // settled until its own 486), the listed number held back in its
+        // turn; every attempt a dial or a requeue.
         if p["contacts"]["in_progress"] == 0
             && p["contacts"]["done"] == 180
             && p["contacts"]["pending"] == 20
             && p["contacts"]["dnc"] == 1
+            && pending_outcomes().iter().all(|o| o == "busy")
         {
-            assert!(p["attempts"].as_u64() >= Some(200), "{p}");
+            assert_eq!(p["attempts"].as_u64(), Some(200 + requeued()), "{p}");
             break;
         }
-        if start.elapsed() > Duration::from_secs(180) {
-            // What each attempt became, for whoever reads the failure.
-            let metrics = node.metrics();
-            let outcomes: Vec<&str> = metrics
-                .lines()
-                .filter(|l| l.starts_with("centralino_campaign_attempts_total"))
-                .collect();
-            panic!("{p}\n{}", outcomes.join("\n"));
-        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "{p}; {} requeued; pending: {:?}",
+            requeued(),
+            pending_outcomes()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     citizens.expect_success(Duration::from_secs(30));
@@ -253,9 +273,10 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
         None,
     );
     let busy = json(&body)["contacts"].as_array().unwrap().clone();
+    // One attempt each unless one was requeued before its dial.
     assert!(
         busy.iter()
-            .all(|c| c["last_outcome"] == "busy" && c["attempts"] == 1),
+            .all(|c| c["last_outcome"] == "busy" && c["attempts"].as_u64() <= Some(1 + requeued())),
         "{busy:?}"
     );
     drop(phones);

@@ -998,8 +998,8 @@ mod tests {
                 ..
             }
         ));
-        // A control character reaches the header replaced, the field as
-        // given (as before the field shared the header's text).
+        // A control character reaches the header replaced; the field keeps
+        // the tag as given, in a buffer of its own.
         let odd = m.response(200, "O\u{7}K", Some("t\u{1}"));
         let to = odd.headers.iter().find(|h| h.name == "To").unwrap();
         assert_eq!(&*to.value, "<sip:100@node>;tag=t ");

@@ -484,6 +484,14 @@ pub(super) struct NewCall {
 impl Call {
     /// The one way a call is made: an inbound one by `setup`, a callback
     /// by `callbacks` (a campaign's contact next); the rest starts empty.
+    /// Replaces the caller's leg (an outbound call's next trunk, its
+    /// answered dialog): our Contact towards it is made again at its next
+    /// use, so it can never name another leg's flow.
+    pub(super) fn replace_a_leg(&mut self, leg: Leg) -> Leg {
+        self.a_contact = std::cell::OnceCell::new();
+        std::mem::replace(&mut self.a_leg, leg)
+    }
+
     pub(super) fn new(c: NewCall) -> Self {
         Self {
             span: c.span,

@@ -303,10 +303,11 @@ impl Engine {
         else {
             return false;
         };
-        let old = std::mem::replace(
-            &mut self.calls.get_mut(&call_id).expect("looked up").a_leg,
-            leg,
-        );
+        let old = self
+            .calls
+            .get_mut(&call_id)
+            .expect("looked up")
+            .replace_a_leg(leg);
         self.by_a.remove(old.call_id.as_str());
         if let Some(o) = self.calls.get_mut(&call_id).and_then(|c| c.outbound_mut()) {
             *o.request = invite;
@@ -624,9 +625,7 @@ impl Engine {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return;
             };
-            call.a_leg = leg.clone();
-            // Made again from the answered leg's flow, should it differ.
-            call.a_contact = std::cell::OnceCell::new();
+            call.replace_a_leg(leg.clone());
             call.peer_update = allows_update(msg);
             call.peer_info = allows(msg, "INFO");
             if let Some(se) = session_timer::session_expires(msg) {
