@@ -195,16 +195,17 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
             .matches("the operator left before the citizen was dialled")
             .count() as u64
     };
-    let pending_outcomes = || {
+    let pending = || {
         let (_, body) = node.http(
             "GET",
             &format!("/api/v1/campaigns/{open}/contacts?status=pending"),
             Some(ADMIN),
             None,
         );
-        json(&body)["contacts"]
-            .as_array()
-            .unwrap()
+        json(&body)["contacts"].as_array().unwrap().clone()
+    };
+    let pending_outcomes = || {
+        pending()
             .iter()
             .map(|c| c["last_outcome"].as_str().unwrap_or("").to_owned())
             .collect::<Vec<_>>()
@@ -266,13 +267,7 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
         Duration::from_secs(15),
         |v| v == 180.0,
     );
-    let (_, body) = node.http(
-        "GET",
-        &format!("/api/v1/campaigns/{open}/contacts?status=pending"),
-        Some(ADMIN),
-        None,
-    );
-    let busy = json(&body)["contacts"].as_array().unwrap().clone();
+    let busy = pending();
     // One attempt each unless one was requeued before its dial.
     assert!(
         busy.iter()
