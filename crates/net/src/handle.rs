@@ -69,6 +69,9 @@ pub enum EngineInput {
     Reload(Box<Reload>),
     /// Callbacks the scheduler claimed, to be started.
     Callbacks(Vec<DueCallback>),
+    /// The scheduler asks, just before it claims, how many callbacks each
+    /// queue can take now (`Engine::callback_rooms`).
+    CallbackRooms(tokio::sync::oneshot::Sender<Vec<(String, u32)>>),
     /// The campaigns running inside their windows now, with their
     /// definitions (every second).
     CampaignTick(

@@ -100,6 +100,9 @@ fn handle(
                 engine.start_callback(now, cb);
             }
         }
+        EngineInput::CallbackRooms(reply) => {
+            let _ = reply.send(engine.callback_rooms());
+        }
         EngineInput::CallbackStored { call, stored } => engine.callback_stored(now, call, stored),
         EngineInput::Staffing { job, needed } => {
             engine.staffing_computed(now, job.queue, job.asked, needed);

@@ -2,7 +2,6 @@
 //! as free operators can take, within each queue's callback hours, and
 //! hands them to the engine.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,14 +23,9 @@ pub(crate) async fn callback_scheduler(
     tx: mpsc::Sender<EngineInput>,
     config: tokio::sync::watch::Receiver<Arc<centralino_config::Config>>,
     draining: Arc<AtomicBool>,
-    desks: Option<crate::api::Desks>,
     work_ready: Option<(Arc<AtomicBool>, crate::work::Claims)>,
 ) {
     let mut tick = tokio::time::interval(CALLBACK_POLL);
-    // Per queue: callbacks claimed here so far. A view that has seen fewer
-    // started (`callbacks_started`) was built before some claims reached
-    // the engine: those are still on their way and take room.
-    let mut claimed: HashMap<String, u64> = HashMap::new();
     loop {
         tick.tick().await;
         // A node shutting down starts no callback: the next one (or this
@@ -54,7 +48,7 @@ pub(crate) async fn callback_scheduler(
             .map_or(0, |d| d.as_secs() as i64);
         // The running configuration's queues (a reload adds, retires and
         // changes their hours).
-        let mut open: Vec<String> = config
+        let open: Vec<String> = config
             .borrow()
             .queues
             .iter()
@@ -62,30 +56,32 @@ pub(crate) async fn callback_scheduler(
             .filter(|q| q.callback_hours.as_ref().is_none_or(|c| c.open(now)))
             .map(|q| q.routing.name.clone())
             .collect();
+        if open.is_empty() {
+            continue;
+        }
         // Only as many as free operators can take, from queues that have
         // one: a callback claimed holds two RTP port pairs and spends an
         // attempt, so claiming for nobody starves live calls of ports.
-        let mut limit = CALLBACK_BATCH;
-        let views = desks.as_ref().map(crate::api::Desks::queues);
-        if let Some(views) = &views {
-            let room: HashMap<&str, u32> = views
-                .iter()
-                .map(|v| {
-                    let on_the_way = claimed
-                        .get(&v.name)
-                        .map_or(0, |&c| c.saturating_sub(v.callbacks_started));
-                    let on_the_way = u32::try_from(on_the_way).unwrap_or(u32::MAX);
-                    (v.name.as_str(), v.callback_room.saturating_sub(on_the_way))
-                })
-                .collect();
-            open.retain(|q| room.get(q.as_str()).is_some_and(|&r| r > 0));
-            let total: u32 = open.iter().filter_map(|q| room.get(q.as_str())).sum();
-            limit = limit.min(total as usize);
+        // The engine counts them now, not from its last published view
+        // (up to a second old: an operator a call took since would be
+        // claimed for); asked on its own input queue, after every claim
+        // this task sent, so those are counted too.
+        let (ask, answer) = tokio::sync::oneshot::channel();
+        if tx.send(EngineInput::CallbackRooms(ask)).await.is_err() {
+            return;
         }
-        if open.is_empty() || limit == 0 {
+        let Ok(rooms) = answer.await else {
+            return;
+        };
+        let room: Vec<(String, usize)> = rooms
+            .into_iter()
+            .filter(|(q, r)| *r > 0 && open.contains(q))
+            .map(|(q, r)| (q, r as usize))
+            .collect();
+        if room.is_empty() {
             continue;
         }
-        let due = match sink.claim_due(limit, open).await {
+        let due = match sink.claim_due(CALLBACK_BATCH, room).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "cannot read due callbacks");
@@ -94,9 +90,6 @@ pub(crate) async fn callback_scheduler(
         };
         if due.is_empty() {
             continue;
-        }
-        for c in &due {
-            *claimed.entry(c.queue.clone()).or_default() += 1;
         }
         if let Some((_, claims)) = &work_ready {
             // Each claim's token (its version now, before the engine can

@@ -225,7 +225,6 @@ impl SipServer {
                 tx.clone(),
                 config_rx.clone(),
                 draining.clone(),
-                desks.clone(),
                 work_ready,
             ));
             // Campaigns dial through the same trunks.

@@ -840,13 +840,15 @@ impl Store {
     }
 
     /// Claims up to `limit` pending callbacks due at `now` (Unix seconds),
-    /// oldest request first: they become `in_progress` with one more
-    /// attempt, and are not dialled yet.
+    /// oldest request first, each only if `take` agrees for its queue
+    /// (asked once per callback it would claim, so it can count a queue's
+    /// room down): they become `in_progress` with one more attempt, and
+    /// are not dialled yet.
     pub fn claim_due(
         &mut self,
         now: i64,
         limit: usize,
-        open: &dyn Fn(&str) -> bool,
+        take: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Vec<Callback>, StoreError> {
         let tx = self.conn.savepoint()?;
         let due: Vec<Callback> = {
@@ -858,7 +860,7 @@ impl Store {
             let mut due = Vec::new();
             for r in rows {
                 let cb = r?;
-                if open(&cb.queue) {
+                if take(&cb.queue) {
                     due.push(cb);
                     if due.len() >= limit.min(MAX_LIST) {
                         break;
@@ -1513,6 +1515,47 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_takes_no_more_of_each_queue_than_its_room() {
+        let path = temp("claim-room");
+        let mut s = Store::open(&path).unwrap();
+        for (i, queue) in [
+            "vaccini",
+            "vaccini",
+            "vaccini",
+            "triage",
+            "triage",
+            "psicologo",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut n = new(&format!("c{i}"), &format!("+39333000000{i}"));
+            n.queue = queue.into();
+            s.create_callback(&n, 100 + i as i64).unwrap();
+        }
+        // Two operators free for vaccini, one for triage, none listed for
+        // psicologo (closed or nobody free).
+        let mut room = vec![("vaccini".to_string(), 2), ("triage".to_string(), 1)];
+        let claimed = s
+            .claim_due(200, 10, &mut |q| service::within_room(&mut room, q))
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["c0", "c1", "c3"], "oldest first, within each room");
+        assert_eq!(
+            room,
+            [("vaccini".to_string(), 0), ("triage".to_string(), 0)]
+        );
+        // The overall limit still bounds a claim.
+        let mut room = vec![("vaccini".to_string(), 5), ("triage".to_string(), 5)];
+        let claimed = s
+            .claim_due(200, 1, &mut |q| service::within_room(&mut room, q))
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, "c2");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn due_callbacks_are_claimed_once_and_a_crash_never_dials_twice() {
         let path = temp("claim");
         let mut s = Store::open(&path).unwrap();
@@ -1524,7 +1567,7 @@ mod tests {
             n.not_before = nb;
             s.create_callback(&n, 100).unwrap();
         }
-        let first = s.claim_due(200, 10, &|_| true).unwrap();
+        let first = s.claim_due(200, 10, &mut |_| true).unwrap();
         let ids: Vec<&str> = first.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"], "b is not due yet");
         assert!(
@@ -1533,17 +1576,17 @@ mod tests {
                 .all(|c| c.status == Status::InProgress && c.attempts == 1)
         );
         assert!(
-            s.claim_due(200, 10, &|_| true).unwrap().is_empty(),
+            s.claim_due(200, 10, &mut |_| true).unwrap().is_empty(),
             "claimed once"
         );
         assert!(s.mark_dialed("a", 201).unwrap());
         s.reschedule("c", 900, "busy", 202).unwrap();
         assert!(
-            s.claim_due(600, 10, &|_| false).unwrap().is_empty(),
+            s.claim_due(600, 10, &mut |_| false).unwrap().is_empty(),
             "queues outside their callback hours wait"
         );
         assert_eq!(
-            s.claim_due(600, 10, &|_| true).unwrap().len(),
+            s.claim_due(600, 10, &mut |_| true).unwrap().len(),
             1,
             "b only: c waits until 900"
         );
@@ -1573,7 +1616,7 @@ mod tests {
         let mut s = Store::open(&path).unwrap();
         s.create_callback(&new("a", "+393330000001"), 100).unwrap();
         s.create_callback(&new("b", "+393330000002"), 110).unwrap();
-        assert_eq!(s.claim_due(200, 10, &|_| true).unwrap().len(), 2);
+        assert_eq!(s.claim_due(200, 10, &mut |_| true).unwrap().len(), 2);
         // The dial marks of a burst of operators, in one transaction; the
         // operator of "a" hangs up before its INVITE leaves.
         let marked = s
@@ -1589,7 +1632,7 @@ mod tests {
         );
         // Claimed again at once, still first (oldest request), and a crash
         // now would not take it for dialled.
-        let again = s.claim_due(203, 10, &|_| true).unwrap();
+        let again = s.claim_due(203, 10, &mut |_| true).unwrap();
         assert_eq!(
             again
                 .iter()

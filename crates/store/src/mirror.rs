@@ -325,7 +325,7 @@ mod tests {
         s.set_mirrored("a", 1, 7, 150).unwrap();
         assert!(s.unmirrored(10).unwrap().is_empty());
         // A claim and a dial are changes to mirror.
-        let claimed = s.claim_due(200, 10, &|_| true).unwrap();
+        let claimed = s.claim_due(200, 10, &mut |_| true).unwrap();
         assert_eq!(claimed.len(), 1);
         let m = s.unmirrored(10).unwrap();
         assert_eq!(
@@ -373,12 +373,12 @@ mod tests {
         let Created::New(_) = s.create_callback(&new("a", "+39347001"), 100).unwrap() else {
             panic!()
         };
-        s.claim_due(200, 10, &|_| true).unwrap();
+        s.claim_due(200, 10, &mut |_| true).unwrap();
         let v1 = s.mirror_state("a").unwrap().unwrap().version;
         // Requeued and claimed again before the first claim's fence came
         // back: that fence marks nothing.
         assert!(s.requeue("a", "agent_hangup", 201).unwrap());
-        s.claim_due(202, 10, &|_| true).unwrap();
+        s.claim_due(202, 10, &mut |_| true).unwrap();
         assert!(!s.mark_dialed_if("a", v1, 203).unwrap());
         let v2 = s.mirror_state("a").unwrap().unwrap().version;
         assert!(s.mark_dialed_if("a", v2, 204).unwrap());

@@ -153,7 +153,7 @@ pub enum StoreReq {
     Flush(oneshot::Sender<()>),
     /// Who read or changed personal data (batched, chained).
     Audit(crate::AuditEntry),
-    Claim(i64, usize, Vec<String>, Reply<Vec<Callback>>),
+    Claim(i64, usize, Vec<(String, usize)>, Reply<Vec<Callback>>),
     MarkDialed(String, i64, Reply<bool>),
     Finish(String, Status, &'static str, i64),
     Reschedule(String, i64, &'static str, i64),
@@ -335,9 +335,8 @@ impl Group {
                 let v = store.save_answers(&call, agent.as_deref(), &answers, now, vouched);
                 self.reply(r, v);
             }
-            StoreReq::Claim(now, limit, open, r) => {
-                let open = |q: &str| open.iter().any(|o| o == q);
-                let v = store.claim_due(now, limit, &open);
+            StoreReq::Claim(now, limit, mut room, r) => {
+                let v = store.claim_due(now, limit, &mut |q| within_room(&mut room, q));
                 self.reply(r, v);
             }
             StoreReq::MarkDialed(id, now, r) => {
@@ -765,15 +764,16 @@ impl RecordSink {
         }
     }
 
-    /// Claims callbacks due now (at most `limit`) of the queues in `open`.
+    /// Claims callbacks due now (at most `limit`), of the queues in
+    /// `room` only, and no more of each than its room.
     pub async fn claim_due(
         &self,
         limit: usize,
-        open: Vec<String>,
+        room: Vec<(String, usize)>,
     ) -> Result<Vec<Callback>, ServiceError> {
         let now = unix_now();
         StoreHandle(self.0.clone())
-            .ask(|r| StoreReq::Claim(now, limit, open, r))
+            .ask(|r| StoreReq::Claim(now, limit, room, r))
             .await
     }
 
@@ -838,4 +838,16 @@ impl RecordSink {
             .ask(|r| StoreReq::Create(new, now, r))
             .await
     }
+}
+
+/// Whether one more callback of `queue` fits in `room` (queues and how
+/// many each can take; a queue not listed takes none), counting it if so.
+pub(crate) fn within_room(room: &mut [(String, usize)], queue: &str) -> bool {
+    room.iter_mut()
+        .find(|(q, _)| q == queue)
+        .is_some_and(|(_, n)| {
+            let free = *n > 0;
+            *n = n.saturating_sub(1);
+            free
+        })
 }

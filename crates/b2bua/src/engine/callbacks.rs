@@ -44,14 +44,6 @@ impl Engine {
     /// operator answers, the citizen is dialled through the queue's
     /// tenant's outbound trunk.
     pub fn start_callback(&mut self, now: Instant, cb: DueCallback) {
-        if let Some(n) = self
-            .queue_ids
-            .get(&cb.queue)
-            .and_then(|q| self.queue_stats.get_mut(q.0 as usize))
-            .filter(|_| cb.campaign.is_none())
-        {
-            n.callbacks_started += 1;
-        }
         let via = if cb.campaign.is_some() {
             "campaign"
         } else {

@@ -566,7 +566,6 @@ fn queue_stats(metrics: &Metrics, name: &str) -> QueueStats {
             .map(|(l, _)| metrics.queue_agents.with_label_values(&[name, l]))
             .collect(),
         expected_wait: metrics.queue_ewt.with_label_values(&[name]),
-        callbacks_started: 0,
         offered: staffing::RateWindow::default(),
         agents_needed: metrics.queue_agents_needed.with_label_values(&[name]),
         agents_short: metrics.queue_agents_short.with_label_values(&[name]),

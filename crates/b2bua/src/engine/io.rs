@@ -147,15 +147,6 @@ pub struct QueueView {
     /// Operators reached by its first ring: available, busy, paused,
     /// logged out.
     pub agents: [(&'static str, u32); 4],
-    /// Callbacks the queue can take now: operators available in its first
-    /// ring less the callbacks already waiting for one. The scheduler
-    /// claims no more than this, so a booking rush does not hold RTP ports
-    /// and spend attempts on callbacks nobody is free to take.
-    pub callback_room: u32,
-    /// Callbacks of this queue the engine has been handed since it
-    /// started: the scheduler subtracts those it claimed that this view
-    /// has not seen yet.
-    pub callbacks_started: u64,
     /// Operators Erlang C asks for the queue's service level on the last
     /// 15 minutes' traffic (`None` before a handling time is known).
     pub agents_needed: Option<u32>,

@@ -154,8 +154,6 @@ struct QueueStats {
     /// Operators by state.
     agents: Vec<IntGauge>,
     expected_wait: IntGauge,
-    /// Callbacks handed to the engine so far (views carry it).
-    callbacks_started: u64,
     /// Visits offered, the last 15 minutes (the staffing advisor's rate).
     offered: staffing::RateWindow,
     /// The staffing advisor's figures.

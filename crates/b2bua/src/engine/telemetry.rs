@@ -144,13 +144,16 @@ impl Engine {
         }
     }
 
-    /// Every queue as a supervisor sees it now.
-    pub fn queue_views(&mut self, now: Instant) -> Vec<QueueView> {
-        let wall_now = self.unix_ms_at(now);
-        let mut views = Vec::with_capacity(self.queues.len());
+    /// Callbacks each live queue can take now: operators available in its
+    /// first ring less the callbacks already waiting for one (offered ones
+    /// already hold their operator). The scheduler asks this through the
+    /// engine's own input queue just before it claims, so every claim it
+    /// sent before is counted here and no operator a call has taken since
+    /// the last published view is claimed for: a callback claimed for
+    /// nobody holds two RTP port pairs and spends an attempt.
+    pub fn callback_rooms(&self) -> Vec<(String, u32)> {
         let mut callbacks_waiting = vec![0u32; self.queues.len()];
         for c in self.calls.values() {
-            // Offered ones already hold their operator (not available).
             if c.outbound().is_some()
                 && c.phase == Phase::Queued
                 && let Some(n) = callbacks_waiting.get_mut(c.queue.0 as usize)
@@ -158,7 +161,26 @@ impl Engine {
                 *n += 1;
             }
         }
-        for (i, callbacks) in callbacks_waiting.into_iter().enumerate() {
+        callbacks_waiting
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !self.queues.get(*i).is_some_and(|p| p.retired))
+            .map(|(i, callbacks)| {
+                let q = QueueId(i as u32);
+                let available = self.router.queue_agents(q).available;
+                (
+                    self.router.queue(q).name.clone(),
+                    available.saturating_sub(callbacks),
+                )
+            })
+            .collect()
+    }
+
+    /// Every queue as a supervisor sees it now.
+    pub fn queue_views(&mut self, now: Instant) -> Vec<QueueView> {
+        let wall_now = self.unix_ms_at(now);
+        let mut views = Vec::with_capacity(self.queues.len());
+        for i in 0..self.queues.len() {
             if self.queues.get(i).is_some_and(|p| p.retired) {
                 continue;
             }
@@ -170,8 +192,6 @@ impl Engine {
             views.push(QueueView {
                 agents_needed: staffing.map(|(n, _)| n),
                 agents_short: staffing.map_or(0, |(_, s)| s),
-                callback_room: agents.available.saturating_sub(callbacks),
-                callbacks_started: self.queue_stats.get(i).map_or(0, |q| q.callbacks_started),
                 name: self.router.queue(q).name.clone(),
                 tenant: self
                     .queues

@@ -3657,7 +3657,11 @@ fn a_trunk_is_given_the_number_the_dial_plan_read_in_e164() {
 #[test]
 fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
     let mut h = Harness::with_outbound_trunk();
-    let room = |h: &mut Harness| h.engine.queue_views(h.now)[0].callback_room;
+    let room = |h: &mut Harness| {
+        let rooms = h.engine.callback_rooms();
+        assert_eq!(rooms[0].0, "info");
+        rooms[0].1
+    };
     assert_eq!(room(&mut h), 0, "nobody logged in: nothing to claim");
     h.register("1001", PHONE1, Algorithm::Md5);
     h.register("1002", PHONE2, Algorithm::Md5);
