@@ -940,6 +940,14 @@ fn serve(
         Ok(n) => debug!(limit = n, "open-file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
+    // The descriptor table at its working size now, not doubled under the
+    // first rush, each doubling a wait for every thread opening a socket
+    // (`centralino_net::descriptors`).
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let slots = centralino_net::descriptors::table_size(config.sip.max_calls, limit);
+    if let Err(e) = centralino_net::descriptors::grow_table(slots) {
+        warn!(slots, error = %e, "cannot grow the descriptor table ahead: it grows under load");
+    }
     // One thread pumps sockets and the engine: the engine is single-owner
     // anyway, and cross-thread wake-ups per datagram cost more than they
     // bring (scripts/load: 2,500 clean calls/s multi-threaded, 3,000 here).

@@ -19,6 +19,7 @@ mod api;
 mod browser;
 mod campaigns;
 mod cluster;
+pub mod descriptors;
 mod error;
 mod handle;
 mod health;

@@ -1,0 +1,89 @@
+//! The process's descriptor table, grown once at start-up.
+//!
+//! Linux grows a process's table of open descriptors by doubling it when a
+//! new descriptor does not fit, and in a process with more than one thread
+//! each growth waits for an RCU grace period (`expand_fdtable` calls
+//! `synchronize_rcu`) with the table's lock held: every thread opening a
+//! socket meanwhile waits too. A node taking its first rush after a start
+//! opens thousands of RTP sockets within a second (four per call, and the
+//! pairs kept after calls), so the table doubled seven or eight times
+//! under load: `perf` on a 2-core VM at 2,000 calls/s saw seven such
+//! waits in the first seconds, 3–13 ms each, 62 ms in all, on the engine's
+//! thread (a pair bound at the call) and the RTP binding thread. Grown to
+//! its working size before the load, it never grows again (Linux does not
+//! shrink it); the cost is 8 bytes and two bits per slot, ~0.5 MB for the
+//! default `sip.max_calls`.
+
+use std::os::fd::AsFd;
+
+/// Slots asked for beyond the calls' sockets: the RTP pairs held after
+/// calls and bound ahead (up to 16,384 descriptors per address), SIP and
+/// HTTP connections, the store's files.
+const SPARE: usize = 2 * 8192 + 1024;
+
+/// Most slots asked for, whatever the limit: 8.5 MB of table.
+const MOST: usize = 1 << 20;
+
+/// The table size a node with `max_calls` anchored calls (four sockets
+/// each) wants, within the open-file limit `limit`.
+pub fn table_size(max_calls: usize, limit: u64) -> usize {
+    let want = max_calls.saturating_mul(4).saturating_add(SPARE).min(MOST);
+    usize::try_from(limit).map_or(want, |l| want.min(l))
+}
+
+/// Grows this process's descriptor table to at least `slots` (a
+/// descriptor numbered `slots - 1` is opened and closed at once). Does
+/// nothing for a table already that large.
+pub fn grow_table(slots: usize) -> std::io::Result<()> {
+    let Some(last) = slots.checked_sub(1).filter(|&l| l > 2) else {
+        return Ok(());
+    };
+    let last =
+        i32::try_from(last).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let stderr = std::io::stderr();
+    // The lowest free descriptor at or above `last`: the table grows to
+    // hold it, and stays grown when it closes (dropped here).
+    drop(rustix::io::fcntl_dupfd_cloexec(stderr.as_fd(), last)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table's size as the kernel reports it.
+    fn fd_size() -> usize {
+        std::fs::read_to_string("/proc/self/status")
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("FDSize")
+    }
+
+    #[test]
+    fn the_table_is_grown_once_to_hold_the_calls_sockets() {
+        assert_eq!(table_size(2_000, 1 << 20), 8_000 + SPARE);
+        // Within this process's own limit (beyond it the kernel refuses).
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let slots = table_size(2_000, limit);
+        grow_table(slots).expect("grown");
+        assert!(fd_size() >= slots, "FDSize {} < {slots}", fd_size());
+        // No descriptor is left open in the slots asked for.
+        assert!(
+            !std::path::Path::new(&format!("/proc/self/fd/{}", slots - 1)).exists(),
+            "the descriptor that grew the table is closed"
+        );
+    }
+
+    #[test]
+    fn the_size_stays_within_the_limit_and_the_cap() {
+        assert_eq!(table_size(10_000, 4096), 4096);
+        assert_eq!(table_size(usize::MAX, u64::MAX), MOST);
+        assert_eq!(table_size(0, u64::MAX), SPARE);
+        // A limit this small asks for nothing (the standard three).
+        grow_table(3).expect("nothing to do");
+    }
+}
