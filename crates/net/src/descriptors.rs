@@ -21,7 +21,7 @@ use std::os::fd::AsFd;
 /// HTTP connections, the store's files.
 const SPARE: usize = 2 * 8192 + 1024;
 
-/// Most slots asked for, whatever the limit: 8.5 MB of table.
+/// Most slots asked for, whatever the limit: ~8.6 MB of table.
 const MOST: usize = 1 << 20;
 
 /// The table size a node with `max_calls` anchored calls (four sockets
@@ -40,10 +40,13 @@ pub fn grow_table(slots: usize) -> std::io::Result<()> {
     };
     let last =
         i32::try_from(last).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let stderr = std::io::stderr();
-    // The lowest free descriptor at or above `last`: the table grows to
-    // hold it, and stays grown when it closes (dropped here).
-    drop(rustix::io::fcntl_dupfd_cloexec(stderr.as_fd(), last)?);
+    // A descriptor of our own to copy (not stderr, which may be closed or
+    // reused: closing a copy of a file would drop the process's record
+    // locks on it). The lowest free slot at or above `last` takes the
+    // copy: the table grows to hold it, and stays grown when both close
+    // (dropped here).
+    let null = std::fs::File::open("/dev/null")?;
+    drop(rustix::io::fcntl_dupfd_cloexec(null.as_fd(), last)?);
     Ok(())
 }
 
@@ -64,11 +67,17 @@ mod tests {
     #[test]
     fn the_table_is_grown_once_to_hold_the_calls_sockets() {
         assert_eq!(table_size(2_000, 1 << 20), 8_000 + SPARE);
-        // Within this process's own limit (beyond it the kernel refuses).
+        // Four times what this process has now, within its own limit
+        // (beyond it the kernel refuses), so the growth is this call's.
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(u64::MAX);
-        let slots = table_size(2_000, limit);
+        let before = fd_size();
+        let slots = table_size(before, limit);
+        assert!(
+            slots > before,
+            "a limit of {limit} leaves no room to grow a table of {before}"
+        );
         grow_table(slots).expect("grown");
         assert!(fd_size() >= slots, "FDSize {} < {slots}", fd_size());
         // No descriptor is left open in the slots asked for.
@@ -83,7 +92,9 @@ mod tests {
         assert_eq!(table_size(10_000, 4096), 4096);
         assert_eq!(table_size(usize::MAX, u64::MAX), MOST);
         assert_eq!(table_size(0, u64::MAX), SPARE);
-        // A limit this small asks for nothing (the standard three).
+        // Three slots or fewer (the standard three) ask for nothing, not
+        // even /dev/null.
         grow_table(3).expect("nothing to do");
+        grow_table(0).expect("nothing to do");
     }
 }

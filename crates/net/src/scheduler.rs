@@ -65,7 +65,10 @@ pub(crate) async fn callback_scheduler(
         // The engine counts them now, not from its last published view
         // (up to a second old: an operator a call took since would be
         // claimed for); asked on its own input queue, after every claim
-        // this task sent, so those are counted too.
+        // this task sent, so those are counted too. An operator free in
+        // the first ring of two queues counts in each, as before: the
+        // batch can then hold one callback more than people free, which
+        // waits queued for the next.
         let (ask, answer) = tokio::sync::oneshot::channel();
         if tx.send(EngineInput::CallbackRooms(ask)).await.is_err() {
             return;
@@ -78,10 +81,12 @@ pub(crate) async fn callback_scheduler(
             .filter(|(q, r)| *r > 0 && open.contains(q))
             .map(|(q, r)| (q, r as usize))
             .collect();
-        if room.is_empty() {
+        let limit: usize = room.iter().map(|(_, r)| r).sum();
+        if limit == 0 {
             continue;
         }
-        let due = match sink.claim_due(CALLBACK_BATCH, room).await {
+        // The total bounds the store's scan too: it stops at that many.
+        let due = match sink.claim_due(CALLBACK_BATCH.min(limit), room).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "cannot read due callbacks");

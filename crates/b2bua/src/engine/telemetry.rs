@@ -150,7 +150,8 @@ impl Engine {
     /// engine's own input queue just before it claims, so every claim it
     /// sent before is counted here and no operator a call has taken since
     /// the last published view is claimed for: a callback claimed for
-    /// nobody holds two RTP port pairs and spends an attempt.
+    /// nobody holds two RTP port pairs and spends an attempt. An operator
+    /// free in the first ring of two queues counts in both.
     pub fn callback_rooms(&self) -> Vec<(String, u32)> {
         let mut callbacks_waiting = vec![0u32; self.queues.len()];
         for c in self.calls.values() {
