@@ -260,6 +260,18 @@ pub fn sip_uri(data: &[u8]) -> u64 {
     for v in std::iter::once(&*text).chain(uri::split_list(&text)) {
         let na = uri::parse_name_addr(v);
         let _ = uri::name_addr_param(v, "tag");
+        // The guard's readings without a parameter list agree with it on
+        // every value, refused ones included.
+        assert_eq!(
+            uri::is_name_addr(v),
+            na.is_some(),
+            "is_name_addr differs from parse_name_addr on {v:?}"
+        );
+        assert_eq!(
+            uri::name_addr_tag(v),
+            na.as_ref().map(|n| n.param("tag")),
+            "name_addr_tag differs from parse_name_addr on {v:?}"
+        );
         if let Some(na) = &na {
             if na.uri != "*" {
                 assert!(

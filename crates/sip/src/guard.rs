@@ -385,18 +385,18 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
         return Err(ParseError::MissingHeader);
     }
     let (from_value, to_value) = (single_value(headers, "From")?, single_value(headers, "To")?);
-    let from = uri::parse_name_addr(from_value).ok_or(ParseError::BadAddress)?;
-    let to = uri::parse_name_addr(to_value).ok_or(ParseError::BadAddress)?;
-    let tag = |n: &uri::NameAddr<'_>, value: &Value| -> Result<Option<Value>, ParseError> {
-        match n.param("tag") {
+    // Checked as `parse_name_addr` would, the tag read without a list of
+    // the parameters (two allocations per message).
+    let tag = |value: &Value| -> Result<Option<Value>, ParseError> {
+        match uri::name_addr_tag(value).ok_or(ParseError::BadAddress)? {
             None => Ok(None),
             // A slice of the value just parsed: shared, else (never) a copy.
             Some(Some(t)) if is_token(t) => Ok(Some(value.slice(t).unwrap_or_else(|| t.into()))),
             Some(_) => Err(ParseError::BadAddress),
         }
     };
-    let from_tag = tag(&from, from_value)?;
-    let to_tag = tag(&to, to_value)?;
+    let from_tag = tag(from_value)?;
+    let to_tag = tag(to_value)?;
 
     let cseq = single(headers, "CSeq")?;
     let (num, method) = cseq.split_once([' ', '\t']).ok_or(ParseError::BadCSeq)?;
@@ -456,7 +456,7 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
     if matches!(start, StartLine::Request { .. }) {
         for h in headers.iter().filter(|h| h.name == "Contact") {
             for c in uri::split_list(&h.value) {
-                if c != "*" && uri::parse_name_addr(c).is_none() {
+                if c != "*" && !uri::is_name_addr(c) {
                     return Err(ParseError::BadAddress);
                 }
             }
@@ -498,13 +498,16 @@ fn parse_via(v: &str) -> Option<Via> {
     if !uri::valid_host_port(sent_by) {
         return None;
     }
-    let params = uri::parse_params(&rest[semi..])?;
-    let branch = match params
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("branch"))
-    {
-        Some((_, Some(b))) => *b,
-        Some((_, None)) => return None,
+    // The parameters checked, the first branch kept, no list of them made.
+    let mut found = None;
+    uri::walk_params(&rest[semi..], |n, v| {
+        if found.is_none() && n.eq_ignore_ascii_case("branch") {
+            found = Some(v);
+        }
+    })?;
+    let branch = match found {
+        Some(Some(b)) => b,
+        Some(None) => return None,
         None => "",
     };
     // The magic cookie alone carries no transaction id (RFC 4475 badbranch).
@@ -512,7 +515,12 @@ fn parse_via(v: &str) -> Option<Via> {
         return None;
     }
     Some(Via {
-        transport: transport.to_ascii_uppercase().into(),
+        // As sent (almost always upper case already): one copy, not two.
+        transport: if transport.bytes().any(|b| b.is_ascii_lowercase()) {
+            transport.to_ascii_uppercase().into()
+        } else {
+            transport.into()
+        },
         sent_by: sent_by.into(),
         branch: branch.into(),
     })
