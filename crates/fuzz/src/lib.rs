@@ -14,7 +14,7 @@
 //! | `sip` | `centralino_sip::parse_datagram` (default and tight caps), re-parse of accepted messages |
 //! | `sip_stream` | `centralino_sip::StreamFramer` fed in pieces |
 //! | `sip_auth` | `auth::parse_authorization`, `DigestAuth::verify` |
-//! | `sip_uri` | `uri::parse_name_addr`, `split_list`, `classify`, `user`, `host_port`, `parse_params` |
+//! | `sip_uri` | `uri::parse_name_addr` (and the guard's `is_name_addr` and `name_addr_tag` held to it), `split_list`, `classify`, `user`, `host_port`, `parse_params` |
 //! | `sdp` | `centralino_media::sdp::parse`, `sdp::rewrite` |
 //! | `rtp` | `rtp::parse`, `CallMedia::receive` (legs, latching, transcoding, RFC 4733, recording) |
 //! | `dtmf` | `dtmf::parse`, `dtmf::Detector::push` |

@@ -386,7 +386,7 @@ fn essentials(start: &StartLine, headers: &[Header]) -> Result<Essentials, Parse
     }
     let (from_value, to_value) = (single_value(headers, "From")?, single_value(headers, "To")?);
     // Checked as `parse_name_addr` would, the tag read without a list of
-    // the parameters (two allocations per message).
+    // the parameters (an allocation for each value that has any).
     let tag = |value: &Value| -> Result<Option<Value>, ParseError> {
         match uri::name_addr_tag(value).ok_or(ParseError::BadAddress)? {
             None => Ok(None),
@@ -515,7 +515,8 @@ fn parse_via(v: &str) -> Option<Via> {
         return None;
     }
     Some(Via {
-        // As sent (almost always upper case already): one copy, not two.
+        // Upper-cased, as `Via::transport` keeps it: almost always so
+        // already, then one copy, not two.
         transport: if transport.bytes().any(|b| b.is_ascii_lowercase()) {
             transport.to_ascii_uppercase().into()
         } else {
@@ -1101,6 +1102,36 @@ mod shared_value_tests {
 
     /// A parsed message's values all point into one copy of its header
     /// section; a folded one has its own; each reads as received.
+    /// The top Via's first branch counts and its transport is kept upper
+    /// case, whatever case the peer wrote it in.
+    #[test]
+    fn the_first_branch_and_an_upper_case_transport() {
+        for (via, transport) in [
+            ("SIP/2.0/udp", "UDP"),
+            ("SIP/2.0/Udp", "UDP"),
+            ("SIP/2.0/Tls", "TLS"),
+            ("SIP/2.0/TLS", "TLS"),
+        ] {
+            let v = parse_via(&format!(
+                "{via} 192.0.2.1:5060;BRANCH=z9hG4bKa;branch=z9hG4bKb"
+            ))
+            .expect("parsed");
+            assert_eq!(&*v.transport, transport, "{via}");
+            assert_eq!(&*v.branch, "z9hG4bKa", "{via}");
+            assert_eq!(&*v.sent_by, "192.0.2.1:5060");
+        }
+        assert!(
+            parse_via("SIP/2.0/UDP 192.0.2.1;branch").is_none(),
+            "a bare branch"
+        );
+        assert!(parse_via("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa;;").is_none());
+        assert_eq!(
+            parse_via("SIP/2.0/UDP 192.0.2.1;rport").map(|v| v.branch),
+            Some("".into()),
+            "no branch: the RFC 2543 fallback's to make"
+        );
+    }
+
     #[test]
     fn parsed_values_share_one_buffer() {
         let text = "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bKv\r\nFrom: <sip:b@h>;tag=1\r\nTo:   <sip:a@h>  \r\nSubject: a\r\n b\r\nCall-ID: v\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";

@@ -376,7 +376,7 @@ impl fmt::Display for Value {
 /// allocations per call).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Via {
-    /// The transport token as received (`UDP`, `TCP`, `TLS`, ...).
+    /// The transport token as received, upper-cased (`UDP`, `TCP`, `TLS`, ...).
     pub transport: Arc<str>,
     /// `host[:port]`, IPv6 references in brackets.
     pub sent_by: Arc<str>,

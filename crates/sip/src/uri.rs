@@ -233,9 +233,8 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
 /// The tag of a `name-addr` / `addr-spec` (`None`: it has none), for the
 /// value [`parse_name_addr`] accepts and nothing else, without collecting
 /// its parameters: the guard reads the From and To of every message it
-/// frames, and a list per value was two allocations per message on the
-/// reading threads, each freed by the engine's thread into another
-/// thread's arena.
+/// frames, and the list was an allocation and a free per value on the
+/// reading threads.
 pub fn name_addr_tag(value: &str) -> Option<Option<Option<&str>>> {
     let (_, _, rest) = name_addr_parts(value)?;
     let mut tag = None;
@@ -568,7 +567,7 @@ mod name_addr_param_tests {
             assert!(is_name_addr(v), "{v}");
         }
         // Refused by both: an empty parameter, a value with a space, a
-        // bracket never closed, a bare name's comma.
+        // bracket never closed, a bare name's comma, an empty value.
         for v in [
             "<sip:a@h>;;tag=1",
             "<sip:a@h>;tag=a b",
@@ -604,6 +603,29 @@ mod name_addr_param_tests {
             ("", None),
         ] {
             assert_eq!(user(uri), want, "{uri}");
+        }
+    }
+
+    /// The edges of a parameter list, as the guard reads a tag: the
+    /// first one counts, a bare one is seen (and refused by the guard),
+    /// and a list refused after the tag refuses the whole value.
+    #[test]
+    fn the_first_tag_counts_and_a_bad_list_refuses_the_value() {
+        for (v, want) in [
+            ("<sip:a@h>;tag=1;tag=2", Some(Some(Some("1")))),
+            ("<sip:a@h>;TAG=1;tag=2", Some(Some(Some("1")))),
+            ("<sip:a@h>;tag;tag=2", Some(Some(None))),
+            ("<sip:a@h>   ", Some(None)),
+            ("<sip:a@h>;tag=1;;", None),
+            ("<sip:a@h>;tag=1;x=a b", None),
+            ("<sip:a@h>;", None),
+        ] {
+            assert_eq!(name_addr_tag(v), want, "{v}");
+            assert_eq!(
+                name_addr_tag(v),
+                parse_name_addr(v).map(|n| n.param("tag")),
+                "{v}"
+            );
         }
     }
 
