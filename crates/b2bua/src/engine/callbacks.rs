@@ -44,6 +44,20 @@ impl Engine {
     /// operator answers, the citizen is dialled through the queue's
     /// tenant's outbound trunk.
     pub fn start_callback(&mut self, now: Instant, cb: DueCallback) {
+        if self.draining {
+            // Claimed as the drain began (the scheduler looks before it
+            // claims, but the claim and its way here take time): a node
+            // that is leaving starts nothing. Back to pending at once, the
+            // attempt given back, for another node or this one restarted.
+            let state = CallbackState::Requeue {
+                outcome: CallbackOutcome::Ended(CallOutcome::Shutdown),
+            };
+            match &cb.campaign {
+                Some(c) => self.contact_state(c, None, state),
+                None => self.callback_state(&cb.id, state),
+            }
+            return;
+        }
         let via = if cb.campaign.is_some() {
             "campaign"
         } else {

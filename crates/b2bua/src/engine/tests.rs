@@ -3654,6 +3654,47 @@ fn a_trunk_is_given_the_number_the_dial_plan_read_in_e164() {
     }
 }
 
+/// A first attempt of a callback to +393331112223 from queue `info`.
+fn info_callback(id: &str) -> DueCallback {
+    DueCallback {
+        id: id.into(),
+        queue: "info".into(),
+        number: "+393331112223".into(),
+        requirements: None,
+        priority: 0,
+        created_unix: 0,
+        promised_unix: None,
+        attempt: 1,
+        campaign: None,
+    }
+}
+
+#[test]
+fn a_callback_reaching_a_draining_node_goes_back_to_pending_untouched() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.engine.set_draining();
+    h.engine.start_callback(h.now, info_callback("late"));
+    let out = h.drain();
+    assert!(requests(&out, PHONE1, "INVITE").is_empty(), "{out:?}");
+    assert!(requests(&out, TRUNK, "INVITE").is_empty(), "{out:?}");
+    assert_eq!(
+        h.callbacks.last(),
+        Some(&(
+            "late".to_owned(),
+            CallbackState::Requeue {
+                outcome: CallbackOutcome::Ended(CallOutcome::Shutdown)
+            }
+        )),
+        "back to pending, the attempt given back"
+    );
+    assert_eq!(
+        h.engine.callback_rooms()[0].1,
+        1,
+        "nothing queued for the operator"
+    );
+}
+
 #[test]
 fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
     let mut h = Harness::with_outbound_trunk();
@@ -3666,17 +3707,7 @@ fn the_callback_room_is_the_free_operators_less_the_callbacks_waiting() {
     h.register("1001", PHONE1, Algorithm::Md5);
     h.register("1002", PHONE2, Algorithm::Md5);
     assert_eq!(room(&mut h), 2);
-    let due = |id: &str| DueCallback {
-        id: id.into(),
-        queue: "info".into(),
-        number: "+393331112223".into(),
-        requirements: None,
-        priority: 0,
-        created_unix: 0,
-        promised_unix: None,
-        attempt: 1,
-        campaign: None,
-    };
+    let due = info_callback;
     // One callback rings 1001: one operator left, one room.
     h.engine.start_callback(h.now, due("r1"));
     h.drain();
