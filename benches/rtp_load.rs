@@ -286,7 +286,7 @@ struct Flow {
 
 fn main() {
     let args = args();
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let _ = centralino_net::descriptors::raise_open_file_limit();
     let bind = || {
         let s = UdpSocket::bind("127.0.0.1:0").expect("generator socket");
         s.set_nonblocking(true).expect("nonblocking");

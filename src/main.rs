@@ -12,7 +12,7 @@ use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
 use centralino_net::{Health, Heartbeat, SipServer, bind_http, serve_http};
 use clap::{Parser, Subcommand};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 mod day;
 mod otlp;
@@ -928,26 +928,9 @@ fn serve(
     if embedded {
         info!("running on the embedded DEMO configuration (public demo passwords, 127.0.0.1 only)");
     }
-    // Every anchored call holds four sockets (RTP and RTCP per leg):
-    // the usual soft limit of 1,024 descriptors would cap a node at
-    // ~250 calls. Raise it to the hard limit.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if n < 4 * config.sip.max_calls as u64 => warn!(
-            limit = n,
-            max_calls = config.sip.max_calls,
-            "open-file limit too low for sip.max_calls anchored calls (4 sockets each)"
-        ),
-        Ok(n) => debug!(limit = n, "open-file limit"),
-        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
-    }
-    // The descriptor table at its working size now, not doubled under the
-    // first rush, each doubling a wait for every thread opening a socket
-    // (`centralino_net::descriptors`).
-    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    let slots = centralino_net::descriptors::table_size(config.sip.max_calls, limit);
-    if let Err(e) = centralino_net::descriptors::grow_table(slots) {
-        warn!(slots, error = %e, "cannot grow the descriptor table ahead: it grows under load");
-    }
+    // The open-file limit raised and the descriptor table grown before
+    // any thread starts (`centralino_net::descriptors`).
+    centralino_net::descriptors::prepare(config.sip.max_calls);
     // One thread pumps sockets and the engine: the engine is single-owner
     // anyway, and cross-thread wake-ups per datagram cost more than they
     // bring (scripts/load: 2,500 clean calls/s multi-threaded, 3,000 here).

@@ -16,6 +16,9 @@
 
 use std::os::fd::AsFd;
 
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use tracing::{debug, warn};
+
 /// Slots asked for beyond the calls' sockets: the RTP pairs held after
 /// calls and bound ahead (up to 16,384 descriptors per address), SIP and
 /// HTTP connections, the store's files.
@@ -23,6 +26,45 @@ const SPARE: usize = 2 * 8192 + 1024;
 
 /// Most slots asked for, whatever the limit: ~8.6 MB of table.
 const MOST: usize = 1 << 20;
+
+/// Makes room for a node with `max_calls` anchored calls before its
+/// threads start: the open-file limit raised to the hard limit (the usual
+/// soft limit of 1,024 would cap a node at ~250 calls, four sockets each),
+/// then the table grown to its working size. Each step that cannot be
+/// taken is logged and the node goes on.
+pub fn prepare(max_calls: usize) {
+    let open = raise_open_file_limit();
+    if open < 4 * max_calls as u64 {
+        warn!(
+            limit = open,
+            max_calls, "open-file limit too low for sip.max_calls anchored calls (4 sockets each)"
+        );
+    } else {
+        debug!(limit = open, "open-file limit");
+    }
+    let slots = table_size(max_calls, open);
+    if let Err(e) = grow_table(slots) {
+        warn!(slots, error = %e, "cannot grow the descriptor table ahead: it grows under load");
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit, if it can
+/// (logged if not); the limit now (`u64::MAX`: unlimited).
+pub fn raise_open_file_limit() -> u64 {
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = raised,
+            Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    // `None`: unlimited.
+    limit.current.unwrap_or(u64::MAX)
+}
 
 /// The table size a node with `max_calls` anchored calls (four sockets
 /// each) wants, within the open-file limit `limit`.
@@ -69,9 +111,7 @@ mod tests {
         assert_eq!(table_size(2_000, 1 << 20), 8_000 + SPARE);
         // Four times what this process has now, within its own limit
         // (beyond it the kernel refuses), so the growth is this call's.
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(u64::MAX);
+        let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
         let before = fd_size();
         let slots = table_size(before, limit);
         assert!(
