@@ -1260,3 +1260,58 @@ fn a_group_made_late_takes_the_firms_its_rings_admit() {
     r.enqueue(t0, QueueId(0), CallId(1), &en).unwrap();
     assert_eq!(one(&mut r).agent, AgentId(1));
 }
+
+/// A late group reads the operators filed by firm, so the filing must
+/// follow every change of firm (an edit; a retired operator added back
+/// under another firm), and the pool must be joined in configuration
+/// order whatever order the firms' lists give: `Linear` hunts by it.
+#[test]
+fn a_late_group_finds_operators_by_their_current_firm_in_order() {
+    let c = catalog();
+    let t0 = Instant::now();
+    let v3 = |t: &str| who(&c, t, "roma", &[("vaccini", 3)], &["en"], &[]);
+    let en = CallSpec {
+        requirement: Some(req(&c, r#"lang == "en""#)),
+        ..spec()
+    };
+    // Ring 0 wants level 5 (nobody); ring 1 admits asl2 at any level, so
+    // one pool holds both firms' operators.
+    let mut q = QueueSettings::new("info", QueueId(0), c.tenant_id("asl1").unwrap());
+    q.strategy = Strategy::Linear;
+    q.requirement = req(&c, "vaccini >= 5");
+    q.rings = vec![Ring {
+        after: Duration::ZERO,
+        requirement: req(&c, "vaccini"),
+        tenants: vec![c.tenant_id("asl2").unwrap()],
+    }];
+    // asl2's list holds 0 and 2, asl1's holds 1: read firm by firm they
+    // come 1, 0, 2.
+    let agents: Vec<(String, Attributes)> = ["asl2", "asl1", "asl2"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("{i}"), v3(t)))
+        .collect();
+    let mut r = Router::new(t0, vec![q.clone()], 2, agents.clone());
+    for a in 0..3 {
+        r.login(t0, AgentId(a), false);
+    }
+    r.enqueue(t0, QueueId(0), CallId(1), &en).unwrap();
+    r.handle_timeout(t0 + S);
+    assert_eq!(one(&mut r).agent, AgentId(0), "configuration order");
+
+    // Now only asl1's own ring: operator 0 moves to asl1 by an edit and
+    // operator 1 to asl2 by being retired and added back.
+    q.rings.clear();
+    q.requirement = req(&c, "vaccini");
+    let mut r = Router::new(t0, vec![q], 2, agents);
+    r.set_attributes(t0, AgentId(0), v3("asl1"));
+    assert!(r.retire(AgentId(1)));
+    assert_eq!(r.add_agent("1", v3("asl2")), Some(AgentId(1)));
+    for a in [1, 2, 0] {
+        r.login(t0, AgentId(a), false);
+    }
+    r.enqueue(t0, QueueId(0), CallId(1), &en).unwrap();
+    assert_eq!(one(&mut r).agent, AgentId(0), "filed under asl1 now");
+    r.enqueue(t0, QueueId(0), CallId(2), &en).unwrap();
+    assert!(offers(&mut r).is_empty(), "1 and 2 are asl2's");
+}

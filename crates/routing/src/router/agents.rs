@@ -140,12 +140,19 @@ impl Router {
     /// `None`: the board is full (see [`board_capacity`]).
     pub fn add_agent(&mut self, name: &str, mut attributes: Attributes) -> Option<AgentId> {
         normalise(&mut attributes);
+        let last = self.by_tenant.len() - 1;
+        let tenant = usize::from(attributes.tenant).min(last);
         let a = match self.retired.remove(name) {
-            Some(a) => a as usize,
+            Some(a) => {
+                let before = usize::from(self.agents[a as usize].attributes.tenant).min(last);
+                self.move_tenant(a, before, tenant);
+                a as usize
+            }
             None => {
                 if self.agents.len() >= self.board.len() {
                     return None;
                 }
+                self.of_tenant[tenant].push(self.agents.len() as u32);
                 self.agents
                     .push(Agent::new(name.to_owned(), attributes.clone()));
                 self.agents.len() - 1
@@ -154,12 +161,20 @@ impl Router {
         let agent = &mut self.agents[a];
         agent.retired = false;
         agent.attributes = attributes;
-        let tenant = usize::from(agent.attributes.tenant).min(self.by_tenant.len() - 1);
         self.by_tenant[tenant][Code::LoggedOut as usize] += 1;
         for g in 0..self.groups.len() {
             self.join_group(g as u32, a as u32);
         }
         Some(AgentId(a as u32))
+    }
+
+    /// Files operator `a` under tenant bucket `after` instead of `before`
+    /// (a rare configuration change: a linear scan of one tenant's list).
+    fn move_tenant(&mut self, a: u32, before: usize, after: usize) {
+        if before != after {
+            self.of_tenant[before].retain(|&x| x != a);
+            self.of_tenant[after].push(a);
+        }
     }
 
     /// Removes a logged-out operator (taken out of the configuration):
@@ -271,6 +286,7 @@ impl Router {
         let after = usize::from(attributes.tenant).min(tenants);
         self.by_tenant[before][code as usize] -= 1;
         self.by_tenant[after][code as usize] += 1;
+        self.move_tenant(a, before, after);
         if code == Code::Available {
             // A new version makes every old index entry stale.
             let s = self.board.load(a as usize);

@@ -579,6 +579,10 @@ pub struct Router {
     timers: Timers,
     out: VecDeque<Output>,
     by_tenant: Vec<[u32; 7]>,
+    /// The operators of each tenant (clamped as in `by_tenant`), retired
+    /// ones included: a new group visits only the tenants its rings admit
+    /// instead of every operator.
+    of_tenant: Vec<Vec<u32>>,
     scratch: Vec<WaitEntry>,
     skip_heap: Vec<Reverse<(u64, u64, u32, u32)>>,
     skip_pos: Vec<(u32, u32)>,
@@ -737,6 +741,7 @@ impl Router {
             timers: Timers::default(),
             out: VecDeque::new(),
             by_tenant: vec![[0; 7]; tenants.max(1)],
+            of_tenant: vec![Vec::new(); tenants.max(1)],
             scratch: Vec::with_capacity(SCAN),
             skip_heap: Vec::with_capacity(SCAN + 1),
             skip_pos: Vec::with_capacity(SCAN + 1),
@@ -747,6 +752,7 @@ impl Router {
             normalise(&mut attributes);
             let tenant = usize::from(attributes.tenant).min(r.by_tenant.len() - 1);
             r.by_tenant[tenant][Code::LoggedOut as usize] += 1;
+            r.of_tenant[tenant].push(r.agents.len() as u32);
             r.agents.push(Agent::new(name, attributes));
         }
         // The plain group of every queue exists from the start, so the

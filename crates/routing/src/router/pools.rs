@@ -97,7 +97,9 @@ impl Router {
         // tried. A new group (a queue's first call with an IVR answer's
         // requirement) evaluates its requirement once per candidate on
         // the engine's thread: at 40,000 operators in 50 firms, 800
-        // instead of 40,000.
+        // instead of 40,000. Those candidates come from the operators
+        // filed by tenant, so the other 39,200 are not even read (a cache
+        // miss each: reading them all was most of a new group's cost).
         let s = &self.queues[queue as usize].settings;
         let tenants: Option<Vec<u16>> = (!s.requirement.names_tenants()
             && !s.rings.iter().any(|r| r.requirement.names_tenants()))
@@ -106,8 +108,27 @@ impl Router {
                 .chain(s.rings.iter().flat_map(|r| r.tenants.iter().copied()))
                 .collect()
         });
-        for a in 0..self.agents.len() as u32 {
+        // The candidates in operator order, as a scan of every operator
+        // would join them: a Fenwick pool's positions (hence `Linear`'s
+        // hunt order) follow the order of joining.
+        let candidates: Vec<u32> = match &tenants {
+            Some(t) => {
+                let last = self.of_tenant.len() - 1;
+                let mut buckets: Vec<usize> = t.iter().map(|&x| usize::from(x).min(last)).collect();
+                buckets.sort_unstable();
+                buckets.dedup();
+                let mut v: Vec<u32> = buckets
+                    .iter()
+                    .flat_map(|&b| self.of_tenant[b].iter().copied())
+                    .collect();
+                v.sort_unstable();
+                v
+            }
+            None => (0..self.agents.len() as u32).collect(),
+        };
+        for a in candidates {
             let agent = &self.agents[a as usize];
+            // A bucket past the last holds several tenants: checked again.
             let outside = tenants
                 .as_ref()
                 .is_some_and(|t| !t.contains(&agent.attributes.tenant));
