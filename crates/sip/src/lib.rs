@@ -18,6 +18,7 @@ pub mod guard;
 mod message;
 pub mod registrar;
 pub mod replaces;
+pub mod segmap;
 pub mod session_timer;
 pub mod throttle;
 pub mod txn;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::OwnKeys;
 use crate::message::{Message, Method, StartLine, Transport, Value};
+use crate::segmap::SegMap;
 
 /// Where a message came from or goes to: the transport, the peer and, on
 /// streams, the connection it belongs to.
@@ -243,7 +244,10 @@ impl Ord for Timer {
 /// All transactions of one SIP endpoint.
 pub struct Transactions {
     cfg: TimerConfig,
-    server: HashMap<Arc<TxKey>, ServerTx>,
+    /// Segmented, as are the tables below (see `segmap`): they hold every
+    /// transaction of the last 32 s, and doubling one of 230,000 entries
+    /// at once stopped the engine for 110 ms.
+    server: SegMap<Arc<TxKey>, ServerTx>,
     /// Live server transactions per source IP (canonical form), kept in
     /// step with `server` on insert and in [`Self::remove_server`], the one
     /// removal path; an address leaves the map when its count reaches zero,
@@ -253,12 +257,12 @@ pub struct Transactions {
     per_source: HashMap<IpAddr, usize>,
     /// Keyed by our own branches (random, never a peer's choice): the
     /// faster hash (see `OwnKeys`).
-    client: HashMap<Arc<TxKey>, ClientTx, OwnKeys>,
+    client: SegMap<Arc<TxKey>, ClientTx, OwnKeys>,
     /// (Call-ID, From tag, CSeq) of server transactions without To tag, for
     /// merged-request detection (§8.2.2.2).
-    merge: HashMap<(Value, Value, u32), Arc<TxKey>>,
+    merge: SegMap<(Value, Value, u32), Arc<TxKey>>,
     /// (Call-ID, CSeq) of INVITEs in Accepted whose 2xx still retransmits.
-    awaiting_ack: HashMap<(Value, u32), Arc<TxKey>>,
+    awaiting_ack: SegMap<(Value, u32), Arc<TxKey>>,
     /// Every armed timer with its transaction's key: no table from timer
     /// to key (a hash insert and remove, and two strings cloned, per timer
     /// armed were a twentieth of the engine thread under call load).
@@ -273,11 +277,11 @@ impl Transactions {
     pub fn new(cfg: TimerConfig) -> Self {
         Self {
             cfg,
-            server: HashMap::new(),
+            server: SegMap::default(),
             per_source: HashMap::new(),
-            client: HashMap::default(),
-            merge: HashMap::new(),
-            awaiting_ack: HashMap::new(),
+            client: SegMap::default(),
+            merge: SegMap::default(),
+            awaiting_ack: SegMap::default(),
             timers: BinaryHeap::new(),
             next_timer: 0,
             out: VecDeque::new(),

@@ -103,7 +103,7 @@ impl Engine {
         if waiting.is_empty() {
             return;
         }
-        for (&id, c) in &self.calls {
+        for (&id, c) in self.calls.iter() {
             if !Self::offerable(c) {
                 continue;
             }

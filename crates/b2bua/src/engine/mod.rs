@@ -20,6 +20,7 @@ use centralino_sip::auth::{self, DigestAuth};
 use centralino_sip::dialog::{self, Leg};
 use centralino_sip::guard::{self, Framed, Rejection, reason_phrase};
 use centralino_sip::registrar::{RegEvent, RegOutcome, Registrar};
+use centralino_sip::segmap::SegMap;
 use centralino_sip::session_timer;
 use centralino_sip::txn::{Flow, Transactions, TxKey, TxOutput};
 use centralino_sip::uri::{self, Scheme};
@@ -432,10 +433,13 @@ pub struct Engine {
     views_at: Option<Instant>,
     // Keyed by our own call numbers, B-leg Call-IDs and branches: the
     // faster hash (`OwnKeys`). `by_a` is keyed by the caller's Call-ID.
-    calls: HashMap<CallId, Call, OwnKeys>,
-    by_a: HashMap<String, CallId>,
-    by_b: HashMap<String, CallId, OwnKeys>,
-    client: HashMap<TxKey, ClientRef, OwnKeys>,
+    // The tables that grow with the calls are segmented (see
+    // `centralino_sip::segmap`): at 40,000 calls one table's doubling
+    // would stop the engine for tens of milliseconds.
+    calls: SegMap<CallId, Call, OwnKeys>,
+    by_a: SegMap<String, CallId>,
+    by_b: SegMap<String, CallId, OwnKeys>,
+    client: SegMap<TxKey, ClientRef, OwnKeys>,
     /// ACKs sent for 2xx answers whose client transaction is forgotten at
     /// the answer, to send again on a retransmitted 2xx.
     acks: send::AckCache,

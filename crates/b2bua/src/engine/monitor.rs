@@ -275,7 +275,7 @@ impl Engine {
         allowed: impl Fn(&str, &str) -> bool,
     ) -> usize {
         let mut revoked = Vec::new();
-        for (&id, call) in &self.calls {
+        for (&id, call) in self.calls.iter() {
             let Some(m) = call.monitor.as_ref() else {
                 continue;
             };
