@@ -1299,19 +1299,39 @@ fn a_late_group_finds_operators_by_their_current_firm_in_order() {
     r.handle_timeout(t0 + S);
     assert_eq!(one(&mut r).agent, AgentId(0), "configuration order");
 
-    // Now only asl1's own ring: operator 0 moves to asl1 by an edit and
-    // operator 1 to asl2 by being retired and added back.
-    q.rings.clear();
-    q.requirement = req(&c, "vaccini");
-    let mut r = Router::new(t0, vec![q], 2, agents);
-    r.set_attributes(t0, AgentId(0), v3("asl1"));
-    assert!(r.retire(AgentId(1)));
-    assert_eq!(r.add_agent("1", v3("asl2")), Some(AgentId(1)));
-    for a in [1, 2, 0] {
-        r.login(t0, AgentId(a), false);
+    // Operator 0 moves to asl1 by an edit, 1 to asl2 and 2 to asl1 by
+    // being retired and added back: asl1 is now 0 and 2, asl2 is 1.
+    let moved = |q: &QueueSettings| {
+        let mut r = Router::new(t0, vec![q.clone()], 2, agents.clone());
+        r.set_attributes(t0, AgentId(0), v3("asl1"));
+        for (a, t) in [(1, "asl2"), (2, "asl1")] {
+            assert!(r.retire(AgentId(a)));
+            assert_eq!(r.add_agent(&a.to_string(), v3(t)), Some(AgentId(a)));
+        }
+        for a in [1, 2, 0] {
+            r.login(t0, AgentId(a), false);
+        }
+        r
+    };
+    // Only asl1's own ring: 0 and 2, in that order, and never 1.
+    let mut own = q.clone();
+    own.rings.clear();
+    own.requirement = req(&c, "vaccini");
+    let mut r = moved(&own);
+    for (call, want) in [(1, 0), (2, 2)] {
+        r.enqueue(t0, QueueId(0), CallId(call), &en).unwrap();
+        assert_eq!(one(&mut r).agent, AgentId(want), "filed under asl1 now");
     }
-    r.enqueue(t0, QueueId(0), CallId(1), &en).unwrap();
-    assert_eq!(one(&mut r).agent, AgentId(0), "filed under asl1 now");
-    r.enqueue(t0, QueueId(0), CallId(2), &en).unwrap();
-    assert!(offers(&mut r).is_empty(), "1 and 2 are asl2's");
+    r.enqueue(t0, QueueId(0), CallId(3), &en).unwrap();
+    assert!(offers(&mut r).is_empty(), "1 is asl2's");
+    // Both firms (the first queue): each operator joins once, so the
+    // three calls take the three of them and a fourth finds nobody.
+    let mut r = moved(&q);
+    let mut took = Vec::new();
+    for call in 1..=4 {
+        r.enqueue(t0, QueueId(0), CallId(call), &en).unwrap();
+        r.handle_timeout(t0 + S);
+        took.extend(offers(&mut r).into_iter().map(|d| d.agent.0));
+    }
+    assert_eq!(took, [0, 1, 2], "configuration order, once each");
 }

@@ -1,15 +1,17 @@
 //! A hash map in segments, so that growing it never stops the engine for
 //! long.
 //!
-//! A hash table doubles when it fills and moves every entry at once: a
-//! transaction table of 230,000 entries (what 2,000 calls a second leave
-//! behind in the 32 s RFC 3261 keeps a transaction) took 110 ms to grow on
-//! this VM (hashing each key again, faulting in the new table), and the
-//! engine's thread did nothing else meanwhile. Under `scripts/load --rate
-//! 2000` the calls that arrived then waited 25–50 ms for an operator's
-//! INVITE, and the lag signal refused some with 503. Here the entries are
-//! spread over [`SEGMENTS`] tables by their hash, each growing on its own:
-//! the same total work, in pieces a [`SEGMENTS`]th the size.
+//! A hash table doubles when it fills and moves every entry at once. The
+//! transaction tables hold everything of the last 32 s (RFC 3261): ~60,000
+//! entries 15 s into 2,000 calls a second, ~230,000 at 3,500 in steady
+//! state. On this VM a `HashMap` of such entries took 13 ms to double at
+//! 28,000 entries, 29 ms at 57,000 and 110 ms at 230,000 (hashing each key
+//! again, faulting in the new table), and the engine's thread did nothing
+//! else meanwhile: under `scripts/load --rate 2000` 0.3–0.5 % of the calls
+//! waited 25–50 ms for an operator's INVITE and the lag signal refused
+//! some with 503. Here the entries are spread over [`SEGMENTS`] tables by
+//! their hash, each growing on its own: the same total work, in pieces a
+//! [`SEGMENTS`]th the size.
 //!
 //! Each key is hashed once per lookup (`hashbrown`'s `HashTable` takes the
 //! hash), with the same hasher a `HashMap` would use: SipHash for keys a
@@ -21,8 +23,18 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use hashbrown::HashTable;
 
 /// Segments per map: the longest growth is this many times shorter than
-/// one table's. 256 empty tables are 8 KiB.
+/// one table's. A map's 256 empty tables are 8 KiB.
 pub const SEGMENTS: usize = 256;
+
+/// The segment is read from the hash's bits from this one up.
+const SHIFT: u32 = 40;
+
+// `hashbrown` places an entry by the hash's low bits and tags it with the
+// top seven (57–63). The segment's bits must be neither: taken from the
+// low bits, each segment's entries would crowd into 1/256 of its buckets;
+// from the top ones, they would share their tags and every probe would
+// compare keys. (A table reaches bit 40 only at 2^40 buckets.)
+const _: () = assert!(SEGMENTS.is_power_of_two() && SHIFT + SEGMENTS.trailing_zeros() <= 57);
 
 /// A map of `K` to `V` in [`SEGMENTS`] tables; the subset of `HashMap`'s
 /// interface the transaction layer uses.
@@ -46,7 +58,7 @@ impl<K, V, S: Default> Default for SegMap<K, V, S> {
 /// place by the low bits and tag by the top seven), so the entries of one
 /// segment still spread over their table and differ in their tags.
 fn segment(hash: u64) -> usize {
-    (hash >> 40) as usize % SEGMENTS
+    (hash >> SHIFT) as usize % SEGMENTS
 }
 
 impl<K: Hash + Eq, V, S: BuildHasher> SegMap<K, V, S> {
@@ -137,9 +149,16 @@ impl<K: Hash + Eq, V, S: BuildHasher> SegMap<K, V, S> {
     /// Keeps only the entries `keep` says to.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         for t in self.segments.iter_mut() {
-            t.retain(|(k, v)| keep(k, v));
+            // Counted as they go, so a `keep` that panics leaves `len` true.
+            let len = &mut self.len;
+            t.retain(|(k, v)| {
+                let kept = keep(k, v);
+                if !kept {
+                    *len -= 1;
+                }
+                kept
+            });
         }
-        self.len = self.segments.iter().map(HashTable::len).sum();
     }
 
     /// Every entry, in no particular order.
@@ -159,8 +178,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> SegMap<K, V, S> {
         self.segments.iter().flat_map(|t| t.iter().map(|(_, v)| v))
     }
 
-    /// The largest segment's entries: what one growth moves at most is
-    /// about twice this.
+    /// The largest segment's entries: about what one growth moves at
+    /// most.
     pub fn largest_segment(&self) -> usize {
         self.segments.iter().map(HashTable::len).max().unwrap_or(0)
     }
@@ -227,6 +246,14 @@ mod tests {
                         let k = k.to_string();
                         prop_assert_eq!(seg.get(k.as_str()), std.get(&k));
                         prop_assert_eq!(seg.contains_key(k.as_str()), std.contains_key(&k));
+                        if let Some(v) = std.get_mut(&k) {
+                            *v = v.wrapping_add(1);
+                            let s = seg.get_mut(k.as_str()).unwrap();
+                            *s = s.wrapping_add(1);
+                            prop_assert_eq!(seg[k.as_str()], *v);
+                        } else {
+                            prop_assert!(seg.get_mut(k.as_str()).is_none());
+                        }
                     }
                 }
                 prop_assert_eq!(seg.len(), std.len());
@@ -264,6 +291,13 @@ mod tests {
             "largest segment {} against a share of {share}",
             m.largest_segment()
         );
+        // Large tables answer as small ones: half taken out again.
+        for i in (0..n).step_by(2) {
+            assert_eq!(m.remove(format!("z9hG4bK-{i}").as_str()), Some(()));
+        }
+        assert_eq!(m.len(), n / 2);
+        assert!((0..n).all(|i| m.contains_key(format!("z9hG4bK-{i}").as_str()) == (i % 2 == 1)));
+        assert_eq!(m.keys().count(), n / 2);
         let mut v: SegMap<u64, (), crate::OwnKeys> = SegMap::default();
         for i in 0..n as u64 {
             v.insert(i, ());

@@ -122,6 +122,9 @@ impl Router {
                     .flat_map(|&b| self.of_tenant[b].iter().copied())
                     .collect();
                 v.sort_unstable();
+                // Each operator is filed once; should that ever break, a
+                // second `join_group` would count them twice.
+                v.dedup();
                 v
             }
             None => (0..self.agents.len() as u32).collect(),
