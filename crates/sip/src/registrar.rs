@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{Algorithm, Credentials, DigestAuth, Verdict};
 use crate::message::Message;
+use crate::segmap::SegMap;
 use crate::throttle::{BanScope, Throttle, ThrottleConfig};
 use crate::txn::Flow;
 use crate::uri::{self, Scheme};
@@ -123,7 +124,9 @@ pub struct Registrar {
     cfg: RegistrarConfig,
     auth: DigestAuth,
     users: HashMap<String, Credentials>,
-    bindings: HashMap<String, Vec<Binding>>,
+    /// Segmented as everything that grows with the traffic (see
+    /// `segmap`): 120,000 operators registering after a restart.
+    bindings: SegMap<String, Vec<Binding>>,
     /// When each operator's earliest binding lapses: exactly one entry per
     /// operator with bindings, kept in step by [`Self::rearm`] whenever
     /// those change. A heap with one push per REGISTER grew without bound
@@ -133,7 +136,7 @@ pub struct Registrar {
     /// wakes the driver for a binding already refreshed.
     expiries: BTreeSet<(Instant, String)>,
     /// The entry each operator has in `expiries`, to find it again.
-    armed: HashMap<String, Instant>,
+    armed: SegMap<String, Instant>,
     events: Vec<RegEvent>,
     throttle: Throttle,
     bans: Vec<BanStarted>,
@@ -141,11 +144,11 @@ pub struct Registrar {
     /// [`LEARNED_PER_USER`] per operator): a phone that did SHA-256 is
     /// offered SHA-256 alone from then on (nobody can talk it down to
     /// MD5), one that did MD5 gets MD5 at once.
-    learned: HashMap<String, VecDeque<(String, Algorithm)>>,
+    learned: SegMap<String, VecDeque<(String, Algorithm)>>,
     /// REGISTER dialogs (Call-ID) just offered several algorithms, to see
     /// a phone that comes back without an answer: it could not handle one
     /// of them, and is offered the last (MD5) alone. Bounded, oldest first.
-    offered_several: HashMap<String, (Instant, u32)>,
+    offered_several: SegMap<String, (Instant, u32)>,
     offered_order: VecDeque<String>,
 }
 
@@ -168,13 +171,13 @@ impl Registrar {
             cfg,
             auth,
             users,
-            bindings: HashMap::new(),
+            bindings: SegMap::default(),
             expiries: BTreeSet::new(),
-            armed: HashMap::new(),
+            armed: SegMap::default(),
             events: Vec::new(),
             bans: Vec::new(),
-            learned: HashMap::new(),
-            offered_several: HashMap::new(),
+            learned: SegMap::default(),
+            offered_several: SegMap::default(),
             offered_order: VecDeque::new(),
         }
     }
@@ -241,7 +244,9 @@ impl Registrar {
     /// Remembers what `user`'s phone answered with.
     fn learn(&mut self, user: &str, req: &Message, alg: Algorithm) {
         let ua = user_agent(req);
-        let list = self.learned.entry(user.to_owned()).or_default();
+        let list = self
+            .learned
+            .get_or_insert_with(user.to_owned(), VecDeque::new);
         list.retain(|(u, _)| *u != ua);
         if list.len() >= LEARNED_PER_USER {
             list.pop_front();
@@ -568,7 +573,7 @@ impl Registrar {
         expires: Duration,
         path: &[String],
     ) {
-        let list = self.bindings.entry(user.to_owned()).or_default();
+        let list = self.bindings.get_or_insert_with(user.to_owned(), Vec::new);
         list.retain(|b| b.contact != contact);
         if !expires.is_zero() {
             if list.len() >= self.cfg.max_contacts {

@@ -131,6 +131,20 @@ impl<K: Hash + Eq, V, S: BuildHasher> SegMap<K, V, S> {
         }
     }
 
+    /// The value of `key`, made by `make` first if it has none (what
+    /// `HashMap`'s `entry(key).or_insert_with(make)` gives).
+    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        let (hash, s) = self.locate(&key);
+        let hasher = &self.hasher;
+        match self.segments[s].entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            hashbrown::hash_table::Entry::Occupied(e) => &mut e.into_mut().1,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                self.len += 1;
+                &mut e.insert((key, make())).into_mut().1
+            }
+        }
+    }
+
     /// Takes `key` out; returns its value.
     pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
@@ -213,6 +227,7 @@ mod tests {
         Remove(u16),
         Get(u16),
         Retain(u8),
+        GetOrInsert(u16, u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -221,6 +236,7 @@ mod tests {
             5 => (0u16..600).prop_map(Op::Remove),
             5 => (0u16..600).prop_map(Op::Get),
             1 => (2u8..9).prop_map(Op::Retain),
+            3 => (0u16..600, any::<u32>()).prop_map(|(k, v)| Op::GetOrInsert(k, v)),
         ]
     }
 
@@ -237,6 +253,10 @@ mod tests {
                     }
                     Op::Remove(k) => {
                         prop_assert_eq!(seg.remove(k.to_string().as_str()), std.remove(k.to_string().as_str()));
+                    }
+                    Op::GetOrInsert(k, v) => {
+                        let got = *seg.get_or_insert_with(k.to_string(), || v);
+                        prop_assert_eq!(got, *std.entry(k.to_string()).or_insert(v));
                     }
                     Op::Retain(m) => {
                         seg.retain(|k, v| v.wrapping_add(k.len() as u32) % u32::from(m) != 0);
