@@ -590,6 +590,37 @@ mod name_addr_param_tests {
         (!user.is_empty()).then_some(user)
     }
 
+    /// `parse_params` as it was before `walk_params` took its body
+    /// (2026-12-07), frozen: the proptests hold the guard's readings to
+    /// `parse_name_addr`, which now walks the parameters with the same
+    /// code, so this copy is what keeps a later edit of the walk honest.
+    #[allow(clippy::type_complexity)]
+    fn params_frozen(s: &str) -> Option<Vec<(&str, Option<&str>)>> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Some(Vec::new());
+        }
+        let s = s.strip_prefix(';')?;
+        let mut out = Vec::new();
+        for p in s.split(';') {
+            let (name, value) = match p.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (p.trim(), None),
+            };
+            if name.is_empty() || !name.chars().all(is_token_char) {
+                return None;
+            }
+            if let Some(v) = value {
+                let quoted = v.starts_with('"') && v.ends_with('"') && v.len() >= 2;
+                if v.is_empty() || (!quoted && v.contains([' ', ',', '"'])) {
+                    return None;
+                }
+            }
+            out.push((name, value));
+        }
+        Some(out)
+    }
+
     #[test]
     fn the_user_part() {
         for (uri, want) in [
@@ -658,6 +689,21 @@ mod name_addr_param_tests {
             let full = parse_name_addr(&v);
             proptest::prop_assert_eq!(is_name_addr(&v), full.is_some(), "{}", v);
             proptest::prop_assert_eq!(name_addr_tag(&v), full.map(|n| n.param("tag")), "{}", v);
+        }
+
+        /// The parameter walk accepts, refuses and hands over exactly
+        /// what the frozen list did, on any text.
+        #[test]
+        fn the_parameter_walk_agrees_with_the_frozen_list(
+            s in "( ?;;? ?(tag|TAG|x|lr|é|a b|)( ?=? ?[a-z0-9\" ,;=]{0,5})?){0,4} ?",
+        ) {
+            proptest::prop_assert_eq!(parse_params(&s), params_frozen(&s), "{}", s);
+            let mut walked = Vec::new();
+            let ok = walk_params(&s, |n, v| walked.push((n, v))).is_some();
+            match params_frozen(&s) {
+                Some(want) => proptest::prop_assert!(ok && walked == want, "{}", s),
+                None => proptest::prop_assert!(!ok, "{}", s),
+            }
         }
 
         /// On every value the full parse accepts, the light reading of a
