@@ -139,8 +139,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> SegMap<K, V, S> {
         match self.segments[s].entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
             hashbrown::hash_table::Entry::Occupied(e) => &mut e.into_mut().1,
             hashbrown::hash_table::Entry::Vacant(e) => {
+                // Counted once it is in: a `make` that panics leaves
+                // `len` true.
+                let v = &mut e.insert((key, make())).into_mut().1;
                 self.len += 1;
-                &mut e.insert((key, make())).into_mut().1
+                v
             }
         }
     }
@@ -255,8 +258,18 @@ mod tests {
                         prop_assert_eq!(seg.remove(k.to_string().as_str()), std.remove(k.to_string().as_str()));
                     }
                     Op::GetOrInsert(k, v) => {
-                        let got = *seg.get_or_insert_with(k.to_string(), || v);
-                        prop_assert_eq!(got, *std.entry(k.to_string()).or_insert(v));
+                        let mut made = false;
+                        let got = seg.get_or_insert_with(k.to_string(), || {
+                            made = true;
+                            v
+                        });
+                        *got = got.wrapping_add(1);
+                        let got = *got;
+                        let absent = !std.contains_key(&k.to_string());
+                        let want = std.entry(k.to_string()).or_insert(v);
+                        *want = want.wrapping_add(1);
+                        prop_assert_eq!(got, *want);
+                        prop_assert_eq!(made, absent, "made only when absent");
                     }
                     Op::Retain(m) => {
                         seg.retain(|k, v| v.wrapping_add(k.len() as u32) % u32::from(m) != 0);
