@@ -21,25 +21,41 @@ pub(crate) type Entry = (u32, u32);
 /// A Fenwick (binary indexed) tree over blocks of 64 positions, with one
 /// bit per position saying its weight is not zero: a pool of 420 operators
 /// has a tree of 7 sums instead of 420, so an update touches at most 3
-/// of them and a pool's index stays in a few cache lines. Inside a block,
-/// a search selects the bit directly while every weight is 0 or 1 (every
-/// strategy but weighted random), else it walks the block's set bits.
+/// of them and a pool's index stays in a few cache lines. Each block keeps
+/// its tree node and its bits side by side (one cache line holds four
+/// blocks), and per-position weights exist only once a weight above 1 was
+/// set (weighted random): otherwise a position weighs what its bit says,
+/// and indexing an operator writes its slot and one block, not four
+/// arrays. Inside a block, a search selects the bit directly while every
+/// weight is 0 or 1, else it walks the block's set bits.
 #[derive(Default)]
+#[repr(C, align(64))]
 pub(crate) struct Fenwick {
-    /// Fenwick tree of block sums (1-based positions, as usual).
-    tree: Vec<u64>,
-    /// Bit `i % 64` of word `i / 64`: position `i` weighs something.
-    bits: Vec<u64>,
-    weight: Vec<u8>,
+    /// The operator at each position. No version: a position is its
+    /// operator's alone while they are members, so "available on the
+    /// board now" is what its bit must mean, and indexing an operator
+    /// writes only the block (a slot per push was a cache miss each).
+    pub(crate) slots: Vec<u32>,
+    blocks: Vec<Block>,
     total: u64,
-    /// Some weight above 1 was ever set (weighted random).
+    /// Some weight above 1 was ever set (weighted random): `weight` holds
+    /// every position's weight from then on.
     weighted: bool,
+    weight: Vec<u8>,
     /// Positions of operators who left the pool (retired, or new
     /// attributes), weight 0, for the next to join: an operator edited
     /// many times does not grow the pool.
     free: Vec<u32>,
-    /// Agent and version per position.
-    pub(crate) slots: Vec<Entry>,
+}
+
+/// 64 positions of a [`Fenwick`].
+#[derive(Clone, Copy, Default)]
+struct Block {
+    /// The Fenwick tree node of this block (1-based index `b + 1`: the sum
+    /// of blocks `(b + 1 - lsb(b + 1), b]`).
+    sum: u64,
+    /// Bit `i`: position `64 b + i` weighs something.
+    bits: u64,
 }
 
 /// Position of the `k`-th (0-based) set bit of `x` (`k < x.count_ones()`).
@@ -59,25 +75,26 @@ fn select(mut x: u64, mut k: u32) -> u32 {
 impl Fenwick {
     pub(crate) fn push(&mut self, agent: u32) -> u32 {
         if let Some(pos) = self.free.pop() {
-            self.slots[pos as usize] = (agent, 0);
+            self.slots[pos as usize] = agent;
             return pos;
         }
         let pos = self.slots.len();
-        self.slots.push((agent, 0));
-        self.weight.push(0);
-        if pos / 64 == self.bits.len() {
-            self.bits.push(0);
-            self.tree.push(0);
-            // Build the new node from its children (positions 1-based).
-            let i = self.tree.len();
+        self.slots.push(agent);
+        if self.weighted {
+            self.weight.push(0);
+        }
+        if pos / 64 == self.blocks.len() {
+            self.blocks.push(Block::default());
+            // Build the new node from its children (1-based).
+            let i = self.blocks.len();
             let lsb = i & i.wrapping_neg();
             let mut sum = 0;
             let mut j = i - 1;
             while j > i - lsb {
-                sum += self.tree[j - 1];
+                sum += self.blocks[j - 1].sum;
                 j -= j & j.wrapping_neg();
             }
-            self.tree[i - 1] = sum;
+            self.blocks[i - 1].sum = sum;
         }
         pos as u32
     }
@@ -95,33 +112,48 @@ impl Fenwick {
     pub(crate) fn set(&mut self, pos: u32, w: u32) {
         let p = pos as usize;
         let w = u8::try_from(w).unwrap_or(u8::MAX);
-        let old = self.weight[p];
+        if w > 1 && !self.weighted {
+            // From bits to weights, once: every weight is its bit so far.
+            self.weighted = true;
+            self.weight = (0..self.slots.len())
+                .map(|i| u8::from(self.blocks[i / 64].bits >> (i % 64) & 1 == 1))
+                .collect();
+        }
+        let old = self.weight(pos) as u8;
         if old == w {
             return;
         }
-        self.weight[p] = w;
-        self.weighted |= w > 1;
+        if self.weighted {
+            self.weight[p] = w;
+        }
         let bit = 1u64 << (p % 64);
+        let block = &mut self.blocks[p / 64].bits;
         if w == 0 {
-            self.bits[p / 64] &= !bit;
+            *block &= !bit;
         } else {
-            self.bits[p / 64] |= bit;
+            *block |= bit;
         }
         self.total = self.total + u64::from(w) - u64::from(old);
         let mut i = p / 64 + 1;
-        while i <= self.tree.len() {
-            self.tree[i - 1] = self.tree[i - 1] + u64::from(w) - u64::from(old);
+        while i <= self.blocks.len() {
+            let node = &mut self.blocks[i - 1].sum;
+            *node = *node + u64::from(w) - u64::from(old);
             i += i & i.wrapping_neg();
         }
     }
 
     pub(crate) fn weight(&self, pos: u32) -> u32 {
-        u32::from(self.weight[pos as usize])
+        let p = pos as usize;
+        if self.weighted {
+            u32::from(self.weight[p])
+        } else {
+            (self.blocks[p / 64].bits >> (p % 64) & 1) as u32
+        }
     }
 
     /// Sum of the weights of a block's positions whose bit is in `mask`.
     fn block_sum(&self, block: usize, mask: u64) -> u64 {
-        let mut x = self.bits[block] & mask;
+        let mut x = self.blocks[block].bits & mask;
         if !self.weighted {
             return u64::from(x.count_ones());
         }
@@ -138,7 +170,7 @@ impl Fenwick {
         let mut i = end / 64;
         let mut s = 0;
         while i > 0 {
-            s += self.tree[i - 1];
+            s += self.blocks[i - 1].sum;
             i -= i & i.wrapping_neg();
         }
         if !end.is_multiple_of(64) {
@@ -153,7 +185,7 @@ impl Fenwick {
 
     /// The position whose cumulative range holds `k` (`k < total`).
     pub(crate) fn find(&self, mut k: u64) -> u32 {
-        let n = self.tree.len();
+        let n = self.blocks.len();
         if n == 0 {
             return 0;
         }
@@ -161,14 +193,14 @@ impl Fenwick {
         let mut step = n.next_power_of_two();
         while step > 0 {
             let next = block + step;
-            if next <= n && self.tree[next - 1] <= k {
+            if next <= n && self.blocks[next - 1].sum <= k {
                 block = next;
-                k -= self.tree[next - 1];
+                k -= self.blocks[next - 1].sum;
             }
             step >>= 1;
         }
         let block = block.min(n - 1);
-        let mut x = self.bits[block];
+        let mut x = self.blocks[block].bits;
         if !self.weighted {
             // Within the block, k < its count of set bits.
             return (block * 64) as u32 + select(x, k as u32);
@@ -210,12 +242,15 @@ pub(crate) enum Index {
     Levels(Box<[VecDeque<Entry>; 11]>),
     /// Least talk time / fewest calls: a min-heap on (metric, seq).
     Heap(BinaryHeap<Reverse<(u64, u64, u32, u32)>>),
-    /// Linear, round-robin, random, weighted random.
-    Fenwick(Fenwick),
+    /// Linear, round-robin, random, weighted random (boxed: the other
+    /// indexes are a few words, and the pool's first cache line holds
+    /// the index).
+    Fenwick(Box<Fenwick>),
 }
 
 impl Index {
     /// Entries held, stale ones included.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         match self {
             Self::Fifo(q) => q.len(),
@@ -260,7 +295,7 @@ mod tests {
         assert_eq!(f.push(102), 70, "none free: a new position");
         f.set(3, 1);
         assert_eq!(f.first_from(0), Some(3));
-        assert_eq!(f.slots[3], (101, 0));
+        assert_eq!(f.slots[3], 101);
     }
 
     #[test]

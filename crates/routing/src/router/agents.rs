@@ -35,7 +35,7 @@ impl Router {
         if fc == tc && from == to {
             return;
         }
-        let tenant = usize::from(agent.attributes.tenant).min(self.by_tenant.len() - 1);
+        let tenant = usize::from(agent.tenant).min(self.by_tenant.len() - 1);
         self.by_tenant[tenant][fc as usize] -= 1;
         self.by_tenant[tenant][tc as usize] += 1;
         // Pool counters change only on login, logout and pause, not on
@@ -160,6 +160,7 @@ impl Router {
         };
         let agent = &mut self.agents[a];
         agent.retired = false;
+        agent.tenant = attributes.tenant;
         agent.attributes = attributes;
         self.by_tenant[tenant][Code::LoggedOut as usize] += 1;
         for g in 0..self.groups.len() {
@@ -273,7 +274,7 @@ impl Router {
                 p.paused -= 1;
             }
             if code == Code::Available {
-                p.available -= 1;
+                self.tallies[m.pool as usize].available -= 1;
             }
             // Whatever their state: a stale weight is zeroed here rather
             // than by a pick, as the position goes to the next to join.
@@ -292,6 +293,7 @@ impl Router {
             let s = self.board.load(a as usize);
             let _ = self.board.transition(a as usize, s, Code::Available, 0);
         }
+        self.agents[a as usize].tenant = attributes.tenant;
         self.agents[a as usize].attributes = attributes;
         for g in 0..self.groups.len() {
             self.join_group(g as u32, a);

@@ -131,7 +131,7 @@ impl Router {
         group.steps[step].push(e);
         group.live[step] += 1;
         for &p in &group.pools[..=step] {
-            self.pools[p as usize].waiting += 1;
+            self.tallies[p as usize].waiting += 1;
         }
         if group.steps[step].len() > 2 * group.live[step] as usize + 64 {
             let calls = &self.calls;
@@ -151,7 +151,7 @@ impl Router {
             let group = &mut self.groups[g];
             group.live[step] -= 1;
             for &p in &group.pools[..=step] {
-                self.pools[p as usize].waiting -= 1;
+                self.tallies[p as usize].waiting -= 1;
             }
         }
     }
@@ -171,10 +171,10 @@ impl Router {
             let b = board.load(a as usize);
             b.code == Code::Available && b.version == v
         };
-        let p = &mut self.pools[pool as usize];
-        if p.available == 0 {
+        if self.tallies[pool as usize].available == 0 {
             return None;
         }
+        let p = &mut self.pools[pool as usize];
         let strategy = p.strategy;
         let chosen = match &mut p.index {
             Index::Fifo(q) => Self::pick_fifo(q, &valid, &ok),
@@ -222,11 +222,15 @@ impl Router {
                         }
                     };
                     let Some(pos) = pos else { break };
-                    let (a, v) = f.slots[pos as usize];
-                    if !valid(a, v) {
+                    // A position is its operator's alone: available on
+                    // the board now is valid, at the version seen.
+                    let a = f.slots[pos as usize];
+                    let seen = board.load(a as usize);
+                    if seen.code != Code::Available {
                         f.set(pos, 0);
                         continue;
                     }
+                    let v = seen.version;
                     if !ok(a) {
                         if skipped.len() >= SCAN {
                             break;
@@ -374,11 +378,11 @@ impl Router {
         let mut best: Option<((u8, f64), u32, usize, WaitEntry)> = None;
         for mi in 0..self.agents[a as usize].memberships.len() {
             let m = self.agents[a as usize].memberships[mi];
+            if self.tallies[m.pool as usize].waiting == 0 {
+                continue;
+            }
             let (g, ring, weight) = {
                 let p = &self.pools[m.pool as usize];
-                if p.waiting == 0 {
-                    continue;
-                }
                 (p.group, usize::from(p.ring), p.weight)
             };
             for step in ring..self.groups[g as usize].steps.len() {
