@@ -274,7 +274,11 @@ enum Event {
 /// queues form and drain. Every router call that can make a decision (an
 /// arrival, an end of wrap-up through the timers, a call ending) is timed
 /// with its outputs, after a 15-minute warm-up.
-fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64) {
+/// Returns the router calls timed, their rate, latency percentiles, the
+/// calls ended, the share of operators on a call at the end, and a digest
+/// of every offer in order (call, operator): two builds that decide alike
+/// print the same digest.
+fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
     use std::cmp::Reverse;
     use std::collections::{BinaryHeap, HashSet};
     let cat = catalog();
@@ -302,6 +306,7 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64) {
     let mut decisions = 0u64;
     let mut in_router = Duration::ZERO;
     let mut ends = 0u64;
+    let mut digest = 0xCBF2_9CE4_8422_2325u64;
     // Runs one router call and its outputs: offers answered at once (the
     // first of a ring-all), their ends scheduled.
     let mut timed = |r: &mut Router,
@@ -333,6 +338,8 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64) {
             decisions += 1;
         }
         for d in offers.into_iter().flatten() {
+            digest =
+                (digest ^ d.call.0 ^ (u64::from(d.agent.0) << 40)).wrapping_mul(0x100_0000_01B3);
             if answered.insert(d.call) {
                 r.answered(now, d.agent, d.call);
                 let talk = exp(rng, 300.0);
@@ -395,7 +402,14 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64) {
         .filter(|Reverse((_, e))| matches!(e, Event::End(..)))
         .count() as f64;
     let per_s = decisions as f64 / in_router.as_secs_f64();
-    (decisions, per_s, percentiles(lat), ends, on_calls / busy)
+    (
+        decisions,
+        per_s,
+        percentiles(lat),
+        ends,
+        on_calls / busy,
+        digest,
+    )
 }
 
 /// Marks the end of [`realistic`]'s warm-up for profilers: e.g.
@@ -414,13 +428,17 @@ fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
 
 fn report() {
     // For profiling (and A/B runs) of one part alone:
-    // ROUTING_BENCH_ONLY=realistic|available.
+    // ROUTING_BENCH_ONLY=realistic|available|memory.
     let only = std::env::var("ROUTING_BENCH_ONLY").ok();
     if only.as_deref() == Some("realistic") {
-        let (decisions, per_s, (p50, p99, p999), ..) = realistic();
+        let (decisions, per_s, (p50, p99, p999), .., digest) = realistic();
         println!(
-            "realistic hour: {decisions} router calls, {per_s:.0}/s; p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns"
+            "realistic hour: {decisions} router calls, {per_s:.0}/s; p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns; offers digest {digest:016x}"
         );
+        return;
+    }
+    if only.as_deref() == Some("memory") {
+        memory();
         return;
     }
     if only.as_deref() == Some("available") {
@@ -538,16 +556,21 @@ fn report() {
     // The realistic hour (the figures above are the best case: every
     // call finds an operator at once, no call has requirements of its
     // own, time stands still).
-    let (decisions, per_s, (p50, p99, p999), ends, on_call) = realistic();
+    let (decisions, per_s, (p50, p99, p999), ends, on_call, digest) = realistic();
     println!(
         "realistic hour, 40k operators (90 % occupancy, ring-all among the strategies, a third of \
          the calls with their own requirement, wrap-up, abandons, time advancing): {decisions} router \
          calls after warm-up, {per_s:.0}/s of router time on one core; p50 {p50} ns, p99 {p99} ns, \
-         p99.9 {p999} ns; {ends} calls ended, {:.0} % of operators on a call at the end",
+         p99.9 {p999} ns; {ends} calls ended, {:.0} % of operators on a call at the end; offers \
+         digest {digest:016x}",
         on_call * 100.0
     );
+    memory();
+    black_box(offers);
+}
 
-    // Memory per operator, all logged in, no call.
+/// Memory per operator, all logged in, no call.
+fn memory() {
     for agents in [40_000u32, 120_000] {
         let before = Counting::live_bytes();
         let mut r = world(agents, true);
@@ -560,7 +583,6 @@ fn report() {
         );
         black_box(&r);
     }
-    black_box(offers);
 }
 
 criterion_group!(group, benches);

@@ -11,10 +11,11 @@
 //!
 //! Word layout: `version:u32 | state:u8 | aux:u8 | 0:u16`.
 //!
-//! Beside the words, each operator's time of their last change of state or
-//! reason, in whole Unix seconds of a coarse clock the engine moves once
-//! per turn (`tick`): the wallboard's "time in state", with no clock read
-//! on the router's path (and none at all here: sans-IO).
+//! Beside each word, in the same cell, the operator's time of their last
+//! change of state or reason, in whole Unix seconds of a coarse clock the
+//! engine moves once per turn (`tick`): the wallboard's "time in state",
+//! with no clock read on the router's path (and none at all here:
+//! sans-IO).
 
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicU64, Ordering};

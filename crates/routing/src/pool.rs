@@ -1,12 +1,14 @@
 //! Indexes of available operators, one per pool (a queue's ring for one
 //! requirement set), shaped by the queue's strategy.
 //!
-//! Entries carry the board version at which the operator became available;
-//! an entry whose version no longer matches is stale and dropped when met
-//! (lazy deletion), so leaving `Available` costs nothing here; a stale
-//! Fenwick position keeps its weight until a pick meets it and zeroes it
-//! (or the operator is retired or their attributes change). Everything
-//! is `Vec`-backed: after warm-up no decision allocates.
+//! FIFO and heap entries carry the board version at which the operator
+//! became available; an entry whose version no longer matches is stale and
+//! dropped when met (lazy deletion), so leaving `Available` costs nothing
+//! here. A Fenwick position is its operator's alone and carries no
+//! version: stale while the board does not say `Available`, it keeps its
+//! weight until a pick meets it and zeroes it (or the operator is retired
+//! or their attributes change). Everything is `Vec`-backed: after warm-up
+//! no decision allocates.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -22,11 +24,11 @@ pub(crate) type Entry = (u32, u32);
 /// bit per position saying its weight is not zero: a pool of 420 operators
 /// has a tree of 7 sums instead of 420, so an update touches at most 3
 /// of them and a pool's index stays in a few cache lines. Each block keeps
-/// its tree node and its bits side by side (one cache line holds four
-/// blocks), and per-position weights exist only once a weight above 1 was
-/// set (weighted random): otherwise a position weighs what its bit says,
-/// and indexing an operator writes its slot and one block, not four
-/// arrays. Inside a block, a search selects the bit directly while every
+/// its tree node and its bits side by side (16 bytes, about four blocks a
+/// cache line), and per-position weights exist only once a weight above 1
+/// was set (weighted random): otherwise a position weighs what its bit
+/// says, and indexing an operator writes one block and the tree nodes
+/// above it (and, weighted, its weight), not a slot and four arrays. Inside a block, a search selects the bit directly while every
 /// weight is 0 or 1, else it walks the block's set bits.
 #[derive(Default)]
 #[repr(C, align(64))]
@@ -296,6 +298,55 @@ mod tests {
         f.set(3, 1);
         assert_eq!(f.first_from(0), Some(3));
         assert_eq!(f.slots[3], 101);
+    }
+
+    /// Bits become weights once, over several blocks: sums, searches and
+    /// positions pushed or reused afterwards agree with a plain array.
+    #[test]
+    fn many_bits_become_weights_exactly() {
+        let mut f = Fenwick::default();
+        let mut plain = vec![0u32; 200];
+        for i in 0..200 {
+            f.push(i);
+        }
+        for p in (0..200).step_by(3) {
+            f.set(p, 1);
+            plain[p as usize] = 1;
+        }
+        f.set(130, 4);
+        plain[130] = 4;
+        assert_eq!(f.total(), 71);
+        let check = |f: &Fenwick, plain: &[u32]| {
+            let total: u64 = plain.iter().map(|&w| u64::from(w)).sum();
+            assert_eq!(f.total(), total);
+            for end in 0..=plain.len() {
+                let want: u64 = plain[..end].iter().map(|&w| u64::from(w)).sum();
+                assert_eq!(f.prefix(end), want, "prefix {end}");
+            }
+            for k in 0..total {
+                let mut acc = 0;
+                let want = plain.iter().position(|&w| {
+                    acc += u64::from(w);
+                    acc > k
+                });
+                assert_eq!(Some(f.find(k) as usize), want, "find {k}");
+            }
+            for (p, &w) in plain.iter().enumerate() {
+                assert_eq!(f.weight(p as u32), w);
+            }
+        };
+        check(&f, &plain);
+        for i in 200..260 {
+            f.push(i);
+            plain.push(0);
+        }
+        f.set(257, 2);
+        plain[257] = 2;
+        f.release(3);
+        plain[3] = 0;
+        assert_eq!(f.push(999), 3, "the freed position");
+        assert_eq!(f.weight(3), 0);
+        check(&f, &plain);
     }
 
     #[test]

@@ -257,8 +257,8 @@ impl AgentState {
 ///
 /// Laid out by hand (`repr(C)`): what the router reads and writes on every
 /// offer, answer, end and wrap-up fills the first cache line, the pool
-/// memberships and the tenant the second; the name and the attributes,
-/// read when pools are made, come last. At 40,000 operators the table is
+/// memberships (eight inline, more on the heap) and the tenant follow;
+/// the name and the attributes, read when pools are made, come last. At 40,000 operators the table is
 /// far larger than a core's cache, so each line an event touches is a
 /// likely miss (the realistic routing hour's cost is those misses).
 #[derive(Clone, Debug)]
@@ -277,7 +277,7 @@ pub struct Agent {
     pub calls: u32,
     /// Consecutive missed offers.
     pub missed: u32,
-    memberships: SmallVec<[Membership; 4]>,
+    memberships: SmallVec<[Membership; 8]>,
     /// `attributes.tenant`, next to the memberships: the counts per
     /// tenant change with every state.
     tenant: u16,
@@ -296,10 +296,6 @@ struct Membership {
     pool: u32,
     /// Position in a Fenwick pool, level in a levels pool.
     pos: u32,
-    /// The operator's level of the group's primary skill (at least 1),
-    /// fixed while the membership lasts (new attributes make new ones):
-    /// a weighted pick's weight without reading the operator's skills.
-    level: u8,
 }
 
 /// A routing decision: offer `call` to `agent` (now `Reserved`).
@@ -629,6 +625,25 @@ impl Router {
     /// Entries held by every pool's index, stale ones included.
     pub(crate) fn index_entries(&self) -> usize {
         self.pools.iter().map(|p| p.index.len()).sum()
+    }
+
+    /// Each pool's `available` tally equals a recount of its members whose
+    /// state is `Available`.
+    pub(crate) fn check_tallies(&self) -> Result<(), String> {
+        let mut count = vec![0u32; self.pools.len()];
+        for a in &self.agents {
+            if a.state == AgentState::Available {
+                for m in &a.memberships {
+                    count[m.pool as usize] += 1;
+                }
+            }
+        }
+        for (p, (t, want)) in self.tallies.iter().zip(count).enumerate() {
+            if t.available != want {
+                return Err(format!("pool {p}: available {} but {want}", t.available));
+            }
+        }
+        Ok(())
     }
 
     /// Each group's live count per step equals its valid heap entries, and

@@ -173,7 +173,7 @@ impl Router {
             Index::Levels(_) => u32::from(level),
             _ => 0,
         };
-        let m = Membership { pool, pos, level };
+        let m = Membership { pool, pos };
         let agent = &mut self.agents[a as usize];
         agent.memberships.push(m);
         let code = agent.state.code();
@@ -199,13 +199,17 @@ impl Router {
         let agent = &self.agents[a as usize];
         let idle = agent.idle_since as u64;
         let p = &mut self.pools[m.pool as usize];
-        let strategy = p.strategy;
+        let (strategy, group_primary) = (p.strategy, p.primary);
         let metric = match strategy {
             Strategy::LeastTalkTime => agent.talk.as_millis() as u64,
             _ => u64::from(agent.calls),
         };
         let weight = match strategy {
-            Strategy::WeightedRandom => u32::from(m.level),
+            Strategy::WeightedRandom => u32::from(
+                group_primary
+                    .map_or(1, |s| agent.attributes.level(s))
+                    .max(1),
+            ),
             _ => 1,
         };
         let live = &mut self.tallies[m.pool as usize].available;
@@ -252,9 +256,10 @@ impl Router {
 
     /// Bookkeeping when an operator leaves `Available`.
     ///
-    /// Index entries are left in place: stale by version, they are dropped
-    /// (or, in a Fenwick pool, zeroed) when a pick meets them, so taking an
-    /// operator costs one counter per pool.
+    /// Index entries are left in place: stale (by version, or in a Fenwick
+    /// pool by the board's state), they are dropped (or, in a Fenwick pool,
+    /// zeroed) when a pick meets them, so taking an operator costs one
+    /// counter per pool.
     pub(super) fn leave_available(&mut self, a: u32) {
         for m in &self.agents[a as usize].memberships {
             self.tallies[m.pool as usize].available -= 1;
