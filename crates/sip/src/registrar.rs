@@ -147,9 +147,17 @@ pub struct Registrar {
     learned: SegMap<String, VecDeque<(String, Algorithm)>>,
     /// REGISTER dialogs (Call-ID) just offered several algorithms, to see
     /// a phone that comes back without an answer: it could not handle one
-    /// of them, and is offered the last (MD5) alone. Bounded, oldest first.
-    offered_several: SegMap<String, (Instant, u32)>,
-    offered_order: VecDeque<String>,
+    /// of them, and is offered the last (MD5) alone: when, at which CSeq,
+    /// and the entry's number in `offered_order`.
+    offered_several: SegMap<String, (Instant, u32, u64)>,
+    /// The same dialogs, oldest first, each with its entry's number: a
+    /// dialog answered (so forgotten) and offered several again later is
+    /// queued again under a new number, and its first entry, when it
+    /// reaches the front, must not take the live one with it.
+    offered_order: VecDeque<(u64, String)>,
+    offered_next: u64,
+    /// Most entries in `offered_order` ([`MAX_OFFERED`]; smaller in tests).
+    max_offered: usize,
 }
 
 /// Phones remembered per operator (a desk phone, a softphone, a spare).
@@ -179,6 +187,8 @@ impl Registrar {
             learned: SegMap::default(),
             offered_several: SegMap::default(),
             offered_order: VecDeque::new(),
+            offered_next: 0,
+            max_offered: MAX_OFFERED,
         }
     }
 
@@ -230,7 +240,7 @@ impl Registrar {
         let unanswered = self
             .offered_several
             .get(&*req.call_id)
-            .is_some_and(|&(at, cseq)| {
+            .is_some_and(|&(at, cseq, _)| {
                 // A new request (a retransmission is not the phone giving
                 // up), while the challenge could still have been answered.
                 req.cseq > cseq && now.saturating_duration_since(at) <= self.auth.lifetime()
@@ -631,16 +641,28 @@ impl Registrar {
         let mut r = req.response(401, "Unauthorized", Some("reg"));
         let challenges = self.auth.challenge_with(now, to, stale, &offer);
         if challenges.len() > 1 {
-            if !self.offered_several.contains_key(&*req.call_id) {
-                if self.offered_order.len() >= MAX_OFFERED
-                    && let Some(old) = self.offered_order.pop_front()
-                {
-                    self.offered_several.remove(&old);
+            let number = match self.offered_several.get(&*req.call_id) {
+                Some(&(.., number)) => number,
+                None => {
+                    // The oldest entry goes, and its dialog with it only
+                    // if it is that dialog's live entry.
+                    if self.offered_order.len() >= self.max_offered
+                        && let Some((number, old)) = self.offered_order.pop_front()
+                        && self
+                            .offered_several
+                            .get(&old)
+                            .is_some_and(|&(.., n)| n == number)
+                    {
+                        self.offered_several.remove(&old);
+                    }
+                    self.offered_next += 1;
+                    self.offered_order
+                        .push_back((self.offered_next, req.call_id.to_string()));
+                    self.offered_next
                 }
-                self.offered_order.push_back(req.call_id.to_string());
-            }
+            };
             self.offered_several
-                .insert(req.call_id.to_string(), (now, req.cseq));
+                .insert(req.call_id.to_string(), (now, req.cseq, number));
         }
         for c in challenges {
             r.push("WWW-Authenticate", &c);
@@ -1324,6 +1346,38 @@ mod tests {
         r.set_users(users);
         let (c, _) = r.handle_register(later, flow(), &from_phone("1001", 9, "Other/1", ""));
         assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+    }
+
+    /// A dialog answered, then offered several again (another user on the
+    /// same Call-ID) is queued twice; when its first entry is evicted the
+    /// live one stays, and the phone still gets its MD5 fallback.
+    #[test]
+    fn an_evicted_old_entry_leaves_the_dialogs_live_one() {
+        let t0 = Instant::now();
+        let mut r = registrar_both();
+        r.max_offered = 2;
+        // Call-ID reg-8 (the helper names it by the User-Agent's length).
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("1001", 1, "Quirky/1", ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+        let ok = answer("1001", &c, Algorithm::Sha256, 1);
+        let (resp, _) = r.handle_register(t0, flow(), &from_phone("1001", 2, "Quirky/1", &ok));
+        assert_eq!(resp.code(), 200, "answered: the dialog is forgotten");
+        // Another user on the same dialog is offered both again.
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("9999", 3, "Quirky/2", ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+        assert_eq!(r.offered_order.len(), 2, "queued twice");
+        // A third dialog (reg-3) evicts the first entry, not the live one.
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("1001", 1, "Y/1", ""));
+        assert_eq!(offered(&c), ["SHA-256", "MD5"]);
+        assert_eq!(r.offered_order.len(), 2, "bounded");
+        assert!(r.offered_several.contains_key("reg-8"));
+        // reg-8 comes back without an answer: MD5 alone.
+        let (c, _) = r.handle_register(t0, flow(), &from_phone("9999", 4, "Quirky/2", ""));
+        assert_eq!(offered(&c), ["MD5"]);
+        // A fourth dialog evicts reg-8's live entry: then it is forgotten.
+        let _ = r.handle_register(t0, flow(), &from_phone("1001", 1, "Zz/1", ""));
+        assert!(!r.offered_several.contains_key("reg-8"));
+        assert!(r.offered_several.len() <= 2 && r.offered_order.len() <= 2);
     }
 
     #[test]
