@@ -257,7 +257,7 @@ impl AgentState {
 ///
 /// Laid out by hand (`repr(C)`): what the router reads and writes on every
 /// offer, answer, end and wrap-up fills the first cache line, the pool
-/// memberships (eight inline, more on the heap) and the tenant follow;
+/// tenant and memberships (eight inline, more on the heap) follow;
 /// the name and the attributes, read when pools are made, come last. At 40,000 operators the table is
 /// far larger than a core's cache, so each line an event touches is a
 /// likely miss (the realistic routing hour's cost is those misses).
@@ -277,14 +277,14 @@ pub struct Agent {
     pub calls: u32,
     /// Consecutive missed offers.
     pub missed: u32,
-    memberships: SmallVec<[Membership; 8]>,
-    /// `attributes.tenant`, next to the memberships: the counts per
-    /// tenant change with every state.
+    /// `attributes.tenant`, at the start of the second line: the counts
+    /// per tenant change with every state.
     tenant: u16,
     logout_pending: bool,
     /// Removed from the configuration: logged out for good, in no pool
     /// and no count, until an operator of the same name is added again.
     pub(super) retired: bool,
+    memberships: SmallVec<[Membership; 8]>,
     /// Skills, languages, site, tenant, listed queues.
     pub attributes: Attributes,
     /// Username (never a metric label).
@@ -734,15 +734,21 @@ impl Agent {
             queue_of_call: 0,
             calls: 0,
             missed: 0,
-            memberships: SmallVec::new(),
             tenant: attributes.tenant,
             logout_pending: false,
             retired: false,
+            memberships: SmallVec::new(),
             attributes,
             name,
         }
     }
 }
+
+// The layout `Agent` is written for: the hot fields in the first line,
+// the tenant and the memberships' header in the second, four lines in all.
+const _: () = assert!(std::mem::offset_of!(Agent, tenant) == 64);
+const _: () = assert!(std::mem::offset_of!(Agent, memberships) < 128);
+const _: () = assert!(size_of::<Agent>() == 256);
 
 /// Board words for `n` configured operators: room for operators added
 /// live (as many again, at least 65,536 more: a firm's whole staff
