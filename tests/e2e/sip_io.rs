@@ -167,6 +167,17 @@ fn cancels_from_many_carriers_reach_their_invites() {
 /// of the process's threads: (task id, name, nice). The main thread's id
 /// is the process's.
 fn nice_by_thread(pid: u32) -> Vec<(u32, String, i32)> {
+    by_thread(pid, nice_in)
+}
+
+/// The scheduler of each of the process's threads: (task id, name,
+/// (policy, real-time priority)); policy 2 is `SCHED_RR`.
+fn scheduler_by_thread(pid: u32) -> Vec<(u32, String, (u32, u32))> {
+    by_thread(pid, scheduler_in)
+}
+
+/// `field` of each of the process's threads' `stat` line.
+fn by_thread<T>(pid: u32, field: fn(&str) -> T) -> Vec<(u32, String, T)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let path = task.expect("task").path();
@@ -183,9 +194,22 @@ fn nice_by_thread(pid: u32) -> Vec<(u32, String, i32)> {
         ) else {
             continue; // a thread that ended meanwhile
         };
-        out.push((id, name.trim().to_owned(), nice_in(&stat)));
+        out.push((id, name.trim().to_owned(), field(&stat)));
     }
     out
+}
+
+/// Policy and real-time priority (fields 41 and 40, `proc(5)`) of a
+/// `/proc/.../stat` line, counted as `nice_in` does.
+fn scheduler_in(stat: &str) -> (u32, u32) {
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| rest[n - 3].parse().expect("a number");
+    (field(41), field(40))
 }
 
 /// The nice value (field 19) of a `/proc/.../stat` line: counted after the
@@ -196,34 +220,25 @@ fn nice_in(stat: &str) -> i32 {
     nice.parse().expect("a number")
 }
 
-/// `sip.engine_nice`: the engine's thread (the process's main one) runs at
-/// the value asked and every other thread, those started later included,
-/// at the process's own, and calls go through; a node not allowed to
-/// (not root, no `CAP_SYS_NICE`) says so and runs at the process's.
-#[test]
-fn the_engine_thread_alone_runs_at_the_nice_value_asked() {
-    let scratch = Scratch::new("sip-io-engine-nice");
+/// A node of one operator with `sip_line` in its `[sip]` section, after
+/// two calls from a SIPp trunk answered by a SIPp phone.
+fn two_calls_with(scratch: &Scratch, sip_line: &str) -> Node {
     let cfg = NodeConfig {
         agents: 1,
         ..NodeConfig::default()
     };
-    let node = Node::start_toml(&scratch, |sip, http| {
+    let node = Node::start_toml(scratch, |sip, http| {
         cfg.toml(sip, http)
-            .replacen("[sip]\n", "[sip]\nengine_nice = -7\n", 1)
+            .replacen("[sip]\n", &format!("[sip]\n{sip_line}\n"), 1)
     });
-    let pid = node.pid();
-    // The node inherits the nice value of the thread that started it.
-    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").expect("stat"));
     let mut phones = Sipp::spawn(
-        &scratch,
+        scratch,
         "phones",
         &["-sf", &scenario("agent_answer.xml"), "-timeout", "60s"],
     );
-    register(&scratch, &node, &[1001], phones.port, |u| {
-        format!("demo{u}")
-    });
+    register(scratch, &node, &[1001], phones.port, |u| format!("demo{u}"));
     let mut trunk = crate::common::trunk_to(
-        &scratch,
+        scratch,
         &node,
         "trunk",
         "trunk_call.xml",
@@ -235,6 +250,20 @@ fn the_engine_thread_alone_runs_at_the_nice_value_asked() {
         node.metric("centralino_calls_total{outcome=\"answered\"}"),
         2.0
     );
+    node
+}
+
+/// `sip.engine_nice`: the engine's thread (the process's main one) runs at
+/// the value asked and every other thread, those started later included,
+/// at the process's own, and calls go through; a node not allowed to
+/// (not root, no `CAP_SYS_NICE`) says so and runs at the process's.
+#[test]
+fn the_engine_thread_alone_runs_at_the_nice_value_asked() {
+    let scratch = Scratch::new("sip-io-engine-nice");
+    let node = two_calls_with(&scratch, "engine_nice = -7");
+    let pid = node.pid();
+    // The node inherits the nice value of the thread that started it.
+    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").expect("stat"));
     // Refused without the privilege, or left when this test already runs
     // at -7 or lower.
     let logs = node.logs();
@@ -248,6 +277,42 @@ fn the_engine_thread_alone_runs_at_the_nice_value_asked() {
         assert_eq!(
             *nice, expected,
             "{name} (engine: {engine}) at {nice}; every thread: {threads:?}"
+        );
+    }
+    assert!(
+        threads.iter().any(|(_, n, _)| n == "staffing"),
+        "the staffing thread, started by the engine's: {threads:?}"
+    );
+}
+
+/// `sip.engine_realtime_priority`: the engine's thread (the process's
+/// main one) runs under `SCHED_RR` at the priority asked and every other
+/// thread, those it starts later included (the staffing advisor), under
+/// the normal scheduler, and calls go through; a node not allowed to (no
+/// `CAP_SYS_NICE`) says so and runs on.
+#[test]
+fn the_engine_thread_alone_runs_under_the_real_time_scheduler() {
+    let scratch = Scratch::new("sip-io-engine-realtime");
+    let node = two_calls_with(&scratch, "engine_realtime_priority = 3");
+    let pid = node.pid();
+    let refused = node
+        .logs()
+        .contains("cannot put the engine thread under the real-time scheduler");
+    // Refused only where the kernel may refuse: without CAP_SYS_NICE.
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff");
+    let privileged = u64::from_str_radix(caps.trim(), 16).expect("hex") & (1 << 23) != 0;
+    assert!(!(refused && privileged), "refused with CAP_SYS_NICE");
+    let threads = scheduler_by_thread(pid);
+    for (task, name, sched) in &threads {
+        let engine = *task == pid;
+        let expected = if engine && !refused { (2, 3) } else { (0, 0) };
+        assert_eq!(
+            *sched, expected,
+            "{name} (engine: {engine}); every thread: {threads:?}"
         );
     }
     assert!(

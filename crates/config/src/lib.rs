@@ -460,6 +460,10 @@ impl Config {
                 "must be in -20..=0 (0 = the process's own priority)",
             );
         }
+        if raw.sip.engine_realtime_priority > 99 {
+            let why = "must be in 0..=99 (0 = the normal scheduler)";
+            p.add("sip.engine_realtime_priority", why);
+        }
         if raw.sip.drain_seconds > 3600 {
             p.add("sip.drain_seconds", "must be in 0..=3600");
         }
@@ -1128,6 +1132,7 @@ impl Config {
                 max_calls_per_second: std::num::NonZeroU32::new(raw.sip.max_calls_per_second),
                 io_threads: raw.sip.io_threads,
                 engine_nice: raw.sip.engine_nice,
+                engine_realtime_priority: raw.sip.engine_realtime_priority as u8,
                 max_tcp_connections: raw.sip.max_tcp_connections,
                 max_transactions_per_source: raw.sip.max_transactions_per_source,
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),

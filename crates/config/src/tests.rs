@@ -1246,6 +1246,26 @@ fn copies_of_a_configuration_share_its_source_document() {
 }
 
 #[test]
+fn the_engine_realtime_priority_is_a_real_time_priority() {
+    assert_eq!(Config::embedded().unwrap().sip.engine_realtime_priority, 0);
+    for good in [1u8, 50, 99] {
+        let c = Config::from_toml(&format!("[sip]\nengine_realtime_priority = {good}\n")).unwrap();
+        assert_eq!(c.sip.engine_realtime_priority, good);
+    }
+    for bad in ["100", "256", "4294967295"] {
+        refused(
+            &format!("[sip]\nengine_realtime_priority = {bad}\n"),
+            "sip.engine_realtime_priority: must be in 0..=99 (0 = the normal scheduler)",
+        );
+    }
+    // Not a number of the kind at all: refused by name too.
+    let err = Config::from_toml("[sip]\nengine_realtime_priority = -1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("engine_realtime_priority"), "{err}");
+}
+
+#[test]
 fn the_engine_nice_value_is_a_nice_value() {
     assert_eq!(Config::embedded().unwrap().sip.engine_nice, 0);
     let c = Config::from_toml("[sip]\nengine_nice = -10\n").unwrap();

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::handle::{EngineInput, Reload};
+use crate::handle::{Datagram, EngineInput, Reload};
 use crate::media::MediaPlane;
 use crate::metrics::NetMetrics;
 
@@ -35,6 +35,30 @@ pub(crate) struct Lifecycle {
 /// one that woke it.
 pub(crate) const BATCH: usize = 256;
 
+/// One input of the engine task: a datagram of a reader's batch, or
+/// anything else its queue carries.
+pub(crate) enum Next {
+    Datagram(Datagram),
+    Input(EngineInput),
+}
+
+impl Next {
+    /// `input` as the engine task takes it: a batch of datagrams is kept
+    /// in `pending` and its first one taken (`None`: an empty batch).
+    pub(crate) fn of(
+        input: EngineInput,
+        pending: &mut std::vec::IntoIter<Datagram>,
+    ) -> Option<Self> {
+        match input {
+            EngineInput::Datagrams(batch) => {
+                *pending = batch.into_iter();
+                pending.next().map(Self::Datagram)
+            }
+            input => Some(Self::Input(input)),
+        }
+    }
+}
+
 /// One input from the engine's queue: browsers' and supervisors' requests
 /// need the media plane, the rest goes to the engine.
 #[allow(clippy::too_many_arguments)]
@@ -46,18 +70,17 @@ pub(crate) fn take_input(
     life: &mut Lifecycle,
     lag: &mut crate::pressure::InputLag,
     now: std::time::Instant,
-    input: EngineInput,
+    input: Next,
     net: &NetMetrics,
 ) {
     match input {
-        EngineInput::Browser(b) => browsers.input(engine, plane, now, b),
-        EngineInput::Monitor(m) => crate::monitor::input(engine, plane, now, m),
-        input => {
-            if let EngineInput::Datagram { read_at, .. } = &input {
-                lag.queued = lag.queued.max(now.saturating_duration_since(*read_at));
-            }
-            handle(engine, conns, life, now, input, net);
+        Next::Datagram(d) => {
+            lag.queued = lag.queued.max(now.saturating_duration_since(d.read_at));
+            engine.handle_framed_read(now, d.read_at, d.flow, d.framed);
         }
+        Next::Input(EngineInput::Browser(b)) => browsers.input(engine, plane, now, b),
+        Next::Input(EngineInput::Monitor(m)) => crate::monitor::input(engine, plane, now, m),
+        Next::Input(input) => handle(engine, conns, life, now, input, net),
     }
 }
 
@@ -78,11 +101,8 @@ fn handle(
             engine.shutdown(now);
             life.stopped = Some(done);
         }
-        EngineInput::Datagram {
-            flow,
-            framed,
-            read_at,
-        } => engine.handle_framed_read(now, read_at, flow, framed),
+        // Taken by the engine task one by one (`Next`).
+        EngineInput::Datagrams(_) => {}
         EngineInput::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
         EngineInput::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);

@@ -9,7 +9,7 @@ use centralino_b2bua::media::MediaEvent;
 
 use crate::error::NetError;
 use crate::handle::{EngineInbox, EngineInput};
-use crate::input::{BATCH, Lifecycle, take_input};
+use crate::input::{BATCH, Lifecycle, Next, take_input};
 use crate::media::MediaPlane;
 use crate::metrics::NetMetrics;
 use centralino_b2bua::{Engine, Metrics, Output};
@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Inputs waiting for the engine beyond which new calls are refused (503):
+/// Inputs waiting for the engine beyond which new calls are refused (503;
+/// a reader's batch of datagrams counts once):
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
 pub(crate) const OVERLOAD_BACKLOG: usize = 2048;
@@ -315,6 +316,7 @@ impl SipServer {
         let nice = config.sip.engine_nice;
         let engine_task = tokio::spawn(crate::sip_io::at_nice(
             nice,
+            config.sip.engine_realtime_priority,
             run_engine(
                 engine,
                 rx,
@@ -614,17 +616,25 @@ async fn run_engine(
     // next input is read, and the media plane has carried out a leave's
     // commands before a supervisor's join is taken.
     let mut budget = 0usize;
+    // What is left of a reader's batch of datagrams: each is an input of
+    // its own, followed by its outputs.
+    let mut pending = Vec::new().into_iter();
+    // Inputs taken since the kept sends last left (`SEND_BATCH_INPUTS`).
+    let mut taken = 0usize;
     loop {
-        let queued = if budget > 0 {
-            budget -= 1;
-            rx.try_recv().ok()
-        } else {
-            None
+        let queued = match pending.next() {
+            Some(d) => Some(Next::Datagram(d)),
+            None if budget > 0 => {
+                budget -= 1;
+                rx.try_recv().ok().and_then(|i| Next::of(i, &mut pending))
+            }
+            None => None,
         };
         if let Some(input) = queued {
             // The sends kept so far leave every few inputs, not only when
             // the batch ends (see `SEND_BATCH_INPUTS`).
-            if budget.is_multiple_of(crate::sip_io::SEND_BATCH_INPUTS) {
+            taken += 1;
+            if taken.is_multiple_of(crate::sip_io::SEND_BATCH_INPUTS) {
                 udp.values_mut().for_each(crate::sip_io::Senders::flush);
             }
             let now = Instant::now().into_std();
@@ -641,6 +651,7 @@ async fn run_engine(
             );
         } else {
             budget = 0;
+            taken = 0;
             // The batch's media commands and datagrams, before the task
             // waits: one wake-up per media or sending thread.
             plane.flush();
@@ -661,7 +672,10 @@ async fn run_engine(
                     let now = Instant::now().into_std();
                     engine.tick_clock(centralino_store::service::unix_now());
                     lag.turn(&mut engine, now, rx.len(), &clients.metrics);
-                    take_input(&mut engine, &mut plane, &mut browsers, &mut conns, &mut life, &mut lag, now, input, &clients.metrics);
+                    let input = Next::of(input, &mut pending);
+                    if let Some(input) = input {
+                        take_input(&mut engine, &mut plane, &mut browsers, &mut conns, &mut life, &mut lag, now, input, &clients.metrics);
+                    }
                     budget = BATCH;
                 }
                 () = sleep => {
