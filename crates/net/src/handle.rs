@@ -15,12 +15,11 @@ use centralino_types::CallId;
 use tokio::sync::mpsc;
 
 /// Inputs queued between their senders and the engine task. A reader's
-/// batch is one input of up to `sip_io::READ_BATCH` (16) datagrams, so
-/// the queue holds at most 65,536 datagrams, as when each was an input of
-/// its own. The lag signal refuses new calls long before it fills (4,096
-/// inputs take the engine hundreds of milliseconds; it sheds at 50).
-const INPUT_QUEUE: usize = 4096;
-const _: () = assert!(INPUT_QUEUE * crate::sip_io::READ_BATCH <= 65_536);
+/// batch of datagrams is one input; the readers also keep their
+/// datagrams in the queue under `pressure::MAX_QUEUED_DATAGRAMS`, the
+/// same number, so the queue holds as many datagrams as when each was an
+/// input of its own, however they are batched.
+const INPUT_QUEUE: usize = 65_536;
 
 /// A UDP datagram, framed by the I/O thread that read it.
 pub struct Datagram {

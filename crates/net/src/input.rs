@@ -44,13 +44,20 @@ pub(crate) enum Next {
 
 impl Next {
     /// `input` as the engine task takes it: a batch of datagrams is kept
-    /// in `pending` and its first one taken (`None`: an empty batch).
+    /// in `pending` and its first one taken (`None`: an empty batch); it
+    /// leaves the queue's count of datagrams (`pressure`).
     pub(crate) fn of(
         input: EngineInput,
         pending: &mut std::vec::IntoIter<Datagram>,
+        pressure: &crate::pressure::Pressure,
     ) -> Option<Self> {
         match input {
             EngineInput::Datagrams(batch) => {
+                debug_assert!(
+                    pending.len() == 0,
+                    "a batch taken before the last one's end"
+                );
+                pressure.taken(batch.len());
                 *pending = batch.into_iter();
                 pending.next().map(Self::Datagram)
             }

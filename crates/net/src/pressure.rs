@@ -17,7 +17,7 @@
 //! before the kernel drops anything.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use centralino_b2bua::Engine;
@@ -52,13 +52,24 @@ pub(crate) struct ReaderGauge {
 pub(crate) struct Pressure {
     epoch: Instant,
     readers: std::sync::Mutex<Vec<Arc<ReaderGauge>>>,
+    /// Datagrams the readers handed to the engine's queue that its task
+    /// has not taken yet: the queue's depth in datagrams (a reader's batch
+    /// is one input), bounded by [`MAX_QUEUED_DATAGRAMS`].
+    queued: AtomicUsize,
 }
+
+/// Datagrams the readers may have in the engine's queue; a reader with a
+/// batch that would pass it waits, and what comes meanwhile waits in the
+/// kernel's buffer (the lag the overload signal sees). Readers that
+/// check at the same instant may pass it by a batch each.
+pub(crate) const MAX_QUEUED_DATAGRAMS: usize = 65_536;
 
 impl Pressure {
     pub(crate) fn new(epoch: Instant) -> Arc<Self> {
         Arc::new(Self {
             epoch,
             readers: std::sync::Mutex::new(Vec::new()),
+            queued: AtomicUsize::new(0),
         })
     }
 
@@ -80,6 +91,16 @@ impl Pressure {
             pressure: self.clone(),
             gauge,
         }
+    }
+
+    /// The engine's task took a batch of `n` datagrams off its queue.
+    pub(crate) fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Datagrams in the engine's queue.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// How long the oldest datagram still in a socket buffer may have
@@ -118,6 +139,18 @@ impl Reader {
                 .empty_at
                 .store(self.pressure.micros(now), Ordering::Relaxed);
         }
+    }
+
+    /// Room for `n` more datagrams in the engine's queue, counted as
+    /// queued once this returns `true`; `false` (nothing counted) while
+    /// the queue holds [`MAX_QUEUED_DATAGRAMS`].
+    pub(crate) fn reserve(&self, n: usize) -> bool {
+        let q = &self.pressure.queued;
+        if q.load(Ordering::Relaxed) + n > MAX_QUEUED_DATAGRAMS {
+            return false;
+        }
+        q.fetch_add(n, Ordering::Relaxed);
+        true
     }
 
     /// A read found the socket empty: no backlog in the kernel.
@@ -276,7 +309,9 @@ impl InputLag {
                 self.episodes = 0;
             }
         }
-        let overloaded = self.overload.on() || queued > OVERLOAD_BACKLOG;
+        // Inputs, or datagrams (a reader's batch is one input).
+        let deep = queued.max(self.pressure.queued()) > OVERLOAD_BACKLOG;
+        let overloaded = self.overload.on() || deep;
         metrics.sip_overloaded.set(i64::from(overloaded));
         engine.set_overloaded(overloaded);
     }
@@ -285,6 +320,25 @@ impl InputLag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The readers keep at most `MAX_QUEUED_DATAGRAMS` datagrams in the
+    /// engine's queue; what the engine takes makes room again.
+    #[test]
+    fn the_queue_holds_a_bounded_number_of_datagrams() {
+        let t0 = Instant::now();
+        let p = Pressure::new(t0);
+        let (a, b) = (p.reader(t0), p.reader(t0));
+        for _ in 0..MAX_QUEUED_DATAGRAMS / 16 {
+            assert!(a.reserve(16));
+        }
+        assert_eq!(p.queued(), MAX_QUEUED_DATAGRAMS);
+        assert!(!b.reserve(1), "full, whichever reader asks");
+        assert_eq!(p.queued(), MAX_QUEUED_DATAGRAMS, "a refusal counts nothing");
+        p.taken(16);
+        assert!(!b.reserve(17));
+        assert!(b.reserve(16));
+        assert_eq!(p.queued(), MAX_QUEUED_DATAGRAMS);
+    }
 
     #[test]
     fn a_socket_never_empty_since_its_wake_up_shows_its_wait() {

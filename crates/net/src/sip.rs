@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Inputs waiting for the engine beyond which new calls are refused (503;
-/// a reader's batch of datagrams counts once):
+/// Inputs or datagrams waiting for the engine beyond which new calls are
+/// refused (503):
 /// a deep backlog means every message already waits long enough for peers
 /// to retransmit, and accepting more work would only feed that spiral.
 pub(crate) const OVERLOAD_BACKLOG: usize = 2048;
@@ -617,18 +617,24 @@ async fn run_engine(
     // commands before a supervisor's join is taken.
     let mut budget = 0usize;
     // What is left of a reader's batch of datagrams: each is an input of
-    // its own, followed by its outputs.
+    // its own, followed by its outputs, and counts in the turn's budget
+    // (a turn is at most BATCH datagrams, not BATCH batches: timers,
+    // media events and the lag signal wait for no more than before).
     let mut pending = Vec::new().into_iter();
     // Inputs taken since the kept sends last left (`SEND_BATCH_INPUTS`).
     let mut taken = 0usize;
     loop {
-        let queued = match pending.next() {
-            Some(d) => Some(Next::Datagram(d)),
-            None if budget > 0 => {
-                budget -= 1;
-                rx.try_recv().ok().and_then(|i| Next::of(i, &mut pending))
+        let queued = if budget > 0 {
+            budget -= 1;
+            match pending.next() {
+                Some(d) => Some(Next::Datagram(d)),
+                None => rx
+                    .try_recv()
+                    .ok()
+                    .and_then(|i| Next::of(i, &mut pending, &lag.pressure)),
             }
-            None => None,
+        } else {
+            None
         };
         if let Some(input) = queued {
             // The sends kept so far leave every few inputs, not only when
@@ -667,15 +673,24 @@ async fn run_engine(
                 }
             };
             tokio::select! {
-                input = rx.recv() => {
+                // Nothing newer is taken before the rest of a batch.
+                input = rx.recv(), if pending.len() == 0 => {
                     let Some(input) = input else { return };
                     let now = Instant::now().into_std();
                     engine.tick_clock(centralino_store::service::unix_now());
                     lag.turn(&mut engine, now, rx.len(), &clients.metrics);
-                    let input = Next::of(input, &mut pending);
+                    let input = Next::of(input, &mut pending, &lag.pressure);
                     if let Some(input) = input {
                         take_input(&mut engine, &mut plane, &mut browsers, &mut conns, &mut life, &mut lag, now, input, &clients.metrics);
                     }
+                    budget = BATCH;
+                }
+                // The rest of a batch the last turn's budget left, after
+                // this turn's timers and media events if they are due.
+                () = std::future::ready(()), if pending.len() > 0 => {
+                    let now = Instant::now().into_std();
+                    engine.tick_clock(centralino_store::service::unix_now());
+                    lag.turn(&mut engine, now, rx.len(), &clients.metrics);
                     budget = BATCH;
                 }
                 () = sleep => {
