@@ -288,8 +288,8 @@ fn the_engine_thread_alone_runs_at_the_nice_value_asked() {
 /// `sip.engine_realtime_priority`: the engine's thread (the process's
 /// main one) runs under `SCHED_RR` at the priority asked and every other
 /// thread, those it starts later included (the staffing advisor), under
-/// the normal scheduler, and calls go through; a node not allowed to (no
-/// `CAP_SYS_NICE`) says so and runs on.
+/// the normal scheduler, and calls go through; a node the kernel refuses
+/// it says so and runs on.
 #[test]
 fn the_engine_thread_alone_runs_under_the_real_time_scheduler() {
     let scratch = Scratch::new("sip-io-engine-realtime");
@@ -306,7 +306,8 @@ fn the_engine_thread_alone_runs_under_the_real_time_scheduler() {
         .args(["-r", "3", "true"])
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        .expect("chrt (util-linux) runs")
+        .success();
     assert_eq!(refused, !allowed, "refused: {refused}, allowed: {allowed}");
     let threads = scheduler_by_thread(pid);
     for (task, name, sched) in &threads {
@@ -325,14 +326,20 @@ fn the_engine_thread_alone_runs_under_the_real_time_scheduler() {
 
 /// A reader's batch reaches the engine whole: with the node frozen
 /// (`SIGSTOP`) while a peer sends a burst of OPTIONS, its reader finds
-/// them queued once thawed, hands them over in batches of several, and
-/// the engine answers every one, in the order sent.
+/// them queued once thawed and hands them over in batches of 16, and the
+/// engine answers every one, in the order sent. The burst is longer than
+/// one turn of the engine task (256 inputs after the first), so a batch
+/// is cut by the turn's end and its rest must come before anything newer.
 #[test]
 fn a_burst_read_in_a_row_is_answered_whole_and_in_order() {
-    const BURST: usize = 40;
+    const BURST: usize = 400;
     let scratch = Scratch::new("sip-io-burst");
     let node = node(&scratch, 1, 30);
     let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Room for every answer even if this thread reads late.
+    socket2::SockRef::from(&peer)
+        .set_recv_buffer_size(4 << 20)
+        .unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let port = node.sip_port;

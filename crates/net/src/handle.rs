@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 /// Inputs queued between their senders and the engine task. A reader's
 /// batch of datagrams is one input; the readers also keep their
 /// datagrams in the queue under `pressure::MAX_QUEUED_DATAGRAMS`, the
-/// same number, so the queue holds as many datagrams as when each was an
-/// input of its own, however they are batched.
+/// same number, so the queue holds as many UDP datagrams as when each was
+/// an input of its own, however they are batched (other inputs, TCP and
+/// TLS messages among them, take the slots the batches leave).
 const INPUT_QUEUE: usize = 65_536;
 
 /// A UDP datagram, framed by the I/O thread that read it.

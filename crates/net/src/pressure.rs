@@ -60,8 +60,7 @@ pub(crate) struct Pressure {
 
 /// Datagrams the readers may have in the engine's queue; a reader with a
 /// batch that would pass it waits, and what comes meanwhile waits in the
-/// kernel's buffer (the lag the overload signal sees). Readers that
-/// check at the same instant may pass it by a batch each.
+/// kernel's buffer (the lag the overload signal sees).
 pub(crate) const MAX_QUEUED_DATAGRAMS: usize = 65_536;
 
 impl Pressure {
@@ -145,12 +144,12 @@ impl Reader {
     /// queued once this returns `true`; `false` (nothing counted) while
     /// the queue holds [`MAX_QUEUED_DATAGRAMS`].
     pub(crate) fn reserve(&self, n: usize) -> bool {
-        let q = &self.pressure.queued;
-        if q.load(Ordering::Relaxed) + n > MAX_QUEUED_DATAGRAMS {
-            return false;
-        }
-        q.fetch_add(n, Ordering::Relaxed);
-        true
+        self.pressure
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q + n <= MAX_QUEUED_DATAGRAMS).then_some(q + n)
+            })
+            .is_ok()
     }
 
     /// A read found the socket empty: no backlog in the kernel.
@@ -309,8 +308,9 @@ impl InputLag {
                 self.episodes = 0;
             }
         }
-        // Inputs, or datagrams (a reader's batch is one input).
-        let deep = queued.max(self.pressure.queued()) > OVERLOAD_BACKLOG;
+        // Inputs and datagrams (a reader's batch is one input: counted
+        // once more than its datagrams, at most 1/16 over).
+        let deep = queued + self.pressure.queued() > OVERLOAD_BACKLOG;
         let overloaded = self.overload.on() || deep;
         metrics.sip_overloaded.set(i64::from(overloaded));
         engine.set_overloaded(overloaded);

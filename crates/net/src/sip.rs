@@ -618,8 +618,9 @@ async fn run_engine(
     let mut budget = 0usize;
     // What is left of a reader's batch of datagrams: each is an input of
     // its own, followed by its outputs, and counts in the turn's budget
-    // (a turn is at most BATCH datagrams, not BATCH batches: timers,
-    // media events and the lag signal wait for no more than before).
+    // (a turn takes at most 1 + BATCH inputs, datagrams counted one by
+    // one, not batches: timers, media events and the lag signal wait no
+    // longer than before).
     let mut pending = Vec::new().into_iter();
     // Inputs taken since the kept sends last left (`SEND_BATCH_INPUTS`).
     let mut taken = 0usize;
@@ -685,8 +686,9 @@ async fn run_engine(
                     }
                     budget = BATCH;
                 }
-                // The rest of a batch the last turn's budget left, after
-                // this turn's timers and media events if they are due.
+                // The rest of a batch the last turn's budget left: it
+                // competes with due timers and media events as a queued
+                // input did, and nothing newer is taken before it.
                 () = std::future::ready(()), if pending.len() > 0 => {
                     let now = Instant::now().into_std();
                     engine.tick_clock(centralino_store::service::unix_now());
