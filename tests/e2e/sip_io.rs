@@ -309,6 +309,10 @@ fn the_engine_thread_alone_runs_under_the_real_time_scheduler() {
         .expect("chrt (util-linux) runs")
         .success();
     assert_eq!(refused, !allowed, "refused: {refused}, allowed: {allowed}");
+    assert_eq!(
+        node.metric("centralino_engine_realtime_priority"),
+        if refused { 0.0 } else { 3.0 }
+    );
     let threads = scheduler_by_thread(pid);
     for (task, name, sched) in &threads {
         let engine = *task == pid;

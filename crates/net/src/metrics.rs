@@ -29,6 +29,10 @@ pub struct NetMetrics {
     /// `centralino_sip_overloaded`: 1 while new calls are refused because
     /// the lag passed its limit.
     pub sip_overloaded: IntGauge,
+    /// `centralino_engine_realtime_priority`: the real-time priority the
+    /// engine's thread runs at (`SCHED_RR`), 0 under the normal scheduler:
+    /// what `sip.engine_realtime_priority` asked, once the kernel granted it.
+    pub engine_realtime_priority: IntGauge,
     /// `centralino_sip_udp_drops_total`: datagrams the kernel dropped on
     /// the SIP sockets because their receive buffer was full.
     pub sip_udp_drops: IntCounter,
@@ -174,6 +178,13 @@ impl NetMetrics {
                 IntGauge::new(
                     "centralino_sip_overloaded",
                     "1 while new calls are refused because the SIP input lag passed its limit"
+                )
+                .expect("valid metric")
+            ),
+            engine_realtime_priority: reg!(
+                IntGauge::new(
+                    "centralino_engine_realtime_priority",
+                    "Real-time (SCHED_RR) priority of the engine's thread; 0: the normal scheduler"
                 )
                 .expect("valid metric")
             ),

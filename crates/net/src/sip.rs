@@ -317,6 +317,7 @@ impl SipServer {
         let engine_task = tokio::spawn(crate::sip_io::at_nice(
             nice,
             config.sip.engine_realtime_priority,
+            net.engine_realtime_priority.clone(),
             run_engine(
                 engine,
                 rx,

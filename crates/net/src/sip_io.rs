@@ -333,12 +333,17 @@ impl IoThread {
 /// at each, and the node spent a quarter more per call). The kernel keeps
 /// 5 % of each second for the normal scheduler's threads
 /// (`sched_rt_runtime_us`), and the node's heartbeat shows a stalled loop.
-pub(crate) async fn at_nice<F: Future>(nice: i32, realtime: u8, task: F) -> F::Output {
+pub(crate) async fn at_nice<F: Future>(
+    nice: i32,
+    realtime: u8,
+    granted: prometheus::IntGauge,
+    task: F,
+) -> F::Output {
     if nice != 0 {
         set_engine_nice(nice);
     }
-    if realtime != 0 {
-        set_engine_realtime(realtime);
+    if realtime != 0 && set_engine_realtime(realtime) {
+        granted.set(i64::from(realtime));
     }
     task.await
 }
@@ -629,16 +634,21 @@ mod tests {
         let before = nice();
         let (set, engine, inherited, background) = std::thread::spawn(move || {
             // The future runs where it is polled, after the value is set.
-            block_on(at_nice(-20, 0, async move {
-                let inherited = std::thread::spawn(nice).join().expect("thread");
-                let background = std::thread::spawn(move || {
-                    background_thread();
-                    nice()
-                })
-                .join()
-                .expect("thread");
-                (nice() != before, nice(), inherited, background)
-            }))
+            block_on(at_nice(
+                -20,
+                0,
+                prometheus::IntGauge::new("g", "g").expect("gauge"),
+                async move {
+                    let inherited = std::thread::spawn(nice).join().expect("thread");
+                    let background = std::thread::spawn(move || {
+                        background_thread();
+                        nice()
+                    })
+                    .join()
+                    .expect("thread");
+                    (nice() != before, nice(), inherited, background)
+                },
+            ))
         })
         .join()
         .expect("thread");
@@ -669,8 +679,10 @@ mod tests {
             || policy_of(&std::fs::read_to_string("/proc/thread-self/stat").expect("stat"));
         let before = policy();
         assert_eq!(before, (0, 0), "the test runs under the normal scheduler");
+        let granted = prometheus::IntGauge::new("granted", "g").expect("gauge");
+        let seen = granted.clone();
         let (engine, started) = std::thread::spawn(move || {
-            block_on(at_nice(0, 7, async move {
+            block_on(at_nice(0, 7, granted, async move {
                 let started = std::thread::spawn(policy).join().expect("thread");
                 (policy(), started)
             }))
@@ -685,8 +697,10 @@ mod tests {
             .expect("thread");
         if allowed {
             assert_eq!(engine, (2, 7), "SCHED_RR at priority 7");
+            assert_eq!(seen.get(), 7, "the gauge says so");
         } else {
             assert_eq!(engine, before, "refused: nothing changed");
+            assert_eq!(seen.get(), 0, "the gauge says so");
         }
         assert_eq!(started, (0, 0), "a thread it starts: the normal scheduler");
         assert_eq!(policy(), before, "the test's own thread is untouched");
