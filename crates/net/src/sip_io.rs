@@ -178,15 +178,6 @@ impl IoThread {
         let mut buf = vec![0u8; 65_536];
         let mut batch = Vec::with_capacity(READ_BATCH);
         loop {
-            // Full, or held long enough: a reader preempted between two
-            // reads would otherwise hold what it read before (its wait
-            // counts in the lag, and the calls' latency).
-            let held = batch
-                .first()
-                .is_some_and(|d: &Datagram| d.read_at.elapsed() >= READ_HOLD);
-            if (batch.len() == READ_BATCH || held) && self.hand_over(&mut batch).is_none() {
-                return;
-            }
             match self.sock.recv_from(&mut buf) {
                 Ok((n, remote)) => {
                     let read_at = Instant::now();
@@ -226,6 +217,14 @@ impl IoThread {
                         framed,
                         read_at,
                     });
+                    // Full, or held long enough (timed from the reads'
+                    // own clock, no other): a reader preempted between
+                    // two reads would otherwise hold what it read before
+                    // (its wait counts in the lag, and the calls' latency).
+                    let held = read_at.saturating_duration_since(batch[0].read_at) >= READ_HOLD;
+                    if (batch.len() == READ_BATCH || held) && self.hand_over(&mut batch).is_none() {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if !batch.is_empty() {
