@@ -448,22 +448,7 @@ impl Config {
             "sip.tcp_idle_timeout_seconds",
             raw.sip.tcp_idle_timeout_seconds,
         );
-        if raw.sip.io_threads > MAX_IO_THREADS {
-            p.add(
-                "sip.io_threads",
-                format!("must be in 0..={MAX_IO_THREADS} (0 = one per core)"),
-            );
-        }
-        if !(-20..=0).contains(&raw.sip.engine_nice) {
-            p.add(
-                "sip.engine_nice",
-                "must be in -20..=0 (0 = the process's own priority)",
-            );
-        }
-        if raw.sip.engine_realtime_priority > 99 {
-            let why = "must be in 0..=99 (0 = the normal scheduler)";
-            p.add("sip.engine_realtime_priority", why);
-        }
+        engine_threads(&mut p, &raw.sip);
         if raw.sip.drain_seconds > 3600 {
             p.add("sip.drain_seconds", "must be in 0..=3600");
         }
@@ -1133,6 +1118,7 @@ impl Config {
                 io_threads: raw.sip.io_threads,
                 engine_nice: raw.sip.engine_nice,
                 engine_realtime_priority: raw.sip.engine_realtime_priority as u8,
+                overload_lag: Duration::from_millis(raw.sip.overload_lag_milliseconds),
                 max_tcp_connections: raw.sip.max_tcp_connections,
                 max_transactions_per_source: raw.sip.max_transactions_per_source,
                 tcp_idle_timeout: Duration::from_secs(raw.sip.tcp_idle_timeout_seconds),

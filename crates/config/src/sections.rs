@@ -3,6 +3,30 @@
 
 use super::*;
 
+/// The engine's thread and its overload signal.
+pub(super) fn engine_threads(p: &mut Problems, raw: &RawSip) {
+    if raw.io_threads > MAX_IO_THREADS {
+        p.add(
+            "sip.io_threads",
+            format!("must be in 0..={MAX_IO_THREADS} (0 = one per core)"),
+        );
+    }
+    if !(-20..=0).contains(&raw.engine_nice) {
+        p.add(
+            "sip.engine_nice",
+            "must be in -20..=0 (0 = the process's own priority)",
+        );
+    }
+    if raw.engine_realtime_priority > 99 {
+        let why = "must be in 0..=99 (0 = the normal scheduler)";
+        p.add("sip.engine_realtime_priority", why);
+    }
+    if !(10..=1000).contains(&raw.overload_lag_milliseconds) {
+        let why = "must be in 10..=1000 (new calls are refused past this lag)";
+        p.add("sip.overload_lag_milliseconds", why);
+    }
+}
+
 /// The TLS listener's settings: all of them with `tls` in `transports`,
 /// none without. The files must be readable now, so a typo fails
 /// `check-config` and the start, not the first carrier's handshake.

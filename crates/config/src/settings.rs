@@ -126,6 +126,12 @@ pub struct SipConfig {
     /// p99 under 1 ms. It needs `CAP_SYS_NICE` or `RLIMIT_RTPRIO`
     /// (systemd `LimitRTPRIO=`); refused, the node says so and runs on.
     pub engine_realtime_priority: u8,
+    /// The node's own lag (how long SIP input waits before the engine
+    /// reads it) past which new calls are refused with `503` and
+    /// `Retry-After`; taken again under half of it. 50 ms sheds before a
+    /// 4 MiB socket buffer fills at 6,000 calls/s offered and long before
+    /// SIP's T1 (500 ms) makes peers repeat themselves.
+    pub overload_lag: Duration,
     /// Most TCP connections.
     pub max_tcp_connections: usize,
     /// Most live server transactions from one address that is not a trunk

@@ -1266,6 +1266,22 @@ fn the_engine_realtime_priority_is_a_real_time_priority() {
 }
 
 #[test]
+fn the_overload_lag_is_bounded() {
+    let c = Config::embedded().unwrap();
+    assert_eq!(c.sip.overload_lag, Duration::from_millis(50));
+    for good in [10u64, 400, 1000] {
+        let c = Config::from_toml(&format!("[sip]\noverload_lag_milliseconds = {good}\n")).unwrap();
+        assert_eq!(c.sip.overload_lag, Duration::from_millis(good));
+    }
+    for bad in ["0", "9", "1001"] {
+        refused(
+            &format!("[sip]\noverload_lag_milliseconds = {bad}\n"),
+            "sip.overload_lag_milliseconds: must be in 10..=1000 (new calls are refused past this lag)",
+        );
+    }
+}
+
+#[test]
 fn the_engine_nice_value_is_a_nice_value() {
     assert_eq!(Config::embedded().unwrap().sip.engine_nice, 0);
     let c = Config::from_toml("[sip]\nengine_nice = -10\n").unwrap();

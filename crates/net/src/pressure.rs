@@ -6,8 +6,8 @@
 //! report how long their socket has been without a moment empty, and each
 //! datagram carries the time it was read.
 //!
-//! Overload is declared when the lag passes [`ENTER`] and lifted when it
-//! falls under [`LEAVE`]: new INVITEs then get `503` with `Retry-After`
+//! Overload is declared when the lag passes `sip.overload_lag_milliseconds`
+//! (50 ms by default) and lifted when it falls under half of it: new INVITEs then get `503` with `Retry-After`
 //! (stateless, a fraction of a call's cost) while everything else —
 //! registrations, in-dialog requests, responses — goes on, so calls
 //! already admitted complete and the backlog drains. SIP's own timer T1
@@ -26,14 +26,11 @@ use tracing::warn;
 use crate::metrics::NetMetrics;
 use crate::sip::OVERLOAD_BACKLOG;
 
-/// Lag past which new calls are refused. At 6,000 calls/s offered the
-/// node reads ~50,000 messages a second, and a 4 MiB socket buffer
-/// (about 2,500 of them with the kernel's overhead) fills in ~50 ms: the
-/// limit must come before that, or the kernel drops what the node would
-/// have answered.
-pub(crate) const ENTER: Duration = Duration::from_millis(50);
-/// Lag under which they are taken again.
-pub(crate) const LEAVE: Duration = Duration::from_millis(25);
+// The default lag past which new calls are refused (the configuration's
+// `sip.overload_lag_milliseconds`): at 6,000 calls/s offered the node
+// reads ~50,000 messages a second, and a 4 MiB socket buffer (about 2,500
+// of them with the kernel's overhead) fills in ~50 ms: the limit must come
+// before that, or the kernel drops what the node would have answered.
 
 /// What one UDP reader tells the engine task about its socket.
 #[derive(Debug)]
@@ -163,16 +160,33 @@ impl Reader {
 
 /// Overload with hysteresis, from the lag observed at each turn of the
 /// engine task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Overload {
     on: bool,
+    /// Lag past which new calls are refused.
+    enter: Duration,
+    /// Lag under which they are taken again (half of `enter`, so one
+    /// slow turn near the limit does not flip it back and forth).
+    leave: Duration,
 }
 
 impl Overload {
+    pub(crate) fn new(enter: Duration) -> Self {
+        Self {
+            on: false,
+            enter,
+            leave: enter / 2,
+        }
+    }
+
     /// The lag now (the longer of the kernel's and the input queue's
     /// wait); `Some(state)` when the state changes.
     pub(crate) fn observe(&mut self, lag: Duration) -> Option<bool> {
-        let next = if self.on { lag > LEAVE } else { lag > ENTER };
+        let next = if self.on {
+            lag > self.leave
+        } else {
+            lag > self.enter
+        };
         (next != self.on).then(|| {
             self.on = next;
             next
@@ -369,19 +383,24 @@ mod tests {
         );
     }
 
+    /// The configured lag starts overload; half of it ends it.
     #[test]
-    fn overload_starts_past_enter_and_ends_under_leave() {
-        let mut o = Overload::default();
-        assert_eq!(o.observe(ENTER), None, "not past it");
-        assert_eq!(o.observe(ENTER + Duration::from_millis(1)), Some(true));
-        assert_eq!(
-            o.observe(LEAVE + Duration::from_millis(1)),
-            None,
-            "still over LEAVE"
-        );
-        assert!(o.on());
-        assert_eq!(o.observe(LEAVE - Duration::from_millis(1)), Some(false));
-        assert_eq!(o.observe(ENTER), None);
+    fn overload_starts_past_the_configured_lag_and_ends_under_half() {
+        for ms in [50, 400] {
+            let enter = Duration::from_millis(ms);
+            let leave = enter / 2;
+            let mut o = Overload::new(enter);
+            assert_eq!(o.observe(enter), None, "not past it");
+            assert_eq!(o.observe(enter + Duration::from_millis(1)), Some(true));
+            assert_eq!(
+                o.observe(leave + Duration::from_millis(1)),
+                None,
+                "still over half"
+            );
+            assert!(o.on());
+            assert_eq!(o.observe(leave - Duration::from_millis(1)), Some(false));
+            assert_eq!(o.observe(enter), None);
+        }
     }
 
     #[test]

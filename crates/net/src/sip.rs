@@ -333,7 +333,7 @@ impl SipServer {
                 config_tx,
                 crate::pressure::InputLag {
                     pressure,
-                    overload: crate::pressure::Overload::default(),
+                    overload: crate::pressure::Overload::new(config.sip.overload_lag),
                     queued: Duration::ZERO,
                     logged: None,
                     episodes: 0,
