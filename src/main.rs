@@ -941,6 +941,10 @@ fn serve(
         .on_thread_start(centralino_net::background_thread)
         .build()
         .context("starting the runtime")?;
+    // SIP over TCP and TLS (handshakes, records, framing) on threads of
+    // their own; dropped after the engine's runtime, at the very end.
+    let stream_runtime = centralino_net::streams::runtime(config.sip.io_threads)
+        .context("starting the SIP stream runtime")?;
     // The HTTP endpoint has a thread and runtime of its own: a flood of
     // requests, or a slow handler, never delays the engine's loop, and
     // `/healthz` still answers (engine stalled) when that loop stops.
@@ -1027,6 +1031,7 @@ fn serve(
         health,
         (tls, web),
     )?;
+    let streams = stream_runtime.handle().clone();
     runtime.block_on(async move {
         let sip = match SipServer::start(
             &config,
@@ -1036,6 +1041,7 @@ fn serve(
             heartbeat,
             inbox,
             net_metrics,
+            streams,
         )
         .await
         {

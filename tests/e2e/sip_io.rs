@@ -177,7 +177,7 @@ fn scheduler_by_thread(pid: u32) -> Vec<(u32, String, (u32, u32))> {
 }
 
 /// `field` of each of the process's threads' `stat` line.
-fn by_thread<T>(pid: u32, field: fn(&str) -> T) -> Vec<(u32, String, T)> {
+pub(crate) fn by_thread<T>(pid: u32, field: fn(&str) -> T) -> Vec<(u32, String, T)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let path = task.expect("task").path();

@@ -432,6 +432,69 @@ fn tls_trunk_call_reaches_an_operator() {
     );
 }
 
+/// User and system CPU ticks (fields 14 and 15, `proc(5)`) of a
+/// `/proc/.../stat` line, counted after the command's closing parenthesis.
+fn cpu_in(stat: &str) -> u64 {
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| rest[n - 3].parse::<u64>().expect("a number");
+    field(14) + field(15)
+}
+
+/// TLS handshakes run on the stream threads (`sip-stream-N`), not on the
+/// engine's: phones reconnecting by the hundred after a network blip
+/// must not hold every call's signalling. Handshakes until the stream
+/// threads have spent 300 ms of CPU on them (bounded in count); the
+/// engine's thread (the main one) meanwhile only hears of each
+/// connection opening and closing.
+#[test]
+fn tls_handshakes_run_on_the_stream_threads_not_the_engines() {
+    let scratch = Scratch::new("tls-threads");
+    let pki = node_pki(&scratch);
+    let tls_port = free_port();
+    let node = tls_node(&scratch, &pki, tls_port, "", "");
+    node.wait_log("SIP listening on TLS", Duration::from_secs(5));
+    let pid = node.pid();
+    // (engine's ticks, the stream threads' ticks)
+    let ticks = || {
+        let threads = crate::sip_io::by_thread(pid, cpu_in);
+        let engine = threads
+            .iter()
+            .filter(|(id, ..)| *id == pid)
+            .map(|t| t.2)
+            .sum::<u64>();
+        let streams = threads
+            .iter()
+            .filter(|(_, name, _)| name.starts_with("sip-stream-"))
+            .map(|t| t.2)
+            .sum::<u64>();
+        (engine, streams)
+    };
+    let before = ticks();
+    let mut now = before;
+    let mut handshakes = 0;
+    while now.1 - before.1 < 30 && handshakes < 10_000 {
+        for _ in 0..50 {
+            drop(connect(tls_port, &pki.path("ca.pem"), None).expect("handshake"));
+            handshakes += 1;
+        }
+        now = ticks();
+    }
+    let (engine, streams) = (now.0 - before.0, now.1 - before.1);
+    assert!(
+        streams >= 30,
+        "{handshakes} handshakes cost the stream threads {streams} ticks (the engine's {engine})"
+    );
+    assert!(
+        engine * 4 <= streams,
+        "{handshakes} handshakes cost the engine's thread {engine} ticks, the stream threads {streams}"
+    );
+}
+
 /// `openssl s_client` against the TLS port: exit status and what it says.
 fn s_client(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")

@@ -39,6 +39,7 @@ mod session;
 mod sip;
 mod sip_io;
 mod staffing;
+pub mod streams;
 mod tls;
 pub mod web;
 mod work;

@@ -14,13 +14,9 @@ use crate::media::MediaPlane;
 use crate::metrics::NetMetrics;
 use centralino_b2bua::{Engine, Metrics, Output};
 use centralino_config::{Config, ListenTransport};
-use centralino_sip::guard::StreamFramer;
-use centralino_sip::txn::Flow;
 use centralino_sip::{Limits, Transport};
 use rand::TryRngCore;
 use std::net::UdpSocket;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -37,8 +33,6 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const RECORD_BATCH: usize = 512;
 /// Longest a call record waits for its batch.
 const RECORD_FLUSH: Duration = Duration::from_millis(200);
-/// Idle time after which a TCP connection with no partial message is closed.
-const TCP_IDLE: Duration = Duration::from_secs(900);
 
 impl NetError {
     pub(crate) fn tls(file: &std::path::Path, reason: impl std::fmt::Display) -> Self {
@@ -58,7 +52,9 @@ pub struct SipServer {
 
 impl SipServer {
     /// Binds every listener and starts the engine task, which beats
-    /// `heartbeat` while its loop turns.
+    /// `heartbeat` while its loop turns. TCP and TLS connections, accepted
+    /// or opened to carriers, run on `streams` ([`crate::streams`]).
+    #[allow(clippy::too_many_arguments)] // The node's parts, each once, as the binary built them.
     pub async fn start(
         config: &Config,
         metrics: Metrics,
@@ -67,6 +63,7 @@ impl SipServer {
         heartbeat: crate::health::Heartbeat,
         inbox: EngineInbox,
         net: NetMetrics,
+        streams: tokio::runtime::Handle,
     ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng
@@ -96,6 +93,16 @@ impl SipServer {
         let pressure = crate::pressure::Pressure::new(now);
         let io_threads = crate::sip_io::io_threads(config.sip.io_threads);
         let mut io_spawned = 0;
+        let acceptor = |tls, max| crate::streams::Acceptor {
+            tls,
+            tx: tx.clone(),
+            limits: engine.limits().clone(),
+            metrics: net.clone(),
+            next_conn: next_conn.clone(),
+            open: open.clone(),
+            max,
+            partial_timeout: config.sip.tcp_idle_timeout,
+        };
         for addr in &config.sip.listen {
             // Bind UDP first so an ephemeral port (0) resolves to one number
             // that TCP then takes too.
@@ -135,52 +142,24 @@ impl SipServer {
                 }
             }
             if config.sip.transports.contains(&ListenTransport::Tcp) {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| NetError::Bind { addr, source })?;
-                let addr = listener
-                    .local_addr()
+                let acceptor = acceptor(None, config.sip.max_tcp_connections);
+                let addr = crate::streams::listen(&streams, addr, acceptor)
                     .map_err(|source| NetError::Bind { addr, source })?;
                 info!(%addr, "SIP listening on TCP");
                 bound.push((ListenTransport::Tcp, addr));
-                tokio::spawn(tcp_acceptor(
-                    listener,
-                    None,
-                    tx.clone(),
-                    engine.limits().clone(),
-                    net.clone(),
-                    next_conn.clone(),
-                    open.clone(),
-                    config.sip.max_tcp_connections,
-                    config.sip.tcp_idle_timeout,
-                ));
             }
         }
         if let Some(tls) = &config.sip.tls {
             let (server, checks) = crate::tls::server_config(tls, &config.trunks)?;
-            let acceptor = (tokio_rustls::TlsAcceptor::from(Arc::new(server)), checks);
+            let tls_acceptor = (tokio_rustls::TlsAcceptor::from(Arc::new(server)), checks);
             for &addr in &tls.listen {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| NetError::Bind { addr, source })?;
-                let addr = listener
-                    .local_addr()
+                // TLS shares the TCP path: one connection cap, one framer,
+                // one idle timer, one gauge.
+                let acceptor = acceptor(Some(tls_acceptor.clone()), config.sip.max_tcp_connections);
+                let addr = crate::streams::listen(&streams, addr, acceptor)
                     .map_err(|source| NetError::Bind { addr, source })?;
                 info!(%addr, "SIP listening on TLS");
                 bound.push((ListenTransport::Tls, addr));
-                // TLS shares the TCP path: one connection cap, one framer,
-                // one idle timer, one gauge.
-                tokio::spawn(tcp_acceptor(
-                    listener,
-                    Some(acceptor.clone()),
-                    tx.clone(),
-                    engine.limits().clone(),
-                    net.clone(),
-                    next_conn.clone(),
-                    open.clone(),
-                    config.sip.max_tcp_connections,
-                    config.sip.tcp_idle_timeout,
-                ));
             }
         }
         if let Some(&(_, udp_addr)) = bound.iter().find(|(t, _)| *t == ListenTransport::Udp) {
@@ -294,6 +273,7 @@ impl SipServer {
             cluster: to_cluster,
             fence,
             work_ready: ready_flag,
+            streams,
         };
         // The store's answers come back through the engine's own queue.
         let answers = tx.downgrade();
@@ -347,224 +327,6 @@ impl SipServer {
     pub async fn join(self) {
         let _ = self.engine_task.await;
     }
-}
-
-#[allow(clippy::too_many_arguments)] // Plumbing of one listener's settings.
-async fn tcp_acceptor(
-    listener: TcpListener,
-    tls: Option<(tokio_rustls::TlsAcceptor, crate::tls::PeerChecks)>,
-    tx: mpsc::Sender<EngineInput>,
-    limits: Limits,
-    metrics: NetMetrics,
-    next_conn: Arc<AtomicU64>,
-    open: Arc<AtomicUsize>,
-    max: usize,
-    partial_timeout: Duration,
-) {
-    let local = listener.local_addr().ok();
-    loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if open.load(Ordering::Relaxed) >= max {
-            metrics.sip_tcp_refused.inc();
-            drop(stream);
-            continue;
-        }
-        open.fetch_add(1, Ordering::Relaxed);
-        metrics.sip_tcp_connections.inc();
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let flow = Flow {
-            transport: if tls.is_some() {
-                Transport::Tls
-            } else {
-                Transport::Tcp
-            },
-            remote,
-            local: local.unwrap_or(remote),
-            conn,
-        };
-        let (tx, limits, metrics, open, tls) = (
-            tx.clone(),
-            limits.clone(),
-            metrics.clone(),
-            open.clone(),
-            tls.clone(),
-        );
-        tokio::spawn(async move {
-            match tls {
-                None => {
-                    stream_connection(
-                        stream,
-                        flow,
-                        Vec::new(),
-                        tx.clone(),
-                        limits,
-                        partial_timeout,
-                    )
-                    .await;
-                    let _ = tx.send(EngineInput::ConnClosed { conn }).await;
-                }
-                Some((acceptor, checks)) => {
-                    let handshake = tokio::time::timeout(
-                        crate::tls::HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            let trunks = checks.trunks_of(stream.get_ref().1.peer_certificates());
-                            if !trunks.is_empty() {
-                                debug!(peer = %remote, trunks = ?trunks, "TLS client certificate of a trunk");
-                            }
-                            stream_connection(
-                                stream,
-                                flow,
-                                trunks,
-                                tx.clone(),
-                                limits,
-                                partial_timeout,
-                            )
-                            .await;
-                            let _ = tx.send(EngineInput::ConnClosed { conn }).await;
-                        }
-                        Ok(Err(e)) => handshake_failed(&metrics, "in", remote, &e),
-                        Err(_) => handshake_timed_out(&metrics, "in", remote),
-                    }
-                }
-            }
-            open.fetch_sub(1, Ordering::Relaxed);
-            metrics.sip_tcp_connections.dec();
-        });
-    }
-}
-
-/// Counts (and logs at DEBUG: a scanner's probe is no news) a handshake
-/// that failed.
-fn handshake_failed(metrics: &NetMetrics, direction: &str, peer: SocketAddr, e: &std::io::Error) {
-    let reason = crate::tls::failure_reason(e);
-    debug!(%peer, direction, reason, error = %e, "TLS handshake failed");
-    metrics
-        .sip_tls_handshake_failures
-        .with_label_values(&[direction, reason])
-        .inc();
-}
-
-fn handshake_timed_out(metrics: &NetMetrics, direction: &str, peer: SocketAddr) {
-    debug!(%peer, direction, "TLS handshake timed out");
-    metrics
-        .sip_tls_handshake_failures
-        .with_label_values(&[direction, "timeout"])
-        .inc();
-}
-
-/// One SIP stream (TCP, or TLS once its handshake is done): framed
-/// messages in, the engine's bytes out, until either side ends it.
-async fn stream_connection<S>(
-    stream: S,
-    flow: Flow,
-    trunks: Vec<String>,
-    tx: mpsc::Sender<EngineInput>,
-    limits: Limits,
-    partial_timeout: Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-{
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-    if tx
-        .send(EngineInput::ConnOpen {
-            conn: flow.conn,
-            tx: out_tx,
-            trunks,
-        })
-        .await
-        .is_err()
-    {
-        return;
-    }
-    pump_stream(stream, flow, tx, out_rx, limits, partial_timeout).await;
-}
-
-/// Messages queued for one stream connection's writer.
-const STREAM_QUEUE: usize = 256;
-
-/// Reads framed messages to the engine and writes its bytes, until the
-/// peer, the idle timer or a framing error ends the connection.
-async fn pump_stream<S>(
-    stream: S,
-    flow: Flow,
-    tx: mpsc::Sender<EngineInput>,
-    mut out_rx: mpsc::Receiver<Vec<u8>>,
-    limits: Limits,
-    partial_timeout: Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut framer = StreamFramer::default();
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut fatal = false;
-    loop {
-        let wait = if framer.buffered() > 0 {
-            partial_timeout
-        } else {
-            TCP_IDLE
-        };
-        tokio::select! {
-            r = tokio::time::timeout(wait, rd.read(&mut buf)) => {
-                let n = match r {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => n,
-                    Err(_) => {
-                        debug!(peer = %flow.remote, partial = framer.buffered() > 0, "TCP connection timed out");
-                        break;
-                    }
-                };
-                framer.push(&buf[..n]);
-                loop {
-                    match framer.next_message(&limits) {
-                        Ok(None) => break,
-                        Ok(Some(f)) => {
-                            if tx.send(EngineInput::Framed { flow, framed: Ok(f) }).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(rej) => {
-                            let breaks = rej.error.breaks_framing();
-                            let _ = tx.send(EngineInput::Framed { flow, framed: Err(rej) }).await;
-                            if breaks {
-                                fatal = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-                if fatal {
-                    break;
-                }
-            }
-            Some(bytes) = out_rx.recv() => {
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    if fatal {
-        // Let the error response out before closing: framing is lost.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            if let Some(bytes) = out_rx.recv().await {
-                let _ = wr.write_all(&bytes).await;
-            }
-        })
-        .await;
-    }
-    let _ = wr.shutdown().await;
 }
 
 #[allow(clippy::too_many_arguments)] // The engine task's inputs and outputs, each once.
@@ -984,6 +746,8 @@ struct Clients {
     fence: Option<(mpsc::Sender<crate::work::Fence>, crate::work::Claims)>,
     /// The work stream is ready (`None`: no durable work across nodes).
     work_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Where the connections run (`crate::streams`).
+    streams: tokio::runtime::Handle,
 }
 
 impl Clients {
@@ -1024,11 +788,11 @@ impl Clients {
             return;
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (out_tx, out_rx) = mpsc::channel(STREAM_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(crate::streams::STREAM_QUEUE);
         let _ = out_tx.try_send(bytes);
         conns.insert(conn, out_tx);
         *current = Some(conn);
-        tokio::spawn(tls_client(
+        self.streams.spawn(crate::streams::tls_client(
             conn,
             remote,
             carrier.clone(),
@@ -1039,50 +803,4 @@ impl Clients {
             self.metrics.clone(),
         ));
     }
-}
-
-/// One TLS connection to a carrier: connect, handshake (bounded), then
-/// the same stream pump as accepted connections; what arrives on it
-/// (responses, the carrier's in-dialog requests) reaches the engine on
-/// its flow, and the engine's answers go back on it.
-#[allow(clippy::too_many_arguments)] // One connection's plumbing.
-async fn tls_client(
-    conn: u64,
-    remote: SocketAddr,
-    carrier: crate::tls::Carrier,
-    out_rx: mpsc::Receiver<Vec<u8>>,
-    tx: mpsc::Sender<EngineInput>,
-    limits: Limits,
-    partial_timeout: Duration,
-    metrics: NetMetrics,
-) {
-    let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(remote).await?;
-        let local = tcp.local_addr()?;
-        let stream = carrier.connector.connect(carrier.name.clone(), tcp).await?;
-        Ok::<_, std::io::Error>((stream, local))
-    };
-    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(Ok((stream, local))) => {
-            info!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier open");
-            let flow = Flow {
-                transport: Transport::Tls,
-                remote,
-                local,
-                conn,
-            };
-            pump_stream(stream, flow, tx.clone(), out_rx, limits, partial_timeout).await;
-        }
-        Ok(Err(e)) => {
-            warn!(trunk = %carrier.trunk, peer = %remote, error = %e, "TLS connection to the carrier failed");
-            handshake_failed(&metrics, "out", remote, &e);
-            let _ = tx.send(EngineInput::ConnFailed { remote }).await;
-        }
-        Err(_) => {
-            warn!(trunk = %carrier.trunk, peer = %remote, "TLS connection to the carrier timed out");
-            handshake_timed_out(&metrics, "out", remote);
-            let _ = tx.send(EngineInput::ConnFailed { remote }).await;
-        }
-    }
-    let _ = tx.send(EngineInput::ConnClosed { conn }).await;
 }
