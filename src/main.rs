@@ -942,8 +942,8 @@ fn serve(
         .build()
         .context("starting the runtime")?;
     // SIP over TCP and TLS (handshakes, records, framing) on threads of
-    // their own; dropped after the engine's runtime, at the very end.
-    let stream_runtime = centralino_net::streams::runtime(config.sip.io_threads)
+    // their own; finished once the engine's runtime is gone (below).
+    let streams = centralino_net::streams::Streams::start(config.sip.io_threads)
         .context("starting the SIP stream runtime")?;
     // The HTTP endpoint has a thread and runtime of its own: a flood of
     // requests, or a slow handler, never delays the engine's loop, and
@@ -1031,8 +1031,8 @@ fn serve(
         health,
         (tls, web),
     )?;
-    let streams = stream_runtime.handle().clone();
-    runtime.block_on(async move {
+    let stream_handle = streams.handle();
+    let result = runtime.block_on(async move {
         let sip = match SipServer::start(
             &config,
             metrics,
@@ -1041,7 +1041,7 @@ fn serve(
             heartbeat,
             inbox,
             net_metrics,
-            streams,
+            stream_handle,
         )
         .await
         {
@@ -1074,7 +1074,13 @@ fn serve(
         };
         http.stop().await;
         result
-    })
+    });
+    // The engine's task ends here if it has not: its connections' writers
+    // close, and each stream connection writes what it was given (a
+    // drain's last BYEs) and closes before the stream runtime stops.
+    drop(runtime);
+    streams.finish(Duration::from_secs(2));
+    result
 }
 
 /// The HTTP endpoint's thread, running `serve_http` on its own

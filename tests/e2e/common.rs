@@ -160,10 +160,17 @@ wrap_up_seconds = {wrap}
 /// scenario takes the `503` it would get as an answer, losing the call
 /// the test counts. A configuration that sets the lag keeps its own.
 fn patient(toml: String) -> String {
-    if toml.contains("overload_lag_milliseconds") || !toml.contains("[sip]\n") {
-        return toml;
+    if toml.contains("\noverload_lag_milliseconds =") {
+        toml
+    } else if toml.starts_with("[sip]\n") || toml.contains("\n[sip]\n") {
+        toml.replacen("[sip]\n", "[sip]\noverload_lag_milliseconds = 400\n", 1)
+    } else {
+        assert!(
+            !toml.contains("[sip]"),
+            "a [sip] header the harness cannot read"
+        );
+        format!("{toml}\n[sip]\noverload_lag_milliseconds = 400\n")
     }
-    toml.replacen("[sip]\n", "[sip]\noverload_lag_milliseconds = 400\n", 1)
 }
 
 /// A running `centralino serve`.

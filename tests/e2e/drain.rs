@@ -16,6 +16,18 @@ fn node_with_a_call(
     trunk_scenario: &str,
     talk_ms: &str,
 ) -> (Node, Sipp, Sipp) {
+    node_with_a_call_over(scratch, drain_seconds, trunk_scenario, talk_ms, "u1")
+}
+
+/// The same with the carrier on SIPp's transport `transport` (`u1` UDP,
+/// `t1` one TCP connection).
+fn node_with_a_call_over(
+    scratch: &Scratch,
+    drain_seconds: u64,
+    trunk_scenario: &str,
+    talk_ms: &str,
+    transport: &str,
+) -> (Node, Sipp, Sipp) {
     let cfg = NodeConfig {
         agents: 1,
         ..NodeConfig::default()
@@ -33,7 +45,7 @@ fn node_with_a_call(
         &node,
         "trunk",
         trunk_scenario,
-        &["-m", "1", "-d", talk_ms],
+        &["-m", "1", "-d", talk_ms, "-t", transport],
     );
     node.wait_metric(
         "centralino_agents{state=\"on_call\",tenant=\"demo\"}",
@@ -91,14 +103,16 @@ fn sigterm_refuses_new_calls_and_waits_for_the_call_in_progress() {
     );
 }
 
-#[test]
-fn the_drain_limit_ends_the_calls_left_and_keeps_their_records() {
-    let scratch = Scratch::new("drain-limit");
-    // The caller would talk for a minute; the node gives it 1 s.
+/// The caller would talk for a minute; the node, told to stop, gives it
+/// 1 s: both legs get BYE (the carrier's on SIPp's `transport`), the node
+/// exits, and the call's record is closed as `shutdown`.
+fn the_drain_limit_ends_the_call(name: &str, transport: &str) {
+    let scratch = Scratch::new(name);
     let (mut node, mut phone, mut trunk) =
-        node_with_a_call(&scratch, 1, "trunk_hangup_by_agent.xml", "60000");
+        node_with_a_call_over(&scratch, 1, "trunk_hangup_by_agent.xml", "60000", transport);
+    let over_tcp = if transport == "t1" { 1.0 } else { 0.0 };
+    assert_eq!(node.metric("centralino_sip_tcp_connections"), over_tcp);
     node.terminate();
-    // Both legs get BYE.
     trunk.expect_success(Duration::from_secs(15));
     phone.expect_success(Duration::from_secs(15));
     let st = node.wait_exit(Duration::from_secs(15));
@@ -107,4 +121,17 @@ fn the_drain_limit_ends_the_calls_left_and_keeps_their_records() {
         cdrs(&scratch),
         [(Some("shutdown".into()), Some("1001".into()))]
     );
+}
+
+#[test]
+fn the_drain_limit_ends_the_calls_left_and_keeps_their_records() {
+    the_drain_limit_ends_the_call("drain-limit", "u1");
+}
+
+/// The same over TCP: the node's BYE to the carrier leaves on the
+/// carrier's connection, written by a stream thread after the engine has
+/// ended its calls, before the process exits.
+#[test]
+fn the_drain_limit_ends_a_call_over_tcp_with_a_bye_on_its_connection() {
+    the_drain_limit_ends_the_call("drain-tcp", "t1");
 }

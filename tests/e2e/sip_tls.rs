@@ -448,9 +448,11 @@ fn cpu_in(stat: &str) -> u64 {
 /// TLS handshakes run on the stream threads (`sip-stream-N`), not on the
 /// engine's: phones reconnecting by the hundred after a network blip
 /// must not hold every call's signalling. Handshakes until the stream
-/// threads have spent 300 ms of CPU on them (bounded in count); the
+/// threads have spent a second of CPU on them (bounded in time); the
 /// engine's thread (the main one) meanwhile only hears of each
-/// connection opening and closing.
+/// connection opening and closing: about a sixth of that here, where the
+/// handshakes on the engine's thread cost it everything (721 ticks for
+/// 10,000, none on stream threads).
 #[test]
 fn tls_handshakes_run_on_the_stream_threads_not_the_engines() {
     let scratch = Scratch::new("tls-threads");
@@ -464,9 +466,9 @@ fn tls_handshakes_run_on_the_stream_threads_not_the_engines() {
         let threads = crate::sip_io::by_thread(pid, cpu_in);
         let engine = threads
             .iter()
-            .filter(|(id, ..)| *id == pid)
-            .map(|t| t.2)
-            .sum::<u64>();
+            .find(|(id, ..)| *id == pid)
+            .expect("the main thread")
+            .2;
         let streams = threads
             .iter()
             .filter(|(_, name, _)| name.starts_with("sip-stream-"))
@@ -477,7 +479,8 @@ fn tls_handshakes_run_on_the_stream_threads_not_the_engines() {
     let before = ticks();
     let mut now = before;
     let mut handshakes = 0;
-    while now.1 - before.1 < 30 && handshakes < 10_000 {
+    let start = Instant::now();
+    while now.1 - before.1 < 100 && start.elapsed() < Duration::from_secs(30) {
         for _ in 0..50 {
             drop(connect(tls_port, &pki.path("ca.pem"), None).expect("handshake"));
             handshakes += 1;
@@ -486,11 +489,11 @@ fn tls_handshakes_run_on_the_stream_threads_not_the_engines() {
     }
     let (engine, streams) = (now.0 - before.0, now.1 - before.1);
     assert!(
-        streams >= 30,
+        streams >= 100,
         "{handshakes} handshakes cost the stream threads {streams} ticks (the engine's {engine})"
     );
     assert!(
-        engine * 4 <= streams,
+        engine * 2 <= streams,
         "{handshakes} handshakes cost the engine's thread {engine} ticks, the stream threads {streams}"
     );
 }

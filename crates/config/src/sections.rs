@@ -21,8 +21,10 @@ pub(super) fn engine_threads(p: &mut Problems, raw: &RawSip) {
         let why = "must be in 0..=99 (0 = the normal scheduler)";
         p.add("sip.engine_realtime_priority", why);
     }
-    if !(10..=1000).contains(&raw.overload_lag_milliseconds) {
-        let why = "must be in 10..=1000 (new calls are refused past this lag)";
+    // Past T1 (500 ms) peers retransmit what the node has not read yet,
+    // adding load just when there is too much.
+    if !(10..=500).contains(&raw.overload_lag_milliseconds) {
+        let why = "must be in 10..=500 (new calls are refused past this lag; past 500 ms peers retransmit first)";
         p.add("sip.overload_lag_milliseconds", why);
     }
 }

@@ -110,7 +110,10 @@ fn handle(
         }
         // Taken by the engine task one by one (`Next`).
         EngineInput::Datagrams(_) => {}
-        EngineInput::Framed { flow, framed } => engine.handle_framed(now, flow, framed),
+        EngineInput::Framed { flow, framed, turn } => {
+            engine.handle_framed(now, flow, framed);
+            drop(turn);
+        }
         EngineInput::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);
             engine.connection_opened(conn, trunks);

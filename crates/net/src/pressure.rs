@@ -6,9 +6,14 @@
 //! report how long their socket has been without a moment empty, and each
 //! datagram carries the time it was read.
 //!
-//! Overload is declared when the lag passes `sip.overload_lag_milliseconds`
-//! (50 ms by default) and lifted when it falls under half of it: new INVITEs then get `503` with `Retry-After`
-//! (stateless, a fraction of a call's cost) while everything else —
+//! Overload is declared when the lag passes
+//! `sip.overload_lag_milliseconds` (50 ms by default: at 6,000 calls/s
+//! offered the node reads ~50,000 messages a second, and a 4 MiB socket
+//! buffer, about 2,500 of them with the kernel's overhead, fills in ~50 ms;
+//! the limit must come before that, or the kernel drops what the node
+//! would have answered) and lifted when it falls under half of it: new
+//! INVITEs then get `503` with `Retry-After` (stateless, a fraction of a
+//! call's cost) while everything else —
 //! registrations, in-dialog requests, responses — goes on, so calls
 //! already admitted complete and the backlog drains. SIP's own timer T1
 //! (500 ms) bounds how long a message may wait before its sender repeats
@@ -25,12 +30,6 @@ use tracing::warn;
 
 use crate::metrics::NetMetrics;
 use crate::sip::OVERLOAD_BACKLOG;
-
-// The default lag past which new calls are refused (the configuration's
-// `sip.overload_lag_milliseconds`): at 6,000 calls/s offered the node
-// reads ~50,000 messages a second, and a 4 MiB socket buffer (about 2,500
-// of them with the kernel's overhead) fills in ~50 ms: the limit must come
-// before that, or the kernel drops what the node would have answered.
 
 /// What one UDP reader tells the engine task about its socket.
 #[derive(Debug)]

@@ -63,7 +63,7 @@ impl SipServer {
         heartbeat: crate::health::Heartbeat,
         inbox: EngineInbox,
         net: NetMetrics,
-        streams: tokio::runtime::Handle,
+        streams: crate::streams::StreamsHandle,
     ) -> Result<Self, NetError> {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng
@@ -93,14 +93,14 @@ impl SipServer {
         let pressure = crate::pressure::Pressure::new(now);
         let io_threads = crate::sip_io::io_threads(config.sip.io_threads);
         let mut io_spawned = 0;
-        let acceptor = |tls, max| crate::streams::Acceptor {
+        let acceptor = |tls| crate::streams::Acceptor {
             tls,
             tx: tx.clone(),
             limits: engine.limits().clone(),
             metrics: net.clone(),
             next_conn: next_conn.clone(),
             open: open.clone(),
-            max,
+            max: config.sip.max_tcp_connections,
             partial_timeout: config.sip.tcp_idle_timeout,
         };
         for addr in &config.sip.listen {
@@ -142,7 +142,7 @@ impl SipServer {
                 }
             }
             if config.sip.transports.contains(&ListenTransport::Tcp) {
-                let acceptor = acceptor(None, config.sip.max_tcp_connections);
+                let acceptor = acceptor(None);
                 let addr = crate::streams::listen(&streams, addr, acceptor)
                     .map_err(|source| NetError::Bind { addr, source })?;
                 info!(%addr, "SIP listening on TCP");
@@ -155,7 +155,7 @@ impl SipServer {
             for &addr in &tls.listen {
                 // TLS shares the TCP path: one connection cap, one framer,
                 // one idle timer, one gauge.
-                let acceptor = acceptor(Some(tls_acceptor.clone()), config.sip.max_tcp_connections);
+                let acceptor = acceptor(Some(tls_acceptor.clone()));
                 let addr = crate::streams::listen(&streams, addr, acceptor)
                     .map_err(|source| NetError::Bind { addr, source })?;
                 info!(%addr, "SIP listening on TLS");
@@ -747,7 +747,7 @@ struct Clients {
     /// The work stream is ready (`None`: no durable work across nodes).
     work_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Where the connections run (`crate::streams`).
-    streams: tokio::runtime::Handle,
+    streams: crate::streams::StreamsHandle,
 }
 
 impl Clients {
@@ -792,7 +792,7 @@ impl Clients {
         let _ = out_tx.try_send(bytes);
         conns.insert(conn, out_tx);
         *current = Some(conn);
-        self.streams.spawn(crate::streams::tls_client(
+        self.streams.connection(crate::streams::tls_client(
             conn,
             remote,
             carrier.clone(),

@@ -12,9 +12,10 @@
 //! its queue (`EngineInput::Framed`), bytes out through the connection's
 //! channel, `ConnOpen` / `ConnClosed` around them.
 //!
-//! The runtime lives as long as the process (built by the binary next to
-//! the engine's, dropped after it): a drain's last BYEs over TCP leave as
-//! they did before.
+//! The binary builds the runtime before the engine's and finishes it
+//! after the engine's runtime is gone ([`Streams::finish`]): each
+//! connection then writes what the engine gave it — a drain's last BYEs —
+//! and closes, within a bound, before the runtime stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use centralino_sip::txn::Flow;
 use centralino_sip::{Limits, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::handle::EngineInput;
@@ -35,46 +36,146 @@ use crate::metrics::NetMetrics;
 /// Idle time after which a TCP connection with no partial message is closed.
 const TCP_IDLE: Duration = Duration::from_secs(900);
 
-/// The streams' runtime: one worker per SIP I/O thread
-/// (`sip.io_threads`, one per core by default), named `sip-stream-N`.
-pub fn runtime(io_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let n = crate::sip_io::io_threads(io_threads);
-    let next = AtomicUsize::new(0);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(n)
-        .thread_name_fn(move || format!("sip-stream-{}", next.fetch_add(1, Ordering::Relaxed)))
-        .enable_all()
-        .build()
+/// Messages of one connection the engine has not taken yet, at most: past
+/// them the connection is not read (TCP's flow control then holds the
+/// peer back), so no connection fills the engine's queue alone.
+const IN_FLIGHT: u32 = 64;
+
+/// The streams' runtime: one worker per SIP I/O thread (`sip.io_threads`,
+/// one per core by default, in all: not per listen address), named
+/// `sip-stream-N`; and the connections running on it.
+pub struct Streams {
+    runtime: tokio::runtime::Runtime,
+    handle: StreamsHandle,
+}
+
+/// Where a listener or a connection is started.
+#[derive(Clone)]
+pub struct StreamsHandle {
+    runtime: tokio::runtime::Handle,
+    live: Arc<Live>,
+    /// TLS handshakes at once, at most: half the workers (at least one),
+    /// so a flood of handshakes, public-key work each, leaves the other
+    /// cores to the media and UDP threads and to established streams.
+    handshakes: Arc<Semaphore>,
+}
+
+/// Connections running, and a wake-up when none is left.
+#[derive(Default)]
+struct Live {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+/// One running connection, counted until its task ends (or is dropped).
+struct Running(Arc<Live>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Streams {
+    /// Starts the runtime's workers.
+    pub fn start(io_threads: usize) -> std::io::Result<Self> {
+        let n = crate::sip_io::io_threads(io_threads);
+        let next = AtomicUsize::new(0);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .thread_name_fn(move || format!("sip-stream-{}", next.fetch_add(1, Ordering::Relaxed)))
+            .enable_all()
+            .build()?;
+        let handle = StreamsHandle {
+            runtime: runtime.handle().clone(),
+            live: Arc::default(),
+            handshakes: Arc::new(Semaphore::new((n / 2).max(1))),
+        };
+        Ok(Self { runtime, handle })
+    }
+
+    pub fn handle(&self) -> StreamsHandle {
+        self.handle.clone()
+    }
+
+    /// The engine is gone (its runtime dropped): each connection writes
+    /// what it was given and closes; this waits for them, at most
+    /// `within`, then stops the runtime.
+    pub fn finish(self, within: Duration) {
+        let live = self.handle.live.clone();
+        self.runtime.block_on(async {
+            let idle = async {
+                loop {
+                    let notified = live.idle.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if live.n.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            if tokio::time::timeout(within, idle).await.is_err() {
+                warn!(
+                    connections = live.n.load(Ordering::Acquire),
+                    "SIP stream connections still writing at exit"
+                );
+            }
+        });
+        self.runtime.shutdown_timeout(Duration::from_millis(100));
+    }
+}
+
+impl StreamsHandle {
+    /// Runs a connection's task, counted for [`Streams::finish`].
+    pub(crate) fn connection(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.live.n.fetch_add(1, Ordering::AcqRel);
+        let running = Running(self.live.clone());
+        self.runtime.spawn(async move {
+            let _running = running;
+            task.await;
+        });
+    }
 }
 
 /// A listener bound now (so a taken port fails the start, and port 0
 /// resolves), accepting on the streams' runtime.
 pub(crate) fn listen(
-    streams: &tokio::runtime::Handle,
+    streams: &StreamsHandle,
     addr: SocketAddr,
     acceptor: Acceptor,
 ) -> std::io::Result<SocketAddr> {
-    // As tokio's own `bind` makes it: address reuse, a backlog of 1,024
-    // (std's is 128, short for phones reconnecting at once).
+    // As tokio's own `bind` makes it (address reuse, a backlog of 1,024:
+    // std's 128 is short for phones reconnecting at once), and IPv6 only
+    // on an IPv6 address, as the UDP sockets are: `[::]` and `0.0.0.0`
+    // can both be listened on, and no IPv4 peer arrives mapped
+    // (`::ffff:a.b.c.d`) where trunk addresses are matched.
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
     sock.set_reuse_address(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     sock.set_nonblocking(true)?;
-    let listener = std::net::TcpListener::from(sock);
-    let local = listener.local_addr()?;
-    streams.spawn(async move {
-        // Registered with the runtime that polls it: its readiness is
+    let listener = {
+        // Registered with the stream runtime's reactor: its readiness is
         // that runtime's work, not the engine's.
-        match TcpListener::from_std(listener) {
-            Ok(l) => tcp_acceptor(l, acceptor).await,
-            Err(e) => warn!(addr = %local, error = %e, "SIP stream listener lost"),
-        }
-    });
+        let _inside = streams.runtime.enter();
+        TcpListener::from_std(std::net::TcpListener::from(sock))?
+    };
+    let local = listener.local_addr()?;
+    let streams = streams.clone();
+    streams
+        .runtime
+        .clone()
+        .spawn(tcp_acceptor(listener, acceptor, streams));
     Ok(local)
 }
 
@@ -90,7 +191,7 @@ pub(crate) struct Acceptor {
     pub(crate) partial_timeout: Duration,
 }
 
-async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor) {
+async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor, streams: StreamsHandle) {
     let Acceptor {
         tls,
         tx,
@@ -111,13 +212,23 @@ async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor) {
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= max {
+        // Taken in one step: each listener accepts on a worker of its own.
+        let taken = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        });
+        if taken.is_err() {
             metrics.sip_tcp_refused.inc();
             drop(stream);
             continue;
         }
-        open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot {
+            open: open.clone(),
+            metrics: metrics.clone(),
+        };
         metrics.sip_tcp_connections.inc();
+        // A 180 right after its 100 must not wait for the peer's delayed
+        // acknowledgement (Nagle).
+        let _ = stream.set_nodelay(true);
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let flow = Flow {
             transport: if tls.is_some() {
@@ -129,14 +240,10 @@ async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor) {
             local: local.unwrap_or(remote),
             conn,
         };
-        let (tx, limits, metrics, open, tls) = (
-            tx.clone(),
-            limits.clone(),
-            metrics.clone(),
-            open.clone(),
-            tls.clone(),
-        );
-        tokio::spawn(async move {
+        let (tx, limits, metrics, tls) = (tx.clone(), limits.clone(), metrics.clone(), tls.clone());
+        let handshakes = streams.handshakes.clone();
+        streams.connection(async move {
+            let _slot = slot;
             match tls {
                 None => {
                     stream_connection(
@@ -151,10 +258,11 @@ async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor) {
                     let _ = tx.send(EngineInput::ConnClosed { conn }).await;
                 }
                 Some((acceptor, checks)) => {
-                    let handshake = tokio::time::timeout(
-                        crate::tls::HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
+                    // The wait for a turn counts in the handshake's time.
+                    let handshake = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, async {
+                        let _turn = handshakes.acquire().await;
+                        acceptor.accept(stream).await
+                    })
                     .await;
                     match handshake {
                         Ok(Ok(stream)) => {
@@ -178,9 +286,21 @@ async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor) {
                     }
                 }
             }
-            open.fetch_sub(1, Ordering::Relaxed);
-            metrics.sip_tcp_connections.dec();
         });
+    }
+}
+
+/// An accepted connection's place under `sip.max_tcp_connections`, given
+/// back however its task ends.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    metrics: NetMetrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.sip_tcp_connections.dec();
     }
 }
 
@@ -246,6 +366,7 @@ async fn pump_stream<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT as usize));
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut fatal = false;
@@ -270,13 +391,18 @@ async fn pump_stream<S>(
                     match framer.next_message(&limits) {
                         Ok(None) => break,
                         Ok(Some(f)) => {
-                            if tx.send(EngineInput::Framed { flow, framed: Ok(f) }).await.is_err() {
+                            let Ok(turn) = in_flight.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let input = EngineInput::Framed { flow, framed: Ok(f), turn: Some(turn) };
+                            if tx.send(input).await.is_err() {
                                 return;
                             }
                         }
                         Err(rej) => {
                             let breaks = rej.error.breaks_framing();
-                            let _ = tx.send(EngineInput::Framed { flow, framed: Err(rej) }).await;
+                            let input = EngineInput::Framed { flow, framed: Err(rej), turn: None };
+                            let _ = tx.send(input).await;
                             if breaks {
                                 fatal = true;
                                 break;
@@ -288,11 +414,17 @@ async fn pump_stream<S>(
                     break;
                 }
             }
-            Some(bytes) = out_rx.recv() => {
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
+            bytes = out_rx.recv() => match bytes {
+                Some(bytes) => {
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
                 }
-            }
+                // The engine is gone (it drops a connection's writer only
+                // then, or once the connection closed): what it queued was
+                // written, so close, and a drain's last BYE has left.
+                None => break,
+            },
         }
     }
     if fatal {
@@ -324,6 +456,7 @@ pub(crate) async fn tls_client(
 ) {
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(remote).await?;
+        let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr()?;
         let stream = carrier.connector.connect(carrier.name.clone(), tcp).await?;
         Ok::<_, std::io::Error>((stream, local))
