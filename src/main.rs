@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use centralino_b2bua::Metrics;
 use centralino_config::{Config, ConfigError};
-use centralino_net::{Health, Heartbeat, SipServer, bind_http, serve_http};
+use centralino_net::{Health, Heartbeat, SipServer, bind_http, http_runtime, serve_http};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
@@ -948,10 +948,7 @@ fn serve(
     // The HTTP endpoint has a thread and runtime of its own: a flood of
     // requests, or a slow handler, never delays the engine's loop, and
     // `/healthz` still answers (engine stalled) when that loop stops.
-    let http_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the HTTP runtime")?;
+    let http_runtime = http_runtime().context("starting the HTTP runtime")?;
     // The engine's metrics and the drivers', in one registry.
     let thresholds: Vec<f64> = config
         .queues
@@ -1083,8 +1080,8 @@ fn serve(
     result
 }
 
-/// The HTTP endpoint's thread, running `serve_http` on its own
-/// current-thread runtime.
+/// The HTTP endpoint's thread, running `serve_http` (the accept loop) on
+/// its own runtime, whose workers serve the connections.
 struct HttpThread {
     stop: tokio::sync::watch::Sender<bool>,
     /// What `serve_http` returned; dropped unsent if the thread panicked.

@@ -160,10 +160,15 @@ wrap_up_seconds = {wrap}
 /// scenario takes the `503` it would get as an answer, losing the call
 /// the test counts. A configuration that sets the lag keeps its own.
 fn patient(toml: String) -> String {
-    if toml.contains("\noverload_lag_milliseconds =") {
+    let set = toml
+        .lines()
+        .any(|l| l.trim_start().starts_with("overload_lag_milliseconds"));
+    if set {
         toml
-    } else if toml.starts_with("[sip]\n") || toml.contains("\n[sip]\n") {
-        toml.replacen("[sip]\n", "[sip]\noverload_lag_milliseconds = 400\n", 1)
+    } else if let Some(rest) = toml.strip_prefix("[sip]\n") {
+        format!("[sip]\noverload_lag_milliseconds = 400\n{rest}")
+    } else if toml.contains("\n[sip]\n") {
+        toml.replacen("\n[sip]\n", "\n[sip]\noverload_lag_milliseconds = 400\n", 1)
     } else {
         assert!(
             !toml.contains("[sip]"),

@@ -61,12 +61,12 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-#[test]
-fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
-    let scratch = Scratch::new("https");
-    let pki = Pki::new(&scratch);
+/// A node serving HTTPS with a certificate for 127.0.0.1 from a test CA,
+/// `extra` appended to its configuration.
+fn https_node(scratch: &Scratch, extra: &str) -> (Pki, Node) {
+    let pki = Pki::new(scratch);
     pki.leaf("node", "ca", "IP:127.0.0.1");
-    let node = Node::start_toml(&scratch, |sip, http| {
+    let node = Node::start_toml(scratch, |sip, http| {
         let toml = NodeConfig::default().toml(sip, http).replacen(
             &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
             &format!(
@@ -76,10 +76,20 @@ fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
             ),
             1,
         );
-        format!(
-            "{toml}\n[[api.tokens]]\nname = \"sup\"\ntoken = \"{SUPERVISOR}\"\nrole = \"supervisor\"\n"
-        )
+        format!("{toml}{extra}")
     });
+    (pki, node)
+}
+
+#[test]
+fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
+    let scratch = Scratch::new("https");
+    let (pki, node) = https_node(
+        &scratch,
+        &format!(
+            "\n[[api.tokens]]\nname = \"sup\"\ntoken = \"{SUPERVISOR}\"\nrole = \"supervisor\"\n"
+        ),
+    );
     assert!(node.logs().contains("https=true"), "{}", node.logs());
     let answer = https_get(node.http_port, &pki.path("ca.pem"), "/healthz");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -136,6 +146,59 @@ fn https_serves_the_api_with_security_headers_and_refuses_plain_http() {
         assert!(start.elapsed() < Duration::from_secs(5), "{page}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// HTTPS handshakes run on the HTTP runtime's workers (`http-N`), not on
+/// the thread that accepts (`http`): desktops reconnecting by the
+/// thousand after a blip are public-key work spread over the cores, and
+/// the accepting thread stays free. Two clients at once until the workers
+/// have spent a second of CPU (bounded in time).
+#[test]
+fn https_handshakes_run_on_the_http_workers() {
+    let scratch = Scratch::new("https-workers");
+    let (pki, node) = https_node(&scratch, "");
+    let pid = node.pid();
+    // (the accepting thread's ticks, the workers')
+    let ticks = || {
+        let threads = crate::sip_io::by_thread(pid, crate::sip_tls::cpu_in);
+        let accepting = threads
+            .iter()
+            .find(|t| t.1 == "http")
+            .expect("the http thread")
+            .2;
+        let workers = threads
+            .iter()
+            .filter(|t| t.1.starts_with("http-"))
+            .map(|t| t.2)
+            .sum::<u64>();
+        (accepting, workers)
+    };
+    let before = ticks();
+    let start = std::time::Instant::now();
+    let (port, ca) = (node.http_port, pki.path("ca.pem"));
+    let mut now = before;
+    while now.1 - before.1 < 100 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        let answer = https_get(port, &ca, "/healthz");
+                        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                    }
+                });
+            }
+        });
+        now = ticks();
+    }
+    let (accepting, workers) = (now.0 - before.0, now.1 - before.1);
+    assert!(
+        workers >= 100,
+        "HTTPS requests cost the workers {workers} ticks (the accepting thread {accepting})"
+    );
+    assert!(
+        accepting * 2 <= workers,
+        "HTTPS requests cost the accepting thread {accepting} ticks, the workers {workers}"
+    );
 }
 
 #[test]

@@ -27,9 +27,10 @@ fn udp_alive(node: &Node) {
     assert!(buf[..n].starts_with(b"SIP/2.0 200"));
 }
 
-#[test]
-fn fifty_pipelined_messages_are_answered_in_order() {
-    let scratch = Scratch::new("pipeline");
+/// `n` OPTIONS written back to back on one TCP connection (by a thread of
+/// their own, while this one reads): each answered, in order.
+fn pipelined_messages_are_answered_in_order(name: &str, n: usize) {
+    let scratch = Scratch::new(name);
     let node = Node::start(
         &scratch,
         &NodeConfig {
@@ -38,28 +39,44 @@ fn fifty_pipelined_messages_are_answered_in_order() {
         },
     );
     let mut s = TcpStream::connect(node.sip_addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let all: String = (0..50)
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let all: String = (0..n)
         .map(|i| options(i, node.sip_port, "TCP", "Content-Length: 0\r\n\r\n"))
         .collect();
-    s.write_all(all.as_bytes()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(all.as_bytes()).unwrap());
     let mut got = String::new();
     let mut buf = [0u8; 16384];
-    while got.matches("SIP/2.0 200").count() < 50 {
-        let n = s.read(&mut buf).expect("answers");
+    while got.matches("SIP/2.0 200").count() < n {
+        let r = s.read(&mut buf).expect("answers");
         assert!(
-            n > 0,
+            r > 0,
             "closed after {} answers",
             got.matches("SIP/2.0 200").count()
         );
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        got.push_str(&String::from_utf8_lossy(&buf[..r]));
     }
+    writer.join().unwrap();
     let order: Vec<usize> = got
         .lines()
         .filter_map(|l| l.strip_prefix("Call-ID: pipe-"))
         .map(|n| n.trim().parse().unwrap())
         .collect();
-    assert_eq!(order, (0..50).collect::<Vec<_>>());
+    assert_eq!(order, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn fifty_pipelined_messages_are_answered_in_order() {
+    pipelined_messages_are_answered_in_order("pipeline", 50);
+}
+
+/// More than a connection may have in the engine's hands at once (1,024),
+/// and far more answers than its writer's queue holds (256): the
+/// connection's reading waits for its turns while its writing goes on,
+/// and none is lost.
+#[test]
+fn three_thousand_pipelined_messages_are_all_answered_in_order() {
+    pipelined_messages_are_answered_in_order("pipeline-3000", 3000);
 }
 
 #[test]

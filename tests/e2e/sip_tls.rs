@@ -434,7 +434,7 @@ fn tls_trunk_call_reaches_an_operator() {
 
 /// User and system CPU ticks (fields 14 and 15, `proc(5)`) of a
 /// `/proc/.../stat` line, counted after the command's closing parenthesis.
-fn cpu_in(stat: &str) -> u64 {
+pub(crate) fn cpu_in(stat: &str) -> u64 {
     let rest: Vec<&str> = stat
         .rsplit_once(')')
         .expect("stat")

@@ -48,9 +48,9 @@ pub enum EngineInput {
         flow: Flow,
         /// The message or its rejection.
         framed: Result<Framed, Rejection>,
-        /// The connection's turn: held until the engine has taken the
+        /// The connection's turn: held until the engine has handled the
         /// message (at most `streams::IN_FLIGHT` per connection).
-        turn: Option<tokio::sync::OwnedSemaphorePermit>,
+        turn: tokio::sync::OwnedSemaphorePermit,
     },
     /// A connection opened: its writer.
     ConnOpen {

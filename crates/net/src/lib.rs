@@ -55,7 +55,7 @@ pub use centralino_store::service::RecordSink;
 pub use error::NetError;
 pub use handle::{EngineHandle, EngineInbox, EngineInput, EngineReloadError};
 pub use health::{Health, Heartbeat, StoreProbe, Verdict};
-pub use http::{bind_http, serve_http};
+pub use http::{bind_http, http_runtime, serve_http};
 pub use media::{MediaPlane, PORT_QUARANTINE};
 pub use metrics::NetMetrics;
 pub use sip::SipServer;

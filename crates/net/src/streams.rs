@@ -12,10 +12,11 @@
 //! its queue (`EngineInput::Framed`), bytes out through the connection's
 //! channel, `ConnOpen` / `ConnClosed` around them.
 //!
-//! The binary builds the runtime before the engine's and finishes it
-//! after the engine's runtime is gone ([`Streams::finish`]): each
-//! connection then writes what the engine gave it — a drain's last BYEs —
-//! and closes, within a bound, before the runtime stops.
+//! The binary finishes the runtime after the engine's is gone
+//! ([`Streams::finish`]): each connection then writes what the engine
+//! gave it — a drain's last BYEs — and closes, within a bound (a
+//! handshake or a dial to a carrier still under way can hold it that
+//! long), before the runtime stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,8 +39,10 @@ const TCP_IDLE: Duration = Duration::from_secs(900);
 
 /// Messages of one connection the engine has not taken yet, at most: past
 /// them the connection is not read (TCP's flow control then holds the
-/// peer back), so no connection fills the engine's queue alone.
-const IN_FLIGHT: u32 = 64;
+/// peer back), so no connection fills the engine's queue alone (a
+/// sixty-fourth of it), while a carrier's trunk on one connection still
+/// passes 20,000 messages a second at 50 ms of lag.
+const IN_FLIGHT: usize = 1024;
 
 /// The streams' runtime: one worker per SIP I/O thread (`sip.io_threads`,
 /// one per core by default, in all: not per listen address), named
@@ -54,10 +57,6 @@ pub struct Streams {
 pub struct StreamsHandle {
     runtime: tokio::runtime::Handle,
     live: Arc<Live>,
-    /// TLS handshakes at once, at most: half the workers (at least one),
-    /// so a flood of handshakes, public-key work each, leaves the other
-    /// cores to the media and UDP threads and to established streams.
-    handshakes: Arc<Semaphore>,
 }
 
 /// Connections running, and a wake-up when none is left.
@@ -91,7 +90,6 @@ impl Streams {
         let handle = StreamsHandle {
             runtime: runtime.handle().clone(),
             live: Arc::default(),
-            handshakes: Arc::new(Semaphore::new((n / 2).max(1))),
         };
         Ok(Self { runtime, handle })
     }
@@ -241,7 +239,6 @@ async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor, streams: Stream
             conn,
         };
         let (tx, limits, metrics, tls) = (tx.clone(), limits.clone(), metrics.clone(), tls.clone());
-        let handshakes = streams.handshakes.clone();
         streams.connection(async move {
             let _slot = slot;
             match tls {
@@ -258,12 +255,12 @@ async fn tcp_acceptor(listener: TcpListener, acceptor: Acceptor, streams: Stream
                     let _ = tx.send(EngineInput::ConnClosed { conn }).await;
                 }
                 Some((acceptor, checks)) => {
-                    // The wait for a turn counts in the handshake's time.
-                    let handshake = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, async {
-                        let _turn = handshakes.acquire().await;
-                        acceptor.accept(stream).await
-                    })
-                    .await;
+                    // No cap on handshakes at once: a turn would be held
+                    // through the peer's round trips, and one silent
+                    // client would hold it for the whole timeout.
+                    let handshake =
+                        tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await;
                     match handshake {
                         Ok(Ok(stream)) => {
                             let trunks = checks.trunks_of(stream.get_ref().1.peer_certificates());
@@ -353,8 +350,22 @@ async fn stream_connection<S>(
 /// Messages queued for one stream connection's writer.
 pub(crate) const STREAM_QUEUE: usize = 256;
 
+/// How a connection's reading ended.
+enum End {
+    /// The peer closed, a read failed or timed out, or the writer ended:
+    /// close now.
+    Closed,
+    /// The framing is lost: the error response (queued by the engine
+    /// after the rejection) gets a moment to leave, then close.
+    Fatal,
+    /// The engine is gone: what it queued is written, then close.
+    EngineGone,
+}
+
 /// Reads framed messages to the engine and writes its bytes, until the
-/// peer, the idle timer or a framing error ends the connection.
+/// peer, the idle timer or a framing error ends the connection. Reading
+/// and writing run side by side: a reader waiting for the engine (its
+/// turns, a full queue) never holds back the answers to what it read.
 async fn pump_stream<S>(
     stream: S,
     flow: Flow,
@@ -365,78 +376,106 @@ async fn pump_stream<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT as usize));
+    let (rd, mut wr) = tokio::io::split(stream);
+    // The writer's end tells the reader; the reader's end tells the
+    // writer when to stop (`notify_one` keeps the word for a waiter to
+    // come).
+    let (writer_done, stop_writing) = (Notify::new(), Notify::new());
+    let reader = async {
+        let end = read_stream(rd, flow, &tx, limits, partial_timeout, &writer_done).await;
+        match end {
+            End::Closed => stop_writing.notify_one(),
+            End::Fatal => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                stop_writing.notify_one();
+            }
+            // The engine's writers are gone with it: the writer ends
+            // once it has written what they left.
+            End::EngineGone => {}
+        }
+    };
+    let writer = async {
+        loop {
+            tokio::select! {
+                // What is queued goes first, even when told to stop.
+                biased;
+                bytes = out_rx.recv() => match bytes {
+                    // Never cancelled mid-message: the write is this
+                    // branch's body, not one of the futures raced.
+                    Some(bytes) => {
+                        if wr.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The engine is gone (it drops a connection's writer
+                    // only then, or once the connection closed).
+                    None => break,
+                },
+                () = stop_writing.notified() => break,
+            }
+        }
+        writer_done.notify_one();
+    };
+    tokio::join!(reader, writer);
+    let _ = wr.shutdown().await;
+}
+
+/// The reading half of [`pump_stream`].
+async fn read_stream<R>(
+    mut rd: R,
+    flow: Flow,
+    tx: &mpsc::Sender<EngineInput>,
+    limits: Limits,
+    partial_timeout: Duration,
+    writer_done: &Notify,
+) -> End
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut fatal = false;
     loop {
         let wait = if framer.buffered() > 0 {
             partial_timeout
         } else {
             TCP_IDLE
         };
-        tokio::select! {
-            r = tokio::time::timeout(wait, rd.read(&mut buf)) => {
-                let n = match r {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => n,
-                    Err(_) => {
-                        debug!(peer = %flow.remote, partial = framer.buffered() > 0, "TCP connection timed out");
-                        break;
-                    }
-                };
-                framer.push(&buf[..n]);
-                loop {
-                    match framer.next_message(&limits) {
-                        Ok(None) => break,
-                        Ok(Some(f)) => {
-                            let Ok(turn) = in_flight.clone().acquire_owned().await else {
-                                return;
-                            };
-                            let input = EngineInput::Framed { flow, framed: Ok(f), turn: Some(turn) };
-                            if tx.send(input).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(rej) => {
-                            let breaks = rej.error.breaks_framing();
-                            let input = EngineInput::Framed { flow, framed: Err(rej), turn: None };
-                            let _ = tx.send(input).await;
-                            if breaks {
-                                fatal = true;
-                                break;
-                            }
-                        }
-                    }
+        let n = tokio::select! {
+            r = tokio::time::timeout(wait, rd.read(&mut buf)) => match r {
+                Ok(Ok(0) | Err(_)) => return End::Closed,
+                Ok(Ok(n)) => n,
+                Err(_) => {
+                    debug!(peer = %flow.remote, partial = framer.buffered() > 0, "TCP connection timed out");
+                    return End::Closed;
                 }
-                if fatal {
-                    break;
-                }
-            }
-            bytes = out_rx.recv() => match bytes {
-                Some(bytes) => {
-                    if wr.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                }
-                // The engine is gone (it drops a connection's writer only
-                // then, or once the connection closed): what it queued was
-                // written, so close, and a drain's last BYE has left.
-                None => break,
             },
+            () = writer_done.notified() => return End::Closed,
+        };
+        framer.push(&buf[..n]);
+        loop {
+            let (framed, fatal) = match framer.next_message(&limits) {
+                Ok(None) => break,
+                Ok(Some(f)) => (Ok(f), false),
+                Err(rej) => {
+                    let fatal = rej.error.breaks_framing();
+                    (Err(rej), fatal)
+                }
+            };
+            // Rejections take a turn too: a stream of well-framed but
+            // malformed messages is bounded like any other.
+            let Ok(turn) = in_flight.clone().acquire_owned().await else {
+                return End::EngineGone;
+            };
+            let input = EngineInput::Framed { flow, framed, turn };
+            if tx.send(input).await.is_err() {
+                return End::EngineGone;
+            }
+            if fatal {
+                return End::Fatal;
+            }
         }
     }
-    if fatal {
-        // Let the error response out before closing: framing is lost.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            if let Some(bytes) = out_rx.recv().await {
-                let _ = wr.write_all(&bytes).await;
-            }
-        })
-        .await;
-    }
-    let _ = wr.shutdown().await;
 }
 
 /// One TLS connection to a carrier: connect, handshake (bounded), then
