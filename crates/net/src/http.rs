@@ -68,14 +68,32 @@ const TIMEOUT_BODY: &str = "body";
 /// thread, 40,000 desktops reconnecting over HTTPS after a blip were
 /// tens of seconds of public-key work in a row, `/healthz` and `/metrics`
 /// waiting behind them.
+///
+/// The workers run 5 nice values below the process's: one HTTP thread
+/// could take one core at most, and a storm on all of them now yields to
+/// the engine, the media and the SIP threads (raising a nice value needs
+/// no privilege).
 pub fn http_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let next = AtomicUsize::new(0);
+    // From the value of the thread building the runtime: a blocking-pool
+    // thread started by a worker must not add 5 to the worker's.
+    let nice = rustix::process::getpriority_process(None)
+        .ok()
+        .map(|base| (base + HTTP_NICE).min(19));
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(crate::sip_io::io_threads(0))
         .thread_name_fn(move || format!("http-{}", next.fetch_add(1, Ordering::Relaxed)))
+        .on_thread_start(move || {
+            if let Some(nice) = nice {
+                let _ = crate::sip_io::set_thread_nice(nice);
+            }
+        })
         .enable_all()
         .build()
 }
+
+/// How much nicer than the process the HTTP workers are.
+const HTTP_NICE: i32 = 5;
 
 /// Binds the HTTP endpoint's socket, before its thread starts, so that a
 /// taken port stops the node with its reason.

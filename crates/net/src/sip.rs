@@ -790,13 +790,14 @@ impl Clients {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (out_tx, out_rx) = mpsc::channel(crate::streams::STREAM_QUEUE);
         let _ = out_tx.try_send(bytes);
+        let out = (out_tx.downgrade(), out_rx);
         conns.insert(conn, out_tx);
         *current = Some(conn);
         self.streams.connection(crate::streams::tls_client(
             conn,
             remote,
             carrier.clone(),
-            out_rx,
+            out,
             tx,
             self.limits.clone(),
             self.idle,

@@ -333,6 +333,7 @@ async fn stream_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    let out = out_tx.downgrade();
     if tx
         .send(EngineInput::ConnOpen {
             conn: flow.conn,
@@ -344,11 +345,20 @@ async fn stream_connection<S>(
     {
         return;
     }
-    pump_stream(stream, flow, tx, out_rx, limits, partial_timeout).await;
+    pump_stream(stream, flow, tx, (out, out_rx), limits, partial_timeout).await;
 }
 
-/// Messages queued for one stream connection's writer.
-pub(crate) const STREAM_QUEUE: usize = 256;
+/// Messages queued for one stream connection's writer: twice what may be
+/// in the engine's hands ([`IN_FLIGHT`]), so an engine catching up on a
+/// backlog never finds a healthy connection's queue full (the engine
+/// drops what does not fit; over TCP nobody repeats it). A channel takes
+/// memory for what it holds, not for its bound.
+pub(crate) const STREAM_QUEUE: usize = 2 * IN_FLIGHT;
+
+/// The longest one write may wait for a peer that does not read: past
+/// it the connection closes (and gives its place back) rather than stay
+/// pinned.
+const WRITE_WAIT: Duration = Duration::from_secs(32);
 
 /// How a connection's reading ended.
 enum End {
@@ -370,7 +380,7 @@ async fn pump_stream<S>(
     stream: S,
     flow: Flow,
     tx: mpsc::Sender<EngineInput>,
-    mut out_rx: mpsc::Receiver<Vec<u8>>,
+    (out, mut out_rx): (mpsc::WeakSender<Vec<u8>>, mpsc::Receiver<Vec<u8>>),
     limits: Limits,
     partial_timeout: Duration,
 ) where
@@ -379,14 +389,24 @@ async fn pump_stream<S>(
     let (rd, mut wr) = tokio::io::split(stream);
     // The writer's end tells the reader; the reader's end tells the
     // writer when to stop (`notify_one` keeps the word for a waiter to
-    // come).
-    let (writer_done, stop_writing) = (Notify::new(), Notify::new());
+    // come); each write done tells a reader waiting for room.
+    let (writer_done, stop_writing, written) = (Notify::new(), Notify::new(), Notify::new());
+    let pace = Pace {
+        out,
+        written: &written,
+        writer_done: &writer_done,
+    };
     let reader = async {
-        let end = read_stream(rd, flow, &tx, limits, partial_timeout, &writer_done).await;
+        let end = read_stream(rd, flow, &tx, limits, partial_timeout, &pace).await;
         match end {
             End::Closed => stop_writing.notify_one(),
             End::Fatal => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // The error response's moment, shorter if the writer ends.
+                let grace = tokio::time::sleep(Duration::from_millis(500));
+                tokio::select! {
+                    () = grace => {}
+                    () = writer_done.notified() => {}
+                }
                 stop_writing.notify_one();
             }
             // The engine's writers are gone with it: the writer ends
@@ -400,10 +420,16 @@ async fn pump_stream<S>(
                 // What is queued goes first, even when told to stop.
                 biased;
                 bytes = out_rx.recv() => match bytes {
-                    // Never cancelled mid-message: the write is this
-                    // branch's body, not one of the futures raced.
                     Some(bytes) => {
-                        if wr.write_all(&bytes).await.is_err() {
+                        // A write is cut short only to close: by the
+                        // reader's end or a peer that stopped reading.
+                        let write = tokio::time::timeout(WRITE_WAIT, wr.write_all(&bytes));
+                        let wrote = tokio::select! {
+                            r = write => matches!(r, Ok(Ok(()))),
+                            () = stop_writing.notified() => false,
+                        };
+                        written.notify_waiters();
+                        if !wrote {
                             break;
                         }
                     }
@@ -415,9 +441,45 @@ async fn pump_stream<S>(
             }
         }
         writer_done.notify_one();
+        written.notify_waiters();
     };
     tokio::join!(reader, writer);
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}
+
+/// What the reader knows of the writer: how full its queue is, and when
+/// it wrote or ended.
+struct Pace<'a> {
+    out: mpsc::WeakSender<Vec<u8>>,
+    written: &'a Notify,
+    writer_done: &'a Notify,
+}
+
+impl Pace<'_> {
+    /// More than half the writer's queue waits: the peer reads slower
+    /// than it asks.
+    fn backed_up(&self) -> bool {
+        self.out
+            .upgrade()
+            .is_some_and(|tx| tx.capacity() < STREAM_QUEUE / 2)
+    }
+
+    /// Waits while the writer is backed up; `false` once it has ended.
+    async fn room(&self) -> bool {
+        while self.backed_up() {
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if !self.backed_up() {
+                break;
+            }
+            tokio::select! {
+                () = written => {}
+                () = self.writer_done.notified() => return false,
+            }
+        }
+        true
+    }
 }
 
 /// The reading half of [`pump_stream`].
@@ -427,7 +489,7 @@ async fn read_stream<R>(
     tx: &mpsc::Sender<EngineInput>,
     limits: Limits,
     partial_timeout: Duration,
-    writer_done: &Notify,
+    pace: &Pace<'_>,
 ) -> End
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -450,7 +512,7 @@ where
                     return End::Closed;
                 }
             },
-            () = writer_done.notified() => return End::Closed,
+            () = pace.writer_done.notified() => return End::Closed,
         };
         framer.push(&buf[..n]);
         loop {
@@ -462,10 +524,17 @@ where
                     (Err(rej), fatal)
                 }
             };
+            // A peer that does not read its answers is not read either
+            // (TCP's flow control then holds it back, as before the
+            // writer ran beside the reader).
+            if !pace.room().await {
+                return End::Closed;
+            }
             // Rejections take a turn too: a stream of well-framed but
-            // malformed messages is bounded like any other.
+            // malformed messages is bounded like any other. (Never
+            // closed: an error cannot come.)
             let Ok(turn) = in_flight.clone().acquire_owned().await else {
-                return End::EngineGone;
+                return End::Closed;
             };
             let input = EngineInput::Framed { flow, framed, turn };
             if tx.send(input).await.is_err() {
@@ -487,7 +556,7 @@ pub(crate) async fn tls_client(
     conn: u64,
     remote: SocketAddr,
     carrier: crate::tls::Carrier,
-    out_rx: mpsc::Receiver<Vec<u8>>,
+    out: (mpsc::WeakSender<Vec<u8>>, mpsc::Receiver<Vec<u8>>),
     tx: mpsc::Sender<EngineInput>,
     limits: Limits,
     partial_timeout: Duration,
@@ -509,7 +578,7 @@ pub(crate) async fn tls_client(
                 local,
                 conn,
             };
-            pump_stream(stream, flow, tx.clone(), out_rx, limits, partial_timeout).await;
+            pump_stream(stream, flow, tx.clone(), out, limits, partial_timeout).await;
         }
         Ok(Err(e)) => {
             warn!(trunk = %carrier.trunk, peer = %remote, error = %e, "TLS connection to the carrier failed");
