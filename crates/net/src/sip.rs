@@ -239,6 +239,12 @@ impl SipServer {
             engine.join_cluster(&cluster.node);
             let (out_tx, out_rx) = mpsc::channel(crate::cluster::OUT_QUEUE);
             to_cluster = Some(out_tx);
+            // Its client and the work stream's driver — NATS over TLS,
+            // JSON, every record of the work stream opened (AES-GCM) at
+            // start, on reconnect and every minute — on the stream
+            // threads, not the engine's: they reach the engine by its
+            // queue only.
+            let _inside = streams.enter();
             crate::cluster::spawn(
                 cluster.clone(),
                 crate::cluster::Links {

@@ -127,6 +127,12 @@ impl Streams {
 }
 
 impl StreamsHandle {
+    /// Makes this runtime the current one: what the caller spawns with
+    /// `tokio::spawn` meanwhile runs here.
+    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.runtime.enter()
+    }
+
     /// Runs a connection's task, counted for [`Streams::finish`].
     pub(crate) fn connection(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.live.n.fetch_add(1, Ordering::AcqRel);
