@@ -941,8 +941,9 @@ fn serve(
         .on_thread_start(centralino_net::background_thread)
         .build()
         .context("starting the runtime")?;
-    // SIP over TCP and TLS (handshakes, records, framing) on threads of
-    // their own; finished once the engine's runtime is gone (below).
+    // SIP over TCP and TLS (handshakes, records, framing) and the national
+    // network's client on threads of their own; finished once the
+    // engine's runtime is gone (below).
     let streams = centralino_net::streams::Streams::start(config.sip.io_threads)
         .context("starting the SIP stream runtime")?;
     // The HTTP endpoint has a thread and runtime of its own: a flood of

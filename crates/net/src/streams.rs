@@ -12,6 +12,10 @@
 //! its queue (`EngineInput::Framed`), bytes out through the connection's
 //! channel, `ConnOpen` / `ConnClosed` around them.
 //!
+//! The national network's client and the work stream's driver run on the
+//! same threads (started inside [`StreamsHandle::enter`]): NATS over TLS
+//! and the work stream's records, off the engine's thread too.
+//!
 //! The binary finishes the runtime after the engine's is gone
 //! ([`Streams::finish`]): each connection then writes what the engine
 //! gave it — a drain's last BYEs — and closes, within a bound (a
@@ -100,7 +104,8 @@ impl Streams {
 
     /// The engine is gone (its runtime dropped): each connection writes
     /// what it was given and closes; this waits for them, at most
-    /// `within`, then stops the runtime.
+    /// `within`, then stops the runtime (the national network's drivers,
+    /// not waited for, with it).
     pub fn finish(self, within: Duration) {
         let live = self.handle.live.clone();
         self.runtime.block_on(async {

@@ -267,6 +267,12 @@ pub(crate) async fn run(
     };
     loop {
         tick.tick().await;
+        // The network's driver is gone (the node is stopping): what it
+        // last said of the others is no ground to mirror or take over on.
+        if liveness.has_changed().is_err() {
+            d.set_ready(false);
+            return;
+        }
         let live = liveness.borrow().clone();
         if live.connected_for.is_none() {
             d.set_ready(false);
@@ -879,7 +885,10 @@ impl Shared {
         };
         let up = |n: &str| live.up(n, after);
         let (mut taken, mut adopted) = (0usize, 0usize);
-        for (seq, record) in &records {
+        for (i, (seq, record)) in records.iter().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             let (keep, as_, event) = match w::verdict(record, &self.node, up, serves) {
                 Verdict::Leave => continue,
                 Verdict::Adopt(_) if record.subject().is_some_and(|s| known.contains(&s)) => {
@@ -999,15 +1008,24 @@ impl Shared {
             );
         }
         let mut out = Vec::with_capacity(by_subject.len());
-        for (subject, (seq, payload, before)) in by_subject {
+        for (i, (subject, (seq, payload, before))) in by_subject.into_iter().enumerate() {
             match self.key.sealer().open(&subject, &payload) {
                 Some(r) if w::chained(&r, seq, before) => out.push((seq, r)),
                 _ => self.count("refused"),
+            }
+            // Up to two million records opened in a row: the thread is
+            // shared with SIP streams (`crate::streams`), so they get
+            // their turns.
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
             }
         }
         Ok(out)
     }
 }
+
+/// Records a pass opens or weighs between two yields of its thread.
+const YIELD_EVERY: usize = 1024;
 
 /// An id for the logs (enough to find it, not the whole key).
 fn short(id: &str) -> &str {
