@@ -164,13 +164,10 @@ fn https_handshakes_run_on_the_http_workers() {
     // (the accepting thread's ticks, the workers') since `before`
     let spent = |now: &[(u32, String, u64)]| {
         let d = crate::sip_io::ticks_between(&before, now);
-        let accepting = d.iter().filter(|t| t.1 == "http").map(|t| t.2).sum::<u64>();
-        let workers = d
-            .iter()
-            .filter(|t| t.1.starts_with("http-"))
-            .map(|t| t.2)
-            .sum::<u64>();
-        (accepting, workers)
+        (
+            crate::sip_io::ticks_of(&d, |_, name| name == "http"),
+            crate::sip_io::ticks_of(&d, |_, name| name.starts_with("http-")),
+        )
     };
     let start = std::time::Instant::now();
     let (port, ca) = (node.http_port, pki.path("ca.pem"));

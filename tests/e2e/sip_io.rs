@@ -228,6 +228,11 @@ pub(crate) fn ticks_between(
         .collect()
 }
 
+/// The ticks of the threads `keep` (id, name) picks, summed.
+pub(crate) fn ticks_of(spent: &[(u32, String, u64)], keep: impl Fn(u32, &str) -> bool) -> u64 {
+    spent.iter().filter(|t| keep(t.0, &t.1)).map(|t| t.2).sum()
+}
+
 /// Policy and real-time priority (fields 41 and 40, `proc(5)`) of a
 /// `/proc/.../stat` line, counted as `nice_in` does.
 fn scheduler_in(stat: &str) -> (u32, u32) {

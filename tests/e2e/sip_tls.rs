@@ -453,13 +453,10 @@ fn tls_handshakes_run_on_the_stream_threads_not_the_engines() {
     // (engine's ticks, the stream threads' ticks) since `before`
     let spent = |now: &[(u32, String, u64)]| {
         let d = crate::sip_io::ticks_between(&before, now);
-        let engine = d.iter().filter(|t| t.0 == pid).map(|t| t.2).sum::<u64>();
-        let streams = d
-            .iter()
-            .filter(|t| t.1.starts_with("sip-stream-"))
-            .map(|t| t.2)
-            .sum::<u64>();
-        (engine, streams)
+        (
+            crate::sip_io::ticks_of(&d, |id, _| id == pid),
+            crate::sip_io::ticks_of(&d, |_, name| name.starts_with("sip-stream-")),
+        )
     };
     let mut now = (0, 0);
     let mut handshakes = 0;

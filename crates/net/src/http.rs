@@ -98,16 +98,24 @@ const HTTP_NICE: i32 = 5;
 /// Binds the HTTP endpoint's socket, before its thread starts, so that a
 /// taken port stops the node with its reason.
 pub fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener, NetError> {
+    bind_tcp(addr, false).map_err(|source| NetError::Bind { addr, source })
+}
+
+/// A non-blocking listening TCP socket on `addr`, as tokio's own `bind`
+/// makes it: address reuse (a restarted node binds again while its old
+/// connections linger in TIME_WAIT) and a backlog of 1,024 (std's 128 is
+/// short for clients reconnecting at once); IPv6 only on an IPv6 address
+/// when `only_v6`.
+pub(crate) fn bind_tcp(addr: SocketAddr, only_v6: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let err = |source| NetError::Bind { addr, source };
-    let sock =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    // A restarted node binds again while its old connections linger in
-    // TIME_WAIT (as tokio's own bind does).
-    sock.set_reuse_address(true).map_err(err)?;
-    sock.bind(&addr.into()).map_err(err)?;
-    sock.listen(LISTEN_BACKLOG).map_err(err)?;
-    sock.set_nonblocking(true).map_err(err)?;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if only_v6 && addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    sock.set_nonblocking(true)?;
     Ok(sock.into())
 }
 

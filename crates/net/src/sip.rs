@@ -243,7 +243,7 @@ impl SipServer {
             // JSON, every record of the work stream opened (AES-GCM) at
             // start, on reconnect and every minute — on the stream
             // threads, not the engine's: they reach the engine by its
-            // queue only.
+            // queue and read what it publishes (desks' views, draining).
             let _inside = streams.enter();
             crate::cluster::spawn(
                 cluster.clone(),

@@ -156,28 +156,15 @@ pub(crate) fn listen(
     addr: SocketAddr,
     acceptor: Acceptor,
 ) -> std::io::Result<SocketAddr> {
-    // As tokio's own `bind` makes it (address reuse, a backlog of 1,024:
-    // std's 128 is short for phones reconnecting at once), and IPv6 only
-    // on an IPv6 address, as the UDP sockets are: `[::]` and `0.0.0.0`
-    // can both be listened on, and no IPv4 peer arrives mapped
+    // IPv6 only on an IPv6 address, as the UDP sockets are: `[::]` and
+    // `0.0.0.0` can both be listened on, and no IPv4 peer arrives mapped
     // (`::ffff:a.b.c.d`) where trunk addresses are matched.
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    sock.set_reuse_address(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(1024)?;
-    sock.set_nonblocking(true)?;
+    let sock = crate::http::bind_tcp(addr, true)?;
     let listener = {
         // Registered with the stream runtime's reactor: its readiness is
         // that runtime's work, not the engine's.
         let _inside = streams.runtime.enter();
-        TcpListener::from_std(std::net::TcpListener::from(sock))?
+        TcpListener::from_std(sock)?
     };
     let local = listener.local_addr()?;
     let streams = streams.clone();
