@@ -27,9 +27,17 @@ fn udp_alive(node: &Node) {
     assert!(buf[..n].starts_with(b"SIP/2.0 200"));
 }
 
-/// `n` OPTIONS written back to back on one TCP connection (by a thread of
-/// their own, while this one reads): each answered, in order.
-fn pipelined_messages_are_answered_in_order(name: &str, n: usize) {
+/// A node with one operator, and a TCP connection to it on which a
+/// thread of its own writes `n` OPTIONS (`pipe-0`…) back to back, then
+/// what `last` makes of the node's port, then half-closes if asked: the
+/// caller reads meanwhile (TCP's flow control would stop a writer whose
+/// answers nobody reads).
+fn pipelined_to_a_node(
+    name: &str,
+    n: usize,
+    last: impl FnOnce(u16) -> String,
+    half_close: bool,
+) -> (Scratch, Node, TcpStream, std::thread::JoinHandle<()>) {
     let scratch = Scratch::new(name);
     let node = Node::start(
         &scratch,
@@ -38,13 +46,26 @@ fn pipelined_messages_are_answered_in_order(name: &str, n: usize) {
             ..NodeConfig::default()
         },
     );
-    let mut s = TcpStream::connect(node.sip_addr()).unwrap();
+    let s = TcpStream::connect(node.sip_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let all: String = (0..n)
+    let mut all: String = (0..n)
         .map(|i| options(i, node.sip_port, "TCP", "Content-Length: 0\r\n\r\n"))
         .collect();
+    all.push_str(&last(node.sip_port));
     let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || w.write_all(all.as_bytes()).unwrap());
+    let writer = std::thread::spawn(move || {
+        w.write_all(all.as_bytes()).unwrap();
+        if half_close {
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+    });
+    (scratch, node, s, writer)
+}
+
+/// `n` OPTIONS written back to back on one TCP connection: each
+/// answered, in order.
+fn pipelined_messages_are_answered_in_order(name: &str, n: usize) {
+    let (_scratch, _node, mut s, writer) = pipelined_to_a_node(name, n, |_| String::new(), false);
     let mut got = String::new();
     let mut buf = [0u8; 16384];
     // Answers counted as they come (a status line split across two reads
@@ -80,6 +101,76 @@ fn fifty_pipelined_messages_are_answered_in_order() {
 #[test]
 fn three_thousand_pipelined_messages_are_all_answered_in_order() {
     pipelined_messages_are_answered_in_order("pipeline-3000", 3000);
+}
+
+/// Reads until the node closes the connection (a reset counts as the
+/// close); the answers' Call-ID numbers in order, and the status lines.
+fn answers_until_closed(s: &mut TcpStream) -> (Vec<usize>, Vec<String>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the node neither answered nor closed: {e}"),
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    let order = got
+        .lines()
+        .filter_map(|l| l.strip_prefix("Call-ID: pipe-"))
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    let status = got
+        .lines()
+        .filter(|l| l.starts_with("SIP/2.0 "))
+        .map(str::to_owned)
+        .collect();
+    (order, status)
+}
+
+/// A peer that half-closes right after pipelining (it has sent all it
+/// will and reads on, as `shutdown(SHUT_WR)` says) gets the answer to
+/// every request it wrote, in order, and then the node closes too. It
+/// lost all but the first few when its end of stream closed the
+/// connection at once.
+#[test]
+fn a_peer_that_half_closes_after_pipelining_gets_every_answer() {
+    let n = 300;
+    let (_scratch, node, mut s, writer) =
+        pipelined_to_a_node("half-close", n, |_| String::new(), true);
+    let (order, status) = answers_until_closed(&mut s);
+    writer.join().unwrap();
+    assert_eq!(order, (0..n).collect::<Vec<_>>());
+    assert!(
+        status.iter().all(|l| l.starts_with("SIP/2.0 200")),
+        "{status:?}"
+    );
+    node.wait_metric(
+        "centralino_sip_tcp_connections",
+        Duration::from_secs(5),
+        |v| v == 0.0,
+    );
+}
+
+/// Requests pipelined before a message that breaks the framing (a
+/// declared body past the cap) are all answered, then the refusal, then
+/// the close: the connection waits for the engine's answers to what it
+/// read (2 s at most) rather than a fixed 500 ms, which an engine more
+/// than 500 ms behind did not meet.
+#[test]
+fn requests_before_a_framing_error_are_answered_before_the_close() {
+    let n = 300;
+    let too_long = |port| options(n, port, "TCP", "Content-Length: 1000000\r\n\r\n");
+    let (_scratch, _node, mut s, writer) =
+        pipelined_to_a_node("fatal-after-pipeline", n, too_long, false);
+    let (order, status) = answers_until_closed(&mut s);
+    writer.join().unwrap();
+    assert_eq!(order, (0..=n).collect::<Vec<_>>());
+    assert_eq!(status.len(), n + 1, "{status:?}");
+    assert!(status[..n].iter().all(|l| l.starts_with("SIP/2.0 200")));
+    assert!(status[n].starts_with("SIP/2.0 413"), "{}", status[n]);
 }
 
 /// `sip.max_tcp_connections`: past the cap a new connection is closed at

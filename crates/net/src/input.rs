@@ -79,7 +79,7 @@ pub(crate) fn take_input(
     now: std::time::Instant,
     input: Next,
     net: &NetMetrics,
-) {
+) -> Option<Turn> {
     match input {
         Next::Datagram(d) => {
             lag.queued = lag.queued.max(now.saturating_duration_since(d.read_at));
@@ -87,9 +87,15 @@ pub(crate) fn take_input(
         }
         Next::Input(EngineInput::Browser(b)) => browsers.input(engine, plane, now, b),
         Next::Input(EngineInput::Monitor(m)) => crate::monitor::input(engine, plane, now, m),
-        Next::Input(input) => handle(engine, conns, life, now, input, net),
+        Next::Input(input) => return handle(engine, conns, life, now, input, net),
     }
+    None
 }
+
+/// A stream message's turn ([`EngineInput::Framed`]), held until the
+/// engine's outputs for it are out: its connection's reader waits for
+/// every turn back before a close, so what it read is answered first.
+pub(crate) type Turn = tokio::sync::OwnedSemaphorePermit;
 
 fn handle(
     engine: &mut Engine,
@@ -98,7 +104,7 @@ fn handle(
     now: std::time::Instant,
     input: EngineInput,
     net: &NetMetrics,
-) {
+) -> Option<Turn> {
     match input {
         EngineInput::Drain(idle) => {
             engine.set_draining();
@@ -112,7 +118,8 @@ fn handle(
         EngineInput::Datagrams(_) => {}
         EngineInput::Framed { flow, framed, turn } => {
             engine.handle_framed(now, flow, framed);
-            drop(turn);
+            // Given back by the caller once the outputs are out.
+            return Some(turn);
         }
         EngineInput::ConnOpen { conn, tx, trunks } => {
             conns.insert(conn, tx);
@@ -235,4 +242,5 @@ fn handle(
             }
         }
     }
+    None
 }

@@ -394,6 +394,8 @@ async fn run_engine(
     // Inputs taken since the kept sends last left (`SEND_BATCH_INPUTS`).
     let mut taken = 0usize;
     loop {
+        // The turn of the stream message taken in this pass, if any.
+        let mut turn = None;
         let queued = if budget > 0 {
             budget -= 1;
             match pending.next() {
@@ -414,7 +416,7 @@ async fn run_engine(
                 udp.values_mut().for_each(crate::sip_io::Senders::flush);
             }
             let now = Instant::now().into_std();
-            take_input(
+            turn = take_input(
                 &mut engine,
                 &mut plane,
                 &mut browsers,
@@ -451,7 +453,7 @@ async fn run_engine(
                     lag.turn(&mut engine, now, rx.len(), &clients.metrics);
                     let input = Next::of(input, &mut pending, &lag.pressure);
                     if let Some(input) = input {
-                        take_input(&mut engine, &mut plane, &mut browsers, &mut conns, &mut life, &mut lag, now, input, &clients.metrics);
+                        turn = take_input(&mut engine, &mut plane, &mut browsers, &mut conns, &mut life, &mut lag, now, input, &clients.metrics);
                     }
                     budget = BATCH;
                 }
@@ -707,6 +709,8 @@ async fn run_engine(
                 },
             }
         }
+        // Its outputs are out: the stream's reader may count it answered.
+        drop(turn);
         if let Some(sink) = &records
             && (batch.len() >= RECORD_BATCH || flush_at.is_some_and(|t| t <= Instant::now()))
         {

@@ -358,14 +358,20 @@ pub(crate) const STREAM_QUEUE: usize = 2 * IN_FLIGHT;
 /// pinned.
 const WRITE_WAIT: Duration = Duration::from_secs(32);
 
+/// How long a connection that will read no more waits for the answers
+/// to what it read: the engine's turn for each (under lag, longer than
+/// any fixed grace), not a call's outcome.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+
 /// How a connection's reading ended.
 enum End {
-    /// The peer closed, a read failed or timed out, or the writer ended:
-    /// close now.
+    /// A read failed or timed out, or the writer ended: close now.
     Closed,
-    /// The framing is lost: the error response (queued by the engine
-    /// after the rejection) gets a moment to leave, then close.
-    Fatal,
+    /// The peer has sent all it will (end of stream: it may have
+    /// half-closed and still read), or the framing is lost after a
+    /// rejection the engine answers: what was read gets its answers,
+    /// then close.
+    Settle,
     /// The engine is gone: what it queued is written, then close.
     EngineGone,
 }
@@ -388,24 +394,37 @@ async fn pump_stream<S>(
     // The writer's end tells the reader; the reader's end tells the
     // writer when to stop (`notify_one` keeps the word for a waiter to
     // come); each write done tells a reader waiting for room.
-    let (writer_done, stop_writing, written) = (Notify::new(), Notify::new(), Notify::new());
+    // `finish`: write what is queued, then end (`stop_writing` ends at
+    // once, a write under way included).
+    let (writer_done, stop_writing, finish, written) =
+        (Notify::new(), Notify::new(), Notify::new(), Notify::new());
     let pace = Pace {
         out,
         written: &written,
         writer_done: &writer_done,
     };
+    // Each message in the engine's hands holds one; the engine gives it
+    // back once that message's answers are in the writer's queue.
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let reader = async {
-        let end = read_stream(rd, flow, &tx, limits, partial_timeout, &pace).await;
+        let end = read_stream(rd, flow, &tx, limits, partial_timeout, &pace, &in_flight).await;
         match end {
             End::Closed => stop_writing.notify_one(),
-            End::Fatal => {
-                // The error response's moment, shorter if the writer ends.
-                let grace = tokio::time::sleep(Duration::from_millis(500));
+            End::Settle => {
+                // Every turn back: every message read has been taken and
+                // answered (a final answer that waits for a call, such
+                // as an INVITE's, is not waited for). Shorter if the
+                // writer ends; bounded for an engine far behind.
+                let all = in_flight.acquire_many(IN_FLIGHT as u32);
                 tokio::select! {
-                    () = grace => {}
+                    r = tokio::time::timeout(SETTLE_WAIT, all) => {
+                        if r.is_err() {
+                            debug!(peer = %flow.remote, "TCP connection closed before the engine answered all it read");
+                        }
+                    }
                     () = writer_done.notified() => {}
                 }
-                stop_writing.notify_one();
+                finish.notify_one();
             }
             // The engine's writers are gone with it: the writer ends
             // once it has written what they left.
@@ -413,29 +432,42 @@ async fn pump_stream<S>(
         }
     };
     let writer = async {
+        let mut finishing = false;
         loop {
-            tokio::select! {
-                // What is queued goes first, even when told to stop.
-                biased;
-                bytes = out_rx.recv() => match bytes {
-                    Some(bytes) => {
-                        // A write is cut short only to close: by the
-                        // reader's end or a peer that stopped reading.
-                        let write = tokio::time::timeout(WRITE_WAIT, wr.write_all(&bytes));
-                        let wrote = tokio::select! {
-                            r = write => matches!(r, Ok(Ok(()))),
-                            () = stop_writing.notified() => false,
-                        };
-                        written.notify_waiters();
-                        if !wrote {
-                            break;
-                        }
+            let bytes = if finishing {
+                // Only what is queued now: the engine keeps its sender
+                // until it hears the connection closed.
+                match out_rx.try_recv() {
+                    Ok(bytes) => bytes,
+                    Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    // What is queued goes first, even when told to stop.
+                    biased;
+                    bytes = out_rx.recv() => match bytes {
+                        Some(bytes) => bytes,
+                        // The engine is gone (it drops a connection's
+                        // writer only then, or once the connection closed).
+                        None => break,
+                    },
+                    () = stop_writing.notified() => break,
+                    () = finish.notified() => {
+                        finishing = true;
+                        continue;
                     }
-                    // The engine is gone (it drops a connection's writer
-                    // only then, or once the connection closed).
-                    None => break,
-                },
-                () = stop_writing.notified() => break,
+                }
+            };
+            // A write is cut short only to close: by the reader's end or
+            // a peer that stopped reading.
+            let write = tokio::time::timeout(WRITE_WAIT, wr.write_all(&bytes));
+            let wrote = tokio::select! {
+                r = write => matches!(r, Ok(Ok(()))),
+                () = stop_writing.notified() => false,
+            };
+            written.notify_waiters();
+            if !wrote {
+                break;
             }
         }
         writer_done.notify_one();
@@ -488,11 +520,11 @@ async fn read_stream<R>(
     limits: Limits,
     partial_timeout: Duration,
     pace: &Pace<'_>,
+    in_flight: &Arc<Semaphore>,
 ) -> End
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut framer = StreamFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -503,7 +535,9 @@ where
         };
         let n = tokio::select! {
             r = tokio::time::timeout(wait, rd.read(&mut buf)) => match r {
-                Ok(Ok(0) | Err(_)) => return End::Closed,
+                // The peer's end of stream: it may still read.
+                Ok(Ok(0)) => return End::Settle,
+                Ok(Err(_)) => return End::Closed,
                 Ok(Ok(n)) => n,
                 Err(_) => {
                     debug!(peer = %flow.remote, partial = framer.buffered() > 0, "TCP connection timed out");
@@ -539,7 +573,7 @@ where
                 return End::EngineGone;
             }
             if fatal {
-                return End::Fatal;
+                return End::Settle;
             }
         }
     }
