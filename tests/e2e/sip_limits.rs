@@ -155,16 +155,31 @@ fn a_peer_that_half_closes_after_pipelining_gets_every_answer() {
 }
 
 /// Requests pipelined before a message that breaks the framing (a
-/// declared body past the cap) are all answered, then the refusal, then
-/// the close: the connection waits for the engine's answers to what it
-/// read (2 s at most) rather than a fixed 500 ms, which an engine more
-/// than 500 ms behind did not meet.
+/// declared body past the cap, the first 20 KB of which follow) are all
+/// answered, then the refusal, then the close: the connection waits for
+/// the engine's answers to what it read (2 s at most) rather than a fixed
+/// 500 ms, which an engine more than 500 ms behind did not meet, and it
+/// reads and drops the body meanwhile (closed with it unread, the
+/// connection would be reset and the answers not yet sent lost).
 #[test]
 fn requests_before_a_framing_error_are_answered_before_the_close() {
     let n = 300;
-    let too_long = |port| options(n, port, "TCP", "Content-Length: 1000000\r\n\r\n");
-    let (_scratch, _node, mut s, writer) =
+    let too_long =
+        |port| options(n, port, "TCP", "Content-Length: 1000000\r\n\r\n") + &"x".repeat(20_000);
+    let (_scratch, node, mut s, writer) =
         pipelined_to_a_node("fatal-after-pipeline", n, too_long, false);
+    // Read only once the node has refused the message and closed:
+    // whatever it sent waits in our buffer, unless a reset threw it away.
+    node.wait_metric(
+        "centralino_sip_parse_errors_total{reason=\"too_large\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    node.wait_metric(
+        "centralino_sip_tcp_connections",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    );
     let (order, status) = answers_until_closed(&mut s);
     writer.join().unwrap();
     assert_eq!(order, (0..=n).collect::<Vec<_>>());

@@ -49,7 +49,8 @@ pub enum EngineInput {
         /// The message or its rejection.
         framed: Result<Framed, Rejection>,
         /// The connection's turn: held until the engine has handled the
-        /// message (at most `streams::IN_FLIGHT` per connection).
+        /// message and its answers are in the connection's queue (at most
+        /// `streams::IN_FLIGHT` per connection).
         turn: tokio::sync::OwnedSemaphorePermit,
     },
     /// A connection opened: its writer.

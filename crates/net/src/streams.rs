@@ -360,8 +360,15 @@ const WRITE_WAIT: Duration = Duration::from_secs(32);
 
 /// How long a connection that will read no more waits for the answers
 /// to what it read: the engine's turn for each (under lag, longer than
-/// any fixed grace), not a call's outcome.
+/// any fixed grace), not a call's outcome. Then as long again, at most,
+/// for the writer to write them: a peer that half-closed and does not
+/// read gives its place back as soon.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
+
+/// What a settled connection still reads and drops while its answers
+/// leave (a refused message's body, say): closing with bytes unread is a
+/// reset, which discards what was not sent yet. Past it, the reset.
+const DISCARD_MAX: usize = 64 * 1024;
 
 /// How a connection's reading ended.
 enum End {
@@ -390,7 +397,7 @@ async fn pump_stream<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    let (rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, mut wr) = tokio::io::split(stream);
     // The writer's end tells the reader; the reader's end tells the
     // writer when to stop (`notify_one` keeps the word for a waiter to
     // come); each write done tells a reader waiting for room.
@@ -407,24 +414,55 @@ async fn pump_stream<S>(
     // back once that message's answers are in the writer's queue.
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let reader = async {
-        let end = read_stream(rd, flow, &tx, limits, partial_timeout, &pace, &in_flight).await;
+        let end = read_stream(
+            &mut rd,
+            flow,
+            &tx,
+            limits,
+            partial_timeout,
+            &pace,
+            &in_flight,
+        )
+        .await;
         match end {
             End::Closed => stop_writing.notify_one(),
             End::Settle => {
+                // What the peer still sends is read and dropped until the
+                // writer is done (a close with bytes unread would reset
+                // the connection and lose the answers).
+                let discard = discard(&mut rd, DISCARD_MAX);
+                tokio::pin!(discard);
+                let mut discarding = true;
                 // Every turn back: every message read has been taken and
                 // answered (a final answer that waits for a call, such
                 // as an INVITE's, is not waited for). Shorter if the
                 // writer ends; bounded for an engine far behind.
-                let all = in_flight.acquire_many(IN_FLIGHT as u32);
-                tokio::select! {
-                    r = tokio::time::timeout(SETTLE_WAIT, all) => {
-                        if r.is_err() {
-                            debug!(peer = %flow.remote, "TCP connection closed before the engine answered all it read");
+                let all =
+                    tokio::time::timeout(SETTLE_WAIT, in_flight.acquire_many(IN_FLIGHT as u32));
+                tokio::pin!(all);
+                let mut writer_ended = false;
+                loop {
+                    tokio::select! {
+                        r = &mut all => {
+                            if r.is_err() {
+                                debug!(peer = %flow.remote, "TCP connection closed before the engine answered all it read");
+                            }
+                            break;
                         }
+                        () = writer_done.notified() => {
+                            writer_ended = true;
+                            break;
+                        }
+                        () = &mut discard, if discarding => discarding = false,
                     }
-                    () = writer_done.notified() => {}
                 }
                 finish.notify_one();
+                while !writer_ended {
+                    tokio::select! {
+                        () = writer_done.notified() => writer_ended = true,
+                        () = &mut discard, if discarding => discarding = false,
+                    }
+                }
             }
             // The engine's writers are gone with it: the writer ends
             // once it has written what they left.
@@ -432,9 +470,10 @@ async fn pump_stream<S>(
         }
     };
     let writer = async {
-        let mut finishing = false;
+        // Once finishing: the time by which what is queued must be out.
+        let mut finish_by = None;
         loop {
-            let bytes = if finishing {
+            let bytes = if finish_by.is_some() {
                 // Only what is queued now: the engine keeps its sender
                 // until it hears the connection closed.
                 match out_rx.try_recv() {
@@ -453,14 +492,15 @@ async fn pump_stream<S>(
                     },
                     () = stop_writing.notified() => break,
                     () = finish.notified() => {
-                        finishing = true;
+                        finish_by = Some(tokio::time::Instant::now() + SETTLE_WAIT);
                         continue;
                     }
                 }
             };
-            // A write is cut short only to close: by the reader's end or
-            // a peer that stopped reading.
-            let write = tokio::time::timeout(WRITE_WAIT, wr.write_all(&bytes));
+            // A write is cut short only to close: by the reader's end, a
+            // peer that stopped reading, or the end of the time to finish.
+            let until = finish_by.unwrap_or_else(|| tokio::time::Instant::now() + WRITE_WAIT);
+            let write = tokio::time::timeout_at(until, wr.write_all(&bytes));
             let wrote = tokio::select! {
                 r = write => matches!(r, Ok(Ok(()))),
                 () = stop_writing.notified() => false,
@@ -512,9 +552,25 @@ impl Pace<'_> {
     }
 }
 
+/// Reads and drops what a peer still sends once its connection is
+/// settling, `max` bytes at most; ends at its end of stream or an error.
+async fn discard<R>(rd: &mut R, max: usize)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 4096];
+    let mut left = max;
+    while left > 0 {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
 /// The reading half of [`pump_stream`].
 async fn read_stream<R>(
-    mut rd: R,
+    rd: &mut R,
     flow: Flow,
     tx: &mpsc::Sender<EngineInput>,
     limits: Limits,
