@@ -159,21 +159,10 @@ fn with_carrier(cfg: &NodeConfig, carrier: SocketAddr) -> impl Fn(u16, u16) -> S
 const WEB: Option<&str> = Some("web-form-token-0123456789");
 const ADMIN: Option<&str> = Some("admin-token-0123456789");
 
-#[test]
-fn no_toll_fraud_path_reaches_the_carrier() {
-    let scratch = Scratch::new("attack-fraud");
-    let carrier = Listener::on("127.0.0.9");
-    let cfg = NodeConfig::default();
-    let node = Node::start_toml(&scratch, with_carrier(&cfg, carrier.addr));
-
-    // D18: the web form asks for premium, special and foreign numbers.
-    for number in [
-        "+39899123456",
-        "+39144123456",
-        "00900123456",
-        "+88234123456",
-        "0039166123456",
-    ] {
+/// The web form asks for a callback to each of `numbers` for `info`: each
+/// refused by the dial plan with `403`.
+fn web_form_is_refused(node: &Node, numbers: &[&str]) {
+    for number in numbers {
         let (code, body) = node.http(
             "POST",
             "/api/v1/callbacks",
@@ -183,6 +172,26 @@ fn no_toll_fraud_path_reaches_the_carrier() {
         assert_eq!(code, 403, "{number}: {body}");
         assert!(body.contains("dial plan"), "{body}");
     }
+}
+
+#[test]
+fn no_toll_fraud_path_reaches_the_carrier() {
+    let scratch = Scratch::new("attack-fraud");
+    let carrier = Listener::on("127.0.0.9");
+    let cfg = NodeConfig::default();
+    let node = Node::start_toml(&scratch, with_carrier(&cfg, carrier.addr));
+
+    // D18: the web form asks for premium, special and foreign numbers.
+    web_form_is_refused(
+        &node,
+        &[
+            "+39899123456",
+            "+39144123456",
+            "00900123456",
+            "+88234123456",
+            "0039166123456",
+        ],
+    );
     let (code, body) = node.http("GET", "/api/v1/callbacks", WEB, None);
     assert_eq!(code, 200);
     assert_eq!(
@@ -287,6 +296,55 @@ fn no_toll_fraud_path_reaches_the_carrier() {
     assert_eq!(
         node.metric("centralino_dial_plan_refused_total{reason=\"blocked\",via=\"api\"}"),
         3.0
+    );
+}
+
+/// D18 for a firm with a dial plan of its own: its `block` list adds to
+/// the Italian blocks. Listing one prefix had replaced them, and the web
+/// form then stored (and the node dialled) a `+39 00…` number a carrier
+/// reads back as `00…` abroad, and the old premium ranges.
+#[test]
+fn a_firms_own_blocks_keep_the_italian_ones() {
+    let scratch = Scratch::new("attack-own-blocks");
+    let carrier = Listener::on("127.0.0.9");
+    let cfg = NodeConfig::default();
+    let base = with_carrier(&cfg, carrier.addr);
+    let node = Node::start_toml(&scratch, |sip, http| {
+        base(sip, http).replacen(
+            "[[tenants]]\nname = \"demo\"\n",
+            "[[tenants]]\nname = \"demo\"\n[tenants.dial_plan]\nallow = [\"+39\", \"+41\"]\nblock = [\"+3988\"]\n",
+            1,
+        )
+    });
+    web_form_is_refused(
+        &node,
+        &[
+            "+390023276123456",
+            "+39144123456",
+            "+39899123456",
+            "+39881234567",
+        ],
+    );
+    // What the firm widened is open: a Swiss number is taken.
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        WEB,
+        Some(r#"{"queue": "info", "number": "+41441234567", "not_before": 4102444800}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = node.http("GET", "/api/v1/callbacks", WEB, None);
+    let stored = json(&body)["callbacks"].as_array().expect("a list").len();
+    assert_eq!(stored, 1, "only the allowed number stored: {body}");
+    assert_eq!(
+        node.metric("centralino_dial_plan_refused_total{reason=\"blocked\",via=\"api\"}"),
+        4.0
+    );
+    assert_eq!(
+        carrier.count(),
+        0,
+        "the carrier heard: {:?}",
+        carrier.texts()
     );
 }
 

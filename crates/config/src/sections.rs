@@ -278,7 +278,19 @@ pub(super) fn validate_dial_plan(
                 );
             }
         }
-        target.clone_from(list);
+        if key == "block" {
+            // Added to the Italian blocks, never in their place: a firm
+            // adding one prefix of its own had silently unblocked premium
+            // and special numbers (and `+3900`, dialled abroad by a
+            // carrier that reads `+39` back as national) for its trunks.
+            for prefix in list {
+                if !target.contains(prefix) {
+                    target.push(prefix.clone());
+                }
+            }
+        } else {
+            target.clone_from(list);
+        }
     }
     if plan.allow.is_empty() {
         p.add(

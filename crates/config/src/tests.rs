@@ -2,6 +2,7 @@
 //! with its key path.
 
 use super::*;
+use centralino_types::dialplan::Refusal;
 
 /// `toml` is refused with a problem starting with `want`.
 fn refused(toml: &str, want: &str) {
@@ -63,7 +64,36 @@ fn each_tenant_has_a_dial_plan_the_italian_one_by_default() {
     let c = Config::from_toml(TWO_TENANTS).unwrap();
     assert_eq!(c.dial_plans.len(), 2);
     assert_eq!(c.dial_plans[0].allow, ["+39", "+41"]);
-    assert_eq!(c.dial_plans[0].block, ["+3989"]);
+    // A firm's own blocks add to Italy's, never replace them.
+    assert_eq!(
+        c.dial_plans[0].block,
+        ["+3900", "+391", "+394", "+3970", "+3989"]
+    );
+    let widened = c.dial_plans[0].clone();
+    for (number, want) in [
+        // `+39 00…`: dialled abroad (Sierra Leone) by a carrier that
+        // reads `+39` back as a national number.
+        ("+390023276123456", Err(Refusal::Blocked)),
+        ("+39144123456", Err(Refusal::Blocked)),
+        ("+39166123456", Err(Refusal::Blocked)),
+        ("+39899123456", Err(Refusal::Blocked)),
+        ("+39061234567", Ok("+39061234567".to_owned())),
+        ("+41441234567", Ok("+41441234567".to_owned())),
+    ] {
+        assert_eq!(widened.check(number), want, "{number}");
+    }
+    let extra = Config::from_toml(
+        &TWO_TENANTS.replace(r#"block = ["+3989"]"#, r#"block = ["+3989", "+4190"]"#),
+    )
+    .unwrap();
+    assert_eq!(
+        extra.dial_plans[0].block.last().map(String::as_str),
+        Some("+4190")
+    );
+    assert_eq!(
+        extra.dial_plans[0].check("+41901234567"),
+        Err(Refusal::Blocked)
+    );
     assert_eq!(c.dial_plans[1], DialPlan::italy());
     assert!(Config::embedded().unwrap().dial_plans[0] == DialPlan::italy());
     refused(
