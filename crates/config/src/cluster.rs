@@ -89,6 +89,18 @@ pub enum Durability {
 /// Most NATS URLs.
 const MAX_URLS: usize = 16;
 
+/// `localhost`, or a loopback address (IPv6 in brackets).
+fn loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Checks `[cluster]`.
 pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
     if !centralino_cluster::summary::valid_name(&raw.node) {
@@ -131,6 +143,21 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
                 "host:port after the scheme, no user or password (use token_file)",
             );
         }
+    }
+    // Off this host, the network's key is what makes a node a node: a
+    // NATS credential alone (or none) would let any client announce free
+    // operators and be handed citizens' calls, or grant another node's.
+    // On loopback (one machine's nodes, the tests) it stays optional.
+    let off_host = urls.iter().any(|u| {
+        u.split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once(':'))
+            .is_some_and(|(host, _)| !loopback_host(host))
+    });
+    if off_host && raw.key_file.is_none() {
+        p.add(
+            "cluster.key_file",
+            "a NATS server off this host needs the network's key (32 random bytes as 64 hex digits, the same on every node, e.g. `openssl rand -hex 32`): without it any NATS client could pose as a node and be handed citizens' calls",
+        );
     }
     if raw.token_file.is_some() && raw.password_file.is_some() {
         p.add(

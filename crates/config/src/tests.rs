@@ -987,12 +987,36 @@ fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
     assert_eq!(Config::embedded().unwrap().cluster, None);
     let base = DEFAULT_TOML;
     let c = Config::from_toml(&format!(
-        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = [\"nats://127.0.0.1:4222\", \"tls://nats.asl.example:4443\"]\ntoken_file = \"/etc/centralino/nats.token\"\n"
+        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = [\"nats://127.0.0.1:4222\", \"tls://nats.asl.example:4443\"]\ntoken_file = \"/etc/centralino/nats.token\"\nkey_file = \"/etc/centralino/network.key\"\n"
     ))
     .unwrap();
     let cluster = c.cluster.unwrap();
     assert_eq!(cluster.node, "roma-1");
     assert_eq!(cluster.nats_urls.len(), 2);
+    // A server off this host: the network's key is required (a NATS
+    // credential alone is not a node); on loopback it is optional.
+    for urls in [
+        "\"tls://nats.asl.example:4443\"",
+        "[\"nats://127.0.0.1:4222\", \"nats://10.0.0.6:4222\"]",
+        "\"nats://[2001:db8::5]:4222\"",
+    ] {
+        refused(
+            &format!(
+                "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = {urls}\ntoken_file = \"/etc/centralino/nats.token\"\n"
+            ),
+            "cluster.key_file",
+        );
+    }
+    for urls in [
+        "\"nats://localhost:4222\"",
+        "\"nats://[::1]:4222\"",
+        "\"nats://127.0.0.2:4222\"",
+    ] {
+        Config::from_toml(&format!(
+            "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = {urls}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{urls}: {e}"));
+    }
     for (cluster, want) in [
         (
             "node = \"roma 1\"\nnats_url = \"nats://127.0.0.1:4222\"",
