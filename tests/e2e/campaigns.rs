@@ -319,4 +319,25 @@ fn do_not_call_lists_are_per_tenant_and_national() {
         node.metric("centralino_dnc_changes_total{change=\"added\"}"),
         4.0
     );
+    // The audit log (kept for years, chained, never trimmed) names the
+    // removal with the number masked.
+    let start = std::time::Instant::now();
+    let text = loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+            .args(["audit", "--tail", "100", "--data-dir"])
+            .arg(scratch.path("data"))
+            .output()
+            .expect("centralino audit");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("dnc_delete") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(text.contains("dnc_delete\t**********005"), "{text}");
+    assert!(!text.contains("3331110005"), "{text}");
 }

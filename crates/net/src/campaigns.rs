@@ -308,10 +308,7 @@ pub(crate) fn caller_lookup(
 fn desk_of(k: &centralino_store::Contact) -> Vec<(String, String)> {
     let mut v = vec![
         ("attempt".to_owned(), k.attempts.to_string()),
-        (
-            "number".to_owned(),
-            centralino_types::Masked(&k.number).to_string(),
-        ),
+        ("number".to_owned(), centralino_types::masked(&k.number)),
     ];
     for (key, value) in [
         ("last_outcome", &k.last_outcome),

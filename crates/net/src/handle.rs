@@ -353,13 +353,13 @@ impl EngineHandle {
         answer.await.map_err(|_| None)?.map_err(Some)
     }
 
-    /// Supervisor `supervisor` joins operator `agent`'s conversation in
-    /// `mode` from a browser offering `offer`. `Err(None)`: the engine is
-    /// gone.
+    /// Supervisor `supervisor` of firm `firm` (`None`: every firm's)
+    /// joins operator `agent`'s conversation in `mode` from a browser
+    /// offering `offer`. `Err(None)`: the engine is gone.
     pub async fn monitor_start(
         &self,
         agent: String,
-        supervisor: String,
+        (supervisor, firm): (String, Option<String>),
         mode: centralino_media::monitor::MonitorMode,
         offer: String,
     ) -> Result<crate::monitor::Joined, Option<crate::monitor::MonitorRefused>> {
@@ -368,6 +368,7 @@ impl EngineHandle {
             .send(EngineInput::Monitor(crate::monitor::MonitorIn::Start {
                 agent,
                 supervisor,
+                firm,
                 mode,
                 offer,
                 reply,

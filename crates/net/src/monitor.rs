@@ -24,6 +24,8 @@ pub enum MonitorIn {
         agent: String,
         /// The supervisor's token name.
         supervisor: String,
+        /// The supervisor's firm (`None`: every firm's).
+        firm: Option<String>,
         /// Listen, whisper, barge.
         mode: MonitorMode,
         /// The browser's SDP offer.
@@ -73,12 +75,13 @@ pub(crate) fn input(engine: &mut Engine, plane: &mut MediaPlane, now: Instant, m
         MonitorIn::Start {
             agent,
             supervisor,
+            firm,
             mode,
             offer,
             reply,
         } => {
             let result = engine
-                .monitor_start(&agent, &supervisor, mode)
+                .monitor_start(&agent, &supervisor, firm.as_deref(), mode)
                 .map_err(MonitorRefused::from)
                 .and_then(|target| {
                     match plane.monitor_browser(target.call, target.sdp_ip, &offer, &target.laws) {

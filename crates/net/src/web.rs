@@ -143,7 +143,7 @@ pub(crate) async fn guard(
     let mut resp = if (upgrade || (unsafe_method && by_cookie)) && !policy.origin_ok(req.headers())
     {
         metrics.http_cross_origin.inc();
-        tracing::warn!(path = %req.uri().path(), websocket = upgrade, "request from another site's page refused (Origin not allowed)");
+        tracing::warn!(path = %path_for_log(req.uri().path()), websocket = upgrade, "request from another site's page refused (Origin not allowed)");
         (
             StatusCode::FORBIDDEN,
             "cross-site request refused: Origin not allowed (http.allowed_origins)\n",
@@ -159,6 +159,23 @@ pub(crate) async fn guard(
     resp
 }
 
+/// A request's path for a log line: a segment that is a phone number
+/// (`/api/v1/dnc/+39…`: an optional `+` and six digits or more) masked
+/// like every number in the logs.
+fn path_for_log(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let digits = seg.strip_prefix('+').unwrap_or(seg);
+            if digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+                centralino_types::Masked(seg).to_string()
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +187,18 @@ mod tests {
             h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_number_in_a_logged_path_is_masked() {
+        assert_eq!(
+            path_for_log("/api/v1/dnc/+393331234567"),
+            "/api/v1/dnc/**********567"
+        );
+        assert_eq!(
+            path_for_log("/api/v1/agents/1001/monitor"),
+            "/api/v1/agents/1001/monitor"
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum MonitorError {
     /// Nobody (or somebody else) is on the call for this supervisor.
     #[error("you are not on this operator's call")]
     NotJoined,
+    /// The operator is talking on another firm's call (lent to it by an
+    /// overflow ring or a national agreement): its supervisors' alone.
+    #[error("the operator's call is another firm's")]
+    OtherFirm,
 }
 
 impl Engine {
@@ -68,16 +72,31 @@ impl Engine {
         }
     }
 
-    /// Supervisor `supervisor` asks to join operator `agent`'s conversation
-    /// in `mode`: the call, for the driver to make their leg, then
-    /// [`Self::monitor_joined`] (or [`Self::monitor_failed`]).
+    /// Supervisor `supervisor` of firm `firm` (`None`: every firm's, an
+    /// administrator) asks to join operator `agent`'s conversation in
+    /// `mode`: the call, for the driver to make their leg, then
+    /// [`Self::monitor_joined`] (or [`Self::monitor_failed`]). The call's
+    /// firm decides, not the operator's: an operator lent to another firm
+    /// talks with that firm's citizen.
     pub fn monitor_start(
         &mut self,
         agent: &str,
         supervisor: &str,
+        firm: Option<&str>,
         mode: MonitorMode,
     ) -> Result<MonitorTarget, MonitorError> {
         let call_id = self.talking_call(agent)?;
+        if let Some(firm) = firm {
+            let call_firm = self
+                .calls
+                .get(&call_id)
+                .and_then(|c| self.tenant_names.get(c.tenant.index()))
+                .map_or("", String::as_str);
+            if call_firm != firm {
+                warn!(supervisor = %supervisor, call = %call_id, "a supervisor asked to join another firm's call, refused");
+                return Err(MonitorError::OtherFirm);
+            }
+        }
         let call = self
             .calls
             .get_mut(&call_id)

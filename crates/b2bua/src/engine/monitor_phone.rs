@@ -122,12 +122,15 @@ impl Engine {
             return refuse(self, 488, "monitor_no_offer");
         };
         let supervisor = format!("phone:{user}");
-        let target = match self.monitor_start(&agent, &supervisor, mode) {
-            Ok(t) => t,
-            Err(MonitorError::Unknown) => return refuse(self, 404, "monitor_unknown_operator"),
-            Err(MonitorError::Taken) => return refuse(self, 486, "monitor_taken"),
-            Err(_) => return refuse(self, 480, "monitor_not_talking"),
-        };
+        let firm = self.tenant_names.get(tenant.index()).cloned();
+        let target =
+            match self.monitor_start(&agent, &supervisor, firm.as_deref().or(Some("")), mode) {
+                Ok(t) => t,
+                Err(MonitorError::Unknown) => return refuse(self, 404, "monitor_unknown_operator"),
+                Err(MonitorError::Taken) => return refuse(self, 486, "monitor_taken"),
+                Err(MonitorError::OtherFirm) => return refuse(self, 403, "monitor_not_allowed"),
+                Err(_) => return refuse(self, 480, "monitor_not_talking"),
+            };
         let peer_addr = SocketAddr::new(audio.addr, audio.port);
         let law = audio.choose(&target.laws);
         let refused = audio.port == 0

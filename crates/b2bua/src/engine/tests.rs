@@ -6470,6 +6470,38 @@ fn a_datagram_forged_from_a_browsers_address_is_dropped() {
     assert_eq!(codes(&out, STRANGER), vec![200]);
 }
 
+/// An operator lent to another firm (an overflow ring open to their firm)
+/// talks with that firm's citizen: that firm's supervisors may join the
+/// call, their own firm's may not (an outside review found the operator's
+/// firm decided, letting the lending firm listen to the other's citizens).
+#[test]
+fn a_lent_operators_call_is_joined_by_the_calls_firm_only() {
+    use super::MonitorError;
+    use centralino_media::monitor::MonitorMode;
+    let config = CONFIG.replace(
+        "wrap_up_seconds = 3\n",
+        "wrap_up_seconds = 3\n[[queues.overflow]]\nafter_seconds = 1\nrequirements = \"lend\"\ntenants = [\"asl2\"]\n",
+    ) + "\n[[tenants]]\nname = \"asl2\"\n\n[[agents]]\nusername = \"2001\"\npassword = \"demo2001\"\ntenant = \"asl2\"\nskills = { lend = 1 }\n";
+    let mut h = Harness::with(&config);
+    h.register("2001", PHONE2, Algorithm::Md5);
+    let mut out = h.invite("lent1");
+    out.extend(h.advance(Duration::from_secs(2)));
+    let inv = requests(&out, PHONE2, "INVITE")
+        .first()
+        .map(|m| (*m).clone())
+        .expect("the overflow ring offers the call to the lent operator");
+    h.send(PHONE2, &response_to(&inv, 200, "b1"));
+    assert_eq!(
+        h.engine
+            .monitor_start("2001", "sup-asl2", Some("asl2"), MonitorMode::Listen),
+        Err(MonitorError::OtherFirm),
+        "the operator's firm is not the call's"
+    );
+    h.engine
+        .monitor_start("2001", "sup-demo", Some("demo"), MonitorMode::Listen)
+        .expect("the call's firm's supervisor joins");
+}
+
 /// A supervisor joins an operator's conversation only while they talk, one
 /// at a time; only they change mode or leave; the operator's leg going
 /// (a transfer, a requeue) ends their place on the call.
@@ -6480,25 +6512,28 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
     let mut h = Harness::new();
     h.register("1001", PHONE1, Algorithm::Md5);
     assert_eq!(
-        h.engine.monitor_start("1001", "sup", MonitorMode::Listen),
+        h.engine
+            .monitor_start("1001", "sup", None, MonitorMode::Listen),
         Err(MonitorError::NotTalking),
         "idle: nothing to join"
     );
     assert_eq!(
-        h.engine.monitor_start("9999", "sup", MonitorMode::Listen),
+        h.engine
+            .monitor_start("9999", "sup", None, MonitorMode::Listen),
         Err(MonitorError::Unknown)
     );
     let out = h.invite("m1");
     let inv = requests(&out, PHONE1, "INVITE")[0].clone();
     assert_eq!(
-        h.engine.monitor_start("1001", "sup", MonitorMode::Listen),
+        h.engine
+            .monitor_start("1001", "sup", None, MonitorMode::Listen),
         Err(MonitorError::NotTalking),
         "ringing: nothing to join"
     );
     h.send(PHONE1, &response_to(&inv, 200, "b1"));
     let target = h
         .engine
-        .monitor_start("1001", "sup", MonitorMode::Listen)
+        .monitor_start("1001", "sup", None, MonitorMode::Listen)
         .expect("talking");
     assert_eq!(
         Some(target.record.as_str()),
@@ -6510,7 +6545,8 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
         "the caller's law first"
     );
     assert_eq!(
-        h.engine.monitor_start("1001", "other", MonitorMode::Barge),
+        h.engine
+            .monitor_start("1001", "other", None, MonitorMode::Barge),
         Err(MonitorError::Taken),
         "one supervisor per call"
     );
@@ -6518,7 +6554,7 @@ fn a_supervisor_joins_a_talking_operators_call_alone_and_leaves_with_the_operato
     h.engine.monitor_failed(target.call);
     let target = h
         .engine
-        .monitor_start("1001", "sup", MonitorMode::Listen)
+        .monitor_start("1001", "sup", None, MonitorMode::Listen)
         .expect("free again");
     h.drain();
     h.media.clear();
@@ -6706,7 +6742,7 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     assert_eq!(codes(&out, PHONE2), vec![200, 487], "{out:?}");
     assert!(
         h.engine
-            .monitor_start("1001", "sala", MonitorMode::Listen)
+            .monitor_start("1001", "sala", None, MonitorMode::Listen)
             .is_ok(),
         "the place is free again"
     );
@@ -6766,7 +6802,8 @@ fn a_supervisors_phone_listens_in_by_feature_code_and_nobody_else_can() {
     assert!(h.records.iter().any(|r| matches!(r, Record::Agent { event: "monitor", reason: Some(w), .. } if w.starts_with("phone:1002:whisper:"))));
     // Another supervisor finds the place taken.
     assert_eq!(
-        h.engine.monitor_start("1001", "sala", MonitorMode::Listen),
+        h.engine
+            .monitor_start("1001", "sala", None, MonitorMode::Listen),
         Err(super::MonitorError::Taken)
     );
     // The same phone dialling again takes its own place back: its first
@@ -7118,7 +7155,7 @@ fn a_reload_takes_off_the_call_a_supervisor_no_longer_allowed() {
     // A browser supervisor: still allowed, then not.
     let target = h
         .engine
-        .monitor_start("1001", "sala", MonitorMode::Listen)
+        .monitor_start("1001", "sala", None, MonitorMode::Listen)
         .expect("talking");
     h.engine.monitor_joined(h.now, target.call);
     assert_eq!(

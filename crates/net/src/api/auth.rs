@@ -53,7 +53,8 @@ pub(super) fn route_name(
 
 /// Counts every answer of a route by name and status, and audits it as
 /// the route says; the target is the route's path parameter (a record id
-/// or an operator's name, never a phone number).
+/// or an operator's name), a phone number (`/api/v1/dnc/{number}`) only
+/// masked: the audit log is kept for years and chained, never trimmed.
 pub(super) async fn audited_route(
     State(a): State<Audited>,
     params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
@@ -66,7 +67,15 @@ pub(super) async fn audited_route(
     };
     let target = params
         .ok()
-        .and_then(|p| p.iter().next().map(|(_, v)| v.to_owned()))
+        .and_then(|p| {
+            p.iter().next().map(|(k, v)| {
+                if k == "number" {
+                    centralino_types::masked(v)
+                } else {
+                    v.to_owned()
+                }
+            })
+        })
         .unwrap_or_default();
     let token = match a.audit {
         Audit::Bearer | Audit::Refusals => bearer(req.headers()).map(str::to_owned),

@@ -754,7 +754,7 @@ pub(super) async fn contacts_list(
                     let number = if full {
                         k.number.clone()
                     } else {
-                        Masked(&k.number).to_string()
+                        centralino_types::masked(&k.number)
                     };
                     json!({
                         "id": k.id,

@@ -30,16 +30,19 @@ fn mode_of(s: &str) -> Result<MonitorMode, Box<Response>> {
     })
 }
 
-/// A join or a change: the supervisor's name, the mode and the body.
+/// A supervisor: their token's name and firm (`None`: every firm's).
+type Supervisor = (String, Option<String>);
+
+/// A join or a change: the supervisor, the mode and the body.
 fn request(
     api: &Api,
     headers: &HeaderMap,
     name: &str,
     body: &Bytes,
-) -> Result<(String, MonitorMode, MonitorBody), Box<Response>> {
+) -> Result<(Supervisor, MonitorMode, MonitorBody), Box<Response>> {
     let (token, b): (_, MonitorBody) = authorized_body(api, headers, body, Need::Supervises(name))?;
     let mode = mode_of(&b.mode)?;
-    Ok((token.name.clone(), mode, b))
+    Ok(((token.name.clone(), token.tenant.clone()), mode, b))
 }
 
 fn refused(e: Option<MonitorRefused>) -> Response {
@@ -47,6 +50,9 @@ fn refused(e: Option<MonitorRefused>) -> Response {
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running"),
         Some(MonitorRefused::Engine(MonitorError::Unknown)) => {
             error(StatusCode::NOT_FOUND, "no such operator")
+        }
+        Some(MonitorRefused::Engine(e @ MonitorError::OtherFirm)) => {
+            error(StatusCode::FORBIDDEN, &e.to_string())
         }
         Some(MonitorRefused::Engine(e)) => error(StatusCode::CONFLICT, &e.to_string()),
         Some(MonitorRefused::Offer(e)) => error(StatusCode::BAD_REQUEST, &format!("sdp: {e}")),
@@ -95,7 +101,8 @@ pub(super) async fn monitor_patch(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    let (supervisor, mode, b) = match request(&api, &headers, &name, &body) {
+    // A change concerns only a supervisor already on the call.
+    let ((supervisor, _), mode, b) = match request(&api, &headers, &name, &body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
