@@ -324,3 +324,39 @@ fn the_desk_session_is_an_http_only_cookie_and_refuses_other_sites() {
     );
     assert!(own.starts_with("HTTP/1.1 409"), "{own}");
 }
+
+/// TEST-MATRIX D14: with `http.metrics_token_file`, `/metrics` (which
+/// names every firm, queue and trunk) answers only the bearer of that
+/// token — not another API token, not a session cookie — while
+/// `/healthz` stays open for load balancers.
+#[test]
+fn metrics_need_their_token_when_one_is_configured() {
+    let scratch = Scratch::new("metrics-token");
+    let file = scratch.path("metrics.token");
+    let token = "metrics-scrape-token-0123456789abcdef";
+    std::fs::write(&file, format!("{token}\n")).expect("token file");
+    let cfg = NodeConfig::default();
+    let node = Node::start_toml(&scratch, |sip, http| {
+        cfg.toml(sip, http).replacen(
+            "[http]\n",
+            &format!("[http]\nmetrics_token_file = \"{}\"\n", file.display()),
+            1,
+        )
+    });
+    for (who, bearer) in [
+        ("nobody", None),
+        (
+            "a wrong token",
+            Some("metrics-scrape-token-0123456789abcdeX"),
+        ),
+        ("a prefix of it", Some("metrics-scrape-token")),
+    ] {
+        let (code, body) = node.http("GET", "/metrics", bearer, None);
+        assert_eq!(code, 401, "{who}: {body}");
+        assert!(!body.contains("centralino_"), "{who}: {body}");
+    }
+    let (code, body) = node.http("GET", "/metrics", Some(token), None);
+    assert_eq!(code, 200);
+    assert!(body.contains("centralino_calls_active"), "{body}");
+    assert_eq!(node.http_get("/healthz").0, 200);
+}

@@ -268,6 +268,7 @@ pub(super) struct RawHttp {
     pub(super) tls_cert_file: Option<String>,
     pub(super) tls_key_file: Option<String>,
     pub(super) allowed_origins: Vec<String>,
+    pub(super) metrics_token_file: Option<String>,
 }
 
 impl Default for RawHttp {
@@ -280,6 +281,7 @@ impl Default for RawHttp {
             tls_cert_file: None,
             tls_key_file: None,
             allowed_origins: Vec::new(),
+            metrics_token_file: None,
         }
     }
 }

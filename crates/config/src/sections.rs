@@ -411,9 +411,17 @@ pub(super) fn http_web(raw: &RawHttp, p: &mut Problems) -> HttpWeb {
             );
         }
     }
+    if raw.metrics_token_file.as_deref() == Some("") {
+        p.add("http.metrics_token_file", "a file path");
+    }
     HttpWeb {
         tls,
         allowed_origins: raw.allowed_origins.clone(),
+        metrics_token_file: raw
+            .metrics_token_file
+            .as_ref()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from),
     }
 }
 

@@ -475,6 +475,9 @@ pub struct HttpWeb {
     /// Origins (`https://host[:port]`) allowed to open WebSockets besides
     /// the endpoint's own.
     pub allowed_origins: Vec<String>,
+    /// A file holding the bearer token `/metrics` asks for (TEST-MATRIX
+    /// D14); `None`: `/metrics` open to whoever reaches `http.listen`.
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// How a leg learns its peer's real RTP address.

@@ -153,9 +153,16 @@ pub async fn serve_http(
         https = tls.is_some(),
         "HTTP listening (/metrics, /healthz)"
     );
-    let app = app(metrics.registry.clone(), api, health).layer(
-        axum::middleware::from_fn_with_state((Arc::new(web), metrics.clone()), crate::web::guard),
-    );
+    let app = app(
+        metrics.registry.clone(),
+        api,
+        health,
+        web.metrics_token.clone(),
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        (Arc::new(web), metrics.clone()),
+        crate::web::guard,
+    ));
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     // Exposed at 0 from the start, so a rate() alert has a series.
     for reason in [TIMEOUT_HEADER, TIMEOUT_IDLE, TIMEOUT_BODY] {
@@ -251,13 +258,34 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// The routes: `/metrics`, `/healthz`, the API's.
-fn app(registry: Registry, api: Option<crate::api::Api>, health: Health) -> Router {
+fn app(
+    registry: Registry,
+    api: Option<crate::api::Api>,
+    health: Health,
+    metrics_token: Option<String>,
+) -> Router {
+    let metrics_token = metrics_token.map(Arc::new);
     let mut app = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let registry = registry.clone();
-                async move { metrics(&registry) }
+                let token = metrics_token.clone();
+                async move {
+                    // `http.metrics_token_file` (TEST-MATRIX D14): the
+                    // node's figures name every firm, queue and trunk.
+                    if let Some(token) = token
+                        && !crate::api::bearer_is(&headers, &token)
+                    {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")],
+                            "metrics need the bearer token of http.metrics_token_file\n",
+                        )
+                            .into_response();
+                    }
+                    metrics(&registry).into_response()
+                }
             }),
         )
         .route(

@@ -46,6 +46,25 @@ pub struct WebPolicy {
     /// Origins allowed besides the endpoint's own (`http.allowed_origins`,
     /// e.g. a desktop served from another host of the firm).
     pub origins: Vec<String>,
+    /// The bearer token `/metrics` asks for (`http.metrics_token_file`);
+    /// `None`: open.
+    pub metrics_token: Option<String>,
+}
+
+/// The token in `file` for `/metrics` (`http.metrics_token_file`): its
+/// content without surrounding white space, at least 16 bytes of printable
+/// ASCII without spaces (what goes in an `Authorization` header).
+pub fn metrics_token(file: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("http.metrics_token_file {}: {e}", file.display()))?;
+    let token = text.trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "http.metrics_token_file {}: at least 16 printable characters without spaces (e.g. `openssl rand -hex 32`)",
+            file.display()
+        ));
+    }
+    Ok(token.to_owned())
 }
 
 impl WebPolicy {
@@ -220,6 +239,7 @@ mod tests {
         let https = WebPolicy {
             tls: true,
             origins: vec!["https://desk.asl.example".into()],
+            metrics_token: None,
         };
         assert!(
             !https.origin_ok(&headers(Some("http://cc.example"), "cc.example")),

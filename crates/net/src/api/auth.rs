@@ -127,6 +127,16 @@ pub(super) enum Need<'a> {
     Supervises(&'a str),
 }
 
+/// Whether `Authorization: Bearer` carries exactly `token`, compared in
+/// constant time (the session cookie does not count: `/metrics`).
+pub(crate) fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|got| same(got.trim().as_bytes(), token.as_bytes()))
+}
+
 /// The bearer token of `Authorization`, if any.
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     match headers.get(header::AUTHORIZATION) {

@@ -63,8 +63,8 @@ pub use reports::{
 };
 
 use admin::*;
-pub(crate) use auth::session_cookie;
 use auth::*;
+pub(crate) use auth::{bearer_is, session_cookie};
 pub(crate) use callbacks::random_id;
 use callbacks::*;
 use campaigns::*;
