@@ -327,7 +327,7 @@ fn the_desk_session_is_an_http_only_cookie_and_refuses_other_sites() {
 
 /// TEST-MATRIX D14: with `http.metrics_token_file`, `/metrics` (which
 /// names every firm, queue and trunk) answers only the bearer of that
-/// token — not another API token, not a session cookie — while
+/// token — not another API token, an administrator's included — while
 /// `/healthz` stays open for load balancers.
 #[test]
 fn metrics_need_their_token_when_one_is_configured() {
@@ -336,12 +336,13 @@ fn metrics_need_their_token_when_one_is_configured() {
     let token = "metrics-scrape-token-0123456789abcdef";
     std::fs::write(&file, format!("{token}\n")).expect("token file");
     let cfg = NodeConfig::default();
+    let admin = "metrics-test-admin-token-0123456789";
     let node = Node::start_toml(&scratch, |sip, http| {
         cfg.toml(sip, http).replacen(
             "[http]\n",
             &format!("[http]\nmetrics_token_file = \"{}\"\n", file.display()),
             1,
-        )
+        ) + &format!("\n[[api.tokens]]\nname = \"admin\"\ntoken = \"{admin}\"\nrole = \"admin\"\n")
     });
     for (who, bearer) in [
         ("nobody", None),
@@ -350,6 +351,7 @@ fn metrics_need_their_token_when_one_is_configured() {
             Some("metrics-scrape-token-0123456789abcdeX"),
         ),
         ("a prefix of it", Some("metrics-scrape-token")),
+        ("an administrator's API token", Some(admin)),
     ] {
         let (code, body) = node.http("GET", "/metrics", bearer, None);
         assert_eq!(code, 401, "{who}: {body}");

@@ -101,8 +101,13 @@ fn loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Checks `[cluster]`.
-pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
+/// Checks `[cluster]`; `sip_listen` is the first SIP listen address (the
+/// `sip_address` other nodes reach by default).
+pub(super) fn cluster(
+    raw: &RawCluster,
+    sip_listen: Option<std::net::SocketAddr>,
+    p: &mut Problems,
+) -> ClusterConfig {
     if !centralino_cluster::summary::valid_name(&raw.node) {
         p.add(
             "cluster.node",
@@ -153,10 +158,18 @@ pub(super) fn cluster(raw: &RawCluster, p: &mut Problems) -> ClusterConfig {
             .and_then(|(_, rest)| rest.rsplit_once(':'))
             .is_some_and(|(host, _)| !loopback_host(host))
     });
-    if off_host && raw.key_file.is_none() {
+    // Other hosts' nodes reaching this one's SIP make a network that spans
+    // machines, whatever the NATS URL says.
+    let sip_off_host = raw
+        .sip_address
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .or(sip_listen)
+        .is_some_and(|a| !a.ip().is_loopback());
+    if (off_host || sip_off_host) && raw.key_file.is_none() {
         p.add(
             "cluster.key_file",
-            "a NATS server off this host needs the network's key (32 random bytes as 64 hex digits, the same on every node, e.g. `openssl rand -hex 32`): without it any NATS client could pose as a node and be handed citizens' calls",
+            "a network beyond this host (a NATS server or a sip_address off loopback) needs the network's key (32 random bytes as 64 hex digits, the same on every node, e.g. `openssl rand -hex 32`): without it any NATS client could pose as a node and be handed citizens' calls",
         );
     }
     if raw.token_file.is_some() && raw.password_file.is_some() {

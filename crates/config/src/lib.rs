@@ -1091,7 +1091,10 @@ impl Config {
             &mut p,
         );
         let outbound = campaigns::outbound(&raw.outbound, &mut p);
-        let cluster = raw.cluster.as_ref().map(|c| cluster::cluster(c, &mut p));
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .map(|c| cluster::cluster(c, listen.first().copied(), &mut p));
         let agreements = cluster::agreements(&raw.agreements, cluster.is_some(), &mut p);
         if !p.0.is_empty() {
             return Err(ConfigError::Invalid(p.0));

@@ -1007,6 +1007,14 @@ fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
             "cluster.key_file",
         );
     }
+    // A loopback server but a SIP address other hosts' nodes reach: a
+    // network beyond this host all the same.
+    refused(
+        &format!(
+            "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\nsip_address = \"10.0.0.1:5060\"\n"
+        ),
+        "cluster.key_file",
+    );
     for urls in [
         "\"nats://localhost:4222\"",
         "\"nats://[::1]:4222\"",
@@ -1039,7 +1047,7 @@ fn a_node_joins_the_national_network_with_cluster_and_runs_alone_without() {
         refused(&format!("{base}\n[cluster]\n{cluster}\n"), want);
     }
     let c = Config::from_toml(&format!(
-        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\npassword_file = \"/etc/centralino/nats.pass\"\nsip_address = \"10.0.0.1:5060\"\n"
+        "{base}\n[cluster]\nnode = \"roma-1\"\nnats_url = \"nats://127.0.0.1:4222\"\npassword_file = \"/etc/centralino/nats.pass\"\nsip_address = \"10.0.0.1:5060\"\nkey_file = \"/etc/centralino/network.key\"\n"
     ))
     .unwrap();
     let cluster = c.cluster.unwrap();

@@ -179,6 +179,11 @@ async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, String> {
         .connection_timeout(Duration::from_secs(5))
         .ping_interval(Duration::from_secs(10))
         .max_reconnects(None::<usize>);
+    if config.key_file.is_none() {
+        // Without the network's key the node trusts its one host alone:
+        // not the servers a loopback server tells it of elsewhere.
+        options = options.ignore_discovered_servers();
+    }
     if let Some(file) = &config.token_file {
         let token = std::fs::read_to_string(file)
             .map_err(|e| format!("cluster.token_file {}: {e}", file.display()))?;

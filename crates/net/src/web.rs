@@ -178,14 +178,13 @@ pub(crate) async fn guard(
     resp
 }
 
-/// A request's path for a log line: a segment that is a phone number
-/// (`/api/v1/dnc/+39…`: an optional `+` and six digits or more) masked
-/// like every number in the logs.
+/// A request's path for a log line: a segment holding six digits or more
+/// (a phone number, `/api/v1/dnc/+39…`, however it is encoded: `%2B39…`)
+/// masked like every number in the logs.
 fn path_for_log(path: &str) -> String {
     path.split('/')
         .map(|seg| {
-            let digits = seg.strip_prefix('+').unwrap_or(seg);
-            if digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            if seg.bytes().filter(u8::is_ascii_digit).count() >= 6 {
                 centralino_types::Masked(seg).to_string()
             } else {
                 seg.to_owned()
@@ -213,6 +212,10 @@ mod tests {
         assert_eq!(
             path_for_log("/api/v1/dnc/+393331234567"),
             "/api/v1/dnc/**********567"
+        );
+        assert_eq!(
+            path_for_log("/api/v1/dnc/%2B393331234567"),
+            "/api/v1/dnc/************567"
         );
         assert_eq!(
             path_for_log("/api/v1/agents/1001/monitor"),

@@ -56,6 +56,20 @@ pub enum MonitorError {
 }
 
 impl Engine {
+    /// The firm whose citizen is on `call`: the borrowing firm's for a
+    /// call lent this node's operator under a national agreement (the
+    /// call itself runs in the lending firm's queue here), else the
+    /// call's own.
+    fn call_firm<'a>(&'a self, call: &'a Call) -> &'a str {
+        match &call.lent {
+            Some(lent) => lent.0.as_str(),
+            None => self
+                .tenant_names
+                .get(call.tenant.index())
+                .map_or("", String::as_str),
+        }
+    }
+
     /// The call operator `agent` is talking on, if any.
     fn talking_call(&self, agent: &str) -> Result<CallId, MonitorError> {
         let &id = self.agent_ids.get(agent).ok_or(MonitorError::Unknown)?;
@@ -87,11 +101,7 @@ impl Engine {
     ) -> Result<MonitorTarget, MonitorError> {
         let call_id = self.talking_call(agent)?;
         if let Some(firm) = firm {
-            let call_firm = self
-                .calls
-                .get(&call_id)
-                .and_then(|c| self.tenant_names.get(c.tenant.index()))
-                .map_or("", String::as_str);
+            let call_firm = self.calls.get(&call_id).map_or("", |c| self.call_firm(c));
             if call_firm != firm {
                 warn!(supervisor = %supervisor, call = %call_id, "a supervisor asked to join another firm's call, refused");
                 return Err(MonitorError::OtherFirm);
@@ -298,12 +308,12 @@ impl Engine {
             let Some(m) = call.monitor.as_ref() else {
                 continue;
             };
-            let firm = self
-                .tenant_names
-                .get(call.tenant.index())
-                .map_or("", String::as_str);
+            let firm = self.call_firm(call);
             let ok = match m.supervisor.strip_prefix("phone:") {
-                Some(user) => self.supervisor_phones.get(user) == Some(&call.tenant),
+                // A lent call's firm is on another node: no phone here.
+                Some(user) => {
+                    call.lent.is_none() && self.supervisor_phones.get(user) == Some(&call.tenant)
+                }
                 None => allowed(&m.supervisor, firm),
             };
             if !ok {

@@ -5900,7 +5900,7 @@ fn a_waiting_call_is_offered_to_a_node_with_an_operator_free_and_handed_over() {
 fn another_firms_calls_are_lent_under_an_agreement_within_its_capacity() {
     use centralino_cluster::{OfferReply, Refusal};
     let config = format!(
-        "{CONFIG}\n[cluster]\nnode = \"milano-1\"\nnats_url = \"nats://127.0.0.1:4222\"\n\n[[agreements]]\nfrom = \"asl-roma\"\nto = \"demo\"\nqueues = [\"info\"]\nmax_concurrent = 1\n"
+        "{CONFIG}\n[cluster]\nnode = \"milano-1\"\nnats_url = \"nats://127.0.0.1:4222\"\nkey_file = \"/etc/centralino/network.key\"\n\n[[agreements]]\nfrom = \"asl-roma\"\nto = \"demo\"\nqueues = [\"info\"]\nmax_concurrent = 1\n"
     );
     let mut h = Harness::with(&config);
     h.register("1001", PHONE1, Algorithm::Md5);
@@ -6471,9 +6471,11 @@ fn a_datagram_forged_from_a_browsers_address_is_dropped() {
 }
 
 /// An operator lent to another firm (an overflow ring open to their firm)
-/// talks with that firm's citizen: that firm's supervisors may join the
-/// call, their own firm's may not (an outside review found the operator's
-/// firm decided, letting the lending firm listen to the other's citizens).
+/// talks with that firm's citizen: the engine lets only that firm's
+/// supervisors join (the API and phones also require the operator's firm,
+/// so in practice a supervisor of every firm), never the operator's own
+/// firm's (an outside review found the operator's firm decided, letting
+/// the lending firm listen to the other's citizens).
 #[test]
 fn a_lent_operators_call_is_joined_by_the_calls_firm_only() {
     use super::MonitorError;
@@ -6500,6 +6502,39 @@ fn a_lent_operators_call_is_joined_by_the_calls_firm_only() {
     h.engine
         .monitor_start("2001", "sup-demo", Some("demo"), MonitorMode::Listen)
         .expect("the call's firm's supervisor joins");
+}
+
+/// A call lent this node's operator under a national agreement runs in
+/// the lending firm's queue here, but its citizen is the borrowing
+/// firm's: the lending firm's supervisors may not join it.
+#[test]
+fn a_call_lent_under_an_agreement_is_not_the_lending_firms_to_join() {
+    use super::MonitorError;
+    use centralino_media::monitor::MonitorMode;
+    let config = format!(
+        "{CONFIG}\n[cluster]\nnode = \"milano-1\"\nnats_url = \"nats://127.0.0.1:4222\"\nkey_file = \"/etc/centralino/network.key\"\n\n[[agreements]]\nfrom = \"asl-roma\"\nto = \"demo\"\nqueues = [\"info\"]\nmax_concurrent = 1\n"
+    );
+    let mut h = Harness::with(&config);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let reply = h.engine.remote_offer(
+        h.now,
+        &remote_request("roma-1-9-9", "info", "asl-roma"),
+        "192.0.2.1:5060",
+        Some(peer()),
+    );
+    let user = granted_user(&reply);
+    let out = h.send(PEER, &handover_invite("lent-h1", &user, PEER));
+    let inv = requests(&out, PHONE1, "INVITE")[0].clone();
+    h.send(PHONE1, &response_to(&inv, 200, "b1"));
+    assert_eq!(
+        h.engine
+            .monitor_start("1001", "sup-demo", Some("demo"), MonitorMode::Listen),
+        Err(MonitorError::OtherFirm),
+        "the lending firm's supervisor"
+    );
+    h.engine
+        .monitor_start("1001", "sup-roma", Some("asl-roma"), MonitorMode::Listen)
+        .expect("the borrowing firm's, as far as the engine goes");
 }
 
 /// A supervisor joins an operator's conversation only while they talk, one
