@@ -411,17 +411,18 @@ pub(super) fn http_web(raw: &RawHttp, p: &mut Problems) -> HttpWeb {
             );
         }
     }
-    if raw.metrics_token_file.as_deref() == Some("") {
-        p.add("http.metrics_token_file", "a file path");
-    }
+    // Readable now, so `check-config` names a missing file rather than
+    // the start (which also checks what is in it).
+    let metrics_token_file = readable_file(
+        p,
+        "http.metrics_token_file",
+        raw.metrics_token_file.as_deref(),
+        false,
+    );
     HttpWeb {
         tls,
         allowed_origins: raw.allowed_origins.clone(),
-        metrics_token_file: raw
-            .metrics_token_file
-            .as_ref()
-            .filter(|f| !f.is_empty())
-            .map(PathBuf::from),
+        metrics_token_file,
     }
 }
 

@@ -660,6 +660,28 @@ fn http_limits_are_bounded() {
 }
 
 #[test]
+fn the_metrics_token_file_must_be_readable() {
+    refused(
+        &DEFAULT_TOML.replacen(
+            "[http]\n",
+            "[http]\nmetrics_token_file = \"/nonexistent/metrics.token\"\n",
+            1,
+        ),
+        "http.metrics_token_file",
+    );
+    let c = Config::from_toml(&DEFAULT_TOML.replacen(
+        "[http]\n",
+        "[http]\nmetrics_token_file = \"/dev/null\"\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.http_web.metrics_token_file,
+        Some(PathBuf::from("/dev/null"))
+    );
+}
+
+#[test]
 fn tls_settings_come_together_and_name_readable_files() {
     // Any readable file will do for the check (contents are the
     // driver's business, at start).
