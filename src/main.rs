@@ -1016,21 +1016,10 @@ fn serve(
         Some((cert, key)) => Some(centralino_net::web::tls_config(cert, key)?),
         None => None,
     };
-    // A token file the node cannot use stops it here, named.
-    let metrics_token = match &config.http_web.metrics_token_file {
-        Some(file) => Some(centralino_net::web::metrics_token(file).map_err(anyhow::Error::msg)?),
-        None => {
-            if !config.http_listen.ip().is_loopback() {
-                warn!(listen = %config.http_listen, "/metrics is open to whoever reaches http.listen: set http.metrics_token_file (the figures name every firm, queue and trunk)");
-            }
-            None
-        }
-    };
-    let web = centralino_net::web::WebPolicy {
-        tls: tls.is_some(),
-        origins: config.http_web.allowed_origins.clone(),
-        metrics_token,
-    };
+    // A metrics token file the node cannot use stops it here, named.
+    let web =
+        centralino_net::web::WebPolicy::new(&config.http_web, config.http_listen, tls.is_some())
+            .map_err(anyhow::Error::msg)?;
     let mut http = HttpThread::start(
         http_runtime,
         listener,

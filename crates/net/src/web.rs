@@ -51,10 +51,36 @@ pub struct WebPolicy {
     pub metrics_token: Option<String>,
 }
 
+impl WebPolicy {
+    /// The policy of `[http]` for an endpoint on `listen` (HTTPS or not):
+    /// `/metrics`'s token read from its file, or none (open), with a
+    /// warning when the endpoint is reachable beyond loopback.
+    pub fn new(
+        http: &centralino_config::HttpWeb,
+        listen: std::net::SocketAddr,
+        tls: bool,
+    ) -> Result<Self, String> {
+        let metrics_token = match &http.metrics_token_file {
+            Some(file) => Some(metrics_token(file)?),
+            None => {
+                if !listen.ip().is_loopback() {
+                    tracing::warn!(listen = %listen, "/metrics is open to whoever reaches http.listen: set http.metrics_token_file (the figures name every firm, queue and trunk)");
+                }
+                None
+            }
+        };
+        Ok(Self {
+            tls,
+            origins: http.allowed_origins.clone(),
+            metrics_token,
+        })
+    }
+}
+
 /// The token in `file` for `/metrics` (`http.metrics_token_file`): its
 /// content without surrounding white space, at least 16 bytes of printable
 /// ASCII without spaces (what goes in an `Authorization` header).
-pub fn metrics_token(file: &std::path::Path) -> Result<String, String> {
+fn metrics_token(file: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("http.metrics_token_file {}: {e}", file.display()))?;
     let token = text.trim();
