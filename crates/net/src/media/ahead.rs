@@ -10,13 +10,14 @@
 //! it is not used: its sockets close and its ports rest, so nothing sent
 //! to a port before its SDP named it can reach a call.
 //!
-//! An ended call's pairs come back here bound, connected to themselves
-//! while they rest (nothing from anyone else reaches them), and serve
-//! again after `PORT_QUARANTINE` (ARCHITECTURE "RTP sockets bound a few
-//! ahead, and a call's pairs kept").
+//! An ended call's pairs stay with the media thread that served it, in its
+//! epoll set, read and emptied there while they rest, and come back here
+//! as tickets ([`Ticket`]) after `PORT_QUARANTINE` of silence
+//! ([`super::kept`]; ARCHITECTURE "RTP pairs kept by their media thread").
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -24,7 +25,8 @@ use tracing::debug;
 
 use std::time::Instant;
 
-use super::{MediaPlane, PORT_QUARANTINE, Pair, bind_pair};
+use super::kept::{Kept, READY, Socks, TAKEN};
+use super::{MediaPlane, Pair, bind_pair};
 
 /// Pairs kept bound per address (the most a stranger can find bound
 /// before their calls, and hold in kernel buffers by spraying them).
@@ -43,8 +45,8 @@ pub(super) const MAX_HELD: usize = 8192;
 
 /// Most held pairs let go per [`TRIM_EVERY`] once calls take fewer: the
 /// thousands kept through a rush (4,500 after 10 s at 2,000 calls/s) go
-/// within seconds, a thousand descriptors at a time for the binding
-/// thread to close; the engine's thread only moves them.
+/// within seconds, a batch at a time for their media threads to close;
+/// the engine's thread only sends the word.
 const TRIM: usize = 512;
 /// How often held pairs beyond the demand are let go: the engine's turns
 /// come at least once a second (its heartbeat).
@@ -67,36 +69,38 @@ fn pair_budget() -> usize {
 /// behaviour of binding at the call, every port in the pool.
 const MIN_POOL: usize = 2048;
 
+/// A pair a media thread keeps, rested and quiet, ready for a call on
+/// that thread.
+pub(super) struct Ticket {
+    pub(super) port: u16,
+    /// Its place among the thread's pairs.
+    pub(super) pid: u32,
+    /// [`READY`] until the plane takes it ([`TAKEN`]) or the thread hears
+    /// anything on it first ([`super::kept::STALE`]: it closes it).
+    pub(super) state: Arc<AtomicU8>,
+}
+
 #[derive(Default)]
 pub(super) struct Shared {
     /// Pairs bound ahead in the order bound, taken oldest first so none
-    /// waits for long; ended calls' pairs after their rest among them at
-    /// random places (`true`), still connected to themselves until a call
-    /// takes them.
-    pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair, bool)>>,
+    /// waits for long.
+    pub(super) ready: HashMap<IpAddr, VecDeque<(u16, Pair)>>,
+    /// Pairs back from ended calls after their rest, per media thread and
+    /// address, each placed at random among them by its thread.
+    pub(super) kept: HashMap<(usize, IpAddr), VecDeque<Ticket>>,
     /// Ports another process holds: back to the pool.
     pub(super) failed: Vec<(IpAddr, u16)>,
-    /// Pairs back from ended calls, in the order they came back, resting
-    /// [`PORT_QUARANTINE`] before they join `ready`.
-    pub(super) resting: VecDeque<Resting>,
     /// Ports the plane expected back whose sockets a media thread closed
     /// instead (a browser's leg was on them): back to the pool.
     pub(super) closed: Vec<(IpAddr, u16)>,
+    /// Ports of kept pairs a media thread closed after the plane let them
+    /// go or it heard a stranger on them (no longer counted as held):
+    /// back to the pool.
+    pub(super) let_go: Vec<u16>,
     /// A batch the thread emptied, for the plane's next: no allocation
     /// per batch (one of this size made glibc consolidate its free lists
     /// on the engine's thread).
     spare: Vec<(IpAddr, u16)>,
-    /// Held pairs the plane let go ([`Ahead::trim`]), for the thread to
-    /// close.
-    to_close: Vec<Pair>,
-}
-
-/// A pair back from its call, resting.
-pub(super) struct Resting {
-    pub(super) since: Instant,
-    pub(super) ip: IpAddr,
-    pub(super) port: u16,
-    pub(super) pair: Pair,
 }
 
 /// The plane's side.
@@ -119,7 +123,7 @@ pub(super) struct Ahead {
     demand: usize,
     taken: usize,
     window: Instant,
-    /// Where a rested pair goes among the ready ones (xorshift).
+    /// Whether a call takes a kept pair or one bound ahead (xorshift).
     rng: u64,
     /// Whether ended calls' pairs come back at all: not where the relay
     /// latches on the first packet (`media.latch = "first_packet"`),
@@ -138,16 +142,22 @@ pub(super) struct Trimmed {
     pub(super) release: Vec<u16>,
     /// Ports another process holds (a bind failed): to rest again.
     pub(super) busy: Vec<u16>,
+    /// Kept pairs let go, for their media threads to close (their ports
+    /// come back through [`Shared::let_go`]).
+    pub(super) close: Vec<Kept>,
+    /// Kept pairs found stale (their threads closed them already).
+    pub(super) stale: u64,
 }
 
 /// What [`Ahead::take`] found.
 pub(super) enum Taken {
-    /// A pair, and how many datagrams that reached it after its last call
-    /// were dropped.
-    Pair(u16, Pair, u32),
-    /// Bound ahead and something was sent to it, or back from a call and
-    /// still receiving when taken: closed, the port to rest.
-    Stale(u16),
+    /// A pair for the call.
+    Pair(u16, Socks),
+    /// Bound ahead and something was sent to it, or kept and something
+    /// was sent to it after its rest: not used. A port to rest (bound
+    /// ahead: closed here), or none (kept: its thread closed it and gives
+    /// the port back).
+    Stale(Option<u16>),
     None,
 }
 
@@ -177,20 +187,12 @@ impl Ahead {
                     }
                     let mut s = theirs.lock().unwrap_or_else(PoisonError::into_inner);
                     for (ip, port, pair) in bound {
-                        s.ready
-                            .entry(ip)
-                            .or_default()
-                            .push_back((port, pair, false));
+                        s.ready.entry(ip).or_default().push_back((port, pair));
                     }
                     s.failed.extend(failed);
                     if batch.capacity() > 0 {
                         s.spare = batch;
                     }
-                    // Pairs the plane no longer holds close here, off the
-                    // engine's thread, out of the lock.
-                    let closing = std::mem::take(&mut s.to_close);
-                    drop(s);
-                    drop(closing);
                 }
             })?;
         Ok(Some(Self {
@@ -210,47 +212,39 @@ impl Ahead {
         }))
     }
 
-    /// A pair bound ahead on `ip`, if one is ready; `failed` gets the
-    /// ports the thread could not bind, `closed` those of pairs that did
-    /// not come back from their call (both to release).
+    /// A pair for a call on media thread `thread` (`None`: a supervisor's
+    /// port, bound ahead only), if one is ready: one that thread keeps or
+    /// one bound ahead on `ip`, chosen at random in proportion to how many
+    /// of each wait (so the last call's peer cannot tell when its port
+    /// serves again); `failed` gets the ports the binding thread could not
+    /// bind, `closed` those of pairs that did not come back from their call
+    /// or that a media thread closed (all to release).
     pub(super) fn take(
         &mut self,
         now: Instant,
+        thread: Option<usize>,
         ip: IpAddr,
         failed: &mut Vec<u16>,
         closed: &mut Vec<u16>,
     ) -> Taken {
+        let roll = self.next();
         let (got, lost, gone) = {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             let s = &mut *s;
-            // Rested long enough: late packets of their last call had
-            // their time (what came is read and dropped when a call takes
-            // the pair). Placed at random among the ready ones, so a
-            // peer of the last call cannot tell when its port serves
-            // again; they stay connected to themselves until then.
-            while let Some(r) = s.resting.front()
-                && now.saturating_duration_since(r.since) >= PORT_QUARANTINE
-                && let Some(r) = s.resting.pop_front()
-            {
-                let ready = s.ready.entry(r.ip).or_default();
-                self.rng ^= self.rng << 13;
-                self.rng ^= self.rng >> 7;
-                self.rng ^= self.rng << 17;
-                let at = (self.rng % (ready.len() as u64 + 1)) as usize;
-                // O(1): to the back, then swapped with a random place.
-                ready.push_back((r.port, r.pair, true));
-                let last = ready.len() - 1;
-                ready.swap(at, last);
-                *self.asked.entry(r.ip).or_default() += 1;
-                Self::less(&mut self.back, r.ip);
-            }
+            closed.append(&mut s.let_go);
             let lost = std::mem::take(&mut s.failed);
             let gone = std::mem::take(&mut s.closed);
-            (
-                s.ready.get_mut(&ip).and_then(VecDeque::pop_front),
-                lost,
-                gone,
-            )
+            let fresh = s.ready.get(&ip).map_or(0, VecDeque::len) as u64;
+            let kept = thread
+                .and_then(|t| s.kept.get_mut(&(t, ip)))
+                .filter(|k| !k.is_empty());
+            let got = match kept {
+                Some(k) if fresh == 0 || roll % (k.len() as u64 + fresh) < k.len() as u64 => {
+                    k.pop_front().map(Err)
+                }
+                _ => s.ready.get_mut(&ip).and_then(VecDeque::pop_front).map(Ok),
+            };
+            (got, lost, gone)
         };
         for (at, port) in lost {
             self.done(at);
@@ -262,34 +256,47 @@ impl Ahead {
         }
         // Asking starts with the first call on an address.
         self.asked.entry(ip).or_default();
+        match &got {
+            Some(Ok(_)) => self.done(ip),
+            Some(Err(_)) => Self::less(&mut self.back, ip),
+            None => {}
+        }
         if got.is_some() {
-            self.done(ip);
             self.taken += 1;
         }
         self.roll(now);
         match got {
-            Some((port, pair, false)) if pair.is_quiet() => Taken::Pair(port, pair, 0),
-            // Back from a call: open to every sender again, then whatever
-            // reached it before it was connected to itself (its last
-            // call's peer still sending) is read and dropped, never by
-            // the next call. Still not quiet after that: someone is
-            // sending to it right now, and it is not used.
-            Some((port, pair, true)) => {
-                let open = [&pair.rtp, &pair.rtcp]
-                    .iter()
-                    .all(|k| rustix::net::connect_unspec(k).is_ok());
-                match pair.drain() {
-                    // Both reads ended empty just now: quiet (asking
-                    // again was two more system calls on the engine's
-                    // thread per pair, for the same answer).
-                    Some(0) if open => Taken::Pair(port, pair, 0),
-                    Some(late) if open && pair.is_quiet() => Taken::Pair(port, pair, late),
-                    _ => Taken::Stale(port),
+            Some(Ok((port, pair))) if pair.is_quiet() => Taken::Pair(port, Socks::Fresh(pair)),
+            Some(Ok((port, _))) => Taken::Stale(Some(port)),
+            // Its thread heard nothing on it since its rest, or it would
+            // have marked it stale first (and closed it): from here on the
+            // thread leaves whatever comes to the call.
+            Some(Err(t)) => {
+                match t
+                    .state
+                    .compare_exchange(READY, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => Taken::Pair(
+                        t.port,
+                        Socks::Kept(Kept {
+                            thread: thread.unwrap_or(0),
+                            port: t.port,
+                            pid: t.pid,
+                            state: t.state,
+                        }),
+                    ),
+                    Err(_) => Taken::Stale(None),
                 }
             }
-            Some((port, ..)) => Taken::Stale(port),
             None => Taken::None,
         }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
     }
 
     /// Starts a new second of counting the pairs calls take.
@@ -357,8 +364,8 @@ impl Ahead {
 
     /// Every [`TRIM_EVERY`]: lets go of the ended calls' pairs held beyond
     /// what calls take now (the bound [`Ahead::expect_back`] keeps, the
-    /// pairs bound ahead on each address aside), resting ones first, at
-    /// most [`TRIM`]; their sockets close on the binding thread. Gives the
+    /// pairs bound ahead on each address aside), those ready after their
+    /// rest, at most [`TRIM`], for their media threads to close. Gives the
     /// ports to release, and those of pairs that failed to bind or closed
     /// elsewhere (`take` collects them otherwise, and an idle node takes
     /// nothing). Without it the pairs kept through a rush stayed open
@@ -371,6 +378,7 @@ impl Ahead {
         self.trim_at = now + TRIM_EVERY;
         self.roll(now);
         let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = &mut *s;
         for (ip, port) in std::mem::take(&mut s.failed) {
             Self::less(&mut self.asked, ip);
             out.busy.push(port);
@@ -379,51 +387,35 @@ impl Ahead {
             Self::less(&mut self.back, ip);
             out.release.push(port);
         }
+        out.release.append(&mut s.let_go);
         let bound = TARGET * self.asked.len().max(1) + self.demand * 3 / 2;
         let mut excess = self.held().saturating_sub(bound).min(self.trim);
-        let mut closing = Vec::new();
-        while excess > 0
-            && let Some(r) = s.resting.pop_front()
-        {
-            Self::less(&mut self.back, r.ip);
-            out.release.push(r.port);
-            closing.push(r.pair);
-            excess -= 1;
-        }
-        for (&ip, ready) in &mut s.ready {
-            // Those bound ahead stay: they are the slack, not the excess.
-            if excess == 0 || !ready.iter().any(|&(_, _, kept)| kept) {
-                continue;
-            }
-            // Rotated in place: the order and the buffer kept (no
-            // allocation on the engine's thread).
-            for _ in 0..ready.len() {
-                let Some((port, pair, kept)) = ready.pop_front() else {
-                    break;
-                };
-                if kept && excess > 0 {
-                    Self::less(&mut self.asked, ip);
-                    out.release.push(port);
-                    closing.push(pair);
-                    excess -= 1;
-                } else {
-                    ready.push_back((port, pair, kept));
+        for (&(thread, ip), kept) in &mut s.kept {
+            while excess > 0
+                && let Some(t) = kept.pop_front()
+            {
+                Self::less(&mut self.back, ip);
+                excess -= 1;
+                // Heard by its thread first: closed there already.
+                match t
+                    .state
+                    .compare_exchange(READY, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => out.close.push(Kept {
+                        thread,
+                        port: t.port,
+                        pid: t.pid,
+                        state: t.state,
+                    }),
+                    Err(_) => out.stale += 1,
                 }
             }
         }
-        if !closing.is_empty() {
+        if !out.close.is_empty() {
             debug!(
-                pairs = closing.len(),
+                pairs = out.close.len(),
                 "RTP pairs held beyond the calls' demand let go"
             );
-            s.to_close.append(&mut closing);
-            // An empty batch wakes the thread to close them; should it be
-            // gone, they close here (their ports go back to the pool).
-            if self.to_bind.send(Vec::new()).is_err() {
-                closing = std::mem::take(&mut s.to_close);
-            }
-            drop(s);
-            drop(closing);
         }
         out
     }
@@ -461,48 +453,30 @@ impl Pair {
         };
         empty(&self.rtp) && empty(&self.rtcp)
     }
-
-    /// Reads and drops what waits on both sockets (a few datagrams at
-    /// most: they rested connected to themselves); `None` if a read
-    /// failed otherwise or more kept coming.
-    fn drain(&self) -> Option<u32> {
-        let mut b = [0u8; 1];
-        let mut n = 0;
-        for s in [&self.rtp, &self.rtcp] {
-            for i in 0.. {
-                match s.recv_from(&mut b) {
-                    Ok(_) if i < 16 => n += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    _ => return None,
-                }
-            }
-        }
-        Some(n)
-    }
 }
 
 impl MediaPlane {
-    /// A pair bound ahead on `ip`, if one is ready and untouched.
-    pub(super) fn bound_ahead(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
+    /// A pair ready on `ip` and untouched, for a call on media thread
+    /// `thread` (`None`: bound ahead only).
+    pub(super) fn bound_ahead(
+        &mut self,
+        now: Instant,
+        thread: Option<usize>,
+        ip: IpAddr,
+    ) -> Option<(u16, Socks)> {
         let ahead = self.ahead.as_mut()?;
         let (mut failed, mut closed) = (Vec::new(), Vec::new());
         let got = loop {
-            match ahead.take(now, ip, &mut failed, &mut closed) {
-                Taken::Pair(port, pair, late) => {
-                    if late > 0 {
-                        self.metrics
-                            .rtp_dropped
-                            .with_label_values(&["after_call"])
-                            .inc_by(u64::from(late));
-                    }
-                    break Some((port, pair));
-                }
+            match ahead.take(now, thread, ip, &mut failed, &mut closed) {
+                Taken::Pair(port, socks) => break Some((port, socks)),
                 Taken::Stale(port) => {
                     self.metrics
                         .rtp_dropped
                         .with_label_values(&["stale_port"])
                         .inc();
-                    self.pool.release(now, port);
+                    if let Some(port) = port {
+                        self.pool.release(now, port);
+                    }
                 }
                 Taken::None => break None,
             }
@@ -524,6 +498,13 @@ impl MediaPlane {
         };
         let now = Instant::now();
         let idle = ahead.trim(now);
+        self.metrics
+            .rtp_dropped
+            .with_label_values(&["stale_port"])
+            .inc_by(idle.stale);
+        for kept in idle.close {
+            self.close_kept(now, kept);
+        }
         if !idle.release.is_empty() || !idle.busy.is_empty() {
             for port in idle.release {
                 self.pool.release(now, port);
@@ -559,50 +540,31 @@ impl MediaPlane {
 pub(super) struct Returns(pub(super) Arc<Mutex<Shared>>);
 
 impl Returns {
-    /// Takes back a call's sockets (A-RTP, A-RTCP, B-RTP, B-RTCP, already
-    /// out of the thread's epoll set), bound on `ip` at `ports` (A, B) as
-    /// the plane reserved them; with `reusable` false (a browser's leg was
-    /// on them) they close and only their ports go back.
-    pub(super) fn give(
+    /// Pairs rested and quiet on media thread `thread`, each placed at a
+    /// random place among those it keeps on their address (`place` gives
+    /// a random number).
+    pub(super) fn ready(
         &self,
-        now: Instant,
-        (ip, ports): (IpAddr, [u16; 2]),
-        socks: [std::net::UdpSocket; 4],
-        reusable: bool,
+        thread: usize,
+        pairs: impl Iterator<Item = (IpAddr, Ticket)>,
+        mut place: impl FnMut() -> u64,
     ) {
-        // Connected to itself while it rests and waits, a socket is
-        // delivered nothing from anyone else (the kernel matches a
-        // connected UDP socket on the sender's address): no stranger can
-        // fill its buffer, however many are held. Even an empty socket
-        // takes one datagram of any size, so thousands of open ones would
-        // have let a sprayer hold gigabytes of the host's UDP memory.
-        // Each socket's own address is the one the plane bound it on
-        // (`bind_pair`: the RTP port, RTCP above it), not asked again.
-        let own_ip = match ip {
-            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
-            IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-            ip => ip,
-        };
-        let own = [ports[0], ports[0] + 1, ports[1], ports[1] + 1];
-        let connected = reusable
-            && socks
-                .iter()
-                .zip(own)
-                .all(|(k, port)| k.connect(std::net::SocketAddr::new(own_ip, port)).is_ok());
-        if !connected {
-            drop(socks);
-            return self.gone(ip, ports);
-        }
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let [a_rtp, a_rtcp, b_rtp, b_rtcp] = socks;
-        for (port, rtp, rtcp) in [(ports[0], a_rtp, a_rtcp), (ports[1], b_rtp, b_rtcp)] {
-            s.resting.push_back(Resting {
-                since: now,
-                ip,
-                port,
-                pair: Pair { rtp, rtcp },
-            });
+        for (ip, t) in pairs {
+            let kept = s.kept.entry((thread, ip)).or_default();
+            let at = (place() % (kept.len() as u64 + 1)) as usize;
+            // O(1): to the back, then swapped with a random place.
+            kept.push_back(t);
+            let last = kept.len() - 1;
+            kept.swap(at, last);
         }
+    }
+
+    /// Ports of kept pairs a media thread closed (let go, or heard on
+    /// after their rest): to the pool.
+    pub(super) fn let_go(&self, port: u16) {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.let_go.push(port);
     }
 
     /// Ports whose pairs were expected back but closed: to the pool.
@@ -636,61 +598,64 @@ mod tests {
         }
     }
 
-    /// A kept pair is opened again when taken; what its last call's peer
-    /// sent before it was connected to itself is read, dropped and
-    /// counted, and a pair that had nothing waiting is taken at once.
-    #[test]
-    fn a_kept_pair_is_opened_and_emptied_when_a_call_takes_it() {
-        let ip = IpAddr::from([127, 0, 0, 1]);
-        let peer = std::net::UdpSocket::bind((ip, 0)).expect("peer");
-        let mut ahead = ahead();
-        let mut kept = Vec::new();
-        for late in [0usize, 1] {
-            let (port, pair) = (0..64)
-                .find_map(|_| {
-                    let p = std::net::UdpSocket::bind((ip, 0)).ok()?;
-                    let port = p.local_addr().ok()?.port();
-                    drop(p);
-                    (port % 2 == 0 && port < u16::MAX)
-                        .then(|| bind_pair(ip, port).ok().map(|pair| (port, pair)))
-                        .flatten()
-                })
-                .expect("a free pair");
-            for _ in 0..late {
-                peer.send_to(b"late", (ip, port)).expect("send");
-            }
-            // Queued before the socket is connected to itself (a datagram
-            // still on its way after that would be refused).
-            let until = Instant::now() + std::time::Duration::from_secs(5);
-            while late > 0 && pair.is_quiet() {
-                assert!(Instant::now() < until, "the late datagram arrives");
-                std::thread::yield_now();
-            }
-            // What the media thread does at the call's end.
-            for (k, p) in [(&pair.rtp, port), (&pair.rtcp, port + 1)] {
-                k.connect((ip, p)).expect("connect to itself");
-            }
-            kept.push((port, late));
-            let mut s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            s.ready.entry(ip).or_default().push_back((port, pair, true));
-        }
-        for (port, late) in kept {
-            let (mut failed, mut closed) = (Vec::new(), Vec::new());
-            let Taken::Pair(got, pair, dropped) =
-                ahead.take(Instant::now(), ip, &mut failed, &mut closed)
-            else {
-                panic!("the kept pair on {port} is served");
-            };
-            assert_eq!((got, dropped as usize), (port, late));
-            assert!(pair.rtp.peer_addr().is_err(), "open to every sender again");
-            assert!(pair.is_quiet(), "nothing of before waits for the call");
+    fn ticket(port: u16, state: u8) -> Ticket {
+        Ticket {
+            port,
+            pid: u32::from(port),
+            state: Arc::new(AtomicU8::new(state)),
         }
     }
 
+    /// A call takes a pair its own media thread keeps, once, and never one
+    /// that thread heard anything on after its rest (stale: the thread
+    /// closed it); a supervisor's port or another thread's call never
+    /// takes it.
+    #[test]
+    fn a_kept_pair_serves_its_threads_next_call_unless_it_was_heard() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut ahead = ahead();
+        ahead.back.insert(ip, 2);
+        {
+            let mut s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let kept = s.kept.entry((1, ip)).or_default();
+            kept.push_back(ticket(1000, super::super::kept::STALE));
+            kept.push_back(ticket(1002, READY));
+        }
+        let (mut failed, mut closed) = (Vec::new(), Vec::new());
+        let now = Instant::now();
+        for thread in [None, Some(0)] {
+            assert!(matches!(
+                ahead.take(now, thread, ip, &mut failed, &mut closed),
+                Taken::None
+            ));
+        }
+        assert!(matches!(
+            ahead.take(now, Some(1), ip, &mut failed, &mut closed),
+            Taken::Stale(None)
+        ));
+        let Taken::Pair(1002, Socks::Kept(k)) =
+            ahead.take(now, Some(1), ip, &mut failed, &mut closed)
+        else {
+            panic!("the quiet kept pair is served");
+        };
+        assert_eq!((k.thread, k.pid, k.port), (1, 1002, 1002));
+        assert_eq!(
+            k.state.load(Ordering::Acquire),
+            TAKEN,
+            "its thread leaves it to the call"
+        );
+        assert!(matches!(
+            ahead.take(now, Some(1), ip, &mut failed, &mut closed),
+            Taken::None
+        ));
+        assert_eq!(ahead.held(), 0, "neither is held any more");
+        assert!(failed.is_empty() && closed.is_empty());
+    }
+
     /// After a rush, the pairs kept for it are let go a batch at a time
-    /// down to what calls take now, resting ones first, for the binding
-    /// thread to close; those bound ahead stay, and ports that failed or
-    /// closed elsewhere go back too, the node idle or not.
+    /// down to what calls take now, for their threads to close; those
+    /// bound ahead stay, and ports that failed, closed elsewhere or were
+    /// closed by a thread go back too, the node idle or not.
     #[test]
     fn pairs_held_beyond_the_demand_are_let_go_once_calls_take_fewer() {
         let ip = IpAddr::from([127, 0, 0, 1]);
@@ -698,94 +663,72 @@ mod tests {
             rtp: std::net::UdpSocket::bind((ip, 0)).expect("bind"),
             rtcp: std::net::UdpSocket::bind((ip, 0)).expect("bind"),
         };
-        // A small batch: the test's sockets stay under a 1,024 limit.
         let trim = 8;
-        // The binding thread's side: woken to close what is let go.
-        let (to_bind, woken) = channel();
-        let mut ahead = Ahead {
-            trim,
-            to_bind,
-            ..ahead()
-        };
+        let mut ahead = Ahead { trim, ..ahead() };
         let t0 = Instant::now();
         // Calls took 1,000 pairs in the last second: everything is kept.
         ahead.window = t0 - std::time::Duration::from_millis(1500);
         ahead.taken = 1000;
+        let kept_n = 100 + trim as u16;
         {
             let mut s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
             let ready = s.ready.entry(ip).or_default();
             for port in 0..3 {
-                ready.push_back((port, pair(), false));
+                ready.push_back((port, pair()));
             }
-            for port in 100..100 + TARGET as u16 {
-                ready.push_back((port, pair(), true));
+            let kept = s.kept.entry((1, ip)).or_default();
+            for port in 1000..1000 + kept_n {
+                kept.push_back(ticket(port, READY));
             }
-            for port in 1000..1100 + trim as u16 {
-                s.resting.push_back(Resting {
-                    since: t0,
-                    ip,
-                    port,
-                    pair: pair(),
-                });
-            }
+            // One its thread heard and closed.
+            s.kept.get_mut(&(1, ip)).unwrap()[0]
+                .state
+                .store(super::super::kept::STALE, Ordering::Release);
             s.failed.push((ip, 7));
             s.closed.push((ip, 9));
+            s.let_go.push(11);
         }
-        ahead.asked.insert(ip, 3 + TARGET + 1);
-        ahead.back.insert(ip, trim + 100 + 1);
+        ahead.asked.insert(ip, 3 + 1);
+        ahead.back.insert(ip, kept_n as usize + 1);
         let first = ahead.trim(t0);
-        assert_eq!((first.busy, first.release), (vec![7], vec![9]));
-        assert_eq!(
-            ahead.held(),
-            3 + TARGET + trim + 100,
-            "within 1.5 s of demand"
-        );
+        assert_eq!((first.busy, first.release), (vec![7], vec![9, 11]));
+        assert!(first.close.is_empty());
+        assert_eq!(ahead.held(), 3 + kept_n as usize, "within 1.5 s of demand");
         // No call for two seconds more: the excess over the slack goes, at
-        // most a batch each time, resting pairs first.
+        // most a batch each time.
         let mut t = t0 + std::time::Duration::from_secs(2);
         let second = ahead.trim(t);
-        assert_eq!(second.release.len(), trim);
+        assert_eq!(second.close.len() as u64 + second.stale, trim as u64);
+        assert_eq!(
+            second.stale, 1,
+            "the stale one is counted, not closed again"
+        );
         assert!(
             second
-                .release
+                .close
                 .iter()
-                .all(|p| (1000..1100 + trim as u16).contains(p))
+                .all(|k| k.state.load(Ordering::Acquire) == TAKEN)
         );
-        assert!(ahead.trim(t).release.is_empty(), "a batch per TRIM_EVERY");
-        let mut released = trim;
+        assert!(ahead.trim(t).close.is_empty(), "a batch per TRIM_EVERY");
+        let mut let_go = trim;
         for _ in 0..100 {
             t += TRIM_EVERY;
-            let next = ahead.trim(t).release.len();
-            assert!(next <= trim, "at most a batch");
-            released += next;
-            if next == 0 {
+            let next = ahead.trim(t);
+            let n = next.close.len() + next.stale as usize;
+            assert!(n <= trim, "at most a batch");
+            let_go += n;
+            if n == 0 {
                 break;
             }
         }
-        assert_eq!(released, trim + 100 + 3, "down to the slack");
-        assert_eq!(ahead.held(), TARGET);
-        let wakes: Vec<_> = woken.try_iter().collect();
-        assert!(
-            !wakes.is_empty() && wakes.iter().all(Vec::is_empty),
-            "the thread is woken with nothing to bind: {wakes:?}"
+        assert_eq!(
+            let_go,
+            kept_n as usize + 3 - TARGET.min(3 + kept_n as usize),
+            "down to the slack"
         );
+        assert_eq!(ahead.held(), TARGET.max(3));
         let s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        assert!(s.resting.is_empty());
-        assert_eq!(
-            s.to_close.len(),
-            trim + 100 + 3,
-            "closed by the binding thread"
-        );
-        let ready = &s.ready[&ip];
-        assert_eq!(ready.len(), TARGET);
-        assert_eq!(
-            ready.iter().filter(|(_, _, kept)| !kept).count(),
-            3,
-            "the pairs bound ahead stay"
-        );
-        drop(s);
-        t += TRIM_EVERY;
-        assert!(ahead.trim(t).release.is_empty());
+        assert_eq!(s.ready[&ip].len(), 3, "the pairs bound ahead stay");
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub(super) struct Local {
     pub(super) rtcp: u64,
     /// Datagrams on a browser's port that were not its session's.
     pub(super) browser_foreign: u64,
+    /// Datagrams read and dropped on pairs between calls.
+    pub(super) after_call: u64,
 }
 
 impl Local {
@@ -42,6 +44,7 @@ pub(super) struct Counters {
     pub(super) send_errors: IntCounter,
     pub(super) rtcp: IntCounter,
     pub(super) unexpected: IntCounter,
+    pub(super) after_call: IntCounter,
 }
 
 impl Counters {
@@ -62,6 +65,7 @@ impl Counters {
             send_errors: drop("send_error"),
             rtcp: drop("rtcp_ignored"),
             unexpected: drop("before_bridge"),
+            after_call: drop("after_call"),
         }
     }
 }

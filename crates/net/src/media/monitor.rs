@@ -26,7 +26,7 @@ impl MediaPlane {
             .ok_or_else(|| WebRtcError::Refused("the call is over".into()))?;
         let now = Instant::now();
         let (port, pair) = self
-            .bind_one(now, ip)
+            .bind_monitor(now, ip)
             .ok_or_else(|| WebRtcError::Refused("no media port free".into()))?;
         let mut ssrc = [0u8; 4];
         let _ = getrandom(&mut ssrc);
@@ -70,7 +70,7 @@ impl MediaPlane {
             return MediaEvent::MonitorPort { call, port: None };
         };
         let now = Instant::now();
-        let bound = self.bind_one(now, ip);
+        let bound = self.bind_monitor(now, ip);
         if bound.is_some() {
             self.release_monitor(now, call);
         }
@@ -83,6 +83,18 @@ impl MediaPlane {
         });
         self.gauges();
         MediaEvent::MonitorPort { call, port }
+    }
+
+    /// A supervisor's pair: bound for them or ahead, never one a media
+    /// thread keeps (theirs is not kept after their leg).
+    fn bind_monitor(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
+        match self.bind_one(now, None, ip)? {
+            (port, Socks::Fresh(pair)) => Some((port, pair)),
+            (port, socks) => {
+                self.let_go(now, port, socks);
+                None
+            }
+        }
     }
 
     /// The supervisor's port back to the pool (their sockets close with

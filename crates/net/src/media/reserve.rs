@@ -8,7 +8,8 @@ use centralino_b2bua::media::MediaEvent;
 use centralino_types::CallId;
 use tracing::debug;
 
-use super::{Held, MediaPlane, Pair, bind_pair};
+use super::kept::{Kept, Socks};
+use super::{Cmd, Held, MediaPlane, bind_pair};
 
 impl MediaPlane {
     /// A port busy in another process rests in quarantine again.
@@ -20,10 +21,16 @@ impl MediaPlane {
         self.pool.release(now, port);
     }
 
-    /// A port from the pool with RTP and RTCP bound on `ip`; a port another
-    /// process holds is skipped (and rests in quarantine again).
-    pub(super) fn bind_one(&mut self, now: Instant, ip: IpAddr) -> Option<(u16, Pair)> {
-        if let Some(got) = self.bound_ahead(now, ip) {
+    /// A port from the pool with RTP and RTCP bound on `ip` (or kept by
+    /// media thread `thread`, when given); a port another process holds is
+    /// skipped (and rests in quarantine again).
+    pub(super) fn bind_one(
+        &mut self,
+        now: Instant,
+        thread: Option<usize>,
+        ip: IpAddr,
+    ) -> Option<(u16, Socks)> {
+        if let Some(got) = self.bound_ahead(now, thread, ip) {
             return Some(got);
         }
         // Bounded: at most the whole pool is tried once.
@@ -32,7 +39,7 @@ impl MediaPlane {
             match bind_pair(ip, port) {
                 Ok(pair) => {
                     self.metrics.rtp_bound_at_call.inc();
-                    return Some((port, pair));
+                    return Some((port, Socks::Fresh(pair)));
                 }
                 Err(e) => {
                     debug!(port, error = %e, "RTP port busy, skipped");
@@ -46,13 +53,15 @@ impl MediaPlane {
     /// Two bound pairs for a new call, or `Failed` (nothing is held then).
     pub(super) fn reserve(&mut self, call: CallId, ip: IpAddr) -> MediaEvent {
         let now = Instant::now();
-        let Some((a_port, a)) = self.bind_one(now, ip) else {
+        // The pairs its media thread keeps serve it first.
+        let thread = Some(call.0 as usize % self.workers.len());
+        let Some((a_port, a)) = self.bind_one(now, thread, ip) else {
             // A busy port skipped on the way rests in quarantine now.
             self.gauges();
             return MediaEvent::Failed { call };
         };
-        let Some((b_port, b)) = self.bind_one(now, ip) else {
-            self.pool.release(now, a_port);
+        let Some((b_port, b)) = self.bind_one(now, thread, ip) else {
+            self.let_go(now, a_port, a);
             self.gauges();
             return MediaEvent::Failed { call };
         };
@@ -70,8 +79,17 @@ impl MediaPlane {
         ) {
             // A call reserves once; should the engine ask again, the old
             // ports are not leaked.
-            for p in old.ports {
-                self.pool.release(now, p);
+            match old.socks {
+                Some(socks) => {
+                    for (port, socks) in old.ports.into_iter().zip(socks) {
+                        self.let_go(now, port, socks);
+                    }
+                }
+                None => {
+                    for p in old.ports {
+                        self.pool.release(now, p);
+                    }
+                }
             }
         }
         self.gauges();
@@ -79,6 +97,34 @@ impl MediaPlane {
             call,
             a_port,
             b_port,
+        }
+    }
+
+    /// A call's pair it did not use: bound for it, closed here (its port
+    /// rests); kept, closed by its thread (which gives the port back).
+    pub(super) fn let_go(&mut self, now: Instant, port: u16, socks: Socks) {
+        match socks {
+            Socks::Fresh(pair) => {
+                drop(pair);
+                self.pool.release(now, port);
+            }
+            Socks::Kept(kept) => self.close_kept(now, kept),
+        }
+    }
+
+    /// A kept pair the plane took is closed by its thread.
+    pub(super) fn close_kept(&mut self, now: Instant, kept: Kept) {
+        let thread = kept.thread;
+        let port = kept.port;
+        let sent = self
+            .workers
+            .get(thread)
+            .is_some_and(|w| w.0.send(Cmd::Release(kept)).is_ok());
+        if sent {
+            self.unwoken[thread] = true;
+        } else {
+            // Its thread is gone, and its sockets with it.
+            self.pool.release(now, port);
         }
     }
 }
