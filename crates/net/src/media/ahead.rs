@@ -94,8 +94,7 @@ pub(super) struct Shared {
     /// instead (a browser's leg was on them): back to the pool.
     pub(super) closed: Vec<(IpAddr, u16)>,
     /// Ports of kept pairs a media thread closed after the plane let them
-    /// go or it heard a stranger on them (no longer counted as held):
-    /// back to the pool.
+    /// go (no longer counted as held): back to the pool.
     pub(super) let_go: Vec<u16>,
     /// A batch the thread emptied, for the plane's next: no allocation
     /// per batch (one of this size made glibc consolidate its free lists
@@ -145,19 +144,18 @@ pub(super) struct Trimmed {
     /// Kept pairs let go, for their media threads to close (their ports
     /// come back through [`Shared::let_go`]).
     pub(super) close: Vec<Kept>,
-    /// Kept pairs found stale (their threads closed them already).
-    pub(super) stale: u64,
 }
 
 /// What [`Ahead::take`] found.
 pub(super) enum Taken {
     /// A pair for the call.
     Pair(u16, Socks),
-    /// Bound ahead and something was sent to it, or kept and something
-    /// was sent to it after its rest: not used. A port to rest (bound
-    /// ahead: closed here), or none (kept: its thread closed it and gives
-    /// the port back).
-    Stale(Option<u16>),
+    /// Bound ahead and something was sent to it: closed, the port to
+    /// rest.
+    Touched(u16),
+    /// Kept, and its thread heard something on it after its rest: closed
+    /// and counted there, its port given back.
+    Stale,
     None,
 }
 
@@ -256,10 +254,8 @@ impl Ahead {
         }
         // Asking starts with the first call on an address.
         self.asked.entry(ip).or_default();
-        match &got {
-            Some(Ok(_)) => self.done(ip),
-            Some(Err(_)) => Self::less(&mut self.back, ip),
-            None => {}
+        if let Some(Ok(_)) = &got {
+            self.done(ip);
         }
         if got.is_some() {
             self.taken += 1;
@@ -267,25 +263,29 @@ impl Ahead {
         self.roll(now);
         match got {
             Some(Ok((port, pair))) if pair.is_quiet() => Taken::Pair(port, Socks::Fresh(pair)),
-            Some(Ok((port, _))) => Taken::Stale(Some(port)),
+            Some(Ok((port, _))) => Taken::Touched(port),
             // Its thread heard nothing on it since its rest, or it would
-            // have marked it stale first (and closed it): from here on the
-            // thread leaves whatever comes to the call.
+            // have marked it stale first (and closed it, no longer held:
+            // counted there): from here on the thread leaves whatever
+            // comes to the call.
             Some(Err(t)) => {
                 match t
                     .state
                     .compare_exchange(READY, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                 {
-                    Ok(_) => Taken::Pair(
-                        t.port,
-                        Socks::Kept(Kept {
-                            thread: thread.unwrap_or(0),
-                            port: t.port,
-                            pid: t.pid,
-                            state: t.state,
-                        }),
-                    ),
-                    Err(_) => Taken::Stale(None),
+                    Ok(_) => {
+                        Self::less(&mut self.back, ip);
+                        Taken::Pair(
+                            t.port,
+                            Socks::Kept(Kept {
+                                thread: thread.unwrap_or(0),
+                                port: t.port,
+                                pid: t.pid,
+                                state: t.state,
+                            }),
+                        )
+                    }
+                    Err(_) => Taken::Stale,
                 }
             }
             None => Taken::None,
@@ -394,20 +394,19 @@ impl Ahead {
             while excess > 0
                 && let Some(t) = kept.pop_front()
             {
-                Self::less(&mut self.back, ip);
-                excess -= 1;
-                // Heard by its thread first: closed there already.
-                match t
-                    .state
+                // Heard by its thread first: closed and no longer held.
+                if t.state
                     .compare_exchange(READY, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
                 {
-                    Ok(_) => out.close.push(Kept {
+                    Self::less(&mut self.back, ip);
+                    excess -= 1;
+                    out.close.push(Kept {
                         thread,
                         port: t.port,
                         pid: t.pid,
                         state: t.state,
-                    }),
-                    Err(_) => out.stale += 1,
+                    });
                 }
             }
         }
@@ -469,15 +468,14 @@ impl MediaPlane {
         let got = loop {
             match ahead.take(now, thread, ip, &mut failed, &mut closed) {
                 Taken::Pair(port, socks) => break Some((port, socks)),
-                Taken::Stale(port) => {
+                Taken::Touched(port) => {
                     self.metrics
                         .rtp_dropped
                         .with_label_values(&["stale_port"])
                         .inc();
-                    if let Some(port) = port {
-                        self.pool.release(now, port);
-                    }
+                    self.pool.release(now, port);
                 }
+                Taken::Stale => {}
                 Taken::None => break None,
             }
         };
@@ -498,10 +496,6 @@ impl MediaPlane {
         };
         let now = Instant::now();
         let idle = ahead.trim(now);
-        self.metrics
-            .rtp_dropped
-            .with_label_values(&["stale_port"])
-            .inc_by(idle.stale);
         for kept in idle.close {
             self.close_kept(now, kept);
         }
@@ -560,17 +554,18 @@ impl Returns {
         }
     }
 
-    /// Ports of kept pairs a media thread closed (let go, or heard on
-    /// after their rest): to the pool.
+    /// Ports of kept pairs a media thread closed after the plane let
+    /// them go: to the pool.
     pub(super) fn let_go(&self, port: u16) {
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         s.let_go.push(port);
     }
 
-    /// Ports whose pairs were expected back but closed: to the pool.
-    pub(super) fn gone(&self, ip: IpAddr, ports: [u16; 2]) {
+    /// Ports whose pairs were held (expected back, resting or kept) but
+    /// closed: no longer held, to the pool.
+    pub(super) fn gone(&self, ip: IpAddr, ports: impl IntoIterator<Item = u16>) {
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        s.closed.extend(ports.map(|p| (ip, p)));
+        s.closed.extend(ports.into_iter().map(|p| (ip, p)));
     }
 }
 
@@ -620,6 +615,8 @@ mod tests {
             let kept = s.kept.entry((1, ip)).or_default();
             kept.push_back(ticket(1000, super::super::kept::STALE));
             kept.push_back(ticket(1002, READY));
+            // The thread that closed the stale one said so.
+            s.closed.push((ip, 1000));
         }
         let (mut failed, mut closed) = (Vec::new(), Vec::new());
         let now = Instant::now();
@@ -631,7 +628,7 @@ mod tests {
         }
         assert!(matches!(
             ahead.take(now, Some(1), ip, &mut failed, &mut closed),
-            Taken::Stale(None)
+            Taken::Stale
         ));
         let Taken::Pair(1002, Socks::Kept(k)) =
             ahead.take(now, Some(1), ip, &mut failed, &mut closed)
@@ -649,7 +646,8 @@ mod tests {
             Taken::None
         ));
         assert_eq!(ahead.held(), 0, "neither is held any more");
-        assert!(failed.is_empty() && closed.is_empty());
+        assert!(failed.is_empty());
+        assert_eq!(closed, [1000], "the stale one's port to the pool");
     }
 
     /// After a rush, the pairs kept for it are let go a batch at a time
@@ -685,24 +683,24 @@ mod tests {
                 .state
                 .store(super::super::kept::STALE, Ordering::Release);
             s.failed.push((ip, 7));
+            // Closed elsewhere: a pair expected back, and the stale one.
             s.closed.push((ip, 9));
+            s.closed.push((ip, 1000));
             s.let_go.push(11);
         }
         ahead.asked.insert(ip, 3 + 1);
         ahead.back.insert(ip, kept_n as usize + 1);
         let first = ahead.trim(t0);
-        assert_eq!((first.busy, first.release), (vec![7], vec![9, 11]));
+        assert_eq!((first.busy, first.release), (vec![7], vec![9, 1000, 11]));
         assert!(first.close.is_empty());
-        assert_eq!(ahead.held(), 3 + kept_n as usize, "within 1.5 s of demand");
+        let held = 3 + kept_n as usize - 1;
+        assert_eq!(ahead.held(), held, "within 1.5 s of demand");
         // No call for two seconds more: the excess over the slack goes, at
         // most a batch each time.
         let mut t = t0 + std::time::Duration::from_secs(2);
         let second = ahead.trim(t);
-        assert_eq!(second.close.len() as u64 + second.stale, trim as u64);
-        assert_eq!(
-            second.stale, 1,
-            "the stale one is counted, not closed again"
-        );
+        assert_eq!(second.close.len(), trim, "the stale one skipped");
+        assert!(second.close.iter().all(|k| k.port != 1000));
         assert!(
             second
                 .close
@@ -714,19 +712,15 @@ mod tests {
         for _ in 0..100 {
             t += TRIM_EVERY;
             let next = ahead.trim(t);
-            let n = next.close.len() + next.stale as usize;
+            let n = next.close.len();
             assert!(n <= trim, "at most a batch");
             let_go += n;
             if n == 0 {
                 break;
             }
         }
-        assert_eq!(
-            let_go,
-            kept_n as usize + 3 - TARGET.min(3 + kept_n as usize),
-            "down to the slack"
-        );
-        assert_eq!(ahead.held(), TARGET.max(3));
+        assert_eq!(let_go, held - TARGET, "down to the slack");
+        assert_eq!(ahead.held(), TARGET);
         let s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
         assert_eq!(s.ready[&ip].len(), 3, "the pairs bound ahead stay");
     }

@@ -17,6 +17,9 @@ pub(super) struct Local {
     pub(super) browser_foreign: u64,
     /// Datagrams read and dropped on pairs between calls.
     pub(super) after_call: u64,
+    /// Kept pairs closed for what they heard after their rest, or for
+    /// hearing datagrams through [`super::kept`]'s longest rest.
+    pub(super) stale: u64,
 }
 
 impl Local {
@@ -45,6 +48,7 @@ pub(super) struct Counters {
     pub(super) rtcp: IntCounter,
     pub(super) unexpected: IntCounter,
     pub(super) after_call: IntCounter,
+    pub(super) stale: IntCounter,
 }
 
 impl Counters {
@@ -66,6 +70,7 @@ impl Counters {
             rtcp: drop("rtcp_ignored"),
             unexpected: drop("before_bridge"),
             after_call: drop("after_call"),
+            stale: drop("stale_port"),
         }
     }
 }

@@ -21,7 +21,7 @@
 use std::net::{IpAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 use tracing::warn;
@@ -32,6 +32,12 @@ use super::{PORT_QUARANTINE, Pair, Worker};
 /// Tokens of kept pairs' sockets carry this bit: `PAIR_TOKEN | pid << 1 |
 /// k` (k: 0 RTP, 1 RTCP). The waker's token (all ones) is told apart first.
 pub(super) const PAIR_TOKEN: u64 = 1 << 62;
+
+/// The longest a pair may rest from its call's end: one still hearing
+/// datagrams then (its last call's peer, or someone spraying it, every
+/// second) closes, its port back to the pool, rather than resting (held,
+/// out of the pool) for as long as they keep sending.
+const MAX_REST: Duration = Duration::from_secs(3 * PORT_QUARANTINE.as_secs());
 
 /// A kept pair's ticket states.
 pub(super) const READY: u8 = 0;
@@ -70,13 +76,15 @@ pub(super) struct Idle {
     port: u16,
     /// Since when it rests (again, after a datagram).
     since: Instant,
+    /// When its last call ended.
+    ended: Instant,
     /// When a datagram last reached it.
     heard: Option<Instant>,
     /// Its ticket, once it went to the plane.
     ticket: Option<Arc<AtomicU8>>,
-    /// Out of the wait (a datagram for the call that took it, left in
-    /// the kernel until the call opens).
-    paused: bool,
+    /// Sockets (RTP, RTCP) out of the wait: a datagram for the call that
+    /// took the pair, left in the kernel until the call opens.
+    paused: [bool; 2],
 }
 
 fn token_of(pid: u32, k: usize) -> epoll::EventData {
@@ -144,14 +152,13 @@ impl Worker {
         let Place::Idle(idle) = std::mem::replace(&mut self.pairs[i], Place::Free) else {
             return None;
         };
-        if idle.paused {
-            for (kk, sock) in [&idle.pair.rtp, &idle.pair.rtcp].into_iter().enumerate() {
-                if epoll::modify(&self.poll, sock, token_of(k.pid, kk), epoll::EventFlags::IN)
+        for (kk, sock) in [&idle.pair.rtp, &idle.pair.rtcp].into_iter().enumerate() {
+            if idle.paused[kk]
+                && epoll::modify(&self.poll, sock, token_of(k.pid, kk), epoll::EventFlags::IN)
                     .is_err()
-                {
-                    self.free_pid(k.pid);
-                    return None;
-                }
+            {
+                self.free_pid(k.pid);
+                return None;
             }
         }
         Some((k.pid, idle.pair))
@@ -191,9 +198,10 @@ impl Worker {
                 ip,
                 port,
                 since: now,
+                ended: now,
                 heard: None,
                 ticket: None,
-                paused: false,
+                paused: [false; 2],
             });
             self.resting.push_back(pid);
         }
@@ -221,31 +229,37 @@ impl Worker {
             // datagram of the call's is read here.
             match t.compare_exchange(READY, STALE, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let port = idle.port;
+                    let (ip, port) = (idle.ip, idle.port);
                     self.local.after_call += 1;
+                    self.local.stale += 1;
                     self.free_pid(pid);
                     if let Some(r) = &self.returns {
-                        r.let_go(port);
+                        r.gone(ip, [port]);
                     }
-                    return None;
                 }
-                Err(TAKEN) => {
-                    if !idle.paused {
-                        idle.paused = true;
-                        for (kk, sock) in [&idle.pair.rtp, &idle.pair.rtcp].into_iter().enumerate()
-                        {
-                            let _ = epoll::modify(
-                                &self.poll,
-                                sock,
-                                token_of(pid, kk),
-                                epoll::EventFlags::empty(),
-                            );
-                        }
+                Err(TAKEN) if !idle.paused[k] => {
+                    let sock = if k == 0 {
+                        &idle.pair.rtp
+                    } else {
+                        &idle.pair.rtcp
+                    };
+                    let out = epoll::modify(
+                        &self.poll,
+                        sock,
+                        token_of(pid, k),
+                        epoll::EventFlags::empty(),
+                    );
+                    if out.is_ok() {
+                        idle.paused[k] = true;
+                    } else if sock.recv_from(buf).is_ok() {
+                        // Not out of the wait: read (not to spin on it)
+                        // and lost, as a datagram the kernel dropped.
+                        self.local.after_call += 1;
                     }
-                    return None;
                 }
-                Err(_) => return None,
+                Err(_) => {}
             }
+            return None;
         }
         let sock = if k == 0 {
             &idle.pair.rtp
@@ -274,6 +288,15 @@ impl Worker {
             if let Some(heard) = idle.heard.take()
                 && now.saturating_duration_since(heard) < PORT_QUARANTINE
             {
+                if now.saturating_duration_since(idle.ended) >= MAX_REST {
+                    let (ip, port) = (idle.ip, idle.port);
+                    self.local.stale += 1;
+                    self.free_pid(pid);
+                    if let Some(r) = &self.returns {
+                        r.gone(ip, [port]);
+                    }
+                    continue;
+                }
                 // Heard within its rest: it rests again from then.
                 idle.since = heard;
                 self.resting.push_back(pid);
@@ -317,5 +340,193 @@ impl Worker {
         if let Some(r) = &self.returns {
             r.let_go(port);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ahead::{Returns, Shared};
+    use super::super::bind_pair;
+    use super::super::waker::Waker;
+    use super::*;
+    use crate::metrics::NetMetrics;
+    use rustix::buffer::spare_capacity;
+    use rustix::event::{EventfdFlags, Timespec, eventfd};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    /// A media thread's state, driven by the test instead of its loop.
+    fn worker() -> (Worker, Arc<Mutex<Shared>>) {
+        let config = centralino_config::Config::from_toml("").expect("defaults");
+        let metrics = NetMetrics::new(&prometheus::Registry::new());
+        let poll = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll");
+        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).expect("eventfd");
+        let waker = Arc::new(Waker {
+            fd,
+            pending: AtomicBool::new(false),
+        });
+        let rx = std::sync::mpsc::channel().1;
+        let events = tokio::sync::mpsc::unbounded_channel().0;
+        let mut w = Worker::new(poll, waker, rx, events, &config.media, &metrics);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        w.returns = Some(Returns(shared.clone()));
+        (w, shared)
+    }
+
+    const IP: [u8; 4] = [127, 0, 0, 1];
+
+    /// A pair bound on a free even port.
+    fn pair() -> (u16, Pair) {
+        (0..64)
+            .find_map(|_| {
+                let probe = UdpSocket::bind((IpAddr::from(IP), 0)).ok()?;
+                let port = probe.local_addr().ok()?.port();
+                drop(probe);
+                (port % 2 == 0 && port < u16::MAX)
+                    .then(|| bind_pair(IpAddr::from(IP), port).ok().map(|p| (port, p)))
+                    .flatten()
+            })
+            .expect("a free pair")
+    }
+
+    /// One wait of the thread (`ms` at most), each ready pair's socket
+    /// routed as its loop does: the tokens and where they went.
+    fn turn(w: &mut Worker, now: Instant, ms: i64) -> Vec<(u64, Option<(usize, usize)>)> {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: ms * 1_000_000,
+        };
+        epoll::wait(&w.poll, spare_capacity(&mut events), Some(&timeout)).expect("wait");
+        let mut buf = [0u8; 2048];
+        events
+            .iter()
+            .map(|e| {
+                let token = e.data.u64();
+                (token, w.route(now, token, &mut buf))
+            })
+            .collect()
+    }
+
+    fn send(port: u16) {
+        let peer = UdpSocket::bind((IpAddr::from(IP), 0)).expect("peer");
+        peer.send_to(b"\x80\x00late", (IpAddr::from(IP), port))
+            .expect("send");
+    }
+
+    /// A call's pairs resting on their thread, from `t0`.
+    fn rested_call(w: &mut Worker, t0: Instant) -> [(u16, u32); 2] {
+        let ((pa, a), (pb, b)) = (pair(), pair());
+        let (socks, pids) = w
+            .attach(0, [Socks::Fresh(a), Socks::Fresh(b)])
+            .expect("attached");
+        w.rest(t0, pids, socks, (IpAddr::from(IP), [pa, pb]));
+        [(pa, pids[0]), (pb, pids[1])]
+    }
+
+    fn kept_ports(shared: &Mutex<Shared>) -> Vec<u16> {
+        let s = shared.lock().expect("lock");
+        s.kept
+            .get(&(0, IpAddr::from(IP)))
+            .map(|k| k.iter().map(|t| t.port).collect())
+            .unwrap_or_default()
+    }
+
+    /// What reaches a resting pair is read and dropped there (nothing
+    /// waits in its buffer), and its rest starts again; a quiet one goes
+    /// to the plane after its rest; one still hearing datagrams three
+    /// rests after its call closes, its port back to the pool.
+    #[test]
+    fn a_resting_pair_is_emptied_rests_again_and_closes_if_it_keeps_hearing() {
+        let (mut w, shared) = worker();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let [(pa, pid_a), (pb, _)] = rested_call(&mut w, t0);
+        send(pa);
+        let routed = turn(&mut w, t0 + ms(500), 1000);
+        assert_eq!(routed.len(), 1, "{routed:?}");
+        assert_eq!(routed[0].1, None, "not a call's");
+        assert_eq!(w.local.after_call, 1);
+        assert!(turn(&mut w, t0 + ms(500), 0).is_empty(), "emptied");
+        w.rested(t0 + ms(999));
+        assert!(kept_ports(&shared).is_empty(), "still resting");
+        w.rested(t0 + ms(1000));
+        assert_eq!(kept_ports(&shared), [pb], "the quiet one only");
+        // Heard through its rests, until three after its call: closed.
+        for at in [1400, 2300, 3200] {
+            send(pa);
+            assert_eq!(turn(&mut w, t0 + ms(at), 1000).len(), 1);
+            w.rested(t0 + ms(at + 100));
+            let closed = shared.lock().expect("lock").closed.clone();
+            if at < 3000 {
+                assert!(closed.is_empty(), "{at}: {closed:?}");
+            } else {
+                assert_eq!(closed, [(IpAddr::from(IP), pa)], "back to the pool");
+            }
+        }
+        assert!(matches!(w.pairs[pid_a as usize], Place::Free));
+        assert_eq!((w.local.after_call, w.local.stale), (4, 1));
+        assert_eq!(kept_ports(&shared), [pb]);
+    }
+
+    /// A kept pair the plane took leaves what reaches it in the kernel
+    /// (out of the wait: no spinning on it) until its call opens, and the
+    /// call reads it; one heard after its rest, before any call took it,
+    /// is closed unread and its port given back.
+    #[test]
+    fn a_taken_pair_keeps_the_calls_datagrams_and_a_heard_one_closes() {
+        let (mut w, shared) = worker();
+        let t0 = Instant::now();
+        let [(pa, pid_a), (pb, pid_b)] = rested_call(&mut w, t0);
+        w.rested(t0 + PORT_QUARANTINE);
+        let mut tickets: Vec<Ticket> = {
+            let mut s = shared.lock().expect("lock");
+            s.kept.values_mut().flat_map(|k| k.drain(..)).collect()
+        };
+        assert_eq!(tickets.len(), 2);
+        tickets.sort_by_key(|t| t.port);
+        let (ta, tb) = if tickets[0].port == pa {
+            (tickets.remove(0), tickets.remove(0))
+        } else {
+            let b = tickets.remove(0);
+            (tickets.remove(0), b)
+        };
+        // The plane takes A for a call; the caller sends at once.
+        ta.state.store(TAKEN, Ordering::Release);
+        send(pa);
+        let routed = turn(&mut w, t0 + PORT_QUARANTINE, 1000);
+        assert_eq!(routed.len(), 1);
+        let Place::Idle(idle) = &w.pairs[pid_a as usize] else {
+            panic!("still between calls");
+        };
+        assert_eq!(idle.paused, [true, false]);
+        assert!(turn(&mut w, t0, 0).is_empty(), "out of the wait: no spin");
+        assert_eq!(w.local.after_call, 0, "not read");
+        // The call opens: the datagram is the call's.
+        let kept = Kept {
+            thread: 0,
+            port: pa,
+            pid: ta.pid,
+            state: ta.state.clone(),
+        };
+        let (_c, c) = pair();
+        let (socks, pids) = w
+            .attach(1, [Socks::Kept(kept), Socks::Fresh(c)])
+            .expect("opened");
+        assert_eq!(pids[0], pid_a);
+        let routed = turn(&mut w, t0, 1000);
+        assert_eq!(routed.len(), 1);
+        assert_eq!(routed[0].1, Some((1, 0)), "the call's caller RTP");
+        let mut buf = [0u8; 64];
+        let (n, _) = socks[0].recv_from(&mut buf).expect("the early datagram");
+        assert_eq!(&buf[..n], b"\x80\x00late");
+        // B is heard before any call took it: stale, closed, given back.
+        send(pb);
+        assert_eq!(turn(&mut w, t0, 1000).len(), 1);
+        assert_eq!(tb.state.load(Ordering::Acquire), STALE);
+        assert!(matches!(w.pairs[pid_b as usize], Place::Free));
+        let closed = shared.lock().expect("lock").closed.clone();
+        assert_eq!(closed, [(IpAddr::from(IP), pb)]);
+        assert_eq!(w.local.stale, 1);
     }
 }
