@@ -804,7 +804,7 @@ impl Worker {
                 }
             }
             Cmd::Close { call, back } => self.close(call, back),
-            Cmd::Release(kept) => self.release(&kept),
+            Cmd::Release(kept) => self.release(kept),
             Cmd::Other(MediaCommand::Close { call }) => self.close(call, None),
             Cmd::Other(MediaCommand::Open { call, .. }) => {
                 let _ = self.events.send(MediaEvent::Failed { call });

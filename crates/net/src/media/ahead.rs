@@ -76,8 +76,11 @@ pub(super) struct Ticket {
     /// Its place among the thread's pairs.
     pub(super) pid: u32,
     /// [`READY`] until the plane takes it ([`TAKEN`]) or the thread hears
-    /// anything on it first ([`super::kept::STALE`]: it closes it).
+    /// anything on it first ([`super::kept::STALE`]: it lets it go, and
+    /// the plane closes it with this ticket).
     pub(super) state: Arc<AtomicU8>,
+    /// Its RTP socket, shared with its thread.
+    pub(super) rtp: Arc<std::net::UdpSocket>,
 }
 
 #[derive(Default)]
@@ -153,9 +156,12 @@ pub(super) enum Taken {
     /// Bound ahead and something was sent to it: closed, the port to
     /// rest.
     Touched(u16),
-    /// Kept, and its thread heard something on it after its rest: closed
-    /// and counted there, its port given back.
-    Stale,
+    /// Kept, and something waits on it, sent before the take: for its
+    /// thread to close, unused.
+    Heard(Kept),
+    /// Kept, and its thread heard something on it after its rest (and
+    /// counted it): closed here with its ticket, the port to rest.
+    Stale(u16),
     None,
 }
 
@@ -264,28 +270,34 @@ impl Ahead {
         match got {
             Some(Ok((port, pair))) if pair.is_quiet() => Taken::Pair(port, Socks::Fresh(pair)),
             Some(Ok((port, _))) => Taken::Touched(port),
-            // Its thread heard nothing on it since its rest, or it would
-            // have marked it stale first (and closed it, no longer held:
-            // counted there): from here on the thread leaves whatever
-            // comes to the call.
+            // Its thread had read nothing on it since its rest, or it
+            // would have marked it stale first. From here on the thread
+            // leaves whatever comes to the call; what came before and it
+            // had not read yet waits on the socket, and one look tells
+            // (RTCP is never relayed: not looked at).
             Some(Err(t)) => {
-                match t
+                Self::less(&mut self.back, ip);
+                let taken = t
                     .state
                     .compare_exchange(READY, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => {
-                        Self::less(&mut self.back, ip);
-                        Taken::Pair(
-                            t.port,
-                            Socks::Kept(Kept {
-                                thread: thread.unwrap_or(0),
-                                port: t.port,
-                                pid: t.pid,
-                                state: t.state,
-                            }),
-                        )
-                    }
-                    Err(_) => Taken::Stale,
+                    .is_ok();
+                if !taken {
+                    return Taken::Stale(t.port);
+                }
+                let mut b = [0u8; 1];
+                let quiet = matches!(t.rtp.peek_from(&mut b),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                let k = Kept {
+                    thread: thread.unwrap_or(0),
+                    port: t.port,
+                    pid: t.pid,
+                    state: t.state,
+                    rtp: t.rtp,
+                };
+                if quiet {
+                    Taken::Pair(k.port, Socks::Kept(k))
+                } else {
+                    Taken::Heard(k)
                 }
             }
             None => Taken::None,
@@ -388,25 +400,40 @@ impl Ahead {
             out.release.push(port);
         }
         out.release.append(&mut s.let_go);
+        // Stale tickets close here (their threads let them go), so none
+        // keeps its socket and port for longer than this.
+        for (&(_, ip), kept) in &mut s.kept {
+            kept.retain(|t| {
+                let stale = t.state.load(Ordering::Acquire) == super::kept::STALE;
+                if stale {
+                    Self::less(&mut self.back, ip);
+                    out.release.push(t.port);
+                }
+                !stale
+            });
+        }
         let bound = TARGET * self.asked.len().max(1) + self.demand * 3 / 2;
         let mut excess = self.held().saturating_sub(bound).min(self.trim);
         for (&(thread, ip), kept) in &mut s.kept {
             while excess > 0
                 && let Some(t) = kept.pop_front()
             {
-                // Heard by its thread first: closed and no longer held.
+                Self::less(&mut self.back, ip);
+                excess -= 1;
+                // Heard by its thread since: it let it go, closed here.
                 if t.state
                     .compare_exchange(READY, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    Self::less(&mut self.back, ip);
-                    excess -= 1;
                     out.close.push(Kept {
                         thread,
                         port: t.port,
                         pid: t.pid,
                         state: t.state,
+                        rtp: t.rtp,
                     });
+                } else {
+                    out.release.push(t.port);
                 }
             }
         }
@@ -463,9 +490,10 @@ impl MediaPlane {
         thread: Option<usize>,
         ip: IpAddr,
     ) -> Option<(u16, Socks)> {
-        let ahead = self.ahead.as_mut()?;
+        self.ahead.as_ref()?;
         let (mut failed, mut closed) = (Vec::new(), Vec::new());
         let got = loop {
+            let ahead = self.ahead.as_mut()?;
             match ahead.take(now, thread, ip, &mut failed, &mut closed) {
                 Taken::Pair(port, socks) => break Some((port, socks)),
                 Taken::Touched(port) => {
@@ -475,7 +503,15 @@ impl MediaPlane {
                         .inc();
                     self.pool.release(now, port);
                 }
-                Taken::Stale => {}
+                Taken::Heard(kept) => {
+                    self.metrics
+                        .rtp_dropped
+                        .with_label_values(&["stale_port"])
+                        .inc();
+                    self.close_kept(now, kept);
+                }
+                // Counted by its thread.
+                Taken::Stale(port) => self.pool.release(now, port),
                 Taken::None => break None,
             }
         };
@@ -598,56 +634,61 @@ mod tests {
             port,
             pid: u32::from(port),
             state: Arc::new(AtomicU8::new(state)),
+            rtp: Arc::new({
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            }),
         }
     }
 
     /// A call takes a pair its own media thread keeps, once, and never one
-    /// that thread heard anything on after its rest (stale: the thread
-    /// closed it); a supervisor's port or another thread's call never
-    /// takes it.
+    /// that thread heard anything on after its rest (stale: closed with
+    /// its ticket), nor one with a datagram waiting that the thread had not
+    /// read yet (sent before the take: back to its thread to close); a
+    /// supervisor's port or another thread's call never takes it.
     #[test]
     fn a_kept_pair_serves_its_threads_next_call_unless_it_was_heard() {
         let ip = IpAddr::from([127, 0, 0, 1]);
         let mut ahead = ahead();
-        ahead.back.insert(ip, 2);
+        ahead.back.insert(ip, 3);
+        let early = ticket(1002, READY);
+        let to = early.rtp.local_addr().expect("addr");
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.send_to(b"before", to).expect("send");
+        let mut b = [0u8; 8];
+        early.rtp.peek_from(&mut b).expect("queued");
         {
             let mut s = ahead.shared.lock().unwrap_or_else(PoisonError::into_inner);
             let kept = s.kept.entry((1, ip)).or_default();
             kept.push_back(ticket(1000, super::super::kept::STALE));
-            kept.push_back(ticket(1002, READY));
-            // The thread that closed the stale one said so.
-            s.closed.push((ip, 1000));
+            kept.push_back(early);
+            kept.push_back(ticket(1004, READY));
         }
         let (mut failed, mut closed) = (Vec::new(), Vec::new());
         let now = Instant::now();
+        let mut take =
+            |ahead: &mut Ahead, thread| ahead.take(now, thread, ip, &mut failed, &mut closed);
         for thread in [None, Some(0)] {
-            assert!(matches!(
-                ahead.take(now, thread, ip, &mut failed, &mut closed),
-                Taken::None
-            ));
+            assert!(matches!(take(&mut ahead, thread), Taken::None));
         }
-        assert!(matches!(
-            ahead.take(now, Some(1), ip, &mut failed, &mut closed),
-            Taken::Stale
-        ));
-        let Taken::Pair(1002, Socks::Kept(k)) =
-            ahead.take(now, Some(1), ip, &mut failed, &mut closed)
-        else {
+        assert!(matches!(take(&mut ahead, Some(1)), Taken::Stale(1000)));
+        let Taken::Heard(k) = take(&mut ahead, Some(1)) else {
+            panic!("the datagram sent before the take is seen");
+        };
+        assert_eq!((k.port, k.state.load(Ordering::Acquire)), (1002, TAKEN));
+        let Taken::Pair(1004, Socks::Kept(k)) = take(&mut ahead, Some(1)) else {
             panic!("the quiet kept pair is served");
         };
-        assert_eq!((k.thread, k.pid, k.port), (1, 1002, 1002));
+        assert_eq!((k.thread, k.pid, k.port), (1, 1004, 1004));
         assert_eq!(
             k.state.load(Ordering::Acquire),
             TAKEN,
             "its thread leaves it to the call"
         );
-        assert!(matches!(
-            ahead.take(now, Some(1), ip, &mut failed, &mut closed),
-            Taken::None
-        ));
-        assert_eq!(ahead.held(), 0, "neither is held any more");
-        assert!(failed.is_empty());
-        assert_eq!(closed, [1000], "the stale one's port to the pool");
+        assert!(matches!(take(&mut ahead, Some(1)), Taken::None));
+        assert_eq!(ahead.held(), 0, "none is held any more");
+        assert!(failed.is_empty() && closed.is_empty());
     }
 
     /// After a rush, the pairs kept for it are let go a batch at a time
@@ -683,15 +724,17 @@ mod tests {
                 .state
                 .store(super::super::kept::STALE, Ordering::Release);
             s.failed.push((ip, 7));
-            // Closed elsewhere: a pair expected back, and the stale one.
             s.closed.push((ip, 9));
-            s.closed.push((ip, 1000));
             s.let_go.push(11);
         }
         ahead.asked.insert(ip, 3 + 1);
         ahead.back.insert(ip, kept_n as usize + 1);
         let first = ahead.trim(t0);
-        assert_eq!((first.busy, first.release), (vec![7], vec![9, 1000, 11]));
+        assert_eq!(
+            (first.busy, first.release),
+            (vec![7], vec![9, 11, 1000]),
+            "the stale one closed at once"
+        );
         assert!(first.close.is_empty());
         let held = 3 + kept_n as usize - 1;
         assert_eq!(ahead.held(), held, "within 1.5 s of demand");

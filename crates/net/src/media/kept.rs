@@ -50,6 +50,9 @@ pub(super) struct Kept {
     pub(super) port: u16,
     pub(super) pid: u32,
     pub(super) state: Arc<AtomicU8>,
+    /// Its RTP socket, shared with its thread until the call opens: the
+    /// plane looks at it once when taking it.
+    pub(super) rtp: Arc<UdpSocket>,
 }
 
 /// A call's pair as the plane hands it to the call's thread.
@@ -71,7 +74,9 @@ pub(super) enum Place {
 }
 
 pub(super) struct Idle {
-    pair: Pair,
+    /// Shared with its ticket once it goes to the plane.
+    rtp: Arc<UdpSocket>,
+    rtcp: UdpSocket,
     ip: IpAddr,
     port: u16,
     /// Since when it rests (again, after a datagram).
@@ -105,7 +110,7 @@ impl Worker {
         for (side, s) in socks.into_iter().enumerate() {
             let placed = match s {
                 Socks::Fresh(pair) => self.join(pair),
-                Socks::Kept(k) => self.unrest(&k),
+                Socks::Kept(k) => self.unrest(k),
             };
             let Some((pid, pair)) = placed else {
                 for (pid, _) in got {
@@ -138,7 +143,7 @@ impl Worker {
 
     /// A kept pair the plane took: out of its rest, its wait restored if
     /// a datagram for the call paused it.
-    fn unrest(&mut self, k: &Kept) -> Option<(u32, Pair)> {
+    fn unrest(&mut self, k: Kept) -> Option<(u32, Pair)> {
         let i = k.pid as usize;
         let mine = matches!(&self.pairs.get(i), Some(Place::Idle(idle))
             if idle.ticket.as_ref().is_some_and(|t| Arc::ptr_eq(t, &k.state)));
@@ -152,16 +157,29 @@ impl Worker {
         let Place::Idle(idle) = std::mem::replace(&mut self.pairs[i], Place::Free) else {
             return None;
         };
-        for (kk, sock) in [&idle.pair.rtp, &idle.pair.rtcp].into_iter().enumerate() {
+        // The plane's share goes with its ticket: the socket is the
+        // call's alone now.
+        let Kept { pid, rtp, .. } = k;
+        drop(rtp);
+        let Ok(rtp) = Arc::try_unwrap(idle.rtp) else {
+            warn!(pid, "a kept RTP socket is still shared at its call");
+            self.free_pid(pid);
+            return None;
+        };
+        let pair = Pair {
+            rtp,
+            rtcp: idle.rtcp,
+        };
+        for (kk, sock) in [&pair.rtp, &pair.rtcp].into_iter().enumerate() {
             if idle.paused[kk]
-                && epoll::modify(&self.poll, sock, token_of(k.pid, kk), epoll::EventFlags::IN)
+                && epoll::modify(&self.poll, sock, token_of(pid, kk), epoll::EventFlags::IN)
                     .is_err()
             {
-                self.free_pid(k.pid);
+                self.free_pid(pid);
                 return None;
             }
         }
-        Some((k.pid, idle.pair))
+        Some((pid, pair))
     }
 
     /// A pid whose sockets closed (or never joined).
@@ -194,7 +212,8 @@ impl Worker {
         ];
         for ((pid, pair), port) in pids.into_iter().zip(pairs).zip(ports) {
             self.pairs[pid as usize] = Place::Idle(Idle {
-                pair,
+                rtp: Arc::new(pair.rtp),
+                rtcp: pair.rtcp,
                 ip,
                 port,
                 since: now,
@@ -229,20 +248,20 @@ impl Worker {
             // datagram of the call's is read here.
             match t.compare_exchange(READY, STALE, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let (ip, port) = (idle.ip, idle.port);
+                    // Its ticket still holds the RTP socket (the plane
+                    // drops it, and gives the port back, when it meets
+                    // it): out of the set and connected to itself until
+                    // then, so nothing more is delivered to it.
+                    let _ = epoll::delete(&self.poll, &*idle.rtp);
+                    if let Ok(me) = idle.rtp.local_addr() {
+                        let _ = idle.rtp.connect(me);
+                    }
                     self.local.after_call += 1;
                     self.local.stale += 1;
                     self.free_pid(pid);
-                    if let Some(r) = &self.returns {
-                        r.gone(ip, [port]);
-                    }
                 }
                 Err(TAKEN) if !idle.paused[k] => {
-                    let sock = if k == 0 {
-                        &idle.pair.rtp
-                    } else {
-                        &idle.pair.rtcp
-                    };
+                    let sock = if k == 0 { &*idle.rtp } else { &idle.rtcp };
                     let out = epoll::modify(
                         &self.poll,
                         sock,
@@ -261,11 +280,7 @@ impl Worker {
             }
             return None;
         }
-        let sock = if k == 0 {
-            &idle.pair.rtp
-        } else {
-            &idle.pair.rtcp
-        };
+        let sock = if k == 0 { &*idle.rtp } else { &idle.rtcp };
         if sock.recv_from(buf).is_ok() {
             self.local.after_call += 1;
             idle.heard = Some(now);
@@ -310,6 +325,7 @@ impl Worker {
                     port: idle.port,
                     pid,
                     state,
+                    rtp: idle.rtp.clone(),
                 },
             ));
         }
@@ -323,7 +339,7 @@ impl Worker {
 
     /// The plane let a kept pair go (it took it, then did not need it):
     /// closed, its port back to the pool.
-    pub(super) fn release(&mut self, k: &Kept) {
+    pub(super) fn release(&mut self, k: Kept) {
         let i = k.pid as usize;
         let port = match &self.pairs.get(i) {
             Some(Place::Idle(idle))
@@ -337,6 +353,8 @@ impl Worker {
             _ => return,
         };
         self.free_pid(k.pid);
+        // Closed (its last share) before its port goes back.
+        drop(k);
         if let Some(r) = &self.returns {
             r.let_go(port);
         }
@@ -507,7 +525,8 @@ mod tests {
             thread: 0,
             port: pa,
             pid: ta.pid,
-            state: ta.state.clone(),
+            state: ta.state,
+            rtp: ta.rtp,
         };
         let (_c, c) = pair();
         let (socks, pids) = w
@@ -520,13 +539,15 @@ mod tests {
         let mut buf = [0u8; 64];
         let (n, _) = socks[0].recv_from(&mut buf).expect("the early datagram");
         assert_eq!(&buf[..n], b"\x80\x00late");
-        // B is heard before any call took it: stale, closed, given back.
+        // B is heard before any call took it: stale, let go (the plane
+        // closes it with its ticket), delivered nothing more meanwhile.
         send(pb);
         assert_eq!(turn(&mut w, t0, 1000).len(), 1);
         assert_eq!(tb.state.load(Ordering::Acquire), STALE);
         assert!(matches!(w.pairs[pid_b as usize], Place::Free));
-        let closed = shared.lock().expect("lock").closed.clone();
-        assert_eq!(closed, [(IpAddr::from(IP), pb)]);
+        assert_eq!(Arc::strong_count(&tb.rtp), 1, "the ticket's alone");
+        assert_eq!(tb.rtp.peer_addr().ok(), tb.rtp.local_addr().ok());
         assert_eq!(w.local.stale, 1);
+        assert!(turn(&mut w, t0, 0).is_empty(), "out of the set");
     }
 }
