@@ -107,7 +107,8 @@ impl Worker {
         socks: [Socks; 2],
     ) -> Option<([UdpSocket; 4], [u32; 2])> {
         let mut got: Vec<(u32, Pair)> = Vec::with_capacity(2);
-        for (side, s) in socks.into_iter().enumerate() {
+        let mut socks = socks.into_iter().enumerate();
+        while let Some((side, s)) = socks.next() {
             let placed = match s {
                 Socks::Fresh(pair) => self.join(pair),
                 Socks::Kept(k) => self.unrest(k),
@@ -115,6 +116,14 @@ impl Worker {
             let Some((pid, pair)) = placed else {
                 for (pid, _) in got {
                     self.free_pid(pid);
+                }
+                // The other kept pair closes too, or it would wait here
+                // taken for good (its port goes back with the call's
+                // close, as these do).
+                for (_, rest) in socks {
+                    if let Socks::Kept(k) = rest {
+                        self.close_taken(k);
+                    }
                 }
                 return None;
             };
@@ -161,10 +170,16 @@ impl Worker {
         // call's alone now.
         let Kept { pid, rtp, .. } = k;
         drop(rtp);
-        let Ok(rtp) = Arc::try_unwrap(idle.rtp) else {
-            warn!(pid, "a kept RTP socket is still shared at its call");
-            self.free_pid(pid);
-            return None;
+        let rtp = match Arc::try_unwrap(idle.rtp) {
+            Ok(rtp) => rtp,
+            Err(shared) => {
+                // Whoever else holds it keeps it open: out of the set,
+                // or it would wake this thread under a freed pid.
+                warn!(pid, "a kept RTP socket is still shared at its call");
+                let _ = epoll::delete(&self.poll, &*shared);
+                self.free_pid(pid);
+                return None;
+            }
         };
         let pair = Pair {
             rtp,
@@ -180,6 +195,15 @@ impl Worker {
             }
         }
         Some((pid, pair))
+    }
+
+    /// A kept pair taken for a call that will not open: closed here.
+    fn close_taken(&mut self, k: Kept) {
+        let mine = matches!(&self.pairs.get(k.pid as usize), Some(Place::Idle(idle))
+            if idle.ticket.as_ref().is_some_and(|t| Arc::ptr_eq(t, &k.state)));
+        if mine {
+            self.free_pid(k.pid);
+        }
     }
 
     /// A pid whose sockets closed (or never joined).
@@ -252,7 +276,16 @@ impl Worker {
                     // drops it, and gives the port back, when it meets
                     // it): out of the set and connected to itself until
                     // then, so nothing more is delivered to it.
-                    let _ = epoll::delete(&self.poll, &*idle.rtp);
+                    if epoll::delete(&self.poll, &*idle.rtp).is_err() {
+                        // Still in the set under a pid about to be
+                        // freed: emptied, so it does not wake the thread
+                        // (it never serves again).
+                        for _ in 0..64 {
+                            if idle.rtp.recv_from(buf).is_err() {
+                                break;
+                            }
+                        }
+                    }
                     if let Ok(me) = idle.rtp.local_addr() {
                         let _ = idle.rtp.connect(me);
                     }
@@ -350,7 +383,19 @@ impl Worker {
             {
                 idle.port
             }
-            _ => return,
+            _ => {
+                // Not this thread's idle pair (never so today): its port
+                // goes back only if this was its last share.
+                warn!(pid = k.pid, "a kept RTP pair let go is not this thread's");
+                if Arc::strong_count(&k.rtp) == 1 {
+                    let port = k.port;
+                    drop(k);
+                    if let Some(r) = &self.returns {
+                        r.let_go(port);
+                    }
+                }
+                return;
+            }
         };
         self.free_pid(k.pid);
         // Closed (its last share) before its port goes back.
@@ -547,7 +592,51 @@ mod tests {
         assert!(matches!(w.pairs[pid_b as usize], Place::Free));
         assert_eq!(Arc::strong_count(&tb.rtp), 1, "the ticket's alone");
         assert_eq!(tb.rtp.peer_addr().ok(), tb.rtp.local_addr().ok());
+        let (n, _) = tb.rtp.peek_from(&mut buf).expect("marked before any read");
+        assert_eq!(&buf[..n], b"\x80\x00late");
         assert_eq!(w.local.stale, 1);
         assert!(turn(&mut w, t0, 0).is_empty(), "out of the set");
+    }
+
+    /// A call whose Open fails half-way (its first pair cannot join the
+    /// set) closes the kept pair it was given too, rather than leaving it
+    /// taken on the thread for good with its port bound.
+    #[test]
+    fn a_half_failed_open_closes_the_kept_pair_it_was_given() {
+        let (mut w, shared) = worker();
+        let t0 = Instant::now();
+        let [(_, pid_a), (pb, pid_b)] = rested_call(&mut w, t0);
+        w.rested(t0 + PORT_QUARANTINE);
+        let tickets: Vec<Ticket> = {
+            let mut s = shared.lock().expect("lock");
+            s.kept.values_mut().flat_map(|k| k.drain(..)).collect()
+        };
+        let t = tickets
+            .into_iter()
+            .find(|t| t.port == pb)
+            .expect("B's ticket");
+        t.state.store(TAKEN, Ordering::Release);
+        // A socket already in the set cannot join it again (EEXIST).
+        let (_, fresh) = pair();
+        epoll::add(&w.poll, &fresh.rtp, token_of(999, 0), epoll::EventFlags::IN).expect("add");
+        let kept = Kept {
+            thread: 0,
+            port: pb,
+            pid: t.pid,
+            state: t.state,
+            rtp: t.rtp,
+        };
+        assert!(
+            w.attach(1, [Socks::Fresh(fresh), Socks::Kept(kept)])
+                .is_none()
+        );
+        assert!(matches!(w.pairs[pid_b as usize], Place::Free));
+        // Closed: its ports bind again.
+        let ip = IpAddr::from(IP);
+        drop(bind_pair(ip, pb).expect("B's ports are free"));
+        assert!(
+            matches!(w.pairs[pid_a as usize], Place::Idle(_)),
+            "A untouched"
+        );
     }
 }
