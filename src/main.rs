@@ -14,6 +14,7 @@ use centralino_net::{Health, Heartbeat, SipServer, bind_http, http_runtime, serv
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
+mod audit;
 mod day;
 mod otlp;
 
@@ -82,6 +83,10 @@ enum Command {
         /// Repeatable.
         #[arg(long = "expect-head")]
         expect_head: Vec<centralino_store::AuditHead>,
+        /// Print a phone number's tag in this log (a number is logged as
+        /// its tag under the key, never itself), to find its entries.
+        #[arg(long)]
+        number: Option<String>,
     },
     /// Each queue's service figures per interval from a store's queue log
     /// (README, "Service figures"): the same as `GET /api/v1/reports/queues`.
@@ -302,17 +307,6 @@ fn simulate_outbound(path: Option<PathBuf>, o: &Outbound, json: bool) -> Result<
     Ok(())
 }
 
-/// `centralino audit`'s options.
-struct AuditArgs {
-    data_dir: PathBuf,
-    tail: Option<usize>,
-    key_file: Option<PathBuf>,
-    config: Option<PathBuf>,
-    expect_head: Vec<centralino_store::AuditHead>,
-}
-
-/// `centralino audit`: 0 intact, 1 broken (or a head missing), 2 cannot
-/// read.
 /// `centralino report`: exit 2 when the store or the configuration cannot
 /// be read or the bounds are wrong.
 /// What `centralino report` prints.
@@ -363,119 +357,6 @@ fn report(
     }
 }
 
-fn audit(args: AuditArgs) -> ExitCode {
-    use centralino_store::{AuditBroken, HeadCheck};
-    let path = args.data_dir.join("centralino.db");
-    if !path.is_file() {
-        eprintln!("centralino: no store at {}", path.display());
-        return ExitCode::from(2);
-    }
-    // The key the node signs with: --key-file, else the configuration's,
-    // else the one the node created beside the database.
-    let key_file = match (args.key_file, args.config) {
-        (Some(file), _) => file,
-        (None, Some(config)) => match load(Some(config)) {
-            Ok(c) => c
-                .audit_key_file
-                .unwrap_or_else(|| args.data_dir.join(centralino_store::AUDIT_KEY_FILE)),
-            Err(e) => {
-                eprintln!("centralino: {e:#}");
-                return ExitCode::from(2);
-            }
-        },
-        (None, None) => args.data_dir.join(centralino_store::AUDIT_KEY_FILE),
-    };
-    let key = match centralino_store::AuditKey::from_file(&key_file) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("centralino: {e} (give the node's key with --key-file or --config)");
-            return ExitCode::from(2);
-        }
-    };
-    // Without the key: this check never changes the file (a wrong key
-    // given here must not seal anything).
-    let store = match centralino_store::Store::open(&path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("centralino: {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(n) = args.tail {
-        match store.audit_tail(n) {
-            Ok(entries) => {
-                for e in entries {
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        e.at, e.actor, e.action, e.target, e.status
-                    );
-                }
-            }
-            Err(e) => {
-                eprintln!("centralino: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let chain = match store.verify_audit(&key) {
-        Ok(Ok(chain)) => chain,
-        Ok(Err(AuditBroken::Entry(seq))) => {
-            println!(
-                "audit log BROKEN at entry {seq}: edited, removed or forged from there on (or signed with another key)"
-            );
-            return ExitCode::FAILURE;
-        }
-        Ok(Err(AuditBroken::Boundary)) => {
-            println!(
-                "audit log BROKEN: where keyed entries begin does not verify with this key (the wrong key, or the log was rewritten)"
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("centralino: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    for head in &args.expect_head {
-        match store.check_head(head) {
-            Ok(HeadCheck::Found) => {}
-            Ok(HeadCheck::Cut { last }) => {
-                println!(
-                    "audit log CUT: the node logged entry {} and the log ends at entry {last}: entries removed from the end",
-                    head.seq
-                );
-                return ExitCode::FAILURE;
-            }
-            Ok(HeadCheck::Replaced) => {
-                println!(
-                    "audit log CUT: entry {} is not the one the node logged: entries removed from the end, then written on",
-                    head.seq
-                );
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                eprintln!("centralino: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let mut line = format!("audit log intact: {} entries", chain.entries);
-    if let Some(head) = &chain.head {
-        line += &format!(", head {head}");
-    }
-    if chain.unkeyed > 0 {
-        line += &format!(
-            " ({} written before keyed audit: SHA-256, sealed with the key at the upgrade)",
-            chain.unkeyed
-        );
-    }
-    if !args.expect_head.is_empty() {
-        line += &format!("; {} logged head(s) found", args.expect_head.len());
-    }
-    println!("{line}");
-    ExitCode::SUCCESS
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -511,12 +392,14 @@ fn main() -> ExitCode {
             key_file,
             config,
             expect_head,
-        } => audit(AuditArgs {
+            number,
+        } => audit::audit(audit::AuditArgs {
             data_dir,
             tail,
             key_file,
             config,
             expect_head,
+            number,
         }),
         Command::Simulate {
             day: Some(rates),

@@ -54,6 +54,11 @@ pub struct AuditEntry {
     pub status: u16,
 }
 
+/// An entry whose target starts with this names a phone number (what
+/// follows): [`Store::audit`] writes its keyed tag instead
+/// ([`AuditKey::number_tag`]).
+pub const NUMBER_TARGET: &str = "\u{0}number:";
+
 /// The secret the chain is keyed with: the bytes of a key file.
 pub struct AuditKey(hmac::Key);
 
@@ -117,6 +122,15 @@ impl AuditKey {
             Self(hmac::Key::new(hmac::HMAC_SHA256, text.as_bytes())),
             true,
         ))
+    }
+
+    /// A phone number's tag in the log: `tel:` and the first 16 hex
+    /// digits of its MAC under the key. Whoever holds the key and a number
+    /// finds its entries (`centralino audit --number`); the log alone
+    /// tells no number.
+    pub fn number_tag(&self, number: &str) -> String {
+        let mac = hmac::sign(&self.0, &framed(&["centralino-audit-number", number]));
+        format!("tel:{}", &hex(mac.as_ref())[..16])
     }
 
     /// The MAC chaining an entry to the one before it.
@@ -293,6 +307,18 @@ impl Store {
         let (mut seq, mut prev) = last(&tx)?;
         for e in entries {
             seq += 1;
+            // A number is written as its keyed tag, never as itself.
+            let tagged;
+            let e = match e.target.strip_prefix(NUMBER_TARGET) {
+                Some(number) => {
+                    tagged = AuditEntry {
+                        target: key.number_tag(number),
+                        ..e.clone()
+                    };
+                    &tagged
+                }
+                None => e,
+            };
             let mac = key.mac(&prev, seq, e);
             tx.execute(
                 "INSERT INTO audit (seq, at, actor, action, target, status, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -566,6 +592,33 @@ mod tests {
             .execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 2;")
             .unwrap();
         assert_eq!(s.verify_audit(&key(1)).unwrap(), Err(AuditBroken::Entry(3)));
+    }
+
+    /// A number given as a target is written as its tag under the key
+    /// (the same for the same number, another under another key), never
+    /// itself, and the chain verifies over what was written.
+    #[test]
+    fn a_number_is_logged_as_its_keyed_tag() {
+        let path = temp("number");
+        let mut s = Store::open_keyed(&path, key(1)).unwrap();
+        let number = "+393331110005";
+        s.audit(&[
+            e("asl", "dnc_delete", &format!("{NUMBER_TARGET}{number}")),
+            e("asl", "dnc_delete", &format!("{NUMBER_TARGET}{number}")),
+        ])
+        .unwrap();
+        let tag = key(1).number_tag(number);
+        assert!(tag.starts_with("tel:") && tag.len() == 20, "{tag}");
+        assert_ne!(tag, key(2).number_tag(number));
+        assert_ne!(tag, key(1).number_tag("+393331110006"));
+        let tail = s.audit_tail(2).unwrap();
+        assert!(tail.iter().all(|t| t.target == tag), "{tail:?}");
+        let dump: String = s
+            .conn
+            .query_row("SELECT group_concat(target) FROM audit", [], |r| r.get(0))
+            .unwrap();
+        assert!(!dump.contains("3331110005"), "{dump}");
+        assert_eq!(intact(&s, &key(1)).entries, 2);
     }
 
     #[test]

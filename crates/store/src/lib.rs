@@ -27,7 +27,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use audit::{
     AUDIT_KEY_FILE, AuditBroken, AuditChain, AuditEntry, AuditHead, AuditKey, HeadCheck,
-    MIN_AUDIT_KEY,
+    MIN_AUDIT_KEY, NUMBER_TARGET,
 };
 pub use campaigns::{
     Attempt, AttemptEnd, CallAttempt, Campaign, CampaignStatus, Claim, Claimed, Contact,

@@ -54,7 +54,8 @@ pub(super) fn route_name(
 /// Counts every answer of a route by name and status, and audits it as
 /// the route says; the target is the route's path parameter (a record id
 /// or an operator's name), a phone number (`/api/v1/dnc/{number}`) only
-/// masked: the audit log is kept for years and chained, never trimmed.
+/// as its tag keyed with the audit key: the audit log is kept for years
+/// and chained, never trimmed.
 pub(super) async fn audited_route(
     State(a): State<Audited>,
     params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
@@ -70,7 +71,8 @@ pub(super) async fn audited_route(
         .and_then(|p| {
             p.iter().next().map(|(k, v)| {
                 if k == "number" {
-                    centralino_types::masked(v)
+                    // Written as its keyed tag by the store, never itself.
+                    format!("{}{v}", centralino_store::NUMBER_TARGET)
                 } else {
                     v.to_owned()
                 }
