@@ -298,7 +298,7 @@ fn do_not_call_lists_are_per_tenant_and_national() {
     assert_eq!(
         node.http(
             "DELETE",
-            "/api/v1/dnc/+393331110005?tenant=asl",
+            "/api/v1/dnc/00393331110005?tenant=asl",
             Some(SALA_ASL),
             None
         )
@@ -337,7 +337,7 @@ fn do_not_call_lists_are_per_tenant_and_national() {
             .output()
             .expect("centralino audit");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("dnc_delete") {
+        if text.matches("\tdnc_delete\t").count() >= 2 {
             break text;
         }
         assert!(
@@ -351,6 +351,11 @@ fn do_not_call_lists_are_per_tenant_and_national() {
         tag.len() == 20 && tag.starts_with("tel:"),
         "the number's tag first: {text}"
     );
-    assert!(text.contains(&format!("dnc_delete\t{tag}\t")), "{text}");
+    // Both removals (204, then 404), however the path spelled the number.
+    let removals = text
+        .lines()
+        .filter(|l| l.contains(&format!("dnc_delete\t{tag}\t")))
+        .count();
+    assert_eq!(removals, 2, "{text}");
     assert!(!text.contains("3331110005"), "{text}");
 }

@@ -126,8 +126,9 @@ impl AuditKey {
 
     /// A phone number's tag in the log: `tel:` and the first 16 hex
     /// digits of its MAC under the key. Whoever holds the key and a number
-    /// finds its entries (`centralino audit --number`); the log alone
-    /// tells no number.
+    /// finds its entries (`centralino audit --number`); the log without
+    /// the key tells no number. A pseudonym, not a secret from the key's
+    /// holder: numbers are few enough to try them all.
     pub fn number_tag(&self, number: &str) -> String {
         let mac = hmac::sign(&self.0, &framed(&["centralino-audit-number", number]));
         format!("tel:{}", &hex(mac.as_ref())[..16])

@@ -51,11 +51,17 @@ pub(super) fn route_name(
     names.get(i).copied()
 }
 
+/// A number a handler names for the audit log as it stores it (E.164),
+/// in place of the path's spelling of it.
+#[derive(Clone)]
+pub(super) struct AuditNumber(pub(super) String);
+
 /// Counts every answer of a route by name and status, and audits it as
 /// the route says; the target is the route's path parameter (a record id
 /// or an operator's name), a phone number (`/api/v1/dnc/{number}`) only
-/// as its tag keyed with the audit key: the audit log is kept for years
-/// and chained, never trimmed.
+/// as its tag keyed with the audit key (the store writes it; the number
+/// as the handler normalised it, `AuditNumber`): the audit log is kept
+/// for years and chained, never trimmed.
 pub(super) async fn audited_route(
     State(a): State<Audited>,
     params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
@@ -74,7 +80,8 @@ pub(super) async fn audited_route(
                     // Written as its keyed tag by the store, never itself.
                     format!("{}{v}", centralino_store::NUMBER_TARGET)
                 } else {
-                    v.to_owned()
+                    // No other target passes for a number.
+                    v.replace('\0', "\\0")
                 }
             })
         })
@@ -84,6 +91,10 @@ pub(super) async fn audited_route(
         Audit::CountOnly => None,
     };
     let r = next.run(req).await;
+    let target = match r.extensions().get::<AuditNumber>() {
+        Some(AuditNumber(n)) => format!("{}{n}", centralino_store::NUMBER_TARGET),
+        None => target,
+    };
     match a.audit {
         Audit::Bearer => {
             a.api.done(name, token.as_deref(), &target, r.status());

@@ -990,7 +990,9 @@ pub(super) async fn dnc_delete(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    match api
+    // Audited as stored (E.164), however it was written in the path.
+    let audited = AuditNumber(number.clone());
+    let mut r = match api
         .store
         .with(move |s| s.remove_dnc(&number, &tenant))
         .await
@@ -1001,7 +1003,9 @@ pub(super) async fn dnc_delete(
         }
         Ok(false) => error(StatusCode::NOT_FOUND, "not on that list"),
         Err(e) => unavailable(&e),
-    }
+    };
+    r.extensions_mut().insert(audited);
+    r
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

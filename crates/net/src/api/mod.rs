@@ -777,8 +777,9 @@ impl Api {
 
     /// Counts the request and writes who did it to the audit log (only
     /// requests with a known token: anonymous ones are only counted, so a
-    /// flood cannot fill the disk). `target` is the record's id, never a
-    /// phone number.
+    /// flood cannot fill the disk). `target` is the record's id; a phone
+    /// number only behind `centralino_store::NUMBER_TARGET`, for the store
+    /// to write as its keyed tag.
     fn done(&self, route: &str, token: Option<&str>, target: &str, code: StatusCode) {
         self.count(route, code);
         if let Some(actor) = token.and_then(|t| self.token_name(t)) {
