@@ -487,6 +487,19 @@ mod tests {
         [(pa, pids[0]), (pb, pids[1])]
     }
 
+    /// The tickets the thread handed the plane, taken as the plane would,
+    /// and the one for `port` among them.
+    fn ticket_for(shared: &Mutex<Shared>, port: u16) -> (Ticket, Vec<Ticket>) {
+        let mut s = shared.lock().expect("lock");
+        let (mine, others) = s
+            .kept
+            .values_mut()
+            .flat_map(|k| k.drain(..))
+            .partition::<Vec<_>, _>(|t| t.port == port);
+        let mine = mine.into_iter().next().expect("its ticket");
+        (mine, others)
+    }
+
     fn kept_ports(shared: &Mutex<Shared>) -> Vec<u16> {
         let s = shared.lock().expect("lock");
         s.kept
@@ -542,18 +555,9 @@ mod tests {
         let t0 = Instant::now();
         let [(pa, pid_a), (pb, pid_b)] = rested_call(&mut w, t0);
         w.rested(t0 + PORT_QUARANTINE);
-        let mut tickets: Vec<Ticket> = {
-            let mut s = shared.lock().expect("lock");
-            s.kept.values_mut().flat_map(|k| k.drain(..)).collect()
-        };
-        assert_eq!(tickets.len(), 2);
-        tickets.sort_by_key(|t| t.port);
-        let (ta, tb) = if tickets[0].port == pa {
-            (tickets.remove(0), tickets.remove(0))
-        } else {
-            let b = tickets.remove(0);
-            (tickets.remove(0), b)
-        };
+        let (ta, mut others) = ticket_for(&shared, pa);
+        let tb = others.pop().expect("B's ticket");
+        assert_eq!((tb.port, others.len()), (pb, 0));
         // The plane takes A for a call; the caller sends at once.
         ta.state.store(TAKEN, Ordering::Release);
         send(pa);
@@ -607,14 +611,7 @@ mod tests {
         let t0 = Instant::now();
         let [(_, pid_a), (pb, pid_b)] = rested_call(&mut w, t0);
         w.rested(t0 + PORT_QUARANTINE);
-        let tickets: Vec<Ticket> = {
-            let mut s = shared.lock().expect("lock");
-            s.kept.values_mut().flat_map(|k| k.drain(..)).collect()
-        };
-        let t = tickets
-            .into_iter()
-            .find(|t| t.port == pb)
-            .expect("B's ticket");
+        let (t, _) = ticket_for(&shared, pb);
         t.state.store(TAKEN, Ordering::Release);
         // A socket already in the set cannot join it again (EEXIST).
         let (_, fresh) = pair();
