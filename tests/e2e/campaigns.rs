@@ -129,6 +129,29 @@ fn a_campaign_is_created_checked_filled_and_steered() {
     let id = json(&resp)["id"].as_str().unwrap().to_owned();
     let (code, _) = post("/api/v1/campaigns", SALA_ASL, good);
     assert_eq!(code, 409, "the name is taken");
+    // Names are per tenant: the other firm names its own the same, with
+    // no word of the first (and it stays out of each other's lists).
+    let (code, resp) = post(
+        "/api/v1/campaigns",
+        SALA_ALTRA,
+        r#"{"name": "richiami-fragili", "queue": "altra-info", "mode": "preview"}"#,
+    );
+    assert_eq!(code, 201, "{resp}");
+    let altra_id = json(&resp)["id"].as_str().unwrap().to_owned();
+    assert_ne!(altra_id, id);
+    let (code, resp) = post(
+        "/api/v1/campaigns",
+        SALA_ALTRA,
+        r#"{"name": "richiami-fragili", "queue": "altra-info", "mode": "preview"}"#,
+    );
+    assert_eq!(code, 409, "{resp}");
+    assert!(!resp.contains("asl"), "{resp}");
+    let altra_path = format!("/api/v1/campaigns/{altra_id}");
+    assert_eq!(node.http("GET", &altra_path, Some(SALA_ASL), None).0, 403);
+    assert_eq!(
+        node.http("DELETE", &altra_path, Some(SALA_ALTRA), None).0,
+        204
+    );
 
     // The configuration's campaign is there too, as a draft.
     let (code, resp) = node.http("GET", "/api/v1/campaigns", Some(SALA_ASL), None);

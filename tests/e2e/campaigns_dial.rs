@@ -257,13 +257,13 @@ fn a_progressive_campaign_calls_each_contact_once_and_abandons_nobody() {
     assert_eq!(progress(&closed)["attempts"], 0);
     assert_eq!(
         node.metric(
-            "centralino_campaign_attempts_total{campaign=\"richiami-fragili\",outcome=\"busy\"}"
+            "centralino_campaign_attempts_total{campaign=\"richiami-fragili\",outcome=\"busy\",tenant=\"asl\"}"
         ),
         20.0
     );
     // Contacts by status, read from the store every 10 s.
     node.wait_metric(
-        "centralino_campaign_contacts{campaign=\"richiami-fragili\",status=\"done\"}",
+        "centralino_campaign_contacts{campaign=\"richiami-fragili\",status=\"done\",tenant=\"asl\"}",
         Duration::from_secs(15),
         |v| v == 180.0,
     );
@@ -677,7 +677,7 @@ fn a_predictive_campaign_dials_citizens_first_and_stays_under_the_cap() {
     assert_eq!(called.len(), 20, "{called:?}");
     assert!(called.values().all(|&n| n == 1), "{called:?}");
     assert_eq!(
-        node.metric("centralino_campaign_attempts_total{campaign=\"promemoria\",outcome=\"busy\"}"),
+        node.metric("centralino_campaign_attempts_total{campaign=\"promemoria\",outcome=\"busy\",tenant=\"asl\"}"),
         14.0
     );
     drop(phones);

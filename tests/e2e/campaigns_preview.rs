@@ -189,7 +189,7 @@ fn a_preview_contact_is_dialled_only_after_the_operator_accepts_it() {
     );
     assert_eq!(
         node.metric(
-            "centralino_campaign_previews_total{campaign=\"anteprima\",outcome=\"skipped\"}"
+            "centralino_campaign_previews_total{campaign=\"anteprima\",outcome=\"skipped\",tenant=\"asl\"}"
         ),
         1.0
     );
@@ -326,7 +326,7 @@ fn a_contact_calling_the_campaigns_number_is_on_the_operators_desk() {
     );
     citizen.expect_success(Duration::from_secs(30));
     assert_eq!(
-        node.metric("centralino_campaign_callers_total{campaign=\"chiusa-oggi\"}"),
+        node.metric("centralino_campaign_callers_total{campaign=\"chiusa-oggi\",tenant=\"asl\"}"),
         1.0
     );
     drop(phone);

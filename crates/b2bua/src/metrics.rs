@@ -228,17 +228,18 @@ pub struct Metrics {
     /// `centralino_callbacks_total{outcome}`: created, deduplicated,
     /// rejected, updated, cancelled.
     pub callbacks: IntCounterVec,
-    /// `centralino_campaign_attempts_total{campaign,outcome}`: campaign
-    /// attempts by how they ended (campaign names come from configuration
-    /// or the API: bounded).
+    /// `centralino_campaign_attempts_total{tenant,campaign,outcome}`:
+    /// campaign attempts by how they ended (campaign names come from
+    /// configuration or the API: bounded; unique within their tenant, so
+    /// two firms' campaigns of the same name are two series).
     pub campaign_attempts: IntCounterVec,
-    /// `centralino_campaign_lines{campaign}`: citizens being dialled or
+    /// `centralino_campaign_lines{tenant,campaign}`: citizens being dialled or
     /// waiting for an operator, per campaign.
     pub campaign_lines: IntGaugeVec,
-    /// `centralino_campaign_previews_total{campaign,outcome}`: preview
+    /// `centralino_campaign_previews_total{tenant,campaign,outcome}`: preview
     /// contacts shown on a desk, accepted, skipped, expired.
     pub campaign_previews: IntCounterVec,
-    /// `centralino_campaign_callers_total{campaign}`: calls to a
+    /// `centralino_campaign_callers_total{tenant,campaign}`: calls to a
     /// campaign's number from one of its contacts.
     pub campaign_callers: IntCounterVec,
     /// `centralino_cluster_offers_received_total{outcome}`: other nodes'
@@ -256,7 +257,7 @@ pub struct Metrics {
     /// taken (another node's call rung here), sent_back (not taken here:
     /// back to its node).
     pub cluster_handovers: IntCounterVec,
-    /// `centralino_campaign_pacing_ratio{campaign}`: lines per free
+    /// `centralino_campaign_pacing_ratio{tenant,campaign}`: lines per free
     /// operator at the last decision (1 progressive; above 1 predictive
     /// dialling ahead).
     pub campaign_pacing: GaugeVec,
@@ -668,22 +669,22 @@ impl Metrics {
             campaign_attempts: reg!(cv(
                 "centralino_campaign_attempts_total",
                 "Campaign attempts by campaign and outcome",
-                &["campaign", "outcome"]
+                &["tenant", "campaign", "outcome"]
             )),
             campaign_lines: reg!(gv(
                 "centralino_campaign_lines",
                 "Citizens being dialled or waiting for an operator, by campaign",
-                &["campaign"]
+                &["tenant", "campaign"]
             )),
             campaign_previews: reg!(cv(
                 "centralino_campaign_previews_total",
                 "Preview contacts shown on an operator's desk, accepted, skipped or expired, by campaign",
-                &["campaign", "outcome"]
+                &["tenant", "campaign", "outcome"]
             )),
             campaign_callers: reg!(cv(
                 "centralino_campaign_callers_total",
                 "Calls to a campaign's number from one of its contacts, by campaign",
-                &["campaign"]
+                &["tenant", "campaign"]
             )),
             cluster_offers_in: reg!(cv(
                 "centralino_cluster_offers_received_total",
@@ -706,7 +707,7 @@ impl Metrics {
                         "centralino_campaign_pacing_ratio",
                         "Lines per free operator at the pacer's last decision, by campaign"
                     ),
-                    &["campaign"]
+                    &["tenant", "campaign"]
                 )
                 .expect("valid metric")
             ),

@@ -52,10 +52,15 @@ pub(super) fn campaigns(raw: &[RawSpec], names: &Names<'_>, p: &mut Problems) ->
         let path = format!("campaigns[{i}].");
         match validate(&path, r, names) {
             Ok(spec) => {
-                if out.iter().any(|o| o.name == spec.name) {
+                // Names are per tenant: another firm may name its own
+                // campaign the same.
+                if out
+                    .iter()
+                    .any(|o| o.name == spec.name && o.tenant == spec.tenant)
+                {
                     p.add(
                         format!("{path}name"),
-                        format!("duplicate campaign {:?}", spec.name),
+                        format!("duplicate campaign {:?} for its tenant", spec.name),
                     );
                 }
                 out.push(spec);

@@ -994,6 +994,18 @@ fn campaigns_are_checked_like_the_api_checks_them() {
         ),
         "campaigns[1].name",
     );
+    // Names are per tenant: another firm's campaign may bear the same.
+    let c = Config::from_toml(&format!(
+        "{good}\n[[campaigns]]\nname = \"richiami-fragili\"\nqueue = \"q2\"\nmode = \"preview\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.campaigns
+            .iter()
+            .map(|c| (c.tenant.as_str(), c.name.as_str()))
+            .collect::<Vec<_>>(),
+        [("asl", "richiami-fragili"), ("regione", "richiami-fragili")]
+    );
     refused(
         &good.replace("\"lun\"", "\"funday\""),
         "campaigns[0].windows.days[0]",

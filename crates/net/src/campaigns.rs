@@ -54,7 +54,7 @@ pub(crate) async fn scheduler(
     // Campaigns already reported unusable (logged once, not every second).
     let mut broken: HashMap<String, String> = HashMap::new();
     // Names with contact gauges now (a stopped campaign's go).
-    let mut gauged: Vec<String> = Vec::new();
+    let mut gauged: Vec<(String, String)> = Vec::new();
     let mut turn: u64 = 0;
     // The campaigns' numbers the engine has.
     let mut sent_numbers: Vec<(String, String, String)> = Vec::new();
@@ -115,6 +115,7 @@ pub(crate) async fn scheduler(
                 CampaignRun {
                     id: c.id.clone(),
                     name: c.name.clone(),
+                    tenant: c.tenant.clone(),
                     queue: spec.queue.clone(),
                     pacer,
                 },
@@ -141,16 +142,16 @@ pub(crate) async fn scheduler(
     }
 }
 
-/// Sets `centralino_campaign_contacts{campaign,status}` for the running
-/// campaigns and removes the series of those no longer running; returns
-/// the names now gauged.
+/// Sets `centralino_campaign_contacts{tenant,campaign,status}` for the
+/// running campaigns and removes the series of those no longer running;
+/// returns the (tenant, name) pairs now gauged.
 async fn contact_gauges(
     store: &StoreHandle,
     metrics: &crate::metrics::NetMetrics,
     desks: Option<&crate::api::Desks>,
     runs: &[(CampaignRun, Arc<Spec>)],
-    before: Vec<String>,
-) -> Vec<String> {
+    before: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     let mut now = Vec::with_capacity(runs.len());
     let mut progress = HashMap::with_capacity(runs.len());
     for (run, _) in runs {
@@ -160,23 +161,23 @@ async fn contact_gauges(
             for (status, n) in ContactStatus::ALL.iter().zip(p.contacts) {
                 metrics
                     .campaign_contacts
-                    .with_label_values(&[&run.name, status.as_str()])
+                    .with_label_values(&[&run.tenant, &run.name, status.as_str()])
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
                 counts.push((status.as_str(), n));
             }
             progress.insert(run.id.clone(), counts);
-            now.push(run.name.clone());
+            now.push((run.tenant.clone(), run.name.clone()));
         }
     }
     // The supervisors' campaign lines show the same counts.
     if let Some(d) = desks {
         d.set_campaign_progress(progress);
     }
-    for name in before.iter().filter(|n| !now.contains(n)) {
+    for (tenant, name) in before.iter().filter(|n| !now.contains(n)) {
         for status in ContactStatus::ALL {
             let _ = metrics
                 .campaign_contacts
-                .remove_label_values(&[name, status.as_str()]);
+                .remove_label_values(&[tenant, name, status.as_str()]);
         }
     }
     now
@@ -232,6 +233,7 @@ pub(crate) fn claim(
                                 campaign: Some(Box::new(CampaignCall {
                                     campaign: campaign.clone(),
                                     name: spec.name.clone(),
+                                    tenant: spec.tenant.clone(),
                                     contact: k.id,
                                     attempt: k.attempts,
                                     dialled: k.dialled,

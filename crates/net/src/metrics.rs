@@ -93,7 +93,7 @@ pub struct NetMetrics {
     /// `centralino_queue_agents_forecast{queue}`: operators Erlang C asks
     /// for that forecast at the queue's target.
     pub queue_agents_forecast: IntGaugeVec,
-    /// `centralino_campaign_contacts{campaign,status}`: each running
+    /// `centralino_campaign_contacts{tenant,campaign,status}`: each running
     /// campaign's contacts by status (pending, in_progress, done, failed,
     /// dnc), read from the store every 10 s.
     pub campaign_contacts: IntGaugeVec,
@@ -304,7 +304,7 @@ impl NetMetrics {
             campaign_contacts: reg!(gv(
                 "centralino_campaign_contacts",
                 "Contacts of each running campaign by status",
-                &["campaign", "status"]
+                &["tenant", "campaign", "status"]
             )),
             dnc_changes: reg!(cv(
                 "centralino_dnc_changes_total",

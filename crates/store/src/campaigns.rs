@@ -91,6 +91,40 @@ pub(crate) const CALLERS: &str =
     ALTER TABLE queue_log ADD COLUMN contact INTEGER;
     CREATE INDEX queue_log_contact ON queue_log (contact, seq) WHERE contact IS NOT NULL;";
 
+/// Campaign names unique within their firm (migration after the mirror's
+/// and the reports' tables): 65 firms each naming theirs `richiami` or
+/// `fragili` must not be refused for another firm's, nor learn from a
+/// `409` that another firm has one. SQLite cannot drop a column's
+/// `UNIQUE`, so the table is made again; the one trigger on it (a status
+/// change is a change of its open contacts, `mirror_contacts`) with it.
+/// The trigger that reads it (a deleted contact's tombstone names its
+/// campaign) is dropped first and made again as `mirror_contacts::FIXES`
+/// left it: SQLite refuses to drop a table a trigger still reads.
+pub(crate) const NAMES_PER_TENANT: &str = "DROP TRIGGER campaign_contacts_tombstone;
+    CREATE TABLE campaigns_per_tenant (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    INSERT INTO campaigns_per_tenant (id, name, tenant, spec, source, status, created_at, updated_at)
+        SELECT id, name, tenant, spec, source, status, created_at, updated_at FROM campaigns;
+    DROP TABLE campaigns;
+    ALTER TABLE campaigns_per_tenant RENAME TO campaigns;
+    CREATE TRIGGER campaign_status_contacts AFTER UPDATE OF status ON campaigns
+        BEGIN UPDATE campaign_contacts SET version = version + 1
+              WHERE campaign = NEW.id AND status IN ('pending', 'in_progress'); END;
+    CREATE TRIGGER campaign_contacts_tombstone BEFORE DELETE ON campaign_contacts
+        WHEN OLD.work_id IS NOT NULL AND OLD.mirror_seq IS NOT NULL AND OLD.status != 'moved'
+             AND (OLD.status IN ('pending', 'in_progress') OR OLD.version > OLD.mirrored)
+        BEGIN INSERT OR REPLACE INTO work_tombstones (work_id, seq, campaign, tenant)
+              SELECT OLD.work_id, OLD.mirror_seq, c.name, c.tenant FROM campaigns c WHERE c.id = OLD.campaign; END;";
+
 /// A campaign's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CampaignStatus {
@@ -435,11 +469,12 @@ pub(crate) const DIALLED: &str =
     "'answered', 'busy', 'no_answer', 'failed', 'abandoned', 'dial_plan'";
 
 impl Store {
-    /// Stores a new campaign (`draft`). `Ok(false)`: the name is taken.
+    /// Stores a new campaign (`draft`). `Ok(false)`: its tenant has one
+    /// of that name.
     pub fn create_campaign(&mut self, c: &Campaign) -> Result<bool, StoreError> {
         let n = self.conn.execute(
             "INSERT INTO campaigns (id, name, tenant, spec, source, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (name) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (tenant, name) DO NOTHING",
             params![
                 c.id,
                 c.name,
@@ -454,28 +489,29 @@ impl Store {
     }
 
     /// Replaces the definition of a campaign from the configuration (its
-    /// status and contacts stay), or adds it; by name. `Ok(false)`: a
-    /// campaign of that name exists that the configuration did not make,
-    /// or of another tenant: left alone.
+    /// status and contacts stay), or adds it; by tenant and name.
+    /// `Ok(false)`: the tenant has a campaign of that name that the
+    /// configuration did not make: left alone.
     pub fn upsert_config_campaign(&mut self, c: &Campaign) -> Result<bool, StoreError> {
         self.conn.execute(
             "INSERT INTO campaigns (id, name, tenant, spec, source, status, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, 'config', 'draft', ?5, ?5)
-             ON CONFLICT (name) DO UPDATE SET spec = ?4, updated_at = ?5
-             WHERE campaigns.source = 'config' AND campaigns.tenant = ?3",
+             ON CONFLICT (tenant, name) DO UPDATE SET spec = ?4, updated_at = ?5
+             WHERE campaigns.source = 'config'",
             params![c.id, c.name, c.tenant, c.spec, c.created_at],
         )?;
-        // Never another tenant's, never one made through the API: a
-        // configuration must not take over a campaign it did not create.
-        let owner: Option<(String, String)> = self
+        // Never one made through the API: a configuration must not take
+        // over a campaign it did not create. Another tenant's of the same
+        // name is another campaign.
+        let source: Option<String> = self
             .conn
             .query_row(
-                "SELECT source, tenant FROM campaigns WHERE name = ?1",
-                params![c.name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                "SELECT source FROM campaigns WHERE tenant = ?1 AND name = ?2",
+                params![c.tenant, c.name],
+                |r| r.get(0),
             )
             .optional()?;
-        Ok(owner.is_some_and(|(source, tenant)| source == "config" && tenant == c.tenant))
+        Ok(source.is_some_and(|source| source == "config"))
     }
 
     /// One campaign.
@@ -1172,7 +1208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_campaign_lives_draft_running_paused_finished_and_names_are_unique() {
+    fn a_campaign_lives_draft_running_paused_finished_and_names_are_unique_per_tenant() {
         let mut s = store("life");
         let draft = Campaign {
             status: Draft,
@@ -1186,6 +1222,21 @@ mod tests {
             })
             .unwrap()
         );
+        // Another firm's name is its own.
+        assert!(
+            s.create_campaign(&Campaign {
+                id: "other".into(),
+                tenant: "altra".into(),
+                status: Draft,
+                ..campaign("richiami")
+            })
+            .unwrap()
+        );
+        assert_eq!(s.campaign("other").unwrap().unwrap().tenant, "altra");
+        assert!(matches!(
+            s.delete_campaign("other").unwrap(),
+            StatusChange::Done(_)
+        ));
         use CampaignStatus::*;
         let start =
             |s: &mut Store| s.set_campaign_status("id-richiami", &[Draft, Paused], Running, 2000);
@@ -1206,6 +1257,93 @@ mod tests {
             s.set_campaign_status("nope", &[Draft], Running, 1).unwrap(),
             StatusChange::NotFound
         ));
+    }
+
+    /// A file from before names were per tenant: its campaigns, their
+    /// contacts and the status trigger survive the table made again, and
+    /// its names become per tenant.
+    #[test]
+    fn the_names_per_tenant_migration_keeps_campaigns_contacts_and_the_trigger() {
+        let p = std::env::temp_dir().join(format!(
+            "centralino-campaigns-migrate-{}.db",
+            std::process::id()
+        ));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
+        let mut s = Store::open(&p).unwrap();
+        // Back to the shape before the last migration.
+        s.conn
+            .execute_batch(&format!(
+                "DROP TRIGGER campaign_contacts_tombstone;
+                 DROP TABLE campaigns;
+                 {};
+                 CREATE TRIGGER campaign_status_contacts AFTER UPDATE OF status ON campaigns
+                     BEGIN UPDATE campaign_contacts SET version = version + 1
+                           WHERE campaign = NEW.id AND status IN ('pending', 'in_progress'); END;
+                 CREATE TRIGGER campaign_contacts_tombstone BEFORE DELETE ON campaign_contacts
+                     WHEN OLD.work_id IS NOT NULL AND OLD.mirror_seq IS NOT NULL
+                     BEGIN INSERT OR REPLACE INTO work_tombstones (work_id, seq, campaign, tenant)
+                           SELECT OLD.work_id, OLD.mirror_seq, c.name, c.tenant
+                           FROM campaigns c WHERE c.id = OLD.campaign; END;
+                 PRAGMA user_version = {};",
+                // The table as the first campaigns migration made it.
+                MIGRATION.split(';').next().unwrap_or_default(),
+                crate::MIGRATIONS.len() - 1
+            ))
+            .unwrap();
+        // As the code before this migration wrote it.
+        let insert =
+            "INSERT INTO campaigns (id, name, tenant, spec, source, status, created_at, updated_at)
+             VALUES (?1, 'richiami', ?2, '{}', 'api', 'running', 1000, 1000)";
+        s.conn
+            .execute(insert, params!["id-richiami", "asl"])
+            .unwrap();
+        assert!(
+            s.conn.execute(insert, params!["other", "altra"]).is_err(),
+            "the old table refuses another firm's name"
+        );
+        s.import_contacts("id-richiami", &[contact("+393330000001", 0)], 1)
+            .unwrap();
+        drop(s);
+        let mut s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), crate::MIGRATIONS.len() as u32);
+        let kept = s.campaign("id-richiami").unwrap().unwrap();
+        assert_eq!(kept, campaign("richiami"));
+        assert_eq!(
+            s.progress("id-richiami")
+                .unwrap()
+                .contacts
+                .iter()
+                .sum::<u64>(),
+            1
+        );
+        let version = |s: &Store| -> i64 {
+            s.conn
+                .query_row("SELECT version FROM campaign_contacts", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = version(&s);
+        s.set_campaign_status(
+            "id-richiami",
+            &[CampaignStatus::Running],
+            CampaignStatus::Paused,
+            2,
+        )
+        .unwrap();
+        assert_eq!(version(&s), before + 1, "the status trigger is back");
+        assert!(
+            s.create_campaign(&Campaign {
+                id: "other".into(),
+                tenant: "altra".into(),
+                ..campaign("richiami")
+            })
+            .unwrap()
+        );
+        drop(s);
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
     }
 
     #[test]
@@ -1544,11 +1682,41 @@ mod tests {
         s.create_campaign(&api).unwrap();
         let from_file = Campaign {
             id: "other".into(),
+            tenant: "altra".into(),
             source: "config".into(),
             spec: "{\"evil\": true}".into(),
             ..campaign("richiami")
         };
         assert!(!s.upsert_config_campaign(&from_file).unwrap());
+        let kept = s.campaign("id-richiami").unwrap().unwrap();
+        assert_eq!((kept.tenant.as_str(), kept.spec.as_str()), ("altra", "{}"));
+        assert_eq!(s.campaign("other").unwrap(), None);
+        // Another firm's configuration naming its own `richiami` makes
+        // its own campaign and leaves this one alone.
+        let asl_file = Campaign {
+            id: "asl-richiami".into(),
+            source: "config".into(),
+            spec: "{\"asl\": true}".into(),
+            ..campaign("richiami")
+        };
+        assert!(s.upsert_config_campaign(&asl_file).unwrap());
+        let asl = s.campaign("asl-richiami").unwrap().unwrap();
+        assert_eq!(
+            (asl.tenant.as_str(), asl.source.as_str()),
+            ("asl", "config")
+        );
+        // Again (a reload): the definition is replaced, by (tenant, name).
+        let asl_again = Campaign {
+            id: "ignored".into(),
+            spec: "{\"asl\": 2}".into(),
+            ..asl_file
+        };
+        assert!(s.upsert_config_campaign(&asl_again).unwrap());
+        assert_eq!(
+            s.campaign("asl-richiami").unwrap().unwrap().spec,
+            "{\"asl\": 2}"
+        );
+        assert_eq!(s.campaign("ignored").unwrap(), None);
         let kept = s.campaign("id-richiami").unwrap().unwrap();
         assert_eq!((kept.tenant.as_str(), kept.spec.as_str()), ("altra", "{}"));
         // A draft (or paused, finished) campaign gives no contact to a claim.

@@ -157,6 +157,7 @@ const MIGRATIONS: &[&str] = &[
     reports::MIGRATION,
     // The time a callback was promised by, fixed when it was asked for.
     "ALTER TABLE callbacks ADD COLUMN promised_by INTEGER;",
+    campaigns::NAMES_PER_TENANT,
 ];
 
 /// A notification waiting to be sent.

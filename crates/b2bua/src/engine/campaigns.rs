@@ -50,7 +50,8 @@ pub(super) struct Paced {
     pub(super) pacer: Pacer,
     /// A claim of its contacts is out (one at a time).
     pub(super) claiming: bool,
-    /// Its name (metric label).
+    /// Its tenant and name (metric labels).
+    pub(super) tenant: String,
     pub(super) name: String,
     /// Its queue.
     pub(super) queue: QueueId,
@@ -94,7 +95,7 @@ impl Engine {
         if let Some(outcome) = campaign_outcome(&state) {
             self.metrics
                 .campaign_attempts
-                .with_label_values(&[&c.name, outcome.as_str()])
+                .with_label_values(&[&c.tenant, &c.name, outcome.as_str()])
                 .inc();
             self.paced.push((c.campaign.clone(), outcome));
         }
@@ -123,9 +124,10 @@ impl Engine {
             .cloned()
             .collect();
         for id in gone {
-            if let Some(Paced { name, .. }) = self.pacers.remove(&id) {
-                let _ = self.metrics.campaign_lines.remove_label_values(&[&name]);
-                let _ = self.metrics.campaign_pacing.remove_label_values(&[&name]);
+            if let Some(Paced { tenant, name, .. }) = self.pacers.remove(&id) {
+                let labels = [tenant.as_str(), name.as_str()];
+                let _ = self.metrics.campaign_lines.remove_label_values(&labels);
+                let _ = self.metrics.campaign_pacing.remove_label_values(&labels);
             }
             // Its contacts nobody dialled yet go back to it (a preview on a
             // desk, an operator waited for or ringing): the calls already
@@ -174,11 +176,12 @@ impl Engine {
             let lines = lines_of.get(run.id.as_str()).copied().unwrap_or(0);
             self.metrics
                 .campaign_lines
-                .with_label_values(&[&run.name])
+                .with_label_values(&[&run.tenant, &run.name])
                 .set(i64::from(lines));
             let paced = self.pacers.entry(run.id.clone()).or_insert_with(|| Paced {
                 pacer: Pacer::new(run.pacer),
                 claiming: false,
+                tenant: run.tenant.clone(),
                 name: run.name.clone(),
                 queue,
             });
@@ -200,7 +203,7 @@ impl Engine {
             }
             self.metrics
                 .campaign_pacing
-                .with_label_values(&[&run.name])
+                .with_label_values(&[&run.tenant, &run.name])
                 .set(f64::from(lines + d.dial) / f64::from(free.max(1)));
             paced.claiming = true;
             self.out.push_back(Output::WantContacts {
@@ -347,7 +350,7 @@ impl Engine {
         self.queue_event(now, call_id, QueueEvent::Offer, Some(name));
     }
 
-    /// `centralino_campaign_previews_total{campaign,outcome}`.
+    /// `centralino_campaign_previews_total{tenant,campaign,outcome}`.
     fn preview_counted(&self, call_id: CallId, outcome: &str) {
         if let Some(c) = self
             .calls
@@ -356,7 +359,7 @@ impl Engine {
         {
             self.metrics
                 .campaign_previews
-                .with_label_values(&[&c.name, outcome])
+                .with_label_values(&[&c.tenant, &c.name, outcome])
                 .inc();
         }
     }
@@ -587,9 +590,15 @@ impl Engine {
         };
         let _span = call.span.clone().entered();
         info!(%campaign, "a campaign's contact called its number");
+        // The campaigns looked up were those of the call's tenant
+        // (`campaigns_presenting`).
+        let tenant = self
+            .tenant_names
+            .get(call.tenant.index())
+            .map_or("", String::as_str);
         self.metrics
             .campaign_callers
-            .with_label_values(&[&campaign])
+            .with_label_values(&[tenant, &campaign])
             .inc();
         call.known = Some(Box::new(KnownCaller {
             campaign,

@@ -264,8 +264,10 @@ pub struct DueCallback {
 pub struct CampaignCall {
     /// Campaign id.
     pub campaign: String,
-    /// Campaign name (metric label).
+    /// Campaign name (metric label, unique within its tenant).
     pub name: String,
+    /// Its tenant's name (metric label).
+    pub tenant: String,
     /// Contact id in the store.
     pub contact: i64,
     /// This attempt's number.
@@ -294,8 +296,10 @@ pub struct CampaignCall {
 pub struct CampaignRun {
     /// Campaign id.
     pub id: String,
-    /// Name (metric label).
+    /// Name (metric label, unique within its tenant).
     pub name: String,
+    /// Its tenant's name (metric label).
+    pub tenant: String,
     /// The queue whose operators work it.
     pub queue: String,
     /// Its pacer's settings.

@@ -4863,6 +4863,7 @@ fn campaign_due(
         campaign: Some(Box::new(CampaignCall {
             campaign: campaign.into(),
             name: name.into(),
+            tenant: "demo".into(),
             contact,
             attempt: 1,
             dialled: 0,
@@ -4888,6 +4889,7 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
     let run = CampaignRun {
         id: "c1".into(),
         name: "richiami".into(),
+        tenant: "demo".into(),
         queue: "info".into(),
         pacer: centralino_campaigns::pacer::PacerConfig::new(
             centralino_campaigns::Mode::Progressive,
@@ -4906,6 +4908,7 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
     let contact = CampaignCall {
         campaign: "c1".into(),
         name: "richiami".into(),
+        tenant: "demo".into(),
         contact: 7,
         attempt: 1,
         dialled: 0,
@@ -4960,7 +4963,7 @@ fn a_progressive_campaign_dials_one_citizen_per_free_operator() {
         })
     );
     assert_eq!(
-        h.gauge("centralino_campaign_attempts_total{campaign=richiami,outcome=busy}"),
+        h.gauge("centralino_campaign_attempts_total{campaign=richiami,outcome=busy,tenant=demo}"),
         1
     );
     // The claim came back: the pacer may ask again (the operator is in
@@ -4991,6 +4994,7 @@ fn a_progressive_campaign_is_agent_first_whatever_the_queues_callback_mode() {
     let run = CampaignRun {
         id: "c1".into(),
         name: "fragili".into(),
+        tenant: "demo".into(),
         queue: "info".into(),
         pacer: centralino_campaigns::pacer::PacerConfig::new(
             centralino_campaigns::Mode::Progressive,
@@ -5051,6 +5055,7 @@ fn a_predictive_citizen_nobody_takes_within_two_seconds_hears_the_message_and_is
     let run = CampaignRun {
         id: "p1".into(),
         name: "promemoria".into(),
+        tenant: "demo".into(),
         queue: "info".into(),
         pacer: centralino_campaigns::pacer::PacerConfig::new(
             centralino_campaigns::Mode::Predictive,
@@ -5114,7 +5119,9 @@ fn a_predictive_citizen_nobody_takes_within_two_seconds_hears_the_message_and_is
         })
     );
     assert_eq!(
-        h.gauge("centralino_campaign_attempts_total{campaign=promemoria,outcome=abandoned}"),
+        h.gauge(
+            "centralino_campaign_attempts_total{campaign=promemoria,outcome=abandoned,tenant=demo}"
+        ),
         1
     );
     // The operator's phone gave up ringing; the next citizen is taken in
@@ -5211,6 +5218,7 @@ fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
     let run = CampaignRun {
         id: "v1".into(),
         name: "anteprima".into(),
+        tenant: "demo".into(),
         queue: "info".into(),
         pacer: centralino_campaigns::pacer::PacerConfig::new(centralino_campaigns::Mode::Preview),
     };
@@ -5320,7 +5328,9 @@ fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
         h.desks
     );
     assert_eq!(
-        h.gauge("centralino_campaign_previews_total{campaign=anteprima,outcome=expired}"),
+        h.gauge(
+            "centralino_campaign_previews_total{campaign=anteprima,outcome=expired,tenant=demo}"
+        ),
         1
     );
     assert_eq!(
@@ -5356,11 +5366,15 @@ fn a_preview_contact_is_dialled_only_once_its_operator_accepts_it() {
     ));
     assert_eq!(h.desks.last(), Some(&(other.to_owned(), None)));
     assert_eq!(
-        h.gauge("centralino_campaign_previews_total{campaign=anteprima,outcome=skipped}"),
+        h.gauge(
+            "centralino_campaign_previews_total{campaign=anteprima,outcome=skipped,tenant=demo}"
+        ),
         1
     );
     assert_eq!(
-        h.gauge("centralino_campaign_previews_total{campaign=anteprima,outcome=accepted}"),
+        h.gauge(
+            "centralino_campaign_previews_total{campaign=anteprima,outcome=accepted,tenant=demo}"
+        ),
         1
     );
     let id = h.engine.agent_ids[other];
@@ -5414,7 +5428,7 @@ fn a_caller_to_a_campaigns_number_is_looked_up_and_their_contact_reaches_the_des
     );
     assert!(desk.variables.contains(&("contact".into(), "Carla".into())));
     assert_eq!(
-        h.gauge("centralino_campaign_callers_total{campaign=richiami-fragili}"),
+        h.gauge("centralino_campaign_callers_total{campaign=richiami-fragili,tenant=demo}"),
         1
     );
     // Only a From: not looked up.
@@ -5442,6 +5456,7 @@ fn a_preview_is_one_operators_and_goes_back_when_they_leave_or_the_campaign_stop
     let run = CampaignRun {
         id: "v1".into(),
         name: "anteprima".into(),
+        tenant: "demo".into(),
         queue: "info".into(),
         pacer: centralino_campaigns::pacer::PacerConfig::new(centralino_campaigns::Mode::Preview),
     };
@@ -5498,7 +5513,9 @@ fn a_preview_is_one_operators_and_goes_back_when_they_leave_or_the_campaign_stop
         h.contacts.last()
     );
     assert_eq!(
-        h.gauge("centralino_campaign_attempts_total{campaign=anteprima,outcome=abandoned}"),
+        h.gauge(
+            "centralino_campaign_attempts_total{campaign=anteprima,outcome=abandoned,tenant=demo}"
+        ),
         0
     );
 }

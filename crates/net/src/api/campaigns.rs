@@ -273,7 +273,7 @@ pub(super) async fn campaigns_create(
         }
         Ok(false) => error(
             StatusCode::CONFLICT,
-            &format!("a campaign named {:?} exists", truncate(&spec.name)),
+            &format!("the tenant has a campaign named {:?}", truncate(&spec.name)),
         ),
         Err(e) => unavailable(&e),
     }
