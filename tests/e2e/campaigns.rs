@@ -129,47 +129,61 @@ fn a_campaign_is_created_checked_filled_and_steered() {
     let id = json(&resp)["id"].as_str().unwrap().to_owned();
     let (code, _) = post("/api/v1/campaigns", SALA_ASL, good);
     assert_eq!(code, 409, "the name is taken");
-    // Names are per tenant: the other firm names its own the same, with
-    // no word of the first (and it stays out of each other's lists).
-    let (code, resp) = post(
-        "/api/v1/campaigns",
-        SALA_ALTRA,
-        r#"{"name": "richiami-fragili", "queue": "altra-info", "mode": "preview"}"#,
-    );
+    // Names are per tenant: the other firm names its own the same, and
+    // its second one gets the same 409, about its own.
+    let altra = r#"{"name": "richiami-fragili", "queue": "altra-info", "mode": "preview"}"#;
+    let (code, resp) = post("/api/v1/campaigns", SALA_ALTRA, altra);
     assert_eq!(code, 201, "{resp}");
     let altra_id = json(&resp)["id"].as_str().unwrap().to_owned();
     assert_ne!(altra_id, id);
-    let (code, resp) = post(
-        "/api/v1/campaigns",
-        SALA_ALTRA,
-        r#"{"name": "richiami-fragili", "queue": "altra-info", "mode": "preview"}"#,
-    );
+    let (code, resp) = post("/api/v1/campaigns", SALA_ALTRA, altra);
     assert_eq!(code, 409, "{resp}");
-    assert!(!resp.contains("asl"), "{resp}");
+    assert_eq!(
+        json(&resp)["error"],
+        "the tenant has a campaign named \"richiami-fragili\""
+    );
+
+    // The configuration's campaign is there too, as a draft; each firm
+    // lists its own campaigns only.
+    let listed = |token: &str| -> Vec<(String, String)> {
+        let (code, resp) = node.http("GET", "/api/v1/campaigns", Some(token), None);
+        assert_eq!(code, 200);
+        json(&resp)["campaigns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_owned(),
+                    c["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let asl = listed(SALA_ASL);
+    assert_eq!(asl.len(), 2, "{asl:?}");
+    assert!(asl.iter().any(|(n, _)| n == "da-file"), "{asl:?}");
+    assert!(
+        asl.contains(&("richiami-fragili".to_owned(), id.clone())),
+        "{asl:?}"
+    );
+    assert_eq!(
+        listed(SALA_ALTRA),
+        [("richiami-fragili".to_owned(), altra_id.clone())]
+    );
+    let path = format!("/api/v1/campaigns/{id}");
     let altra_path = format!("/api/v1/campaigns/{altra_id}");
+    assert_eq!(node.http("GET", &path, Some(SALA_ALTRA), None).0, 403);
     assert_eq!(node.http("GET", &altra_path, Some(SALA_ASL), None).0, 403);
+    assert_eq!(
+        node.http("DELETE", &altra_path, Some(SALA_ASL), None).0,
+        403
+    );
     assert_eq!(
         node.http("DELETE", &altra_path, Some(SALA_ALTRA), None).0,
         204
     );
-
-    // The configuration's campaign is there too, as a draft.
-    let (code, resp) = node.http("GET", "/api/v1/campaigns", Some(SALA_ASL), None);
-    assert_eq!(code, 200);
-    let names: Vec<String> = json(&resp)["campaigns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(
-        names.contains(&"da-file".to_owned()) && names.contains(&"richiami-fragili".to_owned()),
-        "{names:?}"
-    );
-    let (_, resp) = node.http("GET", "/api/v1/campaigns", Some(SALA_ALTRA), None);
-    assert_eq!(json(&resp)["campaigns"].as_array().unwrap().len(), 0);
-    let path = format!("/api/v1/campaigns/{id}");
-    assert_eq!(node.http("GET", &path, Some(SALA_ALTRA), None).0, 403);
+    assert!(listed(SALA_ALTRA).is_empty());
 
     // Contacts: one bad line refuses the whole request, with each line.
     let contacts = format!("{path}/contacts");

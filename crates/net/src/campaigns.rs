@@ -90,6 +90,19 @@ pub(crate) async fn scheduler(
                             .map(|(k, m)| format!("{k}: {m}"))
                             .unwrap_or_default()
                     })
+                })
+                // Its queue moved to another firm (a restart with a new
+                // configuration): that firm's do-not-call list, operators
+                // and same-named campaign are not this campaign's.
+                .and_then(|spec| {
+                    if spec.tenant == c.tenant {
+                        Ok(spec)
+                    } else {
+                        Err(format!(
+                            "queue: {:?} now belongs to another tenant",
+                            spec.queue
+                        ))
+                    }
                 });
             let spec = match spec {
                 Ok(s) => {
@@ -98,7 +111,7 @@ pub(crate) async fn scheduler(
                 }
                 Err(why) => {
                     if broken.insert(c.id.clone(), why.clone()).as_ref() != Some(&why) {
-                        warn!(campaign = %c.name, reason = %why, "running campaign cannot dial on this node");
+                        warn!(campaign = %c.name, tenant = %c.tenant, reason = %why, "running campaign cannot dial on this node");
                     }
                     continue;
                 }
@@ -217,7 +230,7 @@ pub(crate) fn claim(
                 match claimed {
                     Ok(c) => {
                         if c.dnc > 0 || c.capped > 0 {
-                            info!(campaign = %spec.name, dnc = c.dnc, capped = c.capped, "contacts held back by a do-not-call list or the daily cap");
+                            info!(campaign = %spec.name, tenant = %spec.tenant, dnc = c.dnc, capped = c.capped, "contacts held back by a do-not-call list or the daily cap");
                         }
                         c.contacts
                             .into_iter()
@@ -250,7 +263,7 @@ pub(crate) fn claim(
                             .collect()
                     }
                     Err(e) => {
-                        warn!(campaign = %spec.name, error = %e, "cannot claim campaign contacts");
+                        warn!(campaign = %spec.name, tenant = %spec.tenant, error = %e, "cannot claim campaign contacts");
                         Vec::new()
                     }
                 }
@@ -423,7 +436,7 @@ fn check_and_dial(
                     DialCheck::Settled => ("settled", ContactStatus::Pending),
                     _ => ("withheld", ContactStatus::Pending),
                 };
-                info!(campaign = %c.name, outcome, "campaign attempt withheld before dialling");
+                info!(campaign = %c.name, tenant = %c.tenant, outcome, "campaign attempt withheld before dialling");
                 let e = AttemptEnd {
                     contact: c.contact,
                     attempt: c.attempt,
@@ -437,7 +450,7 @@ fn check_and_dial(
                 false
             }
             Err(e) => {
-                warn!(campaign = %c.name, error = %e, "cannot check a campaign attempt: not dialling");
+                warn!(campaign = %c.name, tenant = %c.tenant, error = %e, "cannot check a campaign attempt: not dialling");
                 false
             }
         };

@@ -1332,6 +1332,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(version(&s), before + 1, "the status trigger is back");
+        // Every table, index and trigger as a new file has them (one
+        // lost with the table made again would show here).
+        let schema = |s: &Store| -> Vec<(String, String, Option<String>)> {
+            let mut st = s
+                .conn
+                .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let fresh = store("migrate-fresh");
+        assert_eq!(schema(&s), schema(&fresh));
+        assert!(
+            schema(&s)
+                .iter()
+                .any(|(t, n, _)| t == "trigger" && n == "campaign_contacts_tombstone")
+        );
         assert!(
             s.create_campaign(&Campaign {
                 id: "other".into(),

@@ -533,7 +533,9 @@ impl Engine {
                 }
             })
             .collect();
-        views.sort_by(|a, b| a.name.cmp(&b.name));
+        // Names repeat across firms: a stable order all the same, or an
+        // admin's view would change with the pacers' map alone.
+        views.sort_by(|a, b| (&a.name, &a.tenant, &a.id).cmp(&(&b.name, &b.tenant, &b.id)));
         views
     }
 }

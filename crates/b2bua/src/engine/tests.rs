@@ -4877,6 +4877,55 @@ fn campaign_due(
     }
 }
 
+/// Two firms' campaigns of the same name are two series; one stopping
+/// takes its own series away and leaves the other's.
+#[test]
+fn same_named_campaigns_of_two_firms_are_two_series() {
+    let mut h = Harness::with_outbound_trunk();
+    h.engine.set_wall_clock(h.now, 1_796_119_200);
+    let run = |id: &str, tenant: &str| CampaignRun {
+        id: id.into(),
+        name: "richiami".into(),
+        tenant: tenant.into(),
+        queue: "info".into(),
+        pacer: centralino_campaigns::pacer::PacerConfig::new(
+            centralino_campaigns::Mode::Progressive,
+        ),
+    };
+    let series = |h: &Harness| -> Vec<String> {
+        let mut v: Vec<String> = h
+            .metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "centralino_campaign_lines")
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| {
+                m.get_label()
+                    .iter()
+                    .map(|l| format!("{}={}", l.name(), l.value()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    h.engine
+        .campaign_tick(h.now, &[run("c1", "demo"), run("c2", "altra")]);
+    h.drain();
+    assert_eq!(
+        series(&h),
+        [
+            "campaign=richiami,tenant=altra",
+            "campaign=richiami,tenant=demo"
+        ]
+    );
+    h.engine.campaign_tick(h.now, &[run("c1", "demo")]);
+    h.drain();
+    assert_eq!(series(&h), ["campaign=richiami,tenant=demo"]);
+}
+
 /// A progressive campaign: one contact per free operator, the operator
 /// reserved before the citizen is dialled with the campaign's caller ID;
 /// a busy citizen goes back to the campaign (its policy decides), and the

@@ -268,7 +268,7 @@ pub(super) async fn campaigns_create(
     let id = c.id.clone();
     match api.store.with(move |s| s.create_campaign(&c)).await {
         Ok(true) => {
-            info!(campaign = %spec.name, mode = spec.mode.as_str(), "campaign created");
+            info!(campaign = %spec.name, tenant = %spec.tenant, mode = spec.mode.as_str(), "campaign created");
             ok(StatusCode::CREATED, &json!({ "id": id }))
         }
         Ok(false) => error(
@@ -315,7 +315,7 @@ pub(super) async fn campaign_delete(
     };
     match api.store.with(move |s| s.delete_campaign(&c.id)).await {
         Ok(StatusChange::Done(c)) => {
-            info!(campaign = %c.name, "campaign deleted");
+            info!(campaign = %c.name, tenant = %c.tenant, "campaign deleted");
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(StatusChange::Refused(_)) => error(
@@ -356,7 +356,7 @@ async fn change(api: &Api, headers: &HeaderMap, id: String, action: &'static str
         .await
     {
         Ok(StatusChange::Done(c)) => {
-            info!(campaign = %c.name, status = c.status.as_str(), "campaign {action}");
+            info!(campaign = %c.name, tenant = %c.tenant, status = c.status.as_str(), "campaign {action}");
             match campaign_json(api, &c).await {
                 Ok(v) => ok(StatusCode::OK, &v),
                 Err(e) => unavailable(&e),
@@ -665,7 +665,7 @@ pub(super) async fn contacts_import(
         .await
     {
         Ok(Imported { added, merged }) => {
-            info!(campaign = %c.name, added, merged = merged + merged_here, "contacts imported");
+            info!(campaign = %c.name, tenant = %c.tenant, added, merged = merged + merged_here, "contacts imported");
             ok(
                 StatusCode::OK,
                 &json!({ "accepted": accepted, "added": added, "merged": merged + merged_here, "rejected": [] }),
@@ -1162,7 +1162,7 @@ pub(super) async fn post_disposition(
             "this call is not the contact's latest attempt: its disposition changes nothing now",
         ),
         Ok(true) => {
-            info!(campaign = %c.name, code = %b.code, "disposition recorded");
+            info!(campaign = %c.name, tenant = %c.tenant, code = %b.code, "disposition recorded");
             ok(
                 StatusCode::OK,
                 &json!({

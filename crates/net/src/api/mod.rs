@@ -698,8 +698,8 @@ impl Api {
             .set_limit(config.callback_limits.per_number_per_day);
     }
 
-    /// The campaigns of the configuration, into the store (by name: a new
-    /// definition replaces the old, status and contacts stay).
+    /// The campaigns of the configuration, into the store (by tenant and
+    /// name: a new definition replaces the old, status and contacts stay).
     fn store_config_campaigns(&self, config: &Config) {
         let now = unix_now();
         let list: Vec<centralino_store::Campaign> = config
@@ -726,7 +726,8 @@ impl Api {
                     if !s.upsert_config_campaign(c)? {
                         tracing::error!(
                             campaign = %c.name,
-                            "[[campaigns]]: a campaign of that name exists that the configuration did not make (or of another tenant): not applied"
+                            tenant = %c.tenant,
+                            "[[campaigns]]: the tenant has a campaign of that name that the configuration did not make: not applied"
                         );
                     }
                 }
