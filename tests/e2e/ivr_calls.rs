@@ -47,6 +47,8 @@ impl DeskLog {
 
 /// Operator 1003's own API token (role `agent`).
 const DESK_1003: &str = "desk-1003-token-0123456789";
+/// Operator 1001's (who takes no call with a script here).
+const DESK_1001: &str = "desk-1001-token-0123456789";
 
 fn config(sip: u16, http: u16, prompts: &Path) -> String {
     format!(
@@ -102,6 +104,12 @@ name = "desk-1003"
 token = "desk-1003-token-0123456789"
 role = "agent"
 agent = "1003"
+
+[[api.tokens]]
+name = "desk-1001"
+token = "desk-1001-token-0123456789"
+role = "agent"
+agent = "1001"
 
 # Level 1: 1 = vaccines, 2 = information. Level 2 (vaccines): 1 = Italian,
 # 2 = English. Level 3: 3 = a fragile caller (booking for a disabled
@@ -420,6 +428,18 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     let token = mine;
     let (code, body) = node.http("GET", "/api/v1/scripts/prenotazione", token, None);
     assert_eq!(code, 200, "{body}");
+    // Another operator, whose desk never had a call with that script,
+    // does not know it (nor does a script the call did not use exist
+    // for 1003); an admin reads any.
+    let (code, _) = node.http("GET", "/api/v1/scripts/prenotazione", Some(DESK_1001), None);
+    assert_eq!(code, 404);
+    let (code, _) = node.http(
+        "GET",
+        "/api/v1/scripts/prenotazione",
+        Some("desk-token-0123456789"),
+        None,
+    );
+    assert_eq!(code, 200);
     assert!(
         body.contains("\"start\":\"dose\"") && body.contains("prima dose"),
         "{body}"

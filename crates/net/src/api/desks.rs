@@ -55,6 +55,8 @@ pub(super) struct Desk {
     pub(super) seq: tokio::sync::watch::Sender<u64>,
     /// The last call shown (an operator finishes the script after it).
     pub(super) last_call: Option<String>,
+    /// That call's script, which the operator may still read.
+    pub(super) last_script: Option<String>,
     /// What that call was: a campaign's (its contact's outcome) or not,
     /// and whether it was a consultation (no outcome at all).
     pub(super) last_kind: CallKind,
@@ -153,6 +155,7 @@ impl Desk {
             },
             seq: tokio::sync::watch::Sender::new(0),
             last_call: None,
+            last_script: None,
             last_kind: CallKind::Citizen,
             today: Today::default(),
         }
@@ -292,6 +295,7 @@ impl Desks {
         // the call's record.
         if let Some(i) = info.as_ref().filter(|i| i.state == DeskState::Connected) {
             desk.last_call = Some(i.call.clone());
+            desk.last_script.clone_from(&i.script);
             desk.last_kind = if i.consultation {
                 CallKind::Consultation
             } else if i.campaign.is_some() {
@@ -368,6 +372,21 @@ impl Desks {
             read.clear();
         }
         read.insert((reader.to_owned(), call.to_owned()))
+    }
+
+    /// Whether `agent`'s desk may show script `name`: the script of a call
+    /// among its recent changes (offered or talked on), or of the call
+    /// they last talked on. Scripts are one list for every firm, and an
+    /// operator lent to another firm's queue needs that firm's script:
+    /// the calls that reached the desk say which scripts it needs, not
+    /// the operator's firm.
+    pub(super) fn may_read_script(&self, agent: &str, name: &str) -> bool {
+        self.lock().get(agent).is_some_and(|d| {
+            d.last_script.as_deref() == Some(name)
+                || d.events
+                    .iter()
+                    .any(|(_, e)| e.as_ref().and_then(|c| c.script.as_deref()) == Some(name))
+        })
     }
 
     /// Whether `call` is the call `agent` talks on or last talked on.

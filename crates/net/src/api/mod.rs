@@ -1072,6 +1072,38 @@ mod tests {
         assert_eq!(desks.snapshot("1001").0, 3 + DESK_EVENTS as u64);
     }
 
+    /// An operator may read the scripts of the calls their desk showed:
+    /// the one offered, the one they talk on, the last one they talked on
+    /// however many changes later; never another.
+    #[test]
+    fn a_desk_reads_the_scripts_of_its_own_calls_only() {
+        let desks = Desks::default();
+        let with_script = |call: &str, state, script: &str| AgentCall {
+            script: Some(script.into()),
+            ..agent_call(call, state)
+        };
+        assert!(!desks.may_read_script("1001", "vaccini"), "no desk yet");
+        desks.set(
+            "1001".into(),
+            Some(with_script("c1", DeskState::Offered, "vaccini")),
+        );
+        assert!(desks.may_read_script("1001", "vaccini"));
+        assert!(!desks.may_read_script("1001", "triage"));
+        assert!(!desks.may_read_script("1002", "vaccini"), "another desk");
+        desks.set(
+            "1001".into(),
+            Some(with_script("c2", DeskState::Connected, "triage")),
+        );
+        desks.set("1001".into(), None);
+        // A busy day later, the last call's script is still theirs (they
+        // finish it in wrap-up); the one only offered long ago is not.
+        for _ in 0..DESK_EVENTS {
+            desks.set("1001".into(), Some(agent_call("c3", DeskState::Offered)));
+        }
+        assert!(desks.may_read_script("1001", "triage"));
+        assert!(!desks.may_read_script("1001", "vaccini"));
+    }
+
     #[test]
     fn a_desk_keeps_a_few_changes_whatever_its_operators_day() {
         let desks = Desks::default();

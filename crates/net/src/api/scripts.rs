@@ -8,31 +8,39 @@ pub(super) async fn get_script(
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    match authorize(&api, &headers, Need::Operator) {
-        Err(r) => *r,
-        Ok(_) => match api.live().scripts.iter().find(|s| s.name == name) {
-            None => error(StatusCode::NOT_FOUND, "no such script"),
-            Some(s) => {
-                let questions: serde_json::Map<String, Value> = s
-                    .questions
-                    .iter()
-                    .map(|(id, q)| {
-                        let mut v = json!({ "text": q.text, "kind": q.kind.as_str() });
-                        if q.kind == centralino_config::QuestionKind::Choice {
-                            v["answers"] = json!(q.answers);
-                        } else {
-                            v["next"] = json!(q.next);
-                        }
-                        (id.clone(), v)
-                    })
-                    .collect();
-                ok(
-                    StatusCode::OK,
-                    &json!({ "name": s.name, "start": s.start, "questions": questions }),
-                )
-            }
-        },
+    let token = match authorize(&api, &headers, Need::Operator) {
+        Ok(t) => t.into_owned(),
+        Err(r) => return *r,
+    };
+    // An operator reads the scripts of the calls on their desk only: one
+    // firm's scripts are none of another firm's operators' business (an
+    // admin reads any). Another script is as unknown as one that is not.
+    if let Some(agent) = &token.agent
+        && !api.desks.may_read_script(agent, &name)
+    {
+        return error(StatusCode::NOT_FOUND, "no such script");
     }
+    let live = api.live();
+    let Some(s) = live.scripts.iter().find(|s| s.name == name) else {
+        return error(StatusCode::NOT_FOUND, "no such script");
+    };
+    let questions: serde_json::Map<String, Value> = s
+        .questions
+        .iter()
+        .map(|(id, q)| {
+            let mut v = json!({ "text": q.text, "kind": q.kind.as_str() });
+            if q.kind == centralino_config::QuestionKind::Choice {
+                v["answers"] = json!(q.answers);
+            } else {
+                v["next"] = json!(q.next);
+            }
+            (id.clone(), v)
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        &json!({ "name": s.name, "start": s.start, "questions": questions }),
+    )
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
