@@ -274,11 +274,7 @@ enum Event {
 /// queues form and drain. Every router call that can make a decision (an
 /// arrival, an end of wrap-up through the timers, a call ending) is timed
 /// with its outputs, after a 15-minute warm-up.
-/// Returns the router calls timed, their rate, latency percentiles, the
-/// calls ended, the share of operators on a call at the end, and a digest
-/// of every offer in order (call, operator): two builds that decide alike
-/// print the same digest.
-fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
+fn realistic() -> Hour {
     use std::cmp::Reverse;
     use std::collections::{BinaryHeap, HashSet};
     let cat = catalog();
@@ -309,11 +305,13 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
     let mut digest = 0xCBF2_9CE4_8422_2325u64;
     // Runs one router call and its outputs: offers answered at once (the
     // first of a ring-all), their ends scheduled.
+    let mut by_kind = [(0u64, 0u64); 3];
     let mut timed = |r: &mut Router,
                      at: Duration,
                      events: &mut BinaryHeap<Reverse<(Duration, Event)>>,
                      answered: &mut HashSet<CallId>,
                      rng: &mut SplitMix64,
+                     kind: Kind,
                      f: &mut dyn FnMut(&mut Router)| {
         let now = t0 + at;
         let start = Instant::now();
@@ -335,6 +333,8 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
                 warmed_up();
             }
             lat.push(took.as_nanos() as u64);
+            by_kind[kind as usize].0 += 1;
+            by_kind[kind as usize].1 += took.as_nanos() as u64;
             in_router += took;
             decisions += 1;
         }
@@ -364,6 +364,7 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
                 &mut events,
                 &mut answered,
                 &mut rng,
+                Kind::Timer,
                 &mut |r| r.handle_timeout(t),
             );
         }
@@ -377,9 +378,17 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
                 if rng.below(3) == 0 {
                     spec.requirement = Some(own[k as usize][rng.below(2) as usize].clone());
                 }
-                timed(&mut r, at, &mut events, &mut answered, &mut rng, &mut |r| {
-                    r.enqueue(now, QueueId(k), call, &spec).unwrap();
-                });
+                timed(
+                    &mut r,
+                    at,
+                    &mut events,
+                    &mut answered,
+                    &mut rng,
+                    Kind::Arrival,
+                    &mut |r| {
+                        r.enqueue(now, QueueId(k), call, &spec).unwrap();
+                    },
+                );
                 events.push(Reverse((at + exp(&mut rng, 120.0), Event::Abandon(call))));
                 events.push(Reverse((at + exp(&mut rng, 1.0 / rate), Event::Arrival)));
             }
@@ -391,9 +400,15 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
             Event::End(agent, call) => {
                 ends += 1;
                 answered.remove(&call);
-                timed(&mut r, at, &mut events, &mut answered, &mut rng, &mut |r| {
-                    r.call_ended(now, agent, call)
-                });
+                timed(
+                    &mut r,
+                    at,
+                    &mut events,
+                    &mut answered,
+                    &mut rng,
+                    Kind::End,
+                    &mut |r| r.call_ended(now, agent, call),
+                );
             }
         }
     }
@@ -402,15 +417,63 @@ fn realistic() -> (u64, f64, (u64, u64, u64), u64, f64, u64) {
         .iter()
         .filter(|Reverse((_, e))| matches!(e, Event::End(..)))
         .count() as f64;
-    let per_s = decisions as f64 / in_router.as_secs_f64();
-    (
+    Hour {
         decisions,
-        per_s,
-        percentiles(lat),
+        per_s: decisions as f64 / in_router.as_secs_f64(),
+        percentiles: percentiles(lat),
         ends,
-        on_calls / busy,
+        on_call: on_calls / busy,
         digest,
-    )
+        by_kind,
+    }
+}
+
+/// Which router call [`realistic`] timed.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `handle_timeout`: wrap-ups ending (the operator indexed in each of
+    /// their pools, or offered a waiting call), ring and lease timers.
+    Timer = 0,
+    /// `enqueue`: a call arriving, mostly offered at once (90 % occupancy
+    /// leaves operators free), ring-all making up to three offers.
+    Arrival = 1,
+    /// `call_ended`: the operator into wrap-up.
+    End = 2,
+}
+
+/// What [`realistic`] measured.
+struct Hour {
+    /// Router calls timed (after the warm-up).
+    decisions: u64,
+    /// Their rate in router time.
+    per_s: f64,
+    /// p50, p99, p99.9 in ns.
+    percentiles: (u64, u64, u64),
+    /// Calls ended.
+    ends: u64,
+    /// Share of operators on a call at the end.
+    on_call: f64,
+    /// Every offer in order (call, operator): two builds that decide
+    /// alike print the same digest.
+    digest: u64,
+    /// Per [`Kind`]: calls and total ns.
+    by_kind: [(u64, u64); 3],
+}
+
+impl Hour {
+    fn kinds(&self) -> String {
+        let mean = |(n, ns): (u64, u64)| ns.checked_div(n).unwrap_or(0);
+        let [t, a, e] = self.by_kind;
+        format!(
+            "timers {} (mean {} ns), arrivals {} (mean {} ns), call ends {} (mean {} ns)",
+            t.0,
+            mean(t),
+            a.0,
+            mean(a),
+            e.0,
+            mean(e)
+        )
+    }
 }
 
 /// Marks the end of [`realistic`]'s warm-up for profilers: e.g.
@@ -432,9 +495,12 @@ fn report() {
     // ROUTING_BENCH_ONLY=realistic|available|memory.
     let only = std::env::var("ROUTING_BENCH_ONLY").ok();
     if only.as_deref() == Some("realistic") {
-        let (decisions, per_s, (p50, p99, p999), .., digest) = realistic();
+        let h = realistic();
+        let (decisions, per_s, digest) = (h.decisions, h.per_s, h.digest);
+        let (p50, p99, p999) = h.percentiles;
         println!(
-            "realistic hour: {decisions} router calls, {per_s:.0}/s; p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns; offers digest {digest:016x}"
+            "realistic hour: {decisions} router calls, {per_s:.0}/s; p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns; offers digest {digest:016x}; {}",
+            h.kinds()
         );
         return;
     }
@@ -557,14 +623,17 @@ fn report() {
     // The realistic hour (the figures above are the best case: every
     // call finds an operator at once, no call has requirements of its
     // own, time stands still).
-    let (decisions, per_s, (p50, p99, p999), ends, on_call, digest) = realistic();
+    let h = realistic();
+    let (decisions, per_s, ends, digest) = (h.decisions, h.per_s, h.ends, h.digest);
+    let (p50, p99, p999) = h.percentiles;
     println!(
         "realistic hour, 40k operators (90 % occupancy, ring-all among the strategies, a third of \
          the calls with their own requirement, wrap-up, abandons, time advancing): {decisions} router \
          calls after warm-up, {per_s:.0}/s of router time on one core; p50 {p50} ns, p99 {p99} ns, \
          p99.9 {p999} ns; {ends} calls ended, {:.0} % of operators on a call at the end; offers \
-         digest {digest:016x}",
-        on_call * 100.0
+         digest {digest:016x}; by kind: {}",
+        h.on_call * 100.0,
+        h.kinds()
     );
     memory();
     black_box(offers);
