@@ -57,6 +57,13 @@ queues = ["fragili"]
 name = "da-file"
 queue = "fragili"
 mode = "preview"
+
+[[scripts]]
+name = "consenso"
+tenant = "asl"
+start = "ok"
+[scripts.questions.ok]
+text = "Acconsente?"
 "#
     )
 }
@@ -132,6 +139,15 @@ fn a_campaign_is_created_checked_filled_and_steered() {
     // Names are per tenant: the other firm names its own the same, and
     // its second one gets the same 409, about its own.
     let altra = r#"{"name": "richiami-fragili", "queue": "altra-info", "mode": "preview"}"#;
+    // Not with the other firm's own script: it would reach this firm's
+    // desks (and it does not exist for them).
+    let (code, resp) = post(
+        "/api/v1/campaigns",
+        SALA_ALTRA,
+        r#"{"name": "c", "queue": "altra-info", "mode": "preview", "script": "consenso"}"#,
+    );
+    assert_eq!(code, 422, "{resp}");
+    assert_eq!(json(&resp)["problems"][0]["key"], "script", "{resp}");
     let (code, resp) = post("/api/v1/campaigns", SALA_ALTRA, altra);
     assert_eq!(code, 201, "{resp}");
     let altra_id = json(&resp)["id"].as_str().unwrap().to_owned();

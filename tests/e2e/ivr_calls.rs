@@ -86,6 +86,7 @@ script = "prenotazione"
 
 [[scripts]]
 name = "prenotazione"
+tenant = "asl"
 start = "dose"
 [scripts.questions.dose]
 text = "Ha già ricevuto la prima dose?"
@@ -93,6 +94,13 @@ answers = {{ "si" = "data", "no" = "end" }}
 [scripts.questions.data]
 text = "In che data?"
 kind = "date"
+
+# A national script no call here uses.
+[[scripts]]
+name = "sintomi"
+start = "febbre"
+[scripts.questions.febbre]
+text = "Ha febbre?"
 
 [[api.tokens]]
 name = "ops"
@@ -429,10 +437,19 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
     let (code, body) = node.http("GET", "/api/v1/scripts/prenotazione", token, None);
     assert_eq!(code, 200, "{body}");
     // Another operator, whose desk never had a call with that script,
-    // does not know it (nor does a script the call did not use exist
-    // for 1003); an admin reads any.
+    // does not know it, nor does 1003 know a script their calls did not
+    // use; an admin reads any.
     let (code, _) = node.http("GET", "/api/v1/scripts/prenotazione", Some(DESK_1001), None);
     assert_eq!(code, 404);
+    let (code, _) = node.http("GET", "/api/v1/scripts/sintomi", token, None);
+    assert_eq!(code, 404);
+    let (code, _) = node.http(
+        "GET",
+        "/api/v1/scripts/sintomi",
+        Some("desk-token-0123456789"),
+        None,
+    );
+    assert_eq!(code, 200);
     let (code, _) = node.http(
         "GET",
         "/api/v1/scripts/prenotazione",

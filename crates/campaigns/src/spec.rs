@@ -70,8 +70,10 @@ pub trait Known {
     fn queue_tenant(&self, name: &str) -> Option<String>;
     /// The tenant of outbound trunk `name`, if it exists and can dial.
     fn outbound_trunk_tenant(&self, name: &str) -> Option<String>;
-    /// Whether script `name` exists.
-    fn script(&self, name: &str) -> bool;
+    /// Whether `tenant`'s campaigns may use script `name`: it exists and
+    /// is national or that tenant's (another firm's script would reach
+    /// this firm's desks).
+    fn script(&self, tenant: &str, name: &str) -> bool;
     /// Whether `tenant` may present `number`: one of its trunks' caller
     /// IDs or DIDs, which an admin configured (never another tenant's).
     fn presentable(&self, tenant: &str, number: &str) -> bool;
@@ -249,7 +251,7 @@ pub fn validate(
         add("priority", "must be in -100..=100".into());
     }
     if let Some(s) = &raw.script
-        && !known.script(s)
+        && !known.script(&tenant, s)
     {
         add("script", format!("no script named {s:?}"));
     }

@@ -222,8 +222,9 @@ impl crate::spec::Known for Node {
         }
     }
 
-    fn script(&self, name: &str) -> bool {
-        name == "triage"
+    /// `triage` is national, `consenso-asl` the asl firm's own.
+    fn script(&self, tenant: &str, name: &str) -> bool {
+        name == "triage" || (name == "consenso-asl" && tenant == "asl")
     }
 
     fn presentable(&self, tenant: &str, number: &str) -> bool {
@@ -292,4 +293,10 @@ fn a_campaign_is_checked_key_by_key() {
     )
     .unwrap_err();
     assert_eq!(e[0].0, "caller_id", "{e:?}");
+    // A firm's own script is its campaigns' alone.
+    spec(r#"{"name": "a", "queue": "fragili", "mode": "preview", "script": "consenso-asl"}"#)
+        .unwrap();
+    let e = spec(r#"{"name": "a", "queue": "altro", "mode": "preview", "script": "consenso-asl"}"#)
+        .unwrap_err();
+    assert_eq!(e[0].0, "script", "{e:?}");
 }

@@ -32,8 +32,10 @@ impl Known for Names<'_> {
             .and_then(|t| self.tenants.get(t.tenant.index()).cloned())
     }
 
-    fn script(&self, name: &str) -> bool {
-        self.scripts.iter().any(|s| s.name == name)
+    fn script(&self, tenant: &str, name: &str) -> bool {
+        self.scripts
+            .iter()
+            .any(|s| s.name == name && s.tenant.as_deref().is_none_or(|t| t == tenant))
     }
 
     fn presentable(&self, tenant: &str, number: &str) -> bool {

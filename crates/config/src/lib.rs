@@ -590,6 +590,11 @@ impl Config {
                     format!("duplicate script {:?}", sc.name),
                 );
             }
+            if let Some(t) = &sc.tenant
+                && !tenants.contains(t)
+            {
+                p.add(format!("{path}.tenant"), format!("unknown tenant {t:?}"));
+            }
             if sc.questions.len() > 200 {
                 p.add(format!("{path}.questions"), "at most 200 questions");
             }
@@ -687,6 +692,7 @@ impl Config {
             }
             scripts.push(Script {
                 name: sc.name.clone(),
+                tenant: sc.tenant.clone(),
                 start: sc.start.clone(),
                 questions,
             });

@@ -211,8 +211,16 @@ pub(crate) fn queue(
         record: q.record,
         script: q.script.as_ref().and_then(|name| {
             let found = scripts.iter().position(|s| &s.name == name);
-            if found.is_none() {
-                p.add(format!("{path}.script"), format!("unknown script {name:?}"));
+            match found.and_then(|i| scripts[i].tenant.as_ref()) {
+                None if found.is_none() => {
+                    p.add(format!("{path}.script"), format!("unknown script {name:?}"))
+                }
+                // Another firm's script would reach this firm's desks.
+                Some(owner) if names.tenants.get(tenant.index()) != Some(owner) => p.add(
+                    format!("{path}.script"),
+                    format!("script {name:?} belongs to tenant {owner:?}"),
+                ),
+                _ => {}
             }
             found
         }),

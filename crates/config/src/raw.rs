@@ -117,6 +117,8 @@ impl Default for RawSip {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScript {
     pub(super) name: String,
+    #[serde(default)]
+    pub(super) tenant: Option<String>,
     pub(super) start: String,
     pub(super) questions: BTreeMap<String, RawQuestion>,
 }

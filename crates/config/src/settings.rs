@@ -355,6 +355,9 @@ pub struct ServiceTargets {
 pub struct Script {
     /// Name (queues refer to it).
     pub name: String,
+    /// The firm whose queues and campaigns alone may use it; `None`: a
+    /// national script any firm's may use.
+    pub tenant: Option<String>,
     /// First question id.
     pub start: String,
     /// Questions by id.

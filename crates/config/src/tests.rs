@@ -446,6 +446,22 @@ fn operator_scripts_are_checked() {
             "{want} missing from {text:#?}"
         );
     }
+    // A firm's own script: its queues may use it, another firm's may
+    // not, and its firm must exist.
+    let owned = good.replace("name = \"S\"\n", "name = \"S\"\ntenant = \"d\"\n");
+    let c = Config::from_toml(&owned).unwrap();
+    assert_eq!(c.scripts[0].tenant.as_deref(), Some("d"));
+    assert_eq!(c.queues[0].script, Some(0));
+    let other = owned.replacen(
+        "[[queues]]",
+        "[[tenants]]\nname = \"e\"\n[[queues]]\nname = \"q2\"\ntenant = \"e\"\nscript = \"S\"\n[[queues]]",
+        1,
+    );
+    refused(&other, "queues[0].script");
+    refused(
+        &owned.replace("tenant = \"d\"\nstart", "tenant = \"z\"\nstart"),
+        "scripts[0].tenant",
+    );
 }
 
 #[test]

@@ -80,8 +80,10 @@ impl Known for Live {
         self.outbound_trunks.get(name).cloned()
     }
 
-    fn script(&self, name: &str) -> bool {
-        self.scripts.iter().any(|s| s.name == name)
+    fn script(&self, tenant: &str, name: &str) -> bool {
+        self.scripts
+            .iter()
+            .any(|s| s.name == name && s.tenant.as_deref().is_none_or(|t| t == tenant))
     }
 
     fn presentable(&self, tenant: &str, number: &str) -> bool {
@@ -112,8 +114,8 @@ impl Known for Scoped<'_> {
             .filter(|t| self.tenant.is_none_or(|mine| mine == t))
     }
 
-    fn script(&self, name: &str) -> bool {
-        self.live.script(name)
+    fn script(&self, tenant: &str, name: &str) -> bool {
+        self.live.script(tenant, name)
     }
 
     fn presentable(&self, tenant: &str, number: &str) -> bool {

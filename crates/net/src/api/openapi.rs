@@ -64,7 +64,11 @@ const OPERATIONS: &[(&str, &str, Who)] = &[
         Who::Callbacks,
     ),
     ("callbacks_delete", "Cancel a callback", Who::Callbacks),
-    ("scripts_get", "An operator script", Who::Any),
+    (
+        "scripts_get",
+        "An operator script, of a call their desk showed (admins: any)",
+        Who::Operator,
+    ),
     (
         "agent_call",
         "The call on an operator's desk",
