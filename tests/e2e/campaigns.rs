@@ -148,6 +148,17 @@ fn a_campaign_is_created_checked_filled_and_steered() {
     );
     assert_eq!(code, 422, "{resp}");
     assert_eq!(json(&resp)["problems"][0]["key"], "script", "{resp}");
+    let (code, resp) = post(
+        "/api/v1/campaigns",
+        SALA_ASL,
+        r#"{"name": "c", "queue": "fragili", "mode": "preview", "script": "consenso"}"#,
+    );
+    assert_eq!(code, 201, "its own firm's campaign may use it: {resp}");
+    let own_script = format!("/api/v1/campaigns/{}", json(&resp)["id"].as_str().unwrap());
+    assert_eq!(
+        node.http("DELETE", &own_script, Some(SALA_ASL), None).0,
+        204
+    );
     let (code, resp) = post("/api/v1/campaigns", SALA_ALTRA, altra);
     assert_eq!(code, 201, "{resp}");
     let altra_id = json(&resp)["id"].as_str().unwrap().to_owned();

@@ -65,6 +65,10 @@ prompts_dir = "{prompts}"
 [[tenants]]
 name = "asl"
 
+# Another firm, with no queue here (its scripts are no asl operator's).
+[[tenants]]
+name = "altra"
+
 [[trunks]]
 name = "carrier"
 tenant = "asl"
@@ -551,6 +555,27 @@ fn a_caller_walks_three_levels_into_the_right_queue_with_the_right_needs() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A reload gives the name `prenotazione` to the other firm's script
+    // (the queue now uses the national one): operator 1003's desk still
+    // remembers the name from their call, but it is not their firm's.
+    let file = scratch.path("centralino.toml");
+    let text = std::fs::read_to_string(&file).expect("config");
+    let moved = text
+        .replace("script = \"prenotazione\"", "script = \"sintomi\"")
+        .replace(
+            "name = \"prenotazione\"\ntenant = \"asl\"",
+            "name = \"prenotazione\"\ntenant = \"altra\"",
+        );
+    assert_ne!(moved, text);
+    std::fs::write(&file, moved).expect("write");
+    node.hangup_signal();
+    node.wait_log("configuration reloaded", Duration::from_secs(5));
+    let (code, _) = node.http("GET", "/api/v1/scripts/prenotazione", token, None);
+    assert_eq!(
+        code, 404,
+        "another firm's script under a name the desk kept"
+    );
 }
 
 /// Entries in the node's audit log.

@@ -250,7 +250,10 @@ pub fn validate(
     if !(-100..=100).contains(&raw.priority) {
         add("priority", "must be in -100..=100".into());
     }
+    // Without a known queue there is no tenant to check it for (the
+    // queue's own problem is reported).
     if let Some(s) = &raw.script
+        && !tenant.is_empty()
         && !known.script(&tenant, s)
     {
         add("script", format!("no script named {s:?}"));

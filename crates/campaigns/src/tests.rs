@@ -273,11 +273,16 @@ fn a_campaign_is_checked_key_by_key() {
         "retries.busy.attempts",
         "retries.busy.delay_seconds",
         "abandon_cap",
-        "script",
         "dispositions[0]",
     ] {
         assert!(keys.contains(&k), "{k} missing from {e:?}");
     }
+    // A script is checked for the queue's firm: with no queue, only the
+    // queue is named; with one, an unknown script is.
+    assert!(!keys.contains(&"script"), "{e:?}");
+    let e = spec(r#"{"name": "a", "queue": "fragili", "mode": "preview", "script": "nope"}"#)
+        .unwrap_err();
+    assert_eq!(e[0].0, "script", "{e:?}");
     let e = spec(r#"{"name": "a", "queue": "fragili", "mode": "progressive", "fragile": true}"#)
         .unwrap_err();
     assert_eq!(

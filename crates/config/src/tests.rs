@@ -457,7 +457,19 @@ fn operator_scripts_are_checked() {
         "[[tenants]]\nname = \"e\"\n[[queues]]\nname = \"q2\"\ntenant = \"e\"\nscript = \"S\"\n[[queues]]",
         1,
     );
-    refused(&other, "queues[0].script");
+    refused(
+        &other,
+        "queues[0].script: script \"S\" belongs to tenant \"d\"",
+    );
+    // Nor another firm's campaign in the configuration.
+    let campaign = owned.replacen(
+        "[[queues]]",
+        "[[tenants]]\nname = \"e\"\n[[queues]]\nname = \"q2\"\ntenant = \"e\"\n\n[[campaigns]]\nname = \"c\"\nqueue = \"q2\"\nmode = \"preview\"\nscript = \"S\"\n\n[[queues]]",
+        1,
+    );
+    refused(&campaign, "campaigns[0].script");
+    Config::from_toml(&campaign.replace("queue = \"q2\"\nmode", "queue = \"q\"\nmode"))
+        .expect("the owning firm's campaign may use it");
     refused(
         &owned.replace("tenant = \"d\"\nstart", "tenant = \"z\"\nstart"),
         "scripts[0].tenant",

@@ -376,10 +376,12 @@ impl Desks {
 
     /// Whether `agent`'s desk may show script `name`: the script of a call
     /// among its recent changes (offered or talked on), or of the call
-    /// they last talked on. Scripts are one list for every firm, and an
-    /// operator lent to another firm's queue needs that firm's script:
-    /// the calls that reached the desk say which scripts it needs, not
-    /// the operator's firm.
+    /// they last talked on. The calls that reached the desk say which
+    /// scripts it needs (a national script serves every firm's queues;
+    /// a call lent under an agreement rings the lender's operator on the
+    /// lender's own same-named queue, with that queue's script). The
+    /// handler also checks a firm's own script against the operator's
+    /// firm, as the configuration stands now.
     pub(super) fn may_read_script(&self, agent: &str, name: &str) -> bool {
         self.lock().get(agent).is_some_and(|d| {
             d.last_script.as_deref() == Some(name)

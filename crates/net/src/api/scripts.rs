@@ -25,7 +25,22 @@ pub(super) async fn get_script(
         return error(StatusCode::NOT_FOUND, "no such script");
     }
     let live = api.live();
-    let Some(s) = live.scripts.iter().find(|s| s.name == name) else {
+    // A firm's own script, for its operators only: the desk keeps names,
+    // and a reload may since have given the name to another firm's
+    // script, or moved the operator to another firm.
+    let theirs = |s: &centralino_config::Script| match (&token.role, &s.tenant) {
+        (centralino_config::Role::Agent, Some(owner)) => live
+            .agent_tenants
+            .iter()
+            .any(|(a, t)| Some(a.as_str()) == token.agent.as_deref() && t == owner),
+        _ => true,
+    };
+    let Some(s) = live
+        .scripts
+        .iter()
+        .find(|s| s.name == name)
+        .filter(|s| theirs(s))
+    else {
         return error(StatusCode::NOT_FOUND, "no such script");
     };
     let questions: serde_json::Map<String, Value> = s
