@@ -118,6 +118,11 @@ impl RawSpec {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The operator script as written, if any.
+    pub fn script(&self) -> Option<&str> {
+        self.script.as_deref()
+    }
 }
 
 impl Spec {

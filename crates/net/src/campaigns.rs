@@ -85,11 +85,7 @@ pub(crate) async fn scheduler(
             let spec = serde_json::from_str::<RawSpec>(&c.spec)
                 .map_err(|e| e.to_string())
                 .and_then(|raw| {
-                    validate("", &raw, &names).map_err(|p| {
-                        p.first()
-                            .map(|(k, m)| format!("{k}: {m}"))
-                            .unwrap_or_default()
-                    })
+                    validate("", &raw, &names).map_err(|p| cannot_dial(&p, &raw, &config.scripts))
                 })
                 // Its queue moved to another firm (a restart with a new
                 // configuration): that firm's do-not-call list, operators
@@ -545,9 +541,61 @@ pub(crate) fn contact_state(
     write_end(store, e, now);
 }
 
+/// Why a running campaign cannot dial, for the log (an admin's, not the
+/// API's 422): its first problem, and a script that exists but is now
+/// another firm's (a reload) named as such rather than as unknown.
+fn cannot_dial(
+    problems: &[(String, String)],
+    raw: &RawSpec,
+    scripts: &[centralino_config::Script],
+) -> String {
+    let owner = raw
+        .script()
+        .and_then(|n| scripts.iter().find(|s| s.name == n))
+        .and_then(|s| s.tenant.as_ref());
+    match (problems.first(), owner) {
+        (Some((k, _)), Some(owner)) if k == "script" => {
+            format!("script: belongs to tenant {owner:?}")
+        }
+        (Some((k, m)), _) => format!("{k}: {m}"),
+        (None, _) => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_now_of_another_firm_is_named_so_in_the_log() {
+        let raw: RawSpec = serde_json::from_str(
+            r#"{"name": "c", "queue": "q", "mode": "preview", "script": "consenso"}"#,
+        )
+        .unwrap();
+        let script = |tenant: Option<&str>| centralino_config::Script {
+            name: "consenso".into(),
+            tenant: tenant.map(Into::into),
+            start: "a".into(),
+            questions: Default::default(),
+        };
+        let problem = [(
+            "script".to_owned(),
+            "no script named \"consenso\"".to_owned(),
+        )];
+        assert_eq!(
+            cannot_dial(&problem, &raw, &[script(Some("altra"))]),
+            "script: belongs to tenant \"altra\""
+        );
+        assert_eq!(
+            cannot_dial(&problem, &raw, &[]),
+            "script: no script named \"consenso\""
+        );
+        let queue = [("queue".to_owned(), "no queue named \"q\"".to_owned())];
+        assert_eq!(
+            cannot_dial(&queue, &raw, &[script(Some("altra"))]),
+            "queue: no queue named \"q\""
+        );
+    }
 
     #[test]
     fn the_rome_day_turns_at_local_midnight() {
