@@ -35,7 +35,7 @@ impl Known for Names<'_> {
     fn script(&self, tenant: &str, name: &str) -> bool {
         self.scripts
             .iter()
-            .any(|s| s.name == name && s.tenant.as_deref().is_none_or(|t| t == tenant))
+            .any(|s| s.name == name && s.serves(tenant))
     }
 
     fn presentable(&self, tenant: &str, number: &str) -> bool {

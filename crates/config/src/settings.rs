@@ -364,6 +364,14 @@ pub struct Script {
     pub questions: BTreeMap<String, Question>,
 }
 
+impl Script {
+    /// Whether `tenant`'s queues and campaigns may use it: a national
+    /// script, or that tenant's own.
+    pub fn serves(&self, tenant: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+}
+
 /// One question of a script.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Question {

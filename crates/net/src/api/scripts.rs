@@ -28,12 +28,13 @@ pub(super) async fn get_script(
     // A firm's own script, for its operators only: the desk keeps names,
     // and a reload may since have given the name to another firm's
     // script, or moved the operator to another firm.
-    let theirs = |s: &centralino_config::Script| match (&token.role, &s.tenant) {
-        (centralino_config::Role::Agent, Some(owner)) => live
-            .agent_tenants
-            .iter()
-            .any(|(a, t)| Some(a.as_str()) == token.agent.as_deref() && t == owner),
-        _ => true,
+    let theirs = |s: &centralino_config::Script| {
+        token.role != centralino_config::Role::Agent
+            || s.tenant.is_none()
+            || live
+                .agent_tenants
+                .iter()
+                .any(|(a, t)| Some(a.as_str()) == token.agent.as_deref() && s.serves(t))
     };
     let Some(s) = live
         .scripts
