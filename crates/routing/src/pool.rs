@@ -25,8 +25,8 @@ pub(crate) type Entry = (u32, u32);
 /// has a tree of 7 sums instead of 420, so an update touches at most 3
 /// of them and a pool's index stays in a few cache lines. Each block keeps
 /// its tree node and its bits side by side (16 bytes, about four blocks a
-/// cache line), and per-position weights exist only once a weight above 1
-/// was set (weighted random): otherwise a position weighs what its bit
+/// cache line), and per-position weights exist only once a weight (or
+/// level) above 1 was set or pushed (weighted random): otherwise a position weighs what its bit
 /// says, and indexing an operator writes one block and the tree nodes
 /// above it (and, weighted, its weight), not a slot and four arrays. Inside a block, a search selects the bit directly while every
 /// weight is 0 or 1, else it walks the block's set bits.
@@ -40,10 +40,16 @@ pub(crate) struct Fenwick {
     pub(crate) slots: Vec<u32>,
     blocks: Vec<Block>,
     total: u64,
-    /// Some weight above 1 was ever set (weighted random): `weight` holds
-    /// every position's weight from then on.
+    /// Some weight above 1 was ever set or pushed (weighted random):
+    /// `weight` holds every position's weight from then on.
     weighted: bool,
-    weight: Vec<u8>,
+    /// Per position, once `weighted`: its weight now, and the weight
+    /// [`Self::enable`] gives it (its level, recorded at [`Self::push`]).
+    /// Side by side, so indexing an operator reads its level on the line
+    /// it writes its weight to: reading the level from the operator's
+    /// skills was a cache miss per weighted pool each time they became
+    /// available.
+    weight: Vec<[u8; 2]>,
     /// Positions of operators who left the pool (retired, or new
     /// attributes), weight 0, for the next to join: an operator edited
     /// many times does not grow the pool.
@@ -75,15 +81,24 @@ fn select(mut x: u64, mut k: u32) -> u32 {
 }
 
 impl Fenwick {
-    pub(crate) fn push(&mut self, agent: u32) -> u32 {
+    /// A new member at weight 0; [`Self::enable`] gives them `level`
+    /// (at least 1).
+    pub(crate) fn push(&mut self, agent: u32, level: u8) -> u32 {
+        let level = level.max(1);
+        if level > 1 && !self.weighted {
+            self.weigh();
+        }
         if let Some(pos) = self.free.pop() {
             self.slots[pos as usize] = agent;
+            if self.weighted {
+                self.weight[pos as usize][1] = level;
+            }
             return pos;
         }
         let pos = self.slots.len();
         self.slots.push(agent);
         if self.weighted {
-            self.weight.push(0);
+            self.weight.push([0, level]);
         }
         if pos / 64 == self.blocks.len() {
             self.blocks.push(Block::default());
@@ -115,18 +130,14 @@ impl Fenwick {
         let p = pos as usize;
         let w = u8::try_from(w).unwrap_or(u8::MAX);
         if w > 1 && !self.weighted {
-            // From bits to weights, once: every weight is its bit so far.
-            self.weighted = true;
-            self.weight = (0..self.slots.len())
-                .map(|i| u8::from(self.blocks[i / 64].bits >> (i % 64) & 1 == 1))
-                .collect();
+            self.weigh();
         }
         let old = self.weight(pos) as u8;
         if old == w {
             return;
         }
         if self.weighted {
-            self.weight[p] = w;
+            self.weight[p][0] = w;
         }
         let bit = 1u64 << (p % 64);
         let block = &mut self.blocks[p / 64].bits;
@@ -144,10 +155,29 @@ impl Fenwick {
         }
     }
 
+    /// Gives a member the weight they were pushed with (1 unweighted).
+    pub(crate) fn enable(&mut self, pos: u32) {
+        let w = if self.weighted {
+            self.weight[pos as usize][1]
+        } else {
+            1
+        };
+        self.set(pos, u32::from(w));
+    }
+
+    /// From bits to weights, once: every weight is its bit so far, and
+    /// every level so far is 1 (none above was pushed or set).
+    fn weigh(&mut self) {
+        self.weighted = true;
+        self.weight = (0..self.slots.len())
+            .map(|i| [u8::from(self.blocks[i / 64].bits >> (i % 64) & 1 == 1), 1])
+            .collect();
+    }
+
     pub(crate) fn weight(&self, pos: u32) -> u32 {
         let p = pos as usize;
         if self.weighted {
-            u32::from(self.weight[p])
+            u32::from(self.weight[p][0])
         } else {
             (self.blocks[p / 64].bits >> (p % 64) & 1) as u32
         }
@@ -161,7 +191,7 @@ impl Fenwick {
         }
         let mut s = 0;
         while x != 0 {
-            s += u64::from(self.weight[block * 64 + x.trailing_zeros() as usize]);
+            s += u64::from(self.weight[block * 64 + x.trailing_zeros() as usize][0]);
             x &= x - 1;
         }
         s
@@ -209,7 +239,7 @@ impl Fenwick {
         }
         while x != 0 {
             let i = x.trailing_zeros() as usize;
-            let w = u64::from(self.weight[block * 64 + i]);
+            let w = u64::from(self.weight[block * 64 + i][0]);
             if k < w {
                 return (block * 64 + i) as u32;
             }
@@ -285,19 +315,48 @@ mod tests {
     fn released_positions_are_reused_last_first() {
         let mut f = Fenwick::default();
         for a in 0..70 {
-            f.push(a);
+            f.push(a, 1);
         }
         f.set(3, 1);
         f.set(65, 1);
         f.release(3);
         f.release(65);
         assert_eq!(f.total(), 0);
-        assert_eq!(f.push(100), 65);
-        assert_eq!(f.push(101), 3);
-        assert_eq!(f.push(102), 70, "none free: a new position");
+        assert_eq!(f.push(100, 1), 65);
+        assert_eq!(f.push(101, 1), 3);
+        assert_eq!(f.push(102, 1), 70, "none free: a new position");
         f.set(3, 1);
         assert_eq!(f.first_from(0), Some(3));
         assert_eq!(f.slots[3], 101);
+    }
+
+    /// `enable` gives each member the level it was pushed with: 1 before
+    /// any level above, its own after; a reused position takes its new
+    /// member's level.
+    #[test]
+    fn enable_gives_the_level_pushed() {
+        let mut f = Fenwick::default();
+        for a in 0..70 {
+            f.push(a, 1);
+        }
+        f.enable(3);
+        assert_eq!(f.weight(3), 1);
+        assert_eq!(f.push(70, 4), 70, "a level above 1 makes the pool weighted");
+        f.enable(70);
+        f.enable(65);
+        assert_eq!((f.weight(3), f.weight(65), f.weight(70)), (1, 1, 4));
+        assert_eq!(f.total(), 6);
+        assert_eq!(f.prefix(71), 6);
+        f.release(70);
+        assert_eq!(f.push(71, 0), 70, "the freed position, level at least 1");
+        f.enable(70);
+        assert_eq!(f.weight(70), 1);
+        f.release(65);
+        assert_eq!(f.push(72, 9), 65);
+        f.enable(65);
+        assert_eq!(f.weight(65), 9);
+        assert_eq!(f.total(), 11);
+        assert_eq!(f.find(2), 65, "positions 3, 65: 1 + 9");
     }
 
     /// Bits become weights once, over several blocks: sums, searches and
@@ -307,7 +366,7 @@ mod tests {
         let mut f = Fenwick::default();
         let mut plain = vec![0u32; 200];
         for i in 0..200 {
-            f.push(i);
+            f.push(i, 1);
         }
         for p in (0..200).step_by(3) {
             f.set(p, 1);
@@ -337,14 +396,14 @@ mod tests {
         };
         check(&f, &plain);
         for i in 200..260 {
-            f.push(i);
+            f.push(i, 1);
             plain.push(0);
         }
         f.set(257, 2);
         plain[257] = 2;
         f.release(3);
         plain[3] = 0;
-        assert_eq!(f.push(999), 3, "the freed position");
+        assert_eq!(f.push(999, 1), 3, "the freed position");
         assert_eq!(f.weight(3), 0);
         check(&f, &plain);
     }
@@ -362,7 +421,7 @@ mod tests {
         let mut plain = Vec::new();
         let mut x = 12345u64;
         for i in 0..300u32 {
-            f.push(i);
+            f.push(i, 1);
             plain.push(0u32);
             for _ in 0..3 {
                 x = x

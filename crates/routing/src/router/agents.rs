@@ -155,6 +155,7 @@ impl Router {
                 self.of_tenant[tenant].push(self.agents.len() as u32);
                 self.agents
                     .push(Agent::new(name.to_owned(), attributes.clone()));
+                self.epochs.push(0);
                 self.agents.len() - 1
             }
         };

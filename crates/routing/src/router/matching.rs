@@ -289,6 +289,13 @@ impl Router {
         None
     }
 
+    /// A new epoch for operator `a`: their timers armed before are stale.
+    pub(super) fn new_epoch(&mut self, a: u32) -> u32 {
+        let e = &mut self.epochs[a as usize];
+        *e = e.wrapping_add(1);
+        *e
+    }
+
     /// Looks for operators for a waiting call among those it has not tried;
     /// offers if found. Returns whether an offer was made.
     pub(super) fn match_call(&mut self, t: i64, s: u32) -> bool {
@@ -326,10 +333,9 @@ impl Router {
         c.status = CallStatus::Offered;
         c.offers.push(a);
         let (call, queue, waited) = (c.id, c.queue, t - c.enqueued);
+        let epoch = self.new_epoch(a);
         let agent = &mut self.agents[a as usize];
-        agent.epoch = agent.epoch.wrapping_add(1);
         agent.queue_of_call = queue;
-        let epoch = agent.epoch;
         let from = agent.state;
         // The board already says Reserved (taken by CAS in `pick`).
         self.account(a, from, AgentState::Reserved(call));
@@ -485,13 +491,12 @@ impl Router {
     /// whether the operator was still reserved for that call.
     pub fn hold(&mut self, now: Instant, agent: AgentId, call: CallId, lease: Duration) -> bool {
         let t = self.at(now);
-        let a = &mut self.agents[agent.0 as usize];
+        let a = &self.agents[agent.0 as usize];
         if !matches!(a.state, AgentState::Reserved(c) | AgentState::Ringing(c) if c == call) {
             return false;
         }
         // A new epoch: the lease armed with the offer is stale from now.
-        a.epoch = a.epoch.wrapping_add(1);
-        let epoch = a.epoch;
+        let epoch = self.new_epoch(agent.0);
         self.timers
             .arm(t, ns(lease + LEASE_GRACE), Timer::Lease(agent.0, epoch));
         true
@@ -589,6 +594,9 @@ impl Router {
         {
             return;
         }
+        // A new epoch: the offer's lease is stale from now, and is known
+        // to be from `epochs` alone when it fires.
+        self.new_epoch(a);
         let agent_data = &mut self.agents[a as usize];
         agent_data.missed = 0;
         agent_data.calls += 1;
@@ -625,10 +633,8 @@ impl Router {
         {
             return false;
         }
-        let ag = &mut self.agents[a as usize];
-        ag.epoch = ag.epoch.wrapping_add(1);
-        ag.queue_of_call = queue.0;
-        let epoch = ag.epoch;
+        let epoch = self.new_epoch(a);
+        self.agents[a as usize].queue_of_call = queue.0;
         self.account(a, AgentState::Available, AgentState::Reserved(call));
         let lease = self.queues[queue.0 as usize].settings.ring_timeout + LEASE_GRACE;
         self.timers.arm(t, ns(lease), Timer::Lease(a, epoch));
@@ -689,7 +695,7 @@ impl Router {
         } else if pause {
             self.set(a, AgentState::Paused(PauseReason::MediaLost));
         } else {
-            let epoch = ag.epoch;
+            let epoch = self.epochs[a as usize];
             self.set(a, AgentState::WrapUp);
             self.timers.arm(t, ns(wrap), Timer::WrapUp(a, epoch));
         }
@@ -708,16 +714,16 @@ impl Router {
         let t = self.at(now);
         while let Some((due, timer)) = self.timers.pop_due(t) {
             match timer {
-                Timer::WrapUp(a, epoch) => {
-                    let ag = &self.agents[a as usize];
-                    if ag.state == AgentState::WrapUp && ag.epoch == epoch {
+                // The epoch first: a stale timer is dropped without
+                // reading the operator's record.
+                Timer::WrapUp(a, epoch) if self.epochs[a as usize] == epoch => {
+                    if self.agents[a as usize].state == AgentState::WrapUp {
                         self.make_available(due, a);
                     }
                 }
-                Timer::Lease(a, epoch) => {
-                    let ag = &self.agents[a as usize];
-                    if let AgentState::Reserved(call) | AgentState::Ringing(call) = ag.state
-                        && ag.epoch == epoch
+                Timer::Lease(a, epoch) if self.epochs[a as usize] == epoch => {
+                    if let AgentState::Reserved(call) | AgentState::Ringing(call) =
+                        self.agents[a as usize].state
                     {
                         self.out.push_back(Output::Reclaimed {
                             call,
@@ -738,6 +744,7 @@ impl Router {
                     }
                 }
                 Timer::Fragile(s, seq) => self.advance(t, s, seq, true),
+                Timer::WrapUp(..) | Timer::Lease(..) => {}
             }
         }
     }

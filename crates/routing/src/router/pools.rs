@@ -66,7 +66,6 @@ impl Router {
                 index,
                 strategy: settings.strategy,
                 ring: r as u8,
-                primary,
                 cursor: 0,
                 group: g,
                 weight: settings.weight,
@@ -169,7 +168,11 @@ impl Router {
         let level = group.primary.map_or(1, |s| attrs.level(s)).max(1);
         let p = &mut self.pools[pool as usize];
         let pos = match &mut p.index {
-            Index::Fenwick(f) => f.push(a),
+            // Weighted random weighs a member by their level, kept by the
+            // pool from here on (their attributes change only through
+            // `set_attributes`, which joins them again).
+            Index::Fenwick(f) if p.strategy == Strategy::WeightedRandom => f.push(a, level),
+            Index::Fenwick(f) => f.push(a, 1),
             Index::Levels(_) => u32::from(level),
             _ => 0,
         };
@@ -197,29 +200,21 @@ impl Router {
 
     pub(super) fn index_push(&mut self, a: u32, m: Membership, ver: u32) {
         let agent = &self.agents[a as usize];
-        let idle = agent.idle_since as u64;
         let p = &mut self.pools[m.pool as usize];
-        let (strategy, group_primary) = (p.strategy, p.primary);
-        let metric = match strategy {
-            Strategy::LeastTalkTime => agent.talk.as_millis() as u64,
-            _ => u64::from(agent.calls),
-        };
-        let weight = match strategy {
-            Strategy::WeightedRandom => u32::from(
-                group_primary
-                    .map_or(1, |s| agent.attributes.level(s))
-                    .max(1),
-            ),
-            _ => 1,
-        };
         let live = &mut self.tallies[m.pool as usize].available;
         *live += 1;
         let live = *live as usize;
         match &mut p.index {
             Index::Fifo(q) => q.push_back((a, ver)),
             Index::Levels(l) => l[m.pos as usize].push_back((a, ver)),
-            Index::Heap(h) => h.push(Reverse((metric, idle, a, ver))),
-            Index::Fenwick(f) => f.set(m.pos, weight),
+            Index::Heap(h) => {
+                let metric = match p.strategy {
+                    Strategy::LeastTalkTime => agent.talk.as_millis() as u64,
+                    _ => u64::from(agent.calls),
+                };
+                h.push(Reverse((metric, agent.idle_since as u64, a, ver)));
+            }
+            Index::Fenwick(f) => f.enable(m.pos),
         }
         Self::compact(&self.board, p, m.pos, live);
     }
