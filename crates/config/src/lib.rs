@@ -805,6 +805,47 @@ impl Config {
                 }
             }
         }
+        // A flow reached from a tenant's trunk queues its callers, and
+        // takes their callbacks, only in that tenant's queues, as a DID
+        // naming a queue does: another firm's queue would show this
+        // firm's callers, their numbers and their answers, to that firm's
+        // operators and supervisors (TEST-MATRIX D12). Help between firms
+        // goes through a queue's overflow `tenants` or `[[agreements]]`,
+        // which say so.
+        let mut checked = HashSet::new();
+        for t in &trunks {
+            for did in t.dids.values() {
+                let DidTarget::Flow(fi) = did.target else {
+                    continue;
+                };
+                // Each flow once per tenant, however many DIDs reach it.
+                let Some(flow) = flows.get(fi).filter(|_| checked.insert((fi, t.tenant))) else {
+                    continue;
+                };
+                for (k, node) in flow.nodes.iter().enumerate() {
+                    let (centralino_flows::Node::Enqueue { queue, .. }
+                    | centralino_flows::Node::Callback { queue, .. }) = node
+                    else {
+                        continue;
+                    };
+                    let Some(qi) = queue_names.iter().position(|q| !q.is_empty() && q == queue)
+                    else {
+                        continue;
+                    };
+                    if queues[qi].tenant != t.tenant {
+                        p.add(
+                            format!("flows.{}.nodes.{}.queue", flow.name, flow.names[k]),
+                            format!(
+                                "queue {queue:?} belongs to tenant {:?}, and trunk {:?} of tenant {:?} reaches this flow",
+                                tenants[queues[qi].tenant.index()],
+                                t.name,
+                                tenants[t.tenant.index()]
+                            ),
+                        );
+                    }
+                }
+            }
+        }
 
         let mut agents = Vec::new();
         let mut seen = HashSet::new();

@@ -198,6 +198,48 @@ type = "hangup"
     assert!(Config::from_toml(&toml.replace("+39899123456", "+390612345678")).is_ok());
 }
 
+/// A flow puts a trunk's callers, and their callbacks, only in queues of
+/// the trunk's tenant, as a DID naming a queue does; a flow no trunk of
+/// another tenant reaches may use that tenant's queues.
+#[test]
+fn a_flow_queues_a_trunks_callers_only_in_its_tenants_queues() {
+    let flow = |node: &str| {
+        format!(
+            "{}\n[[flows]]\nname = \"menu\"\nstart = \"go\"\n[flows.nodes.go]\n{node}\n",
+            TWO_TENANTS.replace(r#""200" = "q2""#, r#""200" = { flow = "menu" }"#),
+        )
+    };
+    let enqueue = |q: &str| flow(&format!("type = \"enqueue\"\nqueue = \"{q}\""));
+    assert!(Config::from_toml(&enqueue("q2")).is_ok());
+    refused(
+        &enqueue("q1"),
+        "flows.menu.nodes.go.queue: queue \"q1\" belongs to tenant \"asl\", and trunk \"sbc-regione\" of tenant \"regione\" reaches this flow",
+    );
+    let callback = |q: &str| {
+        flow(&format!(
+            "type = \"callback\"\nprompts = [\"menu1\"]\nqueue = \"{q}\"\nconfirm_prompts = [\"menu2\"]\non_fail = \"bye\"\n[flows.nodes.bye]\ntype = \"hangup\""
+        ))
+    };
+    assert!(Config::from_toml(&callback("q2")).is_ok());
+    refused(
+        &callback("q1"),
+        "flows.menu.nodes.go.queue: queue \"q1\" belongs to tenant \"asl\"",
+    );
+    // Reached by asl's trunk too, regione's queue is refused for asl.
+    let both = enqueue("q2").replace(r#""100" = "q1""#, r#""100" = { flow = "menu" }"#);
+    refused(
+        &both,
+        "flows.menu.nodes.go.queue: queue \"q2\" belongs to tenant \"regione\", and trunk \"sbc-asl\" of tenant \"asl\"",
+    );
+    // Said once however many of the trunk's DIDs reach the flow.
+    let twice = enqueue("q1").replace(
+        r#""200" = { flow"#,
+        r#""201" = { flow = "menu" }, "200" = { flow"#,
+    );
+    let e = Config::from_toml(&twice).unwrap_err().to_string();
+    assert_eq!(e.matches("reaches this flow").count(), 1, "{e}");
+}
+
 #[test]
 fn deep_nesting_is_refused_before_the_parser_recurses() {
     let deep = format!("x = {}1{}\n", "[".repeat(5000), "]".repeat(5000));
