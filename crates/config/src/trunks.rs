@@ -200,3 +200,109 @@ pub(crate) fn trunk(
         asserted_identity: t.asserted_identity,
     }
 }
+
+/// What holds across trunks: no DID two trunks behind one address could
+/// both own, IVR transfers within the dial plan of each tenant whose
+/// trunk reaches the flow, and flows queueing a trunk's callers only in
+/// its tenant's queues.
+pub(crate) fn check_trunks(
+    trunks: &[Trunk],
+    flows: &[std::sync::Arc<centralino_flows::Flow>],
+    queues: &[Queue],
+    queue_names: &[String],
+    dial_plans: &[DialPlan],
+    tenants: &[String],
+    p: &mut Problems,
+) {
+    // A call is told to its trunk by (source address, DID): two trunks
+    // behind one carrier SBC (one per tenant) are fine, as long as no
+    // DID could belong to both.
+    for (i, t) in trunks.iter().enumerate() {
+        for (j, other) in trunks.iter().enumerate().skip(i + 1) {
+            let shared = t.peers.iter().any(|a| other.peers.contains(a));
+            let mut both: Vec<&String> = t
+                .dids
+                .keys()
+                .filter(|d| other.dids.contains_key(*d))
+                .collect();
+            both.sort();
+            if let (true, Some(did)) = (shared, both.first()) {
+                p.add(
+                    format!("trunks[{j}].dids.{did:?}"),
+                    format!(
+                        "trunks {:?} and {:?} share a peer address and this DID: its calls could belong to either",
+                        t.name, other.name
+                    ),
+                );
+            }
+        }
+    }
+    // An IVR transfer leaves through the trunk's tenant's outbound
+    // trunk: its number must pass that tenant's dial plan.
+    for t in trunks {
+        let Some(plan) = dial_plans.get(t.tenant.index()) else {
+            continue;
+        };
+        for did in t.dids.values() {
+            let DidTarget::Flow(fi) = did.target else {
+                continue;
+            };
+            let Some(flow) = flows.get(fi) else {
+                continue;
+            };
+            for (k, node) in flow.nodes.iter().enumerate() {
+                if let centralino_flows::Node::Transfer { number, .. } = node
+                    && let Err(why) = plan.check(number)
+                {
+                    p.add(
+                        format!("flows.{}.nodes.{}.number", flow.name, flow.names[k]),
+                        format!(
+                            "tenant {:?}'s dial plan refuses it: {why}",
+                            tenants[t.tenant.index()]
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    // A flow reached from a tenant's trunk queues its callers, and
+    // takes their callbacks, only in that tenant's queues, as a DID
+    // naming a queue does: another firm's queue would show this
+    // firm's callers, their numbers and their answers, to that firm's
+    // operators and supervisors (TEST-MATRIX D12). Help between firms
+    // goes through a queue's overflow `tenants` or `[[agreements]]`,
+    // which say so.
+    let mut checked = HashSet::new();
+    for t in trunks {
+        for did in t.dids.values() {
+            let DidTarget::Flow(fi) = did.target else {
+                continue;
+            };
+            // Each flow once per tenant, however many DIDs reach it.
+            let Some(flow) = flows.get(fi).filter(|_| checked.insert((fi, t.tenant))) else {
+                continue;
+            };
+            for (k, node) in flow.nodes.iter().enumerate() {
+                let (centralino_flows::Node::Enqueue { queue, .. }
+                | centralino_flows::Node::Callback { queue, .. }) = node
+                else {
+                    continue;
+                };
+                let Some(qi) = queue_names.iter().position(|q| !q.is_empty() && q == queue) else {
+                    continue;
+                };
+                if queues[qi].tenant != t.tenant {
+                    p.add(
+                        format!("flows.{}.nodes.{}.queue", flow.name, flow.names[k]),
+                        format!(
+                            "queue {queue:?} belongs to tenant {:?}, and trunk {:?} of tenant {:?} reaches this flow",
+                            tenants[queues[qi].tenant.index()],
+                            t.name,
+                            tenants[t.tenant.index()]
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
