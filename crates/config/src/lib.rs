@@ -756,7 +756,7 @@ impl Config {
         }
         check_trunks(
             &trunks,
-            &flows,
+            (flows.len() == raw.flows.len()).then_some(&flows[..]),
             &queues,
             &queue_names,
             &dial_plans,

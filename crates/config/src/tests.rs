@@ -238,6 +238,16 @@ fn a_flow_queues_a_trunks_callers_only_in_its_tenants_queues() {
     );
     let e = Config::from_toml(&twice).unwrap_err().to_string();
     assert_eq!(e.matches("reaches this flow").count(), 1, "{e}");
+    // A flow that does not compile is reported for itself, and no other
+    // flow is checked in its place (a DID's flow index counts it).
+    let broken = TWO_TENANTS
+        .replace(r#""100" = "q1""#, r#""100" = { flow = "menu" }"#)
+        .replace(r#""200" = "q2""#, r#""200" = { flow = "rotto" }"#)
+        + "[[flows]]\nname = \"rotto\"\nstart = \"go\"\n[flows.nodes.go]\ntype = \"enqueue\"\nqueue = \"nessuna\"\n"
+        + "[[flows]]\nname = \"menu\"\nstart = \"go\"\n[flows.nodes.go]\ntype = \"enqueue\"\nqueue = \"q1\"\n";
+    let e = Config::from_toml(&broken).unwrap_err().to_string();
+    assert!(e.contains("nessuna"), "{e}");
+    assert!(!e.contains("reaches this flow"), "{e}");
 }
 
 #[test]

@@ -204,10 +204,13 @@ pub(crate) fn trunk(
 /// What holds across trunks: no DID two trunks behind one address could
 /// both own, IVR transfers within the dial plan of each tenant whose
 /// trunk reaches the flow, and flows queueing a trunk's callers only in
-/// its tenant's queues.
+/// its tenant's queues. `flows` is `None` when a flow failed to compile:
+/// a DID's flow index counts every flow of the file, and `flows` then
+/// lacks one, so following DIDs into it would check the wrong flows (the
+/// configuration is refused for the flow's own problems anyway).
 pub(crate) fn check_trunks(
     trunks: &[Trunk],
-    flows: &[std::sync::Arc<centralino_flows::Flow>],
+    flows: Option<&[std::sync::Arc<centralino_flows::Flow>]>,
     queues: &[Queue],
     queue_names: &[String],
     dial_plans: &[DialPlan],
@@ -237,6 +240,9 @@ pub(crate) fn check_trunks(
             }
         }
     }
+    let Some(flows) = flows else {
+        return;
+    };
     // An IVR transfer leaves through the trunk's tenant's outbound
     // trunk: its number must pass that tenant's dial plan.
     for t in trunks {

@@ -26,10 +26,12 @@ pub(crate) type Entry = (u32, u32);
 /// of them and a pool's index stays in a few cache lines. Each block keeps
 /// its tree node and its bits side by side (16 bytes, about four blocks a
 /// cache line), and per-position weights exist only once a weight (or
-/// level) above 1 was set or pushed (weighted random): otherwise a position weighs what its bit
-/// says, and indexing an operator writes one block and the tree nodes
-/// above it (and, weighted, its weight), not a slot and four arrays. Inside a block, a search selects the bit directly while every
-/// weight is 0 or 1, else it walks the block's set bits.
+/// level) above 1 was set or pushed (weighted random): otherwise a
+/// position weighs what its bit says, and indexing an operator writes one
+/// block and the tree nodes above it (and, weighted, its weight), not a
+/// slot and four arrays. Inside a block, a search selects the bit
+/// directly while every weight is 0 or 1, else it walks the block's set
+/// bits.
 #[derive(Default)]
 #[repr(C, align(64))]
 pub(crate) struct Fenwick {

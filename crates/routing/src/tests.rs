@@ -481,16 +481,34 @@ fn strategies_choose_as_documented() {
         );
     }
     let (mut r, t0) = strategy_world(Strategy::WeightedRandom);
-    let seq = pick_sequence(&mut r, t0, 2600);
-    let count = |a| seq.iter().filter(|&&x| x == a).count();
     // Weights 3, 9, 5, 9 of 26: expected 300, 900, 500, 900.
-    for (a, want) in [(0, 300), (1, 900), (2, 500), (3, 900)] {
-        let n = count(a);
+    picked_about(&pick_sequence(&mut r, t0, 2600), [300, 900, 500, 900], 4);
+}
+
+/// Each operator `a` was picked `want[a]` times in `seq`, within
+/// `want / slack`.
+fn picked_about(seq: &[u32], want: [usize; 4], slack: usize) {
+    for (a, want) in want.into_iter().enumerate() {
+        let n = seq.iter().filter(|&&x| x as usize == a).count();
         assert!(
-            n.abs_diff(want) < want / 4,
+            n.abs_diff(want) < want / slack,
             "weighted: a{a} {n}, expected ~{want}"
         );
     }
+}
+
+/// A weighted pool weighs an operator by their level as it stands: new
+/// attributes join them again with the new level (the pool keeps each
+/// member's level beside their weight).
+#[test]
+fn weighted_random_follows_a_changed_level() {
+    let c = catalog();
+    let (mut r, t0) = strategy_world(Strategy::WeightedRandom);
+    let level = |l: u8| who(&c, "asl1", "roma", &[("vaccini", l)], &[], &[]);
+    r.set_attributes(t0, AgentId(0), level(9));
+    r.set_attributes(t0, AgentId(1), level(1));
+    // Weights 9, 1, 5, 9 of 24: expected 900, 100, 500, 900.
+    picked_about(&pick_sequence(&mut r, t0, 2400), [900, 100, 500, 900], 3);
 }
 
 #[test]

@@ -57,6 +57,21 @@ impl Engine {
     }
 
     /// Carries out what the flow asked, then arms its next deadline.
+    /// The queue a flow names, if it is the call's tenant's as the
+    /// configuration stands now. `check-config` keeps the flows a trunk
+    /// reaches to its tenant's queues, but a call keeps its flow across
+    /// reloads, and two reloads may remove a firm's queue and then give
+    /// its name to another firm's: that firm's operators must not get
+    /// this firm's caller (TEST-MATRIX D12).
+    pub(super) fn flow_queue(&self, tenant: TenantId, name: &str) -> Option<QueueId> {
+        let q = *self.queue_ids.get(name)?;
+        if self.queue_tenant(q) == tenant {
+            return Some(q);
+        }
+        warn!(queue = %name, "the call's flow names a queue of another tenant now (a reload): refused");
+        None
+    }
+
     pub(super) fn flow_actions(&mut self, now: Instant, id: CallId, actions: Vec<FlowAction>) {
         for a in actions {
             match a {
@@ -107,7 +122,8 @@ impl Engine {
                             .with_label_values(&[&f, "queued"])
                             .inc();
                     }
-                    match self.queue_ids.get(&queue).copied() {
+                    let tenant = self.calls.get(&id).map(|c| c.tenant);
+                    match tenant.and_then(|t| self.flow_queue(t, &queue)) {
                         Some(q) => self.enter_queue(now, id, q, &spec),
                         None => self.end_unanswered(now, id, 480, CallOutcome::IvrNoQueue, false),
                     }
@@ -119,10 +135,12 @@ impl Engine {
                     }
                 }
                 FlowAction::Callback { queue } => {
-                    let tenant = self.queue_ids.get(&queue).map(|&q| self.queue_tenant(q));
                     let Some(call) = self.calls.get(&id) else {
                         return;
                     };
+                    let tenant = self
+                        .flow_queue(call.tenant, &queue)
+                        .map(|q| self.queue_tenant(q));
                     let caller = call.caller.clone();
                     // Stored in E.164 like the API's requests, so one
                     // citizen is one pending callback however spelled.
@@ -141,11 +159,14 @@ impl Engine {
                             enqueued_unix,
                         });
                     } else if let Some(mut run) = call.run.take() {
-                        // No number to call back: the flow's fallback.
-                        self.metrics
-                            .callbacks
-                            .with_label_values(&["no_number"])
-                            .inc();
+                        // No number to call back, or no queue of the
+                        // call's tenant to keep it: the flow's fallback.
+                        let why = if tenant.is_some() {
+                            "no_number"
+                        } else {
+                            "ivr_failed"
+                        };
+                        self.metrics.callbacks.with_label_values(&[why]).inc();
                         let facts = facts!(self, now);
                         let more = run.callback_result(now, false, &facts);
                         call.run = Some(run);

@@ -2098,6 +2098,37 @@ fn a_reload_with_a_new_service_level_threshold_adds_its_bucket() {
     assert_eq!(answered_wait(&h).1, 1, "the same thresholds: kept");
 }
 
+/// A flow's queue must be the call's tenant's as the configuration
+/// stands now: a call keeps its flow across reloads, and a later reload
+/// may give the queue's name to another firm (D12).
+#[test]
+fn a_flow_reaches_only_its_calls_tenants_queues() {
+    let config = IVR.replacen(
+        "[[flows]]",
+        "[[tenants]]\nname = \"altra\"\n\n[[queues]]\nname = \"estranea\"\ntenant = \"altra\"\n\n[[flows]]",
+        1,
+    );
+    let mut h = Harness::with(&config);
+    let (demo, altra) = (centralino_types::TenantId(0), centralino_types::TenantId(1));
+    let info = h.engine.queue_ids["info"];
+    let estranea = h.engine.queue_ids["estranea"];
+    assert_eq!(h.engine.queue_tenant(estranea), altra);
+    assert_eq!(h.engine.flow_queue(demo, "info"), Some(info));
+    assert_eq!(h.engine.flow_queue(altra, "estranea"), Some(estranea));
+    assert_eq!(
+        h.engine.flow_queue(demo, "estranea"),
+        None,
+        "another firm's queue"
+    );
+    assert_eq!(
+        h.engine.flow_queue(altra, "info"),
+        None,
+        "another firm's queue"
+    );
+    assert_eq!(h.engine.flow_queue(demo, "nessuna"), None);
+    h.drain();
+}
+
 #[test]
 fn a_reload_changes_new_calls_while_calls_in_progress_keep_their_flow() {
     let mut h = ivr_harness();
