@@ -225,6 +225,17 @@ fn a_flow_queues_a_trunks_callers_only_in_its_tenants_queues() {
         &callback("q1"),
         "flows.menu.nodes.go.queue: queue \"q1\" belongs to tenant \"asl\"",
     );
+    // A condition on another firm's queue figures, likewise.
+    let condition = |q: &str| {
+        flow(&format!(
+            "type = \"condition\"\nqueue = \"{q}\"\nstaffed_at_least = 1\nthen = \"in\"\nelse = \"in\"\n[flows.nodes.in]\ntype = \"enqueue\"\nqueue = \"q2\""
+        ))
+    };
+    assert!(Config::from_toml(&condition("q2")).is_ok());
+    refused(
+        &condition("q1"),
+        "flows.menu.nodes.go.queue: queue \"q1\" belongs to tenant \"asl\"",
+    );
     // Reached by asl's trunk too, regione's queue is refused for asl.
     let both = enqueue("q2").replace(r#""100" = "q1""#, r#""100" = { flow = "menu" }"#);
     refused(

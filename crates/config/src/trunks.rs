@@ -271,13 +271,13 @@ pub(crate) fn check_trunks(
             }
         }
     }
-    // A flow reached from a tenant's trunk queues its callers, and
-    // takes their callbacks, only in that tenant's queues, as a DID
-    // naming a queue does: another firm's queue would show this
-    // firm's callers, their numbers and their answers, to that firm's
-    // operators and supervisors (TEST-MATRIX D12). Help between firms
-    // goes through a queue's overflow `tenants` or `[[agreements]]`,
-    // which say so.
+    // A flow reached from a tenant's trunk queues its callers, takes
+    // their callbacks and reads queue figures only in that tenant's
+    // queues, as a DID naming a queue does: another firm's queue would
+    // show this firm's callers, their numbers and their answers, to that
+    // firm's operators and supervisors (TEST-MATRIX D12). Help between
+    // firms goes through a queue's overflow `tenants` or
+    // `[[agreements]]`, which say so.
     let mut checked = HashSet::new();
     for t in trunks {
         for did in t.dids.values() {
@@ -289,8 +289,15 @@ pub(crate) fn check_trunks(
                 continue;
             };
             for (k, node) in flow.nodes.iter().enumerate() {
-                let (centralino_flows::Node::Enqueue { queue, .. }
-                | centralino_flows::Node::Callback { queue, .. }) = node
+                use centralino_flows::{Node, Test};
+                // A condition on a queue's figures too: one firm's
+                // callers are not steered by another firm's live state.
+                let (Node::Enqueue { queue, .. }
+                | Node::Callback { queue, .. }
+                | Node::Condition {
+                    test: Test::Staffed(queue, _) | Test::Wait(queue, _) | Test::Waiting(queue, _),
+                    ..
+                }) = node
                 else {
                     continue;
                 };

@@ -12,7 +12,7 @@ pub mod calendar;
 pub mod def;
 pub mod run;
 
-pub use def::{Context, Flow, Node, RawFlow, compile};
+pub use def::{Context, Flow, Node, RawFlow, Test, compile};
 pub use run::{Action, Facts, Run};
 
 #[cfg(test)]

@@ -56,22 +56,23 @@ impl Engine {
         self.flow_actions(now, id, actions);
     }
 
-    /// Carries out what the flow asked, then arms its next deadline.
-    /// The queue a flow names, if it is the call's tenant's as the
-    /// configuration stands now. `check-config` keeps the flows a trunk
-    /// reaches to its tenant's queues, but a call keeps its flow across
-    /// reloads, and two reloads may remove a firm's queue and then give
-    /// its name to another firm's: that firm's operators must not get
-    /// this firm's caller (TEST-MATRIX D12).
+    /// The queue a flow names, if it is the call's tenant's. A backstop:
+    /// `check-config` keeps the flows a trunk reaches to its tenant's
+    /// queues, and a reload can neither move a queue to another tenant
+    /// nor give a removed queue's name to a new one (it comes back in its
+    /// old place); but a call keeps its flow across reloads, and a firm's
+    /// caller in another firm's queue is what TEST-MATRIX D12 forbids, so
+    /// the rule is checked again where the call would cross.
     pub(super) fn flow_queue(&self, tenant: TenantId, name: &str) -> Option<QueueId> {
         let q = *self.queue_ids.get(name)?;
         if self.queue_tenant(q) == tenant {
             return Some(q);
         }
-        warn!(queue = %name, "the call's flow names a queue of another tenant now (a reload): refused");
+        warn!(queue = %name, "the call's flow names a queue of another tenant: refused");
         None
     }
 
+    /// Carries out what the flow asked, then arms its next deadline.
     pub(super) fn flow_actions(&mut self, now: Instant, id: CallId, actions: Vec<FlowAction>) {
         for a in actions {
             match a {

@@ -270,15 +270,17 @@ impl AgentState {
 ///   test: the order of the `SmallVec`'s fields is rustc's), in the line
 ///   paired with the hot one, where with sixteen it came after them, in
 ///   a fourth line;
-/// - aligned to 128 bytes (384 in all, 256 before, 96 of them padding):
+/// - aligned to 128 bytes (384 in all, 256 before, 104 of them padding):
 ///   the first two lines are one aligned pair, which the cores fetch
 ///   together (the adjacent line prefetcher), so the length and the
 ///   first seven memberships come with the hot line.
 ///
 /// With the timers told stale by `Router::epochs` and the weighted pools'
 /// levels kept by the pool: +6 % to +15 % router calls/s on the realistic
-/// hour in nine interleaved pairs, median +12 % (README, performance);
-/// 128 bytes more per operator (15 MB at 120,000).
+/// hour in nine interleaved pairs, median +12 %, with sixteen inline; the
+/// final fifteen, six triples on a noisier VM moment, median +7.5 %, not
+/// told apart from sixteen (README, performance); 128 bytes more per
+/// operator (15 MB at 120,000).
 #[derive(Clone, Debug)]
 #[repr(C, align(128))]
 pub struct Agent {
