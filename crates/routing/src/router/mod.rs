@@ -278,9 +278,9 @@ impl AgentState {
 /// With the timers told stale by `Router::epochs` and the weighted pools'
 /// levels kept by the pool: +6 % to +15 % router calls/s on the realistic
 /// hour in nine interleaved pairs, median +12 %, with sixteen inline; the
-/// final fifteen, six triples on a noisier VM moment, median +7.5 %, not
-/// told apart from sixteen (README, performance); 128 bytes more per
-/// operator (15 MB at 120,000).
+/// final fifteen, not told apart from sixteen, median +7.5 % and +9 % in
+/// two later series on a noisier VM (README, performance); 128 bytes
+/// more per operator (15 MB at 120,000).
 #[derive(Clone, Debug)]
 #[repr(C, align(128))]
 pub struct Agent {
