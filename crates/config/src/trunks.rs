@@ -243,41 +243,14 @@ pub(crate) fn check_trunks(
     let Some(flows) = flows else {
         return;
     };
-    // An IVR transfer leaves through the trunk's tenant's outbound
-    // trunk: its number must pass that tenant's dial plan.
-    for t in trunks {
-        let Some(plan) = dial_plans.get(t.tenant.index()) else {
-            continue;
-        };
-        for did in t.dids.values() {
-            let DidTarget::Flow(fi) = did.target else {
-                continue;
-            };
-            let Some(flow) = flows.get(fi) else {
-                continue;
-            };
-            for (k, node) in flow.nodes.iter().enumerate() {
-                if let centralino_flows::Node::Transfer { number, .. } = node
-                    && let Err(why) = plan.check(number)
-                {
-                    p.add(
-                        format!("flows.{}.nodes.{}.number", flow.name, flow.names[k]),
-                        format!(
-                            "tenant {:?}'s dial plan refuses it: {why}",
-                            tenants[t.tenant.index()]
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    // A flow reached from a tenant's trunk queues its callers, takes
-    // their callbacks and reads queue figures only in that tenant's
-    // queues, as a DID naming a queue does: another firm's queue would
-    // show this firm's callers, their numbers and their answers, to that
-    // firm's operators and supervisors (TEST-MATRIX D12). Help between
-    // firms goes through a queue's overflow `tenants` or
-    // `[[agreements]]`, which say so.
+    // Each flow a tenant's trunk reaches, once per tenant: its transfers
+    // within the tenant's dial plan, and its queues the tenant's own. A
+    // flow queues a trunk's callers, takes their callbacks and reads
+    // queue figures only in that tenant's queues, as a DID naming a
+    // queue does: another firm's queue would show this firm's callers,
+    // their numbers and their answers, to that firm's operators and
+    // supervisors (TEST-MATRIX D12). Help between firms goes through a
+    // queue's overflow `tenants` or `[[agreements]]`, which say so.
     let mut checked = HashSet::new();
     for t in trunks {
         for did in t.dids.values() {
@@ -290,6 +263,21 @@ pub(crate) fn check_trunks(
             };
             for (k, node) in flow.nodes.iter().enumerate() {
                 use centralino_flows::{Node, Test};
+                // An IVR transfer leaves through the trunk's tenant's
+                // outbound trunk: its number must pass that tenant's
+                // dial plan.
+                if let Node::Transfer { number, .. } = node
+                    && let Some(plan) = dial_plans.get(t.tenant.index())
+                    && let Err(why) = plan.check(number)
+                {
+                    p.add(
+                        format!("flows.{}.nodes.{}.number", flow.name, flow.names[k]),
+                        format!(
+                            "tenant {:?}'s dial plan refuses it: {why}",
+                            tenants[t.tenant.index()]
+                        ),
+                    );
+                }
                 // A condition on a queue's figures too: one firm's
                 // callers are not steered by another firm's live state.
                 let (Node::Enqueue { queue, .. }
