@@ -14,6 +14,26 @@ pub(crate) struct AuditArgs {
     pub(crate) number: Option<String>,
 }
 
+/// The key the node signs with: `key_file`, else the configuration's
+/// `store.audit_key_file`, else the one the node created beside the
+/// database.
+pub(crate) fn node_key(
+    data_dir: &std::path::Path,
+    key_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<centralino_store::AuditKey, String> {
+    let key_file = match (key_file, config) {
+        (Some(file), _) => file,
+        (None, Some(config)) => crate::load(Some(config))
+            .map_err(|e| format!("{e:#}"))?
+            .audit_key_file
+            .unwrap_or_else(|| data_dir.join(centralino_store::AUDIT_KEY_FILE)),
+        (None, None) => data_dir.join(centralino_store::AUDIT_KEY_FILE),
+    };
+    centralino_store::AuditKey::from_file(&key_file)
+        .map_err(|e| format!("{e} (give the node's key with --key-file or --config)"))
+}
+
 /// `centralino audit`: 0 intact, 1 broken (or a head missing), 2 cannot
 /// read.
 pub(crate) fn audit(args: AuditArgs) -> ExitCode {
@@ -23,25 +43,10 @@ pub(crate) fn audit(args: AuditArgs) -> ExitCode {
         eprintln!("centralino: no store at {}", path.display());
         return ExitCode::from(2);
     }
-    // The key the node signs with: --key-file, else the configuration's,
-    // else the one the node created beside the database.
-    let key_file = match (args.key_file, args.config) {
-        (Some(file), _) => file,
-        (None, Some(config)) => match crate::load(Some(config)) {
-            Ok(c) => c
-                .audit_key_file
-                .unwrap_or_else(|| args.data_dir.join(centralino_store::AUDIT_KEY_FILE)),
-            Err(e) => {
-                eprintln!("centralino: {e:#}");
-                return ExitCode::from(2);
-            }
-        },
-        (None, None) => args.data_dir.join(centralino_store::AUDIT_KEY_FILE),
-    };
-    let key = match centralino_store::AuditKey::from_file(&key_file) {
+    let key = match node_key(&args.data_dir, args.key_file, args.config) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("centralino: {e} (give the node's key with --key-file or --config)");
+            eprintln!("centralino: {e}");
             return ExitCode::from(2);
         }
     };

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 mod audit;
 mod day;
 mod otlp;
+mod rebind;
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +88,40 @@ enum Command {
         /// its tag under the key, never itself), to find its entries.
         #[arg(long)]
         number: Option<String>,
+    },
+    /// Move a queue's name to another firm in a stopped node's store. A
+    /// queue belongs to the firm that first had it for the life of the
+    /// database (its callbacks, call records and answers name the queue),
+    /// so a start or reload giving it to another firm is refused; this is
+    /// the deliberate way, refused while callbacks of the queue are pending
+    /// or a campaign of the old firm works it, and, unless --with-history,
+    /// while it holds any record. Written to the audit log.
+    RebindQueue {
+        /// The store's directory (as given to `serve --data-dir`).
+        #[arg(
+            long = "data-dir",
+            env = "CENTRALINO_DATA_DIR",
+            default_value = "centralino-data"
+        )]
+        data_dir: PathBuf,
+        /// The queue's name.
+        #[arg(long)]
+        queue: String,
+        /// The firm (tenant) it moves to.
+        #[arg(long)]
+        tenant: String,
+        /// The queue's records (callbacks, calls, queue events) go with it:
+        /// the new firm reads them. Without it, a queue with any is refused.
+        #[arg(long = "with-history")]
+        with_history: bool,
+        /// The audit key file. Default: the configuration's
+        /// `store.audit_key_file`, else DIR/audit.key (the node's own).
+        #[arg(long = "key-file")]
+        key_file: Option<PathBuf>,
+        /// The configuration the node will start with: it must give the
+        /// queue to that firm (and names the audit key file).
+        #[arg(long, env = "CENTRALINO_CONFIG")]
+        config: PathBuf,
     },
     /// Each queue's service figures per interval from a store's queue log
     /// (README, "Service figures"): the same as `GET /api/v1/reports/queues`.
@@ -361,6 +396,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::RebindQueue {
+            data_dir,
+            queue,
+            tenant,
+            with_history,
+            key_file,
+            config,
+        } => rebind::rebind(rebind::RebindArgs {
+            data_dir,
+            queue,
+            tenant,
+            with_history,
+            key_file,
+            config,
+        }),
         Command::Report {
             data_dir,
             config,

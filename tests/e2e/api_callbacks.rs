@@ -1057,3 +1057,188 @@ fn every_route_refuses_missing_unknown_expired_and_forged_tokens() {
         "every route counted its refusals"
     );
 }
+
+/// `centralino ARGS` to its end (a start refused ends at once): exit code
+/// and stderr. A process still running after 30 s is killed and fails.
+fn run_to_end(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_centralino"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn centralino");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("centralino {args:?} did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// TEST-MATRIX D12 across restarts: a queue's callbacks and records name
+/// the queue, so a queue keeps its firm for the life of the store. A start
+/// or a reload giving it to another firm is refused (firm B's operators
+/// would dial firm A's pending callbacks through B's trunk); the move is
+/// made on purpose, with the node stopped and nothing of A waiting.
+#[test]
+fn a_queue_keeps_its_firm_across_restarts_unless_moved_on_purpose() {
+    let scratch = Scratch::new("api-owners");
+    let data = scratch.path("data");
+    // `vaccini` and everything serving it moved to `altra`; `altra-info`
+    // left out (bound to `altra` by the first start all the same).
+    let moved = |sip: u16, http: u16| {
+        config(sip, http)
+            .replace("tenant = \"asl\"\npeers", "tenant = \"altra\"\npeers")
+            .replace(
+                "name = \"vaccini\"\ntenant = \"asl\"",
+                "name = \"vaccini\"\ntenant = \"altra\"",
+            )
+            .replace(
+                "password = \"demo1001\"\ntenant = \"asl\"",
+                "password = \"demo1001\"\ntenant = \"altra\"",
+            )
+            .replace(
+                "[[queues]]\nname = \"altra-info\"\ntenant = \"altra\"\n",
+                "",
+            )
+    };
+    let conf = scratch.path("moved.toml");
+    std::fs::write(
+        &conf,
+        moved(crate::common::free_port(), crate::common::free_port()),
+    )
+    .unwrap();
+    let rebind = |history: bool| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "rebind-queue".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--config".as_ref(),
+            conf.as_os_str(),
+            "--queue".as_ref(),
+            "vaccini".as_ref(),
+            "--tenant".as_ref(),
+            "altra".as_ref(),
+        ];
+        if history {
+            args.push("--with-history".as_ref());
+        }
+        run_to_end(&args)
+    };
+    let mut node = Node::start_toml(&scratch, config);
+    let (code, body) = node.http(
+        "POST",
+        "/api/v1/callbacks",
+        Some(TOKEN),
+        Some(r#"{"queue": "vaccini", "number": "+393331234567"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    // Never under a running node.
+    let (code, text) = rebind(true);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("in use by another Centralino"), "{text}");
+    node.kill_hard();
+
+    // Restarted with `vaccini` given to `altra`: refused, named.
+    let (code, text) = run_to_end(&[
+        "serve".as_ref(),
+        "--config".as_ref(),
+        conf.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains(r#"queue "vaccini" belongs to tenant "asl" in this database"#)
+            && text.contains(r#"not "altra""#)
+            && text.contains("rebind-queue"),
+        "{text}"
+    );
+    // Moving it on purpose is refused while asl's callback waits.
+    let (code, text) = rebind(true);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("1 callbacks pending or in progress for tenant \"asl\""),
+        "{text}"
+    );
+
+    // asl's node again: its callback is still there, still asl's.
+    let node = Node::start_toml(&scratch, config);
+    let (code, body) = node.http("GET", &format!("/api/v1/callbacks/{id}"), Some(TOKEN), None);
+    assert_eq!(
+        (code, json(&body)["status"].clone()),
+        (200, "pending".into()),
+        "{body}"
+    );
+    let (code, body) = node.http(
+        "DELETE",
+        &format!("/api/v1/callbacks/{id}"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    drop(node);
+
+    // The cancelled callback is asl's history: it goes only on purpose.
+    let (code, text) = rebind(false);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("--with-history"), "{text}");
+    let (code, text) = rebind(true);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("moved from tenant \"asl\" to \"altra\""),
+        "{text}"
+    );
+    let (code, text) = run_to_end(&[
+        "audit".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--tail".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("rebind_queue\tqueue:vaccini:asl->altra:with_history"),
+        "{text}"
+    );
+
+    // altra's node starts; a reload that gives `altra-info` (bound to
+    // altra by the first start, absent here) to asl is refused, named.
+    let node = Node::start_toml(&scratch, moved);
+    let file = scratch.path("centralino.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let extra = |tenant: &str| {
+        format!("{text}\n[[queues]]\nname = \"altra-info\"\ntenant = \"{tenant}\"\n")
+    };
+    std::fs::write(&file, extra("asl")).unwrap();
+    let (code, body) = node.http("POST", "/api/v1/config/reload", Some(TOKEN), None);
+    assert_eq!(code, 409, "{body}");
+    let v = json(&body);
+    assert_eq!(v["applied"], false);
+    assert_eq!(v["queues"], serde_json::json!(["altra-info"]));
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to tenant \"altra\""),
+        "{body}"
+    );
+    assert_eq!(
+        node.metric("centralino_config_reloads_total{outcome=\"refused\"}"),
+        1.0
+    );
+    // Given back to its own firm: applied.
+    std::fs::write(&file, extra("altra")).unwrap();
+    let (code, body) = node.http("POST", "/api/v1/config/reload", Some(TOKEN), None);
+    assert_eq!(code, 200, "{body}");
+}

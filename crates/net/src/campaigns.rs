@@ -510,6 +510,15 @@ pub(crate) fn contact_state(
         CallbackState::Failed {
             outcome: CallbackOutcome::DialPlan,
         } => ("dial_plan", ContactStatus::Failed, None),
+        // Its queue is another firm's (the engine's backstop; the
+        // scheduler hands over no campaign whose queue's firm differs):
+        // nobody was dialled, and a person looks.
+        CallbackState::Failed {
+            outcome: CallbackOutcome::OtherTenant,
+        } => {
+            uncount = true;
+            ("other_tenant", ContactStatus::Failed, None)
+        }
         CallbackState::Failed { outcome } | CallbackState::Retry { outcome, .. } => {
             let o = outcome_of(outcome);
             // Without its definition (stopped meanwhile) the contact

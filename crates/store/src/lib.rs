@@ -17,6 +17,7 @@ mod mirror;
 mod mirror_contacts;
 mod operators;
 pub mod owner_only;
+mod queue_owners;
 mod reports;
 pub mod service;
 
@@ -37,6 +38,7 @@ pub use centralino_types::record::Record;
 pub use mirror::{Kept, Mirrored};
 pub use mirror_contacts::{INTERRUPTED_HOLD, MirroredContact, Tombstone, WorkContact};
 pub use operators::{Operator, read_operators};
+pub use queue_owners::{LOCK_FILE, OwnerConflict, RebindError, lock_data_dir};
 pub use reports::{
     AGENT_LOOKBACK_MS, AgentFigures, Backlog, MAX_INTERVALS, QueueFigures, Span, Thresholds,
 };
@@ -158,6 +160,7 @@ const MIGRATIONS: &[&str] = &[
     // The time a callback was promised by, fixed when it was asked for.
     "ALTER TABLE callbacks ADD COLUMN promised_by INTEGER;",
     campaigns::NAMES_PER_TENANT,
+    queue_owners::MIGRATION,
 ];
 
 /// A notification waiting to be sent.
@@ -229,6 +232,15 @@ pub enum StoreError {
     /// opened with the key can seal them into the keyed chain.
     #[error("the audit log predates keyed audit: the node seals it with its key at its next start")]
     AuditKeyNeeded,
+    /// Another process holds the data directory (a node serving from it).
+    #[error(
+        "{0} is in use by another Centralino process (one node per data directory; stop it first)"
+    )]
+    InUse(PathBuf),
+    /// The configuration gives queues to other firms than the database
+    /// knows them by (`queue_owners.rs`).
+    #[error("{}; give each such queue another name, or move it with `centralino rebind-queue` (the node stopped; first cancel its pending callbacks and stop the old firm's campaigns on it, on a node started with the old configuration)", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    QueueOwners(Vec<OwnerConflict>),
     /// The store was opened without the audit key and cannot sign entries.
     #[error("the store was opened without the audit key: it cannot write the audit log")]
     NoAuditKey,

@@ -41,6 +41,8 @@ pub struct Mirrored {
     pub seq: Option<u64>,
     /// When it was last written to the stream (Unix seconds).
     pub mirrored_at: Option<i64>,
+    /// Its queue's firm as bound in this store (`None`: never bound).
+    pub tenant: Option<String>,
 }
 
 /// What keeping a callback taken over did.
@@ -55,9 +57,14 @@ pub enum Kept {
     Duplicate,
     /// Already here (kept before a crash, or this node's own).
     Known,
+    /// Its queue's name is bound to another firm here
+    /// (`queue_owners.rs`): not kept, never dialled here.
+    OtherFirm,
 }
 
-const MIRROR_COLUMNS: &str = "dialed, version, mirror_seq, mirrored_at";
+/// The firm is the queue's as bound here (`queue_owners.rs`), which a
+/// queue removed from the configuration keeps.
+const MIRROR_COLUMNS: &str = "dialed, version, mirror_seq, mirrored_at, (SELECT tenant FROM queue_owners WHERE queue_owners.queue = callbacks.queue)";
 
 fn mirrored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Mirrored> {
     // After the callback's own columns (`COLUMNS`, 13 of them).
@@ -68,6 +75,7 @@ fn mirrored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Mirrored> {
         version: row.get(14)?,
         seq: seq.and_then(|s| u64::try_from(s).ok()),
         mirrored_at: row.get(16)?,
+        tenant: row.get(17)?,
     })
 }
 
@@ -209,10 +217,15 @@ impl Store {
     /// Keeps a callback taken over from another node (record at `seq` on
     /// the stream, already this node's): pending, or failed with outcome
     /// `interrupted` when its old node had dialled the citizen. A
-    /// callback this node once gave away comes back the same way.
+    /// callback this node once gave away comes back the same way. Its
+    /// queue is bound to `tenant`, the record's firm; a queue bound to
+    /// another firm here keeps nothing ([`Kept::OtherFirm`]). An empty
+    /// `tenant` (a record from before records named their firm) binds
+    /// nothing.
     pub fn keep_taken(
         &mut self,
         cb: &Callback,
+        tenant: &str,
         interrupted: bool,
         seq: u64,
         now: i64,
@@ -223,6 +236,28 @@ impl Store {
             (Status::Pending, cb.outcome.as_deref())
         };
         self.atomically(|s| {
+            // Before anything changes here: a queue of another firm
+            // keeps nothing (not even the removal of a `moved` row).
+            if !tenant.is_empty() {
+                let bound: Option<String> = s
+                    .conn
+                    .query_row(
+                        "SELECT tenant FROM queue_owners WHERE queue = ?1",
+                        params![cb.queue],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match bound {
+                    Some(b) if b != tenant => return Ok(Kept::OtherFirm),
+                    Some(_) => {}
+                    None => {
+                        s.conn.execute(
+                            "INSERT INTO queue_owners (queue, tenant, bound_at) VALUES (?1, ?2, ?3)",
+                            params![cb.queue, tenant, now],
+                        )?;
+                    }
+                }
+            }
             let here: Option<String> = s
                 .conn
                 .query_row(
@@ -402,8 +437,11 @@ mod tests {
             updated_at: 60,
             promised_by: Some(7250),
         };
-        assert_eq!(s.keep_taken(&cb, false, 11, 100).unwrap(), Kept::New);
-        assert_eq!(s.keep_taken(&cb, false, 12, 100).unwrap(), Kept::Known);
+        assert_eq!(s.keep_taken(&cb, "asl", false, 11, 100).unwrap(), Kept::New);
+        assert_eq!(
+            s.keep_taken(&cb, "asl", false, 12, 100).unwrap(),
+            Kept::Known
+        );
         assert_eq!(s.open_mirrored().unwrap(), vec![("b".into(), Some(12))]);
         assert!(s.unmirrored(10).unwrap().is_empty(), "the stream has it");
 
@@ -420,7 +458,10 @@ mod tests {
             number: "+39347003".into(),
             ..cb.clone()
         };
-        assert_eq!(s.keep_taken(&dup, false, 13, 100).unwrap(), Kept::Duplicate);
+        assert_eq!(
+            s.keep_taken(&dup, "asl", false, 13, 100).unwrap(),
+            Kept::Duplicate
+        );
         let d = s.get_callback("d").unwrap().unwrap();
         assert_eq!(d.status, Status::Cancelled);
         assert!(
@@ -435,15 +476,37 @@ mod tests {
             number: "+39347004".into(),
             ..cb.clone()
         };
-        assert_eq!(s.keep_taken(&e, true, 14, 100).unwrap(), Kept::New);
+        assert_eq!(s.keep_taken(&e, "asl", true, 14, 100).unwrap(), Kept::New);
         let e = s.get_callback("e").unwrap().unwrap();
         assert_eq!(
             (e.status, e.outcome.as_deref()),
             (Status::Failed, Some("interrupted"))
         );
-        // Given away, then back: pending here again.
+        // Its queue bound to its firm by the first one kept, and its
+        // records name that firm.
+        assert_eq!(s.queue_owner("richiamate").unwrap().as_deref(), Some("asl"));
+        let m = s.mirror_state("d").unwrap().unwrap();
+        assert_eq!(m.tenant.as_deref(), Some("asl"));
+        // Given away, then back for another firm of the same queue name:
+        // nothing kept, nothing changed (the `moved` row stays).
         assert!(s.set_moved("b", "roma-1", 200).unwrap());
-        assert_eq!(s.keep_taken(&cb, false, 20, 300).unwrap(), Kept::New);
+        assert_eq!(
+            s.keep_taken(&cb, "altra", false, 19, 300).unwrap(),
+            Kept::OtherFirm
+        );
+        assert_eq!(s.get_callback("b").unwrap().unwrap().status, Status::Moved);
+        let other = Callback {
+            id: "f".into(),
+            number: "+39347005".into(),
+            ..cb.clone()
+        };
+        assert_eq!(
+            s.keep_taken(&other, "altra", false, 21, 300).unwrap(),
+            Kept::OtherFirm
+        );
+        assert_eq!(s.get_callback("f").unwrap(), None);
+        // Back for its own firm: pending here again.
+        assert_eq!(s.keep_taken(&cb, "asl", false, 20, 300).unwrap(), Kept::New);
         assert_eq!(
             s.get_callback("b").unwrap().unwrap().status,
             Status::Pending

@@ -515,16 +515,26 @@ impl StoreHandle {
     /// Opens the database at `path` (a bad file stops the start with its
     /// reason), closes what the last process left in progress, and starts
     /// the service's thread. `notify`: changes the SMS hook reports go to
-    /// its outbox.
+    /// its outbox. `queues` (name, firm): the configuration's queues,
+    /// bound to their firms here; one the database knows as another
+    /// firm's stops the start ([`StoreError::QueueOwners`]).
     pub fn start(
         path: &Path,
         audit_key: AuditKey,
+        queues: &[(String, String)],
         retention_days: u32,
         notify: bool,
         metrics: StoreMetrics,
         watch: impl Watch,
     ) -> Result<Self, StoreError> {
         let mut store = Store::open_keyed(path, audit_key)?;
+        let bound = store.bind_queues(queues, unix_now())?;
+        if !bound.is_empty() {
+            info!(
+                queues = bound.len(),
+                "queues bound to their firms in the store"
+            );
+        }
         match store.audit_key_fits() {
             Ok(true) => {}
             Ok(false) => tracing::error!(

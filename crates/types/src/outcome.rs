@@ -214,6 +214,9 @@ pub enum CallbackOutcome {
     NoRtpPort,
     /// The callback names a queue this node does not have.
     UnknownQueue,
+    /// A campaign's queue belongs to another firm than the campaign
+    /// (never dialled through the other firm's trunk).
+    OtherTenant,
     /// The store could not record the dialling.
     StoreFailed,
     /// The operator's side ended the attempt (`agent_hangup`,
@@ -234,6 +237,7 @@ impl CallbackOutcome {
             Self::NoOutboundTrunk => "no_outbound_trunk",
             Self::NoRtpPort => "no_rtp_port",
             Self::UnknownQueue => "unknown_queue",
+            Self::OtherTenant => "other_tenant",
             Self::StoreFailed => "store_failed",
             Self::Ended(o) => o.as_str(),
         }

@@ -68,6 +68,16 @@ impl Engine {
             return;
         };
         let tenant = self.queue_tenant(queue);
+        if let Some(c) = &cb.campaign
+            && self.tenant_names.get(tenant.index()) != Some(&c.tenant)
+        {
+            // The campaign and its queue are checked together when it is
+            // made, and a queue keeps its firm for the life of the store
+            // (`queue_owners.rs`): a backstop, never another firm's trunk.
+            warn!(campaign = %c.name, queue = %cb.queue, "a campaign's queue belongs to another firm: its contact is not dialled");
+            self.start_failed(&cb, CallbackOutcome::OtherTenant);
+            return;
+        }
         if self.dialable(tenant, &cb.number, via).is_none() {
             // Stored before the plan said no (an older version, a reload):
             // never dialled, and no retry would change that.

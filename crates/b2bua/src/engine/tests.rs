@@ -8489,3 +8489,39 @@ fn allow_lists_are_read_as_the_list_splitter_read_them() {
         }
     }
 }
+
+/// A campaign's contact is never dialled through a queue of another firm
+/// (the store keeps a queue with its firm; this is the engine's own
+/// backstop): failed `other_tenant`, no INVITE to anyone.
+#[test]
+fn a_campaign_contact_never_goes_out_through_another_firms_queue() {
+    let mut h = Harness::with_outbound_trunk();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let run = CampaignRun {
+        id: "c1".into(),
+        name: "fragili".into(),
+        tenant: "demo".into(),
+        queue: "info".into(),
+        pacer: centralino_campaigns::pacer::PacerConfig::new(
+            centralino_campaigns::Mode::Progressive,
+        ),
+    };
+    h.engine.campaign_tick(h.now, std::slice::from_ref(&run));
+    h.drain();
+    let mut due = campaign_due("c1", "fragili", 1, "+393331112223", false, None);
+    if let Some(c) = due.campaign.as_mut() {
+        c.tenant = "altra".into();
+    }
+    h.engine.campaign_contacts(h.now, "c1", vec![due]);
+    let out = h.drain();
+    assert!(requests(&out, PHONE1, "INVITE").is_empty());
+    assert!(requests(&out, TRUNK, "INVITE").is_empty());
+    assert!(
+        matches!(
+            h.contacts.last(),
+            Some((c, CallbackState::Failed { outcome: CallbackOutcome::OtherTenant })) if c.contact == 1
+        ),
+        "{:?}",
+        h.contacts
+    );
+}

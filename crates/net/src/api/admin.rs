@@ -23,6 +23,15 @@ pub(super) async fn reload(api: &Api, headers: &HeaderMap) -> Response {
                 &json!({ "applied": false, "error": message, "keys": keys }),
             )
         }
+        Err(ReloadError::QueueOwners(found)) => {
+            let message = ReloadError::QueueOwners(found.clone()).to_string();
+            let queues: Vec<&str> = found.iter().map(|c| c.queue.as_str()).collect();
+            ok(
+                StatusCode::CONFLICT,
+                &json!({ "applied": false, "error": message, "keys": ["queues[].tenant"], "queues": queues }),
+            )
+        }
+        Err(e @ ReloadError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         Err(e @ ReloadError::Refused(_)) => ok(
             StatusCode::CONFLICT,
             &json!({ "applied": false, "error": e.to_string(), "keys": [] }),

@@ -36,6 +36,12 @@ pub enum ReloadError {
     /// Keys a running node cannot apply changed.
     #[error("these keys need a restart: {}", .0.join(", "))]
     Restart(Vec<String>),
+    /// It gives queues to other firms than the store knows them by.
+    #[error("{}; give each such queue another name (a queue keeps its firm for the life of the database)", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    QueueOwners(Vec<centralino_store::OwnerConflict>),
+    /// The store could not be asked.
+    #[error("the store is unavailable: {0}")]
+    Store(String),
     /// The engine refused it, or could not be reached.
     #[error(transparent)]
     Refused(crate::handle::EngineReloadError),
@@ -82,10 +88,41 @@ impl Api {
             api.net.config_reloads.with_label_values(&["refused"]).inc();
             return Err(ReloadError::Restart(restart));
         }
-        api.engine
-            .reload(config.clone())
-            .await
-            .map_err(ReloadError::Refused)?;
+        // A queue a reload adds may carry a name the database knows as
+        // another firm's (a queue of an earlier run): refused. New names
+        // are bound before the engine takes them (never live unbound),
+        // and forgotten again if it refuses.
+        let queues = queue_owners(&config);
+        let now = unix_now();
+        let bound = match api.store.with(move |s| s.bind_queues(&queues, now)).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                if let ServiceError::Store(s) = &e
+                    && let StoreError::QueueOwners(found) = &**s
+                {
+                    warn!(
+                        queues = found.len(),
+                        "reload refused: queues given to another firm than the store knows them by"
+                    );
+                    api.net.config_reloads.with_label_values(&["refused"]).inc();
+                    return Err(ReloadError::QueueOwners(found.clone()));
+                }
+                warn!(error = %e, "reload refused: the store cannot bind its queues");
+                return Err(ReloadError::Store(e.to_string()));
+            }
+        };
+        if let Err(e) = api.engine.reload(config.clone()).await {
+            if !bound.is_empty() {
+                let undo = api.store.with(move |s| s.unbind_queues(&bound)).await;
+                if let Err(u) = undo {
+                    // Bound to the firm the refused file gave them: the
+                    // next start or reload naming them for another firm
+                    // is refused, and says so.
+                    warn!(error = %u, "queues of a refused reload stay bound");
+                }
+            }
+            return Err(ReloadError::Refused(e));
+        }
         api.apply(&config);
         centralino_types::set_unmask_numbers(config.unmask_numbers);
         info!(keys = %changed.join(", "), "reload applied");

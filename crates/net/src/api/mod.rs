@@ -265,6 +265,20 @@ impl Live {
     }
 }
 
+/// The configuration's queues with their firms (name, tenant), those a
+/// reload removed left out: what the store binds (`queue_owners.rs`).
+pub(crate) fn queue_owners(config: &Config) -> Vec<(String, String)> {
+    config
+        .queues
+        .iter()
+        .filter(|q| !q.retired)
+        .map(|q| {
+            let tenant = config.tenants.get(q.tenant.index()).cloned();
+            (q.routing.name.clone(), tenant.unwrap_or_default())
+        })
+        .collect()
+}
+
 /// Per-client and per-number bounds on callback requests.
 struct CallbackLimiter {
     per_source: crate::limits::WindowLimiter<std::net::IpAddr>,
@@ -297,6 +311,9 @@ pub struct Api {
     store_probe: crate::health::StoreProbe,
     /// The latest staffing forecast per queue (`forecast`).
     forecasts: forecast::Forecasts,
+    /// The data directory's lock, held while the node lives (one node
+    /// per directory; `rebind-queue` waits for it to stop).
+    _dir_lock: Arc<std::fs::File>,
 }
 
 /// Every API route: its path, its methods, and the handlers. The router is
@@ -550,6 +567,7 @@ impl Api {
     ) -> Result<Self, ApiError> {
         centralino_store::owner_only::create_dir(data_dir)
             .map_err(|e| ApiError::Dir(data_dir.to_path_buf(), e))?;
+        let dir_lock = centralino_store::lock_data_dir(data_dir).map_err(ApiError::Store)?;
         let path = data_dir.join("centralino.db");
         let audit_key = match &config.audit_key_file {
             Some(file) => centralino_store::AuditKey::from_file(file).map_err(ApiError::Store)?,
@@ -569,6 +587,7 @@ impl Api {
         let store = StoreHandle::start(
             &path,
             audit_key,
+            &queue_owners(config),
             config.retention_days,
             config.notifications.is_some(),
             net.store.clone(),
@@ -587,6 +606,7 @@ impl Api {
         let sessions = Sessions::new(&config.api_sessions)?;
         let limits = config.callback_limits;
         let api = Self {
+            _dir_lock: Arc::new(dir_lock),
             store,
             db: Arc::new(path.clone()),
             live: Arc::new(std::sync::RwLock::new(Arc::new(Live::of(config)))),

@@ -159,7 +159,13 @@ fn callback_record(
     Some(WorkRecord {
         prev: 0,
         owner: node.to_owned(),
-        tenant: tenants.get(&c.queue).cloned().unwrap_or_default(),
+        // The firm the store bound the queue to: a queue removed from the
+        // configuration since keeps it.
+        tenant: m
+            .tenant
+            .clone()
+            .or_else(|| tenants.get(&c.queue).cloned())
+            .unwrap_or_default(),
         state,
         callback: Some(CallbackWork {
             id: c.id.clone(),

@@ -906,8 +906,9 @@ impl Shared {
             let kept = match (&record.callback, &record.contact) {
                 (Some(c), _) => {
                     let cb = callback(c, now);
+                    let tenant = record.tenant.clone();
                     self.store
-                        .with(move |s| s.keep_taken(&cb, interrupted, keep, now))
+                        .with(move |s| s.keep_taken(&cb, &tenant, interrupted, keep, now))
                         .await
                 }
                 (None, Some(k)) => {
@@ -922,6 +923,16 @@ impl Shared {
             match (kept, event) {
                 (Kept::Known, _) => {}
                 (Kept::Duplicate, _) => self.count("duplicate"),
+                // Its queue's name is another firm's here (this node's
+                // store lost or replaced, the name given to another firm):
+                // never that firm's to dial. Left open on the stream for a
+                // person, or for a node of its firm once this one is gone.
+                (Kept::OtherFirm, _) => {
+                    if let Some(c) = &record.callback {
+                        warn!(callback = %short(&c.id), queue = %c.queue, tenant = %record.tenant, "national network: a callback on the stream names a queue that is another firm's here; not kept");
+                    }
+                    self.count("other_tenant");
+                }
                 (Kept::New, "taken_over") => {
                     taken += 1;
                     match (&record.callback, &record.contact) {
