@@ -91,12 +91,16 @@ pub(crate) fn rebind(args: RebindArgs) -> ExitCode {
         ) => return fail(2, &e),
         Err(e) => return fail(1, &e),
     };
-    if was == args.tenant {
-        println!("queue {:?} already belongs to tenant {was:?}", args.queue);
+    if was.as_deref() == Some(args.tenant.as_str()) {
+        println!(
+            "queue {:?} already belongs to tenant {:?}",
+            args.queue, args.tenant
+        );
         return ExitCode::SUCCESS;
     }
+    let from = was.map_or_else(|| "an unknown firm".to_owned(), |w| format!("tenant {w:?}"));
     println!(
-        "queue {:?} moved from tenant {was:?} to {:?}: start the node with a configuration that gives it to {:?}",
+        "queue {:?} moved from {from} to {:?}: start the node with a configuration that gives it to {:?}",
         args.queue, args.tenant, args.tenant
     );
     ExitCode::SUCCESS

@@ -1217,10 +1217,14 @@ fn a_queue_keeps_its_firm_across_restarts_unless_moved_on_purpose() {
     let node = Node::start_toml(&scratch, moved);
     let file = scratch.path("centralino.toml");
     let text = std::fs::read_to_string(&file).unwrap();
-    let extra = |tenant: &str| {
-        format!("{text}\n[[queues]]\nname = \"altra-info\"\ntenant = \"{tenant}\"\n")
+    // With it, a new queue `sportello` for asl: the refused reload binds
+    // none of its names, so `sportello` can then go to altra.
+    let extra = |tenant: &str, sportello: &str| {
+        format!(
+            "{text}\n[[queues]]\nname = \"altra-info\"\ntenant = \"{tenant}\"\n\n[[queues]]\nname = \"sportello\"\ntenant = \"{sportello}\"\n"
+        )
     };
-    std::fs::write(&file, extra("asl")).unwrap();
+    std::fs::write(&file, extra("asl", "asl")).unwrap();
     let (code, body) = node.http("POST", "/api/v1/config/reload", Some(TOKEN), None);
     assert_eq!(code, 409, "{body}");
     let v = json(&body);
@@ -1238,7 +1242,7 @@ fn a_queue_keeps_its_firm_across_restarts_unless_moved_on_purpose() {
         1.0
     );
     // Given back to its own firm: applied.
-    std::fs::write(&file, extra("altra")).unwrap();
+    std::fs::write(&file, extra("altra", "altra")).unwrap();
     let (code, body) = node.http("POST", "/api/v1/config/reload", Some(TOKEN), None);
     assert_eq!(code, 200, "{body}");
 }

@@ -877,3 +877,56 @@ fn the_readmes_per_node_permissions_are_enough_for_the_work_stream() {
         0.0
     );
 }
+
+/// TEST-MATRIX D12 on the national network: milano-1's store is lost and
+/// the node comes back on a fresh one whose configuration gives its
+/// callback queue to another firm. Its own record of firm asl's pending
+/// callback is still on the stream; the new store binds `richiamate` to
+/// `altra`, so the record is not kept (`other_tenant`), and altra's
+/// operator, free, never calls asl's citizen.
+#[test]
+fn a_nodes_own_callback_is_never_kept_in_another_firms_queue_of_that_name() {
+    let (sb, sb2) = (Scratch::new("work-firm-b"), Scratch::new("work-firm-b2"));
+    let port = free_port();
+    let _nats = jetstream(&sb, port);
+    let citizen = crate::common::far_end(&sb, "citizen", "citizen_answer.xml", 1, "120s");
+    let mut b = node(&sb, "milano-1", "127.0.0.1", port, citizen.port, true);
+    ask_callback(&b, "+393470000011");
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"mirrored\"}",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    b.kill_hard();
+    let asl = config("milano-1", "127.0.0.1", port, citizen.port, true);
+    let altra = move |sip, http| {
+        asl(sip, http)
+            .replace("name = \"asl\"", "name = \"altra\"")
+            .replace("tenant = \"asl\"", "tenant = \"altra\"")
+    };
+    let b = Node::start_toml(&sb2, altra);
+    b.wait_metric(
+        "centralino_cluster_work_total{event=\"other_tenant\"}",
+        Duration::from_secs(15),
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        b.metric_or_zero("centralino_cluster_work_total{event=\"adopted\"}"),
+        0.0
+    );
+    let _phones = talking_phones(&sb2, &b, &[1001]);
+    b.wait_metric(
+        "centralino_agents{state=\"available\",tenant=\"altra\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    // Nothing of it in the store, whatever its status: nothing to dial.
+    assert!(listed(&b, "/api/v1/callbacks?limit=1000", "callbacks").is_empty());
+    assert!(
+        !citizen
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("called INVITE")),
+        "the citizen's phone must not ring"
+    );
+}

@@ -218,10 +218,10 @@ impl Store {
     /// the stream, already this node's): pending, or failed with outcome
     /// `interrupted` when its old node had dialled the citizen. A
     /// callback this node once gave away comes back the same way. Its
-    /// queue is bound to `tenant`, the record's firm; a queue bound to
-    /// another firm here keeps nothing ([`Kept::OtherFirm`]). An empty
-    /// `tenant` (a record from before records named their firm) binds
-    /// nothing.
+    /// queue is bound to `tenant`, the record's firm, if it was not; a
+    /// queue of another firm (or of an unknown one) here, or a record
+    /// that names no firm (an older version's), keeps nothing
+    /// ([`Kept::OtherFirm`]): it stays on the stream for a person.
     pub fn keep_taken(
         &mut self,
         cb: &Callback,
@@ -236,28 +236,6 @@ impl Store {
             (Status::Pending, cb.outcome.as_deref())
         };
         self.atomically(|s| {
-            // Before anything changes here: a queue of another firm
-            // keeps nothing (not even the removal of a `moved` row).
-            if !tenant.is_empty() {
-                let bound: Option<String> = s
-                    .conn
-                    .query_row(
-                        "SELECT tenant FROM queue_owners WHERE queue = ?1",
-                        params![cb.queue],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                match bound {
-                    Some(b) if b != tenant => return Ok(Kept::OtherFirm),
-                    Some(_) => {}
-                    None => {
-                        s.conn.execute(
-                            "INSERT INTO queue_owners (queue, tenant, bound_at) VALUES (?1, ?2, ?3)",
-                            params![cb.queue, tenant, now],
-                        )?;
-                    }
-                }
-            }
             let here: Option<String> = s
                 .conn
                 .query_row(
@@ -266,6 +244,13 @@ impl Store {
                     |r| r.get(0),
                 )
                 .optional()?;
+            // Before anything changes here (a known callback aside, which
+            // is this node's already): a queue of another firm, or of an
+            // unknown one, keeps nothing, not even the removal of a
+            // `moved` row.
+            if matches!(here.as_deref(), None | Some("moved")) && !s.keeps_firm(&cb.queue, tenant, now)? {
+                return Ok(Kept::OtherFirm);
+            }
             match here.as_deref() {
                 None => {}
                 Some("moved") => {
@@ -511,5 +496,22 @@ mod tests {
             s.get_callback("b").unwrap().unwrap().status,
             Status::Pending
         );
+        // Already here, whatever firm a record names: known (its record
+        // is this node's to keep up to date).
+        assert_eq!(
+            s.keep_taken(&cb, "altra", false, 22, 300).unwrap(),
+            Kept::Known
+        );
+        // A record that names no firm (an older version's) is never kept.
+        let anon = Callback {
+            id: "g".into(),
+            number: "+39347006".into(),
+            ..cb.clone()
+        };
+        assert_eq!(
+            s.keep_taken(&anon, "", false, 23, 300).unwrap(),
+            Kept::OtherFirm
+        );
+        assert_eq!(s.get_callback("g").unwrap(), None);
     }
 }

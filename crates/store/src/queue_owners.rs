@@ -11,43 +11,66 @@
 //! name to another firm is refused: the queue takes a new name, or is
 //! moved on purpose with `centralino rebind-queue`, once nothing of it is
 //! waiting to be dialled.
+//!
+//! A database from before the binding knows a queue's firm only where a
+//! campaign names it. Every other name its records use is kept with an
+//! unknown firm (`tenant` NULL): the first start after the upgrade binds
+//! those its configuration names (the trust the node had until then); a
+//! later start naming one is refused, as it may be another firm's.
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::{Store, StoreError};
 
-/// The binding table (a migration). A database from before it knows a
-/// queue's firm only from campaigns (each names its firm and queue):
-/// those are bound at once; the rest at the first start.
+/// The binding table (a migration): campaigns' queues bound to their
+/// firms (the oldest campaign's, should two disagree), the other names
+/// records use kept with an unknown firm, and the mark (queue `''`) that
+/// lets the first start bind those.
 pub(crate) const MIGRATION: &str = "CREATE TABLE queue_owners (
         queue TEXT PRIMARY KEY,
-        tenant TEXT NOT NULL,
+        tenant TEXT,
         bound_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     INSERT OR IGNORE INTO queue_owners (queue, tenant, bound_at)
         SELECT queue, tenant, 0 FROM (
-            SELECT CASE WHEN json_valid(spec) THEN json_extract(spec, '$.queue') END AS queue, tenant, created_at
-            FROM campaigns ORDER BY created_at)
-        WHERE typeof(queue) = 'text';";
+            SELECT CASE WHEN json_valid(spec) THEN json_extract(spec, '$.queue') END AS queue,
+                   tenant, MIN(created_at)
+            FROM campaigns GROUP BY 1)
+        WHERE typeof(queue) = 'text' AND queue != '';
+    INSERT OR IGNORE INTO queue_owners (queue, tenant, bound_at)
+        SELECT queue, NULL, 0 FROM (
+            SELECT queue FROM callbacks
+            UNION SELECT queue FROM cdr WHERE queue IS NOT NULL
+            UNION SELECT queue FROM queue_log)
+        WHERE queue != '';
+    INSERT INTO queue_owners (queue, tenant, bound_at) VALUES ('', NULL, 0);";
 
 /// A queue the configuration gives to another firm than the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnerConflict {
     /// The queue's name.
     pub queue: String,
-    /// The firm that owns it in this database.
-    pub bound: String,
+    /// The firm that owns it in this database (`None`: records from
+    /// before queues were bound, of a firm the database does not know).
+    pub bound: Option<String>,
     /// The firm the configuration gives it to.
     pub configured: String,
 }
 
 impl std::fmt::Display for OwnerConflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "queue {:?} belongs to tenant {:?} in this database (its callbacks, call records and answers), not {:?}",
-            self.queue, self.bound, self.configured
-        )
+        match &self.bound {
+            Some(bound) => write!(
+                f,
+                "queue {:?} belongs to tenant {bound:?} in this database (its callbacks, call records and answers), not {:?}",
+                self.queue, self.configured
+            ),
+            None => write!(
+                f,
+                "queue {:?} holds records from before queues were bound to firms, of a firm this database does not know: it goes to {:?} only on purpose (`centralino rebind-queue --with-history`)",
+                self.queue, self.configured
+            ),
+        }
     }
 }
 
@@ -56,40 +79,42 @@ impl std::fmt::Display for OwnerConflict {
 #[non_exhaustive]
 pub enum RebindError {
     /// The database never saw that queue.
-    #[error("no queue {0:?} in this database")]
+    #[error(
+        "no queue {0:?} in this database (a queue is bound to its firm when a start first names it)"
+    )]
     Unknown(String),
     /// Callbacks of the queue still wait to be dialled, as the old firm's.
     #[error(
-        "queue {queue:?} has {open} callbacks pending or in progress for tenant {tenant:?}: cancel them first (DELETE /api/v1/callbacks/ID), or give the new firm's queue another name"
+        "queue {queue:?} has {open} callbacks pending or in progress for tenant {tenant}: cancel them first (DELETE /api/v1/callbacks/ID), or give the new firm's queue another name"
     )]
     Open {
         /// The queue.
         queue: String,
-        /// Its firm now.
+        /// Its firm now (quoted, or `unknown`).
         tenant: String,
         /// Callbacks still open.
         open: u64,
     },
     /// Campaigns of the old firm still work the queue.
     #[error(
-        "queue {queue:?} is worked by {campaigns} unfinished campaigns of tenant {tenant:?}: stop them first (POST /api/v1/campaigns/ID/stop), or give the new firm's queue another name"
+        "queue {queue:?} is worked by {campaigns} unfinished campaigns of tenant {tenant}: stop them first (POST /api/v1/campaigns/ID/stop), or give the new firm's queue another name"
     )]
     Campaigns {
         /// The queue.
         queue: String,
-        /// Its firm now.
+        /// Its firm now (quoted).
         tenant: String,
         /// Campaigns not finished.
         campaigns: u64,
     },
     /// The old firm's records of the queue would become the new firm's.
     #[error(
-        "queue {queue:?} holds {records} records of tenant {tenant:?} (callbacks, calls, queue events), which the new firm would read: give the new firm's queue another name, or pass --with-history if the history goes with the queue"
+        "queue {queue:?} holds {records} records of tenant {tenant} (callbacks, calls, queue events), which the new firm would read: give the new firm's queue another name, or pass --with-history if the history goes with the queue"
     )]
     History {
         /// The queue.
         queue: String,
-        /// Its firm now.
+        /// Its firm now (quoted, or `unknown`).
         tenant: String,
         /// Callbacks, call records and queue events of it.
         records: u64,
@@ -99,38 +124,24 @@ pub enum RebindError {
     Store(#[from] StoreError),
 }
 
-/// The queues of `queues` (name, firm) bound to another firm on `conn`.
-fn conflicts(
-    conn: &rusqlite::Connection,
-    queues: &[(String, String)],
-) -> rusqlite::Result<Vec<OwnerConflict>> {
-    let mut stmt = conn.prepare_cached("SELECT tenant FROM queue_owners WHERE queue = ?1")?;
-    let mut out = Vec::new();
-    for (queue, tenant) in queues {
-        let bound: Option<String> = stmt.query_row(params![queue], |r| r.get(0)).optional()?;
-        if let Some(bound) = bound.filter(|b| b != tenant) {
-            out.push(OwnerConflict {
-                queue: queue.clone(),
-                bound,
-                configured: tenant.clone(),
-            });
-        }
-    }
-    Ok(out)
+/// How a queue stands here: `None` never seen, `Some(None)` records of
+/// an unknown firm, `Some(Some(firm))` bound.
+fn owner(conn: &rusqlite::Connection, queue: &str) -> rusqlite::Result<Option<Option<String>>> {
+    conn.prepare_cached("SELECT tenant FROM queue_owners WHERE queue = ?1")?
+        .query_row(params![queue], |r| r.get(0))
+        .optional()
+}
+
+/// A firm for a message: quoted, or `unknown`.
+fn firm(f: Option<&str>) -> String {
+    f.map_or_else(|| "unknown".to_owned(), |f| format!("{f:?}"))
 }
 
 impl Store {
-    /// The queues of `queues` (name, firm) bound to another firm here.
-    pub fn queue_owner_conflicts(
-        &self,
-        queues: &[(String, String)],
-    ) -> Result<Vec<OwnerConflict>, StoreError> {
-        Ok(conflicts(&self.conn, queues)?)
-    }
-
     /// Binds every queue of `queues` (name, firm) not bound yet, and
-    /// returns their names; or, when one is bound to another firm, binds
-    /// nothing and names them all ([`StoreError::QueueOwners`]).
+    /// returns the names it bound; or, when one is bound to another firm
+    /// (or, after the first start, holds records of an unknown firm),
+    /// binds nothing and names them all ([`StoreError::QueueOwners`]).
     pub fn bind_queues(
         &mut self,
         queues: &[(String, String)],
@@ -139,49 +150,92 @@ impl Store {
         // The check and the binding in one transaction: nothing between
         // them binds a name.
         let tx = self.conn.savepoint()?;
-        let found = conflicts(&tx, queues)?;
+        // The first start after the migration: names of an unknown firm
+        // are the configuration's to bind.
+        let first = owner(&tx, "")?.is_some();
+        let mut found = Vec::new();
+        let (mut new, mut adopted) = (Vec::new(), Vec::new());
+        for (queue, tenant) in queues {
+            match owner(&tx, queue)? {
+                None => new.push((queue, tenant)),
+                Some(Some(b)) if b == *tenant => {}
+                Some(None) if first => adopted.push((queue, tenant)),
+                Some(bound) => found.push(OwnerConflict {
+                    queue: queue.clone(),
+                    bound,
+                    configured: tenant.clone(),
+                }),
+            }
+        }
         if !found.is_empty() {
             return Err(StoreError::QueueOwners(found));
         }
-        let mut bound = Vec::new();
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO queue_owners (queue, tenant, bound_at) VALUES (?1, ?2, ?3)",
+        for (queue, tenant) in &adopted {
+            tx.execute(
+                "UPDATE queue_owners SET tenant = ?2, bound_at = ?3 WHERE queue = ?1",
+                params![queue, tenant, now],
             )?;
-            for (queue, tenant) in queues {
-                if stmt.execute(params![queue, tenant, now])? == 1 {
-                    bound.push(queue.clone());
-                }
-            }
+        }
+        for (queue, tenant) in &new {
+            tx.execute(
+                "INSERT INTO queue_owners (queue, tenant, bound_at) VALUES (?1, ?2, ?3)",
+                params![queue, tenant, now],
+            )?;
+        }
+        if first {
+            tx.execute("DELETE FROM queue_owners WHERE queue = ''", [])?;
         }
         tx.commit()?;
-        Ok(bound)
+        Ok(new.into_iter().map(|(q, _)| q.clone()).collect())
     }
 
-    /// Forgets the bindings of `names` (a reload that bound them was then
-    /// refused: they never took a call).
-    pub fn unbind_queues(&mut self, names: &[String]) -> Result<(), StoreError> {
+    /// Forgets the bindings of `names` made at `bound_at` (a reload that
+    /// bound them was then refused), unless a callback has come to one
+    /// meanwhile (one kept from the national network's stream).
+    pub fn unbind_queues(&mut self, names: &[String], bound_at: i64) -> Result<(), StoreError> {
         let tx = self.conn.savepoint()?;
         {
-            let mut stmt = tx.prepare_cached("DELETE FROM queue_owners WHERE queue = ?1")?;
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM queue_owners WHERE queue = ?1 AND bound_at = ?2 AND tenant IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM callbacks WHERE queue = ?1)",
+            )?;
             for q in names {
-                stmt.execute(params![q])?;
+                stmt.execute(params![q, bound_at])?;
             }
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// The firm queue `queue` is bound to here, if any.
+    /// The firm queue `queue` is bound to here (`None`: not bound, or
+    /// records of an unknown firm).
     pub fn queue_owner(&self, queue: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT tenant FROM queue_owners WHERE queue = ?1",
-                params![queue],
-                |r| r.get(0),
-            )
-            .optional()?)
+        Ok(owner(&self.conn, queue)?.flatten())
+    }
+
+    /// Whether a callback of firm `tenant` may be kept in `queue` here
+    /// (the national network's records), binding an unbound queue to it.
+    /// A record that names no firm (from an older version) or a queue of
+    /// another or an unknown firm may not.
+    pub(crate) fn keeps_firm(
+        &self,
+        queue: &str,
+        tenant: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        if tenant.is_empty() {
+            return Ok(false);
+        }
+        match owner(&self.conn, queue)? {
+            Some(bound) => Ok(bound.as_deref() == Some(tenant)),
+            None => {
+                self.conn.execute(
+                    "INSERT INTO queue_owners (queue, tenant, bound_at) VALUES (?1, ?2, ?3)",
+                    params![queue, tenant, now],
+                )?;
+                Ok(true)
+            }
+        }
     }
 
     /// Moves queue `queue` to firm `tenant` on purpose (the node is
@@ -190,9 +244,10 @@ impl Store {
     /// firm's. What was recorded before stays under the queue's name, so
     /// the new firm's supervisors would read it: refused while there is
     /// any, unless `with_history` says the history goes with the queue
-    /// (two firms merged). The move is in the audit log, as `actor`'s, in
-    /// the same transaction (so the store needs its audit key). Returns
-    /// the firm it had.
+    /// (two firms merged; or records of an unknown firm, from before
+    /// queues were bound, given to one). The move is in the audit log, as
+    /// `actor`'s, in the same transaction (so the store needs its audit
+    /// key). Returns the firm it had (`None`: unknown).
     pub fn rebind_queue(
         &mut self,
         queue: &str,
@@ -200,20 +255,12 @@ impl Store {
         with_history: bool,
         actor: &str,
         now: i64,
-    ) -> Result<String, RebindError> {
+    ) -> Result<Option<String>, RebindError> {
         self.atomically(|s| {
-            let bound: Option<String> = s
-                .conn
-                .query_row(
-                    "SELECT tenant FROM queue_owners WHERE queue = ?1",
-                    params![queue],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(bound) = bound else {
+            let Some(bound) = owner(&s.conn, queue).map_err(StoreError::from)? else {
                 return Ok(Err(RebindError::Unknown(queue.to_owned())));
             };
-            if bound == tenant {
+            if bound.as_deref() == Some(tenant) {
                 return Ok(Ok(bound));
             }
             let open: i64 = s.conn.query_row(
@@ -224,21 +271,23 @@ impl Store {
             if open > 0 {
                 return Ok(Err(RebindError::Open {
                     queue: queue.to_owned(),
-                    tenant: bound,
+                    tenant: firm(bound.as_deref()),
                     open: open.unsigned_abs(),
                 }));
             }
-            let campaigns: i64 = s.conn.query_row(
-                "SELECT COUNT(*) FROM campaigns WHERE tenant = ?2 AND status != 'finished' AND (CASE WHEN json_valid(spec) THEN json_extract(spec, '$.queue') END) = ?1",
-                params![queue, bound],
-                |r| r.get(0),
-            )?;
-            if campaigns > 0 {
-                return Ok(Err(RebindError::Campaigns {
-                    queue: queue.to_owned(),
-                    tenant: bound,
-                    campaigns: campaigns.unsigned_abs(),
-                }));
+            if let Some(old) = &bound {
+                let campaigns: i64 = s.conn.query_row(
+                    "SELECT COUNT(*) FROM campaigns WHERE tenant = ?2 AND status != 'finished' AND (CASE WHEN json_valid(spec) THEN json_extract(spec, '$.queue') END) = ?1",
+                    params![queue, old],
+                    |r| r.get(0),
+                )?;
+                if campaigns > 0 {
+                    return Ok(Err(RebindError::Campaigns {
+                        queue: queue.to_owned(),
+                        tenant: firm(Some(old)),
+                        campaigns: campaigns.unsigned_abs(),
+                    }));
+                }
             }
             if !with_history {
                 let records: i64 = s.conn.query_row(
@@ -248,18 +297,19 @@ impl Store {
                     params![queue],
                     |r| r.get(0),
                 )?;
-                if records > 0 {
+                if records > 0 || bound.is_none() {
                     return Ok(Err(RebindError::History {
                         queue: queue.to_owned(),
-                        tenant: bound,
+                        tenant: firm(bound.as_deref()),
                         records: records.unsigned_abs(),
                     }));
                 }
             }
+            let old = bound.as_deref().unwrap_or("?");
             let target = if with_history {
-                format!("queue:{queue}:{bound}->{tenant}:with_history")
+                format!("queue:{queue}:{old}->{tenant}:with_history")
             } else {
-                format!("queue:{queue}:{bound}->{tenant}")
+                format!("queue:{queue}:{old}->{tenant}")
             };
             s.conn.execute(
                 "UPDATE queue_owners SET tenant = ?2, bound_at = ?3 WHERE queue = ?1",
@@ -346,12 +396,11 @@ mod tests {
             found,
             vec![OwnerConflict {
                 queue: "vaccini".into(),
-                bound: "asl1".into(),
+                bound: Some("asl1".into()),
                 configured: "asl2".into(),
             }]
         );
         assert_eq!(s.queue_owner("psicologo").unwrap(), None);
-        assert_eq!(s.queue_owner_conflicts(&moved).unwrap(), found);
         assert_eq!(s.queue_owner("vaccini").unwrap().as_deref(), Some("asl1"));
         // The message names the queue and both firms.
         let text = StoreError::QueueOwners(found).to_string();
@@ -359,9 +408,31 @@ mod tests {
             text.contains("\"vaccini\"") && text.contains("\"asl1\"") && text.contains("\"asl2\""),
             "{text}"
         );
-        // A reload's bindings undone when the engine refuses it.
-        s.unbind_queues(&["triage".to_owned()]).unwrap();
-        assert_eq!(s.queue_owner("triage").unwrap(), None);
+        // A refused reload's bindings are undone, those of that reload
+        // only, and not once a callback came to the queue.
+        assert_eq!(
+            s.bind_queues(&[q("psicologo", "asl2"), q("sportello", "asl2")], 40)
+                .unwrap()
+                .len(),
+            2
+        );
+        s.create_callback(
+            &crate::NewCallback {
+                queue: "sportello".into(),
+                ..crate::tests::new("cb", "+393331234567")
+            },
+            41,
+        )
+        .unwrap();
+        let names = [
+            "triage".to_owned(),
+            "psicologo".to_owned(),
+            "sportello".to_owned(),
+        ];
+        s.unbind_queues(&names, 40).unwrap();
+        assert_eq!(s.queue_owner("triage").unwrap().as_deref(), Some("asl2"));
+        assert_eq!(s.queue_owner("psicologo").unwrap(), None);
+        assert_eq!(s.queue_owner("sportello").unwrap().as_deref(), Some("asl2"));
     }
 
     #[test]
@@ -382,7 +453,7 @@ mod tests {
         match s.rebind_queue("vaccini", "asl2", true, "cli:test", 20) {
             Err(RebindError::Open {
                 open: 1, tenant, ..
-            }) => assert_eq!(tenant, "asl1"),
+            }) => assert_eq!(tenant, "\"asl1\""),
             other => panic!("{other:?}"),
         }
         // In progress counts as waiting too.
@@ -434,8 +505,9 @@ mod tests {
         }
         assert_eq!(
             s.rebind_queue("vaccini", "asl2", true, "cli:test", 24)
-                .unwrap(),
-            "asl1"
+                .unwrap()
+                .as_deref(),
+            Some("asl1")
         );
         assert_eq!(s.queue_owner("vaccini").unwrap().as_deref(), Some("asl2"));
         // The start with the new firm's configuration passes; the old
@@ -467,42 +539,102 @@ mod tests {
         // Already there: nothing to do, nothing logged.
         assert_eq!(
             s.rebind_queue("vaccini", "asl2", false, "cli:test", 26)
-                .unwrap(),
-            "asl2"
+                .unwrap()
+                .as_deref(),
+            Some("asl2")
         );
         assert_eq!(s.audit_tail(10).unwrap().len(), 1);
         // A queue with no record moves without --with-history.
         s.bind_queues(&[q("psicologo", "asl1")], 27).unwrap();
         assert_eq!(
             s.rebind_queue("psicologo", "asl2", false, "cli:test", 28)
-                .unwrap(),
-            "asl1"
+                .unwrap()
+                .as_deref(),
+            Some("asl1")
         );
     }
 
+    /// A database from before the binding: its campaigns' queues are
+    /// bound to their firms; the other names its records use are of an
+    /// unknown firm, which the first start binds as its configuration
+    /// says and a later start may not.
     #[test]
-    fn campaigns_bind_their_queues_when_the_table_appears() {
-        // The migration's seed, run over a campaigns table as an older
-        // database holds it.
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE campaigns (id TEXT, tenant TEXT, spec TEXT, created_at INTEGER);
-             INSERT INTO campaigns VALUES ('a', 'asl1', '{\"queue\":\"vaccini\"}', 2);
-             INSERT INTO campaigns VALUES ('b', 'asl2', '{\"queue\":\"vaccini\"}', 3);
-             INSERT INTO campaigns VALUES ('c', 'asl2', 'not json', 1);
-             INSERT INTO campaigns VALUES ('d', 'asl2', '{\"queue\":5}', 1);",
-        )
-        .unwrap();
-        conn.execute_batch(MIGRATION).unwrap();
-        let rows: Vec<(String, String)> = conn
-            .prepare("SELECT queue, tenant FROM queue_owners")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
+    fn an_older_database_binds_what_it_can_and_its_first_start_the_rest() {
+        let mut s = store("upgrade");
+        let before = crate::MIGRATIONS
+            .iter()
+            .position(|m| *m == MIGRATION)
             .unwrap();
-        // The oldest campaign's firm; nothing from a broken spec.
-        assert_eq!(rows, vec![("vaccini".into(), "asl1".into())]);
+        s.conn
+            .execute_batch(&format!(
+                "DROP TABLE queue_owners; DELETE FROM campaigns; PRAGMA user_version = {before};"
+            ))
+            .unwrap();
+        // Campaigns out of order of creation: the oldest names the firm.
+        for (id, tenant, spec, at) in [
+            ("b", "asl2", r#"{"queue":"vaccini"}"#, 3),
+            ("a", "asl1", r#"{"queue":"vaccini"}"#, 2),
+            ("c", "asl2", "not json", 1),
+            ("d", "asl2", r#"{"queue":5}"#, 1),
+        ] {
+            s.conn
+                .execute(
+                    "INSERT INTO campaigns (id, name, tenant, spec, source, status, created_at, updated_at)
+                     VALUES (?1, ?1, ?2, ?3, 'api', 'running', ?4, ?4)",
+                    params![id, tenant, spec, at],
+                )
+                .unwrap();
+        }
+        // Records of queues no campaign names.
+        s.create_callback(&crate::tests::new("cb", "+393331234567"), 5)
+            .unwrap();
+        s.conn
+            .execute_batch(
+                "INSERT INTO queue_log (at, call, queue, event) VALUES (1, 'c1', 'triage', 'enter');
+                 INSERT INTO queue_log (at, call, queue, event) VALUES (1, '', '', 'login');
+                 INSERT INTO cdr (id, started_at, caller, did, queue) VALUES ('c2', 1, '+39333', '100', 'sportello');",
+            )
+            .unwrap();
+        let path = s.conn.path().unwrap().to_owned();
+        drop(s);
+        let key = AuditKey::from_secret(&[7; MIN_AUDIT_KEY]).unwrap();
+        let mut s = Store::open_keyed(std::path::Path::new(&path), key).unwrap();
+        assert_eq!(s.queue_owner("vaccini").unwrap().as_deref(), Some("asl1"));
+        for name in ["vaccini", "triage", "sportello"] {
+            assert!(owner(&s.conn, name).unwrap().is_some(), "{name}");
+        }
+        assert_eq!(owner(&s.conn, "triage").unwrap(), Some(None));
+        // The first start binds the names of an unknown firm it gives.
+        let first = [q("vaccini", "asl1"), q("triage", "asl3")];
+        assert!(s.bind_queues(&first, 10).unwrap().is_empty());
+        assert_eq!(s.queue_owner("triage").unwrap().as_deref(), Some("asl3"));
+        // A later one may not (its records may be another firm's)...
+        let found = conflicts_of(s.bind_queues(&[q("sportello", "asl3")], 11));
+        assert_eq!(found[0].bound, None);
+        assert!(
+            found[0].to_string().contains("--with-history"),
+            "{}",
+            found[0]
+        );
+        // ...unless they are given to a firm on purpose.
+        match s.rebind_queue("sportello", "asl3", false, "cli:test", 12) {
+            Err(RebindError::History { tenant, .. }) => assert_eq!(tenant, "unknown"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.rebind_queue("sportello", "asl3", true, "cli:test", 12)
+                .unwrap(),
+            None
+        );
+        assert!(
+            s.bind_queues(&[q("sportello", "asl3")], 13)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            s.audit_tail(1).unwrap()[0].target,
+            "queue:sportello:?->asl3:with_history"
+        );
     }
 
     #[test]

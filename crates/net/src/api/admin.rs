@@ -10,7 +10,16 @@ pub(super) async fn reload(api: &Api, headers: &HeaderMap) -> Response {
     if let Err(r) = authorize(api, headers, Need::Admin) {
         return *r;
     }
-    match api.reload().await {
+    // In a task of its own: a client that hangs up cannot leave it half
+    // done (queues bound, the engine not asked).
+    let task = {
+        let api = api.clone();
+        tokio::spawn(async move { api.reload().await })
+    };
+    let Ok(done) = task.await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the reload failed");
+    };
+    match done {
         Ok(changed) => ok(
             StatusCode::OK,
             &json!({ "applied": true, "changed": changed }),

@@ -108,12 +108,15 @@ impl Api {
                     return Err(ReloadError::QueueOwners(found.clone()));
                 }
                 warn!(error = %e, "reload refused: the store cannot bind its queues");
+                api.net.config_reloads.with_label_values(&["refused"]).inc();
                 return Err(ReloadError::Store(e.to_string()));
             }
         };
         if let Err(e) = api.engine.reload(config.clone()).await {
-            if !bound.is_empty() {
-                let undo = api.store.with(move |s| s.unbind_queues(&bound)).await;
+            // Unanswered, it may have been applied: the names stay bound.
+            let applied = matches!(e, crate::handle::EngineReloadError::NoAnswer);
+            if !bound.is_empty() && !applied {
+                let undo = api.store.with(move |s| s.unbind_queues(&bound, now)).await;
                 if let Err(u) = undo {
                     // Bound to the firm the refused file gave them: the
                     // next start or reload naming them for another firm
