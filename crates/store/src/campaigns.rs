@@ -1282,6 +1282,7 @@ mod tests {
                 "DROP TRIGGER campaign_contacts_tombstone;
                  DROP TABLE campaigns;
                  DROP TABLE queue_owners;
+                 ALTER TABLE queue_log DROP COLUMN tenant;
                  {};
                  CREATE TRIGGER campaign_status_contacts AFTER UPDATE OF status ON campaigns
                      BEGIN UPDATE campaign_contacts SET version = version + 1

@@ -161,6 +161,7 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE callbacks ADD COLUMN promised_by INTEGER;",
     campaigns::NAMES_PER_TENANT,
     queue_owners::MIGRATION,
+    reports::AGENT_FIRMS,
 ];
 
 /// A notification waiting to be sent.
@@ -718,10 +719,11 @@ impl Store {
                 Record::Agent {
                     at_ms,
                     agent,
+                    tenant,
                     event,
                     reason,
                 } => {
-                    tx.prepare_cached("INSERT INTO queue_log (at, call, queue, event, agent, reason) VALUES (?1, '', '', ?2, ?3, ?4)")?.execute(params![at_ms, event, agent, reason])?;
+                    tx.prepare_cached("INSERT INTO queue_log (at, call, queue, event, agent, reason, tenant) VALUES (?1, '', '', ?2, ?3, ?4, ?5)")?.execute(params![at_ms, event, agent, reason, tenant])?;
                 }
                 Record::Complete {
                     call,
@@ -1260,6 +1262,7 @@ mod tests {
         let ev = |agent: &str, event, reason: Option<&str>| Record::Agent {
             at_ms: 1_000,
             agent: agent.into(),
+            tenant: "asl".into(),
             event,
             reason: reason.map(Into::into),
         };

@@ -567,7 +567,8 @@ mod tests {
             .unwrap();
         s.conn
             .execute_batch(&format!(
-                "DROP TABLE queue_owners; DELETE FROM campaigns; PRAGMA user_version = {before};"
+                "DROP TABLE queue_owners; ALTER TABLE queue_log DROP COLUMN tenant;
+                 DELETE FROM campaigns; PRAGMA user_version = {before};"
             ))
             .unwrap();
         // Campaigns out of order of creation: the oldest names the firm.

@@ -13,6 +13,10 @@ use rusqlite::params;
 pub(crate) const MIGRATION: &str = "ALTER TABLE queue_log ADD COLUMN talk_ms INTEGER;
     CREATE INDEX queue_log_call ON queue_log (call, seq);";
 
+/// Schema migration: an operator event names the operator's firm then
+/// (their history is the firm's; a name may change firm).
+pub(crate) const AGENT_FIRMS: &str = "ALTER TABLE queue_log ADD COLUMN tenant TEXT;";
+
 use crate::{Store, StoreError};
 
 /// Thresholds one queue's figures are measured against, in milliseconds.
@@ -515,6 +519,9 @@ pub struct AgentFigures {
     pub start_ms: i64,
     /// The operator.
     pub agent: String,
+    /// The firm these figures are of (`None`: events from before events
+    /// named their firm).
+    pub tenant: Option<String>,
     /// Logged in (a break included).
     pub logged_in_ms: i64,
     /// On a break, by reason (sorted by reason).
@@ -530,46 +537,61 @@ pub struct AgentFigures {
 /// minus it.
 pub const AGENT_LOOKBACK_MS: i64 = 7 * 86_400_000;
 
-/// Adds an operator's `[from, to)` to each interval it overlaps, by the
-/// function given.
-type AddSpan<'a> = dyn FnMut(&str, i64, i64, &mut dyn FnMut(&mut AgentFigures, i64)) + 'a;
+/// Adds an operator's `[from, to)`, as firm `tenant`'s, to each interval
+/// it overlaps, by the function given.
+type AddSpan<'a> =
+    dyn FnMut(&str, &Option<String>, i64, i64, &mut dyn FnMut(&mut AgentFigures, i64)) + 'a;
 
-/// One operator's state while walking their events.
+/// One operator's state while walking their events: since when logged in
+/// and on a break, each as the firm of the event that began it.
 #[derive(Default)]
 struct Shift {
-    login: Option<i64>,
-    pause: Option<(i64, String)>,
+    login: Option<(i64, Option<String>)>,
+    pause: Option<(i64, String, Option<String>)>,
 }
 
 impl Store {
     /// Each operator's figures per interval of `span` (README "Service
     /// figures"): logged-in time, breaks by reason, talk and calls; a
     /// login or break still open ends at `now_ms` (or the span's end).
+    /// Rows are per operator and firm: a login or break counts for the
+    /// firm the operator had when it began, a call for its queue's firm
+    /// (`None`: an event from before events named their firm).
     pub fn agent_report(&self, span: Span, now_ms: i64) -> Result<Vec<AgentFigures>, StoreError> {
         let mut rows: Vec<AgentFigures> = Vec::new();
-        let mut index: std::collections::HashMap<(i64, String), usize> = Default::default();
+        let mut index: std::collections::HashMap<(i64, String, Option<String>), usize> =
+            Default::default();
         if span.interval_ms <= 0 || span.to_ms <= span.from_ms {
             return Ok(rows);
         }
         let end = span.to_ms.min(now_ms.max(span.from_ms));
+        // A call's firm is its queue's, as bound (`queue_owners.rs`).
         let mut stmt = self.conn.prepare(
-            "SELECT agent, at, event, reason, talk_ms FROM queue_log
+            "SELECT agent, at, event, reason, talk_ms,
+                    COALESCE(tenant, (SELECT o.tenant FROM queue_owners o WHERE o.queue = queue_log.queue AND queue_log.queue != ''))
+             FROM queue_log
              WHERE agent IS NOT NULL AND at >= ?1 AND at < ?2
                AND event IN ('login', 'logout', 'pause', 'unpause', 'complete')
              ORDER BY agent, seq",
         )?;
         let mut events = stmt.query(params![span.from_ms - AGENT_LOOKBACK_MS, span.to_ms])?;
         // Adds `ms`-long pieces of [a, b) to each interval it overlaps.
-        let mut add = |agent: &str, a: i64, b: i64, f: &mut dyn FnMut(&mut AgentFigures, i64)| {
+        let mut add = |agent: &str,
+                       tenant: &Option<String>,
+                       a: i64,
+                       b: i64,
+                       f: &mut dyn FnMut(&mut AgentFigures, i64)| {
             let (a, b) = (a.max(span.from_ms), b.min(end));
             let mut t = a;
             while t < b {
                 let start = span.from_ms + (t - span.from_ms) / span.interval_ms * span.interval_ms;
                 let piece = (start + span.interval_ms).min(b) - t;
-                let at = *index.entry((start, agent.to_owned())).or_insert_with(|| {
+                let key = (start, agent.to_owned(), tenant.clone());
+                let at = *index.entry(key).or_insert_with(|| {
                     rows.push(AgentFigures {
                         start_ms: start,
                         agent: agent.to_owned(),
+                        tenant: tenant.clone(),
                         ..AgentFigures::default()
                     });
                     rows.len() - 1
@@ -581,11 +603,11 @@ impl Store {
         let mut current = String::new();
         let mut shift = Shift::default();
         let close = |agent: &str, shift: &mut Shift, at: i64, add: &mut AddSpan<'_>| {
-            if let Some((t, reason)) = shift.pause.take() {
-                add(agent, t, at, &mut |f, ms| paused(f, &reason, ms));
+            if let Some((t, reason, tenant)) = shift.pause.take() {
+                add(agent, &tenant, t, at, &mut |f, ms| paused(f, &reason, ms));
             }
-            if let Some(t) = shift.login.take() {
-                add(agent, t, at, &mut |f, ms| f.logged_in_ms += ms);
+            if let Some((t, tenant)) = shift.login.take() {
+                add(agent, &tenant, t, at, &mut |f, ms| f.logged_in_ms += ms);
             }
         };
         while let Some(row) = events.next()? {
@@ -594,26 +616,27 @@ impl Store {
             let event: String = row.get(2)?;
             let reason: Option<String> = row.get(3)?;
             let talk: Option<i64> = row.get(4)?;
+            let tenant: Option<String> = row.get(5)?;
             if agent != current {
                 close(&current, &mut shift, end, &mut add);
                 current = agent.clone();
             }
             match event.as_str() {
                 "login" => {
-                    shift.login.get_or_insert(at);
+                    shift.login.get_or_insert((at, tenant));
                 }
                 "logout" => close(&agent, &mut shift, at, &mut add),
                 "pause" if shift.login.is_some() && shift.pause.is_none() => {
-                    shift.pause = Some((at, reason.unwrap_or_default()));
+                    shift.pause = Some((at, reason.unwrap_or_default(), tenant));
                 }
                 "unpause" => {
-                    if let Some((t, reason)) = shift.pause.take() {
-                        add(&agent, t, at, &mut |f, ms| paused(f, &reason, ms));
+                    if let Some((t, reason, tenant)) = shift.pause.take() {
+                        add(&agent, &tenant, t, at, &mut |f, ms| paused(f, &reason, ms));
                     }
                 }
                 "complete" if at >= span.from_ms => {
                     let talk = talk.unwrap_or(0);
-                    add(&agent, at, at + 1, &mut |f, _| {
+                    add(&agent, &tenant, at, at + 1, &mut |f, _| {
                         f.calls += 1;
                         f.talk_ms += talk;
                     });
@@ -622,7 +645,9 @@ impl Store {
             }
         }
         close(&current, &mut shift, end, &mut add);
-        rows.sort_by(|a, b| (a.start_ms, &a.agent).cmp(&(b.start_ms, &b.agent)));
+        rows.sort_by(|a, b| {
+            (a.start_ms, &a.agent, &a.tenant).cmp(&(b.start_ms, &b.agent, &b.tenant))
+        });
         Ok(rows)
     }
 }
@@ -941,6 +966,7 @@ mod tests {
         Record::Agent {
             at_ms: T0 + at,
             agent: agent.into(),
+            tenant: "asl".into(),
             event,
             reason: reason.map(Into::into),
         }
@@ -953,6 +979,8 @@ mod tests {
     fn agent_figures_match_a_hand_computed_log() {
         let path = temp("agents-report");
         let mut s = Store::open(&path).unwrap();
+        // A call's firm is its queue's.
+        s.bind_queues(&[("info".into(), "asl".into())], 0).unwrap();
         s.write_records(&[
             agent_ev("1001", -3_600 * S, "login", None),
             agent_ev("1001", 600 * S, "pause", Some("caffe")),
@@ -991,5 +1019,73 @@ mod tests {
         let rows = s.agent_report(span, T0 + 5_400 * S).unwrap();
         let second = rows.iter().find(|r| r.agent == "1002").unwrap();
         assert_eq!(second.logged_in_ms, 1_200 * S);
+        assert!(rows.iter().all(|r| r.tenant.as_deref() == Some("asl")));
+    }
+
+    /// TEST-MATRIX D12: an operator's name moves to another firm (a
+    /// reload, or a name provisioned again): what they did before is the
+    /// first firm's, in rows of its own, and their calls count for their
+    /// queues' firms.
+    #[test]
+    fn an_operators_history_stays_with_the_firm_they_had() {
+        let path = temp("agents-firms");
+        let mut s = Store::open(&path).unwrap();
+        s.bind_queues(
+            &[
+                ("info".into(), "asl".into()),
+                ("sportello".into(), "altra".into()),
+            ],
+            0,
+        )
+        .unwrap();
+        let firm =
+            |tenant: &str, at: i64, event: &'static str, reason: Option<&str>| Record::Agent {
+                at_ms: T0 + at,
+                agent: "1001".into(),
+                tenant: tenant.into(),
+                event,
+                reason: reason.map(Into::into),
+            };
+        s.write_records(&[
+            firm("asl", 0, "login", None),
+            firm("asl", 600 * S, "pause", Some("caffe")),
+            firm("asl", 900 * S, "unpause", None),
+            done("c1", 1_000 * S, "info", 60 * S),
+            firm("asl", 1_800 * S, "logout", None),
+            firm("altra", 2_400 * S, "login", None),
+            done("c2", 3_000 * S, "sportello", 30 * S),
+        ])
+        .unwrap();
+        let span = Span {
+            from_ms: T0,
+            to_ms: T0 + 3_600 * S,
+            interval_ms: 3_600 * S,
+        };
+        let rows = s.agent_report(span, T0 + 3_600 * S).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let of = |t: &str| {
+            rows.iter()
+                .find(|r| r.tenant.as_deref() == Some(t))
+                .unwrap()
+        };
+        let (asl, altra) = (of("asl"), of("altra"));
+        assert_eq!(
+            (
+                asl.logged_in_ms,
+                asl.paused_ms.clone(),
+                asl.calls,
+                asl.talk_ms
+            ),
+            (1_800 * S, vec![("caffe".to_owned(), 300 * S)], 1, 60 * S)
+        );
+        assert_eq!(
+            (
+                altra.logged_in_ms,
+                altra.paused_ms.clone(),
+                altra.calls,
+                altra.talk_ms
+            ),
+            (1_200 * S, vec![], 1, 30 * S)
+        );
     }
 }

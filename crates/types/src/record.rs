@@ -53,6 +53,10 @@ pub enum Record {
         at_ms: i64,
         /// The operator.
         agent: String,
+        /// Their firm when it happened: an operator's history is their
+        /// firm's, and a name may change firm (a reload, or a name
+        /// provisioned again).
+        tenant: String,
         /// What happened.
         event: &'static str,
         /// Why (a pause's reason: `no_answer`, or the desktop's).

@@ -378,9 +378,16 @@ impl Engine {
         reason: Option<String>,
     ) {
         self.metrics.agent_events.with_label_values(&[event]).inc();
+        let a = self.router.agent(agent);
+        let tenant = self
+            .tenant_names
+            .get(usize::from(a.attributes.tenant))
+            .cloned()
+            .unwrap_or_default();
         self.out.push_back(Output::Record(Record::Agent {
             at_ms: self.unix_ms_at(now),
-            agent: self.router.agent(agent).name.clone(),
+            agent: a.name.clone(),
+            tenant,
             event,
             reason,
         }));

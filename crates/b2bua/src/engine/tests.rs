@@ -8525,3 +8525,21 @@ fn a_campaign_contact_never_goes_out_through_another_firms_queue() {
         h.contacts
     );
 }
+
+/// An operator's events name their firm at the time (their history is
+/// the firm's, and a name may change firm: TEST-MATRIX D12).
+#[test]
+fn operator_events_name_the_operators_firm() {
+    let mut h = Harness::new();
+    h.register("1001", PHONE1, Algorithm::Md5);
+    let login = h.records.iter().find_map(|r| match r {
+        Record::Agent {
+            agent,
+            tenant,
+            event: "login",
+            ..
+        } if agent == "1001" => Some(tenant.clone()),
+        _ => None,
+    });
+    assert_eq!(login.as_deref(), Some("demo"), "{:?}", h.records);
+}

@@ -296,8 +296,9 @@ fn answer(headers: &HeaderMap, csv: String, json: impl FnOnce() -> Value) -> Res
 /// `reason=seconds` joined by `;`).
 fn agent_rows(rows: &[AgentFigures]) -> (Vec<Value>, String) {
     let secs = |ms: i64| (ms as f64 / 1000.0 * 10.0).round() / 10.0;
-    let mut csv =
-        String::from("start,agent,logged_in_seconds,paused_seconds,pauses,talk_seconds,calls\r\n");
+    let mut csv = String::from(
+        "start,agent,logged_in_seconds,paused_seconds,pauses,talk_seconds,calls,tenant\r\n",
+    );
     let json = rows
         .iter()
         .map(|f| {
@@ -316,13 +317,14 @@ fn agent_rows(rows: &[AgentFigures]) -> (Vec<Value>, String) {
             // Reasons come from desks: quoted, with any quote doubled.
             let _ = write!(
                 csv,
-                "{start},{},{},{},\"{}\",{},{}\r\n",
+                "{start},{},{},{},\"{}\",{},{},{}\r\n",
                 f.agent,
                 secs(f.logged_in_ms),
                 secs(paused),
                 flat.join(";").replace('"', "\"\""),
                 secs(f.talk_ms),
-                f.calls
+                f.calls,
+                f.tenant.as_deref().unwrap_or("")
             );
             json!({
                 "start": start,
@@ -332,6 +334,7 @@ fn agent_rows(rows: &[AgentFigures]) -> (Vec<Value>, String) {
                 "pauses": pauses,
                 "talk_seconds": secs(f.talk_ms),
                 "calls": f.calls,
+                "tenant": f.tenant,
             })
         })
         .collect();
@@ -402,10 +405,16 @@ pub(super) async fn agent_report(
     let rows: Vec<AgentFigures> = rows
         .into_iter()
         .filter(|f| {
-            token.tenant.as_deref().is_none_or(|t| {
-                live.agent_tenants
+            // A firm's rows are those of its time with the operator: a
+            // name that changed firm keeps its past with the old firm.
+            // Rows from before events named their firm go by the
+            // operator's firm now.
+            token.tenant.as_deref().is_none_or(|t| match &f.tenant {
+                Some(ft) => ft == t,
+                None => live
+                    .agent_tenants
                     .iter()
-                    .any(|(ag, at)| *ag == f.agent && at == t)
+                    .any(|(ag, at)| *ag == f.agent && at == t),
             }) && a.only.as_deref().is_none_or(|only| only == f.agent)
         })
         .collect();

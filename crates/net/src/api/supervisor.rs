@@ -238,11 +238,18 @@ pub(super) async fn supervisor_socket(
     let mut views = rx.borrow_and_update().clone();
     let mut campaigns = api.desks.campaigns.subscribe();
     campaigns.borrow_and_update();
+    // The views are published again on any firm's activity: a firm's
+    // socket sends only when what it shows changed, so its frames do not
+    // tell when the other firms are busy (TEST-MATRIX D12).
+    let mut last: Option<Value> = None;
     loop {
         let mut event = queues_json(&views, tenant.as_deref());
         event["campaigns"] = campaigns_json(&api.desks, tenant.as_deref());
-        if !send_seq(&mut socket, &mut seq, event).await {
-            return;
+        if last.as_ref() != Some(&event) {
+            last = Some(event.clone());
+            if !send_seq(&mut socket, &mut seq, event).await {
+                return;
+            }
         }
         loop {
             tokio::select! {
