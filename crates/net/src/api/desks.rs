@@ -391,6 +391,20 @@ impl Desks {
         })
     }
 
+    /// Forgets the last call of each of `agents` (their firm changed, or
+    /// they were removed): the name's desk under its new firm has no
+    /// right to the old firm's call, its answers or its disposition
+    /// (TEST-MATRIX D12).
+    pub(super) fn forget_last_calls(&self, agents: &[String]) {
+        let mut desks = self.lock();
+        for a in agents {
+            if let Some(d) = desks.get_mut(a) {
+                d.last_call = None;
+                d.last_script = None;
+            }
+        }
+    }
+
     /// Whether `call` is the call `agent` talks on or last talked on.
     pub(super) fn had_call(&self, agent: &str, call: &str) -> bool {
         self.lock()

@@ -279,6 +279,16 @@ pub(crate) fn queue_owners(config: &Config) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The operators of `old` (name, firm) whose firm `new` changes or who
+/// are gone from it.
+fn left_their_firm(old: &[(String, String)], new: &[(String, String)]) -> Vec<String> {
+    let now: HashMap<&str, &str> = new.iter().map(|(a, t)| (a.as_str(), t.as_str())).collect();
+    old.iter()
+        .filter(|(a, t)| now.get(a.as_str()) != Some(&t.as_str()))
+        .map(|(a, _)| a.clone())
+        .collect()
+}
+
 /// Per-client and per-number bounds on callback requests.
 struct CallbackLimiter {
     per_source: crate::limits::WindowLimiter<std::net::IpAddr>,
@@ -702,6 +712,10 @@ impl Api {
     pub fn apply(&self, config: &Config) {
         self.store_config_campaigns(config);
         let live = Arc::new(Live::of(config));
+        let moved = left_their_firm(&self.live().agent_tenants, &live.agent_tenants);
+        if !moved.is_empty() {
+            self.desks.forget_last_calls(&moved);
+        }
         *self
             .live
             .write()
@@ -1053,6 +1067,28 @@ mod tests {
         assert_eq!(today.at(2, s(400)), (1, Duration::from_secs(15)));
         // A day with no news yet reads as empty.
         assert_eq!(today.at(3, s(400)), (0, Duration::ZERO));
+    }
+
+    /// A name that moves to another firm (or goes) loses its last call:
+    /// its desk under the new firm cannot answer the old firm's script
+    /// or disposition that call.
+    #[test]
+    fn an_operator_who_changes_firm_loses_the_last_call() {
+        let pair = |a: &str, t: &str| (a.to_owned(), t.to_owned());
+        let old = [
+            pair("1001", "asl"),
+            pair("1002", "asl"),
+            pair("1003", "asl"),
+        ];
+        let new = [pair("1001", "altra"), pair("1002", "asl")];
+        assert_eq!(left_their_firm(&old, &new), ["1001", "1003"]);
+        let desks = Desks::default();
+        desks.set("1001".into(), Some(agent_call("c1", DeskState::Connected)));
+        desks.set("1002".into(), Some(agent_call("c2", DeskState::Connected)));
+        assert!(desks.had_call("1001", "c1"));
+        desks.forget_last_calls(&left_their_firm(&old, &new));
+        assert!(!desks.had_call("1001", "c1"));
+        assert!(desks.had_call("1002", "c2"));
     }
 
     #[test]
