@@ -554,9 +554,12 @@ impl Store {
     /// Each operator's figures per interval of `span` (README "Service
     /// figures"): logged-in time, breaks by reason, talk and calls; a
     /// login or break still open ends at `now_ms` (or the span's end).
-    /// Rows are per operator and firm: a login or break counts for the
-    /// firm the operator had when it began, a call for its queue's firm
-    /// (`None`: an event from before events named their firm).
+    /// Rows are per operator and firm: time logged in and on a break
+    /// counts for the firm the operator had (a `firm` event, or any
+    /// operator event naming another firm, ends the open shift for the
+    /// old firm and goes on for the new one), a call for the firm of the
+    /// shift it was taken in, else its queue's (`None`: events from
+    /// before events named their firm).
     pub fn agent_report(&self, span: Span, now_ms: i64) -> Result<Vec<AgentFigures>, StoreError> {
         let mut rows: Vec<AgentFigures> = Vec::new();
         let mut index: std::collections::HashMap<(i64, String, Option<String>), usize> =
@@ -571,7 +574,7 @@ impl Store {
                     COALESCE(tenant, (SELECT o.tenant FROM queue_owners o WHERE o.queue = queue_log.queue AND queue_log.queue != ''))
              FROM queue_log
              WHERE agent IS NOT NULL AND at >= ?1 AND at < ?2
-               AND event IN ('login', 'logout', 'pause', 'unpause', 'complete')
+               AND event IN ('login', 'logout', 'pause', 'unpause', 'firm', 'complete')
              ORDER BY agent, seq",
         )?;
         let mut events = stmt.query(params![span.from_ms - AGENT_LOOKBACK_MS, span.to_ms])?;
@@ -621,6 +624,22 @@ impl Store {
                 close(&current, &mut shift, end, &mut add);
                 current = agent.clone();
             }
+            // An operator event naming another firm than the open shift's
+            // (a reload moved the operator: `firm`; or a restart did, and
+            // this is the next event): what was open ends for the old firm
+            // there and goes on for the new one.
+            let moved = event != "complete"
+                && tenant.is_some()
+                && shift
+                    .login
+                    .as_ref()
+                    .is_some_and(|(_, t)| t.is_some() && *t != tenant);
+            if moved {
+                let on_break = shift.pause.as_ref().map(|(_, r, _)| r.clone());
+                close(&agent, &mut shift, at, &mut add);
+                shift.login = Some((at, tenant.clone()));
+                shift.pause = on_break.map(|r| (at, r, tenant.clone()));
+            }
             match event.as_str() {
                 "login" => {
                     shift.login.get_or_insert((at, tenant));
@@ -636,7 +655,14 @@ impl Store {
                 }
                 "complete" if at >= span.from_ms => {
                     let talk = talk.unwrap_or(0);
-                    add(&agent, &tenant, at, at + 1, &mut |f, _| {
+                    // The firm the operator worked for then (a call lent
+                    // to them by another firm's queue is their work); the
+                    // queue's firm when no shift is open.
+                    let firm = match &shift.login {
+                        Some((_, Some(t))) => Some(t.clone()),
+                        _ => tenant,
+                    };
+                    add(&agent, &firm, at, at + 1, &mut |f, _| {
                         f.calls += 1;
                         f.talk_ms += talk;
                     });
@@ -1053,7 +1079,8 @@ mod tests {
             done("c1", 1_000 * S, "info", 60 * S),
             firm("asl", 1_800 * S, "logout", None),
             firm("altra", 2_400 * S, "login", None),
-            done("c2", 3_000 * S, "sportello", 30 * S),
+            // A call of asl's queue lent to altra's operator: altra's work.
+            done("c2", 3_000 * S, "info", 30 * S),
         ])
         .unwrap();
         let span = Span {
@@ -1086,6 +1113,38 @@ mod tests {
                 altra.talk_ms
             ),
             (1_200 * S, vec![], 1, 30 * S)
+        );
+        // Moved live while logged in and on a break (a reload writes
+        // `firm`): the open shift and break end for asl there and go on
+        // for altra.
+        s.write_records(&[
+            firm("altra", 3_600 * S, "logout", None),
+            firm("asl", 4_000 * S, "login", None),
+            firm("asl", 4_600 * S, "pause", Some("pranzo")),
+            firm("altra", 5_000 * S, "firm", None),
+            firm("altra", 5_200 * S, "unpause", None),
+            firm("altra", 6_000 * S, "logout", None),
+        ])
+        .unwrap();
+        let span = Span {
+            from_ms: T0 + 3_600 * S,
+            to_ms: T0 + 7_200 * S,
+            interval_ms: 3_600 * S,
+        };
+        let rows = s.agent_report(span, T0 + 7_200 * S).unwrap();
+        let of = |t: &str| {
+            rows.iter()
+                .find(|r| r.tenant.as_deref() == Some(t))
+                .unwrap()
+        };
+        let (asl, altra) = (of("asl"), of("altra"));
+        assert_eq!(
+            (asl.logged_in_ms, asl.paused_ms.clone()),
+            (1_000 * S, vec![("pranzo".to_owned(), 400 * S)])
+        );
+        assert_eq!(
+            (altra.logged_in_ms, altra.paused_ms.clone()),
+            (1_000 * S, vec![("pranzo".to_owned(), 200 * S)])
         );
     }
 }

@@ -351,6 +351,21 @@ impl Engine {
         }
     }
 
+    /// An operator's new attributes; a new firm is in the queue log
+    /// (`firm`), so their time from then on is the new firm's.
+    fn set_operator(
+        &mut self,
+        now: Instant,
+        id: AgentId,
+        attributes: centralino_routing::Attributes,
+    ) {
+        let moved = self.router.agent(id).attributes.tenant != attributes.tenant;
+        self.router.set_attributes(now, id, attributes);
+        if moved {
+            self.agent_event(now, id, "firm", None);
+        }
+    }
+
     /// Operators added, changed and removed, live: a new one gets a slot
     /// on the board (an old one's, if they come back), a changed one new
     /// pools, a removed one is logged out (after the call they are on)
@@ -361,7 +376,7 @@ impl Engine {
             match self.agent_ids.get(&name) {
                 Some(&id) => {
                     if self.router.agent(id).attributes != attributes {
-                        self.router.set_attributes(now, id, attributes);
+                        self.set_operator(now, id, attributes);
                     }
                 }
                 None => {
@@ -376,7 +391,7 @@ impl Engine {
                     {
                         self.retiring.remove(&id);
                         if self.router.agent(id).attributes != attributes {
-                            self.router.set_attributes(now, id, attributes);
+                            self.set_operator(now, id, attributes);
                         }
                         info!(agent = %name, "operator added back before their call ended");
                         self.agent_ids.insert(name, id);

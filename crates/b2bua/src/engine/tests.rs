@@ -8543,3 +8543,41 @@ fn operator_events_name_the_operators_firm() {
     });
     assert_eq!(login.as_deref(), Some("demo"), "{:?}", h.records);
 }
+
+/// A reload that moves an operator to another firm says so in the queue
+/// log (`firm`, naming the new firm): their time from then on is the new
+/// firm's, not the old one's.
+#[test]
+fn a_reload_moving_an_operator_to_another_firm_writes_it_in_the_queue_log() {
+    let two = format!("{CONFIG}\n[[tenants]]\nname = \"altra\"\n");
+    let mut h = Harness::with(&two);
+    h.register("1001", PHONE1, Algorithm::Md5);
+    h.drain();
+    let firm_events = |h: &Harness| -> Vec<String> {
+        h.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Agent {
+                    agent,
+                    tenant,
+                    event: "firm",
+                    ..
+                } if agent == "1001" => Some(tenant.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let moved = two.replace(
+        "password = \"demo1001\"\ntenant = \"demo\"\nqueues = [\"info\"]",
+        "password = \"demo1001\"\ntenant = \"altra\"\nqueues = []",
+    );
+    assert_ne!(moved, two);
+    for _ in 0..2 {
+        h.engine
+            .reload(h.now, &Config::from_toml(&moved).unwrap().engine())
+            .unwrap();
+        h.drain();
+    }
+    // Once: the second reload changes nothing.
+    assert_eq!(firm_events(&h), ["altra"]);
+}

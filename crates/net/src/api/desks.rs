@@ -62,6 +62,10 @@ pub(super) struct Desk {
     pub(super) last_kind: CallKind,
     /// The operator's own calls today, for their desktop.
     pub(super) today: Today,
+    /// Calls of the firm the operator had before a reload moved them
+    /// (those on the desk then): none of them becomes the last call
+    /// again, and their scripts are not read from here.
+    pub(super) barred: Vec<String>,
 }
 
 /// An operator's calls answered and talk time since midnight in Rome, as
@@ -158,6 +162,7 @@ impl Desk {
             last_script: None,
             last_kind: CallKind::Citizen,
             today: Today::default(),
+            barred: Vec::new(),
         }
     }
 
@@ -293,7 +298,10 @@ impl Desks {
         let desk = desks.entry(agent).or_insert_with(Desk::new);
         // Only a call they answered: a ringing phone gives no right to
         // the call's record.
-        if let Some(i) = info.as_ref().filter(|i| i.state == DeskState::Connected) {
+        if let Some(i) = info
+            .as_ref()
+            .filter(|i| i.state == DeskState::Connected && !desk.barred.contains(&i.call))
+        {
             desk.last_call = Some(i.call.clone());
             desk.last_script.clone_from(&i.script);
             desk.last_kind = if i.consultation {
@@ -385,21 +393,32 @@ impl Desks {
     pub(super) fn may_read_script(&self, agent: &str, name: &str) -> bool {
         self.lock().get(agent).is_some_and(|d| {
             d.last_script.as_deref() == Some(name)
-                || d.events
-                    .iter()
-                    .any(|(_, e)| e.as_ref().and_then(|c| c.script.as_deref()) == Some(name))
+                || d.events.iter().any(|(_, e)| {
+                    e.as_ref()
+                        .filter(|c| !d.barred.contains(&c.call))
+                        .and_then(|c| c.script.as_deref())
+                        == Some(name)
+                })
         })
     }
 
     /// Forgets the last call of each of `agents` (their firm changed, or
     /// they were removed): the name's desk under its new firm has no
-    /// right to the old firm's call, its answers or its disposition
-    /// (TEST-MATRIX D12).
+    /// right to the old firm's call, its answers, its disposition or its
+    /// script (TEST-MATRIX D12). The calls on the desk now (one still
+    /// ringing, answered after this, included) are barred from becoming
+    /// its last call again.
     pub(super) fn forget_last_calls(&self, agents: &[String]) {
         let mut desks = self.lock();
         for a in agents {
             if let Some(d) = desks.get_mut(a) {
-                d.last_call = None;
+                let on_desk = d
+                    .events
+                    .iter()
+                    .filter_map(|(_, e)| e.as_ref())
+                    .map(|c| c.call.clone());
+                d.barred = d.last_call.take().into_iter().chain(on_desk).collect();
+                d.barred.dedup();
                 d.last_script = None;
             }
         }

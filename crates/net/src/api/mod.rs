@@ -1083,12 +1083,29 @@ mod tests {
         let new = [pair("1001", "altra"), pair("1002", "asl")];
         assert_eq!(left_their_firm(&old, &new), ["1001", "1003"]);
         let desks = Desks::default();
-        desks.set("1001".into(), Some(agent_call("c1", DeskState::Connected)));
+        desks.set(
+            "1001".into(),
+            Some(AgentCall {
+                script: Some("vaccini".into()),
+                ..agent_call("c1", DeskState::Connected)
+            }),
+        );
+        desks.set("1001".into(), None);
+        desks.set("1001".into(), Some(agent_call("c3", DeskState::Offered)));
         desks.set("1002".into(), Some(agent_call("c2", DeskState::Connected)));
         assert!(desks.had_call("1001", "c1"));
         desks.forget_last_calls(&left_their_firm(&old, &new));
         assert!(!desks.had_call("1001", "c1"));
+        assert!(!desks.may_read_script("1001", "vaccini"));
         assert!(desks.had_call("1002", "c2"));
+        // The call ringing at the move, answered after it, or the first
+        // call told again, is still the old firm's.
+        desks.set("1001".into(), Some(agent_call("c3", DeskState::Connected)));
+        desks.set("1001".into(), Some(agent_call("c1", DeskState::Connected)));
+        assert!(!desks.had_call("1001", "c3") && !desks.had_call("1001", "c1"));
+        // A new call under the new firm is theirs.
+        desks.set("1001".into(), Some(agent_call("c4", DeskState::Connected)));
+        assert!(desks.had_call("1001", "c4"));
     }
 
     #[test]

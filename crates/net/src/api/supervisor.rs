@@ -66,6 +66,18 @@ pub(super) fn queues_json(views: &[QueueView], tenant: Option<&str>) -> Value {
     json!({ "queues": queues })
 }
 
+/// A frame as compared for change: without the oldest waits, which move
+/// with the clock, not with events.
+fn without_clock(event: &Value) -> Value {
+    let mut v = event.clone();
+    if let Some(queues) = v["queues"].as_array_mut() {
+        for q in queues.iter_mut().filter_map(Value::as_object_mut) {
+            q.remove("oldest_wait_seconds");
+        }
+    }
+    v
+}
+
 /// `GET /api/v1/queues`: each queue's waiting calls, oldest wait, expected
 /// wait and operators by state, and a line per running campaign
 /// (supervisor and admin tokens; a supervisor token with a tenant sees
@@ -239,18 +251,28 @@ pub(super) async fn supervisor_socket(
     let mut campaigns = api.desks.campaigns.subscribe();
     campaigns.borrow_and_update();
     // The views are published again on any firm's activity: a firm's
-    // socket sends only when what it shows changed, so its frames do not
-    // tell when the other firms are busy (TEST-MATRIX D12).
+    // socket sends when what it shows changed, and, while a call of its
+    // own waits, once a second for the oldest wait's clock. So its frames
+    // do not tell when the other firms are busy (TEST-MATRIX D12), and
+    // the oldest wait moves on the wall even when nothing else happens.
     let mut last: Option<Value> = None;
+    let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticked = false;
     loop {
         let mut event = queues_json(&views, tenant.as_deref());
         event["campaigns"] = campaigns_json(&api.desks, tenant.as_deref());
-        if last.as_ref() != Some(&event) {
-            last = Some(event.clone());
+        let shown = without_clock(&event);
+        if last.as_ref() != Some(&shown) || ticked {
+            last = Some(shown);
             if !send_seq(&mut socket, &mut seq, event).await {
                 return;
             }
         }
+        ticked = false;
+        let waiting = views
+            .iter()
+            .any(|q| q.waiting > 0 && tenant.as_deref().is_none_or(|t| q.tenant == t));
         loop {
             tokio::select! {
                 changed = rx.changed() => {
@@ -280,6 +302,12 @@ pub(super) async fn supervisor_socket(
                 _ = ping.tick() => {
                     if !send_ws(&mut socket, Message::Ping(Bytes::new())).await {
                         return;
+                    }
+                }
+                _ = clock.tick() => {
+                    if waiting {
+                        ticked = true;
+                        break;
                     }
                 }
             }
