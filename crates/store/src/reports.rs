@@ -543,11 +543,14 @@ type AddSpan<'a> =
     dyn FnMut(&str, &Option<String>, i64, i64, &mut dyn FnMut(&mut AgentFigures, i64)) + 'a;
 
 /// One operator's state while walking their events: since when logged in
-/// and on a break, each as the firm of the event that began it.
+/// and on a break, each for the firm they count for; and their last move
+/// to another firm (when, and the firm before), for the calls answered
+/// before it that end after it.
 #[derive(Default)]
 struct Shift {
     login: Option<(i64, Option<String>)>,
     pause: Option<(i64, String, Option<String>)>,
+    moved: Option<(i64, Option<String>)>,
 }
 
 impl Store {
@@ -622,6 +625,7 @@ impl Store {
             let tenant: Option<String> = row.get(5)?;
             if agent != current {
                 close(&current, &mut shift, end, &mut add);
+                shift.moved = None;
                 current = agent.clone();
             }
             // An operator event naming another firm than the open shift's
@@ -630,15 +634,14 @@ impl Store {
             // there and goes on for the new one.
             let moved = event != "complete"
                 && tenant.is_some()
-                && shift
-                    .login
-                    .as_ref()
-                    .is_some_and(|(_, t)| t.is_some() && *t != tenant);
+                && shift.login.as_ref().is_some_and(|(_, t)| *t != tenant);
             if moved {
                 let on_break = shift.pause.as_ref().map(|(_, r, _)| r.clone());
+                let before = shift.login.as_ref().and_then(|(_, t)| t.clone());
                 close(&agent, &mut shift, at, &mut add);
                 shift.login = Some((at, tenant.clone()));
                 shift.pause = on_break.map(|r| (at, r, tenant.clone()));
+                shift.moved = Some((at, before));
             }
             match event.as_str() {
                 "login" => {
@@ -655,11 +658,13 @@ impl Store {
                 }
                 "complete" if at >= span.from_ms => {
                     let talk = talk.unwrap_or(0);
-                    // The firm the operator worked for then (a call lent
-                    // to them by another firm's queue is their work); the
-                    // queue's firm when no shift is open.
-                    let firm = match &shift.login {
-                        Some((_, Some(t))) => Some(t.clone()),
+                    // The firm the operator worked for when they answered
+                    // (a call lent to them by another firm's queue is
+                    // their work); the queue's firm when no shift is open.
+                    let answered = at - talk;
+                    let firm = match (&shift.moved, &shift.login) {
+                        (Some((m, Some(before))), _) if answered < *m => Some(before.clone()),
+                        (_, Some((_, Some(t)))) => Some(t.clone()),
                         _ => tenant,
                     };
                     add(&agent, &firm, at, at + 1, &mut |f, _| {
@@ -1123,6 +1128,10 @@ mod tests {
             firm("asl", 4_600 * S, "pause", Some("pranzo")),
             firm("altra", 5_000 * S, "firm", None),
             firm("altra", 5_200 * S, "unpause", None),
+            // Answered at 4,900 s, before the move, ended after it: asl's.
+            done("c3", 5_400 * S, "info", 500 * S),
+            // Answered after the move: altra's.
+            done("c4", 5_800 * S, "info", 100 * S),
             firm("altra", 6_000 * S, "logout", None),
         ])
         .unwrap();
@@ -1139,12 +1148,22 @@ mod tests {
         };
         let (asl, altra) = (of("asl"), of("altra"));
         assert_eq!(
-            (asl.logged_in_ms, asl.paused_ms.clone()),
-            (1_000 * S, vec![("pranzo".to_owned(), 400 * S)])
+            (
+                asl.logged_in_ms,
+                asl.paused_ms.clone(),
+                asl.calls,
+                asl.talk_ms
+            ),
+            (1_000 * S, vec![("pranzo".to_owned(), 400 * S)], 1, 500 * S)
         );
         assert_eq!(
-            (altra.logged_in_ms, altra.paused_ms.clone()),
-            (1_000 * S, vec![("pranzo".to_owned(), 200 * S)])
+            (
+                altra.logged_in_ms,
+                altra.paused_ms.clone(),
+                altra.calls,
+                altra.talk_ms
+            ),
+            (1_000 * S, vec![("pranzo".to_owned(), 200 * S)], 1, 100 * S)
         );
     }
 }

@@ -250,29 +250,28 @@ pub(super) async fn supervisor_socket(
     let mut views = rx.borrow_and_update().clone();
     let mut campaigns = api.desks.campaigns.subscribe();
     campaigns.borrow_and_update();
-    // The views are published again on any firm's activity: a firm's
-    // socket sends when what it shows changed, and, while a call of its
-    // own waits, once a second for the oldest wait's clock. So its frames
-    // do not tell when the other firms are busy (TEST-MATRIX D12), and
-    // the oldest wait moves on the wall even when nothing else happens.
-    let mut last: Option<Value> = None;
+    // A frame goes out at once, then only on a clock of one second: when
+    // what the token sees changed, or while one of its queues shows a
+    // waiting call (the oldest wait moves on). The views are published
+    // again on any firm's activity, and a frame sent then would tell a
+    // firm when the others are busy (TEST-MATRIX D12).
     let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut ticked = false;
+    clock.tick().await;
+    let mut last: Option<Value> = None;
     loop {
         let mut event = queues_json(&views, tenant.as_deref());
         event["campaigns"] = campaigns_json(&api.desks, tenant.as_deref());
         let shown = without_clock(&event);
-        if last.as_ref() != Some(&shown) || ticked {
+        let waiting = views.iter().any(|q| {
+            q.oldest_since_ms.is_some() && tenant.as_deref().is_none_or(|t| q.tenant == t)
+        });
+        if last.as_ref() != Some(&shown) || waiting {
             last = Some(shown);
             if !send_seq(&mut socket, &mut seq, event).await {
                 return;
             }
         }
-        ticked = false;
-        let waiting = views
-            .iter()
-            .any(|q| q.waiting > 0 && tenant.as_deref().is_none_or(|t| q.tenant == t));
         loop {
             tokio::select! {
                 changed = rx.changed() => {
@@ -280,14 +279,12 @@ pub(super) async fn supervisor_socket(
                         return;
                     }
                     views = rx.borrow_and_update().clone();
-                    break;
                 }
                 changed = campaigns.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     campaigns.borrow_and_update();
-                    break;
                 }
                 msg = socket.recv() => match msg {
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
@@ -304,12 +301,7 @@ pub(super) async fn supervisor_socket(
                         return;
                     }
                 }
-                _ = clock.tick() => {
-                    if waiting {
-                        ticked = true;
-                        break;
-                    }
-                }
+                _ = clock.tick() => break,
             }
         }
     }
