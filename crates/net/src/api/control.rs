@@ -112,6 +112,11 @@ impl Api {
                 return Err(ReloadError::Store(e.to_string()));
             }
         };
+        // The desks of operators this reload moves to another firm (or
+        // removes), as they stand before the engine applies it: what they
+        // show now is the old firm's (TEST-MATRIX D12).
+        let moved = left_their_firm(&api.live().agent_tenants, &agent_firms(&config));
+        let marks = api.desks.marks(&moved);
         if let Err(e) = api.engine.reload(config.clone()).await {
             // Unanswered, it may have been applied: the names stay bound.
             let applied = matches!(e, crate::handle::EngineReloadError::NoAnswer);
@@ -126,6 +131,7 @@ impl Api {
             }
             return Err(ReloadError::Refused(e));
         }
+        api.desks.forget_last_calls(&marks);
         api.apply(&config);
         centralino_types::set_unmask_numbers(config.unmask_numbers);
         info!(keys = %changed.join(", "), "reload applied");

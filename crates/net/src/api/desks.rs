@@ -402,25 +402,50 @@ impl Desks {
         })
     }
 
-    /// Forgets the last call of each of `agents` (their firm changed, or
-    /// they were removed): the name's desk under its new firm has no
-    /// right to the old firm's call, its answers, its disposition or its
-    /// script (TEST-MATRIX D12). The calls on the desk now (one still
-    /// ringing, answered after this, included) are barred from becoming
-    /// its last call again.
-    pub(super) fn forget_last_calls(&self, agents: &[String]) {
+    /// Each of `agents` with their desk's newest change number now (0:
+    /// no desk yet).
+    pub(super) fn marks(&self, agents: &[String]) -> Vec<(String, u64)> {
+        let desks = self.lock();
+        agents
+            .iter()
+            .map(|a| (a.clone(), desks.get(a).map_or(0, Desk::newest_seq)))
+            .collect()
+    }
+
+    /// Forgets the last call of each operator of `marks` (their firm
+    /// changed, or they were removed, by a reload; the mark: their desk's
+    /// newest change before it): the name's desk under its new firm has
+    /// no right to the old firm's call, its answers, its disposition or
+    /// its script (TEST-MATRIX D12). The calls on the desk up to the mark
+    /// (one still ringing, answered after this, included) are barred from
+    /// becoming its last call again; a call offered after it is the new
+    /// firm's.
+    pub(super) fn forget_last_calls(&self, marks: &[(String, u64)]) {
         let mut desks = self.lock();
-        for a in agents {
-            if let Some(d) = desks.get_mut(a) {
-                let on_desk = d
-                    .events
+        for (a, mark) in marks {
+            let Some(d) = desks.get_mut(a) else {
+                continue;
+            };
+            let calls = |after: bool| {
+                d.events
                     .iter()
+                    .filter(move |(seq, _)| (seq > mark) == after)
                     .filter_map(|(_, e)| e.as_ref())
-                    .map(|c| c.call.clone());
-                d.barred = d.last_call.take().into_iter().chain(on_desk).collect();
-                d.barred.dedup();
+                    .map(|c| c.call.clone())
+                    .collect::<Vec<String>>()
+            };
+            let (mut barred, later) = (calls(false), calls(true));
+            // The last call answered before the mark (or so long before
+            // that its events are gone) is the old firm's.
+            if let Some(l) = d.last_call.as_ref().filter(|l| !later.contains(l)) {
+                barred.push(l.clone());
+            }
+            if d.last_call.as_ref().is_some_and(|l| barred.contains(l)) {
+                d.last_call = None;
                 d.last_script = None;
             }
+            barred.dedup();
+            d.barred = barred;
         }
     }
 

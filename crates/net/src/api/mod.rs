@@ -219,18 +219,7 @@ impl Live {
                     (a.username.clone(), queues)
                 })
                 .collect(),
-            agent_tenants: config
-                .agents
-                .iter()
-                .map(|a| {
-                    let tenant = config
-                        .tenants
-                        .get(a.tenant.index())
-                        .cloned()
-                        .unwrap_or_default();
-                    (a.username.clone(), tenant)
-                })
-                .collect(),
+            agent_tenants: agent_firms(config),
         }
     }
 
@@ -275,6 +264,18 @@ pub(crate) fn queue_owners(config: &Config) -> Vec<(String, String)> {
         .map(|q| {
             let tenant = config.tenants.get(q.tenant.index()).cloned();
             (q.routing.name.clone(), tenant.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Each operator of `config` with their firm.
+fn agent_firms(config: &Config) -> Vec<(String, String)> {
+    config
+        .agents
+        .iter()
+        .map(|a| {
+            let tenant = config.tenants.get(a.tenant.index()).cloned();
+            (a.username.clone(), tenant.unwrap_or_default())
         })
         .collect()
 }
@@ -712,10 +713,6 @@ impl Api {
     pub fn apply(&self, config: &Config) {
         self.store_config_campaigns(config);
         let live = Arc::new(Live::of(config));
-        let moved = left_their_firm(&self.live().agent_tenants, &live.agent_tenants);
-        if !moved.is_empty() {
-            self.desks.forget_last_calls(&moved);
-        }
         *self
             .live
             .write()
@@ -1094,7 +1091,11 @@ mod tests {
         desks.set("1001".into(), Some(agent_call("c3", DeskState::Offered)));
         desks.set("1002".into(), Some(agent_call("c2", DeskState::Connected)));
         assert!(desks.had_call("1001", "c1"));
-        desks.forget_last_calls(&left_their_firm(&old, &new));
+        let marks = desks.marks(&left_their_firm(&old, &new));
+        // A call the engine offers under the new firm in the reload's own
+        // turn, before the desks hear of the move: not barred.
+        desks.set("1001".into(), Some(agent_call("c5", DeskState::Offered)));
+        desks.forget_last_calls(&marks);
         assert!(!desks.had_call("1001", "c1"));
         assert!(!desks.may_read_script("1001", "vaccini"));
         assert!(desks.had_call("1002", "c2"));
@@ -1106,6 +1107,8 @@ mod tests {
         // A new call under the new firm is theirs.
         desks.set("1001".into(), Some(agent_call("c4", DeskState::Connected)));
         assert!(desks.had_call("1001", "c4"));
+        desks.set("1001".into(), Some(agent_call("c5", DeskState::Connected)));
+        assert!(desks.had_call("1001", "c5"));
     }
 
     #[test]
