@@ -1053,6 +1053,27 @@ mod tests {
         assert!(rows.iter().all(|r| r.tenant.as_deref() == Some("asl")));
     }
 
+    /// An operator's figures for one firm: logged in, breaks, calls, talk.
+    type Figures = (i64, Vec<(String, i64)>, u64, i64);
+
+    /// Each firm's figures in the hour from `from` (ms after `T0`), the
+    /// report asked at the hour's end.
+    fn firms_hour(s: &Store, from: i64) -> std::collections::HashMap<String, Figures> {
+        let span = Span {
+            from_ms: T0 + from,
+            to_ms: T0 + from + 3_600 * S,
+            interval_ms: 3_600 * S,
+        };
+        s.agent_report(span, span.to_ms)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let figures = (r.logged_in_ms, r.paused_ms, r.calls, r.talk_ms);
+                (r.tenant.unwrap_or_default(), figures)
+            })
+            .collect()
+    }
+
     /// TEST-MATRIX D12: an operator's name moves to another firm (a
     /// reload, or a name provisioned again): what they did before is the
     /// first firm's, in rows of its own, and their calls count for their
@@ -1088,37 +1109,13 @@ mod tests {
             done("c2", 3_000 * S, "info", 30 * S),
         ])
         .unwrap();
-        let span = Span {
-            from_ms: T0,
-            to_ms: T0 + 3_600 * S,
-            interval_ms: 3_600 * S,
-        };
-        let rows = s.agent_report(span, T0 + 3_600 * S).unwrap();
-        assert_eq!(rows.len(), 2, "{rows:?}");
-        let of = |t: &str| {
-            rows.iter()
-                .find(|r| r.tenant.as_deref() == Some(t))
-                .unwrap()
-        };
-        let (asl, altra) = (of("asl"), of("altra"));
+        let hour = firms_hour(&s, 0);
+        assert_eq!(hour.len(), 2, "{hour:?}");
         assert_eq!(
-            (
-                asl.logged_in_ms,
-                asl.paused_ms.clone(),
-                asl.calls,
-                asl.talk_ms
-            ),
+            hour["asl"],
             (1_800 * S, vec![("caffe".to_owned(), 300 * S)], 1, 60 * S)
         );
-        assert_eq!(
-            (
-                altra.logged_in_ms,
-                altra.paused_ms.clone(),
-                altra.calls,
-                altra.talk_ms
-            ),
-            (1_200 * S, vec![], 1, 30 * S)
-        );
+        assert_eq!(hour["altra"], (1_200 * S, vec![], 1, 30 * S));
         // Moved live while logged in and on a break (a reload writes
         // `firm`): the open shift and break end for asl there and go on
         // for altra.
@@ -1135,34 +1132,13 @@ mod tests {
             firm("altra", 6_000 * S, "logout", None),
         ])
         .unwrap();
-        let span = Span {
-            from_ms: T0 + 3_600 * S,
-            to_ms: T0 + 7_200 * S,
-            interval_ms: 3_600 * S,
-        };
-        let rows = s.agent_report(span, T0 + 7_200 * S).unwrap();
-        let of = |t: &str| {
-            rows.iter()
-                .find(|r| r.tenant.as_deref() == Some(t))
-                .unwrap()
-        };
-        let (asl, altra) = (of("asl"), of("altra"));
+        let hour = firms_hour(&s, 3_600 * S);
         assert_eq!(
-            (
-                asl.logged_in_ms,
-                asl.paused_ms.clone(),
-                asl.calls,
-                asl.talk_ms
-            ),
+            hour["asl"],
             (1_000 * S, vec![("pranzo".to_owned(), 400 * S)], 1, 500 * S)
         );
         assert_eq!(
-            (
-                altra.logged_in_ms,
-                altra.paused_ms.clone(),
-                altra.calls,
-                altra.talk_ms
-            ),
+            hour["altra"],
             (1_000 * S, vec![("pranzo".to_owned(), 200 * S)], 1, 100 * S)
         );
     }

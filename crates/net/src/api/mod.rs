@@ -144,11 +144,7 @@ impl Live {
                 // A queue removed by a reload: nothing may name it.
                 .filter(|q| !q.retired)
                 .map(|q| {
-                    let tenant = config
-                        .tenants
-                        .get(q.tenant.index())
-                        .cloned()
-                        .unwrap_or_default();
+                    let tenant = firm(config, q.tenant);
                     let plan = config
                         .dial_plans
                         .get(q.tenant.index())
@@ -174,23 +170,12 @@ impl Live {
                 .trunks
                 .iter()
                 .filter(|t| t.outbound.is_some())
-                .map(|t| {
-                    let tenant = config
-                        .tenants
-                        .get(t.tenant.index())
-                        .cloned()
-                        .unwrap_or_default();
-                    (t.name.clone(), tenant)
-                })
+                .map(|t| (t.name.clone(), firm(config, t.tenant)))
                 .collect(),
             presentable: {
                 let mut m: HashMap<String, HashSet<String>> = HashMap::new();
                 for t in &config.trunks {
-                    let tenant = config
-                        .tenants
-                        .get(t.tenant.index())
-                        .cloned()
-                        .unwrap_or_default();
+                    let tenant = firm(config, t.tenant);
                     let set = m.entry(tenant).or_default();
                     set.insert(t.caller_id.clone());
                     set.extend(t.dids.keys().cloned());
@@ -254,6 +239,11 @@ impl Live {
     }
 }
 
+/// The name of firm `t` of `config`.
+fn firm(config: &Config, t: centralino_types::TenantId) -> String {
+    config.tenants.get(t.index()).cloned().unwrap_or_default()
+}
+
 /// The configuration's queues with their firms (name, tenant), those a
 /// reload removed left out: what the store binds (`queue_owners.rs`).
 pub(crate) fn queue_owners(config: &Config) -> Vec<(String, String)> {
@@ -261,10 +251,7 @@ pub(crate) fn queue_owners(config: &Config) -> Vec<(String, String)> {
         .queues
         .iter()
         .filter(|q| !q.retired)
-        .map(|q| {
-            let tenant = config.tenants.get(q.tenant.index()).cloned();
-            (q.routing.name.clone(), tenant.unwrap_or_default())
-        })
+        .map(|q| (q.routing.name.clone(), firm(config, q.tenant)))
         .collect()
 }
 
@@ -273,10 +260,7 @@ fn agent_firms(config: &Config) -> Vec<(String, String)> {
     config
         .agents
         .iter()
-        .map(|a| {
-            let tenant = config.tenants.get(a.tenant.index()).cloned();
-            (a.username.clone(), tenant.unwrap_or_default())
-        })
+        .map(|a| (a.username.clone(), firm(config, a.tenant)))
         .collect()
 }
 
